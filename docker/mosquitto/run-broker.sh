@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# run-broker.sh - render docker/mosquitto/mosquitto.conf from the environment and run mosquitto.
+# The entrypoint of the broker everywhere: scripts/run-local.sh, the tests and the container.
+set -euo pipefail
+
+usage() {
+	cat <<'USAGE'
+Usage: docker/mosquitto/run-broker.sh [--render-only]
+
+Renders the Outpost broker configuration and execs mosquitto in the foreground.
+Environment (defaults in brackets):
+  OUTPOST_PKI_DIR         PKI from scripts/provision-certs.sh [/etc/outpost/pki]
+  OUTPOST_BROKER_DIR      persistence and rendered config [/var/lib/outpost/broker]
+  OUTPOST_WSS_PORT        WebSockets+TLS listener for devices [443]
+  OUTPOST_MQTTS_PORT      MQTT+TLS listener for devices [8883]
+  OUTPOST_INTERNAL_PORT   MQTT+TLS listener for bridges and operators [8884]
+  OUTPOST_BROKER_BIND     address of the device listeners [all]
+  OUTPOST_INTERNAL_BIND   address of the internal listener [127.0.0.1]
+  OUTPOST_BROKER_USER     user mosquitto runs as [the current user]
+  OUTPOST_ACL_FILE        ACL [acl next to this script]
+  MOSQUITTO               mosquitto binary [mosquitto, else /usr/sbin/mosquitto]
+--render-only writes OUTPOST_BROKER_DIR/mosquitto.conf and prints its path.
+After scripts/provision-certs.sh --revoke, send SIGHUP to reload the CRL and ACL.
+USAGE
+}
+
+render_only=0
+case "${1:-}" in
+-h | --help) usage; exit 0 ;;
+--render-only) render_only=1 ;;
+"") ;;
+*) echo "run-broker: unknown argument: $1 (try --help)" >&2; exit 2 ;;
+esac
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+pki=${OUTPOST_PKI_DIR:-/etc/outpost/pki}
+dir=${OUTPOST_BROKER_DIR:-/var/lib/outpost/broker}
+acl=${OUTPOST_ACL_FILE:-$here/acl}
+for f in ca.crt broker.crt broker.key crl.pem; do
+	[ -r "$pki/$f" ] || { echo "run-broker: cannot read $pki/$f (run scripts/provision-certs.sh --out $pki)" >&2; exit 2; }
+done
+[ -r "$acl" ] || { echo "run-broker: cannot read ACL $acl" >&2; exit 2; }
+port_ok() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
+for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
+	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
+done
+mkdir -p "$dir"
+pki=$(cd "$pki" && pwd)
+dir=$(cd "$dir" && pwd)
+acl=$(cd "$(dirname "$acl")" && pwd)/$(basename "$acl")
+
+declare -A subst=(
+	[PKI_DIR]=$pki
+	[DATA_DIR]=$dir
+	[ACL_FILE]=$acl
+	[WSS_PORT]=${OUTPOST_WSS_PORT:-443}
+	[MQTTS_PORT]=${OUTPOST_MQTTS_PORT:-8883}
+	[INTERNAL_PORT]=${OUTPOST_INTERNAL_PORT:-8884}
+	[BIND]=${OUTPOST_BROKER_BIND:-}
+	[INTERNAL_BIND]=${OUTPOST_INTERNAL_BIND:-127.0.0.1}
+	[USER]=${OUTPOST_BROKER_USER:-$(id -un)}
+)
+conf="$dir/mosquitto.conf"
+{
+	while IFS= read -r line || [ -n "$line" ]; do
+		for k in "${!subst[@]}"; do line=${line//@$k@/${subst[$k]}}; done
+		printf '%s\n' "${line% }"
+	done <"$here/mosquitto.conf"
+} >"$conf.tmp"
+mv "$conf.tmp" "$conf"
+if [ "$render_only" = 1 ]; then
+	echo "$conf"
+	exit 0
+fi
+mosq=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+exec "$mosq" -c "$conf"

@@ -1,0 +1,167 @@
+/* wire_cert.c - CA/CRL verification and certificate field extraction with wolfSSL. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/asn.h>
+#include <wolfssl/wolfcrypt/asn_public.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
+#include <wolfssl/error-ssl.h>
+
+#include "wire_cert.h"
+#include "wire_file.h"
+#include "wire_internal.h"
+#include "wire_topic.h"
+
+#define MAX_CRL_BYTES (4 * 1024 * 1024)
+
+struct wire_ca {
+	WOLFSSL_CERT_MANAGER *cm;
+};
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_rc;
+
+static void init_wolfssl(void)
+{
+	init_rc = wolfSSL_Init() == WOLFSSL_SUCCESS ? WIRE_OK : WIRE_ECRYPTO;
+}
+
+int wire_cert_read(const char *path, char **pem, size_t *len)
+{
+	return wire__read_file(path, WIRE_MAX_CERT_PEM, pem, len);
+}
+
+int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out,
+		 struct wire_diag *diag)
+{
+	struct wire_ca *ca = NULL;
+	char *buf = NULL;
+	size_t len;
+	int rc;
+
+	if (!ca_path || !out)
+		return WIRE_EINVAL;
+	pthread_once(&init_once, init_wolfssl);
+	if (init_rc)
+		return wire__fail(diag, init_rc, "wolfSSL_Init failed");
+	rc = WIRE_ENOMEM;
+	ca = calloc(1, sizeof(*ca));
+	if (!ca || !(ca->cm = wolfSSL_CertManagerNew()))
+		goto out;
+
+	rc = wire__read_file(ca_path, WIRE_MAX_CERT_PEM, &buf, &len);
+	if (rc) {
+		rc = wire__fail(diag, rc, "%s: cannot read CA certificate", ca_path);
+		goto out;
+	}
+	if (wolfSSL_CertManagerLoadCABuffer(ca->cm, (const unsigned char *)buf, (long)len,
+					    WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
+		rc = wire__fail(diag, WIRE_ECERT, "%s: not a usable PEM CA certificate", ca_path);
+		goto out;
+	}
+	free(buf);
+	buf = NULL;
+	if (crl_path) {
+		rc = wire__read_file(crl_path, MAX_CRL_BYTES, &buf, &len);
+		if (rc) {
+			rc = wire__fail(diag, rc, "%s: cannot read CRL", crl_path);
+			goto out;
+		}
+		if (wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) != WOLFSSL_SUCCESS ||
+		    wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
+						     WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
+			rc = wire__fail(diag, WIRE_ECERT, "%s: not a PEM CRL signed by the CA", crl_path);
+			goto out;
+		}
+	}
+	*out = ca;
+	ca = NULL;
+	rc = WIRE_OK;
+out:
+	free(buf);
+	wire_ca_free(ca);
+	return rc;
+}
+
+void wire_ca_free(struct wire_ca *ca)
+{
+	if (!ca)
+		return;
+	if (ca->cm)
+		wolfSSL_CertManagerFree(ca->cm);
+	free(ca);
+}
+
+int wire_cert_parse(const char *pem, size_t len, struct wire_cert_info *out,
+		    struct wire_diag *diag)
+{
+	DecodedCert dc;
+	uint8_t *der = NULL;
+	int rc = WIRE_ECERT;
+
+	if (!pem || !out)
+		return WIRE_EINVAL;
+	if (len > WIRE_MAX_CERT_PEM)
+		return wire__fail(diag, WIRE_ELIMIT, "certificate: %zu bytes, limit %d", len,
+				  WIRE_MAX_CERT_PEM);
+	der = malloc(len + 1);
+	if (!der)
+		return WIRE_ENOMEM;
+	int der_len = wc_CertPemToDer((const unsigned char *)pem, (int)len, der, (int)len, CERT_TYPE);
+	if (der_len <= 0) {
+		free(der);
+		return wire__fail(diag, WIRE_ECERT, "certificate: not PEM X.509");
+	}
+	wc_InitDecodedCert(&dc, der, (word32)der_len, NULL);
+	if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) != 0) {
+		rc = wire__fail(diag, WIRE_ECERT, "certificate: unparseable");
+		goto out;
+	}
+	if (!dc.subjectCN || dc.subjectCNLen <= 0 ||
+	    wire_id_check_n(dc.subjectCN, (size_t)dc.subjectCNLen)) {
+		rc = wire__fail(diag, WIRE_ECERT, "certificate: CN is not [A-Za-z0-9_-]{1,64}");
+		goto out;
+	}
+	if (dc.keyOID != ED25519k || dc.pubKeySize != WIRE_PUBKEY_LEN) {
+		rc = wire__fail(diag, WIRE_ECERT, "certificate: key is not Ed25519");
+		goto out;
+	}
+	memcpy(out->cn, dc.subjectCN, (size_t)dc.subjectCNLen);
+	out->cn[dc.subjectCNLen] = '\0';
+	memcpy(out->key.raw, dc.publicKey, WIRE_PUBKEY_LEN);
+	rc = WIRE_OK;
+out:
+	wc_FreeDecodedCert(&dc);
+	free(der);
+	return rc;
+}
+
+int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
+		   struct wire_cert_info *out, struct wire_diag *diag)
+{
+	if (!ca || !pem || !out)
+		return WIRE_EINVAL;
+	if (len > WIRE_MAX_CERT_PEM)
+		return wire__fail(diag, WIRE_ELIMIT, "certificate: %zu bytes, limit %d", len,
+				  WIRE_MAX_CERT_PEM);
+	int v = wolfSSL_CertManagerVerifyBuffer(ca->cm, (const unsigned char *)pem, (long)len,
+						WOLFSSL_FILETYPE_PEM);
+	switch (v) {
+	case WOLFSSL_SUCCESS:
+		break;
+	case CRL_CERT_REVOKED:
+		return wire__fail(diag, WIRE_EREVOKED, "certificate: revoked by the CRL");
+	case ASN_AFTER_DATE_E:
+	case ASN_BEFORE_DATE_E:
+		return wire__fail(diag, WIRE_EEXPIRED, "certificate: outside its validity period");
+	case ASN_NO_SIGNER_E:
+	case ASN_SIG_CONFIRM_E:
+		return wire__fail(diag, WIRE_ECHAIN, "certificate: not issued by the trusted CA");
+	default:
+		return wire__fail(diag, WIRE_ECERT, "certificate: rejected (wolfSSL error %d)", v);
+	}
+	return wire_cert_parse(pem, len, out, diag);
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# provision-certs.sh - Outpost PKI: CA, broker, bridge, operator and one certificate per device.
+# Idempotent: never overwrites a key; reissues a certificate only when it is missing, no longer
+# chains to the CA, or (broker) lacks a requested name. See certs/README.md.
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+Usage: scripts/provision-certs.sh --out DIR [--devices ID,ID,...] [--count N]
+                                  [--broker-host NAME[,NAME...]] [--revoke ID]
+
+Creates or completes an Outpost PKI in DIR:
+  DIR/ca.crt DIR/ca.key DIR/crl.pem           CA (ECDSA P-256) and its revocation list
+  DIR/broker.crt DIR/broker.key               broker TLS server (ECDSA P-256),
+                                              SAN: localhost, 127.0.0.1, ::1 and --broker-host
+  DIR/bridge.crt DIR/bridge.key               CN=outpost-bridge (Ed25519; signs acks and tasks)
+  DIR/operator.crt DIR/operator.key           CN=outpost-operator (Ed25519; read-only debugging)
+  DIR/devices/ID.crt DIR/devices/ID.key       one Ed25519 identity per device, CN=ID
+
+Options:
+  --out DIR            output directory (required)
+  --devices LIST       comma-separated device ids, each [A-Za-z0-9_-]{1,64}, not "outpost-*"
+  --count N            also provision device-0001 .. device-N (zero-padded to 4 digits)
+  --broker-host NAMES  extra DNS names or IP addresses for the broker certificate (repeatable)
+  --revoke ID          revoke device ID and refresh DIR/crl.pem (reload the broker afterwards)
+  -h, --help           this text
+
+Keys are created 0600 and never overwritten. Running again with the same arguments changes
+nothing. Exit status: 0 ok, 1 failure, 2 usage error.
+EOF
+}
+
+die() { echo "provision-certs: $*" >&2; exit 1; }
+usage_error() { echo "provision-certs: $*" >&2; echo "Try --help." >&2; exit 2; }
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cnf="$here/../certs/openssl.cnf"
+[ -r "$cnf" ] || die "missing $cnf"
+command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+
+out="" devices=() count=0 hosts=() revoke=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--out) [ $# -ge 2 ] || usage_error "--out needs a directory"; out=$2; shift 2 ;;
+	--out=*) out=${1#*=}; shift ;;
+	--devices) [ $# -ge 2 ] || usage_error "--devices needs a list"; IFS=, read -ra d <<<"$2"; devices+=("${d[@]}"); shift 2 ;;
+	--devices=*) IFS=, read -ra d <<<"${1#*=}"; devices+=("${d[@]}"); shift ;;
+	--count) [ $# -ge 2 ] || usage_error "--count needs a number"; count=$2; shift 2 ;;
+	--count=*) count=${1#*=}; shift ;;
+	--broker-host) [ $# -ge 2 ] || usage_error "--broker-host needs a name"; IFS=, read -ra h <<<"$2"; hosts+=("${h[@]}"); shift 2 ;;
+	--broker-host=*) IFS=, read -ra h <<<"${1#*=}"; hosts+=("${h[@]}"); shift ;;
+	--revoke) [ $# -ge 2 ] || usage_error "--revoke needs an id"; revoke=$2; shift 2 ;;
+	--revoke=*) revoke=${1#*=}; shift ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage_error "unknown argument: $1" ;;
+	esac
+done
+[ -n "$out" ] || usage_error "--out DIR is required"
+[[ "$count" =~ ^[0-9]+$ ]] && [ "$count" -le 100000 ] || usage_error "--count: not a number in 0..100000: $count"
+
+valid_id() { [[ "$1" =~ ^[A-Za-z0-9_-]{1,64}$ ]] && [[ "$1" != outpost-* ]]; }
+for id in "${devices[@]+"${devices[@]}"}"; do
+	valid_id "$id" || usage_error "--devices: invalid device id '$id' (want [A-Za-z0-9_-]{1,64}, not outpost-*)"
+done
+[ -z "$revoke" ] || valid_id "$revoke" || usage_error "--revoke: invalid device id '$revoke'"
+for h in "${hosts[@]+"${hosts[@]}"}"; do
+	[[ "$h" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || usage_error "--broker-host: invalid name '$h'"
+done
+for ((i = 1; i <= count; i++)); do devices+=("$(printf 'device-%04d' "$i")"); done
+
+umask 077
+mkdir -p "$out/devices" "$out/.ca/issued"
+out=$(cd "$out" && pwd)
+chmod 755 "$out" "$out/devices"
+chmod 700 "$out/.ca"
+export OUTPOST_PKI="$out" OUTPOST_SAN="DNS:localhost"
+[ -f "$out/.ca/index.txt" ] || : >"$out/.ca/index.txt"
+[ -f "$out/.ca/serial" ] || openssl rand -hex 16 >"$out/.ca/serial"
+[ -f "$out/.ca/crlnumber" ] || echo 1000 >"$out/.ca/crlnumber"
+
+ossl() {
+	local log
+	if ! log=$(openssl "$@" 2>&1); then
+		echo "$log" >&2
+		die "openssl $1 failed"
+	fi
+}
+
+# new_key PATH ed25519|p256: create a private key unless one exists (never overwrite).
+new_key() {
+	[ -f "$1" ] && return 0
+	if [ "$2" = ed25519 ]; then
+		ossl genpkey -algorithm ed25519 -out "$1.tmp"
+	else
+		ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -pkeyopt ec_param_enc:named_curve -out "$1.tmp"
+	fi
+	chmod 600 "$1.tmp"
+	mv "$1.tmp" "$1"
+	created=$((created + 1))
+}
+
+serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
+status_of() { awk -F'\t' -v s="$1" 'toupper($4) == toupper(s) { print $1 }' "$out/.ca/index.txt" | tail -n1; }
+cert_ok() { [ -f "$1" ] && openssl verify -CAfile "$out/ca.crt" "$1" >/dev/null 2>&1; }
+
+# issue NAME KEY CRT CN client|server: sign a certificate for KEY unless CRT is valid already.
+issue() {
+	local name=$1 key=$2 crt=$3 cn=$4 ext=$5
+	if cert_ok "$crt"; then
+		case "$(status_of "$(serial_of "$crt")")" in
+		R) echo "provision-certs: $name is revoked; not reissued (delete its files to re-provision)" >&2; return 0 ;;
+		esac
+		if [ "$ext" != server_cert ] || san_covers "$crt"; then return 0; fi
+	fi
+	ossl req -new -config "$cnf" -key "$key" -subj "/CN=$cn" -out "$crt.csr"
+	ossl ca -batch -config "$cnf" -extensions "$ext" -notext -in "$crt.csr" -out "$crt.tmp"
+	rm -f "$crt.csr"
+	chmod 644 "$crt.tmp"
+	mv "$crt.tmp" "$crt"
+	issued=$((issued + 1))
+}
+
+is_ip() { [[ "$1" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || "$1" == *:* ]]; }
+san_names=(localhost 127.0.0.1 ::1 "${hosts[@]+"${hosts[@]}"}")
+san_covers() {
+	local have n
+	have=$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr ',' '\n' | sed 's/^ *//')
+	for n in "${san_names[@]}"; do
+		if is_ip "$n"; then
+			# OpenSSL prints IPv6 in full form; compare IPv4 literally, trust ::1 presence.
+			grep -qix "IP Address:$n" <<<"$have" || { [ "$n" = ::1 ] && grep -qi "IP Address:0:0:0:0:0:0:0:1" <<<"$have"; } || return 1
+		else
+			grep -qix "DNS:$n" <<<"$have" || return 1
+		fi
+	done
+}
+
+created=0 issued=0 crl_dirty=0
+
+# CA
+if [ ! -f "$out/ca.key" ] && [ -f "$out/ca.crt" ]; then
+	die "$out/ca.crt exists without ca.key: cannot issue certificates"
+fi
+new_key "$out/ca.key" p256
+if [ ! -f "$out/ca.crt" ]; then
+	ossl req -new -x509 -config "$cnf" -extensions v3_ca -key "$out/ca.key" -days 7300 -subj "/CN=Outpost CA" -out "$out/ca.crt.tmp"
+	chmod 644 "$out/ca.crt.tmp"
+	mv "$out/ca.crt.tmp" "$out/ca.crt"
+	issued=$((issued + 1))
+	crl_dirty=1
+fi
+
+# Broker, bridge, operator
+san=""
+for n in "${san_names[@]}"; do
+	if is_ip "$n"; then san+="IP:$n,"; else san+="DNS:$n,"; fi
+done
+export OUTPOST_SAN=${san%,}
+new_key "$out/broker.key" p256
+issue broker "$out/broker.key" "$out/broker.crt" outpost-broker server_cert
+new_key "$out/bridge.key" ed25519
+issue bridge "$out/bridge.key" "$out/bridge.crt" outpost-bridge client_cert
+new_key "$out/operator.key" ed25519
+issue operator "$out/operator.key" "$out/operator.crt" outpost-operator client_cert
+
+# Devices
+for id in "${devices[@]+"${devices[@]}"}"; do
+	new_key "$out/devices/$id.key" ed25519
+	issue "device $id" "$out/devices/$id.key" "$out/devices/$id.crt" "$id" client_cert
+done
+
+# Revocation
+if [ -n "$revoke" ]; then
+	crt="$out/devices/$revoke.crt"
+	[ -f "$crt" ] || die "--revoke: no certificate for device '$revoke' in $out/devices"
+	if [ "$(status_of "$(serial_of "$crt")")" != R ]; then
+		ossl ca -config "$cnf" -revoke "$crt" -crl_reason keyCompromise
+		echo "provision-certs: revoked device $revoke"
+	else
+		echo "provision-certs: device $revoke was already revoked"
+	fi
+	crl_dirty=1
+fi
+
+# The CRL is refreshed when missing, after a revocation, or within 30 days of its nextUpdate.
+if [ ! -f "$out/crl.pem" ] || ! openssl crl -in "$out/crl.pem" -noout -CAfile "$out/ca.crt" >/dev/null 2>&1 ||
+	! openssl x509 -in "$out/ca.crt" -noout >/dev/null 2>&1; then
+	crl_dirty=1
+else
+	next=$(openssl crl -in "$out/crl.pem" -noout -nextupdate | cut -d= -f2)
+	[ "$(date -d "$next" +%s)" -gt "$(($(date +%s) + 30 * 86400))" ] || crl_dirty=1
+fi
+if [ "$crl_dirty" = 1 ]; then
+	ossl ca -config "$cnf" -gencrl -crlexts crl_ext -out "$out/crl.pem.tmp"
+	chmod 644 "$out/crl.pem.tmp"
+	mv "$out/crl.pem.tmp" "$out/crl.pem"
+fi
+
+rm -f "$out"/.ca/*.old
+echo "provision-certs: $out: $created new keys, $issued new certificates, ${#devices[@]} devices requested"

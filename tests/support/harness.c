@@ -1,0 +1,307 @@
+/* harness.c - process, port, PKI and broker helpers for the Outpost tests. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+extern char **environ;
+
+const char *h_source_dir(void)
+{
+	return OUTPOST_SOURCE_DIR;
+}
+
+const char *h_build_dir(void)
+{
+	return OUTPOST_BINARY_DIR;
+}
+
+char *h_strf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	return s;
+}
+
+long long h_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void h_sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+char *h_tmpdir(const char *tag)
+{
+	char *base = h_strf("%s/tests/tmp", h_build_dir());
+	mkdir(base, 0755);
+	char *tmpl = h_strf("%s/%s-XXXXXX", base, tag);
+	free(base);
+	if (!mkdtemp(tmpl))
+		abort();
+	chmod(tmpl, 0755);
+	return tmpl;
+}
+
+char *h_read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 4096, n = 0;
+	char *buf = malloc(cap);
+	size_t r;
+	while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+		n += r;
+		if (cap - n - 1 == 0) {
+			cap *= 2;
+			char *nb = realloc(buf, cap);
+			if (!nb) {
+				free(buf);
+				buf = NULL;
+			}
+			buf = nb;
+		}
+	}
+	fclose(f);
+	if (!buf)
+		return NULL;
+	buf[n] = '\0';
+	if (len)
+		*len = n;
+	return buf;
+}
+
+int h_sh(const char *cmd, char **out, int timeout_s)
+{
+	char *log = NULL;
+	char *full;
+	if (out) {
+		char *dir = h_tmpdir("sh");
+		log = h_strf("%s/out", dir);
+		full = h_strf("timeout -s KILL %d sh -c '%s' >'%s' 2>&1", timeout_s, cmd, log);
+		free(dir);
+	} else {
+		full = h_strf("timeout -s KILL %d sh -c '%s'", timeout_s, cmd);
+	}
+	/* cmd must not contain single quotes; tests control their commands. */
+	if (strchr(cmd, '\''))
+		abort();
+	int st = system(full);
+	free(full);
+	if (out) {
+		*out = h_read_file(log, NULL);
+		if (!*out)
+			*out = strdup("");
+		free(log);
+	}
+	if (st == -1)
+		return -1;
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	return 128 + WTERMSIG(st);
+}
+
+static const char *make_pki(const char *name, const char *args)
+{
+	static char paths[2][512];
+	int slot = strcmp(name, "pki-main") == 0 ? 0 : 1;
+	if (paths[slot][0])
+		return paths[slot];
+	char *dir = h_strf("%s/tests/%s", h_build_dir(), name);
+	char *lock = h_strf("%s/tests/.pki.lock", h_build_dir());
+	int fd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+	if (fd < 0 || flock(fd, LOCK_EX) != 0)
+		abort();
+	char *done = h_strf("%s/.complete", dir);
+	if (access(done, F_OK) != 0) {
+		char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s %s", h_source_dir(), dir, args);
+		char *out = NULL;
+		if (h_sh(cmd, &out, 120) != 0) {
+			fprintf(stderr, "PKI setup failed: %s\n%s\n", cmd, out);
+			abort();
+		}
+		free(out);
+		free(cmd);
+		if (slot == 0) {
+			cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-revoked",
+				     h_source_dir(), dir);
+			if (h_sh(cmd, NULL, 60) != 0)
+				abort();
+			free(cmd);
+		}
+		FILE *f = fopen(done, "w");
+		if (f)
+			fclose(f);
+	}
+	flock(fd, LOCK_UN);
+	close(fd);
+	snprintf(paths[slot], sizeof(paths[slot]), "%s", dir);
+	free(dir);
+	free(lock);
+	free(done);
+	return paths[slot];
+}
+
+const char *h_pki(void)
+{
+	return make_pki("pki-main", "--devices dev-a,dev-b,dev-c,dev-revoked");
+}
+
+const char *h_pki_other(void)
+{
+	return make_pki("pki-other", "--devices dev-a");
+}
+
+int h_free_port(void)
+{
+	/* Ask the kernel for an ephemeral port, then step out of its way. */
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+		abort();
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+bool h_wait_port(int port, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	while (h_now_ms() < end) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET,
+					.sin_port = htons((uint16_t)port),
+					.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (ok)
+			return true;
+		h_sleep_ms(20);
+	}
+	return false;
+}
+
+pid_t h_spawn(char *const argv[], char *const env[], const char *log_path)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		abort();
+	if (pid == 0) {
+		int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		for (size_t i = 0; env && env[i]; i++)
+			putenv(env[i]);
+		setpgid(0, 0);
+		execvp(argv[0], argv);
+		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	return pid;
+}
+
+int h_wait_exit(pid_t pid, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	int st;
+	for (;;) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		if (r < 0)
+			return -2;
+		if (h_now_ms() >= end)
+			return -1;
+		h_sleep_ms(10);
+	}
+}
+
+int h_stop(pid_t pid, int timeout_ms)
+{
+	if (pid <= 0)
+		return -2;
+	kill(pid, SIGTERM);
+	int rc = h_wait_exit(pid, timeout_ms);
+	if (rc == -1) {
+		kill(pid, SIGKILL);
+		rc = h_wait_exit(pid, 5000);
+	}
+	return rc;
+}
+
+void h_broker_start(struct h_broker *b, const char *pki)
+{
+	if (!b->wss_port) {
+		b->wss_port = h_free_port();
+		b->mqtts_port = h_free_port();
+		b->internal_port = h_free_port();
+		b->dir = h_tmpdir("broker");
+		b->log = h_strf("%s/mosquitto.log", b->dir);
+	}
+	b->pki = pki;
+	char *script = h_strf("%s/docker/mosquitto/run-broker.sh", h_source_dir());
+	char *env[] = {
+		h_strf("OUTPOST_PKI_DIR=%s", pki),
+		h_strf("OUTPOST_BROKER_DIR=%s", b->dir),
+		h_strf("OUTPOST_WSS_PORT=%d", b->wss_port),
+		h_strf("OUTPOST_MQTTS_PORT=%d", b->mqtts_port),
+		h_strf("OUTPOST_INTERNAL_PORT=%d", b->internal_port),
+		h_strf("OUTPOST_BROKER_BIND=127.0.0.1"),
+		h_strf("OUTPOST_INTERNAL_BIND=127.0.0.1"),
+		NULL,
+	};
+	char *argv[] = {script, NULL};
+	b->pid = h_spawn(argv, env, b->log);
+	/* putenv in the child kept pointers; the parent can free its copies now. */
+	for (size_t i = 0; env[i]; i++)
+		free(env[i]);
+	free(script);
+	if (!h_wait_port(b->mqtts_port, 10000) || !h_wait_port(b->wss_port, 5000) ||
+	    !h_wait_port(b->internal_port, 5000)) {
+		fprintf(stderr, "broker did not start; log %s\n", b->log);
+		abort();
+	}
+}
+
+void h_broker_stop(struct h_broker *b)
+{
+	if (b->pid > 0)
+		h_stop(b->pid, 5000);
+	b->pid = 0;
+}
+
+void h_broker_free(struct h_broker *b)
+{
+	h_broker_stop(b);
+	free(b->dir);
+	free(b->log);
+	b->dir = b->log = NULL;
+}

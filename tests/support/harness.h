@@ -1,0 +1,69 @@
+/* harness.h - test support: paths, temp dirs, child processes, loopback ports, PKI, broker.
+ * Every wait is bounded in time; every process a test starts is stopped by the test. */
+#ifndef HARNESS_H
+#define HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Source and build directories (compiled in by CMake). */
+const char *h_source_dir(void);
+const char *h_build_dir(void);
+
+/* printf into a malloc'd string; aborts on allocation failure (tests only). */
+char *h_strf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A fresh directory under <build>/tests/tmp; caller frees the string. */
+char *h_tmpdir(const char *tag);
+
+/* Run `sh -c cmd`; returns the exit status (or 128+signal), captures stdout+stderr into *out
+ * when out is non-NULL (caller frees). Killed after timeout_s seconds. */
+int h_sh(const char *cmd, char **out, int timeout_s);
+
+/* Read a whole file (caller frees), NULL if unreadable. */
+char *h_read_file(const char *path, size_t *len);
+
+/* Shared test PKIs, created once per build by scripts/provision-certs.sh (under a lock):
+ *   h_pki():       devices dev-a, dev-b, dev-c, dev-revoked (revoked in crl.pem)
+ *   h_pki_other(): an unrelated CA with device dev-a */
+const char *h_pki(void);
+const char *h_pki_other(void);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int h_free_port(void);
+
+/* Wait until something listens on 127.0.0.1:port; false after timeout_ms. */
+bool h_wait_port(int port, int timeout_ms);
+
+/* Start argv[0] with extra environment entries ("K=V", NULL-terminated, may be NULL),
+ * stdout+stderr appended to log_path. Returns the pid (aborts on failure). */
+pid_t h_spawn(char *const argv[], char *const env[], const char *log_path);
+
+/* SIGTERM, then SIGKILL after timeout_ms. Returns the exit status (128+sig if signalled). */
+int h_stop(pid_t pid, int timeout_ms);
+
+/* Wait for a child to exit by itself; -1 if still running after timeout_ms. */
+int h_wait_exit(pid_t pid, int timeout_ms);
+
+/* A real mosquitto from docker/mosquitto/run-broker.sh on free loopback ports. */
+struct h_broker {
+	pid_t pid;
+	int wss_port;
+	int mqtts_port;
+	int internal_port;
+	char *dir;
+	char *log;
+	const char *pki;
+};
+
+/* Start on new ports (or the ports already in b when b->wss_port != 0: a restart). */
+void h_broker_start(struct h_broker *b, const char *pki);
+void h_broker_stop(struct h_broker *b);
+void h_broker_free(struct h_broker *b);
+
+/* Milliseconds on the monotonic clock. */
+long long h_now_ms(void);
+void h_sleep_ms(int ms);
+
+#endif
