@@ -1,0 +1,410 @@
+/* cfg.c - table-driven settings: defaults, file, environment, command line. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "cfg.h"
+
+#define CFG_STR_DEFAULT_MAX 4096
+#define CFG_LINE_MAX 8192
+
+static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(char *err, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, CFG_ERR_MAX, fmt, ap);
+		va_end(ap);
+	}
+	return -1;
+}
+
+static int parse_int(const char *s, int64_t *v)
+{
+	char *end;
+	errno = 0;
+	long long x = strtoll(s, &end, 10);
+	if (errno || end == s || *end)
+		return -1;
+	*v = x;
+	return 0;
+}
+
+/* "<number><unit>" with units from the table; a bare number uses the first unit. */
+struct unit {
+	const char *name;
+	int64_t mult;
+};
+
+static int parse_with_units(const char *s, const struct unit *units, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	unsigned long long x = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -1;
+	while (*end == ' ')
+		end++;
+	int64_t mult = 0;
+	if (!*end) {
+		mult = units[0].mult;
+	} else {
+		for (const struct unit *u = units; u->name; u++)
+			if (!strcasecmp(end, u->name))
+				mult = u->mult;
+	}
+	if (!mult || x > (unsigned long long)(INT64_MAX / mult))
+		return -1;
+	*out = (int64_t)x * mult;
+	return 0;
+}
+
+int cfg_parse_duration(const char *s, int64_t *ms)
+{
+	static const struct unit u[] = {{"s", 1000},	 {"ms", 1},	    {"sec", 1000},
+					{"m", 60000},	 {"min", 60000},    {"h", 3600000},
+					{"d", 86400000}, {"day", 86400000}, {"days", 86400000},
+					{NULL, 0}};
+	return parse_with_units(s, u, ms);
+}
+
+int cfg_parse_size(const char *s, int64_t *bytes)
+{
+	static const struct unit u[] = {
+		{"b", 1},	       {"k", 1024},	   {"kb", 1024},      {"kib", 1024},
+		{"m", 1 << 20},	       {"mb", 1 << 20},	   {"mib", 1 << 20},  {"g", 1 << 30},
+		{"gb", 1 << 30},       {"gib", 1 << 30},   {NULL, 0}};
+	return parse_with_units(s, u, bytes);
+}
+
+int cfg_parse_bool(const char *s, int *v)
+{
+	static const char *const yes[] = {"1", "true", "yes", "on"};
+	static const char *const no[] = {"0", "false", "no", "off"};
+	for (size_t i = 0; i < 4; i++) {
+		if (!strcasecmp(s, yes[i])) {
+			*v = 1;
+			return 0;
+		}
+		if (!strcasecmp(s, no[i])) {
+			*v = 0;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static void fmt_duration(int64_t ms, char *buf, size_t cap)
+{
+	if (ms % 86400000 == 0 && ms)
+		snprintf(buf, cap, "%lldd", (long long)(ms / 86400000));
+	else if (ms % 3600000 == 0 && ms)
+		snprintf(buf, cap, "%lldh", (long long)(ms / 3600000));
+	else if (ms % 60000 == 0 && ms)
+		snprintf(buf, cap, "%lldm", (long long)(ms / 60000));
+	else if (ms % 1000 == 0)
+		snprintf(buf, cap, "%llds", (long long)(ms / 1000));
+	else
+		snprintf(buf, cap, "%lldms", (long long)ms);
+}
+
+static const struct cfg_opt *find(const struct cfg_opt *opts, size_t n, const char *name,
+				  size_t len)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *o = opts[i].name;
+		size_t j = 0;
+		for (; j < len && o[j]; j++) {
+			char c = name[j] == '-' ? '_' : name[j];
+			if (c != o[j])
+				break;
+		}
+		if (j == len && !o[j])
+			return &opts[i];
+	}
+	return NULL;
+}
+
+static int apply(const struct cfg_opt *o, void *settings, const char *value, const char *src,
+		 char *err)
+{
+	char *field = (char *)settings + o->offset;
+	int64_t v;
+	char a[32], b[32];
+
+	switch (o->type) {
+	case CFG_STR: {
+		size_t max = o->max ? (size_t)o->max : CFG_STR_DEFAULT_MAX;
+		if (strlen(value) > max)
+			return fail(err, "%s: %s: longer than %zu characters", src, o->name, max);
+		char *copy = strdup(value);
+		if (!copy)
+			return fail(err, "%s: %s: out of memory", src, o->name);
+		free(*(char **)field);
+		*(char **)field = copy;
+		return 0;
+	}
+	case CFG_BOOL: {
+		int x;
+		if (cfg_parse_bool(value, &x))
+			return fail(err, "%s: %s: expected true or false, got '%s'", src, o->name, value);
+		*(int *)field = x;
+		return 0;
+	}
+	case CFG_ENUM:
+		for (int i = 0; o->choices && o->choices[i]; i++) {
+			if (!strcmp(value, o->choices[i])) {
+				*(int *)field = i;
+				return 0;
+			}
+		}
+		return fail(err, "%s: %s: '%s' is not one of the allowed values", src, o->name, value);
+	case CFG_INT:
+		if (parse_int(value, &v))
+			return fail(err, "%s: %s: expected an integer, got '%s'", src, o->name, value);
+		if (v < o->min || v > o->max)
+			return fail(err, "%s: %s: must be between %lld and %lld", src, o->name,
+				    (long long)o->min, (long long)o->max);
+		*(int64_t *)field = v;
+		return 0;
+	case CFG_DURATION:
+		if (cfg_parse_duration(value, &v))
+			return fail(err, "%s: %s: expected a duration like 10s, 5m, 2h, 90d, got '%s'", src,
+				    o->name, value);
+		if (v < o->min || v > o->max) {
+			fmt_duration(o->min, a, sizeof(a));
+			fmt_duration(o->max, b, sizeof(b));
+			return fail(err, "%s: %s: must be between %s and %s", src, o->name, a, b);
+		}
+		*(int64_t *)field = v;
+		return 0;
+	case CFG_SIZE:
+		if (cfg_parse_size(value, &v))
+			return fail(err, "%s: %s: expected a size like 512k, 64MiB, 1G, got '%s'", src,
+				    o->name, value);
+		if (v < o->min || v > o->max)
+			return fail(err, "%s: %s: must be between %lld and %lld bytes", src, o->name,
+				    (long long)o->min, (long long)o->max);
+		*(int64_t *)field = v;
+		return 0;
+	}
+	return fail(err, "%s: %s: unsupported setting type", src, o->name);
+}
+
+int cfg_set(const struct cfg_opt *opts, size_t n, void *settings, const char *name,
+	    const char *value, const char *source, char *err)
+{
+	const struct cfg_opt *o = find(opts, n, name, strlen(name));
+	if (!o)
+		return fail(err, "%s: %s: unknown setting", source, name);
+	return apply(o, settings, value, source, err);
+}
+
+int cfg_defaults(const struct cfg_opt *opts, size_t n, void *settings, char *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!opts[i].def)
+			continue;
+		if (apply(&opts[i], settings, opts[i].def, "default", err))
+			return -1;
+	}
+	return 0;
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const char *path,
+		  char *err)
+{
+	FILE *f = fopen(path, "r");
+	char line[CFG_LINE_MAX], src[CFG_ERR_MAX / 2];
+	int rc = 0;
+	unsigned lineno = 0;
+
+	if (!f)
+		return fail(err, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		snprintf(src, sizeof(src), "%s:%u", path, lineno);
+		if (!strchr(line, '\n') && !feof(f)) {
+			rc = fail(err, "%s: line longer than %d bytes", src, CFG_LINE_MAX - 2);
+			break;
+		}
+		char *s = trim(line);
+		if (!*s || *s == '#')
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			rc = fail(err, "%s: expected 'key = value'", src);
+			break;
+		}
+		*eq = '\0';
+		char *key = trim(s), *value = trim(eq + 1);
+		size_t vl = strlen(value);
+		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+			value[vl - 1] = '\0';
+			value++;
+		} else {
+			char *hash = strstr(value, " #");
+			if (hash)
+				*hash = '\0';
+			value = trim(value);
+		}
+		const struct cfg_opt *o = find(opts, n, key, strlen(key));
+		if (!o) {
+			rc = fail(err, "%s: %s: unknown setting", src, key);
+			break;
+		}
+		if ((rc = apply(o, settings, value, src, err)) != 0)
+			break;
+	}
+	if (!rc && ferror(f))
+		rc = fail(err, "%s: read error", path);
+	fclose(f);
+	return rc;
+}
+
+static void env_name(char *buf, size_t cap, const char *prefix, const char *name)
+{
+	size_t i = 0;
+	for (const char *p = prefix; *p && i + 1 < cap; p++)
+		buf[i++] = *p;
+	for (const char *p = name; *p && i + 1 < cap; p++)
+		buf[i++] = (char)toupper((unsigned char)*p);
+	buf[i] = '\0';
+}
+
+int cfg_load_env(const struct cfg_opt *opts, size_t n, void *settings, const char *prefix,
+		 char *err)
+{
+	char var[128], src[160];
+	for (size_t i = 0; i < n; i++) {
+		env_name(var, sizeof(var), prefix, opts[i].name);
+		const char *v = getenv(var);
+		if (!v)
+			continue;
+		snprintf(src, sizeof(src), "environment %s", var);
+		if (apply(&opts[i], settings, v, src, err))
+			return -1;
+	}
+	return 0;
+}
+
+int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
+	      const char *env_prefix, const char *default_config, char *err)
+{
+	const char *config = NULL;
+	char var[128];
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return 1;
+		if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V"))
+			return 2;
+	}
+	if (cfg_defaults(opts, n, settings, err))
+		return -1;
+	/* Find the config file first: it sits below environment and options. */
+	for (int i = 1; i < argc; i++) {
+		if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
+			config = argv[++i];
+		else if (!strncmp(argv[i], "--config=", 9))
+			config = argv[i] + 9;
+		else if (!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c"))
+			return fail(err, "command line: %s needs a file", argv[i]);
+	}
+	env_name(var, sizeof(var), env_prefix, "config");
+	if (!config)
+		config = getenv(var);
+	if (config) {
+		if (cfg_load_file(opts, n, settings, config, err))
+			return -1;
+	} else if (default_config && access(default_config, R_OK) == 0) {
+		if (cfg_load_file(opts, n, settings, default_config, err))
+			return -1;
+	}
+	if (cfg_load_env(opts, n, settings, env_prefix, err))
+		return -1;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--config") || !strcmp(a, "-c")) {
+			i++;
+			continue;
+		}
+		if (!strncmp(a, "--config=", 9))
+			continue;
+		if (strncmp(a, "--", 2) != 0)
+			return fail(err, "command line: unexpected argument '%s'", a);
+		a += 2;
+		const char *eq = strchr(a, '=');
+		size_t len = eq ? (size_t)(eq - a) : strlen(a);
+		const struct cfg_opt *o = find(opts, n, a, len);
+		if (!o)
+			return fail(err, "command line: --%.*s: unknown option", (int)len, a);
+		const char *value;
+		if (eq)
+			value = eq + 1;
+		else if (o->type == CFG_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0))
+			value = "true";
+		else if (i + 1 < argc)
+			value = argv[++i];
+		else
+			return fail(err, "command line: --%s needs a value", o->name);
+		if (apply(o, settings, value, "command line", err))
+			return -1;
+	}
+	return 0;
+}
+
+void cfg_print_help(FILE *out, const struct cfg_opt *opts, size_t n, const char *env_prefix)
+{
+	char opt[64], var[128];
+	for (size_t i = 0; i < n; i++) {
+		const struct cfg_opt *o = &opts[i];
+		size_t j = 0;
+		for (const char *p = o->name; *p && j + 1 < sizeof(opt); p++)
+			opt[j++] = *p == '_' ? '-' : *p;
+		opt[j] = '\0';
+		env_name(var, sizeof(var), env_prefix, o->name);
+		fprintf(out, "  --%-22s %s", opt, o->help ? o->help : "");
+		if (o->def && *o->def)
+			fprintf(out, " [%s]", o->def);
+		if (o->type == CFG_ENUM && o->choices) {
+			fprintf(out, " (");
+			for (int k = 0; o->choices[k]; k++)
+				fprintf(out, "%s%s", k ? "|" : "", o->choices[k]);
+			fprintf(out, ")");
+		}
+		fprintf(out, "\n");
+	}
+	fprintf(out, "Every option is also a config file key (name with '_') and an environment\n"
+		     "variable %s<NAME>. Precedence: option > environment > file > default.\n",
+		env_prefix);
+}
+
+void cfg_free(const struct cfg_opt *opts, size_t n, void *settings)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (opts[i].type != CFG_STR)
+			continue;
+		char **p = (char **)((char *)settings + opts[i].offset);
+		free(*p);
+		*p = NULL;
+	}
+}

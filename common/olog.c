@@ -1,0 +1,70 @@
+/* olog.c - timestamped single-line logging to stderr. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "olog.h"
+
+static char prefix[128] = "outpost";
+static enum olog_level max_level = OLOG_INFO;
+static const char *const names[] = {"error", "warn", "info", "debug"};
+
+void olog_init(const char *program, const char *ident, enum olog_level max)
+{
+	if (ident && *ident)
+		snprintf(prefix, sizeof(prefix), "%s[%s]", program, ident);
+	else
+		snprintf(prefix, sizeof(prefix), "%s", program);
+	max_level = max;
+}
+
+void olog_set_level(enum olog_level max)
+{
+	max_level = max;
+}
+
+int olog_enabled(enum olog_level level)
+{
+	return level <= max_level;
+}
+
+int olog_level_parse(const char *s)
+{
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+void olog(enum olog_level level, const char *fmt, ...)
+{
+	char line[1024];
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+
+	if (level > max_level)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
+			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+			 ts.tv_nsec / 1000000, prefix, names[level]);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		n = 0;
+	va_start(ap, fmt);
+	int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+	if (len > sizeof(line) - 2)
+		len = sizeof(line) - 2;
+	/* one line per record, whatever the message held */
+	for (size_t i = (size_t)n; i < len; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	line[len++] = '\n';
+	ssize_t w = write(STDERR_FILENO, line, len);
+	(void)w;
+}
