@@ -85,10 +85,23 @@ struct h_mqtt *h_mqtt_connect(const char *uri, const char *pki, const char *name
 	return h_mqtt_connect_ca(uri, pki, name, pki, client_id, why);
 }
 
-int h_mqtt_pub(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
-	       int retain)
+static int pub(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
+	       int retain, const char *resp_topic, const void *corr, size_t corr_len)
 {
 	MQTTClient_message m = MQTTClient_message_initializer;
+	MQTTProperty p;
+	if (resp_topic) {
+		p.identifier = MQTTPROPERTY_CODE_RESPONSE_TOPIC;
+		p.value.data.data = (char *)resp_topic;
+		p.value.data.len = (int)strlen(resp_topic);
+		MQTTProperties_add(&m.properties, &p);
+	}
+	if (corr) {
+		p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+		p.value.data.data = (char *)corr;
+		p.value.data.len = (int)corr_len;
+		MQTTProperties_add(&m.properties, &p);
+	}
 	MQTTClient_deliveryToken tok = 0;
 	m.payload = (void *)payload;
 	m.payloadlen = (int)len;
@@ -98,6 +111,7 @@ int h_mqtt_pub(struct h_mqtt *c, const char *topic, const void *payload, size_t 
 	MQTTResponse r = MQTTClient_publishMessage5(c->cli, topic, &m, &tok);
 	int rc = r.reasonCode;
 	MQTTResponse_free(r);
+	MQTTProperties_free(&m.properties);
 	if (rc != MQTTCLIENT_SUCCESS)
 		return -1;
 	if (qos == 0)
@@ -105,6 +119,18 @@ int h_mqtt_pub(struct h_mqtt *c, const char *topic, const void *payload, size_t 
 	if (MQTTClient_waitForCompletion(c->cli, tok, 5000) != MQTTCLIENT_SUCCESS)
 		return c->last_reason >= 0x80 ? c->last_reason : -1;
 	return c->last_reason < 0 ? 0 : c->last_reason;
+}
+
+int h_mqtt_pub(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
+	       int retain)
+{
+	return pub(c, topic, payload, len, qos, retain, NULL, NULL, 0);
+}
+
+int h_mqtt_pub5(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
+		const char *resp_topic, const void *corr, size_t corr_len)
+{
+	return pub(c, topic, payload, len, qos, 0, resp_topic, corr, corr_len);
 }
 
 int h_mqtt_sub(struct h_mqtt *c, const char *filter, int qos)
@@ -117,6 +143,12 @@ int h_mqtt_sub(struct h_mqtt *c, const char *filter, int qos)
 }
 
 int h_mqtt_recv(struct h_mqtt *c, char **topic, char **payload, size_t *len, int timeout_ms)
+{
+	return h_mqtt_recv5(c, topic, payload, len, NULL, NULL, timeout_ms);
+}
+
+int h_mqtt_recv5(struct h_mqtt *c, char **topic, char **payload, size_t *len, void **corr,
+		 size_t *corr_len, int timeout_ms)
 {
 	long long end = h_now_ms() + timeout_ms;
 	while (h_now_ms() < end) {
@@ -135,6 +167,19 @@ int h_mqtt_recv(struct h_mqtt *c, char **topic, char **payload, size_t *len, int
 		(*payload)[m->payloadlen] = '\0';
 		if (len)
 			*len = (size_t)m->payloadlen;
+		if (corr) {
+			MQTTProperty *p = MQTTProperties_getProperty(&m->properties,
+								     MQTTPROPERTY_CODE_CORRELATION_DATA);
+			*corr = NULL;
+			if (corr_len)
+				*corr_len = 0;
+			if (p) {
+				*corr = malloc((size_t)p->value.data.len + 1);
+				memcpy(*corr, p->value.data.data, (size_t)p->value.data.len);
+				if (corr_len)
+					*corr_len = (size_t)p->value.data.len;
+			}
+		}
 		MQTTClient_freeMessage(&m);
 		MQTTClient_free(t);
 		return 1;

@@ -19,12 +19,20 @@ struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *n
 int h_mqtt_pub(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
 	       int retain);
 
+/* Like h_mqtt_pub with MQTT v5 Response Topic and Correlation Data (either may be NULL). */
+int h_mqtt_pub5(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,
+		const char *resp_topic, const void *corr, size_t corr_len);
+
 /* Subscribe; returns the granted QoS / reason code from the SUBACK, or -1. */
 int h_mqtt_sub(struct h_mqtt *c, const char *filter, int qos);
 
 /* Wait up to timeout_ms for a message. Returns 1 and fills topic and payload (caller frees both,
  * payload NUL-terminated) or 0 on timeout, -1 on disconnect. */
 int h_mqtt_recv(struct h_mqtt *c, char **topic, char **payload, size_t *len, int timeout_ms);
+
+/* Like h_mqtt_recv, also returning the v5 Correlation Data (caller frees; NULL if absent). */
+int h_mqtt_recv5(struct h_mqtt *c, char **topic, char **payload, size_t *len, void **corr,
+		 size_t *corr_len, int timeout_ms);
 
 void h_mqtt_close(struct h_mqtt *c); /* accepts NULL */
 

@@ -1,0 +1,476 @@
+/* brg_ingest.c - pipeline threads: dispatch by device, verifiers, the group-committing writer,
+ * acknowledgements after commit, bounded memory (see brg_ingest.h). */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "brg_ingest.h"
+#include "brg_queue.h"
+#include "brg_reply.h"
+#include "olog.h"
+#include "store_ops.h"
+#include "wire_topic.h"
+
+struct worker {
+	struct brg_ingest *in;
+	struct brg_queue *q;
+	pthread_t th;
+	int started;
+};
+
+struct brg_ingest {
+	struct brg_ingest_opts o;
+	struct store *store;
+	struct brg_registry *reg;
+	struct brg_verifier *ver;
+	struct brg_committer *com;
+	struct worker *workers;
+	struct brg_queue *wq;
+	pthread_t writer;
+	int writer_started;
+
+	pthread_mutex_t mu; /* everything below */
+	pthread_cond_t room;
+	size_t mem_used;
+	int stopping;
+	int stopped;
+	int workers_alive;
+	int recheck;
+	int gave_up;
+	int64_t stop_deadline; /* monotonic ms */
+	struct brg_stats st;
+};
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	if (!in->o.log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	in->o.log(in->o.log_ctx, level, line);
+}
+
+int brg_ingest_new(struct store *writer, struct brg_registry *reg, struct brg_verifier *ver,
+		   const struct brg_ingest_opts *o, struct brg_ingest **out)
+{
+	if (o->workers < 1 || !o->queue_depth || !o->writer_queue || !o->group_max ||
+	    !o->bridge_key || !o->publish)
+		return BRG_EINVAL;
+	struct brg_ingest *in = calloc(1, sizeof(*in));
+	if (!in)
+		return BRG_ENOMEM;
+	in->o = *o;
+	in->store = writer;
+	in->reg = reg;
+	in->ver = ver;
+	pthread_mutex_init(&in->mu, NULL);
+	pthread_cond_init(&in->room, NULL);
+	int rc = BRG_ENOMEM;
+	in->workers = calloc((size_t)o->workers, sizeof(*in->workers));
+	if (!in->workers || brg_queue_new(o->writer_queue, &in->wq))
+		goto fail;
+	for (int i = 0; i < o->workers; i++) {
+		in->workers[i].in = in;
+		if (brg_queue_new(o->queue_depth, &in->workers[i].q))
+			goto fail;
+	}
+	if (brg_committer_new(writer, &o->commit, &in->com)) {
+		rc = BRG_ESTORE;
+		goto fail;
+	}
+	*out = in;
+	return BRG_OK;
+fail:
+	brg_ingest_free(in);
+	return rc;
+}
+
+/* ---- memory budget ---- */
+
+static void release(struct brg_ingest *in, size_t cost)
+{
+	pthread_mutex_lock(&in->mu);
+	in->mem_used -= cost < in->mem_used ? cost : in->mem_used;
+	pthread_cond_broadcast(&in->room);
+	pthread_mutex_unlock(&in->mu);
+}
+
+static void done_item(struct brg_ingest *in, struct brg_item *it)
+{
+	size_t cost = it->cost;
+	brg_item_free(it);
+	release(in, cost);
+}
+
+/* ---- intake ---- */
+
+static size_t pick(const struct brg_ingest *in, const char *topic)
+{
+	/* outpost/v1/<id>/...: hash the id so one device always meets the same verifier. */
+	const char *id = strncmp(topic, WIRE_TOPIC_PREFIX, sizeof(WIRE_TOPIC_PREFIX) - 1)
+				 ? topic
+				 : topic + sizeof(WIRE_TOPIC_PREFIX) - 1;
+	uint64_t h = 1469598103934665603ull;
+	for (const char *p = id; *p && *p != '/'; p++)
+		h = (h ^ (uint8_t)*p) * 1099511628211ull;
+	return (size_t)(h % (uint64_t)in->o.workers);
+}
+
+int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m)
+{
+	pthread_mutex_lock(&in->mu);
+	in->st.received++;
+	/* One message may always enter an empty pipeline, so a big one cannot wedge it. */
+	while (!in->stopping && in->mem_used && in->mem_used + m->cost > in->o.max_memory)
+		pthread_cond_wait(&in->room, &in->mu);
+	if (in->stopping) {
+		in->st.dropped_at_stop++;
+		pthread_mutex_unlock(&in->mu);
+		free(m);
+		return BRG_ECLOSED;
+	}
+	in->mem_used += m->cost;
+	pthread_mutex_unlock(&in->mu);
+	size_t cost = m->cost;
+	if (brg_queue_push(in->workers[pick(in, m->topic)].q, m)) {
+		free(m);
+		release(in, cost);
+		pthread_mutex_lock(&in->mu);
+		in->st.dropped_at_stop++;
+		pthread_mutex_unlock(&in->mu);
+		return BRG_ECLOSED;
+	}
+	return BRG_OK;
+}
+
+/* ---- verifiers ---- */
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct brg_ingest *in = w->in;
+	void *p;
+	while (brg_queue_pop(w->q, &p, -1) == BRG_OK) {
+		struct brg_msg *m = p;
+		size_t cost = m->cost;
+		struct brg_item *it = NULL;
+		if (brg_verify(in->ver, m, &it)) {
+			release(in, cost); /* out of memory: dropped, the device resends */
+			continue;
+		}
+		if (brg_queue_push(in->wq, it))
+			done_item(in, it);
+	}
+	pthread_mutex_lock(&in->mu);
+	int last = --in->workers_alive == 0;
+	pthread_mutex_unlock(&in->mu);
+	if (last)
+		brg_queue_close(in->wq);
+	return NULL;
+}
+
+/* ---- writer ---- */
+
+static void publish_outcome(struct brg_ingest *in, struct brg_outcome *out, int64_t now)
+{
+	uint64_t acks = 0, lists = 0, fails = 0;
+	for (size_t i = 0; i < out->n_replies; i++) {
+		const struct brg_reply *r = &out->replies[i];
+		char topic[WIRE_TOPIC_MAX];
+		uint8_t *buf = NULL;
+		size_t len = 0;
+		int rc = brg_reply_seal(in->o.bridge_key, r, now, topic, &buf, &len);
+		if (!rc)
+			rc = in->o.publish(in->o.publish_ctx, topic, buf, len,
+					   r->has_corr ? r->corr : NULL, r->corr_len);
+		free(buf);
+		if (rc) {
+			fails++;
+			logf_(in, OLOG_WARN, "[%s] could not publish %s (seq %llu); the device will ask again",
+			      r->device, r->kind == BRG_REPLY_ACK ? "ack" : "task list",
+			      (unsigned long long)r->seq);
+		} else if (r->kind == BRG_REPLY_ACK) {
+			acks++;
+		} else {
+			lists++;
+		}
+	}
+	for (size_t i = 0; i < out->n_states; i++)
+		brg_registry_put(in->reg, out->states[i].device, &out->states[i].info);
+	for (size_t i = 0; i < out->n_notes; i++) {
+		const struct brg_note *n = &out->notes[i];
+		if (n->device[0])
+			logf_(in, n->level, "[%s] %s", n->device, n->text);
+		else
+			logf_(in, n->level, "%s", n->text);
+	}
+	pthread_mutex_lock(&in->mu);
+	in->st.envelopes += out->envelopes;
+	in->st.readings += out->readings;
+	in->st.duplicates += out->duplicates;
+	in->st.rejected += out->rejected;
+	in->st.unjudged += out->unjudged;
+	in->st.acks += acks;
+	in->st.task_lists += lists;
+	in->st.publish_failures += fails;
+	pthread_mutex_unlock(&in->mu);
+	brg_outcome_clear(out);
+}
+
+static int stopping_past_deadline(struct brg_ingest *in)
+{
+	pthread_mutex_lock(&in->mu);
+	int past = in->stopping && mono_ms() >= in->stop_deadline;
+	pthread_mutex_unlock(&in->mu);
+	return past;
+}
+
+/* Sleep up to ms, waking early once a stop's deadline has passed. */
+static void backoff(struct brg_ingest *in, int64_t ms)
+{
+	int64_t end = mono_ms() + ms;
+	while (mono_ms() < end && !stopping_past_deadline(in)) {
+		int64_t left = end - mono_ms();
+		struct timespec ts = {0, (long)((left > 50 ? 50 : left) * 1000000L)};
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Commit items (retrying while the failure is transient); returns 1 if committed. */
+static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
+		  struct brg_outcome *out)
+{
+	int64_t delay = in->o.retry_min_ms;
+	for (int attempt = 1;; attempt++) {
+		int64_t now = store_now_ms();
+		int rc = brg_commit_group(in->com, items, n, now, out);
+		if (!rc) {
+			pthread_mutex_lock(&in->mu);
+			in->st.commits++;
+			pthread_mutex_unlock(&in->mu);
+			if (attempt > 1)
+				logf_(in, OLOG_INFO, "store back: committed %zu message(s) after %d attempts",
+				      n, attempt);
+			publish_outcome(in, out, now);
+			return 1;
+		}
+		pthread_mutex_lock(&in->mu);
+		in->st.commit_failures++;
+		pthread_mutex_unlock(&in->mu);
+		if (attempt == 1 || attempt % 10 == 0)
+			logf_(in, OLOG_WARN,
+			      "commit of %zu message(s) failed (attempt %d): %s: %s; nothing acknowledged, "
+			      "retrying",
+			      n, attempt, store_strerror(rc), store_errmsg(in->store));
+		if (!store_err_transient(rc) && attempt >= 3) {
+			if (n > 1) {
+				/* Isolate what the store refuses instead of blocking everything. */
+				for (size_t i = 0; i < n; i++)
+					commit(in, &items[i], 1, out);
+				return 1;
+			}
+			logf_(in, OLOG_ERROR, "[%s] message dropped: the store refuses it (%s: %s); it is "
+			      "not acknowledged",
+			      items[0]->device, store_strerror(rc), store_errmsg(in->store));
+			return 0;
+		}
+		if (stopping_past_deadline(in)) {
+			pthread_mutex_lock(&in->mu);
+			in->gave_up = 1;
+			pthread_mutex_unlock(&in->mu);
+			logf_(in, OLOG_ERROR, "shutdown: gave up committing %zu message(s); not acknowledged, "
+			      "devices will resend them", n);
+			return 0;
+		}
+		backoff(in, delay);
+		delay = delay * 2 > in->o.retry_max_ms ? in->o.retry_max_ms : delay * 2;
+	}
+}
+
+static void maintain(struct brg_ingest *in, struct brg_outcome *out)
+{
+	int64_t now = store_now_ms();
+	int rc = brg_commit_maintain(in->com, now, out);
+	if (rc) {
+		logf_(in, OLOG_WARN, "health sweep failed: %s: %s (next time)", store_strerror(rc),
+		      store_errmsg(in->store));
+		return;
+	}
+	publish_outcome(in, out, now);
+}
+
+static void recheck(struct brg_ingest *in, struct brg_outcome *out)
+{
+	int64_t now = store_now_ms();
+	int rc = brg_commit_recheck_certs(in->com, in->ver, now, out);
+	if (rc) {
+		logf_(in, OLOG_WARN, "certificate re-check failed: %s: %s (retrying later)",
+		      store_strerror(rc), store_errmsg(in->store));
+		pthread_mutex_lock(&in->mu);
+		in->recheck = 1;
+		pthread_mutex_unlock(&in->mu);
+		return;
+	}
+	publish_outcome(in, out, now);
+}
+
+static size_t item_readings(const struct brg_item *it)
+{
+	return it->kind == BRG_ITEM_BATCH && it->batch ? it->batch->n_readings : 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct brg_ingest *in = arg;
+	struct brg_outcome out = {0};
+	struct brg_item **items = calloc(in->o.group_max, sizeof(*items));
+	int64_t next_health = mono_ms() + in->o.health_interval_ms;
+	if (!items) {
+		logf_(in, OLOG_ERROR, "writer: out of memory");
+		return NULL;
+	}
+	for (;;) {
+		int64_t wait = next_health - mono_ms();
+		void *p = NULL;
+		int rc = brg_queue_pop(in->wq, &p, wait > 0 ? (int)wait : 0);
+		if (rc == BRG_ECLOSED)
+			break;
+		if (rc == BRG_OK) {
+			size_t n = 0, readings = 0;
+			items[n++] = p;
+			readings += item_readings(p);
+			/* Whatever queued up meanwhile joins this transaction. */
+			while (n < in->o.group_max && readings < in->o.group_max_readings &&
+			       brg_queue_pop_many(in->wq, &p, 1) == 1) {
+				items[n++] = p;
+				readings += item_readings(p);
+			}
+			commit(in, items, n, &out);
+			for (size_t i = 0; i < n; i++)
+				done_item(in, items[i]);
+		}
+		pthread_mutex_lock(&in->mu);
+		int want_recheck = in->recheck && !in->stopping;
+		in->recheck = 0;
+		int stopping = in->stopping;
+		pthread_mutex_unlock(&in->mu);
+		if (want_recheck)
+			recheck(in, &out);
+		if (!stopping && mono_ms() >= next_health) {
+			maintain(in, &out);
+			next_health = mono_ms() + in->o.health_interval_ms;
+		}
+	}
+	brg_outcome_free(&out);
+	free(items);
+	return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+int brg_ingest_start(struct brg_ingest *in)
+{
+	in->workers_alive = in->o.workers;
+	for (int i = 0; i < in->o.workers; i++) {
+		if (pthread_create(&in->workers[i].th, NULL, worker_main, &in->workers[i]))
+			goto fail;
+		in->workers[i].started = 1;
+	}
+	if (pthread_create(&in->writer, NULL, writer_main, in))
+		goto fail;
+	in->writer_started = 1;
+	return BRG_OK;
+fail:
+	pthread_mutex_lock(&in->mu);
+	for (int i = 0; i < in->o.workers; i++)
+		if (!in->workers[i].started)
+			in->workers_alive--;
+	pthread_mutex_unlock(&in->mu);
+	brg_ingest_stop(in);
+	return BRG_ETHREAD;
+}
+
+int brg_ingest_stop(struct brg_ingest *in)
+{
+	pthread_mutex_lock(&in->mu);
+	if (in->stopped) {
+		pthread_mutex_unlock(&in->mu);
+		return in->gave_up ? BRG_ETIMEDOUT : BRG_OK;
+	}
+	in->stopping = 1;
+	in->stop_deadline = mono_ms() + in->o.shutdown_timeout_ms;
+	pthread_cond_broadcast(&in->room);
+	pthread_mutex_unlock(&in->mu);
+	for (int i = 0; i < in->o.workers; i++)
+		brg_queue_close(in->workers[i].q);
+	for (int i = 0; i < in->o.workers; i++)
+		if (in->workers[i].started)
+			pthread_join(in->workers[i].th, NULL);
+	/* Normally the last verifier closed it; covers a failed start too. */
+	brg_queue_close(in->wq);
+	if (in->writer_started)
+		pthread_join(in->writer, NULL);
+	/* Anything left (a failed start) is dropped unacknowledged. */
+	void *p;
+	for (int i = 0; i < in->o.workers; i++)
+		while (brg_queue_pop(in->workers[i].q, &p, 0) == BRG_OK) {
+			release(in, ((struct brg_msg *)p)->cost);
+			free(p);
+		}
+	while (brg_queue_pop(in->wq, &p, 0) == BRG_OK)
+		done_item(in, p);
+	pthread_mutex_lock(&in->mu);
+	in->stopped = 1;
+	int gave_up = in->gave_up;
+	pthread_mutex_unlock(&in->mu);
+	return gave_up ? BRG_ETIMEDOUT : BRG_OK;
+}
+
+void brg_ingest_recheck_certs(struct brg_ingest *in)
+{
+	pthread_mutex_lock(&in->mu);
+	in->recheck = 1;
+	pthread_mutex_unlock(&in->mu);
+}
+
+void brg_ingest_stats(struct brg_ingest *in, struct brg_stats *out)
+{
+	pthread_mutex_lock(&in->mu);
+	*out = in->st;
+	out->memory = in->mem_used;
+	pthread_mutex_unlock(&in->mu);
+	out->queued = brg_queue_len(in->wq);
+	for (int i = 0; i < in->o.workers; i++)
+		out->queued += brg_queue_len(in->workers[i].q);
+}
+
+void brg_ingest_free(struct brg_ingest *in)
+{
+	if (!in)
+		return;
+	if (in->workers && in->wq && (in->writer_started || in->workers[0].started))
+		brg_ingest_stop(in);
+	brg_committer_free(in->com);
+	for (int i = 0; in->workers && i < in->o.workers; i++)
+		brg_queue_free(in->workers[i].q);
+	free(in->workers);
+	brg_queue_free(in->wq);
+	pthread_mutex_destroy(&in->mu);
+	pthread_cond_destroy(&in->room);
+	free(in);
+}

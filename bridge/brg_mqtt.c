@@ -1,0 +1,343 @@
+/* brg_mqtt.c - libmosquitto client of the bridge; the only file that includes mosquitto.h. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "brg_mqtt.h"
+#include "olog.h"
+
+#define BACKOFF_MIN_MS 500
+#define BACKOFF_MAX_MS 30000
+
+static const char *const uplinks[] = {"birth", "telemetry", "tasks/poll", "tasks/result"};
+#define N_UPLINKS (sizeof(uplinks) / sizeof(uplinks[0]))
+
+struct brg_mqtt {
+	struct brg_mqtt_opts o;
+	char *host, *client_id, *share_group, *ca, *cert, *key;
+	struct mosquitto *mosq;
+	pthread_t th;
+	int started;
+	pthread_mutex_t mu; /* below */
+	pthread_cond_t cv;
+	int stop;
+	int connected;
+	long pending; /* QoS 1 publishes not yet acknowledged */
+};
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+static void lib_init(void)
+{
+	mosquitto_lib_init();
+}
+
+static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
+{
+	char line[400];
+	va_list ap;
+	if (!m->o.log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	m->o.log(m->o.log_ctx, level, line);
+}
+
+static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
+		       const mosquitto_property *props)
+{
+	struct brg_mqtt *m = ud;
+	char topic[160];
+	(void)props;
+	if (rc) {
+		logm(m, OLOG_ERROR, "broker %s:%d refused the connection: %s", m->host, m->o.port,
+		     mosquitto_reason_string(rc));
+		return;
+	}
+	pthread_mutex_lock(&m->mu);
+	m->connected = 1;
+	pthread_mutex_unlock(&m->mu);
+	logm(m, OLOG_INFO, "connected to %s:%d as %s (session %s)", m->host, m->o.port,
+	     m->client_id, flags & 1 ? "resumed" : "new");
+	/* Subscriptions live in the persistent session; repeating them is harmless. */
+	for (size_t i = 0; i < N_UPLINKS; i++) {
+		snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group, uplinks[i]);
+		if (mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
+			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
+	}
+	/* Retained messages never reach shared subscriptions; each bridge follows status. */
+	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1, MQTT_SUB_OPT_SEND_RETAIN_NEW,
+				   NULL) != MOSQ_ERR_SUCCESS)
+		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
+}
+
+static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const int *granted,
+			 const mosquitto_property *props)
+{
+	struct brg_mqtt *m = ud;
+	(void)mosq;
+	(void)mid;
+	(void)props;
+	for (int i = 0; i < n; i++)
+		if (granted[i] > 2)
+			logm(m, OLOG_ERROR, "broker refused a subscription (reason 0x%02x): check the ACL "
+			     "for outpost-bridge", granted[i]);
+}
+
+static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosquitto_property *p)
+{
+	struct brg_mqtt *m = ud;
+	(void)mosq;
+	(void)p;
+	pthread_mutex_lock(&m->mu);
+	int was = m->connected, stopping = m->stop;
+	m->connected = 0;
+	pthread_mutex_unlock(&m->mu);
+	if (was && !stopping)
+		logm(m, OLOG_WARN, "disconnected from the broker: %s; reconnecting",
+		     rc ? mosquitto_reason_string(rc) : "by request");
+}
+
+static void on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
+		       const mosquitto_property *props)
+{
+	struct brg_mqtt *m = ud;
+	(void)mosq;
+	(void)mid;
+	(void)props;
+	if (reason >= 0x80)
+		logm(m, OLOG_WARN, "broker refused a reply (reason 0x%02x)", reason);
+	pthread_mutex_lock(&m->mu);
+	if (m->pending > 0)
+		m->pending--;
+	pthread_cond_broadcast(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_message *msg,
+		       const mosquitto_property *props)
+{
+	struct brg_mqtt *m = ud;
+	char *resp = NULL;
+	void *corr = NULL;
+	uint16_t corr_len = 0;
+	(void)mosq;
+	mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &resp, false);
+	mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
+	struct brg_msg *bm = brg_msg_new(msg->topic, msg->payload, (size_t)msg->payloadlen, resp,
+					 corr, corr_len);
+	free(resp);
+	free(corr);
+	if (!bm) {
+		logm(m, OLOG_ERROR, "out of memory: message on %s dropped", msg->topic);
+		return;
+	}
+	bm->retained = msg->retain;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	bm->received_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	/* Blocks while the pipeline is full: the broker then holds the rest. */
+	m->o.on_message(m->o.ctx, bm);
+}
+
+static char *dup_or_null(const char *s, int *fail)
+{
+	if (!s)
+		return NULL;
+	char *d = strdup(s);
+	if (!d)
+		*fail = 1;
+	return d;
+}
+
+int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err)
+{
+	int fail = 0, rc;
+	pthread_once(&lib_once, lib_init);
+	struct brg_mqtt *m = calloc(1, sizeof(*m));
+	if (!m) {
+		snprintf(err, 256, "out of memory");
+		return BRG_ENOMEM;
+	}
+	m->o = *o;
+	m->host = dup_or_null(o->host, &fail);
+	m->client_id = dup_or_null(o->client_id, &fail);
+	m->share_group = dup_or_null(o->share_group, &fail);
+	m->ca = dup_or_null(o->ca_file, &fail);
+	m->cert = dup_or_null(o->cert_file, &fail);
+	m->key = dup_or_null(o->key_file, &fail);
+	pthread_mutex_init(&m->mu, NULL);
+	pthread_cond_init(&m->cv, NULL);
+	if (fail || !(m->mosq = mosquitto_new(m->client_id, false, m))) {
+		snprintf(err, 256, "cannot create the MQTT client: %s", fail ? "out of memory" : strerror(errno));
+		brg_mqtt_free(m);
+		return BRG_ENOMEM;
+	}
+	mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+	mosquitto_int_option(m->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+	mosquitto_threaded_set(m->mosq, true);
+	rc = mosquitto_tls_set(m->mosq, m->ca, NULL, m->cert, m->key, NULL);
+	if (rc == MOSQ_ERR_SUCCESS)
+		rc = mosquitto_tls_opts_set(m->mosq, 1, "tlsv1.2", NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		snprintf(err, 256, "TLS files (%s, %s, %s): %s", m->ca, m->cert, m->key,
+			 mosquitto_strerror(rc));
+		brg_mqtt_free(m);
+		return BRG_EIO;
+	}
+	mosquitto_connect_v5_callback_set(m->mosq, on_connect);
+	mosquitto_disconnect_v5_callback_set(m->mosq, on_disconnect);
+	mosquitto_subscribe_v5_callback_set(m->mosq, on_subscribe);
+	mosquitto_publish_v5_callback_set(m->mosq, on_publish);
+	mosquitto_message_v5_callback_set(m->mosq, on_message);
+	mosquitto_reconnect_delay_set(m->mosq, 1, 30, true);
+	*out = m;
+	return BRG_OK;
+}
+
+static int stopping(struct brg_mqtt *m)
+{
+	pthread_mutex_lock(&m->mu);
+	int s = m->stop;
+	pthread_mutex_unlock(&m->mu);
+	return s;
+}
+
+static void nap(struct brg_mqtt *m, int ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&m->mu);
+	if (!m->stop)
+		pthread_cond_timedwait(&m->cv, &m->mu, &until);
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void *net_main(void *arg)
+{
+	struct brg_mqtt *m = arg;
+	mosquitto_property *props = NULL;
+	int first = 1, backoff = BACKOFF_MIN_MS;
+	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, m->o.session_expiry_s);
+	while (!stopping(m)) {
+		int rc = first ? mosquitto_connect_bind_v5(m->mosq, m->host, m->o.port, m->o.keepalive_s,
+							    NULL, props)
+			       : mosquitto_reconnect(m->mosq);
+		if (rc == MOSQ_ERR_SUCCESS) {
+			first = 0;
+			backoff = BACKOFF_MIN_MS;
+			/* Returns on disconnect-by-request or on errors it does not retry (TLS). */
+			rc = mosquitto_loop_forever(m->mosq, 1000, 1);
+			if (stopping(m))
+				break;
+		}
+		logm(m, OLOG_WARN, "broker %s:%d: %s; retrying in %d ms", m->host, m->o.port,
+		     rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc), backoff);
+		nap(m, backoff);
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+	}
+	mosquitto_property_free_all(&props);
+	return NULL;
+}
+
+int brg_mqtt_start(struct brg_mqtt *m)
+{
+	if (pthread_create(&m->th, NULL, net_main, m))
+		return BRG_ETHREAD;
+	m->started = 1;
+	return BRG_OK;
+}
+
+int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t len,
+		     const void *corr, size_t corr_len)
+{
+	struct brg_mqtt *m = ctx;
+	mosquitto_property *props = NULL;
+	if (corr && mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr,
+						  (uint16_t)corr_len) != MOSQ_ERR_SUCCESS)
+		return BRG_ENOMEM;
+	pthread_mutex_lock(&m->mu);
+	m->pending++;
+	pthread_mutex_unlock(&m->mu);
+	int rc = mosquitto_publish_v5(m->mosq, NULL, topic, (int)len, payload, 1, false, props);
+	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		pthread_mutex_lock(&m->mu);
+		m->pending--;
+		pthread_mutex_unlock(&m->mu);
+		return BRG_EMQTT;
+	}
+	return BRG_OK;
+}
+
+int brg_mqtt_flush(struct brg_mqtt *m, int timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&m->mu);
+	int rc = 0;
+	while (m->pending > 0 && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&m->cv, &m->mu, &until);
+	long left = m->pending;
+	pthread_mutex_unlock(&m->mu);
+	return left > 0 ? BRG_ETIMEDOUT : BRG_OK;
+}
+
+int brg_mqtt_connected(struct brg_mqtt *m)
+{
+	pthread_mutex_lock(&m->mu);
+	int c = m->connected;
+	pthread_mutex_unlock(&m->mu);
+	return c;
+}
+
+void brg_mqtt_stop(struct brg_mqtt *m)
+{
+	if (!m || !m->started)
+		return;
+	pthread_mutex_lock(&m->mu);
+	m->stop = 1;
+	pthread_cond_broadcast(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+	mosquitto_disconnect_v5(m->mosq, MQTT_RC_NORMAL_DISCONNECTION, NULL);
+	pthread_join(m->th, NULL);
+	m->started = 0;
+}
+
+void brg_mqtt_free(struct brg_mqtt *m)
+{
+	if (!m)
+		return;
+	brg_mqtt_stop(m);
+	mosquitto_destroy(m->mosq);
+	pthread_mutex_destroy(&m->mu);
+	pthread_cond_destroy(&m->cv);
+	free(m->host);
+	free(m->client_id);
+	free(m->share_group);
+	free(m->ca);
+	free(m->cert);
+	free(m->key);
+	free(m);
+}

@@ -1,0 +1,56 @@
+/* brg_mqtt.h - the bridge's MQTT transport (libmosquitto; this header hides it): MQTT v5 over
+ * mutual TLS to the broker's internal listener, a persistent session (clean start off, long
+ * session expiry, stable client id) so the broker queues while the bridge restarts, the shared
+ * subscription $share/<group>/outpost/v1/+/{birth,telemetry,tasks/poll,tasks/result} and a
+ * plain one to outpost/v1/+/status. Reconnects by itself, with backoff. */
+#ifndef BRG_MQTT_H
+#define BRG_MQTT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "brg_err.h"
+#include "brg_item.h"
+
+/* Receives each message (taken over). May block: that stops reading from the broker.
+ * libmosquitto has already sent the PUBACK, so only the bridge's own Ack means stored. */
+typedef int (*brg_mqtt_msg_fn)(void *ctx, struct brg_msg *m);
+
+struct brg_mqtt_opts {
+	const char *host;
+	int port;
+	const char *client_id;
+	const char *share_group;
+	int keepalive_s;
+	uint32_t session_expiry_s;
+	const char *ca_file, *cert_file, *key_file;
+	brg_mqtt_msg_fn on_message;
+	void *ctx;
+	brg_log_fn log;
+	void *log_ctx;
+};
+
+struct brg_mqtt;
+
+/* Strings in o are copied. err (256 bytes) says what is wrong on failure. */
+int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err);
+
+/* Start the network thread: connect (retrying with backoff), subscribe, deliver messages. */
+int brg_mqtt_start(struct brg_mqtt *m);
+
+/* Publish QoS 1 (brg_publish_fn; ctx is the struct brg_mqtt). Queued in memory while
+ * disconnected and sent after the reconnect. Thread-safe. */
+int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t len,
+		     const void *corr, size_t corr_len);
+
+/* Wait until every publish so far was acknowledged by the broker, up to timeout_ms.
+ * BRG_ETIMEDOUT if some are still pending. */
+int brg_mqtt_flush(struct brg_mqtt *m, int timeout_ms);
+
+int brg_mqtt_connected(struct brg_mqtt *m);
+
+/* Disconnect and join the network thread. */
+void brg_mqtt_stop(struct brg_mqtt *m);
+void brg_mqtt_free(struct brg_mqtt *m); /* accepts NULL; stops first */
+
+#endif

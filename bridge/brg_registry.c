@@ -1,0 +1,190 @@
+/* brg_registry.c - device key/state cache: an open hash table under one mutex. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "brg_err.h"
+#include "brg_registry.h"
+#include "store_ops.h"
+#include "wire_limits.h"
+
+#define NOKEY_TTL_MS 1000
+
+struct entry {
+	char id[WIRE_ID_MAX + 1]; /* "" = free slot */
+	struct brg_dev_info info;
+	int64_t loaded_ms;
+};
+
+struct brg_registry {
+	pthread_mutex_t mu;	  /* the table */
+	pthread_mutex_t store_mu; /* the reader connection */
+	struct store *reader;
+	struct entry *slots;
+	size_t cap, used, max;
+};
+
+static const char *const names[] = {"", STORE_ST_UNENROLLED, STORE_ST_ACTIVE,
+				    STORE_ST_QUARANTINED, STORE_ST_REVOKED, STORE_ST_DEACTIVATED};
+
+enum brg_state brg_state_parse(const char *s)
+{
+	for (int i = 1; s && i <= BRG_ST_DEACTIVATED; i++)
+		if (!strcmp(s, names[i]))
+			return (enum brg_state)i;
+	return BRG_ST_NONE;
+}
+
+const char *brg_state_name(enum brg_state st)
+{
+	return st >= BRG_ST_NONE && st <= BRG_ST_DEACTIVATED && st != BRG_ST_NONE ? names[st]
+										   : "unknown";
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 1099511628211ull;
+	return h;
+}
+
+int brg_registry_new(struct store *reader, size_t max_entries, struct brg_registry **out)
+{
+	struct brg_registry *r = calloc(1, sizeof(*r));
+	if (!r)
+		return BRG_ENOMEM;
+	/* Start small (a power of two); grow while at most half full, up to max entries. */
+	r->cap = 1024;
+	r->slots = calloc(r->cap, sizeof(*r->slots));
+	if (!r->slots) {
+		free(r);
+		return BRG_ENOMEM;
+	}
+	r->max = max_entries < 16 ? 16 : max_entries;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_mutex_init(&r->store_mu, NULL);
+	r->reader = reader;
+	*out = r;
+	return BRG_OK;
+}
+
+void brg_registry_free(struct brg_registry *r)
+{
+	if (!r)
+		return;
+	store_close(r->reader);
+	pthread_mutex_destroy(&r->mu);
+	pthread_mutex_destroy(&r->store_mu);
+	free(r->slots);
+	free(r);
+}
+
+/* Slot for id (existing or the free one where it would go). Caller holds mu. */
+static struct entry *find(struct brg_registry *r, const char *id)
+{
+	size_t mask = r->cap - 1, i = (size_t)hash(id) & mask;
+	while (r->slots[i].id[0] && strcmp(r->slots[i].id, id))
+		i = (i + 1) & mask;
+	return &r->slots[i];
+}
+
+static int grow(struct brg_registry *r)
+{
+	size_t ncap = r->cap * 2;
+	struct entry *old = r->slots, *n = calloc(ncap, sizeof(*n));
+	if (!n)
+		return BRG_ENOMEM;
+	size_t ocap = r->cap;
+	r->slots = n;
+	r->cap = ncap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i].id[0])
+			*find(r, old[i].id) = old[i];
+	free(old);
+	return BRG_OK;
+}
+
+static void put_locked(struct brg_registry *r, const char *id, const struct brg_dev_info *info,
+		       int64_t now)
+{
+	struct entry *e = find(r, id);
+	if (!e->id[0]) {
+		if (r->used >= r->max) {
+			/* Bounded: start over; entries come back from the store on demand. */
+			memset(r->slots, 0, r->cap * sizeof(*r->slots));
+			r->used = 0;
+		} else if ((r->used + 1) * 2 > r->cap && grow(r)) {
+			return; /* no memory: just do not cache */
+		}
+		e = find(r, id);
+		strcpy(e->id, id);
+		r->used++;
+	}
+	e->info = *info;
+	e->loaded_ms = now;
+}
+
+void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info)
+{
+	if (strlen(id) > WIRE_ID_MAX || !id[0])
+		return;
+	pthread_mutex_lock(&r->mu);
+	put_locked(r, id, info, mono_ms());
+	pthread_mutex_unlock(&r->mu);
+}
+
+int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
+		     struct brg_dev_info *out)
+{
+	int64_t now = mono_ms();
+	if (strlen(id) > WIRE_ID_MAX || !id[0])
+		return BRG_EINVAL;
+	pthread_mutex_lock(&r->mu);
+	struct entry *e = find(r, id);
+	if (e->id[0]) {
+		int64_t age = now - e->loaded_ms;
+		int fresh = (max_age_ms < 0 || age <= max_age_ms) &&
+			    (e->info.has_key || age <= NOKEY_TTL_MS);
+		if (fresh) {
+			*out = e->info;
+			pthread_mutex_unlock(&r->mu);
+			return BRG_OK;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+
+	struct store_device d;
+	struct brg_dev_info info = {0};
+	pthread_mutex_lock(&r->store_mu);
+	int rc = store_device_get(r->reader, id, &d);
+	pthread_mutex_unlock(&r->store_mu);
+	if (rc && rc != STORE_ENOTFOUND)
+		return BRG_ESTORE;
+	if (!rc) {
+		info.state = brg_state_parse(d.state);
+		info.has_key = d.has_pubkey;
+		memcpy(info.key.raw, d.pubkey, sizeof(info.key.raw));
+	}
+	pthread_mutex_lock(&r->mu);
+	put_locked(r, id, &info, now);
+	pthread_mutex_unlock(&r->mu);
+	*out = info;
+	return BRG_OK;
+}
+
+size_t brg_registry_size(struct brg_registry *r)
+{
+	pthread_mutex_lock(&r->mu);
+	size_t n = r->used;
+	pthread_mutex_unlock(&r->mu);
+	return n;
+}

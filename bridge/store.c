@@ -1,0 +1,412 @@
+/* store.c - store URL dispatch and the backend-neutral statement API over store_be.h. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_be.h"
+
+struct store {
+	const struct store_backend *be;
+	void *conn;
+	char *url; /* for messages; password removed */
+	char err[STORE_ERR_MAX];
+};
+
+struct store_stmt {
+	struct store *s;
+	void *st;
+	int64_t changes;
+};
+
+#define COPY_MAX_COLS 16
+
+struct store_copy {
+	struct store *s;
+	char *table;
+	char *cols;
+	int ncols;
+	void *cp;	/* backend copy while started */
+	int col;	/* next column of the current row */
+	struct store_val row[COPY_MAX_COLS];
+};
+
+static const char *const errs[] = {
+	[0] = "ok",
+	[1] = "out of memory",
+	[2] = "invalid argument",
+	[3] = "store URL not understood (want sqlite:PATH or postgresql://...)",
+	[4] = "cannot reach the database",
+	[5] = "database busy or locked",
+	[6] = "statement failed",
+	[7] = "constraint violated",
+	[8] = "store schema not usable by this program",
+	[9] = "not found",
+	[10] = "database is read-only",
+	[11] = "database full",
+	[12] = "backend not built into this program",
+	[13] = "not allowed in the current state",
+};
+
+const char *store_strerror(int err)
+{
+	int i = -err;
+	if (i < 0 || (size_t)i >= sizeof(errs) / sizeof(errs[0]))
+		return "unknown store error";
+	return errs[i];
+}
+
+int store_err_transient(int err)
+{
+	return err == STORE_ECONN || err == STORE_EBUSY || err == STORE_EREADONLY ||
+	       err == STORE_EFULL;
+}
+
+/* Copy of url with the password of a postgresql://user:pass@host URL replaced by "***". */
+static char *redact(const char *url)
+{
+	char *u = strdup(url);
+	if (!u)
+		return NULL;
+	char *scheme = strstr(u, "://");
+	if (!scheme)
+		return u;
+	char *at = strchr(scheme + 3, '@');
+	char *colon = strchr(scheme + 3, ':');
+	if (at && colon && colon < at) {
+		char *r = NULL;
+		if (asprintf(&r, "%.*s:***%s", (int)(colon - u), u, at) < 0)
+			r = NULL;
+		free(u);
+		return r;
+	}
+	return u;
+}
+
+int store_open(const char *url, const struct store_opts *opts, struct store **out, char *err)
+{
+	static const struct store_opts defaults = STORE_OPTS_INIT;
+	const struct store_backend *be = NULL;
+	const char *target = url;
+
+	if (!url || !out) {
+		snprintf(err, STORE_ERR_MAX, "no store URL");
+		return STORE_EINVAL;
+	}
+	if (!opts)
+		opts = &defaults;
+	if (!strncmp(url, "sqlite:", 7)) {
+		be = &store__sqlite;
+		target = url + 7;
+		if (!strncmp(target, "//", 2)) /* sqlite:///abs/path */
+			target += 2;
+		if (!*target) {
+			snprintf(err, STORE_ERR_MAX, "%s: no database path after sqlite:", url);
+			return STORE_EURL;
+		}
+	} else if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11)) {
+#ifdef STORE_WITH_PG
+		be = &store__pg;
+#else
+		snprintf(err, STORE_ERR_MAX,
+			 "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)", url);
+		return STORE_ENOTSUP;
+#endif
+	} else {
+		snprintf(err, STORE_ERR_MAX, "%s: %s", url, store_strerror(STORE_EURL));
+		return STORE_EURL;
+	}
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s || !(s->url = redact(url))) {
+		free(s);
+		snprintf(err, STORE_ERR_MAX, "out of memory");
+		return STORE_ENOMEM;
+	}
+	s->be = be;
+	char why[STORE_ERR_MAX] = "";
+	int rc = be->open(target, opts, s->err, &s->conn, why);
+	if (rc) {
+		snprintf(err, STORE_ERR_MAX, "%s: %s", s->url, why);
+		free(s->url);
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return STORE_OK;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	s->be->close(s->conn);
+	free(s->url);
+	free(s);
+}
+
+enum store_dialect store_dialect(const struct store *s)
+{
+	return s->be->dialect;
+}
+
+const char *store_url(const struct store *s)
+{
+	return s->url;
+}
+
+const char *store_errmsg(const struct store *s)
+{
+	return s->err;
+}
+
+int store_exec(struct store *s, const char *sql)
+{
+	return s->be->exec(s->conn, sql);
+}
+
+int store_begin(struct store *s)
+{
+	return s->be->begin(s->conn);
+}
+
+int store_commit(struct store *s)
+{
+	return s->be->exec(s->conn, "COMMIT");
+}
+
+int store_rollback(struct store *s)
+{
+	int rc = s->be->exec(s->conn, "ROLLBACK");
+	return rc == STORE_ECONN ? STORE_OK : rc;
+}
+
+int store_prepare(struct store *s, const char *sql, struct store_stmt **out)
+{
+	struct store_stmt *st = calloc(1, sizeof(*st));
+	if (!st)
+		return STORE_ENOMEM;
+	int rc = s->be->prepare(s->conn, sql, &st->st);
+	if (rc) {
+		free(st);
+		return rc;
+	}
+	st->s = s;
+	*out = st;
+	return STORE_OK;
+}
+
+void store_stmt_free(struct store_stmt *st)
+{
+	if (!st)
+		return;
+	st->s->be->finalize(st->st);
+	free(st);
+}
+
+static int bind(struct store_stmt *st, int idx, const struct store_val *v)
+{
+	return st->s->be->bind(st->st, idx, v);
+}
+
+int store_bind_i64(struct store_stmt *st, int idx, int64_t v)
+{
+	struct store_val x = {.t = STORE_VI64, .i = v};
+	return bind(st, idx, &x);
+}
+
+int store_bind_f64(struct store_stmt *st, int idx, double v)
+{
+	struct store_val x = {.t = isnan(v) ? STORE_VNULL : STORE_VF64, .f = v};
+	return bind(st, idx, &x);
+}
+
+int store_bind_text(struct store_stmt *st, int idx, const char *v)
+{
+	struct store_val x = {.t = v ? STORE_VTEXT : STORE_VNULL, .p = v, .len = v ? strlen(v) : 0};
+	return bind(st, idx, &x);
+}
+
+int store_bind_blob(struct store_stmt *st, int idx, const void *v, size_t len)
+{
+	struct store_val x = {.t = v ? STORE_VBLOB : STORE_VNULL, .p = v, .len = len};
+	return bind(st, idx, &x);
+}
+
+int store_bind_null(struct store_stmt *st, int idx)
+{
+	struct store_val x = {.t = STORE_VNULL};
+	return bind(st, idx, &x);
+}
+
+int store_step(struct store_stmt *st)
+{
+	int rc = st->s->be->step(st->st);
+	if (rc == 0)
+		st->changes = st->s->be->changes(st->st);
+	return rc;
+}
+
+int store_reset(struct store_stmt *st)
+{
+	return st->s->be->reset(st->st);
+}
+
+int64_t store_changes(const struct store_stmt *st)
+{
+	return st->changes;
+}
+
+int store_col_null(struct store_stmt *st, int col)
+{
+	struct store_val v;
+	return st->s->be->column(st->st, col, &v) || v.t == STORE_VNULL;
+}
+
+int64_t store_col_i64(struct store_stmt *st, int col)
+{
+	struct store_val v;
+	if (st->s->be->column(st->st, col, &v))
+		return 0;
+	return v.t == STORE_VI64 ? v.i : v.t == STORE_VF64 ? (int64_t)v.f : 0;
+}
+
+double store_col_f64(struct store_stmt *st, int col)
+{
+	struct store_val v;
+	if (st->s->be->column(st->st, col, &v))
+		return NAN;
+	return v.t == STORE_VF64 ? v.f : v.t == STORE_VI64 ? (double)v.i : NAN;
+}
+
+const char *store_col_text(struct store_stmt *st, int col)
+{
+	struct store_val v;
+	if (st->s->be->column(st->st, col, &v) || v.t != STORE_VTEXT)
+		return NULL;
+	return v.p;
+}
+
+const void *store_col_blob(struct store_stmt *st, int col, size_t *len)
+{
+	struct store_val v;
+	*len = 0;
+	if (st->s->be->column(st->st, col, &v) || (v.t != STORE_VBLOB && v.t != STORE_VTEXT))
+		return NULL;
+	*len = v.len;
+	return v.p;
+}
+
+int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, ...)
+{
+	struct store_stmt *st = NULL;
+	va_list ap;
+	int rc = store_prepare(s, sql, &st);
+	if (rc)
+		return rc;
+	va_start(ap, nargs);
+	for (int i = 0; i < nargs && !rc; i++)
+		rc = store_bind_i64(st, i + 1, va_arg(ap, int64_t));
+	va_end(ap);
+	if (!rc) {
+		rc = store_step(st);
+		if (rc == 1) {
+			*out = store_col_i64(st, 0);
+			rc = STORE_OK;
+		} else if (rc == 0) {
+			rc = STORE_ENOTFOUND;
+		}
+	}
+	store_stmt_free(st);
+	return rc;
+}
+
+/* ---- bulk insert ---- */
+
+int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,
+		   struct store_copy **out)
+{
+	if (ncols < 1 || ncols > COPY_MAX_COLS)
+		return STORE_EINVAL;
+	struct store_copy *c = calloc(1, sizeof(*c));
+	if (!c)
+		return STORE_ENOMEM;
+	c->s = s;
+	c->ncols = ncols;
+	c->table = strdup(table);
+	c->cols = strdup(cols);
+	if (!c->table || !c->cols) {
+		store_copy_free(c);
+		return STORE_ENOMEM;
+	}
+	*out = c;
+	return STORE_OK;
+}
+
+void store_copy_free(struct store_copy *c)
+{
+	if (!c)
+		return;
+	if (c->cp) {
+		c->s->be->copy_end(c->cp, 0);
+		c->s->be->copy_free(c->cp);
+	}
+	free(c->table);
+	free(c->cols);
+	free(c);
+}
+
+int store_copy_start(struct store_copy *c)
+{
+	if (c->cp) {
+		c->s->be->copy_end(c->cp, 0);
+		c->s->be->copy_free(c->cp);
+		c->cp = NULL;
+	}
+	c->col = 0;
+	return c->s->be->copy_begin(c->s->conn, c->table, c->cols, c->ncols, &c->cp);
+}
+
+static int copy_put(struct store_copy *c, const struct store_val *v)
+{
+	if (!c->cp || c->col >= c->ncols)
+		return STORE_EINVAL;
+	c->row[c->col++] = *v;
+	return STORE_OK;
+}
+
+int store_copy_i64(struct store_copy *c, int64_t v)
+{
+	struct store_val x = {.t = STORE_VI64, .i = v};
+	return copy_put(c, &x);
+}
+
+int store_copy_f64(struct store_copy *c, double v)
+{
+	struct store_val x = {.t = isnan(v) ? STORE_VNULL : STORE_VF64, .f = v};
+	return copy_put(c, &x);
+}
+
+int store_copy_null(struct store_copy *c)
+{
+	struct store_val x = {.t = STORE_VNULL};
+	return copy_put(c, &x);
+}
+
+int store_copy_end_row(struct store_copy *c)
+{
+	if (!c->cp || c->col != c->ncols)
+		return STORE_EINVAL;
+	c->col = 0;
+	return c->s->be->copy_row(c->cp, c->row);
+}
+
+int store_copy_finish(struct store_copy *c)
+{
+	if (!c->cp)
+		return STORE_EINVAL;
+	int rc = c->s->be->copy_end(c->cp, 1);
+	c->s->be->copy_free(c->cp);
+	c->cp = NULL;
+	return rc;
+}

@@ -1,0 +1,519 @@
+/* store_pg.c - the PostgreSQL backend (libpq): server-side prepared statements re-prepared
+ * after a reconnect, rows streamed in single-row mode, bulk inserts with COPY. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "store_be.h"
+
+#define PG_MAX_PARAMS 32
+#define PG_NUM_LEN 32
+#define PG_COPY_FLUSH (64 * 1024)
+
+struct pg_conn {
+	PGconn *c;
+	char *err;
+	unsigned gen;	  /* bumped at every (re)connect: statements prepared before are gone */
+	unsigned next_id; /* statement names */
+	int busy;	  /* a statement is streaming rows */
+};
+
+struct pg_stmt {
+	struct pg_conn *pc;
+	char name[24];
+	char *sql; /* with $n placeholders */
+	int nparams;
+	unsigned gen; /* pc->gen when prepared; 0 = never */
+	char *vals[PG_MAX_PARAMS];
+	int lens[PG_MAX_PARAMS];
+	int fmts[PG_MAX_PARAMS];
+	char num[PG_MAX_PARAMS][PG_NUM_LEN];
+	char *heap[PG_MAX_PARAMS]; /* copies of text/blob arguments */
+	PGresult *row;		   /* current single-row result */
+	int running;		   /* query sent, results not drained */
+	int64_t changes;
+	unsigned char *blob; /* decoded bytea of the current row */
+	size_t blob_cap;
+};
+
+struct pg_copy {
+	struct pg_conn *pc;
+	int ncols;
+	char *buf;
+	size_t len, cap;
+	int failed;
+};
+
+static void quiet(void *arg, const char *msg)
+{
+	(void)arg;
+	(void)msg; /* notices are not errors; the programs log what matters */
+}
+
+static int map_result(struct pg_conn *pc, PGresult *res, const char *what)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(pc->c);
+	snprintf(pc->err, STORE_ERR_MAX, "%s: %s", what, msg && *msg ? msg : "failed");
+	size_t n = strlen(pc->err);
+	while (n && (pc->err[n - 1] == '\n' || pc->err[n - 1] == ' '))
+		pc->err[--n] = '\0';
+	if (PQstatus(pc->c) != CONNECTION_OK || !state)
+		return STORE_ECONN;
+	if (!strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
+	    !strcmp(state, "57P03"))
+		return STORE_ECONN;
+	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
+		return STORE_EBUSY;
+	if (!strcmp(state, "25006"))
+		return STORE_EREADONLY;
+	if (!strncmp(state, "53", 2))
+		return STORE_EFULL;
+	if (!strncmp(state, "23", 2))
+		return STORE_ECONSTRAINT;
+	return STORE_EQUERY;
+}
+
+/* Rewrite '?' placeholders outside quotes as $1, $2, ... */
+static char *rewrite(const char *sql, int *nparams)
+{
+	size_t len = strlen(sql);
+	char *out = malloc(len * 4 + 1);
+	if (!out)
+		return NULL;
+	char *o = out, quote = 0;
+	int n = 0;
+	for (const char *p = sql; *p; p++) {
+		if (quote) {
+			if (*p == quote)
+				quote = 0;
+		} else if (*p == '\'' || *p == '"') {
+			quote = *p;
+		} else if (*p == '?') {
+			o += sprintf(o, "$%d", ++n);
+			continue;
+		}
+		*o++ = *p;
+	}
+	*o = '\0';
+	*nparams = n;
+	return out;
+}
+
+static int pg_connect(struct pg_conn *pc)
+{
+	if (PQstatus(pc->c) == CONNECTION_OK)
+		return STORE_OK;
+	PQreset(pc->c);
+	if (PQstatus(pc->c) != CONNECTION_OK) {
+		snprintf(pc->err, STORE_ERR_MAX, "reconnect: %s", PQerrorMessage(pc->c));
+		return STORE_ECONN;
+	}
+	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	pc->gen++;
+	pc->busy = 0;
+	return STORE_OK;
+}
+
+static int pg_open(const char *url, const struct store_opts *o, char *errbuf, void **conn,
+		   char *err)
+{
+	char timeout[16];
+	snprintf(timeout, sizeof(timeout), "%d", o->connect_timeout_s > 0 ? o->connect_timeout_s : 10);
+	/* Earlier keywords are overridden by what the URL says. */
+	const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
+	const char *vals[] = {timeout, o->app_name ? o->app_name : "outpost", url, NULL};
+	struct pg_conn *pc = calloc(1, sizeof(*pc));
+	if (!pc)
+		return STORE_ENOMEM;
+	pc->err = errbuf;
+	pc->c = PQconnectdbParams(keys, vals, 1);
+	if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
+		const char *m = pc->c ? PQerrorMessage(pc->c) : "out of memory";
+		snprintf(err, STORE_ERR_MAX, "cannot connect: %s", m);
+		size_t n = strlen(err);
+		while (n && (err[n - 1] == '\n' || err[n - 1] == ' '))
+			err[--n] = '\0';
+		PQfinish(pc->c);
+		free(pc);
+		return STORE_ECONN;
+	}
+	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	pc->gen = 1;
+	*conn = pc;
+	return STORE_OK;
+}
+
+static void pg_close(void *conn)
+{
+	struct pg_conn *pc = conn;
+	if (!pc)
+		return;
+	PQfinish(pc->c);
+	free(pc);
+}
+
+static int pg_exec(void *conn, const char *sql)
+{
+	struct pg_conn *pc = conn;
+	if (PQstatus(pc->c) != CONNECTION_OK) {
+		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
+		return STORE_ECONN;
+	}
+	PGresult *r = PQexec(pc->c, sql);
+	ExecStatusType t = PQresultStatus(r);
+	int rc = t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
+	PQclear(r);
+	return rc;
+}
+
+static int pg_begin(void *conn)
+{
+	struct pg_conn *pc = conn;
+	int rc = pg_connect(pc);
+	return rc ? rc : pg_exec(pc, "BEGIN");
+}
+
+static int pg_prepare(void *conn, const char *sql, void **out)
+{
+	struct pg_conn *pc = conn;
+	struct pg_stmt *s = calloc(1, sizeof(*s));
+	if (!s)
+		return STORE_ENOMEM;
+	s->sql = rewrite(sql, &s->nparams);
+	if (!s->sql || s->nparams > PG_MAX_PARAMS) {
+		int rc = s->sql ? STORE_EINVAL : STORE_ENOMEM;
+		free(s->sql);
+		free(s);
+		return rc;
+	}
+	s->pc = pc;
+	snprintf(s->name, sizeof(s->name), "o%u", ++pc->next_id);
+	/* Prepared lazily at the first step, so statements survive reconnects. */
+	*out = s;
+	return STORE_OK;
+}
+
+static void drain(struct pg_stmt *s)
+{
+	PQclear(s->row);
+	s->row = NULL;
+	if (s->running) {
+		PGresult *r;
+		while ((r = PQgetResult(s->pc->c)))
+			PQclear(r);
+		s->running = 0;
+		s->pc->busy = 0;
+	}
+}
+
+static void pg_finalize(void *stmt)
+{
+	struct pg_stmt *s = stmt;
+	if (!s)
+		return;
+	drain(s);
+	if (s->gen == s->pc->gen && PQstatus(s->pc->c) == CONNECTION_OK) {
+		char sql[48];
+		snprintf(sql, sizeof(sql), "DEALLOCATE %s", s->name);
+		PQclear(PQexec(s->pc->c, sql));
+	}
+	for (int i = 0; i < PG_MAX_PARAMS; i++)
+		free(s->heap[i]);
+	free(s->blob);
+	free(s->sql);
+	free(s);
+}
+
+static int pg_bind(void *stmt, int idx, const struct store_val *v)
+{
+	struct pg_stmt *s = stmt;
+	if (idx < 1 || idx > s->nparams)
+		return STORE_EINVAL;
+	int i = idx - 1;
+	free(s->heap[i]);
+	s->heap[i] = NULL;
+	s->fmts[i] = 0;
+	s->lens[i] = 0;
+	switch (v->t) {
+	case STORE_VI64:
+		snprintf(s->num[i], PG_NUM_LEN, "%" PRId64, v->i);
+		s->vals[i] = s->num[i];
+		break;
+	case STORE_VF64:
+		if (isinf(v->f))
+			snprintf(s->num[i], PG_NUM_LEN, "%s", v->f > 0 ? "Infinity" : "-Infinity");
+		else
+			snprintf(s->num[i], PG_NUM_LEN, "%.17g", v->f);
+		s->vals[i] = s->num[i];
+		break;
+	case STORE_VTEXT:
+	case STORE_VBLOB:
+		s->heap[i] = malloc(v->len + 1);
+		if (!s->heap[i])
+			return STORE_ENOMEM;
+		memcpy(s->heap[i], v->p, v->len);
+		s->heap[i][v->len] = '\0';
+		s->vals[i] = s->heap[i];
+		s->lens[i] = (int)v->len;
+		s->fmts[i] = v->t == STORE_VBLOB; /* bytea travels in binary */
+		break;
+	default:
+		s->vals[i] = NULL;
+		break;
+	}
+	return STORE_OK;
+}
+
+static int pg_step(void *stmt)
+{
+	struct pg_stmt *s = stmt;
+	struct pg_conn *pc = s->pc;
+	PGresult *r;
+	int rc;
+
+	PQclear(s->row);
+	s->row = NULL;
+	if (!s->running) {
+		if (PQstatus(pc->c) != CONNECTION_OK) {
+			snprintf(pc->err, STORE_ERR_MAX, "connection lost");
+			return STORE_ECONN;
+		}
+		if (pc->busy) {
+			snprintf(pc->err, STORE_ERR_MAX, "another statement is still streaming rows");
+			return STORE_EINVAL;
+		}
+		if (s->gen != pc->gen) {
+			r = PQprepare(pc->c, s->name, s->sql, s->nparams, NULL);
+			if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+				rc = map_result(pc, r, "prepare");
+				PQclear(r);
+				return rc;
+			}
+			PQclear(r);
+			s->gen = pc->gen;
+		}
+		if (!PQsendQueryPrepared(pc->c, s->name, s->nparams, (const char *const *)s->vals,
+					 s->lens, s->fmts, 0)) {
+			snprintf(pc->err, STORE_ERR_MAX, "send: %s", PQerrorMessage(pc->c));
+			return STORE_ECONN;
+		}
+		PQsetSingleRowMode(pc->c);
+		s->running = 1;
+		pc->busy = 1;
+		s->changes = 0;
+	}
+	r = PQgetResult(pc->c);
+	switch (PQresultStatus(r)) {
+	case PGRES_SINGLE_TUPLE:
+		s->row = r;
+		return 1;
+	case PGRES_TUPLES_OK:
+	case PGRES_COMMAND_OK: {
+		const char *n = PQcmdTuples(r);
+		s->changes = n && *n ? strtoll(n, NULL, 10) : 0;
+		PQclear(r);
+		drain(s);
+		return 0;
+	}
+	default:
+		rc = map_result(pc, r, "step");
+		PQclear(r);
+		drain(s);
+		return rc;
+	}
+}
+
+static int pg_reset(void *stmt)
+{
+	struct pg_stmt *s = stmt;
+	drain(s);
+	return STORE_OK;
+}
+
+static int64_t pg_changes(void *stmt)
+{
+	struct pg_stmt *s = stmt;
+	return s->changes;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static int pg_column(void *stmt, int col, struct store_val *out)
+{
+	struct pg_stmt *s = stmt;
+	if (!s->row || col < 0 || col >= PQnfields(s->row))
+		return STORE_EINVAL;
+	if (PQgetisnull(s->row, 0, col)) {
+		out->t = STORE_VNULL;
+		return STORE_OK;
+	}
+	const char *v = PQgetvalue(s->row, 0, col);
+	size_t len = (size_t)PQgetlength(s->row, 0, col);
+	switch (PQftype(s->row, col)) {
+	case 20: /* int8 */
+	case 21: /* int2 */
+	case 23: /* int4 */
+		out->t = STORE_VI64;
+		out->i = strtoll(v, NULL, 10);
+		break;
+	case 700:  /* float4 */
+	case 701:  /* float8 */
+	case 1700: /* numeric */
+		out->t = STORE_VF64;
+		out->f = strtod(v, NULL);
+		break;
+	case 17: /* bytea, text form "\x0a0b..." */
+		if (len < 2 || v[0] != '\\' || v[1] != 'x')
+			return STORE_EQUERY;
+		len = (len - 2) / 2;
+		if (len + 1 > s->blob_cap) {
+			unsigned char *b = realloc(s->blob, len + 1);
+			if (!b)
+				return STORE_ENOMEM;
+			s->blob = b;
+			s->blob_cap = len + 1;
+		}
+		for (size_t i = 0; i < len; i++)
+			s->blob[i] = (unsigned char)(hexval(v[2 + 2 * i]) << 4 | hexval(v[3 + 2 * i]));
+		s->blob[len] = 0;
+		out->t = STORE_VBLOB;
+		out->p = s->blob;
+		out->len = len;
+		break;
+	default:
+		out->t = STORE_VTEXT;
+		out->p = v;
+		out->len = len;
+		break;
+	}
+	return STORE_OK;
+}
+
+static int copy_flush(struct pg_copy *cp)
+{
+	if (cp->len && PQputCopyData(cp->pc->c, cp->buf, (int)cp->len) != 1) {
+		snprintf(cp->pc->err, STORE_ERR_MAX, "COPY: %s", PQerrorMessage(cp->pc->c));
+		cp->failed = 1;
+		return STORE_ECONN;
+	}
+	cp->len = 0;
+	return STORE_OK;
+}
+
+static int pg_copy_begin(void *conn, const char *table, const char *cols, int ncols, void **out)
+{
+	struct pg_conn *pc = conn;
+	char sql[512];
+	if (PQstatus(pc->c) != CONNECTION_OK) {
+		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
+		return STORE_ECONN;
+	}
+	struct pg_copy *cp = calloc(1, sizeof(*cp));
+	if (!cp)
+		return STORE_ENOMEM;
+	cp->pc = pc;
+	cp->ncols = ncols;
+	cp->cap = PG_COPY_FLUSH + 1024;
+	cp->buf = malloc(cp->cap);
+	if (!cp->buf) {
+		free(cp);
+		return STORE_ENOMEM;
+	}
+	snprintf(sql, sizeof(sql), "COPY %s (%s) FROM STDIN", table, cols);
+	PGresult *r = PQexec(pc->c, sql);
+	if (PQresultStatus(r) != PGRES_COPY_IN) {
+		int rc = map_result(pc, r, "COPY");
+		PQclear(r);
+		free(cp->buf);
+		free(cp);
+		return rc;
+	}
+	PQclear(r);
+	*out = cp;
+	return STORE_OK;
+}
+
+static int pg_copy_row(void *p, const struct store_val *vals)
+{
+	struct pg_copy *cp = p;
+	if (cp->failed)
+		return STORE_ECONN;
+	for (int i = 0; i < cp->ncols; i++) {
+		char *o = cp->buf + cp->len;
+		size_t room = cp->cap - cp->len;
+		int n;
+		if (vals[i].t == STORE_VI64)
+			n = snprintf(o, room, "%" PRId64, vals[i].i);
+		else if (vals[i].t == STORE_VF64 && isinf(vals[i].f))
+			n = snprintf(o, room, "%s", vals[i].f > 0 ? "Infinity" : "-Infinity");
+		else if (vals[i].t == STORE_VF64)
+			n = snprintf(o, room, "%.17g", vals[i].f);
+		else if (vals[i].t == STORE_VNULL)
+			n = snprintf(o, room, "\\N");
+		else
+			return STORE_EINVAL; /* numbers only: no escaping needed */
+		cp->len += (size_t)n;
+		cp->buf[cp->len++] = i + 1 < cp->ncols ? '\t' : '\n';
+	}
+	return cp->len >= PG_COPY_FLUSH ? copy_flush(cp) : STORE_OK;
+}
+
+static int pg_copy_end(void *p, int ok)
+{
+	struct pg_copy *cp = p;
+	int rc = ok && !cp->failed ? copy_flush(cp) : STORE_ECONN;
+	if (PQputCopyEnd(cp->pc->c, rc ? "aborted" : NULL) != 1 && !rc) {
+		snprintf(cp->pc->err, STORE_ERR_MAX, "COPY end: %s", PQerrorMessage(cp->pc->c));
+		rc = STORE_ECONN;
+	}
+	PGresult *r;
+	while ((r = PQgetResult(cp->pc->c))) {
+		if (PQresultStatus(r) != PGRES_COMMAND_OK && !rc)
+			rc = map_result(cp->pc, r, "COPY");
+		PQclear(r);
+	}
+	return ok ? rc : STORE_OK;
+}
+
+static void pg_copy_free(void *p)
+{
+	struct pg_copy *cp = p;
+	if (!cp)
+		return;
+	free(cp->buf);
+	free(cp);
+}
+
+const struct store_backend store__pg = {
+	.name = "postgresql",
+	.dialect = STORE_PG,
+	.open = pg_open,
+	.close = pg_close,
+	.exec = pg_exec,
+	.begin = pg_begin,
+	.prepare = pg_prepare,
+	.finalize = pg_finalize,
+	.bind = pg_bind,
+	.step = pg_step,
+	.reset = pg_reset,
+	.changes = pg_changes,
+	.column = pg_column,
+	.copy_begin = pg_copy_begin,
+	.copy_row = pg_copy_row,
+	.copy_end = pg_copy_end,
+	.copy_free = pg_copy_free,
+};

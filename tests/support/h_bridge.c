@@ -1,0 +1,189 @@
+/* h_bridge.c - outpost-bridge processes and store reads for the integration tests. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "h_bridge.h"
+#include "h_simdev.h"
+#include "store.h"
+
+void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
+		   const char *tag)
+{
+	memset(br, 0, sizeof(*br));
+	br->broker = b;
+	br->dir = h_tmpdir(tag ? tag : "bridge");
+	br->log = h_strf("%s/bridge.log", br->dir);
+	br->store = store ? strdup(store) : h_strf("sqlite:%s/outpost.db", br->dir);
+	br->client_id = h_strf("bridge-%s", strrchr(br->dir, '/') + 1);
+}
+
+void h_bridge_arg(struct h_bridge *br, const char *arg)
+{
+	if (br->n_extra >= 15)
+		abort();
+	br->extra[br->n_extra++] = strdup(arg);
+}
+
+int h_bridge_log_count(struct h_bridge *br, const char *needle)
+{
+	char *log = h_read_file(br->log, NULL);
+	int n = 0;
+	for (char *p = log; p && (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	free(log);
+	return n;
+}
+
+void h_bridge_start(struct h_bridge *br)
+{
+	char *argv[40];
+	int n = 0, before = h_bridge_log_count(br, "connected to");
+	argv[n++] = h_strf("%s/bridge/outpost-bridge", h_build_dir());
+	argv[n++] = h_strf("--pki-dir=%s", br->broker->pki);
+	argv[n++] = h_strf("--broker-port=%d", br->broker->internal_port);
+	argv[n++] = h_strf("--client-id=%s", br->client_id);
+	argv[n++] = h_strf("--store=%s", br->store);
+	argv[n++] = h_strf("--health-interval=1s");
+	argv[n++] = h_strf("--stats-interval=0");
+	argv[n++] = h_strf("--retry-max=1s");
+	for (int i = 0; i < br->n_extra; i++)
+		argv[n++] = strdup(br->extra[i]);
+	argv[n] = NULL;
+	char *env[] = {NULL};
+	br->pid = h_spawn(argv, env, br->log);
+	for (int i = 0; i < n; i++)
+		free(argv[i]);
+	long long end = h_now_ms() + 15000;
+	while (h_now_ms() < end) {
+		if (h_bridge_log_count(br, "connected to") > before) {
+			h_sleep_ms(100); /* let the SUBACKs arrive */
+			return;
+		}
+		if (h_wait_exit(br->pid, 0) >= 0)
+			break;
+		h_sleep_ms(20);
+	}
+	char *log = h_read_file(br->log, NULL);
+	fprintf(stderr, "outpost-bridge did not connect; log %s:\n%s\n", br->log, log ? log : "");
+	abort();
+}
+
+int h_bridge_stop(struct h_bridge *br)
+{
+	int rc = br->pid > 0 ? h_stop(br->pid, 30000) : -2;
+	br->pid = 0;
+	return rc;
+}
+
+void h_bridge_kill(struct h_bridge *br)
+{
+	if (br->pid > 0) {
+		kill(br->pid, SIGKILL);
+		h_wait_exit(br->pid, 5000);
+	}
+	br->pid = 0;
+}
+
+void h_bridge_free(struct h_bridge *br)
+{
+	if (br->pid > 0)
+		h_bridge_stop(br);
+	for (int i = 0; i < br->n_extra; i++)
+		free(br->extra[i]);
+	free(br->dir);
+	free(br->log);
+	free(br->store);
+	free(br->client_id);
+	memset(br, 0, sizeof(*br));
+}
+
+int64_t h_store_i64(const char *url, const char *sql, int nargs, ...)
+{
+	struct store *s = NULL;
+	struct store_stmt *st = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX];
+	va_list ap;
+	o.create = 0;
+	if (store_open(url, &o, &s, err)) {
+		fprintf(stderr, "h_store_i64: %s\n", err);
+		abort();
+	}
+	if (store_prepare(s, sql, &st)) {
+		fprintf(stderr, "h_store_i64: %s: %s\n", sql, store_errmsg(s));
+		abort();
+	}
+	va_start(ap, nargs);
+	for (int i = 0; i < nargs; i++)
+		store_bind_i64(st, i + 1, va_arg(ap, int64_t));
+	va_end(ap);
+	int rc = store_step(st);
+	if (rc < 0) {
+		fprintf(stderr, "h_store_i64: %s: %s\n", sql, store_errmsg(s));
+		abort();
+	}
+	int64_t v = rc == 1 ? store_col_i64(st, 0) : -1;
+	store_stmt_free(st);
+	store_close(s);
+	return v;
+}
+
+int h_ctl(const char *url, const char *args, char **out)
+{
+	char *cmd = h_strf("%s/bridge/outpostctl --store=%s %s", h_build_dir(), url, args);
+	int rc = h_sh(cmd, out, 60);
+	free(cmd);
+	return rc;
+}
+
+void h_check_simdev(const char *url, struct h_simdev *d, const struct h_simdev_opts *o)
+{
+	struct h_simdev_stats st;
+	h_simdev_stats(d, &st);
+	char *q = h_strf("SELECT id FROM devices WHERE device_id = '%s'", o->id);
+	int64_t dev = h_store_i64(url, q, 0);
+	free(q);
+	cr_assert_gt(dev, 0, "%s not in the store", o->id);
+	int64_t n_sent = 0, sum_seq = 0, n_dropped = 0, last = 0;
+	for (int k = 0; k < st.produced; k++) {
+		int sent;
+		uint64_t seq = h_simdev_batch(d, k, &sent);
+		if (sent) {
+			n_sent++;
+			sum_seq += (int64_t)seq;
+		} else {
+			n_dropped++;
+		}
+		last = (int64_t)seq;
+	}
+	int64_t per = (int64_t)o->rows * o->cols;
+	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM envelopes WHERE device = ? AND kind = 2", 1, dev),
+		     n_sent, "%s: batches stored", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COALESCE(SUM(seq), 0) FROM envelopes WHERE device = ? AND kind = 2", 1,
+				 dev),
+		     sum_seq, "%s: seqs stored", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM readings WHERE device = ?", 1, dev),
+		     n_sent * per, "%s: readings stored", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COUNT(DISTINCT seq) FROM readings WHERE device = ?", 1, dev),
+		     n_sent, "%s: batches with readings", o->id);
+	cr_expect_eq(h_store_i64(url,
+				 "SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric WHERE"
+				 " r.device = ? AND (ABS(r.value - ((r.seq % 1000000) + ((r.ts - ? -"
+				 " r.seq * 1000) / 10) * 0.25 + (CAST(SUBSTR(m.name, 2) AS INTEGER) - 1) *"
+				 " 0.001)) > 0.0000001 OR r.ts - ? - r.seq * 1000 >= ? * 10)",
+				 4, dev, o->t0_ms, o->t0_ms, (int64_t)o->rows),
+		     0, "%s: readings with a wrong value or time", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT frontier FROM devices WHERE id = ?", 1, dev), last,
+		     "%s: frontier", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COALESCE(SUM(count), 0) FROM gaps WHERE device = ? AND reason = 'dropped'",
+				 1, dev),
+		     n_dropped, "%s: dropped batches recorded", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM gaps WHERE device = ? AND reason = 'missing' AND resolved_at IS NULL",
+				 1, dev),
+		     0, "%s: open missing gaps", o->id);
+}

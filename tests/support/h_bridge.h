@@ -1,0 +1,59 @@
+/* h_bridge.h - run the real outpost-bridge (and outpostctl) against a test broker and store,
+ * and read the store back for assertions. */
+#ifndef H_BRIDGE_H
+#define H_BRIDGE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "harness.h"
+
+struct h_bridge {
+	pid_t pid;
+	char *dir;
+	char *log;
+	char *store;	 /* store URL */
+	char *client_id;
+	const struct h_broker *broker;
+	char *extra[16]; /* extra "--name=value" arguments (owned) */
+	int n_extra;
+};
+
+/* Prepare (store: URL, or NULL for sqlite:<dir>/outpost.db); nothing runs yet. */
+void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
+		   const char *tag);
+
+/* Add --arg (e.g. "--quarantine-after=5") for the next start. */
+void h_bridge_arg(struct h_bridge *br, const char *arg);
+
+/* Start and wait until it subscribed (its log says "connected"); aborts after 15 s. */
+void h_bridge_start(struct h_bridge *br);
+
+/* SIGTERM and wait; returns the exit status. */
+int h_bridge_stop(struct h_bridge *br);
+
+/* SIGKILL, as a crash. */
+void h_bridge_kill(struct h_bridge *br);
+
+void h_bridge_free(struct h_bridge *br);
+
+/* Count lines of the bridge log containing needle. */
+int h_bridge_log_count(struct h_bridge *br, const char *needle);
+
+/* Run SQL on a store URL and return column 0 of the first row as int64 (-1 if no row);
+ * aborts on a store error. Integer arguments: nargs then values. */
+int64_t h_store_i64(const char *url, const char *sql, int nargs, ...);
+
+/* Run outpostctl with args (a shell fragment, no single quotes) on store url; returns its
+ * exit status and output (stdout+stderr unless stderr is redirected) in *out. */
+int h_ctl(const char *url, const char *args, char **out);
+
+struct h_simdev;
+struct h_simdev_opts;
+
+/* Assert (criterion) that the store at url holds exactly what simulated device d produced:
+ * every sent batch once with all its readings and right values, nothing else, dropped
+ * batches as known gaps, and the frontier at the last batch. */
+void h_check_simdev(const char *url, struct h_simdev *d, const struct h_simdev_opts *o);
+
+#endif

@@ -1,0 +1,122 @@
+/* h_pg.c - throwaway PostgreSQL clusters for the tests (see h_pg.h). */
+#include <glob.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "h_pg.h"
+#include "harness.h"
+
+static const char *bindir(void)
+{
+	static char dir[256];
+	if (dir[0])
+		return dir;
+	glob_t g;
+	if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) == 0 && g.gl_pathc) {
+		/* The highest version sorts last. */
+		snprintf(dir, sizeof(dir), "%s", g.gl_pathv[g.gl_pathc - 1]);
+		*strrchr(dir, '/') = '\0';
+	}
+	globfree(&g);
+	return dir;
+}
+
+bool h_pg_available(void)
+{
+	char *p = h_strf("%s/pg_ctl", bindir());
+	bool ok = bindir()[0] && access(p, X_OK) == 0;
+	free(p);
+	return ok;
+}
+
+/* Prefix running a command as the postgres user when we are root. */
+static const char *as_pg(void)
+{
+	return getuid() == 0 ? "runuser -u postgres -- " : "";
+}
+
+static void chown_pg(const char *path)
+{
+	if (getuid() != 0)
+		return;
+	struct passwd *pw = getpwnam("postgres");
+	if (!pw || chown(path, pw->pw_uid, pw->pw_gid) != 0) {
+		fprintf(stderr, "h_pg: cannot give %s to the postgres user\n", path);
+		abort();
+	}
+}
+
+void h_pg_start(struct h_pg *pg)
+{
+	char *out = NULL, *cmd;
+	if (!pg->dir) {
+		if (!h_pg_available()) {
+			fprintf(stderr, "h_pg: PostgreSQL server binaries not found\n");
+			abort();
+		}
+		pg->dir = h_tmpdir("pg");
+		chown_pg(pg->dir);
+		pg->data = h_strf("%s/data", pg->dir);
+		pg->log = h_strf("%s/postgres.log", pg->dir);
+		pg->port = h_free_port();
+		pg->url = h_strf("postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
+		cmd = h_strf("%s%s/initdb -D %s -A trust -U postgres -E UTF8 --no-sync", as_pg(),
+			     bindir(), pg->data);
+		if (h_sh(cmd, &out, 120) != 0) {
+			fprintf(stderr, "h_pg: %s failed:\n%s\n", cmd, out);
+			abort();
+		}
+		free(out);
+		free(cmd);
+	}
+	cmd = h_strf("%s%s/pg_ctl -D %s -l %s -w -t 60 -o \"-p %d -k %s -c listen_addresses=127.0.0.1"
+		     " -c fsync=off -c full_page_writes=off -c max_connections=50\" start",
+		     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
+	if (h_sh(cmd, &out, 90) != 0) {
+		char *log = h_read_file(pg->log, NULL);
+		fprintf(stderr, "h_pg: %s failed:\n%s\n%s\n", cmd, out, log ? log : "");
+		abort();
+	}
+	free(out);
+	free(cmd);
+	pg->running = true;
+}
+
+void h_pg_stop(struct h_pg *pg)
+{
+	if (!pg->running)
+		return;
+	char *cmd = h_strf("%s%s/pg_ctl -D %s -w -t 60 -m fast stop", as_pg(), bindir(), pg->data);
+	h_sh(cmd, NULL, 90);
+	free(cmd);
+	pg->running = false;
+}
+
+void h_pg_free(struct h_pg *pg)
+{
+	h_pg_stop(pg);
+	if (pg->dir) {
+		char *cmd = h_strf("rm -rf %s", pg->dir);
+		h_sh(cmd, NULL, 60);
+		free(cmd);
+	}
+	free(pg->dir);
+	free(pg->data);
+	free(pg->log);
+	free(pg->url);
+	pg->dir = pg->data = pg->log = pg->url = NULL;
+}
+
+int h_pg_sql(struct h_pg *pg, const char *sql, char **out)
+{
+	char *cmd = h_strf("psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p %d -U postgres -d "
+			   "postgres -c \"%s\"",
+			   pg->port, sql);
+	int rc = h_sh(cmd, out, 60);
+	free(cmd);
+	return rc;
+}
