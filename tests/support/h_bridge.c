@@ -49,7 +49,7 @@ void h_bridge_start(struct h_bridge *br)
 	argv[n++] = h_strf("--client-id=%s", br->client_id);
 	argv[n++] = h_strf("--store=%s", br->store);
 	argv[n++] = h_strf("--health-interval=1s");
-	argv[n++] = h_strf("--stats-interval=0");
+	argv[n++] = h_strf("--stats-interval=%s", getenv("H_BRIDGE_STATS") ? getenv("H_BRIDGE_STATS") : "0");
 	argv[n++] = h_strf("--retry-max=1s");
 	for (int i = 0; i < br->n_extra; i++)
 		argv[n++] = strdup(br->extra[i]);

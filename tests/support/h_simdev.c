@@ -48,6 +48,7 @@ struct h_simdev {
 	int connected;	/* CONNACK received on the current connection */
 	int fresh;	/* connected, birth and resend not done yet */
 	long long last_progress;
+	long long started_ms;
 };
 
 static void die(const char *what)
@@ -370,6 +371,7 @@ static void *run(void *arg)
 	size_t last_spooled = 0;
 	int have_socket = 0;
 	d->last_progress = h_now_ms();
+	d->started_ms = h_now_ms();
 	while (!stopping(d)) {
 		if (!have_socket) {
 			int rc = mosquitto_connect(d->mosq, "127.0.0.1", d->o.port, 30);
@@ -396,8 +398,11 @@ static void *run(void *arg)
 			bad = hello(d) != 0;
 			d->last_progress = h_now_ms();
 		}
-		while (!bad && d->st.produced < d->o.batches && d->n_spool < (size_t)d->o.window)
+		while (!bad && d->st.produced < d->o.batches && d->n_spool < (size_t)d->o.window) {
+			if (d->o.rate > 0 && h_now_ms() < d->started_ms + (long long)d->st.produced * 1000 / d->o.rate)
+				break;
 			bad = produce(d) != 0;
+		}
 		if (d->st.upto != last_upto || d->n_spool != last_spooled) {
 			last_upto = d->st.upto;
 			last_spooled = d->n_spool;

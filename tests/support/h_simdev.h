@@ -21,6 +21,7 @@ struct h_simdev_opts {
 	int ack_timeout_ms;   /* resend everything when no ack moved this long */
 	int poll_every;	      /* a TaskPoll (non-durable, consumes a seq) every N batches; 0 none */
 	int drop_every;	      /* every Nth batch is "dropped" unsent and reported; 0 none */
+	int rate;	      /* batches per second at most; 0 = as fast as acks allow */
 	uint64_t first_seq;   /* seq of the Birth (default 1) */
 	int64_t t0_ms;	      /* time of the first sample */
 };

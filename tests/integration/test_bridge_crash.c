@@ -1,0 +1,193 @@
+/* test_bridge_crash.c - kill -9 of outpost-bridge at random moments while devices stream,
+ * repeated; after each restart nothing is missing and nothing is duplicated. And a commit
+ * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
+ * arrives once the database is back. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "h_bridge.h"
+#include "h_pg.h"
+#include "h_simdev.h"
+#include "harness.h"
+
+#define N_DEV 3
+static const char *const ids[N_DEV] = {"dev-a", "dev-b", "dev-c"};
+
+static void start_devices(struct h_broker *b, struct h_simdev_opts *o, struct h_simdev **d,
+			  int batches, int rate)
+{
+	for (int i = 0; i < N_DEV; i++) {
+		o[i] = (struct h_simdev_opts){.pki = h_pki(), .id = ids[i], .port = b->mqtts_port,
+					      .batches = batches, .rows = 10, .cols = 5, .window = 10,
+					      .ack_timeout_ms = 1500, .poll_every = i == 1 ? 9 : 0, .rate = rate,
+					      .t0_ms = 1700000000000LL};
+		d[i] = h_simdev_start(&o[i]);
+	}
+}
+
+static uint64_t total_acks(struct h_simdev **d)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < N_DEV; i++) {
+		struct h_simdev_stats st;
+		h_simdev_stats(d[i], &st);
+		n += st.acks;
+	}
+	return n;
+}
+
+static void finish(struct h_bridge *br, struct h_simdev_opts *o, struct h_simdev **d)
+{
+	for (int i = 0; i < N_DEV; i++)
+		cr_expect(h_simdev_wait(d[i], 90000), "%s: not everything acknowledged", ids[i]);
+	for (int i = 0; i < N_DEV; i++) {
+		struct h_simdev_stats st;
+		h_simdev_stats(d[i], &st);
+		cr_expect_eq(st.bad_acks, 0);
+		h_check_simdev(br->store, d[i], &o[i]);
+		h_simdev_stop(d[i]);
+	}
+}
+
+static void kill_repeatedly(const char *store, const char *tag)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	fprintf(stderr, "%s: random seed %u\n", tag, seed);
+
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, store, tag);
+	h_bridge_start(&br);
+	start_devices(&b, o, d, 2500, 250);
+	for (int k = 0; k < 5; k++) {
+		uint64_t before = total_acks(d);
+		/* A random moment once the devices are streaming again. */
+		h_sleep_ms(300 + rand() % 1200);
+		long long end = h_now_ms() + 10000;
+		while (total_acks(d) == before && h_now_ms() < end)
+			h_sleep_ms(10);
+		cr_expect_gt(total_acks(d), before, "round %d: no progress before the kill", k);
+		h_bridge_kill(&br);
+		h_sleep_ms(rand() % 500); /* the broker queues meanwhile */
+		h_bridge_start(&br);
+	}
+	finish(&br, o, d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+Test(bridge_crash, kill9_sqlite, .timeout = 240)
+{
+	kill_repeatedly(NULL, "crash-sqlite");
+}
+
+Test(bridge_crash, kill9_postgresql, .timeout = 300)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	kill_repeatedly(pg.url, "crash-pg");
+	h_pg_free(&pg);
+}
+
+/* While the database refuses commits, acks must stop; afterwards everything arrives. */
+static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *), void (*up)(void *),
+		   void *ctx)
+{
+	long long end = h_now_ms() + 20000;
+	while (total_acks(d) < 10 && h_now_ms() < end)
+		h_sleep_ms(10);
+	cr_assert_geq(total_acks(d), 10, "devices are not streaming");
+	int fails = h_bridge_log_count(br, "failed (attempt");
+	down(ctx);
+	end = h_now_ms() + 15000;
+	while (h_bridge_log_count(br, "failed (attempt") == fails && h_now_ms() < end)
+		h_sleep_ms(10);
+	cr_assert_gt(h_bridge_log_count(br, "failed (attempt"), fails, "no commit failed");
+	/* A commit that started before may still land; after that, silence. */
+	h_sleep_ms(300);
+	uint64_t acks = total_acks(d);
+	h_sleep_ms(2000);
+	cr_expect_eq(total_acks(d), acks, "acks were published while commits failed");
+	up(ctx);
+}
+
+struct sqlite_lock {
+	char *db;
+	pid_t pid;
+};
+
+static void lock_sqlite(void *ctx)
+{
+	struct sqlite_lock *l = ctx;
+	/* Another process holds the write lock for a while, as a stuck writer would. */
+	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell sleep 5", "COMMIT;", NULL};
+	char *log = h_strf("%s.lock.log", l->db);
+	l->pid = h_spawn(argv, NULL, log);
+	free(log);
+}
+
+static void unlock_sqlite(void *ctx)
+{
+	struct sqlite_lock *l = ctx;
+	cr_expect_eq(h_wait_exit(l->pid, 10000), 0, "sqlite3 holding the lock");
+}
+
+Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "fail-sqlite");
+	h_bridge_arg(&br, "--busy-timeout=200ms");
+	h_bridge_start(&br);
+	start_devices(&b, o, d, 1500, 150);
+	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0};
+	outage(&br, d, lock_sqlite, unlock_sqlite, &l);
+	finish(&br, o, d);
+	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	free(l.db);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+static void pg_down(void *ctx)
+{
+	h_pg_stop(ctx);
+}
+
+static void pg_up(void *ctx)
+{
+	h_pg_start(ctx);
+}
+
+Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {0};
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	h_pg_start(&pg);
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, pg.url, "fail-pg");
+	h_bridge_start(&br);
+	start_devices(&b, o, d, 1500, 150);
+	outage(&br, d, pg_down, pg_up, &pg);
+	finish(&br, o, d);
+	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
