@@ -9,7 +9,7 @@
 #include "store_ops.h"
 #include "wire_limits.h"
 
-#define NOKEY_TTL_MS 1000
+#define NOKEY_TTL_MS 1000 /* see brg_registry_get */
 
 struct entry {
 	char id[WIRE_ID_MAX + 1]; /* "" = free slot */
@@ -152,8 +152,12 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	struct entry *e = find(r, id);
 	if (e->id[0]) {
 		int64_t age = now - e->loaded_ms;
+		/* Entries that make the verifiers drop messages (no key, quarantined, revoked) are
+		 * re-read after a second, so outpostctl's changes take effect quickly. */
+		int settled = e->info.has_key && (e->info.state == BRG_ST_ACTIVE ||
+						  e->info.state == BRG_ST_DEACTIVATED);
 		int fresh = (max_age_ms < 0 || age <= max_age_ms) &&
-			    (e->info.has_key || age <= NOKEY_TTL_MS);
+			    (settled || age <= NOKEY_TTL_MS);
 		if (fresh) {
 			*out = e->info;
 			pthread_mutex_unlock(&r->mu);

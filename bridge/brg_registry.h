@@ -36,7 +36,8 @@ struct brg_registry;
 int brg_registry_new(struct store *reader, size_t max_entries, struct brg_registry **out);
 void brg_registry_free(struct brg_registry *r); /* accepts NULL */
 
-/* Look a device up. Entries without a key are re-read from the store after a second, and
+/* Look a device up. Entries without a key, quarantined or revoked are re-read from the store
+ * after a second (outpostctl changes them behind the bridge's back), and
  * max_age_ms >= 0 forces a re-read of older entries (0: always). Thread-safe.
  * BRG_ESTORE if the store cannot be read (the caller should not reject for that). */
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,

@@ -1,0 +1,96 @@
+/* ctl.h - outpostctl internals shared by its command files: the store connection, argument
+ * parsing, output (aligned table, CSV, JSON) and time formats. */
+#ifndef CTL_H
+#define CTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "store.h"
+
+#define CTL_PROG "outpostctl"
+
+/* Exit statuses (DESIGN.md "Commands"). */
+enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
+
+struct ctl {
+	const char *store_url;
+	struct store *s; /* opened by ctl_store() */
+};
+
+/* Open (once) and migrate the store; on failure prints why and returns NULL. */
+struct store *ctl_store(struct ctl *c);
+
+/* Print "outpostctl: <msg>" to stderr; returns code. */
+int ctl_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A store failure: "outpostctl: <what>: <strerror>: <detail>"; returns CTL_FAIL. */
+int ctl_store_err(struct ctl *c, const char *what, int rc);
+
+/* ---- arguments ---- */
+
+struct ctl_optdef {
+	const char *name;     /* without the leading "--" */
+	int has_arg;	      /* 0: flag */
+	const char **value;   /* where the (last) value goes, or "1" for a flag */
+	const char **multi;   /* repeatable: values appended here ... */
+	size_t *n_multi;      /* ... counted here (capacity max_multi) */
+	size_t max_multi;
+};
+
+/* Parse argv[0..argc) (after the command words) against defs ("--name value" and
+ * "--name=value"); positional arguments go to pos (at most max_pos). Returns CTL_OK or
+ * CTL_USAGE after printing what is wrong. */
+int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
+	     const char **pos, int max_pos, int *npos);
+
+/* ---- time ---- */
+
+/* "2026-11-22T22:00:00.123Z"; "" for 0. buf: 32 bytes. */
+const char *ctl_time(int64_t ms, char *buf);
+
+/* Parse a time for --since/--until: RFC 3339 ("2026-11-22T22:00:00Z", fraction and offset
+ * allowed; a date alone is midnight UTC), a duration meaning that long ago ("90m", "2h",
+ * "7d", optionally with a leading '-'), "now", "@SECONDS", or a Unix time in seconds or (13+
+ * digits) milliseconds. Returns 0 or -1. */
+int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms);
+
+/* ---- output ---- */
+
+enum ctl_fmt { CTL_FMT_TABLE, CTL_FMT_CSV, CTL_FMT_JSON };
+int ctl_fmt_parse(const char *s, enum ctl_fmt *out); /* -1 if unknown */
+
+enum ctl_coltype { CTL_STR, CTL_NUM };
+
+/* Rows of a result: aligned text table (buffered), CSV with a header, or a JSON array of
+ * objects (numbers unquoted, NULL values null). */
+struct ctl_out {
+	enum ctl_fmt fmt;
+	FILE *f;
+	int ncols;
+	const char *const *names;
+	const enum ctl_coltype *types;
+	size_t nrows, cap;
+	char **cells; /* table format: nrows * ncols strings */
+};
+
+void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
+		   const char *const *names, const enum ctl_coltype *types);
+void ctl_out_row(struct ctl_out *o, const char *const *vals); /* a NULL value is null/empty */
+void ctl_out_end(struct ctl_out *o);
+
+void ctl_csv_field(FILE *f, const char *s);
+void ctl_json_str(FILE *f, const char *s);
+
+/* ---- commands ---- */
+
+int ctl_cmd_devices(struct ctl *c, int argc, char **argv);
+int ctl_cmd_device(struct ctl *c, int argc, char **argv);
+int ctl_cmd_readings(struct ctl *c, int argc, char **argv);
+int ctl_cmd_events(struct ctl *c, int argc, char **argv);
+int ctl_cmd_gaps(struct ctl *c, int argc, char **argv);
+int ctl_cmd_task(struct ctl *c, int argc, char **argv);
+int ctl_cmd_decode(struct ctl *c, int argc, char **argv);
+
+#endif

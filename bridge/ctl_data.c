@@ -1,0 +1,228 @@
+/* ctl_data.c - outpostctl readings, events and gaps. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "store_ops.h"
+#include "wire_topic.h"
+
+/* Shortest text that reads back as the same double. */
+static const char *fmt_double(double v, char *buf)
+{
+	if (isnan(v))
+		return "nan";
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(buf, 32, "%.*g", prec, v);
+		if (strtod(buf, NULL) == v)
+			break;
+	}
+	return buf;
+}
+
+static int device_key(struct ctl *c, const char *id, int64_t *key)
+{
+	struct store_device d;
+	if (wire_id_check(id))
+		return ctl_err(CTL_USAGE, "'%s' is not a device id ([A-Za-z0-9_-]{1,64})", id);
+	int rc = store_device_get(c->s, id, &d);
+	if (rc == STORE_ENOTFOUND)
+		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(c->s));
+	if (rc)
+		return ctl_store_err(c, id, rc);
+	*key = d.key;
+	return CTL_OK;
+}
+
+static int parse_limit(const char *cmd, const char *s, int64_t *out)
+{
+	char *end;
+	long long v = s ? strtoll(s, &end, 10) : 0;
+	if (!s || end == s || *end || v < 1)
+		return ctl_err(CTL_USAGE, "%s: --limit: want a positive number", cmd);
+	*out = v;
+	return CTL_OK;
+}
+
+static int parse_time_opt(const char *cmd, const char *opt, const char *s, int64_t *out)
+{
+	if (ctl_parse_time(s, store_now_ms(), out))
+		return ctl_err(CTL_USAGE, "%s: --%s: '%s' is not a time (2026-11-22T22:00:00Z, 2h, @SECONDS)",
+			       cmd, opt, s);
+	return CTL_OK;
+}
+
+int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
+{
+	const char *device = NULL, *metric = NULL, *since = NULL, *until = NULL, *limit = NULL;
+	const char *format = "csv", *pos[1];
+	int64_t from = INT64_MIN, to = INT64_MAX, max = INT64_MAX, key;
+	enum ctl_fmt fmt;
+	int npos, rc;
+	struct ctl_optdef defs[] = {
+		{"device", 1, &device, NULL, NULL, 0}, {"metric", 1, &metric, NULL, NULL, 0},
+		{"since", 1, &since, NULL, NULL, 0},   {"until", 1, &until, NULL, NULL, 0},
+		{"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
+		{NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("readings", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (!device)
+		return ctl_err(CTL_USAGE, "readings: --device ID is required");
+	if (ctl_fmt_parse(format, &fmt))
+		return ctl_err(CTL_USAGE, "readings: --format: want csv, json or table");
+	if ((since && (rc = parse_time_opt("readings", "since", since, &from))) ||
+	    (until && (rc = parse_time_opt("readings", "until", until, &to))) ||
+	    (limit && (rc = parse_limit("readings", limit, &max))))
+		return rc;
+	if (!ctl_store(c))
+		return CTL_FAIL;
+	if ((rc = device_key(c, device, &key)))
+		return rc;
+	struct store_stmt *st = NULL;
+	rc = store_prepare(c->s,
+			   "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
+			   " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ? AND"
+			   " (CAST(? AS TEXT) IS NULL OR m.name = ?) ORDER BY r.ts, m.name, r.seq, r.idx"
+			   " LIMIT ?",
+			   &st);
+	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, from)) &&
+	    !(rc = store_bind_i64(st, 3, to)) && !(rc = store_bind_text(st, 4, metric)) &&
+	    !(rc = store_bind_text(st, 5, metric)))
+		rc = store_bind_i64(st, 6, max);
+	if (rc) {
+		store_stmt_free(st);
+		return ctl_store_err(c, "readings", rc);
+	}
+	static const char *const names[] = {"device", "metric", "unit", "time", "value", "seq"};
+	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_NUM, CTL_NUM};
+	struct ctl_out o;
+	ctl_out_begin(&o, fmt, stdout, 6, names, types);
+	while ((rc = store_step(st)) == 1) {
+		char t[32], v[32], seq[24];
+		snprintf(seq, sizeof(seq), "%" PRId64, store_col_i64(st, 4));
+		const char *vals[6] = {device,
+				       store_col_text(st, 0),
+				       store_col_text(st, 1),
+				       ctl_time(store_col_i64(st, 2), t),
+				       store_col_null(st, 3) ? (fmt == CTL_FMT_JSON ? NULL : "nan")
+							     : fmt_double(store_col_f64(st, 3), v),
+				       seq};
+		ctl_out_row(&o, vals);
+	}
+	ctl_out_end(&o);
+	store_stmt_free(st);
+	return rc < 0 ? ctl_store_err(c, "readings", rc) : CTL_OK;
+}
+
+int ctl_cmd_events(struct ctl *c, int argc, char **argv)
+{
+	const char *device = NULL, *type = NULL, *since = NULL, *limit = NULL, *format = "table";
+	const char *pos[1];
+	int64_t from = INT64_MIN, max = 100, key = 0;
+	enum ctl_fmt fmt;
+	int npos, rc;
+	struct ctl_optdef defs[] = {
+		{"device", 1, &device, NULL, NULL, 0}, {"type", 1, &type, NULL, NULL, 0},
+		{"since", 1, &since, NULL, NULL, 0},   {"limit", 1, &limit, NULL, NULL, 0},
+		{"format", 1, &format, NULL, NULL, 0}, {NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("events", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (ctl_fmt_parse(format, &fmt))
+		return ctl_err(CTL_USAGE, "events: --format: want table, csv or json");
+	if ((since && (rc = parse_time_opt("events", "since", since, &from))) ||
+	    (limit && (rc = parse_limit("events", limit, &max))))
+		return rc;
+	if (!ctl_store(c))
+		return CTL_FAIL;
+	if (device && (rc = device_key(c, device, &key)))
+		return rc;
+	struct store_stmt *st = NULL;
+	/* The newest `limit` events, printed oldest first. */
+	rc = store_prepare(c->s,
+			   "SELECT e.at, d.device_id, e.type, e.detail FROM (SELECT id, at, device, type,"
+			   " detail FROM events WHERE (? = 0 OR device = ?) AND at >= ? AND"
+			   " (CAST(? AS TEXT) IS NULL OR type = ?) ORDER BY id DESC LIMIT ?) e"
+			   " LEFT JOIN devices d ON d.id = e.device ORDER BY e.id",
+			   &st);
+	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)) &&
+	    !(rc = store_bind_i64(st, 3, from)) && !(rc = store_bind_text(st, 4, type)) &&
+	    !(rc = store_bind_text(st, 5, type)))
+		rc = store_bind_i64(st, 6, max);
+	if (rc) {
+		store_stmt_free(st);
+		return ctl_store_err(c, "events", rc);
+	}
+	static const char *const names[] = {"time", "device", "type", "detail"};
+	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR};
+	struct ctl_out o;
+	ctl_out_begin(&o, fmt, stdout, 4, names, types);
+	while ((rc = store_step(st)) == 1) {
+		char t[32];
+		const char *v[4] = {ctl_time(store_col_i64(st, 0), t), store_col_text(st, 1),
+				    store_col_text(st, 2), store_col_text(st, 3)};
+		ctl_out_row(&o, v);
+	}
+	ctl_out_end(&o);
+	store_stmt_free(st);
+	return rc < 0 ? ctl_store_err(c, "events", rc) : CTL_OK;
+}
+
+int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
+{
+	const char *device = NULL, *all = NULL, *format = "table", *pos[1];
+	int64_t key = 0;
+	enum ctl_fmt fmt;
+	int npos, rc;
+	struct ctl_optdef defs[] = {{"device", 1, &device, NULL, NULL, 0},
+				    {"all", 0, &all, NULL, NULL, 0},
+				    {"format", 1, &format, NULL, NULL, 0},
+				    {NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("gaps", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (ctl_fmt_parse(format, &fmt))
+		return ctl_err(CTL_USAGE, "gaps: --format: want table, csv or json");
+	if (!ctl_store(c))
+		return CTL_FAIL;
+	if (device && (rc = device_key(c, device, &key)))
+		return rc;
+	struct store_stmt *st = NULL;
+	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
+	rc = store_prepare(c->s,
+			   "SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"
+			   " g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"
+			   " WHERE (? = 0 OR g.device = ?) AND (? = 1 OR g.resolved_at IS NULL)"
+			   " ORDER BY d.device_id, g.prev_seq, g.reason",
+			   &st);
+	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)))
+		rc = store_bind_i64(st, 3, all ? 1 : 0);
+	if (rc) {
+		store_stmt_free(st);
+		return ctl_store_err(c, "gaps", rc);
+	}
+	static const char *const names[] = {"device", "reason", "first_seq", "last_seq", "count",
+					    "since",  "resolved", "resolution"};
+	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_NUM, CTL_NUM,
+						 CTL_NUM, CTL_STR, CTL_STR, CTL_STR};
+	struct ctl_out o;
+	ctl_out_begin(&o, fmt, stdout, 8, names, types);
+	while ((rc = store_step(st)) == 1) {
+		char t1[32], t2[32], a[24], b[24], n[24];
+		snprintf(a, sizeof(a), "%" PRId64, store_col_i64(st, 2) + 1);
+		snprintf(b, sizeof(b), "%" PRId64, store_col_i64(st, 3));
+		snprintf(n, sizeof(n), "%" PRId64, store_col_i64(st, 4));
+		const char *v[8] = {store_col_text(st, 0),
+				    store_col_text(st, 1),
+				    a,
+				    b,
+				    store_col_null(st, 4) ? NULL : n,
+				    ctl_time(store_col_i64(st, 5), t1),
+				    store_col_null(st, 6) ? NULL : ctl_time(store_col_i64(st, 6), t2),
+				    store_col_text(st, 7)};
+		ctl_out_row(&o, v);
+	}
+	ctl_out_end(&o);
+	store_stmt_free(st);
+	return rc < 0 ? ctl_store_err(c, "gaps", rc) : CTL_OK;
+}

@@ -1,0 +1,443 @@
+/* ctl_decode.c - outpostctl decode: print Outpost messages captured with
+ * `mosquitto_sub -F '%t %x'` (one "topic hexpayload" per line) or one raw payload, verifying
+ * signatures with the certificates given (--pki DIR, --cert FILE). */
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "outpost.pb-c.h"
+#include "wire_batch.h"
+#include "wire_cert.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+#include "wire_topic.h"
+
+#define DECODE_MAX_INPUT (64u << 20)
+#define MAX_CERTS 64
+#define MAX_CATALOGS 64
+
+struct signer {
+	char cn[WIRE_ID_MAX + 1];
+	struct wire_pubkey key;
+	char from[160];
+};
+
+/* Metric names learnt from the Births seen earlier in the input. */
+struct catalog {
+	char device[WIRE_ID_MAX + 1];
+	Outpost__Birth *birth;
+};
+
+struct dec {
+	const char *pki;
+	struct wire_ca *ca;
+	struct signer certs[MAX_CERTS];
+	size_t n_certs;
+	struct catalog cats[MAX_CATALOGS];
+	size_t n_cats;
+	int failures;
+};
+
+static int add_cert(struct dec *d, const char *path, int must)
+{
+	char *pem = NULL;
+	size_t len = 0;
+	struct wire_cert_info info;
+	struct wire_diag diag = {""};
+	if (d->n_certs >= MAX_CERTS)
+		return ctl_err(CTL_USAGE, "decode: more than %d certificates", MAX_CERTS);
+	if (wire_cert_read(path, &pem, &len)) {
+		if (!must)
+			return CTL_OK;
+		return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
+	}
+	int rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
+		       : wire_cert_parse(pem, len, &info, &diag);
+	free(pem);
+	if (rc)
+		return ctl_err(must ? CTL_USAGE : CTL_FAIL, "decode: %s: %s", path,
+			       diag.msg[0] ? diag.msg : wire_strerror(rc));
+	struct signer *s = &d->certs[d->n_certs++];
+	snprintf(s->cn, sizeof(s->cn), "%s", info.cn);
+	s->key = info.key;
+	const char *base = strrchr(path, '/');
+	snprintf(s->from, sizeof(s->from), "%s", base ? base + 1 : path);
+	return CTL_OK;
+}
+
+static const struct signer *signer_for(struct dec *d, const char *cn)
+{
+	for (size_t i = 0; i < d->n_certs; i++)
+		if (!strcmp(d->certs[i].cn, cn))
+			return &d->certs[i];
+	if (d->pki && d->n_certs < MAX_CERTS) {
+		/* Look the certificate up in the PKI directory on first use. */
+		char *path = NULL;
+		int bridge = !strcmp(cn, "outpost-bridge");
+		if (asprintf(&path, bridge ? "%s/bridge.crt" : "%s/devices/%s.crt", d->pki, cn) < 0)
+			return NULL;
+		size_t before = d->n_certs;
+		add_cert(d, path, 0);
+		free(path);
+		if (d->n_certs > before && !strcmp(d->certs[before].cn, cn))
+			return &d->certs[before];
+	}
+	return NULL;
+}
+
+static const char *metric_name(struct dec *d, const char *device, uint32_t id, char *buf)
+{
+	for (size_t i = 0; i < d->n_cats; i++) {
+		if (strcmp(d->cats[i].device, device))
+			continue;
+		const Outpost__Birth *b = d->cats[i].birth;
+		for (size_t k = 0; k < b->n_metrics; k++)
+			if (b->metrics[k]->id == id)
+				return b->metrics[k]->name;
+	}
+	snprintf(buf, 16, "#%u", id);
+	return buf;
+}
+
+static void remember_birth(struct dec *d, const char *device, Outpost__Birth *b)
+{
+	for (size_t i = 0; i < d->n_cats; i++)
+		if (!strcmp(d->cats[i].device, device)) {
+			wire_msg_free(d->cats[i].birth);
+			d->cats[i].birth = b;
+			return;
+		}
+	if (d->n_cats == MAX_CATALOGS) {
+		wire_msg_free(b);
+		return;
+	}
+	snprintf(d->cats[d->n_cats].device, sizeof(d->cats[0].device), "%s", device);
+	d->cats[d->n_cats++].birth = b;
+}
+
+static void hexdump(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		printf("%02x", p[i]);
+}
+
+static void print_kvs(const char *indent, Outpost__KeyValue *const *kv, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		printf("%s%s=%s\n", indent, kv[i]->key, kv[i]->value ? kv[i]->value : "");
+}
+
+static int body(struct dec *d, const struct wire_env *e, const struct wire_pubkey *birth_key)
+{
+	struct wire_diag diag = {""};
+	char t[32], nb[16];
+	int rc = 0;
+	(void)birth_key;
+	switch (e->kind) {
+	case WIRE_KIND_BIRTH: {
+		Outpost__Birth *b = NULL;
+		if ((rc = wire_birth_decode(e->body, e->body_len, &b, &diag)))
+			break;
+		struct wire_cert_info ci;
+		printf("  agent %s, boot id ", b->agent_version ? b->agent_version : "");
+		hexdump(b->boot_id.data, b->boot_id.len);
+		printf(", started %s\n", ctl_time(b->started_at_ms, t));
+		if (!wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL))
+			printf("  certificate CN=%s\n", ci.cn);
+		printf("  intervals: sample %us, poll %us; chain floor %" PRIu64 "\n",
+		       b->sample_interval_s, b->poll_interval_s, b->chain_floor);
+		if (b->spool)
+			printf("  spool: %" PRIu64 " records, %" PRIu64 " bytes, oldest unsent %" PRIu64
+			       "s, %u disconnects%s%s, %" PRIu64 " dropped in total\n",
+			       b->spool->records, b->spool->bytes, b->spool->oldest_unsent_age_s,
+			       b->spool->disconnects,
+			       b->spool->last_disconnect_cause && b->spool->last_disconnect_cause[0]
+				       ? " (last: "
+				       : "",
+			       b->spool->last_disconnect_cause && b->spool->last_disconnect_cause[0]
+				       ? b->spool->last_disconnect_cause
+				       : "",
+			       b->spool->dropped_total);
+		printf("  metrics (%zu):", b->n_metrics);
+		for (size_t i = 0; i < b->n_metrics; i++)
+			printf(" %u=%s%s%s%s", b->metrics[i]->id, b->metrics[i]->name,
+			       b->metrics[i]->unit && b->metrics[i]->unit[0] ? "[" : "",
+			       b->metrics[i]->unit ? b->metrics[i]->unit : "",
+			       b->metrics[i]->unit && b->metrics[i]->unit[0] ? "]" : "");
+		printf("\n");
+		remember_birth(d, e->device_id, b);
+		break;
+	}
+	case WIRE_KIND_BATCH: {
+		struct wire_batch *b = NULL;
+		if ((rc = wire_batch_decode(e->body, e->body_len, &b, &diag)))
+			break;
+		printf("  prev_seq %" PRIu64 ", %zu rows x %zu metrics, %zu readings\n", b->prev_seq,
+		       b->n_rows, b->n_cols, b->n_readings);
+		for (size_t i = 0; i < b->n_dropped; i++)
+			printf("  dropped: seq %" PRIu64 "..%" PRIu64 " (%" PRIu64 " envelopes)\n",
+			       b->dropped[i].prev_seq + 1, b->dropped[i].last_seq, b->dropped[i].count);
+		int64_t row_t = 0;
+		int open = 0;
+		for (size_t i = 0; i < b->n_readings; i++) {
+			const struct wire_reading *r = &b->readings[i];
+			if (!open || r->t_ms != row_t) {
+				printf("%s  %s", open ? "\n" : "", ctl_time(r->t_ms, t));
+				row_t = r->t_ms;
+				open = 1;
+			}
+			printf(" %s=%.17g", metric_name(d, e->device_id, r->metric_id, nb), r->value);
+		}
+		if (open)
+			printf("\n");
+		wire_batch_free(b);
+		break;
+	}
+	case WIRE_KIND_TASK_POLL: {
+		Outpost__TaskPoll *p = NULL;
+		if ((rc = wire_task_poll_decode(e->body, e->body_len, &p, &diag)))
+			break;
+		printf("  last task id %" PRIu64 ", at most %u tasks\n", p->last_task_id, p->max_tasks);
+		wire_msg_free(p);
+		break;
+	}
+	case WIRE_KIND_TASK_RESULT: {
+		Outpost__TaskResult *r = NULL;
+		static const char *const st[] = {"?", "succeeded", "failed", "rejected"};
+		if ((rc = wire_task_result_decode(e->body, e->body_len, &r, &diag)))
+			break;
+		printf("  prev_seq %" PRIu64 ", task %" PRIu64 " %s at %s: %s\n", r->prev_seq, r->task_id,
+		       st[r->status <= 3 ? r->status : 0], ctl_time(r->finished_at_ms, t),
+		       r->message ? r->message : "");
+		print_kvs("    ", r->output, r->n_output);
+		wire_msg_free(r);
+		break;
+	}
+	case WIRE_KIND_ACK: {
+		Outpost__Ack *a = NULL;
+		if ((rc = wire_ack_decode(e->body, e->body_len, &a, &diag)))
+			break;
+		printf("  upto %" PRIu64 ", committed %s", a->upto, ctl_time(a->committed_at_ms, t));
+		for (size_t i = 0; i < a->n_ranges; i++)
+			printf("%s%" PRIu64 "..%" PRIu64, i ? ", " : "; ranges ", a->ranges[i]->first,
+			       a->ranges[i]->last);
+		printf("\n");
+		wire_msg_free(a);
+		break;
+	}
+	case WIRE_KIND_TASK_LIST: {
+		Outpost__TaskList *l = NULL;
+		if ((rc = wire_task_list_decode(e->body, e->body_len, &l, &diag)))
+			break;
+		printf("  answer to poll %" PRIu64 ", issued %s, %zu task(s)\n", l->poll_seq,
+		       ctl_time(l->issued_at_ms, t), l->n_tasks);
+		for (size_t i = 0; i < l->n_tasks; i++) {
+			char t2[32];
+			printf("  task %" PRIu64 " %s for %s, expires %s (created %s)\n", l->tasks[i]->id,
+			       l->tasks[i]->type, l->tasks[i]->device_id,
+			       ctl_time(l->tasks[i]->expires_at_ms, t), ctl_time(l->tasks[i]->created_at_ms, t2));
+			print_kvs("    ", l->tasks[i]->args, l->tasks[i]->n_args);
+		}
+		wire_msg_free(l);
+		break;
+	}
+	default:
+		rc = WIRE_EKIND;
+	}
+	if (rc) {
+		printf("  INVALID body: %s\n", diag.msg[0] ? diag.msg : wire_strerror(rc));
+		d->failures++;
+	}
+	return rc;
+}
+
+static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n)
+{
+	char id[WIRE_ID_MAX + 1] = "", t[32];
+	enum wire_topic tk = WIRE_TOPIC_COUNT;
+	struct wire_env e;
+	struct wire_diag diag = {""};
+	if (topic && wire_topic_parse(topic, strlen(topic), id, &tk))
+		tk = WIRE_TOPIC_COUNT;
+	if (tk == WIRE_TOPIC_STATUS) {
+		printf("%s  status  %.*s\n", topic, (int)(n > 64 ? 64 : n), (const char *)p);
+		return;
+	}
+	int rc = wire_env_decode(p, n, &e, &diag);
+	if (rc) {
+		printf("%s  INVALID envelope (%zu bytes): %s\n", topic ? topic : "-", n,
+		       diag.msg[0] ? diag.msg : wire_strerror(rc));
+		d->failures++;
+		return;
+	}
+	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? topic : "-", wire_kind_name(e.kind),
+	       e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
+	/* Who signed: the device for device kinds, the bridge for acks and task lists. */
+	const char *cn = wire_kind_from_device(e.kind) ? e.device_id : "outpost-bridge";
+	const struct signer *s = signer_for(d, cn);
+	struct wire_pubkey birth_key;
+	int have_birth_key = 0;
+	if (!s && e.kind == WIRE_KIND_BIRTH) {
+		Outpost__Birth *b = NULL;
+		struct wire_cert_info ci;
+		if (!wire_birth_decode(e.body, e.body_len, &b, NULL) &&
+		    !wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL) && !strcmp(ci.cn, cn)) {
+			birth_key = ci.key;
+			have_birth_key = 1;
+		}
+		wire_msg_free(b);
+	}
+	if (s)
+		rc = wire_env_verify(&e, &s->key);
+	else if (have_birth_key)
+		rc = wire_env_verify(&e, &birth_key);
+	if (!s && !have_birth_key)
+		printf("signature not checked (no certificate for %s)\n", cn);
+	else if (rc)
+		printf("signature BAD (%s)\n", s ? s->from : "certificate in the birth");
+	else
+		printf("signature ok (%s)\n", s ? s->from : "certificate in the birth, chain not checked");
+	if ((s || have_birth_key) && rc)
+		d->failures++;
+	if (topic && tk != WIRE_TOPIC_COUNT && strcmp(id, e.device_id))
+		printf("  WARNING: envelope of %s on %s's topic\n", e.device_id, id);
+	body(d, &e, have_birth_key ? &birth_key : NULL);
+}
+
+static int hexval(int c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+		: c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* 1 if every non-empty line is "TOPIC HEX". */
+static int is_lines(const char *buf, size_t len)
+{
+	int lines = 0;
+	if (memchr(buf, '\0', len))
+		return 0;
+	for (const char *p = buf, *end = buf + len; p < end;) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl : end;
+		while (le > p && (le[-1] == '\r' || le[-1] == ' '))
+			le--;
+		if (le > p) {
+			const char *sp = memchr(p, ' ', (size_t)(le - p));
+			if (!sp || sp == p || (le - sp - 1) % 2)
+				return 0;
+			for (const char *h = sp + 1; h < le; h++)
+				if (hexval((unsigned char)*h) < 0)
+					return 0;
+			lines++;
+		}
+		p = nl ? nl + 1 : end;
+	}
+	return lines > 0;
+}
+
+static char *slurp(FILE *f, size_t *len)
+{
+	size_t cap = 65536, n = 0;
+	char *buf = malloc(cap + 1);
+	size_t r;
+	while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+		n += r;
+		if (n == cap) {
+			if (cap >= DECODE_MAX_INPUT) {
+				free(buf);
+				return NULL;
+			}
+			char *nb = realloc(buf, cap * 2 + 1);
+			if (!nb) {
+				free(buf);
+				return NULL;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+	}
+	if (buf)
+		buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
+{
+	const char *pki = NULL, *topic = NULL, *pos[1], *certs[MAX_CERTS];
+	size_t ncerts = 0, len = 0;
+	int npos, rc;
+	struct dec d;
+	struct ctl_optdef defs[] = {{"pki", 1, &pki, NULL, NULL, 0},
+				    {"cert", 1, NULL, certs, &ncerts, MAX_CERTS},
+				    {"topic", 1, &topic, NULL, NULL, 0},
+				    {NULL, 0, NULL, NULL, NULL, 0}};
+	(void)c; /* decode needs no store */
+	if ((rc = ctl_args("decode", argc, argv, defs, pos, 1, &npos)))
+		return rc;
+	memset(&d, 0, sizeof(d));
+	d.pki = pki;
+	if (pki) {
+		char *ca = NULL, *crl = NULL;
+		struct wire_diag diag = {""};
+		if (asprintf(&ca, "%s/ca.crt", pki) < 0 || asprintf(&crl, "%s/crl.pem", pki) < 0)
+			return CTL_FAIL;
+		FILE *probe = fopen(crl, "r");
+		if (probe)
+			fclose(probe);
+		rc = wire_ca_load(ca, probe ? crl : NULL, &d.ca, &diag);
+		free(ca);
+		free(crl);
+		if (rc)
+			return ctl_err(CTL_USAGE, "decode: --pki %s: %s", pki, diag.msg);
+	}
+	for (size_t i = 0; i < ncerts; i++)
+		if ((rc = add_cert(&d, certs[i], 1)))
+			goto out;
+	FILE *in = stdin;
+	if (npos && strcmp(pos[0], "-")) {
+		in = fopen(pos[0], "rb");
+		if (!in) {
+			rc = ctl_err(CTL_FAIL, "decode: cannot open %s", pos[0]);
+			goto out;
+		}
+	}
+	char *buf = slurp(in, &len);
+	if (in != stdin)
+		fclose(in);
+	if (!buf) {
+		rc = ctl_err(CTL_FAIL, "decode: input unreadable or over %u MiB", DECODE_MAX_INPUT >> 20);
+		goto out;
+	}
+	if (!topic && is_lines(buf, len)) {
+		for (char *p = buf, *end = buf + len; p < end;) {
+			char *nl = memchr(p, '\n', (size_t)(end - p));
+			char *le = nl ? nl : end;
+			while (le > p && (le[-1] == '\r' || le[-1] == ' '))
+				le--;
+			if (le > p) {
+				char *sp = memchr(p, ' ', (size_t)(le - p));
+				*sp = '\0';
+				size_t n = (size_t)(le - sp - 1) / 2;
+				uint8_t *bytes = (uint8_t *)sp + 1; /* decode in place */
+				for (size_t i = 0; i < n; i++)
+					bytes[i] = (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
+							     hexval((unsigned char)sp[2 + 2 * i]));
+				message(&d, p, bytes, n);
+			}
+			p = nl ? nl + 1 : end;
+		}
+	} else {
+		message(&d, topic, (const uint8_t *)buf, len);
+	}
+	free(buf);
+	rc = d.failures ? CTL_FAIL : CTL_OK;
+out:
+	for (size_t i = 0; i < d.n_cats; i++)
+		wire_msg_free(d.cats[i].birth);
+	wire_ca_free(d.ca);
+	return rc;
+}

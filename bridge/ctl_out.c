@@ -1,0 +1,365 @@
+/* ctl_out.c - outpostctl: store access, argument parsing, time formats and output writers. */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cfg.h"
+#include "ctl.h"
+
+int ctl_err(int code, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, CTL_PROG ": ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return code;
+}
+
+int ctl_store_err(struct ctl *c, const char *what, int rc)
+{
+	const char *detail = c->s ? store_errmsg(c->s) : "";
+	return ctl_err(CTL_FAIL, "%s: %s%s%s", what, store_strerror(rc), detail[0] ? ": " : "",
+		       detail);
+}
+
+struct store *ctl_store(struct ctl *c)
+{
+	char err[STORE_ERR_MAX];
+	struct store_opts o = STORE_OPTS_INIT;
+	int from = 0, rc;
+	if (c->s)
+		return c->s;
+	o.create = 0; /* a typo in the path must not create an empty store */
+	o.app_name = CTL_PROG;
+	if ((rc = store_open(c->store_url, &o, &c->s, err))) {
+		ctl_err(CTL_FAIL, "store %s", err);
+		return NULL;
+	}
+	if ((rc = store_migrate(c->s, &from, NULL))) {
+		if (rc == STORE_ESCHEMA)
+			ctl_err(CTL_FAIL, "store %s: schema version %d is newer than this outpostctl (%d)",
+				store_url(c->s), from, STORE_SCHEMA_VERSION);
+		else
+			ctl_store_err(c, store_url(c->s), rc);
+		store_close(c->s);
+		c->s = NULL;
+		return NULL;
+	}
+	return c->s;
+}
+
+int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
+	     const char **pos, int max_pos, int *npos)
+{
+	*npos = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strncmp(a, "--", 2) || !a[2]) {
+			if (*npos >= max_pos)
+				return ctl_err(CTL_USAGE, "%s: unexpected argument '%s' (try --help)", cmd, a);
+			pos[(*npos)++] = a;
+			continue;
+		}
+		a += 2;
+		const char *eq = strchr(a, '=');
+		size_t len = eq ? (size_t)(eq - a) : strlen(a);
+		const struct ctl_optdef *d = defs;
+		while (d && d->name && (strlen(d->name) != len || strncmp(d->name, a, len)))
+			d++;
+		if (!d || !d->name)
+			return ctl_err(CTL_USAGE, "%s: unknown option --%.*s (try --help)", cmd, (int)len, a);
+		const char *v = "1";
+		if (d->has_arg) {
+			if (eq)
+				v = eq + 1;
+			else if (i + 1 < argc)
+				v = argv[++i];
+			else
+				return ctl_err(CTL_USAGE, "%s: --%s needs a value", cmd, d->name);
+		} else if (eq) {
+			return ctl_err(CTL_USAGE, "%s: --%s takes no value", cmd, d->name);
+		}
+		if (d->multi) {
+			if (*d->n_multi >= d->max_multi)
+				return ctl_err(CTL_USAGE, "%s: --%s given more than %zu times", cmd, d->name,
+					       d->max_multi);
+			d->multi[(*d->n_multi)++] = v;
+		} else {
+			*d->value = v;
+		}
+	}
+	return CTL_OK;
+}
+
+const char *ctl_time(int64_t ms, char *buf)
+{
+	if (!ms) {
+		buf[0] = '\0';
+		return buf;
+	}
+	time_t t = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	unsigned frac = (unsigned)(ms - (int64_t)t * 1000) % 1000u;
+	char date[24];
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, 32, "%.23s.%03uZ", date, frac);
+	return buf;
+}
+
+static int digits(const char *s, int n, int *out)
+{
+	int v = 0;
+	for (int i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)s[i]))
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
+{
+	int64_t d;
+	if (!s || !*s)
+		return -1;
+	if (!strcmp(s, "now")) {
+		*ms = now_ms;
+		return 0;
+	}
+	if (s[0] == '@') {
+		char *end;
+		long long v = strtoll(s + 1, &end, 10);
+		if (end == s + 1 || *end)
+			return -1;
+		*ms = (int64_t)v * 1000;
+		return 0;
+	}
+	size_t n = strlen(s), nd = strspn(s, "0123456789");
+	if (nd == n) {
+		long long v = strtoll(s, NULL, 10);
+		*ms = n >= 13 ? (int64_t)v : (int64_t)v * 1000;
+		return 0;
+	}
+	if (cfg_parse_duration(s[0] == '-' ? s + 1 : s, &d) == 0) {
+		*ms = now_ms - d;
+		return 0;
+	}
+	/* YYYY-MM-DD[THH:MM[:SS[.fff]]][Z|+HH:MM|-HH:MM] */
+	struct tm tm = {0};
+	int Y, M, D, h = 0, m = 0, sec = 0, frac = 0, fdig = 0;
+	if (n < 10 || digits(s, 4, &Y) || s[4] != '-' || digits(s + 5, 2, &M) || s[7] != '-' ||
+	    digits(s + 8, 2, &D))
+		return -1;
+	const char *p = s + 10;
+	if (*p == 'T' || *p == 't' || *p == ' ') {
+		if (digits(p + 1, 2, &h) || p[3] != ':' || digits(p + 4, 2, &m))
+			return -1;
+		p += 6;
+		if (*p == ':') {
+			if (digits(p + 1, 2, &sec))
+				return -1;
+			p += 3;
+			if (*p == '.') {
+				p++;
+				while (isdigit((unsigned char)*p)) {
+					if (fdig < 3) {
+						frac = frac * 10 + (*p - '0');
+						fdig++;
+					}
+					p++;
+				}
+				while (fdig < 3) {
+					frac *= 10;
+					fdig++;
+				}
+			}
+		}
+	}
+	int off = 0;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int oh, om;
+		if (digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om))
+			return -1;
+		off = (oh * 60 + om) * (*p == '+' ? 1 : -1);
+		p += 6;
+	}
+	if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+		return -1;
+	tm.tm_year = Y - 1900;
+	tm.tm_mon = M - 1;
+	tm.tm_mday = D;
+	tm.tm_hour = h;
+	tm.tm_min = m;
+	tm.tm_sec = sec;
+	time_t t = timegm(&tm);
+	*ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
+	return 0;
+}
+
+int ctl_fmt_parse(const char *s, enum ctl_fmt *out)
+{
+	if (!strcmp(s, "table"))
+		*out = CTL_FMT_TABLE;
+	else if (!strcmp(s, "csv"))
+		*out = CTL_FMT_CSV;
+	else if (!strcmp(s, "json"))
+		*out = CTL_FMT_JSON;
+	else
+		return -1;
+	return 0;
+}
+
+void ctl_csv_field(FILE *f, const char *s)
+{
+	if (!s)
+		return;
+	if (!strpbrk(s, ",\"\n\r")) {
+		fputs(s, f);
+		return;
+	}
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"')
+			fputc('"', f);
+		fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+void ctl_json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; s && *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", f);
+		else if (ch == '\t')
+			fputs("\\t", f);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
+		   const char *const *names, const enum ctl_coltype *types)
+{
+	memset(o, 0, sizeof(*o));
+	o->fmt = fmt;
+	o->f = f;
+	o->ncols = ncols;
+	o->names = names;
+	o->types = types;
+	if (fmt == CTL_FMT_CSV) {
+		for (int i = 0; i < ncols; i++) {
+			if (i)
+				fputc(',', f);
+			ctl_csv_field(f, names[i]);
+		}
+		fputc('\n', f);
+	} else if (fmt == CTL_FMT_JSON) {
+		fputs("[", f);
+	}
+}
+
+static int looks_numeric(const char *s)
+{
+	char *end;
+	if (!s || !*s)
+		return 0;
+	strtod(s, &end);
+	return !*end && strcmp(s, "nan") && strcmp(s, "inf") && strcmp(s, "-inf");
+}
+
+void ctl_out_row(struct ctl_out *o, const char *const *vals)
+{
+	FILE *f = o->f;
+	if (o->fmt == CTL_FMT_CSV) {
+		for (int i = 0; i < o->ncols; i++) {
+			if (i)
+				fputc(',', f);
+			ctl_csv_field(f, vals[i]);
+		}
+		fputc('\n', f);
+	} else if (o->fmt == CTL_FMT_JSON) {
+		fputs(o->nrows ? ",\n {" : "\n {", f);
+		for (int i = 0; i < o->ncols; i++) {
+			fprintf(f, "%s\"%s\": ", i ? ", " : "", o->names[i]);
+			if (!vals[i])
+				fputs("null", f);
+			else if (o->types[i] == CTL_NUM && looks_numeric(vals[i]))
+				fputs(vals[i], f);
+			else if (o->types[i] == CTL_NUM && !vals[i][0])
+				fputs("null", f);
+			else
+				ctl_json_str(f, vals[i]);
+		}
+		fputc('}', f);
+	} else {
+		if (o->nrows == o->cap) {
+			size_t cap = o->cap ? o->cap * 2 : 64;
+			char **cells = realloc(o->cells, cap * (size_t)o->ncols * sizeof(char *));
+			if (!cells)
+				return;
+			o->cells = cells;
+			o->cap = cap;
+		}
+		for (int i = 0; i < o->ncols; i++)
+			o->cells[o->nrows * (size_t)o->ncols + (size_t)i] = strdup(vals[i] ? vals[i] : "-");
+	}
+	o->nrows++;
+}
+
+void ctl_out_end(struct ctl_out *o)
+{
+	FILE *f = o->f;
+	if (o->fmt == CTL_FMT_JSON) {
+		fputs(o->nrows ? "\n]\n" : "]\n", f);
+		return;
+	}
+	if (o->fmt != CTL_FMT_TABLE)
+		return;
+	size_t *w = calloc((size_t)o->ncols, sizeof(*w));
+	if (!w)
+		return;
+	for (int i = 0; i < o->ncols; i++)
+		w[i] = strlen(o->names[i]);
+	for (size_t r = 0; r < o->nrows; r++)
+		for (int i = 0; i < o->ncols; i++) {
+			const char *s = o->cells[r * (size_t)o->ncols + (size_t)i];
+			size_t l = s ? strlen(s) : 0;
+			if (l > w[i])
+				w[i] = l;
+		}
+	for (int i = 0; i < o->ncols; i++)
+		fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, o->names[i],
+			i + 1 < o->ncols ? "  " : "\n");
+	for (size_t r = 0; r < o->nrows; r++) {
+		for (int i = 0; i < o->ncols; i++) {
+			char *s = o->cells[r * (size_t)o->ncols + (size_t)i];
+			int right = o->types[i] == CTL_NUM && i + 1 < o->ncols;
+			if (right)
+				fprintf(f, "%*s  ", (int)w[i], s ? s : "");
+			else
+				fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, s ? s : "",
+					i + 1 < o->ncols ? "  " : "");
+			free(s);
+		}
+		fputc('\n', f);
+	}
+	free(w);
+	free(o->cells);
+	o->cells = NULL;
+}

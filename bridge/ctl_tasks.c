@@ -1,0 +1,255 @@
+/* ctl_tasks.c - outpostctl task add|list|show|cancel (the operator side of polled tasks). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "ctl.h"
+#include "store_ops.h"
+#include "wire_topic.h"
+
+#define DEFAULT_EXPIRY "24h"
+
+static int add(struct ctl *c, int argc, char **argv)
+{
+	const char *device = NULL, *type = NULL, *expires = DEFAULT_EXPIRY, *pos[1];
+	const char *args[WIRE_MAX_ARGS];
+	size_t nargs = 0;
+	int npos, rc;
+	struct ctl_optdef defs[] = {{"device", 1, &device, NULL, NULL, 0},
+				    {"type", 1, &type, NULL, NULL, 0},
+				    {"arg", 1, NULL, args, &nargs, WIRE_MAX_ARGS},
+				    {"expires", 1, &expires, NULL, NULL, 0},
+				    {NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("task add", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (!device || !type)
+		return ctl_err(CTL_USAGE, "task add: --device ID and --type TYPE are required");
+	if (wire_device_id_check(device))
+		return ctl_err(CTL_USAGE, "task add: '%s' is not a device id", device);
+	if (!store_task_type_allowed(type)) {
+		char list[128] = "";
+		for (size_t i = 0; store_task_types[i]; i++)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+				 store_task_types[i]);
+		return ctl_err(CTL_USAGE, "task add: type '%s' is not allowed (allowed: %s)", type, list);
+	}
+	int64_t ttl;
+	if (cfg_parse_duration(expires, &ttl) || ttl <= 0 || ttl > 3650LL * 86400000)
+		return ctl_err(CTL_USAGE, "task add: --expires: want a duration like 30m, 24h, 7d");
+	struct store_kv kv[WIRE_MAX_ARGS];
+	char *copies[WIRE_MAX_ARGS] = {0};
+	for (size_t i = 0; i < nargs; i++) {
+		const char *eq = strchr(args[i], '=');
+		if (!eq || eq == args[i])
+			return ctl_err(CTL_USAGE, "task add: --arg '%s': want key=value", args[i]);
+		size_t klen = (size_t)(eq - args[i]);
+		if (klen > WIRE_MAX_KEY || strlen(eq + 1) > WIRE_MAX_VALUE)
+			return ctl_err(CTL_USAGE, "task add: --arg '%.40s': key over %d or value over %d bytes",
+				       args[i], WIRE_MAX_KEY, WIRE_MAX_VALUE);
+		for (size_t j = 0; j < i; j++)
+			if (strlen(kv[j].key) == klen && !strncmp(kv[j].key, args[i], klen)) {
+				for (size_t k = 0; k < i; k++)
+					free(copies[k]);
+				return ctl_err(CTL_USAGE, "task add: --arg %.*s given twice", (int)klen,
+					       args[i]);
+			}
+		copies[i] = strndup(args[i], klen);
+		kv[i].key = copies[i];
+		kv[i].value = eq + 1;
+	}
+	struct store *s = ctl_store(c);
+	int64_t id = 0;
+	rc = s ? store_task_add(s, device, type, kv, nargs, store_now_ms() + ttl, CTL_PROG, &id)
+	       : STORE_ECONN;
+	for (size_t i = 0; i < nargs; i++)
+		free(copies[i]);
+	if (!s)
+		return CTL_FAIL;
+	if (rc == STORE_ENOTFOUND)
+		return ctl_err(CTL_FAIL, "no device '%s' in %s", device, store_url(s));
+	if (rc == STORE_ESTATE)
+		return ctl_err(CTL_FAIL, "%s is revoked: no tasks for it", device);
+	if (rc == STORE_EINVAL)
+		return ctl_err(CTL_USAGE, "task add: arguments refused (control characters?)");
+	if (rc)
+		return ctl_store_err(c, "task add", rc);
+	printf("%" PRId64 "\n", id);
+	return CTL_OK;
+}
+
+static int list(struct ctl *c, int argc, char **argv)
+{
+	const char *device = NULL, *state = NULL, *limit = NULL, *format = "table", *pos[1];
+	int64_t max = 100;
+	enum ctl_fmt fmt;
+	int npos, rc;
+	struct ctl_optdef defs[] = {
+		{"device", 1, &device, NULL, NULL, 0}, {"state", 1, &state, NULL, NULL, 0},
+		{"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
+		{NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("task list", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (ctl_fmt_parse(format, &fmt))
+		return ctl_err(CTL_USAGE, "task list: --format: want table, csv or json");
+	if (limit) {
+		char *end;
+		max = strtoll(limit, &end, 10);
+		if (end == limit || *end || max < 1)
+			return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
+	}
+	if (!ctl_store(c))
+		return CTL_FAIL;
+	struct store_stmt *st = NULL;
+	rc = store_prepare(c->s,
+			   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"
+			   " t.delivered_at, t.finished_at, t.result_status, t.result_message FROM"
+			   " (SELECT * FROM tasks WHERE (CAST(? AS TEXT) IS NULL OR state = ?) AND"
+			   " (CAST(? AS TEXT) IS NULL OR device = (SELECT id FROM devices WHERE"
+			   " device_id = ?)) ORDER BY id DESC LIMIT ?) t JOIN devices d ON"
+			   " d.id = t.device ORDER BY t.id",
+			   &st);
+	if (!rc && !(rc = store_bind_text(st, 1, state)) && !(rc = store_bind_text(st, 2, state)) &&
+	    !(rc = store_bind_text(st, 3, device)) && !(rc = store_bind_text(st, 4, device)))
+		rc = store_bind_i64(st, 5, max);
+	if (rc) {
+		store_stmt_free(st);
+		return ctl_store_err(c, "task list", rc);
+	}
+	static const char *const names[] = {"id",	 "device",    "type",	  "state",  "created",
+					    "expires", "delivered", "finished", "result", "message"};
+	static const enum ctl_coltype types[] = {CTL_NUM, CTL_STR, CTL_STR, CTL_STR, CTL_STR,
+						 CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_STR};
+	struct ctl_out o;
+	ctl_out_begin(&o, fmt, stdout, 10, names, types);
+	while ((rc = store_step(st)) == 1) {
+		char id[24], t[4][32];
+		snprintf(id, sizeof(id), "%" PRId64, store_col_i64(st, 0));
+		const char *v[10] = {id,
+				     store_col_text(st, 1),
+				     store_col_text(st, 2),
+				     store_col_text(st, 3),
+				     ctl_time(store_col_i64(st, 4), t[0]),
+				     ctl_time(store_col_i64(st, 5), t[1]),
+				     store_col_null(st, 6) ? NULL : ctl_time(store_col_i64(st, 6), t[2]),
+				     store_col_null(st, 7) ? NULL : ctl_time(store_col_i64(st, 7), t[3]),
+				     store_col_text(st, 8),
+				     store_col_text(st, 9)};
+		ctl_out_row(&o, v);
+	}
+	ctl_out_end(&o);
+	store_stmt_free(st);
+	return rc < 0 ? ctl_store_err(c, "task list", rc) : CTL_OK;
+}
+
+static int kvs(struct ctl *c, const char *table, int64_t id, const char *title)
+{
+	struct store_stmt *st = NULL;
+	char sql[128];
+	snprintf(sql, sizeof(sql), "SELECT key, value FROM %s WHERE task = ? ORDER BY idx", table);
+	int rc = store_prepare(c->s, sql, &st), n = 0;
+	if (rc || (rc = store_bind_i64(st, 1, id)))
+		goto out;
+	while ((rc = store_step(st)) == 1)
+		printf("%s%s=%s\n", n++ ? "            " : title, store_col_text(st, 0),
+		       store_col_text(st, 1));
+	if (!n && rc == 0)
+		printf("%s-\n", title);
+out:
+	store_stmt_free(st);
+	return rc < 0 ? rc : 0;
+}
+
+static int show(struct ctl *c, const char *ids)
+{
+	char *end;
+	long long id = strtoll(ids, &end, 10);
+	if (end == ids || *end || id < 1)
+		return ctl_err(CTL_USAGE, "task show: '%s' is not a task id", ids);
+	if (!ctl_store(c))
+		return CTL_FAIL;
+	struct store_stmt *st = NULL;
+	int rc = store_prepare(c->s,
+			       "SELECT d.device_id, t.type, t.state, t.created_at, t.created_by,"
+			       " t.expires_at, t.delivered_at, t.deliveries, t.finished_at,"
+			       " t.result_status, t.result_message, t.result_seq FROM tasks t JOIN"
+			       " devices d ON d.id = t.device WHERE t.id = ?",
+			       &st);
+	if (rc || (rc = store_bind_i64(st, 1, id)) || (rc = store_step(st)) < 0) {
+		store_stmt_free(st);
+		return ctl_store_err(c, "task show", rc);
+	}
+	if (rc == 0) {
+		store_stmt_free(st);
+		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(c->s));
+	}
+	char t[32];
+	printf("task        %lld\n", id);
+	printf("device      %s\n", store_col_text(st, 0));
+	printf("type        %s\n", store_col_text(st, 1));
+	printf("state       %s\n", store_col_text(st, 2));
+	printf("created     %s by %s\n", ctl_time(store_col_i64(st, 3), t),
+	       store_col_text(st, 4) ? store_col_text(st, 4) : "-");
+	printf("expires     %s\n", ctl_time(store_col_i64(st, 5), t));
+	if (store_col_null(st, 6))
+		printf("delivered   no\n");
+	else
+		printf("delivered   %s (%" PRId64 " time(s))\n", ctl_time(store_col_i64(st, 6), t),
+		       store_col_i64(st, 7));
+	printf("finished    %s\n", store_col_null(st, 8) ? "no" : ctl_time(store_col_i64(st, 8), t));
+	if (!store_col_null(st, 9)) {
+		printf("result      %s (envelope seq %" PRId64 ")\n", store_col_text(st, 9),
+		       store_col_i64(st, 11));
+		printf("message     %s\n", store_col_text(st, 10) ? store_col_text(st, 10) : "");
+	}
+	int has_result = !store_col_null(st, 9);
+	store_stmt_free(st);
+	if ((rc = kvs(c, "task_args", id, "args        ")))
+		return ctl_store_err(c, "task show", rc);
+	if (has_result && (rc = kvs(c, "task_output", id, "output      ")))
+		return ctl_store_err(c, "task show", rc);
+	return CTL_OK;
+}
+
+static int cancel(struct ctl *c, const char *ids)
+{
+	char *end, state[16] = "";
+	long long id = strtoll(ids, &end, 10);
+	if (end == ids || *end || id < 1)
+		return ctl_err(CTL_USAGE, "task cancel: '%s' is not a task id", ids);
+	struct store *s = ctl_store(c);
+	if (!s)
+		return CTL_FAIL;
+	int rc = store_task_cancel(s, id, CTL_PROG, state);
+	if (rc == STORE_ENOTFOUND)
+		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(s));
+	if (rc == STORE_ESTATE)
+		return ctl_err(CTL_FAIL, "task %lld is %s: only queued tasks can be cancelled", id, state);
+	if (rc)
+		return ctl_store_err(c, "task cancel", rc);
+	printf("task %lld: queued -> cancelled\n", id);
+	return CTL_OK;
+}
+
+int ctl_cmd_task(struct ctl *c, int argc, char **argv)
+{
+	if (argc < 1)
+		return ctl_err(CTL_USAGE, "task: want add, list, show ID or cancel ID");
+	const char *sub = argv[0];
+	if (!strcmp(sub, "add"))
+		return add(c, argc - 1, argv + 1);
+	if (!strcmp(sub, "list"))
+		return list(c, argc - 1, argv + 1);
+	if (!strcmp(sub, "show") || !strcmp(sub, "cancel")) {
+		const char *pos[1];
+		int npos, rc;
+		struct ctl_optdef none[] = {{NULL, 0, NULL, NULL, NULL, 0}};
+		if ((rc = ctl_args(sub, argc - 1, argv + 1, none, pos, 1, &npos)))
+			return rc;
+		if (npos != 1)
+			return ctl_err(CTL_USAGE, "task %s: want a task id", sub);
+		return !strcmp(sub, "show") ? show(c, pos[0]) : cancel(c, pos[0]);
+	}
+	return ctl_err(CTL_USAGE, "task: unknown action '%s' (add, list, show, cancel)", sub);
+}

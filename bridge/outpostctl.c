@@ -1,0 +1,142 @@
+/* outpostctl.c - the operator CLI on the Outpost store: global options and command dispatch. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "ctl.h"
+
+#ifndef OUTPOSTCTL_DEFAULT_STORE
+#define OUTPOSTCTL_DEFAULT_STORE "sqlite:var/local/outpost.db"
+#endif
+
+struct settings {
+	char *store;
+};
+
+static const struct cfg_opt opts[] = {
+	{"store", CFG_STR, offsetof(struct settings, store), 1, 4096, OUTPOSTCTL_DEFAULT_STORE,
+	 "store URL: sqlite:PATH or postgresql://... (also OUTPOST_STORE)", NULL},
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: " CTL_PROG " [--store URL] [--config FILE] COMMAND [ARGS]\n"
+		"The operator's view of an Outpost store (the one outpost-bridge writes).\n\n"
+		"Commands:\n"
+		"  devices [--state S] [--format table|csv|json]\n"
+		"                             every device: state, health, chain, counters\n"
+		"  device show ID             one device: state, rejections by reason, metrics, gaps,\n"
+		"                             recent events\n"
+		"  device quarantine ID [--reason TEXT]\n"
+		"                             drop its messages until released\n"
+		"  device release ID          end a quarantine (or a deactivation)\n"
+		"  device revoke ID [--reason TEXT]\n"
+		"                             refuse the device for good\n"
+		"  readings --device ID [--metric M] [--since T] [--until T] [--limit N]\n"
+		"           [--format csv|json|table]\n"
+		"                             stored readings, oldest first (default csv)\n"
+		"  events [--device ID] [--type T] [--since T] [--limit N] [--format ...]\n"
+		"                             state changes, rejections, gaps, tasks (newest last)\n"
+		"  gaps [--device ID] [--all] [--format ...]\n"
+		"                             missing and dropped seq ranges (--all: also filled)\n"
+		"  task add --device ID --type TYPE [--arg k=v ...] [--expires DURATION]\n"
+		"                             queue a task (ping, set_config, resend, collect_now,\n"
+		"                             restart); prints its id\n"
+		"  task list [--device ID] [--state S] [--limit N] [--format ...]\n"
+		"  task show ID               state, times, arguments and the device's result\n"
+		"  task cancel ID             cancel a task not yet delivered\n"
+		"  decode [--pki DIR] [--cert FILE ...] [--topic T] [FILE]\n"
+		"                             print messages captured with mosquitto_sub -F '%%t %%x'\n"
+		"                             (or one raw payload), verifying signatures when\n"
+		"                             certificates are given\n\n"
+		"Times (T): 2026-11-22T22:00:00Z, 2026-11-22, 90m / 2h / 7d (ago), now, @UNIXSECONDS.\n"
+		"Options:\n");
+	cfg_print_help(out, opts, sizeof(opts) / sizeof(opts[0]), "OUTPOST_");
+	fprintf(out, "Exit status: 0 ok, 1 failure (store, not found, refused), 2 usage error.\n");
+}
+
+static int is_global(const char *a, int *takes_next)
+{
+	*takes_next = 0;
+	if (!strcmp(a, "--store") || !strcmp(a, "--config") || !strcmp(a, "-c")) {
+		*takes_next = 1;
+		return 1;
+	}
+	return !strncmp(a, "--store=", 8) || !strncmp(a, "--config=", 9);
+}
+
+int main(int argc, char **argv)
+{
+	struct settings set = {0};
+	char err[CFG_ERR_MAX] = "";
+	char **gargv = calloc((size_t)argc + 1, sizeof(char *));
+	char **cargv = calloc((size_t)argc + 1, sizeof(char *));
+	int gargc = 1, cargc = 0, rc = CTL_USAGE, help = 0, version = 0;
+	if (!gargv || !cargv)
+		return CTL_FAIL;
+	gargv[0] = argv[0];
+	/* Global options may appear anywhere; the rest is the command and its arguments. */
+	for (int i = 1; i < argc; i++) {
+		int next;
+		if (is_global(argv[i], &next)) {
+			gargv[gargc++] = argv[i];
+			if (next && i + 1 < argc)
+				gargv[gargc++] = argv[++i];
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			help = 1;
+		} else if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
+			version = 1;
+		} else {
+			cargv[cargc++] = argv[i];
+		}
+	}
+	if (help) {
+		usage(stdout);
+		rc = CTL_OK;
+		goto out;
+	}
+	if (version) {
+		printf(CTL_PROG " %s\n", OUTPOST_VERSION);
+		rc = CTL_OK;
+		goto out;
+	}
+	if (cfg_parse(opts, sizeof(opts) / sizeof(opts[0]), &set, gargc, gargv, "OUTPOST_",
+		      "/etc/outpost/outpostctl.conf", err)) {
+		rc = ctl_err(CTL_USAGE, "%s", err);
+		goto out;
+	}
+	if (!cargc) {
+		usage(stderr);
+		goto out;
+	}
+	struct ctl c = {.store_url = set.store};
+	const char *cmd = cargv[0];
+	int n = cargc - 1;
+	char **rest = cargv + 1;
+	if (!strcmp(cmd, "devices"))
+		rc = ctl_cmd_devices(&c, n, rest);
+	else if (!strcmp(cmd, "device"))
+		rc = ctl_cmd_device(&c, n, rest);
+	else if (!strcmp(cmd, "readings"))
+		rc = ctl_cmd_readings(&c, n, rest);
+	else if (!strcmp(cmd, "events"))
+		rc = ctl_cmd_events(&c, n, rest);
+	else if (!strcmp(cmd, "gaps"))
+		rc = ctl_cmd_gaps(&c, n, rest);
+	else if (!strcmp(cmd, "task"))
+		rc = ctl_cmd_task(&c, n, rest);
+	else if (!strcmp(cmd, "decode"))
+		rc = ctl_cmd_decode(&c, n, rest);
+	else
+		rc = ctl_err(CTL_USAGE, "unknown command '%s' (try --help)", cmd);
+	if (fflush(stdout) != 0 && rc == CTL_OK)
+		rc = ctl_err(CTL_FAIL, "cannot write the output");
+	store_close(c.s);
+out:
+	cfg_free(opts, sizeof(opts) / sizeof(opts[0]), &set);
+	free(gargv);
+	free(cargv);
+	return rc;
+}

@@ -1,0 +1,344 @@
+/* test_bridge_reject.c - bad input published with a valid device certificate: garbage,
+ * truncated protobuf, oversized fields, a bad signature, another device's envelope, replays,
+ * reused seqs, wrong kinds. Each is rejected and counted per reason, nothing is stored, the
+ * bridge keeps running, the 5th consecutive rejection quarantines the device and
+ * `outpostctl device release` lets it back. Revoked devices are refused. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h_bridge.h"
+#include "h_mqtt.h"
+#include "h_simdev.h"
+#include "harness.h"
+#include "outpost.pb-c.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+
+static struct h_broker b;
+static struct h_bridge br;
+static struct h_mqtt *dev;
+static struct h_simdev_opts so; /* only for batch bodies */
+
+static int64_t q(const char *fmt, const char *arg) __attribute__((format(printf, 1, 0)));
+static int64_t q(const char *fmt, const char *arg)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	char *sql = h_strf(fmt, arg);
+#pragma GCC diagnostic pop
+	int64_t v = h_store_i64(br.store, sql, 0);
+	free(sql);
+	return v;
+}
+
+static int64_t rejections(const char *device, const char *reason)
+{
+	char *sql = h_strf("SELECT COALESCE(SUM(r.count), 0) FROM rejections r JOIN devices d ON"
+			   " d.id = r.device WHERE d.device_id = '%s' AND r.reason = '%s'",
+			   device, reason);
+	int64_t v = h_store_i64(br.store, sql, 0);
+	free(sql);
+	return v;
+}
+
+static void wait_rejections(const char *device, const char *reason, int64_t n)
+{
+	long long end = h_now_ms() + 10000;
+	while (h_now_ms() < end && rejections(device, reason) < n)
+		h_sleep_ms(20);
+	cr_assert_eq(rejections(device, reason), n, "%s: rejections for %s", device, reason);
+}
+
+static int64_t stored(const char *device)
+{
+	return q("SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device WHERE"
+		 " d.device_id = '%s'",
+		 device);
+}
+
+static void wait_stored(const char *device, int64_t n)
+{
+	long long end = h_now_ms() + 10000;
+	while (h_now_ms() < end && stored(device) < n)
+		h_sleep_ms(20);
+	cr_assert_eq(stored(device), n, "%s: envelopes stored", device);
+}
+
+static const char *state(const char *device)
+{
+	static char s[32];
+	const char *states[] = {"unenrolled", "active", "quarantined", "revoked", "deactivated"};
+	for (size_t i = 0; i < 5; i++) {
+		char *sql = h_strf("SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = '%s'",
+				   device, states[i]);
+		int64_t n = h_store_i64(br.store, sql, 0);
+		free(sql);
+		if (n == 1)
+			return strcpy(s, states[i]);
+	}
+	return "none";
+}
+
+static void pub(struct h_mqtt *c, const char *device, const char *suffix, const void *p, size_t n)
+{
+	char *topic = h_strf("outpost/v1/%s/%s", device, suffix);
+	cr_assert_eq(h_mqtt_pub(c, topic, p, n, 1, 0), 0, "publish on %s", topic);
+	free(topic);
+}
+
+static uint8_t *batch(const char *signer, const char *device, uint64_t seq, uint64_t prev,
+		      size_t *len)
+{
+	size_t blen;
+	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
+	char *name = h_strf("devices/%s", signer);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BATCH, device, seq, body, blen, len);
+	free(name);
+	free(body);
+	return env;
+}
+
+static uint8_t *birth(const char *signer, const char *device, uint64_t seq, size_t *len)
+{
+	size_t blen;
+	uint8_t *body = h_birth_body(h_pki(), signer, 3, 0, &blen);
+	char *name = h_strf("devices/%s", signer);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, device, seq, body, blen, len);
+	free(name);
+	free(body);
+	return env;
+}
+
+static struct h_mqtt *connect_as(const char *id)
+{
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	char *name = h_strf("devices/%s", id);
+	struct h_mqtt *c = h_mqtt_connect(uri, h_pki(), name, id, NULL);
+	free(uri);
+	free(name);
+	return c;
+}
+
+static void setup(void)
+{
+	memset(&b, 0, sizeof(b));
+	so = (struct h_simdev_opts){.rows = 2, .cols = 3, .t0_ms = 1700000000000LL};
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "reject");
+	h_bridge_start(&br);
+	dev = connect_as("dev-a");
+	cr_assert_not_null(dev, "dev-a cannot connect");
+}
+
+static void teardown(void)
+{
+	h_mqtt_close(dev);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+TestSuite(bridge_reject, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(bridge_reject, five_bad_messages_quarantine_release_lets_back)
+{
+	size_t n, n2;
+	uint8_t *birth1 = birth("dev-a", "dev-a", 1, &n);
+	pub(dev, "dev-a", "birth", birth1, n);
+	uint8_t *ok = batch("dev-a", "dev-a", 2, 0, &n2);
+	pub(dev, "dev-a", "telemetry", ok, n2);
+	free(ok);
+	wait_stored("dev-a", 1);
+
+	/* 1. garbage bytes */
+	const char garbage[] = "\x00\xff garbage, not protobuf \x01\x02";
+	pub(dev, "dev-a", "telemetry", garbage, sizeof(garbage) - 1);
+	wait_rejections("dev-a", "decode", 1);
+
+	/* 2. truncated protobuf */
+	uint8_t *b3 = batch("dev-a", "dev-a", 3, 2, &n);
+	pub(dev, "dev-a", "telemetry", b3, n / 2);
+	free(b3);
+	wait_rejections("dev-a", "decode", 2);
+
+	/* 3. oversized field: a 300-character agent version (limit 64) */
+	Outpost__Birth bad = OUTPOST__BIRTH__INIT;
+	char agent[301], *path = h_strf("%s/devices/dev-a.crt", h_pki());
+	char *pem = h_read_file(path, NULL);
+	free(path);
+	uint8_t boot[16] = {1};
+	memset(agent, 'x', 300);
+	agent[300] = '\0';
+	bad.agent_version = agent;
+	bad.boot_id.data = boot;
+	bad.boot_id.len = sizeof(boot);
+	bad.cert_pem = pem;
+	size_t blen = outpost__birth__get_packed_size(&bad);
+	uint8_t *body = malloc(blen);
+	outpost__birth__pack(&bad, body);
+	uint8_t *big = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 4, body, blen, &n);
+	pub(dev, "dev-a", "birth", big, n);
+	free(big);
+	free(body);
+	free(pem);
+	wait_rejections("dev-a", "oversize", 1);
+
+	/* 4. bad signature: dev-a's envelope signed with dev-b's key */
+	uint8_t *forged = batch("dev-b", "dev-a", 5, 2, &n);
+	pub(dev, "dev-a", "telemetry", forged, n);
+	free(forged);
+	wait_rejections("dev-a", "bad_signature", 1);
+	cr_expect_str_eq(state("dev-a"), "active");
+
+	/* 5. another device's (valid) envelope on this device's topic: the fifth in a row */
+	uint8_t *other = batch("dev-b", "dev-b", 6, 0, &n);
+	pub(dev, "dev-a", "telemetry", other, n);
+	free(other);
+	wait_rejections("dev-a", "id_mismatch", 1);
+	cr_expect_str_eq(state("dev-a"), "quarantined");
+	cr_expect_eq(q("SELECT COUNT(*) FROM events e JOIN devices d ON d.id = e.device WHERE"
+		       " d.device_id = '%s' AND e.type = 'quarantined'",
+		       "dev-a"),
+		     1);
+
+	/* Quarantined: even a valid batch is dropped and counted. */
+	uint8_t *b7 = batch("dev-a", "dev-a", 7, 2, &n);
+	pub(dev, "dev-a", "telemetry", b7, n);
+	wait_rejections("dev-a", "quarantined", 1);
+	cr_expect_eq(stored("dev-a"), 1, "nothing stored from bad or quarantined input");
+	cr_expect_eq(kill(br.pid, 0), 0, "the bridge keeps running");
+	cr_expect_eq(q("SELECT COUNT(*) FROM devices WHERE device_id = '%s'", "dev-b"), 0,
+		     "dev-b gained nothing from its envelope on dev-a's topic");
+
+	/* The operator releases it; the device's resend is stored. */
+	char *out = NULL;
+	cr_expect_eq(h_ctl(br.store, "device release dev-a", &out), 0, "%s", out);
+	cr_expect(strstr(out, "quarantined -> active"), "%s", out);
+	free(out);
+	cr_expect_str_eq(state("dev-a"), "active");
+	/* Like a device, resend until acknowledged: a copy that raced the release is dropped. */
+	long long end = h_now_ms() + 10000;
+	while (stored("dev-a") < 2 && h_now_ms() < end) {
+		pub(dev, "dev-a", "telemetry", b7, n);
+		h_sleep_ms(300);
+	}
+	wait_stored("dev-a", 2);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 0);
+
+	/* Counters survive in the store and show in outpostctl. */
+	cr_expect_eq(h_ctl(br.store, "device show dev-a", &out), 0);
+	cr_expect(strstr(out, "decode") && strstr(out, "bad_signature") && strstr(out, "oversize") &&
+			  strstr(out, "id_mismatch") && strstr(out, "quarantined"),
+		  "%s", out);
+	free(out);
+	free(b7);
+	free(birth1);
+}
+
+Test(bridge_reject, replays_reuse_kind_and_unknown_device)
+{
+	size_t n, n2;
+	uint8_t *birth1 = birth("dev-a", "dev-a", 1, &n);
+	pub(dev, "dev-a", "birth", birth1, n);
+	uint8_t *b2 = batch("dev-a", "dev-a", 2, 0, &n2);
+	pub(dev, "dev-a", "telemetry", b2, n2);
+	uint8_t *b4 = batch("dev-a", "dev-a", 4, 2, &n2);
+	pub(dev, "dev-a", "telemetry", b4, n2);
+	wait_stored("dev-a", 2);
+
+	/* A replayed birth (same bytes, old seq). */
+	pub(dev, "dev-a", "birth", birth1, n);
+	wait_rejections("dev-a", "replayed", 1);
+	/* The exact same batch again: a duplicate, re-acknowledged, not a rejection. */
+	pub(dev, "dev-a", "telemetry", b4, n2);
+	long long end = h_now_ms() + 10000;
+	while (h_now_ms() < end &&
+	       q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a") < 1)
+		h_sleep_ms(20);
+	cr_expect_eq(q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a"), 1);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 0,
+		     "a duplicate is not a rejection");
+	/* A seq reused for different content. */
+	so.rows = 3;
+	uint8_t *reuse = batch("dev-a", "dev-a", 4, 2, &n);
+	pub(dev, "dev-a", "telemetry", reuse, n);
+	free(reuse);
+	wait_rejections("dev-a", "seq_reused", 1);
+	/* A durable seq at or below the frontier that was never stored. */
+	uint8_t *old = batch("dev-a", "dev-a", 3, 2, &n);
+	pub(dev, "dev-a", "telemetry", old, n);
+	free(old);
+	wait_rejections("dev-a", "too_old", 1);
+	/* A birth on the telemetry topic. */
+	uint8_t *birth9 = birth("dev-a", "dev-a", 9, &n);
+	pub(dev, "dev-a", "telemetry", birth9, n);
+	free(birth9);
+	wait_rejections("dev-a", "kind_mismatch", 1);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 3);
+	cr_expect_eq(stored("dev-a"), 2);
+	cr_expect_eq(q("SELECT COUNT(*) FROM readings r JOIN devices d ON d.id = r.device WHERE"
+		       " d.device_id = '%s'",
+		       "dev-a"),
+		     2 * 2 * 3, "readings of the two good batches only");
+
+	/* dev-c sends a batch before any birth. */
+	struct h_mqtt *c = connect_as("dev-c");
+	cr_assert_not_null(c);
+	uint8_t *early = batch("dev-c", "dev-c", 5, 0, &n);
+	pub(c, "dev-c", "telemetry", early, n);
+	free(early);
+	wait_rejections("dev-c", "unknown_device", 1);
+	cr_expect_eq(stored("dev-c"), 0);
+	h_mqtt_close(c);
+	free(b2);
+	free(b4);
+	free(birth1);
+}
+
+Test(bridge_reject, revoked_devices_are_refused)
+{
+	size_t n;
+	/* The broker refuses the revoked certificate at the TLS handshake. */
+	struct h_mqtt *r = connect_as("dev-revoked");
+	cr_expect_null(r, "dev-revoked could connect");
+	h_mqtt_close(r);
+
+	/* The bridge refuses a birth carrying a certificate the CRL revokes... */
+	struct h_mqtt *c = connect_as("dev-b");
+	cr_assert_not_null(c);
+	size_t blen;
+	uint8_t *body = h_birth_body(h_pki(), "dev-revoked", 2, 0, &blen);
+	uint8_t *env = h_seal(h_pki(), "devices/dev-revoked", WIRE_KIND_BIRTH, "dev-b", 1, body, blen, &n);
+	pub(c, "dev-b", "birth", env, n);
+	free(env);
+	free(body);
+	wait_rejections("dev-b", "revoked", 1);
+	cr_expect_eq(stored("dev-b"), 0);
+
+	/* ... and every message of a device revoked in the store. */
+	size_t n2;
+	uint8_t *b1 = birth("dev-c", "dev-c", 1, &n);
+	struct h_mqtt *dc = connect_as("dev-c");
+	cr_assert_not_null(dc);
+	pub(dc, "dev-c", "birth", b1, n);
+	uint8_t *b2 = batch("dev-c", "dev-c", 2, 0, &n2);
+	pub(dc, "dev-c", "telemetry", b2, n2);
+	wait_stored("dev-c", 1);
+	char *out = NULL;
+	cr_expect_eq(h_ctl(br.store, "device revoke dev-c --reason stolen", &out), 0, "%s", out);
+	free(out);
+	uint8_t *b3 = batch("dev-c", "dev-c", 3, 2, &n2);
+	pub(dc, "dev-c", "telemetry", b3, n2);
+	wait_rejections("dev-c", "revoked", 1);
+	cr_expect_eq(stored("dev-c"), 1, "nothing stored after the revocation");
+	cr_expect_str_eq(state("dev-c"), "revoked");
+	/* Revocation is permanent: release refuses. */
+	cr_expect_eq(h_ctl(br.store, "device release dev-c", &out), 1, "%s", out);
+	free(out);
+	h_mqtt_close(dc);
+	h_mqtt_close(c);
+	free(b1);
+	free(b2);
+	free(b3);
+}
