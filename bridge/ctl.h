@@ -17,9 +17,11 @@ enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
 struct ctl {
 	const char *store_url;
 	struct store *s; /* opened by ctl_store() */
+	int code;	 /* exit status after ctl_store() failed */
 };
 
-/* Open (once) and migrate the store; on failure prints why and returns NULL. */
+/* Open (once) and migrate the store; on failure prints why, sets c->code (CTL_USAGE for a
+ * URL it does not understand, else CTL_FAIL) and returns NULL. */
 struct store *ctl_store(struct ctl *c);
 
 /* Print "outpostctl: <msg>" to stderr; returns code. */
@@ -57,6 +59,9 @@ const char *ctl_time(int64_t ms, char *buf);
 int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms);
 
 /* ---- output ---- */
+
+/* Shortest text that reads back as the same double ("nan" for NaN). buf: 32 bytes. */
+const char *ctl_double(double v, char *buf);
 
 enum ctl_fmt { CTL_FMT_TABLE, CTL_FMT_CSV, CTL_FMT_JSON };
 int ctl_fmt_parse(const char *s, enum ctl_fmt *out); /* -1 if unknown */

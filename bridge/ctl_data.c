@@ -1,6 +1,5 @@
 /* ctl_data.c - outpostctl readings, events and gaps. */
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,19 +7,6 @@
 #include "ctl.h"
 #include "store_ops.h"
 #include "wire_topic.h"
-
-/* Shortest text that reads back as the same double. */
-static const char *fmt_double(double v, char *buf)
-{
-	if (isnan(v))
-		return "nan";
-	for (int prec = 15; prec <= 17; prec++) {
-		snprintf(buf, 32, "%.*g", prec, v);
-		if (strtod(buf, NULL) == v)
-			break;
-	}
-	return buf;
-}
 
 static int device_key(struct ctl *c, const char *id, int64_t *key)
 {
@@ -77,7 +63,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	    (limit && (rc = parse_limit("readings", limit, &max))))
 		return rc;
 	if (!ctl_store(c))
-		return CTL_FAIL;
+		return c->code;
 	if ((rc = device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
@@ -107,7 +93,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 				       store_col_text(st, 1),
 				       ctl_time(store_col_i64(st, 2), t),
 				       store_col_null(st, 3) ? (fmt == CTL_FMT_JSON ? NULL : "nan")
-							     : fmt_double(store_col_f64(st, 3), v),
+							     : ctl_double(store_col_f64(st, 3), v),
 				       seq};
 		ctl_out_row(&o, vals);
 	}
@@ -135,7 +121,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	    (limit && (rc = parse_limit("events", limit, &max))))
 		return rc;
 	if (!ctl_store(c))
-		return CTL_FAIL;
+		return c->code;
 	if (device && (rc = device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
@@ -184,7 +170,7 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "gaps: --format: want table, csv or json");
 	if (!ctl_store(c))
-		return CTL_FAIL;
+		return c->code;
 	if (device && (rc = device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;

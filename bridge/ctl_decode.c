@@ -144,7 +144,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		struct wire_cert_info ci;
 		printf("  agent %s, boot id ", b->agent_version ? b->agent_version : "");
 		hexdump(b->boot_id.data, b->boot_id.len);
-		printf(", started %s\n", ctl_time(b->started_at_ms, t));
+		printf(", started %s\n", b->started_at_ms ? ctl_time(b->started_at_ms, t) : "-");
 		if (!wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL))
 			printf("  certificate CN=%s\n", ci.cn);
 		printf("  intervals: sample %us, poll %us; chain floor %" PRIu64 "\n",
@@ -189,7 +189,9 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 				row_t = r->t_ms;
 				open = 1;
 			}
-			printf(" %s=%.17g", metric_name(d, e->device_id, r->metric_id, nb), r->value);
+			char vb[32];
+			printf(" %s=%s", metric_name(d, e->device_id, r->metric_id, nb),
+			       ctl_double(r->value, vb));
 		}
 		if (open)
 			printf("\n");

@@ -28,7 +28,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_USAGE, "devices: --format: want table, csv or json");
 	struct store *s = ctl_store(c);
 	if (!s)
-		return CTL_FAIL;
+		return c->code;
 	struct store_stmt *st = NULL;
 	rc = store_prepare(s,
 			   "SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"
@@ -157,7 +157,7 @@ static int show(struct ctl *c, const char *id)
 	struct store_device d;
 	char t1[32], t2[32];
 	if (!s)
-		return CTL_FAIL;
+		return c->code;
 	int rc = store_device_get(s, id, &d);
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(s));
@@ -224,7 +224,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	struct store *s = ctl_store(c);
 	char old[16] = "";
 	if (!s)
-		return CTL_FAIL;
+		return c->code;
 	rc = store_device_action(s, id, action, CTL_PROG, reason, old);
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(s));

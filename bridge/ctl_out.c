@@ -1,5 +1,6 @@
 /* ctl_out.c - outpostctl: store access, argument parsing, time formats and output writers. */
 #include <ctype.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +36,11 @@ struct store *ctl_store(struct ctl *c)
 		return c->s;
 	o.create = 0; /* a typo in the path must not create an empty store */
 	o.app_name = CTL_PROG;
+	c->code = CTL_FAIL;
 	if ((rc = store_open(c->store_url, &o, &c->s, err))) {
-		ctl_err(CTL_FAIL, "store %s", err);
+		if (rc == STORE_EURL || rc == STORE_ENOTSUP)
+			c->code = CTL_USAGE;
+		ctl_err(c->code, "store %s", err);
 		return NULL;
 	}
 	if ((rc = store_migrate(c->s, &from, NULL))) {
@@ -202,6 +206,18 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 	time_t t = timegm(&tm);
 	*ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
 	return 0;
+}
+
+const char *ctl_double(double v, char *buf)
+{
+	if (isnan(v))
+		return "nan";
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(buf, 32, "%.*g", prec, v);
+		if (strtod(buf, NULL) == v)
+			break;
+	}
+	return buf;
 }
 
 int ctl_fmt_parse(const char *s, enum ctl_fmt *out)

@@ -66,7 +66,7 @@ static int add(struct ctl *c, int argc, char **argv)
 	for (size_t i = 0; i < nargs; i++)
 		free(copies[i]);
 	if (!s)
-		return CTL_FAIL;
+		return c->code;
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", device, store_url(s));
 	if (rc == STORE_ESTATE)
@@ -100,7 +100,7 @@ static int list(struct ctl *c, int argc, char **argv)
 			return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
 	}
 	if (!ctl_store(c))
-		return CTL_FAIL;
+		return c->code;
 	struct store_stmt *st = NULL;
 	rc = store_prepare(c->s,
 			   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"
@@ -168,7 +168,7 @@ static int show(struct ctl *c, const char *ids)
 	if (end == ids || *end || id < 1)
 		return ctl_err(CTL_USAGE, "task show: '%s' is not a task id", ids);
 	if (!ctl_store(c))
-		return CTL_FAIL;
+		return c->code;
 	struct store_stmt *st = NULL;
 	int rc = store_prepare(c->s,
 			       "SELECT d.device_id, t.type, t.state, t.created_at, t.created_by,"
@@ -220,7 +220,7 @@ static int cancel(struct ctl *c, const char *ids)
 		return ctl_err(CTL_USAGE, "task cancel: '%s' is not a task id", ids);
 	struct store *s = ctl_store(c);
 	if (!s)
-		return CTL_FAIL;
+		return c->code;
 	int rc = store_task_cancel(s, id, CTL_PROG, state);
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(s));
