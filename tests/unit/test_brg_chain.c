@@ -1,0 +1,107 @@
+/* test_brg_chain.c - frontier, ack ranges and holes of a device's chain (PROTOCOL.md 2-4). */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+
+#include "brg_chain.h"
+
+static struct brg_chain ch;
+
+#define L(p, s) {p, s, 1}
+#define D(p, s) {p, s, 0}
+
+Test(brg_chain, empty_keeps_the_frontier)
+{
+	brg_chain_compute(42, NULL, 0, &ch);
+	cr_expect_eq(ch.frontier, 42);
+	cr_expect_eq(ch.n_ranges, 0);
+	cr_expect_eq(ch.n_holes, 0);
+}
+
+Test(brg_chain, follows_links_across_non_durable_seqs)
+{
+	/* 3 and 6 were polls/births: the links, not arithmetic, say nothing is missing. */
+	struct brg_link l[] = {L(7, 9), L(0, 2), L(4, 7), L(2, 4)};
+	brg_chain_compute(0, l, 4, &ch);
+	cr_expect_eq(ch.frontier, 9);
+	cr_expect_eq(ch.n_ranges, 0);
+	cr_expect_eq(ch.n_holes, 0);
+}
+
+Test(brg_chain, dropped_links_close_the_chain)
+{
+	struct brg_link l[] = {L(0, 2), D(2, 8), L(8, 9)};
+	brg_chain_compute(0, l, 3, &ch);
+	cr_expect_eq(ch.frontier, 9);
+}
+
+Test(brg_chain, hole_gives_ranges_above_the_frontier)
+{
+	/* 5 is missing (the link 4 -> 5); 6, 7 and 12 arrived; 9 -> 12 is also missing. */
+	struct brg_link l[] = {L(0, 2), L(2, 4), L(5, 6), L(6, 7), L(9, 12)};
+	brg_chain_compute(0, l, 5, &ch);
+	cr_expect_eq(ch.frontier, 4);
+	cr_assert_eq(ch.n_ranges, 2);
+	cr_expect_eq(ch.ranges[0].first, 6);
+	cr_expect_eq(ch.ranges[0].last, 7);
+	cr_expect_eq(ch.ranges[1].first, 10);
+	cr_expect_eq(ch.ranges[1].last, 12);
+	/* holes: seqs 5..5 (after the frontier up to 6's prev) and 8..9 (after 7 up to 12's prev) */
+	cr_assert_eq(ch.n_holes, 2);
+	cr_expect_eq(ch.holes[0].first, 5);
+	cr_expect_eq(ch.holes[0].last, 5);
+	cr_expect_eq(ch.holes[1].first, 8);
+	cr_expect_eq(ch.holes[1].last, 9);
+}
+
+Test(brg_chain, ranges_never_cover_the_missing_envelope)
+{
+	/* The device still holds 5; a range starting at 5 would make it delete unstored data. */
+	struct brg_link l[] = {L(5, 6)};
+	brg_chain_compute(4, l, 1, &ch);
+	cr_expect_eq(ch.frontier, 4);
+	cr_assert_eq(ch.n_ranges, 1);
+	cr_expect_gt(ch.ranges[0].first, 5);
+	cr_expect_eq(ch.ranges[0].last, 6);
+}
+
+Test(brg_chain, links_below_the_frontier_are_ignored)
+{
+	struct brg_link l[] = {L(1, 2), L(2, 3), L(10, 11)};
+	brg_chain_compute(10, l, 3, &ch);
+	cr_expect_eq(ch.frontier, 11);
+	cr_expect_eq(ch.n_ranges, 0);
+	cr_expect_eq(ch.n_holes, 0);
+}
+
+Test(brg_chain, only_dropped_segment_is_not_a_range)
+{
+	struct brg_link l[] = {D(5, 8)};
+	brg_chain_compute(2, l, 1, &ch);
+	cr_expect_eq(ch.frontier, 2);
+	cr_expect_eq(ch.n_ranges, 0);
+	cr_expect_eq(ch.n_holes, 1);
+}
+
+Test(brg_chain, ranges_are_bounded_newest_dropped)
+{
+	size_t n = WIRE_MAX_ACK_RANGES + 50;
+	struct brg_link *l = calloc(n, sizeof(*l));
+	for (size_t i = 0; i < n; i++) /* every other link missing */
+		l[i] = (struct brg_link){10 + 2 * i + 1, 10 + 2 * i + 2, 1};
+	brg_chain_compute(10, l, n, &ch);
+	cr_expect_eq(ch.frontier, 10);
+	cr_expect_eq(ch.n_ranges, WIRE_MAX_ACK_RANGES);
+	cr_expect_eq(ch.ranges[0].first, 12);
+	for (size_t i = 1; i < ch.n_ranges; i++)
+		cr_expect_gt(ch.ranges[i].first, ch.ranges[i - 1].last);
+	cr_expect_eq(ch.n_holes, BRG_CHAIN_MAX_HOLES);
+	free(l);
+}
+
+Test(brg_chain, inconsistent_links_do_not_loop_or_crash)
+{
+	struct brg_link l[] = {L(3, 3), L(5, 4), L(0, 2), L(0, 7), L(2, 9)};
+	brg_chain_compute(0, l, 5, &ch);
+	/* The longest link from the frontier wins; the rest cannot move it backwards. */
+	cr_expect_geq(ch.frontier, 7);
+}

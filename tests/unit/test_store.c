@@ -1,0 +1,255 @@
+/* test_store.c - the store: URL dispatch, migrations, the statement API, bulk copy, device
+ * actions and task queueing, identical on SQLite and PostgreSQL. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h_pg.h"
+#include "harness.h"
+#include "store.h"
+#include "store_ops.h"
+
+static struct store *open_url(const char *url, int create)
+{
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	o.create = create;
+	o.busy_timeout_ms = 100;
+	int rc = store_open(url, &o, &s, err);
+	cr_assert_eq(rc, STORE_OK, "%s", err);
+	return s;
+}
+
+static int64_t one(struct store *s, const char *sql)
+{
+	int64_t v = -1;
+	cr_assert_eq(store_query_i64(s, &v, sql, 0), STORE_OK, "%s: %s", sql, store_errmsg(s));
+	return v;
+}
+
+static void exercise(const char *url)
+{
+	struct store *s = open_url(url, 1);
+	int from = -1, to = -1, v = -1;
+
+	/* Migrations: applied once, then a no-op. */
+	cr_assert_eq(store_migrate(s, &from, &to), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(from, 0);
+	cr_expect_eq(to, STORE_SCHEMA_VERSION);
+	cr_assert_eq(store_migrate(s, &from, &to), STORE_OK);
+	cr_expect_eq(from, STORE_SCHEMA_VERSION);
+	cr_expect_eq(store_schema_version(s, &v), STORE_OK);
+	cr_expect_eq(v, STORE_SCHEMA_VERSION);
+
+	/* Statements: every type, NULL, NaN, blobs with zero bytes, changes(). */
+	struct store_stmt *st = NULL;
+	cr_assert_eq(store_exec(s, "CREATE TABLE t (k BIGINT PRIMARY KEY, f DOUBLE PRECISION, s TEXT,"
+				   " b BYTEA)") == STORE_OK ||
+			     store_exec(s, "CREATE TABLE t (k INTEGER PRIMARY KEY, f REAL, s TEXT, b BLOB)") ==
+				     STORE_OK,
+		     1);
+	cr_assert_eq(store_prepare(s, "INSERT INTO t (k, f, s, b) VALUES (?, ?, ?, ?) ON CONFLICT (k)"
+				      " DO NOTHING",
+				   &st),
+		     STORE_OK, "%s", store_errmsg(s));
+	const uint8_t blob[] = {0, 1, 0xff, 0, 0x7f};
+	cr_assert_eq(store_bind_i64(st, 1, INT64_MAX), 0);
+	cr_assert_eq(store_bind_f64(st, 2, -1.5e300), 0);
+	cr_assert_eq(store_bind_text(st, 3, "héllo, 'quoted' ?"), 0);
+	cr_assert_eq(store_bind_blob(st, 4, blob, sizeof(blob)), 0);
+	cr_assert_eq(store_step(st), 0, "%s", store_errmsg(s));
+	cr_expect_eq(store_changes(st), 1);
+	store_reset(st);
+	cr_assert_eq(store_bind_i64(st, 1, INT64_MAX), 0);
+	cr_assert_eq(store_bind_f64(st, 2, 0), 0);
+	cr_assert_eq(store_bind_null(st, 3), 0);
+	cr_assert_eq(store_bind_null(st, 4), 0);
+	cr_assert_eq(store_step(st), 0);
+	cr_expect_eq(store_changes(st), 0, "a conflicting insert changes nothing");
+	store_reset(st);
+	cr_assert_eq(store_bind_i64(st, 1, -7), 0);
+	cr_assert_eq(store_bind_f64(st, 2, NAN), 0);
+	cr_assert_eq(store_bind_null(st, 3), 0);
+	cr_assert_eq(store_bind_null(st, 4), 0);
+	cr_assert_eq(store_step(st), 0);
+	store_stmt_free(st);
+	cr_assert_eq(store_prepare(s, "SELECT k, f, s, b FROM t ORDER BY k", &st), STORE_OK);
+	cr_assert_eq(store_step(st), 1);
+	cr_expect_eq(store_col_i64(st, 0), -7);
+	cr_expect(isnan(store_col_f64(st, 1)), "NaN is stored as NULL and reads as NaN");
+	cr_expect(store_col_null(st, 1));
+	cr_expect_null(store_col_text(st, 2));
+	cr_assert_eq(store_step(st), 1);
+	cr_expect_eq(store_col_i64(st, 0), INT64_MAX);
+	cr_expect_eq(store_col_f64(st, 1), -1.5e300);
+	cr_expect_str_eq(store_col_text(st, 2), "héllo, 'quoted' ?");
+	size_t len = 0;
+	const uint8_t *got = store_col_blob(st, 3, &len);
+	cr_expect_eq(len, sizeof(blob));
+	cr_expect(got && !memcmp(got, blob, sizeof(blob)));
+	cr_expect_eq(store_step(st), 0);
+	store_stmt_free(st);
+	int64_t x = 0;
+	cr_expect_eq(store_query_i64(s, &x, "SELECT k FROM t WHERE k = ?", 1, (int64_t)12345),
+		     STORE_ENOTFOUND);
+	st = NULL;
+	cr_expect_eq(store_prepare(s, "SELECT nonsense FROM nowhere", &st) ||
+			     store_step(st) < 0,
+		     1, "a broken statement fails");
+	if (st)
+		store_stmt_free(st);
+
+	/* Bulk copy inside a transaction, rolled back and then committed. */
+	struct store_copy *cp = NULL;
+	cr_assert_eq(store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &cp), 0);
+	for (int round = 0; round < 2; round++) {
+		cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+		cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
+		for (int i = 0; i < 5000; i++) {
+			store_copy_i64(cp, 1);
+			store_copy_i64(cp, i % 7);
+			store_copy_i64(cp, 1700000000000LL + i);
+			store_copy_i64(cp, i / 50);
+			store_copy_i64(cp, i % 50);
+			if (i == 13)
+				store_copy_f64(cp, NAN);
+			else
+				store_copy_f64(cp, i * 0.5);
+			cr_assert_eq(store_copy_end_row(cp), STORE_OK);
+		}
+		cr_assert_eq(store_copy_finish(cp), STORE_OK, "%s", store_errmsg(s));
+		if (round == 0)
+			cr_assert_eq(store_rollback(s), STORE_OK);
+		else
+			cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+	}
+	store_copy_free(cp);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"), 5000);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE value IS NULL"), 1);
+	cr_expect_eq(one(s, "SELECT CAST(SUM(value) * 2 AS BIGINT) FROM readings"),
+		     (int64_t)(4999 * 5000 / 2 - 13));
+
+	/* Device actions, each with its event. */
+	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
+				   " VALUES ('dev-x', 'active', 1, 1)"),
+		     STORE_OK, "%s", store_errmsg(s));
+	char old[16];
+	struct store_device d;
+	cr_expect_eq(store_device_action(s, "dev-x", "release", "test", NULL, old), STORE_ESTATE);
+	cr_expect_str_eq(old, "active");
+	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", "why not", old), STORE_OK);
+	cr_assert_eq(store_device_get(s, "dev-x", &d), STORE_OK);
+	cr_expect_str_eq(d.state, "quarantined");
+	cr_expect(strstr(d.state_reason, "why not"), "%s", d.state_reason);
+	cr_expect_eq(store_device_action(s, "dev-x", "release", "test", NULL, old), STORE_OK);
+	cr_assert_eq(store_device_get(s, "dev-x", &d), STORE_OK);
+	cr_expect_str_eq(d.state, "unenrolled", "no key: back to unenrolled, not active");
+	cr_expect_eq(store_device_action(s, "dev-x", "revoke", "test", NULL, old), STORE_OK);
+	cr_expect_eq(store_device_action(s, "dev-x", "release", "test", NULL, old), STORE_ESTATE);
+	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", NULL, old), STORE_ESTATE);
+	cr_expect_eq(store_device_action(s, "nobody", "revoke", "test", NULL, old), STORE_ENOTFOUND);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM events WHERE type IN ('quarantined', 'released',"
+			    " 'revoked')"),
+		     3);
+
+	/* Tasks. */
+	int64_t id = 0, now = store_now_ms();
+	struct store_kv kv[] = {{"first", "1"}, {"last", "20"}};
+	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
+				   " VALUES ('dev-y', 'active', 1, 1)"),
+		     STORE_OK);
+	cr_expect_eq(store_task_add(s, "dev-y", "rm-rf", NULL, 0, now + 1000, "t", &id), STORE_EINVAL);
+	cr_expect_eq(store_task_add(s, "dev-y", "ping", NULL, 0, now - 1, "t", &id), STORE_EINVAL);
+	cr_expect_eq(store_task_add(s, "nobody", "ping", NULL, 0, now + 1000, "t", &id), STORE_ENOTFOUND);
+	cr_expect_eq(store_task_add(s, "dev-x", "ping", NULL, 0, now + 1000, "t", &id), STORE_ESTATE,
+		     "no tasks for a revoked device");
+	cr_assert_eq(store_task_add(s, "dev-y", "resend", kv, 2, now + 60000, "t", &id), STORE_OK,
+		     "%s", store_errmsg(s));
+	cr_expect_eq(id, 1);
+	cr_assert_eq(store_task_add(s, "dev-y", "ping", NULL, 0, now + 60000, "t", &id), STORE_OK);
+	cr_expect_eq(id, 2, "task ids are monotonic");
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM task_args WHERE task = 1"), 2);
+	char state[16];
+	cr_expect_eq(store_task_cancel(s, 1, "t", state), STORE_OK);
+	cr_expect_eq(store_task_cancel(s, 1, "t", state), STORE_ESTATE);
+	cr_expect_str_eq(state, "cancelled");
+	cr_expect_eq(store_exec(s, "UPDATE tasks SET state = 'delivered' WHERE id = 2"), STORE_OK);
+	cr_expect_eq(store_task_cancel(s, 2, "t", state), STORE_ESTATE);
+	cr_expect_eq(store_task_cancel(s, 99, "t", state), STORE_ENOTFOUND);
+
+	/* A store newer than this program is refused, not damaged. */
+	cr_assert_eq(store_exec(s, "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)"),
+		     STORE_OK);
+	cr_expect_eq(store_migrate(s, &from, &to), STORE_ESCHEMA);
+	cr_expect_eq(from, 99);
+	store_close(s);
+}
+
+Test(store, urls)
+{
+	struct store *s = NULL;
+	char err[STORE_ERR_MAX];
+	cr_expect_eq(store_open("mysql://x", NULL, &s, err), STORE_EURL);
+	cr_expect(strstr(err, "mysql://x"), "%s", err);
+	cr_expect_eq(store_open("sqlite:", NULL, &s, err), STORE_EURL);
+	struct store_opts o = STORE_OPTS_INIT;
+	o.create = 0;
+	char *dir = h_tmpdir("store-url"), *url = h_strf("sqlite:%s/missing.db", dir);
+	cr_expect_eq(store_open(url, &o, &s, err), STORE_ECONN);
+	cr_expect(strstr(err, "missing.db"), "%s", err);
+	cr_expect_null(s);
+	free(url);
+	free(dir);
+	/* Passwords never reach messages. */
+	cr_expect_neq(store_open("postgresql://u:secret@127.0.0.1:1/db", NULL, &s, err), STORE_OK);
+	cr_expect(!strstr(err, "secret"), "%s", err);
+}
+
+Test(store, sqlite)
+{
+	char *dir = h_tmpdir("store-sqlite"), *url = h_strf("sqlite:%s/s.db", dir);
+	exercise(url);
+	free(url);
+	free(dir);
+}
+
+Test(store, sqlite_lock_is_busy_not_fatal)
+{
+	char *dir = h_tmpdir("store-busy"), *url = h_strf("sqlite:%s/s.db", dir);
+	struct store *a = open_url(url, 1), *b = open_url(url, 1);
+	cr_assert_eq(store_migrate(a, NULL, NULL), STORE_OK);
+	cr_assert_eq(store_begin(a), STORE_OK);
+	int rc = store_begin(b);
+	cr_expect_eq(rc, STORE_EBUSY);
+	cr_expect(store_err_transient(rc));
+	cr_expect_eq(store_commit(a), STORE_OK);
+	cr_expect_eq(store_begin(b), STORE_OK);
+	cr_expect_eq(store_rollback(b), STORE_OK);
+	store_close(a);
+	store_close(b);
+	free(url);
+	free(dir);
+}
+
+Test(store, postgresql, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	exercise(pg.url);
+	/* A lost server is a transient error, and the next transaction reconnects. */
+	struct store *s = open_url(pg.url, 0);
+	h_pg_stop(&pg);
+	int rc = store_begin(s);
+	cr_expect_eq(rc, STORE_ECONN, "%s", store_errmsg(s));
+	cr_expect(store_err_transient(rc));
+	h_pg_start(&pg);
+	cr_expect_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	int64_t n = 0;
+	cr_expect_eq(store_query_i64(s, &n, "SELECT COUNT(*) FROM devices", 0), STORE_OK);
+	cr_expect_eq(n, 2);
+	cr_expect_eq(store_commit(s), STORE_OK);
+	store_close(s);
+	h_pg_free(&pg);
+}
