@@ -43,6 +43,9 @@ void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, stru
 {
 	out->n_ranges = 0;
 	out->n_holes = 0;
+	out->frontier = frontier;
+	if (!n)
+		return;
 	qsort(links, n, sizeof(*links), by_prev);
 	/* Follow the chain from the frontier; every step strictly increases it. */
 	for (size_t steps = 0; steps <= n; steps++) {

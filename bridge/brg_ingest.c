@@ -12,6 +12,7 @@
 #include "brg_reply.h"
 #include "olog.h"
 #include "store_ops.h"
+#include "wire_cert.h"
 #include "wire_topic.h"
 
 struct worker {
@@ -176,6 +177,7 @@ static void *worker_main(void *arg)
 		if (brg_queue_push(in->wq, it))
 			done_item(in, it);
 	}
+	wire_thread_cleanup();
 	pthread_mutex_lock(&in->mu);
 	int last = --in->workers_alive == 0;
 	pthread_mutex_unlock(&in->mu);
@@ -378,6 +380,7 @@ static void *writer_main(void *arg)
 	}
 	brg_outcome_free(&out);
 	free(items);
+	wire_thread_cleanup();
 	return NULL;
 }
 

@@ -30,13 +30,8 @@ struct brg_mqtt {
 	int stop;
 	int connected;
 	long pending; /* QoS 1 publishes not yet acknowledged */
+	int lib;      /* holds a mosquitto_lib_init reference */
 };
-
-static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
-static void lib_init(void)
-{
-	mosquitto_lib_init();
-}
 
 static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -162,12 +157,13 @@ static char *dup_or_null(const char *s, int *fail)
 int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err)
 {
 	int fail = 0, rc;
-	pthread_once(&lib_once, lib_init);
 	struct brg_mqtt *m = calloc(1, sizeof(*m));
 	if (!m) {
 		snprintf(err, 256, "out of memory");
 		return BRG_ENOMEM;
 	}
+	mosquitto_lib_init(); /* reference counted; released in brg_mqtt_free */
+	m->lib = 1;
 	m->o = *o;
 	m->host = dup_or_null(o->host, &fail);
 	m->client_id = dup_or_null(o->client_id, &fail);
@@ -339,5 +335,7 @@ void brg_mqtt_free(struct brg_mqtt *m)
 	free(m->ca);
 	free(m->cert);
 	free(m->key);
+	if (m->lib)
+		mosquitto_lib_cleanup();
 	free(m);
 }

@@ -282,5 +282,6 @@ out:
 	wire_ca_free(ca);
 	wire_key_free(key);
 	brg_config_free(&c);
+	wire_thread_cleanup();
 	return status;
 }

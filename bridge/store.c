@@ -127,7 +127,7 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 	char why[STORE_ERR_MAX] = "";
 	int rc = be->open(target, opts, s->err, &s->conn, why);
 	if (rc) {
-		snprintf(err, STORE_ERR_MAX, "%s: %s", s->url, why);
+		snprintf(err, STORE_ERR_MAX, "%.100s: %.150s", s->url, why);
 		free(s->url);
 		free(s);
 		return rc;

@@ -7,6 +7,7 @@
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/asn.h>
 #include <wolfssl/wolfcrypt/asn_public.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/error-ssl.h>
 
@@ -27,6 +28,13 @@ static int init_rc;
 static void init_wolfssl(void)
 {
 	init_rc = wolfSSL_Init() == WOLFSSL_SUCCESS ? WIRE_OK : WIRE_ECRYPTO;
+}
+
+void wire_thread_cleanup(void)
+{
+#ifdef FP_ECC
+	wc_ecc_fp_free();
+#endif
 }
 
 int wire_cert_read(const char *path, char **pem, size_t *len)

@@ -34,6 +34,11 @@ int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 int wire_cert_parse(const char *pem, size_t len, struct wire_cert_info *out,
 		    struct wire_diag *diag);
 
+/* Release the calling thread's crypto caches (wolfSSL keeps a per-thread ECC fixed-point
+ * cache filled by certificate checks). Call before a thread that used wire_ca_verify() exits,
+ * or the cache is lost memory. Safe to call from any thread, any number of times. */
+void wire_thread_cleanup(void);
+
 /* Read a PEM file (at most WIRE_MAX_CERT_PEM bytes). *pem is NUL-terminated, caller frees. */
 int wire_cert_read(const char *path, char **pem, size_t *len);
 

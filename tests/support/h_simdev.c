@@ -364,6 +364,10 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 	handle_ack(d, msg->payload, (size_t)msg->payloadlen);
 }
 
+/* libmosquitto initialises OpenSSL lazily at the first connect without a lock (2.0.11): keep
+ * the devices' connects apart. */
+static pthread_mutex_t connect_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void *run(void *arg)
 {
 	struct h_simdev *d = arg;
@@ -374,7 +378,9 @@ static void *run(void *arg)
 	d->started_ms = h_now_ms();
 	while (!stopping(d)) {
 		if (!have_socket) {
+			pthread_mutex_lock(&connect_mu);
 			int rc = mosquitto_connect(d->mosq, "127.0.0.1", d->o.port, 30);
+			pthread_mutex_unlock(&connect_mu);
 			if (rc != MOSQ_ERR_SUCCESS) {
 				h_sleep_ms(200);
 				continue;
@@ -384,7 +390,9 @@ static void *run(void *arg)
 		if (mosquitto_loop(d->mosq, 10, 1) != MOSQ_ERR_SUCCESS) {
 			d->connected = 0;
 			h_sleep_ms(100);
+			pthread_mutex_lock(&connect_mu);
 			have_socket = mosquitto_reconnect(d->mosq) == MOSQ_ERR_SUCCESS;
+			pthread_mutex_unlock(&connect_mu);
 			continue;
 		}
 		if (!d->connected)
@@ -541,6 +549,7 @@ void h_simdev_stop(struct h_simdev *d)
 	free(d->batch_seq);
 	wire_key_free(d->key);
 	mosquitto_destroy(d->mosq);
+	mosquitto_lib_cleanup();
 	pthread_mutex_destroy(&d->mu);
 	free(d);
 }
