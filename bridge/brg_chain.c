@@ -33,10 +33,10 @@ static const struct brg_link *leaving(const struct brg_link *l, size_t n, uint64
 	return lo < n && l[lo].prev == from ? &l[lo] : NULL;
 }
 
-static void hole(struct brg_chain *c, uint64_t after, uint64_t upto)
+static void hole(struct brg_chain *c, uint64_t after, uint64_t upto, int64_t since)
 {
 	if (c->n_holes < BRG_CHAIN_MAX_HOLES)
-		c->holes[c->n_holes++] = (struct brg_range){after + 1, upto};
+		c->holes[c->n_holes++] = (struct brg_hole){after + 1, upto, since};
 }
 
 void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, struct brg_chain *out)
@@ -73,7 +73,7 @@ void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, stru
 			continue; /* a second link into the segment: inconsistent, ignore */
 		if (open && has_stored && out->n_ranges < WIRE_MAX_ACK_RANGES)
 			out->ranges[out->n_ranges++] = (struct brg_range){start + 1, end};
-		hole(out, end, l->prev);
+		hole(out, end, l->prev, l->at);
 		open = 1;
 		start = l->prev;
 		end = l->seq;

@@ -15,6 +15,7 @@ struct brg_link {
 	uint64_t prev;
 	uint64_t seq;
 	int stored;
+	int64_t at; /* when it was stored (ms); for holes' age */
 };
 
 /* Inclusive seq range. For holes: the envelopes in (first - 1, last] are missing, i.e.
@@ -26,12 +27,20 @@ struct brg_range {
 
 #define BRG_CHAIN_MAX_HOLES 64
 
+/* A missing stretch: envelopes in [first, last] never arrived (last is the prev_seq of the
+ * stored link after the hole); since = when that link was stored. */
+struct brg_hole {
+	uint64_t first;
+	uint64_t last;
+	int64_t since;
+};
+
 struct brg_chain {
 	uint64_t frontier; /* every link up to here is stored or dropped */
 	size_t n_ranges;   /* complete stored segments above the frontier, ascending */
 	struct brg_range ranges[WIRE_MAX_ACK_RANGES];
 	size_t n_holes; /* missing stretches: (frontier, first segment) and between segments */
-	struct brg_range holes[BRG_CHAIN_MAX_HOLES];
+	struct brg_hole holes[BRG_CHAIN_MAX_HOLES];
 };
 
 /* Compute the chain from frontier and links (any order; the array is sorted in place).

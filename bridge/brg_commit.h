@@ -32,7 +32,7 @@ enum brg_reply_kind { BRG_REPLY_ACK, BRG_REPLY_TASKS };
 struct brg_reply {
 	enum brg_reply_kind kind;
 	char device[WIRE_ID_MAX + 1];
-	uint64_t seq; /* ACK: the frontier (Ack.upto); TASKS: the poll's seq */
+	uint64_t seq;             /* ACK: the frontier (Ack.upto); TASKS: the poll's seq */
 	struct brg_range *ranges; /* ACK */
 	size_t n_ranges;
 	struct brg_task *tasks; /* TASKS */
@@ -70,14 +70,18 @@ void brg_outcome_clear(struct brg_outcome *o); /* frees what the entries own, ke
 void brg_outcome_free(struct brg_outcome *o);
 
 struct brg_commit_opts {
-	int quarantine_after;	     /* consecutive rejections that quarantine; 0 = never */
-	int offline_factor;	     /* silent for factor x interval = offline */
-	int64_t offline_min_ms;	     /* ... but never less than this */
+	int quarantine_after;        /* consecutive rejections that quarantine; 0 = never */
+	int offline_factor;          /* silent for factor x interval = offline */
+	int64_t offline_min_ms;      /* ... but never less than this */
 	int64_t default_interval_ms; /* interval of a device that did not report one */
 	int64_t deactivate_after_ms; /* silent this long = deactivated; 0 = never */
 	int64_t event_retention_ms;  /* delete events older than this; 0 = keep */
+	int64_t gap_grace_ms;        /* a hole in a chain becomes a 'missing' gap after this */
 };
-#define BRG_COMMIT_OPTS_INIT {5, 3, 30000, 60000, 90LL * 86400000, 0}
+#define BRG_COMMIT_OPTS_INIT                                                                       \
+	{                                                                                          \
+		5, 3, 30000, 60000, 90LL * 86400000, 0, 60000                                      \
+	}
 
 struct brg_committer;
 
@@ -90,7 +94,7 @@ void brg_committer_free(struct brg_committer *c); /* accepts NULL */
  * the detail): the transaction was rolled back, out is as before and the items can be
  * retried unchanged. */
 int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, size_t n,
-		     int64_t now_ms, struct brg_outcome *out);
+                     int64_t now_ms, struct brg_outcome *out);
 
 /* Health sweep in its own transaction: silent devices offline, long-silent ones deactivated,
  * expired tasks expired, old events deleted. Same error contract. */
@@ -99,6 +103,6 @@ int brg_commit_maintain(struct brg_committer *c, int64_t now_ms, struct brg_outc
 /* After a CRL change: revoke every enrolled device whose stored certificate v now refuses as
  * revoked. Same error contract. */
 int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, int64_t now_ms,
-			     struct brg_outcome *out);
+                             struct brg_outcome *out);
 
 #endif

@@ -41,6 +41,7 @@ struct brg_config {
 	int64_t deactivate_after_ms;
 	int64_t health_interval_ms;
 	int64_t event_retention_ms;
+	int64_t gap_grace_ms;
 	int64_t registry_max;
 	/* operations */
 	int log_level; /* enum olog_level */
@@ -50,7 +51,7 @@ struct brg_config {
 extern const struct cfg_opt brg_config_opts[];
 extern const size_t brg_config_nopts;
 
-#define BRG_ENV_PREFIX "OUTPOST_BRIDGE_"
+#define BRG_ENV_PREFIX     "OUTPOST_BRIDGE_"
 #define BRG_DEFAULT_CONFIG "/etc/outpost/bridge.conf"
 
 /* cfg_parse with the bridge's table, then derived defaults (file paths in pki_dir, client id)

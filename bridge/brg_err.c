@@ -4,17 +4,17 @@
 #include "brg_err.h"
 
 static const char *const texts[] = {
-	"ok",
-	"out of memory",
-	"invalid argument",
-	"shut down",
-	"timed out",
-	"store failure",
-	"MQTT failure",
-	"not found",
-	"cannot read file",
-	"wire library failure",
-	"cannot start a thread",
+    "ok",
+    "out of memory",
+    "invalid argument",
+    "shut down",
+    "timed out",
+    "store failure",
+    "MQTT failure",
+    "not found",
+    "cannot read file",
+    "wire library failure",
+    "cannot start a thread",
 };
 
 const char *brg_strerror(int err)

@@ -53,7 +53,7 @@ static int64_t mono_ms(void)
 }
 
 static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
 {
 	char line[512];
@@ -67,7 +67,7 @@ static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
 }
 
 int brg_ingest_new(struct store *writer, struct brg_registry *reg, struct brg_verifier *ver,
-		   const struct brg_ingest_opts *o, struct brg_ingest **out)
+                   const struct brg_ingest_opts *o, struct brg_ingest **out)
 {
 	if (o->workers < 1 || !o->queue_depth || !o->writer_queue || !o->group_max ||
 	    !o->bridge_key || !o->publish)
@@ -124,8 +124,8 @@ static size_t pick(const struct brg_ingest *in, const char *topic)
 {
 	/* outpost/v1/<id>/...: hash the id so one device always meets the same verifier. */
 	const char *id = strncmp(topic, WIRE_TOPIC_PREFIX, sizeof(WIRE_TOPIC_PREFIX) - 1)
-				 ? topic
-				 : topic + sizeof(WIRE_TOPIC_PREFIX) - 1;
+	                     ? topic
+	                     : topic + sizeof(WIRE_TOPIC_PREFIX) - 1;
 	uint64_t h = 1469598103934665603ull;
 	for (const char *p = id; *p && *p != '/'; p++)
 		h = (h ^ (uint8_t)*p) * 1099511628211ull;
@@ -199,11 +199,12 @@ static void publish_outcome(struct brg_ingest *in, struct brg_outcome *out, int6
 		int rc = brg_reply_seal(in->o.bridge_key, r, now, topic, &buf, &len);
 		if (!rc)
 			rc = in->o.publish(in->o.publish_ctx, topic, buf, len,
-					   r->has_corr ? r->corr : NULL, r->corr_len);
+			                   r->has_corr ? r->corr : NULL, r->corr_len);
 		free(buf);
 		if (rc) {
 			fails++;
-			logf_(in, OLOG_WARN, "[%s] could not publish %s (seq %llu); the device will ask again",
+			logf_(in, OLOG_WARN,
+			      "[%s] could not publish %s (seq %llu); the device will ask again",
 			      r->device, r->kind == BRG_REPLY_ACK ? "ack" : "task list",
 			      (unsigned long long)r->seq);
 		} else if (r->kind == BRG_REPLY_ACK) {
@@ -254,8 +255,7 @@ static void backoff(struct brg_ingest *in, int64_t ms)
 }
 
 /* Commit items (retrying while the failure is transient); returns 1 if committed. */
-static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
-		  struct brg_outcome *out)
+static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, struct brg_outcome *out)
 {
 	int64_t delay = in->o.retry_min_ms;
 	for (int attempt = 1;; attempt++) {
@@ -266,8 +266,9 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
 			in->st.commits++;
 			pthread_mutex_unlock(&in->mu);
 			if (attempt > 1)
-				logf_(in, OLOG_INFO, "store back: committed %zu message(s) after %d attempts",
-				      n, attempt);
+				logf_(in, OLOG_INFO,
+				      "store back: committed %zu message(s) after %d attempts", n,
+				      attempt);
 			publish_outcome(in, out, now);
 			return 1;
 		}
@@ -276,7 +277,8 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
 		pthread_mutex_unlock(&in->mu);
 		if (attempt == 1 || attempt % 10 == 0)
 			logf_(in, OLOG_WARN,
-			      "commit of %zu message(s) failed (attempt %d): %s: %s; nothing acknowledged, "
+			      "commit of %zu message(s) failed (attempt %d): %s: %s; nothing "
+			      "acknowledged, "
 			      "retrying",
 			      n, attempt, store_strerror(rc), store_errmsg(in->store));
 		if (!store_err_transient(rc) && attempt >= 3) {
@@ -286,7 +288,8 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
 					commit(in, &items[i], 1, out);
 				return 1;
 			}
-			logf_(in, OLOG_ERROR, "[%s] message dropped: the store refuses it (%s: %s); it is "
+			logf_(in, OLOG_ERROR,
+			      "[%s] message dropped: the store refuses it (%s: %s); it is "
 			      "not acknowledged",
 			      items[0]->device, store_strerror(rc), store_errmsg(in->store));
 			return 0;
@@ -295,8 +298,10 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n,
 			pthread_mutex_lock(&in->mu);
 			in->gave_up = 1;
 			pthread_mutex_unlock(&in->mu);
-			logf_(in, OLOG_ERROR, "shutdown: gave up committing %zu message(s); not acknowledged, "
-			      "devices will resend them", n);
+			logf_(in, OLOG_ERROR,
+			      "shutdown: gave up committing %zu message(s); not acknowledged, "
+			      "devices will resend them",
+			      n);
 			return 0;
 		}
 		backoff(in, delay);

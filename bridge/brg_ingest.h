@@ -20,14 +20,14 @@
 
 /* Publish QoS 1 (with correlation data when corr is not NULL); 0 if queued for sending. */
 typedef int (*brg_publish_fn)(void *ctx, const char *topic, const void *payload, size_t len,
-			      const void *corr, size_t corr_len);
+                              const void *corr, size_t corr_len);
 
 struct brg_ingest_opts {
-	int workers;		  /* verifier threads, >= 1 */
-	size_t queue_depth;	  /* per verifier */
-	size_t writer_queue;	  /* verified items waiting for the writer */
-	size_t max_memory;	  /* bytes of messages in flight */
-	size_t group_max;	  /* items per transaction */
+	int workers;         /* verifier threads, >= 1 */
+	size_t queue_depth;  /* per verifier */
+	size_t writer_queue; /* verified items waiting for the writer */
+	size_t max_memory;   /* bytes of messages in flight */
+	size_t group_max;    /* items per transaction */
 	size_t group_max_readings;
 	int64_t retry_min_ms, retry_max_ms;
 	int64_t shutdown_timeout_ms; /* after brg_ingest_stop: give up committing after this */
@@ -51,7 +51,7 @@ struct brg_ingest;
 
 /* writer: the writer thread's store connection (borrowed). reg, ver, key borrowed. */
 int brg_ingest_new(struct store *writer, struct brg_registry *reg, struct brg_verifier *ver,
-		   const struct brg_ingest_opts *o, struct brg_ingest **out);
+                   const struct brg_ingest_opts *o, struct brg_ingest **out);
 
 /* Start the threads. */
 int brg_ingest_start(struct brg_ingest *in);

@@ -6,11 +6,11 @@
 #include "wire_msg.h"
 
 struct brg_msg *brg_msg_new(const char *topic, const void *payload, size_t len,
-			    const char *resp_topic, const void *corr, size_t corr_len)
+                            const char *resp_topic, const void *corr, size_t corr_len)
 {
 	size_t tl = strlen(topic), rl = resp_topic ? strlen(resp_topic) : 0;
 	size_t size = sizeof(struct brg_msg) + tl + 1 + len + 1 + (resp_topic ? rl + 1 : 0) +
-		      (corr ? corr_len : 0);
+	              (corr ? corr_len : 0);
 	struct brg_msg *m = malloc(size);
 	if (!m)
 		return NULL;

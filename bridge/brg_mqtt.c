@@ -34,7 +34,7 @@ struct brg_mqtt {
 };
 
 static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 {
 	char line[400];
@@ -48,7 +48,7 @@ static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 }
 
 static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
-		       const mosquitto_property *props)
+                       const mosquitto_property *props)
 {
 	struct brg_mqtt *m = ud;
 	char topic[160];
@@ -65,18 +65,19 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	     m->client_id, flags & 1 ? "resumed" : "new");
 	/* Subscriptions live in the persistent session; repeating them is harmless. */
 	for (size_t i = 0; i < N_UPLINKS; i++) {
-		snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group, uplinks[i]);
+		snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group,
+		         uplinks[i]);
 		if (mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
 			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
 	}
 	/* Retained messages never reach shared subscriptions; each bridge follows status. */
-	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1, MQTT_SUB_OPT_SEND_RETAIN_NEW,
-				   NULL) != MOSQ_ERR_SUCCESS)
+	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1,
+	                           MQTT_SUB_OPT_SEND_RETAIN_NEW, NULL) != MOSQ_ERR_SUCCESS)
 		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
 }
 
 static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const int *granted,
-			 const mosquitto_property *props)
+                         const mosquitto_property *props)
 {
 	struct brg_mqtt *m = ud;
 	(void)mosq;
@@ -84,8 +85,10 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const
 	(void)props;
 	for (int i = 0; i < n; i++)
 		if (granted[i] > 2)
-			logm(m, OLOG_ERROR, "broker refused a subscription (reason 0x%02x): check the ACL "
-			     "for outpost-bridge", granted[i]);
+			logm(m, OLOG_ERROR,
+			     "broker refused a subscription (reason 0x%02x): check the ACL "
+			     "for outpost-bridge",
+			     granted[i]);
 }
 
 static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosquitto_property *p)
@@ -103,7 +106,7 @@ static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosqui
 }
 
 static void on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
-		       const mosquitto_property *props)
+                       const mosquitto_property *props)
 {
 	struct brg_mqtt *m = ud;
 	(void)mosq;
@@ -119,7 +122,7 @@ static void on_publish(struct mosquitto *mosq, void *ud, int mid, int reason,
 }
 
 static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_message *msg,
-		       const mosquitto_property *props)
+                       const mosquitto_property *props)
 {
 	struct brg_mqtt *m = ud;
 	char *resp = NULL;
@@ -128,8 +131,8 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
 	(void)mosq;
 	mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &resp, false);
 	mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
-	struct brg_msg *bm = brg_msg_new(msg->topic, msg->payload, (size_t)msg->payloadlen, resp,
-					 corr, corr_len);
+	struct brg_msg *bm =
+	    brg_msg_new(msg->topic, msg->payload, (size_t)msg->payloadlen, resp, corr, corr_len);
 	free(resp);
 	free(corr);
 	if (!bm) {
@@ -174,7 +177,8 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
 	if (fail || !(m->mosq = mosquitto_new(m->client_id, false, m))) {
-		snprintf(err, 256, "cannot create the MQTT client: %s", fail ? "out of memory" : strerror(errno));
+		snprintf(err, 256, "cannot create the MQTT client: %s",
+		         fail ? "out of memory" : strerror(errno));
 		brg_mqtt_free(m);
 		return BRG_ENOMEM;
 	}
@@ -186,7 +190,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 		rc = mosquitto_tls_opts_set(m->mosq, 1, "tlsv1.2", NULL);
 	if (rc != MOSQ_ERR_SUCCESS) {
 		snprintf(err, 256, "TLS files (%s, %s, %s): %s", m->ca, m->cert, m->key,
-			 mosquitto_strerror(rc));
+		         mosquitto_strerror(rc));
 		brg_mqtt_free(m);
 		return BRG_EIO;
 	}
@@ -229,11 +233,12 @@ static void *net_main(void *arg)
 	struct brg_mqtt *m = arg;
 	mosquitto_property *props = NULL;
 	int first = 1, backoff = BACKOFF_MIN_MS;
-	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, m->o.session_expiry_s);
+	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+	                             m->o.session_expiry_s);
 	while (!stopping(m)) {
-		int rc = first ? mosquitto_connect_bind_v5(m->mosq, m->host, m->o.port, m->o.keepalive_s,
-							    NULL, props)
-			       : mosquitto_reconnect(m->mosq);
+		int rc = first ? mosquitto_connect_bind_v5(m->mosq, m->host, m->o.port,
+		                                           m->o.keepalive_s, NULL, props)
+		               : mosquitto_reconnect(m->mosq);
 		if (rc == MOSQ_ERR_SUCCESS) {
 			first = 0;
 			backoff = BACKOFF_MIN_MS;
@@ -260,12 +265,12 @@ int brg_mqtt_start(struct brg_mqtt *m)
 }
 
 int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t len,
-		     const void *corr, size_t corr_len)
+                     const void *corr, size_t corr_len)
 {
 	struct brg_mqtt *m = ctx;
 	mosquitto_property *props = NULL;
 	if (corr && mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr,
-						  (uint16_t)corr_len) != MOSQ_ERR_SUCCESS)
+	                                          (uint16_t)corr_len) != MOSQ_ERR_SUCCESS)
 		return BRG_ENOMEM;
 	pthread_mutex_lock(&m->mu);
 	m->pending++;

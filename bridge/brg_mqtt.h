@@ -41,7 +41,7 @@ int brg_mqtt_start(struct brg_mqtt *m);
 /* Publish QoS 1 (brg_publish_fn; ctx is the struct brg_mqtt). Queued in memory while
  * disconnected and sent after the reconnect. Thread-safe. */
 int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t len,
-		     const void *corr, size_t corr_len);
+                     const void *corr, size_t corr_len);
 
 /* Wait until every publish so far was acknowledged by the broker, up to timeout_ms.
  * BRG_ETIMEDOUT if some are still pending. */

@@ -89,7 +89,7 @@ int brg_queue_pop(struct brg_queue *q, void **item, int timeout_ms)
 		if (timeout_ms < 0) {
 			pthread_cond_wait(&q->not_empty, &q->mu);
 		} else if (timeout_ms == 0 ||
-			   pthread_cond_timedwait(&q->not_empty, &q->mu, &until) == ETIMEDOUT) {
+		           pthread_cond_timedwait(&q->not_empty, &q->mu, &until) == ETIMEDOUT) {
 			if (q->len)
 				break;
 			pthread_mutex_unlock(&q->mu);

@@ -18,15 +18,19 @@ struct entry {
 };
 
 struct brg_registry {
-	pthread_mutex_t mu;	  /* the table */
+	pthread_mutex_t mu;       /* the table */
 	pthread_mutex_t store_mu; /* the reader connection */
 	struct store *reader;
 	struct entry *slots;
 	size_t cap, used, max;
 };
 
-static const char *const names[] = {"", STORE_ST_UNENROLLED, STORE_ST_ACTIVE,
-				    STORE_ST_QUARANTINED, STORE_ST_REVOKED, STORE_ST_DEACTIVATED};
+static const char *const names[] = {"",
+                                    STORE_ST_UNENROLLED,
+                                    STORE_ST_ACTIVE,
+                                    STORE_ST_QUARANTINED,
+                                    STORE_ST_REVOKED,
+                                    STORE_ST_DEACTIVATED};
 
 enum brg_state brg_state_parse(const char *s)
 {
@@ -39,7 +43,7 @@ enum brg_state brg_state_parse(const char *s)
 const char *brg_state_name(enum brg_state st)
 {
 	return st >= BRG_ST_NONE && st <= BRG_ST_DEACTIVATED && st != BRG_ST_NONE ? names[st]
-										   : "unknown";
+	                                                                          : "unknown";
 }
 
 static int64_t mono_ms(void)
@@ -114,7 +118,7 @@ static int grow(struct brg_registry *r)
 }
 
 static void put_locked(struct brg_registry *r, const char *id, const struct brg_dev_info *info,
-		       int64_t now)
+                       int64_t now)
 {
 	struct entry *e = find(r, id);
 	if (!e->id[0]) {
@@ -143,7 +147,7 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 }
 
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
-		     struct brg_dev_info *out)
+                     struct brg_dev_info *out)
 {
 	int64_t now = mono_ms();
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
@@ -155,9 +159,9 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		/* Entries that make the verifiers drop messages (no key, quarantined, revoked) are
 		 * re-read after a second, so outpostctl's changes take effect quickly. */
 		int settled = e->info.has_key && (e->info.state == BRG_ST_ACTIVE ||
-						  e->info.state == BRG_ST_DEACTIVATED);
-		int fresh = (max_age_ms < 0 || age <= max_age_ms) &&
-			    (settled || age <= NOKEY_TTL_MS);
+		                                  e->info.state == BRG_ST_DEACTIVATED);
+		int fresh =
+		    (max_age_ms < 0 || age <= max_age_ms) && (settled || age <= NOKEY_TTL_MS);
 		if (fresh) {
 			*out = e->info;
 			pthread_mutex_unlock(&r->mu);

@@ -11,8 +11,8 @@
 #include "wire_sign.h"
 
 enum brg_state {
-	BRG_ST_NONE,	    /* not in the store */
-	BRG_ST_UNENROLLED,  /* in the store without a key */
+	BRG_ST_NONE,       /* not in the store */
+	BRG_ST_UNENROLLED, /* in the store without a key */
 	BRG_ST_ACTIVE,
 	BRG_ST_QUARANTINED,
 	BRG_ST_REVOKED,
@@ -41,7 +41,7 @@ void brg_registry_free(struct brg_registry *r); /* accepts NULL */
  * max_age_ms >= 0 forces a re-read of older entries (0: always). Thread-safe.
  * BRG_ESTORE if the store cannot be read (the caller should not reject for that). */
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
-		     struct brg_dev_info *out);
+                     struct brg_dev_info *out);
 
 /* Replace the cached entry (the writer after a commit, a verifier after a verified Birth). */
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info);

@@ -8,16 +8,16 @@
 #include "wire_topic.h"
 
 static int seal(const struct wire_key *key, uint32_t kind, const char *device, uint64_t seq,
-		int64_t now, const uint8_t *body, size_t body_len, uint8_t **out, size_t *len)
+                int64_t now, const uint8_t *body, size_t body_len, uint8_t **out, size_t *len)
 {
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = now, .body = body,
-			     .body_len = body_len};
+	struct wire_env e = {
+	    .kind = kind, .seq = seq, .sent_at_ms = now, .body = body, .body_len = body_len};
 	strcpy(e.device_id, device);
 	return wire_env_seal(key, &e, out, len);
 }
 
 static int ack(const struct wire_key *key, const struct brg_reply *r, int64_t now, uint8_t **out,
-	       size_t *len)
+               size_t *len)
 {
 	Outpost__Ack a = OUTPOST__ACK__INIT;
 	Outpost__SeqRange *ranges = NULL, **ptrs = NULL;
@@ -51,8 +51,8 @@ out:
 	return rc;
 }
 
-static int tasks(const struct wire_key *key, const struct brg_reply *r, int64_t now,
-		 uint8_t **out, size_t *len)
+static int tasks(const struct wire_key *key, const struct brg_reply *r, int64_t now, uint8_t **out,
+                 size_t *len)
 {
 	Outpost__TaskList l = OUTPOST__TASK_LIST__INIT;
 	Outpost__Task *t = calloc(r->n_tasks + 1, sizeof(*t));
@@ -94,7 +94,8 @@ static int tasks(const struct wire_key *key, const struct brg_reply *r, int64_t 
 	l.tasks = tp;
 	rc = wire_msg_pack(WIRE_KIND_TASK_LIST, &l.base, &body, &body_len, NULL);
 	if (!rc)
-		rc = seal(key, WIRE_KIND_TASK_LIST, r->device, r->seq, now, body, body_len, out, len);
+		rc = seal(key, WIRE_KIND_TASK_LIST, r->device, r->seq, now, body, body_len, out,
+		          len);
 out:
 	free(body);
 	free(t);
@@ -105,13 +106,13 @@ out:
 }
 
 int brg_reply_seal(const struct wire_key *key, const struct brg_reply *r, int64_t now_ms,
-		   char *topic, uint8_t **out, size_t *len)
+                   char *topic, uint8_t **out, size_t *len)
 {
 	int rc = wire_topic_build(topic, WIRE_TOPIC_MAX,
-				  r->kind == BRG_REPLY_ACK ? WIRE_TOPIC_ACK : WIRE_TOPIC_TASKS,
-				  r->device);
+	                          r->kind == BRG_REPLY_ACK ? WIRE_TOPIC_ACK : WIRE_TOPIC_TASKS,
+	                          r->device);
 	if (rc)
 		return rc;
 	return r->kind == BRG_REPLY_ACK ? ack(key, r, now_ms, out, len)
-					: tasks(key, r, now_ms, out, len);
+	                                : tasks(key, r, now_ms, out, len);
 }

@@ -12,6 +12,6 @@
  * seq = Ack.upto = the frontier; TASKS: seq = the poll's seq). *out is malloc'd, caller frees;
  * topic (WIRE_TOPIC_MAX bytes) receives where to publish. Returns a wire_err. */
 int brg_reply_seal(const struct wire_key *key, const struct brg_reply *r, int64_t now_ms,
-		   char *topic, uint8_t **out, size_t *len);
+                   char *topic, uint8_t **out, size_t *len);
 
 #endif

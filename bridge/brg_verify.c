@@ -52,7 +52,7 @@ void brg_verifier_set_ca(struct brg_verifier *v, struct wire_ca *ca)
 }
 
 static int check_cert(struct brg_verifier *v, const char *pem, size_t len,
-		      struct wire_cert_info *info, struct wire_diag *diag)
+                      struct wire_cert_info *info, struct wire_diag *diag)
 {
 	pthread_rwlock_rdlock(&v->ca_lock);
 	int rc = wire_ca_verify(v->ca, pem, len, info, diag);
@@ -61,13 +61,13 @@ static int check_cert(struct brg_verifier *v, const char *pem, size_t len,
 }
 
 int brg_verifier_check_cert(struct brg_verifier *v, const char *pem, size_t len,
-			    struct wire_cert_info *info)
+                            struct wire_cert_info *info)
 {
 	return check_cert(v, pem, len, info, NULL);
 }
 
 static int reject(struct brg_item *it, const char *reason, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static int reject(struct brg_item *it, const char *reason, const char *fmt, ...)
 {
 	va_list ap;
@@ -138,7 +138,7 @@ static void sleep_ms(int ms)
 
 /* Registry lookup that rides out a short store outage. */
 static int lookup(struct brg_verifier *v, const char *id, int64_t max_age,
-		  struct brg_dev_info *info)
+                  struct brg_dev_info *info)
 {
 	for (int waited = 0;; waited += 100) {
 		int rc = brg_registry_get(v->reg, id, max_age, info);
@@ -158,12 +158,12 @@ static int status(struct brg_item *it, const struct brg_msg *m)
 		it->online = 0;
 	else
 		return reject(it, BRG_R_STATUS, "status payload is not online/offline (%zu bytes)",
-			      m->len);
+		              m->len);
 	return BRG_OK;
 }
 
 static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_env *env,
-		 const struct brg_dev_info *info)
+                 const struct brg_dev_info *info)
 {
 	struct wire_diag d = {""};
 	struct wire_cert_info cert;
@@ -173,12 +173,15 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 	const char *pem = it->birth->cert_pem;
 	rc = check_cert(v, pem, strlen(pem), &cert, &d);
 	if (rc)
-		return reject(it, cert_reason(rc), "birth: %s", d.msg[0] ? d.msg : wire_strerror(rc));
+		return reject(it, cert_reason(rc), "birth: %s",
+		              d.msg[0] ? d.msg : wire_strerror(rc));
 	if (strcmp(cert.cn, it->device))
-		return reject(it, BRG_R_CN, "birth: certificate CN '%s' is not the topic's id", cert.cn);
+		return reject(it, BRG_R_CN, "birth: certificate CN '%s' is not the topic's id",
+		              cert.cn);
 	if (wire_env_verify(env, &cert.key))
-		return reject(it, BRG_R_SIG, "birth seq %llu: signature does not verify with its certificate",
-			      (unsigned long long)env->seq);
+		return reject(it, BRG_R_SIG,
+		              "birth seq %llu: signature does not verify with its certificate",
+		              (unsigned long long)env->seq);
 	it->kind = BRG_ITEM_BIRTH;
 	it->key = cert.key;
 	/* Provisional, so this device's next envelopes verify before the writer commits the
@@ -203,20 +206,21 @@ static int body(struct brg_item *it, const struct wire_env *env, const struct br
 		rc = wire_batch_decode(env->body, env->body_len, &it->batch, &d);
 		if (rc)
 			return reject(it, decode_reason(rc), "batch seq %llu: %s",
-				      (unsigned long long)env->seq, d.msg);
+			              (unsigned long long)env->seq, d.msg);
 		it->prev_seq = it->batch->prev_seq;
 		for (size_t i = 0; i < it->batch->n_dropped; i++)
 			if (it->batch->dropped[i].last_seq >= env->seq)
-				return reject(it, BRG_R_SEQ, "batch seq %llu: dropped range ends at %llu",
-					      (unsigned long long)env->seq,
-					      (unsigned long long)it->batch->dropped[i].last_seq);
+				return reject(it, BRG_R_SEQ,
+				              "batch seq %llu: dropped range ends at %llu",
+				              (unsigned long long)env->seq,
+				              (unsigned long long)it->batch->dropped[i].last_seq);
 		it->kind = BRG_ITEM_BATCH;
 		break;
 	case WIRE_KIND_TASK_RESULT:
 		rc = wire_task_result_decode(env->body, env->body_len, &it->result, &d);
 		if (rc)
 			return reject(it, decode_reason(rc), "task result seq %llu: %s",
-				      (unsigned long long)env->seq, d.msg);
+			              (unsigned long long)env->seq, d.msg);
 		it->prev_seq = it->result->prev_seq;
 		it->kind = BRG_ITEM_RESULT;
 		break;
@@ -225,16 +229,17 @@ static int body(struct brg_item *it, const struct wire_env *env, const struct br
 		/* Answer only on the polling device's own tasks topic (PROTOCOL.md 6). */
 		if (!m->resp_topic || strcmp(m->resp_topic, own))
 			return reject(it, BRG_R_RESPONSE, "poll seq %llu: response topic %s%.80s%s",
-				      (unsigned long long)env->seq, m->resp_topic ? "'" : "",
-				      m->resp_topic ? m->resp_topic : "missing",
-				      m->resp_topic ? "' is not the device's own" : "");
+			              (unsigned long long)env->seq, m->resp_topic ? "'" : "",
+			              m->resp_topic ? m->resp_topic : "missing",
+			              m->resp_topic ? "' is not the device's own" : "");
 		if (m->corr && m->corr_len > BRG_CORR_MAX)
-			return reject(it, BRG_R_OVERSIZE, "poll seq %llu: correlation data %zu bytes, limit %d",
-				      (unsigned long long)env->seq, m->corr_len, BRG_CORR_MAX);
+			return reject(it, BRG_R_OVERSIZE,
+			              "poll seq %llu: correlation data %zu bytes, limit %d",
+			              (unsigned long long)env->seq, m->corr_len, BRG_CORR_MAX);
 		rc = wire_task_poll_decode(env->body, env->body_len, &it->poll, &d);
 		if (rc)
 			return reject(it, decode_reason(rc), "poll seq %llu: %s",
-				      (unsigned long long)env->seq, d.msg);
+			              (unsigned long long)env->seq, d.msg);
 		if (m->corr) {
 			memcpy(it->corr, m->corr, m->corr_len);
 			it->corr_len = m->corr_len;
@@ -247,7 +252,7 @@ static int body(struct brg_item *it, const struct wire_env *env, const struct br
 	}
 	if (it->prev_seq >= env->seq)
 		return reject(it, BRG_R_SEQ, "seq %llu: prev_seq %llu is not below it",
-			      (unsigned long long)env->seq, (unsigned long long)it->prev_seq);
+		              (unsigned long long)env->seq, (unsigned long long)it->prev_seq);
 	return BRG_OK;
 }
 
@@ -272,29 +277,33 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	rc = lookup(v, it->device, -1, &info);
 	if (rc) {
 		it->kind = BRG_ITEM_DROP;
-		snprintf(it->detail, sizeof(it->detail), "store unreadable: message dropped unjudged");
+		snprintf(it->detail, sizeof(it->detail),
+		         "store unreadable: message dropped unjudged");
 		return BRG_OK;
 	}
 	/* Quarantined and revoked devices: dropped and counted without further work. */
 	if (info.state == BRG_ST_QUARANTINED)
 		return reject(it, BRG_R_QUARANTINED, "%s dropped: device quarantined",
-			      wire_topic_suffix(t));
+		              wire_topic_suffix(t));
 	if (info.state == BRG_ST_REVOKED)
-		return reject(it, BRG_R_REVOKED, "%s refused: device revoked", wire_topic_suffix(t));
+		return reject(it, BRG_R_REVOKED, "%s refused: device revoked",
+		              wire_topic_suffix(t));
 
 	/* 2. size, envelope, kind */
 	if (m->len > WIRE_MAX_ENVELOPE)
 		return reject(it, BRG_R_OVERSIZE, "payload %zu bytes, limit %d", m->len,
-			      WIRE_MAX_ENVELOPE);
+		              WIRE_MAX_ENVELOPE);
 	rc = wire_env_decode(m->payload, m->len, &env, &d);
 	if (rc)
-		return reject(it, decode_reason(rc), "envelope: %s", d.msg[0] ? d.msg : wire_strerror(rc));
+		return reject(it, decode_reason(rc), "envelope: %s",
+		              d.msg[0] ? d.msg : wire_strerror(rc));
 	if (env.kind != want)
-		return reject(it, BRG_R_KIND, "%s envelope on the %s topic", wire_kind_name(env.kind),
-			      wire_topic_suffix(t));
+		return reject(it, BRG_R_KIND, "%s envelope on the %s topic",
+		              wire_kind_name(env.kind), wire_topic_suffix(t));
 	/* 3. id */
 	if (strcmp(env.device_id, it->device))
-		return reject(it, BRG_R_ID, "envelope of '%s' on this device's topic", env.device_id);
+		return reject(it, BRG_R_ID, "envelope of '%s' on this device's topic",
+		              env.device_id);
 	if (env.seq == 0 || env.seq > (uint64_t)INT64_MAX)
 		return reject(it, BRG_R_SEQ, "seq %llu out of range", (unsigned long long)env.seq);
 	it->seq = env.seq;
@@ -306,7 +315,7 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		return birth(v, it, &env, &info);
 	if (!info.has_key)
 		return reject(it, BRG_R_UNKNOWN, "%s seq %llu before any valid birth",
-			      wire_kind_name(env.kind), (unsigned long long)env.seq);
+		              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	if (wire_env_verify(&env, &info.key)) {
 		/* Another bridge may have re-enrolled the device: ask the store once. */
 		struct brg_dev_info again;
@@ -314,7 +323,7 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		    !memcmp(again.key.raw, info.key.raw, sizeof(info.key.raw)) ||
 		    wire_env_verify(&env, &again.key))
 			return reject(it, BRG_R_SIG, "%s seq %llu: signature does not verify",
-				      wire_kind_name(env.kind), (unsigned long long)env.seq);
+			              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	}
 	/* 6. body */
 	return body(it, &env, m);

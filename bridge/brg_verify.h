@@ -21,7 +21,7 @@ void brg_verifier_set_ca(struct brg_verifier *v, struct wire_ca *ca);
 
 /* wire_ca_verify with the current CA (for re-checking enrolled certificates). */
 int brg_verifier_check_cert(struct brg_verifier *v, const char *pem, size_t len,
-			    struct wire_cert_info *info);
+                            struct wire_cert_info *info);
 
 /* Judge one message. Takes msg (freed before return). *out is always set on BRG_OK: a
  * BIRTH/BATCH/POLL/RESULT/STATUS item for the writer, or a REJECT item with reason and detail.

@@ -17,7 +17,7 @@ enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
 struct ctl {
 	const char *store_url;
 	struct store *s; /* opened by ctl_store() */
-	int code;	 /* exit status after ctl_store() failed */
+	int code;        /* exit status after ctl_store() failed */
 };
 
 /* Open (once) and migrate the store; on failure prints why, sets c->code (CTL_USAGE for a
@@ -33,11 +33,11 @@ int ctl_store_err(struct ctl *c, const char *what, int rc);
 /* ---- arguments ---- */
 
 struct ctl_optdef {
-	const char *name;     /* without the leading "--" */
-	int has_arg;	      /* 0: flag */
-	const char **value;   /* where the (last) value goes, or "1" for a flag */
-	const char **multi;   /* repeatable: values appended here ... */
-	size_t *n_multi;      /* ... counted here (capacity max_multi) */
+	const char *name;   /* without the leading "--" */
+	int has_arg;        /* 0: flag */
+	const char **value; /* where the (last) value goes, or "1" for a flag */
+	const char **multi; /* repeatable: values appended here ... */
+	size_t *n_multi;    /* ... counted here (capacity max_multi) */
 	size_t max_multi;
 };
 
@@ -45,7 +45,7 @@ struct ctl_optdef {
  * "--name=value"); positional arguments go to pos (at most max_pos). Returns CTL_OK or
  * CTL_USAGE after printing what is wrong. */
 int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
-	     const char **pos, int max_pos, int *npos);
+             const char **pos, int max_pos, int *npos);
 
 /* ---- time ---- */
 
@@ -81,7 +81,7 @@ struct ctl_out {
 };
 
 void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
-		   const char *const *names, const enum ctl_coltype *types);
+                   const char *const *names, const enum ctl_coltype *types);
 void ctl_out_row(struct ctl_out *o, const char *const *vals); /* a NULL value is null/empty */
 void ctl_out_end(struct ctl_out *o);
 

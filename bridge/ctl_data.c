@@ -35,8 +35,9 @@ static int parse_limit(const char *cmd, const char *s, int64_t *out)
 static int parse_time_opt(const char *cmd, const char *opt, const char *s, int64_t *out)
 {
 	if (ctl_parse_time(s, store_now_ms(), out))
-		return ctl_err(CTL_USAGE, "%s: --%s: '%s' is not a time (2026-11-22T22:00:00Z, 2h, @SECONDS)",
-			       cmd, opt, s);
+		return ctl_err(CTL_USAGE,
+		               "%s: --%s: '%s' is not a time (2026-11-22T22:00:00Z, 2h, @SECONDS)",
+		               cmd, opt, s);
 	return CTL_OK;
 }
 
@@ -48,10 +49,10 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	enum ctl_fmt fmt;
 	int npos, rc;
 	struct ctl_optdef defs[] = {
-		{"device", 1, &device, NULL, NULL, 0}, {"metric", 1, &metric, NULL, NULL, 0},
-		{"since", 1, &since, NULL, NULL, 0},   {"until", 1, &until, NULL, NULL, 0},
-		{"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
-		{NULL, 0, NULL, NULL, NULL, 0}};
+	    {"device", 1, &device, NULL, NULL, 0}, {"metric", 1, &metric, NULL, NULL, 0},
+	    {"since", 1, &since, NULL, NULL, 0},   {"until", 1, &until, NULL, NULL, 0},
+	    {"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
+	    {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("readings", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (!device)
@@ -67,12 +68,13 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	if ((rc = device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
-	rc = store_prepare(c->s,
-			   "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
-			   " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ? AND"
-			   " (CAST(? AS TEXT) IS NULL OR m.name = ?) ORDER BY r.ts, m.name, r.seq, r.idx"
-			   " LIMIT ?",
-			   &st);
+	rc = store_prepare(
+	    c->s,
+	    "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
+	    " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ? AND"
+	    " (CAST(? AS TEXT) IS NULL OR m.name = ?) ORDER BY r.ts, m.name, r.seq, r.idx"
+	    " LIMIT ?",
+	    &st);
 	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, from)) &&
 	    !(rc = store_bind_i64(st, 3, to)) && !(rc = store_bind_text(st, 4, metric)) &&
 	    !(rc = store_bind_text(st, 5, metric)))
@@ -82,19 +84,20 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 		return ctl_store_err(c, "readings", rc);
 	}
 	static const char *const names[] = {"device", "metric", "unit", "time", "value", "seq"};
-	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_NUM, CTL_NUM};
+	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR,
+	                                         CTL_STR, CTL_NUM, CTL_NUM};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 6, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char t[32], v[32], seq[24];
 		snprintf(seq, sizeof(seq), "%" PRId64, store_col_i64(st, 4));
 		const char *vals[6] = {device,
-				       store_col_text(st, 0),
-				       store_col_text(st, 1),
-				       ctl_time(store_col_i64(st, 2), t),
-				       store_col_null(st, 3) ? (fmt == CTL_FMT_JSON ? NULL : "nan")
-							     : ctl_double(store_col_f64(st, 3), v),
-				       seq};
+		                       store_col_text(st, 0),
+		                       store_col_text(st, 1),
+		                       ctl_time(store_col_i64(st, 2), t),
+		                       store_col_null(st, 3) ? (fmt == CTL_FMT_JSON ? NULL : "nan")
+		                                             : ctl_double(store_col_f64(st, 3), v),
+		                       seq};
 		ctl_out_row(&o, vals);
 	}
 	ctl_out_end(&o);
@@ -110,9 +113,9 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	enum ctl_fmt fmt;
 	int npos, rc;
 	struct ctl_optdef defs[] = {
-		{"device", 1, &device, NULL, NULL, 0}, {"type", 1, &type, NULL, NULL, 0},
-		{"since", 1, &since, NULL, NULL, 0},   {"limit", 1, &limit, NULL, NULL, 0},
-		{"format", 1, &format, NULL, NULL, 0}, {NULL, 0, NULL, NULL, NULL, 0}};
+	    {"device", 1, &device, NULL, NULL, 0}, {"type", 1, &type, NULL, NULL, 0},
+	    {"since", 1, &since, NULL, NULL, 0},   {"limit", 1, &limit, NULL, NULL, 0},
+	    {"format", 1, &format, NULL, NULL, 0}, {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("events", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
@@ -126,12 +129,13 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* The newest `limit` events, printed oldest first. */
-	rc = store_prepare(c->s,
-			   "SELECT e.at, d.device_id, e.type, e.detail FROM (SELECT id, at, device, type,"
-			   " detail FROM events WHERE (? = 0 OR device = ?) AND at >= ? AND"
-			   " (CAST(? AS TEXT) IS NULL OR type = ?) ORDER BY id DESC LIMIT ?) e"
-			   " LEFT JOIN devices d ON d.id = e.device ORDER BY e.id",
-			   &st);
+	rc = store_prepare(
+	    c->s,
+	    "SELECT e.at, d.device_id, e.type, e.detail FROM (SELECT id, at, device, type,"
+	    " detail FROM events WHERE (? = 0 OR device = ?) AND at >= ? AND"
+	    " (CAST(? AS TEXT) IS NULL OR type = ?) ORDER BY id DESC LIMIT ?) e"
+	    " LEFT JOIN devices d ON d.id = e.device ORDER BY e.id",
+	    &st);
 	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)) &&
 	    !(rc = store_bind_i64(st, 3, from)) && !(rc = store_bind_text(st, 4, type)) &&
 	    !(rc = store_bind_text(st, 5, type)))
@@ -147,7 +151,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	while ((rc = store_step(st)) == 1) {
 		char t[32];
 		const char *v[4] = {ctl_time(store_col_i64(st, 0), t), store_col_text(st, 1),
-				    store_col_text(st, 2), store_col_text(st, 3)};
+		                    store_col_text(st, 2), store_col_text(st, 3)};
 		ctl_out_row(&o, v);
 	}
 	ctl_out_end(&o);
@@ -162,9 +166,9 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	enum ctl_fmt fmt;
 	int npos, rc;
 	struct ctl_optdef defs[] = {{"device", 1, &device, NULL, NULL, 0},
-				    {"all", 0, &all, NULL, NULL, 0},
-				    {"format", 1, &format, NULL, NULL, 0},
-				    {NULL, 0, NULL, NULL, NULL, 0}};
+	                            {"all", 0, &all, NULL, NULL, 0},
+	                            {"format", 1, &format, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("gaps", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
@@ -175,22 +179,23 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
-	rc = store_prepare(c->s,
-			   "SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"
-			   " g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"
-			   " WHERE (? = 0 OR g.device = ?) AND (? = 1 OR g.resolved_at IS NULL)"
-			   " ORDER BY d.device_id, g.prev_seq, g.reason",
-			   &st);
+	rc = store_prepare(
+	    c->s,
+	    "SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"
+	    " g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"
+	    " WHERE (? = 0 OR g.device = ?) AND (? = 1 OR g.resolved_at IS NULL)"
+	    " ORDER BY d.device_id, g.prev_seq, g.reason",
+	    &st);
 	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)))
 		rc = store_bind_i64(st, 3, all ? 1 : 0);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "gaps", rc);
 	}
-	static const char *const names[] = {"device", "reason", "first_seq", "last_seq", "count",
-					    "since",  "resolved", "resolution"};
+	static const char *const names[] = {"device", "reason", "first_seq", "last_seq",
+	                                    "count",  "since",  "resolved",  "resolution"};
 	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_NUM, CTL_NUM,
-						 CTL_NUM, CTL_STR, CTL_STR, CTL_STR};
+	                                         CTL_NUM, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 8, names, types);
 	while ((rc = store_step(st)) == 1) {
@@ -199,13 +204,14 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		snprintf(b, sizeof(b), "%" PRId64, store_col_i64(st, 3));
 		snprintf(n, sizeof(n), "%" PRId64, store_col_i64(st, 4));
 		const char *v[8] = {store_col_text(st, 0),
-				    store_col_text(st, 1),
-				    a,
-				    b,
-				    store_col_null(st, 4) ? NULL : n,
-				    ctl_time(store_col_i64(st, 5), t1),
-				    store_col_null(st, 6) ? NULL : ctl_time(store_col_i64(st, 6), t2),
-				    store_col_text(st, 7)};
+		                    store_col_text(st, 1),
+		                    a,
+		                    b,
+		                    store_col_null(st, 4) ? NULL : n,
+		                    ctl_time(store_col_i64(st, 5), t1),
+		                    store_col_null(st, 6) ? NULL
+		                                          : ctl_time(store_col_i64(st, 6), t2),
+		                    store_col_text(st, 7)};
 		ctl_out_row(&o, v);
 	}
 	ctl_out_end(&o);

@@ -16,8 +16,8 @@
 #include "wire_topic.h"
 
 #define DECODE_MAX_INPUT (64u << 20)
-#define MAX_CERTS 64
-#define MAX_CATALOGS 64
+#define MAX_CERTS        64
+#define MAX_CATALOGS     64
 
 struct signer {
 	char cn[WIRE_ID_MAX + 1];
@@ -55,11 +55,11 @@ static int add_cert(struct dec *d, const char *path, int must)
 		return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
 	}
 	int rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
-		       : wire_cert_parse(pem, len, &info, &diag);
+	               : wire_cert_parse(pem, len, &info, &diag);
 	free(pem);
 	if (rc)
 		return ctl_err(must ? CTL_USAGE : CTL_FAIL, "decode: %s: %s", path,
-			       diag.msg[0] ? diag.msg : wire_strerror(rc));
+		               diag.msg[0] ? diag.msg : wire_strerror(rc));
 	struct signer *s = &d->certs[d->n_certs++];
 	snprintf(s->cn, sizeof(s->cn), "%s", info.cn);
 	s->key = info.key;
@@ -150,16 +150,17 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		printf("  intervals: sample %us, poll %us; chain floor %" PRIu64 "\n",
 		       b->sample_interval_s, b->poll_interval_s, b->chain_floor);
 		if (b->spool)
-			printf("  spool: %" PRIu64 " records, %" PRIu64 " bytes, oldest unsent %" PRIu64
-			       "s, %u disconnects%s%s, %" PRIu64 " dropped in total\n",
+			printf("  spool: %" PRIu64 " records, %" PRIu64
+			       " bytes, oldest unsent %" PRIu64 "s, %u disconnects%s%s, %" PRIu64
+			       " dropped in total\n",
 			       b->spool->records, b->spool->bytes, b->spool->oldest_unsent_age_s,
 			       b->spool->disconnects,
 			       b->spool->last_disconnect_cause && b->spool->last_disconnect_cause[0]
-				       ? " (last: "
-				       : "",
+			           ? " (last: "
+			           : "",
 			       b->spool->last_disconnect_cause && b->spool->last_disconnect_cause[0]
-				       ? b->spool->last_disconnect_cause
-				       : "",
+			           ? b->spool->last_disconnect_cause
+			           : "",
 			       b->spool->dropped_total);
 		printf("  metrics (%zu):", b->n_metrics);
 		for (size_t i = 0; i < b->n_metrics; i++)
@@ -175,11 +176,12 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		struct wire_batch *b = NULL;
 		if ((rc = wire_batch_decode(e->body, e->body_len, &b, &diag)))
 			break;
-		printf("  prev_seq %" PRIu64 ", %zu rows x %zu metrics, %zu readings\n", b->prev_seq,
-		       b->n_rows, b->n_cols, b->n_readings);
+		printf("  prev_seq %" PRIu64 ", %zu rows x %zu metrics, %zu readings\n",
+		       b->prev_seq, b->n_rows, b->n_cols, b->n_readings);
 		for (size_t i = 0; i < b->n_dropped; i++)
 			printf("  dropped: seq %" PRIu64 "..%" PRIu64 " (%" PRIu64 " envelopes)\n",
-			       b->dropped[i].prev_seq + 1, b->dropped[i].last_seq, b->dropped[i].count);
+			       b->dropped[i].prev_seq + 1, b->dropped[i].last_seq,
+			       b->dropped[i].count);
 		int64_t row_t = 0;
 		int open = 0;
 		for (size_t i = 0; i < b->n_readings; i++) {
@@ -202,7 +204,8 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		Outpost__TaskPoll *p = NULL;
 		if ((rc = wire_task_poll_decode(e->body, e->body_len, &p, &diag)))
 			break;
-		printf("  last task id %" PRIu64 ", at most %u tasks\n", p->last_task_id, p->max_tasks);
+		printf("  last task id %" PRIu64 ", at most %u tasks\n", p->last_task_id,
+		       p->max_tasks);
 		wire_msg_free(p);
 		break;
 	}
@@ -211,9 +214,9 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		static const char *const st[] = {"?", "succeeded", "failed", "rejected"};
 		if ((rc = wire_task_result_decode(e->body, e->body_len, &r, &diag)))
 			break;
-		printf("  prev_seq %" PRIu64 ", task %" PRIu64 " %s at %s: %s\n", r->prev_seq, r->task_id,
-		       st[r->status <= 3 ? r->status : 0], ctl_time(r->finished_at_ms, t),
-		       r->message ? r->message : "");
+		printf("  prev_seq %" PRIu64 ", task %" PRIu64 " %s at %s: %s\n", r->prev_seq,
+		       r->task_id, st[r->status <= 3 ? r->status : 0],
+		       ctl_time(r->finished_at_ms, t), r->message ? r->message : "");
 		print_kvs("    ", r->output, r->n_output);
 		wire_msg_free(r);
 		break;
@@ -222,10 +225,11 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		Outpost__Ack *a = NULL;
 		if ((rc = wire_ack_decode(e->body, e->body_len, &a, &diag)))
 			break;
-		printf("  upto %" PRIu64 ", committed %s", a->upto, ctl_time(a->committed_at_ms, t));
+		printf("  upto %" PRIu64 ", committed %s", a->upto,
+		       ctl_time(a->committed_at_ms, t));
 		for (size_t i = 0; i < a->n_ranges; i++)
-			printf("%s%" PRIu64 "..%" PRIu64, i ? ", " : "; ranges ", a->ranges[i]->first,
-			       a->ranges[i]->last);
+			printf("%s%" PRIu64 "..%" PRIu64, i ? ", " : "; ranges ",
+			       a->ranges[i]->first, a->ranges[i]->last);
 		printf("\n");
 		wire_msg_free(a);
 		break;
@@ -238,9 +242,10 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		       ctl_time(l->issued_at_ms, t), l->n_tasks);
 		for (size_t i = 0; i < l->n_tasks; i++) {
 			char t2[32];
-			printf("  task %" PRIu64 " %s for %s, expires %s (created %s)\n", l->tasks[i]->id,
-			       l->tasks[i]->type, l->tasks[i]->device_id,
-			       ctl_time(l->tasks[i]->expires_at_ms, t), ctl_time(l->tasks[i]->created_at_ms, t2));
+			printf("  task %" PRIu64 " %s for %s, expires %s (created %s)\n",
+			       l->tasks[i]->id, l->tasks[i]->type, l->tasks[i]->device_id,
+			       ctl_time(l->tasks[i]->expires_at_ms, t),
+			       ctl_time(l->tasks[i]->created_at_ms, t2));
 			print_kvs("    ", l->tasks[i]->args, l->tasks[i]->n_args);
 		}
 		wire_msg_free(l);
@@ -275,8 +280,8 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		d->failures++;
 		return;
 	}
-	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? topic : "-", wire_kind_name(e.kind),
-	       e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
+	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? topic : "-",
+	       wire_kind_name(e.kind), e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
 	/* Who signed: the device for device kinds, the bridge for acks and task lists. */
 	const char *cn = wire_kind_from_device(e.kind) ? e.device_id : "outpost-bridge";
 	const struct signer *s = signer_for(d, cn);
@@ -286,7 +291,8 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		Outpost__Birth *b = NULL;
 		struct wire_cert_info ci;
 		if (!wire_birth_decode(e.body, e.body_len, &b, NULL) &&
-		    !wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL) && !strcmp(ci.cn, cn)) {
+		    !wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL) &&
+		    !strcmp(ci.cn, cn)) {
 			birth_key = ci.key;
 			have_birth_key = 1;
 		}
@@ -301,7 +307,8 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	else if (rc)
 		printf("signature BAD (%s)\n", s ? s->from : "certificate in the birth");
 	else
-		printf("signature ok (%s)\n", s ? s->from : "certificate in the birth, chain not checked");
+		printf("signature ok (%s)\n",
+		       s ? s->from : "certificate in the birth, chain not checked");
 	if ((s || have_birth_key) && rc)
 		d->failures++;
 	if (topic && tk != WIRE_TOPIC_COUNT && strcmp(id, e.device_id))
@@ -311,8 +318,10 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 
 static int hexval(int c)
 {
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-		: c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+	return c >= '0' && c <= '9'   ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+	                              : -1;
 }
 
 /* 1 if every non-empty line is "TOPIC HEX". */
@@ -374,9 +383,9 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	int npos, rc;
 	struct dec d;
 	struct ctl_optdef defs[] = {{"pki", 1, &pki, NULL, NULL, 0},
-				    {"cert", 1, NULL, certs, &ncerts, MAX_CERTS},
-				    {"topic", 1, &topic, NULL, NULL, 0},
-				    {NULL, 0, NULL, NULL, NULL, 0}};
+	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERTS},
+	                            {"topic", 1, &topic, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	(void)c; /* decode needs no store */
 	if ((rc = ctl_args("decode", argc, argv, defs, pos, 1, &npos)))
 		return rc;
@@ -411,7 +420,8 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	if (in != stdin)
 		fclose(in);
 	if (!buf) {
-		rc = ctl_err(CTL_FAIL, "decode: input unreadable or over %u MiB", DECODE_MAX_INPUT >> 20);
+		rc = ctl_err(CTL_FAIL, "decode: input unreadable or over %u MiB",
+		             DECODE_MAX_INPUT >> 20);
 		goto out;
 	}
 	if (!topic && is_lines(buf, len)) {
@@ -426,8 +436,9 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 				size_t n = (size_t)(le - sp - 1) / 2;
 				uint8_t *bytes = (uint8_t *)sp + 1; /* decode in place */
 				for (size_t i = 0; i < n; i++)
-					bytes[i] = (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
-							     hexval((unsigned char)sp[2 + 2 * i]));
+					bytes[i] =
+					    (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
+					              hexval((unsigned char)sp[2 + 2 * i]));
 				message(&d, p, bytes, n);
 			}
 			p = nl ? nl + 1 : end;

@@ -19,8 +19,8 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	const char *state = NULL, *format = "table", *pos[1];
 	int npos, rc;
 	struct ctl_optdef defs[] = {{"state", 1, &state, NULL, NULL, 0},
-				    {"format", 1, &format, NULL, NULL, 0},
-				    {NULL, 0, NULL, NULL, NULL, 0}};
+	                            {"format", 1, &format, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	enum ctl_fmt fmt;
 	if ((rc = ctl_args("devices", argc, argv, defs, pos, 0, &npos)))
 		return rc;
@@ -30,36 +30,38 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	if (!s)
 		return c->code;
 	struct store_stmt *st = NULL;
-	rc = store_prepare(s,
-			   "SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"
-			   " duplicates, rejected, agent_version FROM devices"
-			   " WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id",
-			   &st);
+	rc = store_prepare(
+	    s,
+	    "SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"
+	    " duplicates, rejected, agent_version FROM devices"
+	    " WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id",
+	    &st);
 	if (!rc && !(rc = store_bind_text(st, 1, state)))
 		rc = store_bind_text(st, 2, state);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "devices", rc);
 	}
-	static const char *const names[] = {"device",	"state",    "online",	"last_seen",
-					    "frontier", "envelopes", "readings", "duplicates",
-					    "rejected", "agent"};
+	static const char *const names[] = {"device",   "state",     "online",   "last_seen",
+	                                    "frontier", "envelopes", "readings", "duplicates",
+	                                    "rejected", "agent"};
 	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_NUM,
-						 CTL_NUM, CTL_NUM, CTL_NUM, CTL_NUM, CTL_STR};
+	                                         CTL_NUM, CTL_NUM, CTL_NUM, CTL_NUM, CTL_STR};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 10, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char t[32], b[5][24];
 		const char *v[10] = {store_col_text(st, 0),
-				     store_col_text(st, 1),
-				     store_col_i64(st, 2) ? "yes" : "no",
-				     store_col_null(st, 3) ? NULL : ctl_time(store_col_i64(st, 3), t),
-				     num(store_col_i64(st, 4), b[0]),
-				     num(store_col_i64(st, 5), b[1]),
-				     num(store_col_i64(st, 6), b[2]),
-				     num(store_col_i64(st, 7), b[3]),
-				     num(store_col_i64(st, 8), b[4]),
-				     store_col_text(st, 9)};
+		                     store_col_text(st, 1),
+		                     store_col_i64(st, 2) ? "yes" : "no",
+		                     store_col_null(st, 3) ? NULL
+		                                           : ctl_time(store_col_i64(st, 3), t),
+		                     num(store_col_i64(st, 4), b[0]),
+		                     num(store_col_i64(st, 5), b[1]),
+		                     num(store_col_i64(st, 6), b[2]),
+		                     num(store_col_i64(st, 7), b[3]),
+		                     num(store_col_i64(st, 8), b[4]),
+		                     store_col_text(st, 9)};
 		ctl_out_row(&o, v);
 	}
 	ctl_out_end(&o);
@@ -72,15 +74,16 @@ static int rejections(struct store *s, int64_t key)
 {
 	struct store_stmt *st = NULL;
 	int rc = store_prepare(s,
-			       "SELECT reason, count, last_at, last_detail FROM rejections WHERE"
-			       " device = ? ORDER BY count DESC, reason",
-			       &st);
+	                       "SELECT reason, count, last_at, last_detail FROM rejections WHERE"
+	                       " device = ? ORDER BY count DESC, reason",
+	                       &st);
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
 		char t[32];
-		printf("  %-16s %8" PRId64 "  last %s  %s\n", store_col_text(st, 0), store_col_i64(st, 1),
-		       ctl_time(store_col_i64(st, 2), t), store_col_text(st, 3));
+		printf("  %-16s %8" PRId64 "  last %s  %s\n", store_col_text(st, 0),
+		       store_col_i64(st, 1), ctl_time(store_col_i64(st, 2), t),
+		       store_col_text(st, 3));
 	}
 out:
 	store_stmt_free(st);
@@ -91,9 +94,9 @@ static int metrics(struct store *s, int64_t key)
 {
 	struct store_stmt *st = NULL;
 	int rc = store_prepare(s,
-			       "SELECT name, unit, wire_id FROM metrics WHERE device = ? ORDER BY"
-			       " wire_id IS NULL, wire_id, name",
-			       &st);
+	                       "SELECT name, unit, wire_id FROM metrics WHERE device = ? ORDER BY"
+	                       " wire_id IS NULL, wire_id, name",
+	                       &st);
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
@@ -102,8 +105,8 @@ static int metrics(struct store *s, int64_t key)
 			printf("  %-32s %-8s (no longer in the catalog)\n", store_col_text(st, 0),
 			       unit ? unit : "");
 		else
-			printf("  %-32s %-8s id %" PRId64 "\n", store_col_text(st, 0), unit ? unit : "",
-			       store_col_i64(st, 2));
+			printf("  %-32s %-8s id %" PRId64 "\n", store_col_text(st, 0),
+			       unit ? unit : "", store_col_i64(st, 2));
 	}
 out:
 	store_stmt_free(st);
@@ -114,15 +117,15 @@ static int open_gaps(struct store *s, int64_t key)
 {
 	struct store_stmt *st = NULL;
 	int rc = store_prepare(s,
-			       "SELECT reason, prev_seq, last_seq, count, opened_at FROM gaps WHERE"
-			       " device = ? AND resolved_at IS NULL ORDER BY prev_seq LIMIT 50",
-			       &st);
+	                       "SELECT reason, prev_seq, last_seq, count, opened_at FROM gaps WHERE"
+	                       " device = ? AND resolved_at IS NULL ORDER BY prev_seq LIMIT 50",
+	                       &st);
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
 		char t[32];
-		printf("  %-8s seq %" PRId64 "..%" PRId64, store_col_text(st, 0), store_col_i64(st, 1) + 1,
-		       store_col_i64(st, 2));
+		printf("  %-8s seq %" PRId64 "..%" PRId64, store_col_text(st, 0),
+		       store_col_i64(st, 1) + 1, store_col_i64(st, 2));
 		if (!store_col_null(st, 3))
 			printf(" (%" PRId64 " envelopes)", store_col_i64(st, 3));
 		printf("  since %s\n", ctl_time(store_col_i64(st, 4), t));
@@ -135,10 +138,11 @@ out:
 static int recent_events(struct store *s, int64_t key, int n)
 {
 	struct store_stmt *st = NULL;
-	int rc = store_prepare(s,
-			       "SELECT at, type, detail FROM (SELECT id, at, type, detail FROM events"
-			       " WHERE device = ? ORDER BY id DESC LIMIT ?) e ORDER BY id",
-			       &st);
+	int rc =
+	    store_prepare(s,
+	                  "SELECT at, type, detail FROM (SELECT id, at, type, detail FROM events"
+	                  " WHERE device = ? ORDER BY id DESC LIMIT ?) e ORDER BY id",
+	                  &st);
 	if (rc || (rc = store_bind_i64(st, 1, key)) || (rc = store_bind_i64(st, 2, n)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
@@ -179,7 +183,8 @@ static int show(struct ctl *c, const char *id)
 	       d.last_birth_at ? ctl_time(d.last_birth_at, t1) : "never");
 	printf("intervals   sample %" PRId64 "s, poll %" PRId64 "s\n", d.sample_interval_s,
 	       d.poll_interval_s);
-	printf("chain       frontier %" PRId64 " (every durable seq up to it stored or known dropped)\n",
+	printf("chain       frontier %" PRId64
+	       " (every durable seq up to it stored or known dropped)\n",
 	       d.frontier);
 	printf("stored      %" PRId64 " envelopes, %" PRId64 " readings, %" PRId64 " duplicates\n",
 	       d.envelopes, d.readings, d.duplicates);
@@ -208,19 +213,23 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	const char *reason = NULL, *pos[2];
 	int npos, rc;
 	struct ctl_optdef defs[] = {{"reason", 1, &reason, NULL, NULL, 0},
-				    {NULL, 0, NULL, NULL, NULL, 0}};
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("device", argc, argv, defs, pos, 2, &npos)))
 		return rc;
 	if (npos != 2)
-		return ctl_err(CTL_USAGE, "device: want 'device show|quarantine|release|revoke ID'");
+		return ctl_err(CTL_USAGE,
+		               "device: want 'device show|quarantine|release|revoke ID'");
 	const char *action = pos[0], *id = pos[1];
 	if (wire_id_check(id))
-		return ctl_err(CTL_USAGE, "device: '%s' is not a device id ([A-Za-z0-9_-]{1,64})", id);
+		return ctl_err(CTL_USAGE, "device: '%s' is not a device id ([A-Za-z0-9_-]{1,64})",
+		               id);
 	if (!strcmp(action, "show"))
 		return show(c, id);
 	if (strcmp(action, "quarantine") && strcmp(action, "release") && strcmp(action, "revoke"))
-		return ctl_err(CTL_USAGE, "device: unknown action '%s' (show, quarantine, release, "
-			       "revoke)", action);
+		return ctl_err(CTL_USAGE,
+		               "device: unknown action '%s' (show, quarantine, release, "
+		               "revoke)",
+		               action);
 	struct store *s = ctl_store(c);
 	char old[16] = "";
 	if (!s)
@@ -230,7 +239,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(s));
 	if (rc == STORE_ESTATE)
 		return ctl_err(CTL_FAIL, "%s is %s: cannot %s it%s", id, old, action,
-			       !strcmp(old, STORE_ST_REVOKED) ? " (revocation is permanent)" : "");
+		               !strcmp(old, STORE_ST_REVOKED) ? " (revocation is permanent)" : "");
 	if (rc)
 		return ctl_store_err(c, id, rc);
 	struct store_device d;

@@ -24,7 +24,7 @@ int ctl_store_err(struct ctl *c, const char *what, int rc)
 {
 	const char *detail = c->s ? store_errmsg(c->s) : "";
 	return ctl_err(CTL_FAIL, "%s: %s%s%s", what, store_strerror(rc), detail[0] ? ": " : "",
-		       detail);
+	               detail);
 }
 
 struct store *ctl_store(struct ctl *c)
@@ -45,8 +45,9 @@ struct store *ctl_store(struct ctl *c)
 	}
 	if ((rc = store_migrate(c->s, &from, NULL))) {
 		if (rc == STORE_ESCHEMA)
-			ctl_err(CTL_FAIL, "store %s: schema version %d is newer than this outpostctl (%d)",
-				store_url(c->s), from, STORE_SCHEMA_VERSION);
+			ctl_err(CTL_FAIL,
+			        "store %s: schema version %d is newer than this outpostctl (%d)",
+			        store_url(c->s), from, STORE_SCHEMA_VERSION);
 		else
 			ctl_store_err(c, store_url(c->s), rc);
 		store_close(c->s);
@@ -57,14 +58,15 @@ struct store *ctl_store(struct ctl *c)
 }
 
 int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
-	     const char **pos, int max_pos, int *npos)
+             const char **pos, int max_pos, int *npos)
 {
 	*npos = 0;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
 		if (strncmp(a, "--", 2) || !a[2]) {
 			if (*npos >= max_pos)
-				return ctl_err(CTL_USAGE, "%s: unexpected argument '%s' (try --help)", cmd, a);
+				return ctl_err(CTL_USAGE,
+				               "%s: unexpected argument '%s' (try --help)", cmd, a);
 			pos[(*npos)++] = a;
 			continue;
 		}
@@ -75,7 +77,8 @@ int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *de
 		while (d && d->name && (strlen(d->name) != len || strncmp(d->name, a, len)))
 			d++;
 		if (!d || !d->name)
-			return ctl_err(CTL_USAGE, "%s: unknown option --%.*s (try --help)", cmd, (int)len, a);
+			return ctl_err(CTL_USAGE, "%s: unknown option --%.*s (try --help)", cmd,
+			               (int)len, a);
 		const char *v = "1";
 		if (d->has_arg) {
 			if (eq)
@@ -89,8 +92,8 @@ int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *de
 		}
 		if (d->multi) {
 			if (*d->n_multi >= d->max_multi)
-				return ctl_err(CTL_USAGE, "%s: --%s given more than %zu times", cmd, d->name,
-					       d->max_multi);
+				return ctl_err(CTL_USAGE, "%s: --%s given more than %zu times", cmd,
+				               d->name, d->max_multi);
 			d->multi[(*d->n_multi)++] = v;
 		} else {
 			*d->value = v;
@@ -270,7 +273,7 @@ void ctl_json_str(FILE *f, const char *s)
 }
 
 void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
-		   const char *const *names, const enum ctl_coltype *types)
+                   const char *const *names, const enum ctl_coltype *types)
 {
 	memset(o, 0, sizeof(*o));
 	o->fmt = fmt;
@@ -333,7 +336,8 @@ void ctl_out_row(struct ctl_out *o, const char *const *vals)
 			o->cap = cap;
 		}
 		for (int i = 0; i < o->ncols; i++)
-			o->cells[o->nrows * (size_t)o->ncols + (size_t)i] = strdup(vals[i] ? vals[i] : "-");
+			o->cells[o->nrows * (size_t)o->ncols + (size_t)i] =
+			    strdup(vals[i] ? vals[i] : "-");
 	}
 	o->nrows++;
 }
@@ -361,7 +365,7 @@ void ctl_out_end(struct ctl_out *o)
 		}
 	for (int i = 0; i < o->ncols; i++)
 		fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, o->names[i],
-			i + 1 < o->ncols ? "  " : "\n");
+		        i + 1 < o->ncols ? "  " : "\n");
 	for (size_t r = 0; r < o->nrows; r++) {
 		for (int i = 0; i < o->ncols; i++) {
 			char *s = o->cells[r * (size_t)o->ncols + (size_t)i];
@@ -370,7 +374,7 @@ void ctl_out_end(struct ctl_out *o)
 				fprintf(f, "%*s  ", (int)w[i], s ? s : "");
 			else
 				fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, s ? s : "",
-					i + 1 < o->ncols ? "  " : "");
+				        i + 1 < o->ncols ? "  " : "");
 			free(s);
 		}
 		fputc('\n', f);

@@ -18,10 +18,10 @@ static int add(struct ctl *c, int argc, char **argv)
 	size_t nargs = 0;
 	int npos, rc;
 	struct ctl_optdef defs[] = {{"device", 1, &device, NULL, NULL, 0},
-				    {"type", 1, &type, NULL, NULL, 0},
-				    {"arg", 1, NULL, args, &nargs, WIRE_MAX_ARGS},
-				    {"expires", 1, &expires, NULL, NULL, 0},
-				    {NULL, 0, NULL, NULL, NULL, 0}};
+	                            {"type", 1, &type, NULL, NULL, 0},
+	                            {"arg", 1, NULL, args, &nargs, WIRE_MAX_ARGS},
+	                            {"expires", 1, &expires, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("task add", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (!device || !type)
@@ -31,9 +31,10 @@ static int add(struct ctl *c, int argc, char **argv)
 	if (!store_task_type_allowed(type)) {
 		char list[128] = "";
 		for (size_t i = 0; store_task_types[i]; i++)
-			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
-				 store_task_types[i]);
-		return ctl_err(CTL_USAGE, "task add: type '%s' is not allowed (allowed: %s)", type, list);
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+			         i ? ", " : "", store_task_types[i]);
+		return ctl_err(CTL_USAGE, "task add: type '%s' is not allowed (allowed: %s)", type,
+		               list);
 	}
 	int64_t ttl;
 	if (cfg_parse_duration(expires, &ttl) || ttl <= 0 || ttl > 3650LL * 86400000)
@@ -46,14 +47,16 @@ static int add(struct ctl *c, int argc, char **argv)
 			return ctl_err(CTL_USAGE, "task add: --arg '%s': want key=value", args[i]);
 		size_t klen = (size_t)(eq - args[i]);
 		if (klen > WIRE_MAX_KEY || strlen(eq + 1) > WIRE_MAX_VALUE)
-			return ctl_err(CTL_USAGE, "task add: --arg '%.40s': key over %d or value over %d bytes",
-				       args[i], WIRE_MAX_KEY, WIRE_MAX_VALUE);
+			return ctl_err(
+			    CTL_USAGE,
+			    "task add: --arg '%.40s': key over %d or value over %d bytes", args[i],
+			    WIRE_MAX_KEY, WIRE_MAX_VALUE);
 		for (size_t j = 0; j < i; j++)
 			if (strlen(kv[j].key) == klen && !strncmp(kv[j].key, args[i], klen)) {
 				for (size_t k = 0; k < i; k++)
 					free(copies[k]);
-				return ctl_err(CTL_USAGE, "task add: --arg %.*s given twice", (int)klen,
-					       args[i]);
+				return ctl_err(CTL_USAGE, "task add: --arg %.*s given twice",
+				               (int)klen, args[i]);
 			}
 		copies[i] = strndup(args[i], klen);
 		kv[i].key = copies[i];
@@ -85,10 +88,11 @@ static int list(struct ctl *c, int argc, char **argv)
 	int64_t max = 100;
 	enum ctl_fmt fmt;
 	int npos, rc;
-	struct ctl_optdef defs[] = {
-		{"device", 1, &device, NULL, NULL, 0}, {"state", 1, &state, NULL, NULL, 0},
-		{"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
-		{NULL, 0, NULL, NULL, NULL, 0}};
+	struct ctl_optdef defs[] = {{"device", 1, &device, NULL, NULL, 0},
+	                            {"state", 1, &state, NULL, NULL, 0},
+	                            {"limit", 1, &limit, NULL, NULL, 0},
+	                            {"format", 1, &format, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("task list", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
@@ -103,13 +107,13 @@ static int list(struct ctl *c, int argc, char **argv)
 		return c->code;
 	struct store_stmt *st = NULL;
 	rc = store_prepare(c->s,
-			   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"
-			   " t.delivered_at, t.finished_at, t.result_status, t.result_message FROM"
-			   " (SELECT * FROM tasks WHERE (CAST(? AS TEXT) IS NULL OR state = ?) AND"
-			   " (CAST(? AS TEXT) IS NULL OR device = (SELECT id FROM devices WHERE"
-			   " device_id = ?)) ORDER BY id DESC LIMIT ?) t JOIN devices d ON"
-			   " d.id = t.device ORDER BY t.id",
-			   &st);
+	                   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"
+	                   " t.delivered_at, t.finished_at, t.result_status, t.result_message FROM"
+	                   " (SELECT * FROM tasks WHERE (CAST(? AS TEXT) IS NULL OR state = ?) AND"
+	                   " (CAST(? AS TEXT) IS NULL OR device = (SELECT id FROM devices WHERE"
+	                   " device_id = ?)) ORDER BY id DESC LIMIT ?) t JOIN devices d ON"
+	                   " d.id = t.device ORDER BY t.id",
+	                   &st);
 	if (!rc && !(rc = store_bind_text(st, 1, state)) && !(rc = store_bind_text(st, 2, state)) &&
 	    !(rc = store_bind_text(st, 3, device)) && !(rc = store_bind_text(st, 4, device)))
 		rc = store_bind_i64(st, 5, max);
@@ -117,25 +121,27 @@ static int list(struct ctl *c, int argc, char **argv)
 		store_stmt_free(st);
 		return ctl_store_err(c, "task list", rc);
 	}
-	static const char *const names[] = {"id",	 "device",    "type",	  "state",  "created",
-					    "expires", "delivered", "finished", "result", "message"};
+	static const char *const names[] = {"id",      "device",  "type",      "state",
+	                                    "created", "expires", "delivered", "finished",
+	                                    "result",  "message"};
 	static const enum ctl_coltype types[] = {CTL_NUM, CTL_STR, CTL_STR, CTL_STR, CTL_STR,
-						 CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_STR};
+	                                         CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 10, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char id[24], t[4][32];
 		snprintf(id, sizeof(id), "%" PRId64, store_col_i64(st, 0));
-		const char *v[10] = {id,
-				     store_col_text(st, 1),
-				     store_col_text(st, 2),
-				     store_col_text(st, 3),
-				     ctl_time(store_col_i64(st, 4), t[0]),
-				     ctl_time(store_col_i64(st, 5), t[1]),
-				     store_col_null(st, 6) ? NULL : ctl_time(store_col_i64(st, 6), t[2]),
-				     store_col_null(st, 7) ? NULL : ctl_time(store_col_i64(st, 7), t[3]),
-				     store_col_text(st, 8),
-				     store_col_text(st, 9)};
+		const char *v[10] = {
+		    id,
+		    store_col_text(st, 1),
+		    store_col_text(st, 2),
+		    store_col_text(st, 3),
+		    ctl_time(store_col_i64(st, 4), t[0]),
+		    ctl_time(store_col_i64(st, 5), t[1]),
+		    store_col_null(st, 6) ? NULL : ctl_time(store_col_i64(st, 6), t[2]),
+		    store_col_null(st, 7) ? NULL : ctl_time(store_col_i64(st, 7), t[3]),
+		    store_col_text(st, 8),
+		    store_col_text(st, 9)};
 		ctl_out_row(&o, v);
 	}
 	ctl_out_end(&o);
@@ -171,11 +177,11 @@ static int show(struct ctl *c, const char *ids)
 		return c->code;
 	struct store_stmt *st = NULL;
 	int rc = store_prepare(c->s,
-			       "SELECT d.device_id, t.type, t.state, t.created_at, t.created_by,"
-			       " t.expires_at, t.delivered_at, t.deliveries, t.finished_at,"
-			       " t.result_status, t.result_message, t.result_seq FROM tasks t JOIN"
-			       " devices d ON d.id = t.device WHERE t.id = ?",
-			       &st);
+	                       "SELECT d.device_id, t.type, t.state, t.created_at, t.created_by,"
+	                       " t.expires_at, t.delivered_at, t.deliveries, t.finished_at,"
+	                       " t.result_status, t.result_message, t.result_seq FROM tasks t JOIN"
+	                       " devices d ON d.id = t.device WHERE t.id = ?",
+	                       &st);
 	if (rc || (rc = store_bind_i64(st, 1, id)) || (rc = store_step(st)) < 0) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "task show", rc);
@@ -197,7 +203,8 @@ static int show(struct ctl *c, const char *ids)
 	else
 		printf("delivered   %s (%" PRId64 " time(s))\n", ctl_time(store_col_i64(st, 6), t),
 		       store_col_i64(st, 7));
-	printf("finished    %s\n", store_col_null(st, 8) ? "no" : ctl_time(store_col_i64(st, 8), t));
+	printf("finished    %s\n",
+	       store_col_null(st, 8) ? "no" : ctl_time(store_col_i64(st, 8), t));
 	if (!store_col_null(st, 9)) {
 		printf("result      %s (envelope seq %" PRId64 ")\n", store_col_text(st, 9),
 		       store_col_i64(st, 11));
@@ -225,7 +232,8 @@ static int cancel(struct ctl *c, const char *ids)
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(s));
 	if (rc == STORE_ESTATE)
-		return ctl_err(CTL_FAIL, "task %lld is %s: only queued tasks can be cancelled", id, state);
+		return ctl_err(CTL_FAIL, "task %lld is %s: only queued tasks can be cancelled", id,
+		               state);
 	if (rc)
 		return ctl_store_err(c, "task cancel", rc);
 	printf("task %lld: queued -> cancelled\n", id);

@@ -40,8 +40,8 @@ static int on_message(void *ctx, struct brg_msg *m)
 	return brg_ingest_submit(g->in, m);
 }
 
-static int publish(void *ctx, const char *topic, const void *payload, size_t len,
-		   const void *corr, size_t corr_len)
+static int publish(void *ctx, const char *topic, const void *payload, size_t len, const void *corr,
+                   size_t corr_len)
 {
 	struct glue *g = ctx;
 	return brg_mqtt_publish(g->mq, topic, payload, len, corr, corr_len);
@@ -49,13 +49,15 @@ static int publish(void *ctx, const char *topic, const void *payload, size_t len
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: " PROG " [--config FILE] [--option VALUE ...]\n"
-		"Receives device telemetry from the broker, verifies it, stores it exactly once and\n"
-		"acknowledges it after the commit; answers task polls; watches device health.\n"
-		"Signals: SIGTERM/SIGINT finish the in-flight commit, publish its acks and exit;\n"
-		"SIGHUP reloads the CRL. Exit status: 0 ok, 1 runtime failure, 2 usage/config error.\n\n"
-		"Options (config file " BRG_DEFAULT_CONFIG ", or --config FILE):\n");
+	fprintf(
+	    out,
+	    "Usage: " PROG " [--config FILE] [--option VALUE ...]\n"
+	    "Receives device telemetry from the broker, verifies it, stores it exactly once and\n"
+	    "acknowledges it after the commit; answers task polls; watches device health.\n"
+	    "Signals: SIGTERM/SIGINT finish the in-flight commit, publish its acks and exit;\n"
+	    "SIGHUP reloads the CRL. Exit status: 0 ok, 1 runtime failure, 2 usage/config "
+	    "error.\n\n"
+	    "Options (config file " BRG_DEFAULT_CONFIG ", or --config FILE):\n");
 	cfg_print_help(out, brg_config_opts, brg_config_nopts, BRG_ENV_PREFIX);
 }
 
@@ -77,7 +79,7 @@ static int load_ca(const struct brg_config *c, struct wire_ca **out)
 }
 
 static void log_stats(struct brg_ingest *in, struct brg_registry *reg, struct brg_stats *last,
-		      int64_t period_ms)
+                      int64_t period_ms)
 {
 	struct brg_stats s;
 	brg_ingest_stats(in, &s);
@@ -85,7 +87,8 @@ static void log_stats(struct brg_ingest *in, struct brg_registry *reg, struct br
 	olog(OLOG_INFO,
 	     "stats: %.0f msg/s, %.0f envelopes/s, %.0f readings/s; totals: received %llu, "
 	     "stored %llu, readings %llu, duplicates %llu, rejected %llu, commits %llu (%llu "
-	     "failed), acks %llu, task lists %llu; queued %zu, %zu KiB in flight, %zu devices cached",
+	     "failed), acks %llu, task lists %llu; queued %zu, %zu KiB in flight, %zu devices "
+	     "cached",
 	     (double)(s.received - last->received) / secs,
 	     (double)(s.envelopes - last->envelopes) / secs,
 	     (double)(s.readings - last->readings) / secs, (unsigned long long)s.received,
@@ -142,7 +145,8 @@ int main(int argc, char **argv)
 
 	struct wire_diag d = {""};
 	if ((rc = wire_key_load(c.key_file, &key, &d))) {
-		olog(OLOG_ERROR, "key_file: %s: %s", c.key_file, d.msg[0] ? d.msg : wire_strerror(rc));
+		olog(OLOG_ERROR, "key_file: %s: %s", c.key_file,
+		     d.msg[0] ? d.msg : wire_strerror(rc));
 		status = 2;
 		goto out;
 	}
@@ -167,8 +171,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (from != to)
-		olog(OLOG_INFO, "store %s: schema migrated from version %d to %d", store_url(writer),
-		     from, to);
+		olog(OLOG_INFO, "store %s: schema migrated from version %d to %d",
+		     store_url(writer), from, to);
 	if ((rc = store_open(c.store, &so, &reader, serr))) {
 		olog(OLOG_ERROR, "store: %s", serr);
 		goto out;
@@ -187,36 +191,37 @@ int main(int argc, char **argv)
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	int workers = c.workers ? (int)c.workers : (int)(cpus > 0 ? cpus : 1);
 	struct brg_ingest_opts io = {
-		.workers = workers,
-		.queue_depth = (size_t)c.queue_depth,
-		.writer_queue = (size_t)c.writer_queue,
-		.max_memory = (size_t)c.max_memory,
-		.group_max = (size_t)c.group_max,
-		.group_max_readings = (size_t)c.group_max_readings,
-		.retry_min_ms = c.retry_min_ms,
-		.retry_max_ms = c.retry_max_ms,
-		.shutdown_timeout_ms = c.shutdown_timeout_ms,
-		.health_interval_ms = c.health_interval_ms,
-		.commit = {(int)c.quarantine_after, (int)c.offline_factor, c.offline_min_ms,
-			   c.default_interval_ms, c.deactivate_after_ms, c.event_retention_ms},
-		.bridge_key = key,
-		.publish = publish,
-		.publish_ctx = &glue,
-		.log = log_hook,
+	    .workers = workers,
+	    .queue_depth = (size_t)c.queue_depth,
+	    .writer_queue = (size_t)c.writer_queue,
+	    .max_memory = (size_t)c.max_memory,
+	    .group_max = (size_t)c.group_max,
+	    .group_max_readings = (size_t)c.group_max_readings,
+	    .retry_min_ms = c.retry_min_ms,
+	    .retry_max_ms = c.retry_max_ms,
+	    .shutdown_timeout_ms = c.shutdown_timeout_ms,
+	    .health_interval_ms = c.health_interval_ms,
+	    .commit = {(int)c.quarantine_after, (int)c.offline_factor, c.offline_min_ms,
+	               c.default_interval_ms, c.deactivate_after_ms, c.event_retention_ms,
+	               c.gap_grace_ms},
+	    .bridge_key = key,
+	    .publish = publish,
+	    .publish_ctx = &glue,
+	    .log = log_hook,
 	};
 	struct brg_mqtt_opts mo = {
-		.host = c.broker_host,
-		.port = (int)c.broker_port,
-		.client_id = c.client_id,
-		.share_group = c.share_group,
-		.keepalive_s = (int)(c.keepalive_ms / 1000),
-		.session_expiry_s = (uint32_t)(c.session_expiry_ms / 1000),
-		.ca_file = c.ca_file,
-		.cert_file = c.cert_file,
-		.key_file = c.key_file,
-		.on_message = on_message,
-		.ctx = &glue,
-		.log = log_hook,
+	    .host = c.broker_host,
+	    .port = (int)c.broker_port,
+	    .client_id = c.client_id,
+	    .share_group = c.share_group,
+	    .keepalive_s = (int)(c.keepalive_ms / 1000),
+	    .session_expiry_s = (uint32_t)(c.session_expiry_ms / 1000),
+	    .ca_file = c.ca_file,
+	    .cert_file = c.cert_file,
+	    .key_file = c.key_file,
+	    .on_message = on_message,
+	    .ctx = &glue,
+	    .log = log_hook,
 	};
 	char merr[256] = "";
 	if ((rc = brg_mqtt_new(&mo, &mq, merr))) {
@@ -267,7 +272,8 @@ int main(int argc, char **argv)
 	}
 	rc = brg_ingest_stop(in);
 	if (brg_mqtt_flush(mq, 5000))
-		olog(OLOG_WARN, "some acks were not confirmed by the broker before exit; devices resend "
+		olog(OLOG_WARN,
+		     "some acks were not confirmed by the broker before exit; devices resend "
 		     "and get them again");
 	brg_mqtt_stop(mq);
 	log_stats(in, reg, &last, mono_ms() - last_stats);

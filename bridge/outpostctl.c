@@ -15,44 +15,45 @@ struct settings {
 };
 
 static const struct cfg_opt opts[] = {
-	{"store", CFG_STR, offsetof(struct settings, store), 1, 4096, OUTPOSTCTL_DEFAULT_STORE,
-	 "store URL: sqlite:PATH or postgresql://... (also OUTPOST_STORE)", NULL},
+    {"store", CFG_STR, offsetof(struct settings, store), 1, 4096, OUTPOSTCTL_DEFAULT_STORE,
+     "store URL: sqlite:PATH or postgresql://... (also OUTPOST_STORE)", NULL},
 };
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: " CTL_PROG " [--store URL] [--config FILE] COMMAND [ARGS]\n"
-		"The operator's view of an Outpost store (the one outpost-bridge writes).\n\n"
-		"Commands:\n"
-		"  devices [--state S] [--format table|csv|json]\n"
-		"                             every device: state, health, chain, counters\n"
-		"  device show ID             one device: state, rejections by reason, metrics, gaps,\n"
-		"                             recent events\n"
-		"  device quarantine ID [--reason TEXT]\n"
-		"                             drop its messages until released\n"
-		"  device release ID          end a quarantine (or a deactivation)\n"
-		"  device revoke ID [--reason TEXT]\n"
-		"                             refuse the device for good\n"
-		"  readings --device ID [--metric M] [--since T] [--until T] [--limit N]\n"
-		"           [--format csv|json|table]\n"
-		"                             stored readings, oldest first (default csv)\n"
-		"  events [--device ID] [--type T] [--since T] [--limit N] [--format ...]\n"
-		"                             state changes, rejections, gaps, tasks (newest last)\n"
-		"  gaps [--device ID] [--all] [--format ...]\n"
-		"                             missing and dropped seq ranges (--all: also filled)\n"
-		"  task add --device ID --type TYPE [--arg k=v ...] [--expires DURATION]\n"
-		"                             queue a task (ping, set_config, resend, collect_now,\n"
-		"                             restart); prints its id\n"
-		"  task list [--device ID] [--state S] [--limit N] [--format ...]\n"
-		"  task show ID               state, times, arguments and the device's result\n"
-		"  task cancel ID             cancel a task not yet delivered\n"
-		"  decode [--pki DIR] [--cert FILE ...] [--topic T] [FILE]\n"
-		"                             print messages captured with mosquitto_sub -F '%%t %%x'\n"
-		"                             (or one raw payload), verifying signatures when\n"
-		"                             certificates are given\n\n"
-		"Times (T): 2026-11-22T22:00:00Z, 2026-11-22, 90m / 2h / 7d (ago), now, @UNIXSECONDS.\n"
-		"Options:\n");
+	fprintf(
+	    out,
+	    "Usage: " CTL_PROG " [--store URL] [--config FILE] COMMAND [ARGS]\n"
+	    "The operator's view of an Outpost store (the one outpost-bridge writes).\n\n"
+	    "Commands:\n"
+	    "  devices [--state S] [--format table|csv|json]\n"
+	    "                             every device: state, health, chain, counters\n"
+	    "  device show ID             one device: state, rejections by reason, metrics, gaps,\n"
+	    "                             recent events\n"
+	    "  device quarantine ID [--reason TEXT]\n"
+	    "                             drop its messages until released\n"
+	    "  device release ID          end a quarantine (or a deactivation)\n"
+	    "  device revoke ID [--reason TEXT]\n"
+	    "                             refuse the device for good\n"
+	    "  readings --device ID [--metric M] [--since T] [--until T] [--limit N]\n"
+	    "           [--format csv|json|table]\n"
+	    "                             stored readings, oldest first (default csv)\n"
+	    "  events [--device ID] [--type T] [--since T] [--limit N] [--format ...]\n"
+	    "                             state changes, rejections, gaps, tasks (newest last)\n"
+	    "  gaps [--device ID] [--all] [--format ...]\n"
+	    "                             missing and dropped seq ranges (--all: also filled)\n"
+	    "  task add --device ID --type TYPE [--arg k=v ...] [--expires DURATION]\n"
+	    "                             queue a task (ping, set_config, resend, collect_now,\n"
+	    "                             restart); prints its id\n"
+	    "  task list [--device ID] [--state S] [--limit N] [--format ...]\n"
+	    "  task show ID               state, times, arguments and the device's result\n"
+	    "  task cancel ID             cancel a task not yet delivered\n"
+	    "  decode [--pki DIR] [--cert FILE ...] [--topic T] [FILE]\n"
+	    "                             print messages captured with mosquitto_sub -F '%%t %%x'\n"
+	    "                             (or one raw payload), verifying signatures when\n"
+	    "                             certificates are given\n\n"
+	    "Times (T): 2026-11-22T22:00:00Z, 2026-11-22, 90m / 2h / 7d (ago), now, @UNIXSECONDS.\n"
+	    "Options:\n");
 	cfg_print_help(out, opts, sizeof(opts) / sizeof(opts[0]), "OUTPOST_");
 	fprintf(out, "Exit status: 0 ok, 1 failure (store, not found, refused), 2 usage error.\n");
 }
@@ -103,7 +104,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (cfg_parse(opts, sizeof(opts) / sizeof(opts[0]), &set, gargc, gargv, "OUTPOST_",
-		      "/etc/outpost/outpostctl.conf", err)) {
+	              "/etc/outpost/outpostctl.conf", err)) {
 		rc = ctl_err(CTL_USAGE, "%s", err);
 		goto out;
 	}

@@ -27,26 +27,26 @@ struct store_copy {
 	char *table;
 	char *cols;
 	int ncols;
-	void *cp;	/* backend copy while started */
-	int col;	/* next column of the current row */
+	void *cp; /* backend copy while started */
+	int col;  /* next column of the current row */
 	struct store_val row[COPY_MAX_COLS];
 };
 
 static const char *const errs[] = {
-	[0] = "ok",
-	[1] = "out of memory",
-	[2] = "invalid argument",
-	[3] = "store URL not understood (want sqlite:PATH or postgresql://...)",
-	[4] = "cannot reach the database",
-	[5] = "database busy or locked",
-	[6] = "statement failed",
-	[7] = "constraint violated",
-	[8] = "store schema not usable by this program",
-	[9] = "not found",
-	[10] = "database is read-only",
-	[11] = "database full",
-	[12] = "backend not built into this program",
-	[13] = "not allowed in the current state",
+    [0] = "ok",
+    [1] = "out of memory",
+    [2] = "invalid argument",
+    [3] = "store URL not understood (want sqlite:PATH or postgresql://...)",
+    [4] = "cannot reach the database",
+    [5] = "database busy or locked",
+    [6] = "statement failed",
+    [7] = "constraint violated",
+    [8] = "store schema not usable by this program",
+    [9] = "not found",
+    [10] = "database is read-only",
+    [11] = "database full",
+    [12] = "backend not built into this program",
+    [13] = "not allowed in the current state",
 };
 
 const char *store_strerror(int err)
@@ -110,7 +110,7 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 		be = &store__pg;
 #else
 		snprintf(err, STORE_ERR_MAX,
-			 "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)", url);
+		         "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)", url);
 		return STORE_ENOTSUP;
 #endif
 	} else {
@@ -324,7 +324,7 @@ int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, .
 /* ---- bulk insert ---- */
 
 int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,
-		   struct store_copy **out)
+                   struct store_copy **out)
 {
 	if (ncols < 1 || ncols > COPY_MAX_COLS)
 		return STORE_EINVAL;

@@ -13,19 +13,19 @@
 /* Every store_* function returns 0 or one of these. Append only, never renumber. */
 enum store_err {
 	STORE_OK = 0,
-	STORE_ENOMEM = -1,	/* allocation failed */
-	STORE_EINVAL = -2,	/* caller passed an invalid argument */
-	STORE_EURL = -3,	/* store URL not understood */
-	STORE_ECONN = -4,	/* cannot connect, or the connection was lost (retry later) */
-	STORE_EBUSY = -5,	/* locked by someone else, deadlock, serialization (retry) */
-	STORE_EQUERY = -6,	/* the statement failed (bug or schema mismatch) */
+	STORE_ENOMEM = -1,      /* allocation failed */
+	STORE_EINVAL = -2,      /* caller passed an invalid argument */
+	STORE_EURL = -3,        /* store URL not understood */
+	STORE_ECONN = -4,       /* cannot connect, or the connection was lost (retry later) */
+	STORE_EBUSY = -5,       /* locked by someone else, deadlock, serialization (retry) */
+	STORE_EQUERY = -6,      /* the statement failed (bug or schema mismatch) */
 	STORE_ECONSTRAINT = -7, /* a constraint refused the change */
-	STORE_ESCHEMA = -8,	/* schema too new for this program, or a migration failed */
-	STORE_ENOTFOUND = -9,	/* no such row (device, task, ...) */
-	STORE_EREADONLY = -10,	/* the database refuses writes (read-only file or server) */
-	STORE_EFULL = -11,	/* disk or quota full (retry later) */
-	STORE_ENOTSUP = -12,	/* backend not built into this program */
-	STORE_ESTATE = -13,	/* the row is in a state that does not allow this change */
+	STORE_ESCHEMA = -8,     /* schema too new for this program, or a migration failed */
+	STORE_ENOTFOUND = -9,   /* no such row (device, task, ...) */
+	STORE_EREADONLY = -10,  /* the database refuses writes (read-only file or server) */
+	STORE_EFULL = -11,      /* disk or quota full (retry later) */
+	STORE_ENOTSUP = -12,    /* backend not built into this program */
+	STORE_ESTATE = -13,     /* the row is in a state that does not allow this change */
 };
 
 /* Static text for a store_err (never NULL). */
@@ -40,15 +40,18 @@ enum store_dialect { STORE_SQLITE, STORE_PG };
 enum store_sync { STORE_SYNC_OFF, STORE_SYNC_NORMAL, STORE_SYNC_FULL };
 
 struct store_opts {
-	int create;	     /* SQLite: create the database file if it is missing */
-	int sync;	     /* SQLite: enum store_sync (PRAGMA synchronous, WAL journal) */
-	int busy_timeout_ms; /* SQLite: wait this long for a lock before STORE_EBUSY */
+	int create;            /* SQLite: create the database file if it is missing */
+	int sync;              /* SQLite: enum store_sync (PRAGMA synchronous, WAL journal) */
+	int busy_timeout_ms;   /* SQLite: wait this long for a lock before STORE_EBUSY */
 	int connect_timeout_s; /* PostgreSQL: connect_timeout */
 	const char *app_name;  /* PostgreSQL: application_name; borrowed during store_open */
 };
-#define STORE_OPTS_INIT {1, STORE_SYNC_FULL, 5000, 10, "outpost"}
+#define STORE_OPTS_INIT                                                                            \
+	{                                                                                          \
+		1, STORE_SYNC_FULL, 5000, 10, "outpost"                                            \
+	}
 
-struct store;	   /* one connection */
+struct store;      /* one connection */
 struct store_stmt; /* a prepared statement of one connection */
 struct store_copy; /* a bulk insert into one table */
 
@@ -85,7 +88,7 @@ void store_stmt_free(struct store_stmt *st); /* accepts NULL */
 
 /* Bind parameter idx (1-based). Text and blobs are copied. */
 int store_bind_i64(struct store_stmt *st, int idx, int64_t v);
-int store_bind_f64(struct store_stmt *st, int idx, double v); /* NaN is stored as NULL */
+int store_bind_f64(struct store_stmt *st, int idx, double v);       /* NaN is stored as NULL */
 int store_bind_text(struct store_stmt *st, int idx, const char *v); /* NULL binds NULL */
 int store_bind_blob(struct store_stmt *st, int idx, const void *v, size_t len);
 int store_bind_null(struct store_stmt *st, int idx);
@@ -116,7 +119,7 @@ int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, .
  * caller's transaction; no other statement may run on the connection in between).
  * table and cols (comma-separated) must be trusted constants. */
 int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,
-		   struct store_copy **out);
+                   struct store_copy **out);
 void store_copy_free(struct store_copy *c); /* accepts NULL */
 int store_copy_start(struct store_copy *c);
 int store_copy_i64(struct store_copy *c, int64_t v);

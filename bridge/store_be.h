@@ -22,7 +22,7 @@ struct store_backend {
 	/* target is the URL after the scheme decision; err gets STORE_ERR_MAX bytes on failure.
 	 * errbuf (STORE_ERR_MAX) is where the connection writes later error details. */
 	int (*open)(const char *url, const struct store_opts *o, char *errbuf, void **conn,
-		    char *err);
+	            char *err);
 	void (*close)(void *conn);
 	int (*exec)(void *conn, const char *sql);
 	int (*begin)(void *conn);

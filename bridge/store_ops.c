@@ -7,8 +7,8 @@
 #include "wire_msg.h"
 #include "wire_topic.h"
 
-const char *const store_task_types[] = {"ping", "set_config", "resend", "collect_now",
-					"restart", NULL};
+const char *const store_task_types[] = {"ping",        "set_config", "resend",
+                                        "collect_now", "restart",    NULL};
 
 int64_t store_now_ms(void)
 {
@@ -32,13 +32,13 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
 	struct store_stmt *st = NULL;
 	struct store_device d;
 	int rc = store_prepare(
-		s,
-		"SELECT id, device_id, state, state_reason, online, pubkey, agent_version,"
-		" sample_interval_s, poll_interval_s, frontier, last_nd_seq, consecutive_rejects,"
-		" envelopes, readings, duplicates, rejected, spool_records, spool_bytes,"
-		" spool_dropped_total, created_at, enrolled_at, last_seen_at, last_birth_at,"
-		" state_changed_at FROM devices WHERE device_id = ?",
-		&st);
+	    s,
+	    "SELECT id, device_id, state, state_reason, online, pubkey, agent_version,"
+	    " sample_interval_s, poll_interval_s, frontier, last_nd_seq, consecutive_rejects,"
+	    " envelopes, readings, duplicates, rejected, spool_records, spool_bytes,"
+	    " spool_dropped_total, created_at, enrolled_at, last_seen_at, last_birth_at,"
+	    " state_changed_at FROM devices WHERE device_id = ?",
+	    &st);
 	if (rc)
 		return rc;
 	if ((rc = store_bind_text(st, 1, device_id)))
@@ -86,16 +86,17 @@ out:
 }
 
 int store_event_add(struct store *s, int64_t device_key, int64_t at, const char *type,
-		    const char *detail)
+                    const char *detail)
 {
 	struct store_stmt *st = NULL;
-	int rc = store_prepare(s, "INSERT INTO events (at, device, type, detail) VALUES (?, ?, ?, ?)",
-			       &st);
+	int rc = store_prepare(
+	    s, "INSERT INTO events (at, device, type, detail) VALUES (?, ?, ?, ?)", &st);
 	if (rc)
 		return rc;
 	if (!(rc = store_bind_i64(st, 1, at)) &&
 	    !(rc = device_key ? store_bind_i64(st, 2, device_key) : store_bind_null(st, 2)) &&
-	    !(rc = store_bind_text(st, 3, type)) && !(rc = store_bind_text(st, 4, detail ? detail : ""))) {
+	    !(rc = store_bind_text(st, 3, type)) &&
+	    !(rc = store_bind_text(st, 4, detail ? detail : ""))) {
 		rc = store_step(st);
 		rc = rc < 0 ? rc : STORE_OK;
 	}
@@ -108,8 +109,8 @@ static const char *transition(const char *action, const char *state, int has_key
 {
 	if (!strcmp(action, "quarantine"))
 		return strcmp(state, STORE_ST_REVOKED) && strcmp(state, STORE_ST_QUARANTINED)
-			       ? STORE_ST_QUARANTINED
-			       : NULL;
+		           ? STORE_ST_QUARANTINED
+		           : NULL;
 	if (!strcmp(action, "release")) {
 		if (strcmp(state, STORE_ST_QUARANTINED) && strcmp(state, STORE_ST_DEACTIVATED))
 			return NULL;
@@ -120,8 +121,8 @@ static const char *transition(const char *action, const char *state, int has_key
 	return NULL;
 }
 
-int store_device_action(struct store *s, const char *device_id, const char *action,
-			const char *by, const char *reason, char *old_state)
+int store_device_action(struct store *s, const char *device_id, const char *action, const char *by,
+                        const char *reason, char *old_state)
 {
 	struct store_device d;
 	struct store_stmt *st = NULL;
@@ -145,14 +146,14 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 	}
 	int64_t now = store_now_ms();
 	snprintf(detail, sizeof(detail), "%s -> %s by %s%s%s", d.state, to, by ? by : "operator",
-		 reason && *reason ? ": " : "", reason ? reason : "");
+	         reason && *reason ? ": " : "", reason ? reason : "");
 	rc = store_prepare(s,
-			   "UPDATE devices SET state = ?, state_reason = ?, state_changed_at = ?,"
-			   " consecutive_rejects = CASE WHEN ? = 'release' THEN 0 ELSE"
-			   " consecutive_rejects END, last_seen_at = CASE WHEN ? = 'release' AND"
-			   " state = 'deactivated' THEN ? ELSE last_seen_at END"
-			   " WHERE id = ? AND state = ?",
-			   &st);
+	                   "UPDATE devices SET state = ?, state_reason = ?, state_changed_at = ?,"
+	                   " consecutive_rejects = CASE WHEN ? = 'release' THEN 0 ELSE"
+	                   " consecutive_rejects END, last_seen_at = CASE WHEN ? = 'release' AND"
+	                   " state = 'deactivated' THEN ? ELSE last_seen_at END"
+	                   " WHERE id = ? AND state = ?",
+	                   &st);
 	if (rc)
 		goto fail;
 	if ((rc = store_bind_text(st, 1, to)) || (rc = store_bind_text(st, 2, detail)) ||
@@ -170,8 +171,8 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 	store_stmt_free(st);
 	st = NULL;
 	const char *type = !strcmp(action, "quarantine") ? "quarantined"
-			   : !strcmp(action, "revoke")	   ? "revoked"
-							   : "released";
+	                   : !strcmp(action, "revoke")   ? "revoked"
+	                                                 : "released";
 	if ((rc = store_event_add(s, d.key, now, type, detail)))
 		goto fail;
 	return store_commit(s);
@@ -201,8 +202,8 @@ static int valid_text(const char *s, size_t max)
 }
 
 int store_task_add(struct store *s, const char *device_id, const char *type,
-		   const struct store_kv *args, size_t nargs, int64_t expires_at, const char *by,
-		   int64_t *id)
+                   const struct store_kv *args, size_t nargs, int64_t expires_at, const char *by,
+                   int64_t *id)
 {
 	struct store_device d;
 	struct store_stmt *st = NULL;
@@ -225,10 +226,11 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 		rc = STORE_ESTATE;
 		goto fail;
 	}
-	rc = store_prepare(s,
-			   "INSERT INTO tasks (device, type, state, created_at, expires_at, created_by)"
-			   " VALUES (?, ?, 'queued', ?, ?, ?) RETURNING id",
-			   &st);
+	rc = store_prepare(
+	    s,
+	    "INSERT INTO tasks (device, type, state, created_at, expires_at, created_by)"
+	    " VALUES (?, ?, 'queued', ?, ?, ?) RETURNING id",
+	    &st);
 	if (rc)
 		goto fail;
 	if ((rc = store_bind_i64(st, 1, d.key)) || (rc = store_bind_text(st, 2, type)) ||
@@ -245,8 +247,8 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 	store_stmt_free(st);
 	st = NULL;
 	if (nargs) {
-		rc = store_prepare(s, "INSERT INTO task_args (task, idx, key, value) VALUES (?, ?, ?, ?)",
-				   &st);
+		rc = store_prepare(
+		    s, "INSERT INTO task_args (task, idx, key, value) VALUES (?, ?, ?, ?)", &st);
 		for (size_t i = 0; i < nargs && !rc; i++) {
 			if (!(rc = store_bind_i64(st, 1, task)) &&
 			    !(rc = store_bind_i64(st, 2, (int64_t)i)) &&
@@ -263,7 +265,7 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 		st = NULL;
 	}
 	snprintf(detail, sizeof(detail), "task %lld %s queued by %s", (long long)task, type,
-		 by ? by : "operator");
+	         by ? by : "operator");
 	if ((rc = store_event_add(s, d.key, now, "task_queued", detail)))
 		goto fail;
 	if ((rc = store_commit(s)))
@@ -302,13 +304,13 @@ int store_task_cancel(struct store *s, int64_t id, const char *by, char *state)
 		goto fail;
 	}
 	snprintf(detail, sizeof(detail), "task %lld %s cancelled by %s", (long long)id,
-		 store_col_text(st, 2), by ? by : "operator");
+	         store_col_text(st, 2), by ? by : "operator");
 	store_stmt_free(st);
 	st = NULL;
 	rc = store_prepare(s,
-			   "UPDATE tasks SET state = 'cancelled', finished_at = ? WHERE id = ? AND"
-			   " state = 'queued'",
-			   &st);
+	                   "UPDATE tasks SET state = 'cancelled', finished_at = ? WHERE id = ? AND"
+	                   " state = 'queued'",
+	                   &st);
 	if (rc || (rc = store_bind_i64(st, 1, now)) || (rc = store_bind_i64(st, 2, id)))
 		goto fail;
 	rc = store_step(st);

@@ -14,10 +14,10 @@
 int64_t store_now_ms(void);
 
 /* Device states (devices.state). */
-#define STORE_ST_UNENROLLED "unenrolled"   /* seen (e.g. rejected), never enrolled by a Birth */
-#define STORE_ST_ACTIVE "active"	   /* enrolled, messages accepted */
+#define STORE_ST_UNENROLLED  "unenrolled"  /* seen (e.g. rejected), never enrolled by a Birth */
+#define STORE_ST_ACTIVE      "active"      /* enrolled, messages accepted */
 #define STORE_ST_QUARANTINED "quarantined" /* messages dropped until `device release` */
-#define STORE_ST_REVOKED "revoked"	   /* refused for good (store or CRL revocation) */
+#define STORE_ST_REVOKED     "revoked"     /* refused for good (store or CRL revocation) */
 #define STORE_ST_DEACTIVATED "deactivated" /* silent too long; any verified message revives */
 
 struct store_device {
@@ -33,7 +33,8 @@ struct store_device {
 	int64_t frontier, last_nd_seq, consecutive_rejects;
 	int64_t envelopes, readings, duplicates, rejected;
 	int64_t spool_records, spool_bytes, spool_dropped_total; /* -1 if never reported */
-	int64_t created_at, enrolled_at, last_seen_at, last_birth_at, state_changed_at; /* 0: never */
+	int64_t created_at, enrolled_at, last_seen_at, last_birth_at,
+	    state_changed_at; /* 0: never */
 };
 
 /* Read one device by id. STORE_ENOTFOUND if the store never saw it. */
@@ -47,21 +48,21 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
  * by names the actor for the event ("outpostctl"); reason may be NULL.
  * *old_state (16 bytes, may be NULL) receives the state before. STORE_ENOTFOUND for an
  * unknown device, STORE_ESTATE if the action does not apply (e.g. releasing an active device). */
-int store_device_action(struct store *s, const char *device_id, const char *action,
-			const char *by, const char *reason, char *old_state);
+int store_device_action(struct store *s, const char *device_id, const char *action, const char *by,
+                        const char *reason, char *old_state);
 
 /* Append an event (device_key 0 = not about one device). Inside or outside a transaction. */
 int store_event_add(struct store *s, int64_t device_key, int64_t at, const char *type,
-		    const char *detail);
+                    const char *detail);
 
 /* ---- tasks (operator side) ---- */
 
 /* Task states (tasks.state). */
-#define STORE_TASK_QUEUED "queued"
+#define STORE_TASK_QUEUED    "queued"
 #define STORE_TASK_DELIVERED "delivered"
 #define STORE_TASK_SUCCEEDED "succeeded"
-#define STORE_TASK_FAILED "failed"
-#define STORE_TASK_EXPIRED "expired"
+#define STORE_TASK_FAILED    "failed"
+#define STORE_TASK_EXPIRED   "expired"
 #define STORE_TASK_CANCELLED "cancelled"
 
 /* 1 if type is one of the allowlisted task types: ping, set_config, resend, collect_now,
@@ -81,8 +82,8 @@ struct store_kv {
  * WIRE_MAX_VALUE). *id receives the new task id. STORE_ENOTFOUND (device), STORE_EINVAL
  * (type not allowlisted, bad arguments, expiry in the past), STORE_ESTATE (device revoked). */
 int store_task_add(struct store *s, const char *device_id, const char *type,
-		   const struct store_kv *args, size_t nargs, int64_t expires_at, const char *by,
-		   int64_t *id);
+                   const struct store_kv *args, size_t nargs, int64_t expires_at, const char *by,
+                   int64_t *id);
 
 /* Cancel a queued task. STORE_ENOTFOUND, or STORE_ESTATE once it was delivered or finished;
  * state (16 bytes, may be NULL) then receives its current state. */

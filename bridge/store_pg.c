@@ -11,15 +11,15 @@
 #include "store_be.h"
 
 #define PG_MAX_PARAMS 32
-#define PG_NUM_LEN 32
+#define PG_NUM_LEN    32
 #define PG_COPY_FLUSH (64 * 1024)
 
 struct pg_conn {
 	PGconn *c;
 	char *err;
-	unsigned gen;	  /* bumped at every (re)connect: statements prepared before are gone */
+	unsigned gen;     /* bumped at every (re)connect: statements prepared before are gone */
 	unsigned next_id; /* statement names */
-	int busy;	  /* a statement is streaming rows */
+	int busy;         /* a statement is streaming rows */
 };
 
 struct pg_stmt {
@@ -33,8 +33,8 @@ struct pg_stmt {
 	int fmts[PG_MAX_PARAMS];
 	char num[PG_MAX_PARAMS][PG_NUM_LEN];
 	char *heap[PG_MAX_PARAMS]; /* copies of text/blob arguments */
-	PGresult *row;		   /* current single-row result */
-	int running;		   /* query sent, results not drained */
+	PGresult *row;             /* current single-row result */
+	int running;               /* query sent, results not drained */
 	int64_t changes;
 	unsigned char *blob; /* decoded bytea of the current row */
 	size_t blob_cap;
@@ -120,10 +120,11 @@ static int pg_connect(struct pg_conn *pc)
 }
 
 static int pg_open(const char *url, const struct store_opts *o, char *errbuf, void **conn,
-		   char *err)
+                   char *err)
 {
 	char timeout[16];
-	snprintf(timeout, sizeof(timeout), "%d", o->connect_timeout_s > 0 ? o->connect_timeout_s : 10);
+	snprintf(timeout, sizeof(timeout), "%d",
+	         o->connect_timeout_s > 0 ? o->connect_timeout_s : 10);
 	/* Earlier keywords are overridden by what the URL says. */
 	const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
 	const char *vals[] = {timeout, o->app_name ? o->app_name : "outpost", url, NULL};
@@ -166,7 +167,8 @@ static int pg_exec(void *conn, const char *sql)
 	}
 	PGresult *r = PQexec(pc->c, sql);
 	ExecStatusType t = PQresultStatus(r);
-	int rc = t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
+	int rc =
+	    t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
 	PQclear(r);
 	return rc;
 }
@@ -284,7 +286,8 @@ static int pg_step(void *stmt)
 			return STORE_ECONN;
 		}
 		if (pc->busy) {
-			snprintf(pc->err, STORE_ERR_MAX, "another statement is still streaming rows");
+			snprintf(pc->err, STORE_ERR_MAX,
+			         "another statement is still streaming rows");
 			return STORE_EINVAL;
 		}
 		if (s->gen != pc->gen) {
@@ -298,7 +301,7 @@ static int pg_step(void *stmt)
 			s->gen = pc->gen;
 		}
 		if (!PQsendQueryPrepared(pc->c, s->name, s->nparams, (const char *const *)s->vals,
-					 s->lens, s->fmts, 0)) {
+		                         s->lens, s->fmts, 0)) {
 			snprintf(pc->err, STORE_ERR_MAX, "send: %s", PQerrorMessage(pc->c));
 			return STORE_ECONN;
 		}
@@ -388,7 +391,8 @@ static int pg_column(void *stmt, int col, struct store_val *out)
 			s->blob_cap = len + 1;
 		}
 		for (size_t i = 0; i < len; i++)
-			s->blob[i] = (unsigned char)(hexval(v[2 + 2 * i]) << 4 | hexval(v[3 + 2 * i]));
+			s->blob[i] =
+			    (unsigned char)(hexval(v[2 + 2 * i]) << 4 | hexval(v[3 + 2 * i]));
 		s->blob[len] = 0;
 		out->t = STORE_VBLOB;
 		out->p = s->blob;
@@ -499,21 +503,21 @@ static void pg_copy_free(void *p)
 }
 
 const struct store_backend store__pg = {
-	.name = "postgresql",
-	.dialect = STORE_PG,
-	.open = pg_open,
-	.close = pg_close,
-	.exec = pg_exec,
-	.begin = pg_begin,
-	.prepare = pg_prepare,
-	.finalize = pg_finalize,
-	.bind = pg_bind,
-	.step = pg_step,
-	.reset = pg_reset,
-	.changes = pg_changes,
-	.column = pg_column,
-	.copy_begin = pg_copy_begin,
-	.copy_row = pg_copy_row,
-	.copy_end = pg_copy_end,
-	.copy_free = pg_copy_free,
+    .name = "postgresql",
+    .dialect = STORE_PG,
+    .open = pg_open,
+    .close = pg_close,
+    .exec = pg_exec,
+    .begin = pg_begin,
+    .prepare = pg_prepare,
+    .finalize = pg_finalize,
+    .bind = pg_bind,
+    .step = pg_step,
+    .reset = pg_reset,
+    .changes = pg_changes,
+    .column = pg_column,
+    .copy_begin = pg_copy_begin,
+    .copy_row = pg_copy_row,
+    .copy_end = pg_copy_end,
+    .copy_free = pg_copy_free,
 };

@@ -15,167 +15,168 @@ struct migration {
 
 /* Version 1. Times are Unix milliseconds; seqs are the devices' envelope counters (< 2^63). */
 static const char *const v1_sqlite[] = {
-	"CREATE TABLE devices ("
-	" id INTEGER PRIMARY KEY,"
-	" device_id TEXT NOT NULL UNIQUE,"
-	" state TEXT NOT NULL DEFAULT 'unenrolled',"
-	" state_reason TEXT NOT NULL DEFAULT '',"
-	" online INTEGER NOT NULL DEFAULT 0,"
-	" pubkey BLOB, cert_pem TEXT, agent_version TEXT, boot_id BLOB,"
-	" sample_interval_s INTEGER NOT NULL DEFAULT 0,"
-	" poll_interval_s INTEGER NOT NULL DEFAULT 0,"
-	" frontier INTEGER NOT NULL DEFAULT 0,"
-	" last_nd_seq INTEGER NOT NULL DEFAULT 0,"
-	" consecutive_rejects INTEGER NOT NULL DEFAULT 0,"
-	" envelopes INTEGER NOT NULL DEFAULT 0,"
-	" readings INTEGER NOT NULL DEFAULT 0,"
-	" duplicates INTEGER NOT NULL DEFAULT 0,"
-	" rejected INTEGER NOT NULL DEFAULT 0,"
-	" spool_records INTEGER, spool_bytes INTEGER, spool_dropped_total INTEGER,"
-	" created_at INTEGER NOT NULL,"
-	" enrolled_at INTEGER, last_seen_at INTEGER, last_birth_at INTEGER,"
-	" state_changed_at INTEGER NOT NULL)",
-	"CREATE TABLE metrics ("
-	" id INTEGER PRIMARY KEY,"
-	" device INTEGER NOT NULL REFERENCES devices(id),"
-	" name TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', wire_id INTEGER,"
-	" UNIQUE (device, name))",
-	"CREATE INDEX metrics_wire ON metrics (device, wire_id)",
-	"CREATE TABLE envelopes ("
-	" device INTEGER NOT NULL, seq INTEGER NOT NULL, prev_seq INTEGER NOT NULL,"
-	" kind INTEGER NOT NULL, sent_at INTEGER NOT NULL, stored_at INTEGER NOT NULL,"
-	" n_readings INTEGER NOT NULL, sig BLOB NOT NULL,"
-	" PRIMARY KEY (device, seq)) WITHOUT ROWID",
-	"CREATE TABLE readings ("
-	" device INTEGER NOT NULL, metric INTEGER NOT NULL, ts INTEGER NOT NULL,"
-	" seq INTEGER NOT NULL, idx INTEGER NOT NULL, value REAL,"
-	" PRIMARY KEY (device, metric, ts, seq, idx)) WITHOUT ROWID",
-	"CREATE TABLE gaps ("
-	" id INTEGER PRIMARY KEY,"
-	" device INTEGER NOT NULL REFERENCES devices(id),"
-	" reason TEXT NOT NULL, prev_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
-	" count INTEGER, opened_at INTEGER NOT NULL, resolved_at INTEGER, resolution TEXT,"
-	" UNIQUE (device, reason, prev_seq))",
-	"CREATE TABLE events ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,"
-	" device INTEGER REFERENCES devices(id), type TEXT NOT NULL,"
-	" detail TEXT NOT NULL DEFAULT '')",
-	"CREATE INDEX events_device ON events (device, id)",
-	"CREATE INDEX events_at ON events (at)",
-	"CREATE TABLE rejections ("
-	" device INTEGER NOT NULL REFERENCES devices(id), reason TEXT NOT NULL,"
-	" count INTEGER NOT NULL, first_at INTEGER NOT NULL, last_at INTEGER NOT NULL,"
-	" last_detail TEXT NOT NULL DEFAULT '',"
-	" PRIMARY KEY (device, reason))",
-	"CREATE TABLE tasks ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" device INTEGER NOT NULL REFERENCES devices(id),"
-	" type TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued',"
-	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_by TEXT NOT NULL DEFAULT '',"
-	" delivered_at INTEGER, deliveries INTEGER NOT NULL DEFAULT 0, finished_at INTEGER,"
-	" result_status TEXT, result_message TEXT, result_seq INTEGER)",
-	"CREATE INDEX tasks_device ON tasks (device, state, id)",
-	"CREATE INDEX tasks_state ON tasks (state, expires_at)",
-	"CREATE TABLE task_args ("
-	" task INTEGER NOT NULL REFERENCES tasks(id), idx INTEGER NOT NULL,"
-	" key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
-	"CREATE TABLE task_output ("
-	" task INTEGER NOT NULL REFERENCES tasks(id), idx INTEGER NOT NULL,"
-	" key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
-	NULL,
+    "CREATE TABLE devices ("
+    " id INTEGER PRIMARY KEY,"
+    " device_id TEXT NOT NULL UNIQUE,"
+    " state TEXT NOT NULL DEFAULT 'unenrolled',"
+    " state_reason TEXT NOT NULL DEFAULT '',"
+    " online INTEGER NOT NULL DEFAULT 0,"
+    " pubkey BLOB, cert_pem TEXT, agent_version TEXT, boot_id BLOB,"
+    " sample_interval_s INTEGER NOT NULL DEFAULT 0,"
+    " poll_interval_s INTEGER NOT NULL DEFAULT 0,"
+    " frontier INTEGER NOT NULL DEFAULT 0,"
+    " last_nd_seq INTEGER NOT NULL DEFAULT 0,"
+    " consecutive_rejects INTEGER NOT NULL DEFAULT 0,"
+    " envelopes INTEGER NOT NULL DEFAULT 0,"
+    " readings INTEGER NOT NULL DEFAULT 0,"
+    " duplicates INTEGER NOT NULL DEFAULT 0,"
+    " rejected INTEGER NOT NULL DEFAULT 0,"
+    " spool_records INTEGER, spool_bytes INTEGER, spool_dropped_total INTEGER,"
+    " created_at INTEGER NOT NULL,"
+    " enrolled_at INTEGER, last_seen_at INTEGER, last_birth_at INTEGER,"
+    " state_changed_at INTEGER NOT NULL)",
+    "CREATE TABLE metrics ("
+    " id INTEGER PRIMARY KEY,"
+    " device INTEGER NOT NULL REFERENCES devices(id),"
+    " name TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', wire_id INTEGER,"
+    " UNIQUE (device, name))",
+    "CREATE INDEX metrics_wire ON metrics (device, wire_id)",
+    "CREATE TABLE envelopes ("
+    " device INTEGER NOT NULL, seq INTEGER NOT NULL, prev_seq INTEGER NOT NULL,"
+    " kind INTEGER NOT NULL, sent_at INTEGER NOT NULL, stored_at INTEGER NOT NULL,"
+    " n_readings INTEGER NOT NULL, sig BLOB NOT NULL,"
+    " PRIMARY KEY (device, seq)) WITHOUT ROWID",
+    "CREATE TABLE readings ("
+    " device INTEGER NOT NULL, metric INTEGER NOT NULL, ts INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL, idx INTEGER NOT NULL, value REAL,"
+    " PRIMARY KEY (device, metric, ts, seq, idx)) WITHOUT ROWID",
+    "CREATE TABLE gaps ("
+    " id INTEGER PRIMARY KEY,"
+    " device INTEGER NOT NULL REFERENCES devices(id),"
+    " reason TEXT NOT NULL, prev_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
+    " count INTEGER, opened_at INTEGER NOT NULL, resolved_at INTEGER, resolution TEXT,"
+    " UNIQUE (device, reason, prev_seq))",
+    "CREATE TABLE events ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,"
+    " device INTEGER REFERENCES devices(id), type TEXT NOT NULL,"
+    " detail TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX events_device ON events (device, id)",
+    "CREATE INDEX events_at ON events (at)",
+    "CREATE TABLE rejections ("
+    " device INTEGER NOT NULL REFERENCES devices(id), reason TEXT NOT NULL,"
+    " count INTEGER NOT NULL, first_at INTEGER NOT NULL, last_at INTEGER NOT NULL,"
+    " last_detail TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (device, reason))",
+    "CREATE TABLE tasks ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " device INTEGER NOT NULL REFERENCES devices(id),"
+    " type TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued',"
+    " created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_by TEXT NOT NULL DEFAULT "
+    "'',"
+    " delivered_at INTEGER, deliveries INTEGER NOT NULL DEFAULT 0, finished_at INTEGER,"
+    " result_status TEXT, result_message TEXT, result_seq INTEGER)",
+    "CREATE INDEX tasks_device ON tasks (device, state, id)",
+    "CREATE INDEX tasks_state ON tasks (state, expires_at)",
+    "CREATE TABLE task_args ("
+    " task INTEGER NOT NULL REFERENCES tasks(id), idx INTEGER NOT NULL,"
+    " key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
+    "CREATE TABLE task_output ("
+    " task INTEGER NOT NULL REFERENCES tasks(id), idx INTEGER NOT NULL,"
+    " key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
+    NULL,
 };
 
 static const char *const v1_pg[] = {
-	"CREATE TABLE devices ("
-	" id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
-	" device_id TEXT NOT NULL UNIQUE,"
-	" state TEXT NOT NULL DEFAULT 'unenrolled',"
-	" state_reason TEXT NOT NULL DEFAULT '',"
-	" online BIGINT NOT NULL DEFAULT 0,"
-	" pubkey BYTEA, cert_pem TEXT, agent_version TEXT, boot_id BYTEA,"
-	" sample_interval_s BIGINT NOT NULL DEFAULT 0,"
-	" poll_interval_s BIGINT NOT NULL DEFAULT 0,"
-	" frontier BIGINT NOT NULL DEFAULT 0,"
-	" last_nd_seq BIGINT NOT NULL DEFAULT 0,"
-	" consecutive_rejects BIGINT NOT NULL DEFAULT 0,"
-	" envelopes BIGINT NOT NULL DEFAULT 0,"
-	" readings BIGINT NOT NULL DEFAULT 0,"
-	" duplicates BIGINT NOT NULL DEFAULT 0,"
-	" rejected BIGINT NOT NULL DEFAULT 0,"
-	" spool_records BIGINT, spool_bytes BIGINT, spool_dropped_total BIGINT,"
-	" created_at BIGINT NOT NULL,"
-	" enrolled_at BIGINT, last_seen_at BIGINT, last_birth_at BIGINT,"
-	" state_changed_at BIGINT NOT NULL)",
-	"CREATE TABLE metrics ("
-	" id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
-	" device BIGINT NOT NULL REFERENCES devices(id),"
-	" name TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', wire_id BIGINT,"
-	" UNIQUE (device, name))",
-	"CREATE INDEX metrics_wire ON metrics (device, wire_id)",
-	"CREATE TABLE envelopes ("
-	" device BIGINT NOT NULL, seq BIGINT NOT NULL, prev_seq BIGINT NOT NULL,"
-	" kind BIGINT NOT NULL, sent_at BIGINT NOT NULL, stored_at BIGINT NOT NULL,"
-	" n_readings BIGINT NOT NULL, sig BYTEA NOT NULL,"
-	" PRIMARY KEY (device, seq))",
-	"CREATE TABLE readings ("
-	" device BIGINT NOT NULL, metric BIGINT NOT NULL, ts BIGINT NOT NULL,"
-	" seq BIGINT NOT NULL, idx BIGINT NOT NULL, value DOUBLE PRECISION,"
-	" PRIMARY KEY (device, metric, ts, seq, idx))",
-	"CREATE TABLE gaps ("
-	" id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
-	" device BIGINT NOT NULL REFERENCES devices(id),"
-	" reason TEXT NOT NULL, prev_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,"
-	" count BIGINT, opened_at BIGINT NOT NULL, resolved_at BIGINT, resolution TEXT,"
-	" UNIQUE (device, reason, prev_seq))",
-	"CREATE TABLE events ("
-	" id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at BIGINT NOT NULL,"
-	" device BIGINT REFERENCES devices(id), type TEXT NOT NULL,"
-	" detail TEXT NOT NULL DEFAULT '')",
-	"CREATE INDEX events_device ON events (device, id)",
-	"CREATE INDEX events_at ON events (at)",
-	"CREATE TABLE rejections ("
-	" device BIGINT NOT NULL REFERENCES devices(id), reason TEXT NOT NULL,"
-	" count BIGINT NOT NULL, first_at BIGINT NOT NULL, last_at BIGINT NOT NULL,"
-	" last_detail TEXT NOT NULL DEFAULT '',"
-	" PRIMARY KEY (device, reason))",
-	"CREATE TABLE tasks ("
-	" id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
-	" device BIGINT NOT NULL REFERENCES devices(id),"
-	" type TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued',"
-	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, created_by TEXT NOT NULL DEFAULT '',"
-	" delivered_at BIGINT, deliveries BIGINT NOT NULL DEFAULT 0, finished_at BIGINT,"
-	" result_status TEXT, result_message TEXT, result_seq BIGINT)",
-	"CREATE INDEX tasks_device ON tasks (device, state, id)",
-	"CREATE INDEX tasks_state ON tasks (state, expires_at)",
-	"CREATE TABLE task_args ("
-	" task BIGINT NOT NULL REFERENCES tasks(id), idx BIGINT NOT NULL,"
-	" key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
-	"CREATE TABLE task_output ("
-	" task BIGINT NOT NULL REFERENCES tasks(id), idx BIGINT NOT NULL,"
-	" key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
-	NULL,
+    "CREATE TABLE devices ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " device_id TEXT NOT NULL UNIQUE,"
+    " state TEXT NOT NULL DEFAULT 'unenrolled',"
+    " state_reason TEXT NOT NULL DEFAULT '',"
+    " online BIGINT NOT NULL DEFAULT 0,"
+    " pubkey BYTEA, cert_pem TEXT, agent_version TEXT, boot_id BYTEA,"
+    " sample_interval_s BIGINT NOT NULL DEFAULT 0,"
+    " poll_interval_s BIGINT NOT NULL DEFAULT 0,"
+    " frontier BIGINT NOT NULL DEFAULT 0,"
+    " last_nd_seq BIGINT NOT NULL DEFAULT 0,"
+    " consecutive_rejects BIGINT NOT NULL DEFAULT 0,"
+    " envelopes BIGINT NOT NULL DEFAULT 0,"
+    " readings BIGINT NOT NULL DEFAULT 0,"
+    " duplicates BIGINT NOT NULL DEFAULT 0,"
+    " rejected BIGINT NOT NULL DEFAULT 0,"
+    " spool_records BIGINT, spool_bytes BIGINT, spool_dropped_total BIGINT,"
+    " created_at BIGINT NOT NULL,"
+    " enrolled_at BIGINT, last_seen_at BIGINT, last_birth_at BIGINT,"
+    " state_changed_at BIGINT NOT NULL)",
+    "CREATE TABLE metrics ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " device BIGINT NOT NULL REFERENCES devices(id),"
+    " name TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', wire_id BIGINT,"
+    " UNIQUE (device, name))",
+    "CREATE INDEX metrics_wire ON metrics (device, wire_id)",
+    "CREATE TABLE envelopes ("
+    " device BIGINT NOT NULL, seq BIGINT NOT NULL, prev_seq BIGINT NOT NULL,"
+    " kind BIGINT NOT NULL, sent_at BIGINT NOT NULL, stored_at BIGINT NOT NULL,"
+    " n_readings BIGINT NOT NULL, sig BYTEA NOT NULL,"
+    " PRIMARY KEY (device, seq))",
+    "CREATE TABLE readings ("
+    " device BIGINT NOT NULL, metric BIGINT NOT NULL, ts BIGINT NOT NULL,"
+    " seq BIGINT NOT NULL, idx BIGINT NOT NULL, value DOUBLE PRECISION,"
+    " PRIMARY KEY (device, metric, ts, seq, idx))",
+    "CREATE TABLE gaps ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " device BIGINT NOT NULL REFERENCES devices(id),"
+    " reason TEXT NOT NULL, prev_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,"
+    " count BIGINT, opened_at BIGINT NOT NULL, resolved_at BIGINT, resolution TEXT,"
+    " UNIQUE (device, reason, prev_seq))",
+    "CREATE TABLE events ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at BIGINT NOT NULL,"
+    " device BIGINT REFERENCES devices(id), type TEXT NOT NULL,"
+    " detail TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX events_device ON events (device, id)",
+    "CREATE INDEX events_at ON events (at)",
+    "CREATE TABLE rejections ("
+    " device BIGINT NOT NULL REFERENCES devices(id), reason TEXT NOT NULL,"
+    " count BIGINT NOT NULL, first_at BIGINT NOT NULL, last_at BIGINT NOT NULL,"
+    " last_detail TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (device, reason))",
+    "CREATE TABLE tasks ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " device BIGINT NOT NULL REFERENCES devices(id),"
+    " type TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued',"
+    " created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, created_by TEXT NOT NULL DEFAULT '',"
+    " delivered_at BIGINT, deliveries BIGINT NOT NULL DEFAULT 0, finished_at BIGINT,"
+    " result_status TEXT, result_message TEXT, result_seq BIGINT)",
+    "CREATE INDEX tasks_device ON tasks (device, state, id)",
+    "CREATE INDEX tasks_state ON tasks (state, expires_at)",
+    "CREATE TABLE task_args ("
+    " task BIGINT NOT NULL REFERENCES tasks(id), idx BIGINT NOT NULL,"
+    " key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
+    "CREATE TABLE task_output ("
+    " task BIGINT NOT NULL REFERENCES tasks(id), idx BIGINT NOT NULL,"
+    " key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task, idx))",
+    NULL,
 };
 
 static const struct migration migrations[] = {
-	{1, v1_sqlite, v1_pg},
+    {1, v1_sqlite, v1_pg},
 };
 #define N_MIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 
 static const char create_sql[] =
-	"CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY,"
-	" applied_at BIGINT NOT NULL)";
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY,"
+    " applied_at BIGINT NOT NULL)";
 
 static int table_exists(struct store *s, int *yes)
 {
 	int64_t n = 0;
 	int rc = store_query_i64(
-		s, &n,
-		store_dialect(s) == STORE_SQLITE
-			? "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-			  " AND name = 'schema_migrations'"
-			: "SELECT count(*) FROM information_schema.tables WHERE"
-			  " table_name = 'schema_migrations' AND table_schema = current_schema()",
-		0);
+	    s, &n,
+	    store_dialect(s) == STORE_SQLITE
+	        ? "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+	          " AND name = 'schema_migrations'"
+	        : "SELECT count(*) FROM information_schema.tables WHERE"
+	          " table_name = 'schema_migrations' AND table_schema = current_schema()",
+	    0);
 	if (!rc)
 		*yes = n > 0;
 	return rc;
@@ -189,8 +190,8 @@ int store_schema_version(struct store *s, int *version)
 	if (rc)
 		return rc;
 	if (yes) {
-		rc = store_query_i64(s, &v, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-				     0);
+		rc = store_query_i64(s, &v,
+		                     "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0);
 		if (rc)
 			return rc;
 	}
@@ -234,8 +235,8 @@ static int migrate_step(struct store *s, int *version, int *done)
 		if (rc)
 			goto fail;
 		struct store_stmt *st = NULL;
-		rc = store_prepare(s, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-				   &st);
+		rc = store_prepare(
+		    s, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", &st);
 		if (!rc && !(rc = store_bind_i64(st, 1, m->version)) &&
 		    !(rc = store_bind_i64(st, 2, now_ms()))) {
 			int r = store_step(st);

@@ -59,7 +59,7 @@ static int sq_exec(void *conn, const char *sql)
 }
 
 static int sq_open(const char *path, const struct store_opts *o, char *errbuf, void **conn,
-		   char *err)
+                   char *err)
 {
 	static const char *const sync[] = {"OFF", "NORMAL", "FULL"};
 	struct sq_conn *c = calloc(1, sizeof(*c));
@@ -69,13 +69,14 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 	if (!c)
 		return STORE_ENOMEM;
 	c->err = errbuf;
-	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (o->create ? SQLITE_OPEN_CREATE : 0);
+	int flags =
+	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (o->create ? SQLITE_OPEN_CREATE : 0);
 	rc = sqlite3_open_v2(path, &c->db, flags, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, STORE_ERR_MAX, "cannot open: %s%s",
-			 c->db ? sqlite3_errmsg(c->db) : "out of memory",
-			 o->create ? " (does the directory exist and is it writable?)"
-				   : " (no store there yet: has outpost-bridge run?)");
+		         c->db ? sqlite3_errmsg(c->db) : "out of memory",
+		         o->create ? " (does the directory exist and is it writable?)"
+		                   : " (no store there yet: has outpost-bridge run?)");
 		rc = (rc & 0xff) == SQLITE_CANTOPEN ? STORE_ECONN : map(c, rc, "open");
 		goto fail;
 	}
@@ -90,7 +91,9 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 	rc = sqlite3_finalize(st);
 	if (rc != SQLITE_OK || !mode || strcmp(mode, "wal")) {
 		snprintf(err, STORE_ERR_MAX, "cannot use the WAL journal (%s)",
-			 rc != SQLITE_OK ? sqlite3_errmsg(c->db) : mode ? mode : "?");
+		         rc != SQLITE_OK ? sqlite3_errmsg(c->db)
+		         : mode          ? mode
+		                         : "?");
 		free(mode);
 		rc = rc != SQLITE_OK ? map(c, rc, "journal_mode") : STORE_EQUERY;
 		goto fail;
@@ -285,21 +288,21 @@ static void sq_copy_free(void *p)
 }
 
 const struct store_backend store__sqlite = {
-	.name = "sqlite",
-	.dialect = STORE_SQLITE,
-	.open = sq_open,
-	.close = sq_close,
-	.exec = sq_exec,
-	.begin = sq_begin,
-	.prepare = sq_prepare,
-	.finalize = sq_finalize,
-	.bind = sq_bind,
-	.step = sq_step,
-	.reset = sq_reset,
-	.changes = sq_changes,
-	.column = sq_column,
-	.copy_begin = sq_copy_begin,
-	.copy_row = sq_copy_row,
-	.copy_end = sq_copy_end,
-	.copy_free = sq_copy_free,
+    .name = "sqlite",
+    .dialect = STORE_SQLITE,
+    .open = sq_open,
+    .close = sq_close,
+    .exec = sq_exec,
+    .begin = sq_begin,
+    .prepare = sq_prepare,
+    .finalize = sq_finalize,
+    .bind = sq_bind,
+    .step = sq_step,
+    .reset = sq_reset,
+    .changes = sq_changes,
+    .column = sq_column,
+    .copy_begin = sq_copy_begin,
+    .copy_row = sq_copy_row,
+    .copy_end = sq_copy_end,
+    .copy_free = sq_copy_free,
 };

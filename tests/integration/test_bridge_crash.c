@@ -17,13 +17,20 @@
 static const char *const ids[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 
 static void start_devices(struct h_broker *b, struct h_simdev_opts *o, struct h_simdev **d,
-			  int batches, int rate)
+                          int batches, int rate)
 {
 	for (int i = 0; i < N_DEV; i++) {
-		o[i] = (struct h_simdev_opts){.pki = h_pki(), .id = ids[i], .port = b->mqtts_port,
-					      .batches = batches, .rows = 10, .cols = 5, .window = 10,
-					      .ack_timeout_ms = 1500, .poll_every = i == 1 ? 9 : 0, .rate = rate,
-					      .t0_ms = 1700000000000LL};
+		o[i] = (struct h_simdev_opts){.pki = h_pki(),
+		                              .id = ids[i],
+		                              .port = b->mqtts_port,
+		                              .batches = batches,
+		                              .rows = 10,
+		                              .cols = 5,
+		                              .window = 10,
+		                              .ack_timeout_ms = 1500,
+		                              .poll_every = i == 1 ? 9 : 0,
+		                              .rate = rate,
+		                              .t0_ms = 1700000000000LL};
 		d[i] = h_simdev_start(&o[i]);
 	}
 }
@@ -98,8 +105,8 @@ Test(bridge_crash, kill9_postgresql, .timeout = 300)
 }
 
 /* While the database refuses commits, acks must stop; afterwards everything arrives. */
-static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *), void (*up)(void *),
-		   void *ctx)
+static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *),
+                   void (*up)(void *), void *ctx)
 {
 	long long end = h_now_ms() + 20000;
 	while (total_acks(d) < 10 && h_now_ms() < end)
@@ -128,7 +135,8 @@ static void lock_sqlite(void *ctx)
 {
 	struct sqlite_lock *l = ctx;
 	/* Another process holds the write lock for a while, as a stuck writer would. */
-	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell sleep 5", "COMMIT;", NULL};
+	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell sleep 5",
+	                "COMMIT;", NULL};
 	char *log = h_strf("%s.lock.log", l->db);
 	l->pid = h_spawn(argv, NULL, log);
 	free(log);

@@ -36,8 +36,8 @@ static int64_t q(const char *fmt, const char *arg)
 static int64_t rejections(const char *device, const char *reason)
 {
 	char *sql = h_strf("SELECT COALESCE(SUM(r.count), 0) FROM rejections r JOIN devices d ON"
-			   " d.id = r.device WHERE d.device_id = '%s' AND r.reason = '%s'",
-			   device, reason);
+	                   " d.id = r.device WHERE d.device_id = '%s' AND r.reason = '%s'",
+	                   device, reason);
 	int64_t v = h_store_i64(br.store, sql, 0);
 	free(sql);
 	return v;
@@ -54,8 +54,8 @@ static void wait_rejections(const char *device, const char *reason, int64_t n)
 static int64_t stored(const char *device)
 {
 	return q("SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device WHERE"
-		 " d.device_id = '%s'",
-		 device);
+	         " d.device_id = '%s'",
+	         device);
 }
 
 static void wait_stored(const char *device, int64_t n)
@@ -71,8 +71,9 @@ static const char *state(const char *device)
 	static char s[32];
 	const char *states[] = {"unenrolled", "active", "quarantined", "revoked", "deactivated"};
 	for (size_t i = 0; i < 5; i++) {
-		char *sql = h_strf("SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = '%s'",
-				   device, states[i]);
+		char *sql =
+		    h_strf("SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = '%s'",
+		           device, states[i]);
 		int64_t n = h_store_i64(br.store, sql, 0);
 		free(sql);
 		if (n == 1)
@@ -89,7 +90,7 @@ static void pub(struct h_mqtt *c, const char *device, const char *suffix, const 
 }
 
 static uint8_t *batch(const char *signer, const char *device, uint64_t seq, uint64_t prev,
-		      size_t *len)
+                      size_t *len)
 {
 	size_t blen;
 	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
@@ -177,7 +178,8 @@ Test(bridge_reject, five_bad_messages_quarantine_release_lets_back)
 	size_t blen = outpost__birth__get_packed_size(&bad);
 	uint8_t *body = malloc(blen);
 	outpost__birth__pack(&bad, body);
-	uint8_t *big = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 4, body, blen, &n);
+	uint8_t *big =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 4, body, blen, &n);
 	pub(dev, "dev-a", "birth", big, n);
 	free(big);
 	free(body);
@@ -198,9 +200,9 @@ Test(bridge_reject, five_bad_messages_quarantine_release_lets_back)
 	wait_rejections("dev-a", "id_mismatch", 1);
 	cr_expect_str_eq(state("dev-a"), "quarantined");
 	cr_expect_eq(q("SELECT COUNT(*) FROM events e JOIN devices d ON d.id = e.device WHERE"
-		       " d.device_id = '%s' AND e.type = 'quarantined'",
-		       "dev-a"),
-		     1);
+	               " d.device_id = '%s' AND e.type = 'quarantined'",
+	               "dev-a"),
+	             1);
 
 	/* Quarantined: even a valid batch is dropped and counted. */
 	uint8_t *b7 = batch("dev-a", "dev-a", 7, 2, &n);
@@ -209,7 +211,7 @@ Test(bridge_reject, five_bad_messages_quarantine_release_lets_back)
 	cr_expect_eq(stored("dev-a"), 1, "nothing stored from bad or quarantined input");
 	cr_expect_eq(kill(br.pid, 0), 0, "the bridge keeps running");
 	cr_expect_eq(q("SELECT COUNT(*) FROM devices WHERE device_id = '%s'", "dev-b"), 0,
-		     "dev-b gained nothing from its envelope on dev-a's topic");
+	             "dev-b gained nothing from its envelope on dev-a's topic");
 
 	/* The operator releases it; the device's resend is stored. */
 	char *out = NULL;
@@ -224,13 +226,15 @@ Test(bridge_reject, five_bad_messages_quarantine_release_lets_back)
 		h_sleep_ms(300);
 	}
 	wait_stored("dev-a", 2);
-	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 0);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"),
+	             0);
 
 	/* Counters survive in the store and show in outpostctl. */
 	cr_expect_eq(h_ctl(br.store, "device show dev-a", &out), 0);
-	cr_expect(strstr(out, "decode") && strstr(out, "bad_signature") && strstr(out, "oversize") &&
-			  strstr(out, "id_mismatch") && strstr(out, "quarantined"),
-		  "%s", out);
+	cr_expect(strstr(out, "decode") && strstr(out, "bad_signature") &&
+	              strstr(out, "oversize") && strstr(out, "id_mismatch") &&
+	              strstr(out, "quarantined"),
+	          "%s", out);
 	free(out);
 	free(b7);
 	free(birth1);
@@ -257,8 +261,8 @@ Test(bridge_reject, replays_reuse_kind_and_unknown_device)
 	       q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a") < 1)
 		h_sleep_ms(20);
 	cr_expect_eq(q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a"), 1);
-	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 0,
-		     "a duplicate is not a rejection");
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"),
+	             0, "a duplicate is not a rejection");
 	/* A seq reused for different content. */
 	so.rows = 3;
 	uint8_t *reuse = batch("dev-a", "dev-a", 4, 2, &n);
@@ -275,12 +279,13 @@ Test(bridge_reject, replays_reuse_kind_and_unknown_device)
 	pub(dev, "dev-a", "telemetry", birth9, n);
 	free(birth9);
 	wait_rejections("dev-a", "kind_mismatch", 1);
-	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"), 3);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"),
+	             3);
 	cr_expect_eq(stored("dev-a"), 2);
 	cr_expect_eq(q("SELECT COUNT(*) FROM readings r JOIN devices d ON d.id = r.device WHERE"
-		       " d.device_id = '%s'",
-		       "dev-a"),
-		     2 * 2 * 3, "readings of the two good batches only");
+	               " d.device_id = '%s'",
+	               "dev-a"),
+	             2 * 2 * 3, "readings of the two good batches only");
 
 	/* dev-c sends a batch before any birth. */
 	struct h_mqtt *c = connect_as("dev-c");
@@ -309,7 +314,8 @@ Test(bridge_reject, revoked_devices_are_refused)
 	cr_assert_not_null(c);
 	size_t blen;
 	uint8_t *body = h_birth_body(h_pki(), "dev-revoked", 2, 0, &blen);
-	uint8_t *env = h_seal(h_pki(), "devices/dev-revoked", WIRE_KIND_BIRTH, "dev-b", 1, body, blen, &n);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-revoked", WIRE_KIND_BIRTH, "dev-b", 1, body, blen, &n);
 	pub(c, "dev-b", "birth", env, n);
 	free(env);
 	free(body);

@@ -24,9 +24,15 @@ static void stream(const char *store_url, const char *tag)
 	h_bridge_init(&br, &b, store_url, tag);
 	h_bridge_start(&br);
 	for (int i = 0; i < N_DEV; i++) {
-		o[i] = (struct h_simdev_opts){.pki = h_pki(), .id = ids[i], .port = b.mqtts_port,
-					      .batches = 150, .rows = 5, .cols = 4, .window = 20,
-					      .ack_timeout_ms = 3000, .t0_ms = 1700000000000LL};
+		o[i] = (struct h_simdev_opts){.pki = h_pki(),
+		                              .id = ids[i],
+		                              .port = b.mqtts_port,
+		                              .batches = 150,
+		                              .rows = 5,
+		                              .cols = 4,
+		                              .window = 20,
+		                              .ack_timeout_ms = 3000,
+		                              .t0_ms = 1700000000000LL};
 		if (i == 1)
 			o[i].poll_every = 7; /* polls consume seqs: the chain must not care */
 		if (i == 2)
@@ -51,6 +57,60 @@ static void stream(const char *store_url, const char *tag)
 Test(bridge_stream, sqlite_exactly_once, .timeout = 180)
 {
 	stream(NULL, "stream-sqlite");
+}
+
+/* Two bridges of one shared-subscription group on one PostgreSQL store split the load: a
+ * device's messages alternate between them, and still every (device, seq) is stored once and
+ * every chain closes. */
+Test(bridge_stream, two_bridges_share_the_load, .timeout = 240)
+{
+	struct h_pg pg = {0};
+	struct h_broker b = {0};
+	struct h_bridge br[2];
+	static const char *const ids[N_DEV] = {"dev-a", "dev-b", "dev-c"};
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+
+	h_pg_start(&pg);
+	h_broker_start(&b, h_pki());
+	for (int i = 0; i < 2; i++) {
+		h_bridge_init(&br[i], &b, pg.url, i ? "share-2" : "share-1");
+		h_bridge_arg(&br[i], "--stats-interval=1h");
+		h_bridge_start(&br[i]);
+	}
+	for (int i = 0; i < N_DEV; i++) {
+		o[i] = (struct h_simdev_opts){.pki = h_pki(),
+		                              .id = ids[i],
+		                              .port = b.mqtts_port,
+		                              .batches = 200,
+		                              .rows = 4,
+		                              .cols = 3,
+		                              .window = 20,
+		                              .ack_timeout_ms = 2000,
+		                              .poll_every = 10,
+		                              .t0_ms = 1700000000000LL};
+		d[i] = h_simdev_start(&o[i]);
+	}
+	for (int i = 0; i < N_DEV; i++)
+		cr_expect(h_simdev_wait(d[i], 90000), "%s: not everything acknowledged", ids[i]);
+	for (int i = 0; i < N_DEV; i++) {
+		h_check_simdev(pg.url, d[i], &o[i]);
+		h_simdev_stop(d[i]);
+	}
+	cr_expect_eq(h_store_i64(pg.url, "SELECT COUNT(*) FROM devices WHERE state <> 'active'", 0),
+	             0, "no device may be quarantined by the split");
+	for (int i = 0; i < 2; i++) {
+		cr_expect_eq(h_bridge_stop(&br[i]), 0);
+		/* Both did part of the work: their final stats line counts stored envelopes. */
+		char *log = h_read_file(br[i].log, NULL);
+		const char *st = log ? strstr(log, "totals: received ") : NULL;
+		cr_expect(st && strtol(st + strlen("totals: received "), NULL, 10) > 0,
+		          "bridge %d received nothing", i);
+		free(log);
+		h_bridge_free(&br[i]);
+	}
+	h_broker_free(&b);
+	h_pg_free(&pg);
 }
 
 Test(bridge_stream, postgresql_exactly_once, .timeout = 240)

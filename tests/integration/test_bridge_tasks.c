@@ -26,10 +26,11 @@ static int64_t q(const char *sql, int64_t arg)
 
 static char *task_state(int64_t id)
 {
-	static const char *const states[] = {"queued", "delivered", "succeeded", "failed",
-					     "expired", "cancelled"};
+	static const char *const states[] = {"queued", "delivered", "succeeded",
+	                                     "failed", "expired",   "cancelled"};
 	for (size_t i = 0; i < 6; i++) {
-		char *sql = h_strf("SELECT COUNT(*) FROM tasks WHERE id = ? AND state = '%s'", states[i]);
+		char *sql =
+		    h_strf("SELECT COUNT(*) FROM tasks WHERE id = ? AND state = '%s'", states[i]);
 		int64_t n = q(sql, id);
 		free(sql);
 		if (n == 1)
@@ -50,7 +51,7 @@ static int64_t add_task(const char *args)
 }
 
 static void pub(const char *suffix, const void *p, size_t n, const char *resp, const void *corr,
-		size_t corr_len)
+                size_t corr_len)
 {
 	char *topic = h_strf("outpost/v1/dev-a/%s", suffix);
 	cr_assert_eq(h_mqtt_pub5(dev, topic, p, n, 1, resp, corr, corr_len), 0);
@@ -65,7 +66,8 @@ static uint8_t *poll_env(uint64_t seq, uint64_t last_task, size_t *len)
 	p.last_task_id = last_task;
 	p.max_tasks = 8;
 	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_POLL, &p.base, &body, &blen, NULL), 0);
-	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", seq, body, blen, len);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", seq, body, blen, len);
 	free(body);
 	return env;
 }
@@ -79,7 +81,8 @@ static uint8_t *recv_on(const char *suffix, size_t *len, void **corr, size_t *co
 		char *topic = NULL, *payload = NULL;
 		void *c = NULL;
 		size_t cl = 0;
-		int got = h_mqtt_recv5(dev, &topic, &payload, len, &c, &cl, (int)(end - h_now_ms()));
+		int got =
+		    h_mqtt_recv5(dev, &topic, &payload, len, &c, &cl, (int)(end - h_now_ms()));
 		if (got != 1)
 			break;
 		if (!strcmp(topic, want)) {
@@ -143,18 +146,23 @@ static void setup(void)
 	cr_assert_eq(h_mqtt_sub(dev, "outpost/v1/dev-a/ack", 1), 1);
 	size_t blen, n;
 	uint8_t *body = h_birth_body(h_pki(), "dev-a", 2, 0, &blen);
-	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 1, body, blen, &n);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 1, body, blen, &n);
 	pub("birth", env, n, NULL, NULL, 0);
 	free(env);
 	free(body);
 	/* dev-b must exist for a task to be queued for it. */
-	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-b", .port = b.mqtts_port, .batches = 1};
+	struct h_simdev_opts o = {
+	    .pki = h_pki(), .id = "dev-b", .port = b.mqtts_port, .batches = 1};
 	struct h_simdev *d = h_simdev_start(&o);
 	cr_assert(h_simdev_wait(d, 20000));
 	h_simdev_stop(d);
 	long long end = h_now_ms() + 10000;
 	while (h_now_ms() < end &&
-	       h_store_i64(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state = 'active'", 0) != 1)
+	       h_store_i64(
+	           br.store,
+	           "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state = 'active'",
+	           0) != 1)
 		h_sleep_ms(20);
 }
 
@@ -172,7 +180,7 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	char *out = NULL;
 	int64_t ping = add_task("task add --device dev-a --type ping");
 	int64_t cfg = add_task("task add --device dev-a --type set_config --arg sample_interval=5s"
-			       " --arg log_level=debug --expires 1h");
+	                       " --arg log_level=debug --expires 1h");
 	int64_t soon = add_task("task add --device dev-a --type collect_now --expires 1s");
 	int64_t other = add_task("task add --device dev-b --type restart");
 	int64_t gone = add_task("task add --device dev-a --type resend --arg first=1 --arg last=9");
@@ -180,7 +188,8 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	free(out);
 	cr_expect_eq(gone, 5);
 	/* Not allowlisted: refused at task add. */
-	cr_expect_eq(h_ctl(br.store, "task add --device dev-a --type shell --arg cmd=reboot", &out), 2);
+	cr_expect_eq(h_ctl(br.store, "task add --device dev-a --type shell --arg cmd=reboot", &out),
+	             2);
 	cr_expect(strstr(out, "not allowed"), "%s", out);
 	free(out);
 	/* Unknown device: refused. */
@@ -201,7 +210,8 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	cr_expect(c && !memcmp(c, corr, sizeof(corr)), "correlation data not echoed");
 	free(c);
 	Outpost__TaskList *l = task_list(ans, len, 2);
-	cr_assert_eq(l->n_tasks, 2, "want ping and set_config only (not expired, cancelled, dev-b's)");
+	cr_assert_eq(l->n_tasks, 2,
+	             "want ping and set_config only (not expired, cancelled, dev-b's)");
 	cr_expect_eq((int64_t)l->tasks[0]->id, ping);
 	cr_expect_str_eq(l->tasks[0]->type, "ping");
 	cr_expect_str_eq(l->tasks[0]->device_id, "dev-a");
@@ -230,8 +240,11 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	pub("tasks/poll", poll, n, "outpost/v1/dev-b/tasks", corr, sizeof(corr));
 	free(poll);
 	cr_expect_null(recv_on("tasks", &len, NULL, NULL, 1500), "answered a refused poll");
-	cr_expect_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM rejections WHERE reason IN"
-			   " ('replayed', 'response_topic')", 0), 2);
+	cr_expect_eq(h_store_i64(br.store,
+	                         "SELECT COUNT(*) FROM rejections WHERE reason IN"
+	                         " ('replayed', 'response_topic')",
+	                         0),
+	             2);
 
 	/* Results: durable, chained, acknowledged; they move the task's state. */
 	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
@@ -248,7 +261,8 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	uint8_t *body;
 	size_t blen;
 	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_RESULT, &r.base, &body, &blen, NULL), 0);
-	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_RESULT, "dev-a", 4, body, blen, &n);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_RESULT, "dev-a", 4, body, blen, &n);
 	free(body);
 	pub("tasks/result", env, n, NULL, NULL, 0);
 	free(env);
@@ -284,12 +298,12 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	cr_expect_str_eq(task_state(cfg), "failed");
 	cr_expect_eq(h_ctl(br.store, "task show 1", &out), 0);
 	cr_expect(strstr(out, "succeeded") && strstr(out, "pong") && strstr(out, "rtt_ms=12"), "%s",
-		  out);
+	          out);
 	free(out);
 	cr_expect_eq(h_ctl(br.store, "task list --device dev-a", &out), 0);
 	cr_expect(strstr(out, "set_config") && strstr(out, "failed") && strstr(out, "cancelled") &&
-			  strstr(out, "expired") && !strstr(out, "restart"),
-		  "%s", out);
+	              strstr(out, "expired") && !strstr(out, "restart"),
+	          "%s", out);
 	free(out);
 
 	/* A later poll: nothing new for the device. */

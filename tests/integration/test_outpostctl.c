@@ -20,7 +20,8 @@ static int count(const char *s, const char *needle)
 	return n;
 }
 
-static char *ctl(const char *url, int want, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static char *ctl(const char *url, int want, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static char *ctl(const char *url, int want, const char *fmt, ...)
 {
 	va_list ap;
@@ -38,8 +39,14 @@ static void populated(const char *store, const char *tag)
 {
 	struct h_broker b = {0};
 	struct h_bridge br;
-	struct h_simdev_opts oa = {.pki = h_pki(), .id = "dev-a", .port = 0, .batches = 20, .rows = 3,
-				   .cols = 2, .window = 5, .t0_ms = 1700000000000LL};
+	struct h_simdev_opts oa = {.pki = h_pki(),
+	                           .id = "dev-a",
+	                           .port = 0,
+	                           .batches = 20,
+	                           .rows = 3,
+	                           .cols = 2,
+	                           .window = 5,
+	                           .t0_ms = 1700000000000LL};
 	struct h_simdev_opts ob = oa;
 	h_broker_start(&b, h_pki());
 	h_bridge_init(&br, &b, store, tag);
@@ -51,10 +58,30 @@ static void populated(const char *store, const char *tag)
 	char *cap = h_strf("%s/capture.txt", br.dir);
 	char *cafile = h_strf("%s/ca.crt", h_pki()), *cert = h_strf("%s/operator.crt", h_pki()),
 	     *key = h_strf("%s/operator.key", h_pki()), *port = h_strf("%d", b.internal_port);
-	char *sub[] = {"mosquitto_sub", "-h", "127.0.0.1", "-p", port, "--cafile", cafile, "--cert",
-		       cert, "--key", key, "-V", "mqttv5",
-		       "-i", "operator-capture", "-t", "outpost/v1/dev-a/#", "-F", "%t %x", "-C", "12",
-		       "-W", "30", NULL};
+	char *sub[] = {"mosquitto_sub",
+	               "-h",
+	               "127.0.0.1",
+	               "-p",
+	               port,
+	               "--cafile",
+	               cafile,
+	               "--cert",
+	               cert,
+	               "--key",
+	               key,
+	               "-V",
+	               "mqttv5",
+	               "-i",
+	               "operator-capture",
+	               "-t",
+	               "outpost/v1/dev-a/#",
+	               "-F",
+	               "%t %x",
+	               "-C",
+	               "12",
+	               "-W",
+	               "30",
+	               NULL};
 	pid_t sp = h_spawn(sub, NULL, cap);
 	h_sleep_ms(500);
 	struct h_simdev *da = h_simdev_start(&oa), *db = h_simdev_start(&ob);
@@ -67,9 +94,11 @@ static void populated(const char *store, const char *tag)
 
 	/* devices */
 	out = ctl(url, 0, "devices");
-	cr_expect(strstr(out, "device") && strstr(out, "state") && strstr(out, "frontier"), "%s", out);
+	cr_expect(strstr(out, "device") && strstr(out, "state") && strstr(out, "frontier"), "%s",
+	          out);
 	cr_expect_eq(count(out, "active"), 2, "%s", out);
-	cr_expect(strstr(out, "dev-a") && strstr(out, "dev-b") && strstr(out, "simdev/1"), "%s", out);
+	cr_expect(strstr(out, "dev-a") && strstr(out, "dev-b") && strstr(out, "simdev/1"), "%s",
+	          out);
 	free(out);
 	out = ctl(url, 0, "devices --format csv");
 	const char *hdr = "device,state,online,last_seen,frontier,envelopes,readings,";
@@ -77,16 +106,17 @@ static void populated(const char *store, const char *tag)
 	cr_expect(strstr(out, "\ndev-a,active,yes,"), "%s", out);
 	free(out);
 	out = ctl(url, 0, "devices --format json --state active");
-	cr_expect(out[0] == '[' && count(out, "\"device\": \"dev-") == 2 && strstr(out, "\"envelopes\": 20"),
-		  "%s", out);
+	cr_expect(out[0] == '[' && count(out, "\"device\": \"dev-") == 2 &&
+	              strstr(out, "\"envelopes\": 20"),
+	          "%s", out);
 	free(out);
 
 	/* device show */
 	out = ctl(url, 0, "device show dev-a");
 	cr_expect(strstr(out, "device      dev-a") && strstr(out, "state       active") &&
-			  strstr(out, "stored      20 envelopes, 120 readings") && strstr(out, "m1") &&
-			  strstr(out, "enrolled") && strstr(out, "(Ed25519)"),
-		  "%s", out);
+	              strstr(out, "stored      20 envelopes, 120 readings") && strstr(out, "m1") &&
+	              strstr(out, "enrolled") && strstr(out, "(Ed25519)"),
+	          "%s", out);
 	free(out);
 	out = ctl(url, 1, "device show dev-nobody");
 	cr_expect(strstr(out, "no device 'dev-nobody'"), "%s", out);
@@ -95,13 +125,16 @@ static void populated(const char *store, const char *tag)
 	/* readings: every stored reading of a metric, oldest first, exact values */
 	out = ctl(url, 0, "readings --device dev-a --metric m2");
 	cr_expect_eq(count(out, "\n"), 1 + 20 * 3, "%s", out);
-	char *first = h_strf("device,metric,unit,time,value,seq\ndev-a,m2,u,2023-11-14T22:13:22.000Z,2.001,2\n");
+	char *first = h_strf(
+	    "device,metric,unit,time,value,seq\ndev-a,m2,u,2023-11-14T22:13:22.000Z,2.001,2\n");
 	cr_expect(!strncmp(out, first, strlen(first)), "%s", out);
 	free(first);
 	free(out);
 	/* --since/--until: the first batch only (seq 2: t0 + 2000 ms .. + 20 ms) */
-	out = ctl(url, 0, "readings --device dev-a --since 2023-11-14T22:13:22Z --until 2023-11-14T22:13:22.5Z"
-			  " --format json");
+	out = ctl(
+	    url, 0,
+	    "readings --device dev-a --since 2023-11-14T22:13:22Z --until 2023-11-14T22:13:22.5Z"
+	    " --format json");
 	cr_expect_eq(count(out, "\"metric\""), 3 * 2, "%s", out);
 	cr_expect(strstr(out, "\"value\": 2.251"), "%s", out);
 	free(out);
@@ -136,9 +169,11 @@ static void populated(const char *store, const char *tag)
 	/* decode: the capture (birth, batches, acks) with signatures checked */
 	char *cmd = h_strf("decode --pki %s %s", h_pki(), cap);
 	out = ctl(url, 0, "%s", cmd);
-	cr_expect(strstr(out, "birth  dev-a  seq 1") && strstr(out, "signature ok (dev-a.crt)"), "%s", out);
-	cr_expect(strstr(out, "batch  dev-a") && strstr(out, "m1=") && strstr(out, "3 rows x 2 metrics"),
-		  "%s", out);
+	cr_expect(strstr(out, "birth  dev-a  seq 1") && strstr(out, "signature ok (dev-a.crt)"),
+	          "%s", out);
+	cr_expect(strstr(out, "batch  dev-a") && strstr(out, "m1=") &&
+	              strstr(out, "3 rows x 2 metrics"),
+	          "%s", out);
 	cr_expect(strstr(out, "ack  dev-a") && strstr(out, "signature ok (bridge.crt)"), "%s", out);
 	cr_expect(!strstr(out, "BAD") && !strstr(out, "INVALID"), "%s", out);
 	free(out);
@@ -146,22 +181,25 @@ static void populated(const char *store, const char *tag)
 	/* decode without certificates: printed, signatures not checked */
 	cmd = h_strf("decode < %s", cap);
 	out = ctl(url, 0, "%s", cmd);
-	cr_expect(strstr(out, "signature not checked") || strstr(out, "certificate in the birth"), "%s", out);
+	cr_expect(strstr(out, "signature not checked") || strstr(out, "certificate in the birth"),
+	          "%s", out);
 	free(out);
 	free(cmd);
 	/* a raw payload, then the same tampered */
 	size_t blen, n;
 	uint8_t *body = h_batch_body(&oa, 7, 5, &blen);
-	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 7, body, blen, &n);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 7, body, blen, &n);
 	char *raw = h_strf("%s/raw.bin", br.dir);
 	FILE *f = fopen(raw, "wb");
 	fwrite(env, 1, n, f);
 	fclose(f);
-	cmd = h_strf("decode --cert %s/devices/dev-a.crt --topic outpost/v1/dev-a/telemetry %s", h_pki(), raw);
+	cmd = h_strf("decode --cert %s/devices/dev-a.crt --topic outpost/v1/dev-a/telemetry %s",
+	             h_pki(), raw);
 	out = ctl(url, 0, "%s", cmd);
 	cr_expect(strstr(out, "batch  dev-a  seq 7") && strstr(out, "signature ok") &&
-			  strstr(out, "prev_seq 5, 3 rows x 2 metrics, 6 readings"),
-		  "%s", out);
+	              strstr(out, "prev_seq 5, 3 rows x 2 metrics, 6 readings"),
+	          "%s", out);
 	free(out);
 	env[n - 3] ^= 1; /* inside the signature */
 	f = fopen(raw, "wb");
@@ -217,7 +255,8 @@ Test(outpostctl, help_version_and_default_store, .timeout = 60)
 	char *out = NULL;
 	char *cmd = h_strf("%s/bridge/outpostctl --help", h_build_dir());
 	cr_expect_eq(h_sh(cmd, &out, 30), 0);
-	cr_expect(strstr(out, "readings --device ID") && strstr(out, "var/local/outpost.db"), "%s", out);
+	cr_expect(strstr(out, "readings --device ID") && strstr(out, "var/local/outpost.db"), "%s",
+	          out);
 	free(out);
 	free(cmd);
 	cmd = h_strf("%s/bridge/outpostctl --version", h_build_dir());
@@ -225,7 +264,8 @@ Test(outpostctl, help_version_and_default_store, .timeout = 60)
 	cr_expect(strstr(out, "outpostctl 0."), "%s", out);
 	free(out);
 	free(cmd);
-	cmd = h_strf("OUTPOST_STORE=sqlite:/nonexistent/dir/x.db %s/bridge/outpostctl devices", h_build_dir());
+	cmd = h_strf("OUTPOST_STORE=sqlite:/nonexistent/dir/x.db %s/bridge/outpostctl devices",
+	             h_build_dir());
 	cr_expect_eq(h_sh(cmd, &out, 30), 1);
 	cr_expect(strstr(out, "/nonexistent/dir/x.db"), "OUTPOST_STORE ignored: %s", out);
 	free(out);

@@ -12,7 +12,7 @@
 #include "store.h"
 
 void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
-		   const char *tag)
+                   const char *tag)
 {
 	memset(br, 0, sizeof(*br));
 	br->broker = b;
@@ -49,7 +49,8 @@ void h_bridge_start(struct h_bridge *br)
 	argv[n++] = h_strf("--client-id=%s", br->client_id);
 	argv[n++] = h_strf("--store=%s", br->store);
 	argv[n++] = h_strf("--health-interval=1s");
-	argv[n++] = h_strf("--stats-interval=%s", getenv("H_BRIDGE_STATS") ? getenv("H_BRIDGE_STATS") : "0");
+	argv[n++] = h_strf("--stats-interval=%s",
+	                   getenv("H_BRIDGE_STATS") ? getenv("H_BRIDGE_STATS") : "0");
 	argv[n++] = h_strf("--retry-max=1s");
 	for (int i = 0; i < br->n_extra; i++)
 		argv[n++] = strdup(br->extra[i]);
@@ -162,28 +163,39 @@ void h_check_simdev(const char *url, struct h_simdev *d, const struct h_simdev_o
 		last = (int64_t)seq;
 	}
 	int64_t per = (int64_t)o->rows * o->cols;
-	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM envelopes WHERE device = ? AND kind = 2", 1, dev),
-		     n_sent, "%s: batches stored", o->id);
-	cr_expect_eq(h_store_i64(url, "SELECT COALESCE(SUM(seq), 0) FROM envelopes WHERE device = ? AND kind = 2", 1,
-				 dev),
-		     sum_seq, "%s: seqs stored", o->id);
-	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM readings WHERE device = ?", 1, dev),
-		     n_sent * per, "%s: readings stored", o->id);
-	cr_expect_eq(h_store_i64(url, "SELECT COUNT(DISTINCT seq) FROM readings WHERE device = ?", 1, dev),
-		     n_sent, "%s: batches with readings", o->id);
 	cr_expect_eq(h_store_i64(url,
-				 "SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric WHERE"
-				 " r.device = ? AND (ABS(r.value - ((r.seq % 1000000) + ((r.ts - ? -"
-				 " r.seq * 1000) / 10) * 0.25 + (CAST(SUBSTR(m.name, 2) AS INTEGER) - 1) *"
-				 " 0.001)) > 0.0000001 OR r.ts - ? - r.seq * 1000 >= ? * 10)",
-				 4, dev, o->t0_ms, o->t0_ms, (int64_t)o->rows),
-		     0, "%s: readings with a wrong value or time", o->id);
+	                         "SELECT COUNT(*) FROM envelopes WHERE device = ? AND kind = 2", 1,
+	                         dev),
+	             n_sent, "%s: batches stored", o->id);
+	cr_expect_eq(
+	    h_store_i64(url,
+	                "SELECT COALESCE(SUM(seq), 0) FROM envelopes WHERE device = ? AND kind = 2",
+	                1, dev),
+	    sum_seq, "%s: seqs stored", o->id);
+	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM readings WHERE device = ?", 1, dev),
+	             n_sent * per, "%s: readings stored", o->id);
+	cr_expect_eq(
+	    h_store_i64(url, "SELECT COUNT(DISTINCT seq) FROM readings WHERE device = ?", 1, dev),
+	    n_sent, "%s: batches with readings", o->id);
+	cr_expect_eq(
+	    h_store_i64(url,
+	                "SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric WHERE"
+	                " r.device = ? AND (ABS(r.value - ((r.seq % 1000000) + ((r.ts - ? -"
+	                " r.seq * 1000) / 10) * 0.25 + (CAST(SUBSTR(m.name, 2) AS INTEGER) - 1) *"
+	                " 0.001)) > 0.0000001 OR r.ts - ? - r.seq * 1000 >= ? * 10)",
+	                4, dev, o->t0_ms, o->t0_ms, (int64_t)o->rows),
+	    0, "%s: readings with a wrong value or time", o->id);
 	cr_expect_eq(h_store_i64(url, "SELECT frontier FROM devices WHERE id = ?", 1, dev), last,
-		     "%s: frontier", o->id);
-	cr_expect_eq(h_store_i64(url, "SELECT COALESCE(SUM(count), 0) FROM gaps WHERE device = ? AND reason = 'dropped'",
-				 1, dev),
-		     n_dropped, "%s: dropped batches recorded", o->id);
-	cr_expect_eq(h_store_i64(url, "SELECT COUNT(*) FROM gaps WHERE device = ? AND reason = 'missing' AND resolved_at IS NULL",
-				 1, dev),
-		     0, "%s: open missing gaps", o->id);
+	             "%s: frontier", o->id);
+	cr_expect_eq(
+	    h_store_i64(
+	        url,
+	        "SELECT COALESCE(SUM(count), 0) FROM gaps WHERE device = ? AND reason = 'dropped'",
+	        1, dev),
+	    n_dropped, "%s: dropped batches recorded", o->id);
+	cr_expect_eq(h_store_i64(url,
+	                         "SELECT COUNT(*) FROM gaps WHERE device = ? AND reason = "
+	                         "'missing' AND resolved_at IS NULL",
+	                         1, dev),
+	             0, "%s: open missing gaps", o->id);
 }

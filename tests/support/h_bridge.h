@@ -12,7 +12,7 @@ struct h_bridge {
 	pid_t pid;
 	char *dir;
 	char *log;
-	char *store;	 /* store URL */
+	char *store; /* store URL */
 	char *client_id;
 	const struct h_broker *broker;
 	char *extra[16]; /* extra "--name=value" arguments (owned) */
@@ -21,7 +21,7 @@ struct h_bridge {
 
 /* Prepare (store: URL, or NULL for sqlite:<dir>/outpost.db); nothing runs yet. */
 void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
-		   const char *tag);
+                   const char *tag);
 
 /* Add --arg (e.g. "--quarantine-after=5") for the next start. */
 void h_bridge_arg(struct h_bridge *br, const char *arg);

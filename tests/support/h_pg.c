@@ -65,7 +65,7 @@ void h_pg_start(struct h_pg *pg)
 		pg->port = h_free_port();
 		pg->url = h_strf("postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
 		cmd = h_strf("%s%s/initdb -D %s -A trust -U postgres -E UTF8 --no-sync", as_pg(),
-			     bindir(), pg->data);
+		             bindir(), pg->data);
 		if (h_sh(cmd, &out, 120) != 0) {
 			fprintf(stderr, "h_pg: %s failed:\n%s\n", cmd, out);
 			abort();
@@ -73,9 +73,10 @@ void h_pg_start(struct h_pg *pg)
 		free(out);
 		free(cmd);
 	}
-	cmd = h_strf("%s%s/pg_ctl -D %s -l %s -w -t 60 -o \"-p %d -k %s -c listen_addresses=127.0.0.1"
-		     " -c fsync=off -c full_page_writes=off -c max_connections=50\" start",
-		     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
+	cmd =
+	    h_strf("%s%s/pg_ctl -D %s -l %s -w -t 60 -o \"-p %d -k %s -c listen_addresses=127.0.0.1"
+	           " -c fsync=off -c full_page_writes=off -c max_connections=50\" start",
+	           as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
 	if (h_sh(cmd, &out, 90) != 0) {
 		char *log = h_read_file(pg->log, NULL);
 		fprintf(stderr, "h_pg: %s failed:\n%s\n%s\n", cmd, out, log ? log : "");
@@ -114,8 +115,8 @@ void h_pg_free(struct h_pg *pg)
 int h_pg_sql(struct h_pg *pg, const char *sql, char **out)
 {
 	char *cmd = h_strf("psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p %d -U postgres -d "
-			   "postgres -c \"%s\"",
-			   pg->port, sql);
+	                   "postgres -c \"%s\"",
+	                   pg->port, sql);
 	int rc = h_sh(cmd, out, 60);
 	free(cmd);
 	return rc;

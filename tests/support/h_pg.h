@@ -10,7 +10,7 @@ struct h_pg {
 	char *dir;  /* everything lives here */
 	char *data; /* PGDATA */
 	char *log;
-	char *url;  /* postgresql://postgres@127.0.0.1:PORT/postgres */
+	char *url; /* postgresql://postgres@127.0.0.1:PORT/postgres */
 	int port;
 	bool running;
 };

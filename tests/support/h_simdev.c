@@ -45,8 +45,8 @@ struct h_simdev {
 	struct wire_dropped pending_drop;
 	int has_drop;
 	struct mosquitto *mosq;
-	int connected;	/* CONNACK received on the current connection */
-	int fresh;	/* connected, birth and resend not done yet */
+	int connected; /* CONNACK received on the current connection */
+	int fresh;     /* connected, birth and resend not done yet */
 	long long last_progress;
 	long long started_ms;
 };
@@ -78,11 +78,14 @@ static struct wire_key *load_key(const char *pki, const char *name)
 }
 
 uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *device_id,
-		uint64_t seq, const void *body, size_t body_len, size_t *len)
+                uint64_t seq, const void *body, size_t body_len, size_t *len)
 {
 	struct wire_key *k = load_key(pki, name);
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = 1700000000000LL + (int64_t)seq,
-			     .body = body, .body_len = body_len};
+	struct wire_env e = {.kind = kind,
+	                     .seq = seq,
+	                     .sent_at_ms = 1700000000000LL + (int64_t)seq,
+	                     .body = body,
+	                     .body_len = body_len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);
 	uint8_t *out = NULL;
 	if (wire_env_seal(k, &e, &out, len))
@@ -91,8 +94,7 @@ uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *de
 	return out;
 }
 
-uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain_floor,
-		      size_t *len)
+uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain_floor, size_t *len)
 {
 	Outpost__Birth b = OUTPOST__BIRTH__INIT;
 	Outpost__SpoolStats sp = OUTPOST__SPOOL_STATS__INIT;
@@ -138,7 +140,7 @@ uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain
 }
 
 static uint8_t *batch_body(const struct h_simdev_opts *o, uint64_t seq, uint64_t prev,
-			   const struct wire_dropped *drop, size_t ndrop, size_t *len)
+                           const struct wire_dropped *drop, size_t ndrop, size_t *len)
 {
 	struct wire_batch_builder *b = NULL;
 	uint8_t *out = NULL;
@@ -157,17 +159,19 @@ static uint8_t *batch_body(const struct h_simdev_opts *o, uint64_t seq, uint64_t
 	return out;
 }
 
-uint8_t *h_batch_body(const struct h_simdev_opts *o, uint64_t seq, uint64_t prev_seq,
-		      size_t *len)
+uint8_t *h_batch_body(const struct h_simdev_opts *o, uint64_t seq, uint64_t prev_seq, size_t *len)
 {
 	return batch_body(o, seq, prev_seq, NULL, 0, len);
 }
 
 static uint8_t *seal_with(struct h_simdev *d, uint32_t kind, uint64_t seq, const uint8_t *body,
-			  size_t body_len, size_t *len)
+                          size_t body_len, size_t *len)
 {
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = 1700000000000LL + (int64_t)seq,
-			     .body = body, .body_len = body_len};
+	struct wire_env e = {.kind = kind,
+	                     .seq = seq,
+	                     .sent_at_ms = 1700000000000LL + (int64_t)seq,
+	                     .body = body,
+	                     .body_len = body_len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", d->id);
 	uint8_t *out = NULL;
 	if (wire_env_seal(d->key, &e, &out, len))
@@ -176,8 +180,8 @@ static uint8_t *seal_with(struct h_simdev *d, uint32_t kind, uint64_t seq, const
 }
 
 /* Publish QoS 1 without waiting (libmosquitto queues and retries on its own). */
-static int pub(struct h_simdev *d, enum wire_topic t, const void *buf, size_t len,
-	       const char *resp, const void *corr, size_t corr_len)
+static int pub(struct h_simdev *d, enum wire_topic t, const void *buf, size_t len, const char *resp,
+               const void *corr, size_t corr_len)
 {
 	char topic[WIRE_TOPIC_MAX];
 	mosquitto_property *props = NULL;
@@ -186,7 +190,7 @@ static int pub(struct h_simdev *d, enum wire_topic t, const void *buf, size_t le
 		mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, resp);
 	if (corr)
 		mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr,
-					      (uint16_t)corr_len);
+		                              (uint16_t)corr_len);
 	int rc = mosquitto_publish_v5(d->mosq, NULL, topic, (int)len, buf, 1, false, props);
 	mosquitto_property_free_all(&props);
 	return rc == MOSQ_ERR_SUCCESS ? 0 : -1;
@@ -306,8 +310,9 @@ static int produce(struct h_simdev *d)
 		pthread_mutex_unlock(&d->mu);
 		return 0;
 	}
-	uint8_t *body = batch_body(&d->o, seq, d->last_durable, d->has_drop ? &d->pending_drop : NULL,
-				   d->has_drop ? 1 : 0, &blen);
+	uint8_t *body =
+	    batch_body(&d->o, seq, d->last_durable, d->has_drop ? &d->pending_drop : NULL,
+	               d->has_drop ? 1 : 0, &blen);
 	d->has_drop = 0;
 	uint8_t *env = seal_with(d, WIRE_KIND_BATCH, seq, body, blen, &elen);
 	free(body);
@@ -332,7 +337,7 @@ static int stopping(struct h_simdev *d)
 }
 
 static void on_connect(struct mosquitto *m, void *ud, int rc, int flags,
-		       const mosquitto_property *p)
+                       const mosquitto_property *p)
 {
 	struct h_simdev *d = ud;
 	char topic[WIRE_TOPIC_MAX];
@@ -356,7 +361,7 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc, const mosquitto
 }
 
 static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg,
-		       const mosquitto_property *p)
+                       const mosquitto_property *p)
 {
 	struct h_simdev *d = ud;
 	(void)m;
@@ -407,7 +412,9 @@ static void *run(void *arg)
 			d->last_progress = h_now_ms();
 		}
 		while (!bad && d->st.produced < d->o.batches && d->n_spool < (size_t)d->o.window) {
-			if (d->o.rate > 0 && h_now_ms() < d->started_ms + (long long)d->st.produced * 1000 / d->o.rate)
+			if (d->o.rate > 0 &&
+			    h_now_ms() <
+			        d->started_ms + (long long)d->st.produced * 1000 / d->o.rate)
 				break;
 			bad = produce(d) != 0;
 		}
@@ -420,7 +427,7 @@ static void *run(void *arg)
 		if (!bad && d->n_spool && h_now_ms() - d->last_progress > d->o.ack_timeout_ms) {
 			for (size_t i = 0; i < d->n_spool && !bad; i++) {
 				bad = pub(d, WIRE_TOPIC_TELEMETRY, d->spool[i].buf, d->spool[i].len,
-					  NULL, NULL, 0) != 0;
+				          NULL, NULL, 0) != 0;
 				pthread_mutex_lock(&d->mu);
 				d->st.resent++;
 				pthread_mutex_unlock(&d->mu);
@@ -469,6 +476,7 @@ struct h_simdev *h_simdev_start(const struct h_simdev_opts *o)
 	d->sent = calloc((size_t)d->o.batches + 1, 1);
 	d->batch_seq = calloc((size_t)d->o.batches + 1, sizeof(*d->batch_seq));
 	d->next_seq = o->first_seq ? o->first_seq : 1;
+	d->last_durable = o->prev_durable;
 	pthread_mutex_init(&d->mu, NULL);
 	mosquitto_lib_init();
 	d->mosq = mosquitto_new(d->id, true, d);

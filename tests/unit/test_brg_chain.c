@@ -6,8 +6,14 @@
 
 static struct brg_chain ch;
 
-#define L(p, s) {p, s, 1}
-#define D(p, s) {p, s, 0}
+#define L(p, s)                                                                                    \
+	{                                                                                          \
+		p, s, 1, 0                                                                         \
+	}
+#define D(p, s)                                                                                    \
+	{                                                                                          \
+		p, s, 0, 0                                                                         \
+	}
 
 Test(brg_chain, empty_keeps_the_frontier)
 {
@@ -45,7 +51,8 @@ Test(brg_chain, hole_gives_ranges_above_the_frontier)
 	cr_expect_eq(ch.ranges[0].last, 7);
 	cr_expect_eq(ch.ranges[1].first, 10);
 	cr_expect_eq(ch.ranges[1].last, 12);
-	/* holes: seqs 5..5 (after the frontier up to 6's prev) and 8..9 (after 7 up to 12's prev) */
+	/* holes: seqs 5..5 (after the frontier up to 6's prev) and 8..9 (after 7 up to 12's prev)
+	 */
 	cr_assert_eq(ch.n_holes, 2);
 	cr_expect_eq(ch.holes[0].first, 5);
 	cr_expect_eq(ch.holes[0].last, 5);
@@ -87,7 +94,7 @@ Test(brg_chain, ranges_are_bounded_newest_dropped)
 	size_t n = WIRE_MAX_ACK_RANGES + 50;
 	struct brg_link *l = calloc(n, sizeof(*l));
 	for (size_t i = 0; i < n; i++) /* every other link missing */
-		l[i] = (struct brg_link){10 + 2 * i + 1, 10 + 2 * i + 2, 1};
+		l[i] = (struct brg_link){10 + 2 * i + 1, 10 + 2 * i + 2, 1, 0};
 	brg_chain_compute(10, l, n, &ch);
 	cr_expect_eq(ch.frontier, 10);
 	cr_expect_eq(ch.n_ranges, WIRE_MAX_ACK_RANGES);

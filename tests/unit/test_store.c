@@ -45,15 +45,17 @@ static void exercise(const char *url)
 
 	/* Statements: every type, NULL, NaN, blobs with zero bytes, changes(). */
 	struct store_stmt *st = NULL;
-	cr_assert_eq(store_exec(s, "CREATE TABLE t (k BIGINT PRIMARY KEY, f DOUBLE PRECISION, s TEXT,"
-				   " b BYTEA)") == STORE_OK ||
-			     store_exec(s, "CREATE TABLE t (k INTEGER PRIMARY KEY, f REAL, s TEXT, b BLOB)") ==
-				     STORE_OK,
-		     1);
-	cr_assert_eq(store_prepare(s, "INSERT INTO t (k, f, s, b) VALUES (?, ?, ?, ?) ON CONFLICT (k)"
-				      " DO NOTHING",
-				   &st),
-		     STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(
+	    store_exec(s, "CREATE TABLE t (k BIGINT PRIMARY KEY, f DOUBLE PRECISION, s TEXT,"
+	                  " b BYTEA)") == STORE_OK ||
+	        store_exec(s, "CREATE TABLE t (k INTEGER PRIMARY KEY, f REAL, s TEXT, b BLOB)") ==
+	            STORE_OK,
+	    1);
+	cr_assert_eq(store_prepare(s,
+	                           "INSERT INTO t (k, f, s, b) VALUES (?, ?, ?, ?) ON CONFLICT (k)"
+	                           " DO NOTHING",
+	                           &st),
+	             STORE_OK, "%s", store_errmsg(s));
 	const uint8_t blob[] = {0, 1, 0xff, 0, 0x7f};
 	cr_assert_eq(store_bind_i64(st, 1, INT64_MAX), 0);
 	cr_assert_eq(store_bind_f64(st, 2, -1.5e300), 0);
@@ -93,17 +95,17 @@ static void exercise(const char *url)
 	store_stmt_free(st);
 	int64_t x = 0;
 	cr_expect_eq(store_query_i64(s, &x, "SELECT k FROM t WHERE k = ?", 1, (int64_t)12345),
-		     STORE_ENOTFOUND);
+	             STORE_ENOTFOUND);
 	st = NULL;
-	cr_expect_eq(store_prepare(s, "SELECT nonsense FROM nowhere", &st) ||
-			     store_step(st) < 0,
-		     1, "a broken statement fails");
+	cr_expect_eq(store_prepare(s, "SELECT nonsense FROM nowhere", &st) || store_step(st) < 0, 1,
+	             "a broken statement fails");
 	if (st)
 		store_stmt_free(st);
 
 	/* Bulk copy inside a transaction, rolled back and then committed. */
 	struct store_copy *cp = NULL;
-	cr_assert_eq(store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &cp), 0);
+	cr_assert_eq(store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &cp),
+	             0);
 	for (int round = 0; round < 2; round++) {
 		cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
 		cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
@@ -129,17 +131,19 @@ static void exercise(const char *url)
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"), 5000);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE value IS NULL"), 1);
 	cr_expect_eq(one(s, "SELECT CAST(SUM(value) * 2 AS BIGINT) FROM readings"),
-		     (int64_t)(4999 * 5000 / 2 - 13));
+	             (int64_t)(4999 * 5000 / 2 - 13));
 
 	/* Device actions, each with its event. */
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
-				   " VALUES ('dev-x', 'active', 1, 1)"),
-		     STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(
+	    store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
+	                  " VALUES ('dev-x', 'active', 1, 1)"),
+	    STORE_OK, "%s", store_errmsg(s));
 	char old[16];
 	struct store_device d;
 	cr_expect_eq(store_device_action(s, "dev-x", "release", "test", NULL, old), STORE_ESTATE);
 	cr_expect_str_eq(old, "active");
-	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", "why not", old), STORE_OK);
+	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", "why not", old),
+	             STORE_OK);
 	cr_assert_eq(store_device_get(s, "dev-x", &d), STORE_OK);
 	cr_expect_str_eq(d.state, "quarantined");
 	cr_expect(strstr(d.state_reason, "why not"), "%s", d.state_reason);
@@ -148,25 +152,30 @@ static void exercise(const char *url)
 	cr_expect_str_eq(d.state, "unenrolled", "no key: back to unenrolled, not active");
 	cr_expect_eq(store_device_action(s, "dev-x", "revoke", "test", NULL, old), STORE_OK);
 	cr_expect_eq(store_device_action(s, "dev-x", "release", "test", NULL, old), STORE_ESTATE);
-	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", NULL, old), STORE_ESTATE);
-	cr_expect_eq(store_device_action(s, "nobody", "revoke", "test", NULL, old), STORE_ENOTFOUND);
+	cr_expect_eq(store_device_action(s, "dev-x", "quarantine", "test", NULL, old),
+	             STORE_ESTATE);
+	cr_expect_eq(store_device_action(s, "nobody", "revoke", "test", NULL, old),
+	             STORE_ENOTFOUND);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM events WHERE type IN ('quarantined', 'released',"
-			    " 'revoked')"),
-		     3);
+	                    " 'revoked')"),
+	             3);
 
 	/* Tasks. */
 	int64_t id = 0, now = store_now_ms();
 	struct store_kv kv[] = {{"first", "1"}, {"last", "20"}};
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
-				   " VALUES ('dev-y', 'active', 1, 1)"),
-		     STORE_OK);
-	cr_expect_eq(store_task_add(s, "dev-y", "rm-rf", NULL, 0, now + 1000, "t", &id), STORE_EINVAL);
+	cr_assert_eq(
+	    store_exec(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
+	                  " VALUES ('dev-y', 'active', 1, 1)"),
+	    STORE_OK);
+	cr_expect_eq(store_task_add(s, "dev-y", "rm-rf", NULL, 0, now + 1000, "t", &id),
+	             STORE_EINVAL);
 	cr_expect_eq(store_task_add(s, "dev-y", "ping", NULL, 0, now - 1, "t", &id), STORE_EINVAL);
-	cr_expect_eq(store_task_add(s, "nobody", "ping", NULL, 0, now + 1000, "t", &id), STORE_ENOTFOUND);
-	cr_expect_eq(store_task_add(s, "dev-x", "ping", NULL, 0, now + 1000, "t", &id), STORE_ESTATE,
-		     "no tasks for a revoked device");
+	cr_expect_eq(store_task_add(s, "nobody", "ping", NULL, 0, now + 1000, "t", &id),
+	             STORE_ENOTFOUND);
+	cr_expect_eq(store_task_add(s, "dev-x", "ping", NULL, 0, now + 1000, "t", &id),
+	             STORE_ESTATE, "no tasks for a revoked device");
 	cr_assert_eq(store_task_add(s, "dev-y", "resend", kv, 2, now + 60000, "t", &id), STORE_OK,
-		     "%s", store_errmsg(s));
+	             "%s", store_errmsg(s));
 	cr_expect_eq(id, 1);
 	cr_assert_eq(store_task_add(s, "dev-y", "ping", NULL, 0, now + 60000, "t", &id), STORE_OK);
 	cr_expect_eq(id, 2, "task ids are monotonic");
@@ -180,8 +189,9 @@ static void exercise(const char *url)
 	cr_expect_eq(store_task_cancel(s, 99, "t", state), STORE_ENOTFOUND);
 
 	/* A store newer than this program is refused, not damaged. */
-	cr_assert_eq(store_exec(s, "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)"),
-		     STORE_OK);
+	cr_assert_eq(
+	    store_exec(s, "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)"),
+	    STORE_OK);
 	cr_expect_eq(store_migrate(s, &from, &to), STORE_ESCHEMA);
 	cr_expect_eq(from, 99);
 	store_close(s);

@@ -1,0 +1,153 @@
+/* brg_commit_int.h - internals shared by the writer's files: brg_commit.c (transactions,
+ * devices, rejections and quarantine, births), brg_durable.c (batches, readings, chains, gaps),
+ * brg_tasks.c (polls and results) and brg_health.c (sweeps). Not a public interface. */
+#ifndef BRG_COMMIT_INT_H
+#define BRG_COMMIT_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "brg_commit.h"
+#include "store.h"
+
+#define MAX_LINKS          4096 /* stored links read above a frontier */
+#define MAX_DROP_LINKS     1024 /* dropped links read above a frontier */
+#define TASKLIST_BUDGET    (WIRE_MAX_BODY - 4096)
+#define MCACHE_BUCKETS     4096
+#define MCACHE_MAX_DEVICES 65536
+
+enum {
+	S_DEV_INS,
+	S_DEV_SEL,
+	S_DEV_UPD,
+	S_DEV_BIRTH,
+	S_EVENT,
+	S_REJ,
+	S_ENV_INS,
+	S_ENV_SIG,
+	S_LINKS,
+	S_DROPS,
+	S_GAP_INS,
+	S_GAP_GROW_DROP,
+	S_GAP_MOVE_MISS,
+	S_GAP_FILL,
+	S_METRIC_CLEAR,
+	S_METRIC_UPS,
+	S_METRIC_LOAD,
+	S_METRIC_PLACE,
+	S_TASK_SEL,
+	S_TASK_ARGS,
+	S_TASK_DELIV,
+	S_TASK_GET,
+	S_TASK_FINISH,
+	S_TASK_OUT,
+	S_COUNT
+};
+
+/* A device touched by the current transaction. */
+struct wdev {
+	const char *id; /* borrowed from an item */
+	int64_t key;    /* 0: no row (status of a device the store does not know) */
+	char state[16];
+	char reason[160];
+	int state_changed;
+	int online;
+	int has_key;
+	uint8_t pub[WIRE_PUBKEY_LEN];
+	int64_t frontier, last_nd_seq, consecutive, sample_s, poll_s, last_seen;
+	int64_t d_env, d_read, d_dup, d_rej;
+	uint8_t boot_id[WIRE_BOOT_ID_LEN];
+	int has_boot;
+	char agent[WIRE_MAX_AGENT_VERSION + 1];
+	int dirty;
+	int durable; /* an authentic durable envelope arrived: answer with an ack */
+	int needs_row;
+};
+
+/* Readings collected during a group, inserted in bulk at the end. */
+struct rrow {
+	int64_t device, metric, ts, seq, idx;
+	double value;
+};
+
+/* wire metric id -> metrics.id of one device. */
+struct mentry {
+	uint32_t wire;
+	int64_t key;
+};
+struct mcache {
+	struct mcache *next;
+	int64_t device;
+	size_t n, cap;
+	struct mentry *e; /* sorted by wire */
+};
+
+struct brg_committer {
+	struct store *s;
+	struct brg_commit_opts o;
+	struct store_stmt *st[S_COUNT];
+	struct store_copy *copy;
+	struct wdev *devs;
+	size_t n_devs, cap_devs;
+	struct rrow *rows;
+	size_t n_rows, cap_rows;
+	struct brg_link *links;
+	struct mcache *mc[MCACHE_BUCKETS];
+	size_t mc_devices;
+	int64_t now;
+	struct brg_outcome *out;
+};
+
+/* The prepared statements' SQL (brg_commit.c), indexed by the S_* values. */
+extern const char *const brg_commit__sql[S_COUNT];
+
+/* Bind to prepared statement c->st[i]; on failure set rc and jump to the function's `out`. */
+#define B64(i, n, v)                                                                               \
+	do {                                                                                       \
+		if ((rc = store_bind_i64(c->st[i], n, (int64_t)(v))))                              \
+			goto out;                                                                  \
+	} while (0)
+#define BTXT(i, n, v)                                                                              \
+	do {                                                                                       \
+		if ((rc = store_bind_text(c->st[i], n, v)))                                        \
+			goto out;                                                                  \
+	} while (0)
+#define BBLOB(i, n, v, l)                                                                          \
+	do {                                                                                       \
+		if ((rc = store_bind_blob(c->st[i], n, v, l)))                                     \
+			goto out;                                                                  \
+	} while (0)
+
+int brg_commit__reserve(void **arr, size_t *cap, size_t n, size_t elem);
+struct brg_reply *brg_commit__add_reply(struct brg_outcome *o);
+void brg_commit__note(struct brg_committer *c, int level, const char *device, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Run c->st[i] to completion and reset it. */
+int brg_commit__run(struct brg_committer *c, int i);
+/* Insert an event row (and a log note) about w (NULL: about no device). */
+int brg_commit__event(struct brg_committer *c, const struct wdev *w, const char *type,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void brg_commit__set_state(struct wdev *w, const char *state, const char *reason);
+int brg_commit__is_state(const struct wdev *w, const char *s);
+int brg_commit__count_reject(struct brg_committer *c, struct wdev *w, const char *reason,
+                             const char *detail, int toward_quarantine);
+int brg_commit__accepted(struct brg_committer *c, struct wdev *w);
+/* Birth/poll replay check: 1 if it->seq is above every birth/poll seen (and records it),
+ * 0 if counted as `replayed`, < 0 on error. */
+int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
+                      const char *what);
+void brg_commit__free_tasks(struct brg_task *t, size_t n);
+void brg_commit__mcache_clear(struct brg_committer *c);
+void brg_commit__unwind(struct brg_committer *c, struct brg_outcome *out,
+                        const struct brg_outcome *mark);
+/* Durable envelopes (brg_durable.c): 1 if newly stored, 0 if handled, < 0 store error. */
+int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
+                               uint32_t kind, size_t n_readings);
+int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
+int brg_commit__insert_readings(struct brg_committer *c);
+int brg_commit__chain(struct brg_committer *c, struct wdev *w);
+/* Tasks (brg_tasks.c). */
+int brg_commit__do_result(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
+int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
+
+#endif

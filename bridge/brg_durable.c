@@ -1,0 +1,365 @@
+/* brg_durable.c - the writer's durable envelopes: dedupe by (device, seq), batches and their
+ * readings (bulk insert, metric ids), dropped records, chain frontier, ack ranges, gaps. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "brg_commit_int.h"
+#include "brg_err.h"
+#include "olog.h"
+#include "store_ops.h"
+#include "wire_env.h"
+
+static int cmp_mentry(const void *a, const void *b)
+{
+	uint32_t x = ((const struct mentry *)a)->wire, y = ((const struct mentry *)b)->wire;
+	return (x > y) - (x < y);
+}
+
+static struct mcache *mcache_get(struct brg_committer *c, int64_t device, int *rc)
+{
+	struct mcache **bucket = &c->mc[(uint64_t)device % MCACHE_BUCKETS];
+	for (struct mcache *m = *bucket; m; m = m->next)
+		if (m->device == device)
+			return m;
+	if (c->mc_devices >= MCACHE_MAX_DEVICES)
+		brg_commit__mcache_clear(c);
+	struct mcache *m = calloc(1, sizeof(*m));
+	if (!m) {
+		*rc = STORE_ENOMEM;
+		return NULL;
+	}
+	m->device = device;
+	struct store_stmt *st = c->st[S_METRIC_LOAD];
+	*rc = store_bind_i64(st, 1, device);
+	while (!*rc && (*rc = store_step(st)) == 1) {
+		*rc = 0;
+		if (brg_commit__reserve((void **)&m->e, &m->cap, m->n, sizeof(*m->e))) {
+			*rc = STORE_ENOMEM;
+			break;
+		}
+		m->e[m->n++] =
+		    (struct mentry){(uint32_t)store_col_i64(st, 0), store_col_i64(st, 1)};
+	}
+	store_reset(st);
+	if (*rc < 0) {
+		free(m->e);
+		free(m);
+		return NULL;
+	}
+	*rc = 0;
+	qsort(m->e, m->n, sizeof(*m->e), cmp_mentry);
+	m->next = *bucket;
+	*bucket = m;
+	c->mc_devices++;
+	return m;
+}
+
+/* metrics.id for wire metric id `wire` of w; a placeholder "#<id>" if no birth named it. */
+static int metric_key(struct brg_committer *c, struct wdev *w, struct mcache *m, uint32_t wire,
+                      int64_t *out)
+{
+	struct mentry k = {wire, 0}, *e = bsearch(&k, m->e, m->n, sizeof(*m->e), cmp_mentry);
+	char name[16];
+	int rc;
+	if (e) {
+		*out = e->key;
+		return 0;
+	}
+	snprintf(name, sizeof(name), "#%u", wire);
+	B64(S_METRIC_PLACE, 1, w->key);
+	BTXT(S_METRIC_PLACE, 2, name);
+	B64(S_METRIC_PLACE, 3, wire);
+	rc = store_step(c->st[S_METRIC_PLACE]);
+	if (rc == 1) {
+		k.key = store_col_i64(c->st[S_METRIC_PLACE], 0);
+		rc = 0;
+	} else if (rc == 0) {
+		rc = STORE_EQUERY;
+	}
+	store_reset(c->st[S_METRIC_PLACE]);
+	if (rc)
+		goto out;
+	if ((rc = brg_commit__reserve((void **)&m->e, &m->cap, m->n, sizeof(*m->e))))
+		goto out;
+	m->e[m->n++] = k;
+	qsort(m->e, m->n, sizeof(*m->e), cmp_mentry);
+	*out = k.key;
+	rc = brg_commit__event(c, w, "metric_unnamed",
+	                       "metric id %u used before any birth named it", wire);
+out:
+	return rc;
+}
+
+/* Store a durable envelope: 1 if new, 0 if handled (duplicate or rejection), < 0 error. */
+int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
+                               uint32_t kind, size_t n_readings)
+{
+	char d[160];
+	int rc;
+	w->durable = 1;
+	if ((int64_t)it->seq > w->frontier) {
+		B64(S_ENV_INS, 1, w->key);
+		B64(S_ENV_INS, 2, it->seq);
+		B64(S_ENV_INS, 3, it->prev_seq);
+		B64(S_ENV_INS, 4, kind);
+		B64(S_ENV_INS, 5, it->sent_at_ms);
+		B64(S_ENV_INS, 6, c->now);
+		B64(S_ENV_INS, 7, n_readings);
+		BBLOB(S_ENV_INS, 8, it->sig, WIRE_SIG_LEN);
+		if ((rc = store_step(c->st[S_ENV_INS])) >= 0) {
+			rc = store_changes(c->st[S_ENV_INS]) == 1;
+			store_reset(c->st[S_ENV_INS]);
+			if (rc == 1) {
+				w->d_env++;
+				c->out->envelopes++;
+				return 1;
+			}
+		} else {
+			store_reset(c->st[S_ENV_INS]);
+			goto out;
+		}
+	}
+	/* Already there (duplicate or reuse), or at/below the frontier. */
+	B64(S_ENV_SIG, 1, w->key);
+	B64(S_ENV_SIG, 2, it->seq);
+	rc = store_step(c->st[S_ENV_SIG]);
+	if (rc == 1) {
+		size_t len;
+		const void *sig = store_col_blob(c->st[S_ENV_SIG], 0, &len);
+		int same = sig && len == WIRE_SIG_LEN && !memcmp(sig, it->sig, WIRE_SIG_LEN);
+		store_reset(c->st[S_ENV_SIG]);
+		if (same) {
+			/* Harmless: counted, answered with a fresh ack, not a rejection. */
+			w->d_dup++;
+			c->out->duplicates++;
+			w->dirty = 1;
+			rc = brg_commit__accepted(c, w);
+			return rc ? rc : 0;
+		}
+		snprintf(d, sizeof(d), "%s seq %llu stored before with another signature",
+		         wire_kind_name(kind), (unsigned long long)it->seq);
+		rc = brg_commit__count_reject(c, w, BRG_R_REUSED, d, 1);
+		return rc ? rc : 0;
+	}
+	store_reset(c->st[S_ENV_SIG]);
+	if (rc < 0)
+		goto out;
+	snprintf(d, sizeof(d), "%s seq %llu at or below the frontier %lld and not stored",
+	         wire_kind_name(kind), (unsigned long long)it->seq, (long long)w->frontier);
+	rc = brg_commit__count_reject(c, w, BRG_R_TOO_OLD, d, 1);
+	return rc ? rc : 0;
+out:
+	return rc;
+}
+
+static int record_dropped(struct brg_committer *c, struct wdev *w, const struct wire_dropped *d)
+{
+	int rc;
+	B64(S_GAP_INS, 1, w->key);
+	BTXT(S_GAP_INS, 2, "dropped");
+	B64(S_GAP_INS, 3, d->prev_seq);
+	B64(S_GAP_INS, 4, d->last_seq);
+	B64(S_GAP_INS, 5, d->count);
+	B64(S_GAP_INS, 6, c->now);
+	if ((rc = store_step(c->st[S_GAP_INS])) < 0) {
+		store_reset(c->st[S_GAP_INS]);
+		goto out;
+	}
+	int inserted = store_changes(c->st[S_GAP_INS]) == 1;
+	store_reset(c->st[S_GAP_INS]);
+	if (inserted)
+		return brg_commit__event(
+		    c, w, "gap_dropped", "device dropped %llu envelopes in seq %llu..%llu",
+		    (unsigned long long)d->count, (unsigned long long)d->prev_seq + 1,
+		    (unsigned long long)d->last_seq);
+	/* The device may report a growing record with the same start. */
+	B64(S_GAP_GROW_DROP, 1, d->last_seq);
+	B64(S_GAP_GROW_DROP, 2, d->count);
+	B64(S_GAP_GROW_DROP, 3, w->key);
+	B64(S_GAP_GROW_DROP, 4, d->prev_seq);
+	B64(S_GAP_GROW_DROP, 5, d->last_seq);
+	rc = brg_commit__run(c, S_GAP_GROW_DROP);
+out:
+	return rc;
+}
+
+int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
+{
+	const struct wire_batch *b = it->batch;
+	int rc = brg_commit__store_envelope(c, w, it, WIRE_KIND_BATCH, b->n_readings);
+	if (rc <= 0)
+		return rc;
+	if (b->n_readings) {
+		struct mcache *m = mcache_get(c, w->key, &rc);
+		if (!m)
+			return rc;
+		if (c->n_rows + b->n_readings > c->cap_rows) {
+			size_t cap = c->cap_rows ? c->cap_rows : 1024;
+			while (cap < c->n_rows + b->n_readings)
+				cap *= 2;
+			struct rrow *r = realloc(c->rows, cap * sizeof(*r));
+			if (!r)
+				return STORE_ENOMEM;
+			c->rows = r;
+			c->cap_rows = cap;
+		}
+		/* Columns repeat row after row: look each metric up once per run. */
+		uint32_t last_wire = 0;
+		int64_t last_key = -1;
+		for (size_t i = 0; i < b->n_readings; i++) {
+			const struct wire_reading *r = &b->readings[i];
+			if (last_key < 0 || r->metric_id != last_wire) {
+				if ((rc = metric_key(c, w, m, r->metric_id, &last_key)))
+					return rc;
+				last_wire = r->metric_id;
+			}
+			c->rows[c->n_rows++] = (struct rrow){
+			    w->key, last_key, r->t_ms, (int64_t)it->seq, (int64_t)i, r->value};
+		}
+		w->d_read += (int64_t)b->n_readings;
+		c->out->readings += b->n_readings;
+	}
+	for (size_t i = 0; i < b->n_dropped; i++)
+		if ((rc = record_dropped(c, w, &b->dropped[i])))
+			return rc;
+	return brg_commit__accepted(c, w);
+}
+
+/* ---- end of group: readings, chains, device rows ---- */
+
+int brg_commit__insert_readings(struct brg_committer *c)
+{
+	if (!c->n_rows)
+		return 0;
+	int rc = store_copy_start(c->copy);
+	for (size_t i = 0; i < c->n_rows && !rc; i++) {
+		const struct rrow *r = &c->rows[i];
+		if (!(rc = store_copy_i64(c->copy, r->device)) &&
+		    !(rc = store_copy_i64(c->copy, r->metric)) &&
+		    !(rc = store_copy_i64(c->copy, r->ts)) &&
+		    !(rc = store_copy_i64(c->copy, r->seq)) &&
+		    !(rc = store_copy_i64(c->copy, r->idx)) &&
+		    !(rc = store_copy_f64(c->copy, r->value)))
+			rc = store_copy_end_row(c->copy);
+	}
+	int rc2 = store_copy_finish(c->copy);
+	return rc ? rc : rc2;
+}
+
+static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
+{
+	int rc;
+	*n = 0;
+	B64(S_LINKS, 1, w->key);
+	B64(S_LINKS, 2, w->frontier);
+	while ((rc = store_step(c->st[S_LINKS])) == 1 && *n < MAX_LINKS)
+		c->links[(*n)++] = (struct brg_link){(uint64_t)store_col_i64(c->st[S_LINKS], 0),
+		                                     (uint64_t)store_col_i64(c->st[S_LINKS], 1), 1,
+		                                     store_col_i64(c->st[S_LINKS], 2)};
+	store_reset(c->st[S_LINKS]);
+	if (rc < 0)
+		goto out;
+	B64(S_DROPS, 1, w->key);
+	B64(S_DROPS, 2, w->frontier);
+	size_t drops = 0;
+	while ((rc = store_step(c->st[S_DROPS])) == 1 && drops < MAX_DROP_LINKS) {
+		c->links[(*n)++] = (struct brg_link){(uint64_t)store_col_i64(c->st[S_DROPS], 0),
+		                                     (uint64_t)store_col_i64(c->st[S_DROPS], 1), 0,
+		                                     store_col_i64(c->st[S_DROPS], 2)};
+		drops++;
+	}
+	store_reset(c->st[S_DROPS]);
+	rc = rc < 0 ? rc : 0;
+out:
+	return rc;
+}
+
+int brg_commit__chain(struct brg_committer *c, struct wdev *w)
+{
+	struct brg_chain *ch = malloc(sizeof(*ch));
+	size_t n;
+	int rc = STORE_ENOMEM;
+	if (!ch)
+		return rc;
+	if ((rc = read_links(c, w, &n)))
+		goto out;
+	brg_chain_compute((uint64_t)w->frontier, c->links, n, ch);
+	if ((int64_t)ch->frontier != w->frontier) {
+		B64(S_GAP_FILL, 1, c->now);
+		B64(S_GAP_FILL, 2, w->key);
+		B64(S_GAP_FILL, 3, ch->frontier);
+		if ((rc = store_step(c->st[S_GAP_FILL])) < 0) {
+			store_reset(c->st[S_GAP_FILL]);
+			goto out;
+		}
+		int64_t filled = store_changes(c->st[S_GAP_FILL]);
+		store_reset(c->st[S_GAP_FILL]);
+		if (filled &&
+		    (rc = brg_commit__event(c, w, "gap_filled",
+		                            "%lld missing stretch(es) below seq %llu arrived",
+		                            (long long)filled, (unsigned long long)ch->frontier)))
+			goto out;
+		w->frontier = (int64_t)ch->frontier;
+		w->dirty = 1;
+	}
+	for (size_t i = 0; i < ch->n_holes; i++) {
+		uint64_t prev = ch->holes[i].first - 1, last = ch->holes[i].last;
+		/* Out-of-order arrival (a restart, several bridges) opens holes that close within
+		 * an ack timeout: only holes older than the grace are gaps worth a row. */
+		if (c->now - ch->holes[i].since < c->o.gap_grace_ms)
+			continue;
+		B64(S_GAP_INS, 1, w->key);
+		BTXT(S_GAP_INS, 2, "missing");
+		B64(S_GAP_INS, 3, prev);
+		B64(S_GAP_INS, 4, last);
+		if ((rc = store_bind_null(c->st[S_GAP_INS], 5)))
+			goto out;
+		B64(S_GAP_INS, 6, c->now);
+		if ((rc = store_step(c->st[S_GAP_INS])) < 0) {
+			store_reset(c->st[S_GAP_INS]);
+			goto out;
+		}
+		int inserted = store_changes(c->st[S_GAP_INS]) == 1;
+		store_reset(c->st[S_GAP_INS]);
+		if (inserted) {
+			rc = brg_commit__event(c, w, "gap_missing",
+			                       "chain broken after seq %llu: link to %llu missing",
+			                       (unsigned long long)prev, (unsigned long long)last);
+		} else {
+			B64(S_GAP_MOVE_MISS, 1, last);
+			B64(S_GAP_MOVE_MISS, 2, w->key);
+			B64(S_GAP_MOVE_MISS, 3, prev);
+			B64(S_GAP_MOVE_MISS, 4, last);
+			rc = brg_commit__run(c, S_GAP_MOVE_MISS);
+		}
+		if (rc)
+			goto out;
+	}
+	if (brg_commit__is_state(w, STORE_ST_REVOKED)) {
+		rc = 0;
+		goto out; /* nothing more is said to a revoked device */
+	}
+	struct brg_reply *r = brg_commit__add_reply(c->out);
+	if (!r) {
+		rc = STORE_ENOMEM;
+		goto out;
+	}
+	r->kind = BRG_REPLY_ACK;
+	snprintf(r->device, sizeof(r->device), "%s", w->id);
+	r->seq = ch->frontier;
+	if (ch->n_ranges) {
+		r->ranges = malloc(ch->n_ranges * sizeof(*r->ranges));
+		if (!r->ranges) {
+			rc = STORE_ENOMEM;
+			goto out;
+		}
+		memcpy(r->ranges, ch->ranges, ch->n_ranges * sizeof(*r->ranges));
+		r->n_ranges = ch->n_ranges;
+	}
+	rc = 0;
+out:
+	free(ch);
+	return rc;
+}

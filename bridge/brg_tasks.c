@@ -1,0 +1,177 @@
+/* brg_tasks.c - the writer's side of polled tasks (PROTOCOL.md 6): answering polls with the
+ * device's pending tasks and storing results, moving task states. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "brg_commit_int.h"
+#include "brg_err.h"
+#include "olog.h"
+#include "store_ops.h"
+#include "wire_env.h"
+
+int brg_commit__do_result(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
+{
+	const Outpost__TaskResult *r = it->result;
+	static const char *const status[] = {"", "succeeded", "failed", "rejected"};
+	int rc = brg_commit__store_envelope(c, w, it, WIRE_KIND_TASK_RESULT, 0);
+	if (rc <= 0)
+		return rc;
+	if ((rc = brg_commit__accepted(c, w)))
+		return rc;
+	B64(S_TASK_GET, 1, r->task_id);
+	B64(S_TASK_GET, 2, w->key);
+	rc = store_step(c->st[S_TASK_GET]);
+	if (rc <= 0) {
+		store_reset(c->st[S_TASK_GET]);
+		if (rc < 0)
+			goto out;
+		return brg_commit__event(c, w, "task_result_unknown",
+		                         "result for task %llu, not one of this device's",
+		                         (unsigned long long)r->task_id);
+	}
+	char state[16], type[WIRE_MAX_TASK_TYPE + 1];
+	snprintf(state, sizeof(state), "%s", store_col_text(c->st[S_TASK_GET], 0));
+	int64_t expires = store_col_i64(c->st[S_TASK_GET], 1);
+	snprintf(type, sizeof(type), "%s", store_col_text(c->st[S_TASK_GET], 2));
+	store_reset(c->st[S_TASK_GET]);
+	if (strcmp(state, STORE_TASK_QUEUED) && strcmp(state, STORE_TASK_DELIVERED) &&
+	    strcmp(state, STORE_TASK_EXPIRED))
+		return brg_commit__event(c, w, "task_result_ignored", "task %llu %s is already %s",
+		                         (unsigned long long)r->task_id, type, state);
+	const char *to = STORE_TASK_SUCCEEDED;
+	if (r->status == OUTPOST__TASK_STATUS__TASK_STATUS_FAILED)
+		to = STORE_TASK_FAILED;
+	else if (r->status == OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED)
+		to = expires <= (r->finished_at_ms ? r->finished_at_ms : c->now)
+		         ? STORE_TASK_EXPIRED
+		         : STORE_TASK_FAILED;
+	BTXT(S_TASK_FINISH, 1, to);
+	B64(S_TASK_FINISH, 2, c->now);
+	BTXT(S_TASK_FINISH, 3, status[r->status]);
+	BTXT(S_TASK_FINISH, 4, r->message ? r->message : "");
+	B64(S_TASK_FINISH, 5, it->seq);
+	B64(S_TASK_FINISH, 6, r->task_id);
+	if ((rc = brg_commit__run(c, S_TASK_FINISH)))
+		goto out;
+	for (size_t i = 0; i < r->n_output; i++) {
+		B64(S_TASK_OUT, 1, r->task_id);
+		B64(S_TASK_OUT, 2, i);
+		BTXT(S_TASK_OUT, 3, r->output[i]->key);
+		BTXT(S_TASK_OUT, 4, r->output[i]->value ? r->output[i]->value : "");
+		if ((rc = brg_commit__run(c, S_TASK_OUT)))
+			goto out;
+	}
+	rc = brg_commit__event(c, w,
+	                       to[0] == 's'   ? "task_succeeded"
+	                       : to[0] == 'e' ? "task_expired"
+	                                      : "task_failed",
+	                       "task %llu %s %s: %.200s", (unsigned long long)r->task_id, type,
+	                       status[r->status], r->message ? r->message : "");
+out:
+	return rc;
+}
+
+int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
+{
+	const Outpost__TaskPoll *p = it->poll;
+	struct brg_task *tasks = NULL;
+	size_t n = 0, budget = TASKLIST_BUDGET;
+	uint32_t max = p->max_tasks ? p->max_tasks : WIRE_MAX_TASKS;
+	struct store_stmt *st = c->st[S_TASK_SEL];
+	int rc = brg_commit__fresh(c, w, it, "poll");
+	if (rc <= 0)
+		return rc;
+	if ((rc = brg_commit__accepted(c, w)))
+		return rc;
+	tasks = calloc(max, sizeof(*tasks));
+	if (!tasks)
+		return STORE_ENOMEM;
+	B64(S_TASK_SEL, 1, w->key);
+	B64(S_TASK_SEL, 2, c->now);
+	B64(S_TASK_SEL, 3, p->last_task_id > INT64_MAX ? INT64_MAX : p->last_task_id);
+	B64(S_TASK_SEL, 4, max);
+	int queued[WIRE_MAX_TASKS] = {0};
+	while (n < max && (rc = store_step(st)) == 1) {
+		tasks[n].id = (uint64_t)store_col_i64(st, 0);
+		snprintf(tasks[n].type, sizeof(tasks[n].type), "%s", store_col_text(st, 1));
+		tasks[n].expires_at_ms = store_col_i64(st, 2);
+		tasks[n].created_at_ms = store_col_i64(st, 3);
+		queued[n] = !strcmp(store_col_text(st, 4), STORE_TASK_QUEUED);
+		n++;
+	}
+	store_reset(st);
+	if (rc < 0)
+		goto out;
+	/* Arguments, within what one TaskList envelope can carry. */
+	for (size_t i = 0; i < n; i++) {
+		struct brg_task *t = &tasks[i];
+		size_t size = 64 + strlen(t->type) + WIRE_ID_MAX;
+		t->keys = calloc(WIRE_MAX_ARGS, sizeof(char *));
+		t->values = calloc(WIRE_MAX_ARGS, sizeof(char *));
+		if (!t->keys || !t->values) {
+			rc = STORE_ENOMEM;
+			goto out;
+		}
+		B64(S_TASK_ARGS, 1, t->id);
+		while ((rc = store_step(c->st[S_TASK_ARGS])) == 1 && t->n_args < WIRE_MAX_ARGS) {
+			const char *k = store_col_text(c->st[S_TASK_ARGS], 0);
+			const char *v = store_col_text(c->st[S_TASK_ARGS], 1);
+			t->keys[t->n_args] = strdup(k ? k : "");
+			t->values[t->n_args] = strdup(v ? v : "");
+			if (!t->keys[t->n_args] || !t->values[t->n_args]) {
+				free(t->keys[t->n_args]);
+				free(t->values[t->n_args]);
+				rc = STORE_ENOMEM;
+				break;
+			}
+			size += 8 + strlen(t->keys[t->n_args]) + strlen(t->values[t->n_args]);
+			t->n_args++;
+		}
+		store_reset(c->st[S_TASK_ARGS]);
+		if (rc < 0)
+			goto out;
+		if (size > budget) {
+			/* Does not fit this time: the device gets it at its next poll. */
+			for (size_t k = 0; k < t->n_args; k++) {
+				free(t->keys[k]);
+				free(t->values[k]);
+			}
+			free(t->keys);
+			free(t->values);
+			t->keys = t->values = NULL;
+			t->n_args = 0;
+			n = i;
+			break;
+		}
+		budget -= size;
+	}
+	for (size_t i = 0; i < n; i++) {
+		B64(S_TASK_DELIV, 1, c->now);
+		B64(S_TASK_DELIV, 2, tasks[i].id);
+		if ((rc = brg_commit__run(c, S_TASK_DELIV)))
+			goto out;
+		if (queued[i] &&
+		    (rc = brg_commit__event(c, w, "task_delivered", "task %llu %s",
+		                            (unsigned long long)tasks[i].id, tasks[i].type)))
+			goto out;
+	}
+	struct brg_reply *r = brg_commit__add_reply(c->out);
+	if (!r) {
+		rc = STORE_ENOMEM;
+		goto out;
+	}
+	r->kind = BRG_REPLY_TASKS;
+	snprintf(r->device, sizeof(r->device), "%s", w->id);
+	r->seq = it->seq;
+	r->tasks = tasks;
+	r->n_tasks = n;
+	memcpy(r->corr, it->corr, it->corr_len);
+	r->corr_len = it->corr_len;
+	r->has_corr = it->has_corr;
+	return 0;
+out:
+	brg_commit__free_tasks(tasks, max); /* unused entries are zero */
+	return rc;
+}

@@ -1,0 +1,227 @@
+/* test_bridge_health.c - device health at the bridge: silent devices flagged offline
+ * (3 x interval, and the retained status will), long-silent ones deactivated and revived,
+ * missing gaps recorded then filled, a CRL reload (SIGHUP) revoking an enrolled device.
+ * Every change is an event row. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h_bridge.h"
+#include "h_mqtt.h"
+#include "h_simdev.h"
+#include "harness.h"
+#include "wire_env.h"
+
+static int64_t qs(const char *url, const char *fmt, const char *a)
+{
+	char *sql = h_strf("%s", fmt);
+	char *p = strstr(sql, "%s");
+	char *full = p ? h_strf("%.*s%s%s", (int)(p - sql), sql, a, p + 2) : h_strf("%s", sql);
+	int64_t v = h_store_i64(url, full, 0);
+	free(sql);
+	free(full);
+	return v;
+}
+
+static int wait_for(const char *url, const char *fmt, const char *a, int64_t want, int ms)
+{
+	long long end = h_now_ms() + ms;
+	while (h_now_ms() < end) {
+		if (qs(url, fmt, a) == want)
+			return 1;
+		h_sleep_ms(50);
+	}
+	return 0;
+}
+
+#define EVENTS(type)                                                                               \
+	"SELECT COUNT(*) FROM events e JOIN devices d ON d.id = e.device WHERE d.device_id = '%s'" \
+	" AND e.type = '" type "'"
+
+Test(bridge_health, offline_deactivated_revived_and_status_will, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "health");
+	h_bridge_arg(&br, "--offline-min=2s");
+	h_bridge_arg(&br, "--deactivate-after=6s");
+	h_bridge_start(&br);
+	const char *url = br.store;
+
+	/* dev-a reports a 1 s sample interval: silent for 3 s means offline. */
+	struct h_simdev_opts o = {.pki = h_pki(),
+	                          .id = "dev-a",
+	                          .port = b.mqtts_port,
+	                          .batches = 5,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_assert(h_simdev_wait(d, 20000));
+	struct h_simdev_stats st;
+	h_simdev_stats(d, &st);
+	h_simdev_stop(d);
+	cr_expect_eq(qs(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a"), 1);
+	long long stopped = h_now_ms();
+	cr_expect(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 0, 8000),
+	    "never flagged offline");
+	cr_expect_geq(h_now_ms() - stopped, 2500, "offline too early");
+	cr_expect_eq(qs(url, EVENTS("offline"), "dev-a"), 1);
+	/* 6 s of silence: deactivated. */
+	cr_expect(
+	    wait_for(
+	        url,
+	        "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = 'deactivated'",
+	        "dev-a", 1, 10000),
+	    "never deactivated");
+	cr_expect_eq(qs(url, EVENTS("deactivated"), "dev-a"), 1);
+	/* It comes back: reactivated, online, its data stored. */
+	o.first_seq = st.last_seq + 1;
+	o.prev_durable = st.last_seq;
+	o.batches = 2;
+	d = h_simdev_start(&o);
+	cr_assert(h_simdev_wait(d, 20000));
+	h_simdev_stop(d);
+	cr_expect_eq(qs(url,
+	                "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = 'active'"
+	                " AND online = 1",
+	                "dev-a"),
+	             1);
+	cr_expect_eq(qs(url, EVENTS("reactivated"), "dev-a"), 1);
+	cr_expect_eq(qs(url, "SELECT envelopes FROM devices WHERE device_id = '%s'", "dev-a"), 7);
+
+	/* The retained status will: offline at once, online again with the device. */
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	struct h_mqtt *c = h_mqtt_connect(uri, h_pki(), "devices/dev-a", "dev-a", NULL);
+	free(uri);
+	cr_assert_not_null(c);
+	cr_expect_eq(h_mqtt_pub(c, "outpost/v1/dev-a/status", "offline", 7, 1, 1), 0);
+	cr_expect(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 0, 5000));
+	cr_expect(wait_for(url, EVENTS("offline"), "dev-a", 2, 5000));
+	cr_expect_eq(h_mqtt_pub(c, "outpost/v1/dev-a/status", "online", 6, 1, 1), 0);
+	cr_expect(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 1, 5000));
+	/* Junk on the status topic is a counted rejection, nothing else. */
+	cr_expect_eq(h_mqtt_pub(c, "outpost/v1/dev-a/status", "maybe", 5, 1, 0), 0);
+	cr_expect(
+	    wait_for(url,
+	             "SELECT r.count FROM rejections r JOIN devices d ON d.id = r.device WHERE"
+	             " d.device_id = '%s' AND r.reason = 'status'",
+	             "dev-a", 1, 5000));
+	h_mqtt_pub(c, "outpost/v1/dev-a/status", "", 0, 1, 1); /* clear the retained message */
+	h_mqtt_close(c);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+Test(bridge_health, missing_gap_recorded_then_filled, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts so = {.rows = 1, .cols = 1, .t0_ms = 1700000000000LL};
+	h_broker_start(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "gaps");
+	h_bridge_arg(&br, "--gap-grace=0");
+	h_bridge_start(&br);
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	struct h_mqtt *c = h_mqtt_connect(uri, h_pki(), "devices/dev-b", "dev-b", NULL);
+	free(uri);
+	cr_assert_not_null(c);
+	size_t n, blen;
+	uint8_t *body = h_birth_body(h_pki(), "dev-b", 1, 0, &blen);
+	uint8_t *env =
+	    h_seal(h_pki(), "devices/dev-b", WIRE_KIND_BIRTH, "dev-b", 1, body, blen, &n);
+	cr_assert_eq(h_mqtt_pub(c, "outpost/v1/dev-b/birth", env, n, 1, 0), 0);
+	free(env);
+	free(body);
+	/* 2 (prev 0) and 6 (prev 4) arrive; 4 (prev 2) is missing. */
+	uint64_t seqs[][2] = {{2, 0}, {6, 4}, {4, 2}};
+	for (int i = 0; i < 3; i++) {
+		body = h_batch_body(&so, seqs[i][0], seqs[i][1], &blen);
+		env = h_seal(h_pki(), "devices/dev-b", WIRE_KIND_BATCH, "dev-b", seqs[i][0], body,
+		             blen, &n);
+		cr_assert_eq(h_mqtt_pub(c, "outpost/v1/dev-b/telemetry", env, n, 1, 0), 0);
+		free(env);
+		free(body);
+		if (i == 1) {
+			cr_expect(wait_for(br.store,
+			                   "SELECT frontier FROM devices WHERE device_id = '%s'",
+			                   "dev-b", 2, 5000));
+			cr_expect(wait_for(br.store,
+			                   "SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND "
+			                   "prev_seq = 2"
+			                   " AND last_seq = 4 AND resolved_at IS NULL AND device = "
+			                   "(SELECT id FROM"
+			                   " devices WHERE device_id = '%s')",
+			                   "dev-b", 1, 5000),
+			          "missing gap not recorded");
+			char *out = NULL;
+			cr_expect_eq(h_ctl(br.store, "gaps", &out), 0);
+			cr_expect(strstr(out, "dev-b   missing") && strstr(out, "3         4"),
+			          "%s", out);
+			free(out);
+		}
+	}
+	cr_expect(wait_for(br.store, "SELECT frontier FROM devices WHERE device_id = '%s'", "dev-b",
+	                   6, 5000),
+	          "chain did not close");
+	cr_expect_eq(qs(br.store,
+	                "SELECT COUNT(*) FROM gaps WHERE resolution = 'filled' AND device ="
+	                " (SELECT id FROM devices WHERE device_id = '%s')",
+	                "dev-b"),
+	             1);
+	cr_expect_eq(qs(br.store, EVENTS("gap_filled"), "dev-b"), 1);
+	char *out = NULL;
+	cr_expect_eq(h_ctl(br.store, "gaps", &out), 0);
+	cr_expect(!strstr(out, "dev-b"), "filled gaps are not open: %s", out);
+	free(out);
+	cr_expect_eq(h_ctl(br.store, "gaps --all --device dev-b", &out), 0);
+	cr_expect(strstr(out, "filled"), "%s", out);
+	free(out);
+	h_mqtt_close(c);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
+{
+	/* A private PKI: revoking in the shared one would disturb other tests. */
+	char *pki = h_tmpdir("pki-crl"), *out = NULL;
+	char *cmd =
+	    h_strf("%s/scripts/provision-certs.sh --out %s --devices dev-x", h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_start(&b, pki);
+	h_bridge_init(&br, &b, NULL, "crl");
+	h_bridge_start(&br);
+	struct h_simdev_opts o = {.pki = pki,
+	                          .id = "dev-x",
+	                          .port = b.mqtts_port,
+	                          .batches = 3,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_assert(h_simdev_wait(d, 20000));
+	h_simdev_stop(d);
+	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-x", h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	kill(br.pid, SIGHUP);
+	cr_expect(
+	    wait_for(br.store,
+	             "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = 'revoked'",
+	             "dev-x", 1, 10000),
+	    "CRL reload did not revoke dev-x");
+	cr_expect_eq(qs(br.store, EVENTS("revoked"), "dev-x"), 1);
+	cr_expect_eq(h_bridge_log_count(&br, "CA and CRL reloaded"), 1);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	free(pki);
+}
