@@ -69,7 +69,7 @@ static void kill_repeatedly(const char *store, const char *tag)
 	srand(seed);
 	fprintf(stderr, "%s: random seed %u\n", tag, seed);
 
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, store, tag);
 	h_bridge_start(&br);
 	start_devices(&b, o, d, 2500, 250);
@@ -154,7 +154,7 @@ Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 	struct h_bridge br;
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, NULL, "fail-sqlite");
 	h_bridge_arg(&br, "--busy-timeout=200ms");
 	h_bridge_start(&br);
@@ -187,7 +187,7 @@ Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
 	h_pg_start(&pg);
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, pg.url, "fail-pg");
 	h_bridge_start(&br);
 	start_devices(&b, o, d, 1500, 150);

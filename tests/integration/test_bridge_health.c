@@ -43,7 +43,7 @@ Test(bridge_health, offline_deactivated_revived_and_status_will, .timeout = 120)
 {
 	struct h_broker b = {0};
 	struct h_bridge br;
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, NULL, "health");
 	h_bridge_arg(&br, "--offline-min=2s");
 	h_bridge_arg(&br, "--deactivate-after=6s");
@@ -122,7 +122,7 @@ Test(bridge_health, missing_gap_recorded_then_filled, .timeout = 60)
 	struct h_broker b = {0};
 	struct h_bridge br;
 	struct h_simdev_opts so = {.rows = 1, .cols = 1, .t0_ms = 1700000000000LL};
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, NULL, "gaps");
 	h_bridge_arg(&br, "--gap-grace=0");
 	h_bridge_start(&br);
@@ -197,7 +197,7 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
 	free(cmd);
 	struct h_broker b = {0};
 	struct h_bridge br;
-	h_broker_start(&b, pki);
+	h_broker_up(&b, pki);
 	h_bridge_init(&br, &b, NULL, "crl");
 	h_bridge_start(&br);
 	struct h_simdev_opts o = {.pki = pki,

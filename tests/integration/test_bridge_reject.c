@@ -126,7 +126,7 @@ static void setup(void)
 {
 	memset(&b, 0, sizeof(b));
 	so = (struct h_simdev_opts){.rows = 2, .cols = 3, .t0_ms = 1700000000000LL};
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, NULL, "reject");
 	h_bridge_start(&br);
 	dev = connect_as("dev-a");

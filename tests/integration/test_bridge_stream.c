@@ -20,7 +20,7 @@ static void stream(const char *store_url, const char *tag)
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
 
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, store_url, tag);
 	h_bridge_start(&br);
 	for (int i = 0; i < N_DEV; i++) {
@@ -72,7 +72,7 @@ Test(bridge_stream, two_bridges_share_the_load, .timeout = 240)
 	struct h_simdev *d[N_DEV];
 
 	h_pg_start(&pg);
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	for (int i = 0; i < 2; i++) {
 		h_bridge_init(&br[i], &b, pg.url, i ? "share-2" : "share-1");
 		h_bridge_arg(&br[i], "--stats-interval=1h");

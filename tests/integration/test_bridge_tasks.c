@@ -135,7 +135,7 @@ static Outpost__TaskList *task_list(const uint8_t *buf, size_t len, uint64_t seq
 static void setup(void)
 {
 	memset(&b, 0, sizeof(b));
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, NULL, "tasks");
 	h_bridge_start(&br);
 	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);

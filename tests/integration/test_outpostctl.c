@@ -48,7 +48,7 @@ static void populated(const char *store, const char *tag)
 	                           .window = 5,
 	                           .t0_ms = 1700000000000LL};
 	struct h_simdev_opts ob = oa;
-	h_broker_start(&b, h_pki());
+	h_broker_up(&b, h_pki());
 	h_bridge_init(&br, &b, store, tag);
 	h_bridge_start(&br);
 	oa.port = ob.port = b.mqtts_port;

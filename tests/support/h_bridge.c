@@ -11,6 +11,52 @@
 #include "h_simdev.h"
 #include "store.h"
 
+#define MAX_TRACKED 64
+static pid_t tracked[MAX_TRACKED];
+static int n_tracked;
+
+/* Only what we started: the pid may have been reused since it exited. */
+static int ours(pid_t pid)
+{
+	char *path = h_strf("/proc/%d/cmdline", (int)pid);
+	size_t len = 0;
+	char *cmd = h_read_file(path, &len);
+	int yes = 0;
+	for (size_t i = 0; cmd && i < len; i += strlen(cmd + i) + 1)
+		if (strstr(cmd + i, "mosquitto") || strstr(cmd + i, "outpost-bridge") ||
+		    strstr(cmd + i, "run-broker.sh"))
+			yes = 1;
+	free(cmd);
+	free(path);
+	return yes;
+}
+
+static void kill_tracked(void)
+{
+	for (int i = 0; i < n_tracked; i++)
+		if (tracked[i] > 0 && kill(tracked[i], 0) == 0 && ours(tracked[i])) {
+			kill(-tracked[i], SIGKILL);
+			kill(tracked[i], SIGKILL);
+		}
+}
+
+void h_track_pid(pid_t pid)
+{
+	if (!n_tracked)
+		atexit(kill_tracked);
+	for (int i = 0; i < n_tracked; i++)
+		if (tracked[i] == pid)
+			return;
+	if (n_tracked < MAX_TRACKED)
+		tracked[n_tracked++] = pid;
+}
+
+void h_broker_up(struct h_broker *b, const char *pki)
+{
+	h_broker_start(b, pki);
+	h_track_pid(b->pid);
+}
+
 void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
                    const char *tag)
 {
@@ -57,6 +103,7 @@ void h_bridge_start(struct h_bridge *br)
 	argv[n] = NULL;
 	char *env[] = {NULL};
 	br->pid = h_spawn(argv, env, br->log);
+	h_track_pid(br->pid);
 	for (int i = 0; i < n; i++)
 		free(argv[i]);
 	long long end = h_now_ms() + 15000;

@@ -19,6 +19,13 @@ struct h_bridge {
 	int n_extra;
 };
 
+/* h_broker_start, and make sure the broker dies with the test process even when an assertion
+ * aborts the test before its cleanup (bridges started here are tracked the same way). */
+void h_broker_up(struct h_broker *b, const char *pki);
+
+/* Kill pid's process group at exit if it is still running. */
+void h_track_pid(pid_t pid);
+
 /* Prepare (store: URL, or NULL for sqlite:<dir>/outpost.db); nothing runs yet. */
 void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *store,
                    const char *tag);

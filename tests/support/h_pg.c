@@ -50,6 +50,36 @@ static void chown_pg(const char *path)
 	}
 }
 
+/* Clusters still running when the test process exits (an assertion aborted the test before
+ * its cleanup) are stopped at exit. */
+#define MAX_CLUSTERS 8
+static char *clusters[MAX_CLUSTERS];
+static int n_clusters;
+
+static void stop_clusters(void)
+{
+	for (int i = 0; i < n_clusters; i++) {
+		char *pid = h_strf("%s/postmaster.pid", clusters[i]);
+		if (access(pid, F_OK) == 0) {
+			char *cmd = h_strf("%s%s/pg_ctl -D %s -m immediate stop", as_pg(), bindir(), clusters[i]);
+			h_sh(cmd, NULL, 30);
+			free(cmd);
+		}
+		free(pid);
+	}
+}
+
+static void track(const char *data)
+{
+	if (!n_clusters)
+		atexit(stop_clusters);
+	for (int i = 0; i < n_clusters; i++)
+		if (!strcmp(clusters[i], data))
+			return;
+	if (n_clusters < MAX_CLUSTERS)
+		clusters[n_clusters++] = strdup(data);
+}
+
 void h_pg_start(struct h_pg *pg)
 {
 	char *out = NULL, *cmd;
@@ -84,6 +114,7 @@ void h_pg_start(struct h_pg *pg)
 	}
 	free(out);
 	free(cmd);
+	track(pg->data);
 	pg->running = true;
 }
 
