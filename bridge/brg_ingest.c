@@ -134,6 +134,10 @@ static size_t pick(const struct brg_ingest *in, const char *topic)
 
 int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m)
 {
+	/* Charge the decoded form too: each reading takes at least one byte on the wire and a
+	 * struct wire_reading once decoded, so this bounds what the writer will hold. */
+	size_t cells = m->len < WIRE_MAX_CELLS ? m->len : WIRE_MAX_CELLS;
+	m->cost += cells * sizeof(struct wire_reading);
 	pthread_mutex_lock(&in->mu);
 	in->st.received++;
 	/* One message may always enter an empty pipeline, so a big one cannot wedge it. */
