@@ -368,8 +368,10 @@ int brg_commit__count_reject(struct brg_committer *c, struct wdev *w, const char
 		goto out;
 	w->d_rej++;
 	w->dirty = 1;
-	if (!strcmp(reason, BRG_R_QUARANTINED))
-		return 0; /* counted only: the device is already quarantined */
+	/* Counted only, no event row: these repeat for as long as the device keeps sending (it is
+	 * quarantined, or never sent a valid birth), and the counters say it all. */
+	if (!strcmp(reason, BRG_R_QUARANTINED) || !strcmp(reason, BRG_R_UNKNOWN))
+		return 0;
 	if ((rc = brg_commit__event(c, w, "rejected", "%s: %s", reason, detail)))
 		goto out;
 	if (!toward_quarantine)

@@ -51,7 +51,9 @@ const struct cfg_opt brg_config_opts[] = {
     {"writer_queue", CFG_INT, O(writer_queue), 1, 1000000, "4096",
      "verified messages queued for the writer", NULL},
     {"max_memory", CFG_SIZE, O(max_memory), 1 << 20, 64LL << 30, "256MiB",
-     "memory for messages in the pipeline (raw and decoded); beyond, intake waits and the broker queues", NULL},
+     "memory for messages in the pipeline (raw and decoded); beyond, intake waits and the broker "
+     "queues",
+     NULL},
     {"group_max", CFG_INT, O(group_max), 1, 100000, "1024",
      "most messages committed in one transaction", NULL},
     {"group_max_readings", CFG_INT, O(group_max_readings), 1, 10000000, "100000",

@@ -150,10 +150,11 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out)
 {
 	int64_t now = mono_ms();
+	struct entry *e;
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
 		return BRG_EINVAL;
 	pthread_mutex_lock(&r->mu);
-	struct entry *e = find(r, id);
+	e = find(r, id);
 	if (e->id[0]) {
 		int64_t age = now - e->loaded_ms;
 		/* Entries that make the verifiers drop messages (no key, quarantined, revoked) are
@@ -183,7 +184,14 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		memcpy(info.key.raw, d.pubkey, sizeof(info.key.raw));
 	}
 	pthread_mutex_lock(&r->mu);
-	put_locked(r, id, &info, now);
+	e = find(r, id);
+	if (e->id[0] && e->info.has_key && !info.has_key) {
+		/* A verified Birth not committed yet: the store cannot know better. */
+		info = e->info;
+		e->loaded_ms = now;
+	} else {
+		put_locked(r, id, &info, now);
+	}
 	pthread_mutex_unlock(&r->mu);
 	*out = info;
 	return BRG_OK;

@@ -43,7 +43,8 @@ void brg_registry_free(struct brg_registry *r); /* accepts NULL */
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out);
 
-/* Replace the cached entry (the writer after a commit, a verifier after a verified Birth). */
+/* Replace the cached entry (the writer after a commit, a verifier after a verified Birth).
+ * A re-read never replaces a cached key with "no key": that is a Birth not committed yet. */
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info);
 
 size_t brg_registry_size(struct brg_registry *r);

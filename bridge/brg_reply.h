@@ -7,6 +7,7 @@
 
 #include "brg_commit.h"
 #include "wire_sign.h"
+#include "wire_topic.h"
 
 /* Build, sign with key and encode the envelope answering r (ACK: device_id = the device,
  * seq = Ack.upto = the frontier; TASKS: seq = the poll's seq). *out is malloc'd, caller frees;

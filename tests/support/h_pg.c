@@ -61,7 +61,8 @@ static void stop_clusters(void)
 	for (int i = 0; i < n_clusters; i++) {
 		char *pid = h_strf("%s/postmaster.pid", clusters[i]);
 		if (access(pid, F_OK) == 0) {
-			char *cmd = h_strf("%s%s/pg_ctl -D %s -m immediate stop", as_pg(), bindir(), clusters[i]);
+			char *cmd = h_strf("%s%s/pg_ctl -D %s -m immediate stop", as_pg(), bindir(),
+			                   clusters[i]);
 			h_sh(cmd, NULL, 30);
 			free(cmd);
 		}

@@ -1,0 +1,304 @@
+/* test_brg_commit.c - verifier, writer transactions and signed replies without MQTT: envelopes
+ * judged by brg_verify and committed by brg_commit_group on a SQLite store; the outcome's acks
+ * must tell exactly what is stored, a failed commit must leave nothing behind. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "brg_commit.h"
+#include "brg_err.h"
+#include "brg_registry.h"
+#include "brg_reply.h"
+#include "brg_verify.h"
+#include "h_simdev.h"
+#include "harness.h"
+#include "outpost.pb-c.h"
+#include "store.h"
+#include "store_ops.h"
+#include "wire_cert.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+
+static struct store *s;
+static struct brg_registry *reg;
+static struct brg_verifier *ver;
+static struct brg_committer *com;
+static struct brg_outcome out;
+static char *url;
+static struct h_simdev_opts so = {.rows = 2, .cols = 2, .t0_ms = 1700000000000LL};
+
+static struct store *open_store(void)
+{
+	struct store *st = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX];
+	o.busy_timeout_ms = 50;
+	cr_assert_eq(store_open(url, &o, &st, err), STORE_OK, "%s", err);
+	return st;
+}
+
+static void setup(void)
+{
+	char *dir = h_tmpdir("commit");
+	url = h_strf("sqlite:%s/s.db", dir);
+	free(dir);
+	s = open_store();
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
+	cr_assert_eq(brg_registry_new(open_store(), 100, &reg), BRG_OK);
+	struct wire_ca *ca = NULL;
+	char *cap = h_strf("%s/ca.crt", h_pki()), *crl = h_strf("%s/crl.pem", h_pki());
+	cr_assert_eq(wire_ca_load(cap, crl, &ca, NULL), WIRE_OK);
+	free(cap);
+	free(crl);
+	cr_assert_eq(brg_verifier_new(reg, ca, &ver), BRG_OK);
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	o.gap_grace_ms = 0;
+	cr_assert_eq(brg_committer_new(s, &o, &com), STORE_OK);
+	memset(&out, 0, sizeof(out));
+}
+
+static void teardown(void)
+{
+	brg_outcome_free(&out);
+	brg_committer_free(com);
+	brg_verifier_free(ver);
+	brg_registry_free(reg);
+	store_close(s);
+	wire_thread_cleanup();
+	free(url);
+}
+
+TestSuite(brg_commit, .init = setup, .fini = teardown);
+
+static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
+{
+	struct brg_item *it = NULL;
+	static const uint8_t corr[4] = {1, 2, 3, 4};
+	struct brg_msg *m = brg_msg_new(topic, env, len, resp, resp ? corr : NULL, resp ? 4 : 0);
+	free(env);
+	cr_assert_eq(brg_verify(ver, m, &it), BRG_OK);
+	return it;
+}
+
+static struct brg_item *birth(const char *id, uint64_t seq)
+{
+	size_t blen, n;
+	uint8_t *body = h_birth_body(h_pki(), id, 2, 0, &blen);
+	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/birth", id);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, seq, body, blen, &n);
+	struct brg_item *it = judge(topic, env, n, NULL);
+	free(body);
+	free(name);
+	free(topic);
+	return it;
+}
+
+static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, uint64_t prev)
+{
+	size_t blen, n;
+	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
+	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/telemetry", id);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BATCH, id, seq, body, blen, &n);
+	struct brg_item *it = judge(topic, env, n, NULL);
+	free(body);
+	free(name);
+	free(topic);
+	return it;
+}
+
+static void commit(struct brg_item **items, size_t n)
+{
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, items, n, store_now_ms(), &out), STORE_OK, "%s",
+	             store_errmsg(s));
+	for (size_t i = 0; i < out.n_states; i++)
+		brg_registry_put(reg, out.states[i].device, &out.states[i].info);
+}
+
+static const struct brg_reply *ack_of(const char *id)
+{
+	for (size_t i = 0; i < out.n_replies; i++)
+		if (out.replies[i].kind == BRG_REPLY_ACK && !strcmp(out.replies[i].device, id))
+			return &out.replies[i];
+	return NULL;
+}
+
+static int64_t one(const char *sql)
+{
+	int64_t v = -1;
+	cr_assert_eq(store_query_i64(s, &v, sql, 0), STORE_OK, "%s", sql);
+	return v;
+}
+
+static void free_items(struct brg_item **it, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		brg_item_free(it[i]);
+}
+
+Test(brg_commit, verify_rejections)
+{
+	struct brg_item *it = batch("dev-a", "dev-a", 2, 0);
+	cr_expect_eq(it->kind, BRG_ITEM_REJECT);
+	cr_expect_str_eq(it->reason, "unknown_device");
+	brg_item_free(it);
+	it = birth("dev-a", 1);
+	cr_expect_eq(it->kind, BRG_ITEM_BIRTH, "%s", it->detail);
+	brg_item_free(it);
+	it = batch("dev-b", "dev-a", 3, 0);
+	cr_expect_str_eq(it->reason, "bad_signature");
+	brg_item_free(it);
+	it = batch("dev-b", "dev-b", 3, 0);
+	brg_item_free(it);
+	size_t n;
+	uint8_t *env = h_seal(h_pki(), "devices/dev-b", WIRE_KIND_BATCH, "dev-b", 3, "x", 1, &n);
+	it = judge("outpost/v1/dev-a/telemetry", env, n, NULL);
+	cr_expect_str_eq(it->reason, "id_mismatch");
+	brg_item_free(it);
+	env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 4, "x", 1, &n);
+	it = judge("outpost/v1/dev-a/tasks/poll", env, n, "outpost/v1/dev-a/tasks");
+	cr_expect_str_eq(it->reason, "kind_mismatch");
+	brg_item_free(it);
+	env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 5, NULL, 0, &n);
+	it = judge("outpost/v1/dev-a/tasks/poll", env, n, "outpost/v1/dev-c/tasks");
+	cr_expect_str_eq(it->reason, "response_topic");
+	brg_item_free(it);
+	uint8_t *big = calloc(WIRE_MAX_ENVELOPE + 1, 1);
+	it = judge("outpost/v1/dev-a/telemetry", big, WIRE_MAX_ENVELOPE + 1, NULL);
+	cr_expect_str_eq(it->reason, "oversize");
+	brg_item_free(it);
+	env = (uint8_t *)strdup("offline");
+	it = judge("outpost/v1/dev-a/status", env, 7, NULL);
+	cr_expect_eq(it->kind, BRG_ITEM_STATUS);
+	cr_expect_eq(it->online, 0);
+	brg_item_free(it);
+	/* A birth carrying a revoked certificate. */
+	size_t blen;
+	uint8_t *body = h_birth_body(h_pki(), "dev-revoked", 1, 0, &blen);
+	env = h_seal(h_pki(), "devices/dev-revoked", WIRE_KIND_BIRTH, "dev-revoked", 1, body, blen,
+	             &n);
+	free(body);
+	it = judge("outpost/v1/dev-revoked/birth", env, n, NULL);
+	cr_expect_str_eq(it->reason, "revoked");
+	brg_item_free(it);
+}
+
+Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 4, 2), batch("dev-a", "dev-a", 4, 2)};
+	commit(g1, 4);
+	free_items(g1, 4);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, 4);
+	cr_expect_eq(a->n_ranges, 0);
+	cr_expect_eq(out.envelopes, 2);
+	cr_expect_eq(out.duplicates, 1, "the same batch twice in one group is one row");
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 2 * 4);
+
+	/* 7 (prev 5) and 9 (prev 7) arrive; 5 is missing: ranges cover 6..9, never 5. */
+	struct brg_item *g2[] = {batch("dev-a", "dev-a", 7, 5), batch("dev-a", "dev-a", 9, 7)};
+	commit(g2, 2);
+	free_items(g2, 2);
+	a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, 4);
+	cr_assert_eq(a->n_ranges, 1);
+	cr_expect_eq(a->ranges[0].first, 6);
+	cr_expect_eq(a->ranges[0].last, 9);
+	cr_expect_eq(
+	    one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL"), 1);
+
+	/* The replies are signed by the bridge and decode as the device will. */
+	struct wire_key *k = NULL;
+	char *kp = h_strf("%s/bridge.key", h_pki());
+	cr_assert_eq(wire_key_load(kp, &k, NULL), WIRE_OK);
+	free(kp);
+	struct wire_pubkey pub;
+	wire_key_public(k, &pub);
+	char topic[WIRE_TOPIC_MAX];
+	uint8_t *buf;
+	size_t len;
+	cr_assert_eq(brg_reply_seal(k, a, 1700000000000LL, topic, &buf, &len), WIRE_OK);
+	cr_expect_str_eq(topic, "outpost/v1/dev-a/ack");
+	struct wire_env e;
+	Outpost__Ack *ack = NULL;
+	cr_assert_eq(wire_env_decode(buf, len, &e, NULL), WIRE_OK);
+	cr_expect_eq(wire_env_verify(&e, &pub), WIRE_OK);
+	cr_assert_eq(wire_ack_decode(e.body, e.body_len, &ack, NULL), WIRE_OK);
+	cr_expect_eq(ack->upto, 4);
+	cr_expect_eq(ack->n_ranges, 1);
+	wire_msg_free(ack);
+	free(buf);
+	wire_key_free(k);
+
+	/* 5 arrives: the chain closes, the gap is filled. Then the old ones: duplicates and
+	 * a reused seq, and a seq at the frontier never stored. */
+	struct brg_item *g3[] = {batch("dev-a", "dev-a", 5, 4)};
+	commit(g3, 1);
+	free_items(g3, 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 9);
+	cr_expect_eq(ack_of("dev-a")->n_ranges, 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
+	so.rows = 3;
+	struct brg_item *g4[] = {batch("dev-a", "dev-a", 2, 0), batch("dev-a", "dev-a", 3, 2)};
+	so.rows = 2;
+	struct brg_item *g5[] = {batch("dev-a", "dev-a", 7, 5)};
+	commit(g4, 2);
+	commit(g5, 1);
+	free_items(g4, 2);
+	free_items(g5, 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'seq_reused'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'too_old'"), 1);
+	cr_expect_eq(one("SELECT duplicates FROM devices WHERE device_id = 'dev-a'"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 5);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 5 * 4);
+}
+
+Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
+{
+	struct brg_item *g[] = {birth("dev-b", 1), batch("dev-b", "dev-b", 2, 0)};
+	/* Another connection holds the write lock: the group fails as a whole. */
+	struct store *other = open_store();
+	cr_assert_eq(store_begin(other), STORE_OK);
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, g, 2, store_now_ms(), &out);
+	cr_expect_eq(rc, STORE_EBUSY);
+	cr_expect_eq(out.n_replies, 0, "no ack may leave a failed commit");
+	cr_expect_eq(out.envelopes, 0);
+	cr_assert_eq(store_rollback(other), STORE_OK);
+	store_close(other);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 0);
+	/* The same items, unchanged, commit once the lock is gone. */
+	commit(g, 2);
+	free_items(g, 2);
+	cr_expect_eq(ack_of("dev-b")->seq, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
+}
+
+Test(brg_commit, five_consecutive_rejections_quarantine)
+{
+	struct brg_item *b = birth("dev-c", 1);
+	commit(&b, 1);
+	brg_item_free(b);
+	for (int i = 0; i < 5; i++) {
+		size_t n;
+		uint8_t *env = (uint8_t *)strdup("garbage!");
+		n = 8;
+		struct brg_item *it = judge("outpost/v1/dev-c/telemetry", env, n, NULL);
+		cr_expect_str_eq(it->reason, "decode");
+		commit(&it, 1);
+		brg_item_free(it);
+		cr_expect_eq(
+		    one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-c' AND state ="
+		        " 'quarantined'"),
+		    i == 4, "after %d rejections", i + 1);
+	}
+	/* The verifier now drops the device's messages, cheaply. */
+	struct brg_item *it = batch("dev-c", "dev-c", 2, 0);
+	cr_expect_str_eq(it->reason, "quarantined");
+	commit(&it, 1);
+	brg_item_free(it);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 0);
+}

@@ -1,0 +1,62 @@
+/* test_brg_config.c - outpost-bridge settings: defaults, derived paths, file/env/option
+ * precedence, errors naming where the bad value came from. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "brg_config.h"
+#include "harness.h"
+
+Test(brg_config, defaults_and_derived_paths)
+{
+	struct brg_config c;
+	char err[CFG_ERR_MAX] = "";
+	char *argv[] = {"outpost-bridge", "--pki-dir", "/x/pki", "--config", "/dev/null", NULL};
+	cr_assert_eq(brg_config_parse(&c, 5, argv, err), 0, "%s", err);
+	cr_expect_eq(c.broker_port, 8884);
+	cr_expect_str_eq(c.share_group, "outpost-bridge");
+	cr_expect_str_eq(c.ca_file, "/x/pki/ca.crt");
+	cr_expect_str_eq(c.key_file, "/x/pki/bridge.key");
+	cr_expect(!strncmp(c.client_id, "outpost-bridge-", 15), "%s", c.client_id);
+	cr_expect_eq(c.quarantine_after, 5);
+	cr_expect_eq(c.deactivate_after_ms, 90LL * 86400000);
+	cr_expect_eq(c.sqlite_sync, 2, "full by default: acks survive power cuts");
+	brg_config_free(&c);
+}
+
+Test(brg_config, file_env_options_and_errors)
+{
+	char *dir = h_tmpdir("brgcfg"), *path = h_strf("%s/bridge.conf", dir);
+	FILE *f = fopen(path, "w");
+	fprintf(f, "# test\nstore = sqlite:/tmp/x.db\nworkers = 3\nquarantine_after = 7\n");
+	fclose(f);
+	struct brg_config c;
+	char err[CFG_ERR_MAX] = "";
+	setenv("OUTPOST_BRIDGE_WORKERS", "4", 1);
+	char *argv[] = {"outpost-bridge", "--config", path, "--quarantine-after=9", NULL};
+	cr_assert_eq(brg_config_parse(&c, 4, argv, err), 0, "%s", err);
+	cr_expect_str_eq(c.store, "sqlite:/tmp/x.db");
+	cr_expect_eq(c.workers, 4, "environment over file");
+	cr_expect_eq(c.quarantine_after, 9, "option over file");
+	brg_config_free(&c);
+	unsetenv("OUTPOST_BRIDGE_WORKERS");
+
+	f = fopen(path, "w");
+	fprintf(f, "workers = 3\nkeepalive = forever\n");
+	fclose(f);
+	char *bad[] = {"outpost-bridge", "--config", path, NULL};
+	cr_expect_eq(brg_config_parse(&c, 3, bad, err), -1);
+	cr_expect(strstr(err, "bridge.conf:2: keepalive"), "%s", err);
+	brg_config_free(&c);
+	char *bad2[] = {"outpost-bridge", "--config",  "/dev/null",
+	                "--client-id",    "has space", NULL};
+	cr_expect_eq(brg_config_parse(&c, 5, bad2, err), -1);
+	cr_expect(strstr(err, "client_id"), "%s", err);
+	brg_config_free(&c);
+	char *bad3[] = {"outpost-bridge", "--config", "/dev/null", "--share-group", "a/b", NULL};
+	cr_expect_eq(brg_config_parse(&c, 5, bad3, err), -1);
+	brg_config_free(&c);
+	free(path);
+	free(dir);
+}
