@@ -817,6 +817,10 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 	case DEV_LINK_DOWN:
 	case DEV_LINK_FAILED:
 		dev_uploader_link_down(a->up);
+		if (ev->fallback) {
+			olog(OLOG_INFO, "cannot connect: %s; trying the next transport", ev->text);
+			break;
+		}
 		dev_link_stats(a->link, &ls);
 		olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO, "%s: %s; reconnecting in %lld ms",
 		     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,

@@ -21,6 +21,7 @@ enum state { ST_IDLE, ST_CONNECTING, ST_UP };
 struct ctx_slot {
 	struct dev_link *link;
 	unsigned gen;
+	const char *uri;
 };
 
 struct queued {
@@ -42,6 +43,7 @@ struct dev_link {
 
 	/* agent-thread state */
 	MQTTAsync cli;
+	int uri;	/* which of uris[] this attempt uses: WSS first, then MQTTS */
 	enum state state;
 	unsigned gen;
 	int64_t next_attempt;
@@ -148,6 +150,7 @@ static void on_connected(void *context, MQTTAsync_successData5 *resp)
 	int qos[MAX_SUBS];
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 
+	(void)resp;
 	for (int i = 0; i < l->nsubs; i++) {
 		topics[i] = l->subs[i];
 		qos[i] = 1;
@@ -160,14 +163,14 @@ static void on_connected(void *context, MQTTAsync_successData5 *resp)
 	pthread_mutex_unlock(&l->mu);
 	if (cli && l->nsubs)
 		MQTTAsync_subscribeMany(cli, l->nsubs, topics, qos, &ro);
-	push_event(slot, DEV_LINK_UP, resp && resp->alt.connect.serverURI ? resp->alt.connect.serverURI : "",
-		   NULL, 0, NULL, 0);
+	push_event(slot, DEV_LINK_UP, slot->uri, NULL, 0, NULL, 0);
 }
 
 static void on_connect_failed(void *context, MQTTAsync_failureData5 *resp)
 {
-	char why[160];
-	snprintf(why, sizeof(why), "%s (code %d, reason %d)",
+	struct ctx_slot *slot = context;
+	char why[300];
+	snprintf(why, sizeof(why), "%s: %s (code %d, reason %d)", slot->uri,
 		 resp && resp->message ? resp->message : "connection failed", resp ? resp->code : 0,
 		 resp ? (int)resp->reasonCode : 0);
 	push_event(context, DEV_LINK_FAILED, why, NULL, 0, NULL, 0);
@@ -321,18 +324,25 @@ static int start_connect(struct dev_link *l)
 {
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
 	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5_ws;
+	if (strncmp(l->uris[l->uri], "wss://", 6) != 0) {
+		MQTTAsync_connectOptions plain = MQTTAsync_connectOptions_initializer5;
+		c = plain;
+	}
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
 	MQTTAsync cli = NULL;
 
 	co.sendWhileDisconnected = 0;
-	if (MQTTAsync_createWithOptions(&cli, l->uris[0], l->client_id, MQTTCLIENT_PERSISTENCE_NONE,
-					NULL, &co) != MQTTASYNC_SUCCESS)
+	/* One client per URI: Paho 1.3.12 keeps the WebSocket flag when its own serverURIs list
+	 * moves from wss:// to ssl://, so the fallback would speak HTTP to an MQTT port. */
+	if (MQTTAsync_createWithOptions(&cli, l->uris[l->uri], l->client_id,
+					MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS)
 		return DEV_LINK_EPAHO;
 	pthread_mutex_lock(&l->mu);
 	struct ctx_slot *slot = &l->slots[l->gen % CTX_SLOTS];
 	slot->link = l;
 	slot->gen = l->gen;
+	slot->uri = l->uris[l->uri];
 	l->cli = cli;
 	pthread_mutex_unlock(&l->mu);
 	if (MQTTAsync_setCallbacks(cli, slot, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS)
@@ -356,8 +366,6 @@ static int start_connect(struct dev_link *l)
 	c.keepAliveInterval = l->keepalive_s;
 	c.connectTimeout = l->connect_timeout_s;
 	c.cleanstart = 1;
-	c.serverURIs = l->uris;
-	c.serverURIcount = l->nuris;
 	c.automaticReconnect = 0; /* ours has jitter */
 	c.httpsProxy = l->proxy;
 	c.maxInflight = 1024;
@@ -429,6 +437,17 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", e.ev.text);
 			pthread_mutex_unlock(&l->mu);
 			destroy_client(l, 0);
+			if (e.ev.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
+				/* same attempt, next transport: no delay */
+				l->uri++;
+				l->next_attempt = now;
+				e.ev.fallback = 1;
+				pthread_mutex_lock(&l->mu);
+				l->stats.last_delay_ms = 0;
+				pthread_mutex_unlock(&l->mu);
+				break;
+			}
+			l->uri = 0;
 			l->failures_in_row++;
 			schedule_retry(l, now);
 			break;
@@ -489,6 +508,7 @@ void dev_link_drop(struct dev_link *l, const char *why)
 		pthread_mutex_unlock(&l->mu);
 	}
 	l->failures_in_row = 0;
+	l->uri = 0;
 	l->next_attempt = mono_ms(); /* a deliberate drop reconnects at once */
 }
 

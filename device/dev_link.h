@@ -41,7 +41,7 @@ struct dev_link_opts {
 enum dev_link_event_type {
 	DEV_LINK_UP,	  /* connected; text = server URI */
 	DEV_LINK_DOWN,	  /* connection lost; text = cause */
-	DEV_LINK_FAILED,  /* a connection attempt failed (all URIs); text = reason */
+	DEV_LINK_FAILED,  /* a connection attempt failed; text = "URI: reason" */
 	DEV_LINK_MESSAGE, /* text = topic; data = payload; corr = correlation data */
 };
 
@@ -52,6 +52,7 @@ struct dev_link_event {
 	size_t len;
 	uint8_t *corr;
 	size_t corr_len;
+	int fallback; /* FAILED: the next transport is tried at once */
 };
 
 void dev_link_event_free(struct dev_link_event *ev); /* frees the members, not ev */
