@@ -266,7 +266,8 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 			for (rest = close + 1; isspace((unsigned char)*rest); rest++)
 				;
 			if (*rest && *rest != '#') {
-				rc = fail(err, "%s: %s: unexpected text after the closing quote", src, key);
+				rc = fail(err, "%s: %s: unexpected text after the closing quote", src,
+					  key);
 				break;
 			}
 			*close = '\0';

@@ -152,8 +152,8 @@ Test(broker, device_may_write_only_its_own_uplink_topics)
 		"elsewhere/dev-a",
 	};
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
-		cr_expect_eq(h_mqtt_pub(dev, refused[i], "forged", 6, 1, 0), RC_NOT_AUTHORIZED, "%s",
-			     refused[i]);
+		cr_expect_eq(h_mqtt_pub(dev, refused[i], "forged", 6, 1, 0), RC_NOT_AUTHORIZED,
+			     "%s", refused[i]);
 
 	/* none of them reached the bridge: its first message is the marker */
 	cr_expect_eq(h_mqtt_pub(dev, "outpost/v1/dev-a/telemetry", "marker", 6, 1, 0), RC_SUCCESS);
@@ -248,7 +248,8 @@ Test(broker, refused_with_a_revoked_certificate_over_wss)
 	 * the gap as a skip instead of failing every run; it passes by itself once the broker
 	 * refuses the certificate. The bridge still refuses a revoked certificate at enrolment. */
 	int why = 0;
-	struct h_mqtt *c = h_mqtt_connect(uri_wss, h_pki(), "devices/dev-revoked", "dev-revoked", &why);
+	struct h_mqtt *c =
+		h_mqtt_connect(uri_wss, h_pki(), "devices/dev-revoked", "dev-revoked", &why);
 	if (c) {
 		/* prove it is really the revoked identity that got in */
 		int rc = h_mqtt_pub(c, "outpost/v1/dev-revoked/telemetry", "x", 1, 1, 0);
@@ -319,7 +320,9 @@ static void listeners_on(int port, int *total, int *not_loopback)
 		if (!in)
 			continue;
 		for (int n = 0; n < 100000 && fgets(line, sizeof(line), in); n++) {
-			if (sscanf(line, " %*d: %63[0-9A-Fa-f]:%x %*s %x", addr, &lport, &state) != 3)
+			int got = sscanf(line, " %*d: %63[0-9A-Fa-f]:%x %*s %x", addr, &lport,
+					 &state);
+			if (got != 3)
 				continue;
 			if ((int)lport != port || state != 0x0A) /* TCP_LISTEN */
 				continue;

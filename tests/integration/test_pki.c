@@ -78,10 +78,10 @@ static int mode_of(const char *dir, const char *name)
 static int openssl_verify(const char *dir, const char *crt, int crl_check)
 {
 	char *out = NULL;
-	char *cmd = crl_check
-			    ? h_strf("openssl verify -crl_check -CAfile %s/ca.crt -CRLfile %s/crl.pem %s/%s",
-				     dir, dir, dir, crt)
-			    : h_strf("openssl verify -CAfile %s/ca.crt %s/%s", dir, dir, crt);
+	char *cmd = crl_check ? h_strf("openssl verify -crl_check -CAfile %s/ca.crt "
+				       "-CRLfile %s/crl.pem %s/%s",
+				       dir, dir, dir, crt)
+			      : h_strf("openssl verify -CAfile %s/ca.crt %s/%s", dir, dir, crt);
 	int rc = h_sh(cmd, &out, 60);
 	free(cmd);
 	free(out);
@@ -167,8 +167,8 @@ Test(pki, names_key_types_and_purposes)
 
 		cmd = h_strf("openssl x509 -in %s/%s -noout -text", dir, want[i].crt);
 		out = sh_ok(cmd);
-		cr_expect(strstr(out, strcmp(want[i].key_type, "EC") ? "ED25519" : "id-ecPublicKey"),
-			  "%s key type", want[i].crt);
+		const char *alg = strcmp(want[i].key_type, "EC") ? "ED25519" : "id-ecPublicKey";
+		cr_expect(strstr(out, alg), "%s key type", want[i].crt);
 		free(out);
 		free(cmd);
 
@@ -181,9 +181,10 @@ Test(pki, names_key_types_and_purposes)
 			free(o2);
 			free(cmd);
 			/* and not the other purpose */
+			const char *other =
+				strcmp(want[i].purpose, "sslserver") ? "sslserver" : "sslclient";
 			cmd = h_strf("openssl verify -CAfile %s/ca.crt -purpose %s %s/%s", dir,
-				     strcmp(want[i].purpose, "sslserver") ? "sslserver" : "sslclient",
-				     dir, want[i].crt);
+				     other, dir, want[i].crt);
 			cr_expect_neq(h_sh(cmd, &o2, 60), 0, "%s must not serve the other side",
 				      want[i].crt);
 			free(o2);
@@ -194,7 +195,8 @@ Test(pki, names_key_types_and_purposes)
 	/* the wire library reads the identities the same way, and keys match certificates */
 	const char *ids[][2] = {{"devices/dev-a", "dev-a"}, {"bridge", "outpost-bridge"}};
 	for (size_t i = 0; i < N(ids); i++) {
-		char *crt = h_strf("%s/%s.crt", dir, ids[i][0]), *key = h_strf("%s/%s.key", dir, ids[i][0]);
+		char *crt = h_strf("%s/%s.crt", dir, ids[i][0]);
+		char *key = h_strf("%s/%s.key", dir, ids[i][0]);
 		char *pem = NULL;
 		size_t len;
 		struct wire_cert_info info;
@@ -240,9 +242,10 @@ Test(pki, chain_verifies_with_openssl)
 
 Test(pki, second_run_changes_nothing)
 {
-	char *dir = fresh("pki-idem", "--devices dev-a,dev-b --broker-host mqtt.example.com,fd00::1");
+	const char *opts = "--devices dev-a,dev-b --broker-host mqtt.example.com,fd00::1";
+	char *dir = fresh("pki-idem", opts);
 	char *before = snapshot(dir);
-	char *args = h_strf("--out %s --devices dev-a,dev-b --broker-host mqtt.example.com,fd00::1", dir);
+	char *args = h_strf("--out %s %s", dir, opts);
 	char *out = NULL;
 	cr_assert_eq(provision(args, &out), 0, "%s", out);
 	cr_expect(strstr(out, "0 new keys, 0 new certificates"), "%s", out);
@@ -328,7 +331,8 @@ Test(pki, revocation_refreshes_the_crl)
 	long before = crl_number(dir);
 	char *serial = serial_of(dir, "devices/dev-b.crt");
 	char *keys_before = NULL;
-	char *cmd = h_strf("cd %s && sha256sum ca.key broker.key bridge.key operator.key devices/*.key",
+	char *cmd = h_strf("cd %s && sha256sum ca.key broker.key bridge.key operator.key "
+			   "devices/*.key",
 			   dir);
 	keys_before = sh_ok(cmd);
 
@@ -449,7 +453,8 @@ Test(pki, count_names_devices_with_four_digits)
 	const char *present[] = {"device-0001", "device-0002", "device-0003", "extra-1"};
 	for (size_t i = 0; i < N(present); i++) {
 		char *crt = h_strf("devices/%s.crt", present[i]);
-		char *cmd = h_strf("openssl x509 -in %s/%s -noout -subject -nameopt RFC2253", dir, crt);
+		char *cmd =
+			h_strf("openssl x509 -in %s/%s -noout -subject -nameopt RFC2253", dir, crt);
 		char *out = sh_ok(cmd), *want = h_strf("subject=CN=%s\n", present[i]);
 		cr_expect_str_eq(out, want);
 		cr_expect_eq(mode_of(dir, crt), 0644);

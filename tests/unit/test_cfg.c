@@ -111,17 +111,26 @@ Test(cfg, sizes)
 		const char *text;
 		int64_t bytes;
 	} ok[] = {
-		{"512", 512},		  {"64k", 65536},	       {"64K", 65536},
-		{"64KiB", 65536},	  {"64kb", 65536},	       {"64MiB", 64LL << 20},
-		{"10MB", 10LL << 20},	  {"1G", 1LL << 30},	       {"1GiB", 1LL << 30},
-		{"3b", 3},		  {"4096 k", 4096LL << 10},    {"8589934591g", 8589934591LL << 30},
+		{"512", 512},
+		{"64k", 65536},
+		{"64K", 65536},
+		{"64KiB", 65536},
+		{"64kb", 65536},
+		{"64MiB", 64LL << 20},
+		{"10MB", 10LL << 20},
+		{"1G", 1LL << 30},
+		{"1GiB", 1LL << 30},
+		{"3b", 3},
+		{"4096 k", 4096LL << 10},
+		{"8589934591g", 8589934591LL << 30}, /* the largest that fits in int64_t */
 	};
 	for (size_t i = 0; i < N(ok); i++) {
 		int64_t v = -1;
 		cr_expect_eq(cfg_parse_size(ok[i].text, &v), 0, "'%s'", ok[i].text);
 		cr_expect_eq(v, ok[i].bytes, "'%s' = %lld", ok[i].text, (long long)v);
 	}
-	const char *bad[] = {"", "k", "1T", "-1", "1.5G", "64 KiBs", "8589934591gib0", "8589934592g"};
+	const char *bad[] = {"",	"k",	   "1T",	     "-1",
+			     "1.5G", "64 KiBs", "8589934591gib0", "8589934592g"};
 	for (size_t i = 0; i < N(bad); i++) {
 		int64_t v = 777;
 		cr_expect_eq(cfg_parse_size(bad[i], &v), -1, "'%s' must be refused", bad[i]);
@@ -162,7 +171,7 @@ Test(cfg, file_with_comments_and_quotes)
 				"sample-interval = 1500ms\n"
 				"spool_max = 1G\n"
 				"log_level = debug\n"
-				"device_id = \"dev # 1\"  # quoted value with a hash, then a comment\n");
+				"device_id = \"dev # 1\"  # quoted, with a hash, then a comment\n");
 	struct settings s;
 	char err[CFG_ERR_MAX] = "";
 	defaults(&s);
@@ -238,7 +247,8 @@ Test(cfg, file_errors_name_file_line_and_key)
 		{"spool_max = lots\n",
 		 "1: spool_max: expected a size like 512k, 64MiB, 1G, got 'lots'"},
 		{"spool_max = 1k\n", "1: spool_max: must be between 65536 and 1099511627776 bytes"},
-		{"spool_max = 2048G\n", "1: spool_max: must be between 65536 and 1099511627776 bytes"},
+		{"spool_max = 2048G\n",
+		 "1: spool_max: must be between 65536 and 1099511627776 bytes"},
 		{"log_level = loud\n", "1: log_level: 'loud' is not one of the allowed values"},
 		{"log_level = Debug\n", "1: log_level: 'Debug' is not one of the allowed values"},
 		{"just some words\n", "1: expected 'key = value'"},
@@ -313,8 +323,8 @@ Test(cfg, environment)
 
 	setenv(PREFIX "SAMPLE_INTERVAL", "0s", 1);
 	cr_expect_eq(cfg_load_env(opts, N(opts), &s, PREFIX, err), -1);
-	cr_expect_str_eq(err, "environment OPTEST_SAMPLE_INTERVAL: sample_interval: must be between "
-			      "1s and 1d");
+	cr_expect_str_eq(err, "environment OPTEST_SAMPLE_INTERVAL: sample_interval: "
+			      "must be between 1s and 1d");
 	cfg_free(opts, N(opts), &s);
 }
 
@@ -409,8 +419,8 @@ Test(cfg, command_line_forms)
 {
 	struct settings s;
 	char err[CFG_ERR_MAX] = "";
-	char *argv[] = {"prog",	    "--verbose",	"--log-level", "debug",	   "--spool_max=1GiB",
-			"--device-id", "dev-a", "--broker-host=", NULL};
+	char *argv[] = {"prog",	     "--verbose", "--log-level",    "debug", "--spool_max=1GiB",
+			"--device-id", "dev-a",	    "--broker-host=", NULL};
 	cr_assert_eq(parse(&s, argv, NULL, err), 0, "%s", err);
 	cr_expect_eq(s.verbose, 1, "a bare boolean option means true");
 	cr_expect_eq(s.log_level, 3);

@@ -108,11 +108,12 @@ static void expect_same(struct model *m, const struct wire_batch *got)
 		if (g[i].t_ms != m->r[i].t_ms || g[i].metric_id != m->r[i].metric_id ||
 		    double_bits(g[i].value) != double_bits(m->r[i].value)) {
 			if (bad++ < 10)
-				cr_log_error("reading %zu: got (%u, %lld, %.17g / %016llx), want (%u, %lld, "
-					     "%.17g / %016llx)",
+				cr_log_error("reading %zu: got (%u, %lld, %.17g / %016llx), "
+					     "want (%u, %lld, %.17g / %016llx)",
 					     i, g[i].metric_id, (long long)g[i].t_ms, g[i].value,
 					     (unsigned long long)double_bits(g[i].value),
-					     m->r[i].metric_id, (long long)m->r[i].t_ms, m->r[i].value,
+					     m->r[i].metric_id, (long long)m->r[i].t_ms,
+					     m->r[i].value,
 					     (unsigned long long)double_bits(m->r[i].value));
 		}
 	}
@@ -217,9 +218,9 @@ Test(wire_batch, round_trip_mixed_columns)
 
 Test(wire_batch, raw_fallback_is_bit_exact)
 {
-	const double values[] = {1.0 / 3.0, NAN, -NAN, INFINITY, -INFINITY, 1e300, -1e300,
-				 DBL_MIN, DBL_TRUE_MIN, DBL_MAX, 0.1 + 0.2, 1e-10, 9007199254740993.0,
-				 -0.0, 0.0};
+	const double values[] = {1.0 / 3.0, NAN,	  -NAN,	   INFINITY,  -INFINITY,
+				 1e300,	    -1e300,	  DBL_MIN, DBL_TRUE_MIN, DBL_MAX,
+				 0.1 + 0.2, 1e-10,	  -0.0,	   0.0,	      9007199254740993.0};
 	const size_t n = sizeof(values) / sizeof(values[0]);
 	struct wire_batch_builder *b = NULL;
 	struct model *m = model_new();
@@ -284,7 +285,8 @@ Test(wire_batch, mixed_decimals_in_one_column_stay_exact)
 		m_row(b, m, r);
 		for (uint32_t c = 0; c < 8; c++) {
 			int d = (int)rng_range(0, 9);
-			int64_t mant = rng_range(-(1LL << 53) + 1, (1LL << 53) - 1) >> rng_range(0, 50);
+			int64_t mant = rng_range(-(1LL << 53) + 1, (1LL << 53) - 1);
+			mant >>= rng_range(0, 50);
 			m_add(b, m, r, c, (double)mant / p10[d]);
 		}
 	}
@@ -554,9 +556,10 @@ Test(wire_batch, encode_refuses_a_body_over_the_limit)
 	cr_assert_eq(wire_batch_builder_new(&b), WIRE_OK);
 	for (int r = 0; r < 16; r++) {
 		cr_assert_eq(wire_batch_row(b, r), WIRE_OK);
-		for (uint32_t c = 0; c < WIRE_MAX_COLS; c++)
-			cr_assert_eq(wire_batch_add(b, c, bits_to_double(rng() & ~(0x7ffULL << 52))),
-				     WIRE_OK);
+		for (uint32_t c = 0; c < WIRE_MAX_COLS; c++) {
+			double v = bits_to_double(rng() & ~(0x7ffULL << 52)); /* subnormal */
+			cr_assert_eq(wire_batch_add(b, c, v), WIRE_OK);
+		}
 	}
 	cr_expect_eq(wire_batch_encode(b, 0, NULL, 0, &out, &len), WIRE_ELIMIT);
 	cr_expect_null(out);
@@ -748,7 +751,8 @@ static void ref_init(struct ref_state *s)
 		if (i < 40)
 			s->v[i] = rng_range(1500, 3500); /* 15.00 .. 35.00 degC */
 		else if (i < 60)
-			s->v[i] = i % 2 ? rng_range(1190, 1210) : rng_range(325, 335); /* 12 V, 3.3 V */
+			s->v[i] = i % 2 ? rng_range(1190, 1210)  /* 12 V */
+					: rng_range(325, 335);   /* 3.3 V */
 		else if (i < 80)
 			s->v[i] = rng_range(0, 1LL << 40); /* counters */
 		else
@@ -807,9 +811,9 @@ Test(wire_batch, reference_profile_is_at_most_3_bytes_per_reading)
 		}
 		uint8_t *body = NULL, *env_buf = NULL;
 		size_t body_len = 0, env_len = 0;
-		cr_assert_eq(wire_batch_encode(b, 1000 + (uint64_t)batch, NULL, 0, &body, &body_len),
-			     WIRE_OK);
-		struct wire_env e = {.kind = WIRE_KIND_BATCH, .seq = 1001 + (uint64_t)batch,
+		uint64_t prev = 1000 + (uint64_t)batch;
+		cr_assert_eq(wire_batch_encode(b, prev, NULL, 0, &body, &body_len), WIRE_OK);
+		struct wire_env e = {.kind = WIRE_KIND_BATCH, .seq = prev + 1,
 				     .sent_at_ms = t, .body = body, .body_len = body_len};
 		strcpy(e.device_id, "dev-a");
 		cr_assert_eq(wire_env_seal(key, &e, &env_buf, &env_len), WIRE_OK);
@@ -819,7 +823,8 @@ Test(wire_batch, reference_profile_is_at_most_3_bytes_per_reading)
 		struct wire_batch *got = NULL;
 		cr_assert_eq(wire_env_decode(env_buf, env_len, &got_env, NULL), WIRE_OK);
 		cr_assert_eq(wire_env_verify(&got_env, &pub), WIRE_OK);
-		cr_assert_eq(wire_batch_decode(got_env.body, got_env.body_len, &got, NULL), WIRE_OK);
+		cr_assert_eq(wire_batch_decode(got_env.body, got_env.body_len, &got, NULL),
+			     WIRE_OK);
 		cr_assert_eq(m->n, REF_METRICS * REF_ROWS);
 		expect_same(m, got);
 		wire_batch_free(got);

@@ -54,8 +54,8 @@ Test(wire_cert, device_bridge_and_operator_verify)
 		struct wire_cert_info info;
 		struct wire_diag d = {""};
 		memset(&info, 0, sizeof(info));
-		cr_expect_eq(verify(ca, h_pki(), ok[i].file, &info, &d), WIRE_OK, "%s: %s", ok[i].file,
-			     d.msg);
+		cr_expect_eq(verify(ca, h_pki(), ok[i].file, &info, &d), WIRE_OK, "%s: %s",
+			     ok[i].file, d.msg);
 		cr_expect_str_eq(info.cn, ok[i].cn);
 
 		/* the key in the certificate is the key in the .key file */
@@ -133,7 +133,8 @@ Test(wire_cert, parse_extracts_cn_and_key_without_trust)
 	free(pem);
 
 	struct wire_diag d = {""};
-	const char junk[] = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+	const char junk[] = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n"
+			    "-----END CERTIFICATE-----\n";
 	cr_expect_eq(wire_cert_parse(junk, strlen(junk), &info, &d), WIRE_ECERT);
 	cr_expect_eq(wire_cert_parse("hello", 5, &info, &d), WIRE_ECERT);
 	cr_expect_eq(wire_cert_parse(NULL, 5, &info, &d), WIRE_EINVAL);
@@ -215,7 +216,8 @@ Test(wire_cert, ca_load_errors)
 	cr_expect_eq(wire_ca_load(ca_crt, missing, &ca, &d), WIRE_EIO);
 	cr_expect(strstr(d.msg, "CRL"), "%s", d.msg);
 	cr_expect_null(ca);
-	cr_expect_eq(wire_ca_load(ca_crt, ca_crt, &ca, &d), WIRE_ECERT, "a certificate is not a CRL");
+	cr_expect_eq(wire_ca_load(ca_crt, ca_crt, &ca, &d), WIRE_ECERT,
+		     "a certificate is not a CRL");
 	cr_expect_null(ca);
 	cr_expect_eq(wire_ca_load(NULL, crl, &ca, &d), WIRE_EINVAL);
 	cr_expect_eq(wire_ca_load(ca_crt, crl, NULL, &d), WIRE_EINVAL);
@@ -242,7 +244,8 @@ static char *issue_dated(const char *tag, const char *cn, const char *start, con
 		"set -e; cd %s; cp %s/ca.crt %s/ca.key .; mkdir -p .ca/issued; : > .ca/index.txt; "
 		"echo 01 > .ca/serial; echo 01 > .ca/crlnumber; "
 		"openssl genpkey -algorithm ed25519 -out leaf.key; "
-		"openssl req -new -config %s/certs/openssl.cnf -key leaf.key -subj /CN=%s -out leaf.csr; "
+		"openssl req -new -config %s/certs/openssl.cnf -key leaf.key -subj /CN=%s "
+		"-out leaf.csr; "
 		"OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -batch -config "
 		"%s/certs/openssl.cnf -extensions client_cert -notext -startdate %s -enddate %s "
 		"-in leaf.csr -out leaf.crt",

@@ -86,7 +86,8 @@ Test(wire_env, every_single_bit_flip_is_rejected)
 	for (size_t i = 0; i < len * 8; i++) {
 		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
 		struct wire_env e;
-		if (wire_env_decode(buf, len, &e, NULL) == WIRE_OK && wire_env_verify(&e, &pub) == WIRE_OK)
+		if (wire_env_decode(buf, len, &e, NULL) == WIRE_OK &&
+		    wire_env_verify(&e, &pub) == WIRE_OK)
 			accepted++;
 		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
 	}

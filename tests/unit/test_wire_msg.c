@@ -64,7 +64,8 @@ static int decode_msg(uint32_t kind, const void *msg, struct wire_diag *d)
 	return rc;
 }
 
-static uint8_t boot_id[WIRE_BOOT_ID_LEN] = {0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xbf};
+static uint8_t boot_id[WIRE_BOOT_ID_LEN] = {0xb0, 1, 2,  3,  4,  5,  6,  7,
+					    8,	  9, 10, 11, 12, 13, 14, 0xbf};
 
 static void birth_base(Outpost__Birth *b)
 {
@@ -1016,7 +1017,8 @@ Test(wire_msg, scanner_rules)
 	const uint8_t wrong_type[] = {0x0a, 0x01, 0x00};
 	cr_expect_eq(decode_bytes(WIRE_KIND_TASK_POLL, wrong_type, sizeof(wrong_type), &d),
 		     WIRE_EMALFORMED);
-	cr_expect(strstr(d.msg, "TaskPoll.last_task_id") && strstr(d.msg, "wire type"), "%s", d.msg);
+	cr_expect(strstr(d.msg, "TaskPoll.last_task_id") && strstr(d.msg, "wire type"), "%s",
+		  d.msg);
 	/* a string whose length runs past the end */
 	const uint8_t trunc[] = {0x0a, 0x05, 'a', 'b'};
 	cr_expect_eq(decode_bytes(WIRE_KIND_BIRTH, trunc, sizeof(trunc), &d), WIRE_ETRUNC);
@@ -1057,7 +1059,8 @@ Test(wire_msg, api_misuse)
 	cr_expect_eq(wire_msg_decode(WIRE_KIND_MAX + 1, (const uint8_t *)"", 0, &m, NULL),
 		     WIRE_EINVAL);
 	cr_expect_eq(wire_msg_decode(WIRE_KIND_ACK, NULL, 3, &m, NULL), WIRE_EINVAL);
-	cr_expect_eq(wire_msg_decode(WIRE_KIND_ACK, (const uint8_t *)"", 0, NULL, NULL), WIRE_EINVAL);
+	cr_expect_eq(wire_msg_decode(WIRE_KIND_ACK, (const uint8_t *)"", 0, NULL, NULL),
+		     WIRE_EINVAL);
 	cr_expect_eq(wire_msg_pack(WIRE_KIND_ACK, &p.base, &out, &len, NULL), WIRE_EINVAL,
 		     "a TaskPoll is not an Ack");
 	cr_expect_eq(wire_msg_pack(WIRE_KIND_TASK_POLL, NULL, &out, &len, NULL), WIRE_EINVAL);

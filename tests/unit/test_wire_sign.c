@@ -28,13 +28,15 @@ static void unhex(const char *hex, uint8_t *out, size_t n)
 
 /* RFC 8032 section 7.1, TEST 1: the seed as PKCS#8 (OID 1.3.101.112), public key, and the
  * signature of the empty message. */
-static const char rfc8032_pem[] = "-----BEGIN PRIVATE KEY-----\n"
-				  "MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n"
-				  "-----END PRIVATE KEY-----\n";
+static const char rfc8032_pem[] =
+	"-----BEGIN PRIVATE KEY-----\n"
+	"MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n"
+	"-----END PRIVATE KEY-----\n";
 static const char rfc8032_pub[] =
 	"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 static const char rfc8032_sig[] =
-	"e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b";
+	"e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+	"5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b";
 
 Test(wire_sign, rfc8032_test_vector)
 {
@@ -46,10 +48,11 @@ Test(wire_sign, rfc8032_test_vector)
 	unhex(rfc8032_pub, want_pub.raw, sizeof(want_pub.raw));
 	unhex(rfc8032_sig, want_sig, sizeof(want_sig));
 	wire_key_public(k, &pub);
-	cr_expect_arr_eq(pub.raw, want_pub.raw, WIRE_PUBKEY_LEN, "public key derived from the seed");
+	cr_expect_arr_eq(pub.raw, want_pub.raw, WIRE_PUBKEY_LEN, "public key from the seed");
 	cr_assert_eq(wire_sign(k, (const uint8_t *)"", 0, sig), WIRE_OK);
 	uint8_t sig_null[WIRE_SIG_LEN];
-	cr_expect_eq(wire_sign(k, NULL, 0, sig_null), WIRE_OK, "NULL with length 0 is an empty message");
+	cr_expect_eq(wire_sign(k, NULL, 0, sig_null), WIRE_OK, "NULL, 0 is the empty message");
+	cr_expect_arr_eq(sig_null, want_sig, WIRE_SIG_LEN);
 	cr_expect_arr_eq(sig, want_sig, WIRE_SIG_LEN, "signature of the empty message");
 	cr_expect_eq(wire_verify(&want_pub, (const uint8_t *)"", 0, want_sig), WIRE_OK);
 	want_sig[0] ^= 1;
@@ -123,7 +126,8 @@ Test(wire_sign, openssl_signature_verifies)
 	fwrite(msg, 1, sizeof(msg) - 1, f);
 	fclose(f);
 
-	char *cmd = h_strf("openssl pkeyutl -sign -rawin -inkey %s/devices/dev-a.key -in %s -out %s",
+	char *cmd = h_strf("openssl pkeyutl -sign -rawin -inkey %s/devices/dev-a.key -in %s "
+			   "-out %s",
 			   h_pki(), msg_path, sig_path);
 	char *out = NULL;
 	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s: %s", cmd, out);
@@ -192,7 +196,8 @@ Test(wire_sign, key_load_errors)
 	cr_expect_eq(wire_key_load(dir, &k, &d), WIRE_EIO);
 	cr_expect_eq(k, sentinel);
 
-	const char junk[] = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n";
+	const char junk[] = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
+			    "-----END PRIVATE KEY-----\n";
 	cr_expect_eq(wire_key_parse(junk, strlen(junk), &k), WIRE_EKEY);
 	cr_expect_eq(wire_key_parse("", 0, &k), WIRE_EKEY);
 	cr_expect_eq(wire_key_parse(NULL, 0, &k), WIRE_EINVAL);
@@ -257,7 +262,8 @@ Test(wire_sign, signing_input_layout)
 	cr_expect_eq(wire_sig_header(hdr, 1, id64, 1, 1, 1, 1), WIRE_EINVAL, "65-character id");
 	cr_expect_eq(wire_sig_header(hdr, 1, NULL, 1, 1, 1, 1), WIRE_EINVAL);
 	if (sizeof(size_t) > 4)
-		cr_expect_eq(wire_sig_header(hdr, 1, "a", 1, 1, 1, (size_t)UINT32_MAX + 1), WIRE_EINVAL);
+		cr_expect_eq(wire_sig_header(hdr, 1, "a", 1, 1, 1, (size_t)UINT32_MAX + 1),
+			     WIRE_EINVAL);
 }
 
 static int header_variant(uint8_t *out, int which)
@@ -308,10 +314,10 @@ Test(wire_sign, parts_equal_concatenation)
 	cr_expect_arr_eq(s1, s2, WIRE_SIG_LEN);
 	cr_expect_eq(wire_verify(&pub, buf, (size_t)n + sizeof(body), s1), WIRE_OK);
 	/* the split point does not matter to the verifier */
-	for (size_t cut = 0; cut <= (size_t)n + sizeof(body); cut += 7)
-		cr_expect_eq(wire_verify_parts(&pub, buf, cut, buf + cut, (size_t)n + sizeof(body) - cut,
-					       s1),
-			     WIRE_OK, "cut at %zu", cut);
+	size_t total = (size_t)n + sizeof(body);
+	for (size_t cut = 0; cut <= total; cut += 7)
+		cr_expect_eq(wire_verify_parts(&pub, buf, cut, buf + cut, total - cut, s1), WIRE_OK,
+			     "cut at %zu", cut);
 	body[99] ^= 1;
 	cr_expect_eq(wire_verify_parts(&pub, hdr, (size_t)n, body, sizeof(body), s1), WIRE_ESIG);
 	cr_expect_eq(wire_verify_parts(&pub, hdr, (size_t)n, NULL, 10, s1), WIRE_EINVAL);

@@ -20,7 +20,8 @@ Test(wire_topic, id_rules)
 	cr_expect_eq(wire_id_check("a"), WIRE_OK);
 	cr_expect_eq(wire_id_check("Dev_01-AZ-az-09"), WIRE_OK);
 	cr_expect_eq(wire_id_check(id64), WIRE_OK, "exactly %d characters is valid", WIRE_ID_MAX);
-	cr_expect_eq(wire_id_check(id65), WIRE_EID, "%d characters is one too many", WIRE_ID_MAX + 1);
+	cr_expect_eq(wire_id_check(id65), WIRE_EID, "%d characters is one too many",
+		     WIRE_ID_MAX + 1);
 	cr_expect_eq(wire_id_check(""), WIRE_EID);
 	cr_expect_eq(wire_id_check(NULL), WIRE_EID);
 
@@ -28,8 +29,8 @@ Test(wire_topic, id_rules)
 	size_t accepted = 0;
 	for (int c = 1; c < 256; c++) {
 		char id[4] = {'a', (char)c, 'b', '\0'};
-		int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-			 c == '_' || c == '-';
+		int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			 (c >= '0' && c <= '9') || c == '_' || c == '-';
 		int rc = wire_id_check(id);
 		cr_expect_eq(rc, ok ? WIRE_OK : WIRE_EID, "character 0x%02x", c);
 		accepted += rc == WIRE_OK;
@@ -92,10 +93,11 @@ Test(wire_topic, build_and_parse_round_trip)
 			char buf[WIRE_TOPIC_MAX], want[256], id[WIRE_ID_MAX + 1];
 			enum wire_topic got = WIRE_TOPIC_COUNT;
 			snprintf(want, sizeof(want), "outpost/v1/%s/%s", ids[i], all_suffixes[t]);
-			cr_assert_eq(wire_topic_build(buf, sizeof(buf), (enum wire_topic)t, ids[i]), WIRE_OK,
-				     "%s", want);
+			cr_assert_eq(wire_topic_build(buf, sizeof(buf), (enum wire_topic)t, ids[i]),
+				     WIRE_OK, "%s", want);
 			cr_expect_str_eq(buf, want);
-			cr_assert_eq(wire_topic_parse(buf, strlen(buf), id, &got), WIRE_OK, "%s", buf);
+			cr_assert_eq(wire_topic_parse(buf, strlen(buf), id, &got), WIRE_OK, "%s",
+				     buf);
 			cr_expect_eq(got, (enum wire_topic)t, "%s", buf);
 			cr_expect_str_eq(id, ids[i]);
 		}
