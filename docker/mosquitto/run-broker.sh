@@ -49,6 +49,11 @@ pki=$(cd "$pki" && pwd)
 dir=$(cd "$dir" && pwd)
 acl=$(cd "$(dirname "$acl")" && pwd)/$(basename "$acl")
 
+# libwebsockets binds the WSS listener to every address on a dual-stack socket unless the
+# family is given; with an IPv4 bind address, say so.
+wss_domain=""
+[[ "${OUTPOST_BROKER_BIND:-}" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] && wss_domain="socket_domain ipv4"
+
 declare -A subst=(
 	[PKI_DIR]=$pki
 	[DATA_DIR]=$dir
@@ -59,6 +64,7 @@ declare -A subst=(
 	[BIND]=${OUTPOST_BROKER_BIND:-}
 	[INTERNAL_BIND]=${OUTPOST_INTERNAL_BIND:-127.0.0.1}
 	[USER]=${OUTPOST_BROKER_USER:-$(id -un)}
+	[WSS_SOCKET_DOMAIN]=$wss_domain
 )
 conf="$dir/mosquitto.conf"
 {
