@@ -154,11 +154,11 @@ static int sample_net(struct proc *p, dev_sink_fn sink, void *ctx)
 			   &rxe, &rxd, &x, &x, &x, &x, &txb, &txp, &txe) != 11)
 			continue;
 		clean(ifc);
-		snprintf(name, sizeof(name), "net.%s.rx_bytes", ifc);
+		snprintf(name, sizeof(name), "net.%.32s.rx_bytes", ifc);
 		sink(ctx, name, "bytes", (double)rxb);
-		snprintf(name, sizeof(name), "net.%s.tx_bytes", ifc);
+		snprintf(name, sizeof(name), "net.%.32s.tx_bytes", ifc);
 		sink(ctx, name, "bytes", (double)txb);
-		snprintf(name, sizeof(name), "net.%s.errors", ifc);
+		snprintf(name, sizeof(name), "net.%.32s.errors", ifc);
 		sink(ctx, name, "", (double)(rxe + txe));
 		n++;
 	}
@@ -183,13 +183,13 @@ static int sample_disks(struct proc *p, dev_sink_fn sink, void *ctx)
 			continue;
 		/* whole disks only: partitions have no /sys/block/<name> */
 		struct stat st;
-		snprintf(sys, sizeof(sys), "/sys/block/%s", dev);
+		snprintf(sys, sizeof(sys), "/sys/block/%.63s", dev);
 		if (stat(sys, &st) != 0)
 			continue;
 		clean(dev);
-		snprintf(name, sizeof(name), "disk.%s.read_bytes", dev);
+		snprintf(name, sizeof(name), "disk.%.63s.read_bytes", dev);
 		sink(ctx, name, "bytes", (double)rds * 512);
-		snprintf(name, sizeof(name), "disk.%s.write_bytes", dev);
+		snprintf(name, sizeof(name), "disk.%.63s.write_bytes", dev);
 		sink(ctx, name, "bytes", (double)wrs * 512);
 		n++;
 	}

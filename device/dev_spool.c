@@ -619,7 +619,8 @@ static int load_segments(struct dev_spool *s)
 		}
 	}
 	closedir(d);
-	qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
+	if (s->nsegs > 1)
+		qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
 	for (size_t i = 0; i < s->nsegs;) {
 		int rc = scan_seg(s, &s->segs[i], i + 1 == s->nsegs);
 		if (rc)

@@ -31,7 +31,8 @@ void h_device_start(struct h_device *d, const struct h_broker *b, const char *id
 		ne++;
 	const char **argv = calloc(nb + ne + 1, sizeof(*argv));
 	memcpy(argv, base, sizeof(base));
-	memcpy(argv + nb, extra, ne * sizeof(*argv));
+	if (ne)
+		memcpy(argv + nb, extra, ne * sizeof(*argv));
 	d->pid = h_spawn((char *const *)argv, NULL, d->log);
 	free(argv);
 	free(state);
@@ -47,6 +48,11 @@ int h_device_stop(struct h_device *d)
 {
 	int rc = h_stop(d->pid, 10000);
 	d->pid = 0;
+	/* a sanitizer report in the device (leak, overflow, UB) fails the test that ran it */
+	if (h_log_count(d->log, "Sanitizer") || h_log_count(d->log, "runtime error")) {
+		fprintf(stderr, "sanitizer report in %s\n", d->log);
+		abort();
+	}
 	return rc;
 }
 

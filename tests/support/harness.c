@@ -282,6 +282,7 @@ void h_broker_start(struct h_broker *b, const char *pki)
 		h_strf("OUTPOST_INTERNAL_PORT=%d", b->internal_port),
 		h_strf("OUTPOST_BROKER_BIND=127.0.0.1"),
 		h_strf("OUTPOST_INTERNAL_BIND=127.0.0.1"),
+		h_strf("OUTPOST_AUTH_PLUGIN=%s", OUTPOST_AUTH_PLUGIN),
 		NULL,
 	};
 	char *argv[] = {script, NULL};
