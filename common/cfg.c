@@ -256,14 +256,30 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 		}
 		*eq = '\0';
 		char *key = trim(s), *value = trim(eq + 1);
-		size_t vl = strlen(value);
-		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
-			value[vl - 1] = '\0';
+		if (value[0] == '"') {
+			/* "quoted value" keeps spaces and '#'; only a comment may follow it */
+			char *close = strchr(value + 1, '"'), *rest;
+			if (!close) {
+				rc = fail(err, "%s: %s: missing closing quote", src, key);
+				break;
+			}
+			for (rest = close + 1; isspace((unsigned char)*rest); rest++)
+				;
+			if (*rest && *rest != '#') {
+				rc = fail(err, "%s: %s: unexpected text after the closing quote", src,
+					  key);
+				break;
+			}
+			*close = '\0';
 			value++;
 		} else {
-			char *hash = strstr(value, " #");
-			if (hash)
-				*hash = '\0';
+			/* a '#' after a space or tab starts a comment; "a#b" is a value */
+			for (char *p = value; *p; p++) {
+				if (*p == '#' && p > value && isspace((unsigned char)p[-1])) {
+					*p = '\0';
+					break;
+				}
+			}
 			value = trim(value);
 		}
 		const struct cfg_opt *o = find(opts, n, key, strlen(key));

@@ -22,6 +22,19 @@ static double unscale(int64_t v, int scale)
 	return scale < 0 ? (double)v / pow10_tab[-scale] : (double)v * pow10_tab[scale];
 }
 
+/* Lossless means the same bits: == would let -0.0 decode as +0.0. */
+static bool same_bits(double a, double b)
+{
+	return memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+/* 1 if x survives scaling by 10^k, rounding and unscaling unchanged (as the decoder does). */
+static bool exact_at(double x, int k)
+{
+	double s = x * pow10_tab[k];
+	return fabs(s) < EXACT_INT_LIMIT && same_bits(unscale(llround(s), -k), x);
+}
+
 struct cell {
 	uint32_t row;
 	uint32_t col;
@@ -111,6 +124,9 @@ int wire_batch_row(struct wire_batch_builder *b, int64_t t_ms)
 		if (t_ms < prev || (uint64_t)(t_ms - prev) > UINT32_MAX)
 			return WIRE_EINVAL;
 	}
+	/* The encoded grid is rows x columns, absent cells included. */
+	if ((b->nrows + 1) * b->ncols > WIRE_MAX_CELLS)
+		return WIRE_ELIMIT;
 	int rc = grow((void **)&b->rows, &b->cap_rows, b->nrows + 1, sizeof(*b->rows), WIRE_MAX_ROWS);
 	if (rc)
 		return rc;
@@ -162,7 +178,9 @@ static int column_of(struct wire_batch_builder *b, uint32_t id, size_t *col)
 			return WIRE_OK;
 		}
 	}
-	/* new column */
+	/* new column; the grid (absent cells included) must stay encodable */
+	if (b->nrows * (b->ncols + 1) > WIRE_MAX_CELLS)
+		return WIRE_ELIMIT;
 	rc = grow((void **)&b->cols, &b->cap_cols, b->ncols + 1, sizeof(*b->cols), WIRE_MAX_COLS);
 	if (rc)
 		return rc;
@@ -200,10 +218,9 @@ static int decimals_for(double x)
 	if (!isfinite(x))
 		return -1;
 	for (int k = 0; k <= MAX_ENCODER_DECIMALS; k++) {
-		double s = x * pow10_tab[k];
-		if (fabs(s) >= EXACT_INT_LIMIT)
+		if (fabs(x * pow10_tab[k]) >= EXACT_INT_LIMIT)
 			return -1;
-		if (unscale(llround(s), -k) == x)
+		if (exact_at(x, k))
 			return k;
 	}
 	return -1;
@@ -222,11 +239,12 @@ static void pick_scales(const double *grid, const bool *present, size_t nrows, s
 			int d = decimals_for(grid[i]);
 			k = d < 0 ? -1 : (d > k ? d : k);
 		}
-		/* Exactness at a larger k follows from exactness at the smaller one, but the
-		 * magnitude limit must be checked again at the final k. */
+		/* Exactness at a smaller k does not imply it at the final one: near 2^53 the
+		 * product x * 10^k is no longer an exact integer and can round to a neighbour.
+		 * Check every value again at the final k. */
 		for (size_t r = 0; r < nrows && k > 0; r++) {
 			size_t i = r * ncols + c;
-			if (present[i] && fabs(grid[i] * pow10_tab[k]) >= EXACT_INT_LIMIT)
+			if (present[i] && !exact_at(grid[i], k))
 				k = -1;
 		}
 		scales[c] = k < 0 ? WIRE_SCALE_RAW : -k;

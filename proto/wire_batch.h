@@ -37,11 +37,13 @@ void wire_batch_builder_free(struct wire_batch_builder *b); /* accepts NULL */
 void wire_batch_builder_reset(struct wire_batch_builder *b);
 
 /* Start a new row at t_ms. Rows must not go back in time and be < 2^32 ms apart
- * (WIRE_EINVAL); WIRE_ELIMIT past WIRE_MAX_ROWS. */
+ * (WIRE_EINVAL); WIRE_ELIMIT past WIRE_MAX_ROWS, or if rows x columns would pass
+ * WIRE_MAX_CELLS. After WIRE_ELIMIT the builder still holds an encodable batch. */
 int wire_batch_row(struct wire_batch_builder *b, int64_t t_ms);
 
 /* Add a reading to the current row (a row must have been started). A metric given twice in
- * a row keeps the last value. WIRE_ELIMIT past WIRE_MAX_COLS or WIRE_MAX_CELLS. */
+ * a row keeps the last value. WIRE_ELIMIT past WIRE_MAX_COLS or WIRE_MAX_CELLS (readings
+ * added, or rows x columns for a new metric). */
 int wire_batch_add(struct wire_batch_builder *b, uint32_t metric_id, double value);
 
 size_t wire_batch_count(const struct wire_batch_builder *b); /* readings added */

@@ -1,5 +1,5 @@
 /* wire_schema.c - size and count limits of every message in outpost.proto, as scanner tables.
- * Keep in step with outpost.proto and wire_limits.h; tests/unit/test_wire_limits.c checks each. */
+ * Keep in step with outpost.proto and wire_limits.h; tests/unit/test_wire_msg.c checks each. */
 #include "wire_internal.h"
 #include "wire_limits.h"
 

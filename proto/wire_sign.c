@@ -91,6 +91,8 @@ int wire_sign(const struct wire_key *key, const uint8_t *msg, size_t len,
 	word32 sig_len = WIRE_SIG_LEN;
 	if (!key || (!msg && len) || len > UINT32_MAX)
 		return WIRE_EINVAL;
+	if (!msg)
+		msg = (const uint8_t *)""; /* wolfCrypt refuses NULL even for an empty message */
 	/* wolfCrypt takes a non-const key but does not modify it when signing. */
 	if (wc_ed25519_sign_msg(msg, (word32)len, sig, &sig_len, (ed25519_key *)&key->k) != 0)
 		return WIRE_ECRYPTO;

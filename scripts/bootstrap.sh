@@ -8,6 +8,8 @@ packages=(
 	build-essential cmake pkg-config clang libclang-rt-14-dev
 	protobuf-c-compiler libprotobuf-c-dev
 	libwolfssl-dev libpaho-mqtt-dev libmosquitto-dev libsqlite3-dev libpq-dev
+	# the broker plugin (broker/outpost_auth.c)
+	mosquitto-dev libssl-dev
 	# broker, PKI and tools the scripts call
 	mosquitto mosquitto-clients openssl sqlite3 procps util-linux
 	# tests: Criterion, a throwaway PostgreSQL cluster, an HTTP CONNECT proxy

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # provision-certs.sh - Outpost PKI: CA, broker, bridge, operator and one certificate per device.
 # Idempotent: never overwrites a key; reissues a certificate only when it is missing, no longer
-# chains to the CA, or (broker) lacks a requested name. See certs/README.md.
+# chains to the CA, does not match its key, or (broker) lacks a requested name. The broker
+# certificate keeps every name it already has. See certs/README.md.
 set -euo pipefail
 
 usage() {
@@ -63,8 +64,30 @@ for id in "${devices[@]+"${devices[@]}"}"; do
 	valid_id "$id" || usage_error "--devices: invalid device id '$id' (want [A-Za-z0-9_-]{1,64}, not outpost-*)"
 done
 [ -z "$revoke" ] || valid_id "$revoke" || usage_error "--revoke: invalid device id '$revoke'"
+# ipv6_print ADDR: ADDR the way OpenSSL prints it in a certificate (8 groups, uppercase hex,
+# no leading zeros, no "::"), so that requested and present names compare equal.
+ipv6_print() {
+	local a=$1 left right l=() r=() all=() g res="" i
+	if [[ "$a" == *::* ]]; then left=${a%%::*} right=${a#*::}; else left=$a right=""; fi
+	[[ "$right" != *::* ]] || return 1
+	IFS=: read -ra l <<<"$left"
+	IFS=: read -ra r <<<"$right"
+	all=("${l[@]+"${l[@]}"}")
+	if [[ "$a" == *::* ]]; then
+		for ((i = ${#l[@]} + ${#r[@]}; i < 8; i++)); do all+=(0); done
+	fi
+	all+=("${r[@]+"${r[@]}"}")
+	[ ${#all[@]} -eq 8 ] || return 1
+	for g in "${all[@]}"; do
+		[[ "$g" =~ ^[0-9A-Fa-f]{1,4}$ ]] || return 1
+		printf -v g '%X' "$((16#$g))"
+		res+="$g:"
+	done
+	echo "${res%:}"
+}
 for h in "${hosts[@]+"${hosts[@]}"}"; do
 	[[ "$h" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || usage_error "--broker-host: invalid name '$h'"
+	[[ "$h" != *:* ]] || ipv6_print "$h" >/dev/null || usage_error "--broker-host: invalid IPv6 address '$h'"
 done
 for ((i = 1; i <= count; i++)); do devices+=("$(printf 'device-%04d' "$i")"); done
 
@@ -102,6 +125,12 @@ new_key() {
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 status_of() { awk -F'\t' -v s="$1" 'toupper($4) == toupper(s) { print $1 }' "$out/.ca/index.txt" | tail -n1; }
 cert_ok() { [ -f "$1" ] && openssl verify -CAfile "$out/ca.crt" "$1" >/dev/null 2>&1; }
+# key_matches KEY CRT: the certificate is for this key (a lost key is replaced by a new one).
+key_matches() {
+	local a b
+	a=$(openssl pkey -in "$1" -pubout 2>/dev/null) && b=$(openssl x509 -in "$2" -noout -pubkey 2>/dev/null) &&
+		[ -n "$a" ] && [ "$a" = "$b" ]
+}
 
 # issue NAME KEY CRT CN client|server: sign a certificate for KEY unless CRT is valid already.
 issue() {
@@ -110,7 +139,9 @@ issue() {
 		case "$(status_of "$(serial_of "$crt")")" in
 		R) echo "provision-certs: $name is revoked; not reissued (delete its files to re-provision)" >&2; return 0 ;;
 		esac
-		if [ "$ext" != server_cert ] || san_covers "$crt"; then return 0; fi
+		if key_matches "$key" "$crt" && { [ "$ext" != server_cert ] || san_covers "$crt"; }; then
+			return 0
+		fi
 	fi
 	ossl req -new -config "$cnf" -key "$key" -subj "/CN=$cn" -out "$crt.csr"
 	ossl ca -batch -config "$cnf" -extensions "$ext" -notext -in "$crt.csr" -out "$crt.tmp"
@@ -122,16 +153,34 @@ issue() {
 
 is_ip() { [[ "$1" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || "$1" == *:* ]]; }
 san_names=(localhost 127.0.0.1 ::1 "${hosts[@]+"${hosts[@]}"}")
+# cert_sans CRT: its subjectAltName entries, one per line, as OpenSSL prints them.
+cert_sans() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr ',' '\n' | sed 's/^ *//'; }
+# Broker names in printed form (for comparison) and config form (for openssl.cnf): first the
+# requested ones, then those the current certificate carries, so that a reissue (for a new
+# name) never drops a name given to an earlier run.
+san_printed=() san_cfg=()
+add_san() { # PRINTED CFG
+	local p
+	for p in "${san_printed[@]+"${san_printed[@]}"}"; do [ "${p^^}" != "${1^^}" ] || return 0; done
+	san_printed+=("$1")
+	san_cfg+=("$2")
+}
+for n in "${san_names[@]}"; do
+	if [[ "$n" == *:* ]]; then
+		p=$(ipv6_print "$n")
+		add_san "IP Address:$p" "IP:$p"
+	elif is_ip "$n"; then
+		add_san "IP Address:$n" "IP:$n"
+	else
+		add_san "DNS:$n" "DNS:$n"
+	fi
+done
+san_requested=${#san_printed[@]}
 san_covers() {
-	local have n
-	have=$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr ',' '\n' | sed 's/^ *//')
-	for n in "${san_names[@]}"; do
-		if is_ip "$n"; then
-			# OpenSSL prints IPv6 in full form; compare IPv4 literally, trust ::1 presence.
-			grep -qix "IP Address:$n" <<<"$have" || { [ "$n" = ::1 ] && grep -qi "IP Address:0:0:0:0:0:0:0:1" <<<"$have"; } || return 1
-		else
-			grep -qix "DNS:$n" <<<"$have" || return 1
-		fi
+	local have i
+	have=$(cert_sans "$1")
+	for ((i = 0; i < san_requested; i++)); do
+		grep -qixF "${san_printed[$i]}" <<<"$have" || return 1
 	done
 }
 
@@ -151,11 +200,16 @@ if [ ! -f "$out/ca.crt" ]; then
 fi
 
 # Broker, bridge, operator
-san=""
-for n in "${san_names[@]}"; do
-	if is_ip "$n"; then san+="IP:$n,"; else san+="DNS:$n,"; fi
-done
-export OUTPOST_SAN=${san%,}
+if cert_ok "$out/broker.crt"; then
+	while IFS= read -r e; do
+		case "$e" in
+		DNS:*) add_san "$e" "$e" ;;
+		"IP Address:"*) add_san "$e" "IP:${e#IP Address:}" ;;
+		esac
+	done < <(cert_sans "$out/broker.crt")
+fi
+san=$(IFS=,; echo "${san_cfg[*]}")
+export OUTPOST_SAN=$san
 new_key "$out/broker.key" p256
 issue broker "$out/broker.key" "$out/broker.crt" outpost-broker server_cert
 new_key "$out/bridge.key" ed25519

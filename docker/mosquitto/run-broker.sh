@@ -18,6 +18,8 @@ Environment (defaults in brackets):
   OUTPOST_INTERNAL_BIND   address of the internal listener [127.0.0.1]
   OUTPOST_BROKER_USER     user mosquitto runs as [the current user]
   OUTPOST_ACL_FILE        ACL [acl next to this script]
+  OUTPOST_AUTH_PLUGIN     broker/outpost_auth.so [next to this script, /usr/lib/outpost,
+                          or the build tree's build/broker]
   MOSQUITTO               mosquitto binary [mosquitto, else /usr/sbin/mosquitto]
 --render-only writes OUTPOST_BROKER_DIR/mosquitto.conf and prints its path.
 After scripts/provision-certs.sh --revoke, send SIGHUP to reload the CRL and ACL.
@@ -40,6 +42,14 @@ for f in ca.crt broker.crt broker.key crl.pem; do
 	[ -r "$pki/$f" ] || { echo "run-broker: cannot read $pki/$f (run scripts/provision-certs.sh --out $pki)" >&2; exit 2; }
 done
 [ -r "$acl" ] || { echo "run-broker: cannot read ACL $acl" >&2; exit 2; }
+plugin=${OUTPOST_AUTH_PLUGIN:-}
+if [ -z "$plugin" ]; then
+	for p in "$here/outpost_auth.so" /usr/lib/outpost/outpost_auth.so "$here/../../build/broker/outpost_auth.so"; do
+		[ -r "$p" ] && { plugin=$p; break; }
+	done
+fi
+[ -n "$plugin" ] && [ -r "$plugin" ] || { echo "run-broker: cannot find the outpost_auth plugin (build it: cmake --build build, or set OUTPOST_AUTH_PLUGIN)" >&2; exit 2; }
+plugin=$(cd "$(dirname "$plugin")" && pwd)/$(basename "$plugin")
 port_ok() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
 for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
@@ -48,6 +58,11 @@ mkdir -p "$dir"
 pki=$(cd "$pki" && pwd)
 dir=$(cd "$dir" && pwd)
 acl=$(cd "$(dirname "$acl")" && pwd)/$(basename "$acl")
+
+# libwebsockets binds the WSS listener to every address on a dual-stack socket unless the
+# family is given; with an IPv4 bind address, say so.
+wss_domain=""
+[[ "${OUTPOST_BROKER_BIND:-}" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] && wss_domain="socket_domain ipv4"
 
 declare -A subst=(
 	[PKI_DIR]=$pki
@@ -59,6 +74,8 @@ declare -A subst=(
 	[BIND]=${OUTPOST_BROKER_BIND:-}
 	[INTERNAL_BIND]=${OUTPOST_INTERNAL_BIND:-127.0.0.1}
 	[USER]=${OUTPOST_BROKER_USER:-$(id -un)}
+	[WSS_SOCKET_DOMAIN]=$wss_domain
+	[AUTH_PLUGIN]=$plugin
 )
 conf="$dir/mosquitto.conf"
 {
@@ -73,4 +90,8 @@ if [ "$render_only" = 1 ]; then
 	exit 0
 fi
 mosq=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+# line-buffered, so that `docker logs` and tests see each line as it happens
+if command -v stdbuf >/dev/null; then
+	exec stdbuf -oL -eL "$mosq" -c "$conf"
+fi
 exec "$mosq" -c "$conf"

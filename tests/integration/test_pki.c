@@ -1,1 +1,579 @@
+/* test_pki.c - scripts/provision-certs.sh: files, permissions, names, chain, idempotence,
+ * revocation and its CRL, argument errors, --count naming and broker names. Every test works
+ * on its own fresh directory and checks the result with the openssl command line. */
 #include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "wire_cert.h"
+#include "wire_sign.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Run the script with args; returns the exit status, output in *out (caller frees). */
+static int provision(const char *args, char **out)
+{
+	char *cmd = h_strf("%s/scripts/provision-certs.sh %s", h_source_dir(), args);
+	char *o = NULL;
+	int rc = h_sh(cmd, &o, 120);
+	free(cmd);
+	if (out)
+		*out = o;
+	else
+		free(o);
+	return rc;
+}
+
+/* A fresh PKI in a new directory; returns the directory (caller frees). */
+static char *fresh(const char *tag, const char *extra)
+{
+	char *dir = h_tmpdir(tag);
+	char *args = h_strf("--out %s %s", dir, extra), *out = NULL;
+	int rc = provision(args, &out);
+	cr_assert_eq(rc, 0, "provision-certs.sh %s: exit %d\n%s", args, rc, out);
+	free(args);
+	free(out);
+	return dir;
+}
+
+/* Output of a shell command that must succeed (caller frees). */
+static char *sh_ok(const char *cmd)
+{
+	char *out = NULL;
+	int rc = h_sh(cmd, &out, 60);
+	cr_assert_eq(rc, 0, "%s: exit %d\n%s", cmd, rc, out);
+	return out;
+}
+
+/* sha256 of every regular file under dir, sorted by path. */
+static char *snapshot(const char *dir)
+{
+	char *cmd = h_strf("cd %s && find . -type f | LC_ALL=C sort | xargs sha256sum", dir);
+	char *out = sh_ok(cmd);
+	free(cmd);
+	return out;
+}
+
+static char *file_sha(const char *path)
+{
+	char *cmd = h_strf("sha256sum < %s", path);
+	char *out = sh_ok(cmd);
+	free(cmd);
+	return out;
+}
+
+static int mode_of(const char *dir, const char *name)
+{
+	struct stat st;
+	char *p = h_strf("%s/%s", dir, name);
+	int rc = stat(p, &st);
+	free(p);
+	return rc == 0 ? (int)(st.st_mode & 07777) : -1;
+}
+
+static int openssl_verify(const char *dir, const char *crt, int crl_check)
+{
+	char *out = NULL;
+	char *cmd = crl_check ? h_strf("openssl verify -crl_check -CAfile %s/ca.crt "
+				       "-CRLfile %s/crl.pem %s/%s",
+				       dir, dir, dir, crt)
+			      : h_strf("openssl verify -CAfile %s/ca.crt %s/%s", dir, dir, crt);
+	int rc = h_sh(cmd, &out, 60);
+	free(cmd);
+	free(out);
+	return rc;
+}
+
+static long crl_number(const char *dir)
+{
+	char *cmd = h_strf("openssl crl -in %s/crl.pem -noout -crlnumber", dir);
+	char *out = sh_ok(cmd);
+	char *eq = strchr(out, '=');
+	cr_assert_not_null(eq, "%s", out);
+	long n = strtol(eq + 1, NULL, 16);
+	free(out);
+	free(cmd);
+	return n;
+}
+
+static char *serial_of(const char *dir, const char *crt)
+{
+	char *cmd = h_strf("openssl x509 -in %s/%s -noout -serial", dir, crt);
+	char *out = sh_ok(cmd);
+	free(cmd);
+	char *eq = strchr(out, '=');
+	cr_assert_not_null(eq);
+	char *s = strdup(eq + 1);
+	s[strcspn(s, "\n")] = '\0';
+	free(out);
+	return s;
+}
+
+static const char *const keys[] = {"ca.key", "broker.key", "bridge.key", "operator.key",
+				   "devices/dev-a.key", "devices/dev-b.key"};
+static const char *const certs[] = {"ca.crt", "broker.crt", "bridge.crt", "operator.crt",
+				    "devices/dev-a.crt", "devices/dev-b.crt", "crl.pem"};
+
+Test(pki, creates_every_file_with_its_permissions)
+{
+	char *dir = fresh("pki-files", "--devices dev-a,dev-b");
+	for (size_t i = 0; i < N(keys); i++)
+		cr_expect_eq(mode_of(dir, keys[i]), 0600, "%s: mode %o", keys[i],
+			     (unsigned)mode_of(dir, keys[i]));
+	for (size_t i = 0; i < N(certs); i++)
+		cr_expect_eq(mode_of(dir, certs[i]), 0644, "%s: mode %o", certs[i],
+			     (unsigned)mode_of(dir, certs[i]));
+	cr_expect_eq(mode_of(dir, "devices"), 0755);
+	cr_expect_eq(mode_of(dir, ".ca") & 0077, 0, "the CA database is private");
+	/* nothing else in devices/, no leftovers anywhere */
+	char *cmd = h_strf("cd %s && ls devices | LC_ALL=C sort | tr \"\\n\" \" \"", dir);
+	char *out = sh_ok(cmd);
+	cr_expect_str_eq(out, "dev-a.crt dev-a.key dev-b.crt dev-b.key ");
+	free(out);
+	free(cmd);
+	cmd = h_strf("cd %s && find . -name \"*.tmp\" -o -name \"*.csr\" -o -name \"*.old\"", dir);
+	out = sh_ok(cmd);
+	cr_expect_str_eq(out, "", "temporary files left: %s", out);
+	free(out);
+	free(cmd);
+	free(dir);
+}
+
+Test(pki, names_key_types_and_purposes)
+{
+	char *dir = fresh("pki-names", "--devices dev-a,dev-b");
+	struct {
+		const char *crt, *cn, *key_type, *purpose;
+	} want[] = {
+		{"ca.crt", "Outpost CA", "EC", NULL},
+		{"broker.crt", "outpost-broker", "EC", "sslserver"},
+		{"bridge.crt", "outpost-bridge", "ED25519", "sslclient"},
+		{"operator.crt", "outpost-operator", "ED25519", "sslclient"},
+		{"devices/dev-a.crt", "dev-a", "ED25519", "sslclient"},
+		{"devices/dev-b.crt", "dev-b", "ED25519", "sslclient"},
+	};
+	for (size_t i = 0; i < N(want); i++) {
+		char *cmd = h_strf("openssl x509 -in %s/%s -noout -subject -nameopt RFC2253", dir,
+				   want[i].crt);
+		char *out = sh_ok(cmd), *expect = h_strf("subject=CN=%s\n", want[i].cn);
+		cr_expect_str_eq(out, expect, "%s", want[i].crt);
+		free(expect);
+		free(out);
+		free(cmd);
+
+		cmd = h_strf("openssl x509 -in %s/%s -noout -text", dir, want[i].crt);
+		out = sh_ok(cmd);
+		const char *alg = strcmp(want[i].key_type, "EC") ? "ED25519" : "id-ecPublicKey";
+		cr_expect(strstr(out, alg), "%s key type", want[i].crt);
+		free(out);
+		free(cmd);
+
+		if (want[i].purpose) {
+			char *o2 = NULL;
+			cmd = h_strf("openssl verify -CAfile %s/ca.crt -purpose %s %s/%s", dir,
+				     want[i].purpose, dir, want[i].crt);
+			cr_expect_eq(h_sh(cmd, &o2, 60), 0, "%s for %s: %s", want[i].crt,
+				     want[i].purpose, o2);
+			free(o2);
+			free(cmd);
+			/* and not the other purpose */
+			const char *other =
+				strcmp(want[i].purpose, "sslserver") ? "sslserver" : "sslclient";
+			cmd = h_strf("openssl verify -CAfile %s/ca.crt -purpose %s %s/%s", dir,
+				     other, dir, want[i].crt);
+			cr_expect_neq(h_sh(cmd, &o2, 60), 0, "%s must not serve the other side",
+				      want[i].crt);
+			free(o2);
+			free(cmd);
+		}
+	}
+
+	/* the wire library reads the identities the same way, and keys match certificates */
+	const char *ids[][2] = {{"devices/dev-a", "dev-a"}, {"bridge", "outpost-bridge"}};
+	for (size_t i = 0; i < N(ids); i++) {
+		char *crt = h_strf("%s/%s.crt", dir, ids[i][0]);
+		char *key = h_strf("%s/%s.key", dir, ids[i][0]);
+		char *pem = NULL;
+		size_t len;
+		struct wire_cert_info info;
+		struct wire_key *k = NULL;
+		struct wire_pubkey pub;
+		cr_assert_eq(wire_cert_read(crt, &pem, &len), WIRE_OK);
+		cr_assert_eq(wire_cert_parse(pem, len, &info, NULL), WIRE_OK);
+		cr_expect_str_eq(info.cn, ids[i][1]);
+		cr_assert_eq(wire_key_load(key, &k, NULL), WIRE_OK);
+		wire_key_public(k, &pub);
+		cr_expect_arr_eq(pub.raw, info.key.raw, WIRE_PUBKEY_LEN);
+		wire_key_free(k);
+		free(pem);
+		free(crt);
+		free(key);
+	}
+	free(dir);
+}
+
+Test(pki, chain_verifies_with_openssl)
+{
+	char *dir = fresh("pki-chain", "--devices dev-a,dev-b");
+	const char *leaf[] = {"broker.crt", "bridge.crt", "operator.crt", "devices/dev-a.crt",
+			      "devices/dev-b.crt"};
+	for (size_t i = 0; i < N(leaf); i++) {
+		cr_expect_eq(openssl_verify(dir, leaf[i], 0), 0, "%s", leaf[i]);
+		cr_expect_eq(openssl_verify(dir, leaf[i], 1), 0, "%s with the CRL", leaf[i]);
+	}
+	/* the CRL is signed by the CA */
+	char *cmd = h_strf("openssl crl -in %s/crl.pem -CAfile %s/ca.crt -noout", dir, dir);
+	char *out = sh_ok(cmd);
+	free(out);
+	free(cmd);
+	/* and a certificate of another PKI does not verify against this CA */
+	char *other = fresh("pki-chain-other", "--devices dev-a");
+	cmd = h_strf("openssl verify -CAfile %s/ca.crt %s/devices/dev-a.crt", dir, other);
+	cr_expect_neq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	free(other);
+	free(dir);
+}
+
+Test(pki, second_run_changes_nothing)
+{
+	const char *opts = "--devices dev-a,dev-b --broker-host mqtt.example.com,fd00::1";
+	char *dir = fresh("pki-idem", opts);
+	char *before = snapshot(dir);
+	char *args = h_strf("--out %s %s", dir, opts);
+	char *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "0 new keys, 0 new certificates"), "%s", out);
+	char *after = snapshot(dir);
+	cr_expect_str_eq(after, before, "a second run must change no file");
+	free(after);
+	free(out);
+	free(args);
+
+	/* nor does a run with fewer arguments or the devices in another order */
+	args = h_strf("--out %s --devices dev-b", dir);
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(out);
+	free(args);
+	free(before);
+	free(dir);
+}
+
+Test(pki, adding_a_device_keeps_every_existing_key_and_certificate)
+{
+	char *dir = fresh("pki-add", "--devices dev-a");
+	const char *files[] = {"ca.key", "ca.crt", "broker.key", "broker.crt", "bridge.key",
+			       "bridge.crt", "operator.key", "operator.crt", "devices/dev-a.key",
+			       "devices/dev-a.crt", "crl.pem"};
+	char *sha[N(files)];
+	for (size_t i = 0; i < N(files); i++) {
+		char *p = h_strf("%s/%s", dir, files[i]);
+		sha[i] = file_sha(p);
+		free(p);
+	}
+	char *args = h_strf("--out %s --devices dev-a,dev-new", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "1 new keys, 1 new certificates"), "%s", out);
+	for (size_t i = 0; i < N(files); i++) {
+		char *p = h_strf("%s/%s", dir, files[i]), *now = file_sha(p);
+		cr_expect_str_eq(now, sha[i], "%s changed", files[i]);
+		free(now);
+		free(p);
+		free(sha[i]);
+	}
+	cr_expect_eq(openssl_verify(dir, "devices/dev-new.crt", 1), 0);
+	free(out);
+	free(args);
+	free(dir);
+}
+
+Test(pki, a_lost_key_gets_a_matching_certificate)
+{
+	/* The script never overwrites a key, but when a key is missing it makes a new one; the
+	 * old certificate (for the old key) must then be reissued, or the identity is unusable. */
+	char *dir = fresh("pki-lostkey", "--devices dev-a");
+	char *key = h_strf("%s/devices/dev-a.key", dir), *crt = h_strf("%s/devices/dev-a.crt", dir);
+	char *old_crt = file_sha(crt);
+	cr_assert_eq(unlink(key), 0);
+	char *args = h_strf("--out %s --devices dev-a", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	char *cmd1 = h_strf("openssl x509 -in %s -noout -pubkey", crt);
+	char *cmd2 = h_strf("openssl pkey -in %s -pubout", key);
+	char *pub_crt = sh_ok(cmd1), *pub_key = sh_ok(cmd2);
+	cr_expect_str_eq(pub_crt, pub_key, "certificate and key belong together");
+	char *new_crt = file_sha(crt);
+	cr_expect_str_neq(new_crt, old_crt);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0);
+	free(new_crt);
+	free(old_crt);
+	free(pub_crt);
+	free(pub_key);
+	free(cmd1);
+	free(cmd2);
+	free(out);
+	free(args);
+	free(key);
+	free(crt);
+	free(dir);
+}
+
+Test(pki, revocation_refreshes_the_crl)
+{
+	char *dir = fresh("pki-revoke", "--devices dev-a,dev-b,dev-c");
+	long before = crl_number(dir);
+	char *serial = serial_of(dir, "devices/dev-b.crt");
+	char *keys_before = NULL;
+	char *cmd = h_strf("cd %s && sha256sum ca.key broker.key bridge.key operator.key "
+			   "devices/*.key",
+			   dir);
+	keys_before = sh_ok(cmd);
+
+	char *args = h_strf("--out %s --revoke dev-b", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "revoked device dev-b"), "%s", out);
+	free(out);
+	long after = crl_number(dir);
+	cr_expect_gt(after, before, "crlNumber %ld -> %ld", before, after);
+
+	char *crl_cmd = h_strf("openssl crl -in %s/crl.pem -noout -text", dir);
+	char *crl = sh_ok(crl_cmd);
+	char *line = h_strf("Serial Number: %s", serial);
+	cr_expect(strstr(crl, line), "%s not listed in\n%s", serial, crl);
+	free(line);
+	free(crl);
+
+	cr_expect_neq(openssl_verify(dir, "devices/dev-b.crt", 1), 0, "revoked: -crl_check fails");
+	cr_expect_eq(openssl_verify(dir, "devices/dev-b.crt", 0), 0, "it still chains");
+	const char *others[] = {"devices/dev-a.crt", "devices/dev-c.crt", "bridge.crt",
+				"operator.crt", "broker.crt"};
+	for (size_t i = 0; i < N(others); i++)
+		cr_expect_eq(openssl_verify(dir, others[i], 1), 0, "%s", others[i]);
+	char *keys_after = sh_ok(cmd);
+	cr_expect_str_eq(keys_after, keys_before, "revocation touches no key");
+	free(keys_after);
+
+	/* revoking again is harmless; a normal run afterwards does not resurrect dev-b */
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "already revoked"), "%s", out);
+	free(out);
+	cr_expect_gt(crl_number(dir), after);
+	char *crt = h_strf("%s/devices/dev-b.crt", dir), *sha = file_sha(crt);
+	char *args2 = h_strf("--out %s --devices dev-a,dev-b,dev-c", dir);
+	cr_assert_eq(provision(args2, &out), 0, "%s", out);
+	cr_expect(strstr(out, "dev-b is revoked; not reissued"), "%s", out);
+	char *sha2 = file_sha(crt);
+	cr_expect_str_eq(sha2, sha);
+	cr_expect_neq(openssl_verify(dir, "devices/dev-b.crt", 1), 0);
+	free(out);
+
+	/* revoking what does not exist is a failure, not a usage error */
+	char *args3 = h_strf("--out %s --revoke dev-zzz", dir);
+	cr_expect_eq(provision(args3, &out), 1, "%s", out);
+	cr_expect(strstr(out, "dev-zzz"), "%s", out);
+	free(out);
+
+	free(args3);
+	free(sha2);
+	free(sha);
+	free(crt);
+	free(args2);
+	free(keys_before);
+	free(cmd);
+	free(crl_cmd);
+	free(args);
+	free(serial);
+	free(dir);
+}
+
+/* fmt with its "%s" (if any) replaced by target */
+static char *with_target(const char *fmt, const char *target)
+{
+	const char *at = strstr(fmt, "%s");
+	if (!at)
+		return strdup(fmt);
+	return h_strf("%.*s%s%s", (int)(at - fmt), fmt, target, at + 2);
+}
+
+Test(pki, bad_arguments_exit_2_with_a_message)
+{
+	char *dir = h_tmpdir("pki-args");
+	char *target = h_strf("%s/never-created", dir);
+	struct {
+		const char *args, *msg;
+	} bad[] = {
+		{"", "--out DIR is required"},
+		{"--devices dev-a", "--out DIR is required"},
+		{"--out", "--out needs a directory"},
+		{"--out %s --bogus", "unknown argument: --bogus"},
+		{"--out %s extra", "unknown argument: extra"},
+		{"--out %s --count abc", "--count"},
+		{"--out %s --count -1", "--count"},
+		{"--out %s --count 100001", "--count"},
+		{"--out %s --count", "--count needs a number"},
+		{"--out %s --devices dev.a", "invalid device id"},
+		{"--out %s --devices dev-a,,dev-b", "invalid device id"},
+		{"--out %s --devices outpost-bridge", "invalid device id"},
+		{"--out %s --devices "
+		 "a2345678901234567890123456789012345678901234567890123456789012345",
+		 "invalid device id"},
+		{"--out %s --revoke dev/a", "--revoke: invalid device id"},
+		{"--out %s --broker-host bad_host!", "--broker-host: invalid name"},
+		{"--out %s --broker-host fd00::1::2", "--broker-host: invalid IPv6 address"},
+		{"--out %s --broker-host", "--broker-host needs a name"},
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		char *args = with_target(bad[i].args, target), *out = NULL;
+		int rc = provision(args, &out);
+		cr_expect_eq(rc, 2, "'%s': exit %d\n%s", args, rc, out);
+		cr_expect(strstr(out, "provision-certs: ") && strstr(out, bad[i].msg),
+			  "'%s': message should mention '%s':\n%s", args, bad[i].msg, out);
+		cr_expect_neq(access(target, F_OK), 0, "'%s' created the output directory", args);
+		free(out);
+		free(args);
+	}
+	char *out = NULL;
+	cr_expect_eq(provision("--help", &out), 0);
+	cr_expect(strstr(out, "Usage:"), "%s", out);
+	free(out);
+	free(target);
+	free(dir);
+}
+
+Test(pki, count_names_devices_with_four_digits)
+{
+	char *dir = fresh("pki-count", "--count 3 --devices extra-1");
+	const char *present[] = {"device-0001", "device-0002", "device-0003", "extra-1"};
+	for (size_t i = 0; i < N(present); i++) {
+		char *crt = h_strf("devices/%s.crt", present[i]);
+		char *cmd =
+			h_strf("openssl x509 -in %s/%s -noout -subject -nameopt RFC2253", dir, crt);
+		char *out = sh_ok(cmd), *want = h_strf("subject=CN=%s\n", present[i]);
+		cr_expect_str_eq(out, want);
+		cr_expect_eq(mode_of(dir, crt), 0644);
+		char *key = h_strf("devices/%s.key", present[i]);
+		cr_expect_eq(mode_of(dir, key), 0600);
+		free(key);
+		free(want);
+		free(out);
+		free(cmd);
+		free(crt);
+	}
+	cr_expect_eq(mode_of(dir, "devices/device-0004.crt"), -1);
+	cr_expect_eq(mode_of(dir, "devices/device-0000.crt"), -1);
+	cr_expect_eq(mode_of(dir, "devices/device-1.crt"), -1);
+	free(dir);
+
+	dir = fresh("pki-count0", "--count 0");
+	char *cmd = h_strf("ls %s/devices | wc -l", dir);
+	char *out = sh_ok(cmd);
+	cr_expect_eq(atoi(out), 0);
+	free(out);
+	free(cmd);
+	free(dir);
+}
+
+static char *broker_sans(const char *dir)
+{
+	char *cmd = h_strf("openssl x509 -in %s/broker.crt -noout -ext subjectAltName", dir);
+	char *out = sh_ok(cmd);
+	free(cmd);
+	return out;
+}
+
+static void expect_sans(const char *dir, const char *const *names, size_t n)
+{
+	char *sans = broker_sans(dir);
+	for (size_t i = 0; i < n; i++)
+		cr_expect(strstr(sans, names[i]), "broker.crt lacks %s:\n%s", names[i], sans);
+	free(sans);
+}
+
+Test(pki, broker_host_adds_names_that_stay)
+{
+	static const char *const base[] = {"DNS:localhost", "IP Address:127.0.0.1",
+					   "IP Address:0:0:0:0:0:0:0:1"};
+	static const char *const extra[] = {"DNS:mqtt.example.com", "IP Address:10.1.2.3",
+					    "DNS:second.example.org"};
+	char *dir = fresh("pki-san", "");
+	expect_sans(dir, base, N(base));
+	char *sans = broker_sans(dir);
+	cr_expect_null(strstr(sans, "example"), "%s", sans);
+	free(sans);
+	char *key = h_strf("%s/broker.key", dir), *key_sha = file_sha(key);
+
+	char *args = h_strf("--out %s --broker-host mqtt.example.com,10.1.2.3 "
+			    "--broker-host=second.example.org",
+			    dir),
+	     *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	free(out);
+	expect_sans(dir, base, N(base));
+	expect_sans(dir, extra, N(extra));
+	cr_expect_eq(openssl_verify(dir, "broker.crt", 1), 0);
+	char *crt = h_strf("%s/broker.crt", dir), *crt_sha = file_sha(crt);
+
+	/* a later run without --broker-host keeps them (and reissues nothing) */
+	char *plain = h_strf("--out %s", dir);
+	cr_assert_eq(provision(plain, &out), 0, "%s", out);
+	free(out);
+	expect_sans(dir, extra, N(extra));
+	char *now = file_sha(crt);
+	cr_expect_str_eq(now, crt_sha, "broker.crt reissued without need");
+	free(now);
+
+	/* a new name is added to the ones the certificate already has */
+	char *more = h_strf("--out %s --broker-host third.example.net", dir);
+	cr_assert_eq(provision(more, &out), 0, "%s", out);
+	free(out);
+	static const char *const third[] = {"DNS:third.example.net"};
+	expect_sans(dir, third, 1);
+	expect_sans(dir, extra, N(extra));
+	expect_sans(dir, base, N(base));
+	now = file_sha(key);
+	cr_expect_str_eq(now, key_sha, "the broker key is never replaced");
+	free(now);
+	cr_expect_eq(openssl_verify(dir, "broker.crt", 1), 0);
+
+	/* openssl checks the names the way a TLS client does */
+	char *cmd = h_strf("openssl verify -CAfile %s/ca.crt -verify_hostname mqtt.example.com %s",
+			   dir, crt);
+	cr_expect_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	cmd = h_strf("openssl verify -CAfile %s/ca.crt -verify_hostname other.example.com %s", dir,
+		     crt);
+	cr_expect_neq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	free(more);
+	free(plain);
+	free(crt_sha);
+	free(crt);
+	free(args);
+	free(key_sha);
+	free(key);
+	free(dir);
+}
+
+Test(pki, ca_certificate_without_its_key_is_refused)
+{
+	char *dir = fresh("pki-nokey", "");
+	char *key = h_strf("%s/ca.key", dir);
+	cr_assert_eq(unlink(key), 0);
+	char *args = h_strf("--out %s --devices dev-a", dir), *out = NULL;
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, "without ca.key"), "%s", out);
+	cr_expect_eq(mode_of(dir, "devices/dev-a.crt"), -1, "nothing issued");
+	free(out);
+	free(args);
+	free(key);
+	free(dir);
+}

@@ -1,4 +1,5 @@
 /* h_mqtt.c - synchronous Paho MQTT v5 client used by the integration tests. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,8 @@ struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *n
 				 const char *ca_pki, const char *client_id, int *why)
 {
 	struct h_mqtt *c = calloc(1, sizeof(*c));
+	/* a write to a connection the broker closed must fail, not kill the test */
+	signal(SIGPIPE, SIG_IGN);
 	MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
 	co.MQTTVersion = MQTTVERSION_5;
 	MQTTClient_connectOptions opts = MQTTClient_connectOptions_initializer5_ws;
@@ -195,4 +198,69 @@ void h_mqtt_close(struct h_mqtt *c)
 		MQTTClient_disconnect5(c->cli, 1000, MQTTREASONCODE_SUCCESS, NULL);
 	MQTTClient_destroy(&c->cli);
 	free(c);
+}
+
+int h_mqtt_pub_corr(struct h_mqtt *c, const char *topic, const void *payload, size_t len,
+		    const void *corr, size_t corr_len)
+{
+	MQTTClient_message m = MQTTClient_message_initializer;
+	MQTTClient_deliveryToken tok = 0;
+	m.payload = (void *)payload;
+	m.payloadlen = (int)len;
+	m.qos = 1;
+	if (corr && corr_len) {
+		MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
+		p.value.data.data = (char *)corr;
+		p.value.data.len = (int)corr_len;
+		MQTTProperties_add(&m.properties, &p);
+	}
+	c->last_reason = -1;
+	MQTTResponse r = MQTTClient_publishMessage5(c->cli, topic, &m, &tok);
+	int rc = r.reasonCode;
+	MQTTResponse_free(r);
+	MQTTProperties_free(&m.properties);
+	if (rc != MQTTCLIENT_SUCCESS)
+		return -1;
+	if (MQTTClient_waitForCompletion(c->cli, tok, 5000) != MQTTCLIENT_SUCCESS)
+		return c->last_reason >= 0x80 ? c->last_reason : -1;
+	return c->last_reason < 0 ? 0 : c->last_reason;
+}
+
+int h_mqtt_recv_props(struct h_mqtt *c, char **topic, char **payload, size_t *len,
+		      char **response_topic, char **corr, size_t *corr_len, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	*response_topic = NULL;
+	*corr = NULL;
+	*corr_len = 0;
+	while (h_now_ms() < end) {
+		char *t = NULL;
+		int tlen = 0;
+		MQTTClient_message *m = NULL;
+		long left = (long)(end - h_now_ms());
+		int rc = MQTTClient_receive(c->cli, &t, &tlen, &m, (unsigned long)(left > 0 ? left : 1));
+		if (rc != MQTTCLIENT_SUCCESS && rc != MQTTCLIENT_TOPICNAME_TRUNCATED)
+			return -1;
+		if (!m)
+			continue;
+		*topic = strndup(t, tlen > 0 ? (size_t)tlen : strlen(t));
+		*payload = malloc((size_t)m->payloadlen + 1);
+		memcpy(*payload, m->payload, (size_t)m->payloadlen);
+		(*payload)[m->payloadlen] = '\0';
+		if (len)
+			*len = (size_t)m->payloadlen;
+		MQTTProperty *p = MQTTProperties_getProperty(&m->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+		if (p)
+			*response_topic = strndup(p->value.data.data, (size_t)p->value.data.len);
+		p = MQTTProperties_getProperty(&m->properties, MQTTPROPERTY_CODE_CORRELATION_DATA);
+		if (p && p->value.data.len > 0) {
+			*corr = malloc((size_t)p->value.data.len);
+			memcpy(*corr, p->value.data.data, (size_t)p->value.data.len);
+			*corr_len = (size_t)p->value.data.len;
+		}
+		MQTTClient_freeMessage(&m);
+		MQTTClient_free(t);
+		return 1;
+	}
+	return 0;
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -221,6 +222,11 @@ pid_t h_spawn(char *const argv[], char *const env[], const char *log_path)
 		for (size_t i = 0; env && env[i]; i++)
 			putenv(env[i]);
 		setpgid(0, 0);
+		/* If the test dies (crash, Criterion timeout) before stopping the child, the child
+		 * must not outlive it holding ports and files. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() == 1)
+			_exit(127);
 		execvp(argv[0], argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
@@ -276,6 +282,7 @@ void h_broker_start(struct h_broker *b, const char *pki)
 		h_strf("OUTPOST_INTERNAL_PORT=%d", b->internal_port),
 		h_strf("OUTPOST_BROKER_BIND=127.0.0.1"),
 		h_strf("OUTPOST_INTERNAL_BIND=127.0.0.1"),
+		h_strf("OUTPOST_AUTH_PLUGIN=%s", OUTPOST_AUTH_PLUGIN),
 		NULL,
 	};
 	char *argv[] = {script, NULL};

@@ -86,7 +86,8 @@ Test(wire_env, every_single_bit_flip_is_rejected)
 	for (size_t i = 0; i < len * 8; i++) {
 		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
 		struct wire_env e;
-		if (wire_env_decode(buf, len, &e, NULL) == WIRE_OK && wire_env_verify(&e, &pub) == WIRE_OK)
+		if (wire_env_decode(buf, len, &e, NULL) == WIRE_OK &&
+		    wire_env_verify(&e, &pub) == WIRE_OK)
 			accepted++;
 		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
 	}
@@ -268,5 +269,53 @@ Test(wire_env, seal_refuses_bad_input)
 	e.body_len = WIRE_MAX_BODY + 1;
 	cr_expect_eq(wire_env_seal(k, &e, &out, &len), WIRE_ELIMIT);
 	free(big);
+	wire_key_free(k);
+}
+
+Test(wire_env, envelope_exactly_at_the_size_limit)
+{
+	/* An envelope of exactly WIRE_MAX_ENVELOPE bytes decodes; one byte more does not. */
+	Outpost__Envelope m;
+	struct wire_diag d;
+	base_env(&m, "dev-a");
+	uint8_t *big = calloc(1, WIRE_MAX_ENVELOPE + 1);
+	m.body.data = big;
+	m.body.len = WIRE_MAX_ENVELOPE - 200;
+	size_t overhead = outpost__envelope__get_packed_size(&m) - m.body.len;
+	m.body.len = WIRE_MAX_ENVELOPE - overhead;
+	cr_assert_eq(outpost__envelope__get_packed_size(&m), WIRE_MAX_ENVELOPE);
+	cr_expect_eq(decode_raw(&m, &d), WIRE_OK, "%s", d.msg);
+	m.body.len++;
+	cr_assert_eq(outpost__envelope__get_packed_size(&m), WIRE_MAX_ENVELOPE + 1);
+	cr_expect_eq(decode_raw(&m, &d), WIRE_ELIMIT);
+	cr_expect(strstr(d.msg, "Envelope"), "%s", d.msg);
+	free(big);
+}
+
+Test(wire_env, seal_accepts_the_largest_body)
+{
+	/* WIRE_MAX_BODY leaves room for every envelope field even with the longest id. */
+	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_pubkey pub;
+	wire_key_public(k, &pub);
+	uint8_t *body = malloc(WIRE_MAX_BODY);
+	for (size_t i = 0; i < WIRE_MAX_BODY; i++)
+		body[i] = (uint8_t)(i * 31);
+	struct wire_env e = {.kind = WIRE_KIND_BATCH, .seq = UINT64_MAX, .sent_at_ms = INT64_MIN,
+			     .body = body, .body_len = WIRE_MAX_BODY};
+	memset(e.device_id, 'z', WIRE_ID_MAX);
+	e.device_id[WIRE_ID_MAX] = '\0';
+	uint8_t *out = NULL;
+	size_t len = 0;
+	cr_assert_eq(wire_env_seal(k, &e, &out, &len), WIRE_OK);
+	cr_expect_leq(len, WIRE_MAX_ENVELOPE);
+	struct wire_env got;
+	cr_assert_eq(wire_env_decode(out, len, &got, NULL), WIRE_OK);
+	cr_expect_eq(got.body_len, WIRE_MAX_BODY);
+	cr_expect_eq(got.seq, UINT64_MAX);
+	cr_expect_eq(got.sent_at_ms, INT64_MIN);
+	cr_expect_eq(wire_env_verify(&got, &pub), WIRE_OK);
+	free(out);
+	free(body);
 	wire_key_free(k);
 }

@@ -1,0 +1,206 @@
+/* outpost_auth.c - mosquitto 2.0 plugin: the broker-side checks the stock configuration cannot
+ * express.
+ *   1. The CRL on every listener. mosquitto 2.0.11 ignores `crlfile` on websockets listeners,
+ *      so a revoked device could still reach port 443. Here every ACL check (publish, delivery,
+ *      subscribe) refuses a client whose certificate is in the CRL, and the client is
+ *      disconnected on the next tick. The CRL file is re-read when it changes: revoking takes
+ *      effect without restarting the broker.
+ *   2. Subscriptions. mosquitto 2.0.11 does not check SUBSCRIBE against the ACL file; a device
+ *      may subscribe only to its own outpost/v1/<id>/ack and outpost/v1/<id>/tasks.
+ * Everything else defers to the ACL file. Options: plugin_opt_crl_file (required),
+ * plugin_opt_infra_prefix (usernames exempt from the subscription rule, default "outpost-"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#define KICK_MAX 64
+#define ID_MAX 128
+
+struct auth {
+	mosquitto_plugin_id_t *id;
+	char *crl_file;
+	char *infra_prefix;
+	X509_CRL *crl;
+	struct timespec crl_mtime;
+	time_t checked_at;
+	char kick[KICK_MAX][ID_MAX];
+	int nkick;
+};
+
+static int load_crl(struct auth *a)
+{
+	struct stat st;
+	if (stat(a->crl_file, &st) != 0)
+		return -1;
+	FILE *f = fopen(a->crl_file, "r");
+	if (!f)
+		return -1;
+	X509_CRL *crl = PEM_read_X509_CRL(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!crl)
+		return -1;
+	X509_CRL_free(a->crl);
+	a->crl = crl;
+	a->crl_mtime = st.st_mtim;
+	return 0;
+}
+
+/* Re-read the CRL when its file changed (checked at most once a second). A CRL that cannot be
+ * read keeps the previous one: revocations are never forgotten by accident. */
+static void maybe_reload(struct auth *a)
+{
+	time_t now = time(NULL);
+	struct stat st;
+	if (now == a->checked_at)
+		return;
+	a->checked_at = now;
+	if (stat(a->crl_file, &st) != 0)
+		return;
+	if (st.st_mtim.tv_sec == a->crl_mtime.tv_sec && st.st_mtim.tv_nsec == a->crl_mtime.tv_nsec)
+		return;
+	if (load_crl(a) == 0)
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: reloaded CRL %s", a->crl_file);
+	else
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "outpost_auth: cannot read CRL %s; keeping the previous one",
+				     a->crl_file);
+}
+
+static int revoked(struct auth *a, struct mosquitto *client)
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	X509_REVOKED *entry = NULL;
+	int r = 0;
+	if (!cert)
+		return 0;
+	if (a->crl && X509_CRL_get0_by_cert(a->crl, &entry, cert) == 1)
+		r = 1;
+	X509_free(cert);
+	return r;
+}
+
+static void schedule_kick(struct auth *a, const char *client_id)
+{
+	if (!client_id || strlen(client_id) >= ID_MAX)
+		return;
+	for (int i = 0; i < a->nkick; i++)
+		if (!strcmp(a->kick[i], client_id))
+			return;
+	if (a->nkick < KICK_MAX)
+		snprintf(a->kick[a->nkick++], ID_MAX, "%s", client_id);
+}
+
+/* outpost/v1/<user>/ack or outpost/v1/<user>/tasks, nothing else, no wildcards */
+static int own_downlink(const char *user, const char *topic)
+{
+	const char *prefix = "outpost/v1/";
+	size_t pl = strlen(prefix), ul = strlen(user);
+	if (strncmp(topic, prefix, pl) || strncmp(topic + pl, user, ul) || topic[pl + ul] != '/')
+		return 0;
+	const char *rest = topic + pl + ul + 1;
+	return !strcmp(rest, "ack") || !strcmp(rest, "tasks");
+}
+
+static int on_acl(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	struct auth *a = userdata;
+	(void)event;
+
+	maybe_reload(a);
+	if (revoked(a, ed->client)) {
+		const char *id = mosquitto_client_id(ed->client);
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				     "outpost_auth: denied %s: certificate revoked; disconnecting it",
+				     id ? id : "?");
+		schedule_kick(a, id);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if (ed->access == MOSQ_ACL_SUBSCRIBE) {
+		const char *user = mosquitto_client_username(ed->client);
+		if (!user)
+			return MOSQ_ERR_ACL_DENIED;
+		if (!strncmp(user, a->infra_prefix, strlen(a->infra_prefix)))
+			return MOSQ_ERR_PLUGIN_DEFER;
+		if (own_downlink(user, ed->topic))
+			return MOSQ_ERR_SUCCESS;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: denied %s: subscribe to '%s'", user,
+				     ed->topic);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	struct auth *a = userdata;
+	(void)event;
+	(void)event_data;
+	for (int i = 0; i < a->nkick; i++)
+		mosquitto_kick_client_by_clientid(a->kick[i], false);
+	a->nkick = 0;
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for (int i = 0; i < supported_version_count; i++)
+		if (supported_versions[i] == 5)
+			return 5;
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+			  struct mosquitto_opt *options, int option_count)
+{
+	struct auth *a = calloc(1, sizeof(*a));
+	if (!a)
+		return MOSQ_ERR_NOMEM;
+	a->id = identifier;
+	for (int i = 0; i < option_count; i++) {
+		if (!strcmp(options[i].key, "crl_file"))
+			a->crl_file = strdup(options[i].value);
+		else if (!strcmp(options[i].key, "infra_prefix"))
+			a->infra_prefix = strdup(options[i].value);
+	}
+	if (!a->infra_prefix)
+		a->infra_prefix = strdup("outpost-");
+	if (!a->crl_file || !a->infra_prefix || load_crl(a) != 0) {
+		mosquitto_log_printf(MOSQ_LOG_ERR, "outpost_auth: plugin_opt_crl_file %s: not a readable PEM CRL",
+				     a->crl_file ? a->crl_file : "(missing)");
+		free(a->crl_file);
+		free(a->infra_prefix);
+		free(a);
+		return MOSQ_ERR_INVAL;
+	}
+	a->checked_at = time(NULL);
+	*userdata = a;
+	if (mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl, NULL, a) ||
+	    mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, a))
+		return MOSQ_ERR_UNKNOWN;
+	mosquitto_log_printf(MOSQ_LOG_INFO, "outpost_auth: enforcing CRL %s on every listener", a->crl_file);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	struct auth *a = userdata;
+	(void)options;
+	(void)option_count;
+	if (!a)
+		return MOSQ_ERR_SUCCESS;
+	mosquitto_callback_unregister(a->id, MOSQ_EVT_ACL_CHECK, on_acl, NULL);
+	mosquitto_callback_unregister(a->id, MOSQ_EVT_TICK, on_tick, NULL);
+	X509_CRL_free(a->crl);
+	free(a->crl_file);
+	free(a->infra_prefix);
+	free(a);
+	return MOSQ_ERR_SUCCESS;
+}

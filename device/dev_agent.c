@@ -1,0 +1,929 @@
+/* dev_agent.c - the device main loop (see dev_agent.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/random.h>
+
+#include "cfg.h"
+#include "dev_agent.h"
+#include "dev_catalog.h"
+#include "dev_collect.h"
+#include "dev_link.h"
+#include "dev_proxy.h"
+#include "dev_spool.h"
+#include "dev_tasks.h"
+#include "dev_uploader.h"
+#include "olog.h"
+#include "outpost.pb-c.h"
+#include "wire_batch.h"
+#include "wire_cert.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+#include "wire_topic.h"
+
+#define BRIDGE_CN "outpost-bridge"
+#define MAX_RESULT_OUTPUT 24
+
+struct dev_agent {
+	struct dev_config *cfg;
+	struct wire_key *key;
+	struct wire_pubkey bridge_pub;
+	char *cert_pem;
+	struct dev_spool *spool;
+	struct dev_catalog *catalog;
+	struct dev_collect *collect;
+	struct wire_batch_builder *builder;
+	struct dev_uploader *up;
+	struct dev_link *link;
+	struct dev_tasks *tasks;
+	WC_RNG rng;
+	int rng_ready;
+	int wake_fd;
+	volatile sig_atomic_t stop;
+	volatile sig_atomic_t reconnect;
+	int restart;
+	uint8_t boot_id[WIRE_BOOT_ID_LEN];
+	int64_t started_at_ms;
+	int64_t started_mono;
+	int64_t next_sample, next_flush, next_poll;
+	int birth_due;
+	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
+	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
+	int64_t last_spool_error_log;
+};
+
+/* ---------- time ---------- */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wake(void *ctx)
+{
+	struct dev_agent *a = ctx;
+	uint64_t one = 1;
+	ssize_t w = write(a->wake_fd, &one, sizeof(one));
+	(void)w;
+}
+
+void dev_agent_stop(struct dev_agent *a)
+{
+	a->stop = 1;
+	wake(a);
+}
+
+void dev_agent_reconnect(struct dev_agent *a)
+{
+	a->reconnect = 1;
+	wake(a);
+}
+
+/* ---------- construction ---------- */
+
+static int mkdir_p(const char *dir)
+{
+	char *p = strdup(dir);
+	if (!p)
+		return -1;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+			free(p);
+			return -1;
+		}
+		*s = '/';
+	}
+	int rc = mkdir(p, 0700) != 0 && errno != EEXIST ? -1 : 0;
+	free(p);
+	return rc;
+}
+
+static int load_identity(struct dev_agent *a, char *err, size_t errlen)
+{
+	struct dev_config *c = a->cfg;
+	struct wire_diag d = {{0}};
+	struct wire_cert_info info, binfo;
+	struct wire_ca *ca = NULL;
+	char *pem = NULL;
+	size_t len;
+	int rc = 2;
+
+	if (wire_device_id_check(c->id)) {
+		snprintf(err, errlen, "%s: id: '%s' is not [A-Za-z0-9_-]{1,64} (and not outpost-*)",
+			 c->source, c->id);
+		return 2;
+	}
+	if (wire_key_load(c->key, &a->key, &d)) {
+		snprintf(err, errlen, "%s: key: %s", c->source, d.msg);
+		return 2;
+	}
+	if (wire_cert_read(c->cert, &a->cert_pem, &len) ||
+	    wire_cert_parse(a->cert_pem, len, &info, &d)) {
+		snprintf(err, errlen, "%s: cert: %s: %s", c->source, c->cert,
+			 d.msg[0] ? d.msg : "cannot read");
+		return 2;
+	}
+	if (strcmp(info.cn, c->id)) {
+		snprintf(err, errlen, "%s: cert: CN is '%s', not the device id '%s'", c->source, info.cn,
+			 c->id);
+		return 2;
+	}
+	struct wire_pubkey mine;
+	wire_key_public(a->key, &mine);
+	if (memcmp(mine.raw, info.key.raw, sizeof(mine.raw))) {
+		snprintf(err, errlen, "%s: key: does not match the certificate %s", c->source, c->cert);
+		return 2;
+	}
+	/* the bridge key must come from a certificate our CA issued to outpost-bridge */
+	if (wire_ca_load(c->ca, NULL, &ca, &d)) {
+		snprintf(err, errlen, "%s: ca: %s", c->source, d.msg);
+		goto out;
+	}
+	if (wire_cert_read(c->bridge_cert, &pem, &len) ||
+	    wire_ca_verify(ca, pem, len, &binfo, &d)) {
+		snprintf(err, errlen, "%s: bridge_cert: %s: %s", c->source, c->bridge_cert,
+			 d.msg[0] ? d.msg : "cannot read");
+		goto out;
+	}
+	if (strcmp(binfo.cn, BRIDGE_CN)) {
+		snprintf(err, errlen, "%s: bridge_cert: CN is '%s', not %s", c->source, binfo.cn, BRIDGE_CN);
+		goto out;
+	}
+	a->bridge_pub = binfo.key;
+	rc = 0;
+out:
+	free(pem);
+	wire_ca_free(ca);
+	return rc;
+}
+
+static void on_interrupted_task(struct dev_agent *a);
+
+int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, size_t errlen)
+{
+	struct dev_agent *a = calloc(1, sizeof(*a));
+	const char *why = NULL;
+	char path[4096], proxy[300];
+	int rc = 1;
+
+	if (!a) {
+		snprintf(err, errlen, "out of memory");
+		return 1;
+	}
+	a->cfg = cfg;
+	a->wake_fd = -1;
+	if ((rc = load_identity(a, err, errlen)) != 0)
+		goto fail;
+	rc = 1;
+	a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (a->wake_fd < 0 || wc_InitRng(&a->rng) != 0) {
+		snprintf(err, errlen, "cannot set up the event loop");
+		goto fail;
+	}
+	a->rng_ready = 1;
+	if (mkdir_p(cfg->state_dir)) {
+		snprintf(err, errlen, "%s: state_dir: cannot create %s: %s", cfg->source, cfg->state_dir,
+			 strerror(errno));
+		goto fail;
+	}
+	struct dev_spool_opts so = {cfg->spool_dir, cfg->spool_max_bytes, cfg->spool_max_age_ms,
+				    cfg->spool_segment_bytes};
+	int src = dev_spool_open(&so, &a->spool, &why);
+	if (src) {
+		snprintf(err, errlen, "spool %s: %s: %s", cfg->spool_dir, dev_spool_strerror(src),
+			 why ? why : "");
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/metrics", cfg->state_dir);
+	if (dev_catalog_open(path, &a->catalog)) {
+		snprintf(err, errlen, "metric catalog %s: unreadable (remove it to start afresh)", path);
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/tasks", cfg->state_dir);
+	if (dev_tasks_open(path, cfg->id, &a->bridge_pub, &a->tasks)) {
+		snprintf(err, errlen, "task state %s: unreadable", path);
+		goto fail;
+	}
+	struct dev_collect_conf cc = {cfg->collectors, cfg->exec_command, cfg->exec_timeout_ms,
+				      (int)cfg->sim_metrics, cfg->id};
+	if (dev_collect_open(&cc, &a->collect, &why)) {
+		snprintf(err, errlen, "%s: collectors: %s", cfg->source, why);
+		rc = 2;
+		goto fail;
+	}
+	if (wire_batch_builder_new(&a->builder)) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	struct dev_uploader_opts uo = {cfg->id, a->bridge_pub, (int)cfg->window, cfg->ack_timeout_ms};
+	if (dev_uploader_new(a->spool, &uo, &a->up)) {
+		snprintf(err, errlen, "cannot create the uploader");
+		goto fail;
+	}
+	for (int t = 0; t < WIRE_TOPIC_COUNT; t++)
+		wire_topic_build(a->topic[t], WIRE_TOPIC_MAX, (enum wire_topic)t, cfg->id);
+
+	int have_proxy = dev_proxy_resolve(cfg->proxy, cfg->broker_host, proxy, sizeof(proxy), &why);
+	if (have_proxy < 0) {
+		snprintf(err, errlen, "%s: proxy: %s", cfg->source, why);
+		rc = 2;
+		goto fail;
+	}
+	/* Paho reads these itself, and mishandles the usual http:// form: we decided above. */
+	unsetenv("https_proxy");
+	unsetenv("HTTPS_PROXY");
+	unsetenv("http_proxy");
+	unsetenv("HTTP_PROXY");
+	const char *subs[] = {a->topic[WIRE_TOPIC_ACK], a->topic[WIRE_TOPIC_TASKS], NULL};
+	struct dev_link_opts lo = {
+		.client_id = cfg->id,
+		.host = cfg->broker_host,
+		.wss_port = cfg->transport == DEV_TRANSPORT_MQTTS ? 0 : (int)cfg->wss_port,
+		.mqtts_port = cfg->transport == DEV_TRANSPORT_WSS ? 0 : (int)cfg->mqtts_port,
+		.ws_path = cfg->ws_path,
+		.ca_file = cfg->ca,
+		.cert_file = cfg->cert,
+		.key_file = cfg->key,
+		.proxy = have_proxy ? proxy : NULL,
+		.will_topic = a->topic[WIRE_TOPIC_STATUS],
+		.keepalive_s = (int)(cfg->keepalive_ms / 1000),
+		.connect_timeout_s = (int)((cfg->connect_timeout_ms + 999) / 1000),
+		.backoff_min_ms = cfg->backoff_min_ms,
+		.backoff_max_ms = cfg->backoff_max_ms,
+		.subscribe = subs,
+	};
+	if (dev_link_new(&lo, wake, a, &a->link)) {
+		snprintf(err, errlen, "cannot create the MQTT client");
+		goto fail;
+	}
+	if (have_proxy)
+		olog(OLOG_INFO, "using HTTP CONNECT proxy %s", proxy);
+	wc_RNG_GenerateBlock(&a->rng, a->boot_id, sizeof(a->boot_id));
+	a->started_at_ms = wall_ms();
+	a->started_mono = mono_ms();
+	on_interrupted_task(a);
+	*out = a;
+	return 0;
+fail:
+	dev_agent_free(a);
+	return rc;
+}
+
+void dev_agent_free(struct dev_agent *a)
+{
+	if (!a)
+		return;
+	dev_link_free(a->link);
+	dev_uploader_free(a->up);
+	wire_batch_builder_free(a->builder);
+	dev_collect_close(a->collect);
+	dev_tasks_close(a->tasks);
+	dev_catalog_close(a->catalog);
+	dev_spool_close(a->spool);
+	wire_key_free(a->key);
+	free(a->cert_pem);
+	if (a->rng_ready)
+		wc_FreeRng(&a->rng);
+	if (a->wake_fd >= 0)
+		close(a->wake_fd);
+	free(a);
+}
+
+/* ---------- sealing and spooling ---------- */
+
+static int seal(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body, size_t len,
+		uint8_t **env, size_t *env_len)
+{
+	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = wall_ms(), .body = body,
+			     .body_len = len};
+	snprintf(e.device_id, sizeof(e.device_id), "%s", a->cfg->id);
+	return wire_env_seal(a->key, &e, env, env_len);
+}
+
+static void log_spool_error(struct dev_agent *a, const char *what, int rc)
+{
+	a->spool_errors++;
+	int64_t now = mono_ms();
+	if (now - a->last_spool_error_log > 60000 || olog_enabled(OLOG_DEBUG)) {
+		olog(OLOG_ERROR, "spool: cannot store %s: %s (%s); keeping it in memory and retrying",
+		     what, dev_spool_strerror(rc), strerror(errno));
+		a->last_spool_error_log = now;
+	}
+}
+
+/* Seal a durable body (batch or task result, whose prev_seq the caller set) and spool it. */
+static int spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body,
+			 size_t len)
+{
+	uint8_t *env = NULL;
+	size_t env_len;
+	int rc = seal(a, kind, seq, body, len, &env, &env_len);
+	if (rc) {
+		olog(OLOG_ERROR, "cannot seal %s %" PRIu64 ": %s", wire_kind_name(kind), seq,
+		     wire_strerror(rc));
+		return rc;
+	}
+	rc = dev_spool_append(a->spool, seq, dev_spool_last_durable(a->spool), kind, wall_ms(), env,
+			      env_len);
+	free(env);
+	if (rc)
+		return rc;
+	dev_uploader_fresh(a->up, seq);
+	return 0;
+}
+
+static int flush_batch(struct dev_agent *a)
+{
+	struct wire_dropped dropped[WIRE_MAX_DROPPED];
+	uint8_t *body = NULL;
+	size_t len;
+	uint64_t seq;
+
+	if (!wire_batch_count(a->builder))
+		return 0;
+	int rc = dev_spool_take_seq(a->spool, &seq);
+	if (rc) {
+		log_spool_error(a, "a batch", rc);
+		return rc;
+	}
+	size_t nd = dev_spool_dropped(a->spool, dropped, WIRE_MAX_DROPPED);
+	rc = wire_batch_encode(a->builder, dev_spool_last_durable(a->spool), dropped, nd, &body, &len);
+	if (rc) {
+		olog(OLOG_ERROR, "cannot encode a batch of %zu readings: %s; discarding it",
+		     wire_batch_count(a->builder), wire_strerror(rc));
+		wire_batch_builder_reset(a->builder);
+		return rc;
+	}
+	rc = spool_durable(a, WIRE_KIND_BATCH, seq, body, len);
+	free(body);
+	if (rc) {
+		log_spool_error(a, "a batch", rc);
+		return rc;
+	}
+	if (nd)
+		dev_spool_dropped_reported(a->spool, seq);
+	olog(OLOG_DEBUG, "batch %" PRIu64 ": %zu readings in %zu rows, %zu bytes", seq,
+	     wire_batch_count(a->builder), wire_batch_rows(a->builder), len);
+	wire_batch_builder_reset(a->builder);
+	a->batches++;
+	return 0;
+}
+
+struct sample_ctx {
+	struct dev_agent *a;
+	int catalog_errors;
+};
+
+static int sink(void *ctx, const char *name, const char *unit, double value)
+{
+	struct sample_ctx *s = ctx;
+	uint32_t id;
+	int rc = dev_catalog_id(s->a->catalog, name, unit, &id);
+	if (rc) {
+		s->catalog_errors++;
+		return rc;
+	}
+	return wire_batch_add(s->a->builder, id, value);
+}
+
+static void sample(struct dev_agent *a)
+{
+	struct sample_ctx s = {a, 0};
+	const char *failed = NULL, *why = NULL;
+
+	/* A batch must hold a whole row: seal early if this one might not fit. */
+	if (wire_batch_rows(a->builder) + 1 >= WIRE_MAX_ROWS ||
+	    wire_batch_count(a->builder) + 2 * dev_catalog_count(a->catalog) + 64 > WIRE_MAX_CELLS)
+		flush_batch(a);
+	if (wire_batch_row(a->builder, wall_ms())) {
+		/* the spool has been failing for a long time: keep the newest data */
+		olog(OLOG_WARN, "batch buffer full while the spool fails; dropping %zu buffered readings",
+		     wire_batch_count(a->builder));
+		wire_batch_builder_reset(a->builder);
+		wire_batch_row(a->builder, wall_ms());
+	}
+	int failures = dev_collect_sample(a->collect, sink, &s, &failed, &why);
+	a->samples++;
+	if (failures) {
+		a->sample_errors++;
+		olog(OLOG_WARN, "collector %s: %s", failed, why);
+	}
+	if (s.catalog_errors)
+		olog(OLOG_WARN, "%d readings had invalid names or exceeded the metric catalog",
+		     s.catalog_errors);
+	if (dev_catalog_take_changed(a->catalog))
+		a->birth_due = 1;
+}
+
+/* ---------- messages to the bridge ---------- */
+
+static int publish_env(struct dev_agent *a, enum wire_topic t, uint32_t kind, const uint8_t *body,
+		       size_t len, const char *response_topic, const uint8_t *corr, size_t corr_len,
+		       uint64_t *seq_out)
+{
+	uint64_t seq;
+	uint8_t *env = NULL;
+	size_t env_len;
+	int rc = dev_spool_take_seq(a->spool, &seq);
+	if (rc)
+		return rc;
+	rc = seal(a, kind, seq, body, len, &env, &env_len);
+	if (rc)
+		return rc;
+	rc = dev_link_publish(a->link, a->topic[t], env, env_len, 1, 0, response_topic, corr, corr_len);
+	free(env);
+	if (!rc && seq_out)
+		*seq_out = seq;
+	return rc;
+}
+
+static void send_birth(struct dev_agent *a)
+{
+	Outpost__Birth b = OUTPOST__BIRTH__INIT;
+	Outpost__SpoolStats ss = OUTPOST__SPOOL_STATS__INIT;
+	struct dev_spool_stats st;
+	struct dev_link_stats ls;
+	size_t n = dev_catalog_count(a->catalog);
+	Outpost__MetricDef *defs = calloc(n + 1, sizeof(*defs));
+	Outpost__MetricDef **ptrs = calloc(n + 1, sizeof(*ptrs));
+	uint8_t *body = NULL;
+	size_t len;
+
+	if (!defs || !ptrs)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const char *name, *unit;
+		outpost__metric_def__init(&defs[i]);
+		dev_catalog_entry(a->catalog, i, &defs[i].id, &name, &unit);
+		defs[i].name = (char *)name;
+		defs[i].unit = (char *)unit;
+		ptrs[i] = &defs[i];
+	}
+	dev_spool_stats(a->spool, &st);
+	dev_link_stats(a->link, &ls);
+	ss.records = st.records;
+	ss.bytes = st.bytes;
+	ss.oldest_unsent_age_s = st.oldest_unsent_ms ? (uint64_t)((wall_ms() - st.oldest_unsent_ms) / 1000) : 0;
+	ss.disconnects = (uint32_t)ls.disconnects;
+	ss.last_disconnect_cause = ls.last_cause;
+	ss.dropped_total = st.dropped_total;
+	b.agent_version = OUTPOST_VERSION;
+	b.boot_id.data = a->boot_id;
+	b.boot_id.len = sizeof(a->boot_id);
+	b.cert_pem = a->cert_pem;
+	b.n_metrics = n;
+	b.metrics = ptrs;
+	b.spool = &ss;
+	b.sample_interval_s = (uint32_t)((a->cfg->sample_interval_ms + 999) / 1000);
+	b.poll_interval_s = (uint32_t)((a->cfg->poll_interval_ms + 999) / 1000);
+	b.started_at_ms = a->started_at_ms;
+	b.chain_floor = st.chain_floor;
+	struct wire_diag d = {{0}};
+	int rc = wire_msg_pack(WIRE_KIND_BIRTH, &b.base, &body, &len, &d);
+	if (rc) {
+		olog(OLOG_ERROR, "cannot build Birth: %s", d.msg);
+		goto out;
+	}
+	rc = publish_env(a, WIRE_TOPIC_BIRTH, WIRE_KIND_BIRTH, body, len, NULL, NULL, 0, NULL);
+	if (rc)
+		olog(OLOG_WARN, "cannot send Birth: %d", rc);
+	else
+		a->birth_due = 0;
+	olog(OLOG_DEBUG, "birth: %zu metrics, spool %" PRIu64 " records, floor %" PRIu64, n, st.records,
+	     st.chain_floor);
+out:
+	free(body);
+	free(defs);
+	free(ptrs);
+}
+
+static void send_poll(struct dev_agent *a)
+{
+	Outpost__TaskPoll p = OUTPOST__TASK_POLL__INIT;
+	uint8_t corr[DEV_TASK_CORR_LEN], *body = NULL;
+	size_t len;
+	uint64_t seq;
+	p.last_task_id = dev_tasks_last_id(a->tasks);
+	p.max_tasks = 8;
+	if (wc_RNG_GenerateBlock(&a->rng, corr, sizeof(corr)) ||
+	    wire_msg_pack(WIRE_KIND_TASK_POLL, &p.base, &body, &len, NULL))
+		return;
+	if (!publish_env(a, WIRE_TOPIC_TASKS_POLL, WIRE_KIND_TASK_POLL, body, len,
+			 a->topic[WIRE_TOPIC_TASKS], corr, sizeof(corr), &seq))
+		dev_tasks_poll_sent(a->tasks, seq, corr, mono_ms());
+	free(body);
+}
+
+static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_t *env, size_t len)
+{
+	struct dev_agent *a = ctx;
+	enum wire_topic t = rec->kind == WIRE_KIND_TASK_RESULT ? WIRE_TOPIC_TASKS_RESULT : WIRE_TOPIC_TELEMETRY;
+	return dev_link_publish(a->link, a->topic[t], env, len, 1, 0, NULL, NULL, 0);
+}
+
+/* ---------- tasks ---------- */
+
+struct result {
+	int status; /* Outpost__TaskStatus */
+	char message[WIRE_MAX_TEXT];
+	Outpost__KeyValue kv[MAX_RESULT_OUTPUT];
+	Outpost__KeyValue *kvp[MAX_RESULT_OUTPUT];
+	char vals[MAX_RESULT_OUTPUT][160];
+	size_t n;
+};
+
+static void out_kv(struct result *r, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void out_kv(struct result *r, const char *key, const char *fmt, ...)
+{
+	if (r->n == MAX_RESULT_OUTPUT)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->vals[r->n], sizeof(r->vals[r->n]), fmt, ap);
+	va_end(ap);
+	outpost__key_value__init(&r->kv[r->n]);
+	r->kv[r->n].key = (char *)key;
+	r->kv[r->n].value = r->vals[r->n];
+	r->kvp[r->n] = &r->kv[r->n];
+	r->n++;
+}
+
+static void report(struct dev_agent *a, uint64_t task_id, const struct result *r)
+{
+	Outpost__TaskResult m = OUTPOST__TASK_RESULT__INIT;
+	uint8_t *body = NULL;
+	size_t len;
+	uint64_t seq;
+	if (dev_spool_take_seq(a->spool, &seq))
+		return;
+	m.prev_seq = dev_spool_last_durable(a->spool);
+	m.task_id = task_id;
+	m.status = (Outpost__TaskStatus)r->status;
+	m.message = (char *)r->message;
+	m.n_output = r->n;
+	m.output = (Outpost__KeyValue **)r->kvp;
+	m.finished_at_ms = wall_ms();
+	struct wire_diag d = {{0}};
+	int rc = wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d);
+	if (!rc)
+		rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
+	if (rc)
+		olog(OLOG_ERROR, "task %" PRIu64 ": cannot store the result: %s", task_id,
+		     d.msg[0] ? d.msg : dev_spool_strerror(rc));
+	free(body);
+}
+
+static const char *arg_of(const Outpost__Task *t, const char *key)
+{
+	for (size_t i = 0; i < t->n_args; i++)
+		if (!strcmp(t->args[i]->key, key))
+			return t->args[i]->value;
+	return NULL;
+}
+
+static void task_ping(struct dev_agent *a, struct result *r)
+{
+	struct dev_spool_stats st;
+	struct dev_link_stats ls;
+	struct dev_uploader_stats us;
+	dev_spool_stats(a->spool, &st);
+	dev_link_stats(a->link, &ls);
+	dev_uploader_stats(a->up, &us);
+	out_kv(r, "agent_version", "%s", OUTPOST_VERSION);
+	out_kv(r, "uptime_s", "%lld", (long long)((mono_ms() - a->started_mono) / 1000));
+	out_kv(r, "spool_records", "%" PRIu64, st.records);
+	out_kv(r, "spool_bytes", "%" PRIu64, st.bytes);
+	out_kv(r, "oldest_unsent_age_s", "%lld",
+	       st.oldest_unsent_ms ? (long long)((wall_ms() - st.oldest_unsent_ms) / 1000) : 0LL);
+	out_kv(r, "dropped_total", "%" PRIu64, st.dropped_total);
+	out_kv(r, "link_uri", "%s", ls.uri);
+	out_kv(r, "link_connects", "%" PRIu64, ls.connects);
+	out_kv(r, "link_disconnects", "%" PRIu64, ls.disconnects);
+	out_kv(r, "link_last_cause", "%s", ls.last_cause);
+	out_kv(r, "sent", "%" PRIu64, us.sent);
+	out_kv(r, "resent", "%" PRIu64, us.resent);
+	out_kv(r, "batches", "%" PRIu64, a->batches);
+	out_kv(r, "sample_errors", "%" PRIu64, a->sample_errors);
+	out_kv(r, "metrics", "%zu", dev_catalog_count(a->catalog));
+	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+	snprintf(r->message, sizeof(r->message), "pong");
+}
+
+static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct result *r)
+{
+	char err[CFG_ERR_MAX];
+	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	if (!t->n_args) {
+		snprintf(r->message, sizeof(r->message), "set_config needs key=value arguments");
+		return;
+	}
+	/* all or nothing: check every pair on a scratch copy before persisting any */
+	for (size_t i = 0; i < t->n_args; i++) {
+		if (dev_config_try_override(a->cfg, t->args[i]->key, t->args[i]->value, err)) {
+			snprintf(r->message, sizeof(r->message), "%s", err);
+			return;
+		}
+	}
+	for (size_t i = 0; i < t->n_args; i++) {
+		if (dev_config_set_override(a->cfg, t->args[i]->key, t->args[i]->value, err)) {
+			snprintf(r->message, sizeof(r->message), "%s", err);
+			return;
+		}
+		out_kv(r, t->args[i]->key, "%s", t->args[i]->value);
+	}
+	olog_set_level((enum olog_level)a->cfg->log_level);
+	int64_t now = mono_ms();
+	a->next_sample = now + a->cfg->sample_interval_ms;
+	a->next_flush = now + a->cfg->batch_interval_ms;
+	a->next_poll = now + a->cfg->poll_interval_ms;
+	a->birth_due = 1; /* intervals travel in Birth */
+	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+	snprintf(r->message, sizeof(r->message), "applied and persisted %zu setting(s)", t->n_args);
+}
+
+static int parse_u64(const char *s, uint64_t *v)
+{
+	char *end;
+	if (!s || !*s)
+		return -1;
+	errno = 0;
+	unsigned long long x = strtoull(s, &end, 10);
+	if (errno || *end)
+		return -1;
+	*v = x;
+	return 0;
+}
+
+static void task_resend(struct dev_agent *a, const Outpost__Task *t, struct result *r)
+{
+	uint64_t from, to;
+	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	if (parse_u64(arg_of(t, "from"), &from) || parse_u64(arg_of(t, "to"), &to) || from > to) {
+		snprintf(r->message, sizeof(r->message), "resend needs from=SEQ to=SEQ with from <= to");
+		return;
+	}
+	/* count what is still on disk in that range */
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(from);
+	uint64_t n = 0;
+	for (int guard = 0; guard < 1000000; guard++) {
+		struct dev_spool_rec rec;
+		uint8_t *env = NULL;
+		size_t len;
+		int rc = dev_spool_next(a->spool, &c, 0, &rec, &env, &len);
+		free(env);
+		if (rc == DEV_SPOOL_ECORRUPT)
+			continue;
+		if (rc || rec.seq > to)
+			break;
+		n++;
+	}
+	if (!n) {
+		snprintf(r->message, sizeof(r->message), "nothing in %" PRIu64 "..%" PRIu64 " is still in the spool",
+			 from, to);
+		return;
+	}
+	dev_uploader_resend(a->up, from, to);
+	out_kv(r, "records", "%" PRIu64, n);
+	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+	snprintf(r->message, sizeof(r->message), "resending %" PRIu64 " spooled envelope(s)", n);
+}
+
+static void run_task(struct dev_agent *a, const Outpost__Task *t)
+{
+	struct result r = {0};
+	olog(OLOG_INFO, "task %" PRIu64 ": running %s", t->id, t->type);
+	if (dev_tasks_begin(a->tasks, t->id, t->type)) {
+		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+		snprintf(r.message, sizeof(r.message), "cannot persist task state; not run");
+		report(a, t->id, &r);
+		return;
+	}
+	a->tasks_run++;
+	if (!strcmp(t->type, "ping")) {
+		task_ping(a, &r);
+	} else if (!strcmp(t->type, "set_config")) {
+		task_set_config(a, t, &r);
+	} else if (!strcmp(t->type, "resend")) {
+		task_resend(a, t, &r);
+	} else if (!strcmp(t->type, "collect_now")) {
+		sample(a);
+		uint64_t before = a->batches;
+		flush_batch(a);
+		r.status = a->batches > before ? OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED
+					       : OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+		out_kv(&r, "batch_seq", "%" PRIu64, dev_spool_last_durable(a->spool));
+		snprintf(r.message, sizeof(r.message), "%s",
+			 a->batches > before ? "sampled and sealed a batch" : "could not store the batch");
+	} else if (!strcmp(t->type, "restart")) {
+		/* the result is reported by the next agent: see on_interrupted_task */
+		olog(OLOG_INFO, "task %" PRIu64 ": restarting the agent", t->id);
+		a->restart = 1;
+		a->stop = 1;
+		return;
+	}
+	report(a, t->id, &r);
+	dev_tasks_end(a->tasks);
+	olog(OLOG_INFO, "task %" PRIu64 ": %s: %s", t->id,
+	     r.status == OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED ? "succeeded" : "failed", r.message);
+}
+
+static void on_interrupted_task(struct dev_agent *a)
+{
+	uint64_t id;
+	char type[WIRE_MAX_TASK_TYPE + 1];
+	struct result r = {0};
+	if (!dev_tasks_interrupted(a->tasks, &id, type))
+		return;
+	if (!strcmp(type, "restart")) {
+		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+		snprintf(r.message, sizeof(r.message), "agent restarted");
+		out_kv(&r, "boot", "%s", "new");
+	} else {
+		/* it may or may not have taken effect; it is never run again */
+		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+		snprintf(r.message, sizeof(r.message), "interrupted by an agent restart; not run again");
+	}
+	report(a, id, &r);
+	dev_tasks_end(a->tasks);
+	olog(OLOG_INFO, "task %" PRIu64 " (%s): reported after restart: %s", id, type, r.message);
+}
+
+static void on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
+{
+	struct dev_task_verdict v[WIRE_MAX_TASKS];
+	Outpost__TaskList *list = NULL;
+	size_t n = 0;
+	struct wire_diag d = {{0}};
+	int rc = dev_tasks_judge(a->tasks, ev->data, ev->len, ev->corr, ev->corr_len, wall_ms(),
+				 mono_ms(), &list, v, &n, &d);
+	if (rc) {
+		olog(OLOG_WARN, "ignored an unreadable task list: %s", d.msg[0] ? d.msg : wire_strerror(rc));
+		return;
+	}
+	for (size_t i = 0; i < n && !a->stop; i++) {
+		if (v[i].reject) {
+			struct result r = {0};
+			r.status = OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED;
+			snprintf(r.message, sizeof(r.message), "%s", v[i].reject);
+			olog(OLOG_WARN, "task %" PRIu64 ": rejected: %s", v[i].id, v[i].reject);
+			if (v[i].id)
+				report(a, v[i].id, &r);
+			continue;
+		}
+		run_task(a, v[i].task);
+	}
+	wire_msg_free(list);
+}
+
+/* ---------- events ---------- */
+
+static void on_event(struct dev_agent *a, struct dev_link_event *ev)
+{
+	struct dev_link_stats ls;
+	switch (ev->type) {
+	case DEV_LINK_UP:
+		olog(OLOG_INFO, "connected to %s", ev->text);
+		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "online", 6, 1, 1, NULL, NULL, 0);
+		send_birth(a);
+		dev_uploader_link_up(a->up, mono_ms());
+		send_poll(a);
+		a->next_poll = mono_ms() + a->cfg->poll_interval_ms;
+		break;
+	case DEV_LINK_DOWN:
+	case DEV_LINK_FAILED:
+		dev_uploader_link_down(a->up);
+		if (ev->fallback) {
+			olog(OLOG_INFO, "cannot connect: %s; trying the next transport", ev->text);
+			break;
+		}
+		dev_link_stats(a->link, &ls);
+		olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO, "%s: %s; reconnecting in %lld ms",
+		     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,
+		     (long long)ls.last_delay_ms);
+		break;
+	case DEV_LINK_MESSAGE: {
+		char id[WIRE_ID_MAX + 1];
+		enum wire_topic t;
+		if (wire_topic_parse(ev->text, strlen(ev->text), id, &t) || strcmp(id, a->cfg->id)) {
+			olog(OLOG_WARN, "message on unexpected topic %s ignored", ev->text);
+			break;
+		}
+		if (t == WIRE_TOPIC_ACK) {
+			struct wire_diag d = {{0}};
+			int rc = dev_uploader_on_ack(a->up, ev->data, ev->len, mono_ms(), &d);
+			if (rc) {
+				a->bad_acks++;
+				olog(OLOG_WARN, "ignored an ack that failed verification: %s%s%s", wire_strerror(rc),
+				     d.msg[0] ? ": " : "", d.msg);
+			}
+		} else if (t == WIRE_TOPIC_TASKS) {
+			on_tasks(a, ev);
+		}
+		break;
+	}
+	}
+}
+
+int dev_agent_run(struct dev_agent *a)
+{
+	struct dev_config *c = a->cfg;
+	int64_t now = mono_ms();
+	a->next_sample = now;
+	a->next_flush = now + c->batch_interval_ms;
+	a->next_poll = INT64_MAX;
+	olog(OLOG_INFO, "started: broker %s (wss %lld, mqtts %lld), spool %s", c->broker_host,
+	     (long long)c->wss_port, (long long)c->mqtts_port, c->spool_dir);
+
+	while (!a->stop) {
+		struct dev_link_event ev;
+		now = mono_ms();
+		if (a->reconnect) {
+			a->reconnect = 0;
+			dev_uploader_link_down(a->up);
+			dev_link_drop(a->link, "reconnect requested");
+		}
+		int64_t link_next = dev_link_tick(a->link, now);
+		while (!a->stop && dev_link_next_event(a->link, &ev)) {
+			on_event(a, &ev);
+			dev_link_event_free(&ev);
+		}
+		if (a->stop)
+			break;
+		now = mono_ms();
+		if (now >= a->next_sample) {
+			sample(a);
+			a->next_sample += c->sample_interval_ms;
+			if (a->next_sample <= now) /* we fell behind (suspend, slow disk): skip ahead */
+				a->next_sample = now + c->sample_interval_ms;
+		}
+		if (wire_batch_count(a->builder) &&
+		    (now >= a->next_flush || wire_batch_count(a->builder) >= (size_t)c->batch_max_readings)) {
+			flush_batch(a);
+			a->next_flush = now + c->batch_interval_ms;
+		} else if (!wire_batch_count(a->builder) && now >= a->next_flush) {
+			a->next_flush = now + c->batch_interval_ms;
+		}
+		if (dev_link_is_up(a->link)) {
+			if (a->birth_due)
+				send_birth(a);
+			if (now >= a->next_poll) {
+				send_poll(a);
+				a->next_poll = now + c->poll_interval_ms;
+			}
+			int rc = dev_uploader_pump(a->up, now, send_spooled, a);
+			if (rc < 0)
+				olog(OLOG_ERROR, "upload: %s", dev_spool_strerror(rc));
+		}
+
+		int64_t until = a->next_sample;
+		if (wire_batch_count(a->builder) && a->next_flush < until)
+			until = a->next_flush;
+		if (link_next < until)
+			until = link_next;
+		int64_t d = dev_uploader_deadline(a->up);
+		if (d < until)
+			until = d;
+		if (dev_link_is_up(a->link) && a->next_poll < until)
+			until = a->next_poll;
+		now = mono_ms();
+		int timeout = until <= now ? 0 : (until - now > 60000 ? 60000 : (int)(until - now));
+		struct pollfd p = {a->wake_fd, POLLIN, 0};
+		if (poll(&p, 1, timeout) > 0) {
+			uint64_t v;
+			ssize_t r = read(a->wake_fd, &v, sizeof(v));
+			(void)r;
+		}
+	}
+
+	/* Stopping: whatever was sampled goes to the spool, and we leave as "offline". */
+	flush_batch(a);
+	if (dev_link_is_up(a->link))
+		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "offline", 7, 1, 1, NULL, NULL, 0);
+	olog(OLOG_INFO, "stopping%s", a->restart ? " for a restart" : "");
+	return a->restart ? DEV_AGENT_RESTART : 0;
+}

@@ -1,0 +1,27 @@
+/* dev_agent.h - the outpost-device main loop: samples collectors, seals batches into the spool,
+ * keeps the link up, uploads, applies acks, polls for tasks and runs them. This is the
+ * program's top level, so it is the one device module that logs. */
+#ifndef DEV_AGENT_H
+#define DEV_AGENT_H
+
+#include "dev_config.h"
+
+struct dev_agent;
+
+/* Load keys and certificates, open the spool and state. The config is borrowed and must
+ * outlive the agent. On failure err says why; the return value is the exit code to use
+ * (2: configuration, 1: runtime). */
+int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, size_t errlen);
+
+/* Run until dev_agent_stop(). Returns 0, or DEV_AGENT_RESTART if a `restart` task asked for
+ * the process to be started again. */
+#define DEV_AGENT_RESTART 75
+int dev_agent_run(struct dev_agent *a);
+
+/* Async-signal-safe. */
+void dev_agent_stop(struct dev_agent *a);
+void dev_agent_reconnect(struct dev_agent *a);
+
+void dev_agent_free(struct dev_agent *a); /* accepts NULL */
+
+#endif

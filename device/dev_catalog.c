@@ -1,0 +1,182 @@
+/* dev_catalog.c - persistent metric name -> id map (open addressing over the entry array). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dev_catalog.h"
+#include "wire_limits.h"
+#include "wire_msg.h"
+
+struct entry {
+	uint32_t id;
+	char *name;
+	char *unit;
+};
+
+struct dev_catalog {
+	char *path;
+	struct entry *e;
+	size_t n, cap;
+	uint32_t *slots; /* index+1 into e, 0 = empty */
+	size_t nslots;
+	int changed;
+};
+
+static uint32_t hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+	while (*s)
+		h = (h ^ (uint8_t)*s++) * 16777619u;
+	return h;
+}
+
+static size_t find_slot(const struct dev_catalog *c, const char *name)
+{
+	size_t mask = c->nslots - 1, i = hash(name) & mask;
+	while (c->slots[i] && strcmp(c->e[c->slots[i] - 1].name, name))
+		i = (i + 1) & mask;
+	return i;
+}
+
+static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const char *unit)
+{
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 64;
+		struct entry *e = realloc(c->e, cap * sizeof(*e));
+		if (!e)
+			return DEV_CATALOG_ENOMEM;
+		c->e = e;
+		c->cap = cap;
+	}
+	if ((c->n + 1) * 2 > c->nslots) {
+		size_t ns = c->nslots ? c->nslots * 2 : 128;
+		uint32_t *s = calloc(ns, sizeof(*s));
+		if (!s)
+			return DEV_CATALOG_ENOMEM;
+		free(c->slots);
+		c->slots = s;
+		c->nslots = ns;
+		for (size_t i = 0; i < c->n; i++)
+			c->slots[find_slot(c, c->e[i].name)] = (uint32_t)i + 1;
+	}
+	struct entry *e = &c->e[c->n];
+	e->id = id;
+	e->name = strdup(name);
+	e->unit = strdup(unit ? unit : "");
+	if (!e->name || !e->unit) {
+		free(e->name);
+		free(e->unit);
+		return DEV_CATALOG_ENOMEM;
+	}
+	c->slots[find_slot(c, name)] = (uint32_t)++c->n;
+	return DEV_CATALOG_OK;
+}
+
+int dev_catalog_open(const char *path, struct dev_catalog **out)
+{
+	struct dev_catalog *c = calloc(1, sizeof(*c));
+	int rc = DEV_CATALOG_ENOMEM;
+	if (!c || !(c->path = strdup(path)))
+		goto fail;
+	FILE *f = fopen(path, "r");
+	if (!f && errno != ENOENT) {
+		rc = DEV_CATALOG_EIO;
+		goto fail;
+	}
+	char line[WIRE_MAX_METRIC_NAME + WIRE_MAX_UNIT + 32];
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned id;
+		char name[WIRE_MAX_METRIC_NAME + 1], unit[WIRE_MAX_UNIT + 1] = "";
+		if (!strchr(line, '\n'))
+			break; /* torn last line: ignore it, it is appended again when seen */
+		int k = sscanf(line, "%u %128s %32s", &id, name, unit);
+		if (k < 2 || wire_metric_name_check(name) || c->n >= WIRE_MAX_METRICS ||
+		    id != c->n + 1) {
+			fclose(f);
+			rc = DEV_CATALOG_ECORRUPT;
+			goto fail;
+		}
+		if ((rc = add_entry(c, id, name, unit)) != 0) {
+			fclose(f);
+			goto fail;
+		}
+	}
+	if (f)
+		fclose(f);
+	*out = c;
+	return DEV_CATALOG_OK;
+fail:
+	dev_catalog_close(c);
+	return rc;
+}
+
+void dev_catalog_close(struct dev_catalog *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->n; i++) {
+		free(c->e[i].name);
+		free(c->e[i].unit);
+	}
+	free(c->e);
+	free(c->slots);
+	free(c->path);
+	free(c);
+}
+
+int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, uint32_t *id)
+{
+	if (c->nslots) {
+		size_t s = find_slot(c, name);
+		if (c->slots[s]) {
+			*id = c->e[c->slots[s] - 1].id;
+			return DEV_CATALOG_OK;
+		}
+	}
+	if (wire_metric_name_check(name))
+		return DEV_CATALOG_ENAME;
+	if (unit && (strlen(unit) > WIRE_MAX_UNIT || strpbrk(unit, " \t\n")))
+		unit = "";
+	if (c->n >= WIRE_MAX_METRICS)
+		return DEV_CATALOG_EFULL;
+	uint32_t nid = (uint32_t)c->n + 1;
+	/* persist before use: an id in a spooled batch must always resolve to its name */
+	int fd = open(c->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return DEV_CATALOG_EIO;
+	char line[WIRE_MAX_METRIC_NAME + WIRE_MAX_UNIT + 32];
+	int len = snprintf(line, sizeof(line), "%u %s %s\n", nid, name, unit && *unit ? unit : "-");
+	int ok = write(fd, line, (size_t)len) == len && fdatasync(fd) == 0;
+	close(fd);
+	if (!ok)
+		return DEV_CATALOG_EIO;
+	int rc = add_entry(c, nid, name, unit && strcmp(unit, "-") ? unit : "");
+	if (rc)
+		return rc;
+	c->changed = 1;
+	*id = nid;
+	return DEV_CATALOG_OK;
+}
+
+size_t dev_catalog_count(const struct dev_catalog *c)
+{
+	return c->n;
+}
+
+void dev_catalog_entry(const struct dev_catalog *c, size_t i, uint32_t *id, const char **name,
+		       const char **unit)
+{
+	*id = c->e[i].id;
+	*name = c->e[i].name;
+	*unit = strcmp(c->e[i].unit, "-") ? c->e[i].unit : "";
+}
+
+int dev_catalog_take_changed(struct dev_catalog *c)
+{
+	int ch = c->changed;
+	c->changed = 0;
+	return ch;
+}

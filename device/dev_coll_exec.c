@@ -1,0 +1,173 @@
+/* dev_coll_exec.c - runs a configured command each sample and reads "name value [unit]" lines.
+ * Bounded: timeout (the whole process group is killed), 64 KiB of output, 256 readings. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dev_collect.h"
+#include "wire_limits.h"
+
+#define EXEC_MAX_OUTPUT (64 * 1024)
+#define EXEC_MAX_READINGS 256
+
+extern char **environ;
+
+struct exec {
+	char *command;
+	int64_t timeout_ms;
+};
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int exec_open(const struct dev_collect_conf *conf, void **state)
+{
+	if (!conf->exec_command || !*conf->exec_command)
+		return -1;
+	struct exec *e = calloc(1, sizeof(*e));
+	if (!e || !(e->command = strdup(conf->exec_command))) {
+		free(e);
+		return -1;
+	}
+	e->timeout_ms = conf->exec_timeout_ms > 0 ? conf->exec_timeout_ms : 5000;
+	*state = e;
+	return 0;
+}
+
+static int parse_output(char *buf, dev_sink_fn sink, void *ctx, const char **why)
+{
+	int n = 0, bad = 0;
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		char name[WIRE_MAX_METRIC_NAME + 1], unit[WIRE_MAX_UNIT + 1] = "", extra;
+		char *end;
+		char val[64];
+		while (*line == ' ' || *line == '\t')
+			line++;
+		if (!*line || *line == '#')
+			continue;
+		int k = sscanf(line, "%128s %63s %32s %c", name, val, unit, &extra);
+		double v = k >= 2 ? strtod(val, &end) : 0;
+		if (k < 2 || k > 3 || *end || n >= EXEC_MAX_READINGS ||
+		    sink(ctx, name, unit, v) != 0) {
+			bad++;
+			continue;
+		}
+		n++;
+	}
+	if (bad) {
+		*why = "output lines that are not 'name value [unit]' (or too many) were ignored";
+		return -1;
+	}
+	return 0;
+}
+
+static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **why)
+{
+	struct exec *e = state;
+	int pipefd[2];
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	pid_t pid;
+	char *argv[] = {"/bin/sh", "-c", e->command, NULL};
+	char *buf = NULL;
+	size_t len = 0;
+	int rc = -1, status = 0;
+
+	if (pipe2(pipefd, O_CLOEXEC) != 0) {
+		*why = "pipe failed";
+		return -1;
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
+	posix_spawnattr_setpgroup(&attr, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	posix_spawnattr_setsigmask(&attr, &none);
+	int sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(pipefd[1]);
+	if (sp != 0) {
+		close(pipefd[0]);
+		*why = "cannot start /bin/sh";
+		return -1;
+	}
+	buf = malloc(EXEC_MAX_OUTPUT + 1);
+	int64_t deadline = mono_ms() + e->timeout_ms;
+	int timed_out = 0, too_big = 0;
+	while (buf) {
+		int64_t left = deadline - mono_ms();
+		if (left <= 0) {
+			timed_out = 1;
+			break;
+		}
+		struct pollfd p = {pipefd[0], POLLIN, 0};
+		int r = poll(&p, 1, (int)(left > 1000 ? 1000 : left));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			continue;
+		ssize_t n = read(pipefd[0], buf + len, EXEC_MAX_OUTPUT - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (len == EXEC_MAX_OUTPUT) {
+			too_big = 1;
+			break;
+		}
+	}
+	close(pipefd[0]);
+	if (timed_out || too_big || !buf)
+		kill(-pid, SIGKILL);
+	/* the process exits promptly after EOF or SIGKILL; bound the wait anyway */
+	for (int i = 0; i < 500; i++) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid || (w < 0 && errno != EINTR))
+			break;
+		if (i == 100)
+			kill(-pid, SIGKILL);
+		usleep(10000);
+	}
+	if (!buf)
+		*why = "out of memory";
+	else if (timed_out)
+		*why = "command timed out";
+	else if (too_big)
+		*why = "command printed more than 64 KiB";
+	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		*why = "command exited with an error";
+	else {
+		buf[len] = '\0';
+		rc = parse_output(buf, sink, ctx, why);
+	}
+	free(buf);
+	return rc;
+}
+
+static void exec_close(void *state)
+{
+	struct exec *e = state;
+	if (e)
+		free(e->command);
+	free(e);
+}
+
+const struct dev_collector_ops dev_coll_exec = {"exec", exec_open, exec_sample, exec_close};

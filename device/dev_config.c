@@ -1,0 +1,192 @@
+/* dev_config.c - the settings table of outpost-device, and persisted remote overrides. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "dev_config.h"
+#include "olog.h"
+
+#define S(f) offsetof(struct dev_config, f)
+#define SEC 1000LL
+#define DAY (86400LL * SEC)
+
+static const char *const transports[] = {"auto", "wss", "mqtts", NULL};
+static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+
+static const struct cfg_opt opts[] = {
+	{"id", CFG_STR, S(id), 0, 64, NULL, "device id, equal to the certificate CN", NULL},
+	{"ca", CFG_STR, S(ca), 0, 0, "/etc/outpost/ca.crt", "CA certificate (broker and bridge trust anchor)", NULL},
+	{"cert", CFG_STR, S(cert), 0, 0, "/etc/outpost/device.crt", "this device's certificate", NULL},
+	{"key", CFG_STR, S(key), 0, 0, "/etc/outpost/device.key", "this device's Ed25519 private key", NULL},
+	{"bridge_cert", CFG_STR, S(bridge_cert), 0, 0, "/etc/outpost/bridge.crt", "bridge certificate: acks and tasks must be signed by its key", NULL},
+	{"broker_host", CFG_STR, S(broker_host), 0, 253, NULL, "broker host name (checked against its certificate)", NULL},
+	{"wss_port", CFG_INT, S(wss_port), 0, 65535, "443", "WebSockets+TLS port (0: skip)", NULL},
+	{"mqtts_port", CFG_INT, S(mqtts_port), 0, 65535, "8883", "MQTT+TLS fallback port (0: skip)", NULL},
+	{"ws_path", CFG_STR, S(ws_path), 0, 128, "/mqtt", "WebSocket path", NULL},
+	{"transport", CFG_ENUM, S(transport), 0, 0, "auto", "auto = WSS first, then MQTTS", transports},
+	{"proxy", CFG_STR, S(proxy), 0, 256, "", "HTTP CONNECT proxy host:port; empty = https_proxy; none = never", NULL},
+	{"keepalive", CFG_DURATION, S(keepalive_ms), 5 * SEC, 3600 * SEC, "60s", "MQTT keepalive", NULL},
+	{"connect_timeout", CFG_DURATION, S(connect_timeout_ms), 1 * SEC, 300 * SEC, "10s", "per connection attempt", NULL},
+	{"backoff_min", CFG_DURATION, S(backoff_min_ms), 100, 3600 * SEC, "1s", "first reconnect delay cap (full jitter)", NULL},
+	{"backoff_max", CFG_DURATION, S(backoff_max_ms), 1 * SEC, 86400 * SEC, "5m", "largest reconnect delay cap", NULL},
+	{"sample_interval", CFG_DURATION, S(sample_interval_ms), 100, DAY, "10s", "how often collectors are sampled", NULL},
+	{"batch_interval", CFG_DURATION, S(batch_interval_ms), 100, DAY, "60s", "how often samples are sealed into a batch", NULL},
+	{"batch_max_readings", CFG_INT, S(batch_max_readings), 1, 60000, "5000", "seal a batch early at this many readings", NULL},
+	{"poll_interval", CFG_DURATION, S(poll_interval_ms), 1 * SEC, DAY, "300s", "how often to ask for tasks", NULL},
+	{"ack_timeout", CFG_DURATION, S(ack_timeout_ms), 1 * SEC, 3600 * SEC, "30s", "resend unacknowledged data after this", NULL},
+	{"window", CFG_INT, S(window), 1, 1024, "32", "envelopes in flight before waiting for acks", NULL},
+	{"state_dir", CFG_STR, S(state_dir), 0, 0, "/var/lib/outpost-device", "catalog, task state, overrides", NULL},
+	{"spool_dir", CFG_STR, S(spool_dir), 0, 0, "", "encrypted spool (default: <state_dir>/spool)", NULL},
+	{"spool_max_bytes", CFG_SIZE, S(spool_max_bytes), 64 << 10, 1LL << 40, "64MiB", "spool size limit (oldest dropped beyond)", NULL},
+	{"spool_max_age", CFG_DURATION, S(spool_max_age_ms), 60 * SEC, 3650 * DAY, "90d", "spool age limit", NULL},
+	{"spool_segment_bytes", CFG_SIZE, S(spool_segment_bytes), 4 << 10, 64 << 20, "1MiB", "spool segment size", NULL},
+	{"collectors", CFG_STR, S(collectors), 0, 64, "proc", "comma-separated: proc, exec, sim", NULL},
+	{"exec_command", CFG_STR, S(exec_command), 0, 1024, "", "command for the exec collector (prints 'name value [unit]' lines)", NULL},
+	{"exec_timeout", CFG_DURATION, S(exec_timeout_ms), 100, 600 * SEC, "5s", "exec collector time limit", NULL},
+	{"sim_metrics", CFG_INT, S(sim_metrics), 1, 4000, "100", "synthetic sensors of the sim collector", NULL},
+	{"log_level", CFG_ENUM, S(log_level), 0, 0, "info", "", levels},
+};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+/* What set_config may change remotely: operational tuning, never identity or trust. */
+static const char *const remote_keys[] = {"sample_interval", "batch_interval", "batch_max_readings",
+					  "poll_interval", "log_level", NULL};
+
+int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err)
+{
+	memset(c, 0, sizeof(*c));
+	int rc = cfg_parse(opts, NOPTS, c, argc, argv, DEV_ENV_PREFIX, DEV_DEFAULT_CONFIG, err);
+	if (rc)
+		return rc;
+	for (int i = 1; i < argc; i++) {
+		if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
+			c->source = strdup(argv[i + 1]);
+		else if (!strncmp(argv[i], "--config=", 9))
+			c->source = strdup(argv[i] + 9);
+	}
+	if (!c->source)
+		c->source = strdup(getenv(DEV_ENV_PREFIX "CONFIG") ? getenv(DEV_ENV_PREFIX "CONFIG")
+								 : "configuration");
+	if (!c->spool_dir || !*c->spool_dir) {
+		free(c->spool_dir);
+		if (asprintf(&c->spool_dir, "%s/spool", c->state_dir) < 0)
+			c->spool_dir = NULL;
+	}
+	return c->source && c->spool_dir ? 0 : -1;
+}
+
+int dev_config_check(const struct dev_config *c, char *err)
+{
+	const char *src = c->source ? c->source : "configuration";
+	if (!c->id || !*c->id)
+		return snprintf(err, CFG_ERR_MAX, "%s: id: required", src), -1;
+	if (!c->broker_host || !*c->broker_host)
+		return snprintf(err, CFG_ERR_MAX, "%s: broker_host: required", src), -1;
+	if (c->backoff_max_ms < c->backoff_min_ms)
+		return snprintf(err, CFG_ERR_MAX, "%s: backoff_max: smaller than backoff_min", src), -1;
+	if (c->batch_interval_ms < c->sample_interval_ms)
+		return snprintf(err, CFG_ERR_MAX, "%s: batch_interval: shorter than sample_interval", src), -1;
+	if (c->spool_max_bytes < 4 * c->spool_segment_bytes)
+		return snprintf(err, CFG_ERR_MAX,
+				"%s: spool_max_bytes: must be at least 4 x spool_segment_bytes", src), -1;
+	if (c->transport == DEV_TRANSPORT_WSS && !c->wss_port)
+		return snprintf(err, CFG_ERR_MAX, "%s: wss_port: 0 but transport is wss", src), -1;
+	if (c->transport == DEV_TRANSPORT_MQTTS && !c->mqtts_port)
+		return snprintf(err, CFG_ERR_MAX, "%s: mqtts_port: 0 but transport is mqtts", src), -1;
+	if (!c->wss_port && !c->mqtts_port)
+		return snprintf(err, CFG_ERR_MAX, "%s: wss_port: both ports are 0", src), -1;
+	return 0;
+}
+
+static char *override_path(const struct dev_config *c)
+{
+	char *p = NULL;
+	if (asprintf(&p, "%s/config.override", c->state_dir) < 0)
+		return NULL;
+	return p;
+}
+
+int dev_config_load_overrides(struct dev_config *c, char *err)
+{
+	char *path = override_path(c);
+	if (!path)
+		return -1;
+	int rc = 0;
+	if (access(path, F_OK) == 0)
+		rc = cfg_load_file(opts, NOPTS, c, path, err);
+	free(path);
+	return rc;
+}
+
+int dev_config_try_override(const struct dev_config *c, const char *key, const char *value,
+			    char *err)
+{
+	int allowed = 0;
+	for (int i = 0; remote_keys[i]; i++)
+		if (!strcmp(key, remote_keys[i]))
+			allowed = 1;
+	if (!allowed)
+		return snprintf(err, CFG_ERR_MAX, "set_config: %s: not remotely settable", key), -1;
+	if (strpbrk(value, "\n\r\"#") || strlen(value) > 64)
+		return snprintf(err, CFG_ERR_MAX, "set_config: %s: invalid value", key), -1;
+	/* validate on a copy: a bad value changes nothing (remote keys are never strings, so the
+	 * shallow copy shares nothing that cfg_set would free) */
+	struct dev_config probe = *c;
+	if (cfg_set(opts, NOPTS, &probe, key, value, "set_config", err))
+		return -1;
+	return dev_config_check(&probe, err);
+}
+
+int dev_config_set_override(struct dev_config *c, const char *key, const char *value, char *err)
+{
+	if (dev_config_try_override(c, key, value, err))
+		return -1;
+
+	/* Persist: rewrite the override file with this key replaced, atomically. */
+	char *path = override_path(c), *tmp = NULL;
+	if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+		free(path);
+		return snprintf(err, CFG_ERR_MAX, "set_config: out of memory"), -1;
+	}
+	FILE *in = fopen(path, "r"), *out = fopen(tmp, "w");
+	char line[256];
+	int ok = out != NULL;
+	while (ok && in && fgets(line, sizeof(line), in)) {
+		size_t kl = strlen(key);
+		if (!strncmp(line, key, kl) && (line[kl] == ' ' || line[kl] == '='))
+			continue;
+		ok = fputs(line, out) >= 0;
+	}
+	if (in)
+		fclose(in);
+	if (ok)
+		ok = fprintf(out, "%s = %s\n", key, value) > 0;
+	if (out) {
+		ok = ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
+		ok = fclose(out) == 0 && ok;
+	}
+	ok = ok && rename(tmp, path) == 0;
+	free(tmp);
+	free(path);
+	if (!ok)
+		return snprintf(err, CFG_ERR_MAX, "set_config: cannot persist: %s", strerror(errno)), -1;
+	cfg_set(opts, NOPTS, c, key, value, "set_config", err);
+	return 0;
+}
+
+void dev_config_help(FILE *out)
+{
+	cfg_print_help(out, opts, NOPTS, DEV_ENV_PREFIX);
+}
+
+void dev_config_free(struct dev_config *c)
+{
+	cfg_free(opts, NOPTS, c);
+	free(c->source);
+	c->source = NULL;
+}

@@ -1,0 +1,70 @@
+/* dev_config.h - outpost-device settings: one table (dev_config.c) drives the config file,
+ * OUTPOST_DEVICE_* environment variables, command-line options and --help. */
+#ifndef DEV_CONFIG_H
+#define DEV_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+enum dev_transport { DEV_TRANSPORT_AUTO, DEV_TRANSPORT_WSS, DEV_TRANSPORT_MQTTS };
+
+struct dev_config {
+	char *id;
+	char *ca;
+	char *cert;
+	char *key;
+	char *bridge_cert;
+	char *broker_host;
+	int64_t wss_port;
+	int64_t mqtts_port;
+	char *ws_path;
+	int transport;
+	char *proxy;
+	int64_t keepalive_ms;
+	int64_t connect_timeout_ms;
+	int64_t backoff_min_ms;
+	int64_t backoff_max_ms;
+	int64_t sample_interval_ms;
+	int64_t batch_interval_ms;
+	int64_t batch_max_readings;
+	int64_t poll_interval_ms;
+	int64_t ack_timeout_ms;
+	int64_t window;
+	char *state_dir;
+	char *spool_dir;
+	int64_t spool_max_bytes;
+	int64_t spool_max_age_ms;
+	int64_t spool_segment_bytes;
+	char *collectors;
+	char *exec_command;
+	int64_t exec_timeout_ms;
+	int64_t sim_metrics;
+	int log_level;
+	char *source; /* where the settings came from, for error messages */
+};
+
+#define DEV_ENV_PREFIX "OUTPOST_DEVICE_"
+#define DEV_DEFAULT_CONFIG "/etc/outpost/device.conf"
+
+/* Parse defaults, file, environment and options. Returns 0, 1 for --help, 2 for --version,
+ * -1 on error with a one-line message in err (CFG_ERR_MAX bytes). */
+int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err);
+
+/* Apply the persisted set_config overrides from <state_dir>/config.override, if any. */
+int dev_config_load_overrides(struct dev_config *c, char *err);
+
+/* Check a set_config key/value against the allowlist and bounds; on success persist it (so it
+ * survives restarts) and apply it to c. err gets the reason otherwise. */
+int dev_config_set_override(struct dev_config *c, const char *key, const char *value, char *err);
+
+/* The same checks as dev_config_set_override without changing or persisting anything. */
+int dev_config_try_override(const struct dev_config *c, const char *key, const char *value,
+			    char *err);
+
+/* Cross-field checks that need no file access (intervals, sizes). */
+int dev_config_check(const struct dev_config *c, char *err);
+
+void dev_config_help(FILE *out);
+void dev_config_free(struct dev_config *c);
+
+#endif

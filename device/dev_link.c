@@ -1,0 +1,520 @@
+/* dev_link.c - Paho MQTTAsync connection: WSS then MQTTS, proxy, mutual TLS, jittered backoff. */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+
+#include "dev_link.h"
+
+#define EVENT_QUEUE_CAP 256
+#define CTX_SLOTS 8 /* callback contexts outlive their Paho client by 8 generations */
+#define MAX_SUBS 8
+
+enum state { ST_IDLE, ST_CONNECTING, ST_UP };
+
+struct ctx_slot {
+	struct dev_link *link;
+	unsigned gen;
+	const char *uri;
+};
+
+struct queued {
+	struct dev_link_event ev;
+	unsigned gen;
+};
+
+struct dev_link {
+	/* configuration (owned copies) */
+	char *client_id, *ca, *cert, *key, *proxy, *will_topic;
+	char *uris[2];
+	int nuris;
+	char *subs[MAX_SUBS];
+	int nsubs;
+	int keepalive_s, connect_timeout_s;
+	int64_t backoff_min_ms, backoff_max_ms;
+	void (*wake)(void *);
+	void *wake_ctx;
+
+	/* agent-thread state */
+	MQTTAsync cli;
+	int uri;	/* which of uris[] this attempt uses: WSS first, then MQTTS */
+	enum state state;
+	unsigned gen;
+	int64_t next_attempt;
+	unsigned failures_in_row;
+	uint64_t rng;
+
+	/* shared with Paho threads */
+	pthread_mutex_t mu;
+	struct ctx_slot slots[CTX_SLOTS];
+	struct queued q[EVENT_QUEUE_CAP];
+	size_t qhead, qlen;
+	struct dev_link_stats stats;
+};
+
+const char *dev_link_strerror(int err)
+{
+	switch (err) {
+	case DEV_LINK_OK: return "success";
+	case DEV_LINK_ENOMEM: return "out of memory";
+	case DEV_LINK_EINVAL: return "invalid argument";
+	case DEV_LINK_ENOTCONN: return "not connected";
+	case DEV_LINK_EPAHO: return "MQTT library error";
+	}
+	return "unknown link error";
+}
+
+void dev_link_event_free(struct dev_link_event *ev)
+{
+	if (!ev)
+		return;
+	free(ev->text);
+	free(ev->data);
+	free(ev->corr);
+	memset(ev, 0, sizeof(*ev));
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t next_rand(struct dev_link *l)
+{
+	/* xorshift64*: jitter only needs to differ between devices, not to be secret */
+	l->rng ^= l->rng >> 12;
+	l->rng ^= l->rng << 25;
+	l->rng ^= l->rng >> 27;
+	return l->rng * 2685821657736338717ULL;
+}
+
+/* ---------- events (any thread) ---------- */
+
+static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, const char *text,
+		       const void *data, size_t len, const void *corr, size_t corr_len)
+{
+	struct dev_link *l = slot->link;
+	struct queued e = {.gen = slot->gen, .ev = {.type = type}};
+	e.ev.text = strdup(text ? text : "");
+	if (len) {
+		e.ev.data = malloc(len);
+		if (e.ev.data)
+			memcpy(e.ev.data, data, len);
+		e.ev.len = len;
+	}
+	if (corr_len) {
+		e.ev.corr = malloc(corr_len);
+		if (e.ev.corr)
+			memcpy(e.ev.corr, corr, corr_len);
+		e.ev.corr_len = corr_len;
+	}
+	int ok = e.ev.text && (!len || e.ev.data) && (!corr_len || e.ev.corr);
+	pthread_mutex_lock(&l->mu);
+	if (ok && (l->qlen < EVENT_QUEUE_CAP || type != DEV_LINK_MESSAGE)) {
+		if (l->qlen == EVENT_QUEUE_CAP) {
+			/* state changes must get through: sacrifice the oldest message */
+			struct queued *old = &l->q[l->qhead];
+			dev_link_event_free(&old->ev);
+			l->qhead = (l->qhead + 1) % EVENT_QUEUE_CAP;
+			l->qlen--;
+			l->stats.dropped_events++;
+		}
+		l->q[(l->qhead + l->qlen) % EVENT_QUEUE_CAP] = e;
+		l->qlen++;
+		ok = 2;
+	} else {
+		l->stats.dropped_events++;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (ok != 2)
+		dev_link_event_free(&e.ev);
+	if (l->wake)
+		l->wake(l->wake_ctx);
+}
+
+/* ---------- Paho callbacks (Paho threads) ---------- */
+
+static void on_connected(void *context, MQTTAsync_successData5 *resp)
+{
+	struct ctx_slot *slot = context;
+	struct dev_link *l = slot->link;
+	char *topics[MAX_SUBS];
+	int qos[MAX_SUBS];
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+
+	(void)resp;
+	for (int i = 0; i < l->nsubs; i++) {
+		topics[i] = l->subs[i];
+		qos[i] = 1;
+	}
+	/* Subscribe before anyone learns we are up, so that no ack can slip past. */
+	MQTTAsync cli = NULL;
+	pthread_mutex_lock(&l->mu);
+	if (slot->gen == l->gen)
+		cli = l->cli;
+	pthread_mutex_unlock(&l->mu);
+	if (cli && l->nsubs)
+		MQTTAsync_subscribeMany(cli, l->nsubs, topics, qos, &ro);
+	push_event(slot, DEV_LINK_UP, slot->uri, NULL, 0, NULL, 0);
+}
+
+static void on_connect_failed(void *context, MQTTAsync_failureData5 *resp)
+{
+	struct ctx_slot *slot = context;
+	char why[300];
+	snprintf(why, sizeof(why), "%s: %s (code %d, reason %d)", slot->uri,
+		 resp && resp->message ? resp->message : "connection failed", resp ? resp->code : 0,
+		 resp ? (int)resp->reasonCode : 0);
+	push_event(context, DEV_LINK_FAILED, why, NULL, 0, NULL, 0);
+}
+
+static void on_lost(void *context, char *cause)
+{
+	push_event(context, DEV_LINK_DOWN, cause ? cause : "connection lost", NULL, 0, NULL, 0);
+}
+
+static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *m)
+{
+	char t[256];
+	size_t tl = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+	const void *corr = NULL;
+	size_t corr_len = 0;
+	if (tl >= sizeof(t))
+		tl = sizeof(t) - 1;
+	memcpy(t, topic, tl);
+	t[tl] = '\0';
+	MQTTProperty *p = MQTTProperties_getProperty(&m->properties, MQTTPROPERTY_CODE_CORRELATION_DATA);
+	if (p) {
+		corr = p->value.data.data;
+		corr_len = (size_t)p->value.data.len;
+	}
+	push_event(context, DEV_LINK_MESSAGE, t, m->payload, (size_t)m->payloadlen, corr, corr_len);
+	MQTTAsync_freeMessage(&m);
+	MQTTAsync_free(topic);
+	return 1;
+}
+
+/* ---------- lifecycle (agent thread) ---------- */
+
+static char *dup_or_null(const char *s)
+{
+	return s && *s ? strdup(s) : NULL;
+}
+
+int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *ctx,
+		 struct dev_link **out)
+{
+	if (!o || !out || !o->host || !o->client_id || !o->ca_file || !o->cert_file ||
+	    !o->key_file || (!o->wss_port && !o->mqtts_port))
+		return DEV_LINK_EINVAL;
+	struct dev_link *l = calloc(1, sizeof(*l));
+	if (!l)
+		return DEV_LINK_ENOMEM;
+	pthread_mutex_init(&l->mu, NULL);
+	l->client_id = strdup(o->client_id);
+	l->ca = strdup(o->ca_file);
+	l->cert = strdup(o->cert_file);
+	l->key = strdup(o->key_file);
+	l->proxy = dup_or_null(o->proxy);
+	l->will_topic = dup_or_null(o->will_topic);
+	if (o->wss_port && asprintf(&l->uris[l->nuris++], "wss://%s:%d%s", o->host, o->wss_port,
+				    o->ws_path && *o->ws_path ? o->ws_path : "/mqtt") < 0)
+		l->uris[--l->nuris] = NULL;
+	if (o->mqtts_port && asprintf(&l->uris[l->nuris++], "ssl://%s:%d", o->host, o->mqtts_port) < 0)
+		l->uris[--l->nuris] = NULL;
+	for (int i = 0; o->subscribe && o->subscribe[i] && i < MAX_SUBS; i++)
+		l->subs[l->nsubs++] = strdup(o->subscribe[i]);
+	l->keepalive_s = o->keepalive_s > 0 ? o->keepalive_s : 60;
+	l->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
+	l->backoff_min_ms = o->backoff_min_ms > 0 ? o->backoff_min_ms : 1000;
+	l->backoff_max_ms = o->backoff_max_ms >= l->backoff_min_ms ? o->backoff_max_ms : 300000;
+	l->wake = wake;
+	l->wake_ctx = ctx;
+	l->state = ST_IDLE;
+	l->next_attempt = 0; /* connect at once */
+
+	uint64_t seed = (uint64_t)mono_ms() ^ ((uint64_t)getpid() << 32);
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (read(fd, &seed, sizeof(seed)) != sizeof(seed))
+			seed ^= (uint64_t)time(NULL);
+		close(fd);
+	}
+	l->rng = seed | 1;
+
+	int ok = l->client_id && l->ca && l->cert && l->key && l->nuris &&
+		 (!o->proxy || !*o->proxy || l->proxy) && (!o->will_topic || l->will_topic);
+	for (int i = 0; i < l->nsubs; i++)
+		ok = ok && l->subs[i];
+	if (!ok) {
+		dev_link_free(l);
+		return DEV_LINK_ENOMEM;
+	}
+	*out = l;
+	return DEV_LINK_OK;
+}
+
+static void destroy_client(struct dev_link *l, int disconnect)
+{
+	if (!l->cli)
+		return;
+	if (disconnect && l->state == ST_UP) {
+		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+		d.timeout = 1000;
+		MQTTAsync_disconnect(l->cli, &d);
+		/* give the DISCONNECT a moment to leave; the will must not fire on a clean stop */
+		for (int i = 0; i < 50 && MQTTAsync_isConnected(l->cli); i++)
+			usleep(20000);
+	}
+	pthread_mutex_lock(&l->mu);
+	MQTTAsync cli = l->cli;
+	l->cli = NULL;
+	l->gen++; /* late callbacks of the old client are ignored */
+	pthread_mutex_unlock(&l->mu);
+	MQTTAsync_destroy(&cli);
+	l->state = ST_IDLE;
+}
+
+void dev_link_free(struct dev_link *l)
+{
+	if (!l)
+		return;
+	destroy_client(l, 1);
+	for (size_t i = 0; i < l->qlen; i++)
+		dev_link_event_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP].ev);
+	free(l->client_id);
+	free(l->ca);
+	free(l->cert);
+	free(l->key);
+	free(l->proxy);
+	free(l->will_topic);
+	for (int i = 0; i < 2; i++)
+		free(l->uris[i]);
+	for (int i = 0; i < l->nsubs; i++)
+		free(l->subs[i]);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}
+
+static void schedule_retry(struct dev_link *l, int64_t now)
+{
+	unsigned shift = l->failures_in_row > 0 ? l->failures_in_row - 1 : 0;
+	int64_t cap = l->backoff_min_ms;
+	while (shift-- && cap < l->backoff_max_ms)
+		cap *= 2;
+	if (cap > l->backoff_max_ms)
+		cap = l->backoff_max_ms;
+	/* full jitter: anywhere in [0, cap], so a fleet spreads out after a broker restart */
+	int64_t delay = (int64_t)(next_rand(l) % (uint64_t)(cap + 1));
+	l->next_attempt = now + delay;
+	pthread_mutex_lock(&l->mu);
+	l->stats.last_delay_ms = delay;
+	pthread_mutex_unlock(&l->mu);
+}
+
+static int start_connect(struct dev_link *l)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5_ws;
+	if (strncmp(l->uris[l->uri], "wss://", 6) != 0) {
+		MQTTAsync_connectOptions plain = MQTTAsync_connectOptions_initializer5;
+		c = plain;
+	}
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+	MQTTAsync cli = NULL;
+
+	co.sendWhileDisconnected = 0;
+	/* One client per URI: Paho 1.3.12 keeps the WebSocket flag when its own serverURIs list
+	 * moves from wss:// to ssl://, so the fallback would speak HTTP to an MQTT port. */
+	if (MQTTAsync_createWithOptions(&cli, l->uris[l->uri], l->client_id,
+					MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS)
+		return DEV_LINK_EPAHO;
+	pthread_mutex_lock(&l->mu);
+	struct ctx_slot *slot = &l->slots[l->gen % CTX_SLOTS];
+	slot->link = l;
+	slot->gen = l->gen;
+	slot->uri = l->uris[l->uri];
+	l->cli = cli;
+	pthread_mutex_unlock(&l->mu);
+	if (MQTTAsync_setCallbacks(cli, slot, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS)
+		goto fail;
+
+	ssl.trustStore = l->ca;
+	ssl.keyStore = l->cert;
+	ssl.privateKey = l->key;
+	ssl.enableServerCertAuth = 1;
+	ssl.verify = 1; /* check the broker's name against its certificate */
+	ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+	ssl.disableDefaultTrustStore = 1; /* only the provisioned CA */
+	if (l->will_topic) {
+		will.topicName = l->will_topic;
+		will.message = "offline";
+		will.retained = 1;
+		will.qos = 1;
+		c.will = &will;
+	}
+	c.ssl = &ssl;
+	c.keepAliveInterval = l->keepalive_s;
+	c.connectTimeout = l->connect_timeout_s;
+	c.cleanstart = 1;
+	c.automaticReconnect = 0; /* ours has jitter */
+	c.httpsProxy = l->proxy;
+	c.maxInflight = 1024;
+	c.onSuccess5 = on_connected;
+	c.onFailure5 = on_connect_failed;
+	c.context = slot;
+	if (MQTTAsync_connect(cli, &c) != MQTTASYNC_SUCCESS)
+		goto fail;
+	l->state = ST_CONNECTING;
+	return DEV_LINK_OK;
+fail:
+	destroy_client(l, 0);
+	return DEV_LINK_EPAHO;
+}
+
+int64_t dev_link_tick(struct dev_link *l, int64_t now)
+{
+	if (l->state != ST_IDLE)
+		return INT64_MAX;
+	if (now < l->next_attempt)
+		return l->next_attempt;
+	if (start_connect(l) != DEV_LINK_OK) {
+		l->failures_in_row++;
+		pthread_mutex_lock(&l->mu);
+		l->stats.failures++;
+		snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "cannot start a connection");
+		pthread_mutex_unlock(&l->mu);
+		schedule_retry(l, now);
+		return l->next_attempt;
+	}
+	return INT64_MAX;
+}
+
+int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
+{
+	for (;;) {
+		struct queued e;
+		pthread_mutex_lock(&l->mu);
+		if (!l->qlen) {
+			pthread_mutex_unlock(&l->mu);
+			return 0;
+		}
+		e = l->q[l->qhead];
+		l->qhead = (l->qhead + 1) % EVENT_QUEUE_CAP;
+		l->qlen--;
+		unsigned gen = l->gen;
+		pthread_mutex_unlock(&l->mu);
+		if (e.gen != gen) {
+			dev_link_event_free(&e.ev); /* from a client already destroyed */
+			continue;
+		}
+		int64_t now = mono_ms();
+		switch (e.ev.type) {
+		case DEV_LINK_UP:
+			l->state = ST_UP;
+			l->failures_in_row = 0;
+			pthread_mutex_lock(&l->mu);
+			l->stats.connects++;
+			snprintf(l->stats.uri, sizeof(l->stats.uri), "%s", e.ev.text);
+			pthread_mutex_unlock(&l->mu);
+			break;
+		case DEV_LINK_DOWN:
+		case DEV_LINK_FAILED:
+			pthread_mutex_lock(&l->mu);
+			if (e.ev.type == DEV_LINK_DOWN)
+				l->stats.disconnects++;
+			else
+				l->stats.failures++;
+			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", e.ev.text);
+			pthread_mutex_unlock(&l->mu);
+			destroy_client(l, 0);
+			if (e.ev.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
+				/* same attempt, next transport: no delay */
+				l->uri++;
+				l->next_attempt = now;
+				e.ev.fallback = 1;
+				pthread_mutex_lock(&l->mu);
+				l->stats.last_delay_ms = 0;
+				pthread_mutex_unlock(&l->mu);
+				break;
+			}
+			l->uri = 0;
+			l->failures_in_row++;
+			schedule_retry(l, now);
+			break;
+		case DEV_LINK_MESSAGE:
+			break;
+		}
+		*ev = e.ev;
+		return 1;
+	}
+}
+
+int dev_link_is_up(const struct dev_link *l)
+{
+	return l->state == ST_UP;
+}
+
+int dev_link_publish(struct dev_link *l, const char *topic, const void *payload, size_t len,
+		     int qos, int retain, const char *response_topic, const void *corr,
+		     size_t corr_len)
+{
+	MQTTAsync_message m = MQTTAsync_message_initializer;
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	int rc;
+
+	if (l->state != ST_UP || !l->cli)
+		return DEV_LINK_ENOTCONN;
+	if (len > INT32_MAX)
+		return DEV_LINK_EINVAL;
+	m.payload = (void *)payload;
+	m.payloadlen = (int)len;
+	m.qos = qos;
+	m.retained = retain;
+	if (response_topic) {
+		MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_RESPONSE_TOPIC};
+		p.value.data.data = (char *)response_topic;
+		p.value.data.len = (int)strlen(response_topic);
+		MQTTProperties_add(&m.properties, &p);
+	}
+	if (corr && corr_len) {
+		MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
+		p.value.data.data = (char *)corr;
+		p.value.data.len = (int)corr_len;
+		MQTTProperties_add(&m.properties, &p);
+	}
+	rc = MQTTAsync_sendMessage(l->cli, topic, &m, &ro);
+	MQTTProperties_free(&m.properties);
+	return rc == MQTTASYNC_SUCCESS ? DEV_LINK_OK : DEV_LINK_EPAHO;
+}
+
+void dev_link_drop(struct dev_link *l, const char *why)
+{
+	int was_up = l->state != ST_IDLE;
+	destroy_client(l, 0);
+	if (was_up) {
+		pthread_mutex_lock(&l->mu);
+		l->stats.disconnects++;
+		snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", why ? why : "dropped");
+		pthread_mutex_unlock(&l->mu);
+	}
+	l->failures_in_row = 0;
+	l->uri = 0;
+	l->next_attempt = mono_ms(); /* a deliberate drop reconnects at once */
+}
+
+void dev_link_stats(const struct dev_link *l, struct dev_link_stats *st)
+{
+	pthread_mutex_lock((pthread_mutex_t *)&l->mu);
+	*st = l->stats;
+	pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
+}

@@ -1,0 +1,20 @@
+/* dev_proxy.h - choose and normalise the HTTP CONNECT proxy for the broker connection.
+ * Paho wants "host:port" (an "http://" prefix makes it fail silently), so every form users
+ * write is turned into that here. */
+#ifndef DEV_PROXY_H
+#define DEV_PROXY_H
+
+#include <stddef.h>
+
+/* configured: the `proxy` setting ("" = from the environment, "none" = never), else the
+ * https_proxy / HTTPS_PROXY environment, unless broker_host matches no_proxy / NO_PROXY.
+ * Accepts "host:port", "http://[user:pass@]host[:port][/]" (port defaults to 8080).
+ * Returns 1 and writes "[user:pass@]host:port" into out, 0 for no proxy, -1 if invalid
+ * (*why says what is wrong). */
+int dev_proxy_resolve(const char *configured, const char *broker_host, char *out, size_t cap,
+		      const char **why);
+
+/* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
+int dev_proxy_excluded(const char *no_proxy, const char *host);
+
+#endif

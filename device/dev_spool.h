@@ -1,0 +1,121 @@
+/* dev_spool.h - the device's durable, encrypted, append-only queue of signed envelopes.
+ *
+ * Layout of the spool directory (created 0700):
+ *   key                      32 random bytes, 0600: the AES-256-GCM key; never leaves the device
+ *   state                    seq reservation, ack position, pending dropped ranges (CRC-checked)
+ *   seg-<first seq>.log      segments of records, appended and fsync'd, deleted when acknowledged
+ * A record is a 48-byte header (magic, length, seq, prev_seq, time, kind, CRC32 of the header)
+ * followed by a random 12-byte nonce, the AES-256-GCM ciphertext of the envelope and the 16-byte
+ * tag; the header is the GCM additional data. Nothing of the envelope is readable on disk.
+ *
+ * After a crash the spool reopens by itself: a torn or corrupt tail (bad header CRC, short
+ * record, bad tag) is cut off; a record that fails its tag in the middle is skipped and reported
+ * as dropped. Sequence numbers are reserved on disk in blocks before use, so they are never
+ * reused, whatever happens.
+ *
+ * Not thread-safe: one owner (the agent thread) calls everything. */
+#ifndef DEV_SPOOL_H
+#define DEV_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire_batch.h"
+
+enum dev_spool_err {
+	DEV_SPOOL_OK = 0,
+	DEV_SPOOL_EIO = -1,	 /* read/write/fsync failed (errno kept) */
+	DEV_SPOOL_ENOSPC = -2,	 /* disk full: the record was not stored */
+	DEV_SPOOL_ENOMEM = -3,
+	DEV_SPOOL_EINVAL = -4,
+	DEV_SPOOL_ECRYPTO = -5,	 /* key unusable or RNG failure */
+	DEV_SPOOL_ECORRUPT = -6, /* a record failed its integrity check (it is skipped) */
+	DEV_SPOOL_ETOOBIG = -7,	 /* record larger than a segment */
+	DEV_SPOOL_EKEY = -8,	 /* key file has the wrong size or permissions */
+};
+
+const char *dev_spool_strerror(int err);
+
+struct dev_spool_opts {
+	const char *dir;
+	int64_t max_bytes;     /* total size of the segments; oldest dropped beyond it */
+	int64_t max_age_ms;    /* records older than this are dropped even if unsent */
+	int64_t segment_bytes; /* a segment is closed when the next record would exceed it */
+};
+
+struct dev_spool;
+
+/* Open (creating if needed) and recover. *out owned by the caller: dev_spool_close().
+ * On failure *why (optional) gets a one-line reason. */
+int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, const char **why);
+void dev_spool_close(struct dev_spool *s); /* accepts NULL */
+
+/* Take the next sequence number (for any envelope). Durable: returns only after the
+ * reservation covering it is on disk. */
+int dev_spool_take_seq(struct dev_spool *s, uint64_t *seq);
+
+/* prev_seq for the next durable envelope: the seq of the last one appended (0 if none ever). */
+uint64_t dev_spool_last_durable(const struct dev_spool *s);
+
+/* Append a sealed envelope. seq must come from dev_spool_take_seq and prev_seq must be
+ * dev_spool_last_durable(). The record is on disk (fdatasync) when this returns 0. Afterwards
+ * the size and age limits are enforced, dropping the oldest segments if needed. */
+int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint32_t kind,
+		     int64_t t_ms, const uint8_t *env, size_t len);
+
+/* Apply a verified bridge ack: records <= upto and inside ranges are acknowledged; fully
+ * acknowledged segments are deleted. ranges are [first,last] pairs, ascending. */
+int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
+		  size_t nranges);
+
+/* Highest seq such that it and everything before it is acknowledged. */
+uint64_t dev_spool_acked_upto(const struct dev_spool *s);
+
+/* 1 if seq is acknowledged (<= acked_upto or inside an acked range). */
+int dev_spool_is_acked(const struct dev_spool *s, uint64_t seq);
+
+/* A position in the spool; caller-allocated, valid across appends, acks and drops. */
+struct dev_spool_cursor {
+	uint64_t next_seq; /* the next record returned has seq >= next_seq */
+	/* private: where the record after next_seq was last found */
+	uint64_t seg_first;
+	uint64_t off;
+};
+#define DEV_SPOOL_CURSOR_AT(seq) ((struct dev_spool_cursor){(seq), 0, 0})
+
+struct dev_spool_rec {
+	uint64_t seq;
+	uint64_t prev_seq;
+	uint32_t kind;
+	int64_t t_ms;
+};
+
+/* Read the next record at or after the cursor into a malloc'd buffer (caller frees) and
+ * advance. With skip_acked, acknowledged records are passed over. Returns 1 when there is
+ * none, 0 with a record, DEV_SPOOL_ECORRUPT if one failed its tag (the cursor moves past it
+ * and it is reported as dropped), or another negative error. */
+int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
+		   struct dev_spool_rec *rec, uint8_t **env, size_t *len);
+
+struct dev_spool_stats {
+	uint64_t records;	  /* unacknowledged records */
+	uint64_t bytes;		  /* bytes of all segments on disk */
+	int64_t oldest_unsent_ms; /* time of the oldest unacknowledged record, 0 if none */
+	uint64_t dropped_total;	  /* records ever dropped unsent */
+	uint64_t segments;
+	uint64_t chain_floor;	  /* see Birth.chain_floor */
+	uint64_t first_unacked;	  /* seq of the oldest unacknowledged record, 0 if none */
+};
+
+/* Reads the record headers of unacknowledged segments: call it per connect, not per sample. */
+void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
+
+/* The dropped ranges not yet reported in an acknowledged batch (at most WIRE_MAX_DROPPED).
+ * Returns how many were written to out. */
+size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap);
+
+/* Tell the spool that the pending dropped ranges were put into the durable envelope `seq`:
+ * once `seq` is acknowledged they are forgotten. */
+void dev_spool_dropped_reported(struct dev_spool *s, uint64_t seq);
+
+#endif

@@ -1,0 +1,58 @@
+/* dev_tasks.h - the device side of polled tasks: freshness of polls, verification of task
+ * lists signed by the bridge, and the persisted task state that makes every task run at most
+ * once, even across restarts. Execution itself belongs to the agent. */
+#ifndef DEV_TASKS_H
+#define DEV_TASKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "outpost.pb-c.h"
+#include "wire_err.h"
+#include "wire_limits.h"
+#include "wire_sign.h"
+
+#define DEV_TASK_CORR_LEN 16
+#define DEV_TASK_POLL_TTL_MS (10 * 60 * 1000) /* answers to older polls are refused */
+
+struct dev_tasks;
+
+/* state_path: file holding the highest accepted task id and the task being run. */
+int dev_tasks_open(const char *state_path, const char *device_id,
+		   const struct wire_pubkey *bridge_key, struct dev_tasks **out);
+void dev_tasks_close(struct dev_tasks *t); /* accepts NULL */
+
+uint64_t dev_tasks_last_id(const struct dev_tasks *t);
+
+/* Remember a poll we sent (its envelope seq and correlation data). */
+void dev_tasks_poll_sent(struct dev_tasks *t, uint64_t seq, const uint8_t corr[DEV_TASK_CORR_LEN],
+			 int64_t now_mono);
+
+/* The verdict on one task of a list. reason is static text when rejected. */
+struct dev_task_verdict {
+	uint64_t id;
+	const Outpost__Task *task; /* NULL when the list itself could not be trusted */
+	const char *reject;	    /* NULL: run it */
+	int expired;		    /* rejected because expires_at passed */
+};
+
+/* Judge a message from our tasks topic. On return *list (free with wire_msg_free) owns the
+ * tasks the verdicts point to; verdicts[0..*n) are in list order. Accepted ids are persisted
+ * before this returns, so a task is never accepted twice. Returns a wire_err when nothing at
+ * all could be read (then there is nothing to report). */
+int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, const uint8_t *corr,
+		    size_t corr_len, int64_t now_wall_ms, int64_t now_mono,
+		    Outpost__TaskList **list, struct dev_task_verdict *verdicts, size_t *n,
+		    struct wire_diag *diag);
+
+/* Mark a task as running / finished (persisted). */
+int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type);
+int dev_tasks_end(struct dev_tasks *t);
+
+/* After a restart: the task that was running when the agent stopped, if any. */
+int dev_tasks_interrupted(const struct dev_tasks *t, uint64_t *id, char type[WIRE_MAX_TASK_TYPE + 1]);
+
+/* 1 if type is one the device runs: ping, set_config, resend, collect_now, restart. */
+int dev_tasks_type_allowed(const char *type);
+
+#endif

@@ -1,0 +1,234 @@
+/* dev_uploader.c - windowed, ack-driven upload of spooled envelopes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dev_uploader.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+
+#define MAX_WINDOW 1024
+#define MAX_FRESH 16
+
+struct dev_uploader {
+	struct dev_spool *spool;
+	struct dev_uploader_opts o;
+	int up;
+	struct dev_spool_cursor cursor; /* backlog, in seq order */
+	uint64_t *inflight;		/* seqs sent and not yet acknowledged */
+	size_t ninflight;
+	uint64_t fresh[MAX_FRESH];
+	size_t nfresh;
+	uint64_t resend_first, resend_last; /* pending `resend` range, 0 = none */
+	int64_t last_progress;
+	uint64_t highest_sent;
+	struct dev_uploader_stats st;
+};
+
+int dev_uploader_new(struct dev_spool *spool, const struct dev_uploader_opts *opts,
+		     struct dev_uploader **out)
+{
+	if (!spool || !opts || !out || !opts->device_id || opts->window < 1 ||
+	    opts->window > MAX_WINDOW || opts->ack_timeout_ms <= 0)
+		return WIRE_EINVAL;
+	struct dev_uploader *u = calloc(1, sizeof(*u));
+	if (!u || !(u->inflight = calloc((size_t)opts->window, sizeof(*u->inflight)))) {
+		free(u);
+		return WIRE_ENOMEM;
+	}
+	u->spool = spool;
+	u->o = *opts;
+	*out = u;
+	return WIRE_OK;
+}
+
+void dev_uploader_free(struct dev_uploader *u)
+{
+	if (!u)
+		return;
+	free(u->inflight);
+	free(u);
+}
+
+void dev_uploader_link_up(struct dev_uploader *u, int64_t now)
+{
+	u->up = 1;
+	u->cursor = DEV_SPOOL_CURSOR_AT(0); /* everything unacknowledged goes again */
+	u->ninflight = 0;
+	u->last_progress = now;
+}
+
+void dev_uploader_link_down(struct dev_uploader *u)
+{
+	u->up = 0;
+	u->ninflight = 0;
+}
+
+void dev_uploader_fresh(struct dev_uploader *u, uint64_t seq)
+{
+	if (u->nfresh == MAX_FRESH) {
+		/* the backlog cursor will get to the oldest anyway */
+		memmove(u->fresh, u->fresh + 1, (MAX_FRESH - 1) * sizeof(*u->fresh));
+		u->nfresh--;
+	}
+	u->fresh[u->nfresh++] = seq;
+}
+
+void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last)
+{
+	u->resend_first = first ? first : 1;
+	u->resend_last = last;
+}
+
+static int in_flight(const struct dev_uploader *u, uint64_t seq)
+{
+	for (size_t i = 0; i < u->ninflight; i++)
+		if (u->inflight[i] == seq)
+			return 1;
+	return 0;
+}
+
+static int send_rec(struct dev_uploader *u, dev_send_fn send, void *ctx,
+		    const struct dev_spool_rec *rec, const uint8_t *env, size_t len)
+{
+	int rc = send(ctx, rec, env, len);
+	if (rc)
+		return rc;
+	if (!in_flight(u, rec->seq) && u->ninflight < (size_t)u->o.window)
+		u->inflight[u->ninflight++] = rec->seq;
+	u->st.sent++;
+	if (rec->seq <= u->highest_sent)
+		u->st.resent++;
+	else
+		u->highest_sent = rec->seq;
+	return 0;
+}
+
+/* Read one record at or after *c and send it; 1 when there is nothing more. */
+static int send_next(struct dev_uploader *u, struct dev_spool_cursor *c, int skip_acked,
+		     uint64_t stop_after, dev_send_fn send, void *ctx)
+{
+	for (int guard = 0; guard < 64; guard++) {
+		struct dev_spool_rec rec;
+		uint8_t *env = NULL;
+		size_t len;
+		int rc = dev_spool_next(u->spool, c, skip_acked, &rec, &env, &len);
+		if (rc == DEV_SPOOL_ECORRUPT) {
+			u->st.corrupt++;
+			continue;
+		}
+		if (rc)
+			return rc;
+		if (rec.seq > stop_after) {
+			free(env);
+			return 1;
+		}
+		if (skip_acked && in_flight(u, rec.seq)) {
+			free(env);
+			continue; /* already out, e.g. sent as fresh data */
+		}
+		rc = send_rec(u, send, ctx, &rec, env, len);
+		free(env);
+		return rc ? -1 : 0;
+	}
+	return 0;
+}
+
+int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx)
+{
+	int sent = 0;
+	if (!u->up)
+		return 0;
+	if (u->ninflight && now - u->last_progress >= u->o.ack_timeout_ms) {
+		/* Nothing acknowledged for too long: the bridge may have lost them (restart,
+		 * failed commit). Go again from the oldest unacknowledged envelope. */
+		u->cursor = DEV_SPOOL_CURSOR_AT(0);
+		u->ninflight = 0;
+		u->last_progress = now;
+		u->st.timeouts++;
+	}
+	while (u->ninflight < (size_t)u->o.window) {
+		int rc;
+		if (u->nfresh) {
+			uint64_t seq = u->fresh[0];
+			memmove(u->fresh, u->fresh + 1, (u->nfresh - 1) * sizeof(*u->fresh));
+			u->nfresh--;
+			if (dev_spool_is_acked(u->spool, seq) || in_flight(u, seq))
+				continue;
+			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seq);
+			rc = send_next(u, &c, 1, seq, send, ctx);
+		} else if (u->resend_first) {
+			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
+			rc = send_next(u, &c, 0, u->resend_last, send, ctx);
+			u->resend_first = rc == 0 && c.next_seq <= u->resend_last ? c.next_seq : 0;
+			if (rc == 1)
+				continue;
+		} else {
+			rc = send_next(u, &u->cursor, 1, UINT64_MAX, send, ctx);
+			if (rc == 1)
+				break;
+		}
+		if (rc < 0)
+			return sent ? sent : rc;
+		if (rc == 0)
+			sent++;
+	}
+	return sent;
+}
+
+int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t len, int64_t now,
+			struct wire_diag *diag)
+{
+	struct wire_env env;
+	Outpost__Ack *ack = NULL;
+	int rc = wire_env_decode(payload, len, &env, diag);
+	if (!rc && env.kind != WIRE_KIND_ACK)
+		rc = WIRE_EKIND;
+	if (!rc && strcmp(env.device_id, u->o.device_id))
+		rc = WIRE_EID; /* an ack for another device */
+	if (!rc)
+		rc = wire_env_verify(&env, &u->o.bridge_key);
+	if (!rc)
+		rc = wire_ack_decode(env.body, env.body_len, &ack, diag);
+	if (rc) {
+		u->st.bad_acks++;
+		return rc;
+	}
+	uint64_t (*ranges)[2] = NULL;
+	if (ack->n_ranges) {
+		ranges = calloc(ack->n_ranges, sizeof(*ranges));
+		if (!ranges) {
+			wire_msg_free(ack);
+			return WIRE_ENOMEM;
+		}
+		for (size_t i = 0; i < ack->n_ranges; i++) {
+			ranges[i][0] = ack->ranges[i]->first;
+			ranges[i][1] = ack->ranges[i]->last;
+		}
+	}
+	uint64_t before = dev_spool_acked_upto(u->spool);
+	int src = dev_spool_ack(u->spool, ack->upto, (const uint64_t(*)[2])ranges, ack->n_ranges);
+	free(ranges);
+	wire_msg_free(ack);
+	size_t n = 0, had = u->ninflight;
+	for (size_t i = 0; i < u->ninflight; i++)
+		if (!dev_spool_is_acked(u->spool, u->inflight[i]))
+			u->inflight[n++] = u->inflight[i];
+	u->ninflight = n;
+	if (n < had || dev_spool_acked_upto(u->spool) > before)
+		u->last_progress = now;
+	u->st.acks++;
+	return src ? WIRE_EIO : WIRE_OK;
+}
+
+int64_t dev_uploader_deadline(const struct dev_uploader *u)
+{
+	if (!u->up || !u->ninflight)
+		return INT64_MAX;
+	return u->last_progress + u->o.ack_timeout_ms;
+}
+
+void dev_uploader_stats(const struct dev_uploader *u, struct dev_uploader_stats *st)
+{
+	*st = u->st;
+	st->inflight = u->ninflight;
+}

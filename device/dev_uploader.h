@@ -1,0 +1,66 @@
+/* dev_uploader.h - moves spooled envelopes to the link in seq order with a bounded in-flight
+ * window, sends fresh data ahead of a backlog, verifies bridge acks, and resends whatever is
+ * unacknowledged after a reconnect or an ack timeout. Deletes only on a verified ack: an MQTT
+ * PUBACK means nothing here. Single-threaded (the agent's thread). */
+#ifndef DEV_UPLOADER_H
+#define DEV_UPLOADER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dev_spool.h"
+#include "wire_err.h"
+#include "wire_sign.h"
+
+struct dev_uploader_opts {
+	const char *device_id;
+	struct wire_pubkey bridge_key; /* acks must be signed by this key */
+	int window;		       /* envelopes in flight, 1..1024 */
+	int64_t ack_timeout_ms;	       /* resend from the oldest unacked if no ack moves */
+};
+
+/* Sends one envelope; returns 0 if it was handed to the link. */
+typedef int (*dev_send_fn)(void *ctx, const struct dev_spool_rec *rec, const uint8_t *env,
+			   size_t len);
+
+struct dev_uploader;
+
+int dev_uploader_new(struct dev_spool *spool, const struct dev_uploader_opts *opts,
+		     struct dev_uploader **out);
+void dev_uploader_free(struct dev_uploader *u); /* accepts NULL */
+
+void dev_uploader_link_up(struct dev_uploader *u, int64_t now);
+void dev_uploader_link_down(struct dev_uploader *u);
+
+/* A record was just appended: it goes out before the backlog. */
+void dev_uploader_fresh(struct dev_uploader *u, uint64_t seq);
+
+/* Also send seq first..last again, acknowledged or not, while still in the spool
+ * (the `resend` task). */
+void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last);
+
+/* Send what the window allows. Returns how many were sent, or a negative dev_spool_err. */
+int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx);
+
+/* The payload of a message on our ack topic. Verifies envelope, kind, device id and bridge
+ * signature before anything changes. Returns 0 if applied, else a wire_err (diag says why);
+ * a rejected ack deletes nothing. */
+int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t len, int64_t now,
+			struct wire_diag *diag);
+
+/* When pump must run again even without events (the ack timeout), INT64_MAX if never. */
+int64_t dev_uploader_deadline(const struct dev_uploader *u);
+
+struct dev_uploader_stats {
+	uint64_t sent;
+	uint64_t resent;   /* sends of a seq already sent before */
+	uint64_t acks;
+	uint64_t bad_acks;
+	uint64_t timeouts;
+	uint64_t inflight;
+	uint64_t corrupt;  /* records that failed their integrity check */
+};
+
+void dev_uploader_stats(const struct dev_uploader *u, struct dev_uploader_stats *st);
+
+#endif

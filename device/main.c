@@ -1,0 +1,88 @@
+/* main.c - outpost-device: the telemetry agent of one field device. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "dev_agent.h"
+#include "dev_config.h"
+#include "olog.h"
+
+static struct dev_agent *agent;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	if (agent)
+		dev_agent_stop(agent);
+}
+
+static void on_reconnect(int sig)
+{
+	(void)sig;
+	if (agent)
+		dev_agent_reconnect(agent);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "Usage: outpost-device [--config FILE] [--OPTION VALUE ...]\n"
+		     "Samples collectors, keeps an encrypted spool, and uploads signed telemetry to the\n"
+		     "Outpost broker over WSS (443) or MQTTS (8883). Never accepts a connection.\n"
+		     "Signals: TERM/INT stop cleanly, USR1 reconnects now.\n"
+		     "Exit: 0 ok, 1 runtime failure, 2 usage or configuration error.\n\n"
+		     "  --config FILE            settings file [" DEV_DEFAULT_CONFIG "]\n"
+		     "  --help, --version\n");
+	dev_config_help(out);
+}
+
+int main(int argc, char **argv)
+{
+	struct dev_config cfg;
+	char err[CFG_ERR_MAX] = "";
+	int rc = dev_config_parse(&cfg, argc, argv, err);
+
+	if (rc == 1) {
+		usage(stdout);
+		return 0;
+	}
+	if (rc == 2) {
+		printf("outpost-device %s\n", OUTPOST_VERSION);
+		return 0;
+	}
+	if (rc || dev_config_load_overrides(&cfg, err) || dev_config_check(&cfg, err)) {
+		fprintf(stderr, "outpost-device: %s\n", err[0] ? err : "invalid configuration");
+		dev_config_free(&cfg);
+		return 2;
+	}
+	olog_init("outpost-device", cfg.id, (enum olog_level)cfg.log_level);
+
+	rc = dev_agent_new(&cfg, &agent, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "outpost-device: %s\n", err);
+		dev_config_free(&cfg);
+		return rc;
+	}
+	struct sigaction sa = {0};
+	sa.sa_handler = on_stop;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_reconnect;
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	rc = dev_agent_run(agent);
+	struct dev_agent *a = agent;
+	agent = NULL;
+	dev_agent_free(a);
+	dev_config_free(&cfg);
+	if (rc == DEV_AGENT_RESTART) {
+		/* a `restart` task: become a fresh copy of ourselves, same arguments */
+		execv("/proc/self/exe", argv);
+		perror("outpost-device: restart: execv");
+		return 1;
+	}
+	return rc ? 1 : 0;
+}

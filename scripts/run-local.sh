@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# run-local.sh - the whole Outpost stack on this machine: PKI, broker, bridge on SQLite and N
+# devices, with a live view. Ctrl-C (or the end of --duration) stops everything it started.
+set -euo pipefail
+
+usage() {
+	cat <<'USAGE'
+Usage: scripts/run-local.sh [--devices N] [--duration SECONDS] [--no-build] [--no-bootstrap]
+
+Installs what is missing, builds, provisions a PKI, and runs mosquitto (WSS 8443, MQTTS 8883,
+internal 8884 on 127.0.0.1), outpost-bridge on SQLite and N outpost-device agents (sim + proc
+collectors, 2 s samples, 10 s task polls). Prints a live view; Ctrl-C stops it all.
+Running it again reuses the PKI and the store.
+
+  --devices N      devices to run (default 3, at most 200)
+  --duration S     stop after S seconds (default: until Ctrl-C)
+  --no-build       use the binaries already in the build directory
+  --no-bootstrap   do not install Debian packages
+
+Environment: OUTPOST_LOCAL_DIR (state, default var/local), OUTPOST_BUILD_DIR (default build),
+OUTPOST_WSS_PORT / OUTPOST_MQTTS_PORT / OUTPOST_INTERNAL_PORT (8443 / 8883 / 8884).
+USAGE
+}
+
+devices=3 duration=0 build=1 bootstrap=1
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--devices) [ $# -ge 2 ] || { usage >&2; exit 2; }; devices=$2; shift ;;
+	--devices=*) devices=${1#*=} ;;
+	--duration) [ $# -ge 2 ] || { usage >&2; exit 2; }; duration=$2; shift ;;
+	--duration=*) duration=${1#*=} ;;
+	--no-build) build=0 ;;
+	--no-bootstrap) bootstrap=0 ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "run-local: unknown argument: $1 (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+[[ "$devices" =~ ^[0-9]+$ ]] && [ "$devices" -ge 1 ] && [ "$devices" -le 200 ] ||
+	{ echo "run-local: --devices: a number from 1 to 200, not '$devices'" >&2; exit 2; }
+[[ "$duration" =~ ^[0-9]+$ ]] || { echo "run-local: --duration: seconds, not '$duration'" >&2; exit 2; }
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+state=${OUTPOST_LOCAL_DIR:-$root/var/local}
+builddir=${OUTPOST_BUILD_DIR:-$root/build}
+wss=${OUTPOST_WSS_PORT:-8443} mqtts=${OUTPOST_MQTTS_PORT:-8883} internal=${OUTPOST_INTERNAL_PORT:-8884}
+say() { printf 'run-local: %s\n' "$*"; }
+
+[ "$bootstrap" = 1 ] && "$root/scripts/bootstrap.sh"
+if [ "$build" = 1 ]; then
+	say "building in $builddir"
+	cmake -S "$root" -B "$builddir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build "$builddir" -j "$(nproc)" --target outpost-device outpost-bridge outpostctl outpost_auth >/dev/null
+fi
+device_bin=$builddir/device/outpost-device
+bridge_bin=$builddir/bridge/outpost-bridge
+ctl_bin=$builddir/bridge/outpostctl
+for b in "$device_bin" "$bridge_bin" "$ctl_bin" "$builddir/broker/outpost_auth.so"; do
+	[ -x "$b" ] || [ -r "$b" ] || { echo "run-local: missing $b (build first, or drop --no-build)" >&2; exit 1; }
+done
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$wss" "$mqtts" "$internal"; do
+	if port_busy "$p"; then
+		echo "run-local: port $p on 127.0.0.1 is in use (another run-local?); set OUTPOST_WSS_PORT/OUTPOST_MQTTS_PORT/OUTPOST_INTERNAL_PORT" >&2
+		exit 1
+	fi
+done
+
+mkdir -p "$state/logs" "$state/broker" "$state/devices"
+pki=$state/pki
+"$root/scripts/provision-certs.sh" --out "$pki" --count "$devices" >"$state/logs/provision.log"
+store="sqlite:$state/outpost.db"
+export OUTPOST_STORE=$store
+
+pids=()
+cleanup() {
+	trap - INT TERM EXIT
+	local p
+	# devices first (they seal their last samples), then the bridge (it commits and acks what
+	# is in flight), then the broker
+	for group in devices bridge broker; do
+		local list=()
+		case $group in
+		devices) list=("${device_pids[@]+"${device_pids[@]}"}") ;;
+		bridge) list=(${bridge_pid:+$bridge_pid}) ;;
+		broker) list=(${broker_pid:+$broker_pid}) ;;
+		esac
+		for p in "${list[@]+"${list[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
+		for _ in $(seq 1 100); do
+			local alive=0
+			for p in "${list[@]+"${list[@]}"}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+			[ "$alive" = 0 ] && break
+			sleep 0.1
+		done
+		for p in "${list[@]+"${list[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
+	done
+	wait 2>/dev/null || true
+}
+device_pids=() bridge_pid="" broker_pid=""
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap cleanup EXIT
+
+say "broker: wss://localhost:$wss/mqtt, ssl://localhost:$mqtts, internal ssl://127.0.0.1:$internal"
+OUTPOST_PKI_DIR=$pki OUTPOST_BROKER_DIR=$state/broker OUTPOST_WSS_PORT=$wss OUTPOST_MQTTS_PORT=$mqtts \
+	OUTPOST_INTERNAL_PORT=$internal OUTPOST_BROKER_BIND=127.0.0.1 OUTPOST_INTERNAL_BIND=127.0.0.1 \
+	OUTPOST_AUTH_PLUGIN=$builddir/broker/outpost_auth.so \
+	"$root/docker/mosquitto/run-broker.sh" >>"$state/logs/broker.log" 2>&1 &
+broker_pid=$!
+for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$internal" && break; sleep 0.1; done
+port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
+
+say "bridge: store $store"
+"$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" --store "$store" \
+	--client-id outpost-bridge-local >>"$state/logs/bridge.log" 2>&1 &
+bridge_pid=$!
+
+say "devices: $devices (logs in $state/logs)"
+for i in $(seq 1 "$devices"); do
+	id=$(printf 'device-%04d' "$i")
+	"$device_bin" --id "$id" --broker-host localhost --wss-port "$wss" --mqtts-port "$mqtts" \
+		--ca "$pki/ca.crt" --cert "$pki/devices/$id.crt" --key "$pki/devices/$id.key" \
+		--bridge-cert "$pki/bridge.crt" --state-dir "$state/devices/$id" --proxy none \
+		--collectors proc,sim --sim-metrics 10 --sample-interval 2s --batch-interval 6s \
+		--poll-interval 10s --backoff-max 10s >>"$state/logs/$id.log" 2>&1 &
+	device_pids+=($!)
+done
+
+view() {
+	"$ctl_bin" --store "$store" devices 2>/dev/null || echo "(store not ready yet)"
+}
+start=$(date +%s)
+tty=0
+[ -t 1 ] && tty=1
+while :; do
+	sleep 2
+	kill -0 "$broker_pid" 2>/dev/null || { echo "run-local: the broker exited; see $state/logs/broker.log" >&2; exit 1; }
+	kill -0 "$bridge_pid" 2>/dev/null || { echo "run-local: the bridge exited; see $state/logs/bridge.log" >&2; exit 1; }
+	now=$(date +%s)
+	if [ "$tty" = 1 ]; then
+		printf '\033[H\033[2J'
+		printf 'Outpost local stack, %ss  (Ctrl-C stops)\n\n' "$((now - start))"
+		view
+	elif [ $(((now - start) % 10)) -lt 2 ]; then
+		printf '\n[%ss]\n' "$((now - start))"
+		view
+	fi
+	[ "$duration" -gt 0 ] && [ $((now - start)) -ge "$duration" ] && break
+done
+
+cleanup
+trap - EXIT
+printf '\n'
+say "stopped. Summary:"
+view
+cat <<NEXT
+
+Next commands to try (the store is $store):
+  $ctl_bin devices
+  $ctl_bin readings --device device-0001 --metric sim.sensor_0000 --format csv
+  $ctl_bin task add --device device-0001 --type ping
+  $ctl_bin task list
+  $ctl_bin events
+  scripts/mqtt-sub.sh                # decoded live traffic (run while the stack runs)
+  scripts/run-local.sh               # again: same PKI, same store
+NEXT

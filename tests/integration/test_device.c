@@ -1,0 +1,422 @@
+/* test_device.c - outpost-device against a real mosquitto (the project's configuration, real
+ * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
+ * durability across outages, forged acks, configuration errors. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dev_spool.h"
+#include "h_device.h"
+#include "h_fakebridge.h"
+#include "harness.h"
+
+static int wait_view(struct h_fakebridge *fb, const char *id, int timeout_ms,
+		     int (*pred)(const struct h_device_view *v, uint64_t arg), uint64_t arg,
+		     struct h_device_view *out)
+{
+	long long end = h_now_ms() + timeout_ms;
+	do {
+		h_fakebridge_view(fb, id, out);
+		if (pred(out, arg))
+			return 1;
+		h_sleep_ms(50);
+	} while (h_now_ms() < end);
+	return 0;
+}
+
+static int readings_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->readings >= n;
+}
+
+static int births_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->births >= n;
+}
+
+static int frontier_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->frontier >= n;
+}
+
+Test(device, wss_first_with_acks, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 60, &v), "readings: %llu",
+		  (unsigned long long)v.readings);
+	cr_expect(h_log_count(d.log, "connected to wss://localhost:") == 1, "log %s", d.log);
+	cr_expect_eq(v.bad, 0);
+	cr_expect(v.in_order);
+	cr_expect_geq(v.births, 1);
+	cr_expect_gt(v.frontier, 0, "acks follow the chain");
+	cr_expect_eq(h_device_stop(&d), 0, "clean stop exits 0");
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	h_device_free(&d);
+}
+
+Test(device, falls_back_to_mqtts_when_wss_is_closed, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	char *closed = h_strf("%d", h_free_port());
+	const char *extra[] = {"--wss-port", closed, NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 20, &v));
+	cr_expect_eq(h_log_count(d.log, "connected to ssl://localhost:"), 1, "log %s", d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to wss://"), 0);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(closed);
+}
+
+static pid_t start_tinyproxy(const struct h_broker *b, int port, char **log)
+{
+	char *dir = h_tmpdir("proxy");
+	char *conf = h_strf("%s/tinyproxy.conf", dir);
+	*log = h_strf("%s/tinyproxy.log", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fprintf(f,
+		"Port %d\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nConnectPort %d\n"
+		"ConnectPort %d\nLogFile \"%s\"\nLogLevel Connect\nMaxClients 20\n",
+		port, b->wss_port, b->mqtts_port, *log);
+	fclose(f);
+	char *argv[] = {"tinyproxy", "-d", "-c", conf, NULL};
+	pid_t pid = h_spawn(argv, NULL, *log);
+	cr_assert(h_wait_port(port, 5000), "tinyproxy did not start");
+	free(conf);
+	free(dir);
+	return pid;
+}
+
+Test(device, through_an_http_connect_proxy, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0}, e = {0};
+	struct h_device_view v;
+	char *plog;
+	h_broker_start(&b, h_pki());
+	int port = h_free_port();
+	pid_t proxy = start_tinyproxy(&b, port, &plog);
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+
+	/* the form users paste (scheme, trailing slash) is normalised to what Paho accepts */
+	char *url = h_strf("http://127.0.0.1:%d/", port);
+	const char *extra[] = {"--proxy", url, NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(wait_view(fb, "dev-a", 20000, readings_at_least, 20, &v), "no data through the proxy; logs %s %s",
+		  d.log, plog);
+	cr_expect_geq(h_log_count(plog, "CONNECT"), 1, "the proxy saw the tunnel (%s)", plog);
+	cr_expect_geq(h_log_count(d.log, "using HTTP CONNECT proxy 127.0.0.1:"), 1);
+
+	/* the same from the https_proxy environment variable, as a site's IT would set it */
+	h_stop(proxy, 3000);
+	int before = h_log_count(plog, "CONNECT");
+	free(plog);
+	proxy = start_tinyproxy(&b, port, &plog);
+	char *env = h_strf("https_proxy=http://127.0.0.1:%d", port);
+	putenv(env);
+	const char *extra2[] = {"--proxy", "", NULL};
+	h_device_start(&e, &b, "dev-b", extra2);
+	unsetenv("https_proxy");
+	free(env);
+	cr_assert(wait_view(fb, "dev-b", 20000, readings_at_least, 20, &v), "no data via https_proxy");
+	cr_expect_gt(h_log_count(plog, "CONNECT"), before);
+	h_device_free(&d);
+	h_device_free(&e);
+	h_stop(proxy, 3000);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(url);
+	free(plog);
+}
+
+Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	d.pki = h_pki();
+	/* first connect: the broker presents a certificate of an unrelated CA */
+	h_broker_start(&b, h_pki_other());
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_log_wait(d.log, "reconnecting in", 3, 20000), "expected failed attempts (%s)", d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to an impostor broker");
+	h_broker_stop(&b);
+
+	/* reconnect: first the real broker, then an impostor on the same address */
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	cr_assert(wait_view(fb, "dev-a", 20000, readings_at_least, 10, &v));
+	h_fakebridge_stop(fb);
+	h_broker_stop(&b);
+	int fails = h_log_count(d.log, "reconnecting in");
+	h_broker_start(&b, h_pki_other());
+	cr_assert(h_log_wait(d.log, "reconnecting in", fails + 3, 20000), "no refused attempts (%s)", d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 1, "reconnected to an impostor broker");
+	h_device_free(&d);
+	h_broker_free(&b);
+}
+
+Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *extra[] = {"--backoff-min", "100ms", "--backoff-max", "1s", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 1, &v));
+	h_fakebridge_stop(fb);
+	h_broker_stop(&b);
+	cr_assert(h_log_wait(d.log, "reconnecting in", 6, 30000), "log %s", d.log);
+	h_broker_start(&b, h_pki());
+	fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no reconnect (%s)", d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 2);
+
+	/* delays are random within a growing cap: not all equal, none above the cap */
+	FILE *f = fopen(d.log, "r");
+	char line[1024];
+	long delays[64];
+	int n = 0, distinct = 0;
+	while (f && fgets(line, sizeof(line), f) && n < 64) {
+		char *p = strstr(line, "reconnecting in ");
+		if (p)
+			delays[n++] = strtol(p + 16, NULL, 10);
+	}
+	if (f)
+		fclose(f);
+	for (int i = 0; i < n; i++) {
+		cr_expect_leq(delays[i], 1000, "delay %ld above backoff_max", delays[i]);
+		int seen = 0;
+		for (int j = 0; j < i; j++)
+			seen |= delays[j] == delays[i];
+		distinct += !seen;
+	}
+	cr_expect_geq(distinct, n / 2, "%d distinct delays of %d: no jitter?", distinct, n);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+/* Sum the rows of the batches the device logged with seq <= max_seq, and the largest seq. */
+static uint64_t logged_rows(const char *log, uint64_t *max_seq)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+	uint64_t rows = 0;
+	*max_seq = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long seq;
+		size_t readings, r;
+		char *p = strstr(line, "debug: batch ");
+		if (p && sscanf(p, "debug: batch %llu: %zu readings in %zu rows", &seq, &readings, &r) == 3) {
+			rows += r;
+			if (seq > *max_seq)
+				*max_seq = seq;
+		}
+	}
+	if (f)
+		fclose(f);
+	return rows;
+}
+
+Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NONE);
+	h_device_start(&d, &b, "dev-a", NULL);
+
+	/* no acks yet: data arrives, but the spool must keep all of it */
+	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 40, &v));
+	h_sleep_ms(1500);
+	kill(d.pid, SIGUSR1); /* reconnect: the new Birth reports the spool */
+	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 2, &v));
+	cr_expect_geq(v.last_spool_records, v.batches > 0 ? v.batches - 1 : 0,
+		      "unacknowledged data left the spool (%llu records, %llu batches seen)",
+		      (unsigned long long)v.last_spool_records, (unsigned long long)v.batches);
+	cr_expect_gt(v.last_spool_records, 0);
+
+	/* acks again, then a broker outage during sampling */
+	h_fakebridge_mode(fb, H_ACK_NORMAL);
+	h_sleep_ms(1500);
+	h_fakebridge_stop(fb);
+	h_broker_stop(&b);
+	h_sleep_ms(4000);
+	h_broker_start(&b, h_pki());
+	fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no reconnect");
+	h_sleep_ms(2000);
+	uint64_t max_seq, rows = logged_rows(d.log, &max_seq);
+	cr_assert(wait_view(fb, "dev-a", 30000, frontier_at_least, max_seq, &v),
+		  "frontier %llu never reached batch %llu", (unsigned long long)v.frontier,
+		  (unsigned long long)max_seq);
+
+	/* every sample row the device sealed since the outage began is here, in order: the
+	 * fake bridge only kept what arrived after its restart, so count rows of one metric
+	 * there against the time span */
+	int64_t t[4000];
+	double val[4000];
+	size_t n = h_fakebridge_series(fb, "dev-a", "sim.sensor_0001", t, val, 4000);
+	cr_assert_gt(n, 20);
+	for (size_t i = 1; i < n; i++) {
+		cr_expect_gt(t[i], t[i - 1], "out of order at %zu", i);
+		cr_expect_leq(t[i] - t[i - 1], 600, "a %lld ms hole in the data at %zu",
+			      (long long)(t[i] - t[i - 1]), i);
+		cr_expect_geq(val[i], val[i - 1], "a counter went backwards");
+	}
+	cr_expect(v.in_order);
+	cr_log_info("%zu rows of sim.sensor_0001 after the outage, %llu rows logged in total", n,
+		    (unsigned long long)rows);
+
+	/* and the spool is empty again once everything was acknowledged */
+	int births = (int)v.births;
+	kill(d.pid, SIGUSR1);
+	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, (uint64_t)births + 1, &v));
+	cr_expect_leq(v.last_spool_records, 2, "spool still holds %llu records",
+		      (unsigned long long)v.last_spool_records);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+Test(device, forged_ack_deletes_nothing, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_FORGED);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 50, &v));
+	cr_assert(h_log_wait(d.log, "ignored an ack that failed verification", 2, 10000));
+	kill(d.pid, SIGUSR1);
+	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 2, &v));
+	cr_expect_geq(v.last_spool_records, v.batches, "forged acks deleted spooled data (%llu left of %llu)",
+		      (unsigned long long)v.last_spool_records, (unsigned long long)v.batches);
+	cr_expect_gt(v.batches, 1);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+Test(device, rss_stable_across_200_reconnects, .timeout = 300)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *extra[] = {"--log-level", "warn", "--sample-interval", "1s", "--batch-interval", "5s", NULL};
+#ifdef __SANITIZE_ADDRESS__
+	/* ASan keeps freed memory in quarantine (256 MiB by default), which would look like a
+	 * leak here; LeakSanitizer checks real leaks when the device exits */
+	setenv("ASAN_OPTIONS", "detect_leaks=1:quarantine_size_mb=0:thread_local_quarantine_size_kb=0", 1);
+#endif
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 1, &v));
+	long rss10 = 0, rss200 = 0;
+	for (int i = 1; i <= 200; i++) {
+		kill(d.pid, SIGUSR1);
+		cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, (uint64_t)i + 1, &v),
+			  "cycle %d: no reconnect", i);
+		if (i == 10)
+			rss10 = h_rss_kib(d.pid);
+	}
+	h_sleep_ms(300);
+	rss200 = h_rss_kib(d.pid);
+	cr_log_info("RSS after 10 reconnects %ld KiB, after 200: %ld KiB", rss10, rss200);
+	cr_expect_gt(rss10, 0);
+#ifdef __SANITIZE_ADDRESS__
+	const long bound = 4096; /* allocator caches of the sanitizer runtime */
+#else
+	const long bound = 1024;
+#endif
+	cr_expect_leq(rss200 - rss10, bound, "RSS grew by %ld KiB over 190 reconnects", rss200 - rss10);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+static int run_device(const char *args, char **out)
+{
+	char *cmd = h_strf("%s %s", OUTPOST_DEVICE_BIN, args);
+	int rc = h_sh(cmd, out, 20);
+	free(cmd);
+	return rc;
+}
+
+Test(device, configuration_errors_exit_2_naming_the_field)
+{
+	char *out = NULL;
+	const char *pki = h_pki();
+	cr_expect_eq(run_device("--help", &out), 0);
+	cr_expect(strstr(out, "--sample-interval"), "%s", out);
+	free(out);
+	cr_expect_eq(run_device("--version", &out), 0);
+	cr_expect(strstr(out, "outpost-device "), "%s", out);
+	free(out);
+
+	char *dir = h_tmpdir("devconf");
+	char *conf = h_strf("%s/device.conf", dir);
+	FILE *f = fopen(conf, "w");
+	fprintf(f, "# test\nid = dev-a\nsample_interval = 10 parsecs\n");
+	fclose(f);
+	char *args = h_strf("--config %s", conf);
+	cr_expect_eq(run_device(args, &out), 2);
+	char *want = h_strf("%s:3: sample_interval:", conf);
+	cr_expect(strstr(out, want), "%s", out);
+	free(out);
+	free(want);
+	free(args);
+
+	f = fopen(conf, "w");
+	fprintf(f, "id = dev-a\nbogus_key = 1\n");
+	fclose(f);
+	args = h_strf("--config %s", conf);
+	cr_expect_eq(run_device(args, &out), 2);
+	cr_expect(strstr(out, ":2: bogus_key: unknown setting"), "%s", out);
+	free(out);
+	free(args);
+
+	/* the certificate must belong to the id */
+	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt --cert %s/devices/dev-b.crt "
+		      "--key %s/devices/dev-b.key --bridge-cert %s/bridge.crt --state-dir %s/s",
+		      pki, pki, pki, pki, dir);
+	cr_expect_eq(run_device(args, &out), 2);
+	cr_expect(strstr(out, "cert: CN is 'dev-b', not the device id 'dev-a'"), "%s", out);
+	free(out);
+	free(args);
+
+	/* acks are only trusted from the CA's outpost-bridge certificate */
+	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt --cert %s/devices/dev-a.crt "
+		      "--key %s/devices/dev-a.key --bridge-cert %s/devices/dev-b.crt --state-dir %s/s",
+		      pki, pki, pki, pki, dir);
+	cr_expect_eq(run_device(args, &out), 2);
+	cr_expect(strstr(out, "bridge_cert: CN is 'dev-b'"), "%s", out);
+	free(out);
+	free(args);
+
+	cr_expect_eq(run_device("--id dev-a", &out), 2);
+	cr_expect(strstr(out, "broker_host: required"), "%s", out);
+	free(out);
+	free(conf);
+	free(dir);
+}

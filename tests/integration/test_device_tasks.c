@@ -1,0 +1,133 @@
+/* test_device_tasks.c - the device side of polled tasks against the bridge test double:
+ * each type runs, forged/foreign/expired/replayed lists have no effect, restarts never run a
+ * task twice, set_config survives a restart. (End to end with the real bridge:
+ * test_tasks.c.) */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "h_device.h"
+#include "h_fakebridge.h"
+#include "harness.h"
+#include "outpost.pb-c.h"
+
+#define SUCCEEDED OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED
+#define FAILED OUTPOST__TASK_STATUS__TASK_STATUS_FAILED
+#define REJECTED OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED
+
+static int wait_result(struct h_fakebridge *fb, uint64_t id, char *msg, size_t cap, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	int st;
+	while (!(st = h_fakebridge_result(fb, id, msg, cap)) && h_now_ms() < end)
+		h_sleep_ms(50);
+	return st;
+}
+
+struct env {
+	struct h_broker b;
+	struct h_device d;
+	struct h_fakebridge *fb;
+};
+
+static void start(struct env *e)
+{
+	memset(e, 0, sizeof(*e));
+	h_broker_start(&e->b, h_pki());
+	e->fb = h_fakebridge_start(&e->b, H_ACK_NORMAL);
+	const char *extra[] = {"--poll-interval", "1s", NULL};
+	h_device_start(&e->d, &e->b, "dev-a", extra);
+}
+
+static void stop(struct env *e)
+{
+	h_device_free(&e->d);
+	h_fakebridge_stop(e->fb);
+	h_broker_free(&e->b);
+}
+
+Test(device_tasks, ping_and_collect_now, .timeout = 60)
+{
+	struct env e;
+	char msg[256];
+	start(&e);
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	cr_expect_str_eq(msg, "pong");
+	h_fakebridge_queue_task(e.fb, 2, "collect_now", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	/* resend needs data still in the spool: stop acknowledging for a moment */
+	h_fakebridge_mode(e.fb, H_ACK_NONE);
+	h_sleep_ms(1500);
+	h_fakebridge_queue_task(e.fb, 3, "resend", "from=1 to=1000000", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 3, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	h_fakebridge_queue_task(e.fb, 4, "resend", "from=9", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 4, msg, sizeof(msg), 10000), FAILED, "%s", msg);
+	stop(&e);
+}
+
+Test(device_tasks, untrusted_lists_have_no_effect, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	start(&e);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t past = (int64_t)ts.tv_sec * 1000 - 1000;
+
+	h_fakebridge_queue_task(e.fb, 10, "set_config", "poll_interval=7s", NULL, 0, 1);
+	cr_expect_eq(wait_result(e.fb, 10, msg, sizeof(msg), 10000), REJECTED);
+	cr_expect_str_eq(msg, "bad signature");
+	h_fakebridge_queue_task(e.fb, 11, "set_config", "poll_interval=7s", "dev-b", 0, 0);
+	cr_expect_eq(wait_result(e.fb, 11, msg, sizeof(msg), 10000), REJECTED);
+	cr_expect(strstr(msg, "another device"), "%s", msg);
+	h_fakebridge_queue_task(e.fb, 12, "set_config", "poll_interval=7s", NULL, past, 0);
+	cr_expect_eq(wait_result(e.fb, 12, msg, sizeof(msg), 10000), REJECTED);
+	cr_expect_str_eq(msg, "expired");
+	h_fakebridge_queue_task(e.fb, 13, "ping", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 13, msg, sizeof(msg), 10000), SUCCEEDED);
+	int runs = h_log_count(e.d.log, "task 13: running");
+	h_fakebridge_replay_tasks(e.fb);
+	cr_assert(h_log_wait(e.d.log, "task 13: rejected: replayed", 1, 10000), "log %s", e.d.log);
+	cr_expect_eq(h_log_count(e.d.log, "task 13: running"), runs, "a replayed task ran again");
+	cr_expect_eq(h_log_count(e.d.log, "set_config"), 0, "a rejected set_config ran");
+	char *override = h_strf("%s/state/config.override", e.d.dir);
+	cr_expect_null(h_read_file(override, NULL), "nothing was persisted");
+	free(override);
+	stop(&e);
+}
+
+Test(device_tasks, set_config_survives_restart_and_restart_runs_once, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	start(&e);
+	h_fakebridge_queue_task(e.fb, 20, "set_config", "batch_interval=2s sample_interval=500ms", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 20, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	h_fakebridge_queue_task(e.fb, 21, "set_config", "broker_host=evil.example.com", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 21, msg, sizeof(msg), 10000), FAILED);
+	cr_expect(strstr(msg, "not remotely settable"), "%s", msg);
+
+	h_fakebridge_queue_task(e.fb, 22, "restart", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 22, msg, sizeof(msg), 20000), SUCCEEDED, "%s", msg);
+	cr_expect_str_eq(msg, "agent restarted");
+	cr_expect_eq(h_log_count(e.d.log, "task 22: running"), 1);
+	cr_expect_geq(h_log_count(e.d.log, "started: broker"), 2, "the agent came back");
+
+	/* the new agent runs with the persisted settings */
+	char *override = h_strf("%s/state/config.override", e.d.dir);
+	char *text = h_read_file(override, NULL);
+	cr_assert_not_null(text);
+	cr_expect(strstr(text, "batch_interval = 2s"), "%s", text);
+	cr_expect(strstr(text, "sample_interval = 500ms"), "%s", text);
+	free(text);
+	free(override);
+	h_device_stop(&e.d);
+	h_device_start(&e.d, &e.b, "dev-a", NULL);
+	cr_assert(h_log_wait(e.d.log, "connected to", 3, 15000));
+	h_sleep_ms(2500);
+	cr_expect_eq(h_log_count(e.d.log, "task 22: running"), 1, "restart ran twice");
+	stop(&e);
+}

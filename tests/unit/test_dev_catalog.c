@@ -1,0 +1,56 @@
+/* test_dev_catalog.c - stable metric ids across restarts, validation, torn lines. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dev_catalog.h"
+#include "harness.h"
+
+Test(dev_catalog, ids_are_stable_and_persisted)
+{
+	char *dir = h_tmpdir("catalog");
+	char *path = h_strf("%s/metrics", dir);
+	struct dev_catalog *c;
+	uint32_t a, b, a2;
+	cr_assert_eq(dev_catalog_open(path, &c), 0);
+	cr_assert_eq(dev_catalog_id(c, "cpu.user", "%", &a), 0);
+	cr_assert_eq(dev_catalog_id(c, "mem.total", "bytes", &b), 0);
+	cr_expect_neq(a, b);
+	cr_assert_eq(dev_catalog_id(c, "cpu.user", "%", &a2), 0);
+	cr_expect_eq(a, a2);
+	cr_expect(dev_catalog_take_changed(c));
+	cr_expect_not(dev_catalog_take_changed(c));
+	cr_expect_eq(dev_catalog_id(c, "bad name", NULL, &a2), DEV_CATALOG_ENAME);
+	dev_catalog_close(c);
+
+	/* a torn last line (power cut while appending) is forgotten, not fatal */
+	FILE *f = fopen(path, "a");
+	fputs("3 torn.metr", f);
+	fclose(f);
+	cr_assert_eq(dev_catalog_open(path, &c), 0);
+	cr_expect_eq(dev_catalog_count(c), 2);
+	cr_assert_eq(dev_catalog_id(c, "mem.total", NULL, &a2), 0);
+	cr_expect_eq(a2, b);
+	uint32_t id;
+	const char *name, *unit;
+	dev_catalog_entry(c, 0, &id, &name, &unit);
+	cr_expect_str_eq(name, "cpu.user");
+	cr_expect_str_eq(unit, "%");
+	dev_catalog_close(c);
+	free(path);
+	free(dir);
+}
+
+Test(dev_catalog, corrupt_file_is_refused)
+{
+	char *dir = h_tmpdir("catalog");
+	char *path = h_strf("%s/metrics", dir);
+	FILE *f = fopen(path, "w");
+	fputs("1 ok.metric -\n7 skipped.id -\n", f);
+	fclose(f);
+	struct dev_catalog *c;
+	cr_expect_eq(dev_catalog_open(path, &c), DEV_CATALOG_ECORRUPT);
+	free(path);
+	free(dir);
+}

@@ -1,0 +1,177 @@
+/* test_dev_collect.c - collectors: sim, exec (timeouts, bad output, failures as metrics) and
+ * proc (against a fixture /proc tree). */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dev_collect.h"
+#include "harness.h"
+
+struct got {
+	char name[64][64];
+	double v[64];
+	int n;
+};
+
+static int sink(void *ctx, const char *name, const char *unit, double value)
+{
+	struct got *g = ctx;
+	(void)unit;
+	if (g->n < 64) {
+		snprintf(g->name[g->n], 64, "%s", name);
+		g->v[g->n++] = value;
+	}
+	return 0;
+}
+
+static int find(const struct got *g, const char *name, double *v)
+{
+	for (int i = 0; i < g->n; i++)
+		if (!strcmp(g->name[i], name)) {
+			*v = g->v[i];
+			return 1;
+		}
+	return 0;
+}
+
+static struct dev_collect *open_c(const char *list, const char *cmd, int64_t timeout_ms)
+{
+	struct dev_collect_conf conf = {list, cmd, timeout_ms, 8, "dev-a"};
+	struct dev_collect *c = NULL;
+	const char *why = NULL;
+	cr_assert_eq(dev_collect_open(&conf, &c, &why), 0, "%s", why ? why : "");
+	return c;
+}
+
+Test(dev_collect, sim_is_deterministic_and_quantised)
+{
+	struct got a = {0}, b = {0};
+	struct dev_collect *c1 = open_c("sim", NULL, 0), *c2 = open_c("sim", NULL, 0);
+	const char *name, *why;
+	cr_expect_eq(dev_collect_sample(c1, sink, &a, &name, &why), 0);
+	cr_expect_eq(dev_collect_sample(c2, sink, &b, &name, &why), 0);
+	cr_assert_eq(a.n, 8 + 2);
+	for (int i = 0; i < a.n; i++) {
+		cr_expect_eq(a.v[i], b.v[i]);
+		cr_expect_lt(fabs(a.v[i] * 100 - round(a.v[i] * 100)), 1e-6, "%s=%f", a.name[i], a.v[i]);
+	}
+	double ok;
+	cr_expect(find(&a, "collector.sim.ok", &ok) && ok == 1);
+	dev_collect_close(c1);
+	dev_collect_close(c2);
+}
+
+Test(dev_collect, exec_reads_name_value_lines)
+{
+	struct got g = {0};
+	struct dev_collect *c = open_c("exec", "printf 'tank.level 71.5 %%\\n# comment\\npump.on 1\\n'", 2000);
+	const char *name, *why;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	double v;
+	cr_expect(find(&g, "tank.level", &v) && v == 71.5);
+	cr_expect(find(&g, "pump.on", &v) && v == 1);
+	cr_expect(find(&g, "collector.exec.ok", &v) && v == 1);
+	dev_collect_close(c);
+}
+
+Test(dev_collect, exec_failures_become_metrics, .timeout = 30)
+{
+	const char *name = NULL, *why = NULL;
+	double v;
+	struct {
+		const char *cmd;
+		const char *reason;
+	} cases[] = {
+		{"sleep 10", "timed out"},
+		{"echo x 1; exit 3", "exited with an error"},
+		{"echo 'good 1'; echo 'not a number'", "ignored"},
+		{"yes 123456789 | head -c 70000", "64 KiB"},
+	};
+	struct dev_collect *c = NULL;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct got g = {0};
+		c = open_c("exec", cases[i].cmd, 300);
+		long long t0 = h_now_ms();
+		cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1, "%s", cases[i].cmd);
+		cr_expect_lt(h_now_ms() - t0, 3000, "the time limit holds");
+		cr_expect_str_eq(name, "exec");
+		cr_expect(why && strstr(why, cases[i].reason), "%s: %s", cases[i].cmd, why);
+		cr_expect(find(&g, "collector.exec.ok", &v) && v == 0);
+		cr_expect(find(&g, "collector.exec.errors", &v) && v == 1);
+		dev_collect_close(c);
+	}
+}
+
+Test(dev_collect, unknown_or_incomplete_collectors_are_refused)
+{
+	struct dev_collect_conf bad = {"proc,gps", NULL, 0, 1, "x"};
+	struct dev_collect_conf noexec = {"exec", "", 0, 1, "x"};
+	struct dev_collect *c;
+	const char *why = NULL;
+	cr_expect_neq(dev_collect_open(&bad, &c, &why), 0);
+	cr_expect(strstr(why, "unknown collector"));
+	cr_expect_neq(dev_collect_open(&noexec, &c, &why), 0);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+	char *p = h_strf("%s/%s", dir, name);
+	FILE *f = fopen(p, "w");
+	cr_assert_not_null(f, "%s", p);
+	fputs(text, f);
+	fclose(f);
+	free(p);
+}
+
+Test(dev_collect, proc_from_a_fixture_tree)
+{
+	char *root = h_tmpdir("proc");
+	char *net = h_strf("%s/net", root);
+	mkdir(net, 0755);
+	write_file(root, "stat", "cpu  100 0 100 800 0 0 0 0 0 0\n");
+	write_file(root, "meminfo", "MemTotal:       1000 kB\nMemFree: 100 kB\nMemAvailable:    250 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n");
+	write_file(root, "loadavg", "0.50 0.25 0.10 2/345 6789\n");
+	write_file(root, "uptime", "12345.67 100.00\n");
+	write_file(root, "net/dev", "Inter-|   Receive  |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n  eth0: 1000 10 1 0 0 0 0 0 2000 20 2 0 0 0 0 0\n");
+	write_file(root, "diskstats", "");
+	setenv("OUTPOST_PROC_ROOT", root, 1);
+	struct dev_collect *c = open_c("proc", NULL, 0);
+	struct got g = {0};
+	const char *name, *why;
+	double v;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+	cr_expect(find(&g, "mem.total", &v) && v == 1024000);
+	cr_expect(find(&g, "mem.used_pct", &v) && v == 75);
+	cr_expect(find(&g, "load.1", &v) && v == 0.5);
+	cr_expect(find(&g, "procs.total", &v) && v == 345);
+	cr_expect(find(&g, "uptime", &v) && v == 12345);
+	cr_expect(find(&g, "net.eth0.rx_bytes", &v) && v == 1000);
+	cr_expect(find(&g, "net.eth0.errors", &v) && v == 3);
+	cr_expect_not(find(&g, "net.lo.rx_bytes", &v), "loopback is skipped");
+	cr_expect_not(find(&g, "cpu.user", &v), "CPU needs two samples");
+
+	/* second sample: 100 more user, 300 more idle jiffies -> 25% user */
+	write_file(root, "stat", "cpu  200 0 100 1100 0 0 0 0 0 0\n");
+	g.n = 0;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	cr_expect(find(&g, "cpu.user", &v) && v == 25, "cpu.user %f", v);
+	cr_expect(find(&g, "cpu.idle", &v) && v == 75);
+
+	/* a vanished file is a failure reported as a metric, and the rest still comes */
+	char *p = h_strf("%s/meminfo", root);
+	unlink(p);
+	g.n = 0;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect(strstr(why, "meminfo"), "%s", why);
+	cr_expect(find(&g, "load.1", &v));
+	cr_expect(find(&g, "collector.proc.ok", &v) && v == 0);
+	unsetenv("OUTPOST_PROC_ROOT");
+	dev_collect_close(c);
+	free(p);
+	free(net);
+	free(root);
+}

@@ -1,0 +1,138 @@
+/* test_dev_tasks.c - task lists: only fresh, bridge-signed lists for this device, each task at
+ * most once, even across restarts. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dev_tasks.h"
+#include "harness.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+
+static const uint8_t corr[DEV_TASK_CORR_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+static struct wire_key *key(const char *name)
+{
+	struct wire_key *k = NULL;
+	char *p = h_strf("%s/%s.key", h_pki(), name);
+	cr_assert_eq(wire_key_load(p, &k, NULL), 0);
+	free(p);
+	return k;
+}
+
+static int64_t wall(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A list with one task; returns the sealed envelope. */
+static uint8_t *list(struct wire_key *k, const char *env_dev, uint64_t seq, uint64_t id,
+		     const char *task_dev, const char *type, int64_t expires, size_t *len)
+{
+	Outpost__TaskList l = OUTPOST__TASK_LIST__INIT;
+	Outpost__Task t = OUTPOST__TASK__INIT, *tp[1] = {&t};
+	t.id = id;
+	t.device_id = (char *)task_dev;
+	t.type = (char *)type;
+	t.expires_at_ms = expires;
+	l.poll_seq = seq;
+	l.n_tasks = 1;
+	l.tasks = tp;
+	uint8_t *body, *env;
+	size_t blen;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_LIST, &l.base, &body, &blen, NULL), 0);
+	struct wire_env e = {.kind = WIRE_KIND_TASK_LIST, .seq = seq, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	strcpy(e.device_id, env_dev);
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	free(body);
+	return env;
+}
+
+static const char *judge_env(struct dev_tasks *t, uint8_t *env, size_t len, uint64_t *id)
+{
+	Outpost__TaskList *l = NULL;
+	struct dev_task_verdict v[WIRE_MAX_TASKS];
+	size_t n = 0;
+	struct wire_diag d = {{0}};
+	int rc = dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n, &d);
+	cr_assert_eq(rc, 0, "judge: %s %s", wire_strerror(rc), d.msg);
+	cr_assert_eq(n, 1);
+	static char reason[128];
+	snprintf(reason, sizeof(reason), "%s", v[0].reject ? v[0].reject : "run");
+	if (id)
+		*id = v[0].id;
+	wire_msg_free(l);
+	free(env);
+	return reason;
+}
+
+/* Build the list first: argument evaluation order is unspecified in C. */
+static const char *judge(struct dev_tasks *t, struct wire_key *k, const char *env_dev, uint64_t seq,
+			 uint64_t id, const char *task_dev, const char *type, int64_t expires)
+{
+	size_t len;
+	uint8_t *env = list(k, env_dev, seq, id, task_dev, type, expires, &len);
+	return judge_env(t, env, len, NULL);
+}
+
+Test(dev_tasks, verdicts)
+{
+	char *dir = h_tmpdir("tasks");
+	char *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = key("bridge"), *other = key("devices/dev-c");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t;
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	int64_t later = wall() + 60000;
+
+	/* not an answer to a poll we sent */
+	cr_expect(strstr(judge(t, bridge, "dev-a", 10, 1, "dev-a", "ping", later),
+			 "replayed"));
+	dev_tasks_poll_sent(t, 10, corr, h_now_ms());
+	cr_expect(strstr(judge(t, other, "dev-a", 10, 1, "dev-a", "ping", later),
+			 "bad signature"));
+	cr_expect(strstr(judge(t, bridge, "dev-b", 10, 1, "dev-b", "ping", later),
+			 "another device"));
+	cr_expect(strstr(judge(t, bridge, "dev-a", 10, 1, "dev-b", "ping", later),
+			 "another device"), "task inside a list for us, addressed to another device");
+	dev_tasks_poll_sent(t, 11, corr, h_now_ms());
+	cr_expect_str_eq(judge(t, bridge, "dev-a", 11, 5, "dev-a", "ping", later), "run");
+	cr_expect_eq(dev_tasks_last_id(t), 5);
+	/* the same answer again: the poll is used up */
+	cr_expect(strstr(judge(t, bridge, "dev-a", 11, 6, "dev-a", "ping", later),
+			 "replayed"));
+	dev_tasks_poll_sent(t, 12, corr, h_now_ms());
+	cr_expect(strstr(judge(t, bridge, "dev-a", 12, 5, "dev-a", "ping", later),
+			 "already seen"));
+	dev_tasks_poll_sent(t, 13, corr, h_now_ms());
+	cr_expect_str_eq(judge(t, bridge, "dev-a", 13, 7, "dev-a", "ping", wall() - 1),
+			 "expired");
+	dev_tasks_poll_sent(t, 14, corr, h_now_ms());
+	cr_expect(strstr(judge(t, bridge, "dev-a", 14, 8, "dev-a", "rm -rf", later),
+			 "not allowed"));
+	cr_expect_eq(dev_tasks_last_id(t), 8);
+
+	/* a task running when the agent stopped is reported, never run again */
+	cr_assert_eq(dev_tasks_begin(t, 9, "set_config"), 0);
+	dev_tasks_close(t);
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	uint64_t id;
+	char type[WIRE_MAX_TASK_TYPE + 1];
+	cr_expect(dev_tasks_interrupted(t, &id, type));
+	cr_expect_eq(id, 9);
+	cr_expect_str_eq(type, "set_config");
+	cr_expect_eq(dev_tasks_last_id(t), 8, "persisted across restarts");
+	cr_assert_eq(dev_tasks_end(t), 0);
+	cr_expect_not(dev_tasks_interrupted(t, &id, type));
+	dev_tasks_close(t);
+	wire_key_free(bridge);
+	wire_key_free(other);
+	free(path);
+	free(dir);
+}

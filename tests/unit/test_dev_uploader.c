@@ -1,0 +1,219 @@
+/* test_dev_uploader.c - windowed upload, fresh-data priority, verified acks only, resends after
+ * reconnects, ack timeouts and the resend task. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dev_spool.h"
+#include "dev_uploader.h"
+#include "harness.h"
+#include "outpost.pb-c.h"
+#include "wire_env.h"
+#include "wire_msg.h"
+
+struct sent {
+	uint64_t seq[512];
+	size_t n;
+};
+
+static int send_fn(void *ctx, const struct dev_spool_rec *rec, const uint8_t *env, size_t len)
+{
+	struct sent *s = ctx;
+	(void)env;
+	(void)len;
+	if (s->n < 512)
+		s->seq[s->n++] = rec->seq;
+	return 0;
+}
+
+static struct wire_key *key(const char *name)
+{
+	struct wire_key *k = NULL;
+	char *p = h_strf("%s/%s.key", h_pki(), name);
+	cr_assert_eq(wire_key_load(p, &k, NULL), 0);
+	free(p);
+	return k;
+}
+
+static int64_t now_wall(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000;
+}
+
+struct fixture {
+	char *dir;
+	struct dev_spool *spool;
+	struct dev_uploader *up;
+	struct wire_key *bridge;
+	uint64_t seqs[64];
+	size_t n;
+};
+
+static void add(struct fixture *f)
+{
+	uint64_t seq;
+	cr_assert_eq(dev_spool_take_seq(f->spool, &seq), 0);
+	char buf[64];
+	int len = snprintf(buf, sizeof(buf), "envelope %llu", (unsigned long long)seq);
+	cr_assert_eq(dev_spool_append(f->spool, seq, dev_spool_last_durable(f->spool), WIRE_KIND_BATCH,
+				      now_wall(), (uint8_t *)buf, (size_t)len), 0);
+	f->seqs[f->n++] = seq;
+}
+
+static void setup(struct fixture *f, size_t records, int window)
+{
+	memset(f, 0, sizeof(*f));
+	f->dir = h_tmpdir("uploader");
+	struct dev_spool_opts o = {f->dir, 1 << 20, 86400000, 1 << 16};
+	cr_assert_eq(dev_spool_open(&o, &f->spool, NULL), 0);
+	for (size_t i = 0; i < records; i++)
+		add(f);
+	f->bridge = key("bridge");
+	struct dev_uploader_opts uo = {"dev-a", {{0}}, window, 5000};
+	wire_key_public(f->bridge, &uo.bridge_key);
+	cr_assert_eq(dev_uploader_new(f->spool, &uo, &f->up), 0);
+}
+
+static void teardown(struct fixture *f)
+{
+	dev_uploader_free(f->up);
+	dev_spool_close(f->spool);
+	wire_key_free(f->bridge);
+	free(f->dir);
+}
+
+static uint8_t *ack_env(struct wire_key *k, const char *device, uint64_t upto, size_t *len)
+{
+	Outpost__Ack a = OUTPOST__ACK__INIT;
+	uint8_t *body, *env;
+	size_t blen;
+	a.upto = upto;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_ACK, &a.base, &body, &blen, NULL), 0);
+	struct wire_env e = {.kind = WIRE_KIND_ACK, .seq = upto, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	strcpy(e.device_id, device);
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	free(body);
+	return env;
+}
+
+static int ack(struct fixture *f, struct wire_key *k, const char *device, uint64_t upto, int64_t now)
+{
+	size_t len;
+	uint8_t *env = ack_env(k, device, upto, &len);
+	int rc = dev_uploader_on_ack(f->up, env, len, now, NULL);
+	free(env);
+	return rc;
+}
+
+Test(dev_uploader, window_and_seq_order)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 10, 4);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 0, "nothing while the link is down");
+	dev_uploader_link_up(f.up, 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 4);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(s.seq[i], f.seqs[i]);
+	cr_expect_eq(dev_uploader_pump(f.up, 1, send_fn, &s), 0, "window full");
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 2), 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 2);
+	cr_expect_eq(s.seq[4], f.seqs[4]);
+	cr_expect_eq(s.seq[5], f.seqs[5]);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[1]);
+	teardown(&f);
+}
+
+Test(dev_uploader, unverified_acks_change_nothing)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 6, 8);
+	dev_uploader_link_up(f.up, 0);
+	dev_uploader_pump(f.up, 0, send_fn, &s);
+	struct wire_key *dev_c = key("devices/dev-c");
+	cr_expect_eq(ack(&f, dev_c, "dev-a", f.seqs[5], 1), WIRE_ESIG, "signed by a device, not the bridge");
+	cr_expect_eq(ack(&f, f.bridge, "dev-b", f.seqs[5], 1), WIRE_EID, "another device's ack");
+	cr_expect_neq(dev_uploader_on_ack(f.up, (const uint8_t *)"garbage", 7, 1, NULL), 0);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
+	struct dev_spool_stats st;
+	dev_spool_stats(f.spool, &st);
+	cr_expect_eq(st.records, 6);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.bad_acks, 3);
+	cr_expect_eq(us.inflight, 6);
+	wire_key_free(dev_c);
+	teardown(&f);
+}
+
+Test(dev_uploader, fresh_data_goes_before_the_backlog)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 20, 2);
+	dev_uploader_link_up(f.up, 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 2);
+	add(&f);
+	dev_uploader_fresh(f.up, f.seqs[20]);
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 1), 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 1, send_fn, &s), 2);
+	cr_expect_eq(s.seq[2], f.seqs[20], "the new record jumps the queue");
+	cr_expect_eq(s.seq[3], f.seqs[2], "then the backlog resumes in order");
+	/* the backlog does not send the fresh record twice while it is in flight */
+	for (int i = 0; i < 20; i++) {
+		uint64_t upto = s.seq[s.n - 1] < f.seqs[20] ? s.seq[s.n - 1] : f.seqs[19];
+		ack(&f, f.bridge, "dev-a", upto, 2 + i);
+		dev_uploader_pump(f.up, 2 + i, send_fn, &s);
+	}
+	int twice = 0;
+	for (size_t i = 0; i < s.n; i++)
+		twice += s.seq[i] == f.seqs[20];
+	cr_expect_eq(twice, 1);
+	teardown(&f);
+}
+
+Test(dev_uploader, reconnect_and_timeout_resend_the_unacknowledged)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 5, 8);
+	dev_uploader_link_up(f.up, 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 5);
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 10), 0);
+	dev_uploader_link_down(f.up);
+	dev_uploader_link_up(f.up, 20);
+	s.n = 0;
+	cr_expect_eq(dev_uploader_pump(f.up, 20, send_fn, &s), 3, "only what was not acknowledged");
+	cr_expect_eq(s.seq[0], f.seqs[2]);
+	cr_expect_eq(dev_uploader_deadline(f.up), 20 + 5000);
+	s.n = 0;
+	cr_expect_eq(dev_uploader_pump(f.up, 4000, send_fn, &s), 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 5020, send_fn, &s), 3, "ack timeout: go again");
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.timeouts, 1);
+	cr_expect_geq(us.resent, 6);
+	teardown(&f);
+}
+
+Test(dev_uploader, resend_task_sends_acknowledged_records_still_on_disk)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 10, 16);
+	dev_uploader_link_up(f.up, 0);
+	dev_uploader_pump(f.up, 0, send_fn, &s);
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 1), 0);
+	s.n = 0;
+	dev_uploader_resend(f.up, f.seqs[2], f.seqs[4]);
+	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 3);
+	cr_expect_eq(s.seq[0], f.seqs[2]);
+	cr_expect_eq(s.seq[2], f.seqs[4]);
+	teardown(&f);
+}
