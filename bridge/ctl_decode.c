@@ -376,6 +376,26 @@ static char *slurp(FILE *f, size_t *len)
 	return buf;
 }
 
+/* Decode one "topic hexpayload" line in place. */
+static void decode_line(struct dec *d, char *p, char *end)
+{
+	char *le = end;
+	while (le > p && (le[-1] == '\n' || le[-1] == '\r' || le[-1] == ' '))
+		le--;
+	if (le <= p)
+		return;
+	char *sp = memchr(p, ' ', (size_t)(le - p));
+	if (!sp)
+		return;
+	*sp = '\0';
+	size_t n = (size_t)(le - sp - 1) / 2;
+	uint8_t *bytes = (uint8_t *)sp + 1; /* decode in place */
+	for (size_t i = 0; i < n; i++)
+		bytes[i] = (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
+				     hexval((unsigned char)sp[2 + 2 * i]));
+	message(d, p, bytes, n);
+}
+
 int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 {
 	const char *pki = NULL, *topic = NULL, *pos[1], *certs[MAX_CERTS];
@@ -416,37 +436,57 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 			goto out;
 		}
 	}
-	char *buf = slurp(in, &len);
+	char *buf = NULL;
+	if (!topic) {
+		/* "topic hex" lines are decoded as they come, so that `mosquitto_sub ... | outpostctl
+		 * decode` shows each message at once; anything else is one raw payload */
+		size_t cap = 0;
+		ssize_t n = getline(&buf, &cap, in);
+		if (n > 0 && is_lines(buf, (size_t)n)) {
+			do {
+				if ((size_t)n > 2 * (size_t)WIRE_MAX_ENVELOPE + 1024)
+					continue; /* longer than any envelope: not ours */
+				if (is_lines(buf, (size_t)n))
+					decode_line(&d, buf, buf + n);
+				fflush(stdout);
+			} while ((n = getline(&buf, &cap, in)) > 0);
+			free(buf);
+			buf = NULL;
+			goto done;
+		}
+		/* raw: what was read so far, then the rest */
+		size_t first = n > 0 ? (size_t)n : 0;
+		char *rest = slurp(in, &len);
+		if (rest && first + len <= DECODE_MAX_INPUT) {
+			char *all = malloc(first + len + 1);
+			if (all) {
+				memcpy(all, buf, first);
+				memcpy(all + first, rest, len + 1);
+				len += first;
+			}
+			free(buf);
+			buf = all;
+		} else {
+			free(buf);
+			buf = NULL;
+		}
+		free(rest);
+	} else {
+		buf = slurp(in, &len);
+	}
 	if (in != stdin)
 		fclose(in);
+	in = NULL;
 	if (!buf) {
 		rc = ctl_err(CTL_FAIL, "decode: input unreadable or over %u MiB",
 		             DECODE_MAX_INPUT >> 20);
 		goto out;
 	}
-	if (!topic && is_lines(buf, len)) {
-		for (char *p = buf, *end = buf + len; p < end;) {
-			char *nl = memchr(p, '\n', (size_t)(end - p));
-			char *le = nl ? nl : end;
-			while (le > p && (le[-1] == '\r' || le[-1] == ' '))
-				le--;
-			if (le > p) {
-				char *sp = memchr(p, ' ', (size_t)(le - p));
-				*sp = '\0';
-				size_t n = (size_t)(le - sp - 1) / 2;
-				uint8_t *bytes = (uint8_t *)sp + 1; /* decode in place */
-				for (size_t i = 0; i < n; i++)
-					bytes[i] =
-					    (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
-					              hexval((unsigned char)sp[2 + 2 * i]));
-				message(&d, p, bytes, n);
-			}
-			p = nl ? nl + 1 : end;
-		}
-	} else {
-		message(&d, topic, (const uint8_t *)buf, len);
-	}
+	message(&d, topic, (const uint8_t *)buf, len);
 	free(buf);
+done:
+	if (in && in != stdin)
+		fclose(in);
 	rc = d.failures ? CTL_FAIL : CTL_OK;
 out:
 	for (size_t i = 0; i < d.n_cats; i++)

@@ -196,7 +196,11 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	}
 	a->cfg = cfg;
 	a->wake_fd = -1;
-	if ((rc = load_identity(a, err, errlen)) != 0)
+	rc = load_identity(a, err, errlen);
+	/* checking bridge.crt's ECDSA signature filled wolfSSL's ECC cache (~1.6 MB); the device
+	 * never verifies ECDSA again, so give it back */
+	wire_thread_cleanup();
+	if (rc)
 		goto fail;
 	rc = 1;
 	a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

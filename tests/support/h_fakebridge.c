@@ -281,7 +281,7 @@ static void answer_poll(struct h_fakebridge *fb, struct dev *d, const struct wir
 		char topic[WIRE_TOPIC_MAX];
 		wire_topic_build(topic, sizeof(topic), WIRE_TOPIC_TASKS, d->id);
 		if (!resp || strcmp(resp, topic) == 0) {
-			h_mqtt_pub_corr(fb->cli, topic, env, env_len, corr, corr_len);
+			h_mqtt_pub5(fb->cli, topic, env, env_len, 1, NULL, corr, corr_len);
 			if (ta->pending) {
 				free(fb->last_list);
 				fb->last_list = env;
@@ -486,7 +486,7 @@ void h_fakebridge_replay_tasks(struct h_fakebridge *fb)
 {
 	pthread_mutex_lock(&fb->mu);
 	if (fb->last_list)
-		h_mqtt_pub_corr(fb->cli, fb->last_list_topic, fb->last_list, fb->last_list_len,
-				fb->last_corr, fb->last_corr_len);
+		h_mqtt_pub5(fb->cli, fb->last_list_topic, fb->last_list, fb->last_list_len, 1, NULL,
+			    fb->last_corr, fb->last_corr_len);
 	pthread_mutex_unlock(&fb->mu);
 }

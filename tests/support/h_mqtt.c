@@ -153,41 +153,17 @@ int h_mqtt_recv(struct h_mqtt *c, char **topic, char **payload, size_t *len, int
 int h_mqtt_recv5(struct h_mqtt *c, char **topic, char **payload, size_t *len, void **corr,
 		 size_t *corr_len, int timeout_ms)
 {
-	long long end = h_now_ms() + timeout_ms;
-	while (h_now_ms() < end) {
-		char *t = NULL;
-		int tlen = 0;
-		MQTTClient_message *m = NULL;
-		long left = (long)(end - h_now_ms());
-		int rc = MQTTClient_receive(c->cli, &t, &tlen, &m, (unsigned long)(left > 0 ? left : 1));
-		if (rc != MQTTCLIENT_SUCCESS && rc != MQTTCLIENT_TOPICNAME_TRUNCATED)
-			return -1;
-		if (!m)
-			continue;
-		*topic = strndup(t, tlen > 0 ? (size_t)tlen : strlen(t));
-		*payload = malloc((size_t)m->payloadlen + 1);
-		memcpy(*payload, m->payload, (size_t)m->payloadlen);
-		(*payload)[m->payloadlen] = '\0';
-		if (len)
-			*len = (size_t)m->payloadlen;
-		if (corr) {
-			MQTTProperty *p = MQTTProperties_getProperty(&m->properties,
-								     MQTTPROPERTY_CODE_CORRELATION_DATA);
-			*corr = NULL;
-			if (corr_len)
-				*corr_len = 0;
-			if (p) {
-				*corr = malloc((size_t)p->value.data.len + 1);
-				memcpy(*corr, p->value.data.data, (size_t)p->value.data.len);
-				if (corr_len)
-					*corr_len = (size_t)p->value.data.len;
-			}
-		}
-		MQTTClient_freeMessage(&m);
-		MQTTClient_free(t);
-		return 1;
-	}
-	return 0;
+	char *resp = NULL, *cd = NULL;
+	size_t cl = 0;
+	int r = h_mqtt_recv_props(c, topic, payload, len, &resp, &cd, &cl, timeout_ms);
+	free(resp);
+	if (corr)
+		*corr = cd;
+	else
+		free(cd);
+	if (corr_len)
+		*corr_len = cl;
+	return r;
 }
 
 void h_mqtt_close(struct h_mqtt *c)
@@ -198,32 +174,6 @@ void h_mqtt_close(struct h_mqtt *c)
 		MQTTClient_disconnect5(c->cli, 1000, MQTTREASONCODE_SUCCESS, NULL);
 	MQTTClient_destroy(&c->cli);
 	free(c);
-}
-
-int h_mqtt_pub_corr(struct h_mqtt *c, const char *topic, const void *payload, size_t len,
-		    const void *corr, size_t corr_len)
-{
-	MQTTClient_message m = MQTTClient_message_initializer;
-	MQTTClient_deliveryToken tok = 0;
-	m.payload = (void *)payload;
-	m.payloadlen = (int)len;
-	m.qos = 1;
-	if (corr && corr_len) {
-		MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
-		p.value.data.data = (char *)corr;
-		p.value.data.len = (int)corr_len;
-		MQTTProperties_add(&m.properties, &p);
-	}
-	c->last_reason = -1;
-	MQTTResponse r = MQTTClient_publishMessage5(c->cli, topic, &m, &tok);
-	int rc = r.reasonCode;
-	MQTTResponse_free(r);
-	MQTTProperties_free(&m.properties);
-	if (rc != MQTTCLIENT_SUCCESS)
-		return -1;
-	if (MQTTClient_waitForCompletion(c->cli, tok, 5000) != MQTTCLIENT_SUCCESS)
-		return c->last_reason >= 0x80 ? c->last_reason : -1;
-	return c->last_reason < 0 ? 0 : c->last_reason;
 }
 
 int h_mqtt_recv_props(struct h_mqtt *c, char **topic, char **payload, size_t *len,

@@ -37,10 +37,6 @@ int h_mqtt_recv5(struct h_mqtt *c, char **topic, char **payload, size_t *len, vo
 void h_mqtt_close(struct h_mqtt *c); /* accepts NULL */
 
 
-/* As h_mqtt_pub, with MQTT v5 correlation data (may be NULL). */
-int h_mqtt_pub_corr(struct h_mqtt *c, const char *topic, const void *payload, size_t len,
-		    const void *corr, size_t corr_len);
-
 /* As h_mqtt_recv, also returning the v5 response topic and correlation data (malloc'd or NULL;
  * caller frees). */
 int h_mqtt_recv_props(struct h_mqtt *c, char **topic, char **payload, size_t *len,

@@ -1,0 +1,261 @@
+/* test_e2e.c - the real thing end to end: outpost-device agents, mosquitto with the project's
+ * configuration, outpost-bridge on SQLite or PostgreSQL, outpostctl. Every batch a device
+ * sealed is stored exactly once, through bridge crashes; tasks go from `outpostctl task add`
+ * to the device and back within a poll interval. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h_bridge.h"
+#include "h_device.h"
+#include "h_pg.h"
+#include "harness.h"
+
+#define NDEV 3
+static const char *const ids[NDEV] = {"dev-a", "dev-b", "dev-c"};
+
+struct logged {
+	uint64_t seq[4096];
+	uint64_t readings[4096];
+	size_t n;
+};
+
+/* The batches a device logged ("debug: batch S: R readings in K rows"). */
+static void logged_batches(const char *log, struct logged *l)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+	l->n = 0;
+	while (f && fgets(line, sizeof(line), f) && l->n < 4096) {
+		unsigned long long seq;
+		size_t r, rows;
+		char *p = strstr(line, "debug: batch ");
+		if (p && sscanf(p, "debug: batch %llu: %zu readings in %zu rows", &seq, &r, &rows) == 3) {
+			l->seq[l->n] = seq;
+			l->readings[l->n++] = r;
+		}
+	}
+	if (f)
+		fclose(f);
+}
+
+static int64_t frontier(const char *store, const char *id)
+{
+	char *sql = h_strf("SELECT frontier FROM devices WHERE device_id = '%s'", id);
+	int64_t v = h_store_i64(store, sql, 0);
+	free(sql);
+	return v;
+}
+
+/* Wait until the store acknowledged everything each device logged so far, then check that
+ * each logged batch is stored once with all its readings. */
+static void check_exactly_once(const char *store, struct h_device *d)
+{
+	for (int i = 0; i < NDEV; i++) {
+		struct logged l;
+		logged_batches(d[i].log, &l);
+		cr_assert_gt(l.n, 3, "%s sealed only %zu batches", ids[i], l.n);
+		uint64_t last = l.seq[l.n - 1];
+		long long end = h_now_ms() + 60000;
+		while (frontier(store, ids[i]) < (int64_t)last && h_now_ms() < end)
+			h_sleep_ms(200);
+		cr_assert_geq(frontier(store, ids[i]), (int64_t)last, "%s: frontier %lld never reached %llu",
+			      ids[i], (long long)frontier(store, ids[i]), (unsigned long long)last);
+		uint64_t want_readings = 0;
+		for (size_t k = 0; k < l.n; k++) {
+			char *sql = h_strf("SELECT n_readings FROM envelopes e JOIN devices d ON d.id = e.device"
+					   " WHERE d.device_id = '%s' AND e.seq = %llu",
+					   ids[i], (unsigned long long)l.seq[k]);
+			int64_t n = h_store_i64(store, sql, 0);
+			free(sql);
+			cr_expect_eq(n, (int64_t)l.readings[k], "%s batch %llu: stored %lld readings, sealed %llu",
+				     ids[i], (unsigned long long)l.seq[k], (long long)n,
+				     (unsigned long long)l.readings[k]);
+			want_readings += l.readings[k];
+		}
+		/* readings rows: exactly the sum over the logged batches, so none twice */
+		char *sql = h_strf("SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device"
+				   " WHERE d.device_id = '%s' AND r.seq <= %llu",
+				   ids[i], (unsigned long long)last);
+		int64_t rows = h_store_i64(store, sql, 0);
+		free(sql);
+		cr_expect_eq(rows, (int64_t)want_readings, "%s: %lld reading rows for %llu sealed", ids[i],
+			     (long long)rows, (unsigned long long)want_readings);
+		sql = h_strf("SELECT count(*) FROM gaps g JOIN devices d ON d.id = g.device WHERE"
+			     " d.device_id = '%s' AND g.reason = 'missing' AND g.resolved_at IS NULL",
+			     ids[i]);
+		cr_expect_eq(h_store_i64(store, sql, 0), 0, "%s: unresolved missing gaps", ids[i]);
+		free(sql);
+	}
+}
+
+static void stream_with_crashes(const char *store_url)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_device d[NDEV];
+	memset(d, 0, sizeof(d));
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, store_url, "e2e");
+	h_bridge_start(&br);
+	const char *extra[] = {"--batch-interval", "600ms", "--ack-timeout", "2s", NULL};
+	for (int i = 0; i < NDEV; i++)
+		h_device_start(&d[i], &b, ids[i], extra);
+	srand((unsigned)h_now_ms());
+	for (int round = 0; round < 4; round++) {
+		h_sleep_ms(1500 + rand() % 2000);
+		if (round % 2 == 0)
+			h_bridge_kill(&br); /* a crash, mid-commit or not */
+		else
+			cr_expect_eq(h_bridge_stop(&br), 0, "a clean stop exits 0");
+		h_sleep_ms(500 + rand() % 1500); /* devices keep sampling and spooling meanwhile */
+		h_bridge_start(&br);
+	}
+	h_sleep_ms(2000);
+	check_exactly_once(br.store, d);
+	for (int i = 0; i < NDEV; i++)
+		cr_expect_eq(h_device_stop(&d[i]), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	for (int i = 0; i < NDEV; i++)
+		h_device_free(&d[i]);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+Test(e2e, real_devices_exactly_once_through_bridge_crashes_sqlite, .timeout = 240)
+{
+	stream_with_crashes(NULL);
+}
+
+Test(e2e, real_devices_exactly_once_through_bridge_crashes_postgresql, .timeout = 300)
+{
+	if (!h_pg_available())
+		cr_skip_test("PostgreSQL server binaries not installed");
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	stream_with_crashes(pg.url);
+	h_pg_free(&pg);
+}
+
+/* ---------- tasks, end to end ---------- */
+
+static int64_t add_task(const char *store, const char *args)
+{
+	char *out = NULL;
+	int rc = h_ctl(store, args, &out);
+	cr_assert_eq(rc, 0, "%s: %s", args, out);
+	int64_t id = strtoll(out, NULL, 10);
+	cr_assert_gt(id, 0, "%s printed %s", args, out);
+	free(out);
+	return id;
+}
+
+/* Wait for the task's state (outpostctl task show); returns the show output (caller frees). */
+static char *wait_task(const char *store, int64_t id, const char *state, int timeout_ms)
+{
+	char *args = h_strf("task show %lld", (long long)id), *out = NULL, *want = h_strf("state       %s", state);
+	long long end = h_now_ms() + timeout_ms;
+	do {
+		free(out);
+		out = NULL;
+		h_ctl(store, args, &out);
+		if (out && strstr(out, want))
+			break;
+		h_sleep_ms(200);
+	} while (h_now_ms() < end);
+	cr_expect(out && strstr(out, want), "task %lld not %s:\n%s", (long long)id, state, out ? out : "");
+	free(args);
+	free(want);
+	return out;
+}
+
+Test(e2e, every_task_type_within_one_poll_interval, .timeout = 240)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_device d = {0};
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "e2e-tasks");
+	h_bridge_start(&br);
+	/* poll every 2 s: each task must be done well within one interval after it is queued */
+	const char *extra[] = {"--poll-interval", "2s", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "connected to", 1, 15000));
+	h_sleep_ms(1500);
+	const char *st = br.store;
+
+	int64_t ping = add_task(st, "task add --device dev-a --type ping");
+	char *out = wait_task(st, ping, "succeeded", 4000);
+	cr_expect(strstr(out, "pong"), "%s", out);
+	cr_expect(strstr(out, "spool_records"), "ping reports diagnostics:\n%s", out);
+	free(out);
+
+	int64_t now = add_task(st, "task add --device dev-a --type collect_now");
+	free(wait_task(st, now, "succeeded", 4000));
+
+	int64_t cfg = add_task(st, "task add --device dev-a --type set_config --arg batch_interval=3s "
+				   "--arg sample_interval=500ms");
+	free(wait_task(st, cfg, "succeeded", 4000));
+	int64_t bad = add_task(st, "task add --device dev-a --type set_config --arg ca=/tmp/evil.crt");
+	out = wait_task(st, bad, "failed", 4000);
+	cr_expect(strstr(out, "not remotely settable"), "%s", out);
+	free(out);
+
+	int64_t resend = add_task(st, "task add --device dev-a --type resend --arg from=1 --arg to=1000000");
+	/* it runs either way: succeeded if something of that range is still spooled, else failed */
+	char *rargs = h_strf("task show %lld", (long long)resend);
+	long long end = h_now_ms() + 4000;
+	do {
+		out = NULL;
+		h_ctl(st, rargs, &out);
+		if (strstr(out, "result      "))
+			break;
+		free(out);
+		out = NULL;
+		h_sleep_ms(200);
+	} while (h_now_ms() < end);
+	cr_expect(out && strstr(out, "result      "), "resend got no result");
+	free(out);
+	free(rargs);
+
+	int64_t restart = add_task(st, "task add --device dev-a --type restart");
+	free(wait_task(st, restart, "succeeded", 15000));
+	cr_expect_eq(h_log_count(d.log, "running restart"), 1, "restart ran once");
+	cr_expect_geq(h_log_count(d.log, "started: broker"), 2, "the agent came back");
+
+	/* set_config survived the restart: the new agent seals a batch every ~3 s */
+	int64_t batches_before = h_log_count(d.log, "debug: batch ");
+	h_sleep_ms(7000);
+	int64_t batches = h_log_count(d.log, "debug: batch ") - batches_before;
+	cr_expect(batches >= 2 && batches <= 4, "%lld batches in 7 s with batch_interval=3s",
+		  (long long)batches);
+	char *override = h_strf("%s/state/config.override", d.dir);
+	char *text = h_read_file(override, NULL);
+	cr_expect(text && strstr(text, "batch_interval = 3s"), "%s", text ? text : "(none)");
+	free(text);
+	free(override);
+
+	/* an expired task is never delivered; a task for another device never reaches dev-a */
+	int64_t late = add_task(st, "task add --device dev-a --type ping --expires 1s");
+	int64_t other = add_task(st, "task add --device dev-b --type ping");
+	h_sleep_ms(5000);
+	char *args = h_strf("task show %lld", (long long)other);
+	h_ctl(st, args, &out);
+	cr_expect(strstr(out, "state       queued"), "dev-b's task left the queue:\n%s", out);
+	free(out);
+	free(args);
+	char *needle = h_strf("task %lld:", (long long)other);
+	cr_expect_eq(h_log_count(d.log, needle), 0, "dev-a saw dev-b's task");
+	free(needle);
+	needle = h_strf("task %lld: running", (long long)late);
+	cr_expect_eq(h_log_count(d.log, needle), 0, "an expired task ran");
+	free(needle);
+
+	cr_expect_eq(h_device_stop(&d), 0);
+	h_device_free(&d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
