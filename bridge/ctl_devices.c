@@ -33,7 +33,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	rc = store_prepare(
 	    s,
 	    "SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"
-	    " duplicates, rejected, agent_version FROM devices"
+	    " duplicates, rejected, agent_version, spool_records FROM devices"
 	    " WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id",
 	    &st);
 	if (!rc && !(rc = store_bind_text(st, 1, state)))
@@ -42,16 +42,18 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		store_stmt_free(st);
 		return ctl_store_err(c, "devices", rc);
 	}
-	static const char *const names[] = {"device",   "state",     "online",   "last_seen",
-	                                    "frontier", "envelopes", "readings", "duplicates",
-	                                    "rejected", "agent"};
-	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_NUM,
-	                                         CTL_NUM, CTL_NUM, CTL_NUM, CTL_NUM, CTL_STR};
+	/* backlog: unacknowledged envelopes in the device's spool, as its last Birth said */
+	static const char *const names[] = {"device",     "state",    "online",  "last_seen",
+	                                    "frontier",   "envelopes", "readings", "backlog",
+	                                    "duplicates", "rejected",  "agent"};
+	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR,
+	                                         CTL_NUM, CTL_NUM, CTL_NUM, CTL_NUM,
+	                                         CTL_NUM, CTL_NUM, CTL_STR};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 10, names, types);
+	ctl_out_begin(&o, fmt, stdout, 11, names, types);
 	while ((rc = store_step(st)) == 1) {
-		char t[32], b[5][24];
-		const char *v[10] = {store_col_text(st, 0),
+		char t[32], b[6][24];
+		const char *v[11] = {store_col_text(st, 0),
 		                     store_col_text(st, 1),
 		                     store_col_i64(st, 2) ? "yes" : "no",
 		                     store_col_null(st, 3) ? NULL
@@ -59,6 +61,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		                     num(store_col_i64(st, 4), b[0]),
 		                     num(store_col_i64(st, 5), b[1]),
 		                     num(store_col_i64(st, 6), b[2]),
+		                     store_col_null(st, 10) ? NULL : num(store_col_i64(st, 10), b[5]),
 		                     num(store_col_i64(st, 7), b[3]),
 		                     num(store_col_i64(st, 8), b[4]),
 		                     store_col_text(st, 9)};
