@@ -32,6 +32,7 @@ struct catalog {
 };
 
 struct dec {
+	struct store *store; /* optional: metric names of devices whose Birth is not in the input */
 	const char *pki;
 	struct wire_ca *ca;
 	struct signer certs[MAX_CERTS];
@@ -88,7 +89,7 @@ static const struct signer *signer_for(struct dec *d, const char *cn)
 	return NULL;
 }
 
-static const char *metric_name(struct dec *d, const char *device, uint32_t id, char *buf)
+static const char *metric_name(struct dec *d, const char *device, uint32_t id, char *buf /* WIRE_MAX_METRIC_NAME + 1 bytes */)
 {
 	for (size_t i = 0; i < d->n_cats; i++) {
 		if (strcmp(d->cats[i].device, device))
@@ -97,6 +98,22 @@ static const char *metric_name(struct dec *d, const char *device, uint32_t id, c
 		for (size_t k = 0; k < b->n_metrics; k++)
 			if (b->metrics[k]->id == id)
 				return b->metrics[k]->name;
+	}
+	if (d->store) {
+		struct store_stmt *st = NULL;
+		int found = 0;
+		if (!store_prepare(d->store,
+				   "SELECT m.name FROM metrics m JOIN devices v ON v.id = m.device"
+				   " WHERE v.device_id = ? AND m.wire_id = ?",
+				   &st) &&
+		    !store_bind_text(st, 1, device) && !store_bind_i64(st, 2, id) &&
+		    store_step(st) == 1 && store_col_text(st, 0)) {
+			snprintf(buf, WIRE_MAX_METRIC_NAME + 1, "%s", store_col_text(st, 0));
+			found = 1;
+		}
+		store_stmt_free(st);
+		if (found)
+			return buf;
 	}
 	snprintf(buf, 16, "#%u", id);
 	return buf;
@@ -133,7 +150,7 @@ static void print_kvs(const char *indent, Outpost__KeyValue *const *kv, size_t n
 static int body(struct dec *d, const struct wire_env *e, const struct wire_pubkey *birth_key)
 {
 	struct wire_diag diag = {""};
-	char t[32], nb[16];
+	char t[32], nb[WIRE_MAX_METRIC_NAME + 1];
 	int rc = 0;
 	(void)birth_key;
 	switch (e->kind) {
@@ -406,10 +423,16 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERTS},
 	                            {"topic", 1, &topic, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	(void)c; /* decode needs no store */
 	if ((rc = ctl_args("decode", argc, argv, defs, pos, 1, &npos)))
 		return rc;
 	memset(&d, 0, sizeof(d));
+	/* decode needs no store, but uses one quietly for metric names when there is one */
+	struct store_opts so = STORE_OPTS_INIT;
+	char serr[STORE_ERR_MAX];
+	so.create = 0;
+	so.app_name = CTL_PROG;
+	if (c->store_url && store_open(c->store_url, &so, &d.store, serr))
+		d.store = NULL;
 	d.pki = pki;
 	if (pki) {
 		char *ca = NULL, *crl = NULL;
@@ -492,5 +515,6 @@ out:
 	for (size_t i = 0; i < d.n_cats; i++)
 		wire_msg_free(d.cats[i].birth);
 	wire_ca_free(d.ca);
+	store_close(d.store);
 	return rc;
 }
