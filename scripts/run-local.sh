@@ -111,10 +111,13 @@ broker_pid=$!
 for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$internal" && break; sleep 0.1; done
 port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
 
+start_bridge() {
+	"$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" --store "$store" \
+		--client-id outpost-bridge-local >>"$state/logs/bridge.log" 2>&1 &
+	bridge_pid=$!
+}
 say "bridge: store $store"
-"$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" --store "$store" \
-	--client-id outpost-bridge-local >>"$state/logs/bridge.log" 2>&1 &
-bridge_pid=$!
+start_bridge
 
 say "devices: $devices (logs in $state/logs)"
 for i in $(seq 1 "$devices"); do
@@ -136,7 +139,14 @@ tty=0
 while :; do
 	sleep 2
 	kill -0 "$broker_pid" 2>/dev/null || { echo "run-local: the broker exited; see $state/logs/broker.log" >&2; exit 1; }
-	kill -0 "$bridge_pid" 2>/dev/null || { echo "run-local: the bridge exited; see $state/logs/bridge.log" >&2; exit 1; }
+	if ! kill -0 "$bridge_pid" 2>/dev/null; then
+		# e.g. the tour's `pkill -9 outpost-bridge`: the devices keep spooling, a new bridge
+		# picks up the persistent session, and the devices resend whatever was not acked
+		wait "$bridge_pid" 2>/dev/null && st=0 || st=$?
+		say "the bridge exited (status $st); starting a new one (see $state/logs/bridge.log)"
+		sleep 1
+		start_bridge
+	fi
 	now=$(date +%s)
 	if [ "$tty" = 1 ]; then
 		printf '\033[H\033[2J'
