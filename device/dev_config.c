@@ -36,7 +36,7 @@ static const struct cfg_opt opts[] = {
 	{"backoff_max", CFG_DURATION, S(backoff_max_ms), 1 * SEC, 86400 * SEC, "5m", "largest reconnect delay cap", NULL},
 	{"sample_interval", CFG_DURATION, S(sample_interval_ms), 100, DAY, "10s", "how often collectors are sampled", NULL},
 	{"batch_interval", CFG_DURATION, S(batch_interval_ms), 100, DAY, "60s", "how often samples are sealed into a batch", NULL},
-	{"batch_max_readings", CFG_INT, S(batch_max_readings), 1, 60000, "5000", "seal a batch early at this many readings", NULL},
+	{"batch_max_readings", CFG_INT, S(batch_max_readings), 1, 16000, "5000", "seal a batch early at this many readings (16000 keeps even incompressible values under the 256 KiB envelope limit)", NULL},
 	{"poll_interval", CFG_DURATION, S(poll_interval_ms), 1 * SEC, DAY, "300s", "how often to ask for tasks", NULL},
 	{"ack_timeout", CFG_DURATION, S(ack_timeout_ms), 1 * SEC, 3600 * SEC, "30s", "resend unacknowledged data after this", NULL},
 	{"window", CFG_INT, S(window), 1, 1024, "32", "envelopes in flight before waiting for acks", NULL},
