@@ -725,6 +725,83 @@ def check_packages(stage_info, src, build, check_apt=True):
 
 
 # --------------------------------------------------------------------------------------------
+# settings: every OUTPOST_* variable the compose file or an image sets is one its program reads
+
+# stage -> [(program relative to SOURCE or BUILD, env prefix of its --options or None)]
+STAGE_PROGRAMS = {
+    "broker": [("src", "docker/mosquitto/run-broker.sh", None), ("src", "docker/mosquitto/healthcheck.sh", None)],
+    "bridge": [("build", "bridge/outpost-bridge", "OUTPOST_BRIDGE_"), ("build", "bridge/outpostctl", "OUTPOST_")],
+    "device": [("src", "docker/device/entrypoint.sh", "OUTPOST_DEVICE_"), ("src", "docker/device/healthcheck.sh", None)],
+    "provision": [("src", "docker/provision/entrypoint.sh", None)],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def help_names(path, prefix, agent):
+    """Variables a program documents in its --help: OUTPOST_* words, and PREFIX + NAME for each
+    --name option. None if the program is not built."""
+    if not os.path.exists(path):
+        return None
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OUTPOST_DEVICE_BIN": agent}
+    r = subprocess.run([path, "--help"], capture_output=True, text=True, env=env, timeout=30)
+    text = r.stdout + r.stderr
+    names = set(re.findall(r"\b(OUTPOST_[A-Z0-9_]*[A-Z0-9])\b", text))
+    if prefix:
+        for opt in re.findall(r"^\s+--([a-z][a-z0-9-]*)", text, re.M):
+            if opt not in ("config", "help", "version"):
+                names.add(prefix + opt.upper().replace("-", "_"))
+    return frozenset(names)
+
+
+def env_of(x):
+    e = x.get("environment") or {}
+    if isinstance(e, list):
+        e = dict(i.split("=", 1) if "=" in i else (i, "") for i in e)
+    return e
+
+
+def check_env_names(c, stage_info, src, build):
+    v = []
+    if not stage_info:
+        return v
+    _, stages = stage_info
+    names = stage_by_name(stages)
+    agent = os.path.join(build, "device/outpost-device")
+    known, unchecked = {}, {}
+    for stage, progs in STAGE_PROGRAMS.items():
+        known[stage], unchecked[stage] = set(), []
+        for where, rel, prefix in progs:
+            h = help_names(os.path.join(src if where == "src" else build, rel), prefix, agent)
+            if h is None:
+                unchecked[stage].append(prefix or "OUTPOST_")
+                say_once("%s not built; the %s image's %s* settings are unchecked" % (rel, stage, prefix))
+                continue
+            known[stage] |= h
+    uses = []  # (where, stage, variable)
+    for st in stages:
+        if st.name not in known:
+            continue
+        for s in chain(st, names):
+            for n, instr, args in s.instrs:
+                if instr == "ENV":
+                    for var in re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)=", args):
+                        uses.append(("Dockerfile:%d" % n, st.name, var))
+    for name, svc_ in (c.get("services") or {}).items():
+        b = svc_.get("build")
+        target = b.get("target") if isinstance(b, dict) else None
+        if target in known:
+            for var in env_of(svc_):
+                uses.append(("compose: %s" % name, target, var))
+    for where, stage, var in uses:
+        if not var.startswith("OUTPOST_") or var in known[stage]:
+            continue
+        if any(var.startswith(p) for p in unchecked[stage]):
+            continue
+        v.append("%s: %s is not a setting of the %s image's programs (their --help)" % (where, var, stage))
+    return v
+
+
+# --------------------------------------------------------------------------------------------
 # shell scripts
 
 def check_shell(src):
@@ -799,6 +876,7 @@ def run_checks(src, build, compose_dict, dockerfile_text, ignore_text, check_apt
     v += check_compose(compose_dict, stage_info)
     if check_bins:
         v += check_packages(stage_info, src, build, check_apt)
+        v += check_env_names(compose_dict, stage_info, src, build)
     return v
 
 
@@ -810,7 +888,8 @@ def svc(c, name):
 
 
 def mutations():
-    """(description, what to change, expected substring of a violation)"""
+    """(description, (kind, change), expected substring of a violation[, what it needs: a build
+    product relative to the build tree, or "apt"])"""
     def C(f):
         return ("compose", f)
 
@@ -885,8 +964,13 @@ def mutations():
         (".dockerignore keeps build trees", I(lambda t: t.replace("build*\n", "")), "build"),
         (".dockerignore re-includes a key", I(lambda t: t + "!var/local/pki/ca.key\n"), "ca.key"),
         (".dockerignore excludes a needed source", I(lambda t: t + "scripts/\n"), "scripts/provision-certs.sh"),
-        ("device image without wolfSSL", ("packages", lambda t: t.replace("libpaho-mqtt1.3 libprotobuf-c1 libwolfssl35", "libpaho-mqtt1.3 libprotobuf-c1")), "libwolfssl35"),
-        ("a package that does not exist", ("packages", lambda t: t.replace("openssl \\", "openssl-tools \\")), "no such package"),
+        ("misspelt device setting", C(lambda c: svc(c, "device")["environment"].__setitem__("OUTPOST_DEVICE_SAMPEL_INTERVAL", "10s")), "SAMPEL"),
+        ("broker variable run-broker.sh does not read", C(lambda c: svc(c, "broker")["environment"].__setitem__("OUTPOST_INTERNAL_ADDRESS", "x")), "INTERNAL_ADDRESS"),
+        ("image sets an unknown provision variable", D(stage_append("provision", "ENV OUTPOST_DEVICE_COUNT=10")), "DEVICE_COUNT"),
+        ("misspelt bridge setting", C(lambda c: svc(c, "bridge")["environment"].__setitem__("OUTPOST_BRIDGE_BROKER_HOSTNAME", "x")), "BROKER_HOSTNAME", "bridge/outpost-bridge"),
+        ("device image without wolfSSL", D(lambda t: t.replace("libpaho-mqtt1.3 libprotobuf-c1 libwolfssl35", "libpaho-mqtt1.3 libprotobuf-c1")), "libwolfssl35", "device/outpost-device"),
+        ("bridge image without libpq", D(lambda t: t.replace("libsqlite3-0 libpq5", "libsqlite3-0")), "libpq5", "bridge/outpost-bridge"),
+        ("a package that does not exist", D(lambda t: t.replace("openssl \\", "openssl-tools \\")), "no such package", "apt"),
     ]
 
 
@@ -895,20 +979,20 @@ def self_test(src, build, compose_dict, dockerfile_text, ignore_text, compose_fi
     base_v = run_checks(src, build, compose_dict, dockerfile_text, ignore_text, have_apt)
     if base_v:
         return ["self-test: the unmodified inputs already fail"]
-    device_built = os.path.exists(os.path.join(build, "device/outpost-device"))
-    for desc, (kind, f), expect in mutations():
+    for desc, (kind, f), expect, *needs in mutations():
         c, d, i = copy.deepcopy(compose_dict), dockerfile_text, ignore_text
         if kind == "compose":
             f(c)
-        elif kind in ("dockerfile", "packages"):
+        elif kind == "dockerfile":
             d = f(d)
             if d == dockerfile_text:
                 failures.append("self-test: '%s' did not change the Dockerfile (stale mutation)" % desc)
                 continue
         elif kind == "ignore":
             i = f(i)
-        if kind == "packages" and ("wolfSSL" in desc and not device_built or "exist" in desc and not have_apt):
-            say_once("self-test '%s' skipped (needs %s)" % (desc, "the device binary" if "wolfSSL" in desc else "apt lists"))
+        need = needs[0] if needs else None
+        if need == "apt" and not have_apt or need not in (None, "apt") and not os.path.exists(os.path.join(build, need)):
+            say_once("self-test '%s' skipped (needs %s)" % (desc, "apt package lists" if need == "apt" else os.path.join(build, need)))
             continue
         v = run_checks(src, build, c, d, i, have_apt)
         hit = [x for x in v if expect in x]
@@ -917,7 +1001,7 @@ def self_test(src, build, compose_dict, dockerfile_text, ignore_text, compose_fi
         else:
             note("rejected as expected: %s -> %s" % (desc, hit[0].splitlines()[0]))
     # The schema check itself: docker-compose must refuse a malformed file.
-    with tempfile.TemporaryDirectory(dir=os.path.join(build, "tests") if os.path.isdir(os.path.join(build, "tests")) else None) as tmp:
+    with tempfile.TemporaryDirectory(prefix="check-docker-") as tmp:
         os.makedirs(os.path.join(tmp, "docker"))
         with open(compose_file) as fsrc:
             text = fsrc.read()

@@ -12,14 +12,17 @@ engine.
              that is held is refused; docker/device/healthcheck.sh follows the agent's life
   stack      run-broker.sh on the broker volume with the internal listener bound to a host
              name (as in compose), docker/mosquitto/healthcheck.sh, the real outpost-device
-             through the entrypoint connecting over WSS with the device volume's files, then a
-             revocation through the provision entrypoint that the broker enforces at once
+             through the entrypoint with compose's settings connecting over WSS with the device
+             volume's files, outpost-bridge with compose's settings storing their data (when the
+             bridge is built), then a revocation through the provision entrypoint that the
+             broker enforces at once
 
-Usage: test_docker_entrypoints.py [--source DIR] [--build DIR] [--keep]
+Usage: test_docker_entrypoints.py [--source DIR] [--build DIR] [--tmp DIR] [--keep]
 Exit status: 0 passed, 1 failed, 2 usage or missing build products."""
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +111,15 @@ def read(p):
             return f.read()
     except OSError:
         return ""
+
+
+def compose_env(src, service):
+    """A service's environment in docker/docker-compose.yml, ${VAR:-default} at its default."""
+    import yaml
+    with open(os.path.join(src, "docker/docker-compose.yml")) as f:
+        env = yaml.safe_load(f)["services"][service].get("environment") or {}
+    sub = lambda v: re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(v))
+    return {k: sub(v) for k, v in env.items()}
 
 
 def base_env():
@@ -267,22 +279,26 @@ def test_stack(src, build, tmp, penv):
     conf = read(tmp + "/broker/mosquitto.conf")
     check("listener %d localhost" % internal in conf, "stack: the internal listener is bound to the given name")
 
+    # The agent as compose configures it (only the broker's address differs), and a second one
+    # sampling every second so that the revocation shows at once.
     denv = base_env()
+    denv.update(compose_env(src, "device"))
     denv.update(OUTPOST_DEVICE_PKI=tmp + "/export/devices", OUTPOST_DEVICE_STATE_ROOT=tmp + "/dstate",
-                OUTPOST_DEVICE_BIN=agent, HOSTNAME="real1", OUTPOST_DEVICE_ID="device-0003",
-                OUTPOST_DEVICE_BROKER_HOST="localhost", OUTPOST_DEVICE_WSS_PORT=str(wss),
-                OUTPOST_DEVICE_MQTTS_PORT=str(mqtts), OUTPOST_DEVICE_PROXY="none",
-                OUTPOST_DEVICE_TRANSPORT="wss",
-                OUTPOST_DEVICE_COLLECTORS="sim", OUTPOST_DEVICE_SIM_METRICS="2",
-                OUTPOST_DEVICE_SAMPLE_INTERVAL="1s", OUTPOST_DEVICE_BATCH_INTERVAL="1s",
-                OUTPOST_DEVICE_BACKOFF_MAX="2s")
-    dlog = tmp + "/logs/real1.log"
-    dev = spawn([os.path.join(src, "docker/device/entrypoint.sh")], denv, dlog)
-    connected = wait_for(lambda: "as device-0003" in read(blog) or dev.poll() is not None, 20)
-    check(connected and dev.poll() is None,
-          "stack: outpost-device via the entrypoint connects over WSS with the device volume's files")
-    check(run([os.path.join(src, "docker/device/healthcheck.sh")], dict(denv), 30)[0] == 0,
+                OUTPOST_DEVICE_BIN=agent, OUTPOST_DEVICE_BROKER_HOST="localhost",
+                OUTPOST_DEVICE_WSS_PORT=str(wss), OUTPOST_DEVICE_MQTTS_PORT=str(mqtts),
+                OUTPOST_DEVICE_TRANSPORT="wss")
+    dev1 = spawn([os.path.join(src, "docker/device/entrypoint.sh")], dict(denv, HOSTNAME="real1"), tmp + "/logs/real1.log")
+    fast = dict(denv, HOSTNAME="real3", OUTPOST_DEVICE_ID="device-0003", OUTPOST_DEVICE_SAMPLE_INTERVAL="1s",
+                OUTPOST_DEVICE_BATCH_INTERVAL="1s", OUTPOST_DEVICE_BACKOFF_MAX="2s")
+    dlog = tmp + "/logs/real3.log"
+    dev = spawn([os.path.join(src, "docker/device/entrypoint.sh")], fast, dlog)
+    connected = wait_for(lambda: ("as device-0001" in read(blog) and "as device-0003" in read(blog)) or
+                         dev.poll() is not None or dev1.poll() is not None, 20)
+    check(connected and dev.poll() is None and dev1.poll() is None,
+          "stack: outpost-device with compose's settings, via the entrypoint, connects over WSS with the device volume's files")
+    check(run([os.path.join(src, "docker/device/healthcheck.sh")], dict(fast), 30)[0] == 0,
           "stack: the real agent is healthy")
+    test_bridge(src, build, tmp, internal)
 
     rc, out = run([os.path.join(src, "docker/provision/entrypoint.sh"), "--revoke", "device-0003"], penv)
     check(rc == 0, "stack: revocation through the provision entrypoint" + ("" if rc == 0 else ": " + out))
@@ -291,7 +307,8 @@ def test_stack(src, build, tmp, penv):
     check(enforced and "reloaded CRL" in read(blog),
           "stack: the broker reloads the CRL from its volume and refuses the device without a restart")
     rc = stop(dev, 15)
-    check(rc == 0, "stack: the agent stops cleanly on SIGTERM (status %s)" % rc)
+    rc1 = stop(dev1, 15)
+    check(rc == 0 and rc1 == 0, "stack: the agents stop cleanly on SIGTERM (status %s, %s)" % (rc, rc1))
     stop(broker)
     check(run([hc], benv, 10)[0] == 1, "stack: broker health check fails once it is gone")
     if FAILS:
@@ -299,11 +316,47 @@ def test_stack(src, build, tmp, penv):
         print("--- device log (tail)\n" + "\n".join(read(dlog).splitlines()[-30:]))
 
 
+def test_bridge(src, build, tmp, internal):
+    """outpost-bridge as compose configures it, on the bridge volume's files (once the bridge is
+    built in this tree)."""
+    bridge = os.path.join(build, "bridge/outpost-bridge")
+    ctl = os.path.join(build, "bridge/outpostctl")
+    if not (os.path.exists(bridge) and os.path.exists(ctl)):
+        print("note test_docker_entrypoints: %s not built; the bridge part is skipped" % bridge)
+        return
+    store = "sqlite:%s/bridge/outpost.db" % tmp
+    os.makedirs(tmp + "/bridge")
+    env = base_env()
+    env.update(compose_env(src, "bridge"))
+    env.update(OUTPOST_BRIDGE_PKI_DIR=tmp + "/export/bridge", OUTPOST_BRIDGE_BROKER_HOST="localhost",
+               OUTPOST_BRIDGE_BROKER_PORT=str(internal), OUTPOST_BRIDGE_STORE=store, OUTPOST_STORE=store,
+               PGPASSFILE=tmp + "/export/bridge/pgpass")
+    log = tmp + "/logs/bridge.log"
+    p = spawn([bridge], env, log)
+
+    def stored():
+        rc, out = run([ctl, "devices", "--format", "csv"], env, 30)
+        if rc != 0 or "device-0003" not in out or "device-0001" not in out:
+            return False
+        rc, out = run([ctl, "readings", "--device", "device-0003", "--limit", "1", "--format", "csv"], env, 30)
+        return rc == 0 and len(out.strip().splitlines()) >= 2
+    ok = wait_for(lambda: stored() or p.poll() is not None, 30)
+    check(ok and p.poll() is None,
+          "stack: outpost-bridge with compose's settings, on the bridge volume, enrols both devices and stores readings")
+    rc, out = run([ctl, "events", "--limit", "1"], env, 30)
+    check(rc == 0, "stack: the bridge's health check command (outpostctl events --limit 1) succeeds")
+    rc = stop(p, 30)
+    check(rc == 0, "stack: the bridge stops cleanly on SIGTERM (status %s)" % rc)
+    if FAILS:
+        print("--- bridge log (tail)\n" + "\n".join(read(log).splitlines()[-30:]))
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default=os.path.normpath(os.path.join(here, "../..")))
     ap.add_argument("--build", default=None)
+    ap.add_argument("--tmp", default=None, help="parent of the scratch directory [BUILD/tests/tmp]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args()
     src = os.path.abspath(a.source)
@@ -316,7 +369,7 @@ def main():
         if not shutil.which(tool) and not os.path.exists("/usr/sbin/" + tool):
             print("test_docker_entrypoints: %s not found (scripts/bootstrap.sh)" % tool, file=sys.stderr)
             return 2
-    base = os.path.join(build, "tests", "tmp")
+    base = os.path.abspath(a.tmp or os.path.join(build, "tests", "tmp"))
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="docker-entrypoints-", dir=base)
     os.makedirs(tmp + "/logs")
