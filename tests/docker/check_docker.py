@@ -405,6 +405,10 @@ def check_dockerfile(text, src, ctx_files, compose_targets):
                             v.append("%s: COPY %s %s: expected %s (mirror of the repository)" % (where, src, dest, want))
                 if is_final and "chown" in f:
                     v.append("%s: COPY --chown: programs and configuration must stay root-owned" % where)
+            if instr == "EXPOSE":
+                extra = {x.split("/")[0] for x in args.split()} - {p for p, _ in BROKER_PORTS}
+                if extra:
+                    v.append("%s: EXPOSE %s: `docker run -P` would publish it" % (where, " ".join(sorted(extra))))
             if instr == "RUN" and not args.startswith("["):
                 err = sh_syntax(args)
                 if err:
@@ -958,6 +962,7 @@ def mutations():
         ("entrypoint not copied in", D(lambda t: t.replace("COPY docker/device/entrypoint.sh docker/device/healthcheck.sh", "COPY docker/device/healthcheck.sh")), "no COPY"),
         ("script copied outside the mirror layout", D(lambda t: t.replace("COPY certs/openssl.cnf /usr/share/outpost/certs/", "COPY certs/openssl.cnf /usr/share/outpost/")), "mirror"),
         ("COPY of a file the context lacks", D(stage_append("device", "COPY docs/DEVICE.md /usr/share/doc/outpost/")), "not in the build context"),
+        ("internal port EXPOSEd", D(lambda t: t.replace("EXPOSE 443 8883", "EXPOSE 443 8883 8884")), "EXPOSE 8884"),
         ("shell-form ENTRYPOINT", D(stage_append("broker", "ENTRYPOINT /usr/share/outpost/docker/mosquitto/run-broker.sh")), "shell form"),
         (".dockerignore keeps keys", I(lambda t: t.replace("**/*.key\n", "")), ".key"),
         (".dockerignore keeps var/", I(lambda t: t.replace("var/\n", "")), "var/local"),
