@@ -16,6 +16,8 @@ packages=(
 	libcriterion-dev postgresql tinyproxy
 	# benchmarks: the naive-subscriber baseline
 	python3 python3-paho-mqtt
+	# docker/ checked offline (tests/docker): compose schema, YAML, shell lint, ELF and packages
+	docker-compose python3-yaml shellcheck binutils
 )
 
 case "${1:-}" in
