@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "otime.h"
 #include "brg_ingest.h"
 #include "brg_queue.h"
 #include "brg_reply.h"
@@ -44,13 +45,6 @@ struct brg_ingest {
 	int64_t stop_deadline; /* monotonic ms */
 	struct brg_stats st;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void logf_(struct brg_ingest *in, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -242,7 +236,7 @@ static void publish_outcome(struct brg_ingest *in, struct brg_outcome *out, int6
 static int stopping_past_deadline(struct brg_ingest *in)
 {
 	pthread_mutex_lock(&in->mu);
-	int past = in->stopping && mono_ms() >= in->stop_deadline;
+	int past = in->stopping && otime_mono_ms() >= in->stop_deadline;
 	pthread_mutex_unlock(&in->mu);
 	return past;
 }
@@ -250,9 +244,9 @@ static int stopping_past_deadline(struct brg_ingest *in)
 /* Sleep up to ms, waking early once a stop's deadline has passed. */
 static void backoff(struct brg_ingest *in, int64_t ms)
 {
-	int64_t end = mono_ms() + ms;
-	while (mono_ms() < end && !stopping_past_deadline(in)) {
-		int64_t left = end - mono_ms();
+	int64_t end = otime_mono_ms() + ms;
+	while (otime_mono_ms() < end && !stopping_past_deadline(in)) {
+		int64_t left = end - otime_mono_ms();
 		struct timespec ts = {0, (long)((left > 50 ? 50 : left) * 1000000L)};
 		nanosleep(&ts, NULL);
 	}
@@ -350,13 +344,13 @@ static void *writer_main(void *arg)
 	struct brg_ingest *in = arg;
 	struct brg_outcome out = {0};
 	struct brg_item **items = calloc(in->o.group_max, sizeof(*items));
-	int64_t next_health = mono_ms() + in->o.health_interval_ms;
+	int64_t next_health = otime_mono_ms() + in->o.health_interval_ms;
 	if (!items) {
 		logf_(in, OLOG_ERROR, "writer: out of memory");
 		return NULL;
 	}
 	for (;;) {
-		int64_t wait = next_health - mono_ms();
+		int64_t wait = next_health - otime_mono_ms();
 		void *p = NULL;
 		int rc = brg_queue_pop(in->wq, &p, wait > 0 ? (int)wait : 0);
 		if (rc == BRG_ECLOSED)
@@ -382,9 +376,9 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&in->mu);
 		if (want_recheck)
 			recheck(in, &out);
-		if (!stopping && mono_ms() >= next_health) {
+		if (!stopping && otime_mono_ms() >= next_health) {
 			maintain(in, &out);
-			next_health = mono_ms() + in->o.health_interval_ms;
+			next_health = otime_mono_ms() + in->o.health_interval_ms;
 		}
 	}
 	brg_outcome_free(&out);
@@ -425,7 +419,7 @@ int brg_ingest_stop(struct brg_ingest *in)
 		return in->gave_up ? BRG_ETIMEDOUT : BRG_OK;
 	}
 	in->stopping = 1;
-	in->stop_deadline = mono_ms() + in->o.shutdown_timeout_ms;
+	in->stop_deadline = otime_mono_ms() + in->o.shutdown_timeout_ms;
 	pthread_cond_broadcast(&in->room);
 	pthread_mutex_unlock(&in->mu);
 	for (int i = 0; i < in->o.workers; i++)

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "otime.h"
 #include "brg_err.h"
 #include "brg_registry.h"
 #include "store_ops.h"
@@ -44,13 +45,6 @@ const char *brg_state_name(enum brg_state st)
 {
 	return st >= BRG_ST_NONE && st <= BRG_ST_DEACTIVATED && st != BRG_ST_NONE ? names[st]
 	                                                                          : "unknown";
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static uint64_t hash(const char *s)
@@ -142,14 +136,14 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
 		return;
 	pthread_mutex_lock(&r->mu);
-	put_locked(r, id, info, mono_ms());
+	put_locked(r, id, info, otime_mono_ms());
 	pthread_mutex_unlock(&r->mu);
 }
 
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out)
 {
-	int64_t now = mono_ms();
+	int64_t now = otime_mono_ms();
 	struct entry *e;
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
 		return BRG_EINVAL;

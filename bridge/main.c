@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "otime.h"
 #include "brg_config.h"
 #include "brg_ingest.h"
 #include "brg_mqtt.h"
@@ -59,13 +60,6 @@ static void usage(FILE *out)
 	    "error.\n\n"
 	    "Options (config file " BRG_DEFAULT_CONFIG ", or --config FILE):\n");
 	cfg_print_help(out, brg_config_opts, brg_config_nopts, BRG_ENV_PREFIX);
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int load_ca(const struct brg_config *c, struct wire_ca **out)
@@ -242,14 +236,14 @@ int main(int argc, char **argv)
 	olog(OLOG_INFO, "started: store %s, broker %s:%lld, client id %s, %d verifier thread(s)",
 	     store_url(writer), c.broker_host, (long long)c.broker_port, c.client_id, workers);
 
-	int64_t next_crl = mono_ms() + c.crl_reload_ms;
-	int64_t next_stats = c.stats_interval_ms ? mono_ms() + c.stats_interval_ms : INT64_MAX;
-	int64_t last_stats = mono_ms();
+	int64_t next_crl = otime_mono_ms() + c.crl_reload_ms;
+	int64_t next_stats = c.stats_interval_ms ? otime_mono_ms() + c.stats_interval_ms : INT64_MAX;
+	int64_t last_stats = otime_mono_ms();
 	struct brg_stats last = {0};
 	for (;;) {
 		struct timespec tick = {0, 250 * 1000000L};
 		int sig = sigtimedwait(&sigs, NULL, &tick);
-		int64_t now = mono_ms();
+		int64_t now = otime_mono_ms();
 		if (sig == SIGTERM || sig == SIGINT) {
 			olog(OLOG_INFO, "%s: finishing the in-flight commit", strsignal(sig));
 			break;
@@ -276,7 +270,7 @@ int main(int argc, char **argv)
 		     "some acks were not confirmed by the broker before exit; devices resend "
 		     "and get them again");
 	brg_mqtt_stop(mq);
-	log_stats(in, reg, &last, mono_ms() - last_stats);
+	log_stats(in, reg, &last, otime_mono_ms() - last_stats);
 	status = rc ? 1 : 0;
 	olog(OLOG_INFO, "stopped%s", rc ? " (some messages were not committed)" : "");
 out:

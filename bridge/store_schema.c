@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "otime.h"
 #include "store_be.h"
 
 struct migration {
@@ -199,13 +200,6 @@ int store_schema_version(struct store *s, int *version)
 	return STORE_OK;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* One step: under the migration lock, apply the next missing version (or none). *done is set
  * when the store is current. */
 static int migrate_step(struct store *s, int *version, int *done)
@@ -238,7 +232,7 @@ static int migrate_step(struct store *s, int *version, int *done)
 		rc = store_prepare(
 		    s, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", &st);
 		if (!rc && !(rc = store_bind_i64(st, 1, m->version)) &&
-		    !(rc = store_bind_i64(st, 2, now_ms()))) {
+		    !(rc = store_bind_i64(st, 2, otime_wall_ms()))) {
 			int r = store_step(st);
 			rc = r < 0 ? r : STORE_OK;
 		}

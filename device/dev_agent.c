@@ -16,6 +16,7 @@
 #include <wolfssl/options.h>
 #include <wolfssl/wolfcrypt/random.h>
 
+#include "otime.h"
 #include "cfg.h"
 #include "dev_agent.h"
 #include "dev_catalog.h"
@@ -65,20 +66,6 @@ struct dev_agent {
 };
 
 /* ---------- time ---------- */
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void wake(void *ctx)
 {
@@ -287,8 +274,8 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	if (have_proxy)
 		olog(OLOG_INFO, "using HTTP CONNECT proxy %s", proxy);
 	wc_RNG_GenerateBlock(&a->rng, a->boot_id, sizeof(a->boot_id));
-	a->started_at_ms = wall_ms();
-	a->started_mono = mono_ms();
+	a->started_at_ms = otime_wall_ms();
+	a->started_mono = otime_mono_ms();
 	on_interrupted_task(a);
 	*out = a;
 	return 0;
@@ -322,7 +309,7 @@ void dev_agent_free(struct dev_agent *a)
 static int seal(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body, size_t len,
 		uint8_t **env, size_t *env_len)
 {
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = wall_ms(), .body = body,
+	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = otime_wall_ms(), .body = body,
 			     .body_len = len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", a->cfg->id);
 	return wire_env_seal(a->key, &e, env, env_len);
@@ -331,7 +318,7 @@ static int seal(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t 
 static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 {
 	a->spool_errors++;
-	int64_t now = mono_ms();
+	int64_t now = otime_mono_ms();
 	if (now - a->last_spool_error_log > 60000 || olog_enabled(OLOG_DEBUG)) {
 		olog(OLOG_ERROR, "spool: cannot store %s: %s (%s); keeping it in memory and retrying",
 		     what, dev_spool_strerror(rc), strerror(errno));
@@ -351,7 +338,7 @@ static int spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const
 		     wire_strerror(rc));
 		return rc;
 	}
-	rc = dev_spool_append(a->spool, seq, dev_spool_last_durable(a->spool), kind, wall_ms(), env,
+	rc = dev_spool_append(a->spool, seq, dev_spool_last_durable(a->spool), kind, otime_wall_ms(), env,
 			      env_len);
 	free(env);
 	if (rc)
@@ -423,12 +410,12 @@ static void sample(struct dev_agent *a)
 	if (wire_batch_rows(a->builder) + 1 >= WIRE_MAX_ROWS ||
 	    wire_batch_count(a->builder) + 2 * dev_catalog_count(a->catalog) + 64 > WIRE_MAX_CELLS)
 		flush_batch(a);
-	if (wire_batch_row(a->builder, wall_ms())) {
+	if (wire_batch_row(a->builder, otime_wall_ms())) {
 		/* the spool has been failing for a long time: keep the newest data */
 		olog(OLOG_WARN, "batch buffer full while the spool fails; dropping %zu buffered readings",
 		     wire_batch_count(a->builder));
 		wire_batch_builder_reset(a->builder);
-		wire_batch_row(a->builder, wall_ms());
+		wire_batch_row(a->builder, otime_wall_ms());
 	}
 	int failures = dev_collect_sample(a->collect, sink, &s, &failed, &why);
 	a->samples++;
@@ -491,7 +478,7 @@ static void send_birth(struct dev_agent *a)
 	dev_link_stats(a->link, &ls);
 	ss.records = st.records;
 	ss.bytes = st.bytes;
-	ss.oldest_unsent_age_s = st.oldest_unsent_ms ? (uint64_t)((wall_ms() - st.oldest_unsent_ms) / 1000) : 0;
+	ss.oldest_unsent_age_s = st.oldest_unsent_ms ? (uint64_t)((otime_wall_ms() - st.oldest_unsent_ms) / 1000) : 0;
 	ss.disconnects = (uint32_t)ls.disconnects;
 	ss.last_disconnect_cause = ls.last_cause;
 	ss.dropped_total = st.dropped_total;
@@ -538,7 +525,7 @@ static void send_poll(struct dev_agent *a)
 		return;
 	if (!publish_env(a, WIRE_TOPIC_TASKS_POLL, WIRE_KIND_TASK_POLL, body, len,
 			 a->topic[WIRE_TOPIC_TASKS], corr, sizeof(corr), &seq))
-		dev_tasks_poll_sent(a->tasks, seq, corr, mono_ms());
+		dev_tasks_poll_sent(a->tasks, seq, corr, otime_mono_ms());
 	free(body);
 }
 
@@ -591,7 +578,7 @@ static void report(struct dev_agent *a, uint64_t task_id, const struct result *r
 	m.message = (char *)r->message;
 	m.n_output = r->n;
 	m.output = (Outpost__KeyValue **)r->kvp;
-	m.finished_at_ms = wall_ms();
+	m.finished_at_ms = otime_wall_ms();
 	struct wire_diag d = {{0}};
 	int rc = wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d);
 	if (!rc)
@@ -619,11 +606,11 @@ static void task_ping(struct dev_agent *a, struct result *r)
 	dev_link_stats(a->link, &ls);
 	dev_uploader_stats(a->up, &us);
 	out_kv(r, "agent_version", "%s", OUTPOST_VERSION);
-	out_kv(r, "uptime_s", "%lld", (long long)((mono_ms() - a->started_mono) / 1000));
+	out_kv(r, "uptime_s", "%lld", (long long)((otime_mono_ms() - a->started_mono) / 1000));
 	out_kv(r, "spool_records", "%" PRIu64, st.records);
 	out_kv(r, "spool_bytes", "%" PRIu64, st.bytes);
 	out_kv(r, "oldest_unsent_age_s", "%lld",
-	       st.oldest_unsent_ms ? (long long)((wall_ms() - st.oldest_unsent_ms) / 1000) : 0LL);
+	       st.oldest_unsent_ms ? (long long)((otime_wall_ms() - st.oldest_unsent_ms) / 1000) : 0LL);
 	out_kv(r, "dropped_total", "%" PRIu64, st.dropped_total);
 	out_kv(r, "link_uri", "%s", ls.uri);
 	out_kv(r, "link_connects", "%" PRIu64, ls.connects);
@@ -661,7 +648,7 @@ static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct 
 		out_kv(r, t->args[i]->key, "%s", t->args[i]->value);
 	}
 	olog_set_level((enum olog_level)a->cfg->log_level);
-	int64_t now = mono_ms();
+	int64_t now = otime_mono_ms();
 	a->next_sample = now + a->cfg->sample_interval_ms;
 	a->next_flush = now + a->cfg->batch_interval_ms;
 	a->next_poll = now + a->cfg->poll_interval_ms;
@@ -783,8 +770,8 @@ static void on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
 	Outpost__TaskList *list = NULL;
 	size_t n = 0;
 	struct wire_diag d = {{0}};
-	int rc = dev_tasks_judge(a->tasks, ev->data, ev->len, ev->corr, ev->corr_len, wall_ms(),
-				 mono_ms(), &list, v, &n, &d);
+	int rc = dev_tasks_judge(a->tasks, ev->data, ev->len, ev->corr, ev->corr_len, otime_wall_ms(),
+				 otime_mono_ms(), &list, v, &n, &d);
 	if (rc) {
 		olog(OLOG_WARN, "ignored an unreadable task list: %s", d.msg[0] ? d.msg : wire_strerror(rc));
 		return;
@@ -814,9 +801,9 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		olog(OLOG_INFO, "connected to %s", ev->text);
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "online", 6, 1, 1, NULL, NULL, 0);
 		send_birth(a);
-		dev_uploader_link_up(a->up, mono_ms());
+		dev_uploader_link_up(a->up, otime_mono_ms());
 		send_poll(a);
-		a->next_poll = mono_ms() + a->cfg->poll_interval_ms;
+		a->next_poll = otime_mono_ms() + a->cfg->poll_interval_ms;
 		break;
 	case DEV_LINK_DOWN:
 	case DEV_LINK_FAILED:
@@ -839,7 +826,7 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		}
 		if (t == WIRE_TOPIC_ACK) {
 			struct wire_diag d = {{0}};
-			int rc = dev_uploader_on_ack(a->up, ev->data, ev->len, mono_ms(), &d);
+			int rc = dev_uploader_on_ack(a->up, ev->data, ev->len, otime_mono_ms(), &d);
 			if (rc) {
 				a->bad_acks++;
 				olog(OLOG_WARN, "ignored an ack that failed verification: %s%s%s", wire_strerror(rc),
@@ -856,7 +843,7 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 int dev_agent_run(struct dev_agent *a)
 {
 	struct dev_config *c = a->cfg;
-	int64_t now = mono_ms();
+	int64_t now = otime_mono_ms();
 	a->next_sample = now;
 	a->next_flush = now + c->batch_interval_ms;
 	a->next_poll = INT64_MAX;
@@ -865,7 +852,7 @@ int dev_agent_run(struct dev_agent *a)
 
 	while (!a->stop) {
 		struct dev_link_event ev;
-		now = mono_ms();
+		now = otime_mono_ms();
 		if (a->reconnect) {
 			a->reconnect = 0;
 			dev_uploader_link_down(a->up);
@@ -878,7 +865,7 @@ int dev_agent_run(struct dev_agent *a)
 		}
 		if (a->stop)
 			break;
-		now = mono_ms();
+		now = otime_mono_ms();
 		if (now >= a->next_sample) {
 			sample(a);
 			a->next_sample += c->sample_interval_ms;
@@ -914,7 +901,7 @@ int dev_agent_run(struct dev_agent *a)
 			until = d;
 		if (dev_link_is_up(a->link) && a->next_poll < until)
 			until = a->next_poll;
-		now = mono_ms();
+		now = otime_mono_ms();
 		int timeout = until <= now ? 0 : (until - now > 60000 ? 60000 : (int)(until - now));
 		struct pollfd p = {a->wake_fd, POLLIN, 0};
 		if (poll(&p, 1, timeout) > 0) {

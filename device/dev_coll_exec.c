@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "otime.h"
 #include "dev_collect.h"
 #include "wire_limits.h"
 
@@ -24,13 +25,6 @@ struct exec {
 	char *command;
 	int64_t timeout_ms;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int exec_open(const struct dev_collect_conf *conf, void **state)
 {
@@ -109,10 +103,10 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 		return -1;
 	}
 	buf = malloc(EXEC_MAX_OUTPUT + 1);
-	int64_t deadline = mono_ms() + e->timeout_ms;
+	int64_t deadline = otime_mono_ms() + e->timeout_ms;
 	int timed_out = 0, too_big = 0;
 	while (buf) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - otime_mono_ms();
 		if (left <= 0) {
 			timed_out = 1;
 			break;

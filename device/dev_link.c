@@ -10,6 +10,7 @@
 
 #include <MQTTAsync.h>
 
+#include "otime.h"
 #include "dev_link.h"
 
 #define EVENT_QUEUE_CAP 256
@@ -78,13 +79,6 @@ void dev_link_event_free(struct dev_link_event *ev)
 	free(ev->data);
 	free(ev->corr);
 	memset(ev, 0, sizeof(*ev));
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static uint64_t next_rand(struct dev_link *l)
@@ -241,7 +235,7 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	l->state = ST_IDLE;
 	l->next_attempt = 0; /* connect at once */
 
-	uint64_t seed = (uint64_t)mono_ms() ^ ((uint64_t)getpid() << 32);
+	uint64_t seed = (uint64_t)otime_mono_ms() ^ ((uint64_t)getpid() << 32);
 	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) {
 		if (read(fd, &seed, sizeof(seed)) != sizeof(seed))
@@ -417,7 +411,7 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 			dev_link_event_free(&e.ev); /* from a client already destroyed */
 			continue;
 		}
-		int64_t now = mono_ms();
+		int64_t now = otime_mono_ms();
 		switch (e.ev.type) {
 		case DEV_LINK_UP:
 			l->state = ST_UP;
@@ -509,7 +503,7 @@ void dev_link_drop(struct dev_link *l, const char *why)
 	}
 	l->failures_in_row = 0;
 	l->uri = 0;
-	l->next_attempt = mono_ms(); /* a deliberate drop reconnects at once */
+	l->next_attempt = otime_mono_ms(); /* a deliberate drop reconnects at once */
 }
 
 void dev_link_stats(const struct dev_link *l, struct dev_link_stats *st)

@@ -14,6 +14,7 @@
 #include <wolfssl/wolfcrypt/aes.h>
 #include <wolfssl/wolfcrypt/random.h>
 
+#include "otime.h"
 #include "crc32.h"
 #include "dev_spool.h"
 
@@ -88,20 +89,6 @@ const char *dev_spool_strerror(int err)
 }
 
 /* ---------- small helpers ---------- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -359,7 +346,7 @@ static int state_write(struct dev_spool *s)
 	if (!rc)
 		rc = fsync_dir(s->dir);
 	if (!rc) {
-		s->state_written_ms = mono_ms();
+		s->state_written_ms = otime_mono_ms();
 		s->state_dirty = 0;
 	}
 out:
@@ -405,7 +392,7 @@ static int state_read(struct dev_spool *s)
 
 static void maybe_persist(struct dev_spool *s)
 {
-	if (s->state_dirty && mono_ms() - s->state_written_ms >= STATE_PERSIST_MS)
+	if (s->state_dirty && otime_mono_ms() - s->state_written_ms >= STATE_PERSIST_MS)
 		state_write(s); /* best effort: losing it only costs resends */
 }
 
@@ -687,7 +674,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 
 static void enforce_limits(struct dev_spool *s)
 {
-	int64_t cutoff = now_ms() - s->opts.max_age_ms;
+	int64_t cutoff = otime_wall_ms() - s->opts.max_age_ms;
 	/* never the newest segment: it holds the record just written */
 	while (s->nsegs > 1 && ((int64_t)s->total_bytes > s->opts.max_bytes ||
 				s->segs[0].t_last < cutoff))

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "wire_sign.h"
 
 extern char **environ;
 
@@ -175,6 +176,18 @@ const char *h_pki(void)
 const char *h_pki_other(void)
 {
 	return make_pki("pki-other", "--devices dev-a");
+}
+
+struct wire_key *h_pki_key(const char *name)
+{
+	struct wire_key *k = NULL;
+	char *path = h_strf("%s/%s.key", h_pki(), name);
+	if (wire_key_load(path, &k, NULL) != WIRE_OK) {
+		fprintf(stderr, "cannot load %s\n", path);
+		abort();
+	}
+	free(path);
+	return k;
 }
 
 int h_free_port(void)

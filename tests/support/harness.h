@@ -30,6 +30,9 @@ char *h_read_file(const char *path, size_t *len);
 const char *h_pki(void);
 const char *h_pki_other(void);
 
+/* Load <h_pki()>/<name>.key (e.g. "devices/dev-a", "bridge"); aborts if it cannot. */
+struct wire_key *h_pki_key(const char *name);
+
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int h_free_port(void);
 

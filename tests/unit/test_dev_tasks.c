@@ -13,15 +13,6 @@
 
 static const uint8_t corr[DEV_TASK_CORR_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 
-static struct wire_key *key(const char *name)
-{
-	struct wire_key *k = NULL;
-	char *p = h_strf("%s/%s.key", h_pki(), name);
-	cr_assert_eq(wire_key_load(p, &k, NULL), 0);
-	free(p);
-	return k;
-}
-
 static int64_t wall(void)
 {
 	struct timespec ts;
@@ -84,7 +75,7 @@ Test(dev_tasks, verdicts)
 {
 	char *dir = h_tmpdir("tasks");
 	char *path = h_strf("%s/tasks", dir);
-	struct wire_key *bridge = key("bridge"), *other = key("devices/dev-c");
+	struct wire_key *bridge = h_pki_key("bridge"), *other = h_pki_key("devices/dev-c");
 	struct wire_pubkey bp;
 	wire_key_public(bridge, &bp);
 	struct dev_tasks *t;

@@ -28,15 +28,6 @@ static int send_fn(void *ctx, const struct dev_spool_rec *rec, const uint8_t *en
 	return 0;
 }
 
-static struct wire_key *key(const char *name)
-{
-	struct wire_key *k = NULL;
-	char *p = h_strf("%s/%s.key", h_pki(), name);
-	cr_assert_eq(wire_key_load(p, &k, NULL), 0);
-	free(p);
-	return k;
-}
-
 static int64_t now_wall(void)
 {
 	struct timespec ts;
@@ -72,7 +63,7 @@ static void setup(struct fixture *f, size_t records, int window)
 	cr_assert_eq(dev_spool_open(&o, &f->spool, NULL), 0);
 	for (size_t i = 0; i < records; i++)
 		add(f);
-	f->bridge = key("bridge");
+	f->bridge = h_pki_key("bridge");
 	struct dev_uploader_opts uo = {"dev-a", {{0}}, window, 5000};
 	wire_key_public(f->bridge, &uo.bridge_key);
 	cr_assert_eq(dev_uploader_new(f->spool, &uo, &f->up), 0);
@@ -136,7 +127,7 @@ Test(dev_uploader, unverified_acks_change_nothing)
 	setup(&f, 6, 8);
 	dev_uploader_link_up(f.up, 0);
 	dev_uploader_pump(f.up, 0, send_fn, &s);
-	struct wire_key *dev_c = key("devices/dev-c");
+	struct wire_key *dev_c = h_pki_key("devices/dev-c");
 	cr_expect_eq(ack(&f, dev_c, "dev-a", f.seqs[5], 1), WIRE_ESIG, "signed by a device, not the bridge");
 	cr_expect_eq(ack(&f, f.bridge, "dev-b", f.seqs[5], 1), WIRE_EID, "another device's ack");
 	cr_expect_neq(dev_uploader_on_ack(f.up, (const uint8_t *)"garbage", 7, 1, NULL), 0);

@@ -8,15 +8,6 @@
 #include "wire_env.h"
 #include "wire_sign.h"
 
-static struct wire_key *load_key(const char *name)
-{
-	struct wire_key *k = NULL;
-	char *path = h_strf("%s/%s.key", h_pki(), name);
-	cr_assert_eq(wire_key_load(path, &k, NULL), WIRE_OK, "load %s", path);
-	free(path);
-	return k;
-}
-
 static uint8_t *seal(struct wire_key *k, uint32_t kind, const char *id, uint64_t seq,
 		     const void *body, size_t body_len, size_t *len)
 {
@@ -30,7 +21,7 @@ static uint8_t *seal(struct wire_key *k, uint32_t kind, const char *id, uint64_t
 
 Test(wire_env, round_trip_every_kind)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	for (uint32_t kind = 1; kind <= WIRE_KIND_MAX; kind++) {
@@ -61,7 +52,7 @@ Test(wire_env, round_trip_every_kind)
 
 Test(wire_env, empty_body)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	size_t len;
@@ -76,7 +67,7 @@ Test(wire_env, empty_body)
 
 Test(wire_env, every_single_bit_flip_is_rejected)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	const char body[] = "\x08\x01 telemetry body";
@@ -98,7 +89,7 @@ Test(wire_env, every_single_bit_flip_is_rejected)
 
 Test(wire_env, every_truncation_is_rejected)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	size_t len;
@@ -116,7 +107,7 @@ Test(wire_env, every_truncation_is_rejected)
 
 Test(wire_env, signature_by_another_device_is_rejected)
 {
-	struct wire_key *a = load_key("devices/dev-a"), *b = load_key("devices/dev-b");
+	struct wire_key *a = h_pki_key("devices/dev-a"), *b = h_pki_key("devices/dev-b");
 	struct wire_pubkey pub_a;
 	wire_key_public(a, &pub_a);
 	size_t len;
@@ -133,7 +124,7 @@ Test(wire_env, signature_by_another_device_is_rejected)
 Test(wire_env, bridge_and_device_domains_differ_by_kind)
 {
 	/* The same bytes signed as one kind never verify as another. */
-	struct wire_key *k = load_key("bridge");
+	struct wire_key *k = h_pki_key("bridge");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	size_t len;
@@ -254,7 +245,7 @@ Test(wire_env, repeated_and_unknown_fields_are_rejected)
 
 Test(wire_env, seal_refuses_bad_input)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_env e = {.kind = WIRE_KIND_BATCH, .seq = 1};
 	uint8_t *out = NULL;
 	size_t len;
@@ -295,7 +286,7 @@ Test(wire_env, envelope_exactly_at_the_size_limit)
 Test(wire_env, seal_accepts_the_largest_body)
 {
 	/* WIRE_MAX_BODY leaves room for every envelope field even with the longest id. */
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	uint8_t *body = malloc(WIRE_MAX_BODY);

@@ -101,21 +101,12 @@ struct sealed {
 	struct wire_env env;
 };
 
-static struct wire_key *load_key(const char *name)
-{
-	struct wire_key *k = NULL;
-	char *path = h_strf("%s/%s.key", h_pki(), name);
-	cr_assert_eq(wire_key_load(path, &k, NULL), WIRE_OK, "%s", path);
-	free(path);
-	return k;
-}
-
 /* Pack msg as kind, seal it, decode and verify the envelope; returns the decoded body. */
 static ProtobufCMessage *through_envelope(uint32_t kind, const void *msg, uint64_t seq,
 					  struct sealed *s)
 {
 	const char *signer = wire_kind_from_device(kind) ? "devices/dev-a" : "bridge";
-	struct wire_key *key = load_key(signer);
+	struct wire_key *key = h_pki_key(signer);
 	struct wire_pubkey pub;
 	struct wire_diag d = {""};
 	uint8_t *body = NULL;

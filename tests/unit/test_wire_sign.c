@@ -8,15 +8,6 @@
 #include "wire_cert.h"
 #include "wire_sign.h"
 
-static struct wire_key *load_key(const char *name)
-{
-	struct wire_key *k = NULL;
-	char *path = h_strf("%s/%s.key", h_pki(), name);
-	cr_assert_eq(wire_key_load(path, &k, NULL), WIRE_OK, "load %s", path);
-	free(path);
-	return k;
-}
-
 static void unhex(const char *hex, uint8_t *out, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -62,7 +53,7 @@ Test(wire_sign, rfc8032_test_vector)
 
 Test(wire_sign, sign_verify_and_tamper)
 {
-	struct wire_key *a = load_key("devices/dev-a"), *b = load_key("devices/dev-b");
+	struct wire_key *a = h_pki_key("devices/dev-a"), *b = h_pki_key("devices/dev-b");
 	struct wire_pubkey pa, pb;
 	uint8_t msg[300], sig[WIRE_SIG_LEN];
 	for (size_t i = 0; i < sizeof(msg); i++)
@@ -97,7 +88,7 @@ Test(wire_sign, key_matches_its_certificate)
 {
 	const char *names[] = {"devices/dev-a", "devices/dev-b", "bridge", "operator"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		struct wire_key *k = load_key(names[i]);
+		struct wire_key *k = h_pki_key(names[i]);
 		struct wire_pubkey pub;
 		struct wire_cert_info info;
 		char *path = h_strf("%s/%s.crt", h_pki(), names[i]), *pem = NULL;
@@ -116,7 +107,7 @@ Test(wire_sign, openssl_signature_verifies)
 {
 	/* Interoperability: a signature made by the OpenSSL command line with the device's key
 	 * file verifies with wire_verify, and ours verifies with OpenSSL. */
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	char *dir = h_tmpdir("sign");
 	char *msg_path = h_strf("%s/msg", dir), *sig_path = h_strf("%s/sig", dir);
@@ -297,7 +288,7 @@ Test(wire_sign, every_field_changes_the_signing_input)
 
 Test(wire_sign, parts_equal_concatenation)
 {
-	struct wire_key *k = load_key("devices/dev-a");
+	struct wire_key *k = h_pki_key("devices/dev-a");
 	struct wire_pubkey pub;
 	wire_key_public(k, &pub);
 	uint8_t hdr[WIRE_SIG_HEADER_MAX], buf[WIRE_SIG_HEADER_MAX + 100];
