@@ -1,0 +1,198 @@
+/* rawinsert.c - the database ceiling of the ingest benchmark: a minimal C program inserting the
+ * readings the bridge stores, one row each, into the same `readings` table (the store's own
+ * schema, created by its migrations), with the same durability settings as the bridge:
+ *   SQLite      WAL, synchronous=FULL (or --sync normal), one prepared INSERT per row;
+ *   PostgreSQL  COPY ... FROM STDIN (text), synchronous_commit on (the server default).
+ * No MQTT, no decoding, no verification, no envelopes, no acks: only the rows.
+ *
+ * Rows are generated the way the load generator's devices produce them (`devices` devices,
+ * messages round-robin, `rows` x `cols` readings each with increasing times) and committed in
+ * transactions of `--txn` messages.
+ *
+ * Usage: bench_rawinsert --store URL --devices D --messages M --rows R --cols C
+ *                        [--txn MESSAGES] [--sync full|normal]
+ * Prints one key=value line: rows/s and messages/s. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+#include <sqlite3.h>
+
+#include "bench_util.h"
+#include "store.h"
+
+#define PROG "bench_rawinsert"
+#define T0_MS 1767225600000LL
+
+static struct {
+	int devices, messages, rows, cols, txn;
+	int64_t base_dev;
+} G;
+
+struct row {
+	int64_t device, metric, ts, seq, idx;
+	double value;
+};
+
+/* The rows of message k (0-based): device k % D, its (k / D)-th batch. */
+static void message_rows(int k, struct row *out, double *state)
+{
+	int d = k % G.devices, b = k / G.devices;
+	int64_t seq = b + 2, t0 = T0_MS + (int64_t)b * G.rows * 10000;
+	int n = 0;
+	for (int r = 0; r < G.rows; r++)
+		for (int c = 0; c < G.cols; c++) {
+			double *v = &state[(size_t)d * (size_t)G.cols + (size_t)c];
+			*v += (double)((k * 7 + c * 3 + r) % 7 - 3) / 100.0;
+			out[n] = (struct row){G.base_dev + d, (int64_t)d * G.cols + c + 1,
+			                      t0 + (int64_t)r * 10000, seq, n, *v};
+			n++;
+		}
+}
+
+static void schema(const char *url)
+{
+	struct store_opts o = STORE_OPTS_INIT;
+	struct store *s = NULL;
+	char err[STORE_ERR_MAX];
+	if (store_open(url, &o, &s, err))
+		bench_die(PROG, "%s", err);
+	if (store_migrate(s, NULL, NULL))
+		bench_die(PROG, "cannot create the schema: %s", store_errmsg(s));
+	store_close(s);
+}
+
+static void sq_check(sqlite3 *db, int rc, const char *what)
+{
+	if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
+		bench_die(PROG, "%s: %s", what, sqlite3_errmsg(db));
+}
+
+static double run_sqlite(const char *path, const char *sync)
+{
+	sqlite3 *db;
+	sqlite3_stmt *ins;
+	char sql[128];
+	sq_check(NULL, sqlite3_open(path, &db), "open");
+	snprintf(sql, sizeof(sql), "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s", sync);
+	sq_check(db, sqlite3_exec(db, sql, NULL, NULL, NULL), "pragma");
+	sq_check(db,
+	         sqlite3_prepare_v2(db,
+	                            "INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	                            " VALUES (?, ?, ?, ?, ?, ?)",
+	                            -1, &ins, NULL),
+	         "prepare");
+	size_t per = (size_t)G.rows * (size_t)G.cols;
+	struct row *rows = bench_xcalloc(per, sizeof(*rows));
+	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
+	int64_t t0 = bench_mono_us();
+	for (int k = 0; k < G.messages; k++) {
+		if (k % G.txn == 0)
+			sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
+		message_rows(k, rows, state);
+		for (size_t i = 0; i < per; i++) {
+			sqlite3_bind_int64(ins, 1, rows[i].device);
+			sqlite3_bind_int64(ins, 2, rows[i].metric);
+			sqlite3_bind_int64(ins, 3, rows[i].ts);
+			sqlite3_bind_int64(ins, 4, rows[i].seq);
+			sqlite3_bind_int64(ins, 5, rows[i].idx);
+			sqlite3_bind_double(ins, 6, rows[i].value);
+			sq_check(db, sqlite3_step(ins), "insert");
+			sqlite3_reset(ins);
+		}
+		if (k % G.txn == G.txn - 1 || k == G.messages - 1)
+			sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
+	}
+	double secs = (double)(bench_mono_us() - t0) / 1e6;
+	sqlite3_finalize(ins);
+	sqlite3_close(db);
+	free(rows);
+	free(state);
+	return secs;
+}
+
+static void pg_check(PGconn *c, PGresult *r, ExecStatusType want, const char *what)
+{
+	if (PQresultStatus(r) != want)
+		bench_die(PROG, "%s: %s", what, PQerrorMessage(c));
+	PQclear(r);
+}
+
+static double run_pg(const char *url)
+{
+	PGconn *c = PQconnectdb(url);
+	if (PQstatus(c) != CONNECTION_OK)
+		bench_die(PROG, "connect: %s", PQerrorMessage(c));
+	size_t per = (size_t)G.rows * (size_t)G.cols;
+	struct row *rows = bench_xcalloc(per, sizeof(*rows));
+	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
+	size_t cap = 1 << 20, len = 0;
+	char *buf = bench_xcalloc(cap, 1);
+	int64_t t0 = bench_mono_us();
+	for (int k = 0; k < G.messages; k++) {
+		if (k % G.txn == 0) {
+			pg_check(c, PQexec(c, "BEGIN"), PGRES_COMMAND_OK, "BEGIN");
+			pg_check(c,
+			         PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
+			         PGRES_COPY_IN, "COPY");
+		}
+		message_rows(k, rows, state);
+		for (size_t i = 0; i < per; i++) {
+			if (cap - len < 256) {
+				if (PQputCopyData(c, buf, (int)len) != 1)
+					bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
+				len = 0;
+			}
+			len += (size_t)snprintf(buf + len, cap - len,
+			                        "%" PRId64 "\t%" PRId64 "\t%" PRId64 "\t%" PRId64
+			                        "\t%" PRId64 "\t%.17g\n",
+			                        rows[i].device, rows[i].metric, rows[i].ts, rows[i].seq,
+			                        rows[i].idx, rows[i].value);
+		}
+		if (k % G.txn == G.txn - 1 || k == G.messages - 1) {
+			if (len && PQputCopyData(c, buf, (int)len) != 1)
+				bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
+			len = 0;
+			if (PQputCopyEnd(c, NULL) != 1)
+				bench_die(PROG, "COPY end: %s", PQerrorMessage(c));
+			pg_check(c, PQgetResult(c), PGRES_COMMAND_OK, "COPY result");
+			pg_check(c, PQexec(c, "COMMIT"), PGRES_COMMAND_OK, "COMMIT");
+		}
+	}
+	double secs = (double)(bench_mono_us() - t0) / 1e6;
+	PQfinish(c);
+	free(buf);
+	free(rows);
+	free(state);
+	return secs;
+}
+
+int main(int argc, char **argv)
+{
+	const char *url = bench_arg(argc, argv, "--store", NULL);
+	const char *sync = bench_arg(argc, argv, "--sync", "full");
+	G.devices = (int)bench_arg_l(argc, argv, "--devices", 50);
+	G.messages = (int)bench_arg_l(argc, argv, "--messages", 10000);
+	G.rows = (int)bench_arg_l(argc, argv, "--rows", 1);
+	G.cols = (int)bench_arg_l(argc, argv, "--cols", 1);
+	G.txn = (int)bench_arg_l(argc, argv, "--txn", 100);
+	G.base_dev = 1;
+	if (!url || G.devices < 1 || G.messages < 1 || G.rows < 1 || G.cols < 1 || G.txn < 1 ||
+	    (strcmp(sync, "full") && strcmp(sync, "normal"))) {
+		fprintf(stderr, "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
+		                " [--txn MESSAGES] [--sync full|normal]\n");
+		return 2;
+	}
+	schema(url);
+	double secs;
+	if (!strncmp(url, "sqlite:", 7))
+		secs = run_sqlite(url + 7, sync);
+	else
+		secs = run_pg(url);
+	double rows = (double)G.messages * G.rows * G.cols;
+	printf("rawinsert ok=1 rows=%.0f msgs=%d txn_msgs=%d secs=%.3f rows_s=%.0f msg_s=%.0f\n", rows,
+	       G.messages, G.txn, secs, rows / secs, G.messages / secs);
+	return 0;
+}
