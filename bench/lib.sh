@@ -79,11 +79,12 @@ bench_pki() { # DIR COUNT
 }
 
 # Starts mosquitto through the stack's own entrypoint. Sets BENCH_WSS, BENCH_MQTTS,
-# BENCH_INTERNAL, BENCH_BROKER_PID, BENCH_BROKER_DIR.
+# BENCH_INTERNAL, BENCH_BROKER_PID, BENCH_BROKER_DIR (for the callers).
 bench_broker_start() { # PKI DIR
 	BENCH_WSS=${BENCH_WSS:-$(bench_free_port)}
 	BENCH_MQTTS=${BENCH_MQTTS:-$(bench_free_port)}
 	BENCH_INTERNAL=${BENCH_INTERNAL:-$(bench_free_port)}
+	# shellcheck disable=SC2034 # used by the scripts that source this file
 	BENCH_BROKER_DIR=$2
 	mkdir -p "$2"
 	OUTPOST_PKI_DIR=$1 OUTPOST_BROKER_DIR=$2 OUTPOST_WSS_PORT=$BENCH_WSS \
@@ -94,8 +95,9 @@ bench_broker_start() { # PKI DIR
 	BENCH_BROKER_PID=$!
 	BENCH_PIDS+=("$BENCH_BROKER_PID")
 	echo "$BENCH_BROKER_PID" >"$2/broker.pid"
-	bench_wait_port "$BENCH_INTERNAL" 20 && bench_wait_port "$BENCH_MQTTS" 5 ||
+	if ! bench_wait_port "$BENCH_INTERNAL" 20 || ! bench_wait_port "$BENCH_MQTTS" 5; then
 		bench_fail "the broker did not start, see $2/broker.log"
+	fi
 }
 
 # Starts outpost-bridge on the internal listener. Sets BENCH_BRIDGE_PID.
@@ -104,7 +106,7 @@ bench_bridge_start() { # PKI STORE LOG [extra options...]
 	shift 3
 	"$BENCH_BUILD/bridge/outpost-bridge" --pki-dir "$pki" --broker-host 127.0.0.1 \
 		--broker-port "$BENCH_INTERNAL" --store "$store" --client-id "bench-bridge-$$" \
-		--session-expiry 0 "$@" >>"$log" 2>&1 &
+		--session-expiry 1m "$@" >>"$log" 2>&1 &
 	BENCH_BRIDGE_PID=$!
 	BENCH_PIDS+=("$BENCH_BRIDGE_PID")
 }
@@ -113,7 +115,7 @@ bench_bridge_start() { # PKI STORE LOG [extra options...]
 bench_pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 bench_pg_start() { # DIR
 	local bin
-	bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+	bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)
 	[ -x "$bin/initdb" ] || bench_fail "PostgreSQL server binaries not found"
 	BENCH_PG_BIN=$bin BENCH_PG_DATA=$1/data
 	rm -rf "$1"
@@ -135,7 +137,8 @@ bench_pg_stop() {
 	BENCH_PG_DATA=
 }
 bench_pg_reset() { # drops the Outpost tables so that the next bridge starts from an empty store
-	psql -X -q "$BENCH_PG_URL" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;' >/dev/null
+	PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$BENCH_PG_URL" \
+		-c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;' >/dev/null
 }
 
 # RSS (KiB) and CPU ticks (utime+stime) of a process.

@@ -73,7 +73,6 @@ pki=$state/pki
 store="sqlite:$state/outpost.db"
 export OUTPOST_STORE=$store
 
-pids=()
 cleanup() {
 	trap - INT TERM EXIT
 	local p
