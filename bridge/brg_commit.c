@@ -46,7 +46,13 @@ const char *const brg_commit__sql[S_COUNT] = {
     [S_GAP_MOVE_MISS] = "UPDATE gaps SET last_seq = ? WHERE device = ? AND reason = 'missing'"
                         " AND prev_seq = ? AND resolved_at IS NULL AND last_seq <> ?",
     [S_GAP_FILL] = "UPDATE gaps SET resolved_at = ?, resolution = 'filled' WHERE device = ?"
-                   " AND reason = 'missing' AND resolved_at IS NULL AND prev_seq < ?",
+                   " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
+    /* a backlog arriving in order fills a hole from below: the gap keeps its row (one
+     * gap_missing event per hole, not one per commit) unless a row already has that prev_seq */
+    [S_GAP_SHRINK] = "UPDATE gaps SET prev_seq = ? WHERE device = ? AND reason = 'missing'"
+                     " AND resolved_at IS NULL AND prev_seq < ? AND last_seq > ? AND NOT EXISTS"
+                     " (SELECT 1 FROM gaps g WHERE g.device = ? AND g.reason = 'missing'"
+                     " AND g.prev_seq = ?)",
     [S_METRIC_CLEAR] = "UPDATE metrics SET wire_id = NULL WHERE device = ? AND"
                        " wire_id IS NOT NULL",
     [S_METRIC_UPS] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)"

@@ -301,6 +301,14 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		                            "%lld missing stretch(es) below seq %llu arrived",
 		                            (long long)filled, (unsigned long long)ch->frontier)))
 			goto out;
+		B64(S_GAP_SHRINK, 1, ch->frontier);
+		B64(S_GAP_SHRINK, 2, w->key);
+		B64(S_GAP_SHRINK, 3, ch->frontier);
+		B64(S_GAP_SHRINK, 4, ch->frontier);
+		B64(S_GAP_SHRINK, 5, w->key);
+		B64(S_GAP_SHRINK, 6, ch->frontier);
+		if ((rc = brg_commit__run(c, S_GAP_SHRINK)))
+			goto out;
 		w->frontier = (int64_t)ch->frontier;
 		w->dirty = 1;
 	}

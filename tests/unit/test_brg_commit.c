@@ -302,3 +302,32 @@ Test(brg_commit, five_consecutive_rejections_quarantine)
 	brg_item_free(it);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 0);
 }
+
+Test(brg_commit, backlog_filling_a_hole_from_below_keeps_one_gap)
+{
+	/* 2 is stored, then a live batch 10 (prev 9) arrives ahead of the backlog 3..9. */
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 10, 9)};
+	commit(g1, 3);
+	free_items(g1, 3);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL"
+	                 " AND prev_seq = 2 AND last_seq = 9"),
+	             1);
+	/* the backlog arrives in order over several commits: the gap shrinks, no new rows */
+	for (uint64_t q = 3; q <= 7; q += 2) {
+		struct brg_item *g[] = {batch("dev-a", "dev-a", q, q - 1),
+		                        batch("dev-a", "dev-a", q + 1, q)};
+		commit(g, 2);
+		free_items(g, 2);
+		cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1, "after %d", (int)q + 1);
+		cr_expect_eq(one("SELECT prev_seq FROM gaps WHERE resolved_at IS NULL"), (int64_t)q + 1);
+	}
+	struct brg_item *g2[] = {batch("dev-a", "dev-a", 9, 8)};
+	commit(g2, 1);
+	free_items(g2, 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 10);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_missing'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_filled'"), 1);
+}
