@@ -95,7 +95,9 @@ pki=$work/pki certs=$work/certs
 bench_say "fleet: PKI and $max_n device certificates (kept between runs) in $work"
 bench_pki "$pki" 1
 certgen() {
-	"$bin/bench_certgen" --pki "$pki" --out "$certs" --prefix fleet- --count "$max_n" --width 5 \
+	# each simulator runs an equal share, rounded up: certificates for all of them
+	local n=$((((max_n + procs - 1) / procs) * procs))
+	"$bin/bench_certgen" --pki "$pki" --out "$certs" --prefix fleet- --count "$n" --width 5 \
 		>"$work/certgen.txt" 2>&1 || bench_fail "bench_certgen failed, see $work/certgen.txt"
 }
 certgen
