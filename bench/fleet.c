@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "bench_pki.h"
 #include "bench_util.h"
 #include "dev_link.h"
 #include "outpost.pb-c.h"
@@ -636,14 +637,7 @@ int main(int argc, char **argv)
 	signal(SIGBUS, on_crash);
 	signal(SIGABRT, on_crash);
 
-	char path[1024], *pem = NULL;
-	size_t plen;
-	struct wire_cert_info info;
-	snprintf(path, sizeof(path), "%s/bridge.crt", G.pki);
-	if (wire_cert_read(path, &pem, &plen) || wire_cert_parse(pem, plen, &info, NULL))
-		bench_die(PROG, "cannot read %s", path);
-	G.bridge = info.key;
-	free(pem);
+	G.bridge = bench_bridge_key(PROG, G.pki);
 
 	/* the reference profile: 100 metrics x 6 rows */
 	for (int c = 0; c < METRICS; c++) {

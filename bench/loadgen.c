@@ -27,6 +27,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
+#include "bench_pki.h"
 #include "bench_util.h"
 #include "dev_collect.h"
 #include "outpost.pb-c.h"
@@ -461,16 +462,8 @@ int main(int argc, char **argv)
 		G.threads = G.ndev;
 	signal(SIGPIPE, SIG_IGN);
 
-	if (G.verify_acks) {
-		char path[1024], *pem = NULL;
-		size_t plen;
-		struct wire_cert_info info;
-		snprintf(path, sizeof(path), "%s/bridge.crt", G.pki);
-		if (wire_cert_read(path, &pem, &plen) || wire_cert_parse(pem, plen, &info, NULL))
-			bench_die(PROG, "cannot read %s", path);
-		G.bridge = info.key;
-		free(pem);
-	}
+	if (G.verify_acks)
+		G.bridge = bench_bridge_key(PROG, G.pki);
 
 	/* 1. Build and sign everything, on all cores, before the clock starts. */
 	int64_t t_build = bench_mono_ms();
