@@ -5,7 +5,8 @@
  * Each session behaves like outpost-device at the reference profile: after every connect it
  * publishes a retained `online` status and a signed Birth (certificate and 100-metric
  * catalog), then one signed batch of 600 readings every batch interval (the first one right
- * after its first connect), and verifies the bridge's signed acks.
+ * after its first connect), and verifies the bridge's signed acks; what is not acknowledged goes
+ * again on the device's own ack timer (device/dev_acktimer.c: backoff, one probe at a time).
  *
  * 1. Ramp: sessions are added level by level (--levels 2500,5000,10000); a level is held when
  *    every session is connected and has had a batch acknowledged by the bridge, within
@@ -30,7 +31,9 @@
 
 #include "bench_pki.h"
 #include "bench_util.h"
+#include "dev_acktimer.h"
 #include "dev_link.h"
+#include "orand.h"
 #include "outpost.pb-c.h"
 #include "wire_batch.h"
 #include "wire_cert.h"
@@ -56,11 +59,12 @@ struct sess {
 		int64_t made_ms; /* when sealed (monotonic): its age is the ingest lag */
 		uint8_t *env;
 		size_t len;
-	} pend[MAX_PEND]; /* sent, not acknowledged yet: resent after each connect */
+	} pend[MAX_PEND]; /* sealed, not acknowledged yet, oldest first */
 	int npend;
+	int nout; /* pend[0..nout) are on their way; the rest wait for the window */
+	struct dev_acktimer timer; /* the device's ack timeout: backoff, probe window */
 	int up, wss; /* wss: up on WebSockets (else the MQTTS fallback) */
 	int64_t next_batch;
-	int64_t last_ack_ms; /* resend the pending ones when no ack came for ack_timeout */
 	int64_t up_at_ms;
 	int64_t acked_at_ms; /* when everything sent was acknowledged after the latest connect */
 	uint64_t connects, failures, bad_acks;
@@ -78,6 +82,7 @@ static struct {
 	int n; /* sessions created */
 	struct wire_pubkey bridge;
 	int wake_fd;
+	uint64_t rng; /* seeds each session's ack timer */
 	pthread_mutex_t mu;
 	int *ready;
 	int n_ready, cap_ready;
@@ -194,6 +199,16 @@ static void send_birth(struct sess *s)
 	free(body);
 }
 
+/* Publish what the ack window allows, oldest first (the device's uploader, in small). */
+static void send_pending(struct sess *s)
+{
+	while (s->up && s->nout < s->npend && s->nout < dev_acktimer_allowed(&s->timer)) {
+		struct pend *p = &s->pend[s->nout++];
+		dev_link_publish(s->link, s->topic[WIRE_TOPIC_TELEMETRY], p->env, p->len, 1, 0, NULL,
+		                 NULL, 0);
+	}
+}
+
 static void send_batch(struct sess *s)
 {
 	struct wire_batch_builder *bb;
@@ -217,9 +232,7 @@ static void send_batch(struct sess *s)
 			p->made_ms = bench_mono_ms();
 			s->npend++;
 			s->last_durable = seq;
-			if (s->up)
-				dev_link_publish(s->link, s->topic[WIRE_TOPIC_TELEMETRY], p->env, p->len,
-				                 1, 0, NULL, NULL, 0);
+			send_pending(s);
 			G.batches_sent++;
 		}
 	}
@@ -236,7 +249,6 @@ static void on_ack(struct sess *s, const struct dev_link_event *ev, int64_t now)
 		return;
 	}
 	G.acks++;
-	s->last_ack_ms = now;
 	if (e.seq > s->upto)
 		s->upto = e.seq;
 	int keep = 0;
@@ -246,7 +258,12 @@ static void on_ack(struct sess *s, const struct dev_link_event *ev, int64_t now)
 		else
 			s->pend[keep++] = s->pend[i];
 	}
+	if (keep < s->npend) {
+		s->nout = s->nout > s->npend - keep ? s->nout - (s->npend - keep) : 0;
+		dev_acktimer_progress(&s->timer, now);
+	}
 	s->npend = keep;
+	send_pending(s);
 	if (!s->npend && !s->acked_at_ms)
 		s->acked_at_ms = now;
 }
@@ -262,13 +279,12 @@ static void handle(struct sess *s, int64_t now)
 			s->up_at_ms = now;
 			s->connects++;
 			s->acked_at_ms = 0;
-			s->last_ack_ms = now;
 			dev_link_publish(s->link, s->topic[WIRE_TOPIC_STATUS], "online", 6, 1, 1, NULL,
 			                 NULL, 0);
 			send_birth(s);
-			for (int i = 0; i < s->npend; i++) /* unacknowledged: again, oldest first */
-				dev_link_publish(s->link, s->topic[WIRE_TOPIC_TELEMETRY], s->pend[i].env,
-				                 s->pend[i].len, 1, 0, NULL, NULL, 0);
+			s->nout = 0; /* unacknowledged: again, oldest first */
+			dev_acktimer_start(&s->timer, now);
+			send_pending(s);
 			send_batch(s);
 			break;
 		case DEV_LINK_DOWN:
@@ -330,6 +346,7 @@ static void new_session(int i)
 	if (dev_link_new(&lo, wake, s, &s->link))
 		bench_die(PROG, "dev_link_new");
 	s->next_batch = INT64_MAX; /* the first batch follows the first connect */
+	dev_acktimer_init(&s->timer, ACK_TIMEOUT_MS, MAX_PEND, orand_next(&G.rng));
 }
 
 /* Every 10 s on stderr: how many sessions are up, acknowledged, on WSS; connection failures. */
@@ -382,13 +399,10 @@ static void loop_once(int64_t *next_scan)
 			dev_link_tick(s->link, now);
 			if (s->up && s->next_batch == INT64_MAX)
 				s->next_batch = now + G.batch_ms;
-			if (s->up && s->npend && now - s->last_ack_ms > ACK_TIMEOUT_MS) {
-				/* like the device's uploader: no ack moved for ack_timeout, resend */
-				for (int k = 0; k < s->npend; k++)
-					dev_link_publish(s->link, s->topic[WIRE_TOPIC_TELEMETRY],
-					                 s->pend[k].env, s->pend[k].len, 1, 0, NULL, NULL,
-					                 0);
-				s->last_ack_ms = now;
+			if (s->up && s->nout && dev_acktimer_expired(&s->timer, now)) {
+				/* like the device's uploader: no ack moved, probe with the oldest */
+				s->nout = 0;
+				send_pending(s);
 			}
 			if (s->up && now >= s->next_batch) {
 				send_batch(s);
@@ -657,6 +671,7 @@ int main(int argc, char **argv)
 
 	pthread_mutex_init(&G.mu, NULL);
 	G.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	G.rng = orand_seed();
 	G.s = bench_xcalloc((size_t)max_n, sizeof(*G.s));
 	printf("fleet start broker_rss_kb=%ld sessions_max=%d nofile=%ld\n", broker_rss(), max_n,
 	       (long)rl.rlim_cur);

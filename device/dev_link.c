@@ -1,15 +1,14 @@
 /* dev_link.c - Paho MQTTAsync connection: WSS then MQTTS, proxy, mutual TLS, jittered backoff. */
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <MQTTAsync.h>
 
+#include "orand.h"
 #include "otime.h"
 #include "dev_link.h"
 
@@ -79,15 +78,6 @@ void dev_link_event_free(struct dev_link_event *ev)
 	free(ev->data);
 	free(ev->corr);
 	memset(ev, 0, sizeof(*ev));
-}
-
-static uint64_t next_rand(struct dev_link *l)
-{
-	/* xorshift64*: jitter only needs to differ between devices, not to be secret */
-	l->rng ^= l->rng >> 12;
-	l->rng ^= l->rng << 25;
-	l->rng ^= l->rng >> 27;
-	return l->rng * 2685821657736338717ULL;
 }
 
 /* ---------- events (any thread) ---------- */
@@ -235,14 +225,7 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	l->state = ST_IDLE;
 	l->next_attempt = 0; /* connect at once */
 
-	uint64_t seed = (uint64_t)otime_mono_ms() ^ ((uint64_t)getpid() << 32);
-	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		if (read(fd, &seed, sizeof(seed)) != sizeof(seed))
-			seed ^= (uint64_t)time(NULL);
-		close(fd);
-	}
-	l->rng = seed | 1;
+	l->rng = orand_seed();
 
 	int ok = l->client_id && l->ca && l->cert && l->key && l->nuris &&
 		 (!o->proxy || !*o->proxy || l->proxy) && (!o->will_topic || l->will_topic);
@@ -307,7 +290,7 @@ static void schedule_retry(struct dev_link *l, int64_t now)
 	if (cap > l->backoff_max_ms)
 		cap = l->backoff_max_ms;
 	/* full jitter: anywhere in [0, cap], so a fleet spreads out after a broker restart */
-	int64_t delay = (int64_t)(next_rand(l) % (uint64_t)(cap + 1));
+	int64_t delay = (int64_t)(orand_next(&l->rng) % (uint64_t)(cap + 1));
 	l->next_attempt = now + delay;
 	pthread_mutex_lock(&l->mu);
 	l->stats.last_delay_ms = delay;

@@ -2,7 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dev_acktimer.h"
 #include "dev_uploader.h"
+#include "orand.h"
 #include "wire_env.h"
 #include "wire_msg.h"
 
@@ -19,7 +21,7 @@ struct dev_uploader {
 	uint64_t fresh[MAX_FRESH];
 	size_t nfresh;
 	uint64_t resend_first, resend_last; /* pending `resend` range, 0 = none */
-	int64_t last_progress;
+	struct dev_acktimer timer;	    /* ack timeout, backoff and probe window */
 	uint64_t highest_sent;
 	struct dev_uploader_stats st;
 };
@@ -37,6 +39,7 @@ int dev_uploader_new(struct dev_spool *spool, const struct dev_uploader_opts *op
 	}
 	u->spool = spool;
 	u->o = *opts;
+	dev_acktimer_init(&u->timer, opts->ack_timeout_ms, opts->window, orand_seed());
 	*out = u;
 	return WIRE_OK;
 }
@@ -54,7 +57,7 @@ void dev_uploader_link_up(struct dev_uploader *u, int64_t now)
 	u->up = 1;
 	u->cursor = DEV_SPOOL_CURSOR_AT(0); /* everything unacknowledged goes again */
 	u->ninflight = 0;
-	u->last_progress = now;
+	dev_acktimer_start(&u->timer, now);
 }
 
 void dev_uploader_link_down(struct dev_uploader *u)
@@ -138,15 +141,15 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 	int sent = 0;
 	if (!u->up)
 		return 0;
-	if (u->ninflight && now - u->last_progress >= u->o.ack_timeout_ms) {
+	if (u->ninflight && dev_acktimer_expired(&u->timer, now)) {
 		/* Nothing acknowledged for too long: the bridge may have lost them (restart,
-		 * failed commit). Go again from the oldest unacknowledged envelope. */
+		 * failed commit), or it is just late. Probe with the oldest unacknowledged
+		 * envelope; the window reopens as acks come back, the wait grows while not. */
 		u->cursor = DEV_SPOOL_CURSOR_AT(0);
 		u->ninflight = 0;
-		u->last_progress = now;
 		u->st.timeouts++;
 	}
-	while (u->ninflight < (size_t)u->o.window) {
+	while (u->ninflight < (size_t)dev_acktimer_allowed(&u->timer)) {
 		int rc;
 		if (u->nfresh) {
 			uint64_t seq = u->fresh[0];
@@ -215,7 +218,7 @@ int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t l
 			u->inflight[n++] = u->inflight[i];
 	u->ninflight = n;
 	if (n < had || dev_spool_acked_upto(u->spool) > before)
-		u->last_progress = now;
+		dev_acktimer_progress(&u->timer, now);
 	u->st.acks++;
 	return src ? WIRE_EIO : WIRE_OK;
 }
@@ -224,7 +227,7 @@ int64_t dev_uploader_deadline(const struct dev_uploader *u)
 {
 	if (!u->up || !u->ninflight)
 		return INT64_MAX;
-	return u->last_progress + u->o.ack_timeout_ms;
+	return dev_acktimer_deadline(&u->timer);
 }
 
 void dev_uploader_stats(const struct dev_uploader *u, struct dev_uploader_stats *st)

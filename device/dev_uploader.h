@@ -1,6 +1,7 @@
 /* dev_uploader.h - moves spooled envelopes to the link in seq order with a bounded in-flight
  * window, sends fresh data ahead of a backlog, verifies bridge acks, and resends whatever is
- * unacknowledged after a reconnect or an ack timeout. Deletes only on a verified ack: an MQTT
+ * unacknowledged after a reconnect (whole window) or an ack timeout (oldest first, one at a
+ * time until acks move again, with a growing wait: dev_acktimer.h). Deletes only on a verified ack: an MQTT
  * PUBACK means nothing here. Single-threaded (the agent's thread). */
 #ifndef DEV_UPLOADER_H
 #define DEV_UPLOADER_H
@@ -16,7 +17,7 @@ struct dev_uploader_opts {
 	const char *device_id;
 	struct wire_pubkey bridge_key; /* acks must be signed by this key */
 	int window;		       /* envelopes in flight, 1..1024 */
-	int64_t ack_timeout_ms;	       /* resend from the oldest unacked if no ack moves */
+	int64_t ack_timeout_ms;	       /* first resend if no ack moves (dev_acktimer.h) */
 };
 
 /* Sends one envelope; returns 0 if it was handed to the link. */

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dev_acktimer.h"
 #include "dev_spool.h"
 #include "dev_uploader.h"
 #include "harness.h"
@@ -185,11 +186,53 @@ Test(dev_uploader, reconnect_and_timeout_resend_the_unacknowledged)
 	cr_expect_eq(dev_uploader_deadline(f.up), 20 + 5000);
 	s.n = 0;
 	cr_expect_eq(dev_uploader_pump(f.up, 4000, send_fn, &s), 0);
-	cr_expect_eq(dev_uploader_pump(f.up, 5020, send_fn, &s), 3, "ack timeout: go again");
+	cr_expect_eq(dev_uploader_pump(f.up, 5020, send_fn, &s), 1, "ack timeout: probe");
+	cr_expect_eq(s.seq[0], f.seqs[2], "with the oldest unacknowledged");
+	int64_t next = dev_uploader_deadline(f.up);
+	cr_expect_geq(next, 5020 + 5000, "the next wait is longer");
+	cr_expect_leq(next, 5020 + 10000);
+	/* the probe is acknowledged: the window reopens, twice as wide per ack that moves */
+	s.n = 0;
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[2], 6000), 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 6000, send_fn, &s), 2);
+	cr_expect_eq(dev_uploader_deadline(f.up), 6000 + 5000, "the wait is the first one again");
+	cr_expect_eq(s.seq[0], f.seqs[3]);
+	cr_expect_eq(s.seq[1], f.seqs[4]);
 	struct dev_uploader_stats us;
 	dev_uploader_stats(f.up, &us);
 	cr_expect_eq(us.timeouts, 1);
-	cr_expect_geq(us.resent, 6);
+	cr_expect_eq(us.resent, 6);
+	teardown(&f);
+}
+
+Test(dev_uploader, late_acks_get_one_probe_per_growing_wait)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 8, 8);
+	dev_uploader_link_up(f.up, 0);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 8);
+	/* a bridge far behind (a fleet joining at once): no ack for ten minutes */
+	int64_t now = 0, last_wait = 0;
+	int timeouts = 0;
+	s.n = 0;
+	while (now < 600000 && timeouts < 100) {
+		now = dev_uploader_deadline(f.up);
+		cr_assert_lt(now, INT64_MAX);
+		cr_expect_eq(dev_uploader_pump(f.up, now, send_fn, &s), 1, "one probe per timeout");
+		timeouts++;
+		int64_t wait = dev_uploader_deadline(f.up) - now;
+		cr_expect_geq(wait, last_wait / 2, "the wait does not shrink below half");
+		last_wait = wait;
+	}
+	/* waits of 5 s, then 5-10, 10-20, 20-40 s and 20-40 s from then on */
+	int most = 4 + 600000 / (5000 * DEV_ACKTIMER_MAX_FACTOR / 2);
+	cr_expect_leq(timeouts, most, "%d timeouts in 10 minutes, expected <= %d (a resend of the"
+		      " whole window every 5 s would be %d)", timeouts, most, 600000 / 5000 * 8);
+	cr_expect_geq(timeouts, 600000 / (5000 * DEV_ACKTIMER_MAX_FACTOR), "it keeps probing");
+	cr_expect_eq(s.n, (size_t)timeouts);
+	for (size_t i = 0; i < s.n; i++)
+		cr_expect_eq(s.seq[i], f.seqs[0], "always the oldest unacknowledged");
 	teardown(&f);
 }
 

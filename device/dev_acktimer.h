@@ -1,0 +1,46 @@
+/* dev_acktimer.h - how long to wait for the bridge's acks, and how much to resend when they are
+ * late. The first timeout comes `base_ms` after the last progress. While acks stay away, each
+ * further timeout waits twice as long (up to DEV_ACKTIMER_MAX_FACTOR * base_ms), at a random point
+ * in the upper half of that wait, so devices that timed out together drift apart. After a
+ * timeout only one envelope may be outstanding (a probe, the oldest unacknowledged); every ack
+ * that makes progress doubles the allowance back towards the window and resets the wait.
+ * A late bridge (a fleet joining at once, a backlog behind a restart) thus sees one resend per
+ * device per wait, not a window of them every `base_ms`.
+ *
+ * A value type embedded in its owner (the uploader, the fleet simulator's sessions); its
+ * fields are private. No I/O and no clock: callers pass `now` in milliseconds. */
+#ifndef DEV_ACKTIMER_H
+#define DEV_ACKTIMER_H
+
+#include <stdint.h>
+
+#define DEV_ACKTIMER_MAX_FACTOR 8
+
+struct dev_acktimer {
+	int64_t base_ms, nominal_ms, wait_ms, since;
+	int window, allowed;
+	uint64_t rng;
+};
+
+/* base_ms > 0 and window >= 1 (callers validate); seed (e.g. orand_seed()) only decorrelates
+ * devices. */
+void dev_acktimer_init(struct dev_acktimer *t, int64_t base_ms, int window, uint64_t seed);
+
+/* The link came up and everything unacknowledged goes again: full window, first wait. */
+void dev_acktimer_start(struct dev_acktimer *t, int64_t now);
+
+/* An ack moved something: the wait starts again at base_ms, the allowance doubles. */
+void dev_acktimer_progress(struct dev_acktimer *t, int64_t now);
+
+/* 1 (once) if the wait since the last progress or timeout is over; ask only while envelopes
+ * are outstanding. The caller then resends from the oldest unacknowledged, at most
+ * dev_acktimer_allowed() of them. 0 otherwise. */
+int dev_acktimer_expired(struct dev_acktimer *t, int64_t now);
+
+/* Envelopes that may be in flight now (1..window). */
+int dev_acktimer_allowed(const struct dev_acktimer *t);
+
+/* When dev_acktimer_expired() turns true. */
+int64_t dev_acktimer_deadline(const struct dev_acktimer *t);
+
+#endif
