@@ -17,8 +17,8 @@ usage() {
 Usage: bench/fleet.sh [--quick]
   --quick   one level of 500 sessions (a few minutes)
 Environment: OUTPOST_BUILD_DIR (default build), BENCH_WORK (default build/bench-work),
-BENCH_FLEET_TRANSPORTS (wss; "wss mqtts" adds MQTTS-only devices, ~15 min more),
-BENCH_FLEET_LEVELS_WSS (5000,7500,10000; quick 500), BENCH_FLEET_LEVELS_MQTTS (10000,15000),
+BENCH_FLEET_TRANSPORTS ("wss mqtts"; quick: wss), BENCH_FLEET_LEVELS_WSS (5000,7500,10000;
+quick 500), BENCH_FLEET_LEVELS_MQTTS (5000,10000; quick 500),
 BENCH_FLEET_PROCS (simulator processes, 8),
 BENCH_FLEET_RAMP (new sessions per second in all, 250).
 USAGE
@@ -64,9 +64,9 @@ if [ "$quick" = 1 ]; then
 	levels[wss]=${BENCH_FLEET_LEVELS_WSS:-500}
 	levels[mqtts]=${BENCH_FLEET_LEVELS_MQTTS:-500}
 else
-	transports=${BENCH_FLEET_TRANSPORTS:-wss}
+	transports=${BENCH_FLEET_TRANSPORTS:-wss mqtts}
 	levels[wss]=${BENCH_FLEET_LEVELS_WSS:-5000,7500,10000}
-	levels[mqtts]=${BENCH_FLEET_LEVELS_MQTTS:-10000,15000}
+	levels[mqtts]=${BENCH_FLEET_LEVELS_MQTTS:-5000,10000}
 fi
 procs=${BENCH_FLEET_PROCS:-8}
 ramp=${BENCH_FLEET_RAMP:-250}

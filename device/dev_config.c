@@ -38,7 +38,7 @@ static const struct cfg_opt opts[] = {
 	{"batch_interval", CFG_DURATION, S(batch_interval_ms), 100, DAY, "60s", "how often samples are sealed into a batch", NULL},
 	{"batch_max_readings", CFG_INT, S(batch_max_readings), 1, 16000, "5000", "seal a batch early at this many readings (16000 keeps even incompressible values under the 256 KiB envelope limit)", NULL},
 	{"poll_interval", CFG_DURATION, S(poll_interval_ms), 1 * SEC, DAY, "300s", "how often to ask for tasks", NULL},
-	{"ack_timeout", CFG_DURATION, S(ack_timeout_ms), 1 * SEC, 3600 * SEC, "30s", "resend unacknowledged data after this", NULL},
+	{"ack_timeout", CFG_DURATION, S(ack_timeout_ms), 1 * SEC, 3600 * SEC, "30s", "first resend of unacknowledged data (then backs off)", NULL},
 	{"window", CFG_INT, S(window), 1, 1024, "32", "envelopes in flight before waiting for acks", NULL},
 	{"state_dir", CFG_STR, S(state_dir), 0, 0, "/var/lib/outpost-device", "catalog, task state, overrides", NULL},
 	{"spool_dir", CFG_STR, S(spool_dir), 0, 0, "", "encrypted spool (default: <state_dir>/spool)", NULL},
