@@ -100,13 +100,14 @@ bench_broker_start() { # PKI DIR
 	fi
 }
 
-# Starts outpost-bridge on the internal listener. Sets BENCH_BRIDGE_PID.
+# Starts outpost-bridge on the internal listener, as the shipped single-bridge stack runs it
+# (plain subscriptions: no share group). Sets BENCH_BRIDGE_PID.
 bench_bridge_start() { # PKI STORE LOG [extra options...]
 	local pki=$1 store=$2 log=$3
 	shift 3
 	"$BENCH_BUILD/bridge/outpost-bridge" --pki-dir "$pki" --broker-host 127.0.0.1 \
 		--broker-port "$BENCH_INTERNAL" --store "$store" --client-id "bench-bridge-$$" \
-		--session-expiry 1m "$@" >>"$log" 2>&1 &
+		--session-expiry 1m --share-group= "$@" >>"$log" 2>&1 &
 	BENCH_BRIDGE_PID=$!
 	BENCH_PIDS+=("$BENCH_BRIDGE_PID")
 }

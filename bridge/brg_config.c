@@ -23,8 +23,9 @@ const struct cfg_opt brg_config_opts[] = {
      NULL},
     {"client_id", CFG_STR, O(client_id), 0, 64, "",
      "stable MQTT client id, unique per bridge (empty: outpost-bridge-<hostname>)", NULL},
-    {"share_group", CFG_STR, O(share_group), 1, 64, "outpost-bridge",
-     "shared subscription group of the bridges splitting the load", NULL},
+    {"share_group", CFG_STR, O(share_group), 0, 64, "outpost-bridge",
+     "shared subscription group of the bridges splitting the load (empty: plain subscriptions,"
+     " one bridge)", NULL},
     {"keepalive", CFG_DURATION, O(keepalive_ms), 5 * SEC, 600 * SEC, "60s", "MQTT keepalive", NULL},
     {"session_expiry", CFG_DURATION, O(session_expiry_ms), 60 * SEC, 3650 * DAY, "7d",
      "how long the broker keeps queueing for this bridge while it is away", NULL},

@@ -63,10 +63,16 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	pthread_mutex_unlock(&m->mu);
 	logm(m, OLOG_INFO, "connected to %s:%d as %s (session %s)", m->host, m->o.port,
 	     m->client_id, flags & 1 ? "resumed" : "new");
-	/* Subscriptions live in the persistent session; repeating them is harmless. */
+	/* Subscriptions live in the persistent session; repeating them is harmless. Without a
+	 * share group they are plain: mosquitto 2.0.11 restores those from its persistence at a
+	 * restart, but not shared ones (until the bridge subscribes again, what devices publish
+	 * reaches no bridge and waits for their ack timeout). */
 	for (size_t i = 0; i < N_UPLINKS; i++) {
-		snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group,
-		         uplinks[i]);
+		if (m->share_group && *m->share_group)
+			snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group,
+			         uplinks[i]);
+		else
+			snprintf(topic, sizeof(topic), "outpost/v1/+/%s", uplinks[i]);
 		if (mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
 			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
 	}

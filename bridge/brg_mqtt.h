@@ -20,7 +20,7 @@ struct brg_mqtt_opts {
 	const char *host;
 	int port;
 	const char *client_id;
-	const char *share_group;
+	const char *share_group; /* "" or NULL: plain subscriptions (one bridge), else $share/<group>/… */
 	int keepalive_s;
 	uint32_t session_expiry_s;
 	const char *ca_file, *cert_file, *key_file;

@@ -112,7 +112,7 @@ port_busy "$internal" || { echo "run-local: the broker did not start; see $state
 
 start_bridge() {
 	"$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" --store "$store" \
-		--client-id outpost-bridge-local >>"$state/logs/bridge.log" 2>&1 &
+		--client-id outpost-bridge-local --share-group '' >>"$state/logs/bridge.log" 2>&1 &
 	bridge_pid=$!
 }
 say "bridge: store $store"

@@ -120,3 +120,53 @@ Test(bridge_stream, postgresql_exactly_once, .timeout = 240)
 	stream(pg.url, "stream-pg");
 	h_pg_free(&pg);
 }
+
+/* A single bridge without a share group (plain subscriptions in its persistent session) misses
+ * nothing that devices publish after a broker restart while the bridge is still away: the
+ * broker queues it and the bridge stores it when it is back, without any device resend (the
+ * device's ack timeout is longer than the test). */
+Test(bridge_stream, plain_subscriptions_queue_across_a_broker_restart, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "restart-queue");
+	h_bridge_arg(&br, "--share-group=");
+	h_bridge_start(&br);
+	for (int i = 0; i < 100 && h_bridge_log_count(&br, "connected to") < 1; i++)
+		h_sleep_ms(100);
+	cr_assert_eq(h_bridge_log_count(&br, "(session new)"), 1);
+	cr_assert_eq(h_bridge_stop(&br), 0);
+
+	h_broker_stop(&b); /* saves the bridge's session, then starts again on the same ports */
+	h_broker_up(&b, h_pki());
+
+	struct h_simdev_opts o = {.pki = h_pki(),
+	                          .id = "dev-a",
+	                          .port = b.mqtts_port,
+	                          .batches = 20,
+	                          .rows = 2,
+	                          .cols = 3,
+	                          .window = 20,
+	                          .ack_timeout_ms = 600000,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	struct h_simdev_stats st = {0};
+	for (int i = 0; i < 100 && st.sent < 20; i++) {
+		h_sleep_ms(100);
+		h_simdev_stats(d, &st);
+	}
+	cr_assert_eq(st.sent, 20, "the device published everything while the bridge was away");
+	cr_expect_eq(st.acks, 0);
+
+	h_bridge_start(&br);
+	cr_expect(h_simdev_wait(d, 30000), "not everything acknowledged");
+	h_simdev_stats(d, &st);
+	cr_expect_eq(st.resent, 0, "stored from the broker's queue, not from resends");
+	cr_expect_eq(h_bridge_log_count(&br, "(session resumed)"), 1);
+	h_check_simdev(br.store, d, &o);
+	h_simdev_stop(d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}

@@ -23,6 +23,10 @@ Test(brg_config, defaults_and_derived_paths)
 	cr_expect_eq(c.deactivate_after_ms, 90LL * 86400000);
 	cr_expect_eq(c.sqlite_sync, 2, "full by default: acks survive power cuts");
 	brg_config_free(&c);
+	char *plain[] = {"outpost-bridge", "--config", "/dev/null", "--share-group=", NULL};
+	cr_assert_eq(brg_config_parse(&c, 4, plain, err), 0, "%s", err);
+	cr_expect_str_eq(c.share_group, "", "empty: plain subscriptions, one bridge");
+	brg_config_free(&c);
 }
 
 Test(brg_config, file_env_options_and_errors)
