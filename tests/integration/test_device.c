@@ -258,11 +258,18 @@ Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120
 	h_fakebridge_mode(fb, H_ACK_NORMAL);
 	h_sleep_ms(1500);
 	h_fakebridge_stop(fb);
+	int connects = h_count_in_file(d.log, "connected to");
 	h_broker_stop(&b);
 	h_sleep_ms(4000);
 	h_broker_start(&b, h_pki());
 	fb = h_fakebridge_start(&b, H_ACK_NORMAL);
-	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no reconnect");
+	for (int i = 0; i < 200 && h_count_in_file(d.log, "connected to") <= connects; i++)
+		h_sleep_ms(100);
+	cr_assert_gt(h_count_in_file(d.log, "connected to"), connects, "no reconnect");
+	/* a device back before the new fake bridge subscribed sent its Birth to nobody */
+	if (!wait_view(fb, "dev-a", 3000, births_at_least, 1, &v))
+		kill(d.pid, SIGUSR1);
+	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no Birth after reconnect");
 	h_sleep_ms(2000);
 	uint64_t max_seq, rows = logged_rows(d.log, &max_seq);
 	cr_assert(wait_view(fb, "dev-a", 30000, frontier_at_least, max_seq, &v),

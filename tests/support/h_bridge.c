@@ -77,12 +77,7 @@ void h_bridge_arg(struct h_bridge *br, const char *arg)
 
 int h_bridge_log_count(struct h_bridge *br, const char *needle)
 {
-	char *log = h_read_file(br->log, NULL);
-	int n = 0;
-	for (char *p = log; p && (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	free(log);
-	return n;
+	return h_count_in_file(br->log, needle);
 }
 
 void h_bridge_start(struct h_bridge *br)

@@ -97,6 +97,16 @@ char *h_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+int h_count_in_file(const char *path, const char *needle)
+{
+	char *text = h_read_file(path, NULL);
+	int n = 0;
+	for (char *p = text; p && (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	free(text);
+	return n;
+}
+
 int h_sh(const char *cmd, char **out, int timeout_s)
 {
 	char *log = NULL;

@@ -24,6 +24,9 @@ int h_sh(const char *cmd, char **out, int timeout_s);
 /* Read a whole file (caller frees), NULL if unreadable. */
 char *h_read_file(const char *path, size_t *len);
 
+/* How often needle occurs in the file at path (0 if it cannot be read). */
+int h_count_in_file(const char *path, const char *needle);
+
 /* Shared test PKIs, created once per build by scripts/provision-certs.sh (under a lock):
  *   h_pki():       devices dev-a, dev-b, dev-c, dev-revoked (revoked in crl.pem)
  *   h_pki_other(): an unrelated CA with device dev-a */
