@@ -57,6 +57,8 @@ struct sess {
 	struct pend {
 		uint64_t seq, prev;
 		int64_t made_ms; /* when sealed (monotonic): its age is the ingest lag */
+		int64_t sent_ms; /* its latest send, 0 = not sent yet */
+		int resent;	 /* sent more than once: its ack latency teaches nothing */
 		uint8_t *env;
 		size_t len;
 	} pend[MAX_PEND]; /* sealed, not acknowledged yet, oldest first */
@@ -203,7 +205,11 @@ static void send_birth(struct sess *s)
 static void send_pending(struct sess *s)
 {
 	while (s->up && s->nout < s->npend && s->nout < dev_acktimer_allowed(&s->timer)) {
+		if (!s->nout)
+			dev_acktimer_arm(&s->timer, bench_mono_ms());
 		struct pend *p = &s->pend[s->nout++];
+		p->resent = p->sent_ms != 0;
+		p->sent_ms = bench_mono_ms();
 		dev_link_publish(s->link, s->topic[WIRE_TOPIC_TELEMETRY], p->env, p->len, 1, 0, NULL,
 		                 NULL, 0);
 	}
@@ -230,6 +236,8 @@ static void send_batch(struct sess *s)
 			p->seq = seq;
 			p->prev = s->last_durable;
 			p->made_ms = bench_mono_ms();
+			p->sent_ms = 0;
+			p->resent = 0;
 			s->npend++;
 			s->last_durable = seq;
 			send_pending(s);
@@ -252,15 +260,20 @@ static void on_ack(struct sess *s, const struct dev_link_event *ev, int64_t now)
 	if (e.seq > s->upto)
 		s->upto = e.seq;
 	int keep = 0;
+	int64_t latency = -1;
 	for (int i = 0; i < s->npend; i++) {
-		if (s->pend[i].seq <= s->upto)
-			free(s->pend[i].env);
-		else
-			s->pend[keep++] = s->pend[i];
+		struct pend *p = &s->pend[i];
+		if (p->seq > s->upto) {
+			s->pend[keep++] = *p;
+			continue;
+		}
+		if (p->sent_ms && !p->resent && now - p->sent_ms > latency)
+			latency = now - p->sent_ms;
+		free(p->env);
 	}
 	if (keep < s->npend) {
 		s->nout = s->nout > s->npend - keep ? s->nout - (s->npend - keep) : 0;
-		dev_acktimer_progress(&s->timer, now);
+		dev_acktimer_progress(&s->timer, now, latency);
 	}
 	s->npend = keep;
 	send_pending(s);

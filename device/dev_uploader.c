@@ -16,7 +16,11 @@ struct dev_uploader {
 	struct dev_uploader_opts o;
 	int up;
 	struct dev_spool_cursor cursor; /* backlog, in seq order */
-	uint64_t *inflight;		/* seqs sent and not yet acknowledged */
+	struct flight {
+		uint64_t seq;
+		int64_t sent_ms; /* its latest send */
+		int resent;	 /* sent before: its ack latency teaches nothing (Karn) */
+	} *inflight;			/* sent and not yet acknowledged */
 	size_t ninflight;
 	uint64_t fresh[MAX_FRESH];
 	size_t nfresh;
@@ -85,21 +89,24 @@ void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last)
 static int in_flight(const struct dev_uploader *u, uint64_t seq)
 {
 	for (size_t i = 0; i < u->ninflight; i++)
-		if (u->inflight[i] == seq)
+		if (u->inflight[i].seq == seq)
 			return 1;
 	return 0;
 }
 
-static int send_rec(struct dev_uploader *u, dev_send_fn send, void *ctx,
+static int send_rec(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx,
 		    const struct dev_spool_rec *rec, const uint8_t *env, size_t len)
 {
 	int rc = send(ctx, rec, env, len);
 	if (rc)
 		return rc;
+	int resent = rec->seq <= u->highest_sent;
+	if (!u->ninflight)
+		dev_acktimer_arm(&u->timer, now);
 	if (!in_flight(u, rec->seq) && u->ninflight < (size_t)u->o.window)
-		u->inflight[u->ninflight++] = rec->seq;
+		u->inflight[u->ninflight++] = (struct flight){rec->seq, now, resent};
 	u->st.sent++;
-	if (rec->seq <= u->highest_sent)
+	if (resent)
 		u->st.resent++;
 	else
 		u->highest_sent = rec->seq;
@@ -107,8 +114,8 @@ static int send_rec(struct dev_uploader *u, dev_send_fn send, void *ctx,
 }
 
 /* Read one record at or after *c and send it; 1 when there is nothing more. */
-static int send_next(struct dev_uploader *u, struct dev_spool_cursor *c, int skip_acked,
-		     uint64_t stop_after, dev_send_fn send, void *ctx)
+static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_cursor *c,
+		     int skip_acked, uint64_t stop_after, dev_send_fn send, void *ctx)
 {
 	for (int guard = 0; guard < 64; guard++) {
 		struct dev_spool_rec rec;
@@ -129,7 +136,7 @@ static int send_next(struct dev_uploader *u, struct dev_spool_cursor *c, int ski
 			free(env);
 			continue; /* already out, e.g. sent as fresh data */
 		}
-		rc = send_rec(u, send, ctx, &rec, env, len);
+		rc = send_rec(u, now, send, ctx, &rec, env, len);
 		free(env);
 		return rc ? -1 : 0;
 	}
@@ -158,15 +165,15 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			if (dev_spool_is_acked(u->spool, seq) || in_flight(u, seq))
 				continue;
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seq);
-			rc = send_next(u, &c, 1, seq, send, ctx);
+			rc = send_next(u, now, &c, 1, seq, send, ctx);
 		} else if (u->resend_first) {
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
-			rc = send_next(u, &c, 0, u->resend_last, send, ctx);
+			rc = send_next(u, now, &c, 0, u->resend_last, send, ctx);
 			u->resend_first = rc == 0 && c.next_seq <= u->resend_last ? c.next_seq : 0;
 			if (rc == 1)
 				continue;
 		} else {
-			rc = send_next(u, &u->cursor, 1, UINT64_MAX, send, ctx);
+			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
 			if (rc == 1)
 				break;
 		}
@@ -213,12 +220,17 @@ int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t l
 	free(ranges);
 	wire_msg_free(ack);
 	size_t n = 0, had = u->ninflight;
-	for (size_t i = 0; i < u->ninflight; i++)
-		if (!dev_spool_is_acked(u->spool, u->inflight[i]))
-			u->inflight[n++] = u->inflight[i];
+	int64_t latency = -1; /* of the slowest envelope acknowledged now that was sent once */
+	for (size_t i = 0; i < u->ninflight; i++) {
+		const struct flight *f = &u->inflight[i];
+		if (!dev_spool_is_acked(u->spool, f->seq))
+			u->inflight[n++] = *f;
+		else if (!f->resent && now - f->sent_ms > latency)
+			latency = now - f->sent_ms;
+	}
 	u->ninflight = n;
 	if (n < had || dev_spool_acked_upto(u->spool) > before)
-		dev_acktimer_progress(&u->timer, now);
+		dev_acktimer_progress(&u->timer, now, latency);
 	u->st.acks++;
 	return src ? WIRE_EIO : WIRE_OK;
 }

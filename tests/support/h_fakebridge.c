@@ -368,7 +368,9 @@ struct h_fakebridge *h_fakebridge_start(const struct h_broker *b, enum h_ack_mod
 	pthread_mutex_init(&fb->mu, NULL);
 	if (wire_key_load(key, &fb->bridge_key, NULL) || wire_key_load(forge, &fb->forge_key, NULL))
 		abort();
-	fb->cli = h_mqtt_connect(uri, b->pki, "bridge", "fakebridge", NULL);
+	/* persistent, like the real bridge: what devices send while it is away (a broker
+	 * restart included) waits for it */
+	fb->cli = h_mqtt_connect_session(uri, b->pki, "bridge", "fakebridge", 600);
 	if (!fb->cli)
 		abort();
 	const char *subs[] = {"outpost/v1/+/birth", "outpost/v1/+/telemetry", "outpost/v1/+/tasks/poll",

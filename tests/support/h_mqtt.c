@@ -25,8 +25,8 @@ static void on_published(void *ctx, int token, int packet_type, MQTTProperties *
 	c->last_reason = (int)rc;
 }
 
-struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *name,
-				 const char *ca_pki, const char *client_id, int *why)
+static struct h_mqtt *connect_with(const char *uri, const char *pki, const char *name,
+				   const char *ca_pki, const char *client_id, int expiry_s, int *why)
 {
 	struct h_mqtt *c = calloc(1, sizeof(*c));
 	/* a write to a connection the broker closed must fail, not kill the test */
@@ -56,10 +56,17 @@ struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *n
 	ssl.verify = 1;
 	ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
 	opts.ssl = &ssl;
-	opts.cleanstart = 1;
+	opts.cleanstart = expiry_s == 0;
 	opts.keepAliveInterval = 30;
 	opts.connectTimeout = 5;
-	MQTTResponse r = MQTTClient_connect5(c->cli, &opts, NULL, NULL);
+	MQTTProperties props = MQTTProperties_initializer;
+	if (expiry_s > 0) {
+		MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+		p.value.integer4 = (unsigned int)expiry_s;
+		MQTTProperties_add(&props, &p);
+	}
+	MQTTResponse r = MQTTClient_connect5(c->cli, &opts, &props, NULL);
+	MQTTProperties_free(&props);
 	rc = r.reasonCode;
 	MQTTResponse_free(r);
 	if (rc != MQTTCLIENT_SUCCESS)
@@ -82,10 +89,22 @@ fail:
 	return NULL;
 }
 
+struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *name,
+				 const char *ca_pki, const char *client_id, int *why)
+{
+	return connect_with(uri, pki, name, ca_pki, client_id, 0, why);
+}
+
 struct h_mqtt *h_mqtt_connect(const char *uri, const char *pki, const char *name,
 			      const char *client_id, int *why)
 {
-	return h_mqtt_connect_ca(uri, pki, name, pki, client_id, why);
+	return connect_with(uri, pki, name, pki, client_id, 0, why);
+}
+
+struct h_mqtt *h_mqtt_connect_session(const char *uri, const char *pki, const char *name,
+				      const char *client_id, int expiry_s)
+{
+	return connect_with(uri, pki, name, pki, client_id, expiry_s, NULL);
 }
 
 static int pub(struct h_mqtt *c, const char *topic, const void *payload, size_t len, int qos,

@@ -13,6 +13,10 @@ struct h_mqtt *h_mqtt_connect(const char *uri, const char *pki, const char *name
 			      const char *client_id, int *why);
 struct h_mqtt *h_mqtt_connect_ca(const char *uri, const char *pki, const char *name,
 				 const char *ca_pki, const char *client_id, int *why);
+/* A persistent session (clean start off, session expiry expiry_s > 0): the broker queues for
+ * it while it is away, across a broker restart too (plain subscriptions). */
+struct h_mqtt *h_mqtt_connect_session(const char *uri, const char *pki, const char *name,
+				      const char *client_id, int expiry_s);
 
 /* Publish and wait for the PUBACK (qos 1); returns its MQTT v5 reason code (0 = success,
  * 0x10 = no subscribers, 0x87 = not authorised), or -1 if the connection failed. */

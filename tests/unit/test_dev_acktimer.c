@@ -1,5 +1,5 @@
 /* test_dev_acktimer.c - the ack timeout backs off with jitter while acks stay away, collapses
- * the window to one probe, and recovers on progress. */
+ * the window to one probe, recovers on progress, and learns how late acks are. */
 #include <criterion/criterion.h>
 
 #include "dev_acktimer.h"
@@ -67,12 +67,49 @@ Test(dev_acktimer, progress_resets_the_wait_and_regrows_the_window)
 	cr_assert_eq(dev_acktimer_expired(&t, BASE), 1);
 	cr_assert_eq(dev_acktimer_expired(&t, dev_acktimer_deadline(&t)), 1);
 	int64_t now = dev_acktimer_deadline(&t) - 5;
-	int expect[] = {2, 4, 8, 16, 20, 20};
-	for (int i = 0; i < 6; i++) {
-		dev_acktimer_progress(&t, now);
-		cr_expect_eq(dev_acktimer_allowed(&t), expect[i], "after ack %d", i + 1);
+	/* the probe's ack: it was resent, so the wait stays backed off (Karn) */
+	dev_acktimer_progress(&t, now, -1);
+	cr_expect_eq(dev_acktimer_allowed(&t), 2);
+	cr_expect_eq(dev_acktimer_deadline(&t), now + 4 * BASE, "backed off: the nominal 4 x");
+	int expect[] = {4, 8, 16, 20, 20};
+	for (int i = 0; i < 5; i++) {
+		dev_acktimer_progress(&t, now, 100);
+		cr_expect_eq(dev_acktimer_allowed(&t), expect[i], "after ack %d", i + 2);
 		cr_expect_eq(dev_acktimer_deadline(&t), now + BASE, "the wait is the base again");
 	}
 	dev_acktimer_start(&t, now);
 	cr_expect_eq(dev_acktimer_allowed(&t), 20);
+}
+
+Test(dev_acktimer, learns_a_slow_bridge_and_forgets_it_again)
+{
+	struct dev_acktimer t;
+	dev_acktimer_init(&t, BASE, 8, 5);
+	dev_acktimer_start(&t, 0);
+	/* fast acks never shorten the wait below the configured one */
+	dev_acktimer_progress(&t, 100, 80);
+	cr_expect_eq(dev_acktimer_deadline(&t), 100 + BASE);
+	/* acks that take 50 s, steadily: the wait grows past them */
+	int64_t now = 100;
+	for (int i = 0; i < 20; i++) {
+		now += 60000;
+		dev_acktimer_progress(&t, now, 50000);
+	}
+	int64_t wait = dev_acktimer_deadline(&t) - now;
+	cr_expect_gt(wait, 50000, "wait %lld does not cover 50 s acks", (long long)wait);
+	cr_expect_leq(wait, (int64_t)BASE * DEV_ACKTIMER_MAX_FACTOR);
+	/* a resent envelope's ack teaches nothing (-1); fast acks bring the wait back down */
+	dev_acktimer_progress(&t, now + 1, -1);
+	cr_expect_eq(dev_acktimer_deadline(&t) - (now + 1), wait);
+	for (int i = 0; i < 40; i++) {
+		now += 60000;
+		dev_acktimer_progress(&t, now, 100);
+	}
+	cr_expect_eq(dev_acktimer_deadline(&t), now + BASE);
+	/* and never above the cap, however late */
+	for (int i = 0; i < 20; i++) {
+		now += 60000;
+		dev_acktimer_progress(&t, now, 3600000);
+	}
+	cr_expect_eq(dev_acktimer_deadline(&t), now + (int64_t)BASE * DEV_ACKTIMER_MAX_FACTOR);
 }

@@ -195,7 +195,8 @@ Test(dev_uploader, reconnect_and_timeout_resend_the_unacknowledged)
 	s.n = 0;
 	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[2], 6000), 0);
 	cr_expect_eq(dev_uploader_pump(f.up, 6000, send_fn, &s), 2);
-	cr_expect_eq(dev_uploader_deadline(f.up), 6000 + 5000, "the wait is the first one again");
+	cr_expect_eq(dev_uploader_deadline(f.up), 6000 + 10000,
+		     "the probe was resent: the wait stays backed off until a first send is acked");
 	cr_expect_eq(s.seq[0], f.seqs[3]);
 	cr_expect_eq(s.seq[1], f.seqs[4]);
 	struct dev_uploader_stats us;
@@ -249,5 +250,38 @@ Test(dev_uploader, resend_task_sends_acknowledged_records_still_on_disk)
 	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 3);
 	cr_expect_eq(s.seq[0], f.seqs[2]);
 	cr_expect_eq(s.seq[2], f.seqs[4]);
+	teardown(&f);
+}
+
+/* Acks that are late but do come (a bridge behind, steadily): once learned, no more timeouts
+ * and no duplicates; a timeout's probe is resent, so its late ack teaches nothing. */
+Test(dev_uploader, steadily_late_acks_are_learned_not_probed)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 0, 8);
+	dev_uploader_link_up(f.up, 0);
+	int64_t now = 0;
+	uint64_t timeouts_late = 0;
+	for (int i = 0; i < 30; i++) {
+		add(&f);
+		dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+		cr_assert_eq(dev_uploader_pump(f.up, now, send_fn, &s), 1);
+		/* the ack comes 12 s later (the timeout is 5 s); pump on every deadline before */
+		int64_t ack_at = now + 12000;
+		while (dev_uploader_deadline(f.up) <= ack_at)
+			dev_uploader_pump(f.up, dev_uploader_deadline(f.up), send_fn, &s);
+		cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[f.n - 1], ack_at), 0);
+		now += 20000;
+		struct dev_uploader_stats us;
+		dev_uploader_stats(f.up, &us);
+		if (i == 19)
+			timeouts_late = us.timeouts;
+	}
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_gt(timeouts_late, 0, "the first late acks did time out");
+	cr_expect_eq(us.timeouts, timeouts_late, "no timeouts once the latency is learned");
+	cr_expect_lt(us.timeouts, 10, "%llu timeouts for 30 envelopes", (unsigned long long)us.timeouts);
 	teardown(&f);
 }
