@@ -26,6 +26,7 @@ struct dev_uploader {
 	size_t nfresh;
 	uint64_t resend_first, resend_last; /* pending `resend` range, 0 = none */
 	struct dev_acktimer timer;	    /* ack timeout, backoff and probe window */
+	int probe;			    /* a timeout: the oldest unacknowledged goes first */
 	uint64_t highest_sent;
 	struct dev_uploader_stats st;
 };
@@ -154,11 +155,17 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 		 * envelope; the window reopens as acks come back, the wait grows while not. */
 		u->cursor = DEV_SPOOL_CURSOR_AT(0);
 		u->ninflight = 0;
+		u->probe = 1;
 		u->st.timeouts++;
 	}
 	while (u->ninflight < (size_t)dev_acktimer_allowed(&u->timer)) {
 		int rc;
-		if (u->nfresh) {
+		if (u->probe) {
+			u->probe = 0;
+			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
+			if (rc == 1)
+				continue;
+		} else if (u->nfresh) {
 			uint64_t seq = u->fresh[0];
 			memmove(u->fresh, u->fresh + 1, (u->nfresh - 1) * sizeof(*u->fresh));
 			u->nfresh--;
@@ -219,17 +226,27 @@ int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t l
 	int src = dev_spool_ack(u->spool, ack->upto, (const uint64_t(*)[2])ranges, ack->n_ranges);
 	free(ranges);
 	wire_msg_free(ack);
-	size_t n = 0, had = u->ninflight;
+	/* The timer restarts only when the envelope waiting longest is acknowledged (or the
+	 * cumulative point moves), as TCP's does on new cumulative acks: acks of newer envelopes
+	 * alone must not keep a lost older one from ever timing out. */
+	size_t n = 0, oldest = 0;
+	for (size_t i = 1; i < u->ninflight; i++)
+		if (u->inflight[i].sent_ms < u->inflight[oldest].sent_ms)
+			oldest = i;
+	int oldest_acked = 0;
 	int64_t latency = -1; /* of the slowest envelope acknowledged now that was sent once */
 	for (size_t i = 0; i < u->ninflight; i++) {
 		const struct flight *f = &u->inflight[i];
-		if (!dev_spool_is_acked(u->spool, f->seq))
+		if (!dev_spool_is_acked(u->spool, f->seq)) {
 			u->inflight[n++] = *f;
-		else if (!f->resent && now - f->sent_ms > latency)
+			continue;
+		}
+		oldest_acked |= i == oldest;
+		if (!f->resent && now - f->sent_ms > latency)
 			latency = now - f->sent_ms;
 	}
 	u->ninflight = n;
-	if (n < had || dev_spool_acked_upto(u->spool) > before)
+	if (oldest_acked || dev_spool_acked_upto(u->spool) > before)
 		dev_acktimer_progress(&u->timer, now, latency);
 	u->st.acks++;
 	return src ? WIRE_EIO : WIRE_OK;

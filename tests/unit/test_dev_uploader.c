@@ -78,12 +78,20 @@ static void teardown(struct fixture *f)
 	free(f->dir);
 }
 
-static uint8_t *ack_env(struct wire_key *k, const char *device, uint64_t upto, size_t *len)
+static uint8_t *ack_env_ranges(struct wire_key *k, const char *device, uint64_t upto,
+			       uint64_t first, uint64_t last, size_t *len)
 {
 	Outpost__Ack a = OUTPOST__ACK__INIT;
+	Outpost__SeqRange r = OUTPOST__SEQ_RANGE__INIT, *rp = &r;
 	uint8_t *body, *env;
 	size_t blen;
 	a.upto = upto;
+	if (first) {
+		r.first = first;
+		r.last = last;
+		a.n_ranges = 1;
+		a.ranges = &rp;
+	}
 	cr_assert_eq(wire_msg_pack(WIRE_KIND_ACK, &a.base, &body, &blen, NULL), 0);
 	struct wire_env e = {.kind = WIRE_KIND_ACK, .seq = upto, .sent_at_ms = 1, .body = body,
 			     .body_len = blen};
@@ -91,6 +99,11 @@ static uint8_t *ack_env(struct wire_key *k, const char *device, uint64_t upto, s
 	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
 	free(body);
 	return env;
+}
+
+static uint8_t *ack_env(struct wire_key *k, const char *device, uint64_t upto, size_t *len)
+{
+	return ack_env_ranges(k, device, upto, 0, 0, len);
 }
 
 static int ack(struct fixture *f, struct wire_key *k, const char *device, uint64_t upto, int64_t now)
@@ -283,5 +296,34 @@ Test(dev_uploader, steadily_late_acks_are_learned_not_probed)
 	cr_expect_gt(timeouts_late, 0, "the first late acks did time out");
 	cr_expect_eq(us.timeouts, timeouts_late, "no timeouts once the latency is learned");
 	cr_expect_lt(us.timeouts, 10, "%llu timeouts for 30 envelopes", (unsigned long long)us.timeouts);
+	teardown(&f);
+}
+
+/* The bridge lost one envelope (e.g. taken by MQTT just before it stopped) while it stores and
+ * acknowledges the newer ones: acks of the newer ones must not keep the lost one from timing
+ * out, and the probe is that one, ahead of fresh data. */
+Test(dev_uploader, a_hole_below_acknowledged_ranges_times_out)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 4, 8);
+	dev_uploader_link_up(f.up, 0);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 4);
+	/* the first is lost; the bridge keeps acknowledging later ones, every second */
+	for (int64_t t = 1000; t < 5000; t += 1000) {
+		size_t len;
+		add(&f);
+		dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+		dev_uploader_pump(f.up, t, send_fn, &s);
+		uint8_t *env = ack_env_ranges(f.bridge, "dev-a", 0, f.seqs[1], f.seqs[f.n - 1], &len);
+		cr_assert_eq(dev_uploader_on_ack(f.up, env, len, t, NULL), 0);
+		free(env);
+	}
+	cr_expect_eq(dev_uploader_deadline(f.up), 5000, "the wait runs from the lost one's send");
+	add(&f);
+	dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+	s.n = 0;
+	cr_expect_eq(dev_uploader_pump(f.up, 5000, send_fn, &s), 1, "a probe");
+	cr_expect_eq(s.seq[0], f.seqs[0], "the lost envelope, before fresh data");
 	teardown(&f);
 }
