@@ -30,16 +30,18 @@ bench_calc() {
 
 bench_port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A free loopback port (not in use, not handed out before in this run).
+# A free loopback port (not in use, not handed out before in this run) into variable VAR.
+# It runs in the caller's shell, not in $(...): a subshell would forget the ports handed out
+# and repeat the caller's RANDOM sequence (two listeners once got the same port).
 BENCH_USED_PORTS=" "
-bench_free_port() {
+bench_free_port() { # VAR
 	local p
 	for _ in $(seq 1 200); do
 		p=$((20000 + RANDOM % 30000))
 		case $BENCH_USED_PORTS in *" $p "*) continue ;; esac
 		bench_port_busy "$p" && continue
 		BENCH_USED_PORTS="$BENCH_USED_PORTS$p "
-		echo "$p"
+		printf -v "$1" '%s' "$p"
 		return 0
 	done
 	bench_fail "no free port"
@@ -81,9 +83,9 @@ bench_pki() { # DIR COUNT
 # Starts mosquitto through the stack's own entrypoint. Sets BENCH_WSS, BENCH_MQTTS,
 # BENCH_INTERNAL, BENCH_BROKER_PID, BENCH_BROKER_DIR (for the callers).
 bench_broker_start() { # PKI DIR
-	BENCH_WSS=${BENCH_WSS:-$(bench_free_port)}
-	BENCH_MQTTS=${BENCH_MQTTS:-$(bench_free_port)}
-	BENCH_INTERNAL=${BENCH_INTERNAL:-$(bench_free_port)}
+	[ -n "${BENCH_WSS:-}" ] || bench_free_port BENCH_WSS
+	[ -n "${BENCH_MQTTS:-}" ] || bench_free_port BENCH_MQTTS
+	[ -n "${BENCH_INTERNAL:-}" ] || bench_free_port BENCH_INTERNAL
 	# shellcheck disable=SC2034 # used by the scripts that source this file
 	BENCH_BROKER_DIR=$2
 	mkdir -p "$2"
@@ -123,7 +125,7 @@ bench_pg_start() { # DIR
 	mkdir -p "$1"
 	[ "$(id -u)" = 0 ] && chown postgres "$1"
 	local port
-	port=$(bench_free_port)
+	bench_free_port port
 	bench_pg_as "$bin/initdb" -D "$BENCH_PG_DATA" -A trust -U postgres -E UTF8 --no-sync \
 		>"$1/initdb.log" 2>&1 || bench_fail "initdb failed, see $1/initdb.log"
 	# durability as shipped (fsync on, synchronous_commit on): the bridge and the raw

@@ -205,8 +205,8 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	mosquitto_subscribe_v5_callback_set(m->mosq, on_subscribe);
 	mosquitto_publish_v5_callback_set(m->mosq, on_publish);
 	mosquitto_message_v5_callback_set(m->mosq, on_message);
-	/* After a lost connection libmosquitto reconnects every 1, 2, 3, 4, 5, 5, ... s: a bridge is
-	 * one client, not a fleet, and every second it is away delays every device's acks. */
+	/* After a lost connection libmosquitto reconnects every 1, 2, 3, 4, 5, 5, ... s: a bridge
+	 * is one client, not a fleet, and every second it is away delays every device's acks. */
 	mosquitto_reconnect_delay_set(m->mosq, 1, 5, false);
 	*out = m;
 	return BRG_OK;

@@ -95,6 +95,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv);
 int ctl_cmd_readings(struct ctl *c, int argc, char **argv);
 int ctl_cmd_events(struct ctl *c, int argc, char **argv);
 int ctl_cmd_gaps(struct ctl *c, int argc, char **argv);
+int ctl_cmd_prune(struct ctl *c, int argc, char **argv);
 int ctl_cmd_task(struct ctl *c, int argc, char **argv);
 int ctl_cmd_decode(struct ctl *c, int argc, char **argv);
 

@@ -1,4 +1,4 @@
-/* ctl_data.c - outpostctl readings, events and gaps. */
+/* ctl_data.c - outpostctl readings, events, gaps, and prune (retention). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,6 +6,7 @@
 
 #include "ctl.h"
 #include "store_ops.h"
+#include "store_prune.h"
 #include "wire_topic.h"
 
 static int device_key(struct ctl *c, const char *id, int64_t *key)
@@ -217,4 +218,47 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	ctl_out_end(&o);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "gaps", rc) : CTL_OK;
+}
+
+int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
+{
+	const char *before = NULL, *yes = NULL, *pos[1];
+	int64_t cut;
+	int npos, rc;
+	struct ctl_optdef defs[] = {{"before", 1, &before, NULL, NULL, 0},
+	                            {"yes", 0, &yes, NULL, NULL, 0},
+	                            {NULL, 0, NULL, NULL, NULL, 0}};
+	if ((rc = ctl_args("prune", argc, argv, defs, pos, 0, &npos)))
+		return rc;
+	if (!before)
+		return ctl_err(CTL_USAGE,
+		               "prune: --before T is required (e.g. 90d: older than 90 days)");
+	if ((rc = parse_time_opt("prune", "before", before, &cut)))
+		return rc;
+	if (cut > store_now_ms() || cut < 0)
+		return ctl_err(CTL_USAGE, "prune: --before %s is %s", before,
+		               cut < 0 ? "before 1970" : "in the future");
+	if (!ctl_store(c))
+		return c->code;
+	struct store_prune_counts n;
+	char t[32], detail[200];
+	ctl_time(cut, t);
+	rc = store_prune(c->s, cut, !yes, &n);
+	printf("%s before %s:\n  readings  %" PRId64 "\n  events    %" PRId64
+	       "\n  gaps      %" PRId64 " (resolved)\n  tasks     %" PRId64 " (finished)\n",
+	       yes ? (rc ? "deleted until the failure" : "deleted") : "would delete", t, n.readings,
+	       n.events, n.gaps, n.tasks);
+	if (rc)
+		return ctl_store_err(c, "prune", rc);
+	if (!yes) {
+		printf("nothing deleted: run again with --yes to delete\n");
+		return CTL_OK;
+	}
+	snprintf(detail, sizeof(detail),
+	         "before %s: %" PRId64 " readings, %" PRId64 " events, %" PRId64 " gaps, %" PRId64
+	         " tasks",
+	         t, n.readings, n.events, n.gaps, n.tasks);
+	if ((rc = store_event_add(c->s, 0, store_now_ms(), "pruned", detail)))
+		return ctl_store_err(c, "prune: the event", rc);
+	return CTL_OK;
 }

@@ -42,6 +42,9 @@ static void usage(FILE *out)
 	    "                             state changes, rejections, gaps, tasks (newest last)\n"
 	    "  gaps [--device ID] [--all] [--format ...]\n"
 	    "                             missing and dropped seq ranges (--all: also filled)\n"
+	    "  prune --before T [--yes]   retention: count (with --yes: delete) readings taken,\n"
+	    "                             events logged, gaps resolved and tasks finished before\n"
+	    "                             T, in short transactions beside a running bridge\n"
 	    "  task add --device ID --type TYPE [--arg k=v ...] [--expires DURATION]\n"
 	    "                             queue a task (ping, set_config, resend, collect_now,\n"
 	    "                             restart); prints its id\n"
@@ -126,6 +129,8 @@ int main(int argc, char **argv)
 		rc = ctl_cmd_events(&c, n, rest);
 	else if (!strcmp(cmd, "gaps"))
 		rc = ctl_cmd_gaps(&c, n, rest);
+	else if (!strcmp(cmd, "prune"))
+		rc = ctl_cmd_prune(&c, n, rest);
 	else if (!strcmp(cmd, "task"))
 		rc = ctl_cmd_task(&c, n, rest);
 	else if (!strcmp(cmd, "decode"))

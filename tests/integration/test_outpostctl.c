@@ -35,6 +35,17 @@ static char *ctl(const char *url, int want, const char *fmt, ...)
 	return out;
 }
 
+/* outpostctl ARGS exits want and prints needle (unless NULL) in lines lines (unless < 0). */
+static void expect_ctl(const char *url, int want, const char *args, const char *needle, int lines)
+{
+	char *out = ctl(url, want, "%s", args);
+	if (needle)
+		cr_expect(strstr(out, needle), "outpostctl %s:\n%s", args, out);
+	if (lines >= 0)
+		cr_expect_eq(count(out, "\n"), lines, "outpostctl %s:\n%s", args, out);
+	free(out);
+}
+
 static void populated(const char *store, const char *tag)
 {
 	struct h_broker b = {0};
@@ -212,6 +223,33 @@ static void populated(const char *store, const char *tag)
 	free(raw);
 	free(env);
 	free(body);
+
+	/* prune: counts first, deletes only with --yes, beside the running bridge */
+	expect_ctl(url, 2, "prune", NULL, -1);
+	expect_ctl(url, 2, "prune --before 2099-01-01", "in the future", -1);
+	char *dry = ctl(url, 0, "prune --before 2023-11-14T22:13:32Z");
+	cr_expect(strstr(dry, "would delete before 2023-11-14T22:13:32.000Z") &&
+	              strstr(dry, "nothing deleted"),
+	          "%s", dry);
+	expect_ctl(url, 0, "readings --device dev-a --metric m2", NULL, 1 + 20 * 3);
+	out = ctl(url, 0, "prune --before 2023-11-14T22:13:32Z --yes");
+	/* the same counts as the dry run: seqs 2..11 are before the cut, 10 batches of 6
+	 * readings from dev-a, 8 from dev-b (it dropped 2 of them) */
+	const char *counted = strstr(dry, ":"), *deleted = strstr(out, ":");
+	cr_expect(counted && deleted && !strncmp(counted, deleted, strlen(deleted)) &&
+	              strstr(deleted, "readings  108\n") && !strstr(out, "nothing deleted"),
+	          "dry run:\n%s\nrun:\n%s", dry, out);
+	free(out);
+	free(dry);
+	expect_ctl(url, 0, "readings --device dev-a --metric m2",
+	           "\ndev-a,m2,u,2023-11-14T22:13:32.000Z,", 1 + 10 * 3);
+	expect_ctl(url, 0, "events --type pruned --format csv", "pruned", 1 + 1);
+	expect_ctl(url, 0, "task cancel 1", NULL, -1);
+	expect_ctl(url, 0, "prune --before now --yes", "tasks     1 (finished)", -1);
+	expect_ctl(url, 1, "task show 1", NULL, -1);
+	expect_ctl(url, 0, "readings --device dev-a", NULL, 1);
+	/* envelope records are kept */
+	expect_ctl(url, 0, "devices --format json --state active", "\"envelopes\": 20", -1);
 
 	/* usage and store errors */
 	out = ctl(url, 2, "frobnicate");

@@ -1,5 +1,5 @@
 /* test_store.c - the store: URL dispatch, migrations, the statement API, bulk copy, device
- * actions and task queueing, identical on SQLite and PostgreSQL. */
+ * actions, task queueing and retention, identical on SQLite and PostgreSQL. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "store.h"
 #include "store_ops.h"
+#include "store_prune.h"
 
 static struct store *open_url(const char *url, int create)
 {
@@ -27,6 +28,66 @@ static int64_t one(struct store *s, const char *sql)
 	int64_t v = -1;
 	cr_assert_eq(store_query_i64(s, &v, sql, 0), STORE_OK, "%s: %s", sql, store_errmsg(s));
 	return v;
+}
+
+/* Retention on what exercise() left (5,000 readings of dev-x in 2023, task 1 cancelled) plus a
+ * dense series (one reading a second: the slices must shrink) and a sparse one (one a day). */
+static void prune(struct store *s)
+{
+	const int64_t t0 = 1600000000000LL, cut = t0 + 100000 * 1000LL;
+	cr_assert_eq(store_exec(s,
+	                        "INSERT INTO metrics (id, device, name) VALUES (0, 1, 'm0'),"
+	                        " (1, 1, 'm1'), (2, 1, 'm2'), (3, 1, 'm3'), (4, 1, 'm4'),"
+	                        " (5, 1, 'm5'), (6, 1, 'm6'), (7, 2, 'dense'), (8, 2, 'sparse')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	struct store_copy *cp = NULL;
+	cr_assert_eq(store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &cp),
+	             0);
+	cr_assert_eq(store_begin(s), STORE_OK);
+	cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
+	for (int64_t i = 0; i < 120000 + 100; i++) {
+		int dense = i < 120000;
+		store_copy_i64(cp, 2);
+		store_copy_i64(cp, dense ? 7 : 8);
+		store_copy_i64(cp, t0 + (dense ? i * 1000 : (i - 120000) * 86400000LL));
+		store_copy_i64(cp, i / 600 + 1);
+		store_copy_i64(cp, i % 600);
+		store_copy_f64(cp, 1.0);
+		cr_assert_eq(store_copy_end_row(cp), STORE_OK);
+	}
+	cr_assert_eq(store_copy_finish(cp), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+	store_copy_free(cp);
+	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type) VALUES (1, 2, 'old'),"
+	                           " (2, 2, 'old'), (3, NULL, 'old')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s,
+	                        "INSERT INTO gaps (device, reason, prev_seq, last_seq, opened_at,"
+	                        " resolved_at) VALUES (2, 'missing', 1, 3, 1, 5),"
+	                        " (2, 'missing', 7, 9, 1, NULL)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "UPDATE tasks SET finished_at = 5 WHERE id = 1"), STORE_OK);
+	int64_t events = one(s, "SELECT COUNT(*) FROM events");
+
+	struct store_prune_counts n;
+	cr_expect_eq(store_prune(s, -1, 1, &n), STORE_EINVAL);
+	for (int dry = 1; dry >= 0; dry--) {
+		cr_assert_eq(store_prune(s, cut, dry, &n), STORE_OK, "%s", store_errmsg(s));
+		cr_expect_eq(n.readings, 100000 + 2, "dry %d: %lld", dry, (long long)n.readings);
+		cr_expect_eq(n.events, 3, "dry %d", dry);
+		cr_expect_eq(n.gaps, 1, "dry %d", dry);
+		cr_expect_eq(n.tasks, 1, "dry %d", dry);
+		cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"),
+		             dry ? 5000 + 120100 : 5000 + 120100 - 100002, "dry %d", dry);
+	}
+	cr_expect_eq(one(s, "SELECT MIN(ts) FROM readings WHERE metric = 7"), cut);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE device = 1"), 5000);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM events"), events - 3);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM gaps"), 1);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM tasks"), 1);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM task_args"), 0);
+	cr_assert_eq(store_prune(s, cut, 0, &n), STORE_OK);
+	cr_expect_eq(n.readings + n.events + n.gaps + n.tasks, 0, "a second run finds nothing");
 }
 
 static void exercise(const char *url)
@@ -187,6 +248,8 @@ static void exercise(const char *url)
 	cr_expect_eq(store_exec(s, "UPDATE tasks SET state = 'delivered' WHERE id = 2"), STORE_OK);
 	cr_expect_eq(store_task_cancel(s, 2, "t", state), STORE_ESTATE);
 	cr_expect_eq(store_task_cancel(s, 99, "t", state), STORE_ENOTFOUND);
+
+	prune(s);
 
 	/* A store newer than this program is refused, not damaged. */
 	cr_assert_eq(

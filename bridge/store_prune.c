@@ -1,0 +1,222 @@
+/* store_prune.c - retention (see store_prune.h). Readings are cut per (device, metric) along the
+ * primary key (device, metric, ts, ...) in time windows that adapt to the density of the data,
+ * so each transaction stays short whatever the sample rate. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "otime.h"
+#include "store_prune.h"
+
+#define METRIC_PAGE  512
+#define SLICE_MAX    50000 /* readings per transaction: halve the window above this */
+#define SLICE_MIN    5000  /* double it below this */
+#define SLICE_MS     250   /* or this much work, whichever comes first */
+#define WINDOW_FIRST (86400LL * 1000)
+#define WINDOW_MIN   1000LL
+#define WINDOW_MAX   (400LL * 86400 * 1000)
+#define EVENT_SLICE  10000
+#define STR_(x)      #x
+#define STR(x)       STR_(x)
+
+/* Run the statements in one transaction, each bound to args[0..nargs); *changes receives the
+ * rows changed by the last one. */
+static int txn(struct store *s, const char *const *sqls, int nargs, const int64_t *args,
+               int64_t *changes)
+{
+	struct store_stmt *st = NULL;
+	int rc = store_begin(s);
+	if (rc)
+		return rc;
+	for (; *sqls; sqls++) {
+		if ((rc = store_prepare(s, *sqls, &st)))
+			goto fail;
+		for (int i = 0; i < nargs && !rc; i++)
+			rc = store_bind_i64(st, i + 1, args[i]);
+		if (rc || (rc = store_step(st)) < 0)
+			goto fail;
+		*changes = store_changes(st);
+		store_stmt_free(st);
+		st = NULL;
+	}
+	return store_commit(s);
+fail:
+	store_stmt_free(st);
+	store_rollback(s);
+	return rc;
+}
+
+/* Reading deletes share a transaction until it holds SLICE_MAX rows or SLICE_MS of work, so
+ * a store of many sparse series does not pay one commit per series, nor a dense one hold the
+ * write lock for long. */
+struct slicer {
+	struct store *s;
+	struct store_stmt *first, *del;
+	int open;
+	int64_t rows, since;
+};
+
+static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t hi, int64_t *got)
+{
+	int rc;
+	if (!sl->open) {
+		if ((rc = store_begin(sl->s)))
+			return rc;
+		sl->open = 1;
+		sl->rows = 0;
+		sl->since = otime_mono_ms();
+	}
+	if ((rc = store_bind_i64(sl->del, 1, dev)) || (rc = store_bind_i64(sl->del, 2, metric)) ||
+	    (rc = store_bind_i64(sl->del, 3, hi)) || (rc = store_step(sl->del)) < 0) {
+		store_reset(sl->del);
+		return rc;
+	}
+	*got = store_changes(sl->del);
+	store_reset(sl->del);
+	sl->rows += *got;
+	if (sl->rows < SLICE_MAX && otime_mono_ms() - sl->since < SLICE_MS)
+		return STORE_OK;
+	sl->open = 0;
+	return store_commit(sl->s);
+}
+
+/* The oldest reading time of a series before the cut: 1 and *lo, or 0 when none is left. */
+static int slicer_oldest(struct slicer *sl, int64_t dev, int64_t metric, int64_t before,
+                         int64_t *lo)
+{
+	int rc;
+	if ((rc = store_bind_i64(sl->first, 1, dev)) ||
+	    (rc = store_bind_i64(sl->first, 2, metric)) ||
+	    (rc = store_bind_i64(sl->first, 3, before)) || (rc = store_step(sl->first)) < 0) {
+		store_reset(sl->first);
+		return rc;
+	}
+	if (rc == 1)
+		*lo = store_col_i64(sl->first, 0);
+	store_reset(sl->first);
+	return rc;
+}
+
+static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t before, int64_t *n)
+{
+	int64_t window = WINDOW_FIRST, lo = 0, got = 0;
+	int rc;
+	/* every pass deletes the oldest row, so lo only grows */
+	while ((rc = slicer_oldest(sl, dev, metric, before, &lo)) == 1) {
+		if ((rc = slicer_delete(sl, dev, metric,
+		                        lo >= before - window ? before : lo + window, &got)))
+			return rc;
+		*n += got;
+		if (got > SLICE_MAX && window > WINDOW_MIN)
+			window /= 2;
+		else if (got < SLICE_MIN && window < WINDOW_MAX)
+			window *= 2;
+	}
+	return rc;
+}
+
+static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t *n)
+{
+	int64_t page[METRIC_PAGE][2], last = INT64_MIN;
+	struct slicer sl = {.s = s};
+	int rc = store_prepare(s,
+	                       dry_run ? "SELECT COUNT(*) FROM readings WHERE device = ? AND"
+	                                 " metric = ? AND ts < ?"
+	                               : "SELECT ts FROM readings WHERE device = ? AND metric = ?"
+	                                 " AND ts < ? ORDER BY ts LIMIT 1",
+	                       &sl.first);
+	if (!rc)
+		rc = store_prepare(
+		    s, "DELETE FROM readings WHERE device = ? AND metric = ? AND ts < ?", &sl.del);
+	while (!rc) {
+		struct store_stmt *st = NULL;
+		int k = 0;
+		rc = store_prepare(s,
+		                   "SELECT id, device FROM metrics WHERE id > ? ORDER BY id"
+		                   " LIMIT " STR(METRIC_PAGE),
+		                   &st);
+		if (!rc)
+			rc = store_bind_i64(st, 1, last);
+		while (!rc && k < METRIC_PAGE && (rc = store_step(st)) == 1) {
+			page[k][0] = store_col_i64(st, 0);
+			page[k][1] = store_col_i64(st, 1);
+			k++;
+			rc = 0;
+		}
+		store_stmt_free(st);
+		if (rc < 0 || !k)
+			break;
+		for (int i = 0; i < k && !rc; i++) {
+			int64_t c = 0;
+			if (!dry_run)
+				rc = prune_metric(&sl, page[i][1], page[i][0], before, &c);
+			else if ((rc = slicer_oldest(&sl, page[i][1], page[i][0], before, &c)) == 1)
+				rc = 0; /* COUNT(*): always one row */
+			*n += c;
+		}
+		last = page[k - 1][0];
+	}
+	store_stmt_free(sl.first);
+	store_stmt_free(sl.del);
+	if (sl.open && rc < 0)
+		store_rollback(s);
+	else if (sl.open)
+		rc = store_commit(s);
+	return rc < 0 ? rc : STORE_OK;
+}
+
+static int prune_events(struct store *s, int64_t before, int dry_run, int64_t *n)
+{
+	static const char *const del[] = {
+	    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY id"
+	    " LIMIT " STR(EVENT_SLICE) ")",
+	    NULL};
+	if (dry_run)
+		return store_query_i64(s, n, "SELECT COUNT(*) FROM events WHERE at < ?", 1, before);
+	int64_t got;
+	do {
+		int rc = txn(s, del, 1, &before, &got);
+		if (rc)
+			return rc;
+		*n += got;
+	} while (got == EVENT_SLICE);
+	return STORE_OK;
+}
+
+static int prune_gaps(struct store *s, int64_t before, int dry_run, int64_t *n)
+{
+	static const char *const del[] = {
+	    "DELETE FROM gaps WHERE resolved_at IS NOT NULL AND resolved_at < ?", NULL};
+	if (dry_run)
+		return store_query_i64(s, n,
+		                       "SELECT COUNT(*) FROM gaps WHERE resolved_at IS NOT NULL AND"
+		                       " resolved_at < ?",
+		                       1, before);
+	return txn(s, del, 1, &before, n);
+}
+
+static int prune_tasks(struct store *s, int64_t before, int dry_run, int64_t *n)
+{
+#define FINISHED "SELECT id FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?"
+	static const char *const del[] = {
+	    "DELETE FROM task_args WHERE task IN (" FINISHED ")",
+	    "DELETE FROM task_output WHERE task IN (" FINISHED ")",
+	    "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", NULL};
+	if (dry_run)
+		return store_query_i64(s, n, "SELECT COUNT(*) FROM (" FINISHED ") AS f", 1, before);
+#undef FINISHED
+	return txn(s, del, 1, &before, n);
+}
+
+int store_prune(struct store *s, int64_t before, int dry_run, struct store_prune_counts *out)
+{
+	int rc;
+	*out = (struct store_prune_counts){0, 0, 0, 0};
+	if (!s || before < 0)
+		return STORE_EINVAL;
+	if ((rc = prune_readings(s, before, dry_run, &out->readings)) ||
+	    (rc = prune_events(s, before, dry_run, &out->events)) ||
+	    (rc = prune_gaps(s, before, dry_run, &out->gaps)) ||
+	    (rc = prune_tasks(s, before, dry_run, &out->tasks)))
+		return rc;
+	return STORE_OK;
+}
