@@ -52,8 +52,18 @@ struct slicer {
 	struct store *s;
 	struct store_stmt *first, *del;
 	int open;
-	int64_t rows, since;
+	int64_t rows, since; /* of the open transaction */
+	int64_t done;        /* rows deleted by committed transactions */
 };
+
+static int slicer_commit(struct slicer *sl)
+{
+	sl->open = 0;
+	int rc = store_commit(sl->s);
+	if (!rc)
+		sl->done += sl->rows;
+	return rc;
+}
 
 static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t hi, int64_t *got)
 {
@@ -75,8 +85,7 @@ static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 	sl->rows += *got;
 	if (sl->rows < SLICE_MAX && otime_mono_ms() - sl->since < SLICE_MS)
 		return STORE_OK;
-	sl->open = 0;
-	return store_commit(sl->s);
+	return slicer_commit(sl);
 }
 
 /* The oldest reading time of a series before the cut: 1 and *lo, or 0 when none is left. */
@@ -96,7 +105,7 @@ static int slicer_oldest(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 	return rc;
 }
 
-static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t before, int64_t *n)
+static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t before)
 {
 	int64_t window = WINDOW_FIRST, lo = 0, got = 0;
 	int rc;
@@ -105,7 +114,6 @@ static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t 
 		if ((rc = slicer_delete(sl, dev, metric,
 		                        lo >= before - window ? before : lo + window, &got)))
 			return rc;
-		*n += got;
 		if (got > SLICE_MAX && window > WINDOW_MIN)
 			window /= 2;
 		else if (got < SLICE_MIN && window < WINDOW_MAX)
@@ -148,7 +156,7 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 		for (int i = 0; i < k && !rc; i++) {
 			int64_t c = 0;
 			if (!dry_run)
-				rc = prune_metric(&sl, page[i][1], page[i][0], before, &c);
+				rc = prune_metric(&sl, page[i][1], page[i][0], before);
 			else if ((rc = slicer_oldest(&sl, page[i][1], page[i][0], before, &c)) == 1)
 				rc = 0; /* COUNT(*): always one row */
 			*n += c;
@@ -160,7 +168,9 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 	if (sl.open && rc < 0)
 		store_rollback(s);
 	else if (sl.open)
-		rc = store_commit(s);
+		rc = slicer_commit(&sl);
+	if (!dry_run)
+		*n = sl.done;
 	return rc < 0 ? rc : STORE_OK;
 }
 
