@@ -65,6 +65,17 @@ static int slicer_commit(struct slicer *sl)
 	return rc;
 }
 
+/* Bind (device, metric, ts) and step: 1 = a row, 0 = done, < 0 = error. The caller reads what
+ * it needs, then resets the statement. */
+static int series_step(struct store_stmt *st, int64_t dev, int64_t metric, int64_t ts)
+{
+	int rc;
+	if ((rc = store_bind_i64(st, 1, dev)) || (rc = store_bind_i64(st, 2, metric)) ||
+	    (rc = store_bind_i64(st, 3, ts)))
+		return rc;
+	return store_step(st);
+}
+
 static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t hi, int64_t *got)
 {
 	int rc;
@@ -75,13 +86,11 @@ static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 		sl->rows = 0;
 		sl->since = otime_mono_ms();
 	}
-	if ((rc = store_bind_i64(sl->del, 1, dev)) || (rc = store_bind_i64(sl->del, 2, metric)) ||
-	    (rc = store_bind_i64(sl->del, 3, hi)) || (rc = store_step(sl->del)) < 0) {
-		store_reset(sl->del);
-		return rc;
-	}
+	rc = series_step(sl->del, dev, metric, hi);
 	*got = store_changes(sl->del);
 	store_reset(sl->del);
+	if (rc < 0)
+		return rc;
 	sl->rows += *got;
 	if (sl->rows < SLICE_MAX && otime_mono_ms() - sl->since < SLICE_MS)
 		return STORE_OK;
@@ -92,13 +101,7 @@ static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 static int slicer_oldest(struct slicer *sl, int64_t dev, int64_t metric, int64_t before,
                          int64_t *lo)
 {
-	int rc;
-	if ((rc = store_bind_i64(sl->first, 1, dev)) ||
-	    (rc = store_bind_i64(sl->first, 2, metric)) ||
-	    (rc = store_bind_i64(sl->first, 3, before)) || (rc = store_step(sl->first)) < 0) {
-		store_reset(sl->first);
-		return rc;
-	}
+	int rc = series_step(sl->first, dev, metric, before);
 	if (rc == 1)
 		*lo = store_col_i64(sl->first, 0);
 	store_reset(sl->first);

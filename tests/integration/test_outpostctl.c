@@ -12,14 +12,6 @@
 #include "harness.h"
 #include "wire_env.h"
 
-static int count(const char *s, const char *needle)
-{
-	int n = 0;
-	for (const char *p = s; p && (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	return n;
-}
-
 static char *ctl(const char *url, int want, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static char *ctl(const char *url, int want, const char *fmt, ...)
@@ -42,7 +34,7 @@ static void expect_ctl(const char *url, int want, const char *args, const char *
 	if (needle)
 		cr_expect(strstr(out, needle), "outpostctl %s:\n%s", args, out);
 	if (lines >= 0)
-		cr_expect_eq(count(out, "\n"), lines, "outpostctl %s:\n%s", args, out);
+		cr_expect_eq(h_count(out, "\n"), lines, "outpostctl %s:\n%s", args, out);
 	free(out);
 }
 
@@ -107,7 +99,7 @@ static void populated(const char *store, const char *tag)
 	out = ctl(url, 0, "devices");
 	cr_expect(strstr(out, "device") && strstr(out, "state") && strstr(out, "frontier"), "%s",
 	          out);
-	cr_expect_eq(count(out, "active"), 2, "%s", out);
+	cr_expect_eq(h_count(out, "active"), 2, "%s", out);
 	cr_expect(strstr(out, "dev-a") && strstr(out, "dev-b") && strstr(out, "simdev/1"), "%s",
 	          out);
 	free(out);
@@ -117,7 +109,7 @@ static void populated(const char *store, const char *tag)
 	cr_expect(strstr(out, "\ndev-a,active,yes,"), "%s", out);
 	free(out);
 	out = ctl(url, 0, "devices --format json --state active");
-	cr_expect(out[0] == '[' && count(out, "\"device\": \"dev-") == 2 &&
+	cr_expect(out[0] == '[' && h_count(out, "\"device\": \"dev-") == 2 &&
 	              strstr(out, "\"envelopes\": 20"),
 	          "%s", out);
 	free(out);
@@ -135,7 +127,7 @@ static void populated(const char *store, const char *tag)
 
 	/* readings: every stored reading of a metric, oldest first, exact values */
 	out = ctl(url, 0, "readings --device dev-a --metric m2");
-	cr_expect_eq(count(out, "\n"), 1 + 20 * 3, "%s", out);
+	cr_expect_eq(h_count(out, "\n"), 1 + 20 * 3, "%s", out);
 	char *first = h_strf(
 	    "device,metric,unit,time,value,seq\ndev-a,m2,u,2023-11-14T22:13:22.000Z,2.001,2\n");
 	cr_expect(!strncmp(out, first, strlen(first)), "%s", out);
@@ -146,11 +138,11 @@ static void populated(const char *store, const char *tag)
 	    url, 0,
 	    "readings --device dev-a --since 2023-11-14T22:13:22Z --until 2023-11-14T22:13:22.5Z"
 	    " --format json");
-	cr_expect_eq(count(out, "\"metric\""), 3 * 2, "%s", out);
+	cr_expect_eq(h_count(out, "\"metric\""), 3 * 2, "%s", out);
 	cr_expect(strstr(out, "\"value\": 2.251"), "%s", out);
 	free(out);
 	out = ctl(url, 0, "readings --device dev-a --limit 4 --format table");
-	cr_expect_eq(count(out, "\n"), 5, "%s", out);
+	cr_expect_eq(h_count(out, "\n"), 5, "%s", out);
 	free(out);
 	out = ctl(url, 2, "readings --metric m1");
 	free(out);
@@ -162,10 +154,10 @@ static void populated(const char *store, const char *tag)
 	cr_expect(strstr(out, "enrolled") && strstr(out, "gap_dropped"), "%s", out);
 	free(out);
 	out = ctl(url, 0, "events --device dev-a --type enrolled --format json");
-	cr_expect_eq(count(out, "\"type\": \"enrolled\""), 1, "%s", out);
+	cr_expect_eq(h_count(out, "\"type\": \"enrolled\""), 1, "%s", out);
 	free(out);
 	out = ctl(url, 0, "gaps");
-	cr_expect_eq(count(out, "dev-b   dropped"), 4, "%s", out);
+	cr_expect_eq(h_count(out, "dev-b   dropped"), 4, "%s", out);
 	cr_expect(!strstr(out, "dev-a"), "%s", out);
 	free(out);
 

@@ -97,12 +97,18 @@ char *h_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+int h_count(const char *text, const char *needle)
+{
+	int n = 0;
+	for (const char *p = text; p && (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
 int h_count_in_file(const char *path, const char *needle)
 {
 	char *text = h_read_file(path, NULL);
-	int n = 0;
-	for (char *p = text; p && (p = strstr(p, needle)); p += strlen(needle))
-		n++;
+	int n = h_count(text, needle);
 	free(text);
 	return n;
 }

@@ -24,7 +24,8 @@ int h_sh(const char *cmd, char **out, int timeout_s);
 /* Read a whole file (caller frees), NULL if unreadable. */
 char *h_read_file(const char *path, size_t *len);
 
-/* How often needle occurs in the file at path (0 if it cannot be read). */
+/* How often needle occurs in text (0 for NULL), and in the file at path (0 if unreadable). */
+int h_count(const char *text, const char *needle);
 int h_count_in_file(const char *path, const char *needle);
 
 /* Shared test PKIs, created once per build by scripts/provision-certs.sh (under a lock):

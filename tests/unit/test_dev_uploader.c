@@ -70,6 +70,20 @@ static void setup(struct fixture *f, size_t records, int window)
 	cr_assert_eq(dev_uploader_new(f->spool, &uo, &f->up), 0);
 }
 
+/* setup() with the link up at time 0, as most tests start */
+static void setup_up(struct fixture *f, size_t records, int window)
+{
+	setup(f, records, window);
+	dev_uploader_link_up(f->up, 0);
+}
+
+/* A new record, announced as fresh data (as the collector's seal does) */
+static void add_fresh(struct fixture *f)
+{
+	add(f);
+	dev_uploader_fresh(f->up, f->seqs[f->n - 1]);
+}
+
 static void teardown(struct fixture *f)
 {
 	dev_uploader_free(f->up);
@@ -138,8 +152,7 @@ Test(dev_uploader, unverified_acks_change_nothing)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 6, 8);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 6, 8);
 	dev_uploader_pump(f.up, 0, send_fn, &s);
 	struct wire_key *dev_c = h_pki_key("devices/dev-c");
 	cr_expect_eq(ack(&f, dev_c, "dev-a", f.seqs[5], 1), WIRE_ESIG, "signed by a device, not the bridge");
@@ -161,11 +174,9 @@ Test(dev_uploader, fresh_data_goes_before_the_backlog)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 20, 2);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 20, 2);
 	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 2);
-	add(&f);
-	dev_uploader_fresh(f.up, f.seqs[20]);
+	add_fresh(&f);
 	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 1), 0);
 	cr_expect_eq(dev_uploader_pump(f.up, 1, send_fn, &s), 2);
 	cr_expect_eq(s.seq[2], f.seqs[20], "the new record jumps the queue");
@@ -187,8 +198,7 @@ Test(dev_uploader, reconnect_and_timeout_resend_the_unacknowledged)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 5, 8);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 5, 8);
 	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 5);
 	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 10), 0);
 	dev_uploader_link_down(f.up);
@@ -223,8 +233,7 @@ Test(dev_uploader, late_acks_get_one_probe_per_growing_wait)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 8, 8);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 8, 8);
 	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 8);
 	/* a bridge far behind (a fleet joining at once): no ack for ten minutes */
 	int64_t now = 0, last_wait = 0;
@@ -254,8 +263,7 @@ Test(dev_uploader, resend_task_sends_acknowledged_records_still_on_disk)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 10, 16);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 10, 16);
 	dev_uploader_pump(f.up, 0, send_fn, &s);
 	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 1), 0);
 	s.n = 0;
@@ -272,13 +280,11 @@ Test(dev_uploader, steadily_late_acks_are_learned_not_probed)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 0, 8);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 0, 8);
 	int64_t now = 0;
 	uint64_t timeouts_late = 0;
 	for (int i = 0; i < 30; i++) {
-		add(&f);
-		dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+		add_fresh(&f);
 		cr_assert_eq(dev_uploader_pump(f.up, now, send_fn, &s), 1);
 		/* the ack comes 12 s later (the timeout is 5 s); pump on every deadline before */
 		int64_t ack_at = now + 12000;
@@ -306,22 +312,19 @@ Test(dev_uploader, a_hole_below_acknowledged_ranges_times_out)
 {
 	struct fixture f;
 	struct sent s = {0};
-	setup(&f, 4, 8);
-	dev_uploader_link_up(f.up, 0);
+	setup_up(&f, 4, 8);
 	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 4);
 	/* the first is lost; the bridge keeps acknowledging later ones, every second */
 	for (int64_t t = 1000; t < 5000; t += 1000) {
 		size_t len;
-		add(&f);
-		dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+		add_fresh(&f);
 		dev_uploader_pump(f.up, t, send_fn, &s);
 		uint8_t *env = ack_env_ranges(f.bridge, "dev-a", 0, f.seqs[1], f.seqs[f.n - 1], &len);
 		cr_assert_eq(dev_uploader_on_ack(f.up, env, len, t, NULL), 0);
 		free(env);
 	}
 	cr_expect_eq(dev_uploader_deadline(f.up), 5000, "the wait runs from the lost one's send");
-	add(&f);
-	dev_uploader_fresh(f.up, f.seqs[f.n - 1]);
+	add_fresh(&f);
 	s.n = 0;
 	cr_expect_eq(dev_uploader_pump(f.up, 5000, send_fn, &s), 1, "a probe");
 	cr_expect_eq(s.seq[0], f.seqs[0], "the lost envelope, before fresh data");
