@@ -14,7 +14,9 @@ Usage: bench/ingest.sh [--quick] [--no-postgres]
   --quick         fewer messages (about a minute in all instead of several)
   --no-postgres   SQLite only
 Environment: OUTPOST_BUILD_DIR (default build), BENCH_WORK (default build/bench-work),
-BENCH_SQLITE_SYNC (full: the bridge's default; normal), BENCH_DEVICES (default 40).
+BENCH_SQLITE_SYNC (full: the bridge's default; normal), BENCH_DEVICES (default 40),
+BENCH_PROFILES (readings per message to run, default "1 50 500"; the naive baseline runs
+only with 50), BENCH_STORES (default "sqlite postgresql").
 USAGE
 }
 
@@ -35,6 +37,12 @@ trap bench_cleanup EXIT
 work=$BENCH_WORK/ingest
 sync=${BENCH_SQLITE_SYNC:-full}
 devices=${BENCH_DEVICES:-40}
+profiles=${BENCH_PROFILES:-1 50 500}
+stores=${BENCH_STORES:-sqlite postgresql}
+for r in $profiles; do
+	case $r in 1 | 50 | 500) ;; *) bench_fail "BENCH_PROFILES: $r is not one of 1 50 500" ;; esac
+done
+[[ " $stores " == *" postgresql "* ]] || pg=0
 bin=$BENCH_BUILD/bench
 for b in bench_loadgen bench_sink bench_rawinsert; do
 	[ -x "$bin/$b" ] || bench_fail "missing $bin/$b (build first)"
@@ -51,7 +59,7 @@ bench_broker_start "$pki" "$run/broker"
 # profiles: readings per message -> rows x columns, messages per device (full / quick), and the
 # raw insert's transaction size in messages (at most the bridge's 1024 messages / 100k readings)
 declare -A rows=([1]=1 [50]=5 [500]=5) cols=([1]=1 [50]=10 [500]=100)
-declare -A per_dev=([1]=1500 [50]=600 [500]=100) per_dev_quick=([1]=300 [50]=150 [500]=30)
+declare -A per_dev=([1]=5000 [50]=600 [500]=100) per_dev_quick=([1]=300 [50]=150 [500]=30)
 declare -A txn=([1]=1000 [50]=1000 [500]=200)
 declare -A sink_msg_s
 
@@ -98,7 +106,7 @@ measure_sink() { # READINGS
 # one store: raw insert, then the bridge, for each message size
 measure_store() { # NAME URL_FRESH_CMD
 	local name=$1 fresh=$2 r
-	for r in 1 50 500; do
+	for r in $profiles; do
 		local url raw
 		url=$($fresh "raw-$r")
 		bench_say "ingest: $name raw insert, $r readings/msg"
@@ -146,8 +154,8 @@ pg_fresh() { # TAG -> URL of an empty PostgreSQL store
 	echo "$BENCH_PG_URL"
 }
 
-for r in 1 50 500; do measure_sink "$r"; done
-measure_store SQLite sqlite_fresh
+for r in $profiles; do measure_sink "$r"; done
+[[ " $stores " == *" sqlite "* ]] && measure_store SQLite sqlite_fresh
 if [ "$pg" = 1 ]; then
 	bench_pg_start "$run/pg"
 	measure_store PostgreSQL pg_fresh
@@ -155,7 +163,9 @@ if [ "$pg" = 1 ]; then
 fi
 
 # the naive baseline: the same readings as JSON (50 per message), one commit per message
-if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null; then
+if [[ " $profiles " != *" 50 "* ]] || [[ " $stores " != *" sqlite "* ]]; then
+	: # the baseline is compared with the bridge on SQLite at 50 readings/msg
+elif [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import paho.mqtt' 2>/dev/null; then
 	r=50
 	n=$(messages "$r")
 	[ "$n" -gt 4000 ] && n=4000 # it is slow: bounded in time

@@ -22,6 +22,8 @@
 #define POLLS_PER_MONTH (30 * 24 * 12)
 #define DEVICE "device-0001"
 #define T0 1767225600000LL /* 2026-01-01T00:00:00Z */
+/* a device numbers from its clock in microseconds (a new spool; docs/PROTOCOL.md §2) */
+#define SEQ0 ((uint64_t)T0 * 1000)
 
 struct reading {
 	char name[32];
@@ -219,9 +221,9 @@ int main(int argc, char **argv)
 	size_t json_topic = strlen("telemetry/" DEVICE);
 
 	Outpost__Ack ack = OUTPOST__ACK__INIT;
-	ack.upto = 123456;
+	ack.upto = SEQ0 + 123456;
 	ack.committed_at_ms = T0;
-	size_t ack_env = outpost_small(key, WIRE_KIND_ACK, &ack.base, 123456);
+	size_t ack_env = outpost_small(key, WIRE_KIND_ACK, &ack.base, SEQ0 + 123456);
 
 	for (int m = 0; m < minutes; m++) {
 		b->n = 0;
@@ -231,7 +233,7 @@ int main(int argc, char **argv)
 		}
 		b->t = T0 + (int64_t)m * 60000;
 		readings += b->n;
-		size_t o = outpost_batch(key, b, (uint64_t)m + 1);
+		size_t o = outpost_batch(key, b, SEQ0 + (uint64_t)m + 1);
 		size_t j = json_batch(b);
 		size_t s = sparkplug_batch(b, (uint64_t)m);
 		out_payload += o;
@@ -251,15 +253,15 @@ int main(int argc, char **argv)
 	poll.last_task_id = 42;
 	poll.max_tasks = 8;
 	Outpost__TaskList list = OUTPOST__TASK_LIST__INIT;
-	list.poll_seq = 123456;
+	list.poll_seq = SEQ0 + 123456;
 	list.issued_at_ms = T0;
 	size_t props = (1 + 2 + strlen("outpost/v1/" DEVICE "/tasks")) + (1 + 2 + 16);
 	size_t poll_wire = ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks/poll"),
-					       outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, 1), props),
+					       outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, SEQ0 + 1), props),
 				  1) +
 			   ws_tls(MQTT_PUBACK, 0) +
 			   ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks"),
-					       outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, 1), 19),
+					       outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, SEQ0 + 123456), 19),
 				  0) +
 			   ws_tls(MQTT_PUBACK, 1);
 

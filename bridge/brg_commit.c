@@ -53,6 +53,9 @@ const char *const brg_commit__sql[S_COUNT] = {
                      " AND resolved_at IS NULL AND prev_seq < ? AND last_seq > ? AND NOT EXISTS"
                      " (SELECT 1 FROM gaps g WHERE g.device = ? AND g.reason = 'missing'"
                      " AND g.prev_seq = ?)",
+    /* a Birth's chain_floor above the frontier: holes starting below it will never fill */
+    [S_GAP_LOSE] = "UPDATE gaps SET resolved_at = ?, resolution = 'lost' WHERE device = ?"
+                   " AND reason = 'missing' AND resolved_at IS NULL AND prev_seq < ?",
     [S_METRIC_CLEAR] = "UPDATE metrics SET wire_id = NULL WHERE device = ? AND"
                        " wire_id IS NOT NULL",
     [S_METRIC_UPS] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)"
@@ -509,6 +512,42 @@ static void hex(char *out, const uint8_t *b, size_t n)
 		sprintf(out + 2 * i, "%02x", b[i]);
 }
 
+
+/* A known device says everything up to floor was acknowledged or dropped, but the store's chain
+ * ends below it: its state was wiped and it numbers afresh above its earlier life (or the store
+ * was restored from an older backup). Nothing in between can come any more: record the stretch
+ * as a gap of reason `lost`, give up the holes that start in it, and continue the chain at the
+ * floor so that the new numbering is acknowledged as a chain, not by ranges. The statement is
+ * the device's own (a signed Birth); a replayed old Birth is a duplicate and never gets here. */
+static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
+{
+	int rc;
+	B64(S_GAP_INS, 1, w->key);
+	BTXT(S_GAP_INS, 2, "lost");
+	B64(S_GAP_INS, 3, w->frontier);
+	B64(S_GAP_INS, 4, floor);
+	if ((rc = store_bind_null(c->st[S_GAP_INS], 5)))
+		goto out;
+	B64(S_GAP_INS, 6, c->now);
+	if ((rc = brg_commit__run(c, S_GAP_INS)))
+		goto out;
+	B64(S_GAP_LOSE, 1, c->now);
+	B64(S_GAP_LOSE, 2, w->key);
+	B64(S_GAP_LOSE, 3, floor);
+	if ((rc = brg_commit__run(c, S_GAP_LOSE)))
+		goto out;
+	rc = brg_commit__event(c, w, "chain_floor_ahead",
+	                       "device reports everything up to seq %llu acknowledged or dropped; "
+	                       "the store's chain ended at %lld: seqs %lld..%llu recorded as lost "
+	                       "(state directory wiped, or store restored from a backup)",
+	                       (unsigned long long)floor, (long long)w->frontier,
+	                       (long long)w->frontier + 1, (unsigned long long)floor);
+	w->frontier = (int64_t)floor;
+	w->dirty = 1;
+out:
+	return rc;
+}
+
 static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
 {
 	const Outpost__Birth *b = it->birth;
@@ -592,11 +631,7 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		                            w->agent, boot, b->n_metrics)))
 			goto out;
 		if ((int64_t)b->chain_floor > w->frontier)
-			rc = brg_commit__event(
-			    c, w, "chain_floor_ahead",
-			    "device reports everything up to %llu acknowledged or dropped; the "
-			    "store's chain ends at %lld",
-			    (unsigned long long)b->chain_floor, (long long)w->frontier);
+			rc = floor_ahead(c, w, b->chain_floor);
 	}
 	if (!rc)
 		rc = brg_commit__accepted(c, w);

@@ -228,6 +228,12 @@ uint64_t dev_spool_acked_upto(const struct dev_spool *s)
 	return s->acked_upto;
 }
 
+uint64_t dev_spool_clock_seq(int64_t realtime_us)
+{
+	const int64_t unset_before_us = 1577836800LL * 1000000; /* 2020-01-01 */
+	return realtime_us >= unset_before_us ? (uint64_t)realtime_us : 1;
+}
+
 uint64_t dev_spool_last_durable(const struct dev_spool *s)
 {
 	return s->last_durable;
@@ -741,10 +747,14 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	if (st == 0) {
 		s->next_seq = s->seq_reserved > newest + 1 ? s->seq_reserved : newest + 1;
 	} else if (st == 1 && s->nsegs == 0) {
-		s->next_seq = 1; /* a new spool */
+		/* A new spool: nothing below first_seq was ever handed out by it, so nothing is owed. */
+		s->next_seq = opts->first_seq ? opts->first_seq : 1;
+		s->acked_upto = s->next_seq - 1;
 	} else {
 		/* No trustworthy state: skip far past anything that could have been handed out. */
 		s->next_seq = newest + SEQ_LOST_STATE + 1;
+		if (opts->first_seq > s->next_seq)
+			s->next_seq = opts->first_seq;
 		s->acked_upto = 0;
 		s->npending = 0;
 	}

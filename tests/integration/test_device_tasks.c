@@ -61,7 +61,7 @@ Test(device_tasks, ping_and_collect_now, .timeout = 60)
 	/* resend needs data still in the spool: stop acknowledging for a moment */
 	h_fakebridge_mode(e.fb, H_ACK_NONE);
 	h_sleep_ms(1500);
-	h_fakebridge_queue_task(e.fb, 3, "resend", "from=1 to=1000000", NULL, 0, 0);
+	h_fakebridge_queue_task(e.fb, 3, "resend", "from=1 to=18446744073709551615", NULL, 0, 0);
 	cr_expect_eq(wait_result(e.fb, 3, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
 	h_fakebridge_queue_task(e.fb, 4, "resend", "from=9", NULL, 0, 0);
 	cr_expect_eq(wait_result(e.fb, 4, msg, sizeof(msg), 10000), FAILED, "%s", msg);

@@ -49,44 +49,52 @@ static int64_t frontier(const char *store, const char *id)
 	return v;
 }
 
+/* Readings stored for batch seq of id, or -1 if that envelope is not stored. */
+static int64_t stored_readings(const char *store, const char *id, uint64_t seq)
+{
+	char *sql = h_strf("SELECT n_readings FROM envelopes e JOIN devices d ON d.id = e.device"
+			   " WHERE d.device_id = '%s' AND e.seq = %llu",
+			   id, (unsigned long long)seq);
+	int64_t n = h_store_i64(store, sql, 0);
+	free(sql);
+	return n;
+}
+
 /* Wait until the store acknowledged everything each device logged so far, then check that
  * each logged batch is stored once with all its readings. */
-static void check_exactly_once(const char *store, struct h_device *d)
+static void check_exactly_once(const char *store, struct h_device *d, int ndev)
 {
-	for (int i = 0; i < NDEV; i++) {
+	for (int i = 0; i < ndev; i++) {
+		const char *id = d[i].id;
 		struct logged l;
 		logged_batches(d[i].log, &l);
-		cr_assert_gt(l.n, 3, "%s sealed only %zu batches", ids[i], l.n);
+		cr_assert_gt(l.n, 3, "%s sealed only %zu batches", id, l.n);
 		uint64_t last = l.seq[l.n - 1];
 		long long end = h_now_ms() + 60000;
-		while (frontier(store, ids[i]) < (int64_t)last && h_now_ms() < end)
+		while (frontier(store, id) < (int64_t)last && h_now_ms() < end)
 			h_sleep_ms(200);
-		cr_assert_geq(frontier(store, ids[i]), (int64_t)last, "%s: frontier %lld never reached %llu",
-			      ids[i], (long long)frontier(store, ids[i]), (unsigned long long)last);
+		cr_assert_geq(frontier(store, id), (int64_t)last, "%s: frontier %lld never reached %llu",
+			      id, (long long)frontier(store, id), (unsigned long long)last);
 		uint64_t want_readings = 0;
 		for (size_t k = 0; k < l.n; k++) {
-			char *sql = h_strf("SELECT n_readings FROM envelopes e JOIN devices d ON d.id = e.device"
-					   " WHERE d.device_id = '%s' AND e.seq = %llu",
-					   ids[i], (unsigned long long)l.seq[k]);
-			int64_t n = h_store_i64(store, sql, 0);
-			free(sql);
+			int64_t n = stored_readings(store, id, l.seq[k]);
 			cr_expect_eq(n, (int64_t)l.readings[k], "%s batch %llu: stored %lld readings, sealed %llu",
-				     ids[i], (unsigned long long)l.seq[k], (long long)n,
+				     id, (unsigned long long)l.seq[k], (long long)n,
 				     (unsigned long long)l.readings[k]);
 			want_readings += l.readings[k];
 		}
 		/* readings rows: exactly the sum over the logged batches, so none twice */
 		char *sql = h_strf("SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device"
 				   " WHERE d.device_id = '%s' AND r.seq <= %llu",
-				   ids[i], (unsigned long long)last);
+				   id, (unsigned long long)last);
 		int64_t rows = h_store_i64(store, sql, 0);
 		free(sql);
-		cr_expect_eq(rows, (int64_t)want_readings, "%s: %lld reading rows for %llu sealed", ids[i],
+		cr_expect_eq(rows, (int64_t)want_readings, "%s: %lld reading rows for %llu sealed", id,
 			     (long long)rows, (unsigned long long)want_readings);
 		sql = h_strf("SELECT count(*) FROM gaps g JOIN devices d ON d.id = g.device WHERE"
 			     " d.device_id = '%s' AND g.reason = 'missing' AND g.resolved_at IS NULL",
-			     ids[i]);
-		cr_expect_eq(h_store_i64(store, sql, 0), 0, "%s: unresolved missing gaps", ids[i]);
+			     id);
+		cr_expect_eq(h_store_i64(store, sql, 0), 0, "%s: unresolved missing gaps", id);
 		free(sql);
 	}
 }
@@ -114,12 +122,82 @@ static void stream_with_crashes(const char *store_url)
 		h_bridge_start(&br);
 	}
 	h_sleep_ms(2000);
-	check_exactly_once(br.store, d);
+	check_exactly_once(br.store, d, NDEV);
 	for (int i = 0; i < NDEV; i++)
 		cr_expect_eq(h_device_stop(&d[i]), 0);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	for (int i = 0; i < NDEV; i++)
 		h_device_free(&d[i]);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+/* A device re-installed with its state directory wiped numbers afresh from its clock; its
+ * Birth says nothing below is owed, and the bridge continues the chain there: the new life is
+ * stored, nothing is refused, and what the wipe destroyed (the batch sealed at shutdown, never
+ * acknowledged) is inside one `lost` gap. */
+Test(e2e, reinstalled_device_with_wiped_state_is_stored_not_refused, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_device d;
+	memset(&d, 0, sizeof(d));
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "reinstall");
+	h_bridge_start(&br);
+	const char *extra[] = {"--batch-interval", "500ms", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "debug: batch ", 4, 20000), "no batches, see %s", d.log);
+	check_exactly_once(br.store, &d, 1); /* the first life is stored and acknowledged */
+	cr_expect_eq(h_device_stop(&d), 0);
+	struct logged *l1 = malloc(sizeof(*l1)), *l = malloc(sizeof(*l));
+	logged_batches(d.log, l1);
+	int64_t f1 = frontier(br.store, "dev-a");
+
+	char *wipe = h_strf("rm -rf '%s/state'", d.dir);
+	cr_assert_eq(system(wipe), 0);
+	free(wipe);
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "debug: batch ", (int)l1->n + 4, 20000), "see %s", d.log);
+	logged_batches(d.log, l);
+	uint64_t last = l->seq[l->n - 1];
+	long long end = h_now_ms() + 30000;
+	while (frontier(br.store, "dev-a") < (int64_t)last && h_now_ms() < end)
+		h_sleep_ms(200);
+	cr_assert_geq(frontier(br.store, "dev-a"), (int64_t)last, "the new life is not acknowledged");
+	cr_expect_gt(l->seq[l1->n], l1->seq[l1->n - 1], "the new life numbers above the old one");
+	int lost = 0;
+	for (size_t k = 0; k < l->n; k++) {
+		int64_t n = stored_readings(br.store, "dev-a", l->seq[k]);
+		if (k < l1->n && n < 0 && (int64_t)l->seq[k] > f1) {
+			char *sql = h_strf("SELECT COUNT(*) FROM gaps WHERE reason = 'lost' AND"
+					   " prev_seq < %llu AND last_seq >= %llu",
+					   (unsigned long long)l->seq[k], (unsigned long long)l->seq[k]);
+			cr_expect_eq(h_store_i64(br.store, sql, 0), 1, "batch %llu neither stored nor lost",
+				     (unsigned long long)l->seq[k]);
+			free(sql);
+			lost++;
+			continue;
+		}
+		cr_expect_eq(n, (int64_t)l->readings[k], "batch %llu (%s life): stored %lld, sealed %llu",
+			     (unsigned long long)l->seq[k], k < l1->n ? "first" : "second", (long long)n,
+			     (unsigned long long)l->readings[k]);
+	}
+	cr_expect_leq(lost, 1, "only the batch sealed at shutdown can be lost");
+	const char *sql[][2] = {
+	    {"SELECT COUNT(*) FROM rejections", "0"},
+	    {"SELECT COUNT(*) FROM devices WHERE state = 'active'", "1"},
+	    {"SELECT COUNT(*) FROM gaps WHERE reason = 'lost'", "1"},
+	    {"SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL", "0"},
+	    {"SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ahead'", "1"},
+	};
+	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++)
+		cr_expect_eq(h_store_i64(br.store, sql[i][0], 0), atoll(sql[i][1]), "%s", sql[i][0]);
+	free(l1);
+	free(l);
+	cr_expect_eq(h_device_stop(&d), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_device_free(&d);
 	h_bridge_free(&br);
 	h_broker_free(&b);
 }

@@ -62,9 +62,12 @@ double h_simdev_value(uint64_t seq, int r, int c)
 	return (double)(seq % 1000000) + r * 0.25 + c * 0.001;
 }
 
+/* Times stay near t0 also for clock-numbered seqs (a new spool starts at the clock in µs). */
+#define SEQ_TIME_WRAP 1000003u
+
 int64_t h_simdev_time(const struct h_simdev_opts *o, uint64_t seq, int r)
 {
-	return o->t0_ms + (int64_t)seq * 1000 + r * 10;
+	return o->t0_ms + (int64_t)(seq % SEQ_TIME_WRAP) * 1000 + r * 10;
 }
 
 static struct wire_key *load_key(const char *pki, const char *name)
@@ -83,7 +86,7 @@ uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *de
 	struct wire_key *k = load_key(pki, name);
 	struct wire_env e = {.kind = kind,
 	                     .seq = seq,
-	                     .sent_at_ms = 1700000000000LL + (int64_t)seq,
+	                     .sent_at_ms = 1700000000000LL + (int64_t)(seq % SEQ_TIME_WRAP),
 	                     .body = body,
 	                     .body_len = body_len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);
@@ -169,7 +172,7 @@ static uint8_t *seal_with(struct h_simdev *d, uint32_t kind, uint64_t seq, const
 {
 	struct wire_env e = {.kind = kind,
 	                     .seq = seq,
-	                     .sent_at_ms = 1700000000000LL + (int64_t)seq,
+	                     .sent_at_ms = 1700000000000LL + (int64_t)(seq % SEQ_TIME_WRAP),
 	                     .body = body,
 	                     .body_len = body_len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", d->id);

@@ -80,10 +80,10 @@ static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const
 	return it;
 }
 
-static struct brg_item *birth(const char *id, uint64_t seq)
+static struct brg_item *birth_floor(const char *id, uint64_t seq, uint64_t chain_floor)
 {
 	size_t blen, n;
-	uint8_t *body = h_birth_body(h_pki(), id, 2, 0, &blen);
+	uint8_t *body = h_birth_body(h_pki(), id, 2, chain_floor, &blen);
 	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/birth", id);
 	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, seq, body, blen, &n);
 	struct brg_item *it = judge(topic, env, n, NULL);
@@ -91,6 +91,11 @@ static struct brg_item *birth(const char *id, uint64_t seq)
 	free(name);
 	free(topic);
 	return it;
+}
+
+static struct brg_item *birth(const char *id, uint64_t seq)
+{
+	return birth_floor(id, seq, 0);
 }
 
 static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, uint64_t prev)
@@ -330,4 +335,49 @@ Test(brg_commit, backlog_filling_a_hole_from_below_keeps_one_gap)
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_missing'"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_filled'"), 1);
+}
+
+Test(brg_commit, wiped_device_numbering_afresh_continues_as_a_chain)
+{
+	/* First life: 2..4 stored, 6 (prev 5) stored, 5 never arrives. */
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3),
+	                         batch("dev-a", "dev-a", 6, 5)};
+	commit(g1, 5);
+	free_items(g1, 5);
+	cr_expect_eq(ack_of("dev-a")->seq, 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL"
+	                 " AND prev_seq = 4 AND last_seq = 5"),
+	             1);
+	/* Its state directory is wiped: the new spool numbers from the clock and owes nothing
+	 * below it. Its Birth says so; the batches after it continue from the floor. */
+	const uint64_t f = 1763900000000000ULL;
+	struct brg_item *g2[] = {birth_floor("dev-a", f + 1, f), batch("dev-a", "dev-a", f + 2, f),
+	                         batch("dev-a", "dev-a", f + 3, f + 2)};
+	commit(g2, 3);
+	free_items(g2, 3);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, f + 3, "acknowledged as a chain");
+	cr_expect_eq(a->n_ranges, 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 6 * 4);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'lost' AND prev_seq = 4"
+	                 " AND last_seq = 1763900000000000 AND count IS NULL"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolution = 'lost'"
+	                 " AND resolved_at IS NOT NULL"),
+	             1, "the hole of the first life is given up, not left open");
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolved_at IS NULL AND reason = 'missing'"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ahead'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0);
+
+	/* A replay of the old Birth, or an old batch, changes nothing. */
+	struct brg_item *g3[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 3, 2)};
+	commit(g3, 2);
+	free_items(g3, 2);
+	cr_expect_eq(ack_of("dev-a")->seq, f + 3);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ahead'"), 1);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
 }

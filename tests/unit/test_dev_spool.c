@@ -18,7 +18,7 @@
 
 static struct dev_spool_opts opts(const char *dir)
 {
-	return (struct dev_spool_opts){dir, 64 << 20, 90LL * 86400 * 1000, 64 << 10};
+	return (struct dev_spool_opts){dir, 64 << 20, 90LL * 86400 * 1000, 64 << 10, 0};
 }
 
 static struct dev_spool *open_spool(const struct dev_spool_opts *o)
@@ -536,4 +536,56 @@ Test(dev_spool, bad_key_file_is_refused)
 	cr_expect_not_null(why);
 	free(key);
 	free(dir);
+}
+
+Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
+{
+	const uint64_t f = 1763900000000000ULL; /* the agent's clock in microseconds */
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.first_seq = f;
+	struct dev_spool *s = open_spool(&o);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.chain_floor, f - 1, "a new spool owes nothing below its first seq");
+	cr_expect_eq(dev_spool_acked_upto(s), f - 1);
+	dev_spool_close(s);
+
+	/* reopened (with a later clock) before anything was sent: same numbering, same floor */
+	o.first_seq = f + 5000000;
+	s = open_spool(&o);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.chain_floor, f - 1);
+	uint64_t a = put(s, 50, wall_ms());
+	cr_expect_eq(a, f);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	struct dev_spool_rec r;
+	uint8_t *env;
+	size_t len;
+	cr_assert_eq(dev_spool_next(s, &c, 1, &r, &env, &len), 0);
+	cr_expect_eq(r.prev_seq, f - 1, "the chain starts at the floor");
+	free(env);
+	dev_spool_close(s);
+
+	/* state lost: never below the clock, never below newest + the lost-state skip */
+	char *state = h_strf("%s/state", dir);
+	cr_assert_eq(unlink(state), 0);
+	o.first_seq = f + 1000000000000ULL;
+	s = open_spool(&o);
+	uint64_t b = put(s, 50, wall_ms());
+	cr_expect_eq(b, f + 1000000000000ULL);
+	dev_spool_close(s);
+	cr_assert_eq(unlink(state), 0);
+	o.first_seq = 1;
+	s = open_spool(&o);
+	uint64_t c2;
+	cr_assert_eq(dev_spool_take_seq(s, &c2), 0);
+	cr_expect_gt(c2, b, "a clock gone back never reuses a seq");
+	dev_spool_close(s);
+	free(state);
+	free(dir);
+
+	cr_expect_eq(dev_spool_clock_seq(0), 1, "a clock left at 1970 numbers from 1");
+	cr_expect_eq(dev_spool_clock_seq(1500000000000000LL), 1, "2017: clock unset");
+	cr_expect_eq(dev_spool_clock_seq((int64_t)f), f);
 }

@@ -60,7 +60,7 @@ static void setup(struct fixture *f, size_t records, int window)
 {
 	memset(f, 0, sizeof(*f));
 	f->dir = h_tmpdir("uploader");
-	struct dev_spool_opts o = {f->dir, 1 << 20, 86400000, 1 << 16};
+	struct dev_spool_opts o = {f->dir, 1 << 20, 86400000, 1 << 16, 0};
 	cr_assert_eq(dev_spool_open(&o, &f->spool, NULL), 0);
 	for (size_t i = 0; i < records; i++)
 		add(f);
