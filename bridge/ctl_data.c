@@ -245,7 +245,8 @@ int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
 	ctl_time(cut, t);
 	rc = store_prune(c->s, cut, !yes, &n);
 	printf("%s before %s:\n  readings  %" PRId64 "\n  events    %" PRId64
-	       "\n  gaps      %" PRId64 " (resolved)\n  tasks     %" PRId64 " (finished)\n",
+	       "\n  gaps      %" PRId64 " (resolved, or final and passed)"
+	       "\n  tasks     %" PRId64 " (finished)\n",
 	       yes ? (rc ? "deleted until the failure" : "deleted") : "would delete", t, n.readings,
 	       n.events, n.gaps, n.tasks);
 	if (rc)

@@ -195,16 +195,21 @@ static int prune_events(struct store *s, int64_t before, int dry_run, int64_t *n
 	return STORE_OK;
 }
 
+/* Gaps resolved before the cut, and final ones (`dropped`, `lost`: never resolved) opened before
+ * it once the device's chain has passed them; a `dropped` gap above the frontier is still a
+ * link of the chain (brg_durable.c reads it) and stays. */
+#define OLD_GAPS                                                                                   \
+	" FROM gaps WHERE (resolved_at IS NOT NULL AND resolved_at < ?) OR (resolved_at IS NULL"   \
+	" AND reason IN ('dropped', 'lost') AND opened_at < ? AND last_seq <="                     \
+	" (SELECT frontier FROM devices d WHERE d.id = gaps.device))"
+
 static int prune_gaps(struct store *s, int64_t before, int dry_run, int64_t *n)
 {
-	static const char *const del[] = {
-	    "DELETE FROM gaps WHERE resolved_at IS NOT NULL AND resolved_at < ?", NULL};
+	static const char *const del[] = {"DELETE" OLD_GAPS, NULL};
+	const int64_t args[2] = {before, before};
 	if (dry_run)
-		return store_query_i64(s, n,
-		                       "SELECT COUNT(*) FROM gaps WHERE resolved_at IS NOT NULL AND"
-		                       " resolved_at < ?",
-		                       1, before);
-	return txn(s, del, 1, &before, n);
+		return store_query_i64(s, n, "SELECT COUNT(*)" OLD_GAPS, 2, before, before);
+	return txn(s, del, 2, args, n);
 }
 
 static int prune_tasks(struct store *s, int64_t before, int dry_run, int64_t *n)

@@ -64,8 +64,12 @@ static void prune(struct store *s)
 	cr_assert_eq(store_exec(s,
 	                        "INSERT INTO gaps (device, reason, prev_seq, last_seq, opened_at,"
 	                        " resolved_at) VALUES (2, 'missing', 1, 3, 1, 5),"
-	                        " (2, 'missing', 7, 9, 1, NULL)"),
+	                        " (2, 'missing', 7, 9, 1, NULL), (2, 'dropped', 10, 20, 1, NULL),"
+	                        " (2, 'lost', 20, 30, 1, NULL), (2, 'dropped', 40, 50, 1, NULL),"
+	                        " (2, 'lost', 30, 35, 1000000000000000, NULL)"),
 	             STORE_OK, "%s", store_errmsg(s));
+	/* the chain has passed 10..35, not the dropped 41..50 (still a link) */
+	cr_assert_eq(store_exec(s, "UPDATE devices SET frontier = 35 WHERE id = 2"), STORE_OK);
 	cr_assert_eq(store_exec(s, "UPDATE tasks SET finished_at = 5 WHERE id = 1"), STORE_OK);
 	int64_t events = one(s, "SELECT COUNT(*) FROM events");
 
@@ -75,7 +79,7 @@ static void prune(struct store *s)
 		cr_assert_eq(store_prune(s, cut, dry, &n), STORE_OK, "%s", store_errmsg(s));
 		cr_expect_eq(n.readings, 100000 + 2, "dry %d: %lld", dry, (long long)n.readings);
 		cr_expect_eq(n.events, 3, "dry %d", dry);
-		cr_expect_eq(n.gaps, 1, "dry %d", dry);
+		cr_expect_eq(n.gaps, 3, "dry %d", dry);
 		cr_expect_eq(n.tasks, 1, "dry %d", dry);
 		cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"),
 		             dry ? 5000 + 120100 : 5000 + 120100 - 100002, "dry %d", dry);
@@ -83,7 +87,11 @@ static void prune(struct store *s)
 	cr_expect_eq(one(s, "SELECT MIN(ts) FROM readings WHERE metric = 7"), cut);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE device = 1"), 5000);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM events"), events - 3);
-	cr_expect_eq(one(s, "SELECT COUNT(*) FROM gaps"), 1);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM gaps"), 3);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM gaps WHERE (reason = 'missing' AND prev_seq = 7) OR"
+	                    " (reason = 'dropped' AND prev_seq = 40) OR (reason = 'lost' AND"
+	                    " prev_seq = 30)"),
+	             3, "open, still a link, and opened after the cut");
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM tasks"), 1);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM task_args"), 0);
 	cr_assert_eq(store_prune(s, cut, 0, &n), STORE_OK);
