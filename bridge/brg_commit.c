@@ -512,7 +512,6 @@ static void hex(char *out, const uint8_t *b, size_t n)
 		sprintf(out + 2 * i, "%02x", b[i]);
 }
 
-
 /* A known device says everything up to floor was acknowledged or dropped, but the store's chain
  * ends below it: its state was wiped and it numbers afresh above its earlier life (or the store
  * was restored from an older backup). Nothing in between can come any more: record the stretch
@@ -630,8 +629,14 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		    (rc = brg_commit__event(c, w, "birth", "agent %s, boot %s, %zu metrics",
 		                            w->agent, boot, b->n_metrics)))
 			goto out;
-		if ((int64_t)b->chain_floor > w->frontier)
+		/* the floor is a durable seq handed out before this Birth's own */
+		if ((int64_t)b->chain_floor > w->frontier && b->chain_floor < it->seq)
 			rc = floor_ahead(c, w, b->chain_floor);
+		else if ((int64_t)b->chain_floor > w->frontier)
+			rc = brg_commit__event(c, w, "chain_floor_ignored",
+			                       "Birth seq %llu claims chain floor %llu, not below it",
+			                       (unsigned long long)it->seq,
+			                       (unsigned long long)b->chain_floor);
 	}
 	if (!rc)
 		rc = brg_commit__accepted(c, w);

@@ -380,4 +380,12 @@ Test(brg_commit, wiped_device_numbering_afresh_continues_as_a_chain)
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 2);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ahead'"), 1);
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
+
+	/* A floor at or above the Birth's own seq is nonsense: noted, not followed. */
+	struct brg_item *g4[] = {birth_floor("dev-a", f + 10, f + 10)};
+	commit(g4, 1);
+	free_items(g4, 1);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 2);
 }
