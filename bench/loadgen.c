@@ -39,6 +39,9 @@
 
 #define PROG "bench_loadgen"
 #define T0_MS 1767225600000LL /* 2026-01-01T00:00:00Z: sample times of the first batch */
+/* On the wire seqs start where a device's new spool starts them, at its clock in microseconds
+ * (docs/PROTOCOL.md §2): seq SEQ0 + n for the n used below, and chain floor SEQ0. */
+#define SEQ0 ((uint64_t)T0_MS * 1000)
 
 enum mode { M_BRIDGE, M_SINK, M_JSON };
 
@@ -46,7 +49,8 @@ struct dev {
 	char id[WIRE_ID_MAX + 1];
 	char topic[WIRE_TOPIC_MAX], ack_topic[WIRE_TOPIC_MAX], birth_topic[WIRE_TOPIC_MAX];
 	struct mosquitto *m;
-	/* env[0] = Birth (seq 1), env[k] = batch k (seq k + 1, prev_seq k) for k >= 1 */
+	/* env[0] = Birth (seq 1), env[k] = batch k (seq k + 1, prev_seq k) for k >= 1; on the wire
+	 * every seq is SEQ0 more */
 	uint8_t **env;
 	size_t *len;
 	int n_env;
@@ -110,8 +114,11 @@ static int sink_fn(void *ctx, const char *name, const char *unit, double value)
 static uint8_t *seal(const struct wire_key *k, const char *id, uint32_t kind, uint64_t seq,
                      const uint8_t *body, size_t blen, size_t *len)
 {
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = T0_MS + (int64_t)seq * 1000,
-	                     .body = body, .body_len = blen};
+	struct wire_env e = {.kind = kind,
+	                     .seq = SEQ0 + seq,
+	                     .sent_at_ms = T0_MS + (int64_t)seq * 1000,
+	                     .body = body,
+	                     .body_len = blen};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", id);
 	uint8_t *out = NULL;
 	if (wire_env_seal(k, &e, &out, len))
@@ -153,7 +160,7 @@ static uint8_t *birth(const struct wire_key *k, struct dev *d, size_t *len)
 	b.spool = &sp;
 	b.sample_interval_s = 10;
 	b.poll_interval_s = 300;
-	b.chain_floor = 0;
+	b.chain_floor = SEQ0;
 	uint8_t *body = NULL, *env;
 	size_t blen;
 	if (wire_msg_pack(WIRE_KIND_BIRTH, &b.base, &body, &blen, NULL))
@@ -225,7 +232,7 @@ static void build_device(struct dev *d)
 		}
 		uint8_t *body;
 		size_t blen;
-		if (wire_batch_encode(bb, i == 1 ? 0 : (uint64_t)i, NULL, 0, &body, &blen))
+		if (wire_batch_encode(bb, SEQ0 + (i == 1 ? 0 : (uint64_t)i), NULL, 0, &body, &blen))
 			bench_die(PROG, "cannot encode a batch");
 		d->env[i] = seal(k, d->id, WIRE_KIND_BATCH, (uint64_t)i + 1, body, blen, &d->len[i]);
 		free(body);
@@ -313,8 +320,8 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 		atomic_fetch_add(&G.bad_acks, 1);
 		return;
 	}
-	if (e.seq > d->upto) {
-		d->upto = e.seq;
+	if (e.seq >= SEQ0 && e.seq - SEQ0 > d->upto) {
+		d->upto = e.seq - SEQ0;
 		d->last_progress_ms = bench_mono_ms();
 		atomic_store(&G.t_last_us, bench_mono_us());
 	}

@@ -25,6 +25,7 @@
 
 #define PROG "bench_rawinsert"
 #define T0_MS 1767225600000LL
+#define SEQ0 ((uint64_t)T0_MS * 1000) /* seqs as bench_loadgen sends them (a device's clock) */
 
 static struct {
 	int devices, messages, rows, cols, txn;
@@ -40,7 +41,7 @@ struct row {
 static void message_rows(int k, struct row *out, double *state)
 {
 	int d = k % G.devices, b = k / G.devices;
-	int64_t seq = b + 2, t0 = T0_MS + (int64_t)b * G.rows * 10000;
+	int64_t seq = (int64_t)SEQ0 + b + 2, t0 = T0_MS + (int64_t)b * G.rows * 10000;
 	int n = 0;
 	for (int r = 0; r < G.rows; r++)
 		for (int c = 0; c < G.cols; c++) {
