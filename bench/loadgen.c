@@ -39,9 +39,9 @@
 
 #define PROG "bench_loadgen"
 #define T0_MS 1767225600000LL /* 2026-01-01T00:00:00Z: sample times of the first batch */
-/* On the wire seqs start where a device's new spool starts them, at its clock in microseconds
- * (docs/PROTOCOL.md §2): seq SEQ0 + n for the n used below, and chain floor SEQ0. */
-#define SEQ0 ((uint64_t)T0_MS * 1000)
+/* On the wire seqs start where a device's new spool starts them, from its clock (quarter-seconds
+ * since 2020, docs/PROTOCOL.md §2): seq SEQ0 + n for the n used below, and chain floor SEQ0. */
+#define SEQ0 ((uint64_t)(T0_MS - 1577836800000LL) / 250)
 
 enum mode { M_BRIDGE, M_SINK, M_JSON };
 

@@ -25,7 +25,7 @@
 
 #define PROG "bench_rawinsert"
 #define T0_MS 1767225600000LL
-#define SEQ0 ((uint64_t)T0_MS * 1000) /* seqs as bench_loadgen sends them (a device's clock) */
+#define SEQ0 ((uint64_t)(T0_MS - 1577836800000LL) / 250) /* seqs as bench_loadgen sends them */
 
 static struct {
 	int devices, messages, rows, cols, txn;

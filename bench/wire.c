@@ -22,8 +22,8 @@
 #define POLLS_PER_MONTH (30 * 24 * 12)
 #define DEVICE "device-0001"
 #define T0 1767225600000LL /* 2026-01-01T00:00:00Z */
-/* a device numbers from its clock in microseconds (a new spool; docs/PROTOCOL.md §2) */
-#define SEQ0 ((uint64_t)T0 * 1000)
+/* a device numbers from its clock: quarter-seconds since 2020 (a new spool; PROTOCOL.md §2) */
+#define SEQ0 ((uint64_t)(T0 - 1577836800000LL) / 250)
 
 struct reading {
 	char name[32];

@@ -218,7 +218,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	}
 	struct dev_spool_opts so = {cfg->spool_dir, cfg->spool_max_bytes, cfg->spool_max_age_ms,
 				    cfg->spool_segment_bytes,
-				    dev_spool_clock_seq(otime_wall_ms() * 1000)};
+				    dev_spool_clock_seq(otime_wall_ms())};
 	int src = dev_spool_open(&so, &a->spool, &why);
 	if (src) {
 		snprintf(err, errlen, "spool %s: %s: %s", cfg->spool_dir, dev_spool_strerror(src),

@@ -29,6 +29,7 @@
 #define MAX_REC_PAYLOAD (1u << 20)
 #define SEQ_BLOCK 1024	       /* seqs reserved on disk per state write */
 #define SEQ_LOST_STATE (1u << 20) /* skipped when the state file is unreadable */
+#define SEQ_CLOCK_MS 250	       /* a new spool's first seq counts quarter-seconds */
 #define MAX_ACK_RANGES 256
 #define MAX_PENDING WIRE_MAX_DROPPED
 #define STATE_PERSIST_MS 5000 /* ack position is persisted at most this often */
@@ -228,10 +229,10 @@ uint64_t dev_spool_acked_upto(const struct dev_spool *s)
 	return s->acked_upto;
 }
 
-uint64_t dev_spool_clock_seq(int64_t realtime_us)
+uint64_t dev_spool_clock_seq(int64_t realtime_ms)
 {
-	const int64_t unset_before_us = 1577836800LL * 1000000; /* 2020-01-01 */
-	return realtime_us >= unset_before_us ? (uint64_t)realtime_us : 1;
+	const int64_t epoch_ms = 1577836800000LL; /* 2020-01-01T00:00:00Z */
+	return realtime_ms >= epoch_ms ? (uint64_t)((realtime_ms - epoch_ms) / SEQ_CLOCK_MS) + 1 : 1;
 }
 
 uint64_t dev_spool_last_durable(const struct dev_spool *s)

@@ -42,15 +42,17 @@ struct dev_spool_opts {
 	int64_t max_age_ms;    /* records older than this are dropped even if unsent */
 	int64_t segment_bytes; /* a segment is closed when the next record would exceed it */
 	/* Where numbering starts when the spool is new (0 means 1), and the least next seq when
-	 * its state was lost. The agent passes the wall clock in microseconds, so that a device
-	 * whose state directory was wiped numbers above everything its earlier life sent (see
-	 * dev_spool_clock_seq). A new spool owes nothing below it: the chain starts at first_seq-1. */
+	 * its state was lost. The agent passes its clock (dev_spool_clock_seq), so that a device
+	 * whose state directory was wiped numbers above everything its earlier life sent. A new
+	 * spool owes nothing below it: the chain starts at first_seq-1. */
 	uint64_t first_seq;
 };
 
-/* first_seq for a clock reading (CLOCK_REALTIME): microseconds since 1970, or 1 when the clock
- * is obviously unset (before 2020). */
-uint64_t dev_spool_clock_seq(int64_t realtime_us);
+/* first_seq for a clock reading (CLOCK_REALTIME, ms): 1 + the quarter-seconds since
+ * 2020-01-01, or 1 when the clock is obviously unset (before 2020). A 32-bit-sized number
+ * (compact as a varint and in the store) that stays above anything an earlier life of the
+ * device used as long as that life averaged fewer than 4 seqs a second. */
+uint64_t dev_spool_clock_seq(int64_t realtime_ms);
 
 struct dev_spool;
 

@@ -540,7 +540,7 @@ Test(dev_spool, bad_key_file_is_refused)
 
 Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 {
-	const uint64_t f = 1763900000000000ULL; /* the agent's clock in microseconds */
+	const uint64_t f = 824252801ULL; /* dev_spool_clock_seq on 2026-07-13 */
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
 	o.first_seq = f;
@@ -552,7 +552,7 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	dev_spool_close(s);
 
 	/* reopened (with a later clock) before anything was sent: same numbering, same floor */
-	o.first_seq = f + 5000000;
+	o.first_seq = f + 5000;
 	s = open_spool(&o);
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.chain_floor, f - 1);
@@ -570,10 +570,10 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	/* state lost: never below the clock, never below newest + the lost-state skip */
 	char *state = h_strf("%s/state", dir);
 	cr_assert_eq(unlink(state), 0);
-	o.first_seq = f + 1000000000000ULL;
+	o.first_seq = f + 100000000ULL;
 	s = open_spool(&o);
 	uint64_t b = put(s, 50, wall_ms());
-	cr_expect_eq(b, f + 1000000000000ULL);
+	cr_expect_eq(b, f + 100000000ULL);
 	dev_spool_close(s);
 	cr_assert_eq(unlink(state), 0);
 	o.first_seq = 1;
@@ -586,6 +586,9 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	free(dir);
 
 	cr_expect_eq(dev_spool_clock_seq(0), 1, "a clock left at 1970 numbers from 1");
-	cr_expect_eq(dev_spool_clock_seq(1500000000000000LL), 1, "2017: clock unset");
-	cr_expect_eq(dev_spool_clock_seq((int64_t)f), f);
+	cr_expect_eq(dev_spool_clock_seq(1500000000000LL), 1, "2017: clock unset");
+	cr_expect_eq(dev_spool_clock_seq(1577836800000LL), 1, "2020-01-01");
+	cr_expect_eq(dev_spool_clock_seq(1577836800999LL), 4);
+	cr_expect_eq(dev_spool_clock_seq(1783900000000LL), f, "quarter-seconds since 2020");
+	cr_expect_lt(dev_spool_clock_seq(2082758400000LL), 1u << 31, "2036: still 31 bits");
 }
