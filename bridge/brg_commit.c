@@ -53,9 +53,12 @@ const char *const brg_commit__sql[S_COUNT] = {
                      " AND resolved_at IS NULL AND prev_seq < ? AND last_seq > ? AND NOT EXISTS"
                      " (SELECT 1 FROM gaps g WHERE g.device = ? AND g.reason = 'missing'"
                      " AND g.prev_seq = ?)",
-    /* a Birth's chain_floor above the frontier: holes starting below it will never fill */
+    /* a Birth's chain_floor above the frontier: holes ending at or below it will never fill
+     * (one reaching above it is shrunk to start there, S_GAP_SHRINK) */
     [S_GAP_LOSE] = "UPDATE gaps SET resolved_at = ?, resolution = 'lost' WHERE device = ?"
-                   " AND reason = 'missing' AND resolved_at IS NULL AND prev_seq < ?",
+                   " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
+    [S_GAP_IN_LOST] = "SELECT 1 FROM gaps WHERE device = ? AND reason = 'lost' AND prev_seq < ?"
+                      " AND last_seq >= ?",
     [S_METRIC_CLEAR] = "UPDATE metrics SET wire_id = NULL WHERE device = ? AND"
                        " wire_id IS NOT NULL",
     [S_METRIC_UPS] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)"
@@ -517,7 +520,8 @@ static void hex(char *out, const uint8_t *b, size_t n)
  * was restored from an older backup). Nothing in between can come any more: record the stretch
  * as a gap of reason `lost`, give up the holes that start in it, and continue the chain at the
  * floor so that the new numbering is acknowledged as a chain, not by ranges. The statement is
- * the device's own (a signed Birth); a replayed old Birth is a duplicate and never gets here. */
+ * the device's own (a signed Birth, fresher than every Birth and poll before it: a replayed or
+ * withheld one is refused as `replayed` before it gets here). */
 static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
 {
 	int rc;
@@ -535,6 +539,8 @@ static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
 	B64(S_GAP_LOSE, 3, floor);
 	if ((rc = brg_commit__run(c, S_GAP_LOSE)))
 		goto out;
+	if ((rc = brg_commit__shrink_holes(c, w, floor)))
+		goto out;
 	rc = brg_commit__event(c, w, "chain_floor_ahead",
 	                       "device reports everything up to seq %llu acknowledged or dropped; "
 	                       "the store's chain ended at %lld: seqs %lld..%llu recorded as lost "
@@ -543,6 +549,7 @@ static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
 	                       (long long)w->frontier + 1, (unsigned long long)floor);
 	w->frontier = (int64_t)floor;
 	w->dirty = 1;
+	w->durable = 1; /* walk the chain from the floor and acknowledge, also in a Birth-only group */
 out:
 	return rc;
 }
@@ -613,9 +620,16 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		c->mc_devices--;
 	}
 
+	/* the floor is a durable seq handed out before this Birth's own */
+	int floor_ok = b->chain_floor < it->seq;
+	if (!floor_ok && b->chain_floor &&
+	    (rc = brg_commit__event(c, w, "chain_floor_ignored",
+	                            "Birth seq %llu claims chain floor %llu, not below it",
+	                            (unsigned long long)it->seq, (unsigned long long)b->chain_floor)))
+		goto out;
 	if (first) {
 		/* A store meeting the device for the first time starts its chain at the floor. */
-		w->frontier = (int64_t)b->chain_floor;
+		w->frontier = floor_ok ? (int64_t)b->chain_floor : 0;
 		brg_commit__set_state(w, STORE_ST_ACTIVE, "enrolled");
 		rc = brg_commit__event(c, w, "enrolled",
 		                       "agent %s, boot %s, %zu metrics, chain floor %llu", w->agent,
@@ -629,14 +643,8 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		    (rc = brg_commit__event(c, w, "birth", "agent %s, boot %s, %zu metrics",
 		                            w->agent, boot, b->n_metrics)))
 			goto out;
-		/* the floor is a durable seq handed out before this Birth's own */
-		if ((int64_t)b->chain_floor > w->frontier && b->chain_floor < it->seq)
+		if (floor_ok && (int64_t)b->chain_floor > w->frontier)
 			rc = floor_ahead(c, w, b->chain_floor);
-		else if ((int64_t)b->chain_floor > w->frontier)
-			rc = brg_commit__event(c, w, "chain_floor_ignored",
-			                       "Birth seq %llu claims chain floor %llu, not below it",
-			                       (unsigned long long)it->seq,
-			                       (unsigned long long)b->chain_floor);
 	}
 	if (!rc)
 		rc = brg_commit__accepted(c, w);

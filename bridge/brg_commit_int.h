@@ -33,6 +33,7 @@ enum {
 	S_GAP_FILL,
 	S_GAP_SHRINK,
 	S_GAP_LOSE,
+	S_GAP_IN_LOST,
 	S_METRIC_CLEAR,
 	S_METRIC_UPS,
 	S_METRIC_LOAD,
@@ -148,6 +149,8 @@ int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const st
 int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
 int brg_commit__insert_readings(struct brg_committer *c);
 int brg_commit__chain(struct brg_committer *c, struct wdev *w);
+/* Open `missing` holes reaching above `at` start there (the chain is complete up to it). */
+int brg_commit__shrink_holes(struct brg_committer *c, struct wdev *w, uint64_t at);
 /* Tasks (brg_tasks.c). */
 int brg_commit__do_result(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
 int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct brg_item *it);

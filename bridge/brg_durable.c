@@ -92,14 +92,31 @@ out:
 	return rc;
 }
 
+/* 1 if seq lies in a stretch the device declared lost (a Birth's chain floor jumped over it):
+ * an envelope of it that still arrives (late, from the device's earlier life) is new data. */
+static int in_lost_gap(struct brg_committer *c, struct wdev *w, uint64_t seq)
+{
+	int rc;
+	B64(S_GAP_IN_LOST, 1, w->key);
+	B64(S_GAP_IN_LOST, 2, seq);
+	B64(S_GAP_IN_LOST, 3, seq);
+	rc = store_step(c->st[S_GAP_IN_LOST]);
+	store_reset(c->st[S_GAP_IN_LOST]);
+out:
+	return rc;
+}
+
 /* Store a durable envelope: 1 if new, 0 if handled (duplicate or rejection), < 0 error. */
 int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                                uint32_t kind, size_t n_readings)
 {
 	char d[160];
-	int rc;
+	int rc = 0;
 	w->durable = 1;
-	if ((int64_t)it->seq > w->frontier) {
+	int fresh = (int64_t)it->seq > w->frontier;
+	if (!fresh && (rc = in_lost_gap(c, w, it->seq)) < 0)
+		goto out;
+	if (fresh || rc == 1) {
 		B64(S_ENV_INS, 1, w->key);
 		B64(S_ENV_INS, 2, it->seq);
 		B64(S_ENV_INS, 3, it->prev_seq);
@@ -276,6 +293,20 @@ out:
 	return rc;
 }
 
+int brg_commit__shrink_holes(struct brg_committer *c, struct wdev *w, uint64_t at)
+{
+	int rc;
+	B64(S_GAP_SHRINK, 1, at);
+	B64(S_GAP_SHRINK, 2, w->key);
+	B64(S_GAP_SHRINK, 3, at);
+	B64(S_GAP_SHRINK, 4, at);
+	B64(S_GAP_SHRINK, 5, w->key);
+	B64(S_GAP_SHRINK, 6, at);
+	rc = brg_commit__run(c, S_GAP_SHRINK);
+out:
+	return rc;
+}
+
 int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 {
 	struct brg_chain *ch = malloc(sizeof(*ch));
@@ -301,13 +332,7 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		                            "%lld missing stretch(es) below seq %llu arrived",
 		                            (long long)filled, (unsigned long long)ch->frontier)))
 			goto out;
-		B64(S_GAP_SHRINK, 1, ch->frontier);
-		B64(S_GAP_SHRINK, 2, w->key);
-		B64(S_GAP_SHRINK, 3, ch->frontier);
-		B64(S_GAP_SHRINK, 4, ch->frontier);
-		B64(S_GAP_SHRINK, 5, w->key);
-		B64(S_GAP_SHRINK, 6, ch->frontier);
-		if ((rc = brg_commit__run(c, S_GAP_SHRINK)))
+		if ((rc = brg_commit__shrink_holes(c, w, ch->frontier)))
 			goto out;
 		w->frontier = (int64_t)ch->frontier;
 		w->dirty = 1;

@@ -756,7 +756,8 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		s->next_seq = newest + SEQ_LOST_STATE + 1;
 		if (opts->first_seq > s->next_seq)
 			s->next_seq = opts->first_seq;
-		s->acked_upto = 0;
+		/* with no record on disk nothing is owed: the chain starts where numbering resumes */
+		s->acked_upto = s->nsegs ? 0 : s->next_seq - 1;
 		s->npending = 0;
 	}
 	if (s->next_seq == 0)
@@ -1028,6 +1029,11 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 			st->records++;
 		}
 	}
+	/* A drop not yet acknowledged is a link the bridge may not have: the floor stays below it,
+	 * or a restart after an overflow would look like a wiped device (PROTOCOL.md §2). */
+	for (size_t i = 0; i < s->npending; i++)
+		if (s->pending[i].d.prev_seq < st->chain_floor)
+			st->chain_floor = s->pending[i].d.prev_seq;
 }
 
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap)

@@ -141,6 +141,13 @@ static void free_items(struct brg_item **it, size_t n)
 		brg_item_free(it[i]);
 }
 
+/* A group of one item, committed and freed. */
+static void commit_one(struct brg_item *it)
+{
+	commit(&it, 1);
+	brg_item_free(it);
+}
+
 Test(brg_commit, verify_rejections)
 {
 	struct brg_item *it = batch("dev-a", "dev-a", 2, 0);
@@ -240,9 +247,7 @@ Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
 
 	/* 5 arrives: the chain closes, the gap is filled. Then the old ones: duplicates and
 	 * a reused seq, and a seq at the frontier never stored. */
-	struct brg_item *g3[] = {batch("dev-a", "dev-a", 5, 4)};
-	commit(g3, 1);
-	free_items(g3, 1);
+	commit_one(batch("dev-a", "dev-a", 5, 4));
 	cr_expect_eq(ack_of("dev-a")->seq, 9);
 	cr_expect_eq(ack_of("dev-a")->n_ranges, 0);
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
@@ -327,9 +332,7 @@ Test(brg_commit, backlog_filling_a_hole_from_below_keeps_one_gap)
 		cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1, "after %d", (int)q + 1);
 		cr_expect_eq(one("SELECT prev_seq FROM gaps WHERE resolved_at IS NULL"), (int64_t)q + 1);
 	}
-	struct brg_item *g2[] = {batch("dev-a", "dev-a", 9, 8)};
-	commit(g2, 1);
-	free_items(g2, 1);
+	commit_one(batch("dev-a", "dev-a", 9, 8));
 	cr_expect_eq(ack_of("dev-a")->seq, 10);
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1);
@@ -382,10 +385,56 @@ Test(brg_commit, wiped_device_numbering_afresh_continues_as_a_chain)
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
 
 	/* A floor at or above the Birth's own seq is nonsense: noted, not followed. */
-	struct brg_item *g4[] = {birth_floor("dev-a", f + 10, f + 10)};
-	commit(g4, 1);
-	free_items(g4, 1);
+	commit_one(birth_floor("dev-a", f + 10, f + 10));
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 3));
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 2);
+}
+
+Test(brg_commit, chain_floor_edges)
+{
+	/* 2..4 stored; 6 (prev 5) and 10 (prev 8) too: holes 5 and 7..8 */
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3),
+	                         batch("dev-a", "dev-a", 6, 5), batch("dev-a", "dev-a", 10, 8)};
+	commit(g1, 6);
+	free_items(g1, 6);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing'"), 2);
+	/* a restart whose floor is the frontier changes nothing */
+	commit_one(birth_floor("dev-a", 20, 4));
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'lost'"), 0);
+	/* a withheld older Birth with a floor ahead is refused as replayed, not followed */
+	commit_one(birth_floor("dev-a", 15, 7));
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'replayed'"), 1);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 4);
+
+	/* floor 7, alone in its group: hole 5 is lost, hole 7..8 now starts at 7 and stays open,
+	 * and the device is acknowledged at once */
+	commit_one(birth_floor("dev-a", 21, 7));
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a, "a Birth that moves the floor is answered");
+	cr_expect_eq(a->seq, 7);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND prev_seq = 4 AND"
+	                 " resolution = 'lost'"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL"
+	                 " AND prev_seq = 7 AND last_seq = 8"),
+	             1, "the part above the floor is still owed");
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'lost' AND prev_seq = 4 AND"
+	                 " last_seq = 7"),
+	             1);
+	/* 8 arrives: the chain runs on to 10; 5, declared lost, arrives late: stored, not refused */
+	struct brg_item *g5[] = {batch("dev-a", "dev-a", 8, 7), batch("dev-a", "dev-a", 5, 4)};
+	commit(g5, 2);
+	free_items(g5, 2);
+	cr_expect_eq(ack_of("dev-a")->seq, 10);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 5"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings WHERE seq = 5"), 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'too_old'"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
+
+	/* a store meeting a device whose floor is not below its Birth: the floor is ignored */
+	commit_one(birth_floor("dev-b", 5, 9));
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-b'"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
 }

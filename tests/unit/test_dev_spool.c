@@ -349,6 +349,8 @@ Test(dev_spool, overflow_drops_oldest_and_records_the_range)
 	cr_expect_eq(d[0].prev_seq, 0, "the very first record had no predecessor");
 	cr_expect_eq(d[0].count, st.dropped_total);
 	cr_expect_eq(d[0].last_seq, seqs[d[0].count - 1]);
+	cr_expect_eq(st.chain_floor, d[0].prev_seq,
+		     "the floor stays below a drop the bridge has not acknowledged");
 	/* the oldest remaining record links to the last dropped one */
 	uint64_t got[100];
 	cr_assert_eq(read_all(s, 1, got, 100), st.records);
@@ -581,6 +583,26 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	uint64_t c2;
 	cr_assert_eq(dev_spool_take_seq(s, &c2), 0);
 	cr_expect_gt(c2, b, "a clock gone back never reuses a seq");
+	dev_spool_close(s);
+	free(state);
+	free(dir);
+
+	/* state unreadable and no record on disk: nothing is owed, the chain starts afresh */
+	dir = h_tmpdir("spool");
+	o = opts(dir);
+	o.first_seq = f;
+	s = open_spool(&o);
+	dev_spool_close(s);
+	state = h_strf("%s/state", dir);
+	FILE *sf = fopen(state, "w");
+	cr_assert_not_null(sf);
+	fputs("garbage", sf);
+	fclose(sf);
+	o.first_seq = f + 10;
+	s = open_spool(&o);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.chain_floor, f + 9);
+	cr_expect_eq(put(s, 50, wall_ms()), f + 10);
 	dev_spool_close(s);
 	free(state);
 	free(dir);
