@@ -106,38 +106,39 @@ out:
 	return rc;
 }
 
+/* INSERT the envelope row: 1 if inserted, 0 if (device, seq) was there, < 0 error. */
+static int insert_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
+                           uint32_t kind, size_t n_readings)
+{
+	int rc;
+	B64(S_ENV_INS, 1, w->key);
+	B64(S_ENV_INS, 2, it->seq);
+	B64(S_ENV_INS, 3, it->prev_seq);
+	B64(S_ENV_INS, 4, kind);
+	B64(S_ENV_INS, 5, it->sent_at_ms);
+	B64(S_ENV_INS, 6, c->now);
+	B64(S_ENV_INS, 7, n_readings);
+	BBLOB(S_ENV_INS, 8, it->sig, WIRE_SIG_LEN);
+	if ((rc = store_step(c->st[S_ENV_INS])) >= 0)
+		rc = store_changes(c->st[S_ENV_INS]) == 1;
+	store_reset(c->st[S_ENV_INS]);
+	if (rc == 1) {
+		w->d_env++;
+		c->out->envelopes++;
+	}
+out:
+	return rc;
+}
+
 /* Store a durable envelope: 1 if new, 0 if handled (duplicate or rejection), < 0 error. */
 int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                                uint32_t kind, size_t n_readings)
 {
 	char d[160];
-	int rc = 0;
+	int rc;
 	w->durable = 1;
-	int fresh = (int64_t)it->seq > w->frontier;
-	if (!fresh && (rc = in_lost_gap(c, w, it->seq)) < 0)
-		goto out;
-	if (fresh || rc == 1) {
-		B64(S_ENV_INS, 1, w->key);
-		B64(S_ENV_INS, 2, it->seq);
-		B64(S_ENV_INS, 3, it->prev_seq);
-		B64(S_ENV_INS, 4, kind);
-		B64(S_ENV_INS, 5, it->sent_at_ms);
-		B64(S_ENV_INS, 6, c->now);
-		B64(S_ENV_INS, 7, n_readings);
-		BBLOB(S_ENV_INS, 8, it->sig, WIRE_SIG_LEN);
-		if ((rc = store_step(c->st[S_ENV_INS])) >= 0) {
-			rc = store_changes(c->st[S_ENV_INS]) == 1;
-			store_reset(c->st[S_ENV_INS]);
-			if (rc == 1) {
-				w->d_env++;
-				c->out->envelopes++;
-				return 1;
-			}
-		} else {
-			store_reset(c->st[S_ENV_INS]);
-			goto out;
-		}
-	}
+	if ((int64_t)it->seq > w->frontier && (rc = insert_envelope(c, w, it, kind, n_readings)))
+		return rc;
 	/* Already there (duplicate or reuse), or at/below the frontier. */
 	B64(S_ENV_SIG, 1, w->key);
 	B64(S_ENV_SIG, 2, it->seq);
@@ -163,6 +164,9 @@ int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const st
 	store_reset(c->st[S_ENV_SIG]);
 	if (rc < 0)
 		goto out;
+	/* Not stored, at or below the frontier: new only inside a stretch declared lost. */
+	if ((rc = in_lost_gap(c, w, it->seq)))
+		return rc < 0 ? rc : insert_envelope(c, w, it, kind, n_readings);
 	snprintf(d, sizeof(d), "%s seq %llu at or below the frontier %lld and not stored",
 	         wire_kind_name(kind), (unsigned long long)it->seq, (long long)w->frontier);
 	rc = brg_commit__count_reject(c, w, BRG_R_TOO_OLD, d, 1);
