@@ -1034,6 +1034,10 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 	for (size_t i = 0; i < s->npending; i++)
 		if (s->pending[i].d.prev_seq < st->chain_floor)
 			st->chain_floor = s->pending[i].d.prev_seq;
+	/* ... but not below what a bridge acknowledged (a drop it learnt of, whose carrier's
+	 * ack went missing, is still pending) */
+	if (st->chain_floor < s->acked_upto)
+		st->chain_floor = s->acked_upto;
 }
 
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap)

@@ -403,6 +403,9 @@ Test(brg_commit, chain_floor_edges)
 	/* a restart whose floor is the frontier changes nothing */
 	commit_one(birth_floor("dev-a", 20, 4));
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'lost'"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolved_at IS NULL"), 2);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type LIKE 'chain_floor%'"), 0);
 	/* a withheld older Birth with a floor ahead is refused as replayed, not followed */
 	commit_one(birth_floor("dev-a", 15, 7));
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'replayed'"), 1);
@@ -430,8 +433,17 @@ Test(brg_commit, chain_floor_edges)
 	cr_expect_eq(ack_of("dev-a")->seq, 10);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 5"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM readings WHERE seq = 5"), 4);
-	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'too_old'"), 0);
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled'"), 1);
+	/* 7, the last seq of the lost stretch, is new too; resends of 5 and 6 are duplicates; 1,
+	 * below the frontier, outside any lost stretch and never stored, is too_old */
+	struct brg_item *g7[] = {batch("dev-a", "dev-a", 7, 6), batch("dev-a", "dev-a", 5, 4),
+	                         batch("dev-a", "dev-a", 6, 5), batch("dev-a", "dev-a", 1, 0)};
+	commit(g7, 4);
+	free_items(g7, 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 7"), 1);
+	cr_expect_eq(one("SELECT duplicates FROM devices WHERE device_id = 'dev-a'"), 2);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'too_old'"), 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 10);
 
 	/* a store meeting a device whose floor is not below its Birth: the floor is ignored */
 	commit_one(birth_floor("dev-b", 5, 9));
