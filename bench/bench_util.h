@@ -10,6 +10,12 @@
 #include <string.h>
 #include <time.h>
 
+/* The benchmarks' reference time, 2026-01-01T00:00:00Z (sample times of the first batch), and
+ * the first seq minus one a device's new spool takes at that time: dev_spool_clock_seq counts
+ * quarter-seconds since 2020-01-01 (docs/PROTOCOL.md §2). */
+#define BENCH_T0_MS 1767225600000LL
+#define BENCH_SEQ0  ((uint64_t)(BENCH_T0_MS - 1577836800000LL) / 250)
+
 static inline int64_t bench_mono_us(void)
 {
 	struct timespec ts;

@@ -38,10 +38,6 @@
 #include "wire_topic.h"
 
 #define PROG "bench_loadgen"
-#define T0_MS 1767225600000LL /* 2026-01-01T00:00:00Z: sample times of the first batch */
-/* On the wire seqs start where a device's new spool starts them, from its clock (quarter-seconds
- * since 2020, docs/PROTOCOL.md §2): seq SEQ0 + n for the n used below, and chain floor SEQ0. */
-#define SEQ0 ((uint64_t)(T0_MS - 1577836800000LL) / 250)
 
 enum mode { M_BRIDGE, M_SINK, M_JSON };
 
@@ -50,7 +46,7 @@ struct dev {
 	char topic[WIRE_TOPIC_MAX], ack_topic[WIRE_TOPIC_MAX], birth_topic[WIRE_TOPIC_MAX];
 	struct mosquitto *m;
 	/* env[0] = Birth (seq 1), env[k] = batch k (seq k + 1, prev_seq k) for k >= 1; on the wire
-	 * every seq is SEQ0 more */
+	 * every seq is BENCH_SEQ0 more, where a device's new spool starts */
 	uint8_t **env;
 	size_t *len;
 	int n_env;
@@ -115,8 +111,8 @@ static uint8_t *seal(const struct wire_key *k, const char *id, uint32_t kind, ui
                      const uint8_t *body, size_t blen, size_t *len)
 {
 	struct wire_env e = {.kind = kind,
-	                     .seq = SEQ0 + seq,
-	                     .sent_at_ms = T0_MS + (int64_t)seq * 1000,
+	                     .seq = BENCH_SEQ0 + seq,
+	                     .sent_at_ms = BENCH_T0_MS + (int64_t)seq * 1000,
 	                     .body = body,
 	                     .body_len = blen};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", id);
@@ -160,7 +156,7 @@ static uint8_t *birth(const struct wire_key *k, struct dev *d, size_t *len)
 	b.spool = &sp;
 	b.sample_interval_s = 10;
 	b.poll_interval_s = 300;
-	b.chain_floor = SEQ0;
+	b.chain_floor = BENCH_SEQ0;
 	uint8_t *body = NULL, *env;
 	size_t blen;
 	if (wire_msg_pack(WIRE_KIND_BIRTH, &b.base, &body, &blen, NULL))
@@ -214,7 +210,7 @@ static void build_device(struct dev *d)
 	if (wire_batch_builder_new(&bb))
 		bench_die(PROG, "out of memory");
 	for (int i = 1; i < d->n_env; i++) {
-		int64_t t0 = T0_MS + (int64_t)(i - 1) * G.rows * 10000;
+		int64_t t0 = BENCH_T0_MS + (int64_t)(i - 1) * G.rows * 10000;
 		for (int r = 0; r < G.rows; r++) {
 			rows[r].n = 0;
 			rows[r].cap = G.cols;
@@ -232,7 +228,7 @@ static void build_device(struct dev *d)
 		}
 		uint8_t *body;
 		size_t blen;
-		if (wire_batch_encode(bb, SEQ0 + (i == 1 ? 0 : (uint64_t)i), NULL, 0, &body, &blen))
+		if (wire_batch_encode(bb, BENCH_SEQ0 + (i == 1 ? 0 : (uint64_t)i), NULL, 0, &body, &blen))
 			bench_die(PROG, "cannot encode a batch");
 		d->env[i] = seal(k, d->id, WIRE_KIND_BATCH, (uint64_t)i + 1, body, blen, &d->len[i]);
 		free(body);
@@ -320,8 +316,8 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 		atomic_fetch_add(&G.bad_acks, 1);
 		return;
 	}
-	if (e.seq >= SEQ0 && e.seq - SEQ0 > d->upto) {
-		d->upto = e.seq - SEQ0;
+	if (e.seq >= BENCH_SEQ0 && e.seq - BENCH_SEQ0 > d->upto) {
+		d->upto = e.seq - BENCH_SEQ0;
 		d->last_progress_ms = bench_mono_ms();
 		atomic_store(&G.t_last_us, bench_mono_us());
 	}

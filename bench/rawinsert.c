@@ -24,8 +24,6 @@
 #include "store.h"
 
 #define PROG "bench_rawinsert"
-#define T0_MS 1767225600000LL
-#define SEQ0 ((uint64_t)(T0_MS - 1577836800000LL) / 250) /* seqs as bench_loadgen sends them */
 
 static struct {
 	int devices, messages, rows, cols, txn;
@@ -41,7 +39,7 @@ struct row {
 static void message_rows(int k, struct row *out, double *state)
 {
 	int d = k % G.devices, b = k / G.devices;
-	int64_t seq = (int64_t)SEQ0 + b + 2, t0 = T0_MS + (int64_t)b * G.rows * 10000;
+	int64_t seq = (int64_t)BENCH_SEQ0 + b + 2, t0 = BENCH_T0_MS + (int64_t)b * G.rows * 10000;
 	int n = 0;
 	for (int r = 0; r < G.rows; r++)
 		for (int c = 0; c < G.cols; c++) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_util.h"
 #include "dev_collect.h"
 #include "outpost.pb-c.h"
 #include "sparkplug_b_subset.pb-c.h"
@@ -21,9 +22,6 @@
 #define BATCHES_PER_MONTH (30 * 24 * 60)
 #define POLLS_PER_MONTH (30 * 24 * 12)
 #define DEVICE "device-0001"
-#define T0 1767225600000LL /* 2026-01-01T00:00:00Z */
-/* a device numbers from its clock: quarter-seconds since 2020 (a new spool; PROTOCOL.md §2) */
-#define SEQ0 ((uint64_t)(T0 - 1577836800000LL) / 250)
 
 struct reading {
 	char name[32];
@@ -120,7 +118,7 @@ static size_t outpost_small(struct wire_key *key, uint32_t kind, const ProtobufC
 	size_t blen, elen;
 	if (wire_msg_pack(kind, m, &body, &blen, NULL))
 		abort();
-	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = T0, .body = body, .body_len = blen};
+	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = BENCH_T0_MS, .body = body, .body_len = blen};
 	strcpy(e.device_id, DEVICE);
 	if (wire_env_seal(key, &e, &env, &elen))
 		abort();
@@ -221,19 +219,19 @@ int main(int argc, char **argv)
 	size_t json_topic = strlen("telemetry/" DEVICE);
 
 	Outpost__Ack ack = OUTPOST__ACK__INIT;
-	ack.upto = SEQ0 + 123456;
-	ack.committed_at_ms = T0;
-	size_t ack_env = outpost_small(key, WIRE_KIND_ACK, &ack.base, SEQ0 + 123456);
+	ack.upto = BENCH_SEQ0 + 123456;
+	ack.committed_at_ms = BENCH_T0_MS;
+	size_t ack_env = outpost_small(key, WIRE_KIND_ACK, &ack.base, BENCH_SEQ0 + 123456);
 
 	for (int m = 0; m < minutes; m++) {
 		b->n = 0;
 		for (int r = 0; r < ROWS_PER_BATCH; r++) {
-			b->t = T0 + ((int64_t)m * ROWS_PER_BATCH + r) * SAMPLE_MS;
+			b->t = BENCH_T0_MS + ((int64_t)m * ROWS_PER_BATCH + r) * SAMPLE_MS;
 			dev_collect_sample(sim, sink, b, &failed, &why);
 		}
-		b->t = T0 + (int64_t)m * 60000;
+		b->t = BENCH_T0_MS + (int64_t)m * 60000;
 		readings += b->n;
-		size_t o = outpost_batch(key, b, SEQ0 + (uint64_t)m + 1);
+		size_t o = outpost_batch(key, b, BENCH_SEQ0 + (uint64_t)m + 1);
 		size_t j = json_batch(b);
 		size_t s = sparkplug_batch(b, (uint64_t)m);
 		out_payload += o;
@@ -253,15 +251,15 @@ int main(int argc, char **argv)
 	poll.last_task_id = 42;
 	poll.max_tasks = 8;
 	Outpost__TaskList list = OUTPOST__TASK_LIST__INIT;
-	list.poll_seq = SEQ0 + 123456;
-	list.issued_at_ms = T0;
+	list.poll_seq = BENCH_SEQ0 + 123456;
+	list.issued_at_ms = BENCH_T0_MS;
 	size_t props = (1 + 2 + strlen("outpost/v1/" DEVICE "/tasks")) + (1 + 2 + 16);
 	size_t poll_wire = ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks/poll"),
-					       outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, SEQ0 + 1), props),
+					       outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, BENCH_SEQ0 + 1), props),
 				  1) +
 			   ws_tls(MQTT_PUBACK, 0) +
 			   ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks"),
-					       outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, SEQ0 + 123456), 19),
+					       outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, BENCH_SEQ0 + 123456), 19),
 				  0) +
 			   ws_tls(MQTT_PUBACK, 1);
 

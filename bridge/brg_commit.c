@@ -524,15 +524,8 @@ static void hex(char *out, const uint8_t *b, size_t n)
  * withheld one is refused as `replayed` before it gets here). */
 static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
 {
-	int rc;
-	B64(S_GAP_INS, 1, w->key);
-	BTXT(S_GAP_INS, 2, "lost");
-	B64(S_GAP_INS, 3, w->frontier);
-	B64(S_GAP_INS, 4, floor);
-	if ((rc = store_bind_null(c->st[S_GAP_INS], 5)))
-		goto out;
-	B64(S_GAP_INS, 6, c->now);
-	if ((rc = brg_commit__run(c, S_GAP_INS)))
+	int rc = brg_commit__insert_gap(c, w, "lost", (uint64_t)w->frontier, floor, -1);
+	if (rc < 0)
 		goto out;
 	B64(S_GAP_LOSE, 1, c->now);
 	B64(S_GAP_LOSE, 2, w->key);

@@ -149,6 +149,9 @@ int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const st
 int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
 int brg_commit__insert_readings(struct brg_committer *c);
 int brg_commit__chain(struct brg_committer *c, struct wdev *w);
+/* INSERT a gap row (count < 0: NULL); 1 if inserted, 0 if (device, reason, prev) existed. */
+int brg_commit__insert_gap(struct brg_committer *c, struct wdev *w, const char *reason,
+                           uint64_t prev, uint64_t last, int64_t count);
 /* Open `missing` holes reaching above `at` start there (the chain is complete up to it). */
 int brg_commit__shrink_holes(struct brg_committer *c, struct wdev *w, uint64_t at);
 /* Tasks (brg_tasks.c). */

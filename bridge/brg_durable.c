@@ -175,22 +175,33 @@ out:
 	return rc;
 }
 
-static int record_dropped(struct brg_committer *c, struct wdev *w, const struct wire_dropped *d)
+int brg_commit__insert_gap(struct brg_committer *c, struct wdev *w, const char *reason,
+                           uint64_t prev, uint64_t last, int64_t count)
 {
 	int rc;
 	B64(S_GAP_INS, 1, w->key);
-	BTXT(S_GAP_INS, 2, "dropped");
-	B64(S_GAP_INS, 3, d->prev_seq);
-	B64(S_GAP_INS, 4, d->last_seq);
-	B64(S_GAP_INS, 5, d->count);
-	B64(S_GAP_INS, 6, c->now);
-	if ((rc = store_step(c->st[S_GAP_INS])) < 0) {
-		store_reset(c->st[S_GAP_INS]);
+	BTXT(S_GAP_INS, 2, reason);
+	B64(S_GAP_INS, 3, prev);
+	B64(S_GAP_INS, 4, last);
+	if (count < 0 && (rc = store_bind_null(c->st[S_GAP_INS], 5)))
 		goto out;
-	}
-	int inserted = store_changes(c->st[S_GAP_INS]) == 1;
+	if (count >= 0)
+		B64(S_GAP_INS, 5, count);
+	B64(S_GAP_INS, 6, c->now);
+	if ((rc = store_step(c->st[S_GAP_INS])) >= 0)
+		rc = store_changes(c->st[S_GAP_INS]) == 1;
 	store_reset(c->st[S_GAP_INS]);
-	if (inserted)
+out:
+	return rc;
+}
+
+static int record_dropped(struct brg_committer *c, struct wdev *w, const struct wire_dropped *d)
+{
+	int rc = brg_commit__insert_gap(c, w, "dropped", d->prev_seq, d->last_seq,
+	                                (int64_t)d->count);
+	if (rc < 0)
+		goto out;
+	if (rc == 1)
 		return brg_commit__event(
 		    c, w, "gap_dropped", "device dropped %llu envelopes in seq %llu..%llu",
 		    (unsigned long long)d->count, (unsigned long long)d->prev_seq + 1,
@@ -347,20 +358,9 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		 * an ack timeout: only holes older than the grace are gaps worth a row. */
 		if (c->now - ch->holes[i].since < c->o.gap_grace_ms)
 			continue;
-		B64(S_GAP_INS, 1, w->key);
-		BTXT(S_GAP_INS, 2, "missing");
-		B64(S_GAP_INS, 3, prev);
-		B64(S_GAP_INS, 4, last);
-		if ((rc = store_bind_null(c->st[S_GAP_INS], 5)))
+		if ((rc = brg_commit__insert_gap(c, w, "missing", prev, last, -1)) < 0)
 			goto out;
-		B64(S_GAP_INS, 6, c->now);
-		if ((rc = store_step(c->st[S_GAP_INS])) < 0) {
-			store_reset(c->st[S_GAP_INS]);
-			goto out;
-		}
-		int inserted = store_changes(c->st[S_GAP_INS]) == 1;
-		store_reset(c->st[S_GAP_INS]);
-		if (inserted) {
+		if (rc == 1) {
 			rc = brg_commit__event(c, w, "gap_missing",
 			                       "chain broken after seq %llu: link to %llu missing",
 			                       (unsigned long long)prev, (unsigned long long)last);

@@ -9,6 +9,7 @@
 #include "brg_err.h"
 #include "olog.h"
 #include "store_ops.h"
+#include "store_prune.h"
 #include "wire_env.h"
 
 /* ---- health sweep ---- */
@@ -47,23 +48,6 @@ static int collect(struct store *s, const char *q, const int64_t *args, int narg
 	return rc < 0 ? rc : 0;
 }
 
-static int exec_i64(struct store *s, const char *q, const int64_t *args, int nargs,
-                    int64_t *changes)
-{
-	struct store_stmt *st = NULL;
-	int rc = store_prepare(s, q, &st);
-	for (int i = 0; !rc && i < nargs; i++)
-		rc = store_bind_i64(st, i + 1, args[i]);
-	if (!rc) {
-		rc = store_step(st);
-		rc = rc < 0 ? rc : 0;
-		if (changes)
-			*changes = store_changes(st);
-	}
-	store_stmt_free(st);
-	return rc;
-}
-
 static int sweep(struct brg_committer *c)
 {
 	struct swept *rows = NULL;
@@ -87,7 +71,7 @@ static int sweep(struct brg_committer *c)
 			continue;
 		struct wdev w = {.id = rows[i].id, .key = rows[i].key};
 		int64_t args[] = {rows[i].key};
-		rc = exec_i64(c->s, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1",
+		rc = store_exec_i64(c->s, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1",
 		              args, 1, &ch);
 		if (!rc && ch)
 			rc = brg_commit__event(c, &w, "offline", "silent for %llds (limit %llds)",
@@ -110,7 +94,7 @@ static int sweep(struct brg_committer *c)
 		for (size_t i = 0; !rc && i < n; i++) {
 			struct wdev w = {.id = rows[i].id, .key = rows[i].key};
 			int64_t args[] = {c->now, rows[i].key};
-			rc = exec_i64(
+			rc = store_exec_i64(
 			    c->s,
 			    "UPDATE devices SET state = 'deactivated', state_reason ="
 			    " 'silent too long', state_changed_at = ?, online = 0 WHERE id = ?"
@@ -137,7 +121,7 @@ static int sweep(struct brg_committer *c)
 	for (size_t i = 0; !rc && i < n; i++) {
 		struct wdev w = {.id = rows[i].id, .key = rows[i].a};
 		int64_t args[] = {c->now, rows[i].key};
-		rc = exec_i64(c->s,
+		rc = store_exec_i64(c->s,
 		              "UPDATE tasks SET state = 'expired', finished_at = ? WHERE id = ? AND"
 		              " state IN ('queued', 'delivered')",
 		              args, 2, &ch);
@@ -150,13 +134,8 @@ static int sweep(struct brg_committer *c)
 	if (rc)
 		return rc;
 
-	if (c->o.event_retention_ms > 0) {
-		int64_t a4[] = {c->now - c->o.event_retention_ms};
-		rc = exec_i64(c->s,
-		              "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
-		              " ORDER BY id LIMIT 10000)",
-		              a4, 1, NULL);
-	}
+	if (c->o.event_retention_ms > 0)
+		rc = store_prune_events_slice(c->s, c->now - c->o.event_retention_ms, NULL);
 	return rc;
 }
 

@@ -321,6 +321,23 @@ int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, .
 	return rc;
 }
 
+int store_exec_i64(struct store *s, const char *sql, const int64_t *args, int nargs,
+                   int64_t *changes)
+{
+	struct store_stmt *st = NULL;
+	int rc = store_prepare(s, sql, &st);
+	for (int i = 0; !rc && i < nargs; i++)
+		rc = store_bind_i64(st, i + 1, args[i]);
+	if (!rc) {
+		rc = store_step(st);
+		rc = rc < 0 ? rc : STORE_OK;
+		if (!rc && changes)
+			*changes = store_changes(st);
+	}
+	store_stmt_free(st);
+	return rc;
+}
+
 /* ---- bulk insert ---- */
 
 int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,

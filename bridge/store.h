@@ -112,6 +112,10 @@ const void *store_col_blob(struct store_stmt *st, int col, size_t *len);
 /* One-shot helpers: prepare, bind int64 args, step, read column 0 of the first row.
  * STORE_ENOTFOUND when there is no row. */
 int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, ...);
+/* Prepare, bind args[0..nargs) as int64, run to completion; *changes (optional) receives the
+ * rows changed. */
+int store_exec_i64(struct store *s, const char *sql, const int64_t *args, int nargs,
+                   int64_t *changes);
 
 /* Bulk insert of many rows into table(cols) with ncols int/double/NULL columns: a prepared
  * INSERT on SQLite, COPY on PostgreSQL. Use: store_copy_start, then per row store_copy_i64 /

@@ -23,26 +23,14 @@
 static int txn(struct store *s, const char *const *sqls, int nargs, const int64_t *args,
                int64_t *changes)
 {
-	struct store_stmt *st = NULL;
 	int rc = store_begin(s);
-	if (rc)
+	for (; !rc && *sqls; sqls++)
+		rc = store_exec_i64(s, *sqls, args, nargs, changes);
+	if (rc) {
+		store_rollback(s);
 		return rc;
-	for (; *sqls; sqls++) {
-		if ((rc = store_prepare(s, *sqls, &st)))
-			goto fail;
-		for (int i = 0; i < nargs && !rc; i++)
-			rc = store_bind_i64(st, i + 1, args[i]);
-		if (rc || (rc = store_step(st)) < 0)
-			goto fail;
-		*changes = store_changes(st);
-		store_stmt_free(st);
-		st = NULL;
 	}
 	return store_commit(s);
-fail:
-	store_stmt_free(st);
-	store_rollback(s);
-	return rc;
 }
 
 /* Reading deletes share a transaction until it holds SLICE_MAX rows or SLICE_MS of work, so
@@ -177,17 +165,27 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 	return rc < 0 ? rc : STORE_OK;
 }
 
+int store_prune_events_slice(struct store *s, int64_t before, int64_t *deleted)
+{
+	static const int64_t limit = EVENT_SLICE;
+	int64_t args[2] = {before, limit};
+	return store_exec_i64(s,
+	                      "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
+	                      " ORDER BY id LIMIT ?)",
+	                      args, 2, deleted);
+}
+
 static int prune_events(struct store *s, int64_t before, int dry_run, int64_t *n)
 {
-	static const char *const del[] = {
-	    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY id"
-	    " LIMIT " STR(EVENT_SLICE) ")",
-	    NULL};
 	if (dry_run)
 		return store_query_i64(s, n, "SELECT COUNT(*) FROM events WHERE at < ?", 1, before);
 	int64_t got;
 	do {
-		int rc = txn(s, del, 1, &before, &got);
+		int rc = store_begin(s);
+		if (!rc && (rc = store_prune_events_slice(s, before, &got)))
+			store_rollback(s);
+		else if (!rc)
+			rc = store_commit(s);
 		if (rc)
 			return rc;
 		*n += got;

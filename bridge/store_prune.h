@@ -24,4 +24,9 @@ struct store_prune_counts {
  * half-done is left). */
 int store_prune(struct store *s, int64_t before, int dry_run, struct store_prune_counts *out);
 
+/* Delete up to 10,000 of the oldest events logged before `before`, in the caller's transaction
+ * (the bridge's event_retention runs it in its maintenance transaction); *deleted (optional)
+ * receives how many. */
+int store_prune_events_slice(struct store *s, int64_t before, int64_t *deleted);
+
 #endif

@@ -49,6 +49,15 @@ static int64_t frontier(const char *store, const char *id)
 	return v;
 }
 
+/* Wait (bounded) until the store's frontier for id reaches seq; returns the frontier. */
+static int64_t wait_frontier(const char *store, const char *id, uint64_t seq, int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	while (frontier(store, id) < (int64_t)seq && h_now_ms() < end)
+		h_sleep_ms(200);
+	return frontier(store, id);
+}
+
 /* Readings stored for batch seq of id, or -1 if that envelope is not stored. */
 static int64_t stored_readings(const char *store, const char *id, uint64_t seq)
 {
@@ -70,11 +79,9 @@ static void check_exactly_once(const char *store, struct h_device *d, int ndev)
 		logged_batches(d[i].log, &l);
 		cr_assert_gt(l.n, 3, "%s sealed only %zu batches", id, l.n);
 		uint64_t last = l.seq[l.n - 1];
-		long long end = h_now_ms() + 60000;
-		while (frontier(store, id) < (int64_t)last && h_now_ms() < end)
-			h_sleep_ms(200);
-		cr_assert_geq(frontier(store, id), (int64_t)last, "%s: frontier %lld never reached %llu",
-			      id, (long long)frontier(store, id), (unsigned long long)last);
+		int64_t f = wait_frontier(store, id, last, 60000);
+		cr_assert_geq(f, (int64_t)last, "%s: frontier %lld never reached %llu", id, (long long)f,
+			      (unsigned long long)last);
 		uint64_t want_readings = 0;
 		for (size_t k = 0; k < l.n; k++) {
 			int64_t n = stored_readings(store, id, l.seq[k]);
@@ -161,10 +168,8 @@ Test(e2e, reinstalled_device_with_wiped_state_is_stored_not_refused, .timeout = 
 	cr_assert(h_log_wait(d.log, "debug: batch ", (int)l1->n + 4, 20000), "see %s", d.log);
 	logged_batches(d.log, l);
 	uint64_t last = l->seq[l->n - 1];
-	long long end = h_now_ms() + 30000;
-	while (frontier(br.store, "dev-a") < (int64_t)last && h_now_ms() < end)
-		h_sleep_ms(200);
-	cr_assert_geq(frontier(br.store, "dev-a"), (int64_t)last, "the new life is not acknowledged");
+	cr_assert_geq(wait_frontier(br.store, "dev-a", last, 30000), (int64_t)last,
+		      "the new life is not acknowledged");
 	cr_expect_gt(l->seq[l1->n], l1->seq[l1->n - 1], "the new life numbers above the old one");
 	int lost = 0;
 	for (size_t k = 0; k < l->n; k++) {
