@@ -33,6 +33,7 @@
 #include "bench_util.h"
 #include "dev_acktimer.h"
 #include "dev_link.h"
+#include "dev_spool.h"
 #include "orand.h"
 #include "outpost.pb-c.h"
 #include "wire_batch.h"
@@ -267,8 +268,7 @@ static void on_ack(struct sess *s, const struct dev_link_event *ev, int64_t now)
 			s->pend[keep++] = *p;
 			continue;
 		}
-		if (p->sent_ms && !p->resent && now - p->sent_ms > latency)
-			latency = now - p->sent_ms;
+		dev_acktimer_note_latency(&latency, now, p->sent_ms, !p->sent_ms || p->resent);
 		free(p->env);
 	}
 	if (keep < s->npend) {
@@ -327,7 +327,7 @@ static void handle(struct sess *s, int64_t now)
 static void new_session(int i)
 {
 	struct sess *s = &G.s[i];
-	char path[1024], ca[1024], crt[1024], key[1024];
+	char ca[1024], crt[1024], key[1024];
 	snprintf(s->id, sizeof(s->id), "%s%0*d", G.prefix, G.width, G.offset + i + 1);
 	for (int t = 0; t < WIRE_TOPIC_COUNT; t++)
 		wire_topic_build(s->topic[t], WIRE_TOPIC_MAX, (enum wire_topic)t, s->id);
@@ -337,7 +337,8 @@ static void new_session(int i)
 	size_t len;
 	if (wire_key_load(key, &s->key, NULL) || wire_cert_read(crt, &s->cert_pem, &len))
 		bench_die(PROG, "cannot read %s / %s", key, crt);
-	(void)path;
+	/* numbered as a device's new spool numbers them: from its clock, owing nothing below */
+	s->seq = s->last_durable = s->upto = dev_spool_clock_seq(bench_wall_ms()) - 1;
 	const char *subs[] = {s->topic[WIRE_TOPIC_ACK], s->topic[WIRE_TOPIC_TASKS], NULL};
 	struct dev_link_opts lo = {
 	    .client_id = s->id,

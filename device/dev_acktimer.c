@@ -50,6 +50,12 @@ void dev_acktimer_progress(struct dev_acktimer *t, int64_t now, int64_t latency_
 	t->since = now;
 }
 
+void dev_acktimer_note_latency(int64_t *slowest, int64_t now, int64_t sent_ms, int resent)
+{
+	if (!resent && now - sent_ms > *slowest)
+		*slowest = now - sent_ms;
+}
+
 void dev_acktimer_arm(struct dev_acktimer *t, int64_t now)
 {
 	t->since = now;

@@ -40,6 +40,11 @@ void dev_acktimer_start(struct dev_acktimer *t, int64_t now);
  * until an envelope sent once is acknowledged. */
 void dev_acktimer_progress(struct dev_acktimer *t, int64_t now, int64_t latency_ms);
 
+/* Karn's rule, folded over the envelopes one ack settles: *slowest (start it at -1) becomes
+ * the largest latency now - sent_ms among those sent exactly once (resent = 0); resent ones
+ * teach nothing. Pass the result to dev_acktimer_progress(). */
+void dev_acktimer_note_latency(int64_t *slowest, int64_t now, int64_t sent_ms, int resent);
+
 /* An envelope went out while none was outstanding: the wait runs from now (not from the last
  * progress, which may be long ago). */
 void dev_acktimer_arm(struct dev_acktimer *t, int64_t now);

@@ -242,8 +242,7 @@ int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t l
 			continue;
 		}
 		oldest_acked |= i == oldest;
-		if (!f->resent && now - f->sent_ms > latency)
-			latency = now - f->sent_ms;
+		dev_acktimer_note_latency(&latency, now, f->sent_ms, f->resent);
 	}
 	u->ninflight = n;
 	if (oldest_acked || dev_spool_acked_upto(u->spool) > before)

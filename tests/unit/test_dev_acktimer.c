@@ -113,3 +113,18 @@ Test(dev_acktimer, learns_a_slow_bridge_and_forgets_it_again)
 	}
 	cr_expect_eq(dev_acktimer_deadline(&t), now + (int64_t)BASE * DEV_ACKTIMER_MAX_FACTOR);
 }
+
+Test(dev_acktimer, karn_keeps_the_slowest_latency_of_envelopes_sent_once)
+{
+	int64_t slowest = -1;
+	dev_acktimer_note_latency(&slowest, 10000, 9000, 1); /* resent: teaches nothing */
+	cr_assert_eq(slowest, -1);
+	dev_acktimer_note_latency(&slowest, 10000, 9700, 0);
+	cr_assert_eq(slowest, 300);
+	dev_acktimer_note_latency(&slowest, 10000, 9900, 0); /* faster: the slowest stays */
+	cr_assert_eq(slowest, 300);
+	dev_acktimer_note_latency(&slowest, 10000, 9500, 0);
+	cr_assert_eq(slowest, 500);
+	dev_acktimer_note_latency(&slowest, 10000, 1, 1);
+	cr_assert_eq(slowest, 500);
+}
