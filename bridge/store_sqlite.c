@@ -88,12 +88,12 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 	rc = sqlite3_prepare_v2(c->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
 	if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
 		mode = strdup((const char *)sqlite3_column_text(st, 0));
-	rc = sqlite3_finalize(st);
+	int fin = sqlite3_finalize(st); /* also reports a failed step */
+	if (rc == SQLITE_OK)
+		rc = fin; /* a failed prepare stays the error: finalize(NULL) is OK */
 	if (rc != SQLITE_OK || !mode || strcmp(mode, "wal")) {
 		snprintf(err, STORE_ERR_MAX, "cannot use the WAL journal (%s)",
-		         rc != SQLITE_OK ? sqlite3_errmsg(c->db)
-		         : mode          ? mode
-		                         : "?");
+		         rc != SQLITE_OK || !mode ? sqlite3_errmsg(c->db) : mode);
 		free(mode);
 		rc = rc != SQLITE_OK ? map(c, rc, "journal_mode") : STORE_EQUERY;
 		goto fail;

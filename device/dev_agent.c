@@ -517,7 +517,7 @@ static void send_birth(struct dev_agent *a)
 	}
 	rc = publish_env(a, WIRE_TOPIC_BIRTH, WIRE_KIND_BIRTH, body, len, NULL, NULL, 0, NULL);
 	if (rc)
-		olog(OLOG_WARN, "cannot send Birth: %d", rc);
+		olog(OLOG_WARN, "cannot send Birth (error %d); it goes again on the next pass", rc);
 	else
 		a->birth_due = 0;
 	olog(OLOG_DEBUG, "birth: %zu metrics, spool %" PRIu64 " records, floor %" PRIu64, n, st.records,
@@ -875,14 +875,15 @@ int dev_agent_run(struct dev_agent *a)
 			dev_uploader_link_down(a->up);
 			dev_link_drop(a->link, "reconnect requested");
 		}
-		int64_t link_next = dev_link_tick(a->link, now);
 		while (!a->stop && dev_link_next_event(a->link, &ev)) {
 			on_event(a, &ev);
 			dev_link_event_free(&ev);
 		}
 		if (a->stop)
 			break;
+		/* after the events: a failure just handled sets when the next attempt is due */
 		now = otime_mono_ms();
+		int64_t link_next = dev_link_tick(a->link, now);
 		if (now >= a->next_sample) {
 			sample(a);
 			a->next_sample += c->sample_interval_ms;
@@ -904,7 +905,9 @@ int dev_agent_run(struct dev_agent *a)
 				a->next_poll = now + c->poll_interval_ms;
 			}
 			int rc = dev_uploader_pump(a->up, now, send_spooled, a);
-			if (rc < 0)
+			if (rc == DEV_UPLOADER_ESEND)
+				olog(OLOG_DEBUG, "upload: the link refused an envelope; it stays spooled");
+			else if (rc < 0)
 				olog(OLOG_ERROR, "upload: %s", dev_spool_strerror(rc));
 		}
 

@@ -49,7 +49,7 @@ static const struct cfg_opt opts[] = {
 	{"exec_command", CFG_STR, S(exec_command), 0, 1024, "", "command for the exec collector (prints 'name value [unit]' lines)", NULL},
 	{"exec_timeout", CFG_DURATION, S(exec_timeout_ms), 100, 600 * SEC, "5s", "exec collector time limit", NULL},
 	{"sim_metrics", CFG_INT, S(sim_metrics), 1, 4000, "100", "synthetic sensors of the sim collector", NULL},
-	{"log_level", CFG_ENUM, S(log_level), 0, 0, "info", "", levels},
+	{"log_level", CFG_ENUM, S(log_level), 0, 0, "info", "what the log shows, from the least", levels},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 

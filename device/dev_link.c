@@ -22,6 +22,7 @@ struct ctx_slot {
 	struct dev_link *link;
 	unsigned gen;
 	const char *uri;
+	char tls_error[128]; /* OpenSSL's first reason for this attempt, "" if none (under mu) */
 };
 
 struct queued {
@@ -150,19 +151,59 @@ static void on_connected(void *context, MQTTAsync_successData5 *resp)
 	push_event(slot, DEV_LINK_UP, slot->uri, NULL, 0, NULL, 0);
 }
 
+/* Paho hands OpenSSL's error queue here, one line per error, as
+ * "thread:error:code:library:function:reason:file:line:data". Keep the first reason: Paho's
+ * own failure text ("TCP/TLS connect failure") does not tell a blocked port from a refused
+ * certificate. */
+static int on_tls_error(const char *str, size_t len, void *context)
+{
+	struct ctx_slot *slot = context;
+	char line[512];
+	const char *reason = line;
+	snprintf(line, sizeof(line), "%.*s", (int)(len < sizeof(line) ? len : sizeof(line) - 1), str);
+	line[strcspn(line, "\r\n")] = '\0';
+	char *f = line;
+	for (int field = 0; field < 5 && f; field++)
+		f = strchr(f, ':') ? strchr(f, ':') + 1 : NULL;
+	if (f && *f) {
+		reason = f;
+		f[strcspn(f, ":")] = '\0';
+	}
+	pthread_mutex_lock(&slot->link->mu);
+	if (!slot->tls_error[0])
+		snprintf(slot->tls_error, sizeof(slot->tls_error), "%.127s", reason);
+	pthread_mutex_unlock(&slot->link->mu);
+	return 0;
+}
+
 static void on_connect_failed(void *context, MQTTAsync_failureData5 *resp)
 {
 	struct ctx_slot *slot = context;
-	char why[300];
-	snprintf(why, sizeof(why), "%s: %s (code %d, reason %d)", slot->uri,
+	char why[300], tls[sizeof(slot->tls_error)];
+	pthread_mutex_lock(&slot->link->mu);
+	snprintf(tls, sizeof(tls), "%s", slot->tls_error);
+	pthread_mutex_unlock(&slot->link->mu);
+	snprintf(why, sizeof(why), "%s: %s (code %d, reason %d)%s%s", slot->uri,
 		 resp && resp->message ? resp->message : "connection failed", resp ? resp->code : 0,
-		 resp ? (int)resp->reasonCode : 0);
+		 resp ? (int)resp->reasonCode : 0, tls[0] ? "; TLS: " : "", tls);
 	push_event(context, DEV_LINK_FAILED, why, NULL, 0, NULL, 0);
 }
 
 static void on_lost(void *context, char *cause)
 {
 	push_event(context, DEV_LINK_DOWN, cause ? cause : "connection lost", NULL, 0, NULL, 0);
+}
+
+/* An MQTT v5 DISCONNECT from the broker (a kick: revoked certificate, session taken over,
+ * administrative action). Paho does not report it as a lost connection. */
+static void on_disconnected(void *context, MQTTProperties *props, enum MQTTReasonCodes reason)
+{
+	char why[160];
+	(void)props;
+	snprintf(why, sizeof(why), "disconnected by the broker: %s (reason %d)",
+		 MQTTReasonCode_toString(reason) ? MQTTReasonCode_toString(reason) : "?",
+		 (int)reason);
+	push_event(context, DEV_LINK_DOWN, why, NULL, 0, NULL, 0);
 }
 
 static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *m)
@@ -320,9 +361,11 @@ static int start_connect(struct dev_link *l)
 	slot->link = l;
 	slot->gen = l->gen;
 	slot->uri = l->uris[l->uri];
+	slot->tls_error[0] = '\0';
 	l->cli = cli;
 	pthread_mutex_unlock(&l->mu);
-	if (MQTTAsync_setCallbacks(cli, slot, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS)
+	if (MQTTAsync_setCallbacks(cli, slot, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS ||
+	    MQTTAsync_setDisconnected(cli, slot, on_disconnected) != MQTTASYNC_SUCCESS)
 		goto fail;
 
 	ssl.trustStore = l->ca;
@@ -332,6 +375,8 @@ static int start_connect(struct dev_link *l)
 	ssl.verify = 1; /* check the broker's name against its certificate */
 	ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
 	ssl.disableDefaultTrustStore = 1; /* only the provisioned CA */
+	ssl.ssl_error_cb = on_tls_error;
+	ssl.ssl_error_context = slot;
 	if (l->will_topic) {
 		will.topicName = l->will_topic;
 		will.message = "offline";
@@ -471,7 +516,15 @@ int dev_link_publish(struct dev_link *l, const char *topic, const void *payload,
 	}
 	rc = MQTTAsync_sendMessage(l->cli, topic, &m, &ro);
 	MQTTProperties_free(&m.properties);
-	return rc == MQTTASYNC_SUCCESS ? DEV_LINK_OK : DEV_LINK_EPAHO;
+	if (rc == MQTTASYNC_SUCCESS)
+		return DEV_LINK_OK;
+	if (!MQTTAsync_isConnected(l->cli)) {
+		/* gone without a callback we saw: report it, so the link reconnects */
+		push_event(&l->slots[l->gen % CTX_SLOTS], DEV_LINK_DOWN, "connection gone (send failed)",
+			   NULL, 0, NULL, 0);
+		return DEV_LINK_ENOTCONN;
+	}
+	return DEV_LINK_EPAHO;
 }
 
 void dev_link_drop(struct dev_link *l, const char *why)

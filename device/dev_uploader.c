@@ -139,7 +139,7 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 		}
 		rc = send_rec(u, now, send, ctx, &rec, env, len);
 		free(env);
-		return rc ? -1 : 0;
+		return rc ? DEV_UPLOADER_ESEND : 0;
 	}
 	return 0;
 }

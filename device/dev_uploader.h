@@ -40,7 +40,12 @@ void dev_uploader_fresh(struct dev_uploader *u, uint64_t seq);
  * (the `resend` task). */
 void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last);
 
-/* Send what the window allows. Returns how many were sent, or a negative dev_spool_err. */
+/* The send callback refused an envelope (the link is down or going down): nothing was
+ * recorded as sent; the next pump tries again. Distinct from every dev_spool_err. */
+#define DEV_UPLOADER_ESEND (-100)
+
+/* Send what the window allows. Returns how many were sent, or a negative dev_spool_err, or
+ * DEV_UPLOADER_ESEND. */
 int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx);
 
 /* The payload of a message on our ack topic. Verifies envelope, kind, device id and bridge

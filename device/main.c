@@ -4,6 +4,9 @@
 #include <malloc.h>
 #endif
 #include <stdio.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -49,6 +52,11 @@ int main(int argc, char **argv)
 	/* Paho's two threads would each get a malloc arena of their own (~0.4 MB resident at the
 	 * reference profile) for a few allocations per message: one arena is plenty here. */
 	mallopt(M_ARENA_MAX, 1);
+#endif
+#ifdef __linux__
+	/* a `restart` task re-executes /proc/self/exe, which would rename us "exe" for ps and
+	 * pgrep; keep the name operators look for */
+	prctl(PR_SET_NAME, "outpost-device", 0, 0, 0);
 #endif
 	int rc = dev_config_parse(&cfg, argc, argv, err);
 

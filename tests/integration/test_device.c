@@ -154,6 +154,8 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 	h_device_start(&d, &b, "dev-a", NULL);
 	cr_assert(h_log_wait(d.log, "reconnecting in", 3, 20000), "expected failed attempts (%s)", d.log);
 	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to an impostor broker");
+	cr_expect_geq(h_log_count(d.log, "TLS: certificate verify failed"), 1,
+		      "the log names the TLS reason (%s)", d.log);
 	h_broker_stop(&b);
 
 	/* reconnect: first the real broker, then an impostor on the same address */
@@ -168,6 +170,44 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 	cr_expect_eq(h_log_count(d.log, "connected to"), 1, "reconnected to an impostor broker");
 	h_device_free(&d);
 	h_broker_free(&b);
+}
+
+/* Revoking a connected device: the broker's outpost_auth plugin re-reads the CRL and kicks
+ * it with an MQTT v5 DISCONNECT, which Paho does not report as a lost connection. The device
+ * must still notice, say why, and keep dialling (with backoff) instead of sitting on a dead
+ * link; a refused send is not a spool error. */
+Test(device, notices_a_kick_by_the_broker_and_dials_again, .timeout = 180)
+{
+	/* a private PKI: revoking in the shared one would disturb other tests (dev-c: the fake
+	 * bridge's forger) */
+	char *pki = h_tmpdir("pki-kick"), *out = NULL;
+	char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s --devices dev-x,dev-c",
+			   h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, pki);
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *extra[] = {"--transport", "mqtts", NULL};
+	h_device_start(&d, &b, "dev-x", extra);
+	cr_assert(wait_view(fb, "dev-x", 20000, readings_at_least, 10, &v), "log %s", d.log);
+	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-x", h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	cr_expect(h_log_wait(d.log, "disconnected by the broker", 1, 15000), "kick not seen (%s)",
+		  d.log);
+	/* 8883 still completes TLS (mosquitto reads its crlfile at start) and the plugin kicks
+	 * again: every further "connected to" is a new attempt */
+	cr_expect(h_log_wait(d.log, "connected to ssl://", 2, 20000), "no new attempt (%s)", d.log);
+	cr_expect_eq(h_log_count(d.log, "spool I/O error"), 0, "a refused send is no spool error");
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(pki);
 }
 
 Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)

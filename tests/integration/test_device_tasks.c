@@ -115,6 +115,11 @@ Test(device_tasks, set_config_survives_restart_and_restart_runs_once, .timeout =
 	cr_expect_str_eq(msg, "agent restarted");
 	cr_expect_eq(h_log_count(e.d.log, "task 22: running"), 1);
 	cr_expect_geq(h_log_count(e.d.log, "started: broker"), 2, "the agent came back");
+	char *comm_path = h_strf("/proc/%d/comm", (int)e.d.pid);
+	char *comm = h_read_file(comm_path, NULL);
+	cr_expect(comm && !strcmp(comm, "outpost-device\n"), "re-executed as '%s'", comm ? comm : "?");
+	free(comm);
+	free(comm_path);
 
 	/* the new agent runs with the persisted settings */
 	char *override = h_strf("%s/state/config.override", e.d.dir);
