@@ -287,11 +287,9 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		snprintf(err, errlen, "cannot create the MQTT client");
 		goto fail;
 	}
-	if (have_proxy) {
-		const char *at = strrchr(proxy, '@'); /* user:password@ stays out of the log */
-		olog(OLOG_INFO, "using HTTP CONNECT proxy %s%s", at ? at + 1 : proxy,
-		     at ? " (with credentials)" : "");
-	}
+	if (have_proxy)
+		olog(OLOG_INFO, "using HTTP CONNECT proxy %s%s", dev_proxy_loggable(proxy),
+		     dev_proxy_loggable(proxy) != proxy ? " (with credentials)" : "");
 	wc_RNG_GenerateBlock(&a->rng, a->boot_id, sizeof(a->boot_id));
 	a->started_at_ms = otime_wall_ms();
 	a->started_mono = otime_mono_ms();

@@ -159,16 +159,16 @@ static int on_tls_error(const char *str, size_t len, void *context)
 {
 	struct ctx_slot *slot = context;
 	char line[512];
-	const char *reason = line;
 	snprintf(line, sizeof(line), "%.*s", (int)(len < sizeof(line) ? len : sizeof(line) - 1), str);
 	line[strcspn(line, "\r\n")] = '\0';
-	char *f = line;
-	for (int field = 0; field < 5 && f; field++)
-		f = strchr(f, ':') ? strchr(f, ':') + 1 : NULL;
-	if (f && *f) {
-		reason = f;
-		f[strcspn(f, ":")] = '\0';
-	}
+	char *reason = line;
+	for (int field = 0; field < 5 && reason; field++)
+		if ((reason = strchr(reason, ':')))
+			reason++;
+	if (reason && *reason)
+		reason[strcspn(reason, ":")] = '\0';
+	else
+		reason = line; /* another shape: keep the whole line */
 	pthread_mutex_lock(&slot->link->mu);
 	if (!slot->tls_error[0])
 		snprintf(slot->tls_error, sizeof(slot->tls_error), "%.127s", reason);

@@ -36,6 +36,12 @@ int dev_proxy_excluded(const char *no_proxy, const char *host)
 	return 0;
 }
 
+const char *dev_proxy_loggable(const char *proxy)
+{
+	const char *at = strchr(proxy, '@'); /* the first '@', as dev_proxy_resolve splits */
+	return at ? at + 1 : proxy;
+}
+
 int dev_proxy_resolve(const char *configured, const char *broker_host, char *out, size_t cap,
 		      const char **why)
 {

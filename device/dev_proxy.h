@@ -14,6 +14,10 @@
 int dev_proxy_resolve(const char *configured, const char *broker_host, char *out, size_t cap,
 		      const char **why);
 
+/* The part of a resolved proxy ("[user:pass@]host:port") that may be logged: host:port,
+ * a pointer into proxy. */
+const char *dev_proxy_loggable(const char *proxy);
+
 /* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
 int dev_proxy_excluded(const char *no_proxy, const char *host);
 

@@ -17,12 +17,14 @@ Test(dev_proxy, normalises_the_forms_users_write)
 	unsetenv("HTTPS_PROXY");
 	cr_expect_eq(resolve("proxy.corp:3128", "b", out), 1);
 	cr_expect_str_eq(out, "proxy.corp:3128");
+	cr_expect_str_eq(dev_proxy_loggable(out), "proxy.corp:3128");
 	cr_expect_eq(resolve("http://proxy.corp:3128/", "b", out), 1);
 	cr_expect_str_eq(out, "proxy.corp:3128");
 	cr_expect_eq(resolve("HTTP://10.0.0.1:8888", "b", out), 1);
 	cr_expect_str_eq(out, "10.0.0.1:8888");
 	cr_expect_eq(resolve("http://user:secret@proxy:3128/path", "b", out), 1);
 	cr_expect_str_eq(out, "user:secret@proxy:3128");
+	cr_expect_str_eq(dev_proxy_loggable(out), "proxy:3128", "credentials stay out of the log");
 	cr_expect_eq(resolve("http://proxy", "b", out), 1);
 	cr_expect_str_eq(out, "proxy:8080");
 }
