@@ -33,8 +33,12 @@
 #define MAX_ACK_RANGES 256
 #define MAX_PENDING WIRE_MAX_DROPPED
 #define STATE_PERSIST_MS 5000 /* ack position is persisted at most this often */
+/* Time stamps before this were taken with an unset clock (a device booting without a real-time
+ * clock, before NTP): their age is unknown. Also where clock-based numbering starts. */
+#define CLOCK_SET_MS 1577836800000LL /* 2020-01-01T00:00:00Z */
 
 struct seg {
+	uint64_t name; /* seq in the file name: the first record's when it was created */
 	uint64_t first_seq;
 	uint64_t last_seq;
 	uint64_t count;
@@ -71,6 +75,7 @@ struct dev_spool {
 	size_t npending;
 	int64_t state_written_ms;
 	int state_dirty;
+	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
 };
 
 const char *dev_spool_strerror(int err)
@@ -231,8 +236,8 @@ uint64_t dev_spool_acked_upto(const struct dev_spool *s)
 
 uint64_t dev_spool_clock_seq(int64_t realtime_ms)
 {
-	const int64_t epoch_ms = 1577836800000LL; /* 2020-01-01T00:00:00Z */
-	return realtime_ms >= epoch_ms ? (uint64_t)((realtime_ms - epoch_ms) / SEQ_CLOCK_MS) + 1 : 1;
+	return realtime_ms >= CLOCK_SET_MS ? (uint64_t)((realtime_ms - CLOCK_SET_MS) / SEQ_CLOCK_MS) + 1
+					   : 1;
 }
 
 uint64_t dev_spool_last_durable(const struct dev_spool *s)
@@ -450,7 +455,7 @@ out:
 static int seg_cmp(const void *a, const void *b)
 {
 	const struct seg *x = a, *y = b;
-	return (x->first_seq > y->first_seq) - (x->first_seq < y->first_seq);
+	return (x->name > y->name) - (x->name < y->name);
 }
 
 static int push_seg(struct dev_spool *s, const struct seg *g)
@@ -467,11 +472,19 @@ static int push_seg(struct dev_spool *s, const struct seg *g)
 	return DEV_SPOOL_OK;
 }
 
+/* A segment's descriptor, opened on demand. Only the newest segment (appends) and the one last
+ * read keep theirs: a spool of thousands of segments must not run out of descriptors. */
 static int seg_fd(struct dev_spool *s, struct seg *g)
 {
 	if (g->fd >= 0)
 		return g->fd;
-	char *path = seg_path(s, g->first_seq);
+	for (size_t i = 0; i + 1 < s->nsegs; i++) {
+		if (&s->segs[i] != g && s->segs[i].fd >= 0) {
+			close(s->segs[i].fd);
+			s->segs[i].fd = -1;
+		}
+	}
+	char *path = seg_path(s, g->name);
 	if (!path)
 		return -1;
 	g->fd = open(path, O_RDWR | O_CLOEXEC);
@@ -482,7 +495,7 @@ static int seg_fd(struct dev_spool *s, struct seg *g)
 static void remove_seg(struct dev_spool *s, size_t i)
 {
 	struct seg *g = &s->segs[i];
-	char *path = seg_path(s, g->first_seq);
+	char *path = seg_path(s, g->name);
 	if (g->fd >= 0)
 		close(g->fd);
 	if (path)
@@ -538,35 +551,186 @@ static int read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end
 	return 0;
 }
 
-/* Scan a segment's headers, filling g, and cut a torn tail: a short record or a bad header
- * CRC ends the segment. In the newest segment the last record is also decrypted, because a
- * power cut can leave its header on disk without its body; an earlier record with a bad tag is
- * bit rot instead, reported when it is read. */
-static int scan_seg(struct dev_spool *s, struct seg *g, int newest)
+/* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
+ * 1 none before end, <0 error. Past damage it resynchronises byte by byte: a header needs the
+ * magic, a matching CRC and a body that fits, so damage is not taken for a record. */
+static int next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,
+		     uint64_t *at, struct hdr *h)
 {
-	int fd = seg_fd(s, g);
+	enum { WIN = 64 * 1024 };
+	int r = read_rec(s, fd, off, end, h, NULL);
+	if (r <= 0) {
+		if (r == 0 && h->seq > after)
+			*at = off;
+		if (r < 0 || h->seq > after)
+			return r;
+	}
+	uint8_t *buf = malloc(WIN);
+	if (!buf)
+		return DEV_SPOOL_ENOMEM;
+	int rc = 1;
+	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
+		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
+		r = read_at(fd, buf, n, o);
+		if (r) {
+			rc = r < 0 ? r : 1;
+			break;
+		}
+		for (size_t i = 0; i + HDR_LEN <= n; i++) {
+			if (get32(buf + i) == REC_MAGIC && !hdr_decode(buf + i, h) && h->seq > after &&
+			    o + i + REC_OVERHEAD + h->len <= end) {
+				*at = o + i;
+				rc = 0;
+				break;
+			}
+		}
+		o += n - HDR_LEN + 1;
+	}
+	free(buf);
+	return rc;
+}
+
+/* Rewrite segment g with its intact records in [0, end), less the one at `skip` (UINT64_MAX:
+ * none), through a temporary file renamed over it. Its name stays; cursors' offsets go stale. */
+static int seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip)
+{
+	char *path = seg_path(s, g->name), *tmp = NULL;
+	uint8_t *rec = malloc(REC_OVERHEAD + MAX_REC_PAYLOAD);
+	int fd = seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
+	struct seg n = {.name = g->name, .fd = -1};
+	uint64_t off = 0, at;
+	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
+		goto done;
+	out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || out < 0) {
+		rc = fd < 0 ? DEV_SPOOL_EIO : io_err();
+		goto done;
+	}
+	rc = DEV_SPOOL_OK;
+	while (off < end) {
+		struct hdr h;
+		rc = next_good(s, fd, off, end, n.count ? n.last_seq : 0, &at, &h);
+		if (rc) {
+			rc = rc < 0 ? rc : DEV_SPOOL_OK;
+			break;
+		}
+		size_t len = REC_OVERHEAD + h.len;
+		off = at + len;
+		if (at == skip)
+			continue;
+		rc = read_at(fd, rec, len, at);
+		if (rc > 0)
+			rc = DEV_SPOOL_EIO;
+		if (!rc)
+			rc = write_all(out, rec, len);
+		if (rc)
+			goto done;
+		if (!n.count++)
+			n.first_seq = h.seq;
+		n.last_seq = h.seq;
+		n.t_last = h.t_ms;
+		n.bytes += len;
+	}
+	if (rc)
+		goto done;
+	if (fdatasync(out) != 0 || rename(tmp, path) != 0) {
+		rc = io_err();
+		goto done;
+	}
+	rc = fsync_dir(s->dir);
+	close(g->fd);
+	n.fd = out;
+	out = -1;
+	s->total_bytes = s->total_bytes - g->bytes + n.bytes;
+	*g = n;
+	s->layout_gen++;
+done:
+	if (out >= 0) {
+		close(out);
+		unlink(tmp);
+	}
+	free(rec);
+	free(tmp);
+	free(path);
+	return rc;
+}
+
+/* Recovery's view of the chain across segments, to report what damage destroyed. */
+struct scan {
+	uint64_t last;	    /* seq of the last intact record so far */
+	int gap;	    /* records were lost after gap_prev... */
+	uint64_t gap_prev;
+	uint64_t gap_bound; /* ...and below the next segment's name (when nothing intact follows) */
+};
+
+/* Damage in a segment that was complete (not a torn write at the very end of the spool). */
+static void scan_lost(const struct dev_spool *s, struct scan *sc, size_t seg_index)
+{
+	if (sc->gap)
+		return;
+	sc->gap = 1;
+	sc->gap_prev = sc->last > s->acked_upto ? sc->last : s->acked_upto;
+	sc->gap_bound = seg_index + 1 < s->nsegs ? s->segs[seg_index + 1].name - 1 : 0;
+}
+
+/* The chain resumes at an intact record linking to `upto`: what lies between was lost. */
+static void add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count);
+static void scan_resumed(struct dev_spool *s, struct scan *sc, uint64_t upto)
+{
+	if (!sc->gap)
+		return;
+	sc->gap = 0;
+	if (upto > sc->gap_prev && !range_covers(s, sc->gap_prev + 1, upto)) {
+		add_pending(s, sc->gap_prev, upto, 1); /* at least one; how many is unknowable */
+		s->dropped_total++;
+		s->state_dirty = 1;
+	}
+}
+
+/* Scan segment i's headers, filling it. The newest segment may end in a torn write (a short
+ * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
+ * as it was never durable. Anywhere else damage is bit rot: the intact records around it are
+ * kept (the segment is rewritten without it) and the lost stretch is reported as dropped. */
+static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
+{
+	struct seg *g = &s->segs[i];
+	int newest = i + 1 == s->nsegs, fd = seg_fd(s, g), damaged = 0;
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) != 0)
 		return DEV_SPOOL_EIO;
-	uint64_t off = 0, end = (uint64_t)st.st_size, last_off = 0;
+	uint64_t off = 0, end = (uint64_t)st.st_size, last_off = 0, sc_before = sc->last;
+	uint64_t before_seq = 0;
+	int64_t before_t = 0;
 	g->count = 0;
+	g->bytes = end;
+	s->total_bytes += end;
 	while (off < end) {
 		struct hdr h;
-		int r = read_rec(s, fd, off, end, &h, NULL);
+		uint64_t at;
+		int r = next_good(s, fd, off, end, g->count ? g->last_seq : 0, &at, &h);
 		if (r < 0)
 			return r;
 		if (r)
 			break;
-		if (g->count && h.seq <= g->last_seq)
-			break; /* out of order: not written by this spool */
+		if (at != off) {
+			damaged = 1;
+			scan_lost(s, sc, i);
+		}
+		scan_resumed(s, sc, h.prev_seq);
 		if (g->count == 0)
 			g->first_seq = h.seq;
-		last_off = off;
+		before_seq = g->last_seq;
+		before_t = g->t_last;
+		sc_before = sc->last;
+		last_off = at;
 		g->last_seq = h.seq;
 		g->t_last = h.t_ms;
 		g->count++;
-		off += REC_OVERHEAD + h.len;
+		sc->last = h.seq;
+		off = at + REC_OVERHEAD + h.len;
 	}
+	if (off < end && !newest)
+		scan_lost(s, sc, i);
 	if (newest && g->count) {
 		uint8_t *env = NULL;
 		struct hdr h;
@@ -574,23 +738,18 @@ static int scan_seg(struct dev_spool *s, struct seg *g, int newest)
 		free(env);
 		if (r == DEV_SPOOL_ECORRUPT || r == 1) {
 			off = last_off;
-			if (--g->count == 0) {
-				g->last_seq = g->first_seq;
-			} else {
-				/* find the new last record's seq and time */
-				uint64_t o2 = 0;
-				while (o2 < off && !read_rec(s, fd, o2, off, &h, NULL)) {
-					g->last_seq = h.seq;
-					g->t_last = h.t_ms;
-					o2 += REC_OVERHEAD + h.len;
-				}
-			}
+			g->last_seq = --g->count ? before_seq : g->first_seq;
+			g->t_last = before_t;
+			sc->last = sc_before;
 		} else if (r) {
 			return r;
 		}
 	}
+	if (damaged)
+		return seg_rewrite(s, g, off, UINT64_MAX);
 	if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
 		return DEV_SPOOL_EIO;
+	s->total_bytes -= end - off;
 	g->bytes = off;
 	return DEV_SPOOL_OK;
 }
@@ -606,7 +765,7 @@ static int load_segments(struct dev_spool *s)
 		char tail[8];
 		if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) != 2 || strcmp(tail, "log"))
 			continue;
-		struct seg g = {.first_seq = first, .fd = -1};
+		struct seg g = {.name = first, .first_seq = first, .fd = -1};
 		if (push_seg(s, &g)) {
 			closedir(d);
 			return DEV_SPOOL_ENOMEM;
@@ -615,17 +774,18 @@ static int load_segments(struct dev_spool *s)
 	closedir(d);
 	if (s->nsegs > 1)
 		qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
+	struct scan sc = {0};
 	for (size_t i = 0; i < s->nsegs;) {
-		int rc = scan_seg(s, &s->segs[i], i + 1 == s->nsegs);
+		int rc = scan_seg(s, i, &sc);
 		if (rc)
 			return rc;
-		if (s->segs[i].count == 0) {
-			remove_seg(s, i); /* only a torn first record: nothing to keep */
-			continue;
-		}
-		s->total_bytes += s->segs[i].bytes;
-		i++;
+		if (s->segs[i].count == 0)
+			remove_seg(s, i); /* nothing intact to keep */
+		else
+			i++;
 	}
+	if (sc.gap && sc.gap_bound > sc.gap_prev)
+		scan_resumed(s, &sc, sc.gap_bound); /* nothing intact after the damage */
 	return DEV_SPOOL_OK;
 }
 
@@ -679,12 +839,15 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	s->state_dirty = 1;
 }
 
+/* A segment whose time was taken with an unset clock has an unknown age: only the size limit
+ * drops it (a device booting without a real-time clock would lose its backlog to NTP). */
 static void enforce_limits(struct dev_spool *s)
 {
-	int64_t cutoff = otime_wall_ms() - s->opts.max_age_ms;
+	int64_t now = otime_wall_ms(), cutoff = now - s->opts.max_age_ms;
 	/* never the newest segment: it holds the record just written */
 	while (s->nsegs > 1 && ((int64_t)s->total_bytes > s->opts.max_bytes ||
-				s->segs[0].t_last < cutoff))
+				(now >= CLOCK_SET_MS && s->segs[0].t_last >= CLOCK_SET_MS &&
+				 s->segs[0].t_last < cutoff)))
 		drop_seg(s, 0);
 }
 
@@ -739,6 +902,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	s->aes_ready = 1;
 
 	int st = state_read(s);
+	uint64_t was_durable = st == 0 ? s->last_durable : 0;
 	rc = load_segments(s);
 	if (rc) {
 		reason = "cannot read the segments";
@@ -758,13 +922,16 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 			s->next_seq = opts->first_seq;
 		/* with no record on disk nothing is owed: the chain starts where numbering resumes */
 		s->acked_upto = s->nsegs ? 0 : s->next_seq - 1;
-		s->npending = 0;
 	}
 	if (s->next_seq == 0)
 		s->next_seq = 1;
 	/* The chain continues from the newest record the bridge can ever learn of: one on disk, one
-	 * it acknowledged, or one reported dropped. A record cut off as torn was never sent. */
+	 * it acknowledged, one reported dropped, or the last one appended before the restart (its
+	 * segment may be gone, deleted by a selective ack). A record cut off as torn was never
+	 * sent. Going backwards would fork the chain at the bridge. */
 	s->last_durable = newest > s->acked_upto ? newest : s->acked_upto;
+	if (was_durable > s->last_durable)
+		s->last_durable = was_durable;
 	for (size_t i = 0; i < s->npending; i++)
 		if (s->pending[i].d.last_seq > s->last_durable)
 			s->last_durable = s->pending[i].d.last_seq;
@@ -838,7 +1005,7 @@ static int new_segment(struct dev_spool *s, uint64_t first)
 	free(path);
 	if (fd < 0)
 		return io_err();
-	struct seg g = {.first_seq = first, .last_seq = first, .fd = fd};
+	struct seg g = {.name = first, .first_seq = first, .last_seq = first, .fd = fd};
 	int rc = push_seg(s, &g);
 	if (!rc)
 		rc = fsync_dir(s->dir);
@@ -955,6 +1122,23 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	return DEV_SPOOL_OK;
 }
 
+/* Record h at `here` in segment i failed its tag (bit rot): report it as dropped, durably, then
+ * cut it out of the segment so that no later read reports it again. */
+static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
+			const struct hdr *h, uint64_t here)
+{
+	struct seg *g = &s->segs[i];
+	add_pending(s, h->prev_seq, h->seq, 1);
+	s->dropped_total++;
+	s->state_dirty = 1;
+	if (state_write(s) || seg_rewrite(s, g, g->bytes, here))
+		return; /* kept on disk: a later read reports it again, which loses nothing */
+	c->gen = s->layout_gen;
+	c->off = here; /* what followed the record now starts where it did */
+	if (g->count == 0 && i + 1 < s->nsegs)
+		remove_seg(s, i);
+}
+
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
 		   struct dev_spool_rec *rec, uint8_t **env, size_t *len)
 {
@@ -967,7 +1151,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		int fd = seg_fd(s, g);
 		if (fd < 0)
 			return DEV_SPOOL_EIO;
-		uint64_t off = c->seg_first == g->first_seq ? c->off : 0;
+		uint64_t off = c->seg_name == g->name && c->gen == s->layout_gen ? c->off : 0;
 		while (off < g->bytes) {
 			struct hdr h;
 			int r = read_rec(s, fd, off, g->bytes, &h, NULL);
@@ -979,14 +1163,12 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				continue;
 			uint8_t *plain = NULL;
 			c->next_seq = h.seq + 1;
-			c->seg_first = g->first_seq;
+			c->seg_name = g->name;
+			c->gen = s->layout_gen;
 			c->off = off;
 			r = read_rec(s, fd, here, g->bytes, &h, &plain);
 			if (r == DEV_SPOOL_ECORRUPT || r == 1) {
-				/* bit rot under the tag: report the record as lost, move on */
-				add_pending(s, h.prev_seq, h.seq, 1);
-				s->dropped_total++;
-				s->state_dirty = 1;
+				drop_rotten(s, i, c, &h, here);
 				return DEV_SPOOL_ECORRUPT;
 			}
 			if (r)

@@ -8,10 +8,13 @@
  * followed by a random 12-byte nonce, the AES-256-GCM ciphertext of the envelope and the 16-byte
  * tag; the header is the GCM additional data. Nothing of the envelope is readable on disk.
  *
- * After a crash the spool reopens by itself: a torn or corrupt tail (bad header CRC, short
- * record, bad tag) is cut off; a record that fails its tag in the middle is skipped and reported
- * as dropped. Sequence numbers are reserved on disk in blocks before use, so they are never
- * reused, whatever happens.
+ * After a crash the spool reopens by itself: a torn tail of the newest segment (bad header CRC,
+ * short record, bad tag on the last record) is cut off, as it was never durable. Damage anywhere
+ * else is bit rot: the records around it are kept (the segment is rewritten without it) and what
+ * it destroyed is reported as dropped, once. Sequence numbers are reserved on disk in blocks
+ * before use, so they are never reused, whatever happens. Only the newest segment and the one
+ * being read hold a file descriptor, however many segments there are. Records stamped before
+ * 2020 (a clock not yet set) never age out; only the size limit drops them.
  *
  * Not thread-safe: one owner (the agent thread) calls everything. */
 #ifndef DEV_SPOOL_H
@@ -89,10 +92,11 @@ int dev_spool_is_acked(const struct dev_spool *s, uint64_t seq);
 struct dev_spool_cursor {
 	uint64_t next_seq; /* the next record returned has seq >= next_seq */
 	/* private: where the record after next_seq was last found */
-	uint64_t seg_first;
+	uint64_t seg_name;
+	uint64_t gen;
 	uint64_t off;
 };
-#define DEV_SPOOL_CURSOR_AT(seq) ((struct dev_spool_cursor){(seq), 0, 0})
+#define DEV_SPOOL_CURSOR_AT(seq) ((struct dev_spool_cursor){(seq), 0, 0, 0})
 
 struct dev_spool_rec {
 	uint64_t seq;

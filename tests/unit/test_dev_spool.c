@@ -247,11 +247,20 @@ Test(dev_spool, torn_tail_is_cut_and_the_rest_kept)
 	struct dev_spool_opts o = opts(dir);
 	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[10];
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < 9; i++)
 		seqs[i] = put(s, 300, wall_ms());
+	/* the state on disk when the last record is being written */
+	cr_assert_eq(dev_spool_take_seq(s, &seqs[9]), 0);
+	char *state = h_strf("%s/state", dir), *saved = h_strf("%s/state.saved", dir);
+	char *cp = h_strf("cp %s %s", state, saved);
+	cr_assert_eq(h_sh(cp, NULL, 10), 0);
+	free(cp);
+	uint8_t body[300] = "record";
+	cr_assert_eq(dev_spool_append(s, seqs[9], seqs[8], 2, wall_ms(), body, sizeof(body)), 0);
 	dev_spool_close(s);
 
-	/* power cut in the middle of the last record */
+	/* power cut in the middle of the last record: the state on disk predates it */
+	cr_assert_eq(rename(saved, state), 0);
 	char *seg = last_segment(dir);
 	struct stat st;
 	cr_assert_eq(stat(seg, &st), 0);
@@ -276,6 +285,8 @@ Test(dev_spool, torn_tail_is_cut_and_the_rest_kept)
 	cr_expect_eq(read_all(s, 1, got, 20), 10);
 	dev_spool_close(s);
 	free(seg);
+	free(state);
+	free(saved);
 	free(dir);
 }
 
@@ -322,8 +333,142 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	cr_expect_eq(d[0].prev_seq, seqs[1]);
 	cr_expect_eq(d[0].last_seq, seqs[2]);
 	cr_expect_eq(d[0].count, 1);
+	/* reported once: a later read (a resend after a reconnect) or a restart does not
+	 * count it again */
+	uint64_t got[8];
+	cr_expect_eq(read_all(s, 1, got, 8), 4);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	cr_expect_eq(read_all(s, 1, got, 8), 4);
+	cr_expect_eq(got[2], seqs[3]);
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 1);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 1);
+	cr_expect_eq(st.records, 4);
 	dev_spool_close(s);
 	free(seg);
+	free(dir);
+}
+
+/* Segment files in name (seq) order. */
+static size_t segments(const char *dir, char names[][600])
+{
+	char all[64][600];
+	size_t n, k = 0;
+	list_files(dir, all, &n);
+	for (size_t i = 0; i < n; i++)
+		if (strstr(all[i], "/seg-"))
+			memcpy(names[k++], all[i], 600);
+	qsort(names, k, 600, (int (*)(const void *, const void *))strcmp);
+	return k;
+}
+
+static void flip_byte(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t b;
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pread(fd, &b, 1, off), 1);
+	b ^= 0x01;
+	cr_assert_eq(pwrite(fd, &b, 1, off), 1);
+	close(fd);
+}
+
+Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	const off_t rec = 48 + 12 + 300 + 16;
+	o.segment_bytes = 5 * rec;
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[15];
+	for (int i = 0; i < 15; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+	char names[64][600];
+	cr_assert_eq(segments(dir, names), 3);
+
+	/* a header bit flips in the middle of the first segment and at the end of the second
+	 * (neither is a torn write: those segments were complete) */
+	flip_byte(names[0], 2 * rec + 9);
+	flip_byte(names[1], 4 * rec + 9);
+	s = open_spool(&o);
+	uint64_t got[16];
+	cr_assert_eq(read_all(s, 1, got, 16), 13, "only the two damaged records are lost");
+	cr_expect_eq(got[2], seqs[3]);
+	cr_expect_eq(got[8], seqs[10]);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 2);
+	cr_expect_eq(d[0].prev_seq, seqs[1]);
+	cr_expect_eq(d[0].last_seq, seqs[2]);
+	cr_expect_eq(d[1].prev_seq, seqs[8]);
+	cr_expect_eq(d[1].last_seq, seqs[9]);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	cr_expect_eq(st.records, 13);
+	dev_spool_close(s);
+
+	/* recovered once: the next start finds clean segments and reports nothing new */
+	s = open_spool(&o);
+	cr_expect_eq(read_all(s, 1, got, 16), 13);
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 2);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	cr_expect_eq(put(s, 300, wall_ms()), seqs[14] + 1);
+	dev_spool_close(s);
+	free(dir);
+}
+
+Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[300];
+	for (int i = 0; i < 300; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+
+	struct rlimit rl = {64, 64};
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	s = open_spool(&o);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.segments, 300);
+	uint64_t got[301];
+	cr_expect_eq(read_all(s, 1, got, 301), 300);
+	cr_expect_eq(put(s, 300, wall_ms()), seqs[299] + 1);
+	cr_assert_eq(dev_spool_ack(s, seqs[149], NULL, 0), 0);
+	cr_expect_eq(read_all(s, 1, got, 301), 151);
+	dev_spool_close(s);
+	free(dir);
+}
+
+Test(dev_spool, the_chain_never_goes_back_across_a_restart)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool *s = open_spool(&o);
+	uint64_t a = put(s, 300, wall_ms()), b = put(s, 300, wall_ms()), c = put(s, 300, wall_ms());
+	/* the newest record is acknowledged selectively: its segment goes, the older ones stay */
+	uint64_t ranges[1][2] = {{c, c}};
+	cr_assert_eq(dev_spool_ack(s, 0, ranges, 1), 0);
+	cr_expect_eq(dev_spool_last_durable(s), c);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	cr_expect_eq(dev_spool_last_durable(s), c,
+		     "the next envelope links to %llu, not to %llu (a fork at the bridge)",
+		     (unsigned long long)c, (unsigned long long)b);
+	uint64_t d = put(s, 300, wall_ms());
+	uint64_t got[4];
+	cr_assert_eq(read_all(s, 1, got, 4), 3);
+	cr_expect_eq(got[0], a);
+	cr_expect_eq(got[2], d);
+	dev_spool_close(s);
 	free(dir);
 }
 
@@ -393,6 +538,30 @@ Test(dev_spool, age_limit_drops_old_records)
 	cr_expect_eq(st.dropped_total, 10, "records older than max_age are dropped");
 	cr_expect_eq(st.records, 3);
 	cr_expect_geq(st.oldest_unsent_ms, wall_ms() - 60000);
+	dev_spool_close(s);
+	free(dir);
+}
+
+Test(dev_spool, records_stamped_before_the_clock_was_set_do_not_age_out)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 1024;
+	o.max_age_ms = 3600 * 1000;
+	struct dev_spool *s = open_spool(&o);
+	/* booted without a real-time clock: 1970 plus the uptime, until NTP sets the clock */
+	for (int i = 0; i < 10; i++)
+		put(s, 400, 42000 + i);
+	for (int i = 0; i < 3; i++)
+		put(s, 400, wall_ms());
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 0, "an unknown age is not an old age");
+	cr_expect_eq(st.records, 13);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.records, 13);
 	dev_spool_close(s);
 	free(dir);
 }
