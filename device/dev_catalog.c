@@ -23,6 +23,7 @@ struct dev_catalog {
 	uint32_t *slots; /* index+1 into e, 0 = empty */
 	size_t nslots;
 	int changed;
+	long size; /* bytes of complete lines in the file: where the next one is written */
 };
 
 static uint32_t hash(const char *s)
@@ -90,8 +91,16 @@ int dev_catalog_open(const char *path, struct dev_catalog **out)
 	while (f && fgets(line, sizeof(line), f)) {
 		unsigned id;
 		char name[WIRE_MAX_METRIC_NAME + 1], unit[WIRE_MAX_UNIT + 1] = "";
-		if (!strchr(line, '\n'))
-			break; /* torn last line: ignore it, it is appended again when seen */
+		if (!strchr(line, '\n')) {
+			/* a torn last line (power cut while appending) is forgotten: the next entry
+			 * is written where it started, never glued to it */
+			if (fgetc(f) == EOF && truncate(path, c->size) == 0)
+				break;
+			fclose(f);
+			rc = DEV_CATALOG_ECORRUPT;
+			goto fail;
+		}
+		c->size += (long)strlen(line);
 		int k = sscanf(line, "%u %128s %32s", &id, name, unit);
 		if (k < 2 || wire_metric_name_check(name) || c->n >= WIRE_MAX_METRICS ||
 		    id != c->n + 1) {
@@ -144,15 +153,18 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 		return DEV_CATALOG_EFULL;
 	uint32_t nid = (uint32_t)c->n + 1;
 	/* persist before use: an id in a spooled batch must always resolve to its name */
-	int fd = open(c->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	int fd = open(c->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return DEV_CATALOG_EIO;
 	char line[WIRE_MAX_METRIC_NAME + WIRE_MAX_UNIT + 32];
 	int len = snprintf(line, sizeof(line), "%u %s %s\n", nid, name, unit && *unit ? unit : "-");
-	int ok = write(fd, line, (size_t)len) == len && fdatasync(fd) == 0;
+	int ok = pwrite(fd, line, (size_t)len, c->size) == len && fdatasync(fd) == 0;
+	if (!ok && ftruncate(fd, c->size) == 0) /* a short write leaves no partial line */
+		fdatasync(fd);
 	close(fd);
 	if (!ok)
 		return DEV_CATALOG_EIO;
+	c->size += len;
 	int rc = add_entry(c, nid, name, unit && strcmp(unit, "-") ? unit : "");
 	if (rc)
 		return rc;

@@ -37,6 +37,17 @@ Test(dev_catalog, ids_are_stable_and_persisted)
 	dev_catalog_entry(c, 0, &id, &name, &unit);
 	cr_expect_str_eq(name, "cpu.user");
 	cr_expect_str_eq(unit, "%");
+	/* the next entry takes the torn one's place, it is not glued to it */
+	uint32_t d;
+	cr_assert_eq(dev_catalog_id(c, "disk.free", "bytes", &d), 0);
+	cr_expect_eq(d, 3);
+	dev_catalog_close(c);
+	cr_assert_eq(dev_catalog_open(path, &c), 0);
+	cr_assert_eq(dev_catalog_count(c), 3);
+	dev_catalog_entry(c, 2, &id, &name, &unit);
+	cr_expect_eq(id, 3);
+	cr_expect_str_eq(name, "disk.free");
+	cr_expect_str_eq(unit, "bytes");
 	dev_catalog_close(c);
 	free(path);
 	free(dir);
@@ -51,6 +62,17 @@ Test(dev_catalog, corrupt_file_is_refused)
 	fclose(f);
 	struct dev_catalog *c;
 	cr_expect_eq(dev_catalog_open(path, &c), DEV_CATALOG_ECORRUPT);
+	/* an over-long line in the middle is damage, not a torn tail: refused, nothing cut */
+	f = fopen(path, "w");
+	fputs("1 ok.metric -\n", f);
+	for (int i = 0; i < 300; i++)
+		fputc('x', f);
+	fputs("\n2 next.metric -\n", f);
+	fclose(f);
+	cr_expect_eq(dev_catalog_open(path, &c), DEV_CATALOG_ECORRUPT);
+	size_t len = 0;
+	free(h_read_file(path, &len));
+	cr_expect_eq(len, 14 + 301 + 16);
 	free(path);
 	free(dir);
 }
