@@ -646,24 +646,22 @@ static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct 
 {
 	char err[CFG_ERR_MAX];
 	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-	if (!t->n_args) {
-		snprintf(r->message, sizeof(r->message), "set_config needs key=value arguments");
+	const char *keys[WIRE_MAX_ARGS], *values[WIRE_MAX_ARGS];
+	if (!t->n_args || t->n_args > WIRE_MAX_ARGS) {
+		snprintf(r->message, sizeof(r->message), "set_config needs 1 to %d key=value arguments",
+			 WIRE_MAX_ARGS);
 		return;
 	}
-	/* all or nothing: check every pair on a scratch copy before persisting any */
 	for (size_t i = 0; i < t->n_args; i++) {
-		if (dev_config_try_override(a->cfg, t->args[i]->key, t->args[i]->value, err)) {
-			snprintf(r->message, sizeof(r->message), "%s", err);
-			return;
-		}
+		keys[i] = t->args[i]->key;
+		values[i] = t->args[i]->value;
 	}
-	for (size_t i = 0; i < t->n_args; i++) {
-		if (dev_config_set_override(a->cfg, t->args[i]->key, t->args[i]->value, err)) {
-			snprintf(r->message, sizeof(r->message), "%s", err);
-			return;
-		}
-		out_kv(r, t->args[i]->key, "%s", t->args[i]->value);
+	if (dev_config_set_overrides(a->cfg, t->n_args, keys, values, err)) {
+		snprintf(r->message, sizeof(r->message), "%s", err);
+		return;
 	}
+	for (size_t i = 0; i < t->n_args; i++)
+		out_kv(r, keys[i], "%s", values[i]);
 	olog_set_level((enum olog_level)a->cfg->log_level);
 	int64_t now = otime_mono_ms();
 	a->next_sample = now + a->cfg->sample_interval_ms;

@@ -123,8 +123,7 @@ int dev_config_load_overrides(struct dev_config *c, char *err)
 	return rc;
 }
 
-int dev_config_try_override(const struct dev_config *c, const char *key, const char *value,
-			    char *err)
+static int remote_check(const char *key, const char *value, char *err)
 {
 	int allowed = 0;
 	for (int i = 0; remote_keys[i]; i++)
@@ -134,48 +133,69 @@ int dev_config_try_override(const struct dev_config *c, const char *key, const c
 		return snprintf(err, CFG_ERR_MAX, "set_config: %s: not remotely settable", key), -1;
 	if (strpbrk(value, "\n\r\"#") || strlen(value) > 64)
 		return snprintf(err, CFG_ERR_MAX, "set_config: %s: invalid value", key), -1;
-	/* validate on a copy: a bad value changes nothing (remote keys are never strings, so the
-	 * shallow copy shares nothing that cfg_set would free) */
-	struct dev_config probe = *c;
-	if (cfg_set(opts, NOPTS, &probe, key, value, "set_config", err))
-		return -1;
-	return dev_config_check(&probe, err);
+	return 0;
 }
 
-int dev_config_set_override(struct dev_config *c, const char *key, const char *value, char *err)
+static int is_one_of(const char *line, size_t n, const char *const *keys)
 {
-	if (dev_config_try_override(c, key, value, err))
-		return -1;
+	for (size_t i = 0; i < n; i++) {
+		size_t kl = strlen(keys[i]);
+		if (!strncmp(line, keys[i], kl) && (line[kl] == ' ' || line[kl] == '='))
+			return 1;
+	}
+	return 0;
+}
 
-	/* Persist: rewrite the override file with this key replaced, atomically. */
-	char *path = override_path(c), *tmp = NULL;
+/* Rewrite the override file with these pairs replacing earlier values of their keys, through a
+ * temporary file renamed over it: a crash leaves the old file or the new one. */
+static int persist(const struct dev_config *c, size_t n, const char *const *keys,
+		   const char *const *values, char *err)
+{
+	char *path = override_path(c), *tmp = NULL, line[256];
+	int ok = 0;
 	if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
 		free(path);
 		return snprintf(err, CFG_ERR_MAX, "set_config: out of memory"), -1;
 	}
 	FILE *in = fopen(path, "r"), *out = fopen(tmp, "w");
-	char line[256];
-	int ok = out != NULL;
-	while (ok && in && fgets(line, sizeof(line), in)) {
-		size_t kl = strlen(key);
-		if (!strncmp(line, key, kl) && (line[kl] == ' ' || line[kl] == '='))
-			continue;
-		ok = fputs(line, out) >= 0;
-	}
+	ok = out != NULL;
+	while (ok && in && fgets(line, sizeof(line), in))
+		if (!is_one_of(line, n, keys))
+			ok = fputs(line, out) >= 0;
 	if (in)
 		fclose(in);
-	if (ok)
-		ok = fprintf(out, "%s = %s\n", key, value) > 0;
+	for (size_t i = 0; ok && i < n; i++) /* a key given twice: the last wins, as on load */
+		ok = fprintf(out, "%s = %s\n", keys[i], values[i]) > 0;
 	if (out) {
 		ok = ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
 		ok = fclose(out) == 0 && ok;
 	}
 	ok = ok && rename(tmp, path) == 0;
+	if (!ok)
+		snprintf(err, CFG_ERR_MAX, "set_config: cannot persist %s: %s", path, strerror(errno));
 	free(tmp);
 	free(path);
-	if (!ok)
-		return snprintf(err, CFG_ERR_MAX, "set_config: cannot persist: %s", strerror(errno)), -1;
-	cfg_set(opts, NOPTS, c, key, value, "set_config", err);
+	return ok ? 0 : -1;
+}
+
+int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *keys,
+			     const char *const *values, char *err)
+{
+	/* every pair on one scratch copy, then the cross-field checks once: the pairs must make
+	 * a valid configuration together (remote keys are never strings, so the shallow copy
+	 * shares nothing that cfg_set would free) */
+	struct dev_config probe = *c;
+	probe.source = "set_config";
+	if (!n)
+		return snprintf(err, CFG_ERR_MAX, "set_config: no key=value pairs"), -1;
+	for (size_t i = 0; i < n; i++)
+		if (remote_check(keys[i], values[i], err) ||
+		    cfg_set(opts, NOPTS, &probe, keys[i], values[i], "set_config", err))
+			return -1;
+	if (dev_config_check(&probe, err) || persist(c, n, keys, values, err))
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		cfg_set(opts, NOPTS, c, keys[i], values[i], "set_config", err);
 	return 0;
 }
 

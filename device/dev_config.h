@@ -53,13 +53,12 @@ int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err);
 /* Apply the persisted set_config overrides from <state_dir>/config.override, if any. */
 int dev_config_load_overrides(struct dev_config *c, char *err);
 
-/* Check a set_config key/value against the allowlist and bounds; on success persist it (so it
- * survives restarts) and apply it to c. err gets the reason otherwise. */
-int dev_config_set_override(struct dev_config *c, const char *key, const char *value, char *err);
-
-/* The same checks as dev_config_set_override without changing or persisting anything. */
-int dev_config_try_override(const struct dev_config *c, const char *key, const char *value,
-			    char *err);
+/* set_config: apply n key=value pairs all or nothing. Each key must be remotely settable, each
+ * value valid, and the pairs together must pass dev_config_check; then they are persisted in
+ * one atomic rewrite of <state_dir>/config.override (so they survive restarts) and applied to
+ * c. Otherwise nothing changes and err gets the reason. */
+int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *keys,
+			     const char *const *values, char *err);
 
 /* Cross-field checks that need no file access (intervals, sizes). */
 int dev_config_check(const struct dev_config *c, char *err);
