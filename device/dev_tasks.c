@@ -172,6 +172,9 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 			v->reject = "task type not allowed";
 		if (k->id > last && !strcmp(k->device_id, t->id))
 			last = k->id; /* judged once, whatever the verdict: a later copy is a replay */
+		if (!v->reject && !strcmp(k->type, "restart"))
+			break; /* what follows is for the next agent: left unjudged, the bridge
+				* delivers it again (its id is above the poll's last_task_id) */
 	}
 	if (!all) {
 		struct poll_rec *p = find_poll(t, env.seq, corr, corr_len, now_mono);

@@ -38,8 +38,9 @@ struct dev_task_verdict {
 
 /* Judge a message from our tasks topic. On return *list (free with wire_msg_free) owns the
  * tasks the verdicts point to; verdicts[0..*n) are in list order. Accepted ids are persisted
- * before this returns, so a task is never accepted twice. Returns a wire_err when nothing at
- * all could be read (then there is nothing to report). */
+ * before this returns, so a task is never accepted twice. Judging stops after an accepted
+ * `restart`: the tasks behind it stay unseen, for the restarted agent to receive again.
+ * Returns a wire_err when nothing at all could be read (then there is nothing to report). */
 int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, const uint8_t *corr,
 		    size_t corr_len, int64_t now_wall_ms, int64_t now_mono,
 		    Outpost__TaskList **list, struct dev_task_verdict *verdicts, size_t *n,

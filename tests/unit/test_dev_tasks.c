@@ -127,3 +127,69 @@ Test(dev_tasks, verdicts)
 	free(path);
 	free(dir);
 }
+
+/* A list of tasks of the given types with ids first, first+1, ...; returns the sealed envelope. */
+static uint8_t *list_of(struct wire_key *k, uint64_t seq, uint64_t first, const char **types,
+			size_t n, size_t *len)
+{
+	Outpost__TaskList l = OUTPOST__TASK_LIST__INIT;
+	Outpost__Task t[4], *tp[4];
+	for (size_t i = 0; i < n; i++) {
+		outpost__task__init(&t[i]);
+		t[i].id = first + i;
+		t[i].device_id = "dev-a";
+		t[i].type = (char *)types[i];
+		t[i].expires_at_ms = wall() + 60000;
+		tp[i] = &t[i];
+	}
+	l.poll_seq = seq;
+	l.n_tasks = n;
+	l.tasks = tp;
+	uint8_t *body, *env;
+	size_t blen;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_LIST, &l.base, &body, &blen, NULL), 0);
+	struct wire_env e = {.kind = WIRE_KIND_TASK_LIST, .seq = seq, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	strcpy(e.device_id, "dev-a");
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	free(body);
+	return env;
+}
+
+Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
+{
+	char *dir = h_tmpdir("tasks");
+	char *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = h_pki_key("bridge");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t;
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+
+	const char *types[] = {"ping", "restart", "collect_now"};
+	size_t len, n = 0;
+	uint8_t *env = list_of(bridge, 30, 20, types, 3, &len);
+	Outpost__TaskList *l = NULL;
+	struct dev_task_verdict v[WIRE_MAX_TASKS];
+	struct wire_diag d = {{0}};
+	dev_tasks_poll_sent(t, 30, corr, h_now_ms());
+	cr_assert_eq(dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n,
+				     &d), 0);
+	cr_assert_eq(n, 2, "judged up to the restart");
+	cr_expect_null(v[0].reject);
+	cr_expect_null(v[1].reject);
+	cr_expect_eq(dev_tasks_last_id(t), 21, "task 22 is not marked as seen");
+	wire_msg_free(l);
+	free(env);
+	dev_tasks_close(t);
+
+	/* the restarted agent polls; the bridge delivers what is above last_task_id */
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	dev_tasks_poll_sent(t, 31, corr, h_now_ms());
+	cr_expect_str_eq(judge(t, bridge, "dev-a", 31, 22, "dev-a", "collect_now", wall() + 60000),
+			 "run");
+	dev_tasks_close(t);
+	wire_key_free(bridge);
+	free(path);
+	free(dir);
+}
