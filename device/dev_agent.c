@@ -675,8 +675,8 @@ static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct 
 static int parse_u64(const char *s, uint64_t *v)
 {
 	char *end;
-	if (!s || !*s)
-		return -1;
+	if (!s || *s < '0' || *s > '9')
+		return -1; /* strtoull would take "-1" as the largest seq */
 	errno = 0;
 	unsigned long long x = strtoull(s, &end, 10);
 	if (errno || *end)

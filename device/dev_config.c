@@ -9,6 +9,7 @@
 
 #include "cfg.h"
 #include "dev_config.h"
+#include "ofile.h"
 #include "olog.h"
 
 #define S(f) offsetof(struct dev_config, f)
@@ -146,19 +147,15 @@ static int is_one_of(const char *line, size_t n, const char *const *keys)
 	return 0;
 }
 
-/* Rewrite the override file with these pairs replacing earlier values of their keys, through a
- * temporary file renamed over it: a crash leaves the old file or the new one. */
+/* Rewrite the override file with these pairs replacing earlier values of their keys
+ * (ofile_replace: a crash leaves the old file or the new one). */
 static int persist(const struct dev_config *c, size_t n, const char *const *keys,
 		   const char *const *values, char *err)
 {
-	char *path = override_path(c), *tmp = NULL, line[256];
-	int ok = 0;
-	if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
-		free(path);
-		return snprintf(err, CFG_ERR_MAX, "set_config: out of memory"), -1;
-	}
-	FILE *in = fopen(path, "r"), *out = fopen(tmp, "w");
-	ok = out != NULL;
+	char *path = override_path(c), *text = NULL, line[256];
+	size_t len = 0;
+	FILE *in = path ? fopen(path, "r") : NULL, *out = open_memstream(&text, &len);
+	int ok = path && out;
 	while (ok && in && fgets(line, sizeof(line), in))
 		if (!is_one_of(line, n, keys))
 			ok = fputs(line, out) >= 0;
@@ -166,14 +163,14 @@ static int persist(const struct dev_config *c, size_t n, const char *const *keys
 		fclose(in);
 	for (size_t i = 0; ok && i < n; i++) /* a key given twice: the last wins, as on load */
 		ok = fprintf(out, "%s = %s\n", keys[i], values[i]) > 0;
-	if (out) {
-		ok = ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
+	if (out)
 		ok = fclose(out) == 0 && ok;
-	}
-	ok = ok && rename(tmp, path) == 0;
+	errno = ok ? errno : ENOMEM;
+	ok = ok && ofile_replace(path, text, len) == 0;
 	if (!ok)
-		snprintf(err, CFG_ERR_MAX, "set_config: cannot persist %s: %s", path, strerror(errno));
-	free(tmp);
+		snprintf(err, CFG_ERR_MAX, "set_config: cannot persist %s: %s", path ? path : "overrides",
+			 strerror(errno));
+	free(text);
 	free(path);
 	return ok ? 0 : -1;
 }

@@ -14,6 +14,7 @@
 #include <wolfssl/wolfcrypt/aes.h>
 #include <wolfssl/wolfcrypt/random.h>
 
+#include "ofile.h"
 #include "otime.h"
 #include "crc32.h"
 #include "dev_spool.h"
@@ -165,12 +166,7 @@ static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
 
 static int fsync_dir(const char *dir)
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return DEV_SPOOL_EIO;
-	int rc = fsync(fd) == 0 ? DEV_SPOOL_OK : DEV_SPOOL_EIO;
-	close(fd);
-	return rc;
+	return ofile_sync_dir(dir) ? DEV_SPOOL_EIO : DEV_SPOOL_OK;
 }
 
 static char *seg_path(const struct dev_spool *s, uint64_t first)
@@ -340,29 +336,14 @@ static int state_write(struct dev_spool *s)
 	put32(buf + n, crc32_update(0, buf, n));
 	n += 4;
 
-	char *tmp = NULL, *dst = NULL;
-	int rc = DEV_SPOOL_ENOMEM;
-	if (asprintf(&tmp, "%s/state.tmp", s->dir) < 0 || asprintf(&dst, "%s/state", s->dir) < 0)
-		goto out;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		rc = io_err();
-		goto out;
-	}
-	rc = write_all(fd, buf, n);
-	if (!rc && fsync(fd) != 0)
-		rc = io_err();
-	close(fd);
-	if (!rc && rename(tmp, dst) != 0)
-		rc = io_err();
-	if (!rc)
-		rc = fsync_dir(s->dir);
+	char *dst = NULL;
+	if (asprintf(&dst, "%s/state", s->dir) < 0)
+		return DEV_SPOOL_ENOMEM;
+	int rc = ofile_replace(dst, buf, n) ? io_err() : DEV_SPOOL_OK;
 	if (!rc) {
 		s->state_written_ms = otime_mono_ms();
 		s->state_dirty = 0;
 	}
-out:
-	free(tmp);
 	free(dst);
 	return rc;
 }

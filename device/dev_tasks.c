@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "dev_tasks.h"
+#include "ofile.h"
 #include "wire_env.h"
 #include "wire_msg.h"
 
@@ -43,20 +44,11 @@ int dev_tasks_type_allowed(const char *type)
 
 static int save(struct dev_tasks *t)
 {
-	char *tmp = NULL;
-	if (asprintf(&tmp, "%s.tmp", t->path) < 0)
-		return WIRE_ENOMEM;
-	FILE *f = fopen(tmp, "w");
-	int ok = f && fprintf(f, "last_id %llu\nrunning %llu %s\n", (unsigned long long)t->last_id,
-			      (unsigned long long)t->running_id,
-			      t->running_type[0] ? t->running_type : "-") > 0;
-	if (f) {
-		ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-		ok = fclose(f) == 0 && ok;
-	}
-	ok = ok && rename(tmp, t->path) == 0;
-	free(tmp);
-	return ok ? WIRE_OK : WIRE_EIO;
+	char buf[64 + WIRE_MAX_TASK_TYPE];
+	int n = snprintf(buf, sizeof(buf), "last_id %llu\nrunning %llu %s\n",
+			 (unsigned long long)t->last_id, (unsigned long long)t->running_id,
+			 t->running_type[0] ? t->running_type : "-");
+	return ofile_replace(t->path, buf, (size_t)n) ? WIRE_EIO : WIRE_OK;
 }
 
 int dev_tasks_open(const char *state_path, const char *device_id,

@@ -58,13 +58,17 @@ Test(device_tasks, ping_and_collect_now, .timeout = 60)
 	cr_expect_str_eq(msg, "pong");
 	h_fakebridge_queue_task(e.fb, 2, "collect_now", NULL, NULL, 0, 0);
 	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	/* "-1" is not the largest seq */
+	h_fakebridge_queue_task(e.fb, 3, "resend", "from=1 to=-1", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 3, msg, sizeof(msg), 10000), FAILED, "%s", msg);
+	cr_expect(strstr(msg, "from=SEQ to=SEQ"), "%s", msg);
 	/* resend needs data still in the spool: stop acknowledging for a moment */
 	h_fakebridge_mode(e.fb, H_ACK_NONE);
 	h_sleep_ms(1500);
-	h_fakebridge_queue_task(e.fb, 3, "resend", "from=1 to=18446744073709551615", NULL, 0, 0);
-	cr_expect_eq(wait_result(e.fb, 3, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
-	h_fakebridge_queue_task(e.fb, 4, "resend", "from=9", NULL, 0, 0);
-	cr_expect_eq(wait_result(e.fb, 4, msg, sizeof(msg), 10000), FAILED, "%s", msg);
+	h_fakebridge_queue_task(e.fb, 4, "resend", "from=1 to=18446744073709551615", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 4, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	h_fakebridge_queue_task(e.fb, 5, "resend", "from=9", NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 5, msg, sizeof(msg), 10000), FAILED, "%s", msg);
 	stop(&e);
 }
 

@@ -1,0 +1,73 @@
+/* ofile.c - atomic, durable replacement of small files. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ofile.h"
+
+int ofile_sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd);
+	int e = errno;
+	close(fd);
+	errno = e;
+	return rc ? -1 : 0;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			if (w == 0)
+				errno = ENOSPC;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int ofile_replace(const char *path, const void *data, size_t len)
+{
+	char *tmp = NULL, *dir = NULL;
+	int rc = -1, fd = -1;
+	if (asprintf(&tmp, "%s.tmp", path) < 0 || !(dir = strdup(path))) {
+		errno = ENOMEM;
+		goto out;
+	}
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		slash[slash == dir] = '\0'; /* "/x" -> "/" */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, data, len) || fsync(fd))
+		goto out;
+	if (close(fd)) {
+		fd = -1;
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path) || ofile_sync_dir(slash ? dir : "."))
+		goto out;
+	rc = 0;
+out:
+	if (rc && tmp) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		unlink(tmp);
+		errno = e;
+	}
+	free(tmp);
+	free(dir);
+	return rc;
+}

@@ -1,0 +1,15 @@
+/* ofile.h - replacing a small file so that a crash or power cut leaves the old contents or the
+ * new, never a mix, and the new ones are on disk when the call returns. */
+#ifndef OFILE_H
+#define OFILE_H
+
+#include <stddef.h>
+
+/* Write data to <path>.tmp (mode 0600), fsync it, rename it over path and fsync the directory.
+ * Returns 0, or -1 with errno set (the temporary file is removed). */
+int ofile_replace(const char *path, const void *data, size_t len);
+
+/* fsync a directory, so that a rename or a new file in it survives a power cut. 0 or -1. */
+int ofile_sync_dir(const char *dir);
+
+#endif

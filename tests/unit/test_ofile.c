@@ -1,0 +1,34 @@
+/* test_ofile.c - atomic, durable replacement of small files. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "ofile.h"
+
+Test(ofile, replaces_whole_files_privately_and_fails_cleanly)
+{
+	char *dir = h_tmpdir("ofile"), *path = h_strf("%s/state", dir);
+	char *tmp = h_strf("%s.tmp", path), *bad = h_strf("%s/missing/state", dir);
+	cr_assert_eq(ofile_replace(path, "first version\n", 14), 0);
+	cr_assert_eq(ofile_replace(path, "second\n", 7), 0);
+	size_t len = 0;
+	char *text = h_read_file(path, &len);
+	cr_expect(text && len == 7 && !memcmp(text, "second\n", 7), "a shorter file leaves no tail");
+	free(text);
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0);
+	cr_expect_eq(st.st_mode & 0777, 0600);
+	cr_expect_neq(access(tmp, F_OK), 0, "no temporary file left behind");
+	errno = 0;
+	cr_expect_eq(ofile_replace(bad, "x", 1), -1);
+	cr_expect_eq(errno, ENOENT);
+	cr_expect_eq(ofile_sync_dir(dir), 0);
+	free(bad);
+	free(tmp);
+	free(path);
+	free(dir);
+}
