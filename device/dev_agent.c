@@ -40,6 +40,8 @@
 #define BRIDGE_CN "outpost-bridge"
 #define MAX_RESULT_OUTPUT 24
 
+struct result;
+
 struct dev_agent {
 	struct dev_config *cfg;
 	struct wire_key *key;
@@ -66,6 +68,9 @@ struct dev_agent {
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;
+	/* task results the spool could not take (disk full), oldest first; no polls meanwhile */
+	struct result *unreported[WIRE_MAX_TASKS];
+	size_t n_unreported;
 };
 
 /* ---------- time ---------- */
@@ -310,6 +315,8 @@ void dev_agent_free(struct dev_agent *a)
 	wire_batch_builder_free(a->builder);
 	dev_collect_close(a->collect);
 	dev_tasks_close(a->tasks);
+	for (size_t i = 0; i < a->n_unreported; i++)
+		free(a->unreported[i]);
 	dev_catalog_close(a->catalog);
 	dev_spool_close(a->spool);
 	wire_key_free(a->key);
@@ -535,6 +542,8 @@ static void send_poll(struct dev_agent *a)
 	uint8_t corr[DEV_TASK_CORR_LEN], *body = NULL;
 	size_t len;
 	uint64_t seq;
+	if (a->n_unreported)
+		return; /* no new tasks before the spool has taken the results it owes */
 	p.last_task_id = dev_tasks_last_id(a->tasks);
 	p.max_tasks = 8;
 	if (wc_RNG_GenerateBlock(&a->rng, corr, sizeof(corr)) ||
@@ -555,11 +564,13 @@ static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_
 
 /* ---------- tasks ---------- */
 
+/* Self-contained (no pointers): it can wait in memory after the task list is freed. */
 struct result {
+	uint64_t task_id;
+	int64_t finished_at_ms;
 	int status; /* Outpost__TaskStatus */
 	char message[WIRE_MAX_TEXT];
-	Outpost__KeyValue kv[MAX_RESULT_OUTPUT];
-	Outpost__KeyValue *kvp[MAX_RESULT_OUTPUT];
+	char keys[MAX_RESULT_OUTPUT][WIRE_MAX_KEY + 1];
 	char vals[MAX_RESULT_OUTPUT][160];
 	size_t n;
 };
@@ -574,36 +585,73 @@ static void out_kv(struct result *r, const char *key, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(r->vals[r->n], sizeof(r->vals[r->n]), fmt, ap);
 	va_end(ap);
-	outpost__key_value__init(&r->kv[r->n]);
-	r->kv[r->n].key = (char *)key;
-	r->kv[r->n].value = r->vals[r->n];
-	r->kvp[r->n] = &r->kv[r->n];
+	snprintf(r->keys[r->n], sizeof(r->keys[r->n]), "%s", key);
 	r->n++;
 }
 
-static void report(struct dev_agent *a, uint64_t task_id, const struct result *r)
+/* Seal the result into the spool: 0, or why not. */
+static int store_result(struct dev_agent *a, const struct result *r)
 {
 	Outpost__TaskResult m = OUTPOST__TASK_RESULT__INIT;
+	Outpost__KeyValue kv[MAX_RESULT_OUTPUT], *kvp[MAX_RESULT_OUTPUT];
 	uint8_t *body = NULL;
 	size_t len;
 	uint64_t seq;
-	if (dev_spool_take_seq(a->spool, &seq))
-		return;
+	int rc = dev_spool_take_seq(a->spool, &seq);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < r->n; i++) {
+		outpost__key_value__init(&kv[i]);
+		kv[i].key = (char *)r->keys[i];
+		kv[i].value = (char *)r->vals[i];
+		kvp[i] = &kv[i];
+	}
 	m.prev_seq = dev_spool_last_durable(a->spool);
-	m.task_id = task_id;
+	m.task_id = r->task_id;
 	m.status = (Outpost__TaskStatus)r->status;
 	m.message = (char *)r->message;
 	m.n_output = r->n;
-	m.output = (Outpost__KeyValue **)r->kvp;
-	m.finished_at_ms = otime_wall_ms();
+	m.output = kvp;
+	m.finished_at_ms = r->finished_at_ms;
 	struct wire_diag d = {{0}};
-	int rc = wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d);
-	if (!rc)
-		rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
+	rc = wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d);
 	if (rc)
-		olog(OLOG_ERROR, "task %" PRIu64 ": cannot store the result: %s", task_id,
-		     d.msg[0] ? d.msg : dev_spool_strerror(rc));
+		olog(OLOG_ERROR, "task %" PRIu64 ": cannot encode the result: %s", r->task_id,
+		     d.msg[0] ? d.msg : wire_strerror(rc));
+	else
+		rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
 	free(body);
+	return rc;
+}
+
+/* Report a task's result. If the spool cannot take it (disk full), it waits in memory, in
+ * order, and is stored by retry_results; only a restart before then loses it. */
+static void report(struct dev_agent *a, uint64_t task_id, struct result *r)
+{
+	r->task_id = task_id;
+	r->finished_at_ms = otime_wall_ms();
+	int rc = a->n_unreported ? DEV_SPOOL_ENOSPC : store_result(a, r);
+	if (!rc)
+		return;
+	struct result *keep = a->n_unreported < WIRE_MAX_TASKS ? malloc(sizeof(*keep)) : NULL;
+	if (!keep) {
+		olog(OLOG_ERROR, "task %" PRIu64 ": result lost: %s, and no room to keep it", task_id,
+		     dev_spool_strerror(rc));
+		return;
+	}
+	*keep = *r;
+	a->unreported[a->n_unreported++] = keep;
+	olog(OLOG_WARN, "task %" PRIu64 ": result kept in memory until the spool takes it (%s)",
+	     task_id, dev_spool_strerror(rc));
+}
+
+static void retry_results(struct dev_agent *a)
+{
+	while (a->n_unreported && !store_result(a, a->unreported[0])) {
+		olog(OLOG_INFO, "task %" PRIu64 ": result stored", a->unreported[0]->task_id);
+		free(a->unreported[0]);
+		memmove(a->unreported, a->unreported + 1, --a->n_unreported * sizeof(a->unreported[0]));
+	}
 }
 
 static const char *arg_of(const Outpost__Task *t, const char *key)
@@ -889,6 +937,8 @@ int dev_agent_run(struct dev_agent *a)
 			if (a->next_sample <= now) /* we fell behind (suspend, slow disk): skip ahead */
 				a->next_sample = now + c->sample_interval_ms;
 		}
+		if (a->n_unreported && now >= a->next_flush)
+			retry_results(a);
 		if (wire_batch_count(a->builder) &&
 		    (now >= a->next_flush || wire_batch_count(a->builder) >= (size_t)c->batch_max_readings)) {
 			flush_batch(a);

@@ -88,6 +88,7 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_reconnect;
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN); /* a file size limit (ulimit -f) is a full disk, not a crash */
 
 	rc = dev_agent_run(agent);
 	struct dev_agent *a = agent;

@@ -3,9 +3,13 @@
  * task twice, set_config survives a restart. (End to end with the real bridge:
  * test_tasks.c.) */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "h_device.h"
@@ -138,5 +142,54 @@ Test(device_tasks, set_config_survives_restart_and_restart_runs_once, .timeout =
 	cr_assert(h_log_wait(e.d.log, "connected to", 3, 15000));
 	h_sleep_ms(2500);
 	cr_expect_eq(h_log_count(e.d.log, "task 22: running"), 1, "restart ran twice");
+	stop(&e);
+}
+
+/* Size of the largest spool segment of the device. */
+static long largest_segment(const struct h_device *d)
+{
+	char *dir = h_strf("%s/state/spool", d->dir);
+	DIR *dp = opendir(dir);
+	struct dirent *de;
+	long size = -1;
+	while (dp && (de = readdir(dp))) {
+		struct stat st;
+		char *path = h_strf("%s/%s", dir, de->d_name);
+		if (!strncmp(de->d_name, "seg-", 4) && stat(path, &st) == 0 && st.st_size > size)
+			size = (long)st.st_size;
+		free(path);
+	}
+	if (dp)
+		closedir(dp);
+	free(dir);
+	return size;
+}
+
+Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	start(&e);
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+
+	/* the disk fills up under the spool (its segment may not grow; the small state files
+	 * still fit) while a task runs: the task runs, its result has nowhere to go */
+	h_fakebridge_mode(e.fb, H_ACK_NONE);
+	for (int i = 0; i < 100 && largest_segment(&e.d) <= 2048; i++)
+		h_sleep_ms(100);
+	cr_assert_gt(largest_segment(&e.d), 2048);
+	struct rlimit full = {2048, RLIM_INFINITY}, room = {RLIM_INFINITY, RLIM_INFINITY};
+	cr_assert_eq(prlimit(e.d.pid, RLIMIT_FSIZE, &full, NULL), 0);
+	h_fakebridge_queue_task(e.fb, 2, "ping", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 4000), 0, "no result without a spool");
+	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent is still running");
+	cr_assert_eq(prlimit(e.d.pid, RLIMIT_FSIZE, &room, NULL), 0);
+	h_fakebridge_mode(e.fb, H_ACK_NORMAL); /* the upload window drains */
+	msg[0] = '\0';
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 15000), SUCCEEDED,
+		     "the result was kept and stored once there was room: %s", msg);
+	cr_expect_str_eq(msg, "pong");
+	cr_expect(h_log_wait(e.d.log, "task 2: result stored", 1, 5000));
 	stop(&e);
 }
