@@ -339,15 +339,22 @@ static int seal(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t 
 	return wire_env_seal(a->key, &e, env, env_len);
 }
 
+/* Spool errors repeat on every sample while a disk is full: logged at most once a minute. */
+static int spool_error_due(struct dev_agent *a)
+{
+	int64_t now = otime_mono_ms();
+	a->spool_errors++;
+	if (now - a->last_spool_error_log <= 60000 && !olog_enabled(OLOG_DEBUG))
+		return 0;
+	a->last_spool_error_log = now;
+	return 1;
+}
+
 static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 {
-	a->spool_errors++;
-	int64_t now = otime_mono_ms();
-	if (now - a->last_spool_error_log > 60000 || olog_enabled(OLOG_DEBUG)) {
+	if (spool_error_due(a))
 		olog(OLOG_ERROR, "spool: cannot store %s: %s (%s); keeping it in memory and retrying",
 		     what, dev_spool_strerror(rc), strerror(errno));
-		a->last_spool_error_log = now;
-	}
 }
 
 /* Seal a durable body (batch or task result, whose prev_seq the caller set) and spool it. */
@@ -891,7 +898,12 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		if (t == WIRE_TOPIC_ACK) {
 			struct wire_diag d = {{0}};
 			int rc = dev_uploader_on_ack(a->up, ev->data, ev->len, otime_mono_ms(), &d);
-			if (rc) {
+			if (rc == WIRE_EIO) {
+				if (spool_error_due(a))
+					olog(OLOG_ERROR, "spool: an ack was applied but not recorded on disk "
+					     "(%s); after a restart those envelopes may be sent again",
+					     strerror(errno));
+			} else if (rc) {
 				a->bad_acks++;
 				olog(OLOG_WARN, "ignored an ack that failed verification: %s%s%s", wire_strerror(rc),
 				     d.msg[0] ? ": " : "", d.msg);

@@ -176,9 +176,12 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 		} else if (u->resend_first) {
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
 			rc = send_next(u, now, &c, 0, u->resend_last, send, ctx);
-			u->resend_first = rc == 0 && c.next_seq <= u->resend_last ? c.next_seq : 0;
-			if (rc == 1)
+			if (rc == 1) {
+				u->resend_first = 0;
 				continue;
+			}
+			if (rc == 0) /* not sent (a dead link): the range is kept for later */
+				u->resend_first = c.next_seq <= u->resend_last ? c.next_seq : 0;
 		} else {
 			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
 			if (rc == 1)

@@ -50,7 +50,8 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 
 /* The payload of a message on our ack topic. Verifies envelope, kind, device id and bridge
  * signature before anything changes. Returns 0 if applied, else a wire_err (diag says why);
- * a rejected ack deletes nothing. */
+ * a rejected ack deletes nothing. WIRE_EIO: verified and applied, but the spool could not
+ * record it on disk (a restart may send those envelopes again; the bridge drops duplicates). */
 int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t len, int64_t now,
 			struct wire_diag *diag);
 

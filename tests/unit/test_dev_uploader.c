@@ -29,6 +29,21 @@ static int send_fn(void *ctx, const struct dev_spool_rec *rec, const uint8_t *en
 	return 0;
 }
 
+/* send_fn that accepts `left` envelopes, then refuses (a link that just died) */
+struct refusing {
+	struct sent *s;
+	int left;
+};
+
+static int refusing_send(void *ctx, const struct dev_spool_rec *rec, const uint8_t *env,
+			 size_t len)
+{
+	struct refusing *r = ctx;
+	if (r->left-- <= 0)
+		return -1;
+	return send_fn(r->s, rec, env, len);
+}
+
 static int64_t now_wall(void)
 {
 	struct timespec ts;
@@ -271,6 +286,16 @@ Test(dev_uploader, resend_task_sends_acknowledged_records_still_on_disk)
 	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 3);
 	cr_expect_eq(s.seq[0], f.seqs[2]);
 	cr_expect_eq(s.seq[2], f.seqs[4]);
+
+	/* the link refuses a send halfway: the rest of the range waits for the next pump */
+	s.n = 0;
+	dev_uploader_resend(f.up, f.seqs[1], f.seqs[3]);
+	struct refusing r = {&s, 1};
+	cr_expect_eq(dev_uploader_pump(f.up, 3, refusing_send, &r), 1);
+	cr_expect_eq(dev_uploader_pump(f.up, 4, send_fn, &s), 2);
+	cr_assert_eq(s.n, 3);
+	cr_expect_eq(s.seq[1], f.seqs[2]);
+	cr_expect_eq(s.seq[2], f.seqs[3]);
 	teardown(&f);
 }
 
