@@ -505,6 +505,11 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		             DECODE_MAX_INPUT >> 20);
 		goto out;
 	}
+	if (!len) { /* e.g. mosquitto_sub could not connect, or timed out without a message */
+		free(buf);
+		rc = ctl_err(CTL_FAIL, "decode: no input, nothing to decode");
+		goto out;
+	}
 	message(&d, topic, (const uint8_t *)buf, len);
 	free(buf);
 done:

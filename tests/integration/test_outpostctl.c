@@ -188,6 +188,10 @@ static void populated(const char *store, const char *tag)
 	          "%s", out);
 	free(out);
 	free(cmd);
+	/* nothing at all (mosquitto_sub could not connect): said so, not an "INVALID envelope" */
+	out = ctl(url, 1, "decode < /dev/null");
+	cr_expect(strstr(out, "no input") && !strstr(out, "INVALID"), "%s", out);
+	free(out);
 	/* a raw payload, then the same tampered */
 	size_t blen, n;
 	uint8_t *body = h_batch_body(&oa, 7, 5, &blen);
