@@ -118,9 +118,20 @@ start_bridge() {
 say "bridge: store $store"
 start_bridge
 
+# revoked (provision-certs.sh --revoke): the broker would refuse it on every attempt
+revoked() {
+	local serial
+	serial=$(openssl x509 -in "$pki/devices/$1.crt" -noout -serial 2>/dev/null) || return 1
+	awk -F'\t' -v s="${serial#serial=}" '$1 == "R" && toupper($4) == toupper(s) { f = 1 } END { exit !f }' \
+		"$pki/.ca/index.txt"
+}
 say "devices: $devices (logs in $state/logs)"
 for i in $(seq 1 "$devices"); do
 	id=$(printf 'device-%04d' "$i")
+	if revoked "$id"; then
+		say "$id: certificate revoked; not started (delete $pki/devices/$id.* to re-provision it)"
+		continue
+	fi
 	"$device_bin" --id "$id" --broker-host localhost --wss-port "$wss" --mqtts-port "$mqtts" \
 		--ca "$pki/ca.crt" --cert "$pki/devices/$id.crt" --key "$pki/devices/$id.key" \
 		--bridge-cert "$pki/bridge.crt" --state-dir "$state/devices/$id" --proxy none \
@@ -166,6 +177,7 @@ view
 cat <<NEXT
 
 Next commands to try (the store is $store):
+  export OUTPOST_STORE=$store OUTPOST_PKI_DIR=$pki OUTPOST_INTERNAL_PORT=$internal
   $ctl_bin devices
   $ctl_bin readings --device device-0001 --metric sim.sensor_0000 --format csv
   $ctl_bin task add --device device-0001 --type ping

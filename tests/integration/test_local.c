@@ -55,15 +55,28 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	cr_expect_neq(h_sh(cmd, &out, 10), 0, "processes left behind:\n%s", out);
 	free(out);
 	free(cmd);
-	/* a second run reuses the PKI and the store */
+	/* a second run reuses the PKI and the store, and leaves a revoked device out */
 	char *ca = h_strf("%s/pki/ca.crt", state);
 	char *before = h_read_file(ca, NULL);
+	cmd = h_strf("%s/scripts/provision-certs.sh --out %s/pki --revoke device-0002", h_source_dir(),
+		     state);
+	cr_expect_eq(h_sh(cmd, NULL, 30), 0);
+	free(cmd);
 	argv[4] = "6";
 	pid = h_spawn(argv, env, log);
 	h_track_pid(pid);
 	cr_expect_eq(h_wait_exit(pid, 60000), 0);
 	char *after = h_read_file(ca, NULL);
 	cr_expect(before && after && !strcmp(before, after), "the PKI was recreated");
+	text = h_read_file(log, NULL);
+	cr_expect(text && strstr(text, "device-0002: certificate revoked; not started"), "%s",
+		  text ? text : "");
+	cr_expect(text && !strstr(text, "device-0001: certificate revoked"), "%s", text ? text : "");
+	/* the next commands work from anywhere, with this state directory */
+	char *exp = h_strf("export OUTPOST_STORE=%s OUTPOST_PKI_DIR=%s/pki", store, state);
+	cr_expect(text && strstr(text, exp), "%s", text ? text : "");
+	free(exp);
+	free(text);
 	int64_t n = h_store_i64(store, "SELECT count(*) FROM devices", 0);
 	cr_expect_eq(n, 3, "same store, same devices");
 	free(before);
