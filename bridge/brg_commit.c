@@ -488,7 +488,7 @@ static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_i
 		w->online = 0;
 		w->dirty = 1;
 		return brg_commit__event(c, w, "offline",
-		                         "status: offline (will: connection lost)");
+		                         "status: offline (stopped, or its connection was lost)");
 	}
 	return 0;
 }
