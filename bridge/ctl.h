@@ -47,6 +47,15 @@ struct ctl_optdef {
 int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
              const char **pos, int max_pos, int *npos);
 
+/* "a, b, c" from a NULL-terminated list, into buf (cap bytes; cut short if it does not fit). */
+const char *ctl_list(const char *const *list, char *buf, size_t cap);
+
+/* CTL_OK if value is in the NULL-terminated list allowed, else CTL_USAGE after printing
+ * "<cmd>: --<opt> '<value>': want one of <allowed>". A filter value nothing could match is
+ * a mistake to tell, not an empty answer. */
+int ctl_check_choice(const char *cmd, const char *opt, const char *value,
+                     const char *const *allowed);
+
 /* ---- time ---- */
 
 /* "2026-11-22T22:00:00.123Z"; "" for 0. buf: 32 bytes. */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cfg.h"
 #include "ctl.h"
 #include "store_ops.h"
 #include "store_prune.h"
@@ -121,7 +122,8 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "events: --format: want table, csv or json");
-	if ((since && (rc = parse_time_opt("events", "since", since, &from))) ||
+	if ((type && (rc = ctl_check_choice("events", "type", type, store_event_types))) ||
+	    (since && (rc = parse_time_opt("events", "since", since, &from))) ||
 	    (limit && (rc = parse_limit("events", limit, &max))))
 		return rc;
 	if (!ctl_store(c))
@@ -220,6 +222,32 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	return rc < 0 ? ctl_store_err(c, "gaps", rc) : CTL_OK;
 }
 
+/* Times ctl_parse_time takes but prune, as it deletes, refuses as likely mistakes: a signed
+ * duration (read as that long ago, though "-5d" may have meant anything), a zero one (this
+ * very moment: everything goes; "now" says so on purpose), a bare small number (seconds after
+ * 1970: nothing goes, where "90" surely meant days). 10-digit Unix times (2001 on) are fine. */
+static int prune_before_check(const char *s)
+{
+	size_t n = strlen(s), nd = strspn(s, "0123456789");
+	int64_t d;
+	if (s[0] == '-')
+		return ctl_err(CTL_USAGE,
+		               "prune: --before %s: a negative duration; want how long ago without a"
+		               " sign (e.g. 90d) or a date",
+		               s);
+	if (nd && nd < n && !cfg_parse_duration(s, &d) && d == 0)
+		return ctl_err(CTL_USAGE,
+		               "prune: --before %s: a zero duration is this moment and would prune"
+		               " everything; want how long ago (e.g. 90d), or 'now' if that is meant",
+		               s);
+	if (n && nd == n && n < 10)
+		return ctl_err(CTL_USAGE,
+		               "prune: --before %s: a bare number is seconds after 1970; write %sd for"
+		               " %s days ago, or @%s if that is meant",
+		               s, s, s, s);
+	return CTL_OK;
+}
+
 int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
 {
 	const char *before = NULL, *yes = NULL, *pos[1];
@@ -233,7 +261,8 @@ int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
 	if (!before)
 		return ctl_err(CTL_USAGE,
 		               "prune: --before T is required (e.g. 90d: older than 90 days)");
-	if ((rc = parse_time_opt("prune", "before", before, &cut)))
+	if ((rc = prune_before_check(before)) ||
+	    (rc = parse_time_opt("prune", "before", before, &cut)))
 		return rc;
 	if (cut > store_now_ms() || cut < 0)
 		return ctl_err(CTL_USAGE, "prune: --before %s is %s", before,

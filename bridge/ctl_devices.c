@@ -26,6 +26,8 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "devices: --format: want table, csv or json");
+	if (state && (rc = ctl_check_choice("devices", "state", state, store_device_states)))
+		return rc;
 	struct store *s = ctl_store(c);
 	if (!s)
 		return c->code;

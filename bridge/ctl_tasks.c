@@ -1,4 +1,5 @@
 /* ctl_tasks.c - outpostctl task add|list|show|cancel (the operator side of polled tasks). */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,9 +8,83 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "store_ops.h"
+#include "wire_task.h"
 #include "wire_topic.h"
 
 #define DEFAULT_EXPIRY "24h"
+
+/* An envelope seq: digits only (strtoull would read "-1" as the largest seq), below 2^63. */
+static int parse_seq(const char *s, uint64_t *v)
+{
+	char *end;
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	unsigned long long x = strtoull(s, &end, 10);
+	if (errno || *end || x > INT64_MAX)
+		return -1;
+	*v = x;
+	return 0;
+}
+
+/* What each task type takes (docs/DEVICE.md "Tasks"), checked when the task is queued: a
+ * mistake is told now, not reported by the device a poll later. The device checks again
+ * (set_config values included: their bounds are its own). */
+static int check_args(const char *type, const struct store_kv *kv, size_t n)
+{
+	char keys[256];
+	if (!strcmp(type, "set_config")) {
+		ctl_list(wire_set_config_keys, keys, sizeof(keys));
+		if (!n)
+			return ctl_err(CTL_USAGE,
+			               "task add: set_config needs at least one --arg KEY=VALUE (keys:"
+			               " %s)",
+			               keys);
+		for (size_t i = 0; i < n; i++) {
+			if (!wire_set_config_key_ok(kv[i].key))
+				return ctl_err(CTL_USAGE,
+				               "task add: set_config: '%s' cannot be set remotely"
+				               " (settable: %s)",
+				               kv[i].key, keys);
+			if (!kv[i].value[0])
+				return ctl_err(CTL_USAGE,
+				               "task add: set_config: --arg %s= needs a value",
+				               kv[i].key);
+		}
+		return CTL_OK;
+	}
+	if (!strcmp(type, "resend")) {
+		const char *from = NULL, *to = NULL;
+		uint64_t first, last;
+		for (size_t i = 0; i < n; i++) {
+			if (!strcmp(kv[i].key, "from"))
+				from = kv[i].value;
+			else if (!strcmp(kv[i].key, "to"))
+				to = kv[i].value;
+			else
+				return ctl_err(CTL_USAGE,
+				               "task add: resend takes only --arg from=SEQ --arg to=SEQ,"
+				               " not '%s'",
+				               kv[i].key);
+		}
+		if (!from || !to)
+			return ctl_err(CTL_USAGE,
+			               "task add: resend needs --arg from=SEQ --arg to=SEQ (the"
+			               " envelope seqs to send again)");
+		if (parse_seq(from, &first))
+			return ctl_err(CTL_USAGE, "task add: --arg from=%s: want a sequence number",
+			               from);
+		if (parse_seq(to, &last))
+			return ctl_err(CTL_USAGE, "task add: --arg to=%s: want a sequence number", to);
+		if (first > last)
+			return ctl_err(CTL_USAGE, "task add: resend: from %s is after to %s", from,
+			               to);
+		return CTL_OK;
+	}
+	if (n)
+		return ctl_err(CTL_USAGE, "task add: %s takes no --arg", type);
+	return CTL_OK;
+}
 
 static int add(struct ctl *c, int argc, char **argv)
 {
@@ -29,57 +104,65 @@ static int add(struct ctl *c, int argc, char **argv)
 	if (wire_device_id_check(device))
 		return ctl_err(CTL_USAGE, "task add: '%s' is not a device id", device);
 	if (!store_task_type_allowed(type)) {
-		char list[128] = "";
-		for (size_t i = 0; store_task_types[i]; i++)
-			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
-			         i ? ", " : "", store_task_types[i]);
+		char list[128];
 		return ctl_err(CTL_USAGE, "task add: type '%s' is not allowed (allowed: %s)", type,
-		               list);
+		               ctl_list(store_task_types, list, sizeof(list)));
 	}
 	int64_t ttl;
 	if (cfg_parse_duration(expires, &ttl) || ttl <= 0 || ttl > 3650LL * 86400000)
 		return ctl_err(CTL_USAGE, "task add: --expires: want a duration like 30m, 24h, 7d");
 	struct store_kv kv[WIRE_MAX_ARGS];
 	char *copies[WIRE_MAX_ARGS] = {0};
+	size_t ncopies = 0;
+	struct store *s = NULL;
+	int64_t id = 0;
 	for (size_t i = 0; i < nargs; i++) {
 		const char *eq = strchr(args[i], '=');
-		if (!eq || eq == args[i])
-			return ctl_err(CTL_USAGE, "task add: --arg '%s': want key=value", args[i]);
+		if (!eq || eq == args[i]) {
+			rc = ctl_err(CTL_USAGE, "task add: --arg '%s': want key=value", args[i]);
+			goto out;
+		}
 		size_t klen = (size_t)(eq - args[i]);
-		if (klen > WIRE_MAX_KEY || strlen(eq + 1) > WIRE_MAX_VALUE)
-			return ctl_err(
-			    CTL_USAGE,
-			    "task add: --arg '%.40s': key over %d or value over %d bytes", args[i],
-			    WIRE_MAX_KEY, WIRE_MAX_VALUE);
+		if (klen > WIRE_MAX_KEY || strlen(eq + 1) > WIRE_MAX_VALUE) {
+			rc = ctl_err(CTL_USAGE,
+			             "task add: --arg '%.40s': key over %d or value over %d bytes",
+			             args[i], WIRE_MAX_KEY, WIRE_MAX_VALUE);
+			goto out;
+		}
 		for (size_t j = 0; j < i; j++)
 			if (strlen(kv[j].key) == klen && !strncmp(kv[j].key, args[i], klen)) {
-				for (size_t k = 0; k < i; k++)
-					free(copies[k]);
-				return ctl_err(CTL_USAGE, "task add: --arg %.*s given twice",
-				               (int)klen, args[i]);
+				rc = ctl_err(CTL_USAGE, "task add: --arg %.*s given twice",
+				             (int)klen, args[i]);
+				goto out;
 			}
-		copies[i] = strndup(args[i], klen);
+		if (!(copies[ncopies++] = strndup(args[i], klen))) {
+			rc = ctl_err(CTL_FAIL, "task add: out of memory");
+			goto out;
+		}
 		kv[i].key = copies[i];
 		kv[i].value = eq + 1;
 	}
-	struct store *s = ctl_store(c);
-	int64_t id = 0;
-	rc = s ? store_task_add(s, device, type, kv, nargs, store_now_ms() + ttl, CTL_PROG, &id)
-	       : STORE_ECONN;
-	for (size_t i = 0; i < nargs; i++)
-		free(copies[i]);
-	if (!s)
-		return c->code;
+	if ((rc = check_args(type, kv, nargs)))
+		goto out;
+	if (!(s = ctl_store(c))) {
+		rc = c->code;
+		goto out;
+	}
+	rc = store_task_add(s, device, type, kv, nargs, store_now_ms() + ttl, CTL_PROG, &id);
 	if (rc == STORE_ENOTFOUND)
-		return ctl_err(CTL_FAIL, "no device '%s' in %s", device, store_url(s));
-	if (rc == STORE_ESTATE)
-		return ctl_err(CTL_FAIL, "%s is revoked: no tasks for it", device);
-	if (rc == STORE_EINVAL)
-		return ctl_err(CTL_USAGE, "task add: arguments refused (control characters?)");
-	if (rc)
-		return ctl_store_err(c, "task add", rc);
-	printf("%" PRId64 "\n", id);
-	return CTL_OK;
+		rc = ctl_err(CTL_FAIL, "no device '%s' in %s", device, store_url(s));
+	else if (rc == STORE_ESTATE)
+		rc = ctl_err(CTL_FAIL, "%s is revoked: no tasks for it", device);
+	else if (rc == STORE_EINVAL)
+		rc = ctl_err(CTL_USAGE, "task add: arguments refused (control characters?)");
+	else if (rc)
+		rc = ctl_store_err(c, "task add", rc);
+	else
+		printf("%" PRId64 "\n", id);
+out:
+	for (size_t i = 0; i < ncopies; i++)
+		free(copies[i]);
+	return rc;
 }
 
 static int list(struct ctl *c, int argc, char **argv)
@@ -97,6 +180,8 @@ static int list(struct ctl *c, int argc, char **argv)
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "task list: --format: want table, csv or json");
+	if (state && (rc = ctl_check_choice("task list", "state", state, store_task_states)))
+		return rc;
 	if (limit) {
 		char *end;
 		max = strtoll(limit, &end, 10);

@@ -9,6 +9,7 @@
 #ifndef OUTPOSTCTL_DEFAULT_STORE
 #define OUTPOSTCTL_DEFAULT_STORE "sqlite:var/local/outpost.db"
 #endif
+#define CTL_DEFAULT_CONFIG "/etc/outpost/outpostctl.conf"
 
 struct settings {
 	char *store;
@@ -56,7 +57,13 @@ static void usage(FILE *out)
 	    "                             (or one raw payload), verifying signatures when\n"
 	    "                             certificates are given\n\n"
 	    "Times (T): 2026-11-22T22:00:00Z, 2026-11-22, 90m / 2h / 7d (ago), now, @UNIXSECONDS.\n"
-	    "Options:\n");
+	    "Filters (--state, --type) take only the values Outpost writes; others are refused.\n\n"
+	    "Options (anywhere on the command line):\n"
+	    "  --help, -h               this text\n"
+	    "  --version, -V            the version\n"
+	    "  --config FILE, -c FILE   settings file (key: store) [" CTL_DEFAULT_CONFIG
+	    " if it exists;\n"
+	    "                           also OUTPOST_CONFIG]\n");
 	cfg_print_help(out, opts, sizeof(opts) / sizeof(opts[0]), "OUTPOST_");
 	fprintf(out, "Exit status: 0 ok, 1 failure (store, not found, refused), 2 usage error.\n");
 }
@@ -107,7 +114,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (cfg_parse(opts, sizeof(opts) / sizeof(opts[0]), &set, gargc, gargv, "OUTPOST_",
-	              "/etc/outpost/outpostctl.conf", err)) {
+	              CTL_DEFAULT_CONFIG, err)) {
 		rc = ctl_err(CTL_USAGE, "%s", err);
 		goto out;
 	}
@@ -135,6 +142,8 @@ int main(int argc, char **argv)
 		rc = ctl_cmd_task(&c, n, rest);
 	else if (!strcmp(cmd, "decode"))
 		rc = ctl_cmd_decode(&c, n, rest);
+	else if (cmd[0] == '-')
+		rc = ctl_err(CTL_USAGE, "unknown option '%s' (try --help)", cmd);
 	else
 		rc = ctl_err(CTL_USAGE, "unknown command '%s' (try --help)", cmd);
 	if (fflush(stdout) != 0 && rc == CTL_OK)

@@ -10,6 +10,32 @@
 const char *const store_task_types[] = {"ping",        "set_config", "resend",
                                         "collect_now", "restart",    NULL};
 
+const char *const store_device_states[] = {STORE_ST_UNENROLLED, STORE_ST_ACTIVE,
+                                           STORE_ST_QUARANTINED, STORE_ST_REVOKED,
+                                           STORE_ST_DEACTIVATED, NULL};
+
+const char *const store_task_states[] = {STORE_TASK_QUEUED,    STORE_TASK_DELIVERED,
+                                         STORE_TASK_SUCCEEDED, STORE_TASK_FAILED,
+                                         STORE_TASK_EXPIRED,   STORE_TASK_CANCELLED,
+                                         NULL};
+
+/* In the order of docs/BRIDGE.md "Health". tests/unit/test_store.c checks that every type the
+ * bridge sources write is here. */
+const char *const store_event_types[] = {
+    "enrolled", "reenrolled", "birth", "chain_floor_ahead", "chain_floor_ignored", "online",
+    "offline", "rejected", "quarantined", "released", "revoked", "deactivated", "reactivated",
+    "gap_dropped", "gap_missing", "gap_filled", "metric_unnamed", "task_queued",
+    "task_delivered", "task_succeeded", "task_failed", "task_expired", "task_cancelled",
+    "task_result_unknown", "task_result_ignored", "pruned", NULL};
+
+int store_name_in(const char *name, const char *const *list)
+{
+	for (size_t i = 0; name && list[i]; i++)
+		if (!strcmp(name, list[i]))
+			return 1;
+	return 0;
+}
+
 int64_t store_now_ms(void)
 {
 	struct timespec ts;
@@ -184,10 +210,7 @@ fail:
 
 int store_task_type_allowed(const char *type)
 {
-	for (size_t i = 0; type && store_task_types[i]; i++)
-		if (!strcmp(type, store_task_types[i]))
-			return 1;
-	return 0;
+	return store_name_in(type, store_task_types);
 }
 
 static int valid_text(const char *s, size_t max)

@@ -20,6 +20,16 @@ int64_t store_now_ms(void);
 #define STORE_ST_REVOKED     "revoked"     /* refused for good (store or CRL revocation) */
 #define STORE_ST_DEACTIVATED "deactivated" /* silent too long; any verified message revives */
 
+/* NULL-terminated lists of the values the programs write, for checking operator input:
+ * devices.state (the STORE_ST_* above), tasks.state (STORE_TASK_* below) and events.type
+ * (docs/BRIDGE.md "Health"; a new event type is added here). */
+extern const char *const store_device_states[];
+extern const char *const store_task_states[];
+extern const char *const store_event_types[];
+
+/* 1 if name (may be NULL) is in the NULL-terminated list, else 0. */
+int store_name_in(const char *name, const char *const *list);
+
 struct store_device {
 	int64_t key; /* devices.id */
 	char device_id[WIRE_ID_MAX + 1];

@@ -11,6 +11,7 @@
 #include "dev_config.h"
 #include "ofile.h"
 #include "olog.h"
+#include "wire_task.h"
 
 #define S(f) offsetof(struct dev_config, f)
 #define SEC 1000LL
@@ -53,10 +54,6 @@ static const struct cfg_opt opts[] = {
 	{"log_level", CFG_ENUM, S(log_level), 0, 0, "info", "what the log shows, from the least", levels},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
-
-/* What set_config may change remotely: operational tuning, never identity or trust. */
-static const char *const remote_keys[] = {"sample_interval", "batch_interval", "batch_max_readings",
-					  "poll_interval", "log_level", NULL};
 
 int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err)
 {
@@ -126,11 +123,8 @@ int dev_config_load_overrides(struct dev_config *c, char *err)
 
 static int remote_check(const char *key, const char *value, char *err)
 {
-	int allowed = 0;
-	for (int i = 0; remote_keys[i]; i++)
-		if (!strcmp(key, remote_keys[i]))
-			allowed = 1;
-	if (!allowed)
+	/* what set_config may change remotely: wire_task.h, shared with outpostctl */
+	if (!wire_set_config_key_ok(key))
 		return snprintf(err, CFG_ERR_MAX, "set_config: %s: not remotely settable", key), -1;
 	if (strpbrk(value, "\n\r\"#") || strlen(value) > 64)
 		return snprintf(err, CFG_ERR_MAX, "set_config: %s: invalid value", key), -1;

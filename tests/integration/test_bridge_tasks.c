@@ -183,7 +183,7 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	                       " --arg log_level=debug --expires 1h");
 	int64_t soon = add_task("task add --device dev-a --type collect_now --expires 1s");
 	int64_t other = add_task("task add --device dev-b --type restart");
-	int64_t gone = add_task("task add --device dev-a --type resend --arg first=1 --arg last=9");
+	int64_t gone = add_task("task add --device dev-a --type resend --arg from=1 --arg to=9");
 	cr_expect_eq(h_ctl(br.store, "task cancel 5", &out), 0, "%s", out);
 	free(out);
 	cr_expect_eq(gone, 5);

@@ -1,6 +1,6 @@
 /* test_outpostctl.c - outpostctl output for each command on a store populated by the real
  * bridge (SQLite and PostgreSQL give the same answers), decode of mosquitto_sub captures and
- * raw payloads, exit statuses. */
+ * raw payloads, exit statuses, and the refusal of bad operator input. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@
 #include "h_pg.h"
 #include "h_simdev.h"
 #include "harness.h"
+#include "store.h"
 #include "wire_env.h"
 
 static char *ctl(const char *url, int want, const char *fmt, ...)
@@ -304,4 +305,165 @@ Test(outpostctl, help_version_and_default_store, .timeout = 60)
 	cr_expect(strstr(out, "/nonexistent/dir/x.db"), "OUTPOST_STORE ignored: %s", out);
 	free(out);
 	free(cmd);
+}
+
+/* ---- operator input: refused (exit 2, one line naming what is allowed), never a silent
+ * empty answer or a task the device can only refuse later ---- */
+
+/* A SQLite store with one active device and no bridge: the checks of operator input need no
+ * traffic. Caller frees the URL. */
+static char *small_store(const char *tag)
+{
+	char *dir = h_tmpdir(tag), *url = h_strf("sqlite:%s/outpost.db", dir);
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
+	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	free(dir);
+	return url;
+}
+
+/* outpostctl ARGS is a usage error (exit 2) told in one line that contains every needle. */
+static void expect_usage(const char *url, const char *args, const char *const *needles)
+{
+	char *out = ctl(url, 2, "%s", args);
+	cr_expect_eq(h_count(out, "\n"), 1, "outpostctl %s: want one line:\n%s", args, out);
+	cr_expect(!strncmp(out, "outpostctl: ", 12), "outpostctl %s:\n%s", args, out);
+	for (size_t i = 0; needles && needles[i]; i++)
+		cr_expect(strstr(out, needles[i]), "outpostctl %s: no '%s' in:\n%s", args,
+		          needles[i], out);
+	free(out);
+}
+
+Test(outpostctl, filters_refuse_unknown_values, .timeout = 60)
+{
+	char *url = small_store("ctl-filters");
+	const char *dev[] = {"--state 'activ'", "unenrolled", "active", "quarantined", "revoked",
+	                     "deactivated", NULL};
+	expect_usage(url, "devices --state activ", dev);
+	const char *ev[] = {"--type 'enroled'", "enrolled", "gap_dropped", "task_succeeded",
+	                    "released", "pruned", NULL};
+	expect_usage(url, "events --type enroled", ev);
+	expect_usage(url, "events --device dev-a --type X --format json", ev + 1);
+	const char *task[] = {"--state 'done'", "queued", "delivered", "succeeded", "failed",
+	                      "expired", "cancelled", NULL};
+	expect_usage(url, "task list --state done", task);
+	/* every allowed value still answers */
+	expect_ctl(url, 0, "devices --state active --format csv", "\ndev-a,active,", 2);
+	expect_ctl(url, 0, "devices --state deactivated --format csv", NULL, 1);
+	expect_ctl(url, 0, "events --type task_queued --format csv", NULL, 1);
+	expect_ctl(url, 0, "events --type chain_floor_ignored --format csv", NULL, 1);
+	expect_ctl(url, 0, "task list --state cancelled --format csv", NULL, 1);
+	free(url);
+}
+
+Test(outpostctl, prune_refuses_negative_zero_and_bare_numbers, .timeout = 60)
+{
+	char *url = small_store("ctl-prune");
+	const char *neg[] = {"--before -5d", "negative", NULL};
+	expect_usage(url, "prune --before -5d", neg);
+	expect_usage(url, "prune --before=-5d --yes", neg);
+	const char *zero[] = {"--before 0d", "zero", NULL};
+	expect_usage(url, "prune --before 0d --yes", zero);
+	const char *zero_s[] = {"--before 0s", "zero", NULL};
+	expect_usage(url, "prune --before 0s", zero_s);
+	const char *bare[] = {"--before 90", "90d", "@90", NULL};
+	expect_usage(url, "prune --before 90 --yes", bare);
+	const char *nonsense[] = {"'soon' is not a time", NULL};
+	expect_usage(url, "prune --before soon", nonsense);
+	/* still fine: a positive duration, a date, a Unix time, now */
+	expect_ctl(url, 0, "prune --before 5d", "nothing deleted", -1);
+	expect_ctl(url, 0, "prune --before 2024-01-01", "would delete", -1);
+	expect_ctl(url, 0, "prune --before @1700000000", "would delete", -1);
+	expect_ctl(url, 0, "prune --before 1700000000", "would delete", -1);
+	expect_ctl(url, 0, "prune --before now", "would delete", -1);
+	free(url);
+}
+
+Test(outpostctl, task_add_checks_arguments, .timeout = 60)
+{
+	char *url = small_store("ctl-taskargs");
+	const char *resend[] = {"resend", "from=SEQ", "to=SEQ", NULL};
+	expect_usage(url, "task add --device dev-a --type resend", resend);
+	expect_usage(url, "task add --device dev-a --type resend --arg from=1", resend);
+	expect_usage(url, "task add --device dev-a --type resend --arg to=9", resend);
+	expect_usage(url, "task add --device dev-a --type resend --arg first=1 --arg last=9",
+	             resend);
+	const char *neg[] = {"from=-1", "sequence number", NULL};
+	expect_usage(url, "task add --device dev-a --type resend --arg from=-1 --arg to=9", neg);
+	const char *alpha[] = {"to=ten", "sequence number", NULL};
+	expect_usage(url, "task add --device dev-a --type resend --arg from=1 --arg to=ten", alpha);
+	const char *huge[] = {"to=99999999999999999999", "sequence number", NULL};
+	expect_usage(url,
+	             "task add --device dev-a --type resend --arg from=1"
+	             " --arg to=99999999999999999999",
+	             huge);
+	const char *order[] = {"from 9", "to 1", NULL};
+	expect_usage(url, "task add --device dev-a --type resend --arg from=9 --arg to=1", order);
+	const char *extra[] = {"resend", "'count'", NULL};
+	expect_usage(url,
+	             "task add --device dev-a --type resend --arg from=1 --arg to=9 --arg count=3",
+	             extra);
+
+	const char *keys[] = {"sample_interval", "batch_interval", "batch_max_readings",
+	                      "poll_interval",   "log_level",      NULL};
+	expect_usage(url, "task add --device dev-a --type set_config", keys);
+	const char *bogus[] = {"'bogus_key'", "sample_interval", "log_level", NULL};
+	expect_usage(url, "task add --device dev-a --type set_config --arg bogus_key=1", bogus);
+	expect_usage(url,
+	             "task add --device dev-a --type set_config --arg sample_interval=5s"
+	             " --arg ca=/tmp/evil.crt",
+	             (const char *const[]){"'ca'", "sample_interval", NULL});
+	const char *empty[] = {"sample_interval", "value", NULL};
+	expect_usage(url, "task add --device dev-a --type set_config --arg sample_interval=",
+	             empty);
+	const char *none[] = {"ping", "no --arg", NULL};
+	expect_usage(url, "task add --device dev-a --type ping --arg verbose=1", none);
+
+	/* nothing above was queued; the well-formed ones are */
+	expect_ctl(url, 0, "task list --format csv", NULL, 1);
+	expect_ctl(url, 0, "task add --device dev-a --type resend --arg from=1 --arg to=9", "1\n",
+	           1);
+	expect_ctl(url, 0, "task add --device dev-a --type resend --arg from=0 --arg to=0", "2\n",
+	           1);
+	expect_ctl(url, 0,
+	           "task add --device dev-a --type set_config --arg sample_interval=5s"
+	           " --arg batch_interval=1m --arg batch_max_readings=100 --arg poll_interval=30s"
+	           " --arg log_level=debug",
+	           "3\n", 1);
+	expect_ctl(url, 0, "task add --device dev-a --type ping", "4\n", 1);
+	expect_ctl(url, 0, "task list --format csv", NULL, 1 + 4);
+	free(url);
+}
+
+Test(outpostctl, unknown_option_and_help_options, .timeout = 60)
+{
+	char *url = small_store("ctl-options");
+	const char *bogus[] = {"unknown option '--bogus' (try --help)", NULL};
+	expect_usage(url, "--bogus", bogus);
+	expect_usage(url, "--bogus devices", bogus);
+	const char *x[] = {"unknown option '-x' (try --help)", NULL};
+	expect_usage(url, "-x devices", x);
+	const char *cmd[] = {"unknown command 'frobnicate' (try --help)", NULL};
+	expect_usage(url, "frobnicate", cmd);
+	free(url);
+
+	/* every global option is listed under Options */
+	char *out = NULL;
+	char *help = h_strf("%s/bridge/outpostctl --help", h_build_dir());
+	cr_expect_eq(h_sh(help, &out, 30), 0);
+	const char *opts = strstr(out, "\nOptions");
+	cr_assert(opts, "no Options heading:\n%s", out);
+	const char *const listed[] = {"--store ", "--config FILE", "-c FILE",
+	                              "/etc/outpost/outpostctl.conf", "OUTPOST_CONFIG",
+	                              "--help", "--version"};
+	for (size_t i = 0; i < sizeof(listed) / sizeof(listed[0]); i++)
+		cr_expect(strstr(opts, listed[i]), "'%s' not under Options:\n%s", listed[i], out);
+	free(out);
+	free(help);
 }

@@ -1,6 +1,7 @@
 /* test_store.c - the store: URL dispatch, migrations, the statement API, bulk copy, device
  * actions, task queueing and retention, identical on SQLite and PostgreSQL. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,71 @@ static void exercise(const char *url)
 	cr_expect_eq(store_migrate(s, &from, &to), STORE_ESCHEMA);
 	cr_expect_eq(from, 99);
 	store_close(s);
+}
+
+/* The event types of the literal calls brg_commit__event(..., "type", ...) and
+ * store_event_add(..., "type", ...) in text: the [a-z_] string literals of the call before the
+ * first other one (the detail format). Adds each to found (count in *n, capacity max). */
+static void event_literals(const char *text, const char *call, char **found, size_t *n,
+                           size_t max)
+{
+	for (const char *p = strstr(text, call); p; p = strstr(p + 1, call)) {
+		int depth = 0, in_detail = 0;
+		for (const char *q = p + strlen(call) - 1; *q; q++) {
+			if (*q == '(') {
+				depth++;
+			} else if (*q == ')') {
+				if (--depth == 0)
+					break;
+			} else if (*q == '"') {
+				const char *start = ++q;
+				while (*q && *q != '"')
+					q += *q == '\\' && q[1] ? 2 : 1;
+				if (!*q)
+					return;
+				size_t len = (size_t)(q - start);
+				int plain = len > 0 && strspn(start, "abcdefghijklmnopqrstuvwxyz_") >= len;
+				if (!plain)
+					in_detail = 1;
+				else if (!in_detail && *n < max)
+					found[(*n)++] = strndup(start, len);
+			}
+		}
+	}
+}
+
+/* outpostctl events --type refuses what is not in store_event_types: that list must hold
+ * every type the bridge sources write. */
+Test(store, event_types_listed)
+{
+	char *dir = h_strf("%s/bridge", h_source_dir()), *found[256];
+	size_t n = 0;
+	DIR *d = opendir(dir);
+	cr_assert_not_null(d, "%s", dir);
+	for (struct dirent *e; (e = readdir(d));) {
+		size_t len = strlen(e->d_name);
+		if (len < 3 || strcmp(e->d_name + len - 2, ".c"))
+			continue;
+		char *path = h_strf("%s/%s", dir, e->d_name), *text = h_read_file(path, NULL);
+		cr_assert_not_null(text, "%s", path);
+		event_literals(text, "brg_commit__event(", found, &n, 256);
+		event_literals(text, "store_event_add(", found, &n, 256);
+		free(text);
+		free(path);
+	}
+	closedir(d);
+	cr_expect_geq(n, 25, "the scan found only %zu event types", n);
+	for (size_t i = 0; i < n; i++) {
+		cr_expect(store_name_in(found[i], store_event_types),
+		          "event type '%s' is written but not in store_event_types", found[i]);
+		free(found[i]);
+	}
+	cr_expect(store_name_in("task_queued", store_event_types));
+	cr_expect(!store_name_in("task_queue", store_event_types));
+	cr_expect(!store_name_in(NULL, store_event_types));
+	cr_expect(store_name_in("deactivated", store_device_states));
+	cr_expect(store_name_in("cancelled", store_task_states));
+	free(dir);
 }
 
 Test(store, urls)
