@@ -139,8 +139,10 @@ int main(int argc, char **argv)
 
 	struct wire_diag d = {""};
 	if ((rc = wire_key_load(c.key_file, &key, &d))) {
-		olog(OLOG_ERROR, "key_file: %s: %s", c.key_file,
-		     d.msg[0] ? d.msg : wire_strerror(rc));
+		if (d.msg[0]) /* it names the file */
+			olog(OLOG_ERROR, "key_file: %s", d.msg);
+		else
+			olog(OLOG_ERROR, "key_file: %s: %s", c.key_file, wire_strerror(rc));
 		status = 2;
 		goto out;
 	}

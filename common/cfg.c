@@ -159,14 +159,18 @@ static int apply(const struct cfg_opt *o, void *settings, const char *value, con
 		*(int *)field = x;
 		return 0;
 	}
-	case CFG_ENUM:
+	case CFG_ENUM: {
+		char allowed[128] = "";
 		for (int i = 0; o->choices && o->choices[i]; i++) {
 			if (!strcmp(value, o->choices[i])) {
 				*(int *)field = i;
 				return 0;
 			}
+			size_t n = strlen(allowed);
+			snprintf(allowed + n, sizeof(allowed) - n, "%s%s", i ? ", " : "", o->choices[i]);
 		}
-		return fail(err, "%s: %s: '%s' is not one of the allowed values", src, o->name, value);
+		return fail(err, "%s: %s: '%s' is not one of: %s", src, o->name, value, allowed);
+	}
 	case CFG_INT:
 		if (parse_int(value, &v))
 			return fail(err, "%s: %s: expected an integer, got '%s'", src, o->name, value);

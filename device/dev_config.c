@@ -193,6 +193,8 @@ int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *
 void dev_config_help(FILE *out)
 {
 	cfg_print_help(out, opts, NOPTS, DEV_ENV_PREFIX);
+	fprintf(out, "Above all of them: settings changed remotely by set_config tasks, kept in\n"
+		     "<state_dir>/config.override (delete it to return to the above).\n");
 }
 
 void dev_config_free(struct dev_config *c)

@@ -18,8 +18,12 @@ int wire__read_file(const char *path, size_t max, char **out, size_t *len)
 
 	if (fd < 0)
 		return WIRE_EIO;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+	if (fstat(fd, &st) != 0)
 		goto out;
+	if (!S_ISREG(st.st_mode)) {
+		errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+		goto out;
+	}
 	if ((size_t)st.st_size > max) {
 		rc = WIRE_ELIMIT;
 		goto out;

@@ -1,4 +1,5 @@
 /* wire_sign.c - Ed25519 key loading, signing and verification with wolfCrypt. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,7 +63,8 @@ int wire_key_load(const char *path, struct wire_key **out, struct wire_diag *dia
 	size_t len = 0;
 	int rc = wire__read_file(path, 8192, &pem, &len);
 	if (rc)
-		return wire__fail(diag, rc, "%s: cannot read key", path);
+		return wire__fail(diag, rc, "%s: cannot read key: %s", path,
+				  rc == WIRE_ELIMIT ? "larger than 8 KiB" : strerror(errno));
 	rc = wire_key_parse(pem, len, out);
 	explicit_bzero(pem, len);
 	free(pem);

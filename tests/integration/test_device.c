@@ -414,6 +414,7 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	const char *pki = h_pki();
 	cr_expect_eq(run_device("--help", &out), 0);
 	cr_expect(strstr(out, "--sample-interval"), "%s", out);
+	cr_expect(strstr(out, "config.override"), "the precedence names set_config: %s", out);
 	free(out);
 	cr_expect_eq(run_device("--version", &out), 0);
 	cr_expect(strstr(out, "outpost-device "), "%s", out);
@@ -461,6 +462,21 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 
 	cr_expect_eq(run_device("--id dev-a", &out), 2);
 	cr_expect(strstr(out, "broker_host: required"), "%s", out);
+	free(out);
+
+	/* an unreadable key names the file once, and why */
+	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt --cert %s/devices/dev-a.crt "
+		      "--key %s/nonexistent.key --bridge-cert %s/bridge.crt --state-dir %s/s",
+		      pki, pki, dir, pki, dir);
+	cr_expect_eq(run_device(args, &out), 2);
+	cr_expect(strstr(out, "nonexistent.key: cannot read key: No such file or directory"), "%s",
+		  out);
+	cr_expect_eq(h_count(out, "nonexistent.key"), 1, "%s", out);
+	free(out);
+	free(args);
+	cr_expect_eq(run_device("--id dev-a --broker-host localhost --transport carrier-pigeon", &out),
+		     2);
+	cr_expect(strstr(out, "'carrier-pigeon' is not one of: auto, wss, mqtts"), "%s", out);
 	free(out);
 	free(conf);
 	free(dir);
