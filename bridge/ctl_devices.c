@@ -242,6 +242,12 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	rc = store_device_action(s, id, action, CTL_PROG, reason, old);
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(s));
+	/* the state asked for is the state it is in: done (scripts may repeat themselves) */
+	if (rc == STORE_ESTATE && ((!strcmp(action, "revoke") && !strcmp(old, STORE_ST_REVOKED)) ||
+	                           (!strcmp(action, "quarantine") && !strcmp(old, STORE_ST_QUARANTINED)))) {
+		printf("%s: already %s\n", id, old);
+		return CTL_OK;
+	}
 	if (rc == STORE_ESTATE)
 		return ctl_err(CTL_FAIL, "%s is %s: cannot %s it%s", id, old, action,
 		               !strcmp(old, STORE_ST_REVOKED) ? " (revocation is permanent)" : "");

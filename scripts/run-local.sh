@@ -150,7 +150,7 @@ while :; do
 	sleep 2
 	kill -0 "$broker_pid" 2>/dev/null || { echo "run-local: the broker exited; see $state/logs/broker.log" >&2; exit 1; }
 	if ! kill -0 "$bridge_pid" 2>/dev/null; then
-		# e.g. the tour's `pkill -9 outpost-bridge`: the devices keep spooling, a new bridge
+		# e.g. the tour's `pkill -9 -f 'client-id outpost-bridge-local'`: the devices keep spooling, a new bridge
 		# picks up the persistent session, and the devices resend whatever was not acked
 		wait "$bridge_pid" 2>/dev/null && st=0 || st=$?
 		say "the bridge exited (status $st); starting a new one (see $state/logs/bridge.log)"

@@ -339,8 +339,11 @@ Test(bridge_reject, revoked_devices_are_refused)
 	wait_rejections("dev-c", "revoked", 1);
 	cr_expect_eq(stored("dev-c"), 1, "nothing stored after the revocation");
 	cr_expect_str_eq(state("dev-c"), "revoked");
-	/* Revocation is permanent: release refuses. */
+	/* Revocation is permanent: release refuses; revoking again is done already. */
 	cr_expect_eq(h_ctl(br.store, "device release dev-c", &out), 1, "%s", out);
+	free(out);
+	cr_expect_eq(h_ctl(br.store, "device revoke dev-c", &out), 0, "%s", out);
+	cr_expect(strstr(out, "dev-c: already revoked"), "%s", out);
 	free(out);
 	h_mqtt_close(dc);
 	h_mqtt_close(c);
