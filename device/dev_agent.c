@@ -846,6 +846,14 @@ static void on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
 		olog(OLOG_WARN, "ignored an unreadable task list: %s", d.msg[0] ? d.msg : wire_strerror(rc));
 		return;
 	}
+	if (n && v[0].whole_list) {
+		/* Forged, stale or not ours: its tasks are not judged, so they stay unseen. A result
+		 * here would let whoever sent it fail real tasks; the bridge delivers them again. */
+		olog(OLOG_WARN, "ignored a task list of %zu task(s), first id %" PRIu64 ": %s", n,
+		     v[0].id, v[0].reject);
+		wire_msg_free(list);
+		return;
+	}
 	for (size_t i = 0; i < n && !a->stop; i++) {
 		if (v[i].reject) {
 			struct result r = {0};

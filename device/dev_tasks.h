@@ -34,6 +34,8 @@ struct dev_task_verdict {
 	const Outpost__Task *task; /* NULL when the list itself could not be trusted */
 	const char *reject;	    /* NULL: run it */
 	int expired;		    /* rejected because expires_at passed */
+	int whole_list;		    /* rejected with its list (forged, stale, not ours): the task
+				     * stays unseen, so report nothing */
 };
 
 /* Judge a message from our tasks topic. On return *list (free with wire_msg_free) owns the
