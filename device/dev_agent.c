@@ -621,12 +621,13 @@ static int store_result(struct dev_agent *a, const struct result *r)
 	m.output = kvp;
 	m.finished_at_ms = r->finished_at_ms;
 	struct wire_diag d = {{0}};
-	rc = wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d);
-	if (rc)
-		olog(OLOG_ERROR, "task %" PRIu64 ": cannot encode the result: %s", r->task_id,
-		     d.msg[0] ? d.msg : wire_strerror(rc));
-	else
-		rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
+	if (wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d)) {
+		/* waiting would not help: give it up (the seq taken is skipped, as after a crash) */
+		olog(OLOG_ERROR, "task %" PRIu64 ": result lost: cannot encode it: %s", r->task_id,
+		     d.msg[0] ? d.msg : "out of memory");
+		return 0;
+	}
+	rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
 	free(body);
 	return rc;
 }

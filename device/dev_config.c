@@ -148,8 +148,12 @@ static int persist(const struct dev_config *c, size_t n, const char *const *keys
 {
 	char *path = override_path(c), *text = NULL, line[256];
 	size_t len = 0;
-	FILE *in = path ? fopen(path, "r") : NULL, *out = open_memstream(&text, &len);
-	int ok = path && out;
+	FILE *in = path ? fopen(path, "r") : NULL;
+	int in_err = in ? 0 : errno;
+	FILE *out = open_memstream(&text, &len);
+	int ok = path && out && (in || in_err == ENOENT); /* unreadable: its pairs would be lost */
+	if (!ok && in_err)
+		errno = in_err;
 	while (ok && in && fgets(line, sizeof(line), in))
 		if (!is_one_of(line, n, keys))
 			ok = fputs(line, out) >= 0;
@@ -159,7 +163,6 @@ static int persist(const struct dev_config *c, size_t n, const char *const *keys
 		ok = fprintf(out, "%s = %s\n", keys[i], values[i]) > 0;
 	if (out)
 		ok = fclose(out) == 0 && ok;
-	errno = ok ? errno : ENOMEM;
 	ok = ok && ofile_replace(path, text, len) == 0;
 	if (!ok)
 		snprintf(err, CFG_ERR_MAX, "set_config: cannot persist %s: %s", path ? path : "overrides",

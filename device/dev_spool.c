@@ -46,6 +46,9 @@ struct seg {
 	uint64_t bytes;
 	int64_t t_last;
 	int fd;
+	/* damage found at open, mended once the state that reports it is on disk */
+	enum { REPAIR_NONE, REPAIR_REWRITE, REPAIR_CUT, REPAIR_REMOVE } repair;
+	uint64_t repair_to; /* intact records end here */
 };
 
 struct pending {
@@ -431,6 +434,46 @@ out:
 	return rc;
 }
 
+/* ---------- dropped ranges ---------- */
+
+/* Remember a dropped range until a bridge acknowledges the envelope that reported it. Returns 0
+ * if that very range is already pending (reading a rotten record twice reports it once). */
+static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count)
+{
+	for (size_t i = 0; i < s->npending; i++)
+		if (s->pending[i].d.prev_seq == prev && s->pending[i].d.last_seq == last)
+			return 0;
+	if (s->npending && s->pending[s->npending - 1].d.last_seq == prev &&
+	    !s->pending[s->npending - 1].reported_in) {
+		s->pending[s->npending - 1].d.last_seq = last;
+		s->pending[s->npending - 1].d.count += count;
+		return 1;
+	}
+	if (s->npending == MAX_PENDING) {
+		/* Full: fold the two oldest into one link. The bridge then counts the acknowledged
+		 * envelopes between them as dropped too, which over-reports but loses no data. */
+		struct pending *a = &s->pending[0], *b = &s->pending[1];
+		uint64_t span = b->d.last_seq - a->d.prev_seq;
+		a->d.last_seq = b->d.last_seq;
+		a->d.count = a->d.count + b->d.count > span ? span : a->d.count + b->d.count;
+		a->reported_in = 0;
+		memmove(&s->pending[1], &s->pending[2], (MAX_PENDING - 2) * sizeof(*a));
+		s->npending--;
+	}
+	s->pending[s->npending++] = (struct pending){{prev, last, count}, 0};
+	return 1;
+}
+
+/* Records between prev and last (the chain link) were destroyed: at least one, how many is
+ * unknowable when damage hid their headers. */
+static void report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
+{
+	if (last > prev && add_pending(s, prev, last, 1)) {
+		s->dropped_total++;
+		s->state_dirty = 1;
+	}
+}
+
 /* ---------- segments ---------- */
 
 static int seg_cmp(const void *a, const void *b)
@@ -455,16 +498,21 @@ static int push_seg(struct dev_spool *s, const struct seg *g)
 
 /* A segment's descriptor, opened on demand. Only the newest segment (appends) and the one last
  * read keep theirs: a spool of thousands of segments must not run out of descriptors. */
-static int seg_fd(struct dev_spool *s, struct seg *g)
+static void close_idle(struct dev_spool *s, const struct seg *keep)
 {
-	if (g->fd >= 0)
-		return g->fd;
 	for (size_t i = 0; i + 1 < s->nsegs; i++) {
-		if (&s->segs[i] != g && s->segs[i].fd >= 0) {
+		if (&s->segs[i] != keep && s->segs[i].fd >= 0) {
 			close(s->segs[i].fd);
 			s->segs[i].fd = -1;
 		}
 	}
+}
+
+static int seg_fd(struct dev_spool *s, struct seg *g)
+{
+	if (g->fd >= 0)
+		return g->fd;
+	close_idle(s, g);
 	char *path = seg_path(s, g->name);
 	if (!path)
 		return -1;
@@ -638,6 +686,7 @@ done:
 
 /* Recovery's view of the chain across segments, to report what damage destroyed. */
 struct scan {
+	uint64_t durable;   /* the last seq the state file says was appended (0: unknown) */
 	uint64_t last;	    /* seq of the last intact record so far */
 	int gap;	    /* records were lost after gap_prev... */
 	uint64_t gap_prev;
@@ -655,27 +704,25 @@ static void scan_lost(const struct dev_spool *s, struct scan *sc, size_t seg_ind
 }
 
 /* The chain resumes at an intact record linking to `upto`: what lies between was lost. */
-static void add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count);
 static void scan_resumed(struct dev_spool *s, struct scan *sc, uint64_t upto)
 {
 	if (!sc->gap)
 		return;
 	sc->gap = 0;
-	if (upto > sc->gap_prev && !range_covers(s, sc->gap_prev + 1, upto)) {
-		add_pending(s, sc->gap_prev, upto, 1); /* at least one; how many is unknowable */
-		s->dropped_total++;
-		s->state_dirty = 1;
-	}
+	if (upto > sc->gap_prev && !range_covers(s, sc->gap_prev + 1, upto))
+		report_lost(s, sc->gap_prev, upto);
 }
 
 /* Scan segment i's headers, filling it. The newest segment may end in a torn write (a short
  * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
- * as it was never durable. Anywhere else damage is bit rot: the intact records around it are
- * kept (the segment is rewritten without it) and the lost stretch is reported as dropped. */
+ * as it was never durable (unless the state file says that record was: then it is rot). Anywhere
+ * else damage is bit rot: the intact records around it are kept and the lost stretch is reported
+ * as dropped. Mending the file waits for repair_segments, after the state that reports the loss
+ * is on disk: a power cut in between must not lose the report. */
 static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 {
 	struct seg *g = &s->segs[i];
-	int newest = i + 1 == s->nsegs, fd = seg_fd(s, g), damaged = 0;
+	int newest = i + 1 == s->nsegs, fd = seg_fd(s, g), damaged = 0, rotten = 0;
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) != 0)
 		return DEV_SPOOL_EIO;
@@ -718,6 +765,10 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		int r = read_rec(s, fd, last_off, off, &h, &env);
 		free(env);
 		if (r == DEV_SPOOL_ECORRUPT || r == 1) {
+			if (h.seq <= sc->durable) { /* it was durable: rot, not a torn write */
+				report_lost(s, h.prev_seq, h.seq);
+				rotten = 1;
+			}
 			off = last_off;
 			g->last_seq = --g->count ? before_seq : g->first_seq;
 			g->t_last = before_t;
@@ -727,15 +778,38 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		}
 	}
 	if (damaged)
-		return seg_rewrite(s, g, off, UINT64_MAX);
-	if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
-		return DEV_SPOOL_EIO;
+		g->repair = REPAIR_REWRITE;
+	else if (off < end && (!newest || rotten))
+		g->repair = REPAIR_CUT;
+	else if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
+		return DEV_SPOOL_EIO; /* a torn write: nothing to report, cut now */
+	g->repair_to = off;
 	s->total_bytes -= end - off;
 	g->bytes = off;
 	return DEV_SPOOL_OK;
 }
 
-static int load_segments(struct dev_spool *s)
+/* Mend what scan_seg found, now that the state reporting it is on disk. A failure leaves the
+ * damage in place, which readers skip (next_good). */
+static void repair_segments(struct dev_spool *s)
+{
+	for (size_t i = 0; i < s->nsegs;) {
+		struct seg *g = &s->segs[i];
+		int how = g->repair, fd = how ? seg_fd(s, g) : -1;
+		g->repair = REPAIR_NONE;
+		if (how == REPAIR_REMOVE) {
+			remove_seg(s, i);
+			continue;
+		}
+		if (how == REPAIR_REWRITE)
+			seg_rewrite(s, g, g->repair_to, UINT64_MAX);
+		else if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
+			fdatasync(fd);
+		i++;
+	}
+}
+
+static int load_segments(struct dev_spool *s, uint64_t durable)
 {
 	DIR *d = opendir(s->dir);
 	struct dirent *e;
@@ -755,15 +829,13 @@ static int load_segments(struct dev_spool *s)
 	closedir(d);
 	if (s->nsegs > 1)
 		qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
-	struct scan sc = {0};
-	for (size_t i = 0; i < s->nsegs;) {
+	struct scan sc = {.durable = durable};
+	for (size_t i = 0; i < s->nsegs; i++) {
 		int rc = scan_seg(s, i, &sc);
 		if (rc)
 			return rc;
-		if (s->segs[i].count == 0)
-			remove_seg(s, i); /* nothing intact to keep */
-		else
-			i++;
+		if (s->segs[i].count == 0) /* nothing intact to keep */
+			s->segs[i].repair = REPAIR_REMOVE;
 	}
 	if (sc.gap && sc.gap_bound > sc.gap_prev)
 		scan_resumed(s, &sc, sc.gap_bound); /* nothing intact after the damage */
@@ -772,50 +844,24 @@ static int load_segments(struct dev_spool *s)
 
 /* ---------- dropping ---------- */
 
-static void add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count)
-{
-	if (s->npending && s->pending[s->npending - 1].d.last_seq == prev &&
-	    !s->pending[s->npending - 1].reported_in) {
-		s->pending[s->npending - 1].d.last_seq = last;
-		s->pending[s->npending - 1].d.count += count;
-		return;
-	}
-	if (s->npending == MAX_PENDING) {
-		/* Full: fold the two oldest into one link. The bridge then counts the acknowledged
-		 * envelopes between them as dropped too, which over-reports but loses no data. */
-		struct pending *a = &s->pending[0], *b = &s->pending[1];
-		uint64_t span = b->d.last_seq - a->d.prev_seq;
-		a->d.last_seq = b->d.last_seq;
-		a->d.count = a->d.count + b->d.count > span ? span : a->d.count + b->d.count;
-		a->reported_in = 0;
-		memmove(&s->pending[1], &s->pending[2], (MAX_PENDING - 2) * sizeof(*a));
-		s->npending--;
-	}
-	s->pending[s->npending++] = (struct pending){{prev, last, count}, 0};
-}
-
 /* Drop segment i, remembering its unacknowledged records as a dropped range. */
 static void drop_seg(struct dev_spool *s, size_t i)
 {
 	struct seg *g = &s->segs[i];
 	int fd = seg_fd(s, g);
-	uint64_t off = 0, count = 0, prev = 0, last = 0;
-	while (fd >= 0 && off < g->bytes) {
-		struct hdr h;
-		if (read_rec(s, fd, off, g->bytes, &h, NULL))
-			break;
+	uint64_t off = 0, count = 0, prev = 0, last = 0, at;
+	struct hdr h;
+	while (fd >= 0 && off < g->bytes && !next_good(s, fd, off, g->bytes, 0, &at, &h)) {
 		if (!dev_spool_is_acked(s, h.seq)) {
 			if (!count)
 				prev = h.prev_seq;
 			last = h.seq;
 			count++;
 		}
-		off += REC_OVERHEAD + h.len;
+		off = at + REC_OVERHEAD + h.len;
 	}
-	if (count) {
-		add_pending(s, prev, last, count);
+	if (count && add_pending(s, prev, last, count))
 		s->dropped_total += count;
-	}
 	remove_seg(s, i);
 	s->state_dirty = 1;
 }
@@ -826,10 +872,18 @@ static void enforce_limits(struct dev_spool *s)
 {
 	int64_t now = otime_wall_ms(), cutoff = now - s->opts.max_age_ms;
 	/* never the newest segment: it holds the record just written */
-	while (s->nsegs > 1 && ((int64_t)s->total_bytes > s->opts.max_bytes ||
-				(now >= CLOCK_SET_MS && s->segs[0].t_last >= CLOCK_SET_MS &&
-				 s->segs[0].t_last < cutoff)))
+	while (s->nsegs > 1 && (int64_t)s->total_bytes > s->opts.max_bytes)
 		drop_seg(s, 0);
+	/* by age, oldest first, passing over segments of unknown age; the first segment young
+	 * enough ends it (the ones after it are younger still) */
+	for (size_t i = 0; now >= CLOCK_SET_MS && i + 1 < s->nsegs;) {
+		if (s->segs[i].t_last < CLOCK_SET_MS)
+			i++;
+		else if (s->segs[i].t_last < cutoff)
+			drop_seg(s, i);
+		else
+			break;
+	}
 }
 
 /* ---------- public API ---------- */
@@ -884,15 +938,20 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 
 	int st = state_read(s);
 	uint64_t was_durable = st == 0 ? s->last_durable : 0;
-	rc = load_segments(s);
+	rc = load_segments(s, was_durable);
 	if (rc) {
 		reason = "cannot read the segments";
 		goto fail;
 	}
-	uint64_t newest = s->nsegs ? s->segs[s->nsegs - 1].last_seq : 0;
+	uint64_t newest = 0, records = 0; /* segments left empty are removed after the state write */
+	for (size_t i = 0; i < s->nsegs; i++) {
+		records += s->segs[i].count;
+		if (s->segs[i].count && s->segs[i].last_seq > newest)
+			newest = s->segs[i].last_seq;
+	}
 	if (st == 0) {
 		s->next_seq = s->seq_reserved > newest + 1 ? s->seq_reserved : newest + 1;
-	} else if (st == 1 && s->nsegs == 0) {
+	} else if (st == 1 && !records) {
 		/* A new spool: nothing below first_seq was ever handed out by it, so nothing is owed. */
 		s->next_seq = opts->first_seq ? opts->first_seq : 1;
 		s->acked_upto = s->next_seq - 1;
@@ -902,7 +961,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		if (opts->first_seq > s->next_seq)
 			s->next_seq = opts->first_seq;
 		/* with no record on disk nothing is owed: the chain starts where numbering resumes */
-		s->acked_upto = s->nsegs ? 0 : s->next_seq - 1;
+		s->acked_upto = records ? 0 : s->next_seq - 1;
 	}
 	if (s->next_seq == 0)
 		s->next_seq = 1;
@@ -919,7 +978,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	s->seq_reserved = s->next_seq; /* forces a reservation before the first use */
 	/* drop segments that were acknowledged before the crash */
 	for (size_t i = 0; i < s->nsegs;) {
-		if (s->segs[i].last_seq <= s->acked_upto)
+		if (s->segs[i].count && s->segs[i].last_seq <= s->acked_upto)
 			remove_seg(s, i);
 		else
 			i++;
@@ -929,6 +988,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		reason = "cannot write the state file";
 		goto fail;
 	}
+	repair_segments(s);
 	enforce_limits(s);
 	*out = s;
 	return DEV_SPOOL_OK;
@@ -988,6 +1048,8 @@ static int new_segment(struct dev_spool *s, uint64_t first)
 		return io_err();
 	struct seg g = {.name = first, .first_seq = first, .last_seq = first, .fd = fd};
 	int rc = push_seg(s, &g);
+	if (!rc)
+		close_idle(s, NULL); /* the previous newest is done with */
 	if (!rc)
 		rc = fsync_dir(s->dir);
 	if (rc) {
@@ -1109,13 +1171,10 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 			const struct hdr *h, uint64_t here)
 {
 	struct seg *g = &s->segs[i];
-	add_pending(s, h->prev_seq, h->seq, 1);
-	s->dropped_total++;
-	s->state_dirty = 1;
+	(void)c; /* its offset goes stale with the rewrite: the next read finds its place by seq */
+	report_lost(s, h->prev_seq, h->seq);
 	if (state_write(s) || seg_rewrite(s, g, g->bytes, here))
-		return; /* kept on disk: a later read reports it again, which loses nothing */
-	c->gen = s->layout_gen;
-	c->off = here; /* what followed the record now starts where it did */
+		return; /* kept on disk: read again, it is not reported again (add_pending) */
 	if (g->count == 0 && i + 1 < s->nsegs)
 		remove_seg(s, i);
 }
@@ -1133,13 +1192,19 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		if (fd < 0)
 			return DEV_SPOOL_EIO;
 		uint64_t off = c->seg_name == g->name && c->gen == s->layout_gen ? c->off : 0;
+		uint64_t seen = 0; /* seq of the record before, in this walk */
 		while (off < g->bytes) {
 			struct hdr h;
-			int r = read_rec(s, fd, off, g->bytes, &h, NULL);
+			uint64_t here;
+			int r = next_good(s, fd, off, g->bytes, 0, &here, &h);
+			if (r < 0)
+				return r;
 			if (r)
-				break; /* cannot happen for scanned bytes; treat as end of segment */
-			uint64_t here = off;
-			off += REC_OVERHEAD + h.len;
+				break;
+			if (here != off && seen) /* damage since the open: what it hid is lost */
+				report_lost(s, seen, h.prev_seq);
+			seen = h.seq;
+			off = here + REC_OVERHEAD + h.len;
 			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)))
 				continue;
 			uint8_t *plain = NULL;
@@ -1176,12 +1241,10 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 		if (range_covers(s, g->first_seq, g->last_seq))
 			continue;
 		int fd = seg_fd(m, g);
-		uint64_t off = 0;
-		while (fd >= 0 && off < g->bytes) {
-			struct hdr h;
-			if (read_rec(m, fd, off, g->bytes, &h, NULL))
-				break;
-			off += REC_OVERHEAD + h.len;
+		uint64_t off = 0, at;
+		struct hdr h;
+		while (fd >= 0 && off < g->bytes && !next_good(m, fd, off, g->bytes, 0, &at, &h)) {
+			off = at + REC_OVERHEAD + h.len;
 			if (dev_spool_is_acked(s, h.seq))
 				continue;
 			if (!st->records) {

@@ -9,9 +9,10 @@
  * tag; the header is the GCM additional data. Nothing of the envelope is readable on disk.
  *
  * After a crash the spool reopens by itself: a torn tail of the newest segment (bad header CRC,
- * short record, bad tag on the last record) is cut off, as it was never durable. Damage anywhere
- * else is bit rot: the records around it are kept (the segment is rewritten without it) and what
- * it destroyed is reported as dropped, once. Sequence numbers are reserved on disk in blocks
+ * short record, bad tag on the last record) is cut off, as it was never durable — unless the
+ * state file says that record was appended. Damage anywhere else is bit rot: the records around
+ * it are kept (the segment is rewritten without it, after the state reporting the loss is on
+ * disk) and what it destroyed is reported as dropped, once. Readers skip damage they meet. Sequence numbers are reserved on disk in blocks
  * before use, so they are never reused, whatever happens. Only the newest segment and the one
  * being read hold a file descriptor, however many segments there are. Records stamped before
  * 2020 (a clock not yet set) never age out; only the size limit drops them.

@@ -180,8 +180,12 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 				u->resend_first = 0;
 				continue;
 			}
-			if (rc == 0) /* not sent (a dead link): the range is kept for later */
+			/* sent: go on after it; refused by a dying link: the range waits for the next
+			 * link; a spool error: give the range up, as retrying it would stall the pump */
+			if (rc == 0)
 				u->resend_first = c.next_seq <= u->resend_last ? c.next_seq : 0;
+			else if (rc != DEV_UPLOADER_ESEND)
+				u->resend_first = 0;
 		} else {
 			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
 			if (rc == 1)

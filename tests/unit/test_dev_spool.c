@@ -290,6 +290,30 @@ Test(dev_spool, torn_tail_is_cut_and_the_rest_kept)
 	free(dir);
 }
 
+/* Segment files in name (seq) order. */
+static size_t segments(const char *dir, char names[][600])
+{
+	char all[64][600];
+	size_t n, k = 0;
+	list_files(dir, all, &n);
+	for (size_t i = 0; i < n; i++)
+		if (strstr(all[i], "/seg-"))
+			memcpy(names[k++], all[i], 600);
+	qsort(names, k, 600, (int (*)(const void *, const void *))strcmp);
+	return k;
+}
+
+static void flip_byte(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t b;
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pread(fd, &b, 1, off), 1);
+	b ^= 0x01;
+	cr_assert_eq(pwrite(fd, &b, 1, off), 1);
+	close(fd);
+}
+
 Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 {
 	char *dir = h_tmpdir("spool");
@@ -338,6 +362,29 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	uint64_t got[8];
 	cr_expect_eq(read_all(s, 1, got, 8), 4);
 	dev_spool_close(s);
+
+	/* also when it cannot be cut out (no room for the rewrite): read twice, reported once */
+	char *dir2 = h_tmpdir("spool");
+	struct dev_spool_opts o2 = opts(dir2);
+	struct dev_spool *s2 = open_spool(&o2);
+	for (int i = 0; i < 5; i++)
+		put(s2, 200, wall_ms());
+	dev_spool_close(s2);
+	char *seg2 = last_segment(dir2), *tmp2 = h_strf("%s.tmp", seg2);
+	flip_byte(seg2, off);
+	s2 = open_spool(&o2);
+	cr_assert_eq(mkdir(tmp2, 0700), 0); /* the rewrite cannot create its temporary file */
+	cr_expect_eq(read_all(s2, 1, got, 8), 4);
+	cr_expect_eq(read_all(s2, 1, got, 8), 4);
+	struct dev_spool_stats st2;
+	dev_spool_stats(s2, &st2);
+	cr_expect_eq(st2.dropped_total, 1);
+	cr_expect_eq(dev_spool_dropped(s2, d, 4), 1);
+	dev_spool_close(s2);
+	rmdir(tmp2);
+	free(tmp2);
+	free(seg2);
+	free(dir2);
 	s = open_spool(&o);
 	cr_expect_eq(read_all(s, 1, got, 8), 4);
 	cr_expect_eq(got[2], seqs[3]);
@@ -349,30 +396,6 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	dev_spool_close(s);
 	free(seg);
 	free(dir);
-}
-
-/* Segment files in name (seq) order. */
-static size_t segments(const char *dir, char names[][600])
-{
-	char all[64][600];
-	size_t n, k = 0;
-	list_files(dir, all, &n);
-	for (size_t i = 0; i < n; i++)
-		if (strstr(all[i], "/seg-"))
-			memcpy(names[k++], all[i], 600);
-	qsort(names, k, 600, (int (*)(const void *, const void *))strcmp);
-	return k;
-}
-
-static void flip_byte(const char *path, off_t off)
-{
-	int fd = open(path, O_RDWR);
-	uint8_t b;
-	cr_assert_geq(fd, 0);
-	cr_assert_eq(pread(fd, &b, 1, off), 1);
-	b ^= 0x01;
-	cr_assert_eq(pwrite(fd, &b, 1, off), 1);
-	close(fd);
 }
 
 Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
@@ -421,19 +444,80 @@ Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 	free(dir);
 }
 
+/* The loss found when the spool opens is on disk (state) before the damage is mended: a power
+ * cut in between must not leave clean segments and no report. */
+Test(dev_spool, a_loss_found_at_open_is_recorded_before_it_is_mended)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	const off_t rec = 48 + 12 + 300 + 16;
+	o.segment_bytes = 5 * rec;
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[15];
+	for (int i = 0; i < 15; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+	char names[64][600];
+	cr_assert_eq(segments(dir, names), 3);
+	flip_byte(names[0], 2 * rec + 9);
+	/* the state cannot be written: the open fails as a power cut there would end it */
+	char *tmpd = h_strf("%s/state.tmp", dir);
+	cr_assert_eq(mkdir(tmpd, 0700), 0);
+	struct dev_spool *s2 = NULL;
+	cr_assert_neq(dev_spool_open(&o, &s2, NULL), 0);
+	cr_assert_eq(rmdir(tmpd), 0);
+	s = open_spool(&o);
+	uint64_t got[16];
+	cr_expect_eq(read_all(s, 1, got, 16), 14);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1, "the damaged record is still reported");
+	cr_expect_eq(d[0].last_seq, seqs[2]);
+	dev_spool_close(s);
+	free(tmpd);
+	free(dir);
+}
+
+/* The state says the last record was appended (fdatasync'd): a bad tag there is rot, not a
+ * torn write. Reported, and the chain goes on from it. */
+Test(dev_spool, rot_in_the_last_durable_record_is_reported)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[10];
+	for (int i = 0; i < 10; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+	char *seg = last_segment(dir);
+	const off_t rec = 48 + 12 + 300 + 16;
+	flip_byte(seg, 9 * rec + 48 + 12 + 100); /* ciphertext of the last record */
+	s = open_spool(&o);
+	uint64_t got[16];
+	cr_expect_eq(read_all(s, 1, got, 16), 9);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[8]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	cr_expect_eq(dev_spool_last_durable(s), seqs[9]);
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
 Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
 	o.segment_bytes = 512; /* one record per segment */
+	struct rlimit rl = {64, 64};
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	/* a device offline for long: appends only, nothing acknowledged */
 	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[300];
 	for (int i = 0; i < 300; i++)
 		seqs[i] = put(s, 300, wall_ms());
 	dev_spool_close(s);
 
-	struct rlimit rl = {64, 64};
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 	s = open_spool(&o);
 	struct dev_spool_stats st;
 	dev_spool_stats(s, &st);
@@ -563,6 +647,22 @@ Test(dev_spool, records_stamped_before_the_clock_was_set_do_not_age_out)
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.records, 13);
 	dev_spool_close(s);
+
+	/* ... nor does it shelter the old ones behind it */
+	char *dir2 = h_tmpdir("spool");
+	o.dir = dir2;
+	s = open_spool(&o);
+	for (int i = 0; i < 2; i++)
+		put(s, 400, 42000 + i);
+	for (int i = 0; i < 6; i++)
+		put(s, 400, wall_ms() - 3 * 3600 * 1000);
+	for (int i = 0; i < 2; i++)
+		put(s, 400, wall_ms());
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 6, "records 3 hours old outlived max_age (1 h)");
+	cr_expect_eq(st.records, 4);
+	dev_spool_close(s);
+	free(dir2);
 	free(dir);
 }
 
