@@ -1,5 +1,6 @@
-/* dev_spool.c - segmented, AES-256-GCM encrypted, fsync'd queue of envelopes with recovery. */
-#include <dirent.h>
+/* dev_spool.c - segmented, AES-256-GCM encrypted, fsync'd queue of envelopes: sequence numbers,
+ * acknowledgements, dropped ranges, the state file, limits and the public API. Segment files are
+ * in dev_spool_seg.c, recovery in dev_spool_recover.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -7,80 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/aes.h>
-#include <wolfssl/wolfcrypt/random.h>
-
+#include "crc32.h"
+#include "dev_spool_int.h"
 #include "ofile.h"
 #include "otime.h"
-#include "crc32.h"
-#include "dev_spool.h"
-
-#define REC_MAGIC 0x3152504fu	/* "OPR1" little-endian */
-#define STATE_MAGIC 0x5453504fu /* "OPST" */
-#define STATE_VERSION 1u
-#define HDR_LEN 48
-#define NONCE_LEN 12
-#define TAG_LEN 16
-#define KEY_LEN 32
-#define REC_OVERHEAD (HDR_LEN + NONCE_LEN + TAG_LEN)
-#define MAX_REC_PAYLOAD (1u << 20)
-#define SEQ_BLOCK 1024	       /* seqs reserved on disk per state write */
-#define SEQ_LOST_STATE (1u << 20) /* skipped when the state file is unreadable */
-#define SEQ_CLOCK_MS 250	       /* a new spool's first seq counts quarter-seconds */
-#define MAX_ACK_RANGES 256
-#define MAX_PENDING WIRE_MAX_DROPPED
-#define STATE_PERSIST_MS 5000 /* ack position is persisted at most this often */
-/* Time stamps before this were taken with an unset clock (a device booting without a real-time
- * clock, before NTP): their age is unknown. Also where clock-based numbering starts. */
-#define CLOCK_SET_MS 1577836800000LL /* 2020-01-01T00:00:00Z */
-
-struct seg {
-	uint64_t name; /* seq in the file name: the first record's when it was created */
-	uint64_t first_seq;
-	uint64_t last_seq;
-	uint64_t count;
-	uint64_t bytes;
-	int64_t t_last;
-	int fd;
-	/* damage found at open, mended once the state that reports it is on disk */
-	enum { REPAIR_NONE, REPAIR_REWRITE, REPAIR_CUT, REPAIR_REMOVE } repair;
-	uint64_t repair_to; /* intact records end here */
-};
-
-struct pending {
-	struct wire_dropped d;
-	uint64_t reported_in; /* durable seq that carried it, 0 = not yet */
-};
-
-struct dev_spool {
-	char *dir;
-	struct dev_spool_opts opts;
-	uint8_t key[KEY_LEN];
-	Aes aes;
-	WC_RNG rng;
-	int aes_ready, rng_ready;
-
-	struct seg *segs;
-	size_t nsegs, cap_segs;
-	uint64_t total_bytes;
-
-	uint64_t next_seq;     /* next seq to hand out */
-	uint64_t seq_reserved; /* seqs < this are reserved on disk */
-	uint64_t last_durable;
-	uint64_t acked_upto;
-	uint64_t (*ranges)[2];
-	size_t nranges;
-	uint64_t dropped_total;
-	struct pending pending[MAX_PENDING];
-	size_t npending;
-	int64_t state_written_ms;
-	int state_dirty;
-	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
-};
 
 const char *dev_spool_strerror(int err)
 {
@@ -98,123 +31,14 @@ const char *dev_spool_strerror(int err)
 	return "unknown spool error";
 }
 
-/* ---------- small helpers ---------- */
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
 
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v = 0;
-	for (int i = 3; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
 
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
 
-static int io_err(void)
-{
-	return errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? DEV_SPOOL_ENOSPC
-								    : DEV_SPOOL_EIO;
-}
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return io_err();
-		if (w == 0) {
-			errno = ENOSPC;
-			return DEV_SPOOL_ENOSPC;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return DEV_SPOOL_OK;
-}
 
-static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
-{
-	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r == 0 ? 1 : DEV_SPOOL_EIO; /* 1: short (end of file) */
-		p += r;
-		n -= (size_t)r;
-		off += (uint64_t)r;
-	}
-	return 0;
-}
 
-static int fsync_dir(const char *dir)
-{
-	return ofile_sync_dir(dir) ? DEV_SPOOL_EIO : DEV_SPOOL_OK;
-}
-
-static char *seg_path(const struct dev_spool *s, uint64_t first)
-{
-	char *p = NULL;
-	if (asprintf(&p, "%s/seg-%020" PRIu64 ".log", s->dir, first) < 0)
-		return NULL;
-	return p;
-}
-
-/* ---------- record header ---------- */
-
-struct hdr {
-	uint32_t len;
-	uint64_t seq;
-	uint64_t prev_seq;
-	int64_t t_ms;
-	uint32_t kind;
-};
-
-static void hdr_encode(const struct hdr *h, uint8_t out[HDR_LEN])
-{
-	memset(out, 0, HDR_LEN);
-	put32(out, REC_MAGIC);
-	put32(out + 4, h->len);
-	put64(out + 8, h->seq);
-	put64(out + 16, h->prev_seq);
-	put64(out + 24, (uint64_t)h->t_ms);
-	put32(out + 32, h->kind);
-	put32(out + 44, crc32_update(0, out, 44));
-}
-
-static int hdr_decode(const uint8_t in[HDR_LEN], struct hdr *h)
-{
-	if (get32(in) != REC_MAGIC || get32(in + 44) != crc32_update(0, in, 44))
-		return -1;
-	h->len = get32(in + 4);
-	h->seq = get64(in + 8);
-	h->prev_seq = get64(in + 16);
-	h->t_ms = (int64_t)get64(in + 24);
-	h->kind = get32(in + 32);
-	if (h->len == 0 || h->len > MAX_REC_PAYLOAD || h->seq == 0)
-		return -1;
-	return 0;
-}
 
 /* ---------- acknowledgement bookkeeping ---------- */
 
@@ -244,7 +68,7 @@ uint64_t dev_spool_last_durable(const struct dev_spool *s)
 	return s->last_durable;
 }
 
-static int range_covers(const struct dev_spool *s, uint64_t first, uint64_t last)
+int spool_range_covers(const struct dev_spool *s, uint64_t first, uint64_t last)
 {
 	if (last <= s->acked_upto)
 		return 1;
@@ -342,7 +166,7 @@ static int state_write(struct dev_spool *s)
 	char *dst = NULL;
 	if (asprintf(&dst, "%s/state", s->dir) < 0)
 		return DEV_SPOOL_ENOMEM;
-	int rc = ofile_replace(dst, buf, n) ? io_err() : DEV_SPOOL_OK;
+	int rc = ofile_replace(dst, buf, n) ? spool_io_err() : DEV_SPOOL_OK;
 	if (!rc) {
 		s->state_written_ms = otime_mono_ms();
 		s->state_dirty = 0;
@@ -409,15 +233,15 @@ static int load_key(struct dev_spool *s)
 		}
 		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0) {
-			rc = io_err();
+			rc = spool_io_err();
 			goto out;
 		}
-		rc = write_all(fd, s->key, KEY_LEN);
+		rc = spool_write_all(fd, s->key, KEY_LEN);
 		if (!rc && fsync(fd) != 0)
-			rc = io_err();
+			rc = spool_io_err();
 		close(fd);
 		if (!rc)
-			rc = fsync_dir(s->dir);
+			rc = spool_fsync_dir(s->dir);
 		goto out;
 	}
 	if (fd < 0)
@@ -466,7 +290,7 @@ static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64
 
 /* Records between prev and last (the chain link) were destroyed: at least one, how many is
  * unknowable when damage hid their headers. */
-static void report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
+void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
 {
 	if (last > prev && add_pending(s, prev, last, 1)) {
 		s->dropped_total++;
@@ -474,373 +298,20 @@ static void report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
 	}
 }
 
-/* ---------- segments ---------- */
 
-static int seg_cmp(const void *a, const void *b)
-{
-	const struct seg *x = a, *y = b;
-	return (x->name > y->name) - (x->name < y->name);
-}
 
-static int push_seg(struct dev_spool *s, const struct seg *g)
-{
-	if (s->nsegs == s->cap_segs) {
-		size_t n = s->cap_segs ? s->cap_segs * 2 : 16;
-		struct seg *p = realloc(s->segs, n * sizeof(*p));
-		if (!p)
-			return DEV_SPOOL_ENOMEM;
-		s->segs = p;
-		s->cap_segs = n;
-	}
-	s->segs[s->nsegs++] = *g;
-	return DEV_SPOOL_OK;
-}
 
-/* A segment's descriptor, opened on demand. Only the newest segment (appends) and the one last
- * read keep theirs: a spool of thousands of segments must not run out of descriptors. */
-static void close_idle(struct dev_spool *s, const struct seg *keep)
-{
-	for (size_t i = 0; i + 1 < s->nsegs; i++) {
-		if (&s->segs[i] != keep && s->segs[i].fd >= 0) {
-			close(s->segs[i].fd);
-			s->segs[i].fd = -1;
-		}
-	}
-}
 
-static int seg_fd(struct dev_spool *s, struct seg *g)
-{
-	if (g->fd >= 0)
-		return g->fd;
-	close_idle(s, g);
-	char *path = seg_path(s, g->name);
-	if (!path)
-		return -1;
-	g->fd = open(path, O_RDWR | O_CLOEXEC);
-	free(path);
-	return g->fd;
-}
 
-static void remove_seg(struct dev_spool *s, size_t i)
-{
-	struct seg *g = &s->segs[i];
-	char *path = seg_path(s, g->name);
-	if (g->fd >= 0)
-		close(g->fd);
-	if (path)
-		unlink(path);
-	free(path);
-	s->total_bytes -= g->bytes;
-	memmove(&s->segs[i], &s->segs[i + 1], (s->nsegs - i - 1) * sizeof(*g));
-	s->nsegs--;
-}
 
-static int decrypt(struct dev_spool *s, const uint8_t hdr[HDR_LEN], const uint8_t *body,
-		   uint32_t len, uint8_t *out)
-{
-	const uint8_t *nonce = body, *ct = body + NONCE_LEN, *tag = body + NONCE_LEN + len;
-	return wc_AesGcmDecrypt(&s->aes, out, ct, len, nonce, NONCE_LEN, tag, TAG_LEN, hdr,
-				HDR_LEN) == 0
-		       ? 0
-		       : DEV_SPOOL_ECORRUPT;
-}
 
-/* Read the record at off: 0 ok (env malloc'd if env != NULL), 1 end/torn, <0 error. */
-static int read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end, struct hdr *h,
-		    uint8_t **env)
-{
-	uint8_t hb[HDR_LEN];
-	if (off + HDR_LEN > file_end)
-		return 1;
-	int r = read_at(fd, hb, HDR_LEN, off);
-	if (r)
-		return r > 0 ? 1 : r;
-	if (hdr_decode(hb, h) || off + REC_OVERHEAD + h->len > file_end)
-		return 1;
-	if (!env)
-		return 0;
-	uint8_t *body = malloc(NONCE_LEN + (size_t)h->len + TAG_LEN);
-	uint8_t *plain = malloc(h->len);
-	if (!body || !plain) {
-		free(body);
-		free(plain);
-		return DEV_SPOOL_ENOMEM;
-	}
-	r = read_at(fd, body, NONCE_LEN + (size_t)h->len + TAG_LEN, off + HDR_LEN);
-	if (!r)
-		r = decrypt(s, hb, body, h->len, plain);
-	else if (r > 0)
-		r = 1;
-	free(body);
-	if (r) {
-		free(plain);
-		return r;
-	}
-	*env = plain;
-	return 0;
-}
 
-/* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
- * 1 none before end, <0 error. Past damage it resynchronises byte by byte: a header needs the
- * magic, a matching CRC and a body that fits, so damage is not taken for a record. */
-static int next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,
-		     uint64_t *at, struct hdr *h)
-{
-	enum { WIN = 64 * 1024 };
-	int r = read_rec(s, fd, off, end, h, NULL);
-	if (r <= 0) {
-		if (r == 0 && h->seq > after)
-			*at = off;
-		if (r < 0 || h->seq > after)
-			return r;
-	}
-	uint8_t *buf = malloc(WIN);
-	if (!buf)
-		return DEV_SPOOL_ENOMEM;
-	int rc = 1;
-	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
-		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
-		r = read_at(fd, buf, n, o);
-		if (r) {
-			rc = r < 0 ? r : 1;
-			break;
-		}
-		for (size_t i = 0; i + HDR_LEN <= n; i++) {
-			if (get32(buf + i) == REC_MAGIC && !hdr_decode(buf + i, h) && h->seq > after &&
-			    o + i + REC_OVERHEAD + h->len <= end) {
-				*at = o + i;
-				rc = 0;
-				break;
-			}
-		}
-		o += n - HDR_LEN + 1;
-	}
-	free(buf);
-	return rc;
-}
 
-/* Rewrite segment g with its intact records in [0, end), less the one at `skip` (UINT64_MAX:
- * none), through a temporary file renamed over it. Its name stays; cursors' offsets go stale. */
-static int seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip)
-{
-	char *path = seg_path(s, g->name), *tmp = NULL;
-	uint8_t *rec = malloc(REC_OVERHEAD + MAX_REC_PAYLOAD);
-	int fd = seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
-	struct seg n = {.name = g->name, .fd = -1};
-	uint64_t off = 0, at;
-	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
-		goto done;
-	out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || out < 0) {
-		rc = fd < 0 ? DEV_SPOOL_EIO : io_err();
-		goto done;
-	}
-	rc = DEV_SPOOL_OK;
-	while (off < end) {
-		struct hdr h;
-		rc = next_good(s, fd, off, end, n.count ? n.last_seq : 0, &at, &h);
-		if (rc) {
-			rc = rc < 0 ? rc : DEV_SPOOL_OK;
-			break;
-		}
-		size_t len = REC_OVERHEAD + h.len;
-		off = at + len;
-		if (at == skip)
-			continue;
-		rc = read_at(fd, rec, len, at);
-		if (rc > 0)
-			rc = DEV_SPOOL_EIO;
-		if (!rc)
-			rc = write_all(out, rec, len);
-		if (rc)
-			goto done;
-		if (!n.count++)
-			n.first_seq = h.seq;
-		n.last_seq = h.seq;
-		n.t_last = h.t_ms;
-		n.bytes += len;
-	}
-	if (rc)
-		goto done;
-	if (fdatasync(out) != 0 || rename(tmp, path) != 0) {
-		rc = io_err();
-		goto done;
-	}
-	rc = fsync_dir(s->dir);
-	close(g->fd);
-	n.fd = out;
-	out = -1;
-	s->total_bytes = s->total_bytes - g->bytes + n.bytes;
-	*g = n;
-	s->layout_gen++;
-done:
-	if (out >= 0) {
-		close(out);
-		unlink(tmp);
-	}
-	free(rec);
-	free(tmp);
-	free(path);
-	return rc;
-}
 
-/* Recovery's view of the chain across segments, to report what damage destroyed. */
-struct scan {
-	uint64_t durable;   /* the last seq the state file says was appended (0: unknown) */
-	uint64_t last;	    /* seq of the last intact record so far */
-	int gap;	    /* records were lost after gap_prev... */
-	uint64_t gap_prev;
-	uint64_t gap_bound; /* ...and below the next segment's name (when nothing intact follows) */
-};
 
-/* Damage in a segment that was complete (not a torn write at the very end of the spool). */
-static void scan_lost(const struct dev_spool *s, struct scan *sc, size_t seg_index)
-{
-	if (sc->gap)
-		return;
-	sc->gap = 1;
-	sc->gap_prev = sc->last > s->acked_upto ? sc->last : s->acked_upto;
-	sc->gap_bound = seg_index + 1 < s->nsegs ? s->segs[seg_index + 1].name - 1 : 0;
-}
 
-/* The chain resumes at an intact record linking to `upto`: what lies between was lost. */
-static void scan_resumed(struct dev_spool *s, struct scan *sc, uint64_t upto)
-{
-	if (!sc->gap)
-		return;
-	sc->gap = 0;
-	if (upto > sc->gap_prev && !range_covers(s, sc->gap_prev + 1, upto))
-		report_lost(s, sc->gap_prev, upto);
-}
 
-/* Scan segment i's headers, filling it. The newest segment may end in a torn write (a short
- * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
- * as it was never durable (unless the state file says that record was: then it is rot). Anywhere
- * else damage is bit rot: the intact records around it are kept and the lost stretch is reported
- * as dropped. Mending the file waits for repair_segments, after the state that reports the loss
- * is on disk: a power cut in between must not lose the report. */
-static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
-{
-	struct seg *g = &s->segs[i];
-	int newest = i + 1 == s->nsegs, fd = seg_fd(s, g), damaged = 0, rotten = 0;
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) != 0)
-		return DEV_SPOOL_EIO;
-	uint64_t off = 0, end = (uint64_t)st.st_size, last_off = 0, sc_before = sc->last;
-	uint64_t before_seq = 0;
-	int64_t before_t = 0;
-	g->count = 0;
-	g->bytes = end;
-	s->total_bytes += end;
-	while (off < end) {
-		struct hdr h;
-		uint64_t at;
-		int r = next_good(s, fd, off, end, g->count ? g->last_seq : 0, &at, &h);
-		if (r < 0)
-			return r;
-		if (r)
-			break;
-		if (at != off) {
-			damaged = 1;
-			scan_lost(s, sc, i);
-		}
-		scan_resumed(s, sc, h.prev_seq);
-		if (g->count == 0)
-			g->first_seq = h.seq;
-		before_seq = g->last_seq;
-		before_t = g->t_last;
-		sc_before = sc->last;
-		last_off = at;
-		g->last_seq = h.seq;
-		g->t_last = h.t_ms;
-		g->count++;
-		sc->last = h.seq;
-		off = at + REC_OVERHEAD + h.len;
-	}
-	if (off < end && !newest)
-		scan_lost(s, sc, i);
-	if (newest && g->count) {
-		uint8_t *env = NULL;
-		struct hdr h;
-		int r = read_rec(s, fd, last_off, off, &h, &env);
-		free(env);
-		if (r == DEV_SPOOL_ECORRUPT || r == 1) {
-			if (h.seq <= sc->durable) { /* it was durable: rot, not a torn write */
-				report_lost(s, h.prev_seq, h.seq);
-				rotten = 1;
-			}
-			off = last_off;
-			g->last_seq = --g->count ? before_seq : g->first_seq;
-			g->t_last = before_t;
-			sc->last = sc_before;
-		} else if (r) {
-			return r;
-		}
-	}
-	if (damaged)
-		g->repair = REPAIR_REWRITE;
-	else if (off < end && (!newest || rotten))
-		g->repair = REPAIR_CUT;
-	else if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
-		return DEV_SPOOL_EIO; /* a torn write: nothing to report, cut now */
-	g->repair_to = off;
-	s->total_bytes -= end - off;
-	g->bytes = off;
-	return DEV_SPOOL_OK;
-}
 
-/* Mend what scan_seg found, now that the state reporting it is on disk. A failure leaves the
- * damage in place, which readers skip (next_good). */
-static void repair_segments(struct dev_spool *s)
-{
-	for (size_t i = 0; i < s->nsegs;) {
-		struct seg *g = &s->segs[i];
-		int how = g->repair, fd = how ? seg_fd(s, g) : -1;
-		g->repair = REPAIR_NONE;
-		if (how == REPAIR_REMOVE) {
-			remove_seg(s, i);
-			continue;
-		}
-		if (how == REPAIR_REWRITE)
-			seg_rewrite(s, g, g->repair_to, UINT64_MAX);
-		else if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
-			fdatasync(fd);
-		i++;
-	}
-}
-
-static int load_segments(struct dev_spool *s, uint64_t durable)
-{
-	DIR *d = opendir(s->dir);
-	struct dirent *e;
-	if (!d)
-		return DEV_SPOOL_EIO;
-	while ((e = readdir(d))) {
-		uint64_t first;
-		char tail[8];
-		if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) != 2 || strcmp(tail, "log"))
-			continue;
-		struct seg g = {.name = first, .first_seq = first, .fd = -1};
-		if (push_seg(s, &g)) {
-			closedir(d);
-			return DEV_SPOOL_ENOMEM;
-		}
-	}
-	closedir(d);
-	if (s->nsegs > 1)
-		qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
-	struct scan sc = {.durable = durable};
-	for (size_t i = 0; i < s->nsegs; i++) {
-		int rc = scan_seg(s, i, &sc);
-		if (rc)
-			return rc;
-		if (s->segs[i].count == 0) /* nothing intact to keep */
-			s->segs[i].repair = REPAIR_REMOVE;
-	}
-	if (sc.gap && sc.gap_bound > sc.gap_prev)
-		scan_resumed(s, &sc, sc.gap_bound); /* nothing intact after the damage */
-	return DEV_SPOOL_OK;
-}
 
 /* ---------- dropping ---------- */
 
@@ -848,10 +319,10 @@ static int load_segments(struct dev_spool *s, uint64_t durable)
 static void drop_seg(struct dev_spool *s, size_t i)
 {
 	struct seg *g = &s->segs[i];
-	int fd = seg_fd(s, g);
+	int fd = spool_seg_fd(s, g);
 	uint64_t off = 0, count = 0, prev = 0, last = 0, at;
 	struct hdr h;
-	while (fd >= 0 && off < g->bytes && !next_good(s, fd, off, g->bytes, 0, &at, &h)) {
+	while (fd >= 0 && off < g->bytes && !spool_next_good(s, fd, off, g->bytes, 0, &at, &h)) {
 		if (!dev_spool_is_acked(s, h.seq)) {
 			if (!count)
 				prev = h.prev_seq;
@@ -862,7 +333,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	}
 	if (count && add_pending(s, prev, last, count))
 		s->dropped_total += count;
-	remove_seg(s, i);
+	spool_remove_seg(s, i);
 	s->state_dirty = 1;
 }
 
@@ -907,7 +378,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	s->opts = *opts;
 	s->opts.dir = s->dir;
 	if (mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
-		rc = io_err();
+		rc = spool_io_err();
 		reason = "cannot create the spool directory";
 		goto fail;
 	}
@@ -938,7 +409,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 
 	int st = state_read(s);
 	uint64_t was_durable = st == 0 ? s->last_durable : 0;
-	rc = load_segments(s, was_durable);
+	rc = spool_load_segments(s, was_durable);
 	if (rc) {
 		reason = "cannot read the segments";
 		goto fail;
@@ -979,7 +450,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	/* drop segments that were acknowledged before the crash */
 	for (size_t i = 0; i < s->nsegs;) {
 		if (s->segs[i].count && s->segs[i].last_seq <= s->acked_upto)
-			remove_seg(s, i);
+			spool_remove_seg(s, i);
 		else
 			i++;
 	}
@@ -988,7 +459,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		reason = "cannot write the state file";
 		goto fail;
 	}
-	repair_segments(s);
+	spool_repair_segments(s);
 	enforce_limits(s);
 	*out = s;
 	return DEV_SPOOL_OK;
@@ -1037,28 +508,6 @@ int dev_spool_take_seq(struct dev_spool *s, uint64_t *seq)
 	return DEV_SPOOL_OK;
 }
 
-static int new_segment(struct dev_spool *s, uint64_t first)
-{
-	char *path = seg_path(s, first);
-	if (!path)
-		return DEV_SPOOL_ENOMEM;
-	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	free(path);
-	if (fd < 0)
-		return io_err();
-	struct seg g = {.name = first, .first_seq = first, .last_seq = first, .fd = fd};
-	int rc = push_seg(s, &g);
-	if (!rc)
-		close_idle(s, NULL); /* the previous newest is done with */
-	if (!rc)
-		rc = fsync_dir(s->dir);
-	if (rc) {
-		close(fd);
-		if (s->nsegs && s->segs[s->nsegs - 1].fd == fd)
-			s->nsegs--;
-	}
-	return rc;
-}
 
 int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint32_t kind,
 		     int64_t t_ms, const uint8_t *env, size_t len)
@@ -1075,16 +524,16 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 	size_t rec_len = REC_OVERHEAD + len;
 	struct seg *g = s->nsegs ? &s->segs[s->nsegs - 1] : NULL;
 	if (!g || (g->bytes && g->bytes + rec_len > (uint64_t)s->opts.segment_bytes)) {
-		rc = new_segment(s, seq);
+		rc = spool_new_segment(s, seq);
 		if (rc)
 			return rc;
 		g = &s->segs[s->nsegs - 1];
 	}
-	if (seg_fd(s, g) < 0)
+	if (spool_seg_fd(s, g) < 0)
 		return DEV_SPOOL_EIO;
 
 	struct hdr h = {(uint32_t)len, seq, prev_seq, t_ms, kind};
-	hdr_encode(&h, hb);
+	spool_hdr_encode(&h, hb);
 	rec = malloc(rec_len);
 	if (!rec)
 		return DEV_SPOOL_ENOMEM;
@@ -1099,9 +548,9 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 		free(rec);
 		return DEV_SPOOL_EIO;
 	}
-	rc = write_all(g->fd, rec, rec_len);
+	rc = spool_write_all(g->fd, rec, rec_len);
 	if (!rc && fdatasync(g->fd) != 0)
-		rc = io_err();
+		rc = spool_io_err();
 	free(rec);
 	if (rc) {
 		/* leave no torn record behind: the next append starts at the same offset */
@@ -1110,7 +559,7 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 			fdatasync(g->fd);
 		errno = e;
 		if (g->bytes == 0 && s->nsegs)
-			remove_seg(s, s->nsegs - 1);
+			spool_remove_seg(s, s->nsegs - 1);
 		return rc;
 	}
 	if (g->count == 0)
@@ -1150,8 +599,8 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	}
 	for (size_t i = 0; i < s->nsegs;) {
 		struct seg *g = &s->segs[i];
-		if (range_covers(s, g->first_seq, g->last_seq)) {
-			remove_seg(s, i);
+		if (spool_range_covers(s, g->first_seq, g->last_seq)) {
+			spool_remove_seg(s, i);
 			deleted = 1;
 		} else {
 			i++;
@@ -1172,11 +621,11 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 {
 	struct seg *g = &s->segs[i];
 	(void)c; /* its offset goes stale with the rewrite: the next read finds its place by seq */
-	report_lost(s, h->prev_seq, h->seq);
-	if (state_write(s) || seg_rewrite(s, g, g->bytes, here))
+	spool_report_lost(s, h->prev_seq, h->seq);
+	if (state_write(s) || spool_seg_rewrite(s, g, g->bytes, here))
 		return; /* kept on disk: read again, it is not reported again (add_pending) */
 	if (g->count == 0 && i + 1 < s->nsegs)
-		remove_seg(s, i);
+		spool_remove_seg(s, i);
 }
 
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
@@ -1186,9 +635,9 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		struct seg *g = &s->segs[i];
 		if (g->last_seq < c->next_seq)
 			continue;
-		if (skip_acked && range_covers(s, g->first_seq, g->last_seq))
+		if (skip_acked && spool_range_covers(s, g->first_seq, g->last_seq))
 			continue;
-		int fd = seg_fd(s, g);
+		int fd = spool_seg_fd(s, g);
 		if (fd < 0)
 			return DEV_SPOOL_EIO;
 		uint64_t off = c->seg_name == g->name && c->gen == s->layout_gen ? c->off : 0;
@@ -1196,13 +645,13 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
-			int r = next_good(s, fd, off, g->bytes, 0, &here, &h);
+			int r = spool_next_good(s, fd, off, g->bytes, 0, &here, &h);
 			if (r < 0)
 				return r;
 			if (r)
 				break;
 			if (here != off && seen) /* damage since the open: what it hid is lost */
-				report_lost(s, seen, h.prev_seq);
+				spool_report_lost(s, seen, h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;
 			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)))
@@ -1212,7 +661,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 			c->seg_name = g->name;
 			c->gen = s->layout_gen;
 			c->off = off;
-			r = read_rec(s, fd, here, g->bytes, &h, &plain);
+			r = spool_read_rec(s, fd, here, g->bytes, &h, &plain);
 			if (r == DEV_SPOOL_ECORRUPT || r == 1) {
 				drop_rotten(s, i, c, &h, here);
 				return DEV_SPOOL_ECORRUPT;
@@ -1238,12 +687,12 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 	st->chain_floor = s->last_durable;
 	for (size_t i = 0; i < s->nsegs; i++) {
 		struct seg *g = &m->segs[i];
-		if (range_covers(s, g->first_seq, g->last_seq))
+		if (spool_range_covers(s, g->first_seq, g->last_seq))
 			continue;
-		int fd = seg_fd(m, g);
+		int fd = spool_seg_fd(m, g);
 		uint64_t off = 0, at;
 		struct hdr h;
-		while (fd >= 0 && off < g->bytes && !next_good(m, fd, off, g->bytes, 0, &at, &h)) {
+		while (fd >= 0 && off < g->bytes && !spool_next_good(m, fd, off, g->bytes, 0, &at, &h)) {
 			off = at + REC_OVERHEAD + h.len;
 			if (dev_spool_is_acked(s, h.seq))
 				continue;

@@ -1,0 +1,175 @@
+/* dev_spool_recover.c - opening a spool after a crash: torn tails cut, bit rot skipped and
+ * reported as dropped, the damage mended once the report is on disk. */
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dev_spool_int.h"
+
+/* Recovery's view of the chain across segments, to report what damage destroyed. */
+struct scan {
+	uint64_t durable;   /* the last seq the state file says was appended (0: unknown) */
+	uint64_t last;	    /* seq of the last intact record so far */
+	int gap;	    /* records were lost after gap_prev... */
+	uint64_t gap_prev;
+	uint64_t gap_bound; /* ...and below the next segment's name (when nothing intact follows) */
+};
+
+static int seg_cmp(const void *a, const void *b)
+{
+	const struct seg *x = a, *y = b;
+	return (x->name > y->name) - (x->name < y->name);
+}
+
+/* Damage in a segment that was complete (not a torn write at the very end of the spool). */
+static void scan_lost(const struct dev_spool *s, struct scan *sc, size_t seg_index)
+{
+	if (sc->gap)
+		return;
+	sc->gap = 1;
+	sc->gap_prev = sc->last > s->acked_upto ? sc->last : s->acked_upto;
+	sc->gap_bound = seg_index + 1 < s->nsegs ? s->segs[seg_index + 1].name - 1 : 0;
+}
+
+/* The chain resumes at an intact record linking to `upto`: what lies between was lost. */
+static void scan_resumed(struct dev_spool *s, struct scan *sc, uint64_t upto)
+{
+	if (!sc->gap)
+		return;
+	sc->gap = 0;
+	if (upto > sc->gap_prev && !spool_range_covers(s, sc->gap_prev + 1, upto))
+		spool_report_lost(s, sc->gap_prev, upto);
+}
+
+/* Scan segment i's headers, filling it. The newest segment may end in a torn write (a short
+ * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
+ * as it was never durable (unless the state file says that record was: then it is rot). Anywhere
+ * else damage is bit rot: the intact records around it are kept and the lost stretch is reported
+ * as dropped. Mending the file waits for repair_segments, after the state that reports the loss
+ * is on disk: a power cut in between must not lose the report. */
+static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
+{
+	struct seg *g = &s->segs[i];
+	int newest = i + 1 == s->nsegs, fd = spool_seg_fd(s, g), damaged = 0, rotten = 0;
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0)
+		return DEV_SPOOL_EIO;
+	uint64_t off = 0, end = (uint64_t)st.st_size, last_off = 0, sc_before = sc->last;
+	uint64_t before_seq = 0;
+	int64_t before_t = 0;
+	g->count = 0;
+	g->bytes = end;
+	s->total_bytes += end;
+	while (off < end) {
+		struct hdr h;
+		uint64_t at;
+		int r = spool_next_good(s, fd, off, end, g->count ? g->last_seq : 0, &at, &h);
+		if (r < 0)
+			return r;
+		if (r)
+			break;
+		if (at != off) {
+			damaged = 1;
+			scan_lost(s, sc, i);
+		}
+		scan_resumed(s, sc, h.prev_seq);
+		if (g->count == 0)
+			g->first_seq = h.seq;
+		before_seq = g->last_seq;
+		before_t = g->t_last;
+		sc_before = sc->last;
+		last_off = at;
+		g->last_seq = h.seq;
+		g->t_last = h.t_ms;
+		g->count++;
+		sc->last = h.seq;
+		off = at + REC_OVERHEAD + h.len;
+	}
+	if (off < end && !newest)
+		scan_lost(s, sc, i);
+	if (newest && g->count) {
+		uint8_t *env = NULL;
+		struct hdr h;
+		int r = spool_read_rec(s, fd, last_off, off, &h, &env);
+		free(env);
+		if (r == DEV_SPOOL_ECORRUPT || r == 1) {
+			if (h.seq <= sc->durable) { /* it was durable: rot, not a torn write */
+				spool_report_lost(s, h.prev_seq, h.seq);
+				rotten = 1;
+			}
+			off = last_off;
+			g->last_seq = --g->count ? before_seq : g->first_seq;
+			g->t_last = before_t;
+			sc->last = sc_before;
+		} else if (r) {
+			return r;
+		}
+	}
+	if (damaged)
+		g->repair = REPAIR_REWRITE;
+	else if (off < end && (!newest || rotten))
+		g->repair = REPAIR_CUT;
+	else if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
+		return DEV_SPOOL_EIO; /* a torn write: nothing to report, cut now */
+	g->repair_to = off;
+	s->total_bytes -= end - off;
+	g->bytes = off;
+	return DEV_SPOOL_OK;
+}
+
+/* Mend what scan_seg found, now that the state reporting it is on disk. A failure leaves the
+ * damage in place, which readers skip (next_good). */
+void spool_repair_segments(struct dev_spool *s)
+{
+	for (size_t i = 0; i < s->nsegs;) {
+		struct seg *g = &s->segs[i];
+		int how = g->repair, fd = how ? spool_seg_fd(s, g) : -1;
+		g->repair = REPAIR_NONE;
+		if (how == REPAIR_REMOVE) {
+			spool_remove_seg(s, i);
+			continue;
+		}
+		if (how == REPAIR_REWRITE)
+			spool_seg_rewrite(s, g, g->repair_to, UINT64_MAX);
+		else if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
+			fdatasync(fd);
+		i++;
+	}
+}
+
+int spool_load_segments(struct dev_spool *s, uint64_t durable)
+{
+	DIR *d = opendir(s->dir);
+	struct dirent *e;
+	if (!d)
+		return DEV_SPOOL_EIO;
+	while ((e = readdir(d))) {
+		uint64_t first;
+		char tail[8];
+		if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) != 2 || strcmp(tail, "log"))
+			continue;
+		struct seg g = {.name = first, .first_seq = first, .fd = -1};
+		if (spool_push_seg(s, &g)) {
+			closedir(d);
+			return DEV_SPOOL_ENOMEM;
+		}
+	}
+	closedir(d);
+	if (s->nsegs > 1)
+		qsort(s->segs, s->nsegs, sizeof(*s->segs), seg_cmp);
+	struct scan sc = {.durable = durable};
+	for (size_t i = 0; i < s->nsegs; i++) {
+		int rc = scan_seg(s, i, &sc);
+		if (rc)
+			return rc;
+		if (s->segs[i].count == 0) /* nothing intact to keep */
+			s->segs[i].repair = REPAIR_REMOVE;
+	}
+	if (sc.gap && sc.gap_bound > sc.gap_prev)
+		scan_resumed(s, &sc, sc.gap_bound); /* nothing intact after the damage */
+	return DEV_SPOOL_OK;
+}

@@ -1,0 +1,316 @@
+/* dev_spool_seg.c - the spool's segment files: records, descriptors, resync past damage,
+ * rewrites. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crc32.h"
+#include "dev_spool_int.h"
+#include "ofile.h"
+
+int spool_io_err(void)
+{
+	return errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? DEV_SPOOL_ENOSPC
+								    : DEV_SPOOL_EIO;
+}
+
+int spool_write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return spool_io_err();
+		if (w == 0) {
+			errno = ENOSPC;
+			return DEV_SPOOL_ENOSPC;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return DEV_SPOOL_OK;
+}
+
+static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
+{
+	while (n) {
+		ssize_t r = pread(fd, p, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r == 0 ? 1 : DEV_SPOOL_EIO; /* 1: short (end of file) */
+		p += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+int spool_fsync_dir(const char *dir)
+{
+	return ofile_sync_dir(dir) ? DEV_SPOOL_EIO : DEV_SPOOL_OK;
+}
+
+static char *seg_path(const struct dev_spool *s, uint64_t first)
+{
+	char *p = NULL;
+	if (asprintf(&p, "%s/seg-%020" PRIu64 ".log", s->dir, first) < 0)
+		return NULL;
+	return p;
+}
+
+void spool_hdr_encode(const struct hdr *h, uint8_t out[HDR_LEN])
+{
+	memset(out, 0, HDR_LEN);
+	put32(out, REC_MAGIC);
+	put32(out + 4, h->len);
+	put64(out + 8, h->seq);
+	put64(out + 16, h->prev_seq);
+	put64(out + 24, (uint64_t)h->t_ms);
+	put32(out + 32, h->kind);
+	put32(out + 44, crc32_update(0, out, 44));
+}
+
+static int hdr_decode(const uint8_t in[HDR_LEN], struct hdr *h)
+{
+	if (get32(in) != REC_MAGIC || get32(in + 44) != crc32_update(0, in, 44))
+		return -1;
+	h->len = get32(in + 4);
+	h->seq = get64(in + 8);
+	h->prev_seq = get64(in + 16);
+	h->t_ms = (int64_t)get64(in + 24);
+	h->kind = get32(in + 32);
+	if (h->len == 0 || h->len > MAX_REC_PAYLOAD || h->seq == 0)
+		return -1;
+	return 0;
+}
+
+int spool_push_seg(struct dev_spool *s, const struct seg *g)
+{
+	if (s->nsegs == s->cap_segs) {
+		size_t n = s->cap_segs ? s->cap_segs * 2 : 16;
+		struct seg *p = realloc(s->segs, n * sizeof(*p));
+		if (!p)
+			return DEV_SPOOL_ENOMEM;
+		s->segs = p;
+		s->cap_segs = n;
+	}
+	s->segs[s->nsegs++] = *g;
+	return DEV_SPOOL_OK;
+}
+
+/* A segment's descriptor, opened on demand. Only the newest segment (appends) and the one last
+ * read keep theirs: a spool of thousands of segments must not run out of descriptors. */
+static void close_idle(struct dev_spool *s, const struct seg *keep)
+{
+	for (size_t i = 0; i + 1 < s->nsegs; i++) {
+		if (&s->segs[i] != keep && s->segs[i].fd >= 0) {
+			close(s->segs[i].fd);
+			s->segs[i].fd = -1;
+		}
+	}
+}
+
+int spool_seg_fd(struct dev_spool *s, struct seg *g)
+{
+	if (g->fd >= 0)
+		return g->fd;
+	close_idle(s, g);
+	char *path = seg_path(s, g->name);
+	if (!path)
+		return -1;
+	g->fd = open(path, O_RDWR | O_CLOEXEC);
+	free(path);
+	return g->fd;
+}
+
+void spool_remove_seg(struct dev_spool *s, size_t i)
+{
+	struct seg *g = &s->segs[i];
+	char *path = seg_path(s, g->name);
+	if (g->fd >= 0)
+		close(g->fd);
+	if (path)
+		unlink(path);
+	free(path);
+	s->total_bytes -= g->bytes;
+	memmove(&s->segs[i], &s->segs[i + 1], (s->nsegs - i - 1) * sizeof(*g));
+	s->nsegs--;
+}
+
+int spool_new_segment(struct dev_spool *s, uint64_t first)
+{
+	char *path = seg_path(s, first);
+	if (!path)
+		return DEV_SPOOL_ENOMEM;
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	free(path);
+	if (fd < 0)
+		return spool_io_err();
+	struct seg g = {.name = first, .first_seq = first, .last_seq = first, .fd = fd};
+	int rc = spool_push_seg(s, &g);
+	if (!rc)
+		close_idle(s, NULL); /* the previous newest is done with */
+	if (!rc)
+		rc = spool_fsync_dir(s->dir);
+	if (rc) {
+		close(fd);
+		if (s->nsegs && s->segs[s->nsegs - 1].fd == fd)
+			s->nsegs--;
+	}
+	return rc;
+}
+
+static int decrypt(struct dev_spool *s, const uint8_t hdr[HDR_LEN], const uint8_t *body,
+		   uint32_t len, uint8_t *out)
+{
+	const uint8_t *nonce = body, *ct = body + NONCE_LEN, *tag = body + NONCE_LEN + len;
+	return wc_AesGcmDecrypt(&s->aes, out, ct, len, nonce, NONCE_LEN, tag, TAG_LEN, hdr,
+				HDR_LEN) == 0
+		       ? 0
+		       : DEV_SPOOL_ECORRUPT;
+}
+
+/* Read the record at off: 0 ok (env malloc'd if env != NULL), 1 end/torn, <0 error. */
+int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end, struct hdr *h,
+		    uint8_t **env)
+{
+	uint8_t hb[HDR_LEN];
+	if (off + HDR_LEN > file_end)
+		return 1;
+	int r = read_at(fd, hb, HDR_LEN, off);
+	if (r)
+		return r > 0 ? 1 : r;
+	if (hdr_decode(hb, h) || off + REC_OVERHEAD + h->len > file_end)
+		return 1;
+	if (!env)
+		return 0;
+	uint8_t *body = malloc(NONCE_LEN + (size_t)h->len + TAG_LEN);
+	uint8_t *plain = malloc(h->len);
+	if (!body || !plain) {
+		free(body);
+		free(plain);
+		return DEV_SPOOL_ENOMEM;
+	}
+	r = read_at(fd, body, NONCE_LEN + (size_t)h->len + TAG_LEN, off + HDR_LEN);
+	if (!r)
+		r = decrypt(s, hb, body, h->len, plain);
+	else if (r > 0)
+		r = 1;
+	free(body);
+	if (r) {
+		free(plain);
+		return r;
+	}
+	*env = plain;
+	return 0;
+}
+
+/* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
+ * 1 none before end, <0 error. Past damage it resynchronises byte by byte: a header needs the
+ * magic, a matching CRC and a body that fits, so damage is not taken for a record. */
+int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,
+		     uint64_t *at, struct hdr *h)
+{
+	enum { WIN = 64 * 1024 };
+	int r = spool_read_rec(s, fd, off, end, h, NULL);
+	if (r <= 0) {
+		if (r == 0 && h->seq > after)
+			*at = off;
+		if (r < 0 || h->seq > after)
+			return r;
+	}
+	uint8_t *buf = malloc(WIN);
+	if (!buf)
+		return DEV_SPOOL_ENOMEM;
+	int rc = 1;
+	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
+		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
+		r = read_at(fd, buf, n, o);
+		if (r) {
+			rc = r < 0 ? r : 1;
+			break;
+		}
+		for (size_t i = 0; i + HDR_LEN <= n; i++) {
+			if (get32(buf + i) == REC_MAGIC && !hdr_decode(buf + i, h) && h->seq > after &&
+			    o + i + REC_OVERHEAD + h->len <= end) {
+				*at = o + i;
+				rc = 0;
+				break;
+			}
+		}
+		o += n - HDR_LEN + 1;
+	}
+	free(buf);
+	return rc;
+}
+
+/* Rewrite segment g with its intact records in [0, end), less the one at `skip` (UINT64_MAX:
+ * none), through a temporary file renamed over it. Its name stays; cursors' offsets go stale. */
+int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip)
+{
+	char *path = seg_path(s, g->name), *tmp = NULL;
+	uint8_t *rec = malloc(REC_OVERHEAD + MAX_REC_PAYLOAD);
+	int fd = spool_seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
+	struct seg n = {.name = g->name, .fd = -1};
+	uint64_t off = 0, at;
+	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
+		goto done;
+	out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || out < 0) {
+		rc = fd < 0 ? DEV_SPOOL_EIO : spool_io_err();
+		goto done;
+	}
+	rc = DEV_SPOOL_OK;
+	while (off < end) {
+		struct hdr h;
+		rc = spool_next_good(s, fd, off, end, n.count ? n.last_seq : 0, &at, &h);
+		if (rc) {
+			rc = rc < 0 ? rc : DEV_SPOOL_OK;
+			break;
+		}
+		size_t len = REC_OVERHEAD + h.len;
+		off = at + len;
+		if (at == skip)
+			continue;
+		rc = read_at(fd, rec, len, at);
+		if (rc > 0)
+			rc = DEV_SPOOL_EIO;
+		if (!rc)
+			rc = spool_write_all(out, rec, len);
+		if (rc)
+			goto done;
+		if (!n.count++)
+			n.first_seq = h.seq;
+		n.last_seq = h.seq;
+		n.t_last = h.t_ms;
+		n.bytes += len;
+	}
+	if (rc)
+		goto done;
+	if (fdatasync(out) != 0 || rename(tmp, path) != 0) {
+		rc = spool_io_err();
+		goto done;
+	}
+	rc = spool_fsync_dir(s->dir);
+	close(g->fd);
+	n.fd = out;
+	out = -1;
+	s->total_bytes = s->total_bytes - g->bytes + n.bytes;
+	*g = n;
+	s->layout_gen++;
+done:
+	if (out >= 0) {
+		close(out);
+		unlink(tmp);
+	}
+	free(rec);
+	free(tmp);
+	free(path);
+	return rc;
+}
