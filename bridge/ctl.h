@@ -30,6 +30,10 @@ int ctl_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 /* A store failure: "outpostctl: <what>: <strerror>: <detail>"; returns CTL_FAIL. */
 int ctl_store_err(struct ctl *c, const char *what, int rc);
 
+/* The store key of device id (the store must be open): CTL_OK, CTL_USAGE for a malformed id,
+ * CTL_FAIL ("no device ...") for an unknown one, each said on stderr. */
+int ctl_device_key(struct ctl *c, const char *id, int64_t *key);
+
 /* ---- arguments ---- */
 
 struct ctl_optdef {

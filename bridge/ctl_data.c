@@ -10,7 +10,7 @@
 #include "store_prune.h"
 #include "wire_topic.h"
 
-static int device_key(struct ctl *c, const char *id, int64_t *key)
+int ctl_device_key(struct ctl *c, const char *id, int64_t *key)
 {
 	struct store_device d;
 	if (wire_id_check(id))
@@ -67,7 +67,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 		return rc;
 	if (!ctl_store(c))
 		return c->code;
-	if ((rc = device_key(c, device, &key)))
+	if ((rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
 	rc = store_prepare(
@@ -128,7 +128,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		return rc;
 	if (!ctl_store(c))
 		return c->code;
-	if (device && (rc = device_key(c, device, &key)))
+	if (device && (rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
 	/* The newest `limit` events, printed oldest first. */
@@ -178,7 +178,7 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_USAGE, "gaps: --format: want table, csv or json");
 	if (!ctl_store(c))
 		return c->code;
-	if (device && (rc = device_key(c, device, &key)))
+	if (device && (rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */

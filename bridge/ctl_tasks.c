@@ -190,6 +190,9 @@ static int list(struct ctl *c, int argc, char **argv)
 	}
 	if (!ctl_store(c))
 		return c->code;
+	int64_t key;
+	if (device && (rc = ctl_device_key(c, device, &key)))
+		return rc; /* a typo in the id is said, not shown as an empty list */
 	struct store_stmt *st = NULL;
 	rc = store_prepare(c->s,
 	                   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"

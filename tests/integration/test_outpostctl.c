@@ -359,6 +359,7 @@ Test(outpostctl, filters_refuse_unknown_values, .timeout = 60)
 	expect_ctl(url, 0, "events --type task_queued --format csv", NULL, 1);
 	expect_ctl(url, 0, "events --type chain_floor_ignored --format csv", NULL, 1);
 	expect_ctl(url, 0, "task list --state cancelled --format csv", NULL, 1);
+	expect_ctl(url, 1, "task list --device dev-x", "no device 'dev-x'", -1);
 	free(url);
 }
 
