@@ -21,7 +21,7 @@
 
 #include "otime.h"
 #include "cfg.h"
-#include "dev_agent.h"
+#include "dev_agent_int.h"
 #include "dev_catalog.h"
 #include "dev_collect.h"
 #include "dev_link.h"
@@ -38,40 +38,6 @@
 #include "wire_topic.h"
 
 #define BRIDGE_CN "outpost-bridge"
-#define MAX_RESULT_OUTPUT 24
-
-struct result;
-
-struct dev_agent {
-	struct dev_config *cfg;
-	struct wire_key *key;
-	struct wire_pubkey bridge_pub;
-	char *cert_pem;
-	struct dev_spool *spool;
-	struct dev_catalog *catalog;
-	struct dev_collect *collect;
-	struct wire_batch_builder *builder;
-	struct dev_uploader *up;
-	struct dev_link *link;
-	struct dev_tasks *tasks;
-	WC_RNG rng;
-	int rng_ready;
-	int wake_fd;
-	volatile sig_atomic_t stop;
-	volatile sig_atomic_t reconnect;
-	int restart;
-	uint8_t boot_id[WIRE_BOOT_ID_LEN];
-	int64_t started_at_ms;
-	int64_t started_mono;
-	int64_t next_sample, next_flush, next_poll;
-	int birth_due;
-	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
-	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
-	int64_t last_spool_error_log;
-	/* task results the spool could not take (disk full), oldest first; no polls meanwhile */
-	struct result *unreported[WIRE_MAX_TASKS];
-	size_t n_unreported;
-};
 
 /* ---------- time ---------- */
 
@@ -187,8 +153,6 @@ out:
 	return rc;
 }
 
-static void on_interrupted_task(struct dev_agent *a);
-
 int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, size_t errlen)
 {
 	struct dev_agent *a = calloc(1, sizeof(*a));
@@ -298,7 +262,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	wc_RNG_GenerateBlock(&a->rng, a->boot_id, sizeof(a->boot_id));
 	a->started_at_ms = otime_wall_ms();
 	a->started_mono = otime_mono_ms();
-	on_interrupted_task(a);
+	agent_on_interrupted_task(a);
 	*out = a;
 	return 0;
 fail:
@@ -315,8 +279,7 @@ void dev_agent_free(struct dev_agent *a)
 	wire_batch_builder_free(a->builder);
 	dev_collect_close(a->collect);
 	dev_tasks_close(a->tasks);
-	for (size_t i = 0; i < a->n_unreported; i++)
-		free(a->unreported[i]);
+	agent_forget_results(a);
 	dev_catalog_close(a->catalog);
 	dev_spool_close(a->spool);
 	wire_key_free(a->key);
@@ -358,7 +321,7 @@ static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 }
 
 /* Seal a durable body (batch or task result, whose prev_seq the caller set) and spool it. */
-static int spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body,
+int agent_spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body,
 			 size_t len)
 {
 	uint8_t *env = NULL;
@@ -378,7 +341,7 @@ static int spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const
 	return 0;
 }
 
-static int flush_batch(struct dev_agent *a)
+int agent_flush_batch(struct dev_agent *a)
 {
 	struct wire_dropped dropped[WIRE_MAX_DROPPED];
 	uint8_t *body = NULL;
@@ -400,7 +363,7 @@ static int flush_batch(struct dev_agent *a)
 		wire_batch_builder_reset(a->builder);
 		return rc;
 	}
-	rc = spool_durable(a, WIRE_KIND_BATCH, seq, body, len);
+	rc = agent_spool_durable(a, WIRE_KIND_BATCH, seq, body, len);
 	free(body);
 	if (rc) {
 		log_spool_error(a, "a batch", rc);
@@ -432,7 +395,7 @@ static int sink(void *ctx, const char *name, const char *unit, double value)
 	return wire_batch_add(s->a->builder, id, value);
 }
 
-static void sample(struct dev_agent *a)
+void agent_sample(struct dev_agent *a)
 {
 	struct sample_ctx s = {a, 0};
 	const char *failed = NULL, *why = NULL;
@@ -440,7 +403,7 @@ static void sample(struct dev_agent *a)
 	/* A batch must hold a whole row: seal early if this one might not fit. */
 	if (wire_batch_rows(a->builder) + 1 >= WIRE_MAX_ROWS ||
 	    wire_batch_count(a->builder) + 2 * dev_catalog_count(a->catalog) + 64 > WIRE_MAX_CELLS)
-		flush_batch(a);
+		agent_flush_batch(a);
 	if (wire_batch_row(a->builder, otime_wall_ms())) {
 		/* the spool has been failing for a long time: keep the newest data */
 		olog(OLOG_WARN, "batch buffer full while the spool fails; dropping %zu buffered readings",
@@ -569,307 +532,6 @@ static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_
 	return dev_link_publish(a->link, a->topic[t], env, len, 1, 0, NULL, NULL, 0);
 }
 
-/* ---------- tasks ---------- */
-
-/* Self-contained (no pointers): it can wait in memory after the task list is freed. */
-struct result {
-	uint64_t task_id;
-	int64_t finished_at_ms;
-	int status; /* Outpost__TaskStatus */
-	char message[WIRE_MAX_TEXT];
-	char keys[MAX_RESULT_OUTPUT][WIRE_MAX_KEY + 1];
-	char vals[MAX_RESULT_OUTPUT][160];
-	size_t n;
-};
-
-static void out_kv(struct result *r, const char *key, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void out_kv(struct result *r, const char *key, const char *fmt, ...)
-{
-	if (r->n == MAX_RESULT_OUTPUT)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(r->vals[r->n], sizeof(r->vals[r->n]), fmt, ap);
-	va_end(ap);
-	snprintf(r->keys[r->n], sizeof(r->keys[r->n]), "%s", key);
-	r->n++;
-}
-
-/* Seal the result into the spool: 0, or why not. */
-static int store_result(struct dev_agent *a, const struct result *r)
-{
-	Outpost__TaskResult m = OUTPOST__TASK_RESULT__INIT;
-	Outpost__KeyValue kv[MAX_RESULT_OUTPUT], *kvp[MAX_RESULT_OUTPUT];
-	uint8_t *body = NULL;
-	size_t len;
-	uint64_t seq;
-	int rc = dev_spool_take_seq(a->spool, &seq);
-	if (rc)
-		return rc;
-	for (size_t i = 0; i < r->n; i++) {
-		outpost__key_value__init(&kv[i]);
-		kv[i].key = (char *)r->keys[i];
-		kv[i].value = (char *)r->vals[i];
-		kvp[i] = &kv[i];
-	}
-	m.prev_seq = dev_spool_last_durable(a->spool);
-	m.task_id = r->task_id;
-	m.status = (Outpost__TaskStatus)r->status;
-	m.message = (char *)r->message;
-	m.n_output = r->n;
-	m.output = kvp;
-	m.finished_at_ms = r->finished_at_ms;
-	struct wire_diag d = {{0}};
-	if (wire_msg_pack(WIRE_KIND_TASK_RESULT, &m.base, &body, &len, &d)) {
-		/* waiting would not help: give it up (the seq taken is skipped, as after a crash) */
-		olog(OLOG_ERROR, "task %" PRIu64 ": result lost: cannot encode it: %s", r->task_id,
-		     d.msg[0] ? d.msg : "out of memory");
-		return 0;
-	}
-	rc = spool_durable(a, WIRE_KIND_TASK_RESULT, seq, body, len);
-	free(body);
-	return rc;
-}
-
-/* Report a task's result. If the spool cannot take it (disk full), it waits in memory, in
- * order, and is stored by retry_results; only a restart before then loses it. */
-static void report(struct dev_agent *a, uint64_t task_id, struct result *r)
-{
-	r->task_id = task_id;
-	r->finished_at_ms = otime_wall_ms();
-	int rc = a->n_unreported ? DEV_SPOOL_ENOSPC : store_result(a, r);
-	if (!rc)
-		return;
-	struct result *keep = a->n_unreported < WIRE_MAX_TASKS ? malloc(sizeof(*keep)) : NULL;
-	if (!keep) {
-		olog(OLOG_ERROR, "task %" PRIu64 ": result lost: %s, and no room to keep it", task_id,
-		     dev_spool_strerror(rc));
-		return;
-	}
-	*keep = *r;
-	a->unreported[a->n_unreported++] = keep;
-	olog(OLOG_WARN, "task %" PRIu64 ": result kept in memory until the spool takes it (%s)",
-	     task_id, dev_spool_strerror(rc));
-}
-
-static void retry_results(struct dev_agent *a)
-{
-	while (a->n_unreported && !store_result(a, a->unreported[0])) {
-		olog(OLOG_INFO, "task %" PRIu64 ": result stored", a->unreported[0]->task_id);
-		free(a->unreported[0]);
-		memmove(a->unreported, a->unreported + 1, --a->n_unreported * sizeof(a->unreported[0]));
-	}
-}
-
-static const char *arg_of(const Outpost__Task *t, const char *key)
-{
-	for (size_t i = 0; i < t->n_args; i++)
-		if (!strcmp(t->args[i]->key, key))
-			return t->args[i]->value;
-	return NULL;
-}
-
-static void task_ping(struct dev_agent *a, struct result *r)
-{
-	struct dev_spool_stats st;
-	struct dev_link_stats ls;
-	struct dev_uploader_stats us;
-	dev_spool_stats(a->spool, &st);
-	dev_link_stats(a->link, &ls);
-	dev_uploader_stats(a->up, &us);
-	out_kv(r, "agent_version", "%s", OUTPOST_VERSION);
-	out_kv(r, "uptime_s", "%lld", (long long)((otime_mono_ms() - a->started_mono) / 1000));
-	out_kv(r, "spool_records", "%" PRIu64, st.records);
-	out_kv(r, "spool_bytes", "%" PRIu64, st.bytes);
-	out_kv(r, "oldest_unsent_age_s", "%lld",
-	       st.oldest_unsent_ms ? (long long)((otime_wall_ms() - st.oldest_unsent_ms) / 1000) : 0LL);
-	out_kv(r, "dropped_total", "%" PRIu64, st.dropped_total);
-	out_kv(r, "link_uri", "%s", ls.uri);
-	out_kv(r, "link_connects", "%" PRIu64, ls.connects);
-	out_kv(r, "link_disconnects", "%" PRIu64, ls.disconnects);
-	out_kv(r, "link_last_cause", "%s", ls.last_cause);
-	out_kv(r, "sent", "%" PRIu64, us.sent);
-	out_kv(r, "resent", "%" PRIu64, us.resent);
-	out_kv(r, "batches", "%" PRIu64, a->batches);
-	out_kv(r, "sample_errors", "%" PRIu64, a->sample_errors);
-	out_kv(r, "metrics", "%zu", dev_catalog_count(a->catalog));
-	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
-	snprintf(r->message, sizeof(r->message), "pong");
-}
-
-static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct result *r)
-{
-	char err[CFG_ERR_MAX];
-	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-	const char *keys[WIRE_MAX_ARGS], *values[WIRE_MAX_ARGS];
-	if (!t->n_args || t->n_args > WIRE_MAX_ARGS) {
-		snprintf(r->message, sizeof(r->message), "set_config needs 1 to %d key=value arguments",
-			 WIRE_MAX_ARGS);
-		return;
-	}
-	for (size_t i = 0; i < t->n_args; i++) {
-		keys[i] = t->args[i]->key;
-		values[i] = t->args[i]->value;
-	}
-	if (dev_config_set_overrides(a->cfg, t->n_args, keys, values, err)) {
-		snprintf(r->message, sizeof(r->message), "%s", err);
-		return;
-	}
-	for (size_t i = 0; i < t->n_args; i++)
-		out_kv(r, keys[i], "%s", values[i]);
-	olog_set_level((enum olog_level)a->cfg->log_level);
-	int64_t now = otime_mono_ms();
-	a->next_sample = now + a->cfg->sample_interval_ms;
-	a->next_flush = now + a->cfg->batch_interval_ms;
-	a->next_poll = now + a->cfg->poll_interval_ms;
-	a->birth_due = 1; /* intervals travel in Birth */
-	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
-	snprintf(r->message, sizeof(r->message), "applied and persisted %zu setting(s)", t->n_args);
-}
-
-static int parse_u64(const char *s, uint64_t *v)
-{
-	char *end;
-	if (!s || *s < '0' || *s > '9')
-		return -1; /* strtoull would take "-1" as the largest seq */
-	errno = 0;
-	unsigned long long x = strtoull(s, &end, 10);
-	if (errno || *end)
-		return -1;
-	*v = x;
-	return 0;
-}
-
-static void task_resend(struct dev_agent *a, const Outpost__Task *t, struct result *r)
-{
-	uint64_t from, to;
-	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-	if (parse_u64(arg_of(t, "from"), &from) || parse_u64(arg_of(t, "to"), &to) || from > to) {
-		snprintf(r->message, sizeof(r->message), "resend needs from=SEQ to=SEQ with from <= to");
-		return;
-	}
-	/* count what is still on disk in that range */
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(from);
-	uint64_t n = 0;
-	for (int guard = 0; guard < 1000000; guard++) {
-		struct dev_spool_rec rec;
-		uint8_t *env = NULL;
-		size_t len;
-		int rc = dev_spool_next(a->spool, &c, 0, &rec, &env, &len);
-		free(env);
-		if (rc == DEV_SPOOL_ECORRUPT)
-			continue;
-		if (rc || rec.seq > to)
-			break;
-		n++;
-	}
-	if (!n) {
-		snprintf(r->message, sizeof(r->message), "nothing in %" PRIu64 "..%" PRIu64 " is still in the spool",
-			 from, to);
-		return;
-	}
-	dev_uploader_resend(a->up, from, to);
-	out_kv(r, "records", "%" PRIu64, n);
-	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
-	snprintf(r->message, sizeof(r->message), "resending %" PRIu64 " spooled envelope(s)", n);
-}
-
-static void run_task(struct dev_agent *a, const Outpost__Task *t)
-{
-	struct result r = {0};
-	olog(OLOG_INFO, "task %" PRIu64 ": running %s", t->id, t->type);
-	if (dev_tasks_begin(a->tasks, t->id, t->type)) {
-		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-		snprintf(r.message, sizeof(r.message), "cannot persist task state; not run");
-		report(a, t->id, &r);
-		return;
-	}
-	a->tasks_run++;
-	if (!strcmp(t->type, "ping")) {
-		task_ping(a, &r);
-	} else if (!strcmp(t->type, "set_config")) {
-		task_set_config(a, t, &r);
-	} else if (!strcmp(t->type, "resend")) {
-		task_resend(a, t, &r);
-	} else if (!strcmp(t->type, "collect_now")) {
-		sample(a);
-		uint64_t before = a->batches;
-		flush_batch(a);
-		r.status = a->batches > before ? OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED
-					       : OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-		out_kv(&r, "batch_seq", "%" PRIu64, dev_spool_last_durable(a->spool));
-		snprintf(r.message, sizeof(r.message), "%s",
-			 a->batches > before ? "sampled and sealed a batch" : "could not store the batch");
-	} else if (!strcmp(t->type, "restart")) {
-		/* the result is reported by the next agent: see on_interrupted_task */
-		olog(OLOG_INFO, "task %" PRIu64 ": restarting the agent", t->id);
-		a->restart = 1;
-		a->stop = 1;
-		return;
-	}
-	report(a, t->id, &r);
-	dev_tasks_end(a->tasks);
-	olog(OLOG_INFO, "task %" PRIu64 ": %s: %s", t->id,
-	     r.status == OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED ? "succeeded" : "failed", r.message);
-}
-
-static void on_interrupted_task(struct dev_agent *a)
-{
-	uint64_t id;
-	char type[WIRE_MAX_TASK_TYPE + 1];
-	struct result r = {0};
-	if (!dev_tasks_interrupted(a->tasks, &id, type))
-		return;
-	if (!strcmp(type, "restart")) {
-		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
-		snprintf(r.message, sizeof(r.message), "agent restarted");
-		out_kv(&r, "boot", "%s", "new");
-	} else {
-		/* it may or may not have taken effect; it is never run again */
-		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-		snprintf(r.message, sizeof(r.message), "interrupted by an agent restart; not run again");
-	}
-	report(a, id, &r);
-	dev_tasks_end(a->tasks);
-	olog(OLOG_INFO, "task %" PRIu64 " (%s): reported after restart: %s", id, type, r.message);
-}
-
-static void on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
-{
-	struct dev_task_verdict v[WIRE_MAX_TASKS];
-	Outpost__TaskList *list = NULL;
-	size_t n = 0;
-	struct wire_diag d = {{0}};
-	int rc = dev_tasks_judge(a->tasks, ev->data, ev->len, ev->corr, ev->corr_len, otime_wall_ms(),
-				 otime_mono_ms(), &list, v, &n, &d);
-	if (rc) {
-		olog(OLOG_WARN, "ignored an unreadable task list: %s", d.msg[0] ? d.msg : wire_strerror(rc));
-		return;
-	}
-	if (n && v[0].whole_list) {
-		/* Forged, stale or not ours: its tasks are not judged, so they stay unseen. A result
-		 * here would let whoever sent it fail real tasks; the bridge delivers them again. */
-		olog(OLOG_WARN, "ignored a task list of %zu task(s), first id %" PRIu64 ": %s", n,
-		     v[0].id, v[0].reject);
-		wire_msg_free(list);
-		return;
-	}
-	for (size_t i = 0; i < n && !a->stop; i++) {
-		if (v[i].reject) {
-			struct result r = {0};
-			r.status = OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED;
-			snprintf(r.message, sizeof(r.message), "%s", v[i].reject);
-			olog(OLOG_WARN, "task %" PRIu64 ": rejected: %s", v[i].id, v[i].reject);
-			if (v[i].id)
-				report(a, v[i].id, &r);
-			continue;
-		}
-		run_task(a, v[i].task);
-	}
-	wire_msg_free(list);
-}
-
 /* ---------- events ---------- */
 
 static void on_event(struct dev_agent *a, struct dev_link_event *ev)
@@ -918,7 +580,7 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 				     d.msg[0] ? ": " : "", d.msg);
 			}
 		} else if (t == WIRE_TOPIC_TASKS) {
-			on_tasks(a, ev);
+			agent_on_tasks(a, ev);
 		}
 		break;
 	}
@@ -953,16 +615,16 @@ int dev_agent_run(struct dev_agent *a)
 		now = otime_mono_ms();
 		int64_t link_next = dev_link_tick(a->link, now);
 		if (now >= a->next_sample) {
-			sample(a);
+			agent_sample(a);
 			a->next_sample += c->sample_interval_ms;
 			if (a->next_sample <= now) /* we fell behind (suspend, slow disk): skip ahead */
 				a->next_sample = now + c->sample_interval_ms;
 		}
 		if (a->n_unreported && now >= a->next_flush)
-			retry_results(a);
+			agent_retry_results(a);
 		if (wire_batch_count(a->builder) &&
 		    (now >= a->next_flush || wire_batch_count(a->builder) >= (size_t)c->batch_max_readings)) {
-			flush_batch(a);
+			agent_flush_batch(a);
 			a->next_flush = now + c->batch_interval_ms;
 		} else if (!wire_batch_count(a->builder) && now >= a->next_flush) {
 			a->next_flush = now + c->batch_interval_ms;
@@ -1002,7 +664,7 @@ int dev_agent_run(struct dev_agent *a)
 	}
 
 	/* Stopping: whatever was sampled goes to the spool, and we leave as "offline". */
-	flush_batch(a);
+	agent_flush_batch(a);
 	if (dev_link_is_up(a->link))
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "offline", 7, 1, 1, NULL, NULL, 0);
 	olog(OLOG_INFO, "stopping%s", a->restart ? " for a restart" : "");
