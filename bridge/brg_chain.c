@@ -33,6 +33,18 @@ static const struct brg_link *leaving(const struct brg_link *l, size_t n, uint64
 	return lo < n && l[lo].prev == from ? &l[lo] : NULL;
 }
 
+/* A dropped range reaching past `from` from below it. A device reports as dropped everything
+ * unacknowledged in what its spool discarded, including envelopes stored here whose acks it
+ * never got: such a range starts below the frontier, and still completes the chain. */
+static const struct brg_link *dropped_across(const struct brg_link *l, size_t n, uint64_t from)
+{
+	const struct brg_link *best = NULL;
+	for (size_t i = 0; i < n && l[i].prev < from; i++)
+		if (!l[i].stored && l[i].seq > from && (!best || l[i].seq > best->seq))
+			best = &l[i];
+	return best;
+}
+
 static void hole(struct brg_chain *c, uint64_t after, uint64_t upto, int64_t since)
 {
 	if (c->n_holes < BRG_CHAIN_MAX_HOLES)
@@ -51,6 +63,8 @@ void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, stru
 	for (size_t steps = 0; steps <= n; steps++) {
 		const struct brg_link *l = leaving(links, n, frontier);
 		if (!l || l->seq <= frontier)
+			l = dropped_across(links, n, frontier);
+		if (!l)
 			break;
 		frontier = l->seq;
 	}

@@ -33,6 +33,21 @@ Test(brg_chain, follows_links_across_non_durable_seqs)
 	cr_expect_eq(ch.n_holes, 0);
 }
 
+Test(brg_chain, a_dropped_range_from_below_the_frontier_closes_the_chain)
+{
+	/* 2..4 stored, their acks lost; the device's spool overflowed and reported everything
+	 * unacknowledged up to 10 as dropped, from the link before 2 */
+	struct brg_link l[] = {L(0, 2), L(2, 3), L(3, 4), D(0, 10), L(10, 12)};
+	brg_chain_compute(4, l, 5, &ch);
+	cr_expect_eq(ch.frontier, 12);
+	cr_expect_eq(ch.n_ranges, 0);
+	cr_expect_eq(ch.n_holes, 0);
+	/* a stored link across the frontier is a fork, not a completion */
+	struct brg_link f[] = {L(0, 2), L(2, 4), L(3, 10), L(10, 12)};
+	brg_chain_compute(4, f, 4, &ch);
+	cr_expect_eq(ch.frontier, 4);
+}
+
 Test(brg_chain, dropped_links_close_the_chain)
 {
 	struct brg_link l[] = {L(0, 2), D(2, 8), L(8, 9)};

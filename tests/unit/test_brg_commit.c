@@ -450,3 +450,51 @@ Test(brg_commit, chain_floor_edges)
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-b'"), 0);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
 }
+
+/* A batch of id with seq/prev carrying dropped records (as a device's spool reports them). */
+static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
+                                   const struct wire_dropped *d, size_t nd)
+{
+	struct wire_batch_builder *b = NULL;
+	uint8_t *body = NULL;
+	size_t blen, n;
+	cr_assert_eq(wire_batch_builder_new(&b), WIRE_OK);
+	cr_assert_eq(wire_batch_row(b, 1700000000000LL + (int64_t)seq), WIRE_OK);
+	cr_assert_eq(wire_batch_add(b, 1, (double)seq), WIRE_OK);
+	cr_assert_eq(wire_batch_encode(b, prev, d, nd, &body, &blen), WIRE_OK);
+	wire_batch_builder_free(b);
+	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/telemetry", id);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BATCH, id, seq, body, blen, &n);
+	struct brg_item *it = judge(topic, env, n, NULL);
+	free(body);
+	free(name);
+	free(topic);
+	return it;
+}
+
+/* The device's acks for 2..4 were lost (connection dropped right after the bridge committed);
+ * it stays offline until its spool overflows and drops its oldest unacknowledged records,
+ * 2..10, reporting Dropped{prev 0, last 10} (dev_spool.c drop_seg: prev = prev_seq of the first
+ * unacknowledged record). Everything up to 10 is then either stored or dropped: the chain is
+ * complete and the next batch (12, prev 10) must move the frontier to 12. */
+Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3)};
+	commit(g1, 4);
+	free_items(g1, 4);
+	cr_assert_eq(ack_of("dev-a")->seq, 4);
+
+	struct wire_dropped d = {0, 10, 7};
+	commit_one(batch_drop("dev-a", 12, 10, &d, 1));
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, 12, "frontier stuck at %llu", (unsigned long long)a->seq);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 12);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing'"), 0,
+	             "a 'missing' gap was opened for seqs the device reported dropped");
+	/* later batches: still no cumulative progress */
+	commit_one(batch_drop("dev-a", 13, 12, NULL, 0));
+	cr_expect_eq(ack_of("dev-a")->seq, 13, "frontier still stuck at %llu",
+	             (unsigned long long)ack_of("dev-a")->seq);
+}
