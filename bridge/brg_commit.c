@@ -10,6 +10,7 @@
 #include "olog.h"
 #include "store_ops.h"
 #include "wire_env.h"
+#include "wire_utf8.h"
 
 const char *const brg_commit__sql[S_COUNT] = {
     [S_DEV_INS] = "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
@@ -242,6 +243,7 @@ int brg_commit__event(struct brg_committer *c, const struct wdev *w, const char 
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	va_end(ap);
+	wire_utf8_sanitize(detail); /* it may quote device text cut mid-character */
 	B64(S_EVENT, 1, c->now);
 	if (w && w->key)
 		B64(S_EVENT, 2, w->key);

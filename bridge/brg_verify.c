@@ -11,6 +11,7 @@
 #include "wire_env.h"
 #include "wire_msg.h"
 #include "wire_topic.h"
+#include "wire_utf8.h"
 
 /* How long a verifier waits for an unreadable store before dropping a message unjudged. */
 #define STORE_RETRY_MS 2000
@@ -85,6 +86,7 @@ static int reject(struct brg_item *it, const char *reason, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(it->detail, sizeof(it->detail), fmt, ap);
 	va_end(ap);
+	wire_utf8_sanitize(it->detail); /* it quotes the peer, maybe cut mid-character */
 	return BRG_OK;
 }
 

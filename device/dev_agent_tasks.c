@@ -18,6 +18,7 @@
 #include "otime.h"
 #include "outpost.pb-c.h"
 #include "wire_msg.h"
+#include "wire_utf8.h"
 
 #define MAX_RESULT_OUTPUT 24
 
@@ -47,7 +48,7 @@ static void out_kv(struct result *r, const char *key, const char *fmt, ...)
 }
 
 /* Seal the result into the spool: 0, or why not. */
-static int store_result(struct dev_agent *a, const struct result *r)
+static int store_result(struct dev_agent *a, struct result *r)
 {
 	Outpost__TaskResult m = OUTPOST__TASK_RESULT__INIT;
 	Outpost__KeyValue kv[MAX_RESULT_OUTPUT], *kvp[MAX_RESULT_OUTPUT];
@@ -57,6 +58,12 @@ static int store_result(struct dev_agent *a, const struct result *r)
 	int rc = dev_spool_take_seq(a->spool, &seq);
 	if (rc)
 		return rc;
+	/* texts were cut at byte counts (snprintf), maybe mid-character: whole characters only */
+	wire_utf8_sanitize(r->message);
+	for (size_t i = 0; i < r->n; i++) {
+		wire_utf8_sanitize(r->keys[i]);
+		wire_utf8_sanitize(r->vals[i]);
+	}
 	for (size_t i = 0; i < r->n; i++) {
 		outpost__key_value__init(&kv[i]);
 		kv[i].key = (char *)r->keys[i];

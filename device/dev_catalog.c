@@ -9,6 +9,7 @@
 #include "dev_catalog.h"
 #include "wire_limits.h"
 #include "wire_msg.h"
+#include "wire_utf8.h"
 
 struct entry {
 	uint32_t id;
@@ -147,8 +148,9 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 	}
 	if (wire_metric_name_check(name))
 		return DEV_CATALOG_ENAME;
-	if (unit && (strlen(unit) > WIRE_MAX_UNIT || strpbrk(unit, " \t\n")))
-		unit = "";
+	if (unit && (strlen(unit) > WIRE_MAX_UNIT || strpbrk(unit, " \t\n") ||
+		     !wire_utf8_valid(unit, strlen(unit))))
+		unit = ""; /* a collector's odd unit is dropped, not sent (the Birth would not pack) */
 	if (c->n >= WIRE_MAX_METRICS)
 		return DEV_CATALOG_EFULL;
 	uint32_t nid = (uint32_t)c->n + 1;

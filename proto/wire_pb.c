@@ -4,6 +4,7 @@
 
 #include "wire_internal.h"
 #include "wire_limits.h"
+#include "wire_utf8.h"
 
 #define WIRE__SCAN_MAX_DEPTH 4
 #define WIRE__SCAN_MAX_FIELDS 16
@@ -176,6 +177,9 @@ static int scan(const struct wire__schema *s, const uint8_t *buf, size_t len, un
 						  f->name, n, f->max_len);
 			if (f->type == WIRE__ST_STRING && memchr(d, 0, n))
 				return wire__fail(diag, WIRE_EMALFORMED, "%s.%s: NUL byte in text",
+						  s->name, f->name);
+			if (f->type == WIRE__ST_STRING && !wire_utf8_valid(d, n))
+				return wire__fail(diag, WIRE_EMALFORMED, "%s.%s: not UTF-8 text",
 						  s->name, f->name);
 			if (f->type == WIRE__ST_MSG) {
 				rc = scan(f->sub, d, n, depth + 1, diag);

@@ -22,14 +22,20 @@ Test(dev_catalog, ids_are_stable_and_persisted)
 	cr_expect(dev_catalog_take_changed(c));
 	cr_expect_not(dev_catalog_take_changed(c));
 	cr_expect_eq(dev_catalog_id(c, "bad name", NULL, &a2), DEV_CATALOG_ENAME);
+	/* a unit that is not UTF-8 (an exec collector's odd output) is dropped, not kept */
+	uint32_t odd;
+	const char *oname, *ounit;
+	cr_assert_eq(dev_catalog_id(c, "odd.unit", "\xff\xfe", &odd), 0);
+	dev_catalog_entry(c, dev_catalog_count(c) - 1, &odd, &oname, &ounit);
+	cr_expect_str_eq(ounit, "");
 	dev_catalog_close(c);
 
 	/* a torn last line (power cut while appending) is forgotten, not fatal */
 	FILE *f = fopen(path, "a");
-	fputs("3 torn.metr", f);
+	fputs("4 torn.metr", f);
 	fclose(f);
 	cr_assert_eq(dev_catalog_open(path, &c), 0);
-	cr_expect_eq(dev_catalog_count(c), 2);
+	cr_expect_eq(dev_catalog_count(c), 3);
 	cr_assert_eq(dev_catalog_id(c, "mem.total", NULL, &a2), 0);
 	cr_expect_eq(a2, b);
 	uint32_t id;
@@ -40,12 +46,12 @@ Test(dev_catalog, ids_are_stable_and_persisted)
 	/* the next entry takes the torn one's place, it is not glued to it */
 	uint32_t d;
 	cr_assert_eq(dev_catalog_id(c, "disk.free", "bytes", &d), 0);
-	cr_expect_eq(d, 3);
+	cr_expect_eq(d, 4);
 	dev_catalog_close(c);
 	cr_assert_eq(dev_catalog_open(path, &c), 0);
-	cr_assert_eq(dev_catalog_count(c), 3);
-	dev_catalog_entry(c, 2, &id, &name, &unit);
-	cr_expect_eq(id, 3);
+	cr_assert_eq(dev_catalog_count(c), 4);
+	dev_catalog_entry(c, 3, &id, &name, &unit);
+	cr_expect_eq(id, 4);
 	cr_expect_str_eq(name, "disk.free");
 	cr_expect_str_eq(unit, "bytes");
 	dev_catalog_close(c);

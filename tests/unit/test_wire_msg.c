@@ -10,6 +10,7 @@
 #include "outpost.pb-c.h"
 #include "wire_env.h"
 #include "wire_msg.h"
+#include "wire_utf8.h"
 #include "wire_sign.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -1090,4 +1091,42 @@ Test(wire_msg, decode_never_reads_past_the_end)
 	cr_expect_eq(decode_bytes(WIRE_KIND_TASK_LIST, full, len, NULL), WIRE_OK);
 	cr_expect_lt(ok, len + 1, "most prefixes cut a field and must fail");
 	free(full);
+}
+
+Test(wire_msg, utf8_is_checked_and_cut_text_mended)
+{
+	static const struct {
+		const char *s;
+		int ok;
+	} cases[] = {
+	    {"plain ascii", 1},	       {"caf\xc3\xa9", 1},	       {"\xe2\x82\xac 5", 1},
+	    {"\xf0\x9f\x98\x80", 1},     {"\xc3", 0},		       {"\xff", 0},
+	    {"\xc0\xaf", 0} /* overlong */, {"\xed\xa0\x80", 0} /* surrogate */,
+	    {"\xf4\x90\x80\x80", 0} /* above U+10FFFF */, {"\xe2\x82", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		cr_expect_eq(wire_utf8_valid(cases[i].s, strlen(cases[i].s)), cases[i].ok, "case %zu", i);
+
+	/* a TaskResult whose message is not UTF-8 is refused when decoded */
+	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
+	r.task_id = 1;
+	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	r.message = "bad \xff";
+	size_t len = outpost__task_result__get_packed_size(&r);
+	uint8_t *buf = malloc(len);
+	outpost__task_result__pack(&r, buf);
+	Outpost__TaskResult *out = NULL;
+	struct wire_diag d = {{0}};
+	cr_expect_eq(wire_task_result_decode(buf, len, &out, &d), WIRE_EMALFORMED);
+	cr_expect(strstr(d.msg, "TaskResult.message: not UTF-8"), "%s", d.msg);
+	free(buf);
+
+	/* text cut at a byte count keeps its whole characters */
+	char cut[8];
+	memcpy(cut, "abcde\xc3", 7); /* "abcde\xc3\xa9z" cut to 7 bytes, as snprintf does */
+	wire_utf8_sanitize(cut);
+	cr_expect_str_eq(cut, "abcde?");
+	char mixed[] = "ok\xff\xc3\xa9";
+	wire_utf8_sanitize(mixed);
+	cr_expect_str_eq(mixed, "ok?\xc3\xa9");
 }
