@@ -20,6 +20,7 @@ struct pg_conn {
 	unsigned gen;     /* bumped at every (re)connect: statements prepared before are gone */
 	unsigned next_id; /* statement names */
 	int busy;         /* a statement is streaming rows */
+	int in_tx;        /* between BEGIN and COMMIT/ROLLBACK: a reconnect would lose it */
 };
 
 struct pg_stmt {
@@ -116,6 +117,7 @@ static int pg_connect(struct pg_conn *pc)
 	PQsetNoticeProcessor(pc->c, quiet, NULL);
 	pc->gen++;
 	pc->busy = 0;
+	pc->in_tx = 0;
 	return STORE_OK;
 }
 
@@ -165,6 +167,8 @@ static int pg_exec(void *conn, const char *sql)
 		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
 		return STORE_ECONN;
 	}
+	if (!strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
+		pc->in_tx = 0; /* whatever the outcome, the transaction is over */
 	PGresult *r = PQexec(pc->c, sql);
 	ExecStatusType t = PQresultStatus(r);
 	int rc =
@@ -177,7 +181,10 @@ static int pg_begin(void *conn)
 {
 	struct pg_conn *pc = conn;
 	int rc = pg_connect(pc);
-	return rc ? rc : pg_exec(pc, "BEGIN");
+	if (!rc)
+		rc = pg_exec(pc, "BEGIN");
+	pc->in_tx = !rc;
+	return rc;
 }
 
 static int pg_prepare(void *conn, const char *sql, void **out)
@@ -271,6 +278,62 @@ static int pg_bind(void *stmt, int idx, const struct store_val *v)
 	return STORE_OK;
 }
 
+/* Prepare (again after a reconnect) and send s. */
+static int send_stmt(struct pg_stmt *s)
+{
+	struct pg_conn *pc = s->pc;
+	PGresult *r;
+	int rc;
+	if (PQstatus(pc->c) != CONNECTION_OK) {
+		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
+		return STORE_ECONN;
+	}
+	if (s->gen != pc->gen) {
+		r = PQprepare(pc->c, s->name, s->sql, s->nparams, NULL);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			rc = map_result(pc, r, "prepare");
+			PQclear(r);
+			return rc;
+		}
+		PQclear(r);
+		s->gen = pc->gen;
+	}
+	if (!PQsendQueryPrepared(pc->c, s->name, s->nparams, (const char *const *)s->vals, s->lens,
+	                         s->fmts, 0)) {
+		snprintf(pc->err, STORE_ERR_MAX, "send: %s", PQerrorMessage(pc->c));
+		return STORE_ECONN;
+	}
+	PQsetSingleRowMode(pc->c);
+	s->running = 1;
+	pc->busy = 1;
+	s->changes = 0;
+	return STORE_OK;
+}
+
+/* The statement's first result, sent again once on a fresh connection if the server went away
+ * (a restart, a failover) while no transaction was open: a reader outside transactions (the
+ * bridge's device registry) never calls BEGIN, where the writer reconnects. Inside a
+ * transaction the loss is the caller's to handle: a new connection would run the rest of it
+ * outside any transaction. */
+static PGresult *first_result(struct pg_stmt *s, int *rc)
+{
+	struct pg_conn *pc = s->pc;
+	for (int attempt = 0;; attempt++) {
+		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx)
+			pg_connect(pc);
+		*rc = send_stmt(s);
+		PGresult *r = *rc ? NULL : PQgetResult(pc->c);
+		if (!*rc && PQstatus(pc->c) == CONNECTION_OK)
+			return r;
+		if (r)
+			*rc = map_result(pc, r, "step");
+		PQclear(r);
+		drain(s);
+		if (attempt || pc->in_tx || *rc != STORE_ECONN)
+			return NULL;
+	}
+}
+
 static int pg_step(void *stmt)
 {
 	struct pg_stmt *s = stmt;
@@ -281,36 +344,16 @@ static int pg_step(void *stmt)
 	PQclear(s->row);
 	s->row = NULL;
 	if (!s->running) {
-		if (PQstatus(pc->c) != CONNECTION_OK) {
-			snprintf(pc->err, STORE_ERR_MAX, "connection lost");
-			return STORE_ECONN;
-		}
 		if (pc->busy) {
 			snprintf(pc->err, STORE_ERR_MAX,
 			         "another statement is still streaming rows");
 			return STORE_EINVAL;
 		}
-		if (s->gen != pc->gen) {
-			r = PQprepare(pc->c, s->name, s->sql, s->nparams, NULL);
-			if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-				rc = map_result(pc, r, "prepare");
-				PQclear(r);
-				return rc;
-			}
-			PQclear(r);
-			s->gen = pc->gen;
-		}
-		if (!PQsendQueryPrepared(pc->c, s->name, s->nparams, (const char *const *)s->vals,
-		                         s->lens, s->fmts, 0)) {
-			snprintf(pc->err, STORE_ERR_MAX, "send: %s", PQerrorMessage(pc->c));
-			return STORE_ECONN;
-		}
-		PQsetSingleRowMode(pc->c);
-		s->running = 1;
-		pc->busy = 1;
-		s->changes = 0;
+		if (!(r = first_result(s, &rc)))
+			return rc ? rc : STORE_ECONN;
+	} else {
+		r = PQgetResult(pc->c);
 	}
-	r = PQgetResult(pc->c);
 	switch (PQresultStatus(r)) {
 	case PGRES_SINGLE_TUPLE:
 		s->row = r;

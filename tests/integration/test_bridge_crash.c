@@ -202,3 +202,43 @@ Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 	h_broker_free(&b);
 	h_pg_free(&pg);
 }
+
+/* After a PostgreSQL restart the writer reconnects at its next BEGIN; the device registry reads
+ * outside transactions and must reconnect too, or a device it has not cached (here one that
+ * first appears after the restart) is dropped unjudged: never enrolled, never acknowledged. */
+Test(bridge_failure, postgresql_restart_then_a_new_device_enrols, .timeout = 240)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, pg.url, "pg-restart-reader");
+	h_bridge_start(&br);
+
+	struct h_simdev_opts oa = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port,
+	                           .batches = 20, .rows = 2, .cols = 2, .window = 5,
+	                           .ack_timeout_ms = 1500, .rate = 20, .t0_ms = 1700000000000LL};
+	struct h_simdev *a = h_simdev_start(&oa);
+	cr_assert(h_simdev_wait(a, 30000), "dev-a before the restart");
+	h_simdev_stop(a);
+
+	h_pg_stop(&pg); /* maintenance, a failover */
+	h_sleep_ms(500);
+	h_pg_start(&pg);
+
+	struct h_simdev_opts ob = oa;
+	ob.id = "dev-b";
+	struct h_simdev *d = h_simdev_start(&ob);
+	cr_expect(h_simdev_wait(d, 30000), "dev-b (new after the restart) never got its acks");
+	cr_expect_eq(h_store_i64(pg.url,
+	                         "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-b' AND"
+	                         " pubkey IS NOT NULL",
+	                         0),
+	             1, "dev-b never enrolled");
+	h_simdev_stop(d);
+	h_bridge_stop(&br);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
