@@ -498,3 +498,32 @@ Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
 	cr_expect_eq(ack_of("dev-a")->seq, 13, "frontier still stuck at %llu",
 	             (unsigned long long)ack_of("dev-a")->seq);
 }
+
+/* With more than 100,000 devices online (the most a sweep reads), a silent one further down the
+ * table is still found: the store filters the silent ones, not the sweep after reading. */
+Test(brg_commit, offline_sweep_reaches_past_100000_online_devices, .timeout = 120)
+{
+	int64_t now = store_now_ms();
+	char *sql = h_strf(
+	    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)"
+	    " INSERT INTO devices (device_id, state, created_at, state_changed_at, online,"
+	    " last_seen_at, sample_interval_s) SELECT 'd' || i, 'active', %lld, %lld, 1, %lld, 60"
+	    " FROM n",
+	    (long long)now, (long long)now, (long long)now);
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+	free(sql);
+	sql = h_strf("INSERT INTO devices (device_id, state, created_at, state_changed_at, online,"
+	             " last_seen_at, sample_interval_s) VALUES ('silent', 'active', %lld, %lld, 1,"
+	             " %lld, 60)",
+	             (long long)(now - 86400000), (long long)(now - 86400000),
+	             (long long)(now - 86400000));
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+	free(sql);
+	for (int k = 0; k < 3; k++) {
+		brg_outcome_clear(&out);
+		cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_OK, "%s",
+		             store_errmsg(s));
+	}
+	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'silent'"), 0,
+	             "silent for a day, still online after 3 sweeps");
+}

@@ -1,6 +1,7 @@
-/* test_brg_text.c - text from devices on PostgreSQL, which refuses invalid UTF-8: a device must
- * not be able to hand the bridge text that makes a commit fail (the group would be retried,
- * split, and the item dropped unacknowledged, again on every resend). */
+/* test_brg_pg.c - the writer on PostgreSQL, where SQLite would let things pass: text from
+ * devices (PostgreSQL refuses invalid UTF-8: a device must not be able to hand the bridge text
+ * that makes a commit fail, as the group would be retried, split, and the item dropped
+ * unacknowledged, again on every resend) and the health sweep's arithmetic on parameters. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ static void teardown(void)
 	h_pg_free(&pg);
 }
 
-TestSuite(brg_text, .init = setup, .fini = teardown);
+TestSuite(brg_pg, .init = setup, .fini = teardown);
 
 static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
 {
@@ -145,7 +146,7 @@ static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint
  * the invalid UTF-8 (22021, mapped to a non-transient "statement failed"), the whole group
  * fails; in the bridge it is retried 3 times, split, and the result dropped unacknowledged -
  * on every resend, forever: the device's chain never passes that seq. */
-Test(brg_text, a_message_cut_mid_character_in_an_event_is_stored)
+Test(brg_pg, a_message_cut_mid_character_in_an_event_is_stored)
 {
 	commit_one(birth("dev-a", 1));
 	int64_t task = 0;
@@ -163,7 +164,7 @@ Test(brg_text, a_message_cut_mid_character_in_an_event_is_stored)
 }
 
 /* A message that is not UTF-8 at all: refused when decoded, and the rejection is stored. */
-Test(brg_text, a_message_that_is_not_utf8_is_rejected_not_stored)
+Test(brg_pg, a_message_that_is_not_utf8_is_rejected_not_stored)
 {
 	commit_one(birth("dev-a", 1));
 	int64_t task = 0;
@@ -184,7 +185,7 @@ Test(brg_text, a_message_that_is_not_utf8_is_rejected_not_stored)
  * PostgreSQL and with it the whole group (in the bridge: 3 attempts, then the group is split
  * into single-item transactions and the rejection is lost - it never counts toward
  * quarantine, so a device can repeat this at will). */
-Test(brg_text, a_rejection_quoting_text_cut_mid_character_is_stored)
+Test(brg_pg, a_rejection_quoting_text_cut_mid_character_is_stored)
 {
 	commit_one(birth("dev-a", 1));
 	char resp[128];
@@ -200,4 +201,27 @@ Test(brg_text, a_rejection_quoting_text_cut_mid_character_is_stored)
 	int rc = brg_commit_group(com, &it, 1, store_now_ms(), &out);
 	cr_expect_eq(rc, STORE_OK, "the rejection cannot be recorded: %s", store_errmsg(s));
 	brg_item_free(it);
+}
+
+/* The offline sweep's threshold is computed by the store, on 64-bit milliseconds. */
+Test(brg_pg, the_offline_sweep_runs_on_postgresql)
+{
+	int64_t now = store_now_ms();
+	char *sql = h_strf("INSERT INTO devices (device_id, state, created_at, state_changed_at, online,"
+	                   " last_seen_at, sample_interval_s) VALUES ('silent', 'active', %lld, %lld,"
+	                   " 1, %lld, 60), ('alive', 'active', %lld, %lld, 1, %lld, 60)",
+	                   (long long)(now - 86400000), (long long)(now - 86400000),
+	                   (long long)(now - 86400000), (long long)now, (long long)now,
+	                   (long long)now);
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+	free(sql);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_OK, "%s", store_errmsg(s));
+	int64_t v = -1;
+	cr_assert_eq(store_query_i64(s, &v, "SELECT online FROM devices WHERE device_id = 'silent'", 0),
+	             STORE_OK);
+	cr_expect_eq(v, 0, "silent for a day, still online");
+	cr_assert_eq(store_query_i64(s, &v, "SELECT online FROM devices WHERE device_id = 'alive'", 0),
+	             STORE_OK);
+	cr_expect_eq(v, 1);
 }
