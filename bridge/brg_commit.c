@@ -86,7 +86,7 @@ const char *const brg_commit__sql[S_COUNT] = {
 #define DEV_SEL_COLS                                                                               \
 	"SELECT id, state, state_reason, online, pubkey, frontier, last_nd_seq,"                   \
 	" consecutive_rejects, sample_interval_s, poll_interval_s, last_seen_at, boot_id,"         \
-	" agent_version FROM devices WHERE device_id = ?"
+	" agent_version, last_birth_at FROM devices WHERE device_id = ?"
 
 /* ---- outcome ---- */
 
@@ -191,6 +191,20 @@ int brg_committer_new(struct store *s, const struct brg_commit_opts *o, struct b
 fail:
 	brg_committer_free(c);
 	return rc;
+}
+
+void brg_commit__mcache_forget(struct brg_committer *c, int64_t device)
+{
+	struct mcache **pp = &c->mc[(uint64_t)device % MCACHE_BUCKETS];
+	while (*pp && (*pp)->device != device)
+		pp = &(*pp)->next;
+	if (*pp) {
+		struct mcache *m = *pp;
+		*pp = m->next;
+		free(m->e);
+		free(m);
+		c->mc_devices--;
+	}
 }
 
 void brg_commit__mcache_clear(struct brg_committer *c)
@@ -350,6 +364,7 @@ static int load_devices(struct brg_committer *c, struct brg_item *const *items, 
 			}
 			snprintf(w->agent, sizeof(w->agent), "%s",
 			         store_col_text(st, 12) ? store_col_text(st, 12) : "");
+			w->birth_at = store_col_i64(st, 13);
 			rc = 0;
 		}
 		store_reset(st);
@@ -604,16 +619,8 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 			goto out;
 	}
 	/* Forget the cached id map of this device (reloaded at its next batch). */
-	struct mcache **pp = &c->mc[(uint64_t)w->key % MCACHE_BUCKETS];
-	while (*pp && (*pp)->device != w->key)
-		pp = &(*pp)->next;
-	if (*pp) {
-		struct mcache *m = *pp;
-		*pp = m->next;
-		free(m->e);
-		free(m);
-		c->mc_devices--;
-	}
+	w->birth_at = c->now;
+	brg_commit__mcache_forget(c, w->key);
 
 	/* the floor is a durable seq handed out before this Birth's own */
 	int floor_ok = b->chain_floor < it->seq;

@@ -62,6 +62,7 @@ struct wdev {
 	uint8_t boot_id[WIRE_BOOT_ID_LEN];
 	int has_boot;
 	char agent[WIRE_MAX_AGENT_VERSION + 1];
+	int64_t birth_at; /* last_birth_at: which catalog (metric ids) the device uses now */
 	int dirty;
 	int durable; /* an authentic durable envelope arrived: answer with an ack */
 	int needs_row;
@@ -81,6 +82,7 @@ struct mentry {
 struct mcache {
 	struct mcache *next;
 	int64_t device;
+	int64_t birth_at; /* the device's last_birth_at when loaded: another bridge's Birth moves it */
 	size_t n, cap;
 	struct mentry *e; /* sorted by wire */
 };
@@ -141,6 +143,8 @@ int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_
                       const char *what);
 void brg_commit__free_tasks(struct brg_task *t, size_t n);
 void brg_commit__mcache_clear(struct brg_committer *c);
+/* Forget one device's cached metric map (its catalog changed). */
+void brg_commit__mcache_forget(struct brg_committer *c, int64_t device);
 void brg_commit__unwind(struct brg_committer *c, struct brg_outcome *out,
                         const struct brg_outcome *mark);
 /* Durable envelopes (brg_durable.c): 1 if newly stored, 0 if handled, < 0 store error. */

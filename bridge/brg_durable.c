@@ -17,12 +17,20 @@ static int cmp_mentry(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static struct mcache *mcache_get(struct brg_committer *c, int64_t device, int *rc)
+/* The wire id -> metric map of w, cached until the device's catalog changes: a Birth (here or
+ * at another bridge sharing the store) moves its last_birth_at, read with its row. */
+static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, int *rc)
 {
+	int64_t device = w->key;
 	struct mcache **bucket = &c->mc[(uint64_t)device % MCACHE_BUCKETS];
-	for (struct mcache *m = *bucket; m; m = m->next)
-		if (m->device == device)
+	for (struct mcache *m = *bucket; m; m = m->next) {
+		if (m->device != device)
+			continue;
+		if (m->birth_at == w->birth_at)
 			return m;
+		brg_commit__mcache_forget(c, device);
+		break;
+	}
 	if (c->mc_devices >= MCACHE_MAX_DEVICES)
 		brg_commit__mcache_clear(c);
 	struct mcache *m = calloc(1, sizeof(*m));
@@ -31,6 +39,7 @@ static struct mcache *mcache_get(struct brg_committer *c, int64_t device, int *r
 		return NULL;
 	}
 	m->device = device;
+	m->birth_at = w->birth_at;
 	struct store_stmt *st = c->st[S_METRIC_LOAD];
 	*rc = store_bind_i64(st, 1, device);
 	while (!*rc && (*rc = store_step(st)) == 1) {
@@ -224,7 +233,7 @@ int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct b
 	if (rc <= 0)
 		return rc;
 	if (b->n_readings) {
-		struct mcache *m = mcache_get(c, w->key, &rc);
+		struct mcache *m = mcache_get(c, w, &rc);
 		if (!m)
 			return rc;
 		if (c->n_rows + b->n_readings > c->cap_rows) {

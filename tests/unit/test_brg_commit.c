@@ -527,3 +527,52 @@ Test(brg_commit, offline_sweep_reaches_past_100000_online_devices, .timeout = 12
 	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'silent'"), 0,
 	             "silent for a day, still online after 3 sweeps");
 }
+
+static struct brg_item *birth_n(const char *id, uint64_t seq, int ncols)
+{
+	size_t blen, n;
+	uint8_t *body = h_birth_body(h_pki(), id, ncols, 0, &blen);
+	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/birth", id);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, seq, body, blen, &n);
+	struct brg_item *it = judge(topic, env, n, NULL);
+	free(body);
+	free(name);
+	free(topic);
+	return it;
+}
+
+/* Two bridges on one store (BRIDGE.md "Running several bridges"): the broker spreads one
+ * device's messages over both. Bridge A caches the device's wire id -> metric map; the device's
+ * catalog grows (a new metric: the agent sends a new Birth), the Birth lands at bridge B, the
+ * next batches at A: A must not file the new metric's readings under a placeholder "#3" (with
+ * a false metric_unnamed event) from its stale map, although the store names it m3. */
+Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
+{
+	struct brg_committer *other = NULL; /* bridge B: its own connection and cache */
+	struct store *s2 = open_store();
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	o.gap_grace_ms = 0;
+	cr_assert_eq(brg_committer_new(s2, &o, &other), STORE_OK);
+
+	commit_one(birth_n("dev-a", 1, 2));
+	so.cols = 2;
+	commit_one(batch("dev-a", "dev-a", 2, 0)); /* A caches {1: m1, 2: m2} */
+
+	struct brg_item *b = birth_n("dev-a", 3, 3); /* m3 = wire id 3, at bridge B */
+	struct brg_outcome o2 = {0};
+	cr_assert_eq(brg_commit_group(other, &b, 1, store_now_ms(), &o2), STORE_OK);
+	brg_item_free(b);
+	brg_outcome_free(&o2);
+	so.cols = 3;
+	commit_one(batch("dev-a", "dev-a", 4, 2)); /* at bridge A again */
+	so.cols = 2;
+	int64_t m3 = one("SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric WHERE"
+	                 " r.seq = 4 AND m.name = 'm3'");
+	int64_t ph = one("SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric WHERE"
+	                 " r.seq = 4 AND m.name = '#3'");
+	cr_expect_eq(ph, 0, "readings of m3 filed under a placeholder metric '#3'");
+	cr_expect_eq(m3, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
+	brg_committer_free(other);
+	store_close(s2);
+}
