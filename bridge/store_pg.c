@@ -163,12 +163,12 @@ static void pg_close(void *conn)
 static int pg_exec(void *conn, const char *sql)
 {
 	struct pg_conn *pc = conn;
+	if (!strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
+		pc->in_tx = 0; /* whatever the outcome, the transaction is over */
 	if (PQstatus(pc->c) != CONNECTION_OK) {
 		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
 		return STORE_ECONN;
 	}
-	if (!strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
-		pc->in_tx = 0; /* whatever the outcome, the transaction is over */
 	PGresult *r = PQexec(pc->c, sql);
 	ExecStatusType t = PQresultStatus(r);
 	int rc =
