@@ -510,12 +510,20 @@ static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_i
 	return 0;
 }
 
-/* A birth or poll must carry a seq above every birth/poll seen (PROTOCOL.md 5.7). */
+/* A birth or poll must carry a seq above every birth/poll seen (PROTOCOL.md 5.7). The last one
+ * seen again is the broker redelivering it (a seq is signed once by its device): a duplicate,
+ * counted, not answered again, no step toward quarantine. */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                       const char *what)
 {
 	char d[160];
-	if ((int64_t)it->seq <= w->last_nd_seq) {
+	if ((int64_t)it->seq == w->last_nd_seq) {
+		w->d_dup++;
+		c->out->duplicates++;
+		w->dirty = 1;
+		return 0;
+	}
+	if ((int64_t)it->seq < w->last_nd_seq) {
 		snprintf(d, sizeof(d), "%s seq %llu not above %lld", what,
 		         (unsigned long long)it->seq, (long long)w->last_nd_seq);
 		int rc = brg_commit__count_reject(c, w, BRG_R_REPLAYED, d, 1);

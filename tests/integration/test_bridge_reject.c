@@ -251,16 +251,29 @@ Test(bridge_reject, replays_reuse_kind_and_unknown_device)
 	pub(dev, "dev-a", "telemetry", b4, n2);
 	wait_stored("dev-a", 2);
 
-	/* A replayed birth (same bytes, old seq). */
+	/* The same birth again (the broker redelivering it): a duplicate, not a rejection. */
 	pub(dev, "dev-a", "birth", birth1, n);
-	wait_rejections("dev-a", "replayed", 1);
-	/* The exact same batch again: a duplicate, re-acknowledged, not a rejection. */
-	pub(dev, "dev-a", "telemetry", b4, n2);
 	long long end = h_now_ms() + 10000;
 	while (h_now_ms() < end &&
 	       q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a") < 1)
 		h_sleep_ms(20);
 	cr_expect_eq(q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a"), 1);
+	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"),
+	             0);
+	/* A replayed birth: older than the last one seen. */
+	size_t n5;
+	uint8_t *birth5 = birth("dev-a", "dev-a", 5, &n5);
+	pub(dev, "dev-a", "birth", birth5, n5);
+	free(birth5);
+	pub(dev, "dev-a", "birth", birth1, n);
+	wait_rejections("dev-a", "replayed", 1);
+	/* The exact same batch again: a duplicate, re-acknowledged, not a rejection. */
+	pub(dev, "dev-a", "telemetry", b4, n2);
+	end = h_now_ms() + 10000;
+	while (h_now_ms() < end &&
+	       q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a") < 2)
+		h_sleep_ms(20);
+	cr_expect_eq(q("SELECT duplicates FROM devices WHERE device_id = '%s'", "dev-a"), 2);
 	cr_expect_eq(q("SELECT consecutive_rejects FROM devices WHERE device_id = '%s'", "dev-a"),
 	             0, "a duplicate is not a rejection");
 	/* A seq reused for different content. */

@@ -232,7 +232,11 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	cr_expect(strstr(out, "delivered"), "%s", out);
 	free(out);
 
-	/* The same poll replayed: refused, no answer. */
+	/* The same poll again (the broker redelivering it): a duplicate, not answered again. */
+	pub("tasks/poll", poll, n, "outpost/v1/dev-a/tasks", corr, sizeof(corr));
+	free(poll);
+	/* An older one: replayed, refused, no answer. */
+	poll = poll_env(1, 0, &n);
 	pub("tasks/poll", poll, n, "outpost/v1/dev-a/tasks", corr, sizeof(corr));
 	free(poll);
 	/* A poll asking for an answer elsewhere: refused, no answer. */
@@ -245,6 +249,9 @@ Test(bridge_tasks, queue_poll_deliver_result)
 	                         " ('replayed', 'response_topic')",
 	                         0),
 	             2);
+	cr_expect_eq(h_store_i64(br.store, "SELECT duplicates FROM devices WHERE device_id = 'dev-a'",
+	                         0),
+	             1);
 
 	/* Results: durable, chained, acknowledged; they move the task's state. */
 	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
