@@ -249,6 +249,14 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 		rc = STORE_ESTATE;
 		goto fail;
 	}
+	/* PostgreSQL hands out ids at INSERT and shows rows at COMMIT: two adds for one device in
+	 * flight could become visible out of id order, and a device refuses an id below one it has
+	 * seen. Taking the device's row first makes them take turns (SQLite's writers do anyway). */
+	if (store_dialect(s) == STORE_PG) {
+		int64_t key[] = {d.key}, n = 0;
+		if ((rc = store_exec_i64(s, "SELECT id FROM devices WHERE id = ? FOR UPDATE", key, 1, &n)))
+			goto fail;
+	}
 	rc = store_prepare(
 	    s,
 	    "INSERT INTO tasks (device, type, state, created_at, expires_at, created_by)"

@@ -3,6 +3,7 @@
  * that makes a commit fail, as the group would be retried, split, and the item dropped
  * unacknowledged, again on every resend) and the health sweep's arithmetic on parameters. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,4 +225,47 @@ Test(brg_pg, the_offline_sweep_runs_on_postgresql)
 	cr_assert_eq(store_query_i64(s, &v, "SELECT online FROM devices WHERE device_id = 'alive'", 0),
 	             STORE_OK);
 	cr_expect_eq(v, 1);
+}
+
+struct adder {
+	struct store *s;
+	int rc;
+	volatile int done;
+};
+
+static void *add_task(void *arg)
+{
+	struct adder *a = arg;
+	int64_t id = 0;
+	a->rc = store_task_add(a->s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &id);
+	a->done = 1;
+	return NULL;
+}
+
+/* Two task adds for one device take turns on its row: PostgreSQL assigns the id at INSERT and
+ * shows the row at COMMIT, so overlapping adds could become visible out of id order (and the
+ * device refuses an id below one it has seen). */
+Test(brg_pg, task_adds_for_one_device_take_turns)
+{
+	commit_one(birth("dev-a", 1));
+	struct store *other = open_store(); /* another add in flight: inserted, not committed */
+	cr_assert_eq(store_begin(other), STORE_OK);
+	int64_t now = store_now_ms(), args[] = {now, now + 3600000}, n = 0;
+	cr_assert_eq(store_exec_i64(other,
+	                            "INSERT INTO tasks (device, type, state, created_at, expires_at,"
+	                            " created_by) SELECT id, 'ping', 'queued', ?, ?, 'x' FROM devices"
+	                            " WHERE device_id = 'dev-a'",
+	                            args, 2, &n),
+	             STORE_OK);
+	cr_assert_eq(n, 1);
+	struct adder a = {open_store(), -1, 0};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, add_task, &a), 0);
+	h_sleep_ms(500);
+	cr_expect_not(a.done, "the add did not wait for the device's row");
+	cr_assert_eq(store_commit(other), STORE_OK);
+	pthread_join(t, NULL);
+	cr_expect_eq(a.rc, STORE_OK);
+	store_close(a.s);
+	store_close(other);
 }
