@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -21,6 +22,7 @@ struct pg_conn {
 	unsigned next_id; /* statement names */
 	int busy;         /* a statement is streaming rows */
 	int in_tx;        /* between BEGIN and COMMIT/ROLLBACK: a reconnect would lose it */
+	int64_t retry_at; /* monotonic ms: no reconnect outside a transaction before this */
 };
 
 struct pg_stmt {
@@ -315,12 +317,22 @@ static int send_stmt(struct pg_stmt *s)
  * bridge's device registry) never calls BEGIN, where the writer reconnects. Inside a
  * transaction the loss is the caller's to handle: a new connection would run the rest of it
  * outside any transaction. */
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static PGresult *first_result(struct pg_stmt *s, int *rc)
 {
 	struct pg_conn *pc = s->pc;
 	for (int attempt = 0;; attempt++) {
-		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx)
+		/* at most one try a second: an unreachable server costs connect_timeout each */
+		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx && mono_ms() >= pc->retry_at) {
+			pc->retry_at = mono_ms() + 1000;
 			pg_connect(pc);
+		}
 		*rc = send_stmt(s);
 		PGresult *r = *rc ? NULL : PQgetResult(pc->c);
 		if (!*rc && PQstatus(pc->c) == CONNECTION_OK)
