@@ -55,30 +55,23 @@ static int sweep(struct brg_committer *c)
 	int64_t ch = 0;
 	int rc;
 
-	/* Offline: silent for offline_factor x the device's interval (at least offline_min). The
-	 * store picks the silent ones: of many online devices, the first rows are the live ones,
-	 * so a cap on rows read must not apply before that test. */
-	int64_t factor = c->o.offline_factor > 0 ? c->o.offline_factor : 3;
-	int64_t q[] = {c->now,		      factor, c->o.default_interval_ms, c->o.offline_min_ms,
-	               factor,		      c->o.default_interval_ms, c->o.offline_min_ms};
+	/* Offline: silent for offline_factor x the device's interval, at least offline_min. The
+	 * store applies the rule and returns the limit: of many online devices the first rows are
+	 * the live ones, so a cap on rows read must not come before the test. */
+	int64_t q[] = {c->o.offline_min_ms, c->o.offline_min_ms,
+	               c->o.offline_factor > 0 ? c->o.offline_factor : 3,
+	               c->o.default_interval_ms, c->now, c->o.offline_min_ms, c->o.offline_min_ms};
 #define I64 "CAST(? AS BIGINT)" /* PostgreSQL would guess int4 from the columns */
-#define INTERVAL_MS                                                                                \
-	"CASE WHEN sample_interval_s > 0 THEN sample_interval_s * 1000 WHEN poll_interval_s > 0"   \
-	" THEN poll_interval_s * 1000 ELSE " I64 " END"
 	rc = collect(c->s,
-	             "SELECT id, device_id, COALESCE(last_seen_at, created_at),"
-	             " CASE WHEN sample_interval_s > 0 THEN sample_interval_s ELSE poll_interval_s END"
-	             " FROM devices WHERE online = 1 AND state <> 'revoked' AND"
-	             " COALESCE(last_seen_at, created_at) < " I64 " - CASE WHEN " I64 " * " INTERVAL_MS
-	             " > " I64 " THEN " I64 " * " INTERVAL_MS " ELSE " I64 " END",
+	             "SELECT id, device_id, seen, CASE WHEN lim > " I64 " THEN lim ELSE " I64 " END"
+	             " FROM (SELECT id, device_id, COALESCE(last_seen_at, created_at) AS seen, " I64
+	             " * CASE WHEN sample_interval_s > 0 THEN sample_interval_s * 1000"
+	             " WHEN poll_interval_s > 0 THEN poll_interval_s * 1000 ELSE " I64 " END AS lim"
+	             " FROM devices WHERE online = 1 AND state <> 'revoked') d"
+	             " WHERE seen < " I64 " - CASE WHEN lim > " I64 " THEN lim ELSE " I64 " END",
 	             q, 7, &rows, &n, 100000);
 #undef I64
-#undef INTERVAL_MS
 	for (size_t i = 0; !rc && i < n; i++) {
-		int64_t interval = rows[i].b > 0 ? rows[i].b * 1000 : c->o.default_interval_ms;
-		int64_t after = interval * factor;
-		if (after < c->o.offline_min_ms)
-			after = c->o.offline_min_ms;
 		struct wdev w = {.id = rows[i].id, .key = rows[i].key};
 		int64_t args[] = {rows[i].key};
 		rc = store_exec_i64(c->s, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1",
@@ -86,7 +79,7 @@ static int sweep(struct brg_committer *c)
 		if (!rc && ch)
 			rc = brg_commit__event(c, &w, "offline", "silent for %llds (limit %llds)",
 			                       (long long)((c->now - rows[i].a) / 1000),
-			                       (long long)(after / 1000));
+			                       (long long)(rows[i].b / 1000));
 	}
 	free(rows);
 	rows = NULL;

@@ -51,8 +51,6 @@ struct ctl_optdef {
 int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
              const char **pos, int max_pos, int *npos);
 
-/* "a, b, c" from a NULL-terminated list, into buf (cap bytes; cut short if it does not fit). */
-const char *ctl_list(const char *const *list, char *buf, size_t cap);
 
 /* CTL_OK if value is in the NULL-terminated list allowed, else CTL_USAGE after printing
  * "<cmd>: --<opt> '<value>': want one of <allowed>". A filter value nothing could match is

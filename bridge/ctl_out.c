@@ -102,19 +102,6 @@ int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *de
 	return CTL_OK;
 }
 
-const char *ctl_list(const char *const *list, char *buf, size_t cap)
-{
-	size_t len = 0;
-	buf[0] = '\0';
-	for (size_t i = 0; list[i] && len < cap; i++) {
-		int n = snprintf(buf + len, cap - len, "%s%s", i ? ", " : "", list[i]);
-		if (n < 0)
-			break;
-		len += (size_t)n;
-	}
-	return buf;
-}
-
 int ctl_check_choice(const char *cmd, const char *opt, const char *value,
                      const char *const *allowed)
 {
@@ -123,7 +110,7 @@ int ctl_check_choice(const char *cmd, const char *opt, const char *value,
 		if (!strcmp(value, allowed[i]))
 			return CTL_OK;
 	return ctl_err(CTL_USAGE, "%s: --%s '%s': want one of %s", cmd, opt, value,
-	               ctl_list(allowed, list, sizeof(list)));
+	               cfg_join(allowed, list, sizeof(list)));
 }
 
 const char *ctl_time(int64_t ms, char *buf)

@@ -34,7 +34,7 @@ static int check_args(const char *type, const struct store_kv *kv, size_t n)
 {
 	char keys[256];
 	if (!strcmp(type, "set_config")) {
-		ctl_list(wire_set_config_keys, keys, sizeof(keys));
+		cfg_join(wire_set_config_keys, keys, sizeof(keys));
 		if (!n)
 			return ctl_err(CTL_USAGE,
 			               "task add: set_config needs at least one --arg KEY=VALUE (keys:"
@@ -106,7 +106,7 @@ static int add(struct ctl *c, int argc, char **argv)
 	if (!store_task_type_allowed(type)) {
 		char list[128];
 		return ctl_err(CTL_USAGE, "task add: type '%s' is not allowed (allowed: %s)", type,
-		               ctl_list(store_task_types, list, sizeof(list)));
+		               cfg_join(store_task_types, list, sizeof(list)));
 	}
 	int64_t ttl;
 	if (cfg_parse_duration(expires, &ttl) || ttl <= 0 || ttl > 3650LL * 86400000)

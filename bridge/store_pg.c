@@ -5,10 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <libpq-fe.h>
 
+#include "otime.h"
 #include "store_be.h"
 
 #define PG_MAX_PARAMS 32
@@ -317,20 +317,13 @@ static int send_stmt(struct pg_stmt *s)
  * bridge's device registry) never calls BEGIN, where the writer reconnects. Inside a
  * transaction the loss is the caller's to handle: a new connection would run the rest of it
  * outside any transaction. */
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static PGresult *first_result(struct pg_stmt *s, int *rc)
 {
 	struct pg_conn *pc = s->pc;
 	for (int attempt = 0;; attempt++) {
 		/* at most one try a second: an unreachable server costs connect_timeout each */
-		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx && mono_ms() >= pc->retry_at) {
-			pc->retry_at = mono_ms() + 1000;
+		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx && otime_mono_ms() >= pc->retry_at) {
+			pc->retry_at = otime_mono_ms() + 1000;
 			pg_connect(pc);
 		}
 		*rc = send_stmt(s);

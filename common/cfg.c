@@ -25,6 +25,19 @@ static int fail(char *err, const char *fmt, ...)
 	return -1;
 }
 
+const char *cfg_join(const char *const *list, char *buf, size_t cap)
+{
+	size_t len = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; list && list[i] && len < cap; i++) {
+		int n = snprintf(buf + len, cap - len, "%s%s", i ? ", " : "", list[i]);
+		if (n < 0)
+			break;
+		len += (size_t)n;
+	}
+	return buf;
+}
+
 static int parse_int(const char *s, int64_t *v)
 {
 	char *end;
@@ -160,16 +173,15 @@ static int apply(const struct cfg_opt *o, void *settings, const char *value, con
 		return 0;
 	}
 	case CFG_ENUM: {
-		char allowed[128] = "";
+		char allowed[128];
 		for (int i = 0; o->choices && o->choices[i]; i++) {
 			if (!strcmp(value, o->choices[i])) {
 				*(int *)field = i;
 				return 0;
 			}
-			size_t n = strlen(allowed);
-			snprintf(allowed + n, sizeof(allowed) - n, "%s%s", i ? ", " : "", o->choices[i]);
 		}
-		return fail(err, "%s: %s: '%s' is not one of: %s", src, o->name, value, allowed);
+		return fail(err, "%s: %s: '%s' is not one of: %s", src, o->name, value,
+			    cfg_join(o->choices, allowed, sizeof(allowed)));
 	}
 	case CFG_INT:
 		if (parse_int(value, &v))

@@ -60,6 +60,10 @@ int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, ch
 /* Print "  --name VALUE   help (default: def)" lines. */
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, size_t n, const char *env_prefix);
 
+/* "a, b, c" from a NULL-terminated list, into buf (cap bytes, cut short if it does not fit);
+ * returns buf. For messages that name the allowed values. */
+const char *cfg_join(const char *const *list, char *buf, size_t cap);
+
 /* Free strings held by settings. */
 void cfg_free(const struct cfg_opt *opts, size_t n, void *settings);
 

@@ -1,7 +1,11 @@
 /* test_brg_commit.c - verifier, writer transactions and signed replies without MQTT: envelopes
  * judged by brg_verify and committed by brg_commit_group on a SQLite store; the outcome's acks
- * must tell exactly what is stored, a failed commit must leave nothing behind. */
+ * must tell exactly what is stored, a failed commit must leave nothing behind. The suite
+ * brg_commit_pg runs the writer on a throwaway PostgreSQL cluster where SQLite would let things
+ * pass: text from devices (PostgreSQL refuses invalid UTF-8), arithmetic on parameters, row
+ * locks. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +14,7 @@
 #include "brg_registry.h"
 #include "brg_reply.h"
 #include "brg_verify.h"
+#include "h_pg.h"
 #include "h_simdev.h"
 #include "harness.h"
 #include "outpost.pb-c.h"
@@ -37,11 +42,11 @@ static struct store *open_store(void)
 	return st;
 }
 
-static void setup(void)
+static struct h_pg pg;
+
+/* Everything on the store at url. */
+static void setup_store(void)
 {
-	char *dir = h_tmpdir("commit");
-	url = h_strf("sqlite:%s/s.db", dir);
-	free(dir);
 	s = open_store();
 	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
 	cr_assert_eq(brg_registry_new(open_store(), 100, &reg), BRG_OK);
@@ -57,6 +62,21 @@ static void setup(void)
 	memset(&out, 0, sizeof(out));
 }
 
+static void setup(void)
+{
+	char *dir = h_tmpdir("commit");
+	url = h_strf("sqlite:%s/s.db", dir);
+	free(dir);
+	setup_store();
+}
+
+static void setup_pg(void)
+{
+	h_pg_start(&pg);
+	url = h_strf("%s", pg.url);
+	setup_store();
+}
+
 static void teardown(void)
 {
 	brg_outcome_free(&out);
@@ -68,7 +88,14 @@ static void teardown(void)
 	free(url);
 }
 
+static void teardown_pg(void)
+{
+	teardown();
+	h_pg_free(&pg);
+}
+
 TestSuite(brg_commit, .init = setup, .fini = teardown);
+TestSuite(brg_commit_pg, .init = setup_pg, .fini = teardown_pg);
 
 static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
 {
@@ -80,35 +107,44 @@ static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const
 	return it;
 }
 
-static struct brg_item *birth_floor(const char *id, uint64_t seq, uint64_t chain_floor)
+/* body (freed here) sealed by signer's key as device id's envelope, judged as published on
+ * outpost/v1/<id>/<suffix>. */
+static struct brg_item *sealed(const char *signer, const char *id, uint32_t kind,
+                               const char *suffix, uint64_t seq, uint8_t *body, size_t blen)
 {
-	size_t blen, n;
-	uint8_t *body = h_birth_body(h_pki(), id, 2, chain_floor, &blen);
-	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/birth", id);
-	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, seq, body, blen, &n);
+	size_t n;
+	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/%s", id, suffix);
+	uint8_t *env = h_seal(h_pki(), name, kind, id, seq, body, blen, &n);
 	struct brg_item *it = judge(topic, env, n, NULL);
 	free(body);
 	free(name);
 	free(topic);
 	return it;
+}
+
+/* A Birth of id defining metrics m1..m<ncols>. */
+static struct brg_item *birth_with(const char *id, uint64_t seq, int ncols, uint64_t chain_floor)
+{
+	size_t blen;
+	uint8_t *body = h_birth_body(h_pki(), id, ncols, chain_floor, &blen);
+	return sealed(id, id, WIRE_KIND_BIRTH, "birth", seq, body, blen);
+}
+
+static struct brg_item *birth_floor(const char *id, uint64_t seq, uint64_t chain_floor)
+{
+	return birth_with(id, seq, 2, chain_floor);
 }
 
 static struct brg_item *birth(const char *id, uint64_t seq)
 {
-	return birth_floor(id, seq, 0);
+	return birth_with(id, seq, 2, 0);
 }
 
 static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, uint64_t prev)
 {
-	size_t blen, n;
+	size_t blen;
 	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
-	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/telemetry", id);
-	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BATCH, id, seq, body, blen, &n);
-	struct brg_item *it = judge(topic, env, n, NULL);
-	free(body);
-	free(name);
-	free(topic);
-	return it;
+	return sealed(signer, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
 static void commit(struct brg_item **items, size_t n)
@@ -457,19 +493,13 @@ static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
 {
 	struct wire_batch_builder *b = NULL;
 	uint8_t *body = NULL;
-	size_t blen, n;
+	size_t blen;
 	cr_assert_eq(wire_batch_builder_new(&b), WIRE_OK);
 	cr_assert_eq(wire_batch_row(b, 1700000000000LL + (int64_t)seq), WIRE_OK);
 	cr_assert_eq(wire_batch_add(b, 1, (double)seq), WIRE_OK);
 	cr_assert_eq(wire_batch_encode(b, prev, d, nd, &body, &blen), WIRE_OK);
 	wire_batch_builder_free(b);
-	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/telemetry", id);
-	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BATCH, id, seq, body, blen, &n);
-	struct brg_item *it = judge(topic, env, n, NULL);
-	free(body);
-	free(name);
-	free(topic);
-	return it;
+	return sealed(id, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
 /* The device's acks for 2..4 were lost (connection dropped right after the bridge committed);
@@ -499,6 +529,24 @@ Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
 	             (unsigned long long)ack_of("dev-a")->seq);
 }
 
+/* An active device marked online, last seen at seen_ms, sampling every minute. */
+static void online_device(const char *id, int64_t seen_ms)
+{
+	char *sql = h_strf("INSERT INTO devices (device_id, state, created_at, state_changed_at, online,"
+	                   " last_seen_at, sample_interval_s) VALUES ('%s', 'active', %lld, %lld, 1,"
+	                   " %lld, 60)",
+	                   id, (long long)seen_ms, (long long)seen_ms, (long long)seen_ms);
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+	free(sql);
+}
+
+/* One run of the writer's periodic jobs (the health sweep among them). */
+static void sweep(void)
+{
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_OK, "%s", store_errmsg(s));
+}
+
 /* With more than 100,000 devices online (the most a sweep reads), a silent one further down the
  * table is still found: the store filters the silent ones, not the sweep after reading. */
 Test(brg_commit, offline_sweep_reaches_past_100000_online_devices, .timeout = 120)
@@ -512,33 +560,14 @@ Test(brg_commit, offline_sweep_reaches_past_100000_online_devices, .timeout = 12
 	    (long long)now, (long long)now, (long long)now);
 	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
 	free(sql);
-	sql = h_strf("INSERT INTO devices (device_id, state, created_at, state_changed_at, online,"
-	             " last_seen_at, sample_interval_s) VALUES ('silent', 'active', %lld, %lld, 1,"
-	             " %lld, 60)",
-	             (long long)(now - 86400000), (long long)(now - 86400000),
-	             (long long)(now - 86400000));
-	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
-	free(sql);
-	for (int k = 0; k < 3; k++) {
-		brg_outcome_clear(&out);
-		cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_OK, "%s",
-		             store_errmsg(s));
-	}
+	online_device("silent", now - 86400000);
+	for (int k = 0; k < 3; k++)
+		sweep();
 	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'silent'"), 0,
 	             "silent for a day, still online after 3 sweeps");
-}
-
-static struct brg_item *birth_n(const char *id, uint64_t seq, int ncols)
-{
-	size_t blen, n;
-	uint8_t *body = h_birth_body(h_pki(), id, ncols, 0, &blen);
-	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/birth", id);
-	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, seq, body, blen, &n);
-	struct brg_item *it = judge(topic, env, n, NULL);
-	free(body);
-	free(name);
-	free(topic);
-	return it;
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'offline' AND"
+	                 " detail LIKE '%(limit 180s)'"),
+	             1, "3 x its 60 s interval");
 }
 
 /* Two bridges on one store (BRIDGE.md "Running several bridges"): the broker spreads one
@@ -554,11 +583,11 @@ Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
 	o.gap_grace_ms = 0;
 	cr_assert_eq(brg_committer_new(s2, &o, &other), STORE_OK);
 
-	commit_one(birth_n("dev-a", 1, 2));
+	commit_one(birth_with("dev-a", 1, 2, 0));
 	so.cols = 2;
 	commit_one(batch("dev-a", "dev-a", 2, 0)); /* A caches {1: m1, 2: m2} */
 
-	struct brg_item *b = birth_n("dev-a", 3, 3); /* m3 = wire id 3, at bridge B */
+	struct brg_item *b = birth_with("dev-a", 3, 3, 0); /* m3 = wire id 3, at bridge B */
 	struct brg_outcome o2 = {0};
 	cr_assert_eq(brg_commit_group(other, &b, 1, store_now_ms(), &o2), STORE_OK);
 	brg_item_free(b);
@@ -575,4 +604,140 @@ Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
 	brg_committer_free(other);
 	store_close(s2);
+}
+
+static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
+                               const char *msg)
+{
+	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
+	r.prev_seq = prev;
+	r.task_id = task;
+	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	r.message = (char *)msg;
+	r.finished_at_ms = store_now_ms();
+	/* packed by protobuf-c itself: wire_msg_pack would refuse to send bad text */
+	size_t blen = outpost__task_result__get_packed_size(&r);
+	uint8_t *body = malloc(blen);
+	outpost__task_result__pack(&r, body);
+	return sealed(id, id, WIRE_KIND_TASK_RESULT, "tasks/result", seq, body, blen);
+}
+
+/* A TaskResult whose message is valid UTF-8 with a 2-byte character at bytes 200-201: the
+ * bridge's event detail ("%.200s") cuts it in the middle of the character, PostgreSQL refuses
+ * the invalid UTF-8 (22021, mapped to a non-transient "statement failed"), the whole group
+ * fails; in the bridge it is retried 3 times, split, and the result dropped unacknowledged -
+ * on every resend, forever: the device's chain never passes that seq. */
+Test(brg_commit_pg, a_message_cut_mid_character_in_an_event_is_stored)
+{
+	commit_one(birth("dev-a", 1));
+	int64_t task = 0;
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &task),
+	             STORE_OK);
+	char msg[256];
+	memset(msg, 'a', 199);
+	strcpy(msg + 199, "\xc3\xa9 (valid UTF-8)");
+	struct brg_item *it = result("dev-a", 2, 0, (uint64_t)task, msg);
+	cr_assert_eq(it->kind, BRG_ITEM_RESULT, "%s", it->detail);
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, &it, 1, store_now_ms(), &out);
+	cr_expect_eq(rc, STORE_OK, "a valid TaskResult is refused by the store: %s", store_errmsg(s));
+	brg_item_free(it);
+}
+
+/* A message that is not UTF-8 at all: refused when decoded, and the rejection is stored. */
+Test(brg_commit_pg, a_message_that_is_not_utf8_is_rejected_not_stored)
+{
+	commit_one(birth("dev-a", 1));
+	int64_t task = 0;
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &task),
+	             STORE_OK);
+	struct brg_item *it = result("dev-a", 2, 0, (uint64_t)task, "bad \xff\xfe");
+	cr_assert_eq(it->kind, BRG_ITEM_REJECT);
+	cr_expect_str_eq(it->reason, "decode");
+	cr_expect(strstr(it->detail, "not UTF-8"), "%s", it->detail);
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, &it, 1, store_now_ms(), &out);
+	cr_expect_eq(rc, STORE_OK, "the rejection cannot be recorded: %s", store_errmsg(s));
+	brg_item_free(it);
+}
+
+/* A poll whose (MQTT-valid, UTF-8) response topic is not the device's own: the rejection's
+ * detail quotes it with "%.80s", cutting a 2-byte character; the event row is refused by
+ * PostgreSQL and with it the whole group (in the bridge: 3 attempts, then the group is split
+ * into single-item transactions and the rejection is lost - it never counts toward
+ * quarantine, so a device can repeat this at will). */
+Test(brg_commit_pg, a_rejection_quoting_text_cut_mid_character_is_stored)
+{
+	commit_one(birth("dev-a", 1));
+	char resp[128];
+	memset(resp, 'x', sizeof(resp));
+	memcpy(resp, "outpost/v1/dev-b/", 17);
+	memcpy(resp + 79, "\xc3\xa9", 2);
+	resp[100] = '\0';
+	size_t n;
+	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 2, NULL, 0, &n);
+	struct brg_item *it = judge("outpost/v1/dev-a/tasks/poll", env, n, resp);
+	cr_assert_str_eq(it->reason, "response_topic");
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, &it, 1, store_now_ms(), &out);
+	cr_expect_eq(rc, STORE_OK, "the rejection cannot be recorded: %s", store_errmsg(s));
+	brg_item_free(it);
+}
+
+/* The offline sweep's threshold is computed by the store, on 64-bit milliseconds. */
+Test(brg_commit_pg, the_offline_sweep_runs_on_postgresql)
+{
+	int64_t now = store_now_ms();
+	online_device("silent", now - 86400000);
+	online_device("alive", now);
+	sweep();
+	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'silent'"), 0,
+	             "silent for a day, still online");
+	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'alive'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'offline' AND"
+	                 " detail LIKE '%(limit 180s)'"),
+	             1, "3 x its 60 s interval");
+}
+
+struct adder {
+	struct store *s;
+	int rc;
+	volatile int done;
+};
+
+static void *add_task(void *arg)
+{
+	struct adder *a = arg;
+	int64_t id = 0;
+	a->rc = store_task_add(a->s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &id);
+	a->done = 1;
+	return NULL;
+}
+
+/* Two task adds for one device take turns on its row: PostgreSQL assigns the id at INSERT and
+ * shows the row at COMMIT, so overlapping adds could become visible out of id order (and the
+ * device refuses an id below one it has seen). */
+Test(brg_commit_pg, task_adds_for_one_device_take_turns)
+{
+	commit_one(birth("dev-a", 1));
+	struct store *other = open_store(); /* another add in flight: inserted, not committed */
+	cr_assert_eq(store_begin(other), STORE_OK);
+	int64_t now = store_now_ms(), args[] = {now, now + 3600000}, n = 0;
+	cr_assert_eq(store_exec_i64(other,
+	                            "INSERT INTO tasks (device, type, state, created_at, expires_at,"
+	                            " created_by) SELECT id, 'ping', 'queued', ?, ?, 'x' FROM devices"
+	                            " WHERE device_id = 'dev-a'",
+	                            args, 2, &n),
+	             STORE_OK);
+	cr_assert_eq(n, 1);
+	struct adder a = {open_store(), -1, 0};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, add_task, &a), 0);
+	h_sleep_ms(500);
+	cr_expect_not(a.done, "the add did not wait for the device's row");
+	cr_assert_eq(store_commit(other), STORE_OK);
+	pthread_join(t, NULL);
+	cr_expect_eq(a.rc, STORE_OK);
+	store_close(a.s);
+	store_close(other);
 }

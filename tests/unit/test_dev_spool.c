@@ -16,6 +16,9 @@
 #include "dev_spool.h"
 #include "harness.h"
 
+/* On-disk size of a record of n payload bytes: header, nonce, ciphertext, tag. */
+#define REC_BYTES(n) ((off_t)(48 + 12 + (n) + 16))
+
 static struct dev_spool_opts opts(const char *dir)
 {
 	return (struct dev_spool_opts){dir, 64 << 20, 90LL * 86400 * 1000, 64 << 10, 0};
@@ -327,7 +330,7 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	/* flip a ciphertext byte of the third record (bit rot, not a torn write) */
 	char *seg = last_segment(dir);
 	int fd = open(seg, O_RDWR);
-	off_t off = 2 * (48 + 12 + 200 + 16) + 48 + 12 + 50;
+	off_t off = 2 * REC_BYTES(200) + 48 + 12 + 50;
 	uint8_t b;
 	cr_assert_eq(pread(fd, &b, 1, off), 1);
 	b ^= 0x40;
@@ -398,19 +401,27 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	free(dir);
 }
 
+/* Fifteen records of 300 bytes in three closed segments of five (o->segment_bytes is set);
+ * seqs gets their seqs, names the segment files in order. */
+static void three_segments(struct dev_spool_opts *o, uint64_t seqs[15], char names[][600])
+{
+	o->segment_bytes = 5 * REC_BYTES(300);
+	struct dev_spool *s = open_spool(o);
+	for (int i = 0; i < 15; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+	cr_assert_eq(segments(o->dir, names), 3);
+}
+
 Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
-	const off_t rec = 48 + 12 + 300 + 16;
-	o.segment_bytes = 5 * rec;
-	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[15];
-	for (int i = 0; i < 15; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
 	char names[64][600];
-	cr_assert_eq(segments(dir, names), 3);
+	three_segments(&o, seqs, names);
+	const off_t rec = REC_BYTES(300);
+	struct dev_spool *s;
 
 	/* a header bit flips in the middle of the first segment and at the end of the second
 	 * (neither is a torn write: those segments were complete) */
@@ -450,15 +461,11 @@ Test(dev_spool, a_loss_found_at_open_is_recorded_before_it_is_mended)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
-	const off_t rec = 48 + 12 + 300 + 16;
-	o.segment_bytes = 5 * rec;
-	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[15];
-	for (int i = 0; i < 15; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
 	char names[64][600];
-	cr_assert_eq(segments(dir, names), 3);
+	three_segments(&o, seqs, names);
+	const off_t rec = REC_BYTES(300);
+	struct dev_spool *s;
 	flip_byte(names[0], 2 * rec + 9);
 	/* the state cannot be written: the open fails as a power cut there would end it */
 	char *tmpd = h_strf("%s/state.tmp", dir);
@@ -489,8 +496,7 @@ Test(dev_spool, rot_in_the_last_durable_record_is_reported)
 		seqs[i] = put(s, 300, wall_ms());
 	dev_spool_close(s);
 	char *seg = last_segment(dir);
-	const off_t rec = 48 + 12 + 300 + 16;
-	flip_byte(seg, 9 * rec + 48 + 12 + 100); /* ciphertext of the last record */
+	flip_byte(seg, 9 * REC_BYTES(300) + 48 + 12 + 100); /* ciphertext of the last record */
 	s = open_spool(&o);
 	uint64_t got[16];
 	cr_expect_eq(read_all(s, 1, got, 16), 9);

@@ -20,6 +20,22 @@ static int64_t wall(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Seal list l as the bridge's answer (signed by k) to poll seq of env_dev. */
+static uint8_t *seal_list(struct wire_key *k, const char *env_dev, uint64_t seq,
+			  Outpost__TaskList *l, size_t *len)
+{
+	uint8_t *body, *env;
+	size_t blen;
+	l->poll_seq = seq;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_LIST, &l->base, &body, &blen, NULL), 0);
+	struct wire_env e = {.kind = WIRE_KIND_TASK_LIST, .seq = seq, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	strcpy(e.device_id, env_dev);
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	free(body);
+	return env;
+}
+
 /* A list with one task; returns the sealed envelope. */
 static uint8_t *list(struct wire_key *k, const char *env_dev, uint64_t seq, uint64_t id,
 		     const char *task_dev, const char *type, int64_t expires, size_t *len)
@@ -30,18 +46,9 @@ static uint8_t *list(struct wire_key *k, const char *env_dev, uint64_t seq, uint
 	t.device_id = (char *)task_dev;
 	t.type = (char *)type;
 	t.expires_at_ms = expires;
-	l.poll_seq = seq;
 	l.n_tasks = 1;
 	l.tasks = tp;
-	uint8_t *body, *env;
-	size_t blen;
-	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_LIST, &l.base, &body, &blen, NULL), 0);
-	struct wire_env e = {.kind = WIRE_KIND_TASK_LIST, .seq = seq, .sent_at_ms = 1, .body = body,
-			     .body_len = blen};
-	strcpy(e.device_id, env_dev);
-	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
-	free(body);
-	return env;
+	return seal_list(k, env_dev, seq, &l, len);
 }
 
 static const char *judge_env(struct dev_tasks *t, uint8_t *env, size_t len, uint64_t *id)
@@ -142,18 +149,9 @@ static uint8_t *list_of(struct wire_key *k, uint64_t seq, uint64_t first, const 
 		t[i].expires_at_ms = wall() + 60000;
 		tp[i] = &t[i];
 	}
-	l.poll_seq = seq;
 	l.n_tasks = n;
 	l.tasks = tp;
-	uint8_t *body, *env;
-	size_t blen;
-	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_LIST, &l.base, &body, &blen, NULL), 0);
-	struct wire_env e = {.kind = WIRE_KIND_TASK_LIST, .seq = seq, .sent_at_ms = 1, .body = body,
-			     .body_len = blen};
-	strcpy(e.device_id, "dev-a");
-	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
-	free(body);
-	return env;
+	return seal_list(k, "dev-a", seq, &l, len);
 }
 
 Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
