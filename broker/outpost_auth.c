@@ -4,11 +4,17 @@
  *      so a revoked device could still reach port 443. Here every ACL check (publish, delivery,
  *      subscribe) refuses a client whose certificate is in the CRL, and the client is
  *      disconnected on the next tick. The CRL file is re-read when it changes: revoking takes
- *      effect without restarting the broker.
+ *      effect without restarting the broker. A changed CRL also makes the plugin raise SIGHUP,
+ *      mosquitto's own reload: the 8883/8884 listeners then refuse the revoked certificate in
+ *      the handshake, and a renewed CRL replaces the one they loaded at start (whose expiry
+ *      would make OpenSSL refuse every client on them). The broker drops the will of a client it
+ *      disconnects (and would refuse a revoked client's will anyway), so the plugin itself sets
+ *      the device's retained outpost/v1/<id>/status to `offline`.
  *   2. Subscriptions. mosquitto 2.0.11 does not check SUBSCRIBE against the ACL file; a device
  *      may subscribe only to its own outpost/v1/<id>/ack and outpost/v1/<id>/tasks.
  * Everything else defers to the ACL file. Options: plugin_opt_crl_file (required),
  * plugin_opt_infra_prefix (usernames exempt from the subscription rule, default "outpost-"). */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +30,11 @@
 #define KICK_MAX 64
 #define ID_MAX 128
 
+struct kick {
+	char client_id[ID_MAX];
+	char user[ID_MAX]; /* certificate identity; "" = no status to set */
+};
+
 struct auth {
 	mosquitto_plugin_id_t *id;
 	char *crl_file;
@@ -31,7 +42,7 @@ struct auth {
 	X509_CRL *crl;
 	struct timespec crl_mtime;
 	time_t checked_at;
-	char kick[KICK_MAX][ID_MAX];
+	struct kick kick[KICK_MAX];
 	int nkick;
 };
 
@@ -66,9 +77,13 @@ static void maybe_reload(struct auth *a)
 		return;
 	if (st.st_mtim.tv_sec == a->crl_mtime.tv_sec && st.st_mtim.tv_nsec == a->crl_mtime.tv_nsec)
 		return;
-	if (load_crl(a) == 0)
-		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: reloaded CRL %s", a->crl_file);
-	else
+	if (load_crl(a) == 0) {
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				     "outpost_auth: reloaded CRL %s; asking the broker to reload its "
+				     "listeners' certificates and CRL (SIGHUP)",
+				     a->crl_file);
+		raise(SIGHUP);
+	} else
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "outpost_auth: cannot read CRL %s; keeping the previous one",
 				     a->crl_file);
 }
@@ -86,15 +101,27 @@ static int revoked(struct auth *a, struct mosquitto *client)
 	return r;
 }
 
-static void schedule_kick(struct auth *a, const char *client_id)
+/* A device id that can stand in a topic level: no wildcard, no separator. */
+static int topic_level_ok(const char *s)
+{
+	return *s && !strpbrk(s, "/+#");
+}
+
+static void schedule_kick(struct auth *a, const char *client_id, const char *user)
 {
 	if (!client_id || strlen(client_id) >= ID_MAX)
 		return;
 	for (int i = 0; i < a->nkick; i++)
-		if (!strcmp(a->kick[i], client_id))
+		if (!strcmp(a->kick[i].client_id, client_id))
 			return;
-	if (a->nkick < KICK_MAX)
-		snprintf(a->kick[a->nkick++], ID_MAX, "%s", client_id);
+	if (a->nkick == KICK_MAX)
+		return;
+	struct kick *k = &a->kick[a->nkick++];
+	snprintf(k->client_id, ID_MAX, "%s", client_id);
+	k->user[0] = '\0';
+	if (user && strlen(user) < ID_MAX && topic_level_ok(user) &&
+	    strncmp(user, a->infra_prefix, strlen(a->infra_prefix)))
+		snprintf(k->user, ID_MAX, "%s", user);
 }
 
 /* outpost/v1/<user>/ack or outpost/v1/<user>/tasks, nothing else, no wildcards */
@@ -120,7 +147,7 @@ static int on_acl(int event, void *event_data, void *userdata)
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				     "outpost_auth: denied %s: certificate revoked; disconnecting it",
 				     id ? id : "?");
-		schedule_kick(a, id);
+		schedule_kick(a, id, mosquitto_client_username(ed->client));
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	if (ed->access == MOSQ_ACL_SUBSCRIBE) {
@@ -138,13 +165,26 @@ static int on_acl(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
+/* The device's last word, as its will would have said it: retained, QoS 1, from the broker. */
+static void set_offline(const char *user)
+{
+	char topic[ID_MAX + 32];
+	snprintf(topic, sizeof(topic), "outpost/v1/%s/status", user);
+	if (mosquitto_broker_publish_copy(NULL, topic, 7, "offline", 1, true, NULL) != MOSQ_ERR_SUCCESS)
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "outpost_auth: cannot publish %s offline", topic);
+}
+
 static int on_tick(int event, void *event_data, void *userdata)
 {
 	struct auth *a = userdata;
 	(void)event;
 	(void)event_data;
-	for (int i = 0; i < a->nkick; i++)
-		mosquitto_kick_client_by_clientid(a->kick[i], false);
+	maybe_reload(a); /* also when no client is active */
+	for (int i = 0; i < a->nkick; i++) {
+		mosquitto_kick_client_by_clientid(a->kick[i].client_id, false);
+		if (a->kick[i].user[0])
+			set_offline(a->kick[i].user);
+	}
 	a->nkick = 0;
 	return MOSQ_ERR_SUCCESS;
 }

@@ -16,13 +16,15 @@ Environment (defaults in brackets):
   OUTPOST_INTERNAL_PORT   MQTT+TLS listener for bridges and operators [8884]
   OUTPOST_BROKER_BIND     address of the device listeners [all]
   OUTPOST_INTERNAL_BIND   address of the internal listener [127.0.0.1]
-  OUTPOST_BROKER_USER     user mosquitto runs as [the current user]
+  OUTPOST_BROKER_USER     user mosquitto runs as [the current user]; started as root, the
+                          data directory is given to it and it must be able to read the PKI files
   OUTPOST_ACL_FILE        ACL [acl next to this script]
   OUTPOST_AUTH_PLUGIN     broker/outpost_auth.so [next to this script, /usr/lib/outpost,
                           or the build tree's build/broker]
   MOSQUITTO               mosquitto binary [mosquitto, else /usr/sbin/mosquitto]
 --render-only writes OUTPOST_BROKER_DIR/mosquitto.conf and prints its path.
-After scripts/provision-certs.sh --revoke, send SIGHUP to reload the CRL and ACL.
+A changed crl.pem is reloaded by the outpost_auth plugin (it raises SIGHUP, mosquitto's reload);
+send SIGHUP yourself after changing the ACL or the broker certificate.
 USAGE
 }
 
@@ -55,6 +57,17 @@ for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
 done
 mkdir -p "$dir"
+# mosquitto started as root switches to OUTPOST_BROKER_USER after opening its listeners; it must
+# still write its persistence and read its key files then (a reload: SIGHUP, a changed CRL).
+user=${OUTPOST_BROKER_USER:-$(id -un)}
+if [ "$(id -u)" = 0 ] && [ "$user" != "$(id -un)" ] && [ "$render_only" = 0 ]; then
+	id "$user" >/dev/null 2>&1 || { echo "run-broker: OUTPOST_BROKER_USER: no such user: $user" >&2; exit 2; }
+	chown "$user" "$dir"
+	for f in ca.crt broker.crt broker.key crl.pem; do
+		runuser -u "$user" -- test -r "$pki/$f" ||
+			{ echo "run-broker: $user (OUTPOST_BROKER_USER) cannot read $pki/$f: its reloads would fail (chown it, or leave OUTPOST_BROKER_USER unset)" >&2; exit 2; }
+	done
+fi
 pki=$(cd "$pki" && pwd)
 dir=$(cd "$dir" && pwd)
 acl=$(cd "$(dirname "$acl")" && pwd)/$(basename "$acl")
@@ -73,7 +86,7 @@ declare -A subst=(
 	[INTERNAL_PORT]=${OUTPOST_INTERNAL_PORT:-8884}
 	[BIND]=${OUTPOST_BROKER_BIND:-}
 	[INTERNAL_BIND]=${OUTPOST_INTERNAL_BIND:-127.0.0.1}
-	[USER]=${OUTPOST_BROKER_USER:-$(id -un)}
+	[USER]=$user
 	[WSS_SOCKET_DOMAIN]=$wss_domain
 	[AUTH_PLUGIN]=$plugin
 )

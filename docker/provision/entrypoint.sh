@@ -19,6 +19,8 @@ option given here, e.g. --revoke device-0003 or --devices pump-7), then exports:
   EXPORT/postgres/ password                                       (profile "postgres")
 Files are replaced atomically and only when their content changed; keys are 0600. A device
 that is revoked (or whose files were deleted) disappears from EXPORT/devices.
+With ca.crt present but ca.key removed (kept offline), only the export runs (no options
+accepted) and a warning is printed when crl.pem expires within 30 days.
 
 Environment (defaults in brackets):
   OUTPOST_PKI_DIR        the CA and every key: mount it in this service only [/var/lib/outpost/pki]
@@ -53,9 +55,23 @@ for v in pg_user pg_db pg_host; do
 	[[ "${!v}" =~ ^[A-Za-z0-9_.-]{1,63}$ ]] || { echo "provision: $v: invalid: ${!v}" >&2; exit 2; }
 done
 
-rc=0
-"$provision" --out "$pki" --count "$count" --broker-host "$hosts" "$@" || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
+# With the CA key taken offline (docs/DOCKER.md, "For production") nothing can be issued,
+# revoked or renewed, but what exists is still exported, so the stack starts.
+if [ -f "$pki/ca.crt" ] && [ ! -f "$pki/ca.key" ]; then
+	[ $# -eq 0 ] || die "$pki/ca.key is offline: put it back to run provision-certs.sh $*"
+	echo "provision: $pki/ca.key is offline: exporting the existing PKI, issuing and renewing nothing" >&2
+	if ! openssl crl -in "$pki/crl.pem" -noout -nextupdate >/dev/null 2>&1; then
+		die "$pki/crl.pem: missing or unreadable, and ca.key is offline"
+	fi
+	next=$(openssl crl -in "$pki/crl.pem" -noout -nextupdate | cut -d= -f2)
+	if [ "$(date -d "$next" +%s)" -le "$(($(date +%s) + 30 * 86400))" ]; then
+		echo "provision: WARNING: crl.pem expires $next; put ca.key back and run provision to renew it" >&2
+	fi
+else
+	rc=0
+	"$provision" --out "$pki" --count "$count" --broker-host "$hosts" "$@" || rc=$?
+	[ "$rc" -eq 0 ] || exit "$rc"
+fi
 
 umask 077
 # put SRC DEST MODE: copy SRC to DEST (same directory tmp + rename, so readers never see half

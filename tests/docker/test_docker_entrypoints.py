@@ -178,6 +178,20 @@ def test_provision(src, tmp):
     check(rc == 1, "provision: revoking an unknown device fails (provision-certs.sh's status)")
     rc, out = run([ent, "--help"], env)
     check(rc == 0 and "Usage" in out, "provision: --help")
+
+    # the CA key taken offline (docs/DOCKER.md, "For production"): still exports, issues nothing
+    os.rename(tmp + "/pki/ca.key", tmp + "/ca.key.offline")
+    os.unlink(exp + "/broker/crl.pem")
+    rc, out = run([ent], env)
+    check(rc == 0 and "ca.key is offline" in out and os.path.exists(exp + "/broker/crl.pem"),
+          "provision: without ca.key it still exports" + ("" if rc == 0 else ": " + out))
+    exported = tree(exp)
+    rc, out = run([ent, "--devices", "pump-7"], env)
+    check(rc == 1 and "put it back" in out and not os.path.exists(tmp + "/pki/devices/pump-7.crt"),
+          "provision: without ca.key an option that issues is refused")
+    os.rename(tmp + "/ca.key.offline", tmp + "/pki/ca.key")
+    rc, out = run([ent], env)
+    check(rc == 0 and tree(exp) == exported, "provision: with ca.key back, nothing changes")
     return env
 
 
@@ -270,6 +284,16 @@ def test_stack(src, build, tmp, penv):
                 OUTPOST_BROKER_BIND="127.0.0.1", OUTPOST_INTERNAL_BIND="localhost", OUTPOST_AUTH_PLUGIN=plugin)
     blog = tmp + "/logs/broker.log"
     hc = os.path.join(src, "docker/mosquitto/healthcheck.sh")
+    if os.getuid() == 0:
+        # a user mosquitto would switch to but who cannot read the keys (its reloads would fail)
+        try:
+            rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh")],
+                          dict(benv, OUTPOST_BROKER_USER="nobody"), 10)
+        except subprocess.TimeoutExpired:
+            rc, out = -1, "the broker started"
+        check(rc == 2 and "nobody (OUTPOST_BROKER_USER) cannot read" in out,
+              "stack: run-broker.sh refuses a broker user who cannot read the keys" +
+              ("" if rc == 2 else ": %d %s" % (rc, out)))
     broker = spawn([os.path.join(src, "docker/mosquitto/run-broker.sh")], benv, blog)
     ok = wait_for(lambda: run([hc], benv, 10)[0] == 0 or broker.poll() is not None, 15)
     check(ok and broker.poll() is None, "stack: broker on the broker volume, healthy (internal listener bound to a name)")
