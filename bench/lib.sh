@@ -123,7 +123,11 @@ bench_pg_start() { # DIR
 	BENCH_PG_BIN=$bin BENCH_PG_DATA=$1/data
 	rm -rf "$1"
 	mkdir -p "$1"
-	[ "$(id -u)" = 0 ] && chown postgres "$1"
+	if [ "$(id -u)" = 0 ]; then
+		chown postgres "$1"
+		runuser -u postgres -- test -w "$1" ||
+			bench_fail "the postgres user cannot reach $1 (a parent directory such as /root is not traversable): set BENCH_WORK to a directory under /tmp"
+	fi
 	local port
 	bench_free_port port
 	bench_pg_as "$bin/initdb" -D "$BENCH_PG_DATA" -A trust -U postgres -E UTF8 --no-sync \

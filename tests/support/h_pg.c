@@ -39,6 +39,29 @@ static const char *as_pg(void)
 	return getuid() == 0 ? "runuser -u postgres -- " : "";
 }
 
+/* The cluster lives under the build directory unless the postgres user cannot reach it (as
+ * root, a clone under /root, which is 0700): then under /tmp. Returns a new directory. */
+static char *cluster_dir(void)
+{
+	char *dir = h_tmpdir("pg");
+	if (getuid() != 0)
+		return dir;
+	char *cmd = h_strf("chown postgres %s && runuser -u postgres -- test -w %s", dir, dir);
+	int rc = h_sh(cmd, NULL, 30);
+	free(cmd);
+	if (rc == 0)
+		return dir;
+	rmdir(dir);
+	free(dir);
+	dir = strdup("/tmp/outpost-test-pg-XXXXXX");
+	if (!dir || !mkdtemp(dir))
+		abort();
+	chmod(dir, 0755);
+	fprintf(stderr, "h_pg: the postgres user cannot reach the build directory; cluster in %s\n",
+		dir);
+	return dir;
+}
+
 static void chown_pg(const char *path)
 {
 	if (getuid() != 0)
@@ -89,7 +112,7 @@ void h_pg_start(struct h_pg *pg)
 			fprintf(stderr, "h_pg: PostgreSQL server binaries not found\n");
 			abort();
 		}
-		pg->dir = h_tmpdir("pg");
+		pg->dir = cluster_dir();
 		chown_pg(pg->dir);
 		pg->data = h_strf("%s/data", pg->dir);
 		pg->log = h_strf("%s/postgres.log", pg->dir);
