@@ -76,7 +76,8 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 		if (mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
 			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
 	}
-	/* Retained messages never reach shared subscriptions; each bridge follows status. */
+	/* Status goes to every bridge (a plain subscription, not shared): each follows it. The
+	 * broker's plugin lets a device retain nothing but its status. */
 	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1,
 	                           MQTT_SUB_OPT_SEND_RETAIN_NEW, NULL) != MOSQ_ERR_SUCCESS)
 		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");

@@ -4,17 +4,18 @@
  *      so a revoked device could still reach port 443. Here every ACL check (publish, delivery,
  *      subscribe) refuses a client whose certificate is in the CRL, and the client is
  *      disconnected on the next tick. The CRL file is re-read when it changes: revoking takes
- *      effect without restarting the broker. A changed CRL also makes the plugin raise SIGHUP,
- *      mosquitto's own reload: the 8883/8884 listeners then refuse the revoked certificate in
- *      the handshake, and a renewed CRL replaces the one they loaded at start (whose expiry
- *      would make OpenSSL refuse every client on them). The broker drops the will of a client it
- *      disconnects (and would refuse a revoked client's will anyway), so the plugin itself sets
- *      the device's retained outpost/v1/<id>/status to `offline`.
+ *      effect without restarting or reloading the broker. This is the only CRL check: the
+ *      listeners have no crlfile (docker/mosquitto/mosquitto.conf says why), so no reload is
+ *      ever needed and an expired CRL locks nobody out; its revocations still apply. The
+ *      broker drops the will of a client it disconnects (and would refuse a revoked client's
+ *      will anyway), so the plugin itself sets the device's retained status to `offline`.
  *   2. Subscriptions. mosquitto 2.0.11 does not check SUBSCRIBE against the ACL file; a device
  *      may subscribe only to its own outpost/v1/<id>/ack and outpost/v1/<id>/tasks.
+ *   3. Retained messages: a device may retain only its status. A retained envelope would be
+ *      replayed to every bridge on every reconnect (mosquitto 2.0.11 sends retained messages
+ *      to shared subscriptions too).
  * Everything else defers to the ACL file. Options: plugin_opt_crl_file (required),
- * plugin_opt_infra_prefix (usernames exempt from the subscription rule, default "outpost-"). */
-#include <signal.h>
+ * plugin_opt_infra_prefix (usernames exempt from rules 2 and 3, default "outpost-"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,13 +78,9 @@ static void maybe_reload(struct auth *a)
 		return;
 	if (st.st_mtim.tv_sec == a->crl_mtime.tv_sec && st.st_mtim.tv_nsec == a->crl_mtime.tv_nsec)
 		return;
-	if (load_crl(a) == 0) {
-		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				     "outpost_auth: reloaded CRL %s; asking the broker to reload its "
-				     "listeners' certificates and CRL (SIGHUP)",
-				     a->crl_file);
-		raise(SIGHUP);
-	} else
+	if (load_crl(a) == 0)
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: reloaded CRL %s", a->crl_file);
+	else
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "outpost_auth: cannot read CRL %s; keeping the previous one",
 				     a->crl_file);
 }
@@ -124,15 +121,19 @@ static void schedule_kick(struct auth *a, const char *client_id, const char *use
 		snprintf(k->user, ID_MAX, "%s", user);
 }
 
-/* outpost/v1/<user>/ack or outpost/v1/<user>/tasks, nothing else, no wildcards */
-static int own_downlink(const char *user, const char *topic)
+/* outpost/v1/<user>/<leaf>: the user's own topic `leaf` */
+static int own_topic(const char *user, const char *topic, const char *leaf)
 {
 	const char *prefix = "outpost/v1/";
 	size_t pl = strlen(prefix), ul = strlen(user);
-	if (strncmp(topic, prefix, pl) || strncmp(topic + pl, user, ul) || topic[pl + ul] != '/')
-		return 0;
-	const char *rest = topic + pl + ul + 1;
-	return !strcmp(rest, "ack") || !strcmp(rest, "tasks");
+	return !strncmp(topic, prefix, pl) && !strncmp(topic + pl, user, ul) &&
+	       topic[pl + ul] == '/' && !strcmp(topic + pl + ul + 1, leaf);
+}
+
+/* outpost/v1/<user>/ack or outpost/v1/<user>/tasks, nothing else, no wildcards */
+static int own_downlink(const char *user, const char *topic)
+{
+	return own_topic(user, topic, "ack") || own_topic(user, topic, "tasks");
 }
 
 static int on_acl(int event, void *event_data, void *userdata)
@@ -160,6 +161,17 @@ static int on_acl(int event, void *event_data, void *userdata)
 			return MOSQ_ERR_SUCCESS;
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: denied %s: subscribe to '%s'", user,
 				     ed->topic);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if (ed->access == MOSQ_ACL_WRITE && ed->retain) {
+		const char *user = mosquitto_client_username(ed->client);
+		if (!user)
+			return MOSQ_ERR_ACL_DENIED;
+		if (!strncmp(user, a->infra_prefix, strlen(a->infra_prefix)) ||
+		    own_topic(user, ed->topic, "status"))
+			return MOSQ_ERR_PLUGIN_DEFER;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: denied %s: retained publish to '%s'",
+				     user, ed->topic);
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	return MOSQ_ERR_PLUGIN_DEFER;

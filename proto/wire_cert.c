@@ -108,7 +108,11 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		if (wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) != WOLFSSL_SUCCESS ||
 		    wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
 						     WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
-			rc = wire__fail(diag, WIRE_ECERT, "%s: not a PEM CRL signed by the CA", crl_path);
+			/* wolfSSL reports an expired CRL as a parse error (ASN_PARSE_E) */
+			rc = wire__fail(diag, WIRE_ECERT,
+					"%s: not a PEM CRL signed by the CA, or expired (its next update is "
+					"past: renew it with scripts/provision-certs.sh)",
+					crl_path);
 			goto out;
 		}
 	}

@@ -23,8 +23,8 @@ Environment (defaults in brackets):
                           or the build tree's build/broker]
   MOSQUITTO               mosquitto binary [mosquitto, else /usr/sbin/mosquitto]
 --render-only writes OUTPOST_BROKER_DIR/mosquitto.conf and prints its path.
-A changed crl.pem is reloaded by the outpost_auth plugin (it raises SIGHUP, mosquitto's reload);
-send SIGHUP yourself after changing the ACL or the broker certificate.
+A changed crl.pem is picked up by the outpost_auth plugin within a second. Restart the broker
+(do not SIGHUP mosquitto 2.0.11: see mosquitto.conf) after changing the ACL or its certificate.
 USAGE
 }
 
@@ -58,14 +58,14 @@ for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 done
 mkdir -p "$dir"
 # mosquitto started as root switches to OUTPOST_BROKER_USER after opening its listeners; it must
-# still write its persistence and read its key files then (a reload: SIGHUP, a changed CRL).
+# still write its persistence and read its PKI files then (the plugin re-reads crl.pem).
 user=${OUTPOST_BROKER_USER:-$(id -un)}
 if [ "$(id -u)" = 0 ] && [ "$user" != "$(id -un)" ] && [ "$render_only" = 0 ]; then
 	id "$user" >/dev/null 2>&1 || { echo "run-broker: OUTPOST_BROKER_USER: no such user: $user" >&2; exit 2; }
 	chown "$user" "$dir"
 	for f in ca.crt broker.crt broker.key crl.pem; do
 		runuser -u "$user" -- test -r "$pki/$f" ||
-			{ echo "run-broker: $user (OUTPOST_BROKER_USER) cannot read $pki/$f: its reloads would fail (chown it, or leave OUTPOST_BROKER_USER unset)" >&2; exit 2; }
+			{ echo "run-broker: $user (OUTPOST_BROKER_USER) cannot read $pki/$f, which mosquitto or its plugin read again later (chown it, or leave OUTPOST_BROKER_USER unset)" >&2; exit 2; }
 	done
 fi
 pki=$(cd "$pki" && pwd)

@@ -285,7 +285,7 @@ def test_stack(src, build, tmp, penv):
     blog = tmp + "/logs/broker.log"
     hc = os.path.join(src, "docker/mosquitto/healthcheck.sh")
     if os.getuid() == 0:
-        # a user mosquitto would switch to but who cannot read the keys (its reloads would fail)
+        # a user mosquitto would switch to but who cannot read the PKI files
         try:
             rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh")],
                           dict(benv, OUTPOST_BROKER_USER="nobody"), 10)

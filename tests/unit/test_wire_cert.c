@@ -234,6 +234,29 @@ Test(wire_cert, ca_load_errors)
 	free(other_crl);
 }
 
+/* An expired CRL is refused (wolfSSL will not load it) with a message that names the cause. */
+Test(wire_cert, expired_crl_is_named_as_such)
+{
+	char *dir = h_tmpdir("crl-old");
+	char *cmd = h_strf("set -e; cp -a %s/. %s/; OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost "
+			   "openssl ca -config %s/certs/openssl.cnf -gencrl -crlexts crl_ext "
+			   "-crl_lastupdate 20200101000000Z -crl_nextupdate 20210101000000Z -out %s/crl.pem",
+			   h_pki(), dir, dir, h_source_dir(), dir);
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	char *ca_crt = h_strf("%s/ca.crt", dir), *crl = h_strf("%s/crl.pem", dir);
+	struct wire_ca *ca = NULL;
+	struct wire_diag d = {""};
+	cr_expect_eq(wire_ca_load(ca_crt, crl, &ca, &d), WIRE_ECERT);
+	cr_expect(strstr(d.msg, "or expired") && strstr(d.msg, "crl.pem"), "%s", d.msg);
+	cr_expect_null(ca);
+	free(ca_crt);
+	free(crl);
+	free(dir);
+}
+
 /* Issue a certificate for a fresh Ed25519 key from a copy of the main CA with explicit
  * validity dates (openssl ca -startdate/-enddate, YYYYMMDDHHMMSSZ). */
 static char *issue_dated(const char *tag, const char *cn, const char *start, const char *end)
