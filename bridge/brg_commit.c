@@ -485,9 +485,11 @@ static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_i
 				return rc;
 		}
 	}
-	/* Not toward quarantine: a revocation already refuses everything, and a device that is
-	 * not enrolled yet may have its Birth in flight at another bridge of the group. */
-	int toward = strcmp(it->reason, BRG_R_REVOKED) && strcmp(it->reason, BRG_R_UNKNOWN);
+	/* Not toward quarantine: a revocation already refuses everything, a device that is not
+	 * enrolled yet may have its Birth in flight at another bridge of the group, and an expired
+	 * CRL is the operator's doing, not the device's. */
+	int toward = strcmp(it->reason, BRG_R_REVOKED) && strcmp(it->reason, BRG_R_UNKNOWN) &&
+	             strcmp(it->reason, BRG_R_CRL);
 	return brg_commit__count_reject(c, w, it->reason, it->detail, toward);
 }
 

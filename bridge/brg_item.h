@@ -82,6 +82,7 @@ void brg_item_free(struct brg_item *it); /* accepts NULL */
 #define BRG_R_EXPIRED     "cert_expired"   /* Birth certificate outside its validity */
 #define BRG_R_CERT        "cert_invalid"   /* Birth certificate unusable (not Ed25519, bad CN) */
 #define BRG_R_CN          "cert_cn"        /* Birth certificate CN is not the topic's id */
+#define BRG_R_CRL         "crl_expired"    /* the bridge's CRL expired: no Birth can be judged */
 #define BRG_R_SEQ         "seq_range"      /* seq 0 or >= 2^63, or prev_seq >= seq */
 #define BRG_R_REUSED      "seq_reused"     /* durable seq stored before with another signature */
 #define BRG_R_TOO_OLD     "too_old"        /* durable seq at or below the frontier, not stored */

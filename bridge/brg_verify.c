@@ -111,6 +111,8 @@ static const char *cert_reason(int rc)
 		return BRG_R_EXPIRED;
 	case WIRE_ELIMIT:
 		return BRG_R_OVERSIZE;
+	case WIRE_ECRL:
+		return BRG_R_CRL;
 	default:
 		return BRG_R_CERT;
 	}

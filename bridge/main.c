@@ -62,6 +62,26 @@ static void usage(FILE *out)
 	cfg_print_help(out, brg_config_opts, brg_config_nopts, BRG_ENV_PREFIX);
 }
 
+/* A CRL within 30 days of its next update: after it wolfSSL checks no certificate (every
+ * Birth is refused) and the bridge will not start. Said at start, then at most once a day. */
+static void warn_crl_expiry(const struct brg_config *c, const struct wire_ca *ca)
+{
+	static int64_t warned_ms;
+	int64_t next = wire_ca_crl_next_update(ca), now_ms = otime_mono_ms();
+	int64_t left = next - otime_wall_ms() / 1000;
+	if (!next || left > 30 * 86400 || (warned_ms && now_ms - warned_ms < 86400 * 1000LL))
+		return;
+	warned_ms = now_ms;
+	char when[32];
+	time_t t = (time_t)next;
+	struct tm tm;
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+	olog(OLOG_WARN,
+	     "%s: the CRL expires at %s (in %lld days); after it every Birth is refused and the "
+	     "bridge will not start: renew it (scripts/provision-certs.sh --out DIR)",
+	     c->crl_file, when, (long long)(left > 0 ? left / 86400 : 0));
+}
+
 static int load_ca(const struct brg_config *c, struct wire_ca **out)
 {
 	struct wire_diag d = {""};
@@ -69,6 +89,8 @@ static int load_ca(const struct brg_config *c, struct wire_ca **out)
 	int rc = wire_ca_load(c->ca_file, crl, out, &d);
 	if (rc)
 		olog(OLOG_ERROR, "%s", d.msg[0] ? d.msg : wire_strerror(rc));
+	else
+		warn_crl_expiry(c, *out);
 	return rc;
 }
 

@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -20,6 +21,7 @@
 
 struct wire_ca {
 	WOLFSSL_CERT_MANAGER *cm;
+	int64_t crl_next_update; /* Unix seconds; 0 = no CRL, or not known */
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -69,6 +71,27 @@ int wire_cert_read(const char *path, char **pem, size_t *len)
 	return wire__read_file(path, WIRE_MAX_CERT_PEM, pem, len);
 }
 
+/* The nextUpdate of a PEM CRL in Unix seconds, without checking anything else; 0 if it
+ * cannot be read. */
+static int64_t crl_next_update(const char *pem, size_t len)
+{
+	int64_t t = 0;
+	struct tm tm;
+	WOLFSSL_BIO *bio = wolfSSL_BIO_new_mem_buf(pem, (int)len);
+	WOLFSSL_X509_CRL *crl = bio ? wolfSSL_PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL) : NULL;
+	WOLFSSL_ASN1_TIME *next = crl ? wolfSSL_X509_CRL_get_nextUpdate(crl) : NULL;
+	if (next && wolfSSL_ASN1_TIME_to_tm(next, &tm) == WOLFSSL_SUCCESS)
+		t = (int64_t)timegm(&tm);
+	wolfSSL_X509_CRL_free(crl);
+	wolfSSL_BIO_free(bio);
+	return t > 0 ? t : 0;
+}
+
+int64_t wire_ca_crl_next_update(const struct wire_ca *ca)
+{
+	return ca ? ca->crl_next_update : 0;
+}
+
 int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out,
 		 struct wire_diag *diag)
 {
@@ -105,16 +128,27 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 			rc = wire__fail(diag, rc, "%s: cannot read CRL", crl_path);
 			goto out;
 		}
-		if (wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) != WOLFSSL_SUCCESS ||
-		    wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
-						     WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
+		int ok = wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) == WOLFSSL_SUCCESS &&
+			 wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
+							  WOLFSSL_FILETYPE_PEM) == WOLFSSL_SUCCESS;
+		int64_t next = crl_next_update(buf, len);
+		if (!ok && next > 0 && next < (int64_t)time(NULL)) {
 			/* wolfSSL reports an expired CRL as a parse error (ASN_PARSE_E) */
+			char when[32];
+			time_t nt = (time_t)next;
+			struct tm tm;
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&nt, &tm));
 			rc = wire__fail(diag, WIRE_ECERT,
-					"%s: not a PEM CRL signed by the CA, or expired (its next update is "
-					"past: renew it with scripts/provision-certs.sh)",
-					crl_path);
+					"%s: expired at %s (its next update): renew it with "
+					"scripts/provision-certs.sh",
+					crl_path, when);
 			goto out;
 		}
+		if (!ok) {
+			rc = wire__fail(diag, WIRE_ECERT, "%s: not a PEM CRL signed by the CA", crl_path);
+			goto out;
+		}
+		ca->crl_next_update = next;
 	}
 	*out = ca;
 	ca = NULL;
@@ -194,6 +228,9 @@ int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 		break;
 	case CRL_CERT_REVOKED:
 		return wire__fail(diag, WIRE_EREVOKED, "certificate: revoked by the CRL");
+	case CRL_MISSING: /* what wolfSSL says once the loaded CRL's next update is past */
+		return wire__fail(diag, WIRE_ECRL,
+				  "certificate: cannot be checked: the CRL has expired (renew it)");
 	case ASN_AFTER_DATE_E:
 	case ASN_BEFORE_DATE_E:
 		return wire__fail(diag, WIRE_EEXPIRED, "certificate: outside its validity period");

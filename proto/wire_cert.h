@@ -4,6 +4,7 @@
 #define WIRE_CERT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "wire_err.h"
 #include "wire_limits.h"
@@ -24,9 +25,14 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		 struct wire_diag *diag);
 void wire_ca_free(struct wire_ca *ca); /* accepts NULL */
 
+/* When the loaded CRL stops being valid (its nextUpdate), in Unix seconds; 0 without a CRL.
+ * After it, wolfSSL checks no certificate: wire_ca_verify() fails with WIRE_ECRL. */
+int64_t wire_ca_crl_next_update(const struct wire_ca *ca);
+
 /* Check that the PEM certificate chains to the CA, is within its validity period and is not
  * revoked, then extract CN and key as wire_cert_parse() does. Errors: WIRE_ECHAIN,
- * WIRE_EREVOKED, WIRE_EEXPIRED, WIRE_ECERT (unparseable, CN invalid, key not Ed25519). */
+ * WIRE_EREVOKED, WIRE_EEXPIRED, WIRE_ECERT (unparseable, CN invalid, key not Ed25519),
+ * WIRE_ECRL (the CRL expired: the certificate cannot be judged). */
 int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 		   struct wire_cert_info *out, struct wire_diag *diag);
 

@@ -26,6 +26,7 @@ const char *wire_strerror(int err)
 	case WIRE_ETOPIC: return "not an Outpost topic";
 	case WIRE_EIO: return "I/O error";
 	case WIRE_ECRYPTO: return "crypto library failure";
+	case WIRE_ECRL: return "the CRL has expired";
 	}
 	return "unknown error";
 }

@@ -24,6 +24,7 @@ enum wire_err {
 	WIRE_ETOPIC = -15,    /* topic is not an Outpost topic */
 	WIRE_EIO = -16,       /* a file could not be read */
 	WIRE_ECRYPTO = -17,   /* the crypto library failed unexpectedly */
+	WIRE_ECRL = -18,      /* the CRL is past its next update: no certificate can be checked */
 };
 
 /* Static, human-readable text for a wire_err code (never NULL). */

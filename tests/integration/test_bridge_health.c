@@ -212,6 +212,9 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
 	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
 	free(out);
 	free(cmd);
+	/* a CRL that expires in 10 days: the reload warns */
+	h_pki_gencrl(pki, 0, "-crldays 10");
+	cr_expect_eq(h_bridge_log_count(&br, "the CRL expires at"), 0);
 	kill(br.pid, SIGHUP);
 	cr_expect(
 	    wait_for(br.store,
@@ -220,8 +223,64 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
 	    "CRL reload did not revoke dev-x");
 	cr_expect_eq(qs(br.store, EVENTS("revoked"), "dev-x"), 1);
 	cr_expect_eq(h_bridge_log_count(&br, "CA and CRL reloaded"), 1);
+	cr_expect_eq(h_bridge_log_count(&br, "the CRL expires at"), 1, "no warning: %s", br.log);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);
 	h_broker_free(&b);
 	free(pki);
 }
+
+/* The bridge's CRL passes its next update while it runs: wolfSSL can then check no certificate.
+ * A restarted device's Birth is refused as crl_expired (the operator's doing: not counted toward
+ * quarantine), its batches are still stored with the enrolled key. */
+Test(bridge_health, an_expired_crl_refuses_births_without_blaming_the_device, .timeout = 120)
+{
+	char *pki = h_tmpdir("pki-crl-exp"), *out = NULL;
+	char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s --devices dev-x", h_source_dir(),
+			   pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	h_pki_gencrl(pki, 0, "-crlsec 20");
+	int64_t expires_ms = h_now_ms() + 20000; /* not before the CRL's next update */
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, pki);
+	h_bridge_init(&br, &b, NULL, "crl-exp");
+	h_bridge_start(&br);
+	cr_expect_eq(h_bridge_log_count(&br, "the CRL expires at"), 1, "no warning: %s", br.log);
+	struct h_simdev_opts o = {.pki = pki, .id = "dev-x", .port = b.mqtts_port, .batches = 2,
+				  .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_assert(h_simdev_wait(d, 15000), "not enrolled before the CRL expired");
+	struct h_simdev_stats st;
+	h_simdev_stats(d, &st);
+	h_simdev_stop(d);
+	while (h_now_ms() < expires_ms + 1000) /* bounded: 21 s from the CRL's creation */
+		h_sleep_ms(200);
+	/* six restarts: more Births refused in a row than quarantine_after (5) */
+	for (int i = 0; i < 6; i++) {
+		o.first_seq = st.last_seq + 1;
+		o.prev_durable = st.last_seq;
+		o.batches = i == 5 ? 1 : 0;
+		d = h_simdev_start(&o);
+		cr_expect(wait_for(br.store,
+				   "SELECT r.count FROM rejections r JOIN devices d ON d.id = r.device "
+				   "WHERE d.device_id = '%s' AND r.reason = 'crl_expired'",
+				   "dev-x", i + 1, 10000),
+			  "Birth %d not refused as crl_expired", i + 1);
+		if (i == 5)
+			cr_expect(h_simdev_wait(d, 15000), "the batch after the refused Birth");
+		h_simdev_stats(d, &st);
+		h_simdev_stop(d);
+	}
+	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = "
+				  "'quarantined'",
+			"dev-x"),
+		     0, "the device was blamed for the expired CRL");
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	free(pki);
+}
+

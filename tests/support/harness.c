@@ -194,6 +194,22 @@ const char *h_pki_other(void)
 	return make_pki("pki-other", "--devices dev-a");
 }
 
+void h_pki_gencrl(const char *dir, int copy_main, const char *options)
+{
+	char *copy = copy_main ? h_strf("cp -a %s/. %s/ && ", h_pki(), dir) : h_strf("%s", "");
+	char *cmd = h_strf("%sOUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -config "
+			   "%s/certs/openssl.cnf -gencrl -crlexts crl_ext %s -out %s/crl.pem",
+			   copy, dir, h_source_dir(), options, dir);
+	char *out = NULL;
+	if (h_sh(cmd, &out, 60) != 0) {
+		fprintf(stderr, "h_pki_gencrl failed: %s\n%s\n", cmd, out);
+		abort();
+	}
+	free(out);
+	free(cmd);
+	free(copy);
+}
+
 struct wire_key *h_pki_key(const char *name)
 {
 	struct wire_key *k = NULL;

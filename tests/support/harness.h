@@ -34,6 +34,11 @@ int h_count_in_file(const char *path, const char *needle);
 const char *h_pki(void);
 const char *h_pki_other(void);
 
+/* Write <dir>/crl.pem again from the CA in dir (a provision-certs.sh directory) with extra
+ * `openssl ca -gencrl` options (dates: -crlsec 3, -crl_nextupdate 20210101000000Z...); when
+ * copy_main, dir first receives a copy of h_pki(). Aborts on failure. */
+void h_pki_gencrl(const char *dir, int copy_main, const char *options);
+
 /* Load <h_pki()>/<name>.key (e.g. "devices/dev-a", "bridge"); aborts if it cannot. */
 struct wire_key *h_pki_key(const char *name);
 

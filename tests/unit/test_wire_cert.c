@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 #include "wire_cert.h"
@@ -238,22 +239,45 @@ Test(wire_cert, ca_load_errors)
 Test(wire_cert, expired_crl_is_named_as_such)
 {
 	char *dir = h_tmpdir("crl-old");
-	char *cmd = h_strf("set -e; cp -a %s/. %s/; OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost "
-			   "openssl ca -config %s/certs/openssl.cnf -gencrl -crlexts crl_ext "
-			   "-crl_lastupdate 20200101000000Z -crl_nextupdate 20210101000000Z -out %s/crl.pem",
-			   h_pki(), dir, dir, h_source_dir(), dir);
-	char *out = NULL;
-	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s", out);
-	free(out);
-	free(cmd);
+	h_pki_gencrl(dir, 1, "-crl_lastupdate 20200101000000Z -crl_nextupdate 20210101000000Z");
 	char *ca_crt = h_strf("%s/ca.crt", dir), *crl = h_strf("%s/crl.pem", dir);
 	struct wire_ca *ca = NULL;
 	struct wire_diag d = {""};
 	cr_expect_eq(wire_ca_load(ca_crt, crl, &ca, &d), WIRE_ECERT);
-	cr_expect(strstr(d.msg, "or expired") && strstr(d.msg, "crl.pem"), "%s", d.msg);
+	cr_expect(strstr(d.msg, "expired at 2021-01-01T00:00:00Z") && strstr(d.msg, "crl.pem"), "%s",
+		  d.msg);
 	cr_expect_null(ca);
 	free(ca_crt);
 	free(crl);
+	free(dir);
+}
+
+/* A CRL is read with its next update; once that is past, no certificate can be checked and
+ * the error says why (wolfSSL: CRL_MISSING). */
+Test(wire_cert, crl_next_update_is_known_and_enforced, .timeout = 60)
+{
+	struct wire_ca *ca = load_ca(h_pki(), 1);
+	int64_t now = (int64_t)time(NULL);
+	cr_expect_gt(wire_ca_crl_next_update(ca), now + 300 * 86400LL, "provision-certs.sh: 365 d");
+	wire_ca_free(ca);
+	ca = load_ca(h_pki(), 0);
+	cr_expect_eq(wire_ca_crl_next_update(ca), 0, "no CRL");
+	wire_ca_free(ca);
+
+	char *dir = h_tmpdir("crl-short");
+	h_pki_gencrl(dir, 1, "-crlsec 3");
+	ca = load_ca(dir, 1);
+	int64_t next = wire_ca_crl_next_update(ca);
+	cr_expect(next >= now + 2 && next <= now + 10, "next update %lld, now %lld", (long long)next,
+		  (long long)now);
+	struct wire_cert_info info;
+	struct wire_diag d = {""};
+	cr_expect_eq(verify(ca, dir, "devices/dev-a", &info, &d), WIRE_OK, "%s", d.msg);
+	while ((int64_t)time(NULL) <= next) /* at most ~10 s, checked above */
+		h_sleep_ms(200);
+	cr_expect_eq(verify(ca, dir, "devices/dev-a", &info, &d), WIRE_ECRL);
+	cr_expect(strstr(d.msg, "CRL has expired"), "%s", d.msg);
+	wire_ca_free(ca);
 	free(dir);
 }
 
