@@ -76,10 +76,15 @@ static void warn_crl_expiry(const struct brg_config *c, const struct wire_ca *ca
 	time_t t = (time_t)next;
 	struct tm tm;
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+	char in[32];
+	if (left >= 86400)
+		snprintf(in, sizeof(in), "in %lld days", (long long)(left / 86400));
+	else
+		snprintf(in, sizeof(in), "in less than a day");
 	olog(OLOG_WARN,
-	     "%s: the CRL expires at %s (in %lld days); after it every Birth is refused and the "
-	     "bridge will not start: renew it (scripts/provision-certs.sh --out DIR)",
-	     c->crl_file, when, (long long)(left > 0 ? left / 86400 : 0));
+	     "%s: the CRL expires at %s (%s); after it every Birth is refused and the bridge will "
+	     "not start: renew it (scripts/provision-certs.sh --out DIR)",
+	     c->crl_file, when, in);
 }
 
 static int load_ca(const struct brg_config *c, struct wire_ca **out)

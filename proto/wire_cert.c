@@ -138,7 +138,7 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 			time_t nt = (time_t)next;
 			struct tm tm;
 			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&nt, &tm));
-			rc = wire__fail(diag, WIRE_ECERT,
+			rc = wire__fail(diag, WIRE_ECRL,
 					"%s: expired at %s (its next update): renew it with "
 					"scripts/provision-certs.sh",
 					crl_path, when);
@@ -228,7 +228,8 @@ int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 		break;
 	case CRL_CERT_REVOKED:
 		return wire__fail(diag, WIRE_EREVOKED, "certificate: revoked by the CRL");
-	case CRL_MISSING: /* what wolfSSL says once the loaded CRL's next update is past */
+	case CRL_MISSING:	/* what wolfSSL 5.5 says once the CRL's next update is past */
+	case CRL_CERT_DATE_ERR: /* ... and what later versions say */
 		return wire__fail(diag, WIRE_ECRL,
 				  "certificate: cannot be checked: the CRL has expired (renew it)");
 	case ASN_AFTER_DATE_E:

@@ -20,7 +20,8 @@ struct wire_cert_info {
  * may call wire_ca_verify() at once; to pick up a new CRL, load a new wire_ca and swap. */
 struct wire_ca;
 
-/* crl_path may be NULL (no revocation checking). On success *out is owned by the caller. */
+/* crl_path may be NULL (no revocation checking). On success *out is owned by the caller.
+ * An expired CRL is WIRE_ECRL (wolfSSL will not load it). */
 int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out,
 		 struct wire_diag *diag);
 void wire_ca_free(struct wire_ca *ca); /* accepts NULL */

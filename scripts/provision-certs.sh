@@ -23,8 +23,8 @@ Options:
   --devices LIST       comma-separated device ids, each [A-Za-z0-9_-]{1,64}, not "outpost-*"
   --count N            also provision device-0001 .. device-N (zero-padded to 4 digits)
   --broker-host NAMES  extra DNS names or IP addresses for the broker certificate (repeatable)
-  --revoke ID          revoke device ID and refresh DIR/crl.pem (the broker's plugin applies it
-                       within a second; kill -HUP it to refresh mosquitto's own crlfile)
+  --revoke ID          revoke device ID and refresh DIR/crl.pem (copied to the broker, its plugin
+                       applies it within a second; the bridge within its crl_reload)
   -h, --help           this text
 
 Keys are created 0600 and never overwritten. Running again with the same arguments changes

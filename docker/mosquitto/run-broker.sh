@@ -18,6 +18,7 @@ Environment (defaults in brackets):
   OUTPOST_INTERNAL_BIND   address of the internal listener [127.0.0.1]
   OUTPOST_BROKER_USER     user mosquitto runs as [the current user]; started as root, the
                           data directory is given to it and it must be able to read the PKI files
+                          (mosquitto switches to it before loading them)
   OUTPOST_ACL_FILE        ACL [acl next to this script]
   OUTPOST_AUTH_PLUGIN     broker/outpost_auth.so [next to this script, /usr/lib/outpost,
                           or the build tree's build/broker]
@@ -57,15 +58,17 @@ for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
 done
 mkdir -p "$dir"
-# mosquitto started as root switches to OUTPOST_BROKER_USER after opening its listeners; it must
-# still write its persistence and read its PKI files then (the plugin re-reads crl.pem).
+# mosquitto 2.0 started as root switches to OUTPOST_BROKER_USER right after reading its
+# configuration, before it loads its plugin, its TLS files and its persistence and opens its
+# listeners: that user must read the PKI files (the plugin also re-reads crl.pem later), write
+# the data directory, and may bind a port below 1024 only with CAP_NET_BIND_SERVICE.
 user=${OUTPOST_BROKER_USER:-$(id -un)}
 if [ "$(id -u)" = 0 ] && [ "$user" != "$(id -un)" ] && [ "$render_only" = 0 ]; then
 	id "$user" >/dev/null 2>&1 || { echo "run-broker: OUTPOST_BROKER_USER: no such user: $user" >&2; exit 2; }
 	chown "$user" "$dir"
 	for f in ca.crt broker.crt broker.key crl.pem; do
 		runuser -u "$user" -- test -r "$pki/$f" ||
-			{ echo "run-broker: $user (OUTPOST_BROKER_USER) cannot read $pki/$f, which mosquitto or its plugin read again later (chown it, or leave OUTPOST_BROKER_USER unset)" >&2; exit 2; }
+			{ echo "run-broker: $user (OUTPOST_BROKER_USER) cannot read $pki/$f, which mosquitto reads after switching to it (chown it, or leave OUTPOST_BROKER_USER unset)" >&2; exit 2; }
 	done
 fi
 pki=$(cd "$pki" && pwd)

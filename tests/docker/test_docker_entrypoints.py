@@ -186,6 +186,23 @@ def test_provision(src, tmp):
     check(rc == 0 and "ca.key is offline" in out and os.path.exists(exp + "/broker/crl.pem"),
           "provision: without ca.key it still exports" + ("" if rc == 0 else ": " + out))
     exported = tree(exp)
+    # ... even once the CRL has expired (openssl verify -crl_check would refuse every device)
+    os.rename(tmp + "/ca.key.offline", tmp + "/pki/ca.key")
+    shutil.copy(tmp + "/pki/crl.pem", tmp + "/crl.pem.good")
+    gen = dict(env, OUTPOST_PKI=tmp + "/pki", OUTPOST_SAN="DNS:localhost")
+    rc, out = run(["openssl", "ca", "-config", os.path.join(src, "certs/openssl.cnf"), "-gencrl",
+                   "-crlexts", "crl_ext", "-crl_lastupdate", "20200101000000Z",
+                   "-crl_nextupdate", "20210101000000Z", "-out", tmp + "/pki/crl.pem"], gen)
+    check(rc == 0, "provision: an expired CRL for the test" + ("" if rc == 0 else ": " + out))
+    os.rename(tmp + "/pki/ca.key", tmp + "/ca.key.offline")
+    rc, out = run([ent], env)
+    devs = sorted(f for f in tree(exp + "/devices/devices"))
+    check(rc == 0 and "WARNING: crl.pem expires" in out and len(devs) == 6,
+          "provision: without ca.key and with an expired CRL the devices stay exported (got %s)%s" %
+          (devs, "" if rc == 0 else ": " + out))
+    shutil.copy(tmp + "/crl.pem.good", tmp + "/pki/crl.pem")
+    rc, out = run([ent], env)
+    exported = tree(exp)
     rc, out = run([ent, "--devices", "pump-7"], env)
     check(rc == 1 and "put it back" in out and not os.path.exists(tmp + "/pki/devices/pump-7.crt"),
           "provision: without ca.key an option that issues is refused")

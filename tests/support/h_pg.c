@@ -39,6 +39,8 @@ static const char *as_pg(void)
 	return getuid() == 0 ? "runuser -u postgres -- " : "";
 }
 
+#define TMP_CLUSTER "/tmp/outpost-test-pg-"
+
 /* The cluster lives under the build directory unless the postgres user cannot reach it (as
  * root, a clone under /root, which is 0700): then under /tmp. Returns a new directory. */
 static char *cluster_dir(void)
@@ -53,7 +55,7 @@ static char *cluster_dir(void)
 		return dir;
 	rmdir(dir);
 	free(dir);
-	dir = strdup("/tmp/outpost-test-pg-XXXXXX");
+	dir = strdup(TMP_CLUSTER "XXXXXX");
 	if (!dir || !mkdtemp(dir))
 		abort();
 	chmod(dir, 0755);
@@ -90,6 +92,13 @@ static void stop_clusters(void)
 			free(cmd);
 		}
 		free(pid);
+		/* a cluster outside the build directory (cluster_dir) is not left behind */
+		if (!strncmp(clusters[i], TMP_CLUSTER, strlen(TMP_CLUSTER))) {
+			char *cmd = h_strf("rm -rf %.*s", (int)(strrchr(clusters[i], '/') - clusters[i]),
+			                   clusters[i]);
+			h_sh(cmd, NULL, 60);
+			free(cmd);
+		}
 	}
 }
 
