@@ -8,6 +8,7 @@
 
 #include "cfg.h"
 #include "ctl.h"
+#include "otime.h"
 
 int ctl_err(int code, const char *fmt, ...)
 {
@@ -119,13 +120,11 @@ const char *ctl_time(int64_t ms, char *buf)
 		buf[0] = '\0';
 		return buf;
 	}
-	time_t t = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	unsigned frac = (unsigned)(ms - (int64_t)t * 1000) % 1000u;
-	char date[24];
-	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, 32, "%.23s.%03uZ", date, frac);
+	int64_t s = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+	unsigned frac = (unsigned)(ms - s * 1000) % 1000u;
+	char date[OTIME_UTC_LEN];
+	otime_utc(s, date);
+	snprintf(buf, 32, "%.*s.%03uZ", (int)strcspn(date, "Z"), date, frac);
 	return buf;
 }
 

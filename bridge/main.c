@@ -72,11 +72,7 @@ static void warn_crl_expiry(const struct brg_config *c, const struct wire_ca *ca
 	if (!next || left > 30 * 86400 || (warned_ms && now_ms - warned_ms < 86400 * 1000LL))
 		return;
 	warned_ms = now_ms;
-	char when[32];
-	time_t t = (time_t)next;
-	struct tm tm;
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
-	char in[32];
+	char when[OTIME_UTC_LEN], in[32];
 	if (left >= 86400)
 		snprintf(in, sizeof(in), "in %lld days", (long long)(left / 86400));
 	else
@@ -84,7 +80,7 @@ static void warn_crl_expiry(const struct brg_config *c, const struct wire_ca *ca
 	olog(OLOG_WARN,
 	     "%s: the CRL expires at %s (%s); after it every Birth is refused and the bridge will "
 	     "not start: renew it (scripts/provision-certs.sh --out DIR)",
-	     c->crl_file, when, in);
+	     c->crl_file, otime_utc(next, when), in);
 }
 
 static int load_ca(const struct brg_config *c, struct wire_ca **out)

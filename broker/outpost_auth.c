@@ -142,7 +142,6 @@ static int on_acl(int event, void *event_data, void *userdata)
 	struct auth *a = userdata;
 	(void)event;
 
-	maybe_reload(a);
 	if (revoked(a, ed->client)) {
 		const char *id = mosquitto_client_id(ed->client);
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
@@ -191,7 +190,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	struct auth *a = userdata;
 	(void)event;
 	(void)event_data;
-	maybe_reload(a); /* also when no client is active */
+	maybe_reload(a); /* at most once a second; every loop pass ticks */
 	for (int i = 0; i < a->nkick; i++) {
 		mosquitto_kick_client_by_clientid(a->kick[i].client_id, false);
 		if (a->kick[i].user[0])

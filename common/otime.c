@@ -19,3 +19,12 @@ int64_t otime_wall_ms(void)
 {
 	return ms(CLOCK_REALTIME);
 }
+
+const char *otime_utc(int64_t unix_s, char buf[OTIME_UTC_LEN])
+{
+	time_t t = (time_t)unix_s;
+	struct tm tm;
+	if (!gmtime_r(&t, &tm) || !strftime(buf, OTIME_UTC_LEN, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		buf[0] = '\0';
+	return buf;
+}

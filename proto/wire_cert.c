@@ -12,6 +12,7 @@
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/error-ssl.h>
 
+#include "otime.h"
 #include "wire_cert.h"
 #include "wire_file.h"
 #include "wire_internal.h"
@@ -134,14 +135,11 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		int64_t next = crl_next_update(buf, len);
 		if (!ok && next > 0 && next < (int64_t)time(NULL)) {
 			/* wolfSSL reports an expired CRL as a parse error (ASN_PARSE_E) */
-			char when[32];
-			time_t nt = (time_t)next;
-			struct tm tm;
-			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&nt, &tm));
+			char when[OTIME_UTC_LEN];
 			rc = wire__fail(diag, WIRE_ECRL,
 					"%s: expired at %s (its next update): renew it with "
 					"scripts/provision-certs.sh",
-					crl_path, when);
+					crl_path, otime_utc(next, when));
 			goto out;
 		}
 		if (!ok) {

@@ -53,6 +53,18 @@ static uint64_t put(struct dev_spool *s, size_t size, int64_t t_ms)
 	return seq;
 }
 
+/* Open the spool, append n records of size bytes (their seqs in seqs, if not NULL), close. */
+static void fill(const struct dev_spool_opts *o, int n, size_t size, uint64_t *seqs)
+{
+	struct dev_spool *s = open_spool(o);
+	for (int i = 0; i < n; i++) {
+		uint64_t seq = put(s, size, wall_ms());
+		if (seqs)
+			seqs[i] = seq;
+	}
+	dev_spool_close(s);
+}
+
 /* Read every record from the start; returns count, fills seqs. */
 static size_t read_all(struct dev_spool *s, int skip_acked, uint64_t *seqs, size_t cap)
 {
@@ -321,23 +333,15 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
-	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[5];
-	for (int i = 0; i < 5; i++)
-		seqs[i] = put(s, 200, wall_ms());
-	dev_spool_close(s);
+	fill(&o, 5, 200, seqs);
 
 	/* flip a ciphertext byte of the third record (bit rot, not a torn write) */
 	char *seg = last_segment(dir);
-	int fd = open(seg, O_RDWR);
 	off_t off = 2 * REC_BYTES(200) + 48 + 12 + 50;
-	uint8_t b;
-	cr_assert_eq(pread(fd, &b, 1, off), 1);
-	b ^= 0x40;
-	cr_assert_eq(pwrite(fd, &b, 1, off), 1);
-	close(fd);
+	flip_byte(seg, off);
 
-	s = open_spool(&o);
+	struct dev_spool *s = open_spool(&o);
 	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
 	int corrupt = 0, ok = 0;
 	for (int i = 0; i < 10; i++) {
@@ -369,13 +373,10 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 	/* also when it cannot be cut out (no room for the rewrite): read twice, reported once */
 	char *dir2 = h_tmpdir("spool");
 	struct dev_spool_opts o2 = opts(dir2);
-	struct dev_spool *s2 = open_spool(&o2);
-	for (int i = 0; i < 5; i++)
-		put(s2, 200, wall_ms());
-	dev_spool_close(s2);
+	fill(&o2, 5, 200, NULL);
 	char *seg2 = last_segment(dir2), *tmp2 = h_strf("%s.tmp", seg2);
 	flip_byte(seg2, off);
-	s2 = open_spool(&o2);
+	struct dev_spool *s2 = open_spool(&o2);
 	cr_assert_eq(mkdir(tmp2, 0700), 0); /* the rewrite cannot create its temporary file */
 	cr_expect_eq(read_all(s2, 1, got, 8), 4);
 	cr_expect_eq(read_all(s2, 1, got, 8), 4);
@@ -406,10 +407,7 @@ Test(dev_spool, corrupt_record_is_detected_skipped_and_reported)
 static void three_segments(struct dev_spool_opts *o, uint64_t seqs[15], char names[][600])
 {
 	o->segment_bytes = 5 * REC_BYTES(300);
-	struct dev_spool *s = open_spool(o);
-	for (int i = 0; i < 15; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
+	fill(o, 15, 300, seqs);
 	cr_assert_eq(segments(o->dir, names), 3);
 }
 
@@ -490,14 +488,11 @@ Test(dev_spool, rot_in_the_last_durable_record_is_reported)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
-	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[10];
-	for (int i = 0; i < 10; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
+	fill(&o, 10, 300, seqs);
 	char *seg = last_segment(dir);
 	flip_byte(seg, 9 * REC_BYTES(300) + 48 + 12 + 100); /* ciphertext of the last record */
-	s = open_spool(&o);
+	struct dev_spool *s = open_spool(&o);
 	uint64_t got[16];
 	cr_expect_eq(read_all(s, 1, got, 16), 9);
 	struct wire_dropped d[4];
@@ -518,13 +513,10 @@ Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 	struct rlimit rl = {64, 64};
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 	/* a device offline for long: appends only, nothing acknowledged */
-	struct dev_spool *s = open_spool(&o);
 	uint64_t seqs[300];
-	for (int i = 0; i < 300; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
+	fill(&o, 300, 300, seqs);
 
-	s = open_spool(&o);
+	struct dev_spool *s = open_spool(&o);
 	struct dev_spool_stats st;
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.segments, 300);
