@@ -142,7 +142,7 @@ int main(int argc, char **argv)
 		if (rc)
 			bench_die(prog, "append %" PRIu64 ": %s", seq, dev_spool_strerror(rc));
 		if (nd)
-			dev_spool_dropped_reported(sp, seq);
+			dev_spool_dropped_reported(sp, seq, dropped, nd);
 		free(body);
 		free(env);
 		wire_batch_builder_reset(f.b);

@@ -370,7 +370,7 @@ int agent_flush_batch(struct dev_agent *a)
 		return rc;
 	}
 	if (nd)
-		dev_spool_dropped_reported(a->spool, seq);
+		dev_spool_dropped_reported(a->spool, seq, dropped, nd);
 	olog(OLOG_DEBUG, "batch %" PRIu64 ": %zu readings in %zu rows, %zu bytes", seq,
 	     wire_batch_count(a->builder), wire_batch_rows(a->builder), len);
 	wire_batch_builder_reset(a->builder);

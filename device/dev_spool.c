@@ -723,12 +723,25 @@ size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, si
 	return n;
 }
 
-void dev_spool_dropped_reported(struct dev_spool *s, uint64_t seq)
+static int same_range(const struct wire_dropped *a, const struct wire_dropped *b)
+{
+	return a->prev_seq == b->prev_seq && a->last_seq == b->last_seq && a->count == b->count;
+}
+
+void dev_spool_dropped_reported(struct dev_spool *s, uint64_t seq, const struct wire_dropped *sent,
+				size_t n)
 {
 	for (size_t i = 0; i < s->npending; i++) {
-		if (!s->pending[i].reported_in) {
-			s->pending[i].reported_in = seq;
-			s->state_dirty = 1;
+		if (s->pending[i].reported_in)
+			continue;
+		/* A range that grew (or was added) while `seq` was appended is not what `seq`
+		 * carries: it waits for the next envelope. */
+		for (size_t j = 0; j < n; j++) {
+			if (same_range(&s->pending[i].d, &sent[j])) {
+				s->pending[i].reported_in = seq;
+				s->state_dirty = 1;
+				break;
+			}
 		}
 	}
 }

@@ -130,8 +130,11 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
  * Returns how many were written to out. */
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap);
 
-/* Tell the spool that the pending dropped ranges were put into the durable envelope `seq`:
- * once `seq` is acknowledged they are forgotten. */
-void dev_spool_dropped_reported(struct dev_spool *s, uint64_t seq);
+/* Tell the spool that the envelope `seq`, now durable, carries sent[0..n) (what
+ * dev_spool_dropped returned before it was encoded): once `seq` is acknowledged those ranges are
+ * forgotten. A range that changed since (appending `seq` may drop more and grow it) is not
+ * marked, so the next envelope carries it whole. */
+void dev_spool_dropped_reported(struct dev_spool *s, uint64_t seq, const struct wire_dropped *sent,
+				size_t n);
 
 #endif

@@ -585,7 +585,7 @@ Test(dev_spool, overflow_drops_oldest_and_records_the_range)
 
 	/* reported in an envelope that is then acknowledged: the range is forgotten */
 	uint64_t carrier = put(s, 100, wall_ms());
-	dev_spool_dropped_reported(s, carrier);
+	dev_spool_dropped_reported(s, carrier, d, n);
 	cr_expect_eq(dev_spool_dropped(s, d, 8), 1, "kept until the carrier is acknowledged");
 	dev_spool_close(s);
 	s = open_spool(&o);
@@ -599,6 +599,50 @@ Test(dev_spool, overflow_drops_oldest_and_records_the_range)
 	cr_expect_eq(st.chain_floor, past);
 	cr_assert_eq(dev_spool_ack(s, carrier, NULL, 0), 0);
 	cr_expect_eq(dev_spool_dropped(s, d, 8), 0);
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* The agent reads the pending ranges, encodes them into a batch, then appends it; that append
+ * may drop more and grow the last range. The batch carried the smaller range: the grown one must
+ * stay pending for the next batch, or the drop behind it is never reported. */
+Test(dev_spool, a_range_that_grows_while_its_carrier_is_appended_stays_pending)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512; /* one record per segment: every append past the limit drops one */
+	o.max_bytes = 4096;
+	struct dev_spool *s = open_spool(&o);
+	struct wire_dropped sent[8], d[8];
+	size_t n = 0;
+	for (int i = 0; i < 100 && !n; i++) {
+		put(s, 400, wall_ms());
+		n = dev_spool_dropped(s, sent, 8);
+	}
+	cr_assert_eq(n, 1, "the spool overflowed");
+	/* as agent_flush_batch does: read what is pending, encode it, append, mark it carried */
+	uint64_t carrier = put(s, 400, wall_ms());
+	dev_spool_dropped_reported(s, carrier, sent, n);
+	cr_assert_eq(dev_spool_dropped(s, d, 8), 1);
+	cr_assert_gt(d[0].last_seq, sent[0].last_seq, "appending the carrier dropped one more");
+	uint64_t r[1][2] = {{carrier, carrier}};
+	cr_assert_eq(dev_spool_ack(s, 0, (const uint64_t(*)[2])r, 1), 0);
+	struct wire_dropped after[8];
+	cr_assert_eq(dev_spool_dropped(s, after, 8), 1,
+		     "the grown range was not in the acknowledged carrier: still pending");
+	cr_expect_eq(after[0].prev_seq, d[0].prev_seq);
+	cr_expect_eq(after[0].last_seq, d[0].last_seq);
+	cr_expect_eq(after[0].count, d[0].count);
+	/* the next carrier takes it whole (and, appended, drops again: a new range) */
+	n = dev_spool_dropped(s, sent, 8);
+	uint64_t next = put(s, 100, wall_ms());
+	dev_spool_dropped_reported(s, next, sent, n);
+	uint64_t r2[1][2] = {{next, next}};
+	cr_assert_eq(dev_spool_ack(s, 0, (const uint64_t(*)[2])r2, 1), 0);
+	struct wire_dropped last[8];
+	size_t nl = dev_spool_dropped(s, last, 8);
+	for (size_t i = 0; i < nl; i++)
+		cr_expect_gt(last[i].prev_seq, after[0].prev_seq, "the carried range is forgotten");
 	dev_spool_close(s);
 	free(dir);
 }
