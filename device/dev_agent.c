@@ -395,6 +395,27 @@ static int sink(void *ctx, const char *name, const char *unit, double value)
 	return wire_batch_add(s->a->builder, id, value);
 }
 
+/* Open the row of a new sample. A batch's rows go forward in time by less than 2^32 ms and its
+ * grid is bounded: when the clock stepped back (NTP, a device without a real-time clock setting
+ * it) or leapt ahead, or the grid is full, the batch so far is sealed and the row starts the
+ * next one. Buffered readings are dropped only when that seal fails too (the spool has been
+ * failing): the newest data is kept. */
+static void start_row(struct dev_agent *a, int64_t now)
+{
+	if (!wire_batch_row(a->builder, now))
+		return;
+	size_t rows = wire_batch_rows(a->builder), n = wire_batch_count(a->builder);
+	if (n && agent_flush_batch(a) != 0)
+		olog(OLOG_WARN, "the spool fails and the batch cannot take another sample; dropping"
+		     " %zu buffered readings", n);
+	else if (n)
+		olog(OLOG_INFO, "batch sealed early after %zu samples: the next one cannot join it"
+		     " (clock stepped or batch full)", rows);
+	wire_batch_builder_reset(a->builder);
+	if (wire_batch_row(a->builder, now))
+		olog(OLOG_ERROR, "cannot start a batch row: out of memory");
+}
+
 void agent_sample(struct dev_agent *a)
 {
 	struct sample_ctx s = {a, 0};
@@ -404,13 +425,7 @@ void agent_sample(struct dev_agent *a)
 	if (wire_batch_rows(a->builder) + 1 >= WIRE_MAX_ROWS ||
 	    wire_batch_count(a->builder) + 2 * dev_catalog_count(a->catalog) + 64 > WIRE_MAX_CELLS)
 		agent_flush_batch(a);
-	if (wire_batch_row(a->builder, otime_wall_ms())) {
-		/* the spool has been failing for a long time: keep the newest data */
-		olog(OLOG_WARN, "batch buffer full while the spool fails; dropping %zu buffered readings",
-		     wire_batch_count(a->builder));
-		wire_batch_builder_reset(a->builder);
-		wire_batch_row(a->builder, otime_wall_ms());
-	}
+	start_row(a, otime_wall_ms());
 	int failures = dev_collect_sample(a->collect, sink, &s, &failed, &why);
 	a->samples++;
 	if (failures) {

@@ -342,6 +342,63 @@ Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120
 	h_broker_free(&b);
 }
 
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f && fputs(text, f) >= 0 && fclose(f) == 0, "cannot write %s", path);
+}
+
+/* The wall clock steps back an hour in the middle of a batch (NTP, a device without a
+ * real-time clock): the batch so far is sealed, the next sample starts a new one, and every
+ * sample on both sides of the step arrives. */
+Test(device, a_clock_step_back_seals_the_batch_and_loses_no_sample, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	char *dir = h_tmpdir("clock");
+	char *shift = h_strf("%s/shift_ms", dir);
+	write_text(shift, "0");
+	d.clock_shift = shift;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *const extra[] = {"--batch-interval", "4s", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "debug: batch ", 1, 20000), "no batch sealed: %s", d.log);
+	h_sleep_ms(1500); /* mid-batch: several samples buffered */
+	write_text(shift, "-3600000");
+	cr_assert(h_log_wait(d.log, "batch sealed early", 1, 5000), "the step sealed nothing: %s",
+		  d.log);
+	uint64_t before = h_log_count(d.log, "debug: batch ");
+	cr_assert(h_log_wait(d.log, "debug: batch ", (int)before + 1, 10000));
+	cr_expect_eq(h_device_stop(&d), 0);
+	uint64_t max_seq;
+	logged_rows(d.log, &max_seq);
+	cr_assert(wait_view(fb, "dev-a", 15000, frontier_at_least, max_seq, &v));
+	cr_expect_eq(h_log_count(d.log, "dropping"), 0, "readings dropped: %s", d.log);
+
+	int64_t t[1000];
+	double val[1000];
+	size_t n = h_fakebridge_series(fb, "dev-a", "sim.sensor_0001", t, val, 1000);
+	cr_assert_gt(n, 20);
+	int steps = 0;
+	for (size_t i = 1; i < n; i++) {
+		int64_t dt = t[i] - t[i - 1];
+		if (dt < -3500000 && dt > -3700000) {
+			steps++;
+			continue;
+		}
+		cr_expect(dt > 0 && dt <= 600, "a %lld ms hole in the data at %zu of %zu",
+			  (long long)dt, i, n);
+	}
+	cr_expect_eq(steps, 1, "the series shows the step back once");
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(shift);
+	free(dir);
+}
+
 Test(device, forged_ack_deletes_nothing, .timeout = 90)
 {
 	struct h_broker b = {0};

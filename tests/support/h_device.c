@@ -33,7 +33,18 @@ void h_device_start(struct h_device *d, const struct h_broker *b, const char *id
 	memcpy(argv, base, sizeof(base));
 	if (ne)
 		memcpy(argv + nb, extra, ne * sizeof(*argv));
-	d->pid = h_spawn((char *const *)argv, NULL, d->log);
+	char *env[4] = {NULL};
+	if (d->clock_shift) {
+		const char *asan = getenv("ASAN_OPTIONS");
+		env[0] = h_strf("LD_PRELOAD=%s", OUTPOST_CLOCKSHIFT_LIB);
+		env[1] = h_strf("OUTPOST_TEST_CLOCK_SHIFT=%s", d->clock_shift);
+		/* the shim is loaded ahead of the sanitizer runtime */
+		env[2] = h_strf("ASAN_OPTIONS=%s%sverify_asan_link_order=0", asan ? asan : "",
+				asan && *asan ? ":" : "");
+	}
+	d->pid = h_spawn((char *const *)argv, env, d->log);
+	for (int i = 0; env[i]; i++)
+		free(env[i]);
 	free(argv);
 	free(state);
 	free(wss);

@@ -12,6 +12,8 @@ struct h_device {
 	char *dir; /* state directory (spool inside) */
 	char *log;
 	const char *pki; /* identity and trust from here instead of the broker's PKI */
+	const char *clock_shift; /* if set: the device's wall clock runs ahead by the (signed)
+				  * milliseconds written in this file, re-read on every reading */
 };
 
 /* Start device `id` (certificates from b->pki) with short test intervals; extra is a
