@@ -312,9 +312,17 @@ void agent_on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
 		wire_msg_free(list);
 		return;
 	}
+	/* One task at a time, each marked seen as it is handled: the tasks behind a stop stay
+	 * unseen, and the bridge delivers them to the next agent. */
 	for (size_t i = 0; i < n && !a->stop; i++) {
+		if (v[i].seen) {
+			olog(OLOG_DEBUG, "task %" PRIu64 ": delivered again; already handled", v[i].id);
+			continue;
+		}
 		if (v[i].reject) {
 			struct result r = {0};
+			if (v[i].mark_seen && dev_tasks_seen(a->tasks, v[i].id))
+				olog(OLOG_WARN, "task %" PRIu64 ": cannot persist task state", v[i].id);
 			r.status = OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED;
 			snprintf(r.message, sizeof(r.message), "%s", v[i].reject);
 			olog(OLOG_WARN, "task %" PRIu64 ": rejected: %s", v[i].id, v[i].reject);

@@ -150,20 +150,23 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 	for (size_t i = 0; i < l->n_tasks && i < WIRE_MAX_TASKS; i++) {
 		const Outpost__Task *k = l->tasks[i];
 		struct dev_task_verdict *v = &verdicts[(*n)++];
-		*v = (struct dev_task_verdict){k->id, k, all, 0, all != NULL};
+		*v = (struct dev_task_verdict){.id = k->id, .task = k, .reject = all, .whole_list = all != NULL};
 		if (v->reject)
 			continue;
 		if (strcmp(k->device_id, t->id))
 			v->reject = "task for another device";
-		else if (k->id <= last)
+		else if (k->id <= last) {
 			v->reject = "replayed: task id already seen";
-		else if (k->expires_at_ms <= now_wall_ms) {
+			v->seen = 1;
+		} else if (k->expires_at_ms <= now_wall_ms) {
 			v->reject = "expired";
 			v->expired = 1;
 		} else if (!dev_tasks_type_allowed(k->type))
 			v->reject = "task type not allowed";
-		if (k->id > last && !strcmp(k->device_id, t->id))
+		if (k->id > last && !strcmp(k->device_id, t->id)) {
 			last = k->id; /* judged once, whatever the verdict: a later copy is a replay */
+			v->mark_seen = v->reject != NULL;
+		}
 		if (!v->reject && !strcmp(k->type, "restart"))
 			break; /* what follows is for the next agent: left unjudged, the bridge
 				* delivers it again (its id is above the poll's last_task_id) */
@@ -173,26 +176,37 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 		if (p)
 			p->used = 1; /* one answer per poll */
 	}
-	if (last != t->last_id) {
-		uint64_t keep = t->last_id;
-		t->last_id = last;
-		if ((rc = save(t)) != 0) {
-			/* not persisted: running now could mean running twice later */
-			t->last_id = keep;
-			for (size_t i = 0; i < *n; i++)
-				if (!verdicts[i].reject)
-					verdicts[i].reject = "cannot persist task state";
-		}
-	}
 	*list = l;
 	return WIRE_OK;
 }
 
+int dev_tasks_seen(struct dev_tasks *t, uint64_t id)
+{
+	if (id <= t->last_id)
+		return WIRE_OK;
+	uint64_t keep = t->last_id;
+	t->last_id = id;
+	int rc = save(t);
+	if (rc)
+		t->last_id = keep;
+	return rc;
+}
+
 int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type)
 {
+	uint64_t keep = t->last_id;
+	if (id > t->last_id)
+		t->last_id = id;
 	t->running_id = id;
 	snprintf(t->running_type, sizeof(t->running_type), "%s", type);
-	return save(t);
+	int rc = save(t);
+	if (rc) {
+		/* not persisted: running now could mean running twice later */
+		t->last_id = keep;
+		t->running_id = 0;
+		t->running_type[0] = '\0';
+	}
+	return rc;
 }
 
 int dev_tasks_end(struct dev_tasks *t)

@@ -34,21 +34,30 @@ struct dev_task_verdict {
 	const Outpost__Task *task; /* NULL when the list itself could not be trusted */
 	const char *reject;	    /* NULL: run it */
 	int expired;		    /* rejected because expires_at passed */
+	int seen;		    /* rejected as an id already judged: it was reported then, so
+				     * report nothing (another poll's answer carried it again) */
+	int mark_seen;		    /* rejected, ours and new: mark it with dev_tasks_seen */
 	int whole_list;		    /* rejected with its list (forged, stale, not ours): the task
 				     * stays unseen, so report nothing */
 };
 
 /* Judge a message from our tasks topic. On return *list (free with wire_msg_free) owns the
- * tasks the verdicts point to; verdicts[0..*n) are in list order. Accepted ids are persisted
- * before this returns, so a task is never accepted twice. Judging stops after an accepted
- * `restart`: the tasks behind it stay unseen, for the restarted agent to receive again.
- * Returns a wire_err when nothing at all could be read (then there is nothing to report). */
+ * tasks the verdicts point to; verdicts[0..*n) are in list order. Nothing is persisted here:
+ * the caller takes the verdicts in order and marks each task seen as it handles it
+ * (dev_tasks_begin before running one, dev_tasks_seen for a rejected one), so a task is never
+ * run twice, and the tasks behind a stop stay unseen for the bridge to deliver again. Judging
+ * stops after an accepted `restart` for the same reason. Returns a wire_err when nothing at
+ * all could be read (then there is nothing to report). */
 int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, const uint8_t *corr,
 		    size_t corr_len, int64_t now_wall_ms, int64_t now_mono,
 		    Outpost__TaskList **list, struct dev_task_verdict *verdicts, size_t *n,
 		    struct wire_diag *diag);
 
-/* Mark a task as running / finished (persisted). */
+/* Mark a rejected task's id as seen (persisted; ids never go back). */
+int dev_tasks_seen(struct dev_tasks *t, uint64_t id);
+
+/* Mark a task as seen and running, in one write: a failure means it must not run. / Mark the
+ * running task finished. Both persisted. */
 int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type);
 int dev_tasks_end(struct dev_tasks *t);
 

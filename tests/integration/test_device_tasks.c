@@ -102,6 +102,14 @@ Test(device_tasks, untrusted_lists_have_no_effect, .timeout = 90)
 	h_fakebridge_replay_tasks(e.fb);
 	cr_assert(h_log_wait(e.d.log, "first id 13: replayed", 1, 10000), "log %s", e.d.log);
 	cr_expect_eq(h_log_count(e.d.log, "task 13: running"), runs, "a replayed task ran again");
+	/* a valid answer to a later poll carries task 13 again (a bridge answering several
+	 * outstanding polls): it neither runs nor gets a second result */
+	h_fakebridge_queue_task(e.fb, 13, "ping", NULL, NULL, 0, 0);
+	cr_assert(h_log_wait(e.d.log, "task 13: delivered again", 1, 10000), "log %s", e.d.log);
+	h_sleep_ms(1500);
+	cr_expect_eq(h_log_count(e.d.log, "task 13: running"), runs, "a task ran twice");
+	cr_expect_eq(wait_result(e.fb, 13, msg, sizeof(msg), 100), SUCCEEDED,
+		     "the success was followed by: %s", msg);
 	cr_expect_eq(h_log_count(e.d.log, "set_config"), 0, "a rejected set_config ran");
 	char *override = h_strf("%s/state/config.override", e.d.dir);
 	cr_expect_null(h_read_file(override, NULL), "nothing was persisted");

@@ -51,6 +51,17 @@ static uint8_t *list(struct wire_key *k, const char *env_dev, uint64_t seq, uint
 	return seal_list(k, env_dev, seq, &l, len);
 }
 
+/* What the agent does with a verdict: run the task (begin, end) or mark a rejected one seen. */
+static void handle(struct dev_tasks *t, const struct dev_task_verdict *v)
+{
+	if (!v->reject) {
+		cr_assert_eq(dev_tasks_begin(t, v->id, v->task->type), 0);
+		cr_assert_eq(dev_tasks_end(t), 0);
+	} else if (v->mark_seen) {
+		cr_assert_eq(dev_tasks_seen(t, v->id), 0);
+	}
+}
+
 static const char *judge_env(struct dev_tasks *t, uint8_t *env, size_t len, uint64_t *id)
 {
 	Outpost__TaskList *l = NULL;
@@ -62,6 +73,9 @@ static const char *judge_env(struct dev_tasks *t, uint8_t *env, size_t len, uint
 	cr_assert_eq(n, 1);
 	static char reason[128];
 	snprintf(reason, sizeof(reason), "%s", v[0].reject ? v[0].reject : "run");
+	cr_expect_eq(v[0].seen, v[0].reject && strstr(v[0].reject, "already seen") != NULL,
+		     "only a task id already judged is reported by nobody");
+	handle(t, &v[0]);
 	if (id)
 		*id = v[0].id;
 	wire_msg_free(l);
@@ -125,7 +139,7 @@ Test(dev_tasks, verdicts)
 	cr_expect(dev_tasks_interrupted(t, &id, type));
 	cr_expect_eq(id, 9);
 	cr_expect_str_eq(type, "set_config");
-	cr_expect_eq(dev_tasks_last_id(t), 8, "persisted across restarts");
+	cr_expect_eq(dev_tasks_last_id(t), 9, "begun is seen, persisted across restarts");
 	cr_assert_eq(dev_tasks_end(t), 0);
 	cr_expect_not(dev_tasks_interrupted(t, &id, type));
 	dev_tasks_close(t);
@@ -176,6 +190,9 @@ Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
 	cr_assert_eq(n, 2, "judged up to the restart");
 	cr_expect_null(v[0].reject);
 	cr_expect_null(v[1].reject);
+	cr_expect_eq(dev_tasks_last_id(t), 0, "judging marks nothing");
+	handle(t, &v[0]);
+	cr_assert_eq(dev_tasks_begin(t, v[1].id, v[1].task->type), 0); /* the restart */
 	cr_expect_eq(dev_tasks_last_id(t), 21, "task 22 is not marked as seen");
 	wire_msg_free(l);
 	free(env);
@@ -186,6 +203,43 @@ Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
 	dev_tasks_poll_sent(t, 31, corr, h_now_ms());
 	cr_expect_str_eq(judge(t, bridge, "dev-a", 31, 22, "dev-a", "collect_now", wall() + 60000),
 			 "run");
+	dev_tasks_close(t);
+	wire_key_free(bridge);
+	free(path);
+	free(dir);
+}
+
+/* The agent stops (SIGTERM) after the first task of a list: the others were never marked seen,
+ * so the next agent's polls ask for them again and runs them. */
+Test(dev_tasks, tasks_behind_a_stop_are_left_for_the_next_agent)
+{
+	char *dir = h_tmpdir("tasks");
+	char *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = h_pki_key("bridge");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t;
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+
+	const char *types[] = {"collect_now", "ping", "ping"};
+	size_t len, n = 0;
+	uint8_t *env = list_of(bridge, 40, 40, types, 3, &len);
+	Outpost__TaskList *l = NULL;
+	struct dev_task_verdict v[WIRE_MAX_TASKS];
+	struct wire_diag d = {{0}};
+	dev_tasks_poll_sent(t, 40, corr, h_now_ms());
+	cr_assert_eq(dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n,
+				     &d), 0);
+	cr_assert_eq(n, 3);
+	handle(t, &v[0]); /* then the stop */
+	wire_msg_free(l);
+	free(env);
+	dev_tasks_close(t);
+
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	cr_expect_eq(dev_tasks_last_id(t), 40, "only the task handled is seen");
+	dev_tasks_poll_sent(t, 41, corr, h_now_ms());
+	cr_expect_str_eq(judge(t, bridge, "dev-a", 41, 41, "dev-a", "ping", wall() + 60000), "run");
 	dev_tasks_close(t);
 	wire_key_free(bridge);
 	free(path);
