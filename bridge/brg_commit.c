@@ -443,7 +443,9 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 		                              "dropped: device quarantined", 0);
 		return rc ? rc : 0;
 	}
-	if (brg_commit__is_state(w, STORE_ST_REVOKED)) {
+	if (brg_commit__is_state(w, STORE_ST_REVOKED) &&
+	    !(it->kind == BRG_ITEM_BIRTH && w->has_key &&
+	      memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {
 		rc = brg_commit__count_reject(c, w, BRG_R_REVOKED, "refused: device revoked", 0);
 		return rc ? rc : 0;
 	}
@@ -648,9 +650,14 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		                       boot, b->n_metrics, (unsigned long long)b->chain_floor);
 	} else {
 		if (rekey && (rc = brg_commit__event(c, w, "reenrolled",
-		                                     "new certificate key (birth seq %llu)",
-		                                     (unsigned long long)it->seq)))
+		                                     "new certificate key (birth seq %llu)%s",
+		                                     (unsigned long long)it->seq,
+		                                     brg_commit__is_state(w, STORE_ST_REVOKED)
+		                                         ? ": the revocation is lifted"
+		                                         : "")))
 			goto out;
+		if (brg_commit__is_state(w, STORE_ST_REVOKED)) /* the gate let only a new key by */
+			brg_commit__set_state(w, STORE_ST_ACTIVE, "re-enrolled with a new key");
 		if (restarted &&
 		    (rc = brg_commit__event(c, w, "birth", "agent %s, boot %s, %zu metrics",
 		                            w->agent, boot, b->n_metrics)))

@@ -186,6 +186,12 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 		return reject(it, BRG_R_SIG,
 		              "birth seq %llu: signature does not verify with its certificate",
 		              (unsigned long long)env->seq);
+	/* Revocation holds the enrolled key: a certificate re-issued for it (not on the CRL, or
+	 * a device revoked in the store only) does not lift it; a new key does (a rotation). The
+	 * writer's gate decides with the store's key; this saves it the obvious cases. */
+	if (info->state == BRG_ST_REVOKED && info->has_key &&
+	    !memcmp(info->key.raw, cert.key.raw, sizeof(cert.key.raw)))
+		return reject(it, BRG_R_REVOKED, "birth refused: device revoked (same key)");
 	it->kind = BRG_ITEM_BIRTH;
 	it->key = cert.key;
 	/* Provisional, so this device's next envelopes verify before the writer commits the
@@ -193,7 +199,8 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 	struct brg_dev_info now = *info;
 	now.has_key = 1;
 	now.key = cert.key;
-	if (now.state == BRG_ST_NONE || now.state == BRG_ST_UNENROLLED)
+	if (now.state == BRG_ST_NONE || now.state == BRG_ST_UNENROLLED ||
+	    now.state == BRG_ST_REVOKED)
 		now.state = BRG_ST_ACTIVE;
 	brg_registry_put(v->reg, it->device, &now);
 	return BRG_OK;
@@ -289,7 +296,8 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (info.state == BRG_ST_QUARANTINED)
 		return reject(it, BRG_R_QUARANTINED, "%s dropped: device quarantined",
 		              wire_topic_suffix(t));
-	if (info.state == BRG_ST_REVOKED)
+	/* A revoked device comes back only through a Birth with a new key (below). */
+	if (info.state == BRG_ST_REVOKED && t != WIRE_TOPIC_BIRTH)
 		return reject(it, BRG_R_REVOKED, "%s refused: device revoked",
 		              wire_topic_suffix(t));
 

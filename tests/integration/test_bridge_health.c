@@ -186,7 +186,8 @@ Test(bridge_health, missing_gap_recorded_then_filled, .timeout = 60)
 	h_broker_free(&b);
 }
 
-Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
+Test(bridge_health, crl_reload_revokes_an_enrolled_device_and_a_new_key_enrols_it_again,
+     .timeout = 180)
 {
 	/* A private PKI: revoking in the shared one would disturb other tests. */
 	char *pki = h_tmpdir("pki-crl"), *out = NULL;
@@ -224,6 +225,23 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device, .timeout = 180)
 	cr_expect_eq(qs(br.store, EVENTS("revoked"), "dev-x"), 1);
 	cr_expect_eq(h_bridge_log_count(&br, "CA and CRL reloaded"), 1);
 	cr_expect_eq(h_bridge_log_count(&br, "the CRL expires at"), 1, "no warning: %s", br.log);
+
+	/* Key rotation as OPERATIONS.md has it: delete the device's files, provision it again.
+	 * The new key re-enrols the id; the old one stays revoked. */
+	cmd = h_strf("rm -f %s/devices/dev-x.* && %s/scripts/provision-certs.sh --out %s --devices "
+		     "dev-x", pki, h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	o.first_seq = 1000000; /* a wiped state directory numbers from the clock, far above */
+	o.prev_durable = 999999; /* and owes nothing below */
+	o.t0_ms += 3600000;
+	d = h_simdev_start(&o);
+	cr_expect(h_simdev_wait(d, 30000), "the rotated device was not stored: %s", br.log);
+	h_simdev_stop(d);
+	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = "
+				  "'active'", "dev-x"), 1);
+	cr_expect_eq(qs(br.store, EVENTS("reenrolled"), "dev-x"), 1);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);
 	h_broker_free(&b);
