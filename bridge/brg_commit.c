@@ -20,8 +20,8 @@ const char *const brg_commit__sql[S_COUNT] = {
                   " state_changed_at = COALESCE(?, state_changed_at), online = ?, frontier = ?, "
                   "last_nd_seq = ?, consecutive_rejects = ?,"
                   " envelopes = envelopes + ?, readings = readings + ?,"
-                  " duplicates = duplicates + ?, rejected = rejected + ?, last_seen_at = ?"
-                  " WHERE id = ?",
+                  " duplicates = duplicates + ?, rejected = rejected + ?, last_seen_at = ?,"
+                  " last_birth_seq = ? WHERE id = ?",
     [S_DEV_BIRTH] = "UPDATE devices SET pubkey = ?, cert_pem = ?, agent_version = ?,"
                     " boot_id = ?, sample_interval_s = ?, poll_interval_s = ?,"
                     " spool_records = ?, spool_bytes = ?, spool_dropped_total = ?,"
@@ -86,7 +86,7 @@ const char *const brg_commit__sql[S_COUNT] = {
 #define DEV_SEL_COLS                                                                               \
 	"SELECT id, state, state_reason, online, pubkey, frontier, last_nd_seq,"                   \
 	" consecutive_rejects, sample_interval_s, poll_interval_s, last_seen_at, boot_id,"         \
-	" agent_version, last_birth_at FROM devices WHERE device_id = ?"
+	" agent_version, last_birth_at, last_birth_seq FROM devices WHERE device_id = ?"
 
 /* ---- outcome ---- */
 
@@ -365,6 +365,7 @@ static int load_devices(struct brg_committer *c, struct brg_item *const *items, 
 			snprintf(w->agent, sizeof(w->agent), "%s",
 			         store_col_text(st, 12) ? store_col_text(st, 12) : "");
 			w->birth_at = store_col_i64(st, 13);
+			w->last_birth_seq = store_col_i64(st, 14);
 			rc = 0;
 		}
 		store_reset(st);
@@ -514,26 +515,32 @@ static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_i
 	return 0;
 }
 
-/* A birth or poll must carry a seq above every birth/poll seen (PROTOCOL.md 5.7). The last one
- * seen again is the broker redelivering it (a seq is signed once by its device): a duplicate,
- * counted, not answered again, no step toward quarantine. */
+/* A poll must carry a seq above every birth/poll seen, a Birth above every Birth (PROTOCOL.md
+ * 5.7): a device sends its Birth and a poll back to back, and bridges sharing its messages
+ * may commit the poll first. The last one seen again is the broker redelivering it (a seq is
+ * signed once by its device): a duplicate, counted, not answered again, no step toward
+ * quarantine. */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
-                      const char *what)
+                      int is_birth)
 {
 	char d[160];
-	if ((int64_t)it->seq == w->last_nd_seq) {
+	int64_t seq = (int64_t)it->seq, last = is_birth ? w->last_birth_seq : w->last_nd_seq;
+	if (seq == last) {
 		w->d_dup++;
 		c->out->duplicates++;
 		w->dirty = 1;
 		return 0;
 	}
-	if ((int64_t)it->seq < w->last_nd_seq) {
-		snprintf(d, sizeof(d), "%s seq %llu not above %lld", what,
-		         (unsigned long long)it->seq, (long long)w->last_nd_seq);
+	if (seq < last) {
+		snprintf(d, sizeof(d), "%s seq %llu not above %lld", is_birth ? "birth" : "poll",
+		         (unsigned long long)it->seq, (long long)last);
 		int rc = brg_commit__count_reject(c, w, BRG_R_REPLAYED, d, 1);
 		return rc ? rc : 0;
 	}
-	w->last_nd_seq = (int64_t)it->seq;
+	if (is_birth)
+		w->last_birth_seq = seq;
+	if (seq > w->last_nd_seq)
+		w->last_nd_seq = seq;
 	w->dirty = 1;
 	return 1;
 }
@@ -580,7 +587,7 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 {
 	const Outpost__Birth *b = it->birth;
 	char boot[2 * WIRE_BOOT_ID_LEN + 1];
-	int rc = brg_commit__fresh(c, w, it, "birth");
+	int rc = brg_commit__fresh(c, w, it, 1);
 	if (rc <= 0)
 		return rc;
 	int first = !w->has_key;
@@ -725,7 +732,8 @@ static int update_device(struct brg_committer *c, struct wdev *w)
 		B64(S_DEV_UPD, 12, w->last_seen);
 	else if ((rc = store_bind_null(c->st[S_DEV_UPD], 12)))
 		goto out;
-	B64(S_DEV_UPD, 13, w->key);
+	B64(S_DEV_UPD, 13, w->last_birth_seq);
+	B64(S_DEV_UPD, 14, w->key);
 	rc = brg_commit__run(c, S_DEV_UPD);
 out:
 	return rc;

@@ -58,6 +58,7 @@ struct wdev {
 	int has_key;
 	uint8_t pub[WIRE_PUBKEY_LEN];
 	int64_t frontier, last_nd_seq, consecutive, sample_s, poll_s, last_seen;
+	int64_t last_birth_seq; /* the newest Birth's seq (last_nd_seq: newest Birth or poll) */
 	int64_t d_env, d_read, d_dup, d_rej;
 	uint8_t boot_id[WIRE_BOOT_ID_LEN];
 	int has_boot;
@@ -137,10 +138,11 @@ int brg_commit__is_state(const struct wdev *w, const char *s);
 int brg_commit__count_reject(struct brg_committer *c, struct wdev *w, const char *reason,
                              const char *detail, int toward_quarantine);
 int brg_commit__accepted(struct brg_committer *c, struct wdev *w);
-/* Birth/poll replay check: 1 if it->seq is above every birth/poll seen (and records it),
- * 0 if counted as `replayed`, < 0 on error. */
+/* Birth/poll replay check: 1 if it is fresh (and records it), 0 if counted as `replayed` or
+ * as a duplicate, < 0 on error. A poll must be above every Birth and poll seen; a Birth above
+ * every Birth (PROTOCOL.md 5.7). */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
-                      const char *what);
+                      int is_birth);
 void brg_commit__free_tasks(struct brg_task *t, size_t n);
 void brg_commit__mcache_clear(struct brg_committer *c);
 /* Forget one device's cached metric map (its catalog changed). */

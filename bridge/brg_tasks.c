@@ -80,7 +80,7 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 	size_t n = 0, budget = TASKLIST_BUDGET;
 	uint32_t max = p->max_tasks ? p->max_tasks : WIRE_MAX_TASKS;
 	struct store_stmt *st = c->st[S_TASK_SEL];
-	int rc = brg_commit__fresh(c, w, it, "poll");
+	int rc = brg_commit__fresh(c, w, it, 0);
 	if (rc <= 0)
 		return rc;
 	if ((rc = brg_commit__accepted(c, w)))

@@ -158,8 +158,22 @@ static const char *const v1_pg[] = {
     NULL,
 };
 
+/* Version 2: a Birth need only be newer than the last Birth (a poll sent right after it may be
+ * committed first by another bridge); until now last_nd_seq held both. */
+static const char *const v2_sqlite[] = {
+    "ALTER TABLE devices ADD COLUMN last_birth_seq INTEGER NOT NULL DEFAULT 0",
+    "UPDATE devices SET last_birth_seq = last_nd_seq",
+    NULL,
+};
+static const char *const v2_pg[] = {
+    "ALTER TABLE devices ADD COLUMN last_birth_seq BIGINT NOT NULL DEFAULT 0",
+    "UPDATE devices SET last_birth_seq = last_nd_seq",
+    NULL,
+};
+
 static const struct migration migrations[] = {
     {1, v1_sqlite, v1_pg},
+    {2, v2_sqlite, v2_pg},
 };
 #define N_MIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 

@@ -741,3 +741,37 @@ Test(brg_commit_pg, task_adds_for_one_device_take_turns)
 	store_close(a.s);
 	store_close(other);
 }
+
+static struct brg_item *poll_item(const char *id, uint64_t seq)
+{
+	size_t n;
+	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/tasks/poll", id);
+	char *resp = h_strf("outpost/v1/%s/tasks", id);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_TASK_POLL, id, seq, NULL, 0, &n);
+	struct brg_item *it = judge(topic, env, n, resp);
+	cr_assert_eq(it->kind, BRG_ITEM_POLL, "%s", it->detail);
+	free(name);
+	free(topic);
+	free(resp);
+	return it;
+}
+
+/* A device sends its Birth and then a poll, back to back; bridges sharing its messages may
+ * commit the poll first. The Birth is still fresh: it need only be newer than every Birth. */
+Test(brg_commit, a_birth_overtaken_by_the_poll_behind_it_is_accepted)
+{
+	commit_one(birth("dev-a", 10));
+	commit_one(poll_item("dev-a", 21));
+	commit_one(birth("dev-a", 20));
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0, "the Birth was refused");
+	cr_expect_eq(one("SELECT last_birth_seq FROM devices WHERE device_id = 'dev-a'"), 20);
+	cr_expect_eq(one("SELECT last_nd_seq FROM devices WHERE device_id = 'dev-a'"), 21);
+	/* the broker redelivering it: a duplicate */
+	commit_one(birth("dev-a", 20));
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0);
+	/* older than the last Birth, or a poll older than the last Birth or poll: replayed */
+	commit_one(birth("dev-a", 15));
+	commit_one(poll_item("dev-a", 19));
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'replayed'"), 2);
+	cr_expect_eq(one("SELECT last_birth_seq FROM devices WHERE device_id = 'dev-a'"), 20);
+}
