@@ -509,10 +509,9 @@ static void send_birth(struct dev_agent *a)
 		goto out;
 	}
 	rc = publish_env(a, WIRE_TOPIC_BIRTH, WIRE_KIND_BIRTH, body, len, NULL, NULL, 0, NULL);
-	if (rc)
+	a->birth_due = rc != 0; /* a failure (full disk) is tried again on the next pass */
+	if (rc && spool_error_due(a))
 		olog(OLOG_WARN, "cannot send Birth (error %d); it goes again on the next pass", rc);
-	else
-		a->birth_due = 0;
 	olog(OLOG_DEBUG, "birth: %zu metrics, spool %" PRIu64 " records, floor %" PRIu64, n, st.records,
 	     st.chain_floor);
 out:

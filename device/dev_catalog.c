@@ -25,7 +25,14 @@ struct dev_catalog {
 	size_t nslots;
 	int changed;
 	long size; /* bytes of complete lines in the file: where the next one is written */
+	size_t birth_bytes; /* what the names and units weigh in a Birth */
 };
+
+/* A Birth carries every name and unit once, beside the certificate (at most WIRE_MAX_CERT_PEM)
+ * and a few small fields: the catalog stops growing before the Birth would not pack. A
+ * MetricDef costs at most 16 bytes beside its strings. */
+#define BIRTH_PER_METRIC 16
+#define BIRTH_CATALOG_BUDGET (WIRE_MAX_BODY - WIRE_MAX_CERT_PEM - 4096)
 
 static uint32_t hash(const char *s)
 {
@@ -74,6 +81,7 @@ static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const
 		return DEV_CATALOG_ENOMEM;
 	}
 	c->slots[find_slot(c, name)] = (uint32_t)++c->n;
+	c->birth_bytes += strlen(e->name) + strlen(e->unit) + BIRTH_PER_METRIC;
 	return DEV_CATALOG_OK;
 }
 
@@ -151,7 +159,9 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 	if (unit && (strlen(unit) > WIRE_MAX_UNIT || strpbrk(unit, " \t\n") ||
 		     !wire_utf8_valid(unit, strlen(unit))))
 		unit = ""; /* a collector's odd unit is dropped, not sent (the Birth would not pack) */
-	if (c->n >= WIRE_MAX_METRICS)
+	if (c->n >= WIRE_MAX_METRICS ||
+	    c->birth_bytes + strlen(name) + (unit ? strlen(unit) : 0) + BIRTH_PER_METRIC >
+	        BIRTH_CATALOG_BUDGET)
 		return DEV_CATALOG_EFULL;
 	uint32_t nid = (uint32_t)c->n + 1;
 	/* persist before use: an id in a spooled batch must always resolve to its name */

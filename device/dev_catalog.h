@@ -11,7 +11,7 @@ enum dev_catalog_err {
 	DEV_CATALOG_OK = 0,
 	DEV_CATALOG_EIO = -1,
 	DEV_CATALOG_ENOMEM = -2,
-	DEV_CATALOG_EFULL = -3, /* WIRE_MAX_METRICS names already */
+	DEV_CATALOG_EFULL = -3, /* WIRE_MAX_METRICS names already, or a Birth could not hold more */
 	DEV_CATALOG_ENAME = -4, /* not a valid metric name */
 	DEV_CATALOG_ECORRUPT = -5,
 };

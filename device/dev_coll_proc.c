@@ -49,6 +49,11 @@ static void clean(char *s)
 			*s = '_';
 }
 
+static double delta(unsigned long long now, unsigned long long before)
+{
+	return now > before ? (double)(now - before) : 0.0;
+}
+
 static int sample_cpu(struct proc *p, dev_sink_fn sink, void *ctx)
 {
 	FILE *f = open_proc(p, "stat");
@@ -61,12 +66,14 @@ static int sample_cpu(struct proc *p, dev_sink_fn sink, void *ctx)
 	if (k < 4)
 		return -1;
 	if (p->have_last) {
-		double du = (double)(c.user + c.nice - p->last.user - p->last.nice);
-		double ds = (double)(c.system + c.irq + c.softirq - p->last.system - p->last.irq -
-				     p->last.softirq);
-		double di = (double)(c.idle - p->last.idle);
-		double dw = (double)(c.iowait - p->last.iowait);
-		double dst = (double)(c.steal - p->last.steal);
+		/* The kernel's iowait (and, across CPU hotplug, idle) can go backwards: a counter
+		 * that fell counts as no time, not as 2^64 of it. */
+		double du = delta(c.user + c.nice, p->last.user + p->last.nice);
+		double ds = delta(c.system + c.irq + c.softirq,
+				  p->last.system + p->last.irq + p->last.softirq);
+		double di = delta(c.idle, p->last.idle);
+		double dw = delta(c.iowait, p->last.iowait);
+		double dst = delta(c.steal, p->last.steal);
 		double total = du + ds + di + dw + dst;
 		if (total > 0) {
 			/* one decimal of a percent is all a sampling interval can tell */

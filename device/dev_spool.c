@@ -220,18 +220,23 @@ static void maybe_persist(struct dev_spool *s)
 
 static int load_key(struct dev_spool *s)
 {
-	char *path = NULL;
+	char *path = NULL, *tmp = NULL;
 	int rc = DEV_SPOOL_EKEY;
-	if (asprintf(&path, "%s/key", s->dir) < 0)
-		return DEV_SPOOL_ENOMEM;
+	if (asprintf(&path, "%s/key", s->dir) < 0 || asprintf(&tmp, "%s/key.tmp", s->dir) < 0) {
+		rc = DEV_SPOOL_ENOMEM;
+		goto out;
+	}
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT) {
-		/* First start: a fresh random key, written once, never overwritten. */
+		/* First start: a fresh random key, written once, never overwritten. It is written
+		 * whole to a temporary file first and linked into place (link refuses to replace),
+		 * so a power cut leaves no key or a whole one, never a short one that would stop
+		 * every later start. */
 		if (wc_RNG_GenerateBlock(&s->rng, s->key, KEY_LEN) != 0) {
 			rc = DEV_SPOOL_ECRYPTO;
 			goto out;
 		}
-		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (fd < 0) {
 			rc = spool_io_err();
 			goto out;
@@ -240,6 +245,9 @@ static int load_key(struct dev_spool *s)
 		if (!rc && fsync(fd) != 0)
 			rc = spool_io_err();
 		close(fd);
+		if (!rc && link(tmp, path) != 0)
+			rc = spool_io_err();
+		unlink(tmp);
 		if (!rc)
 			rc = spool_fsync_dir(s->dir);
 		goto out;
@@ -255,6 +263,7 @@ static int load_key(struct dev_spool *s)
 		rc = DEV_SPOOL_OK;
 out:
 	free(path);
+	free(tmp);
 	return rc;
 }
 
@@ -331,10 +340,14 @@ static void drop_seg(struct dev_spool *s, size_t i)
 		}
 		off = at + REC_OVERHEAD + h.len;
 	}
-	if (count && add_pending(s, prev, last, count))
-		s->dropped_total += count;
-	spool_remove_seg(s, i);
 	s->state_dirty = 1;
+	if (count && add_pending(s, prev, last, count)) {
+		s->dropped_total += count;
+		/* on disk before the records go: a power cut in between must not turn a drop the
+		 * device can report into a loss it cannot (best effort: a full disk still frees) */
+		state_write(s);
+	}
+	spool_remove_seg(s, i);
 }
 
 /* A segment whose time was taken with an unset clock has an unknown age: only the size limit

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "dev_catalog.h"
+#include "outpost.pb-c.h"
+#include "wire_limits.h"
 #include "harness.h"
 
 Test(dev_catalog, ids_are_stable_and_persisted)
@@ -79,6 +81,61 @@ Test(dev_catalog, corrupt_file_is_refused)
 	size_t len = 0;
 	free(h_read_file(path, &len));
 	cr_expect_eq(len, 14 + 301 + 16);
+	free(path);
+	free(dir);
+}
+
+/* Long names (an exec collector's): the catalog stops growing before the Birth that must carry
+ * every name would be too large to send. */
+Test(dev_catalog, stops_before_the_birth_would_not_pack)
+{
+	char *dir = h_tmpdir("catalog");
+	char *path = h_strf("%s/metrics", dir);
+	struct dev_catalog *c;
+	cr_assert_eq(dev_catalog_open(path, &c), 0);
+	char name[WIRE_MAX_METRIC_NAME + 1], unit[WIRE_MAX_UNIT + 1];
+	memset(unit, 'u', WIRE_MAX_UNIT);
+	unit[WIRE_MAX_UNIT] = '\0';
+	int rc = 0;
+	size_t n = 0;
+	for (; n < WIRE_MAX_METRICS; n++) {
+		memset(name, 'm', WIRE_MAX_METRIC_NAME);
+		snprintf(name, sizeof(name), "%05zu", n);
+		name[5] = 'm';
+		uint32_t id;
+		if ((rc = dev_catalog_id(c, name, unit, &id)))
+			break;
+	}
+	cr_assert_eq(rc, DEV_CATALOG_EFULL, "%zu metrics of 160 bytes: %d", n, rc);
+	cr_expect_gt(n, 1000);
+
+	/* the Birth with all of them, and the largest certificate, still packs */
+	Outpost__Birth b = OUTPOST__BIRTH__INIT;
+	Outpost__MetricDef *defs = calloc(n, sizeof(*defs)), **ptrs = calloc(n, sizeof(*ptrs));
+	for (size_t i = 0; i < n; i++) {
+		const char *nm, *un;
+		outpost__metric_def__init(&defs[i]);
+		dev_catalog_entry(c, i, &defs[i].id, &nm, &un);
+		defs[i].name = (char *)nm;
+		defs[i].unit = (char *)un;
+		ptrs[i] = &defs[i];
+	}
+	char *pem = malloc(WIRE_MAX_CERT_PEM + 1);
+	memset(pem, 'A', WIRE_MAX_CERT_PEM);
+	pem[WIRE_MAX_CERT_PEM] = '\0';
+	uint8_t boot[WIRE_BOOT_ID_LEN] = {1};
+	b.cert_pem = pem;
+	b.agent_version = "0.0.0-test";
+	b.boot_id.data = boot;
+	b.boot_id.len = sizeof(boot);
+	b.n_metrics = n;
+	b.metrics = ptrs;
+	size_t len = outpost__birth__get_packed_size(&b);
+	cr_expect_leq(len, WIRE_MAX_BODY, "a Birth of %zu bytes", len);
+	free(pem);
+	free(defs);
+	free(ptrs);
+	dev_catalog_close(c);
 	free(path);
 	free(dir);
 }

@@ -160,6 +160,15 @@ Test(dev_collect, proc_from_a_fixture_tree)
 	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
 	cr_expect(find(&g, "cpu.user", &v) && v == 25, "cpu.user %f", v);
 	cr_expect(find(&g, "cpu.idle", &v) && v == 75);
+	/* iowait went backwards (the kernel allows it): no time, not 2^64 jiffies of it */
+	write_file(root, "stat", "cpu  200 0 100 1100 50 0 0 0 0 0\n");
+	g.n = 0;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	write_file(root, "stat", "cpu  300 0 100 1400 40 0 0 0 0 0\n");
+	g.n = 0;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	cr_expect(find(&g, "cpu.iowait", &v) && v == 0, "cpu.iowait %f", v);
+	cr_expect(find(&g, "cpu.user", &v) && v == 25, "cpu.user %f", v);
 
 	/* a vanished file is a failure reported as a metric, and the rest still comes */
 	char *p = h_strf("%s/meminfo", root);

@@ -647,6 +647,39 @@ Test(dev_spool, a_range_that_grows_while_its_carrier_is_appended_stays_pending)
 	free(dir);
 }
 
+/* A segment dropped for the size limit: the state file says so before the segment is gone, so a
+ * power cut right after the append that dropped it still reports the range. */
+Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512;
+	o.max_bytes = 4096;
+	struct dev_spool *s = open_spool(&o);
+	struct wire_dropped d[8], after[8];
+	size_t n = 0;
+	for (int i = 0; i < 100 && !n; i++) {
+		put(s, 400, wall_ms());
+		n = dev_spool_dropped(s, d, 8);
+	}
+	cr_assert_eq(n, 1);
+	/* the power cut: what is on disk now, without closing */
+	char *copy = h_tmpdir("spool-copy"), *cmd = h_strf("cp -a %s/. %s/", dir, copy), *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	struct dev_spool_opts oc = o;
+	oc.dir = copy;
+	struct dev_spool *c = open_spool(&oc);
+	cr_assert_eq(dev_spool_dropped(c, after, 8), 1, "the drop was not on disk");
+	cr_expect_eq(after[0].prev_seq, d[0].prev_seq);
+	cr_expect_eq(after[0].last_seq, d[0].last_seq);
+	dev_spool_close(c);
+	dev_spool_close(s);
+	free(out);
+	free(cmd);
+	free(copy);
+	free(dir);
+}
+
 Test(dev_spool, age_limit_drops_old_records)
 {
 	char *dir = h_tmpdir("spool");
@@ -797,6 +830,30 @@ Test(dev_spool, kill9_during_writes_loses_nothing_reported, .timeout = 240)
 }
 
 /* A full disk (here: the file size limit) fails the append cleanly; nothing torn remains. */
+/* The first start cannot write the whole key (a full disk, or a power cut in the middle): no
+ * short key file is left behind to refuse every later start. */
+Test(dev_spool, a_key_cut_short_at_first_start_does_not_stop_the_next)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		signal(SIGXFSZ, SIG_IGN);
+		struct rlimit rl = {10, 10}; /* room for 10 of the key's 32 bytes */
+		setrlimit(RLIMIT_FSIZE, &rl);
+		struct dev_spool *s = NULL;
+		_exit(dev_spool_open(&o, &s, NULL) == DEV_SPOOL_OK ? 1 : 0);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key was written whole under the limit");
+	struct dev_spool *s = open_spool(&o);
+	put(s, 100, wall_ms());
+	dev_spool_close(s);
+	free(dir);
+}
+
 Test(dev_spool, full_disk_fails_cleanly)
 {
 	char *dir = h_tmpdir("spool");
