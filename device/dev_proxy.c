@@ -75,6 +75,17 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 		return -1;
 	}
 	const char *at = memchr(v, '@', n);
+	/* user:password: printable, and a '%' starts a %XX escape (Paho decodes them, and loops
+	 * forever on a '%' that is not one) */
+	for (const char *p = v; at && p < at; p++) {
+		if (*p <= ' ' || *p > '~' ||
+		    (*p == '%' && (p + 2 >= at || !isxdigit((unsigned char)p[1]) ||
+				   !isxdigit((unsigned char)p[2])))) {
+			*why = "invalid proxy user:password: write special characters as %XX"
+			       " (a '%' itself as %25)";
+			return -1;
+		}
+	}
 	const char *hostpart = at ? at + 1 : v;
 	size_t hn = n - (size_t)(hostpart - v);
 	const char *colon = memrchr(hostpart, ':', hn);

@@ -37,6 +37,12 @@ Test(dev_proxy, refuses_what_cannot_work)
 	cr_expect_eq(resolve("proxy:abc", "b", out), -1);
 	cr_expect_eq(resolve("http://", "b", out), -1);
 	cr_expect_eq(resolve("pro xy:80", "b", out), -1);
+	/* a '%' that is no %XX escape: Paho 1.3.12 would spin forever decoding it */
+	cr_expect_eq(resolve("http://user:50%off@proxy:3128", "b", out), -1);
+	cr_expect_eq(resolve("http://user:50%2@proxy:3128", "b", out), -1);
+	cr_expect_eq(resolve("http://us er:x@proxy:3128", "b", out), -1);
+	cr_expect_eq(resolve("http://user:50%25off%40x@proxy:3128", "b", out), 1);
+	cr_expect_str_eq(out, "user:50%25off%40x@proxy:3128");
 }
 
 Test(dev_proxy, environment_and_no_proxy)
