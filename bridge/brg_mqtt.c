@@ -286,7 +286,9 @@ int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t l
 	pthread_mutex_unlock(&m->mu);
 	int rc = mosquitto_publish_v5(m->mosq, NULL, topic, (int)len, payload, 1, false, props);
 	mosquitto_property_free_all(&props);
-	if (rc != MOSQ_ERR_SUCCESS) {
+	/* Disconnected: libmosquitto keeps a QoS 1 message queued and sends it after the
+	 * reconnect (it still says NO_CONN), so it stays pending for brg_mqtt_flush. */
+	if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
 		pthread_mutex_lock(&m->mu);
 		m->pending--;
 		pthread_mutex_unlock(&m->mu);

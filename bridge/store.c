@@ -177,7 +177,12 @@ int store_commit(struct store *s)
 
 int store_rollback(struct store *s)
 {
+	/* The message kept is the error that made the caller roll back: SQLite may have rolled
+	 * back by itself (SQLITE_FULL), and then ROLLBACK fails with "no transaction is active". */
+	char keep[STORE_ERR_MAX];
+	memcpy(keep, s->err, sizeof(keep));
 	int rc = s->be->exec(s->conn, "ROLLBACK");
+	memcpy(s->err, keep, sizeof(keep));
 	return rc == STORE_ECONN ? STORE_OK : rc;
 }
 

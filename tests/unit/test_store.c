@@ -380,6 +380,28 @@ Test(store, sqlite_lock_is_busy_not_fatal)
 	free(dir);
 }
 
+/* A full database: SQLite rolls the transaction back by itself, the caller's ROLLBACK then
+ * fails, and the error to report is still the one that made it roll back. */
+Test(store, sqlite_full_keeps_the_error_that_matters)
+{
+	char *dir = h_tmpdir("store-full"), *url = h_strf("sqlite:%s/s.db", dir);
+	struct store *s = open_url(url, 1);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
+	cr_assert_eq(store_exec(s, "CREATE TABLE filler (x BLOB)"), STORE_OK);
+	int64_t pages = one(s, "PRAGMA page_count");
+	char *limit = h_strf("PRAGMA max_page_count = %lld", (long long)pages + 2);
+	cr_assert_eq(store_exec(s, limit), STORE_OK);
+	cr_assert_eq(store_begin(s), STORE_OK);
+	int rc = store_exec(s, "INSERT INTO filler VALUES (zeroblob(1000000))");
+	cr_assert_neq(rc, STORE_OK, "the database did not fill");
+	store_rollback(s);
+	cr_expect(strstr(store_errmsg(s), "full"), "reported: %s", store_errmsg(s));
+	store_close(s);
+	free(limit);
+	free(url);
+	free(dir);
+}
+
 Test(store, postgresql, .timeout = 120)
 {
 	struct h_pg pg = {0};
