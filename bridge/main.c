@@ -210,6 +210,7 @@ int main(int argc, char **argv)
 		olog(OLOG_ERROR, "%s", brg_strerror(rc));
 		goto out;
 	}
+	const struct wire_ca *in_use = ca; /* owned by the verifier; valid until the next swap */
 	ca = NULL;
 
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -281,8 +282,15 @@ int main(int argc, char **argv)
 		if (sig == SIGHUP || now >= next_crl) {
 			struct wire_ca *nca = NULL;
 			if (!load_ca(&c, &nca)) {
-				brg_verifier_set_ca(ver, nca);
-				brg_ingest_recheck_certs(in);
+				/* Re-checking every enrolled certificate holds the writer: only when
+				 * the files changed (or the operator asks, with SIGHUP). */
+				if (sig != SIGHUP && wire_ca_same_files(nca, in_use)) {
+					wire_ca_free(nca);
+				} else {
+					brg_verifier_set_ca(ver, nca);
+					in_use = nca;
+					brg_ingest_recheck_certs(in);
+				}
 				if (sig == SIGHUP)
 					olog(OLOG_INFO, "SIGHUP: CA and CRL reloaded");
 			}

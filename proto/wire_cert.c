@@ -12,6 +12,7 @@
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/error-ssl.h>
 
+#include "crc32.h"
 #include "otime.h"
 #include "wire_cert.h"
 #include "wire_file.h"
@@ -23,6 +24,7 @@
 struct wire_ca {
 	WOLFSSL_CERT_MANAGER *cm;
 	int64_t crl_next_update; /* Unix seconds; 0 = no CRL, or not known */
+	uint32_t sum;		 /* CRC-32 of the CA and CRL files as read */
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -121,6 +123,7 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		rc = wire__fail(diag, WIRE_ECERT, "%s: not a usable PEM CA certificate", ca_path);
 		goto out;
 	}
+	ca->sum = crc32_update(0, buf, len);
 	free(buf);
 	buf = NULL;
 	if (crl_path) {
@@ -129,6 +132,7 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 			rc = wire__fail(diag, rc, "%s: cannot read CRL", crl_path);
 			goto out;
 		}
+		ca->sum = crc32_update(ca->sum, buf, len);
 		int ok = wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) == WOLFSSL_SUCCESS &&
 			 wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
 							  WOLFSSL_FILETYPE_PEM) == WOLFSSL_SUCCESS;
@@ -155,6 +159,11 @@ out:
 	free(buf);
 	wire_ca_free(ca);
 	return rc;
+}
+
+int wire_ca_same_files(const struct wire_ca *a, const struct wire_ca *b)
+{
+	return a && b && a->sum == b->sum && a->crl_next_update == b->crl_next_update;
 }
 
 void wire_ca_free(struct wire_ca *ca)

@@ -26,6 +26,10 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		 struct wire_diag *diag);
 void wire_ca_free(struct wire_ca *ca); /* accepts NULL */
 
+/* 1 if a and b were loaded from the same CA and CRL contents (a CRC-32 of the files): a
+ * periodic reload that changed nothing need not re-check every enrolled certificate. */
+int wire_ca_same_files(const struct wire_ca *a, const struct wire_ca *b);
+
 /* When the loaded CRL stops being valid (its nextUpdate), in Unix seconds; 0 without a CRL.
  * After it, wolfSSL checks no certificate: wire_ca_verify() fails with WIRE_ECRL. */
 int64_t wire_ca_crl_next_update(const struct wire_ca *ca);

@@ -373,3 +373,23 @@ Test(wire_cert, concurrent_verification)
 	}
 	wire_ca_free(ca);
 }
+
+/* The bridge reloads the CA and CRL every few minutes, and re-checks every enrolled
+ * certificate only when they changed. */
+Test(wire_cert, a_reload_tells_whether_the_files_changed)
+{
+	char *dir = h_tmpdir("crl-same");
+	h_pki_gencrl(dir, 1, "-crldays 30");
+	struct wire_ca *a = load_ca(dir, 1), *b = load_ca(dir, 1), *none = load_ca(dir, 0);
+	cr_expect(wire_ca_same_files(a, b));
+	cr_expect_not(wire_ca_same_files(a, none), "with and without a CRL");
+	h_pki_gencrl(dir, 0, "-crldays 31"); /* a new CRL */
+	struct wire_ca *c = load_ca(dir, 1);
+	cr_expect_not(wire_ca_same_files(a, c));
+	cr_expect_not(wire_ca_same_files(a, NULL));
+	wire_ca_free(a);
+	wire_ca_free(b);
+	wire_ca_free(c);
+	wire_ca_free(none);
+	free(dir);
+}
