@@ -92,8 +92,12 @@ static int metric_key(struct brg_committer *c, struct wdev *w, struct mcache *m,
 		goto out;
 	if ((rc = brg_commit__reserve((void **)&m->e, &m->cap, m->n, sizeof(*m->e))))
 		goto out;
-	m->e[m->n++] = k;
-	qsort(m->e, m->n, sizeof(*m->e), cmp_mentry);
+	size_t at = 0; /* keep it sorted: insert, do not re-sort */
+	while (at < m->n && m->e[at].wire < wire)
+		at++;
+	memmove(&m->e[at + 1], &m->e[at], (m->n - at) * sizeof(*m->e));
+	m->e[at] = k;
+	m->n++;
 	*out = k.key;
 	rc = brg_commit__event(c, w, "metric_unnamed",
 	                       "metric id %u used before any birth named it", wire);

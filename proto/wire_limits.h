@@ -27,7 +27,9 @@
 #define WIRE_MAX_COLS 4096
 #define WIRE_MAX_CELLS 65536
 #define WIRE_MAX_DROPPED 64
-#define WIRE_MAX_METRIC_ID 0xFFFFFFu
+#define WIRE_MAX_METRIC_ID WIRE_MAX_METRICS /* ids 1.., as a catalog hands them out: this
+						     * also bounds what a device can make a
+						     * bridge create (placeholder metrics) */
 #define WIRE_MAX_SCALE 18       /* |decimal exponent| */
 #define WIRE_SCALE_RAW 127      /* column holds IEEE-754 bits */
 

@@ -195,7 +195,7 @@ Test(wire_msg, round_trip_birth)
 Test(wire_msg, round_trip_batch_message)
 {
 	/* The raw protobuf form; the codec on top of it is tested in test_wire_batch.c. */
-	uint32_t dt[3] = {0, 10000, 9999}, ids[2] = {5, 0xFFFFFF};
+	uint32_t dt[3] = {0, 10000, 9999}, ids[2] = {5, WIRE_MAX_METRIC_ID};
 	int32_t scales[2] = {-2, WIRE_SCALE_RAW};
 	int64_t values[6] = {2345, 0x3ff0000000000000LL, -3, 0, 7, 1};
 	uint32_t absent[1] = {3};
@@ -445,7 +445,7 @@ static uint8_t *birth_metrics(size_t n, size_t name_len, size_t unit_len, uint32
 
 static uint8_t *b_metrics(size_t n, size_t *len)
 {
-	return birth_metrics(n, 0, 0, 4096 * 2, len);
+	return birth_metrics(n, 0, 0, 0, len); /* ids 0..n-1: all distinct, all within the limit */
 }
 
 static uint8_t *b_metric_name(size_t n, size_t *len)
