@@ -69,6 +69,9 @@ const char *ctl_time(int64_t ms, char *buf);
  * digits) milliseconds. Returns 0 or -1. */
 int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms);
 
+/* A count or id: decimal digits only, 1..INT64_MAX. 0, or -1 if s is not one. */
+int ctl_parse_count(const char *s, int64_t *out);
+
 /* ---- output ---- */
 
 /* Shortest text that reads back as the same double ("nan" for NaN). buf: 32 bytes. */
@@ -95,6 +98,12 @@ void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types);
 void ctl_out_row(struct ctl_out *o, const char *const *vals); /* a NULL value is null/empty */
 void ctl_out_end(struct ctl_out *o);
+
+/* s for a terminal: control characters (C0, DEL) shown as \xNN, so text a device sent cannot
+ * move the cursor or forge lines. Written to buf (cut to cap - 1 bytes); returns buf ("" for
+ * NULL). CTL_VIS_MAX holds any stored text escaped whole. */
+#define CTL_VIS_MAX (4 * 1024 + 1)
+const char *ctl_vis(const char *s, char *buf, size_t cap);
 
 void ctl_csv_field(FILE *f, const char *s);
 void ctl_json_str(FILE *f, const char *s);

@@ -26,11 +26,8 @@ int ctl_device_key(struct ctl *c, const char *id, int64_t *key)
 
 static int parse_limit(const char *cmd, const char *s, int64_t *out)
 {
-	char *end;
-	long long v = s ? strtoll(s, &end, 10) : 0;
-	if (!s || end == s || *end || v < 1)
+	if (ctl_parse_count(s, out))
 		return ctl_err(CTL_USAGE, "%s: --limit: want a positive number", cmd);
-	*out = v;
 	return CTL_OK;
 }
 
@@ -70,6 +67,22 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	if ((rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
+	if (metric) { /* a typo in the name is said, not shown as an empty list */
+		int found = 0;
+		rc = store_prepare(c->s, "SELECT 1 FROM metrics WHERE device = ? AND name = ?", &st);
+		if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_text(st, 2, metric)) &&
+		    (rc = store_step(st)) >= 0) {
+			found = rc == 1;
+			rc = 0;
+		}
+		store_stmt_free(st);
+		st = NULL;
+		if (rc)
+			return ctl_store_err(c, "readings", rc);
+		if (!found)
+			return ctl_err(CTL_FAIL, "readings: device '%s' has no metric '%s'", device,
+			               metric);
+	}
 	rc = store_prepare(
 	    c->s,
 	    "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"

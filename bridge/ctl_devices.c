@@ -85,10 +85,10 @@ static int rejections(struct store *s, int64_t key)
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
-		char t[32];
+		char t[32], v[CTL_VIS_MAX];
 		printf("  %-16s %8" PRId64 "  last %s  %s\n", store_col_text(st, 0),
 		       store_col_i64(st, 1), ctl_time(store_col_i64(st, 2), t),
-		       store_col_text(st, 3));
+		       ctl_vis(store_col_text(st, 3), v, sizeof(v)));
 	}
 out:
 	store_stmt_free(st);
@@ -151,9 +151,9 @@ static int recent_events(struct store *s, int64_t key, int n)
 	if (rc || (rc = store_bind_i64(st, 1, key)) || (rc = store_bind_i64(st, 2, n)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
-		char t[32];
+		char t[32], v[CTL_VIS_MAX];
 		printf("  %s  %-18s %s\n", ctl_time(store_col_i64(st, 0), t), store_col_text(st, 1),
-		       store_col_text(st, 2));
+		       ctl_vis(store_col_text(st, 2), v, sizeof(v)));
 	}
 out:
 	store_stmt_free(st);
@@ -173,8 +173,9 @@ static int show(struct ctl *c, const char *id)
 	if (rc)
 		return ctl_store_err(c, id, rc);
 	printf("device      %s\n", d.device_id);
+	char v[CTL_VIS_MAX];
 	printf("state       %s%s%s (since %s)\n", d.state, d.state_reason[0] ? ": " : "",
-	       d.state_reason, ctl_time(d.state_changed_at, t1));
+	       ctl_vis(d.state_reason, v, sizeof(v)), ctl_time(d.state_changed_at, t1));
 	printf("online      %s (last seen %s)\n", d.online ? "yes" : "no",
 	       d.last_seen_at ? ctl_time(d.last_seen_at, t2) : "never");
 	printf("enrolled    %s\n", d.enrolled_at ? ctl_time(d.enrolled_at, t1) : "no");
@@ -184,7 +185,8 @@ static int show(struct ctl *c, const char *id)
 			printf("%02x", d.pubkey[i]);
 		printf(" (Ed25519)\n");
 	}
-	printf("agent       %s (last birth %s)\n", d.agent_version[0] ? d.agent_version : "-",
+	printf("agent       %s (last birth %s)\n",
+	       d.agent_version[0] ? ctl_vis(d.agent_version, v, sizeof(v)) : "-",
 	       d.last_birth_at ? ctl_time(d.last_birth_at, t1) : "never");
 	printf("intervals   sample %" PRId64 "s, poll %" PRId64 "s\n", d.sample_interval_s,
 	       d.poll_interval_s);

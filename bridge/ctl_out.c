@@ -1,5 +1,6 @@
 /* ctl_out.c - outpostctl: store access, argument parsing, time formats and output writers. */
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -151,15 +152,20 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 	}
 	if (s[0] == '@') {
 		char *end;
+		errno = 0;
 		long long v = strtoll(s + 1, &end, 10);
-		if (end == s + 1 || *end)
+		if (end == s + 1 || *end || errno == ERANGE || v > INT64_MAX / 1000 ||
+		    v < INT64_MIN / 1000)
 			return -1;
 		*ms = (int64_t)v * 1000;
 		return 0;
 	}
 	size_t n = strlen(s), nd = strspn(s, "0123456789");
 	if (nd == n) {
+		errno = 0;
 		long long v = strtoll(s, NULL, 10);
+		if (errno == ERANGE)
+			return -1;
 		*ms = n >= 13 ? (int64_t)v : (int64_t)v * 1000;
 		return 0;
 	}
@@ -217,7 +223,22 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 	tm.tm_min = m;
 	tm.tm_sec = sec;
 	time_t t = timegm(&tm);
+	if (tm.tm_mday != D || tm.tm_mon != M - 1) /* 2026-02-31 is no date, not March 3rd */
+		return -1;
 	*ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
+	return 0;
+}
+
+int ctl_parse_count(const char *s, int64_t *out)
+{
+	char *end;
+	if (!s || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (*end || errno == ERANGE || v < 1)
+		return -1;
+	*out = v;
 	return 0;
 }
 
@@ -244,6 +265,24 @@ int ctl_fmt_parse(const char *s, enum ctl_fmt *out)
 	else
 		return -1;
 	return 0;
+}
+
+const char *ctl_vis(const char *s, char *buf, size_t cap)
+{
+	size_t n = 0;
+	for (; s && *s && n + 1 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch >= 0x20 && ch != 0x7f) {
+			buf[n++] = (char)ch;
+		} else if (n + 5 < cap) {
+			snprintf(buf + n, 5, "\\x%02x", ch);
+			n += 4;
+		} else {
+			break;
+		}
+	}
+	buf[n] = '\0';
+	return buf;
 }
 
 void ctl_csv_field(FILE *f, const char *s)
@@ -345,9 +384,11 @@ void ctl_out_row(struct ctl_out *o, const char *const *vals)
 			o->cells = cells;
 			o->cap = cap;
 		}
-		for (int i = 0; i < o->ncols; i++)
+		for (int i = 0; i < o->ncols; i++) {
+			char v[CTL_VIS_MAX];
 			o->cells[o->nrows * (size_t)o->ncols + (size_t)i] =
-			    strdup(vals[i] ? vals[i] : "-");
+			    strdup(vals[i] ? ctl_vis(vals[i], v, sizeof(v)) : "-");
+		}
 	}
 	o->nrows++;
 }

@@ -182,12 +182,8 @@ static int list(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_USAGE, "task list: --format: want table, csv or json");
 	if (state && (rc = ctl_check_choice("task list", "state", state, store_task_states)))
 		return rc;
-	if (limit) {
-		char *end;
-		max = strtoll(limit, &end, 10);
-		if (end == limit || *end || max < 1)
-			return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
-	}
+	if (limit && ctl_parse_count(limit, &max))
+		return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
 	if (!ctl_store(c))
 		return c->code;
 	int64_t key;
@@ -245,9 +241,12 @@ static int kvs(struct ctl *c, const char *table, int64_t id, const char *title)
 	int rc = store_prepare(c->s, sql, &st), n = 0;
 	if (rc || (rc = store_bind_i64(st, 1, id)))
 		goto out;
-	while ((rc = store_step(st)) == 1)
-		printf("%s%s=%s\n", n++ ? "            " : title, store_col_text(st, 0),
-		       store_col_text(st, 1));
+	while ((rc = store_step(st)) == 1) {
+		char k[CTL_VIS_MAX], v[CTL_VIS_MAX];
+		printf("%s%s=%s\n", n++ ? "            " : title,
+		       ctl_vis(store_col_text(st, 0), k, sizeof(k)),
+		       ctl_vis(store_col_text(st, 1), v, sizeof(v)));
+	}
 	if (!n && rc == 0)
 		printf("%s-\n", title);
 out:
@@ -257,9 +256,8 @@ out:
 
 static int show(struct ctl *c, const char *ids)
 {
-	char *end;
-	long long id = strtoll(ids, &end, 10);
-	if (end == ids || *end || id < 1)
+	int64_t id;
+	if (ctl_parse_count(ids, &id))
 		return ctl_err(CTL_USAGE, "task show: '%s' is not a task id", ids);
 	if (!ctl_store(c))
 		return c->code;
@@ -276,10 +274,10 @@ static int show(struct ctl *c, const char *ids)
 	}
 	if (rc == 0) {
 		store_stmt_free(st);
-		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(c->s));
+		return ctl_err(CTL_FAIL, "no task %" PRId64 " in %s", id, store_url(c->s));
 	}
 	char t[32];
-	printf("task        %lld\n", id);
+	printf("task        %" PRId64 "\n", id);
 	printf("device      %s\n", store_col_text(st, 0));
 	printf("type        %s\n", store_col_text(st, 1));
 	printf("state       %s\n", store_col_text(st, 2));
@@ -296,7 +294,8 @@ static int show(struct ctl *c, const char *ids)
 	if (!store_col_null(st, 9)) {
 		printf("result      %s (envelope seq %" PRId64 ")\n", store_col_text(st, 9),
 		       store_col_i64(st, 11));
-		printf("message     %s\n", store_col_text(st, 10) ? store_col_text(st, 10) : "");
+		char v[CTL_VIS_MAX];
+		printf("message     %s\n", ctl_vis(store_col_text(st, 10), v, sizeof(v)));
 	}
 	int has_result = !store_col_null(st, 9);
 	store_stmt_free(st);
@@ -309,22 +308,22 @@ static int show(struct ctl *c, const char *ids)
 
 static int cancel(struct ctl *c, const char *ids)
 {
-	char *end, state[16] = "";
-	long long id = strtoll(ids, &end, 10);
-	if (end == ids || *end || id < 1)
+	char state[16] = "";
+	int64_t id;
+	if (ctl_parse_count(ids, &id))
 		return ctl_err(CTL_USAGE, "task cancel: '%s' is not a task id", ids);
 	struct store *s = ctl_store(c);
 	if (!s)
 		return c->code;
 	int rc = store_task_cancel(s, id, CTL_PROG, state);
 	if (rc == STORE_ENOTFOUND)
-		return ctl_err(CTL_FAIL, "no task %lld in %s", id, store_url(s));
+		return ctl_err(CTL_FAIL, "no task %" PRId64 " in %s", id, store_url(s));
 	if (rc == STORE_ESTATE)
-		return ctl_err(CTL_FAIL, "task %lld is %s: only queued tasks can be cancelled", id,
+		return ctl_err(CTL_FAIL, "task %" PRId64 " is %s: only queued tasks can be cancelled", id,
 		               state);
 	if (rc)
 		return ctl_store_err(c, "task cancel", rc);
-	printf("task %lld: queued -> cancelled\n", id);
+	printf("task %" PRId64 ": queued -> cancelled\n", id);
 	return CTL_OK;
 }
 

@@ -360,6 +360,7 @@ Test(outpostctl, filters_refuse_unknown_values, .timeout = 60)
 	expect_ctl(url, 0, "events --type chain_floor_ignored --format csv", NULL, 1);
 	expect_ctl(url, 0, "task list --state cancelled --format csv", NULL, 1);
 	expect_ctl(url, 1, "task list --device dev-x", "no device 'dev-x'", -1);
+	expect_ctl(url, 1, "readings --device dev-a --metric cpu.usr", "has no metric 'cpu.usr'", -1);
 	free(url);
 }
 
@@ -467,4 +468,63 @@ Test(outpostctl, unknown_option_and_help_options, .timeout = 60)
 		cr_expect(strstr(opts, listed[i]), "'%s' not under Options:\n%s", listed[i], out);
 	free(out);
 	free(help);
+}
+
+/* Text a device sent (a task result, an event quoting it) reaches the operator's terminal with
+ * its control characters shown, not obeyed: no cleared screen, no forged line. */
+Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 60)
+{
+	char *url = small_store("ctl-vis");
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_exec(s, "INSERT INTO tasks (device, type, state, created_at, expires_at,"
+	                           " finished_at, result_status, result_message) VALUES (1, 'ping',"
+	                           " 'succeeded', 1, 2, 2, 'succeeded', 'ok' || char(27) || '[2J'"
+	                           " || char(10) || 'state       failed')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO task_output (task, idx, key, value) VALUES (1, 0,"
+	                           " 'k', 'v' || char(13) || 'w')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES (1, 1,"
+	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7))"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	const char *cmds[] = {"task show 1", "task list", "events", "device show dev-a"};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		char *out = ctl(url, 0, "%s", cmds[i]);
+		cr_expect_null(strpbrk(out, "\x1b\x07\r"), "outpostctl %s printed a control character",
+		               cmds[i]);
+		free(out);
+	}
+	char *out = ctl(url, 0, "task show 1");
+	cr_expect(strstr(out, "ok\\x1b[2J\\x0astate       failed"), "%s", out);
+	cr_expect(strstr(out, "k=v\\x0dw"), "%s", out);
+	cr_expect_eq(h_count(out, "\nstate       "), 1, "a forged line:\n%s", out);
+	free(out);
+	out = ctl(url, 0, "events --format json");
+	cr_expect(strstr(out, "x\\u001b]0;title\\u0007"), "JSON escapes as JSON:\n%s", out);
+	free(out);
+	free(url);
+}
+
+/* Numbers and dates out of range are usage errors, not wrapped, clamped or rolled over. */
+Test(outpostctl, numbers_and_dates_out_of_range_are_refused, .timeout = 60)
+{
+	char *url = small_store("ctl-range");
+	const char *bad[] = {"task show 99999999999999999999",
+	                     "task cancel 99999999999999999999",
+	                     "task show +5",
+	                     "task list --limit 99999999999999999999",
+	                     "events --limit 99999999999999999999",
+	                     "events --since 2026-02-31",
+	                     "events --since 2026-04-31T00:00Z",
+	                     "readings --device dev-a --since @9223372036854775807",
+	                     "readings --device dev-a --since 99999999999999999999"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		expect_usage(url, bad[i], NULL);
+	expect_ctl(url, 0, "events --since 2024-02-29 --format csv", NULL, 1);
+	expect_ctl(url, 1, "task show 9223372036854775807", "no task 9223372036854775807", -1);
+	free(url);
 }
