@@ -109,6 +109,12 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			return r;
 		}
 	}
+	if (newest && off < end && !rotten && sc->durable > sc->last) {
+		/* the tail's header is damaged, but the state file says records up to `durable`
+		 * were appended (fdatasync'd): rot, not a torn write */
+		spool_report_lost(s, sc->last, sc->durable);
+		rotten = 1;
+	}
 	if (damaged)
 		g->repair = REPAIR_REWRITE;
 	else if (off < end && (!newest || rotten))

@@ -505,6 +505,29 @@ Test(dev_spool, rot_in_the_last_durable_record_is_reported)
 	free(dir);
 }
 
+/* The same with the header of the last record damaged (its CRC fails): the state file says that
+ * record was appended, so it is rot, reported, not a torn write cut silently. */
+Test(dev_spool, rot_in_the_header_of_the_last_durable_record_is_reported)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[10];
+	fill(&o, 10, 300, seqs);
+	char *seg = last_segment(dir);
+	flip_byte(seg, 9 * REC_BYTES(300) + 12); /* inside the last record's header */
+	struct dev_spool *s = open_spool(&o);
+	uint64_t got[16];
+	cr_expect_eq(read_all(s, 1, got, 16), 9);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1, "the damaged record was cut silently");
+	cr_expect_eq(d[0].prev_seq, seqs[8]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	cr_expect_eq(dev_spool_last_durable(s), seqs[9]);
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
 Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 {
 	char *dir = h_tmpdir("spool");
