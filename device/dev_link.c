@@ -129,26 +129,41 @@ static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, con
 
 static void on_connected(void *context, MQTTAsync_successData5 *resp)
 {
-	struct ctx_slot *slot = context;
-	struct dev_link *l = slot->link;
-	char *topics[MAX_SUBS];
-	int qos[MAX_SUBS];
-	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-
 	(void)resp;
-	for (int i = 0; i < l->nsubs; i++) {
-		topics[i] = l->subs[i];
-		qos[i] = 1;
+	/* The agent thread subscribes when it takes this event (dev_link_next_event), before it
+	 * publishes anything: the client is its to use, and no ack can slip past. */
+	push_event(context, DEV_LINK_UP, ((struct ctx_slot *)context)->uri, NULL, 0, NULL, 0);
+}
+
+/* A refused subscription (an ACL that does not match the device id) means no ack and no task
+ * ever arrives: the connection is useless, and the log must say why. */
+static void subscription_refused(struct ctx_slot *slot, int reason)
+{
+	char why[160];
+	snprintf(why, sizeof(why), "the broker refused the subscriptions: %s (reason %d)",
+		 MQTTReasonCode_toString((enum MQTTReasonCodes)reason)
+		     ? MQTTReasonCode_toString((enum MQTTReasonCodes)reason)
+		     : "?",
+		 reason);
+	push_event(slot, DEV_LINK_DOWN, why, NULL, 0, NULL, 0);
+}
+
+static void on_subscribed(void *context, MQTTAsync_successData5 *r)
+{
+	if (r->alt.sub.reasonCodeCount > 0 && r->alt.sub.reasonCodes) {
+		for (int i = 0; i < r->alt.sub.reasonCodeCount; i++)
+			if (r->alt.sub.reasonCodes[i] >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+				subscription_refused(context, r->alt.sub.reasonCodes[i]);
+				return;
+			}
+	} else if (r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+		subscription_refused(context, r->reasonCode);
 	}
-	/* Subscribe before anyone learns we are up, so that no ack can slip past. */
-	MQTTAsync cli = NULL;
-	pthread_mutex_lock(&l->mu);
-	if (slot->gen == l->gen)
-		cli = l->cli;
-	pthread_mutex_unlock(&l->mu);
-	if (cli && l->nsubs)
-		MQTTAsync_subscribeMany(cli, l->nsubs, topics, qos, &ro);
-	push_event(slot, DEV_LINK_UP, slot->uri, NULL, 0, NULL, 0);
+}
+
+static void on_subscribe_failed(void *context, MQTTAsync_failureData5 *r)
+{
+	subscription_refused(context, r ? (int)r->reasonCode : -1);
 }
 
 /* Paho hands OpenSSL's error queue here, one line per error, as
@@ -421,6 +436,24 @@ int64_t dev_link_tick(struct dev_link *l, int64_t now)
 	return INT64_MAX;
 }
 
+static void subscribe(struct dev_link *l)
+{
+	char *topics[MAX_SUBS];
+	int qos[MAX_SUBS];
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	if (!l->nsubs || !l->cli)
+		return;
+	for (int i = 0; i < l->nsubs; i++) {
+		topics[i] = l->subs[i];
+		qos[i] = 1;
+	}
+	ro.onSuccess5 = on_subscribed;
+	ro.onFailure5 = on_subscribe_failed;
+	ro.context = &l->slots[l->gen % CTX_SLOTS];
+	/* a failure to even send it is followed by the connection-lost event */
+	MQTTAsync_subscribeMany(l->cli, l->nsubs, topics, qos, &ro);
+}
+
 int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 {
 	for (;;) {
@@ -442,6 +475,7 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 		int64_t now = otime_mono_ms();
 		switch (e.ev.type) {
 		case DEV_LINK_UP:
+			subscribe(l);
 			l->state = ST_UP;
 			l->failures_in_row = 0;
 			pthread_mutex_lock(&l->mu);
