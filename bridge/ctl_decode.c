@@ -463,29 +463,40 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	if (!topic) {
 		/* "topic hex" lines are decoded as they come, so that `mosquitto_sub ... | outpostctl
 		 * decode` shows each message at once; anything else is one raw payload */
-		size_t cap = 0;
-		ssize_t n = getline(&buf, &cap, in);
+		size_t cap = 0, npre = 0, skipped = 0;
+		char pre[64]; /* blank lines before the first one that decides (kept for raw) */
+		ssize_t n;
+		while ((n = getline(&buf, &cap, in)) > 0 && strspn(buf, "\r\n") == (size_t)n &&
+		       npre + (size_t)n <= sizeof(pre)) {
+			memcpy(pre + npre, buf, (size_t)n);
+			npre += (size_t)n;
+		}
 		if (n > 0 && is_lines(buf, (size_t)n)) {
 			do {
-				if ((size_t)n > 2 * (size_t)WIRE_MAX_ENVELOPE + 1024)
-					continue; /* longer than any envelope: not ours */
-				if (is_lines(buf, (size_t)n))
+				if ((size_t)n <= 2 * (size_t)WIRE_MAX_ENVELOPE + 1024 &&
+				    is_lines(buf, (size_t)n))
 					decode_line(&d, buf, buf + n);
+				else if (strspn(buf, "\r\n") != (size_t)n)
+					skipped++; /* not "topic hex", or longer than any envelope */
 				fflush(stdout);
 			} while ((n = getline(&buf, &cap, in)) > 0);
 			free(buf);
 			buf = NULL;
+			if (skipped)
+				fprintf(stderr, CTL_PROG ": decode: %zu line(s) were not 'topic hex' and "
+				        "were skipped\n", skipped);
 			goto done;
 		}
 		/* raw: what was read so far, then the rest */
 		size_t first = n > 0 ? (size_t)n : 0;
 		char *rest = slurp(in, &len);
-		if (rest && first + len <= DECODE_MAX_INPUT) {
-			char *all = malloc(first + len + 1);
+		if (rest && npre + first + len <= DECODE_MAX_INPUT) {
+			char *all = malloc(npre + first + len + 1);
 			if (all) {
-				memcpy(all, buf, first);
-				memcpy(all + first, rest, len + 1);
-				len += first;
+				memcpy(all, pre, npre);
+				memcpy(all + npre, buf, first);
+				memcpy(all + npre + first, rest, len + 1);
+				len += npre + first;
 			}
 			free(buf);
 			buf = all;

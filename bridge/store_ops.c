@@ -338,6 +338,14 @@ int store_task_cancel(struct store *s, int64_t id, const char *by, char *state)
 	         store_col_text(st, 2), by ? by : "operator");
 	store_stmt_free(st);
 	st = NULL;
+	/* The device's row first, as the bridge answering a poll takes it (and task add):
+	 * PostgreSQL would otherwise find the two waiting on each other. */
+	if (store_dialect(s) == STORE_PG) {
+		int64_t key[] = {device}, n = 0;
+		if ((rc = store_exec_i64(s, "SELECT id FROM devices WHERE id = ? FOR UPDATE", key, 1,
+		                         &n)))
+			goto fail;
+	}
 	rc = store_prepare(s,
 	                   "UPDATE tasks SET state = 'cancelled', finished_at = ? WHERE id = ? AND"
 	                   " state = 'queued'",
@@ -347,7 +355,12 @@ int store_task_cancel(struct store *s, int64_t id, const char *by, char *state)
 	rc = store_step(st);
 	if (rc < 0)
 		goto fail;
-	if (store_changes(st) != 1) {
+	if (store_changes(st) != 1) { /* delivered (or expired) since we looked: say what it is */
+		store_stmt_free(st);
+		st = NULL;
+		if (state && !store_prepare(s, "SELECT state FROM tasks WHERE id = ?", &st) &&
+		    !store_bind_i64(st, 1, id) && store_step(st) == 1 && store_col_text(st, 0))
+			snprintf(state, 16, "%s", store_col_text(st, 0));
 		rc = STORE_ESTATE;
 		goto fail;
 	}

@@ -182,6 +182,21 @@ static void populated(const char *store, const char *tag)
 	cr_expect(!strstr(out, "BAD") && !strstr(out, "INVALID"), "%s", out);
 	free(out);
 	free(cmd);
+	/* a capture that starts with a blank line, with a stray line in it: still lines; the
+	 * stray line is said, on stderr */
+	char *cap2 = h_strf("%s.blank", cap);
+	cmd = h_strf("(printf \"\\r\\n\\n\"; head -n 1 %s; echo garbage here; tail -n +2 %s) > %s",
+	             cap, cap, cap2);
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	free(out);
+	free(cmd);
+	cmd = h_strf("decode --pki %s %s 2>&1", h_pki(), cap2);
+	out = ctl(url, 0, "%s", cmd);
+	free(cap2);
+	cr_expect(strstr(out, "birth  dev-a  seq 1") && !strstr(out, "INVALID"), "%s", out);
+	cr_expect(strstr(out, "1 line(s) were not 'topic hex'"), "%s", out);
+	free(out);
+	free(cmd);
 	/* decode without certificates: printed, signatures not checked */
 	cmd = h_strf("decode < %s", cap);
 	out = ctl(url, 0, "%s", cmd);
