@@ -150,7 +150,8 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 	for (size_t i = 0; i < l->n_tasks && i < WIRE_MAX_TASKS; i++) {
 		const Outpost__Task *k = l->tasks[i];
 		struct dev_task_verdict *v = &verdicts[(*n)++];
-		*v = (struct dev_task_verdict){.id = k->id, .task = k, .reject = all, .whole_list = all != NULL};
+		*v = (struct dev_task_verdict){
+		    .id = k->id, .task = k, .reject = all, .whole_list = all != NULL};
 		if (v->reject)
 			continue;
 		if (strcmp(k->device_id, t->id))
