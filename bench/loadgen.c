@@ -195,7 +195,7 @@ static void build_device(struct dev *d)
 	snprintf(path, sizeof(path), "%s/devices/%s.key", G.pki, d->id);
 	if (G.mode != M_JSON && wire_key_load(path, &k, NULL))
 		bench_die(PROG, "cannot load %s", path);
-	struct dev_collect_conf cc = {"sim", NULL, 0, G.cols, d->id};
+	struct dev_collect_conf cc = {.list = "sim", .sim_metrics = G.cols, .seed = d->id};
 	struct dev_collect *sim;
 	const char *why, *failed;
 	if (dev_collect_open(&cc, &sim, &why))

@@ -102,7 +102,8 @@ int main(int argc, char **argv)
 	if (dev_catalog_open(cat_path, &f.cat) || wire_batch_builder_new(&f.b))
 		bench_die(prog, "catalog %s or builder: cannot open", cat_path);
 	struct dev_collect *coll = NULL;
-	struct dev_collect_conf cc = {"sim", NULL, 5000, (int)metrics, id};
+	struct dev_collect_conf cc = {
+	    .list = "sim", .exec_timeout_ms = 5000, .sim_metrics = (int)metrics, .seed = id};
 	if (dev_collect_open(&cc, &coll, &why))
 		bench_die(prog, "collectors: %s", why);
 

@@ -202,7 +202,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_wire: cannot load %s\n", path);
 		return 1;
 	}
-	struct dev_collect_conf cc = {"sim", NULL, 0, METRICS, DEVICE};
+	struct dev_collect_conf cc = {.list = "sim", .sim_metrics = METRICS, .seed = DEVICE};
 	struct dev_collect *sim;
 	const char *why;
 	if (dev_collect_open(&cc, &sim, &why))

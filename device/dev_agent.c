@@ -204,8 +204,12 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		snprintf(err, errlen, "task state %s: unreadable", path);
 		goto fail;
 	}
-	struct dev_collect_conf cc = {cfg->collectors, cfg->exec_command, cfg->exec_timeout_ms,
-				      (int)cfg->sim_metrics, cfg->id};
+	struct dev_collect_conf cc = {.list = cfg->collectors,
+				      .exec_command = cfg->exec_command,
+				      .exec_timeout_ms = cfg->exec_timeout_ms,
+				      .sim_metrics = (int)cfg->sim_metrics,
+				      .seed = cfg->id,
+				      .stop = &a->stop};
 	if (dev_collect_open(&cc, &a->collect, &why)) {
 		snprintf(err, errlen, "%s: collectors: %s", cfg->source, why);
 		rc = 2;

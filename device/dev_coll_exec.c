@@ -24,6 +24,7 @@ extern char **environ;
 struct exec {
 	char *command;
 	int64_t timeout_ms;
+	const volatile sig_atomic_t *stop;
 };
 
 static int exec_open(const struct dev_collect_conf *conf, void **state)
@@ -36,6 +37,7 @@ static int exec_open(const struct dev_collect_conf *conf, void **state)
 		return -1;
 	}
 	e->timeout_ms = conf->exec_timeout_ms > 0 ? conf->exec_timeout_ms : 5000;
+	e->stop = conf->stop;
 	*state = e;
 	return 0;
 }
@@ -104,11 +106,15 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	}
 	buf = malloc(EXEC_MAX_OUTPUT + 1);
 	int64_t deadline = otime_mono_ms() + e->timeout_ms;
-	int timed_out = 0, too_big = 0;
+	int timed_out = 0, too_big = 0, stopped = 0;
 	while (buf) {
 		int64_t left = deadline - otime_mono_ms();
 		if (left <= 0) {
 			timed_out = 1;
+			break;
+		}
+		if (e->stop && *e->stop) { /* the agent stops: its batch is sealed, not this wait */
+			stopped = 1;
 			break;
 		}
 		struct pollfd p = {pipefd[0], POLLIN, 0};
@@ -129,7 +135,7 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 		}
 	}
 	close(pipefd[0]);
-	if (timed_out || too_big || !buf)
+	if (timed_out || too_big || stopped || !buf)
 		kill(-pid, SIGKILL);
 	/* the process exits promptly after EOF or SIGKILL; bound the wait anyway */
 	for (int i = 0; i < 500; i++) {
@@ -144,6 +150,8 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 		*why = "out of memory";
 	else if (timed_out)
 		*why = "command timed out";
+	else if (stopped)
+		*why = "command cut short: the agent is stopping";
 	else if (too_big)
 		*why = "command printed more than 64 KiB";
 	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)

@@ -5,6 +5,7 @@
 #ifndef DEV_COLLECT_H
 #define DEV_COLLECT_H
 
+#include <signal.h>
 #include <stdint.h>
 
 /* Receives one reading; returns 0 or a negative error (the collector keeps going). */
@@ -16,6 +17,8 @@ struct dev_collect_conf {
 	int64_t exec_timeout_ms;
 	int sim_metrics;	   /* synthetic sensors */
 	const char *seed;	   /* makes sim deterministic per device (the device id) */
+	const volatile sig_atomic_t *stop; /* optional: set when the agent is asked to stop, so a
+					    * slow exec command is not waited for */
 };
 
 struct dev_collector_ops {

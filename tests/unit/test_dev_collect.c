@@ -38,9 +38,16 @@ static int find(const struct got *g, const char *name, double *v)
 	return 0;
 }
 
+static volatile sig_atomic_t stopping;
+
 static struct dev_collect *open_c(const char *list, const char *cmd, int64_t timeout_ms)
 {
-	struct dev_collect_conf conf = {list, cmd, timeout_ms, 8, "dev-a"};
+	struct dev_collect_conf conf = {.list = list,
+					.exec_command = cmd,
+					.exec_timeout_ms = timeout_ms,
+					.sim_metrics = 8,
+					.seed = "dev-a",
+					.stop = &stopping};
 	struct dev_collect *c = NULL;
 	const char *why = NULL;
 	cr_assert_eq(dev_collect_open(&conf, &c, &why), 0, "%s", why ? why : "");
@@ -108,8 +115,9 @@ Test(dev_collect, exec_failures_become_metrics, .timeout = 30)
 
 Test(dev_collect, unknown_or_incomplete_collectors_are_refused)
 {
-	struct dev_collect_conf bad = {"proc,gps", NULL, 0, 1, "x"};
-	struct dev_collect_conf noexec = {"exec", "", 0, 1, "x"};
+	struct dev_collect_conf bad = {.list = "proc,gps", .sim_metrics = 1, .seed = "x"};
+	struct dev_collect_conf noexec = {.list = "exec", .exec_command = "", .sim_metrics = 1,
+					  .seed = "x"};
 	struct dev_collect *c;
 	const char *why = NULL;
 	cr_expect_neq(dev_collect_open(&bad, &c, &why), 0);
@@ -183,4 +191,20 @@ Test(dev_collect, proc_from_a_fixture_tree)
 	free(p);
 	free(net);
 	free(root);
+}
+
+/* The agent is asked to stop while a slow exec command runs: the wait is cut short, so the
+ * agent seals its batch well within a service manager's stop timeout. */
+Test(dev_collect, a_stop_cuts_a_slow_command_short, .timeout = 30)
+{
+	struct dev_collect *c = open_c("exec", "sleep 20; echo late 1", 60000);
+	struct got g = {0};
+	const char *name, *why = NULL;
+	stopping = 1;
+	long long t0 = h_now_ms();
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	stopping = 0;
+	cr_expect_lt(h_now_ms() - t0, 10000, "waited for the command");
+	cr_expect(why && strstr(why, "stopping"), "%s", why ? why : "");
+	dev_collect_close(c);
 }
