@@ -109,10 +109,13 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			return r;
 		}
 	}
-	if (newest && off < end && !rotten && sc->durable > sc->last) {
-		/* the tail's header is damaged, but the state file says records up to `durable`
-		 * were appended (fdatasync'd): rot, not a torn write */
-		spool_report_lost(s, sc->last, sc->durable);
+	uint64_t from = sc->last > s->acked_upto ? sc->last : s->acked_upto;
+	if (newest && off < end && !rotten && g->name <= sc->durable && sc->durable > from &&
+	    !spool_range_covers(s, from + 1, sc->durable)) {
+		/* the tail's header is damaged, but the state file says records of this segment
+		 * up to `durable` were appended (fdatasync'd) and not acknowledged: rot, not a
+		 * torn write */
+		spool_report_lost(s, from, sc->durable);
 		rotten = 1;
 	}
 	if (damaged)

@@ -100,8 +100,10 @@ Test(dev_catalog, stops_before_the_birth_would_not_pack)
 	size_t n = 0;
 	for (; n < WIRE_MAX_METRICS; n++) {
 		memset(name, 'm', WIRE_MAX_METRIC_NAME);
-		snprintf(name, sizeof(name), "%05zu", n);
-		name[5] = 'm';
+		name[WIRE_MAX_METRIC_NAME] = '\0';
+		memcpy(name, "00000", 5); /* a distinct name of the maximal length */
+		for (size_t k = n, d = 5; d-- > 0; k /= 10)
+			name[d] = (char)('0' + k % 10);
 		uint32_t id;
 		if ((rc = dev_catalog_id(c, name, unit, &id)))
 			break;

@@ -528,6 +528,32 @@ Test(dev_spool, rot_in_the_header_of_the_last_durable_record_is_reported)
 	free(dir);
 }
 
+/* Everything was acknowledged (its segments deleted, the state file written), then a power cut
+ * tore the first record of the next segment: a torn write, nothing to report. */
+Test(dev_spool, a_torn_first_record_after_everything_was_acknowledged_is_no_loss)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[3];
+	struct dev_spool *s = open_spool(&o);
+	for (int i = 0; i < 3; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	cr_assert_eq(dev_spool_ack(s, seqs[2], NULL, 0), 0);
+	dev_spool_close(s);
+	char *torn = h_strf("%s/seg-%020llu.log", dir, (unsigned long long)seqs[2] + 1);
+	FILE *f = fopen(torn, "wb");
+	cr_assert_not_null(f);
+	fputs("twenty garbage bytes", f);
+	fclose(f);
+	s = open_spool(&o);
+	struct wire_dropped d[4];
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 0, "reported a drop of (%llu, %llu]",
+		     (unsigned long long)d[0].prev_seq, (unsigned long long)d[0].last_seq);
+	dev_spool_close(s);
+	free(torn);
+	free(dir);
+}
+
 Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 {
 	char *dir = h_tmpdir("spool");
@@ -852,7 +878,6 @@ Test(dev_spool, kill9_during_writes_loses_nothing_reported, .timeout = 240)
 	free(dir);
 }
 
-/* A full disk (here: the file size limit) fails the append cleanly; nothing torn remains. */
 /* The first start cannot write the whole key (a full disk, or a power cut in the middle): no
  * short key file is left behind to refuse every later start. */
 Test(dev_spool, a_key_cut_short_at_first_start_does_not_stop_the_next)
@@ -877,6 +902,7 @@ Test(dev_spool, a_key_cut_short_at_first_start_does_not_stop_the_next)
 	free(dir);
 }
 
+/* A full disk (here: the file size limit) fails the append cleanly; nothing torn remains. */
 Test(dev_spool, full_disk_fails_cleanly)
 {
 	char *dir = h_tmpdir("spool");
