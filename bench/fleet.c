@@ -319,6 +319,8 @@ static void handle(struct sess *s, int64_t now)
 				on_ack(s, &ev, now);
 			break;
 		}
+		case DEV_LINK_SUBSCRIBED: /* kept inside the link */
+			break;
 		}
 		dev_link_event_free(&ev);
 	}

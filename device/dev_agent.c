@@ -602,6 +602,8 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		}
 		break;
 	}
+	case DEV_LINK_SUBSCRIBED: /* kept inside the link */
+		break;
 	}
 }
 

@@ -158,7 +158,9 @@ static void on_subscribed(void *context, MQTTAsync_successData5 *r)
 			}
 	} else if (r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
 		subscription_refused(context, r->reasonCode);
+		return;
 	}
+	push_event(context, DEV_LINK_SUBSCRIBED, "", NULL, 0, NULL, 0);
 }
 
 static void on_subscribe_failed(void *context, MQTTAsync_failureData5 *r)
@@ -476,8 +478,8 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 		switch (e.ev.type) {
 		case DEV_LINK_UP:
 			subscribe(l);
-			l->state = ST_UP;
-			l->failures_in_row = 0;
+			l->state = ST_UP; /* failures_in_row is reset once the subscriptions are granted:
+					   * a broker refusing them must not be dialled every second */
 			pthread_mutex_lock(&l->mu);
 			l->stats.connects++;
 			snprintf(l->stats.uri, sizeof(l->stats.uri), "%s", e.ev.text);
@@ -509,6 +511,10 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 			break;
 		case DEV_LINK_MESSAGE:
 			break;
+		case DEV_LINK_SUBSCRIBED:
+			l->failures_in_row = 0;
+			dev_link_event_free(&e.ev);
+			continue;
 		}
 		*ev = e.ev;
 		return 1;

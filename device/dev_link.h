@@ -43,6 +43,7 @@ enum dev_link_event_type {
 	DEV_LINK_DOWN,	  /* connection lost; text = cause */
 	DEV_LINK_FAILED,  /* a connection attempt failed; text = "URI: reason" */
 	DEV_LINK_MESSAGE, /* text = topic; data = payload; corr = correlation data */
+	DEV_LINK_SUBSCRIBED, /* internal: the broker granted every subscription (never returned) */
 };
 
 struct dev_link_event {
