@@ -99,8 +99,8 @@ void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
 void ctl_out_row(struct ctl_out *o, const char *const *vals); /* a NULL value is null/empty */
 void ctl_out_end(struct ctl_out *o);
 
-/* s for a terminal: control characters (C0, DEL) shown as \xNN, so text a device sent cannot
- * move the cursor or forge lines. Written to buf (cut to cap - 1 bytes); returns buf ("" for
+/* s for a terminal: control characters shown as \xNN (C0, DEL) or \u00NN (C1), so text a
+ * device sent cannot move the cursor or forge lines. Written to buf (cut to cap - 1 bytes); returns buf ("" for
  * NULL). CTL_VIS_MAX holds any stored text escaped whole. */
 #define CTL_VIS_MAX (4 * 1024 + 1)
 const char *ctl_vis(const char *s, char *buf, size_t cap);

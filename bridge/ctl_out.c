@@ -221,8 +221,8 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 	tm.tm_mday = D;
 	tm.tm_hour = h;
 	tm.tm_min = m;
-	tm.tm_sec = sec;
-	time_t t = timegm(&tm);
+	tm.tm_sec = sec > 59 ? 59 : sec; /* a leap second reads as the second after :59 */
+	time_t t = timegm(&tm) + (sec > 59);
 	if (tm.tm_mday != D || tm.tm_mon != M - 1) /* 2026-02-31 is no date, not March 3rd */
 		return -1;
 	*ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
@@ -271,8 +271,14 @@ const char *ctl_vis(const char *s, char *buf, size_t cap)
 {
 	size_t n = 0;
 	for (; s && *s && n + 1 < cap; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch >= 0x20 && ch != 0x7f) {
+		unsigned char ch = (unsigned char)*s, next = (unsigned char)s[1];
+		if (ch == 0xc2 && next >= 0x80 && next <= 0x9f) { /* C1 controls (CSI is one) */
+			if (n + 7 >= cap)
+				break;
+			snprintf(buf + n, 7, "\\u%04x", next);
+			n += 6;
+			s++;
+		} else if (ch >= 0x20 && ch != 0x7f) {
 			buf[n++] = (char)ch;
 		} else if (n + 5 < cap) {
 			snprintf(buf + n, 5, "\\x%02x", ch);

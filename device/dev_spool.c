@@ -245,7 +245,11 @@ static int load_key(struct dev_spool *s)
 		if (!rc && fsync(fd) != 0)
 			rc = spool_io_err();
 		close(fd);
-		if (!rc && link(tmp, path) != 0)
+		/* vfat and some FUSE file systems have no hard links: there the key is known
+		 * absent (ENOENT above), so a rename does the same */
+		if (!rc && link(tmp, path) != 0 &&
+		    !((errno == EPERM || errno == ENOTSUP || errno == EOPNOTSUPP) &&
+		      rename(tmp, path) == 0))
 			rc = spool_io_err();
 		unlink(tmp);
 		if (!rc)

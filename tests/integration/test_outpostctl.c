@@ -503,7 +503,8 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	                           " 'k', 'v' || char(13) || 'w')"),
 	             STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES (1, 1,"
-	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7))"),
+	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7) ||"
+	                           " char(155) || '2J')"),
 	             STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
 	const char *cmds[] = {"task show 1", "task list", "events", "device show dev-a"};
@@ -511,6 +512,7 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 		char *out = ctl(url, 0, "%s", cmds[i]);
 		cr_expect_null(strpbrk(out, "\x1b\x07\r"), "outpostctl %s printed a control character",
 		               cmds[i]);
+		cr_expect_null(strstr(out, "\xc2\x9b"), "outpostctl %s printed a C1 CSI", cmds[i]);
 		free(out);
 	}
 	char *out = ctl(url, 0, "task show 1");
@@ -540,6 +542,7 @@ Test(outpostctl, numbers_and_dates_out_of_range_are_refused, .timeout = 60)
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		expect_usage(url, bad[i], NULL);
 	expect_ctl(url, 0, "events --since 2024-02-29 --format csv", NULL, 1);
+	expect_ctl(url, 0, "events --since 2016-12-31T23:59:60Z --format csv", NULL, 1);
 	expect_ctl(url, 1, "task show 9223372036854775807", "no task 9223372036854775807", -1);
 	free(url);
 }
