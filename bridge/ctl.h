@@ -69,8 +69,9 @@ const char *ctl_time(int64_t ms, char *buf);
  * digits) milliseconds. Returns 0 or -1. */
 int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms);
 
-/* A count or id: decimal digits only, 1..INT64_MAX. 0, or -1 if s is not one. */
-int ctl_parse_count(const char *s, int64_t *out);
+/* A count, id or envelope seq: decimal digits only, min..INT64_MAX. 0, or -1 if s is not
+ * one. */
+int ctl_parse_number(const char *s, int64_t min, int64_t *out);
 
 /* ---- output ---- */
 

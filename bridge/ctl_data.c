@@ -26,7 +26,7 @@ int ctl_device_key(struct ctl *c, const char *id, int64_t *key)
 
 static int parse_limit(const char *cmd, const char *s, int64_t *out)
 {
-	if (ctl_parse_count(s, out))
+	if (ctl_parse_number(s, 1, out))
 		return ctl_err(CTL_USAGE, "%s: --limit: want a positive number", cmd);
 	return CTL_OK;
 }

@@ -229,14 +229,14 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 	return 0;
 }
 
-int ctl_parse_count(const char *s, int64_t *out)
+int ctl_parse_number(const char *s, int64_t min, int64_t *out)
 {
 	char *end;
-	if (!s || !isdigit((unsigned char)*s))
+	if (!s || !isdigit((unsigned char)*s)) /* strto* would take "-1", " 5", "+5" */
 		return -1;
 	errno = 0;
 	long long v = strtoll(s, &end, 10);
-	if (*end || errno == ERANGE || v < 1)
+	if (*end || errno == ERANGE || v < min)
 		return -1;
 	*out = v;
 	return 0;

@@ -13,20 +13,6 @@
 
 #define DEFAULT_EXPIRY "24h"
 
-/* An envelope seq: digits only (strtoull would read "-1" as the largest seq), below 2^63. */
-static int parse_seq(const char *s, uint64_t *v)
-{
-	char *end;
-	if (*s < '0' || *s > '9')
-		return -1;
-	errno = 0;
-	unsigned long long x = strtoull(s, &end, 10);
-	if (errno || *end || x > INT64_MAX)
-		return -1;
-	*v = x;
-	return 0;
-}
-
 /* What each task type takes (docs/DEVICE.md "Tasks"), checked when the task is queued: a
  * mistake is told now, not reported by the device a poll later. The device checks again
  * (set_config values included: their bounds are its own). */
@@ -55,7 +41,7 @@ static int check_args(const char *type, const struct store_kv *kv, size_t n)
 	}
 	if (!strcmp(type, "resend")) {
 		const char *from = NULL, *to = NULL;
-		uint64_t first, last;
+		int64_t first, last; /* envelope seqs: below 2^63 */
 		for (size_t i = 0; i < n; i++) {
 			if (!strcmp(kv[i].key, "from"))
 				from = kv[i].value;
@@ -71,10 +57,10 @@ static int check_args(const char *type, const struct store_kv *kv, size_t n)
 			return ctl_err(CTL_USAGE,
 			               "task add: resend needs --arg from=SEQ --arg to=SEQ (the"
 			               " envelope seqs to send again)");
-		if (parse_seq(from, &first))
+		if (ctl_parse_number(from, 0, &first))
 			return ctl_err(CTL_USAGE, "task add: --arg from=%s: want a sequence number",
 			               from);
-		if (parse_seq(to, &last))
+		if (ctl_parse_number(to, 0, &last))
 			return ctl_err(CTL_USAGE, "task add: --arg to=%s: want a sequence number", to);
 		if (first > last)
 			return ctl_err(CTL_USAGE, "task add: resend: from %s is after to %s", from,
@@ -182,7 +168,7 @@ static int list(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_USAGE, "task list: --format: want table, csv or json");
 	if (state && (rc = ctl_check_choice("task list", "state", state, store_task_states)))
 		return rc;
-	if (limit && ctl_parse_count(limit, &max))
+	if (limit && ctl_parse_number(limit, 1, &max))
 		return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
 	if (!ctl_store(c))
 		return c->code;
@@ -257,7 +243,7 @@ out:
 static int show(struct ctl *c, const char *ids)
 {
 	int64_t id;
-	if (ctl_parse_count(ids, &id))
+	if (ctl_parse_number(ids, 1, &id))
 		return ctl_err(CTL_USAGE, "task show: '%s' is not a task id", ids);
 	if (!ctl_store(c))
 		return c->code;
@@ -310,7 +296,7 @@ static int cancel(struct ctl *c, const char *ids)
 {
 	char state[16] = "";
 	int64_t id;
-	if (ctl_parse_count(ids, &id))
+	if (ctl_parse_number(ids, 1, &id))
 		return ctl_err(CTL_USAGE, "task cancel: '%s' is not a task id", ids);
 	struct store *s = ctl_store(c);
 	if (!s)

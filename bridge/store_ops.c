@@ -224,6 +224,16 @@ static int valid_text(const char *s, size_t max)
 	return 1;
 }
 
+/* Take a device's row for the rest of the transaction (PostgreSQL; SQLite's one writer holds
+ * the whole database already). Task changes do this first, in the order the bridge does. */
+static int lock_device_row(struct store *s, int64_t key)
+{
+	int64_t args[] = {key}, n = 0;
+	if (store_dialect(s) != STORE_PG)
+		return STORE_OK;
+	return store_exec_i64(s, "SELECT id FROM devices WHERE id = ? FOR UPDATE", args, 1, &n);
+}
+
 int store_task_add(struct store *s, const char *device_id, const char *type,
                    const struct store_kv *args, size_t nargs, int64_t expires_at, const char *by,
                    int64_t *id)
@@ -251,12 +261,9 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 	}
 	/* PostgreSQL hands out ids at INSERT and shows rows at COMMIT: two adds for one device in
 	 * flight could become visible out of id order, and a device refuses an id below one it has
-	 * seen. Taking the device's row first makes them take turns (SQLite's writers do anyway). */
-	if (store_dialect(s) == STORE_PG) {
-		int64_t key[] = {d.key}, n = 0;
-		if ((rc = store_exec_i64(s, "SELECT id FROM devices WHERE id = ? FOR UPDATE", key, 1, &n)))
-			goto fail;
-	}
+	 * seen. Taking the device's row first makes them take turns. */
+	if ((rc = lock_device_row(s, d.key)))
+		goto fail;
 	rc = store_prepare(
 	    s,
 	    "INSERT INTO tasks (device, type, state, created_at, expires_at, created_by)"
@@ -338,14 +345,10 @@ int store_task_cancel(struct store *s, int64_t id, const char *by, char *state)
 	         store_col_text(st, 2), by ? by : "operator");
 	store_stmt_free(st);
 	st = NULL;
-	/* The device's row first, as the bridge answering a poll takes it (and task add):
-	 * PostgreSQL would otherwise find the two waiting on each other. */
-	if (store_dialect(s) == STORE_PG) {
-		int64_t key[] = {device}, n = 0;
-		if ((rc = store_exec_i64(s, "SELECT id FROM devices WHERE id = ? FOR UPDATE", key, 1,
-		                         &n)))
-			goto fail;
-	}
+	/* The device's row first, as the bridge answering a poll takes it: PostgreSQL would
+	 * otherwise find the two waiting on each other. */
+	if ((rc = lock_device_row(s, device)))
+		goto fail;
 	rc = store_prepare(s,
 	                   "UPDATE tasks SET state = 'cancelled', finished_at = ? WHERE id = ? AND"
 	                   " state = 'queued'",

@@ -140,11 +140,9 @@ static void on_connected(void *context, MQTTAsync_successData5 *resp)
 static void subscription_refused(struct ctx_slot *slot, int reason)
 {
 	char why[160];
+	const char *name = MQTTReasonCode_toString((enum MQTTReasonCodes)reason);
 	snprintf(why, sizeof(why), "the broker refused the subscriptions: %s (reason %d)",
-		 MQTTReasonCode_toString((enum MQTTReasonCodes)reason)
-		     ? MQTTReasonCode_toString((enum MQTTReasonCodes)reason)
-		     : "?",
-		 reason);
+		 name ? name : "?", reason);
 	push_event(slot, DEV_LINK_DOWN, why, NULL, 0, NULL, 0);
 }
 
@@ -443,6 +441,8 @@ static void subscribe(struct dev_link *l)
 	char *topics[MAX_SUBS];
 	int qos[MAX_SUBS];
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	if (!l->nsubs)
+		l->failures_in_row = 0; /* nothing to be granted: up is up */
 	if (!l->nsubs || !l->cli)
 		return;
 	for (int i = 0; i < l->nsubs; i++) {

@@ -220,40 +220,20 @@ static void maybe_persist(struct dev_spool *s)
 
 static int load_key(struct dev_spool *s)
 {
-	char *path = NULL, *tmp = NULL;
+	char *path = NULL;
 	int rc = DEV_SPOOL_EKEY;
-	if (asprintf(&path, "%s/key", s->dir) < 0 || asprintf(&tmp, "%s/key.tmp", s->dir) < 0) {
-		rc = DEV_SPOOL_ENOMEM;
-		goto out;
-	}
+	if (asprintf(&path, "%s/key", s->dir) < 0)
+		return DEV_SPOOL_ENOMEM;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT) {
-		/* First start: a fresh random key, written once, never overwritten. It is written
-		 * whole to a temporary file first and linked into place (link refuses to replace),
-		 * so a power cut leaves no key or a whole one, never a short one that would stop
-		 * every later start. */
+		/* First start: a fresh random key, written once, whole, through a temporary file
+		 * (ofile_replace): a power cut leaves no key or a whole one, never a short one that
+		 * would stop every later start. */
 		if (wc_RNG_GenerateBlock(&s->rng, s->key, KEY_LEN) != 0) {
 			rc = DEV_SPOOL_ECRYPTO;
 			goto out;
 		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0) {
-			rc = spool_io_err();
-			goto out;
-		}
-		rc = spool_write_all(fd, s->key, KEY_LEN);
-		if (!rc && fsync(fd) != 0)
-			rc = spool_io_err();
-		close(fd);
-		/* vfat and some FUSE file systems have no hard links: there the key is known
-		 * absent (ENOENT above), so a rename does the same */
-		if (!rc && link(tmp, path) != 0 &&
-		    !((errno == EPERM || errno == ENOTSUP || errno == EOPNOTSUPP) &&
-		      rename(tmp, path) == 0))
-			rc = spool_io_err();
-		unlink(tmp);
-		if (!rc)
-			rc = spool_fsync_dir(s->dir);
+		rc = ofile_replace(path, s->key, KEY_LEN) ? spool_io_err() : DEV_SPOOL_OK;
 		goto out;
 	}
 	if (fd < 0)
@@ -267,7 +247,6 @@ static int load_key(struct dev_spool *s)
 		rc = DEV_SPOOL_OK;
 out:
 	free(path);
-	free(tmp);
 	return rc;
 }
 

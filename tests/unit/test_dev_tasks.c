@@ -168,6 +168,22 @@ static uint8_t *list_of(struct wire_key *k, uint64_t seq, uint64_t first, const 
 	return seal_list(k, "dev-a", seq, &l, len);
 }
 
+/* Answer poll `seq` with a list of `types` (ids first, first+1, ...) and judge it into v;
+ * returns how many were judged. *l owns the tasks v points to (wire_msg_free). */
+static size_t judge_list(struct dev_tasks *t, struct wire_key *bridge, uint64_t seq,
+			 uint64_t first, const char **types, size_t ntypes,
+			 struct dev_task_verdict *v, Outpost__TaskList **l)
+{
+	size_t len, n = 0;
+	uint8_t *env = list_of(bridge, seq, first, types, ntypes, &len);
+	struct wire_diag d = {{0}};
+	dev_tasks_poll_sent(t, seq, corr, h_now_ms());
+	cr_assert_eq(dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), l, v, &n,
+				     &d), 0, "%s", d.msg);
+	free(env);
+	return n;
+}
+
 Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
 {
 	char *dir = h_tmpdir("tasks");
@@ -179,14 +195,9 @@ Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
 	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
 
 	const char *types[] = {"ping", "restart", "collect_now"};
-	size_t len, n = 0;
-	uint8_t *env = list_of(bridge, 30, 20, types, 3, &len);
 	Outpost__TaskList *l = NULL;
 	struct dev_task_verdict v[WIRE_MAX_TASKS];
-	struct wire_diag d = {{0}};
-	dev_tasks_poll_sent(t, 30, corr, h_now_ms());
-	cr_assert_eq(dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n,
-				     &d), 0);
+	size_t n = judge_list(t, bridge, 30, 20, types, 3, v, &l);
 	cr_assert_eq(n, 2, "judged up to the restart");
 	cr_expect_null(v[0].reject);
 	cr_expect_null(v[1].reject);
@@ -195,7 +206,6 @@ Test(dev_tasks, tasks_behind_a_restart_are_left_for_the_next_agent)
 	cr_assert_eq(dev_tasks_begin(t, v[1].id, v[1].task->type), 0); /* the restart */
 	cr_expect_eq(dev_tasks_last_id(t), 21, "task 22 is not marked as seen");
 	wire_msg_free(l);
-	free(env);
 	dev_tasks_close(t);
 
 	/* the restarted agent polls; the bridge delivers what is above last_task_id */
@@ -222,18 +232,12 @@ Test(dev_tasks, tasks_behind_a_stop_are_left_for_the_next_agent)
 	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
 
 	const char *types[] = {"collect_now", "ping", "ping"};
-	size_t len, n = 0;
-	uint8_t *env = list_of(bridge, 40, 40, types, 3, &len);
 	Outpost__TaskList *l = NULL;
 	struct dev_task_verdict v[WIRE_MAX_TASKS];
-	struct wire_diag d = {{0}};
-	dev_tasks_poll_sent(t, 40, corr, h_now_ms());
-	cr_assert_eq(dev_tasks_judge(t, env, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n,
-				     &d), 0);
+	size_t n = judge_list(t, bridge, 40, 40, types, 3, v, &l);
 	cr_assert_eq(n, 3);
 	handle(t, &v[0]); /* then the stop */
 	wire_msg_free(l);
-	free(env);
 	dev_tasks_close(t);
 
 	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
