@@ -796,6 +796,17 @@ void brg_commit__unwind(struct brg_committer *c, struct brg_outcome *out,
 	brg_commit__mcache_clear(c);
 }
 
+void brg_commit_settle(struct brg_committer *c, int committed, struct brg_outcome *out)
+{
+	if (!c->unsettled)
+		return;
+	c->unsettled = 0;
+	if (committed)
+		states(c);
+	else
+		brg_commit__unwind(c, out, &c->mark);
+}
+
 int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, size_t n,
                      int64_t now_ms, struct brg_outcome *out)
 {
@@ -813,7 +824,12 @@ int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, siz
 			goto fail;
 	if ((rc = finish(c)))
 		goto fail;
-	if ((rc = store_commit(c->s)))
+	if ((rc = store_commit(c->s)) == STORE_EUNKNOWN) {
+		c->unsettled = 1;
+		c->mark = mark;
+		return rc;
+	}
+	if (rc)
 		goto fail;
 	states(c); /* committed: a lost cache refresh only delays the registry */
 	return STORE_OK;

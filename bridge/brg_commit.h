@@ -92,9 +92,16 @@ void brg_committer_free(struct brg_committer *c); /* accepts NULL */
 /* Apply items[0..n) in one transaction at time now_ms. On success returns 0 and appends to
  * out what to publish, log and cache. On failure returns a store error (store_errmsg() has
  * the detail): the transaction was rolled back, out is as before and the items can be
- * retried unchanged. */
+ * retried unchanged. Except STORE_EUNKNOWN: the connection broke after COMMIT was sent and the
+ * group may be stored or not. Then out keeps what the group appended; nothing may be
+ * published, nor the group applied again (its rejections would count twice), before
+ * brg_commit_settle() with what store_commit_resolve() learnt. */
 int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, size_t n,
                      int64_t now_ms, struct brg_outcome *out);
+
+/* After STORE_EUNKNOWN: committed 1 makes it as if brg_commit_group() had returned 0;
+ * committed 0 makes it a failure (out as before the group; retry the items). */
+void brg_commit_settle(struct brg_committer *c, int committed, struct brg_outcome *out);
 
 /* Health sweep in its own transaction: silent devices offline, long-silent ones deactivated,
  * expired tasks expired, old events deleted. Same error contract. */

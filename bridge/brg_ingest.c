@@ -252,6 +252,38 @@ static void backoff(struct brg_ingest *in, int64_t ms)
 	}
 }
 
+/* The connection broke after COMMIT was sent: ask the database what became of the group
+ * before anything is published or applied again. 0 if it committed, else an error (the group
+ * is then unwound, to be retried). */
+static int settle(struct brg_ingest *in, size_t n, struct brg_outcome *out)
+{
+	int64_t delay = in->o.retry_min_ms;
+	for (int attempt = 1;; attempt++) {
+		int r = store_commit_resolve(in->store);
+		if (r >= 0) {
+			brg_commit_settle(in->com, r, out);
+			logf_(in, OLOG_INFO, "the unanswered commit of %zu message(s) %s", n,
+			      r ? "did commit" : "did not commit; retrying it");
+			return r ? STORE_OK : STORE_ECONN;
+		}
+		if (attempt == 1 || attempt % 10 == 0)
+			logf_(in, OLOG_WARN,
+			      "commit of %zu message(s): the connection broke before the database "
+			      "answered; asking what became of it (attempt %d): %s: %s",
+			      n, attempt, store_strerror(r), store_errmsg(in->store));
+		if (!store_err_transient(r) || stopping_past_deadline(in)) {
+			brg_commit_settle(in->com, 0, out);
+			logf_(in, OLOG_ERROR,
+			      "commit of %zu message(s): outcome unknown (%s); treated as not "
+			      "committed: if it was, its rejections and events are counted twice",
+			      n, store_strerror(r));
+			return r;
+		}
+		backoff(in, delay);
+		delay = delay * 2 > in->o.retry_max_ms ? in->o.retry_max_ms : delay * 2;
+	}
+}
+
 /* Commit items (retrying while the failure is transient); returns 1 if committed. */
 static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, struct brg_outcome *out)
 {
@@ -259,6 +291,8 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 	for (int attempt = 1;; attempt++) {
 		int64_t now = store_now_ms();
 		int rc = brg_commit_group(in->com, items, n, now, out);
+		if (rc == STORE_EUNKNOWN)
+			rc = settle(in, n, out);
 		if (!rc) {
 			pthread_mutex_lock(&in->mu);
 			in->st.commits++;

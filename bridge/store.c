@@ -47,6 +47,7 @@ static const char *const errs[] = {
     [11] = "database full",
     [12] = "backend not built into this program",
     [13] = "not allowed in the current state",
+    [14] = "connection lost during COMMIT: outcome unknown",
 };
 
 const char *store_strerror(int err)
@@ -172,7 +173,12 @@ int store_begin(struct store *s)
 
 int store_commit(struct store *s)
 {
-	return s->be->exec(s->conn, "COMMIT");
+	return s->be->commit ? s->be->commit(s->conn) : s->be->exec(s->conn, "COMMIT");
+}
+
+int store_commit_resolve(struct store *s)
+{
+	return s->be->resolve ? s->be->resolve(s->conn) : STORE_EINVAL;
 }
 
 int store_rollback(struct store *s)

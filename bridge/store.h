@@ -26,6 +26,8 @@ enum store_err {
 	STORE_EFULL = -11,      /* disk or quota full (retry later) */
 	STORE_ENOTSUP = -12,    /* backend not built into this program */
 	STORE_ESTATE = -13,     /* the row is in a state that does not allow this change */
+	STORE_EUNKNOWN = -14,   /* the connection broke after COMMIT was sent: ask
+	                         * store_commit_resolve() whether it committed */
 };
 
 /* Static text for a store_err (never NULL). */
@@ -80,6 +82,12 @@ int store_exec(struct store *s, const char *sql);
 int store_begin(struct store *s);
 int store_commit(struct store *s);
 int store_rollback(struct store *s);
+
+/* After store_commit() returned STORE_EUNKNOWN (only PostgreSQL can: the server may have
+ * committed and then lost the connection before its answer arrived): 1 if that transaction
+ * committed, 0 if it did not, or an error; a transient one (store_err_transient) means
+ * "not known yet, ask again later". STORE_EINVAL when no outcome is pending. Reconnects. */
+int store_commit_resolve(struct store *s);
 
 /* Prepare sql (kept by the statement). On success *out belongs to the caller:
  * store_stmt_free() before store_close(). */

@@ -26,6 +26,10 @@ struct store_backend {
 	void (*close)(void *conn);
 	int (*exec)(void *conn, const char *sql);
 	int (*begin)(void *conn);
+	/* Both optional: commit defaults to exec("COMMIT"); a backend whose commit can end in
+	 * STORE_EUNKNOWN provides resolve (store_commit_resolve). */
+	int (*commit)(void *conn);
+	int (*resolve)(void *conn);
 	int (*prepare)(void *conn, const char *sql, void **stmt);
 	void (*finalize)(void *stmt);
 	int (*bind)(void *stmt, int idx, const struct store_val *v);

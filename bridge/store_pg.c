@@ -23,6 +23,7 @@ struct pg_conn {
 	int busy;         /* a statement is streaming rows */
 	int in_tx;        /* between BEGIN and COMMIT/ROLLBACK: a reconnect would lose it */
 	int64_t retry_at; /* monotonic ms: no reconnect outside a transaction before this */
+	int64_t pending;  /* xid of a transaction whose COMMIT went unanswered, 0 if none */
 };
 
 struct pg_stmt {
@@ -187,6 +188,77 @@ static int pg_begin(void *conn)
 		rc = pg_exec(pc, "BEGIN");
 	pc->in_tx = !rc;
 	return rc;
+}
+
+/* Run sql, which returns one row of one column, into out (cap bytes); *null when NULL. */
+static int pg_value(struct pg_conn *pc, const char *sql, char *out, size_t cap, int *null)
+{
+	PGresult *r = PQexec(pc->c, sql);
+	int rc = STORE_OK;
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		rc = map_result(pc, r, "exec");
+	else if (PQntuples(r) != 1 || PQnfields(r) != 1)
+		rc = STORE_EQUERY;
+	else if (!(*null = PQgetisnull(r, 0, 0)))
+		snprintf(out, cap, "%s", PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return rc;
+}
+
+/* COMMIT, learning the transaction's id first: if the connection breaks before COMMIT's
+ * answer arrives, the server may or may not have committed, and only the id lets
+ * pg_resolve() ask it afterwards. A transaction that wrote nothing has no id and nothing to
+ * lose. One more round trip per transaction. */
+static int pg_commit(void *conn)
+{
+	struct pg_conn *pc = conn;
+	char xid[32] = "";
+	int null = 1;
+	pc->pending = 0;
+	if (PQstatus(pc->c) == CONNECTION_OK) {
+		int rc = pg_value(pc, "SELECT txid_current_if_assigned()", xid, sizeof(xid), &null);
+		if (rc) {
+			pc->in_tx = 0; /* COMMIT never sent: nothing committed */
+			return rc;
+		}
+	}
+	int rc = pg_exec(pc, "COMMIT");
+	if (rc == STORE_ECONN && !null) {
+		pc->pending = strtoll(xid, NULL, 10);
+		size_t n = strlen(pc->err);
+		snprintf(pc->err + n, STORE_ERR_MAX - n, " (COMMIT of transaction %s unanswered)",
+		         xid);
+		return STORE_EUNKNOWN;
+	}
+	return rc;
+}
+
+static int pg_resolve(void *conn)
+{
+	struct pg_conn *pc = conn;
+	char q[64], status[32] = "";
+	int null = 1;
+	if (!pc->pending)
+		return STORE_EINVAL;
+	int rc = pg_connect(pc);
+	if (rc)
+		return rc;
+	snprintf(q, sizeof(q), "SELECT txid_status(%" PRId64 ")", pc->pending);
+	if ((rc = pg_value(pc, q, status, sizeof(status), &null)))
+		return rc;
+	if (!null && !strcmp(status, "in progress")) {
+		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 " is still in progress",
+		         pc->pending);
+		return STORE_EBUSY; /* its backend has not noticed the lost connection yet */
+	}
+	if (null || (strcmp(status, "committed") && strcmp(status, "aborted"))) {
+		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 ": status %s",
+		         pc->pending, null ? "no longer known" : status);
+		pc->pending = 0;
+		return STORE_EQUERY;
+	}
+	pc->pending = 0;
+	return !strcmp(status, "committed");
 }
 
 static int pg_prepare(void *conn, const char *sql, void **out)
@@ -557,6 +629,8 @@ const struct store_backend store__pg = {
     .close = pg_close,
     .exec = pg_exec,
     .begin = pg_begin,
+    .commit = pg_commit,
+    .resolve = pg_resolve,
     .prepare = pg_prepare,
     .finalize = pg_finalize,
     .bind = pg_bind,

@@ -338,17 +338,34 @@ int cfg_load_env(const struct cfg_opt *opts, size_t n, void *settings, const cha
 	return 0;
 }
 
+/* 1 if argv[i] is an option that takes argv[i + 1] as its value; a bool takes it only if it
+ * is not an option itself ("--verbose -h", "--verbose --x=1", but "--verbose false"). */
+static int takes_next(const struct cfg_opt *opts, size_t n, int argc, char **argv, int i)
+{
+	const char *a = argv[i];
+	if (i + 1 >= argc)
+		return 0;
+	if (!strcmp(a, "--config") || !strcmp(a, "-c"))
+		return 1;
+	if (strncmp(a, "--", 2) || strchr(a, '='))
+		return 0;
+	const struct cfg_opt *o = find(opts, n, a + 2, strlen(a + 2));
+	return o && (o->type != CFG_BOOL || argv[i + 1][0] != '-');
+}
+
 int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
 	      const char *env_prefix, const char *default_config, char *err)
 {
 	const char *config = NULL;
 	char var[128];
 
+	/* --help anywhere an option may stand, not as the value of another ("--device-id -h") */
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
 			return 1;
 		if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V"))
 			return 2;
+		i += takes_next(opts, n, argc, argv, i);
 	}
 	if (cfg_defaults(opts, n, settings, err))
 		return -1;
@@ -392,10 +409,10 @@ int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, ch
 		const char *value;
 		if (eq)
 			value = eq + 1;
-		else if (o->type == CFG_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0))
-			value = "true";
-		else if (i + 1 < argc)
+		else if (takes_next(opts, n, argc, argv, i))
 			value = argv[++i];
+		else if (o->type == CFG_BOOL)
+			value = "true";
 		else
 			return fail(err, "command line: --%s needs a value", o->name);
 		if (apply(o, settings, value, "command line", err))

@@ -15,6 +15,7 @@
 #include "brg_reply.h"
 #include "brg_verify.h"
 #include "h_pg.h"
+#include "h_relay.h"
 #include "h_simdev.h"
 #include "harness.h"
 #include "outpost.pb-c.h"
@@ -94,8 +95,27 @@ static void teardown_pg(void)
 	h_pg_free(&pg);
 }
 
+/* brg_commit_pg_cut: the writer reaches PostgreSQL through a relay that can lose an answer. */
+static struct h_relay *relay;
+
+static void setup_pg_relay(void)
+{
+	h_pg_start(&pg);
+	relay = h_relay_start(pg.port);
+	url = h_strf("postgresql://postgres@127.0.0.1:%d/postgres", h_relay_port(relay));
+	setup_store();
+}
+
+static void teardown_pg_relay(void)
+{
+	teardown();
+	h_relay_free(relay);
+	h_pg_free(&pg);
+}
+
 TestSuite(brg_commit, .init = setup, .fini = teardown);
 TestSuite(brg_commit_pg, .init = setup_pg, .fini = teardown_pg);
+TestSuite(brg_commit_pg_cut, .init = setup_pg_relay, .fini = teardown_pg_relay);
 
 static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
 {
@@ -774,4 +794,57 @@ Test(brg_commit, a_birth_overtaken_by_the_poll_behind_it_is_accepted)
 	commit_one(poll_item("dev-a", 19));
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'replayed'"), 2);
 	cr_expect_eq(one("SELECT last_birth_seq FROM devices WHERE device_id = 'dev-a'"), 20);
+}
+
+/* Ask the store what became of an unanswered COMMIT (bounded); 1, 0 or the last error. */
+static int resolve_commit(void)
+{
+	int r = STORE_EBUSY;
+	for (int i = 0; i < 100 && r < 0 && store_err_transient(r); i++)
+		if ((r = store_commit_resolve(s)) < 0 && store_err_transient(r))
+			h_sleep_ms(100);
+	return r;
+}
+
+/* A group with a stored batch and a forged one, committed with the COMMIT's answer lost:
+ * the outcome waits for the database to say what happened, and the rejection is counted once
+ * whether the transaction committed (outcome kept) or not (unwound, retried). */
+Test(brg_commit_pg_cut, an_unanswered_commit_is_settled_not_applied_twice, .timeout = 120)
+{
+	commit_one(birth("dev-a", 1));
+	struct brg_item *g[] = {batch("dev-a", "dev-a", 2, 0), batch("dev-b", "dev-a", 3, 2)};
+	cr_assert_str_eq(g[1]->reason, "bad_signature");
+
+	/* Stored, answer lost: settled as committed, the ack is kept for publishing. */
+	h_relay_cut_on(relay, "COMMIT", false, 300);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, g, 2, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert_eq(resolve_commit(), 1, "%s", store_errmsg(s));
+	brg_commit_settle(com, 1, &out);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a, "the committed group's ack was thrown away");
+	cr_expect_eq(a->seq, 2);
+	cr_expect_eq(out.envelopes, 1);
+	cr_expect_eq(out.rejected, 1);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'bad_signature'"), 1);
+	cr_expect_eq(one("SELECT rejected FROM devices WHERE device_id = 'dev-a'"), 1);
+
+	/* Never reached the server: settled as not committed, out as before, the retry counts
+	 * the rejection (once). */
+	struct brg_item *g2[] = {batch("dev-a", "dev-a", 4, 2), batch("dev-b", "dev-a", 5, 4)};
+	h_relay_cut_on(relay, "COMMIT", true, 0);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, g2, 2, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert_eq(resolve_commit(), 0, "%s", store_errmsg(s));
+	brg_commit_settle(com, 0, &out);
+	cr_expect_eq(out.n_replies, 0, "an outcome of a group that was not stored");
+	cr_expect_eq(out.envelopes, 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 4"), 0);
+	commit(g2, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 4"), 1);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'bad_signature'"), 2);
+	free_items(g, 2);
+	free_items(g2, 2);
 }

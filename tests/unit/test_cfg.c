@@ -481,6 +481,14 @@ Test(cfg, help_and_version)
 	cr_expect_eq(parse(&s, v1, NULL, err), 2);
 	cr_expect_eq(parse(&s, v2, NULL, err), 2);
 	cr_expect_eq(parse(&s, both, NULL, err), 1, "--help wins over a bad option");
+	char *after_bool[] = {"prog", "--verbose", "-h", NULL};
+	cr_expect_eq(parse(&s, after_bool, NULL, err), 1, "a bool does not take -h as its value");
+	cfg_free(opts, N(opts), &s);
+	/* "-h" as the value of an option is that value, not a request for help */
+	char *value[] = {"prog", "--device-id", "-h", "--verbose", NULL};
+	cr_expect_eq(parse(&s, value, NULL, err), 0, "%s", err);
+	cr_expect_str_eq(s.device_id, "-h");
+	cr_expect(s.verbose);
 	cfg_free(opts, N(opts), &s);
 
 	char *text = NULL;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "h_pg.h"
+#include "h_relay.h"
 #include "harness.h"
 #include "store.h"
 #include "store_ops.h"
@@ -421,4 +422,75 @@ Test(store, postgresql, .timeout = 120)
 	cr_expect_eq(store_commit(s), STORE_OK);
 	store_close(s);
 	h_pg_free(&pg);
+}
+
+/* Ask until the database knows (bounded): 1 committed, 0 not, or the last error. */
+static int resolve(struct store *s)
+{
+	int r = STORE_EBUSY;
+	for (int i = 0; i < 100 && r < 0 && store_err_transient(r); i++) {
+		if ((r = store_commit_resolve(s)) < 0 && store_err_transient(r))
+			h_sleep_ms(100);
+	}
+	return r;
+}
+
+/* A connection that breaks after COMMIT was sent leaves the outcome unknown; the store says
+ * so (not "connection lost", which means "not committed, retry") and learns the truth from
+ * the server afterwards. */
+Test(store, postgresql_commit_left_unanswered, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct h_relay *relay = h_relay_start(pg.port);
+	char *url = h_strf("postgresql://postgres@127.0.0.1:%d/postgres", h_relay_port(relay));
+	struct store *s = open_url(url, 0);
+	cr_assert_eq(store_exec(s, "CREATE TABLE t (v BIGINT)"), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(store_commit_resolve(s), STORE_EINVAL, "nothing pending yet");
+
+	/* The server commits; its answer is lost. */
+	h_relay_cut_on(relay, "COMMIT", false, 300);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO t VALUES (1)"), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(store_commit(s), STORE_EUNKNOWN, "%s", store_errmsg(s));
+	cr_expect(h_relay_cut_done(relay));
+	cr_expect(strstr(store_errmsg(s), "unanswered"), "%s", store_errmsg(s));
+	cr_expect_eq(resolve(s), 1, "%s", store_errmsg(s));
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM t WHERE v = 1"), 1);
+	cr_expect_eq(store_commit_resolve(s), STORE_EINVAL, "asked once, answered once");
+
+	/* COMMIT never reaches the server: the transaction dies with the connection. */
+	h_relay_cut_on(relay, "COMMIT", true, 0);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO t VALUES (2)"), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(store_commit(s), STORE_EUNKNOWN, "%s", store_errmsg(s));
+	cr_expect_eq(resolve(s), 0, "%s", store_errmsg(s));
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM t WHERE v = 2"), 0);
+
+	/* A transaction that wrote nothing has nothing to lose: a plain lost connection. */
+	h_relay_cut_on(relay, "COMMIT", false, 300);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM t"), 1);
+	cr_expect_eq(store_commit(s), STORE_ECONN, "%s", store_errmsg(s));
+	cr_expect_eq(store_commit_resolve(s), STORE_EINVAL);
+	cr_expect_eq(store_begin(s), STORE_OK, "reconnects: %s", store_errmsg(s));
+	cr_expect_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+
+	store_close(s);
+	h_relay_free(relay);
+	free(url);
+	h_pg_free(&pg);
+}
+
+Test(store, sqlite_commit_is_never_left_unanswered)
+{
+	char *dir = h_tmpdir("store-resolve");
+	char *url = h_strf("sqlite:%s/s.db", dir);
+	struct store *s = open_url(url, 1);
+	cr_assert_eq(store_begin(s), STORE_OK);
+	cr_expect_eq(store_commit(s), STORE_OK);
+	cr_expect_eq(store_commit_resolve(s), STORE_EINVAL);
+	store_close(s);
+	free(url);
+	free(dir);
 }

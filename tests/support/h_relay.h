@@ -1,0 +1,28 @@
+/* h_relay.h - a TCP relay on loopback that can break a connection at a chosen moment: tests
+ * of what a client does when its server's answer never arrives (a COMMIT whose outcome is
+ * unknown). Plain TCP only; one thread; every connection through it is relayed both ways. */
+#ifndef H_RELAY_H
+#define H_RELAY_H
+
+#include <stdbool.h>
+
+struct h_relay;
+
+/* Listen on a free 127.0.0.1 port and relay each connection to 127.0.0.1:upstream_port.
+ * Aborts on failure. */
+struct h_relay *h_relay_start(int upstream_port);
+
+int h_relay_port(const struct h_relay *r);
+
+/* Arm one cut: the next chunk a client sends that contains needle ends its connection.
+ * before: the chunk is not forwarded. Otherwise it is, the server's answer is thrown away,
+ * and both sides are closed wait_ms later. */
+void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait_ms);
+
+/* true once an armed cut has happened. */
+bool h_relay_cut_done(struct h_relay *r);
+
+/* Close every connection and stop. Accepts NULL. */
+void h_relay_free(struct h_relay *r);
+
+#endif
