@@ -11,7 +11,7 @@ Subscribes to TOPIC (default outpost/v1/#) as outpost-operator, which may read e
 publish nothing, and prints each message decoded: telemetry readings with metric names, acks,
 task lists and results, with their Ed25519 signatures verified against the PKI.
   --raw        print mosquitto_sub's "topic hexpayload" lines instead
-  --count N    stop after N messages; --timeout S: stop after S seconds without one
+  --count N    stop after N messages; --timeout S: stop S seconds after connecting
 Environment: OUTPOST_PKI_DIR (default var/local/pki), OUTPOST_BROKER_HOST (127.0.0.1),
 OUTPOST_INTERNAL_PORT (8884; use 8883 from another machine), OUTPOST_BUILD_DIR (build).
 Examples:

@@ -58,7 +58,8 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [ -n "$out" ] || usage_error "--out DIR is required"
-[[ "$count" =~ ^[0-9]+$ ]] && [ "$count" -le 100000 ] || usage_error "--count: not a number in 0..100000: $count"
+[[ "$count" =~ ^[0-9]+$ ]] && [ "$((10#$count))" -le 100000 ] || usage_error "--count: not a number in 0..100000: $count"
+count=$((10#$count)) # "010" is ten, not octal eight
 
 valid_id() { [[ "$1" =~ ^[A-Za-z0-9_-]{1,64}$ ]] && [[ "$1" != outpost-* ]]; }
 for id in "${devices[@]+"${devices[@]}"}"; do
@@ -92,6 +93,7 @@ for h in "${hosts[@]+"${hosts[@]}"}"; do
 done
 for ((i = 1; i <= count; i++)); do devices+=("$(printf 'device-%04d' "$i")"); done
 
+mkdir -p "$out" # parents with the caller's umask: the broker's user must reach the files
 umask 077
 mkdir -p "$out/devices" "$out/.ca/issued"
 out=$(cd "$out" && pwd)
@@ -133,16 +135,39 @@ key_matches() {
 		[ -n "$a" ] && [ "$a" = "$b" ]
 }
 
+# key_revoked KEY: the CA once revoked a certificate for this key (looked up by the revoked
+# serials of its index in .ca/issued, where `openssl ca` keeps a copy of everything it signed),
+# even if that certificate no longer chains (a re-created CA) or has expired.
+key_revoked() {
+	local pub s f
+	pub=$(openssl pkey -in "$1" -pubout 2>/dev/null) || return 1
+	while IFS= read -r s; do
+		f="$out/.ca/issued/${s^^}.pem"
+		[ -f "$f" ] && [ "$(openssl x509 -in "$f" -noout -pubkey 2>/dev/null)" = "$pub" ] && return 0
+	done < <(awk -F'\t' '$1 == "R" { print $4 }' "$out/.ca/index.txt")
+	return 1
+}
+
 # issue NAME KEY CRT CN client|server: sign a certificate for KEY unless CRT is valid already.
+# A certificate replaced because its key changed (the old key lost, or deleted to rotate) is
+# revoked as superseded: whoever still holds the old key must not keep a valid identity.
 issue() {
 	local name=$1 key=$2 crt=$3 cn=$4 ext=$5
 	if cert_ok "$crt"; then
 		case "$(status_of "$(serial_of "$crt")")" in
 		R) echo "provision-certs: $name is revoked; not reissued (delete its files to re-provision)" >&2; return 0 ;;
 		esac
-		if key_matches "$key" "$crt" && { [ "$ext" != server_cert ] || san_covers "$crt"; }; then
-			return 0
+		if key_matches "$key" "$crt"; then
+			[ "$ext" != server_cert ] || san_covers "$crt" && return 0
+		else
+			ossl ca -config "$cnf" -revoke "$crt" -crl_reason superseded
+			echo "provision-certs: $name has a new key; its old certificate is revoked (superseded)" >&2
+			crl_dirty=1
 		fi
+	fi
+	if key_revoked "$key"; then
+		echo "provision-certs: $name: a certificate for its key was revoked; not reissued (delete its files to re-provision with a new key)" >&2
+		return 0
 	fi
 	ossl req -new -config "$cnf" -key "$key" -subj "/CN=$cn" -out "$crt.csr"
 	ossl ca -batch -config "$cnf" -extensions "$ext" -notext -in "$crt.csr" -out "$crt.tmp"

@@ -36,8 +36,9 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-[[ "$devices" =~ ^[0-9]+$ ]] && [ "$devices" -ge 1 ] && [ "$devices" -le 200 ] ||
+[[ "$devices" =~ ^[0-9]+$ ]] && [ "$((10#$devices))" -ge 1 ] && [ "$((10#$devices))" -le 200 ] ||
 	{ echo "run-local: --devices: a number from 1 to 200, not '$devices'" >&2; exit 2; }
+devices=$((10#$devices)) # "08" is eight
 [[ "$duration" =~ ^[0-9]+$ ]] || { echo "run-local: --duration: seconds, not '$duration'" >&2; exit 2; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -96,7 +96,7 @@ declare -A subst=(
 conf="$dir/mosquitto.conf"
 {
 	while IFS= read -r line || [ -n "$line" ]; do
-		for k in "${!subst[@]}"; do line=${line//@$k@/${subst[$k]}}; done
+		for k in "${!subst[@]}"; do line=${line//"@$k@"/"${subst[$k]}"}; done
 		printf '%s\n' "${line% }"
 	done <"$here/mosquitto.conf"
 } >"$conf.tmp"

@@ -51,6 +51,7 @@ count=${OUTPOST_DEVICES:-10}
 hosts=broker,broker-internal${OUTPOST_BROKER_HOSTS:+,$OUTPOST_BROKER_HOSTS}
 pg_user=${OUTPOST_PG_USER:-outpost} pg_db=${OUTPOST_PG_DB:-outpost} pg_host=${OUTPOST_PG_HOST:-postgres}
 [[ "$count" =~ ^[0-9]+$ ]] || { echo "provision: OUTPOST_DEVICES: not a number: $count" >&2; exit 2; }
+count=$((10#$count)) # "08" is eight
 for v in pg_user pg_db pg_host; do
 	[[ "${!v}" =~ ^[A-Za-z0-9_.-]{1,63}$ ]] || { echo "provision: $v: invalid: ${!v}" >&2; exit 2; }
 done

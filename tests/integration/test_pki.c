@@ -312,6 +312,15 @@ Test(pki, a_lost_key_gets_a_matching_certificate)
 	char *new_crt = file_sha(crt);
 	cr_expect_str_neq(new_crt, old_crt);
 	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0);
+	/* whoever kept the old key must not keep a valid identity: the old one is superseded */
+	cr_expect(strstr(out, "old certificate is revoked (superseded)"), "%s", out);
+	char *cmd3 = h_strf("grep -c ^R %s/.ca/index.txt && openssl crl -in %s/crl.pem -noout "
+			    "-text | grep -c Superseded",
+			    dir, dir);
+	char *revoked = sh_ok(cmd3);
+	cr_expect_str_eq(revoked, "1\n1\n", "one revoked serial, superseded, in the CRL");
+	free(revoked);
+	free(cmd3);
 	free(new_crt);
 	free(old_crt);
 	free(pub_crt);
@@ -391,6 +400,68 @@ Test(pki, revocation_refreshes_the_crl)
 	free(args);
 	free(serial);
 	free(dir);
+}
+
+/* A revoked device's key is never certified again, even when its certificate no longer
+ * proves the revocation: a CA made anew in the same directory (ca.key and ca.crt deleted, the
+ * CA's records kept), or a certificate that no longer verifies. */
+Test(pki, a_revoked_key_is_never_certified_again)
+{
+	char *dir = fresh("pki-revoked-key", "--devices dev-a,dev-b");
+	char *args = h_strf("--out %s --revoke dev-a", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	free(out);
+	char *crt = h_strf("%s/devices/dev-a.crt", dir), *sha = file_sha(crt);
+	char *rm = h_strf("rm %s/ca.key %s/ca.crt", dir, dir);
+	free(sh_ok(rm));
+	char *args2 = h_strf("--out %s --devices dev-a,dev-b", dir);
+	cr_assert_eq(provision(args2, &out), 0, "%s", out);
+	cr_expect(strstr(out, "device dev-a: a certificate for its key was revoked; not reissued"),
+		  "%s", out);
+	char *sha2 = file_sha(crt);
+	cr_expect_str_eq(sha2, sha, "dev-a's certificate was reissued");
+	cr_expect_neq(openssl_verify(dir, "devices/dev-a.crt", 0), 0, "it chains to the new CA");
+	cr_expect_eq(openssl_verify(dir, "devices/dev-b.crt", 1), 0, "dev-b is reissued");
+	free(out);
+	/* deleting its files re-provisions it with a new key */
+	char *rm2 = h_strf("rm %s/devices/dev-a.key %s/devices/dev-a.crt", dir, dir);
+	free(sh_ok(rm2));
+	cr_assert_eq(provision(args2, &out), 0, "%s", out);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0, "%s", out);
+	free(out);
+	free(rm2);
+	free(sha2);
+	free(args2);
+	free(rm);
+	free(sha);
+	free(crt);
+	free(args);
+	free(dir);
+}
+
+/* Numbers are decimal, and a new output directory's parents stay reachable. */
+Test(pki, leading_zeros_and_new_parent_directories)
+{
+	char *base = h_tmpdir("pki-parents");
+	char *dir = h_strf("%s/srv/outpost/pki", base);
+	char *args = h_strf("umask 022 && %s/scripts/provision-certs.sh --out %s --count 010",
+			    h_source_dir(), dir),
+	     *out = NULL;
+	cr_assert_eq(h_sh(args, &out, 120), 0, "%s", out);
+	cr_expect(strstr(out, "10 devices requested"), "%s", out);
+	cr_expect_eq(mode_of(dir, "devices/device-0010.crt"), 0644);
+	free(out);
+	cr_expect_eq(mode_of(base, "srv") & 0055, 0055, "parents made by the script: %o",
+		     mode_of(base, "srv"));
+	cr_expect_eq(mode_of(base, "srv/outpost") & 0055, 0055);
+	char *args2 = h_strf("--out %s --count 08", dir);
+	cr_expect_eq(provision(args2, &out), 0, "%s", out);
+	cr_expect(strstr(out, "8 devices requested"), "%s", out);
+	free(out);
+	free(args2);
+	free(args);
+	free(dir);
+	free(base);
 }
 
 /* fmt with its "%s" (if any) replaced by target */
