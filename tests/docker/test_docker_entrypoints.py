@@ -301,6 +301,13 @@ def test_stack(src, build, tmp, penv):
                 OUTPOST_BROKER_BIND="127.0.0.1", OUTPOST_INTERNAL_BIND="localhost", OUTPOST_AUTH_PLUGIN=plugin)
     blog = tmp + "/logs/broker.log"
     hc = os.path.join(src, "docker/mosquitto/healthcheck.sh")
+    # paths are substituted literally ('&' means "the match" to bash 5.2's ${x//p/r})
+    odd = tmp + "/R&D broker"
+    rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh"), "--render-only"],
+                  dict(benv, OUTPOST_BROKER_DIR=odd), 10)
+    conf = read(odd + "/mosquitto.conf")
+    check(rc == 0 and ("persistence_location %s/" % odd) in conf and "@DATA_DIR@" not in conf,
+          "stack: run-broker.sh renders a data directory named '%s' as it is (%s)" % (odd, out.strip()))
     if os.getuid() == 0:
         # a user mosquitto would switch to but who cannot read the PKI files
         try:
