@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "brg_config.h"
+#include "crc32.h"
 #include "wire_topic.h"
 
 #define O(f)  offsetof(struct brg_config, f)
@@ -17,7 +18,7 @@ static const char *const sync_choices[] = {"off", "normal", "full", NULL};
 static const char *const level_choices[] = {"error", "warn", "info", "debug", NULL};
 
 const struct cfg_opt brg_config_opts[] = {
-    {"broker_host", CFG_STR, O(broker_host), 0, 255, "127.0.0.1",
+    {"broker_host", CFG_STR, O(broker_host), 1, 255, "127.0.0.1",
      "broker address (its internal listener)", NULL},
     {"broker_port", CFG_INT, O(broker_port), 1, 65535, "8884", "internal MQTT+TLS listener port",
      NULL},
@@ -102,6 +103,21 @@ static int set_path(char **field, const char *dir, const char *name)
 	return 0;
 }
 
+void brg_config_default_client_id(const char *host, char out[BRG_CLIENT_ID_MAX])
+{
+	/* A long name is cut, and then told apart from names cut the same by a hash of the whole
+	 * (pod names keep their unique part last). */
+	if (strlen(host) <= 40)
+		snprintf(out, BRG_CLIENT_ID_MAX, "outpost-bridge-%s", host);
+	else
+		snprintf(out, BRG_CLIENT_ID_MAX, "outpost-bridge-%.31s-%08x", host,
+		         (unsigned)crc32_update(0, host, strlen(host)));
+	for (char *p = out; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '_'))
+			*p = '-';
+}
+
 int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 {
 	memset(c, 0, sizeof(*c));
@@ -117,14 +133,10 @@ int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 		return -1;
 	}
 	if (!c->client_id[0]) {
-		char host[256] = "localhost", id[128];
+		char host[256] = "localhost", id[BRG_CLIENT_ID_MAX];
 		gethostname(host, sizeof(host) - 1);
 		host[sizeof(host) - 1] = '\0';
-		snprintf(id, sizeof(id), "outpost-bridge-%.40s", host);
-		for (char *p = id; *p; p++)
-			if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			      (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
-				*p = '-';
+		brg_config_default_client_id(host, id);
 		free(c->client_id);
 		c->client_id = strdup(id);
 		if (!c->client_id) {

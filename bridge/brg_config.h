@@ -58,6 +58,12 @@ extern const size_t brg_config_nopts;
  * and cross-checks. Returns like cfg_parse (0, 1 = --help, 2 = --version, -1 = error in err).
  * On success *c owns strings: brg_config_free(). */
 int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err);
+
+/* The client id of a bridge on host when client_id is not set: outpost-bridge-<host>, with
+ * characters other than [A-Za-z0-9_-] made '-'; a host name longer than 40 characters is cut
+ * to 31 and followed by the CRC-32 of the whole name in hex. */
+#define BRG_CLIENT_ID_MAX 64
+void brg_config_default_client_id(const char *host, char out[BRG_CLIENT_ID_MAX]);
 void brg_config_free(struct brg_config *c);
 
 #endif

@@ -25,6 +25,7 @@ struct brg_mqtt {
 	struct mosquitto *mosq;
 	pthread_t th;
 	int started;
+	int stuck;          /* the network thread outlived brg_mqtt_stop: never freed */
 	pthread_mutex_t mu; /* below */
 	pthread_cond_t cv;
 	int stop;
@@ -237,6 +238,22 @@ static void nap(struct brg_mqtt *m, int ms)
 	pthread_mutex_unlock(&m->mu);
 }
 
+/* Service the connection until it fails or a stop is asked for (checked every second). Not
+ * mosquitto_loop_forever: it misses a stop asked for while a reconnect was under way, because
+ * the reconnect overwrites the state mosquitto_disconnect set, and then never returns. */
+static int run_connected(struct brg_mqtt *m)
+{
+	int rc = MOSQ_ERR_SUCCESS;
+	while (rc == MOSQ_ERR_SUCCESS && !stopping(m))
+		rc = mosquitto_loop(m->mosq, 1000, 1);
+	if (stopping(m)) {
+		mosquitto_disconnect_v5(m->mosq, MQTT_RC_NORMAL_DISCONNECTION, NULL);
+		for (int i = 0; i < 20 && mosquitto_loop(m->mosq, 100, 1) == MOSQ_ERR_SUCCESS; i++)
+			; /* sends the DISCONNECT, then reports the closed connection */
+	}
+	return rc;
+}
+
 static void *net_main(void *arg)
 {
 	struct brg_mqtt *m = arg;
@@ -251,8 +268,7 @@ static void *net_main(void *arg)
 		if (rc == MOSQ_ERR_SUCCESS) {
 			first = 0;
 			backoff = BACKOFF_MIN_MS;
-			/* Returns on disconnect-by-request or on errors it does not retry (TLS). */
-			rc = mosquitto_loop_forever(m->mosq, 1000, 1);
+			rc = run_connected(m);
 			if (stopping(m))
 				break;
 		}
@@ -324,24 +340,32 @@ int brg_mqtt_connected(struct brg_mqtt *m)
 	return c;
 }
 
-void brg_mqtt_stop(struct brg_mqtt *m)
+int brg_mqtt_stop(struct brg_mqtt *m)
 {
 	if (!m || !m->started)
-		return;
+		return m && m->stuck ? BRG_ETIMEDOUT : BRG_OK;
 	pthread_mutex_lock(&m->mu);
 	m->stop = 1;
 	pthread_cond_broadcast(&m->cv);
 	pthread_mutex_unlock(&m->mu);
 	mosquitto_disconnect_v5(m->mosq, MQTT_RC_NORMAL_DISCONNECTION, NULL);
-	pthread_join(m->th, NULL);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += BRG_MQTT_STOP_S;
 	m->started = 0;
+	if (pthread_timedjoin_np(m->th, NULL, &until)) {
+		m->stuck = 1; /* in a blocking connect or TLS handshake: left to process exit */
+		return BRG_ETIMEDOUT;
+	}
+	return BRG_OK;
 }
 
 void brg_mqtt_free(struct brg_mqtt *m)
 {
 	if (!m)
 		return;
-	brg_mqtt_stop(m);
+	if (brg_mqtt_stop(m))
+		return; /* the network thread still uses everything */
 	mosquitto_destroy(m->mosq);
 	pthread_mutex_destroy(&m->mu);
 	pthread_cond_destroy(&m->cv);

@@ -32,8 +32,9 @@
 #define ID_MAX 128
 
 struct kick {
-	char client_id[ID_MAX];
-	char user[ID_MAX]; /* certificate identity; "" = no status to set */
+	char client_id[ID_MAX]; /* "" = a client id too long to keep: kicked by login instead */
+	char login[ID_MAX];     /* certificate identity */
+	int device;             /* publish its retained offline status */
 };
 
 struct auth {
@@ -106,19 +107,21 @@ static int topic_level_ok(const char *s)
 
 static void schedule_kick(struct auth *a, const char *client_id, const char *user)
 {
-	if (!client_id || strlen(client_id) >= ID_MAX)
-		return;
+	int by_login = !client_id || strlen(client_id) >= ID_MAX;
+	if (!user || strlen(user) >= ID_MAX)
+		user = "";
+	if (by_login && !*user)
+		return; /* identities are certificate CNs: at most 64 characters */
 	for (int i = 0; i < a->nkick; i++)
-		if (!strcmp(a->kick[i].client_id, client_id))
+		if (by_login ? !a->kick[i].client_id[0] && !strcmp(a->kick[i].login, user)
+		             : !strcmp(a->kick[i].client_id, client_id))
 			return;
 	if (a->nkick == KICK_MAX)
 		return;
 	struct kick *k = &a->kick[a->nkick++];
-	snprintf(k->client_id, ID_MAX, "%s", client_id);
-	k->user[0] = '\0';
-	if (user && strlen(user) < ID_MAX && topic_level_ok(user) &&
-	    strncmp(user, a->infra_prefix, strlen(a->infra_prefix)))
-		snprintf(k->user, ID_MAX, "%s", user);
+	snprintf(k->client_id, ID_MAX, "%s", by_login ? "" : client_id);
+	snprintf(k->login, ID_MAX, "%s", user);
+	k->device = topic_level_ok(user) && strncmp(user, a->infra_prefix, strlen(a->infra_prefix));
 }
 
 /* outpost/v1/<user>/<leaf>: the user's own topic `leaf` */
@@ -192,9 +195,12 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event_data;
 	maybe_reload(a); /* at most once a second; every loop pass ticks */
 	for (int i = 0; i < a->nkick; i++) {
-		mosquitto_kick_client_by_clientid(a->kick[i].client_id, false);
-		if (a->kick[i].user[0])
-			set_offline(a->kick[i].user);
+		if (a->kick[i].client_id[0])
+			mosquitto_kick_client_by_clientid(a->kick[i].client_id, false);
+		else
+			mosquitto_kick_client_by_username(a->kick[i].login, false);
+		if (a->kick[i].device)
+			set_offline(a->kick[i].login);
 	}
 	a->nkick = 0;
 	return MOSQ_ERR_SUCCESS;
@@ -223,6 +229,14 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 	if (!a->infra_prefix)
 		a->infra_prefix = strdup("outpost-");
+	if (a->infra_prefix && !*a->infra_prefix) {
+		/* every login would begin with it: every client exempt from the device rules */
+		mosquitto_log_printf(MOSQ_LOG_ERR, "outpost_auth: plugin_opt_infra_prefix must not be empty");
+		free(a->crl_file);
+		free(a->infra_prefix);
+		free(a);
+		return MOSQ_ERR_INVAL;
+	}
 	if (!a->crl_file || !a->infra_prefix || load_crl(a) != 0) {
 		mosquitto_log_printf(MOSQ_LOG_ERR, "outpost_auth: plugin_opt_crl_file %s: not a readable PEM CRL",
 				     a->crl_file ? a->crl_file : "(missing)");

@@ -158,6 +158,9 @@ static int apply(const struct cfg_opt *o, void *settings, const char *value, con
 		size_t max = o->max ? (size_t)o->max : CFG_STR_DEFAULT_MAX;
 		if (strlen(value) > max)
 			return fail(err, "%s: %s: longer than %zu characters", src, o->name, max);
+		if (o->min > 0 && strlen(value) < (size_t)o->min)
+			return fail(err, "%s: %s: %s", src, o->name,
+			            o->min == 1 ? "must not be empty" : "too short");
 		char *copy = strdup(value);
 		if (!copy)
 			return fail(err, "%s: %s: out of memory", src, o->name);

@@ -13,7 +13,7 @@
 #include <stdio.h>
 
 enum cfg_type {
-	CFG_STR,      /* char *, malloc'd; bounds: max length (0 = 4096) */
+	CFG_STR,      /* char *, malloc'd; bounds: min..max length (max 0 = 4096) */
 	CFG_INT,      /* int64_t; bounds: min..max */
 	CFG_BOOL,     /* int: 0/1 from true/false/yes/no/on/off/1/0 */
 	CFG_DURATION, /* int64_t milliseconds from "250ms", "10s", "5m", "2h", "90d" (bare: s) */

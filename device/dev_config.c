@@ -21,12 +21,12 @@ static const char *const transports[] = {"auto", "wss", "mqtts", NULL};
 static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
 
 static const struct cfg_opt opts[] = {
-	{"id", CFG_STR, S(id), 0, 64, NULL, "device id, equal to the certificate CN", NULL},
+	{"id", CFG_STR, S(id), 1, 64, NULL, "device id, equal to the certificate CN", NULL},
 	{"ca", CFG_STR, S(ca), 0, 0, "/etc/outpost/ca.crt", "CA certificate (broker and bridge trust anchor)", NULL},
 	{"cert", CFG_STR, S(cert), 0, 0, "/etc/outpost/device.crt", "this device's certificate", NULL},
 	{"key", CFG_STR, S(key), 0, 0, "/etc/outpost/device.key", "this device's Ed25519 private key", NULL},
 	{"bridge_cert", CFG_STR, S(bridge_cert), 0, 0, "/etc/outpost/bridge.crt", "bridge certificate: acks and tasks must be signed by its key", NULL},
-	{"broker_host", CFG_STR, S(broker_host), 0, 253, NULL, "broker host name (checked against its certificate)", NULL},
+	{"broker_host", CFG_STR, S(broker_host), 1, 253, NULL, "broker host name (checked against its certificate)", NULL},
 	{"wss_port", CFG_INT, S(wss_port), 0, 65535, "443", "WebSockets+TLS port (0: skip)", NULL},
 	{"mqtts_port", CFG_INT, S(mqtts_port), 0, 65535, "8883", "MQTT+TLS fallback port (0: skip)", NULL},
 	{"ws_path", CFG_STR, S(ws_path), 0, 128, "/mqtt", "WebSocket path", NULL},

@@ -2,10 +2,14 @@
  * (3 x interval, and the retained status will), long-silent ones deactivated and revived,
  * missing gaps recorded then filled, a CRL reload (SIGHUP) revoking an enrolled device.
  * Every change is an event row. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "h_bridge.h"
 #include "h_mqtt.h"
@@ -302,3 +306,49 @@ Test(bridge_health, an_expired_crl_refuses_births_without_blaming_the_device, .t
 	free(pki);
 }
 
+
+/* SIGTERM while the broker connection is still being made ends the bridge within its bound
+ * (BRG_MQTT_STOP_S, 10 s), not when the connect gives up (minutes). Here the "broker" never
+ * accepts and its accept queue is full: the kernel drops the bridge's SYNs and retries them. */
+Test(bridge_health, sigterm_while_connecting_to_the_broker_ends_the_bridge, .timeout = 90)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	socklen_t alen = sizeof(a);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0), fill[4];
+	cr_assert(lfd >= 0 && !bind(lfd, (struct sockaddr *)&a, sizeof(a)) && !listen(lfd, 0) &&
+	          !getsockname(lfd, (struct sockaddr *)&a, &alen));
+	for (int i = 0; i < 4; i++) { /* fill the accept queue; the later ones wait in SYN_SENT */
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		cr_assert(fill[i] >= 0);
+		connect(fill[i], (struct sockaddr *)&a, sizeof(a));
+	}
+	char *dir = h_tmpdir("bridge-stall"), *log = h_strf("%s/bridge.log", dir);
+	char *argv[] = {h_strf("%s/bridge/outpost-bridge", h_build_dir()),
+	                h_strf("--pki-dir=%s", h_pki()),
+	                h_strf("--broker-host=127.0.0.1"),
+	                h_strf("--broker-port=%d", ntohs(a.sin_port)),
+	                h_strf("--store=sqlite:%s/outpost.db", dir),
+	                NULL};
+	char *env[] = {NULL};
+	pid_t pid = h_spawn(argv, env, log);
+	h_track_pid(pid);
+	long long end = h_now_ms() + 15000;
+	while (h_now_ms() < end && !h_count_in_file(log, "started"))
+		h_sleep_ms(50);
+	cr_assert(h_count_in_file(log, "started"), "the bridge did not start");
+	h_sleep_ms(1000); /* connecting now */
+	long long t0 = h_now_ms();
+	int st = h_stop(pid, 40000);
+	long long took = h_now_ms() - t0;
+	cr_expect_eq(st, 0, "exit status %d", st);
+	cr_expect_lt(took, 20000, "SIGTERM took %lld ms", took);
+	cr_expect_eq(h_count_in_file(log, "still being made"), 1);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(lfd);
+	for (int i = 0; argv[i]; i++)
+		free(argv[i]);
+	free(log);
+	free(dir);
+}

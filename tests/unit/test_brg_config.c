@@ -64,3 +64,22 @@ Test(brg_config, file_env_options_and_errors)
 	free(path);
 	free(dir);
 }
+
+/* The default client id: the host name as a topic-safe id; long names that differ only
+ * past the cut (pod names) stay distinct. */
+Test(brg_config, default_client_id_from_the_host_name)
+{
+	char a[BRG_CLIENT_ID_MAX], b[BRG_CLIENT_ID_MAX];
+	brg_config_default_client_id("gw1.example.com", a);
+	cr_expect_str_eq(a, "outpost-bridge-gw1-example-com");
+	brg_config_default_client_id("outpost-bridge-deployment-7d9f8c6b5d-0000x1", a);
+	brg_config_default_client_id("outpost-bridge-deployment-7d9f8c6b5d-0000x2", b);
+	cr_expect_str_neq(a, b, "cut to the same prefix, told apart by the hash");
+	cr_expect(!strncmp(a, "outpost-bridge-outpost-bridge-deployment-7d9f8-", 47), "%s", a);
+	cr_expect_eq(strlen(a), 15 + 31 + 1 + 8, "%s", a);
+	char host[256];
+	memset(host, 'h', sizeof(host) - 1);
+	host[sizeof(host) - 1] = '\0';
+	brg_config_default_client_id(host, a);
+	cr_expect_lt(strlen(a), BRG_CLIENT_ID_MAX);
+}

@@ -504,3 +504,30 @@ Test(cfg, help_and_version)
 	cr_expect(strstr(text, "OPTEST_<NAME>"), "%s", text);
 	free(text);
 }
+
+/* A string with a minimum length: empty is refused wherever it comes from, with its source. */
+Test(cfg, a_required_string_must_not_be_empty)
+{
+	static const struct cfg_opt req[] = {
+		{"broker_host", CFG_STR, offsetof(struct settings, broker_host), 1, 253, "localhost",
+		 "broker host name", NULL},
+	};
+	struct settings s;
+	char err[CFG_ERR_MAX] = "";
+	char *ok[] = {"prog", "--broker-host", "b", NULL}, *empty[] = {"prog", "--broker-host=", NULL};
+	memset(&s, 0, sizeof(s));
+	cr_expect_eq(cfg_parse(req, N(req), &s, 3, ok, PREFIX, NULL, err), 0, "%s", err);
+	cr_expect_str_eq(s.broker_host, "b");
+	cfg_free(req, N(req), &s);
+	memset(&s, 0, sizeof(s));
+	cr_expect_eq(cfg_parse(req, N(req), &s, 2, empty, PREFIX, NULL, err), -1);
+	cr_expect_str_eq(err, "command line: broker_host: must not be empty");
+	cfg_free(req, N(req), &s);
+	memset(&s, 0, sizeof(s));
+	setenv(PREFIX "BROKER_HOST", "", 1);
+	cr_expect_eq(cfg_parse(req, N(req), &s, 1, ok, PREFIX, NULL, err), -1);
+	cr_expect(strstr(err, "environment OPTEST_BROKER_HOST: broker_host: must not be empty"),
+		  "%s", err);
+	unsetenv(PREFIX "BROKER_HOST");
+	cfg_free(req, N(req), &s);
+}
