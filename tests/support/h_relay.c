@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -30,6 +31,13 @@ struct h_relay {
 	int wait_ms;
 	struct pair p[MAX_PAIRS];
 };
+
+/* Writes give up after 2 s: a peer that stops reading cannot hold the relay's thread. */
+static void bound_writes(int fd)
+{
+	struct timeval tv = {2, 0};
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
 
 static int dial(int port)
 {
@@ -99,6 +107,8 @@ static void accept_one(struct h_relay *r)
 		int sfd = dial(r->upstream);
 		if (sfd < 0)
 			break;
+		bound_writes(cfd);
+		bound_writes(sfd);
 		r->p[i] = (struct pair){cfd, sfd, 0};
 		return;
 	}
