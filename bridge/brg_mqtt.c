@@ -26,6 +26,7 @@ struct brg_mqtt {
 	pthread_t th;
 	int started;
 	int stuck;          /* the network thread outlived brg_mqtt_stop: never freed */
+	int status_read;    /* the retained statuses were asked for once (network thread) */
 	pthread_mutex_t mu; /* below */
 	pthread_cond_t cv;
 	int stop;
@@ -78,10 +79,15 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
 	}
 	/* Status goes to every bridge (a plain subscription, not shared): each follows it. The
-	 * broker's plugin lets a device retain nothing but its status. */
-	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1,
-	                           MQTT_SUB_OPT_SEND_RETAIN_NEW, NULL) != MOSQ_ERR_SUCCESS)
+	 * broker's plugin lets a device retain nothing but its status. At the first connect of
+	 * this process every retained status is asked for again, even in a resumed session: one
+	 * that arrived while the last process was stopping was acknowledged and not stored. */
+	int opts = m->status_read ? MQTT_SUB_OPT_SEND_RETAIN_NEW : MQTT_SUB_OPT_SEND_RETAIN_ALWAYS;
+	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1, opts, NULL) !=
+	    MOSQ_ERR_SUCCESS)
 		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
+	else
+		m->status_read = 1;
 }
 
 static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const int *granted,

@@ -121,6 +121,50 @@ Test(bridge_health, offline_deactivated_revived_and_status_will, .timeout = 120)
 	h_broker_free(&b);
 }
 
+/* A status the bridge acknowledged but never stored (it arrived while the bridge was stopping)
+ * is read again at the next start, though the bridge resumes its session: a device's
+ * retained "offline" (its will, or the broker's plugin) outlives its session. (A retained
+ * "online" changes nothing: it may be older than the device's silence.) */
+Test(bridge_health, retained_statuses_are_read_again_at_start, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "status-again");
+	h_bridge_arg(&br, "--offline-min=1h");
+	h_bridge_start(&br);
+	const char *url = br.store;
+	struct h_simdev_opts o = {.pki = h_pki(),
+	                          .id = "dev-a",
+	                          .port = b.mqtts_port,
+	                          .batches = 1,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_assert(h_simdev_wait(d, 20000));
+	h_simdev_stop(d);
+	cr_assert(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 1, 5000));
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	struct h_mqtt *c = h_mqtt_connect(uri, h_pki(), "devices/dev-a", "dev-a", NULL);
+	cr_assert_not_null(c);
+	cr_expect_eq(h_mqtt_pub(c, "outpost/v1/dev-a/status", "offline", 7, 1, 1), 0);
+	cr_assert(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 0, 5000));
+	cr_assert_eq(h_bridge_stop(&br), 0);
+	h_store_i64(url, "UPDATE devices SET online = 1", 0); /* as if that status was lost */
+	h_bridge_start(&br);
+	cr_expect_eq(h_bridge_log_count(&br, "(session resumed)"), 1);
+	cr_expect(
+	    wait_for(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a", 0, 5000),
+	    "the retained status was not delivered again");
+	h_mqtt_pub(c, "outpost/v1/dev-a/status", "", 0, 1, 1); /* clear the retained message */
+	h_mqtt_close(c);
+	free(uri);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
 Test(bridge_health, missing_gap_recorded_then_filled, .timeout = 60)
 {
 	struct h_broker b = {0};
