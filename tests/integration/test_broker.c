@@ -249,6 +249,51 @@ Test(broker, refused_with_a_certificate_from_another_ca)
 	expect_refused(uri_internal, h_pki_other(), "bridge", h_pki(), "other CA bridge, internal");
 }
 
+/* Issue <dir>/<name>.crt (client certificate, CN cn, a new Ed25519 key in <dir>/<name>.key)
+ * from the real test CA with explicit validity dates (openssl ca -startdate/-enddate,
+ * YYYYMMDDHHMMSSZ). The CA's database is a fresh one in <dir>/issuer: the shared PKI is not
+ * touched. <dir>/ca.crt is the real CA, for clients that take their trust from dir. */
+static void issue_dated(const char *dir, const char *name, const char *cn, const char *start,
+			const char *end)
+{
+	const char *pki = h_pki();
+	char *cmd = h_strf(
+		"set -e; cd %s; mkdir -p issuer/.ca/issued devices; cp %s/ca.crt %s/ca.key issuer/; cp issuer/ca.crt .; "
+		": > issuer/.ca/index.txt; echo 01 > issuer/.ca/serial; "
+		"echo 01 > issuer/.ca/crlnumber; "
+		"openssl genpkey -algorithm ed25519 -out %s.key; "
+		"openssl req -new -config %s/certs/openssl.cnf -key %s.key -subj /CN=%s -out %s.csr; "
+		"OUTPOST_PKI=%s/issuer openssl ca -batch -config %s/certs/openssl.cnf "
+		"-extensions client_cert -notext -startdate %s -enddate %s -in %s.csr -out %s.crt",
+		dir, pki, pki, name, h_source_dir(), name, cn, name, dir, h_source_dir(), start, end,
+		name, name);
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s\n%s", cmd, out);
+	free(out);
+	free(cmd);
+}
+
+Test(broker, refused_with_an_expired_certificate)
+{
+	/* the real CA, the right names, dates in the past: only the validity check refuses */
+	char *old = h_tmpdir("pki-expired");
+	issue_dated(old, "devices/dev-a", "dev-a", "20200101000000Z", "20210101000000Z");
+	issue_dated(old, "bridge", "outpost-bridge", "20200101000000Z", "20210101000000Z");
+	expect_refused(uri_mqtts, old, "devices/dev-a", h_pki(), "expired, mqtts");
+	expect_refused(uri_wss, old, "devices/dev-a", h_pki(), "expired, wss");
+	expect_refused(uri_internal, old, "bridge", h_pki(), "expired bridge, internal");
+	/* control: the same recipe with current dates is admitted everywhere */
+	char *now = h_tmpdir("pki-current");
+	issue_dated(now, "devices/dev-a", "dev-a", "20200101000000Z", "20900101000000Z");
+	issue_dated(now, "bridge", "outpost-bridge", "20200101000000Z", "20900101000000Z");
+	expect_admitted(uri_mqtts, now, "devices/dev-a", "dev-a", NULL, "current, mqtts");
+	expect_admitted(uri_wss, now, "devices/dev-a", "dev-a", NULL, "current, wss");
+	expect_admitted(uri_internal, now, "bridge", "outpost-bridge-current", NULL,
+			"current bridge, internal");
+	free(old);
+	free(now);
+}
+
 /* A revoked client that got through: it may not publish, receives nothing, and is gone soon. */
 static void expect_powerless_then_gone(struct h_mqtt *c, const char *topic, const char *what)
 {

@@ -10,7 +10,10 @@
 #include "dev_spool.h"
 #include "h_device.h"
 #include "h_fakebridge.h"
+#include "h_mqtt.h"
 #include "harness.h"
+#include "wire_env.h"
+#include "wire_msg.h"
 
 static int wait_view(struct h_fakebridge *fb, const char *id, int timeout_ms,
 		     int (*pred)(const struct h_device_view *v, uint64_t arg), uint64_t arg,
@@ -170,6 +173,63 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 	cr_expect_eq(h_log_count(d.log, "connected to"), 1, "reconnected to an impostor broker");
 	h_device_free(&d);
 	h_broker_free(&b);
+}
+
+/* A copy of the shared PKI whose broker certificate (same CA, same key) names only `san`
+ * (openssl.cnf syntax). Caller frees the directory name. */
+static char *pki_with_broker_san(const char *tag, const char *san)
+{
+	char *dir = h_tmpdir(tag), *out = NULL;
+	char *cmd = h_strf("set -e; cp -a %s/. %s/; cd %s; "
+			   "openssl req -new -config %s/certs/openssl.cnf -key broker.key "
+			   "-subj /CN=outpost-broker -out broker.csr; "
+			   "OUTPOST_PKI=%s OUTPOST_SAN=%s openssl ca -batch -config "
+			   "%s/certs/openssl.cnf -extensions server_cert -notext -days 30 "
+			   "-in broker.csr -out broker.crt.new; mv broker.crt.new broker.crt; "
+			   "echo SAN-FOLLOWS; openssl x509 -in broker.crt -noout -ext subjectAltName",
+			   h_pki(), dir, dir, h_source_dir(), dir, san, h_source_dir());
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s\n%s", cmd, out);
+	/* the certificate names that one host and nothing else (no localhost, no 127.0.0.1) */
+	const char *sans = strstr(out, "SAN-FOLLOWS");
+	cr_assert(sans && strstr(sans, san) &&
+		  h_count(sans, "DNS:") + h_count(sans, "IP Address:") == 1, "broker SAN: %s", out);
+	free(out);
+	free(cmd);
+	return dir;
+}
+
+/* The device dials localhost; the broker's certificate is from the right CA but names another
+ * host (broker.invalid: never resolvable, so a regression cannot dial anywhere). The device
+ * must refuse it as it refuses an impostor's, on both transports.
+ *
+ * Not checked: that the log names the reason. Paho 1.3.12 checks the name after the
+ * handshake (X509_check_host in SSLSocket_connect) without calling ssl_error_cb, so all the
+ * device can say is "TCP/TLS connect failure", as for a network error. */
+Test(device, refuses_a_broker_certificate_for_another_name, .timeout = 90)
+{
+	struct h_broker b = {0}, c = {0};
+	struct h_device d = {0}, e = {0};
+	char *pki = pki_with_broker_san("pki-san", "DNS:broker.invalid");
+	h_broker_start(&b, pki);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_log_wait(d.log, "reconnecting in", 3, 20000), "expected failed attempts (%s)",
+		  d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to a broker of another name");
+	cr_expect_geq(h_log_count(d.log, "cannot connect: wss://localhost:"), 3, "%s", d.log);
+	cr_expect_geq(h_log_count(d.log, "cannot connect: ssl://localhost:"), 3, "%s", d.log);
+	cr_expect_geq(h_log_count(d.log, "TCP/TLS connect failure"), 6, "%s", d.log);
+	h_device_free(&d);
+	h_broker_free(&b);
+
+	/* control: the same recipe naming localhost is accepted */
+	char *good = pki_with_broker_san("pki-san-ok", "DNS:localhost");
+	h_broker_start(&c, good);
+	h_device_start(&e, &c, "dev-a", NULL);
+	cr_expect(h_log_wait(e.log, "connected to wss://localhost:", 1, 20000), "log %s", e.log);
+	h_device_free(&e);
+	h_broker_free(&c);
+	free(good);
+	free(pki);
 }
 
 /* Revoking a connected device: the broker's outpost_auth plugin re-reads the CRL and kicks
@@ -416,6 +476,182 @@ Test(device, forged_ack_deletes_nothing, .timeout = 90)
 	cr_expect_gt(v.batches, 1);
 	h_device_free(&d);
 	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+/* The last "birth:" line of a device log: its spool records and chain floor; and how many
+ * batches the device logged before it with a seq above that floor (they must still be in the
+ * spool: only an ack deletes, and the floor is never below the cumulative ack point). Returns
+ * the number of births logged. */
+static int last_birth(const char *log, uint64_t *records, uint64_t *floor, uint64_t *above)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+	int births = 0;
+	uint64_t batch_seqs[4096];
+	size_t nb = 0, nb_at_birth = 0;
+	*records = *floor = *above = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long seq, r, fl;
+		size_t m;
+		char *p;
+		if ((p = strstr(line, "debug: batch ")) && sscanf(p, "debug: batch %llu:", &seq) == 1) {
+			if (nb < sizeof(batch_seqs) / sizeof(batch_seqs[0]))
+				batch_seqs[nb++] = seq;
+		} else if ((p = strstr(line, "debug: birth: ")) &&
+			   sscanf(p, "debug: birth: %zu metrics, spool %llu records, floor %llu", &m,
+				  &r, &fl) == 3) {
+			births++;
+			*records = r;
+			*floor = fl;
+			nb_at_birth = nb;
+		}
+	}
+	if (f)
+		fclose(f);
+	for (size_t i = 0; i < nb_at_birth; i++)
+		*above += batch_seqs[i] > *floor;
+	return births;
+}
+
+/* The n-th (from 0) batch seq the device logged; 0 if there are not that many. */
+static uint64_t logged_batch(const char *log, int n)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+	uint64_t out = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long seq;
+		char *p = strstr(line, "debug: batch ");
+		if (p && sscanf(p, "debug: batch %llu:", &seq) == 1 && n-- == 0) {
+			out = seq;
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	return out;
+}
+
+/* Seal a message body of `kind` (outpost.Ack or TaskList, packed as ack_kind) for dev-a with
+ * the bridge key. A TaskList with poll_seq s and an Ack with upto s are the same bytes (field 1,
+ * a varint): only the envelope kind tells them apart. */
+static uint8_t *bridge_sealed(struct wire_key *k, uint32_t kind, uint64_t upto, size_t *len)
+{
+	Outpost__Ack a = OUTPOST__ACK__INIT;
+	Outpost__TaskList l = OUTPOST__TASK_LIST__INIT;
+	uint8_t *body, *env;
+	size_t blen;
+	a.upto = upto;
+	l.poll_seq = upto;
+	if (kind == WIRE_KIND_ACK)
+		cr_assert_eq(wire_msg_pack(kind, &a.base, &body, &blen, NULL), 0);
+	else
+		cr_assert_eq(wire_msg_pack(kind, &l.base, &body, &blen, NULL), 0);
+	struct wire_env e = {.kind = kind, .seq = upto, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	snprintf(e.device_id, sizeof(e.device_id), "dev-a");
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	free(body);
+	return env;
+}
+
+/* Publish as the bridge (QoS 1) and wait for the n-th device log line naming it. */
+static void hostile_pub(struct h_mqtt *c, const struct h_device *d, const char *topic,
+			const void *msg, size_t len, const char *log_line, int n)
+{
+	cr_assert_eq(h_mqtt_pub(c, topic, msg, len, 1, 0), 0, "publish on %s", topic);
+	cr_expect(h_log_wait(d->log, log_line, n, 10000), "no '%s' (x%d) after a message on %s: %s",
+		  log_line, n, topic, d->log);
+}
+
+/* A reconnect (SIGUSR1) and its Birth: the spool as the device sees it then. */
+static void rebirth(const struct h_device *d, int births, uint64_t *records, uint64_t *floor,
+		    uint64_t *above)
+{
+	kill(d->pid, SIGUSR1);
+	cr_assert(h_log_wait(d->log, "debug: birth: ", births, 15000), "no Birth %d: %s", births,
+		  d->log);
+	cr_assert_eq(last_birth(d->log, records, floor, above), births);
+	cr_expect_eq(h_wait_exit(d->pid, 0), -1, "the agent exited: %s", d->log);
+	cr_expect_geq(*records, *above, "spooled data above the floor %llu was deleted (%llu "
+		      "records left, %llu batches logged above it): %s", (unsigned long long)*floor,
+		      (unsigned long long)*records, (unsigned long long)*above, d->log);
+}
+
+/* Whoever holds the bridge's identity on the internal listener can put anything on a device's
+ * downlink topics, the real bridge's messages are reordered or late: what does not decode, a
+ * signed message of the wrong kind on either topic, and an ack older than one applied are
+ * each logged and change nothing. The acked position only moves forward. */
+Test(device, bad_downlink_messages_are_logged_and_change_nothing, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	/* no fake bridge: the only acks are ours (and Paho's synchronous clients do not share a
+	 * process well: one's receive loop can take the other's handshake) */
+	h_broker_start(&b, h_pki());
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_log_wait(d.log, "debug: batch ", 4, 20000), "log %s", d.log);
+	uint64_t records, floor0, floor, above;
+	cr_assert_geq(last_birth(d.log, &records, &floor0, &above), 1);
+
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.internal_port);
+	int why = 0;
+	struct h_mqtt *c = h_mqtt_connect(uri, b.pki, "bridge", "outpost-bridge-hostile", &why);
+	cr_assert_not_null(c, "Paho %d", why);
+	struct wire_key *bk = h_pki_key("bridge");
+	const char *ack_t = "outpost/v1/dev-a/ack", *tasks_t = "outpost/v1/dev-a/tasks";
+	const char *bad_ack = "ignored an ack that failed verification: ";
+	char *garbage_ack = h_strf("%smalformed message: Envelope: unknown field 12", bad_ack);
+	char *kind_ack = h_strf("%sunexpected message kind", bad_ack);
+
+	/* the newest batch logged: if a hostile message were taken as an ack up to it, the spool
+	 * would be emptied */
+	uint64_t newest = logged_batch(d.log, 3);
+	cr_assert_gt(newest, floor0);
+	size_t len;
+	uint8_t *env;
+	hostile_pub(c, &d, ack_t, "garbage", 7, garbage_ack, 1);
+	hostile_pub(c, &d, tasks_t, "garbage", 7,
+		    "ignored an unreadable task list: Envelope: unknown field 12", 1);
+	env = bridge_sealed(bk, WIRE_KIND_TASK_LIST, newest, &len);
+	hostile_pub(c, &d, ack_t, env, len, kind_ack, 1);
+	free(env);
+	env = bridge_sealed(bk, WIRE_KIND_ACK, newest, &len);
+	hostile_pub(c, &d, tasks_t, env, len, "ignored an unreadable task list: unexpected message kind",
+		    1);
+	free(env);
+	rebirth(&d, 2, &records, &floor, &above);
+	cr_expect_eq(floor, floor0, "a bad downlink message moved the acked position");
+
+	/* an ack up to the second batch logged, then an older one (the first batch) */
+	uint64_t newer = logged_batch(d.log, 1), older = logged_batch(d.log, 0);
+	cr_assert(older > floor0 && newer > older, "batches %llu %llu", (unsigned long long)older,
+		  (unsigned long long)newer);
+	env = bridge_sealed(bk, WIRE_KIND_ACK, newer, &len);
+	cr_assert_eq(h_mqtt_pub(c, ack_t, env, len, 1, 0), 0);
+	free(env);
+	/* a marker after it on the same topic: once it is logged, the ack was handled */
+	hostile_pub(c, &d, ack_t, "garbage", 7, garbage_ack, 2);
+	rebirth(&d, 3, &records, &floor, &above);
+	cr_expect_eq(floor, newer, "a signed ack up to %llu was not applied",
+		     (unsigned long long)newer);
+	env = bridge_sealed(bk, WIRE_KIND_ACK, older, &len);
+	cr_assert_eq(h_mqtt_pub(c, ack_t, env, len, 1, 0), 0);
+	free(env);
+	hostile_pub(c, &d, ack_t, "garbage", 7, garbage_ack, 3);
+	rebirth(&d, 4, &records, &floor, &above);
+	cr_expect_eq(floor, newer, "an older ack moved the acked position from %llu",
+		     (unsigned long long)newer);
+	cr_expect_eq(h_log_count(d.log, bad_ack), 4, "only the bad ones were refused: %s", d.log);
+	cr_expect_eq(h_device_stop(&d), 0, "clean stop exits 0");
+
+	wire_key_free(bk);
+	free(garbage_ack);
+	free(kind_ack);
+	h_mqtt_close(c);
+	free(uri);
+	h_device_free(&d);
 	h_broker_free(&b);
 }
 

@@ -42,13 +42,16 @@ Test(brg_queue, full_queue_blocks_the_producer_until_consumed)
 	h_sleep_ms(100);
 	cr_expect_eq(brg_queue_len(q), 4, "the producer must wait, not overfill");
 	intptr_t next = 1;
-	while (next <= 1000) {
+	/* bounded: a lost item must fail the test, not hang it */
+	long long end = h_now_ms() + 10000;
+	for (int round = 0; next <= 1000 && round < 100000 && h_now_ms() < end; round++) {
 		size_t n = brg_queue_pop_many(q, items, 16);
 		if (!n && brg_queue_pop(q, &p, 1000) == BRG_OK)
 			items[n++] = p;
 		for (size_t i = 0; i < n; i++)
 			cr_assert_eq((intptr_t)items[i], next++, "order");
 	}
+	cr_assert_eq(next, 1001, "only %ld of 1000 items came out", (long)(next - 1));
 	pthread_join(t, &p);
 	cr_expect_null(p);
 	brg_queue_free(q);

@@ -249,3 +249,80 @@ Test(dev_tasks, tasks_behind_a_stop_are_left_for_the_next_agent)
 	free(path);
 	free(dir);
 }
+
+/* Seal body (packed or not) as an envelope of `kind` for dev-a, seq, signed by the bridge. */
+static uint8_t *seal_raw(struct wire_key *k, uint32_t kind, uint64_t seq, const uint8_t *body,
+			 size_t blen, size_t *len)
+{
+	struct wire_env e = {.kind = kind, .seq = seq, .sent_at_ms = 1, .body = body,
+			     .body_len = blen};
+	strcpy(e.device_id, "dev-a");
+	uint8_t *env;
+	cr_assert_eq(wire_env_seal(k, &e, &env, len), 0);
+	return env;
+}
+
+/* Judge a message that must be refused whole with `want`: nothing judged, no list, no state. */
+static void expect_unreadable(struct dev_tasks *t, const uint8_t *msg, size_t len, int want,
+			      const char *diag_has, const char *what)
+{
+	Outpost__TaskList *l = (Outpost__TaskList *)&l; /* any non-NULL: must be reset */
+	struct dev_task_verdict v[WIRE_MAX_TASKS];
+	size_t n = 99;
+	struct wire_diag d = {{0}};
+	int rc = dev_tasks_judge(t, msg, len, corr, sizeof(corr), wall(), h_now_ms(), &l, v, &n, &d);
+	cr_expect_eq(rc, want, "%s: %s (%s), want %s", what, wire_strerror(rc), d.msg,
+		     wire_strerror(want));
+	cr_expect_eq(n, 0, "%s: %zu verdicts", what, n);
+	cr_expect_null(l, "%s: a list came back", what);
+	if (diag_has)
+		cr_expect(strstr(d.msg, diag_has), "%s: diag '%s'", what, d.msg);
+	if (!rc)
+		wire_msg_free(l);
+}
+
+/* What does not decode, and a correctly signed message of another kind, are refused before any
+ * task is judged: nothing is seen, and the poll they claim to answer stays open for the real
+ * answer. */
+Test(dev_tasks, unreadable_lists_and_other_kinds_are_refused_whole)
+{
+	char *dir = h_tmpdir("tasks");
+	char *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = h_pki_key("bridge");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t;
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	dev_tasks_poll_sent(t, 50, corr, h_now_ms());
+
+	/* not an envelope at all ('g' is the tag of field 12) */
+	expect_unreadable(t, (const uint8_t *)"garbage", 7, WIRE_EMALFORMED, "Envelope",
+			  "garbage");
+	/* a bridge-signed envelope of the right kind whose body is no TaskList: field 2 (tasks)
+	 * claims 5 bytes, 2 follow */
+	size_t len;
+	uint8_t *env = seal_raw(bridge, WIRE_KIND_TASK_LIST, 50, (const uint8_t *)"\x12\x05" "ab", 4,
+				&len);
+	expect_unreadable(t, env, len, WIRE_ETRUNC, "TaskList", "undecodable body");
+	free(env);
+	/* a correctly signed Ack for us, answering the same seq: a body that would decode as a
+	 * TaskList (field 1 is a varint in both), so only the kind check refuses it */
+	Outpost__Ack a = OUTPOST__ACK__INIT;
+	uint8_t *body;
+	size_t blen;
+	a.upto = 50;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_ACK, &a.base, &body, &blen, NULL), 0);
+	env = seal_raw(bridge, WIRE_KIND_ACK, 50, body, blen, &len);
+	expect_unreadable(t, env, len, WIRE_EKIND, NULL, "an Ack");
+	free(env);
+	free(body);
+	cr_expect_eq(dev_tasks_last_id(t), 0, "nothing was seen");
+
+	/* the poll was not used up: its real answer runs */
+	cr_expect_str_eq(judge(t, bridge, "dev-a", 50, 3, "dev-a", "ping", wall() + 60000), "run");
+	cr_expect_eq(dev_tasks_last_id(t), 3);
+	dev_tasks_close(t);
+	wire_key_free(bridge);
+	free(path);
+	free(dir);
+}

@@ -172,7 +172,10 @@ Test(dev_uploader, unverified_acks_change_nothing)
 	struct wire_key *dev_c = h_pki_key("devices/dev-c");
 	cr_expect_eq(ack(&f, dev_c, "dev-a", f.seqs[5], 1), WIRE_ESIG, "signed by a device, not the bridge");
 	cr_expect_eq(ack(&f, f.bridge, "dev-b", f.seqs[5], 1), WIRE_EID, "another device's ack");
-	cr_expect_neq(dev_uploader_on_ack(f.up, (const uint8_t *)"garbage", 7, 1, NULL), 0);
+	struct wire_diag d = {{0}};
+	cr_expect_eq(dev_uploader_on_ack(f.up, (const uint8_t *)"garbage", 7, 1, &d),
+		     WIRE_EMALFORMED, "not an envelope");
+	cr_expect(strstr(d.msg, "Envelope"), "diag: %s", d.msg);
 	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
 	struct dev_spool_stats st;
 	dev_spool_stats(f.spool, &st);
@@ -353,5 +356,44 @@ Test(dev_uploader, a_hole_below_acknowledged_ranges_times_out)
 	s.n = 0;
 	cr_expect_eq(dev_uploader_pump(f.up, 5000, send_fn, &s), 1, "a probe");
 	cr_expect_eq(s.seq[0], f.seqs[0], "the lost envelope, before fresh data");
+	teardown(&f);
+}
+
+/* A correctly signed envelope of another kind on the ack path: its body is a real Ack (upto
+ * all six), so only the kind check keeps it from deleting the spool. */
+Test(dev_uploader, an_envelope_of_another_kind_is_no_ack)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 6, 8);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 6);
+	Outpost__Ack a = OUTPOST__ACK__INIT;
+	uint8_t *body, *env;
+	size_t blen, len;
+	a.upto = f.seqs[5];
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_ACK, &a.base, &body, &blen, NULL), 0);
+	const uint32_t kinds[] = {WIRE_KIND_TASK_LIST, WIRE_KIND_BATCH};
+	for (size_t i = 0; i < 2; i++) {
+		struct wire_env e = {.kind = kinds[i], .seq = f.seqs[5], .sent_at_ms = 1, .body = body,
+				     .body_len = blen};
+		strcpy(e.device_id, "dev-a");
+		cr_assert_eq(wire_env_seal(f.bridge, &e, &env, &len), 0);
+		cr_expect_eq(dev_uploader_on_ack(f.up, env, len, 1, NULL), WIRE_EKIND, "kind %s",
+			     wire_kind_name(kinds[i]));
+		free(env);
+	}
+	free(body);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
+	struct dev_spool_stats st;
+	dev_spool_stats(f.spool, &st);
+	cr_expect_eq(st.records, 6);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.bad_acks, 2);
+	cr_expect_eq(us.acks, 0);
+	cr_expect_eq(us.inflight, 6);
+	/* control: the same body in an Ack envelope is applied */
+	cr_expect_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 2), 0);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[5]);
 	teardown(&f);
 }
