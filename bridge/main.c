@@ -164,6 +164,8 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* a file size limit is a full disk, not a crash - the device's main.c does the same */
+	signal(SIGXFSZ, SIG_IGN);
 
 	struct wire_diag d = {""};
 	if ((rc = wire_key_load(c.key_file, &key, &d))) {

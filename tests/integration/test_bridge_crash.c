@@ -1,11 +1,12 @@
 /* test_bridge_crash.c - kill -9 (and SIGTERM) of outpost-bridge at random moments while devices
  * stream, repeated; after each restart nothing is missing and nothing is duplicated. And a commit
  * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
- * arrives once the database is back. */
+ * arrives once the database is back, and the same for a full disk. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "h_bridge.h"
@@ -118,8 +119,11 @@ static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *
 	int fails = h_bridge_log_count(br, "failed (attempt");
 	down(ctx);
 	end = h_now_ms() + 15000;
-	while (h_bridge_log_count(br, "failed (attempt") == fails && h_now_ms() < end)
+	int gone = -1;
+	while (h_bridge_log_count(br, "failed (attempt") == fails && h_now_ms() < end &&
+	       (gone = h_wait_exit(br->pid, 0)) == -1)
 		h_sleep_ms(10);
+	cr_assert_eq(gone, -1, "the bridge exited with status %d (log %s)", gone, br->log);
 	cr_assert_gt(h_bridge_log_count(br, "failed (attempt"), fails, "no commit failed");
 	/* A commit that started before may still land; after that, silence. */
 	h_sleep_ms(300);
@@ -201,6 +205,50 @@ Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 	h_bridge_free(&br);
 	h_broker_free(&b);
 	h_pg_free(&pg);
+}
+
+/* A full disk, as the kernel shows it to one process: writes past `fsize` bytes of any file fail
+ * (EFBIG, and SIGXFSZ, which the bridge ignores). 4096: no file of the store can grow or change
+ * past its first page. Only the soft limit moves (raising a hard one needs privileges); back to
+ * the hard limit, unlimited, lifts it. */
+static void fsize_limit(pid_t pid, rlim_t fsize)
+{
+	struct rlimit r;
+	cr_assert_eq(prlimit(pid, RLIMIT_FSIZE, NULL, &r), 0, "prlimit(%d): %m", (int)pid);
+	cr_assert_eq(r.rlim_max, RLIM_INFINITY, "the test's file size limit is not unlimited");
+	r.rlim_cur = fsize;
+	cr_assert_eq(prlimit(pid, RLIMIT_FSIZE, &r, NULL), 0, "prlimit(%d): %m", (int)pid);
+}
+
+static void disk_full(void *ctx)
+{
+	fsize_limit(((struct h_bridge *)ctx)->pid, 4096);
+}
+
+static void disk_back(void *ctx)
+{
+	struct h_bridge *br = ctx;
+	cr_assert_eq(h_wait_exit(br->pid, 0), -1, "the bridge exited with the disk full");
+	fsize_limit(br->pid, RLIM_INFINITY);
+}
+
+Test(bridge_failure, sqlite_disk_full_no_ack_then_recovers, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "fail-disk");
+	h_bridge_log_via_pipe(&br); /* its log is not on the full disk */
+	h_bridge_start(&br);
+	start_devices(&b, o, d, 1500, 150);
+	outage(&br, d, disk_full, disk_back, &br);
+	finish(&br, o, d);
+	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
 }
 
 /* After a PostgreSQL restart the writer reconnects at its next BEGIN; the device registry reads

@@ -157,13 +157,16 @@ static void setup(void)
 	struct h_simdev *d = h_simdev_start(&o);
 	cr_assert(h_simdev_wait(d, 20000));
 	h_simdev_stop(d);
+	/* dev-a's Birth went out before dev-b's: enrolled by now, or within 10 s */
+	int64_t active = 0;
 	long long end = h_now_ms() + 10000;
-	while (h_now_ms() < end &&
-	       h_store_i64(
-	           br.store,
-	           "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state = 'active'",
-	           0) != 1)
+	while ((active = h_store_i64(br.store,
+	                             "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND"
+	                             " state = 'active'",
+	                             0)) != 1 &&
+	       h_now_ms() < end)
 		h_sleep_ms(20);
+	cr_assert_eq(active, 1, "dev-a's Birth was not enrolled within 10 s (log %s)", br.log);
 }
 
 static void teardown(void)

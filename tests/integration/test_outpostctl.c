@@ -485,6 +485,49 @@ Test(outpostctl, unknown_option_and_help_options, .timeout = 60)
 	free(help);
 }
 
+/* A settings file outpostctl cannot use, named by --config / -c or by OUTPOST_CONFIG, is a usage
+ * error that names the file and line (or says why it cannot be read), never skipped: the
+ * command does not run on the store given beside it. */
+Test(outpostctl, a_bad_config_file_is_refused, .timeout = 60)
+{
+	char *url = small_store("ctl-config");
+	char *dir = h_tmpdir("ctl-config-file");
+	char *conf = h_strf("%s/outpostctl.conf", dir), *missing = h_strf("%s/none.conf", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fputs("# the operator's settings\nstroe = sqlite:/nonexistent/x.db\n", f);
+	cr_assert_eq(fclose(f), 0);
+	char *where = h_strf("%s:2: stroe: unknown setting", conf);
+	const char *bad[] = {where, NULL};
+	char *args = h_strf("--config %s devices", conf);
+	expect_usage(url, args, bad);
+	free(args);
+	args = h_strf("devices -c %s", conf);
+	expect_usage(url, args, bad);
+	free(args);
+	char *why = h_strf("%s: No such file or directory", missing);
+	const char *gone[] = {why, NULL};
+	args = h_strf("--config=%s devices", missing);
+	expect_usage(url, args, gone);
+	free(args);
+
+	/* the same file named by the environment */
+	char *out = NULL;
+	char *cmd = h_strf("OUTPOST_CONFIG=%s %s/bridge/outpostctl --store=%s devices", conf,
+	                   h_build_dir(), url);
+	cr_expect_eq(h_sh(cmd, &out, 30), 2, "%s:\n%s", cmd, out);
+	cr_expect_eq(h_count(out, "\n"), 1, "%s: want one line:\n%s", cmd, out);
+	cr_expect(!strncmp(out, "outpostctl: ", 12) && strstr(out, where), "%s:\n%s", cmd, out);
+	free(out);
+	free(cmd);
+	free(why);
+	free(where);
+	free(missing);
+	free(conf);
+	free(dir);
+	free(url);
+}
+
 /* Text a device sent (a task result, an event quoting it) reaches the operator's terminal with
  * its control characters shown, not obeyed: no cleared screen, no forged line. */
 Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 60)

@@ -1,9 +1,11 @@
 /* h_bridge.c - outpost-bridge processes and store reads for the integration tests. */
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <criterion/criterion.h>
 
@@ -80,6 +82,19 @@ int h_bridge_log_count(struct h_bridge *br, const char *needle)
 	return h_count_in_file(br->log, needle);
 }
 
+void h_bridge_log_via_pipe(struct h_bridge *br)
+{
+	br->log_pipe = 1;
+}
+
+/* The cat of h_bridge_log_via_pipe ends when the bridge closed its end of the pipe. */
+static void reap_cat(struct h_bridge *br)
+{
+	if (br->cat_pid > 0 && h_wait_exit(br->cat_pid, 5000) < 0)
+		h_stop(br->cat_pid, 1000);
+	br->cat_pid = 0;
+}
+
 void h_bridge_start(struct h_bridge *br)
 {
 	char *argv[40];
@@ -96,8 +111,17 @@ void h_bridge_start(struct h_bridge *br)
 	for (int i = 0; i < br->n_extra; i++)
 		argv[n++] = strdup(br->extra[i]);
 	argv[n] = NULL;
-	char *env[] = {NULL};
-	br->pid = h_spawn(argv, env, br->log);
+	char *env[] = {NULL}, *out = strdup(br->log);
+	if (br->log_pipe) {
+		free(out);
+		out = h_strf("%s/bridge.fifo", br->dir);
+		if (mkfifo(out, 0600) && errno != EEXIST)
+			abort();
+		char *cat[] = {"cat", out, NULL};
+		br->cat_pid = h_spawn(cat, NULL, br->log);
+	}
+	br->pid = h_spawn(argv, env, out);
+	free(out);
 	h_track_pid(br->pid);
 	for (int i = 0; i < n; i++)
 		free(argv[i]);
@@ -120,6 +144,7 @@ int h_bridge_stop(struct h_bridge *br)
 {
 	int rc = br->pid > 0 ? h_stop(br->pid, 30000) : -2;
 	br->pid = 0;
+	reap_cat(br);
 	return rc;
 }
 
@@ -130,6 +155,7 @@ void h_bridge_kill(struct h_bridge *br)
 		h_wait_exit(br->pid, 5000);
 	}
 	br->pid = 0;
+	reap_cat(br);
 }
 
 void h_bridge_free(struct h_bridge *br)

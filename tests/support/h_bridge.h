@@ -17,6 +17,8 @@ struct h_bridge {
 	const struct h_broker *broker;
 	char *extra[16]; /* extra "--name=value" arguments (owned) */
 	int n_extra;
+	int log_pipe;  /* h_bridge_log_via_pipe() */
+	pid_t cat_pid; /* the cat appending the pipe to log */
 };
 
 /* h_broker_start, and make sure the broker dies with the test process even when an assertion
@@ -32,6 +34,10 @@ void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *st
 
 /* Add --arg (e.g. "--quarantine-after=5") for the next start. */
 void h_bridge_arg(struct h_bridge *br, const char *arg);
+
+/* From the next start on, the bridge writes its output into a pipe that a `cat` appends to
+ * br->log: a file size limit put on the bridge (prlimit --fsize) then does not stop its log. */
+void h_bridge_log_via_pipe(struct h_bridge *br);
 
 /* Start and wait until it subscribed (its log says "connected"); aborts after 15 s. */
 void h_bridge_start(struct h_bridge *br);

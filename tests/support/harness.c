@@ -210,6 +210,31 @@ void h_pki_gencrl(const char *dir, int copy_main, const char *options)
 	free(copy);
 }
 
+char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, const char *end)
+{
+	char *dir = h_tmpdir(tag);
+	const char *pki = h_pki(), *src = h_source_dir();
+	/* its own CA database (.ca) beside a copy of the CA: the shared one stays as it is */
+	char *cmd =
+	    h_strf("set -e; cd %s; cp %s/ca.crt %s/ca.key .; mkdir -p .ca/issued devices; "
+	           ": > .ca/index.txt; echo 01 > .ca/serial; echo 01 > .ca/crlnumber; "
+	           "openssl genpkey -algorithm ed25519 -out devices/%s.key; "
+	           "openssl req -new -config %s/certs/openssl.cnf -key devices/%s.key -subj /CN=%s "
+	           "-out leaf.csr; "
+	           "OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -batch -config "
+	           "%s/certs/openssl.cnf -extensions client_cert -notext -startdate %s -enddate %s "
+	           "-in leaf.csr -out devices/%s.crt",
+	           dir, pki, pki, cn, src, cn, cn, dir, src, start, end, cn);
+	char *out = NULL;
+	if (h_sh(cmd, &out, 60) != 0) {
+		fprintf(stderr, "h_pki_issue_dated failed: %s\n%s\n", cmd, out);
+		abort();
+	}
+	free(out);
+	free(cmd);
+	return dir;
+}
+
 struct wire_key *h_pki_key(const char *name)
 {
 	struct wire_key *k = NULL;

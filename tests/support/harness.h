@@ -39,6 +39,12 @@ const char *h_pki_other(void);
  * copy_main, dir first receives a copy of h_pki(). Aborts on failure. */
 void h_pki_gencrl(const char *dir, int copy_main, const char *options);
 
+/* A device certificate for cn issued by h_pki()'s CA with the given validity (openssl ca
+ * -startdate/-enddate, e.g. "20200101000000Z"), in a fresh directory laid out like a PKI:
+ * <dir>/devices/<cn>.{key,crt} (a new Ed25519 key). The shared PKI's CA database is not
+ * touched. Caller frees the string; aborts on failure. */
+char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, const char *end);
+
 /* Load <h_pki()>/<name>.key (e.g. "devices/dev-a", "bridge"); aborts if it cannot. */
 struct wire_key *h_pki_key(const char *name);
 

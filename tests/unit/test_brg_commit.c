@@ -251,6 +251,83 @@ Test(brg_commit, verify_rejections)
 	brg_item_free(it);
 }
 
+/* A Birth on dev-a's topic with envelope id dev-a, carrying <cert_pki>/devices/<cert_of>.crt and
+ * signed with <key_pki>/devices/<signer>.key: refused with reason (detail quoting part), and
+ * the verifier did not take the certificate's key provisionally (dev-a's next batch is still
+ * unknown), and committed it enrols nothing: no key, no metrics, no envelope, no ack. */
+static void expect_birth_refused(const char *cert_pki, const char *cert_of, const char *key_pki,
+                                 const char *signer, const char *reason, const char *part)
+{
+	size_t blen, n;
+	uint8_t *body = h_birth_body(cert_pki, cert_of, 2, 0, &blen);
+	char *name = h_strf("devices/%s", signer);
+	uint8_t *env = h_seal(key_pki, name, WIRE_KIND_BIRTH, "dev-a", 1, body, blen, &n);
+	free(name);
+	free(body);
+	struct brg_item *it = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	cr_assert_eq(it->kind, BRG_ITEM_REJECT, "a Birth with %s's certificate was accepted",
+	             cert_of);
+	cr_expect_str_eq(it->reason, reason, "%s", it->detail);
+	cr_expect(strstr(it->detail, part), "detail: %s", it->detail);
+	/* judged before the writer commits (and puts the store's view back in the registry) */
+	struct brg_item *next = batch("dev-a", "dev-a", 2, 0);
+	cr_expect_str_eq(next->reason, "unknown_device", "after the refused Birth: %s",
+	                 next->reason ? next->reason : "accepted");
+	brg_item_free(next);
+	commit_one(it);
+	cr_expect_null(ack_of("dev-a"), "a refused Birth was acknowledged");
+	cr_expect_eq(out.envelopes, 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE pubkey IS NOT NULL"), 0,
+	             "a key was enrolled");
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state ="
+	                 " 'unenrolled' AND cert_pem IS NULL AND enrolled_at IS NULL"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 0);
+	char *sql = h_strf("SELECT count FROM rejections WHERE reason = '%s'", reason);
+	cr_expect_eq(one(sql), 1, "the rejection was not counted");
+	free(sql);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 1);
+}
+
+Test(brg_commit, birth_with_a_certificate_from_another_ca_is_refused)
+{
+	/* key and certificate match; only the issuer is wrong */
+	expect_birth_refused(h_pki_other(), "dev-a", h_pki_other(), "dev-a", "cert_chain",
+	                     "not issued by the trusted CA");
+}
+
+Test(brg_commit, birth_with_an_expired_certificate_is_refused)
+{
+	/* issued for dev-a by the bridge's own CA, valid during 2020 only */
+	char *old =
+	    h_pki_issue_dated("expired-dev-a", "dev-a", "20200101000000Z", "20210101000000Z");
+	expect_birth_refused(old, "dev-a", old, "dev-a", "cert_expired", "validity");
+	free(old);
+}
+
+Test(brg_commit, birth_with_another_devices_certificate_is_refused)
+{
+	/* dev-b's valid certificate and key, claiming dev-a's id on dev-a's topic */
+	expect_birth_refused(h_pki(), "dev-b", h_pki(), "dev-b", "cert_cn",
+	                     "certificate CN 'dev-b' is not the topic's id");
+}
+
+Test(brg_commit, birth_signed_with_a_key_not_its_certificates_is_refused)
+{
+	/* dev-a's valid certificate, signed by dev-b's key */
+	expect_birth_refused(h_pki(), "dev-a", h_pki(), "dev-b", "bad_signature",
+	                     "does not verify with its certificate");
+}
+
+Test(brg_commit, birth_signed_with_another_key_for_the_same_name_is_refused)
+{
+	/* dev-a's valid certificate, signed by the key the other CA certified as dev-a */
+	expect_birth_refused(h_pki(), "dev-a", h_pki_other(), "dev-a", "bad_signature",
+	                     "does not verify with its certificate");
+}
+
 Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
 {
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),

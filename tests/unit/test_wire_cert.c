@@ -284,43 +284,24 @@ Test(wire_cert, crl_next_update_is_known_and_enforced, .timeout = 60)
 
 /* Issue a certificate for a fresh Ed25519 key from a copy of the main CA with explicit
  * validity dates (openssl ca -startdate/-enddate, YYYYMMDDHHMMSSZ). */
-static char *issue_dated(const char *tag, const char *cn, const char *start, const char *end)
-{
-	char *dir = h_tmpdir(tag);
-	const char *pki = h_pki();
-	char *cmd = h_strf(
-		"set -e; cd %s; cp %s/ca.crt %s/ca.key .; mkdir -p .ca/issued; : > .ca/index.txt; "
-		"echo 01 > .ca/serial; echo 01 > .ca/crlnumber; "
-		"openssl genpkey -algorithm ed25519 -out leaf.key; "
-		"openssl req -new -config %s/certs/openssl.cnf -key leaf.key -subj /CN=%s "
-		"-out leaf.csr; "
-		"OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -batch -config "
-		"%s/certs/openssl.cnf -extensions client_cert -notext -startdate %s -enddate %s "
-		"-in leaf.csr -out leaf.crt",
-		dir, pki, pki, h_source_dir(), cn, dir, h_source_dir(), start, end);
-	char *out = NULL;
-	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s\n%s", cmd, out);
-	free(out);
-	free(cmd);
-	return dir;
-}
-
 Test(wire_cert, validity_period_is_enforced)
 {
 	struct wire_ca *ca = load_ca(h_pki(), 1);
 	struct wire_cert_info info;
 	struct wire_diag d = {""};
 
-	char *expired = issue_dated("expired", "dev-old", "20200101000000Z", "20210101000000Z");
-	cr_expect_eq(verify(ca, expired, "leaf", &info, &d), WIRE_EEXPIRED);
+	char *expired =
+	    h_pki_issue_dated("expired", "dev-old", "20200101000000Z", "20210101000000Z");
+	cr_expect_eq(verify(ca, expired, "devices/dev-old", &info, &d), WIRE_EEXPIRED);
 	cr_expect(strstr(d.msg, "validity"), "%s", d.msg);
 
-	char *future = issue_dated("future", "dev-new", "20900101000000Z", "20910101000000Z");
-	cr_expect_eq(verify(ca, future, "leaf", &info, &d), WIRE_EEXPIRED);
+	char *future = h_pki_issue_dated("future", "dev-new", "20900101000000Z", "20910101000000Z");
+	cr_expect_eq(verify(ca, future, "devices/dev-new", &info, &d), WIRE_EEXPIRED);
 
 	/* control: the same recipe with current dates verifies */
-	char *current = issue_dated("current", "dev-now", "20200101000000Z", "20900101000000Z");
-	cr_expect_eq(verify(ca, current, "leaf", &info, &d), WIRE_OK, "%s", d.msg);
+	char *current =
+	    h_pki_issue_dated("current", "dev-now", "20200101000000Z", "20900101000000Z");
+	cr_expect_eq(verify(ca, current, "devices/dev-now", &info, &d), WIRE_OK, "%s", d.msg);
 	cr_expect_str_eq(info.cn, "dev-now");
 	wire_ca_free(ca);
 	free(expired);

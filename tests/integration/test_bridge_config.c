@@ -1,0 +1,109 @@
+/* test_bridge_config.c - outpost-bridge refuses a bad configuration at start: exit status 2
+ * (usage/config error) within seconds, and one error line naming the file:line and key, the
+ * path or the option to fix. Nothing else is needed to run: every case fails before the
+ * bridge would reach the broker (a free port nobody listens on). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h_bridge.h"
+#include "harness.h"
+
+static char *dir;
+
+static void setup(void)
+{
+	dir = h_tmpdir("bridge-config");
+}
+
+static void teardown(void)
+{
+	free(dir);
+}
+
+TestSuite(bridge_config, .init = setup, .fini = teardown);
+
+/* <dir>/name with text; returns its path (caller frees). */
+static char *write_file(const char *name, const char *text)
+{
+	char *path = h_strf("%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f, "%s", path);
+	fputs(text, f);
+	cr_assert_eq(fclose(f), 0);
+	return path;
+}
+
+/* outpost-bridge with a working PKI and store and ARGS (a shell fragment) exits 2 within 10 s
+ * (h_sh kills it then: 137) and prints one error line that contains every needle. */
+static void expect_refused(const char *args, const char *const *needles)
+{
+	char *out = NULL;
+	char *cmd = h_strf("%s/bridge/outpost-bridge --pki-dir=%s --store=sqlite:%s/outpost.db"
+	                   " --broker-port=%d %s",
+	                   h_build_dir(), h_pki(), dir, h_free_port(), args);
+	long long t0 = h_now_ms();
+	int rc = h_sh(cmd, &out, 10);
+	cr_expect_eq(rc, 2, "outpost-bridge %s: exit %d after %lld ms, output:\n%s", args, rc,
+	             h_now_ms() - t0, out);
+	cr_expect_eq(h_count(out, "\n"), 1, "outpost-bridge %s: want one line:\n%s", args, out);
+	cr_expect(strstr(out, " outpost-bridge error: "), "outpost-bridge %s:\n%s", args, out);
+	for (size_t i = 0; needles[i]; i++)
+		cr_expect(strstr(out, needles[i]), "outpost-bridge %s: no '%s' in:\n%s", args,
+		          needles[i], out);
+	free(out);
+	free(cmd);
+}
+
+Test(bridge_config, a_config_file_with_an_unknown_key, .timeout = 60)
+{
+	char *conf = write_file("unknown.conf", "# the bridge\nlog_level = debug\n"
+	                                        "broker_prot = 8883\n");
+	char *args = h_strf("--config %s", conf);
+	char *where = h_strf("%s:3: broker_prot: unknown setting", conf);
+	const char *const needles[] = {where, NULL};
+	expect_refused(args, needles);
+	free(where);
+	free(args);
+	free(conf);
+}
+
+Test(bridge_config, a_config_file_with_a_bad_value, .timeout = 60)
+{
+	char *conf = write_file("port0.conf", "log_level = info\n\nbroker_port = 0\n");
+	char *args = h_strf("--config=%s", conf);
+	char *where = h_strf("%s:3: broker_port: must be between 1 and 65535", conf);
+	const char *const needles[] = {where, NULL};
+	expect_refused(args, needles);
+	free(where);
+	free(args);
+	free(conf);
+	/* the same value on the command line */
+	const char *const cmdline[] = {"command line: broker_port: must be between 1 and 65535",
+	                               NULL};
+	expect_refused("--broker-port=0", cmdline);
+}
+
+Test(bridge_config, a_store_url_of_an_unknown_kind, .timeout = 60)
+{
+	const char *const needles[] = {"store: mysql://x: store URL not understood", NULL};
+	expect_refused("--store=mysql://x", needles);
+}
+
+Test(bridge_config, an_unknown_option, .timeout = 60)
+{
+	const char *const needles[] = {"command line: --bogus: unknown option", NULL};
+	expect_refused("--bogus=1", needles);
+	expect_refused("--bogus", needles);
+}
+
+Test(bridge_config, a_missing_ca_file, .timeout = 60)
+{
+	char *ca = h_strf("%s/no-such-ca.crt", dir);
+	char *args = h_strf("--ca-file=%s", ca);
+	const char *const needles[] = {ca, "cannot read CA certificate", NULL};
+	expect_refused(args, needles);
+	free(args);
+	free(ca);
+}
