@@ -28,6 +28,7 @@
 #include "dev_proxy.h"
 #include "dev_spool.h"
 #include "dev_tasks.h"
+#include "dev_tlscheck.h"
 #include "dev_uploader.h"
 #include "olog.h"
 #include "outpost.pb-c.h"
@@ -260,6 +261,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		snprintf(err, errlen, "cannot create the MQTT client");
 		goto fail;
 	}
+	a->direct = !have_proxy;
 	if (have_proxy)
 		olog(OLOG_INFO, "using HTTP CONNECT proxy %s%s", dev_proxy_loggable(proxy),
 		     dev_proxy_loggable(proxy) != proxy ? " (with credentials)" : "");
@@ -552,12 +554,35 @@ static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_
 
 /* ---------- events ---------- */
 
+#define CERT_CHECK_EVERY_MS (10 * 60 * 1000)
+
+/* A connection failed and nobody said why: ask wolfSSL what it thinks of the broker's
+ * certificate (dev_tlscheck.h). Blocks the agent for at most 2 x 3 s, once per 10 minutes of
+ * such failures, and only when the broker is dialled directly. */
+static void check_broker_cert(struct dev_agent *a, const struct dev_link_event *ev)
+{
+	char why[400];
+	int64_t now = otime_mono_ms();
+	if (!ev->unexplained || !a->direct || now < a->next_cert_check)
+		return;
+	a->next_cert_check = now + CERT_CHECK_EVERY_MS;
+	int port = (int)(strncmp(ev->text, "wss://", 6) ? a->cfg->mqtts_port : a->cfg->wss_port);
+	enum dev_tlscheck_result r = dev_tlscheck(a->cfg->broker_host, port, a->cfg->ca, 3000, why,
+						  sizeof(why));
+	if (r == DEV_TLSCHECK_BAD_CERT)
+		olog(OLOG_ERROR, "%s", why);
+	else
+		olog(OLOG_INFO, "certificate check: %s%s", why,
+		     r == DEV_TLSCHECK_OK ? "; the connection fails for another reason" : "");
+}
+
 static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 {
 	struct dev_link_stats ls;
 	switch (ev->type) {
 	case DEV_LINK_UP:
 		olog(OLOG_INFO, "connected to %s", ev->text);
+		a->next_cert_check = 0;
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "online", 6, 1, 1, NULL, NULL, 0);
 		send_birth(a);
 		dev_uploader_link_up(a->up, otime_mono_ms());
@@ -570,12 +595,15 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		dev_uploader_link_down(a->up);
 		if (ev->fallback) {
 			olog(OLOG_INFO, "cannot connect: %s; trying the next transport", ev->text);
+			check_broker_cert(a, ev);
 			break;
 		}
 		dev_link_stats(a->link, &ls);
 		olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO, "%s: %s; reconnecting in %lld ms",
 		     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,
 		     (long long)ls.last_delay_ms);
+		if (ev->type == DEV_LINK_FAILED)
+			check_broker_cert(a, ev);
 		break;
 	case DEV_LINK_MESSAGE: {
 		char id[WIRE_ID_MAX + 1];

@@ -83,11 +83,12 @@ void dev_link_event_free(struct dev_link_event *ev)
 
 /* ---------- events (any thread) ---------- */
 
-static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, const char *text,
-		       const void *data, size_t len, const void *corr, size_t corr_len)
+static void push_event_ex(struct ctx_slot *slot, enum dev_link_event_type type, int unexplained,
+			  const char *text, const void *data, size_t len, const void *corr,
+			  size_t corr_len)
 {
 	struct dev_link *l = slot->link;
-	struct queued e = {.gen = slot->gen, .ev = {.type = type}};
+	struct queued e = {.gen = slot->gen, .ev = {.type = type, .unexplained = unexplained}};
 	e.ev.text = strdup(text ? text : "");
 	if (len) {
 		e.ev.data = malloc(len);
@@ -123,6 +124,12 @@ static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, con
 		dev_link_event_free(&e.ev);
 	if (l->wake)
 		l->wake(l->wake_ctx);
+}
+
+static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, const char *text,
+		       const void *data, size_t len, const void *corr, size_t corr_len)
+{
+	push_event_ex(slot, type, 0, text, data, len, corr, corr_len);
 }
 
 /* ---------- Paho callbacks (Paho threads) ---------- */
@@ -201,7 +208,9 @@ static void on_connect_failed(void *context, MQTTAsync_failureData5 *resp)
 	snprintf(why, sizeof(why), "%s: %s (code %d, reason %d)%s%s", slot->uri,
 		 resp && resp->message ? resp->message : "connection failed", resp ? resp->code : 0,
 		 resp ? (int)resp->reasonCode : 0, tls[0] ? "; TLS: " : "", tls);
-	push_event(context, DEV_LINK_FAILED, why, NULL, 0, NULL, 0);
+	/* neither TLS nor the broker said why: a refused, unreachable or unnamed broker */
+	int unexplained = !tls[0] && (!resp || (resp->code == MQTTASYNC_FAILURE && !resp->reasonCode));
+	push_event_ex(context, DEV_LINK_FAILED, unexplained, why, NULL, 0, NULL, 0);
 }
 
 static void on_lost(void *context, char *cause)

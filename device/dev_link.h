@@ -53,7 +53,8 @@ struct dev_link_event {
 	size_t len;
 	uint8_t *corr;
 	size_t corr_len;
-	int fallback; /* FAILED: the next transport is tried at once */
+	int fallback;    /* FAILED: the next transport is tried at once */
+	int unexplained; /* FAILED: no reason from TLS or the broker (see dev_tlscheck.h) */
 };
 
 void dev_link_event_free(struct dev_link_event *ev); /* frees the members, not ev */

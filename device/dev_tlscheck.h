@@ -1,0 +1,23 @@
+/* dev_tlscheck.h - a second opinion on the broker's certificate when a connection fails
+ * without a reason. Paho (on OpenSSL) checks the broker's name after the handshake and then
+ * says only "TCP/TLS connect failure", as for a network error; one TLS handshake with wolfSSL
+ * against the same trust anchor names the problem (wrong name, expired, not yet valid, another
+ * CA). Blocking; no client certificate is sent and nothing is published. */
+#ifndef DEV_TLSCHECK_H
+#define DEV_TLSCHECK_H
+
+#include <stddef.h>
+
+enum dev_tlscheck_result {
+	DEV_TLSCHECK_OK = 0,       /* the certificate is valid for host: the cause is elsewhere */
+	DEV_TLSCHECK_BAD_CERT = 1, /* why says what is wrong with it */
+	DEV_TLSCHECK_UNKNOWN = 2,  /* no verdict (no connection, another error): why says why */
+};
+
+/* Connect to host:port (each of connect and handshake bounded by timeout_ms), verify the
+ * broker's certificate against the CA file ca and, unless host is an IP address, that it
+ * names host. why (n bytes) receives one line for the log. */
+enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca, int timeout_ms,
+				      char *why, size_t n);
+
+#endif
