@@ -477,8 +477,12 @@ static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_i
 		return 0; /* released meanwhile; the device resends */
 	if (!strcmp(it->reason, BRG_R_UNKNOWN) && w->has_key)
 		return 0; /* enrolled meanwhile; the device resends */
+	/* The CRL revokes the key it certifies: the enrolled one, or none yet. A Birth of an
+	 * earlier key the device has since rotated away from (redelivered, or committed late by
+	 * another bridge of the group) is refused and changes nothing. */
 	if (!strcmp(it->reason, BRG_R_REVOKED) && !brg_commit__is_state(w, STORE_ST_REVOKED)) {
-		if (it->detail[0] && strstr(it->detail, "CRL")) {
+		if (it->crl_revoked &&
+		    (!w->has_key || !memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {
 			brg_commit__set_state(w, STORE_ST_REVOKED,
 			                      "certificate revoked by the CRL");
 			int rc = brg_commit__event(

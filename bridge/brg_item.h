@@ -55,7 +55,10 @@ struct brg_item {
 	uint8_t sig[WIRE_SIG_LEN];
 	struct wire_batch *batch;    /* BATCH */
 	Outpost__Birth *birth;       /* BIRTH */
-	struct wire_pubkey key;      /* BIRTH: key of the verified certificate */
+	struct wire_pubkey key;      /* BIRTH: key of the verified certificate; REJECT with
+	                              * crl_revoked: key of the revoked one */
+	int crl_revoked;             /* REJECT revoked: the device's own certificate (its CN,
+	                              * signed with its key) is on the CRL */
 	Outpost__TaskPoll *poll;     /* POLL */
 	Outpost__TaskResult *result; /* RESULT */
 	uint8_t corr[BRG_CORR_MAX];  /* POLL: correlation data to echo */

@@ -176,6 +176,24 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 		return reject(it, decode_reason(rc), "birth: %s", d.msg);
 	const char *pem = it->birth->cert_pem;
 	rc = check_cert(v, pem, strlen(pem), &cert, &d);
+	if (rc == WIRE_EREVOKED && !wire_cert_parse(pem, strlen(pem), &cert, NULL)) {
+		/* Only the device's own certificate, with its key, may revoke it in the store:
+		 * another's on its topic is a forgery like any other. */
+		if (strcmp(cert.cn, it->device))
+			return reject(it, BRG_R_CN,
+			              "birth: certificate CN '%s' is not the topic's id (and it is "
+			              "revoked)",
+			              cert.cn);
+		if (wire_env_verify(env, &cert.key))
+			return reject(it, BRG_R_SIG,
+			              "birth seq %llu: signature does not verify with its (revoked) "
+			              "certificate",
+			              (unsigned long long)env->seq);
+		reject(it, BRG_R_REVOKED, "birth: %s", d.msg[0] ? d.msg : wire_strerror(rc));
+		it->key = cert.key;
+		it->crl_revoked = 1;
+		return BRG_OK;
+	}
 	if (rc)
 		return reject(it, cert_reason(rc), "birth: %s",
 		              d.msg[0] ? d.msg : wire_strerror(rc));

@@ -328,6 +328,67 @@ Test(brg_commit, birth_signed_with_another_key_for_the_same_name_is_refused)
 	                     "does not verify with its certificate");
 }
 
+Test(brg_commit, birth_with_another_devices_revoked_certificate_is_refused)
+{
+	/* dev-revoked's certificate (on the CRL) and key on dev-a's topic: a forgery like any
+	 * other, which must not revoke dev-a */
+	expect_birth_refused(h_pki(), "dev-revoked", h_pki(), "dev-revoked", "cert_cn",
+	                     "certificate CN 'dev-revoked' is not the topic's id");
+}
+
+static struct brg_item *revoked_birth(uint64_t seq)
+{
+	size_t blen;
+	uint8_t *body = h_birth_body(h_pki(), "dev-revoked", 1, 0, &blen);
+	return sealed("dev-revoked", "dev-revoked", WIRE_KIND_BIRTH, "birth", seq, body, blen);
+}
+
+/* The CRL revokes the key it certifies. A Birth with the device's own revoked certificate
+ * revokes the device in the store if that key is the enrolled one (or none is), not when the
+ * device has rotated to another key since (an old Birth redelivered, or committed late by
+ * another bridge of the group). */
+Test(brg_commit, a_revoked_certificate_revokes_only_the_key_it_certifies)
+{
+	/* not enrolled: what it presents is its own certificate, revoked */
+	struct brg_item *it = revoked_birth(4);
+	cr_assert_str_eq(it->reason, "revoked", "%s", it->detail);
+	uint8_t old_key[WIRE_PUBKEY_LEN];
+	memcpy(old_key, it->key.raw, sizeof(old_key));
+	commit_one(it);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'revoked'"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'revoked'"), 1);
+
+	/* enrolled since with another key (dev-a's, for the test): a rotation */
+	commit_one(birth("dev-a", 1));
+	cr_assert_eq(store_exec(s, "UPDATE devices SET state = 'active', pubkey = (SELECT pubkey"
+	                           " FROM devices WHERE device_id = 'dev-a') WHERE device_id ="
+	                           " 'dev-revoked'"),
+	             STORE_OK, "%s", store_errmsg(s));
+	commit_one(revoked_birth(5));
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'active'"),
+	             1, "revoked by a certificate for a key it no longer uses");
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'revoked'"), 1);
+
+	/* the enrolled key is the revoked one: revoked */
+	struct store_stmt *st = NULL;
+	cr_assert_eq(store_prepare(s, "UPDATE devices SET pubkey = ? WHERE device_id = 'dev-revoked'",
+	                           &st),
+	             STORE_OK);
+	cr_assert_eq(store_bind_blob(st, 1, old_key, sizeof(old_key)), STORE_OK);
+	cr_assert_eq(store_step(st), 0, "%s", store_errmsg(s));
+	store_stmt_free(st);
+	commit_one(revoked_birth(6));
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'revoked'"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'revoked'"), 2);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 3);
+}
+
 Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
 {
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
