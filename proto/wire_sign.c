@@ -1,5 +1,6 @@
 /* wire_sign.c - Ed25519 key loading, signing and verification with wolfCrypt. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,9 @@
 
 struct wire_key {
 	ed25519_key k;
+	/* Signing writes to k: this wolfSSL keeps the message hash state inside the key
+	 * (WOLFSSL_ED25519_PERSISTENT_SHA, forced by ED25519_STREAMING_VERIFY). */
+	pthread_mutex_t mu;
 };
 
 int wire_key_parse(const char *pem, size_t len, struct wire_key **out)
@@ -33,6 +37,7 @@ int wire_key_parse(const char *pem, size_t len, struct wire_key **out)
 		rc = WIRE_ENOMEM;
 		goto out;
 	}
+	pthread_mutex_init(&key->mu, NULL);
 	if (wc_ed25519_init(&key->k) != 0)
 		goto out;
 	if (wc_Ed25519PrivateKeyDecode(der, &idx, &key->k, (word32)der_len) != 0)
@@ -78,6 +83,7 @@ void wire_key_free(struct wire_key *key)
 	if (!key)
 		return;
 	wc_ed25519_free(&key->k);
+	pthread_mutex_destroy(&key->mu);
 	explicit_bzero(key, sizeof(*key));
 	free(key);
 }
@@ -95,10 +101,13 @@ int wire_sign(const struct wire_key *key, const uint8_t *msg, size_t len,
 		return WIRE_EINVAL;
 	if (!msg)
 		msg = (const uint8_t *)""; /* wolfCrypt refuses NULL even for an empty message */
-	/* wolfCrypt takes a non-const key but does not modify it when signing. */
-	if (wc_ed25519_sign_msg(msg, (word32)len, sig, &sig_len, (ed25519_key *)&key->k) != 0)
-		return WIRE_ECRYPTO;
-	return WIRE_OK;
+	/* const to callers: the key's material does not change, only wolfCrypt's scratch state
+	 * in it, one signer at a time */
+	struct wire_key *k = (struct wire_key *)key;
+	pthread_mutex_lock(&k->mu);
+	int rc = wc_ed25519_sign_msg(msg, (word32)len, sig, &sig_len, &k->k);
+	pthread_mutex_unlock(&k->mu);
+	return rc ? WIRE_ECRYPTO : WIRE_OK;
 }
 
 int wire_verify(const struct wire_pubkey *pub, const uint8_t *msg, size_t len,

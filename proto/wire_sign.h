@@ -28,7 +28,8 @@ void wire_key_free(struct wire_key *key);
 
 void wire_key_public(const struct wire_key *key, struct wire_pubkey *out);
 
-/* Sign / verify raw bytes. wire_verify returns WIRE_ESIG when the signature is wrong. */
+/* Sign / verify raw bytes. wire_verify returns WIRE_ESIG when the signature is wrong. Both are
+ * thread-safe; signers of one key take turns (wolfCrypt keeps hash state in the key). */
 int wire_sign(const struct wire_key *key, const uint8_t *msg, size_t len,
 	      uint8_t sig[WIRE_SIG_LEN]);
 int wire_verify(const struct wire_pubkey *pub, const uint8_t *msg, size_t len,
