@@ -1,5 +1,6 @@
 /* test_wire_sign.c - Ed25519 keys, signatures and the envelope signing input. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,4 +317,41 @@ Test(wire_sign, parts_equal_concatenation)
 	cr_expect_eq(wire_sign(NULL, buf, 1, s2), WIRE_EINVAL);
 	cr_expect_eq(wire_sign(k, NULL, 1, s2), WIRE_EINVAL);
 	wire_key_free(k);
+}
+
+/* One key, two signing threads: every signature verifies (this wolfSSL keeps the message hash
+ * state inside the key, so unserialised signers corrupt each other's). */
+struct signer {
+	const struct wire_key *key;
+	int id, bad;
+};
+
+static void *sign_many(void *arg)
+{
+	struct signer *g = arg;
+	struct wire_pubkey pub;
+	wire_key_public(g->key, &pub);
+	for (int i = 0; i < 3000; i++) {
+		uint8_t msg[64], sig[WIRE_SIG_LEN];
+		memset(msg, g->id, sizeof(msg));
+		memcpy(msg, &i, sizeof(i));
+		if (wire_sign(g->key, msg, sizeof(msg), sig) ||
+		    wire_verify(&pub, msg, sizeof(msg), sig))
+			g->bad++;
+	}
+	return NULL;
+}
+
+Test(wire_sign, one_key_signs_from_several_threads)
+{
+	struct wire_key *key = NULL;
+	cr_assert_eq(wire_key_parse(rfc8032_pem, sizeof(rfc8032_pem) - 1, &key), WIRE_OK);
+	struct signer g[2] = {{key, 1, 0}, {key, 2, 0}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, sign_many, &g[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	cr_expect_eq(g[0].bad + g[1].bad, 0, "%d and %d bad signatures", g[0].bad, g[1].bad);
+	wire_key_free(key);
 }
