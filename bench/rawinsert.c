@@ -7,7 +7,8 @@
  *
  * Rows are generated the way the load generator's devices produce them (`devices` devices,
  * messages round-robin, `rows` x `cols` readings each with increasing times) and committed in
- * transactions of `--txn` messages.
+ * transactions of `--txn` messages, each transaction's rows in primary key order (as the
+ * bridge inserts a group's).
  *
  * Usage: bench_rawinsert --store URL --devices D --messages M --rows R --cols C
  *                        [--txn MESSAGES] [--sync full|normal]
@@ -51,6 +52,27 @@ static void message_rows(int k, struct row *out, double *state)
 		}
 }
 
+static int cmp_row(const void *a, const void *b)
+{
+	const struct row *x = a, *y = b;
+	const int64_t kx[] = {x->device, x->metric, x->ts, x->seq, x->idx};
+	const int64_t ky[] = {y->device, y->metric, y->ts, y->seq, y->idx};
+	for (size_t i = 0; i < sizeof(kx) / sizeof(kx[0]); i++)
+		if (kx[i] != ky[i])
+			return kx[i] < ky[i] ? -1 : 1;
+	return 0;
+}
+
+/* The rows of transaction t (messages t*txn ..), sorted by primary key; returns their count. */
+static size_t txn_rows(int t, struct row *out, double *state)
+{
+	size_t per = (size_t)G.rows * (size_t)G.cols, n = 0;
+	for (int k = t * G.txn; k < G.messages && k < (t + 1) * G.txn; k++, n += per)
+		message_rows(k, out + n, state);
+	qsort(out, n, sizeof(*out), cmp_row);
+	return n;
+}
+
 static void schema(const char *url)
 {
 	struct store_opts o = STORE_OPTS_INIT;
@@ -84,14 +106,13 @@ static double run_sqlite(const char *path, const char *sync)
 	                            -1, &ins, NULL),
 	         "prepare");
 	size_t per = (size_t)G.rows * (size_t)G.cols;
-	struct row *rows = bench_xcalloc(per, sizeof(*rows));
+	struct row *rows = bench_xcalloc(per * (size_t)G.txn, sizeof(*rows));
 	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
 	int64_t t0 = bench_mono_us();
-	for (int k = 0; k < G.messages; k++) {
-		if (k % G.txn == 0)
-			sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
-		message_rows(k, rows, state);
-		for (size_t i = 0; i < per; i++) {
+	for (int t = 0; t * G.txn < G.messages; t++) {
+		sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
+		size_t n = txn_rows(t, rows, state);
+		for (size_t i = 0; i < n; i++) {
 			sqlite3_bind_int64(ins, 1, rows[i].device);
 			sqlite3_bind_int64(ins, 2, rows[i].metric);
 			sqlite3_bind_int64(ins, 3, rows[i].ts);
@@ -101,8 +122,7 @@ static double run_sqlite(const char *path, const char *sync)
 			sq_check(db, sqlite3_step(ins), "insert");
 			sqlite3_reset(ins);
 		}
-		if (k % G.txn == G.txn - 1 || k == G.messages - 1)
-			sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
+		sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
 	}
 	double secs = (double)(bench_mono_us() - t0) / 1e6;
 	sqlite3_finalize(ins);
@@ -125,20 +145,17 @@ static double run_pg(const char *url)
 	if (PQstatus(c) != CONNECTION_OK)
 		bench_die(PROG, "connect: %s", PQerrorMessage(c));
 	size_t per = (size_t)G.rows * (size_t)G.cols;
-	struct row *rows = bench_xcalloc(per, sizeof(*rows));
+	struct row *rows = bench_xcalloc(per * (size_t)G.txn, sizeof(*rows));
 	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
 	size_t cap = 1 << 20, len = 0;
 	char *buf = bench_xcalloc(cap, 1);
 	int64_t t0 = bench_mono_us();
-	for (int k = 0; k < G.messages; k++) {
-		if (k % G.txn == 0) {
-			pg_check(c, PQexec(c, "BEGIN"), PGRES_COMMAND_OK, "BEGIN");
-			pg_check(c,
-			         PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
-			         PGRES_COPY_IN, "COPY");
-		}
-		message_rows(k, rows, state);
-		for (size_t i = 0; i < per; i++) {
+	for (int t = 0; t * G.txn < G.messages; t++) {
+		pg_check(c, PQexec(c, "BEGIN"), PGRES_COMMAND_OK, "BEGIN");
+		pg_check(c, PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
+		         PGRES_COPY_IN, "COPY");
+		size_t n = txn_rows(t, rows, state);
+		for (size_t i = 0; i < n; i++) {
 			if (cap - len < 256) {
 				if (PQputCopyData(c, buf, (int)len) != 1)
 					bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
@@ -150,15 +167,13 @@ static double run_pg(const char *url)
 			                        rows[i].device, rows[i].metric, rows[i].ts, rows[i].seq,
 			                        rows[i].idx, rows[i].value);
 		}
-		if (k % G.txn == G.txn - 1 || k == G.messages - 1) {
-			if (len && PQputCopyData(c, buf, (int)len) != 1)
-				bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
-			len = 0;
-			if (PQputCopyEnd(c, NULL) != 1)
-				bench_die(PROG, "COPY end: %s", PQerrorMessage(c));
-			pg_check(c, PQgetResult(c), PGRES_COMMAND_OK, "COPY result");
-			pg_check(c, PQexec(c, "COMMIT"), PGRES_COMMAND_OK, "COMMIT");
-		}
+		if (len && PQputCopyData(c, buf, (int)len) != 1)
+			bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
+		len = 0;
+		if (PQputCopyEnd(c, NULL) != 1)
+			bench_die(PROG, "COPY end: %s", PQerrorMessage(c));
+		pg_check(c, PQgetResult(c), PGRES_COMMAND_OK, "COPY result");
+		pg_check(c, PQexec(c, "COMMIT"), PGRES_COMMAND_OK, "COMMIT");
 	}
 	double secs = (double)(bench_mono_us() - t0) / 1e6;
 	PQfinish(c);
