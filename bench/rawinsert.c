@@ -7,11 +7,11 @@
  *
  * Rows are generated the way the load generator's devices produce them (`devices` devices,
  * messages round-robin, `rows` x `cols` readings each with increasing times) and committed in
- * transactions of `--txn` messages, each transaction's rows in primary key order (as the
- * bridge inserts a group's).
+ * transactions of `--txn` messages, each transaction's rows in arrival order or, with
+ * `--order key`, in primary key order (as the bridge inserts a group's).
  *
  * Usage: bench_rawinsert --store URL --devices D --messages M --rows R --cols C
- *                        [--txn MESSAGES] [--sync full|normal]
+ *                        [--txn MESSAGES] [--sync full|normal] [--order arrival|key]
  * Prints one key=value line: rows/s and messages/s. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,7 +27,7 @@
 #define PROG "bench_rawinsert"
 
 static struct {
-	int devices, messages, rows, cols, txn;
+	int devices, messages, rows, cols, txn, by_key;
 	int64_t base_dev;
 } G;
 
@@ -63,13 +63,15 @@ static int cmp_row(const void *a, const void *b)
 	return 0;
 }
 
-/* The rows of transaction t (messages t*txn ..), sorted by primary key; returns their count. */
+/* The rows of transaction t (messages t*txn ..), sorted by primary key with --order key;
+ * returns their count. */
 static size_t txn_rows(int t, struct row *out, double *state)
 {
 	size_t per = (size_t)G.rows * (size_t)G.cols, n = 0;
 	for (int k = t * G.txn; k < G.messages && k < (t + 1) * G.txn; k++, n += per)
 		message_rows(k, out + n, state);
-	qsort(out, n, sizeof(*out), cmp_row);
+	if (G.by_key)
+		qsort(out, n, sizeof(*out), cmp_row);
 	return n;
 }
 
@@ -187,6 +189,8 @@ int main(int argc, char **argv)
 {
 	const char *url = bench_arg(argc, argv, "--store", NULL);
 	const char *sync = bench_arg(argc, argv, "--sync", "full");
+	const char *order = bench_arg(argc, argv, "--order", "arrival");
+	G.by_key = !strcmp(order, "key");
 	G.devices = (int)bench_arg_l(argc, argv, "--devices", 50);
 	G.messages = (int)bench_arg_l(argc, argv, "--messages", 10000);
 	G.rows = (int)bench_arg_l(argc, argv, "--rows", 1);
@@ -194,9 +198,10 @@ int main(int argc, char **argv)
 	G.txn = (int)bench_arg_l(argc, argv, "--txn", 100);
 	G.base_dev = 1;
 	if (!url || G.devices < 1 || G.messages < 1 || G.rows < 1 || G.cols < 1 || G.txn < 1 ||
-	    (strcmp(sync, "full") && strcmp(sync, "normal"))) {
+	    (strcmp(sync, "full") && strcmp(sync, "normal")) ||
+	    (strcmp(order, "arrival") && strcmp(order, "key"))) {
 		fprintf(stderr, "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
-		                " [--txn MESSAGES] [--sync full|normal]\n");
+		                " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]\n");
 		return 2;
 	}
 	schema(url);
