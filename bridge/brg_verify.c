@@ -185,10 +185,11 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 			              "revoked)",
 			              cert.cn);
 		if (wire_env_verify(env, &cert.key))
-			return reject(it, BRG_R_SIG,
-			              "birth seq %llu: signature does not verify with its (revoked) "
-			              "certificate",
-			              (unsigned long long)env->seq);
+			return reject(
+			    it, BRG_R_SIG,
+			    "birth seq %llu: signature does not verify with its (revoked) "
+			    "certificate",
+			    (unsigned long long)env->seq);
 		reject(it, BRG_R_REVOKED, "birth: %s", d.msg[0] ? d.msg : wire_strerror(rc));
 		it->key = cert.key;
 		it->crl_revoked = 1;
