@@ -154,8 +154,9 @@ static double run_pg(const char *url)
 	int64_t t0 = bench_mono_us();
 	for (int t = 0; t * G.txn < G.messages; t++) {
 		pg_check(c, PQexec(c, "BEGIN"), PGRES_COMMAND_OK, "BEGIN");
-		pg_check(c, PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
-		         PGRES_COPY_IN, "COPY");
+		pg_check(
+		    c, PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
+		    PGRES_COPY_IN, "COPY");
 		size_t n = txn_rows(t, rows, state);
 		for (size_t i = 0; i < n; i++) {
 			if (cap - len < 256) {
@@ -200,8 +201,9 @@ int main(int argc, char **argv)
 	if (!url || G.devices < 1 || G.messages < 1 || G.rows < 1 || G.cols < 1 || G.txn < 1 ||
 	    (strcmp(sync, "full") && strcmp(sync, "normal")) ||
 	    (strcmp(order, "arrival") && strcmp(order, "key"))) {
-		fprintf(stderr, "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
-		                " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]\n");
+		fprintf(stderr,
+		        "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
+		        " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]\n");
 		return 2;
 	}
 	schema(url);

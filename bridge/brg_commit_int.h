@@ -102,8 +102,8 @@ struct brg_committer {
 	size_t mc_devices;
 	int64_t now;
 	struct brg_outcome *out;
-	int unsettled;            /* the last group's COMMIT went unanswered (STORE_EUNKNOWN) */
-	struct brg_outcome mark;  /* out before that group, for brg_commit_settle() */
+	int unsettled;           /* the last group's COMMIT went unanswered (STORE_EUNKNOWN) */
+	struct brg_outcome mark; /* out before that group, for brg_commit_settle() */
 };
 
 /* The prepared statements' SQL (brg_commit.c), indexed by the S_* values. */

@@ -26,7 +26,8 @@ const struct cfg_opt brg_config_opts[] = {
      "stable MQTT client id, unique per bridge (empty: outpost-bridge-<hostname>)", NULL},
     {"share_group", CFG_STR, O(share_group), 0, 64, "outpost-bridge",
      "shared subscription group of the bridges splitting the load (empty: plain subscriptions,"
-     " one bridge)", NULL},
+     " one bridge)",
+     NULL},
     {"keepalive", CFG_DURATION, O(keepalive_ms), 5 * SEC, 600 * SEC, "60s", "MQTT keepalive", NULL},
     {"session_expiry", CFG_DURATION, O(session_expiry_ms), 60 * SEC, 3650 * DAY, "7d",
      "how long the broker keeps queueing for this bridge while it is away", NULL},
@@ -113,8 +114,8 @@ void brg_config_default_client_id(const char *host, char out[BRG_CLIENT_ID_MAX])
 		snprintf(out, BRG_CLIENT_ID_MAX, "outpost-bridge-%.31s-%08x", host,
 		         (unsigned)crc32_update(0, host, strlen(host)));
 	for (char *p = out; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		      *p == '-' || *p == '_'))
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
 			*p = '-';
 }
 

@@ -310,8 +310,10 @@ int main(int argc, char **argv)
 		     "some acks were not confirmed by the broker before exit; devices resend "
 		     "and get them again");
 	if (brg_mqtt_stop(mq))
-		olog(OLOG_WARN, "the broker connection was still being made after %d s; exiting "
-		                "without it", BRG_MQTT_STOP_S);
+		olog(OLOG_WARN,
+		     "the broker connection was still being made after %d s; exiting "
+		     "without it",
+		     BRG_MQTT_STOP_S);
 	log_stats(in, reg, &last, otime_mono_ms() - last_stats);
 	status = rc ? 1 : 0;
 	olog(OLOG_INFO, "stopped%s", rc ? " (some messages were not committed)" : "");

@@ -252,8 +252,8 @@ static int pg_resolve(void *conn)
 		return STORE_EBUSY; /* its backend has not noticed the lost connection yet */
 	}
 	if (null || (strcmp(status, "committed") && strcmp(status, "aborted"))) {
-		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 ": status %s",
-		         pc->pending, null ? "no longer known" : status);
+		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 ": status %s", pc->pending,
+		         null ? "no longer known" : status);
 		pc->pending = 0;
 		return STORE_EQUERY;
 	}
