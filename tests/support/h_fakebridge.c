@@ -1,5 +1,6 @@
 /* h_fakebridge.c - in-memory bridge double for device tests (see h_fakebridge.h). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,7 @@ struct task_answer {
 struct h_fakebridge {
 	pthread_t thread;
 	pthread_mutex_t mu;
-	volatile int stop;
+	atomic_int stop; /* set by h_fakebridge_stop, read by its thread */
 	enum h_ack_mode mode;
 	struct h_mqtt *cli;
 	struct wire_key *bridge_key, *forge_key;

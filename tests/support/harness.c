@@ -152,8 +152,17 @@ static const char *make_pki(const char *name, const char *args)
 	char *dir = h_strf("%s/tests/%s", h_build_dir(), name);
 	char *lock = h_strf("%s/tests/.pki.lock", h_build_dir());
 	int fd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-	if (fd < 0 || flock(fd, LOCK_EX) != 0)
+	if (fd < 0)
 		abort();
+	/* another test process may be provisioning: wait for it, at most 5 minutes */
+	long long until = h_now_ms() + 300000;
+	while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		if (h_now_ms() > until) {
+			fprintf(stderr, "PKI setup: %s held for 5 minutes\n", lock);
+			abort();
+		}
+		h_sleep_ms(50);
+	}
 	char *done = h_strf("%s/.complete", dir);
 	if (access(done, F_OK) != 0) {
 		char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s %s", h_source_dir(), dir, args);
