@@ -176,18 +176,19 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 }
 
 /* A copy of the shared PKI whose broker certificate (same CA, same key) names only `san`
- * (openssl.cnf syntax). Caller frees the directory name. */
-static char *pki_with_broker_san(const char *tag, const char *san)
+ * (openssl.cnf syntax) and is valid as `validity` says (openssl ca options). Caller frees the
+ * directory name. */
+static char *pki_with_broker_cert(const char *tag, const char *san, const char *validity)
 {
 	char *dir = h_tmpdir(tag), *out = NULL;
 	char *cmd = h_strf("set -e; cp -a %s/. %s/; cd %s; "
 			   "openssl req -new -config %s/certs/openssl.cnf -key broker.key "
 			   "-subj /CN=outpost-broker -out broker.csr; "
 			   "OUTPOST_PKI=%s OUTPOST_SAN=%s openssl ca -batch -config "
-			   "%s/certs/openssl.cnf -extensions server_cert -notext -days 30 "
+			   "%s/certs/openssl.cnf -extensions server_cert -notext %s "
 			   "-in broker.csr -out broker.crt.new; mv broker.crt.new broker.crt; "
 			   "echo SAN-FOLLOWS; openssl x509 -in broker.crt -noout -ext subjectAltName",
-			   h_pki(), dir, dir, h_source_dir(), dir, san, h_source_dir());
+			   h_pki(), dir, dir, h_source_dir(), dir, san, h_source_dir(), validity);
 	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s\n%s", cmd, out);
 	/* the certificate names that one host and nothing else (no localhost, no 127.0.0.1) */
 	const char *sans = strstr(out, "SAN-FOLLOWS");
@@ -196,6 +197,11 @@ static char *pki_with_broker_san(const char *tag, const char *san)
 	free(out);
 	free(cmd);
 	return dir;
+}
+
+static char *pki_with_broker_san(const char *tag, const char *san)
+{
+	return pki_with_broker_cert(tag, san, "-days 30");
 }
 
 /* The device dials localhost; the broker's certificate is from the right CA but names another
@@ -233,6 +239,24 @@ Test(device, refuses_a_broker_certificate_for_another_name, .timeout = 90)
 	h_device_free(&e);
 	h_broker_free(&c);
 	free(good);
+	free(pki);
+}
+
+/* The broker's certificate names the host but has expired: refused, and OpenSSL says why. */
+Test(device, refuses_an_expired_broker_certificate, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	char *pki = pki_with_broker_cert("pki-expired-broker", "DNS:localhost",
+					 "-startdate 20200101000000Z -enddate 20210101000000Z");
+	h_broker_start(&b, pki);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_log_wait(d.log, "reconnecting in", 2, 20000), "expected failed attempts (%s)",
+		  d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to an expired broker");
+	cr_expect_geq(h_log_count(d.log, "TLS: certificate verify failed"), 2, "%s", d.log);
+	h_device_free(&d);
+	h_broker_free(&b);
 	free(pki);
 }
 
