@@ -25,9 +25,10 @@ struct brg_mqtt {
 	struct mosquitto *mosq;
 	pthread_t th;
 	int started;
-	int stuck;          /* the network thread outlived brg_mqtt_stop: never freed */
-	int status_read;    /* the retained statuses were asked for once (network thread) */
-	pthread_mutex_t mu; /* below */
+	int stuck;           /* the network thread outlived brg_mqtt_stop: never freed */
+	int status_read;     /* the retained statuses were asked for once (network thread) */
+	char tls_error[128]; /* OpenSSL's reason for the last failure (network thread) */
+	pthread_mutex_t mu;  /* below */
 	pthread_cond_t cv;
 	int stop;
 	int connected;
@@ -49,6 +50,20 @@ static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 	m->o.log(m->o.log_ctx, level, line);
 }
 
+/* libmosquitto reports a TLS failure as "A TLS error occurred" and logs OpenSSL's queue
+ * ("OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed"): keep the
+ * first reason of a failure for the warning that follows. Set only while not connected: with
+ * a log callback libmosquitto formats a debug line for every packet. */
+static void on_log(struct mosquitto *mosq, void *ud, int level, const char *line)
+{
+	struct brg_mqtt *m = ud;
+	(void)mosq;
+	if (level != MOSQ_LOG_ERR || strncmp(line, "OpenSSL Error", 13) || m->tls_error[0])
+		return;
+	const char *reason = strrchr(line, ':');
+	snprintf(m->tls_error, sizeof(m->tls_error), "%s", reason && reason[1] ? reason + 1 : line);
+}
+
 static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
                        const mosquitto_property *props)
 {
@@ -60,6 +75,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 		     mosquitto_reason_string(rc));
 		return;
 	}
+	mosquitto_log_callback_set(mosq, NULL);
 	pthread_mutex_lock(&m->mu);
 	m->connected = 1;
 	pthread_mutex_unlock(&m->mu);
@@ -110,6 +126,7 @@ static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosqui
 	struct brg_mqtt *m = ud;
 	(void)mosq;
 	(void)p;
+	mosquitto_log_callback_set(mosq, on_log);
 	pthread_mutex_lock(&m->mu);
 	int was = m->connected, stopping = m->stop;
 	m->connected = 0;
@@ -213,6 +230,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	mosquitto_subscribe_v5_callback_set(m->mosq, on_subscribe);
 	mosquitto_publish_v5_callback_set(m->mosq, on_publish);
 	mosquitto_message_v5_callback_set(m->mosq, on_message);
+	mosquitto_log_callback_set(m->mosq, on_log);
 	/* After a lost connection libmosquitto reconnects every 1, 2, 3, 4, 5, 5, ... s: a bridge
 	 * is one client, not a fleet, and every second it is away delays every device's acks. */
 	mosquitto_reconnect_delay_set(m->mosq, 1, 5, false);
@@ -278,8 +296,11 @@ static void *net_main(void *arg)
 			if (stopping(m))
 				break;
 		}
-		logm(m, OLOG_WARN, "broker %s:%d: %s; retrying in %d ms", m->host, m->o.port,
-		     rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc), backoff);
+		const char *tls = m->tls_error;
+		logm(m, OLOG_WARN, "broker %s:%d: %s%s%s%s; retrying in %d ms", m->host, m->o.port,
+		     rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc),
+		     *tls ? " (TLS: " : "", tls, *tls ? ")" : "", backoff);
+		m->tls_error[0] = '\0';
 		nap(m, backoff);
 		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 	}

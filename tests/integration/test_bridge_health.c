@@ -396,3 +396,34 @@ Test(bridge_health, sigterm_while_connecting_to_the_broker_ends_the_bridge, .tim
 	free(log);
 	free(dir);
 }
+
+/* A bridge that does not trust the broker's CA never connects, says why, and keeps trying. */
+Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout = 90)
+{
+	struct h_broker b = {0};
+	h_broker_up(&b, h_pki());
+	char *dir = h_tmpdir("bridge-wrong-ca"), *log = h_strf("%s/bridge.log", dir);
+	char *argv[] = {h_strf("%s/bridge/outpost-bridge", h_build_dir()),
+	                h_strf("--pki-dir=%s", h_pki()),
+	                h_strf("--ca-file=%s/ca.crt", h_pki_other()),
+	                h_strf("--crl-file=%s/crl.pem", h_pki_other()),
+	                h_strf("--broker-port=%d", b.internal_port),
+	                h_strf("--store=sqlite:%s/outpost.db", dir),
+	                NULL};
+	char *env[] = {NULL};
+	pid_t pid = h_spawn(argv, env, log);
+	h_track_pid(pid);
+	long long end = h_now_ms() + 20000;
+	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 2)
+		h_sleep_ms(100);
+	cr_expect_geq(h_count_in_file(log, "retrying in"), 2, "no failed attempts (%s)", log);
+	cr_expect_eq(h_count_in_file(log, "connected to"), 0, "connected to an untrusted broker");
+	cr_expect_geq(h_count_in_file(log, "(TLS: certificate verify failed)"), 1,
+	              "the log does not say why (%s)", log);
+	cr_expect_eq(h_stop(pid, 20000), 0);
+	for (int i = 0; argv[i]; i++)
+		free(argv[i]);
+	free(log);
+	free(dir);
+	h_broker_free(&b);
+}
