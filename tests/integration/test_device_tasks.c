@@ -200,9 +200,11 @@ Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 2000), 0, "no result without a spool");
 	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent is still running");
 	cr_assert_eq(prlimit(e.d.pid, RLIMIT_FSIZE, &room, NULL), 0);
-	h_fakebridge_mode(e.fb, H_ACK_NORMAL); /* the upload window drains */
+	/* the upload window drains once the device probes again: after ~10 s without acks its
+	 * ack timer has backed off (ack_timeout 3 s, then 1-2x, 2-4x, 4-8x: up to 24 s) */
+	h_fakebridge_mode(e.fb, H_ACK_NORMAL);
 	msg[0] = '\0';
-	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 15000), SUCCEEDED,
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 40000), SUCCEEDED,
 		     "the result was kept and stored once there was room: %s", msg);
 	cr_expect_str_eq(msg, "pong");
 	cr_expect(h_log_wait(e.d.log, "task 2: result stored", 1, 5000));
