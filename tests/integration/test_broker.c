@@ -346,6 +346,20 @@ Test(broker, revoked_certificate_is_powerless_on_every_listener)
 	}
 }
 
+/* A client id too long for the plugin's kick list (128 characters or more) does not save a
+ * revoked certificate: it is kicked by its login instead. */
+Test(broker, a_revoked_certificate_with_a_long_client_id_is_kicked_too)
+{
+	char id[201];
+	memset(id, 'x', sizeof(id) - 1);
+	id[sizeof(id) - 1] = '\0';
+	struct h_mqtt *c = h_mqtt_connect(uri_internal, h_pki(), "devices/dev-revoked", id, NULL);
+	cr_assert_not_null(c, "the broker refused a 200-character client id");
+	cr_expect_eq(h_mqtt_sub(c, "outpost/v1/dev-revoked/ack", 1), RC_NOT_AUTHORIZED);
+	expect_powerless_then_gone(c, "outpost/v1/dev-revoked/telemetry", "long client id");
+	h_mqtt_close(c);
+}
+
 Test(broker, revocation_applies_without_a_broker_restart, .timeout = 120)
 {
 	/* a private copy of the PKI, so revoking does not touch the shared one */
