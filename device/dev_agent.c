@@ -595,13 +595,13 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		dev_uploader_link_down(a->up);
 		if (ev->fallback) {
 			olog(OLOG_INFO, "cannot connect: %s; trying the next transport", ev->text);
-			check_broker_cert(a, ev);
-			break;
+		} else {
+			dev_link_stats(a->link, &ls);
+			olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO,
+			     "%s: %s; reconnecting in %lld ms",
+			     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,
+			     (long long)ls.last_delay_ms);
 		}
-		dev_link_stats(a->link, &ls);
-		olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO, "%s: %s; reconnecting in %lld ms",
-		     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,
-		     (long long)ls.last_delay_ms);
 		if (ev->type == DEV_LINK_FAILED)
 			check_broker_cert(a, ev);
 		break;

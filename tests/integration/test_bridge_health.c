@@ -351,6 +351,29 @@ Test(bridge_health, an_expired_crl_refuses_births_without_blaming_the_device, .t
 }
 
 
+/* outpost-bridge in the background with the shared PKI, a store in a fresh directory (tag)
+ * and extra arguments (NULL-terminated), where h_bridge_start would wait for a connection;
+ * *log gets its log's path (caller frees). */
+static pid_t spawn_bridge(const char *tag, const char *const *extra, char **log)
+{
+	char *dir = h_tmpdir(tag), *argv[16];
+	int n = 0;
+	argv[n++] = h_strf("%s/bridge/outpost-bridge", h_build_dir());
+	argv[n++] = h_strf("--pki-dir=%s", h_pki());
+	argv[n++] = h_strf("--store=sqlite:%s/outpost.db", dir);
+	for (; *extra && n < 15; extra++)
+		argv[n++] = h_strf("%s", *extra);
+	argv[n] = NULL;
+	char *env[] = {NULL};
+	*log = h_strf("%s/bridge.log", dir);
+	pid_t pid = h_spawn(argv, env, *log);
+	h_track_pid(pid);
+	for (int i = 0; i < n; i++)
+		free(argv[i]);
+	free(dir);
+	return pid;
+}
+
 /* SIGTERM while the broker connection is still being made ends the bridge within its bound
  * (BRG_MQTT_STOP_S, 10 s), not when the connect gives up (minutes). Here the "broker" never
  * accepts and its accept queue is full: the kernel drops the bridge's SYNs and retries them. */
@@ -367,16 +390,9 @@ Test(bridge_health, sigterm_while_connecting_to_the_broker_ends_the_bridge, .tim
 		cr_assert(fill[i] >= 0);
 		connect(fill[i], (struct sockaddr *)&a, sizeof(a));
 	}
-	char *dir = h_tmpdir("bridge-stall"), *log = h_strf("%s/bridge.log", dir);
-	char *argv[] = {h_strf("%s/bridge/outpost-bridge", h_build_dir()),
-	                h_strf("--pki-dir=%s", h_pki()),
-	                h_strf("--broker-host=127.0.0.1"),
-	                h_strf("--broker-port=%d", ntohs(a.sin_port)),
-	                h_strf("--store=sqlite:%s/outpost.db", dir),
-	                NULL};
-	char *env[] = {NULL};
-	pid_t pid = h_spawn(argv, env, log);
-	h_track_pid(pid);
+	char *port = h_strf("--broker-port=%d", ntohs(a.sin_port)), *log = NULL;
+	const char *extra[] = {"--broker-host=127.0.0.1", port, NULL};
+	pid_t pid = spawn_bridge("bridge-stall", extra, &log);
 	long long end = h_now_ms() + 15000;
 	while (h_now_ms() < end && !h_count_in_file(log, "started"))
 		h_sleep_ms(50);
@@ -391,10 +407,8 @@ Test(bridge_health, sigterm_while_connecting_to_the_broker_ends_the_bridge, .tim
 	for (int i = 0; i < 4; i++)
 		close(fill[i]);
 	close(lfd);
-	for (int i = 0; argv[i]; i++)
-		free(argv[i]);
+	free(port);
 	free(log);
-	free(dir);
 }
 
 /* A bridge that does not trust the broker's CA never connects, says why, and keeps trying. */
@@ -402,17 +416,11 @@ Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout =
 {
 	struct h_broker b = {0};
 	h_broker_up(&b, h_pki());
-	char *dir = h_tmpdir("bridge-wrong-ca"), *log = h_strf("%s/bridge.log", dir);
-	char *argv[] = {h_strf("%s/bridge/outpost-bridge", h_build_dir()),
-	                h_strf("--pki-dir=%s", h_pki()),
-	                h_strf("--ca-file=%s/ca.crt", h_pki_other()),
-	                h_strf("--crl-file=%s/crl.pem", h_pki_other()),
-	                h_strf("--broker-port=%d", b.internal_port),
-	                h_strf("--store=sqlite:%s/outpost.db", dir),
-	                NULL};
-	char *env[] = {NULL};
-	pid_t pid = h_spawn(argv, env, log);
-	h_track_pid(pid);
+	char *ca = h_strf("--ca-file=%s/ca.crt", h_pki_other()), *log = NULL;
+	char *crl = h_strf("--crl-file=%s/crl.pem", h_pki_other());
+	char *port = h_strf("--broker-port=%d", b.internal_port);
+	const char *extra[] = {ca, crl, port, NULL};
+	pid_t pid = spawn_bridge("bridge-wrong-ca", extra, &log);
 	long long end = h_now_ms() + 20000;
 	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 2)
 		h_sleep_ms(100);
@@ -421,9 +429,9 @@ Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout =
 	cr_expect_geq(h_count_in_file(log, "(TLS: certificate verify failed)"), 1,
 	              "the log does not say why (%s)", log);
 	cr_expect_eq(h_stop(pid, 20000), 0);
-	for (int i = 0; argv[i]; i++)
-		free(argv[i]);
+	free(ca);
+	free(crl);
+	free(port);
 	free(log);
-	free(dir);
 	h_broker_free(&b);
 }
