@@ -435,3 +435,30 @@ Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout =
 	free(log);
 	h_broker_free(&b);
 }
+
+/* A bridge run with a device's certificate (a wrong --cert-file, a wrong ACL) connects, but the
+ * broker refuses its subscriptions: the log says so, naming the ACL, instead of a silent bridge
+ * that receives nothing. */
+Test(bridge_health, a_bridge_whose_subscriptions_are_refused_says_so, .timeout = 90)
+{
+	struct h_broker b = {0};
+	h_broker_up(&b, h_pki());
+	char *cert = h_strf("--cert-file=%s/devices/dev-c.crt", h_pki());
+	char *key = h_strf("--key-file=%s/devices/dev-c.key", h_pki());
+	char *port = h_strf("--broker-port=%d", b.internal_port), *log = NULL;
+	const char *extra[] = {cert, key, port, "--client-id=outpost-bridge-refused", NULL};
+	pid_t pid = spawn_bridge("bridge-refused", extra, &log);
+	long long end = h_now_ms() + 20000;
+	while (h_now_ms() < end && h_count_in_file(log, "broker refused a subscription") < 4)
+		h_sleep_ms(100);
+	cr_expect_geq(h_count_in_file(log, "connected to"), 1, "never connected (%s)", log);
+	/* four plain uplink subscriptions and the status one, all refused */
+	cr_expect_eq(h_count_in_file(log, "broker refused a subscription (reason 0x87): check the ACL"),
+	             5, "(%s)", log);
+	cr_expect_eq(h_stop(pid, 20000), 0);
+	free(cert);
+	free(key);
+	free(port);
+	free(log);
+	h_broker_free(&b);
+}
