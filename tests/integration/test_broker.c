@@ -576,3 +576,28 @@ Test(broker, listeners_bind_only_the_configured_address)
 		cr_expect_eq(wide, 0, "%s: port %d listens beyond 127.0.0.1", names[i], ports[i]);
 	}
 }
+
+/* plugin_opt_infra_prefix exempts every username it prefixes from the device rules, so an empty
+ * one would exempt every device. The plugin refuses it, and mosquitto 2.0.11 refuses an empty
+ * option value before the plugin sees it: either way no broker runs with it. */
+Test(broker, an_empty_infra_prefix_stops_the_broker_from_starting)
+{
+	char *dir = h_tmpdir("broker-empty-infra");
+	char *conf = h_strf("%s/mosquitto.conf", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert(f);
+	fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\nplugin %s\n"
+		   "plugin_opt_crl_file %s/crl.pem\nplugin_opt_infra_prefix \n",
+		h_free_port(), OUTPOST_AUTH_PLUGIN, h_pki());
+	fclose(f);
+	char *cmd = h_strf("mosquitto -c %s 2>&1", conf), *out = NULL;
+	int rc = h_sh(cmd, &out, 10);
+	cr_expect(rc != 0 && rc != 137, "mosquitto ran with an empty infra prefix (rc %d): %s", rc,
+		  out);
+	cr_expect(h_count(out, "infra_prefix"), "no error names the option: %s", out);
+	cr_expect_eq(h_count(out, "running"), 0, "the broker started: %s", out);
+	free(out);
+	free(cmd);
+	free(conf);
+	free(dir);
+}
