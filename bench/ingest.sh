@@ -59,7 +59,7 @@ bench_broker_start "$pki" "$run/broker"
 # profiles: readings per message -> rows x columns, messages per device (full / quick), and the
 # raw insert's transaction size in messages (at most the bridge's 1024 messages / 100k readings)
 declare -A rows=([1]=1 [50]=5 [500]=5) cols=([1]=1 [50]=10 [500]=100)
-declare -A per_dev=([1]=5000 [50]=600 [500]=100) per_dev_quick=([1]=300 [50]=150 [500]=30)
+declare -A per_dev=([1]=5000 [50]=1500 [500]=250) per_dev_quick=([1]=300 [50]=150 [500]=30)
 declare -A txn=([1]=1000 [50]=1000 [500]=200)
 declare -A sink_msg_s
 
