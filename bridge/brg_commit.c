@@ -298,6 +298,47 @@ static struct wdev *dev_find(struct brg_committer *c, const char *id)
 	return bsearch(&key, c->devs, c->n_devs, sizeof(*c->devs), cmp_dev);
 }
 
+/* Read (and on PostgreSQL lock) w's row: 1 if there is one, 0 if not, < 0 error. */
+static int read_device(struct brg_committer *c, struct wdev *w)
+{
+	struct store_stmt *st = c->st[S_DEV_SEL];
+	int rc;
+	BTXT(S_DEV_SEL, 1, w->id);
+	rc = store_step(st);
+	if (rc == 1) {
+		size_t len;
+		const void *p;
+		w->key = store_col_i64(st, 0);
+		snprintf(w->state, sizeof(w->state), "%s", store_col_text(st, 1));
+		snprintf(w->reason, sizeof(w->reason), "%s",
+		         store_col_text(st, 2) ? store_col_text(st, 2) : "");
+		w->online = (int)store_col_i64(st, 3);
+		p = store_col_blob(st, 4, &len);
+		if (p && len == WIRE_PUBKEY_LEN) {
+			memcpy(w->pub, p, len);
+			w->has_key = 1;
+		}
+		w->frontier = store_col_i64(st, 5);
+		w->last_nd_seq = store_col_i64(st, 6);
+		w->consecutive = store_col_i64(st, 7);
+		w->sample_s = store_col_i64(st, 8);
+		w->poll_s = store_col_i64(st, 9);
+		w->last_seen = store_col_i64(st, 10);
+		p = store_col_blob(st, 11, &len);
+		if (p && len == WIRE_BOOT_ID_LEN) {
+			memcpy(w->boot_id, p, len);
+			w->has_boot = 1;
+		}
+		snprintf(w->agent, sizeof(w->agent), "%s",
+		         store_col_text(st, 12) ? store_col_text(st, 12) : "");
+		w->birth_at = store_col_i64(st, 13);
+		w->last_birth_seq = store_col_i64(st, 14);
+	}
+	store_reset(st);
+out:
+	return rc;
+}
+
 /* Create (if needed) and lock the row of every device of the group, in id order so that two
  * bridges never wait for each other in a cycle. */
 static int load_devices(struct brg_committer *c, struct brg_item *const *items, size_t n)
@@ -328,49 +369,19 @@ static int load_devices(struct brg_committer *c, struct brg_item *const *items, 
 	c->n_devs = u;
 	for (size_t i = 0; i < c->n_devs; i++) {
 		struct wdev *w = &c->devs[i];
-		if (w->needs_row) {
+		/* Read first, insert only a device not seen yet: on PostgreSQL an INSERT that
+		 * conflicts still uses up an identity value, once per device per commit. */
+		if ((rc = read_device(c, w)) == 0 && w->needs_row) {
 			BTXT(S_DEV_INS, 1, w->id);
 			B64(S_DEV_INS, 2, c->now);
 			B64(S_DEV_INS, 3, c->now);
 			if ((rc = brg_commit__run(c, S_DEV_INS)))
 				goto out;
+			rc = read_device(c, w);
 		}
-		struct store_stmt *st = c->st[S_DEV_SEL];
-		BTXT(S_DEV_SEL, 1, w->id);
-		rc = store_step(st);
-		if (rc == 1) {
-			size_t len;
-			const void *p;
-			w->key = store_col_i64(st, 0);
-			snprintf(w->state, sizeof(w->state), "%s", store_col_text(st, 1));
-			snprintf(w->reason, sizeof(w->reason), "%s",
-			         store_col_text(st, 2) ? store_col_text(st, 2) : "");
-			w->online = (int)store_col_i64(st, 3);
-			p = store_col_blob(st, 4, &len);
-			if (p && len == WIRE_PUBKEY_LEN) {
-				memcpy(w->pub, p, len);
-				w->has_key = 1;
-			}
-			w->frontier = store_col_i64(st, 5);
-			w->last_nd_seq = store_col_i64(st, 6);
-			w->consecutive = store_col_i64(st, 7);
-			w->sample_s = store_col_i64(st, 8);
-			w->poll_s = store_col_i64(st, 9);
-			w->last_seen = store_col_i64(st, 10);
-			p = store_col_blob(st, 11, &len);
-			if (p && len == WIRE_BOOT_ID_LEN) {
-				memcpy(w->boot_id, p, len);
-				w->has_boot = 1;
-			}
-			snprintf(w->agent, sizeof(w->agent), "%s",
-			         store_col_text(st, 12) ? store_col_text(st, 12) : "");
-			w->birth_at = store_col_i64(st, 13);
-			w->last_birth_seq = store_col_i64(st, 14);
-			rc = 0;
-		}
-		store_reset(st);
 		if (rc < 0)
 			goto out;
+		rc = 0;
 	}
 out:
 	return rc;

@@ -148,7 +148,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	rc = store_prepare(
 	    c->s,
 	    "SELECT e.at, d.device_id, e.type, e.detail FROM (SELECT id, at, device, type,"
-	    " detail FROM events WHERE (? = 0 OR device = ?) AND at >= ? AND"
+	    " detail FROM events WHERE (CAST(? AS BIGINT) = 0 OR device = ?) AND at >= ? AND"
 	    " (CAST(? AS TEXT) IS NULL OR type = ?) ORDER BY id DESC LIMIT ?) e"
 	    " LEFT JOIN devices d ON d.id = e.device ORDER BY e.id",
 	    &st);
@@ -199,7 +199,8 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	    c->s,
 	    "SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"
 	    " g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"
-	    " WHERE (? = 0 OR g.device = ?) AND (? = 1 OR g.resolved_at IS NULL)"
+	    " WHERE (CAST(? AS BIGINT) = 0 OR g.device = ?)"
+	    " AND (CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"
 	    " ORDER BY d.device_id, g.prev_seq, g.reason",
 	    &st);
 	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)))
