@@ -23,6 +23,7 @@ struct signer {
 	char cn[WIRE_ID_MAX + 1];
 	struct wire_pubkey key;
 	char from[160];
+	char refused[160]; /* "" or why the PKI's certificate for cn is not trusted (revoked...) */
 };
 
 /* Metric names learnt from the Births seen earlier in the input. */
@@ -42,7 +43,9 @@ struct dec {
 	int failures;
 };
 
-static int add_cert(struct dec *d, const char *path, int must)
+/* Trust the certificate at path; must: given by the user (a failure is a usage error), else
+ * looked up for cn in the PKI directory (absent: nothing; not trusted: a refused signer). */
+static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 {
 	char *pem = NULL;
 	size_t len = 0;
@@ -58,14 +61,23 @@ static int add_cert(struct dec *d, const char *path, int must)
 	int rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
 	               : wire_cert_parse(pem, len, &info, &diag);
 	free(pem);
-	if (rc)
-		return ctl_err(must ? CTL_USAGE : CTL_FAIL, "decode: %s: %s", path,
+	if (rc && must)
+		return ctl_err(CTL_USAGE, "decode: %s: %s", path,
 		               diag.msg[0] ? diag.msg : wire_strerror(rc));
+	const char *base = strrchr(path, '/');
 	struct signer *s = &d->certs[d->n_certs++];
+	memset(s, 0, sizeof(*s));
+	snprintf(s->from, sizeof(s->from), "%s", base ? base + 1 : path);
+	if (rc) {
+		/* The PKI has a certificate for cn that is not trusted: what it signed fails,
+		 * and the certificate a Birth carries does not stand in for it. */
+		snprintf(s->cn, sizeof(s->cn), "%s", cn);
+		snprintf(s->refused, sizeof(s->refused), "%s",
+		         diag.msg[0] ? diag.msg : wire_strerror(rc));
+		return ctl_err(CTL_FAIL, "decode: %s: %s", path, s->refused);
+	}
 	snprintf(s->cn, sizeof(s->cn), "%s", info.cn);
 	s->key = info.key;
-	const char *base = strrchr(path, '/');
-	snprintf(s->from, sizeof(s->from), "%s", base ? base + 1 : path);
 	return CTL_OK;
 }
 
@@ -81,7 +93,7 @@ static const struct signer *signer_for(struct dec *d, const char *cn)
 		if (asprintf(&path, bridge ? "%s/bridge.crt" : "%s/devices/%s.crt", d->pki, cn) < 0)
 			return NULL;
 		size_t before = d->n_certs;
-		add_cert(d, path, 0);
+		add_cert(d, path, cn, 0);
 		free(path);
 		if (d->n_certs > before && !strcmp(d->certs[before].cn, cn))
 			return &d->certs[before];
@@ -135,6 +147,15 @@ static void remember_birth(struct dec *d, const char *device, Outpost__Birth *b)
 	d->cats[d->n_cats++].birth = b;
 }
 
+/* Text a device sent, for the terminal (ctl_vis); up to four per printf. */
+static const char *vis(const char *s)
+{
+	static char ring[4][CTL_VIS_MAX];
+	static int k;
+	k = (k + 1) % 4;
+	return ctl_vis(s, ring[k], sizeof(ring[k]));
+}
+
 static void hexdump(const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -144,7 +165,7 @@ static void hexdump(const uint8_t *p, size_t n)
 static void print_kvs(const char *indent, Outpost__KeyValue *const *kv, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		printf("%s%s=%s\n", indent, kv[i]->key, kv[i]->value ? kv[i]->value : "");
+		printf("%s%s=%s\n", indent, vis(kv[i]->key), vis(kv[i]->value));
 }
 
 static int body(struct dec *d, const struct wire_env *e, const struct wire_pubkey *birth_key)
@@ -159,11 +180,11 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		if ((rc = wire_birth_decode(e->body, e->body_len, &b, &diag)))
 			break;
 		struct wire_cert_info ci;
-		printf("  agent %s, boot id ", b->agent_version ? b->agent_version : "");
+		printf("  agent %s, boot id ", vis(b->agent_version));
 		hexdump(b->boot_id.data, b->boot_id.len);
 		printf(", started %s\n", b->started_at_ms ? ctl_time(b->started_at_ms, t) : "-");
 		if (!wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL))
-			printf("  certificate CN=%s\n", ci.cn);
+			printf("  certificate CN=%s\n", vis(ci.cn));
 		printf("  intervals: sample %us, poll %us; chain floor %" PRIu64 "\n",
 		       b->sample_interval_s, b->poll_interval_s, b->chain_floor);
 		if (b->spool)
@@ -176,14 +197,14 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 			           ? " (last: "
 			           : "",
 			       b->spool->last_disconnect_cause && b->spool->last_disconnect_cause[0]
-			           ? b->spool->last_disconnect_cause
+			           ? vis(b->spool->last_disconnect_cause)
 			           : "",
 			       b->spool->dropped_total);
 		printf("  metrics (%zu):", b->n_metrics);
 		for (size_t i = 0; i < b->n_metrics; i++)
-			printf(" %u=%s%s%s%s", b->metrics[i]->id, b->metrics[i]->name,
+			printf(" %u=%s%s%s%s", b->metrics[i]->id, vis(b->metrics[i]->name),
 			       b->metrics[i]->unit && b->metrics[i]->unit[0] ? "[" : "",
-			       b->metrics[i]->unit ? b->metrics[i]->unit : "",
+			       vis(b->metrics[i]->unit),
 			       b->metrics[i]->unit && b->metrics[i]->unit[0] ? "]" : "");
 		printf("\n");
 		remember_birth(d, e->device_id, b);
@@ -209,7 +230,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 				open = 1;
 			}
 			char vb[32];
-			printf(" %s=%s", metric_name(d, e->device_id, r->metric_id, nb),
+			printf(" %s=%s", vis(metric_name(d, e->device_id, r->metric_id, nb)),
 			       ctl_double(r->value, vb));
 		}
 		if (open)
@@ -233,7 +254,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 			break;
 		printf("  prev_seq %" PRIu64 ", task %" PRIu64 " %s at %s: %s\n", r->prev_seq,
 		       r->task_id, st[r->status <= 3 ? r->status : 0],
-		       ctl_time(r->finished_at_ms, t), r->message ? r->message : "");
+		       ctl_time(r->finished_at_ms, t), vis(r->message));
 		print_kvs("    ", r->output, r->n_output);
 		wire_msg_free(r);
 		break;
@@ -260,7 +281,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		for (size_t i = 0; i < l->n_tasks; i++) {
 			char t2[32];
 			printf("  task %" PRIu64 " %s for %s, expires %s (created %s)\n",
-			       l->tasks[i]->id, l->tasks[i]->type, l->tasks[i]->device_id,
+			       l->tasks[i]->id, vis(l->tasks[i]->type), vis(l->tasks[i]->device_id),
 			       ctl_time(l->tasks[i]->expires_at_ms, t),
 			       ctl_time(l->tasks[i]->created_at_ms, t2));
 			print_kvs("    ", l->tasks[i]->args, l->tasks[i]->n_args);
@@ -287,17 +308,19 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	if (topic && wire_topic_parse(topic, strlen(topic), id, &tk))
 		tk = WIRE_TOPIC_COUNT;
 	if (tk == WIRE_TOPIC_STATUS) {
-		printf("%s  status  %.*s\n", topic, (int)(n > 64 ? 64 : n), (const char *)p);
+		char st[65];
+		snprintf(st, sizeof(st), "%.*s", (int)(n > 64 ? 64 : n), (const char *)p);
+		printf("%s  status  %s\n", vis(topic), vis(st));
 		return;
 	}
 	int rc = wire_env_decode(p, n, &e, &diag);
 	if (rc) {
-		printf("%s  INVALID envelope (%zu bytes): %s\n", topic ? topic : "-", n,
+		printf("%s  INVALID envelope (%zu bytes): %s\n", topic ? vis(topic) : "-", n,
 		       diag.msg[0] ? diag.msg : wire_strerror(rc));
 		d->failures++;
 		return;
 	}
-	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? topic : "-",
+	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? vis(topic) : "-",
 	       wire_kind_name(e.kind), e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
 	/* Who signed: the device for device kinds, the bridge for acks and task lists. */
 	const char *cn = wire_kind_from_device(e.kind) ? e.device_id : "outpost-bridge";
@@ -315,19 +338,18 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		}
 		wire_msg_free(b);
 	}
-	if (s)
-		rc = wire_env_verify(&e, &s->key);
-	else if (have_birth_key)
-		rc = wire_env_verify(&e, &birth_key);
-	if (!s && !have_birth_key)
+	if (s && s->refused[0]) {
+		printf("signature NOT TRUSTED (%s: %s)\n", s->from, s->refused);
+		d->failures++;
+	} else if (!s && !have_birth_key) {
 		printf("signature not checked (no certificate for %s)\n", cn);
-	else if (rc)
+	} else if (wire_env_verify(&e, s ? &s->key : &birth_key)) {
 		printf("signature BAD (%s)\n", s ? s->from : "certificate in the birth");
-	else
+		d->failures++;
+	} else {
 		printf("signature ok (%s)\n",
 		       s ? s->from : "certificate in the birth, chain not checked");
-	if ((s || have_birth_key) && rc)
-		d->failures++;
+	}
 	if (topic && tk != WIRE_TOPIC_COUNT && strcmp(id, e.device_id))
 		printf("  WARNING: envelope of %s on %s's topic\n", e.device_id, id);
 	body(d, &e, have_birth_key ? &birth_key : NULL);
@@ -449,7 +471,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 			return ctl_err(CTL_USAGE, "decode: --pki %s: %s", pki, diag.msg);
 	}
 	for (size_t i = 0; i < ncerts; i++)
-		if ((rc = add_cert(&d, certs[i], 1)))
+		if ((rc = add_cert(&d, certs[i], NULL, 1)))
 			goto out;
 	FILE *in = stdin;
 	if (npos && strcmp(pos[0], "-")) {

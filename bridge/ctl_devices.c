@@ -105,13 +105,14 @@ static int metrics(struct store *s, int64_t key)
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
-		const char *unit = store_col_text(st, 1);
+		/* names and units are what the device's Birth said: shown, not obeyed */
+		char name[CTL_VIS_MAX], unit[CTL_VIS_MAX];
+		ctl_vis(store_col_text(st, 0), name, sizeof(name));
+		ctl_vis(store_col_text(st, 1), unit, sizeof(unit));
 		if (store_col_null(st, 2))
-			printf("  %-32s %-8s (no longer in the catalog)\n", store_col_text(st, 0),
-			       unit ? unit : "");
+			printf("  %-32s %-8s (no longer in the catalog)\n", name, unit);
 		else
-			printf("  %-32s %-8s id %" PRId64 "\n", store_col_text(st, 0),
-			       unit ? unit : "", store_col_i64(st, 2));
+			printf("  %-32s %-8s id %" PRId64 "\n", name, unit, store_col_i64(st, 2));
 	}
 out:
 	store_stmt_free(st);

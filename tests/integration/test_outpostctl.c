@@ -204,6 +204,29 @@ static void populated(const char *store, const char *tag)
 	          "%s", out);
 	free(out);
 	free(cmd);
+	/* decode with a PKI in which dev-a is revoked: what dev-a signed is not trusted (the
+	 * certificate its Birth carries does not stand in), a failure, said once on stderr */
+	char *revoked = h_tmpdir("ctl-decode-revoked");
+	cmd = h_strf("cp -a %s/. %s/ && %s/scripts/provision-certs.sh --out %s --revoke dev-a",
+	             h_pki(), revoked, h_source_dir(), revoked);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	cmd = h_strf("decode --pki %s %s 2>&1", revoked, cap);
+	out = ctl(url, 1, "%s", cmd);
+	cr_expect(strstr(out, "birth  dev-a  seq 1  ") &&
+	              strstr(out, "signature NOT TRUSTED (dev-a.crt: "),
+	          "%s", out);
+	cr_expect(!strstr(out, "signature ok (dev-a.crt)") &&
+	              !strstr(out, "signature ok (certificate in the birth"),
+	          "%s", out);
+	cr_expect(strstr(out, "ack  dev-a") && strstr(out, "signature ok (bridge.crt)"), "%s", out);
+	cr_expect_eq(h_count(out, "outpostctl: decode: dev-a.crt") +
+	                 h_count(out, "/devices/dev-a.crt: "),
+	             1, "the refusal is said once:\n%s", out);
+	free(out);
+	free(cmd);
+	free(revoked);
 	/* nothing at all (mosquitto_sub could not connect): said so, not an "INVALID envelope" */
 	out = ctl(url, 1, "decode < /dev/null");
 	cr_expect(strstr(out, "no input") && !strstr(out, "INVALID"), "%s", out);
@@ -292,11 +315,50 @@ Test(outpostctl, every_command_sqlite, .timeout = 180)
 	populated(NULL, "ctl-sqlite");
 }
 
+/* The first column of the first row of sql on the store at url. */
+static int64_t q64(const char *url, const char *sql)
+{
+	struct store *s = NULL;
+	struct store_stmt *st = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	int64_t v = -1;
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_prepare(s, sql, &st), STORE_OK, "%s", store_errmsg(s));
+	if (store_step(st) == 1)
+		v = store_col_i64(st, 0);
+	store_stmt_free(st);
+	store_close(s);
+	return v;
+}
+
 Test(outpostctl, every_command_postgresql, .timeout = 240)
 {
 	struct h_pg pg = {0};
 	h_pg_start(&pg);
 	populated(pg.url, "ctl-pg");
+	/* Two devices, dozens of commits: the bridge must not use up an identity value per
+	 * device per commit (an INSERT that conflicts does on PostgreSQL). */
+	int64_t next = q64(pg.url, "SELECT nextval(pg_get_serial_sequence('devices', 'id'))");
+	cr_expect_leq(next, 5, "devices.id has reached %lld for 2 devices", (long long)next);
+	/* Device keys past 2^31 (a long-lived store) work in every filter. */
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(pg.url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_exec(s, "INSERT INTO devices (id, device_id, state, created_at,"
+	                           " state_changed_at) VALUES (3000000000, 'dev-big', 'active', 1, 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES"
+	                           " (1, 3000000000, 'rejected', 'big one')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO gaps (device, reason, prev_seq, last_seq,"
+	                           " opened_at) VALUES (3000000000, 'missing', 1, 5, 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	expect_ctl(pg.url, 0, "events --device dev-big --format csv", "big one", 2);
+	expect_ctl(pg.url, 0, "gaps --device dev-big --format csv", "dev-big,missing", 2);
+	expect_ctl(pg.url, 0, "device show dev-big", "dev-big", -1);
 	h_pg_free(&pg);
 }
 
@@ -549,6 +611,9 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7) ||"
 	                           " char(155) || '2J')"),
 	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
+	                           " 'temp' || char(27) || '[1A', 'C' || char(27) || '[2J', 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
 	const char *cmds[] = {"task show 1", "task list", "events", "device show dev-a"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -565,6 +630,9 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	free(out);
 	out = ctl(url, 0, "events --format json");
 	cr_expect(strstr(out, "x\\u001b]0;title\\u0007"), "JSON escapes as JSON:\n%s", out);
+	free(out);
+	out = ctl(url, 0, "device show dev-a");
+	cr_expect(strstr(out, "temp\\x1b[1A") && strstr(out, "C\\x1b[2J"), "%s", out);
 	free(out);
 	free(url);
 }
