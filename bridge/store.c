@@ -64,25 +64,49 @@ int store_err_transient(int err)
 	       err == STORE_EFULL;
 }
 
-/* Copy of url with the password of a postgresql://user:pass@host URL replaced by "***". */
+/* Copy of url with its passwords replaced by "***": the one of user:pass@host and a
+ * password=... query parameter (libpq takes both). NULL if out of memory. */
 static char *redact(const char *url)
 {
-	char *u = strdup(url);
-	if (!u)
+	size_t n = strlen(url);
+	char *out = malloc(2 * n + 8), *o = out;
+	const char *p = url, *auth = strstr(url, "://");
+	if (!out)
 		return NULL;
-	char *scheme = strstr(u, "://");
-	if (!scheme)
-		return u;
-	char *at = strchr(scheme + 3, '@');
-	char *colon = strchr(scheme + 3, ':');
-	if (at && colon && colon < at) {
-		char *r = NULL;
-		if (asprintf(&r, "%.*s:***%s", (int)(colon - u), u, at) < 0)
-			r = NULL;
-		free(u);
-		return r;
+	if (auth) {
+		auth += 3;
+		const char *end = auth + strcspn(auth, "/?#"), *at = NULL;
+		for (const char *q = auth; q < end; q++)
+			if (*q == '@')
+				at = q;
+		const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+		if (colon) {
+			memcpy(o, url, (size_t)(colon + 1 - url));
+			o += colon + 1 - url;
+			memcpy(o, "***", 3);
+			o += 3;
+			p = at;
+		}
 	}
-	return u;
+	const char *query = strchr(p, '?');
+	size_t head = query ? (size_t)(query + 1 - p) : strlen(p);
+	memcpy(o, p, head);
+	o += head;
+	for (p += head; query && *p;) {
+		size_t seg = strcspn(p, "&#");
+		if (!strncmp(p, "password=", 9)) {
+			memcpy(o, "password=***", 12);
+			o += 12;
+		} else {
+			memcpy(o, p, seg);
+			o += seg;
+		}
+		p += seg;
+		if (*p)
+			*o++ = *p++;
+	}
+	*o = '\0';
+	return out;
 }
 
 int store_open(const char *url, const struct store_opts *opts, struct store **out, char *err)
@@ -110,12 +134,18 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 #ifdef STORE_WITH_PG
 		be = &store__pg;
 #else
+		char *r = redact(url);
 		snprintf(err, STORE_ERR_MAX,
-		         "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)", url);
+		         "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)",
+		         r ? r : "postgresql://...");
+		free(r);
 		return STORE_ENOTSUP;
 #endif
 	} else {
-		snprintf(err, STORE_ERR_MAX, "%s: %s", url, store_strerror(STORE_EURL));
+		char *r = redact(url);
+		snprintf(err, STORE_ERR_MAX, "%s: %s", r ? r : "the store URL",
+		         store_strerror(STORE_EURL));
+		free(r);
 		return STORE_EURL;
 	}
 	struct store *s = calloc(1, sizeof(*s));

@@ -353,6 +353,16 @@ Test(store, urls)
 	/* Passwords never reach messages. */
 	cr_expect_neq(store_open("postgresql://u:secret@127.0.0.1:1/db", NULL, &s, err), STORE_OK);
 	cr_expect(!strstr(err, "secret"), "%s", err);
+	cr_expect_neq(store_open("postgresql://u@127.0.0.1:1/db?sslmode=disable&password=secret2"
+	                         "&connect_timeout=1",
+	                         NULL, &s, err),
+	              STORE_OK);
+	cr_expect(!strstr(err, "secret2"), "%s", err);
+	cr_expect(strstr(err, "postgresql://u@127.0.0.1:1/db?sslmode=disable&password=***"
+	                      "&connect_timeout=1"),
+	          "%s", err);
+	cr_expect_eq(store_open("mysql://u:p@ss@x:3306/db", NULL, &s, err), STORE_EURL);
+	cr_expect(strstr(err, "mysql://u:***@x:3306/db"), "%s", err);
 }
 
 Test(store, sqlite)
