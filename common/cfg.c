@@ -382,12 +382,15 @@ int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, ch
 			return fail(err, "command line: %s needs a file", argv[i]);
 	}
 	env_name(var, sizeof(var), env_prefix, "config");
-	if (!config)
-		config = getenv(var);
+	if (!config && (config = getenv(var)) && !*config)
+		return fail(err, "environment: %s is set but empty (unset it, or name a file)", var);
+	if (config && !*config)
+		return fail(err, "command line: --config needs a file");
 	if (config) {
 		if (cfg_load_file(opts, n, settings, config, err))
 			return -1;
-	} else if (default_config && access(default_config, R_OK) == 0) {
+	} else if (default_config && (access(default_config, F_OK) == 0 || errno != ENOENT)) {
+		/* it exists: read it, or say why not (an unreadable one is not "absent") */
 		if (cfg_load_file(opts, n, settings, default_config, err))
 			return -1;
 	}

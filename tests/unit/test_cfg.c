@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cfg.h"
 #include "harness.h"
@@ -413,6 +416,47 @@ Test(cfg, config_file_sources)
 	free(a);
 	free(b);
 	free(c);
+}
+
+/* A default config file that exists but cannot be read is an error naming it, not a silent
+ * start on the defaults (a PostgreSQL bridge would start on a fresh SQLite file). Run as an
+ * unprivileged user: root reads any file. */
+Test(cfg, an_unreadable_default_config_file_is_an_error)
+{
+	char *c = write_conf("broker_port = 2003\n");
+	cr_assert_eq(chmod(c, 0), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		if (geteuid() == 0 && (setgid(65534) || setuid(65534)))
+			_exit(10);
+		struct settings s;
+		char err[CFG_ERR_MAX] = "";
+		char *none[] = {"prog", NULL};
+		int rc = parse(&s, none, c, err);
+		_exit(rc == -1 && strstr(err, c) && strstr(err, "Permission denied") ? 0 : 1);
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+	chmod(c, 0600);
+	free(c);
+}
+
+Test(cfg, an_empty_config_variable_is_an_error)
+{
+	struct settings s;
+	char err[CFG_ERR_MAX] = "";
+	char *none[] = {"prog", NULL};
+	setenv(PREFIX "CONFIG", "", 1);
+	cr_expect_eq(parse(&s, none, NULL, err), -1);
+	cr_expect(strstr(err, PREFIX "CONFIG is set but empty"), "%s", err);
+	cfg_free(opts, N(opts), &s);
+	unsetenv(PREFIX "CONFIG");
+	char *eq[] = {"prog", "--config=", NULL};
+	cr_expect_eq(parse(&s, eq, NULL, err), -1);
+	cr_expect(strstr(err, "--config needs a file"), "%s", err);
+	cfg_free(opts, N(opts), &s);
 }
 
 Test(cfg, command_line_forms)
