@@ -32,14 +32,6 @@ const char *dev_spool_strerror(int err)
 }
 
 
-
-
-
-
-
-
-
-
 /* ---------- acknowledgement bookkeeping ---------- */
 
 int dev_spool_is_acked(const struct dev_spool *s, uint64_t seq)
@@ -252,6 +244,47 @@ out:
 
 /* ---------- dropped ranges ---------- */
 
+static int cmp_pending(const void *x, const void *y)
+{
+	const struct pending *a = x, *b = y;
+	return (a->d.prev_seq > b->d.prev_seq) - (a->d.prev_seq < b->d.prev_seq);
+}
+
+/* The pending list is full: make room for one more. Two ranges that are neighbours in seq order
+ * with nothing unacknowledged between them fold into one link (the bridge then counts the
+ * acknowledged envelopes between them as dropped too: over-reported, nothing lost). A rot report
+ * from the middle of the spool has unsent records around it, so folding across it would make
+ * the bridge skip them; when no pair is safe, one range is forgotten instead, preferring one an
+ * envelope already carries: its records are gone either way, and at worst the bridge records
+ * the stretch as missing rather than dropped. */
+static void make_room(struct dev_spool *s)
+{
+	struct pending *p = s->pending;
+	size_t n = s->npending, victim = 0;
+	qsort(p, n, sizeof(*p), cmp_pending);
+	for (size_t i = 0; i + 1 < n; i++) {
+		struct wire_dropped *a = &p[i].d, *b = &p[i + 1].d;
+		int between = a->last_seq < b->prev_seq; /* records a and b do not cover */
+		if (a->last_seq > b->prev_seq ||
+		    (between && !spool_range_covers(s, a->last_seq + 1, b->prev_seq)))
+			continue;
+		uint64_t span = b->last_seq - a->prev_seq;
+		a->count = a->count + b->count > span ? span : a->count + b->count;
+		a->last_seq = b->last_seq;
+		p[i].reported_in = 0;
+		victim = i + 1;
+		goto remove;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (p[i].reported_in) {
+			victim = i;
+			break;
+		}
+remove:
+	memmove(&p[victim], &p[victim + 1], (n - victim - 1) * sizeof(*p));
+	s->npending--;
+}
+
 /* Remember a dropped range until a bridge acknowledges the envelope that reported it. Returns 0
  * if that very range is already pending (reading a rotten record twice reports it once). */
 static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count)
@@ -265,17 +298,8 @@ static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64
 		s->pending[s->npending - 1].d.count += count;
 		return 1;
 	}
-	if (s->npending == MAX_PENDING) {
-		/* Full: fold the two oldest into one link. The bridge then counts the acknowledged
-		 * envelopes between them as dropped too, which over-reports but loses no data. */
-		struct pending *a = &s->pending[0], *b = &s->pending[1];
-		uint64_t span = b->d.last_seq - a->d.prev_seq;
-		a->d.last_seq = b->d.last_seq;
-		a->d.count = a->d.count + b->d.count > span ? span : a->d.count + b->d.count;
-		a->reported_in = 0;
-		memmove(&s->pending[1], &s->pending[2], (MAX_PENDING - 2) * sizeof(*a));
-		s->npending--;
-	}
+	if (s->npending == MAX_PENDING)
+		make_room(s);
 	s->pending[s->npending++] = (struct pending){{prev, last, count}, 0};
 	return 1;
 }
@@ -289,20 +313,6 @@ void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
 		s->state_dirty = 1;
 	}
 }
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 /* ---------- dropping ---------- */

@@ -1026,3 +1026,52 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	cr_expect_eq(dev_spool_clock_seq(1783900000000LL), f, "quarter-seconds since 2020");
 	cr_expect_lt(dev_spool_clock_seq(2082758400000LL), 1u << 31, "2036: still 31 bits");
 }
+
+/* The pending dropped ranges stay carriable in a batch when the list is full: a rot report
+ * from the middle of the spool (unsent records around it) and the overflow drops of the oldest
+ * segments (lower seqs, added after it) are not folded across each other into a link that runs
+ * backwards or over unsent records. */
+Test(dev_spool, folded_dropped_ranges_stay_carriable)
+{
+	char *dir = h_tmpdir("spool-fold");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 1024; /* two 400-byte records per segment */
+	o.max_bytes = 80 * 1024;
+	uint64_t seqs[150];
+	fill(&o, 150, 400, seqs); /* 75 segments, under the limit */
+	char *seg = h_strf("%s/seg-%020llu.log", dir, (unsigned long long)seqs[140]);
+	flip_byte(seg, REC_BYTES(0) - 16 + 50); /* inside the payload of seqs[140] */
+	struct dev_spool *s = open_spool(&o);
+	uint64_t got[200];
+	cr_assert_eq(read_all(s, 1, got, 200), 149);
+	struct wire_dropped d[WIRE_MAX_DROPPED];
+	cr_assert_eq(dev_spool_dropped(s, d, WIRE_MAX_DROPPED), 1);
+	int full = 0;
+	for (int i = 0; i < 300; i++) { /* the outage: a batch a minute, as agent_flush_batch */
+		size_t n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
+		uint64_t seq = put(s, 400, wall_ms());
+		dev_spool_dropped_reported(s, seq, d, n);
+		n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
+		full |= n == WIRE_MAX_DROPPED;
+		/* what is still in the spool to be sent: no range may claim it dropped */
+		size_t live = read_all(s, 1, got, 200);
+		n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
+		for (size_t j = 0; j < n; j++)
+			for (size_t k = 0; k < live; k++)
+				cr_assert(got[k] <= d[j].prev_seq || got[k] > d[j].last_seq,
+				          "batch %d: range %llu..%llu claims unsent seq %llu", i,
+				          (unsigned long long)d[j].prev_seq,
+				          (unsigned long long)d[j].last_seq, (unsigned long long)got[k]);
+		for (size_t j = 0; j < n; j++) {
+			cr_assert(d[j].last_seq > d[j].prev_seq && d[j].count >= 1 &&
+			              d[j].count <= d[j].last_seq - d[j].prev_seq,
+			          "batch %d: pending[%zu] %llu..%llu x%llu cannot be carried", i, j,
+			          (unsigned long long)d[j].prev_seq,
+			          (unsigned long long)d[j].last_seq, (unsigned long long)d[j].count);
+		}
+	}
+	cr_expect(full, "the pending list never filled: the test does not reach the fold");
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
