@@ -122,6 +122,7 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 		struct dev_spool_rec rec;
 		uint8_t *env = NULL;
 		size_t len;
+		struct dev_spool_cursor at = *c;
 		int rc = dev_spool_next(u->spool, c, skip_acked, &rec, &env, &len);
 		if (rc == DEV_SPOOL_ECORRUPT) {
 			u->st.corrupt++;
@@ -139,6 +140,8 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 		}
 		rc = send_rec(u, now, send, ctx, &rec, env, len);
 		free(env);
+		if (rc)
+			*c = at; /* not sent: the same record goes next (Paho's queue was full...) */
 		return rc ? DEV_UPLOADER_ESEND : 0;
 	}
 	return 0;

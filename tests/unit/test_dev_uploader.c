@@ -397,3 +397,22 @@ Test(dev_uploader, an_envelope_of_another_kind_is_no_ack)
 	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[5]);
 	teardown(&f);
 }
+
+/* A backlog envelope the link refuses while still up (Paho's queue of 100 publishes full, say)
+ * goes next, not never: with everything after it acknowledged, no timeout would resend it. */
+Test(dev_uploader, a_backlog_envelope_the_link_refused_is_not_skipped)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 4, 8);
+	struct refusing r = {&s, 1};
+	cr_assert_eq(dev_uploader_pump(f.up, 0, refusing_send, &r), 1); /* seqs[1] refused */
+	cr_expect_eq(dev_uploader_pump(f.up, 1, send_fn, &s), 3);
+	cr_expect_eq(s.seq[1], f.seqs[1], "the refused envelope goes next");
+	size_t len;
+	uint8_t *env = ack_env_ranges(f.bridge, "dev-a", f.seqs[1], f.seqs[2], f.seqs[3], &len);
+	cr_assert_eq(dev_uploader_on_ack(f.up, env, len, 2, NULL), 0);
+	free(env);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[3], "all four acknowledged");
+	teardown(&f);
+}
