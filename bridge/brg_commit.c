@@ -75,7 +75,8 @@ const char *const brg_commit__sql[S_COUNT] = {
                    " (state = 'delivered' AND id > ?)) ORDER BY id LIMIT ?",
     [S_TASK_ARGS] = "SELECT key, value FROM task_args WHERE task = ? ORDER BY idx",
     [S_TASK_DELIV] = "UPDATE tasks SET state = 'delivered', delivered_at ="
-                     " COALESCE(delivered_at, ?), deliveries = deliveries + 1 WHERE id = ?",
+                     " COALESCE(delivered_at, ?), deliveries = deliveries + 1 WHERE id = ?"
+                     " AND state IN ('queued', 'delivered')",
     [S_TASK_GET] = "SELECT state, expires_at, type FROM tasks WHERE id = ? AND device = ?",
     [S_TASK_FINISH] = "UPDATE tasks SET state = ?, finished_at = ?, result_status = ?,"
                       " result_message = ?, result_seq = ? WHERE id = ?",
@@ -281,6 +282,7 @@ void brg_commit__set_state(struct wdev *w, const char *state, const char *reason
 {
 	snprintf(w->state, sizeof(w->state), "%s", state);
 	snprintf(w->reason, sizeof(w->reason), "%s", reason);
+	wire_utf8_sanitize(w->reason);
 	w->state_changed = 1;
 	w->dirty = 1;
 }
@@ -312,6 +314,7 @@ static int read_device(struct brg_committer *c, struct wdev *w)
 		snprintf(w->state, sizeof(w->state), "%s", store_col_text(st, 1));
 		snprintf(w->reason, sizeof(w->reason), "%s",
 		         store_col_text(st, 2) ? store_col_text(st, 2) : "");
+		wire_utf8_sanitize(w->reason); /* an operator's reason is at most 255 bytes */
 		w->online = (int)store_col_i64(st, 3);
 		p = store_col_blob(st, 4, &len);
 		if (p && len == WIRE_PUBKEY_LEN) {

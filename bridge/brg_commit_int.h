@@ -52,7 +52,7 @@ struct wdev {
 	const char *id; /* borrowed from an item */
 	int64_t key;    /* 0: no row (status of a device the store does not know) */
 	char state[16];
-	char reason[160];
+	char reason[256]; /* holds any state_reason store_device_action writes */
 	int state_changed;
 	int online;
 	int has_key;

@@ -147,16 +147,38 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 		}
 		budget -= size;
 	}
+	size_t kept = 0;
 	for (size_t i = 0; i < n; i++) {
 		B64(S_TASK_DELIV, 1, c->now);
 		B64(S_TASK_DELIV, 2, tasks[i].id);
-		if ((rc = brg_commit__run(c, S_TASK_DELIV)))
+		rc = store_step(c->st[S_TASK_DELIV]);
+		int64_t delivered = rc >= 0 ? store_changes(c->st[S_TASK_DELIV]) : 0;
+		store_reset(c->st[S_TASK_DELIV]);
+		if (rc < 0)
 			goto out;
+		rc = 0;
+		if (!delivered) {
+			/* another bridge's sweep expired it since it was read: it is not sent */
+			for (size_t k = 0; k < tasks[i].n_args; k++) {
+				free(tasks[i].keys[k]);
+				free(tasks[i].values[k]);
+			}
+			free(tasks[i].keys);
+			free(tasks[i].values);
+			memset(&tasks[i], 0, sizeof(tasks[i]));
+			continue;
+		}
 		if (queued[i] &&
 		    (rc = brg_commit__event(c, w, "task_delivered", "task %llu %s",
 		                            (unsigned long long)tasks[i].id, tasks[i].type)))
 			goto out;
+		if (kept != i) {
+			tasks[kept] = tasks[i];
+			memset(&tasks[i], 0, sizeof(tasks[i]));
+		}
+		kept++;
 	}
+	n = kept;
 	struct brg_reply *r = brg_commit__add_reply(c->out);
 	if (!r) {
 		rc = STORE_ENOMEM;

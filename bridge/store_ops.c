@@ -6,6 +6,7 @@
 #include "store_ops.h"
 #include "wire_msg.h"
 #include "wire_topic.h"
+#include "wire_utf8.h"
 
 const char *const store_task_types[] = {"ping",        "set_config", "resend",
                                         "collect_now", "restart",    NULL};
@@ -173,6 +174,7 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 	int64_t now = store_now_ms();
 	snprintf(detail, sizeof(detail), "%s -> %s by %s%s%s", d.state, to, by ? by : "operator",
 	         reason && *reason ? ": " : "", reason ? reason : "");
+	wire_utf8_sanitize(detail); /* a long reason is cut at a byte count */
 	rc = store_prepare(s,
 	                   "UPDATE devices SET state = ?, state_reason = ?, state_changed_at = ?,"
 	                   " consecutive_rejects = CASE WHEN ? = 'release' THEN 0 ELSE"
@@ -221,7 +223,8 @@ static int valid_text(const char *s, size_t max)
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)s[i] < 0x20 && s[i] != '\t')
 			return 0;
-	return 1;
+	/* the device refuses a TaskList that is not UTF-8, and PostgreSQL refuses to store one */
+	return wire_utf8_valid(s, n);
 }
 
 /* Take a device's row for the rest of the transaction (PostgreSQL; SQLite's one writer holds
@@ -304,6 +307,7 @@ int store_task_add(struct store *s, const char *device_id, const char *type,
 	}
 	snprintf(detail, sizeof(detail), "task %lld %s queued by %s", (long long)task, type,
 	         by ? by : "operator");
+	wire_utf8_sanitize(detail);
 	if ((rc = store_event_add(s, d.key, now, "task_queued", detail)))
 		goto fail;
 	if ((rc = store_commit(s)))
@@ -343,6 +347,7 @@ int store_task_cancel(struct store *s, int64_t id, const char *by, char *state)
 	}
 	snprintf(detail, sizeof(detail), "task %lld %s cancelled by %s", (long long)id,
 	         store_col_text(st, 2), by ? by : "operator");
+	wire_utf8_sanitize(detail);
 	store_stmt_free(st);
 	st = NULL;
 	/* The device's row first, as the bridge answering a poll takes it: PostgreSQL would

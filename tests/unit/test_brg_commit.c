@@ -764,6 +764,22 @@ Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
 	store_close(s2);
 }
 
+/* A task argument that is not UTF-8 (typed on a Latin-1 terminal) is refused when added: the
+ * device would refuse its TaskList, and every task behind it would be stuck as delivered. */
+Test(brg_commit, a_task_argument_that_is_not_utf8_is_refused)
+{
+	commit_one(birth("dev-a", 1));
+	struct store_kv kv = {"log_level", "d\xe9" "bug"};
+	int64_t task = 0;
+	cr_expect_eq(store_task_add(s, "dev-a", "set_config", &kv, 1, store_now_ms() + 3600000, "t",
+	                            &task),
+	             STORE_EINVAL);
+	kv.value = "d\xc3\xa9" "bug";
+	cr_expect_eq(store_task_add(s, "dev-a", "set_config", &kv, 1, store_now_ms() + 3600000, "t",
+	                            &task),
+	             STORE_OK, "valid UTF-8 is accepted");
+}
+
 static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
                                const char *msg)
 {
@@ -800,6 +816,27 @@ Test(brg_commit_pg, a_message_cut_mid_character_in_an_event_is_stored)
 	int rc = brg_commit_group(com, &it, 1, store_now_ms(), &out);
 	cr_expect_eq(rc, STORE_OK, "a valid TaskResult is refused by the store: %s", store_errmsg(s));
 	brg_item_free(it);
+}
+
+/* An operator's reason that fills the 255 bytes of a state change, in two-byte characters: the
+ * bridge reads it back with the device's row and writes it again at the device's next message.
+ * Cut mid-character, PostgreSQL refused every later message of that device, forever. */
+Test(brg_commit_pg, a_long_operator_reason_does_not_block_the_device)
+{
+	commit_one(birth("dev-a", 1));
+	cr_assert_eq(store_device_action(s, "dev-a", "quarantine", "outpostctl", NULL, NULL),
+	             STORE_OK, "%s", store_errmsg(s));
+	char reason[256] = "a";
+	for (int i = 0; i < 120; i++)
+		strcat(reason, "\xc3\xa9");
+	cr_assert_eq(store_device_action(s, "dev-a", "release", "outpostctl", reason, NULL),
+	             STORE_OK, "%s", store_errmsg(s));
+	struct brg_item *it = batch("dev-a", "dev-a", 2, 0);
+	brg_outcome_clear(&out);
+	cr_expect_eq(brg_commit_group(com, &it, 1, store_now_ms(), &out), STORE_OK, "%s",
+	             store_errmsg(s));
+	brg_item_free(it);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 2"), 1);
 }
 
 /* A message that is not UTF-8 at all: refused when decoded, and the rejection is stored. */
@@ -912,6 +949,57 @@ static struct brg_item *poll_item(const char *id, uint64_t seq)
 	free(topic);
 	free(resp);
 	return it;
+}
+
+struct poller {
+	struct brg_item *it;
+	int rc;
+};
+
+static void *commit_poll(void *arg)
+{
+	struct poller *p = arg;
+	brg_outcome_clear(&out);
+	p->rc = brg_commit_group(com, &p->it, 1, store_now_ms(), &out);
+	return NULL;
+}
+
+/* Another bridge's sweep expires a task while this bridge answers a poll that read it as
+ * queued: the task stays expired and is not sent (PostgreSQL re-checks only the UPDATE's own
+ * condition once the sweep's row lock is released). */
+Test(brg_commit_pg, a_task_expired_by_another_bridge_during_a_poll_stays_expired)
+{
+	commit_one(birth("dev-a", 1));
+	int64_t task = 0;
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &task),
+	             STORE_OK);
+	struct store *other = open_store();
+	int64_t args[] = {store_now_ms(), task}, n = 0;
+	cr_assert_eq(store_begin(other), STORE_OK);
+	cr_assert_eq(store_exec_i64(other,
+	                            "UPDATE tasks SET state = 'expired', finished_at = ? WHERE id = ?"
+	                            " AND state IN ('queued', 'delivered')",
+	                            args, 2, &n),
+	             STORE_OK);
+	cr_assert_eq(n, 1);
+	struct poller p = {poll_item("dev-a", 2), -1};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, commit_poll, &p), 0);
+	h_sleep_ms(500);
+	cr_assert_eq(store_commit(other), STORE_OK);
+	pthread_join(t, NULL);
+	cr_expect_eq(p.rc, STORE_OK, "%s", store_errmsg(s));
+	brg_item_free(p.it);
+	store_close(other);
+	char *q = h_strf("SELECT COUNT(*) FROM tasks WHERE id = %lld AND state = 'expired'",
+	                 (long long)task);
+	cr_expect_eq(one(q), 1, "the poll delivered an expired task");
+	free(q);
+	size_t sent = 0;
+	for (size_t i = 0; i < out.n_replies; i++)
+		if (out.replies[i].kind == BRG_REPLY_TASKS)
+			sent += out.replies[i].n_tasks;
+	cr_expect_eq(sent, 0, "the expired task was sent");
 }
 
 /* A device sends its Birth and then a poll, back to back; bridges sharing its messages may
