@@ -146,9 +146,13 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 			break;
 		for (int i = 0; i < k && !rc; i++) {
 			int64_t c = 0;
-			if (!dry_run)
+			if (!dry_run) {
 				rc = prune_metric(&sl, page[i][1], page[i][0], before);
-			else if ((rc = slicer_oldest(&sl, page[i][1], page[i][0], before, &c)) == 1)
+				/* series with nothing to cut still take time: the open transaction
+				 * ends on the same bound as a delete's */
+				if (!rc && sl.open && otime_mono_ms() - sl.since >= SLICE_MS)
+					rc = slicer_commit(&sl);
+			} else if ((rc = slicer_oldest(&sl, page[i][1], page[i][0], before, &c)) == 1)
 				rc = 0; /* COUNT(*): always one row */
 			*n += c;
 		}
