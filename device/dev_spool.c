@@ -461,11 +461,18 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 			i++;
 	}
 	rc = state_write(s);
-	if (rc) {
+	if (rc == DEV_SPOOL_ENOSPC) {
+		/* A full disk: open anyway, so the backlog can go out and its acks free space.
+		 * No seq is handed out before a state write succeeds (take_seq), and the damage
+		 * found waits for it too: the state reports it before the evidence goes. */
+		s->repair_pending = 1;
+		rc = DEV_SPOOL_OK;
+	} else if (rc) {
 		reason = "cannot write the state file";
 		goto fail;
+	} else {
+		spool_repair_segments(s);
 	}
-	spool_repair_segments(s);
 	enforce_limits(s);
 	*out = s;
 	return DEV_SPOOL_OK;
@@ -508,6 +515,10 @@ int dev_spool_take_seq(struct dev_spool *s, uint64_t *seq)
 		if (rc) {
 			s->seq_reserved = keep;
 			return rc;
+		}
+		if (s->repair_pending) { /* before anything is appended after a torn tail */
+			s->repair_pending = 0;
+			spool_repair_segments(s);
 		}
 	}
 	*seq = s->next_seq++;

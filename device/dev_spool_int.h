@@ -76,6 +76,8 @@ struct dev_spool {
 	int64_t state_written_ms;
 	int state_dirty;
 	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
+	int repair_pending;  /* the state could not be written at open (full disk): damage found
+	                      * then is mended at the first state write that succeeds */
 };
 
 
