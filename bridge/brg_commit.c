@@ -91,16 +91,21 @@ const char *const brg_commit__sql[S_COUNT] = {
 
 /* ---- outcome ---- */
 
+void brg_commit__clear_task(struct brg_task *t)
+{
+	for (size_t k = 0; k < t->n_args; k++) {
+		free(t->keys[k]);
+		free(t->values[k]);
+	}
+	free(t->keys);
+	free(t->values);
+	memset(t, 0, sizeof(*t));
+}
+
 void brg_commit__free_tasks(struct brg_task *t, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		for (size_t k = 0; k < t[i].n_args; k++) {
-			free(t[i].keys[k]);
-			free(t[i].values[k]);
-		}
-		free(t[i].keys);
-		free(t[i].values);
-	}
+	for (size_t i = 0; i < n; i++)
+		brg_commit__clear_task(&t[i]);
 	free(t);
 }
 

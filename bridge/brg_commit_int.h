@@ -145,6 +145,8 @@ int brg_commit__accepted(struct brg_committer *c, struct wdev *w);
  * every Birth (PROTOCOL.md 5.7). */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                       int is_birth);
+/* Free t's arguments and zero it (the task itself is not freed). */
+void brg_commit__clear_task(struct brg_task *t);
 void brg_commit__free_tasks(struct brg_task *t, size_t n);
 void brg_commit__mcache_clear(struct brg_committer *c);
 /* Forget one device's cached metric map (its catalog changed). */

@@ -134,14 +134,7 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 			goto out;
 		if (size > budget) {
 			/* Does not fit this time: the device gets it at its next poll. */
-			for (size_t k = 0; k < t->n_args; k++) {
-				free(t->keys[k]);
-				free(t->values[k]);
-			}
-			free(t->keys);
-			free(t->values);
-			t->keys = t->values = NULL;
-			t->n_args = 0;
+			brg_commit__clear_task(t);
 			n = i;
 			break;
 		}
@@ -159,13 +152,7 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 		rc = 0;
 		if (!delivered) {
 			/* another bridge's sweep expired it since it was read: it is not sent */
-			for (size_t k = 0; k < tasks[i].n_args; k++) {
-				free(tasks[i].keys[k]);
-				free(tasks[i].values[k]);
-			}
-			free(tasks[i].keys);
-			free(tasks[i].values);
-			memset(&tasks[i], 0, sizeof(tasks[i]));
+			brg_commit__clear_task(&tasks[i]);
 			continue;
 		}
 		if (queued[i] &&

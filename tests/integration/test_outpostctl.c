@@ -315,23 +315,6 @@ Test(outpostctl, every_command_sqlite, .timeout = 180)
 	populated(NULL, "ctl-sqlite");
 }
 
-/* The first column of the first row of sql on the store at url. */
-static int64_t q64(const char *url, const char *sql)
-{
-	struct store *s = NULL;
-	struct store_stmt *st = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	int64_t v = -1;
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
-	cr_assert_eq(store_prepare(s, sql, &st), STORE_OK, "%s", store_errmsg(s));
-	if (store_step(st) == 1)
-		v = store_col_i64(st, 0);
-	store_stmt_free(st);
-	store_close(s);
-	return v;
-}
-
 Test(outpostctl, every_command_postgresql, .timeout = 240)
 {
 	struct h_pg pg = {0};
@@ -339,23 +322,22 @@ Test(outpostctl, every_command_postgresql, .timeout = 240)
 	populated(pg.url, "ctl-pg");
 	/* Two devices, dozens of commits: the bridge must not use up an identity value per
 	 * device per commit (an INSERT that conflicts does on PostgreSQL). */
-	int64_t next = q64(pg.url, "SELECT nextval(pg_get_serial_sequence('devices', 'id'))");
+	int64_t next =
+	    h_store_i64(pg.url, "SELECT nextval(pg_get_serial_sequence('devices', 'id'))", 0);
 	cr_expect_leq(next, 5, "devices.id has reached %lld for 2 devices", (long long)next);
 	/* Device keys past 2^31 (a long-lived store) work in every filter. */
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(pg.url, &o, &s, err), STORE_OK, "%s", err);
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (id, device_id, state, created_at,"
-	                           " state_changed_at) VALUES (3000000000, 'dev-big', 'active', 1, 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES"
-	                           " (1, 3000000000, 'rejected', 'big one')"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO gaps (device, reason, prev_seq, last_seq,"
-	                           " opened_at) VALUES (3000000000, 'missing', 1, 5, 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
-	store_close(s);
+	h_store_i64(pg.url,
+	            "INSERT INTO devices (id, device_id, state, created_at, state_changed_at)"
+	            " VALUES (3000000000, 'dev-big', 'active', 1, 1)",
+	            0);
+	h_store_i64(pg.url,
+	            "INSERT INTO events (at, device, type, detail) VALUES (1, 3000000000,"
+	            " 'rejected', 'big one')",
+	            0);
+	h_store_i64(pg.url,
+	            "INSERT INTO gaps (device, reason, prev_seq, last_seq, opened_at) VALUES"
+	            " (3000000000, 'missing', 1, 5, 1)",
+	            0);
 	expect_ctl(pg.url, 0, "events --device dev-big --format csv", "big one", 2);
 	expect_ctl(pg.url, 0, "gaps --device dev-big --format csv", "dev-big,missing", 2);
 	expect_ctl(pg.url, 0, "device show dev-big", "dev-big", -1);
