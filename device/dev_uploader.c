@@ -20,6 +20,7 @@ struct dev_uploader {
 		uint64_t seq;
 		int64_t sent_ms; /* its latest send */
 		int resent;	 /* sent before: its ack latency teaches nothing (Karn) */
+		int fresh;	 /* sent as fresh data, ahead of the backlog */
 	} *inflight;			/* sent and not yet acknowledged */
 	size_t ninflight;
 	uint64_t fresh[MAX_FRESH];
@@ -95,8 +96,16 @@ static int in_flight(const struct dev_uploader *u, uint64_t seq)
 	return 0;
 }
 
+static size_t fresh_in_flight(const struct dev_uploader *u)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < u->ninflight; i++)
+		n += u->inflight[i].fresh != 0;
+	return n;
+}
+
 static int send_rec(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx,
-		    const struct dev_spool_rec *rec, const uint8_t *env, size_t len)
+		    const struct dev_spool_rec *rec, const uint8_t *env, size_t len, int fresh)
 {
 	int rc = send(ctx, rec, env, len);
 	if (rc)
@@ -105,7 +114,7 @@ static int send_rec(struct dev_uploader *u, int64_t now, dev_send_fn send, void 
 	if (!u->ninflight)
 		dev_acktimer_arm(&u->timer, now);
 	if (!in_flight(u, rec->seq) && u->ninflight < (size_t)u->o.window)
-		u->inflight[u->ninflight++] = (struct flight){rec->seq, now, resent};
+		u->inflight[u->ninflight++] = (struct flight){rec->seq, now, resent, fresh};
 	u->st.sent++;
 	if (resent)
 		u->st.resent++;
@@ -116,7 +125,7 @@ static int send_rec(struct dev_uploader *u, int64_t now, dev_send_fn send, void 
 
 /* Read one record at or after *c and send it; 1 when there is nothing more. */
 static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_cursor *c,
-		     int skip_acked, uint64_t stop_after, dev_send_fn send, void *ctx)
+		     int skip_acked, uint64_t stop_after, int fresh, dev_send_fn send, void *ctx)
 {
 	for (int guard = 0; guard < 64; guard++) {
 		struct dev_spool_rec rec;
@@ -138,7 +147,7 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 			free(env);
 			continue; /* already out, e.g. sent as fresh data */
 		}
-		rc = send_rec(u, now, send, ctx, &rec, env, len);
+		rc = send_rec(u, now, send, ctx, &rec, env, len, fresh);
 		free(env);
 		if (rc)
 			*c = at; /* not sent: the same record goes next (Paho's queue was full...) */
@@ -149,7 +158,7 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 
 int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx)
 {
-	int sent = 0;
+	int sent = 0, backlog_done = 0;
 	if (!u->up)
 		return 0;
 	if (u->ninflight && dev_acktimer_expired(&u->timer, now)) {
@@ -165,20 +174,26 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 		int rc;
 		if (u->probe) {
 			u->probe = 0;
-			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
+			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, 0, send, ctx);
 			if (rc == 1)
 				continue;
-		} else if (u->nfresh) {
+		} else if (u->nfresh && (backlog_done || 2 * fresh_in_flight(u) <
+							  (size_t)dev_acktimer_allowed(&u->timer))) {
+			/* Fresh data goes first, in at most half the window while there is a backlog:
+			 * unacknowledged fresh envelopes hold their places until the bridge acks them
+			 * in ranges, and one that does not (an older bridge, a full range list) must
+			 * not take the whole window, or the cumulative point would wait for an ack
+			 * timeout per envelope. */
 			uint64_t seq = u->fresh[0];
 			memmove(u->fresh, u->fresh + 1, (u->nfresh - 1) * sizeof(*u->fresh));
 			u->nfresh--;
 			if (dev_spool_is_acked(u->spool, seq) || in_flight(u, seq))
 				continue;
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seq);
-			rc = send_next(u, now, &c, 1, seq, send, ctx);
+			rc = send_next(u, now, &c, 1, seq, 1, send, ctx);
 		} else if (u->resend_first) {
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
-			rc = send_next(u, now, &c, 0, u->resend_last, send, ctx);
+			rc = send_next(u, now, &c, 0, u->resend_last, 0, send, ctx);
 			if (rc == 1) {
 				u->resend_first = 0;
 				continue;
@@ -190,9 +205,13 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			else if (rc != DEV_UPLOADER_ESEND)
 				u->resend_first = 0;
 		} else {
-			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, send, ctx);
-			if (rc == 1)
-				break;
+			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, 0, send, ctx);
+			if (rc == 1) {
+				if (!u->nfresh)
+					break;
+				backlog_done = 1; /* the rest of the window is fresh data's */
+				continue;
+			}
 		}
 		if (rc < 0)
 			return sent ? sent : rc;

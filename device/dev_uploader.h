@@ -1,8 +1,9 @@
 /* dev_uploader.h - moves spooled envelopes to the link in seq order with a bounded in-flight
- * window, sends fresh data ahead of a backlog, verifies bridge acks, and resends whatever is
- * unacknowledged after a reconnect (whole window) or an ack timeout (oldest first, one at a
- * time until acks move again, with a growing wait: dev_acktimer.h). Deletes only on a verified ack: an MQTT
- * PUBACK means nothing here. Single-threaded (the agent's thread). */
+ * window, sends fresh data ahead of a backlog (in at most half the window while there is one),
+ * verifies bridge acks, and resends whatever is unacknowledged after a reconnect (whole
+ * window) or an ack timeout (oldest first, one at a time until acks move again, with a growing
+ * wait: dev_acktimer.h). Deletes only on a verified ack: an MQTT PUBACK means nothing here.
+ * Single-threaded (the agent's thread). */
 #ifndef DEV_UPLOADER_H
 #define DEV_UPLOADER_H
 

@@ -359,6 +359,48 @@ Test(dev_uploader, a_hole_below_acknowledged_ranges_times_out)
 	teardown(&f);
 }
 
+/* A bridge that acknowledges only the cumulative point (an older bridge, or one whose range list
+ * is full): after an ack timeout, with fresh data arriving faster than it went out, the backlog
+ * must still drain at once, without waiting out a timeout per envelope. Fresh data keeps at
+ * most half the window, so the cumulative point moves with every round trip. */
+Test(dev_uploader, the_backlog_drains_without_ack_ranges)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 4, 8);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 4);
+	/* no ack: a timeout, a probe; more fresh records than the fresh list holds pile up */
+	int64_t now = dev_uploader_deadline(f.up);
+	cr_assert_eq(dev_uploader_pump(f.up, now, send_fn, &s), 1);
+	for (int i = 0; i < 24; i++) {
+		add_fresh(&f);
+		cr_expect_eq(dev_uploader_pump(f.up, now, send_fn, &s), 0, "the probe's wait");
+	}
+	/* the bridge got all it was sent; from now on it acks the highest contiguous seq it has,
+	 * every 10 ms, well inside the ack timeout (5 s or more) */
+	int got[64] = {0};
+	size_t upto = 0; /* f.seqs[0..upto) acknowledged */
+	struct dev_uploader_stats before, after;
+	dev_uploader_stats(f.up, &before);
+	for (int step = 0; step < 100 && upto < f.n; step++) {
+		for (size_t i = 0; i < s.n; i++)
+			for (size_t k = 0; k < f.n; k++)
+				if (s.seq[i] == f.seqs[k])
+					got[k] = 1;
+		s.n = 0;
+		while (upto < f.n && got[upto])
+			upto++;
+		now += 10;
+		if (upto)
+			cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[upto - 1], now), 0);
+		dev_uploader_pump(f.up, now, send_fn, &s);
+	}
+	dev_uploader_stats(f.up, &after);
+	cr_expect_eq(upto, f.n, "%zu of %zu acknowledged within 1 s", upto, f.n);
+	cr_expect_eq(after.timeouts, before.timeouts, "no further ack timeout was needed");
+	teardown(&f);
+}
+
 /* A correctly signed envelope of another kind on the ack path: its body is a real Ack (upto
  * all six), so only the kind check keeps it from deleting the spool. */
 Test(dev_uploader, an_envelope_of_another_kind_is_no_ack)
