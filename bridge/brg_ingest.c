@@ -42,6 +42,7 @@ struct brg_ingest {
 	int workers_alive;
 	int recheck;
 	int gave_up;
+	uint64_t abandoned;    /* messages given up at a stop, uncommitted */
 	int64_t stop_deadline; /* monotonic ms */
 	struct brg_stats st;
 };
@@ -159,6 +160,24 @@ int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m)
 
 /* ---- verifiers ---- */
 
+static int stopping_past_deadline(struct brg_ingest *in)
+{
+	pthread_mutex_lock(&in->mu);
+	int past = in->stopping && otime_mono_ms() >= in->stop_deadline;
+	pthread_mutex_unlock(&in->mu);
+	return past;
+}
+
+/* Past a stop's deadline, what is still queued is not worked on: it is not acknowledged, and
+ * the devices resend it. (A store that is down would cost each message its retries.) */
+static void abandon(struct brg_ingest *in, uint64_t n)
+{
+	pthread_mutex_lock(&in->mu);
+	in->gave_up = 1;
+	in->abandoned += n;
+	pthread_mutex_unlock(&in->mu);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -168,6 +187,12 @@ static void *worker_main(void *arg)
 		struct brg_msg *m = p;
 		size_t cost = m->cost;
 		struct brg_item *it = NULL;
+		if (stopping_past_deadline(in)) {
+			abandon(in, 1);
+			release(in, cost);
+			free(m);
+			continue;
+		}
 		if (brg_verify(in->ver, m, &it)) {
 			release(in, cost); /* out of memory: dropped, the device resends */
 			continue;
@@ -231,14 +256,6 @@ static void publish_outcome(struct brg_ingest *in, struct brg_outcome *out, int6
 	in->st.publish_failures += fails;
 	pthread_mutex_unlock(&in->mu);
 	brg_outcome_clear(out);
-}
-
-static int stopping_past_deadline(struct brg_ingest *in)
-{
-	pthread_mutex_lock(&in->mu);
-	int past = in->stopping && otime_mono_ms() >= in->stop_deadline;
-	pthread_mutex_unlock(&in->mu);
-	return past;
 }
 
 /* Sleep up to ms, waking early once a stop's deadline has passed. */
@@ -327,13 +344,7 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 			return 0;
 		}
 		if (stopping_past_deadline(in)) {
-			pthread_mutex_lock(&in->mu);
-			in->gave_up = 1;
-			pthread_mutex_unlock(&in->mu);
-			logf_(in, OLOG_ERROR,
-			      "shutdown: gave up committing %zu message(s); not acknowledged, "
-			      "devices will resend them",
-			      n);
+			abandon(in, n);
 			return 0;
 		}
 		backoff(in, delay);
@@ -399,7 +410,10 @@ static void *writer_main(void *arg)
 				items[n++] = p;
 				readings += item_readings(p);
 			}
-			commit(in, items, n, &out);
+			if (stopping_past_deadline(in))
+				abandon(in, n);
+			else
+				commit(in, items, n, &out);
 			for (size_t i = 0; i < n; i++)
 				done_item(in, items[i]);
 		}
@@ -477,7 +491,13 @@ int brg_ingest_stop(struct brg_ingest *in)
 	pthread_mutex_lock(&in->mu);
 	in->stopped = 1;
 	int gave_up = in->gave_up;
+	uint64_t abandoned = in->abandoned;
 	pthread_mutex_unlock(&in->mu);
+	if (abandoned)
+		logf_(in, OLOG_ERROR,
+		      "shutdown: gave up on %llu message(s) after shutdown_timeout (%lld ms): not "
+		      "committed, not acknowledged; devices will resend them",
+		      (unsigned long long)abandoned, (long long)in->o.shutdown_timeout_ms);
 	return gave_up ? BRG_ETIMEDOUT : BRG_OK;
 }
 

@@ -290,3 +290,40 @@ Test(bridge_failure, postgresql_restart_then_a_new_device_enrols, .timeout = 240
 	h_broker_free(&b);
 	h_pg_free(&pg);
 }
+
+/* A stop while the database is down keeps to shutdown_timeout: what is still queued then is
+ * given up (not acknowledged: the devices resend it), instead of each message waiting out its
+ * store retries (2 s per message of a device the bridge has not cached, in the verifiers). */
+Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {0};
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	h_pg_start(&pg);
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, pg.url, "stop-store-down");
+	h_bridge_arg(&br, "--shutdown-timeout=1s");
+	h_bridge_start(&br);
+	h_pg_stop(&pg);
+	/* devices the bridge has never seen: each message needs the database to be judged */
+	start_devices(&b, o, d, 200, 100);
+	long long end = h_now_ms() + 20000;
+	while (h_bridge_log_count(&br, "commit of") == 0 && h_now_ms() < end)
+		h_sleep_ms(50);
+	h_sleep_ms(2000); /* every device's window (10) is queued by now */
+	long long t0 = h_now_ms();
+	int rc = h_bridge_stop(&br);
+	long long took = h_now_ms() - t0;
+	/* 1 s, then at most one store retry in progress (2 s) and the MQTT flush */
+	cr_expect_lt(took, 8000, "the stop took %lld ms (shutdown_timeout 1 s; log %s)", took, br.log);
+	cr_expect_eq(rc, 1, "the exit status says that messages were given up");
+	cr_expect_gt(h_bridge_log_count(&br, "shutdown: gave up on"), 0, "log %s", br.log);
+	cr_expect_eq(total_acks(d), 0, "nothing was acknowledged");
+	for (int i = 0; i < N_DEV; i++)
+		h_simdev_stop(d[i]);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
