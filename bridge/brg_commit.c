@@ -46,6 +46,12 @@ const char *const brg_commit__sql[S_COUNT] = {
                         " reason = 'dropped' AND prev_seq = ? AND last_seq < ?",
     [S_GAP_MOVE_MISS] = "UPDATE gaps SET last_seq = ? WHERE device = ? AND reason = 'missing'"
                         " AND prev_seq = ? AND resolved_at IS NULL AND last_seq <> ?",
+    /* a hole the frontier passed because the device reported (part of) it dropped */
+    [S_GAP_FILL_DROPPED] =
+        "UPDATE gaps SET resolved_at = ?, resolution = 'dropped' WHERE device = ? AND"
+        " reason = 'missing' AND resolved_at IS NULL AND last_seq <= ? AND EXISTS (SELECT 1"
+        " FROM gaps d WHERE d.device = ? AND d.reason = 'dropped' AND d.prev_seq < gaps.last_seq"
+        " AND d.last_seq > gaps.prev_seq)",
     [S_GAP_FILL] = "UPDATE gaps SET resolved_at = ?, resolution = 'filled' WHERE device = ?"
                    " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
     /* a backlog arriving in order fills a hole from below: the gap keeps its row (one

@@ -361,6 +361,12 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		goto out;
 	brg_chain_compute((uint64_t)w->frontier, c->links, n, ch);
 	if ((int64_t)ch->frontier != w->frontier) {
+		B64(S_GAP_FILL_DROPPED, 1, c->now);
+		B64(S_GAP_FILL_DROPPED, 2, w->key);
+		B64(S_GAP_FILL_DROPPED, 3, ch->frontier);
+		B64(S_GAP_FILL_DROPPED, 4, w->key);
+		if ((rc = brg_commit__run(c, S_GAP_FILL_DROPPED)))
+			goto out;
 		B64(S_GAP_FILL, 1, c->now);
 		B64(S_GAP_FILL, 2, w->key);
 		B64(S_GAP_FILL, 3, ch->frontier);

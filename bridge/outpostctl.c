@@ -42,7 +42,7 @@ static void usage(FILE *out)
 	    "  events [--device ID] [--type T] [--since T] [--limit N] [--format ...]\n"
 	    "                             state changes, rejections, gaps, tasks (newest last)\n"
 	    "  gaps [--device ID] [--all] [--format ...]\n"
-	    "                             missing and dropped seq ranges (--all: also filled)\n"
+	    "                             missing and dropped seq ranges (--all: also resolved)\n"
 	    "  prune --before T [--yes]   retention: count (with --yes: delete) readings taken,\n"
 	    "                             events logged, gaps resolved and tasks finished before\n"
 	    "                             T, in short transactions beside a running bridge\n"

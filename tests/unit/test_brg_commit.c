@@ -687,6 +687,43 @@ Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
 	             (unsigned long long)ack_of("dev-a")->seq);
 }
 
+/* A hole that the device then reports dropped (its spool overflowed before it could resend) is
+ * not "filled": the missing gap is resolved as dropped, next to the dropped gap's own row. */
+static void missing_then_dropped(void)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 6, 4)};
+	commit(g1, 3);
+	free_items(g1, 3);
+	cr_assert_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolved_at IS NULL"),
+	             1);
+	struct wire_dropped d = {2, 4, 1};
+	commit_one(batch_drop("dev-a", 8, 6, &d, 1));
+	cr_expect_eq(ack_of("dev-a")->seq, 8);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolution ="
+	                 " 'dropped' AND resolved_at IS NOT NULL"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND prev_seq = 2 AND"
+	                 " last_seq = 4"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_filled'"), 0,
+	             "nothing arrived");
+	/* a later hole that does fill is still "filled" */
+	commit_one(batch("dev-a", "dev-a", 12, 10));
+	commit_one(batch("dev-a", "dev-a", 10, 8));
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled' AND prev_seq = 8"), 1);
+}
+
+Test(brg_commit, a_missing_gap_then_reported_dropped_is_resolved_dropped)
+{
+	missing_then_dropped();
+}
+
+Test(brg_commit_pg, a_missing_gap_then_reported_dropped_is_resolved_dropped)
+{
+	missing_then_dropped();
+}
+
 /* An active device marked online, last seen at seen_ms, sampling every minute. */
 static void online_device(const char *id, int64_t seen_ms)
 {
