@@ -159,6 +159,13 @@ int spool_load_segments(struct dev_spool *s, uint64_t durable)
 	while ((e = readdir(d))) {
 		uint64_t first;
 		char tail[8];
+		int end = 0;
+		if (sscanf(e->d_name, "seg-%20" SCNu64 ".log.tmp%n", &first, &end) == 1 && end &&
+		    !e->d_name[end]) {
+			/* a rewrite cut short by a crash: the segment it copied is intact */
+			unlinkat(dirfd(d), e->d_name, 0);
+			continue;
+		}
 		if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) != 2 || strcmp(tail, "log"))
 			continue;
 		struct seg g = {.name = first, .first_seq = first, .fd = -1};

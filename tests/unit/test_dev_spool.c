@@ -256,6 +256,28 @@ static char *last_segment(const char *dir)
 	return best;
 }
 
+/* A segment rewrite (repairs) cut short by a crash leaves its temporary copy: the next open
+ * removes it (it would hold disk space forever) and keeps the segment it was copied from. */
+Test(dev_spool, a_rewrite_cut_short_leaves_no_temporary_file_behind)
+{
+	char *dir = h_tmpdir("spool-tmp");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[5];
+	fill(&o, 5, 100, seqs);
+	char *seg = last_segment(dir), *tmp = h_strf("%s.tmp", seg);
+	FILE *f = fopen(tmp, "w");
+	cr_assert(f && fputs("half a copy", f) >= 0 && fclose(f) == 0);
+	struct dev_spool *s = open_spool(&o);
+	cr_expect_neq(access(tmp, F_OK), 0, "%s is still there", tmp);
+	uint64_t got[8];
+	cr_expect_eq(read_all(s, 1, got, 8), 5);
+	cr_expect_eq(got[4], seqs[4]);
+	dev_spool_close(s);
+	free(tmp);
+	free(seg);
+	free(dir);
+}
+
 Test(dev_spool, torn_tail_is_cut_and_the_rest_kept)
 {
 	char *dir = h_tmpdir("spool");
