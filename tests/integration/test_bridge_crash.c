@@ -186,6 +186,18 @@ static void pg_up(void *ctx)
 	h_pg_start(ctx);
 }
 
+/* A throwaway PostgreSQL, a broker and a bridge on that database (with one extra argument). */
+static void pg_stack(struct h_pg *pg, struct h_broker *b, struct h_bridge *br, const char *tag,
+                     const char *arg)
+{
+	h_pg_start(pg);
+	h_broker_up(b, h_pki());
+	h_bridge_init(br, b, pg->url, tag);
+	if (arg)
+		h_bridge_arg(br, arg);
+	h_bridge_start(br);
+}
+
 Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 {
 	struct h_broker b = {0};
@@ -193,10 +205,7 @@ Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 	struct h_pg pg = {0};
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
-	h_pg_start(&pg);
-	h_broker_up(&b, h_pki());
-	h_bridge_init(&br, &b, pg.url, "fail-pg");
-	h_bridge_start(&br);
+	pg_stack(&pg, &b, &br, "fail-pg", NULL);
 	start_devices(&b, o, d, 1500, 150);
 	outage(&br, d, pg_down, pg_up, &pg);
 	finish(&br, o, d);
@@ -259,10 +268,7 @@ Test(bridge_failure, postgresql_restart_then_a_new_device_enrols, .timeout = 240
 	struct h_broker b = {0};
 	struct h_bridge br;
 	struct h_pg pg = {0};
-	h_pg_start(&pg);
-	h_broker_up(&b, h_pki());
-	h_bridge_init(&br, &b, pg.url, "pg-restart-reader");
-	h_bridge_start(&br);
+	pg_stack(&pg, &b, &br, "pg-restart-reader", NULL);
 
 	struct h_simdev_opts oa = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port,
 	                           .batches = 20, .rows = 2, .cols = 2, .window = 5,
@@ -301,11 +307,7 @@ Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .time
 	struct h_pg pg = {0};
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
-	h_pg_start(&pg);
-	h_broker_up(&b, h_pki());
-	h_bridge_init(&br, &b, pg.url, "stop-store-down");
-	h_bridge_arg(&br, "--shutdown-timeout=1s");
-	h_bridge_start(&br);
+	pg_stack(&pg, &b, &br, "stop-store-down", "--shutdown-timeout=1s");
 	h_pg_stop(&pg);
 	/* devices the bridge has never seen: each message needs the database to be judged */
 	start_devices(&b, o, d, 200, 100);
