@@ -175,6 +175,7 @@ static void abandon(struct brg_ingest *in, uint64_t n)
 	pthread_mutex_lock(&in->mu);
 	in->gave_up = 1;
 	in->abandoned += n;
+	in->st.dropped_at_stop += n;
 	pthread_mutex_unlock(&in->mu);
 }
 

@@ -62,8 +62,8 @@ int brg_ingest_start(struct brg_ingest *in);
 int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m);
 
 /* Stop taking messages, let the verifiers and the writer finish what is queued (committing
- * and acknowledging it; giving up after shutdown_timeout_ms if the store stays down), and
- * join the threads. Returns BRG_OK if everything queued was committed, BRG_ETIMEDOUT if some
+ * and acknowledging it; what is still queued after shutdown_timeout_ms, as behind a store
+ * that is down or slow, is given up unverified and uncommitted), and join the threads. Returns BRG_OK if everything queued was committed, BRG_ETIMEDOUT if some
  * was given up (it was not acknowledged, so devices resend it). */
 int brg_ingest_stop(struct brg_ingest *in);
 

@@ -103,15 +103,15 @@ static void log_stats(struct brg_ingest *in, struct brg_registry *reg, struct br
 	double secs = period_ms > 0 ? (double)period_ms / 1000.0 : 1.0;
 	olog(OLOG_INFO,
 	     "stats: %.0f msg/s, %.0f envelopes/s, %.0f readings/s; totals: received %llu, "
-	     "stored %llu, readings %llu, duplicates %llu, rejected %llu, unjudged %llu, commits "
-	     "%llu (%llu failed), acks %llu, task lists %llu; queued %zu, %zu KiB in flight, %zu "
-	     "devices cached",
+	     "stored %llu, readings %llu, duplicates %llu, rejected %llu, unjudged %llu, dropped at "
+	     "stop %llu, commits %llu (%llu failed), acks %llu, task lists %llu; queued %zu, %zu "
+	     "KiB in flight, %zu devices cached",
 	     (double)(s.received - last->received) / secs,
 	     (double)(s.envelopes - last->envelopes) / secs,
 	     (double)(s.readings - last->readings) / secs, (unsigned long long)s.received,
 	     (unsigned long long)s.envelopes, (unsigned long long)s.readings,
 	     (unsigned long long)s.duplicates, (unsigned long long)s.rejected,
-	     (unsigned long long)s.unjudged,
+	     (unsigned long long)s.unjudged, (unsigned long long)s.dropped_at_stop,
 	     (unsigned long long)s.commits, (unsigned long long)s.commit_failures,
 	     (unsigned long long)s.acks, (unsigned long long)s.task_lists, s.queued,
 	     s.memory / 1024, brg_registry_size(reg));

@@ -177,9 +177,10 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, 0, send, ctx);
 			if (rc == 1)
 				continue;
-		} else if (u->nfresh && (backlog_done || 2 * fresh_in_flight(u) <
+		} else if (u->nfresh && (backlog_done || 2 * (fresh_in_flight(u) + 1) <=
 							  (size_t)dev_acktimer_allowed(&u->timer))) {
-			/* Fresh data goes first, in at most half the window while there is a backlog:
+			/* Fresh data goes first, in at most half the window (rounded down: none in a
+			 * window of 1) while there is a backlog:
 			 * unacknowledged fresh envelopes hold their places until the bridge acks them
 			 * in ranges, and one that does not (an older bridge, a full range list) must
 			 * not take the whole window, or the cumulative point would wait for an ack
