@@ -170,6 +170,7 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 		u->probe = 1;
 		u->st.timeouts++;
 	}
+	size_t fresh_out = fresh_in_flight(u);
 	while (u->ninflight < (size_t)dev_acktimer_allowed(&u->timer)) {
 		int rc;
 		if (u->probe) {
@@ -177,14 +178,13 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, 0, send, ctx);
 			if (rc == 1)
 				continue;
-		} else if (u->nfresh && (backlog_done || 2 * (fresh_in_flight(u) + 1) <=
+		} else if (u->nfresh && (backlog_done || 2 * (fresh_out + 1) <=
 							  (size_t)dev_acktimer_allowed(&u->timer))) {
 			/* Fresh data goes first, in at most half the window (rounded down: none in a
-			 * window of 1) while there is a backlog:
-			 * unacknowledged fresh envelopes hold their places until the bridge acks them
-			 * in ranges, and one that does not (an older bridge, a full range list) must
-			 * not take the whole window, or the cumulative point would wait for an ack
-			 * timeout per envelope. */
+			 * window of 1) while there is a backlog: unacknowledged fresh envelopes hold
+			 * their places until the bridge acks them in ranges, and one that does not
+			 * (an older bridge, a full range list) must not take the whole window, or the
+			 * cumulative point would wait for an ack timeout per envelope. */
 			uint64_t seq = u->fresh[0];
 			memmove(u->fresh, u->fresh + 1, (u->nfresh - 1) * sizeof(*u->fresh));
 			u->nfresh--;
@@ -192,6 +192,7 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 				continue;
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seq);
 			rc = send_next(u, now, &c, 1, seq, 1, send, ctx);
+			fresh_out += rc == 0;
 		} else if (u->resend_first) {
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
 			rc = send_next(u, now, &c, 0, u->resend_last, 0, send, ctx);
