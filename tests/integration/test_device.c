@@ -146,6 +146,18 @@ Test(device, through_an_http_connect_proxy, .timeout = 60)
 	free(plog);
 }
 
+/* A broker presenting pki's certificate and dev-a dialling it: `attempts` failed, none
+ * connected (what: the broker, as the failure message names it). */
+static void expect_refused(struct h_broker *b, struct h_device *d, const char *pki, int attempts,
+			   const char *what)
+{
+	h_broker_start(b, pki);
+	h_device_start(d, b, "dev-a", NULL);
+	cr_assert(h_log_wait(d->log, "reconnecting in", attempts, 20000),
+		  "expected failed attempts (%s)", d->log);
+	cr_expect_eq(h_log_count(d->log, "connected to"), 0, "connected to %s", what);
+}
+
 Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 {
 	struct h_broker b = {0};
@@ -153,10 +165,7 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 	struct h_device_view v;
 	d.pki = h_pki();
 	/* first connect: the broker presents a certificate of an unrelated CA */
-	h_broker_start(&b, h_pki_other());
-	h_device_start(&d, &b, "dev-a", NULL);
-	cr_assert(h_log_wait(d.log, "reconnecting in", 3, 20000), "expected failed attempts (%s)", d.log);
-	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to an impostor broker");
+	expect_refused(&b, &d, h_pki_other(), 3, "an impostor broker");
 	cr_expect_geq(h_log_count(d.log, "TLS: certificate verify failed"), 1,
 		      "the log names the TLS reason (%s)", d.log);
 	h_broker_stop(&b);
@@ -215,11 +224,7 @@ Test(device, refuses_a_broker_certificate_for_another_name, .timeout = 90)
 	struct h_broker b = {0}, c = {0};
 	struct h_device d = {0}, e = {0};
 	char *pki = pki_with_broker_san("pki-san", "DNS:broker.invalid");
-	h_broker_start(&b, pki);
-	h_device_start(&d, &b, "dev-a", NULL);
-	cr_assert(h_log_wait(d.log, "reconnecting in", 3, 20000), "expected failed attempts (%s)",
-		  d.log);
-	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to a broker of another name");
+	expect_refused(&b, &d, pki, 3, "a broker of another name");
 	cr_expect_geq(h_log_count(d.log, "cannot connect: wss://localhost:"), 3, "%s", d.log);
 	cr_expect_geq(h_log_count(d.log, "cannot connect: ssl://localhost:"), 3, "%s", d.log);
 	cr_expect_geq(h_log_count(d.log, "TCP/TLS connect failure"), 6, "%s", d.log);
@@ -249,11 +254,7 @@ Test(device, refuses_an_expired_broker_certificate, .timeout = 90)
 	struct h_device d = {0};
 	char *pki = pki_with_broker_cert("pki-expired-broker", "DNS:localhost",
 					 "-startdate 20200101000000Z -enddate 20210101000000Z");
-	h_broker_start(&b, pki);
-	h_device_start(&d, &b, "dev-a", NULL);
-	cr_assert(h_log_wait(d.log, "reconnecting in", 2, 20000), "expected failed attempts (%s)",
-		  d.log);
-	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "connected to an expired broker");
+	expect_refused(&b, &d, pki, 2, "an expired broker");
 	cr_expect_geq(h_log_count(d.log, "TLS: certificate verify failed"), 2, "%s", d.log);
 	h_device_free(&d);
 	h_broker_free(&b);
