@@ -37,7 +37,7 @@ BENCH_USED_PORTS=" "
 bench_free_port() { # VAR
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-)
 		case $BENCH_USED_PORTS in *" $p "*) continue ;; esac
 		bench_port_busy "$p" && continue
 		BENCH_USED_PORTS="$BENCH_USED_PORTS$p "

@@ -116,6 +116,7 @@ static void track(const char *data)
 void h_pg_start(struct h_pg *pg)
 {
 	char *out = NULL, *cmd;
+	bool first_start = !pg->dir; /* the port is not known to the caller yet */
 	if (!pg->dir) {
 		if (!h_pg_available()) {
 			fprintf(stderr, "h_pg: PostgreSQL server binaries not found\n");
@@ -136,14 +137,28 @@ void h_pg_start(struct h_pg *pg)
 		free(out);
 		free(cmd);
 	}
-	cmd =
-	    h_strf("%s%s/pg_ctl -D %s -l %s -w -t 60 -o \"-p %d -k %s -c listen_addresses=127.0.0.1"
-	           " -c fsync=off -c full_page_writes=off -c max_connections=50\" start",
-	           as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
-	if (h_sh(cmd, &out, 90) != 0) {
+	/* A port from h_free_port can still be taken by a test running alongside before the
+	 * server binds it: a first start is retried on another port. */
+	for (int attempt = 1;; attempt++) {
+		cmd = h_strf("%s%s/pg_ctl -D %s -l %s -w -t 60 -o \"-p %d -k %s -c "
+			     "listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c "
+			     "max_connections=50\" start",
+			     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
+		int rc = h_sh(cmd, &out, 90);
+		if (rc == 0)
+			break;
 		char *log = h_read_file(pg->log, NULL);
-		fprintf(stderr, "h_pg: %s failed:\n%s\n%s\n", cmd, out, log ? log : "");
-		abort();
+		if (!first_start || attempt == 3 || !log || !strstr(log, "Address already in use")) {
+			fprintf(stderr, "h_pg: %s failed:\n%s\n%s\n", cmd, out, log ? log : "");
+			abort();
+		}
+		fprintf(stderr, "h_pg: port %d was taken, starting again on another\n", pg->port);
+		free(log);
+		free(out);
+		free(cmd);
+		pg->port = h_free_port();
+		free(pg->url);
+		pg->url = h_strf("postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
 	}
 	free(out);
 	free(cmd);

@@ -256,23 +256,66 @@ struct wire_key *h_pki_key(const char *name)
 	return k;
 }
 
+/* The low end of the kernel's ephemeral range (outgoing connections take their local ports
+ * from it), 32768 if unknown. */
+static int ephemeral_low(void)
+{
+	int low = 32768, high = 0;
+	FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+	if (f) {
+		if (fscanf(f, "%d %d", &low, &high) != 2 || low < 12000 || low > 65535)
+			low = 32768;
+		fclose(f);
+	}
+	return low;
+}
+
 int h_free_port(void)
 {
-	/* Ask the kernel for an ephemeral port, then step out of its way. */
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-		abort();
-	close(fd);
-	return ntohs(a.sin_port);
+	/* Chosen below the ephemeral range, so that no outgoing connection (a device's, a
+	 * client's, of any test running alongside) takes the port between this check and the
+	 * listener's bind; at random, so that tests running alongside rarely pick the same one.
+	 * A collision that happens anyway shows as a failed bind, which h_broker_start retries. */
+	static pid_t seeded_for;
+	static unsigned int seed;
+	static int handed[64];
+	static unsigned int n_handed;
+	if (seeded_for != getpid()) { /* Criterion forks a process per test */
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		seed = (unsigned int)getpid() * 2654435761u ^ (unsigned int)ts.tv_nsec;
+		seeded_for = getpid();
+		n_handed = 0;
+	}
+	int low = 10000, span = ephemeral_low() - low;
+	for (int attempt = 0; attempt < 500; attempt++) {
+		int port = low + (int)(rand_r(&seed) % (unsigned int)span);
+		bool again = false;
+		for (unsigned int i = 0; i < n_handed && i < 64; i++)
+			again |= handed[i] == port;
+		if (again)
+			continue;
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET,
+					.sin_port = htons((uint16_t)port),
+					.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		if (fd < 0)
+			abort();
+		int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (ok) {
+			handed[n_handed++ % 64] = port;
+			return port;
+		}
+	}
+	fprintf(stderr, "no free port below %d\n", low + span);
+	abort();
 }
 
 bool h_wait_port(int port, int timeout_ms)
 {
 	long long end = h_now_ms() + timeout_ms;
-	while (h_now_ms() < end) {
+	for (;;) { /* one try at least, even with timeout_ms 0 */
 		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		struct sockaddr_in a = {.sin_family = AF_INET,
 					.sin_port = htons((uint16_t)port),
@@ -281,9 +324,10 @@ bool h_wait_port(int port, int timeout_ms)
 		close(fd);
 		if (ok)
 			return true;
+		if (h_now_ms() >= end)
+			return false;
 		h_sleep_ms(20);
 	}
-	return false;
 }
 
 pid_t h_spawn(char *const argv[], char *const env[], const char *log_path)
@@ -342,39 +386,76 @@ int h_stop(pid_t pid, int timeout_ms)
 	return rc;
 }
 
+/* Whether the broker listens on all three ports within 10 s; false at once if it exits (then
+ * b->pid is 0: it has been reaped). */
+static bool broker_listening(struct h_broker *b)
+{
+	const int ports[] = {b->mqtts_port, b->wss_port, b->internal_port};
+	long long end = h_now_ms() + 10000;
+	for (size_t i = 0; i < 3;) {
+		int st;
+		if (waitpid(b->pid, &st, WNOHANG) == b->pid) {
+			b->pid = 0;
+			return false;
+		}
+		if (h_wait_port(ports[i], 0))
+			i++;
+		else if (h_now_ms() >= end)
+			return false;
+		else
+			h_sleep_ms(20);
+	}
+	return true;
+}
+
 void h_broker_start(struct h_broker *b, const char *pki)
 {
-	if (!b->wss_port) {
-		b->wss_port = h_free_port();
-		b->mqtts_port = h_free_port();
-		b->internal_port = h_free_port();
+	bool new_ports = !b->wss_port;
+	if (new_ports) {
 		b->dir = h_tmpdir("broker");
 		b->log = h_strf("%s/mosquitto.log", b->dir);
 	}
 	b->pki = pki;
 	char *script = h_strf("%s/docker/mosquitto/run-broker.sh", h_source_dir());
-	char *env[] = {
-		h_strf("OUTPOST_PKI_DIR=%s", pki),
-		h_strf("OUTPOST_BROKER_DIR=%s", b->dir),
-		h_strf("OUTPOST_WSS_PORT=%d", b->wss_port),
-		h_strf("OUTPOST_MQTTS_PORT=%d", b->mqtts_port),
-		h_strf("OUTPOST_INTERNAL_PORT=%d", b->internal_port),
-		h_strf("OUTPOST_BROKER_BIND=127.0.0.1"),
-		h_strf("OUTPOST_INTERNAL_BIND=127.0.0.1"),
-		h_strf("OUTPOST_AUTH_PLUGIN=%s", OUTPOST_AUTH_PLUGIN),
-		NULL,
-	};
-	char *argv[] = {script, NULL};
-	b->pid = h_spawn(argv, env, b->log);
-	/* putenv in the child kept pointers; the parent can free its copies now. */
-	for (size_t i = 0; env[i]; i++)
-		free(env[i]);
-	free(script);
-	if (!h_wait_port(b->mqtts_port, 10000) || !h_wait_port(b->wss_port, 5000) ||
-	    !h_wait_port(b->internal_port, 5000)) {
-		fprintf(stderr, "broker did not start; log %s\n", b->log);
-		abort();
+	/* A port picked by h_free_port can still be taken by a test running alongside before
+	 * mosquitto binds it: on new ports, such a start is retried on other ones. */
+	for (int attempt = 1;; attempt++) {
+		if (new_ports) {
+			b->wss_port = h_free_port();
+			b->mqtts_port = h_free_port();
+			b->internal_port = h_free_port();
+		}
+		char *env[] = {
+			h_strf("OUTPOST_PKI_DIR=%s", pki),
+			h_strf("OUTPOST_BROKER_DIR=%s", b->dir),
+			h_strf("OUTPOST_WSS_PORT=%d", b->wss_port),
+			h_strf("OUTPOST_MQTTS_PORT=%d", b->mqtts_port),
+			h_strf("OUTPOST_INTERNAL_PORT=%d", b->internal_port),
+			h_strf("OUTPOST_BROKER_BIND=127.0.0.1"),
+			h_strf("OUTPOST_INTERNAL_BIND=127.0.0.1"),
+			h_strf("OUTPOST_AUTH_PLUGIN=%s", OUTPOST_AUTH_PLUGIN),
+			NULL,
+		};
+		char *argv[] = {script, NULL};
+		b->pid = h_spawn(argv, env, b->log);
+		/* putenv in the child kept pointers; the parent can free its copies now. */
+		for (size_t i = 0; env[i]; i++)
+			free(env[i]);
+		if (broker_listening(b))
+			break;
+		h_broker_stop(b);
+		char *log = h_read_file(b->log, NULL);
+		bool collided = log && (strstr(log, "Address already in use") ||
+					strstr(log, "Unable to create websockets listener"));
+		if (!new_ports || !collided || attempt == 3) {
+			fprintf(stderr, "broker did not start (attempt %d); log %s:\n%s\n", attempt,
+				b->log, log ? log : "(none)");
+			abort();
+		}
+		fprintf(stderr, "broker: a port was taken, starting again on other ports\n");
+		free(log);
 	}
+	free(script);
 }
 
 void h_broker_stop(struct h_broker *b)

@@ -48,10 +48,11 @@ char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, cons
 /* Load <h_pki()>/<name>.key (e.g. "devices/dev-a", "bridge"); aborts if it cannot. */
 struct wire_key *h_pki_key(const char *name);
 
-/* A TCP port on 127.0.0.1 that was free a moment ago. */
+/* A TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range, never the
+ * same twice in one process (of the last 64). */
 int h_free_port(void);
 
-/* Wait until something listens on 127.0.0.1:port; false after timeout_ms. */
+/* Wait until something listens on 127.0.0.1:port (one try at least); false after timeout_ms. */
 bool h_wait_port(int port, int timeout_ms);
 
 /* Start argv[0] with extra environment entries ("K=V", NULL-terminated, may be NULL),
