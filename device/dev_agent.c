@@ -670,6 +670,8 @@ int dev_agent_run(struct dev_agent *a)
 		}
 		if (a->n_unreported && now >= a->next_flush)
 			agent_retry_results(a);
+		if (dev_tasks_unsaved(a->tasks) && now >= a->next_flush)
+			agent_sync_tasks(a);
 		if (wire_batch_count(a->builder) &&
 		    (now >= a->next_flush || wire_batch_count(a->builder) >= (size_t)c->batch_max_readings)) {
 			agent_flush_batch(a);

@@ -65,6 +65,9 @@ int agent_flush_batch(struct dev_agent *a);
 
 /* ---------- dev_agent_tasks.c ---------- */
 
+/* Write the task state a failed write left behind, if any. */
+void agent_sync_tasks(struct dev_agent *a);
+
 /* A task list arrived on our tasks topic: verify it and run what it may run. */
 void agent_on_tasks(struct dev_agent *a, const struct dev_link_event *ev);
 /* At start: report the task a previous run was running when it stopped. */

@@ -232,6 +232,21 @@ static void task_resend(struct dev_agent *a, const Outpost__Task *t, struct resu
 	snprintf(r->message, sizeof(r->message), "resending %" PRIu64 " spooled envelope(s)", n);
 }
 
+static void end_task(struct dev_agent *a, uint64_t id)
+{
+	if (dev_tasks_end(a->tasks))
+		olog(OLOG_WARN,
+		     "task %" PRIu64 ": cannot record that it finished in %s/tasks; retrying (should "
+		     "the agent restart first, it reports the task again, as interrupted)",
+		     id, a->cfg->state_dir);
+}
+
+void agent_sync_tasks(struct dev_agent *a)
+{
+	if (!dev_tasks_sync(a->tasks))
+		olog(OLOG_INFO, "tasks: the finished task is recorded now");
+}
+
 static void run_task(struct dev_agent *a, const Outpost__Task *t)
 {
 	struct result r = {0};
@@ -266,7 +281,7 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 		return;
 	}
 	report(a, t->id, &r);
-	dev_tasks_end(a->tasks);
+	end_task(a, t->id);
 	olog(OLOG_INFO, "task %" PRIu64 ": %s: %s", t->id,
 	     r.status == OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED ? "succeeded" : "failed", r.message);
 }
@@ -288,7 +303,7 @@ void agent_on_interrupted_task(struct dev_agent *a)
 		snprintf(r.message, sizeof(r.message), "interrupted by an agent restart; not run again");
 	}
 	report(a, id, &r);
-	dev_tasks_end(a->tasks);
+	end_task(a, id);
 	olog(OLOG_INFO, "task %" PRIu64 " (%s): reported after restart: %s", id, type, r.message);
 }
 

@@ -32,6 +32,7 @@ struct dev_tasks {
 	char running_type[WIRE_MAX_TASK_TYPE + 1];
 	struct poll_rec polls[RECENT_POLLS];
 	unsigned next_poll;
+	int unsaved; /* the last write failed: the file may be behind the state in memory */
 };
 
 int dev_tasks_type_allowed(const char *type)
@@ -48,7 +49,8 @@ static int save(struct dev_tasks *t)
 	int n = snprintf(buf, sizeof(buf), "last_id %llu\nrunning %llu %s\n",
 			 (unsigned long long)t->last_id, (unsigned long long)t->running_id,
 			 t->running_type[0] ? t->running_type : "-");
-	return ofile_replace(t->path, buf, (size_t)n) ? WIRE_EIO : WIRE_OK;
+	t->unsaved = ofile_replace(t->path, buf, (size_t)n) != 0;
+	return t->unsaved ? WIRE_EIO : WIRE_OK;
 }
 
 int dev_tasks_open(const char *state_path, const char *device_id,
@@ -215,6 +217,16 @@ int dev_tasks_end(struct dev_tasks *t)
 	t->running_id = 0;
 	t->running_type[0] = '\0';
 	return save(t);
+}
+
+int dev_tasks_unsaved(const struct dev_tasks *t)
+{
+	return t->unsaved;
+}
+
+int dev_tasks_sync(struct dev_tasks *t)
+{
+	return t->unsaved ? save(t) : WIRE_OK;
 }
 
 int dev_tasks_interrupted(const struct dev_tasks *t, uint64_t *id, char type[WIRE_MAX_TASK_TYPE + 1])

@@ -57,9 +57,17 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 int dev_tasks_seen(struct dev_tasks *t, uint64_t id);
 
 /* Mark a task as seen and running, in one write: a failure means it must not run. / Mark the
- * running task finished. Both persisted. */
+ * running task finished. Both persisted. When dev_tasks_end cannot write, the task is finished
+ * in memory but still running on disk: dev_tasks_unsaved says so until dev_tasks_sync (or any
+ * later write) succeeds. A restart before that reports the task again, as interrupted; the
+ * bridge keeps the first result and ignores the second. */
 int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type);
 int dev_tasks_end(struct dev_tasks *t);
+
+/* 1 if the last write of the state failed. / Write the state if so; WIRE_OK if nothing was
+ * pending or the write succeeded. */
+int dev_tasks_unsaved(const struct dev_tasks *t);
+int dev_tasks_sync(struct dev_tasks *t);
 
 /* After a restart: the task that was running when the agent stopped, if any. */
 int dev_tasks_interrupted(const struct dev_tasks *t, uint64_t *id, char type[WIRE_MAX_TASK_TYPE + 1]);

@@ -326,3 +326,46 @@ Test(dev_tasks, unreadable_lists_and_other_kinds_are_refused_whole)
 	free(path);
 	free(dir);
 }
+
+/* A finished task whose state cannot be written (here: its directory has gone away) stays
+ * finished in memory and is written by the next sync; before that, a restart would find it
+ * still running, which is the one thing a failed write may cost. */
+Test(dev_tasks, a_finish_that_cannot_be_written_is_written_later)
+{
+	char *dir = h_tmpdir("tasks"), *away = h_strf("%s.away", dir);
+	char *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = h_pki_key("bridge");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t, *r;
+	uint64_t id;
+	char type[WIRE_MAX_TASK_TYPE + 1];
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	cr_assert_eq(dev_tasks_sync(t), 0, "nothing pending");
+	cr_assert_eq(dev_tasks_begin(t, 7, "ping"), 0);
+
+	cr_assert_eq(rename(dir, away), 0);
+	cr_expect_neq(dev_tasks_end(t), 0, "the write failed");
+	cr_expect(dev_tasks_unsaved(t));
+	cr_expect_eq(dev_tasks_interrupted(t, &id, type), 0, "finished in memory");
+	cr_expect_neq(dev_tasks_sync(t), 0, "still cannot write");
+	cr_assert_eq(rename(away, dir), 0);
+
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &r), 0);
+	cr_expect_eq(dev_tasks_interrupted(r, &id, type), 1, "the file is behind");
+	cr_expect_eq(id, 7);
+	dev_tasks_close(r);
+
+	cr_expect_eq(dev_tasks_sync(t), 0);
+	cr_expect_eq(dev_tasks_unsaved(t), 0);
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &r), 0);
+	cr_expect_eq(dev_tasks_interrupted(r, &id, type), 0, "recorded as finished");
+	cr_expect_eq(dev_tasks_last_id(r), 7);
+	dev_tasks_close(r);
+
+	dev_tasks_close(t);
+	wire_key_free(bridge);
+	free(path);
+	free(away);
+	free(dir);
+}
