@@ -616,7 +616,12 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	}
 	for (size_t i = 0; i < s->nsegs;) {
 		struct seg *g = &s->segs[i];
-		if (spool_range_covers(s, g->first_seq, g->last_seq)) {
+		/* The newest segment, acknowledged by ranges only, stays until a newer one starts.
+		 * Deleted, it would send the next appends into the segment before it, and a torn
+		 * append there would look, at the next open (ranges are not persisted), like the
+		 * loss of the records it held. */
+		int newest_by_ranges = i + 1 == s->nsegs && g->last_seq > s->acked_upto;
+		if (!newest_by_ranges && spool_range_covers(s, g->first_seq, g->last_seq)) {
 			spool_remove_seg(s, i);
 			deleted = 1;
 		} else {
