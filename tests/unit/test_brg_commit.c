@@ -712,6 +712,20 @@ static void missing_then_dropped(void)
 	commit_one(batch("dev-a", "dev-a", 12, 10));
 	commit_one(batch("dev-a", "dev-a", 10, 8));
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE resolution = 'filled' AND prev_seq = 8"), 1);
+	/* a hole of which part arrives and part is reported dropped is "filled": 13 arrived, and
+	 * the dropped 14 has its own row */
+	commit_one(batch("dev-a", "dev-a", 16, 14));
+	cr_assert_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND prev_seq = 12 AND"
+	                 " last_seq = 14 AND resolved_at IS NULL"),
+	             1);
+	struct wire_dropped top = {13, 14, 1};
+	commit_one(batch_drop("dev-a", 18, 16, &top, 1));
+	commit_one(batch("dev-a", "dev-a", 13, 12));
+	cr_expect_eq(ack_of("dev-a")->seq, 18);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND prev_seq = 12 AND"
+	                 " resolution = 'filled'"),
+	             1, "13 arrived: not all of it was dropped");
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND prev_seq = 13"), 1);
 }
 
 Test(brg_commit, a_missing_gap_then_reported_dropped_is_resolved_dropped)
