@@ -587,6 +587,13 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 	g->bytes += rec_len;
 	s->total_bytes += rec_len;
 	s->last_durable = seq;
+	if (g->count == 1 && s->nsegs > 1) {
+		/* the segment before, acknowledged by ranges only, was kept while it was the newest
+		 * (dev_spool_ack); this one now holds a durable record, so it may go */
+		struct seg *p = &s->segs[s->nsegs - 2];
+		if (spool_range_covers(s, p->first_seq, p->last_seq))
+			spool_remove_seg(s, s->nsegs - 2);
+	}
 	enforce_limits(s);
 	maybe_persist(s);
 	return DEV_SPOOL_OK;
@@ -616,10 +623,10 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	}
 	for (size_t i = 0; i < s->nsegs;) {
 		struct seg *g = &s->segs[i];
-		/* The newest segment, acknowledged by ranges only, stays until a newer one starts.
-		 * Deleted, it would send the next appends into the segment before it, and a torn
-		 * append there would look, at the next open (ranges are not persisted), like the
-		 * loss of the records it held. */
+		/* The newest segment, acknowledged by ranges only, stays until the first record of
+		 * a newer one is durable (dev_spool_append). Deleted, it would send the next appends
+		 * into the segment before it, and a torn append there would look, at the next open
+		 * (ranges are not persisted), like the loss of the records it held. */
 		int newest_by_ranges = i + 1 == s->nsegs && g->last_seq > s->acked_upto;
 		if (!newest_by_ranges && spool_range_covers(s, g->first_seq, g->last_seq)) {
 			spool_remove_seg(s, i);

@@ -89,6 +89,8 @@ void dev_tasks_close(struct dev_tasks *t)
 {
 	if (!t)
 		return;
+	if (t->unsaved)
+		save(t); /* last chance for a finished task's state; nothing to do if it fails */
 	free(t->path);
 	free(t);
 }
@@ -188,16 +190,20 @@ int dev_tasks_seen(struct dev_tasks *t, uint64_t id)
 	if (id <= t->last_id)
 		return WIRE_OK;
 	uint64_t keep = t->last_id;
+	int unsaved = t->unsaved;
 	t->last_id = id;
 	int rc = save(t);
-	if (rc)
+	if (rc) {
 		t->last_id = keep;
+		t->unsaved = unsaved; /* memory is back to what it was, as is the file */
+	}
 	return rc;
 }
 
 int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type)
 {
 	uint64_t keep = t->last_id;
+	int unsaved = t->unsaved;
 	if (id > t->last_id)
 		t->last_id = id;
 	t->running_id = id;
@@ -208,6 +214,7 @@ int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type)
 		t->last_id = keep;
 		t->running_id = 0;
 		t->running_type[0] = '\0';
+		t->unsaved = unsaved;
 	}
 	return rc;
 }

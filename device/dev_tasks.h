@@ -20,7 +20,8 @@ struct dev_tasks;
 /* state_path: file holding the highest accepted task id and the task being run. */
 int dev_tasks_open(const char *state_path, const char *device_id,
 		   const struct wire_pubkey *bridge_key, struct dev_tasks **out);
-void dev_tasks_close(struct dev_tasks *t); /* accepts NULL */
+/* Writes the state first if the last write failed (dev_tasks_unsaved). Accepts NULL. */
+void dev_tasks_close(struct dev_tasks *t);
 
 uint64_t dev_tasks_last_id(const struct dev_tasks *t);
 

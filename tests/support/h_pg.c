@@ -144,10 +144,11 @@ void h_pg_start(struct h_pg *pg)
 			     "listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c "
 			     "max_connections=50\" start",
 			     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
+		size_t log_from = h_file_size(pg->log);
 		int rc = h_sh(cmd, &out, 90);
 		if (rc == 0)
 			break;
-		char *log = h_read_file(pg->log, NULL);
+		char *log = h_read_file_from(pg->log, log_from);
 		if (!first_start || attempt == 3 || !log || !strstr(log, "Address already in use")) {
 			fprintf(stderr, "h_pg: %s failed:\n%s\n%s\n", cmd, out, log ? log : "");
 			abort();

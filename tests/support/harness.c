@@ -386,18 +386,28 @@ int h_stop(pid_t pid, int timeout_ms)
 	return rc;
 }
 
-/* Whether the broker listens on all three ports within 10 s; false at once if it exits (then
- * b->pid is 0: it has been reaped). */
+/* Whether the broker still runs after `ms`; if not, b->pid is 0 (it has been reaped). */
+static bool broker_alive(struct h_broker *b, int ms)
+{
+	int st;
+	if (ms)
+		h_sleep_ms(ms);
+	if (waitpid(b->pid, &st, WNOHANG) != b->pid)
+		return true;
+	b->pid = 0;
+	return false;
+}
+
+/* Whether the broker listens on all three ports within 20 s; false at once if it exits. It
+ * opens them one after the other: one taken by another process answers, then the broker exits
+ * on it, so it must still run a moment after the last one answered. */
 static bool broker_listening(struct h_broker *b)
 {
 	const int ports[] = {b->mqtts_port, b->wss_port, b->internal_port};
-	long long end = h_now_ms() + 10000;
+	long long end = h_now_ms() + 20000;
 	for (size_t i = 0; i < 3;) {
-		int st;
-		if (waitpid(b->pid, &st, WNOHANG) == b->pid) {
-			b->pid = 0;
+		if (!broker_alive(b, 0))
 			return false;
-		}
 		if (h_wait_port(ports[i], 0))
 			i++;
 		else if (h_now_ms() >= end)
@@ -405,7 +415,23 @@ static bool broker_listening(struct h_broker *b)
 		else
 			h_sleep_ms(20);
 	}
-	return true;
+	return broker_alive(b, 200);
+}
+
+char *h_read_file_from(const char *path, size_t from)
+{
+	size_t len = 0;
+	char *all = h_read_file(path, &len);
+	if (!all || from == 0 || from > len)
+		return all;
+	memmove(all, all + from, len - from + 1);
+	return all;
+}
+
+size_t h_file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
 }
 
 void h_broker_start(struct h_broker *b, const char *pki)
@@ -437,6 +463,7 @@ void h_broker_start(struct h_broker *b, const char *pki)
 			NULL,
 		};
 		char *argv[] = {script, NULL};
+		size_t log_from = h_file_size(b->log);
 		b->pid = h_spawn(argv, env, b->log);
 		/* putenv in the child kept pointers; the parent can free its copies now. */
 		for (size_t i = 0; env[i]; i++)
@@ -444,7 +471,7 @@ void h_broker_start(struct h_broker *b, const char *pki)
 		if (broker_listening(b))
 			break;
 		h_broker_stop(b);
-		char *log = h_read_file(b->log, NULL);
+		char *log = h_read_file_from(b->log, log_from);
 		bool collided = log && (strstr(log, "Address already in use") ||
 					strstr(log, "Unable to create websockets listener"));
 		if (!new_ports || !collided || attempt == 3) {

@@ -23,6 +23,10 @@ int h_sh(const char *cmd, char **out, int timeout_s);
 
 /* Read a whole file (caller frees), NULL if unreadable. */
 char *h_read_file(const char *path, size_t *len);
+/* The text appended to path after byte `from` (one attempt's part of a log). Caller frees. */
+char *h_read_file_from(const char *path, size_t from);
+/* The size of a file, 0 if it does not exist. */
+size_t h_file_size(const char *path);
 
 /* How often needle occurs in text (0 for NULL), and in the file at path (0 if unreadable). */
 int h_count(const char *text, const char *needle);
