@@ -538,6 +538,13 @@ Test(dev_spool, rot_in_the_header_of_the_last_durable_record_is_reported)
 	expect_last_record_rot_reported(12); /* its header: the CRC fails */
 }
 
+static void expect_no_drop(const struct dev_spool *s)
+{
+	struct wire_dropped d[4];
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 0, "reported a drop of (%llu, %llu]",
+		     (unsigned long long)d[0].prev_seq, (unsigned long long)d[0].last_seq);
+}
+
 /* Everything was acknowledged (its segments deleted, the state file written), then a power cut
  * tore the first record of the next segment: a torn write, nothing to report. */
 Test(dev_spool, a_torn_first_record_after_everything_was_acknowledged_is_no_loss)
@@ -556,9 +563,7 @@ Test(dev_spool, a_torn_first_record_after_everything_was_acknowledged_is_no_loss
 	fputs("twenty garbage bytes", f);
 	fclose(f);
 	s = open_spool(&o);
-	struct wire_dropped d[4];
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 0, "reported a drop of (%llu, %llu]",
-		     (unsigned long long)d[0].prev_seq, (unsigned long long)d[0].last_seq);
+	expect_no_drop(s);
 	dev_spool_close(s);
 	free(torn);
 	free(dir);
@@ -1191,9 +1196,7 @@ Test(dev_spool, a_torn_append_after_a_selective_ack_of_the_newest_segment_is_no_
 	cr_assert_eq(truncate(seg, sb.st_size - 50), 0, "tear the last record");
 
 	s = open_spool(&o);
-	struct wire_dropped d[4];
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 0, "reported a drop of (%llu, %llu]",
-		     (unsigned long long)d[0].prev_seq, (unsigned long long)d[0].last_seq);
+	expect_no_drop(s);
 	uint64_t got[8];
 	size_t n = read_all(s, 1, got, 8);
 	cr_expect(n >= 2 && got[0] == a1 && got[1] == a2, "%zu records", n);
