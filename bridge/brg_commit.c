@@ -251,13 +251,20 @@ void brg_committer_free(struct brg_committer *c)
 /* ---- statement helpers: bind a list of values and run ---- */
 
 /* Run statement i to completion (no rows wanted). */
-int brg_commit__run(struct brg_committer *c, int i)
+int brg_commit__run_changes(struct brg_committer *c, int i, int64_t *changes)
 {
 	int rc = store_step(c->st[i]);
 	if (rc > 0) /* a row we do not need */
 		rc = 0;
+	if (changes)
+		*changes = rc ? 0 : store_changes(c->st[i]); /* read before the reset */
 	store_reset(c->st[i]);
 	return rc;
+}
+
+int brg_commit__run(struct brg_committer *c, int i)
+{
+	return brg_commit__run_changes(c, i, NULL);
 }
 
 int brg_commit__event(struct brg_committer *c, const struct wdev *w, const char *type,

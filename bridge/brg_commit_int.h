@@ -131,8 +131,9 @@ int brg_commit__reserve(void **arr, size_t *cap, size_t n, size_t elem);
 struct brg_reply *brg_commit__add_reply(struct brg_outcome *o);
 void brg_commit__note(struct brg_committer *c, int level, const char *device, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Run c->st[i] to completion and reset it. */
+/* Run c->st[i] to completion and reset it; with changes, also say how many rows it changed. */
 int brg_commit__run(struct brg_committer *c, int i);
+int brg_commit__run_changes(struct brg_committer *c, int i, int64_t *changes);
 /* Insert an event row (and a log note) about w (NULL: about no device). */
 int brg_commit__event(struct brg_committer *c, const struct wdev *w, const char *type,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));

@@ -132,9 +132,9 @@ static int insert_envelope(struct brg_committer *c, struct wdev *w, const struct
 	B64(S_ENV_INS, 6, c->now);
 	B64(S_ENV_INS, 7, n_readings);
 	BBLOB(S_ENV_INS, 8, it->sig, WIRE_SIG_LEN);
-	if ((rc = store_step(c->st[S_ENV_INS])) >= 0)
-		rc = store_changes(c->st[S_ENV_INS]) == 1;
-	store_reset(c->st[S_ENV_INS]);
+	int64_t inserted;
+	if (!(rc = brg_commit__run_changes(c, S_ENV_INS, &inserted)))
+		rc = inserted == 1;
 	if (rc == 1) {
 		w->d_env++;
 		c->out->envelopes++;
@@ -201,9 +201,9 @@ int brg_commit__insert_gap(struct brg_committer *c, struct wdev *w, const char *
 	if (count >= 0)
 		B64(S_GAP_INS, 5, count);
 	B64(S_GAP_INS, 6, c->now);
-	if ((rc = store_step(c->st[S_GAP_INS])) >= 0)
-		rc = store_changes(c->st[S_GAP_INS]) == 1;
-	store_reset(c->st[S_GAP_INS]);
+	int64_t inserted;
+	if (!(rc = brg_commit__run_changes(c, S_GAP_INS, &inserted)))
+		rc = inserted == 1;
 out:
 	return rc;
 }
@@ -370,12 +370,9 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		B64(S_GAP_FILL, 1, c->now);
 		B64(S_GAP_FILL, 2, w->key);
 		B64(S_GAP_FILL, 3, ch->frontier);
-		if ((rc = store_step(c->st[S_GAP_FILL])) < 0) {
-			store_reset(c->st[S_GAP_FILL]);
+		int64_t filled;
+		if ((rc = brg_commit__run_changes(c, S_GAP_FILL, &filled)))
 			goto out;
-		}
-		int64_t filled = store_changes(c->st[S_GAP_FILL]);
-		store_reset(c->st[S_GAP_FILL]);
 		if (filled &&
 		    (rc = brg_commit__event(c, w, "gap_filled",
 		                            "%lld missing stretch(es) below seq %llu arrived",

@@ -144,12 +144,9 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 	for (size_t i = 0; i < n; i++) {
 		B64(S_TASK_DELIV, 1, c->now);
 		B64(S_TASK_DELIV, 2, tasks[i].id);
-		rc = store_step(c->st[S_TASK_DELIV]);
-		int64_t delivered = rc >= 0 ? store_changes(c->st[S_TASK_DELIV]) : 0;
-		store_reset(c->st[S_TASK_DELIV]);
-		if (rc < 0)
+		int64_t delivered;
+		if ((rc = brg_commit__run_changes(c, S_TASK_DELIV, &delivered)))
 			goto out;
-		rc = 0;
 		if (!delivered) {
 			/* another bridge's sweep expired it since it was read: it is not sent */
 			brg_commit__clear_task(&tasks[i]);
