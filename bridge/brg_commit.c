@@ -35,6 +35,10 @@ const char *const brg_commit__sql[S_COUNT] = {
                   " n_readings, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                   " ON CONFLICT (device, seq) DO NOTHING",
     [S_ENV_SIG] = "SELECT sig FROM envelopes WHERE device = ? AND seq = ?",
+    /* LATERAL ... LIMIT 1: one primary key lookup per key, never a scan of the table. */
+    [S_ENV_KNOWN] = "SELECT k.device, k.seq FROM unnest(?::bigint[], ?::bigint[]) AS k (device, seq),"
+                    " LATERAL (SELECT 1 FROM envelopes e WHERE e.device = k.device"
+                    " AND e.seq = k.seq LIMIT 1) AS e",
     [S_LINKS] = "SELECT prev_seq, seq, stored_at FROM envelopes WHERE device = ? AND seq > ?"
                 " ORDER BY seq LIMIT 4096",
     [S_DROPS] =
@@ -192,10 +196,16 @@ int brg_committer_new(struct store *s, const struct brg_commit_opts *o, struct b
 		if (i == S_DEV_SEL)
 			q = store_dialect(s) == STORE_PG ? DEV_SEL_COLS " FOR UPDATE"
 			                                 : DEV_SEL_COLS;
+		if (i == S_ENV_KNOWN && store_dialect(s) != STORE_PG)
+			continue;
 		if ((rc = store_prepare(s, q, &c->st[i])))
 			goto fail;
 	}
 	rc = store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &c->copy);
+	if (!rc && store_dialect(s) == STORE_PG)
+		rc = store_copy_new(s, "envelopes",
+		                    "device, seq, prev_seq, kind, sent_at, stored_at, n_readings, sig",
+		                    8, &c->env_copy);
 	if (rc)
 		goto fail;
 	*out = c;
@@ -241,9 +251,13 @@ void brg_committer_free(struct brg_committer *c)
 	for (int i = 0; i < S_COUNT; i++)
 		store_stmt_free(c->st[i]);
 	store_copy_free(c->copy);
+	store_copy_free(c->env_copy);
 	brg_commit__mcache_clear(c);
 	free(c->devs);
 	free(c->rows);
+	free(c->ekeys);
+	free(c->erows);
+	free(c->arr);
 	free(c->links);
 	free(c);
 }
@@ -747,6 +761,22 @@ static int apply(struct brg_committer *c, const struct brg_item *it)
 	}
 }
 
+/* PostgreSQL: which of the group's durable envelopes have rows already (brg_envrows.c). */
+static int envelope_keys(struct brg_committer *c, struct brg_item *const *items, size_t n)
+{
+	int rc = 0;
+	brg_commit__env_reset(c);
+	for (size_t i = 0; i < n && !rc; i++) {
+		const struct brg_item *it = items[i];
+		if (it->kind != BRG_ITEM_BATCH && it->kind != BRG_ITEM_RESULT)
+			continue;
+		struct wdev *w = it->device[0] ? dev_find(c, it->device) : NULL;
+		if (w && w->key)
+			rc = brg_commit__env_add(c, w->key, it->seq);
+	}
+	return rc ? rc : brg_commit__env_lookup(c);
+}
+
 static int update_device(struct brg_committer *c, struct wdev *w)
 {
 	int rc;
@@ -778,7 +808,7 @@ out:
 static int finish(struct brg_committer *c)
 {
 	int rc;
-	if ((rc = brg_commit__insert_readings(c)))
+	if ((rc = brg_commit__env_flush(c)) || (rc = brg_commit__insert_readings(c)))
 		return rc;
 	for (size_t i = 0; i < c->n_devs; i++) {
 		struct wdev *w = &c->devs[i];
@@ -853,7 +883,7 @@ int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, siz
 	c->n_rows = 0;
 	if ((rc = store_begin(c->s)))
 		return rc;
-	if ((rc = load_devices(c, items, n)))
+	if ((rc = load_devices(c, items, n)) || (rc = envelope_keys(c, items, n)))
 		goto fail;
 	for (size_t i = 0; i < n; i++)
 		if ((rc = apply(c, items[i])))

@@ -25,6 +25,7 @@ enum {
 	S_REJ,
 	S_ENV_INS,
 	S_ENV_SIG,
+	S_ENV_KNOWN, /* PostgreSQL only (NULL on SQLite): see brg_envrows.c */
 	S_LINKS,
 	S_DROPS,
 	S_GAP_INS,
@@ -76,6 +77,19 @@ struct rrow {
 	double value;
 };
 
+/* A durable envelope of the current group, by key (PostgreSQL, brg_envrows.c). */
+enum { EK_FREE, EK_STORED, EK_QUEUED };
+struct ekey {
+	int64_t device;
+	int64_t seq;
+	int state; /* EK_*: no row yet, a row before this group, queued for the bulk insert */
+};
+/* An envelope row queued for the bulk insert. */
+struct erow {
+	int64_t device, seq, prev_seq, kind, sent_at, n_readings;
+	uint8_t sig[WIRE_SIG_LEN];
+};
+
 /* wire metric id -> metrics.id of one device. */
 struct mentry {
 	uint32_t wire;
@@ -98,6 +112,13 @@ struct brg_committer {
 	size_t n_devs, cap_devs;
 	struct rrow *rows;
 	size_t n_rows, cap_rows;
+	struct store_copy *env_copy; /* PostgreSQL: new envelope rows go in bulk too */
+	struct ekey *ekeys;          /* sorted by (device, seq) */
+	size_t n_ekeys, cap_ekeys;
+	struct erow *erows;
+	size_t n_erows, cap_erows;
+	char *arr; /* S_ENV_KNOWN's array arguments */
+	size_t cap_arr;
 	struct brg_link *links;
 	struct mcache *mc[MCACHE_BUCKETS];
 	size_t mc_devices;
@@ -160,6 +181,21 @@ int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const st
                                uint32_t kind, size_t n_readings);
 int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct brg_item *it);
 int brg_commit__insert_readings(struct brg_committer *c);
+/* Envelope rows in bulk (brg_envrows.c; PostgreSQL only, no-ops where c->env_copy is NULL).
+ * A group adds the key of each durable envelope it may store (after its devices are locked),
+ * then looks up which have rows already. queue() then takes a new envelope's row (1), says
+ * its key has a row or a queued one (0), or says the key was not added (ENV_DIRECT: insert it
+ * row by row). Before a statement reads an envelope's row, visible() flushes the queue if that
+ * row is in it; flush() inserts what is queued, before the readings go in. */
+#define ENV_DIRECT 2
+void brg_commit__env_reset(struct brg_committer *c);
+int brg_commit__env_add(struct brg_committer *c, int64_t device, uint64_t seq);
+int brg_commit__env_lookup(struct brg_committer *c);
+int brg_commit__env_queue(struct brg_committer *c, int64_t device, const struct brg_item *it,
+                          uint32_t kind, size_t n_readings);
+/* If (device, seq) is queued, flush: statements then see its row. */
+int brg_commit__env_visible(struct brg_committer *c, int64_t device, uint64_t seq);
+int brg_commit__env_flush(struct brg_committer *c);
 int brg_commit__chain(struct brg_committer *c, struct wdev *w);
 /* INSERT a gap row (count < 0: NULL); 1 if inserted, 0 if (device, reason, prev) existed. */
 int brg_commit__insert_gap(struct brg_committer *c, struct wdev *w, const char *reason,

@@ -123,7 +123,9 @@ out:
 static int insert_envelope(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                            uint32_t kind, size_t n_readings)
 {
-	int rc;
+	int rc = brg_commit__env_queue(c, w->key, it, kind, n_readings);
+	if (rc != ENV_DIRECT)
+		goto counted;
 	B64(S_ENV_INS, 1, w->key);
 	B64(S_ENV_INS, 2, it->seq);
 	B64(S_ENV_INS, 3, it->prev_seq);
@@ -135,6 +137,7 @@ static int insert_envelope(struct brg_committer *c, struct wdev *w, const struct
 	int64_t inserted;
 	if (!(rc = brg_commit__run_changes(c, S_ENV_INS, &inserted)))
 		rc = inserted == 1;
+counted:
 	if (rc == 1) {
 		w->d_env++;
 		c->out->envelopes++;
@@ -153,6 +156,8 @@ int brg_commit__store_envelope(struct brg_committer *c, struct wdev *w, const st
 	if ((int64_t)it->seq > w->frontier && (rc = insert_envelope(c, w, it, kind, n_readings)))
 		return rc;
 	/* Already there (duplicate or reuse), or at/below the frontier. */
+	if ((rc = brg_commit__env_visible(c, w->key, it->seq)))
+		goto out;
 	B64(S_ENV_SIG, 1, w->key);
 	B64(S_ENV_SIG, 2, it->seq);
 	rc = store_step(c->st[S_ENV_SIG]);

@@ -451,6 +451,12 @@ int store_copy_null(struct store_copy *c)
 	return copy_put(c, &x);
 }
 
+int store_copy_blob(struct store_copy *c, const void *v, size_t len)
+{
+	struct store_val x = {.t = STORE_VBLOB, .p = v, .len = len};
+	return copy_put(c, &x);
+}
+
 int store_copy_end_row(struct store_copy *c)
 {
 	if (!c->cp || c->col != c->ncols)

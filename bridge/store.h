@@ -125,9 +125,9 @@ int store_query_i64(struct store *s, int64_t *out, const char *sql, int nargs, .
 int store_exec_i64(struct store *s, const char *sql, const int64_t *args, int nargs,
                    int64_t *changes);
 
-/* Bulk insert of many rows into table(cols) with ncols int/double/NULL columns: a prepared
- * INSERT on SQLite, COPY on PostgreSQL. Use: store_copy_start, then per row store_copy_i64 /
- * _f64 / _null for each column and store_copy_end_row, then store_copy_finish (inside the
+/* Bulk insert of many rows into table(cols) with ncols int/double/blob/NULL columns: a
+ * prepared INSERT on SQLite, COPY on PostgreSQL. Use: store_copy_start, then per row
+ * store_copy_i64 / _f64 / _blob / _null for each column and store_copy_end_row, then store_copy_finish (inside the
  * caller's transaction; no other statement may run on the connection in between).
  * table and cols (comma-separated) must be trusted constants. */
 int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,
@@ -137,6 +137,8 @@ int store_copy_start(struct store_copy *c);
 int store_copy_i64(struct store_copy *c, int64_t v);
 int store_copy_f64(struct store_copy *c, double v); /* NaN is stored as NULL */
 int store_copy_null(struct store_copy *c);
+/* v is borrowed until store_copy_end_row. */
+int store_copy_blob(struct store_copy *c, const void *v, size_t len);
 int store_copy_end_row(struct store_copy *c);
 int store_copy_finish(struct store_copy *c);
 

@@ -538,6 +538,17 @@ static int copy_flush(struct pg_copy *cp)
 	return STORE_OK;
 }
 
+/* Make room for need more bytes: grow the buffer (rows are flushed whole, at PG_COPY_FLUSH). */
+static int copy_room(struct pg_copy *cp, size_t need)
+{
+	char *b = realloc(cp->buf, cp->len + need);
+	if (!b)
+		return STORE_ENOMEM;
+	cp->buf = b;
+	cp->cap = cp->len + need;
+	return STORE_OK;
+}
+
 static int pg_copy_begin(void *conn, const char *table, const char *cols, int ncols, void **out)
 {
 	struct pg_conn *pc = conn;
@@ -577,10 +588,24 @@ static int pg_copy_row(void *p, const struct store_val *vals)
 	if (cp->failed)
 		return STORE_ECONN;
 	for (int i = 0; i < cp->ncols; i++) {
+		/* Numbers take at most 32 bytes, a blob "\\x" and two hex digits a byte, and
+		 * each value its separator. */
+		size_t need = (vals[i].t == STORE_VBLOB ? 3 + 2 * vals[i].len : 32) + 1;
+		if (cp->cap - cp->len < need && copy_room(cp, need))
+			return STORE_ENOMEM;
 		char *o = cp->buf + cp->len;
 		size_t room = cp->cap - cp->len;
 		int n;
-		if (vals[i].t == STORE_VI64)
+		if (vals[i].t == STORE_VBLOB) {
+			static const char hx[] = "0123456789abcdef";
+			const unsigned char *b = vals[i].p;
+			memcpy(o, "\\\\x", 3);
+			for (size_t k = 0; k < vals[i].len; k++) {
+				o[3 + 2 * k] = hx[b[k] >> 4];
+				o[4 + 2 * k] = hx[b[k] & 15];
+			}
+			n = (int)(3 + 2 * vals[i].len);
+		} else if (vals[i].t == STORE_VI64)
 			n = snprintf(o, room, "%" PRId64, vals[i].i);
 		else if (vals[i].t == STORE_VF64 && isinf(vals[i].f))
 			n = snprintf(o, room, "%s", vals[i].f > 0 ? "Infinity" : "-Infinity");
@@ -589,7 +614,7 @@ static int pg_copy_row(void *p, const struct store_val *vals)
 		else if (vals[i].t == STORE_VNULL)
 			n = snprintf(o, room, "\\N");
 		else
-			return STORE_EINVAL; /* numbers only: no escaping needed */
+			return STORE_EINVAL; /* no text: nothing here needs escaping */
 		cp->len += (size_t)n;
 		cp->buf[cp->len++] = i + 1 < cp->ncols ? '\t' : '\n';
 	}

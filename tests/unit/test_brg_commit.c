@@ -117,6 +117,20 @@ TestSuite(brg_commit, .init = setup, .fini = teardown);
 TestSuite(brg_commit_pg, .init = setup_pg, .fini = teardown_pg);
 TestSuite(brg_commit_pg_cut, .init = setup_pg_relay, .fini = teardown_pg_relay);
 
+/* A test run on SQLite (suite brg_commit) and on PostgreSQL (brg_commit_pg): the two store
+ * envelopes differently (row by row; in bulk, see brg_envrows.c). */
+#define TEST_BOTH(name)                                                                            \
+	static void name(void);                                                                    \
+	Test(brg_commit, name)                                                                     \
+	{                                                                                          \
+		name();                                                                            \
+	}                                                                                          \
+	Test(brg_commit_pg, name)                                                                  \
+	{                                                                                          \
+		name();                                                                            \
+	}                                                                                          \
+	static void name(void)
+
 static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
 {
 	struct brg_item *it = NULL;
@@ -389,7 +403,7 @@ Test(brg_commit, a_revoked_certificate_revokes_only_the_key_it_certifies)
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 3);
 }
 
-Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
+TEST_BOTH(exactly_once_and_acks_tell_what_is_stored)
 {
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
 	                         batch("dev-a", "dev-a", 4, 2), batch("dev-a", "dev-a", 4, 2)};
@@ -460,6 +474,36 @@ Test(brg_commit, exactly_once_and_acks_tell_what_is_stored)
 	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 5 * 4);
 }
 
+/* In one group: a seq twice with different signatures (the first is stored, the second is a
+ * reuse), then a resend of a stored envelope between two new ones. */
+TEST_BOTH(a_seq_twice_in_one_group_is_stored_once)
+{
+	so.rows = 3;
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0), NULL};
+	so.rows = 2;
+	g1[2] = batch("dev-a", "dev-a", 2, 0);
+	commit(g1, 3);
+	cr_expect_eq(out.envelopes, 1);
+	cr_expect_eq(out.rejected, 1);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'seq_reused'"), 1);
+	cr_expect_eq(one("SELECT n_readings FROM envelopes WHERE seq = 2"), 3 * 2,
+	             "the first of the two is the one stored");
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 3 * 2);
+	so.rows = 3;
+	struct brg_item *g2[] = {batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 4, 3)};
+	so.rows = 2;
+	commit(g2, 3);
+	free_items(g1, 3);
+	free_items(g2, 3);
+	cr_expect_eq(out.envelopes, 2);
+	cr_expect_eq(out.duplicates, 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 3);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 3 * 3 * 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE length(sig) = 64"), 3);
+}
+
 Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
 {
 	struct brg_item *g[] = {birth("dev-b", 1), batch("dev-b", "dev-b", 2, 0)};
@@ -507,7 +551,7 @@ Test(brg_commit, five_consecutive_rejections_quarantine)
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 0);
 }
 
-Test(brg_commit, backlog_filling_a_hole_from_below_keeps_one_gap)
+TEST_BOTH(backlog_filling_a_hole_from_below_keeps_one_gap)
 {
 	/* 2 is stored, then a live batch 10 (prev 9) arrives ahead of the backlog 3..9. */
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
@@ -534,7 +578,7 @@ Test(brg_commit, backlog_filling_a_hole_from_below_keeps_one_gap)
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_filled'"), 1);
 }
 
-Test(brg_commit, wiped_device_numbering_afresh_continues_as_a_chain)
+TEST_BOTH(wiped_device_numbering_afresh_continues_as_a_chain)
 {
 	/* First life: 2..4 stored, 6 (prev 5) stored, 5 never arrives. */
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
@@ -585,7 +629,7 @@ Test(brg_commit, wiped_device_numbering_afresh_continues_as_a_chain)
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 2);
 }
 
-Test(brg_commit, chain_floor_edges)
+TEST_BOTH(chain_floor_edges)
 {
 	/* 2..4 stored; 6 (prev 5) and 10 (prev 8) too: holes 5 and 7..8 */
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
@@ -689,7 +733,7 @@ Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
 
 /* A hole that the device then reports dropped (its spool overflowed before it could resend) is
  * not "filled": the missing gap is resolved as dropped, next to the dropped gap's own row. */
-static void missing_then_dropped(void)
+TEST_BOTH(a_missing_gap_then_reported_dropped_is_resolved_dropped)
 {
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
 	                         batch("dev-a", "dev-a", 6, 4)};
@@ -726,16 +770,6 @@ static void missing_then_dropped(void)
 	                 " resolution = 'filled'"),
 	             1, "13 arrived: not all of it was dropped");
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND prev_seq = 13"), 1);
-}
-
-Test(brg_commit, a_missing_gap_then_reported_dropped_is_resolved_dropped)
-{
-	missing_then_dropped();
-}
-
-Test(brg_commit_pg, a_missing_gap_then_reported_dropped_is_resolved_dropped)
-{
-	missing_then_dropped();
 }
 
 /* An active device marked online, last seen at seen_ms, sampling every minute. */
