@@ -36,7 +36,8 @@ const char *const brg_commit__sql[S_COUNT] = {
                   " ON CONFLICT (device, seq) DO NOTHING",
     [S_ENV_SIG] = "SELECT sig FROM envelopes WHERE device = ? AND seq = ?",
     /* LATERAL ... LIMIT 1: one primary key lookup per key, never a scan of the table. */
-    [S_ENV_KNOWN] = "SELECT k.device, k.seq FROM unnest(?::bigint[], ?::bigint[]) AS k (device, seq),"
+    [S_ENV_KNOWN] = "SELECT k.device, k.seq"
+                    " FROM unnest(?::bigint[], ?::bigint[]) AS k (device, seq),"
                     " LATERAL (SELECT 1 FROM envelopes e WHERE e.device = k.device"
                     " AND e.seq = k.seq LIMIT 1) AS e",
     [S_LINKS] = "SELECT prev_seq, seq, stored_at FROM envelopes WHERE device = ? AND seq > ?"

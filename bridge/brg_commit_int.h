@@ -82,7 +82,7 @@ enum { EK_FREE, EK_STORED, EK_QUEUED };
 struct ekey {
 	int64_t device;
 	int64_t seq;
-	int state; /* EK_*: no row yet, a row before this group, queued for the bulk insert */
+	int state; /* EK_*: no row yet, a row in the table, queued for the bulk insert */
 };
 /* An envelope row queued for the bulk insert. */
 struct erow {
@@ -183,7 +183,8 @@ int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct b
 int brg_commit__insert_readings(struct brg_committer *c);
 /* Envelope rows in bulk (brg_envrows.c; PostgreSQL only, no-ops where c->env_copy is NULL).
  * A group adds the key of each durable envelope it may store (after its devices are locked),
- * then looks up which have rows already. queue() then takes a new envelope's row (1), says
+ * then looks up which have rows already (a group with fewer than o.env_bulk_min keys drops
+ * them: all ENV_DIRECT). queue() then takes a new envelope's row (1), says
  * its key has a row or a queued one (0), or says the key was not added (ENV_DIRECT: insert it
  * row by row). Before a statement reads an envelope's row, visible() flushes the queue if that
  * row is in it; flush() inserts what is queued, before the readings go in. */

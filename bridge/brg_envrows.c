@@ -69,8 +69,10 @@ int brg_commit__env_lookup(struct brg_committer *c)
 	struct store_stmt *st = c->st[S_ENV_KNOWN];
 	size_t n = 0, at = 0;
 	int rc;
-	if (!c->env_copy || !c->n_ekeys)
+	if (!c->env_copy || c->n_ekeys < (size_t)c->o.env_bulk_min || !c->n_ekeys) {
+		c->n_ekeys = 0; /* few: row by row (ENV_DIRECT) */
 		return 0;
+	}
 	qsort(c->ekeys, c->n_ekeys, sizeof(*c->ekeys), cmp_ekey);
 	for (size_t i = 0; i < c->n_ekeys; i++) /* a key twice in a group: once here */
 		if (!n || cmp_ekey(&c->ekeys[n - 1], &c->ekeys[i]))
@@ -124,7 +126,7 @@ int brg_commit__env_queue(struct brg_committer *c, int64_t device, const struct 
 
 int brg_commit__env_visible(struct brg_committer *c, int64_t device, uint64_t seq)
 {
-	const struct ekey *k = c->n_erows ? find(c, device, seq) : NULL;
+	const struct ekey *k = find(c, device, seq);
 	return k && k->state == EK_QUEUED ? brg_commit__env_flush(c) : 0;
 }
 
@@ -148,5 +150,8 @@ int brg_commit__env_flush(struct brg_committer *c)
 	}
 	int rc2 = store_copy_finish(c->env_copy);
 	c->n_erows = 0;
+	for (size_t i = 0; i < c->n_ekeys; i++) /* in the table now (or the group fails) */
+		if (c->ekeys[i].state == EK_QUEUED)
+			c->ekeys[i].state = EK_STORED;
 	return rc ? rc : rc2;
 }

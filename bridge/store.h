@@ -127,8 +127,9 @@ int store_exec_i64(struct store *s, const char *sql, const int64_t *args, int na
 
 /* Bulk insert of many rows into table(cols) with ncols int/double/blob/NULL columns: a
  * prepared INSERT on SQLite, COPY on PostgreSQL. Use: store_copy_start, then per row
- * store_copy_i64 / _f64 / _blob / _null for each column and store_copy_end_row, then store_copy_finish (inside the
- * caller's transaction; no other statement may run on the connection in between).
+ * store_copy_i64 / _f64 / _blob / _null for each column and store_copy_end_row, then
+ * store_copy_finish (inside the caller's transaction; no other statement may run on the
+ * connection in between).
  * table and cols (comma-separated) must be trusted constants. */
 int store_copy_new(struct store *s, const char *table, const char *cols, int ncols,
                    struct store_copy **out);

@@ -541,11 +541,12 @@ static int copy_flush(struct pg_copy *cp)
 /* Make room for need more bytes: grow the buffer (rows are flushed whole, at PG_COPY_FLUSH). */
 static int copy_room(struct pg_copy *cp, size_t need)
 {
-	char *b = realloc(cp->buf, cp->len + need);
+	size_t cap = cp->cap * 2 > cp->len + need ? cp->cap * 2 : cp->len + need;
+	char *b = realloc(cp->buf, cap);
 	if (!b)
 		return STORE_ENOMEM;
 	cp->buf = b;
-	cp->cap = cp->len + need;
+	cp->cap = cap;
 	return STORE_OK;
 }
 
@@ -591,8 +592,10 @@ static int pg_copy_row(void *p, const struct store_val *vals)
 		/* Numbers take at most 32 bytes, a blob "\\x" and two hex digits a byte, and
 		 * each value its separator. */
 		size_t need = (vals[i].t == STORE_VBLOB ? 3 + 2 * vals[i].len : 32) + 1;
-		if (cp->cap - cp->len < need && copy_room(cp, need))
+		if (cp->cap - cp->len < need && copy_room(cp, need)) {
+			cp->failed = 1; /* half a row in the buffer: the COPY is aborted */
 			return STORE_ENOMEM;
+		}
 		char *o = cp->buf + cp->len;
 		size_t room = cp->cap - cp->len;
 		int n;
@@ -613,8 +616,10 @@ static int pg_copy_row(void *p, const struct store_val *vals)
 			n = snprintf(o, room, "%.17g", vals[i].f);
 		else if (vals[i].t == STORE_VNULL)
 			n = snprintf(o, room, "\\N");
-		else
+		else {
+			cp->failed = 1;
 			return STORE_EINVAL; /* no text: nothing here needs escaping */
+		}
 		cp->len += (size_t)n;
 		cp->buf[cp->len++] = i + 1 < cp->ncols ? '\t' : '\n';
 	}
