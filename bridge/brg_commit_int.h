@@ -84,10 +84,11 @@ struct ekey {
 	int64_t seq;
 	int state; /* EK_*: no row yet, a row in the table, queued for the bulk insert */
 };
-/* An envelope row queued for the bulk insert. */
+/* An envelope row queued for the bulk insert; the rest of the row is read from the item,
+ * borrowed (a group's items live until brg_commit_group returns). */
 struct erow {
-	int64_t device, seq, prev_seq, kind, sent_at, n_readings;
-	uint8_t sig[WIRE_SIG_LEN];
+	int64_t device, kind, n_readings;
+	const struct brg_item *it;
 };
 
 /* wire metric id -> metrics.id of one device. */

@@ -9,7 +9,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "brg_commit_int.h"
 
@@ -26,7 +25,7 @@ static int cmp_erow(const void *a, const void *b)
 	const struct erow *x = a, *y = b;
 	if (x->device != y->device)
 		return (x->device > y->device) - (x->device < y->device);
-	return (x->seq > y->seq) - (x->seq < y->seq);
+	return (x->it->seq > y->it->seq) - (x->it->seq < y->it->seq);
 }
 
 static struct ekey *find(const struct brg_committer *c, int64_t device, uint64_t seq)
@@ -69,7 +68,7 @@ int brg_commit__env_lookup(struct brg_committer *c)
 	struct store_stmt *st = c->st[S_ENV_KNOWN];
 	size_t n = 0, at = 0;
 	int rc;
-	if (!c->env_copy || c->n_ekeys < (size_t)c->o.env_bulk_min || !c->n_ekeys) {
+	if (!c->env_copy || !c->n_ekeys || c->n_ekeys < (size_t)c->o.env_bulk_min) {
 		c->n_ekeys = 0; /* few: row by row (ENV_DIRECT) */
 		return 0;
 	}
@@ -113,13 +112,7 @@ int brg_commit__env_queue(struct brg_committer *c, int64_t device, const struct 
 	if (brg_commit__reserve((void **)&c->erows, &c->cap_erows, c->n_erows, sizeof(*c->erows)))
 		return STORE_ENOMEM;
 	struct erow *r = &c->erows[c->n_erows++];
-	r->device = device;
-	r->seq = (int64_t)it->seq;
-	r->prev_seq = (int64_t)it->prev_seq;
-	r->kind = kind;
-	r->sent_at = it->sent_at_ms;
-	r->n_readings = (int64_t)n_readings;
-	memcpy(r->sig, it->sig, WIRE_SIG_LEN);
+	*r = (struct erow){device, kind, (int64_t)n_readings, it};
 	k->state = EK_QUEUED;
 	return 1;
 }
@@ -139,13 +132,13 @@ int brg_commit__env_flush(struct brg_committer *c)
 	for (size_t i = 0; i < c->n_erows && !rc; i++) {
 		const struct erow *r = &c->erows[i];
 		if (!(rc = store_copy_i64(c->env_copy, r->device)) &&
-		    !(rc = store_copy_i64(c->env_copy, r->seq)) &&
-		    !(rc = store_copy_i64(c->env_copy, r->prev_seq)) &&
+		    !(rc = store_copy_i64(c->env_copy, (int64_t)r->it->seq)) &&
+		    !(rc = store_copy_i64(c->env_copy, (int64_t)r->it->prev_seq)) &&
 		    !(rc = store_copy_i64(c->env_copy, r->kind)) &&
-		    !(rc = store_copy_i64(c->env_copy, r->sent_at)) &&
+		    !(rc = store_copy_i64(c->env_copy, r->it->sent_at_ms)) &&
 		    !(rc = store_copy_i64(c->env_copy, c->now)) &&
 		    !(rc = store_copy_i64(c->env_copy, r->n_readings)) &&
-		    !(rc = store_copy_blob(c->env_copy, r->sig, WIRE_SIG_LEN)))
+		    !(rc = store_copy_blob(c->env_copy, r->it->sig, WIRE_SIG_LEN)))
 			rc = store_copy_end_row(c->env_copy);
 	}
 	int rc2 = store_copy_finish(c->env_copy);

@@ -475,6 +475,20 @@ TEST_BOTH(exactly_once_and_acks_tell_what_is_stored)
 	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 5 * 4);
 }
 
+/* The last group stored `envelopes` and counted `duplicates`, id is acknowledged up to
+ * `ack`, and the store holds env_rows envelopes and `readings` readings in all. */
+static void expect_group(const char *id, uint64_t envelopes, uint64_t duplicates, uint64_t ack,
+                         int64_t env_rows, int64_t readings)
+{
+	cr_expect_eq(out.envelopes, envelopes);
+	cr_expect_eq(out.duplicates, duplicates);
+	const struct brg_reply *a = ack_of(id);
+	cr_assert_not_null(a, "%s is acknowledged", id);
+	cr_expect_eq(a->seq, ack);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), env_rows);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), readings);
+}
+
 /* In one group: a seq twice with different signatures (the first is stored, the second is a
  * reuse), then a resend of a stored envelope between two new ones. */
 TEST_BOTH(a_seq_twice_in_one_group_is_stored_once)
@@ -497,11 +511,7 @@ TEST_BOTH(a_seq_twice_in_one_group_is_stored_once)
 	commit(g2, 3);
 	free_items(g1, 3);
 	free_items(g2, 3);
-	cr_expect_eq(out.envelopes, 2);
-	cr_expect_eq(out.duplicates, 1);
-	cr_expect_eq(ack_of("dev-a")->seq, 4);
-	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 3);
-	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 3 * 3 * 2);
+	expect_group("dev-a", 2, 1, 4, 3, 3 * 3 * 2);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE length(sig) = 64"), 3);
 }
 
@@ -524,11 +534,7 @@ Test(brg_commit_pg, a_failed_bulk_insert_leaves_nothing_and_retries_cleanly)
 	cr_assert_eq(store_exec(s, "ALTER TABLE readings DROP CONSTRAINT no3"), STORE_OK);
 	commit(g, 3);
 	free_items(g, 3);
-	cr_expect_eq(out.envelopes, 2);
-	cr_expect_eq(out.duplicates, 1);
-	cr_expect_eq(ack_of("dev-a")->seq, 3);
-	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 2);
-	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 2 * 4);
+	expect_group("dev-a", 2, 1, 3, 2, 2 * 4);
 	cr_expect_eq(one("SELECT envelopes FROM devices WHERE device_id = 'dev-a'"), 2);
 }
 
@@ -543,10 +549,7 @@ Test(brg_commit_pg, a_group_below_the_bulk_minimum_dedupes_the_same)
 	                        batch("dev-a", "dev-a", 2, 0)};
 	commit(g, 3);
 	free_items(g, 3);
-	cr_expect_eq(out.envelopes, 1);
-	cr_expect_eq(out.duplicates, 1);
-	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
-	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 4);
+	expect_group("dev-a", 1, 1, 2, 1, 4);
 }
 
 Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
