@@ -37,13 +37,20 @@ struct env {
 	struct h_fakebridge *fb;
 };
 
-static void start(struct env *e)
+/* The device polls every second; log_level NULL keeps the harness's (debug). */
+static void start_logging(struct env *e, const char *log_level)
 {
 	memset(e, 0, sizeof(*e));
 	h_broker_start(&e->b, h_pki());
 	e->fb = h_fakebridge_start(&e->b, H_ACK_NORMAL);
-	const char *extra[] = {"--poll-interval", "1s", NULL};
+	const char *extra[] = {"--poll-interval", "1s", log_level ? "--log-level" : NULL, log_level,
+			       NULL};
 	h_device_start(&e->d, &e->b, "dev-a", extra);
+}
+
+static void start(struct env *e)
+{
+	start_logging(e, NULL);
 }
 
 static void stop(struct env *e)
@@ -176,6 +183,36 @@ static long largest_segment(const struct h_device *d)
 	return size;
 }
 
+/* The disk fills up under the agent: acks are withheld until a spool segment outgrows `bytes`,
+ * then the agent gets that file size limit. With 2048 the spool may not grow but the small
+ * state files still fit; with 40 not even the spool's 48-byte state file can be rewritten.
+ * The limit holds for the device's log too (it appends to it): what it wrote so far moves to
+ * device.log.1, so that the lines written meanwhile fit (with 2048). */
+static void fill_disk(struct env *e, long bytes)
+{
+	h_fakebridge_mode(e->fb, H_ACK_NONE);
+	for (int i = 0; i < 100 && largest_segment(&e->d) <= bytes; i++)
+		h_sleep_ms(100);
+	cr_assert_gt(largest_segment(&e->d), bytes);
+	size_t log_len = 0;
+	char *old_log = h_strf("%s.1", e->d.log), *text = h_read_file(e->d.log, &log_len);
+	FILE *f = fopen(old_log, "w");
+	cr_assert(text && f && fwrite(text, 1, log_len, f) == log_len && fclose(f) == 0);
+	cr_assert_eq(truncate(e->d.log, 0), 0);
+	free(text);
+	free(old_log);
+	struct rlimit full = {(rlim_t)bytes, RLIM_INFINITY};
+	cr_assert_eq(prlimit(e->d.pid, RLIMIT_FSIZE, &full, NULL), 0);
+}
+
+/* Room again on the disk. The bridge acknowledges again. */
+static void make_room(struct env *e)
+{
+	struct rlimit room = {RLIM_INFINITY, RLIM_INFINITY};
+	cr_assert_eq(prlimit(e->d.pid, RLIMIT_FSIZE, &room, NULL), 0);
+	h_fakebridge_mode(e->fb, H_ACK_NORMAL);
+}
+
 Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 {
 	struct env e;
@@ -184,23 +221,9 @@ Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
 	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
 
-	/* the disk fills up under the spool (its segment may not grow; the small state files
-	 * still fit) while a task runs: the task runs, its result has nowhere to go */
-	h_fakebridge_mode(e.fb, H_ACK_NONE);
-	for (int i = 0; i < 100 && largest_segment(&e.d) <= 2048; i++)
-		h_sleep_ms(100);
-	cr_assert_gt(largest_segment(&e.d), 2048);
-	/* the limit holds for the device's log too (it appends to it): what it wrote so far moves
-	 * to device.log.1, so that the lines written meanwhile fit under the limit */
-	size_t log_len = 0;
-	char *old_log = h_strf("%s.1", e.d.log), *text = h_read_file(e.d.log, &log_len);
-	FILE *f = fopen(old_log, "w");
-	cr_assert(text && f && fwrite(text, 1, log_len, f) == log_len && fclose(f) == 0);
-	cr_assert_eq(truncate(e.d.log, 0), 0);
-	free(text);
-	free(old_log);
-	struct rlimit full = {2048, RLIM_INFINITY}, room = {RLIM_INFINITY, RLIM_INFINITY};
-	cr_assert_eq(prlimit(e.d.pid, RLIMIT_FSIZE, &full, NULL), 0);
+	/* the disk fills up under the spool while a task runs: the task runs, its result has
+	 * nowhere to go */
+	fill_disk(&e, 2048);
 	h_fakebridge_queue_task(e.fb, 2, "ping", NULL, NULL, 0, 0);
 	/* "no result" means something only once the device polled, ran the task and found no
 	 * room for its result */
@@ -209,14 +232,52 @@ Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 	cr_expect_eq(h_log_count(e.d.log, "task 2: running ping"), 1);
 	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 2000), 0, "no result without a spool");
 	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent is still running");
-	cr_assert_eq(prlimit(e.d.pid, RLIMIT_FSIZE, &room, NULL), 0);
 	/* the upload window drains once the device probes again: after ~10 s without acks its
 	 * ack timer has backed off (ack_timeout 3 s, then 1-2x, 2-4x, 4-8x: up to 24 s) */
-	h_fakebridge_mode(e.fb, H_ACK_NORMAL);
+	make_room(&e);
 	msg[0] = '\0';
 	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 40000), SUCCEEDED,
 		     "the result was kept and stored once there was room: %s", msg);
 	cr_expect_str_eq(msg, "pong");
 	cr_expect(h_log_wait(e.d.log, "task 2: result stored", 1, 5000));
+	stop(&e);
+}
+
+/* An agent restarted on a disk so full that not even its spool's state file can be rewritten
+ * starts and connects, but cannot number its Birth: the Birth is not sent, the agent keeps
+ * running and tries again; once there is room the Birth goes, and then the restart's result.
+ * (Its log is full too: the broker's log shows the connection.) */
+Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .timeout = 120)
+{
+	struct env e;
+	struct h_device_view v0, v;
+	char msg[256];
+	start(&e);
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	int sessions = h_log_count(e.b.log, " as dev-a ");
+	cr_assert_geq(sessions, 1);
+	fill_disk(&e, 40);
+	h_fakebridge_view(e.fb, "dev-a", &v0);
+	cr_assert_geq(v0.births, 1);
+	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
+	cr_assert(h_log_wait(e.b.log, " as dev-a ", sessions + 1, 30000),
+		  "the agent restarted on a full disk did not connect: %s", e.b.log);
+	h_sleep_ms(2000); /* two passes of its loop, each of which tries the Birth */
+	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent restarted on a full disk is running");
+	h_fakebridge_view(e.fb, "dev-a", &v);
+	cr_expect_eq(v.births, v0.births, "a Birth went with a seq the spool could not reserve");
+	make_room(&e);
+	for (int i = 0; i < 300 && v.births == v0.births; i++) {
+		h_sleep_ms(100);
+		h_fakebridge_view(e.fb, "dev-a", &v);
+	}
+	cr_expect_eq(v.births, v0.births + 1, "the Birth went once there was room");
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 40000), SUCCEEDED, "%s", msg);
+	cr_expect_str_eq(msg, "agent restarted");
+	h_fakebridge_view(e.fb, "dev-a", &v);
+	cr_expect_eq(v.bad, 0);
+	cr_expect_eq(v.births, v0.births + 1, "one Birth per connection");
+	cr_expect_eq(h_log_count(e.b.log, " as dev-a "), sessions + 1, "one connection");
 	stop(&e);
 }
