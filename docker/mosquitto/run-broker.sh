@@ -19,6 +19,10 @@ Environment (defaults in brackets):
   OUTPOST_BROKER_USER     user mosquitto runs as [the current user]; started as root, the
                           data directory is given to it and it must be able to read the PKI files
                           (mosquitto switches to it before loading them)
+  OUTPOST_BROKER_MAX_QUEUED_MESSAGES, OUTPOST_BROKER_MAX_QUEUED_BYTES
+                          what the broker keeps for a client that is away (a stopped bridge),
+                          beyond which it drops; devices resend what the bridge never
+                          acknowledged [200000, 268435456 = 256 MiB]
   OUTPOST_ACL_FILE        ACL [acl next to this script]
   OUTPOST_AUTH_PLUGIN     broker/outpost_auth.so [next to this script, /usr/lib/outpost,
                           or the build tree's build/broker]
@@ -57,6 +61,11 @@ port_ok() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
 for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
 done
+# 0 would mean "no limit" to mosquitto: a stopped bridge could then pin all the broker's memory.
+for v in OUTPOST_BROKER_MAX_QUEUED_MESSAGES OUTPOST_BROKER_MAX_QUEUED_BYTES; do
+	[ -z "${!v:-}" ] || [[ "${!v}" =~ ^[1-9][0-9]{0,11}$ ]] ||
+		{ echo "run-broker: $v: not a positive number: ${!v}" >&2; exit 2; }
+done
 mkdir -p "$dir"
 # mosquitto 2.0 started as root switches to OUTPOST_BROKER_USER right after reading its
 # configuration, before it loads its plugin, its TLS files and its persistence and opens its
@@ -92,6 +101,8 @@ declare -A subst=(
 	[USER]=$user
 	[WSS_SOCKET_DOMAIN]=$wss_domain
 	[AUTH_PLUGIN]=$plugin
+	[MAX_QUEUED_MESSAGES]=${OUTPOST_BROKER_MAX_QUEUED_MESSAGES:-200000}
+	[MAX_QUEUED_BYTES]=${OUTPOST_BROKER_MAX_QUEUED_BYTES:-268435456}
 )
 conf="$dir/mosquitto.conf"
 {

@@ -308,6 +308,12 @@ def test_stack(src, build, tmp, penv):
     conf = read(odd + "/mosquitto.conf")
     check(rc == 0 and ("persistence_location %s/" % odd) in conf and "@DATA_DIR@" not in conf,
           "stack: run-broker.sh renders a data directory named '%s' as it is (%s)" % (odd, out.strip()))
+    check("max_queued_bytes 268435456" in conf and "max_queued_messages 200000" in conf,
+          "stack: run-broker.sh renders the default queue limits")
+    rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh"), "--render-only"],
+                  dict(benv, OUTPOST_BROKER_MAX_QUEUED_BYTES="0"), 10)
+    check(rc == 2 and "OUTPOST_BROKER_MAX_QUEUED_BYTES: not a positive number" in out,
+          "stack: run-broker.sh refuses a queue limit of 0 (mosquitto: unlimited): %d %s" % (rc, out.strip()))
     if os.getuid() == 0:
         # a user mosquitto would switch to but who cannot read the PKI files
         try:

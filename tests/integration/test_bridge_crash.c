@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "h_bridge.h"
+#include "h_device.h"
 #include "h_pg.h"
 #include "h_simdev.h"
 #include "harness.h"
@@ -255,6 +256,35 @@ Test(bridge_failure, sqlite_disk_full_no_ack_then_recovers, .timeout = 180)
 	outage(&br, d, disk_full, disk_back, &br);
 	finish(&br, o, d);
 	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+/* The bridge is away long enough for the broker to drop what it queues for the bridge's
+ * session (max_queued_bytes, made small here): nothing was acknowledged, so the devices send it
+ * again, and once the bridge is back everything is stored, exactly once. */
+Test(bridge_failure, what_the_broker_drops_for_an_absent_bridge_is_sent_again, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	cr_assert_eq(setenv("OUTPOST_BROKER_MAX_QUEUED_BYTES", "16384", 1), 0);
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "fail-queue");
+	h_bridge_start(&br);
+	start_devices(&b, o, d, 600, 100);
+	long long end = h_now_ms() + 20000;
+	while (total_acks(d) < 10 && h_now_ms() < end)
+		h_sleep_ms(10);
+	cr_assert_geq(total_acks(d), 10, "devices are not streaming");
+	cr_assert_eq(h_bridge_stop(&br), 0);
+	cr_assert(h_log_wait(b.log, "Outgoing messages are being dropped", 1, 20000),
+	          "the broker never dropped a message for the absent bridge: %s", b.log);
+	h_sleep_ms(1000);
+	h_bridge_start(&br);
+	finish(&br, o, d);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);
 	h_broker_free(&b);
