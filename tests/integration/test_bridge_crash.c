@@ -1,7 +1,8 @@
 /* test_bridge_crash.c - kill -9 (and SIGTERM) of outpost-bridge at random moments while devices
  * stream, repeated; after each restart nothing is missing and nothing is duplicated. And a commit
  * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
- * arrives once the database is back, and the same for a full disk. */
+ * arrives once the database is back, and the same for a full disk. What the broker drops for an
+ * absent bridge is sent again; acks made while the broker is unreachable go after the reconnect. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "h_bridge.h"
 #include "h_device.h"
 #include "h_pg.h"
+#include "h_relay.h"
 #include "h_simdev.h"
 #include "harness.h"
 
@@ -174,6 +176,58 @@ Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	free(l.db);
 	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+/* Acks of a commit made while the bridge cannot reach the broker (libmosquitto answers the
+ * publish with NO_CONN and keeps it) go out after the reconnect: the device, which would not
+ * send again for a minute, has them within seconds of the broker being reachable. */
+Test(bridge_failure, acks_made_while_the_broker_is_unreachable_go_after_the_reconnect,
+     .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	struct h_relay *relay = h_relay_start(b.internal_port);
+	char *port = h_strf("--broker-port=%d", h_relay_port(relay));
+	h_bridge_init(&br, &b, NULL, "fail-noconn");
+	h_bridge_arg(&br, port);
+	h_bridge_arg(&br, "--busy-timeout=200ms");
+	h_bridge_start(&br);
+	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0};
+	lock_sqlite(&l); /* for 5 s: the group waits for the store */
+	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port, .batches = 5,
+	                          .rows = 2, .cols = 2, .window = 10, .ack_timeout_ms = 60000,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_assert(h_log_wait(br.log, "failed (attempt", 1, 10000), "no commit waited: %s", br.log);
+	h_relay_down(relay, true);
+	cr_assert(h_log_wait(br.log, "disconnected from the broker", 1, 10000), "%s", br.log);
+	cr_assert_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0), 0,
+	             "committed before the broker was unreachable");
+	long long end = h_now_ms() + 20000;
+	while (h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0) < 5 && h_now_ms() < end)
+		h_sleep_ms(50);
+	cr_assert_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0), 5,
+	             "the group was not committed while the broker was unreachable");
+	unlock_sqlite(&l);
+	h_sleep_ms(1000);
+	struct h_simdev_stats st;
+	h_simdev_stats(d, &st);
+	cr_expect_eq(st.acks, 0, "an ack reached the device while the broker was unreachable");
+	cr_expect_eq(h_bridge_log_count(&br, "connected to"), 1, "the bridge reconnected early");
+	h_relay_down(relay, false);
+	cr_expect(h_simdev_wait(d, 20000), "the acks never arrived");
+	h_simdev_stats(d, &st);
+	cr_expect_eq(st.bad_acks, 0);
+	cr_expect_eq(st.resent, 0, "the device sent again: the acks came by another way");
+	h_check_simdev(br.store, d, &o);
+	h_simdev_stop(d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	free(l.db);
+	free(port);
+	h_bridge_free(&br);
+	h_relay_free(relay);
 	h_broker_free(&b);
 }
 

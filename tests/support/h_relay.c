@@ -29,6 +29,7 @@ struct h_relay {
 	char needle[64]; /* armed cut, "" if none */
 	bool before, done;
 	int wait_ms;
+	bool down; /* h_relay_down */
 	struct pair p[MAX_PAIRS];
 };
 
@@ -101,6 +102,13 @@ static void accept_one(struct h_relay *r)
 	int cfd = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (cfd < 0)
 		return;
+	pthread_mutex_lock(&r->mu);
+	bool down = r->down;
+	pthread_mutex_unlock(&r->mu);
+	if (down) {
+		close(cfd);
+		return;
+	}
 	for (int i = 0; i < MAX_PAIRS; i++) {
 		if (r->p[i].cfd >= 0)
 			continue;
@@ -121,9 +129,13 @@ static void *run(void *arg)
 	for (;;) {
 		pthread_mutex_lock(&r->mu);
 		int stop = r->stop;
+		bool down = r->down;
 		pthread_mutex_unlock(&r->mu);
 		if (stop)
 			break;
+		for (int i = 0; down && i < MAX_PAIRS; i++)
+			if (r->p[i].cfd >= 0)
+				drop(&r->p[i]);
 		struct pollfd fds[1 + 2 * MAX_PAIRS];
 		int who[1 + 2 * MAX_PAIRS], nf = 0;
 		fds[nf] = (struct pollfd){.fd = r->lfd, .events = POLLIN};
@@ -192,6 +204,13 @@ void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait
 	r->before = before;
 	r->wait_ms = wait_ms;
 	r->done = false;
+	pthread_mutex_unlock(&r->mu);
+}
+
+void h_relay_down(struct h_relay *r, bool down)
+{
+	pthread_mutex_lock(&r->mu);
+	r->down = down;
 	pthread_mutex_unlock(&r->mu);
 }
 

@@ -1,6 +1,7 @@
 /* h_relay.h - a TCP relay on loopback that can break a connection at a chosen moment: tests
  * of what a client does when its server's answer never arrives (a COMMIT whose outcome is
- * unknown). Plain TCP only; one thread; every connection through it is relayed both ways. */
+ * unknown), or when it cannot reach its server for a while. Plain TCP only; one thread; every
+ * connection through it is relayed both ways. */
 #ifndef H_RELAY_H
 #define H_RELAY_H
 
@@ -21,6 +22,10 @@ void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait
 
 /* true once an armed cut has happened. */
 bool h_relay_cut_done(struct h_relay *r);
+
+/* down: close every connection now and refuse new ones (the server is unreachable) until
+ * called again with false. */
+void h_relay_down(struct h_relay *r, bool down);
 
 /* Close every connection and stop. Accepts NULL. */
 void h_relay_free(struct h_relay *r);
