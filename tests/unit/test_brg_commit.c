@@ -1070,6 +1070,58 @@ Test(brg_commit_pg, task_adds_for_one_device_take_turns)
 	store_close(other);
 }
 
+struct canceller {
+	struct store *s;
+	int64_t task;
+	char state[16];
+	int rc;
+	volatile int done;
+};
+
+static void *cancel_task(void *arg)
+{
+	struct canceller *c = arg;
+	c->rc = store_task_cancel(c->s, c->task, "t", c->state);
+	c->done = 1;
+	return NULL;
+}
+
+/* An operator cancels a task while a bridge answers the device's poll (holding the device's
+ * row, about to mark the task delivered): the cancel waits for the device's row, then finds
+ * the task delivered and says so. Taking the task's row first would deadlock: the cancel's
+ * event references the device, whose row the poll holds, and the poll waits for the task. */
+Test(brg_commit_pg, a_cancel_during_a_poll_waits_for_the_device_and_finds_the_task_delivered)
+{
+	commit_one(birth("dev-a", 1));
+	struct canceller c = {open_store(), 0, "", -1, 0};
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &c.task),
+	             STORE_OK);
+	struct store *poll = open_store(); /* what the poll's group does, step by step */
+	cr_assert_eq(store_begin(poll), STORE_OK);
+	int64_t locked = 0;
+	cr_assert_eq(store_query_i64(poll, &locked,
+	                             "SELECT id FROM devices WHERE device_id = 'dev-a' FOR UPDATE", 0),
+	             STORE_OK);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, cancel_task, &c), 0);
+	h_sleep_ms(500);
+	cr_expect_not(c.done, "the cancel did not wait for the device's row");
+	int64_t args[] = {store_now_ms(), c.task}, n = 0;
+	cr_assert_eq(store_exec_i64(poll,
+	                            "UPDATE tasks SET state = 'delivered', delivered_at = ? WHERE id = ?",
+	                            args, 2, &n),
+	             STORE_OK, "%s", store_errmsg(poll));
+	cr_assert_eq(n, 1);
+	cr_assert_eq(store_commit(poll), STORE_OK, "%s", store_errmsg(poll));
+	pthread_join(t, NULL);
+	cr_expect_eq(c.rc, STORE_ESTATE, "%s", store_errmsg(c.s));
+	cr_expect_str_eq(c.state, "delivered");
+	cr_expect_eq(one("SELECT COUNT(*) FROM tasks WHERE state = 'delivered'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_cancelled'"), 0);
+	store_close(c.s);
+	store_close(poll);
+}
+
 static struct brg_item *poll_item(const char *id, uint64_t seq)
 {
 	size_t n;
