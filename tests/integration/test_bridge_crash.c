@@ -1,14 +1,15 @@
 /* test_bridge_crash.c - kill -9 (and SIGTERM) of outpost-bridge at random moments while devices
  * stream, repeated; after each restart nothing is missing and nothing is duplicated. And a commit
  * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
- * arrives once the database is back, and the same for a full disk. What the broker drops for an
- * absent bridge is sent again; acks made while the broker is unreachable go after the reconnect. */
+ * arrives once the database is back, and the same for a full disk (SQLite's, PostgreSQL's). What
+ * the broker drops for an absent bridge is sent again; acks made while the broker is unreachable go after the reconnect. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "h_bridge.h"
 #include "h_device.h"
@@ -264,6 +265,61 @@ Test(bridge_failure, postgresql_down_no_ack_then_recovers, .timeout = 240)
 	start_devices(&b, o, d, 1500, 150);
 	outage(&br, d, pg_down, pg_up, &pg);
 	finish(&br, o, d);
+	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
+
+/* PostgreSQL's disk: the readings table and its index on a tablespace of their own, on the
+ * server's small tmpfs (h_pg small_disk_mb), which a filler file fills up. */
+static void pg_disk_full(void *ctx)
+{
+	struct h_pg *pg = ctx;
+	char *cmd = h_strf("dd if=/dev/zero of=%s/small/filler bs=64k 2>/dev/null", pg->dir);
+	cr_assert_neq(h_pg_in_server_ns(pg, cmd), 0, "dd did not run out of space");
+	free(cmd);
+}
+
+static void pg_disk_back(void *ctx)
+{
+	struct h_pg *pg = ctx;
+	char *cmd = h_strf("rm %s/small/filler", pg->dir);
+	cr_assert_eq(h_pg_in_server_ns(pg, cmd), 0);
+	free(cmd);
+}
+
+/* PostgreSQL's disk fills up under the readings (it refuses to extend their files: disk_full):
+ * no ack goes out while commits fail, and once there is room everything arrives. Root only: the
+ * server gets a small filesystem of its own for the tablespace. */
+Test(bridge_failure, postgresql_disk_full_no_ack_then_recovers, .timeout = 240)
+{
+	if (getuid() != 0)
+		cr_skip_test("mounting a small filesystem for PostgreSQL needs root");
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {.small_disk_mb = 256}; /* ~30 MB of readings go in */
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	pg_stack(&pg, &b, &br, "fail-pgdisk", NULL);
+	char *out = NULL, *sql = h_strf("CREATE TABLESPACE small LOCATION \\$\\$%s/small\\$\\$",
+	                                pg.dir);
+	cr_assert_eq(h_pg_sql(&pg, sql, &out), 0, "%s", out ? out : "");
+	free(out);
+	cr_assert_eq(h_pg_sql(&pg, "ALTER TABLE readings SET TABLESPACE small", &out), 0, "%s", out);
+	free(out);
+	cr_assert_eq(h_pg_sql(&pg, "ALTER INDEX readings_pkey SET TABLESPACE small", &out), 0, "%s",
+	             out);
+	free(out);
+	free(sql);
+	start_devices(&b, o, d, 1500, 150);
+	outage(&br, d, pg_disk_full, pg_disk_back, &pg);
+	finish(&br, o, d);
+	cr_expect_gt(h_bridge_log_count(&br, "database full: COPY: ERROR:  could not extend file"), 0,
+	             "the commits did not fail for want of space: %s", br.log);
+	cr_expect_eq(h_bridge_log_count(&br, "message dropped"), 0,
+	             "a full disk was taken for a message the store refuses: %s", br.log);
 	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);

@@ -144,6 +144,23 @@ void h_pg_start(struct h_pg *pg)
 			     "listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c "
 			     "max_connections=50\" start",
 			     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
+		if (pg->small_disk_mb) {
+			/* h_sh runs cmd in single quotes: the inner shell's are double, and cmd's
+			 * own double quotes are escaped for it */
+			char *esc = calloc(2 * strlen(cmd) + 1, 1), *e = esc;
+			for (const char *c = cmd; esc && *c; c++) {
+				if (*c == '"')
+					*e++ = '\\';
+				*e++ = *c;
+			}
+			char *ns = h_strf("unshare -m --propagation private sh -c \"mkdir -p %s/small && "
+			                  "mount -t tmpfs -o size=%dm,mode=0700 tmpfs %s/small && chown "
+			                  "postgres %s/small && exec %s\"",
+			                  pg->dir, pg->small_disk_mb, pg->dir, pg->dir, esc ? esc : "false");
+			free(esc);
+			free(cmd);
+			cmd = ns;
+		}
 		size_t log_from = h_file_size(pg->log);
 		int rc = h_sh(cmd, &out, 90);
 		if (rc == 0)
@@ -165,6 +182,21 @@ void h_pg_start(struct h_pg *pg)
 	free(cmd);
 	track(pg->data);
 	pg->running = true;
+}
+
+int h_pg_in_server_ns(struct h_pg *pg, const char *cmd)
+{
+	char *pidfile = h_strf("%s/postmaster.pid", pg->data), *text = h_read_file(pidfile, NULL);
+	int pid = text ? atoi(text) : 0, rc = -1;
+	if (pid > 0) {
+		char *ns = h_strf("nsenter -t %d -m sh -c \"%s\"", pid, cmd), *out = NULL;
+		rc = h_sh(ns, &out, 60);
+		free(out);
+		free(ns);
+	}
+	free(text);
+	free(pidfile);
+	return rc;
 }
 
 void h_pg_stop(struct h_pg *pg)

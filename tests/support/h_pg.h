@@ -13,6 +13,10 @@ struct h_pg {
 	char *url; /* postgresql://postgres@127.0.0.1:PORT/postgres */
 	int port;
 	bool running;
+	/* Set before the first start (root only): the server runs in a mount namespace of its
+	 * own, with a tmpfs of this many MiB at <dir>/small (postgres's, for a tablespace) that
+	 * goes away with the server, even if the test dies. A restart mounts an empty one. */
+	int small_disk_mb;
 };
 
 /* true if the PostgreSQL server binaries are installed. */
@@ -20,6 +24,10 @@ bool h_pg_available(void);
 
 /* Create a cluster (first call on pg) and start it; aborts with the log on failure. */
 void h_pg_start(struct h_pg *pg);
+
+/* Run a shell command (no quotes of either kind) in the server's mount namespace (where <dir>/small
+ * is mounted); returns its exit status. */
+int h_pg_in_server_ns(struct h_pg *pg, const char *cmd);
 
 /* Stop (fast shutdown); the data stays for a restart with h_pg_start. */
 void h_pg_stop(struct h_pg *pg);
