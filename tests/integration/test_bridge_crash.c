@@ -2,7 +2,8 @@
  * stream, repeated; after each restart nothing is missing and nothing is duplicated. And a commit
  * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
  * arrives once the database is back, and the same for a full disk (SQLite's, PostgreSQL's). What
- * the broker drops for an absent bridge is sent again; acks made while the broker is unreachable go after the reconnect. */
+ * the broker drops for an absent bridge is sent again; acks made while the broker is unreachable
+ * go after the reconnect. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
