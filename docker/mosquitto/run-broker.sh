@@ -62,9 +62,15 @@ for v in OUTPOST_WSS_PORT OUTPOST_MQTTS_PORT OUTPOST_INTERNAL_PORT; do
 	[ -z "${!v:-}" ] || port_ok "${!v}" || { echo "run-broker: $v: not a port: ${!v}" >&2; exit 2; }
 done
 # 0 would mean "no limit" to mosquitto: a stopped bridge could then pin all the broker's memory.
-for v in OUTPOST_BROKER_MAX_QUEUED_MESSAGES OUTPOST_BROKER_MAX_QUEUED_BYTES; do
-	[ -z "${!v:-}" ] || [[ "${!v}" =~ ^[1-9][0-9]{0,11}$ ]] ||
-		{ echo "run-broker: $v: not a positive number: ${!v}" >&2; exit 2; }
+# It reads the message count as an int (a larger number wraps to "no limit" too), the bytes
+# as a long.
+limit_ok() { # VALUE MAX: decimal, 1..MAX (same-length digit strings compare as numbers)
+	[[ "$1" =~ ^[1-9][0-9]*$ ]] && { [ "${#1}" -lt "${#2}" ] || { [ "${#1}" -eq "${#2}" ] && [[ ! "$1" > "$2" ]]; }; }
+}
+for v in OUTPOST_BROKER_MAX_QUEUED_MESSAGES:2147483647 OUTPOST_BROKER_MAX_QUEUED_BYTES:999999999999; do
+	name=${v%%:*}
+	[ -z "${!name:-}" ] || limit_ok "${!name}" "${v#*:}" ||
+		{ echo "run-broker: $name: not a number from 1 to ${v#*:}: ${!name}" >&2; exit 2; }
 done
 mkdir -p "$dir"
 # mosquitto 2.0 started as root switches to OUTPOST_BROKER_USER right after reading its

@@ -310,10 +310,17 @@ def test_stack(src, build, tmp, penv):
           "stack: run-broker.sh renders a data directory named '%s' as it is (%s)" % (odd, out.strip()))
     check("max_queued_bytes 268435456" in conf and "max_queued_messages 200000" in conf,
           "stack: run-broker.sh renders the default queue limits")
-    rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh"), "--render-only"],
-                  dict(benv, OUTPOST_BROKER_MAX_QUEUED_BYTES="0"), 10)
-    check(rc == 2 and "OUTPOST_BROKER_MAX_QUEUED_BYTES: not a positive number" in out,
-          "stack: run-broker.sh refuses a queue limit of 0 (mosquitto: unlimited): %d %s" % (rc, out.strip()))
+    for var, val, ok in (("OUTPOST_BROKER_MAX_QUEUED_BYTES", "0", False),
+                         ("OUTPOST_BROKER_MAX_QUEUED_MESSAGES", "2147483648", False),
+                         ("OUTPOST_BROKER_MAX_QUEUED_MESSAGES", "2147483647", True),
+                         ("OUTPOST_BROKER_MAX_QUEUED_BYTES", "1048576", True)):
+        rc, out = run([os.path.join(src, "docker/mosquitto/run-broker.sh"), "--render-only"],
+                      dict(benv, **{var: val}), 10)
+        conf = read(tmp + "/broker/mosquitto.conf") if rc == 0 else ""
+        line = "max_queued_%s %s" % ("bytes" if var.endswith("BYTES") else "messages", val)
+        check(rc == 0 and line in conf if ok else rc == 2 and var + ": not a number from 1 to" in out,
+              "stack: run-broker.sh %s %s=%s (mosquitto reads 0, or a count past an int, as no "
+              "limit): %d %s" % ("renders" if ok else "refuses", var, val, rc, out.strip()))
     if os.getuid() == 0:
         # a user mosquitto would switch to but who cannot read the PKI files
         try:

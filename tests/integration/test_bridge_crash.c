@@ -141,17 +141,23 @@ static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *
 struct sqlite_lock {
 	char *db;
 	pid_t pid;
+	int hold_s;
 };
 
 static void lock_sqlite(void *ctx)
 {
 	struct sqlite_lock *l = ctx;
-	/* Another process holds the write lock for a while, as a stuck writer would. */
-	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell sleep 5",
-	                "COMMIT;", NULL};
+	/* Another process holds the write lock for a while (hold_s, default 5 s), as a stuck
+	 * writer would; returns once it holds it (said by a child process: sqlite3's own output
+	 * to a file is buffered until it exits). */
+	char *sleep = h_strf(".shell sleep %d", l->hold_s ? l->hold_s : 5);
+	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell echo locked",
+	                sleep, "COMMIT;", NULL};
 	char *log = h_strf("%s.lock.log", l->db);
 	l->pid = h_spawn(argv, NULL, log);
+	cr_assert(h_log_wait(log, "locked", 1, 10000), "sqlite3 did not take the lock: %s", log);
 	free(log);
+	free(sleep);
 }
 
 static void unlock_sqlite(void *ctx)
@@ -171,7 +177,7 @@ Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 	h_bridge_arg(&br, "--busy-timeout=200ms");
 	h_bridge_start(&br);
 	start_devices(&b, o, d, 1500, 150);
-	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0};
+	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 0};
 	outage(&br, d, lock_sqlite, unlock_sqlite, &l);
 	finish(&br, o, d);
 	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
@@ -196,8 +202,8 @@ Test(bridge_failure, acks_made_while_the_broker_is_unreachable_go_after_the_reco
 	h_bridge_arg(&br, port);
 	h_bridge_arg(&br, "--busy-timeout=200ms");
 	h_bridge_start(&br);
-	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0};
-	lock_sqlite(&l); /* for 5 s: the group waits for the store */
+	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 15};
+	lock_sqlite(&l); /* the group waits for the store */
 	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port, .batches = 5,
 	                          .rows = 2, .cols = 2, .window = 10, .ack_timeout_ms = 60000,
 	                          .t0_ms = 1700000000000LL};
@@ -207,7 +213,7 @@ Test(bridge_failure, acks_made_while_the_broker_is_unreachable_go_after_the_reco
 	cr_assert(h_log_wait(br.log, "disconnected from the broker", 1, 10000), "%s", br.log);
 	cr_assert_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0), 0,
 	             "committed before the broker was unreachable");
-	long long end = h_now_ms() + 20000;
+	long long end = h_now_ms() + 30000;
 	while (h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0) < 5 && h_now_ms() < end)
 		h_sleep_ms(50);
 	cr_assert_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0), 5,
@@ -279,7 +285,10 @@ static void pg_disk_full(void *ctx)
 {
 	struct h_pg *pg = ctx;
 	char *cmd = h_strf("dd if=/dev/zero of=%s/small/filler bs=64k 2>/dev/null", pg->dir);
-	cr_assert_neq(h_pg_in_server_ns(pg, cmd), 0, "dd did not run out of space");
+	cr_assert_eq(h_pg_in_server_ns(pg, cmd), 1, "dd did not run out of space");
+	free(cmd);
+	cmd = h_strf("test -s %s/small/filler", pg->dir);
+	cr_assert_eq(h_pg_in_server_ns(pg, cmd), 0, "no filler on the server's small disk");
 	free(cmd);
 }
 
@@ -296,11 +305,12 @@ static void pg_disk_back(void *ctx)
  * server gets a small filesystem of its own for the tablespace. */
 Test(bridge_failure, postgresql_disk_full_no_ack_then_recovers, .timeout = 240)
 {
-	if (getuid() != 0)
-		cr_skip_test("mounting a small filesystem for PostgreSQL needs root");
+	if (getuid() != 0 || h_sh("unshare -m --propagation private true && command -v nsenter",
+	                          NULL, 10) != 0)
+		cr_skip_test("a small filesystem for PostgreSQL needs root, unshare -m and nsenter");
 	struct h_broker b = {0};
 	struct h_bridge br;
-	struct h_pg pg = {.small_disk_mb = 256}; /* ~30 MB of readings go in */
+	struct h_pg pg = {.small_disk_mb = 64}; /* ~30 MB of readings go in */
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
 	pg_stack(&pg, &b, &br, "fail-pgdisk", NULL);
@@ -383,6 +393,7 @@ Test(bridge_failure, what_the_broker_drops_for_an_absent_bridge_is_sent_again, .
 	struct h_simdev *d[N_DEV];
 	cr_assert_eq(setenv("OUTPOST_BROKER_MAX_QUEUED_BYTES", "16384", 1), 0);
 	h_broker_up(&b, h_pki());
+	unsetenv("OUTPOST_BROKER_MAX_QUEUED_BYTES");
 	h_bridge_init(&br, &b, NULL, "fail-queue");
 	h_bridge_start(&br);
 	start_devices(&b, o, d, 600, 100);

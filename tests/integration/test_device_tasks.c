@@ -37,20 +37,13 @@ struct env {
 	struct h_fakebridge *fb;
 };
 
-/* The device polls every second; log_level NULL keeps the harness's (debug). */
-static void start_logging(struct env *e, const char *log_level)
+static void start(struct env *e)
 {
 	memset(e, 0, sizeof(*e));
 	h_broker_start(&e->b, h_pki());
 	e->fb = h_fakebridge_start(&e->b, H_ACK_NORMAL);
-	const char *extra[] = {"--poll-interval", "1s", log_level ? "--log-level" : NULL, log_level,
-			       NULL};
+	const char *extra[] = {"--poll-interval", "1s", NULL};
 	h_device_start(&e->d, &e->b, "dev-a", extra);
-}
-
-static void start(struct env *e)
-{
-	start_logging(e, NULL);
 }
 
 static void stop(struct env *e)
@@ -263,7 +256,7 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .time
 	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
 	cr_assert(h_log_wait(e.b.log, " as dev-a ", sessions + 1, 30000),
 		  "the agent restarted on a full disk did not connect: %s", e.b.log);
-	h_sleep_ms(2000); /* two passes of its loop, each of which tries the Birth */
+	h_sleep_ms(2000); /* its loop (every 200 ms) tries the Birth on each pass */
 	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent restarted on a full disk is running");
 	h_fakebridge_view(e.fb, "dev-a", &v);
 	cr_expect_eq(v.births, v0.births, "a Birth went with a seq the spool could not reserve");

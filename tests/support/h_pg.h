@@ -25,7 +25,7 @@ bool h_pg_available(void);
 /* Create a cluster (first call on pg) and start it; aborts with the log on failure. */
 void h_pg_start(struct h_pg *pg);
 
-/* Run a shell command (no quotes of either kind) in the server's mount namespace (where <dir>/small
+/* Run a shell command (no quotes, $, backquotes or backslashes) in the server's mount namespace (where <dir>/small
  * is mounted); returns its exit status. */
 int h_pg_in_server_ns(struct h_pg *pg, const char *cmd);
 

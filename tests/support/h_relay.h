@@ -23,7 +23,7 @@ void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait
 /* true once an armed cut has happened. */
 bool h_relay_cut_done(struct h_relay *r);
 
-/* down: close every connection now and refuse new ones (the server is unreachable) until
+/* down: close every connection (within 20 ms) and refuse new ones (the server is unreachable) until
  * called again with false. */
 void h_relay_down(struct h_relay *r, bool down);
 

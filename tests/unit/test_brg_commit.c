@@ -1027,6 +1027,25 @@ Test(brg_commit_pg, the_offline_sweep_runs_on_postgresql)
 	             1, "3 x its 60 s interval");
 }
 
+/* Wait (at most 10 s) until a session of the cluster waits for a lock: the thread under test
+ * has reached the row another transaction holds. (On a connection of its own: the thread may
+ * be using s.) */
+static void wait_for_a_lock_wait(void)
+{
+	struct store *watch = open_store();
+	int64_t n = 0;
+	for (int i = 0; i < 1000 && n < 1; i++) {
+		h_sleep_ms(10);
+		cr_assert_eq(store_query_i64(watch, &n,
+		                             "SELECT COUNT(*) FROM pg_stat_activity WHERE"
+		                             " wait_event_type = 'Lock'",
+		                             0),
+		             STORE_OK);
+	}
+	store_close(watch);
+	cr_assert_eq(n, 1, "no session waits for a row lock");
+}
+
 struct adder {
 	struct store *s;
 	int rc;
@@ -1061,7 +1080,7 @@ Test(brg_commit_pg, task_adds_for_one_device_take_turns)
 	struct adder a = {open_store(), -1, 0};
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, add_task, &a), 0);
-	h_sleep_ms(500);
+	wait_for_a_lock_wait();
 	cr_expect_not(a.done, "the add did not wait for the device's row");
 	cr_assert_eq(store_commit(other), STORE_OK);
 	pthread_join(t, NULL);
@@ -1104,7 +1123,7 @@ Test(brg_commit_pg, a_cancel_during_a_poll_waits_for_the_device_and_finds_the_ta
 	             STORE_OK);
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, cancel_task, &c), 0);
-	h_sleep_ms(500);
+	wait_for_a_lock_wait();
 	cr_expect_not(c.done, "the cancel did not wait for the device's row");
 	int64_t args[] = {store_now_ms(), c.task}, n = 0;
 	cr_assert_eq(store_exec_i64(poll,
@@ -1170,7 +1189,7 @@ Test(brg_commit_pg, a_task_expired_by_another_bridge_during_a_poll_stays_expired
 	struct poller p = {poll_item("dev-a", 2), -1};
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, commit_poll, &p), 0);
-	h_sleep_ms(500);
+	wait_for_a_lock_wait();
 	cr_assert_eq(store_commit(other), STORE_OK);
 	pthread_join(t, NULL);
 	cr_expect_eq(p.rc, STORE_OK, "%s", store_errmsg(s));
