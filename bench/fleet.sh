@@ -20,7 +20,8 @@ Environment: OUTPOST_BUILD_DIR (default build), BENCH_WORK (default build/bench-
 BENCH_FLEET_TRANSPORTS ("wss mqtts"; quick: wss), BENCH_FLEET_LEVELS_WSS (5000,7500,10000;
 quick 500), BENCH_FLEET_LEVELS_MQTTS (5000,10000; quick 500),
 BENCH_FLEET_PROCS (simulator processes, 40; quick 10),
-BENCH_FLEET_RAMP (new sessions per second in all, 250).
+BENCH_FLEET_RAMP (new sessions per second in all, 250),
+BENCH_FLEET_CONNECT_TIMEOUT (seconds per connection attempt; the device's default, 10).
 USAGE
 }
 
@@ -73,9 +74,11 @@ fi
 procs=${BENCH_FLEET_PROCS:-40}
 [ "$quick" = 1 ] && procs=${BENCH_FLEET_PROCS:-10}
 ramp=${BENCH_FLEET_RAMP:-250}
+connect_timeout=${BENCH_FLEET_CONNECT_TIMEOUT:-10}
 target_n=10000 target_s=120
 [[ "$procs" =~ ^[1-9][0-9]?$ ]] && [ "$procs" -le 64 ] || bench_fail "BENCH_FLEET_PROCS: 1..64"
 [[ "$ramp" =~ ^[1-9][0-9]*$ ]] || bench_fail "BENCH_FLEET_RAMP: a positive number"
+[[ "$connect_timeout" =~ ^[1-9][0-9]{0,2}$ ]] || bench_fail "BENCH_FLEET_CONNECT_TIMEOUT: 1..999 seconds"
 max_n=0
 for t in $transports; do
 	case $t in wss | mqtts) ;; *) bench_fail "BENCH_FLEET_TRANSPORTS: wss or mqtts, not $t" ;; esac
@@ -154,6 +157,7 @@ sims() { # TRANSPORT LEVELS RUN
 			--host 127.0.0.1 "${ports[@]}" --levels "$per_levels" --offset $((p * per_max)) \
 			--procs "$procs" --sync-dir "$run" --proc-index "$p" \
 			--ramp-rate $(((ramp + procs - 1) / procs)) --level-timeout 180 \
+			--connect-timeout "$connect_timeout" \
 			--restart-timeout 300 --broker-pidfile "$run/broker/broker.pid" \
 			--restart-cmd "$here/fleet.sh --restart-request $run" \
 			>"$run/fleet-$p.txt" 2>"$run/fleet-$p.log" &
@@ -306,7 +310,7 @@ fleet_run() { # TRANSPORT LEVELS
 	where="$where$fresh"
 	[ "$rn" = "$held" ] || where="$where; the simulators held different levels: the restart ran at $rn"
 	bench_row fleet "all $rn devices back after a broker restart, $name" "$back_s s" \
-		"from SIGTERM; broker listening again after $ready_s s; p50 $p50 s, p90 $p90 s (per simulator, worst); all acked again after $acked_s s$where; full-jitter backoff 1 s..5 min (target <= $target_s s: $verdict)"
+		"from SIGTERM; broker listening again after $ready_s s; p50 $p50 s, p90 $p90 s (per simulator, worst); all acked again after $acked_s s$where; full-jitter backoff 1 s..5 min, connect timeout $connect_timeout s (target <= $target_s s: $verdict)"
 }
 
 for t in $transports; do
