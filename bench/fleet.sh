@@ -21,7 +21,7 @@ BENCH_FLEET_TRANSPORTS ("wss mqtts"; quick: wss), BENCH_FLEET_LEVELS_WSS (5000,7
 quick 500), BENCH_FLEET_LEVELS_MQTTS (5000,10000; quick 500),
 BENCH_FLEET_PROCS (simulator processes, 40; quick 10),
 BENCH_FLEET_RAMP (new sessions per second in all, 250),
-BENCH_FLEET_CONNECT_TIMEOUT (seconds per connection attempt; the device's default, 10).
+BENCH_FLEET_CONNECT_TIMEOUT (seconds per connection attempt; the device's default, 30).
 USAGE
 }
 
@@ -74,7 +74,7 @@ fi
 procs=${BENCH_FLEET_PROCS:-40}
 [ "$quick" = 1 ] && procs=${BENCH_FLEET_PROCS:-10}
 ramp=${BENCH_FLEET_RAMP:-250}
-connect_timeout=${BENCH_FLEET_CONNECT_TIMEOUT:-10}
+connect_timeout=${BENCH_FLEET_CONNECT_TIMEOUT:-30}
 target_n=10000 target_s=120
 [[ "$procs" =~ ^[1-9][0-9]?$ ]] && [ "$procs" -le 64 ] || bench_fail "BENCH_FLEET_PROCS: 1..64"
 [[ "$ramp" =~ ^[1-9][0-9]*$ ]] || bench_fail "BENCH_FLEET_RAMP: a positive number"

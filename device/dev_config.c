@@ -33,7 +33,7 @@ static const struct cfg_opt opts[] = {
 	{"transport", CFG_ENUM, S(transport), 0, 0, "auto", "auto = WSS first, then MQTTS", transports},
 	{"proxy", CFG_STR, S(proxy), 0, 256, "", "HTTP CONNECT proxy host:port; empty = https_proxy; none = never", NULL},
 	{"keepalive", CFG_DURATION, S(keepalive_ms), 5 * SEC, 3600 * SEC, "60s", "MQTT keepalive", NULL},
-	{"connect_timeout", CFG_DURATION, S(connect_timeout_ms), 1 * SEC, 300 * SEC, "10s", "per connection attempt", NULL},
+	{"connect_timeout", CFG_DURATION, S(connect_timeout_ms), 1 * SEC, 300 * SEC, "30s", "per connection attempt (TCP, proxy, TLS, MQTT CONNECT)", NULL},
 	{"backoff_min", CFG_DURATION, S(backoff_min_ms), 100, 3600 * SEC, "1s", "first reconnect delay cap (full jitter)", NULL},
 	{"backoff_max", CFG_DURATION, S(backoff_max_ms), 1 * SEC, 86400 * SEC, "5m", "largest reconnect delay cap", NULL},
 	{"sample_interval", CFG_DURATION, S(sample_interval_ms), 100, DAY, "10s", "how often collectors are sampled", NULL},

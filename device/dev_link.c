@@ -282,7 +282,7 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	for (int i = 0; o->subscribe && o->subscribe[i] && i < MAX_SUBS; i++)
 		l->subs[l->nsubs++] = strdup(o->subscribe[i]);
 	l->keepalive_s = o->keepalive_s > 0 ? o->keepalive_s : 60;
-	l->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
+	l->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 30;
 	l->backoff_min_ms = o->backoff_min_ms > 0 ? o->backoff_min_ms : 1000;
 	l->backoff_max_ms = o->backoff_max_ms >= l->backoff_min_ms ? o->backoff_max_ms : 300000;
 	l->wake = wake;
