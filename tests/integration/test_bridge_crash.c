@@ -113,17 +113,23 @@ Test(bridge_crash, kill9_postgresql, .timeout = 300)
 	h_pg_free(&pg);
 }
 
-/* While the database refuses commits, acks must stop; afterwards everything arrives. */
-static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *),
-                   void (*up)(void *), void *ctx)
+/* Until the devices have had 10 acks in all (at most 20 s). */
+static void wait_streaming(struct h_simdev **d)
 {
 	long long end = h_now_ms() + 20000;
 	while (total_acks(d) < 10 && h_now_ms() < end)
 		h_sleep_ms(10);
 	cr_assert_geq(total_acks(d), 10, "devices are not streaming");
+}
+
+/* While the database refuses commits, acks must stop; afterwards everything arrives. */
+static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *),
+                   void (*up)(void *), void *ctx)
+{
+	wait_streaming(d);
 	int fails = h_bridge_log_count(br, "failed (attempt");
 	down(ctx);
-	end = h_now_ms() + 15000;
+	long long end = h_now_ms() + 15000;
 	int gone = -1;
 	while (h_bridge_log_count(br, "failed (attempt") == fails && h_now_ms() < end &&
 	       (gone = h_wait_exit(br->pid, 0)) == -1)
@@ -397,10 +403,7 @@ Test(bridge_failure, what_the_broker_drops_for_an_absent_bridge_is_sent_again, .
 	h_bridge_init(&br, &b, NULL, "fail-queue");
 	h_bridge_start(&br);
 	start_devices(&b, o, d, 600, 100);
-	long long end = h_now_ms() + 20000;
-	while (total_acks(d) < 10 && h_now_ms() < end)
-		h_sleep_ms(10);
-	cr_assert_geq(total_acks(d), 10, "devices are not streaming");
+	wait_streaming(d);
 	cr_assert_eq(h_bridge_stop(&br), 0);
 	cr_assert(h_log_wait(b.log, "Outgoing messages are being dropped", 1, 20000),
 	          "the broker never dropped a message for the absent bridge: %s", b.log);

@@ -97,14 +97,12 @@ static bool pump(struct h_relay *r, struct pair *p, bool from_client)
 	return true;
 }
 
-static void accept_one(struct h_relay *r)
+/* down: the server is unreachable (h_relay_down): refuse the connection. */
+static void accept_one(struct h_relay *r, bool down)
 {
 	int cfd = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (cfd < 0)
 		return;
-	pthread_mutex_lock(&r->mu);
-	bool down = r->down;
-	pthread_mutex_unlock(&r->mu);
 	if (down) {
 		close(cfd);
 		return;
@@ -158,7 +156,7 @@ static void *run(void *arg)
 			if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
 				continue;
 			if (who[k] < 0) {
-				accept_one(r);
+				accept_one(r, down);
 				continue;
 			}
 			struct pair *p = &r->p[who[k] / 2];
