@@ -1,6 +1,7 @@
 /* store_prune.c - retention (see store_prune.h). Readings are cut per (device, metric) along the
  * primary key (device, metric, ts, ...) in time windows that adapt to the density of the data,
- * so each transaction stays short whatever the sample rate. */
+ * so each transaction stays short whatever the sample rate; those dated in the future, by
+ * when their batch was stored. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,12 +34,28 @@ static int txn(struct store *s, const char *const *sqls, int nargs, const int64_
 	return store_commit(s);
 }
 
+/* What a prune cuts from each series, by one pair of statements bound to (device, metric, hi,
+ * extra...): `first` selects the oldest reading time it reaches below hi (or, for a dry run,
+ * counts what it reaches), `del` deletes what it reaches below hi.
+ *  - past: readings dated before the cut;
+ *  - future: readings dated after the prune started (a device whose clock ran ahead) that came
+ *    in a batch stored before the cut. Without it they would outlive every retention. */
+struct cut {
+	struct store_stmt *first, *del;
+	int64_t end; /* hi of the last window */
+	int nextra;
+	int64_t extra[2];
+};
+
+#define FUTURE_WHERE                                                                               \
+	" r.device = ? AND r.metric = ? AND r.ts < ? AND r.ts > ? AND EXISTS (SELECT 1 FROM"       \
+	" envelopes e WHERE e.device = r.device AND e.seq = r.seq AND e.stored_at < ?)"
+
 /* Reading deletes share a transaction until it holds SLICE_MAX rows or SLICE_MS of work, so
  * a store of many sparse series does not pay one commit per series, nor a dense one hold the
  * write lock for long. */
 struct slicer {
 	struct store *s;
-	struct store_stmt *first, *del;
 	int open;
 	int64_t rows, since; /* of the open transaction */
 	int64_t done;        /* rows deleted by committed transactions */
@@ -53,18 +70,23 @@ static int slicer_commit(struct slicer *sl)
 	return rc;
 }
 
-/* Bind (device, metric, ts) and step: 1 = a row, 0 = done, < 0 = error. The caller reads what
- * it needs, then resets the statement. */
-static int series_step(struct store_stmt *st, int64_t dev, int64_t metric, int64_t ts)
+/* Bind (device, metric, hi, the cut's extras) and step: 1 = a row, 0 = done, < 0 = error. The
+ * caller reads what it needs, then resets the statement. */
+static int series_step(struct store_stmt *st, const struct cut *cut, int64_t dev, int64_t metric,
+                       int64_t hi)
 {
 	int rc;
 	if ((rc = store_bind_i64(st, 1, dev)) || (rc = store_bind_i64(st, 2, metric)) ||
-	    (rc = store_bind_i64(st, 3, ts)))
+	    (rc = store_bind_i64(st, 3, hi)))
 		return rc;
+	for (int i = 0; i < cut->nextra; i++)
+		if ((rc = store_bind_i64(st, 4 + i, cut->extra[i])))
+			return rc;
 	return store_step(st);
 }
 
-static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t hi, int64_t *got)
+static int slicer_delete(struct slicer *sl, const struct cut *cut, int64_t dev, int64_t metric,
+                         int64_t hi, int64_t *got)
 {
 	int rc;
 	if (!sl->open) {
@@ -74,9 +96,9 @@ static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 		sl->rows = 0;
 		sl->since = otime_mono_ms();
 	}
-	rc = series_step(sl->del, dev, metric, hi);
-	*got = store_changes(sl->del);
-	store_reset(sl->del);
+	rc = series_step(cut->del, cut, dev, metric, hi);
+	*got = store_changes(cut->del);
+	store_reset(cut->del);
 	if (rc < 0)
 		return rc;
 	sl->rows += *got;
@@ -85,25 +107,24 @@ static int slicer_delete(struct slicer *sl, int64_t dev, int64_t metric, int64_t
 	return slicer_commit(sl);
 }
 
-/* The oldest reading time of a series before the cut: 1 and *lo, or 0 when none is left. */
-static int slicer_oldest(struct slicer *sl, int64_t dev, int64_t metric, int64_t before,
-                         int64_t *lo)
+/* The first column of cut->first's row for a series: 1 and *v, or 0 when it has none. */
+static int cut_first(const struct cut *cut, int64_t dev, int64_t metric, int64_t *v)
 {
-	int rc = series_step(sl->first, dev, metric, before);
+	int rc = series_step(cut->first, cut, dev, metric, cut->end);
 	if (rc == 1)
-		*lo = store_col_i64(sl->first, 0);
-	store_reset(sl->first);
+		*v = store_col_i64(cut->first, 0);
+	store_reset(cut->first);
 	return rc;
 }
 
-static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t before)
+static int prune_series(struct slicer *sl, const struct cut *cut, int64_t dev, int64_t metric)
 {
 	int64_t window = WINDOW_FIRST, lo = 0, got = 0;
 	int rc;
-	/* every pass deletes the oldest row, so lo only grows */
-	while ((rc = slicer_oldest(sl, dev, metric, before, &lo)) == 1) {
-		if ((rc = slicer_delete(sl, dev, metric,
-		                        lo >= before - window ? before : lo + window, &got)))
+	/* every pass deletes the oldest row the cut reaches, so lo only grows */
+	while ((rc = cut_first(cut, dev, metric, &lo)) == 1) {
+		int64_t hi = lo >= cut->end - window ? cut->end : lo + window;
+		if ((rc = slicer_delete(sl, cut, dev, metric, hi, &got)))
 			return rc;
 		if (got > SLICE_MAX && window > WINDOW_MIN)
 			window /= 2;
@@ -113,19 +134,39 @@ static int prune_metric(struct slicer *sl, int64_t dev, int64_t metric, int64_t 
 	return rc;
 }
 
-static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t *n)
+static int prepare_cuts(struct store *s, int64_t before, int dry_run, struct cut cuts[2])
 {
-	int64_t page[METRIC_PAGE][2], last = INT64_MIN;
-	struct slicer sl = {.s = s};
+	int64_t now = otime_wall_ms();
+	cuts[0] = (struct cut){.end = before};
+	cuts[1] = (struct cut){
+	    .end = INT64_MAX, .nextra = 2, .extra = {now > before ? now : before, before}};
 	int rc = store_prepare(s,
 	                       dry_run ? "SELECT COUNT(*) FROM readings WHERE device = ? AND"
 	                                 " metric = ? AND ts < ?"
 	                               : "SELECT ts FROM readings WHERE device = ? AND metric = ?"
 	                                 " AND ts < ? ORDER BY ts LIMIT 1",
-	                       &sl.first);
+	                       &cuts[0].first);
 	if (!rc)
 		rc = store_prepare(
-		    s, "DELETE FROM readings WHERE device = ? AND metric = ? AND ts < ?", &sl.del);
+		    s, "DELETE FROM readings WHERE device = ? AND metric = ? AND ts < ?",
+		    &cuts[0].del);
+	if (!rc)
+		rc = store_prepare(s,
+		                   dry_run ? "SELECT COUNT(*) FROM readings r WHERE" FUTURE_WHERE
+		                           : "SELECT r.ts FROM readings r WHERE" FUTURE_WHERE
+		                             " ORDER BY r.ts LIMIT 1",
+		                   &cuts[1].first);
+	if (!rc)
+		rc = store_prepare(s, "DELETE FROM readings AS r WHERE" FUTURE_WHERE, &cuts[1].del);
+	return rc;
+}
+
+static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t *n)
+{
+	int64_t page[METRIC_PAGE][2], last = INT64_MIN;
+	struct slicer sl = {.s = s};
+	struct cut cuts[2];
+	int rc = prepare_cuts(s, before, dry_run, cuts);
 	while (!rc) {
 		struct store_stmt *st = NULL;
 		int k = 0;
@@ -145,21 +186,26 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 		if (rc < 0 || !k)
 			break;
 		for (int i = 0; i < k && !rc; i++) {
-			int64_t c = 0;
-			if (!dry_run) {
-				rc = prune_metric(&sl, page[i][1], page[i][0], before);
-				/* series with nothing to cut still take time: the open transaction
-				 * ends on the same bound as a delete's */
-				if (!rc && sl.open && otime_mono_ms() - sl.since >= SLICE_MS)
-					rc = slicer_commit(&sl);
-			} else if ((rc = slicer_oldest(&sl, page[i][1], page[i][0], before, &c)) == 1)
-				rc = 0; /* COUNT(*): always one row */
-			*n += c;
+			for (int j = 0; j < 2 && !rc; j++) {
+				int64_t c = 0;
+				if (!dry_run)
+					rc = prune_series(&sl, &cuts[j], page[i][1], page[i][0]);
+				else if ((rc = cut_first(&cuts[j], page[i][1], page[i][0], &c)) ==
+				         1)
+					rc = 0; /* COUNT(*): always one row */
+				*n += c;
+			}
+			/* series with nothing to cut still take time: the open transaction ends on
+			 * the same bound as a delete's */
+			if (!rc && sl.open && otime_mono_ms() - sl.since >= SLICE_MS)
+				rc = slicer_commit(&sl);
 		}
 		last = page[k - 1][0];
 	}
-	store_stmt_free(sl.first);
-	store_stmt_free(sl.del);
+	for (int j = 0; j < 2; j++) {
+		store_stmt_free(cuts[j].first);
+		store_stmt_free(cuts[j].del);
+	}
 	if (sl.open && rc < 0)
 		store_rollback(s);
 	else if (sl.open)

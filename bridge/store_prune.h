@@ -8,13 +8,15 @@
 #include "store.h"
 
 struct store_prune_counts {
-	int64_t readings; /* readings with a reading time before the cut */
+	int64_t readings; /* readings with a reading time before the cut, or after the prune
+	                   * started (a clock set ahead) in a batch stored before the cut */
 	int64_t events;   /* events logged before it */
 	int64_t gaps;     /* gaps resolved before it */
 	int64_t tasks;    /* tasks finished before it (with their arguments and output) */
 };
 
-/* Delete, or with dry_run only count, what is older than before (Unix ms). Kept: devices,
+/* Delete, or with dry_run only count, what is older than before (Unix ms); a reading dated
+ * after the call started is old when its batch (envelope row) was stored before it. Kept: devices,
  * metrics, rejection counters and the envelope records (small, and what lets the bridge
  * recognise a resend of anything it stored), open gaps and unfinished tasks.
  * Readings go one device and metric at a time, in windows of time sized to 5,000-50,000 rows,

@@ -59,8 +59,40 @@ static void prune(struct store *s)
 		cr_assert_eq(store_copy_end_row(cp), STORE_OK);
 	}
 	cr_assert_eq(store_copy_finish(cp), STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
 	store_copy_free(cp);
+	/* A clock far ahead: readings dated 2200 from a batch stored before the cut (3, cut) and
+	 * from one stored after it (2, kept until a later cut passes its arrival). */
+	const int64_t y2200 = 7258118400000LL;
+	cr_assert_eq(store_copy_new(s, "readings", "device, metric, ts, seq, idx, value", 6, &cp),
+	             0);
+	cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
+	for (int64_t i = 0; i < 5; i++) {
+		store_copy_i64(cp, 2);
+		store_copy_i64(cp, 8);
+		store_copy_i64(cp, y2200 + i * 1000);
+		store_copy_i64(cp, i < 3 ? 9001 : 9002);
+		store_copy_i64(cp, i);
+		store_copy_f64(cp, 2.0);
+		cr_assert_eq(store_copy_end_row(cp), STORE_OK);
+	}
+	cr_assert_eq(store_copy_finish(cp), STORE_OK, "%s", store_errmsg(s));
+	store_copy_free(cp);
+	cr_assert_eq(
+	    store_copy_new(s, "envelopes",
+	                   "device, seq, prev_seq, kind, sent_at, stored_at, n_readings, sig", 8,
+	                   &cp),
+	    0);
+	cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
+	for (int64_t i = 0; i < 2; i++) {
+		const int64_t row[] = {2, 9001 + i, 9000 + i, 1, y2200, i ? cut : cut - 1, 3 - i};
+		for (size_t c = 0; c < sizeof(row) / sizeof(row[0]); c++)
+			store_copy_i64(cp, row[c]);
+		store_copy_blob(cp, "sig", 3);
+		cr_assert_eq(store_copy_end_row(cp), STORE_OK);
+	}
+	cr_assert_eq(store_copy_finish(cp), STORE_OK, "%s", store_errmsg(s));
+	store_copy_free(cp);
+	cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type) VALUES (1, 2, 'old'),"
 	                           " (2, 2, 'old'), (3, NULL, 'old')"),
 	             STORE_OK, "%s", store_errmsg(s));
@@ -80,13 +112,17 @@ static void prune(struct store *s)
 	cr_expect_eq(store_prune(s, -1, 1, &n), STORE_EINVAL);
 	for (int dry = 1; dry >= 0; dry--) {
 		cr_assert_eq(store_prune(s, cut, dry, &n), STORE_OK, "%s", store_errmsg(s));
-		cr_expect_eq(n.readings, 100000 + 2, "dry %d: %lld", dry, (long long)n.readings);
+		cr_expect_eq(n.readings, 100000 + 2 + 3, "dry %d: %lld", dry,
+		             (long long)n.readings);
 		cr_expect_eq(n.events, 3, "dry %d", dry);
 		cr_expect_eq(n.gaps, 3, "dry %d", dry);
 		cr_expect_eq(n.tasks, 1, "dry %d", dry);
 		cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"),
-		             dry ? 5000 + 120100 : 5000 + 120100 - 100002, "dry %d", dry);
+		             dry ? 5000 + 120100 + 5 : 5000 + 120100 + 5 - 100005, "dry %d", dry);
 	}
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE ts >= 7258118400000 AND"
+	                    " seq = 9002"),
+	             2, "dated ahead, but stored after the cut");
 	cr_expect_eq(one(s, "SELECT MIN(ts) FROM readings WHERE metric = 7"), cut);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings WHERE device = 1"), 5000);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM events"), events - 3);
