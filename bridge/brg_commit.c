@@ -634,6 +634,11 @@ out:
 	return rc;
 }
 
+/* A Birth signed this long after the bridge's time says the device's clock runs ahead: its
+ * readings are dated in the future (retention cuts those by arrival, store_prune.c). A clock
+ * behind cannot be told from a Birth that waited at the broker, so only ahead is reported. */
+#define CLOCK_AHEAD_MS (5 * 60 * 1000LL)
+
 static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
 {
 	const Outpost__Birth *b = it->birth;
@@ -723,6 +728,11 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 		if (floor_ok && (int64_t)b->chain_floor > w->frontier)
 			rc = floor_ahead(c, w, b->chain_floor);
 	}
+	if (!rc && it->sent_at_ms > c->now + CLOCK_AHEAD_MS) /* sent_at: any int64 */
+		rc = brg_commit__event(c, w, "clock_ahead",
+		                       "device clock %lld s ahead of the bridge's (Birth seq %llu)",
+		                       (long long)((it->sent_at_ms - c->now) / 1000),
+		                       (unsigned long long)it->seq);
 	if (!rc)
 		rc = brg_commit__accepted(c, w);
 out:

@@ -897,6 +897,30 @@ Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
 	store_close(s2);
 }
 
+/* A Birth signed more than 5 minutes after the bridge's time: the device's clock runs ahead
+ * (its readings will be dated in the future), an event says so. Behind is not reported: a Birth
+ * that waited at the broker looks the same. (Test envelopes are signed at 2023-11-14.) */
+Test(brg_commit, a_birth_signed_ahead_of_the_bridges_clock_is_reported)
+{
+	const int64_t signed_at = 1700000000000LL;
+	commit_one(birth("dev-a", 1)); /* signed three years "behind": not reported */
+	struct brg_item *b = birth("dev-a", 2);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, &b, 1, signed_at - 4 * 60 * 1000, &out), STORE_OK);
+	brg_item_free(b);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'clock_ahead'"), 0,
+	             "4 minutes ahead is within the tolerance");
+	b = birth("dev-a", 3);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, &b, 1, signed_at - 3600 * 1000, &out), STORE_OK);
+	brg_item_free(b);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'clock_ahead' AND detail ="
+	                 " 'device clock 3600 s ahead of the bridge''s (Birth seq 3)'"),
+	             1);
+	cr_expect_eq(one("SELECT last_birth_seq FROM devices WHERE device_id = 'dev-a'"), 3,
+	             "the Birth is taken all the same");
+}
+
 /* A task argument that is not UTF-8 (typed on a Latin-1 terminal) is refused when added: the
  * device would refuse its TaskList, and every task behind it would be stuck as delivered. */
 Test(brg_commit, a_task_argument_that_is_not_utf8_is_refused)
