@@ -1,10 +1,12 @@
 /* h_pg.c - throwaway PostgreSQL clusters for the tests (see h_pg.h). */
+#include <fcntl.h>
 #include <glob.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "h_pg.h"
@@ -102,15 +104,60 @@ static void stop_clusters(void)
 	}
 }
 
+/* A process killed outright (a test's timeout: criterion and ctest send SIGKILL) runs no atexit
+ * handler: a watcher outlives it and stops its clusters once the pipe it reads from, whose only
+ * writer is the test process, reaches its end. The watcher is a grandchild in a session of its
+ * own (ctest kills the test's process tree, not what init adopted); it reads the data
+ * directories, one a line, and holds no other descriptor of the test's. */
+static const char watch_script[] =
+    "dirs=; while read -r d; do dirs=\"$dirs $d\"; done; for d in $dirs; do"
+    " if [ -f $d/postmaster.pid ]; then $0 $1/pg_ctl -D $d -m immediate stop; fi;"
+    " case $d in " TMP_CLUSTER "*) rm -rf ${d%/data};; esac; done";
+static int watch_fd = -1;
+
+static void watch_start(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) != 0) {
+		fprintf(stderr, "h_pg: no watcher for the clusters (pipe)\n");
+		return;
+	}
+	const char *runuser = getuid() == 0 ? "runuser -u postgres --" : "env", *bin = bindir();
+	pid_t child = fork();
+	if (child == 0) {
+		setsid();
+		if (fork() == 0) {
+			int null = open("/dev/null", O_RDWR);
+			if (null < 0 || dup2(p[0], 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+				_exit(127);
+			close_range(3, ~0U, 0);
+			execl("/bin/sh", "sh", "-c", watch_script, runuser, bin, (char *)NULL);
+		}
+		_exit(0);
+	}
+	close(p[0]);
+	if (child < 0) {
+		close(p[1]);
+		fprintf(stderr, "h_pg: no watcher for the clusters (fork)\n");
+		return;
+	}
+	waitpid(child, NULL, 0);
+	watch_fd = p[1];
+}
+
 static void track(const char *data)
 {
-	if (!n_clusters)
+	if (!n_clusters) {
 		atexit(stop_clusters);
+		watch_start();
+	}
 	for (int i = 0; i < n_clusters; i++)
 		if (!strcmp(clusters[i], data))
 			return;
 	if (n_clusters < MAX_CLUSTERS)
 		clusters[n_clusters++] = strdup(data);
+	if (watch_fd >= 0 && dprintf(watch_fd, "%s\n", data) < 0)
+		fprintf(stderr, "h_pg: the watcher does not know %s\n", data);
 }
 
 void h_pg_start(struct h_pg *pg)

@@ -22,7 +22,9 @@ struct h_pg {
 /* true if the PostgreSQL server binaries are installed. */
 bool h_pg_available(void);
 
-/* Create a cluster (first call on pg) and start it; aborts with the log on failure. */
+/* Create a cluster (first call on pg) and start it; aborts with the log on failure. Clusters
+ * left running are stopped when the test process exits, also when it is killed (a timeout):
+ * a watcher process outlives it for that. */
 void h_pg_start(struct h_pg *pg);
 
 /* Run a shell command (no quotes, $, backquotes or backslashes) in the server's mount namespace (where <dir>/small

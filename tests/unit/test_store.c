@@ -2,10 +2,15 @@
  * actions, task queueing and retention, identical on SQLite and PostgreSQL. */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "h_pg.h"
 #include "h_relay.h"
@@ -558,6 +563,64 @@ static int resolve(struct store *s)
 /* A connection that breaks after COMMIT was sent leaves the outcome unknown; the store says
  * so (not "connection lost", which means "not committed, retry") and learns the truth from
  * the server afterwards. */
+/* 1 while process pid runs (a zombie no longer does). */
+static int running(int pid)
+{
+	char *path = h_strf("/proc/%d/stat", pid), *stat = h_read_file(path, NULL);
+	char *state = stat ? strrchr(stat, ')') : NULL; /* "pid (comm) S ..." */
+	int up = state && state[1] == ' ' && state[2] != 'Z';
+	free(stat);
+	free(path);
+	return up;
+}
+
+/* The harness: a test killed outright (its timeout: SIGKILL, no atexit handler runs) leaves no
+ * PostgreSQL server behind (h_pg.c's watcher stops it). */
+Test(store, a_killed_test_leaves_no_postgresql_running, .timeout = 120)
+{
+	int p[2]; /* not inherited by the server, which would hold it open */
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t child = fork();
+	cr_assert_geq(child, 0);
+	if (child == 0) {
+		close(p[0]);
+		struct h_pg pg = {0};
+		h_pg_start(&pg);
+		char *pidfile = h_strf("%s/postmaster.pid", pg.data);
+		char *text = h_read_file(pidfile, NULL);
+		dprintf(p[1], "%d %s\n", text ? atoi(text) : 0, pg.dir);
+		raise(SIGKILL);
+		_exit(1);
+	}
+	close(p[1]);
+	char line[512] = "", dir[400] = "";
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof(line) - 1 && (n = read(p[0], line + got, sizeof(line) - 1 - got)) > 0)
+		got += (size_t)n;
+	close(p[0]);
+	int st = 0, pid = 0;
+	cr_assert_eq(waitpid(child, &st, 0), child);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the child did not start a cluster");
+	cr_assert_eq(sscanf(line, "%d %399s", &pid, dir), 2, "child said: %s", line);
+	cr_assert(pid > 0, "no postmaster.pid: %s", line); /* pg_ctl -w: it was up */
+	for (int i = 0; i < 300 && running(pid); i++)
+		usleep(100 * 1000);
+	int left = running(pid);
+	if (left) { /* do not leak it either way */
+		char *cmd = h_strf("%spg_ctl -D %s/data -m immediate stop",
+		                   getuid() == 0 ? "runuser -u postgres -- " : "", dir);
+		char *path = h_strf("PATH=$(ls -d /usr/lib/postgresql/*/bin | tail -1):$PATH %s", cmd);
+		h_sh(path, NULL, 60);
+		free(path);
+		free(cmd);
+	}
+	char *rm = h_strf("rm -rf %s", dir);
+	h_sh(rm, NULL, 60);
+	free(rm);
+	cr_expect(!left, "postmaster %d still runs 30 s after its test was killed", pid);
+}
+
 Test(store, postgresql_commit_left_unanswered, .timeout = 120)
 {
 	struct h_pg pg = {0};
