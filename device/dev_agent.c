@@ -158,7 +158,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 {
 	struct dev_agent *a = calloc(1, sizeof(*a));
 	const char *why = NULL;
-	char path[4096], proxy[300];
+	char path[4096], *proxy = a ? a->proxy : NULL;
 	int rc = 1;
 
 	if (!a) {
@@ -228,7 +228,8 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	for (int t = 0; t < WIRE_TOPIC_COUNT; t++)
 		wire_topic_build(a->topic[t], WIRE_TOPIC_MAX, (enum wire_topic)t, cfg->id);
 
-	int have_proxy = dev_proxy_resolve(cfg->proxy, cfg->broker_host, proxy, sizeof(proxy), &why);
+	int have_proxy =
+	    dev_proxy_resolve(cfg->proxy, cfg->broker_host, proxy, sizeof(a->proxy), &why);
 	if (have_proxy < 0) {
 		snprintf(err, errlen, "%s: proxy: %s", cfg->source, why);
 		rc = 2;
@@ -261,7 +262,6 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		snprintf(err, errlen, "cannot create the MQTT client");
 		goto fail;
 	}
-	a->direct = !have_proxy;
 	if (have_proxy)
 		olog(OLOG_INFO, "using HTTP CONNECT proxy %s%s", dev_proxy_loggable(proxy),
 		     dev_proxy_loggable(proxy) != proxy ? " (with credentials)" : "");
@@ -557,17 +557,19 @@ static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_
 #define CERT_CHECK_EVERY_MS (10 * 60 * 1000)
 
 /* A connection failed and nobody said why: ask wolfSSL what it thinks of the broker's
- * certificate (dev_tlscheck.h). Blocks the agent for at most 2 x 3 s, once per 10 minutes of
- * such failures, and only when the broker is dialled directly. */
+ * certificate (dev_tlscheck.h), through the proxy if there is one. Blocks the agent, each
+ * step (connect, the proxy's reply, each read and write of the handshake) for at most 3 s,
+ * once per 10 minutes of such failures. */
 static void check_broker_cert(struct dev_agent *a, const struct dev_link_event *ev)
 {
 	char why[400];
 	int64_t now = otime_mono_ms();
-	if (!ev->unexplained || !a->direct || now < a->next_cert_check)
+	if (!ev->unexplained || now < a->next_cert_check)
 		return;
 	a->next_cert_check = now + CERT_CHECK_EVERY_MS;
 	int port = (int)(strncmp(ev->text, "wss://", 6) ? a->cfg->mqtts_port : a->cfg->wss_port);
-	enum dev_tlscheck_result r = dev_tlscheck(a->cfg->broker_host, port, a->cfg->ca, 3000, why,
+	enum dev_tlscheck_result r = dev_tlscheck(a->cfg->broker_host, port, a->cfg->ca,
+						  a->proxy[0] ? a->proxy : NULL, 3000, why,
 						  sizeof(why));
 	if (r == DEV_TLSCHECK_BAD_CERT)
 		olog(OLOG_ERROR, "%s", why);

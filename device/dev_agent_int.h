@@ -46,7 +46,7 @@ struct dev_agent {
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;
-	int direct;               /* no proxy: the broker can be dialled for a certificate check */
+	char proxy[300];          /* the resolved HTTP CONNECT proxy (dev_proxy.h); "" = none */
 	int64_t next_cert_check;  /* monotonic ms: no dev_tlscheck before (one per 10 minutes) */
 	/* task results the spool could not take (disk full), oldest first; no polls meanwhile */
 	struct result *unreported[WIRE_MAX_TASKS];

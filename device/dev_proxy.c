@@ -1,9 +1,13 @@
-/* dev_proxy.c - proxy selection (config, https_proxy, no_proxy) and normalisation. */
+/* dev_proxy.c - proxy selection (config, https_proxy, no_proxy), normalisation, and the
+ * CONNECT tunnel of the device's own certificate check. */
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "dev_proxy.h"
 
@@ -116,4 +120,124 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 		snprintf(out, cap, "%.*s:8080", (int)n, v);
 	}
 	return 1;
+}
+
+int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port)
+{
+	const char *h = dev_proxy_loggable(proxy), *colon = strrchr(h, ':');
+	char *end;
+	if (!colon || colon == h)
+		return -1;
+	long p = strtol(colon + 1, &end, 10);
+	size_t len = (size_t)(colon - h);
+	if (*end || p < 1 || p > 65535)
+		return -1;
+	if (*h == '[' && len >= 2 && h[len - 1] == ']') {
+		h++;
+		len -= 2;
+	}
+	if (!len || len >= cap)
+		return -1;
+	memcpy(host, h, len);
+	host[len] = '\0';
+	*port = (int)p;
+	return 0;
+}
+
+static int hexval(char c)
+{
+	return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+/* RFC 4648 base64 of in[0..n) into out (4 * ((n + 2) / 3) + 1 bytes). */
+static void base64(const unsigned char *in, size_t n, char *out)
+{
+	static const char abc[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
+		             (i + 2 < n ? in[i + 2] : 0);
+		*out++ = abc[v >> 18 & 63];
+		*out++ = abc[v >> 12 & 63];
+		*out++ = i + 1 < n ? abc[v >> 6 & 63] : '=';
+		*out++ = i + 2 < n ? abc[v & 63] : '=';
+	}
+	*out = '\0';
+}
+
+#define TUNNEL_CRED_MAX   256
+#define TUNNEL_HEADER_MAX 4096
+
+static int send_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		buf += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, char *why, size_t n)
+{
+	const char *at = strchr(proxy, '@'), *where = dev_proxy_loggable(proxy);
+	unsigned char cred[TUNNEL_CRED_MAX];
+	char auth[4 * (TUNNEL_CRED_MAX / 3 + 1) + 1] = "", req[1400], head[TUNNEL_HEADER_MAX + 1];
+	size_t cn = 0;
+	for (const char *p = proxy; at && p < at; p++) {
+		if (cn == sizeof(cred)) {
+			snprintf(why, n, "proxy %s: user:password too long", where);
+			return -1;
+		}
+		/* dev_proxy_resolve let only well-formed %XX escapes through */
+		if (*p == '%' && p + 2 < at) {
+			cred[cn++] = (unsigned char)(hexval(p[1]) << 4 | hexval(p[2]));
+			p += 2;
+		} else {
+			cred[cn++] = (unsigned char)*p;
+		}
+	}
+	if (at)
+		base64(cred, cn, auth);
+	const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
+	int len = snprintf(req, sizeof(req),
+	                   "CONNECT %s%s%s:%d HTTP/1.1\r\nHost: %s%s%s:%d\r\n%s%s%s\r\n", lb, host,
+	                   rb, port, lb, host, rb, port, at ? "Proxy-Authorization: Basic " : "",
+	                   auth, at ? "\r\n" : "");
+	if (len < 0 || (size_t)len >= sizeof(req)) {
+		snprintf(why, n, "proxy %s: broker host too long", where);
+		return -1;
+	}
+	if (send_all(fd, req, (size_t)len)) {
+		snprintf(why, n, "proxy %s: cannot send CONNECT: %s", where, strerror(errno));
+		return -1;
+	}
+	/* byte by byte up to the blank line: what follows is the tunnel's */
+	size_t got = 0;
+	while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4)) {
+		ssize_t r = got < TUNNEL_HEADER_MAX ? recv(fd, head + got, 1, 0) : -2;
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			snprintf(why, n, "proxy %s: %s", where,
+			         r == -2  ? "reply header too long"
+			         : r == 0 ? "closed the connection before replying to CONNECT"
+			                  : strerror(errno));
+			return -1;
+		}
+		got++;
+	}
+	head[got] = '\0';
+	int code = 0;
+	if (sscanf(head, "HTTP/1.%*1[01] %3d", &code) != 1 || code != 200) {
+		size_t line = strcspn(head, "\r\n");
+		snprintf(why, n, "proxy %s refused the tunnel to %s%s%s:%d: %.*s", where, lb, host, rb,
+		         port, (int)(line > 80 ? 80 : line), head);
+		return -1;
+	}
+	return 0;
 }

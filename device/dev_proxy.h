@@ -18,6 +18,16 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
  * a pointer into proxy. */
 const char *dev_proxy_loggable(const char *proxy);
 
+/* The proxy's own address from a resolved proxy: host (brackets of an IPv6 literal removed)
+ * into host (cap bytes) and *port. 0, or -1 if proxy is not "[user:pass@]host:port". */
+int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port);
+
+/* Ask the proxy connected on fd (blocking, with timeouts set by the caller) for a tunnel to
+ * host:port by HTTP CONNECT, with Basic credentials when proxy has user:pass@ (%XX decoded, as
+ * Paho sends them). Reads the reply's header only, so that fd then carries the tunnel.
+ * 0, or -1 with why (n bytes, no credentials in it) filled. */
+int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, char *why, size_t n);
+
 /* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
 int dev_proxy_excluded(const char *no_proxy, const char *host);
 

@@ -1,5 +1,6 @@
 /* dev_tlscheck.c - see dev_tlscheck.h. */
 #include "dev_tlscheck.h"
+#include "dev_proxy.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -87,8 +88,28 @@ static int verdict(int err, const char *host, const char *ca, char *text, size_t
 	return 0;
 }
 
-enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca, int timeout_ms,
-				      char *why, size_t n)
+/* A connection to host:port, direct or through the proxy's tunnel; -1 with why filled. */
+static int reach(const char *host, int port, const char *proxy, int timeout_ms, char *why,
+                 size_t n)
+{
+	char phost[256];
+	int pport, fd;
+	if (!proxy)
+		return dial(host, port, timeout_ms, why, n);
+	if (dev_proxy_endpoint(proxy, phost, sizeof(phost), &pport)) {
+		snprintf(why, n, "invalid proxy %s", dev_proxy_loggable(proxy));
+		return -1;
+	}
+	if ((fd = dial(phost, pport, timeout_ms, why, n)) >= 0 &&
+	    dev_proxy_tunnel(fd, proxy, host, port, why, n)) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca,
+				      const char *proxy, int timeout_ms, char *why, size_t n)
 {
 	enum dev_tlscheck_result res = DEV_TLSCHECK_UNKNOWN;
 	WOLFSSL_CTX *ctx = NULL;
@@ -107,7 +128,7 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 		goto out;
 	}
 	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
-	if ((fd = dial(host, port, timeout_ms, why, n)) < 0)
+	if ((fd = reach(host, port, proxy, timeout_ms, why, n)) < 0)
 		goto out;
 	if (!(ssl = wolfSSL_new(ctx)) || wolfSSL_set_fd(ssl, fd) != WOLFSSL_SUCCESS ||
 	    (!is_ip(host) && wolfSSL_check_domain_name(ssl, host) != WOLFSSL_SUCCESS)) {

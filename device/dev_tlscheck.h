@@ -14,10 +14,12 @@ enum dev_tlscheck_result {
 	DEV_TLSCHECK_UNKNOWN = 2,  /* no verdict (no connection, another error): why says why */
 };
 
-/* Connect to host:port (each of connect and handshake bounded by timeout_ms), verify the
- * broker's certificate against the CA file ca and, unless host is an IP address, that it
- * names host. why (n bytes) receives one line for the log. */
-enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca, int timeout_ms,
-				      char *why, size_t n);
+/* Connect to host:port, through proxy's HTTP CONNECT tunnel unless proxy is NULL (a resolved
+ * "[user:pass@]host:port", dev_proxy.h), each connect, the proxy's reply and every read and
+ * write of the handshake bounded by timeout_ms; verify the broker's certificate against the CA
+ * file ca and, unless host is an IP address, that it names host. why (n bytes) receives one
+ * line for the log (never the proxy's credentials). */
+enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca,
+				      const char *proxy, int timeout_ms, char *why, size_t n);
 
 #endif

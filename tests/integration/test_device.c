@@ -247,6 +247,34 @@ Test(device, refuses_a_broker_certificate_for_another_name, .timeout = 90)
 	free(pki);
 }
 
+/* The same behind an HTTP CONNECT proxy: the certificate check goes through the proxy too. */
+Test(device, names_a_wrong_broker_certificate_through_a_proxy, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	char *pki = pki_with_broker_san("pki-san-proxy", "DNS:broker.invalid"), *plog;
+	h_broker_start(&b, pki);
+	int port = h_free_port();
+	pid_t proxy = start_tinyproxy(&b, port, &plog);
+	char *url = h_strf("http://127.0.0.1:%d", port);
+	const char *extra[] = {"--proxy", url, NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_expect(h_log_wait(d.log, "does not name localhost, the host this device dials", 1,
+	                     30000),
+	          "no verdict through the proxy: %s %s", d.log, plog);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "%s", d.log);
+	/* a tunnel for each WebSocket attempt (Paho dials ssl:// directly), and the check's */
+	int attempts = h_log_count(d.log, "cannot connect: wss://");
+	cr_expect_gt(h_log_count(plog, "): CONNECT localhost:"), attempts, "%d attempts; %s",
+	             attempts, plog);
+	h_device_free(&d);
+	h_stop(proxy, 3000);
+	h_broker_free(&b);
+	free(url);
+	free(plog);
+	free(pki);
+}
+
 /* The broker's certificate names the host but has expired: refused, and OpenSSL says why. */
 Test(device, refuses_an_expired_broker_certificate, .timeout = 90)
 {

@@ -1,6 +1,10 @@
-/* test_dev_proxy.c - proxy selection and normalisation to the host:port form Paho needs. */
+/* test_dev_proxy.c - proxy selection and normalisation to the host:port form Paho needs, and
+ * the CONNECT tunnel of the device's certificate check. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "dev_proxy.h"
 
@@ -64,4 +68,77 @@ Test(dev_proxy, environment_and_no_proxy)
 	unsetenv("https_proxy");
 	unsetenv("no_proxy");
 	cr_expect_eq(resolve("", "anything", out), 0);
+}
+
+Test(dev_proxy, endpoint_of_a_resolved_proxy)
+{
+	char host[64];
+	int port = 0;
+	cr_expect_eq(dev_proxy_endpoint("proxy.corp:3128", host, sizeof(host), &port), 0);
+	cr_expect_str_eq(host, "proxy.corp");
+	cr_expect_eq(port, 3128);
+	cr_expect_eq(dev_proxy_endpoint("u:p%40ss@[::1]:8080", host, sizeof(host), &port), 0);
+	cr_expect_str_eq(host, "::1");
+	cr_expect_eq(port, 8080);
+	cr_expect_eq(dev_proxy_endpoint("proxy", host, sizeof(host), &port), -1);
+	cr_expect_eq(dev_proxy_endpoint(":80", host, sizeof(host), &port), -1);
+	cr_expect_eq(dev_proxy_endpoint("proxy:0", host, sizeof(host), &port), -1);
+	cr_expect_eq(dev_proxy_endpoint("a-very-long-proxy-name:80", host, 8, &port), -1);
+}
+
+/* dev_proxy_tunnel against a scripted proxy: reply is what the proxy answers, the request it
+ * received goes to req (cap bytes); returns the tunnel's result, why in why. */
+static int tunnel(const char *proxy, const char *host, const char *reply, char *req, size_t cap,
+                  char *why)
+{
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	size_t rl = strlen(reply);
+	cr_assert_eq(write(sv[1], reply, rl), (ssize_t)rl);
+	shutdown(sv[1], SHUT_WR);
+	why[0] = '\0';
+	int rc = dev_proxy_tunnel(sv[0], proxy, host, 8883, why, 200);
+	ssize_t n = read(sv[1], req, cap - 1);
+	req[n > 0 ? n : 0] = '\0';
+	if (!rc) { /* what follows the header is the tunnel's: not consumed */
+		char rest[16] = "";
+		cr_expect_eq(read(sv[0], rest, sizeof(rest)), 3);
+		cr_expect_eq(memcmp(rest, "TLS", 3), 0);
+	}
+	close(sv[0]);
+	close(sv[1]);
+	return rc;
+}
+
+Test(dev_proxy, tunnel_asks_for_the_broker_with_the_credentials_paho_sends)
+{
+	char req[1024], why[200];
+	cr_expect_eq(tunnel("proxy:3128", "broker.example.com",
+	                    "HTTP/1.1 200 Connection established\r\n\r\nTLS", req, sizeof(req), why),
+	             0, "%s", why);
+	cr_expect_str_eq(req, "CONNECT broker.example.com:8883 HTTP/1.1\r\n"
+	                      "Host: broker.example.com:8883\r\n\r\n");
+	/* %XX decoded before Base64, as Paho does: "user:p@ss" */
+	cr_expect_eq(tunnel("user:p%40ss@proxy:3128", "::1",
+	                    "HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\nTLS", req, sizeof(req), why),
+	             0, "%s", why);
+	cr_expect_str_eq(req, "CONNECT [::1]:8883 HTTP/1.1\r\nHost: [::1]:8883\r\n"
+	                      "Proxy-Authorization: Basic dXNlcjpwQHNz\r\n\r\n");
+}
+
+Test(dev_proxy, tunnel_refused_says_why_without_the_credentials)
+{
+	char req[1024], why[200];
+	cr_expect_eq(tunnel("user:secret@proxy:3128", "b",
+	                    "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", req,
+	                    sizeof(req), why),
+	             -1);
+	cr_expect_str_eq(why, "proxy proxy:3128 refused the tunnel to b:8883: HTTP/1.1 407 Proxy "
+	                      "Authentication Required");
+	cr_expect_eq(tunnel("proxy:3128", "b", "HTTP/1.1 200 OK\r\n", req, sizeof(req), why), -1);
+	cr_expect_str_eq(why, "proxy proxy:3128: closed the connection before replying to CONNECT");
+	cr_expect_eq(tunnel("proxy:3128", "b", "SSH-2.0-OpenSSH\r\n\r\n", req, sizeof(req), why),
+	             -1);
+	cr_expect(strstr(why, "refused the tunnel to b:8883: SSH-2.0-OpenSSH"), "%s", why);
+	cr_expect_null(strstr(why, "secret"));
 }
