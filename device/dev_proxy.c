@@ -5,9 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "otime.h"
 
 #include "dev_proxy.h"
 
@@ -171,7 +174,7 @@ static void base64(const unsigned char *in, size_t n, char *out)
 static int send_all(int fd, const char *buf, size_t len)
 {
 	while (len) {
-		ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+		ssize_t w = send(fd, buf, len, MSG_NOSIGNAL); /* bounded by the caller's SO_SNDTIMEO */
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
@@ -182,16 +185,57 @@ static int send_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, char *why, size_t n)
+/* The reply's header, byte by byte up to the blank line (what follows is the tunnel's), all of
+ * it by deadline (monotonic ms): 0 with head (cap bytes) NUL-terminated, or -1 with *err a
+ * reason. */
+static int read_header(int fd, char *head, size_t cap, int64_t deadline, const char **err)
 {
-	const char *at = strchr(proxy, '@'), *where = dev_proxy_loggable(proxy);
+	size_t got = 0;
+	while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4)) {
+		int64_t left = deadline - otime_mono_ms();
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (got + 1 >= cap) {
+			*err = "reply header too long";
+			return -1;
+		}
+		int ready = left > 0 ? poll(&p, 1, (int)left) : 0;
+		if (ready < 0 && errno == EINTR)
+			continue;
+		ssize_t r = ready > 0 ? recv(fd, head + got, 1, 0) : -1;
+		if (r < 0 && ready > 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			*err = r == 0 ? "closed the connection before replying to CONNECT"
+			       : ready == 0 ? "no reply to CONNECT in time"
+			                    : strerror(errno);
+			return -1;
+		}
+		got++;
+	}
+	head[got] = '\0';
+	return 0;
+}
+
+/* "HTTP/1.x 200 ..." */
+static int status_ok(const char *head)
+{
+	return !strncmp(head, "HTTP/1.", 7) && (head[7] == '0' || head[7] == '1') &&
+	       !strncmp(head + 8, " 200", 4) && (head[12] == ' ' || head[12] == '\r');
+}
+
+int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int timeout_ms,
+                     char *why, size_t n)
+{
+	const char *at = strchr(proxy, '@'), *where = dev_proxy_loggable(proxy), *err = NULL;
 	unsigned char cred[TUNNEL_CRED_MAX];
 	char auth[4 * (TUNNEL_CRED_MAX / 3 + 1) + 1] = "", req[1400], head[TUNNEL_HEADER_MAX + 1];
+	const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
 	size_t cn = 0;
+	int rc = -1, len;
 	for (const char *p = proxy; at && p < at; p++) {
 		if (cn == sizeof(cred)) {
 			snprintf(why, n, "proxy %s: user:password too long", where);
-			return -1;
+			goto out;
 		}
 		/* dev_proxy_resolve let only well-formed %XX escapes through */
 		if (*p == '%' && p + 2 < at) {
@@ -203,41 +247,37 @@ int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, char
 	}
 	if (at)
 		base64(cred, cn, auth);
-	const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
-	int len = snprintf(req, sizeof(req),
-	                   "CONNECT %s%s%s:%d HTTP/1.1\r\nHost: %s%s%s:%d\r\n%s%s%s\r\n", lb, host,
-	                   rb, port, lb, host, rb, port, at ? "Proxy-Authorization: Basic " : "",
-	                   auth, at ? "\r\n" : "");
+	len = snprintf(req, sizeof(req),
+	               "CONNECT %s%s%s:%d HTTP/1.1\r\nHost: %s%s%s:%d\r\n%s%s%s\r\n", lb, host, rb,
+	               port, lb, host, rb, port, at ? "Proxy-Authorization: Basic " : "", auth,
+	               at ? "\r\n" : "");
 	if (len < 0 || (size_t)len >= sizeof(req)) {
 		snprintf(why, n, "proxy %s: broker host too long", where);
-		return -1;
+		goto out;
 	}
 	if (send_all(fd, req, (size_t)len)) {
 		snprintf(why, n, "proxy %s: cannot send CONNECT: %s", where, strerror(errno));
-		return -1;
+		goto out;
 	}
-	/* byte by byte up to the blank line: what follows is the tunnel's */
-	size_t got = 0;
-	while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4)) {
-		ssize_t r = got < TUNNEL_HEADER_MAX ? recv(fd, head + got, 1, 0) : -2;
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			snprintf(why, n, "proxy %s: %s", where,
-			         r == -2  ? "reply header too long"
-			         : r == 0 ? "closed the connection before replying to CONNECT"
-			                  : strerror(errno));
-			return -1;
-		}
-		got++;
+	if (read_header(fd, head, sizeof(head), otime_mono_ms() + timeout_ms, &err)) {
+		snprintf(why, n, "proxy %s: %s", where, err);
+		goto out;
 	}
-	head[got] = '\0';
-	int code = 0;
-	if (sscanf(head, "HTTP/1.%*1[01] %3d", &code) != 1 || code != 200) {
+	if (!status_ok(head)) {
+		/* the proxy's words, quoted: its first line, printable ASCII only */
 		size_t line = strcspn(head, "\r\n");
+		line = line > 80 ? 80 : line;
+		for (size_t i = 0; i < line; i++)
+			if (head[i] < ' ' || head[i] > '~')
+				head[i] = '?';
 		snprintf(why, n, "proxy %s refused the tunnel to %s%s%s:%d: %.*s", where, lb, host, rb,
-		         port, (int)(line > 80 ? 80 : line), head);
-		return -1;
+		         port, (int)line, head);
+		goto out;
 	}
-	return 0;
+	rc = 0;
+out:
+	explicit_bzero(cred, sizeof(cred));
+	explicit_bzero(auth, sizeof(auth));
+	explicit_bzero(req, sizeof(req));
+	return rc;
 }

@@ -22,11 +22,13 @@ const char *dev_proxy_loggable(const char *proxy);
  * into host (cap bytes) and *port. 0, or -1 if proxy is not "[user:pass@]host:port". */
 int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port);
 
-/* Ask the proxy connected on fd (blocking, with timeouts set by the caller) for a tunnel to
- * host:port by HTTP CONNECT, with Basic credentials when proxy has user:pass@ (%XX decoded, as
- * Paho sends them). Reads the reply's header only, so that fd then carries the tunnel.
- * 0, or -1 with why (n bytes, no credentials in it) filled. */
-int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, char *why, size_t n);
+/* Ask the proxy connected on fd (blocking; the caller bounds writes with SO_SNDTIMEO) for a
+ * tunnel to host:port by HTTP CONNECT, with Basic credentials when proxy has user:pass@ (%XX
+ * decoded, as Paho sends them). Waits at most timeout_ms for the whole reply header and reads
+ * nothing after it, so that fd then carries the tunnel. 0, or -1 with why (n bytes; no
+ * credentials in it, the proxy's status line with non-printable bytes as '?') filled. */
+int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int timeout_ms,
+                     char *why, size_t n);
 
 /* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
 int dev_proxy_excluded(const char *no_proxy, const char *host);

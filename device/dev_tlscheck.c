@@ -101,7 +101,7 @@ static int reach(const char *host, int port, const char *proxy, int timeout_ms, 
 		return -1;
 	}
 	if ((fd = dial(phost, pport, timeout_ms, why, n)) >= 0 &&
-	    dev_proxy_tunnel(fd, proxy, host, port, why, n)) {
+	    dev_proxy_tunnel(fd, proxy, host, port, timeout_ms, why, n)) {
 		close(fd);
 		fd = -1;
 	}
@@ -136,17 +136,20 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 		goto out;
 	}
 	int rc = wolfSSL_connect(ssl), err = rc == WOLFSSL_SUCCESS ? 0 : wolfSSL_get_error(ssl, rc);
-	char text[300];
+	char text[300], via[300] = "";
+	if (proxy) /* a proxy that inspects TLS shows its own certificate: say where we looked */
+		snprintf(via, sizeof(via), " (through the proxy %s)", dev_proxy_loggable(proxy));
 	if (verdict(err, host, ca, text, sizeof(text))) {
-		snprintf(why, n, "the broker's certificate at %s:%d %s", host, port, text);
+		snprintf(why, n, "the broker's certificate at %s:%d%s %s", host, port, via, text);
 		res = DEV_TLSCHECK_BAD_CERT;
 	} else if (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR) {
 		/* verified; the broker may then refuse us for want of a client certificate */
-		snprintf(why, n, "the broker's certificate at %s:%d is valid for %s", host, port, host);
+		snprintf(why, n, "the broker's certificate at %s:%d%s is valid for %s", host, port, via,
+		         host);
 		res = DEV_TLSCHECK_OK;
 	} else {
 		wolfSSL_ERR_error_string_n((unsigned long)err, text, sizeof(text));
-		snprintf(why, n, "no verdict on %s:%d: %s (%d)", host, port, text, err);
+		snprintf(why, n, "no verdict on %s:%d%s: %s (%d)", host, port, via, text, err);
 	}
 out:
 	wolfSSL_free(ssl);

@@ -247,7 +247,8 @@ Test(device, refuses_a_broker_certificate_for_another_name, .timeout = 90)
 	free(pki);
 }
 
-/* The same behind an HTTP CONNECT proxy: the certificate check goes through the proxy too. */
+/* The same behind an HTTP CONNECT proxy: the certificate check goes through the proxy too (a
+ * proxy that inspects TLS would show its own certificate, so the verdict says where it looked). */
 Test(device, names_a_wrong_broker_certificate_through_a_proxy, .timeout = 90)
 {
 	struct h_broker b = {0};
@@ -257,19 +258,18 @@ Test(device, names_a_wrong_broker_certificate_through_a_proxy, .timeout = 90)
 	int port = h_free_port();
 	pid_t proxy = start_tinyproxy(&b, port, &plog);
 	char *url = h_strf("http://127.0.0.1:%d", port);
+	char *verdict = h_strf("error: the broker's certificate at localhost:%d (through the proxy"
+	                       " 127.0.0.1:%d) does not name localhost, the host this device dials",
+	                       b.wss_port, port);
 	const char *extra[] = {"--proxy", url, NULL};
 	h_device_start(&d, &b, "dev-a", extra);
-	cr_expect(h_log_wait(d.log, "does not name localhost, the host this device dials", 1,
-	                     30000),
-	          "no verdict through the proxy: %s %s", d.log, plog);
+	cr_expect(h_log_wait(d.log, verdict, 1, 30000), "no verdict through the proxy: %s %s",
+	          d.log, plog);
 	cr_expect_eq(h_log_count(d.log, "connected to"), 0, "%s", d.log);
-	/* a tunnel for each WebSocket attempt (Paho dials ssl:// directly), and the check's */
-	int attempts = h_log_count(d.log, "cannot connect: wss://");
-	cr_expect_gt(h_log_count(plog, "): CONNECT localhost:"), attempts, "%d attempts; %s",
-	             attempts, plog);
 	h_device_free(&d);
 	h_stop(proxy, 3000);
 	h_broker_free(&b);
+	free(verdict);
 	free(url);
 	free(plog);
 	free(pki);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "dev_proxy.h"
+#include "otime.h"
 
 static int resolve(const char *cfg, const char *host, char *out)
 {
@@ -97,7 +98,7 @@ static int tunnel(const char *proxy, const char *host, const char *reply, char *
 	cr_assert_eq(write(sv[1], reply, rl), (ssize_t)rl);
 	shutdown(sv[1], SHUT_WR);
 	why[0] = '\0';
-	int rc = dev_proxy_tunnel(sv[0], proxy, host, 8883, why, 200);
+	int rc = dev_proxy_tunnel(sv[0], proxy, host, 8883, 3000, why, 200);
 	ssize_t n = read(sv[1], req, cap - 1);
 	req[n > 0 ? n : 0] = '\0';
 	if (!rc) { /* what follows the header is the tunnel's: not consumed */
@@ -141,4 +142,39 @@ Test(dev_proxy, tunnel_refused_says_why_without_the_credentials)
 	             -1);
 	cr_expect(strstr(why, "refused the tunnel to b:8883: SSH-2.0-OpenSSH"), "%s", why);
 	cr_expect_null(strstr(why, "secret"));
+	/* 200 must be the status, not the start of one; the proxy's bytes are quoted printable */
+	cr_expect_eq(tunnel("proxy:3128", "b", "HTTP/1.1 2000 x\r\n\r\n", req, sizeof(req), why),
+	             -1);
+	cr_expect_eq(tunnel("proxy:3128", "b", "HTTP/1.1200 x\r\n\r\n", req, sizeof(req), why), -1);
+	cr_expect_eq(tunnel("proxy:3128", "b", "HTTP/1.1 403 \x1b[2Jgone\r\n\r\n", req,
+	                    sizeof(req), why),
+	             -1);
+	cr_expect_str_eq(why, "proxy proxy:3128 refused the tunnel to b:8883: HTTP/1.1 403 ?[2Jgone");
+}
+
+/* A proxy that accepts the connection and says nothing holds the check for timeout_ms in all,
+ * not per byte; one whose header never ends is cut off. */
+Test(dev_proxy, tunnel_waits_for_the_reply_at_most_its_timeout)
+{
+	int sv[2];
+	char why[200];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	cr_assert_eq(write(sv[1], "HTTP/1.1 200 OK\r\n", 17), 17); /* and no blank line */
+	int64_t t0 = otime_mono_ms();
+	cr_expect_eq(dev_proxy_tunnel(sv[0], "proxy:3128", "b", 443, 300, why, sizeof(why)), -1);
+	int64_t took = otime_mono_ms() - t0;
+	cr_expect(took >= 250 && took < 3000, "%lld ms", (long long)took);
+	cr_expect_str_eq(why, "proxy proxy:3128: no reply to CONNECT in time");
+	close(sv[0]);
+	close(sv[1]);
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	static char endless[5000];
+	memset(endless, 'x', sizeof(endless));
+	memcpy(endless, "HTTP/1.1 200 OK\r\nX: ", 20);
+	cr_assert_eq(write(sv[1], endless, sizeof(endless)), (ssize_t)sizeof(endless));
+	cr_expect_eq(dev_proxy_tunnel(sv[0], "proxy:3128", "b", 443, 3000, why, sizeof(why)), -1);
+	cr_expect_str_eq(why, "proxy proxy:3128: reply header too long");
+	close(sv[0]);
+	close(sv[1]);
 }
