@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <pwd.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,13 +107,15 @@ static void stop_clusters(void)
 
 /* A process killed outright (a test's timeout: criterion and ctest send SIGKILL) runs no atexit
  * handler: a watcher outlives it and stops its clusters once the pipe it reads from, whose only
- * writer is the test process, reaches its end. The watcher is a grandchild in a session of its
- * own (ctest kills the test's process tree, not what init adopted); it reads the data
- * directories, one a line, and holds no other descriptor of the test's. */
+ * writer is the test process, reaches its end. `setsid -f` puts the watcher in a session of its
+ * own, adopted by init (ctest kills the test's process tree); posix_spawn, not fork, as the test
+ * process may have threads. It reads the data directories, one a line, and holds no other
+ * descriptor of the test's. */
 static const char watch_script[] =
-    "dirs=; while read -r d; do dirs=\"$dirs $d\"; done; for d in $dirs; do"
-    " if [ -f $d/postmaster.pid ]; then $0 $1/pg_ctl -D $d -m immediate stop; fi;"
-    " case $d in " TMP_CLUSTER "*) rm -rf ${d%/data};; esac; done";
+    "dirs=$(cat); printf '%s\\n' \"$dirs\" | while IFS= read -r d; do"
+    " [ -n \"$d\" ] || continue;"
+    " if [ -f \"$d/postmaster.pid\" ]; then $0 \"$1/pg_ctl\" -D \"$d\" -m immediate stop; fi;"
+    " case $d in " TMP_CLUSTER "*) rm -rf \"${d%/data}\";; esac; done";
 static int watch_fd = -1;
 
 static void watch_start(void)
@@ -122,27 +125,26 @@ static void watch_start(void)
 		fprintf(stderr, "h_pg: no watcher for the clusters (pipe)\n");
 		return;
 	}
-	const char *runuser = getuid() == 0 ? "runuser -u postgres --" : "env", *bin = bindir();
-	pid_t child = fork();
-	if (child == 0) {
-		setsid();
-		if (fork() == 0) {
-			int null = open("/dev/null", O_RDWR);
-			if (null < 0 || dup2(p[0], 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
-				_exit(127);
-			close_range(3, ~0U, 0);
-			execl("/bin/sh", "sh", "-c", watch_script, runuser, bin, (char *)NULL);
-		}
-		_exit(0);
-	}
+	const char *runuser = getuid() == 0 ? "runuser -u postgres --" : "env";
+	char *argv[] = {"setsid", "-f", "sh", "-c", (char *)watch_script, (char *)runuser,
+	                (char *)bindir(), NULL};
+	posix_spawn_file_actions_t fa;
+	pid_t pid = -1;
+	int st = -1, rc = posix_spawn_file_actions_init(&fa);
+	if (!rc && !(rc = posix_spawn_file_actions_adddup2(&fa, p[0], 0)) &&
+	    !(rc = posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)) &&
+	    !(rc = posix_spawn_file_actions_adddup2(&fa, 1, 2)) &&
+	    !(rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3)))
+		rc = posix_spawnp(&pid, "setsid", &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
 	close(p[0]);
-	if (child < 0) {
-		close(p[1]);
-		fprintf(stderr, "h_pg: no watcher for the clusters (fork)\n");
+	if (!rc && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+		watch_fd = p[1];
 		return;
 	}
-	waitpid(child, NULL, 0);
-	watch_fd = p[1];
+	close(p[1]);
+	fprintf(stderr, "h_pg: no watcher for the clusters (setsid -f: %s)\n",
+	        rc ? strerror(rc) : "failed");
 }
 
 static void track(const char *data)
@@ -183,6 +185,7 @@ void h_pg_start(struct h_pg *pg)
 		}
 		free(out);
 		free(cmd);
+		track(pg->data); /* before the start: a test killed while it waits is covered too */
 	}
 	/* A port from h_free_port can still be taken by a test running alongside before the
 	 * server binds it: a first start is retried on another port. */
@@ -227,7 +230,6 @@ void h_pg_start(struct h_pg *pg)
 	}
 	free(out);
 	free(cmd);
-	track(pg->data);
 	pg->running = true;
 }
 

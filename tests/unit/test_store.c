@@ -560,9 +560,6 @@ static int resolve(struct store *s)
 	return r;
 }
 
-/* A connection that breaks after COMMIT was sent leaves the outcome unknown; the store says
- * so (not "connection lost", which means "not committed, retry") and learns the truth from
- * the server afterwards. */
 /* 1 while process pid runs (a zombie no longer does). */
 static int running(int pid)
 {
@@ -621,6 +618,9 @@ Test(store, a_killed_test_leaves_no_postgresql_running, .timeout = 120)
 	cr_expect(!left, "postmaster %d still runs 30 s after its test was killed", pid);
 }
 
+/* A connection that breaks after COMMIT was sent leaves the outcome unknown; the store says
+ * so (not "connection lost", which means "not committed, retry") and learns the truth from
+ * the server afterwards. */
 Test(store, postgresql_commit_left_unanswered, .timeout = 120)
 {
 	struct h_pg pg = {0};
