@@ -10,9 +10,15 @@
  * transactions of `--txn` messages, each transaction's rows in arrival order or, with
  * `--order key`, in primary key order (as the bridge inserts a group's).
  *
+ * `--layout wide` (SQLite; an experiment, not the store's layout: docs/PERFORMANCE.md) stores
+ * the same readings one row per metric per message instead, in a table of its own:
+ * (device, metric, ts0, seq) and the message's readings of that metric packed in two blobs
+ * (4-byte time offsets from ts0, 8-byte values); with --order key only.
+ *
  * Usage: bench_rawinsert --store URL --devices D --messages M --rows R --cols C
  *                        [--txn MESSAGES] [--sync full|normal] [--order arrival|key]
- * Prints one key=value line: rows/s and messages/s. */
+ *                        [--layout rows|wide]
+ * Prints one key=value line: readings/s (rows_s), messages/s, and table rows/s. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +33,8 @@
 #define PROG "bench_rawinsert"
 
 static struct {
-	int devices, messages, rows, cols, txn, by_key;
+	int devices, messages, rows, cols, txn, by_key, wide;
+	int64_t wide_rows; /* table rows written with --layout wide */
 	int64_t base_dev;
 } G;
 
@@ -93,6 +100,51 @@ static void sq_check(sqlite3 *db, int rc, const char *what)
 		bench_die(PROG, "%s: %s", what, sqlite3_errmsg(db));
 }
 
+/* One transaction's rows, one table row each. */
+static void insert_rows(sqlite3 *db, sqlite3_stmt *ins, const struct row *rows, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_bind_int64(ins, 1, rows[i].device);
+		sqlite3_bind_int64(ins, 2, rows[i].metric);
+		sqlite3_bind_int64(ins, 3, rows[i].ts);
+		sqlite3_bind_int64(ins, 4, rows[i].seq);
+		sqlite3_bind_int64(ins, 5, rows[i].idx);
+		sqlite3_bind_double(ins, 6, rows[i].value);
+		sq_check(db, sqlite3_step(ins), "insert");
+		sqlite3_reset(ins);
+	}
+}
+
+/* The wide layout: each run of one (device, metric, seq) in the key-ordered rows is one row. */
+static void insert_wide(sqlite3 *db, sqlite3_stmt *ins, const struct row *rows, size_t n)
+{
+	uint32_t *dts = bench_xcalloc((size_t)G.rows, sizeof(*dts));
+	double *vals = bench_xcalloc((size_t)G.rows, sizeof(*vals));
+	for (size_t i = 0; i < n;) {
+		const struct row *r = &rows[i];
+		size_t k = 0;
+		for (; i < n && k < (size_t)G.rows && rows[i].device == r->device &&
+		       rows[i].metric == r->metric && rows[i].seq == r->seq;
+		     i++, k++) {
+			if (rows[i].ts - r->ts > (int64_t)UINT32_MAX)
+				bench_die(PROG, "--layout wide: a message spans over 49 days");
+			dts[k] = (uint32_t)(rows[i].ts - r->ts);
+			vals[k] = rows[i].value;
+		}
+		sqlite3_bind_int64(ins, 1, r->device);
+		sqlite3_bind_int64(ins, 2, r->metric);
+		sqlite3_bind_int64(ins, 3, r->ts);
+		sqlite3_bind_int64(ins, 4, r->seq);
+		sqlite3_bind_blob(ins, 5, dts, (int)(k * sizeof(*dts)), SQLITE_STATIC);
+		sqlite3_bind_blob(ins, 6, vals, (int)(k * sizeof(*vals)), SQLITE_STATIC);
+		sq_check(db, sqlite3_step(ins), "insert");
+		sqlite3_reset(ins);
+		G.wide_rows++;
+	}
+	free(dts);
+	free(vals);
+}
+
 static double run_sqlite(const char *path, const char *sync)
 {
 	sqlite3 *db;
@@ -101,10 +153,21 @@ static double run_sqlite(const char *path, const char *sync)
 	sq_check(NULL, sqlite3_open(path, &db), "open");
 	snprintf(sql, sizeof(sql), "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s", sync);
 	sq_check(db, sqlite3_exec(db, sql, NULL, NULL, NULL), "pragma");
+	if (G.wide)
+		sq_check(db,
+		         sqlite3_exec(db,
+		                      "CREATE TABLE IF NOT EXISTS readings_wide (device INTEGER NOT"
+		                      " NULL, metric INTEGER NOT NULL, ts0 INTEGER NOT NULL, seq"
+		                      " INTEGER NOT NULL, ts BLOB NOT NULL, vals BLOB NOT NULL,"
+		                      " PRIMARY KEY (device, metric, ts0, seq)) WITHOUT ROWID",
+		                      NULL, NULL, NULL),
+		         "create");
 	sq_check(db,
 	         sqlite3_prepare_v2(db,
-	                            "INSERT INTO readings (device, metric, ts, seq, idx, value)"
-	                            " VALUES (?, ?, ?, ?, ?, ?)",
+	                            G.wide ? "INSERT INTO readings_wide (device, metric, ts0, seq,"
+	                                     " ts, vals) VALUES (?, ?, ?, ?, ?, ?)"
+	                                   : "INSERT INTO readings (device, metric, ts, seq, idx,"
+	                                     " value) VALUES (?, ?, ?, ?, ?, ?)",
 	                            -1, &ins, NULL),
 	         "prepare");
 	size_t per = (size_t)G.rows * (size_t)G.cols;
@@ -114,16 +177,7 @@ static double run_sqlite(const char *path, const char *sync)
 	for (int t = 0; t * G.txn < G.messages; t++) {
 		sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
 		size_t n = txn_rows(t, rows, state);
-		for (size_t i = 0; i < n; i++) {
-			sqlite3_bind_int64(ins, 1, rows[i].device);
-			sqlite3_bind_int64(ins, 2, rows[i].metric);
-			sqlite3_bind_int64(ins, 3, rows[i].ts);
-			sqlite3_bind_int64(ins, 4, rows[i].seq);
-			sqlite3_bind_int64(ins, 5, rows[i].idx);
-			sqlite3_bind_double(ins, 6, rows[i].value);
-			sq_check(db, sqlite3_step(ins), "insert");
-			sqlite3_reset(ins);
-		}
+		(G.wide ? insert_wide : insert_rows)(db, ins, rows, n);
 		sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
 	}
 	double secs = (double)(bench_mono_us() - t0) / 1e6;
@@ -191,7 +245,9 @@ int main(int argc, char **argv)
 	const char *url = bench_arg(argc, argv, "--store", NULL);
 	const char *sync = bench_arg(argc, argv, "--sync", "full");
 	const char *order = bench_arg(argc, argv, "--order", "arrival");
+	const char *layout = bench_arg(argc, argv, "--layout", "rows");
 	G.by_key = !strcmp(order, "key");
+	G.wide = !strcmp(layout, "wide");
 	G.devices = (int)bench_arg_l(argc, argv, "--devices", 50);
 	G.messages = (int)bench_arg_l(argc, argv, "--messages", 10000);
 	G.rows = (int)bench_arg_l(argc, argv, "--rows", 1);
@@ -200,10 +256,13 @@ int main(int argc, char **argv)
 	G.base_dev = 1;
 	if (!url || G.devices < 1 || G.messages < 1 || G.rows < 1 || G.cols < 1 || G.txn < 1 ||
 	    (strcmp(sync, "full") && strcmp(sync, "normal")) ||
-	    (strcmp(order, "arrival") && strcmp(order, "key"))) {
+	    (strcmp(order, "arrival") && strcmp(order, "key")) ||
+	    (strcmp(layout, "rows") && strcmp(layout, "wide")) ||
+	    (G.wide && (strncmp(url, "sqlite:", 7) || !G.by_key))) {
 		fprintf(stderr,
 		        "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
-		        " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]\n");
+		        " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]"
+		        " [--layout rows|wide (SQLite, --order key)]\n");
 		return 2;
 	}
 	schema(url);
@@ -213,7 +272,10 @@ int main(int argc, char **argv)
 	else
 		secs = run_pg(url);
 	double rows = (double)G.messages * G.rows * G.cols;
-	printf("rawinsert ok=1 rows=%.0f msgs=%d txn_msgs=%d secs=%.3f rows_s=%.0f msg_s=%.0f\n", rows,
-	       G.messages, G.txn, secs, rows / secs, G.messages / secs);
+	int64_t trows = G.wide ? G.wide_rows : (int64_t)rows;
+	printf("rawinsert ok=1 rows=%.0f msgs=%d txn_msgs=%d secs=%.3f rows_s=%.0f msg_s=%.0f"
+	       " layout=%s table_rows=%" PRId64 " table_rows_s=%.0f\n",
+	       rows, G.messages, G.txn, secs, rows / secs, G.messages / secs, layout, trows,
+	       (double)trows / secs);
 	return 0;
 }
