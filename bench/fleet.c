@@ -624,7 +624,7 @@ int main(int argc, char **argv)
 	G.restart_timeout_ms = bench_arg_l(argc, argv, "--restart-timeout", 300) * 1000;
 	G.backoff_min_ms = (int)bench_arg_l(argc, argv, "--backoff-min-ms", 1000);
 	G.backoff_max_ms = (int)bench_arg_l(argc, argv, "--backoff-max-ms", 300000);
-	G.connect_timeout_s = (int)bench_arg_l(argc, argv, "--connect-timeout", 30); /* the device's */
+	G.connect_timeout_s = (int)bench_arg_l(argc, argv, "--connect-timeout", 0); /* 0: the device's */
 	G.ramp_rate = (int)bench_arg_l(argc, argv, "--ramp-rate", 1000);
 	G.restart_cmd = bench_arg(argc, argv, "--restart-cmd", NULL);
 	G.broker_pidfile = bench_arg(argc, argv, "--broker-pidfile", NULL);

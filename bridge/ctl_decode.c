@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "ohex.h"
 #include "outpost.pb-c.h"
 #include "wire_batch.h"
 #include "wire_cert.h"
@@ -355,14 +356,6 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	body(d, &e, have_birth_key ? &birth_key : NULL);
 }
 
-static int hexval(int c)
-{
-	return c >= '0' && c <= '9'   ? c - '0'
-	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
-	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
-	                              : -1;
-}
-
 /* 1 if every non-empty line is "TOPIC HEX". */
 static int is_lines(const char *buf, size_t len)
 {
@@ -379,7 +372,7 @@ static int is_lines(const char *buf, size_t len)
 			if (!sp || sp == p || (le - sp - 1) % 2)
 				return 0;
 			for (const char *h = sp + 1; h < le; h++)
-				if (hexval((unsigned char)*h) < 0)
+				if (ohex_digit((unsigned char)*h) < 0)
 					return 0;
 			lines++;
 		}
@@ -430,8 +423,8 @@ static void decode_line(struct dec *d, char *p, char *end)
 	size_t n = (size_t)(le - sp - 1) / 2;
 	uint8_t *bytes = (uint8_t *)sp + 1; /* decode in place */
 	for (size_t i = 0; i < n; i++)
-		bytes[i] = (uint8_t)(hexval((unsigned char)sp[1 + 2 * i]) << 4 |
-				     hexval((unsigned char)sp[2 + 2 * i]));
+		bytes[i] = (uint8_t)(ohex_digit((unsigned char)sp[1 + 2 * i]) << 4 |
+				     ohex_digit((unsigned char)sp[2 + 2 * i]));
 	message(d, p, bytes, n);
 }
 

@@ -8,6 +8,7 @@
 
 #include <libpq-fe.h>
 
+#include "ohex.h"
 #include "otime.h"
 #include "store_be.h"
 
@@ -464,17 +465,6 @@ static int64_t pg_changes(void *stmt)
 	return s->changes;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static int pg_column(void *stmt, int col, struct store_val *out)
 {
 	struct pg_stmt *s = stmt;
@@ -512,7 +502,7 @@ static int pg_column(void *stmt, int col, struct store_val *out)
 		}
 		for (size_t i = 0; i < len; i++)
 			s->blob[i] =
-			    (unsigned char)(hexval(v[2 + 2 * i]) << 4 | hexval(v[3 + 2 * i]));
+			    (unsigned char)(ohex_digit(v[2 + 2 * i]) << 4 | ohex_digit(v[3 + 2 * i]));
 		s->blob[len] = 0;
 		out->t = STORE_VBLOB;
 		out->p = s->blob;

@@ -20,8 +20,9 @@ int ofile_sync_dir(const char *dir)
 	return rc ? -1 : 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+int ofile_write_all(int fd, const void *data, size_t n)
 {
+	const char *p = data;
 	while (n) {
 		ssize_t w = write(fd, p, n);
 		if (w < 0 && errno == EINTR)
@@ -49,7 +50,7 @@ int ofile_replace(const char *path, const void *data, size_t len)
 	if (slash)
 		slash[slash == dir] = '\0'; /* "/x" -> "/" */
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || write_all(fd, data, len) || fsync(fd))
+	if (fd < 0 || ofile_write_all(fd, data, len) || fsync(fd))
 		goto out;
 	if (close(fd)) {
 		fd = -1;

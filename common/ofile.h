@@ -1,5 +1,5 @@
 /* ofile.h - replacing a small file so that a crash or power cut leaves the old contents or the
- * new, never a mix, and the new ones are on disk when the call returns. */
+ * new, never a mix, and the new ones are on disk when the call returns; whole writes. */
 #ifndef OFILE_H
 #define OFILE_H
 
@@ -8,6 +8,10 @@
 /* Write data to <path>.tmp (mode 0600), fsync it, rename it over path and fsync the directory.
  * Returns 0, or -1 with errno set (the temporary file is removed). */
 int ofile_replace(const char *path, const void *data, size_t len);
+
+/* Write all n bytes of data to fd, retrying short writes and EINTR. Returns 0, or -1 with errno
+ * set (ENOSPC when a write made no progress). On a socket, SIGPIPE must be ignored. */
+int ofile_write_all(int fd, const void *data, size_t n);
 
 /* fsync a directory, so that a rename or a new file in it survives a power cut. 0 or -1. */
 int ofile_sync_dir(const char *dir);

@@ -10,6 +10,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/coding.h>
+
+#include "ofile.h"
+#include "ohex.h"
 #include "otime.h"
 
 #include "dev_proxy.h"
@@ -147,43 +152,8 @@ int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port)
 	return 0;
 }
 
-static int hexval(char c)
-{
-	return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
-}
-
-/* RFC 4648 base64 of in[0..n) into out (4 * ((n + 2) / 3) + 1 bytes). */
-static void base64(const unsigned char *in, size_t n, char *out)
-{
-	static const char abc[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
-		             (i + 2 < n ? in[i + 2] : 0);
-		*out++ = abc[v >> 18 & 63];
-		*out++ = abc[v >> 12 & 63];
-		*out++ = i + 1 < n ? abc[v >> 6 & 63] : '=';
-		*out++ = i + 2 < n ? abc[v & 63] : '=';
-	}
-	*out = '\0';
-}
-
 #define TUNNEL_CRED_MAX   256
 #define TUNNEL_HEADER_MAX 4096
-
-static int send_all(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t w = send(fd, buf, len, MSG_NOSIGNAL); /* bounded by the caller's SO_SNDTIMEO */
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		buf += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
 
 /* The reply's header, byte by byte up to the blank line (what follows is the tunnel's), all of
  * it by deadline (monotonic ms): 0 with head (cap bytes) NUL-terminated, or -1 with *err a
@@ -231,6 +201,7 @@ int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int 
 	char auth[4 * (TUNNEL_CRED_MAX / 3 + 1) + 1] = "", req[1400], head[TUNNEL_HEADER_MAX + 1];
 	const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
 	size_t cn = 0;
+	word32 alen = sizeof(auth) - 1;
 	int rc = -1, len;
 	for (const char *p = proxy; at && p < at; p++) {
 		if (cn == sizeof(cred)) {
@@ -239,14 +210,17 @@ int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int 
 		}
 		/* dev_proxy_resolve let only well-formed %XX escapes through */
 		if (*p == '%' && p + 2 < at) {
-			cred[cn++] = (unsigned char)(hexval(p[1]) << 4 | hexval(p[2]));
+			cred[cn++] = (unsigned char)(ohex_digit(p[1]) << 4 | ohex_digit(p[2]));
 			p += 2;
 		} else {
 			cred[cn++] = (unsigned char)*p;
 		}
 	}
-	if (at)
-		base64(cred, cn, auth);
+	if (at && Base64_Encode_NoNl(cred, (word32)cn, (byte *)auth, &alen)) {
+		snprintf(why, n, "proxy %s: cannot encode the credentials", where);
+		goto out;
+	}
+	auth[at ? alen : 0] = '\0';
 	len = snprintf(req, sizeof(req),
 	               "CONNECT %s%s%s:%d HTTP/1.1\r\nHost: %s%s%s:%d\r\n%s%s%s\r\n", lb, host, rb,
 	               port, lb, host, rb, port, at ? "Proxy-Authorization: Basic " : "", auth,
@@ -255,7 +229,7 @@ int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int 
 		snprintf(why, n, "proxy %s: broker host too long", where);
 		goto out;
 	}
-	if (send_all(fd, req, (size_t)len)) {
+	if (ofile_write_all(fd, req, (size_t)len)) {
 		snprintf(why, n, "proxy %s: cannot send CONNECT: %s", where, strerror(errno));
 		goto out;
 	}

@@ -22,7 +22,8 @@ const char *dev_proxy_loggable(const char *proxy);
  * into host (cap bytes) and *port. 0, or -1 if proxy is not "[user:pass@]host:port". */
 int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port);
 
-/* Ask the proxy connected on fd (blocking; the caller bounds writes with SO_SNDTIMEO) for a
+/* Ask the proxy connected on fd (blocking; the caller bounds writes with SO_SNDTIMEO and
+ * ignores SIGPIPE, as outpost-device does) for a
  * tunnel to host:port by HTTP CONNECT, with Basic credentials when proxy has user:pass@ (%XX
  * decoded, as Paho sends them). Waits at most timeout_ms for the whole reply header and reads
  * nothing after it, so that fd then carries the tunnel. 0, or -1 with why (n bytes; no

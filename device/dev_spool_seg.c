@@ -20,20 +20,7 @@ int spool_io_err(void)
 
 int spool_write_all(int fd, const uint8_t *p, size_t n)
 {
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return spool_io_err();
-		if (w == 0) {
-			errno = ENOSPC;
-			return DEV_SPOOL_ENOSPC;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return DEV_SPOOL_OK;
+	return ofile_write_all(fd, p, n) ? spool_io_err() : DEV_SPOOL_OK;
 }
 
 static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)

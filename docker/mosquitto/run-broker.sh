@@ -64,8 +64,8 @@ done
 # 0 would mean "no limit" to mosquitto: a stopped bridge could then pin all the broker's memory.
 # It reads the message count as an int (a larger number wraps to "no limit" too), the bytes
 # as a long.
-limit_ok() { # VALUE MAX: decimal, 1..MAX (same-length digit strings compare as numbers)
-	[[ "$1" =~ ^[1-9][0-9]*$ ]] && { [ "${#1}" -lt "${#2}" ] || { [ "${#1}" -eq "${#2}" ] && [[ ! "$1" > "$2" ]]; }; }
+limit_ok() { # VALUE MAX: decimal, 1..MAX (no longer than MAX, so the arithmetic cannot overflow)
+	[[ "$1" =~ ^[1-9][0-9]*$ ]] && [ "${#1}" -le "${#2}" ] && [ "$1" -le "$2" ]
 }
 for v in OUTPOST_BROKER_MAX_QUEUED_MESSAGES:2147483647 OUTPOST_BROKER_MAX_QUEUED_BYTES:999999999999; do
 	name=${v%%:*}

@@ -15,35 +15,6 @@
 #include "wire_env.h"
 #include "wire_msg.h"
 
-static int wait_view(struct h_fakebridge *fb, const char *id, int timeout_ms,
-		     int (*pred)(const struct h_device_view *v, uint64_t arg), uint64_t arg,
-		     struct h_device_view *out)
-{
-	long long end = h_now_ms() + timeout_ms;
-	do {
-		h_fakebridge_view(fb, id, out);
-		if (pred(out, arg))
-			return 1;
-		h_sleep_ms(50);
-	} while (h_now_ms() < end);
-	return 0;
-}
-
-static int readings_at_least(const struct h_device_view *v, uint64_t n)
-{
-	return v->readings >= n;
-}
-
-static int births_at_least(const struct h_device_view *v, uint64_t n)
-{
-	return v->births >= n;
-}
-
-static int frontier_at_least(const struct h_device_view *v, uint64_t n)
-{
-	return v->frontier >= n;
-}
-
 Test(device, wss_first_with_acks, .timeout = 60)
 {
 	struct h_broker b = {0};
@@ -52,7 +23,7 @@ Test(device, wss_first_with_acks, .timeout = 60)
 	h_broker_start(&b, h_pki());
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
 	h_device_start(&d, &b, "dev-a", NULL);
-	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 60, &v), "readings: %llu",
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_readings_at_least, 60, &v), "readings: %llu",
 		  (unsigned long long)v.readings);
 	cr_expect(h_log_count(d.log, "connected to wss://localhost:") == 1, "log %s", d.log);
 	cr_expect_eq(v.bad, 0);
@@ -75,7 +46,7 @@ Test(device, falls_back_to_mqtts_when_wss_is_closed, .timeout = 60)
 	char *closed = h_strf("%d", h_free_port());
 	const char *extra[] = {"--wss-port", closed, NULL};
 	h_device_start(&d, &b, "dev-a", extra);
-	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 20, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_readings_at_least, 20, &v));
 	cr_expect_eq(h_log_count(d.log, "connected to ssl://localhost:"), 1, "log %s", d.log);
 	cr_expect_eq(h_log_count(d.log, "connected to wss://"), 0);
 	h_device_free(&d);
@@ -119,7 +90,7 @@ Test(device, through_an_http_connect_proxy, .timeout = 60)
 	char *url = h_strf("http://127.0.0.1:%d/", port);
 	const char *extra[] = {"--proxy", url, NULL};
 	h_device_start(&d, &b, "dev-a", extra);
-	cr_assert(wait_view(fb, "dev-a", 20000, readings_at_least, 20, &v), "no data through the proxy; logs %s %s",
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 20, &v), "no data through the proxy; logs %s %s",
 		  d.log, plog);
 	cr_expect_geq(h_log_count(plog, "CONNECT"), 1, "the proxy saw the tunnel (%s)", plog);
 	cr_expect_geq(h_log_count(d.log, "using HTTP CONNECT proxy 127.0.0.1:"), 1);
@@ -135,7 +106,7 @@ Test(device, through_an_http_connect_proxy, .timeout = 60)
 	h_device_start(&e, &b, "dev-b", extra2);
 	unsetenv("https_proxy");
 	free(env);
-	cr_assert(wait_view(fb, "dev-b", 20000, readings_at_least, 20, &v), "no data via https_proxy");
+	cr_assert(h_fakebridge_wait(fb, "dev-b", 20000, h_view_readings_at_least, 20, &v), "no data via https_proxy");
 	cr_expect_gt(h_log_count(plog, "CONNECT"), before);
 	h_device_free(&d);
 	h_device_free(&e);
@@ -173,7 +144,7 @@ Test(device, refuses_a_broker_from_another_ca, .timeout = 90)
 	/* reconnect: first the real broker, then an impostor on the same address */
 	h_broker_start(&b, h_pki());
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
-	cr_assert(wait_view(fb, "dev-a", 20000, readings_at_least, 10, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 10, &v));
 	h_fakebridge_stop(fb);
 	h_broker_stop(&b);
 	int fails = h_log_count(d.log, "reconnecting in");
@@ -310,7 +281,7 @@ Test(device, notices_a_kick_by_the_broker_and_dials_again, .timeout = 180)
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
 	const char *extra[] = {"--transport", "mqtts", NULL};
 	h_device_start(&d, &b, "dev-x", extra);
-	cr_assert(wait_view(fb, "dev-x", 20000, readings_at_least, 10, &v), "log %s", d.log);
+	cr_assert(h_fakebridge_wait(fb, "dev-x", 20000, h_view_readings_at_least, 10, &v), "log %s", d.log);
 	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-x", h_source_dir(), pki);
 	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
 	free(out);
@@ -336,13 +307,13 @@ Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
 	const char *extra[] = {"--backoff-min", "100ms", "--backoff-max", "1s", NULL};
 	h_device_start(&d, &b, "dev-a", extra);
-	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 1, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 1, &v));
 	h_fakebridge_stop(fb);
 	h_broker_stop(&b);
 	cr_assert(h_log_wait(d.log, "reconnecting in", 6, 30000), "log %s", d.log);
 	h_broker_start(&b, h_pki());
 	fb = h_fakebridge_start(&b, H_ACK_NORMAL);
-	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no reconnect (%s)", d.log);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_births_at_least, 1, &v), "no reconnect (%s)", d.log);
 	cr_expect_eq(h_log_count(d.log, "connected to"), 2);
 
 	/* delays are random within a growing cap: not all equal, none above the cap */
@@ -402,10 +373,10 @@ Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120
 	h_device_start(&d, &b, "dev-a", NULL);
 
 	/* no acks yet: data arrives, but the spool must keep all of it */
-	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 40, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_readings_at_least, 40, &v));
 	h_sleep_ms(1500);
 	kill(d.pid, SIGUSR1); /* reconnect: the new Birth reports the spool */
-	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 2, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 2, &v));
 	cr_expect_geq(v.last_spool_records, v.batches > 0 ? v.batches - 1 : 0,
 		      "unacknowledged data left the spool (%llu records, %llu batches seen)",
 		      (unsigned long long)v.last_spool_records, (unsigned long long)v.batches);
@@ -424,10 +395,10 @@ Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120
 		h_sleep_ms(100);
 	cr_assert_gt(h_count_in_file(d.log, "connected to"), connects, "no reconnect");
 	/* the fake bridge's session queued the Birth if the device was back first */
-	cr_assert(wait_view(fb, "dev-a", 20000, births_at_least, 1, &v), "no Birth after reconnect");
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_births_at_least, 1, &v), "no Birth after reconnect");
 	h_sleep_ms(2000);
 	uint64_t max_seq, rows = logged_rows(d.log, &max_seq);
-	cr_assert(wait_view(fb, "dev-a", 30000, frontier_at_least, max_seq, &v),
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 30000, h_view_frontier_at_least, max_seq, &v),
 		  "frontier %llu never reached batch %llu", (unsigned long long)v.frontier,
 		  (unsigned long long)max_seq);
 
@@ -451,7 +422,7 @@ Test(device, outage_loses_nothing_and_spool_empties_only_on_acks, .timeout = 120
 	/* and the spool is empty again once everything was acknowledged */
 	int births = (int)v.births;
 	kill(d.pid, SIGUSR1);
-	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, (uint64_t)births + 1, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, (uint64_t)births + 1, &v));
 	cr_expect_leq(v.last_spool_records, 2, "spool still holds %llu records",
 		      (unsigned long long)v.last_spool_records);
 	h_device_free(&d);
@@ -491,7 +462,7 @@ Test(device, a_clock_step_back_seals_the_batch_and_loses_no_sample, .timeout = 9
 	cr_expect_eq(h_device_stop(&d), 0);
 	uint64_t max_seq;
 	logged_rows(d.log, &max_seq);
-	cr_assert(wait_view(fb, "dev-a", 15000, frontier_at_least, max_seq, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_frontier_at_least, max_seq, &v));
 	cr_expect_eq(h_log_count(d.log, "dropping"), 0, "readings dropped: %s", d.log);
 
 	int64_t t[1000];
@@ -524,10 +495,10 @@ Test(device, forged_ack_deletes_nothing, .timeout = 90)
 	h_broker_start(&b, h_pki());
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_FORGED);
 	h_device_start(&d, &b, "dev-a", NULL);
-	cr_assert(wait_view(fb, "dev-a", 15000, readings_at_least, 50, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_readings_at_least, 50, &v));
 	cr_assert(h_log_wait(d.log, "ignored an ack that failed verification", 2, 10000));
 	kill(d.pid, SIGUSR1);
-	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 2, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 2, &v));
 	cr_expect_geq(v.last_spool_records, v.batches, "forged acks deleted spooled data (%llu left of %llu)",
 		      (unsigned long long)v.last_spool_records, (unsigned long long)v.batches);
 	cr_expect_gt(v.batches, 1);
@@ -726,11 +697,11 @@ Test(device, rss_stable_across_200_reconnects, .timeout = 300)
 	setenv("ASAN_OPTIONS", "detect_leaks=1:quarantine_size_mb=0:thread_local_quarantine_size_kb=0", 1);
 #endif
 	h_device_start(&d, &b, "dev-a", extra);
-	cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, 1, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 1, &v));
 	long rss10 = 0, rss200 = 0;
 	for (int i = 1; i <= 200; i++) {
 		kill(d.pid, SIGUSR1);
-		cr_assert(wait_view(fb, "dev-a", 15000, births_at_least, (uint64_t)i + 1, &v),
+		cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, (uint64_t)i + 1, &v),
 			  "cycle %d: no reconnect", i);
 		if (i == 10)
 			rss10 = h_rss_kib(d.pid);

@@ -261,10 +261,7 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .time
 	h_fakebridge_view(e.fb, "dev-a", &v);
 	cr_expect_eq(v.births, v0.births, "a Birth went with a seq the spool could not reserve");
 	make_room(&e);
-	for (int i = 0; i < 300 && v.births == v0.births; i++) {
-		h_sleep_ms(100);
-		h_fakebridge_view(e.fb, "dev-a", &v);
-	}
+	h_fakebridge_wait(e.fb, "dev-a", 30000, h_view_births_at_least, v0.births + 1, &v);
 	cr_expect_eq(v.births, v0.births + 1, "the Birth went once there was room");
 	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 40000), SUCCEEDED, "%s", msg);
 	cr_expect_str_eq(msg, "agent restarted");

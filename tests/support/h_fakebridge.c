@@ -493,3 +493,32 @@ void h_fakebridge_replay_tasks(struct h_fakebridge *fb)
 			    fb->last_corr, fb->last_corr_len);
 	pthread_mutex_unlock(&fb->mu);
 }
+
+int h_fakebridge_wait(struct h_fakebridge *fb, const char *id, int timeout_ms,
+                      int (*pred)(const struct h_device_view *v, uint64_t arg), uint64_t arg,
+                      struct h_device_view *out)
+{
+	long long end = h_now_ms() + timeout_ms;
+	do {
+		h_fakebridge_view(fb, id, out);
+		if (pred(out, arg))
+			return 1;
+		h_sleep_ms(50);
+	} while (h_now_ms() < end);
+	return 0;
+}
+
+int h_view_readings_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->readings >= n;
+}
+
+int h_view_births_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->births >= n;
+}
+
+int h_view_frontier_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->frontier >= n;
+}

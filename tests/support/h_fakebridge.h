@@ -40,6 +40,15 @@ struct h_device_view {
 /* Snapshot of what arrived from device id (zeros if nothing). */
 void h_fakebridge_view(struct h_fakebridge *fb, const char *id, struct h_device_view *v);
 
+/* Poll the view of device id (every 50 ms, up to timeout_ms) until pred(view, arg) holds: 1,
+ * or 0 on timeout; *out holds the last view either way. Predicates for it below. */
+int h_fakebridge_wait(struct h_fakebridge *fb, const char *id, int timeout_ms,
+                      int (*pred)(const struct h_device_view *v, uint64_t arg), uint64_t arg,
+                      struct h_device_view *out);
+int h_view_readings_at_least(const struct h_device_view *v, uint64_t n);
+int h_view_births_at_least(const struct h_device_view *v, uint64_t n);
+int h_view_frontier_at_least(const struct h_device_view *v, uint64_t n);
+
 /* Every (t_ms, value) received for metric name of device id, in arrival order of distinct
  * batches; returns how many were written (up to cap). */
 size_t h_fakebridge_series(struct h_fakebridge *fb, const char *id, const char *metric,

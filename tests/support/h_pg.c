@@ -195,19 +195,12 @@ void h_pg_start(struct h_pg *pg)
 			     "max_connections=50\" start",
 			     as_pg(), bindir(), pg->data, pg->log, pg->port, pg->dir);
 		if (pg->small_disk_mb) {
-			/* h_sh runs cmd in single quotes: the inner shell's are double, and cmd's
-			 * own double quotes are escaped for it */
-			char *esc = calloc(2 * strlen(cmd) + 1, 1), *e = esc;
-			for (const char *c = cmd; esc && *c; c++) {
-				if (*c == '"')
-					*e++ = '\\';
-				*e++ = *c;
-			}
-			char *ns = h_strf("unshare -m --propagation private sh -c \"mkdir -p %s/small && "
-			                  "mount -t tmpfs -o size=%dm,mode=0700 tmpfs %s/small && chown "
-			                  "postgres %s/small && exec %s\"",
-			                  pg->dir, pg->small_disk_mb, pg->dir, pg->dir, esc ? esc : "false");
-			free(esc);
+			/* the mount in a namespace of its own, then cmd (split by h_sh's shell, its
+			 * quotes and all) run there as the inner shell's arguments */
+			char *ns = h_strf("mkdir -p %s/small && unshare -m --propagation private sh -c"
+			                  " \"mount -t tmpfs -o size=%dm,mode=0700 tmpfs %s/small &&"
+			                  " chown postgres %s/small && exec \\\"\\$@\\\"\" sh %s",
+			                  pg->dir, pg->small_disk_mb, pg->dir, pg->dir, cmd);
 			free(cmd);
 			cmd = ns;
 		}

@@ -182,13 +182,19 @@ static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, 
 	return sealed(signer, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
+/* What a bridge does with a committed group's device states. */
+static void put_states(const struct brg_outcome *o)
+{
+	for (size_t i = 0; i < o->n_states; i++)
+		brg_registry_put(reg, o->states[i].device, &o->states[i].info);
+}
+
 static void commit(struct brg_item **items, size_t n)
 {
 	brg_outcome_clear(&out);
 	cr_assert_eq(brg_commit_group(com, items, n, store_now_ms(), &out), STORE_OK, "%s",
 	             store_errmsg(s));
-	for (size_t i = 0; i < out.n_states; i++)
-		brg_registry_put(reg, out.states[i].device, &out.states[i].info);
+	put_states(&out);
 }
 
 static const struct brg_reply *ack_of(const char *id)
@@ -1294,9 +1300,7 @@ Test(brg_commit_pg, two_bridges_committing_the_same_envelopes_at_once_store_each
 			             store_errmsg(i ? s2 : s));
 			stored += r[i].out.envelopes;
 			dups += r[i].out.duplicates;
-			for (size_t k = 0; k < r[i].out.n_states; k++)
-				brg_registry_put(reg, r[i].out.states[k].device,
-				                 &r[i].out.states[k].info);
+			put_states(&r[i].out);
 			free_items(r[i].items, r[i].n);
 			brg_outcome_free(&r[i].out);
 		}
