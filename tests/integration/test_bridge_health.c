@@ -17,26 +17,27 @@
 #include "harness.h"
 #include "wire_env.h"
 
+/* fmt with its one %s replaced by a (a device id: no quoting needed); the caller frees. */
+static char *sql_for(const char *fmt, const char *a)
+{
+	const char *p = strstr(fmt, "%s");
+	return p ? h_strf("%.*s%s%s", (int)(p - fmt), fmt, a, p + 2) : h_strf("%s", fmt);
+}
+
 static int64_t qs(const char *url, const char *fmt, const char *a)
 {
-	char *sql = h_strf("%s", fmt);
-	char *p = strstr(sql, "%s");
-	char *full = p ? h_strf("%.*s%s%s", (int)(p - sql), sql, a, p + 2) : h_strf("%s", sql);
-	int64_t v = h_store_i64(url, full, 0);
+	char *sql = sql_for(fmt, a);
+	int64_t v = h_store_i64(url, sql, 0);
 	free(sql);
-	free(full);
 	return v;
 }
 
 static int wait_for(const char *url, const char *fmt, const char *a, int64_t want, int ms)
 {
-	long long end = h_now_ms() + ms;
-	while (h_now_ms() < end) {
-		if (qs(url, fmt, a) == want)
-			return 1;
-		h_sleep_ms(50);
-	}
-	return 0;
+	char *sql = sql_for(fmt, a);
+	int64_t v = h_store_wait_i64(url, sql, H_EQUAL, want, ms);
+	free(sql);
+	return v == want;
 }
 
 #define EVENTS(type)                                                                               \

@@ -33,37 +33,42 @@ static int64_t q(const char *fmt, const char *arg)
 	return v;
 }
 
-static int64_t rejections(const char *device, const char *reason)
+static char *rejections_sql(const char *device, const char *reason)
 {
-	char *sql = h_strf("SELECT COALESCE(SUM(r.count), 0) FROM rejections r JOIN devices d ON"
-	                   " d.id = r.device WHERE d.device_id = '%s' AND r.reason = '%s'",
-	                   device, reason);
+	return h_strf("SELECT COALESCE(SUM(r.count), 0) FROM rejections r JOIN devices d ON"
+	              " d.id = r.device WHERE d.device_id = '%s' AND r.reason = '%s'",
+	              device, reason);
+}
+
+static void wait_rejections(const char *device, const char *reason, int64_t n)
+{
+	char *sql = rejections_sql(device, reason);
+	int64_t v = h_store_wait_i64(br.store, sql, H_AT_LEAST, n, 10000);
+	free(sql);
+	cr_assert_eq(v, n, "%s: rejections for %s", device, reason);
+}
+
+static char *stored_sql(const char *device)
+{
+	return h_strf("SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device"
+	              " WHERE d.device_id = '%s'",
+	              device);
+}
+
+static int64_t stored(const char *device)
+{
+	char *sql = stored_sql(device);
 	int64_t v = h_store_i64(br.store, sql, 0);
 	free(sql);
 	return v;
 }
 
-static void wait_rejections(const char *device, const char *reason, int64_t n)
-{
-	long long end = h_now_ms() + 10000;
-	while (h_now_ms() < end && rejections(device, reason) < n)
-		h_sleep_ms(20);
-	cr_assert_eq(rejections(device, reason), n, "%s: rejections for %s", device, reason);
-}
-
-static int64_t stored(const char *device)
-{
-	return q("SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device WHERE"
-	         " d.device_id = '%s'",
-	         device);
-}
-
 static void wait_stored(const char *device, int64_t n)
 {
-	long long end = h_now_ms() + 10000;
-	while (h_now_ms() < end && stored(device) < n)
-		h_sleep_ms(20);
-	cr_assert_eq(stored(device), n, "%s: envelopes stored", device);
+	char *sql = stored_sql(device);
+	int64_t v = h_store_wait_i64(br.store, sql, H_AT_LEAST, n, 10000);
+	free(sql);
+	cr_assert_eq(v, n, "%s: envelopes stored", device);
 }
 
 static const char *state(const char *device)

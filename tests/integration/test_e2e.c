@@ -43,9 +43,14 @@ static void logged_batches(const char *log, struct logged *l)
 		fclose(f);
 }
 
+static char *frontier_sql(const char *id)
+{
+	return h_strf("SELECT frontier FROM devices WHERE device_id = '%s'", id);
+}
+
 static int64_t frontier(const char *store, const char *id)
 {
-	char *sql = h_strf("SELECT frontier FROM devices WHERE device_id = '%s'", id);
+	char *sql = frontier_sql(id);
 	int64_t v = h_store_i64(store, sql, 0);
 	free(sql);
 	return v;
@@ -54,10 +59,10 @@ static int64_t frontier(const char *store, const char *id)
 /* Wait (bounded) until the store's frontier for id reaches seq; returns the frontier. */
 static int64_t wait_frontier(const char *store, const char *id, uint64_t seq, int timeout_ms)
 {
-	long long end = h_now_ms() + timeout_ms;
-	while (frontier(store, id) < (int64_t)seq && h_now_ms() < end)
-		h_sleep_ms(200);
-	return frontier(store, id);
+	char *sql = frontier_sql(id);
+	int64_t v = h_store_wait_i64(store, sql, H_AT_LEAST, (int64_t)seq, timeout_ms);
+	free(sql);
+	return v;
 }
 
 /* Readings stored for batch seq of id, or -1 if that envelope is not stored. */

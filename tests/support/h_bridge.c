@@ -202,6 +202,20 @@ int64_t h_store_i64(const char *url, const char *sql, int nargs, ...)
 	return v;
 }
 
+int64_t h_store_wait_i64(const char *url, const char *sql, enum h_until until, int64_t want,
+                         int timeout_ms)
+{
+	long long end = h_now_ms() + timeout_ms;
+	for (;;) {
+		int64_t v = h_store_i64(url, sql, 0);
+		if (until == H_EQUAL ? v == want : v >= want)
+			return v;
+		if (h_now_ms() >= end)
+			return v;
+		h_sleep_ms(50);
+	}
+}
+
 int h_ctl(const char *url, const char *args, char **out)
 {
 	char *cmd = h_strf("%s/bridge/outpostctl --store=%s %s", h_build_dir(), url, args);

@@ -57,6 +57,12 @@ int h_bridge_log_count(struct h_bridge *br, const char *needle);
  * aborts on a store error. Integer arguments: nargs then values. */
 int64_t h_store_i64(const char *url, const char *sql, int nargs, ...);
 
+/* Poll sql (no arguments) on url every 50 ms, for at most timeout_ms, until its value is
+ * exactly want (H_EQUAL) or at least want (H_AT_LEAST); returns the last value read. */
+enum h_until { H_EQUAL, H_AT_LEAST };
+int64_t h_store_wait_i64(const char *url, const char *sql, enum h_until until, int64_t want,
+                         int timeout_ms);
+
 /* Run outpostctl with args (a shell fragment, no single quotes) on store url; returns its
  * exit status and output (stdout+stderr unless stderr is redirected) in *out. */
 int h_ctl(const char *url, const char *args, char **out);
