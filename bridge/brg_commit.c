@@ -60,9 +60,11 @@ const char *const brg_commit__sql[S_COUNT] = {
     [S_GAP_FILL] = "UPDATE gaps SET resolved_at = ?, resolution = 'filled' WHERE device = ?"
                    " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
     /* a backlog arriving in order fills a hole from below: the gap keeps its row (one
-     * gap_missing event per hole, not one per commit) unless a row already has that prev_seq */
-    [S_GAP_SHRINK] = "UPDATE gaps SET prev_seq = ? WHERE device = ? AND reason = 'missing'"
-                     " AND resolved_at IS NULL AND prev_seq < ? AND last_seq > ? AND NOT EXISTS"
+     * gap_missing event per hole, not one per commit) unless a row already has that prev_seq.
+     * One row at most, the oldest: moving two rows to one prev_seq breaks the unique key. */
+    [S_GAP_SHRINK] = "UPDATE gaps SET prev_seq = ? WHERE id = (SELECT id FROM gaps WHERE"
+                     " device = ? AND reason = 'missing' AND resolved_at IS NULL AND"
+                     " prev_seq < ? AND last_seq > ? ORDER BY prev_seq LIMIT 1) AND NOT EXISTS"
                      " (SELECT 1 FROM gaps g WHERE g.device = ? AND g.reason = 'missing'"
                      " AND g.prev_seq = ?)",
     /* a Birth's chain_floor above the frontier: holes ending at or below it will never fill

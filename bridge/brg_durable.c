@@ -388,19 +388,29 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		w->frontier = (int64_t)ch->frontier;
 		w->dirty = 1;
 	}
+	/* Keep the rows of open holes in step with the holes, so that two rows never cover the
+	 * same envelopes (the holes come lowest first). */
 	for (size_t i = 0; i < ch->n_holes; i++) {
 		uint64_t prev = ch->holes[i].first - 1, last = ch->holes[i].last;
 		/* Out-of-order arrival (a restart, several bridges) opens holes that close within
-		 * an ack timeout: only holes older than the grace are gaps worth a row. */
-		if (c->now - ch->holes[i].since < c->o.gap_grace_ms)
-			continue;
-		if ((rc = brg_commit__insert_gap(c, w, "missing", prev, last, -1)) < 0)
-			goto out;
-		if (rc == 1) {
+		 * an ack timeout: only holes older than the grace are gaps worth a new row. */
+		int recorded = 0;
+		if (c->now - ch->holes[i].since >= c->o.gap_grace_ms) {
+			/* a row whose lower part arrived (the batches above the segment below the
+			 * hole) starts where the hole starts now */
+			if (prev != ch->frontier && (rc = brg_commit__shrink_holes(c, w, prev)))
+				goto out;
+			if ((rc = brg_commit__insert_gap(c, w, "missing", prev, last, -1)) < 0)
+				goto out;
+			recorded = rc == 1;
+		}
+		if (recorded) {
 			rc = brg_commit__event(c, w, "gap_missing",
 			                       "chain broken after seq %llu: link to %llu missing",
 			                       (unsigned long long)prev, (unsigned long long)last);
 		} else {
+			/* the hole's row, if it has one, ends where the hole ends now: a batch that
+			 * arrived inside it split it, even while the part below is too young */
 			B64(S_GAP_MOVE_MISS, 1, last);
 			B64(S_GAP_MOVE_MISS, 2, w->key);
 			B64(S_GAP_MOVE_MISS, 3, prev);

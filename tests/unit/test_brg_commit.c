@@ -6,6 +6,7 @@
  * locks. */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -630,6 +631,122 @@ TEST_BOTH(backlog_filling_a_hole_from_below_keeps_one_gap)
 	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_missing'"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_filled'"), 1);
+}
+
+/* A committer with the bridge's default grace (60 s) before a hole is recorded, and a group
+ * committed at a chosen bridge time: holes young and old side by side. */
+static void commit_at(struct brg_committer *cm, int64_t now, struct brg_item **items, size_t n)
+{
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(cm, items, n, now, &out);
+	cr_assert_eq(rc, STORE_OK, "commit at %lld: %s", (long long)now, store_errmsg(s));
+	put_states(&out);
+	free_items(items, n);
+}
+
+/* The open 'missing' rows of a device, as "prev-last prev-last ...". */
+static char *open_gaps_of(const char *id)
+{
+	static char buf[256];
+	struct store_stmt *st = NULL;
+	size_t len = 0;
+	buf[0] = '\0';
+	cr_assert_eq(store_prepare(s,
+	                           "SELECT g.prev_seq, g.last_seq FROM gaps g JOIN devices d ON"
+	                           " d.id = g.device WHERE d.device_id = ? AND g.reason = 'missing'"
+	                           " AND g.resolved_at IS NULL ORDER BY g.prev_seq",
+	                           &st),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_bind_text(st, 1, id), STORE_OK);
+	while (store_step(st) == 1 && len < sizeof(buf) - 48)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%lld-%lld", len ? " " : "",
+		                        (long long)store_col_i64(st, 0), (long long)store_col_i64(st, 1));
+	store_stmt_free(st);
+	return buf;
+}
+
+static char *open_gaps(void)
+{
+	return open_gaps_of("dev-a");
+}
+
+/* Batches arriving inside a recorded hole split it or fill it from below; the rows follow,
+ * never two over the same envelopes: two rows moved to one prev_seq broke the unique key,
+ * and every later batch of the device was refused (found by review). */
+TEST_BOTH(batches_arriving_inside_a_recorded_hole_keep_the_rows_apart)
+{
+	struct brg_committer *cm = NULL;
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	cr_assert_eq(o.gap_grace_ms, 60000);
+	cr_assert_eq(brg_committer_new(s, &o, &cm), STORE_OK);
+	const int64_t t = 1700000000000LL;
+
+	/* A split: 2 and 10 stored; the hole 3..9 is recorded once older than the grace. */
+	commit_at(cm, t, (struct brg_item *[]){birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                                       batch("dev-a", "dev-a", 10, 9)},
+	          3);
+	commit_at(cm, t + 100000, (struct brg_item *[]){batch("dev-a", "dev-a", 11, 10)}, 1);
+	cr_expect_str_eq(open_gaps(), "2-9");
+	/* 5 arrives inside it: 3..4 (new, young) and 6..9 (old) are missing now */
+	commit_at(cm, t + 110000, (struct brg_item *[]){batch("dev-a", "dev-a", 5, 4)}, 1);
+	cr_expect_str_eq(open_gaps(), "2-4 5-9");
+	commit_at(cm, t + 120000,
+	          (struct brg_item *[]){batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3)},
+	          2);
+	cr_expect_str_eq(open_gaps(), "5-9");
+	commit_at(cm, t + 130000, (struct brg_item *[]){batch("dev-a", "dev-a", 6, 5)}, 1);
+	cr_expect_str_eq(open_gaps(), "6-9");
+	cr_expect_eq(ack_of("dev-a")->seq, 6);
+
+	/* Filled from below above the frontier: 13 and 20 stored, then 14 (prev 13). */
+	commit_at(cm, t + 140000,
+	          (struct brg_item *[]){batch("dev-a", "dev-a", 13, 12), batch("dev-a", "dev-a", 20, 19)},
+	          2);
+	commit_at(cm, t + 300000, (struct brg_item *[]){batch("dev-a", "dev-a", 21, 20)}, 1);
+	cr_expect_str_eq(open_gaps(), "6-9 11-12 13-19");
+	commit_at(cm, t + 310000, (struct brg_item *[]){batch("dev-a", "dev-a", 14, 13)}, 1);
+	cr_expect_str_eq(open_gaps(), "6-9 11-12 14-19");
+	/* everything below 16 arrives: the frontier moves into the last hole */
+	commit_at(cm, t + 320000,
+	          (struct brg_item *[]){batch("dev-a", "dev-a", 7, 6), batch("dev-a", "dev-a", 8, 7),
+	                                batch("dev-a", "dev-a", 9, 8), batch("dev-a", "dev-a", 12, 11),
+	                                batch("dev-a", "dev-a", 15, 14), batch("dev-a", "dev-a", 16, 15)},
+	          6);
+	cr_expect_eq(ack_of("dev-a")->seq, 16);
+	cr_expect_str_eq(open_gaps(), "16-19");
+	commit_at(cm, t + 330000,
+	          (struct brg_item *[]){batch("dev-a", "dev-a", 17, 16), batch("dev-a", "dev-a", 18, 17),
+	                                batch("dev-a", "dev-a", 19, 18)},
+	          3);
+	cr_expect_eq(ack_of("dev-a")->seq, 21);
+	cr_expect_str_eq(open_gaps(), "");
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq BETWEEN 2 AND 21"), 20);
+
+	/* A store written before the fix may hold two open rows over the same envelopes: the
+	 * frontier moving into both moves one of them, and the batch is taken. */
+	commit_at(cm, t, (struct brg_item *[]){birth("dev-b", 1), batch("dev-b", "dev-b", 2, 0),
+	                                       batch("dev-b", "dev-b", 10, 9)},
+	          3);
+	cr_assert_eq(store_exec(s, "INSERT INTO gaps (device, reason, prev_seq, last_seq,"
+	                           " opened_at) SELECT id, 'missing', 2, 9, 0 FROM devices WHERE"
+	                           " device_id = 'dev-b' UNION ALL SELECT id, 'missing', 5, 9, 0"
+	                           " FROM devices WHERE device_id = 'dev-b'"),
+	             STORE_OK, "%s", store_errmsg(s));
+	commit_at(cm, t + 1000,
+	          (struct brg_item *[]){batch("dev-b", "dev-b", 3, 2), batch("dev-b", "dev-b", 4, 3),
+	                                batch("dev-b", "dev-b", 5, 4), batch("dev-b", "dev-b", 6, 5)},
+	          4);
+	cr_expect_eq(ack_of("dev-b")->seq, 6);
+	cr_expect_str_eq(open_gaps_of("dev-b"), "5-9 6-9");
+	commit_at(cm, t + 2000,
+	          (struct brg_item *[]){batch("dev-b", "dev-b", 7, 6), batch("dev-b", "dev-b", 8, 7),
+	                                batch("dev-b", "dev-b", 9, 8)},
+	          3);
+	cr_expect_eq(ack_of("dev-b")->seq, 10);
+	cr_expect_str_eq(open_gaps_of("dev-b"), "");
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0);
+	brg_committer_free(cm);
 }
 
 TEST_BOTH(wiped_device_numbering_afresh_continues_as_a_chain)
