@@ -467,6 +467,27 @@ static int publish_env(struct dev_agent *a, enum wire_topic t, uint32_t kind, co
 	return rc;
 }
 
+/* The bridge takes nothing from a device before its Birth, and a Birth published before the
+ * bridge's subscription exists (a fresh broker, a bridge whose session expired) is dropped by
+ * the broker: no ack since the Birth and an ack timeout due, the Birth goes again, before the
+ * resend, at growing intervals (ack_timeout, twice that, ... up to 8 times; reset on connect)
+ * so that a bridge that is only slow is not flooded with Births. */
+static void birth_again(struct dev_agent *a, int64_t now)
+{
+	struct dev_uploader_stats us;
+	if (a->birth_due || now < dev_uploader_deadline(a->up) ||
+	    now - a->birth_sent < a->birth_retry_ms)
+		return;
+	dev_uploader_stats(a->up, &us);
+	if (us.acks != a->birth_acks)
+		return;
+	olog(OLOG_INFO, "no ack since the Birth %lld s ago; sending it again (the bridge may not "
+	     "have been subscribed yet)", (long long)((now - a->birth_sent) / 1000));
+	a->birth_due = 1;
+	if (a->birth_retry_ms < 8 * a->cfg->ack_timeout_ms)
+		a->birth_retry_ms *= 2;
+}
+
 static void send_birth(struct dev_agent *a)
 {
 	Outpost__Birth b = OUTPOST__BIRTH__INIT;
@@ -516,6 +537,12 @@ static void send_birth(struct dev_agent *a)
 	}
 	rc = publish_env(a, WIRE_TOPIC_BIRTH, WIRE_KIND_BIRTH, body, len, NULL, NULL, 0, NULL);
 	a->birth_due = rc != 0; /* a failure (full disk) is tried again on the next pass */
+	if (!rc) {
+		struct dev_uploader_stats us;
+		dev_uploader_stats(a->up, &us);
+		a->birth_acks = us.acks;
+		a->birth_sent = otime_mono_ms();
+	}
 	if (rc && spool_error_due(a))
 		olog(OLOG_WARN, "cannot send Birth (error %d); it goes again on the next pass", rc);
 	olog(OLOG_DEBUG, "birth: %zu metrics, spool %" PRIu64 " records, floor %" PRIu64, n, st.records,
@@ -586,6 +613,7 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		olog(OLOG_INFO, "connected to %s", ev->text);
 		a->next_cert_check = 0;
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "online", 6, 1, 1, NULL, NULL, 0);
+		a->birth_retry_ms = a->cfg->ack_timeout_ms;
 		send_birth(a);
 		dev_uploader_link_up(a->up, otime_mono_ms());
 		send_poll(a);
@@ -682,6 +710,7 @@ int dev_agent_run(struct dev_agent *a)
 			a->next_flush = now + c->batch_interval_ms;
 		}
 		if (dev_link_is_up(a->link)) {
+			birth_again(a, now);
 			if (a->birth_due)
 				send_birth(a);
 			if (now >= a->next_poll) {

@@ -43,6 +43,10 @@ struct dev_agent {
 	int64_t started_mono;
 	int64_t next_sample, next_flush, next_poll;
 	int birth_due;
+	/* the last Birth sent on this connection: the uploader's ack count and the monotonic
+	 * time then; and the wait before it goes again if no ack follows (birth_again) */
+	uint64_t birth_acks;
+	int64_t birth_sent, birth_retry_ms;
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;

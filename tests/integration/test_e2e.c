@@ -146,6 +146,39 @@ static void stream_with_crashes(const char *store_url)
 	h_broker_free(&b);
 }
 
+/* A device that connects before the bridge ever subscribed (a fresh broker: the first
+ * `docker compose up`) publishes its Birth to nobody. It sends the Birth again when no ack
+ * follows, and is enrolled and stored without a reconnect (found by review: it stayed
+ * unenrolled, every batch refused as unknown_device, until something broke its connection). */
+Test(e2e, a_birth_sent_before_the_bridge_subscribed_goes_again, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_device d;
+	memset(&d, 0, sizeof(d));
+	h_broker_up(&b, h_pki());
+	const char *extra[] = {"--batch-interval", "500ms", "--ack-timeout", "2s", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "debug: birth:", 1, 20000), "no Birth, see %s", d.log);
+	cr_assert(h_log_wait(d.log, "debug: batch ", 2, 20000), "no batches, see %s", d.log);
+	h_bridge_init(&br, &b, NULL, "latebridge");
+	h_bridge_start(&br);
+	cr_assert(h_log_wait(d.log, "debug: batch ", 6, 20000), "see %s", d.log);
+	check_exactly_once(br.store, &d, 1);
+	cr_expect_geq(h_log_count(d.log, "no ack since the Birth"), 1, "see %s", d.log);
+	cr_expect_eq(h_log_count(d.log, "connected to"), 1, "enrolled without a reconnect");
+	cr_expect_eq(h_store_i64(br.store,
+	                         "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND"
+	                         " state = 'active'",
+	                         0),
+	             1);
+	cr_expect_eq(h_device_stop(&d), 0);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_device_free(&d);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
 /* A device re-installed with its state directory wiped numbers afresh from its clock; its
  * Birth says nothing below is owed, and the bridge continues the chain there: the new life is
  * stored, nothing is refused, and what the wipe destroyed (the batch sealed at shutdown, never
