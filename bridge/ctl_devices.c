@@ -253,7 +253,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	}
 	if (rc == STORE_ESTATE)
 		return ctl_err(CTL_FAIL, "%s is %s: cannot %s it%s", id, old, action,
-		               !strcmp(old, STORE_ST_REVOKED) ? " (revocation is permanent)" : "");
+		               !strcmp(old, STORE_ST_REVOKED) ? " (a revoked key stays revoked; a Birth with a new key signed by the CA enrols the id again)" : "");
 	if (rc)
 		return ctl_store_err(c, id, rc);
 	struct store_device d;

@@ -11,7 +11,8 @@ Subscribes to TOPIC (default outpost/v1/#) as outpost-operator, which may read e
 publish nothing, and prints each message decoded: telemetry readings with metric names, acks,
 task lists and results, with their Ed25519 signatures verified against the PKI.
   --raw        print mosquitto_sub's "topic hexpayload" lines instead
-  --count N    stop after N messages; --timeout S: stop S seconds after connecting
+  --count N    stop after N messages; --timeout S: stop S seconds after connecting (exit 0,
+               or 1 if nothing arrived and the output is decoded)
 Environment: OUTPOST_PKI_DIR (default var/local/pki), OUTPOST_BROKER_HOST (127.0.0.1),
 OUTPOST_INTERNAL_PORT (8884; use 8883 from another machine), OUTPOST_BUILD_DIR (build).
 Examples:
@@ -44,8 +45,17 @@ command -v mosquitto_sub >/dev/null || { echo "mqtt-sub: mosquitto_sub not found
 sub=(mosquitto_sub -h "${OUTPOST_BROKER_HOST:-127.0.0.1}" -p "${OUTPOST_INTERNAL_PORT:-8884}"
 	--cafile "$pki/ca.crt" --cert "$pki/operator.crt" --key "$pki/operator.key"
 	-V mqttv5 -q 1 -t "$topic" -F '%t %x' "${extra[@]+"${extra[@]}"}")
+# mosquitto_sub -W ends with status 27 ("Timed out"): the end --timeout asked for.
+timed_out() { [ "$1" = 27 ] && [ "${#extra[@]}" -gt 0 ] && [[ " ${extra[*]} " == *" -W "* ]]; }
 if [ "$raw" = 1 ]; then
-	exec "${sub[@]}"
+	st=0
+	"${sub[@]}" || st=$?
+	timed_out "$st" && st=0
+	exit "$st"
 fi
 [ -x "$ctl" ] || { echo "mqtt-sub: missing $ctl (build first) or use --raw" >&2; exit 1; }
-"${sub[@]}" | "$ctl" decode --pki "$pki"
+st=(0 0)
+"${sub[@]}" | "$ctl" decode --pki "$pki" || st=("${PIPESTATUS[@]}")
+timed_out "${st[0]}" && st[0]=0
+[ "${st[0]}" = 0 ] || exit "${st[0]}"
+exit "${st[1]}"

@@ -69,6 +69,7 @@ for p in "$wss" "$mqtts" "$internal"; do
 done
 
 mkdir -p "$state/logs" "$state/broker" "$state/devices"
+chmod 700 "$state/logs" # the logs name devices and tasks: the owner's only, like the store
 pki=$state/pki
 "$root/scripts/provision-certs.sh" --out "$pki" --count "$devices" >"$state/logs/provision.log"
 store="sqlite:$state/outpost.db"
@@ -112,12 +113,22 @@ for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$
 port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
 
 start_bridge() {
-	"$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" --store "$store" \
-		--client-id outpost-bridge-local --share-group '' >>"$state/logs/bridge.log" 2>&1 &
+	# umask 077: the store (every reading) is readable by its owner only
+	(umask 077 && exec "$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" \
+		--store "$store" --client-id outpost-bridge-local --share-group '') >>"$state/logs/bridge.log" 2>&1 &
 	bridge_pid=$!
 }
 say "bridge: store $store"
+bridge_connects() { local n; n=$(grep -c 'connected to' "$state/logs/bridge.log" 2>/dev/null) || true; echo "${n:-0}"; }
+connected_before=$(bridge_connects)
 start_bridge
+# Devices after the bridge's subscriptions: a Birth published before them reaches no bridge
+# (the device sends it again after its ack timeout, but the first run should not wait).
+for _ in $(seq 1 100); do
+	[ "$(bridge_connects)" -gt "$connected_before" ] && break
+	kill -0 "$bridge_pid" 2>/dev/null || break
+	sleep 0.1
+done
 
 # revoked (provision-certs.sh --revoke): the broker would refuse it on every attempt
 revoked() {
@@ -175,15 +186,17 @@ trap - EXIT
 printf '\n'
 say "stopped. Summary:"
 view
+# quoted for the shell (%q), so that the lines can be pasted whatever the paths hold
+q_store=$(printf %q "$store") q_pki=$(printf %q "$pki") q_ctl=$(printf %q "$ctl_bin")
 cat <<NEXT
 
 Next commands to try (the store is $store):
-  export OUTPOST_STORE=$store OUTPOST_PKI_DIR=$pki OUTPOST_INTERNAL_PORT=$internal
-  $ctl_bin devices
-  $ctl_bin readings --device device-0001 --metric sim.sensor_0000 --format csv
-  $ctl_bin task add --device device-0001 --type ping
-  $ctl_bin task list
-  $ctl_bin events
+  export OUTPOST_STORE=$q_store OUTPOST_PKI_DIR=$q_pki OUTPOST_INTERNAL_PORT=$internal
+  $q_ctl devices
+  $q_ctl readings --device device-0001 --metric sim.sensor_0000 --format csv
+  $q_ctl task add --device device-0001 --type ping
+  $q_ctl task list
+  $q_ctl events
   scripts/mqtt-sub.sh                # decoded live traffic (run while the stack runs)
   scripts/run-local.sh               # again: same PKI, same store
 NEXT

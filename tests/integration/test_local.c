@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "h_bridge.h"
 #include "harness.h"
@@ -34,6 +35,20 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	cr_expect(strstr(out, "sim.sensor_0000="), "metric names are shown:\n%s", out);
 	free(out);
 	free(cmd);
+	/* --timeout is a normal end (mosquitto_sub -W exits 27): raw with nothing to show, and
+	 * decoded with the retained statuses */
+	const char *const timed[][2] = {{"--raw --timeout 2 outpost/v1/nobody/telemetry", ""},
+	                                {"--timeout 2 outpost/v1/+/status", "online"}};
+	for (size_t i = 0; i < 2; i++) {
+		cmd = h_strf("OUTPOST_PKI_DIR=%s/pki OUTPOST_INTERNAL_PORT=%d OUTPOST_BUILD_DIR=%s "
+		             "%s/scripts/mqtt-sub.sh %s",
+		             state, internal, h_build_dir(), h_source_dir(), timed[i][0]);
+		out = NULL;
+		cr_expect_eq(h_sh(cmd, &out, 30), 0, "mqtt-sub.sh %s:\n%s", timed[i][0], out);
+		cr_expect(strstr(out, timed[i][1]), "mqtt-sub.sh %s:\n%s", timed[i][0], out);
+		free(out);
+		free(cmd);
+	}
 
 	int rc = h_wait_exit(pid, 60000);
 	cr_expect_eq(rc, 0, "run-local exited %d; output in %s", rc, log);
@@ -42,6 +57,20 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	free(text);
 
 	char *store = h_strf("sqlite:%s/outpost.db", state);
+	/* the store and the logs are the owner's only */
+	char *path = h_strf("%s/outpost.db", state);
+	struct stat st;
+	cr_expect(stat(path, &st) == 0 && (st.st_mode & 077) == 0, "%s: mode %o", path,
+	          (unsigned)st.st_mode & 0777);
+	free(path);
+	path = h_strf("%s/logs", state);
+	cr_expect(stat(path, &st) == 0 && (st.st_mode & 077) == 0, "%s: mode %o", path,
+	          (unsigned)st.st_mode & 0777);
+	free(path);
+	/* the devices started once the bridge was subscribed: no Birth was lost */
+	path = h_strf("%s/logs/device-0001.log", state);
+	cr_expect_eq(h_count_in_file(path, "no ack since the Birth"), 0, "see %s", path);
+	free(path);
 	for (int i = 1; i <= 3; i++) {
 		char *sql = h_strf("SELECT readings FROM devices WHERE device_id = 'device-%04d'", i);
 		int64_t n = h_store_i64(store, sql, 0);
