@@ -292,9 +292,10 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 			*close = '\0';
 			value++;
 		} else {
-			/* a '#' after a space or tab starts a comment; "a#b" is a value */
+			/* a '#' at the start or after a space or tab starts a comment ("key =
+			 * # note" is an empty value); "a#b" is a value */
 			for (char *p = value; *p; p++) {
-				if (*p == '#' && p > value && isspace((unsigned char)p[-1])) {
+				if (*p == '#' && (p == value || isspace((unsigned char)p[-1]))) {
 					*p = '\0';
 					break;
 				}

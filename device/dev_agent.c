@@ -514,7 +514,8 @@ static void send_birth(struct dev_agent *a)
 	dev_link_stats(a->link, &ls);
 	ss.records = st.records;
 	ss.bytes = st.bytes;
-	ss.oldest_unsent_age_s = st.oldest_unsent_ms ? (uint64_t)((otime_wall_ms() - st.oldest_unsent_ms) / 1000) : 0;
+	int64_t age_ms = st.oldest_unsent_ms ? otime_wall_ms() - st.oldest_unsent_ms : 0;
+	ss.oldest_unsent_age_s = age_ms > 0 ? (uint64_t)(age_ms / 1000) : 0; /* clock stepped back: 0 */
 	ss.disconnects = (uint32_t)ls.disconnects;
 	ss.last_disconnect_cause = ls.last_cause;
 	ss.dropped_total = st.dropped_total;

@@ -90,11 +90,17 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
 	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
 	posix_spawnattr_init(&attr);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+	                                    POSIX_SPAWN_SETSIGDEF);
 	posix_spawnattr_setpgroup(&attr, 0);
-	sigset_t none;
+	sigset_t none, dflt;
 	sigemptyset(&none);
 	posix_spawnattr_setsigmask(&attr, &none);
+	/* the agent ignores these; the command gets the defaults (`yes | head` ends quietly) */
+	sigemptyset(&dflt);
+	sigaddset(&dflt, SIGPIPE);
+	sigaddset(&dflt, SIGXFSZ);
+	posix_spawnattr_setsigdefault(&attr, &dflt);
 	int sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);

@@ -42,7 +42,7 @@ static const struct cfg_opt opts[] = {
 	{"poll_interval", CFG_DURATION, S(poll_interval_ms), 1 * SEC, DAY, "300s", "how often to ask for tasks", NULL},
 	{"ack_timeout", CFG_DURATION, S(ack_timeout_ms), 1 * SEC, 3600 * SEC, "30s", "first resend of unacknowledged data (then backs off)", NULL},
 	{"window", CFG_INT, S(window), 1, 1024, "32", "envelopes in flight before waiting for acks", NULL},
-	{"state_dir", CFG_STR, S(state_dir), 0, 0, "/var/lib/outpost-device", "catalog, task state, overrides", NULL},
+	{"state_dir", CFG_STR, S(state_dir), 1, 0, "/var/lib/outpost-device", "catalog, task state, overrides", NULL},
 	{"spool_dir", CFG_STR, S(spool_dir), 0, 0, "", "encrypted spool (default: <state_dir>/spool)", NULL},
 	{"spool_max_bytes", CFG_SIZE, S(spool_max_bytes), 64 << 10, 1LL << 40, "64MiB", "spool size limit (oldest dropped beyond)", NULL},
 	{"spool_max_age", CFG_DURATION, S(spool_max_age_ms), 60 * SEC, 3650 * DAY, "90d", "spool age limit", NULL},

@@ -784,6 +784,10 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	cr_expect_eq(run_device("--id dev-a", &out), 2);
 	cr_expect(strstr(out, "broker_host: required"), "%s", out);
 	free(out);
+	/* an empty state_dir (an empty compose variable) is a configuration error */
+	cr_expect_eq(run_device("--id dev-a --broker-host localhost --state-dir=", &out), 2);
+	cr_expect(strstr(out, "state_dir: must not be empty"), "%s", out);
+	free(out);
 
 	/* an unreadable key names the file once, and why */
 	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt --cert %s/devices/dev-a.crt "

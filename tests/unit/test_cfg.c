@@ -206,6 +206,16 @@ Test(cfg, file_with_comments_and_quotes)
 	cfg_free(opts, N(opts), &s);
 	free(path);
 
+	/* nothing but a comment after '=' is an empty value (as in the shipped examples) */
+	path = write_conf("broker_host =       # empty: the default elsewhere\n"
+	                  "device_id =# also empty\n");
+	defaults(&s);
+	cr_expect_eq(cfg_load_file(opts, N(opts), &s, path, err), 0, "%s", err);
+	cr_expect_str_eq(s.broker_host, "");
+	cr_expect_str_eq(s.device_id, "");
+	cfg_free(opts, N(opts), &s);
+	free(path);
+
 	path = write_conf("broker_host = \"\"\nlog_level = error");
 	defaults(&s);
 	cr_expect_eq(cfg_load_file(opts, N(opts), &s, path, err), 0, "%s", err);

@@ -85,6 +85,30 @@ Test(dev_collect, exec_reads_name_value_lines)
 	dev_collect_close(c);
 }
 
+/* The agent ignores SIGPIPE and SIGXFSZ; its command gets the default dispositions back
+ * (ignored signals survive exec), so that `yes | head -n1` in it ends quietly. */
+Test(dev_collect, exec_commands_get_default_signal_dispositions)
+{
+	struct sigaction ign = {.sa_handler = SIG_IGN}, old_pipe, old_xfsz;
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGPIPE, &ign, &old_pipe);
+	sigaction(SIGXFSZ, &ign, &old_xfsz);
+	struct got g = {0};
+	/* SigIgn bits 12 (SIGPIPE) and 24 (SIGXFSZ) */
+	struct dev_collect *c = open_c(
+	    "exec",
+	    "ign=$(awk '/^SigIgn/ {print $2}' /proc/self/status); "
+	    "echo sig.ignored $(( 0x$ign & 0x1001000 ))",
+	    5000);
+	const char *name, *why;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	double v = -1;
+	cr_expect(find(&g, "sig.ignored", &v) && v == 0, "SigIgn bits: %g", v);
+	dev_collect_close(c);
+	sigaction(SIGPIPE, &old_pipe, NULL);
+	sigaction(SIGXFSZ, &old_xfsz, NULL);
+}
+
 Test(dev_collect, exec_failures_become_metrics, .timeout = 30)
 {
 	const char *name = NULL, *why = NULL;

@@ -62,3 +62,22 @@ Test(dev_config, set_config_is_all_or_nothing_and_survives_a_restart)
 	free(override);
 	free(dir);
 }
+
+/* The shipped example configuration is read as written: its empty values with a comment
+ * (proxy, exec_command, spool_dir) are empty, not the comment's text. */
+Test(dev_config, the_shipped_example_reads_as_written)
+{
+	struct dev_config c;
+	char err[CFG_ERR_MAX] = "";
+	char *example = h_strf("%s/device/outpost-device.conf.example", h_source_dir());
+	char *argv[] = {"outpost-device", "--config", example, NULL};
+	memset(&c, 0, sizeof(c));
+	cr_assert_eq(dev_config_parse(&c, 3, argv, err), 0, "%s", err);
+	cr_expect_str_eq(c.id, "device-0001");
+	cr_expect_str_eq(c.proxy, "");
+	cr_expect_str_eq(c.exec_command, "");
+	cr_expect_str_eq(c.spool_dir, "/var/lib/outpost-device/spool", "empty: the default");
+	cr_expect_str_eq(c.state_dir, "/var/lib/outpost-device");
+	dev_config_free(&c);
+	free(example);
+}
