@@ -10,6 +10,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "otime.h"
+#include "ovis.h"
 
 int ctl_err(int code, const char *fmt, ...)
 {
@@ -269,25 +270,7 @@ int ctl_fmt_parse(const char *s, enum ctl_fmt *out)
 
 const char *ctl_vis(const char *s, char *buf, size_t cap)
 {
-	size_t n = 0;
-	for (; s && *s && n + 1 < cap; s++) {
-		unsigned char ch = (unsigned char)*s, next = (unsigned char)s[1];
-		if (ch == 0xc2 && next >= 0x80 && next <= 0x9f) { /* C1 controls (CSI is one) */
-			if (n + 7 >= cap)
-				break;
-			snprintf(buf + n, 7, "\\u%04x", next);
-			n += 6;
-			s++;
-		} else if (ch >= 0x20 && ch != 0x7f) {
-			buf[n++] = (char)ch;
-		} else if (n + 5 < cap) {
-			snprintf(buf + n, 5, "\\x%02x", ch);
-			n += 4;
-		} else {
-			break;
-		}
-	}
-	buf[n] = '\0';
+	ovis_escape(buf, cap, s ? s : "", s ? strlen(s) : 0, 0);
 	return buf;
 }
 

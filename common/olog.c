@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "olog.h"
+#include "ovis.h"
 
 static char prefix[128] = "outpost";
 static enum olog_level max_level = OLOG_INFO;
@@ -38,39 +39,6 @@ int olog_level_parse(const char *s)
 	return -1;
 }
 
-size_t olog_clean(char *dst, size_t cap, const char *src, size_t len)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)src[i];
-		int c1 = c == 0xc2 && i + 1 < len && (unsigned char)src[i + 1] >= 0x80 &&
-		         (unsigned char)src[i + 1] <= 0x9f;
-		if (c == '\n' || c == '\r') {
-			if (o + 1 >= cap)
-				break;
-			dst[o++] = ' ';
-		} else if ((c < 0x20 && c != '\t') || c == 0x7f || c1) {
-			if (o + 4 * (size_t)(1 + c1) >= cap)
-				break;
-			for (int k = 0; k <= c1; k++) {
-				unsigned char b = (unsigned char)src[i + (size_t)k];
-				dst[o++] = '\\';
-				dst[o++] = 'x';
-				dst[o++] = hex[b >> 4];
-				dst[o++] = hex[b & 15];
-			}
-			i += (size_t)c1;
-		} else {
-			if (o + 1 >= cap)
-				break;
-			dst[o++] = (char)c;
-		}
-	}
-	dst[o] = '\0';
-	return o;
-}
-
 void olog(enum olog_level level, const char *fmt, ...)
 {
 	char line[1024], msg[1024];
@@ -92,7 +60,8 @@ void olog(enum olog_level level, const char *fmt, ...)
 	va_end(ap);
 	size_t mlen = m < 0 ? 0 : ((size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1);
 	/* one line per record, whatever the message held; room for the newline */
-	size_t len = (size_t)n + olog_clean(line + n, sizeof(line) - (size_t)n - 1, msg, mlen);
+	size_t len = (size_t)n +
+	             ovis_escape(line + n, sizeof(line) - (size_t)n - 1, msg, mlen, OVIS_LINE);
 	line[len++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, len);
 	(void)w;

@@ -21,12 +21,12 @@ Examples:
 USAGE
 }
 
-raw=0 topic="outpost/v1/#" extra=()
+raw=0 topic="outpost/v1/#" extra=() timeout=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--raw) raw=1 ;;
 	--count) [ $# -ge 2 ] || { usage >&2; exit 2; }; extra+=(-C "$2"); shift ;;
-	--timeout) [ $# -ge 2 ] || { usage >&2; exit 2; }; extra+=(-W "$2"); shift ;;
+	--timeout) [ $# -ge 2 ] || { usage >&2; exit 2; }; extra+=(-W "$2"); timeout=1; shift ;;
 	-h | --help) usage; exit 0 ;;
 	-*) echo "mqtt-sub: unknown option $1 (try --help)" >&2; exit 2 ;;
 	*) topic=$1 ;;
@@ -46,7 +46,7 @@ sub=(mosquitto_sub -h "${OUTPOST_BROKER_HOST:-127.0.0.1}" -p "${OUTPOST_INTERNAL
 	--cafile "$pki/ca.crt" --cert "$pki/operator.crt" --key "$pki/operator.key"
 	-V mqttv5 -q 1 -t "$topic" -F '%t %x' "${extra[@]+"${extra[@]}"}")
 # mosquitto_sub -W ends with status 27 ("Timed out"): the end --timeout asked for.
-timed_out() { [ "$1" = 27 ] && [ "${#extra[@]}" -gt 0 ] && [[ " ${extra[*]} " == *" -W "* ]]; }
+timed_out() { [ "$1" = 27 ] && [ "$timeout" = 1 ]; }
 if [ "$raw" = 1 ]; then
 	st=0
 	"${sub[@]}" || st=$?

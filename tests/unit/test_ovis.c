@@ -1,0 +1,41 @@
+/* test_ovis.c - text from a peer is shown, not obeyed: in log lines (OVIS_LINE: one line,
+ * tab kept) and in outpostctl's output (every control character written out). */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "ovis.h"
+
+static const char *esc(const char *src, size_t len, size_t cap, unsigned flags)
+{
+	static char buf[256];
+	size_t n = ovis_escape(buf, cap, src, len, flags);
+	cr_assert_eq(n, strlen(buf));
+	cr_assert_lt(n, cap);
+	return buf;
+}
+
+Test(ovis, control_characters_are_shown_not_obeyed)
+{
+	const char s[] = "a\x1b[2Jb\nc\rd\te\x7f" "f\x01g";
+	cr_expect_str_eq(esc(s, sizeof(s) - 1, 256, OVIS_LINE), "a\\x1b[2Jb c d\te\\x7ff\\x01g");
+	cr_expect_str_eq(esc(s, sizeof(s) - 1, 256, 0),
+	                 "a\\x1b[2Jb\\x0ac\\x0dd\\x09e\\x7ff\\x01g");
+	/* C1 CSI as UTF-8 (U+009B) is escaped; other UTF-8 is kept */
+	const char u[] = "x\xc2\x9by \xc3\xa9 \xc2\xa0";
+	cr_expect_str_eq(esc(u, sizeof(u) - 1, 256, OVIS_LINE), "x\\u009by \xc3\xa9 \xc2\xa0");
+	cr_expect_str_eq(esc(u, sizeof(u) - 1, 256, 0), "x\\u009by \xc3\xa9 \xc2\xa0");
+	const char nul[] = {'a', 0, 'b'};
+	cr_expect_str_eq(esc(nul, 3, 256, OVIS_LINE), "a\\x00b");
+	/* a lone 0xc2 at the end is kept as it is */
+	cr_expect_str_eq(esc("z\xc2", 2, 256, 0), "z\xc2");
+}
+
+Test(ovis, output_is_cut_before_an_escape_that_does_not_fit)
+{
+	cr_expect_str_eq(esc("abc\x1b", 4, 7, OVIS_LINE), "abc");
+	cr_expect_str_eq(esc("abc\x1b", 4, 8, OVIS_LINE), "abc\\x1b");
+	cr_expect_str_eq(esc("ab\xc2\x9b", 4, 8, 0), "ab");
+	cr_expect_str_eq(esc("ab\xc2\x9b", 4, 9, 0), "ab\\u009b");
+	cr_expect_str_eq(esc("abcdef", 6, 4, OVIS_LINE), "abc");
+	cr_expect_str_eq(esc("", 0, 1, OVIS_LINE), "");
+}
