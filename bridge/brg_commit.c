@@ -75,9 +75,9 @@ const char *const brg_commit__sql[S_COUNT] = {
                       " AND last_seq >= ?",
     [S_METRIC_CLEAR] = "UPDATE metrics SET wire_id = NULL WHERE device = ? AND"
                        " wire_id IS NOT NULL",
-    [S_METRIC_UPS] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)"
-                     " ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit,"
-                     " wire_id = excluded.wire_id",
+    [S_METRIC_COUNT] = "SELECT COUNT(*) FROM metrics WHERE device = ?",
+    [S_METRIC_SET] = "UPDATE metrics SET unit = ?, wire_id = ? WHERE device = ? AND name = ?",
+    [S_METRIC_ADD] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)",
     [S_METRIC_LOAD] = "SELECT wire_id, id FROM metrics WHERE device = ? AND"
                       " wire_id IS NOT NULL",
     [S_METRIC_PLACE] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, '', ?)"
@@ -684,17 +684,8 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 	snprintf(w->agent, sizeof(w->agent), "%s", b->agent_version ? b->agent_version : "");
 
 	/* Metric catalog: names travel here once; batches use the ids. */
-	B64(S_METRIC_CLEAR, 1, w->key);
-	if ((rc = brg_commit__run(c, S_METRIC_CLEAR)))
+	if ((rc = brg_commit__catalog(c, w, b, it->seq)))
 		goto out;
-	for (size_t i = 0; i < b->n_metrics; i++) {
-		B64(S_METRIC_UPS, 1, w->key);
-		BTXT(S_METRIC_UPS, 2, b->metrics[i]->name);
-		BTXT(S_METRIC_UPS, 3, b->metrics[i]->unit ? b->metrics[i]->unit : "");
-		B64(S_METRIC_UPS, 4, b->metrics[i]->id);
-		if ((rc = brg_commit__run(c, S_METRIC_UPS)))
-			goto out;
-	}
 	/* Forget the cached id map of this device (reloaded at its next batch). */
 	w->birth_at = c->now;
 	brg_commit__mcache_forget(c, w->key);

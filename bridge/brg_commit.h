@@ -81,11 +81,14 @@ struct brg_commit_opts {
 	 * and inserts the new ones by COPY (brg_envrows.c); fewer go row by row, in one round
 	 * trip each instead of three in all. */
 	int env_bulk_min;
+	int64_t max_device_metrics; /* metric names kept per device (brg_commit__catalog) */
 };
 #define BRG_ENV_BULK_MIN 4
+#define BRG_MAX_DEVICE_METRICS (4 * WIRE_MAX_METRICS)
 #define BRG_COMMIT_OPTS_INIT                                                                       \
 	{                                                                                          \
-		5, 3, 30000, 60000, 90LL * 86400000, 0, 60000, BRG_ENV_BULK_MIN                    \
+		5, 3, 30000, 60000, 90LL * 86400000, 0, 60000, BRG_ENV_BULK_MIN,                  \
+		    BRG_MAX_DEVICE_METRICS                                                         \
 	}
 
 struct brg_committer;

@@ -37,7 +37,9 @@ enum {
 	S_GAP_LOSE,
 	S_GAP_IN_LOST,
 	S_METRIC_CLEAR,
-	S_METRIC_UPS,
+	S_METRIC_COUNT,
+	S_METRIC_SET,
+	S_METRIC_ADD,
 	S_METRIC_LOAD,
 	S_METRIC_PLACE,
 	S_TASK_SEL,
@@ -175,6 +177,9 @@ void brg_commit__free_tasks(struct brg_task *t, size_t n);
 void brg_commit__mcache_clear(struct brg_committer *c);
 /* Forget one device's cached metric map (its catalog changed). */
 void brg_commit__mcache_forget(struct brg_committer *c, int64_t device);
+/* Apply Birth seq's metric catalog to w's metrics rows (brg_durable.c). */
+int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__Birth *b,
+                        uint64_t seq);
 void brg_commit__unwind(struct brg_committer *c, struct brg_outcome *out,
                         const struct brg_outcome *mark);
 /* Durable envelopes (brg_durable.c): 1 if newly stored, 0 if handled, < 0 store error. */

@@ -83,6 +83,8 @@ const struct cfg_opt brg_config_opts[] = {
      "delete events older than this (0: keep)", NULL},
     {"gap_grace", CFG_DURATION, O(gap_grace_ms), 0, 30 * DAY, "60s",
      "a hole in a device's chain older than this is recorded as a missing gap", NULL},
+    {"max_device_metrics", CFG_INT, O(max_device_metrics), 16, 100000000, "16384",
+     "metric names kept per device; the readings of a newer name go under #<id>", NULL},
     {"registry_max", CFG_INT, O(registry_max), 16, 100000000, "1000000",
      "devices kept in the verification cache", NULL},
     {"log_level", CFG_ENUM, O(log_level), 0, 0, "info", "log verbosity", level_choices},

@@ -42,6 +42,7 @@ struct brg_config {
 	int64_t health_interval_ms;
 	int64_t event_retention_ms;
 	int64_t gap_grace_ms;
+	int64_t max_device_metrics;
 	int64_t registry_max;
 	/* operations */
 	int log_level; /* enum olog_level */

@@ -105,6 +105,63 @@ out:
 	return rc;
 }
 
+/* A Birth's catalog: each name gets its wire id; names the Birth no longer has lose theirs but
+ * keep their rows (their readings stay queryable). A device keeps at most o.max_device_metrics
+ * names: a new name beyond is not stored (event metric_limit) and the readings of its id go
+ * under the placeholder #<id> (metric_key), of which there are at most WIRE_MAX_METRIC_ID + 1. */
+int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__Birth *b,
+                        uint64_t seq)
+{
+	struct store_stmt *count = c->st[S_METRIC_COUNT];
+	int64_t names = 0, known = 0;
+	size_t refused = 0;
+	const char *first = NULL;
+	int rc;
+	B64(S_METRIC_CLEAR, 1, w->key);
+	if ((rc = brg_commit__run(c, S_METRIC_CLEAR)))
+		goto out;
+	B64(S_METRIC_COUNT, 1, w->key);
+	rc = store_step(count);
+	names = rc == 1 ? store_col_i64(count, 0) : 0;
+	store_reset(count);
+	if (rc != 1) {
+		rc = rc < 0 ? rc : STORE_EQUERY;
+		goto out;
+	}
+	for (size_t i = 0; i < b->n_metrics; i++) {
+		const Outpost__MetricDef *m = b->metrics[i];
+		const char *unit = m->unit ? m->unit : "";
+		BTXT(S_METRIC_SET, 1, unit);
+		B64(S_METRIC_SET, 2, m->id);
+		B64(S_METRIC_SET, 3, w->key);
+		BTXT(S_METRIC_SET, 4, m->name);
+		if ((rc = brg_commit__run_changes(c, S_METRIC_SET, &known)))
+			goto out;
+		if (known)
+			continue;
+		if (names >= c->o.max_device_metrics) {
+			first = refused++ ? first : m->name;
+			continue;
+		}
+		B64(S_METRIC_ADD, 1, w->key);
+		BTXT(S_METRIC_ADD, 2, m->name);
+		BTXT(S_METRIC_ADD, 3, unit);
+		B64(S_METRIC_ADD, 4, m->id);
+		if ((rc = brg_commit__run(c, S_METRIC_ADD)))
+			goto out;
+		names++;
+	}
+	if (refused)
+		rc = brg_commit__event(
+		    c, w, "metric_limit",
+		    "Birth seq %llu: %zu new metric names not stored (first: %.64s):"
+		    " the device has %lld, limit %lld; their readings go under #<id>",
+		    (unsigned long long)seq, refused, first, (long long)names,
+		    (long long)c->o.max_device_metrics);
+out:
+	return rc;
+}
+
 /* 1 if seq lies in a stretch the device declared lost (a Birth's chain floor jumped over it):
  * an envelope of it that still arrives (late, from the device's earlier life) is new data. */
 static int in_lost_gap(struct brg_committer *c, struct wdev *w, uint64_t seq)

@@ -230,7 +230,7 @@ int main(int argc, char **argv)
 	    .health_interval_ms = c.health_interval_ms,
 	    .commit = {(int)c.quarantine_after, (int)c.offline_factor, c.offline_min_ms,
 	               c.default_interval_ms, c.deactivate_after_ms, c.event_retention_ms,
-	               c.gap_grace_ms, BRG_ENV_BULK_MIN},
+	               c.gap_grace_ms, BRG_ENV_BULK_MIN, c.max_device_metrics},
 	    .bridge_key = key,
 	    .publish = publish,
 	    .publish_ctx = &glue,

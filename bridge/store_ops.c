@@ -25,9 +25,9 @@ const char *const store_task_states[] = {STORE_TASK_QUEUED,    STORE_TASK_DELIVE
 const char *const store_event_types[] = {
     "enrolled", "reenrolled", "birth", "chain_floor_ahead", "chain_floor_ignored", "online",
     "offline", "rejected", "quarantined", "released", "revoked", "deactivated", "reactivated",
-    "gap_dropped", "gap_missing", "gap_filled", "metric_unnamed", "clock_ahead", "task_queued",
-    "task_delivered", "task_succeeded", "task_failed", "task_expired", "task_cancelled",
-    "task_result_unknown", "task_result_ignored", "pruned", NULL};
+    "gap_dropped", "gap_missing", "gap_filled", "metric_unnamed", "metric_limit", "clock_ahead",
+    "task_queued", "task_delivered", "task_succeeded", "task_failed", "task_expired",
+    "task_cancelled", "task_result_unknown", "task_result_ignored", "pruned", NULL};
 
 int store_name_in(const char *name, const char *const *list)
 {

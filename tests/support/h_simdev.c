@@ -99,6 +99,12 @@ uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *de
 
 uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain_floor, size_t *len)
 {
+	return h_birth_body_named(pki, id, ncols, chain_floor, "m", len);
+}
+
+uint8_t *h_birth_body_named(const char *pki, const char *id, int ncols, uint64_t chain_floor,
+                            const char *prefix, size_t *len)
+{
 	Outpost__Birth b = OUTPOST__BIRTH__INIT;
 	Outpost__SpoolStats sp = OUTPOST__SPOOL_STATS__INIT;
 	uint8_t boot[WIRE_BOOT_ID_LEN];
@@ -115,7 +121,7 @@ uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain
 	for (int i = 0; i < ncols; i++) {
 		outpost__metric_def__init(&defs[i]);
 		defs[i].id = (uint32_t)i + 1;
-		names[i] = h_strf("m%d", i + 1);
+		names[i] = h_strf("%s%d", prefix, i + 1);
 		defs[i].name = names[i];
 		defs[i].unit = "u";
 		ptrs[i] = &defs[i];

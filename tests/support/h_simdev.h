@@ -70,6 +70,9 @@ uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *de
 /* A Birth body for device id of pki with metrics 1..ncols named m1..mN and chain_floor. */
 uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain_floor,
                       size_t *len);
+/* The same with metrics named <prefix>1..<prefix>N. */
+uint8_t *h_birth_body_named(const char *pki, const char *id, int ncols, uint64_t chain_floor,
+                            const char *prefix, size_t *len);
 
 /* A Batch body: rows x cols readings as h_simdev would send for seq. */
 uint8_t *h_batch_body(const struct h_simdev_opts *o, uint64_t seq, uint64_t prev_seq, size_t *len);

@@ -1020,6 +1020,57 @@ Test(brg_commit, a_birth_at_another_bridge_renews_the_metric_map)
 	store_close(s2);
 }
 
+/* Readings of batch seq stored under metric `name` (test text, quoted as is). */
+static int64_t readings_under(uint64_t seq, const char *name)
+{
+	char *sql = h_strf("SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric"
+	                   " WHERE r.seq = %llu AND m.name = '%s'",
+	                   (unsigned long long)seq, name);
+	int64_t v = one(sql);
+	free(sql);
+	return v;
+}
+
+static struct brg_item *birth_named(const char *id, uint64_t seq, int ncols, const char *prefix)
+{
+	size_t blen;
+	uint8_t *body = h_birth_body_named(h_pki(), id, ncols, 0, prefix, &blen);
+	return sealed(id, id, WIRE_KIND_BIRTH, "birth", seq, body, blen);
+}
+
+/* A device keeps at most max_device_metrics metric names (BRIDGE.md "Tables"): one that
+ * renames its metrics in every Birth cannot grow the store without bound. At the limit, names
+ * it has take their new ids; a new name is not stored, the readings of its id go under the
+ * placeholder #<id> (nothing is lost), and an event tells the operator. */
+TEST_BOTH(a_device_keeps_at_most_max_device_metrics_names)
+{
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	o.gap_grace_ms = 0;
+	o.max_device_metrics = 10;
+	brg_committer_free(com);
+	cr_assert_eq(brg_committer_new(s, &o, &com), STORE_OK);
+	so.cols = 2;
+	commit_one(birth_named("dev-a", 1, 9, "a")); /* a1..a9 */
+	commit_one(birth_named("dev-a", 2, 6, "b")); /* b1..b6: b1 is the 10th name */
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 10);
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics WHERE wire_id IS NOT NULL"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit' AND detail LIKE"
+	                 " 'Birth seq 2: 5 new metric names not stored (first: b2): the device has"
+	                 " 10, limit 10%'"),
+	             1);
+	commit_one(batch("dev-a", "dev-a", 3, 0)); /* metric ids 1 and 2 */
+	cr_expect_eq(readings_under(3, "b1"), 2);
+	cr_expect_eq(readings_under(3, "#2"), 2, "the readings of b2 are lost");
+
+	commit_one(birth_named("dev-a", 4, 2, "a")); /* names it has: a1, a2 */
+	commit_one(batch("dev-a", "dev-a", 5, 3));
+	cr_expect_eq(readings_under(5, "a1"), 2);
+	cr_expect_eq(readings_under(5, "a2"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 11); /* and the placeholder #2 */
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 8);
+}
+
 /* A Birth signed more than 5 minutes after the bridge's time: the device's clock runs ahead
  * (its readings will be dated in the future), an event says so. Behind is not reported: a Birth
  * that waited at the broker looks the same. (Test envelopes are signed at 2023-11-14.) */
