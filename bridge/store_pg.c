@@ -25,6 +25,8 @@ struct pg_conn {
 	int in_tx;        /* between BEGIN and COMMIT/ROLLBACK: a reconnect would lose it */
 	int64_t retry_at; /* monotonic ms: no reconnect outside a transaction before this */
 	int64_t pending;  /* xid of a transaction whose COMMIT went unanswered, 0 if none */
+	int pid;          /* the server process of the connection */
+	int pending_pid;  /* ... and of the one that sent that COMMIT */
 };
 
 struct pg_stmt {
@@ -119,6 +121,7 @@ static int pg_connect(struct pg_conn *pc)
 		return STORE_ECONN;
 	}
 	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	pc->pid = PQbackendPID(pc->c);
 	pc->gen++;
 	pc->busy = 0;
 	pc->in_tx = 0;
@@ -131,9 +134,14 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 	char timeout[16];
 	snprintf(timeout, sizeof(timeout), "%d",
 	         o->connect_timeout_s > 0 ? o->connect_timeout_s : 10);
-	/* Earlier keywords are overridden by what the URL says. */
-	const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
-	const char *vals[] = {timeout, o->app_name ? o->app_name : "outpost", url, NULL};
+	/* Earlier keywords are overridden by what the URL says. A server that vanishes without
+	 * closing the connection (a cut cable, a crashed host) is noticed within about a minute,
+	 * instead of hours (idle: keepalives; unacknowledged data: tcp_user_timeout). */
+	const char *keys[] = {"connect_timeout",    "application_name",    "keepalives",
+	                      "keepalives_idle",    "keepalives_interval", "keepalives_count",
+	                      "tcp_user_timeout",   "dbname",              NULL};
+	const char *vals[] = {timeout, o->app_name ? o->app_name : "outpost", "1", "30", "10", "3",
+	                      "60000", url, NULL};
 	struct pg_conn *pc = calloc(1, sizeof(*pc));
 	if (!pc)
 		return STORE_ENOMEM;
@@ -150,6 +158,7 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 		return STORE_ECONN;
 	}
 	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	pc->pid = PQbackendPID(pc->c);
 	pc->gen = 1;
 	*conn = pc;
 	return STORE_OK;
@@ -226,6 +235,7 @@ static int pg_commit(void *conn)
 	int rc = pg_exec(pc, "COMMIT");
 	if (rc == STORE_ECONN && !null) {
 		pc->pending = strtoll(xid, NULL, 10);
+		pc->pending_pid = pc->pid;
 		size_t n = strlen(pc->err);
 		snprintf(pc->err + n, STORE_ERR_MAX - n, " (COMMIT of transaction %s unanswered)",
 		         xid);
@@ -237,7 +247,7 @@ static int pg_commit(void *conn)
 static int pg_resolve(void *conn)
 {
 	struct pg_conn *pc = conn;
-	char q[64], status[32] = "";
+	char q[192], status[32] = "";
 	int null = 1;
 	if (!pc->pending)
 		return STORE_EINVAL;
@@ -248,9 +258,22 @@ static int pg_resolve(void *conn)
 	if ((rc = pg_value(pc, q, status, sizeof(status), &null)))
 		return rc;
 	if (!null && !strcmp(status, "in progress")) {
-		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 " is still in progress",
-		         pc->pending);
-		return STORE_EBUSY; /* its backend has not noticed the lost connection yet */
+		/* Its server process has not noticed the lost connection (it may not for hours, if
+		 * the connection vanished silently): end it, if it still holds this transaction
+		 * (a process id can be reused), then the transaction is committed or aborted. */
+		snprintf(q, sizeof(q),
+		         "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE"
+		         " pid = %d AND backend_xid::text = '%" PRId64 "'",
+		         pc->pending_pid, pc->pending % 4294967296);
+		char ended[16] = "0";
+		int qrc = pg_value(pc, q, ended, sizeof(ended), &null);
+		snprintf(pc->err, STORE_ERR_MAX,
+		         "transaction %" PRId64 " is still in progress (its server process %d %s)",
+		         pc->pending, pc->pending_pid,
+		         qrc ? "could not be asked to end"
+		         : strcmp(ended, "0") ? "was asked to end"
+		                              : "was not found");
+		return STORE_EBUSY;
 	}
 	if (null || (strcmp(status, "committed") && strcmp(status, "aborted"))) {
 		snprintf(pc->err, STORE_ERR_MAX, "transaction %" PRId64 ": status %s", pc->pending,

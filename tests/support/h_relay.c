@@ -28,6 +28,8 @@ struct h_relay {
 	int stop;
 	char needle[64]; /* armed cut, "" if none */
 	bool before, done;
+	bool strand;                 /* the armed cut strands the server's side */
+	int stranded[MAX_PAIRS];     /* server sides kept open, -1 if unused */
 	int wait_ms;
 	bool down; /* h_relay_down */
 	struct pair p[MAX_PAIRS];
@@ -60,7 +62,20 @@ static void drop(struct pair *p)
 	p->close_at = 0;
 }
 
-/* Whether the chunk a client sent triggers the armed cut; 1 = cut before forwarding. */
+/* Keep p's server side open and silent; close its client side. */
+static void strand(struct h_relay *r, struct pair *p)
+{
+	for (int i = 0; i < MAX_PAIRS; i++)
+		if (r->stranded[i] < 0) {
+			r->stranded[i] = p->sfd;
+			p->sfd = -1;
+			break;
+		}
+	drop(p);
+}
+
+/* Whether the chunk a client sent triggers the armed cut; 1 = cut before forwarding, 3 = and
+ * strand the server's side. */
 static int check_cut(struct h_relay *r, struct pair *p, const char *buf, size_t n)
 {
 	int cut = 0;
@@ -68,7 +83,7 @@ static int check_cut(struct h_relay *r, struct pair *p, const char *buf, size_t 
 	if (r->needle[0] && memmem(buf, n, r->needle, strlen(r->needle))) {
 		r->needle[0] = '\0';
 		r->done = true;
-		cut = r->before ? 1 : 2;
+		cut = r->strand ? 3 : r->before ? 1 : 2;
 		if (cut == 2)
 			p->close_at = h_now_ms() + r->wait_ms;
 	}
@@ -85,7 +100,10 @@ static bool pump(struct h_relay *r, struct pair *p, bool from_client)
 		return false;
 	if (!from_client && p->close_at)
 		return true; /* cut: the answer is lost */
-	if (from_client && !p->close_at && check_cut(r, p, buf, (size_t)n) == 1)
+	int cut = from_client && !p->close_at ? check_cut(r, p, buf, (size_t)n) : 0;
+	if (cut == 3)
+		strand(r, p);
+	if (cut == 1 || cut == 3)
 		return false;
 	int to = from_client ? p->sfd : p->cfd;
 	for (ssize_t off = 0; off < n;) {
@@ -160,7 +178,7 @@ static void *run(void *arg)
 				continue;
 			}
 			struct pair *p = &r->p[who[k] / 2];
-			if (p->cfd >= 0 && !pump(r, p, who[k] % 2 == 0))
+			if (p->cfd >= 0 && !pump(r, p, who[k] % 2 == 0) && p->cfd >= 0)
 				drop(p);
 		}
 	}
@@ -177,7 +195,7 @@ struct h_relay *h_relay_start(int upstream_port)
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	r->upstream = upstream_port;
 	for (int i = 0; i < MAX_PAIRS; i++)
-		r->p[i].cfd = r->p[i].sfd = -1;
+		r->p[i].cfd = r->p[i].sfd = r->stranded[i] = -1;
 	pthread_mutex_init(&r->mu, NULL);
 	r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (r->lfd < 0 || bind(r->lfd, (struct sockaddr *)&a, sizeof(a)) || listen(r->lfd, 16) ||
@@ -195,14 +213,25 @@ int h_relay_port(const struct h_relay *r)
 	return r->port;
 }
 
-void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait_ms)
+static void arm(struct h_relay *r, const char *needle, bool before, int wait_ms, bool strand)
 {
 	pthread_mutex_lock(&r->mu);
 	snprintf(r->needle, sizeof(r->needle), "%s", needle);
+	r->strand = strand;
 	r->before = before;
 	r->wait_ms = wait_ms;
 	r->done = false;
 	pthread_mutex_unlock(&r->mu);
+}
+
+void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait_ms)
+{
+	arm(r, needle, before, wait_ms, false);
+}
+
+void h_relay_strand_on(struct h_relay *r, const char *needle)
+{
+	arm(r, needle, true, 0, true);
 }
 
 void h_relay_down(struct h_relay *r, bool down)
@@ -228,9 +257,12 @@ void h_relay_free(struct h_relay *r)
 	r->stop = 1;
 	pthread_mutex_unlock(&r->mu);
 	pthread_join(r->thread, NULL);
-	for (int i = 0; i < MAX_PAIRS; i++)
+	for (int i = 0; i < MAX_PAIRS; i++) {
 		if (r->p[i].cfd >= 0)
 			drop(&r->p[i]);
+		if (r->stranded[i] >= 0)
+			close(r->stranded[i]);
+	}
 	close(r->lfd);
 	pthread_mutex_destroy(&r->mu);
 	free(r);

@@ -20,7 +20,13 @@ int h_relay_port(const struct h_relay *r);
  * and both sides are closed wait_ms later. */
 void h_relay_cut_on(struct h_relay *r, const char *needle, bool before, int wait_ms);
 
-/* true once an armed cut has happened. */
+/* Arm one strand: the next chunk a client sends that contains needle is not forwarded, the
+ * client's side is closed and the server's is kept open, silent, until h_relay_free(): to the
+ * server the client is still there (a connection that vanished without a FIN, as when a cable
+ * is cut). */
+void h_relay_strand_on(struct h_relay *r, const char *needle);
+
+/* true once an armed cut (or strand) has happened. */
 bool h_relay_cut_done(struct h_relay *r);
 
 /* down: close every connection (within 20 ms) and refuse new ones (the server is unreachable) until

@@ -1558,3 +1558,27 @@ Test(brg_commit_pg_cut, an_unanswered_commit_is_settled_not_applied_twice, .time
 	free_items(g, 2);
 	free_items(g2, 2);
 }
+
+/* The connection vanished silently while COMMIT was on its way (a cut cable: no FIN reaches
+ * the server): the server's process still holds the transaction open, and would for hours
+ * (until its TCP keepalive gives up). The writer ends that process, so the outcome is known
+ * at once (aborted) and the group is retried, stored once. */
+Test(brg_commit_pg_cut, a_commit_lost_with_its_connection_is_settled_at_once, .timeout = 120)
+{
+	commit_one(birth("dev-a", 1));
+	struct brg_item *g[] = {batch("dev-a", "dev-a", 2, 0)};
+	h_relay_strand_on(relay, "COMMIT");
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, g, 1, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert(h_relay_cut_done(relay));
+	cr_assert_eq(resolve_commit(), 0, "%s", store_errmsg(s));
+	brg_commit_settle(com, 0, &out);
+	cr_expect_eq(one("SELECT COUNT(*) FROM pg_stat_activity WHERE state LIKE 'idle in"
+	                 " transaction%'"),
+	             0);
+	commit(g, 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 2"), 1);
+	cr_expect_not_null(ack_of("dev-a"));
+	free_items(g, 1);
+}
