@@ -139,18 +139,28 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 	char text[300], via[300] = "";
 	if (proxy) /* a proxy that inspects TLS shows its own certificate: say where we looked */
 		snprintf(via, sizeof(via), " (through the proxy %s)", dev_proxy_loggable(proxy));
+	/* Verified, if wolfSSL kept it: the broker may then refuse us for want of a client
+	 * certificate (an alert, a close), which says nothing about its certificate. */
+	WOLFSSL_X509 *peer = err && verdict(err, host, ca, text, sizeof(text))
+	                         ? NULL
+	                         : wolfSSL_get_peer_certificate(ssl);
+	if (peer && is_ip(host) && wolfSSL_X509_check_ip_asc(peer, host, 0) != WOLFSSL_SUCCESS)
+		err = DOMAIN_NAME_MISMATCH; /* Paho checks an address against the IP names */
 	if (verdict(err, host, ca, text, sizeof(text))) {
 		snprintf(why, n, "the broker's certificate at %s:%d%s %s", host, port, via, text);
 		res = DEV_TLSCHECK_BAD_CERT;
-	} else if (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR) {
-		/* verified; the broker may then refuse us for want of a client certificate */
+	} else if (peer && (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR)) {
 		snprintf(why, n, "the broker's certificate at %s:%d%s is valid for %s", host, port, via,
 		         host);
 		res = DEV_TLSCHECK_OK;
+	} else if (!peer && (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR)) {
+		snprintf(why, n, "no verdict on %s:%d%s: it ended the handshake before showing a"
+		         " certificate", host, port, via);
 	} else {
 		wolfSSL_ERR_error_string_n((unsigned long)err, text, sizeof(text));
 		snprintf(why, n, "no verdict on %s:%d%s: %s (%d)", host, port, via, text, err);
 	}
+	wolfSSL_X509_free(peer);
 out:
 	wolfSSL_free(ssl);
 	if (fd >= 0)

@@ -2,12 +2,18 @@
  * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
  * durability across outages, forged acks, configuration errors. */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "dev_spool.h"
+#include "dev_tlscheck.h"
 #include "h_device.h"
 #include "h_fakebridge.h"
 #include "h_mqtt.h"
@@ -243,6 +249,60 @@ Test(device, names_a_wrong_broker_certificate_through_a_proxy, .timeout = 90)
 	free(verdict);
 	free(url);
 	free(plog);
+	free(pki);
+}
+
+/* A listener that accepts one connection, reads the ClientHello and answers with a fatal TLS
+ * alert (handshake_failure) before any certificate, then closes. */
+static void *refuse_handshake(void *arg)
+{
+	static const unsigned char alert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28};
+	char hello[4096];
+	int fd = accept(*(int *)arg, NULL, NULL);
+	if (fd >= 0 && read(fd, hello, sizeof(hello)) > 0 &&
+	    write(fd, alert, sizeof(alert)) == (ssize_t)sizeof(alert))
+		h_sleep_ms(200);
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+/* The certificate check behind the device's "TCP/TLS connect failure" says "valid" only about
+ * a certificate it saw and verified, and checks an address the device dials against the
+ * certificate's IP names, as Paho does. */
+Test(device, the_certificate_check_judges_only_what_it_saw, .timeout = 90)
+{
+	struct h_broker b = {0};
+	char why[512];
+	char *pki = pki_with_broker_san("pki-tlscheck", "DNS:localhost");
+	char *ca = h_strf("%s/ca.crt", pki);
+	h_broker_start(&b, pki);
+	/* named: valid (the broker then refuses a handshake without a client certificate) */
+	cr_expect_eq(dev_tlscheck("localhost", b.mqtts_port, ca, NULL, 3000, why, sizeof(why)),
+	             DEV_TLSCHECK_OK, "%s", why);
+	cr_expect(strstr(why, "is valid for localhost"), "%s", why);
+	/* dialled by address, which the certificate does not name */
+	cr_expect_eq(dev_tlscheck("127.0.0.1", b.mqtts_port, ca, NULL, 3000, why, sizeof(why)),
+	             DEV_TLSCHECK_BAD_CERT, "%s", why);
+	cr_expect(strstr(why, "does not name 127.0.0.1"), "%s", why);
+	h_broker_free(&b);
+
+	/* a server that ends the handshake before showing any certificate: no verdict */
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	socklen_t len = sizeof(a);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert(lfd >= 0 && !bind(lfd, (struct sockaddr *)&a, sizeof(a)) && !listen(lfd, 1) &&
+	          !getsockname(lfd, (struct sockaddr *)&a, &len));
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, refuse_handshake, &lfd), 0);
+	cr_expect_eq(dev_tlscheck("localhost", ntohs(a.sin_port), ca, NULL, 3000, why,
+	                          sizeof(why)),
+	             DEV_TLSCHECK_UNKNOWN, "%s", why);
+	cr_expect(strstr(why, "no verdict on localhost:"), "%s", why);
+	pthread_join(t, NULL);
+	close(lfd);
+	free(ca);
 	free(pki);
 }
 
