@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ofile.h"
@@ -18,6 +19,50 @@ int ofile_sync_dir(const char *dir)
 	close(fd);
 	errno = e;
 	return rc ? -1 : 0;
+}
+
+/* mkdir path; if it was created, fsync its parent (path is cut at its last '/'). */
+static int mkdir_durably(char *path, unsigned mode)
+{
+	struct stat st;
+	if (mkdir(path, (mode_t)mode) != 0) {
+		if (errno != EEXIST || stat(path, &st))
+			return -1;
+		errno = S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+		return errno ? -1 : 0;
+	}
+	char *slash = strrchr(path, '/');
+	if (!slash)
+		return ofile_sync_dir(".");
+	if (slash == path)
+		return ofile_sync_dir("/");
+	*slash = '\0';
+	int rc = ofile_sync_dir(path);
+	*slash = '/';
+	return rc;
+}
+
+int ofile_mkdir_p(const char *dir, unsigned mode)
+{
+	char *p = strdup(dir);
+	int rc = -1;
+	if (!p)
+		goto out;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/' || s[-1] == '/')
+			continue;
+		*s = '\0';
+		int bad = mkdir_durably(p, mode);
+		*s = '/';
+		if (bad)
+			goto out;
+	}
+	rc = mkdir_durably(p, mode);
+out:;
+	int e = errno;
+	free(p);
+	errno = e;
+	return rc;
 }
 
 int ofile_write_all(int fd, const void *data, size_t n)

@@ -30,6 +30,7 @@
 #include "dev_tasks.h"
 #include "dev_tlscheck.h"
 #include "dev_uploader.h"
+#include "ofile.h"
 #include "olog.h"
 #include "outpost.pb-c.h"
 #include "wire_batch.h"
@@ -74,26 +75,6 @@ static void give_back_memory(void)
 }
 
 /* ---------- construction ---------- */
-
-static int mkdir_p(const char *dir)
-{
-	char *p = strdup(dir);
-	if (!p)
-		return -1;
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = '\0';
-		if (mkdir(p, 0700) != 0 && errno != EEXIST) {
-			free(p);
-			return -1;
-		}
-		*s = '/';
-	}
-	int rc = mkdir(p, 0700) != 0 && errno != EEXIST ? -1 : 0;
-	free(p);
-	return rc;
-}
 
 static int load_identity(struct dev_agent *a, char *err, size_t errlen)
 {
@@ -181,7 +162,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		goto fail;
 	}
 	a->rng_ready = 1;
-	if (mkdir_p(cfg->state_dir)) {
+	if (ofile_mkdir_p(cfg->state_dir, 0700)) {
 		snprintf(err, errlen, "%s: state_dir: cannot create %s: %s", cfg->source, cfg->state_dir,
 			 strerror(errno));
 		goto fail;

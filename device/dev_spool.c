@@ -383,7 +383,7 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		goto fail;
 	s->opts = *opts;
 	s->opts.dir = s->dir;
-	if (mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
+	if (ofile_mkdir_p(s->dir, 0700)) {
 		rc = spool_io_err();
 		reason = "cannot create the spool directory";
 		goto fail;
