@@ -669,8 +669,15 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		int fd = spool_seg_fd(s, g);
 		if (fd < 0)
 			return DEV_SPOOL_EIO;
-		uint64_t off = c->seg_name == g->name && c->gen == s->layout_gen ? c->off : 0;
-		uint64_t seen = 0; /* seq of the record before, in this walk */
+		int resume = c->seg_name == g->name && c->gen == s->layout_gen;
+		uint64_t off = resume ? c->off : 0;
+		/* seq of the record before: the one the cursor returned last, or the previous
+		 * segment's last; damage before the first record met hid what lies between */
+		uint64_t seen = i ? s->segs[i - 1].last_seq : 0;
+		if (resume && c->next_seq)
+			seen = c->next_seq - 1;
+		if (seen < s->acked_upto)
+			seen = s->acked_upto;
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
@@ -679,7 +686,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				return r;
 			if (r)
 				break;
-			if (here != off && seen) /* damage since the open: what it hid is lost */
+			if (here != off) /* damage since the open: what it hid is lost */
 				spool_report_lost(s, seen, h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;

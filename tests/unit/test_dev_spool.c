@@ -475,6 +475,56 @@ Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 	free(dir);
 }
 
+/* Header rot that appears while the spool is open, where a walk starts: at the first record of
+ * a segment, and at the record after the one the uploader's cursor last returned. A reader
+ * skips it (it cannot know the damage is there until it meets it) and what it hid is
+ * reported as dropped, as for damage met in the middle of a walk. */
+Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[15];
+	char names[64][600];
+	three_segments(&o, seqs, names);
+	const off_t rec = REC_BYTES(300);
+	struct dev_spool *s = open_spool(&o);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	struct dev_spool_rec r;
+	uint8_t *env = NULL;
+	size_t len;
+	for (int i = 0; i < 7; i++) { /* up to seqs[6], the second of the second segment */
+		cr_assert_eq(dev_spool_next(s, &c, 1, &r, &env, &len), 0);
+		free(env);
+	}
+	cr_assert_eq(r.seq, seqs[6]);
+	flip_byte(names[1], 2 * rec + 9); /* seqs[7], where the cursor resumes */
+	flip_byte(names[2], 0 * rec + 9); /* seqs[10], the third segment's first */
+	uint64_t got[16];
+	size_t n = 0;
+	for (int guard = 0; guard < 100; guard++) {
+		int rc = dev_spool_next(s, &c, 1, &r, &env, &len);
+		if (rc == 1)
+			break;
+		cr_assert_eq(rc, 0, "%s", dev_spool_strerror(rc));
+		got[n++] = r.seq;
+		free(env);
+	}
+	cr_assert_eq(n, 6, "the rest of the walk: seqs[8], [9], [11] to [14]");
+	cr_expect_eq(got[0], seqs[8]);
+	cr_expect_eq(got[2], seqs[11]);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 2, "the two records the damage hid");
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].last_seq, seqs[7]);
+	cr_expect_eq(d[1].prev_seq, seqs[9]);
+	cr_expect_eq(d[1].last_seq, seqs[10]);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	dev_spool_close(s);
+	free(dir);
+}
+
 /* The loss found when the spool opens is on disk (state) before the damage is mended: a power
  * cut in between must not leave clean segments and no report. */
 Test(dev_spool, a_loss_found_at_open_is_recorded_before_it_is_mended)
