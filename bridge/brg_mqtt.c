@@ -34,6 +34,10 @@ struct brg_mqtt {
 	int connected;
 	long pending; /* QoS 1 publishes not yet acknowledged */
 	int lib;      /* holds a mosquitto_lib_init reference */
+	/* Held around each call into the caller (on_message, log). Once brg_mqtt_stop gave up on
+	 * the network thread, detached: the caller frees what those calls use, so they stop. */
+	pthread_mutex_t cb_mu;
+	int detached;
 };
 
 static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
@@ -47,7 +51,10 @@ static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	m->o.log(m->o.log_ctx, level, line);
+	pthread_mutex_lock(&m->cb_mu);
+	if (!m->detached)
+		m->o.log(m->o.log_ctx, level, line);
+	pthread_mutex_unlock(&m->cb_mu);
 }
 
 /* libmosquitto reports a TLS failure as "A TLS error occurred" and logs OpenSSL's queue
@@ -175,7 +182,12 @@ static void on_message(struct mosquitto *mosq, void *ud, const struct mosquitto_
 	clock_gettime(CLOCK_REALTIME, &ts);
 	bm->received_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	/* Blocks while the pipeline is full: the broker then holds the rest. */
-	m->o.on_message(m->o.ctx, bm);
+	pthread_mutex_lock(&m->cb_mu);
+	if (m->detached)
+		free(bm); /* a connection made after the bridge stopped */
+	else
+		m->o.on_message(m->o.ctx, bm);
+	pthread_mutex_unlock(&m->cb_mu);
 }
 
 static char *dup_or_null(const char *s, int *fail)
@@ -206,6 +218,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	m->cert = dup_or_null(o->cert_file, &fail);
 	m->key = dup_or_null(o->key_file, &fail);
 	pthread_mutex_init(&m->mu, NULL);
+	pthread_mutex_init(&m->cb_mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
 	if (fail || !(m->mosq = mosquitto_new(m->client_id, false, m))) {
 		snprintf(err, 256, "cannot create the MQTT client: %s",
@@ -382,6 +395,9 @@ int brg_mqtt_stop(struct brg_mqtt *m)
 	m->started = 0;
 	if (pthread_timedjoin_np(m->th, NULL, &until)) {
 		m->stuck = 1; /* in a blocking connect or TLS handshake: left to process exit */
+		pthread_mutex_lock(&m->cb_mu);
+		m->detached = 1;
+		pthread_mutex_unlock(&m->cb_mu);
 		return BRG_ETIMEDOUT;
 	}
 	return BRG_OK;
@@ -395,6 +411,7 @@ void brg_mqtt_free(struct brg_mqtt *m)
 		return; /* the network thread still uses everything */
 	mosquitto_destroy(m->mosq);
 	pthread_mutex_destroy(&m->mu);
+	pthread_mutex_destroy(&m->cb_mu);
 	pthread_cond_destroy(&m->cv);
 	free(m->host);
 	free(m->client_id);

@@ -51,8 +51,10 @@ int brg_mqtt_connected(struct brg_mqtt *m);
 
 /* Disconnect and join the network thread, waiting at most BRG_MQTT_STOP_S seconds: a
  * connect or TLS handshake under way cannot be interrupted (an unreachable broker: the
- * kernel's SYN retries, minutes). BRG_ETIMEDOUT then: the thread is left running, and
- * brg_mqtt_free() leaves the client to the process's exit. */
+ * kernel's SYN retries, minutes). BRG_ETIMEDOUT then: the thread is left running, never
+ * calling on_message or log again (what they use may be freed), and brg_mqtt_free() leaves
+ * the client to the process's exit. Stop the consumer of on_message first: a call of it
+ * under way is waited for. */
 #define BRG_MQTT_STOP_S 10
 int brg_mqtt_stop(struct brg_mqtt *m);
 void brg_mqtt_free(struct brg_mqtt *m); /* accepts NULL; stops first */
