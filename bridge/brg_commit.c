@@ -77,7 +77,10 @@ const char *const brg_commit__sql[S_COUNT] = {
                        " wire_id IS NOT NULL",
     [S_METRIC_COUNT] = "SELECT COUNT(*) FROM metrics WHERE device = ?",
     [S_METRIC_SET] = "UPDATE metrics SET unit = ?, wire_id = ? WHERE device = ? AND name = ?",
-    [S_METRIC_ADD] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)",
+    /* an upsert: another bridge on the store may add the same name at the same time */
+    [S_METRIC_ADD] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, ?, ?)"
+                     " ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit,"
+                     " wire_id = excluded.wire_id",
     [S_METRIC_LOAD] = "SELECT wire_id, id FROM metrics WHERE device = ? AND"
                       " wire_id IS NOT NULL",
     [S_METRIC_PLACE] = "INSERT INTO metrics (device, name, unit, wire_id) VALUES (?, ?, '', ?)"

@@ -65,30 +65,38 @@ static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, 
 	return m;
 }
 
-/* metrics.id for wire metric id `wire` of w; a placeholder "#<id>" if no birth named it. */
-static int metric_key(struct brg_committer *c, struct wdev *w, struct mcache *m, uint32_t wire,
-                      int64_t *out)
+/* The placeholder metric "#<wire>" of w, mapped to wire id `wire`; *key = its metrics.id. */
+static int placeholder(struct brg_committer *c, struct wdev *w, uint32_t wire, int64_t *key)
 {
-	struct mentry k = {wire, 0}, *e = bsearch(&k, m->e, m->n, sizeof(*m->e), cmp_mentry);
 	char name[16];
 	int rc;
-	if (e) {
-		*out = e->key;
-		return 0;
-	}
 	snprintf(name, sizeof(name), "#%u", wire);
 	B64(S_METRIC_PLACE, 1, w->key);
 	BTXT(S_METRIC_PLACE, 2, name);
 	B64(S_METRIC_PLACE, 3, wire);
 	rc = store_step(c->st[S_METRIC_PLACE]);
 	if (rc == 1) {
-		k.key = store_col_i64(c->st[S_METRIC_PLACE], 0);
+		*key = store_col_i64(c->st[S_METRIC_PLACE], 0);
 		rc = 0;
 	} else if (rc == 0) {
 		rc = STORE_EQUERY;
 	}
 	store_reset(c->st[S_METRIC_PLACE]);
-	if (rc)
+out:
+	return rc;
+}
+
+/* metrics.id for wire metric id `wire` of w; a placeholder "#<id>" if no birth named it. */
+static int metric_key(struct brg_committer *c, struct wdev *w, struct mcache *m, uint32_t wire,
+                      int64_t *out)
+{
+	struct mentry k = {wire, 0}, *e = bsearch(&k, m->e, m->n, sizeof(*m->e), cmp_mentry);
+	int rc;
+	if (e) {
+		*out = e->key;
+		return 0;
+	}
+	if ((rc = placeholder(c, w, wire, &k.key)))
 		goto out;
 	if ((rc = brg_commit__reserve((void **)&m->e, &m->cap, m->n, sizeof(*m->e))))
 		goto out;
@@ -105,17 +113,42 @@ out:
 	return rc;
 }
 
+/* Give w's metric named m->name its id and unit: add = by an upsert, else only if the name is
+ * known. 1 if the name is stored with its id, 0 if it is not (not known), < 0 error. */
+static int name_metric(struct brg_committer *c, struct wdev *w, const Outpost__MetricDef *m,
+                       int add)
+{
+	const char *unit = m->unit ? m->unit : "";
+	int64_t known = 0;
+	int rc;
+	if (add) {
+		B64(S_METRIC_ADD, 1, w->key);
+		BTXT(S_METRIC_ADD, 2, m->name);
+		BTXT(S_METRIC_ADD, 3, unit);
+		B64(S_METRIC_ADD, 4, m->id);
+		return (rc = brg_commit__run(c, S_METRIC_ADD)) ? rc : 1;
+	}
+	BTXT(S_METRIC_SET, 1, unit);
+	B64(S_METRIC_SET, 2, m->id);
+	B64(S_METRIC_SET, 3, w->key);
+	BTXT(S_METRIC_SET, 4, m->name);
+	rc = brg_commit__run_changes(c, S_METRIC_SET, &known);
+out:
+	return rc ? rc : known > 0;
+}
+
 /* A Birth's catalog: each name gets its wire id; names the Birth no longer has lose theirs but
  * keep their rows (their readings stay queryable). A device keeps at most o.max_device_metrics
- * names: a new name beyond is not stored (event metric_limit) and the readings of its id go
- * under the placeholder #<id> (metric_key), of which there are at most WIRE_MAX_METRIC_ID + 1. */
+ * names: a new name beyond is not stored, its id maps to the placeholder #<id> (at most
+ * WIRE_MAX_METRIC_ID + 1 of them; a Birth cannot name one: '#' is not in a metric name) and
+ * the event metric_limit says which. */
 int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__Birth *b,
                         uint64_t seq)
 {
 	struct store_stmt *count = c->st[S_METRIC_COUNT];
-	int64_t names = 0, known = 0;
-	size_t refused = 0;
-	const char *first = NULL;
+	int64_t names = 0, key;
+	size_t refused = 0, used = 0;
+	char which[240] = "";
 	int rc;
 	B64(S_METRIC_CLEAR, 1, w->key);
 	if ((rc = brg_commit__run(c, S_METRIC_CLEAR)))
@@ -128,36 +161,37 @@ int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__
 		rc = rc < 0 ? rc : STORE_EQUERY;
 		goto out;
 	}
+	/* far from the limit, one upsert a name; near it, new names are told from known ones */
+	int roomy = names + (int64_t)b->n_metrics <= c->o.max_device_metrics;
 	for (size_t i = 0; i < b->n_metrics; i++) {
 		const Outpost__MetricDef *m = b->metrics[i];
-		const char *unit = m->unit ? m->unit : "";
-		BTXT(S_METRIC_SET, 1, unit);
-		B64(S_METRIC_SET, 2, m->id);
-		B64(S_METRIC_SET, 3, w->key);
-		BTXT(S_METRIC_SET, 4, m->name);
-		if ((rc = brg_commit__run_changes(c, S_METRIC_SET, &known)))
+		if ((rc = name_metric(c, w, m, roomy)) < 0)
 			goto out;
-		if (known)
+		if (roomy || rc)
 			continue;
-		if (names >= c->o.max_device_metrics) {
-			first = refused++ ? first : m->name;
+		if (names < c->o.max_device_metrics) {
+			if ((rc = name_metric(c, w, m, 1)) < 0)
+				goto out;
+			names++;
 			continue;
 		}
-		B64(S_METRIC_ADD, 1, w->key);
-		BTXT(S_METRIC_ADD, 2, m->name);
-		BTXT(S_METRIC_ADD, 3, unit);
-		B64(S_METRIC_ADD, 4, m->id);
-		if ((rc = brg_commit__run(c, S_METRIC_ADD)))
+		if ((rc = placeholder(c, w, m->id, &key)))
 			goto out;
-		names++;
+		if (used + 1 < sizeof(which)) {
+			int k = snprintf(which + used, sizeof(which) - used, "%s%.32s as #%u",
+			                 refused ? ", " : "", m->name, m->id);
+			used = k < 0 || (size_t)k >= sizeof(which) - used ? sizeof(which) : used + (size_t)k;
+		}
+		refused++;
 	}
+	rc = 0;
 	if (refused)
-		rc = brg_commit__event(
-		    c, w, "metric_limit",
-		    "Birth seq %llu: %zu new metric names not stored (first: %.64s):"
-		    " the device has %lld, limit %lld; their readings go under #<id>",
-		    (unsigned long long)seq, refused, first, (long long)names,
-		    (long long)c->o.max_device_metrics);
+		rc = brg_commit__event(c, w, "metric_limit",
+		                       "Birth seq %llu: %zu metric names not stored (%s%s): the device"
+		                       " has %lld names, limit %lld",
+		                       (unsigned long long)seq, refused, which,
+		                       used >= sizeof(which) ? "…" : "", (long long)names,
+		                       (long long)c->o.max_device_metrics);
 out:
 	return rc;
 }

@@ -262,15 +262,15 @@ static int pg_resolve(void *conn)
 		 * the connection vanished silently): end it, if it still holds this transaction
 		 * (a process id can be reused), then the transaction is committed or aborted. */
 		snprintf(q, sizeof(q),
-		         "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE"
-		         " pid = %d AND backend_xid::text = '%" PRId64 "'",
+		         "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM"
+		         " pg_stat_activity WHERE pid = %d AND backend_xid::text = '%" PRId64 "'",
 		         pc->pending_pid, pc->pending % 4294967296);
 		char ended[16] = "0";
 		int qrc = pg_value(pc, q, ended, sizeof(ended), &null);
 		snprintf(pc->err, STORE_ERR_MAX,
 		         "transaction %" PRId64 " is still in progress (its server process %d %s)",
 		         pc->pending, pc->pending_pid,
-		         qrc ? "could not be asked to end"
+		         qrc ? "could not be asked to end: the query failed"
 		         : strcmp(ended, "0") ? "was asked to end"
 		                              : "was not found");
 		return STORE_EBUSY;

@@ -21,25 +21,30 @@ int ofile_sync_dir(const char *dir)
 	return rc ? -1 : 0;
 }
 
-/* mkdir path; if it was created, fsync its parent (path is cut at its last '/'). */
+/* mkdir path, then fsync its parent (path is cut at its last '/'): also when path existed, as
+ * whoever made it (`mkdir -p` in an entrypoint) may not have; that fsync is then best effort. */
 static int mkdir_durably(char *path, unsigned mode)
 {
 	struct stat st;
-	if (mkdir(path, (mode_t)mode) != 0) {
+	int made = mkdir(path, (mode_t)mode) == 0;
+	if (!made) {
 		if (errno != EEXIST || stat(path, &st))
 			return -1;
-		errno = S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
-		return errno ? -1 : 0;
+		if (!S_ISDIR(st.st_mode)) {
+			errno = ENOTDIR;
+			return -1;
+		}
 	}
 	char *slash = strrchr(path, '/');
-	if (!slash)
-		return ofile_sync_dir(".");
-	if (slash == path)
-		return ofile_sync_dir("/");
-	*slash = '\0';
-	int rc = ofile_sync_dir(path);
-	*slash = '/';
-	return rc;
+	int rc;
+	if (!slash || slash == path) {
+		rc = ofile_sync_dir(slash ? "/" : ".");
+	} else {
+		*slash = '\0';
+		rc = ofile_sync_dir(path);
+		*slash = '/';
+	}
+	return made ? rc : 0;
 }
 
 int ofile_mkdir_p(const char *dir, unsigned mode)

@@ -579,8 +579,10 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 			spool_remove_seg(s, s->nsegs - 1);
 		return rc;
 	}
-	if (g->count == 0)
+	if (g->count == 0) {
 		g->first_seq = seq;
+		g->first_prev = prev_seq;
+	}
 	g->last_seq = seq;
 	g->t_last = t_ms;
 	g->count++;
@@ -671,11 +673,9 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 			return DEV_SPOOL_EIO;
 		int resume = c->seg_name == g->name && c->gen == s->layout_gen;
 		uint64_t off = resume ? c->off : 0;
-		/* seq of the record before: the one the cursor returned last, or the previous
-		 * segment's last; damage before the first record met hid what lies between */
-		uint64_t seen = i ? s->segs[i - 1].last_seq : 0;
-		if (resume && c->next_seq)
-			seen = c->next_seq - 1;
+		/* seq of the record before: the one the cursor returned last, or the chain's link
+		 * into the segment; damage before the first record met hid what lies between */
+		uint64_t seen = resume && c->next_seq ? c->next_seq - 1 : g->first_prev;
 		if (seen < s->acked_upto)
 			seen = s->acked_upto;
 		while (off < g->bytes) {

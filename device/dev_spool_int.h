@@ -37,6 +37,7 @@
 struct seg {
 	uint64_t name; /* seq in the file name: the first record's when it was created */
 	uint64_t first_seq;
+	uint64_t first_prev; /* the first record's prev_seq: the chain's link into the segment */
 	uint64_t last_seq;
 	uint64_t count;
 	uint64_t bytes;

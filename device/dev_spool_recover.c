@@ -77,8 +77,10 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			scan_lost(s, sc, i);
 		}
 		scan_resumed(s, sc, h.prev_seq);
-		if (g->count == 0)
+		if (g->count == 0) {
 			g->first_seq = h.seq;
+			g->first_prev = h.prev_seq;
+		}
 		before_seq = g->last_seq;
 		before_t = g->t_last;
 		sc_before = sc->last;

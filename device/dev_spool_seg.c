@@ -272,8 +272,10 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 			rc = spool_write_all(out, rec, len);
 		if (rc)
 			goto done;
-		if (!n.count++)
+		if (!n.count++) {
 			n.first_seq = h.seq;
+			n.first_prev = h.prev_seq;
+		}
 		n.last_seq = h.seq;
 		n.t_last = h.t_ms;
 		n.bytes += len;

@@ -1040,8 +1040,8 @@ static struct brg_item *birth_named(const char *id, uint64_t seq, int ncols, con
 
 /* A device keeps at most max_device_metrics metric names (BRIDGE.md "Tables"): one that
  * renames its metrics in every Birth cannot grow the store without bound. At the limit, names
- * it has take their new ids; a new name is not stored, the readings of its id go under the
- * placeholder #<id> (nothing is lost), and an event tells the operator. */
+ * it has take their new ids; a new name is not stored, its id maps to the placeholder #<id>
+ * (nothing is lost, no metric_unnamed), and an event says which name went where. */
 TEST_BOTH(a_device_keeps_at_most_max_device_metrics_names)
 {
 	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
@@ -1052,23 +1052,38 @@ TEST_BOTH(a_device_keeps_at_most_max_device_metrics_names)
 	so.cols = 2;
 	commit_one(birth_named("dev-a", 1, 9, "a")); /* a1..a9 */
 	commit_one(birth_named("dev-a", 2, 6, "b")); /* b1..b6: b1 is the 10th name */
-	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 10);
-	cr_expect_eq(one("SELECT COUNT(*) FROM metrics WHERE wire_id IS NOT NULL"), 1);
-	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit' AND detail LIKE"
-	                 " 'Birth seq 2: 5 new metric names not stored (first: b2): the device has"
-	                 " 10, limit 10%'"),
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics WHERE name NOT LIKE '#%'"), 10);
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics WHERE wire_id IS NOT NULL AND name ="
+	                 " '#' || wire_id"),
+	             5, "b2..b6's ids map to their placeholders");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit' AND detail ="
+	                 " 'Birth seq 2: 5 metric names not stored (b2 as #2, b3 as #3, b4 as #4,"
+	                 " b5 as #5, b6 as #6): the device has 10 names, limit 10'"),
 	             1);
 	commit_one(batch("dev-a", "dev-a", 3, 0)); /* metric ids 1 and 2 */
 	cr_expect_eq(readings_under(3, "b1"), 2);
 	cr_expect_eq(readings_under(3, "#2"), 2, "the readings of b2 are lost");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
 
 	commit_one(birth_named("dev-a", 4, 2, "a")); /* names it has: a1, a2 */
 	commit_one(batch("dev-a", "dev-a", 5, 3));
 	cr_expect_eq(readings_under(5, "a1"), 2);
 	cr_expect_eq(readings_under(5, "a2"), 2);
-	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 11); /* and the placeholder #2 */
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 15); /* and the 5 placeholders */
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit'"), 1);
+
 	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 8);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
+}
+
+/* Far from the limit a Birth takes the one-statement path; a name twice in it is one row. */
+TEST_BOTH(a_birth_far_from_the_metric_limit_names_everything)
+{
+	commit_one(birth_named("dev-a", 1, 300, "m"));
+	commit_one(birth_named("dev-a", 2, 300, "m"));
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics"), 300);
+	cr_expect_eq(one("SELECT COUNT(*) FROM metrics WHERE wire_id IS NOT NULL"), 300);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_limit'"), 0);
 }
 
 /* A Birth signed more than 5 minutes after the bridge's time: the device's clock runs ahead

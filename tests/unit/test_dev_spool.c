@@ -523,6 +523,24 @@ Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
 	cr_expect_eq(st.dropped_total, 2);
 	dev_spool_close(s);
 	free(dir);
+
+	/* the segment before is gone (acknowledged by a range, removed): what the damage hid
+	 * starts after the chain's link into the damaged segment, not after the last segment
+	 * still on disk (its records were stored, not lost) */
+	dir = h_tmpdir("spool");
+	o = opts(dir);
+	three_segments(&o, seqs, names);
+	s = open_spool(&o);
+	const uint64_t second[1][2] = {{seqs[5], seqs[9]}};
+	cr_assert_eq(dev_spool_ack(s, 0, second, 1), 0);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 0);
+	flip_byte(names[2], 0 * rec + 9); /* seqs[10] */
+	cr_expect_eq(read_all(s, 1, got, 16), 9, "seqs[0] to [4], [11] to [14]");
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[9], "%llu", (unsigned long long)d[0].prev_seq);
+	cr_expect_eq(d[0].last_seq, seqs[10]);
+	dev_spool_close(s);
+	free(dir);
 }
 
 /* The loss found when the spool opens is on disk (state) before the damage is mended: a power
