@@ -180,7 +180,8 @@ int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__
 		if (used + 1 < sizeof(which)) {
 			int k = snprintf(which + used, sizeof(which) - used, "%s%.32s as #%u",
 			                 refused ? ", " : "", m->name, m->id);
-			used = k < 0 || (size_t)k >= sizeof(which) - used ? sizeof(which) : used + (size_t)k;
+			int cut = k < 0 || (size_t)k >= sizeof(which) - used;
+			used = cut ? sizeof(which) : used + (size_t)k;
 		}
 		refused++;
 	}
