@@ -141,19 +141,19 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 		snprintf(via, sizeof(via), " (through the proxy %s)", dev_proxy_loggable(proxy));
 	/* Verified, if wolfSSL kept it: the broker may then refuse us for want of a client
 	 * certificate (an alert, a close), which says nothing about its certificate. */
-	WOLFSSL_X509 *peer = err && verdict(err, host, ca, text, sizeof(text))
-	                         ? NULL
-	                         : wolfSSL_get_peer_certificate(ssl);
+	int bad = err && verdict(err, host, ca, text, sizeof(text));
+	int ended = !err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR;
+	WOLFSSL_X509 *peer = bad ? NULL : wolfSSL_get_peer_certificate(ssl);
 	if (peer && is_ip(host) && wolfSSL_X509_check_ip_asc(peer, host, 0) != WOLFSSL_SUCCESS)
-		err = DOMAIN_NAME_MISMATCH; /* Paho checks an address against the IP names */
-	if (verdict(err, host, ca, text, sizeof(text))) {
+		bad = verdict(DOMAIN_NAME_MISMATCH, host, ca, text, sizeof(text)); /* as Paho */
+	if (bad) {
 		snprintf(why, n, "the broker's certificate at %s:%d%s %s", host, port, via, text);
 		res = DEV_TLSCHECK_BAD_CERT;
-	} else if (peer && (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR)) {
+	} else if (ended && peer) {
 		snprintf(why, n, "the broker's certificate at %s:%d%s is valid for %s", host, port, via,
 		         host);
 		res = DEV_TLSCHECK_OK;
-	} else if (!peer && (!err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR)) {
+	} else if (ended) {
 		snprintf(why, n, "no verdict on %s:%d%s: it ended the handshake before showing a"
 		         " certificate", host, port, via);
 	} else {

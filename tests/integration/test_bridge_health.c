@@ -380,18 +380,15 @@ static pid_t spawn_bridge(const char *tag, const char *const *extra, char **log)
  * accepts and its accept queue is full: the kernel drops the bridge's SYNs and retries them. */
 Test(bridge_health, sigterm_while_connecting_to_the_broker_ends_the_bridge, .timeout = 90)
 {
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	socklen_t alen = sizeof(a);
+	int bport, lfd = h_listen_loopback(0, &bport), fill[4];
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)bport)};
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	int lfd = socket(AF_INET, SOCK_STREAM, 0), fill[4];
-	cr_assert(lfd >= 0 && !bind(lfd, (struct sockaddr *)&a, sizeof(a)) && !listen(lfd, 0) &&
-	          !getsockname(lfd, (struct sockaddr *)&a, &alen));
 	for (int i = 0; i < 4; i++) { /* fill the accept queue; the later ones wait in SYN_SENT */
 		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
 		cr_assert(fill[i] >= 0);
 		connect(fill[i], (struct sockaddr *)&a, sizeof(a));
 	}
-	char *port = h_strf("--broker-port=%d", ntohs(a.sin_port)), *log = NULL;
+	char *port = h_strf("--broker-port=%d", bport), *log = NULL;
 	const char *extra[] = {"--broker-host=127.0.0.1", port, NULL};
 	pid_t pid = spawn_bridge("bridge-stall", extra, &log);
 	long long end = h_now_ms() + 15000;

@@ -2,8 +2,6 @@
  * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
  * durability across outages, forged acks, configuration errors. */
 #include <criterion/criterion.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -288,15 +286,11 @@ Test(device, the_certificate_check_judges_only_what_it_saw, .timeout = 90)
 	h_broker_free(&b);
 
 	/* a server that ends the handshake before showing any certificate: no verdict */
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	socklen_t len = sizeof(a);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	int lfd = socket(AF_INET, SOCK_STREAM, 0);
-	cr_assert(lfd >= 0 && !bind(lfd, (struct sockaddr *)&a, sizeof(a)) && !listen(lfd, 1) &&
-	          !getsockname(lfd, (struct sockaddr *)&a, &len));
+	int port;
+	int lfd = h_listen_loopback(1, &port);
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, refuse_handshake, &lfd), 0);
-	cr_expect_eq(dev_tlscheck("localhost", ntohs(a.sin_port), ca, NULL, 3000, why,
+	cr_expect_eq(dev_tlscheck("localhost", port, ca, NULL, 3000, why,
 	                          sizeof(why)),
 	             DEV_TLSCHECK_UNKNOWN, "%s", why);
 	cr_expect(strstr(why, "ended the handshake before showing a certificate"), "%s", why);

@@ -188,23 +188,17 @@ static void *run(void *arg)
 struct h_relay *h_relay_start(int upstream_port)
 {
 	struct h_relay *r = calloc(1, sizeof(*r));
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	socklen_t len = sizeof(a);
 	if (!r)
 		abort();
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	r->upstream = upstream_port;
 	for (int i = 0; i < MAX_PAIRS; i++)
 		r->p[i].cfd = r->p[i].sfd = r->stranded[i] = -1;
 	pthread_mutex_init(&r->mu, NULL);
-	r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (r->lfd < 0 || bind(r->lfd, (struct sockaddr *)&a, sizeof(a)) || listen(r->lfd, 16) ||
-	    getsockname(r->lfd, (struct sockaddr *)&a, &len) ||
-	    pthread_create(&r->thread, NULL, run, r)) {
+	r->lfd = h_listen_loopback(16, &r->port);
+	if (pthread_create(&r->thread, NULL, run, r)) {
 		perror("h_relay_start");
 		abort();
 	}
-	r->port = ntohs(a.sin_port);
 	return r;
 }
 

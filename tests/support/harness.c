@@ -270,6 +270,21 @@ static int ephemeral_low(void)
 	return low;
 }
 
+int h_listen_loopback(int backlog, int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	socklen_t len = sizeof(a);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, backlog) ||
+	    getsockname(fd, (struct sockaddr *)&a, &len)) {
+		perror("h_listen_loopback");
+		abort();
+	}
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
 int h_free_port(void)
 {
 	/* Chosen below the ephemeral range, so that no outgoing connection (a device's, a

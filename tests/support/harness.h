@@ -56,6 +56,10 @@ struct wire_key *h_pki_key(const char *name);
  * same twice in one process (of the last 64). */
 int h_free_port(void);
 
+/* A socket listening on 127.0.0.1 at a port the kernel picks (*port), with backlog; the
+ * caller closes it. Aborts on failure (tests only). */
+int h_listen_loopback(int backlog, int *port);
+
 /* Wait until something listens on 127.0.0.1:port (one try at least); false after timeout_ms. */
 bool h_wait_port(int port, int timeout_ms);
 
