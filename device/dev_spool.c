@@ -645,15 +645,44 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	return DEV_SPOOL_OK;
 }
 
-/* Record h at `here` in segment i failed its tag (bit rot): report it as dropped, durably, then
- * cut it out of the segment so that no later read reports it again. */
+/* Report as dropped what damage anywhere in segment g hides, beyond what was acknowledged, as
+ * a walk meeting it would: the rewrite resynchronises past damage no walk has reached yet, and
+ * what it hid would otherwise vanish unreported, a hole the bridge waits on for ever. */
+static int report_hidden(struct dev_spool *s, struct seg *g)
+{
+	int fd = spool_seg_fd(s, g);
+	uint64_t off = 0, at, seen = g->first_prev;
+	size_t n = 0;
+	struct hdr h;
+	if (fd < 0)
+		return DEV_SPOOL_EIO;
+	while (off < g->bytes) {
+		int r = spool_next_good(s, fd, off, g->bytes, n ? seen : 0, &at, &h);
+		if (r < 0)
+			return r;
+		if (r)
+			break;
+		if (at != off)
+			spool_report_lost(s, seen > s->acked_upto ? seen : s->acked_upto, h.prev_seq);
+		seen = h.seq;
+		n++;
+		off = at + REC_OVERHEAD + h.len;
+	}
+	if (off < g->bytes) /* the segment's tail: its last records, as appended or found at open */
+		spool_report_lost(s, seen > s->acked_upto ? seen : s->acked_upto, g->last_seq);
+	return DEV_SPOOL_OK;
+}
+
+/* Record h at `here` in segment i failed its tag (bit rot): report it, and what other damage in
+ * the segment hides, as dropped, durably, then cut the damage out of the segment so that no
+ * later read reports it again. */
 static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
 			const struct hdr *h, uint64_t here)
 {
 	struct seg *g = &s->segs[i];
 	(void)c; /* its offset goes stale with the rewrite: the next read finds its place by seq */
 	spool_report_lost(s, h->prev_seq, h->seq);
-	if (state_write(s) || spool_seg_rewrite(s, g, g->bytes, here))
+	if (report_hidden(s, g) || state_write(s) || spool_seg_rewrite(s, g, g->bytes, here))
 		return; /* kept on disk: read again, it is not reported again (add_pending) */
 	if (g->count == 0 && i + 1 < s->nsegs)
 		spool_remove_seg(s, i);

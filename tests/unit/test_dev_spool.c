@@ -543,6 +543,51 @@ Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
 	free(dir);
 }
 
+/* A record whose body rots is cut out of its segment by a rewrite, which resynchronises past
+ * any other damage in that segment: header rot that no walk has reached yet, in the middle and
+ * at the segment's tail. What that damage hides is reported with the rotten record, not cut
+ * out silently (a hole the bridge would wait on for ever). */
+Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[15];
+	char names[64][600];
+	three_segments(&o, seqs, names);
+	const off_t rec = REC_BYTES(300);
+	struct dev_spool *s = open_spool(&o);
+	flip_byte(names[1], 0 * rec + 48 + 12 + 50); /* seqs[5]'s body */
+	flip_byte(names[1], 2 * rec + 9);	      /* seqs[7]'s header */
+	flip_byte(names[1], 4 * rec + 9);	      /* seqs[9]'s header, the segment's tail */
+	uint64_t got[16];
+	cr_assert_eq(read_all(s, 1, got, 16), 12, "all but the three damaged records");
+	cr_expect_eq(got[5], seqs[6]);
+	cr_expect_eq(got[6], seqs[8]);
+	cr_expect_eq(got[7], seqs[10]);
+	struct wire_dropped d[8];
+	size_t n = dev_spool_dropped(s, d, 8);
+	cr_assert_eq(n, 3, "each damaged record is reported once: %zu ranges", n);
+	for (int k = 5; k <= 9; k += 2) {
+		int found = 0;
+		for (size_t j = 0; j < n; j++)
+			found |= d[j].prev_seq == seqs[k - 1] && d[j].last_seq == seqs[k];
+		cr_expect(found, "seqs[%d] is not reported as dropped", k);
+	}
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 3);
+	dev_spool_close(s);
+
+	/* the reports are on disk, and the segment is clean: nothing new at the next start */
+	s = open_spool(&o);
+	cr_expect_eq(read_all(s, 1, got, 16), 12);
+	cr_expect_eq(dev_spool_dropped(s, d, 8), 3);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 3);
+	dev_spool_close(s);
+	free(dir);
+}
+
 /* The loss found when the spool opens is on disk (state) before the damage is mended: a power
  * cut in between must not leave clean segments and no report. */
 Test(dev_spool, a_loss_found_at_open_is_recorded_before_it_is_mended)
