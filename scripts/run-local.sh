@@ -101,20 +101,24 @@ cleanup() {
 device_pids=() bridge_pid="" broker_pid=""
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
+trap 'cleanup; exit 129' HUP
 trap cleanup EXIT
+# Every process runs in a session of its own (setsid): Ctrl-C (or a closed terminal) signals the
+# terminal's whole foreground process group, and would stop the bridge together with the devices
+# instead of after them. Only this script hears it; cleanup then stops them in order.
 
 say "broker: wss://localhost:$wss/mqtt, ssl://localhost:$mqtts, internal ssl://127.0.0.1:$internal"
 OUTPOST_PKI_DIR=$pki OUTPOST_BROKER_DIR=$state/broker OUTPOST_WSS_PORT=$wss OUTPOST_MQTTS_PORT=$mqtts \
 	OUTPOST_INTERNAL_PORT=$internal OUTPOST_BROKER_BIND=127.0.0.1 OUTPOST_INTERNAL_BIND=127.0.0.1 \
 	OUTPOST_AUTH_PLUGIN=$builddir/broker/outpost_auth.so \
-	"$root/docker/mosquitto/run-broker.sh" >>"$state/logs/broker.log" 2>&1 &
+	setsid "$root/docker/mosquitto/run-broker.sh" >>"$state/logs/broker.log" 2>&1 &
 broker_pid=$!
 for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$internal" && break; sleep 0.1; done
 port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
 
 start_bridge() {
 	# umask 077: the store (every reading) is readable by its owner only
-	(umask 077 && exec "$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" \
+	(umask 077 && exec setsid "$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" \
 		--store "$store" --client-id outpost-bridge-local --share-group '') >>"$state/logs/bridge.log" 2>&1 &
 	bridge_pid=$!
 }
@@ -144,7 +148,7 @@ for i in $(seq 1 "$devices"); do
 		say "$id: certificate revoked; not started (delete $pki/devices/$id.* to re-provision it)"
 		continue
 	fi
-	"$device_bin" --id "$id" --broker-host localhost --wss-port "$wss" --mqtts-port "$mqtts" \
+	setsid "$device_bin" --id "$id" --broker-host localhost --wss-port "$wss" --mqtts-port "$mqtts" \
 		--ca "$pki/ca.crt" --cert "$pki/devices/$id.crt" --key "$pki/devices/$id.key" \
 		--bridge-cert "$pki/bridge.crt" --state-dir "$state/devices/$id" --proxy none \
 		--collectors proc,sim --sim-metrics 10 --sample-interval 2s --batch-interval 6s \

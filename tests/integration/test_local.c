@@ -1,6 +1,7 @@
 /* test_local.c - the user-facing commands: scripts/run-local.sh runs the whole stack and
  * stops it cleanly; scripts/mqtt-sub.sh shows decoded telemetry from it. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,29 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	free(text);
 	int64_t n = h_store_i64(store, "SELECT count(*) FROM devices", 0);
 	cr_expect_eq(n, 3, "same store, same devices");
+
+	/* Ctrl-C in a terminal signals the terminal's whole foreground process group: the script
+	 * alone hears it, and stops the devices first, then the bridge (SIGTERM, after the devices'
+	 * last batches), then the broker */
+	char *blog = h_strf("%s/logs/bridge.log", state);
+	int connected = h_count_in_file(blog, "connected to");
+	argv[4] = "0"; /* until stopped */
+	pid = h_spawn(argv, env, log);
+	h_track_pid(pid);
+	for (int i = 0; i < 300 && h_count_in_file(blog, "connected to") <= connected; i++)
+		h_sleep_ms(50);
+	h_sleep_ms(3000); /* the devices connect and send */
+	int stopped = h_count_in_file(blog, "Terminated: finishing");
+	cr_expect_eq(kill(-pid, SIGINT), 0);
+	cr_expect_eq(h_wait_exit(pid, 60000), 130);
+	cr_expect_eq(h_count_in_file(blog, "Interrupt: finishing"), 0, "see %s", blog);
+	cr_expect_eq(h_count_in_file(blog, "Terminated: finishing"), stopped + 1, "see %s", blog);
+	cmd = h_strf("pgrep -af [/]%s", state + 1);
+	out = NULL;
+	cr_expect_neq(h_sh(cmd, &out, 10), 0, "processes left behind:\n%s", out);
+	free(out);
+	free(cmd);
+	free(blog);
 	free(before);
 	free(after);
 	free(ca);
