@@ -111,8 +111,8 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	cr_expect_eq(n, 3, "same store, same devices");
 
 	/* Ctrl-C in a terminal signals the terminal's whole foreground process group: the script
-	 * alone hears it, and stops the devices first, then the bridge (SIGTERM, after the devices'
-	 * last batches), then the broker */
+	 * alone hears it, and stops the devices first, then the bridge (SIGTERM, once they are
+	 * gone), then the broker */
 	char *blog = h_strf("%s/logs/bridge.log", state);
 	int connected = h_count_in_file(blog, "connected to");
 	argv[4] = "0"; /* until stopped */
