@@ -31,6 +31,10 @@ struct result {
 	char keys[MAX_RESULT_OUTPUT][WIRE_MAX_KEY + 1];
 	char vals[MAX_RESULT_OUTPUT][160];
 	size_t n;
+	/* once stored: record in the tasks file that the task ran to its end (end_task) / that its
+	 * id was seen (dev_tasks_seen). Until then a restart reports it again (interrupted), or it
+	 * is delivered again and judged again: the result cannot be lost in between. */
+	int then_end, then_seen;
 };
 
 static void out_kv(struct result *r, const char *key, const char *fmt, ...)
@@ -89,19 +93,34 @@ static int store_result(struct dev_agent *a, struct result *r)
 	return rc;
 }
 
-/* Report a task's result. If the spool cannot take it (disk full), it waits in memory, in
- * order, and is stored by retry_results; only a restart before then loses it. */
+static void end_task(struct dev_agent *a, uint64_t id);
+
+/* The result is in the spool: what the tasks file says of the task may follow. */
+static void result_stored(struct dev_agent *a, const struct result *r)
+{
+	if (r->then_end)
+		end_task(a, r->task_id);
+	if (r->then_seen && dev_tasks_seen(a->tasks, r->task_id))
+		olog(OLOG_WARN, "task %" PRIu64 ": cannot persist task state", r->task_id);
+}
+
+/* Report a task's result, then record what r->then_* ask for. If the spool cannot take it
+ * (disk full), it waits in memory, in order, and is stored by retry_results; the tasks file
+ * is left as it is until then, so that a restart in between does not lose it. */
 static void report(struct dev_agent *a, uint64_t task_id, struct result *r)
 {
 	r->task_id = task_id;
 	r->finished_at_ms = otime_wall_ms();
 	int rc = a->n_unreported ? DEV_SPOOL_ENOSPC : store_result(a, r);
-	if (!rc)
+	if (!rc) {
+		result_stored(a, r);
 		return;
+	}
 	struct result *keep = a->n_unreported < WIRE_MAX_TASKS ? malloc(sizeof(*keep)) : NULL;
 	if (!keep) {
 		olog(OLOG_ERROR, "task %" PRIu64 ": result lost: %s, and no room to keep it", task_id,
 		     dev_spool_strerror(rc));
+		result_stored(a, r); /* nothing to wait for */
 		return;
 	}
 	*keep = *r;
@@ -114,6 +133,7 @@ void agent_retry_results(struct dev_agent *a)
 {
 	while (a->n_unreported && !store_result(a, a->unreported[0])) {
 		olog(OLOG_INFO, "task %" PRIu64 ": result stored", a->unreported[0]->task_id);
+		result_stored(a, a->unreported[0]);
 		free(a->unreported[0]);
 		memmove(a->unreported, a->unreported + 1, --a->n_unreported * sizeof(a->unreported[0]));
 	}
@@ -251,7 +271,9 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 {
 	struct result r = {0};
 	olog(OLOG_INFO, "task %" PRIu64 ": running %s", t->id, t->type);
+	r.then_end = 1;
 	if (dev_tasks_begin(a->tasks, t->id, t->type)) {
+		r.then_end = 0; /* not begun: nothing to end */
 		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
 		snprintf(r.message, sizeof(r.message), "cannot persist task state; not run");
 		report(a, t->id, &r);
@@ -281,7 +303,6 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 		return;
 	}
 	report(a, t->id, &r);
-	end_task(a, t->id);
 	olog(OLOG_INFO, "task %" PRIu64 ": %s: %s", t->id,
 	     r.status == OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED ? "succeeded" : "failed", r.message);
 }
@@ -302,8 +323,8 @@ void agent_on_interrupted_task(struct dev_agent *a)
 		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
 		snprintf(r.message, sizeof(r.message), "interrupted by an agent restart; not run again");
 	}
+	r.then_end = 1;
 	report(a, id, &r);
-	end_task(a, id);
 	olog(OLOG_INFO, "task %" PRIu64 " (%s): reported after restart: %s", id, type, r.message);
 }
 
@@ -327,17 +348,16 @@ void agent_on_tasks(struct dev_agent *a, const struct dev_link_event *ev)
 		wire_msg_free(list);
 		return;
 	}
-	/* One task at a time, each marked seen as it is handled: the tasks behind a stop stay
-	 * unseen, and the bridge delivers them to the next agent. */
-	for (size_t i = 0; i < n && !a->stop; i++) {
+	/* One task at a time, each marked seen as it is handled: the tasks behind a stop, or
+	 * behind a result the spool could not take, stay unseen, and the bridge delivers them
+	 * again (to the next agent, or once the results are stored: no poll goes out before). */
+	for (size_t i = 0; i < n && !a->stop && !a->n_unreported; i++) {
 		if (v[i].seen) {
 			olog(OLOG_DEBUG, "task %" PRIu64 ": delivered again; already handled", v[i].id);
 			continue;
 		}
 		if (v[i].reject) {
-			struct result r = {0};
-			if (v[i].mark_seen && dev_tasks_seen(a->tasks, v[i].id))
-				olog(OLOG_WARN, "task %" PRIu64 ": cannot persist task state", v[i].id);
+			struct result r = {.then_seen = v[i].mark_seen};
 			r.status = OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED;
 			snprintf(r.message, sizeof(r.message), "%s", v[i].reject);
 			olog(OLOG_WARN, "task %" PRIu64 ": rejected: %s", v[i].id, v[i].reject);
