@@ -786,34 +786,41 @@ static int run_device(const char *args, char **out)
 	return rc;
 }
 
-/* Paho's TLS (OpenSSL) and the agent's wolfSSL share the process, and wolfSSL exports some
- * functions under OpenSSL's names. The dynamic linker binds libssl, libcrypto and Paho to
+/* wolfSSL and OpenSSL share a process in each program: Paho's TLS (device), libmosquitto's and
+ * libpq's (bridge, outpostctl) are OpenSSL. wolfSSL exports some functions under OpenSSL's
+ * names, and the dynamic linker binds libssl, libcrypto, Paho, libmosquitto and libpq to
  * wolfSSL for one of them only: SSL_COMP_get_compression_methods, whose stub leaves TLS
  * compression off (docs/DEVICE.md, The link). A library update that adds another binding,
  * which could hand OpenSSL a wolfSSL object, fails here. */
 Test(device, openssl_binds_to_wolfssl_only_where_known)
 {
-	char *out = NULL;
-	char *cmd = h_strf("LD_BIND_NOW=1 LD_DEBUG=bindings %s --version 2>&1 | grep -c \"binding file\"",
-	                   OUTPOST_DEVICE_BIN);
-	cr_assert_eq(h_sh(cmd, &out, 20), 0, "LD_DEBUG shows no binding: %s", out);
-	cr_assert_gt(atoi(out), 100, "LD_DEBUG shows no binding: %s", out);
-	free(out);
-	free(cmd);
-	cmd = h_strf("LD_BIND_NOW=1 LD_DEBUG=bindings %s --version 2>&1 | grep -E "
-	             "\"binding file [^ ]*(libssl|libcrypto|libpaho)[^ ]* .* to [^ ]*libwolfssl\"",
-	             OUTPOST_DEVICE_BIN);
-	out = NULL;
-	h_sh(cmd, &out, 20); /* grep: 1 when there is none */
-	for (char *line = out, *nl; line && *line; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		cr_expect(strstr(line, "`SSL_COMP_get_compression_methods'"),
-		          "OpenSSL or Paho binds to wolfSSL: %s", line);
+	char *bins[] = {h_strf("%s", OUTPOST_DEVICE_BIN),
+	                h_strf("%s/bridge/outpost-bridge", h_build_dir()),
+	                h_strf("%s/bridge/outpostctl", h_build_dir())};
+	for (size_t i = 0; i < sizeof(bins) / sizeof(bins[0]); i++) {
+		char *out = NULL;
+		char *cmd = h_strf("LD_BIND_NOW=1 LD_DEBUG=bindings %s --version 2>&1 | "
+		                   "grep -c \"binding file\"", bins[i]);
+		cr_assert_eq(h_sh(cmd, &out, 20), 0, "%s: LD_DEBUG shows no binding: %s", bins[i], out);
+		cr_assert_gt(atoi(out), 100, "%s: LD_DEBUG shows no binding: %s", bins[i], out);
+		free(out);
+		free(cmd);
+		cmd = h_strf("LD_BIND_NOW=1 LD_DEBUG=bindings %s --version 2>&1 | grep -E \"binding "
+		             "file [^ ]*(libssl|libcrypto|libpaho|libmosquitto|libpq)[^ ]* .* to "
+		             "[^ ]*libwolfssl\"", bins[i]);
+		out = NULL;
+		h_sh(cmd, &out, 20); /* grep: 1 when there is none */
+		for (char *line = out, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+			nl = strchr(line, '\n');
+			if (nl)
+				*nl = '\0';
+			cr_expect(strstr(line, "`SSL_COMP_get_compression_methods'"),
+			          "%s: OpenSSL's side binds to wolfSSL: %s", bins[i], line);
+		}
+		free(out);
+		free(cmd);
+		free(bins[i]);
 	}
-	free(out);
-	free(cmd);
 }
 
 Test(device, configuration_errors_exit_2_naming_the_field)
