@@ -42,9 +42,10 @@ const char *const brg_commit__sql[S_COUNT] = {
                     " AND e.seq = k.seq LIMIT 1) AS e",
     [S_LINKS] = "SELECT prev_seq, seq, stored_at FROM envelopes WHERE device = ? AND seq > ?"
                 " ORDER BY seq LIMIT 4096",
+    /* by last_seq (index gaps_dropped): the ranges below the frontier are never visited */
     [S_DROPS] =
         "SELECT prev_seq, last_seq, opened_at FROM gaps WHERE device = ? AND reason = 'dropped'"
-        " AND last_seq > ? ORDER BY prev_seq LIMIT 1024",
+        " AND last_seq > ? ORDER BY last_seq LIMIT 1024",
     [S_GAP_INS] = "INSERT INTO gaps (device, reason, prev_seq, last_seq, count, opened_at)"
                   " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, reason, prev_seq) DO NOTHING",
     [S_GAP_GROW_DROP] = "UPDATE gaps SET last_seq = ?, count = ? WHERE device = ? AND"
@@ -61,18 +62,21 @@ const char *const brg_commit__sql[S_COUNT] = {
                    " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
     /* a backlog arriving in order fills a hole from below: the gap keeps its row (one
      * gap_missing event per hole, not one per commit) unless a row already has that prev_seq.
-     * One row at most, the oldest: moving two rows to one prev_seq breaks the unique key. */
+     * One row at most (moving two rows to one prev_seq breaks the unique key): the open hole
+     * that ends first, found among the open ones (index gaps_open), not among all past holes.
+     * Holes do not overlap, so it is the only one that contains the seq. */
     [S_GAP_SHRINK] = "UPDATE gaps SET prev_seq = ? WHERE id = (SELECT id FROM gaps WHERE"
                      " device = ? AND reason = 'missing' AND resolved_at IS NULL AND"
-                     " prev_seq < ? AND last_seq > ? ORDER BY prev_seq LIMIT 1) AND NOT EXISTS"
+                     " prev_seq < ? AND last_seq > ? ORDER BY last_seq LIMIT 1) AND NOT EXISTS"
                      " (SELECT 1 FROM gaps g WHERE g.device = ? AND g.reason = 'missing'"
                      " AND g.prev_seq = ?)",
     /* a Birth's chain_floor above the frontier: holes ending at or below it will never fill
      * (one reaching above it is shrunk to start there, S_GAP_SHRINK) */
     [S_GAP_LOSE] = "UPDATE gaps SET resolved_at = ?, resolution = 'lost' WHERE device = ?"
                    " AND reason = 'missing' AND resolved_at IS NULL AND last_seq <= ?",
-    [S_GAP_IN_LOST] = "SELECT 1 FROM gaps WHERE device = ? AND reason = 'lost' AND prev_seq < ?"
-                      " AND last_seq >= ?",
+    /* lost stretches never overlap: the one starting last before seq is the only candidate */
+    [S_GAP_IN_LOST] = "SELECT last_seq FROM gaps WHERE device = ? AND reason = 'lost' AND"
+                      " prev_seq < ? ORDER BY prev_seq DESC LIMIT 1",
     [S_METRIC_CLEAR] = "UPDATE metrics SET wire_id = NULL WHERE device = ? AND"
                        " wire_id IS NOT NULL",
     [S_METRIC_COUNT] = "SELECT COUNT(*) FROM metrics WHERE device = ?",

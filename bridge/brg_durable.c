@@ -204,8 +204,9 @@ static int in_lost_gap(struct brg_committer *c, struct wdev *w, uint64_t seq)
 	int rc;
 	B64(S_GAP_IN_LOST, 1, w->key);
 	B64(S_GAP_IN_LOST, 2, seq);
-	B64(S_GAP_IN_LOST, 3, seq);
 	rc = store_step(c->st[S_GAP_IN_LOST]);
+	if (rc == 1)
+		rc = store_col_i64(c->st[S_GAP_IN_LOST], 0) >= (int64_t)seq;
 	store_reset(c->st[S_GAP_IN_LOST]);
 out:
 	return rc;
@@ -307,6 +308,11 @@ out:
 
 static int record_dropped(struct brg_committer *c, struct wdev *w, const struct wire_dropped *d)
 {
+	/* At or below the frontier it changes nothing (the chain is settled there, and an open
+	 * hole lies above it): no row, no event. A device repeats a range until the envelope
+	 * carrying it is acknowledged, and a hostile one would otherwise grow the table at will. */
+	if ((int64_t)d->last_seq <= w->frontier)
+		return 0;
 	int rc = brg_commit__insert_gap(c, w, "dropped", d->prev_seq, d->last_seq,
 	                                (int64_t)d->count);
 	if (rc < 0)

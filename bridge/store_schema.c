@@ -171,9 +171,21 @@ static const char *const v2_pg[] = {
     NULL,
 };
 
+/* Version 3: the writer's per-group reads of gaps use indexes that skip a device's history:
+ * dropped ranges by where they end (only those past the frontier matter), and the holes still
+ * open. Without them each group of a device walked all its old gap rows. */
+#define V3_GAPS_DROPPED                                                                            \
+	"CREATE INDEX gaps_dropped ON gaps (device, last_seq) WHERE reason = 'dropped'"
+#define V3_GAPS_OPEN                                                                               \
+	"CREATE INDEX gaps_open ON gaps (device, last_seq) WHERE reason = 'missing' AND"           \
+	" resolved_at IS NULL"
+static const char *const v3_sqlite[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
+static const char *const v3_pg[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
+
 static const struct migration migrations[] = {
     {1, v1_sqlite, v1_pg},
     {2, v2_sqlite, v2_pg},
+    {3, v3_sqlite, v3_pg},
 };
 #define N_MIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 

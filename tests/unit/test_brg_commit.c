@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "brg_commit.h"
+#include "brg_commit_int.h"
 #include "brg_err.h"
 #include "brg_registry.h"
 #include "brg_reply.h"
@@ -900,6 +901,61 @@ Test(brg_commit, dropped_range_starting_below_the_frontier_closes_the_chain)
 	commit_one(batch_drop("dev-a", 13, 12, NULL, 0));
 	cr_expect_eq(ack_of("dev-a")->seq, 13, "frontier still stuck at %llu",
 	             (unsigned long long)ack_of("dev-a")->seq);
+}
+
+/* Dropped records at or below the frontier change nothing: the chain is settled there. A device
+ * repeats a range until the envelope carrying it is acknowledged, and a hostile one could
+ * otherwise add gap rows and events at will, which every later group of the device would
+ * read back. One that reaches past the frontier is still recorded. */
+TEST_BOTH(dropped_records_at_or_below_the_frontier_add_nothing)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                         batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3)};
+	commit(g1, 4);
+	free_items(g1, 4);
+	cr_assert_eq(ack_of("dev-a")->seq, 4);
+	const int64_t gaps = one("SELECT COUNT(*) FROM gaps");
+	const int64_t events = one("SELECT COUNT(*) FROM events WHERE type = 'gap_dropped'");
+	const struct wire_dropped below[] = {{0, 1, 1}, {1, 2, 1}, {3, 4, 1}};
+	commit_one(batch_drop("dev-a", 5, 4, below, 3));
+	cr_expect_eq(ack_of("dev-a")->seq, 5);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps"), gaps, "gap rows for settled seqs");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_dropped'"), events);
+	const struct wire_dropped past = {5, 7, 2};
+	commit_one(batch_drop("dev-a", 8, 7, &past, 1));
+	cr_expect_eq(ack_of("dev-a")->seq, 8);
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND prev_seq = 5 AND"
+	                 " last_seq = 7"),
+	             1);
+}
+
+/* The writer's reads of a device's gaps, in every group of that device, use indexes that leave
+ * its past gaps aside (SQLite's plans; PostgreSQL has the same indexes): dropped ranges by where
+ * they end, holes among the open ones. Before, each walked every gap row the device ever had. */
+Test(brg_commit, gap_reads_do_not_walk_a_device_s_history)
+{
+	const struct {
+		int stmt;
+		const char *index;
+	} want[] = {{S_DROPS, "gaps_dropped"},         {S_GAP_FILL, "gaps_open"},
+	            {S_GAP_FILL_DROPPED, "gaps_open"}, {S_GAP_LOSE, "gaps_open"},
+	            {S_GAP_SHRINK, "gaps_open"},       {S_GAP_IN_LOST, "prev_seq<?"}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		char *sql = h_strf("EXPLAIN QUERY PLAN %s", brg_commit__sql[want[i].stmt]);
+		struct store_stmt *st = NULL;
+		cr_assert_eq(store_prepare(s, sql, &st), STORE_OK, "%s: %s", sql, store_errmsg(s));
+		char plan[1024] = "";
+		while (store_step(st) == 1) {
+			const char *d = store_col_text(st, 3);
+			snprintf(plan + strlen(plan), sizeof(plan) - strlen(plan), "%s\n", d ? d : "");
+		}
+		store_stmt_free(st);
+		cr_expect(strstr(plan, want[i].index), "%s\nplan:\n%s", sql, plan);
+		/* S_GAP_IN_LOST: one step back from the seq, newest first (LIMIT 1) */
+		if (want[i].stmt == S_GAP_IN_LOST)
+			cr_expect(strstr(brg_commit__sql[want[i].stmt], "DESC LIMIT 1"), "%s", sql);
+		free(sql);
+	}
 }
 
 /* A hole that the device then reports dropped (its spool overflowed before it could resend) is
