@@ -495,6 +495,15 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 {
 	char d[160];
 	int rc;
+	/* Verified with the key of a Birth the store does not hold (not yet: it is later in the
+	 * queue; or refused): not for this group. Dropped unacknowledged; the device resends it. */
+	if (it->provisional && (!w->has_key || memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {
+		brg_commit__note(c, OLOG_INFO, w->id,
+		                 "seq %llu verified with the key of a Birth not stored yet: left "
+		                 "unacknowledged (the device sends it again)",
+		                 (unsigned long long)it->seq);
+		return 0;
+	}
 	if (brg_commit__is_state(w, STORE_ST_QUARANTINED)) {
 		rc = brg_commit__count_reject(c, w, BRG_R_QUARANTINED,
 		                              "dropped: device quarantined", 0);

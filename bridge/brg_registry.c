@@ -10,12 +10,15 @@
 #include "store_ops.h"
 #include "wire_limits.h"
 
-#define NOKEY_TTL_MS 1000 /* see brg_registry_get */
+#define NOKEY_TTL_MS 1000             /* see brg_registry_get */
+#define BIRTH_TTL_MS (10 * 60 * 1000) /* a Birth the writer never stored (refused, lost) */
 
 struct entry {
 	char id[WIRE_ID_MAX + 1]; /* "" = free slot */
-	struct brg_dev_info info;
+	struct brg_dev_info info; /* the store's view */
 	int64_t loaded_ms;
+	struct brg_dev_info birth; /* a verified Birth's view, while the writer has not stored it */
+	int64_t birth_ms;          /* when it was verified; 0: none */
 };
 
 struct brg_registry {
@@ -111,8 +114,8 @@ static int grow(struct brg_registry *r)
 	return BRG_OK;
 }
 
-static void put_locked(struct brg_registry *r, const char *id, const struct brg_dev_info *info,
-                       int64_t now)
+/* The entry of id, created (empty, to be loaded) if need be; NULL without memory. */
+static struct entry *entry_for(struct brg_registry *r, const char *id)
 {
 	struct entry *e = find(r, id);
 	if (!e->id[0]) {
@@ -121,14 +124,27 @@ static void put_locked(struct brg_registry *r, const char *id, const struct brg_
 			memset(r->slots, 0, r->cap * sizeof(*r->slots));
 			r->used = 0;
 		} else if ((r->used + 1) * 2 > r->cap && grow(r)) {
-			return; /* no memory: just do not cache */
+			return NULL; /* no memory: just do not cache */
 		}
 		e = find(r, id);
 		strcpy(e->id, id);
 		r->used++;
 	}
+	return e;
+}
+
+static void put_locked(struct brg_registry *r, const char *id, const struct brg_dev_info *info,
+                       int64_t now)
+{
+	struct entry *e = entry_for(r, id);
+	if (!e)
+		return;
 	e->info = *info;
+	e->info.provisional = e->info.has_enrolled = 0;
 	e->loaded_ms = now;
+	if (e->birth_ms && info->has_key && !memcmp(info->key.raw, e->birth.key.raw,
+	                                            sizeof(info->key.raw)))
+		e->birth_ms = 0; /* stored */
 }
 
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info)
@@ -137,6 +153,20 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 		return;
 	pthread_mutex_lock(&r->mu);
 	put_locked(r, id, info, otime_mono_ms());
+	pthread_mutex_unlock(&r->mu);
+}
+
+void brg_registry_put_birth(struct brg_registry *r, const char *id,
+                            const struct brg_dev_info *info)
+{
+	if (strlen(id) > WIRE_ID_MAX || !id[0] || !info->has_key)
+		return;
+	pthread_mutex_lock(&r->mu);
+	struct entry *e = entry_for(r, id);
+	if (e) {
+		e->birth = *info;
+		e->birth_ms = otime_mono_ms() | 1; /* never 0 */
+	}
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -149,7 +179,17 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		return BRG_EINVAL;
 	pthread_mutex_lock(&r->mu);
 	e = find(r, id);
-	if (e->id[0]) {
+	if (e->id[0] && e->birth_ms && now - e->birth_ms > BIRTH_TTL_MS)
+		e->birth_ms = 0;
+	if (e->id[0] && e->birth_ms && max_age_ms != 0) {
+		*out = e->birth;
+		out->provisional = 1;
+		out->has_enrolled = e->info.has_key;
+		out->enrolled = e->info.key;
+		pthread_mutex_unlock(&r->mu);
+		return BRG_OK;
+	}
+	if (e->id[0] && e->loaded_ms) {
 		int64_t age = now - e->loaded_ms;
 		/* Entries that make the verifiers drop messages (no key, quarantined, revoked) are
 		 * re-read after a second, so outpostctl's changes take effect quickly. */
@@ -178,14 +218,7 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		memcpy(info.key.raw, d.pubkey, sizeof(info.key.raw));
 	}
 	pthread_mutex_lock(&r->mu);
-	e = find(r, id);
-	if (e->id[0] && e->info.has_key && !info.has_key) {
-		/* A verified Birth not committed yet: the store cannot know better. */
-		info = e->info;
-		e->loaded_ms = now;
-	} else {
-		put_locked(r, id, &info, now);
-	}
+	put_locked(r, id, &info, now);
 	pthread_mutex_unlock(&r->mu);
 	*out = info;
 	return BRG_OK;

@@ -27,6 +27,10 @@ struct brg_dev_info {
 	enum brg_state state;
 	int has_key;
 	struct wire_pubkey key;
+	/* Set by brg_registry_get only: key is that of a verified Birth the store does not hold
+	 * yet (brg_registry_put_birth), and enrolled (if has_enrolled) the one it still holds. */
+	int provisional, has_enrolled;
+	struct wire_pubkey enrolled;
 };
 
 struct brg_registry;
@@ -36,16 +40,24 @@ struct brg_registry;
 int brg_registry_new(struct store *reader, size_t max_entries, struct brg_registry **out);
 void brg_registry_free(struct brg_registry *r); /* accepts NULL */
 
-/* Look a device up. Entries without a key, quarantined or revoked are re-read from the store
- * after a second (outpostctl changes them behind the bridge's back), and
- * max_age_ms >= 0 forces a re-read of older entries (0: always). Thread-safe.
+/* Look a device up. While a verified Birth waits for the writer (brg_registry_put_birth, for
+ * up to 10 minutes), its view comes back, marked provisional, unless max_age_ms is 0. Entries
+ * without a key, quarantined or revoked are re-read from the store after a second (outpostctl
+ * changes them behind the bridge's back), and max_age_ms >= 0 forces a re-read of older
+ * entries (0: always, and the store's view is returned). Thread-safe.
  * BRG_ESTORE if the store cannot be read (the caller should not reject for that). */
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out);
 
-/* Replace the cached entry (the writer after a commit, a verifier after a verified Birth).
- * A re-read never replaces a cached key with "no key": that is a Birth not committed yet. */
+/* Replace the store's view of a device (the writer after a commit). A pending Birth whose key
+ * it now holds is done; another stays pending (it may be later in the queue). */
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info);
+
+/* A verifier after a verified Birth: the device's view once the writer has stored it (its key,
+ * its state), so that its next envelopes verify before the writer gets to the Birth. The
+ * store's view is kept beside it; a later Birth replaces it. */
+void brg_registry_put_birth(struct brg_registry *r, const char *id,
+                            const struct brg_dev_info *info);
 
 size_t brg_registry_size(struct brg_registry *r);
 

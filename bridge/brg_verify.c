@@ -214,14 +214,13 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 	it->kind = BRG_ITEM_BIRTH;
 	it->key = cert.key;
 	/* Provisional, so this device's next envelopes verify before the writer commits the
-	 * enrolment; the writer puts the store's view back after its commit. */
-	struct brg_dev_info now = *info;
-	now.has_key = 1;
-	now.key = cert.key;
+	 * enrolment (they are marked so, and the writer judges them only once it holds this
+	 * key); the store's view stays beside it until the writer has stored the key. */
+	struct brg_dev_info now = {info->state, 1, cert.key, 0, 0, {{0}}};
 	if (now.state == BRG_ST_NONE || now.state == BRG_ST_UNENROLLED ||
 	    now.state == BRG_ST_REVOKED)
 		now.state = BRG_ST_ACTIVE;
-	brg_registry_put(v->reg, it->device, &now);
+	brg_registry_put_birth(v->reg, it->device, &now);
 	return BRG_OK;
 }
 
@@ -347,7 +346,16 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (!info.has_key)
 		return reject(it, BRG_R_UNKNOWN, "%s seq %llu before any valid birth",
 		              wire_kind_name(env.kind), (unsigned long long)env.seq);
-	if (wire_env_verify(&env, &info.key)) {
+	if (!wire_env_verify(&env, &info.key)) {
+		/* with a Birth's key the writer may not hold yet: it judges the item once it does */
+		if (info.provisional && !(info.has_enrolled && !memcmp(info.enrolled.raw, info.key.raw,
+		                                                        sizeof(info.key.raw)))) {
+			it->provisional = 1;
+			it->key = info.key;
+		}
+	} else if (info.provisional && info.has_enrolled && !wire_env_verify(&env, &info.enrolled)) {
+		/* with the key the store holds: sealed before the device's new Birth */
+	} else {
 		/* Another bridge may have re-enrolled the device: ask the store once. */
 		struct brg_dev_info again;
 		if (lookup(v, it->device, 0, &again) || !again.has_key ||

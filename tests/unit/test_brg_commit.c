@@ -581,6 +581,56 @@ Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
 }
 
+/* A batch of dev-a sealed with the key in pki (a directory laid out like h_pki()). */
+static struct brg_item *batch_keyed(const char *pki, uint64_t seq, uint64_t prev)
+{
+	size_t blen, n;
+	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
+	uint8_t *env = h_seal(pki, "devices/dev-a", WIRE_KIND_BATCH, "dev-a", seq, body, blen, &n);
+	free(body);
+	return judge("outpost/v1/dev-a/telemetry", env, n, NULL);
+}
+
+/* A key rotation while envelopes judged before it are still on their way to the writer: its
+ * commit of them puts the store's (old) key back into the registry, and the new Birth's key
+ * must stay usable, or the device's next envelopes, signed with it, fail as bad_signature and
+ * count toward quarantine. One of them that reaches the writer before the Birth is left
+ * unacknowledged (the device sends it again), not refused; one sealed before the rotation
+ * still verifies with the old key, and is stored. */
+Test(brg_commit, a_key_rotation_survives_the_commits_in_flight)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0));
+	struct brg_item *early = judge("outpost/v1/dev-a/status", (uint8_t *)strdup("online"), 6,
+	                               NULL);
+	char *k2 = h_pki_issue_dated("rotation", "dev-a", "20200101000000Z", "20991231000000Z");
+	size_t blen, n;
+	uint8_t *body = h_birth_body(k2, "dev-a", 2, 3, &blen);
+	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 10, body, blen, &n);
+	free(body);
+	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	commit_one(early); /* the registry gets the store's view back: the old key */
+
+	struct brg_item *old = batch_keyed(h_pki(), 3, 2);
+	cr_expect_eq(old->kind, BRG_ITEM_BATCH, "sealed before the rotation: %s", old->detail);
+	struct brg_item *next = batch_keyed(k2, 11, 3);
+	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "signed with the new key: %s", next->detail);
+	commit_one(old);
+	commit_one(next); /* before its Birth */
+	const char *const stored = "SELECT COUNT(*) FROM envelopes WHERE seq = 11";
+	cr_expect_eq(one(stored), 0, "judged with a key the store did not hold");
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 3"), 1);
+	commit_one(b);
+	next = batch_keyed(k2, 11, 3); /* sent again */
+	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "after the Birth: %s", next->detail);
+	commit_one(next);
+	cr_expect_eq(one(stored), 1);
+	cr_expect_eq(one("SELECT COALESCE(SUM(count), 0) FROM rejections"), 0);
+	cr_expect_eq(one("SELECT consecutive_rejects FROM devices WHERE device_id = 'dev-a'"), 0);
+	free(k2);
+}
+
 Test(brg_commit, five_consecutive_rejections_quarantine)
 {
 	struct brg_item *b = birth("dev-c", 1);
