@@ -289,8 +289,9 @@ remove:
  * if that very range is already pending (reading a rotten record twice reports it once). */
 static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count)
 {
+	/* already reported (within a range that may have grown since): once is enough */
 	for (size_t i = 0; i < s->npending; i++)
-		if (s->pending[i].d.prev_seq == prev && s->pending[i].d.last_seq == last)
+		if (s->pending[i].d.prev_seq <= prev && last <= s->pending[i].d.last_seq)
 			return 0;
 	if (s->npending && s->pending[s->npending - 1].d.last_seq == prev &&
 	    !s->pending[s->npending - 1].reported_in) {

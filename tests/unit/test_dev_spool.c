@@ -586,6 +586,25 @@ Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
 	cr_expect_eq(st.dropped_total, 3);
 	dev_spool_close(s);
 	free(dir);
+
+	/* damage a walk met and reported just before (header rot right before the rotten record,
+	 * whose range then joins it) is not reported a second time by the rewrite */
+	dir = h_tmpdir("spool");
+	o = opts(dir);
+	three_segments(&o, seqs, names);
+	s = open_spool(&o);
+	flip_byte(names[1], 1 * rec + 9);	       /* seqs[6]'s header */
+	flip_byte(names[1], 2 * rec + 48 + 12 + 50); /* seqs[7]'s body */
+	cr_assert_eq(read_all(s, 1, got, 16), 13, "all but the two damaged records");
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2, "2 records lost, %llu reported",
+	             (unsigned long long)st.dropped_total);
+	n = dev_spool_dropped(s, d, 8);
+	cr_assert_eq(n, 1, "%zu ranges", n);
+	cr_expect_eq(d[0].prev_seq, seqs[5]);
+	cr_expect_eq(d[0].last_seq, seqs[7]);
+	dev_spool_close(s);
+	free(dir);
 }
 
 /* The loss found when the spool opens is on disk (state) before the damage is mended: a power
