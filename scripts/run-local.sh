@@ -75,9 +75,14 @@ pki=$state/pki
 store="sqlite:$state/outpost.db"
 export OUTPOST_STORE=$store
 
+hurry=0
 cleanup() {
-	trap - INT TERM EXIT
-	local p
+	# a second Ctrl-C (or TERM) while stopping: kill what is left at once, still in order;
+	# never leave before every process is gone (they are in sessions of their own, below)
+	trap 'hurry=1' INT TERM HUP
+	trap - EXIT
+	local p i
+	say "stopping: devices, then the bridge, then the broker (Ctrl-C again: kill them now)"
 	# devices first (they seal their last samples), then the bridge (it commits and acks what
 	# is in flight), then the broker
 	for group in devices bridge broker; do
@@ -88,11 +93,12 @@ cleanup() {
 		broker) list=(${broker_pid:+$broker_pid}) ;;
 		esac
 		for p in "${list[@]+"${list[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
-		for _ in $(seq 1 100); do
+		# (a Ctrl-C also kills a `sleep` or `seq` running here: neither may end the script)
+		for ((i = 0; i < 100; i++)); do
 			local alive=0
 			for p in "${list[@]+"${list[@]}"}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-			[ "$alive" = 0 ] && break
-			sleep 0.1
+			[ "$alive" = 0 ] || [ "$hurry" = 1 ] && break
+			sleep 0.1 || true
 		done
 		for p in "${list[@]+"${list[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
 	done

@@ -130,6 +130,22 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	out = NULL;
 	cr_expect_neq(h_sh(cmd, &out, 10), 0, "processes left behind:\n%s", out);
 	free(out);
+	/* an impatient second Ctrl-C while it stops: what is left is killed, nothing outlives
+	 * the script (the processes are in sessions of their own: no terminal signal reaches
+	 * them) */
+	connected = h_count_in_file(blog, "connected to");
+	pid = h_spawn(argv, env, log);
+	h_track_pid(pid);
+	for (int i = 0; i < 300 && h_count_in_file(blog, "connected to") <= connected; i++)
+		h_sleep_ms(50);
+	h_sleep_ms(1000);
+	cr_expect_eq(kill(-pid, SIGINT), 0);
+	h_sleep_ms(100);
+	cr_expect_eq(kill(-pid, SIGINT), 0);
+	cr_expect_eq(h_wait_exit(pid, 60000), 130);
+	out = NULL;
+	cr_expect_neq(h_sh(cmd, &out, 10), 0, "processes left behind:\n%s", out);
+	free(out);
 	free(cmd);
 	free(blog);
 	free(before);
