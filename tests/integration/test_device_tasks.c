@@ -46,6 +46,15 @@ static void start(struct env *e)
 	h_device_start(&e->d, &e->b, "dev-a", extra);
 }
 
+/* start, and a first task answered: the agent is connected and polling */
+static void start_polling(struct env *e)
+{
+	char msg[256];
+	start(e);
+	h_fakebridge_queue_task(e->fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e->fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+}
+
 static void stop(struct env *e)
 {
 	h_device_free(&e->d);
@@ -210,9 +219,7 @@ Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 {
 	struct env e;
 	char msg[256];
-	start(&e);
-	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
-	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	start_polling(&e);
 
 	/* the disk fills up under the spool while a task runs: the task runs, its result has
 	 * nowhere to go */
@@ -245,9 +252,7 @@ Test(device_tasks, a_result_waiting_for_room_survives_a_restart, .timeout = 120)
 {
 	struct env e;
 	char msg[256];
-	start(&e);
-	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
-	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	start_polling(&e);
 	const char *extra[] = {"--poll-interval", "1s", NULL};
 	for (int round = 0; round < 2; round++) {
 		uint64_t id = 2 + (uint64_t)round;
@@ -283,9 +288,7 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .time
 	struct env e;
 	struct h_device_view v0, v;
 	char msg[256];
-	start(&e);
-	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
-	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	start_polling(&e);
 	int sessions = h_log_count(e.b.log, " as dev-a ");
 	cr_assert_geq(sessions, 1);
 	fill_disk(&e, 40);

@@ -433,6 +433,16 @@ static void three_segments(struct dev_spool_opts *o, uint64_t seqs[15], char nam
 	cr_assert_eq(segments(o->dir, names), 3);
 }
 
+/* A fresh directory with three_segments in it, opened. */
+static struct dev_spool *fresh_three(char **dir, struct dev_spool_opts *o, uint64_t seqs[15],
+                                     char names[][600])
+{
+	*dir = h_tmpdir("spool");
+	*o = opts(*dir);
+	three_segments(o, seqs, names);
+	return open_spool(o);
+}
+
 Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 {
 	char *dir = h_tmpdir("spool");
@@ -527,10 +537,7 @@ Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
 	/* the segment before is gone (acknowledged by a range, removed): what the damage hid
 	 * starts after the chain's link into the damaged segment, not after the last segment
 	 * still on disk (its records were stored, not lost) */
-	dir = h_tmpdir("spool");
-	o = opts(dir);
-	three_segments(&o, seqs, names);
-	s = open_spool(&o);
+	s = fresh_three(&dir, &o, seqs, names);
 	const uint64_t second[1][2] = {{seqs[5], seqs[9]}};
 	cr_assert_eq(dev_spool_ack(s, 0, second, 1), 0);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 0);
@@ -549,13 +556,12 @@ Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
  * out silently (a hole the bridge would wait on for ever). */
 Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
+	char *dir;
+	struct dev_spool_opts o;
 	uint64_t seqs[15];
 	char names[64][600];
-	three_segments(&o, seqs, names);
+	struct dev_spool *s = fresh_three(&dir, &o, seqs, names);
 	const off_t rec = REC_BYTES(300);
-	struct dev_spool *s = open_spool(&o);
 	flip_byte(names[1], 0 * rec + 48 + 12 + 50); /* seqs[5]'s body */
 	flip_byte(names[1], 2 * rec + 9);	      /* seqs[7]'s header */
 	flip_byte(names[1], 4 * rec + 9);	      /* seqs[9]'s header, the segment's tail */
@@ -589,10 +595,7 @@ Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
 
 	/* damage a walk met and reported just before (header rot right before the rotten record,
 	 * whose range then joins it) is not reported a second time by the rewrite */
-	dir = h_tmpdir("spool");
-	o = opts(dir);
-	three_segments(&o, seqs, names);
-	s = open_spool(&o);
+	s = fresh_three(&dir, &o, seqs, names);
 	flip_byte(names[1], 1 * rec + 9);	       /* seqs[6]'s header */
 	flip_byte(names[1], 2 * rec + 48 + 12 + 50); /* seqs[7]'s body */
 	cr_assert_eq(read_all(s, 1, got, 16), 13, "all but the two damaged records");
