@@ -433,6 +433,22 @@ static void three_segments(struct dev_spool_opts *o, uint64_t seqs[15], char nam
 	cr_assert_eq(segments(o->dir, names), 3);
 }
 
+/* Open the spool again: n records to read, and the ranges and total reported as dropped
+ * before (the damage was mended: nothing new). Returns it open. */
+static struct dev_spool *reopen_expecting(const struct dev_spool_opts *o, size_t n,
+                                          size_t ranges, uint64_t dropped_total)
+{
+	struct dev_spool *s = open_spool(o);
+	uint64_t got[16];
+	struct wire_dropped d[8];
+	struct dev_spool_stats st;
+	cr_expect_eq(read_all(s, 1, got, 16), n);
+	cr_expect_eq(dev_spool_dropped(s, d, 8), ranges);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, dropped_total);
+	return s;
+}
+
 /* A fresh directory with three_segments in it, opened. */
 static struct dev_spool *fresh_three(char **dir, struct dev_spool_opts *o, uint64_t seqs[15],
                                      char names[][600])
@@ -475,11 +491,7 @@ Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 	dev_spool_close(s);
 
 	/* recovered once: the next start finds clean segments and reports nothing new */
-	s = open_spool(&o);
-	cr_expect_eq(read_all(s, 1, got, 16), 13);
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 2);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
+	s = reopen_expecting(&o, 13, 2, 2);
 	cr_expect_eq(put(s, 300, wall_ms()), seqs[14] + 1);
 	dev_spool_close(s);
 	free(dir);
@@ -585,12 +597,7 @@ Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
 	dev_spool_close(s);
 
 	/* the reports are on disk, and the segment is clean: nothing new at the next start */
-	s = open_spool(&o);
-	cr_expect_eq(read_all(s, 1, got, 16), 12);
-	cr_expect_eq(dev_spool_dropped(s, d, 8), 3);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 3);
-	dev_spool_close(s);
+	dev_spool_close(reopen_expecting(&o, 12, 3, 3));
 	free(dir);
 
 	/* damage a walk met and reported just before (header rot right before the rotten record,
