@@ -274,6 +274,81 @@ Test(brg_commit, verify_rejections)
 	brg_item_free(it);
 }
 
+/* A batch of id with seq/prev carrying dropped records (as a device's spool reports them). */
+static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
+                                   const struct wire_dropped *d, size_t nd)
+{
+	struct wire_batch_builder *b = NULL;
+	uint8_t *body = NULL;
+	size_t blen;
+	cr_assert_eq(wire_batch_builder_new(&b), WIRE_OK);
+	cr_assert_eq(wire_batch_row(b, 1700000000000LL + (int64_t)seq), WIRE_OK);
+	cr_assert_eq(wire_batch_add(b, 1, (double)seq), WIRE_OK);
+	cr_assert_eq(wire_batch_encode(b, prev, d, nd, &body, &blen), WIRE_OK);
+	wire_batch_builder_free(b);
+	return sealed(id, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
+}
+
+/* The verifier's limits on what a device controls in an envelope's numbering and in a poll's
+ * MQTT properties: each a rejection with its reason, before anything reaches the writer. */
+Test(brg_commit, verify_refuses_bad_numbering_and_poll_properties)
+{
+	commit_one(birth("dev-a", 1));
+	const uint64_t seqs[] = {0, (uint64_t)INT64_MAX + 1, UINT64_MAX};
+	for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
+		size_t blen, n;
+		uint8_t *body = h_batch_body(&so, 2, 1, &blen);
+		uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", seqs[i],
+		                      body, blen, &n);
+		free(body);
+		struct brg_item *it = judge("outpost/v1/dev-a/telemetry", env, n, NULL);
+		cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "seq %llu: %s",
+		                 (unsigned long long)seqs[i], it->detail);
+		brg_item_free(it);
+	}
+	/* prev_seq not below the seq: a batch, and a task result */
+	struct brg_item *it = batch("dev-a", "dev-a", 5, 5);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
+	brg_item_free(it);
+	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
+	r.prev_seq = 9;
+	r.task_id = 1;
+	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+	r.message = "done";
+	uint8_t *body = NULL;
+	size_t blen, n;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_RESULT, &r.base, &body, &blen, NULL), WIRE_OK);
+	it = sealed("dev-a", "dev-a", WIRE_KIND_TASK_RESULT, "tasks/result", 6, body, blen);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
+	brg_item_free(it);
+	/* a dropped range that reaches the batch's own seq */
+	const struct wire_dropped d = {3, 7, 4};
+	it = batch_drop("dev-a", 7, 2, &d, 1);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
+	brg_item_free(it);
+	/* a poll without a response topic, and one with correlation data over 64 bytes */
+	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 8, NULL, 0, &n);
+	it = judge("outpost/v1/dev-a/tasks/poll", env, n, NULL);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "response_topic", "%s", it->detail);
+	brg_item_free(it);
+	uint8_t corr[BRG_CORR_MAX + 1] = {0};
+	env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 9, NULL, 0, &n);
+	struct brg_msg *m = brg_msg_new("outpost/v1/dev-a/tasks/poll", env, n,
+	                                "outpost/v1/dev-a/tasks", corr, sizeof(corr));
+	free(env);
+	cr_assert_eq(brg_verify(ver, m, &it), BRG_OK);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "oversize", "%s", it->detail);
+	brg_item_free(it);
+	/* the same poll with 64 bytes is fine */
+	env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 10, NULL, 0, &n);
+	m = brg_msg_new("outpost/v1/dev-a/tasks/poll", env, n, "outpost/v1/dev-a/tasks", corr,
+	                BRG_CORR_MAX);
+	free(env);
+	cr_assert_eq(brg_verify(ver, m, &it), BRG_OK);
+	cr_expect_eq(it->kind, BRG_ITEM_POLL, "%s", it->detail);
+	brg_item_free(it);
+}
+
 /* A Birth on dev-a's topic with envelope id dev-a, carrying <cert_pki>/devices/<cert_of>.crt and
  * signed with <key_pki>/devices/<signer>.key: refused with reason (detail quoting part), and
  * the verifier did not take the certificate's key provisionally (dev-a's next batch is still
@@ -909,21 +984,6 @@ TEST_BOTH(chain_floor_edges)
 	commit_one(birth_floor("dev-b", 5, 9));
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-b'"), 0);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
-}
-
-/* A batch of id with seq/prev carrying dropped records (as a device's spool reports them). */
-static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
-                                   const struct wire_dropped *d, size_t nd)
-{
-	struct wire_batch_builder *b = NULL;
-	uint8_t *body = NULL;
-	size_t blen;
-	cr_assert_eq(wire_batch_builder_new(&b), WIRE_OK);
-	cr_assert_eq(wire_batch_row(b, 1700000000000LL + (int64_t)seq), WIRE_OK);
-	cr_assert_eq(wire_batch_add(b, 1, (double)seq), WIRE_OK);
-	cr_assert_eq(wire_batch_encode(b, prev, d, nd, &body, &blen), WIRE_OK);
-	wire_batch_builder_free(b);
-	return sealed(id, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
 /* The device's acks for 2..4 were lost (connection dropped right after the bridge committed);
