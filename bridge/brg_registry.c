@@ -184,7 +184,8 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	if (e->id[0] && e->birth_ms && max_age_ms != 0) {
 		*out = e->birth;
 		out->provisional = 1;
-		out->has_enrolled = e->info.has_key;
+		/* a revoked key stays refused: revocation holds the key, not the id */
+		out->has_enrolled = e->info.has_key && e->info.state != BRG_ST_REVOKED;
 		out->enrolled = e->info.key;
 		pthread_mutex_unlock(&r->mu);
 		return BRG_OK;
@@ -196,7 +197,8 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		int settled = e->info.has_key && (e->info.state == BRG_ST_ACTIVE ||
 		                                  e->info.state == BRG_ST_DEACTIVATED);
 		int fresh =
-		    (max_age_ms < 0 || age <= max_age_ms) && (settled || age <= NOKEY_TTL_MS);
+		    (max_age_ms < 0 || (max_age_ms > 0 && age <= max_age_ms)) &&
+		    (settled || age <= NOKEY_TTL_MS);
 		if (fresh) {
 			*out = e->info;
 			pthread_mutex_unlock(&r->mu);

@@ -28,7 +28,8 @@ struct brg_dev_info {
 	int has_key;
 	struct wire_pubkey key;
 	/* Set by brg_registry_get only: key is that of a verified Birth the store does not hold
-	 * yet (brg_registry_put_birth), and enrolled (if has_enrolled) the one it still holds. */
+	 * yet (brg_registry_put_birth), and enrolled (if has_enrolled) the one it still holds,
+	 * unless that one is revoked. */
 	int provisional, has_enrolled;
 	struct wire_pubkey enrolled;
 };

@@ -346,14 +346,15 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (!info.has_key)
 		return reject(it, BRG_R_UNKNOWN, "%s seq %llu before any valid birth",
 		              wire_kind_name(env.kind), (unsigned long long)env.seq);
+	int same = info.has_enrolled && !memcmp(info.enrolled.raw, info.key.raw, WIRE_PUBKEY_LEN);
 	if (!wire_env_verify(&env, &info.key)) {
-		/* with a Birth's key the writer may not hold yet: it judges the item once it does */
-		if (info.provisional && !(info.has_enrolled && !memcmp(info.enrolled.raw, info.key.raw,
-		                                                        sizeof(info.key.raw)))) {
+		/* a Birth's key the writer may not hold yet: it judges the item once it does */
+		if (info.provisional && !same) {
 			it->provisional = 1;
 			it->key = info.key;
 		}
-	} else if (info.provisional && info.has_enrolled && !wire_env_verify(&env, &info.enrolled)) {
+	} else if (info.provisional && info.has_enrolled &&
+	           !wire_env_verify(&env, &info.enrolled)) {
 		/* with the key the store holds: sealed before the device's new Birth */
 	} else {
 		/* Another bridge may have re-enrolled the device: ask the store once. */
@@ -362,6 +363,12 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		    !memcmp(again.key.raw, info.key.raw, sizeof(info.key.raw)) ||
 		    wire_env_verify(&env, &again.key))
 			return reject(it, BRG_R_SIG, "%s seq %llu: signature does not verify",
+			              wire_kind_name(env.kind), (unsigned long long)env.seq);
+		/* the key the store holds, revoked: a Birth with a new key may be pending, but
+		 * revocation holds this key (sealed before the rotation or not) */
+		if (again.state == BRG_ST_REVOKED)
+			return reject(it, BRG_R_REVOKED,
+			              "%s seq %llu refused: signed with the revoked key",
 			              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	}
 	/* 6. body */

@@ -706,6 +706,43 @@ Test(brg_commit, a_key_rotation_survives_the_commits_in_flight)
 	free(k2);
 }
 
+/* A revoked device comes back with a new key (a rotation): while its Birth is on its way to
+ * the writer, an envelope still signed with the revoked key (its backlog, sealed before) is
+ * refused, not stored once the Birth lifts the revocation. Revocation holds the key. */
+Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0));
+	cr_assert_eq(store_exec(s, "UPDATE devices SET state = 'revoked' WHERE device_id = 'dev-a'"),
+	             STORE_OK); /* outpostctl device revoke */
+	struct brg_dev_info info;
+	cr_assert_eq(brg_registry_get(reg, "dev-a", 0, &info), BRG_OK);
+	cr_assert_eq(info.state, BRG_ST_REVOKED);
+	char *k2 = h_pki_issue_dated("revoked-rotation", "dev-a", "20200101000000Z",
+	                             "20991231000000Z");
+	size_t blen, n;
+	uint8_t *body = h_birth_body(k2, "dev-a", 2, 2, &blen);
+	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 10, body, blen, &n);
+	free(body);
+	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	struct brg_item *old = batch_keyed(h_pki(), 3, 2);
+	cr_expect_str_eq(old->reason ? old->reason : "accepted", "revoked", "%s", old->detail);
+	struct brg_item *g[] = {b, old};
+	commit(g, 2);
+	free_items(g, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 3"), 0,
+	             "stored under the revoked key");
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state ="
+	                 " 'active'"),
+	             1, "the new key re-enrols the device");
+	struct brg_item *next = batch_keyed(k2, 11, 2);
+	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "%s", next->detail);
+	commit_one(next);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 11"), 1);
+	free(k2);
+}
+
 Test(brg_commit, five_consecutive_rejections_quarantine)
 {
 	struct brg_item *b = birth("dev-c", 1);
