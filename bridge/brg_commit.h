@@ -53,6 +53,9 @@ struct brg_note {
 struct brg_devstate {
 	char device[WIRE_ID_MAX + 1];
 	struct brg_dev_info info;
+	int refused_birth; /* a Birth with refused_key was judged and not applied: the
+	                    * registry forgets it (brg_registry_birth_refused) */
+	struct wire_pubkey refused_key;
 };
 
 /* Result of one transaction. Zero-initialise; brg_outcome_clear() between uses. */
@@ -65,6 +68,10 @@ struct brg_outcome {
 	size_t n_states, cap_states;
 	uint64_t envelopes, readings, duplicates, rejected, unjudged;
 };
+
+/* After the commit: the store's view of the group's devices into the verifiers' registry,
+ * and the Births the writer did not apply out of it. */
+void brg_outcome_to_registry(const struct brg_outcome *o, struct brg_registry *r);
 
 void brg_outcome_clear(struct brg_outcome *o); /* frees what the entries own, keeps arrays */
 void brg_outcome_free(struct brg_outcome *o);

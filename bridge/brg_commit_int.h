@@ -71,6 +71,8 @@ struct wdev {
 	int dirty;
 	int durable; /* an authentic durable envelope arrived: answer with an ack */
 	int needs_row;
+	int refused_birth; /* a verified Birth of this group was not applied: refused_key */
+	struct wire_pubkey refused_key;
 };
 
 /* Readings collected during a group, inserted in bulk at the end. */

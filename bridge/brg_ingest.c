@@ -237,8 +237,7 @@ static void publish_outcome(struct brg_ingest *in, struct brg_outcome *out, int6
 			lists++;
 		}
 	}
-	for (size_t i = 0; i < out->n_states; i++)
-		brg_registry_put(in->reg, out->states[i].device, &out->states[i].info);
+	brg_outcome_to_registry(out, in->reg);
 	for (size_t i = 0; i < out->n_notes; i++) {
 		const struct brg_note *n = &out->notes[i];
 		if (n->device[0])

@@ -226,6 +226,18 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	return BRG_OK;
 }
 
+void brg_registry_birth_refused(struct brg_registry *r, const char *id,
+                                const struct wire_pubkey *key)
+{
+	if (strlen(id) > WIRE_ID_MAX || !id[0])
+		return;
+	pthread_mutex_lock(&r->mu);
+	struct entry *e = find(r, id);
+	if (e->id[0] && e->birth_ms && !memcmp(e->birth.key.raw, key->raw, sizeof(key->raw)))
+		e->birth_ms = 0;
+	pthread_mutex_unlock(&r->mu);
+}
+
 size_t brg_registry_size(struct brg_registry *r)
 {
 	pthread_mutex_lock(&r->mu);

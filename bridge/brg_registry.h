@@ -60,6 +60,11 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 void brg_registry_put_birth(struct brg_registry *r, const char *id,
                             const struct brg_dev_info *info);
 
+/* The writer judged a Birth with key and did not apply it (refused, or a replay): forget it
+ * if it is the pending one, so that the device's state applies again at once. */
+void brg_registry_birth_refused(struct brg_registry *r, const char *id,
+                                const struct wire_pubkey *key);
+
 size_t brg_registry_size(struct brg_registry *r);
 
 #endif

@@ -187,8 +187,7 @@ static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, 
 /* What a bridge does with a committed group's device states. */
 static void put_states(const struct brg_outcome *o)
 {
-	for (size_t i = 0; i < o->n_states; i++)
-		brg_registry_put(reg, o->states[i].device, &o->states[i].info);
+	brg_outcome_to_registry(o, reg);
 }
 
 static void commit(struct brg_item **items, size_t n)
@@ -740,6 +739,34 @@ Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
 	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "%s", next->detail);
 	commit_one(next);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 11"), 1);
+	free(k2);
+}
+
+/* A Birth the writer does not apply (here a replay: older than the device's last Birth)
+ * leaves no pending key behind in the verifiers' registry: envelopes signed with that key are
+ * refused at once, as any bad signature, instead of waiting unacknowledged for 10 minutes
+ * while the device's own state (quarantine, revocation) went unseen by the verifiers. */
+Test(brg_commit, a_birth_the_writer_does_not_apply_leaves_no_pending_key)
+{
+	commit_one(birth("dev-a", 5));
+	char *k2 = h_pki_issue_dated("replayed-birth", "dev-a", "20200101000000Z",
+	                             "20991231000000Z");
+	size_t blen, n;
+	uint8_t *body = h_birth_body(k2, "dev-a", 2, 0, &blen);
+	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 3, body, blen, &n);
+	free(body);
+	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	commit_one(b);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'replayed'"), 1);
+	struct brg_item *next = batch_keyed(k2, 6, 0);
+	cr_expect_str_eq(next->reason ? next->reason : "accepted (pending key)", "bad_signature",
+	                 "%s", next->detail);
+	brg_item_free(next);
+	next = batch_keyed(h_pki(), 7, 0); /* the enrolled key still works */
+	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "%s", next->detail);
+	cr_expect_eq(next->provisional, 0);
+	brg_item_free(next);
 	free(k2);
 }
 
