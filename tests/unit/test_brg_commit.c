@@ -665,6 +665,20 @@ static struct brg_item *batch_keyed(const char *pki, uint64_t seq, uint64_t prev
 	return judge("outpost/v1/dev-a/telemetry", env, n, NULL);
 }
 
+/* dev-a's Birth at seq (chain floor) with a new key, from a new certificate of the same CA in
+ * *pki (free it), judged: accepted by the verifier. */
+static struct brg_item *new_key_birth(const char *tag, uint64_t seq, uint64_t floor, char **pki)
+{
+	size_t blen, n;
+	*pki = h_pki_issue_dated(tag, "dev-a", "20200101000000Z", "20991231000000Z");
+	uint8_t *body = h_birth_body(*pki, "dev-a", 2, floor, &blen);
+	uint8_t *env = h_seal(*pki, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", seq, body, blen, &n);
+	free(body);
+	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	return b;
+}
+
 /* A key rotation while envelopes judged before it are still on their way to the writer: its
  * commit of them puts the store's (old) key back into the registry, and the new Birth's key
  * must stay usable, or the device's next envelopes, signed with it, fail as bad_signature and
@@ -677,13 +691,8 @@ Test(brg_commit, a_key_rotation_survives_the_commits_in_flight)
 	commit_one(batch("dev-a", "dev-a", 2, 0));
 	struct brg_item *early = judge("outpost/v1/dev-a/status", (uint8_t *)strdup("online"), 6,
 	                               NULL);
-	char *k2 = h_pki_issue_dated("rotation", "dev-a", "20200101000000Z", "20991231000000Z");
-	size_t blen, n;
-	uint8_t *body = h_birth_body(k2, "dev-a", 2, 3, &blen);
-	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 10, body, blen, &n);
-	free(body);
-	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
-	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	char *k2;
+	struct brg_item *b = new_key_birth("rotation", 10, 3, &k2);
 	commit_one(early); /* the registry gets the store's view back: the old key */
 
 	struct brg_item *old = batch_keyed(h_pki(), 3, 2);
@@ -717,14 +726,8 @@ Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
 	struct brg_dev_info info;
 	cr_assert_eq(brg_registry_get(reg, "dev-a", 0, &info), BRG_OK);
 	cr_assert_eq(info.state, BRG_ST_REVOKED);
-	char *k2 = h_pki_issue_dated("revoked-rotation", "dev-a", "20200101000000Z",
-	                             "20991231000000Z");
-	size_t blen, n;
-	uint8_t *body = h_birth_body(k2, "dev-a", 2, 2, &blen);
-	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 10, body, blen, &n);
-	free(body);
-	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
-	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	char *k2;
+	struct brg_item *b = new_key_birth("revoked-rotation", 10, 2, &k2);
 	struct brg_item *old = batch_keyed(h_pki(), 3, 2);
 	cr_expect_str_eq(old->reason ? old->reason : "accepted", "revoked", "%s", old->detail);
 	struct brg_item *g[] = {b, old};
@@ -749,14 +752,8 @@ Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
 Test(brg_commit, a_birth_the_writer_does_not_apply_leaves_no_pending_key)
 {
 	commit_one(birth("dev-a", 5));
-	char *k2 = h_pki_issue_dated("replayed-birth", "dev-a", "20200101000000Z",
-	                             "20991231000000Z");
-	size_t blen, n;
-	uint8_t *body = h_birth_body(k2, "dev-a", 2, 0, &blen);
-	uint8_t *env = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 3, body, blen, &n);
-	free(body);
-	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
-	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	char *k2;
+	struct brg_item *b = new_key_birth("replayed-birth", 3, 0, &k2);
 	commit_one(b);
 	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason = 'replayed'"), 1);
 	struct brg_item *next = batch_keyed(k2, 6, 0);
