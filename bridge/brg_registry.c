@@ -163,7 +163,11 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 		return;
 	pthread_mutex_lock(&r->mu);
 	struct entry *e = entry_for(r, id);
-	if (e) {
+	/* the store holds that key already (a device's restart): nothing is pending */
+	if (e && e->loaded_ms && e->info.has_key &&
+	    !memcmp(e->info.key.raw, info->key.raw, sizeof(info->key.raw)))
+		e->birth_ms = 0;
+	else if (e) {
 		e->birth = *info;
 		e->birth_ms = otime_mono_ms() | 1; /* never 0 */
 	}

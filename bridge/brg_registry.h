@@ -56,7 +56,8 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 
 /* A verifier after a verified Birth: the device's view once the writer has stored it (its key,
  * its state), so that its next envelopes verify before the writer gets to the Birth. The
- * store's view is kept beside it; a later Birth replaces it. */
+ * store's view is kept beside it; a later Birth replaces it. Nothing is pending when the
+ * store's view already holds that key (a device restarting with its key). */
 void brg_registry_put_birth(struct brg_registry *r, const char *id,
                             const struct brg_dev_info *info);
 

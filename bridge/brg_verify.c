@@ -346,10 +346,9 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (!info.has_key)
 		return reject(it, BRG_R_UNKNOWN, "%s seq %llu before any valid birth",
 		              wire_kind_name(env.kind), (unsigned long long)env.seq);
-	int same = info.has_enrolled && !memcmp(info.enrolled.raw, info.key.raw, WIRE_PUBKEY_LEN);
 	if (!wire_env_verify(&env, &info.key)) {
 		/* a Birth's key the writer may not hold yet: it judges the item once it does */
-		if (info.provisional && !same) {
+		if (info.provisional) {
 			it->provisional = 1;
 			it->key = info.key;
 		}

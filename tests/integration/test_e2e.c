@@ -146,17 +146,34 @@ static void stream_with_crashes(const char *store_url)
 	h_broker_free(&b);
 }
 
+/* The one-device tests: a broker up, the device not started yet. / Both stop cleanly, and
+ * everything is freed. */
+static void broker_up_for(struct h_broker *b, struct h_device *d)
+{
+	memset(b, 0, sizeof(*b));
+	memset(d, 0, sizeof(*d));
+	h_broker_up(b, h_pki());
+}
+
+static void all_down(struct h_broker *b, struct h_bridge *br, struct h_device *d)
+{
+	cr_expect_eq(h_device_stop(d), 0);
+	cr_expect_eq(h_bridge_stop(br), 0);
+	h_device_free(d);
+	h_bridge_free(br);
+	h_broker_free(b);
+}
+
 /* A device that connects before the bridge ever subscribed (a fresh broker: the first
  * `docker compose up`) publishes its Birth to nobody. It sends the Birth again when no ack
  * follows, and is enrolled and stored without a reconnect (found by review: it stayed
  * unenrolled, every batch refused as unknown_device, until something broke its connection). */
 Test(e2e, a_birth_sent_before_the_bridge_subscribed_goes_again, .timeout = 120)
 {
-	struct h_broker b = {0};
+	struct h_broker b;
 	struct h_bridge br;
 	struct h_device d;
-	memset(&d, 0, sizeof(d));
-	h_broker_up(&b, h_pki());
+	broker_up_for(&b, &d);
 	const char *extra[] = {"--batch-interval", "500ms", "--ack-timeout", "2s", NULL};
 	h_device_start(&d, &b, "dev-a", extra);
 	cr_assert(h_log_wait(d.log, "debug: birth:", 1, 20000), "no Birth, see %s", d.log);
@@ -172,11 +189,7 @@ Test(e2e, a_birth_sent_before_the_bridge_subscribed_goes_again, .timeout = 120)
 	                         " state = 'active'",
 	                         0),
 	             1);
-	cr_expect_eq(h_device_stop(&d), 0);
-	cr_expect_eq(h_bridge_stop(&br), 0);
-	h_device_free(&d);
-	h_bridge_free(&br);
-	h_broker_free(&b);
+	all_down(&b, &br, &d);
 }
 
 /* A device re-installed with its state directory wiped numbers afresh from its clock; its
@@ -185,11 +198,10 @@ Test(e2e, a_birth_sent_before_the_bridge_subscribed_goes_again, .timeout = 120)
  * acknowledged) is inside one `lost` gap. */
 Test(e2e, reinstalled_device_with_wiped_state_is_stored_not_refused, .timeout = 120)
 {
-	struct h_broker b = {0};
+	struct h_broker b;
 	struct h_bridge br;
 	struct h_device d;
-	memset(&d, 0, sizeof(d));
-	h_broker_up(&b, h_pki());
+	broker_up_for(&b, &d);
 	h_bridge_init(&br, &b, NULL, "reinstall");
 	h_bridge_start(&br);
 	const char *extra[] = {"--batch-interval", "500ms", NULL};
@@ -240,11 +252,7 @@ Test(e2e, reinstalled_device_with_wiped_state_is_stored_not_refused, .timeout = 
 		cr_expect_eq(h_store_i64(br.store, sql[i][0], 0), atoll(sql[i][1]), "%s", sql[i][0]);
 	free(l1);
 	free(l);
-	cr_expect_eq(h_device_stop(&d), 0);
-	cr_expect_eq(h_bridge_stop(&br), 0);
-	h_device_free(&d);
-	h_bridge_free(&br);
-	h_broker_free(&b);
+	all_down(&b, &br, &d);
 }
 
 Test(e2e, real_devices_exactly_once_through_bridge_crashes_sqlite, .timeout = 240)

@@ -449,23 +449,28 @@ static struct dev_spool *reopen_expecting(const struct dev_spool_opts *o, size_t
 	return s;
 }
 
-/* A fresh directory with three_segments in it, opened. */
-static struct dev_spool *fresh_three(char **dir, struct dev_spool_opts *o, uint64_t seqs[15],
-                                     char names[][600])
+/* A fresh directory (*dir, free it) with three_segments in it: / opened. */
+static void new_three(char **dir, struct dev_spool_opts *o, uint64_t seqs[15], char names[][600])
 {
 	*dir = h_tmpdir("spool");
 	*o = opts(*dir);
 	three_segments(o, seqs, names);
+}
+
+static struct dev_spool *fresh_three(char **dir, struct dev_spool_opts *o, uint64_t seqs[15],
+                                     char names[][600])
+{
+	new_three(dir, o, seqs, names);
 	return open_spool(o);
 }
 
 Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
+	char *dir;
+	struct dev_spool_opts o;
 	uint64_t seqs[15];
 	char names[64][600];
-	three_segments(&o, seqs, names);
+	new_three(&dir, &o, seqs, names);
 	const off_t rec = REC_BYTES(300);
 	struct dev_spool *s;
 
@@ -503,11 +508,11 @@ Test(dev_spool, rot_in_an_older_segment_keeps_the_rest_and_reports_the_loss)
  * reported as dropped, as for damage met in the middle of a walk. */
 Test(dev_spool, rot_met_where_a_walk_starts_is_reported)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
+	char *dir;
+	struct dev_spool_opts o;
 	uint64_t seqs[15];
 	char names[64][600];
-	three_segments(&o, seqs, names);
+	new_three(&dir, &o, seqs, names);
 	const off_t rec = REC_BYTES(300);
 	struct dev_spool *s = open_spool(&o);
 	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
@@ -621,11 +626,11 @@ Test(dev_spool, a_rewrite_reports_the_damage_it_cuts_out)
  * cut in between must not leave clean segments and no report. */
 Test(dev_spool, a_loss_found_at_open_is_recorded_before_it_is_mended)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
+	char *dir;
+	struct dev_spool_opts o;
 	uint64_t seqs[15];
 	char names[64][600];
-	three_segments(&o, seqs, names);
+	new_three(&dir, &o, seqs, names);
 	const off_t rec = REC_BYTES(300);
 	struct dev_spool *s;
 	flip_byte(names[0], 2 * rec + 9);
