@@ -10,15 +10,14 @@
 #include "store_ops.h"
 #include "wire_limits.h"
 
-#define NOKEY_TTL_MS 1000             /* see brg_registry_get */
-#define BIRTH_TTL_MS (10 * 60 * 1000) /* a Birth the writer never stored (refused, lost) */
+#define NOKEY_TTL_MS 1000 /* see brg_registry_get */
 
 struct entry {
 	char id[WIRE_ID_MAX + 1]; /* "" = free slot */
 	struct brg_dev_info info; /* the store's view */
 	int64_t loaded_ms;
-	struct brg_dev_info birth; /* a verified Birth's view, while the writer has not stored it */
-	int64_t birth_ms;          /* when it was verified; 0: none */
+	struct brg_dev_info birth; /* a verified Birth's view, while the writer has not judged it */
+	int pending;               /* birth is set */
 };
 
 struct brg_registry {
@@ -27,6 +26,7 @@ struct brg_registry {
 	struct store *reader;
 	struct entry *slots;
 	size_t cap, used, max;
+	int64_t clock_shift_ms; /* brg_registry__age() */
 };
 
 static const char *const names[] = {"",
@@ -48,6 +48,11 @@ const char *brg_state_name(enum brg_state st)
 {
 	return st >= BRG_ST_NONE && st <= BRG_ST_DEACTIVATED && st != BRG_ST_NONE ? names[st]
 	                                                                          : "unknown";
+}
+
+static int64_t now_ms(const struct brg_registry *r)
+{
+	return otime_mono_ms() + r->clock_shift_ms;
 }
 
 static uint64_t hash(const char *s)
@@ -114,15 +119,34 @@ static int grow(struct brg_registry *r)
 	return BRG_OK;
 }
 
+/* Bounded: start over, keeping only the pending Births (at most one per Birth in the
+ * pipeline, which is bounded); other entries come back from the store on demand. Without
+ * memory for a new table, the pending Births go too (their envelopes then wait for the
+ * writer to store the key, and the device sends them again). */
+static void forget_settled(struct brg_registry *r)
+{
+	struct entry *old = r->slots, *n = calloc(r->cap, sizeof(*n));
+	if (n)
+		r->slots = n;
+	else
+		memset(old, 0, r->cap * sizeof(*old));
+	r->used = 0;
+	for (size_t i = 0; n && i < r->cap; i++)
+		if (old[i].id[0] && old[i].pending) {
+			*find(r, old[i].id) = old[i];
+			r->used++;
+		}
+	if (n)
+		free(old);
+}
+
 /* The entry of id, created (empty, to be loaded) if need be; NULL without memory. */
 static struct entry *entry_for(struct brg_registry *r, const char *id)
 {
 	struct entry *e = find(r, id);
 	if (!e->id[0]) {
 		if (r->used >= r->max) {
-			/* Bounded: start over; entries come back from the store on demand. */
-			memset(r->slots, 0, r->cap * sizeof(*r->slots));
-			r->used = 0;
+			forget_settled(r);
 		} else if ((r->used + 1) * 2 > r->cap && grow(r)) {
 			return NULL; /* no memory: just do not cache */
 		}
@@ -142,9 +166,9 @@ static void put_locked(struct brg_registry *r, const char *id, const struct brg_
 	e->info = *info;
 	e->info.provisional = e->info.has_enrolled = 0;
 	e->loaded_ms = now;
-	if (e->birth_ms && info->has_key && !memcmp(info->key.raw, e->birth.key.raw,
-	                                            sizeof(info->key.raw)))
-		e->birth_ms = 0; /* stored */
+	if (e->pending && info->has_key &&
+	    !memcmp(info->key.raw, e->birth.key.raw, sizeof(info->key.raw)))
+		e->pending = 0; /* stored */
 }
 
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info)
@@ -152,7 +176,7 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
 		return;
 	pthread_mutex_lock(&r->mu);
-	put_locked(r, id, info, otime_mono_ms());
+	put_locked(r, id, info, now_ms(r));
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -166,10 +190,10 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 	/* the store holds that key already (a device's restart): nothing is pending */
 	if (e && e->loaded_ms && e->info.has_key &&
 	    !memcmp(e->info.key.raw, info->key.raw, sizeof(info->key.raw)))
-		e->birth_ms = 0;
+		e->pending = 0;
 	else if (e) {
 		e->birth = *info;
-		e->birth_ms = otime_mono_ms() | 1; /* never 0 */
+		e->pending = 1;
 	}
 	pthread_mutex_unlock(&r->mu);
 }
@@ -177,15 +201,14 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out)
 {
-	int64_t now = otime_mono_ms();
+	int64_t now;
 	struct entry *e;
 	if (strlen(id) > WIRE_ID_MAX || !id[0])
 		return BRG_EINVAL;
 	pthread_mutex_lock(&r->mu);
+	now = now_ms(r);
 	e = find(r, id);
-	if (e->id[0] && e->birth_ms && now - e->birth_ms > BIRTH_TTL_MS)
-		e->birth_ms = 0;
-	if (e->id[0] && e->birth_ms && max_age_ms != 0) {
+	if (e->id[0] && e->pending && max_age_ms != 0) {
 		*out = e->birth;
 		out->provisional = 1;
 		/* a revoked key stays refused: revocation holds the key, not the id */
@@ -237,8 +260,8 @@ void brg_registry_birth_refused(struct brg_registry *r, const char *id,
 		return;
 	pthread_mutex_lock(&r->mu);
 	struct entry *e = find(r, id);
-	if (e->id[0] && e->birth_ms && !memcmp(e->birth.key.raw, key->raw, sizeof(key->raw)))
-		e->birth_ms = 0;
+	if (e->id[0] && e->pending && !memcmp(e->birth.key.raw, key->raw, sizeof(key->raw)))
+		e->pending = 0;
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -248,4 +271,11 @@ size_t brg_registry_size(struct brg_registry *r)
 	size_t n = r->used;
 	pthread_mutex_unlock(&r->mu);
 	return n;
+}
+
+void brg_registry__age(struct brg_registry *r, int64_t ms)
+{
+	pthread_mutex_lock(&r->mu);
+	r->clock_shift_ms += ms;
+	pthread_mutex_unlock(&r->mu);
 }

@@ -37,12 +37,13 @@ struct brg_dev_info {
 struct brg_registry;
 
 /* reader: a store connection used only by the registry (taken over: freed with the
- * registry). max_entries bounds the cache (it is emptied when full). */
+ * registry). max_entries bounds the cache: when full, it is emptied of all but the pending
+ * Births (brg_registry_put_birth), which are bounded by the pipeline. */
 int brg_registry_new(struct store *reader, size_t max_entries, struct brg_registry **out);
 void brg_registry_free(struct brg_registry *r); /* accepts NULL */
 
-/* Look a device up. While a verified Birth waits for the writer (brg_registry_put_birth, for
- * up to 10 minutes), its view comes back, marked provisional, unless max_age_ms is 0. Entries
+/* Look a device up. While a verified Birth waits for the writer (brg_registry_put_birth),
+ * however long, its view comes back, marked provisional, unless max_age_ms is 0. Entries
  * without a key, quarantined or revoked are re-read from the store after a second (outpostctl
  * changes them behind the bridge's back), and max_age_ms >= 0 forces a re-read of older
  * entries (0: always, and the store's view is returned). Thread-safe.
@@ -61,11 +62,16 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 void brg_registry_put_birth(struct brg_registry *r, const char *id,
                             const struct brg_dev_info *info);
 
-/* The writer judged a Birth with key and did not apply it (refused, or a replay): forget it
- * if it is the pending one, so that the device's state applies again at once. */
+/* The writer judged a Birth with key and did not apply it (refused, a replay, or dropped
+ * because the store refuses it): forget it if it is the pending one, so that the device's
+ * state applies again at once. Every Birth the verifiers put ends in brg_registry_put (its
+ * key stored), here, or with the pipeline (a stop): a pending Birth has no time limit. */
 void brg_registry_birth_refused(struct brg_registry *r, const char *id,
                                 const struct wire_pubkey *key);
 
 size_t brg_registry_size(struct brg_registry *r);
+
+/* Tests only: the registry's clock runs ms ahead from now on. */
+void brg_registry__age(struct brg_registry *r, int64_t ms);
 
 #endif

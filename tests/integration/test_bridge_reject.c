@@ -396,3 +396,44 @@ Test(bridge_reject, revoked_devices_are_refused)
 	free(b2);
 	free(b3);
 }
+
+/* The store refuses a Birth with a new key for good (here a trigger; in production, say, a
+ * damaged row): the writer drops it, unacknowledged, and the verifiers forget its key at
+ * once. An envelope signed with that key is then refused as a bad signature, as any forgery,
+ * instead of waiting unacknowledged as if the key were about to be stored. */
+Test(bridge_reject, a_birth_the_store_refuses_leaves_no_pending_key)
+{
+	size_t n, blen;
+	uint8_t *m = birth("dev-a", "dev-a", 1, &n);
+	pub(dev, "dev-a", "birth", m, n);
+	free(m);
+	m = batch("dev-a", "dev-a", 2, 0, &n);
+	pub(dev, "dev-a", "telemetry", m, n);
+	free(m);
+	wait_stored("dev-a", 1);
+	h_store_i64(br.store,
+	            "CREATE TRIGGER refuse_new_keys BEFORE UPDATE OF pubkey ON devices"
+	            " WHEN NEW.pubkey IS NOT OLD.pubkey BEGIN SELECT RAISE(ABORT, 'test');"
+	            " END",
+	            0);
+	char *k2 = h_pki_issue_dated("store-refuses", "dev-a", "20200101000000Z",
+	                             "20991231000000Z");
+	uint8_t *body = h_birth_body(k2, "dev-a", 3, 0, &blen);
+	m = h_seal(k2, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 3, body, blen, &n);
+	pub(dev, "dev-a", "birth", m, n);
+	free(m);
+	free(body);
+	long long end = h_now_ms() + 30000;
+	while (h_now_ms() < end && !h_bridge_log_count(&br, "message dropped: the store refuses"))
+		h_sleep_ms(50);
+	cr_assert_gt(h_bridge_log_count(&br, "message dropped: the store refuses"), 0, "%s",
+	             br.log);
+	body = h_batch_body(&so, 4, 2, &blen);
+	m = h_seal(k2, "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 4, body, blen, &n);
+	pub(dev, "dev-a", "telemetry", m, n);
+	free(m);
+	free(body);
+	wait_rejections("dev-a", "bad_signature", 1);
+	cr_expect_eq(stored("dev-a"), 1);
+	free(k2);
+}
