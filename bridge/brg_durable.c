@@ -411,9 +411,14 @@ int brg_commit__insert_readings(struct brg_committer *c)
 	return rc ? rc : rc2;
 }
 
+/* The links above the device's frontier, at most MAX_LINKS stored and MAX_DROP_LINKS dropped
+ * ones (the lowest, a bounded slice of a long chain: the next group of the device reads on).
+ * Where either read stopped short, the links beyond the lower of the two edges are left out:
+ * below it, the slice holds every link, so a hole in it is a hole in the chain. */
 static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
 {
 	int rc;
+	uint64_t edge = UINT64_MAX;
 	*n = 0;
 	B64(S_LINKS, 1, w->key);
 	B64(S_LINKS, 2, w->frontier);
@@ -424,6 +429,8 @@ static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
 	store_reset(c->st[S_LINKS]);
 	if (rc < 0)
 		goto out;
+	if (*n == MAX_LINKS)
+		edge = c->links[*n - 1].seq;
 	B64(S_DROPS, 1, w->key);
 	B64(S_DROPS, 2, w->frontier);
 	size_t drops = 0;
@@ -435,6 +442,13 @@ static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
 	}
 	store_reset(c->st[S_DROPS]);
 	rc = rc < 0 ? rc : 0;
+	if (drops == MAX_DROP_LINKS && c->links[*n - 1].seq < edge)
+		edge = c->links[*n - 1].seq;
+	size_t kept = 0;
+	for (size_t i = 0; i < *n; i++)
+		if (c->links[i].seq <= edge)
+			c->links[kept++] = c->links[i];
+	*n = kept;
 out:
 	return rc;
 }

@@ -1139,6 +1139,69 @@ TEST_BOTH(dropped_records_at_or_below_the_frontier_add_nothing)
 	             1);
 }
 
+/* Commit dev-a's n batches from seq first + 1 on, in groups of 200: in a row (batch s has prev
+ * s - 1) or each after an envelope the device dropped (after_drops: batch s has prev s - 1 and
+ * reports Dropped{s - 2, s - 1}, and the next is s + 2). Returns the last seq. */
+static uint64_t commit_run(uint64_t first, size_t n, int after_drops)
+{
+	struct brg_item *g[200];
+	size_t k = 0;
+	uint64_t seq = first;
+	for (size_t i = 0; i < n; i++) {
+		seq += after_drops ? 2 : 1;
+		struct wire_dropped d = {seq - 2, seq - 1, 1};
+		g[k++] = after_drops ? batch_drop("dev-a", seq, seq - 1, &d, 1)
+		                     : batch("dev-a", "dev-a", seq, seq - 1);
+		if (k == 200 || i + 1 == n) {
+			commit(g, k);
+			free_items(g, k);
+			k = 0;
+		}
+	}
+	return seq;
+}
+
+/* More links above the frontier than one group reads (MAX_LINKS stored, MAX_DROP_LINKS
+ * dropped): the writer reads a bounded slice of the chain per group and records no hole at
+ * the edge of what it read, whichever read stopped first. The frontier moves up by slices,
+ * with each group of the device, up to the end. Here a hole at seq 3 holds back a run of
+ * batches each after a dropped envelope and a run of batches in a row, until 3 arrives. */
+static void chain_by_slices(int drops_first)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0)};
+	commit(g1, 2);
+	free_items(g1, 2);
+	const size_t n_drops = MAX_DROP_LINKS + 76, n_rows = MAX_LINKS + 104;
+	uint64_t seq = 3; /* batch 4 (prev 3) comes first */
+	seq = commit_run(seq, drops_first ? n_drops : n_rows, drops_first);
+	seq = commit_run(seq, drops_first ? n_rows : n_drops, !drops_first);
+	cr_expect_str_eq(open_gaps(), "2-3", "only the hole at 3: %s", open_gaps());
+	const int64_t events = one("SELECT COUNT(*) FROM events WHERE type = 'gap_missing'");
+	commit_one(batch("dev-a", "dev-a", 3, 2));
+	cr_expect_str_eq(open_gaps(), "", "a hole recorded at the edge of a slice: %s",
+	                 open_gaps());
+	uint64_t f = (uint64_t)one("SELECT frontier FROM devices WHERE device_id = 'dev-a'");
+	cr_expect_gt(f, 3, "the frontier did not move");
+	for (int i = 0; i < 10 && f < seq; i++) {
+		seq = commit_run(seq, 1, 0);
+		f = (uint64_t)one("SELECT frontier FROM devices WHERE device_id = 'dev-a'");
+		cr_expect_str_eq(open_gaps(), "", "at frontier %llu: %s", (unsigned long long)f,
+		                 open_gaps());
+	}
+	cr_expect_eq(f, seq, "the frontier did not reach the end in 10 groups");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'gap_missing'"), events);
+}
+
+TEST_BOTH(a_chain_longer_than_one_read_closes_by_slices_drops_first)
+{
+	chain_by_slices(1);
+}
+
+TEST_BOTH(a_chain_longer_than_one_read_closes_by_slices_rows_first)
+{
+	chain_by_slices(0);
+}
+
 /* The writer's reads of a device's gaps, in every group of that device, use indexes that leave
  * its past gaps aside (SQLite's plans; PostgreSQL has the same indexes): dropped ranges by where
  * they end, holes among the open ones. Before, each walked every gap row the device ever had. */
