@@ -198,6 +198,8 @@ int brg_committer_new(struct store *s, const struct brg_commit_opts *o, struct b
 		return rc;
 	c->s = s;
 	c->o = *o;
+	c->mc_max_devices = MCACHE_MAX_DEVICES;
+	c->mc_max_entries = MCACHE_MAX_ENTRIES;
 	c->links = malloc((MAX_LINKS + MAX_DROP_LINKS) * sizeof(*c->links));
 	if (!c->links)
 		goto fail;
@@ -233,6 +235,7 @@ void brg_commit__mcache_forget(struct brg_committer *c, int64_t device)
 	if (*pp) {
 		struct mcache *m = *pp;
 		*pp = m->next;
+		c->mc_entries -= m->n;
 		free(m->e);
 		free(m);
 		c->mc_devices--;
@@ -251,7 +254,7 @@ void brg_commit__mcache_clear(struct brg_committer *c)
 		}
 		c->mc[b] = NULL;
 	}
-	c->mc_devices = 0;
+	c->mc_devices = c->mc_entries = 0;
 }
 
 void brg_committer_free(struct brg_committer *c)

@@ -15,6 +15,7 @@
 #define TASKLIST_BUDGET    (WIRE_MAX_BODY - 4096)
 #define MCACHE_BUCKETS     4096
 #define MCACHE_MAX_DEVICES 65536
+#define MCACHE_MAX_ENTRIES (8u << 20) /* metric ids cached, 16 bytes each: 128 MiB at most */
 
 enum {
 	S_DEV_INS,
@@ -126,7 +127,8 @@ struct brg_committer {
 	size_t cap_arr;
 	struct brg_link *links;
 	struct mcache *mc[MCACHE_BUCKETS];
-	size_t mc_devices;
+	size_t mc_devices, mc_entries;
+	size_t mc_max_devices, mc_max_entries; /* MCACHE_MAX_*; tests lower them */
 	int64_t now;
 	struct brg_outcome *out;
 	int unsettled;           /* the last group's COMMIT went unanswered (STORE_EUNKNOWN) */

@@ -31,7 +31,9 @@ static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, 
 		brg_commit__mcache_forget(c, device);
 		break;
 	}
-	if (c->mc_devices >= MCACHE_MAX_DEVICES)
+	/* Bounded in devices (the length of the buckets' lists) and in entries (memory: up to
+	 * WIRE_MAX_METRICS per device): start over when either is reached. */
+	if (c->mc_devices >= c->mc_max_devices || c->mc_entries >= c->mc_max_entries)
 		brg_commit__mcache_clear(c);
 	struct mcache *m = calloc(1, sizeof(*m));
 	if (!m) {
@@ -62,6 +64,7 @@ static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, 
 	m->next = *bucket;
 	*bucket = m;
 	c->mc_devices++;
+	c->mc_entries += m->n;
 	return m;
 }
 
@@ -106,6 +109,7 @@ static int metric_key(struct brg_committer *c, struct wdev *w, struct mcache *m,
 	memmove(&m->e[at + 1], &m->e[at], (m->n - at) * sizeof(*m->e));
 	m->e[at] = k;
 	m->n++;
+	c->mc_entries++;
 	*out = k.key;
 	rc = brg_commit__event(c, w, "metric_unnamed",
 	                       "metric id %u used before any birth named it", wire);

@@ -1405,6 +1405,46 @@ TEST_BOTH(a_device_keeps_at_most_max_device_metrics_names)
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
 }
 
+/* Rounds of one batch per device (3 metrics each, 2 of them in the batches), from seq
+ * first on; the writer's metric cache stays within max_devices devices and max_entries
+ * entries, plus the one device loaded last. */
+static void cache_rounds(const char *const *ids, size_t n, uint64_t first, size_t max_entries)
+{
+	for (uint64_t seq = first; seq < first + 4; seq++) {
+		struct brg_item *g[3];
+		for (size_t i = 0; i < n; i++)
+			g[i] = batch(ids[i], ids[i], seq, seq - 1);
+		commit(g, n);
+		free_items(g, n);
+		cr_expect_leq(com->mc_devices, com->mc_max_devices);
+		cr_expect_leq(com->mc_entries, max_entries - 1 + 3, "%zu entries cached",
+		              com->mc_entries);
+	}
+}
+
+/* The writer's cache of each device's metric ids is bounded in devices and in entries (a
+ * device may have up to 4096 metrics): when either bound is reached it starts over, and every
+ * reading still goes to its own device's metric. */
+Test(brg_commit, the_metric_cache_is_bounded_and_starts_over_correctly)
+{
+	const char *const ids[] = {"dev-a", "dev-b", "dev-c"};
+	for (size_t i = 0; i < 3; i++) {
+		char prefix[2] = {(char)('a' + i), '\0'};
+		commit_one(birth_named(ids[i], 1, 3, prefix));
+	}
+	com->mc_max_devices = 2;
+	cache_rounds(ids, 3, 2, com->mc_max_entries);
+	com->mc_max_devices = 100;
+	com->mc_max_entries = 5;
+	cache_rounds(ids, 3, 6, com->mc_max_entries);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings"), 8 * 3 * 4);
+	cr_expect_eq(one("SELECT COUNT(*) FROM readings r JOIN metrics m ON m.id = r.metric"
+	                 " JOIN devices d ON d.id = r.device WHERE m.device = r.device AND"
+	                 " substr(m.name, 1, 1) = substr(d.device_id, 5, 1)"),
+	             8 * 3 * 4, "readings filed under another device's metric");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'metric_unnamed'"), 0);
+}
+
 /* Far from the limit a Birth takes the one-statement path; a name twice in it is one row. */
 TEST_BOTH(a_birth_far_from_the_metric_limit_names_everything)
 {
