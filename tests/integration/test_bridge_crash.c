@@ -3,7 +3,8 @@
  * that fails (SQLite locked by another process, PostgreSQL stopped) sends no ack; the data
  * arrives once the database is back, and the same for a full disk (SQLite's, PostgreSQL's). What
  * the broker drops for an absent bridge is sent again; acks made while the broker is unreachable
- * go after the reconnect. */
+ * go after the reconnect. While the store is locked, the pipeline stays within max_memory and
+ * its queues. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +23,8 @@
 #define N_DEV 3
 static const char *const ids[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 
-static void start_devices(struct h_broker *b, struct h_simdev_opts *o, struct h_simdev **d,
-                          int batches, int rate)
+static void start_devices_window(struct h_broker *b, struct h_simdev_opts *o,
+                                 struct h_simdev **d, int batches, int rate, int window)
 {
 	for (int i = 0; i < N_DEV; i++) {
 		o[i] = (struct h_simdev_opts){.pki = h_pki(),
@@ -32,13 +33,19 @@ static void start_devices(struct h_broker *b, struct h_simdev_opts *o, struct h_
 		                              .batches = batches,
 		                              .rows = 10,
 		                              .cols = 5,
-		                              .window = 10,
+		                              .window = window,
 		                              .ack_timeout_ms = 1500,
 		                              .poll_every = i == 1 ? 9 : 0,
 		                              .rate = rate,
 		                              .t0_ms = 1700000000000LL};
 		d[i] = h_simdev_start(&o[i]);
 	}
+}
+
+static void start_devices(struct h_broker *b, struct h_simdev_opts *o, struct h_simdev **d,
+                          int batches, int rate)
+{
+	start_devices_window(b, o, d, batches, rate, 10);
 }
 
 static uint64_t total_acks(struct h_simdev **d)
@@ -191,6 +198,73 @@ Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 	free(l.db);
 	h_bridge_free(&br);
 	h_broker_free(&b);
+}
+
+/* The most of "queued N, M KiB in flight" over the bridge's stats lines. */
+static void most_in_flight(const char *log, size_t *queued, size_t *kib)
+{
+	char *text = h_read_file(log, NULL);
+	cr_assert_not_null(text, "%s", log);
+	*queued = *kib = 0;
+	for (const char *p = text; (p = strstr(p, "; queued ")); p++) {
+		size_t q, k;
+		if (sscanf(p, "; queued %zu, %zu KiB in flight", &q, &k) == 2) {
+			*queued = q > *queued ? q : *queued;
+			*kib = k > *kib ? k : *kib;
+		}
+	}
+	free(text);
+}
+
+/* Devices with 50 envelopes in flight each against a locked store, and a bridge with the
+ * pipeline bounds in args: returns the most it held queued and in memory; afterwards
+ * everything arrives. */
+static void bounded_outage(const char *tag, const char *const *args, size_t n_args,
+                           size_t *queued, size_t *kib)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, tag);
+	h_bridge_arg(&br, "--busy-timeout=200ms");
+	h_bridge_arg(&br, "--stats-interval=200ms");
+	h_bridge_arg(&br, "--workers=1");
+	for (size_t i = 0; i < n_args; i++)
+		h_bridge_arg(&br, args[i]);
+	h_bridge_start(&br);
+	start_devices_window(&b, o, d, 1500, 150, 50);
+	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 8};
+	outage(&br, d, lock_sqlite, unlock_sqlite, &l);
+	finish(&br, o, d);
+	most_in_flight(br.log, queued, kib);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	free(l.db);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+/* While the store is locked, the pipeline holds at most max_memory of messages (raw and
+ * decoded, here 1 MiB against 150 messages that would take more) and intake waits: the
+ * broker queues the rest. */
+Test(bridge_failure, max_memory_bounds_the_pipeline_while_the_store_is_locked, .timeout = 180)
+{
+	const char *const args[] = {"--max-memory=1MiB"};
+	size_t queued, kib;
+	bounded_outage("fail-memory", args, 1, &queued, &kib);
+	cr_expect_leq(kib, 1024, "%zu KiB in flight, max_memory 1 MiB", kib);
+	cr_expect_geq(kib, 768, "the test did not fill the pipeline: at most %zu KiB", kib);
+}
+
+/* ... and at most queue_depth messages per verifier plus writer_queue verified ones. */
+Test(bridge_failure, the_queues_bound_the_pipeline_while_the_store_is_locked, .timeout = 180)
+{
+	const char *const args[] = {"--queue-depth=2", "--writer-queue=3"};
+	size_t queued, kib;
+	bounded_outage("fail-queues", args, 2, &queued, &kib);
+	cr_expect_leq(queued, 5, "%zu messages queued, bound 2 + 3", queued);
+	cr_expect_geq(queued, 4, "the test did not fill the queues: at most %zu", queued);
 }
 
 /* Acks of a commit made while the bridge cannot reach the broker (libmosquitto answers the
