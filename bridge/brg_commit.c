@@ -913,9 +913,7 @@ void brg_commit_settle(struct brg_committer *c, int committed, struct brg_outcom
 	if (!c->unsettled)
 		return;
 	c->unsettled = 0;
-	if (committed)
-		states(c);
-	else
+	if (!committed)
 		brg_commit__unwind(c, out, &c->mark);
 }
 
@@ -934,7 +932,9 @@ int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, siz
 	for (size_t i = 0; i < n; i++)
 		if ((rc = apply(c, items[i])))
 			goto fail;
-	if ((rc = finish(c)))
+	/* The devices' states, for the registry, before COMMIT: once committed, a pending Birth
+	 * must learn its fate (brg_outcome_to_registry), or it would verify for ever. */
+	if ((rc = finish(c)) || (rc = states(c)))
 		goto fail;
 	if ((rc = store_commit(c->s)) == STORE_EUNKNOWN) {
 		c->unsettled = 1;
@@ -943,7 +943,6 @@ int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, siz
 	}
 	if (rc)
 		goto fail;
-	states(c); /* committed: a lost cache refresh only delays the registry */
 	return STORE_OK;
 fail:
 	store_rollback(c->s);

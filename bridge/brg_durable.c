@@ -23,6 +23,11 @@ static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, 
 {
 	int64_t device = w->key;
 	struct mcache **bucket = &c->mc[(uint64_t)device % MCACHE_BUCKETS];
+	/* Bounded in entries (memory: up to WIRE_MAX_METRIC_ID per device, placeholders
+	 * included, so checked at every lookup) and in devices (the buckets' lists, below):
+	 * start over when either is reached; past it by one device's entries at most. */
+	if (c->mc_entries >= c->mc_max_entries)
+		brg_commit__mcache_clear(c);
 	for (struct mcache *m = *bucket; m; m = m->next) {
 		if (m->device != device)
 			continue;
@@ -31,9 +36,7 @@ static struct mcache *mcache_get(struct brg_committer *c, const struct wdev *w, 
 		brg_commit__mcache_forget(c, device);
 		break;
 	}
-	/* Bounded in devices (the length of the buckets' lists) and in entries (memory: up to
-	 * WIRE_MAX_METRICS per device): start over when either is reached. */
-	if (c->mc_devices >= c->mc_max_devices || c->mc_entries >= c->mc_max_entries)
+	if (c->mc_devices >= c->mc_max_devices)
 		brg_commit__mcache_clear(c);
 	struct mcache *m = calloc(1, sizeof(*m));
 	if (!m) {
@@ -415,15 +418,16 @@ int brg_commit__insert_readings(struct brg_committer *c)
 	return rc ? rc : rc2;
 }
 
-/* The links above the device's frontier, at most MAX_LINKS stored and MAX_DROP_LINKS dropped
- * ones (the lowest, a bounded slice of a long chain: the next group of the device reads on).
- * Where either read stopped short, the links beyond the lower of the two edges are left out:
- * below it, the slice holds every link, so a hole in it is a hole in the chain. */
-static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
+/* The links above the device's frontier: the lowest MAX_LINKS stored ones and the lowest
+ * MAX_DROP_LINKS dropped ones (by where they end), a bounded slice of a long chain; the next
+ * group of the device reads on. *edge: where either read stopped short (UINT64_MAX if
+ * neither did). Every link ending below it was read; one ending above may be missing from
+ * the slice, so a hole reaching the edge may be none (brg_commit__chain). */
+static int read_links(struct brg_committer *c, struct wdev *w, size_t *n, uint64_t *edge)
 {
 	int rc;
-	uint64_t edge = UINT64_MAX;
 	*n = 0;
+	*edge = UINT64_MAX;
 	B64(S_LINKS, 1, w->key);
 	B64(S_LINKS, 2, w->frontier);
 	while ((rc = store_step(c->st[S_LINKS])) == 1 && *n < MAX_LINKS)
@@ -434,7 +438,7 @@ static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
 	if (rc < 0)
 		goto out;
 	if (*n == MAX_LINKS)
-		edge = c->links[*n - 1].seq;
+		*edge = c->links[*n - 1].seq;
 	B64(S_DROPS, 1, w->key);
 	B64(S_DROPS, 2, w->frontier);
 	size_t drops = 0;
@@ -446,13 +450,8 @@ static int read_links(struct brg_committer *c, struct wdev *w, size_t *n)
 	}
 	store_reset(c->st[S_DROPS]);
 	rc = rc < 0 ? rc : 0;
-	if (drops == MAX_DROP_LINKS && c->links[*n - 1].seq < edge)
-		edge = c->links[*n - 1].seq;
-	size_t kept = 0;
-	for (size_t i = 0; i < *n; i++)
-		if (c->links[i].seq <= edge)
-			c->links[kept++] = c->links[i];
-	*n = kept;
+	if (drops == MAX_DROP_LINKS && c->links[*n - 1].seq < *edge)
+		*edge = c->links[*n - 1].seq;
 out:
 	return rc;
 }
@@ -475,10 +474,11 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 {
 	struct brg_chain *ch = malloc(sizeof(*ch));
 	size_t n;
+	uint64_t edge;
 	int rc = STORE_ENOMEM;
 	if (!ch)
 		return rc;
-	if ((rc = read_links(c, w, &n)))
+	if ((rc = read_links(c, w, &n, &edge)))
 		goto out;
 	brg_chain_compute((uint64_t)w->frontier, c->links, n, ch);
 	if ((int64_t)ch->frontier != w->frontier) {
@@ -508,6 +508,9 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 	 * same envelopes (the holes come lowest first). */
 	for (size_t i = 0; i < ch->n_holes; i++) {
 		uint64_t prev = ch->holes[i].first - 1, last = ch->holes[i].last;
+		/* its filling links may lie beyond the slice read: left for a later group */
+		if (last >= edge)
+			break;
 		/* Out-of-order arrival (a restart, several bridges) opens holes that close within
 		 * an ack timeout: only holes older than the grace are gaps worth a new row. */
 		int recorded = 0;

@@ -337,13 +337,13 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 					commit(in, &items[i], 1, out);
 				return 1;
 			}
+			if (items[0]->kind == BRG_ITEM_BIRTH)
+				brg_registry_birth_refused(in->reg, items[0]->device,
+				                           &items[0]->key);
 			logf_(in, OLOG_ERROR,
 			      "[%s] message dropped: the store refuses it (%s: %s); it is "
 			      "not acknowledged",
 			      items[0]->device, store_strerror(rc), store_errmsg(in->store));
-			if (items[0]->kind == BRG_ITEM_BIRTH)
-				brg_registry_birth_refused(in->reg, items[0]->device,
-				                           &items[0]->key);
 			return 0;
 		}
 		if (stopping_past_deadline(in)) {

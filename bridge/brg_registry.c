@@ -26,6 +26,7 @@ struct brg_registry {
 	struct store *reader;
 	struct entry *slots;
 	size_t cap, used, max;
+	size_t pending; /* entries with a pending Birth: not counted against max */
 	int64_t clock_shift_ms; /* brg_registry__age() */
 };
 
@@ -119,10 +120,19 @@ static int grow(struct brg_registry *r)
 	return BRG_OK;
 }
 
+static void set_pending(struct brg_registry *r, struct entry *e, int pending)
+{
+	if (pending && !e->pending)
+		r->pending++;
+	else if (!pending && e->pending)
+		r->pending--;
+	e->pending = pending;
+}
+
 /* Bounded: start over, keeping only the pending Births (at most one per Birth in the
- * pipeline, which is bounded); other entries come back from the store on demand. Without
- * memory for a new table, the pending Births go too (their envelopes then wait for the
- * writer to store the key, and the device sends them again). */
+ * pipeline, which is bounded by its queues); other entries come back from the store on
+ * demand. Without memory for a new table, the pending Births go too (their envelopes then
+ * wait for the writer to store the key, and the device sends them again). */
 static void forget_settled(struct brg_registry *r)
 {
 	struct entry *old = r->slots, *n = calloc(r->cap, sizeof(*n));
@@ -130,11 +140,12 @@ static void forget_settled(struct brg_registry *r)
 		r->slots = n;
 	else
 		memset(old, 0, r->cap * sizeof(*old));
-	r->used = 0;
+	r->used = r->pending = 0;
 	for (size_t i = 0; n && i < r->cap; i++)
 		if (old[i].id[0] && old[i].pending) {
 			*find(r, old[i].id) = old[i];
 			r->used++;
+			r->pending++;
 		}
 	if (n)
 		free(old);
@@ -145,11 +156,10 @@ static struct entry *entry_for(struct brg_registry *r, const char *id)
 {
 	struct entry *e = find(r, id);
 	if (!e->id[0]) {
-		if (r->used >= r->max) {
+		if (r->used - r->pending >= r->max)
 			forget_settled(r);
-		} else if ((r->used + 1) * 2 > r->cap && grow(r)) {
+		if ((r->used + 1) * 2 > r->cap && grow(r))
 			return NULL; /* no memory: just do not cache */
-		}
 		e = find(r, id);
 		strcpy(e->id, id);
 		r->used++;
@@ -168,7 +178,7 @@ static void put_locked(struct brg_registry *r, const char *id, const struct brg_
 	e->loaded_ms = now;
 	if (e->pending && info->has_key &&
 	    !memcmp(info->key.raw, e->birth.key.raw, sizeof(info->key.raw)))
-		e->pending = 0; /* stored */
+		set_pending(r, e, 0); /* stored */
 }
 
 void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_dev_info *info)
@@ -190,10 +200,10 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 	/* the store holds that key already (a device's restart): nothing is pending */
 	if (e && e->loaded_ms && e->info.has_key &&
 	    !memcmp(e->info.key.raw, info->key.raw, sizeof(info->key.raw)))
-		e->pending = 0;
+		set_pending(r, e, 0);
 	else if (e) {
 		e->birth = *info;
-		e->pending = 1;
+		set_pending(r, e, 1);
 	}
 	pthread_mutex_unlock(&r->mu);
 }
@@ -261,7 +271,7 @@ void brg_registry_birth_refused(struct brg_registry *r, const char *id,
 	pthread_mutex_lock(&r->mu);
 	struct entry *e = find(r, id);
 	if (e->id[0] && e->pending && !memcmp(e->birth.key.raw, key->raw, sizeof(key->raw)))
-		e->pending = 0;
+		set_pending(r, e, 0);
 	pthread_mutex_unlock(&r->mu);
 }
 

@@ -38,7 +38,8 @@ struct brg_registry;
 
 /* reader: a store connection used only by the registry (taken over: freed with the
  * registry). max_entries bounds the cache: when full, it is emptied of all but the pending
- * Births (brg_registry_put_birth), which are bounded by the pipeline. */
+ * Births (brg_registry_put_birth), which do not count against it: the pipeline's queues
+ * bound them. */
 int brg_registry_new(struct store *reader, size_t max_entries, struct brg_registry **out);
 void brg_registry_free(struct brg_registry *r); /* accepts NULL */
 
@@ -65,7 +66,8 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 /* The writer judged a Birth with key and did not apply it (refused, a replay, or dropped
  * because the store refuses it): forget it if it is the pending one, so that the device's
  * state applies again at once. Every Birth the verifiers put ends in brg_registry_put (its
- * key stored), here, or with the pipeline (a stop): a pending Birth has no time limit. */
+ * key stored), here (both through brg_outcome_to_registry, whose states the writer gathers
+ * before COMMIT), or with the pipeline (a stop): a pending Birth has no time limit. */
 void brg_registry_birth_refused(struct brg_registry *r, const char *id,
                                 const struct wire_pubkey *key);
 

@@ -257,7 +257,9 @@ Test(bridge_failure, max_memory_bounds_the_pipeline_while_the_store_is_locked, .
 	cr_expect_geq(kib, 768, "the test did not fill the pipeline: at most %zu KiB", kib);
 }
 
-/* ... and at most queue_depth messages per verifier plus writer_queue verified ones. */
+/* ... and the queues take at most queue_depth messages per verifier plus writer_queue
+ * verified ones (besides the message each verifier and the writer's group hold): the options
+ * reach the queues, and intake waits when they are full. */
 Test(bridge_failure, the_queues_bound_the_pipeline_while_the_store_is_locked, .timeout = 180)
 {
 	const char *const args[] = {"--queue-depth=2", "--writer-queue=3"};

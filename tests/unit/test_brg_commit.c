@@ -806,6 +806,35 @@ Test(brg_commit, a_pending_birth_waits_for_the_writer_however_long)
 	free(k2);
 }
 
+/* Pending Births do not count against registry_max (they are bounded by the pipeline's
+ * queues, not by it): a registry holding more of them than that still takes new devices
+ * (it used to spin for ever once they filled its table) and keeps every pending one. */
+Test(brg_commit, a_registry_full_of_pending_births_keeps_working, .timeout = 20)
+{
+	struct brg_registry *r2;
+	cr_assert_eq(brg_registry_new(open_store(), 16, &r2), BRG_OK);
+	struct brg_dev_info b = {.state = BRG_ST_ACTIVE, .has_key = 1}, got;
+	char id[16];
+	for (int i = 0; i < 3000; i++) {
+		snprintf(id, sizeof(id), "p-%d", i);
+		memcpy(b.key.raw, &i, sizeof(i));
+		brg_registry_put_birth(r2, id, &b);
+	}
+	for (int i = 0; i < 100; i++) {
+		snprintf(id, sizeof(id), "s-%d", i);
+		cr_assert_eq(brg_registry_get(r2, id, -1, &got), BRG_OK);
+	}
+	cr_expect_leq(brg_registry_size(r2), 3000 + 16);
+	for (int i = 0; i < 3000; i++) {
+		snprintf(id, sizeof(id), "p-%d", i);
+		cr_assert_eq(brg_registry_get(r2, id, -1, &got), BRG_OK);
+		memcpy(b.key.raw, &i, sizeof(i));
+		cr_assert(got.provisional && !memcmp(got.key.raw, b.key.raw, sizeof(b.key.raw)),
+		          "%s: pending Birth lost", id);
+	}
+	brg_registry_free(r2);
+}
+
 Test(brg_commit, five_consecutive_rejections_quarantine)
 {
 	struct brg_item *b = birth("dev-c", 1);
@@ -1200,6 +1229,24 @@ TEST_BOTH(a_chain_longer_than_one_read_closes_by_slices_drops_first)
 TEST_BOTH(a_chain_longer_than_one_read_closes_by_slices_rows_first)
 {
 	chain_by_slices(0);
+}
+
+/* A dropped range that starts below the edge of the slice read and ends beyond it still
+ * closes the chain (a device's spool discarded a long stretch, some of it stored here): the
+ * slice keeps every link it read, and only the holes reaching its edge wait. */
+TEST_BOTH(a_dropped_range_across_the_edge_of_a_read_closes_the_chain)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0)};
+	commit(g1, 2);
+	free_items(g1, 2);
+	commit_run(3, MAX_LINKS + 200, 0); /* 4 .. 4300, 3 missing */
+	cr_expect_str_eq(open_gaps(), "2-3", "%s", open_gaps());
+	struct wire_dropped d = {2, 5000, 700};
+	commit_one(batch_drop("dev-a", 5001, 5000, &d, 1));
+	cr_expect_str_eq(open_gaps(), "", "%s", open_gaps());
+	cr_expect_geq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 5000);
+	commit_run(5001, 1, 0);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 5002);
 }
 
 /* The writer's reads of a device's gaps, in every group of that device, use indexes that leave
