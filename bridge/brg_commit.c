@@ -768,19 +768,15 @@ static int apply(struct brg_committer *c, const struct brg_item *it)
 	}
 	if (!w || !w->key)
 		return STORE_EQUERY; /* load_devices created it */
-	if (it->kind == BRG_ITEM_BIRTH) {
-		if ((rc = gate(c, w, it)) > 0)
-			rc = do_birth(c, w, it);
-		/* refused, or a replay: its key is not the device's */
-		if (rc >= 0 && (!w->has_key || memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {
-			w->refused_birth = 1;
-			w->refused_key = it->key;
-		}
-		return rc;
+	if (it->kind == BRG_ITEM_BIRTH) { /* stored or not, it is pending no more */
+		w->judged_birth = 1;
+		w->judged_key = it->key;
 	}
 	if ((rc = gate(c, w, it)) <= 0)
 		return rc;
 	switch (it->kind) {
+	case BRG_ITEM_BIRTH:
+		return do_birth(c, w, it);
 	case BRG_ITEM_BATCH:
 		return brg_commit__do_batch(c, w, it);
 	case BRG_ITEM_RESULT:
@@ -870,10 +866,8 @@ static int states(struct brg_committer *c)
 		s->info.state = brg_state_parse(w->state);
 		s->info.has_key = w->has_key;
 		memcpy(s->info.key.raw, w->pub, WIRE_PUBKEY_LEN);
-		/* a later Birth of the group with that key applied it after all */
-		int applied = w->has_key && !memcmp(w->pub, w->refused_key.raw, WIRE_PUBKEY_LEN);
-		s->refused_birth = w->refused_birth && !applied;
-		s->refused_key = w->refused_key;
+		s->judged_birth = w->judged_birth;
+		s->judged_key = w->judged_key;
 	}
 	return 0;
 }
@@ -883,8 +877,8 @@ void brg_outcome_to_registry(const struct brg_outcome *o, struct brg_registry *r
 	for (size_t i = 0; i < o->n_states; i++) {
 		const struct brg_devstate *st = &o->states[i];
 		brg_registry_put(r, st->device, &st->info);
-		if (st->refused_birth)
-			brg_registry_birth_refused(r, st->device, &st->refused_key);
+		if (st->judged_birth)
+			brg_registry_birth_judged(r, st->device, &st->judged_key);
 	}
 }
 

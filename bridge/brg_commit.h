@@ -53,9 +53,9 @@ struct brg_note {
 struct brg_devstate {
 	char device[WIRE_ID_MAX + 1];
 	struct brg_dev_info info;
-	int refused_birth; /* a Birth with refused_key was judged and not applied: the
-	                    * registry forgets it (brg_registry_birth_refused) */
-	struct wire_pubkey refused_key;
+	int judged_birth; /* a Birth with judged_key was judged (stored or not): the registry
+	                   * no longer keeps it pending (brg_registry_birth_judged) */
+	struct wire_pubkey judged_key;
 };
 
 /* Result of one transaction. Zero-initialise; brg_outcome_clear() between uses. */
@@ -70,7 +70,7 @@ struct brg_outcome {
 };
 
 /* After the commit: the store's view of the group's devices into the verifiers' registry,
- * and the Births the writer did not apply out of it. */
+ * and the Births the writer judged out of its pending ones. */
 void brg_outcome_to_registry(const struct brg_outcome *o, struct brg_registry *r);
 
 void brg_outcome_clear(struct brg_outcome *o); /* frees what the entries own, keeps arrays */

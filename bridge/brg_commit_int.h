@@ -72,8 +72,8 @@ struct wdev {
 	int dirty;
 	int durable; /* an authentic durable envelope arrived: answer with an ack */
 	int needs_row;
-	int refused_birth; /* a verified Birth of this group was not applied: refused_key */
-	struct wire_pubkey refused_key;
+	int judged_birth; /* a verified Birth of this group was judged: the last one's key */
+	struct wire_pubkey judged_key;
 };
 
 /* Readings collected during a group, inserted in bulk at the end. */

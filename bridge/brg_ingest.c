@@ -338,8 +338,8 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 				return 1;
 			}
 			if (items[0]->kind == BRG_ITEM_BIRTH)
-				brg_registry_birth_refused(in->reg, items[0]->device,
-				                           &items[0]->key);
+				brg_registry_birth_judged(in->reg, items[0]->device,
+				                          &items[0]->key);
 			logf_(in, OLOG_ERROR,
 			      "[%s] message dropped: the store refuses it (%s: %s); it is "
 			      "not acknowledged",

@@ -174,7 +174,7 @@ static void put_locked(struct brg_registry *r, const char *id, const struct brg_
 	if (!e)
 		return;
 	e->info = *info;
-	e->info.provisional = e->info.has_enrolled = 0;
+	e->info.provisional = e->info.has_enrolled = e->info.enrolled_revoked = 0;
 	e->loaded_ms = now;
 	if (e->pending && info->has_key &&
 	    !memcmp(info->key.raw, e->birth.key.raw, sizeof(info->key.raw)))
@@ -221,8 +221,8 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	if (e->id[0] && e->pending && max_age_ms != 0) {
 		*out = e->birth;
 		out->provisional = 1;
-		/* a revoked key stays refused: revocation holds the key, not the id */
-		out->has_enrolled = e->info.has_key && e->info.state != BRG_ST_REVOKED;
+		out->has_enrolled = e->info.has_key;
+		out->enrolled_revoked = e->info.state == BRG_ST_REVOKED;
 		out->enrolled = e->info.key;
 		pthread_mutex_unlock(&r->mu);
 		return BRG_OK;
@@ -263,7 +263,7 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	return BRG_OK;
 }
 
-void brg_registry_birth_refused(struct brg_registry *r, const char *id,
+void brg_registry_birth_judged(struct brg_registry *r, const char *id,
                                 const struct wire_pubkey *key)
 {
 	if (strlen(id) > WIRE_ID_MAX || !id[0])

@@ -28,9 +28,9 @@ struct brg_dev_info {
 	int has_key;
 	struct wire_pubkey key;
 	/* Set by brg_registry_get only: key is that of a verified Birth the store does not hold
-	 * yet (brg_registry_put_birth), and enrolled (if has_enrolled) the one it still holds,
-	 * unless that one is revoked. */
-	int provisional, has_enrolled;
+	 * yet (brg_registry_put_birth), and enrolled (if has_enrolled) the one it still holds;
+	 * enrolled_revoked: that one is revoked (revocation holds the key, not the id). */
+	int provisional, has_enrolled, enrolled_revoked;
 	struct wire_pubkey enrolled;
 };
 
@@ -63,13 +63,13 @@ void brg_registry_put(struct brg_registry *r, const char *id, const struct brg_d
 void brg_registry_put_birth(struct brg_registry *r, const char *id,
                             const struct brg_dev_info *info);
 
-/* The writer judged a Birth with key and did not apply it (refused, a replay, or dropped
- * because the store refuses it): forget it if it is the pending one, so that the device's
- * state applies again at once. Every Birth the verifiers put ends in brg_registry_put (its
- * key stored), here (both through brg_outcome_to_registry, whose states the writer gathers
- * before COMMIT), or with the pipeline (a stop): a pending Birth has no time limit. */
-void brg_registry_birth_refused(struct brg_registry *r, const char *id,
-                                const struct wire_pubkey *key);
+/* The writer judged a Birth with key (stored it, refused it, found a replay) or dropped it
+ * because the store refuses it: forget it if it is the pending one, so that the device's
+ * state (its stored key, quarantine, revocation) applies again at once. Every Birth the
+ * verifiers put ends here (through brg_outcome_to_registry, whose states the writer gathers
+ * before COMMIT) or with the pipeline (a stop): a pending Birth has no time limit. */
+void brg_registry_birth_judged(struct brg_registry *r, const char *id,
+                               const struct wire_pubkey *key);
 
 size_t brg_registry_size(struct brg_registry *r);
 

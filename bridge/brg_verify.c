@@ -216,7 +216,7 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 	/* Provisional, so this device's next envelopes verify before the writer commits the
 	 * enrolment (they are marked so, and the writer judges them only once it holds this
 	 * key); the store's view stays beside it until the writer has stored the key. */
-	struct brg_dev_info now = {info->state, 1, cert.key, 0, 0, {{0}}};
+	struct brg_dev_info now = {.state = info->state, .has_key = 1, .key = cert.key};
 	if (now.state == BRG_ST_NONE || now.state == BRG_ST_UNENROLLED ||
 	    now.state == BRG_ST_REVOKED)
 		now.state = BRG_ST_ACTIVE;
@@ -354,7 +354,12 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		}
 	} else if (info.provisional && info.has_enrolled &&
 	           !wire_env_verify(&env, &info.enrolled)) {
-		/* with the key the store holds: sealed before the device's new Birth */
+		/* with the key the store holds: sealed before the device's new Birth; a Birth
+		 * with a new key does not lift a revocation of this one */
+		if (info.enrolled_revoked)
+			return reject(it, BRG_R_REVOKED,
+			              "%s seq %llu refused: signed with the revoked key",
+			              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	} else {
 		/* Another bridge may have re-enrolled the device: ask the store once. */
 		struct brg_dev_info again;
@@ -362,12 +367,6 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		    !memcmp(again.key.raw, info.key.raw, sizeof(info.key.raw)) ||
 		    wire_env_verify(&env, &again.key))
 			return reject(it, BRG_R_SIG, "%s seq %llu: signature does not verify",
-			              wire_kind_name(env.kind), (unsigned long long)env.seq);
-		/* the key the store holds, revoked: a Birth with a new key may be pending, but
-		 * revocation holds this key (sealed before the rotation or not) */
-		if (again.state == BRG_ST_REVOKED)
-			return reject(it, BRG_R_REVOKED,
-			              "%s seq %llu refused: signed with the revoked key",
 			              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	}
 	/* 6. body */
