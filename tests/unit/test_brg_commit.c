@@ -144,19 +144,26 @@ static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const
 	return it;
 }
 
-/* body (freed here) sealed by signer's key as device id's envelope, judged as published on
- * outpost/v1/<id>/<suffix>. */
-static struct brg_item *sealed(const char *signer, const char *id, uint32_t kind,
-                               const char *suffix, uint64_t seq, uint8_t *body, size_t blen)
+/* body (freed here) sealed by signer's key in pki (a directory laid out like h_pki()) as
+ * device id's envelope, judged as published on outpost/v1/<id>/<suffix>. */
+static struct brg_item *sealed_by(const char *pki, const char *signer, const char *id,
+                                  uint32_t kind, const char *suffix, uint64_t seq, uint8_t *body,
+                                  size_t blen)
 {
 	size_t n;
 	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/%s", id, suffix);
-	uint8_t *env = h_seal(h_pki(), name, kind, id, seq, body, blen, &n);
+	uint8_t *env = h_seal(pki, name, kind, id, seq, body, blen, &n);
 	struct brg_item *it = judge(topic, env, n, NULL);
 	free(body);
 	free(name);
 	free(topic);
 	return it;
+}
+
+static struct brg_item *sealed(const char *signer, const char *id, uint32_t kind,
+                               const char *suffix, uint64_t seq, uint8_t *body, size_t blen)
+{
+	return sealed_by(h_pki(), signer, id, kind, suffix, seq, body, blen);
 }
 
 /* A Birth of id defining metrics m1..m<ncols>. */
@@ -182,6 +189,23 @@ static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, 
 	size_t blen;
 	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
 	return sealed(signer, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
+}
+
+/* A failed TaskResult of id for task, message msg (any bytes: packed by protobuf-c itself,
+ * as wire_msg_pack would refuse to send bad text). */
+static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
+                               const char *msg)
+{
+	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
+	r.prev_seq = prev;
+	r.task_id = task;
+	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	r.message = (char *)msg;
+	r.finished_at_ms = store_now_ms();
+	size_t blen = outpost__task_result__get_packed_size(&r);
+	uint8_t *body = malloc(blen);
+	outpost__task_result__pack(&r, body);
+	return sealed(id, id, WIRE_KIND_TASK_RESULT, "tasks/result", seq, body, blen);
 }
 
 /* What a bridge does with a committed group's device states. */
@@ -295,12 +319,10 @@ Test(brg_commit, verify_refuses_bad_numbering_and_poll_properties)
 	commit_one(birth("dev-a", 1));
 	const uint64_t seqs[] = {0, (uint64_t)INT64_MAX + 1, UINT64_MAX};
 	for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
-		size_t blen, n;
+		size_t blen;
 		uint8_t *body = h_batch_body(&so, 2, 1, &blen);
-		uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", seqs[i],
-		                      body, blen, &n);
-		free(body);
-		struct brg_item *it = judge("outpost/v1/dev-a/telemetry", env, n, NULL);
+		struct brg_item *it = sealed("dev-a", "dev-a", WIRE_KIND_BATCH, "telemetry", seqs[i],
+		                             body, blen);
 		cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "seq %llu: %s",
 		                 (unsigned long long)seqs[i], it->detail);
 		brg_item_free(it);
@@ -309,15 +331,7 @@ Test(brg_commit, verify_refuses_bad_numbering_and_poll_properties)
 	struct brg_item *it = batch("dev-a", "dev-a", 5, 5);
 	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
 	brg_item_free(it);
-	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
-	r.prev_seq = 9;
-	r.task_id = 1;
-	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
-	r.message = "done";
-	uint8_t *body = NULL;
-	size_t blen, n;
-	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_RESULT, &r.base, &body, &blen, NULL), WIRE_OK);
-	it = sealed("dev-a", "dev-a", WIRE_KIND_TASK_RESULT, "tasks/result", 6, body, blen);
+	it = result("dev-a", 6, 9, 1, "done");
 	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
 	brg_item_free(it);
 	/* a dropped range that reaches the batch's own seq */
@@ -326,6 +340,7 @@ Test(brg_commit, verify_refuses_bad_numbering_and_poll_properties)
 	cr_expect_str_eq(it->reason ? it->reason : "accepted", "seq_range", "%s", it->detail);
 	brg_item_free(it);
 	/* a poll without a response topic, and one with correlation data over 64 bytes */
+	size_t n;
 	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_TASK_POLL, "dev-a", 8, NULL, 0, &n);
 	it = judge("outpost/v1/dev-a/tasks/poll", env, n, NULL);
 	cr_expect_str_eq(it->reason ? it->reason : "accepted", "response_topic", "%s", it->detail);
@@ -655,26 +670,23 @@ Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
 }
 
-/* A batch of dev-a sealed with the key in pki (a directory laid out like h_pki()). */
+/* A batch of dev-a sealed with the key in pki. */
 static struct brg_item *batch_keyed(const char *pki, uint64_t seq, uint64_t prev)
 {
-	size_t blen, n;
+	size_t blen;
 	uint8_t *body = h_batch_body(&so, seq, prev, &blen);
-	uint8_t *env = h_seal(pki, "devices/dev-a", WIRE_KIND_BATCH, "dev-a", seq, body, blen, &n);
-	free(body);
-	return judge("outpost/v1/dev-a/telemetry", env, n, NULL);
+	return sealed_by(pki, "dev-a", "dev-a", WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
 /* dev-a's Birth at seq (chain floor) with a new key, from a new certificate of the same CA in
  * *pki (free it), judged: accepted by the verifier. */
 static struct brg_item *new_key_birth(const char *tag, uint64_t seq, uint64_t floor, char **pki)
 {
-	size_t blen, n;
+	size_t blen;
 	*pki = h_pki_issue_dated(tag, "dev-a", "20200101000000Z", "20991231000000Z");
 	uint8_t *body = h_birth_body(*pki, "dev-a", 2, floor, &blen);
-	uint8_t *env = h_seal(*pki, "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", seq, body, blen, &n);
-	free(body);
-	struct brg_item *b = judge("outpost/v1/dev-a/birth", env, n, NULL);
+	struct brg_item *b =
+	    sealed_by(*pki, "dev-a", "dev-a", WIRE_KIND_BIRTH, "birth", seq, body, blen);
 	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
 	return b;
 }
@@ -1542,21 +1554,6 @@ Test(brg_commit, a_task_argument_that_is_not_utf8_is_refused)
 	             STORE_OK, "valid UTF-8 is accepted");
 }
 
-static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
-                               const char *msg)
-{
-	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
-	r.prev_seq = prev;
-	r.task_id = task;
-	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
-	r.message = (char *)msg;
-	r.finished_at_ms = store_now_ms();
-	/* packed by protobuf-c itself: wire_msg_pack would refuse to send bad text */
-	size_t blen = outpost__task_result__get_packed_size(&r);
-	uint8_t *body = malloc(blen);
-	outpost__task_result__pack(&r, body);
-	return sealed(id, id, WIRE_KIND_TASK_RESULT, "tasks/result", seq, body, blen);
-}
 
 /* A TaskResult whose message is valid UTF-8 with a 2-byte character at bytes 200-201: the
  * bridge's event detail ("%.200s") cuts it in the middle of the character, PostgreSQL refuses
