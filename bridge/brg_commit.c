@@ -42,10 +42,11 @@ const char *const brg_commit__sql[S_COUNT] = {
                     " AND e.seq = k.seq LIMIT 1) AS e",
     [S_LINKS] = "SELECT prev_seq, seq, stored_at FROM envelopes WHERE device = ? AND seq > ?"
                 " ORDER BY seq LIMIT 4096",
-    /* by last_seq (index gaps_dropped): the ranges below the frontier are never visited */
+    /* by last_seq (index gaps_dropped): the ranges below the frontier are never visited; of
+     * ranges ending together the lowest start first, which is where the chain goes on */
     [S_DROPS] =
         "SELECT prev_seq, last_seq, opened_at FROM gaps WHERE device = ? AND reason = 'dropped'"
-        " AND last_seq > ? ORDER BY last_seq LIMIT 1024",
+        " AND last_seq > ? ORDER BY last_seq, prev_seq LIMIT 1024",
     [S_GAP_INS] = "INSERT INTO gaps (device, reason, prev_seq, last_seq, count, opened_at)"
                   " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, reason, prev_seq) DO NOTHING",
     [S_GAP_GROW_DROP] = "UPDATE gaps SET last_seq = ?, count = ? WHERE device = ? AND"

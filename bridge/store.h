@@ -146,7 +146,7 @@ int store_copy_finish(struct store_copy *c);
 /* ---- schema ---- */
 
 /* The schema version this program writes and reads. */
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 /* Apply every missing migration, each in its own transaction, serialised against other
  * processes doing the same. *from and *to (may be NULL) receive the versions before and after.

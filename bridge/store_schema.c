@@ -182,10 +182,19 @@ static const char *const v2_pg[] = {
 static const char *const v3_sqlite[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
 static const char *const v3_pg[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
 
+/* Version 4: dropped ranges that end at the same seq come lowest start first, so a slice of
+ * them (the writer reads at most MAX_DROP_LINKS) always holds the one that links from the
+ * frontier; before, ties came in insertion order and a device's chain could stay stuck. */
+#define V4_GAPS_DROPPED                                                                            \
+	"CREATE INDEX gaps_dropped ON gaps (device, last_seq, prev_seq) WHERE reason = 'dropped'"
+static const char *const v4_sqlite[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
+static const char *const v4_pg[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
+
 static const struct migration migrations[] = {
     {1, v1_sqlite, v1_pg},
     {2, v2_sqlite, v2_pg},
     {3, v3_sqlite, v3_pg},
+    {4, v4_sqlite, v4_pg},
 };
 #define N_MIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 

@@ -1261,6 +1261,34 @@ TEST_BOTH(a_dropped_range_across_the_edge_of_a_read_closes_the_chain)
 	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 5002);
 }
 
+/* More dropped ranges end at one seq than the writer reads at once (overlapping reports; a
+ * hostile device can send them), and the one starting at the frontier came last: it is still
+ * in the slice, and the chain goes on. Read in arrival order, it fell off every slice. */
+TEST_BOTH(dropped_ranges_ending_together_are_read_lowest_start_first)
+{
+	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0)};
+	commit(g1, 2);
+	free_items(g1, 2);
+	const uint64_t end = 5000, batches = MAX_DROP_LINKS / WIRE_MAX_DROPPED + 2;
+	struct wire_dropped d[WIRE_MAX_DROPPED];
+	for (uint64_t b = 0; b < batches; b++) {
+		for (uint64_t k = 0; k < WIRE_MAX_DROPPED; k++) {
+			uint64_t prev = 3 + b * WIRE_MAX_DROPPED + k;
+			d[k] = (struct wire_dropped){prev, end, end - prev};
+		}
+		commit_one(batch_drop("dev-a", end + 1 + b, end + b, d, WIRE_MAX_DROPPED));
+	}
+	cr_assert_gt(one("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND last_seq = 5000"),
+	             MAX_DROP_LINKS);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 2);
+	d[0] = (struct wire_dropped){2, end, end - 2};
+	commit_one(batch_drop("dev-a", end + 1 + batches, end + batches, d, 1));
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"),
+	             (int64_t)(end + 1 + batches));
+	cr_expect_eq(ack_of("dev-a")->seq, end + 1 + batches);
+	cr_expect_str_eq(open_gaps(), "", "%s", open_gaps());
+}
+
 /* The writer's reads of a device's gaps, in every group of that device, use indexes that leave
  * its past gaps aside (SQLite's plans; PostgreSQL has the same indexes): dropped ranges by where
  * they end, holes among the open ones. Before, each walked every gap row the device ever had. */
