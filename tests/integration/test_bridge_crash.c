@@ -179,28 +179,38 @@ static void unlock_sqlite(void *ctx)
 	cr_expect_eq(h_wait_exit(l->pid, 10000), 0, "sqlite3 holding the lock");
 }
 
-/* The most of "queued N, M KiB in flight" over the bridge's stats lines. */
-static void most_in_flight(const char *log, size_t *queued, size_t *kib)
+/* What the bridge's stats lines said: the most it held queued and in memory, and the totals
+ * of the last line. */
+struct outage_stats {
+	size_t queued, kib;
+	unsigned long long stored, commits;
+};
+
+static void read_stats(const char *log, struct outage_stats *st)
 {
 	char *text = h_read_file(log, NULL);
 	cr_assert_not_null(text, "%s", log);
-	*queued = *kib = 0;
+	*st = (struct outage_stats){0};
 	for (const char *p = text; (p = strstr(p, "; queued ")); p++) {
 		size_t q, k;
 		if (sscanf(p, "; queued %zu, %zu KiB in flight", &q, &k) == 2) {
-			*queued = q > *queued ? q : *queued;
-			*kib = k > *kib ? k : *kib;
+			st->queued = q > st->queued ? q : st->queued;
+			st->kib = k > st->kib ? k : st->kib;
 		}
 	}
+	for (const char *p = text; (p = strstr(p, " stored ")); p++)
+		sscanf(p, " stored %llu,", &st->stored);
+	for (const char *p = text; (p = strstr(p, " commits ")); p++)
+		sscanf(p, " commits %llu", &st->commits);
 	free(text);
 }
 
 /* A bridge (with args) on SQLite, devices with window envelopes in flight each, and another
  * process holding the store's write lock for hold_s seconds (0: 5): no ack while it does,
- * and everything arrives afterwards. If queued: the most the bridge's stats lines said it
- * held queued and in memory (pass --stats-interval). */
+ * and everything arrives afterwards. If st: what the bridge's stats lines said (pass
+ * --stats-interval). */
 static void locked_outage(const char *tag, const char *const *args, size_t n_args, int window,
-                          int hold_s, size_t *queued, size_t *kib)
+                          int hold_s, struct outage_stats *st)
 {
 	struct h_broker b = {0};
 	struct h_bridge br;
@@ -217,9 +227,9 @@ static void locked_outage(const char *tag, const char *const *args, size_t n_arg
 	outage(&br, d, lock_sqlite, unlock_sqlite, &l);
 	finish(&br, o, d);
 	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
-	if (queued)
-		most_in_flight(br.log, queued, kib);
 	cr_expect_eq(h_bridge_stop(&br), 0);
+	if (st)
+		read_stats(br.log, st);
 	free(l.db);
 	h_bridge_free(&br);
 	h_broker_free(&b);
@@ -227,7 +237,7 @@ static void locked_outage(const char *tag, const char *const *args, size_t n_arg
 
 Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 {
-	locked_outage("fail-sqlite", NULL, 0, 10, 0, NULL, NULL);
+	locked_outage("fail-sqlite", NULL, 0, 10, 0, NULL);
 }
 
 /* While the store is locked, the pipeline holds at most max_memory of messages (raw and
@@ -236,10 +246,10 @@ Test(bridge_failure, sqlite_locked_no_ack_then_recovers, .timeout = 180)
 Test(bridge_failure, max_memory_bounds_the_pipeline_while_the_store_is_locked, .timeout = 180)
 {
 	const char *const args[] = {"--stats-interval=200ms", "--workers=1", "--max-memory=1MiB"};
-	size_t queued, kib;
-	locked_outage("fail-memory", args, 3, 50, 8, &queued, &kib);
-	cr_expect_leq(kib, 1024, "%zu KiB in flight, max_memory 1 MiB", kib);
-	cr_expect_geq(kib, 768, "the test did not fill the pipeline: at most %zu KiB", kib);
+	struct outage_stats st;
+	locked_outage("fail-memory", args, 3, 50, 8, &st);
+	cr_expect_leq(st.kib, 1024, "%zu KiB in flight, max_memory 1 MiB", st.kib);
+	cr_expect_geq(st.kib, 768, "the test did not fill the pipeline: at most %zu KiB", st.kib);
 }
 
 /* ... and the queues take at most queue_depth messages per verifier plus writer_queue
@@ -249,10 +259,24 @@ Test(bridge_failure, the_queues_bound_the_pipeline_while_the_store_is_locked, .t
 {
 	const char *const args[] = {"--stats-interval=200ms", "--workers=1", "--queue-depth=2",
 	                            "--writer-queue=3"};
-	size_t queued, kib;
-	locked_outage("fail-queues", args, 4, 50, 8, &queued, &kib);
-	cr_expect_leq(queued, 5, "%zu messages queued, bound 2 + 3", queued);
-	cr_expect_geq(queued, 4, "the test did not fill the queues: at most %zu", queued);
+	struct outage_stats st;
+	locked_outage("fail-queues", args, 4, 50, 8, &st);
+	cr_expect_leq(st.queued, 5, "%zu messages queued, bound 2 + 3", st.queued);
+	cr_expect_geq(st.queued, 4, "the test did not fill the queues: at most %zu", st.queued);
+}
+
+/* group_max_readings bounds a transaction: at 1, each commit takes one message however many
+ * are queued (here the backlog of a locked store), so there are as many commits as envelopes
+ * stored. With the default the backlog goes in a few. */
+Test(bridge_failure, group_max_readings_bounds_each_transaction, .timeout = 180)
+{
+	const char *const args[] = {"--stats-interval=200ms", "--group-max-readings=1"};
+	struct outage_stats st;
+	locked_outage("fail-group", args, 2, 50, 0, &st);
+	cr_expect_geq(st.queued, 20, "no backlog to group: at most %zu queued", st.queued);
+	cr_expect_gt(st.stored, 0);
+	cr_expect_geq(st.commits, st.stored, "%llu commits for %llu envelopes", st.commits,
+	              st.stored);
 }
 
 /* Acks of a commit made while the bridge cannot reach the broker (libmosquitto answers the
