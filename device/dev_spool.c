@@ -602,6 +602,17 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 	return DEV_SPOOL_OK;
 }
 
+/* Segment i is acknowledged and may go. The newest segment, acknowledged by ranges only, stays
+ * until the first record of a newer one is durable (dev_spool_append). Deleted, it would send
+ * the next appends into the segment before it, and a torn append there would look, at the next
+ * open (ranges are not persisted), like the loss of the records it held. */
+static int seg_acked(const struct dev_spool *s, size_t i)
+{
+	const struct seg *g = &s->segs[i];
+	int newest_by_ranges = i + 1 == s->nsegs && g->last_seq > s->acked_upto;
+	return !newest_by_ranges && spool_range_covers(s, g->first_seq, g->last_seq);
+}
+
 int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
 		  size_t nranges)
 {
@@ -619,31 +630,28 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	for (size_t i = 0; i < s->npending; i++)
 		if (!(s->pending[i].reported_in && dev_spool_is_acked(s, s->pending[i].reported_in)))
 			s->pending[n++] = s->pending[i];
-	int deleted = 0;
-	if (n != s->npending) {
-		s->npending = n;
-		deleted = 1;
-	}
-	for (size_t i = 0; i < s->nsegs;) {
-		struct seg *g = &s->segs[i];
-		/* The newest segment, acknowledged by ranges only, stays until the first record of
-		 * a newer one is durable (dev_spool_append). Deleted, it would send the next appends
-		 * into the segment before it, and a torn append there would look, at the next open
-		 * (ranges are not persisted), like the loss of the records it held. */
-		int newest_by_ranges = i + 1 == s->nsegs && g->last_seq > s->acked_upto;
-		if (!newest_by_ranges && spool_range_covers(s, g->first_seq, g->last_seq)) {
-			spool_remove_seg(s, i);
-			deleted = 1;
-		} else {
-			i++;
-		}
-	}
+	int changed = n != s->npending, goes = 0;
+	s->npending = n;
+	for (size_t i = 0; i < s->nsegs && !goes; i++)
+		goes = seg_acked(s, i);
 	if (s->acked_upto != before || s->nranges != nr_before)
 		s->state_dirty = 1;
-	if (deleted)
-		return state_write(s);
-	maybe_persist(s);
-	return DEV_SPOOL_OK;
+	if (!changed && !goes) {
+		maybe_persist(s);
+		return DEV_SPOOL_OK;
+	}
+	/* On disk before any segment goes: a power cut after the unlinks would otherwise bring
+	 * back an older acked_upto and last_durable with the records gone, and the next envelope
+	 * would link below what the bridge stored (a chain it cannot follow). Not written, nothing
+	 * goes; the next ack tries again. */
+	int rc = state_write(s);
+	for (size_t i = 0; !rc && i < s->nsegs;) {
+		if (seg_acked(s, i))
+			spool_remove_seg(s, i);
+		else
+			i++;
+	}
+	return rc;
 }
 
 /* Report as dropped what damage anywhere in segment g hides, beyond what was acknowledged, as

@@ -903,6 +903,51 @@ Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
 	free(dir);
 }
 
+/* An ack's state is on disk before the segments it frees go: when it cannot be written (here
+ * its temporary file is a directory), nothing goes, and a power cut then loses no link — the
+ * next envelope still links to the newest record the bridge stored. Once it can, they go. */
+Test(dev_spool, an_ack_deletes_nothing_before_its_state_is_on_disk)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool *s = open_spool(&o);
+	uint64_t c = 0;
+	for (int i = 0; i < 3; i++)
+		c = put(s, 300, wall_ms());
+	char *tmp = h_strf("%s/state.tmp", dir);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	cr_expect_neq(dev_spool_ack(s, c, NULL, 0), 0, "the state could not be written");
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.segments, 3, "segments deleted before the state was on disk");
+	/* the power cut: what is on disk now */
+	char *copy = h_tmpdir("spool-copy"), *out = NULL;
+	char *cmd = h_strf("cp -a %s/. %s/ && rmdir %s/state.tmp", dir, copy, copy);
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	struct dev_spool_opts oc = o;
+	oc.dir = copy;
+	struct dev_spool *cs = open_spool(&oc);
+	cr_expect_eq(dev_spool_last_durable(cs), c, "the chain went back to %llu",
+		     (unsigned long long)dev_spool_last_durable(cs));
+	dev_spool_close(cs);
+	cr_assert_eq(rmdir(tmp), 0);
+	cr_expect_eq(dev_spool_ack(s, c, NULL, 0), 0);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.segments, 0);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	cr_expect_eq(dev_spool_last_durable(s), c);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.records, 0);
+	dev_spool_close(s);
+	free(out);
+	free(cmd);
+	free(copy);
+	free(tmp);
+	free(dir);
+}
+
 Test(dev_spool, age_limit_drops_old_records)
 {
 	char *dir = h_tmpdir("spool");
