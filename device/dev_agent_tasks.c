@@ -101,7 +101,10 @@ static void result_stored(struct dev_agent *a, const struct result *r)
 	if (r->then_end)
 		end_task(a, r->task_id);
 	if (r->then_seen && dev_tasks_seen(a->tasks, r->task_id))
-		olog(OLOG_WARN, "task %" PRIu64 ": cannot persist task state", r->task_id);
+		olog(OLOG_WARN,
+		     "task %" PRIu64 ": cannot record in %s/tasks that it was handled; retrying (it "
+		     "is not run or judged again meanwhile)",
+		     r->task_id, a->cfg->state_dir);
 }
 
 /* Report a task's result, then record what r->then_* ask for. If the spool cannot take it
@@ -264,7 +267,7 @@ static void end_task(struct dev_agent *a, uint64_t id)
 void agent_sync_tasks(struct dev_agent *a)
 {
 	if (!dev_tasks_sync(a->tasks))
-		olog(OLOG_INFO, "tasks: the finished task is recorded now");
+		olog(OLOG_INFO, "tasks: the task state is recorded now");
 }
 
 static void run_task(struct dev_agent *a, const Outpost__Task *t)
@@ -273,7 +276,8 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 	olog(OLOG_INFO, "task %" PRIu64 ": running %s", t->id, t->type);
 	r.then_end = 1;
 	if (dev_tasks_begin(a->tasks, t->id, t->type)) {
-		r.then_end = 0; /* not begun: nothing to end */
+		r.then_end = 0; /* not begun: nothing to end; and never to run once reported */
+		r.then_seen = 1;
 		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
 		snprintf(r.message, sizeof(r.message), "cannot persist task state; not run");
 		report(a, t->id, &r);

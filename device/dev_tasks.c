@@ -189,15 +189,8 @@ int dev_tasks_seen(struct dev_tasks *t, uint64_t id)
 {
 	if (id <= t->last_id)
 		return WIRE_OK;
-	uint64_t keep = t->last_id;
-	int unsaved = t->unsaved;
-	t->last_id = id;
-	int rc = save(t);
-	if (rc) {
-		t->last_id = keep;
-		t->unsaved = unsaved; /* memory is back to what it was, as is the file */
-	}
-	return rc;
+	t->last_id = id; /* not written: seen in memory all the same (dev_tasks_sync) */
+	return save(t);
 }
 
 int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type)

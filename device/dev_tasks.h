@@ -54,7 +54,11 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
 		    Outpost__TaskList **list, struct dev_task_verdict *verdicts, size_t *n,
 		    struct wire_diag *diag);
 
-/* Mark a rejected task's id as seen (persisted; ids never go back). */
+/* Mark a task's id as seen: one rejected, or one that could not begin (ids never go back).
+ * Persisted; when the write fails, the mark holds in memory all the same, as
+ * dev_tasks_unsaved says, until dev_tasks_sync: this agent never judges the task again, and
+ * one restarted before the write may (it reports the task once more; the bridge keeps the
+ * first result). */
 int dev_tasks_seen(struct dev_tasks *t, uint64_t id);
 
 /* Mark a task as seen and running, in one write: a failure means it must not run. / Mark the

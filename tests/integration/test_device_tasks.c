@@ -243,6 +243,36 @@ Test(device_tasks, a_result_waits_out_a_full_disk, .timeout = 90)
 	stop(&e);
 }
 
+/* The tasks file cannot be rewritten (its temporary file is a directory), so a task cannot
+ * begin: it is reported failed, not run, and marked seen in memory. Delivered again — as the
+ * bridge does while it has no result — it does not run, then or once the file can be written
+ * again; and the mark reaches the file. */
+Test(device_tasks, a_task_that_could_not_begin_never_runs, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	start_polling(&e);
+	char *tmp = h_strf("%s/state/tasks.tmp", e.d.dir);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	h_fakebridge_queue_task(e.fb, 2, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 2, msg, sizeof(msg), 10000), FAILED, "%s", msg);
+	cr_expect_str_eq(msg, "cannot persist task state; not run");
+	for (int round = 0; round < 2; round++) {
+		h_fakebridge_queue_task(e.fb, 2, "ping", NULL, NULL, 0, 0);
+		cr_assert(h_log_wait(e.d.log, "task 2: delivered again", round + 1, 10000),
+			  "round %d: %s", round, e.d.log);
+		if (round == 0) {
+			cr_assert_eq(rmdir(tmp), 0);
+			cr_assert(h_log_wait(e.d.log, "tasks: the task state is recorded now", 1,
+					     20000), "%s", e.d.log);
+		}
+	}
+	cr_expect_eq(h_log_count(e.d.log, "task 2: running"), 1, "the task ran: %s", e.d.log);
+	cr_expect_eq(h_log_count(e.d.log, "task 2: succeeded"), 0, "the task ran: %s", e.d.log);
+	free(tmp);
+	stop(&e);
+}
+
 /* The agent stops while a result waits in memory for room in the spool: the tasks file still
  * says the task was running, so the next agent reports it (interrupted: whether it took effect
  * is unknown to it); a rejection (a type the device does not run) not stored is not marked
