@@ -323,7 +323,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 {
 	struct seg *g = &s->segs[i];
 	int fd = spool_seg_fd(s, g);
-	uint64_t off = 0, count = 0, prev = 0, last = 0, at;
+	uint64_t off = 0, count = 0, prev = 0, last = 0, seen = g->first_prev, at;
 	struct hdr h;
 	while (fd >= 0 && off < g->bytes && !spool_next_good(s, fd, off, g->bytes, 0, &at, &h)) {
 		if (!dev_spool_is_acked(s, h.seq)) {
@@ -332,7 +332,16 @@ static void drop_seg(struct dev_spool *s, size_t i)
 			last = h.seq;
 			count++;
 		}
+		seen = h.seq;
 		off = at + REC_OVERHEAD + h.len;
+	}
+	/* What the walk did not reach (damage since the open hid the tail, or the segment cannot
+	 * be read) held records up to the segment's last: they go too, at least one. */
+	if ((fd < 0 || off < g->bytes) && !dev_spool_is_acked(s, g->last_seq)) {
+		if (!count)
+			prev = seen > s->acked_upto ? seen : s->acked_upto;
+		last = g->last_seq;
+		count++;
 	}
 	s->state_dirty = 1;
 	if (count && add_pending(s, prev, last, count)) {
@@ -722,8 +731,10 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 			int r = spool_next_good(s, fd, off, g->bytes, 0, &here, &h);
 			if (r < 0)
 				return r;
-			if (r)
+			if (r) { /* damage since the open hid the segment's tail: lost */
+				spool_report_lost(s, seen, g->last_seq);
 				break;
+			}
 			if (here != off) /* damage since the open: what it hid is lost */
 				spool_report_lost(s, seen, h.prev_seq);
 			seen = h.seq;

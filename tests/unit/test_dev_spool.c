@@ -675,6 +675,45 @@ static void expect_last_record_rot_reported(off_t at)
 	free(dir);
 }
 
+/* Header rot that appears while the spool is open, in the last record of an older segment:
+ * a reader meets no header after the one before it, and reports what the tail held as
+ * dropped; a segment dropped for room before any reader met it reports its range up to its
+ * last record. Before, both ended at the last header still readable, and the bridge waited
+ * for the tail's seqs for ever. */
+Test(dev_spool, rot_that_hides_a_segment_s_tail_is_reported)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15];
+	char names[64][600];
+	const off_t rec = REC_BYTES(300);
+	struct dev_spool *s = fresh_three(&dir, &o, seqs, names);
+	flip_byte(names[1], 4 * rec + 9); /* seqs[9], the second segment's last */
+	uint64_t got[16];
+	cr_expect_eq(read_all(s, 1, got, 16), 14);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1, "the tail was skipped silently");
+	cr_expect_eq(d[0].prev_seq, seqs[8]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	dev_spool_close(s);
+	free(dir);
+
+	new_three(&dir, &o, seqs, names);
+	o.max_bytes = 15 * rec + rec / 2; /* one more record drops the first segment */
+	s = open_spool(&o);
+	flip_byte(names[0], 4 * rec + 9); /* seqs[4], the first segment's last */
+	put(s, 300, wall_ms());
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_assert_eq(st.segments, 3, "the first segment was dropped for room");
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].last_seq, seqs[4], "the drop ends at %llu",
+		     (unsigned long long)d[0].last_seq);
+	cr_expect_eq(d[0].count, 5);
+	dev_spool_close(s);
+	free(dir);
+}
+
 Test(dev_spool, rot_in_the_last_durable_record_is_reported)
 {
 	expect_last_record_rot_reported(48 + 12 + 100); /* its ciphertext: the tag fails */
