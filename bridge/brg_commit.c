@@ -103,6 +103,8 @@ const char *const brg_commit__sql[S_COUNT] = {
                       " result_message = ?, result_seq = ? WHERE id = ?",
     [S_TASK_OUT] = "INSERT INTO task_output (task, idx, key, value) VALUES (?, ?, ?, ?)"
                    " ON CONFLICT (task, idx) DO NOTHING",
+    [S_TASK_BEHIND] = "UPDATE tasks SET state = 'failed', finished_at = ?, result_message = ?"
+                      " WHERE id = ? AND state = 'queued'",
 };
 
 #define DEV_SEL_COLS                                                                               \

@@ -49,6 +49,7 @@ enum {
 	S_TASK_GET,
 	S_TASK_FINISH,
 	S_TASK_OUT,
+	S_TASK_BEHIND,
 	S_COUNT
 };
 

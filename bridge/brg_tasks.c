@@ -93,17 +93,44 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 	B64(S_TASK_SEL, 3, p->last_task_id > INT64_MAX ? INT64_MAX : p->last_task_id);
 	B64(S_TASK_SEL, 4, max);
 	int queued[WIRE_MAX_TASKS] = {0};
-	while (n < max && (rc = store_step(st)) == 1) {
+	uint64_t behind[WIRE_MAX_TASKS];
+	char behind_type[WIRE_MAX_TASKS][sizeof(tasks->type)];
+	size_t n_behind = 0;
+	for (uint32_t row = 0; row < max && (rc = store_step(st)) == 1; row++) {
 		tasks[n].id = (uint64_t)store_col_i64(st, 0);
 		snprintf(tasks[n].type, sizeof(tasks[n].type), "%s", store_col_text(st, 1));
 		tasks[n].expires_at_ms = store_col_i64(st, 2);
 		tasks[n].created_at_ms = store_col_i64(st, 3);
 		queued[n] = !strcmp(store_col_text(st, 4), STORE_TASK_QUEUED);
+		/* never delivered, and yet at or below what the device has seen: the store's ids
+		 * went back (restored from a backup). The device would take it for one it handled
+		 * and say nothing: failed here instead, loudly. */
+		if (queued[n] && tasks[n].id <= p->last_task_id) {
+			behind[n_behind] = tasks[n].id;
+			memcpy(behind_type[n_behind++], tasks[n].type, sizeof(tasks->type));
+			memset(&tasks[n], 0, sizeof(tasks[n]));
+			continue;
+		}
 		n++;
 	}
 	store_reset(st);
 	if (rc < 0)
 		goto out;
+	for (size_t i = 0; i < n_behind; i++) {
+		char msg[256];
+		snprintf(msg, sizeof(msg),
+		         "not run: the device has seen task ids up to %llu already; the store's task "
+		         "ids went back (a restored backup?): raise them (OPERATIONS.md, Backups) and "
+		         "add the task again",
+		         (unsigned long long)p->last_task_id);
+		B64(S_TASK_BEHIND, 1, c->now);
+		BTXT(S_TASK_BEHIND, 2, msg);
+		B64(S_TASK_BEHIND, 3, behind[i]);
+		if ((rc = brg_commit__run(c, S_TASK_BEHIND)) ||
+		    (rc = brg_commit__event(c, w, "task_failed", "task %llu %s failed: %s",
+		                            (unsigned long long)behind[i], behind_type[i], msg)))
+			goto out;
+	}
 	/* Arguments, within what one TaskList envelope can carry. */
 	for (size_t i = 0; i < n; i++) {
 		struct brg_task *t = &tasks[i];

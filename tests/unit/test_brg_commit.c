@@ -1795,18 +1795,29 @@ Test(brg_commit_pg, a_cancel_during_a_poll_waits_for_the_device_and_finds_the_ta
 	store_close(poll);
 }
 
-static struct brg_item *poll_item(const char *id, uint64_t seq)
+/* A poll of device id, which has seen task ids up to last_seen. */
+static struct brg_item *poll_seen(const char *id, uint64_t seq, uint64_t last_seen)
 {
-	size_t n;
+	size_t n, blen;
+	Outpost__TaskPoll p = OUTPOST__TASK_POLL__INIT;
+	uint8_t *body = NULL;
+	p.last_task_id = last_seen;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_TASK_POLL, &p.base, &body, &blen, NULL), WIRE_OK);
 	char *name = h_strf("devices/%s", id), *topic = h_strf("outpost/v1/%s/tasks/poll", id);
 	char *resp = h_strf("outpost/v1/%s/tasks", id);
-	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_TASK_POLL, id, seq, NULL, 0, &n);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_TASK_POLL, id, seq, body, blen, &n);
 	struct brg_item *it = judge(topic, env, n, resp);
 	cr_assert_eq(it->kind, BRG_ITEM_POLL, "%s", it->detail);
+	free(body);
 	free(name);
 	free(topic);
 	free(resp);
 	return it;
+}
+
+static struct brg_item *poll_item(const char *id, uint64_t seq)
+{
+	return poll_seen(id, seq, 0);
 }
 
 struct poller {
@@ -1858,6 +1869,32 @@ Test(brg_commit_pg, a_task_expired_by_another_bridge_during_a_poll_stays_expired
 		if (out.replies[i].kind == BRG_REPLY_TASKS)
 			sent += out.replies[i].n_tasks;
 	cr_expect_eq(sent, 0, "the expired task was sent");
+}
+
+/* A store restored from a backup hands out task ids the device has seen already: such a task,
+ * still queued (never delivered) with an id at or below the poll's last_task_id, would be
+ * skipped by the device without a word and wait for its expiry. It fails at once, saying
+ * why; the tasks above go out as usual. */
+TEST_BOTH(a_queued_task_the_device_has_seen_the_id_of_fails_at_once)
+{
+	commit_one(birth("dev-a", 1));
+	int64_t a = 0, b = 0, until = store_now_ms() + 3600000;
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, until, "t", &a), STORE_OK);
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, until, "t", &b), STORE_OK);
+	commit_one(poll_seen("dev-a", 2, (uint64_t)a));
+	char *q = h_strf("SELECT COUNT(*) FROM tasks WHERE id = %lld AND state = 'failed' AND"
+	                 " result_message LIKE 'not run: the device has seen task ids up to %lld%%'",
+	                 (long long)a, (long long)a);
+	cr_expect_eq(one(q), 1, "the task the device cannot tell from one it handled");
+	free(q);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_failed'"), 1);
+	size_t sent = 0;
+	for (size_t i = 0; i < out.n_replies; i++)
+		if (out.replies[i].kind == BRG_REPLY_TASKS) {
+			sent += out.replies[i].n_tasks;
+			cr_expect_eq(out.replies[i].tasks[0].id, (uint64_t)b);
+		}
+	cr_expect_eq(sent, 1);
 }
 
 /* One bridge's group, committed on its own thread once both are ready. */
