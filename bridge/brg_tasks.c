@@ -126,9 +126,13 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 		B64(S_TASK_BEHIND, 1, c->now);
 		BTXT(S_TASK_BEHIND, 2, msg);
 		B64(S_TASK_BEHIND, 3, behind[i]);
-		if ((rc = brg_commit__run(c, S_TASK_BEHIND)) ||
-		    (rc = brg_commit__event(c, w, "task_failed", "task %llu %s failed: %s",
-		                            (unsigned long long)behind[i], behind_type[i], msg)))
+		int64_t failed;
+		if ((rc = brg_commit__run_changes(c, S_TASK_BEHIND, &failed)))
+			goto out;
+		/* none: another bridge's sweep expired it since it was read */
+		if (failed && (rc = brg_commit__event(c, w, "task_failed", "task %llu %s failed: %s",
+		                                      (unsigned long long)behind[i], behind_type[i],
+		                                      msg)))
 			goto out;
 	}
 	/* Arguments, within what one TaskList envelope can carry. */

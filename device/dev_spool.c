@@ -639,22 +639,34 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	for (size_t i = 0; i < s->npending; i++)
 		if (!(s->pending[i].reported_in && dev_spool_is_acked(s, s->pending[i].reported_in)))
 			s->pending[n++] = s->pending[i];
-	int changed = n != s->npending, goes = 0;
+	int changed = n != s->npending, freed = 0, newest = 0;
 	s->npending = n;
-	for (size_t i = 0; i < s->nsegs && !goes; i++)
-		goes = seg_acked(s, i);
 	if (s->acked_upto != before || s->nranges != nr_before)
 		s->state_dirty = 1;
-	if (!changed && !goes) {
+	/* Acknowledged segments go at once but for the one holding the newest record: it alone
+	 * tells the next open where the chain ends (last_durable) while the state file may be
+	 * behind, and deleting the others frees the room that writing the state may need. */
+	for (size_t i = 0; i < s->nsegs;) {
+		if (!seg_acked(s, i)) {
+			i++;
+		} else if (s->segs[i].count && s->segs[i].last_seq >= s->last_durable) {
+			newest = 1;
+			i++;
+		} else {
+			spool_remove_seg(s, i);
+			freed = 1;
+		}
+	}
+	if (!changed && !freed && !newest) {
 		maybe_persist(s);
 		return DEV_SPOOL_OK;
 	}
-	/* On disk before any segment goes: a power cut after the unlinks would otherwise bring
-	 * back an older acked_upto and last_durable with the records gone, and the next envelope
-	 * would link below what the bridge stored (a chain it cannot follow). Not written, nothing
-	 * goes; the next ack tries again. */
+	/* That one goes once the state is on disk: a power cut after its unlink would otherwise
+	 * bring back an older last_durable, and the next envelope would link below what the
+	 * bridge stored (a chain it cannot follow). Not written, it stays; the next ack tries
+	 * again. */
 	int rc = state_write(s);
-	for (size_t i = 0; !rc && i < s->nsegs;) {
+	for (size_t i = 0; !rc && newest && i < s->nsegs;) {
 		if (seg_acked(s, i))
 			spool_remove_seg(s, i);
 		else

@@ -942,10 +942,11 @@ Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
 	free(dir);
 }
 
-/* An ack's state is on disk before the segments it frees go: when it cannot be written (here
- * its temporary file is a directory), nothing goes, and a power cut then loses no link — the
- * next envelope still links to the newest record the bridge stored. Once it can, they go. */
-Test(dev_spool, an_ack_deletes_nothing_before_its_state_is_on_disk)
+/* The segment holding the newest record goes only once the ack's state is on disk: when it
+ * cannot be written (here its temporary file is a directory), the older acknowledged segments
+ * go and that one stays, and a power cut then loses no link — the next envelope still links
+ * to the newest record the bridge stored. Once the state can be written, it goes too. */
+Test(dev_spool, an_ack_keeps_the_newest_record_until_its_state_is_on_disk)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
@@ -959,7 +960,8 @@ Test(dev_spool, an_ack_deletes_nothing_before_its_state_is_on_disk)
 	cr_expect_neq(dev_spool_ack(s, c, NULL, 0), 0, "the state could not be written");
 	struct dev_spool_stats st;
 	dev_spool_stats(s, &st);
-	cr_expect_eq(st.segments, 3, "segments deleted before the state was on disk");
+	cr_expect_eq(st.segments, 1, "%zu segments: the older ones go, the newest stays",
+		     (size_t)st.segments);
 	/* the power cut: what is on disk now */
 	char *copy = h_tmpdir("spool-copy"), *out = NULL;
 	char *cmd = h_strf("cp -a %s/. %s/ && rmdir %s/state.tmp", dir, copy, copy);
@@ -977,13 +979,52 @@ Test(dev_spool, an_ack_deletes_nothing_before_its_state_is_on_disk)
 	dev_spool_close(s);
 	s = open_spool(&o);
 	cr_expect_eq(dev_spool_last_durable(s), c);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.records, 0);
 	dev_spool_close(s);
 	free(out);
 	free(cmd);
 	free(copy);
 	free(tmp);
+	free(dir);
+}
+
+/* A backlog that filled the disk: no file may grow (RLIMIT_FSIZE 0), so not even the state
+ * file can be rewritten, and yet the acks free the backlog's room — all but the newest
+ * record's segment — so the spool drains; once there is room, that one goes too. */
+Test(dev_spool, acks_free_room_on_a_full_disk)
+{
+	char *dir = h_tmpdir("spool-full-ack");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512; /* one record per segment */
+	uint64_t seqs[5];
+	fill(&o, 5, 300, seqs);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		signal(SIGXFSZ, SIG_IGN);
+		struct rlimit rl = {0, 0};
+		setrlimit(RLIMIT_FSIZE, &rl);
+		struct dev_spool *s = NULL;
+		if (dev_spool_open(&o, &s, NULL))
+			_exit(3);
+		int rc = dev_spool_ack(s, seqs[4], NULL, 0);
+		struct dev_spool_stats st;
+		dev_spool_stats(s, &st);
+		dev_spool_close(s);
+		_exit(rc == 0 ? 4 : st.segments != 1 ? 5 : 0);
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	          "child status %d (3: no open, 4: the state was written, 5: not just the newest "
+	          "record's segment left)",
+	          WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	struct dev_spool *s = open_spool(&o); /* room again */
+	cr_expect_eq(dev_spool_last_durable(s), seqs[4]);
+	cr_expect_eq(dev_spool_ack(s, seqs[4], NULL, 0), 0);
+	struct dev_spool_stats sst;
+	dev_spool_stats(s, &sst);
+	cr_expect_eq(sst.segments, 0);
+	dev_spool_close(s);
 	free(dir);
 }
 
