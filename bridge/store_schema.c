@@ -185,13 +185,14 @@ static const char *const v3_pg[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
 /* Version 4: dropped ranges that end at the same seq come lowest start first, so a slice of
  * them (the writer reads at most MAX_DROP_LINKS) holds the one of them that links from the
  * frontier; before, ties came in insertion order and a device's chain could stay stuck. The
- * new index is built before the old one is dropped: PostgreSQL's build lets reads of gaps
- * go on, and the drop's exclusive lock lasts only to the COMMIT right after it. */
+ * old index goes first: building the new one first lets a running writer read gaps, and its
+ * write then waits for the build while the drop waits for its read (on PostgreSQL, a
+ * deadlock that fails the migration). */
 #define V4_GAPS_DROPPED                                                                            \
 	"CREATE INDEX gaps_dropped_by_end ON gaps (device, last_seq, prev_seq) WHERE"              \
 	" reason = 'dropped'"
-static const char *const v4_sqlite[] = {V4_GAPS_DROPPED, "DROP INDEX gaps_dropped", NULL};
-static const char *const v4_pg[] = {V4_GAPS_DROPPED, "DROP INDEX gaps_dropped", NULL};
+static const char *const v4_sqlite[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
+static const char *const v4_pg[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
 
 static const struct migration migrations[] = {
     {1, v1_sqlite, v1_pg},

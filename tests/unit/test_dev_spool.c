@@ -911,6 +911,22 @@ Test(dev_spool, a_range_that_grows_while_its_carrier_is_appended_stays_pending)
 
 /* A segment dropped for the size limit: the state file says so before the segment is gone, so a
  * power cut right after the append that dropped it still reports the range. */
+/* The power cut: a spool opened on a copy of what o's directory holds now (without closing
+ * the spool there; less a state.tmp directory a test made), in a directory of its own. */
+static struct dev_spool *open_power_cut(const struct dev_spool_opts *o)
+{
+	char *copy = h_tmpdir("spool-copy"), *out = NULL;
+	char *cmd = h_strf("cp -a %s/. %s/ && rm -rf %s/state.tmp", o->dir, copy, copy);
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	struct dev_spool_opts oc = *o;
+	oc.dir = copy;
+	struct dev_spool *c = open_spool(&oc);
+	free(out);
+	free(cmd);
+	free(copy);
+	return c;
+}
+
 Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
 {
 	char *dir = h_tmpdir("spool");
@@ -925,20 +941,12 @@ Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
 		n = dev_spool_dropped(s, d, 8);
 	}
 	cr_assert_eq(n, 1);
-	/* the power cut: what is on disk now, without closing */
-	char *copy = h_tmpdir("spool-copy"), *cmd = h_strf("cp -a %s/. %s/", dir, copy), *out = NULL;
-	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
-	struct dev_spool_opts oc = o;
-	oc.dir = copy;
-	struct dev_spool *c = open_spool(&oc);
+	struct dev_spool *c = open_power_cut(&o);
 	cr_assert_eq(dev_spool_dropped(c, after, 8), 1, "the drop was not on disk");
 	cr_expect_eq(after[0].prev_seq, d[0].prev_seq);
 	cr_expect_eq(after[0].last_seq, d[0].last_seq);
 	dev_spool_close(c);
 	dev_spool_close(s);
-	free(out);
-	free(cmd);
-	free(copy);
 	free(dir);
 }
 
@@ -962,13 +970,7 @@ Test(dev_spool, an_ack_keeps_the_newest_record_until_its_state_is_on_disk)
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.segments, 1, "%zu segments: the older ones go, the newest stays",
 		     (size_t)st.segments);
-	/* the power cut: what is on disk now */
-	char *copy = h_tmpdir("spool-copy"), *out = NULL;
-	char *cmd = h_strf("cp -a %s/. %s/ && rmdir %s/state.tmp", dir, copy, copy);
-	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
-	struct dev_spool_opts oc = o;
-	oc.dir = copy;
-	struct dev_spool *cs = open_spool(&oc);
+	struct dev_spool *cs = open_power_cut(&o);
 	cr_expect_eq(dev_spool_last_durable(cs), c, "the chain went back to %llu",
 		     (unsigned long long)dev_spool_last_durable(cs));
 	dev_spool_close(cs);
@@ -980,9 +982,6 @@ Test(dev_spool, an_ack_keeps_the_newest_record_until_its_state_is_on_disk)
 	s = open_spool(&o);
 	cr_expect_eq(dev_spool_last_durable(s), c);
 	dev_spool_close(s);
-	free(out);
-	free(cmd);
-	free(copy);
 	free(tmp);
 	free(dir);
 }
