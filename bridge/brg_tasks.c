@@ -73,6 +73,29 @@ out:
 	return rc;
 }
 
+/* A queued task whose id the device has seen already (last): failed, with its event, unless
+ * another bridge's sweep expired it since it was read. */
+static int fail_seen_task(struct brg_committer *c, struct wdev *w, const struct brg_task *t,
+                          uint64_t last)
+{
+	char msg[256];
+	int64_t failed;
+	int rc;
+	snprintf(msg, sizeof(msg),
+	         "not run: the device has seen task ids up to %llu already; the store's task ids "
+	         "went back (a restored backup?): raise them (OPERATIONS.md, Backups) and add the "
+	         "task again",
+	         (unsigned long long)last);
+	B64(S_TASK_BEHIND, 1, c->now);
+	BTXT(S_TASK_BEHIND, 2, msg);
+	B64(S_TASK_BEHIND, 3, t->id);
+	if (!(rc = brg_commit__run_changes(c, S_TASK_BEHIND, &failed)) && failed)
+		rc = brg_commit__event(c, w, "task_failed", "task %llu %s failed: %s",
+		                       (unsigned long long)t->id, t->type, msg);
+out:
+	return rc;
+}
+
 int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
 {
 	const Outpost__TaskPoll *p = it->poll;
@@ -93,48 +116,32 @@ int brg_commit__do_poll(struct brg_committer *c, struct wdev *w, const struct br
 	B64(S_TASK_SEL, 3, p->last_task_id > INT64_MAX ? INT64_MAX : p->last_task_id);
 	B64(S_TASK_SEL, 4, max);
 	int queued[WIRE_MAX_TASKS] = {0};
-	uint64_t behind[WIRE_MAX_TASKS];
-	char behind_type[WIRE_MAX_TASKS][sizeof(tasks->type)];
-	size_t n_behind = 0;
-	for (uint32_t row = 0; row < max && (rc = store_step(st)) == 1; row++) {
+	while (n < max && (rc = store_step(st)) == 1) {
 		tasks[n].id = (uint64_t)store_col_i64(st, 0);
 		snprintf(tasks[n].type, sizeof(tasks[n].type), "%s", store_col_text(st, 1));
 		tasks[n].expires_at_ms = store_col_i64(st, 2);
 		tasks[n].created_at_ms = store_col_i64(st, 3);
 		queued[n] = !strcmp(store_col_text(st, 4), STORE_TASK_QUEUED);
-		/* never delivered, and yet at or below what the device has seen: the store's ids
-		 * went back (restored from a backup). The device would take it for one it handled
-		 * and say nothing: failed here instead, loudly. */
-		if (queued[n] && tasks[n].id <= p->last_task_id) {
-			behind[n_behind] = tasks[n].id;
-			memcpy(behind_type[n_behind++], tasks[n].type, sizeof(tasks->type));
-			memset(&tasks[n], 0, sizeof(tasks[n]));
-			continue;
-		}
 		n++;
 	}
 	store_reset(st);
 	if (rc < 0)
 		goto out;
-	for (size_t i = 0; i < n_behind; i++) {
-		char msg[256];
-		snprintf(msg, sizeof(msg),
-		         "not run: the device has seen task ids up to %llu already; the store's task "
-		         "ids went back (a restored backup?): raise them (OPERATIONS.md, Backups) and "
-		         "add the task again",
-		         (unsigned long long)p->last_task_id);
-		B64(S_TASK_BEHIND, 1, c->now);
-		BTXT(S_TASK_BEHIND, 2, msg);
-		B64(S_TASK_BEHIND, 3, behind[i]);
-		int64_t failed;
-		if ((rc = brg_commit__run_changes(c, S_TASK_BEHIND, &failed)))
-			goto out;
-		/* none: another bridge's sweep expired it since it was read */
-		if (failed && (rc = brg_commit__event(c, w, "task_failed", "task %llu %s failed: %s",
-		                                      (unsigned long long)behind[i], behind_type[i],
-		                                      msg)))
-			goto out;
+	/* Never delivered, and yet at or below what the device has seen: the store's ids went
+	 * back (restored from a backup). The device would take it for one it handled and say
+	 * nothing: failed here instead, loudly. (No arguments are loaded yet.) */
+	size_t left = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (queued[i] && tasks[i].id <= p->last_task_id) {
+			if ((rc = fail_seen_task(c, w, &tasks[i], p->last_task_id)))
+				goto out;
+			continue;
+		}
+		queued[left] = queued[i];
+		tasks[left++] = tasks[i];
 	}
+	memset(&tasks[left], 0, (n - left) * sizeof(*tasks));
+	n = left;
 	/* Arguments, within what one TaskList envelope can carry. */
 	for (size_t i = 0; i < n; i++) {
 		struct brg_task *t = &tasks[i];

@@ -353,17 +353,26 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	spool_remove_seg(s, i);
 }
 
+/* Segment i holds the newest record ever appended. It alone tells the next open where the
+ * chain ends (last_durable) while the state file may be behind: it goes only after a state
+ * write has succeeded. (Usually the last segment; not when an append tore the first record of
+ * a newer one, left empty.) */
+static int holds_newest(const struct dev_spool *s, size_t i)
+{
+	return s->segs[i].count && s->segs[i].last_seq >= s->last_durable;
+}
+
 /* A segment whose time was taken with an unset clock has an unknown age: only the size limit
- * drops it (a device booting without a real-time clock would lose its backlog to NTP). */
+ * drops it (a device booting without a real-time clock would lose its backlog to NTP). Never
+ * the segment holding the newest record, nor the last one (the next appends go there). */
 static void enforce_limits(struct dev_spool *s)
 {
 	int64_t now = otime_wall_ms(), cutoff = now - s->opts.max_age_ms;
-	/* never the newest segment: it holds the record just written */
-	while (s->nsegs > 1 && (int64_t)s->total_bytes > s->opts.max_bytes)
+	while (s->nsegs > 1 && (int64_t)s->total_bytes > s->opts.max_bytes && !holds_newest(s, 0))
 		drop_seg(s, 0);
 	/* by age, oldest first, passing over segments of unknown age; the first segment young
 	 * enough ends it (the ones after it are younger still) */
-	for (size_t i = 0; now >= CLOCK_SET_MS && i + 1 < s->nsegs;) {
+	for (size_t i = 0; now >= CLOCK_SET_MS && i + 1 < s->nsegs && !holds_newest(s, i);) {
 		if (s->segs[i].t_last < CLOCK_SET_MS)
 			i++;
 		else if (s->segs[i].t_last < cutoff)
@@ -622,6 +631,24 @@ static int seg_acked(const struct dev_spool *s, size_t i)
 	return !newest_by_ranges && spool_range_covers(s, g->first_seq, g->last_seq);
 }
 
+/* Delete the acknowledged segments but, with keep_newest, the one holding the newest record
+ * (holds_newest); 1 if it was kept. */
+static int remove_acked(struct dev_spool *s, int keep_newest)
+{
+	int kept = 0;
+	for (size_t i = 0; i < s->nsegs;) {
+		if (!seg_acked(s, i)) {
+			i++;
+		} else if (keep_newest && holds_newest(s, i)) {
+			kept = 1;
+			i++;
+		} else {
+			spool_remove_seg(s, i);
+		}
+	}
+	return kept;
+}
+
 int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
 		  size_t nranges)
 {
@@ -639,39 +666,23 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	for (size_t i = 0; i < s->npending; i++)
 		if (!(s->pending[i].reported_in && dev_spool_is_acked(s, s->pending[i].reported_in)))
 			s->pending[n++] = s->pending[i];
-	int changed = n != s->npending, freed = 0, newest = 0;
+	int changed = n != s->npending;
 	s->npending = n;
 	if (s->acked_upto != before || s->nranges != nr_before)
 		s->state_dirty = 1;
-	/* Acknowledged segments go at once but for the one holding the newest record: it alone
-	 * tells the next open where the chain ends (last_durable) while the state file may be
-	 * behind, and deleting the others frees the room that writing the state may need. */
-	for (size_t i = 0; i < s->nsegs;) {
-		if (!seg_acked(s, i)) {
-			i++;
-		} else if (s->segs[i].count && s->segs[i].last_seq >= s->last_durable) {
-			newest = 1;
-			i++;
-		} else {
-			spool_remove_seg(s, i);
-			freed = 1;
-		}
-	}
-	if (!changed && !freed && !newest) {
+	/* Acknowledged segments go at once, but the one holding the newest record only once the
+	 * state is on disk (holds_newest); deleting the others first frees the room that writing
+	 * the state may need. */
+	size_t nsegs = s->nsegs;
+	int kept = remove_acked(s, 1);
+	if (!changed && !kept && s->nsegs == nsegs) {
 		maybe_persist(s);
 		return DEV_SPOOL_OK;
 	}
-	/* That one goes once the state is on disk: a power cut after its unlink would otherwise
-	 * bring back an older last_durable, and the next envelope would link below what the
-	 * bridge stored (a chain it cannot follow). Not written, it stays; the next ack tries
-	 * again. */
+	/* Not written, the segment holding the newest record stays; the next ack tries again. */
 	int rc = state_write(s);
-	for (size_t i = 0; !rc && newest && i < s->nsegs;) {
-		if (seg_acked(s, i))
-			spool_remove_seg(s, i);
-		else
-			i++;
-	}
+	if (!rc && kept)
+		remove_acked(s, 0);
 	return rc;
 }
 

@@ -24,6 +24,14 @@ static struct dev_spool_opts opts(const char *dir)
 	return (struct dev_spool_opts){dir, 64 << 20, 90LL * 86400 * 1000, 64 << 10, 0};
 }
 
+/* ... with segments that take one record of 300-400 bytes each */
+static struct dev_spool_opts opts_per_record(const char *dir)
+{
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 512;
+	return o;
+}
+
 static struct dev_spool *open_spool(const struct dev_spool_opts *o)
 {
 	struct dev_spool *s = NULL;
@@ -758,8 +766,7 @@ Test(dev_spool, a_torn_first_record_after_everything_was_acknowledged_is_no_loss
 Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 {
 	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool_opts o = opts_per_record(dir);
 	struct rlimit rl = {64, 64};
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 	/* a device offline for long: appends only, nothing acknowledged */
@@ -782,8 +789,7 @@ Test(dev_spool, thousands_of_segments_need_few_file_descriptors)
 Test(dev_spool, the_chain_never_goes_back_across_a_restart)
 {
 	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool_opts o = opts_per_record(dir);
 	struct dev_spool *s = open_spool(&o);
 	uint64_t a = put(s, 300, wall_ms()), b = put(s, 300, wall_ms()), c = put(s, 300, wall_ms());
 	/* the newest record is acknowledged selectively (its segment stays while it is the
@@ -911,18 +917,25 @@ Test(dev_spool, a_range_that_grows_while_its_carrier_is_appended_stays_pending)
 
 /* A segment dropped for the size limit: the state file says so before the segment is gone, so a
  * power cut right after the append that dropped it still reports the range. */
-/* The power cut: a spool opened on a copy of what o's directory holds now (without closing
- * the spool there; less a state.tmp directory a test made), in a directory of its own. */
-static struct dev_spool *open_power_cut(const struct dev_spool_opts *o)
+/* The power cut: a copy of what dir holds now, without closing the spool there (less a
+ * state.tmp directory a test made), in a directory of its own (free it). / A spool opened on
+ * such a copy of o's directory. */
+static char *power_cut(const char *dir)
 {
 	char *copy = h_tmpdir("spool-copy"), *out = NULL;
-	char *cmd = h_strf("cp -a %s/. %s/ && rm -rf %s/state.tmp", o->dir, copy, copy);
+	char *cmd = h_strf("cp -a %s/. %s/ && rm -rf %s/state.tmp", dir, copy, copy);
 	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
-	struct dev_spool_opts oc = *o;
-	oc.dir = copy;
-	struct dev_spool *c = open_spool(&oc);
 	free(out);
 	free(cmd);
+	return copy;
+}
+
+static struct dev_spool *open_power_cut(const struct dev_spool_opts *o)
+{
+	struct dev_spool_opts oc = *o;
+	char *copy = power_cut(o->dir);
+	oc.dir = copy;
+	struct dev_spool *c = open_spool(&oc);
 	free(copy);
 	return c;
 }
@@ -950,19 +963,29 @@ Test(dev_spool, a_drop_is_on_disk_before_its_segment_is_removed)
 	free(dir);
 }
 
+/* A fresh spool in *dir (free it), opened with o, holding three records, one per segment, the
+ * newest *newest. */
+static struct dev_spool *open_three_records(char **dir, struct dev_spool_opts *o,
+					    uint64_t *newest)
+{
+	*dir = h_tmpdir("spool");
+	*o = opts_per_record(*dir);
+	struct dev_spool *s = open_spool(o);
+	for (int i = 0; i < 3; i++)
+		*newest = put(s, 300, wall_ms());
+	return s;
+}
+
 /* The segment holding the newest record goes only once the ack's state is on disk: when it
  * cannot be written (here its temporary file is a directory), the older acknowledged segments
  * go and that one stays, and a power cut then loses no link — the next envelope still links
  * to the newest record the bridge stored. Once the state can be written, it goes too. */
 Test(dev_spool, an_ack_keeps_the_newest_record_until_its_state_is_on_disk)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	o.segment_bytes = 512; /* one record per segment */
-	struct dev_spool *s = open_spool(&o);
-	uint64_t c = 0;
-	for (int i = 0; i < 3; i++)
-		c = put(s, 300, wall_ms());
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t c;
+	struct dev_spool *s = open_three_records(&dir, &o, &c);
 	char *tmp = h_strf("%s/state.tmp", dir);
 	cr_assert_eq(mkdir(tmp, 0700), 0);
 	cr_expect_neq(dev_spool_ack(s, c, NULL, 0), 0, "the state could not be written");
@@ -992,8 +1015,7 @@ Test(dev_spool, an_ack_keeps_the_newest_record_until_its_state_is_on_disk)
 Test(dev_spool, acks_free_room_on_a_full_disk)
 {
 	char *dir = h_tmpdir("spool-full-ack");
-	struct dev_spool_opts o = opts(dir);
-	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool_opts o = opts_per_record(dir);
 	uint64_t seqs[5];
 	fill(&o, 5, 300, seqs);
 	pid_t pid = fork();
@@ -1024,6 +1046,51 @@ Test(dev_spool, acks_free_room_on_a_full_disk)
 	dev_spool_stats(s, &sst);
 	cr_expect_eq(sst.segments, 0);
 	dev_spool_close(s);
+	free(dir);
+}
+
+/* A power cut tore the first record of a new segment, so the segment holding the newest record
+ * is no longer the last one; the next open, on a full disk (no state written), with the age
+ * limit passed: the limits spare that segment, and after a second power cut the next envelope
+ * still links to the newest record. Before, it was dropped like any old segment. */
+Test(dev_spool, the_limits_spare_the_newest_record_behind_a_torn_segment)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t c;
+	struct dev_spool *s = open_three_records(&dir, &o, &c);
+	/* the power cut, with the state file behind, and the torn first record of c's successor */
+	char *cut = power_cut(dir);
+	dev_spool_close(s);
+	struct dev_spool_opts oc = o;
+	char *torn = h_strf("%s/seg-%020llu.log", cut, (unsigned long long)c + 1);
+	oc.dir = cut;
+	FILE *f = fopen(torn, "w");
+	cr_assert_not_null(f);
+	fputs("OSPL\1\2", f);
+	fclose(f);
+	h_sleep_ms(20);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		signal(SIGXFSZ, SIG_IGN);
+		struct rlimit rl = {0, 0};
+		setrlimit(RLIMIT_FSIZE, &rl);
+		struct dev_spool_opts aged = oc;
+		aged.max_age_ms = 1;
+		struct dev_spool *a = NULL;
+		_exit(dev_spool_open(&aged, &a, NULL) ? 3 : 0); /* a second power cut: no close */
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d",
+		  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	s = open_spool(&oc);
+	cr_expect_eq(dev_spool_last_durable(s), c, "the chain went back to %llu",
+		     (unsigned long long)dev_spool_last_durable(s));
+	dev_spool_close(s);
+	free(torn);
+	free(cut);
 	free(dir);
 }
 
@@ -1485,8 +1552,7 @@ Test(dev_spool, a_torn_append_after_a_selective_ack_of_the_newest_segment_is_no_
 Test(dev_spool, a_segment_acknowledged_by_ranges_goes_once_a_newer_one_is_written)
 {
 	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	o.segment_bytes = 512; /* one record per segment */
+	struct dev_spool_opts o = opts_per_record(dir);
 	struct dev_spool *s = open_spool(&o);
 	uint64_t a = put(s, 300, wall_ms()), b = put(s, 300, wall_ms());
 	uint64_t ranges[1][2] = {{b, b}};
