@@ -79,7 +79,7 @@ static struct {
 	int width, wss_port, mqtts_port;
 	int offset, procs, proc_index; /* several simulator processes: ids offset+1.. */
 	int64_t batch_ms, level_timeout_ms, restart_timeout_ms, soak_ms;
-	int backoff_min_ms, backoff_max_ms, connect_timeout_s;
+	int backoff_min_ms, backoff_max_ms, reconnect_spread_ms, connect_timeout_s;
 	int ramp_rate; /* new sessions started per second */
 	struct sess *s;
 	int n; /* sessions created */
@@ -357,6 +357,7 @@ static void new_session(int i)
 	    .connect_timeout_s = G.connect_timeout_s,
 	    .backoff_min_ms = G.backoff_min_ms,
 	    .backoff_max_ms = G.backoff_max_ms,
+	    .reconnect_spread_ms = G.reconnect_spread_ms,
 	    .subscribe = subs,
 	};
 	if (dev_link_new(&lo, wake, s, &s->link))
@@ -623,6 +624,7 @@ int main(int argc, char **argv)
 	G.soak_ms = bench_arg_l(argc, argv, "--soak", 60) * 1000;
 	G.restart_timeout_ms = bench_arg_l(argc, argv, "--restart-timeout", 300) * 1000;
 	G.backoff_min_ms = (int)bench_arg_l(argc, argv, "--backoff-min-ms", 1000);
+	G.reconnect_spread_ms = (int)bench_arg_l(argc, argv, "--reconnect-spread-ms", 30000);
 	G.backoff_max_ms = (int)bench_arg_l(argc, argv, "--backoff-max-ms", 300000);
 	G.connect_timeout_s = (int)bench_arg_l(argc, argv, "--connect-timeout", 0); /* 0: the device's */
 	G.ramp_rate = (int)bench_arg_l(argc, argv, "--ramp-rate", 1000);

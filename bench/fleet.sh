@@ -22,7 +22,9 @@ fallback, as at a site that blocks 8883), BENCH_FLEET_LEVELS_WSS (5000,7500,1000
 quick 500), BENCH_FLEET_LEVELS_MQTTS (5000,10000; quick 500),
 BENCH_FLEET_PROCS (simulator processes, 40; quick 10),
 BENCH_FLEET_RAMP (new sessions per second in all, 250),
-BENCH_FLEET_CONNECT_TIMEOUT (seconds per connection attempt; the device's default, 30).
+BENCH_FLEET_CONNECT_TIMEOUT (seconds per connection attempt; the device's default, 30),
+BENCH_FLEET_RECONNECT_SPREAD (milliseconds: the first reconnect window after a lost connection,
+the device's reconnect_spread, 30000).
 USAGE
 }
 
@@ -78,10 +80,12 @@ procs=${BENCH_FLEET_PROCS:-40}
 [ "$quick" = 1 ] && procs=${BENCH_FLEET_PROCS:-10}
 ramp=${BENCH_FLEET_RAMP:-250}
 connect_timeout=${BENCH_FLEET_CONNECT_TIMEOUT:-30}
+spread=${BENCH_FLEET_RECONNECT_SPREAD:-30000}
 target_n=10000 target_s=120
 [[ "$procs" =~ ^[1-9][0-9]?$ ]] && [ "$procs" -le 64 ] || bench_fail "BENCH_FLEET_PROCS: 1..64"
 [[ "$ramp" =~ ^[1-9][0-9]*$ ]] || bench_fail "BENCH_FLEET_RAMP: a positive number"
 [[ "$connect_timeout" =~ ^[1-9][0-9]{0,2}$ ]] || bench_fail "BENCH_FLEET_CONNECT_TIMEOUT: 1..999 seconds"
+[[ "$spread" =~ ^(0|[1-9][0-9]{0,5})$ ]] || bench_fail "BENCH_FLEET_RECONNECT_SPREAD: 0..999999 ms"
 max_n=0
 for t in $transports; do
 	case $t in wss | mqtts | wssonly) ;; *) bench_fail "BENCH_FLEET_TRANSPORTS: wss, mqtts or wssonly, not $t" ;; esac
@@ -161,7 +165,7 @@ sims() { # TRANSPORT LEVELS RUN
 			--host 127.0.0.1 "${ports[@]}" --levels "$per_levels" --offset $((p * per_max)) \
 			--procs "$procs" --sync-dir "$run" --proc-index "$p" \
 			--ramp-rate $(((ramp + procs - 1) / procs)) --level-timeout 180 \
-			--connect-timeout "$connect_timeout" \
+			--connect-timeout "$connect_timeout" --reconnect-spread-ms "$spread" \
 			--restart-timeout 300 --broker-pidfile "$run/broker/broker.pid" \
 			--restart-cmd "$here/fleet.sh --restart-request $run" \
 			>"$run/fleet-$p.txt" 2>"$run/fleet-$p.log" &
@@ -318,7 +322,7 @@ fleet_run() { # TRANSPORT LEVELS
 	[ "$back_s" = -1 ] && result="> 300 s"
 	[ "$acked_s" = -1 ] && acked="not all acked again within 300 s"
 	bench_row fleet "all $rn devices back after a broker restart, $name" "$result" \
-		"from SIGTERM; broker listening again after $ready_s s; p50 $p50 s, p90 $p90 s (per simulator, worst); $acked$where; full-jitter backoff 1 s..5 min, connect timeout $connect_timeout s (target <= $target_s s: $verdict)"
+		"from SIGTERM; broker listening again after $ready_s s; p50 $p50 s, p90 $p90 s (per simulator, worst); $acked$where; reconnect spread $(bench_calc "a / 1000" a="$spread") s, full-jitter backoff 1 s..5 min, connect timeout $connect_timeout s (target <= $target_s s: $verdict)"
 }
 
 for t in $transports; do

@@ -237,6 +237,7 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		.connect_timeout_s = (int)((cfg->connect_timeout_ms + 999) / 1000),
 		.backoff_min_ms = cfg->backoff_min_ms,
 		.backoff_max_ms = cfg->backoff_max_ms,
+		.reconnect_spread_ms = cfg->reconnect_spread_ms,
 		.subscribe = subs,
 	};
 	if (dev_link_new(&lo, wake, a, &a->link)) {
@@ -610,9 +611,9 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 		} else {
 			dev_link_stats(a->link, &ls);
 			olog(ev->type == DEV_LINK_DOWN ? OLOG_WARN : OLOG_INFO,
-			     "%s: %s; reconnecting in %lld ms",
+			     "%s: %s; reconnecting in %lld ms (at random in 0..%lld)",
 			     ev->type == DEV_LINK_DOWN ? "connection lost" : "cannot connect", ev->text,
-			     (long long)ls.last_delay_ms);
+			     (long long)ls.last_delay_ms, (long long)ls.last_window_ms);
 		}
 		if (ev->type == DEV_LINK_FAILED)
 			check_broker_cert(a, ev);

@@ -36,6 +36,7 @@ static const struct cfg_opt opts[] = {
 	{"connect_timeout", CFG_DURATION, S(connect_timeout_ms), 1 * SEC, 300 * SEC, "30s", "per connection attempt (TCP, proxy, TLS, MQTT CONNECT)", NULL},
 	{"backoff_min", CFG_DURATION, S(backoff_min_ms), 100, 3600 * SEC, "1s", "first reconnect delay cap (full jitter)", NULL},
 	{"backoff_max", CFG_DURATION, S(backoff_max_ms), 1 * SEC, 86400 * SEC, "5m", "largest reconnect delay cap", NULL},
+	{"reconnect_spread", CFG_DURATION, S(reconnect_spread_ms), 0, 86400 * SEC, "30s", "after a lost connection: first reconnect delay cap (a fleet spreads out after a broker restart)", NULL},
 	{"sample_interval", CFG_DURATION, S(sample_interval_ms), 100, DAY, "10s", "how often collectors are sampled", NULL},
 	{"batch_interval", CFG_DURATION, S(batch_interval_ms), 100, DAY, "60s", "how often samples are sealed into a batch", NULL},
 	{"batch_max_readings", CFG_INT, S(batch_max_readings), 1, 16000, "5000", "seal a batch early at this many readings (16000 keeps even incompressible values under the 256 KiB envelope limit)", NULL},

@@ -24,6 +24,7 @@ struct dev_config {
 	int64_t connect_timeout_ms;
 	int64_t backoff_min_ms;
 	int64_t backoff_max_ms;
+	int64_t reconnect_spread_ms;
 	int64_t sample_interval_ms;
 	int64_t batch_interval_ms;
 	int64_t batch_max_readings;

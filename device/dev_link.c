@@ -38,7 +38,7 @@ struct dev_link {
 	char *subs[MAX_SUBS];
 	int nsubs;
 	int keepalive_s, connect_timeout_s;
-	int64_t backoff_min_ms, backoff_max_ms;
+	int64_t backoff_min_ms, backoff_max_ms, reconnect_spread_ms;
 	void (*wake)(void *);
 	void *wake_ctx;
 
@@ -49,6 +49,7 @@ struct dev_link {
 	unsigned gen;
 	int64_t next_attempt;
 	unsigned failures_in_row;
+	int64_t first_window_ms; /* the window of this run of failures' first retry */
 	uint64_t rng;
 
 	/* shared with Paho threads */
@@ -285,6 +286,7 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	l->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 30;
 	l->backoff_min_ms = o->backoff_min_ms > 0 ? o->backoff_min_ms : 1000;
 	l->backoff_max_ms = o->backoff_max_ms >= l->backoff_min_ms ? o->backoff_max_ms : 300000;
+	l->reconnect_spread_ms = o->reconnect_spread_ms > 0 ? o->reconnect_spread_ms : 0;
 	l->wake = wake;
 	l->wake_ctx = ctx;
 	l->state = ST_IDLE;
@@ -346,10 +348,17 @@ void dev_link_free(struct dev_link *l)
 	free(l);
 }
 
+/* A connection that worked: the next failure starts the backoff afresh. */
+static void settled(struct dev_link *l)
+{
+	l->failures_in_row = 0;
+	l->first_window_ms = 0;
+}
+
 static void schedule_retry(struct dev_link *l, int64_t now)
 {
 	unsigned shift = l->failures_in_row > 0 ? l->failures_in_row - 1 : 0;
-	int64_t cap = l->backoff_min_ms;
+	int64_t cap = l->first_window_ms > l->backoff_min_ms ? l->first_window_ms : l->backoff_min_ms;
 	while (shift-- && cap < l->backoff_max_ms)
 		cap *= 2;
 	if (cap > l->backoff_max_ms)
@@ -359,6 +368,7 @@ static void schedule_retry(struct dev_link *l, int64_t now)
 	l->next_attempt = now + delay;
 	pthread_mutex_lock(&l->mu);
 	l->stats.last_delay_ms = delay;
+	l->stats.last_window_ms = cap;
 	pthread_mutex_unlock(&l->mu);
 }
 
@@ -451,7 +461,7 @@ static void subscribe(struct dev_link *l)
 	int qos[MAX_SUBS];
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	if (!l->nsubs)
-		l->failures_in_row = 0; /* nothing to be granted: up is up */
+		settled(l); /* nothing to be granted: up is up */
 	if (!l->nsubs || !l->cli)
 		return;
 	for (int i = 0; i < l->nsubs; i++) {
@@ -511,17 +521,22 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 				e.ev.fallback = 1;
 				pthread_mutex_lock(&l->mu);
 				l->stats.last_delay_ms = 0;
+				l->stats.last_window_ms = 0;
 				pthread_mutex_unlock(&l->mu);
 				break;
 			}
 			l->uri = 0;
+			/* a lost connection is likely everyone's (a broker restart): the fleet spreads
+			 * its first retry over reconnect_spread, and the windows grow from there */
+			if (e.ev.type == DEV_LINK_DOWN)
+				l->first_window_ms = l->reconnect_spread_ms;
 			l->failures_in_row++;
 			schedule_retry(l, now);
 			break;
 		case DEV_LINK_MESSAGE:
 			break;
 		case DEV_LINK_SUBSCRIBED:
-			l->failures_in_row = 0;
+			settled(l);
 			dev_link_event_free(&e.ev);
 			continue;
 		}
@@ -586,7 +601,7 @@ void dev_link_drop(struct dev_link *l, const char *why)
 		snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", why ? why : "dropped");
 		pthread_mutex_unlock(&l->mu);
 	}
-	l->failures_in_row = 0;
+	settled(l);
 	l->uri = 0;
 	l->next_attempt = otime_mono_ms(); /* a deliberate drop reconnects at once */
 }

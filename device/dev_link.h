@@ -35,6 +35,8 @@ struct dev_link_opts {
 	int connect_timeout_s;
 	int64_t backoff_min_ms; /* first retry within [0, backoff_min_ms] */
 	int64_t backoff_max_ms; /* cap of the exponential growth */
+	int64_t reconnect_spread_ms; /* after a lost connection: first retry within [0, this],
+				      * growing from there (0: backoff_min_ms) */
 	const char *const *subscribe; /* topics to subscribe (QoS 1) on every connect; NULL-ended */
 };
 
@@ -88,6 +90,7 @@ struct dev_link_stats {
 	uint64_t disconnects;
 	uint64_t failures;
 	int64_t last_delay_ms; /* the last backoff delay drawn */
+	int64_t last_window_ms; /* ... at random in [0, this] */
 	char last_cause[128];
 	char uri[160];	       /* the URI of the current or last connection */
 	uint64_t dropped_events; /* messages lost because the event queue was full */

@@ -359,7 +359,8 @@ Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
 	struct h_device_view v;
 	h_broker_start(&b, h_pki());
 	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
-	const char *extra[] = {"--backoff-min", "100ms", "--backoff-max", "1s", NULL};
+	const char *extra[] = {"--backoff-min", "100ms", "--backoff-max", "1s",
+			       "--reconnect-spread", "100ms", NULL};
 	h_device_start(&d, &b, "dev-a", extra);
 	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 1, &v));
 	h_fakebridge_stop(fb);
@@ -392,6 +393,47 @@ Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
 	cr_expect_geq(distinct, n / 2, "%d distinct delays of %d: no jitter?", distinct, n);
 	h_device_free(&d);
 	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
+/* A lost connection is likely the whole fleet's (a broker restart): the first retry is drawn
+ * from [0, reconnect_spread] and the windows double from there, while a device that has not
+ * connected yet starts from backoff_min. */
+Test(device, spreads_its_first_reconnect_after_a_lost_connection, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *extra[] = {"--backoff-min", "100ms", "--backoff-max", "6s",
+			       "--reconnect-spread", "1500ms", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, 1, &v));
+	cr_expect_eq(h_log_count(d.log, "reconnecting in"), 0, "%s", d.log);
+	h_fakebridge_stop(fb);
+	h_broker_stop(&b);
+	cr_assert(h_log_wait(d.log, "at random in 0..6000)", 1, 30000), "log %s", d.log);
+	/* lost: 1.5 s; then failures: 3 s, 6 s (backoff_max) */
+	const char *windows[] = {"connection lost", "(at random in 0..1500)",
+				 "cannot connect", "(at random in 0..3000)",
+				 "cannot connect", "(at random in 0..6000)"};
+	FILE *f = fopen(d.log, "r");
+	char line[1024];
+	int n = 0;
+	while (f && fgets(line, sizeof(line), f) && n < 3) {
+		if (!strstr(line, "reconnecting in "))
+			continue;
+		cr_expect(strstr(line, windows[2 * n]) && strstr(line, windows[2 * n + 1]),
+			  "retry %d: %s", n + 1, line);
+		long delay = strtol(strstr(line, "reconnecting in ") + 16, NULL, 10);
+		cr_expect(delay >= 0 && delay <= 6000, "retry %d: %s", n + 1, line);
+		n++;
+	}
+	if (f)
+		fclose(f);
+	cr_expect_eq(n, 3, "%s", d.log);
+	h_device_free(&d);
 	h_broker_free(&b);
 }
 

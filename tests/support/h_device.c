@@ -24,7 +24,7 @@ void h_device_start(struct h_device *d, const struct h_broker *b, const char *id
 		"--mqtts-port", mqtts, "--ca", ca, "--cert", cert, "--key", key, "--bridge-cert", bridge,
 		"--state-dir", state, "--sample-interval", "200ms", "--batch-interval", "1s",
 		"--collectors", "sim", "--sim-metrics", "5", "--backoff-min", "200ms", "--backoff-max",
-		"2s", "--ack-timeout", "3s", "--connect-timeout", "3s", "--poll-interval", "1h",
+		"2s", "--reconnect-spread", "200ms", "--ack-timeout", "3s", "--connect-timeout", "3s", "--poll-interval", "1h",
 		"--log-level", "debug", "--proxy", "none"};
 	size_t nb = sizeof(base) / sizeof(base[0]), ne = 0;
 	while (extra && extra[ne])
