@@ -515,9 +515,11 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 		                              "dropped: device quarantined", 0);
 		return rc ? rc : 0;
 	}
+	/* Revocation holds the stored key: a Birth with another key re-enrols the device, and so
+	 * does any verified Birth when none is held (revoked before it ever enrolled). */
 	if (brg_commit__is_state(w, STORE_ST_REVOKED) &&
-	    !(it->kind == BRG_ITEM_BIRTH && w->has_key &&
-	      memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {
+	    !(it->kind == BRG_ITEM_BIRTH &&
+	      (!w->has_key || memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN)))) {
 		rc = brg_commit__count_reject(c, w, BRG_R_REVOKED, "refused: device revoked", 0);
 		return rc ? rc : 0;
 	}

@@ -152,6 +152,15 @@ static int lookup(struct brg_verifier *v, const char *id, int64_t max_age,
 	}
 }
 
+/* The store could not be read: the message is dropped without a verdict (and without an
+ * acknowledgement: the device sends it again). */
+static int unjudged(struct brg_item *it)
+{
+	it->kind = BRG_ITEM_DROP;
+	snprintf(it->detail, sizeof(it->detail), "store unreadable: message dropped unjudged");
+	return BRG_OK;
+}
+
 static int status(struct brg_item *it, const struct brg_msg *m)
 {
 	it->kind = BRG_ITEM_STATUS;
@@ -205,6 +214,15 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 		return reject(it, BRG_R_SIG,
 		              "birth seq %llu: signature does not verify with its certificate",
 		              (unsigned long long)env->seq);
+	/* A new key: the store's view of the device, not the cache's (a device the verifiers
+	 * hold as active for good may have been revoked by outpostctl since), so that what stays
+	 * beside the pending Birth (the key and whether it is revoked) is what the store holds. */
+	struct brg_dev_info stored;
+	if (!info->has_key || memcmp(info->key.raw, cert.key.raw, sizeof(cert.key.raw))) {
+		if (lookup(v, it->device, 0, &stored))
+			return unjudged(it);
+		info = &stored;
+	}
 	/* Revocation holds the enrolled key: a certificate re-issued for it (not on the CRL, or
 	 * a device revoked in the store only) does not lift it; a new key does (a rotation). The
 	 * writer's gate decides with the store's key; this saves it the obvious cases. */
@@ -304,12 +322,8 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (!want)
 		return reject(it, BRG_R_TOPIC, "not an uplink topic: %.100s", m->topic);
 	rc = lookup(v, it->device, -1, &info);
-	if (rc) {
-		it->kind = BRG_ITEM_DROP;
-		snprintf(it->detail, sizeof(it->detail),
-		         "store unreadable: message dropped unjudged");
-		return BRG_OK;
-	}
+	if (rc)
+		return unjudged(it);
 	/* Quarantined and revoked devices: dropped and counted without further work. */
 	if (info.state == BRG_ST_QUARANTINED)
 		return reject(it, BRG_R_QUARANTINED, "%s dropped: device quarantined",
@@ -361,9 +375,12 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 			              "%s seq %llu refused: signed with the revoked key",
 			              wire_kind_name(env.kind), (unsigned long long)env.seq);
 	} else {
-		/* Another bridge may have re-enrolled the device: ask the store once. */
+		/* Another bridge may have re-enrolled the device: ask the store once (unreadable:
+		 * no verdict, a bad signature counts toward quarantine). */
 		struct brg_dev_info again;
-		if (lookup(v, it->device, 0, &again) || !again.has_key ||
+		if (lookup(v, it->device, 0, &again))
+			return unjudged(it);
+		if (!again.has_key ||
 		    !memcmp(again.key.raw, info.key.raw, sizeof(info.key.raw)) ||
 		    wire_env_verify(&env, &again.key))
 			return reject(it, BRG_R_SIG, "%s seq %llu: signature does not verify",

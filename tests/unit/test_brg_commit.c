@@ -501,6 +501,32 @@ Test(brg_commit, a_revoked_certificate_revokes_only_the_key_it_certifies)
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 3);
 }
 
+/* Revoked before any key was enrolled (its first Birth carried its revoked certificate): no
+ * key is held, so a Birth with a new certificate from the CA enrols the id (PROTOCOL 5.4),
+ * while the revoked certificate stays refused. */
+Test(brg_commit, a_device_revoked_before_it_enrolled_comes_back_with_a_new_key)
+{
+	commit_one(revoked_birth(4));
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'revoked' AND pubkey IS NULL"),
+	             1);
+	commit_one(revoked_birth(5));
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
+	size_t blen;
+	char *k2 = h_pki_issue_dated("revoked-unenrolled", "dev-revoked", "20200101000000Z",
+	                             "20991231000000Z");
+	uint8_t *body = h_birth_body(k2, "dev-revoked", 2, 0, &blen);
+	struct brg_item *b = sealed_by(k2, "dev-revoked", "dev-revoked", WIRE_KIND_BIRTH, "birth",
+	                               6, body, blen);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	commit_one(b);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'active' AND pubkey IS NOT NULL"),
+	             1, "the new key enrols the id");
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
+	free(k2);
+}
+
 TEST_BOTH(exactly_once_and_acks_tell_what_is_stored)
 {
 	struct brg_item *g1[] = {birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
@@ -735,9 +761,9 @@ Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
 	commit_one(batch("dev-a", "dev-a", 2, 0));
 	cr_assert_eq(store_exec(s, "UPDATE devices SET state = 'revoked' WHERE device_id = 'dev-a'"),
 	             STORE_OK); /* outpostctl device revoke */
-	struct brg_dev_info info;
-	cr_assert_eq(brg_registry_get(reg, "dev-a", 0, &info), BRG_OK);
-	cr_assert_eq(info.state, BRG_ST_REVOKED);
+	struct brg_dev_info info; /* the verifiers hold dev-a as active: they have not seen it */
+	cr_assert_eq(brg_registry_get(reg, "dev-a", -1, &info), BRG_OK);
+	cr_assert_eq(info.state, BRG_ST_ACTIVE);
 	char *k2;
 	struct brg_item *b = new_key_birth("revoked-rotation", 10, 2, &k2);
 	struct brg_item *old = batch_keyed(h_pki(), 3, 2);
@@ -754,6 +780,28 @@ Test(brg_commit, a_revoked_key_stays_refused_while_a_new_birth_is_pending)
 	cr_expect_eq(next->kind, BRG_ITEM_BATCH, "%s", next->detail);
 	commit_one(next);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 11"), 1);
+	free(k2);
+}
+
+/* A signature that fails with the verifiers' cached key is checked against the store's key;
+ * with the store unreadable there is no verdict (dropped unacknowledged: the device sends it
+ * again), not a bad signature, which would count toward quarantine. */
+Test(brg_commit, an_unreadable_store_gives_no_verdict_on_a_signature, .timeout = 60)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0)); /* the verifiers hold dev-a's key */
+	char *k2 = h_pki_issue_dated("unreadable", "dev-a", "20200101000000Z", "20991231000000Z");
+	cr_assert_eq(store_exec(s, "ALTER TABLE devices RENAME TO devices_away"), STORE_OK);
+	struct brg_dev_info info; /* from the cache: the first lookup needs no store */
+	cr_assert_eq(brg_registry_get(reg, "dev-a", -1, &info), BRG_OK);
+	cr_assert_eq(info.has_key, 1);
+	struct brg_item *it = batch_keyed(k2, 3, 2);
+	cr_assert_eq(store_exec(s, "ALTER TABLE devices_away RENAME TO devices"), STORE_OK);
+	cr_expect_eq(it->kind, BRG_ITEM_DROP, "%s: %s", it->reason ? it->reason : "", it->detail);
+	brg_item_free(it);
+	it = batch_keyed(k2, 3, 2); /* readable again: judged */
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "bad_signature", "%s", it->detail);
+	brg_item_free(it);
 	free(k2);
 }
 
