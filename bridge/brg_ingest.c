@@ -427,8 +427,9 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&in->mu);
 		if (want_recheck)
 			recheck(in, &out);
-		if (!stopping && otime_mono_ms() >= next_health) {
-			maintain(in, &out);
+		if (otime_mono_ms() >= next_health) {
+			if (!stopping) /* no sweep at a stop; the wait still moves (no spinning) */
+				maintain(in, &out);
 			next_health = otime_mono_ms() + in->o.health_interval_ms;
 		}
 	}

@@ -15,6 +15,7 @@
 
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
+#define LOST_STEPS 5 /* after a lost connection: 1, 2, .. 5 s, then every 5 s */
 
 static const char *const uplinks[] = {"birth", "telemetry", "tasks/poll", "tasks/result"};
 #define N_UPLINKS (sizeof(uplinks) / sizeof(uplinks[0]))
@@ -32,6 +33,9 @@ struct brg_mqtt {
 	pthread_cond_t cv;
 	int stop;
 	int connected;
+	int accepted; /* subscriptions granted / CONNACK or a subscription refused, since the
+		       * network thread last looked */
+	int refused;
 	long pending; /* QoS 1 publishes not yet acknowledged */
 	int lib;      /* holds a mosquitto_lib_init reference */
 	/* Held around each call into the caller (on_message, log). Once brg_mqtt_stop gave up on
@@ -80,6 +84,9 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	if (rc) {
 		logm(m, OLOG_ERROR, "broker %s:%d refused the connection: %s", m->host, m->o.port,
 		     mosquitto_reason_string(rc));
+		pthread_mutex_lock(&m->mu);
+		m->refused = 1;
+		pthread_mutex_unlock(&m->mu);
 		return;
 	}
 	mosquitto_log_callback_set(mosq, NULL);
@@ -120,12 +127,22 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const
 	(void)mosq;
 	(void)mid;
 	(void)props;
+	int refused = 0;
 	for (int i = 0; i < n; i++)
-		if (granted[i] > 2)
+		if (granted[i] > 2) {
+			refused = 1;
 			logm(m, OLOG_ERROR,
 			     "broker refused a subscription (reason 0x%02x): check the ACL "
 			     "for outpost-bridge",
 			     granted[i]);
+		}
+	/* the bridge is in service once its subscriptions are granted, not at the CONNACK */
+	pthread_mutex_lock(&m->mu);
+	if (refused)
+		m->refused = 1;
+	else
+		m->accepted = 1;
+	pthread_mutex_unlock(&m->mu);
 }
 
 static void on_disconnect(struct mosquitto *mosq, void *ud, int rc, const mosquitto_property *p)
@@ -244,9 +261,6 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	mosquitto_publish_v5_callback_set(m->mosq, on_publish);
 	mosquitto_message_v5_callback_set(m->mosq, on_message);
 	mosquitto_log_callback_set(m->mosq, on_log);
-	/* After a lost connection libmosquitto reconnects every 1, 2, 3, 4, 5, 5, ... s: a bridge
-	 * is one client, not a fleet, and every second it is away delays every device's acks. */
-	mosquitto_reconnect_delay_set(m->mosq, 1, 5, false);
 	*out = m;
 	return BRG_OK;
 }
@@ -291,11 +305,38 @@ static int run_connected(struct brg_mqtt *m)
 	return rc;
 }
 
+/* The wait before the next attempt. A connection that failed or was lost (the broker away,
+ * restarting) is tried again after 1, 2, 3, 4, then every 5 s: a bridge is one client, not a
+ * fleet, and every second it is away delays every device's acks. A broker that refuses the
+ * bridge (CONNACK, a subscription, TLS, protocol) is asked again after 0.5 s, doubling up to
+ * 30 s, until it grants the subscriptions. */
+static int next_delay(struct brg_mqtt *m, int rc, int *lost, int *backoff)
+{
+	pthread_mutex_lock(&m->mu);
+	int accepted = m->accepted, refused = m->refused;
+	m->accepted = m->refused = 0;
+	pthread_mutex_unlock(&m->mu);
+	if (accepted) {
+		*lost = 0;
+		*backoff = BACKOFF_MIN_MS;
+	}
+	int transient = rc == MOSQ_ERR_ERRNO || rc == MOSQ_ERR_CONN_LOST ||
+	                rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_KEEPALIVE || rc == MOSQ_ERR_EAI;
+	if (refused || !transient) {
+		int delay = *backoff;
+		*backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
+		return delay;
+	}
+	if (*lost < LOST_STEPS)
+		++*lost;
+	return *lost * 1000;
+}
+
 static void *net_main(void *arg)
 {
 	struct brg_mqtt *m = arg;
 	mosquitto_property *props = NULL;
-	int first = 1, backoff = BACKOFF_MIN_MS;
+	int first = 1, backoff = BACKOFF_MIN_MS, lost = 0;
 	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
 	                             m->o.session_expiry_s);
 	while (!stopping(m)) {
@@ -304,18 +345,17 @@ static void *net_main(void *arg)
 		               : mosquitto_reconnect(m->mosq);
 		if (rc == MOSQ_ERR_SUCCESS) {
 			first = 0;
-			backoff = BACKOFF_MIN_MS;
 			rc = run_connected(m);
 			if (stopping(m))
 				break;
 		}
+		const char *why = rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
 		const char *tls = m->tls_error;
+		int delay = next_delay(m, rc, &lost, &backoff);
 		logm(m, OLOG_WARN, "broker %s:%d: %s%s%s%s; retrying in %d ms", m->host, m->o.port,
-		     rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc),
-		     *tls ? " (TLS: " : "", tls, *tls ? ")" : "", backoff);
+		     why, *tls ? " (TLS: " : "", tls, *tls ? ")" : "", delay);
 		m->tls_error[0] = '\0';
-		nap(m, backoff);
-		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+		nap(m, delay);
 	}
 	mosquitto_property_free_all(&props);
 	return NULL;

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -429,6 +430,77 @@ Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout =
 	cr_expect_eq(h_stop(pid, 20000), 0);
 	free(ca);
 	free(crl);
+	free(port);
+	free(log);
+	h_broker_free(&b);
+}
+
+/* The delays the bridge logged ("retrying in N ms"), in order. */
+static int logged_delays(const char *log, long *d, int max)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+	int n = 0;
+	while (f && n < max && fgets(line, sizeof(line), f)) {
+		char *p = strstr(line, "retrying in ");
+		if (p)
+			d[n++] = strtol(p + 12, NULL, 10);
+	}
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* A lost connection (the broker restarting) is tried again after 1, 2, 3, 4, then every 5 s:
+ * the bridge is one client, and every second it is away delays every device's acks. */
+Test(bridge_health, a_lost_broker_is_dialled_again_after_1_2_3_s, .timeout = 90)
+{
+	struct h_broker b = {0};
+	h_broker_up(&b, h_pki());
+	char *port = h_strf("--broker-port=%d", b.internal_port), *log = NULL;
+	const char *extra[] = {port, NULL};
+	pid_t pid = spawn_bridge("bridge-lost", extra, &log);
+	long long end = h_now_ms() + 20000;
+	while (h_now_ms() < end && !h_count_in_file(log, "connected to"))
+		h_sleep_ms(50);
+	cr_assert(h_count_in_file(log, "connected to"), "%s", log);
+	h_broker_stop(&b);
+	end = h_now_ms() + 30000;
+	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 4)
+		h_sleep_ms(100);
+	long d[4];
+	cr_assert_eq(logged_delays(log, d, 4), 4, "%s", log);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(d[i], 1000 * (i + 1), "attempt %d: %ld ms (%s)", i + 1, d[i], log);
+	cr_expect_eq(h_stop(pid, 20000), 0);
+	free(port);
+	free(log);
+	h_broker_free(&b);
+}
+
+/* A broker that refuses the bridge (here: run with a revoked device's certificate, the ACL
+ * refuses its subscriptions and the broker's plugin drops it) is asked again after 0.5 s,
+ * doubling: each attempt's TCP, TLS and CONNACK succeed, which must not reset the wait. */
+Test(bridge_health, a_refusing_broker_is_asked_again_less_and_less_often, .timeout = 90)
+{
+	struct h_broker b = {0};
+	h_broker_up(&b, h_pki());
+	char *cert = h_strf("--cert-file=%s/devices/dev-revoked.crt", h_pki());
+	char *key = h_strf("--key-file=%s/devices/dev-revoked.key", h_pki());
+	char *port = h_strf("--broker-port=%d", b.internal_port), *log = NULL;
+	const char *extra[] = {cert, key, port, NULL};
+	pid_t pid = spawn_bridge("bridge-refused", extra, &log);
+	long long end = h_now_ms() + 30000;
+	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 4)
+		h_sleep_ms(100);
+	long d[4];
+	cr_assert_eq(logged_delays(log, d, 4), 4, "%s", log);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(d[i], 500 << i, "attempt %d: %ld ms (%s)", i + 1, d[i], log);
+	cr_expect_geq(h_count_in_file(log, "broker refused a subscription"), 4, "%s", log);
+	cr_expect_eq(h_stop(pid, 20000), 0);
+	free(cert);
+	free(key);
 	free(port);
 	free(log);
 	h_broker_free(&b);
