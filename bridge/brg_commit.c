@@ -595,8 +595,8 @@ static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_i
 /* A poll must carry a seq above every birth/poll seen, a Birth above every Birth (PROTOCOL.md
  * 5.7): a device sends its Birth and a poll back to back, and bridges sharing its messages
  * may commit the poll first. The last one seen again is the broker redelivering it (a seq is
- * signed once by its device): a duplicate, counted, not answered again, no step toward
- * quarantine. */
+ * signed once by its device): a duplicate, counted, not answered again; as any message the
+ * device signed, it resets the count toward quarantine. */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                       int is_birth)
 {
@@ -606,7 +606,8 @@ int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_
 		w->d_dup++;
 		c->out->duplicates++;
 		w->dirty = 1;
-		return 0;
+		int rc = brg_commit__accepted(c, w); /* the device's own: resets the count */
+		return rc < 0 ? rc : 0;
 	}
 	if (seq < last) {
 		snprintf(d, sizeof(d), "%s seq %llu not above %lld", is_birth ? "birth" : "poll",

@@ -1873,6 +1873,25 @@ struct poller {
 	int rc;
 };
 
+/* A Birth or poll seen again (the broker redelivering it) is a duplicate: the device's own
+ * message, which resets its count toward quarantine like any accepted one (BRIDGE.md). */
+Test(brg_commit, a_duplicate_poll_resets_the_count_toward_quarantine)
+{
+	commit_one(birth("dev-c", 1));
+	commit_one(poll_item("dev-c", 2));
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 4; i++)
+			commit_one(judge("outpost/v1/dev-c/telemetry", (uint8_t *)strdup("garbage!"),
+			                 8, NULL));
+		commit_one(poll_item("dev-c", 2)); /* redelivered */
+	}
+	commit_one(judge("outpost/v1/dev-c/telemetry", (uint8_t *)strdup("garbage!"), 8, NULL));
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'decode'"), 9);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-c' AND state ="
+	                 " 'quarantined'"),
+	             0, "9 rejections, never 5 in a row");
+}
+
 static void *commit_poll(void *arg)
 {
 	struct poller *p = arg;
