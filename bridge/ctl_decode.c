@@ -3,6 +3,7 @@
  * signatures with the certificates given (--pki DIR, --cert FILE). */
 #include <ctype.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,14 +18,14 @@
 #include "wire_topic.h"
 
 #define DECODE_MAX_INPUT (64u << 20)
-#define MAX_CERTS        64
-#define MAX_CATALOGS     64
+#define MAX_CERT_ARGS    64 /* --cert given at most this often */
 
 struct signer {
 	char cn[WIRE_ID_MAX + 1];
 	struct wire_pubkey key;
 	char from[160];
 	char refused[160]; /* "" or why the PKI's certificate for cn is not trusted (revoked...) */
+	int none;          /* the PKI has no certificate for cn: looked up once, not at every use */
 };
 
 /* Metric names learnt from the Births seen earlier in the input. */
@@ -37,36 +38,63 @@ struct dec {
 	struct store *store; /* optional: metric names of devices whose Birth is not in the input */
 	const char *pki;
 	struct wire_ca *ca;
-	struct signer certs[MAX_CERTS];
-	size_t n_certs;
-	struct catalog cats[MAX_CATALOGS];
-	size_t n_cats;
+	/* Both grow with the devices met, as far as memory goes: a capture of many devices keeps
+	 * every certificate and every Birth's catalog. */
+	struct signer *certs;
+	size_t n_certs, cap_certs;
+	struct catalog *cats;
+	size_t n_cats, cap_cats;
 	int failures;
 };
 
+/* Room for one more of n elements of size in arr (capacity *cap), doubling; the array moved
+ * (pointers into it are stale), or NULL out of memory with arr untouched. */
+static void *grow(void *arr, size_t n, size_t *cap, size_t size)
+{
+	if (n < *cap)
+		return arr;
+	size_t ncap = *cap ? *cap * 2 : 16;
+	if (ncap > SIZE_MAX / size)
+		return NULL;
+	void *p = realloc(arr, ncap * size);
+	if (p)
+		*cap = ncap;
+	return p;
+}
+
 /* Trust the certificate at path; must: given by the user (a failure is a usage error), else
- * looked up for cn in the PKI directory (absent: nothing; not trusted: a refused signer). */
+ * looked up for cn in the PKI directory (absent, or for another CN: a signer for cn that is
+ * none; not trusted: a refused signer). Out of memory: said, counted as a failure, CTL_FAIL
+ * and nothing added. */
 static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 {
 	char *pem = NULL;
 	size_t len = 0;
 	struct wire_cert_info info;
 	struct wire_diag diag = {""};
-	if (d->n_certs >= MAX_CERTS)
-		return ctl_err(CTL_USAGE, "decode: more than %d certificates", MAX_CERTS);
-	if (wire_cert_read(path, &pem, &len)) {
-		if (!must)
-			return CTL_OK;
-		return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
+	struct signer *s, *certs = grow(d->certs, d->n_certs, &d->cap_certs, sizeof(*certs));
+	int rc;
+	if (!certs) {
+		d->failures++;
+		return ctl_err(CTL_FAIL, "decode: %s: out of memory after %zu certificates", path,
+		               d->n_certs);
 	}
-	int rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
-	               : wire_cert_parse(pem, len, &info, &diag);
+	d->certs = certs;
+	if (wire_cert_read(path, &pem, &len)) {
+		if (must)
+			return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
+		goto none;
+	}
+	rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
+	           : wire_cert_parse(pem, len, &info, &diag);
 	free(pem);
 	if (rc && must)
 		return ctl_err(CTL_USAGE, "decode: %s: %s", path,
 		               diag.msg[0] ? diag.msg : wire_strerror(rc));
 	const char *base = strrchr(path, '/');
-	struct signer *s = &d->certs[d->n_certs++];
+	if (!rc && cn && strcmp(info.cn, cn))
+		goto none; /* devices/<cn>.crt is another device's: none for cn */
+	s = &d->certs[d->n_certs++];
 	memset(s, 0, sizeof(*s));
 	snprintf(s->from, sizeof(s->from), "%s", base ? base + 1 : path);
 	if (rc) {
@@ -80,38 +108,59 @@ static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 	snprintf(s->cn, sizeof(s->cn), "%s", info.cn);
 	s->key = info.key;
 	return CTL_OK;
+none:
+	s = &d->certs[d->n_certs++];
+	memset(s, 0, sizeof(*s));
+	snprintf(s->cn, sizeof(s->cn), "%s", cn);
+	s->none = 1;
+	return CTL_OK;
 }
 
-static const struct signer *signer_for(struct dec *d, const char *cn)
+/* The signer cn's signatures are checked with (*s, valid until the next lookup), or NULL if
+ * none is known. 0, or -1 when memory ran out before the PKI's certificate was loaded (said,
+ * counted as a failure). */
+static int signer_for(struct dec *d, const char *cn, const struct signer **s)
 {
+	*s = NULL;
 	for (size_t i = 0; i < d->n_certs; i++)
-		if (!strcmp(d->certs[i].cn, cn))
-			return &d->certs[i];
-	if (d->pki && d->n_certs < MAX_CERTS) {
-		/* Look the certificate up in the PKI directory on first use. */
-		char *path = NULL;
-		int bridge = !strcmp(cn, "outpost-bridge");
-		if (asprintf(&path, bridge ? "%s/bridge.crt" : "%s/devices/%s.crt", d->pki, cn) < 0)
-			return NULL;
-		size_t before = d->n_certs;
-		add_cert(d, path, cn, 0);
-		free(path);
-		if (d->n_certs > before && !strcmp(d->certs[before].cn, cn))
-			return &d->certs[before];
+		if (!strcmp(d->certs[i].cn, cn)) {
+			*s = d->certs[i].none ? NULL : &d->certs[i];
+			return 0;
+		}
+	if (!d->pki)
+		return 0;
+	/* Look the certificate up in the PKI directory on first use. */
+	char *path = NULL;
+	int bridge = !strcmp(cn, "outpost-bridge");
+	if (asprintf(&path, bridge ? "%s/bridge.crt" : "%s/devices/%s.crt", d->pki, cn) < 0) {
+		d->failures++;
+		ctl_err(CTL_FAIL, "decode: out of memory looking up the certificate of %s", cn);
+		return -1;
 	}
+	size_t before = d->n_certs;
+	add_cert(d, path, cn, 0);
+	free(path);
+	if (d->n_certs == before)
+		return -1; /* out of memory: every other outcome adds a signer for cn */
+	*s = d->certs[before].none ? NULL : &d->certs[before];
+	return 0;
+}
+
+/* The catalog of device's last Birth in the input, or NULL. */
+static const Outpost__Birth *catalog_of(const struct dec *d, const char *device)
+{
+	for (size_t i = 0; i < d->n_cats; i++)
+		if (!strcmp(d->cats[i].device, device))
+			return d->cats[i].birth;
 	return NULL;
 }
 
-static const char *metric_name(struct dec *d, const char *device, uint32_t id, char *buf /* WIRE_MAX_METRIC_NAME + 1 bytes */)
+static const char *metric_name(struct dec *d, const Outpost__Birth *b, const char *device,
+                               uint32_t id, char *buf /* WIRE_MAX_METRIC_NAME + 1 bytes */)
 {
-	for (size_t i = 0; i < d->n_cats; i++) {
-		if (strcmp(d->cats[i].device, device))
-			continue;
-		const Outpost__Birth *b = d->cats[i].birth;
-		for (size_t k = 0; k < b->n_metrics; k++)
-			if (b->metrics[k]->id == id)
-				return b->metrics[k]->name;
-	}
+	for (size_t k = 0; b && k < b->n_metrics; k++)
+		if (b->metrics[k]->id == id)
+			return b->metrics[k]->name;
 	if (d->store) {
 		struct store_stmt *st = NULL;
 		int found = 0;
@@ -140,10 +189,15 @@ static void remember_birth(struct dec *d, const char *device, Outpost__Birth *b)
 			d->cats[i].birth = b;
 			return;
 		}
-	if (d->n_cats == MAX_CATALOGS) {
+	struct catalog *cats = grow(d->cats, d->n_cats, &d->cap_cats, sizeof(*cats));
+	if (!cats) {
 		wire_msg_free(b);
+		d->failures++;
+		ctl_err(CTL_FAIL, "decode: out of memory after %zu Births: %s's metrics not kept",
+		        d->n_cats, device);
 		return;
 	}
+	d->cats = cats;
 	snprintf(d->cats[d->n_cats].device, sizeof(d->cats[0].device), "%s", device);
 	d->cats[d->n_cats++].birth = b;
 }
@@ -221,6 +275,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 			printf("  dropped: seq %" PRIu64 "..%" PRIu64 " (%" PRIu64 " envelopes)\n",
 			       b->dropped[i].prev_seq + 1, b->dropped[i].last_seq,
 			       b->dropped[i].count);
+		const Outpost__Birth *cat = catalog_of(d, e->device_id);
 		int64_t row_t = 0;
 		int open = 0;
 		for (size_t i = 0; i < b->n_readings; i++) {
@@ -231,7 +286,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 				open = 1;
 			}
 			char vb[32];
-			printf(" %s=%s", vis(metric_name(d, e->device_id, r->metric_id, nb)),
+			printf(" %s=%s", vis(metric_name(d, cat, e->device_id, r->metric_id, nb)),
 			       ctl_double(r->value, vb));
 		}
 		if (open)
@@ -325,10 +380,11 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	       wire_kind_name(e.kind), e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
 	/* Who signed: the device for device kinds, the bridge for acks and task lists. */
 	const char *cn = wire_kind_from_device(e.kind) ? e.device_id : "outpost-bridge";
-	const struct signer *s = signer_for(d, cn);
+	const struct signer *s = NULL;
+	int oom = signer_for(d, cn, &s);
 	struct wire_pubkey birth_key;
 	int have_birth_key = 0;
-	if (!s && e.kind == WIRE_KIND_BIRTH) {
+	if (!s && !oom && e.kind == WIRE_KIND_BIRTH) {
 		Outpost__Birth *b = NULL;
 		struct wire_cert_info ci;
 		if (!wire_birth_decode(e.body, e.body_len, &b, NULL) &&
@@ -339,7 +395,10 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		}
 		wire_msg_free(b);
 	}
-	if (s && s->refused[0]) {
+	if (oom) {
+		/* The PKI may hold a certificate not trusted: the Birth's is no fallback. */
+		printf("signature not checked (out of memory loading the certificate of %s)\n", cn);
+	} else if (s && s->refused[0]) {
 		printf("signature NOT TRUSTED (%s: %s)\n", s->from, s->refused);
 		d->failures++;
 	} else if (!s && !have_birth_key) {
@@ -430,12 +489,12 @@ static void decode_line(struct dec *d, char *p, char *end)
 
 int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 {
-	const char *pki = NULL, *topic = NULL, *pos[1], *certs[MAX_CERTS];
+	const char *pki = NULL, *topic = NULL, *pos[1], *certs[MAX_CERT_ARGS];
 	size_t ncerts = 0, len = 0;
 	int npos, rc;
 	struct dec d;
 	struct ctl_optdef defs[] = {{"pki", 1, &pki, NULL, NULL, 0},
-	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERTS},
+	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERT_ARGS},
 	                            {"topic", 1, &topic, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	if ((rc = ctl_args("decode", argc, argv, defs, pos, 1, &npos)))
@@ -545,6 +604,8 @@ done:
 out:
 	for (size_t i = 0; i < d.n_cats; i++)
 		wire_msg_free(d.cats[i].birth);
+	free(d.cats);
+	free(d.certs);
 	wire_ca_free(d.ca);
 	store_close(d.store);
 	return rc;

@@ -639,3 +639,89 @@ Test(outpostctl, numbers_and_dates_out_of_range_are_refused, .timeout = 60)
 	expect_ctl(url, 1, "task show 9223372036854775807", "no task 9223372036854775807", -1);
 	free(url);
 }
+
+/* The line of text that contains needle (caller frees), NULL if none. */
+static char *line_with(const char *text, const char *needle)
+{
+	const char *at = strstr(text, needle);
+	if (!at)
+		return NULL;
+	while (at > text && at[-1] != '\n')
+		at--;
+	return strndup(at, strcspn(at, "\n"));
+}
+
+/* decode keeps every device's certificate and Birth, however many devices the capture holds:
+ * past the 64th, a revoked device's Birth is still NOT TRUSTED (not "ok" by the certificate it
+ * carries), and batches are still checked and named by their Birth's catalog. */
+Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
+{
+	enum { DEVICES = 71, REVOKED = 70 };
+	char *url = small_store("ctl-decode-many");
+	char *pki = h_tmpdir("ctl-decode-many-pki"), *out = NULL;
+	char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s --count %d && "
+	                   "%s/scripts/provision-certs.sh --out %s --revoke device-%04d",
+	                   h_source_dir(), pki, DEVICES, h_source_dir(), pki, REVOKED);
+	cr_assert_eq(h_sh(cmd, &out, 100), 0, "%s", out);
+	free(out);
+	free(cmd);
+	char *cap = h_strf("%s/capture.txt", pki);
+	FILE *f = fopen(cap, "w");
+	cr_assert_not_null(f);
+	/* every Birth first, then a batch of each device */
+	for (int kind = 0; kind < 2; kind++)
+		for (int i = 1; i <= DEVICES; i++) {
+			char id[16], name[32];
+			size_t blen, n;
+			snprintf(id, sizeof(id), "device-%04d", i);
+			snprintf(name, sizeof(name), "devices/%s", id);
+			struct h_simdev_opts o = {
+			    .pki = pki, .id = id, .rows = 1, .cols = 2, .t0_ms = 1700000000000LL};
+			uint8_t *body = kind ? h_batch_body(&o, 2, 1, &blen)
+			                     : h_birth_body(pki, id, 2, 0, &blen);
+			uint32_t k = kind ? WIRE_KIND_BATCH : WIRE_KIND_BIRTH;
+			uint8_t *env = h_seal(pki, name, k, id, kind ? 2 : 1, body, blen, &n);
+			fprintf(f, "outpost/v1/%s/%s ", id, kind ? "telemetry" : "birth");
+			for (size_t j = 0; j < n; j++)
+				fprintf(f, "%02x", env[j]);
+			fputc('\n', f);
+			free(env);
+			free(body);
+		}
+	/* twice a device the PKI has no certificate for (signed with another's key) */
+	for (int i = 0; i < 2; i++) {
+		struct h_simdev_opts o = {.pki = pki, .id = "stray", .rows = 1, .cols = 2};
+		size_t blen, n;
+		uint8_t *body = h_batch_body(&o, 3 + (uint64_t)i, 2 + (uint64_t)i, &blen);
+		uint8_t *env = h_seal(pki, "devices/device-0001", WIRE_KIND_BATCH, "stray",
+		                      3 + (uint64_t)i, body, blen, &n);
+		fprintf(f, "outpost/v1/stray/telemetry ");
+		for (size_t j = 0; j < n; j++)
+			fprintf(f, "%02x", env[j]);
+		fputc('\n', f);
+		free(env);
+		free(body);
+	}
+	cr_assert_eq(fclose(f), 0);
+	out = ctl(url, 1, "decode --pki %s %s 2>&1", pki, cap);
+	char *birth = line_with(out, "birth  device-0070  seq 1  ");
+	char *batch = line_with(out, "batch  device-0070  seq 2  ");
+	cr_expect(birth && strstr(birth, "signature NOT TRUSTED (device-0070.crt: "), "%s", birth);
+	cr_expect(batch && strstr(batch, "signature NOT TRUSTED (device-0070.crt: "), "%s", batch);
+	free(birth);
+	free(batch);
+	batch = line_with(out, "batch  device-0071  seq 2  ");
+	cr_expect(batch && strstr(batch, "signature ok (device-0071.crt)"), "%s", batch);
+	free(batch);
+	cr_expect_eq(h_count(out, "signature ok (device-"), 2 * (DEVICES - 1));
+	cr_expect_eq(h_count(out, "signature not checked (no certificate for stray)"), 2);
+	cr_expect_eq(h_count(out, "signature not checked"), 2);
+	cr_expect_eq(h_count(out, "certificate in the birth"), 0);
+	/* batches are named by their Birth's catalog, the 71st too */
+	cr_expect_eq(h_count(out, " m1="), DEVICES);
+	cr_expect_eq(h_count(out, " #1="), 2, "only the stray's, which sent no Birth");
+	free(out);
+	free(cap);
+	free(pki);
+	free(url);
+}
