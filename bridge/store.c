@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ohex.h"
 #include "store_be.h"
 
 struct store {
@@ -64,8 +65,37 @@ int store_err_transient(int err)
 	       err == STORE_EFULL;
 }
 
-/* Copy of url with its passwords replaced by "***": the one of user:pass@host and a
- * password=... query parameter (libpq takes both). NULL if out of memory. */
+/* 1 if the query parameter name n bytes long, percent-decoded as libpq decodes it, is one
+ * whose value is a secret: password, or sslpassword (the passphrase of the client key). */
+static int secret_param(const char *name, size_t n)
+{
+	static const char *const secret[] = {"password", "sslpassword"};
+	char dec[sizeof("sslpassword")];
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		int c = (unsigned char)name[i];
+		if (c == '%' && i + 2 < n && ohex_digit((unsigned char)name[i + 1]) >= 0 &&
+		    ohex_digit((unsigned char)name[i + 2]) >= 0) {
+			c = ohex_digit((unsigned char)name[i + 1]) << 4 |
+			    ohex_digit((unsigned char)name[i + 2]);
+			i += 2;
+		}
+		if (k == sizeof(dec) - 1)
+			return 0; /* longer than any secret's name */
+		dec[k++] = (char)c;
+	}
+	dec[k] = '\0';
+	for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+		if (!strcmp(dec, secret[i]))
+			return 1;
+	return 0;
+}
+
+/* Copy of url with its secrets replaced by "***": the password of user:pass@host and the
+ * values of the query parameters password and sslpassword, read as libpq reads a URI (user
+ * info is whatever precedes an '@' before the first '/', even '?' or '#'; parameters are
+ * separated by '&' alone; their names may be percent-encoded). store_open takes only URLs,
+ * never "key=value" conninfo strings. NULL if out of memory. */
 static char *redact(const char *url)
 {
 	size_t n = strlen(url);
@@ -74,8 +104,9 @@ static char *redact(const char *url)
 	if (!out)
 		return NULL;
 	if (auth) {
+		/* up to the last '@' before the path: libpq stops at the first, more is hidden */
 		auth += 3;
-		const char *end = auth + strcspn(auth, "/?#"), *at = NULL;
+		const char *end = auth + strcspn(auth, "/"), *at = NULL;
 		for (const char *q = auth; q < end; q++)
 			if (*q == '@')
 				at = q;
@@ -93,10 +124,12 @@ static char *redact(const char *url)
 	memcpy(o, p, head);
 	o += head;
 	for (p += head; query && *p;) {
-		size_t seg = strcspn(p, "&#");
-		if (!strncmp(p, "password=", 9)) {
-			memcpy(o, "password=***", 12);
-			o += 12;
+		size_t seg = strcspn(p, "&"), name = strcspn(p, "=&");
+		if (name < seg && secret_param(p, name)) {
+			memcpy(o, p, name + 1);
+			o += name + 1;
+			memcpy(o, "***", 3);
+			o += 3;
 		} else {
 			memcpy(o, p, seg);
 			o += seg;

@@ -407,6 +407,38 @@ Test(store, urls)
 	cr_expect(strstr(err, "mysql://u:***@x:3306/db"), "%s", err);
 }
 
+/* Every secret libpq takes from a URL is hidden in messages, as libpq reads the URL: the key's
+ * passphrase (sslpassword), names percent-encoded, values with '#' or '?' in them. */
+Test(store, urls_hide_every_password)
+{
+	static const struct {
+		const char *url, *shown, *secret;
+	} cases[] = {
+	    {"postgresql://u@127.0.0.1:1/db?sslpassword=keypass&sslmode=disable",
+	     "postgresql://u@127.0.0.1:1/db?sslpassword=***&sslmode=disable", "keypass"},
+	    {"postgresql://127.0.0.1:1/db?password=pw&sslpassword=kp1",
+	     "postgresql://127.0.0.1:1/db?password=***&sslpassword=***", "kp1"},
+	    {"postgresql://127.0.0.1:1/db?ssl%70assword=kp2&Password=x",
+	     "postgresql://127.0.0.1:1/db?ssl%70assword=***&Password=x", "kp2"},
+	    {"postgresql://127.0.0.1:1/db?password=pw#3&sslmode=disable",
+	     "postgresql://127.0.0.1:1/db?password=***&sslmode=disable", "pw#3"},
+	    {"postgresql://u:se?cr#et@127.0.0.1:1/db?sslmode=disable",
+	     "postgresql://u:***@127.0.0.1:1/db?sslmode=disable", "cr#et"},
+	    {"mysql://h/db?a=1&sslpassword=kp4&passfile=/p",
+	     "mysql://h/db?a=1&sslpassword=***&passfile=/p", "kp4"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct store *s = NULL;
+		char err[STORE_ERR_MAX] = "";
+		cr_expect_neq(store_open(cases[i].url, NULL, &s, err), STORE_OK, "%s",
+		              cases[i].url);
+		cr_expect(!strstr(err, cases[i].secret), "%s: %s", cases[i].url, err);
+		cr_expect(strstr(err, cases[i].shown), "%s: want %s in: %s", cases[i].url,
+		          cases[i].shown, err);
+		store_close(s);
+	}
+}
+
 Test(store, sqlite)
 {
 	char *dir = h_tmpdir("store-sqlite"), *url = h_strf("sqlite:%s/s.db", dir);
