@@ -216,6 +216,16 @@ static int show(struct ctl *c, const char *id)
 	return CTL_OK;
 }
 
+/* 1 if a device in state is where action takes a device: nothing to do, and done (scripts may
+ * repeat themselves). Not so for the release of an unenrolled device, which a release does not
+ * enrol, nor of a revoked one. */
+static int already(const char *action, const char *state)
+{
+	return (!strcmp(action, "revoke") && !strcmp(state, STORE_ST_REVOKED)) ||
+	       (!strcmp(action, "quarantine") && !strcmp(state, STORE_ST_QUARANTINED)) ||
+	       (!strcmp(action, "release") && !strcmp(state, STORE_ST_ACTIVE));
+}
+
 int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 {
 	const char *reason = NULL, *pos[2];
@@ -245,9 +255,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	rc = store_device_action(s, id, action, CTL_PROG, reason, old);
 	if (rc == STORE_ENOTFOUND)
 		return ctl_err(CTL_FAIL, "no device '%s' in %s", id, store_url(s));
-	/* the state asked for is the state it is in: done (scripts may repeat themselves) */
-	if (rc == STORE_ESTATE && ((!strcmp(action, "revoke") && !strcmp(old, STORE_ST_REVOKED)) ||
-	                           (!strcmp(action, "quarantine") && !strcmp(old, STORE_ST_QUARANTINED)))) {
+	if (rc == STORE_ESTATE && already(action, old)) {
 		printf("%s: already %s\n", id, old);
 		return CTL_OK;
 	}

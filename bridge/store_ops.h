@@ -57,7 +57,8 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
  *   "revoke":     any state -> revoked (permanent: a revoked device is always refused)
  * by names the actor for the event ("outpostctl"); reason may be NULL.
  * *old_state (16 bytes, may be NULL) receives the state before. STORE_ENOTFOUND for an
- * unknown device, STORE_ESTATE if the action does not apply (e.g. releasing an active device). */
+ * unknown device, STORE_ESTATE if the action does not apply (e.g. releasing an active device:
+ * nothing changes, no event; outpostctl calls that done). */
 int store_device_action(struct store *s, const char *device_id, const char *action, const char *by,
                         const char *reason, char *old_state);
 

@@ -369,11 +369,9 @@ Test(outpostctl, help_version_and_default_store, .timeout = 60)
 /* ---- operator input: refused (exit 2, one line naming what is allowed), never a silent
  * empty answer or a task the device can only refuse later ---- */
 
-/* A SQLite store with one active device and no bridge: the checks of operator input need no
- * traffic. Caller frees the URL. */
-static char *small_store(const char *tag)
+/* Create the schema of the store at url and one active device, dev-a (no key). */
+static void seed_store(const char *url)
 {
-	char *dir = h_tmpdir(tag), *url = h_strf("sqlite:%s/outpost.db", dir);
 	struct store *s = NULL;
 	struct store_opts o = STORE_OPTS_INIT;
 	char err[STORE_ERR_MAX] = "";
@@ -383,6 +381,14 @@ static char *small_store(const char *tag)
 	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
 	             STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
+}
+
+/* A SQLite store with one active device and no bridge: the checks of operator input need no
+ * traffic. Caller frees the URL. */
+static char *small_store(const char *tag)
+{
+	char *dir = h_tmpdir(tag), *url = h_strf("sqlite:%s/outpost.db", dir);
+	seed_store(url);
 	free(dir);
 	return url;
 }
@@ -724,4 +730,38 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 	free(cap);
 	free(pki);
 	free(url);
+}
+
+/* Asking a device for the state it is in is done, not a failure (scripts may repeat
+ * themselves): releasing an active device too. Releasing one that is revoked, or unenrolled
+ * (a release does not enrol), is refused. */
+static void device_actions_repeat(const char *url)
+{
+	expect_ctl(url, 0, "device release dev-a", "dev-a: already active\n", 1);
+	expect_ctl(url, 0, "device quarantine dev-a", "dev-a: active -> quarantined\n", 1);
+	expect_ctl(url, 0, "device quarantine dev-a", "dev-a: already quarantined\n", 1);
+	/* dev-a has no key: released to unenrolled, and releasing that is refused */
+	expect_ctl(url, 0, "device release dev-a", "dev-a: quarantined -> unenrolled\n", 1);
+	expect_ctl(url, 1, "device release dev-a", "dev-a is unenrolled: cannot release it", 1);
+	expect_ctl(url, 0, "device revoke dev-a", "dev-a: unenrolled -> revoked\n", 1);
+	expect_ctl(url, 0, "device revoke dev-a", "dev-a: already revoked\n", 1);
+	expect_ctl(url, 1, "device release dev-a", "dev-a is revoked: cannot release it", 1);
+	/* what was done already left no event */
+	expect_ctl(url, 0, "events --device dev-a --format csv", NULL, 1 + 3);
+}
+
+Test(outpostctl, device_actions_repeat_sqlite, .timeout = 60)
+{
+	char *url = small_store("ctl-repeat");
+	device_actions_repeat(url);
+	free(url);
+}
+
+Test(outpostctl, device_actions_repeat_postgresql, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	seed_store(pg.url);
+	device_actions_repeat(pg.url);
+	h_pg_free(&pg);
 }
