@@ -67,12 +67,15 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	if ((rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
+	int64_t metric_key = 0;
 	if (metric) { /* a typo in the name is said, not shown as an empty list */
 		int found = 0;
-		rc = store_prepare(c->s, "SELECT 1 FROM metrics WHERE device = ? AND name = ?", &st);
-		if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_text(st, 2, metric)) &&
-		    (rc = store_step(st)) >= 0) {
+		rc = store_prepare(c->s, "SELECT id FROM metrics WHERE device = ? AND name = ?",
+		                   &st);
+		if (!rc && !(rc = store_bind_i64(st, 1, key)) &&
+		    !(rc = store_bind_text(st, 2, metric)) && (rc = store_step(st)) >= 0) {
 			found = rc == 1;
+			metric_key = found ? store_col_i64(st, 0) : 0;
 			rc = 0;
 		}
 		store_stmt_free(st);
@@ -83,17 +86,23 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 			return ctl_err(CTL_FAIL, "readings: device '%s' has no metric '%s'", device,
 			               metric);
 	}
+	/* One metric: by its id, so that the readings' primary key (device, metric, ts, seq, idx)
+	 * gives the time range in order (one name: the same order as ts, name, seq, idx) instead of
+	 * a scan and sort of all the device's readings. */
 	rc = store_prepare(
 	    c->s,
-	    "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
-	    " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ? AND"
-	    " (CAST(? AS TEXT) IS NULL OR m.name = ?) ORDER BY r.ts, m.name, r.seq, r.idx"
-	    " LIMIT ?",
+	    metric ? "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
+	             " ON m.id = r.metric WHERE r.device = ? AND r.metric = ? AND r.ts >= ? AND"
+	             " r.ts < ? ORDER BY r.ts, r.seq, r.idx LIMIT ?"
+	           : "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
+	             " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ?"
+	             " ORDER BY r.ts, m.name, r.seq, r.idx LIMIT ?",
 	    &st);
-	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, from)) &&
-	    !(rc = store_bind_i64(st, 3, to)) && !(rc = store_bind_text(st, 4, metric)) &&
-	    !(rc = store_bind_text(st, 5, metric)))
-		rc = store_bind_i64(st, 6, max);
+	int col = 1;
+	if (!rc && !(rc = store_bind_i64(st, col++, key)) &&
+	    !(rc = metric ? store_bind_i64(st, col++, metric_key) : 0) &&
+	    !(rc = store_bind_i64(st, col++, from)) && !(rc = store_bind_i64(st, col++, to)))
+		rc = store_bind_i64(st, col, max);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "readings", rc);

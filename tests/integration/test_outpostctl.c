@@ -765,3 +765,125 @@ Test(outpostctl, device_actions_repeat_postgresql, .timeout = 120)
 	device_actions_repeat(pg.url);
 	h_pg_free(&pg);
 }
+
+/* Three metrics of dev-a (seeded by seed_store), 20 batches of 3 rows each, two batches per
+ * timestamp, one value NaN (stored as NULL). */
+static void fill_readings(const char *url)
+{
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	for (int m = 1; m <= 3; m++) {
+		char *sql = h_strf("INSERT INTO metrics (device, name, unit, wire_id) SELECT id,"
+		                   " 'm%d', 'u%d', %d FROM devices WHERE device_id = 'dev-a'",
+		                   m, m, m);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+	}
+	for (int i = 0; i < 20 * 3 * 3; i++) {
+		int seq = 1 + i / 9, r = i / 3 % 3, m = 1 + i % 3;
+		char value[32];
+		snprintf(value, sizeof(value), "%d.%d%d", seq, r, m);
+		char *sql = h_strf("INSERT INTO readings (device, metric, ts, seq, idx, value)"
+		                   " SELECT m.device, m.id, %lld, %d, %d, %s FROM metrics m"
+		                   " JOIN devices d ON d.id = m.device"
+		                   " WHERE d.device_id = 'dev-a' AND m.name = 'm%d'",
+		                   1700000000000LL + seq / 2 * 1000 + r * 10, seq, r * 3 + m - 1,
+		                   seq == 7 && r == 1 && m == 2 ? "NULL" : value, m);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+	}
+	cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+}
+
+/* The lines of all (a CSV with a header) that contain needle, after the header. */
+static char *csv_lines_with(const char *all, const char *needle, int max)
+{
+	size_t cap = strlen(all) + 1, n = 0;
+	char *out = calloc(1, cap);
+	cr_assert_not_null(out);
+	for (const char *p = all; *p && max > 0;) {
+		size_t len = strcspn(p, "\n") + (p[strcspn(p, "\n")] ? 1 : 0);
+		if (p == all || memmem(p, len, needle, strlen(needle))) {
+			memcpy(out + n, p, len);
+			n += len;
+			if (p != all)
+				max--;
+		}
+		p += len;
+	}
+	return out;
+}
+
+/* readings --metric M reads the metric's readings through the primary key, and answers as the
+ * filter did: the readings of the device with M's name, in the same order, within the same
+ * limits. Caller frees the three outputs kept for the other engine. */
+static void readings_of_one_metric(const char *url, char **outs)
+{
+	fill_readings(url);
+	char *all = ctl(url, 0, "readings --device dev-a --format csv");
+	cr_expect_eq(h_count(all, "\n"), 1 + 20 * 3 * 3, "%s", all);
+	char *want = csv_lines_with(all, ",m2,", 1000);
+	char *got = ctl(url, 0, "readings --device dev-a --metric m2 --format csv");
+	cr_expect_eq(h_count(got, "\n"), 1 + 20 * 3, "%s", got);
+	cr_expect_str_eq(got, want);
+	cr_expect(strstr(got, "\ndev-a,m2,u2,2023-11-14T22:13:23.010Z,nan,7\n"), "%s", got);
+	free(want);
+	free(all);
+	outs[0] = got;
+	/* a time range and a limit */
+	const char *range = "--since 2023-11-14T22:13:23Z --until 2023-11-14T22:13:27.02Z";
+	all = ctl(url, 0, "readings --device dev-a %s --format csv", range);
+	want = csv_lines_with(all, ",m3,", 7);
+	got = ctl(url, 0, "readings --device dev-a --metric m3 %s --limit 7 --format csv", range);
+	cr_expect_eq(h_count(got, "\n"), 1 + 7, "%s", got);
+	cr_expect_str_eq(got, want);
+	free(want);
+	free(all);
+	outs[1] = got;
+	outs[2] = ctl(url, 0, "readings --device dev-a --metric m1 %s --format json", range);
+	cr_expect_eq(h_count(outs[2], "\"metric\": \"m1\""), 5 * 2 * 3 - 1 - 1, "%s", outs[2]);
+}
+
+Test(outpostctl, readings_of_one_metric_same_on_both_engines, .timeout = 120)
+{
+	char *lite[3], *pgo[3];
+	char *url = small_store("ctl-metric");
+	readings_of_one_metric(url, lite);
+	free(url);
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	seed_store(pg.url);
+	readings_of_one_metric(pg.url, pgo);
+	for (int i = 0; i < 3; i++) {
+		cr_expect_str_eq(pgo[i], lite[i]);
+		free(pgo[i]);
+		free(lite[i]);
+	}
+	/* PostgreSQL's plan of it (auto_explain, in the server's log): the primary key searched
+	 * with the metric and the time range */
+	size_t from = h_file_size(pg.log);
+	char *explain = h_strf("%s?options=-c%%20session_preload_libraries%%3Dauto_explain"
+	                       "%%20-c%%20auto_explain.log_min_duration%%3D0",
+	                       pg.url);
+	char *out = ctl(explain, 0, "readings --device dev-a --metric m2 --since @1700000003");
+	free(out);
+	char *log = NULL;
+	for (long long end = h_now_ms() + 10000; h_now_ms() < end; h_sleep_ms(100)) {
+		free(log);
+		log = h_read_file_from(pg.log, from);
+		if (log && strstr(log, "FROM readings r JOIN metrics m"))
+			break;
+	}
+	const char *plan = log ? strstr(log, "FROM readings r JOIN metrics m") : NULL;
+	cr_assert(plan, "no plan logged:\n%s", log);
+	cr_expect(strstr(plan, "Index Cond: ((device = ") && strstr(plan, "AND (metric = ") &&
+	              strstr(plan, "AND (ts >= "),
+	          "%s", plan);
+	free(log);
+	free(explain);
+	h_pg_free(&pg);
+}
