@@ -435,20 +435,40 @@ Test(bridge_health, a_bridge_that_does_not_trust_the_broker_says_why, .timeout =
 	h_broker_free(&b);
 }
 
-/* The delays the bridge logged ("retrying in N ms"), in order. */
-static int logged_delays(const char *log, long *d, int max)
+/* Wait (30 s at most) for the bridge to log n waits ("retrying in N ms"); they go to d. */
+static void logged_delays(const char *log, long *d, int n)
 {
+	long long end = h_now_ms() + 30000;
+	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < n)
+		h_sleep_ms(100);
 	FILE *f = fopen(log, "r");
 	char line[1024];
-	int n = 0;
-	while (f && n < max && fgets(line, sizeof(line), f)) {
+	int got = 0;
+	while (f && got < n && fgets(line, sizeof(line), f)) {
 		char *p = strstr(line, "retrying in ");
 		if (p)
-			d[n++] = strtol(p + 12, NULL, 10);
+			d[got++] = strtol(p + 12, NULL, 10);
 	}
 	if (f)
 		fclose(f);
-	return n;
+	cr_assert_eq(got, n, "%s", log);
+}
+
+/* A bridge connecting to b's internal listener with the certificate of a device. */
+static pid_t spawn_bridge_as(const char *tag, const struct h_broker *b, const char *device,
+                             const char *client_id, char **log)
+{
+	char *cert = h_strf("--cert-file=%s/devices/%s.crt", h_pki(), device);
+	char *key = h_strf("--key-file=%s/devices/%s.key", h_pki(), device);
+	char *port = h_strf("--broker-port=%d", b->internal_port);
+	char *cid = h_strf("--client-id=%s", client_id);
+	const char *extra[] = {cert, key, port, cid, NULL};
+	pid_t pid = spawn_bridge(tag, extra, log);
+	free(cert);
+	free(key);
+	free(port);
+	free(cid);
+	return pid;
 }
 
 /* A lost connection (the broker restarting) is tried again after 1, 2, 3, 4, then every 5 s:
@@ -465,11 +485,8 @@ Test(bridge_health, a_lost_broker_is_dialled_again_after_1_2_3_s, .timeout = 90)
 		h_sleep_ms(50);
 	cr_assert(h_count_in_file(log, "connected to"), "%s", log);
 	h_broker_stop(&b);
-	end = h_now_ms() + 30000;
-	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 4)
-		h_sleep_ms(100);
 	long d[4];
-	cr_assert_eq(logged_delays(log, d, 4), 4, "%s", log);
+	logged_delays(log, d, 4);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(d[i], 1000 * (i + 1), "attempt %d: %ld ms (%s)", i + 1, d[i], log);
 	cr_expect_eq(h_stop(pid, 20000), 0);
@@ -485,23 +502,15 @@ Test(bridge_health, a_refusing_broker_is_asked_again_less_and_less_often, .timeo
 {
 	struct h_broker b = {0};
 	h_broker_up(&b, h_pki());
-	char *cert = h_strf("--cert-file=%s/devices/dev-revoked.crt", h_pki());
-	char *key = h_strf("--key-file=%s/devices/dev-revoked.key", h_pki());
-	char *port = h_strf("--broker-port=%d", b.internal_port), *log = NULL;
-	const char *extra[] = {cert, key, port, NULL};
-	pid_t pid = spawn_bridge("bridge-refused", extra, &log);
-	long long end = h_now_ms() + 30000;
-	while (h_now_ms() < end && h_count_in_file(log, "retrying in") < 4)
-		h_sleep_ms(100);
+	char *log = NULL;
+	pid_t pid = spawn_bridge_as("bridge-kicked", &b, "dev-revoked", "outpost-bridge-kicked",
+	                            &log);
 	long d[4];
-	cr_assert_eq(logged_delays(log, d, 4), 4, "%s", log);
+	logged_delays(log, d, 4);
 	for (int i = 0; i < 4; i++)
 		cr_expect_eq(d[i], 500 << i, "attempt %d: %ld ms (%s)", i + 1, d[i], log);
 	cr_expect_geq(h_count_in_file(log, "broker refused a subscription"), 4, "%s", log);
 	cr_expect_eq(h_stop(pid, 20000), 0);
-	free(cert);
-	free(key);
-	free(port);
 	free(log);
 	h_broker_free(&b);
 }
@@ -513,11 +522,8 @@ Test(bridge_health, a_bridge_whose_subscriptions_are_refused_says_so, .timeout =
 {
 	struct h_broker b = {0};
 	h_broker_up(&b, h_pki());
-	char *cert = h_strf("--cert-file=%s/devices/dev-c.crt", h_pki());
-	char *key = h_strf("--key-file=%s/devices/dev-c.key", h_pki());
-	char *port = h_strf("--broker-port=%d", b.internal_port), *log = NULL;
-	const char *extra[] = {cert, key, port, "--client-id=outpost-bridge-refused", NULL};
-	pid_t pid = spawn_bridge("bridge-refused", extra, &log);
+	char *log = NULL;
+	pid_t pid = spawn_bridge_as("bridge-refused", &b, "dev-c", "outpost-bridge-refused", &log);
 	long long end = h_now_ms() + 20000;
 	while (h_now_ms() < end && h_count_in_file(log, "broker refused a subscription") < 4)
 		h_sleep_ms(100);
@@ -526,9 +532,6 @@ Test(bridge_health, a_bridge_whose_subscriptions_are_refused_says_so, .timeout =
 	cr_expect_eq(h_count_in_file(log, "broker refused a subscription (reason 0x87): check the ACL"),
 	             5, "(%s)", log);
 	cr_expect_eq(h_stop(pid, 20000), 0);
-	free(cert);
-	free(key);
-	free(port);
 	free(log);
 	h_broker_free(&b);
 }
