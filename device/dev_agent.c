@@ -186,12 +186,26 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 		snprintf(err, errlen, "task state %s: unreadable", path);
 		goto fail;
 	}
+	int have_proxy =
+	    dev_proxy_resolve(cfg->proxy, cfg->broker_host, proxy, sizeof(a->proxy), &why);
+	if (have_proxy < 0) {
+		snprintf(err, errlen, "%s: proxy: %s", cfg->source, why);
+		rc = 2;
+		goto fail;
+	}
+	/* Paho reads these itself, and mishandles the usual http:// form: we decided above.
+	 * The exec command gets them, and dev_agent_free puts them back for a restart. */
+	if (dev_proxy_env_hide(&a->proxy_env)) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	struct dev_collect_conf cc = {.list = cfg->collectors,
 				      .exec_command = cfg->exec_command,
 				      .exec_timeout_ms = cfg->exec_timeout_ms,
 				      .sim_metrics = (int)cfg->sim_metrics,
 				      .seed = cfg->id,
-				      .stop = &a->stop};
+				      .stop = &a->stop,
+				      .exec_env = (const char *const *)a->proxy_env.saved};
 	if (dev_collect_open(&cc, &a->collect, &why)) {
 		snprintf(err, errlen, "%s: collectors: %s", cfg->source, why);
 		rc = 2;
@@ -209,18 +223,6 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	for (int t = 0; t < WIRE_TOPIC_COUNT; t++)
 		wire_topic_build(a->topic[t], WIRE_TOPIC_MAX, (enum wire_topic)t, cfg->id);
 
-	int have_proxy =
-	    dev_proxy_resolve(cfg->proxy, cfg->broker_host, proxy, sizeof(a->proxy), &why);
-	if (have_proxy < 0) {
-		snprintf(err, errlen, "%s: proxy: %s", cfg->source, why);
-		rc = 2;
-		goto fail;
-	}
-	/* Paho reads these itself, and mishandles the usual http:// form: we decided above. */
-	unsetenv("https_proxy");
-	unsetenv("HTTPS_PROXY");
-	unsetenv("http_proxy");
-	unsetenv("HTTP_PROXY");
 	const char *subs[] = {a->topic[WIRE_TOPIC_ACK], a->topic[WIRE_TOPIC_TASKS], NULL};
 	struct dev_link_opts lo = {
 		.client_id = cfg->id,
@@ -263,6 +265,9 @@ void dev_agent_free(struct dev_agent *a)
 	if (!a)
 		return;
 	dev_link_free(a->link);
+	/* Paho is gone: a program the caller executes next (a `restart` task re-executes the
+	 * agent) sees the proxy variables the agent was started with */
+	dev_proxy_env_restore(&a->proxy_env);
 	dev_uploader_free(a->up);
 	wire_batch_builder_free(a->builder);
 	dev_collect_close(a->collect);

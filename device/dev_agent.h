@@ -9,8 +9,9 @@
 struct dev_agent;
 
 /* Load keys and certificates, open the spool and state. The config is borrowed and must
- * outlive the agent. On failure err says why; the return value is the exit code to use
- * (2: configuration, 1: runtime). */
+ * outlive the agent. The proxy variables (https_proxy, http_proxy, either case) leave the
+ * process environment until dev_agent_free (dev_proxy.h). On failure err says why; the return
+ * value is the exit code to use (2: configuration, 1: runtime). */
 int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, size_t errlen);
 
 /* Run until dev_agent_stop(). Returns 0, or DEV_AGENT_RESTART if a `restart` task asked for
@@ -22,6 +23,8 @@ int dev_agent_run(struct dev_agent *a);
 void dev_agent_stop(struct dev_agent *a);
 void dev_agent_reconnect(struct dev_agent *a);
 
-void dev_agent_free(struct dev_agent *a); /* accepts NULL */
+/* Accepts NULL. Puts the proxy variables back into the environment (a `restart` task's
+ * execv follows). */
+void dev_agent_free(struct dev_agent *a);
 
 #endif

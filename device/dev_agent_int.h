@@ -14,6 +14,7 @@
 
 #include "dev_agent.h"
 #include "dev_link.h"
+#include "dev_proxy.h"
 #include "wire_limits.h"
 #include "wire_sign.h"
 #include "wire_topic.h"
@@ -51,6 +52,7 @@ struct dev_agent {
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;
 	char proxy[300];          /* the resolved HTTP CONNECT proxy (dev_proxy.h); "" = none */
+	struct dev_proxy_env proxy_env; /* the proxy variables kept out of the environment */
 	int64_t next_cert_check;  /* monotonic ms: no dev_tlscheck before (one per 10 minutes) */
 	/* task results the spool could not take (disk full), oldest first; no polls meanwhile */
 	struct result *unreported[WIRE_MAX_TASKS];

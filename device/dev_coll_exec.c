@@ -25,21 +25,63 @@ struct exec {
 	char *command;
 	int64_t timeout_ms;
 	const volatile sig_atomic_t *stop;
+	char **env; /* conf->exec_env copied ("NAME=value"), n_env of them */
+	size_t n_env;
 };
+
+static void exec_close(void *state);
 
 static int exec_open(const struct dev_collect_conf *conf, void **state)
 {
 	if (!conf->exec_command || !*conf->exec_command)
 		return -1;
 	struct exec *e = calloc(1, sizeof(*e));
-	if (!e || !(e->command = strdup(conf->exec_command))) {
-		free(e);
-		return -1;
-	}
+	if (!e || !(e->command = strdup(conf->exec_command)))
+		goto fail;
+	while (conf->exec_env && conf->exec_env[e->n_env])
+		e->n_env++;
+	if (e->n_env && !(e->env = calloc(e->n_env, sizeof(*e->env))))
+		goto fail;
+	for (size_t i = 0; i < e->n_env; i++)
+		if (!(e->env[i] = strdup(conf->exec_env[i])))
+			goto fail;
 	e->timeout_ms = conf->exec_timeout_ms > 0 ? conf->exec_timeout_ms : 5000;
 	e->stop = conf->stop;
 	*state = e;
 	return 0;
+fail:
+	exec_close(e);
+	return -1;
+}
+
+/* 1 if the environment entry var ("NAME=value") names a variable e->env sets. */
+static int env_replaced(const struct exec *e, const char *var)
+{
+	size_t n = strcspn(var, "=");
+	for (size_t i = 0; i < e->n_env; i++)
+		if (!strncmp(e->env[i], var, n) && e->env[i][n] == '=')
+			return 1;
+	return 0;
+}
+
+/* The command's environment: the agent's with e->env on top; free the array (not the
+ * strings) unless it is environ. NULL when out of memory. */
+static char **command_env(const struct exec *e)
+{
+	size_t n = 0, k = 0;
+	if (!e->n_env)
+		return environ;
+	while (environ && environ[n])
+		n++;
+	char **env = calloc(n + e->n_env + 1, sizeof(*env));
+	if (!env)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (!env_replaced(e, environ[i]))
+			env[k++] = environ[i];
+	for (size_t i = 0; i < e->n_env; i++)
+		env[k++] = e->env[i];
+	return env;
 }
 
 static int parse_output(char *buf, dev_sink_fn sink, void *ctx, const char **why)
@@ -81,7 +123,14 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	size_t len = 0;
 	int rc = -1, status = 0;
 
+	char **env = command_env(e);
+	if (!env) {
+		*why = "out of memory";
+		return -1;
+	}
 	if (pipe2(pipefd, O_CLOEXEC) != 0) {
+		if (env != environ)
+			free(env);
 		*why = "pipe failed";
 		return -1;
 	}
@@ -101,9 +150,11 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	sigaddset(&dflt, SIGPIPE);
 	sigaddset(&dflt, SIGXFSZ);
 	posix_spawnattr_setsigdefault(&attr, &dflt);
-	int sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, environ);
+	int sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
+	if (env != environ)
+		free(env);
 	close(pipefd[1]);
 	if (sp != 0) {
 		close(pipefd[0]);
@@ -173,8 +224,12 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 static void exec_close(void *state)
 {
 	struct exec *e = state;
-	if (e)
-		free(e->command);
+	if (!e)
+		return;
+	for (size_t i = 0; e->env && i < e->n_env; i++)
+		free(e->env[i]);
+	free(e->env);
+	free(e->command);
 	free(e);
 }
 

@@ -19,6 +19,9 @@ struct dev_collect_conf {
 	const char *seed;	   /* makes sim deterministic per device (the device id) */
 	const volatile sig_atomic_t *stop; /* optional: set when the agent is asked to stop, so a
 					    * slow exec command is not waited for */
+	const char *const *exec_env; /* optional, NULL-terminated "NAME=value" entries the exec
+				      * command gets on top of the agent's environment (replacing
+				      * a variable of that name); copied at open */
 };
 
 struct dev_collector_ops {

@@ -255,3 +255,43 @@ out:
 	explicit_bzero(req, sizeof(req));
 	return rc;
 }
+
+static const char *const proxy_vars[DEV_PROXY_ENV_VARS] = {"https_proxy", "HTTPS_PROXY",
+							    "http_proxy", "HTTP_PROXY"};
+
+int dev_proxy_env_hide(struct dev_proxy_env *e)
+{
+	size_t n = 0;
+	memset(e, 0, sizeof(*e));
+	for (size_t i = 0; i < DEV_PROXY_ENV_VARS; i++) {
+		const char *v = getenv(proxy_vars[i]);
+		if (!v)
+			continue;
+		if (asprintf(&e->saved[n], "%s=%s", proxy_vars[i], v) < 0) {
+			e->saved[n] = NULL;
+			goto fail;
+		}
+		n++;
+	}
+	for (size_t i = 0; i < DEV_PROXY_ENV_VARS; i++)
+		unsetenv(proxy_vars[i]);
+	return 0;
+fail:
+	while (n)
+		free(e->saved[--n]);
+	return -1;
+}
+
+int dev_proxy_env_restore(struct dev_proxy_env *e)
+{
+	int rc = 0;
+	for (size_t i = 0; e->saved[i]; i++) {
+		char *eq = strchr(e->saved[i], '=');
+		*eq = '\0';
+		if (setenv(e->saved[i], eq + 1, 1))
+			rc = -1;
+		free(e->saved[i]);
+		e->saved[i] = NULL;
+	}
+	return rc;
+}

@@ -34,4 +34,25 @@ int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int 
 /* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
 int dev_proxy_excluded(const char *no_proxy, const char *host);
 
+/* The proxy variables of the environment: https_proxy, HTTPS_PROXY, http_proxy, HTTP_PROXY.
+ * Paho reads https_proxy and http_proxy itself for a connection given no proxy, and
+ * mishandles their usual http:// form, so the agent keeps them out of its own environment
+ * while its link exists; what it starts (exec collector commands, itself again after a
+ * `restart` task) gets them as they were. */
+#define DEV_PROXY_ENV_VARS 4
+struct dev_proxy_env {
+	char *saved[DEV_PROXY_ENV_VARS + 1]; /* "NAME=value" copies of those that were set,
+					      * NULL-terminated; owned */
+};
+
+/* Move the proxy variables from the environment into e (zeroed or restored). 0, or -1 (out
+ * of memory: the environment is unchanged, e holds nothing). Not while another thread may
+ * read the environment. */
+int dev_proxy_env_hide(struct dev_proxy_env *e);
+
+/* Put the variables e holds back into the environment, free them and leave e empty (e never
+ * hidden into is fine). 0, or -1 (out of memory: some were not set back). Not while another
+ * thread may read the environment. */
+int dev_proxy_env_restore(struct dev_proxy_env *e);
+
 #endif

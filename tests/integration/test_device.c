@@ -16,6 +16,7 @@
 #include "h_fakebridge.h"
 #include "h_mqtt.h"
 #include "harness.h"
+#include "outpost.pb-c.h"
 #include "wire_env.h"
 #include "wire_msg.h"
 
@@ -117,6 +118,79 @@ Test(device, through_an_http_connect_proxy, .timeout = 60)
 	h_stop(proxy, 3000);
 	h_fakebridge_stop(fb);
 	h_broker_free(&b);
+	free(url);
+	free(plog);
+}
+
+/* The values of the exec collector's proxy.env reading (1: the command saw https_proxy as the
+ * device was given it, 0: it did not): how many, and whether all were 1. */
+static size_t proxy_env_readings(struct h_fakebridge *fb, int *all_seen)
+{
+	static int64_t t[2000];
+	static double val[2000];
+	size_t n = h_fakebridge_series(fb, "dev-a", "proxy.env", t, val, 2000);
+	*all_seen = 1;
+	for (size_t i = 0; i < n; i++)
+		if (val[i] != 1)
+			*all_seen = 0;
+	return n;
+}
+
+/* The agent takes the proxy variables out of its environment (Paho would read them itself)
+ * but not out of what it starts: a `restart` task's new agent dials through the https_proxy
+ * proxy again, and the exec collector's command sees the variable, before and after. */
+Test(device, https_proxy_survives_a_restart_task, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	char *plog, msg[256] = "";
+	int all_seen;
+	h_broker_start(&b, h_pki());
+	int port = h_free_port();
+	pid_t proxy = start_tinyproxy(&b, port, &plog);
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	char *url = h_strf("http://127.0.0.1:%d", port);
+	char *env = h_strf("https_proxy=%s", url);
+	char *cmd = h_strf("if [ \"$https_proxy\" = %s ]; then echo proxy.env 1; "
+			   "else echo proxy.env 0; fi", url);
+	const char *extra[] = {"--proxy", "", "--poll-interval", "1s", "--collectors", "sim,exec",
+			       "--exec-command", cmd, NULL};
+	putenv(env);
+	h_device_start(&d, &b, "dev-a", extra);
+	unsetenv("https_proxy");
+	free(env);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 20, &v),
+		  "no data via https_proxy: %s %s", d.log, plog);
+	cr_assert_eq(h_log_count(d.log, "using HTTP CONNECT proxy 127.0.0.1:"), 1, "%s", d.log);
+	cr_expect_gt(proxy_env_readings(fb, &all_seen), 0);
+	cr_expect(all_seen, "the exec command did not see https_proxy");
+	int tunnels = h_log_count(plog, "CONNECT");
+	cr_assert_geq(tunnels, 1, "the proxy saw no tunnel (%s)", plog);
+
+	h_fakebridge_queue_task(fb, 1, "restart", NULL, NULL, 0, 0);
+	long long end = h_now_ms() + 30000;
+	int st;
+	while (!(st = h_fakebridge_result(fb, 1, msg, sizeof(msg))) && h_now_ms() < end)
+		h_sleep_ms(50);
+	cr_assert_eq(st, OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED, "%s; %s", msg, d.log);
+	cr_expect_str_eq(msg, "agent restarted");
+	cr_expect_eq(h_log_count(d.log, "started: broker"), 2, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, "using HTTP CONNECT proxy 127.0.0.1:"), 2,
+		     "the restarted agent has no proxy: %s", d.log);
+	cr_expect_gt(h_log_count(plog, "CONNECT"), tunnels,
+		     "the restarted agent did not dial through the proxy (%s)", plog);
+	/* the restarted agent's readings: a batch (1 s) after the result */
+	size_t before = proxy_env_readings(fb, &all_seen), n = before;
+	for (end = h_now_ms() + 10000; n <= before + 3 && h_now_ms() < end; h_sleep_ms(50))
+		n = proxy_env_readings(fb, &all_seen);
+	cr_expect_gt(n, before + 3, "no readings after the restart");
+	cr_expect(all_seen, "the exec command of the restarted agent did not see https_proxy");
+	h_device_free(&d);
+	h_stop(proxy, 3000);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(cmd);
 	free(url);
 	free(plog);
 }

@@ -85,6 +85,36 @@ Test(dev_collect, exec_reads_name_value_lines)
 	dev_collect_close(c);
 }
 
+/* The command gets the agent's environment with exec_env on top (the proxy variables the agent
+ * keeps out of its own), an entry there replacing the agent's variable of that name. */
+Test(dev_collect, exec_commands_get_the_extra_environment)
+{
+	const char *env[] = {"https_proxy=http://proxy:3128", "OUTPOST_T_SHARED=extra", NULL};
+	struct dev_collect_conf conf = {.list = "exec",
+					.exec_command = "echo env.proxy ${#https_proxy}; "
+							"echo env.kept ${#OUTPOST_T_KEPT}; "
+							"echo env.shared ${#OUTPOST_T_SHARED}; "
+							"echo env.n $(env | grep -c ^OUTPOST_T_S)",
+					.exec_timeout_ms = 5000,
+					.exec_env = env};
+	struct dev_collect *c = NULL;
+	const char *name, *why = NULL;
+	setenv("OUTPOST_T_KEPT", "abc", 1);
+	setenv("OUTPOST_T_SHARED", "agent's own", 1);
+	cr_assert_eq(dev_collect_open(&conf, &c, &why), 0, "%s", why ? why : "");
+	env[0] = "https_proxy=changed after open"; /* copied at open */
+	struct got g = {0};
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+	double v = -1;
+	cr_expect(find(&g, "env.proxy", &v) && v == 17, "https_proxy: %g characters", v);
+	cr_expect(find(&g, "env.kept", &v) && v == 3, "the agent's own: %g", v);
+	cr_expect(find(&g, "env.shared", &v) && v == 5, "replaced: %g characters", v);
+	cr_expect(find(&g, "env.n", &v) && v == 1, "%g entries of one name", v);
+	dev_collect_close(c);
+	unsetenv("OUTPOST_T_KEPT");
+	unsetenv("OUTPOST_T_SHARED");
+}
+
 /* The agent ignores SIGPIPE and SIGXFSZ; its command gets the default dispositions back
  * (ignored signals survive exec), so that `yes | head -n1` in it ends quietly. */
 Test(dev_collect, exec_commands_get_default_signal_dispositions)

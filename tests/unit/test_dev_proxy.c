@@ -71,6 +71,36 @@ Test(dev_proxy, environment_and_no_proxy)
 	cr_expect_eq(resolve("", "anything", out), 0);
 }
 
+/* The variables Paho would read leave the environment and come back as they were (a restart
+ * re-executes the agent with that environment); the copies are what exec commands get. */
+Test(dev_proxy, hidden_proxy_variables_come_back)
+{
+	struct dev_proxy_env e = {{0}};
+	unsetenv("HTTPS_PROXY");
+	unsetenv("HTTP_PROXY");
+	setenv("https_proxy", "http://u:p@proxy:3128/", 1);
+	setenv("http_proxy", "proxy:80", 1);
+	setenv("no_proxy", "localhost", 1);
+	cr_assert_eq(dev_proxy_env_hide(&e), 0);
+	cr_expect_null(getenv("https_proxy"));
+	cr_expect_null(getenv("http_proxy"));
+	cr_expect_str_eq(getenv("no_proxy"), "localhost", "not a variable Paho reads");
+	cr_assert_not_null(e.saved[0]);
+	cr_assert_not_null(e.saved[1]);
+	cr_expect_str_eq(e.saved[0], "https_proxy=http://u:p@proxy:3128/");
+	cr_expect_str_eq(e.saved[1], "http_proxy=proxy:80");
+	cr_expect_null(e.saved[2]);
+	cr_expect_eq(dev_proxy_env_restore(&e), 0);
+	cr_expect_null(e.saved[0]);
+	cr_expect_str_eq(getenv("https_proxy"), "http://u:p@proxy:3128/");
+	cr_expect_str_eq(getenv("http_proxy"), "proxy:80");
+	cr_expect_null(getenv("HTTPS_PROXY"), "an unset variable stays unset");
+	cr_expect_eq(dev_proxy_env_restore(&e), 0, "nothing held: nothing to do");
+	unsetenv("https_proxy");
+	unsetenv("http_proxy");
+	unsetenv("no_proxy");
+}
+
 Test(dev_proxy, endpoint_of_a_resolved_proxy)
 {
 	char host[64];
