@@ -18,6 +18,11 @@
 
 #define EXEC_MAX_OUTPUT (64 * 1024)
 #define EXEC_MAX_READINGS 256
+#define EXEC_MAX_VALUE 63 /* characters of a value: more digits than a double holds */
+
+/* The sscanf widths in parse_output: one more than each field may hold. */
+_Static_assert(WIRE_MAX_METRIC_NAME == 128 && EXEC_MAX_VALUE == 63 && WIRE_MAX_UNIT == 32,
+	       "update the widths of the format in parse_output");
 
 extern char **environ;
 
@@ -88,24 +93,31 @@ static int parse_output(char *buf, dev_sink_fn sink, void *ctx, const char **why
 {
 	int n = 0, bad = 0;
 	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-		char name[WIRE_MAX_METRIC_NAME + 1], unit[WIRE_MAX_UNIT + 1] = "", extra;
+		/* a byte more than each field may hold: a longer token is seen and refuses the
+		 * line, instead of being cut and its tail read as the next field */
+		char name[WIRE_MAX_METRIC_NAME + 2], val[EXEC_MAX_VALUE + 2];
+		char unit[WIRE_MAX_UNIT + 2] = "", extra;
 		char *end;
-		char val[64];
 		while (*line == ' ' || *line == '\t')
 			line++;
 		if (!*line || *line == '#')
 			continue;
-		int k = sscanf(line, "%128s %63s %32s %c", name, val, unit, &extra);
-		double v = k >= 2 ? strtod(val, &end) : 0;
-		if (k < 2 || k > 3 || *end || n >= EXEC_MAX_READINGS ||
-		    sink(ctx, name, unit, v) != 0) {
+		int k = sscanf(line, "%129s %64s %33s %c", name, val, unit, &extra);
+		if (k < 2 || k > 3 || strlen(name) > WIRE_MAX_METRIC_NAME ||
+		    strlen(val) > EXEC_MAX_VALUE || strlen(unit) > WIRE_MAX_UNIT) {
+			bad++;
+			continue;
+		}
+		double v = strtod(val, &end);
+		if (*end || n >= EXEC_MAX_READINGS || sink(ctx, name, unit, v) != 0) {
 			bad++;
 			continue;
 		}
 		n++;
 	}
 	if (bad) {
-		*why = "output lines that are not 'name value [unit]' (or too many) were ignored";
+		*why = "output lines that are not 'name value [unit]' (a field too long, or too"
+		       " many lines) were ignored";
 		return -1;
 	}
 	return 0;

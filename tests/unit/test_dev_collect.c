@@ -167,6 +167,45 @@ Test(dev_collect, exec_failures_become_metrics, .timeout = 30)
 	}
 }
 
+static int has_value(const struct got *g, double v)
+{
+	for (int i = 0; i < g->n; i++)
+		if (g->v[i] == v)
+			return 1;
+	return 0;
+}
+
+/* A token longer than its field (name 128, value 63, unit 32 characters) refuses its line, as
+ * any line that is not 'name value [unit]': it is not cut, its tail read as the next field
+ * (a 130-character name ending in 12 read as 12 in the unit of the real value, a value of 71
+ * digits as its first 63 in the unit of the other 8). Fields of the largest size are fine. */
+Test(dev_collect, exec_refuses_lines_with_over_long_tokens)
+{
+	struct got g = {0};
+	struct dev_collect *c = open_c(
+	    "exec",
+	    "n=$(printf '%0128d' 0 | tr 0 a); u=$(printf '%032d' 0 | tr 0 u); "
+	    "echo \"${n}12 5\"; echo \"big.value 1$(printf '%070d' 0)\"; "
+	    "echo \"long.unit 3 ${u}u\"; echo \"long.value 4$(printf '%063d' 0)\"; "
+	    "echo \"$n 7 $u\"; echo \"max.value 6$(printf '%062d' 0)\"",
+	    5000);
+	const char *name, *why = NULL;
+	double v;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect(why && strstr(why, "ignored"), "%s", why ? why : "");
+	cr_expect(find(&g, "collector.exec.ok", &v) && v == 0);
+	cr_expect_not(has_value(&g, 12), "a name's tail was read as its value");
+	cr_expect_not(has_value(&g, 1e62), "a value's head was read as the value");
+	cr_expect_not(find(&g, "big.value", &v), "%g", v);
+	cr_expect_not(find(&g, "long.unit", &v), "%g", v);
+	cr_expect_not(find(&g, "long.value", &v), "%g", v);
+	/* the limits themselves: a 128-character name and 32-character unit, 63 digits */
+	cr_expect(has_value(&g, 7), "the line at the name and unit limits was refused");
+	cr_expect(find(&g, "max.value", &v) && v == 6e62, "%g", v);
+	cr_expect_eq(g.n, 2 + 2, "two readings and the collector's two");
+	dev_collect_close(c);
+}
+
 Test(dev_collect, unknown_or_incomplete_collectors_are_refused)
 {
 	struct dev_collect_conf bad = {.list = "proc,gps", .sim_metrics = 1, .seed = "x"};
