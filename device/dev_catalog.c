@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "dev_catalog.h"
+#include "ofile.h"
 #include "wire_limits.h"
 #include "wire_msg.h"
 #include "wire_utf8.h"
@@ -19,6 +20,8 @@ struct entry {
 
 struct dev_catalog {
 	char *path;
+	char *dir;	 /* the directory holding path */
+	int dir_synced;	 /* dir was fsync'ed since open: the file's entry in it is on disk */
 	struct entry *e;
 	size_t n, cap;
 	uint32_t *slots; /* index+1 into e, 0 = empty */
@@ -85,11 +88,20 @@ static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const
 	return DEV_CATALOG_OK;
 }
 
+/* The directory holding path, allocated: "." for a bare name, "/" for "/x". */
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		return strdup(".");
+	return strndup(path, slash == path ? 1 : (size_t)(slash - path));
+}
+
 int dev_catalog_open(const char *path, struct dev_catalog **out)
 {
 	struct dev_catalog *c = calloc(1, sizeof(*c));
 	int rc = DEV_CATALOG_ENOMEM;
-	if (!c || !(c->path = strdup(path)))
+	if (!c || !(c->path = strdup(path)) || !(c->dir = dir_of(path)))
 		goto fail;
 	FILE *f = fopen(path, "r");
 	if (!f && errno != ENOENT) {
@@ -142,6 +154,7 @@ void dev_catalog_close(struct dev_catalog *c)
 	free(c->e);
 	free(c->slots);
 	free(c->path);
+	free(c->dir);
 	free(c);
 }
 
@@ -170,13 +183,18 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 		return DEV_CATALOG_EIO;
 	char line[WIRE_MAX_METRIC_NAME + WIRE_MAX_UNIT + 32];
 	int len = snprintf(line, sizeof(line), "%u %s %s\n", nid, name, unit && *unit ? unit : "-");
-	int ok = pwrite(fd, line, (size_t)len, c->size) == len && fdatasync(fd) == 0;
+	/* the first entry written since open also fsyncs the directory, or the file this run
+	 * created (or a crashed one created and never synced) could vanish at a power cut
+	 * with ids already spooled */
+	int ok = pwrite(fd, line, (size_t)len, c->size) == len && fdatasync(fd) == 0 &&
+		 (c->dir_synced || ofile_sync_dir(c->dir) == 0);
 	if (!ok && ftruncate(fd, c->size) == 0) /* a short write leaves no partial line */
 		fdatasync(fd);
 	close(fd);
 	if (!ok)
 		return DEV_CATALOG_EIO;
 	c->size += len;
+	c->dir_synced = 1;
 	int rc = add_entry(c, nid, name, unit && strcmp(unit, "-") ? unit : "");
 	if (rc)
 		return rc;
