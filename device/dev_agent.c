@@ -331,6 +331,7 @@ int agent_spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const 
 	if (rc)
 		return rc;
 	dev_uploader_fresh(a->up, seq);
+	a->birth_next_try = 0; /* the spool numbers and stores again: a waiting Birth can go */
 	return 0;
 }
 
@@ -475,6 +476,12 @@ static void birth_again(struct dev_agent *a, int64_t now)
 		a->birth_retry_ms *= 2;
 }
 
+/* A Birth that could not go (the spool cannot number it: a full disk) is tried again after
+ * this long, not on every pass of the loop: each try reads the header of every
+ * unacknowledged spool record (dev_spool_stats) and tries to rewrite the spool's state. It
+ * goes at once when the spool takes a batch or a task result again (agent_spool_durable). */
+#define BIRTH_RETRY_MS 2000
+
 static void send_birth(struct dev_agent *a)
 {
 	Outpost__Birth b = OUTPOST__BIRTH__INIT;
@@ -487,6 +494,7 @@ static void send_birth(struct dev_agent *a)
 	uint8_t *body = NULL;
 	size_t len;
 
+	a->birth_due = 1; /* until it is published */
 	if (!defs || !ptrs)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
@@ -524,18 +532,21 @@ static void send_birth(struct dev_agent *a)
 		goto out;
 	}
 	rc = publish_env(a, WIRE_TOPIC_BIRTH, WIRE_KIND_BIRTH, body, len, NULL, NULL, 0, NULL);
-	a->birth_due = rc != 0; /* a failure (full disk) is tried again on the next pass */
 	if (!rc) {
 		struct dev_uploader_stats us;
 		dev_uploader_stats(a->up, &us);
+		a->birth_due = 0;
 		a->birth_acks = us.acks;
 		a->birth_sent = otime_mono_ms();
 	}
 	if (rc && spool_error_due(a))
-		olog(OLOG_WARN, "cannot send Birth (error %d); it goes again on the next pass", rc);
+		olog(OLOG_WARN, "cannot send Birth (error %d); it goes again in %d s", rc,
+		     BIRTH_RETRY_MS / 1000);
 	olog(OLOG_DEBUG, "birth: %zu metrics, spool %" PRIu64 " records, floor %" PRIu64, n, st.records,
 	     st.chain_floor);
 out:
+	if (a->birth_due)
+		a->birth_next_try = otime_mono_ms() + BIRTH_RETRY_MS;
 	free(body);
 	free(defs);
 	free(ptrs);
@@ -699,7 +710,7 @@ int dev_agent_run(struct dev_agent *a)
 		}
 		if (dev_link_is_up(a->link)) {
 			birth_again(a, now);
-			if (a->birth_due)
+			if (a->birth_due && now >= a->birth_next_try)
 				send_birth(a);
 			if (now >= a->next_poll) {
 				send_poll(a);
@@ -722,6 +733,8 @@ int dev_agent_run(struct dev_agent *a)
 			until = d;
 		if (dev_link_is_up(a->link) && a->next_poll < until)
 			until = a->next_poll;
+		if (dev_link_is_up(a->link) && a->birth_due && a->birth_next_try < until)
+			until = a->birth_next_try;
 		now = otime_mono_ms();
 		int timeout = until <= now ? 0 : (until - now > 60000 ? 60000 : (int)(until - now));
 		struct pollfd p = {a->wake_fd, POLLIN, 0};

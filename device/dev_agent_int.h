@@ -48,6 +48,7 @@ struct dev_agent {
 	 * time then; and the wait before it goes again if no ack follows (birth_again) */
 	uint64_t birth_acks;
 	int64_t birth_sent, birth_retry_ms;
+	int64_t birth_next_try; /* monotonic ms: a Birth that could not go is not tried before */
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -327,7 +328,7 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .time
 	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
 	cr_assert(h_log_wait(e.b.log, " as dev-a ", sessions + 1, 30000),
 		  "the agent restarted on a full disk did not connect: %s", e.b.log);
-	h_sleep_ms(2000); /* its loop (every 200 ms) tries the Birth on each pass */
+	h_sleep_ms(2000); /* it tries the Birth again every 2 s */
 	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent restarted on a full disk is running");
 	h_fakebridge_view(e.fb, "dev-a", &v);
 	cr_expect_eq(v.births, v0.births, "a Birth went with a seq the spool could not reserve");
@@ -340,5 +341,65 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_goes_once_there_is_room, .time
 	cr_expect_eq(v.bad, 0);
 	cr_expect_eq(v.births, v0.births + 1, "one Birth per connection");
 	cr_expect_eq(h_log_count(e.b.log, " as dev-a "), sessions + 1, "one connection");
+	stop(&e);
+}
+
+/* How many times a file `name` was created in dir during the next ms milliseconds. (Deletions
+ * are watched too: inotify merges an event into an identical one not yet read.) */
+static int creations_during(const char *dir, const char *name, int ms)
+{
+	int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC), n = 0;
+	cr_assert_geq(fd, 0);
+	cr_assert_geq(inotify_add_watch(fd, dir, IN_CREATE | IN_DELETE), 0, "%s", dir);
+	h_sleep_ms(ms);
+	static char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t len;
+	while ((len = read(fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + len;) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+			cr_assert_not(ev->mask & IN_Q_OVERFLOW);
+			if ((ev->mask & IN_CREATE) && ev->len && !strcmp(ev->name, name))
+				n++;
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+	close(fd);
+	return n;
+}
+
+/* A Birth the spool cannot number (its state file cannot be rewritten) is tried again every
+ * 2 s, not on every pass of the agent's loop (every 200 ms here): each try reads every
+ * unacknowledged record header and tries to rewrite the spool's state, which creates
+ * spool/state.tmp. Nothing else tries it here: batches wait for batch_interval (1 h, set by
+ * a task before the restart), and so does the restart's result, which keeps polls back. Once
+ * there is room the Birth goes within that interval. */
+Test(device_tasks, a_birth_refused_by_a_full_disk_is_retried_every_2_s, .timeout = 120)
+{
+	struct env e;
+	struct h_device_view v0, v;
+	char msg[256];
+	start_polling(&e);
+	h_fakebridge_mode(e.fb, H_ACK_NONE); /* the task's result stays in the spool */
+	h_fakebridge_queue_task(e.fb, 2, "set_config", "batch_interval=1h batch_max_readings=16000",
+				NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 2, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	int sessions = h_log_count(e.b.log, " as dev-a ");
+	fill_disk(&e, 40);
+	h_fakebridge_view(e.fb, "dev-a", &v0);
+	h_fakebridge_queue_task(e.fb, 3, "restart", NULL, NULL, 0, 0);
+	cr_assert(h_log_wait(e.b.log, " as dev-a ", sessions + 1, 30000),
+		  "the agent restarted on a full disk did not connect: %s", e.b.log);
+	char *spool = h_strf("%s/state/spool", e.d.dir);
+	int tries = creations_during(spool, "state.tmp", 4500);
+	cr_expect_eq(kill(e.d.pid, 0), 0, "the agent restarted on a full disk is running");
+	h_fakebridge_view(e.fb, "dev-a", &v);
+	cr_expect_eq(v.births, v0.births, "a Birth went with a seq the spool could not reserve");
+	cr_expect(tries >= 1 && tries <= 4, "%d tries to number the Birth in 4.5 s", tries);
+	make_room(&e);
+	long long t0 = h_now_ms();
+	cr_expect(h_fakebridge_wait(e.fb, "dev-a", 10000, h_view_births_at_least, v0.births + 1,
+				    &v), "no Birth once there was room");
+	cr_expect_lt(h_now_ms() - t0, 4000, "the Birth waited %lld ms", h_now_ms() - t0);
+	free(spool);
 	stop(&e);
 }
