@@ -26,6 +26,7 @@ const char *const brg_commit__sql[S_COUNT] = {
                     " boot_id = ?, sample_interval_s = ?, poll_interval_s = ?,"
                     " spool_records = ?, spool_bytes = ?, spool_dropped_total = ?,"
                     " last_birth_at = ?, enrolled_at = COALESCE(enrolled_at, ?) WHERE id = ?",
+    [S_DEV_KEY] = "UPDATE devices SET pubkey = ? WHERE id = ? AND pubkey IS NULL",
     [S_EVENT] = "INSERT INTO events (at, device, type, detail) VALUES (?, ?, ?, ?)",
     [S_REJ] = "INSERT INTO rejections (device, reason, count, first_at, last_at, last_detail)"
               " VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (device, reason) DO UPDATE SET"
@@ -540,6 +541,20 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 
 /* ---- items ---- */
 
+/* A device that holds no key gets this one (revoked: see do_reject). */
+static int hold_key(struct brg_committer *c, struct wdev *w, const struct wire_pubkey *k)
+{
+	int rc;
+	BBLOB(S_DEV_KEY, 1, k->raw, WIRE_PUBKEY_LEN);
+	B64(S_DEV_KEY, 2, w->key);
+	if ((rc = brg_commit__run(c, S_DEV_KEY)))
+		goto out;
+	memcpy(w->pub, k->raw, WIRE_PUBKEY_LEN);
+	w->has_key = 1;
+out:
+	return rc;
+}
+
 static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
 {
 	if (!w) /* not an Outpost topic: nothing to count it against */
@@ -550,9 +565,15 @@ static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_i
 		return 0; /* released meanwhile; the device resends */
 	if (!strcmp(it->reason, BRG_R_UNKNOWN) && w->has_key)
 		return 0; /* enrolled meanwhile; the device resends */
-	/* The CRL revokes the key it certifies: the enrolled one, or none yet. A Birth of an
-	 * earlier key the device has since rotated away from (redelivered, or committed late by
-	 * another bridge of the group) is refused and changes nothing. */
+	/* The CRL revokes the key it certifies: the enrolled one, or none yet, and then that key
+	 * is held (a certificate re-issued for it must not enrol the id; a new key does). A Birth
+	 * of an earlier key the device has since rotated away from (redelivered, or committed late
+	 * by another bridge of the group) is refused and changes nothing. */
+	if (!strcmp(it->reason, BRG_R_REVOKED) && it->crl_revoked && !w->has_key) {
+		int rc = hold_key(c, w, &it->key);
+		if (rc)
+			return rc;
+	}
 	if (!strcmp(it->reason, BRG_R_REVOKED) && !brg_commit__is_state(w, STORE_ST_REVOKED)) {
 		if (it->crl_revoked &&
 		    (!w->has_key || !memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN))) {

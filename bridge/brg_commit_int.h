@@ -22,6 +22,7 @@ enum {
 	S_DEV_SEL,
 	S_DEV_UPD,
 	S_DEV_BIRTH,
+	S_DEV_KEY,
 	S_EVENT,
 	S_REJ,
 	S_ENV_INS,

@@ -316,7 +316,7 @@ static int next_delay(struct brg_mqtt *m, int rc, int *lost, int *backoff)
 	int accepted = m->accepted, refused = m->refused;
 	m->accepted = m->refused = 0;
 	pthread_mutex_unlock(&m->mu);
-	if (accepted) {
+	if (accepted && !refused) { /* a partial grant is a refusal */
 		*lost = 0;
 		*backoff = BACKOFF_MIN_MS;
 	}

@@ -104,13 +104,17 @@ static char *redact(const char *url)
 	if (!out)
 		return NULL;
 	if (auth) {
-		/* up to the last '@' before the path: libpq stops at the first, more is hidden */
+		/* A password is what lies between the first ':' and the first '@' (libpq stops
+		 * there); more is hidden, up to the last '@' before the path or a query that
+		 * begins after the first '@' (which may hold passwords of its own, below). */
 		auth += 3;
-		const char *end = auth + strcspn(auth, "/"), *at = NULL;
-		for (const char *q = auth; q < end; q++)
+		const char *end = auth + strcspn(auth, "/");
+		const char *first = memchr(auth, '@', (size_t)(end - auth)), *at = first;
+		const char *qm = first ? memchr(first, '?', (size_t)(end - first)) : NULL;
+		for (const char *q = first; q && q < (qm ? qm : end); q++)
 			if (*q == '@')
 				at = q;
-		const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+		const char *colon = first ? memchr(auth, ':', (size_t)(first - auth)) : NULL;
 		if (colon) {
 			memcpy(o, url, (size_t)(colon + 1 - url));
 			o += colon + 1 - url;

@@ -277,8 +277,10 @@ int dev_proxy_env_hide(struct dev_proxy_env *e)
 		unsetenv(proxy_vars[i]);
 	return 0;
 fail:
-	while (n)
+	while (n) {
 		free(e->saved[--n]);
+		e->saved[n] = NULL; /* holds nothing: restore and free may still be called */
+	}
 	return -1;
 }
 

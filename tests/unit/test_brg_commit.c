@@ -501,15 +501,22 @@ Test(brg_commit, a_revoked_certificate_revokes_only_the_key_it_certifies)
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 3);
 }
 
-/* Revoked before any key was enrolled (its first Birth carried its revoked certificate): no
- * key is held, so a Birth with a new certificate from the CA enrols the id (PROTOCOL 5.4),
- * while the revoked certificate stays refused. */
+/* Revoked before any key was enrolled (its first Birth carried its revoked certificate): the
+ * revoked key is held, so a certificate re-issued for it cannot enrol the id, and a Birth with
+ * a new key from the CA does (PROTOCOL 5.4). */
 Test(brg_commit, a_device_revoked_before_it_enrolled_comes_back_with_a_new_key)
 {
-	commit_one(revoked_birth(4));
-	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
-	                 " state = 'revoked' AND pubkey IS NULL"),
-	             1);
+	struct brg_item *first = revoked_birth(4);
+	struct store_stmt *st = NULL;
+	cr_assert_eq(store_prepare(s, "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked'"
+	                              " AND state = 'revoked' AND pubkey = ?",
+	                           &st),
+	             STORE_OK);
+	cr_assert_eq(store_bind_blob(st, 1, first->key.raw, WIRE_PUBKEY_LEN), STORE_OK);
+	commit_one(first);
+	cr_assert_eq(store_step(st), 1, "%s", store_errmsg(s));
+	cr_expect_eq(store_col_i64(st, 0), 1, "the revoked key is held");
+	store_stmt_free(st);
 	commit_one(revoked_birth(5));
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
 	size_t blen;

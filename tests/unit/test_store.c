@@ -426,6 +426,11 @@ Test(store, urls_hide_every_password)
 	     "postgresql://u:***@127.0.0.1:1/db?sslmode=disable", "cr#et"},
 	    {"mysql://h/db?a=1&sslpassword=kp4&passfile=/p",
 	     "mysql://h/db?a=1&sslpassword=***&passfile=/p", "kp4"},
+	    /* no path: the query follows the port; an '@' in it is no user info */
+	    {"postgresql://u@127.0.0.1:1?password=ab@cd", "postgresql://u@127.0.0.1:1?password=***",
+	     "cd"},
+	    {"postgresql://u:pw@127.0.0.1:1?sslpassword=a:b@c5",
+	     "postgresql://u:***@127.0.0.1:1?sslpassword=***", "c5"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct store *s = NULL;
