@@ -36,6 +36,7 @@ struct brg_mqtt {
 	int accepted; /* subscriptions granted / CONNACK or a subscription refused, since the
 		       * network thread last looked */
 	int refused;
+	int connacked; /* a CONNACK accepted since the network thread last looked */
 	long pending; /* QoS 1 publishes not yet acknowledged */
 	int lib;      /* holds a mosquitto_lib_init reference */
 	/* Held around each call into the caller (on_message, log). Once brg_mqtt_stop gave up on
@@ -92,6 +93,7 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	mosquitto_log_callback_set(mosq, NULL);
 	pthread_mutex_lock(&m->mu);
 	m->connected = 1;
+	m->connacked = 1;
 	pthread_mutex_unlock(&m->mu);
 	logm(m, OLOG_INFO, "connected to %s:%d as %s (session %s)", m->host, m->o.port,
 	     m->client_id, flags & 1 ? "resumed" : "new");
@@ -313,8 +315,10 @@ static int run_connected(struct brg_mqtt *m)
 static int next_delay(struct brg_mqtt *m, int rc, int *lost, int *backoff)
 {
 	pthread_mutex_lock(&m->mu);
-	int accepted = m->accepted, refused = m->refused;
-	m->accepted = m->refused = 0;
+	/* dropped between the CONNACK and the grant: refused too (the broker's ACL plugin drops
+	 * a revoked certificate at once, before or after the SUBACK) */
+	int accepted = m->accepted, refused = m->refused || (m->connacked && !m->accepted);
+	m->accepted = m->refused = m->connacked = 0;
 	pthread_mutex_unlock(&m->mu);
 	if (accepted && !refused) { /* a partial grant is a refusal */
 		*lost = 0;
