@@ -7,6 +7,7 @@
 
 #include "brg_commit_int.h"
 #include "brg_err.h"
+#include "oarray.h"
 #include "olog.h"
 #include "store_ops.h"
 #include "wire_env.h"
@@ -154,18 +155,10 @@ void brg_outcome_free(struct brg_outcome *o)
 	memset(o, 0, sizeof(*o));
 }
 
-/* Grow *arr (of elem-sized entries) so one more fits. */
+/* Grow *arr (of elem-sized entries) so one more fits: 0 or STORE_ENOMEM. */
 int brg_commit__reserve(void **arr, size_t *cap, size_t n, size_t elem)
 {
-	if (n < *cap)
-		return 0;
-	size_t nc = *cap ? *cap * 2 : 16;
-	void *p = realloc(*arr, nc * elem);
-	if (!p)
-		return STORE_ENOMEM;
-	*arr = p;
-	*cap = nc;
-	return 0;
+	return oarray_reserve(arr, cap, n, elem) ? STORE_ENOMEM : 0;
 }
 
 struct brg_reply *brg_commit__add_reply(struct brg_outcome *o)

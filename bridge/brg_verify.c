@@ -214,11 +214,13 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 		return reject(it, BRG_R_SIG,
 		              "birth seq %llu: signature does not verify with its certificate",
 		              (unsigned long long)env->seq);
-	/* A new key: the store's view of the device, not the cache's (a device the verifiers
-	 * hold as active for good may have been revoked by outpostctl since), so that what stays
-	 * beside the pending Birth (the key and whether it is revoked) is what the store holds. */
+	/* A new key for a device cached with one: the store's view of the device, not the
+	 * cache's (a device the verifiers hold as active for good may have been revoked by
+	 * outpostctl since), so that what stays beside the pending Birth (the key and whether it
+	 * is revoked) is what the store holds. Without a key the cache is at most a second old
+	 * (brg_registry_get): a new device's first Birth costs no second read. */
 	struct brg_dev_info stored;
-	if (!info->has_key || memcmp(info->key.raw, cert.key.raw, sizeof(cert.key.raw))) {
+	if (info->has_key && memcmp(info->key.raw, cert.key.raw, sizeof(cert.key.raw))) {
 		if (lookup(v, it->device, 0, &stored))
 			return unjudged(it);
 		info = &stored;

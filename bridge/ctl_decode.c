@@ -3,12 +3,12 @@
  * signatures with the certificates given (--pki DIR, --cert FILE). */
 #include <ctype.h>
 #include <inttypes.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl.h"
+#include "oarray.h"
 #include "ohex.h"
 #include "outpost.pb-c.h"
 #include "wire_batch.h"
@@ -47,21 +47,6 @@ struct dec {
 	int failures;
 };
 
-/* Room for one more of n elements of size in arr (capacity *cap), doubling; the array moved
- * (pointers into it are stale), or NULL out of memory with arr untouched. */
-static void *grow(void *arr, size_t n, size_t *cap, size_t size)
-{
-	if (n < *cap)
-		return arr;
-	size_t ncap = *cap ? *cap * 2 : 16;
-	if (ncap > SIZE_MAX / size)
-		return NULL;
-	void *p = realloc(arr, ncap * size);
-	if (p)
-		*cap = ncap;
-	return p;
-}
-
 /* Trust the certificate at path; must: given by the user (a failure is a usage error), else
  * looked up for cn in the PKI directory (absent, or for another CN: a signer for cn that is
  * none; not trusted: a refused signer). Out of memory: said, counted as a failure, CTL_FAIL
@@ -72,14 +57,13 @@ static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 	size_t len = 0;
 	struct wire_cert_info info;
 	struct wire_diag diag = {""};
-	struct signer *s, *certs = grow(d->certs, d->n_certs, &d->cap_certs, sizeof(*certs));
+	struct signer *s;
 	int rc;
-	if (!certs) {
+	if (oarray_reserve((void **)&d->certs, &d->cap_certs, d->n_certs, sizeof(*d->certs))) {
 		d->failures++;
 		return ctl_err(CTL_FAIL, "decode: %s: out of memory after %zu certificates", path,
 		               d->n_certs);
 	}
-	d->certs = certs;
 	if (wire_cert_read(path, &pem, &len)) {
 		if (must)
 			return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
@@ -189,15 +173,13 @@ static void remember_birth(struct dec *d, const char *device, Outpost__Birth *b)
 			d->cats[i].birth = b;
 			return;
 		}
-	struct catalog *cats = grow(d->cats, d->n_cats, &d->cap_cats, sizeof(*cats));
-	if (!cats) {
+	if (oarray_reserve((void **)&d->cats, &d->cap_cats, d->n_cats, sizeof(*d->cats))) {
 		wire_msg_free(b);
 		d->failures++;
 		ctl_err(CTL_FAIL, "decode: out of memory after %zu Births: %s's metrics not kept",
 		        d->n_cats, device);
 		return;
 	}
-	d->cats = cats;
 	snprintf(d->cats[d->n_cats].device, sizeof(d->cats[0].device), "%s", device);
 	d->cats[d->n_cats++].birth = b;
 }

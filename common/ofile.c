@@ -21,6 +21,21 @@ int ofile_sync_dir(const char *dir)
 	return rc ? -1 : 0;
 }
 
+int ofile_sync_parent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path)
+		return ofile_sync_dir(slash ? "/" : ".");
+	char *dir = strndup(path, (size_t)(slash - path));
+	if (!dir) {
+		errno = ENOMEM;
+		return -1;
+	}
+	int rc = ofile_sync_dir(dir);
+	free(dir);
+	return rc;
+}
+
 /* mkdir path, then fsync its parent (path is cut at its last '/'): also when path existed, as
  * whoever made it (`mkdir -p` in an entrypoint) may not have; that fsync is then best effort. */
 static int mkdir_durably(char *path, unsigned mode)
@@ -35,15 +50,7 @@ static int mkdir_durably(char *path, unsigned mode)
 			return -1;
 		}
 	}
-	char *slash = strrchr(path, '/');
-	int rc;
-	if (!slash || slash == path) {
-		rc = ofile_sync_dir(slash ? "/" : ".");
-	} else {
-		*slash = '\0';
-		rc = ofile_sync_dir(path);
-		*slash = '/';
-	}
+	int rc = ofile_sync_parent(path);
 	return made ? rc : 0;
 }
 
@@ -90,15 +97,12 @@ int ofile_write_all(int fd, const void *data, size_t n)
 
 int ofile_replace(const char *path, const void *data, size_t len)
 {
-	char *tmp = NULL, *dir = NULL;
+	char *tmp = NULL;
 	int rc = -1, fd = -1;
-	if (asprintf(&tmp, "%s.tmp", path) < 0 || !(dir = strdup(path))) {
+	if (asprintf(&tmp, "%s.tmp", path) < 0) {
 		errno = ENOMEM;
 		goto out;
 	}
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		slash[slash == dir] = '\0'; /* "/x" -> "/" */
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0 || ofile_write_all(fd, data, len) || fsync(fd))
 		goto out;
@@ -107,7 +111,7 @@ int ofile_replace(const char *path, const void *data, size_t len)
 		goto out;
 	}
 	fd = -1;
-	if (rename(tmp, path) || ofile_sync_dir(slash ? dir : "."))
+	if (rename(tmp, path) || ofile_sync_parent(path))
 		goto out;
 	rc = 0;
 out:
@@ -119,6 +123,5 @@ out:
 		errno = e;
 	}
 	free(tmp);
-	free(dir);
 	return rc;
 }

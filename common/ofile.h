@@ -16,6 +16,9 @@ int ofile_write_all(int fd, const void *data, size_t n);
 /* fsync a directory, so that a rename or a new file in it survives a power cut. 0 or -1. */
 int ofile_sync_dir(const char *dir);
 
+/* fsync the directory holding path ("." for a bare name, "/" for "/x"). 0 or -1. */
+int ofile_sync_parent(const char *path);
+
 /* Create dir and its missing parents with mode (as far as the umask allows), each durably (its
  * parent fsync'ed, also for one that existed: another program may just have made it): files
  * later made durable inside do not vanish with it at a power cut. An existing directory is

@@ -20,8 +20,7 @@ struct entry {
 
 struct dev_catalog {
 	char *path;
-	char *dir;	 /* the directory holding path */
-	int dir_synced;	 /* dir was fsync'ed since open: the file's entry in it is on disk */
+	int dir_synced;	 /* path's directory was fsync'ed since open: its entry there is on disk */
 	struct entry *e;
 	size_t n, cap;
 	uint32_t *slots; /* index+1 into e, 0 = empty */
@@ -88,20 +87,11 @@ static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const
 	return DEV_CATALOG_OK;
 }
 
-/* The directory holding path, allocated: "." for a bare name, "/" for "/x". */
-static char *dir_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	if (!slash)
-		return strdup(".");
-	return strndup(path, slash == path ? 1 : (size_t)(slash - path));
-}
-
 int dev_catalog_open(const char *path, struct dev_catalog **out)
 {
 	struct dev_catalog *c = calloc(1, sizeof(*c));
 	int rc = DEV_CATALOG_ENOMEM;
-	if (!c || !(c->path = strdup(path)) || !(c->dir = dir_of(path)))
+	if (!c || !(c->path = strdup(path)))
 		goto fail;
 	FILE *f = fopen(path, "r");
 	if (!f && errno != ENOENT) {
@@ -154,7 +144,6 @@ void dev_catalog_close(struct dev_catalog *c)
 	free(c->e);
 	free(c->slots);
 	free(c->path);
-	free(c->dir);
 	free(c);
 }
 
@@ -187,7 +176,7 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 	 * created (or a crashed one created and never synced) could vanish at a power cut
 	 * with ids already spooled */
 	int ok = pwrite(fd, line, (size_t)len, c->size) == len && fdatasync(fd) == 0 &&
-		 (c->dir_synced || ofile_sync_dir(c->dir) == 0);
+		 (c->dir_synced || ofile_sync_parent(c->path) == 0);
 	if (!ok && ftruncate(fd, c->size) == 0) /* a short write leaves no partial line */
 		fdatasync(fd);
 	close(fd);

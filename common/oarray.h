@@ -1,0 +1,12 @@
+/* oarray.h - growing a plain C array by doubling. */
+#ifndef OARRAY_H
+#define OARRAY_H
+
+#include <stddef.h>
+
+/* Make room in *arr (capacity *cap entries of elem bytes, n of them used) for one more entry,
+ * doubling from 16. 0, or -1 when out of memory (or the size would overflow): *arr and *cap
+ * are then unchanged. The array may move: pointers into it are stale after a growth. */
+int oarray_reserve(void **arr, size_t *cap, size_t n, size_t elem);
+
+#endif
