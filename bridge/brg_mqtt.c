@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,11 @@ struct brg_mqtt {
 		       * network thread last looked */
 	int refused;
 	int connacked; /* a CONNACK accepted since the network thread last looked */
+	/* network thread only: the subscriptions of this connection, sent in rounds; a round
+	 * with a refusal is sent again after resub_ms, doubling, while the connection lasts */
+	int sub_sent, sub_acked, sub_refused;
+	int resub_ms;
+	int64_t resub_at_ms; /* monotonic; 0: none due */
 	long pending; /* QoS 1 publishes not yet acknowledged */
 	int lib;      /* holds a mosquitto_lib_init reference */
 	/* Held around each call into the caller (on_message, log). Once brg_mqtt_stop gave up on
@@ -76,11 +82,52 @@ static void on_log(struct mosquitto *mosq, void *ud, int level, const char *line
 	snprintf(m->tls_error, sizeof(m->tls_error), "%s", reason && reason[1] ? reason + 1 : line);
 }
 
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One round of the bridge's subscriptions (network thread). Subscriptions live in the
+ * persistent session; repeating them is harmless. Without a share group they are plain:
+ * mosquitto 2.0.11 restores those from its persistence at a restart, but not shared ones
+ * (until the bridge subscribes again, what devices publish reaches no bridge and waits for
+ * their ack timeout). */
+static void subscribe_all(struct brg_mqtt *m)
+{
+	char topic[160];
+	m->sub_sent = m->sub_acked = m->sub_refused = 0;
+	m->resub_at_ms = 0;
+	for (size_t i = 0; i < N_UPLINKS; i++) {
+		if (m->share_group && *m->share_group)
+			snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group,
+			         uplinks[i]);
+		else
+			snprintf(topic, sizeof(topic), "outpost/v1/+/%s", uplinks[i]);
+		if (mosquitto_subscribe_v5(m->mosq, NULL, topic, 1, 0, NULL) == MOSQ_ERR_SUCCESS)
+			m->sub_sent++;
+		else
+			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
+	}
+	/* Status goes to every bridge (a plain subscription, not shared): each follows it. The
+	 * broker's plugin lets a device retain nothing but its status. At the first connect of
+	 * this process every retained status is asked for again, even in a resumed session: one
+	 * that arrived while the last process was stopping was acknowledged and not stored. */
+	int opts = m->status_read ? MQTT_SUB_OPT_SEND_RETAIN_NEW : MQTT_SUB_OPT_SEND_RETAIN_ALWAYS;
+	if (mosquitto_subscribe_v5(m->mosq, NULL, "outpost/v1/+/status", 1, opts, NULL) !=
+	    MOSQ_ERR_SUCCESS) {
+		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
+	} else {
+		m->sub_sent++;
+		m->status_read = 1;
+	}
+}
+
 static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
                        const mosquitto_property *props)
 {
 	struct brg_mqtt *m = ud;
-	char topic[160];
 	(void)props;
 	if (rc) {
 		logm(m, OLOG_ERROR, "broker %s:%d refused the connection: %s", m->host, m->o.port,
@@ -97,31 +144,13 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	pthread_mutex_unlock(&m->mu);
 	logm(m, OLOG_INFO, "connected to %s:%d as %s (session %s)", m->host, m->o.port,
 	     m->client_id, flags & 1 ? "resumed" : "new");
-	/* Subscriptions live in the persistent session; repeating them is harmless. Without a
-	 * share group they are plain: mosquitto 2.0.11 restores those from its persistence at a
-	 * restart, but not shared ones (until the bridge subscribes again, what devices publish
-	 * reaches no bridge and waits for their ack timeout). */
-	for (size_t i = 0; i < N_UPLINKS; i++) {
-		if (m->share_group && *m->share_group)
-			snprintf(topic, sizeof(topic), "$share/%s/outpost/v1/+/%s", m->share_group,
-			         uplinks[i]);
-		else
-			snprintf(topic, sizeof(topic), "outpost/v1/+/%s", uplinks[i]);
-		if (mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
-			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
-	}
-	/* Status goes to every bridge (a plain subscription, not shared): each follows it. The
-	 * broker's plugin lets a device retain nothing but its status. At the first connect of
-	 * this process every retained status is asked for again, even in a resumed session: one
-	 * that arrived while the last process was stopping was acknowledged and not stored. */
-	int opts = m->status_read ? MQTT_SUB_OPT_SEND_RETAIN_NEW : MQTT_SUB_OPT_SEND_RETAIN_ALWAYS;
-	if (mosquitto_subscribe_v5(mosq, NULL, "outpost/v1/+/status", 1, opts, NULL) !=
-	    MOSQ_ERR_SUCCESS)
-		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
-	else
-		m->status_read = 1;
+	subscribe_all(m);
 }
 
+/* A round is judged once every SUBACK of it is in. The bridge is in service once all its
+ * subscriptions are granted, not at the CONNACK. A refusal (the ACL) keeps what was granted
+ * and asks again for the whole round after 0.5 s, doubling up to 30 s, without dropping the
+ * connection: the granted topics go on flowing meanwhile. */
 static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const int *granted,
                          const mosquitto_property *props)
 {
@@ -129,21 +158,28 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const
 	(void)mosq;
 	(void)mid;
 	(void)props;
-	int refused = 0;
 	for (int i = 0; i < n; i++)
 		if (granted[i] > 2) {
-			refused = 1;
+			m->sub_refused++;
 			logm(m, OLOG_ERROR,
 			     "broker refused a subscription (reason 0x%02x): check the ACL "
 			     "for outpost-bridge",
 			     granted[i]);
 		}
-	/* the bridge is in service once its subscriptions are granted, not at the CONNACK */
+	if (++m->sub_acked < m->sub_sent)
+		return;
+	int refused = m->sub_refused > 0;
+	if (refused) {
+		logm(m, OLOG_WARN, "%d of %d subscriptions refused; asking again in %d ms",
+		     m->sub_refused, m->sub_sent, m->resub_ms);
+		m->resub_at_ms = mono_ms() + m->resub_ms;
+		m->resub_ms = m->resub_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : m->resub_ms * 2;
+	} else {
+		m->resub_ms = BACKOFF_MIN_MS;
+	}
 	pthread_mutex_lock(&m->mu);
-	if (refused)
-		m->refused = 1;
-	else
-		m->accepted = 1;
+	m->refused = refused; /* the latest round tells */
+	m->accepted = !refused;
 	pthread_mutex_unlock(&m->mu);
 }
 
@@ -230,6 +266,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	mosquitto_lib_init(); /* reference counted; released in brg_mqtt_free */
 	m->lib = 1;
 	m->o = *o;
+	m->resub_ms = BACKOFF_MIN_MS;
 	m->host = dup_or_null(o->host, &fail);
 	m->client_id = dup_or_null(o->client_id, &fail);
 	m->share_group = dup_or_null(o->share_group, &fail);
@@ -297,8 +334,17 @@ static void nap(struct brg_mqtt *m, int ms)
 static int run_connected(struct brg_mqtt *m)
 {
 	int rc = MOSQ_ERR_SUCCESS;
-	while (rc == MOSQ_ERR_SUCCESS && !stopping(m))
-		rc = mosquitto_loop(m->mosq, 1000, 1);
+	while (rc == MOSQ_ERR_SUCCESS && !stopping(m)) {
+		int wait_ms = 1000;
+		if (m->resub_at_ms) {
+			int64_t left = m->resub_at_ms - mono_ms();
+			if (left <= 0)
+				subscribe_all(m); /* clears resub_at_ms */
+			else if (left < wait_ms)
+				wait_ms = (int)left;
+		}
+		rc = mosquitto_loop(m->mosq, wait_ms, 1);
+	}
 	if (stopping(m)) {
 		mosquitto_disconnect_v5(m->mosq, MQTT_RC_NORMAL_DISCONNECTION, NULL);
 		for (int i = 0; i < 20 && mosquitto_loop(m->mosq, 100, 1) == MOSQ_ERR_SUCCESS; i++)

@@ -60,6 +60,21 @@ for b in "$device_bin" "$bridge_bin" "$ctl_bin" "$builddir/broker/outpost_auth.s
 	[ -x "$b" ] || [ -r "$b" ] || { echo "run-local: missing $b (build first, or drop --no-build)" >&2; exit 1; }
 done
 
+# What an earlier run left alive (this script killed with SIGKILL, say): its processes run in
+# sessions of their own, so they outlive it; their pids are kept in $pidfile.
+pidfile=$state/run.pids
+if [ -r "$pidfile" ]; then
+	left=()
+	while read -r p; do
+		[[ "$p" =~ ^[0-9]+$ ]] && grep -qa -e outpost -e mosquitto "/proc/$p/cmdline" 2>/dev/null &&
+			left+=("$p")
+	done <"$pidfile"
+	if [ ${#left[@]} -gt 0 ]; then
+		echo "run-local: an earlier run's processes are still alive: ${left[*]}; stop them with" \
+			"'kill ${left[*]}' (or see $pidfile)" >&2
+		exit 1
+	fi
+fi
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$wss" "$mqtts" "$internal"; do
 	if port_busy "$p"; then
@@ -94,7 +109,10 @@ cleanup() {
 		esac
 		for p in "${list[@]+"${list[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
 		# (a Ctrl-C also kills a `sleep` or `seq` running here: neither may end the script)
-		for ((i = 0; i < 100; i++)); do
+		# the bridge may take its shutdown_timeout (15 s) to commit and ack what is in flight
+		local tenths=100
+		[ "$group" = bridge ] && tenths=200
+		for ((i = 0; i < tenths; i++)); do
 			local alive=0
 			for p in "${list[@]+"${list[@]}"}"; do kill -0 "$p" 2>/dev/null && alive=1; done
 			[ "$alive" = 0 ] || [ "$hurry" = 1 ] && break
@@ -103,8 +121,9 @@ cleanup() {
 		for p in "${list[@]+"${list[@]}"}"; do kill -KILL "$p" 2>/dev/null || true; done
 	done
 	wait 2>/dev/null || true
+	rm -f "$pidfile"
 }
-device_pids=() bridge_pid="" broker_pid=""
+device_pids=() device_ids=() bridge_pid="" broker_pid="" bridge_started=0 bridge_quick=0
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 trap 'cleanup; exit 129' HUP
@@ -119,6 +138,7 @@ OUTPOST_PKI_DIR=$pki OUTPOST_BROKER_DIR=$state/broker OUTPOST_WSS_PORT=$wss OUTP
 	OUTPOST_AUTH_PLUGIN=$builddir/broker/outpost_auth.so \
 	setsid "$root/docker/mosquitto/run-broker.sh" >>"$state/logs/broker.log" 2>&1 &
 broker_pid=$!
+echo "$broker_pid" >"$pidfile"
 for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$internal" && break; sleep 0.1; done
 port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
 
@@ -127,6 +147,8 @@ start_bridge() {
 	(umask 077 && exec setsid "$bridge_bin" --pki-dir "$pki" --broker-host 127.0.0.1 --broker-port "$internal" \
 		--store "$store" --client-id outpost-bridge-local --share-group '') >>"$state/logs/bridge.log" 2>&1 &
 	bridge_pid=$!
+	bridge_started=$(date +%s)
+	echo "$bridge_pid" >>"$pidfile"
 }
 say "bridge: store $store"
 bridge_connects() { local n; n=$(grep -c 'connected to' "$state/logs/bridge.log" 2>/dev/null) || true; echo "${n:-0}"; }
@@ -151,7 +173,10 @@ say "devices: $devices (logs in $state/logs)"
 for i in $(seq 1 "$devices"); do
 	id=$(printf 'device-%04d' "$i")
 	if revoked "$id"; then
-		say "$id: certificate revoked; not started (delete $pki/devices/$id.* to re-provision it)"
+		# its spool holds envelopes signed with the revoked key, which a re-enrolled device
+		# would send again and the bridge refuse (bad_signature, then quarantine)
+		say "$id: certificate revoked; not started (to re-provision it, delete $pki/devices/$id.*" \
+			"and its state, $state/devices/$id)"
 		continue
 	fi
 	setsid "$device_bin" --id "$id" --broker-host localhost --wss-port "$wss" --mqtts-port "$mqtts" \
@@ -160,7 +185,12 @@ for i in $(seq 1 "$devices"); do
 		--collectors proc,sim --sim-metrics 10 --sample-interval 2s --batch-interval 6s \
 		--poll-interval 10s --backoff-max 10s >>"$state/logs/$id.log" 2>&1 &
 	device_pids+=($!)
+	device_ids+=("$id")
+	echo "$!" >>"$pidfile"
 done
+device_gone=() notices=()
+# what happened to a process: said at once, and kept under the live view, which clears the screen
+notice() { say "$*"; notices+=("$*"); }
 
 view() {
 	"$ctl_bin" --store "$store" devices 2>/dev/null || echo "(store not ready yet)"
@@ -175,15 +205,34 @@ while :; do
 		# e.g. the tour's `pkill -9 -f 'client-id outpost-bridge-local'`: the devices keep spooling, a new bridge
 		# picks up the persistent session, and the devices resend whatever was not acked
 		wait "$bridge_pid" 2>/dev/null && st=0 || st=$?
-		say "the bridge exited (status $st); starting a new one (see $state/logs/bridge.log)"
+		# status 2 is a configuration it refuses (bad option, expired CRL): starting it again
+		# cannot help; nor can a bridge that keeps dying at start
+		[ $(($(date +%s) - bridge_started)) -lt 10 ] && bridge_quick=$((bridge_quick + 1)) ||
+			bridge_quick=0
+		if [ "$st" = 2 ] || [ "$bridge_quick" -ge 5 ]; then
+			echo "run-local: the bridge exited (status $st)$([ "$st" = 2 ] ||
+				echo " 5 times in a row at start"); its last lines ($state/logs/bridge.log):" >&2
+			tail -n 5 "$state/logs/bridge.log" >&2 || true
+			exit 1
+		fi
+		notice "the bridge exited (status $st); starting a new one (see $state/logs/bridge.log)"
 		sleep 1
 		start_bridge
 	fi
+	for i in "${!device_pids[@]}"; do
+		[ -z "${device_gone[i]:-}" ] && ! kill -0 "${device_pids[i]}" 2>/dev/null || continue
+		wait "${device_pids[i]}" 2>/dev/null && st=0 || st=$?
+		device_gone[i]=1
+		notice "${device_ids[i]} exited (status $st); see $state/logs/${device_ids[i]}.log"
+	done
 	now=$(date +%s)
 	if [ "$tty" = 1 ]; then
 		printf '\033[H\033[2J'
 		printf 'Outpost local stack, %ss  (Ctrl-C stops)\n\n' "$((now - start))"
 		view
+		[ ${#notices[@]} -eq 0 ] || printf '\n'
+		from=$((${#notices[@]} > 5 ? ${#notices[@]} - 5 : 0))
+		for n in "${notices[@]:from}"; do say "$n"; done
 	elif [ $(((now - start) % 10)) -lt 2 ]; then
 		printf '\n[%ss]\n' "$((now - start))"
 		view

@@ -172,3 +172,124 @@ Test(local, run_local_refuses_bad_arguments)
 	free(out);
 	free(cmd);
 }
+
+/* run-local's environment for STATE on free ports, and EXTRA (NULL-terminated): env[16] */
+static size_t local_env(const char *state, const char *const *extra, char **env)
+{
+	size_t n = 0;
+	env[n++] = h_strf("OUTPOST_LOCAL_DIR=%s", state);
+	env[n++] = h_strf("OUTPOST_BUILD_DIR=%s", h_build_dir());
+	env[n++] = h_strf("OUTPOST_WSS_PORT=%d", h_free_port());
+	env[n++] = h_strf("OUTPOST_MQTTS_PORT=%d", h_free_port());
+	env[n++] = h_strf("OUTPOST_INTERNAL_PORT=%d", h_free_port());
+	for (; extra && *extra && n < 15; extra++)
+		env[n++] = h_strf("%s", *extra);
+	env[n] = NULL;
+	return n;
+}
+
+/* run-local (2 devices, for duration_s) started in STATE with EXTRA in its environment */
+static pid_t spawn_local(const char *state, const char *const *extra, int duration_s)
+{
+	char *env[16];
+	size_t n = local_env(state, extra, env);
+	char *script = h_strf("%s/scripts/run-local.sh", h_source_dir());
+	char *dur = h_strf("%d", duration_s);
+	char *argv[] = {script, "--devices", "2", "--duration", dur, "--no-build", "--no-bootstrap",
+			NULL};
+	char *log = h_strf("%s/run-local.out", state);
+	pid_t pid = h_spawn(argv, env, log);
+	h_track_pid(pid);
+	for (size_t i = 0; i < n; i++)
+		free(env[i]);
+	free(log);
+	free(dur);
+	free(script);
+	return pid;
+}
+
+/* ... and waited for: its exit status, its output in *out */
+static int run_local_env(const char *state, const char *const *extra, int duration_s, char **out)
+{
+	int rc = h_wait_exit(spawn_local(state, extra, duration_s), 90000);
+	char *log = h_strf("%s/run-local.out", state);
+	*out = h_read_file(log, NULL);
+	if (!*out)
+		*out = h_strf("(no output in %s)", log);
+	free(log);
+	return rc;
+}
+
+static void expect_nothing_left(const char *state)
+{
+	char *cmd = h_strf("pgrep -af [/]%s", state + 1);
+	char *out = NULL;
+	cr_expect_neq(h_sh(cmd, &out, 10), 0, "processes left behind:\n%s", out);
+	free(out);
+	free(cmd);
+}
+
+/* A bridge that refuses its configuration (status 2) is not started again and again: the
+ * script stops, showing the bridge's own words. */
+Test(local, run_local_stops_on_a_bridge_that_refuses_its_configuration, .timeout = 120)
+{
+	const char *const extra[] = {"OUTPOST_BRIDGE_LOG_LEVEL=chatty", NULL};
+	char *state = h_tmpdir("local-badbridge"), *out;
+	int rc = run_local_env(state, extra, 60, &out);
+	cr_expect_eq(rc, 1, "%s", out);
+	cr_expect(strstr(out, "the bridge exited (status 2); its last lines"), "%s", out);
+	cr_expect(strstr(out, "log_level"), "the bridge's reason is not shown:\n%s", out);
+	cr_expect(!strstr(out, "starting a new one"), "%s", out);
+	expect_nothing_left(state);
+	free(out);
+	free(state);
+}
+
+/* A device that exits (here: a bad option in its environment) is named, with its log. */
+Test(local, run_local_names_a_device_that_exited, .timeout = 120)
+{
+	const char *const extra[] = {"OUTPOST_DEVICE_RECONNECT_SPREAD=soon", NULL};
+	char *state = h_tmpdir("local-baddev"), *out;
+	int rc = run_local_env(state, extra, 8, &out);
+	cr_expect_eq(rc, 0, "%s", out);
+	cr_expect(strstr(out, "device-0001 exited (status 2); see "), "%s", out);
+	cr_expect(strstr(out, "device-0002 exited (status 2); see "), "%s", out);
+	expect_nothing_left(state);
+	free(out);
+	free(state);
+}
+
+/* The script killed outright (SIGKILL: no clean-up) leaves its processes running, in sessions
+ * of their own; the next run names them instead of failing on a busy port. */
+Test(local, run_local_names_what_an_earlier_run_left_alive, .timeout = 120)
+{
+	char *state = h_tmpdir("local-left");
+	char *blog = h_strf("%s/logs/bridge.log", state);
+	pid_t pid = spawn_local(state, NULL, 0);
+	for (int i = 0; i < 600 && !h_count_in_file(blog, "connected to"); i++)
+		h_sleep_ms(50);
+	cr_assert(h_count_in_file(blog, "connected to"), "the bridge never connected: %s", blog);
+	h_sleep_ms(500); /* the devices started */
+	cr_assert_eq(kill(pid, SIGKILL), 0);
+	h_wait_exit(pid, 10000);
+	char *out;
+	int rc = run_local_env(state, NULL, 5, &out);
+	cr_expect_eq(rc, 1, "%s", out);
+	cr_expect(strstr(out, "an earlier run's processes are still alive: "), "%s", out);
+	/* what it names is what was left: stopping those leaves nothing */
+	char *list = strstr(out, "still alive: ");
+	int named = 0;
+	for (char *p = list ? list + 13 : NULL; p && *p >= '0' && *p <= '9';) {
+		char *end;
+		long left = strtol(p, &end, 10);
+		if (left > 1)
+			named += kill((pid_t)left, SIGKILL) == 0;
+		p = *end == ' ' ? end + 1 : NULL;
+	}
+	cr_expect_eq(named, 4, "broker, bridge and 2 devices: %s", out);
+	h_sleep_ms(500);
+	expect_nothing_left(state);
+	free(out);
+	free(blog);
+	free(state);
+}
