@@ -306,6 +306,17 @@ static int spool_error_due(struct dev_agent *a)
 	return 1;
 }
 
+/* A bridge that holds a frontier from an earlier life of the device acknowledges it on every
+ * batch it refuses: warned of once, then at most every 10 minutes. */
+static int future_ack_due(struct dev_agent *a)
+{
+	int64_t now = otime_mono_ms();
+	if (a->future_acks++ && now - a->last_future_ack_log < 600000 && !olog_enabled(OLOG_DEBUG))
+		return 0;
+	a->last_future_ack_log = now;
+	return 1;
+}
+
 static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 {
 	if (spool_error_due(a))
@@ -649,6 +660,12 @@ static void on_event(struct dev_agent *a, struct dev_link_event *ev)
 					olog(OLOG_ERROR, "spool: an ack was applied but not recorded on disk "
 					     "(%s); after a restart those envelopes may be sent again",
 					     strerror(errno));
+			} else if (rc == DEV_UPLOADER_EFUTURE) {
+				a->bad_acks++;
+				if (future_ack_due(a))
+					olog(OLOG_WARN, "spool: %s: ignored, nothing deleted; was "
+					     "the device's state directory reset? (%" PRIu64
+					     " such acks)", d.msg, a->future_acks);
 			} else if (rc) {
 				a->bad_acks++;
 				olog(OLOG_WARN, "ignored an ack that failed verification: %s%s%s", wire_strerror(rc),

@@ -52,6 +52,10 @@ struct dev_agent {
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;
+	/* acks beyond anything the spool handed out (a reset state directory), and when the last
+	 * warning about them was logged (future_ack_due) */
+	uint64_t future_acks;
+	int64_t last_future_ack_log;
 	char proxy[300];          /* the resolved HTTP CONNECT proxy (dev_proxy.h); "" = none */
 	struct dev_proxy_env proxy_env; /* the proxy variables kept out of the environment */
 	int64_t next_cert_check;  /* monotonic ms: no dev_tlscheck before (one per 10 minutes) */

@@ -27,6 +27,7 @@ const char *dev_spool_strerror(int err)
 	case DEV_SPOOL_ECORRUPT: return "spool record failed its integrity check";
 	case DEV_SPOOL_ETOOBIG: return "record too large for the spool";
 	case DEV_SPOOL_EKEY: return "spool key file unusable";
+	case DEV_SPOOL_EFUTURE: return "ack beyond anything the spool handed out";
 	}
 	return "unknown spool error";
 }
@@ -53,6 +54,11 @@ uint64_t dev_spool_clock_seq(int64_t realtime_ms)
 {
 	return realtime_ms >= CLOCK_SET_MS ? (uint64_t)((realtime_ms - CLOCK_SET_MS) / SEQ_CLOCK_MS) + 1
 					   : 1;
+}
+
+uint64_t dev_spool_next_seq(const struct dev_spool *s)
+{
+	return s->next_seq;
 }
 
 uint64_t dev_spool_last_durable(const struct dev_spool *s)
@@ -654,8 +660,22 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 {
 	uint64_t before = s->acked_upto;
 	size_t nr_before = s->nranges;
+	/* A seq at or above next_seq was never handed out by this spool: the ack is another life's
+	 * (a device re-installed with an empty state directory and a clock before 2020 numbers
+	 * from 1 again, while the bridge acknowledges its frontier for the id, far higher, even
+	 * as it refuses the batches as too_old). Capped to last_durable, it would delete the whole
+	 * backlog, unsent. */
+	int future = upto >= s->next_seq;
+	for (size_t i = 0; i < nranges; i++)
+		future |= ranges[i][1] >= s->next_seq;
+	if (future)
+		return DEV_SPOOL_EFUTURE;
+	/* Seqs in (last_durable, next_seq) were handed out: to envelopes that are not spooled
+	 * (Birth, poll), or before the state file was lost (numbering then resumes far above the
+	 * newest record on disk). What the bridge stored of them acknowledges every record, and
+	 * never what was not written. */
 	if (upto > s->last_durable)
-		upto = s->last_durable; /* never acknowledge what was never written */
+		upto = s->last_durable;
 	if (upto > s->acked_upto)
 		s->acked_upto = upto;
 	for (size_t i = 0; i < nranges; i++)

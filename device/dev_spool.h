@@ -36,6 +36,9 @@ enum dev_spool_err {
 	DEV_SPOOL_ECORRUPT = -6, /* a record failed its integrity check (it is skipped) */
 	DEV_SPOOL_ETOOBIG = -7,	 /* record larger than a segment */
 	DEV_SPOOL_EKEY = -8,	 /* key file has the wrong size or permissions */
+	/* an ack reaches a seq this spool never handed out (an earlier life's, or another
+	 * spool's): refused whole, nothing acknowledged (dev_spool_ack) */
+	DEV_SPOOL_EFUTURE = -9,
 };
 
 const char *dev_spool_strerror(int err);
@@ -69,6 +72,9 @@ void dev_spool_close(struct dev_spool *s); /* accepts NULL */
  * reservation covering it is on disk. */
 int dev_spool_take_seq(struct dev_spool *s, uint64_t *seq);
 
+/* The seq dev_spool_take_seq hands out next: this spool never handed out one at or above it. */
+uint64_t dev_spool_next_seq(const struct dev_spool *s);
+
 /* prev_seq for the next durable envelope: the seq of the last one appended (0 if none ever). */
 uint64_t dev_spool_last_durable(const struct dev_spool *s);
 
@@ -79,7 +85,11 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 		     int64_t t_ms, const uint8_t *env, size_t len);
 
 /* Apply a verified bridge ack: records <= upto and inside ranges are acknowledged; fully
- * acknowledged segments are deleted. ranges are [first,last] pairs, ascending. */
+ * acknowledged segments are deleted. ranges are [first,last] pairs, ascending. An ack whose
+ * upto or a range's last is at or above dev_spool_next_seq() was never for this spool (the
+ * bridge's frontier of an earlier life of the device, whose state directory was reset): it is
+ * refused whole with DEV_SPOOL_EFUTURE and changes nothing. Below that, what lies above the
+ * last durable record (seqs of envelopes that are not spooled) acknowledges only what exists. */
 int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
 		  size_t nranges);
 

@@ -1,4 +1,6 @@
 /* dev_uploader.c - windowed, ack-driven upload of spooled envelopes. */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -253,10 +255,20 @@ int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t l
 			ranges[i][1] = ack->ranges[i]->last;
 		}
 	}
-	uint64_t before = dev_spool_acked_upto(u->spool);
+	uint64_t before = dev_spool_acked_upto(u->spool), top = ack->upto;
+	for (size_t i = 0; i < ack->n_ranges; i++)
+		top = ack->ranges[i]->last > top ? ack->ranges[i]->last : top;
 	int src = dev_spool_ack(u->spool, ack->upto, (const uint64_t(*)[2])ranges, ack->n_ranges);
 	free(ranges);
 	wire_msg_free(ack);
+	if (src == DEV_SPOOL_EFUTURE) {
+		u->st.bad_acks++;
+		if (diag)
+			snprintf(diag->msg, sizeof(diag->msg),
+				 "ack up to %" PRIu64 " beyond anything this spool handed out "
+				 "(next %" PRIu64 ")", top, dev_spool_next_seq(u->spool));
+		return DEV_UPLOADER_EFUTURE;
+	}
 	/* The timer restarts only when the envelope waiting longest is acknowledged (or the
 	 * cumulative point moves), as TCP's does on new cumulative acks: acks of newer envelopes
 	 * alone must not keep a lost older one from ever timing out. */

@@ -45,6 +45,11 @@ void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last);
  * recorded as sent; the next pump tries again. Distinct from every dev_spool_err. */
 #define DEV_UPLOADER_ESEND (-100)
 
+/* A verified ack that names a seq the spool never handed out (DEV_SPOOL_EFUTURE): nothing was
+ * applied; diag names the seq and the spool's next. Distinct from every dev_spool_err and
+ * wire_err. */
+#define DEV_UPLOADER_EFUTURE (-101)
+
 /* Send what the window allows. Returns how many were sent, or a negative dev_spool_err, or
  * DEV_UPLOADER_ESEND. */
 int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx);
@@ -52,7 +57,8 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 /* The payload of a message on our ack topic. Verifies envelope, kind, device id and bridge
  * signature before anything changes. Returns 0 if applied, else a wire_err (diag says why);
  * a rejected ack deletes nothing. WIRE_EIO: verified and applied, but the spool could not
- * record it on disk (a restart may send those envelopes again; the bridge drops duplicates). */
+ * record it on disk (a restart may send those envelopes again; the bridge drops duplicates).
+ * DEV_UPLOADER_EFUTURE: verified, but beyond anything the spool handed out: refused whole. */
 int dev_uploader_on_ack(struct dev_uploader *u, const uint8_t *payload, size_t len, int64_t now,
 			struct wire_diag *diag);
 

@@ -195,8 +195,10 @@ Test(dev_spool, acks_delete_segments_and_survive_reopen)
 	n = read_all(s, 1, got, 300);
 	cr_expect(n >= 150 && n <= 200, "%zu records after reopen", n);
 	cr_expect_eq(got[0], seqs[100]);
-	/* an ack beyond anything written acknowledges only what exists */
-	cr_assert_eq(dev_spool_ack(s, seqs[299] + 1000, NULL, 0), 0);
+	/* an ack up to a seq handed out but not spooled (a poll's) acknowledges only what exists */
+	uint64_t poll;
+	cr_assert_eq(dev_spool_take_seq(s, &poll), 0);
+	cr_assert_eq(dev_spool_ack(s, poll, NULL, 0), 0);
 	cr_expect_eq(dev_spool_acked_upto(s), seqs[299]);
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.records, 0);
@@ -1572,6 +1574,55 @@ Test(dev_spool, a_segment_acknowledged_by_ranges_goes_once_a_newer_one_is_writte
 	cr_assert_eq(read_all(s, 1, got, 4), 2, "b is not sent again");
 	cr_expect_eq(got[0], a);
 	cr_expect_eq(got[1], c);
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* An ack beyond anything the spool handed out was never for it: a device re-installed with an
+ * empty state directory and its clock before 2020 numbers from 1 again, while the bridge
+ * acknowledges its frontier for the id, far higher, even as it refuses the batches as too_old.
+ * It is refused whole: nothing is acknowledged, no segment deleted. Capped to the last durable
+ * record, as it was, it deleted the whole backlog unsent. */
+Test(dev_spool, an_ack_beyond_anything_handed_out_is_refused)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir); /* first_seq 0: numbers from 1, a clock before 2020 */
+	o.segment_bytes = 4096;
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[40];
+	for (int i = 0; i < 40; i++)
+		seqs[i] = put(s, 200, wall_ms());
+	char names[64][600];
+	size_t nseg = segments(dir, names);
+	cr_assert_gt(nseg, 1);
+	uint64_t next = dev_spool_next_seq(s), frontier = 824252801ULL;
+	cr_assert_eq(next, seqs[39] + 1);
+
+	cr_expect_eq(dev_spool_ack(s, frontier, NULL, 0), DEV_SPOOL_EFUTURE);
+	cr_expect_eq(dev_spool_ack(s, next, NULL, 0), DEV_SPOOL_EFUTURE,
+		     "next was never handed out");
+	/* a range reaching beyond takes the rest of its ack with it */
+	uint64_t ranges[2][2] = {{seqs[20], seqs[25]}, {seqs[30], frontier}};
+	cr_expect_eq(dev_spool_ack(s, seqs[10], ranges, 2), DEV_SPOOL_EFUTURE);
+	cr_expect_eq(dev_spool_acked_upto(s), 0);
+	cr_expect_not(dev_spool_is_acked(s, seqs[0]));
+	cr_expect_not(dev_spool_is_acked(s, seqs[22]));
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.records, 40);
+	cr_expect_eq(st.segments, nseg);
+	cr_expect_eq(segments(dir, names), nseg, "segment files were deleted");
+	uint64_t got[64];
+	cr_expect_eq(read_all(s, 1, got, 64), 40);
+	dev_spool_close(s);
+
+	s = open_spool(&o);
+	cr_expect_eq(dev_spool_acked_upto(s), 0, "the refused ack reached the state file");
+	cr_expect_eq(read_all(s, 1, got, 64), 40);
+	/* the bridge's own acks still work */
+	cr_expect_eq(dev_spool_ack(s, seqs[39], NULL, 0), 0);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.records, 0);
 	dev_spool_close(s);
 	free(dir);
 }

@@ -188,6 +188,42 @@ Test(dev_uploader, unverified_acks_change_nothing)
 	teardown(&f);
 }
 
+/* A verified ack beyond anything the spool handed out (the bridge's frontier from an earlier life
+ * of the device, whose state directory was reset) is refused whole with its own code, for the
+ * agent's warning, and deletes nothing; the bridge's next real ack still applies. */
+Test(dev_uploader, an_ack_beyond_the_spool_is_refused_and_deletes_nothing)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 6, 8);
+	dev_uploader_pump(f.up, 0, send_fn, &s);
+	uint64_t next = dev_spool_next_seq(f.spool);
+	struct wire_diag d = {{0}};
+	size_t len;
+	uint8_t *env = ack_env(f.bridge, "dev-a", next + 1000000, &len);
+	cr_expect_eq(dev_uploader_on_ack(f.up, env, len, 1, &d), DEV_UPLOADER_EFUTURE);
+	free(env);
+	char *want = h_strf("ack up to %llu beyond anything this spool handed out (next %llu)",
+			    (unsigned long long)next + 1000000, (unsigned long long)next);
+	cr_expect_str_eq(d.msg, want);
+	free(want);
+	env = ack_env_ranges(f.bridge, "dev-a", f.seqs[1], f.seqs[3], next, &len);
+	cr_expect_eq(dev_uploader_on_ack(f.up, env, len, 1, NULL), DEV_UPLOADER_EFUTURE,
+		     "a range ending at next");
+	free(env);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
+	struct dev_spool_stats st;
+	dev_spool_stats(f.spool, &st);
+	cr_expect_eq(st.records, 6);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.bad_acks, 2);
+	cr_expect_eq(us.inflight, 6);
+	cr_expect_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 2), 0);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[5]);
+	teardown(&f);
+}
+
 Test(dev_uploader, fresh_data_goes_before_the_backlog)
 {
 	struct fixture f;
