@@ -6,6 +6,7 @@
 #ifndef DEV_SPOOL_INT_H
 #define DEV_SPOOL_INT_H
 
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -119,6 +120,12 @@ static inline uint64_t get64(const uint8_t *p)
 }
 
 /* ---------- files and records (dev_spool_seg.c) ---------- */
+
+/* A segment's file name: the seq always in 20 digits, so names sort as their seqs do. */
+#define SEG_NAME "seg-%020" PRIu64 ".log"
+/* 1 if name is exactly what SEG_NAME makes of a seq (*first), with tmp of a segment rewrite's
+ * temporary copy (SEG_NAME ".tmp"); 0 for any other name (seg-1.log, seg-+1.log: not ours). */
+int spool_seg_parse(const char *name, int tmp, uint64_t *first);
 
 /* DEV_SPOOL_ENOSPC for a full disk (errno), else DEV_SPOOL_EIO. */
 int spool_io_err(void);

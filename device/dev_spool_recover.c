@@ -160,15 +160,15 @@ int spool_load_segments(struct dev_spool *s, uint64_t durable)
 		return DEV_SPOOL_EIO;
 	while ((e = readdir(d))) {
 		uint64_t first;
-		char tail[8];
-		int end = 0;
-		if (sscanf(e->d_name, "seg-%20" SCNu64 ".log.tmp%n", &first, &end) == 1 && end &&
-		    !e->d_name[end]) {
+		if (spool_seg_parse(e->d_name, 1, &first)) {
 			/* a rewrite cut short by a crash: the segment it copied is intact */
 			unlinkat(dirfd(d), e->d_name, 0);
 			continue;
 		}
-		if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) != 2 || strcmp(tail, "log"))
+		/* Only names as the spool writes them: a stray file such as seg-1.log would name a
+		 * segment whose file (seg-00000000000000000001.log) does not exist, and the spool
+		 * would not open at all. Other files are not ours: left alone. */
+		if (!spool_seg_parse(e->d_name, 0, &first))
 			continue;
 		struct seg g = {.name = first, .first_seq = first, .fd = -1};
 		if (spool_push_seg(s, &g)) {

@@ -46,9 +46,24 @@ int spool_fsync_dir(const char *dir)
 static char *seg_path(const struct dev_spool *s, uint64_t first)
 {
 	char *p = NULL;
-	if (asprintf(&p, "%s/seg-%020" PRIu64 ".log", s->dir, first) < 0)
+	if (asprintf(&p, "%s/" SEG_NAME, s->dir, first) < 0)
 		return NULL;
 	return p;
+}
+
+int spool_seg_parse(const char *name, int tmp, uint64_t *first)
+{
+	char canon[64];
+	if (strncmp(name, "seg-", 4))
+		return 0;
+	/* strtoull takes a sign, spaces, fewer digits and wraps negatives: only the name it
+	 * formats back to is a segment's (seg_path opens that one) */
+	uint64_t v = strtoull(name + 4, NULL, 10);
+	snprintf(canon, sizeof(canon), SEG_NAME "%s", v, tmp ? ".tmp" : "");
+	if (strcmp(name, canon))
+		return 0;
+	*first = v;
+	return 1;
 }
 
 void spool_hdr_encode(const struct hdr *h, uint8_t out[HDR_LEN])

@@ -1626,3 +1626,45 @@ Test(dev_spool, an_ack_beyond_anything_handed_out_is_refused)
 	dev_spool_close(s);
 	free(dir);
 }
+
+/* Files that only look like segments (the seq not written in 20 digits, signed, too large) are
+ * not the spool's: it opens, reads and appends as usual and leaves them alone, also one that
+ * looks like a rewrite's temporary copy. Before, seg-7.log was taken for segment 7, whose file
+ * (seg-00000000000000000007.log) does not exist, and the spool refused to open. */
+Test(dev_spool, files_named_almost_like_segments_are_left_alone)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[5];
+	fill(&o, 5, 100, seqs);
+	const char *strays[] = {"seg-7.log", "seg-+7.log", "seg--7.log", " seg-7.log",
+				"seg-99999999999999999999.log", "seg- 0000000000000000007.log",
+				"seg-7.log.tmp", "seg-00000000000000000007.log~"};
+	size_t nstrays = sizeof(strays) / sizeof(strays[0]);
+	for (size_t i = 0; i < nstrays; i++) {
+		char *p = h_strf("%s/%s", dir, strays[i]);
+		FILE *f = fopen(p, "w");
+		cr_assert(f && fputs("not a segment", f) >= 0 && fclose(f) == 0, "%s", p);
+		free(p);
+	}
+	struct dev_spool *s = open_spool(&o);
+	uint64_t got[8];
+	cr_expect_eq(read_all(s, 1, got, 8), 5);
+	cr_expect_eq(got[4], seqs[4]);
+	uint64_t more = put(s, 100, wall_ms());
+	dev_spool_close(s);
+	s = open_spool(&o);
+	cr_expect_eq(read_all(s, 1, got, 8), 6);
+	cr_expect_eq(got[5], more);
+	dev_spool_close(s);
+	for (size_t i = 0; i < nstrays; i++) {
+		char *p = h_strf("%s/%s", dir, strays[i]);
+		size_t len = 0;
+		char *data = h_read_file(p, &len);
+		cr_expect(data && len == 13 && !memcmp(data, "not a segment", 13), "%s was changed",
+			  strays[i]);
+		free(data);
+		free(p);
+	}
+	free(dir);
+}
