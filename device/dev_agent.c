@@ -172,8 +172,10 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 				    dev_spool_clock_seq(otime_wall_ms())};
 	int src = dev_spool_open(&so, &a->spool, &why);
 	if (src) {
-		snprintf(err, errlen, "spool %s: %s: %s", cfg->spool_dir, dev_spool_strerror(src),
-			 why ? why : "");
+		int eio = src == DEV_SPOOL_EIO;
+		snprintf(err, errlen, "spool %s: %s: %s%s%s", cfg->spool_dir,
+			 dev_spool_strerror(src), why ? why : "", eio ? ": " : "",
+			 eio ? strerror(errno) : "");
 		goto fail;
 	}
 	snprintf(path, sizeof(path), "%s/metrics", cfg->state_dir);

@@ -173,26 +173,41 @@ static int state_write(struct dev_spool *s)
 	return rc;
 }
 
-/* 0 loaded, 1 missing, -1 corrupt */
+/* 0 loaded, 1 missing, 2 malformed (its content is lost: the open skips far ahead), or
+ * DEV_SPOOL_EIO/ENOMEM when it cannot be read (EACCES, EIO, EISDIR, EMFILE...): that says
+ * nothing about its content, so the open fails and leaves the file as it is, rather than
+ * take it for lost and write a new one over it. */
 static int state_read(struct dev_spool *s)
 {
 	char *path = NULL;
 	uint8_t buf[48 + 4 + MAX_PENDING * 32 + 4];
 	if (asprintf(&path, "%s/state", s->dir) < 0)
-		return -1;
+		return DEV_SPOOL_ENOMEM;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	free(path);
 	if (fd < 0)
-		return errno == ENOENT ? 1 : -1;
-	ssize_t n = read(fd, buf, sizeof(buf));
+		return errno == ENOENT ? 1 : DEV_SPOOL_EIO;
+	size_t n = 0;
+	ssize_t r;
+	while (n < sizeof(buf) && (r = read(fd, buf + n, sizeof(buf) - n)) != 0) {
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			close(fd);
+			errno = e;
+			return DEV_SPOOL_EIO;
+		}
+		n += (size_t)r;
+	}
 	close(fd);
 	if (n < 8 + 32 + 4 + 4 || get32(buf) != STATE_MAGIC || get32(buf + 4) != STATE_VERSION)
-		return -1;
+		return 2;
 	uint32_t np = get32(buf + 40);
 	size_t need = 44 + (size_t)np * 32 + 4;
-	if (np > MAX_PENDING || (size_t)n != need ||
+	if (np > MAX_PENDING || n != need ||
 	    get32(buf + need - 4) != crc32_update(0, buf, need - 4))
-		return -1;
+		return 2;
 	s->seq_reserved = get64(buf + 8);
 	s->acked_upto = get64(buf + 16);
 	s->last_durable = get64(buf + 24);
@@ -439,6 +454,11 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	s->aes_ready = 1;
 
 	int st = state_read(s);
+	if (st < 0) {
+		rc = st;
+		reason = "cannot read the state file (left as it is)";
+		goto fail;
+	}
 	uint64_t was_durable = st == 0 ? s->last_durable : 0;
 	rc = spool_load_segments(s, was_durable);
 	if (rc) {
@@ -504,7 +524,9 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 fail:
 	if (why)
 		*why = reason;
+	int e = errno; /* for the caller's message */
 	dev_spool_close(s);
+	errno = e;
 	return rc;
 }
 

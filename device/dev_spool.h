@@ -64,7 +64,9 @@ uint64_t dev_spool_clock_seq(int64_t realtime_ms);
 struct dev_spool;
 
 /* Open (creating if needed) and recover. *out owned by the caller: dev_spool_close().
- * On failure *why (optional) gets a one-line reason. */
+ * On failure *why (optional) gets a one-line reason, and with DEV_SPOOL_EIO errno says what
+ * failed. A state file that exists but cannot be read (not one that is malformed) fails the
+ * open with DEV_SPOOL_EIO and is left as it is. */
 int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, const char **why);
 void dev_spool_close(struct dev_spool *s); /* accepts NULL */
 

@@ -26,7 +26,7 @@
 #define REC_OVERHEAD (HDR_LEN + NONCE_LEN + TAG_LEN)
 #define MAX_REC_PAYLOAD (1u << 20)
 #define SEQ_BLOCK 1024	       /* seqs reserved on disk per state write */
-#define SEQ_LOST_STATE (1u << 20) /* skipped when the state file is unreadable */
+#define SEQ_LOST_STATE (1u << 20) /* skipped when the state file is missing or malformed */
 #define SEQ_CLOCK_MS 250	       /* a new spool's first seq counts quarter-seconds */
 #define MAX_ACK_RANGES 256
 #define MAX_PENDING WIRE_MAX_DROPPED
