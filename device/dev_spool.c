@@ -1,6 +1,7 @@
 /* dev_spool.c - segmented, AES-256-GCM encrypted, fsync'd queue of envelopes: sequence numbers,
  * acknowledgements, dropped ranges, the state file, limits and the public API. Segment files are
  * in dev_spool_seg.c, recovery in dev_spool_recover.c. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -28,6 +29,7 @@ const char *dev_spool_strerror(int err)
 	case DEV_SPOOL_ETOOBIG: return "record too large for the spool";
 	case DEV_SPOOL_EKEY: return "spool key file unusable";
 	case DEV_SPOOL_EFUTURE: return "ack beyond anything the spool handed out";
+	case DEV_SPOOL_ENOKEY: return "spool key file missing";
 	}
 	return "unknown spool error";
 }
@@ -231,22 +233,59 @@ static void maybe_persist(struct dev_spool *s)
 
 /* ---------- key ---------- */
 
-static int load_key(struct dev_spool *s)
+/* 1 if the directory holds a state file or a segment, 0 if neither, or a negative error. */
+static int holds_data(const struct dev_spool *s)
+{
+	char *path = NULL;
+	struct stat st;
+	if (asprintf(&path, "%s/state", s->dir) < 0)
+		return DEV_SPOOL_ENOMEM;
+	int found = lstat(path, &st) == 0 || errno != ENOENT;
+	free(path);
+	DIR *d = found ? NULL : opendir(s->dir);
+	if (!found && !d)
+		return DEV_SPOOL_EIO;
+	struct dirent *e;
+	uint64_t first;
+	while (d && !found && (e = readdir(d)))
+		found = spool_seg_parse(e->d_name, 0, &first);
+	if (d)
+		closedir(d);
+	return found;
+}
+
+static int load_key(struct dev_spool *s, const char **reason)
 {
 	char *path = NULL;
 	int rc = DEV_SPOOL_EKEY;
+	*reason = "out of memory";
 	if (asprintf(&path, "%s/key", s->dir) < 0)
 		return DEV_SPOOL_ENOMEM;
+	*reason = "key file is not 32 bytes with mode 0600";
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT) {
+		/* The key of a spool holding state or segments is gone: a new one would fail every
+		 * record's tag, and they would be reported dropped as bit rot and cut out of their
+		 * segments. No key can read them but that one. */
+		rc = holds_data(s);
+		if (rc) {
+			*reason = rc < 0 ? "cannot read the spool directory"
+					 : "the spool holds records or state only its key can "
+					   "read: restore the key file, or remove the spool "
+					   "directory to start afresh (its records are then lost)";
+			rc = rc < 0 ? rc : DEV_SPOOL_ENOKEY;
+			goto out;
+		}
 		/* First start: a fresh random key, written once, whole, through a temporary file
 		 * (ofile_replace): a power cut leaves no key or a whole one, never a short one that
 		 * would stop every later start. */
 		if (wc_RNG_GenerateBlock(&s->rng, s->key, KEY_LEN) != 0) {
 			rc = DEV_SPOOL_ECRYPTO;
+			*reason = "cannot generate the key";
 			goto out;
 		}
 		rc = ofile_replace(path, s->key, KEY_LEN) ? spool_io_err() : DEV_SPOOL_OK;
+		*reason = "cannot create the key file";
 		goto out;
 	}
 	if (fd < 0)
@@ -439,12 +478,9 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		goto fail;
 	}
 	s->rng_ready = 1;
-	rc = load_key(s);
-	if (rc) {
-		reason = rc == DEV_SPOOL_EKEY ? "key file is not 32 bytes with mode 0600"
-					      : "cannot create the key file";
+	rc = load_key(s, &reason);
+	if (rc)
 		goto fail;
-	}
 	if (wc_AesInit(&s->aes, NULL, INVALID_DEVID) != 0 ||
 	    wc_AesGcmSetKey(&s->aes, s->key, KEY_LEN) != 0) {
 		rc = DEV_SPOOL_ECRYPTO;

@@ -39,6 +39,9 @@ enum dev_spool_err {
 	/* an ack reaches a seq this spool never handed out (an earlier life's, or another
 	 * spool's): refused whole, nothing acknowledged (dev_spool_ack) */
 	DEV_SPOOL_EFUTURE = -9,
+	/* the key file is missing while the spool holds state or segments: only that key reads
+	 * them, so no new one is made (restore it, or remove the spool directory) */
+	DEV_SPOOL_ENOKEY = -10,
 };
 
 const char *dev_spool_strerror(int err);
@@ -66,7 +69,8 @@ struct dev_spool;
 /* Open (creating if needed) and recover. *out owned by the caller: dev_spool_close().
  * On failure *why (optional) gets a one-line reason, and with DEV_SPOOL_EIO errno says what
  * failed. A state file that exists but cannot be read (not one that is malformed) fails the
- * open with DEV_SPOOL_EIO and is left as it is. */
+ * open with DEV_SPOOL_EIO and is left as it is. A key is generated only for a spool without
+ * state or segments: a missing key is DEV_SPOOL_ENOKEY otherwise. */
 int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, const char **why);
 void dev_spool_close(struct dev_spool *s); /* accepts NULL */
 

@@ -1723,3 +1723,69 @@ Test(dev_spool, a_state_file_that_cannot_be_read_fails_the_open_and_is_left_alon
 	free(elsewhere);
 	free(dir);
 }
+
+/* The open of a spool whose key is gone: refused with DEV_SPOOL_ENOKEY, no key made, nothing
+ * else touched. */
+static void expect_no_key_refused(const struct dev_spool_opts *o)
+{
+	struct dev_spool *s = NULL;
+	const char *why = NULL;
+	char names[64][600], after[64][600];
+	size_t n = segments(o->dir, names);
+	off_t sizes[64];
+	for (size_t i = 0; i < n; i++)
+		sizes[i] = (off_t)h_file_size(names[i]);
+	cr_expect_eq(dev_spool_open(o, &s, &why), DEV_SPOOL_ENOKEY);
+	cr_expect_null(s);
+	cr_expect(why && strstr(why, "restore the key file"), "why: %s", why ? why : "");
+	char *key = h_strf("%s/key", o->dir);
+	cr_expect_neq(access(key, F_OK), 0, "a new key was made");
+	free(key);
+	cr_assert_eq(segments(o->dir, after), n);
+	for (size_t i = 0; i < n; i++)
+		cr_expect_eq((off_t)h_file_size(after[i]), sizes[i], "%s was changed", after[i]);
+}
+
+/* A key file gone (deleted, not restored with a backup) while the spool holds records or
+ * state cannot be made again: before, a new key was, every record then failed its tag, was
+ * reported dropped as bit rot and cut out of its segment. Now the open is refused; with the
+ * key back, every record is there. A new spool still gets its key (every other test). */
+Test(dev_spool, a_missing_key_is_not_replaced_while_the_spool_holds_data)
+{
+	char *dir = h_tmpdir("spool"), *elsewhere = h_tmpdir("spool-key");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[5];
+	fill(&o, 5, 100, seqs);
+	char *key = h_strf("%s/key", dir), *saved = h_strf("%s/key", elsewhere);
+	char *state = h_strf("%s/state", dir), *saved_state = h_strf("%s/state", elsewhere);
+	cr_assert_eq(rename(key, saved), 0);
+	expect_no_key_refused(&o);
+	/* the segments alone (the state file lost too) */
+	cr_assert_eq(rename(state, saved_state), 0);
+	expect_no_key_refused(&o);
+	cr_assert_eq(rename(saved_state, state), 0);
+	cr_assert_eq(rename(saved, key), 0);
+	struct dev_spool *s = open_spool(&o);
+	uint64_t got[8];
+	cr_expect_eq(read_all(s, 1, got, 8), 5);
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 0);
+	/* the state file alone: everything was acknowledged and its segments deleted */
+	cr_assert_eq(dev_spool_ack(s, seqs[4], NULL, 0), 0);
+	dev_spool_close(s);
+	char names[64][600];
+	cr_assert_eq(segments(dir, names), 0);
+	cr_assert_eq(rename(key, saved), 0);
+	expect_no_key_refused(&o);
+	cr_assert_eq(rename(saved, key), 0);
+	s = open_spool(&o);
+	cr_expect_eq(dev_spool_acked_upto(s), seqs[4]);
+	dev_spool_close(s);
+	free(saved_state);
+	free(state);
+	free(saved);
+	free(key);
+	free(elsewhere);
+	free(dir);
+}
