@@ -171,6 +171,11 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 				    cfg->spool_segment_bytes,
 				    dev_spool_clock_seq(otime_wall_ms())};
 	int src = dev_spool_open(&so, &a->spool, &why);
+	if (src == DEV_SPOOL_EBUSY) {
+		snprintf(err, errlen, "spool %s is in use by another outpost-device (two agents "
+			 "with one state_dir or spool_dir?)", cfg->spool_dir);
+		goto fail;
+	}
 	if (src) {
 		int eio = src == DEV_SPOOL_EIO;
 		snprintf(err, errlen, "spool %s: %s: %s%s%s", cfg->spool_dir,

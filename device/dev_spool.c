@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@ const char *dev_spool_strerror(int err)
 	case DEV_SPOOL_EKEY: return "spool key file unusable";
 	case DEV_SPOOL_EFUTURE: return "ack beyond anything the spool handed out";
 	case DEV_SPOOL_ENOKEY: return "spool key file missing";
+	case DEV_SPOOL_EBUSY: return "spool in use by another process";
 	}
 	return "unknown spool error";
 }
@@ -457,7 +459,10 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		goto fail;
 	}
 	s = calloc(1, sizeof(*s));
-	if (!s || !(s->dir = strdup(opts->dir)) ||
+	if (!s)
+		goto fail;
+	s->lock_fd = -1;
+	if (!(s->dir = strdup(opts->dir)) ||
 	    !(s->ranges = malloc((MAX_ACK_RANGES + 1) * sizeof(*s->ranges))))
 		goto fail;
 	s->opts = *opts;
@@ -470,6 +475,20 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	if (chmod(s->dir, 0700) != 0) {
 		rc = DEV_SPOOL_EIO;
 		reason = "cannot make the spool directory private (chmod 0700)";
+		goto fail;
+	}
+	/* One process per spool: two would hand out the same seqs, write over each other's
+	 * state and delete each other's segments. The lock is on the directory itself: the
+	 * state file is replaced by renames (a lock on it would stay on the old file), and a lock
+	 * file would have to be created first, on a full disk too. flock, not fcntl: it belongs to
+	 * this open file, so a second open in this process is refused too; the kernel drops it
+	 * with the process (no stale lock after a crash), and O_CLOEXEC keeps it out of the
+	 * collectors' children and a `restart` exec. */
+	s->lock_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		rc = s->lock_fd >= 0 && errno == EWOULDBLOCK ? DEV_SPOOL_EBUSY : DEV_SPOOL_EIO;
+		reason = rc == DEV_SPOOL_EBUSY ? "another open spool holds the directory's lock"
+					       : "cannot lock the spool directory";
 		goto fail;
 	}
 	if (wc_InitRng(&s->rng) != 0) {
@@ -583,6 +602,8 @@ void dev_spool_close(struct dev_spool *s)
 	if (s->rng_ready)
 		wc_FreeRng(&s->rng);
 	explicit_bzero(s->key, sizeof(s->key));
+	if (s->lock_fd >= 0)
+		close(s->lock_fd); /* last: the state is written */
 	free(s->segs);
 	free(s->ranges);
 	free(s->dir);

@@ -17,7 +17,8 @@
  * being read hold a file descriptor, however many segments there are. Records stamped before
  * 2020 (a clock not yet set) never age out; only the size limit drops them.
  *
- * Not thread-safe: one owner (the agent thread) calls everything. */
+ * Not thread-safe: one owner (the agent thread) calls everything, and one open spool per
+ * directory (dev_spool_open locks it). */
 #ifndef DEV_SPOOL_H
 #define DEV_SPOOL_H
 
@@ -42,6 +43,8 @@ enum dev_spool_err {
 	/* the key file is missing while the spool holds state or segments: only that key reads
 	 * them, so no new one is made (restore it, or remove the spool directory) */
 	DEV_SPOOL_ENOKEY = -10,
+	/* another open spool (this process's or another's) holds the directory's lock */
+	DEV_SPOOL_EBUSY = -11,
 };
 
 const char *dev_spool_strerror(int err);
@@ -70,7 +73,9 @@ struct dev_spool;
  * On failure *why (optional) gets a one-line reason, and with DEV_SPOOL_EIO errno says what
  * failed. A state file that exists but cannot be read (not one that is malformed) fails the
  * open with DEV_SPOOL_EIO and is left as it is. A key is generated only for a spool without
- * state or segments: a missing key is DEV_SPOOL_ENOKEY otherwise. */
+ * state or segments: a missing key is DEV_SPOOL_ENOKEY otherwise. The open spool holds an
+ * exclusive flock(2) on the directory until dev_spool_close (not across exec, gone with the
+ * process): a second open of it fails with DEV_SPOOL_EBUSY, changing nothing. */
 int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, const char **why);
 void dev_spool_close(struct dev_spool *s); /* accepts NULL */
 

@@ -56,6 +56,7 @@ struct pending {
 
 struct dev_spool {
 	char *dir;
+	int lock_fd; /* the directory, flock'd while the spool is open (-1 before) */
 	struct dev_spool_opts opts;
 	uint8_t key[KEY_LEN];
 	Aes aes;

@@ -1789,3 +1789,60 @@ Test(dev_spool, a_missing_key_is_not_replaced_while_the_spool_holds_data)
 	free(elsewhere);
 	free(dir);
 }
+
+/* Two opens of one spool would hand out the same seqs and delete each other's segments: while
+ * it is open, another open fails with DEV_SPOOL_EBUSY and changes nothing, in this process or
+ * another; after the close, or once the process holding it is killed (no stale lock), the
+ * spool opens again. */
+Test(dev_spool, a_spool_in_use_cannot_be_opened_again)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	struct dev_spool *s = open_spool(&o), *s2 = NULL;
+	uint64_t a = put(s, 100, wall_ms());
+	const char *why = NULL;
+	cr_expect_eq(dev_spool_open(&o, &s2, &why), DEV_SPOOL_EBUSY);
+	cr_expect_null(s2);
+	cr_expect_not_null(why);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct dev_spool *c = NULL;
+		_exit(dev_spool_open(&o, &c, NULL) == DEV_SPOOL_EBUSY ? 0 : 1);
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "another process opened the spool too");
+	uint64_t b = put(s, 100, wall_ms()); /* the holder carries on */
+	uint64_t got[4];
+	cr_expect_eq(read_all(s, 1, got, 4), 2);
+	dev_spool_close(s);
+
+	/* a holder killed while it has the spool open */
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct dev_spool *c = NULL;
+		char ok = dev_spool_open(&o, &c, NULL) == 0 ? 'y' : 'n';
+		if (write(fds[1], &ok, 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	char ok = 0;
+	cr_assert_eq(read(fds[0], &ok, 1), 1);
+	cr_assert_eq(ok, 'y', "the child could not open the closed spool");
+	cr_expect_eq(dev_spool_open(&o, &s2, NULL), DEV_SPOOL_EBUSY);
+	kill(pid, SIGKILL);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	close(fds[0]);
+	close(fds[1]);
+	s = open_spool(&o);
+	cr_expect_eq(read_all(s, 1, got, 4), 2);
+	cr_expect_eq(got[0], a);
+	cr_expect_eq(got[1], b);
+	dev_spool_close(s);
+	free(dir);
+}
