@@ -12,14 +12,6 @@ static int by_prev(const void *a, const void *b)
 	return x->seq > y->seq ? -1 : x->seq < y->seq;
 }
 
-static int by_seq(const void *a, const void *b)
-{
-	const struct brg_link *x = a, *y = b;
-	if (x->seq != y->seq)
-		return x->seq < y->seq ? -1 : 1;
-	return x->prev < y->prev ? -1 : x->prev > y->prev;
-}
-
 static const struct brg_link *leaving(const struct brg_link *l, size_t n, uint64_t from)
 {
 	size_t lo = 0, hi = n;
@@ -45,10 +37,13 @@ static const struct brg_link *dropped_across(const struct brg_link *l, size_t n,
 	return best;
 }
 
-static void hole(struct brg_chain *c, uint64_t after, uint64_t upto, int64_t since)
+/* The hole added, NULL if there is no room left. */
+static struct brg_hole *hole(struct brg_chain *c, uint64_t after, uint64_t upto, int64_t since)
 {
-	if (c->n_holes < BRG_CHAIN_MAX_HOLES)
-		c->holes[c->n_holes++] = (struct brg_hole){after + 1, upto, since};
+	if (c->n_holes == BRG_CHAIN_MAX_HOLES)
+		return NULL;
+	c->holes[c->n_holes] = (struct brg_hole){after + 1, upto, since};
+	return &c->holes[c->n_holes++];
 }
 
 void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, struct brg_chain *out)
@@ -70,24 +65,31 @@ void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, stru
 	}
 	out->frontier = frontier;
 
-	/* Segments above: maximal runs of links each starting where the previous one ended. */
-	qsort(links, n, sizeof(*links), by_seq);
+	/* Segments above, in prev order (the links are still sorted so): maximal runs of links each
+	 * starting where the previous one ended, or a dropped range leaving from inside the run and
+	 * reaching past its end (as across the frontier above). In seq order such a range came
+	 * after the stored link that starts with it and was dropped, which broke the run in two
+	 * around a false hole. */
 	int open = 0, has_stored = 0;
 	uint64_t start = 0, end = frontier;
+	struct brg_hole *h = NULL;
 	for (size_t i = 0; i < n; i++) {
 		const struct brg_link *l = &links[i];
 		if (l->seq <= l->prev || l->prev < frontier)
 			continue; /* below or straddling the frontier: nothing to say */
-		if (open && l->prev == end) {
-			end = l->seq;
+		if (open && l->prev <= end) {
+			if (l->prev == start && h && l->at < h->since)
+				h->since = l->at; /* the hole showed with the first link after it */
+			if (l->seq > end && l->prev != end && l->stored)
+				continue; /* a stored link across the end: a fork */
 			has_stored |= l->stored;
+			if (l->seq > end)
+				end = l->seq;
 			continue;
 		}
-		if (open && l->prev < end)
-			continue; /* a second link into the segment: inconsistent, ignore */
 		if (open && has_stored && out->n_ranges < WIRE_MAX_ACK_RANGES)
 			out->ranges[out->n_ranges++] = (struct brg_range){start + 1, end};
-		hole(out, end, l->prev, l->at);
+		h = hole(out, end, l->prev, l->at);
 		open = 1;
 		start = l->prev;
 		end = l->seq;

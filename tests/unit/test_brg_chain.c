@@ -48,6 +48,41 @@ Test(brg_chain, a_dropped_range_from_below_the_frontier_closes_the_chain)
 	cr_expect_eq(ch.frontier, 4);
 }
 
+/* A device whose ack for 21 was lost dropped 21..30 from its spool (Dropped{20, 30}) and sent
+ * 31: 20 -> 30 -> 31 is one complete segment, 21 inside it; only 1..20 is missing. The
+ * dropped link leaves from inside the segment 20 -> 21 and reaches past its end. */
+Test(brg_chain, a_dropped_range_from_inside_a_segment_extends_it)
+{
+	struct brg_link l[] = {{20, 21, 1, 5}, {20, 30, 0, 9}, {30, 31, 1, 9}};
+	brg_chain_compute(0, l, 3, &ch);
+	cr_expect_eq(ch.frontier, 0);
+	cr_assert_eq(ch.n_ranges, 1);
+	cr_expect_eq(ch.ranges[0].first, 21);
+	cr_expect_eq(ch.ranges[0].last, 31);
+	cr_assert_eq(ch.n_holes, 1);
+	cr_expect_eq(ch.holes[0].first, 1);
+	cr_expect_eq(ch.holes[0].last, 20);
+	cr_expect_eq(ch.holes[0].since, 5, "the hole showed when 21 was stored");
+	/* a dropped range from below the segment's first link covers the top of the hole too */
+	struct brg_link b[] = {L(20, 21), L(21, 22), D(15, 30), L(30, 31)};
+	brg_chain_compute(0, b, 4, &ch);
+	cr_assert_eq(ch.n_ranges, 1);
+	cr_expect_eq(ch.ranges[0].first, 16);
+	cr_expect_eq(ch.ranges[0].last, 31);
+	cr_assert_eq(ch.n_holes, 1);
+	cr_expect_eq(ch.holes[0].first, 1);
+	cr_expect_eq(ch.holes[0].last, 15);
+	/* a stored link across a segment's end is a fork, as across the frontier */
+	struct brg_link f[] = {L(20, 21), L(21, 25), L(22, 30), L(30, 31)};
+	brg_chain_compute(0, f, 4, &ch);
+	cr_assert_eq(ch.n_ranges, 2);
+	cr_expect_eq(ch.ranges[0].last, 25);
+	cr_expect_eq(ch.ranges[1].first, 31);
+	cr_assert_eq(ch.n_holes, 2);
+	cr_expect_eq(ch.holes[1].first, 26);
+	cr_expect_eq(ch.holes[1].last, 30);
+}
+
 Test(brg_chain, dropped_links_close_the_chain)
 {
 	struct brg_link l[] = {L(0, 2), D(2, 8), L(8, 9)};
