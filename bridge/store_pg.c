@@ -74,7 +74,12 @@ static int map_result(struct pg_conn *pc, PGresult *res, const char *what)
 	if (!strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
 	    !strcmp(state, "57P03"))
 		return STORE_ECONN;
-	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
+	/* Serialization failure, deadlock, lock_timeout; and a statement cancelled (57014): the
+	 * role's statement_timeout while it waited for a lock, or pg_cancel_backend(). Each is
+	 * retried: as a refusal, a group would be split after three attempts and its items
+	 * dropped unacknowledged (a Birth with its metric catalog). */
+	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03") ||
+	    !strcmp(state, "57014"))
 		return STORE_EBUSY;
 	if (!strcmp(state, "25006"))
 		return STORE_EREADONLY;

@@ -703,6 +703,35 @@ Test(brg_commit, failed_commit_leaves_nothing_and_retries_cleanly)
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
 }
 
+/* The role's statement_timeout cuts short the writer's wait for a device row another bridge
+ * holds (or pg_cancel_backend() cancels it): SQLSTATE 57014 is a transient failure, retried
+ * like a lock timeout, not a refusal that splits the group and drops its items. */
+Test(brg_commit_pg, a_statement_cancelled_while_waiting_for_a_lock_is_retried, .timeout = 120)
+{
+	commit_one(birth("dev-a", 1));
+	cr_assert_eq(store_exec(s, "SET statement_timeout = 200"), STORE_OK, "%s", store_errmsg(s));
+	struct store *other = open_store();
+	cr_assert_eq(store_begin(other), STORE_OK);
+	cr_assert_eq(store_exec(other, "SELECT 1 FROM devices WHERE device_id = 'dev-a' FOR UPDATE"),
+	             STORE_OK, "%s", store_errmsg(other));
+	struct brg_item *g[] = {batch("dev-a", "dev-a", 2, 0)};
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, g, 1, store_now_ms(), &out);
+	cr_expect_eq(rc, STORE_EBUSY, "%s: %s", store_strerror(rc), store_errmsg(s));
+	cr_expect(store_err_transient(rc));
+	cr_expect(strstr(store_errmsg(s), "statement timeout"), "%s", store_errmsg(s));
+	cr_expect_eq(out.n_replies, 0, "no ack may leave a failed commit");
+	cr_assert_eq(store_rollback(other), STORE_OK);
+	store_close(other);
+	/* the retry, once the row is free */
+	commit(g, 1);
+	free_items(g, 1);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
+}
+
 /* A batch of dev-a sealed with the key in pki. */
 static struct brg_item *batch_keyed(const char *pki, uint64_t seq, uint64_t prev)
 {
