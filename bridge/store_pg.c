@@ -27,6 +27,7 @@ struct pg_conn {
 	int64_t pending;  /* xid of a transaction whose COMMIT went unanswered, 0 if none */
 	int pid;          /* the server process of the connection */
 	int pending_pid;  /* ... and of the one that sent that COMMIT */
+	int ready;        /* the session settings are applied (pg_session) */
 };
 
 struct pg_stmt {
@@ -116,20 +117,92 @@ static char *rewrite(const char *sql, int *nparams)
 	return out;
 }
 
-static int pg_connect(struct pg_conn *pc)
+/* STORE_OK if the connection is up with its session settings, else STORE_ECONN (pc->err
+ * says which is missing): nothing runs on a session that pg_session could not set up. */
+static int pg_up(struct pg_conn *pc)
 {
-	if (PQstatus(pc->c) == CONNECTION_OK)
-		return STORE_OK;
-	PQreset(pc->c);
 	if (PQstatus(pc->c) != CONNECTION_OK) {
-		snprintf(pc->err, STORE_ERR_MAX, "reconnect: %s", PQerrorMessage(pc->c));
+		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
 		return STORE_ECONN;
 	}
-	PQsetNoticeProcessor(pc->c, quiet, NULL);
-	pc->pid = PQbackendPID(pc->c);
-	pc->gen++;
-	pc->busy = 0;
-	pc->in_tx = 0;
+	if (!pc->ready) {
+		snprintf(pc->err, STORE_ERR_MAX, "the session's settings could not be applied");
+		return STORE_ECONN;
+	}
+	return STORE_OK;
+}
+
+/* Run sql, which returns one row of one column, into out (cap bytes); *null when NULL. */
+static int pg_value(struct pg_conn *pc, const char *sql, char *out, size_t cap, int *null)
+{
+	PGresult *r = PQexec(pc->c, sql);
+	int rc = STORE_OK;
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		rc = map_result(pc, r, "exec");
+	else if (PQntuples(r) != 1 || PQnfields(r) != 1)
+		rc = STORE_EQUERY;
+	else if (!(*null = PQgetisnull(r, 0, 0)))
+		snprintf(out, cap, "%s", PQgetvalue(r, 0, 0));
+	PQclear(r);
+	return rc;
+}
+
+/* The session settings the store relies on, whatever the server, the database, the role
+ * (ALTER ... SET) or the URL's options say; run on every (re)connect, before anything else:
+ * - bytea_output hex: pg_column decodes only that (escape made every stored signature
+ *   unreadable, so every resend was seq_reused, and no device key was ever read back);
+ * - client_encoding UTF8: the text devices send, checked as UTF-8, is stored as sent;
+ * - synchronous_commit not off: off returns from COMMIT before the WAL is flushed, and the
+ *   bridge acknowledges after COMMIT (DESIGN.md, durability contract: a server crash would
+ *   lose acknowledged data). It is set to on; local (flushed here, no wait for synchronous
+ *   standbys) and the stronger settings (on, remote_write, remote_apply) are kept. */
+static int pg_session(struct pg_conn *pc)
+{
+	static const char *const set[] = {"SET bytea_output = 'hex'",
+	                                  "SET client_encoding = 'UTF8'"};
+	char sync[32] = "";
+	int null = 1, rc = STORE_OK;
+	pc->ready = 0;
+	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]) && !rc; i++) {
+		PGresult *r = PQexec(pc->c, set[i]);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK)
+			rc = map_result(pc, r, set[i]);
+		PQclear(r);
+	}
+	if (!rc)
+		rc = pg_value(pc, "SHOW synchronous_commit", sync, sizeof(sync), &null);
+	if (!rc && (null || !strcmp(sync, "off"))) {
+		PGresult *r = PQexec(pc->c, "SET synchronous_commit = on");
+		if (PQresultStatus(r) != PGRES_COMMAND_OK)
+			rc = map_result(pc, r, "SET synchronous_commit = on");
+		PQclear(r);
+	}
+	pc->ready = !rc;
+	return rc;
+}
+
+static int pg_connect(struct pg_conn *pc)
+{
+	if (PQstatus(pc->c) == CONNECTION_OK && pc->ready)
+		return STORE_OK;
+	if (PQstatus(pc->c) != CONNECTION_OK) {
+		pc->ready = 0;
+		PQreset(pc->c);
+		if (PQstatus(pc->c) != CONNECTION_OK) {
+			snprintf(pc->err, STORE_ERR_MAX, "reconnect: %s", PQerrorMessage(pc->c));
+			return STORE_ECONN;
+		}
+		PQsetNoticeProcessor(pc->c, quiet, NULL);
+		pc->pid = PQbackendPID(pc->c);
+		pc->gen++;
+		pc->busy = 0;
+		pc->in_tx = 0;
+	}
+	if (pg_session(pc)) {
+		size_t n = strlen(pc->err);
+		snprintf(pc->err + n, STORE_ERR_MAX - n, " (setting up the session)");
+		return STORE_ECONN; /* tried again at the next transaction */
+	}
 	return STORE_OK;
 }
 
@@ -165,6 +238,13 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 	PQsetNoticeProcessor(pc->c, quiet, NULL);
 	pc->pid = PQbackendPID(pc->c);
 	pc->gen = 1;
+	int rc = pg_session(pc);
+	if (rc) {
+		snprintf(err, STORE_ERR_MAX, "cannot set up the session: %s", pc->err);
+		PQfinish(pc->c);
+		free(pc);
+		return rc;
+	}
 	*conn = pc;
 	return STORE_OK;
 }
@@ -183,14 +263,12 @@ static int pg_exec(void *conn, const char *sql)
 	struct pg_conn *pc = conn;
 	if (!strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
 		pc->in_tx = 0; /* whatever the outcome, the transaction is over */
-	if (PQstatus(pc->c) != CONNECTION_OK) {
-		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
-		return STORE_ECONN;
-	}
+	int rc = pg_up(pc);
+	if (rc)
+		return rc;
 	PGresult *r = PQexec(pc->c, sql);
 	ExecStatusType t = PQresultStatus(r);
-	int rc =
-	    t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
+	rc = t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
 	PQclear(r);
 	return rc;
 }
@@ -202,21 +280,6 @@ static int pg_begin(void *conn)
 	if (!rc)
 		rc = pg_exec(pc, "BEGIN");
 	pc->in_tx = !rc;
-	return rc;
-}
-
-/* Run sql, which returns one row of one column, into out (cap bytes); *null when NULL. */
-static int pg_value(struct pg_conn *pc, const char *sql, char *out, size_t cap, int *null)
-{
-	PGresult *r = PQexec(pc->c, sql);
-	int rc = STORE_OK;
-	if (PQresultStatus(r) != PGRES_TUPLES_OK)
-		rc = map_result(pc, r, "exec");
-	else if (PQntuples(r) != 1 || PQnfields(r) != 1)
-		rc = STORE_EQUERY;
-	else if (!(*null = PQgetisnull(r, 0, 0)))
-		snprintf(out, cap, "%s", PQgetvalue(r, 0, 0));
-	PQclear(r);
 	return rc;
 }
 
@@ -386,11 +449,9 @@ static int send_stmt(struct pg_stmt *s)
 {
 	struct pg_conn *pc = s->pc;
 	PGresult *r;
-	int rc;
-	if (PQstatus(pc->c) != CONNECTION_OK) {
-		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
-		return STORE_ECONN;
-	}
+	int rc = pg_up(pc);
+	if (rc)
+		return rc;
 	if (s->gen != pc->gen) {
 		r = PQprepare(pc->c, s->name, s->sql, s->nparams, NULL);
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -423,7 +484,7 @@ static PGresult *first_result(struct pg_stmt *s, int *rc)
 	struct pg_conn *pc = s->pc;
 	for (int attempt = 0;; attempt++) {
 		/* at most one try a second: an unreachable server costs connect_timeout each */
-		if (PQstatus(pc->c) != CONNECTION_OK && !pc->in_tx && otime_mono_ms() >= pc->retry_at) {
+		if (pg_up(pc) && !pc->in_tx && otime_mono_ms() >= pc->retry_at) {
 			pc->retry_at = otime_mono_ms() + 1000;
 			pg_connect(pc);
 		}
@@ -572,10 +633,9 @@ static int pg_copy_begin(void *conn, const char *table, const char *cols, int nc
 {
 	struct pg_conn *pc = conn;
 	char sql[512];
-	if (PQstatus(pc->c) != CONNECTION_OK) {
-		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
-		return STORE_ECONN;
-	}
+	int rc = pg_up(pc);
+	if (rc)
+		return rc;
 	struct pg_copy *cp = calloc(1, sizeof(*cp));
 	if (!cp)
 		return STORE_ENOMEM;
@@ -590,7 +650,7 @@ static int pg_copy_begin(void *conn, const char *table, const char *cols, int nc
 	snprintf(sql, sizeof(sql), "COPY %s (%s) FROM STDIN", table, cols);
 	PGresult *r = PQexec(pc->c, sql);
 	if (PQresultStatus(r) != PGRES_COPY_IN) {
-		int rc = map_result(pc, r, "COPY");
+		rc = map_result(pc, r, "COPY");
 		PQclear(r);
 		free(cp->buf);
 		free(cp);

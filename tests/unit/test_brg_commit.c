@@ -116,9 +116,25 @@ static void teardown_pg_relay(void)
 	h_pg_free(&pg);
 }
 
+/* brg_commit_pg_role: the role's defaults are what the bridge must not inherit: a COMMIT that
+ * returns before the WAL flush, bytea in escape form, LATIN1 text. */
+static void setup_pg_role(void)
+{
+	h_pg_start(&pg);
+	cr_assert_eq(h_pg_sql(&pg,
+	                      "ALTER ROLE postgres SET synchronous_commit = off;"
+	                      " ALTER ROLE postgres SET bytea_output = escape;"
+	                      " ALTER ROLE postgres SET client_encoding = LATIN1",
+	                      NULL),
+	             0);
+	url = h_strf("%s", pg.url);
+	setup_store();
+}
+
 TestSuite(brg_commit, .init = setup, .fini = teardown);
 TestSuite(brg_commit_pg, .init = setup_pg, .fini = teardown_pg);
 TestSuite(brg_commit_pg_cut, .init = setup_pg_relay, .fini = teardown_pg_relay);
+TestSuite(brg_commit_pg_role, .init = setup_pg_role, .fini = teardown_pg);
 
 /* A test run on SQLite (suite brg_commit) and on PostgreSQL (brg_commit_pg): the two store
  * envelopes differently (row by row; in bulk, see brg_envrows.c). */
@@ -730,6 +746,31 @@ Test(brg_commit_pg, a_statement_cancelled_while_waiting_for_a_lock_is_retried, .
 	cr_assert_not_null(a);
 	cr_expect_eq(a->seq, 2);
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes"), 1);
+}
+
+/* Whatever the role's defaults, the writer's COMMIT waits for the WAL flush before the ack, a
+ * resend is recognised by its stored signature (a duplicate, not seq_reused) and a device's
+ * key is read back from the store (by a restarted bridge's registry). */
+Test(brg_commit_pg_role, the_roles_settings_do_not_reach_the_writer, .timeout = 120)
+{
+	cr_expect_eq(one("SELECT COUNT(*) FROM pg_settings WHERE name = 'synchronous_commit' AND"
+	                 " setting = 'on'"),
+	             1);
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0));
+	commit_one(batch("dev-a", "dev-a", 2, 0));
+	cr_expect_eq(out.duplicates, 1);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a, "the resend is acknowledged");
+	cr_expect_eq(a->seq, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0, "the resend was refused");
+	struct brg_registry *r2 = NULL;
+	cr_assert_eq(brg_registry_new(open_store(), 100, &r2), BRG_OK);
+	struct brg_dev_info info;
+	cr_assert_eq(brg_registry_get(r2, "dev-a", -1, &info), BRG_OK);
+	cr_expect_eq(info.state, BRG_ST_ACTIVE);
+	cr_expect(info.has_key, "the stored key was not read back");
+	brg_registry_free(r2);
 }
 
 /* A batch of dev-a sealed with the key in pki. */

@@ -586,6 +586,80 @@ Test(store, postgresql, .timeout = 120)
 	h_pg_free(&pg);
 }
 
+/* 1 if the store's session has setting name = value. */
+static int has_setting(struct store *s, const char *name, const char *value)
+{
+	char *q = h_strf("SELECT COUNT(*) FROM pg_settings WHERE name = '%s' AND setting = '%s'",
+	                 name, value);
+	int64_t n = one(s, q);
+	free(q);
+	return n == 1;
+}
+
+/* The store's sessions have the settings it relies on whatever the role's defaults say, also
+ * after a reconnect: a COMMIT that waits for the WAL flush (the bridge acks after it; off is
+ * raised to on, local and the stronger settings are kept), bytea in hex (escape made stored
+ * blobs unreadable), UTF-8 text. */
+Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
+{
+	static const struct {
+		const char *role, *session;
+	} sync[] = {{"off", "on"},
+	            {"local", "local"},
+	            {"remote_write", "remote_write"},
+	            {"remote_apply", "remote_apply"}};
+	static const uint8_t blob[] = {0, 1, 0x5c, 0x27, 0xff, 'x'};
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	cr_assert_eq(h_pg_sql(&pg,
+	                      "ALTER ROLE postgres SET bytea_output = escape;"
+	                      " ALTER ROLE postgres SET client_encoding = LATIN1;"
+	                      " CREATE TABLE b (v BYTEA)",
+	                      NULL),
+	             0);
+	for (size_t i = 0; i < sizeof(sync) / sizeof(sync[0]); i++) {
+		char *sql = h_strf("ALTER ROLE postgres SET synchronous_commit = %s", sync[i].role);
+		cr_assert_eq(h_pg_sql(&pg, sql, NULL), 0);
+		free(sql);
+		struct store *s = open_url(pg.url, 0);
+		cr_expect(has_setting(s, "synchronous_commit", sync[i].session), "role: %s",
+		          sync[i].role);
+		cr_expect(has_setting(s, "bytea_output", "hex"));
+		cr_expect(has_setting(s, "client_encoding", "UTF8"));
+		store_close(s);
+	}
+	/* the role's settings do apply to other sessions */
+	char *shown = NULL;
+	cr_assert_eq(h_pg_sql(&pg, "SHOW bytea_output", &shown), 0);
+	cr_expect(strstr(shown, "escape"), "%s", shown);
+	free(shown);
+
+	cr_assert_eq(h_pg_sql(&pg, "ALTER ROLE postgres SET synchronous_commit = off", NULL), 0);
+	struct store *s = open_url(pg.url, 0);
+	/* a reconnect sets them again */
+	h_pg_stop(&pg);
+	cr_expect_eq(store_begin(s), STORE_ECONN, "%s", store_errmsg(s));
+	h_pg_start(&pg);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	struct store_stmt *st = NULL;
+	cr_assert_eq(store_prepare(s, "INSERT INTO b (v) VALUES (?)", &st), STORE_OK);
+	cr_assert_eq(store_bind_blob(st, 1, blob, sizeof(blob)), STORE_OK);
+	cr_assert_eq(store_step(st), 0, "%s", store_errmsg(s));
+	store_stmt_free(st);
+	cr_assert_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+	cr_expect(has_setting(s, "synchronous_commit", "on"));
+	cr_expect(has_setting(s, "bytea_output", "hex"));
+	cr_expect(has_setting(s, "client_encoding", "UTF8"));
+	cr_assert_eq(store_prepare(s, "SELECT v FROM b", &st), STORE_OK);
+	cr_assert_eq(store_step(st), 1, "%s", store_errmsg(s));
+	size_t len = 0;
+	const uint8_t *got = store_col_blob(st, 0, &len);
+	cr_expect(got && len == sizeof(blob) && !memcmp(got, blob, len), "the blob read back");
+	store_stmt_free(st);
+	store_close(s);
+	h_pg_free(&pg);
+}
+
 /* Ask until the database knows (bounded): 1 committed, 0 not, or the last error. */
 static int resolve(struct store *s)
 {
