@@ -8,6 +8,7 @@
 
 #include <libpq-fe.h>
 
+#include "oarray.h"
 #include "ohex.h"
 #include "otime.h"
 #include "store_be.h"
@@ -28,10 +29,13 @@ struct pg_conn {
 	int pid;          /* the server process of the connection */
 	int pending_pid;  /* ... and of the one that sent that COMMIT */
 	int ready;        /* the session settings are applied (pg_session) */
+	unsigned *stale;  /* statements freed in a failed transaction, not deallocated yet */
+	size_t n_stale, cap_stale;
 };
 
 struct pg_stmt {
 	struct pg_conn *pc;
+	unsigned id;
 	char name[24];
 	char *sql; /* with $n placeholders */
 	int nparams;
@@ -197,6 +201,7 @@ static int pg_connect(struct pg_conn *pc)
 		pc->gen++;
 		pc->busy = 0;
 		pc->in_tx = 0;
+		pc->n_stale = 0; /* the server forgot them with the old session */
 	}
 	if (pg_session(pc)) {
 		size_t n = strlen(pc->err);
@@ -255,7 +260,39 @@ static void pg_close(void *conn)
 	if (!pc)
 		return;
 	PQfinish(pc->c);
+	free(pc->stale);
 	free(pc);
+}
+
+/* DEALLOCATE statement o<id> now, or once the session accepts it again (flush_stale, after
+ * the ROLLBACK of a failed transaction: sent there, it was refused, and each failed health
+ * sweep or certificate re-check left a statement behind on the writer's session until a
+ * reconnect). Out of memory, it is left there, as before. */
+static void deallocate(struct pg_conn *pc, unsigned id)
+{
+	char sql[48];
+	PGTransactionStatusType ts = PQtransactionStatus(pc->c);
+	if (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS) { /* failed, or busy with another */
+		if (!oarray_reserve((void **)&pc->stale, &pc->cap_stale, pc->n_stale,
+		                    sizeof(*pc->stale)))
+			pc->stale[pc->n_stale++] = id;
+		return;
+	}
+	snprintf(sql, sizeof(sql), "DEALLOCATE o%u", id);
+	PQclear(PQexec(pc->c, sql));
+}
+
+/* Outside any transaction only, where a refusal cannot abort one. */
+static void flush_stale(struct pg_conn *pc)
+{
+	char sql[48];
+	if (PQtransactionStatus(pc->c) != PQTRANS_IDLE)
+		return;
+	for (size_t i = 0; i < pc->n_stale; i++) {
+		snprintf(sql, sizeof(sql), "DEALLOCATE o%u", pc->stale[i]);
+		PQclear(PQexec(pc->c, sql));
+	}
+	pc->n_stale = 0;
 }
 
 static int pg_exec(void *conn, const char *sql)
@@ -270,6 +307,8 @@ static int pg_exec(void *conn, const char *sql)
 	ExecStatusType t = PQresultStatus(r);
 	rc = t == PGRES_COMMAND_OK || t == PGRES_TUPLES_OK ? STORE_OK : map_result(pc, r, "exec");
 	PQclear(r);
+	if (pc->n_stale)
+		flush_stale(pc); /* after the ROLLBACK (or COMMIT) of a failed transaction */
 	return rc;
 }
 
@@ -367,7 +406,8 @@ static int pg_prepare(void *conn, const char *sql, void **out)
 		return rc;
 	}
 	s->pc = pc;
-	snprintf(s->name, sizeof(s->name), "o%u", ++pc->next_id);
+	s->id = ++pc->next_id;
+	snprintf(s->name, sizeof(s->name), "o%u", s->id);
 	/* Prepared lazily at the first step, so statements survive reconnects. */
 	*out = s;
 	return STORE_OK;
@@ -392,11 +432,8 @@ static void pg_finalize(void *stmt)
 	if (!s)
 		return;
 	drain(s);
-	if (s->gen == s->pc->gen && PQstatus(s->pc->c) == CONNECTION_OK) {
-		char sql[48];
-		snprintf(sql, sizeof(sql), "DEALLOCATE %s", s->name);
-		PQclear(PQexec(s->pc->c, sql));
-	}
+	if (s->gen == s->pc->gen && PQstatus(s->pc->c) == CONNECTION_OK)
+		deallocate(s->pc, s->id);
 	for (int i = 0; i < PG_MAX_PARAMS; i++)
 		free(s->heap[i]);
 	free(s->blob);

@@ -660,6 +660,29 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 	h_pg_free(&pg);
 }
 
+/* A statement freed in a failed transaction (a health sweep or certificate re-check that
+ * failed half-way) is deallocated after the ROLLBACK: PostgreSQL refuses DEALLOCATE before
+ * it, and the writer's session kept one more prepared statement per failure. */
+Test(store, postgresql_statements_freed_in_a_failed_transaction_are_deallocated, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct store *s = open_url(pg.url, 0);
+	const char *count = "SELECT COUNT(*) FROM pg_prepared_statements";
+	const int64_t before = one(s, count);
+	for (int i = 0; i < 3; i++) {
+		int64_t v = 0;
+		cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+		/* prepared, then refused when it runs: the transaction has failed */
+		cr_expect_eq(store_query_i64(s, &v, "SELECT 1 / ?", 1, (int64_t)0), STORE_EQUERY,
+		             "%s", store_errmsg(s));
+		cr_expect_eq(store_rollback(s), STORE_OK, "%s", store_errmsg(s));
+	}
+	cr_expect_eq(one(s, count), before);
+	store_close(s);
+	h_pg_free(&pg);
+}
+
 /* Ask until the database knows (bounded): 1 committed, 0 not, or the last error. */
 static int resolve(struct store *s)
 {
