@@ -13,6 +13,7 @@
 
 #include "brg_mqtt.h"
 #include "olog.h"
+#include "otime.h"
 
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
@@ -40,7 +41,9 @@ struct brg_mqtt {
 	int connacked; /* a CONNACK accepted since the network thread last looked */
 	/* network thread only: the subscriptions of this connection, sent in rounds; a round
 	 * with a refusal is sent again after resub_ms, doubling, while the connection lasts */
+	int sub_mid[N_UPLINKS + 1]; /* the round's SUBSCRIBE packets; 0: answered */
 	int sub_sent, sub_acked, sub_refused;
+	int status_mid; /* the status subscription's, until granted */
 	int resub_ms;
 	int64_t resub_at_ms; /* monotonic; 0: none due */
 	long pending; /* QoS 1 publishes not yet acknowledged */
@@ -82,11 +85,10 @@ static void on_log(struct mosquitto *mosq, void *ud, int level, const char *line
 	snprintf(m->tls_error, sizeof(m->tls_error), "%s", reason && reason[1] ? reason + 1 : line);
 }
 
-static int64_t mono_ms(void)
+/* the next wait of a series doubling up to BACKOFF_MAX_MS */
+static int doubled(int ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
 }
 
 /* One round of the bridge's subscriptions (network thread). Subscriptions live in the
@@ -97,6 +99,7 @@ static int64_t mono_ms(void)
 static void subscribe_all(struct brg_mqtt *m)
 {
 	char topic[160];
+	int mid;
 	m->sub_sent = m->sub_acked = m->sub_refused = 0;
 	m->resub_at_ms = 0;
 	for (size_t i = 0; i < N_UPLINKS; i++) {
@@ -105,23 +108,33 @@ static void subscribe_all(struct brg_mqtt *m)
 			         uplinks[i]);
 		else
 			snprintf(topic, sizeof(topic), "outpost/v1/+/%s", uplinks[i]);
-		if (mosquitto_subscribe_v5(m->mosq, NULL, topic, 1, 0, NULL) == MOSQ_ERR_SUCCESS)
-			m->sub_sent++;
+		if (mosquitto_subscribe_v5(m->mosq, &mid, topic, 1, 0, NULL) == MOSQ_ERR_SUCCESS)
+			m->sub_mid[m->sub_sent++] = mid;
 		else
 			logm(m, OLOG_ERROR, "cannot subscribe to %s", topic);
 	}
 	/* Status goes to every bridge (a plain subscription, not shared): each follows it. The
 	 * broker's plugin lets a device retain nothing but its status. At the first connect of
 	 * this process every retained status is asked for again, even in a resumed session: one
-	 * that arrived while the last process was stopping was acknowledged and not stored. */
+	 * that arrived while the last process was stopping was acknowledged and not stored (read
+	 * once it is granted). */
 	int opts = m->status_read ? MQTT_SUB_OPT_SEND_RETAIN_NEW : MQTT_SUB_OPT_SEND_RETAIN_ALWAYS;
-	if (mosquitto_subscribe_v5(m->mosq, NULL, "outpost/v1/+/status", 1, opts, NULL) !=
+	if (mosquitto_subscribe_v5(m->mosq, &mid, "outpost/v1/+/status", 1, opts, NULL) !=
 	    MOSQ_ERR_SUCCESS) {
 		logm(m, OLOG_ERROR, "cannot subscribe to outpost/v1/+/status");
 	} else {
-		m->sub_sent++;
-		m->status_read = 1;
+		m->sub_mid[m->sub_sent++] = mid;
+		m->status_mid = mid;
 	}
+}
+
+/* Forget the last connection's rounds (network thread): a new connection starts its own. */
+static void subscriptions_lost(struct brg_mqtt *m)
+{
+	m->sub_sent = m->sub_acked = m->sub_refused = 0;
+	m->status_mid = 0;
+	m->resub_at_ms = 0;
+	m->resub_ms = BACKOFF_MIN_MS;
 }
 
 static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
@@ -156,9 +169,18 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const
 {
 	struct brg_mqtt *m = ud;
 	(void)mosq;
-	(void)mid;
 	(void)props;
-	for (int i = 0; i < n; i++)
+	int i = 0;
+	while (i < m->sub_sent && m->sub_mid[i] != mid)
+		i++;
+	if (i == m->sub_sent || mid == 0)
+		return; /* not of this round */
+	m->sub_mid[i] = 0;
+	if (mid == m->status_mid && n == 1 && granted[0] <= 2) {
+		m->status_read = 1;
+		m->status_mid = 0;
+	}
+	for (i = 0; i < n; i++)
 		if (granted[i] > 2) {
 			m->sub_refused++;
 			logm(m, OLOG_ERROR,
@@ -172,8 +194,8 @@ static void on_subscribe(struct mosquitto *mosq, void *ud, int mid, int n, const
 	if (refused) {
 		logm(m, OLOG_WARN, "%d of %d subscriptions refused; asking again in %d ms",
 		     m->sub_refused, m->sub_sent, m->resub_ms);
-		m->resub_at_ms = mono_ms() + m->resub_ms;
-		m->resub_ms = m->resub_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : m->resub_ms * 2;
+		m->resub_at_ms = otime_mono_ms() + m->resub_ms;
+		m->resub_ms = doubled(m->resub_ms);
 	} else {
 		m->resub_ms = BACKOFF_MIN_MS;
 	}
@@ -334,10 +356,11 @@ static void nap(struct brg_mqtt *m, int ms)
 static int run_connected(struct brg_mqtt *m)
 {
 	int rc = MOSQ_ERR_SUCCESS;
+	subscriptions_lost(m); /* before this connection's CONNACK */
 	while (rc == MOSQ_ERR_SUCCESS && !stopping(m)) {
 		int wait_ms = 1000;
 		if (m->resub_at_ms) {
-			int64_t left = m->resub_at_ms - mono_ms();
+			int64_t left = m->resub_at_ms - otime_mono_ms();
 			if (left <= 0)
 				subscribe_all(m); /* clears resub_at_ms */
 			else if (left < wait_ms)
@@ -374,7 +397,7 @@ static int next_delay(struct brg_mqtt *m, int rc, int *lost, int *backoff)
 	                rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_KEEPALIVE || rc == MOSQ_ERR_EAI;
 	if (refused || !transient) {
 		int delay = *backoff;
-		*backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
+		*backoff = doubled(*backoff);
 		return delay;
 	}
 	if (*lost < LOST_STEPS)

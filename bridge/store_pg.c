@@ -151,6 +151,15 @@ static int pg_value(struct pg_conn *pc, const char *sql, char *out, size_t cap, 
 	return rc;
 }
 
+/* Run sql, which returns no rows. */
+static int pg_command(struct pg_conn *pc, const char *sql)
+{
+	PGresult *r = PQexec(pc->c, sql);
+	int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? STORE_OK : map_result(pc, r, sql);
+	PQclear(r);
+	return rc;
+}
+
 /* The session settings the store relies on, whatever the server, the database, the role
  * (ALTER ... SET) or the URL's options say; run on every (re)connect, before anything else:
  * - bytea_output hex: pg_column decodes only that (escape made every stored signature
@@ -167,22 +176,25 @@ static int pg_session(struct pg_conn *pc)
 	char sync[32] = "";
 	int null = 1, rc = STORE_OK;
 	pc->ready = 0;
-	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]) && !rc; i++) {
-		PGresult *r = PQexec(pc->c, set[i]);
-		if (PQresultStatus(r) != PGRES_COMMAND_OK)
-			rc = map_result(pc, r, set[i]);
-		PQclear(r);
-	}
+	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]) && !rc; i++)
+		rc = pg_command(pc, set[i]);
 	if (!rc)
 		rc = pg_value(pc, "SHOW synchronous_commit", sync, sizeof(sync), &null);
-	if (!rc && (null || !strcmp(sync, "off"))) {
-		PGresult *r = PQexec(pc->c, "SET synchronous_commit = on");
-		if (PQresultStatus(r) != PGRES_COMMAND_OK)
-			rc = map_result(pc, r, "SET synchronous_commit = on");
-		PQclear(r);
-	}
+	if (!rc && (null || !strcmp(sync, "off")))
+		rc = pg_command(pc, "SET synchronous_commit = on");
 	pc->ready = !rc;
 	return rc;
+}
+
+/* A connection just made (or made again): nothing of the last session's state holds. */
+static void new_session(struct pg_conn *pc)
+{
+	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	pc->pid = PQbackendPID(pc->c);
+	pc->gen++;
+	pc->busy = 0;
+	pc->in_tx = 0;
+	pc->n_stale = 0; /* the server forgot them with the old session */
 }
 
 static int pg_connect(struct pg_conn *pc)
@@ -196,12 +208,7 @@ static int pg_connect(struct pg_conn *pc)
 			snprintf(pc->err, STORE_ERR_MAX, "reconnect: %s", PQerrorMessage(pc->c));
 			return STORE_ECONN;
 		}
-		PQsetNoticeProcessor(pc->c, quiet, NULL);
-		pc->pid = PQbackendPID(pc->c);
-		pc->gen++;
-		pc->busy = 0;
-		pc->in_tx = 0;
-		pc->n_stale = 0; /* the server forgot them with the old session */
+		new_session(pc);
 	}
 	if (pg_session(pc)) {
 		size_t n = strlen(pc->err);
@@ -240,9 +247,7 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 		free(pc);
 		return STORE_ECONN;
 	}
-	PQsetNoticeProcessor(pc->c, quiet, NULL);
-	pc->pid = PQbackendPID(pc->c);
-	pc->gen = 1;
+	new_session(pc);
 	int rc = pg_session(pc);
 	if (rc) {
 		snprintf(err, STORE_ERR_MAX, "cannot set up the session: %s", pc->err);
@@ -264,20 +269,9 @@ static void pg_close(void *conn)
 	free(pc);
 }
 
-/* DEALLOCATE statement o<id> now, or once the session accepts it again (flush_stale, after
- * the ROLLBACK of a failed transaction: sent there, it was refused, and each failed health
- * sweep or certificate re-check left a statement behind on the writer's session until a
- * reconnect). Out of memory, it is left there, as before. */
-static void deallocate(struct pg_conn *pc, unsigned id)
+static void deallocate_now(struct pg_conn *pc, unsigned id)
 {
 	char sql[48];
-	PGTransactionStatusType ts = PQtransactionStatus(pc->c);
-	if (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS) { /* failed, or busy with another */
-		if (!oarray_reserve((void **)&pc->stale, &pc->cap_stale, pc->n_stale,
-		                    sizeof(*pc->stale)))
-			pc->stale[pc->n_stale++] = id;
-		return;
-	}
 	snprintf(sql, sizeof(sql), "DEALLOCATE o%u", id);
 	PQclear(PQexec(pc->c, sql));
 }
@@ -285,14 +279,28 @@ static void deallocate(struct pg_conn *pc, unsigned id)
 /* Outside any transaction only, where a refusal cannot abort one. */
 static void flush_stale(struct pg_conn *pc)
 {
-	char sql[48];
 	if (PQtransactionStatus(pc->c) != PQTRANS_IDLE)
 		return;
-	for (size_t i = 0; i < pc->n_stale; i++) {
-		snprintf(sql, sizeof(sql), "DEALLOCATE o%u", pc->stale[i]);
-		PQclear(PQexec(pc->c, sql));
-	}
+	for (size_t i = 0; i < pc->n_stale; i++)
+		deallocate_now(pc, pc->stale[i]);
 	pc->n_stale = 0;
+}
+
+/* DEALLOCATE statement o<id> now, or once the session accepts it again (flush_stale, after
+ * the ROLLBACK of a failed transaction: sent there, it was refused, and each failed health
+ * sweep or certificate re-check left a statement behind on the writer's session until a
+ * reconnect). Out of memory, it is left there, as before. */
+static void deallocate(struct pg_conn *pc, unsigned id)
+{
+	PGTransactionStatusType ts = PQtransactionStatus(pc->c);
+	if (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS) { /* failed, or busy with another */
+		if (!oarray_reserve((void **)&pc->stale, &pc->cap_stale, pc->n_stale,
+		                    sizeof(*pc->stale)))
+			pc->stale[pc->n_stale++] = id;
+		return;
+	}
+	flush_stale(pc); /* a session that never runs pg_exec (the registry's reader) */
+	deallocate_now(pc, id);
 }
 
 static int pg_exec(void *conn, const char *sql)

@@ -66,7 +66,8 @@ pidfile=$state/run.pids
 if [ -r "$pidfile" ]; then
 	left=()
 	while read -r p; do
-		[[ "$p" =~ ^[0-9]+$ ]] && grep -qa -e outpost -e mosquitto "/proc/$p/cmdline" 2>/dev/null &&
+		# (a pid since reused by something else does not name this state directory)
+		[[ "$p" =~ ^[0-9]+$ ]] && grep -qaF -- "$state/" "/proc/$p/cmdline" 2>/dev/null &&
 			left+=("$p")
 	done <"$pidfile"
 	if [ ${#left[@]} -gt 0 ]; then
@@ -103,7 +104,10 @@ cleanup() {
 	for group in devices bridge broker; do
 		local list=()
 		case $group in
-		devices) list=("${device_pids[@]+"${device_pids[@]}"}") ;;
+		devices) # not those already reaped: their pids may be someone else's by now
+			for i in "${!device_pids[@]}"; do
+				[ -n "${device_gone[i]:-}" ] || list+=("${device_pids[i]}")
+			done ;;
 		bridge) list=(${bridge_pid:+$bridge_pid}) ;;
 		broker) list=(${broker_pid:+$broker_pid}) ;;
 		esac
@@ -123,7 +127,7 @@ cleanup() {
 	wait 2>/dev/null || true
 	rm -f "$pidfile"
 }
-device_pids=() device_ids=() bridge_pid="" broker_pid="" bridge_started=0 bridge_quick=0
+device_pids=() device_ids=() device_gone=() bridge_pid="" broker_pid="" bridge_started=0 bridge_quick=0
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 trap 'cleanup; exit 129' HUP
@@ -188,7 +192,7 @@ for i in $(seq 1 "$devices"); do
 	device_ids+=("$id")
 	echo "$!" >>"$pidfile"
 done
-device_gone=() notices=()
+notices=()
 # what happened to a process: said at once, and kept under the live view, which clears the screen
 notice() { say "$*"; notices+=("$*"); }
 
@@ -209,6 +213,7 @@ while :; do
 		# cannot help; nor can a bridge that keeps dying at start
 		[ $(($(date +%s) - bridge_started)) -lt 10 ] && bridge_quick=$((bridge_quick + 1)) ||
 			bridge_quick=0
+		bridge_pid="" # reaped
 		if [ "$st" = 2 ] || [ "$bridge_quick" -ge 5 ]; then
 			echo "run-local: the bridge exited (status $st)$([ "$st" = 2 ] ||
 				echo " 5 times in a row at start"); its last lines ($state/logs/bridge.log):" >&2

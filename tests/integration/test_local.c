@@ -10,14 +10,28 @@
 #include "h_bridge.h"
 #include "harness.h"
 
+/* run-local's environment for STATE on free ports, and EXTRA (NULL-terminated): env[16] */
+static size_t local_env(const char *state, const char *const *extra, char **env)
+{
+	size_t n = 0;
+	env[n++] = h_strf("OUTPOST_LOCAL_DIR=%s", state);
+	env[n++] = h_strf("OUTPOST_BUILD_DIR=%s", h_build_dir());
+	env[n++] = h_strf("OUTPOST_WSS_PORT=%d", h_free_port());
+	env[n++] = h_strf("OUTPOST_MQTTS_PORT=%d", h_free_port());
+	env[n++] = h_strf("OUTPOST_INTERNAL_PORT=%d", h_free_port());
+	for (; extra && *extra && n < 15; extra++)
+		env[n++] = h_strf("%s", *extra);
+	env[n] = NULL;
+	return n;
+}
+
 Test(local, run_local_and_mqtt_sub, .timeout = 180)
 {
 	char *state = h_tmpdir("local");
-	int wss = h_free_port(), mqtts = h_free_port(), internal = h_free_port();
 	char *script = h_strf("%s/scripts/run-local.sh", h_source_dir());
-	char *env[] = {h_strf("OUTPOST_LOCAL_DIR=%s", state), h_strf("OUTPOST_BUILD_DIR=%s", h_build_dir()),
-		       h_strf("OUTPOST_WSS_PORT=%d", wss), h_strf("OUTPOST_MQTTS_PORT=%d", mqtts),
-		       h_strf("OUTPOST_INTERNAL_PORT=%d", internal), NULL};
+	char *env[16];
+	local_env(state, NULL, env);
+	int internal = atoi(strchr(env[4], '=') + 1);
 	char *argv[] = {script, "--devices", "3", "--duration", "20", "--no-build", "--no-bootstrap", NULL};
 	char *log = h_strf("%s/run-local.out", state);
 	pid_t pid = h_spawn(argv, env, log);
@@ -173,21 +187,6 @@ Test(local, run_local_refuses_bad_arguments)
 	free(cmd);
 }
 
-/* run-local's environment for STATE on free ports, and EXTRA (NULL-terminated): env[16] */
-static size_t local_env(const char *state, const char *const *extra, char **env)
-{
-	size_t n = 0;
-	env[n++] = h_strf("OUTPOST_LOCAL_DIR=%s", state);
-	env[n++] = h_strf("OUTPOST_BUILD_DIR=%s", h_build_dir());
-	env[n++] = h_strf("OUTPOST_WSS_PORT=%d", h_free_port());
-	env[n++] = h_strf("OUTPOST_MQTTS_PORT=%d", h_free_port());
-	env[n++] = h_strf("OUTPOST_INTERNAL_PORT=%d", h_free_port());
-	for (; extra && *extra && n < 15; extra++)
-		env[n++] = h_strf("%s", *extra);
-	env[n] = NULL;
-	return n;
-}
-
 /* run-local (2 devices, for duration_s) started in STATE with EXTRA in its environment */
 static pid_t spawn_local(const char *state, const char *const *extra, int duration_s)
 {
@@ -269,7 +268,12 @@ Test(local, run_local_names_what_an_earlier_run_left_alive, .timeout = 120)
 	for (int i = 0; i < 600 && !h_count_in_file(blog, "connected to"); i++)
 		h_sleep_ms(50);
 	cr_assert(h_count_in_file(blog, "connected to"), "the bridge never connected: %s", blog);
-	h_sleep_ms(500); /* the devices started */
+	/* the devices started: the broker, the bridge and both in the pid file */
+	char *pidfile = h_strf("%s/run.pids", state);
+	for (int i = 0; i < 300 && h_count_in_file(pidfile, "\n") < 4; i++)
+		h_sleep_ms(50);
+	cr_assert_eq(h_count_in_file(pidfile, "\n"), 4, "%s", pidfile);
+	free(pidfile);
 	cr_assert_eq(kill(pid, SIGKILL), 0);
 	h_wait_exit(pid, 10000);
 	char *out;
