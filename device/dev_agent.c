@@ -302,26 +302,30 @@ static int seal(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t 
 	return wire_env_seal(a->key, &e, env, env_len);
 }
 
+/* A warning that repeats is logged the first time, then at most once per every_ms (at every
+ * occurrence with debug logging); *last is when it was last logged, 0 never. */
+static int log_due(int64_t *last, int64_t every_ms)
+{
+	int64_t now = otime_mono_ms();
+	if (*last && now - *last < every_ms && !olog_enabled(OLOG_DEBUG))
+		return 0;
+	*last = now ? now : 1;
+	return 1;
+}
+
 /* Spool errors repeat on every sample while a disk is full: logged at most once a minute. */
 static int spool_error_due(struct dev_agent *a)
 {
-	int64_t now = otime_mono_ms();
 	a->spool_errors++;
-	if (now - a->last_spool_error_log <= 60000 && !olog_enabled(OLOG_DEBUG))
-		return 0;
-	a->last_spool_error_log = now;
-	return 1;
+	return log_due(&a->last_spool_error_log, 60000);
 }
 
 /* A bridge that holds a frontier from an earlier life of the device acknowledges it on every
  * batch it refuses: warned of once, then at most every 10 minutes. */
 static int future_ack_due(struct dev_agent *a)
 {
-	int64_t now = otime_mono_ms();
-	if (a->future_acks++ && now - a->last_future_ack_log < 600000 && !olog_enabled(OLOG_DEBUG))
-		return 0;
-	a->last_future_ack_log = now;
-	return 1;
+	a->future_acks++;
+	return log_due(&a->last_future_ack_log, 600000);
 }
 
 static void log_spool_error(struct dev_agent *a, const char *what, int rc)

@@ -135,6 +135,18 @@ static uint8_t *ack_env(struct wire_key *k, const char *device, uint64_t upto, s
 	return ack_env_ranges(k, device, upto, 0, 0, len);
 }
 
+/* Nothing acknowledged nor deleted: the spool still holds its records; bad_acks refused. */
+static void expect_nothing_acked(struct fixture *f, uint64_t records, uint64_t bad_acks,
+				 struct dev_uploader_stats *us)
+{
+	struct dev_spool_stats st;
+	cr_expect_eq(dev_spool_acked_upto(f->spool), 0);
+	dev_spool_stats(f->spool, &st);
+	cr_expect_eq(st.records, records);
+	dev_uploader_stats(f->up, us);
+	cr_expect_eq(us->bad_acks, bad_acks);
+}
+
 static int ack(struct fixture *f, struct wire_key *k, const char *device, uint64_t upto, int64_t now)
 {
 	size_t len;
@@ -211,13 +223,8 @@ Test(dev_uploader, an_ack_beyond_the_spool_is_refused_and_deletes_nothing)
 	cr_expect_eq(dev_uploader_on_ack(f.up, env, len, 1, NULL), DEV_UPLOADER_EFUTURE,
 		     "a range ending at next");
 	free(env);
-	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
-	struct dev_spool_stats st;
-	dev_spool_stats(f.spool, &st);
-	cr_expect_eq(st.records, 6);
 	struct dev_uploader_stats us;
-	dev_uploader_stats(f.up, &us);
-	cr_expect_eq(us.bad_acks, 2);
+	expect_nothing_acked(&f, 6, 2, &us);
 	cr_expect_eq(us.inflight, 6);
 	cr_expect_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 2), 0);
 	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[5]);
@@ -468,13 +475,8 @@ Test(dev_uploader, an_envelope_of_another_kind_is_no_ack)
 		free(env);
 	}
 	free(body);
-	cr_expect_eq(dev_spool_acked_upto(f.spool), 0);
-	struct dev_spool_stats st;
-	dev_spool_stats(f.spool, &st);
-	cr_expect_eq(st.records, 6);
 	struct dev_uploader_stats us;
-	dev_uploader_stats(f.up, &us);
-	cr_expect_eq(us.bad_acks, 2);
+	expect_nothing_acked(&f, 6, 2, &us);
 	cr_expect_eq(us.acks, 0);
 	cr_expect_eq(us.inflight, 6);
 	/* control: the same body in an Ack envelope is applied */
