@@ -677,6 +677,36 @@ Test(device, forged_ack_deletes_nothing, .timeout = 90)
 	h_broker_free(&b);
 }
 
+/* Acks beyond anything the device sent (a bridge whose store was restored over a state
+ * directory that was reset, say) delete nothing, and the device says so once per ten minutes,
+ * not once per ack, counting them. */
+Test(device, acks_beyond_the_spool_delete_nothing_and_are_reported_once, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	const char *warn = "ignored, nothing deleted; was the device's state directory reset?";
+	const char *const info[] = {"--log-level", "info", NULL}; /* debug logs every one */
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_FUTURE);
+	h_device_start(&d, &b, "dev-a", info);
+	/* an ack for each: three batches, and the Birth sent again for want of an ack */
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_batches_at_least, 3, &v));
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_births_at_least, 2, &v));
+	h_sleep_ms(1000); /* the last ack arrives */
+	cr_expect_eq(h_log_count(d.log, warn), 1, "not warned of exactly once: %s", d.log);
+	cr_expect(h_log_count(d.log, "beyond anything this spool handed out (next "),
+		  "the warning does not name the ack: %s", d.log);
+	kill(d.pid, SIGUSR1);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, v.births + 1, &v));
+	cr_expect_geq(v.last_spool_records, v.batches, "acks from the future deleted spooled data "
+		      "(%llu left of %llu)", (unsigned long long)v.last_spool_records,
+		      (unsigned long long)v.batches);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
+
 /* The last "birth:" line of a device log: its spool records and chain floor; and how many
  * batches the device logged before it with a seq above that floor (they must still be in the
  * spool: only an ack deletes, and the floor is never below the cumulative ack point). Returns

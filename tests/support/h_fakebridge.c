@@ -135,10 +135,10 @@ static void send_ack(struct h_fakebridge *fb, struct dev *d)
 	char topic[WIRE_TOPIC_MAX];
 	if (fb->mode == H_ACK_NONE)
 		return;
-	ack.upto = d->v.frontier;
+	ack.upto = d->v.frontier + (fb->mode == H_ACK_FUTURE ? 1000000 : 0);
 	if (wire_msg_pack(WIRE_KIND_ACK, &ack.base, &body, &len, NULL))
 		return;
-	struct wire_env e = {.kind = WIRE_KIND_ACK, .seq = d->v.frontier, .sent_at_ms = 1, .body = body,
+	struct wire_env e = {.kind = WIRE_KIND_ACK, .seq = ack.upto, .sent_at_ms = 1, .body = body,
 			     .body_len = len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", d->id);
 	struct wire_key *k = fb->mode == H_ACK_FORGED ? fb->forge_key : fb->bridge_key;
@@ -516,6 +516,11 @@ int h_view_readings_at_least(const struct h_device_view *v, uint64_t n)
 int h_view_births_at_least(const struct h_device_view *v, uint64_t n)
 {
 	return v->births >= n;
+}
+
+int h_view_batches_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->batches >= n;
 }
 
 int h_view_frontier_at_least(const struct h_device_view *v, uint64_t n)

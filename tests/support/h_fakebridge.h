@@ -15,6 +15,7 @@ enum h_ack_mode {
 	H_ACK_NORMAL, /* ack after every durable envelope */
 	H_ACK_NONE,   /* receive and record, never ack */
 	H_ACK_FORGED, /* ack everything, signed with a device key instead of the bridge key */
+	H_ACK_FUTURE, /* ack up to a seq far beyond anything sent, signed with the bridge key */
 };
 
 struct h_fakebridge;
@@ -47,6 +48,7 @@ int h_fakebridge_wait(struct h_fakebridge *fb, const char *id, int timeout_ms,
                       struct h_device_view *out);
 int h_view_readings_at_least(const struct h_device_view *v, uint64_t n);
 int h_view_births_at_least(const struct h_device_view *v, uint64_t n);
+int h_view_batches_at_least(const struct h_device_view *v, uint64_t n);
 int h_view_frontier_at_least(const struct h_device_view *v, uint64_t n);
 
 /* Every (t_ms, value) received for metric name of device id, in arrival order of distinct
