@@ -100,9 +100,11 @@ const char *const brg_commit__sql[S_COUNT] = {
     [S_TASK_DELIV] = "UPDATE tasks SET state = 'delivered', delivered_at ="
                      " COALESCE(delivered_at, ?), deliveries = deliveries + 1 WHERE id = ?"
                      " AND state IN ('queued', 'delivered')",
-    [S_TASK_GET] = "SELECT state, expires_at, type FROM tasks WHERE id = ? AND device = ?",
+    [S_TASK_GET] = "SELECT state, expires_at, type, result_seq IS NOT NULL FROM tasks"
+                   " WHERE id = ? AND device = ?",
     [S_TASK_FINISH] = "UPDATE tasks SET state = ?, finished_at = ?, result_status = ?,"
-                      " result_message = ?, result_seq = ? WHERE id = ?",
+                      " result_message = ?, result_seq = ? WHERE id = ? AND result_seq IS NULL"
+                      " AND state IN ('queued', 'delivered', 'expired')",
     [S_TASK_OUT] = "INSERT INTO task_output (task, idx, key, value) VALUES (?, ?, ?, ?)"
                    " ON CONFLICT (task, idx) DO NOTHING",
     [S_TASK_BEHIND] = "UPDATE tasks SET state = 'failed', finished_at = ?, result_message = ?"

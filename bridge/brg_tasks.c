@@ -35,11 +35,16 @@ int brg_commit__do_result(struct brg_committer *c, struct wdev *w, const struct 
 	snprintf(state, sizeof(state), "%s", store_col_text(c->st[S_TASK_GET], 0));
 	int64_t expires = store_col_i64(c->st[S_TASK_GET], 1);
 	snprintf(type, sizeof(type), "%s", store_col_text(c->st[S_TASK_GET], 2));
+	int has_result = store_col_i64(c->st[S_TASK_GET], 3) != 0;
 	store_reset(c->st[S_TASK_GET]);
-	if (strcmp(state, STORE_TASK_QUEUED) && strcmp(state, STORE_TASK_DELIVERED) &&
-	    strcmp(state, STORE_TASK_EXPIRED))
-		return brg_commit__event(c, w, "task_result_ignored", "task %llu %s is already %s",
-		                         (unsigned long long)r->task_id, type, state);
+	/* One result per task, the first: a second (another seq: a hostile or confused device)
+	 * must not overwrite it nor mix its output rows in. Queued is accepted: a store restored
+	 * from before the delivery has the task the device ran as queued (OPERATIONS.md). */
+	if (has_result || (strcmp(state, STORE_TASK_QUEUED) && strcmp(state, STORE_TASK_DELIVERED) &&
+	                   strcmp(state, STORE_TASK_EXPIRED)))
+		return brg_commit__event(c, w, "task_result_ignored", "task %llu %s is already %s%s",
+		                         (unsigned long long)r->task_id, type, state,
+		                         has_result ? " with a result" : "");
 	const char *to = STORE_TASK_SUCCEEDED;
 	if (r->status == OUTPOST__TASK_STATUS__TASK_STATUS_FAILED)
 		to = STORE_TASK_FAILED;

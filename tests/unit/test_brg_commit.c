@@ -207,21 +207,28 @@ static struct brg_item *batch(const char *signer, const char *id, uint64_t seq, 
 	return sealed(signer, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
 }
 
-/* A failed TaskResult of id for task, message msg (any bytes: packed by protobuf-c itself,
- * as wire_msg_pack would refuse to send bad text). */
-static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
-                               const char *msg)
+/* A TaskResult of id for task, status st, message msg (any bytes: packed by protobuf-c itself,
+ * as wire_msg_pack would refuse to send bad text); result() a failed one, finished now. */
+static struct brg_item *result_as(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
+                                  const char *msg, Outpost__TaskStatus st, int64_t finished_ms)
 {
 	Outpost__TaskResult r = OUTPOST__TASK_RESULT__INIT;
 	r.prev_seq = prev;
 	r.task_id = task;
-	r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+	r.status = st;
 	r.message = (char *)msg;
-	r.finished_at_ms = store_now_ms();
+	r.finished_at_ms = finished_ms;
 	size_t blen = outpost__task_result__get_packed_size(&r);
 	uint8_t *body = malloc(blen);
 	outpost__task_result__pack(&r, body);
 	return sealed(id, id, WIRE_KIND_TASK_RESULT, "tasks/result", seq, body, blen);
+}
+
+static struct brg_item *result(const char *id, uint64_t seq, uint64_t prev, uint64_t task,
+                               const char *msg)
+{
+	return result_as(id, seq, prev, task, msg, OUTPOST__TASK_STATUS__TASK_STATUS_FAILED,
+	                 store_now_ms());
 }
 
 /* What a bridge does with a committed group's device states. */
@@ -326,6 +333,33 @@ static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
 	cr_assert_eq(wire_batch_encode(b, prev, d, nd, &body, &blen), WIRE_OK);
 	wire_batch_builder_free(b);
 	return sealed(id, id, WIRE_KIND_BATCH, "telemetry", seq, body, blen);
+}
+
+/* A task takes one result, the first: a second one (another seq, from a confused or hostile
+ * device) is stored as an envelope with an event, and neither overwrites the first nor mixes
+ * its output in - also when the first left the task in a state that takes results (a rejection
+ * after its expiry leaves it expired). A result for a task that is not the device's is an
+ * event only. */
+Test(brg_commit, a_task_keeps_its_first_result)
+{
+	commit_one(birth("dev-a", 1));
+	int64_t task = 0, now = store_now_ms();
+	cr_assert_eq(store_task_add(s, "dev-a", "ping", NULL, 0, now + 3600000, "t", &task),
+	             STORE_OK);
+	commit_one(result_as("dev-a", 2, 0, (uint64_t)task, "first",
+	                     OUTPOST__TASK_STATUS__TASK_STATUS_REJECTED, now + 7200000));
+	cr_expect_eq(one("SELECT COUNT(*) FROM tasks WHERE state = 'expired' AND result_seq = 2"
+	                 " AND result_message = 'first'"), 1);
+	commit_one(result("dev-a", 3, 2, (uint64_t)task, "second"));
+	cr_expect_eq(one("SELECT COUNT(*) FROM tasks WHERE state = 'expired' AND result_seq = 2 AND"
+	                 " result_message = 'first'"), 1, "a second result overwrote the first");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_result_ignored'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type LIKE 'task_expired'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type LIKE 'task_failed'"), 0);
+	commit_one(result("dev-a", 4, 3, (uint64_t)task + 100, "nobody's"));
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_result_unknown'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq IN (3, 4)"), 2,
+	             "the results were not stored as envelopes");
 }
 
 /* The verifier's limits on what a device controls in an envelope's numbering and in a poll's
