@@ -73,9 +73,12 @@ static int sweep(struct brg_committer *c)
 #undef I64
 	for (size_t i = 0; !rc && i < n; i++) {
 		struct wdev w = {.id = rows[i].id, .key = rows[i].key};
-		int64_t args[] = {rows[i].key};
-		rc = store_exec_i64(c->s, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1",
-		              args, 1, &ch);
+		/* not heard of since it was read (another bridge may have committed meanwhile) */
+		int64_t args[] = {rows[i].key, rows[i].a};
+		rc = store_exec_i64(c->s,
+		                    "UPDATE devices SET online = 0 WHERE id = ? AND online = 1 AND"
+		                    " COALESCE(last_seen_at, created_at) <= ?",
+		                    args, 2, &ch);
 		if (!rc && ch)
 			rc = brg_commit__event(c, &w, "offline", "silent for %llds (limit %llds)",
 			                       (long long)((c->now - rows[i].a) / 1000),
@@ -96,13 +99,13 @@ static int sweep(struct brg_committer *c)
 		    a2, 1, &rows, &n, 10000);
 		for (size_t i = 0; !rc && i < n; i++) {
 			struct wdev w = {.id = rows[i].id, .key = rows[i].key};
-			int64_t args[] = {c->now, rows[i].key};
+			int64_t args[] = {c->now, rows[i].key, rows[i].a};
 			rc = store_exec_i64(
 			    c->s,
 			    "UPDATE devices SET state = 'deactivated', state_reason ="
 			    " 'silent too long', state_changed_at = ?, online = 0 WHERE id = ?"
-			    " AND state = 'active'",
-			    args, 2, &ch);
+			    " AND state = 'active' AND COALESCE(last_seen_at, created_at) <= ?",
+			    args, 3, &ch);
 			if (!rc && ch)
 				rc =
 				    brg_commit__event(c, &w, "deactivated", "silent for %lld days",
