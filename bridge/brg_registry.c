@@ -257,7 +257,13 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 		memcpy(info.key.raw, d.pubkey, sizeof(info.key.raw));
 	}
 	pthread_mutex_lock(&r->mu);
-	put_locked(r, id, &info, now);
+	/* The writer's put after a commit, made while this read ran, is newer than what was read:
+	 * kept, not overwritten with the older view. */
+	e = find(r, id);
+	if (e->id[0] && e->loaded_ms >= now)
+		info = e->info;
+	else
+		put_locked(r, id, &info, now);
 	pthread_mutex_unlock(&r->mu);
 	*out = info;
 	return BRG_OK;
