@@ -41,6 +41,7 @@ struct brg_ingest {
 	int stopped;
 	int workers_alive;
 	int recheck;
+	uint64_t checked_gen; /* writer only: the CA generation the last re-check covered */
 	int gave_up;
 	uint64_t abandoned;    /* messages given up at a stop, uncommitted */
 	int64_t stop_deadline; /* monotonic ms */
@@ -370,6 +371,7 @@ static void maintain(struct brg_ingest *in, struct brg_outcome *out)
 static void recheck(struct brg_ingest *in, struct brg_outcome *out)
 {
 	int64_t now = store_now_ms();
+	uint64_t gen = brg_verifier_ca_gen(in->ver);
 	int rc = brg_commit_recheck_certs(in->com, in->ver, now, out);
 	if (rc) {
 		logf_(in, OLOG_WARN, "certificate re-check failed: %s: %s (retrying later)",
@@ -379,7 +381,18 @@ static void recheck(struct brg_ingest *in, struct brg_outcome *out)
 		pthread_mutex_unlock(&in->mu);
 		return;
 	}
+	in->checked_gen = gen;
 	publish_outcome(in, out, now);
+}
+
+/* A Birth checked against a CA/CRL older than the last re-check, and committed after it,
+ * stored a certificate the re-check did not see: one more re-check judges it. */
+static int checked_before_recheck(const struct brg_ingest *in, struct brg_item **items, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (items[i]->kind == BRG_ITEM_BIRTH && items[i]->ca_gen < in->checked_gen)
+			return 1;
+	return 0;
 }
 
 static size_t item_readings(const struct brg_item *it)
@@ -413,12 +426,18 @@ static void *writer_main(void *arg)
 				items[n++] = p;
 				readings += item_readings(p);
 			}
+			int stale = checked_before_recheck(in, items, n);
 			if (stopping_past_deadline(in))
 				abandon(in, n);
 			else
 				commit(in, items, n, &out);
 			for (size_t i = 0; i < n; i++)
 				done_item(in, items[i]);
+			if (stale) {
+				pthread_mutex_lock(&in->mu);
+				in->recheck = 1;
+				pthread_mutex_unlock(&in->mu);
+			}
 		}
 		pthread_mutex_lock(&in->mu);
 		int want_recheck = in->recheck && !in->stopping;

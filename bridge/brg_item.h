@@ -62,6 +62,8 @@ struct brg_item {
 	                              * the writer may not have stored yet (brg_registry_get) */
 	int crl_revoked;             /* REJECT revoked: the device's own certificate (its CN,
 	                              * signed with its key) is on the CRL */
+	uint64_t ca_gen;             /* BIRTH: brg_verifier_ca_gen of the CA/CRL that checked
+	                              * its certificate */
 	Outpost__TaskPoll *poll;     /* POLL */
 	Outpost__TaskResult *result; /* RESULT */
 	uint8_t corr[BRG_CORR_MAX];  /* POLL: correlation data to echo */

@@ -20,6 +20,7 @@ struct brg_verifier {
 	struct brg_registry *reg;
 	pthread_rwlock_t ca_lock;
 	struct wire_ca *ca;
+	uint64_t ca_gen; /* how many times set_ca swapped it */
 };
 
 int brg_verifier_new(struct brg_registry *reg, struct wire_ca *ca, struct brg_verifier **out)
@@ -48,15 +49,18 @@ void brg_verifier_set_ca(struct brg_verifier *v, struct wire_ca *ca)
 	pthread_rwlock_wrlock(&v->ca_lock);
 	struct wire_ca *old = v->ca;
 	v->ca = ca;
+	v->ca_gen++;
 	pthread_rwlock_unlock(&v->ca_lock);
 	wire_ca_free(old);
 }
 
 static int check_cert(struct brg_verifier *v, const char *pem, size_t len,
-                      struct wire_cert_info *info, struct wire_diag *diag)
+                      struct wire_cert_info *info, struct wire_diag *diag, uint64_t *gen)
 {
 	pthread_rwlock_rdlock(&v->ca_lock);
 	int rc = wire_ca_verify(v->ca, pem, len, info, diag);
+	if (gen)
+		*gen = v->ca_gen;
 	pthread_rwlock_unlock(&v->ca_lock);
 	return rc;
 }
@@ -64,7 +68,15 @@ static int check_cert(struct brg_verifier *v, const char *pem, size_t len,
 int brg_verifier_check_cert(struct brg_verifier *v, const char *pem, size_t len,
                             struct wire_cert_info *info)
 {
-	return check_cert(v, pem, len, info, NULL);
+	return check_cert(v, pem, len, info, NULL, NULL);
+}
+
+uint64_t brg_verifier_ca_gen(struct brg_verifier *v)
+{
+	pthread_rwlock_rdlock(&v->ca_lock);
+	uint64_t gen = v->ca_gen;
+	pthread_rwlock_unlock(&v->ca_lock);
+	return gen;
 }
 
 static int reject(struct brg_item *it, const char *reason, const char *fmt, ...)
@@ -184,7 +196,7 @@ static int birth(struct brg_verifier *v, struct brg_item *it, const struct wire_
 	if (rc)
 		return reject(it, decode_reason(rc), "birth: %s", d.msg);
 	const char *pem = it->birth->cert_pem;
-	rc = check_cert(v, pem, strlen(pem), &cert, &d);
+	rc = check_cert(v, pem, strlen(pem), &cert, &d, &it->ca_gen);
 	if (rc == WIRE_EREVOKED && !wire_cert_parse(pem, strlen(pem), &cert, NULL)) {
 		/* Only the device's own certificate, with its key, may revoke it in the store:
 		 * another's on its topic is a forgery like any other. */

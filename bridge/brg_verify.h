@@ -19,6 +19,9 @@ void brg_verifier_free(struct brg_verifier *v); /* accepts NULL */
 /* Swap in a newly loaded CA/CRL (taken over); the old one is freed once no check uses it. */
 void brg_verifier_set_ca(struct brg_verifier *v, struct wire_ca *ca);
 
+/* Which CA/CRL is current: 0 for the first, one more at each brg_verifier_set_ca. */
+uint64_t brg_verifier_ca_gen(struct brg_verifier *v);
+
 /* wire_ca_verify with the current CA (for re-checking enrolled certificates). */
 int brg_verifier_check_cert(struct brg_verifier *v, const char *pem, size_t len,
                             struct wire_cert_info *info);

@@ -151,34 +151,6 @@ static void outage(struct h_bridge *br, struct h_simdev **d, void (*down)(void *
 	up(ctx);
 }
 
-struct sqlite_lock {
-	char *db;
-	pid_t pid;
-	int hold_s;
-};
-
-static void lock_sqlite(void *ctx)
-{
-	struct sqlite_lock *l = ctx;
-	/* Another process holds the write lock for a while (hold_s, default 5 s), as a stuck
-	 * writer would; returns once it holds it (said by a child process: sqlite3's own output
-	 * to a file is buffered until it exits). */
-	char *sleep = h_strf(".shell sleep %d", l->hold_s ? l->hold_s : 5);
-	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell echo locked",
-	                sleep, "COMMIT;", NULL};
-	char *log = h_strf("%s.lock.log", l->db);
-	l->pid = h_spawn(argv, NULL, log);
-	cr_assert(h_log_wait(log, "locked", 1, 10000), "sqlite3 did not take the lock: %s", log);
-	free(log);
-	free(sleep);
-}
-
-static void unlock_sqlite(void *ctx)
-{
-	struct sqlite_lock *l = ctx;
-	cr_expect_eq(h_wait_exit(l->pid, 10000), 0, "sqlite3 holding the lock");
-}
-
 /* What the bridge's stats lines said: the most it held queued and in memory, and the totals
  * of the last line. */
 struct outage_stats {
@@ -223,8 +195,8 @@ static void locked_outage(const char *tag, const char *const *args, size_t n_arg
 		h_bridge_arg(&br, args[i]);
 	h_bridge_start(&br);
 	start_devices_window(&b, o, d, 1500, 150, window);
-	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, hold_s};
-	outage(&br, d, lock_sqlite, unlock_sqlite, &l);
+	struct h_sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, hold_s};
+	outage(&br, d, h_sqlite_lock, h_sqlite_unlock, &l);
 	finish(&br, o, d);
 	cr_expect_gt(h_bridge_log_count(&br, "store back"), 0);
 	cr_expect_eq(h_bridge_stop(&br), 0);
@@ -294,8 +266,8 @@ Test(bridge_failure, acks_made_while_the_broker_is_unreachable_go_after_the_reco
 	h_bridge_arg(&br, port);
 	h_bridge_arg(&br, "--busy-timeout=200ms");
 	h_bridge_start(&br);
-	struct sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 15};
-	lock_sqlite(&l); /* the group waits for the store */
+	struct h_sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 15};
+	h_sqlite_lock(&l); /* the group waits for the store */
 	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port, .batches = 5,
 	                          .rows = 2, .cols = 2, .window = 10, .ack_timeout_ms = 60000,
 	                          .t0_ms = 1700000000000LL};
@@ -310,7 +282,7 @@ Test(bridge_failure, acks_made_while_the_broker_is_unreachable_go_after_the_reco
 		h_sleep_ms(50);
 	cr_assert_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0), 5,
 	             "the group was not committed while the broker was unreachable");
-	unlock_sqlite(&l);
+	h_sqlite_unlock(&l);
 	h_sleep_ms(1000);
 	struct h_simdev_stats st;
 	h_simdev_stats(d, &st);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "h_bridge.h"
+#include "h_device.h"
 #include "h_mqtt.h"
 #include "h_simdev.h"
 #include "harness.h"
@@ -293,6 +294,63 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device_and_a_new_key_enrols_i
 				  "'active'", "dev-x"), 1);
 	cr_expect_eq(qs(br.store, EVENTS("reenrolled"), "dev-x"), 1);
 	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	free(pki);
+}
+
+/* A Birth checked against the old CRL that is still queued when a reloaded CRL revokes its
+ * certificate: the re-check after the reload ran before it was stored, so the writer re-checks
+ * once more after storing it. The store is locked meanwhile (the writer holds dev-x's group),
+ * so that dev-y's Birth waits in the queue across the reload. */
+Test(bridge_health, a_birth_queued_across_a_crl_reload_is_checked_again, .timeout = 180)
+{
+	char *pki = h_tmpdir("pki-crlq"), *out = NULL;
+	char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s --devices dev-x,dev-y",
+			   h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, pki);
+	h_bridge_init(&br, &b, NULL, "crlq");
+	h_bridge_arg(&br, "--busy-timeout=200ms");
+	h_bridge_start(&br);
+	struct h_sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 20};
+	h_sqlite_lock(&l);
+	struct h_simdev_opts ox = {.pki = pki, .id = "dev-x", .port = b.mqtts_port, .batches = 2,
+				   .t0_ms = 1700000000000LL};
+	struct h_simdev *dx = h_simdev_start(&ox);
+	cr_assert(h_log_wait(br.log, "failed (attempt", 1, 10000), "no commit waited: %s", br.log);
+	struct h_simdev_opts oy = ox;
+	oy.id = "dev-y";
+	struct h_simdev *dy = h_simdev_start(&oy);
+	struct h_simdev_stats st = {0};
+	long long end = h_now_ms() + 10000;
+	while (h_now_ms() < end && (h_simdev_stats(dy, &st), st.sent) < 1)
+		h_sleep_ms(50);
+	cr_assert_geq(st.sent, 1, "dev-y sent nothing");
+	h_sleep_ms(500); /* its Birth is verified and queued behind dev-x's group */
+	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-y", h_source_dir(), pki);
+	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
+	free(out);
+	free(cmd);
+	kill(br.pid, SIGHUP);
+	cr_assert(h_log_wait(br.log, "CA and CRL reloaded", 1, 10000), "%s", br.log);
+	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s'", "dev-y"),
+		     0, "dev-y's Birth was stored before the reload: the test proves nothing");
+	h_sqlite_unlock(&l);
+	cr_expect(wait_for(br.store,
+			   "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = 'revoked'",
+			   "dev-y", 1, 20000),
+		  "dev-y enrolled with a revoked certificate: %s", br.log);
+	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = "
+				  "'active'", "dev-x"), 1);
+	h_simdev_stop(dy);
+	h_simdev_stop(dx);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	free(l.db);
 	h_bridge_free(&br);
 	h_broker_free(&b);
 	free(pki);

@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 
 #include "h_bridge.h"
+#include "h_device.h"
 #include "h_simdev.h"
 #include "store.h"
 
@@ -280,4 +281,26 @@ void h_check_simdev(const char *url, struct h_simdev *d, const struct h_simdev_o
 	                         "'missing' AND resolved_at IS NULL",
 	                         1, dev),
 	             0, "%s: open missing gaps", o->id);
+}
+
+void h_sqlite_lock(void *lock)
+{
+	struct h_sqlite_lock *l = lock;
+	/* sqlite3 says it holds the lock through a child process: its own output to a file is
+	 * buffered until it exits */
+	char *sleep = h_strf(".shell sleep %d", l->hold_s ? l->hold_s : 5);
+	char *argv[] = {"sqlite3", l->db, ".timeout 10000", "BEGIN EXCLUSIVE;", ".shell echo locked",
+	                sleep, "COMMIT;", NULL};
+	char *log = h_strf("%s.lock.log", l->db);
+	l->pid = h_spawn(argv, NULL, log);
+	cr_assert(h_log_wait(log, "locked", 1, 10000), "sqlite3 did not take the lock: %s", log);
+	free(log);
+	free(sleep);
+}
+
+void h_sqlite_unlock(void *lock)
+{
+	struct h_sqlite_lock *l = lock;
+	cr_expect_eq(h_wait_exit(l->pid, (l->hold_s ? l->hold_s : 5) * 1000 + 10000), 0,
+	             "sqlite3 holding the lock");
 }

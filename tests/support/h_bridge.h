@@ -67,6 +67,17 @@ int64_t h_store_wait_i64(const char *url, const char *sql, enum h_until until, i
  * exit status and output (stdout+stderr unless stderr is redirected) in *out. */
 int h_ctl(const char *url, const char *args, char **out);
 
+/* Another process (sqlite3) holds the write lock of the SQLite file db for hold_s seconds
+ * (0: 5 s), as a stuck writer would: h_sqlite_lock returns once it holds it, h_sqlite_unlock
+ * waits for it to let go (at most hold_s + 10 s). Both take a struct h_sqlite_lock (void *: outage callbacks). */
+struct h_sqlite_lock {
+	char *db;
+	pid_t pid;
+	int hold_s;
+};
+void h_sqlite_lock(void *lock);
+void h_sqlite_unlock(void *lock);
+
 struct h_simdev;
 struct h_simdev_opts;
 
