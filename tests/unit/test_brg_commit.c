@@ -318,6 +318,32 @@ Test(brg_commit, verify_rejections)
 	it = judge("outpost/v1/dev-revoked/birth", env, n, NULL);
 	cr_expect_str_eq(it->reason, "revoked");
 	brg_item_free(it);
+	/* topics that are not an Outpost uplink */
+	const char *const topics[] = {"outpost/v1/dev-a/nonsense", "outpost/v1/dev-a/tasks",
+	                              "outpost/v1/dev-a/ack", "outpost/v2/dev-a/telemetry",
+	                              "elsewhere/dev-a/telemetry", "outpost/v1//telemetry"};
+	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+		env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 6, "x", 1, &n);
+		it = judge(topics[i], env, n, NULL);
+		cr_expect_str_eq(it->reason ? it->reason : "accepted", "topic", "%s: %s", topics[i],
+		                 it->detail);
+		brg_item_free(it);
+	}
+	/* a Birth whose certificate is not one */
+	body = h_birth_body(h_pki(), "dev-a", 1, 0, &blen);
+	Outpost__Birth *b = outpost__birth__unpack(NULL, blen, body);
+	cr_assert(b);
+	free(body);
+	char *pem = b->cert_pem;
+	b->cert_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+	blen = outpost__birth__get_packed_size(b);
+	body = malloc(blen);
+	outpost__birth__pack(b, body);
+	b->cert_pem = pem;
+	outpost__birth__free_unpacked(b, NULL);
+	it = sealed("dev-a", "dev-a", WIRE_KIND_BIRTH, "birth", 7, body, blen);
+	cr_expect_str_eq(it->reason ? it->reason : "accepted", "cert_invalid", "%s", it->detail);
+	brg_item_free(it);
 }
 
 /* A batch of id with seq/prev carrying dropped records (as a device's spool reports them). */
