@@ -82,6 +82,13 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 	if (!strncasecmp(v, "http://", 7))
 		v += 7;
 	size_t n = strcspn(v, "/?#");
+	/* a '/', '?' or '#' in the user:password would cut the value before its '@', and the user
+	 * and the password's head would read as host:port (then be dialled, and logged) */
+	if (strchr(v + n, '@')) {
+		*why = "'/', '?' or '#' in the proxy user:password: write special characters as %XX"
+		       " ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40)";
+		return -1;
+	}
 	if (n == 0 || n + 6 >= cap) {
 		*why = "expected host:port or http://host:port";
 		return -1;

@@ -1043,6 +1043,19 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 		     2);
 	cr_expect(strstr(out, "'carrier-pigeon' is not one of: auto, wss, mqtts"), "%s", out);
 	free(out);
+
+	/* a '/' in the proxy password: refused, and neither user nor password shown */
+	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt "
+		      "--cert %s/devices/dev-a.crt --key %s/devices/dev-a.key "
+		      "--bridge-cert %s/bridge.crt --state-dir %s/s "
+		      "--proxy http://alice:2024/pw@proxy.corp:3128",
+		      pki, pki, pki, pki, dir);
+	cr_expect_eq(run_device(args, &out), 2);
+	cr_expect(strstr(out, "proxy: '/', '?' or '#' in the proxy user:password"), "%s", out);
+	cr_expect_null(strstr(out, "alice"), "%s", out);
+	cr_expect_null(strstr(out, "2024"), "%s", out);
+	free(out);
+	free(args);
 	free(conf);
 	free(dir);
 }

@@ -50,6 +50,37 @@ Test(dev_proxy, refuses_what_cannot_work)
 	cr_expect_str_eq(out, "user:50%25off%40x@proxy:3128");
 }
 
+/* The value is cut at its first '/', '?' or '#' (the path): one of them in the password left
+ * the '@' behind the cut, and the user and the password's head read as host:port, dialled and
+ * logged. Refused, with a reason that quotes none of it; escaped, they are fine. */
+Test(dev_proxy, refuses_a_path_character_in_the_credentials)
+{
+	const char *bad[] = {"http://alice:2024/pw@proxy.corp:3128",
+			     "alice:2024?pw@proxy.corp:3128",
+			     "http://alice:2024#pw@proxy.corp:3128/",
+			     "http://alice:20%2F24/pw@proxy.corp:3128"};
+	char out[300];
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *why = NULL;
+		strcpy(out, "untouched");
+		cr_expect_eq(dev_proxy_resolve(bad[i], "b", out, sizeof(out), &why), -1, "%s: %s",
+			     bad[i], out);
+		cr_assert_not_null(why, "%s", bad[i]);
+		cr_expect(strstr(why, "%XX"), "%s", why);
+		cr_expect_null(strstr(why, "alice"), "%s", why);
+		cr_expect_null(strstr(why, "2024"), "%s", why);
+	}
+	/* from the environment alike */
+	setenv("https_proxy", bad[0], 1);
+	unsetenv("no_proxy");
+	unsetenv("NO_PROXY");
+	cr_expect_eq(resolve("", "b", out), -1);
+	unsetenv("https_proxy");
+	cr_expect_eq(resolve("http://alice:2024%2Fpw@proxy.corp:3128/", "b", out), 1);
+	cr_expect_str_eq(out, "alice:2024%2Fpw@proxy.corp:3128");
+	cr_expect_str_eq(dev_proxy_loggable(out), "proxy.corp:3128");
+}
+
 Test(dev_proxy, environment_and_no_proxy)
 {
 	char out[300];
