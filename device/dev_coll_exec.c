@@ -133,7 +133,7 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	char *argv[] = {"/bin/sh", "-c", e->command, NULL};
 	char *buf = NULL;
 	size_t len = 0;
-	int rc = -1, status = 0;
+	int rc = -1, status = 0, reaped = 0, wait_errno = 0;
 
 	char **env = command_env(e);
 	if (!env) {
@@ -150,6 +150,9 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
 	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	/* nothing else of the agent's: Paho's broker socket is not close-on-exec, and neither the
+	 * command nor what it leaves running may hold the live TLS connection */
+	int sp = posix_spawn_file_actions_addclosefrom_np(&fa, 3);
 	posix_spawnattr_init(&attr);
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
 	                                    POSIX_SPAWN_SETSIGDEF);
@@ -162,7 +165,8 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	sigaddset(&dflt, SIGPIPE);
 	sigaddset(&dflt, SIGXFSZ);
 	posix_spawnattr_setsigdefault(&attr, &dflt);
-	int sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, env);
+	if (!sp)
+		sp = posix_spawn(&pid, argv[0], &fa, &attr, argv, env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	if (env != environ)
@@ -209,8 +213,14 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	/* the process exits promptly after EOF or SIGKILL; bound the wait anyway */
 	for (int i = 0; i < 500; i++) {
 		pid_t w = waitpid(pid, &status, WNOHANG);
-		if (w == pid || (w < 0 && errno != EINTR))
+		if (w == pid) {
+			reaped = 1;
 			break;
+		}
+		if (w < 0 && errno != EINTR) {
+			wait_errno = errno;
+			break;
+		}
 		if (i == 100)
 			kill(-pid, SIGKILL);
 		usleep(10000);
@@ -223,6 +233,11 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 		*why = "command cut short: the agent is stopping";
 	else if (too_big)
 		*why = "command printed more than 64 KiB";
+	else if (!reaped && wait_errno == ECHILD) /* SIGCHLD ignored: the kernel reaped it */
+		*why = "command's exit status unknown: it was reaped elsewhere (is SIGCHLD"
+		       " ignored?)";
+	else if (!reaped)
+		*why = "command's exit status unknown: it did not end within 5 s of its output";
 	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		*why = "command exited with an error";
 	else {

@@ -58,6 +58,9 @@ int main(int argc, char **argv)
 	 * pgrep; keep the name operators look for */
 	prctl(PR_SET_NAME, "outpost-device", 0, 0, 0);
 #endif
+	/* ignored, as whatever started us may have left it (it survives exec), the kernel would
+	 * reap the exec collector's command and its exit status would be lost */
+	signal(SIGCHLD, SIG_DFL);
 	int rc = dev_config_parse(&cfg, argc, argv, err);
 
 	if (rc == 1) {

@@ -1059,3 +1059,41 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	free(conf);
 	free(dir);
 }
+
+/* The exec collector's command gets stdin, stdout and stderr of the agent and nothing else
+ * (the agent holds its spool, its catalog and Paho's TLS connection to the broker, whose
+ * socket is not close-on-exec); and an agent started with SIGCHLD ignored (a disposition that
+ * survives exec) still learns its command's exit status. Each sample reports how many
+ * descriptors the command's shell has: 0, 1, 2 and the one listing them opens. */
+Test(device, exec_commands_get_no_descriptor_of_the_agent, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	static int64_t t[4000];
+	static double val[4000];
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	const char *extra[] = {
+	    "--collectors", "sim,exec", "--exec-command",
+	    "n=0; for f in /proc/$$/fd/*; do n=$((n + 1)); done; echo exec.fds $n", NULL};
+	struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGCHLD, &ign, &old);
+	h_device_start(&d, &b, "dev-a", extra);
+	sigaction(SIGCHLD, &old, NULL);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 20, &v),
+		  "no data: %s", d.log);
+	cr_assert(h_log_wait(d.log, "connected to", 1, 10000), "%s", d.log);
+	/* samples taken while connected: a batch (1 s) after the connection, and more */
+	size_t n = 0;
+	for (long long end = h_now_ms() + 15000; n < 15 && h_now_ms() < end; h_sleep_ms(100))
+		n = h_fakebridge_series(fb, "dev-a", "exec.fds", t, val, 4000);
+	cr_assert_geq(n, 15, "%zu readings of the command; %s", n, d.log);
+	for (size_t i = 0; i < n; i++)
+		cr_expect_eq(val[i], 4, "reading %zu: the command had %g descriptors", i, val[i]);
+	cr_expect_eq(h_log_count(d.log, "collector exec:"), 0, "%s", d.log);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}

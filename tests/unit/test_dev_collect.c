@@ -1,7 +1,9 @@
 /* test_dev_collect.c - collectors: sim, exec (timeouts, bad output, failures as metrics) and
  * proc (against a fixture /proc tree). */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +167,54 @@ Test(dev_collect, exec_failures_become_metrics, .timeout = 30)
 		cr_expect(find(&g, "collector.exec.errors", &v) && v == 1);
 		dev_collect_close(c);
 	}
+}
+
+/* The command gets the agent's stdin, stdout and stderr and nothing else: Paho's broker socket
+ * is not close-on-exec, and neither the command nor what it leaves running may hold the live
+ * TLS connection. Here descriptors opened as Paho opens its socket, one of them high. */
+Test(dev_collect, exec_commands_inherit_only_stdin_stdout_stderr)
+{
+	int fd = open("/dev/null", O_RDONLY), high = fcntl(fd, F_DUPFD, 200);
+	cr_assert_geq(fd, 3);
+	cr_assert_geq(high, 200);
+	/* a reading per descriptor of the shell; listing them opens one more (3) */
+	struct dev_collect *c =
+	    open_c("exec", "for f in /proc/$$/fd/*; do echo fd.${f##*/} 1; done", 5000);
+	struct got g = {0};
+	const char *name, *why = NULL;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+	double v;
+	char fd_name[16], high_name[16];
+	snprintf(fd_name, sizeof(fd_name), "fd.%d", fd);
+	snprintf(high_name, sizeof(high_name), "fd.%d", high);
+	cr_expect(find(&g, "fd.0", &v) && find(&g, "fd.1", &v) && find(&g, "fd.2", &v));
+	cr_expect_not(find(&g, fd_name, &v), "the command inherited %s", fd_name);
+	cr_expect_not(find(&g, high_name, &v), "the command inherited %s", high_name);
+	cr_expect_leq(g.n, 4 + 2, "0, 1, 2, the listing's own, and the collector's two; %d", g.n);
+	dev_collect_close(c);
+	close(fd);
+	close(high);
+}
+
+/* SIGCHLD ignored (a disposition that survives exec, so whatever started the agent may leave
+ * it): the kernel reaps the command and its exit status is lost. Unknown is a failure, not an
+ * exit 0 whose output is taken. */
+Test(dev_collect, exec_an_unknown_exit_status_is_a_failure, .timeout = 30)
+{
+	struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGCHLD, &ign, &old);
+	struct dev_collect *c = open_c("exec", "echo x 1; exit 3", 5000);
+	struct got g = {0};
+	const char *name, *why = NULL;
+	double v;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect(why && strstr(why, "exit status unknown") && strstr(why, "SIGCHLD"), "%s",
+		  why ? why : "");
+	cr_expect_not(find(&g, "x", &v), "the output of a command that failed was taken");
+	cr_expect(find(&g, "collector.exec.ok", &v) && v == 0);
+	dev_collect_close(c);
+	sigaction(SIGCHLD, &old, NULL);
 }
 
 static int has_value(const struct got *g, double v)
