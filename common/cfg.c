@@ -248,8 +248,7 @@ static char *trim(char *s)
 	return s;
 }
 
-int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const char *path,
-		  char *err)
+int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 {
 	FILE *f = fopen(path, "r");
 	char line[CFG_LINE_MAX], src[CFG_ERR_MAX / 2];
@@ -258,20 +257,25 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 
 	if (!f)
 		return fail(err, "%s: %s", path, strerror(errno));
-	while (fgets(line, sizeof(line), f)) {
+	while (!rc && fgets(line, sizeof(line), f)) {
 		lineno++;
 		snprintf(src, sizeof(src), "%s:%u", path, lineno);
 		if (!strchr(line, '\n') && !feof(f)) {
-			rc = fail(err, "%s: line longer than %d bytes", src, CFG_LINE_MAX - 2);
-			break;
+			fail(err, "%s: line longer than %d bytes", src, CFG_LINE_MAX - 2);
+			rc = fn(arg, src, NULL, NULL, err);
+			/* read on: past the rest of that line */
+			while (!rc && fgets(line, sizeof(line), f) && !strchr(line, '\n'))
+				;
+			continue;
 		}
 		char *s = trim(line);
 		if (!*s || *s == '#')
 			continue;
 		char *eq = strchr(s, '=');
 		if (!eq) {
-			rc = fail(err, "%s: expected 'key = value'", src);
-			break;
+			fail(err, "%s: expected 'key = value'", src);
+			rc = fn(arg, src, NULL, NULL, err);
+			continue;
 		}
 		*eq = '\0';
 		char *key = trim(s), *value = trim(eq + 1);
@@ -279,15 +283,17 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 			/* "quoted value" keeps spaces and '#'; only a comment may follow it */
 			char *close = strchr(value + 1, '"'), *rest;
 			if (!close) {
-				rc = fail(err, "%s: %s: missing closing quote", src, key);
-				break;
+				fail(err, "%s: %s: missing closing quote", src, key);
+				rc = fn(arg, src, NULL, NULL, err);
+				continue;
 			}
 			for (rest = close + 1; isspace((unsigned char)*rest); rest++)
 				;
 			if (*rest && *rest != '#') {
-				rc = fail(err, "%s: %s: unexpected text after the closing quote", src,
-					  key);
-				break;
+				fail(err, "%s: %s: unexpected text after the closing quote", src,
+				     key);
+				rc = fn(arg, src, NULL, NULL, err);
+				continue;
 			}
 			*close = '\0';
 			value++;
@@ -302,18 +308,37 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 			}
 			value = trim(value);
 		}
-		const struct cfg_opt *o = find(opts, n, key, strlen(key));
-		if (!o) {
-			rc = fail(err, "%s: %s: unknown setting", src, key);
-			break;
-		}
-		if ((rc = apply(o, settings, value, src, err)) != 0)
-			break;
+		rc = fn(arg, src, key, value, err);
 	}
 	if (!rc && ferror(f))
 		rc = fail(err, "%s: read error", path);
 	fclose(f);
-	return rc;
+	return rc ? -1 : 0;
+}
+
+struct load {
+	const struct cfg_opt *opts;
+	size_t n;
+	void *settings;
+};
+
+/* cfg_load_file's line: a syntax error or an unknown key stops the read */
+static int load_line(void *arg, const char *src, const char *key, const char *value, char *err)
+{
+	const struct load *l = arg;
+	if (!key)
+		return -1;
+	const struct cfg_opt *o = find(l->opts, l->n, key, strlen(key));
+	if (!o)
+		return fail(err, "%s: %s: unknown setting", src, key);
+	return apply(o, l->settings, value, src, err);
+}
+
+int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const char *path,
+		  char *err)
+{
+	struct load l = {opts, n, settings};
+	return cfg_read_file(path, load_line, &l, err);
 }
 
 static void env_name(char *buf, size_t cap, const char *prefix, const char *name)

@@ -41,6 +41,19 @@ int cfg_defaults(const struct cfg_opt *opts, size_t n, void *settings, char *err
 int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const char *path,
 		  char *err);
 
+/* One line of a settings file for cfg_read_file: src is "path:line", key and value as
+ * cfg_load_file would apply them (spaces, quotes and the comment removed; borrowed, valid
+ * during the call). For a line that is not "key = value" (no '=', an unclosed quote, longer than
+ * the 8 KiB a line may have) key and value are NULL and err already says why. Return 0 to read
+ * on, -1 to stop (err filled). */
+typedef int (*cfg_line_fn)(void *arg, const char *src, const char *key, const char *value,
+			   char *err);
+
+/* Read the file as cfg_load_file does, handing each line that is neither blank nor a comment to
+ * fn instead of applying it. 0; -1 if fn stopped, or with "path: <strerror>" or "path: read
+ * error" in err. */
+int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err);
+
 /* Apply PREFIX<NAME> environment variables (e.g. OUTPOST_BROKER_HOST). */
 int cfg_load_env(const struct cfg_opt *opts, size_t n, void *settings, const char *prefix,
 		 char *err);

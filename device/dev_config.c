@@ -1,6 +1,7 @@
 /* dev_config.c - the settings table of outpost-device, and persisted remote overrides. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,26 +80,34 @@ int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err)
 	return c->source && c->spool_dir ? 0 : -1;
 }
 
+/* What is wrong with the settings together ("key: reason"), or NULL. */
+static const char *check(const struct dev_config *c)
+{
+	if (!c->id || !*c->id)
+		return "id: required";
+	if (!c->broker_host || !*c->broker_host)
+		return "broker_host: required";
+	if (c->backoff_max_ms < c->backoff_min_ms)
+		return "backoff_max: smaller than backoff_min";
+	if (c->batch_interval_ms < c->sample_interval_ms)
+		return "batch_interval: shorter than sample_interval";
+	if (c->spool_max_bytes < 4 * c->spool_segment_bytes)
+		return "spool_max_bytes: must be at least 4 x spool_segment_bytes";
+	if (c->transport == DEV_TRANSPORT_WSS && !c->wss_port)
+		return "wss_port: 0 but transport is wss";
+	if (c->transport == DEV_TRANSPORT_MQTTS && !c->mqtts_port)
+		return "mqtts_port: 0 but transport is mqtts";
+	if (!c->wss_port && !c->mqtts_port)
+		return "wss_port: both ports are 0";
+	return NULL;
+}
+
 int dev_config_check(const struct dev_config *c, char *err)
 {
-	const char *src = c->source ? c->source : "configuration";
-	if (!c->id || !*c->id)
-		return snprintf(err, CFG_ERR_MAX, "%s: id: required", src), -1;
-	if (!c->broker_host || !*c->broker_host)
-		return snprintf(err, CFG_ERR_MAX, "%s: broker_host: required", src), -1;
-	if (c->backoff_max_ms < c->backoff_min_ms)
-		return snprintf(err, CFG_ERR_MAX, "%s: backoff_max: smaller than backoff_min", src), -1;
-	if (c->batch_interval_ms < c->sample_interval_ms)
-		return snprintf(err, CFG_ERR_MAX, "%s: batch_interval: shorter than sample_interval", src), -1;
-	if (c->spool_max_bytes < 4 * c->spool_segment_bytes)
-		return snprintf(err, CFG_ERR_MAX,
-				"%s: spool_max_bytes: must be at least 4 x spool_segment_bytes", src), -1;
-	if (c->transport == DEV_TRANSPORT_WSS && !c->wss_port)
-		return snprintf(err, CFG_ERR_MAX, "%s: wss_port: 0 but transport is wss", src), -1;
-	if (c->transport == DEV_TRANSPORT_MQTTS && !c->mqtts_port)
-		return snprintf(err, CFG_ERR_MAX, "%s: mqtts_port: 0 but transport is mqtts", src), -1;
-	if (!c->wss_port && !c->mqtts_port)
-		return snprintf(err, CFG_ERR_MAX, "%s: wss_port: both ports are 0", src), -1;
+	const char *why = check(c);
+	if (why)
+		return snprintf(err, CFG_ERR_MAX, "%s: %s", c->source ? c->source : "configuration",
+				why), -1;
 	return 0;
 }
 
@@ -110,14 +119,123 @@ static char *override_path(const struct dev_config *c)
 	return p;
 }
 
-int dev_config_load_overrides(struct dev_config *c, char *err)
+/* A usable line of the override file: a remotely settable key with a valid value. */
+struct override {
+	char *src; /* "path:line" */
+	char *key;
+	char *value;
+};
+
+struct overrides {
+	const struct dev_config *c;
+	struct override *v;
+	size_t n, cap;
+	dev_config_warn_fn warn;
+	void *arg;
+};
+
+static void warnf(const struct overrides *o, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void warnf(const struct overrides *o, const char *fmt, ...)
+{
+	char msg[2 * CFG_ERR_MAX];
+	va_list ap;
+	if (!o->warn)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	o->warn(o->arg, msg);
+}
+
+static int override_line(void *arg, const char *src, const char *key, const char *value,
+			 char *err)
+{
+	struct overrides *o = arg;
+	if (!key) {
+		warnf(o, "%s; the line is ignored", err);
+		return 0;
+	}
+	if (!wire_set_config_key_ok(key)) {
+		char keys[128];
+		warnf(o, "%s: %s: ignored: not a setting set_config may change (%s)", src, key,
+		      cfg_join(wire_set_config_keys, keys, sizeof(keys)));
+		return 0;
+	}
+	/* the value alone, on a scratch copy (remote keys are never strings: nothing shared is
+	 * freed) */
+	struct dev_config probe = *o->c;
+	if (cfg_set(opts, NOPTS, &probe, key, value, src, err)) {
+		warnf(o, "%s; the line is ignored", err);
+		return 0;
+	}
+	if (o->n == o->cap) {
+		size_t cap = o->cap ? 2 * o->cap : 8;
+		struct override *v = realloc(o->v, cap * sizeof(*v));
+		if (!v)
+			return snprintf(err, CFG_ERR_MAX, "%s: out of memory", src), -1;
+		o->v = v;
+		o->cap = cap;
+	}
+	struct override *l = &o->v[o->n];
+	l->src = strdup(src);
+	l->key = strdup(key);
+	l->value = strdup(value);
+	if (!l->src || !l->key || !l->value) {
+		free(l->src);
+		free(l->key);
+		free(l->value);
+		return snprintf(err, CFG_ERR_MAX, "%s: out of memory", src), -1;
+	}
+	o->n++;
+	return 0;
+}
+
+int dev_config_load_overrides(struct dev_config *c, dev_config_warn_fn warn, void *arg, char *err)
 {
 	char *path = override_path(c);
-	if (!path)
-		return -1;
-	int rc = 0;
-	if (access(path, F_OK) == 0)
-		rc = cfg_load_file(opts, NOPTS, c, path, err);
+	struct overrides o = {.c = c, .warn = warn, .arg = arg};
+	int rc = -1;
+	if (!path) {
+		snprintf(err, CFG_ERR_MAX, "out of memory");
+		goto out;
+	}
+	if (access(path, F_OK) != 0) {
+		rc = 0;
+		goto out;
+	}
+	if (cfg_read_file(path, override_line, &o, err))
+		goto out;
+	/* all of them, as set_config left them (the last of a key wins) */
+	struct dev_config probe = *c;
+	for (size_t i = 0; i < o.n; i++)
+		cfg_set(opts, NOPTS, &probe, o.v[i].key, o.v[i].value, o.v[i].src, err);
+	const char *why = check(&probe);
+	/* refused together: the main configuration changed since (a set_config is checked
+	 * against the settings of its time). One by one then, in file order, each kept only if
+	 * the settings stay valid: the agent starts, without what conflicts. */
+	for (size_t i = 0; why && i < o.n; i++) {
+		probe = *c;
+		cfg_set(opts, NOPTS, &probe, o.v[i].key, o.v[i].value, o.v[i].src, err);
+		const char *conflict = check(&probe);
+		if (conflict) {
+			warnf(&o, "%s: %s = %s: ignored: the settings with it are refused (%s); a "
+				  "set_config of %s replaces the line", o.v[i].src, o.v[i].key,
+			      o.v[i].value, conflict, o.v[i].key);
+			continue;
+		}
+		*c = probe;
+	}
+	if (!why)
+		*c = probe;
+	rc = 0;
+out:
+	for (size_t i = 0; i < o.n; i++) {
+		free(o.v[i].src);
+		free(o.v[i].key);
+		free(o.v[i].value);
+	}
+	free(o.v);
 	free(path);
 	return rc;
 }

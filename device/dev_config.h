@@ -51,8 +51,19 @@ struct dev_config {
  * -1 on error with a one-line message in err (CFG_ERR_MAX bytes). */
 int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err);
 
-/* Apply the persisted set_config overrides from <state_dir>/config.override, if any. */
-int dev_config_load_overrides(struct dev_config *c, char *err);
+/* Receives one warning: a line of the override file that was ignored, and why. */
+typedef void (*dev_config_warn_fn)(void *arg, const char *msg);
+
+/* Apply the persisted set_config overrides from <state_dir>/config.override, if any, to c,
+ * which passes dev_config_check; so does c afterwards. The file never stops the agent: a line
+ * that is not a remotely settable key (wire_task.h) with a valid value is ignored; if the
+ * overrides together make settings dev_config_check refuses (the main configuration changed
+ * since the set_config), they are applied one by one in file order and each with which the
+ * settings would be refused is ignored. warn (may be NULL) gets one message for each ignored
+ * line, naming the file and line. Nothing is rewritten: an ignored line is judged again at the
+ * next start. 0, or -1 with err if the file exists but cannot be read (or out of memory). */
+int dev_config_load_overrides(struct dev_config *c, dev_config_warn_fn warn, void *arg,
+			      char *err);
 
 /* set_config: apply n key=value pairs all or nothing. Each key must be remotely settable, each
  * value valid, and the pairs together must pass dev_config_check; then they are persisted in

@@ -32,6 +32,13 @@ static void on_reconnect(int sig)
 		dev_agent_reconnect(agent);
 }
 
+/* A line of config.override the agent ignores (dev_config_load_overrides). */
+static void on_override_ignored(void *arg, const char *msg)
+{
+	(void)arg;
+	olog(OLOG_WARN, "%s", msg);
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: outpost-device [--config FILE] [--OPTION VALUE ...]\n"
@@ -71,12 +78,20 @@ int main(int argc, char **argv)
 		printf("outpost-device %s\n", OUTPOST_VERSION);
 		return 0;
 	}
-	if (rc || dev_config_load_overrides(&cfg, err) || dev_config_check(&cfg, err)) {
+	/* the configuration alone first, so that its errors name it; then the remote overrides,
+	 * which never stop the agent (what does not fit is ignored, with a warning) */
+	if (rc || dev_config_check(&cfg, err)) {
 		fprintf(stderr, "outpost-device: %s\n", err[0] ? err : "invalid configuration");
 		dev_config_free(&cfg);
 		return 2;
 	}
 	olog_init("outpost-device", cfg.id, (enum olog_level)cfg.log_level);
+	if (dev_config_load_overrides(&cfg, on_override_ignored, NULL, err)) {
+		fprintf(stderr, "outpost-device: %s\n", err);
+		dev_config_free(&cfg);
+		return 2;
+	}
+	olog_set_level((enum olog_level)cfg.log_level);
 
 	rc = dev_agent_new(&cfg, &agent, err, sizeof(err));
 	if (rc) {

@@ -2,12 +2,14 @@
  * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
  * durability across outages, forged acks, configuration errors. */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dev_spool.h"
@@ -1044,6 +1046,19 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	cr_expect(strstr(out, "'carrier-pigeon' is not one of: auto, wss, mqtts"), "%s", out);
 	free(out);
 
+	/* the settings together, of the configuration alone: the message names its file */
+	f = fopen(conf, "w");
+	fprintf(f, "id = dev-a\nbroker_host = localhost\nsample_interval = 30s\n"
+		   "batch_interval = 20s\n");
+	fclose(f);
+	args = h_strf("--config %s --state-dir %s/s", conf, dir);
+	cr_expect_eq(run_device(args, &out), 2);
+	want = h_strf("%s: batch_interval: shorter than sample_interval", conf);
+	cr_expect(strstr(out, want), "%s", out);
+	free(want);
+	free(out);
+	free(args);
+
 	/* a '/' in the proxy password: refused, and neither user nor password shown */
 	args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt "
 		      "--cert %s/devices/dev-a.crt --key %s/devices/dev-a.key "
@@ -1096,4 +1111,56 @@ Test(device, exec_commands_get_no_descriptor_of_the_agent, .timeout = 60)
 	h_device_free(&d);
 	h_fakebridge_stop(fb);
 	h_broker_free(&b);
+}
+
+static int polls_at_least(const struct h_device_view *v, uint64_t n)
+{
+	return v->polls >= n;
+}
+
+/* config.override from set_config tasks of long ago: one no longer fits the configuration
+ * (sample_interval = 2s, above the batch_interval of 1 s the device now has), one is a setting
+ * set_config may not change (written by hand). The agent starts all the same, and says which
+ * lines of config.override it ignored; the one that fits applies. */
+Test(device, starts_despite_an_override_the_configuration_refuses, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {.id = strdup("dev-a"), .dir = h_tmpdir("device")};
+	struct h_device_view v;
+	d.log = h_strf("%s/device.log", d.dir);
+	char *state = h_strf("%s/state", d.dir), *override = h_strf("%s/config.override", state);
+	cr_assert_eq(mkdir(state, 0700), 0);
+	FILE *f = fopen(override, "w");
+	cr_assert_not_null(f);
+	fputs("sample_interval = 2s\nexec_command = touch /tmp/outpost-owned\n"
+	      "poll_interval = 1s\n", f);
+	fclose(f);
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 20, &v),
+		  "no data: %s", d.log);
+	char *line1 = h_strf("warn: %s:1: sample_interval = 2s: ignored: the settings with it are "
+			     "refused (batch_interval: shorter than sample_interval)", override);
+	char *line2 = h_strf("warn: %s:2: exec_command: ignored: not a setting set_config may "
+			     "change", override);
+	cr_expect_eq(h_log_count(d.log, line1), 1, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, line2), 1, "%s", d.log);
+	/* poll_interval = 1s applies (polls every second rather than every hour), the samples
+	 * keep the configuration's 200 ms */
+	cr_expect(h_fakebridge_wait(fb, "dev-a", 10000, polls_at_least, 3, &v), "%" PRIu64 " polls",
+		  v.polls);
+	static int64_t t[100];
+	static double val[100];
+	size_t n = h_fakebridge_series(fb, "dev-a", "collector.sim.ok", t, val, 100);
+	cr_assert_geq(n, 2);
+	cr_expect_lt(t[n - 1] - t[n - 2], 1000, "sampled every %" PRId64 " ms",
+		     t[n - 1] - t[n - 2]);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(line1);
+	free(line2);
+	free(override);
+	free(state);
 }

@@ -585,3 +585,65 @@ Test(cfg, a_required_string_must_not_be_empty)
 	unsetenv(PREFIX "BROKER_HOST");
 	cfg_free(req, N(req), &s);
 }
+
+/* What a cfg_read_file callback saw: "line-number key=value" or "line-number !reason". */
+struct seen {
+	char text[2048];
+	int stop_at; /* line number at which to stop, 0: never */
+};
+
+static int see_line(void *arg, const char *src, const char *key, const char *value, char *err)
+{
+	struct seen *s = arg;
+	const char *line = strrchr(src, ':') + 1;
+	size_t len = strlen(s->text);
+	if (key)
+		snprintf(s->text + len, sizeof(s->text) - len, "%s %s=%s\n", line, key, value);
+	else
+		snprintf(s->text + len, sizeof(s->text) - len, "%s !%s\n", line,
+			 err + strlen(src) + 2); /* after "path:line: " */
+	if (atoi(line) == s->stop_at) {
+		snprintf(err, CFG_ERR_MAX, "stopped");
+		return -1;
+	}
+	return 0;
+}
+
+/* cfg_read_file hands each line to its caller, one that is not "key = value" too (with the
+ * reason, as cfg_load_file would give it), and reads on past it when the caller does: past a
+ * line longer than the buffer as a whole, counting it as one line. Values are as
+ * cfg_load_file applies them: unknown keys and bad values are the caller's to judge. */
+Test(cfg, read_file_hands_every_line_to_the_caller)
+{
+	char *longline = malloc(20000);
+	memset(longline, 'x', 19999);
+	longline[19999] = '\0';
+	char *text = h_strf("# comment\n\nbogus = 1\nno equals sign\ndevice_id = %s\n"
+			    "broker_port = \"12 # 3\"  # note\nx = \"open\n"
+			    "log_level = debug # note\nlast=1",
+			    longline);
+	char *path = write_conf(text);
+	struct seen s = {"", 0};
+	char err[CFG_ERR_MAX] = "";
+	cr_expect_eq(cfg_read_file(path, see_line, &s, err), 0, "%s", err);
+	cr_expect_str_eq(s.text, "3 bogus=1\n"
+				 "4 !expected 'key = value'\n"
+				 "5 !line longer than 8190 bytes\n"
+				 "6 broker_port=12 # 3\n"
+				 "7 !x: missing closing quote\n"
+				 "8 log_level=debug\n"
+				 "9 last=1\n");
+	/* the caller stops the read */
+	struct seen stop = {"", 4};
+	cr_expect_eq(cfg_read_file(path, see_line, &stop, err), -1);
+	cr_expect_str_eq(err, "stopped");
+	cr_expect_str_eq(stop.text, "3 bogus=1\n4 !expected 'key = value'\n");
+	struct seen stop_long = {"", 5};
+	cr_expect_eq(cfg_read_file(path, see_line, &stop_long, err), -1);
+	cr_expect_eq(h_count(stop_long.text, "\n"), 3, "%s", stop_long.text);
+	cr_expect_eq(cfg_read_file("/nonexistent-outpost-dir/x.conf", see_line, &s, err), -1);
+	cr_expect_str_eq(err, "/nonexistent-outpost-dir/x.conf: No such file or directory");
+	free(path);
+	free(text);
+	free(longline);
+}

@@ -9,15 +9,41 @@
 #include "dev_config.h"
 #include "harness.h"
 
-static void parse(struct dev_config *c, const char *state_dir)
+/* Warnings of dev_config_load_overrides, one per line. */
+struct warnings {
+	char text[4096];
+	int n;
+};
+
+static void on_warning(void *arg, const char *msg)
+{
+	struct warnings *w = arg;
+	size_t len = strlen(w->text);
+	snprintf(w->text + len, sizeof(w->text) - len, "%s\n", msg);
+	w->n++;
+}
+
+/* As outpost-device starts: its settings (with the options in extra, NULL-terminated, if any),
+ * checked, then the overrides of state_dir (warnings into w, if not NULL). */
+static void parse_with(struct dev_config *c, const char *state_dir, const char *const *extra,
+		       struct warnings *w)
 {
 	char err[CFG_ERR_MAX] = "";
-	char *argv[] = {"outpost-device", "--config", "/dev/null",	 "--id",
-			"dev-a",	  "--broker-host", "localhost", "--state-dir",
-			(char *)state_dir, NULL};
-	cr_assert_eq(dev_config_parse(c, 9, argv, err), 0, "%s", err);
-	cr_assert_eq(dev_config_load_overrides(c, err), 0, "%s", err);
+	char *argv[32] = {"outpost-device", "--config", "/dev/null",	 "--id",
+			  "dev-a",	    "--broker-host", "localhost", "--state-dir",
+			  (char *)state_dir};
+	int argc = 9;
+	while (extra && *extra && argc < 31)
+		argv[argc++] = (char *)*extra++;
+	cr_assert_eq(dev_config_parse(c, argc, argv, err), 0, "%s", err);
 	cr_assert_eq(dev_config_check(c, err), 0, "%s", err);
+	cr_assert_eq(dev_config_load_overrides(c, w ? on_warning : NULL, w, err), 0, "%s", err);
+	cr_assert_eq(dev_config_check(c, err), 0, "%s", err);
+}
+
+static void parse(struct dev_config *c, const char *state_dir)
+{
+	parse_with(c, state_dir, NULL, NULL);
 }
 
 Test(dev_config, set_config_is_all_or_nothing_and_survives_a_restart)
@@ -80,4 +106,104 @@ Test(dev_config, the_shipped_example_reads_as_written)
 	cr_expect_str_eq(c.state_dir, "/var/lib/outpost-device");
 	dev_config_free(&c);
 	free(example);
+}
+
+/* A set_config was valid against the settings of its time; the configuration changed since
+ * (batch_interval = 20s below the sample_interval = 30s the override holds). The agent must
+ * start (an unattended device would be bricked): the override that conflicts is ignored, with
+ * a warning naming config.override and its line, and the others still apply. The line stays,
+ * and applies again once the configuration allows it. */
+Test(dev_config, an_override_the_configuration_no_longer_allows_is_ignored)
+{
+	char *dir = h_tmpdir("devcfg"), *override = h_strf("%s/config.override", dir);
+	struct dev_config c;
+	struct warnings w = {"", 0};
+	char err[CFG_ERR_MAX] = "";
+	parse(&c, dir);
+	const char *k1[] = {"sample_interval"}, *v1[] = {"30s"};
+	cr_assert_eq(dev_config_set_overrides(&c, 1, k1, v1, err), 0, "%s", err);
+	const char *k2[] = {"log_level"}, *v2[] = {"debug"};
+	cr_assert_eq(dev_config_set_overrides(&c, 1, k2, v2, err), 0, "%s", err);
+	dev_config_free(&c);
+
+	const char *shorter[] = {"--batch-interval", "20s", NULL};
+	parse_with(&c, dir, shorter, &w);
+	cr_expect_eq(c.sample_interval_ms, 10000, "the conflicting override was applied");
+	cr_expect_eq(c.batch_interval_ms, 20000);
+	cr_expect_eq(c.log_level, 3, "the other override was dropped too");
+	cr_expect_eq(w.n, 1, "%s", w.text);
+	char *want = h_strf("%s:1: sample_interval = 30s: ignored: ", override);
+	cr_expect(strstr(w.text, want), "%s", w.text);
+	cr_expect(strstr(w.text, "batch_interval: shorter than sample_interval"), "%s", w.text);
+	free(want);
+	dev_config_free(&c);
+
+	/* the line stays: with room for it again, it applies */
+	memset(&w, 0, sizeof(w));
+	const char *longer[] = {"--batch-interval", "40s", NULL};
+	parse_with(&c, dir, longer, &w);
+	cr_expect_eq(c.sample_interval_ms, 30000);
+	cr_expect_eq(c.log_level, 3);
+	cr_expect_eq(w.n, 0, "%s", w.text);
+	dev_config_free(&c);
+
+	/* together they are fine, one by one the first would not be: not judged one by one */
+	const char *k3[] = {"sample_interval", "batch_interval"}, *v3[] = {"50s", "70s"};
+	parse(&c, dir);
+	cr_assert_eq(dev_config_set_overrides(&c, 2, k3, v3, err), 0, "%s", err);
+	dev_config_free(&c);
+	parse_with(&c, dir, longer, &w);
+	cr_expect_eq(c.sample_interval_ms, 50000);
+	cr_expect_eq(c.batch_interval_ms, 70000);
+	cr_expect_eq(w.n, 0, "%s", w.text);
+	dev_config_free(&c);
+	free(override);
+	free(dir);
+}
+
+/* config.override holds what set_config may set, nothing else: a line with another setting
+ * (identity, trust, the command the exec collector runs) is ignored with a warning naming the
+ * file and line, as is a value out of bounds or a line that is no setting. None of them stops
+ * the agent. */
+Test(dev_config, the_override_file_holds_only_remote_settings)
+{
+	char *dir = h_tmpdir("devcfg"), *override = h_strf("%s/config.override", dir);
+	FILE *f = fopen(override, "w");
+	cr_assert_not_null(f);
+	fputs("# by hand\n"
+	      "broker_host = evil.example.com\n"
+	      "ca = /tmp/evil-ca.crt\n"
+	      "exec_command = touch /tmp/owned\n"
+	      "poll_interval = 7s\n"
+	      "sample_interval = 1ms\n"
+	      "not a setting\n"
+	      "log_level = \"debug\"   # quoted\n",
+	      f);
+	fclose(f);
+	struct dev_config c;
+	struct warnings w = {"", 0};
+	parse_with(&c, dir, NULL, &w);
+	cr_expect_str_eq(c.broker_host, "localhost");
+	cr_expect_str_eq(c.ca, "/etc/outpost/ca.crt");
+	cr_expect_str_eq(c.exec_command, "");
+	cr_expect_eq(c.poll_interval_ms, 7000);
+	cr_expect_eq(c.sample_interval_ms, 10000);
+	cr_expect_eq(c.log_level, 3);
+	cr_expect_eq(w.n, 5, "%s", w.text);
+	const char *want[] = {
+	    ":2: broker_host: ignored: not a setting set_config may change", ":3: ca: ignored",
+	    ":4: exec_command: ignored",
+	    ":6: sample_interval: must be between 100ms and 1d; the line is ignored",
+	    ":7: expected 'key = value'; the line is ignored"};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		char *line = h_strf("%s%s", override, want[i]);
+		cr_expect(strstr(w.text, line), "no '%s' in %s", line, w.text);
+		free(line);
+	}
+	cr_expect(strstr(w.text, "(sample_interval, batch_interval, batch_max_readings, "
+				 "poll_interval, log_level)"),
+		  "%s", w.text);
+	dev_config_free(&c);
+	free(override);
+	free(dir);
 }
