@@ -1,4 +1,6 @@
 /* dev_config.c - the settings table of outpost-device, and persisted remote overrides. */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -27,7 +29,7 @@ static const struct cfg_opt opts[] = {
 	{"cert", CFG_STR, S(cert), 0, 0, "/etc/outpost/device.crt", "this device's certificate", NULL},
 	{"key", CFG_STR, S(key), 0, 0, "/etc/outpost/device.key", "this device's Ed25519 private key", NULL},
 	{"bridge_cert", CFG_STR, S(bridge_cert), 0, 0, "/etc/outpost/bridge.crt", "bridge certificate: acks and tasks must be signed by its key", NULL},
-	{"broker_host", CFG_STR, S(broker_host), 1, 253, NULL, "broker host name (checked against its certificate)", NULL},
+	{"broker_host", CFG_STR, S(broker_host), 1, 253, NULL, "broker host name or IP address, no port (checked against its certificate)", NULL},
 	{"wss_port", CFG_INT, S(wss_port), 0, 65535, "443", "WebSockets+TLS port (0: skip)", NULL},
 	{"mqtts_port", CFG_INT, S(mqtts_port), 0, 65535, "8883", "MQTT+TLS fallback port (0: skip)", NULL},
 	{"ws_path", CFG_STR, S(ws_path), 0, 128, "/mqtt", "WebSocket path", NULL},
@@ -80,13 +82,37 @@ int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err)
 	return c->source && c->spool_dir ? 0 : -1;
 }
 
+/* What is wrong with broker_host, or NULL. It goes into the broker URLs ("wss://HOST:PORT/path",
+ * Paho takes the port after the last ':'), the TLS name check and the proxy's CONNECT request
+ * (dev_tlscheck, dev_proxy_tunnel: an IPv6 address bare, bracketed there): a host name, an
+ * IPv4 address or an IPv6 address without brackets. */
+static const char *host_check(const char *h)
+{
+	unsigned char addr[16];
+	if (*h == '[')
+		return "broker_host: an IPv6 address is written without brackets";
+	for (const char *p = h; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr(".-_:", *p))
+			return "broker_host: not a host name or IP address (letters, digits, '.',"
+			       " '-' and '_' only; ':' in an IPv6 address)";
+	if (*h == '-' || *h == '.')
+		return "broker_host: not a host name or IP address (it starts with '-' or '.')";
+	if (strchr(h, ':') && inet_pton(AF_INET6, h, addr) != 1)
+		return "broker_host: not a host name or IP address (the ports are wss_port and "
+		       "mqtts_port)";
+	return NULL;
+}
+
 /* What is wrong with the settings together ("key: reason"), or NULL. */
 static const char *check(const struct dev_config *c)
 {
+	const char *why;
 	if (!c->id || !*c->id)
 		return "id: required";
 	if (!c->broker_host || !*c->broker_host)
 		return "broker_host: required";
+	if ((why = host_check(c->broker_host)))
+		return why;
 	if (c->backoff_max_ms < c->backoff_min_ms)
 		return "backoff_max: smaller than backoff_min";
 	if (c->batch_interval_ms < c->sample_interval_ms)

@@ -1046,6 +1046,11 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	cr_expect(strstr(out, "'carrier-pigeon' is not one of: auto, wss, mqtts"), "%s", out);
 	free(out);
 
+	/* a port in broker_host was dialled as part of the name */
+	cr_expect_eq(run_device("--id dev-a --broker-host localhost:8883", &out), 2);
+	cr_expect(strstr(out, "broker_host: not a host name or IP address"), "%s", out);
+	free(out);
+
 	/* the settings together, of the configuration alone: the message names its file */
 	f = fopen(conf, "w");
 	fprintf(f, "id = dev-a\nbroker_host = localhost\nsample_interval = 30s\n"

@@ -207,3 +207,47 @@ Test(dev_config, the_override_file_holds_only_remote_settings)
 	free(override);
 	free(dir);
 }
+
+/* broker_host goes into the broker URLs (wss://HOST:PORT/path), the TLS name check and the
+ * proxy's CONNECT request: a host name, an IPv4 address or a bare IPv6 address, nothing else
+ * (a port in it was dialled as part of the name; a CR or LF reached the CONNECT request). */
+Test(dev_config, broker_host_is_a_host_name_or_an_address)
+{
+	const char *good[] = {"broker.example.com", "localhost", "10.1.2.3", "fd00::1", "::1",
+			      "broker-1.site_a.example", "::ffff:10.1.2.3"};
+	struct {
+		const char *host, *why;
+	} bad[] = {
+		{"broker.example.com:8883", "the ports are wss_port and mqtts_port"},
+		{"[fd00::1]", "without brackets"},
+		{"fd00::1::2", "not a host name or IP address"},
+		{"broker\r\nX-Evil: 1", "letters, digits"},
+		{"evil.example.com\n", "letters, digits"},
+		{"two words", "letters, digits"},
+		{"wss://broker", "not a host name or IP address"},
+		{"broker/mqtt", "letters, digits"},
+		{"user@broker", "letters, digits"},
+		{"-broker", "starts with"},
+		{".broker", "starts with"},
+	};
+	char err[CFG_ERR_MAX];
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]) + sizeof(bad) / sizeof(bad[0]); i++) {
+		int ok = i < sizeof(good) / sizeof(good[0]);
+		const char *host = ok ? good[i] : bad[i - sizeof(good) / sizeof(good[0])].host;
+		char *argv[] = {"outpost-device", "--config", "/dev/null", "--id", "dev-a",
+				"--broker-host", (char *)host, NULL};
+		struct dev_config c;
+		err[0] = '\0';
+		cr_assert_eq(dev_config_parse(&c, 7, argv, err), 0, "%s", err);
+		if (ok) {
+			cr_expect_eq(dev_config_check(&c, err), 0, "%s: %s", host, err);
+		} else {
+			const char *why = bad[i - sizeof(good) / sizeof(good[0])].why;
+			cr_expect_eq(dev_config_check(&c, err), -1, "%s was taken", host);
+			cr_expect(!strncmp(err, "/dev/null: broker_host: ", 24), "%s", err);
+			cr_expect(strstr(err, why), "%s: %s", host, err);
+			cr_expect_null(strchr(err, '\n'), "the message is one line: %s", err);
+		}
+		dev_config_free(&c);
+	}
+}
