@@ -2,13 +2,14 @@
 # provision-certs.sh - Outpost PKI: CA, broker, bridge, operator and one certificate per device.
 # Idempotent: never overwrites a key; reissues a certificate only when it is missing, no longer
 # chains to the CA, does not match its key, or (broker) lacks a requested name. The broker
-# certificate keeps every name it already has. See certs/README.md.
+# certificate keeps every name it already has. One run at a time per directory (a lock in
+# DIR/.ca). See certs/README.md.
 set -euo pipefail
 
 usage() {
 	cat <<'EOF'
 Usage: scripts/provision-certs.sh --out DIR [--devices ID,ID,...] [--count N]
-                                  [--broker-host NAME[,NAME...]] [--revoke ID]
+                                  [--broker-host NAME[,NAME...]] [--revoke ID[,ID...]]
 
 Creates or completes an Outpost PKI in DIR:
   DIR/ca.crt DIR/ca.key DIR/crl.pem           CA (ECDSA P-256) and its revocation list
@@ -22,13 +23,18 @@ Options:
   --out DIR            output directory (required)
   --devices LIST       comma-separated device ids, each [A-Za-z0-9_-]{1,64}, not "outpost-*"
   --count N            also provision device-0001 .. device-N (zero-padded to 4 digits)
-  --broker-host NAMES  extra DNS names or IP addresses for the broker certificate (repeatable)
-  --revoke ID          revoke device ID and refresh DIR/crl.pem (copied to the broker, its plugin
-                       applies it within a second; the bridge within its crl_reload)
+  --broker-host NAMES  extra DNS names or IP addresses for the broker certificate (repeatable;
+                       IPv4 as four numbers 0-255 without leading zeros)
+  --revoke IDS         revoke these devices (comma-separated, repeatable) and refresh
+                       DIR/crl.pem once (copied to the broker, its plugin applies it within a
+                       second; the bridge within its crl_reload)
   -h, --help           this text
 
 Keys are created 0600 and never overwritten. Running again with the same arguments changes
-nothing. Exit status: 0 ok, 1 failure, 2 usage error.
+nothing. A key that cannot be read, or a DIR/ca.crt without its CA database DIR/.ca, stops the
+run before anything is changed. Runs on the same DIR wait for each other (a lock on
+DIR/.ca/lock), at most OUTPOST_PKI_LOCK_WAIT seconds [300].
+Exit status: 0 ok, 1 failure, 2 usage error.
 EOF
 }
 
@@ -40,7 +46,7 @@ cnf="$here/../certs/openssl.cnf"
 [ -r "$cnf" ] || die "missing $cnf"
 command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
 
-out="" devices=() count=0 hosts=() revoke=""
+out="" devices=() count=0 hosts=() revokes=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--out) [ $# -ge 2 ] || usage_error "--out needs a directory"; out=$2; shift 2 ;;
@@ -51,8 +57,8 @@ while [ $# -gt 0 ]; do
 	--count=*) count=${1#*=}; shift ;;
 	--broker-host) [ $# -ge 2 ] || usage_error "--broker-host needs a name"; IFS=, read -ra h <<<"$2"; hosts+=("${h[@]}"); shift 2 ;;
 	--broker-host=*) IFS=, read -ra h <<<"${1#*=}"; hosts+=("${h[@]}"); shift ;;
-	--revoke) [ $# -ge 2 ] || usage_error "--revoke needs an id"; revoke=$2; shift 2 ;;
-	--revoke=*) revoke=${1#*=}; shift ;;
+	--revoke) [ $# -ge 2 ] && [ -n "$2" ] || usage_error "--revoke needs an id"; IFS=, read -ra r <<<"$2"; revokes+=("${r[@]}"); shift 2 ;;
+	--revoke=*) [ -n "${1#*=}" ] || usage_error "--revoke needs an id"; IFS=, read -ra r <<<"${1#*=}"; revokes+=("${r[@]}"); shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage_error "unknown argument: $1" ;;
 	esac
@@ -65,7 +71,12 @@ valid_id() { [[ "$1" =~ ^[A-Za-z0-9_-]{1,64}$ ]] && [[ "$1" != outpost-* ]]; }
 for id in "${devices[@]+"${devices[@]}"}"; do
 	valid_id "$id" || usage_error "--devices: invalid device id '$id' (want [A-Za-z0-9_-]{1,64}, not outpost-*)"
 done
-[ -z "$revoke" ] || valid_id "$revoke" || usage_error "--revoke: invalid device id '$revoke'"
+for id in "${revokes[@]+"${revokes[@]}"}"; do
+	valid_id "$id" || usage_error "--revoke: invalid device id '$id'"
+done
+lock_wait=${OUTPOST_PKI_LOCK_WAIT:-300}
+[[ "$lock_wait" =~ ^[0-9]{1,6}$ ]] ||
+	usage_error "OUTPOST_PKI_LOCK_WAIT: not a number of seconds: $lock_wait"
 # ipv6_print ADDR: ADDR the way OpenSSL prints it in a certificate (8 groups, uppercase hex,
 # no leading zeros, no "::"), so that requested and present names compare equal.
 ipv6_print() {
@@ -87,18 +98,49 @@ ipv6_print() {
 	done
 	echo "${res%:}"
 }
+# ipv4_ok ADDR: four decimal numbers 0-255 without leading zeros. OpenSSL would certify
+# 010.0.0.1 as 10.0.0.1 (never matching the requested name, so reissued on every run) and
+# refuses 300.1.1.1 only when signing.
+ipv4_ok() {
+	local n
+	[[ "$1" =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || return 1
+	for n in "${BASH_REMATCH[@]:1}"; do
+		[[ "$n" =~ ^(0|[1-9][0-9]{0,2})$ ]] && [ "$n" -le 255 ] || return 1
+	done
+}
 for h in "${hosts[@]+"${hosts[@]}"}"; do
 	[[ "$h" =~ ^[A-Za-z0-9.:-]{1,253}$ ]] || usage_error "--broker-host: invalid name '$h'"
 	[[ "$h" != *:* ]] || ipv6_print "$h" >/dev/null || usage_error "--broker-host: invalid IPv6 address '$h'"
+	# digits and dots only: an IPv4 address or nothing (no DNS top-level domain is numeric)
+	[[ "$h" =~ [^0-9.] ]] || ipv4_ok "$h" ||
+		usage_error "--broker-host: invalid IPv4 address '$h' (four numbers 0-255, no leading zeros)"
 done
 for ((i = 1; i <= count; i++)); do devices+=("$(printf 'device-%04d' "$i")"); done
 
+command -v flock >/dev/null || die "flock not found (apt-get install util-linux)"
 mkdir -p "$out" # parents with the caller's umask: the broker's user must reach the files
+out=$(cd "$out" && pwd)
+# A CA without its database would start an empty one: the next CRL would forget every
+# revocation and restart its numbering. (`cp DIR/* NEW/` leaves the hidden .ca/ behind.)
+if [ -f "$out/ca.crt" ]; then
+	for f in index.txt serial crlnumber; do
+		[ -f "$out/.ca/$f" ] || die "$out/ca.crt exists but its CA database file $out/.ca/$f" \
+			"does not; nothing was changed. Restore $out/.ca/ (copy a PKI with its hidden" \
+			"files: cp -a OLD/. NEW/)"
+	done
+fi
 umask 077
 mkdir -p "$out/devices" "$out/.ca/issued"
-out=$(cd "$out" && pwd)
 chmod 755 "$out" "$out/devices"
 chmod 700 "$out/.ca"
+# One run at a time: `openssl ca` does no locking (two runs could issue the same serial or lose
+# each other's index lines). Held until the script exits, by every openssl it runs.
+exec 9>>"$out/.ca/lock"
+if ! flock -n 9; then
+	echo "provision-certs: another run is using $out; waiting up to ${lock_wait}s" >&2
+	flock -w "$lock_wait" 9 || die "another run still holds $out/.ca/lock after" \
+		"${lock_wait}s (OUTPOST_PKI_LOCK_WAIT); nothing was changed"
+fi
 export OUTPOST_PKI="$out" OUTPOST_SAN="DNS:localhost"
 [ -f "$out/.ca/index.txt" ] || : >"$out/.ca/index.txt"
 [ -f "$out/.ca/serial" ] || openssl rand -hex 16 >"$out/.ca/serial"
@@ -128,11 +170,27 @@ new_key() {
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 status_of() { awk -F'\t' -v s="$1" 'toupper($4) == toupper(s) { print $1 }' "$out/.ca/index.txt" | tail -n1; }
 cert_ok() { [ -f "$1" ] && openssl verify -CAfile "$out/ca.crt" "$1" >/dev/null 2>&1; }
-# key_matches KEY CRT: the certificate is for this key (a lost key is replaced by a new one).
+# key_unreadable KEY: say why KEY is no usable private key and stop.
+key_unreadable() {
+	die "$1: openssl cannot read this private key (unreadable or corrupt); nothing was" \
+		"changed. Fix its permissions or restore it; delete it (and its certificate) to" \
+		"re-provision with a new key"
+}
+# pub_of KEY: its public key; a key that cannot be read stops the run (it is never taken for
+# a lost key: its still valid certificate would be revoked as superseded).
+pub_of() {
+	local p
+	p=$(openssl pkey -in "$1" -pubout 2>/dev/null) && [ -n "$p" ] || key_unreadable "$1"
+	echo "$p"
+}
+# key_matches KEY CRT: the certificate is for this key (a lost key is replaced by a new one);
+# false only when both public keys were read and differ.
 key_matches() {
 	local a b
-	a=$(openssl pkey -in "$1" -pubout 2>/dev/null) && b=$(openssl x509 -in "$2" -noout -pubkey 2>/dev/null) &&
-		[ -n "$a" ] && [ "$a" = "$b" ]
+	a=$(pub_of "$1") || exit 1
+	b=$(openssl x509 -in "$2" -noout -pubkey 2>/dev/null) && [ -n "$b" ] ||
+		die "$2: cannot read its public key"
+	[ "$a" = "$b" ]
 }
 
 # key_revoked KEY: the CA once revoked a certificate for this key (looked up by the revoked
@@ -140,7 +198,7 @@ key_matches() {
 # even if that certificate no longer chains (a re-created CA) or has expired.
 key_revoked() {
 	local pub s f
-	pub=$(openssl pkey -in "$1" -pubout 2>/dev/null) || return 1
+	pub=$(pub_of "$1") || exit 1
 	while IFS= read -r s; do
 		f="$out/.ca/issued/${s^^}.pem"
 		[ -f "$f" ] && [ "$(openssl x509 -in "$f" -noout -pubkey 2>/dev/null)" = "$pub" ] && return 0
@@ -212,6 +270,18 @@ san_covers() {
 
 created=0 issued=0 crl_dirty=0
 
+# Every existing key this run reads, checked before anything is changed.
+keys=("$out/broker.key" "$out/bridge.key" "$out/operator.key")
+for id in "${devices[@]+"${devices[@]}"}"; do keys+=("$out/devices/$id.key"); done
+for k in "${keys[@]}"; do
+	[ ! -e "$k" ] || openssl pkey -in "$k" -noout 2>/dev/null || key_unreadable "$k"
+done
+# Every device to revoke has a certificate (or is provisioned by this run), before any is revoked.
+for id in "${revokes[@]+"${revokes[@]}"}"; do
+	[ -f "$out/devices/$id.crt" ] || [[ " ${devices[*]+"${devices[*]}"} " == *" $id "* ]] ||
+		die "--revoke: no certificate for device '$id' in $out/devices; nothing was revoked"
+done
+
 # CA
 if [ ! -f "$out/ca.key" ] && [ -f "$out/ca.crt" ]; then
 	die "$out/ca.crt exists without ca.key: cannot issue certificates"
@@ -249,26 +319,38 @@ for id in "${devices[@]+"${devices[@]}"}"; do
 	issue "device $id" "$out/devices/$id.key" "$out/devices/$id.crt" "$id" client_cert
 done
 
-# Revocation
-if [ -n "$revoke" ]; then
-	crt="$out/devices/$revoke.crt"
-	[ -f "$crt" ] || die "--revoke: no certificate for device '$revoke' in $out/devices"
+# Revocation: every device asked for, then one CRL.
+for id in "${revokes[@]+"${revokes[@]}"}"; do
+	[ -f "$out/devices/$id.crt" ] || die "--revoke: device '$id' has no certificate" \
+		"(its issue was refused above); nothing was revoked"
+done
+for id in "${revokes[@]+"${revokes[@]}"}"; do
+	crt="$out/devices/$id.crt"
 	if [ "$(status_of "$(serial_of "$crt")")" != R ]; then
 		ossl ca -config "$cnf" -revoke "$crt" -crl_reason keyCompromise
-		echo "provision-certs: revoked device $revoke"
+		echo "provision-certs: revoked device $id"
 	else
-		echo "provision-certs: device $revoke was already revoked"
+		echo "provision-certs: device $id was already revoked"
 	fi
 	crl_dirty=1
-fi
+done
 
-# The CRL is refreshed when missing, after a revocation, or within 30 days of its nextUpdate.
+# The CRL is refreshed when missing, after a revocation, within 30 days of its nextUpdate, or
+# when it does not list exactly the database's revocations (a run stopped between the two).
+revoked_serials() {
+	awk -F'\t' '$1 == "R" { print toupper($4) }' "$out/.ca/index.txt" | LC_ALL=C sort
+}
+listed_serials() {
+	openssl crl -in "$out/crl.pem" -noout -text | awk '/Serial Number:/ { print toupper($3) }' |
+		LC_ALL=C sort
+}
 if [ ! -f "$out/crl.pem" ] || ! openssl crl -in "$out/crl.pem" -noout -CAfile "$out/ca.crt" >/dev/null 2>&1 ||
 	! openssl x509 -in "$out/ca.crt" -noout >/dev/null 2>&1; then
 	crl_dirty=1
 else
 	next=$(openssl crl -in "$out/crl.pem" -noout -nextupdate | cut -d= -f2)
 	[ "$(date -d "$next" +%s)" -gt "$(($(date +%s) + 30 * 86400))" ] || crl_dirty=1
+	[ "$(revoked_serials)" = "$(listed_serials)" ] || crl_dirty=1
 fi
 if [ "$crl_dirty" = 1 ]; then
 	ossl ca -config "$cnf" -gencrl -crlexts crl_ext -out "$out/crl.pem.tmp"

@@ -20,7 +20,9 @@ option given here, e.g. --revoke device-0003 or --devices pump-7), then exports:
 Files are replaced atomically and only when their content changed; keys are 0600. A device
 that is revoked (or whose files were deleted) disappears from EXPORT/devices.
 With ca.crt present but ca.key removed (kept offline), only the export runs (no options
-accepted) and a warning is printed when crl.pem expires within 30 days.
+accepted) and a warning is printed when crl.pem expires within 30 days. Runs at the same time
+(an `up` beside a `run --rm provision --revoke ID`) take turns, on provision-certs.sh's lock
+OUTPOST_PKI_DIR/.ca/lock, for the PKI and then for the export.
 
 Environment (defaults in brackets):
   OUTPOST_PKI_DIR        the CA and every key: mount it in this service only [/var/lib/outpost/pki]
@@ -29,6 +31,7 @@ Environment (defaults in brackets):
   OUTPOST_BROKER_HOSTS   extra broker certificate names, comma-separated (the public DNS name
                          field devices use) []
   OUTPOST_PG_USER, OUTPOST_PG_DB, OUTPOST_PG_HOST   for the bridge's pgpass [outpost, outpost, postgres]
+  OUTPOST_PKI_LOCK_WAIT  seconds to wait for another run's lock before failing [300]
 Exit status: that of provision-certs.sh (0 ok, 1 failure, 2 usage error), or 1 if an export fails.
 USAGE
 }
@@ -52,6 +55,9 @@ hosts=broker,broker-internal${OUTPOST_BROKER_HOSTS:+,$OUTPOST_BROKER_HOSTS}
 pg_user=${OUTPOST_PG_USER:-outpost} pg_db=${OUTPOST_PG_DB:-outpost} pg_host=${OUTPOST_PG_HOST:-postgres}
 [[ "$count" =~ ^[0-9]+$ ]] || { echo "provision: OUTPOST_DEVICES: not a number: $count" >&2; exit 2; }
 count=$((10#$count)) # "08" is eight
+wait_s=${OUTPOST_PKI_LOCK_WAIT:-300}
+[[ "$wait_s" =~ ^[0-9]{1,6}$ ]] ||
+	{ echo "provision: OUTPOST_PKI_LOCK_WAIT: not a number: $wait_s" >&2; exit 2; }
 for v in pg_user pg_db pg_host; do
 	[[ "${!v}" =~ ^[A-Za-z0-9_.-]{1,63}$ ]] || { echo "provision: $v: invalid: ${!v}" >&2; exit 2; }
 done
@@ -75,6 +81,13 @@ else
 fi
 
 umask 077
+# One export at a time: two would share put's temporary files. The lock provision-certs.sh
+# held (and released when it ended); a PKI copied without its .ca/ (possible only with the CA
+# key offline) is exported without it.
+if [ -d "$pki/.ca" ]; then
+	exec 9>>"$pki/.ca/lock"
+	flock -w "$wait_s" 9 || die "another run still holds $pki/.ca/lock after ${wait_s}s"
+fi
 # put SRC DEST MODE: copy SRC to DEST (same directory tmp + rename, so readers never see half
 # a file) unless DEST already has that content and mode.
 put() {

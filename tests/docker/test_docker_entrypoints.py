@@ -186,6 +186,18 @@ def test_provision(src, tmp):
     check(rc == 0 and "ca.key is offline" in out and os.path.exists(exp + "/broker/crl.pem"),
           "provision: without ca.key it still exports" + ("" if rc == 0 else ": " + out))
     exported = tree(exp)
+    # exports take turns on provision-certs.sh's lock (an `up` beside a `run --rm provision`)
+    holder = subprocess.Popen(["flock", tmp + "/pki/.ca/lock", "sleep", "5"])
+    time.sleep(0.5)
+    rc, out = run([ent], dict(env, OUTPOST_PKI_LOCK_WAIT="1"))
+    holder.kill()
+    holder.wait()
+    check(rc == 1 and "still holds" in out and tree(exp) == exported,
+          "provision: an export waits for another run's lock, and gives up after "
+          "OUTPOST_PKI_LOCK_WAIT")
+    rc, out = run([ent], dict(env, OUTPOST_PKI_LOCK_WAIT="soon"))
+    check(rc == 2 and "OUTPOST_PKI_LOCK_WAIT" in out,
+          "provision: a bad OUTPOST_PKI_LOCK_WAIT is a usage error (2)")
     # ... even once the CRL has expired (openssl verify -crl_check would refuse every device)
     os.rename(tmp + "/ca.key.offline", tmp + "/pki/ca.key")
     shutil.copy(tmp + "/pki/crl.pem", tmp + "/crl.pem.good")

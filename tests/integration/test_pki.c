@@ -1,6 +1,8 @@
 /* test_pki.c - scripts/provision-certs.sh: files, permissions, names, chain, idempotence,
- * revocation and its CRL, argument errors, --count naming and broker names. Every test works
- * on its own fresh directory and checks the result with the openssl command line. */
+ * revocation and its CRL, argument errors, --count naming, broker names, what stops a run
+ * before it changes anything (an unreadable key, a CA without its database) and concurrent
+ * runs. Every test works on its own fresh directory and checks the result with the openssl
+ * command line. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -496,6 +498,15 @@ Test(pki, bad_arguments_exit_2_with_a_message)
 		 "a2345678901234567890123456789012345678901234567890123456789012345",
 		 "invalid device id"},
 		{"--out %s --revoke dev/a", "--revoke: invalid device id"},
+		{"--out %s --revoke dev-a --revoke dev-b,,dev-c", "--revoke: invalid device id"},
+		{"--out %s --revoke \"\"", "--revoke needs an id"},
+		{"--out %s --revoke=", "--revoke needs an id"},
+		{"--out %s --broker-host 010.0.0.1", "--broker-host: invalid IPv4 address"},
+		{"--out %s --broker-host 10.0.0.01", "--broker-host: invalid IPv4 address"},
+		{"--out %s --broker-host 300.1.1.1", "--broker-host: invalid IPv4 address"},
+		{"--out %s --broker-host 10.0.256.1", "--broker-host: invalid IPv4 address"},
+		{"--out %s --broker-host 10.0.0", "--broker-host: invalid IPv4 address"},
+		{"--out %s --broker-host 10.0.0.1.", "--broker-host: invalid IPv4 address"},
 		{"--out %s --broker-host bad_host!", "--broker-host: invalid name"},
 		{"--out %s --broker-host fd00::1::2", "--broker-host: invalid IPv6 address"},
 		{"--out %s --broker-host", "--broker-host needs a name"},
@@ -646,5 +657,328 @@ Test(pki, ca_certificate_without_its_key_is_refused)
 	free(out);
 	free(args);
 	free(key);
+	free(dir);
+}
+
+/* How many lines of the CA database start with `status` (V valid, R revoked). */
+static int index_lines(const char *dir, const char *status)
+{
+	char *cmd = h_strf("grep -c \"^%s\" %s/.ca/index.txt || true", status, dir);
+	char *out = sh_ok(cmd);
+	int n = atoi(out);
+	free(out);
+	free(cmd);
+	return n;
+}
+
+/* A key openssl cannot read is no lost key: its certificate, still valid, must not be revoked
+ * as superseded (the run then died at `openssl req` before the CRL, leaving a revocation
+ * nobody asked for in the database, the device refused by the next run). The run stops
+ * before it changes anything, whichever key it is and wherever it comes in the run. */
+Test(pki, an_unreadable_key_stops_the_run_and_changes_nothing)
+{
+	char *dir = fresh("pki-badkey", "--devices dev-a,dev-b");
+	char *save = h_strf("cp %s/devices/dev-a.key %s/dev-a.key.saved && "
+			    "echo garbage > %s/devices/dev-a.key && "
+			    "printf \"%%s\\n\" -----BEGIN\\ PRIVATE\\ KEY----- AAAA "
+			    "-----END\\ PRIVATE\\ KEY----- > %s/devices/dev-b.key",
+			    dir, dir, dir, dir);
+	free(sh_ok(save));
+	char *before = snapshot(dir);
+	const char *runs[][2] = {
+		{"--devices dev-a,dev-b", "devices/dev-a.key"},
+		{"--devices dev-a", "devices/dev-a.key"},
+		/* dev-b comes after a new device: nothing for dev-new either */
+		{"--devices dev-new,dev-b", "devices/dev-b.key"},
+		{"--devices dev-new --revoke dev-b,dev-a", "devices/dev-new.key"},
+	};
+	for (size_t i = 0; i < N(runs); i++) {
+		char *args = h_strf("--out %s %s", dir, runs[i][0]), *out = NULL;
+		int rc = provision(args, &out);
+		if (i < 3) {
+			cr_expect_eq(rc, 1, "%s: exit %d\n%s", args, rc, out);
+			cr_expect(strstr(out, runs[i][1]) &&
+					  strstr(out, "cannot read this private key"),
+				  "%s: the message names %s:\n%s", args, runs[i][1], out);
+			cr_expect(strstr(out, "nothing was changed"), "%s", out);
+			char *after = snapshot(dir);
+			cr_expect_str_eq(after, before, "%s changed the PKI", args);
+			free(after);
+		} else {
+			/* revoking does not read the keys: the revocation goes ahead */
+			cr_expect_eq(rc, 0, "%s: exit %d\n%s", args, rc, out);
+		}
+		free(out);
+		free(args);
+	}
+	cr_expect_eq(index_lines(dir, "R"), 2, "dev-a and dev-b revoked as asked, nothing else");
+	char *cmd = h_strf("openssl crl -in %s/crl.pem -noout -text | grep -c \"Key Compromise\"; "
+			   "openssl crl -in %s/crl.pem -noout -text | grep -c Superseded || true",
+			   dir, dir);
+	char *reasons = sh_ok(cmd);
+	cr_expect_str_eq(reasons, "2\n0\n", "no certificate revoked as superseded");
+	free(reasons);
+	free(cmd);
+	free(before);
+	free(save);
+	free(dir);
+
+	/* the key restored, the next run accepts the device again and changes nothing */
+	dir = fresh("pki-badkey-restored", "--devices dev-a");
+	char *crt = h_strf("%s/devices/dev-a.crt", dir), *sha = file_sha(crt);
+	save = h_strf("cp %s/devices/dev-a.key %s/saved && echo garbage > %s/devices/dev-a.key",
+		      dir, dir, dir);
+	free(sh_ok(save));
+	char *args = h_strf("--out %s --devices dev-a", dir), *out = NULL;
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	free(out);
+	char *restore = h_strf("cp %s/saved %s/devices/dev-a.key", dir, dir);
+	free(sh_ok(restore));
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "0 new keys, 0 new certificates"), "%s", out);
+	cr_expect_null(strstr(out, "revoked"), "%s", out);
+	char *sha2 = file_sha(crt);
+	cr_expect_str_eq(sha2, sha);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0, "dev-a is still valid");
+	cr_expect_eq(index_lines(dir, "R"), 0);
+	free(out);
+	free(sha2);
+	free(restore);
+	free(args);
+	free(save);
+	free(sha);
+	free(crt);
+	free(dir);
+}
+
+/* --revoke is repeatable and takes lists: every device named is revoked, with one new CRL.
+ * One that has no certificate stops the run before any is revoked. */
+Test(pki, several_devices_revoked_in_one_run)
+{
+	char *dir = fresh("pki-revoke-many", "--devices dev-a,dev-b,dev-c,dev-d,dev-e");
+	long before = crl_number(dir);
+	const char *gone[] = {"dev-a", "dev-b", "dev-c"};
+	char *serial[N(gone)];
+	for (size_t i = 0; i < N(gone); i++) {
+		char *crt = h_strf("devices/%s.crt", gone[i]);
+		serial[i] = serial_of(dir, crt);
+		free(crt);
+	}
+	char *args = h_strf("--out %s --revoke dev-a --revoke dev-b,dev-c", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	char *cmd = h_strf("openssl crl -in %s/crl.pem -noout -text", dir);
+	char *crl = sh_ok(cmd);
+	for (size_t i = 0; i < N(gone); i++) {
+		char *said = h_strf("revoked device %s\n", gone[i]);
+		cr_expect(strstr(out, said), "%s not revoked:\n%s", gone[i], out);
+		char *line = h_strf("Serial Number: %s", serial[i]);
+		cr_expect(strstr(crl, line), "%s not in the CRL:\n%s", gone[i], crl);
+		char *crt = h_strf("devices/%s.crt", gone[i]);
+		cr_expect_neq(openssl_verify(dir, crt, 1), 0, "%s still verifies", gone[i]);
+		free(crt);
+		free(line);
+		free(said);
+		free(serial[i]);
+	}
+	cr_expect_eq(h_count(crl, "Serial Number:"), 3, "%s", crl);
+	cr_expect_eq(crl_number(dir), before + 1, "one CRL for the three revocations");
+	cr_expect_eq(openssl_verify(dir, "devices/dev-d.crt", 1), 0);
+	free(crl);
+	free(out);
+	free(args);
+
+	/* one unknown id: nothing revoked, not even the devices named before it */
+	args = h_strf("--out %s --revoke dev-d --revoke dev-nope,dev-e", dir);
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, "dev-nope") && strstr(out, "nothing was revoked"), "%s", out);
+	cr_expect_eq(index_lines(dir, "R"), 3);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-d.crt", 1), 0, "dev-d was revoked");
+	cr_expect_eq(openssl_verify(dir, "devices/dev-e.crt", 1), 0, "dev-e was revoked");
+	cr_expect_eq(crl_number(dir), before + 1);
+	free(out);
+	free(args);
+	/* nor is anything issued first */
+	args = h_strf("--out %s --devices dev-f --revoke dev-nope", dir);
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect_eq(mode_of(dir, "devices/dev-f.key"), -1, "dev-f was provisioned");
+	free(out);
+	free(args);
+	/* a device whose certificate this run refused to issue (its key was revoked) */
+	char *rm = h_strf("rm %s/devices/dev-a.crt", dir);
+	free(sh_ok(rm));
+	args = h_strf("--out %s --devices dev-a --revoke dev-a,dev-d", dir);
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, "device 'dev-a' has no certificate (its issue was refused above)"),
+		  "%s", out);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-d.crt", 1), 0, "dev-d was revoked");
+	free(out);
+	free(args);
+	free(rm);
+	free(cmd);
+	free(dir);
+}
+
+/* `cp DIR/[*] NEW/` leaves the hidden CA database behind. The script used to start an empty one
+ * beside the old CA: the next CRL forgot every revocation and restarted its numbering. */
+Test(pki, a_ca_without_its_database_is_refused)
+{
+	char *dir = fresh("pki-nodb", "--devices dev-a,dev-b --revoke dev-a");
+	long number = crl_number(dir);
+	char *copy = h_tmpdir("pki-nodb-copy");
+	char *cmd = h_strf("cp -r %s/* %s/", dir, copy);
+	free(sh_ok(cmd));
+	free(cmd);
+	char *before = snapshot(copy);
+	char *args = h_strf("--out %s --devices dev-a,dev-b,dev-c", copy), *out = NULL;
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, ".ca/index.txt") && strstr(out, "nothing was changed"), "%s", out);
+	char *after = snapshot(copy);
+	cr_expect_str_eq(after, before, "the copy was changed");
+	cr_expect_eq(mode_of(copy, ".ca"), -1, "an empty database was started");
+	free(after);
+	free(out);
+	free(args);
+	/* without one of its files, the same */
+	const char *files[] = {"index.txt", "serial", "crlnumber"};
+	for (size_t i = 0; i < N(files); i++) {
+		char *one = h_tmpdir("pki-nodb-file");
+		cmd = h_strf("cp -a %s/. %s/ && rm %s/.ca/%s", dir, one, one, files[i]);
+		free(sh_ok(cmd));
+		args = h_strf("--out %s --devices dev-c", one);
+		cr_expect_eq(provision(args, &out), 1, "without .ca/%s: %s", files[i], out);
+		cr_expect(strstr(out, files[i]), "%s", out);
+		cr_expect_eq(mode_of(one, "devices/dev-c.crt"), -1, "without .ca/%s", files[i]);
+		free(out);
+		free(args);
+		free(cmd);
+		free(one);
+	}
+	/* copied with its hidden files, the PKI goes on: the revocation stays, numbering goes up */
+	char *good = h_tmpdir("pki-nodb-good");
+	cmd = h_strf("cp -a %s/. %s/", dir, good);
+	free(sh_ok(cmd));
+	args = h_strf("--out %s --devices dev-a,dev-b,dev-c --revoke dev-b", good);
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect_neq(openssl_verify(good, "devices/dev-a.crt", 1), 0, "dev-a's revocation lost");
+	cr_expect_gt(crl_number(good), number);
+	free(out);
+	free(args);
+	free(cmd);
+	free(good);
+	free(before);
+	free(copy);
+	free(dir);
+}
+
+/* A revocation in the database that the CRL does not list (a run stopped between the two) is
+ * published by the next run. */
+Test(pki, a_revocation_missing_from_the_crl_is_published)
+{
+	char *dir = fresh("pki-stale-crl", "--devices dev-a,dev-b");
+	char *cmd = h_strf("OUTPOST_PKI=%s openssl ca -config %s/certs/openssl.cnf -revoke "
+			   "%s/devices/dev-a.crt",
+			   dir, h_source_dir(), dir);
+	free(sh_ok(cmd));
+	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0, "the CRL is not stale");
+	char *args = h_strf("--out %s", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect_neq(openssl_verify(dir, "devices/dev-a.crt", 1), 0, "not published: %s", out);
+	cr_expect_eq(openssl_verify(dir, "devices/dev-b.crt", 1), 0);
+	free(out);
+	/* and then the CRL is left alone */
+	char *before = snapshot(dir);
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	char *after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(before);
+	free(out);
+	free(args);
+	free(cmd);
+	free(dir);
+}
+
+/* openssl ca does no locking: runs on one directory take turns (DIR/.ca/lock). */
+Test(pki, concurrent_runs_take_turns, .timeout = 240)
+{
+	/* two first runs at once, on a new directory: one CA, every serial once */
+	char *dir = h_tmpdir("pki-concurrent");
+	const char *s = h_source_dir();
+	char *cmd = h_strf("%s/scripts/provision-certs.sh --out %s/pki --devices a1,a2,a3,a4,a5,a6 "
+			   ">%s/1.log 2>&1 & p1=$!; "
+			   "%s/scripts/provision-certs.sh --out %s/pki --devices b1,b2,b3,b4,b5,b6 "
+			   ">%s/2.log 2>&1 & p2=$!; "
+			   "r1=0; wait $p1 || r1=$?; r2=0; wait $p2 || r2=$?; echo $r1 $r2; "
+			   "cat %s/1.log %s/2.log",
+			   s, dir, dir, s, dir, dir, dir, dir);
+	char *out = sh_ok(cmd);
+	cr_expect(!strncmp(out, "0 0\n", 4), "both runs succeed:\n%s", out);
+	free(out);
+	free(cmd);
+	char *pki = h_strf("%s/pki", dir);
+	cr_expect_eq(index_lines(pki, "V"), 15, "3 + 12 certificates");
+	cmd = h_strf("cut -f4 %s/.ca/index.txt | sort | uniq -d | wc -l", pki);
+	out = sh_ok(cmd);
+	cr_expect_eq(atoi(out), 0, "a serial issued twice");
+	free(out);
+	free(cmd);
+	const char *ids[] = {"a1", "a6", "b1", "b6"};
+	for (size_t i = 0; i < N(ids); i++) {
+		char *crt = h_strf("devices/%s.crt", ids[i]);
+		cr_expect_eq(openssl_verify(pki, crt, 1), 0, "%s", ids[i]);
+		free(crt);
+	}
+	/* a run that cannot get the lock within OUTPOST_PKI_LOCK_WAIT changes nothing */
+	char *before = snapshot(pki);
+	cmd = h_strf("flock %s/.ca/lock sleep 4 & sleep 0.5; OUTPOST_PKI_LOCK_WAIT=1 "
+		     "%s/scripts/provision-certs.sh --out %s --devices c1 --revoke a1",
+		     pki, s, pki);
+	cr_expect_eq(h_sh(cmd, &out, 60), 1, "%s", out);
+	cr_expect(strstr(out, "still holds") && strstr(out, "nothing was changed"), "%s", out);
+	char *after = snapshot(pki);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(out);
+	free(cmd);
+	/* one that can, waits and goes on */
+	cmd = h_strf("flock %s/.ca/lock sleep 2 & sleep 0.5; start=$(date +%%s%%N); "
+		     "%s/scripts/provision-certs.sh --out %s --devices c1 && "
+		     "echo waited $((($(date +%%s%%N) - start) / 1000000))",
+		     pki, s, pki);
+	cr_expect_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	cr_expect(strstr(out, "waiting up to 300s"), "%s", out);
+	const char *w = strstr(out, "waited ");
+	cr_expect(w && atoi(w + 7) >= 1000, "did not wait for the lock: %s", out);
+	cr_expect_eq(openssl_verify(pki, "devices/c1.crt", 1), 0);
+	free(out);
+	free(cmd);
+	/* the wait is a number of seconds */
+	cmd = h_strf("OUTPOST_PKI_LOCK_WAIT=soon %s/scripts/provision-certs.sh --out %s", s, pki);
+	cr_expect_eq(h_sh(cmd, &out, 60), 2, "%s", out);
+	cr_expect(strstr(out, "OUTPOST_PKI_LOCK_WAIT"), "%s", out);
+	free(out);
+	free(cmd);
+	free(before);
+	free(pki);
+	free(dir);
+}
+
+/* An IPv4 address is certified as given, so the next run finds it and reissues nothing. */
+Test(pki, an_ipv4_broker_host_is_certified_once)
+{
+	char *dir = fresh("pki-ipv4", "--broker-host 10.0.0.1,0.0.0.0,255.255.255.255");
+	static const char *const want[] = {"IP Address:10.0.0.1", "IP Address:0.0.0.0",
+					   "IP Address:255.255.255.255"};
+	expect_sans(dir, want, N(want));
+	char *before = snapshot(dir);
+	char *args = h_strf("--out %s --broker-host 10.0.0.1,255.255.255.255", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "0 new keys, 0 new certificates"), "%s", out);
+	char *after = snapshot(dir);
+	cr_expect_str_eq(after, before, "broker.crt reissued");
+	free(after);
+	free(before);
+	free(out);
+	free(args);
 	free(dir);
 }
