@@ -4,18 +4,25 @@
  *      so a revoked device could still reach port 443. Here every ACL check (publish, delivery,
  *      subscribe) refuses a client whose certificate is in the CRL, and the client is
  *      disconnected on the next tick. The CRL file is re-read when it changes: revoking takes
- *      effect without restarting or reloading the broker. This is the only CRL check: the
- *      listeners have no crlfile (docker/mosquitto/mosquitto.conf says why), so no reload is
- *      ever needed and an expired CRL locks nobody out; its revocations still apply. The
+ *      effect without restarting or reloading the broker. A CRL is used only if the CA signed
+ *      it (every PKI provision-certs.sh makes has a CA named "Outpost CA": the issuer name
+ *      alone proves nothing); any other keeps the previous one. This is the only CRL check:
+ *      the listeners have no crlfile (docker/mosquitto/mosquitto.conf says why), so no reload
+ *      is ever needed and an expired CRL locks nobody out; its revocations still apply. The
  *      broker drops the will of a client it disconnects (and would refuse a revoked client's
  *      will anyway), so the plugin itself sets the device's retained status to `offline`.
+ *      There is no check at CONNECT: on use_identity_as_username listeners mosquitto 2.0.11
+ *      calls no authentication plugin, so a revoked certificate still connects (and takes over
+ *      the session of its client id) before its first ACL check refuses it.
  *   2. Subscriptions. mosquitto 2.0.11 does not check SUBSCRIBE against the ACL file; a device
  *      may subscribe only to its own outpost/v1/<id>/ack and outpost/v1/<id>/tasks.
  *   3. Retained messages: a device may retain only its status. A retained envelope would be
  *      replayed to every bridge on every reconnect (mosquitto 2.0.11 sends retained messages
  *      to shared subscriptions too).
  * Everything else defers to the ACL file. Options: plugin_opt_crl_file (required),
- * plugin_opt_infra_prefix (usernames exempt from rules 2 and 3, default "outpost-"). */
+ * plugin_opt_ca_file (required: the CA that must have signed the CRL, read at start),
+ * plugin_opt_infra_prefix (usernames exempt from rules 2 and 3, default "outpost-"). Given
+ * twice, an option's last value counts. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,49 +47,99 @@ struct kick {
 struct auth {
 	mosquitto_plugin_id_t *id;
 	char *crl_file;
+	char *ca_file;
 	char *infra_prefix;
+	X509 *ca; /* the CRL's signer */
 	X509_CRL *crl;
 	struct timespec crl_mtime;
+	struct timespec refused_mtime; /* the CRL file last refused (and logged), and why */
+	int refused_rc;
 	time_t checked_at;
 	struct kick kick[KICK_MAX];
 	int nkick;
 };
 
-static int load_crl(struct auth *a)
+enum { CRL_OK = 0, CRL_UNREADABLE = -1, CRL_NOT_THE_CAS = -2 };
+
+static int same_time(struct timespec x, struct timespec y)
+{
+	return x.tv_sec == y.tv_sec && x.tv_nsec == y.tv_nsec;
+}
+
+static X509 *load_ca(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	return ca;
+}
+
+/* The CA issued this CRL: its name, and a signature its key verifies. */
+static int signed_by_ca(X509_CRL *crl, X509 *ca)
+{
+	EVP_PKEY *key = X509_get0_pubkey(ca);
+	return key && X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca)) == 0 &&
+	       X509_CRL_verify(crl, key) == 1;
+}
+
+/* Read the CRL file; on success it replaces the CRL in use. *mtime: the file's, if it could
+ * be looked at. */
+static int load_crl(struct auth *a, struct timespec *mtime)
 {
 	struct stat st;
 	if (stat(a->crl_file, &st) != 0)
-		return -1;
+		return CRL_UNREADABLE;
+	*mtime = st.st_mtim;
 	FILE *f = fopen(a->crl_file, "r");
 	if (!f)
-		return -1;
+		return CRL_UNREADABLE;
 	X509_CRL *crl = PEM_read_X509_CRL(f, NULL, NULL, NULL);
 	fclose(f);
 	if (!crl)
-		return -1;
+		return CRL_UNREADABLE;
+	if (!signed_by_ca(crl, a->ca)) {
+		X509_CRL_free(crl);
+		return CRL_NOT_THE_CAS;
+	}
 	X509_CRL_free(a->crl);
 	a->crl = crl;
 	a->crl_mtime = st.st_mtim;
-	return 0;
+	return CRL_OK;
 }
 
 /* Re-read the CRL when its file changed (checked at most once a second). A CRL that cannot be
- * read keeps the previous one: revocations are never forgotten by accident. */
+ * read, or that the CA did not sign, keeps the previous one: revocations are never forgotten
+ * by accident. A refused file is tried again every second (it may have been read half
+ * written) but logged once. */
 static void maybe_reload(struct auth *a)
 {
 	time_t now = time(NULL);
 	struct stat st;
+	struct timespec mtime = {0, 0};
 	if (now == a->checked_at)
 		return;
 	a->checked_at = now;
-	if (stat(a->crl_file, &st) != 0)
+	if (stat(a->crl_file, &st) != 0 || same_time(st.st_mtim, a->crl_mtime))
 		return;
-	if (st.st_mtim.tv_sec == a->crl_mtime.tv_sec && st.st_mtim.tv_nsec == a->crl_mtime.tv_nsec)
-		return;
-	if (load_crl(a) == 0)
+	int rc = load_crl(a, &mtime);
+	if (rc == CRL_OK) {
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: reloaded CRL %s", a->crl_file);
+		return;
+	}
+	if (same_time(mtime, a->refused_mtime) && rc == a->refused_rc)
+		return;
+	a->refused_mtime = mtime;
+	a->refused_rc = rc;
+	if (rc == CRL_NOT_THE_CAS)
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				     "outpost_auth: refused CRL %s: not signed by the CA %s; "
+				     "keeping the previous one",
+				     a->crl_file, a->ca_file);
 	else
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "outpost_auth: cannot read CRL %s; keeping the previous one",
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				     "outpost_auth: cannot read CRL %s; keeping the previous one",
 				     a->crl_file);
 }
 
@@ -214,44 +271,94 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 	return -1;
 }
 
+static void auth_free(struct auth *a)
+{
+	if (!a)
+		return;
+	X509_CRL_free(a->crl);
+	X509_free(a->ca);
+	free(a->crl_file);
+	free(a->ca_file);
+	free(a->infra_prefix);
+	free(a);
+}
+
+/* Keep an option's value in *dst; given twice, the last one counts (and nothing leaks). */
+static int set_opt(char **dst, const char *key, const char *value)
+{
+	if (*dst)
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				     "outpost_auth: plugin_opt_%s given twice; using the last "
+				     "one, %s",
+				     key, value);
+	free(*dst);
+	*dst = strdup(value);
+	return *dst ? 0 : -1;
+}
+
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			  struct mosquitto_opt *options, int option_count)
 {
 	struct auth *a = calloc(1, sizeof(*a));
+	struct timespec mtime;
+	int rc = MOSQ_ERR_INVAL;
 	if (!a)
 		return MOSQ_ERR_NOMEM;
 	a->id = identifier;
 	for (int i = 0; i < option_count; i++) {
-		if (!strcmp(options[i].key, "crl_file"))
-			a->crl_file = strdup(options[i].value);
-		else if (!strcmp(options[i].key, "infra_prefix"))
-			a->infra_prefix = strdup(options[i].value);
+		char **dst = !strcmp(options[i].key, "crl_file")       ? &a->crl_file
+			     : !strcmp(options[i].key, "ca_file")      ? &a->ca_file
+			     : !strcmp(options[i].key, "infra_prefix") ? &a->infra_prefix
+								       : NULL;
+		if (dst && set_opt(dst, options[i].key, options[i].value) != 0) {
+			rc = MOSQ_ERR_NOMEM;
+			goto fail;
+		}
 	}
-	if (!a->infra_prefix)
-		a->infra_prefix = strdup("outpost-");
-	if (a->infra_prefix && !*a->infra_prefix) {
+	if (!a->infra_prefix && !(a->infra_prefix = strdup("outpost-"))) {
+		rc = MOSQ_ERR_NOMEM;
+		goto fail;
+	}
+	if (!*a->infra_prefix) {
 		/* every login would begin with it: every client exempt from the device rules */
-		mosquitto_log_printf(MOSQ_LOG_ERR, "outpost_auth: plugin_opt_infra_prefix must not be empty");
-		free(a->crl_file);
-		free(a->infra_prefix);
-		free(a);
-		return MOSQ_ERR_INVAL;
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				     "outpost_auth: plugin_opt_infra_prefix must not be empty");
+		goto fail;
 	}
-	if (!a->crl_file || !a->infra_prefix || load_crl(a) != 0) {
-		mosquitto_log_printf(MOSQ_LOG_ERR, "outpost_auth: plugin_opt_crl_file %s: not a readable PEM CRL",
+	if (!a->ca_file || !(a->ca = load_ca(a->ca_file))) {
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				     "outpost_auth: plugin_opt_ca_file %s: not a readable PEM "
+				     "certificate (the CA that signs the CRL)",
+				     a->ca_file ? a->ca_file : "(missing)");
+		goto fail;
+	}
+	switch (a->crl_file ? load_crl(a, &mtime) : CRL_UNREADABLE) {
+	case CRL_OK:
+		break;
+	case CRL_NOT_THE_CAS:
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				     "outpost_auth: plugin_opt_crl_file %s: not signed by the "
+				     "CA %s",
+				     a->crl_file, a->ca_file);
+		goto fail;
+	default:
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				     "outpost_auth: plugin_opt_crl_file %s: not a readable PEM CRL",
 				     a->crl_file ? a->crl_file : "(missing)");
-		free(a->crl_file);
-		free(a->infra_prefix);
-		free(a);
-		return MOSQ_ERR_INVAL;
+		goto fail;
 	}
 	a->checked_at = time(NULL);
 	*userdata = a;
 	if (mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl, NULL, a) ||
 	    mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, a))
 		return MOSQ_ERR_UNKNOWN;
-	mosquitto_log_printf(MOSQ_LOG_INFO, "outpost_auth: enforcing CRL %s on every listener", a->crl_file);
+	mosquitto_log_printf(MOSQ_LOG_INFO,
+			     "outpost_auth: enforcing CRL %s (signed by %s) on every listener",
+			     a->crl_file, a->ca_file);
 	return MOSQ_ERR_SUCCESS;
+fail:
+	auth_free(a);
+	return rc;
 }
 
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
@@ -263,9 +370,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		return MOSQ_ERR_SUCCESS;
 	mosquitto_callback_unregister(a->id, MOSQ_EVT_ACL_CHECK, on_acl, NULL);
 	mosquitto_callback_unregister(a->id, MOSQ_EVT_TICK, on_tick, NULL);
-	X509_CRL_free(a->crl);
-	free(a->crl_file);
-	free(a->infra_prefix);
-	free(a);
+	auth_free(a);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -7,9 +7,11 @@
  * thing to arrive. mosquitto delivers in order, so anything refused-but-delivered would come
  * first. */
 #include <criterion/criterion.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "h_mqtt.h"
 #include "harness.h"
@@ -587,8 +589,9 @@ Test(broker, an_empty_infra_prefix_stops_the_broker_from_starting)
 	FILE *f = fopen(conf, "w");
 	cr_assert(f);
 	fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\nplugin %s\n"
-		   "plugin_opt_crl_file %s/crl.pem\nplugin_opt_infra_prefix \n",
-		h_free_port(), OUTPOST_AUTH_PLUGIN, h_pki());
+		   "plugin_opt_crl_file %s/crl.pem\nplugin_opt_ca_file %s/ca.crt\n"
+		   "plugin_opt_infra_prefix \n",
+		h_free_port(), OUTPOST_AUTH_PLUGIN, h_pki(), h_pki());
 	fclose(f);
 	char *cmd = h_strf("mosquitto -c %s 2>&1", conf), *out = NULL;
 	int rc = h_sh(cmd, &out, 10);
@@ -600,4 +603,170 @@ Test(broker, an_empty_infra_prefix_stops_the_broker_from_starting)
 	free(cmd);
 	free(conf);
 	free(dir);
+}
+
+/* Replace dir/crl.pem the way provision does (a temporary file renamed over it). */
+static void install_crl(const char *dir, const char *from)
+{
+	char *cmd = h_strf("cp %s %s/crl.pem.new && mv %s/crl.pem.new %s/crl.pem", from, dir, dir,
+			   dir);
+	cr_assert_eq(h_sh(cmd, NULL, 30), 0, "%s", cmd);
+	free(cmd);
+}
+
+/* Every PKI provision-certs.sh makes has a CA named "Outpost CA": a crl.pem from another one
+ * (a wrong copy) has the right issuer name and would have lifted every revocation. The plugin
+ * verifies the CRL's signature with the CA of plugin_opt_ca_file, refuses any other (one log
+ * line) and keeps the CRL it has. */
+Test(broker, a_crl_the_ca_did_not_sign_is_refused, .timeout = 120)
+{
+	char *dir = h_tmpdir("pki-foreign-crl");
+	char *cmd = h_strf("cp -a %s/. %s/", h_pki(), dir);
+	cr_assert_eq(h_sh(cmd, NULL, 30), 0);
+	free(cmd);
+	struct h_broker b = {0};
+	h_broker_start(&b, dir);
+	char *mq = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	expect_admitted(mq, dir, "devices/dev-revoked", "dev-revoked",
+			"outpost/v1/dev-revoked/telemetry", "revoked, before");
+
+	/* pki-other's CRL: issuer CN=Outpost CA, signed by another key, revoking nothing */
+	char *foreign = h_strf("%s/crl.pem", h_pki_other());
+	cmd = h_strf("openssl crl -in %s -noout -issuer", foreign);
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 30), 0);
+	cr_assert(strstr(out, "CN = Outpost CA"), "%s", out);
+	free(out);
+	free(cmd);
+	install_crl(dir, foreign);
+	int refused = 0;
+	for (int i = 0; i < 50 && !refused; i++) {
+		h_sleep_ms(100);
+		refused = h_count_in_file(b.log, "refused CRL");
+	}
+	cr_expect(refused, "no refusal logged: %s", b.log);
+	expect_admitted(mq, dir, "devices/dev-revoked", "dev-revoked",
+			"outpost/v1/dev-revoked/telemetry", "revoked, after a foreign CRL");
+	expect_admitted(mq, dir, "devices/dev-a", "dev-a", NULL, "valid, after a foreign CRL");
+	h_sleep_ms(2500); /* tried again every second, logged once */
+	cr_expect_eq(h_count_in_file(b.log, "refused CRL"), 1, "%s", b.log);
+	cr_expect_eq(h_count_in_file(b.log, "reloaded CRL"), 0, "%s", b.log);
+
+	/* the CA's own CRL is taken again: the script rewrites the one it cannot verify, with a
+	 * new revocation */
+	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-c", h_source_dir(), dir);
+	cr_assert_eq(h_sh(cmd, NULL, 60), 0);
+	free(cmd);
+	int reloaded = 0;
+	for (int i = 0; i < 50 && !reloaded; i++) {
+		h_sleep_ms(100);
+		reloaded = h_count_in_file(b.log, "reloaded CRL");
+	}
+	cr_expect(reloaded, "the CA's CRL was not taken: %s", b.log);
+	expect_admitted(mq, dir, "devices/dev-c", "dev-c", "outpost/v1/dev-c/telemetry",
+			"revoked by the CA's new CRL");
+	expect_admitted(mq, dir, "devices/dev-revoked", "dev-revoked",
+			"outpost/v1/dev-revoked/telemetry", "revoked, with the CA's new CRL");
+	h_broker_free(&b);
+	free(foreign);
+	free(mq);
+	free(dir);
+}
+
+/* A mosquitto configuration with one plain listener and the plugin with `opts` (lines). */
+static char *plugin_conf(const char *tag, const char *opts)
+{
+	char *dir = h_tmpdir(tag);
+	char *conf = h_strf("%s/mosquitto.conf", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert(f);
+	struct passwd *pw = getpwuid(getuid());
+	cr_assert(pw);
+	fprintf(f, "user %s\nlistener %d 127.0.0.1\nallow_anonymous true\nplugin %s\n%s",
+		pw->pw_name, h_free_port(), OUTPOST_AUTH_PLUGIN, opts);
+	fclose(f);
+	free(dir);
+	return conf;
+}
+
+/* The broker does not start with a CRL its CA did not sign, nor without plugin_opt_ca_file. */
+Test(broker, the_plugin_refuses_to_start_without_the_crls_ca)
+{
+	const char *pki = h_pki(), *other = h_pki_other();
+	struct {
+		char *opts;
+		const char *says;
+	} bad[] = {
+		{h_strf("plugin_opt_crl_file %s/crl.pem\nplugin_opt_ca_file %s/ca.crt\n", other,
+			pki),
+		 "not signed by the CA"},
+		{h_strf("plugin_opt_crl_file %s/crl.pem\n", pki), "plugin_opt_ca_file (missing)"},
+		{h_strf("plugin_opt_crl_file %s/crl.pem\nplugin_opt_ca_file %s/crl.pem\n", pki,
+			pki),
+		 "not a readable PEM certificate"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *conf = plugin_conf("broker-crl-ca", bad[i].opts);
+		char *cmd = h_strf("mosquitto -c %s 2>&1", conf), *out = NULL;
+		int rc = h_sh(cmd, &out, 10);
+		cr_expect(rc != 0 && rc != 137, "%zu: mosquitto ran (rc %d): %s", i, rc, out);
+		cr_expect(h_count(out, bad[i].says), "%zu: no error says '%s': %s", i, bad[i].says,
+			  out);
+		cr_expect_eq(h_count(out, "running"), 0, "%zu: the broker started: %s", i, out);
+		free(out);
+		free(cmd);
+		free(conf);
+		free(bad[i].opts);
+	}
+}
+
+/* An option given twice: the last value counts, the plugin says so, and nothing leaks (the
+ * first copy was lost). Under valgrind when it is installed. */
+Test(broker, a_plugin_option_given_twice_counts_once, .timeout = 120)
+{
+	const char *pki = h_pki();
+	char *opts = h_strf("plugin_opt_crl_file %s/no-such-crl.pem\n"
+			    "plugin_opt_crl_file %s/crl.pem\n"
+			    "plugin_opt_ca_file %s/no-such-ca.crt\nplugin_opt_ca_file %s/ca.crt\n"
+			    "plugin_opt_infra_prefix x-\nplugin_opt_infra_prefix outpost-\n",
+			    pki, pki, pki, pki);
+	char *conf = plugin_conf("broker-twice", opts);
+	char *log = h_strf("%s.log", conf);
+	int valgrind = h_sh("command -v valgrind >/dev/null", NULL, 10) == 0;
+	if (!valgrind)
+		cr_log_warn("valgrind not installed: the leak check is skipped");
+	/* started, seen running, stopped with SIGTERM (mosquitto then frees its plugins) */
+	char *cmd = h_strf("%s mosquitto -c %s >%s 2>&1 & pid=$!; "
+			   "for i in $(seq 1 200); do grep -q \"2.0.11 running\" %s && break; "
+			   "sleep 0.1; done; kill -TERM $pid; wait $pid",
+			   valgrind ? "valgrind --leak-check=full --keep-debuginfo=yes" : "",
+			   conf, log, log);
+	char *out = NULL;
+	int rc = h_sh(cmd, &out, 60);
+	char *text = h_read_file(log, NULL);
+	cr_assert_not_null(text);
+	cr_expect_eq(rc, 0, "mosquitto: exit %d: %s", rc, text);
+	cr_expect(h_count(text, "running"), "did not start: %s", text);
+	char *enforcing = h_strf("enforcing CRL %s/crl.pem (signed by %s/ca.crt)", pki, pki);
+	cr_expect(h_count(text, enforcing), "the last values do not count: %s", text);
+	cr_expect_eq(h_count(text, "given twice; using the last one"), 3, "%s", text);
+	/* each definite leak is a record up to a blank line; none may come from the plugin (its
+	 * frames, or those of mosquitto loading it) */
+	int plugin_leaks = 0;
+	for (const char *r = strstr(text, "definitely lost in loss record"); r;
+	     r = strstr(r + 1, "definitely lost in loss record")) {
+		const char *end = strstr(r, "== \n");
+		size_t n = end ? (size_t)(end - r) : strlen(r);
+		char *rec = strndup(r, n);
+		plugin_leaks += strstr(rec, "outpost_auth") || strstr(rec, "plugin__load");
+		free(rec);
+	}
+	cr_expect_eq(plugin_leaks, 0, "the plugin leaked: %s", text);
+	free(enforcing);
+	free(text);
+	free(out);
+	free(cmd);
+	free(log);
+	free(conf);
+	free(opts);
 }
