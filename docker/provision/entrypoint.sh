@@ -82,9 +82,9 @@ fi
 
 umask 077
 # One export at a time: two would share put's temporary files. The lock provision-certs.sh
-# held (and released when it ended); a PKI copied without its .ca/ (possible only with the CA
-# key offline) is exported without it.
-if [ -d "$pki/.ca" ]; then
+# held (and released when it ended); a PKI copied without its .ca/, or mounted read-only
+# (possible only with the CA key offline), is exported without it.
+if [ -d "$pki/.ca" ] && [ -w "$pki/.ca" ]; then
 	exec 9>>"$pki/.ca/lock"
 	flock -w "$wait_s" 9 || die "another run still holds $pki/.ca/lock after ${wait_s}s"
 fi
