@@ -26,7 +26,8 @@ const char *const brg_commit__sql[S_COUNT] = {
     [S_DEV_BIRTH] = "UPDATE devices SET pubkey = ?, cert_pem = ?, agent_version = ?,"
                     " boot_id = ?, sample_interval_s = ?, poll_interval_s = ?,"
                     " spool_records = ?, spool_bytes = ?, spool_dropped_total = ?,"
-                    " last_birth_at = ?, enrolled_at = COALESCE(enrolled_at, ?) WHERE id = ?",
+                    " last_birth_at = ?, enrolled_at = COALESCE(enrolled_at, ?),"
+                    " batch_interval_s = ? WHERE id = ?",
     [S_DEV_KEY] = "UPDATE devices SET pubkey = ? WHERE id = ? AND pubkey IS NULL",
     [S_EVENT] = "INSERT INTO events (at, device, type, detail) VALUES (?, ?, ?, ?)",
     [S_REJ] = "INSERT INTO rejections (device, reason, count, first_at, last_at, last_detail)"
@@ -109,6 +110,10 @@ const char *const brg_commit__sql[S_COUNT] = {
                    " ON CONFLICT (task, idx) DO NOTHING",
     [S_TASK_BEHIND] = "UPDATE tasks SET state = 'failed', finished_at = ?, result_message = ?"
                       " WHERE id = ? AND state = 'queued'",
+    /* a key revoked once is refused for good, whatever device it is presented for */
+    [S_KEY_REVOKED] = "SELECT revoked_at FROM revoked_keys WHERE key = ?",
+    [S_KEY_REVOKE] = "INSERT INTO revoked_keys (key, device, revoked_at) VALUES (?, ?, ?)"
+                     " ON CONFLICT (key) DO NOTHING",
 };
 
 #define DEV_SEL_COLS                                                                               \
@@ -491,6 +496,28 @@ int brg_commit__accepted(struct brg_committer *c, struct wdev *w)
 	return 0;
 }
 
+/* 1 if key is in revoked_keys, 0 if not, < 0 on error. */
+static int key_revoked(struct brg_committer *c, const struct wire_pubkey *k)
+{
+	int rc;
+	BBLOB(S_KEY_REVOKED, 1, k->raw, WIRE_PUBKEY_LEN);
+	rc = store_step(c->st[S_KEY_REVOKED]);
+	store_reset(c->st[S_KEY_REVOKED]);
+out:
+	return rc;
+}
+
+int brg_commit__revoke_key(struct brg_committer *c, const struct wdev *w, const uint8_t *key)
+{
+	int rc;
+	BBLOB(S_KEY_REVOKE, 1, key, WIRE_PUBKEY_LEN);
+	B64(S_KEY_REVOKE, 2, w->key);
+	B64(S_KEY_REVOKE, 3, c->now);
+	rc = brg_commit__run(c, S_KEY_REVOKE);
+out:
+	return rc;
+}
+
 /* Authoritative state check for a judged message (the verifier's cache may be stale).
  * Returns 1 to go on, 0 if handled (counted), < 0 on error. */
 static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
@@ -509,6 +536,18 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 	if (brg_commit__is_state(w, STORE_ST_QUARANTINED)) {
 		rc = brg_commit__count_reject(c, w, BRG_R_QUARANTINED,
 		                              "dropped: device quarantined", 0);
+		return rc ? rc : 0;
+	}
+	/* A key revoked once (revoked_keys) never enrols again, also after the device moved on to
+	 * a new key: it may be a stolen one whose certificate is still valid at the broker. */
+	if (it->kind == BRG_ITEM_BIRTH && (rc = key_revoked(c, &it->key)) != 0) {
+		if (rc < 0)
+			return rc;
+		snprintf(d, sizeof(d),
+		         "birth seq %llu refused: its key was revoked (a device comes"
+		         " back only with a new key)",
+		         (unsigned long long)it->seq);
+		rc = brg_commit__count_reject(c, w, BRG_R_REVOKED, d, 0);
 		return rc ? rc : 0;
 	}
 	/* Revocation holds the stored key: a Birth with another key re-enrols the device, and so
@@ -566,6 +605,12 @@ static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_i
 	 * by another bridge of the group) is refused and changes nothing. */
 	if (!strcmp(it->reason, BRG_R_REVOKED) && it->crl_revoked && !w->has_key) {
 		int rc = hold_key(c, w, &it->key);
+		if (rc)
+			return rc;
+	}
+	/* ... and remembered: a certificate re-issued for it must not enrol it after a rotation */
+	if (!strcmp(it->reason, BRG_R_REVOKED) && it->crl_revoked && w->key) {
+		int rc = brg_commit__revoke_key(c, w, it->key.raw);
 		if (rc)
 			return rc;
 	}
@@ -713,7 +758,8 @@ static int do_birth(struct brg_committer *c, struct wdev *w, const struct brg_it
 	}
 	B64(S_DEV_BIRTH, 10, c->now);
 	B64(S_DEV_BIRTH, 11, c->now);
-	B64(S_DEV_BIRTH, 12, w->key);
+	B64(S_DEV_BIRTH, 12, b->batch_interval_s);
+	B64(S_DEV_BIRTH, 13, w->key);
 	if ((rc = brg_commit__run(c, S_DEV_BIRTH)))
 		goto out;
 	memcpy(w->pub, it->key.raw, WIRE_PUBKEY_LEN);

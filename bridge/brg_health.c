@@ -55,9 +55,11 @@ static int sweep(struct brg_committer *c)
 	int64_t ch = 0;
 	int rc;
 
-	/* Offline: silent for offline_factor x the device's interval, at least offline_min. The
-	 * store applies the rule and returns the limit: of many online devices the first rows are
-	 * the live ones, so a cap on rows read must not come before the test. */
+	/* Offline: silent for offline_factor x the device's interval, at least offline_min. Its
+	 * interval is the larger of its sample and batch intervals (it is heard from once per
+	 * batch; a device before Birth.batch_interval_s reports 0 there). The store applies the
+	 * rule and returns the limit: of many online devices the first rows are the live ones, so
+	 * a cap on rows read must not come before the test. */
 	int64_t q[] = {c->o.offline_min_ms, c->o.offline_min_ms,
 	               c->o.offline_factor > 0 ? c->o.offline_factor : 3,
 	               c->o.default_interval_ms, c->now, c->o.offline_min_ms, c->o.offline_min_ms};
@@ -65,7 +67,9 @@ static int sweep(struct brg_committer *c)
 	rc = collect(c->s,
 	             "SELECT id, device_id, seen, CASE WHEN lim > " I64 " THEN lim ELSE " I64 " END"
 	             " FROM (SELECT id, device_id, COALESCE(last_seen_at, created_at) AS seen, " I64
-	             " * CASE WHEN sample_interval_s > 0 THEN sample_interval_s * 1000"
+	             " * CASE WHEN batch_interval_s > sample_interval_s"
+	             " THEN batch_interval_s * 1000 WHEN sample_interval_s > 0"
+	             " THEN sample_interval_s * 1000"
 	             " WHEN poll_interval_s > 0 THEN poll_interval_s * 1000 ELSE " I64 " END AS lim"
 	             " FROM devices WHERE online = 1 AND state <> 'revoked') d"
 	             " WHERE seen < " I64 " - CASE WHEN lim > " I64 " THEN lim ELSE " I64 " END",
@@ -169,6 +173,8 @@ int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, in
 	struct {
 		int64_t key;
 		char id[WIRE_ID_MAX + 1];
+		int has_pub;
+		struct wire_pubkey pub; /* the certificate's key, remembered as revoked */
 	} *hit = NULL;
 	size_t n = 0, cap = 0;
 	int rc;
@@ -193,6 +199,10 @@ int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, in
 		}
 		hit[n].key = store_col_i64(st, 0);
 		snprintf(hit[n].id, sizeof(hit[n].id), "%s", store_col_text(st, 1));
+		/* wire_ca_verify fills info only for a certificate it accepts */
+		hit[n].has_pub = !wire_cert_parse(pem, strlen(pem), &info, NULL);
+		if (hit[n].has_pub)
+			hit[n].pub = info.key;
 		n++;
 	}
 	store_stmt_free(st);
@@ -214,6 +224,8 @@ int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, in
 		store_stmt_free(u);
 		if (rc >= 0 && ch)
 			rc = brg_commit__event(c, &w, "revoked", "certificate revoked by the CRL");
+		if (rc >= 0 && ch && hit[i].has_pub)
+			rc = brg_commit__revoke_key(c, &w, hit[i].pub.raw);
 		if (rc >= 0 && !brg_commit__reserve((void **)&out->states, &out->cap_states,
 		                                    out->n_states, sizeof(*out->states))) {
 			struct brg_devstate *s = &out->states[out->n_states++];

@@ -222,8 +222,9 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		printf(", started %s\n", b->started_at_ms ? ctl_time(b->started_at_ms, t) : "-");
 		if (!wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL))
 			printf("  certificate CN=%s\n", vis(ci.cn));
-		printf("  intervals: sample %us, poll %us; chain floor %" PRIu64 "\n",
-		       b->sample_interval_s, b->poll_interval_s, b->chain_floor);
+		printf("  intervals: sample %us, batch %us, poll %us; chain floor %" PRIu64 "\n",
+		       b->sample_interval_s, b->batch_interval_s, b->poll_interval_s,
+		       b->chain_floor);
 		if (b->spool)
 			printf("  spool: %" PRIu64 " records, %" PRIu64
 			       " bytes, oldest unsent %" PRIu64 "s, %u disconnects%s%s, %" PRIu64

@@ -189,8 +189,8 @@ static int show(struct ctl *c, const char *id)
 	printf("agent       %s (last birth %s)\n",
 	       d.agent_version[0] ? ctl_vis(d.agent_version, v, sizeof(v)) : "-",
 	       d.last_birth_at ? ctl_time(d.last_birth_at, t1) : "never");
-	printf("intervals   sample %" PRId64 "s, poll %" PRId64 "s\n", d.sample_interval_s,
-	       d.poll_interval_s);
+	printf("intervals   sample %" PRId64 "s, batch %" PRId64 "s, poll %" PRId64 "s\n",
+	       d.sample_interval_s, d.batch_interval_s, d.poll_interval_s);
 	printf("chain       frontier %" PRId64
 	       " (every durable seq up to it stored or known dropped)\n",
 	       d.frontier);

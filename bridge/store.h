@@ -146,12 +146,16 @@ int store_copy_finish(struct store_copy *c);
 /* ---- schema ---- */
 
 /* The schema version this program writes and reads. */
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 
 /* Apply every missing migration, each in its own transaction, serialised against other
  * processes doing the same. *from and *to (may be NULL) receive the versions before and after.
  * STORE_ESCHEMA if the store is newer than this program. */
 int store_migrate(struct store *s, int *from, int *to);
+
+/* store_migrate, stopping at version upto (at most STORE_SCHEMA_VERSION): for the tests of a
+ * migration, which start from a store of the version before. Not for the programs. */
+int store__migrate_upto(struct store *s, int upto, int *from, int *to);
 
 /* The store's schema version (0 for an empty database). */
 int store_schema_version(struct store *s, int *version);

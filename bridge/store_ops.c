@@ -64,7 +64,7 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
 	    " sample_interval_s, poll_interval_s, frontier, last_nd_seq, consecutive_rejects,"
 	    " envelopes, readings, duplicates, rejected, spool_records, spool_bytes,"
 	    " spool_dropped_total, created_at, enrolled_at, last_seen_at, last_birth_at,"
-	    " state_changed_at FROM devices WHERE device_id = ?",
+	    " state_changed_at, batch_interval_s FROM devices WHERE device_id = ?",
 	    &st);
 	if (rc)
 		return rc;
@@ -105,6 +105,7 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
 	d.last_seen_at = col_opt(st, 21, 0);
 	d.last_birth_at = col_opt(st, 22, 0);
 	d.state_changed_at = store_col_i64(st, 23);
+	d.batch_interval_s = store_col_i64(st, 24);
 	*out = d;
 	rc = STORE_OK;
 out:
@@ -124,6 +125,27 @@ int store_event_add(struct store *s, int64_t device_key, int64_t at, const char 
 	    !(rc = device_key ? store_bind_i64(st, 2, device_key) : store_bind_null(st, 2)) &&
 	    !(rc = store_bind_text(st, 3, type)) &&
 	    !(rc = store_bind_text(st, 4, detail ? detail : ""))) {
+		rc = store_step(st);
+		rc = rc < 0 ? rc : STORE_OK;
+	}
+	store_stmt_free(st);
+	return rc;
+}
+
+/* Remember the key d holds as revoked (revoked_keys): the bridge refuses every Birth with it
+ * from now on, also once the device has re-enrolled with a new key. */
+static int remember_revoked_key(struct store *s, const struct store_device *d, int64_t now)
+{
+	struct store_stmt *st = NULL;
+	int rc;
+	if (!d->has_pubkey)
+		return STORE_OK; /* never enrolled: any verified Birth enrols it (a new key) */
+	rc = store_prepare(s,
+	                   "INSERT INTO revoked_keys (key, device, revoked_at) VALUES (?, ?, ?)"
+	                   " ON CONFLICT (key) DO NOTHING",
+	                   &st);
+	if (!rc && !(rc = store_bind_blob(st, 1, d->pubkey, WIRE_PUBKEY_LEN)) &&
+	    !(rc = store_bind_i64(st, 2, d->key)) && !(rc = store_bind_i64(st, 3, now))) {
 		rc = store_step(st);
 		rc = rc < 0 ? rc : STORE_OK;
 	}
@@ -201,6 +223,8 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 	const char *type = !strcmp(action, "quarantine") ? "quarantined"
 	                   : !strcmp(action, "revoke")   ? "revoked"
 	                                                 : "released";
+	if (!strcmp(action, "revoke") && (rc = remember_revoked_key(s, &d, now)))
+		goto fail;
 	if ((rc = store_event_add(s, d.key, now, type, detail)))
 		goto fail;
 	return store_commit(s);

@@ -17,7 +17,7 @@ int64_t store_now_ms(void);
 #define STORE_ST_UNENROLLED  "unenrolled"  /* seen (e.g. rejected), never enrolled by a Birth */
 #define STORE_ST_ACTIVE      "active"      /* enrolled, messages accepted */
 #define STORE_ST_QUARANTINED "quarantined" /* messages dropped until `device release` */
-#define STORE_ST_REVOKED     "revoked"     /* refused for good (store or CRL revocation) */
+#define STORE_ST_REVOKED     "revoked"     /* refused (store or CRL revocation) until a new key */
 #define STORE_ST_DEACTIVATED "deactivated" /* silent too long; any verified message revives */
 
 /* NULL-terminated lists of the values the programs write, for checking operator input:
@@ -39,7 +39,7 @@ struct store_device {
 	int has_pubkey;
 	uint8_t pubkey[WIRE_PUBKEY_LEN];
 	char agent_version[WIRE_MAX_AGENT_VERSION + 1];
-	int64_t sample_interval_s, poll_interval_s;
+	int64_t sample_interval_s, poll_interval_s, batch_interval_s; /* from the last Birth */
 	int64_t frontier, last_nd_seq, consecutive_rejects;
 	int64_t envelopes, readings, duplicates, rejected;
 	int64_t spool_records, spool_bytes, spool_dropped_total; /* -1 if never reported */
@@ -54,7 +54,11 @@ int store_device_get(struct store *s, const char *device_id, struct store_device
  *   "quarantine": any state but revoked -> quarantined
  *   "release":    quarantined -> active (unenrolled if it never enrolled), rejections reset;
  *                 deactivated -> active
- *   "revoke":     any state -> revoked (permanent: a revoked device is always refused)
+ *   "revoke":     any state -> revoked. The key the device holds is refused for good: it
+ *                 goes to revoked_keys and stays refused after the device re-enrolled. The
+ *                 device itself is refused until a Birth with a certificate for a new key
+ *                 (never revoked, chaining to the CA, not on the CRL) re-enrols it: a key
+ *                 rotation (`reenrolled` event). Only the CA issues such a certificate.
  * by names the actor for the event ("outpostctl"); reason may be NULL.
  * *old_state (16 bytes, may be NULL) receives the state before. STORE_ENOTFOUND for an
  * unknown device, STORE_ESTATE if the action does not apply (e.g. releasing an active device:

@@ -194,11 +194,38 @@ static const char *const v3_pg[] = {V3_GAPS_DROPPED, V3_GAPS_OPEN, NULL};
 static const char *const v4_sqlite[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
 static const char *const v4_pg[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, NULL};
 
+/* Version 5: the batch interval a Birth reports (a device is heard from once per batch: the
+ * offline rule needs it; 0 = not reported), and the keys revoked in the store, remembered
+ * after a device re-enrols with a new key, so that a Birth with a revoked key never enrols
+ * again. The revocations made so far hold the key of their device's row. */
+#define V5_REVOKED_KEYS_FROM_DEVICES                                                               \
+	"INSERT INTO revoked_keys (key, device, revoked_at) SELECT pubkey, id, state_changed_at"   \
+	" FROM devices WHERE state = 'revoked' AND pubkey IS NOT NULL"
+static const char *const v5_sqlite[] = {
+    "ALTER TABLE devices ADD COLUMN batch_interval_s INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE revoked_keys ("
+    " key BLOB PRIMARY KEY,"
+    " device INTEGER NOT NULL REFERENCES devices(id),"
+    " revoked_at INTEGER NOT NULL)",
+    V5_REVOKED_KEYS_FROM_DEVICES,
+    NULL,
+};
+static const char *const v5_pg[] = {
+    "ALTER TABLE devices ADD COLUMN batch_interval_s BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE revoked_keys ("
+    " key BYTEA PRIMARY KEY,"
+    " device BIGINT NOT NULL REFERENCES devices(id),"
+    " revoked_at BIGINT NOT NULL)",
+    V5_REVOKED_KEYS_FROM_DEVICES,
+    NULL,
+};
+
 static const struct migration migrations[] = {
     {1, v1_sqlite, v1_pg},
     {2, v2_sqlite, v2_pg},
     {3, v3_sqlite, v3_pg},
     {4, v4_sqlite, v4_pg},
+    {5, v5_sqlite, v5_pg},
 };
 #define N_MIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 
@@ -239,9 +266,9 @@ int store_schema_version(struct store *s, int *version)
 	return STORE_OK;
 }
 
-/* One step: under the migration lock, apply the next missing version (or none). *done is set
- * when the store is current. */
-static int migrate_step(struct store *s, int *version, int *done)
+/* One step: under the migration lock, apply the next missing version up to upto (or none).
+ * *done is set when the store is at upto. */
+static int migrate_step(struct store *s, int upto, int *version, int *done)
 {
 	int64_t v = 0;
 	int rc = store_begin(s);
@@ -259,7 +286,7 @@ static int migrate_step(struct store *s, int *version, int *done)
 		rc = STORE_ESCHEMA;
 		goto fail;
 	}
-	*done = v == STORE_SCHEMA_VERSION;
+	*done = v >= upto;
 	if (!*done) {
 		const struct migration *m = &migrations[v];
 		const char *const *sql = store_dialect(s) == STORE_SQLITE ? m->sqlite : m->pg;
@@ -290,7 +317,7 @@ fail:
 	return rc;
 }
 
-int store_migrate(struct store *s, int *from, int *to)
+int store__migrate_upto(struct store *s, int upto, int *from, int *to)
 {
 	int v = 0, done = 0;
 	int rc = store_schema_version(s, &v);
@@ -300,13 +327,20 @@ int store_migrate(struct store *s, int *from, int *to)
 		*from = v;
 	if (v > STORE_SCHEMA_VERSION)
 		return STORE_ESCHEMA;
+	if (upto > STORE_SCHEMA_VERSION)
+		upto = STORE_SCHEMA_VERSION;
 	/* A current store is only read, so read-only stores work for outpostctl. */
-	while (v < STORE_SCHEMA_VERSION && !done) {
-		rc = migrate_step(s, &v, &done);
+	while (v < upto && !done) {
+		rc = migrate_step(s, upto, &v, &done);
 		if (rc)
 			return rc;
 	}
 	if (to)
 		*to = v;
 	return N_MIGRATIONS == STORE_SCHEMA_VERSION ? STORE_OK : STORE_ESCHEMA;
+}
+
+int store_migrate(struct store *s, int *from, int *to)
+{
+	return store__migrate_upto(s, STORE_SCHEMA_VERSION, from, to);
 }

@@ -545,6 +545,7 @@ static void send_birth(struct dev_agent *a)
 	b.spool = &ss;
 	b.sample_interval_s = (uint32_t)((a->cfg->sample_interval_ms + 999) / 1000);
 	b.poll_interval_s = (uint32_t)((a->cfg->poll_interval_ms + 999) / 1000);
+	b.batch_interval_s = (uint32_t)((a->cfg->batch_interval_ms + 999) / 1000);
 	b.started_at_ms = a->started_at_ms;
 	b.chain_floor = st.chain_floor;
 	struct wire_diag d = {{0}};

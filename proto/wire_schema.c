@@ -38,7 +38,8 @@ static const struct wire__field birth_f[] = {
 	VARINT(6, "sample_interval_s"),
 	VARINT(7, "poll_interval_s"),
 	VARINT(8, "started_at_ms"),
-	VARINT(9, "chain_floor")};
+	VARINT(9, "chain_floor"),
+	VARINT(10, "batch_interval_s")};
 SCHEMA(wire__schema_birth, "Birth", birth_f);
 
 static const struct wire__field batch_f[] = {

@@ -124,6 +124,55 @@ Test(bridge_health, offline_deactivated_revived_and_status_will, .timeout = 120)
 	h_broker_free(&b);
 }
 
+/* A device whose batches go out less often than 3 x its sample interval is not flagged
+ * offline between them: its Birth carries the batch interval, and the limit is offline_factor x
+ * the larger interval (here 3 x 4 s, not 3 x 1 s). The defaults (10 s / 60 s, offline_min
+ * 30 s) flapped every minute when the limit came from the sample interval alone. */
+Test(bridge_health, a_device_is_not_offline_between_its_batches, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_device d = {0};
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "batch-interval");
+	h_bridge_arg(&br, "--offline-min=1s");
+	h_bridge_arg(&br, "--health-interval=200ms");
+	h_bridge_start(&br);
+	const char *url = br.store;
+	const char *extra[] = {"--sample-interval", "1s", "--batch-interval", "4s", NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(wait_for(url,
+	                   "SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device"
+	                   " WHERE d.device_id = '%s'",
+	                   "dev-a", 1, 20000),
+	          "no batch stored");
+	cr_expect_eq(
+	    qs(url, "SELECT batch_interval_s FROM devices WHERE device_id = '%s'", "dev-a"), 4);
+	cr_expect_eq(
+	    qs(url, "SELECT sample_interval_s FROM devices WHERE device_id = '%s'", "dev-a"), 1);
+	char *out = NULL;
+	cr_expect_eq(h_ctl(url, "device show dev-a", &out), 0);
+	cr_expect(strstr(out, "intervals   sample 1s, batch 4s, poll 3600s"), "%s", out);
+	free(out);
+	/* three batch intervals: each silence of 4 s is longer than 3 x 1 s */
+	long long end = h_now_ms() + 13000;
+	while (h_now_ms() < end) {
+		cr_expect_eq(qs(url, "SELECT online FROM devices WHERE device_id = '%s'", "dev-a"),
+		             1, "flagged offline between batches");
+		h_sleep_ms(200);
+	}
+	cr_expect_eq(qs(url, EVENTS("offline"), "dev-a"), 0);
+	cr_expect_geq(qs(url,
+	                 "SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device"
+	                 " WHERE d.device_id = '%s'",
+	                 "dev-a"),
+	              3, "the device did not go on sending");
+	h_device_free(&d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
 /* A status the bridge acknowledged but never stored (it arrived while the bridge was stopping)
  * is read again at the next start, though the bridge resumes its session: a device's
  * retained "offline" (its will, or the broker's plugin) outlives its session. (A retained
@@ -274,6 +323,12 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device_and_a_new_key_enrols_i
 	             "dev-x", 1, 10000),
 	    "CRL reload did not revoke dev-x");
 	cr_expect_eq(qs(br.store, EVENTS("revoked"), "dev-x"), 1);
+	/* its key is remembered as revoked (a certificate re-issued for it stays refused) */
+	cr_expect_eq(qs(br.store,
+	                "SELECT COUNT(*) FROM revoked_keys k JOIN devices d ON d.id ="
+	                " k.device WHERE d.device_id = '%s' AND k.key = d.pubkey",
+	                "dev-x"),
+	             1);
 	cr_expect_eq(h_bridge_log_count(&br, "CA and CRL reloaded"), 1);
 	cr_expect_eq(h_bridge_log_count(&br, "the CRL expires at"), 1, "no warning: %s", br.log);
 
@@ -293,6 +348,11 @@ Test(bridge_health, crl_reload_revokes_an_enrolled_device_and_a_new_key_enrols_i
 	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = "
 				  "'active'", "dev-x"), 1);
 	cr_expect_eq(qs(br.store, EVENTS("reenrolled"), "dev-x"), 1);
+	cr_expect_eq(qs(br.store,
+	                "SELECT COUNT(*) FROM revoked_keys k JOIN devices d ON d.id ="
+	                " k.device WHERE d.device_id = '%s' AND k.key <> d.pubkey",
+	                "dev-x"),
+	             1, "the old key is still the revoked one, the new one is not");
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);
 	h_broker_free(&b);

@@ -128,13 +128,26 @@ Test(device_tasks, untrusted_lists_have_no_effect, .timeout = 90)
 	stop(&e);
 }
 
+static int batch_interval_is(const struct h_device_view *v, uint64_t s)
+{
+	return v->last_batch_interval_s == s;
+}
+
 Test(device_tasks, set_config_survives_restart_and_restart_runs_once, .timeout = 90)
 {
 	struct env e;
+	struct h_device_view v;
 	char msg[256];
 	start(&e);
+	cr_assert(h_fakebridge_wait(e.fb, "dev-a", 10000, h_view_births_at_least, 1, &v));
+	cr_expect_eq(v.last_batch_interval_s, 1);
 	h_fakebridge_queue_task(e.fb, 20, "set_config", "batch_interval=2s sample_interval=500ms", NULL, 0, 0);
 	cr_expect_eq(wait_result(e.fb, 20, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	/* the intervals travel in a new Birth at once: the bridge's offline limit follows them */
+	cr_expect(h_fakebridge_wait(e.fb, "dev-a", 5000, batch_interval_is, 2, &v),
+		  "no Birth with the new batch interval (last said %u s)", v.last_batch_interval_s);
+	cr_expect_eq(v.last_sample_interval_s, 1, "500 ms is rounded up");
+	cr_expect_geq(v.births, 2);
 	h_fakebridge_queue_task(e.fb, 21, "set_config", "broker_host=evil.invalid", NULL, 0, 0);
 	cr_expect_eq(wait_result(e.fb, 21, msg, sizeof(msg), 10000), FAILED);
 	cr_expect(strstr(msg, "not remotely settable"), "%s", msg);

@@ -175,6 +175,8 @@ static void populated(const char *store, const char *tag)
 	out = ctl(url, 0, "%s", cmd);
 	cr_expect(strstr(out, "birth  dev-a  seq 1") && strstr(out, "signature ok (dev-a.crt)"),
 	          "%s", out);
+	/* the simulated device's Birth has no batch interval, as agents before the field */
+	cr_expect(strstr(out, "intervals: sample 1s, batch 0s, poll 300s"), "%s", out);
 	cr_expect(strstr(out, "batch  dev-a") && strstr(out, "m1=") &&
 	              strstr(out, "3 rows x 2 metrics"),
 	          "%s", out);

@@ -228,6 +228,8 @@ static void on_birth(struct dev *d, const struct wire_env *e)
 		d->frontier_set = 1;
 	}
 	d->v.last_spool_records = b->spool ? b->spool->records : 0;
+	d->v.last_sample_interval_s = b->sample_interval_s;
+	d->v.last_batch_interval_s = b->batch_interval_s;
 	for (size_t i = 0; i < b->n_metrics; i++) {
 		uint32_t id = b->metrics[i]->id;
 		if (id <= MAX_NAMES && !d->names[id])

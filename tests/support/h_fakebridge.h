@@ -34,6 +34,7 @@ struct h_device_view {
 	uint64_t frontier;	   /* the chain frontier (what the last ack said) */
 	uint64_t results;	   /* distinct task results */
 	uint64_t last_spool_records; /* from the last Birth */
+	uint32_t last_sample_interval_s, last_batch_interval_s; /* from the last Birth */
 	uint64_t dropped;	   /* envelopes reported dropped */
 	int in_order;		   /* every sample time of a metric increased */
 };

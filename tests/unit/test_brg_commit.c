@@ -607,6 +607,62 @@ Test(brg_commit, a_device_revoked_before_it_enrolled_comes_back_with_a_new_key)
 	                 " state = 'active' AND pubkey IS NOT NULL"),
 	             1, "the new key enrols the id");
 	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
+	/* the CRL's key is remembered (a certificate re-issued for it stays refused after this
+	 * rotation), the new one is not */
+	cr_expect_eq(one("SELECT COUNT(*) FROM revoked_keys k JOIN devices d ON d.id = k.device"
+	                 " WHERE d.device_id = 'dev-revoked' AND k.key <> d.pubkey"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM revoked_keys"), 1);
+	free(k2);
+}
+
+/* A key revoked with `outpostctl device revoke` only (the CRL does not know it: its
+ * certificate stays valid at the broker) is refused for good. The reviewer's case: key K1 is
+ * stolen and revoked in the store, the device rotates to K2, then the holder of K1 sends a
+ * fresher Birth: refused as `revoked`, the device keeps K2 and its envelopes are stored. */
+TEST_BOTH(a_key_revoked_in_the_store_never_enrols_again)
+{
+	commit_one(birth("dev-a", 1)); /* K1: the shared PKI's dev-a key */
+	cr_assert_eq(store_device_action(s, "dev-a", "revoke", "outpostctl", "key stolen", NULL),
+	             STORE_OK, "%s", store_errmsg(s));
+	char *k2 = h_pki_issue_dated("dev-a-k2", "dev-a", "20200101000000Z", "20991231000000Z");
+	size_t blen;
+	uint8_t *body = h_birth_body(k2, "dev-a", 2, 0, &blen);
+	commit_one(sealed_by(k2, "dev-a", "dev-a", WIRE_KIND_BIRTH, "birth", 10, body, blen));
+	body = h_batch_body(&so, 11, 0, &blen);
+	commit_one(sealed_by(k2, "dev-a", "dev-a", WIRE_KIND_BATCH, "telemetry", 11, body, blen));
+	cr_assert_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state ="
+	                 " 'active'"),
+	             1, "the rotation did not re-enrol the device");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'reenrolled'"), 1);
+
+	/* the holder of K1, with a seq above the device's */
+	struct brg_item *thief = birth("dev-a", 20);
+	cr_assert_eq(thief->kind, BRG_ITEM_BIRTH, "the verifier leaves it to the writer: %s",
+	             thief->detail);
+	commit_one(thief);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state ="
+	                 " 'active' AND last_birth_seq = 10"),
+	             1);
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'rejected' AND detail LIKE"
+	                 " '%birth seq 20 refused: its key was revoked%'"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'reenrolled'"), 1);
+	cr_expect_eq(one("SELECT consecutive_rejects FROM devices WHERE device_id = 'dev-a'"), 0,
+	             "not the device's fault: no step toward quarantine");
+
+	/* the device goes on with K2 */
+	body = h_batch_body(&so, 12, 11, &blen);
+	struct brg_item *next =
+	    sealed_by(k2, "dev-a", "dev-a", WIRE_KIND_BATCH, "telemetry", 12, body, blen);
+	cr_assert_eq(next->kind, BRG_ITEM_BATCH, "%s", next->detail);
+	commit_one(next);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq IN (11, 12)"), 2);
+	cr_expect_not_null(ack_of("dev-a"));
+	/* and K1 stays refused */
+	commit_one(birth("dev-a", 21));
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 2);
 	free(k2);
 }
 
@@ -1561,6 +1617,48 @@ static void sweep(void)
 {
 	brg_outcome_clear(&out);
 	cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_OK, "%s", store_errmsg(s));
+}
+
+/* The offline limit is offline_factor (3) x the larger of the device's sample and batch
+ * intervals, at least offline_min (30 s): a device sampling every 10 s and sending a batch a
+ * minute (the defaults) is heard from once a minute, so 100 s of silence is not offline;
+ * one whose Birth said no batch interval (0: an agent before Birth.batch_interval_s) is
+ * judged by its sample interval, as before. */
+TEST_BOTH(the_offline_limit_is_3_x_the_larger_of_sample_and_batch_intervals)
+{
+	int64_t now = store_now_ms();
+	const struct {
+		const char *id;
+		int sample, batch, silent_s, offline;
+		const char *limit;
+	} dev[] = {
+	    {"between-batches", 10, 60, 100, 0, NULL},   {"silent", 10, 60, 200, 1, "180s"},
+	    {"old-agent", 10, 0, 100, 1, "30s"},         {"batch-below", 20, 5, 50, 0, NULL},
+	    {"batch-below-silent", 20, 5, 70, 1, "60s"},
+	};
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) {
+		online_device(dev[i].id, now - dev[i].silent_s * 1000LL);
+		char *sql =
+		    h_strf("UPDATE devices SET sample_interval_s = %d, batch_interval_s = %d"
+		           " WHERE device_id = '%s'",
+		           dev[i].sample, dev[i].batch, dev[i].id);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+	}
+	sweep();
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) {
+		char *sql = h_strf("SELECT online FROM devices WHERE device_id = '%s'", dev[i].id);
+		cr_expect_eq(one(sql), !dev[i].offline, "%s", dev[i].id);
+		free(sql);
+		if (!dev[i].limit)
+			continue;
+		sql = h_strf("SELECT COUNT(*) FROM events e JOIN devices d ON d.id = e.device WHERE"
+		             " d.device_id = '%s' AND e.type = 'offline' AND e.detail LIKE"
+		             " '%%(limit %s)'",
+		             dev[i].id, dev[i].limit);
+		cr_expect_eq(one(sql), 1, "%s", sql);
+		free(sql);
+	}
 }
 
 /* With more than 100,000 devices online (the most a sweep reads), a silent one further down the

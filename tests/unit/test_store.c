@@ -444,6 +444,94 @@ Test(store, urls_hide_every_password)
 	}
 }
 
+/* Insert device id (state, pubkey of 32 bytes `k` or none, state_changed_at 123). */
+static void add_device(struct store *s, const char *id, const char *state, int k)
+{
+	struct store_stmt *st = NULL;
+	uint8_t key[WIRE_PUBKEY_LEN];
+	memset(key, k, sizeof(key));
+	cr_assert_eq(store_prepare(s,
+	                           "INSERT INTO devices (device_id, state, pubkey, created_at,"
+	                           " state_changed_at) VALUES (?, ?, ?, 1, 123)",
+	                           &st),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_bind_text(st, 1, id), STORE_OK);
+	cr_assert_eq(store_bind_text(st, 2, state), STORE_OK);
+	cr_assert_eq(k ? store_bind_blob(st, 3, key, sizeof(key)) : store_bind_null(st, 3),
+	             STORE_OK);
+	cr_assert_eq(store_step(st), 0, "%s", store_errmsg(s));
+	store_stmt_free(st);
+}
+
+/* Version 4 -> 5: devices.batch_interval_s (0 for every device: not reported yet) and
+ * revoked_keys, holding the key of every device revoked so far; the rows stay as they were.
+ * Then `device revoke` adds the key it revokes. */
+static void migration_4_to_5(const char *url)
+{
+	struct store *s = open_url(url, 1);
+	int from = -1, to = -1;
+	cr_assert_eq(store__migrate_upto(s, 4, &from, &to), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(from, 0);
+	cr_assert_eq(to, 4);
+	add_device(s, "dev-active", "active", 1);
+	add_device(s, "dev-revoked", "revoked", 2);
+	add_device(s, "dev-never", "revoked", 0); /* revoked before it enrolled: no key */
+	add_device(s, "dev-q", "quarantined", 4);
+	cr_assert_eq(store_exec(s, "UPDATE devices SET sample_interval_s = 10, poll_interval_s ="
+	                           " 300"),
+	             STORE_OK);
+	struct store_stmt *st = NULL;
+	cr_expect(store_prepare(s, "SELECT batch_interval_s FROM devices", &st) ||
+	              store_step(st) < 0,
+	          "version 4 has the column already");
+	store_stmt_free(st);
+	cr_assert_eq(store_migrate(s, &from, &to), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(from, 4);
+	cr_expect_eq(to, 5);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM devices WHERE batch_interval_s = 0 AND"
+	                    " sample_interval_s = 10 AND poll_interval_s = 300"),
+	             4);
+	struct store_device d;
+	cr_assert_eq(store_device_get(s, "dev-active", &d), STORE_OK);
+	cr_expect_eq(d.batch_interval_s, 0);
+	cr_expect_eq(d.sample_interval_s, 10);
+	cr_expect_str_eq(d.state, "active");
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM revoked_keys"), 1);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM revoked_keys k JOIN devices d ON d.id = k.device"
+	                    " WHERE d.device_id = 'dev-revoked' AND k.key = d.pubkey AND"
+	                    " k.revoked_at = 123"),
+	             1);
+	/* a revocation now remembers the key; one of a device with no key remembers nothing */
+	cr_assert_eq(store_device_action(s, "dev-active", "revoke", "test", NULL, NULL), STORE_OK);
+	cr_assert_eq(store_device_action(s, "dev-q", "revoke", "test", NULL, NULL), STORE_OK);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM revoked_keys k JOIN devices d ON d.id = k.device"
+	                    " WHERE d.device_id IN ('dev-active', 'dev-q') AND k.key = d.pubkey AND"
+	                    " k.revoked_at > 123"),
+	             2);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM revoked_keys"), 3);
+	/* one row per key */
+	cr_expect_neq(store_exec(s, "INSERT INTO revoked_keys (key, device, revoked_at) SELECT"
+	                            " pubkey, id, 1 FROM devices WHERE device_id = 'dev-q'"),
+	              STORE_OK);
+	store_close(s);
+}
+
+Test(store, migration_4_to_5_sqlite)
+{
+	char *dir = h_tmpdir("store-v5"), *url = h_strf("sqlite:%s/s.db", dir);
+	migration_4_to_5(url);
+	free(url);
+	free(dir);
+}
+
+Test(store, migration_4_to_5_postgresql, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	migration_4_to_5(pg.url);
+	h_pg_free(&pg);
+}
+
 Test(store, sqlite)
 {
 	char *dir = h_tmpdir("store-sqlite"), *url = h_strf("sqlite:%s/s.db", dir);

@@ -164,6 +164,7 @@ Test(wire_msg, round_trip_birth)
 	b.poll_interval_s = 300;
 	b.started_at_ms = 1763850000000LL;
 	b.chain_floor = 41;
+	b.batch_interval_s = 60;
 
 	struct sealed s;
 	Outpost__Birth *got = (Outpost__Birth *)through_envelope(WIRE_KIND_BIRTH, &b, 42, &s);
@@ -188,6 +189,7 @@ Test(wire_msg, round_trip_birth)
 	cr_expect_eq(got->poll_interval_s, 300);
 	cr_expect_eq(got->started_at_ms, 1763850000000LL);
 	cr_expect_eq(got->chain_floor, 41);
+	cr_expect_eq(got->batch_interval_s, 60);
 	wire_msg_free(got);
 	free(s.buf);
 }
@@ -908,6 +910,45 @@ Test(wire_msg, birth_rules)
 	expect_rule(WIRE_KIND_BIRTH, &b, WIRE_EMALFORMED, "Birth.metrics[1].name");
 	m[1].name = "a\x01";
 	expect_rule(WIRE_KIND_BIRTH, &b, WIRE_EMALFORMED, "Birth.metrics[1].name");
+}
+
+/* Birth.batch_interval_s is field 10, a varint: what a device before it sends (no field 10)
+ * decodes as 0, and a bridge before it skips the field as an unknown one. */
+Test(wire_msg, birth_batch_interval_is_field_10)
+{
+	Outpost__Birth b;
+	Outpost__Birth *got = NULL;
+	struct wire_diag d = {""};
+	uint8_t *body = NULL;
+	size_t len = 0;
+	birth_base(&b);
+	b.sample_interval_s = 10;
+	b.batch_interval_s = 300;
+	cr_assert_eq(wire_msg_pack(WIRE_KIND_BIRTH, &b.base, &body, &len, &d), WIRE_OK, "%s", d.msg);
+	/* the last field on the wire: tag (10 << 3 | 0) = 0x50, 300 = 0xac 0x02 */
+	const uint8_t tail[] = {0x50, 0xac, 0x02};
+	cr_assert_geq(len, sizeof(tail));
+	cr_expect_arr_eq(body + len - sizeof(tail), tail, sizeof(tail));
+	cr_assert_eq(wire_birth_decode(body, len, &got, &d), WIRE_OK, "%s", d.msg);
+	cr_expect_eq(got->batch_interval_s, 300);
+	cr_expect_eq(got->sample_interval_s, 10);
+	wire_msg_free(got);
+	/* an older device's Birth: the field absent */
+	cr_assert_eq(wire_birth_decode(body, len - sizeof(tail), &got, &d), WIRE_OK, "%s", d.msg);
+	cr_expect_eq(got->batch_interval_s, 0);
+	cr_expect_eq(got->sample_interval_s, 10);
+	wire_msg_free(got);
+	/* a length-delimited value in its place is refused, naming the field */
+	uint8_t *bad = malloc(len);
+	cr_assert_not_null(bad);
+	memcpy(bad, body, len - sizeof(tail));
+	const uint8_t wrong[] = {0x52, 0x01, 0x00};
+	memcpy(bad + len - sizeof(tail), wrong, sizeof(wrong));
+	cr_expect_eq(decode_bytes(WIRE_KIND_BIRTH, bad, len, &d), WIRE_EMALFORMED);
+	cr_expect(strstr(d.msg, "Birth.batch_interval_s") && strstr(d.msg, "wire type"), "%s",
+		  d.msg);
+	free(bad);
+	free(body);
 }
 
 Test(wire_msg, metric_name_check)
