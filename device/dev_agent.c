@@ -604,11 +604,12 @@ static int send_spooled(void *ctx, const struct dev_spool_rec *rec, const uint8_
 /* ---------- events ---------- */
 
 #define CERT_CHECK_EVERY_MS (10 * 60 * 1000)
+#define CERT_CHECK_MS 5000 /* the whole check: resolve, connect, the proxy, the handshake */
 
 /* A connection failed and nobody said why: ask wolfSSL what it thinks of the broker's
- * certificate (dev_tlscheck.h), through the proxy if there is one. Blocks the agent, each
- * step (connect, the proxy's reply, each read and write of the handshake) for at most 3 s,
- * once per 10 minutes of such failures. */
+ * certificate (dev_tlscheck.h), through the proxy if there is one. Blocks the agent for at
+ * most CERT_CHECK_MS in all (a peer that sends a byte now and then cannot stretch it), once
+ * per 10 minutes of such failures. */
 static void check_broker_cert(struct dev_agent *a, const struct dev_link_event *ev)
 {
 	char why[400];
@@ -618,7 +619,7 @@ static void check_broker_cert(struct dev_agent *a, const struct dev_link_event *
 	a->next_cert_check = now + CERT_CHECK_EVERY_MS;
 	int port = (int)(strncmp(ev->text, "wss://", 6) ? a->cfg->mqtts_port : a->cfg->wss_port);
 	enum dev_tlscheck_result r = dev_tlscheck(a->cfg->broker_host, port, a->cfg->ca,
-						  a->proxy[0] ? a->proxy : NULL, 3000, why,
+						  a->proxy[0] ? a->proxy : NULL, CERT_CHECK_MS, why,
 						  sizeof(why));
 	if (r == DEV_TLSCHECK_BAD_CERT)
 		olog(OLOG_ERROR, "%s", why);

@@ -1,16 +1,22 @@
 /* dev_tlscheck.c - see dev_tlscheck.h. */
 #include "dev_tlscheck.h"
 #include "dev_proxy.h"
+#include "otime.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <wolfssl/options.h>
@@ -24,42 +30,152 @@ static int is_ip(const char *host)
 	return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
-/* A TCP connection to host:port within timeout_ms, blocking afterwards with the same bound
- * on every read and write; -1 with why filled. */
-static int dial(const char *host, int port, int timeout_ms, char *why, size_t n)
+/* What is left of the time until deadline (monotonic ms), 0 once it has passed. */
+static int left_ms(int64_t deadline)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+	int64_t left = deadline - otime_mono_ms();
+	return left > 0 ? (left < INT32_MAX ? (int)left : INT32_MAX) : 0;
+}
+
+/* A getaddrinfo that may outlive its caller: the resolver's own timeouts and retries can take
+ * half a minute, and nothing cancels a running getaddrinfo. Whichever of the two threads lets
+ * go last (the resolver finishing, or the caller giving up) frees it. */
+struct lookup {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done, abandoned, gai;
+	struct addrinfo *res;
+	char host[256];
 	char service[8];
-	int fd = -1, err = 0;
+};
+
+static void lookup_free(struct lookup *k)
+{
+	freeaddrinfo(k->res);
+	pthread_cond_destroy(&k->cv);
+	pthread_mutex_destroy(&k->mu);
+	free(k);
+}
+
+static void *lookup_run(void *arg)
+{
+	struct lookup *k = arg;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+	int gai = getaddrinfo(k->host, k->service, &hints, &res);
+	pthread_mutex_lock(&k->mu);
+	k->done = 1;
+	k->gai = gai;
+	k->res = gai ? NULL : res;
+	int abandoned = k->abandoned;
+	pthread_cond_signal(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	if (abandoned)
+		lookup_free(k);
+	return NULL;
+}
+
+/* The addresses of host:port by deadline (monotonic ms): 0 with *out (freeaddrinfo), or -1 with
+ * why filled. An address is taken as it is; a name is resolved on a thread of its own, which
+ * is left to finish alone when the deadline passes. */
+static int resolve(const char *host, int port, int64_t deadline, struct addrinfo **out,
+		   char *why, size_t n)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_NUMERICHOST};
+	struct lookup *k = NULL;
+	pthread_condattr_t ca;
+	pthread_attr_t ta;
+	sigset_t all, old;
+	pthread_t t;
+	int gai = 0, started = 0;
+	char service[8];
 	snprintf(service, sizeof(service), "%d", port);
-	int gai = getaddrinfo(host, service, &hints, &res);
-	if (gai) {
-		snprintf(why, n, "cannot resolve %s: %s", host, gai_strerror(gai));
+	if (is_ip(host)) {
+		gai = getaddrinfo(host, service, &hints, out);
+		goto out;
+	}
+	if (strlen(host) >= sizeof(k->host) || !(k = calloc(1, sizeof(*k)))) {
+		snprintf(why, n, "cannot resolve %s: %s", host,
+			 strlen(host) >= sizeof(k->host) ? "name too long" : "out of memory");
 		return -1;
 	}
+	snprintf(k->host, sizeof(k->host), "%s", host);
+	memcpy(k->service, service, sizeof(k->service));
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&k->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	/* signals are the agent thread's business, never the resolver's */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (!pthread_attr_init(&ta)) {
+		pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+		started = !pthread_create(&t, &ta, lookup_run, k);
+		pthread_attr_destroy(&ta);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!started) {
+		snprintf(why, n, "cannot resolve %s: cannot start a thread", host);
+		lookup_free(k);
+		return -1;
+	}
+	struct timespec until = {deadline / 1000, (long)(deadline % 1000) * 1000000};
+	pthread_mutex_lock(&k->mu);
+	while (!k->done && pthread_cond_timedwait(&k->cv, &k->mu, &until) != ETIMEDOUT)
+		;
+	int done = k->done;
+	k->abandoned = !done;
+	pthread_mutex_unlock(&k->mu);
+	if (!done) {
+		snprintf(why, n, "cannot resolve %s: no answer in time", host);
+		return -1; /* k is the resolver's now */
+	}
+	if (!(gai = k->gai)) {
+		*out = k->res;
+		k->res = NULL;
+	}
+	lookup_free(k);
+out:
+	if (gai)
+		snprintf(why, n, "cannot resolve %s: %s", host, gai_strerror(gai));
+	return gai ? -1 : 0;
+}
+
+/* A non-blocking TCP connection to host:port by deadline; -1 with why filled. */
+static int dial(const char *host, int port, int64_t deadline, char *why, size_t n)
+{
+	struct addrinfo *res = NULL;
+	int fd = -1, err = 0;
+	if (resolve(host, port, deadline, &res, why, n))
+		return -1;
 	for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (fd < 0)
 			continue;
 		struct pollfd p = {.fd = fd, .events = POLLOUT};
 		socklen_t len = sizeof(err);
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ||
-		    (errno == EINPROGRESS && poll(&p, 1, timeout_ms) == 1 &&
-		     !getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) && !err))
+		int ready = 0;
+		err = 0;
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
 			break;
-		err = err ? err : errno ? errno : ETIMEDOUT;
+		if (errno != EINPROGRESS) {
+			err = errno;
+		} else {
+			while ((ready = poll(&p, 1, left_ms(deadline))) < 0 && errno == EINTR)
+				;
+			if (ready == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len))
+				err = errno;
+			else if (ready == 1 && !err)
+				break;
+		}
+		err = err ? err : ready < 0 ? errno : ETIMEDOUT;
 		close(fd);
 		fd = -1;
 	}
 	freeaddrinfo(res);
-	if (fd < 0) {
+	if (fd < 0)
 		snprintf(why, n, "cannot reach %s:%d: %s", host, port, strerror(err ? err : ETIMEDOUT));
-		return -1;
-	}
-	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return fd;
 }
 
@@ -88,33 +204,79 @@ static int verdict(int err, const char *host, const char *ca, char *text, size_t
 	return 0;
 }
 
-/* A connection to host:port, direct or through the proxy's tunnel; -1 with why filled. */
-static int reach(const char *host, int port, const char *proxy, int timeout_ms, char *why,
-                 size_t n)
+static int set_blocking(int fd, int blocking)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 ? -1 : fcntl(fd, F_SETFL, blocking ? fl & ~O_NONBLOCK : fl | O_NONBLOCK);
+}
+
+/* A non-blocking connection to host:port by deadline, direct or through the proxy's tunnel; -1
+ * with why filled. */
+static int reach(const char *host, int port, const char *proxy, int64_t deadline, char *why,
+		 size_t n)
 {
 	char phost[256];
 	int pport, fd;
 	if (!proxy)
-		return dial(host, port, timeout_ms, why, n);
+		return dial(host, port, deadline, why, n);
 	if (dev_proxy_endpoint(proxy, phost, sizeof(phost), &pport)) {
 		snprintf(why, n, "invalid proxy %s", dev_proxy_loggable(proxy));
 		return -1;
 	}
-	if ((fd = dial(phost, pport, timeout_ms, why, n)) >= 0 &&
-	    dev_proxy_tunnel(fd, proxy, host, port, timeout_ms, why, n)) {
-		close(fd);
-		fd = -1;
+	if ((fd = dial(phost, pport, deadline, why, n)) < 0)
+		return -1;
+	/* dev_proxy_tunnel writes its CONNECT blocking (a few hundred bytes into the empty buffer
+	 * of a new connection: it does not wait, and SO_SNDTIMEO bounds it if it did) and waits
+	 * for the reply by a deadline of its own: what is left of ours */
+	int left = left_ms(deadline);
+	struct timeval tv = {left / 1000, (left % 1000) * 1000};
+	if (!left) {
+		snprintf(why, n, "proxy %s: no time left to ask for the tunnel",
+			 dev_proxy_loggable(proxy));
+	} else if (set_blocking(fd, 1) ||
+		   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv))) {
+		snprintf(why, n, "proxy %s: %s", dev_proxy_loggable(proxy), strerror(errno));
+	} else if (!dev_proxy_tunnel(fd, proxy, host, port, left, why, n) && !set_blocking(fd, 0)) {
+		return fd;
 	}
-	return fd;
+	close(fd);
+	return -1;
+}
+
+/* wolfSSL_connect on the non-blocking fd until it ends or deadline passes: 0 when it
+ * succeeded, else the wolfSSL error, with *timed_out set if it was still under way. */
+static int handshake(WOLFSSL *ssl, int fd, int64_t deadline, int *timed_out)
+{
+	*timed_out = 0;
+	for (;;) {
+		int rc = wolfSSL_connect(ssl);
+		if (rc == WOLFSSL_SUCCESS)
+			return 0;
+		int err = wolfSSL_get_error(ssl, rc);
+		if (err != WOLFSSL_ERROR_WANT_READ && err != WOLFSSL_ERROR_WANT_WRITE)
+			return err;
+		struct pollfd p = {.fd = fd,
+				   .events = err == WOLFSSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+		int left = left_ms(deadline), ready = left ? poll(&p, 1, left) : 0;
+		if (ready == 0) {
+			*timed_out = 1;
+			return err;
+		}
+		if (ready < 0 && errno != EINTR)
+			return SOCKET_ERROR_E;
+	}
 }
 
 enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca,
 				      const char *proxy, int timeout_ms, char *why, size_t n)
 {
 	enum dev_tlscheck_result res = DEV_TLSCHECK_UNKNOWN;
+	int64_t deadline = otime_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 	WOLFSSL_CTX *ctx = NULL;
 	WOLFSSL *ssl = NULL;
-	int fd = -1, inited = wolfSSL_Init() == WOLFSSL_SUCCESS;
+	WOLFSSL_X509 *peer = NULL;
+	int fd = -1, timed_out, inited = wolfSSL_Init() == WOLFSSL_SUCCESS;
+	char text[300], via[300] = "";
 	if (!inited) {
 		snprintf(why, n, "wolfSSL_Init failed");
 		goto out;
@@ -128,22 +290,27 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 		goto out;
 	}
 	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
-	if ((fd = reach(host, port, proxy, timeout_ms, why, n)) < 0)
+	if ((fd = reach(host, port, proxy, deadline, why, n)) < 0)
 		goto out;
 	if (!(ssl = wolfSSL_new(ctx)) || wolfSSL_set_fd(ssl, fd) != WOLFSSL_SUCCESS ||
 	    (!is_ip(host) && wolfSSL_check_domain_name(ssl, host) != WOLFSSL_SUCCESS)) {
 		snprintf(why, n, "out of memory");
 		goto out;
 	}
-	int rc = wolfSSL_connect(ssl), err = rc == WOLFSSL_SUCCESS ? 0 : wolfSSL_get_error(ssl, rc);
-	char text[300], via[300] = "";
+	wolfSSL_SetIOWriteFlags(ssl, MSG_NOSIGNAL); /* a peer gone mid-handshake: no SIGPIPE */
+	int err = handshake(ssl, fd, deadline, &timed_out);
 	if (proxy) /* a proxy that inspects TLS shows its own certificate: say where we looked */
 		snprintf(via, sizeof(via), " (through the proxy %s)", dev_proxy_loggable(proxy));
+	if (timed_out) {
+		snprintf(why, n, "no verdict on %s:%d%s: the TLS handshake was not over within the"
+			 " check's %d ms", host, port, via, timeout_ms);
+		goto out;
+	}
 	/* Verified, if wolfSSL kept it: the broker may then refuse us for want of a client
 	 * certificate (an alert, a close), which says nothing about its certificate. */
 	int bad = err && verdict(err, host, ca, text, sizeof(text));
 	int ended = !err || err == SOCKET_PEER_CLOSED_E || err == FATAL_ERROR;
-	WOLFSSL_X509 *peer = bad ? NULL : wolfSSL_get_peer_certificate(ssl);
+	peer = bad ? NULL : wolfSSL_get_peer_certificate(ssl);
 	if (peer && is_ip(host) && wolfSSL_X509_check_ip_asc(peer, host, 0) != WOLFSSL_SUCCESS)
 		bad = verdict(DOMAIN_NAME_MISMATCH, host, ca, text, sizeof(text)); /* as Paho */
 	if (bad) {
@@ -160,8 +327,8 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 		wolfSSL_ERR_error_string_n((unsigned long)err, text, sizeof(text));
 		snprintf(why, n, "no verdict on %s:%d%s: %s (%d)", host, port, via, text, err);
 	}
-	wolfSSL_X509_free(peer);
 out:
+	wolfSSL_X509_free(peer);
 	wolfSSL_free(ssl);
 	if (fd >= 0)
 		close(fd);
