@@ -275,6 +275,7 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 	WOLFSSL_CTX *ctx = NULL;
 	WOLFSSL *ssl = NULL;
 	WOLFSSL_X509 *peer = NULL;
+	size_t hlen = strlen(host);
 	int fd = -1, timed_out, inited = wolfSSL_Init() == WOLFSSL_SUCCESS;
 	char text[300], via[300] = "";
 	if (!inited) {
@@ -292,8 +293,13 @@ enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca
 	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
 	if ((fd = reach(host, port, proxy, deadline, why, n)) < 0)
 		goto out;
+	/* the server name goes in the ClientHello as Paho sends it (RFC 6066: never an address),
+	 * or a front end that routes by it would show its default certificate */
 	if (!(ssl = wolfSSL_new(ctx)) || wolfSSL_set_fd(ssl, fd) != WOLFSSL_SUCCESS ||
-	    (!is_ip(host) && wolfSSL_check_domain_name(ssl, host) != WOLFSSL_SUCCESS)) {
+	    (!is_ip(host) && (hlen > UINT16_MAX ||
+			      wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, host, (unsigned short)hlen)
+				  != WOLFSSL_SUCCESS ||
+			      wolfSSL_check_domain_name(ssl, host) != WOLFSSL_SUCCESS))) {
 		snprintf(why, n, "out of memory");
 		goto out;
 	}

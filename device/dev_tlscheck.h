@@ -17,13 +17,13 @@ enum dev_tlscheck_result {
 
 /* Connect to host:port, through proxy's HTTP CONNECT tunnel unless proxy is NULL (a resolved
  * "[user:pass@]host:port", dev_proxy.h), and verify the broker's certificate against the CA
- * file ca and, unless host is an IP address, that it names host. All of it (resolving the
- * names, each connect, the proxy's reply, the whole handshake) ends within timeout_ms: past
- * that there is no verdict (DEV_TLSCHECK_UNKNOWN). A name is resolved on a thread of its own,
- * left to finish alone if the time runs out (nothing cancels a resolver waiting for its
- * servers). The handshake's writes never raise SIGPIPE (the CONNECT to a proxy may:
- * dev_proxy_tunnel). why (n bytes) receives one line for the log (never the proxy's
- * credentials). */
+ * file ca and, unless host is an IP address, that it names host (sent as the server name,
+ * SNI, as Paho sends it). All of it (resolving the names, each connect, the proxy's reply,
+ * the whole handshake) ends within timeout_ms: past that there is no verdict
+ * (DEV_TLSCHECK_UNKNOWN). A name is resolved on a thread of its own, left to finish alone if
+ * the time runs out (nothing cancels a resolver waiting for its servers). The handshake's
+ * writes never raise SIGPIPE (the CONNECT to a proxy may: dev_proxy_tunnel). why (n bytes)
+ * receives one line for the log (never the proxy's credentials). */
 enum dev_tlscheck_result dev_tlscheck(const char *host, int port, const char *ca,
 				      const char *proxy, int timeout_ms, char *why, size_t n);
 

@@ -1,6 +1,6 @@
 /* test_dev_tlscheck.c - the certificate check against loopback peers that are not brokers: it
- * ends within its time limit whatever the peer (or the resolver) does. Verdicts on real
- * certificates: test_device.c. */
+ * ends within its time limit whatever the peer (or the resolver) does, and names the server it
+ * asks for (SNI) as Paho does. Verdicts on real certificates: test_device.c. */
 #include <criterion/criterion.h>
 #include <dlfcn.h>
 #include <netdb.h>
@@ -45,6 +45,7 @@ static char *ca_file(void)
 enum peer_mode {
 	DRIP,          /* a TLS record header announcing 16 KB, then one byte a second */
 	SILENT,        /* reads, never writes */
+	CAPTURE_HELLO, /* keeps the first TLS record it receives, then closes */
 	PROXY_DRIP,    /* an HTTP CONNECT proxy that grants the tunnel, then drips as DRIP */
 };
 
@@ -52,6 +53,8 @@ struct peer {
 	int lfd, port;
 	enum peer_mode mode;
 	pthread_t t;
+	unsigned char hello[17000];
+	size_t hello_len;
 };
 
 /* Read until the peer closes or fails, or n bytes (0 = forever). */
@@ -100,8 +103,14 @@ static void *peer_run(void *arg)
 			drip(fd);
 	} else if (p->mode == DRIP) {
 		drip(fd);
-	} else {
+	} else if (p->mode == SILENT) {
 		read_some(fd, NULL, 0);
+	} else {
+		/* one record: its 5-byte header says how long it is */
+		p->hello_len = read_some(fd, p->hello, 5);
+		if (p->hello_len == 5)
+			p->hello_len += read_some(fd, p->hello + 5,
+						  (size_t)(p->hello[3] << 8 | p->hello[4]));
 	}
 	close(fd);
 	return NULL;
@@ -189,4 +198,47 @@ Test(dev_tlscheck, a_slow_resolver_cannot_stretch_the_check, .timeout = 60)
 		h_sleep_ms(50);
 	cr_expect_eq(atomic_load(&slow_lookups_running), 0);
 	h_sleep_ms(100);
+}
+
+/* The bytes of a server_name extension (RFC 6066 section 3) naming host. */
+static size_t sni_ext(const char *host, unsigned char *out)
+{
+	size_t len = strlen(host), n = 0;
+	const unsigned char head[] = {0x00, 0x00, /* extension type: server_name */
+				      (unsigned char)((len + 5) >> 8), (unsigned char)(len + 5),
+				      (unsigned char)((len + 3) >> 8), (unsigned char)(len + 3),
+				      0x00, /* host_name */
+				      (unsigned char)(len >> 8), (unsigned char)len};
+	memcpy(out, head, sizeof(head));
+	n += sizeof(head);
+	memcpy(out + n, host, len);
+	return n + len;
+}
+
+/* Paho sends the broker's name in its ClientHello, so a front end that routes TLS by name
+ * (SNI) shows the broker's certificate; the check must ask the same way, or it judges the
+ * front end's default certificate. An address is never sent as a name (RFC 6066). */
+Test(dev_tlscheck, the_client_hello_names_the_broker, .timeout = 60)
+{
+	struct peer p;
+	char why[512], *ca = ca_file();
+	unsigned char want[300];
+	size_t wlen = sni_ext("localhost", want);
+	peer_start(&p, CAPTURE_HELLO);
+	cr_expect_eq(dev_tlscheck("localhost", p.port, ca, NULL, 3000, why, sizeof(why)),
+		     DEV_TLSCHECK_UNKNOWN, "%s", why);
+	peer_stop(&p);
+	cr_assert_gt(p.hello_len, 5, "no ClientHello");
+	cr_expect_eq(p.hello[0], 0x16, "not a handshake record");
+	cr_expect_not_null(memmem(p.hello, p.hello_len, want, wlen),
+			   "no server_name extension for localhost in the ClientHello");
+
+	peer_start(&p, CAPTURE_HELLO);
+	cr_expect_eq(dev_tlscheck("127.0.0.1", p.port, ca, NULL, 3000, why, sizeof(why)),
+		     DEV_TLSCHECK_UNKNOWN, "%s", why);
+	peer_stop(&p);
+	cr_assert_gt(p.hello_len, 5, "no ClientHello");
+	cr_expect_null(memmem(p.hello, p.hello_len, "127.0.0.1", 9),
+		       "an address was sent as the server name");
+	free(ca);
 }
