@@ -288,7 +288,7 @@ static void handle(struct sess *s, int64_t now)
 		switch (ev.type) {
 		case DEV_LINK_UP:
 			s->up = 1;
-			s->wss = ev.text && !strncmp(ev.text, "wss://", 6);
+			s->wss = !strncmp(ev.text, "wss://", 6);
 			s->up_at_ms = now;
 			s->connects++;
 			s->acked_at_ms = 0;
@@ -305,7 +305,7 @@ static void handle(struct sess *s, int64_t now)
 			s->up = 0;
 			if (ev.type == DEV_LINK_FAILED) {
 				static int logged;
-				if (logged < 20 && ev.text) {
+				if (logged < 20) {
 					logged++;
 					fprintf(stderr, PROG ": %s: %s\n", s->id, ev.text);
 				}

@@ -25,9 +25,29 @@ struct ctx_slot {
 	char tls_error[128]; /* OpenSSL's first reason for this attempt, "" if none (under mu) */
 };
 
+/* A message from the broker, waiting for the agent thread. */
 struct queued {
-	struct dev_link_event ev;
+	char *topic;
+	uint8_t *data;
+	size_t len;
+	uint8_t *corr;
+	size_t corr_len;
 	unsigned gen;
+	uint64_t order; /* when it happened, against the state changes */
+};
+
+/* The state changes of the current client. Each kind happens at most once per client (one
+ * connect, one subscription round; the first DOWN or FAILED ends the client, and what follows
+ * it is moot), so each has a place of its own, filled without allocating: a full message queue
+ * or a failed malloc cannot lose one, and a link that misses its DOWN would never reconnect. */
+enum { PENDING_UP, PENDING_SUBSCRIBED, PENDING_END, PENDING_KINDS };
+
+struct pending {
+	int set;
+	enum dev_link_event_type type;
+	int unexplained;
+	uint64_t order;
+	char text[DEV_LINK_TEXT_MAX];
 };
 
 struct dev_link {
@@ -57,6 +77,8 @@ struct dev_link {
 	struct ctx_slot slots[CTX_SLOTS];
 	struct queued q[EVENT_QUEUE_CAP];
 	size_t qhead, qlen;
+	struct pending pending[PENDING_KINDS]; /* the current generation's; cleared with it */
+	uint64_t order;
 	struct dev_link_stats stats;
 };
 
@@ -76,44 +98,59 @@ void dev_link_event_free(struct dev_link_event *ev)
 {
 	if (!ev)
 		return;
-	free(ev->text);
 	free(ev->data);
 	free(ev->corr);
 	memset(ev, 0, sizeof(*ev));
 }
 
+static void queued_free(struct queued *q)
+{
+	free(q->topic);
+	free(q->data);
+	free(q->corr);
+	memset(q, 0, sizeof(*q));
+}
+
 /* ---------- events (any thread) ---------- */
 
-static void push_event_ex(struct ctx_slot *slot, enum dev_link_event_type type, int unexplained,
-			  const char *text, const void *data, size_t len, const void *corr,
-			  size_t corr_len)
+/* A state change of slot's client. One of an earlier client is dropped: the agent would skip
+ * it anyway. */
+static void push_state(struct ctx_slot *slot, enum dev_link_event_type type, int unexplained,
+		       const char *text)
 {
 	struct dev_link *l = slot->link;
-	struct queued e = {.gen = slot->gen, .ev = {.type = type, .unexplained = unexplained}};
-	e.ev.text = strdup(text ? text : "");
-	if (len) {
-		e.ev.data = malloc(len);
-		if (e.ev.data)
-			memcpy(e.ev.data, data, len);
-		e.ev.len = len;
-	}
-	if (corr_len) {
-		e.ev.corr = malloc(corr_len);
-		if (e.ev.corr)
-			memcpy(e.ev.corr, corr, corr_len);
-		e.ev.corr_len = corr_len;
-	}
-	int ok = e.ev.text && (!len || e.ev.data) && (!corr_len || e.ev.corr);
+	int kind = type == DEV_LINK_UP ? PENDING_UP
+		 : type == DEV_LINK_SUBSCRIBED ? PENDING_SUBSCRIBED : PENDING_END;
 	pthread_mutex_lock(&l->mu);
-	if (ok && (l->qlen < EVENT_QUEUE_CAP || type != DEV_LINK_MESSAGE)) {
-		if (l->qlen == EVENT_QUEUE_CAP) {
-			/* state changes must get through: sacrifice the oldest message */
-			struct queued *old = &l->q[l->qhead];
-			dev_link_event_free(&old->ev);
-			l->qhead = (l->qhead + 1) % EVENT_QUEUE_CAP;
-			l->qlen--;
-			l->stats.dropped_events++;
-		}
+	struct pending *p = &l->pending[kind];
+	if (slot->gen == l->gen && !p->set) {
+		p->set = 1;
+		p->type = type;
+		p->unexplained = unexplained;
+		p->order = l->order++;
+		snprintf(p->text, sizeof(p->text), "%s", text ? text : "");
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (l->wake)
+		l->wake(l->wake_ctx);
+}
+
+/* A message: copied, and queued if there is room. */
+static void push_message(struct ctx_slot *slot, const char *topic, const void *data, size_t len,
+			 const void *corr, size_t corr_len)
+{
+	struct dev_link *l = slot->link;
+	struct queued e = {.len = len, .corr_len = corr_len};
+	e.topic = strdup(topic);
+	if (len && (e.data = malloc(len)))
+		memcpy(e.data, data, len);
+	if (corr_len && (e.corr = malloc(corr_len)))
+		memcpy(e.corr, corr, corr_len);
+	int ok = e.topic && (!len || e.data) && (!corr_len || e.corr);
+	pthread_mutex_lock(&l->mu);
+	if (ok && l->qlen < EVENT_QUEUE_CAP) {
+		e.gen = slot->gen;
+		e.order = l->order++;
 		l->q[(l->qhead + l->qlen) % EVENT_QUEUE_CAP] = e;
 		l->qlen++;
 		ok = 2;
@@ -122,15 +159,9 @@ static void push_event_ex(struct ctx_slot *slot, enum dev_link_event_type type, 
 	}
 	pthread_mutex_unlock(&l->mu);
 	if (ok != 2)
-		dev_link_event_free(&e.ev);
+		queued_free(&e);
 	if (l->wake)
 		l->wake(l->wake_ctx);
-}
-
-static void push_event(struct ctx_slot *slot, enum dev_link_event_type type, const char *text,
-		       const void *data, size_t len, const void *corr, size_t corr_len)
-{
-	push_event_ex(slot, type, 0, text, data, len, corr, corr_len);
 }
 
 /* ---------- Paho callbacks (Paho threads) ---------- */
@@ -140,7 +171,7 @@ static void on_connected(void *context, MQTTAsync_successData5 *resp)
 	(void)resp;
 	/* The agent thread subscribes when it takes this event (dev_link_next_event), before it
 	 * publishes anything: the client is its to use, and no ack can slip past. */
-	push_event(context, DEV_LINK_UP, ((struct ctx_slot *)context)->uri, NULL, 0, NULL, 0);
+	push_state(context, DEV_LINK_UP, 0, ((struct ctx_slot *)context)->uri);
 }
 
 /* A refused subscription (an ACL that does not match the device id) means no ack and no task
@@ -151,7 +182,7 @@ static void subscription_refused(struct ctx_slot *slot, int reason)
 	const char *name = MQTTReasonCode_toString((enum MQTTReasonCodes)reason);
 	snprintf(why, sizeof(why), "the broker refused the subscriptions: %s (reason %d)",
 		 name ? name : "?", reason);
-	push_event(slot, DEV_LINK_DOWN, why, NULL, 0, NULL, 0);
+	push_state(slot, DEV_LINK_DOWN, 0, why);
 }
 
 static void on_subscribed(void *context, MQTTAsync_successData5 *r)
@@ -166,7 +197,7 @@ static void on_subscribed(void *context, MQTTAsync_successData5 *r)
 		subscription_refused(context, r->reasonCode);
 		return;
 	}
-	push_event(context, DEV_LINK_SUBSCRIBED, "", NULL, 0, NULL, 0);
+	push_state(context, DEV_LINK_SUBSCRIBED, 0, "");
 }
 
 static void on_subscribe_failed(void *context, MQTTAsync_failureData5 *r)
@@ -211,12 +242,12 @@ static void on_connect_failed(void *context, MQTTAsync_failureData5 *resp)
 		 resp ? (int)resp->reasonCode : 0, tls[0] ? "; TLS: " : "", tls);
 	/* neither TLS nor the broker said why: a refused, unreachable or unnamed broker */
 	int unexplained = !tls[0] && (!resp || (resp->code == MQTTASYNC_FAILURE && !resp->reasonCode));
-	push_event_ex(context, DEV_LINK_FAILED, unexplained, why, NULL, 0, NULL, 0);
+	push_state(context, DEV_LINK_FAILED, unexplained, why);
 }
 
 static void on_lost(void *context, char *cause)
 {
-	push_event(context, DEV_LINK_DOWN, cause ? cause : "connection lost", NULL, 0, NULL, 0);
+	push_state(context, DEV_LINK_DOWN, 0, cause ? cause : "connection lost");
 }
 
 /* An MQTT v5 DISCONNECT from the broker (a kick: revoked certificate, session taken over,
@@ -228,7 +259,7 @@ static void on_disconnected(void *context, MQTTProperties *props, enum MQTTReaso
 	snprintf(why, sizeof(why), "disconnected by the broker: %s (reason %d)",
 		 MQTTReasonCode_toString(reason) ? MQTTReasonCode_toString(reason) : "?",
 		 (int)reason);
-	push_event(context, DEV_LINK_DOWN, why, NULL, 0, NULL, 0);
+	push_state(context, DEV_LINK_DOWN, 0, why);
 }
 
 static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *m)
@@ -246,7 +277,7 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 		corr = p->value.data.data;
 		corr_len = (size_t)p->value.data.len;
 	}
-	push_event(context, DEV_LINK_MESSAGE, t, m->payload, (size_t)m->payloadlen, corr, corr_len);
+	push_message(context, t, m->payload, (size_t)m->payloadlen, corr, corr_len);
 	MQTTAsync_freeMessage(&m);
 	MQTTAsync_free(topic);
 	return 1;
@@ -322,6 +353,7 @@ static void destroy_client(struct dev_link *l, int disconnect)
 	MQTTAsync cli = l->cli;
 	l->cli = NULL;
 	l->gen++; /* late callbacks of the old client are ignored */
+	memset(l->pending, 0, sizeof(l->pending));
 	pthread_mutex_unlock(&l->mu);
 	MQTTAsync_destroy(&cli);
 	l->state = ST_IDLE;
@@ -333,7 +365,7 @@ void dev_link_free(struct dev_link *l)
 		return;
 	destroy_client(l, 1);
 	for (size_t i = 0; i < l->qlen; i++)
-		dev_link_event_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP].ev);
+		queued_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP]);
 	free(l->client_id);
 	free(l->ca);
 	free(l->cert);
@@ -478,47 +510,69 @@ static void subscribe(struct dev_link *l)
 int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 {
 	for (;;) {
-		struct queued e;
+		struct dev_link_event e = {.type = DEV_LINK_MESSAGE};
+		struct queued m = {0};
+		struct pending *p = NULL;
+		int stale = 0;
+		/* the oldest of the state changes and the messages */
 		pthread_mutex_lock(&l->mu);
-		if (!l->qlen) {
+		for (int k = 0; k < PENDING_KINDS; k++)
+			if (l->pending[k].set && (!p || l->pending[k].order < p->order))
+				p = &l->pending[k];
+		if (!p && !l->qlen) {
 			pthread_mutex_unlock(&l->mu);
 			return 0;
 		}
-		e = l->q[l->qhead];
-		l->qhead = (l->qhead + 1) % EVENT_QUEUE_CAP;
-		l->qlen--;
-		unsigned gen = l->gen;
+		if (p && (!l->qlen || p->order < l->q[l->qhead].order)) {
+			e.type = p->type;
+			e.unexplained = p->unexplained;
+			memcpy(e.text, p->text, sizeof(e.text));
+			p->set = 0;
+		} else {
+			m = l->q[l->qhead];
+			l->qhead = (l->qhead + 1) % EVENT_QUEUE_CAP;
+			l->qlen--;
+			stale = m.gen != l->gen;
+		}
 		pthread_mutex_unlock(&l->mu);
-		if (e.gen != gen) {
-			dev_link_event_free(&e.ev); /* from a client already destroyed */
+		if (stale) {
+			queued_free(&m); /* from a client already destroyed */
 			continue;
 		}
+		if (m.topic) {
+			snprintf(e.text, sizeof(e.text), "%s", m.topic);
+			free(m.topic);
+			e.data = m.data;
+			e.len = m.len;
+			e.corr = m.corr;
+			e.corr_len = m.corr_len;
+		}
 		int64_t now = otime_mono_ms();
-		switch (e.ev.type) {
+		switch (e.type) {
 		case DEV_LINK_UP:
 			subscribe(l);
 			l->state = ST_UP; /* failures_in_row is reset once the subscriptions are granted:
 					   * a broker refusing them must not be dialled every second */
 			pthread_mutex_lock(&l->mu);
 			l->stats.connects++;
-			snprintf(l->stats.uri, sizeof(l->stats.uri), "%s", e.ev.text);
+			snprintf(l->stats.uri, sizeof(l->stats.uri), "%s", e.text);
 			pthread_mutex_unlock(&l->mu);
 			break;
 		case DEV_LINK_DOWN:
 		case DEV_LINK_FAILED:
 			pthread_mutex_lock(&l->mu);
-			if (e.ev.type == DEV_LINK_DOWN)
+			if (e.type == DEV_LINK_DOWN)
 				l->stats.disconnects++;
 			else
 				l->stats.failures++;
-			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", e.ev.text);
+			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", e.text);
 			pthread_mutex_unlock(&l->mu);
 			destroy_client(l, 0);
-			if (e.ev.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
+			if (e.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
 				/* same attempt, next transport: no delay */
 				l->uri++;
 				l->next_attempt = now;
-				e.ev.fallback = 1;
+				e.fallback = 1;
 				pthread_mutex_lock(&l->mu);
 				l->stats.last_delay_ms = 0;
 				l->stats.last_window_ms = 0;
@@ -528,7 +582,7 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 			l->uri = 0;
 			/* a lost connection is likely everyone's (a broker restart): the fleet spreads
 			 * its first retry over reconnect_spread, and the windows grow from there */
-			if (e.ev.type == DEV_LINK_DOWN)
+			if (e.type == DEV_LINK_DOWN)
 				l->first_window_ms = l->reconnect_spread_ms;
 			l->failures_in_row++;
 			schedule_retry(l, now);
@@ -537,10 +591,9 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 			break;
 		case DEV_LINK_SUBSCRIBED:
 			settled(l);
-			dev_link_event_free(&e.ev);
 			continue;
 		}
-		*ev = e.ev;
+		*ev = e;
 		return 1;
 	}
 }
@@ -584,8 +637,8 @@ int dev_link_publish(struct dev_link *l, const char *topic, const void *payload,
 		return DEV_LINK_OK;
 	if (!MQTTAsync_isConnected(l->cli)) {
 		/* gone without a callback we saw: report it, so the link reconnects */
-		push_event(&l->slots[l->gen % CTX_SLOTS], DEV_LINK_DOWN, "connection gone (send failed)",
-			   NULL, 0, NULL, 0);
+		push_state(&l->slots[l->gen % CTX_SLOTS], DEV_LINK_DOWN, 0,
+			   "connection gone (send failed)");
 		return DEV_LINK_ENOTCONN;
 	}
 	return DEV_LINK_EPAHO;

@@ -48,9 +48,11 @@ enum dev_link_event_type {
 	DEV_LINK_SUBSCRIBED, /* internal: the broker granted every subscription (never returned) */
 };
 
+#define DEV_LINK_TEXT_MAX 320 /* a longer cause is cut; a topic is at most 255 bytes */
+
 struct dev_link_event {
 	enum dev_link_event_type type;
-	char *text;
+	char text[DEV_LINK_TEXT_MAX];
 	uint8_t *data;
 	size_t len;
 	uint8_t *corr;
@@ -59,7 +61,7 @@ struct dev_link_event {
 	int unexplained; /* FAILED: no reason from TLS or the broker (see dev_tlscheck.h) */
 };
 
-void dev_link_event_free(struct dev_link_event *ev); /* frees the members, not ev */
+void dev_link_event_free(struct dev_link_event *ev); /* frees data and corr, not ev */
 
 struct dev_link;
 
@@ -72,7 +74,10 @@ void dev_link_free(struct dev_link *l); /* disconnects; accepts NULL */
  * time the link next needs attention (INT64_MAX if none). */
 int64_t dev_link_tick(struct dev_link *l, int64_t now);
 
-/* Pop the next event (owned by the caller: dev_link_event_free). 1 if one was returned. */
+/* Pop the next event (owned by the caller: dev_link_event_free), in the order they happened.
+ * 1 if one was returned. Messages wait in a queue of 256: one that finds it full, or no
+ * memory for its copy, is lost (dev_link_stats.dropped_events). A state change (UP, DOWN,
+ * FAILED) is never lost: each kind has a place of its own, filled without allocating. */
 int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev);
 
 int dev_link_is_up(const struct dev_link *l);
@@ -93,7 +98,7 @@ struct dev_link_stats {
 	int64_t last_window_ms; /* ... at random in [0, this] */
 	char last_cause[128];
 	char uri[160];	       /* the URI of the current or last connection */
-	uint64_t dropped_events; /* messages lost because the event queue was full */
+	uint64_t dropped_events; /* messages lost: the event queue was full, or memory short */
 };
 
 void dev_link_stats(const struct dev_link *l, struct dev_link_stats *st);

@@ -1,0 +1,172 @@
+/* test_dev_link.c - the link's event queue, driven through its Paho callbacks without a broker:
+ * a state change is never lost (a full queue of messages, no memory), events come out in the
+ * order they happened, and a message that finds no room is counted. The module is compiled
+ * into this test (its callbacks are static), with malloc and strdup that can be made to fail.
+ * The link against a real broker: test_device.c. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail_alloc; /* malloc and strdup in dev_link.c fail while set */
+
+static void *test_malloc(size_t n)
+{
+	return fail_alloc ? NULL : malloc(n);
+}
+
+static char *test_strdup(const char *s)
+{
+	return fail_alloc ? NULL : strdup(s);
+}
+
+#define malloc(n) test_malloc(n)
+#define strdup(s) test_strdup(s)
+#include "dev_link.c"
+#undef malloc
+#undef strdup
+
+/* A link that never dials (no dev_link_tick), and the callback context of its client. */
+static struct dev_link *new_link(struct ctx_slot **slot)
+{
+	struct dev_link_opts o = {.client_id = "dev-a", .host = "broker.test", .mqtts_port = 8883,
+				  .ca_file = "ca.crt", .cert_file = "dev.crt",
+				  .key_file = "dev.key"};
+	struct dev_link *l = NULL;
+	cr_assert_eq(dev_link_new(&o, NULL, NULL, &l), DEV_LINK_OK);
+	*slot = &l->slots[l->gen % CTX_SLOTS];
+	(*slot)->link = l;
+	(*slot)->gen = l->gen;
+	(*slot)->uri = "ssl://broker.test:8883";
+	return l;
+}
+
+static void message(struct ctx_slot *slot, int i)
+{
+	char topic[64];
+	snprintf(topic, sizeof(topic), "outpost/v1/dev-a/ack/%d", i);
+	push_message(slot, topic, &i, sizeof(i), NULL, 0);
+}
+
+static void expect_message(struct dev_link *l, int i)
+{
+	struct dev_link_event ev;
+	char topic[64];
+	snprintf(topic, sizeof(topic), "outpost/v1/dev-a/ack/%d", i);
+	cr_assert_eq(dev_link_next_event(l, &ev), 1, "message %d missing", i);
+	cr_expect_eq(ev.type, DEV_LINK_MESSAGE, "message %d: event %d instead", i, (int)ev.type);
+	cr_expect_str_eq(ev.text, topic);
+	cr_expect(ev.len == sizeof(i) && ev.data && !memcmp(ev.data, &i, sizeof(i)));
+	dev_link_event_free(&ev);
+}
+
+static void expect_state(struct dev_link *l, enum dev_link_event_type type, const char *text)
+{
+	struct dev_link_event ev;
+	cr_assert_eq(dev_link_next_event(l, &ev), 1, "no event %d (%s)", (int)type, text);
+	cr_expect_eq(ev.type, type, "event %d instead of %d (%s)", (int)ev.type, (int)type, text);
+	cr_expect(strstr(ev.text, text), "%s", ev.text);
+	dev_link_event_free(&ev);
+}
+
+static void expect_no_event(struct dev_link *l)
+{
+	struct dev_link_event ev;
+	cr_expect_eq(dev_link_next_event(l, &ev), 0, "an event more: %d %s", (int)ev.type,
+		     ev.text);
+}
+
+/* The connection comes up and the broker floods the device (a retained backlog, a burst of
+ * acks) until the queue is full; then the connection is lost. Neither the UP at the head of
+ * the full queue nor the DOWN behind it may be lost: the agent would never see the link up
+ * (no Birth), or never reconnect. Messages that found the queue full are counted, and nothing
+ * else is lost. */
+Test(dev_link, state_changes_get_through_a_full_queue, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_link(&slot);
+	struct dev_link_stats st;
+	on_connected(slot, NULL);
+	for (int i = 0; i < EVENT_QUEUE_CAP; i++)
+		message(slot, i);
+	on_lost(slot, "peer went away");
+	for (int i = 0; i < 5; i++)
+		message(slot, EVENT_QUEUE_CAP + i); /* no room: dropped */
+	dev_link_stats(l, &st);
+	cr_expect_eq(st.dropped_events, 5);
+
+	expect_state(l, DEV_LINK_UP, "ssl://broker.test:8883");
+	for (int i = 0; i < EVENT_QUEUE_CAP; i++)
+		expect_message(l, i);
+	expect_state(l, DEV_LINK_DOWN, "peer went away");
+	expect_no_event(l);
+	dev_link_stats(l, &st);
+	cr_expect_eq(st.connects, 1);
+	cr_expect_eq(st.disconnects, 1);
+	cr_expect_eq(st.dropped_events, 5, "a message was dropped to make room");
+	dev_link_free(l);
+}
+
+/* With no memory to copy anything, a failed attempt and a lost connection still get through
+ * (without them the link stays "connecting" forever); a message is dropped and counted. */
+Test(dev_link, state_changes_need_no_memory, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_link(&slot);
+	struct dev_link_stats st;
+	fail_alloc = 1;
+	on_connect_failed(slot, NULL);
+	message(slot, 1);
+	fail_alloc = 0;
+	expect_state(l, DEV_LINK_FAILED, "ssl://broker.test:8883: connection failed");
+	expect_no_event(l);
+	fail_alloc = 1;
+	on_connected(slot, NULL);
+	on_lost(slot, NULL);
+	fail_alloc = 0;
+	expect_state(l, DEV_LINK_UP, "ssl://broker.test:8883");
+	expect_state(l, DEV_LINK_DOWN, "connection lost");
+	expect_no_event(l);
+	dev_link_stats(l, &st);
+	cr_expect_eq(st.dropped_events, 1);
+	cr_expect_eq(st.failures, 1);
+	dev_link_free(l);
+}
+
+/* A late callback of a client already destroyed neither comes out nor takes the place of the
+ * current client's state change. */
+Test(dev_link, a_destroyed_clients_state_change_is_ignored, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_link(&slot);
+	struct ctx_slot *old = &l->slots[(l->gen + CTX_SLOTS - 1) % CTX_SLOTS];
+	*old = *slot;
+	old->gen = l->gen - 1;
+	on_lost(old, "the old client's");
+	expect_no_event(l);
+	on_lost(old, "the old client's, again");
+	on_lost(slot, "the current client's");
+	expect_state(l, DEV_LINK_DOWN, "the current client's");
+	expect_no_event(l);
+	dev_link_free(l);
+}
+
+/* Events come out in the order they happened, state changes and messages mixed; of several
+ * ends of one client the first is the one reported (what follows it is moot). */
+Test(dev_link, events_keep_their_order, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_link(&slot);
+	MQTTAsync_successData5 granted = MQTTAsync_successData5_initializer;
+	on_connected(slot, NULL);
+	message(slot, 1);
+	on_subscribed(slot, &granted); /* internal: settles the backoff, never returned */
+	message(slot, 2);
+	subscription_refused(slot, MQTTREASONCODE_NOT_AUTHORIZED);
+	on_lost(slot, "lost after the refusal");
+	expect_state(l, DEV_LINK_UP, "ssl://");
+	expect_message(l, 1);
+	expect_message(l, 2);
+	expect_state(l, DEV_LINK_DOWN, "the broker refused the subscriptions");
+	expect_no_event(l);
+	dev_link_free(l);
+}
