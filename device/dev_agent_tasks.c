@@ -229,28 +229,28 @@ static void task_resend(struct dev_agent *a, const Outpost__Task *t, struct resu
 		snprintf(r->message, sizeof(r->message), "resend needs from=SEQ to=SEQ with from <= to");
 		return;
 	}
-	/* count what is still on disk in that range */
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(from);
+	/* what is still on disk in that range, from the spool's index and a few headers: reading
+	 * (and decrypting) each record would stall the agent on a big spool */
 	uint64_t n = 0;
-	for (int guard = 0; guard < 1000000; guard++) {
-		struct dev_spool_rec rec;
-		uint8_t *env = NULL;
-		size_t len;
-		int rc = dev_spool_next(a->spool, &c, 0, &rec, &env, &len);
-		free(env);
-		if (rc == DEV_SPOOL_ECORRUPT)
-			continue;
-		if (rc || rec.seq > to)
-			break;
-		n++;
+	int rc = dev_spool_count(a->spool, from, to, &n);
+	if (rc) {
+		snprintf(r->message, sizeof(r->message), "cannot read the spool: %s",
+			 dev_spool_strerror(rc));
+		return;
 	}
 	if (!n) {
 		snprintf(r->message, sizeof(r->message), "nothing in %" PRIu64 "..%" PRIu64 " is still in the spool",
 			 from, to);
 		return;
 	}
-	dev_uploader_resend(a->up, from, to);
+	if (dev_uploader_resend(a->up, from, to) == DEV_UPLOADER_EBUSY) {
+		snprintf(r->message, sizeof(r->message),
+			 "%d resend ranges are waiting to be sent already; ask again once they are",
+			 DEV_UPLOADER_MAX_RESENDS);
+		return;
+	}
 	out_kv(r, "records", "%" PRIu64, n);
+	out_kv(r, "ranges_waiting", "%zu", dev_uploader_resends_pending(a->up));
 	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
 	snprintf(r->message, sizeof(r->message), "resending %" PRIu64 " spooled envelope(s)", n);
 }

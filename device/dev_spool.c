@@ -884,6 +884,37 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 	return 1;
 }
 
+int dev_spool_count(struct dev_spool *s, uint64_t first, uint64_t last, uint64_t *n)
+{
+	uint64_t count = 0;
+	for (size_t i = 0; i < s->nsegs; i++) {
+		struct seg *g = &s->segs[i];
+		if (!g->count || g->last_seq < first || g->first_seq > last)
+			continue;
+		if (first <= g->first_seq && g->last_seq <= last) {
+			count += g->count; /* all of it: the index knows */
+			continue;
+		}
+		/* where the range begins or ends: the headers say which records are in it */
+		int fd = spool_seg_fd(s, g);
+		uint64_t off = 0, at;
+		struct hdr h;
+		if (fd < 0)
+			return DEV_SPOOL_EIO;
+		while (off < g->bytes) {
+			int r = spool_next_good(s, fd, off, g->bytes, 0, &at, &h);
+			if (r < 0)
+				return r;
+			if (r || h.seq > last)
+				break;
+			off = at + REC_OVERHEAD + h.len;
+			count += h.seq >= first;
+		}
+	}
+	*n = count;
+	return DEV_SPOOL_OK;
+}
+
 void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 {
 	struct dev_spool *m = (struct dev_spool *)s; /* reads headers; changes nothing visible */

@@ -134,6 +134,13 @@ struct dev_spool_rec {
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
 		   struct dev_spool_rec *rec, uint8_t **env, size_t *len);
 
+/* How many records with seq in [first, last] the spool holds, acknowledged or not (what
+ * dev_spool_next without skip_acked would return), into *n. Cheap: segments wholly inside the
+ * range are counted from the index, and only those where it begins or ends are read, header
+ * by header (nothing is decrypted: a record whose ciphertext has rotted is counted, and
+ * skipped when read). 0, or DEV_SPOOL_EIO / DEV_SPOOL_ENOMEM (*n unchanged). */
+int dev_spool_count(struct dev_spool *s, uint64_t first, uint64_t last, uint64_t *n);
+
 struct dev_spool_stats {
 	uint64_t records;	  /* unacknowledged records */
 	uint64_t bytes;		  /* bytes of all segments on disk */

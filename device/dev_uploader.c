@@ -27,7 +27,10 @@ struct dev_uploader {
 	size_t ninflight;
 	uint64_t fresh[MAX_FRESH];
 	size_t nfresh;
-	uint64_t resend_first, resend_last; /* pending `resend` range, 0 = none */
+	struct {
+		uint64_t first, last;
+	} resend[DEV_UPLOADER_MAX_RESENDS]; /* `resend` ranges: ascending, apart, first >= 1 */
+	size_t nresend;
 	struct dev_acktimer timer;	    /* ack timeout, backoff and probe window */
 	int probe;			    /* a timeout: the oldest unacknowledged goes first */
 	uint64_t highest_sent;
@@ -84,10 +87,42 @@ void dev_uploader_fresh(struct dev_uploader *u, uint64_t seq)
 	u->fresh[u->nfresh++] = seq;
 }
 
-void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last)
+int dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last)
 {
-	u->resend_first = first ? first : 1;
-	u->resend_last = last;
+	size_t n = 0, at;
+	first = first ? first : 1;
+	if (first > last)
+		return WIRE_EINVAL;
+	/* take in every range this one overlaps or touches (first - 1 and r.first - 1 cannot
+	 * wrap: both are at least 1) */
+	for (size_t i = 0; i < u->nresend; i++) {
+		if (u->resend[i].last >= first - 1 && u->resend[i].first - 1 <= last) {
+			first = u->resend[i].first < first ? u->resend[i].first : first;
+			last = u->resend[i].last > last ? u->resend[i].last : last;
+			continue;
+		}
+		u->resend[n++] = u->resend[i];
+	}
+	if (n == DEV_UPLOADER_MAX_RESENDS)
+		return DEV_UPLOADER_EBUSY; /* none taken in: the list is as it was */
+	for (at = n; at > 0 && u->resend[at - 1].first > first; at--)
+		u->resend[at] = u->resend[at - 1];
+	u->resend[at].first = first;
+	u->resend[at].last = last;
+	u->nresend = n + 1;
+	return WIRE_OK;
+}
+
+size_t dev_uploader_resends_pending(const struct dev_uploader *u)
+{
+	return u->nresend;
+}
+
+/* The first resend range is done (or given up). */
+static void resend_done(struct dev_uploader *u)
+{
+	memmove(u->resend, u->resend + 1, (u->nresend - 1) * sizeof(u->resend[0]));
+	u->nresend--;
 }
 
 static int in_flight(const struct dev_uploader *u, uint64_t seq)
@@ -195,19 +230,19 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seq);
 			rc = send_next(u, now, &c, 1, seq, 1, send, ctx);
 			fresh_out += rc == 0;
-		} else if (u->resend_first) {
-			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend_first);
-			rc = send_next(u, now, &c, 0, u->resend_last, 0, send, ctx);
+		} else if (u->nresend) {
+			struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(u->resend[0].first);
+			rc = send_next(u, now, &c, 0, u->resend[0].last, 0, send, ctx);
 			if (rc == 1) {
-				u->resend_first = 0;
+				resend_done(u);
 				continue;
 			}
 			/* sent: go on after it; refused by a dying link: the range waits for the next
 			 * link; a spool error: give the range up, as retrying it would stall the pump */
-			if (rc == 0)
-				u->resend_first = c.next_seq <= u->resend_last ? c.next_seq : 0;
+			if (rc == 0 && c.next_seq && c.next_seq <= u->resend[0].last)
+				u->resend[0].first = c.next_seq;
 			else if (rc != DEV_UPLOADER_ESEND)
-				u->resend_first = 0;
+				resend_done(u);
 		} else {
 			rc = send_next(u, now, &u->cursor, 1, UINT64_MAX, 0, send, ctx);
 			if (rc == 1) {

@@ -37,9 +37,22 @@ void dev_uploader_link_down(struct dev_uploader *u);
 /* A record was just appended: it goes out before the backlog. */
 void dev_uploader_fresh(struct dev_uploader *u, uint64_t seq);
 
-/* Also send seq first..last again, acknowledged or not, while still in the spool
- * (the `resend` task). */
-void dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last);
+/* Ranges of the `resend` task waiting to be sent, at most (overlapping or adjacent ones are
+ * merged into one). */
+#define DEV_UPLOADER_MAX_RESENDS 8
+
+/* dev_uploader_resend: DEV_UPLOADER_MAX_RESENDS ranges are waiting already, none of which
+ * this one overlaps or touches: it was not taken. Distinct from every wire_err. */
+#define DEV_UPLOADER_EBUSY (-102)
+
+/* Also send seq first..last (first 0 means 1) again, acknowledged or not, while still in the
+ * spool (the `resend` task), lowest seqs first, in the bandwidth the window leaves after fresh
+ * data; ranges wait across reconnects. 0 if taken, WIRE_EINVAL if first > last, or
+ * DEV_UPLOADER_EBUSY (nothing changed). */
+int dev_uploader_resend(struct dev_uploader *u, uint64_t first, uint64_t last);
+
+/* How many resend ranges are waiting (the one being sent included). */
+size_t dev_uploader_resends_pending(const struct dev_uploader *u);
 
 /* The send callback refused an envelope (the link is down or going down): nothing was
  * recorded as sent; the next pump tries again. Distinct from every dev_spool_err. */

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1843,6 +1844,80 @@ Test(dev_spool, a_spool_in_use_cannot_be_opened_again)
 	cr_expect_eq(read_all(s, 1, got, 4), 2);
 	cr_expect_eq(got[0], a);
 	cr_expect_eq(got[1], b);
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* What dev_spool_count should say: the records dev_spool_next returns in [first, last]. */
+static uint64_t count_by_reading(const uint64_t *seqs, size_t n, uint64_t first, uint64_t last)
+{
+	uint64_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		k += seqs[i] >= first && seqs[i] <= last;
+	return k;
+}
+
+static void expect_counts(struct dev_spool *s, const uint64_t *edges, size_t nedges)
+{
+	uint64_t got[200];
+	size_t n = read_all(s, 0, got, 200);
+	for (size_t i = 0; i < nedges; i++)
+		for (size_t j = 0; j < nedges; j++) {
+			uint64_t first = edges[i], last = edges[j], k = 12345;
+			if (first > last)
+				continue;
+			cr_assert_eq(dev_spool_count(s, first, last, &k), 0);
+			uint64_t want = count_by_reading(got, n, first, last);
+			cr_expect_eq(k, want, "%llu..%llu: %llu counted, %llu read",
+				     (unsigned long long)first, (unsigned long long)last,
+				     (unsigned long long)k, (unsigned long long)want);
+		}
+}
+
+/* The resend task counts what a range holds without reading every record (a spool of a million
+ * records would stall the agent): segments wholly inside come from the index, and only those
+ * where the range begins or ends are read, header by header. Acknowledged records still on
+ * disk count, as a resend sends them. */
+Test(dev_spool, count_reads_only_where_a_range_begins_or_ends)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	o.segment_bytes = 4096;
+	struct dev_spool *s = open_spool(&o);
+	uint64_t seqs[120];
+	for (int i = 0; i < 120; i++)
+		seqs[i] = put(s, 200, wall_ms());
+	char names[64][600];
+	size_t nseg = segments(dir, names);
+	cr_assert_geq(nseg, 6, "%zu segments", nseg);
+	uint64_t edges[] = {0,	       1,	     seqs[0],	  seqs[1],	 seqs[13],
+			    seqs[14], seqs[15],     seqs[40],	  seqs[60],	 seqs[118],
+			    seqs[119], seqs[119] + 1, seqs[119] + 9, UINT64_MAX};
+	size_t nedges = sizeof(edges) / sizeof(edges[0]);
+	expect_counts(s, edges, nedges);
+
+	/* acknowledged: whole segments go, the rest still counts */
+	uint64_t ranges[1][2] = {{seqs[50], seqs[70]}};
+	cr_assert_eq(dev_spool_ack(s, seqs[29], ranges, 1), 0);
+	expect_counts(s, edges, nedges);
+
+	/* a middle segment that cannot be read: a range that holds it whole is counted from the
+	 * index; one that begins in it needs its headers */
+	nseg = segments(dir, names);
+	char *away = h_strf("%s.away", names[nseg / 2]);
+	uint64_t all = 0, k = 0;
+	cr_assert_eq(dev_spool_count(s, 0, UINT64_MAX, &all), 0);
+	cr_assert_eq(rename(names[nseg / 2], away), 0);
+	cr_expect_eq(dev_spool_count(s, 0, UINT64_MAX, &k), 0, "a segment wholly inside was read");
+	cr_expect_eq(k, all);
+	uint64_t first_in_it = 0;
+	const char *base = strrchr(names[nseg / 2], '/');
+	cr_assert_eq(sscanf(base, "/seg-%" SCNu64 ".log", &first_in_it), 1);
+	k = 77;
+	cr_expect_eq(dev_spool_count(s, first_in_it + 1, UINT64_MAX, &k), DEV_SPOOL_EIO);
+	cr_expect_eq(k, 77, "*n set on failure");
+	cr_assert_eq(rename(away, names[nseg / 2]), 0);
+	free(away);
 	dev_spool_close(s);
 	free(dir);
 }

@@ -328,20 +328,111 @@ Test(dev_uploader, resend_task_sends_acknowledged_records_still_on_disk)
 	dev_uploader_pump(f.up, 0, send_fn, &s);
 	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[5], 1), 0);
 	s.n = 0;
-	dev_uploader_resend(f.up, f.seqs[2], f.seqs[4]);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[2], f.seqs[4]), 0);
 	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 3);
 	cr_expect_eq(s.seq[0], f.seqs[2]);
 	cr_expect_eq(s.seq[2], f.seqs[4]);
 
 	/* the link refuses a send halfway: the rest of the range waits for the next pump */
 	s.n = 0;
-	dev_uploader_resend(f.up, f.seqs[1], f.seqs[3]);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[1], f.seqs[3]), 0);
 	struct refusing r = {&s, 1};
 	cr_expect_eq(dev_uploader_pump(f.up, 3, refusing_send, &r), 1);
 	cr_expect_eq(dev_uploader_pump(f.up, 4, send_fn, &s), 2);
 	cr_assert_eq(s.n, 3);
 	cr_expect_eq(s.seq[1], f.seqs[2]);
 	cr_expect_eq(s.seq[2], f.seqs[3]);
+	teardown(&f);
+}
+
+/* The records of s->seq in [first, last] of f's seqs, each sent once, in order. */
+static void expect_sent_once(const struct sent *s, size_t *at, const struct fixture *f,
+			     size_t first, size_t last)
+{
+	for (size_t i = first; i <= last; i++, (*at)++) {
+		cr_assert_lt(*at, s->n, "seq %llu was not sent", (unsigned long long)f->seqs[i]);
+		cr_expect_eq(s->seq[*at], f->seqs[i], "sent %llu where %llu was due",
+			     (unsigned long long)s->seq[*at], (unsigned long long)f->seqs[i]);
+	}
+}
+
+/* Two `resend` tasks (one list, or the second before the first is sent) each get their range
+ * sent: the second does not replace the first. Overlapping and adjacent ranges are merged, so
+ * nothing goes twice; the lowest seqs go first. */
+Test(dev_uploader, resend_ranges_wait_their_turn_and_merge)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 30, 64);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 30);
+	/* acknowledged, still on disk (28 and 29 are not: the segment stays) */
+	cr_assert_eq(ack(&f, f.bridge, "dev-a", f.seqs[27], 1), 0);
+	s.n = 0;
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[20], f.seqs[22]), 0);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[2], f.seqs[4]), 0);
+	cr_expect_eq(dev_uploader_resends_pending(f.up), 2);
+	cr_expect_eq(dev_uploader_pump(f.up, 2, send_fn, &s), 6);
+	size_t at = 0;
+	expect_sent_once(&s, &at, &f, 2, 4);
+	expect_sent_once(&s, &at, &f, 20, 22);
+	cr_expect_eq(dev_uploader_resends_pending(f.up), 0);
+
+	/* 5..7, 7..9 overlap, 10..10 touches 9, 12..13 stands apart: two ranges */
+	s.n = 0;
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[5], f.seqs[7]), 0);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[12], f.seqs[13]), 0);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[7], f.seqs[9]), 0);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[10], f.seqs[10]), 0);
+	cr_expect_eq(dev_uploader_resends_pending(f.up), 2);
+	cr_expect_eq(dev_uploader_pump(f.up, 3, send_fn, &s), 8);
+	at = 0;
+	expect_sent_once(&s, &at, &f, 5, 10);
+	expect_sent_once(&s, &at, &f, 12, 13);
+
+	/* a range that arrives while one is half sent (the link refused a send) joins the queue */
+	s.n = 0;
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[0], f.seqs[3]), 0);
+	struct refusing r = {&s, 2};
+	cr_expect_eq(dev_uploader_pump(f.up, 4, refusing_send, &r), 2);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[25], f.seqs[26]), 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 5, send_fn, &s), 4);
+	at = 0;
+	expect_sent_once(&s, &at, &f, 0, 3);
+	expect_sent_once(&s, &at, &f, 25, 26);
+	cr_expect_eq(s.n, at);
+	teardown(&f);
+}
+
+/* The list of waiting ranges is bounded: one more apart from all of them is refused, changing
+ * nothing (the task then fails and says so), while one that joins a waiting range is taken. */
+Test(dev_uploader, resend_ranges_are_bounded)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup(&f, 30, 64); /* link down: nothing drains */
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[3], f.seqs[2]), WIRE_EINVAL);
+	for (size_t i = 0; i < DEV_UPLOADER_MAX_RESENDS; i++)
+		cr_expect_eq(dev_uploader_resend(f.up, f.seqs[3 * i], f.seqs[3 * i]), 0);
+	cr_expect_eq(dev_uploader_resends_pending(f.up), DEV_UPLOADER_MAX_RESENDS);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[28], f.seqs[29]), DEV_UPLOADER_EBUSY);
+	cr_expect_eq(dev_uploader_resend(f.up, f.seqs[1], f.seqs[1]), 0, "it touches 0..0");
+	cr_expect_eq(dev_uploader_resends_pending(f.up), DEV_UPLOADER_MAX_RESENDS);
+	/* the ranges go first, each once; the backlog brings the rest (what is in flight already
+	 * is not sent twice) */
+	dev_uploader_link_up(f.up, 0);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 30);
+	size_t at = 0;
+	expect_sent_once(&s, &at, &f, 0, 1);
+	for (size_t i = 1; i < DEV_UPLOADER_MAX_RESENDS; i++)
+		expect_sent_once(&s, &at, &f, 3 * i, 3 * i);
+	cr_expect_eq(dev_uploader_resends_pending(f.up), 0);
+	for (size_t i = 0; i < 30; i++) {
+		size_t times = 0;
+		for (size_t j = 0; j < s.n; j++)
+			times += s.seq[j] == f.seqs[i];
+		cr_expect_eq(times, 1, "seq %llu sent %zu times", (unsigned long long)f.seqs[i],
+			     times);
+	}
 	teardown(&f);
 }
 
