@@ -91,6 +91,7 @@ struct ctl_out {
 	int ncols;
 	const char *const *names;
 	const enum ctl_coltype *types;
+	int vis; /* CSV: control characters escaped (ctl_vis), as f is a terminal */
 	size_t nrows, cap;
 	char **cells; /* table format: nrows * ncols strings */
 };
@@ -106,7 +107,10 @@ void ctl_out_end(struct ctl_out *o);
 #define CTL_VIS_MAX (4 * 1024 + 1)
 const char *ctl_vis(const char *s, char *buf, size_t cap);
 
-void ctl_csv_field(FILE *f, const char *s);
+/* One CSV field, quoted if it holds a comma, quote or line break; with vis, its control
+ * characters escaped first (ctl_vis). */
+void ctl_csv_field(FILE *f, const char *s, int vis);
+/* A JSON string: C0 controls, DEL and the C1 controls (U+0080..U+009F) as \u00NN. */
 void ctl_json_str(FILE *f, const char *s);
 
 /* ---- commands ---- */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cfg.h"
 #include "ctl.h"
@@ -274,10 +275,13 @@ const char *ctl_vis(const char *s, char *buf, size_t cap)
 	return buf;
 }
 
-void ctl_csv_field(FILE *f, const char *s)
+void ctl_csv_field(FILE *f, const char *s, int vis)
 {
+	char v[CTL_VIS_MAX];
 	if (!s)
 		return;
+	if (vis)
+		s = ctl_vis(s, v, sizeof(v));
 	if (!strpbrk(s, ",\"\n\r")) {
 		fputs(s, f);
 		return;
@@ -295,17 +299,23 @@ void ctl_json_str(FILE *f, const char *s)
 {
 	fputc('"', f);
 	for (; s && *s; s++) {
-		unsigned char ch = (unsigned char)*s;
+		unsigned char ch = (unsigned char)*s, next = (unsigned char)s[1];
 		if (ch == '"' || ch == '\\')
 			fprintf(f, "\\%c", ch);
 		else if (ch == '\n')
 			fputs("\\n", f);
 		else if (ch == '\t')
 			fputs("\\t", f);
-		else if (ch < 0x20)
+		else if (ch < 0x20 || ch == 0x7f)
 			fprintf(f, "\\u%04x", ch);
-		else
+		else if (ch == 0xc2 && next >= 0x80 && next <= 0x9f) {
+			/* U+0080..U+009F, the C1 controls (U+009B is a terminal's CSI): valid
+			 * JSON either way, escaped so that the output is safe to look at */
+			fprintf(f, "\\u%04x", next);
+			s++;
+		} else {
 			fputc(ch, f);
+		}
 	}
 	fputc('"', f);
 }
@@ -319,11 +329,14 @@ void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
 	o->ncols = ncols;
 	o->names = names;
 	o->types = types;
+	/* CSV on a terminal shows a device's control characters (ctl_vis); into a file or a
+	 * pipe it keeps the bytes, for the program that reads it */
+	o->vis = isatty(fileno(f));
 	if (fmt == CTL_FMT_CSV) {
 		for (int i = 0; i < ncols; i++) {
 			if (i)
 				fputc(',', f);
-			ctl_csv_field(f, names[i]);
+			ctl_csv_field(f, names[i], 0);
 		}
 		fputc('\n', f);
 	} else if (fmt == CTL_FMT_JSON) {
@@ -347,7 +360,7 @@ void ctl_out_row(struct ctl_out *o, const char *const *vals)
 		for (int i = 0; i < o->ncols; i++) {
 			if (i)
 				fputc(',', f);
-			ctl_csv_field(f, vals[i]);
+			ctl_csv_field(f, vals[i], o->vis);
 		}
 		fputc('\n', f);
 	} else if (o->fmt == CTL_FMT_JSON) {

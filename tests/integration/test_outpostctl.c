@@ -599,18 +599,30 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	             STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES (1, 1,"
 	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7) ||"
-	                           " char(155) || '2J')"),
+	                           " char(155) || '2J' || char(127) || char(133) || 'end')"),
 	             STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
 	                           " 'temp' || char(27) || '[1A', 'C' || char(27) || '[2J', 1)"),
 	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	                           " VALUES (1, 1, 1700000000000, 1, 0, 1.5)"),
+	             STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
-	const char *cmds[] = {"task show 1", "task list", "events", "device show dev-a"};
+	const char *cmds[] = {"task show 1",
+	                      "task list",
+	                      "events",
+	                      "device show dev-a",
+	                      "events --format json",
+	                      "task list --format json",
+	                      "readings --device dev-a --format json",
+	                      "readings --device dev-a --format table"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		char *out = ctl(url, 0, "%s", cmds[i]);
 		cr_expect_null(strpbrk(out, "\x1b\x07\r"), "outpostctl %s printed a control character",
 		               cmds[i]);
 		cr_expect_null(strstr(out, "\xc2\x9b"), "outpostctl %s printed a C1 CSI", cmds[i]);
+		cr_expect_null(strstr(out, "\xc2\x85"), "outpostctl %s printed a C1 NEL", cmds[i]);
+		cr_expect_null(strchr(out, 0x7f), "outpostctl %s printed a DEL", cmds[i]);
 		free(out);
 	}
 	char *out = ctl(url, 0, "task show 1");
@@ -619,8 +631,37 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	cr_expect_eq(h_count(out, "\nstate       "), 1, "a forged line:\n%s", out);
 	free(out);
 	out = ctl(url, 0, "events --format json");
-	cr_expect(strstr(out, "x\\u001b]0;title\\u0007"), "JSON escapes as JSON:\n%s", out);
+	cr_expect(strstr(out, "x\\u001b]0;title\\u0007\\u009b2J\\u007f\\u0085end"),
+	          "JSON escapes as JSON:\n%s", out);
 	free(out);
+	out = ctl(url, 0, "readings --device dev-a --format json");
+	cr_expect(strstr(out, "\"unit\": \"C\\u001b[2J\""), "%s", out);
+	free(out);
+	/* CSV into a pipe (a program reads it) keeps the bytes; on a terminal it shows them */
+	out = ctl(url, 0, "readings --device dev-a");
+	cr_expect(strstr(out, "\ndev-a,temp\x1b[1A,C\x1b[2J,2023-11-14T22:13:20.000Z,1.5,1\n"),
+	          "%s", out);
+	free(out);
+	out = ctl(url, 0, "events --format csv");
+	cr_expect(strstr(out, ",rejected,x\x1b]0;title\x07\xc2\x9b" "2J\x7f\xc2\x85" "end\n"), "%s",
+	          out);
+	free(out);
+	const char *on_tty[][2] = {
+	    {"readings --device dev-a",
+	     "\ndev-a,temp\\x1b[1A,C\\x1b[2J,2023-11-14T22:13:20.000Z,1.5,1\r\n"},
+	    {"events --format csv", ",rejected,x\\x1b]0;title\\x07\\u009b2J\\x7f\\u0085end\r\n"},
+	    {"task list --format csv", ",ok\\x1b[2J\\x0astate       failed\r\n"}};
+	for (size_t i = 0; i < sizeof(on_tty) / sizeof(on_tty[0]); i++) {
+		char *cmd = h_strf("script -qec \"%s/bridge/outpostctl --store=%s %s\" /dev/null"
+		                   " < /dev/null",
+		                   h_build_dir(), url, on_tty[i][0]);
+		cr_expect_eq(h_sh(cmd, &out, 30), 0, "%s:\n%s", cmd, out);
+		cr_expect(strstr(out, on_tty[i][1]), "%s:\n%s", cmd, out);
+		cr_expect_null(strpbrk(out, "\x1b\x07\x7f"), "%s:\n%s", cmd, out);
+		cr_expect_null(strstr(out, "\xc2\x9b"), "%s:\n%s", cmd, out);
+		free(out);
+		free(cmd);
+	}
 	out = ctl(url, 0, "device show dev-a");
 	cr_expect(strstr(out, "temp\\x1b[1A") && strstr(out, "C\\x1b[2J"), "%s", out);
 	free(out);
