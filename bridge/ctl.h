@@ -20,8 +20,10 @@ struct ctl {
 	int code;        /* exit status after ctl_store() failed */
 };
 
-/* Open (once) and migrate the store; on failure prints why, sets c->code (CTL_USAGE for a
- * URL it does not understand, else CTL_FAIL) and returns NULL. */
+/* Open the store (once) and check that its schema is the one this program knows; never
+ * migrates it. On failure prints why, sets c->code (CTL_USAGE for a URL it does not
+ * understand, else CTL_FAIL: unreachable, no schema, an older or a newer one) and returns
+ * NULL. */
 struct store *ctl_store(struct ctl *c);
 
 /* Print "outpostctl: <msg>" to stderr; returns code. */

@@ -35,7 +35,7 @@ struct store *ctl_store(struct ctl *c)
 {
 	char err[STORE_ERR_MAX];
 	struct store_opts o = STORE_OPTS_INIT;
-	int from = 0, rc;
+	int version = 0, rc;
 	if (c->s)
 		return c->s;
 	o.create = 0; /* a typo in the path must not create an empty store */
@@ -47,13 +47,27 @@ struct store *ctl_store(struct ctl *c)
 		ctl_err(c->code, "store %s", err);
 		return NULL;
 	}
-	if ((rc = store_migrate(c->s, &from, NULL))) {
-		if (rc == STORE_ESCHEMA)
-			ctl_err(CTL_FAIL,
-			        "store %s: schema version %d is newer than this outpostctl (%d)",
-			        store_url(c->s), from, STORE_SCHEMA_VERSION);
-		else
-			ctl_store_err(c, store_url(c->s), rc);
+	/* Never migrated from here: the bridges that use the store do that when they are
+	 * upgraded, and older ones still running beside it would lose columns they write
+	 * (OPERATIONS.md "Upgrading"). */
+	if ((rc = store_schema_version(c->s, &version)))
+		ctl_store_err(c, store_url(c->s), rc);
+	else if (version == 0)
+		ctl_err(CTL_FAIL,
+		        "store %s has no Outpost schema: start outpost-bridge on it first (it"
+		        " creates the tables)",
+		        store_url(c->s));
+	else if (version < STORE_SCHEMA_VERSION)
+		ctl_err(CTL_FAIL,
+		        "store %s: store schema %d is older than this outpostctl's %d: upgrade the"
+		        " bridge first",
+		        store_url(c->s), version, STORE_SCHEMA_VERSION);
+	else if (version > STORE_SCHEMA_VERSION)
+		ctl_err(CTL_FAIL,
+		        "store %s: store schema %d is newer than this outpostctl's %d: upgrade"
+		        " outpostctl",
+		        store_url(c->s), version, STORE_SCHEMA_VERSION);
+	if (rc || version != STORE_SCHEMA_VERSION) {
 		store_close(c->s);
 		c->s = NULL;
 		return NULL;

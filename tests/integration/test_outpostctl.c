@@ -775,6 +775,88 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 	free(url);
 }
 
+/* A store the bridges have not migrated yet (an older schema), one migrated by a newer bridge,
+ * and an empty database: outpostctl says so and leaves the store as it is. Migrating is the
+ * bridges' business: older ones still running beside the store would lose columns. */
+static void schema_not_current(const char *url)
+{
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	seed_store(url);
+	/* back to version 3, as a bridge of that version left it (version 4 only replaced an
+	 * index) */
+	cr_assert_eq(STORE_SCHEMA_VERSION, 4, "teach this test the migration to the new version");
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	const char *down[] = {"DROP INDEX gaps_dropped_by_end",
+	                      "CREATE INDEX gaps_dropped ON gaps (device, last_seq)"
+	                      " WHERE reason = 'dropped'",
+	                      "DELETE FROM schema_migrations WHERE version = 4"};
+	for (size_t i = 0; i < sizeof(down) / sizeof(down[0]); i++)
+		cr_assert_eq(store_exec(s, down[i]), STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	const char *cmds[] = {"devices", "device show dev-a", "device quarantine dev-a",
+	                      "events", "task add --device dev-a --type ping"};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		expect_ctl(url, 1, cmds[i],
+		           "store schema 3 is older than this outpostctl's 4:"
+		           " upgrade the bridge first",
+		           1);
+	int version = 0;
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_expect_eq(store_schema_version(s, &version), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(version, 3, "outpostctl migrated the store");
+	/* migrated by this version's bridge (its migration drops the index version 3 built),
+	 * then by a newer one */
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO schema_migrations (version, applied_at)"
+	                           " VALUES (5, 0)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	expect_ctl(url, 1, "devices",
+	           "store schema 5 is newer than this outpostctl's 4: upgrade outpostctl", 1);
+}
+
+Test(outpostctl, a_store_of_another_schema_is_refused_not_migrated_sqlite, .timeout = 60)
+{
+	char *dir = h_tmpdir("ctl-schema"), *url = h_strf("sqlite:%s/outpost.db", dir);
+	schema_not_current(url);
+	free(url);
+	/* an empty database: nothing created in it */
+	url = h_strf("sqlite:%s/empty.db", dir);
+	char *cmd = h_strf("sqlite3 %s/empty.db \"CREATE TABLE x (a)\"", dir), *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	free(out);
+	free(cmd);
+	expect_ctl(url, 1, "devices", "has no Outpost schema: start outpost-bridge on it first", 1);
+	cmd = h_strf("sqlite3 %s/empty.db .tables", dir);
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	cr_expect_str_eq(out, "x\n");
+	free(out);
+	free(cmd);
+	free(url);
+	free(dir);
+}
+
+Test(outpostctl, a_store_of_another_schema_is_refused_not_migrated_postgresql, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	schema_not_current(pg.url);
+	cr_assert_eq(h_pg_sql(&pg, "CREATE DATABASE empty", NULL), 0);
+	char *url = h_strf("postgresql://postgres@127.0.0.1:%d/empty", pg.port), *out = NULL;
+	expect_ctl(url, 1, "devices", "has no Outpost schema: start outpost-bridge on it first", 1);
+	char *cmd = h_strf("psql -XAtq \"%s\" -c \"SELECT count(*) FROM pg_tables WHERE"
+	                   " schemaname = current_schema()\"",
+	                   url);
+	cr_expect_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	cr_expect_str_eq(out, "0\n");
+	free(out);
+	free(cmd);
+	free(url);
+	h_pg_free(&pg);
+}
+
 /* Asking a device for the state it is in is done, not a failure (scripts may repeat
  * themselves): releasing an active device too. Releasing one that is revoked, or unenrolled
  * (a release does not enrol), is refused. */
