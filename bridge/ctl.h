@@ -94,14 +94,23 @@ struct ctl_out {
 	const char *const *names;
 	const enum ctl_coltype *types;
 	int vis; /* CSV: control characters escaped (ctl_vis), as f is a terminal */
+	int failed; /* table format: memory ran out, the rows are dropped */
 	size_t nrows, cap;
 	char **cells; /* table format: nrows * ncols strings */
 };
 
+/* Commands whose table format has no --limit of their own show this many rows of it at most
+ * (the table is built in memory to align its columns), and say when there are more. */
+#define CTL_TABLE_ROWS 1000
+
 void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types);
-void ctl_out_row(struct ctl_out *o, const char *const *vals); /* a NULL value is null/empty */
-void ctl_out_end(struct ctl_out *o);
+/* One row; a NULL value is null/empty. 0, or -1 once memory ran out keeping a table's rows
+ * (then every later row is ignored as well, and ctl_out_end says so). */
+int ctl_out_row(struct ctl_out *o, const char *const *vals);
+/* Finish (a table: print it). CTL_OK, or CTL_FAIL after saying that memory ran out (nothing
+ * of the table is printed). */
+int ctl_out_end(struct ctl_out *o);
 
 /* s for a terminal: control characters shown as \xNN (C0, DEL) or \u00NN (C1), so text a
  * device sent cannot move the cursor or forge lines. Written to buf (cut to cap - 1 bytes); returns buf ("" for

@@ -62,6 +62,11 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	    (until && (rc = parse_time_opt("readings", "until", until, &to))) ||
 	    (limit && (rc = parse_limit("readings", limit, &max))))
 		return rc;
+	/* A table is kept in memory to align it: without --limit it shows CTL_TABLE_ROWS rows,
+	 * and one more is read to tell whether there are others. */
+	int capped = !limit && fmt == CTL_FMT_TABLE, more = 0;
+	if (capped)
+		max = CTL_TABLE_ROWS;
 	if (!ctl_store(c))
 		return c->code;
 	if ((rc = ctl_device_key(c, device, &key)))
@@ -102,7 +107,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	if (!rc && !(rc = store_bind_i64(st, col++, key)) &&
 	    !(rc = metric ? store_bind_i64(st, col++, metric_key) : 0) &&
 	    !(rc = store_bind_i64(st, col++, from)) && !(rc = store_bind_i64(st, col++, to)))
-		rc = store_bind_i64(st, col, max);
+		rc = store_bind_i64(st, col, capped ? max + 1 : max);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "readings", rc);
@@ -114,6 +119,10 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	ctl_out_begin(&o, fmt, stdout, 6, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char t[32], v[32], seq[24];
+		if (capped && (int64_t)o.nrows == max) {
+			more = 1;
+			break;
+		}
 		snprintf(seq, sizeof(seq), "%" PRId64, store_col_i64(st, 4));
 		const char *vals[6] = {device,
 		                       store_col_text(st, 0),
@@ -122,11 +131,18 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 		                       store_col_null(st, 3) ? (fmt == CTL_FMT_JSON ? NULL : "nan")
 		                                             : ctl_double(store_col_f64(st, 3), v),
 		                       seq};
-		ctl_out_row(&o, vals);
+		if (ctl_out_row(&o, vals))
+			break;
 	}
-	ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	return rc < 0 ? ctl_store_err(c, "readings", rc) : CTL_OK;
+	if (rc < 0)
+		return ctl_store_err(c, "readings", rc);
+	if (more && out_rc == CTL_OK)
+		printf("(the first %d rows: there are more; --limit N shows N, --since T those"
+		       " from T on, --format csv all of them)\n",
+		       CTL_TABLE_ROWS);
+	return out_rc;
 }
 
 int ctl_cmd_events(struct ctl *c, int argc, char **argv)
@@ -177,11 +193,12 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		char t[32];
 		const char *v[4] = {ctl_time(store_col_i64(st, 0), t), store_col_text(st, 1),
 		                    store_col_text(st, 2), store_col_text(st, 3)};
-		ctl_out_row(&o, v);
+		if (ctl_out_row(&o, v))
+			break;
 	}
-	ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	return rc < 0 ? ctl_store_err(c, "events", rc) : CTL_OK;
+	return rc < 0 ? ctl_store_err(c, "events", rc) : out_rc;
 }
 
 int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
@@ -238,11 +255,12 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		                    store_col_null(st, 6) ? NULL
 		                                          : ctl_time(store_col_i64(st, 6), t2),
 		                    store_col_text(st, 7)};
-		ctl_out_row(&o, v);
+		if (ctl_out_row(&o, v))
+			break;
 	}
-	ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	return rc < 0 ? ctl_store_err(c, "gaps", rc) : CTL_OK;
+	return rc < 0 ? ctl_store_err(c, "gaps", rc) : out_rc;
 }
 
 /* Times ctl_parse_time takes but prune, as it deletes, refuses as likely mistakes: a signed

@@ -67,11 +67,12 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		                     num(store_col_i64(st, 7), b[3]),
 		                     num(store_col_i64(st, 8), b[4]),
 		                     store_col_text(st, 9)};
-		ctl_out_row(&o, v);
+		if (ctl_out_row(&o, v))
+			break;
 	}
-	ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	return rc < 0 ? ctl_store_err(c, "devices", rc) : CTL_OK;
+	return rc < 0 ? ctl_store_err(c, "devices", rc) : out_rc;
 }
 
 /* Print the rows of a query as indented lines: each column formatted by fmt_row. */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -367,9 +368,22 @@ static int looks_numeric(const char *s)
 	return !*end && strcmp(s, "nan") && strcmp(s, "inf") && strcmp(s, "-inf");
 }
 
-void ctl_out_row(struct ctl_out *o, const char *const *vals)
+/* Give up the table's rows (memory ran out): nothing of it is printed. */
+static void table_drop(struct ctl_out *o)
+{
+	for (size_t i = 0; o->cells && i < o->nrows * (size_t)o->ncols; i++)
+		free(o->cells[i]);
+	free(o->cells);
+	o->cells = NULL;
+	o->nrows = o->cap = 0;
+	o->failed = 1;
+}
+
+int ctl_out_row(struct ctl_out *o, const char *const *vals)
 {
 	FILE *f = o->f;
+	if (o->failed)
+		return -1;
 	if (o->fmt == CTL_FMT_CSV) {
 		for (int i = 0; i < o->ncols; i++) {
 			if (i)
@@ -394,39 +408,54 @@ void ctl_out_row(struct ctl_out *o, const char *const *vals)
 	} else {
 		if (o->nrows == o->cap) {
 			size_t cap = o->cap ? o->cap * 2 : 64;
-			char **cells = realloc(o->cells, cap * (size_t)o->ncols * sizeof(char *));
-			if (!cells)
-				return;
+			size_t n = cap * (size_t)o->ncols;
+			char **cells = cap <= SIZE_MAX / sizeof(char *) / (size_t)o->ncols
+			                   ? realloc(o->cells, n * sizeof(char *))
+			                   : NULL;
+			if (!cells) {
+				table_drop(o);
+				return -1;
+			}
 			o->cells = cells;
 			o->cap = cap;
 		}
+		char **row = o->cells + o->nrows * (size_t)o->ncols;
 		for (int i = 0; i < o->ncols; i++) {
 			char v[CTL_VIS_MAX];
-			o->cells[o->nrows * (size_t)o->ncols + (size_t)i] =
-			    strdup(vals[i] ? ctl_vis(vals[i], v, sizeof(v)) : "-");
+			row[i] = strdup(vals[i] ? ctl_vis(vals[i], v, sizeof(v)) : "-");
+			if (!row[i]) {
+				o->nrows++; /* the row's cells so far are freed with the rest */
+				for (int k = i + 1; k < o->ncols; k++)
+					row[k] = NULL;
+				table_drop(o);
+				return -1;
+			}
 		}
 	}
 	o->nrows++;
+	return 0;
 }
 
-void ctl_out_end(struct ctl_out *o)
+int ctl_out_end(struct ctl_out *o)
 {
 	FILE *f = o->f;
+	size_t *w = NULL;
 	if (o->fmt == CTL_FMT_JSON) {
 		fputs(o->nrows ? "\n]\n" : "]\n", f);
-		return;
+		return CTL_OK;
 	}
 	if (o->fmt != CTL_FMT_TABLE)
-		return;
-	size_t *w = calloc((size_t)o->ncols, sizeof(*w));
-	if (!w)
-		return;
+		return CTL_OK;
+	if (!o->failed && !(w = calloc((size_t)o->ncols, sizeof(*w))))
+		table_drop(o);
+	if (o->failed)
+		return ctl_err(CTL_FAIL, "out of memory keeping the rows of the table: ask for"
+		                         " fewer (--limit) or for --format csv, which keeps none");
 	for (int i = 0; i < o->ncols; i++)
 		w[i] = strlen(o->names[i]);
 	for (size_t r = 0; r < o->nrows; r++)
 		for (int i = 0; i < o->ncols; i++) {
-			const char *s = o->cells[r * (size_t)o->ncols + (size_t)i];
-			size_t l = s ? strlen(s) : 0;
+			size_t l = strlen(o->cells[r * (size_t)o->ncols + (size_t)i]);
 			if (l > w[i])
 				w[i] = l;
 		}
@@ -438,9 +467,9 @@ void ctl_out_end(struct ctl_out *o)
 			char *s = o->cells[r * (size_t)o->ncols + (size_t)i];
 			int right = o->types[i] == CTL_NUM && i + 1 < o->ncols;
 			if (right)
-				fprintf(f, "%*s  ", (int)w[i], s ? s : "");
+				fprintf(f, "%*s  ", (int)w[i], s);
 			else
-				fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, s ? s : "",
+				fprintf(f, "%-*s%s", i + 1 < o->ncols ? (int)w[i] : 0, s,
 				        i + 1 < o->ncols ? "  " : "");
 			free(s);
 		}
@@ -449,4 +478,5 @@ void ctl_out_end(struct ctl_out *o)
 	free(w);
 	free(o->cells);
 	o->cells = NULL;
+	return CTL_OK;
 }

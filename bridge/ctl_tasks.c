@@ -212,11 +212,12 @@ static int list(struct ctl *c, int argc, char **argv)
 		    store_col_null(st, 7) ? NULL : ctl_time(store_col_i64(st, 7), t[3]),
 		    store_col_text(st, 8),
 		    store_col_text(st, 9)};
-		ctl_out_row(&o, v);
+		if (ctl_out_row(&o, v))
+			break;
 	}
-	ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	return rc < 0 ? ctl_store_err(c, "task list", rc) : CTL_OK;
+	return rc < 0 ? ctl_store_err(c, "task list", rc) : out_rc;
 }
 
 static int kvs(struct ctl *c, const char *table, int64_t id, const char *title)

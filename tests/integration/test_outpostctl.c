@@ -775,6 +775,69 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 	free(url);
 }
 
+/* readings --format table keeps its rows in memory to align them: without --limit it shows the
+ * first CTL_TABLE_ROWS (1000) and says when there are more; memory running out is a failure,
+ * not a table with rows missing. */
+Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 60)
+{
+	char *url = small_store("ctl-table");
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
+	                           " 'm1', 'u', 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	                           " WHERE x < 1000) INSERT INTO readings (device, metric, ts, seq,"
+	                           " idx, value) SELECT 1, 1, 1700000000000 + x * 1000, x, 0, x"
+	                           " FROM n"),
+	             STORE_OK, "%s", store_errmsg(s));
+	/* 1000 rows: all of them, nothing more to say */
+	char *out = ctl(url, 0, "readings --device dev-a --format table");
+	cr_expect_eq(h_count(out, "\n"), 1 + 1000, "%s", out);
+	cr_expect(!strstr(out, "more"), "%s", out);
+	free(out);
+	cr_assert_eq(store_exec(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	                           " VALUES (1, 1, 1800000000000, 1001, 0, 1001)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	/* 1001: the first 1000, and a line that says how to see the others */
+	out = ctl(url, 0, "readings --device dev-a --format table");
+	cr_expect_eq(h_count(out, "\n"), 1 + 1000 + 1, "%s", out);
+	cr_expect(strstr(out, " 1000\n(the first 1000 rows: there are more; --limit N shows N,"),
+	          "%s", out);
+	cr_expect(!strstr(out, "1001"), "%s", out);
+	free(out);
+	expect_ctl(url, 0, "readings --device dev-a --format table --limit 1001", " 1001\n",
+	           1 + 1001);
+	expect_ctl(url, 0, "readings --device dev-a --format table --limit 5", " 5\n", 1 + 5);
+	expect_ctl(url, 0, "readings --device dev-a", ",1001\n", 1 + 1001);
+	expect_ctl(url, 0, "readings --device dev-a --format json", "\"seq\": 1001}", -1);
+	/* out of memory as the table grows past 64 rows (6 cells of 8 bytes each) */
+	const char *fmts[] = {"--format table", "--format table --limit 1001"};
+	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
+		char *cmd = h_strf("LD_PRELOAD=%s OUTPOST_TEST_REALLOC_MAX=4096"
+		                   " %s/bridge/outpostctl --store=%s readings --device dev-a %s",
+		                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url, fmts[i]);
+		cr_expect_eq(h_sh(cmd, &out, 30), 1, "%s:\n%s", cmd, out);
+		cr_expect_str_eq(out,
+		                 "outpostctl: out of memory keeping the rows of the table: ask for"
+		                 " fewer (--limit) or for --format csv, which keeps none\n");
+		free(out);
+		free(cmd);
+	}
+	/* what keeps no rows is not affected */
+	char *cmd = h_strf("LD_PRELOAD=%s OUTPOST_TEST_REALLOC_MAX=4096 %s/bridge/outpostctl"
+	                   " --store=%s readings --device dev-a --format csv",
+	                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url);
+	cr_expect_eq(h_sh(cmd, &out, 30), 0, "%s:\n%s", cmd, out);
+	cr_expect_eq(h_count(out, "\n"), 1 + 1001);
+	free(out);
+	free(cmd);
+	free(url);
+}
+
 /* A store the bridges have not migrated yet (an older schema), one migrated by a newer bridge,
  * and an empty database: outpostctl says so and leaves the store as it is. Migrating is the
  * bridges' business: older ones still running beside the store would lose columns. */
