@@ -36,6 +36,13 @@ int ctl_store_err(struct ctl *c, const char *what, int rc);
  * CTL_FAIL ("no device ...") for an unknown one, each said on stderr. */
 int ctl_device_key(struct ctl *c, const char *id, int64_t *key);
 
+/* Text sorted byte by byte on both engines. SQLite compares bytes (BINARY); PostgreSQL uses
+ * the database's collation unless told otherwise (en_US.utf8 puts "a1" before "a-2" and "b0"
+ * before "B1"), so a query that sorts by text is written as a macro Q(C) with C after each
+ * text sort key, and prepared as CTL_SQL(store, Q). */
+#define CTL_PG_BYTES " COLLATE \"C\""
+#define CTL_SQL(s, Q) (store_dialect(s) == STORE_PG ? Q(CTL_PG_BYTES) : Q(""))
+
 /* ---- arguments ---- */
 
 struct ctl_optdef {

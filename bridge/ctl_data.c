@@ -94,14 +94,16 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	/* One metric: by its id, so that the readings' primary key (device, metric, ts, seq, idx)
 	 * gives the time range in order (one name: the same order as ts, name, seq, idx) instead of
 	 * a scan and sort of all the device's readings. */
+#define READINGS(C)                                                                                \
+	"SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"               \
+	" ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ?"                        \
+	" ORDER BY r.ts, m.name" C ", r.seq, r.idx LIMIT ?"
 	rc = store_prepare(
 	    c->s,
 	    metric ? "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
 	             " ON m.id = r.metric WHERE r.device = ? AND r.metric = ? AND r.ts >= ? AND"
 	             " r.ts < ? ORDER BY r.ts, r.seq, r.idx LIMIT ?"
-	           : "SELECT m.name, m.unit, r.ts, r.value, r.seq FROM readings r JOIN metrics m"
-	             " ON m.id = r.metric WHERE r.device = ? AND r.ts >= ? AND r.ts < ?"
-	             " ORDER BY r.ts, m.name, r.seq, r.idx LIMIT ?",
+	           : CTL_SQL(c->s, READINGS),
 	    &st);
 	int col = 1;
 	if (!rc && !(rc = store_bind_i64(st, col++, key)) &&
@@ -221,14 +223,13 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
-	rc = store_prepare(
-	    c->s,
-	    "SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"
-	    " g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"
-	    " WHERE (CAST(? AS BIGINT) = 0 OR g.device = ?)"
-	    " AND (CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"
-	    " ORDER BY d.device_id, g.prev_seq, g.reason",
-	    &st);
+#define GAPS(C)                                                                                    \
+	"SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"              \
+	" g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"               \
+	" WHERE (CAST(? AS BIGINT) = 0 OR g.device = ?)"                                           \
+	" AND (CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"                                    \
+	" ORDER BY d.device_id" C ", g.prev_seq, g.reason"
+	rc = store_prepare(c->s, CTL_SQL(c->s, GAPS), &st);
 	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)))
 		rc = store_bind_i64(st, 3, all ? 1 : 0);
 	if (rc) {

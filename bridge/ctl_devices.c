@@ -32,12 +32,11 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	if (!s)
 		return c->code;
 	struct store_stmt *st = NULL;
-	rc = store_prepare(
-	    s,
-	    "SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"
-	    " duplicates, rejected, agent_version, spool_records FROM devices"
-	    " WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id",
-	    &st);
+#define DEVICES(C)                                                                                 \
+	"SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"            \
+	" duplicates, rejected, agent_version, spool_records FROM devices"                         \
+	" WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id" C
+	rc = store_prepare(s, CTL_SQL(s, DEVICES), &st);
 	if (!rc && !(rc = store_bind_text(st, 1, state)))
 		rc = store_bind_text(st, 2, state);
 	if (rc) {
@@ -99,10 +98,10 @@ out:
 static int metrics(struct store *s, int64_t key)
 {
 	struct store_stmt *st = NULL;
-	int rc = store_prepare(s,
-	                       "SELECT name, unit, wire_id FROM metrics WHERE device = ? ORDER BY"
-	                       " wire_id IS NULL, wire_id, name",
-	                       &st);
+#define METRICS(C)                                                                                 \
+	"SELECT name, unit, wire_id FROM metrics WHERE device = ? ORDER BY wire_id IS NULL,"       \
+	" wire_id, name" C
+	int rc = store_prepare(s, CTL_SQL(s, METRICS), &st);
 	if (rc || (rc = store_bind_i64(st, 1, key)))
 		goto out;
 	while ((rc = store_step(st)) == 1) {
