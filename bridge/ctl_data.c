@@ -6,6 +6,7 @@
 
 #include "cfg.h"
 #include "ctl.h"
+#include "ctl_sql.h"
 #include "store_ops.h"
 #include "store_prune.h"
 #include "wire_topic.h"
@@ -172,17 +173,12 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* The newest `limit` events, printed oldest first. */
-	rc = store_prepare(
-	    c->s,
-	    "SELECT e.at, d.device_id, e.type, e.detail FROM (SELECT id, at, device, type,"
-	    " detail FROM events WHERE (CAST(? AS BIGINT) = 0 OR device = ?) AND at >= ? AND"
-	    " (CAST(? AS TEXT) IS NULL OR type = ?) ORDER BY id DESC LIMIT ?) e"
-	    " LEFT JOIN devices d ON d.id = e.device ORDER BY e.id",
-	    &st);
-	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)) &&
-	    !(rc = store_bind_i64(st, 3, from)) && !(rc = store_bind_text(st, 4, type)) &&
-	    !(rc = store_bind_text(st, 5, type)))
-		rc = store_bind_i64(st, 6, max);
+	rc = store_prepare(c->s, device ? CTL_SQL_EVENTS_DEVICE : CTL_SQL_EVENTS, &st);
+	int col = 1;
+	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0) &&
+	    !(rc = store_bind_i64(st, col++, from)) && !(rc = store_bind_text(st, col++, type)) &&
+	    !(rc = store_bind_text(st, col++, type)))
+		rc = store_bind_i64(st, col, max);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "events", rc);
@@ -223,15 +219,12 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
-#define GAPS(C)                                                                                    \
-	"SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"              \
-	" g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device"               \
-	" WHERE (CAST(? AS BIGINT) = 0 OR g.device = ?)"                                           \
-	" AND (CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"                                    \
-	" ORDER BY d.device_id" C ", g.prev_seq, g.reason"
-	rc = store_prepare(c->s, CTL_SQL(c->s, GAPS), &st);
-	if (!rc && !(rc = store_bind_i64(st, 1, key)) && !(rc = store_bind_i64(st, 2, key)))
-		rc = store_bind_i64(st, 3, all ? 1 : 0);
+	rc = store_prepare(c->s, device ? CTL_SQL(c->s, CTL_SQL_GAPS_DEVICE)
+	                                : CTL_SQL(c->s, CTL_SQL_GAPS),
+	                   &st);
+	int col = 1;
+	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0))
+		rc = store_bind_i64(st, col, all ? 1 : 0);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "gaps", rc);

@@ -7,6 +7,7 @@
 
 #include "cfg.h"
 #include "ctl.h"
+#include "ctl_sql.h"
 #include "store_ops.h"
 #include "wire_task.h"
 #include "wire_topic.h"
@@ -172,21 +173,15 @@ static int list(struct ctl *c, int argc, char **argv)
 		return ctl_err(CTL_USAGE, "task list: --limit: want a positive number");
 	if (!ctl_store(c))
 		return c->code;
-	int64_t key;
+	int64_t key = 0;
 	if (device && (rc = ctl_device_key(c, device, &key)))
 		return rc; /* a typo in the id is said, not shown as an empty list */
 	struct store_stmt *st = NULL;
-	rc = store_prepare(c->s,
-	                   "SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at,"
-	                   " t.delivered_at, t.finished_at, t.result_status, t.result_message FROM"
-	                   " (SELECT * FROM tasks WHERE (CAST(? AS TEXT) IS NULL OR state = ?) AND"
-	                   " (CAST(? AS TEXT) IS NULL OR device = (SELECT id FROM devices WHERE"
-	                   " device_id = ?)) ORDER BY id DESC LIMIT ?) t JOIN devices d ON"
-	                   " d.id = t.device ORDER BY t.id",
-	                   &st);
-	if (!rc && !(rc = store_bind_text(st, 1, state)) && !(rc = store_bind_text(st, 2, state)) &&
-	    !(rc = store_bind_text(st, 3, device)) && !(rc = store_bind_text(st, 4, device)))
-		rc = store_bind_i64(st, 5, max);
+	rc = store_prepare(c->s, device ? CTL_SQL_TASKS_DEVICE : CTL_SQL_TASKS, &st);
+	int col = 1;
+	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0) &&
+	    !(rc = store_bind_text(st, col++, state)) && !(rc = store_bind_text(st, col++, state)))
+		rc = store_bind_i64(st, col, max);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "task list", rc);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_sql.h"
 #include "h_bridge.h"
 #include "h_pg.h"
 #include "h_simdev.h"
@@ -860,6 +861,88 @@ Test(outpostctl, names_sort_bytewise_on_both_engines, .timeout = 120)
 	}
 	free(url);
 	h_pg_free(&pg);
+}
+
+/* events, task list and gaps of one device read through the device's index on SQLite (its
+ * planner cannot use one for "(? = 0 OR device = ?)": it scanned every device's rows), and
+ * answer with that device's rows alone, the newest within --limit. */
+Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
+{
+	char *url = small_store("ctl-index");
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	const struct {
+		const char *sql, *table, *index;
+	} want[] = {{CTL_SQL_EVENTS_DEVICE, "events", "USING INDEX events_device (device=?)"},
+	            {CTL_SQL_TASKS_DEVICE, "tasks", "USING INDEX tasks_device (device=?)"},
+	            {CTL_SQL_GAPS_DEVICE(""), "g",
+	             "USING INDEX sqlite_autoindex_gaps_1 (device=?)"}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		char *sql = h_strf("EXPLAIN QUERY PLAN %s", want[i].sql);
+		struct store_stmt *st = NULL;
+		cr_assert_eq(store_prepare(s, sql, &st), STORE_OK, "%s: %s", sql, store_errmsg(s));
+		char plan[2048] = "";
+		while (store_step(st) == 1) {
+			const char *d = store_col_text(st, 3);
+			size_t n = strlen(plan);
+			snprintf(plan + n, sizeof(plan) - n, "%s\n", d ? d : "");
+		}
+		store_stmt_free(st);
+		char *line = h_strf("SEARCH %s %s\n", want[i].table, want[i].index);
+		cr_expect(strstr(plan, line), "%s\nplan:\n%s", sql, plan);
+		free(line);
+		free(sql);
+	}
+	/* dev-b beside dev-a: three events, tasks and gaps each, interleaved */
+	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
+	                           " state_changed_at) VALUES ('dev-b', 'active', 1, 1)"),
+	             STORE_OK, "%s", store_errmsg(s));
+	for (int i = 1; i <= 6; i++) {
+		int dev = 1 + i % 2;
+		char *sql = h_strf("INSERT INTO events (at, device, type, detail) VALUES (%d, %d,"
+		                   " 'rejected', 'e%d')",
+		                   i, dev, i);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+		sql = h_strf("INSERT INTO tasks (device, type, created_at, expires_at) VALUES (%d,"
+		             " 'ping', %d, 9999999999999)",
+		             dev, i);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+		sql = h_strf("INSERT INTO gaps (device, reason, prev_seq, last_seq, opened_at)"
+		             " VALUES (%d, 'missing', %d, %d, 1)",
+		             dev, 10 * i, 10 * i + 5);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+	}
+	store_close(s);
+	char *out = ctl(url, 0, "events --device dev-b --limit 2 --format csv");
+	cr_expect_str_eq(out, "time,device,type,detail\n"
+	                      "1970-01-01T00:00:00.003Z,dev-b,rejected,e3\n"
+	                      "1970-01-01T00:00:00.005Z,dev-b,rejected,e5\n");
+	free(out);
+	out = ctl(url, 0, "events --limit 2 --format csv");
+	cr_expect(strstr(out, ",dev-b,rejected,e5\n") && strstr(out, ",dev-a,rejected,e6\n"),
+	          "%s", out);
+	free(out);
+	out = ctl(url, 0, "task list --device dev-a --limit 2 --format csv");
+	cr_expect(h_count(out, "\n") == 3 && strstr(out, "\n4,dev-a,ping,queued,") &&
+	              strstr(out, "\n6,dev-a,ping,queued,"),
+	          "%s", out);
+	free(out);
+	out = ctl(url, 0, "task list --format csv");
+	cr_expect_eq(h_count(out, ",ping,queued,"), 6, "%s", out);
+	free(out);
+	out = ctl(url, 0, "gaps --device dev-b --format csv");
+	cr_expect(h_count(out, "\ndev-b,missing,") == 3 && !strstr(out, "dev-a"), "%s", out);
+	free(out);
+	out = ctl(url, 0, "gaps --format csv");
+	cr_expect(h_count(out, "\ndev-a,missing,") == 3 && h_count(out, "\ndev-b,missing,") == 3,
+	          "%s", out);
+	free(out);
+	free(url);
 }
 
 /* readings --format table keeps its rows in memory to align them: without --limit it shows the
