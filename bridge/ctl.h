@@ -72,10 +72,10 @@ int ctl_check_choice(const char *cmd, const char *opt, const char *value,
 /* "2026-11-22T22:00:00.123Z"; "" for 0. buf: 32 bytes. */
 const char *ctl_time(int64_t ms, char *buf);
 
-/* Parse a time for --since/--until: RFC 3339 ("2026-11-22T22:00:00Z", fraction and offset
- * allowed; a date alone is midnight UTC), a duration meaning that long ago ("90m", "2h",
- * "7d", optionally with a leading '-'), "now", "@SECONDS", or a Unix time in seconds or (13+
- * digits) milliseconds. Returns 0 or -1. */
+/* Parse a time for --since/--until: RFC 3339 ("2026-11-22T22:00:00Z"; a fraction of at least
+ * one digit and an offset up to +-23:59 allowed; a date alone is midnight UTC), a duration
+ * meaning that long ago ("90m", "2h", "7d", optionally with a leading '-'), "now", "@SECONDS"
+ * (digits only), or a Unix time in seconds or (13+ digits) milliseconds. Returns 0 or -1. */
 int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms);
 
 /* A count, id or envelope seq: decimal digits only, min..INT64_MAX. 0, or -1 if s is not

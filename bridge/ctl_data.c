@@ -63,6 +63,9 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	    (until && (rc = parse_time_opt("readings", "until", until, &to))) ||
 	    (limit && (rc = parse_limit("readings", limit, &max))))
 		return rc;
+	if (since && until && from >= to) /* nothing could be in [since, until) */
+		return ctl_err(CTL_USAGE, "readings: --since %s is not before --until %s", since,
+		               until);
 	/* A table is kept in memory to align it: without --limit it shows CTL_TABLE_ROWS rows,
 	 * and one more is read to tell whether there are others. */
 	int capped = !limit && fmt == CTL_FMT_TABLE, more = 0;

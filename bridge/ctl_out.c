@@ -168,11 +168,13 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 		return 0;
 	}
 	if (s[0] == '@') {
-		char *end;
+		/* digits only: strtoll would also take "@ 5", "@+5" and "@-5" */
+		size_t nd = strspn(s + 1, "0123456789");
+		if (!nd || s[1 + nd])
+			return -1;
 		errno = 0;
-		long long v = strtoll(s + 1, &end, 10);
-		if (end == s + 1 || *end || errno == ERANGE || v > INT64_MAX / 1000 ||
-		    v < INT64_MIN / 1000)
+		long long v = strtoll(s + 1, NULL, 10);
+		if (errno == ERANGE || v > INT64_MAX / 1000)
 			return -1;
 		*ms = (int64_t)v * 1000;
 		return 0;
@@ -206,7 +208,8 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 				return -1;
 			p += 3;
 			if (*p == '.') {
-				p++;
+				if (!isdigit((unsigned char)*++p))
+					return -1; /* a '.' wants a digit after it */
 				while (isdigit((unsigned char)*p)) {
 					if (fdig < 3) {
 						frac = frac * 10 + (*p - '0');
@@ -226,7 +229,8 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 		p++;
 	} else if (*p == '+' || *p == '-') {
 		int oh, om;
-		if (digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om))
+		if (digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om) || oh > 23 ||
+		    om > 59)
 			return -1;
 		off = (oh * 60 + om) * (*p == '+' ? 1 : -1);
 		p += 6;

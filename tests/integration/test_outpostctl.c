@@ -690,6 +690,72 @@ Test(outpostctl, numbers_and_dates_out_of_range_are_refused, .timeout = 60)
 	free(url);
 }
 
+/* Times are what they look like or refused: "@" takes digits only (strtoll took a space or a
+ * sign), an offset is at most 23:59, a '.' wants a fraction digit; --since at or after --until
+ * asks for nothing and is refused rather than answered with nothing. */
+Test(outpostctl, times_are_strict, .timeout = 60)
+{
+	char *url = small_store("ctl-times");
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES"
+	                           " (1700000000000, 1, 'rejected', 'at 2023-11-14T22:13:20Z')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	store_close(s);
+	const char *bad[] = {"@ 5",
+	                     "@+5",
+	                     "@-5",
+	                     "@",
+	                     "@5x",
+	                     "@0x10",
+	                     "2023-11-14T22:13:20+99:99",
+	                     "2023-11-14T22:13:20+24:00",
+	                     "2023-11-14T22:13:20-23:60",
+	                     "2023-11-14T22:13:20.",
+	                     "2023-11-14T22:13:20.Z",
+	                     "2023-11-14T22:13:20.+01:00"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *args = h_strf("events --since \"%s\"", bad[i]);
+		char *why = h_strf("'%s' is not a time", bad[i]);
+		const char *needles[] = {why, NULL};
+		expect_usage(url, args, needles);
+		free(why);
+		free(args);
+	}
+	/* the same instant, written in every form still taken */
+	const char *at[] = {"@1700000000", "1700000000", "1700000000000",
+	                    "2023-11-14T22:13:20Z", "2023-11-14T22:13:20.0Z",
+	                    "2023-11-15T00:13:20+02:00", "2023-11-15T22:12:20+23:59",
+	                    "2023-11-13T22:14:20-23:59", "2023-11-14t22:13:20.000z"};
+	for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+		char *args = h_strf("events --format csv --since %s", at[i]);
+		expect_ctl(url, 0, args, "at 2023-11-14T22:13:20Z", 2);
+		free(args);
+	}
+	const char *after[] = {"@1700000001", "2023-11-14T22:13:20.001Z",
+	                       "2023-11-15T22:12:20.5+23:59"};
+	for (size_t i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
+		char *args = h_strf("events --format csv --since %s", after[i]);
+		expect_ctl(url, 0, args, NULL, 1);
+		free(args);
+	}
+	/* an empty range */
+	const char *order[] = {"--since 2026-01-02 --until 2026-01-01",
+	                       "--since 2026-01-01 --until 2026-01-01T00:00:00Z",
+	                       "--since @1767225600 --until 2026-01-01"};
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		char *args = h_strf("readings --device dev-a %s", order[i]);
+		const char *needles[] = {"is not before --until", NULL};
+		expect_usage(url, args, needles);
+		free(args);
+	}
+	expect_ctl(url, 0, "readings --device dev-a --since 2026-01-01 --until @1767225601", NULL,
+	           1);
+	free(url);
+}
+
 /* The line of text that contains needle (caller frees), NULL if none. */
 static char *line_with(const char *text, const char *needle)
 {
