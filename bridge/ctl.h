@@ -11,14 +11,30 @@
 
 #define CTL_PROG "outpostctl"
 
-/* Exit statuses (DESIGN.md "Commands"). */
-enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
+/* Exit statuses (DESIGN.md "Commands"). CTL_DONE is no exit status: --help or --version was
+ * answered, the command does nothing more, and outpostctl exits 0. */
+enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2, CTL_DONE = 3 };
+
+struct ctl_globals; /* outpostctl.c: the global options met so far */
 
 struct ctl {
-	const char *store_url;
-	struct store *s; /* opened by ctl_store() */
-	int code;        /* exit status after ctl_store() failed */
+	const char *store_url; /* set by ctl_settle() */
+	struct store *s;       /* opened by ctl_store() */
+	int code;              /* exit status after ctl_store() failed */
+	struct ctl_globals *g;
 };
+
+/* ---- global options (outpostctl.c) ---- */
+
+/* If argv[*i] is a global option (--store, --config/-c with their values, --help/-h,
+ * --version/-V), take it (and its value: *i moves past it) and return 1; else 0. Only where
+ * an option may stand: never in the place of another option's value. */
+int ctl_global_opt(struct ctl *c, int argc, char **argv, int *i);
+
+/* Once all of the command line is read: answer --help or --version (CTL_DONE), or read the
+ * settings (c->store_url) from the options, environment and file: CTL_OK, or CTL_USAGE after
+ * saying what is wrong. */
+int ctl_settle(struct ctl *c);
 
 /* Open the store (once) and check that its schema is the one this program knows; never
  * migrates it. On failure prints why, sets c->code (CTL_USAGE for a URL it does not
@@ -55,10 +71,12 @@ struct ctl_optdef {
 };
 
 /* Parse argv[0..argc) (after the command words) against defs ("--name value" and
- * "--name=value"); positional arguments go to pos (at most max_pos). Returns CTL_OK or
+ * "--name=value"; a value is taken as it is, even if it looks like an option); positional
+ * arguments go to pos (at most max_pos); global options where an option may stand go to
+ * ctl_global_opt(). Then ctl_settle(). Returns CTL_OK, CTL_DONE (--help, --version) or
  * CTL_USAGE after printing what is wrong. */
-int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
-             const char **pos, int max_pos, int *npos);
+int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv,
+             const struct ctl_optdef *defs, const char **pos, int max_pos, int *npos);
 
 
 /* CTL_OK if value is in the NULL-terminated list allowed, else CTL_USAGE after printing

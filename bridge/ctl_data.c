@@ -53,7 +53,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	    {"since", 1, &since, NULL, NULL, 0},   {"until", 1, &until, NULL, NULL, 0},
 	    {"limit", 1, &limit, NULL, NULL, 0},   {"format", 1, &format, NULL, NULL, 0},
 	    {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("readings", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "readings", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (!device)
 		return ctl_err(CTL_USAGE, "readings: --device ID is required");
@@ -162,7 +162,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	    {"device", 1, &device, NULL, NULL, 0}, {"type", 1, &type, NULL, NULL, 0},
 	    {"since", 1, &since, NULL, NULL, 0},   {"limit", 1, &limit, NULL, NULL, 0},
 	    {"format", 1, &format, NULL, NULL, 0}, {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("events", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "events", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "events: --format: want table, csv or json");
@@ -212,7 +212,7 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	                            {"all", 0, &all, NULL, NULL, 0},
 	                            {"format", 1, &format, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("gaps", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "gaps", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "gaps: --format: want table, csv or json");
@@ -294,7 +294,7 @@ int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
 	struct ctl_optdef defs[] = {{"before", 1, &before, NULL, NULL, 0},
 	                            {"yes", 0, &yes, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("prune", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "prune", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (!before)
 		return ctl_err(CTL_USAGE,

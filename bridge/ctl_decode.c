@@ -480,7 +480,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERT_ARGS},
 	                            {"topic", 1, &topic, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("decode", argc, argv, defs, pos, 1, &npos)))
+	if ((rc = ctl_args(c, "decode", argc, argv, defs, pos, 1, &npos)))
 		return rc;
 	memset(&d, 0, sizeof(d));
 	/* decode needs no store, but uses one quietly for metric names when there is one */

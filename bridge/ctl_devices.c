@@ -22,7 +22,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	                            {"format", 1, &format, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
 	enum ctl_fmt fmt;
-	if ((rc = ctl_args("devices", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "devices", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "devices: --format: want table, csv or json");
@@ -232,7 +232,7 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	int npos, rc;
 	struct ctl_optdef defs[] = {{"reason", 1, &reason, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("device", argc, argv, defs, pos, 2, &npos)))
+	if ((rc = ctl_args(c, "device", argc, argv, defs, pos, 2, &npos)))
 		return rc;
 	if (npos != 2)
 		return ctl_err(CTL_USAGE,

@@ -76,12 +76,14 @@ struct store *ctl_store(struct ctl *c)
 	return c->s;
 }
 
-int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
-             const char **pos, int max_pos, int *npos)
+int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv,
+             const struct ctl_optdef *defs, const char **pos, int max_pos, int *npos)
 {
 	*npos = 0;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
+		if (ctl_global_opt(c, argc, argv, &i))
+			continue;
 		if (strncmp(a, "--", 2) || !a[2]) {
 			if (*npos >= max_pos)
 				return ctl_err(CTL_USAGE,
@@ -118,7 +120,7 @@ int ctl_args(const char *cmd, int argc, char **argv, const struct ctl_optdef *de
 			*d->value = v;
 		}
 	}
-	return CTL_OK;
+	return ctl_settle(c);
 }
 
 int ctl_check_choice(const char *cmd, const char *opt, const char *value,

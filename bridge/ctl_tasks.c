@@ -84,7 +84,7 @@ static int add(struct ctl *c, int argc, char **argv)
 	                            {"arg", 1, NULL, args, &nargs, WIRE_MAX_ARGS},
 	                            {"expires", 1, &expires, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("task add", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "task add", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (!device || !type)
 		return ctl_err(CTL_USAGE, "task add: --device ID and --type TYPE are required");
@@ -163,7 +163,7 @@ static int list(struct ctl *c, int argc, char **argv)
 	                            {"limit", 1, &limit, NULL, NULL, 0},
 	                            {"format", 1, &format, NULL, NULL, 0},
 	                            {NULL, 0, NULL, NULL, NULL, 0}};
-	if ((rc = ctl_args("task list", argc, argv, defs, pos, 0, &npos)))
+	if ((rc = ctl_args(c, "task list", argc, argv, defs, pos, 0, &npos)))
 		return rc;
 	if (ctl_fmt_parse(format, &fmt))
 		return ctl_err(CTL_USAGE, "task list: --format: want table, csv or json");
@@ -311,8 +311,20 @@ static int cancel(struct ctl *c, const char *ids)
 
 int ctl_cmd_task(struct ctl *c, int argc, char **argv)
 {
-	if (argc < 1)
+	int i = 0;
+	while (i < argc && ctl_global_opt(c, argc, argv, &i)) /* e.g. task --help */
+		i++;
+	argc -= i;
+	argv += i;
+	if (argc < 1 || argv[0][0] == '-') {
+		int rc = ctl_settle(c);
+		if (rc)
+			return rc;
+		if (argc >= 1)
+			return ctl_err(CTL_USAGE, "task: unknown option '%s' (try --help)",
+			               argv[0]);
 		return ctl_err(CTL_USAGE, "task: want add, list, show ID or cancel ID");
+	}
 	const char *sub = argv[0];
 	if (!strcmp(sub, "add"))
 		return add(c, argc - 1, argv + 1);
@@ -322,7 +334,7 @@ int ctl_cmd_task(struct ctl *c, int argc, char **argv)
 		const char *pos[1];
 		int npos, rc;
 		struct ctl_optdef none[] = {{NULL, 0, NULL, NULL, NULL, 0}};
-		if ((rc = ctl_args(sub, argc - 1, argv + 1, none, pos, 1, &npos)))
+		if ((rc = ctl_args(c, sub, argc - 1, argv + 1, none, pos, 1, &npos)))
 			return rc;
 		if (npos != 1)
 			return ctl_err(CTL_USAGE, "task %s: want a task id", sub);

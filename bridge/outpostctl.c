@@ -61,7 +61,7 @@ static void usage(FILE *out)
 	    "                             certificates are given\n\n"
 	    "Times (T): 2026-11-22T22:00:00Z, 2026-11-22, 90m / 2h / 7d (ago), now, @UNIXSECONDS.\n"
 	    "Filters (--state, --type) take only the values Outpost writes; others are refused.\n\n"
-	    "Options (anywhere on the command line):\n"
+	    "Options (before or after the command, not as the value of one of its options):\n"
 	    "  --help, -h               this text\n"
 	    "  --version, -V            the version\n"
 	    "  --config FILE, -c FILE   settings file (key: store) [" CTL_DEFAULT_CONFIG
@@ -71,90 +71,110 @@ static void usage(FILE *out)
 	fprintf(out, "Exit status: 0 ok, 1 failure (store, not found, refused), 2 usage error.\n");
 }
 
-static int is_global(const char *a, int *takes_next)
+struct ctl_globals {
+	char **argv; /* the program, then the global options and their values, for cfg_parse */
+	int argc;
+	int help, version, settled;
+	struct settings set;
+};
+
+int ctl_global_opt(struct ctl *c, int argc, char **argv, int *i)
 {
-	*takes_next = 0;
-	if (!strcmp(a, "--store") || !strcmp(a, "--config") || !strcmp(a, "-c")) {
-		*takes_next = 1;
+	struct ctl_globals *g = c->g;
+	const char *a = argv[*i];
+	if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+		g->help = 1;
 		return 1;
 	}
-	return !strncmp(a, "--store=", 8) || !strncmp(a, "--config=", 9);
+	if (!strcmp(a, "--version") || !strcmp(a, "-V")) {
+		g->version = 1;
+		return 1;
+	}
+	if (!strcmp(a, "--store") || !strcmp(a, "--config") || !strcmp(a, "-c")) {
+		g->argv[g->argc++] = argv[*i];
+		if (*i + 1 < argc) /* else cfg_parse says the value is missing */
+			g->argv[g->argc++] = argv[++*i];
+		return 1;
+	}
+	if (!strncmp(a, "--store=", 8) || !strncmp(a, "--config=", 9)) {
+		g->argv[g->argc++] = argv[*i];
+		return 1;
+	}
+	return 0;
+}
+
+int ctl_settle(struct ctl *c)
+{
+	struct ctl_globals *g = c->g;
+	char err[CFG_ERR_MAX] = "";
+	if (g->settled)
+		return CTL_OK;
+	g->settled = 1;
+	if (g->help) {
+		usage(stdout);
+		return CTL_DONE;
+	}
+	if (g->version) {
+		printf(CTL_PROG " %s\n", OUTPOST_VERSION);
+		return CTL_DONE;
+	}
+	if (cfg_parse(opts, sizeof(opts) / sizeof(opts[0]), &g->set, g->argc, g->argv, "OUTPOST_",
+	              CTL_DEFAULT_CONFIG, err))
+		return ctl_err(CTL_USAGE, "%s", err);
+	c->store_url = g->set.store;
+	return CTL_OK;
 }
 
 int main(int argc, char **argv)
 {
-	struct settings set = {0};
-	char err[CFG_ERR_MAX] = "";
-	char **gargv = calloc((size_t)argc + 1, sizeof(char *));
-	char **cargv = calloc((size_t)argc + 1, sizeof(char *));
-	int gargc = 1, cargc = 0, rc = CTL_USAGE, help = 0, version = 0;
-	if (!gargv || !cargv)
+	struct ctl_globals g = {.argv = calloc((size_t)argc + 1, sizeof(char *)), .argc = 1};
+	struct ctl c = {.g = &g};
+	int i = 1, rc;
+	if (!g.argv)
 		return CTL_FAIL;
-	gargv[0] = argv[0];
-	/* Global options may appear anywhere; the rest is the command and its arguments. */
-	for (int i = 1; i < argc; i++) {
-		int next;
-		if (is_global(argv[i], &next)) {
-			gargv[gargc++] = argv[i];
-			if (next && i + 1 < argc)
-				gargv[gargc++] = argv[++i];
-		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			help = 1;
-		} else if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
-			version = 1;
-		} else {
-			cargv[cargc++] = argv[i];
+	g.argv[0] = argv[0];
+	/* Global options before the command; those after it are read by the command's own
+	 * parser (ctl_args), which knows which arguments are the values of its options. */
+	while (i < argc && ctl_global_opt(&c, argc, argv, &i))
+		i++;
+	const char *cmd = i < argc ? argv[i] : NULL;
+	int n = i < argc ? argc - i - 1 : 0;
+	char **rest = argv + i + (i < argc);
+	if (!cmd || cmd[0] == '-' || g.help || g.version) {
+		rc = ctl_settle(&c);
+		if (rc == CTL_OK && !cmd) {
+			usage(stderr);
+			rc = CTL_USAGE;
+		} else if (rc == CTL_OK) {
+			rc = ctl_err(CTL_USAGE, "unknown option '%s' (try --help)", cmd);
 		}
-	}
-	if (help) {
-		usage(stdout);
-		rc = CTL_OK;
-		goto out;
-	}
-	if (version) {
-		printf(CTL_PROG " %s\n", OUTPOST_VERSION);
-		rc = CTL_OK;
-		goto out;
-	}
-	if (cfg_parse(opts, sizeof(opts) / sizeof(opts[0]), &set, gargc, gargv, "OUTPOST_",
-	              CTL_DEFAULT_CONFIG, err)) {
-		rc = ctl_err(CTL_USAGE, "%s", err);
-		goto out;
-	}
-	if (!cargc) {
-		usage(stderr);
-		goto out;
-	}
-	struct ctl c = {.store_url = set.store};
-	const char *cmd = cargv[0];
-	int n = cargc - 1;
-	char **rest = cargv + 1;
-	if (!strcmp(cmd, "devices"))
+	} else if (!strcmp(cmd, "devices")) {
 		rc = ctl_cmd_devices(&c, n, rest);
-	else if (!strcmp(cmd, "device"))
+	} else if (!strcmp(cmd, "device")) {
 		rc = ctl_cmd_device(&c, n, rest);
-	else if (!strcmp(cmd, "readings"))
+	} else if (!strcmp(cmd, "readings")) {
 		rc = ctl_cmd_readings(&c, n, rest);
-	else if (!strcmp(cmd, "events"))
+	} else if (!strcmp(cmd, "events")) {
 		rc = ctl_cmd_events(&c, n, rest);
-	else if (!strcmp(cmd, "gaps"))
+	} else if (!strcmp(cmd, "gaps")) {
 		rc = ctl_cmd_gaps(&c, n, rest);
-	else if (!strcmp(cmd, "prune"))
+	} else if (!strcmp(cmd, "prune")) {
 		rc = ctl_cmd_prune(&c, n, rest);
-	else if (!strcmp(cmd, "task"))
+	} else if (!strcmp(cmd, "task")) {
 		rc = ctl_cmd_task(&c, n, rest);
-	else if (!strcmp(cmd, "decode"))
+	} else if (!strcmp(cmd, "decode")) {
 		rc = ctl_cmd_decode(&c, n, rest);
-	else if (cmd[0] == '-')
-		rc = ctl_err(CTL_USAGE, "unknown option '%s' (try --help)", cmd);
-	else
-		rc = ctl_err(CTL_USAGE, "unknown command '%s' (try --help)", cmd);
+	} else {
+		rc = ctl_settle(&c);
+		if (rc == CTL_OK)
+			rc = ctl_err(CTL_USAGE, "unknown command '%s' (try --help)", cmd);
+	}
+	if (rc == CTL_DONE)
+		rc = CTL_OK;
 	if (fflush(stdout) != 0 && rc == CTL_OK)
 		rc = ctl_err(CTL_FAIL, "cannot write the output");
 	store_close(c.s);
-out:
-	cfg_free(opts, sizeof(opts) / sizeof(opts[0]), &set);
-	free(gargv);
-	free(cargv);
+	cfg_free(opts, sizeof(opts) / sizeof(opts[0]), &g.set);
+	free(g.argv);
 	return rc;
 }

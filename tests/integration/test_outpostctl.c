@@ -538,6 +538,49 @@ Test(outpostctl, unknown_option_and_help_options, .timeout = 60)
 	free(help);
 }
 
+/* What follows an option that takes a value is its value, even when it reads like a global
+ * option: --reason --help is a reason, not a request for help (which quarantined nothing and
+ * exited 0), --reason -c does not read a settings file. Global options elsewhere, before or
+ * after the command, still work. */
+Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
+{
+	char *url = small_store("ctl-optvalue");
+	expect_ctl(url, 0, "device quarantine dev-a --reason --help",
+	           "dev-a: active -> quarantined\n", 1);
+	expect_ctl(url, 0, "device show dev-a", "by outpostctl: --help (since", -1);
+	expect_ctl(url, 0, "device release dev-a", "dev-a: quarantined -> unenrolled\n", 1);
+	expect_ctl(url, 0, "device revoke dev-a --reason -c", "dev-a: unenrolled -> revoked\n", 1);
+	expect_ctl(url, 0, "device show dev-a", "by outpostctl: -c (since", -1);
+	expect_ctl(url, 0, "events --format csv --type revoked", ",revoked,", 2);
+	expect_ctl(url, 1, "events --device --store", "no device '--store'", 1);
+	const char *fmt[] = {"--format: want table, csv or json", NULL};
+	expect_usage(url, "devices --format --version", fmt);
+	expect_usage(url, "devices --format -h", fmt);
+	const char *lim[] = {"--limit: want a positive number", NULL};
+	expect_usage(url, "task list --limit --config", lim);
+
+	/* before the command, after it, between its options; the last --store wins */
+	const char *help[] = {"--help", "-h devices --bogus", "devices --help",
+	                      "device --help", "task --help",
+	                      "task list --help", "readings -h --device dev-a", "decode --help",
+	                      "events --format csv --help"};
+	for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
+		expect_ctl(url, 0, help[i], "Usage: outpostctl [--store URL]", -1);
+	expect_ctl(url, 0, "events -V", "outpostctl 0.", 1);
+	expect_ctl(url, 0, "task --version", "outpostctl 0.", 1);
+	char *args =
+	    h_strf("devices --store sqlite:/nonexistent/x.db --format csv --store %s", url);
+	expect_ctl(url, 0, args, "\ndev-a,revoked,", 2);
+	free(args);
+	args = h_strf("task --store=%s list --format csv", url);
+	expect_ctl("sqlite:/nonexistent/x.db", 0, args, NULL, 1);
+	free(args);
+	expect_ctl(url, 1, "devices --store=sqlite:/nonexistent/x.db", "/nonexistent/x.db", 1);
+	const char *opt[] = {"task: unknown option '--bogus' (try --help)", NULL};
+	expect_usage(url, "task --bogus", opt);
+	free(url);
+}
+
 /* A settings file outpostctl cannot use, named by --config / -c or by OUTPOST_CONFIG, is a usage
  * error that names the file and line (or says why it cannot be read), never skipped: the
  * command does not run on the store given beside it. */
