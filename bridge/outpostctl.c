@@ -171,7 +171,9 @@ int main(int argc, char **argv)
 	}
 	if (rc == CTL_DONE)
 		rc = CTL_OK;
-	if (fflush(stdout) != 0 && rc == CTL_OK)
+	/* A write that failed before the last flush (the buffer it emptied is lost) leaves only
+	 * the error flag: fflush alone can succeed after it. */
+	if ((fflush(stdout) != 0 || ferror(stdout)) && rc == CTL_OK)
 		rc = ctl_err(CTL_FAIL, "cannot write the output");
 	store_close(c.s);
 	cfg_free(opts, sizeof(opts) / sizeof(opts[0]), &g.set);

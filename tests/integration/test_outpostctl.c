@@ -581,6 +581,48 @@ Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
 	free(url);
 }
 
+/* Output that could not be written is a failure, whether the last flush failed or an earlier
+ * one did (what it held is lost and only the stream's error flag tells). */
+Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
+{
+	char *url = small_store("ctl-full");
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	                           " WHERE x < 300) INSERT INTO devices (device_id, state,"
+	                           " created_at, state_changed_at) SELECT printf('device-%04d', x),"
+	                           " 'active', 1, 1 FROM n"),
+	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type) VALUES (1, 1,"
+	                           " 'rejected')"),
+	             STORE_OK, "%s", store_errmsg(s));
+	const char *cmds[] = {"devices", "devices --format csv", "devices --format json",
+	                      "devices --state quarantined", "device show dev-a", "--help"};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		char *args = h_strf("%s > /dev/full", cmds[i]);
+		expect_ctl(url, 1, args, "outpostctl: cannot write the output\n", 1);
+		free(args);
+	}
+	/* one event of a CSV around one and two buffers long: with some lengths the failed
+	 * write was the last one */
+	for (int total = 4080; total <= 8200; total += total == 4112 ? 4072 : 1) {
+		/* the header, "1970-01-01T00:00:00.001Z,dev-a,rejected,", the detail, "\n" */
+		char *sql =
+		    h_strf("UPDATE events SET detail = printf('%%.*c', %d, 'x')", total - 24 - 41);
+		cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+		free(sql);
+		char *out = ctl(url, 0, "events --format csv");
+		cr_assert_eq(strlen(out), (size_t)total);
+		free(out);
+		expect_ctl(url, 1, "events --format csv > /dev/full",
+		           "outpostctl: cannot write the output\n", 1);
+	}
+	store_close(s);
+	free(url);
+}
+
 /* A settings file outpostctl cannot use, named by --config / -c or by OUTPOST_CONFIG, is a usage
  * error that names the file and line (or says why it cannot be read), never skipped: the
  * command does not run on the store given beside it. */
