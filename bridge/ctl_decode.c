@@ -2,6 +2,7 @@
  * `mosquitto_sub -F '%t %x'` (one "topic hexpayload" per line) or one raw payload, verifying
  * signatures with the certificates given (--pki DIR, --cert FILE). */
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,14 +368,25 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	int oom = signer_for(d, cn, &s);
 	struct wire_pubkey birth_key;
 	int have_birth_key = 0;
+	char birth_refused[160] = "";
 	if (!s && !oom && e.kind == WIRE_KIND_BIRTH) {
+		/* The certificate the Birth carries: with the PKI's CA, only if the CA issued it
+		 * (and the CRL does not revoke it), as the bridge would judge it; a certificate
+		 * anyone can make for any id is no proof. */
 		Outpost__Birth *b = NULL;
 		struct wire_cert_info ci;
-		if (!wire_birth_decode(e.body, e.body_len, &b, NULL) &&
-		    !wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL) &&
-		    !strcmp(ci.cn, cn)) {
-			birth_key = ci.key;
-			have_birth_key = 1;
+		struct wire_diag cd = {""};
+		if (!wire_birth_decode(e.body, e.body_len, &b, NULL)) {
+			size_t pem_len = strlen(b->cert_pem);
+			int crc = d->ca ? wire_ca_verify(d->ca, b->cert_pem, pem_len, &ci, &cd)
+			                : wire_cert_parse(b->cert_pem, pem_len, &ci, NULL);
+			if (!crc && !strcmp(ci.cn, cn)) {
+				birth_key = ci.key;
+				have_birth_key = 1;
+			} else if (crc && d->ca) {
+				snprintf(birth_refused, sizeof(birth_refused), "%s",
+				         cd.msg[0] ? cd.msg : wire_strerror(crc));
+			}
 		}
 		wire_msg_free(b);
 	}
@@ -384,6 +396,9 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	} else if (s && s->refused[0]) {
 		printf("signature NOT TRUSTED (%s: %s)\n", s->from, s->refused);
 		d->failures++;
+	} else if (birth_refused[0]) {
+		printf("signature NOT TRUSTED (certificate in the birth: %s)\n", birth_refused);
+		d->failures++;
 	} else if (!s && !have_birth_key) {
 		printf("signature not checked (no certificate for %s)\n", cn);
 	} else if (wire_env_verify(&e, s ? &s->key : &birth_key)) {
@@ -391,7 +406,9 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		d->failures++;
 	} else {
 		printf("signature ok (%s)\n",
-		       s ? s->from : "certificate in the birth, chain not checked");
+		       s      ? s->from
+		       : d->ca ? "certificate in the birth, issued by the CA"
+		               : "certificate in the birth, chain not checked");
 	}
 	if (topic && tk != WIRE_TOPIC_COUNT && strcmp(id, e.device_id))
 		printf("  WARNING: envelope of %s on %s's topic\n", e.device_id, id);
@@ -494,16 +511,26 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	if (pki) {
 		char *ca = NULL, *crl = NULL;
 		struct wire_diag diag = {""};
-		if (asprintf(&ca, "%s/ca.crt", pki) < 0 || asprintf(&crl, "%s/crl.pem", pki) < 0)
-			return CTL_FAIL;
+		if (asprintf(&ca, "%s/ca.crt", pki) < 0 || asprintf(&crl, "%s/crl.pem", pki) < 0) {
+			free(ca);
+			rc = ctl_err(CTL_FAIL, "decode: out of memory");
+			goto out;
+		}
 		FILE *probe = fopen(crl, "r");
 		if (probe)
 			fclose(probe);
+		else /* said, not silently skipped: a revoked device's messages would pass */
+			fprintf(stderr,
+			        CTL_PROG ": decode: warning: --pki %s: no crl.pem there (%s):"
+			        " revocations are not checked\n",
+			        pki, strerror(errno));
 		rc = wire_ca_load(ca, probe ? crl : NULL, &d.ca, &diag);
 		free(ca);
 		free(crl);
-		if (rc)
-			return ctl_err(CTL_USAGE, "decode: --pki %s: %s", pki, diag.msg);
+		if (rc) {
+			rc = ctl_err(CTL_USAGE, "decode: --pki %s: %s", pki, diag.msg);
+			goto out;
+		}
 	}
 	for (size_t i = 0; i < ncerts; i++)
 		if ((rc = add_cert(&d, certs[i], NULL, 1)))

@@ -1241,6 +1241,96 @@ Test(outpostctl, a_store_of_another_schema_is_refused_not_migrated_postgresql, .
 	h_pg_free(&pg);
 }
 
+/* One "topic hex" line of a Birth of device id from the PKI-like directory dir (its
+ * devices/<id>.crt, signed with devices/<id>.key), appended to the file at path. */
+static void capture_birth(const char *path, const char *dir, const char *id)
+{
+	size_t blen, n;
+	char *name = h_strf("devices/%s", id);
+	uint8_t *body = h_birth_body(dir, id, 2, 0, &blen);
+	uint8_t *env = h_seal(dir, name, WIRE_KIND_BIRTH, id, 1, body, blen, &n);
+	FILE *f = fopen(path, "a");
+	cr_assert_not_null(f);
+	fprintf(f, "outpost/v1/%s/birth ", id);
+	for (size_t j = 0; j < n; j++)
+		fprintf(f, "%02x", env[j]);
+	fputc('\n', f);
+	cr_assert_eq(fclose(f), 0);
+	free(env);
+	free(body);
+	free(name);
+}
+
+/* decode --pki: the Birth of a device the PKI has no certificate for is judged by the
+ * certificate it carries only if the PKI's CA issued it (a self-signed one made up for the id
+ * is not trusted); and a PKI without crl.pem is said to check no revocation. */
+Test(outpostctl, decode_checks_a_births_certificate_against_the_ca, .timeout = 120)
+{
+	char *url = small_store("ctl-decode-ca");
+	/* dev-new: issued by the CA, not in the PKI's devices/; dev-forged: self-signed */
+	char *issued = h_pki_issue_dated("ctl-decode-issued", "dev-new", "20200101000000Z",
+	                                 "20991231000000Z");
+	char *forged = h_tmpdir("ctl-decode-forged"), *out = NULL;
+	char *cmd = h_strf("set -e; mkdir -p %s/devices; cd %s/devices;"
+	                   " openssl genpkey -algorithm ed25519 -out dev-forged.key;"
+	                   " openssl req -x509 -new -key dev-forged.key -subj /CN=dev-forged"
+	                   " -days 3650 -out dev-forged.crt",
+	                   forged, forged);
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	char *cap = h_strf("%s/capture.txt", forged);
+	capture_birth(cap, forged, "dev-forged");
+	capture_birth(cap, issued, "dev-new");
+
+	out = ctl(url, 1, "decode --pki %s %s 2>&1", h_pki(), cap);
+	char *forged_line = line_with(out, "birth  dev-forged  seq 1  ");
+	char *new_line = line_with(out, "birth  dev-new  seq 1  ");
+	cr_expect(forged_line &&
+	              strstr(forged_line, "signature NOT TRUSTED (certificate in the birth: "),
+	          "%s", out);
+	cr_expect(new_line &&
+	              strstr(new_line, "signature ok (certificate in the birth, issued by the CA)"),
+	          "%s", out);
+	cr_expect(!strstr(out, "crl.pem"), "%s", out);
+	free(forged_line);
+	free(new_line);
+	free(out);
+	/* without a CA the certificate is all there is: checked, and said to be unchained */
+	out = ctl(url, 0, "decode %s", cap);
+	cr_expect_eq(h_count(out, "signature ok (certificate in the birth, chain not checked)"), 2,
+	             "%s", out);
+	free(out);
+
+	/* a PKI without its CRL: dev-revoked's messages pass, and decode says why */
+	char *nocrl = h_tmpdir("ctl-decode-nocrl");
+	cmd = h_strf("cp -a %s/. %s/ && rm %s/crl.pem", h_pki(), nocrl, nocrl);
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	free(out);
+	free(cmd);
+	char *cap2 = h_strf("%s/capture.txt", nocrl);
+	capture_birth(cap2, h_pki(), "dev-revoked");
+	out = ctl(url, 0, "decode --pki %s %s 2>&1", nocrl, cap2);
+	char *warn = h_strf("outpostctl: decode: warning: --pki %s: no crl.pem there (No such file"
+	                    " or directory): revocations are not checked\n",
+	                    nocrl);
+	cr_expect(strstr(out, warn) && strstr(out, "signature ok (dev-revoked.crt)"), "%s", out);
+	free(out);
+	free(warn);
+	/* the PKI as it is: dev-revoked is revoked, nothing to warn about */
+	out = ctl(url, 1, "decode --pki %s %s 2>&1", h_pki(), cap2);
+	cr_expect(strstr(out, "signature NOT TRUSTED (dev-revoked.crt: ") &&
+	              !strstr(out, "crl.pem"),
+	          "%s", out);
+	free(out);
+	free(cap2);
+	free(nocrl);
+	free(cap);
+	free(forged);
+	free(issued);
+	free(url);
+}
+
 /* Asking a device for the state it is in is done, not a failure (scripts may repeat
  * themselves): releasing an active device too. Releasing one that is revoked, or unenrolled
  * (a release does not enrol), is refused. */
