@@ -1135,11 +1135,15 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 	expect_ctl(url, 0, "readings --device dev-a --format table --limit 5", " 5\n", 1 + 5);
 	expect_ctl(url, 0, "readings --device dev-a", ",1001\n", 1 + 1001);
 	expect_ctl(url, 0, "readings --device dev-a --format json", "\"seq\": 1001}", -1);
-	/* out of memory as the table grows past 64 rows (6 cells of 8 bytes each) */
+	/* out of memory as the table grows past 64 rows (6 cells of 8 bytes each); the shim is
+	 * loaded ahead of a sanitizer runtime */
+#define FAIL_REALLOC                                                                               \
+	"LD_PRELOAD=%s OUTPOST_TEST_REALLOC_MAX=4096"                                              \
+	" ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 	const char *fmts[] = {"--format table", "--format table --limit 1001"};
 	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
-		char *cmd = h_strf("LD_PRELOAD=%s OUTPOST_TEST_REALLOC_MAX=4096"
-		                   " %s/bridge/outpostctl --store=%s readings --device dev-a %s",
+		char *cmd = h_strf(FAIL_REALLOC " %s/bridge/outpostctl --store=%s readings"
+		                   " --device dev-a %s",
 		                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url, fmts[i]);
 		cr_expect_eq(h_sh(cmd, &out, 30), 1, "%s:\n%s", cmd, out);
 		cr_expect_str_eq(out,
@@ -1149,8 +1153,8 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 		free(cmd);
 	}
 	/* what keeps no rows is not affected */
-	char *cmd = h_strf("LD_PRELOAD=%s OUTPOST_TEST_REALLOC_MAX=4096 %s/bridge/outpostctl"
-	                   " --store=%s readings --device dev-a --format csv",
+	char *cmd = h_strf(FAIL_REALLOC " %s/bridge/outpostctl --store=%s readings --device dev-a"
+	                   " --format csv",
 	                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url);
 	cr_expect_eq(h_sh(cmd, &out, 30), 0, "%s:\n%s", cmd, out);
 	cr_expect_eq(h_count(out, "\n"), 1 + 1001);

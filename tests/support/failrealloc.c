@@ -8,13 +8,11 @@
 void *realloc(void *p, size_t n)
 {
 	static void *(*real)(void *, size_t);
-	static long long max = -1;
 	if (!real)
 		*(void **)&real = dlsym(RTLD_NEXT, "realloc");
-	if (max < 0) {
-		const char *s = getenv("OUTPOST_TEST_REALLOC_MAX");
-		max = s ? atoll(s) : 0;
-	}
+	/* read at every call: a sanitizer runtime reallocates before the environment is set */
+	const char *s = getenv("OUTPOST_TEST_REALLOC_MAX");
+	long long max = s ? atoll(s) : 0;
 	if (max > 0 && n > (unsigned long long)max) {
 		errno = ENOMEM;
 		return NULL;
