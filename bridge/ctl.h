@@ -56,7 +56,7 @@ int ctl_device_key(struct ctl *c, const char *id, int64_t *key);
  * the database's collation unless told otherwise (en_US.utf8 puts "a1" before "a-2" and "b0"
  * before "B1"), so a query that sorts by text is written as a macro Q(C) with C after each
  * text sort key, and prepared as CTL_SQL(store, Q). */
-#define CTL_PG_BYTES " COLLATE \"C\""
+#define CTL_PG_BYTES  " COLLATE \"C\""
 #define CTL_SQL(s, Q) (store_dialect(s) == STORE_PG ? Q(CTL_PG_BYTES) : Q(""))
 
 /* ---- arguments ---- */
@@ -75,9 +75,8 @@ struct ctl_optdef {
  * arguments go to pos (at most max_pos); global options where an option may stand go to
  * ctl_global_opt(). Then ctl_settle(). Returns CTL_OK, CTL_DONE (--help, --version) or
  * CTL_USAGE after printing what is wrong. */
-int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv,
-             const struct ctl_optdef *defs, const char **pos, int max_pos, int *npos);
-
+int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
+             const char **pos, int max_pos, int *npos);
 
 /* CTL_OK if value is in the NULL-terminated list allowed, else CTL_USAGE after printing
  * "<cmd>: --<opt> '<value>': want one of <allowed>". A filter value nothing could match is
@@ -118,7 +117,7 @@ struct ctl_out {
 	int ncols;
 	const char *const *names;
 	const enum ctl_coltype *types;
-	int vis; /* CSV: control characters escaped (ctl_vis), as f is a terminal */
+	int vis;    /* CSV: control characters escaped (ctl_vis), as f is a terminal */
 	int failed; /* table format: memory ran out, the rows are dropped */
 	size_t nrows, cap;
 	char **cells; /* table format: nrows * ncols strings */

@@ -222,9 +222,8 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		return rc;
 	struct store_stmt *st = NULL;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
-	rc = store_prepare(c->s, device ? CTL_SQL(c->s, CTL_SQL_GAPS_DEVICE)
-	                                : CTL_SQL(c->s, CTL_SQL_GAPS),
-	                   &st);
+	rc = store_prepare(
+	    c->s, device ? CTL_SQL(c->s, CTL_SQL_GAPS_DEVICE) : CTL_SQL(c->s, CTL_SQL_GAPS), &st);
 	int col = 1;
 	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0))
 		rc = store_bind_i64(st, col, all ? 1 : 0);

@@ -76,8 +76,8 @@ struct store *ctl_store(struct ctl *c)
 	return c->s;
 }
 
-int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv,
-             const struct ctl_optdef *defs, const char **pos, int max_pos, int *npos)
+int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
+             const char **pos, int max_pos, int *npos)
 {
 	*npos = 0;
 	for (int i = 0; i < argc; i++) {

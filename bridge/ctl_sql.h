@@ -18,8 +18,8 @@
  * Parameters: [device key,] state, state, limit. */
 #define CTL_SQL_TASKS_(DEVICE)                                                                     \
 	"SELECT t.id, d.device_id, t.type, t.state, t.created_at, t.expires_at, t.delivered_at,"   \
-	" t.finished_at, t.result_status, t.result_message FROM (SELECT * FROM tasks WHERE "       \
-	DEVICE "(CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY id DESC LIMIT ?) t"                \
+	" t.finished_at, t.result_status, t.result_message FROM (SELECT * FROM tasks "             \
+	"WHERE " DEVICE "(CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY id DESC LIMIT ?) t"       \
 	" JOIN devices d ON d.id = t.device ORDER BY t.id"
 #define CTL_SQL_TASKS        CTL_SQL_TASKS_("")
 #define CTL_SQL_TASKS_DEVICE CTL_SQL_TASKS_("device = ? AND ")
@@ -28,8 +28,8 @@
  * Parameters: [device key,] all. C follows the text sort key (CTL_SQL in ctl.h). */
 #define CTL_SQL_GAPS_(DEVICE, C)                                                                   \
 	"SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"              \
-	" g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device WHERE "        \
-	DEVICE "(CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"                                  \
+	" g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device WHERE " DEVICE \
+	"(CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"                                         \
 	" ORDER BY d.device_id" C ", g.prev_seq, g.reason"
 #define CTL_SQL_GAPS(C)        CTL_SQL_GAPS_("", C)
 #define CTL_SQL_GAPS_DEVICE(C) CTL_SQL_GAPS_("g.device = ? AND ", C)

@@ -560,9 +560,14 @@ Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
 	expect_usage(url, "task list --limit --config", lim);
 
 	/* before the command, after it, between its options; the last --store wins */
-	const char *help[] = {"--help", "-h devices --bogus", "devices --help",
-	                      "device --help", "task --help",
-	                      "task list --help", "readings -h --device dev-a", "decode --help",
+	const char *help[] = {"--help",
+	                      "-h devices --bogus",
+	                      "devices --help",
+	                      "device --help",
+	                      "task --help",
+	                      "task list --help",
+	                      "readings -h --device dev-a",
+	                      "decode --help",
 	                      "events --format csv --help"};
 	for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
 		expect_ctl(url, 0, help[i], "Usage: outpostctl [--store URL]", -1);
@@ -598,8 +603,12 @@ Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
 	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type) VALUES (1, 1,"
 	                           " 'rejected')"),
 	             STORE_OK, "%s", store_errmsg(s));
-	const char *cmds[] = {"devices", "devices --format csv", "devices --format json",
-	                      "devices --state quarantined", "device show dev-a", "--help"};
+	const char *cmds[] = {"devices",
+	                      "devices --format csv",
+	                      "devices --format json",
+	                      "devices --state quarantined",
+	                      "device show dev-a",
+	                      "--help"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		char *args = h_strf("%s > /dev/full", cmds[i]);
 		expect_ctl(url, 1, args, "outpostctl: cannot write the output\n", 1);
@@ -729,8 +738,10 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	          "%s", out);
 	free(out);
 	out = ctl(url, 0, "events --format csv");
-	cr_expect(strstr(out, ",rejected,x\x1b]0;title\x07\xc2\x9b" "2J\x7f\xc2\x85" "end\n"), "%s",
-	          out);
+	cr_expect(strstr(out, ",rejected,x\x1b]0;title\x07\xc2\x9b"
+	                      "2J\x7f\xc2\x85"
+	                      "end\n"),
+	          "%s", out);
 	free(out);
 	const char *on_tty[][2] = {
 	    {"readings --device dev-a",
@@ -810,10 +821,15 @@ Test(outpostctl, times_are_strict, .timeout = 60)
 		free(args);
 	}
 	/* the same instant, written in every form still taken */
-	const char *at[] = {"@1700000000", "1700000000", "1700000000000",
-	                    "2023-11-14T22:13:20Z", "2023-11-14T22:13:20.0Z",
-	                    "2023-11-15T00:13:20+02:00", "2023-11-15T22:12:20+23:59",
-	                    "2023-11-13T22:14:20-23:59", "2023-11-14t22:13:20.000z"};
+	const char *at[] = {"@1700000000",
+	                    "1700000000",
+	                    "1700000000000",
+	                    "2023-11-14T22:13:20Z",
+	                    "2023-11-14T22:13:20.0Z",
+	                    "2023-11-15T00:13:20+02:00",
+	                    "2023-11-15T22:12:20+23:59",
+	                    "2023-11-13T22:14:20-23:59",
+	                    "2023-11-14t22:13:20.000z"};
 	for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
 		char *args = h_strf("events --format csv --since %s", at[i]);
 		expect_ctl(url, 0, args, "at 2023-11-14T22:13:20Z", 2);
@@ -998,8 +1014,10 @@ Test(outpostctl, names_sort_bytewise_on_both_engines, .timeout = 120)
 	             STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
 	url = h_strf("postgresql://postgres@127.0.0.1:%d/icu", pg.port);
-	cr_assert_eq(h_store_i64(url, "SELECT count(*) FROM (VALUES ('a1'), ('B1')) v(x) WHERE"
-	                              " x < 'b0'", 0),
+	cr_assert_eq(h_store_i64(url,
+	                         "SELECT count(*) FROM (VALUES ('a1'), ('B1')) v(x) WHERE"
+	                         " x < 'b0'",
+	                         0),
 	             1, "the database sorts bytewise: B1 before b0");
 	seed_store(url);
 	fill_names(url);
@@ -1026,10 +1044,10 @@ Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
 	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
 	const struct {
 		const char *sql, *table, *index;
-	} want[] = {{CTL_SQL_EVENTS_DEVICE, "events", "USING INDEX events_device (device=?)"},
-	            {CTL_SQL_TASKS_DEVICE, "tasks", "USING INDEX tasks_device (device=?)"},
-	            {CTL_SQL_GAPS_DEVICE(""), "g",
-	             "USING INDEX sqlite_autoindex_gaps_1 (device=?)"}};
+	} want[] = {
+	    {CTL_SQL_EVENTS_DEVICE, "events", "USING INDEX events_device (device=?)"},
+	    {CTL_SQL_TASKS_DEVICE, "tasks", "USING INDEX tasks_device (device=?)"},
+	    {CTL_SQL_GAPS_DEVICE(""), "g", "USING INDEX sqlite_autoindex_gaps_1 (device=?)"}};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
 		char *sql = h_strf("EXPLAIN QUERY PLAN %s", want[i].sql);
 		struct store_stmt *st = NULL;
@@ -1075,8 +1093,8 @@ Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
 	                      "1970-01-01T00:00:00.005Z,dev-b,rejected,e5\n");
 	free(out);
 	out = ctl(url, 0, "events --limit 2 --format csv");
-	cr_expect(strstr(out, ",dev-b,rejected,e5\n") && strstr(out, ",dev-a,rejected,e6\n"),
-	          "%s", out);
+	cr_expect(strstr(out, ",dev-b,rejected,e5\n") && strstr(out, ",dev-a,rejected,e6\n"), "%s",
+	          out);
 	free(out);
 	out = ctl(url, 0, "task list --device dev-a --limit 2 --format csv");
 	cr_expect(h_count(out, "\n") == 3 && strstr(out, "\n4,dev-a,ping,queued,") &&
@@ -1143,7 +1161,7 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 	const char *fmts[] = {"--format table", "--format table --limit 1001"};
 	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
 		char *cmd = h_strf(FAIL_REALLOC " %s/bridge/outpostctl --store=%s readings"
-		                   " --device dev-a %s",
+		                                " --device dev-a %s",
 		                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url, fmts[i]);
 		cr_expect_eq(h_sh(cmd, &out, 30), 1, "%s:\n%s", cmd, out);
 		cr_expect_str_eq(out,
@@ -1154,7 +1172,7 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 	}
 	/* what keeps no rows is not affected */
 	char *cmd = h_strf(FAIL_REALLOC " %s/bridge/outpostctl --store=%s readings --device dev-a"
-	                   " --format csv",
+	                                " --format csv",
 	                   OUTPOST_FAILREALLOC_LIB, h_build_dir(), url);
 	cr_expect_eq(h_sh(cmd, &out, 30), 0, "%s:\n%s", cmd, out);
 	cr_expect_eq(h_count(out, "\n"), 1 + 1001);
@@ -1183,8 +1201,8 @@ static void schema_not_current(const char *url)
 	for (size_t i = 0; i < sizeof(down) / sizeof(down[0]); i++)
 		cr_assert_eq(store_exec(s, down[i]), STORE_OK, "%s", store_errmsg(s));
 	store_close(s);
-	const char *cmds[] = {"devices", "device show dev-a", "device quarantine dev-a",
-	                      "events", "task add --device dev-a --type ping"};
+	const char *cmds[] = {"devices", "device show dev-a", "device quarantine dev-a", "events",
+	                      "task add --device dev-a --type ping"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		expect_ctl(url, 1, cmds[i],
 		           "store schema 3 is older than this outpostctl's 4:"
@@ -1272,8 +1290,8 @@ Test(outpostctl, decode_checks_a_births_certificate_against_the_ca, .timeout = 1
 {
 	char *url = small_store("ctl-decode-ca");
 	/* dev-new: issued by the CA, not in the PKI's devices/; dev-forged: self-signed */
-	char *issued = h_pki_issue_dated("ctl-decode-issued", "dev-new", "20200101000000Z",
-	                                 "20991231000000Z");
+	char *issued =
+	    h_pki_issue_dated("ctl-decode-issued", "dev-new", "20200101000000Z", "20991231000000Z");
 	char *forged = h_tmpdir("ctl-decode-forged"), *out = NULL;
 	char *cmd = h_strf("set -e; mkdir -p %s/devices; cd %s/devices;"
 	                   " openssl genpkey -algorithm ed25519 -out dev-forged.key;"
