@@ -369,16 +369,23 @@ Test(outpostctl, help_version_and_default_store, .timeout = 60)
 	free(cmd);
 }
 
+/* The store at url, opened for a test to write to directly (asserts). */
+static struct store *open_store(const char *url)
+{
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX] = "";
+	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	return s;
+}
+
 /* ---- operator input: refused (exit 2, one line naming what is allowed), never a silent
  * empty answer or a task the device can only refuse later ---- */
 
 /* Create the schema of the store at url and one active device, dev-a (no key). */
 static void seed_store(const char *url)
 {
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
 	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
@@ -591,10 +598,7 @@ Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
 Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
 {
 	char *url = small_store("ctl-full");
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
 	                           " WHERE x < 300) INSERT INTO devices (device_id, state,"
 	                           " created_at, state_changed_at) SELECT printf('device-%04d', x),"
@@ -680,10 +684,7 @@ Test(outpostctl, a_bad_config_file_is_refused, .timeout = 60)
 Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 60)
 {
 	char *url = small_store("ctl-vis");
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_exec(s, "INSERT INTO tasks (device, type, state, created_at, expires_at,"
 	                           " finished_at, result_status, result_message) VALUES (1, 'ping',"
 	                           " 'succeeded', 1, 2, 2, 'succeeded', 'ok' || char(27) || '[2J'"
@@ -792,10 +793,7 @@ Test(outpostctl, numbers_and_dates_out_of_range_are_refused, .timeout = 60)
 Test(outpostctl, times_are_strict, .timeout = 60)
 {
 	char *url = small_store("ctl-times");
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES"
 	                           " (1700000000000, 1, 'rejected', 'at 2023-11-14T22:13:20Z')"),
 	             STORE_OK, "%s", store_errmsg(s));
@@ -947,10 +945,7 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
  * times (no wire id: left out of the catalog). */
 static void fill_names(const char *url)
 {
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	const char *ids[] = {"b0", "a1", "B1", "a-2"};
 	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
 		char *sql = h_strf("INSERT INTO devices (device_id, state, created_at,"
@@ -1004,11 +999,8 @@ Test(outpostctl, names_sort_bytewise_on_both_engines, .timeout = 120)
 	 * glibc's en_US.utf8, as in the compose image, differs again: the test machine need not
 	 * have that locale) */
 	struct h_pg pg = {0};
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
 	h_pg_start(&pg);
-	cr_assert_eq(store_open(pg.url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(pg.url);
 	cr_assert_eq(store_exec(s, "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu"
 	                           " ICU_LOCALE 'en-US'"),
 	             STORE_OK, "%s", store_errmsg(s));
@@ -1038,10 +1030,7 @@ Test(outpostctl, names_sort_bytewise_on_both_engines, .timeout = 120)
 Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
 {
 	char *url = small_store("ctl-index");
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	const struct {
 		const char *sql, *table, *index;
 	} want[] = {
@@ -1120,10 +1109,7 @@ Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
 Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 60)
 {
 	char *url = small_store("ctl-table");
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
 	                           " 'm1', 'u', 1)"),
 	             STORE_OK, "%s", store_errmsg(s));
@@ -1187,11 +1173,8 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 static void schema_not_current(const char *url)
 {
 	enum { OLD = STORE_SCHEMA_VERSION - 1, NEW = STORE_SCHEMA_VERSION + 1 };
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
 	/* a store as the bridge of the version before left it, with a device */
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store__migrate_upto(s, OLD, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
 	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
 	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
@@ -1206,7 +1189,7 @@ static void schema_not_current(const char *url)
 		expect_ctl(url, 1, cmds[i], older, 1);
 	free(older);
 	int version = 0;
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	s = open_store(url);
 	cr_expect_eq(store_schema_version(s, &version), STORE_OK, "%s", store_errmsg(s));
 	cr_expect_eq(version, OLD, "outpostctl migrated the store");
 	/* migrated by this version's bridge, then by a newer one */
@@ -1391,10 +1374,7 @@ Test(outpostctl, device_actions_repeat_postgresql, .timeout = 120)
  * timestamp, one value NaN (stored as NULL). */
 static void fill_readings(const char *url)
 {
-	struct store *s = NULL;
-	struct store_opts o = STORE_OPTS_INIT;
-	char err[STORE_ERR_MAX] = "";
-	cr_assert_eq(store_open(url, &o, &s, err), STORE_OK, "%s", err);
+	struct store *s = open_store(url);
 	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
 	for (int m = 1; m <= 3; m++) {
 		char *sql = h_strf("INSERT INTO metrics (device, name, unit, wire_id) SELECT id,"
