@@ -555,7 +555,8 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 					   * a broker refusing them must not be dialled every second */
 			pthread_mutex_lock(&l->mu);
 			l->stats.connects++;
-			snprintf(l->stats.uri, sizeof(l->stats.uri), "%s", e.text);
+			snprintf(l->stats.uri, sizeof(l->stats.uri), "%.*s",
+				 (int)sizeof(l->stats.uri) - 1, e.text); /* cut if longer */
 			pthread_mutex_unlock(&l->mu);
 			break;
 		case DEV_LINK_DOWN:
@@ -565,7 +566,8 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 				l->stats.disconnects++;
 			else
 				l->stats.failures++;
-			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%s", e.text);
+			snprintf(l->stats.last_cause, sizeof(l->stats.last_cause), "%.*s",
+				 (int)sizeof(l->stats.last_cause) - 1, e.text); /* cut if longer */
 			pthread_mutex_unlock(&l->mu);
 			destroy_client(l, 0);
 			if (e.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
