@@ -58,8 +58,13 @@ int brg_commit__do_result(struct brg_committer *c, struct wdev *w, const struct 
 	BTXT(S_TASK_FINISH, 4, r->message ? r->message : "");
 	B64(S_TASK_FINISH, 5, it->seq);
 	B64(S_TASK_FINISH, 6, r->task_id);
-	if ((rc = brg_commit__run(c, S_TASK_FINISH)))
+	int64_t changed = 0;
+	if ((rc = brg_commit__run_changes(c, S_TASK_FINISH, &changed)))
 		goto out;
+	if (!changed) /* another bridge stored a result of it since it was read */
+		return brg_commit__event(c, w, "task_result_ignored",
+		                         "task %llu %s has a result already",
+		                         (unsigned long long)r->task_id, type);
 	for (size_t i = 0; i < r->n_output; i++) {
 		B64(S_TASK_OUT, 1, r->task_id);
 		B64(S_TASK_OUT, 2, i);

@@ -199,8 +199,9 @@ static const char *const v4_pg[] = {"DROP INDEX gaps_dropped", V4_GAPS_DROPPED, 
  * after a device re-enrols with a new key, so that a Birth with a revoked key never enrols
  * again. The revocations made so far hold the key of their device's row. */
 #define V5_REVOKED_KEYS_FROM_DEVICES                                                               \
-	"INSERT INTO revoked_keys (key, device, revoked_at) SELECT pubkey, id, state_changed_at"   \
-	" FROM devices WHERE state = 'revoked' AND pubkey IS NOT NULL"
+	"INSERT INTO revoked_keys (key, device, revoked_at) SELECT pubkey, MIN(id),"               \
+	" MIN(state_changed_at) FROM devices WHERE state = 'revoked' AND pubkey IS NOT NULL"     \
+	" GROUP BY pubkey" /* one key certified for two ids, both revoked */
 static const char *const v5_sqlite[] = {
     "ALTER TABLE devices ADD COLUMN batch_interval_s INTEGER NOT NULL DEFAULT 0",
     "CREATE TABLE revoked_keys ("

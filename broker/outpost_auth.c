@@ -121,7 +121,9 @@ static void maybe_reload(struct auth *a)
 	if (now == a->checked_at)
 		return;
 	a->checked_at = now;
-	if (stat(a->crl_file, &st) != 0 || same_time(st.st_mtim, a->crl_mtime))
+	/* unchanged since it was loaded, or since it was refused (not parsed every second) */
+	if (stat(a->crl_file, &st) != 0 || same_time(st.st_mtim, a->crl_mtime) ||
+	    same_time(st.st_mtim, a->refused_mtime))
 		return;
 	int rc = load_crl(a, &mtime);
 	if (rc == CRL_OK) {

@@ -464,7 +464,8 @@ static void add_device(struct store *s, const char *id, const char *state, int k
 }
 
 /* Version 4 -> 5: devices.batch_interval_s (0 for every device: not reported yet) and
- * revoked_keys, holding the key of every device revoked so far; the rows stay as they were.
+ * revoked_keys, holding the key of every device revoked so far (once: a key certified for
+ * two ids that are both revoked does not stop the migration); the rows stay as they were.
  * Then `device revoke` adds the key it revokes. */
 static void migration_4_to_5(const char *url)
 {
@@ -475,6 +476,7 @@ static void migration_4_to_5(const char *url)
 	cr_assert_eq(to, 4);
 	add_device(s, "dev-active", "active", 1);
 	add_device(s, "dev-revoked", "revoked", 2);
+	add_device(s, "dev-clone", "revoked", 2); /* the same key certified for two ids */
 	add_device(s, "dev-never", "revoked", 0); /* revoked before it enrolled: no key */
 	add_device(s, "dev-q", "quarantined", 4);
 	cr_assert_eq(store_exec(s, "UPDATE devices SET sample_interval_s = 10, poll_interval_s ="
@@ -490,7 +492,7 @@ static void migration_4_to_5(const char *url)
 	cr_expect_eq(to, 5);
 	cr_expect_eq(one(s, "SELECT COUNT(*) FROM devices WHERE batch_interval_s = 0 AND"
 	                    " sample_interval_s = 10 AND poll_interval_s = 300"),
-	             4);
+	             5);
 	struct store_device d;
 	cr_assert_eq(store_device_get(s, "dev-active", &d), STORE_OK);
 	cr_expect_eq(d.batch_interval_s, 0);
