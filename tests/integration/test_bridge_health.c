@@ -385,6 +385,7 @@ Test(bridge_health, a_birth_queued_across_a_crl_reload_is_checked_again, .timeou
 	cr_assert(h_log_wait(br.log, "failed (attempt", 1, 10000), "no commit waited: %s", br.log);
 	struct h_simdev_opts oy = ox;
 	oy.id = "dev-y";
+	oy.batches = 1;
 	struct h_simdev *dy = h_simdev_start(&oy);
 	struct h_simdev_stats st = {0};
 	long long end = h_now_ms() + 10000;
@@ -392,6 +393,9 @@ Test(bridge_health, a_birth_queued_across_a_crl_reload_is_checked_again, .timeou
 		h_sleep_ms(50);
 	cr_assert_geq(st.sent, 1, "dev-y sent nothing");
 	h_sleep_ms(500); /* its Birth is verified and queued behind dev-x's group */
+	/* gone before the broker's plugin refuses it (what libmosquitto then keeps queued is
+	 * never freed: LeakSanitizer) */
+	h_simdev_stop(dy);
 	cmd = h_strf("%s/scripts/provision-certs.sh --out %s --revoke dev-y", h_source_dir(), pki);
 	cr_assert_eq(h_sh(cmd, &out, 120), 0, "%s", out);
 	free(out);
@@ -407,7 +411,6 @@ Test(bridge_health, a_birth_queued_across_a_crl_reload_is_checked_again, .timeou
 		  "dev-y enrolled with a revoked certificate: %s", br.log);
 	cr_expect_eq(qs(br.store, "SELECT COUNT(*) FROM devices WHERE device_id = '%s' AND state = "
 				  "'active'", "dev-x"), 1);
-	h_simdev_stop(dy);
 	h_simdev_stop(dx);
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	free(l.db);
