@@ -379,6 +379,12 @@ static struct store *open_store(const char *url)
 	return s;
 }
 
+/* Run sql on s (asserts it succeeds). */
+static void exec_sql(struct store *s, const char *sql)
+{
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s: %s", sql, store_errmsg(s));
+}
+
 /* ---- operator input: refused (exit 2, one line naming what is allowed), never a silent
  * empty answer or a task the device can only refuse later ---- */
 
@@ -387,9 +393,8 @@ static void seed_store(const char *url)
 {
 	struct store *s = open_store(url);
 	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
-	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO devices (device_id, state, created_at,"
+	           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)");
 	store_close(s);
 }
 
@@ -599,14 +604,12 @@ Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
 {
 	char *url = small_store("ctl-full");
 	struct store *s = open_store(url);
-	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
-	                           " WHERE x < 300) INSERT INTO devices (device_id, state,"
-	                           " created_at, state_changed_at) SELECT printf('device-%04d', x),"
-	                           " 'active', 1, 1 FROM n"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type) VALUES (1, 1,"
-	                           " 'rejected')"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	           " WHERE x < 300) INSERT INTO devices (device_id, state,"
+	           " created_at, state_changed_at) SELECT printf('device-%04d', x),"
+	           " 'active', 1, 1 FROM n");
+	exec_sql(s, "INSERT INTO events (at, device, type) VALUES (1, 1,"
+	           " 'rejected')");
 	const char *cmds[] = {"devices",
 	                      "devices --format csv",
 	                      "devices --format json",
@@ -685,24 +688,19 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 {
 	char *url = small_store("ctl-vis");
 	struct store *s = open_store(url);
-	cr_assert_eq(store_exec(s, "INSERT INTO tasks (device, type, state, created_at, expires_at,"
-	                           " finished_at, result_status, result_message) VALUES (1, 'ping',"
-	                           " 'succeeded', 1, 2, 2, 'succeeded', 'ok' || char(27) || '[2J'"
-	                           " || char(10) || 'state       failed')"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO task_output (task, idx, key, value) VALUES (1, 0,"
-	                           " 'k', 'v' || char(13) || 'w')"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES (1, 1,"
-	                           " 'rejected', 'x' || char(27) || ']0;title' || char(7) ||"
-	                           " char(155) || '2J' || char(127) || char(133) || 'end')"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
-	                           " 'temp' || char(27) || '[1A', 'C' || char(27) || '[2J', 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
-	                           " VALUES (1, 1, 1700000000000, 1, 0, 1.5)"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO tasks (device, type, state, created_at, expires_at,"
+	           " finished_at, result_status, result_message) VALUES (1, 'ping',"
+	           " 'succeeded', 1, 2, 2, 'succeeded', 'ok' || char(27) || '[2J'"
+	           " || char(10) || 'state       failed')");
+	exec_sql(s, "INSERT INTO task_output (task, idx, key, value) VALUES (1, 0,"
+	           " 'k', 'v' || char(13) || 'w')");
+	exec_sql(s, "INSERT INTO events (at, device, type, detail) VALUES (1, 1,"
+	           " 'rejected', 'x' || char(27) || ']0;title' || char(7) ||"
+	           " char(155) || '2J' || char(127) || char(133) || 'end')");
+	exec_sql(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
+	           " 'temp' || char(27) || '[1A', 'C' || char(27) || '[2J', 1)");
+	exec_sql(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	           " VALUES (1, 1, 1700000000000, 1, 0, 1.5)");
 	store_close(s);
 	const char *cmds[] = {"task show 1",
 	                      "task list",
@@ -794,9 +792,8 @@ Test(outpostctl, times_are_strict, .timeout = 60)
 {
 	char *url = small_store("ctl-times");
 	struct store *s = open_store(url);
-	cr_assert_eq(store_exec(s, "INSERT INTO events (at, device, type, detail) VALUES"
-	                           " (1700000000000, 1, 'rejected', 'at 2023-11-14T22:13:20Z')"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO events (at, device, type, detail) VALUES"
+	           " (1700000000000, 1, 'rejected', 'at 2023-11-14T22:13:20Z')");
 	store_close(s);
 	const char *bad[] = {"@ 5",
 	                     "@+5",
@@ -1001,9 +998,8 @@ Test(outpostctl, names_sort_bytewise_on_both_engines, .timeout = 120)
 	struct h_pg pg = {0};
 	h_pg_start(&pg);
 	struct store *s = open_store(pg.url);
-	cr_assert_eq(store_exec(s, "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu"
-	                           " ICU_LOCALE 'en-US'"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu"
+	           " ICU_LOCALE 'en-US'");
 	store_close(s);
 	url = h_strf("postgresql://postgres@127.0.0.1:%d/icu", pg.port);
 	cr_assert_eq(h_store_i64(url,
@@ -1054,9 +1050,8 @@ Test(outpostctl, one_devices_listings_use_its_index, .timeout = 60)
 		free(sql);
 	}
 	/* dev-b beside dev-a: three events, tasks and gaps each, interleaved */
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
-	                           " state_changed_at) VALUES ('dev-b', 'active', 1, 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO devices (device_id, state, created_at,"
+	           " state_changed_at) VALUES ('dev-b', 'active', 1, 1)");
 	for (int i = 1; i <= 6; i++) {
 		int dev = 1 + i % 2;
 		char *sql = h_strf("INSERT INTO events (at, device, type, detail) VALUES (%d, %d,"
@@ -1110,22 +1105,19 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 {
 	char *url = small_store("ctl-table");
 	struct store *s = open_store(url);
-	cr_assert_eq(store_exec(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
-	                           " 'm1', 'u', 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
-	                           " WHERE x < 1000) INSERT INTO readings (device, metric, ts, seq,"
-	                           " idx, value) SELECT 1, 1, 1700000000000 + x * 1000, x, 0, x"
-	                           " FROM n"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1,"
+	           " 'm1', 'u', 1)");
+	exec_sql(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	           " WHERE x < 1000) INSERT INTO readings (device, metric, ts, seq,"
+	           " idx, value) SELECT 1, 1, 1700000000000 + x * 1000, x, 0, x"
+	           " FROM n");
 	/* 1000 rows: all of them, nothing more to say */
 	char *out = ctl(url, 0, "readings --device dev-a --format table");
 	cr_expect_eq(h_count(out, "\n"), 1 + 1000, "%s", out);
 	cr_expect(!strstr(out, "more"), "%s", out);
 	free(out);
-	cr_assert_eq(store_exec(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
-	                           " VALUES (1, 1, 1800000000000, 1001, 0, 1001)"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	           " VALUES (1, 1, 1800000000000, 1001, 0, 1001)");
 	store_close(s);
 	/* 1001: the first 1000, and a line that says how to see the others */
 	out = ctl(url, 0, "readings --device dev-a --format table");
@@ -1176,9 +1168,8 @@ static void schema_not_current(const char *url)
 	/* a store as the bridge of the version before left it, with a device */
 	struct store *s = open_store(url);
 	cr_assert_eq(store__migrate_upto(s, OLD, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
-	cr_assert_eq(store_exec(s, "INSERT INTO devices (device_id, state, created_at,"
-	                           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)"),
-	             STORE_OK, "%s", store_errmsg(s));
+	exec_sql(s, "INSERT INTO devices (device_id, state, created_at,"
+	           " state_changed_at) VALUES ('dev-a', 'active', 1, 1)");
 	store_close(s);
 	char *older = h_strf("store schema %d is older than this outpostctl's %d: upgrade the"
 	                     " bridge first",
