@@ -112,8 +112,7 @@ const char *const brg_commit__sql[S_COUNT] = {
                       " WHERE id = ? AND state = 'queued'",
     /* a key revoked once is refused for good, whatever device it is presented for */
     [S_KEY_REVOKED] = "SELECT revoked_at FROM revoked_keys WHERE key = ?",
-    [S_KEY_REVOKE] = "INSERT INTO revoked_keys (key, device, revoked_at) VALUES (?, ?, ?)"
-                     " ON CONFLICT (key) DO NOTHING",
+    [S_KEY_REVOKE] = STORE_SQL_KEY_REVOKE,
 };
 
 #define DEV_SEL_COLS                                                                               \

@@ -140,10 +140,7 @@ static int remember_revoked_key(struct store *s, const struct store_device *d, i
 	int rc;
 	if (!d->has_pubkey)
 		return STORE_OK; /* never enrolled: any verified Birth enrols it (a new key) */
-	rc = store_prepare(s,
-	                   "INSERT INTO revoked_keys (key, device, revoked_at) VALUES (?, ?, ?)"
-	                   " ON CONFLICT (key) DO NOTHING",
-	                   &st);
+	rc = store_prepare(s, STORE_SQL_KEY_REVOKE, &st);
 	if (!rc && !(rc = store_bind_blob(st, 1, d->pubkey, WIRE_PUBKEY_LEN)) &&
 	    !(rc = store_bind_i64(st, 2, d->key)) && !(rc = store_bind_i64(st, 3, now))) {
 		rc = store_step(st);

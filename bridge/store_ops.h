@@ -72,6 +72,13 @@ int store_event_add(struct store *s, int64_t device_key, int64_t at, const char 
 
 /* ---- tasks (operator side) ---- */
 
+/* Remember a key as revoked: binds key (blob, WIRE_PUBKEY_LEN), device (its row key), the time.
+ * A key revoked once is refused for good, whatever device presents it; the first revocation
+ * stays. The bridge (CRL) and outpostctl (`device revoke`) write it through this one text. */
+#define STORE_SQL_KEY_REVOKE                                                                       \
+	"INSERT INTO revoked_keys (key, device, revoked_at) VALUES (?, ?, ?)"                      \
+	" ON CONFLICT (key) DO NOTHING"
+
 /* Task states (tasks.state). */
 #define STORE_TASK_QUEUED    "queued"
 #define STORE_TASK_DELIVERED "delivered"
