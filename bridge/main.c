@@ -190,6 +190,14 @@ int main(int argc, char **argv)
 		status = rc == STORE_EURL || rc == STORE_ENOTSUP ? 2 : 1;
 		goto out;
 	}
+	/* An ack tells the device to delete the data: below "full", a power cut can lose what
+	 * SQLite's WAL had not synced yet, after its ack went out (PostgreSQL forces
+	 * synchronous_commit=on for the same reason). Allowed, for benchmarks and tests. */
+	if (c.sqlite_sync != STORE_SYNC_FULL && !strncmp(store_url(writer), "sqlite:", 7))
+		olog(OLOG_WARN,
+		     "sqlite_sync=%s: a power cut can lose messages already acknowledged to "
+		     "their devices (which then delete them); use full in production",
+		     c.sqlite_sync == STORE_SYNC_OFF ? "off" : "normal");
 	int from = 0, to = 0;
 	if ((rc = store_migrate(writer, &from, &to))) {
 		olog(OLOG_ERROR, "store %s: schema migration failed: %s%s%s", store_url(writer),
