@@ -165,6 +165,10 @@ static int pg_command(struct pg_conn *pc, const char *sql)
  * - bytea_output hex: pg_column decodes only that (escape made every stored signature
  *   unreadable, so every resend was seq_reused, and no device key was ever read back);
  * - client_encoding UTF8: the text devices send, checked as UTF-8, is stored as sent;
+ * - default_transaction_isolation read committed: every statement sees what committed before it
+ *   began. A migration step reads the version once it holds the migration lock (store_schema.c);
+ *   under repeatable read or serializable its snapshot predated the lock, so of bridges starting
+ *   together the waiters applied version 1 again ("relation devices already exists") and exited;
  * - synchronous_commit not off: off returns from COMMIT before the WAL is flushed, and the
  *   bridge acknowledges after COMMIT (DESIGN.md, durability contract: a server crash would
  *   lose acknowledged data). It is set to on; local (flushed here, no wait for synchronous
@@ -172,7 +176,8 @@ static int pg_command(struct pg_conn *pc, const char *sql)
 static int pg_session(struct pg_conn *pc)
 {
 	static const char *const set[] = {"SET bytea_output = 'hex'",
-	                                  "SET client_encoding = 'UTF8'"};
+	                                  "SET client_encoding = 'UTF8'",
+	                                  "SET default_transaction_isolation = 'read committed'"};
 	char sync[32] = "";
 	int null = 1, rc = STORE_OK;
 	pc->ready = 0;

@@ -689,7 +689,8 @@ static int has_setting(struct store *s, const char *name, const char *value)
 /* The store's sessions have the settings it relies on whatever the role's defaults say, also
  * after a reconnect: a COMMIT that waits for the WAL flush (the bridge acks after it; off is
  * raised to on, local and the stronger settings are kept), bytea in hex (escape made stored
- * blobs unreadable), UTF-8 text. */
+ * blobs unreadable), UTF-8 text, read committed (a migration step reads what committed while it
+ * waited for its lock). */
 Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 {
 	static const struct {
@@ -701,12 +702,14 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 	static const uint8_t blob[] = {0, 1, 0x5c, 0x27, 0xff, 'x'};
 	struct h_pg pg = {0};
 	h_pg_start(&pg);
-	cr_assert_eq(h_pg_sql(&pg,
-	                      "ALTER ROLE postgres SET bytea_output = escape;"
-	                      " ALTER ROLE postgres SET client_encoding = LATIN1;"
-	                      " CREATE TABLE b (v BYTEA)",
-	                      NULL),
-	             0);
+	cr_assert_eq(
+	    h_pg_sql(&pg,
+	             "ALTER ROLE postgres SET bytea_output = escape;"
+	             " ALTER ROLE postgres SET client_encoding = LATIN1;"
+	             " ALTER ROLE postgres SET default_transaction_isolation = serializable;"
+	             " CREATE TABLE b (v BYTEA)",
+	             NULL),
+	    0);
 	for (size_t i = 0; i < sizeof(sync) / sizeof(sync[0]); i++) {
 		char *sql = h_strf("ALTER ROLE postgres SET synchronous_commit = %s", sync[i].role);
 		cr_assert_eq(h_pg_sql(&pg, sql, NULL), 0);
@@ -716,6 +719,7 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 		          sync[i].role);
 		cr_expect(has_setting(s, "bytea_output", "hex"));
 		cr_expect(has_setting(s, "client_encoding", "UTF8"));
+		cr_expect(has_setting(s, "transaction_isolation", "read committed"));
 		store_close(s);
 	}
 	/* the role's settings do apply to other sessions */
@@ -740,6 +744,7 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 	cr_expect(has_setting(s, "synchronous_commit", "on"));
 	cr_expect(has_setting(s, "bytea_output", "hex"));
 	cr_expect(has_setting(s, "client_encoding", "UTF8"));
+	cr_expect(has_setting(s, "transaction_isolation", "read committed"));
 	cr_assert_eq(store_prepare(s, "SELECT v FROM b", &st), STORE_OK);
 	cr_assert_eq(store_step(st), 1, "%s", store_errmsg(s));
 	size_t len = 0;
@@ -747,6 +752,79 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 	cr_expect(got && len == sizeof(blob) && !memcmp(got, blob, len), "the blob read back");
 	store_stmt_free(st);
 	store_close(s);
+	h_pg_free(&pg);
+}
+
+/* One bridge starting: opens the store and migrates it. */
+struct starter {
+	const char *url;
+	int rc;
+	char err[STORE_ERR_MAX];
+};
+
+static void *start_one(void *arg)
+{
+	struct starter *b = arg;
+	struct store *s = NULL;
+	struct store_opts o = STORE_OPTS_INIT;
+	if ((b->rc = store_open(b->url, &o, &s, b->err)))
+		return NULL;
+	if ((b->rc = store_migrate(s, NULL, NULL)))
+		snprintf(b->err, sizeof(b->err), "%s", store_errmsg(s));
+	store_close(s);
+	return NULL;
+}
+
+/* Bridges started together on a new PostgreSQL store whose database defaults to repeatable
+ * read or serializable: each migration step reads the version after it got the migration lock,
+ * and must see what the bridge before it committed meanwhile. A snapshot taken when the
+ * transaction's first statement (the lock's) began did not: version 1 ran again ("relation
+ * devices already exists") and the bridge exited. The four wait on the lock held here until
+ * all of them hold a snapshot, so the race is lost every time. */
+Test(store, postgresql_bridges_starting_together_migrate_once, .timeout = 120)
+{
+	static const char *const level[] = {"repeatable read", "serializable"};
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct store *admin = open_url(pg.url, 0);
+	for (size_t i = 0; i < sizeof(level) / sizeof(level[0]); i++) {
+		char *sql = h_strf("CREATE DATABASE fresh%zu", i);
+		cr_assert_eq(store_exec(admin, sql), STORE_OK, "%s", store_errmsg(admin));
+		free(sql);
+		sql = h_strf("ALTER DATABASE fresh%zu SET default_transaction_isolation = '%s'", i,
+		             level[i]);
+		cr_assert_eq(store_exec(admin, sql), STORE_OK, "%s", store_errmsg(admin));
+		free(sql);
+		char *url = h_strf("postgresql://postgres@127.0.0.1:%d/fresh%zu", pg.port, i);
+		struct store *lock = open_url(url, 0);
+		cr_assert_eq(store_begin(lock), STORE_OK, "%s", store_errmsg(lock));
+		cr_assert_eq(store_exec(lock, "SELECT pg_advisory_xact_lock(7303014785249752436)"),
+		             STORE_OK, "%s", store_errmsg(lock));
+		struct starter b[4];
+		pthread_t t[4];
+		for (int k = 0; k < 4; k++) {
+			b[k] = (struct starter){.url = url};
+			cr_assert_eq(pthread_create(&t[k], NULL, start_one, &b[k]), 0);
+		}
+		int64_t waiting = 0;
+		for (int tries = 0; tries < 600 && waiting < 4; tries++) {
+			usleep(50 * 1000);
+			waiting =
+			    one(lock, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'"
+			              " AND NOT granted");
+		}
+		cr_expect_eq(waiting, 4, "the bridges did not all wait for the migration lock");
+		cr_assert_eq(store_rollback(lock), STORE_OK, "%s", store_errmsg(lock));
+		for (int k = 0; k < 4; k++) {
+			pthread_join(t[k], NULL);
+			cr_expect_eq(b[k].rc, STORE_OK, "%s, bridge %d: %s", level[i], k, b[k].err);
+		}
+		cr_expect_eq(one(lock, "SELECT COUNT(*) FROM schema_migrations"),
+		             STORE_SCHEMA_VERSION, "%s", level[i]);
+		store_close(lock);
+		free(url);
+	}
+	store_close(admin);
 	h_pg_free(&pg);
 }
 
