@@ -110,7 +110,8 @@ int store_reset(struct store_stmt *st);
 int64_t store_changes(const struct store_stmt *st);
 
 /* Columns of the current row (0-based). Text and blobs are borrowed until the next step or
- * reset. NULL reads as 0, NaN (f64), NULL (text, blob). */
+ * reset. NULL reads as 0, NaN (f64), NULL (text, blob). A comparison (a PostgreSQL boolean)
+ * reads as the integer 1 or 0 on both backends. */
 int store_col_null(struct store_stmt *st, int col);
 int64_t store_col_i64(struct store_stmt *st, int col);
 double store_col_f64(struct store_stmt *st, int col);

@@ -616,6 +616,10 @@ static int pg_column(void *stmt, int col, struct store_val *out)
 	const char *v = PQgetvalue(s->row, 0, col);
 	size_t len = (size_t)PQgetlength(s->row, 0, col);
 	switch (PQftype(s->row, col)) {
+	case 16: /* bool, "t" or "f": 1 or 0, as SQLite answers a comparison */
+		out->t = STORE_VI64;
+		out->i = v[0] == 't';
+		break;
 	case 20: /* int8 */
 	case 21: /* int2 */
 	case 23: /* int4 */

@@ -364,9 +364,10 @@ static struct brg_item *batch_drop(const char *id, uint64_t seq, uint64_t prev,
 /* A task takes one result, the first: a second one (another seq, from a confused or hostile
  * device) is stored as an envelope with an event, and neither overwrites the first nor mixes
  * its output in - also when the first left the task in a state that takes results (a rejection
- * after its expiry leaves it expired). A result for a task that is not the device's is an
+ * after its expiry leaves it expired): the task is read as having a result, on PostgreSQL too
+ * (a boolean column, once read as 0 there). A result for a task that is not the device's is an
  * event only. */
-Test(brg_commit, a_task_keeps_its_first_result)
+TEST_BOTH(a_task_keeps_its_first_result)
 {
 	commit_one(birth("dev-a", 1));
 	int64_t task = 0, now = store_now_ms();
@@ -379,7 +380,9 @@ Test(brg_commit, a_task_keeps_its_first_result)
 	commit_one(result("dev-a", 3, 2, (uint64_t)task, "second"));
 	cr_expect_eq(one("SELECT COUNT(*) FROM tasks WHERE state = 'expired' AND result_seq = 2 AND"
 	                 " result_message = 'first'"), 1, "a second result overwrote the first");
-	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_result_ignored'"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'task_result_ignored' AND detail"
+	                 " LIKE '%is already expired with a result'"),
+	             1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type LIKE 'task_expired'"), 1);
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type LIKE 'task_failed'"), 0);
 	commit_one(result("dev-a", 4, 3, (uint64_t)task + 100, "nobody's"));

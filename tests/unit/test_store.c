@@ -214,6 +214,13 @@ static void exercise(const char *url)
 	             "a broken statement fails");
 	if (st)
 		store_stmt_free(st);
+	/* A comparison reads as 1 or 0 on both: PostgreSQL answers a boolean, 't' or 'f', which
+	 * read as text was 0 whatever it said (the writer's "result_seq IS NOT NULL"). */
+	cr_assert_eq(store_prepare(s, "SELECT 1 = 1, 1 = 0", &st), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_step(st), 1, "%s", store_errmsg(s));
+	cr_expect_eq(store_col_i64(st, 0), 1, "1 = 1");
+	cr_expect_eq(store_col_i64(st, 1), 0, "1 = 0");
+	store_stmt_free(st);
 
 	/* Bulk copy inside a transaction, rolled back and then committed. */
 	struct store_copy *cp = NULL;
