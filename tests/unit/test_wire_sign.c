@@ -280,11 +280,49 @@ Test(wire_sign, every_field_changes_the_signing_input)
 		cr_assert_gt(m, 0);
 		cr_expect(m != n || memcmp(base, other, (size_t)n) != 0, "variant %d", i);
 	}
-	/* id length is encoded, so moving a byte between id and seq changes the input */
-	uint8_t x[WIRE_SIG_HEADER_MAX], y[WIRE_SIG_HEADER_MAX];
-	int nx = wire_sig_header(x, 1, "ab", 0x63ULL << 56, 0, 1, 0);
-	int ny = wire_sig_header(y, 1, "abc", 0, 0, 1, 0);
-	cr_expect(nx != ny || memcmp(x, y, (size_t)nx) != 0);
+}
+
+/* The signing input (header, then body) of an envelope into out; returns its length. */
+static size_t signing_input(uint8_t *out, const char *id, uint64_t seq, int64_t sent_at_ms,
+                            uint32_t kind, const uint8_t *body, size_t len)
+{
+	int n = wire_sig_header(out, 1, id, seq, sent_at_ms, kind, len);
+	cr_assert_gt(n, 0);
+	memcpy(out + n, body, len);
+	return (size_t)n + len;
+}
+
+/* The id's length is encoded, so no envelope signs the bytes of another whose id extends its
+ * own. y has the id "abcdef"; x has "ab" and, in every later field, the bytes y has 4 further
+ * on: its seq is "cdef" and the first half of y's seq, its sent_at_ms the rest of that seq and
+ * half y's sent_at_ms, its kind the rest of that, its body length y's kind (so y's kind is 7),
+ * its body y's body length and body. Without the length byte the two inputs would be the same
+ * 58 bytes; with it they differ in that byte only. (Headers alone cannot show it: with ids of
+ * different lengths they always differ in length; the bodies make the totals equal.) */
+Test(wire_sign, the_id_length_keeps_signing_inputs_apart)
+{
+	static const uint8_t by[] = {'x', 'y', 'z'}, bx[] = {0, 0, 0, 3, 'x', 'y', 'z'};
+	uint8_t x[WIRE_SIG_HEADER_MAX + sizeof(bx)], y[WIRE_SIG_HEADER_MAX + sizeof(by)];
+	uint8_t sig[WIRE_SIG_LEN];
+	size_t nx = signing_input(x, "ab", 0x6364656601020304ULL, 0x0506070811121314LL, 0x15161718,
+	                          bx, sizeof(bx));
+	size_t ny = signing_input(y, "abcdef", 0x0102030405060708ULL, 0x1112131415161718LL,
+	                          sizeof(bx), by, sizeof(by));
+	cr_assert_eq(nx, ny, "the two inputs are as long as each other");
+	const size_t at = 20 + 4; /* the id length byte: after the domain and the version */
+	cr_expect(memcmp(x, y, nx) != 0, "two envelopes have the same signing input");
+	cr_expect(x[at] == 2 && y[at] == 6, "the id length bytes: %u, %u", x[at], y[at]);
+	cr_expect(!memcmp(x, y, at) && !memcmp(x + at + 1, y + at + 1, nx - at - 1),
+	          "the inputs differ elsewhere than in the id length: the test no longer tests it");
+
+	struct wire_key *k = h_pki_key("devices/dev-a");
+	struct wire_pubkey pub;
+	wire_key_public(k, &pub);
+	cr_assert_eq(wire_sign(k, x, nx, sig), WIRE_OK);
+	cr_expect_eq(wire_verify(&pub, x, nx, sig), WIRE_OK);
+	cr_expect_eq(wire_verify(&pub, y, ny, sig), WIRE_ESIG,
+	             "a signature over one envelope verifies the other");
+	wire_key_free(k);
 }
 
 Test(wire_sign, parts_equal_concatenation)
