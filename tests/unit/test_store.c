@@ -640,6 +640,61 @@ Test(store, prune_does_not_hold_the_lock_across_series_with_nothing_to_cut, .tim
 	free(dir);
 }
 
+/* Retention's time windows follow the density of each series (store_prune.c): a window that
+ * deleted more than 50,000 readings is halved, one that deleted fewer than 5,000 doubled. Two
+ * days of one reading a second: the first window (a day, 86,400) is the only one above 50,000;
+ * the rest go 12 hours at a time. 400 daily readings: windows of 1, 2, 4, ... 256 days, 9
+ * statements instead of 400. Each DELETE is counted, with the rows it took, by a statement
+ * trigger (which SQLite lacks; the windows are the same code on both). The count does not
+ * depend on time: only the transactions around the statements do (SLICE_MS). */
+Test(store, prune_windows_follow_the_density_of_a_series, .timeout = 120)
+{
+	const int64_t t0 = 1600000000000LL, day = 86400000LL;
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct store *s = open_url(pg.url, 0);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK, "%s", store_errmsg(s));
+	char *fill = h_strf("INSERT INTO devices (id, device_id, created_at, state_changed_at)"
+	                    " VALUES (1, 'd', 1, 1);"
+	                    " INSERT INTO metrics (id, device, name) VALUES (1, 1, 'dense'),"
+	                    " (2, 1, 'sparse');"
+	                    " INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	                    " SELECT 1, 1, %lld + i * 1000, i / 600 + 1, i %% 600, 1"
+	                    " FROM generate_series(CAST(0 AS BIGINT), 2 * 86400 - 1) i;"
+	                    " INSERT INTO readings (device, metric, ts, seq, idx, value)"
+	                    " SELECT 1, 2, %lld + i * %lld, 1000 + i, 0, 1"
+	                    " FROM generate_series(CAST(0 AS BIGINT), 399) i",
+	                    (long long)t0, (long long)t0, (long long)day);
+	cr_assert_eq(store_exec(s, fill), STORE_OK, "%s", store_errmsg(s));
+	free(fill);
+	cr_assert_eq(store_exec(s,
+	                        "CREATE TABLE deletes (id BIGSERIAL PRIMARY KEY, metric BIGINT,"
+	                        " n BIGINT);"
+	                        " CREATE FUNCTION count_deletes() RETURNS trigger LANGUAGE plpgsql"
+	                        " AS $$ BEGIN INSERT INTO deletes (metric, n) SELECT MIN(metric),"
+	                        " COUNT(*) FROM gone; RETURN NULL; END $$;"
+	                        " CREATE TRIGGER count_deletes AFTER DELETE ON readings"
+	                        " REFERENCING OLD TABLE AS gone FOR EACH STATEMENT"
+	                        " EXECUTE FUNCTION count_deletes()"),
+	             STORE_OK, "%s", store_errmsg(s));
+	struct store_prune_counts n;
+	cr_assert_eq(store_prune(s, t0 + 400 * day, 0, &n), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(n.readings, 2 * 86400 + 400);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM readings"), 0);
+	cr_expect_eq(one(s, "SELECT SUM(n) FROM deletes"), 2 * 86400 + 400);
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM deletes WHERE metric = 1"), 3,
+	             "the dense series's deletes");
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM deletes WHERE metric = 1 AND n > 50000"), 1,
+	             "the windows after a day of 86,400 readings were not halved");
+	cr_expect_eq(one(s, "SELECT MIN(id) FROM deletes WHERE metric = 1 AND n > 50000"),
+	             one(s, "SELECT MIN(id) FROM deletes WHERE metric = 1"),
+	             "a window above 50,000 readings came after the first");
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM deletes WHERE metric = 2"), 9,
+	             "the windows of a series of one reading a day did not double");
+	store_close(s);
+	h_pg_free(&pg);
+}
+
 /* A full database: SQLite rolls the transaction back by itself, the caller's ROLLBACK then
  * fails, and the error to report is still the one that made it roll back. */
 Test(store, sqlite_full_keeps_the_error_that_matters)
