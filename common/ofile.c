@@ -98,7 +98,7 @@ int ofile_write_all(int fd, const void *data, size_t n)
 int ofile_replace(const char *path, const void *data, size_t len)
 {
 	char *tmp = NULL;
-	int rc = -1, fd = -1;
+	int rc = -1, fd = -1, renamed = 0;
 	if (asprintf(&tmp, "%s.tmp", path) < 0) {
 		errno = ENOMEM;
 		goto out;
@@ -111,11 +111,14 @@ int ofile_replace(const char *path, const void *data, size_t len)
 		goto out;
 	}
 	fd = -1;
-	if (rename(tmp, path) || ofile_sync_parent(path))
+	if (rename(tmp, path))
 		goto out;
-	rc = 0;
+	/* From here path holds the new contents, whatever the directory's fsync says: a caller
+	 * told "failed" would act on the old ones, which the next start no longer sees. */
+	renamed = 1;
+	rc = ofile_sync_parent(path) ? OFILE_NOT_DURABLE : 0;
 out:
-	if (rc && tmp) {
+	if (rc && !renamed && tmp) {
 		int e = errno;
 		if (fd >= 0)
 			close(fd);

@@ -5,8 +5,15 @@
 
 #include <stddef.h>
 
+/* ofile_replace's return when path was replaced but its directory could not be fsync'ed (errno
+ * says why): path holds the new contents, for this process and the next start alike, but a
+ * power cut may still bring back the old ones. A caller that needs the new contents durable
+ * before it acts takes this as a failure; one that needs to know what the file holds, as done. */
+#define OFILE_NOT_DURABLE (-2)
+
 /* Write data to <path>.tmp (mode 0600), fsync it, rename it over path and fsync the directory.
- * Returns 0, or -1 with errno set (the temporary file is removed). */
+ * Returns 0; OFILE_NOT_DURABLE; or -1 with errno set, path untouched (the temporary file is
+ * removed). */
 int ofile_replace(const char *path, const void *data, size_t len);
 
 /* Write all n bytes of data to fd, retrying short writes and EINTR. Returns 0, or -1 with errno

@@ -192,7 +192,8 @@ static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct 
 		keys[i] = t->args[i]->key;
 		values[i] = t->args[i]->value;
 	}
-	if (dev_config_set_overrides(a->cfg, t->n_args, keys, values, err)) {
+	int rc = dev_config_set_overrides(a->cfg, t->n_args, keys, values, err);
+	if (rc < 0) {
 		snprintf(r->message, sizeof(r->message), "%s", err);
 		return;
 	}
@@ -205,6 +206,12 @@ static void task_set_config(struct dev_agent *a, const Outpost__Task *t, struct 
 	a->next_poll = now + a->cfg->poll_interval_ms;
 	a->birth_due = 1; /* intervals travel in Birth */
 	r->status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
+	if (rc) {
+		olog(OLOG_WARN, "task %" PRIu64 ": set_config: %s", t->id, err);
+		snprintf(r->message, sizeof(r->message), "applied %zu setting(s); %s", t->n_args,
+		         err);
+		return;
+	}
 	snprintf(r->message, sizeof(r->message), "applied and persisted %zu setting(s)", t->n_args);
 }
 

@@ -287,7 +287,8 @@ static int is_one_of(const char *line, size_t n, const char *const *keys)
 }
 
 /* Rewrite the override file with these pairs replacing earlier values of their keys
- * (ofile_replace: a crash leaves the old file or the new one). */
+ * (ofile_replace: a crash leaves the old file or the new one). 0; 1 when the file was replaced
+ * but its directory not synced (err says so); -1 with err, the file as it was. */
 static int persist(const struct dev_config *c, size_t n, const char *const *keys,
 		   const char *const *values, char *err)
 {
@@ -308,13 +309,22 @@ static int persist(const struct dev_config *c, size_t n, const char *const *keys
 		ok = fprintf(out, "%s = %s\n", keys[i], values[i]) > 0;
 	if (out)
 		ok = fclose(out) == 0 && ok;
-	ok = ok && ofile_replace(path, text, len) == 0;
-	if (!ok)
+	int rc = ok ? ofile_replace(path, text, len) : -1;
+	if (rc == OFILE_NOT_DURABLE) {
+		/* the next start reads the new file: refused now, the change would still take
+		 * effect then, unannounced */
+		snprintf(err, CFG_ERR_MAX,
+		         "%s written, but its directory cannot be synced (%s): a power cut may "
+		         "undo the change",
+		         path, strerror(errno));
+		rc = 1;
+	} else if (rc) {
 		snprintf(err, CFG_ERR_MAX, "set_config: cannot persist %s: %s", path ? path : "overrides",
 			 strerror(errno));
+	}
 	free(text);
 	free(path);
-	return ok ? 0 : -1;
+	return rc;
 }
 
 int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *keys,
@@ -331,11 +341,14 @@ int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *
 		if (remote_check(keys[i], values[i], err) ||
 		    cfg_set(opts, NOPTS, &probe, keys[i], values[i], "set_config", err))
 			return -1;
-	if (dev_config_check(&probe, err) || persist(c, n, keys, values, err))
+	if (dev_config_check(&probe, err))
+		return -1;
+	int rc = persist(c, n, keys, values, err);
+	if (rc < 0)
 		return -1;
 	for (size_t i = 0; i < n; i++)
-		cfg_set(opts, NOPTS, c, keys[i], values[i], "set_config", err);
-	return 0;
+		cfg_set(opts, NOPTS, c, keys[i], values[i], "set_config", NULL);
+	return rc;
 }
 
 void dev_config_help(FILE *out)

@@ -68,7 +68,9 @@ int dev_config_load_overrides(struct dev_config *c, dev_config_warn_fn warn, voi
 /* set_config: apply n key=value pairs all or nothing. Each key must be remotely settable, each
  * value valid, and the pairs together must pass dev_config_check; then they are persisted in
  * one atomic rewrite of <state_dir>/config.override (so they survive restarts) and applied to
- * c. Otherwise nothing changes and err gets the reason. */
+ * c: 0. Otherwise -1, nothing changes and err gets the reason. 1 when the file was rewritten
+ * but its directory could not be synced: applied all the same (the next start reads the new
+ * file), and err says that a power cut may undo the change. */
 int dev_config_set_overrides(struct dev_config *c, size_t n, const char *const *keys,
 			     const char *const *values, char *err);
 

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "h_fsync.h"
 #include "harness.h"
 #include "ofile.h"
 
@@ -29,6 +30,29 @@ Test(ofile, replaces_whole_files_privately_and_fails_cleanly)
 	cr_expect_eq(errno, ENOENT);
 	cr_expect_eq(ofile_sync_dir(dir), 0);
 	free(bad);
+	free(tmp);
+	free(path);
+	free(dir);
+}
+
+/* The rename is done but the directory cannot be fsync'ed: the file holds the new contents
+ * (a reader and the next start see them), which the caller must know to act on them; it is
+ * told so apart from a failure that left the old contents. */
+Test(ofile, a_replacement_its_directory_cannot_commit_is_told_apart)
+{
+	char *dir = h_tmpdir("ofile-nosync"), *path = h_strf("%s/state", dir);
+	char *tmp = h_strf("%s.tmp", path);
+	cr_assert_eq(ofile_replace(path, "old\n", 4), 0);
+	h_fail_dir_fsync(EIO);
+	errno = 0;
+	cr_expect_eq(ofile_replace(path, "new\n", 4), OFILE_NOT_DURABLE);
+	cr_expect_eq(errno, EIO, "%s", strerror(errno));
+	h_fail_dir_fsync(0);
+	size_t len = 0;
+	char *text = h_read_file(path, &len);
+	cr_expect(text && len == 4 && !memcmp(text, "new\n", 4), "the file was replaced");
+	cr_expect_neq(access(tmp, F_OK), 0, "no temporary file left behind");
+	free(text);
 	free(tmp);
 	free(path);
 	free(dir);
