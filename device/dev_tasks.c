@@ -43,14 +43,22 @@ int dev_tasks_type_allowed(const char *type)
 	return 0;
 }
 
-static int save(struct dev_tasks *t)
+/* 0, or ofile_replace's error. OFILE_NOT_DURABLE too counts as unsaved: the at-most-once
+ * promise needs the state on disk before a task runs, not merely in the file. */
+static int write_state(struct dev_tasks *t)
 {
 	char buf[64 + WIRE_MAX_TASK_TYPE];
 	int n = snprintf(buf, sizeof(buf), "last_id %llu\nrunning %llu %s\n",
 			 (unsigned long long)t->last_id, (unsigned long long)t->running_id,
 			 t->running_type[0] ? t->running_type : "-");
-	t->unsaved = ofile_replace(t->path, buf, (size_t)n) != 0;
-	return t->unsaved ? WIRE_EIO : WIRE_OK;
+	int rc = ofile_replace(t->path, buf, (size_t)n);
+	t->unsaved = rc != 0;
+	return rc;
+}
+
+static int save(struct dev_tasks *t)
+{
+	return write_state(t) ? WIRE_EIO : WIRE_OK;
 }
 
 int dev_tasks_open(const char *state_path, const char *device_id,
@@ -201,15 +209,18 @@ int dev_tasks_begin(struct dev_tasks *t, uint64_t id, const char *type)
 		t->last_id = id;
 	t->running_id = id;
 	snprintf(t->running_type, sizeof(t->running_type), "%s", type);
-	int rc = save(t);
+	int rc = write_state(t);
 	if (rc) {
 		/* not persisted: running now could mean running twice later */
 		t->last_id = keep;
 		t->running_id = 0;
 		t->running_type[0] = '\0';
-		t->unsaved = unsaved;
+		/* a file replaced all the same says the task runs: written again from memory at
+		 * the next sync, a restart does not report it interrupted */
+		t->unsaved = unsaved || rc == OFILE_NOT_DURABLE;
+		return WIRE_EIO;
 	}
-	return rc;
+	return WIRE_OK;
 }
 
 int dev_tasks_end(struct dev_tasks *t)

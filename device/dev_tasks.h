@@ -61,7 +61,9 @@ int dev_tasks_judge(struct dev_tasks *t, const uint8_t *payload, size_t len, con
  * first result). */
 int dev_tasks_seen(struct dev_tasks *t, uint64_t id);
 
-/* Mark a task as seen and running, in one write: a failure means it must not run. / Mark the
+/* Mark a task as seen and running, in one write: a failure means it must not run (also when
+ * the file says it runs but its directory could not be synced: dev_tasks_unsaved then says
+ * that the file, ahead of memory, is to be written again). / Mark the
  * running task finished. Both persisted. When dev_tasks_end cannot write, the task is finished
  * in memory but still running on disk: dev_tasks_unsaved says so until dev_tasks_sync (or any
  * later write) succeeds. A restart before that reports the task again, as interrupted; the

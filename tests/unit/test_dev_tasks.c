@@ -1,12 +1,14 @@
 /* test_dev_tasks.c - task lists: only fresh, bridge-signed lists for this device, each task at
  * most once, even across restarts. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "dev_tasks.h"
+#include "h_fsync.h"
 #include "harness.h"
 #include "wire_env.h"
 #include "wire_msg.h"
@@ -367,5 +369,35 @@ Test(dev_tasks, a_finish_that_cannot_be_written_is_written_later)
 	wire_key_free(bridge);
 	free(path);
 	free(away);
+	free(dir);
+}
+
+/* A start whose write reaches the file but not the disk (its directory cannot be synced) is a
+ * failed start: the task must not run, as a power cut could forget it ran. The file says it
+ * runs all the same, so it is to be written again: else a restart, even a clean one, reports
+ * a task that never ran as interrupted. */
+Test(dev_tasks, a_start_written_but_not_durable_is_not_run_and_written_again)
+{
+	char *dir = h_tmpdir("tasks"), *path = h_strf("%s/tasks", dir);
+	struct wire_key *bridge = h_pki_key("bridge");
+	struct wire_pubkey bp;
+	wire_key_public(bridge, &bp);
+	struct dev_tasks *t, *r;
+	uint64_t id;
+	char type[WIRE_MAX_TASK_TYPE + 1];
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &t), 0);
+	h_fail_dir_fsync(EIO);
+	cr_expect_neq(dev_tasks_begin(t, 7, "ping"), 0, "not durable: not begun");
+	h_fail_dir_fsync(0);
+	cr_expect_eq(dev_tasks_interrupted(t, &id, type), 0, "not running in memory");
+	cr_expect_eq(dev_tasks_last_id(t), 0);
+	cr_expect(dev_tasks_unsaved(t), "the file is ahead of memory");
+	cr_expect_eq(dev_tasks_sync(t), 0);
+	dev_tasks_close(t);
+	cr_assert_eq(dev_tasks_open(path, "dev-a", &bp, &r), 0);
+	cr_expect_eq(dev_tasks_interrupted(r, &id, type), 0, "reported interrupted, never run");
+	dev_tasks_close(r);
+	wire_key_free(bridge);
+	free(path);
 	free(dir);
 }
