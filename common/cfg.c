@@ -248,24 +248,51 @@ static char *trim(char *s)
 	return s;
 }
 
+/* One line of f into buf (its newline dropped, NUL-terminated) with its length in *len, which
+ * counts any NUL byte in it (fgets would leave the line's end unknown). A line longer than
+ * CFG_LINE_MAX - 2 bytes is read to its end but not kept. 0 at the end of the file, else 1, or
+ * 2 for a line too long. */
+static int read_line(FILE *f, char buf[CFG_LINE_MAX], size_t *len)
+{
+	size_t n = 0;
+	int c, too_long = 0;
+	while ((c = getc(f)) != EOF && c != '\n') {
+		if (n < CFG_LINE_MAX - 2)
+			buf[n++] = (char)c;
+		else
+			too_long = 1;
+	}
+	buf[n] = '\0';
+	*len = n;
+	if (c == EOF && !n && !too_long)
+		return 0;
+	return too_long ? 2 : 1;
+}
+
 int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 {
 	FILE *f = fopen(path, "r");
 	char line[CFG_LINE_MAX], src[CFG_ERR_MAX / 2];
-	int rc = 0;
+	int rc = 0, got;
 	unsigned lineno = 0;
+	size_t len;
 
 	if (!f)
 		return fail(err, "%s: %s", path, strerror(errno));
-	while (!rc && fgets(line, sizeof(line), f)) {
+	while (!rc && (got = read_line(f, line, &len))) {
 		lineno++;
 		snprintf(src, sizeof(src), "%s:%u", path, lineno);
-		if (!strchr(line, '\n') && !feof(f)) {
+		if (got == 2) {
 			fail(err, "%s: line longer than %d bytes", src, CFG_LINE_MAX - 2);
 			rc = fn(arg, src, NULL, NULL, err);
-			/* read on: past the rest of that line */
-			while (!rc && fgets(line, sizeof(line), f) && !strchr(line, '\n'))
-				;
+			continue;
+		}
+		/* what follows a NUL would be cut off unseen (a binary or corrupted file) */
+		const char *nul = memchr(line, '\0', len);
+		if (nul) {
+			fail(err, "%s: NUL byte at column %zu (not a text file?)", src,
+			     (size_t)(nul - line) + 1);
+			rc = fn(arg, src, NULL, NULL, err);
 			continue;
 		}
 		char *s = trim(line);

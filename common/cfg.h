@@ -43,9 +43,9 @@ int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const ch
 
 /* One line of a settings file for cfg_read_file: src is "path:line", key and value as
  * cfg_load_file would apply them (spaces, quotes and the comment removed; borrowed, valid
- * during the call). For a line that is not "key = value" (no '=', an unclosed quote, longer than
- * the 8 KiB a line may have) key and value are NULL and err already says why. Return 0 to read
- * on, -1 to stop (err filled). */
+ * during the call). For a line that is not "key = value" (no '=', an unclosed quote, a NUL
+ * byte, longer than the 8 KiB a line may have) key and value are NULL and err already says why.
+ * Return 0 to read on, -1 to stop (err filled). */
 typedef int (*cfg_line_fn)(void *arg, const char *src, const char *key, const char *value,
 			   char *err);
 

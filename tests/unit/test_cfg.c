@@ -647,3 +647,39 @@ Test(cfg, read_file_hands_every_line_to_the_caller)
 	free(text);
 	free(longline);
 }
+
+/* A NUL byte in a line (a binary or damaged file) is refused with its place: it neither ends
+ * the line early (which took it for a line too long, swallowed the next line and numbered
+ * every line after it one too low) nor hides what follows it. */
+Test(cfg, a_nul_byte_is_refused_and_later_lines_keep_their_numbers)
+{
+	static const char text[] = "a=1\nb=2\0junk\nc=3\nd=4\n";
+	char *dir = h_tmpdir("cfg"), *path = h_strf("%s/nul.conf", dir);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f);
+	cr_assert_eq(fwrite(text, 1, sizeof(text) - 1, f), sizeof(text) - 1);
+	fclose(f);
+	struct seen s = {"", 0};
+	char err[CFG_ERR_MAX] = "";
+	cr_expect_eq(cfg_read_file(path, see_line, &s, err), 0, "%s", err);
+	cr_expect_str_eq(s.text, "1 a=1\n"
+	                         "2 !NUL byte at column 4 (not a text file?)\n"
+	                         "3 c=3\n"
+	                         "4 d=4\n");
+
+	/* the same for the settings themselves: the read stops there */
+	static const char conf[] = "broker_port = 2001\nverbose = yes\0junk\n";
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	cr_assert_eq(fwrite(conf, 1, sizeof(conf) - 1, f), sizeof(conf) - 1);
+	fclose(f);
+	struct settings st;
+	defaults(&st);
+	cr_expect_eq(cfg_load_file(opts, N(opts), &st, path, err), -1);
+	char *want = h_strf("%s:2: NUL byte at column 14 (not a text file?)", path);
+	cr_expect_str_eq(err, want);
+	free(want);
+	cfg_free(opts, N(opts), &st);
+	free(path);
+	free(dir);
+}
