@@ -238,6 +238,22 @@ int cfg_defaults(const struct cfg_opt *opts, size_t n, void *settings, char *err
 	return 0;
 }
 
+const char *cfg_short_path(const char *path, char *buf, size_t cap)
+{
+	size_t len = strlen(path);
+	if (len < cap) {
+		memcpy(buf, path, len + 1);
+		return buf;
+	}
+	/* its end, which names the file; from a '/' if one is there, not in a name's middle */
+	const char *tail = path + len - (cap - 4), *slash = strchr(tail, '/');
+	if (slash)
+		tail = slash;
+	memcpy(buf, "...", 3);
+	memcpy(buf + 3, tail, strlen(tail) + 1);
+	return buf;
+}
+
 static char *trim(char *s)
 {
 	while (isspace((unsigned char)*s))
@@ -272,16 +288,19 @@ static int read_line(FILE *f, char buf[CFG_LINE_MAX], size_t *len)
 int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 {
 	FILE *f = fopen(path, "r");
-	char line[CFG_LINE_MAX], src[CFG_ERR_MAX / 2];
+	/* the path cut so that what follows it in a message (":line: key: reason") fits in
+	 * CFG_ERR_MAX */
+	char line[CFG_LINE_MAX], shown[CFG_ERR_MAX / 2], src[sizeof(shown) + 16];
 	int rc = 0, got;
 	unsigned lineno = 0;
 	size_t len;
 
+	cfg_short_path(path, shown, sizeof(shown));
 	if (!f)
-		return fail(err, "%s: %s", path, strerror(errno));
+		return fail(err, "%s: %s", shown, strerror(errno));
 	while (!rc && (got = read_line(f, line, &len))) {
 		lineno++;
-		snprintf(src, sizeof(src), "%s:%u", path, lineno);
+		snprintf(src, sizeof(src), "%s:%u", shown, lineno);
 		if (got == 2) {
 			fail(err, "%s: line longer than %d bytes", src, CFG_LINE_MAX - 2);
 			rc = fn(arg, src, NULL, NULL, err);
@@ -338,7 +357,7 @@ int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 		rc = fn(arg, src, key, value, err);
 	}
 	if (!rc && ferror(f))
-		rc = fail(err, "%s: read error", path);
+		rc = fail(err, "%s: read error", shown);
 	fclose(f);
 	return rc ? -1 : 0;
 }

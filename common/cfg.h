@@ -37,7 +37,8 @@ struct cfg_opt {
 int cfg_defaults(const struct cfg_opt *opts, size_t n, void *settings, char *err);
 
 /* Read "key = value" lines ('#' comments, optional "double quotes"). Unknown keys and bad values
- * fail with "path:line: key: reason". A missing file fails with "path: <strerror>". */
+ * fail with "path:line: key: reason". A missing file fails with "path: <strerror>". A path
+ * too long to leave room for the rest is shown as cfg_short_path gives it. */
 int cfg_load_file(const struct cfg_opt *opts, size_t n, void *settings, const char *path,
 		  char *err);
 
@@ -72,6 +73,11 @@ int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, ch
 
 /* Print "  --name VALUE   help (default: def)" lines. */
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, size_t n, const char *env_prefix);
+
+/* path as a message shows it, into buf (cap bytes, at least 5): whole if it fits, else "..."
+ * and its end, from a '/' where there is one, so that the file's name stays; returns buf. The
+ * message keeps its room for what follows the path. */
+const char *cfg_short_path(const char *path, char *buf, size_t cap);
 
 /* "a, b, c" from a NULL-terminated list, into buf (cap bytes, cut short if it does not fit);
  * returns buf. For messages that name the allowed values. */

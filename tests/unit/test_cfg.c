@@ -683,3 +683,48 @@ Test(cfg, a_nul_byte_is_refused_and_later_lines_keep_their_numbers)
 	free(path);
 	free(dir);
 }
+
+/* A config file deep in a long directory: the message still names the file, its line and the
+ * key, with the reason; the start of the directory path gives way (the path took the 128 bytes
+ * meant for it and the line number, and the message was cut before the key). */
+Test(cfg, errors_from_a_long_path_keep_file_line_and_key)
+{
+	char *base = h_tmpdir("cfg"), name[201];
+	memset(name, 'd', 200);
+	name[200] = '\0';
+	char *dir = h_strf("%s/%s", base, name), *path = h_strf("%s/device.conf", dir);
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs("# c\nbroker_port = 0\n", f);
+	fclose(f);
+	struct settings s;
+	char err[CFG_ERR_MAX] = "";
+	defaults(&s);
+	cr_expect_eq(cfg_load_file(opts, N(opts), &s, path, err), -1);
+	cr_expect_str_eq(err, ".../device.conf:2: broker_port: must be between 1 and 65535",
+	                 "whole directory names only");
+	cfg_free(opts, N(opts), &s);
+
+	/* a name of its own that long: cut anywhere, the line and the key still there */
+	char *deep = h_strf("%s/%s.conf", dir, name);
+	f = fopen(deep, "w");
+	cr_assert_not_null(f);
+	fputs("bogus = 1\n", f);
+	fclose(f);
+	defaults(&s);
+	cr_expect_eq(cfg_load_file(opts, N(opts), &s, deep, err), -1);
+	cr_expect(!strncmp(err, "...d", 4) && strstr(err, "d.conf:1: bogus: unknown setting"), "%s",
+	          err);
+	cfg_free(opts, N(opts), &s);
+
+	char *missing = h_strf("%s/missing.conf", dir);
+	cr_expect_eq(cfg_load_file(opts, N(opts), &s, missing, err), -1);
+	cr_expect_str_eq(err, ".../missing.conf: No such file or directory");
+	cfg_free(opts, N(opts), &s);
+	free(missing);
+	free(deep);
+	free(path);
+	free(dir);
+	free(base);
+}
