@@ -128,6 +128,10 @@ int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 	                   BRG_DEFAULT_CONFIG, err);
 	if (rc)
 		return rc;
+	/* the checks of the settings together name the file read, as the device's do */
+	const char *file = cfg_config_file(argc, argv, BRG_ENV_PREFIX, BRG_DEFAULT_CONFIG);
+	char src[CFG_ERR_MAX / 2];
+	cfg_short_path(file ? file : "configuration", src, sizeof(src));
 	if (set_path(&c->ca_file, c->pki_dir, "ca.crt") ||
 	    set_path(&c->crl_file, c->pki_dir, "crl.pem") ||
 	    set_path(&c->cert_file, c->pki_dir, "bridge.crt") ||
@@ -148,16 +152,16 @@ int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 		}
 	}
 	if (wire_id_check(c->client_id)) {
-		snprintf(err, CFG_ERR_MAX, "client_id: '%s' is not [A-Za-z0-9_-]{1,64}",
+		snprintf(err, CFG_ERR_MAX, "%s: client_id: '%s' is not [A-Za-z0-9_-]{1,64}", src,
 		         c->client_id);
 		return -1;
 	}
 	if (strpbrk(c->share_group, "/+#$")) {
-		snprintf(err, CFG_ERR_MAX, "share_group: must not contain / + # $");
+		snprintf(err, CFG_ERR_MAX, "%s: share_group: must not contain / + # $", src);
 		return -1;
 	}
 	if (c->retry_max_ms < c->retry_min_ms) {
-		snprintf(err, CFG_ERR_MAX, "retry_max: must not be below retry_min");
+		snprintf(err, CFG_ERR_MAX, "%s: retry_max: must not be below retry_min", src);
 		return -1;
 	}
 	return 0;

@@ -428,23 +428,13 @@ static int takes_next(const struct cfg_opt *opts, size_t n, int argc, char **arg
 	return o && (o->type != CFG_BOOL || argv[i + 1][0] != '-');
 }
 
-int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
-	      const char *env_prefix, const char *default_config, char *err)
+/* cfg_config_file, with err for a --config without a file or an empty PREFIX CONFIG */
+static int config_file(int argc, char **argv, const char *env_prefix, const char *default_config,
+                       const char **path, char *err)
 {
 	const char *config = NULL;
 	char var[128];
 
-	/* --help anywhere an option may stand, not as the value of another ("--device-id -h") */
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-			return 1;
-		if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V"))
-			return 2;
-		i += takes_next(opts, n, argc, argv, i);
-	}
-	if (cfg_defaults(opts, n, settings, err))
-		return -1;
-	/* Find the config file first: it sits below environment and options. */
 	for (int i = 1; i < argc; i++) {
 		if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
 			config = argv[++i];
@@ -458,14 +448,40 @@ int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, ch
 		return fail(err, "environment: %s is set but empty (unset it, or name a file)", var);
 	if (config && !*config)
 		return fail(err, "command line: --config needs a file");
-	if (config) {
-		if (cfg_load_file(opts, n, settings, config, err))
-			return -1;
-	} else if (default_config && (access(default_config, F_OK) == 0 || errno != ENOENT)) {
-		/* it exists: read it, or say why not (an unreadable one is not "absent") */
-		if (cfg_load_file(opts, n, settings, default_config, err))
-			return -1;
+	/* a default that exists is read, or why not said (an unreadable one is not "absent") */
+	if (!config && default_config && (access(default_config, F_OK) == 0 || errno != ENOENT))
+		config = default_config;
+	*path = config;
+	return 0;
+}
+
+const char *cfg_config_file(int argc, char **argv, const char *env_prefix,
+                            const char *default_config)
+{
+	const char *path = NULL;
+	return config_file(argc, argv, env_prefix, default_config, &path, NULL) ? NULL : path;
+}
+
+int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
+	      const char *env_prefix, const char *default_config, char *err)
+{
+	const char *config = NULL;
+
+	/* --help anywhere an option may stand, not as the value of another ("--device-id -h") */
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return 1;
+		if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V"))
+			return 2;
+		i += takes_next(opts, n, argc, argv, i);
 	}
+	if (cfg_defaults(opts, n, settings, err))
+		return -1;
+	/* Find the config file first: it sits below environment and options. */
+	if (config_file(argc, argv, env_prefix, default_config, &config, err))
+		return -1;
+	if (config && cfg_load_file(opts, n, settings, config, err))
+		return -1;
 	if (cfg_load_env(opts, n, settings, env_prefix, err))
 		return -1;
 	for (int i = 1; i < argc; i++) {

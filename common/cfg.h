@@ -71,6 +71,13 @@ int cfg_set(const struct cfg_opt *opts, size_t n, void *settings, const char *na
 int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
 	      const char *env_prefix, const char *default_config, char *err);
 
+/* The settings file cfg_parse reads for these arguments: the last --config/-c FILE, else the
+ * file PREFIX CONFIG names, else default_config if it exists (or cannot be looked at); NULL
+ * for none. Borrowed from argv, the environment or default_config. For the messages of a
+ * program's own checks after cfg_parse succeeded, which name the file as cfg_parse's do. */
+const char *cfg_config_file(int argc, char **argv, const char *env_prefix,
+                            const char *default_config);
+
 /* Print "  --name VALUE   help (default: def)" lines. */
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, size_t n, const char *env_prefix);
 

@@ -61,19 +61,20 @@ static const struct cfg_opt opts[] = {
 
 int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err)
 {
+	return dev_config__parse(c, argc, argv, DEV_DEFAULT_CONFIG, err);
+}
+
+int dev_config__parse(struct dev_config *c, int argc, char **argv, const char *default_config,
+                      char *err)
+{
 	memset(c, 0, sizeof(*c));
-	int rc = cfg_parse(opts, NOPTS, c, argc, argv, DEV_ENV_PREFIX, DEV_DEFAULT_CONFIG, err);
+	int rc = cfg_parse(opts, NOPTS, c, argc, argv, DEV_ENV_PREFIX, default_config, err);
 	if (rc)
 		return rc;
-	for (int i = 1; i < argc; i++) {
-		if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
-			c->source = strdup(argv[i + 1]);
-		else if (!strncmp(argv[i], "--config=", 9))
-			c->source = strdup(argv[i] + 9);
-	}
-	if (!c->source)
-		c->source = strdup(getenv(DEV_ENV_PREFIX "CONFIG") ? getenv(DEV_ENV_PREFIX "CONFIG")
-								 : "configuration");
+	/* the file read, default_config too: the checks of the settings together name it */
+	const char *file = cfg_config_file(argc, argv, DEV_ENV_PREFIX, default_config);
+	char shown[CFG_ERR_MAX / 2];
+	c->source = strdup(file ? cfg_short_path(file, shown, sizeof(shown)) : "configuration");
 	if (!c->spool_dir || !*c->spool_dir) {
 		free(c->spool_dir);
 		if (asprintf(&c->spool_dir, "%s/spool", c->state_dir) < 0)

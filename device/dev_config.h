@@ -41,7 +41,7 @@ struct dev_config {
 	int64_t exec_timeout_ms;
 	int64_t sim_metrics;
 	int log_level;
-	char *source; /* where the settings came from, for error messages */
+	char *source; /* the settings file read ("configuration" if none), for error messages */
 };
 
 #define DEV_ENV_PREFIX "OUTPOST_DEVICE_"
@@ -50,6 +50,10 @@ struct dev_config {
 /* Parse defaults, file, environment and options. Returns 0, 1 for --help, 2 for --version,
  * -1 on error with a one-line message in err (CFG_ERR_MAX bytes). */
 int dev_config_parse(struct dev_config *c, int argc, char **argv, char *err);
+
+/* dev_config_parse with another file in place of DEV_DEFAULT_CONFIG (tests). */
+int dev_config__parse(struct dev_config *c, int argc, char **argv, const char *default_config,
+                      char *err);
 
 /* Receives one warning: a line of the override file that was ignored, and why. */
 typedef void (*dev_config_warn_fn)(void *arg, const char *msg);

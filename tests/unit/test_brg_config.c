@@ -65,6 +65,33 @@ Test(brg_config, file_env_options_and_errors)
 	free(dir);
 }
 
+/* The checks of the settings together name the file the settings came from, as the parser's
+ * own errors do (they named none). */
+Test(brg_config, errors_of_settings_together_name_the_file)
+{
+	char *dir = h_tmpdir("brgcfg"), *path = h_strf("%s/bridge.conf", dir);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "retry_min = 5s\nretry_max = 1s\n");
+	fclose(f);
+	struct brg_config c;
+	char err[CFG_ERR_MAX] = "";
+	char *argv[] = {"outpost-bridge", "--config", path, NULL};
+	cr_expect_eq(brg_config_parse(&c, 3, argv, err), -1);
+	char *want = h_strf("%s: retry_max: must not be below retry_min", path);
+	cr_expect_str_eq(err, want);
+	brg_config_free(&c);
+	setenv("OUTPOST_BRIDGE_CONFIG", path, 1);
+	char *env[] = {"outpost-bridge", "--client-id", "has space", NULL};
+	cr_expect_eq(brg_config_parse(&c, 3, env, err), -1);
+	unsetenv("OUTPOST_BRIDGE_CONFIG");
+	cr_expect(!strncmp(err, path, strlen(path)) && strstr(err, ": client_id: "), "%s", err);
+	brg_config_free(&c);
+	free(want);
+	free(path);
+	free(dir);
+}
+
 /* The default client id: the host name as a topic-safe id; long names that differ only
  * past the cut (pod names) stay distinct. */
 Test(brg_config, default_client_id_from_the_host_name)

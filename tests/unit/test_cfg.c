@@ -428,6 +428,26 @@ Test(cfg, config_file_sources)
 	free(c);
 }
 
+/* The file cfg_parse reads, for the messages of a program's own checks: the default one too
+ * (they named no file then), and none when there is none. */
+Test(cfg, config_file_names_the_file_read)
+{
+	char *a = write_conf("broker_port = 2001\n"), *b = write_conf("broker_port = 2002\n");
+	char *c = write_conf("broker_port = 2003\n");
+	const char *missing = "/nonexistent-outpost-dir/x.conf";
+	char *none[] = {"prog", NULL}, *opt[] = {"prog", "-c", a, NULL};
+	cr_expect_str_eq(cfg_config_file(1, none, PREFIX, c), c, "the default file");
+	cr_expect_null(cfg_config_file(1, none, PREFIX, missing), "no file: none");
+	cr_expect_null(cfg_config_file(1, none, PREFIX, NULL));
+	setenv(PREFIX "CONFIG", b, 1);
+	cr_expect_str_eq(cfg_config_file(1, none, PREFIX, c), b);
+	cr_expect_str_eq(cfg_config_file(3, opt, PREFIX, c), a);
+	unsetenv(PREFIX "CONFIG");
+	free(a);
+	free(b);
+	free(c);
+}
+
 /* A default config file that exists but cannot be read is an error naming it, not a silent
  * start on the defaults (a PostgreSQL bridge would start on a fresh SQLite file). Run as an
  * unprivileged user: root reads any file. */

@@ -115,6 +115,39 @@ Test(dev_config, a_set_config_written_but_not_yet_durable_is_applied)
 	free(dir);
 }
 
+/* The checks of the settings together name the file the settings came from, also when it is
+ * the default one (read without --config or OUTPOST_DEVICE_CONFIG: they said "configuration"). */
+Test(dev_config, errors_name_the_default_file_too)
+{
+	char *dir = h_tmpdir("devcfg"), *path = h_strf("%s/device.conf", dir);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs("id = dev-a\nbroker_host = localhost\nbatch_interval = 5s\n", f);
+	fclose(f);
+	unsetenv("OUTPOST_DEVICE_CONFIG");
+	struct dev_config c;
+	char err[CFG_ERR_MAX] = "";
+	char *argv[] = {"outpost-device", NULL};
+	cr_assert_eq(dev_config__parse(&c, 1, argv, path, err), 0, "%s", err);
+	cr_expect_eq(dev_config_check(&c, err), -1);
+	char *want = h_strf("%s: batch_interval: shorter than sample_interval", path);
+	cr_expect_str_eq(err, want);
+	free(want);
+	dev_config_free(&c);
+
+	char *missing = h_strf("%s/missing.conf", dir);
+	char *opts[] = {"outpost-device",   "--id", "dev-a", "--broker-host", "localhost",
+	                "--batch-interval", "5s",   NULL};
+	cr_assert_eq(dev_config__parse(&c, 7, opts, missing, err), 0, "%s", err);
+	cr_expect_eq(dev_config_check(&c, err), -1);
+	cr_expect_str_eq(err, "configuration: batch_interval: shorter than sample_interval",
+	                 "no file read: none named");
+	dev_config_free(&c);
+	free(missing);
+	free(path);
+	free(dir);
+}
+
 /* The shipped example configuration is read as written: its empty values with a comment
  * (proxy, exec_command, spool_dir) are empty, not the comment's text. */
 Test(dev_config, the_shipped_example_reads_as_written)
