@@ -35,6 +35,24 @@ Test(ofile, replaces_whole_files_privately_and_fails_cleanly)
 	free(dir);
 }
 
+/* A failure after the temporary file was written (here the rename: path is a directory)
+ * leaves path as it was and removes <path>.tmp, which would otherwise stay for good. */
+Test(ofile, a_failed_rename_removes_the_temporary_file)
+{
+	char *dir = h_tmpdir("ofile-rename"), *path = h_strf("%s/state", dir);
+	char *tmp = h_strf("%s.tmp", path);
+	cr_assert_eq(mkdir(path, 0700), 0);
+	errno = 0;
+	cr_expect_eq(ofile_replace(path, "x", 1), -1);
+	cr_expect_eq(errno, EISDIR, "%s", strerror(errno));
+	cr_expect_neq(access(tmp, F_OK), 0, "%s was left behind", tmp);
+	struct stat st;
+	cr_expect(stat(path, &st) == 0 && S_ISDIR(st.st_mode), "path as it was");
+	free(tmp);
+	free(path);
+	free(dir);
+}
+
 /* The rename is done but the directory cannot be fsync'ed: the file holds the new contents
  * (a reader and the next start see them), which the caller must know to act on them; it is
  * told so apart from a failure that left the old contents. */
