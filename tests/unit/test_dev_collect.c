@@ -265,7 +265,9 @@ Test(dev_collect, unknown_or_incomplete_collectors_are_refused)
 	const char *why = NULL;
 	cr_expect_neq(dev_collect_open(&bad, &c, &why), 0);
 	cr_expect(strstr(why, "unknown collector"));
+	why = NULL; /* not the reason of the call before */
 	cr_expect_neq(dev_collect_open(&noexec, &c, &why), 0);
+	cr_expect(why && strstr(why, "exec needs exec_command"), "%s", why ? why : "(no reason)");
 }
 
 static void write_file(const char *dir, const char *name, const char *text)
