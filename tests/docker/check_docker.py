@@ -527,6 +527,11 @@ def check_compose(c, stage_info):
                 v.append("%s: publishes ports %s; exactly 443:443 and 8883:8883 expected" % (where, sorted(got)))
         elif ports:
             v.append("%s: publishes ports %s; only the broker may" % (where, ports))
+        # An image name with a build: Compose v2 otherwise pulls outpost/<name> from Docker
+        # Hub first and builds only if that fails (someone else's image, mounting the CA).
+        if "build" in svc and svc.get("pull_policy") not in ("build", "never"):
+            v.append("%s: built here but pull_policy is %s: compose would pull %s from a registry first"
+                     % (where, svc.get("pull_policy", "unset"), svc.get("image", "its image")))
         # privileges and host namespaces
         if svc.get("privileged"):
             v.append("%s: privileged" % where)
@@ -927,6 +932,7 @@ def mutations():
         ("broker also publishes 8884", C(lambda c: svc(c, "broker")["ports"].append("8884:8884")), "exactly 443"),
         ("broker publishes 443 on host port 8443", C(lambda c: svc(c, "broker").__setitem__("ports", [{"published": 8443, "target": 443}, "8883:8883"])), "exactly 443"),
         ("device publishes a random port", C(lambda c: svc(c, "device").__setitem__("ports", ["443"])), "only the broker"),
+        ("device image pulled before it is built", C(lambda c: svc(c, "device").pop("pull_policy")), "pull_policy"),
         ("device privileged", C(setk("device", "privileged", True)), "privileged"),
         ("device on the host network", C(setk("device", "network_mode", "host")), "network_mode"),
         ("bridge shares the host pid namespace", C(setk("bridge", "pid", "host")), "pid"),
