@@ -781,6 +781,9 @@ def check_env_names(c, stage_info, src, build):
         known[stage], unchecked[stage] = set(), []
         for where, rel, prefix in progs:
             h = help_names(os.path.join(src if where == "src" else build, rel), prefix, agent)
+            # the device's entrypoint documents the agent's settings by running its --help
+            if h is not None and stage == "device" and prefix and not os.path.exists(agent):
+                h, rel = None, "device/outpost-device"
             if h is None:
                 unchecked[stage].append(prefix or "OUTPOST_")
                 say_once("%s not built; the %s image's %s* settings are unchecked" % (rel, stage, prefix))
@@ -975,7 +978,7 @@ def mutations():
         (".dockerignore keeps build trees", I(lambda t: t.replace("build*\n", "")), "build"),
         (".dockerignore re-includes a key", I(lambda t: t + "!var/local/pki/ca.key\n"), "ca.key"),
         (".dockerignore excludes a needed source", I(lambda t: t + "scripts/\n"), "scripts/provision-certs.sh"),
-        ("misspelt device setting", C(lambda c: svc(c, "device")["environment"].__setitem__("OUTPOST_DEVICE_SAMPEL_INTERVAL", "10s")), "SAMPEL"),
+        ("misspelt device setting", C(lambda c: svc(c, "device")["environment"].__setitem__("OUTPOST_DEVICE_SAMPEL_INTERVAL", "10s")), "SAMPEL", "device/outpost-device"),
         ("broker variable run-broker.sh does not read", C(lambda c: svc(c, "broker")["environment"].__setitem__("OUTPOST_INTERNAL_ADDRESS", "x")), "INTERNAL_ADDRESS"),
         ("image sets an unknown provision variable", D(stage_append("provision", "ENV OUTPOST_DEVICE_COUNT=10")), "DEVICE_COUNT"),
         ("misspelt bridge setting", C(lambda c: svc(c, "bridge")["environment"].__setitem__("OUTPOST_BRIDGE_BROKER_HOSTNAME", "x")), "BROKER_HOSTNAME", "bridge/outpost-bridge"),
