@@ -77,7 +77,9 @@ mkdir -p "$dir"
 # configuration, before it loads its plugin, its TLS files and its persistence and opens its
 # listeners: that user must read the PKI files (the plugin also re-reads crl.pem later), write
 # the data directory, and may bind a port below 1024 only with CAP_NET_BIND_SERVICE.
-user=${OUTPOST_BROKER_USER:-$(id -un)}
+# A uid without a passwd entry (docker run --user, Kubernetes runAsUser) has no name: not root,
+# so mosquitto ignores its user setting anyway.
+user=${OUTPOST_BROKER_USER:-$(id -un 2>/dev/null || id -u)}
 if [ "$(id -u)" = 0 ] && [ "$user" != "$(id -un)" ] && [ "$render_only" = 0 ]; then
 	id "$user" >/dev/null 2>&1 || { echo "run-broker: OUTPOST_BROKER_USER: no such user: $user" >&2; exit 2; }
 	chown "$user" "$dir"

@@ -333,6 +333,21 @@ def test_stack(src, build, tmp, penv):
         check(rc == 0 and line in conf if ok else rc == 2 and var + ": not a number from 1 to" in out,
               "stack: run-broker.sh %s %s=%s (mosquitto reads 0, or a count past an int, as no "
               "limit): %d %s" % ("renders" if ok else "refuses", var, val, rc, out.strip()))
+    if os.getuid() == 0 and shutil.which("setpriv"):
+        # a uid without a name (docker run --user 54321, Kubernetes runAsUser)
+        nameless = tmp + "/nameless"
+        os.chmod(tmp, 0o711)  # its files are in a directory it can reach
+        shutil.copytree(tmp + "/export/broker", nameless + "/pki")  # files it can read
+        for d, _, files in os.walk(nameless):
+            os.chmod(d, 0o777)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        rc, out = run(["setpriv", "--reuid", "54321", "--regid", "54321", "--clear-groups",
+                       os.path.join(src, "docker/mosquitto/run-broker.sh"), "--render-only"],
+                      dict(benv, OUTPOST_BROKER_DIR=nameless + "/data",
+                           OUTPOST_PKI_DIR=nameless + "/pki"), 10)
+        check(rc == 0 and "user 54321" in read(nameless + "/data/mosquitto.conf"),
+              "stack: run-broker.sh runs as a uid without a passwd entry: %d %s" % (rc, out.strip()))
     if os.getuid() == 0:
         # a user mosquitto would switch to but who cannot read the PKI files
         try:
