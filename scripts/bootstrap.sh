@@ -56,3 +56,13 @@ fi
 trap '[ "$restore_policy" = 1 ] && "${sudo[@]}" rm -f "$policy"' EXIT
 "${sudo[@]}" apt-get update -q || echo "bootstrap: apt-get update failed; trying the cached lists" >&2
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+# ... nor enable them at boot (the packages do): after a reboot the machine would run a system
+# broker, PostgreSQL cluster and proxy nothing here uses. Only for packages this run installed.
+for svc in mosquitto postgresql tinyproxy; do
+	[[ " ${missing[*]} " == *" $svc "* ]] || continue
+	if command -v systemctl >/dev/null; then
+		"${sudo[@]}" systemctl disable --quiet "$svc" 2>/dev/null || true
+	elif command -v update-rc.d >/dev/null; then
+		"${sudo[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
+	fi
+done
