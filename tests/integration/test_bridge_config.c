@@ -29,10 +29,7 @@ TestSuite(bridge_config, .init = setup, .fini = teardown);
 static char *write_file(const char *name, const char *text)
 {
 	char *path = h_strf("%s/%s", dir, name);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f, "%s", path);
-	fputs(text, f);
-	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(h_write_text(path, text), 0, "%s", path);
 	return path;
 }
 

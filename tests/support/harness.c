@@ -68,6 +68,20 @@ char *h_tmpdir(const char *tag)
 	return tmpl;
 }
 
+int h_write_file(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -1;
+	int ok = fwrite(data, 1, len, f) == len;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+int h_write_text(const char *path, const char *text)
+{
+	return h_write_file(path, text, strlen(text));
+}
+
 char *h_read_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "rb");

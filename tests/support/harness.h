@@ -25,6 +25,10 @@ int h_sh(const char *cmd, char **out, int timeout_s);
 char *h_read_file(const char *path, size_t *len);
 /* The text appended to path after byte `from` (one attempt's part of a log). Caller frees. */
 char *h_read_file_from(const char *path, size_t from);
+/* Create or replace path with len bytes of data: 0, or -1 if it cannot be written. */
+int h_write_file(const char *path, const void *data, size_t len);
+/* The same with a string. */
+int h_write_text(const char *path, const char *text);
 /* The size of a file, 0 if it does not exist. */
 size_t h_file_size(const char *path);
 

@@ -32,9 +32,9 @@ Test(brg_config, defaults_and_derived_paths)
 Test(brg_config, file_env_options_and_errors)
 {
 	char *dir = h_tmpdir("brgcfg"), *path = h_strf("%s/bridge.conf", dir);
-	FILE *f = fopen(path, "w");
-	fprintf(f, "# test\nstore = sqlite:/tmp/x.db\nworkers = 3\nquarantine_after = 7\n");
-	fclose(f);
+	cr_assert_eq(
+	    h_write_text(path, "# test\nstore = sqlite:/tmp/x.db\nworkers = 3\nquarantine_after = 7\n"),
+	    0);
 	struct brg_config c;
 	char err[CFG_ERR_MAX] = "";
 	setenv("OUTPOST_BRIDGE_WORKERS", "4", 1);
@@ -46,9 +46,7 @@ Test(brg_config, file_env_options_and_errors)
 	brg_config_free(&c);
 	unsetenv("OUTPOST_BRIDGE_WORKERS");
 
-	f = fopen(path, "w");
-	fprintf(f, "workers = 3\nkeepalive = forever\n");
-	fclose(f);
+	cr_assert_eq(h_write_text(path, "workers = 3\nkeepalive = forever\n"), 0);
 	char *bad[] = {"outpost-bridge", "--config", path, NULL};
 	cr_expect_eq(brg_config_parse(&c, 3, bad, err), -1);
 	cr_expect(strstr(err, "bridge.conf:2: keepalive"), "%s", err);
@@ -70,10 +68,7 @@ Test(brg_config, file_env_options_and_errors)
 Test(brg_config, errors_of_settings_together_name_the_file)
 {
 	char *dir = h_tmpdir("brgcfg"), *path = h_strf("%s/bridge.conf", dir);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "retry_min = 5s\nretry_max = 1s\n");
-	fclose(f);
+	cr_assert_eq(h_write_text(path, "retry_min = 5s\nretry_max = 1s\n"), 0);
 	struct brg_config c;
 	char err[CFG_ERR_MAX] = "";
 	char *argv[] = {"outpost-bridge", "--config", path, NULL};

@@ -48,10 +48,7 @@ static char *write_conf(const char *text)
 {
 	char *dir = h_tmpdir("cfg");
 	char *path = h_strf("%s/test.conf", dir);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fputs(text, f);
-	fclose(f);
+	cr_assert_eq(h_write_text(path, text), 0, "%s", path);
 	free(dir);
 	return path;
 }
@@ -675,10 +672,7 @@ Test(cfg, a_nul_byte_is_refused_and_later_lines_keep_their_numbers)
 {
 	static const char text[] = "a=1\nb=2\0junk\nc=3\nd=4\n";
 	char *dir = h_tmpdir("cfg"), *path = h_strf("%s/nul.conf", dir);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	cr_assert_eq(fwrite(text, 1, sizeof(text) - 1, f), sizeof(text) - 1);
-	fclose(f);
+	cr_assert_eq(h_write_file(path, text, sizeof(text) - 1), 0);
 	struct seen s = {"", 0};
 	char err[CFG_ERR_MAX] = "";
 	cr_expect_eq(cfg_read_file(path, see_line, &s, err), 0, "%s", err);
@@ -689,10 +683,7 @@ Test(cfg, a_nul_byte_is_refused_and_later_lines_keep_their_numbers)
 
 	/* the same for the settings themselves: the read stops there */
 	static const char conf[] = "broker_port = 2001\nverbose = yes\0junk\n";
-	f = fopen(path, "w");
-	cr_assert_not_null(f);
-	cr_assert_eq(fwrite(conf, 1, sizeof(conf) - 1, f), sizeof(conf) - 1);
-	fclose(f);
+	cr_assert_eq(h_write_file(path, conf, sizeof(conf) - 1), 0);
 	struct settings st;
 	defaults(&st);
 	cr_expect_eq(cfg_load_file(opts, N(opts), &st, path, err), -1);
@@ -714,10 +705,7 @@ Test(cfg, errors_from_a_long_path_keep_file_line_and_key)
 	name[200] = '\0';
 	char *dir = h_strf("%s/%s", base, name), *path = h_strf("%s/device.conf", dir);
 	cr_assert_eq(mkdir(dir, 0700), 0);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fputs("# c\nbroker_port = 0\n", f);
-	fclose(f);
+	cr_assert_eq(h_write_text(path, "# c\nbroker_port = 0\n"), 0);
 	struct settings s;
 	char err[CFG_ERR_MAX] = "";
 	defaults(&s);
@@ -728,10 +716,7 @@ Test(cfg, errors_from_a_long_path_keep_file_line_and_key)
 
 	/* a name of its own that long: cut anywhere, the line and the key still there */
 	char *deep = h_strf("%s/%s.conf", dir, name);
-	f = fopen(deep, "w");
-	cr_assert_not_null(f);
-	fputs("bogus = 1\n", f);
-	fclose(f);
+	cr_assert_eq(h_write_text(deep, "bogus = 1\n"), 0);
 	defaults(&s);
 	cr_expect_eq(cfg_load_file(opts, N(opts), &s, deep, err), -1);
 	cr_expect(!strncmp(err, "...d", 4) && strstr(err, "d.conf:1: bogus: unknown setting"), "%s",

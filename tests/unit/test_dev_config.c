@@ -120,10 +120,8 @@ Test(dev_config, a_set_config_written_but_not_yet_durable_is_applied)
 Test(dev_config, errors_name_the_default_file_too)
 {
 	char *dir = h_tmpdir("devcfg"), *path = h_strf("%s/device.conf", dir);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fputs("id = dev-a\nbroker_host = localhost\nbatch_interval = 5s\n", f);
-	fclose(f);
+	cr_assert_eq(h_write_text(path, "id = dev-a\nbroker_host = localhost\nbatch_interval = 5s\n"),
+	             0);
 	unsetenv("OUTPOST_DEVICE_CONFIG");
 	struct dev_config c;
 	char err[CFG_ERR_MAX] = "";
@@ -227,18 +225,15 @@ Test(dev_config, an_override_the_configuration_no_longer_allows_is_ignored)
 Test(dev_config, the_override_file_holds_only_remote_settings)
 {
 	char *dir = h_tmpdir("devcfg"), *override = h_strf("%s/config.override", dir);
-	FILE *f = fopen(override, "w");
-	cr_assert_not_null(f);
-	fputs("# by hand\n"
-	      "broker_host = evil.example.com\n"
-	      "ca = /tmp/evil-ca.crt\n"
-	      "exec_command = touch /tmp/owned\n"
-	      "poll_interval = 7s\n"
-	      "sample_interval = 1ms\n"
-	      "not a setting\n"
-	      "log_level = \"debug\"   # quoted\n",
-	      f);
-	fclose(f);
+	cr_assert_eq(h_write_text(override, "# by hand\n"
+	                                    "broker_host = evil.example.com\n"
+	                                    "ca = /tmp/evil-ca.crt\n"
+	                                    "exec_command = touch /tmp/owned\n"
+	                                    "poll_interval = 7s\n"
+	                                    "sample_interval = 1ms\n"
+	                                    "not a setting\n"
+	                                    "log_level = \"debug\"   # quoted\n"),
+	             0);
 	struct dev_config c;
 	struct warnings w = {"", 0};
 	parse_with(&c, dir, NULL, &w);
