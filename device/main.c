@@ -16,11 +16,15 @@
 #include "dev_config.h"
 #include "olog.h"
 
+/* Set by TERM, INT and HUP whenever they come, also while the agent is being created: a stop
+ * asked for during start-up (spool recovery, the certificate checks) is not lost. */
+static volatile sig_atomic_t stopping;
 static struct dev_agent *agent;
 
 static void on_stop(int sig)
 {
 	(void)sig;
+	stopping = 1;
 	if (agent)
 		dev_agent_stop(agent);
 }
@@ -39,12 +43,30 @@ static void on_override_ignored(void *arg, const char *msg)
 	olog(OLOG_WARN, "%s", msg);
 }
 
+/* Before anything that takes time: a USR1 (or a HUP, whose default is to die) coming while the
+ * agent starts would otherwise kill it, and a TERM would lose what it was doing. HUP stops
+ * like TERM: the agent has no configuration to reload, and a closed terminal must not cost the
+ * partial batch. */
+static void install_signal_handlers(void)
+{
+	struct sigaction sa = {0};
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = on_stop;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	sa.sa_handler = on_reconnect;
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN); /* a file size limit (ulimit -f) is a full disk, not a crash */
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: outpost-device [--config FILE] [--OPTION VALUE ...]\n"
 		     "Samples collectors, keeps an encrypted spool, and uploads signed telemetry to the\n"
 		     "Outpost broker over WSS (443) or MQTTS (8883). Never accepts a connection.\n"
-		     "Signals: TERM/INT stop cleanly, USR1 reconnects now.\n"
+		     "Signals: TERM/INT/HUP stop cleanly, USR1 reconnects now.\n"
 		     "Exit: 0 ok, 1 runtime failure, 2 usage or configuration error.\n\n"
 		     "  --config FILE            settings file [" DEV_DEFAULT_CONFIG "]\n"
 		     "  --help, --version\n");
@@ -68,6 +90,7 @@ int main(int argc, char **argv)
 	/* ignored, as whatever started us may have left it (it survives exec), the kernel would
 	 * reap the exec collector's command and its exit status would be lost */
 	signal(SIGCHLD, SIG_DFL);
+	install_signal_handlers();
 	int rc = dev_config_parse(&cfg, argc, argv, err);
 
 	if (rc == 1) {
@@ -99,16 +122,10 @@ int main(int argc, char **argv)
 		dev_config_free(&cfg);
 		return rc;
 	}
-	struct sigaction sa = {0};
-	sa.sa_handler = on_stop;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sa.sa_handler = on_reconnect;
-	sigaction(SIGUSR1, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	signal(SIGXFSZ, SIG_IGN); /* a file size limit (ulimit -f) is a full disk, not a crash */
-
-	rc = dev_agent_run(agent);
+	if (stopping) /* asked to stop while starting: nothing was sampled yet */
+		olog(OLOG_INFO, "stopping: asked to before the agent started");
+	else
+		rc = dev_agent_run(agent);
 	struct dev_agent *a = agent;
 	agent = NULL;
 	dev_agent_free(a);

@@ -2,6 +2,7 @@
  * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
  * durability across outages, forged acks, configuration errors. */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1168,4 +1169,72 @@ Test(device, starts_despite_an_override_the_configuration_refuses, .timeout = 60
 	free(line2);
 	free(override);
 	free(state);
+}
+
+/* Start d (device dev-a) held early in its start: its config.override is a FIFO, which the
+ * agent reads before it opens its spool. Returns the FIFO's write end once the agent has the
+ * other end open (so it waits for the file's text, or its end: close the descriptor to let
+ * the start go on). */
+static int start_held(struct h_device *d, const struct h_broker *b)
+{
+	if (!d->id) {
+		d->id = strdup("dev-a");
+		d->dir = h_tmpdir("device");
+		d->log = h_strf("%s/device.log", d->dir);
+	}
+	char *state = h_strf("%s/state", d->dir), *fifo = h_strf("%s/config.override", state);
+	mkdir(state, 0700);
+	unlink(fifo);
+	cr_assert_eq(mkfifo(fifo, 0600), 0, "%s", fifo);
+	h_device_start(d, b, "dev-a", NULL);
+	int fd = -1;
+	/* a writer's non-blocking open succeeds only once a reader has the FIFO open */
+	for (int i = 0; i < 1000 && fd < 0; i++) {
+		fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0)
+			h_sleep_ms(10);
+	}
+	cr_assert_geq(fd, 0, "the agent never read its config.override: %s", d->log);
+	free(fifo);
+	free(state);
+	return fd;
+}
+
+/* Signals that come while the agent starts: the handlers are in place from the first moment.
+ * A USR1 (reconnect) is ignored, where its default action killed the agent; a HUP or a TERM is
+ * a stop, remembered until the agent has opened its state: it exits 0 without sampling or
+ * connecting (HUP killed it, and TERM too, before the handlers were installed). */
+Test(device, signals_during_start_up_are_handled, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	h_broker_start(&b, h_pki());
+	int fd = start_held(&d, &b);
+	cr_assert_eq(kill(d.pid, SIGUSR1), 0);
+	h_sleep_ms(300);
+	close(fd);
+	cr_expect(h_log_wait(d.log, "connected to", 1, 15000), "USR1 during start: %s", d.log);
+	cr_expect_eq(kill(d.pid, 0), 0, "a USR1 during start killed the agent");
+	cr_expect_eq(h_device_stop(&d), 0);
+	const int stops[] = {SIGHUP, SIGTERM};
+	for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
+		int started = h_log_count(d.log, "started: broker");
+		fd = start_held(&d, &b);
+		cr_assert_eq(kill(d.pid, stops[i]), 0);
+		h_sleep_ms(300);
+		close(fd);
+		int st = h_wait_exit(d.pid, 15000);
+		if (st == -1)
+			h_device_stop(&d);
+		d.pid = 0;
+		cr_expect_eq(st, 0, "signal %d during start: exit status %d: %s", stops[i], st,
+			     d.log);
+		cr_expect_eq(h_log_count(d.log, "started: broker"), started, "ran after signal %d",
+			     stops[i]);
+		cr_expect_eq(h_log_count(d.log, "stopping: asked to before the agent started"),
+			     (int)i + 1, "%s", d.log);
+		cr_expect_eq(h_log_count(d.log, "Sanitizer"), 0, "%s", d.log);
+	}
+	h_device_free(&d);
+	h_broker_free(&b);
 }
