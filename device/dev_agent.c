@@ -53,6 +53,7 @@ static void wake(void *ctx)
 
 void dev_agent_stop(struct dev_agent *a)
 {
+	a->stop_asked = 1; /* before stop: a `restart` task under way gives way to it */
 	a->stop = 1;
 	wake(a);
 }
@@ -779,6 +780,9 @@ int dev_agent_run(struct dev_agent *a)
 	agent_flush_batch(a);
 	if (dev_link_is_up(a->link))
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "offline", 7, 1, 1, NULL, NULL, 0);
-	olog(OLOG_INFO, "stopping%s", a->restart ? " for a restart" : "");
-	return a->restart ? DEV_AGENT_RESTART : 0;
+	/* a stop asked for wins over a `restart` task: whoever asked (systemd, docker) waits for
+	 * the process to end */
+	int restart = a->restart && !a->stop_asked;
+	olog(OLOG_INFO, "stopping%s", restart ? " for a restart" : "");
+	return restart ? DEV_AGENT_RESTART : 0;
 }

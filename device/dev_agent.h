@@ -15,7 +15,7 @@ struct dev_agent;
 int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, size_t errlen);
 
 /* Run until dev_agent_stop(). Returns 0, or DEV_AGENT_RESTART if a `restart` task asked for
- * the process to be started again. */
+ * the process to be started again and no dev_agent_stop() came (a stop wins). */
 #define DEV_AGENT_RESTART 75
 int dev_agent_run(struct dev_agent *a);
 

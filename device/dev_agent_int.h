@@ -37,6 +37,9 @@ struct dev_agent {
 	int rng_ready;
 	int wake_fd;
 	volatile sig_atomic_t stop;
+	/* dev_agent_stop was called: set apart from stop, which a `restart` task sets too, and
+	 * apart from restart, which that task may set after a stop came (from another thread) */
+	volatile sig_atomic_t stop_asked;
 	volatile sig_atomic_t reconnect;
 	int restart;
 	uint8_t boot_id[WIRE_BOOT_ID_LEN];

@@ -43,6 +43,15 @@ static void on_override_ignored(void *arg, const char *msg)
 	olog(OLOG_WARN, "%s", msg);
 }
 
+static void handled_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+	sigaddset(set, SIGUSR1);
+}
+
 /* Before anything that takes time: a USR1 (or a HUP, whose default is to die) coming while the
  * agent starts would otherwise kill it, and a TERM would lose what it was doing. HUP stops
  * like TERM: the agent has no configuration to reload, and a closed terminal must not cost the
@@ -50,6 +59,7 @@ static void on_override_ignored(void *arg, const char *msg)
 static void install_signal_handlers(void)
 {
 	struct sigaction sa = {0};
+	sigset_t handled;
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_stop;
 	sigaction(SIGTERM, &sa, NULL);
@@ -59,6 +69,10 @@ static void install_signal_handlers(void)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN); /* a file size limit (ulimit -f) is a full disk, not a crash */
+	/* a `restart` task executes us with them blocked (main): one that came in between has
+	 * been kept pending, and is taken now */
+	handled_signals(&handled);
+	sigprocmask(SIG_UNBLOCK, &handled, NULL);
 }
 
 static void usage(FILE *out)
@@ -131,7 +145,18 @@ int main(int argc, char **argv)
 	dev_agent_free(a);
 	dev_config_free(&cfg);
 	if (rc == DEV_AGENT_RESTART) {
-		/* a `restart` task: become a fresh copy of ourselves, same arguments */
+		/* A `restart` task: become a fresh copy of ourselves, same arguments; unless a stop
+		 * came while it was carried out (a service manager stopping us would see the agent
+		 * come back, and kill it). From here on the signals wait: one that comes before
+		 * execv stays pending through it, and the new image takes it as it starts, where
+		 * the default action (the handlers do not survive execv) would have killed it. */
+		sigset_t handled;
+		handled_signals(&handled);
+		sigprocmask(SIG_BLOCK, &handled, NULL);
+		if (stopping) {
+			olog(OLOG_INFO, "not restarting: asked to stop meanwhile");
+			return 0;
+		}
 		execv("/proc/self/exe", argv);
 		perror("outpost-device: restart: execv");
 		return 1;

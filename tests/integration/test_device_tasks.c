@@ -416,3 +416,43 @@ Test(device_tasks, a_birth_refused_by_a_full_disk_is_retried_every_2_s, .timeout
 	free(spool);
 	stop(&e);
 }
+
+/* A stop (systemd's or docker's SIGTERM) that comes while a `restart` task is carried out wins:
+ * the agent exits 0 and does not start again. It used to be lost (the agent went on to execv)
+ * or to kill the new image before its handlers were in place, and a service manager had to
+ * SIGKILL the agent that came back. The signal comes as the task begins (the main loop sees
+ * it), then once the agent has left its loop (it is tearing down, ~1 s for the MQTT client, on
+ * its way to execv); should it land in the new image, that one has not run either. */
+Test(device_tasks, a_stop_during_a_restart_task_wins, .timeout = 90)
+{
+	struct env e;
+	const char *const extra[] = {"--poll-interval", "1s", NULL};
+	start_polling(&e);
+	for (int round = 0; round < 2; round++) {
+		uint64_t id = 30 + (uint64_t)round;
+		char *begun = h_strf("task %llu: restarting the agent", (unsigned long long)id);
+		const char *when = round == 0 ? begun : "stopping for a restart";
+		int started = h_log_count(e.d.log, "started: broker");
+		h_fakebridge_queue_task(e.fb, id, "restart", NULL, NULL, 0, 0);
+		for (int i = 0; i < 5000 && !h_log_count(e.d.log, when); i++)
+			h_sleep_ms(2);
+		cr_assert_eq(h_log_count(e.d.log, when), 1, "round %d: %s", round, e.d.log);
+		cr_assert_eq(kill(e.d.pid, SIGTERM), 0);
+		int st = h_wait_exit(e.d.pid, 15000);
+		if (st == -1)
+			h_device_stop(&e.d);
+		e.d.pid = 0;
+		cr_expect_eq(st, 0,
+			     "round %d: exit status %d (-1: still running 15 s after SIGTERM): %s",
+			     round, st, e.d.log);
+		cr_expect_eq(h_log_count(e.d.log, "started: broker"), started,
+			     "round %d: the agent ran again: %s", round, e.d.log);
+		cr_expect_eq(h_log_count(e.d.log, "Sanitizer"), 0, "%s", e.d.log);
+		free(begun);
+		if (round == 0) {
+			h_device_start(&e.d, &e.b, "dev-a", extra);
+			cr_assert(h_log_wait(e.d.log, "connected to", 2, 15000), "%s", e.d.log);
+		}
+	}
+	stop(&e);
+}
