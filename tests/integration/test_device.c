@@ -1238,3 +1238,44 @@ Test(device, signals_during_start_up_are_handled, .timeout = 90)
 	h_device_free(&d);
 	h_broker_free(&b);
 }
+
+/* A stop seals the partial batch: with a 60 s batch, a TERM after ~3 s of sampling (and a HUP,
+ * which stops the same way) puts the rows sampled so far into the spool, and the next start
+ * sends them: the bridge acknowledges up to that batch. */
+Test(device, a_stop_seals_the_partial_batch, .timeout = 120)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	const char *const extra[] = {"--batch-interval", "60s", NULL};
+	const int stops[] = {SIGTERM, SIGHUP};
+	uint64_t rows_before = 0, max_seq = 0;
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
+		h_device_start(&d, &b, "dev-a", extra);
+		cr_assert(h_log_wait(d.log, "connected to", (int)i + 1, 15000), "%s", d.log);
+		h_sleep_ms(3000);
+		int batches = h_log_count(d.log, "debug: batch ");
+		cr_assert_eq(batches, (int)i, "a batch was sealed before the stop: %s", d.log);
+		cr_assert_eq(kill(d.pid, stops[i]), 0);
+		int st = h_wait_exit(d.pid, 10000);
+		if (st == -1)
+			h_device_stop(&d);
+		d.pid = 0;
+		cr_expect_eq(st, 0, "signal %d: exit status %d", stops[i], st);
+		uint64_t rows = logged_rows(d.log, &max_seq);
+		cr_expect_geq(rows - rows_before, 10, "signal %d: %llu rows sealed at the stop: %s",
+			      stops[i], (unsigned long long)(rows - rows_before), d.log);
+		rows_before = rows;
+	}
+	cr_assert_gt(max_seq, 0);
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_expect(h_fakebridge_wait(fb, "dev-a", 20000, h_view_frontier_at_least, max_seq, &v),
+		  "the batches sealed at the stops never arrived: frontier %llu, batch %llu",
+		  (unsigned long long)v.frontier, (unsigned long long)max_seq);
+	cr_expect_eq(v.bad, 0);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+}
