@@ -139,6 +139,25 @@ static int sample_load(struct proc *p, dev_sink_fn sink, void *ctx)
 	return 0;
 }
 
+/* Interfaces that container runtimes, hypervisors and overlay networks make, most of them
+ * with a new name for every container, VM or network (veth1a2b3c4, cali0123456789a,
+ * br-<network id>). Each name would take three entries of the persisted metric catalog for
+ * good (dev_catalog.h), until the catalog is full and refuses every new metric: they are not
+ * sampled. Names, not /sys/class/net/<if>/device: the uplinks of a field device without a
+ * device of their own (ppp*, wg*, tun*, bond*, VLANs, a container's eth0) are still wanted. */
+static const char *const container_ifaces[] = {
+	"veth", "br-", "docker", "cni", "virbr", "vnet", "cali", "flannel", "vxlan", "weave",
+	"cilium", "lxc", "tap", "podman", "kube-",
+};
+
+static int is_container_iface(const char *ifc)
+{
+	for (size_t i = 0; i < sizeof(container_ifaces) / sizeof(container_ifaces[0]); i++)
+		if (!strncmp(ifc, container_ifaces[i], strlen(container_ifaces[i])))
+			return 1;
+	return 0;
+}
+
 static int sample_net(struct proc *p, dev_sink_fn sink, void *ctx)
 {
 	FILE *f = open_proc(p, "net/dev");
@@ -155,7 +174,7 @@ static int sample_net(struct proc *p, dev_sink_fn sink, void *ctx)
 		char *ifc = line;
 		while (*ifc == ' ')
 			ifc++;
-		if (!strcmp(ifc, "lo") || strlen(ifc) > 32)
+		if (!strcmp(ifc, "lo") || strlen(ifc) > 32 || is_container_iface(ifc))
 			continue;
 		if (sscanf(colon + 1, "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &rxb, &rxp,
 			   &rxe, &rxd, &x, &x, &x, &x, &txb, &txp, &txe) != 11)

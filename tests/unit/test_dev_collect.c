@@ -270,6 +270,10 @@ Test(dev_collect, unknown_or_incomplete_collectors_are_refused)
 	cr_expect(why && strstr(why, "exec needs exec_command"), "%s", why ? why : "(no reason)");
 }
 
+#define NET_DEV_HEADER                                                                          \
+	"Inter-|   Receive  |  Transmit\n face |bytes packets errs drop fifo frame "              \
+	"compressed multicast|bytes packets errs drop fifo colls carrier compressed\n"
+
 static void write_file(const char *dir, const char *name, const char *text)
 {
 	char *p = h_strf("%s/%s", dir, name);
@@ -335,6 +339,71 @@ Test(dev_collect, proc_from_a_fixture_tree)
 	dev_collect_close(c);
 	free(p);
 	free(net);
+	free(root);
+}
+
+/* A fixture /proc tree in a fresh directory, net/dev empty but for its header; caller frees. */
+static char *proc_fixture(const char *meminfo)
+{
+	char *root = h_tmpdir("proc");
+	char *net = h_strf("%s/net", root);
+	cr_assert_eq(mkdir(net, 0755), 0);
+	write_file(root, "stat", "cpu  100 0 100 800 0 0 0 0 0 0\n");
+	write_file(root, "meminfo", meminfo);
+	write_file(root, "loadavg", "0.50 0.25 0.10 2/345 6789\n");
+	write_file(root, "uptime", "12345.67 100.00\n");
+	write_file(root, "net/dev", NET_DEV_HEADER);
+	write_file(root, "diskstats", "");
+	free(net);
+	return root;
+}
+
+/* Container runtimes, hypervisors and overlay networks make interfaces with new names for every
+ * container, VM or network: here 20 veths, a calico and a tap interface renamed at every one of
+ * 50 samples, beside docker0 and a docker network's bridge. None becomes a metric (each name
+ * took three entries of the persisted catalog for good, until it was full). The host's own
+ * interfaces are sampled, also those without a device (ppp0, wg0), and also when more than 16
+ * container interfaces are listed before them (only 16 are sampled). */
+Test(dev_collect, container_interfaces_are_not_sampled)
+{
+	char *root = proc_fixture("MemTotal: 1000 kB\nMemAvailable: 250 kB\n");
+	const char *const host[] = {"eth0", "wlan0", "ppp0", "wg0"};
+	setenv("OUTPOST_PROC_ROOT", root, 1);
+	struct dev_collect *c = open_c("proc", NULL, 0);
+	for (unsigned i = 0; i < 50; i++) {
+		char text[8192];
+		int n = snprintf(text, sizeof(text), "%s", NET_DEV_HEADER);
+		for (unsigned k = 0; k < 20; k++)
+			n += snprintf(text + n, sizeof(text) - (size_t)n,
+				      "veth%03x%04x: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n", k, i);
+		n += snprintf(text + n, sizeof(text) - (size_t)n,
+			      "docker0: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n"
+			      "br-0123456789ab: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n"
+			      "cali0123456%04x: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n"
+			      "tap%04x-1f: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n", i, i);
+		for (size_t k = 0; k < sizeof(host) / sizeof(host[0]); k++)
+			n += snprintf(text + n, sizeof(text) - (size_t)n,
+				      "%6s: %zu 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n", host[k],
+				      1000 + k);
+		cr_assert_lt((size_t)n, sizeof(text));
+		write_file(root, "net/dev", text);
+		struct got g = {0};
+		const char *name, *why = NULL;
+		cr_assert_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+		int net = 0;
+		for (int k = 0; k < g.n; k++)
+			net += !strncmp(g.name[k], "net.", 4);
+		cr_assert_eq(net, 3 * 4, "sample %u: %d net readings", i, net);
+		for (size_t k = 0; k < sizeof(host) / sizeof(host[0]); k++) {
+			char *rx = h_strf("net.%s.rx_bytes", host[k]);
+			double v = 0;
+			cr_assert(find(&g, rx, &v) && v == (double)(1000 + k), "sample %u: %s", i,
+				  rx);
+			free(rx);
+		}
+	}
+	unsetenv("OUTPOST_PROC_ROOT");
+	dev_collect_close(c);
 	free(root);
 }
 
