@@ -329,6 +329,14 @@ static int future_ack_due(struct dev_agent *a)
 	return log_due(&a->last_future_ack_log, 600000);
 }
 
+/* Readings the metric catalog refuses (it is full, or a collector makes up bad names) come
+ * back at every sample: warned of once, then at most every 10 minutes. */
+static int catalog_error_due(struct dev_agent *a, int n)
+{
+	a->catalog_errors += (uint64_t)n;
+	return log_due(&a->last_catalog_error_log, 600000);
+}
+
 static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 {
 	if (spool_error_due(a))
@@ -449,9 +457,11 @@ void agent_sample(struct dev_agent *a)
 		a->sample_errors++;
 		olog(OLOG_WARN, "collector %s: %s", failed, why);
 	}
-	if (s.catalog_errors)
-		olog(OLOG_WARN, "%d readings had invalid names or exceeded the metric catalog",
-		     s.catalog_errors);
+	if (s.catalog_errors && catalog_error_due(a, s.catalog_errors))
+		olog(OLOG_WARN,
+		     "%d readings had invalid names or exceeded the metric catalog (%" PRIu64
+		     " since the start; said at most every 10 minutes)",
+		     s.catalog_errors, a->catalog_errors);
 	if (dev_catalog_take_changed(a->catalog))
 		a->birth_due = 1;
 }

@@ -1279,3 +1279,43 @@ Test(device, a_stop_seals_the_partial_batch, .timeout = 120)
 	h_fakebridge_stop(fb);
 	h_broker_free(&b);
 }
+
+/* The number an exec command's counter file holds (the samples it ran), 0 if none yet. */
+static long samples_run(const char *counter)
+{
+	char *text = h_read_file(counter, NULL);
+	long n = text ? strtol(text, NULL, 10) : 0;
+	free(text);
+	return n;
+}
+
+/* A full metric catalog (here an exec command makes up 256 new names at every sample, so that
+ * 4,096 are reached in 16) refuses readings at every sample: that is warned of once, then at
+ * most every 10 minutes (debug logging aside), where it was a warning per sample. */
+Test(device, a_full_metric_catalog_is_warned_of_once, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	char *dir = h_tmpdir("names"), *counter = h_strf("%s/n", dir);
+	char *cmd = h_strf("i=$(cat %s 2>/dev/null || echo 0); echo $((i + 1)) > %s; awk -v s=$i "
+			   "'BEGIN { for (k = 0; k < 256; k++) printf \"m%%d_%%d 1\\n\", s, k }'",
+			   counter, counter);
+	const char *const extra[] = {"--collectors", "exec", "--exec-command", cmd, "--log-level",
+				     "info", NULL};
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "exceeded the metric catalog", 1, 30000), "%s", d.log);
+	long before = samples_run(counter);
+	for (int i = 0; i < 100 && samples_run(counter) < before + 8; i++)
+		h_sleep_ms(100);
+	cr_assert_geq(samples_run(counter), before + 8, "the agent stopped sampling: %s", d.log);
+	cr_expect_eq(h_log_count(d.log, "exceeded the metric catalog"), 1, "%s", d.log);
+	cr_expect_eq(h_device_stop(&d), 0);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(cmd);
+	free(counter);
+	free(dir);
+}
