@@ -93,21 +93,34 @@ static int sample_mem(struct proc *p, dev_sink_fn sink, void *ctx)
 	FILE *f = open_proc(p, "meminfo");
 	char key[64];
 	unsigned long long v, total = 0, avail = 0, swap_total = 0, swap_free = 0;
+	unsigned long long free_etc = 0; /* MemFree + Buffers + Cached */
+	int have_avail = 0;
 	if (!f)
 		return -1;
 	while (fscanf(f, "%63s %llu%*[^\n]", key, &v) == 2) {
-		if (!strcmp(key, "MemTotal:"))
+		if (!strcmp(key, "MemTotal:")) {
 			total = v * 1024;
-		else if (!strcmp(key, "MemAvailable:"))
+		} else if (!strcmp(key, "MemAvailable:")) {
 			avail = v * 1024;
-		else if (!strcmp(key, "SwapTotal:"))
+			have_avail = 1;
+		} else if (!strcmp(key, "MemFree:") || !strcmp(key, "Buffers:") ||
+			   !strcmp(key, "Cached:")) {
+			free_etc += v * 1024;
+		} else if (!strcmp(key, "SwapTotal:")) {
 			swap_total = v * 1024;
-		else if (!strcmp(key, "SwapFree:"))
+		} else if (!strcmp(key, "SwapFree:")) {
 			swap_free = v * 1024;
+		}
 	}
 	fclose(f);
 	if (!total)
 		return -1;
+	/* Linux before 3.14 has no MemAvailable: free memory and the caches the kernel gives back
+	 * on demand are its usual estimate (it was 0 available, 100 % used) */
+	if (!have_avail)
+		avail = free_etc;
+	if (avail > total)
+		avail = total;
 	sink(ctx, "mem.total", "bytes", (double)total);
 	sink(ctx, "mem.available", "bytes", (double)avail);
 	sink(ctx, "mem.used_pct", "%", (double)(long long)(1000.0 * (double)(total - avail) / (double)total) / 10.0);

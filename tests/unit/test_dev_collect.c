@@ -407,6 +407,28 @@ Test(dev_collect, container_interfaces_are_not_sampled)
 	free(root);
 }
 
+/* Linux before 3.14 has no MemAvailable in /proc/meminfo: what is available is estimated from
+ * MemFree, Buffers and Cached (it read 0, and mem.used_pct 100). SwapCached is not Cached. */
+Test(dev_collect, mem_available_without_a_memavailable_line)
+{
+	char *root = proc_fixture("MemTotal:       1000 kB\nMemFree:         100 kB\n"
+				  "Buffers:          50 kB\nCached:          250 kB\n"
+				  "SwapCached:      300 kB\nActive:          400 kB\n"
+				  "SwapTotal:       200 kB\nSwapFree:        150 kB\n");
+	setenv("OUTPOST_PROC_ROOT", root, 1);
+	struct dev_collect *c = open_c("proc", NULL, 0);
+	struct got g = {0};
+	const char *name, *why = NULL;
+	double v = -1;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+	cr_expect(find(&g, "mem.available", &v) && v == 400 * 1024, "mem.available %g", v);
+	cr_expect(find(&g, "mem.used_pct", &v) && v == 60, "mem.used_pct %g", v);
+	cr_expect(find(&g, "swap.used", &v) && v == 50 * 1024, "swap.used %g", v);
+	unsetenv("OUTPOST_PROC_ROOT");
+	dev_collect_close(c);
+	free(root);
+}
+
 /* The agent is asked to stop while a slow exec command runs: the wait is cut short, so the
  * agent seals its batch well within a service manager's stop timeout. */
 Test(dev_collect, a_stop_cuts_a_slow_command_short, .timeout = 30)
