@@ -162,8 +162,10 @@ static void task_ping(struct dev_agent *a, struct result *r)
 	out_kv(r, "uptime_s", "%lld", (long long)((otime_mono_ms() - a->started_mono) / 1000));
 	out_kv(r, "spool_records", "%" PRIu64, st.records);
 	out_kv(r, "spool_bytes", "%" PRIu64, st.bytes);
-	out_kv(r, "oldest_unsent_age_s", "%lld",
-	       st.oldest_unsent_ms ? (long long)((otime_wall_ms() - st.oldest_unsent_ms) / 1000) : 0LL);
+	int64_t age_ms = st.oldest_unsent_ms ? otime_wall_ms() - st.oldest_unsent_ms : 0;
+	/* the clock stepped back since the record was made: 0, as in the Birth, not a negative
+	 * age */
+	out_kv(r, "oldest_unsent_age_s", "%lld", age_ms > 0 ? (long long)(age_ms / 1000) : 0LL);
 	out_kv(r, "dropped_total", "%" PRIu64, st.dropped_total);
 	out_kv(r, "link_uri", "%s", ls.uri);
 	out_kv(r, "link_connects", "%" PRIu64, ls.connects);

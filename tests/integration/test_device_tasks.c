@@ -456,3 +456,35 @@ Test(device_tasks, a_stop_during_a_restart_task_wins, .timeout = 90)
 	}
 	stop(&e);
 }
+
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert(f && fputs(text, f) >= 0 && fclose(f) == 0, "cannot write %s", path);
+}
+
+/* ping's oldest_unsent_age_s once the wall clock stepped back (NTP correcting it, a device
+ * without a real-time clock being set) to before an unacknowledged record: 0, as the Birth
+ * says, not a negative age. */
+Test(device_tasks, ping_never_reports_a_negative_age, .timeout = 60)
+{
+	struct env e;
+	char msg[256], age[32] = "";
+	const char *const extra[] = {"--poll-interval", "1s", NULL};
+	memset(&e, 0, sizeof(e));
+	char *dir = h_tmpdir("clock"), *shift = h_strf("%s/shift_ms", dir);
+	write_text(shift, "0");
+	e.d.clock_shift = shift;
+	h_broker_start(&e.b, h_pki());
+	e.fb = h_fakebridge_start(&e.b, H_ACK_NONE); /* what is spooled stays unacknowledged */
+	h_device_start(&e.d, &e.b, "dev-a", extra);
+	cr_assert(h_log_wait(e.d.log, "debug: batch ", 1, 15000), "no batch: %s", e.d.log);
+	write_text(shift, "-3600000");
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 15000), SUCCEEDED, "%s", msg);
+	cr_assert(h_fakebridge_result_output(e.fb, 1, "oldest_unsent_age_s", age, sizeof(age)));
+	cr_expect_str_eq(age, "0");
+	stop(&e);
+	free(shift);
+	free(dir);
+}

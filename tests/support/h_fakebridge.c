@@ -34,6 +34,7 @@ struct result {
 	uint64_t task_id;
 	int status;
 	char message[256];
+	char output[1024]; /* "key=value\n" per output pair, cut at the size */
 };
 
 struct dev {
@@ -210,6 +211,14 @@ static void on_result(struct dev *d, const struct wire_env *e)
 			slot->task_id = r->task_id;
 			slot->status = (int)r->status;
 			snprintf(slot->message, sizeof(slot->message), "%s", r->message);
+			size_t n = 0;
+			slot->output[0] = '\0';
+			for (size_t i = 0; i < r->n_output && n < sizeof(slot->output); i++) {
+				int k = snprintf(slot->output + n, sizeof(slot->output) - n,
+						 "%s=%s\n", r->output[i]->key,
+						 r->output[i]->value);
+				n += k > 0 ? (size_t)k : 0;
+			}
 		}
 	}
 	wire_msg_free(r);
@@ -485,6 +494,31 @@ int h_fakebridge_result(struct h_fakebridge *fb, uint64_t task_id, char *message
 			}
 	pthread_mutex_unlock(&fb->mu);
 	return status;
+}
+
+int h_fakebridge_result_output(struct h_fakebridge *fb, uint64_t task_id, const char *key,
+			       char *value, size_t cap)
+{
+	int found = 0;
+	size_t klen = strlen(key);
+	pthread_mutex_lock(&fb->mu);
+	for (int i = 0; i < fb->ndevs; i++)
+		for (size_t k = 0; k < fb->devs[i].nresults; k++) {
+			const struct result *r = &fb->devs[i].results[k];
+			if (r->task_id != task_id)
+				continue;
+			for (const char *line = r->output; *line;) {
+				size_t len = strcspn(line, "\n");
+				if (len > klen && !strncmp(line, key, klen) && line[klen] == '=') {
+					snprintf(value, cap, "%.*s", (int)(len - klen - 1),
+						 line + klen + 1);
+					found = 1;
+				}
+				line += len + (line[len] == '\n');
+			}
+		}
+	pthread_mutex_unlock(&fb->mu);
+	return found;
 }
 
 void h_fakebridge_replay_tasks(struct h_fakebridge *fb)

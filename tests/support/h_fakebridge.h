@@ -66,6 +66,11 @@ void h_fakebridge_queue_task(struct h_fakebridge *fb, uint64_t task_id, const ch
 /* The last TaskResult for task_id: status (Outpost__TaskStatus) and message; 0 if none yet. */
 int h_fakebridge_result(struct h_fakebridge *fb, uint64_t task_id, char *message, size_t cap);
 
+/* The value of output key `key` in the last TaskResult for task_id, into value (cut at cap):
+ * 1, or 0 if there is no such result or key. */
+int h_fakebridge_result_output(struct h_fakebridge *fb, uint64_t task_id, const char *key,
+			       char *value, size_t cap);
+
 /* Replay the last task list sent, verbatim, to its device. */
 void h_fakebridge_replay_tasks(struct h_fakebridge *fb);
 
