@@ -230,7 +230,7 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	else if (timed_out)
 		*why = "command timed out";
 	else if (stopped)
-		*why = "command cut short: the agent is stopping";
+		rc = DEV_COLLECT_CUT_SHORT; /* not a failure of the command */
 	else if (too_big)
 		*why = "command printed more than 64 KiB";
 	else if (!reaped && wait_errno == ECHILD) /* SIGCHLD ignored: the kernel reaped it */

@@ -24,10 +24,15 @@ struct dev_collect_conf {
 				      * a variable of that name); copied at open */
 };
 
+/* What a collector's sample returns when it was cut short because the agent is stopping: no
+ * readings this time, and no failure either. */
+#define DEV_COLLECT_CUT_SHORT 1
+
 struct dev_collector_ops {
 	const char *name;
 	int (*open)(const struct dev_collect_conf *conf, void **state);
-	/* 0 on success; on failure a short static reason in *why */
+	/* 0 on success, DEV_COLLECT_CUT_SHORT, or -1 on failure with a short static reason in
+	 * *why */
 	int (*sample)(void *state, dev_sink_fn sink, void *ctx, const char **why);
 	void (*close)(void *state);
 };
@@ -43,8 +48,10 @@ int dev_collect_open(const struct dev_collect_conf *conf, struct dev_collect **o
 		     const char **why);
 void dev_collect_close(struct dev_collect *c); /* accepts NULL */
 
-/* Sample every collector into sink. Returns the number of collectors that failed; the last
- * failure's collector name and reason go to *failed_name and *why (static strings). */
+/* Sample every collector into sink, each followed by its health (collector.<name>.ok and
+ * .errors), except one cut short by the agent's stop, which gives nothing this time and is no
+ * failure. Returns the number of collectors that failed; the last failure's collector name
+ * and reason go to *failed_name and *why (static strings). */
 int dev_collect_sample(struct dev_collect *c, dev_sink_fn sink, void *ctx,
 		       const char **failed_name, const char **why);
 

@@ -430,17 +430,29 @@ Test(dev_collect, mem_available_without_a_memavailable_line)
 }
 
 /* The agent is asked to stop while a slow exec command runs: the wait is cut short, so the
- * agent seals its batch well within a service manager's stop timeout. */
+ * agent seals its batch well within a service manager's stop timeout. That sample gives
+ * nothing, and is no failure: neither collector.exec.ok = 0 nor an error counted (the final
+ * batch said the collector had failed). */
 Test(dev_collect, a_stop_cuts_a_slow_command_short, .timeout = 30)
 {
 	struct dev_collect *c = open_c("exec", "sleep 20; echo late 1", 60000);
 	struct got g = {0};
 	const char *name, *why = NULL;
+	double v = -1;
 	stopping = 1;
 	long long t0 = h_now_ms();
-	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
 	stopping = 0;
 	cr_expect_lt(h_now_ms() - t0, 10000, "waited for the command");
-	cr_expect(why && strstr(why, "stopping"), "%s", why ? why : "");
+	cr_expect_eq(g.n, 0, "%d readings, the first %s", g.n, g.n ? g.name[0] : "");
+	dev_collect_close(c);
+	/* a sample that was not cut short still counts its failures */
+	c = open_c("exec", "exit 3", 5000);
+	stopping = 1;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0);
+	stopping = 0;
+	g.n = 0;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect(find(&g, "collector.exec.errors", &v) && v == 1, "errors %g", v);
 	dev_collect_close(c);
 }
