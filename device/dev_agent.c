@@ -786,8 +786,14 @@ int dev_agent_run(struct dev_agent *a)
 		}
 	}
 
-	/* Stopping: whatever was sampled goes to the spool, and we leave as "offline". */
-	agent_flush_batch(a);
+	/* Stopping: whatever was sampled goes to the spool, and we leave as "offline". What the
+	 * spool cannot take now (a full disk) is lost with the process: said once, past the rate
+	 * limit of spool errors, which may have kept this failure quiet. */
+	if (agent_flush_batch(a) && wire_batch_count(a->builder))
+		olog(OLOG_ERROR,
+		     "stopping: %zu readings sampled since the last stored batch cannot be stored "
+		     "(the spool fails) and are discarded",
+		     wire_batch_count(a->builder));
 	if (dev_link_is_up(a->link))
 		dev_link_publish(a->link, a->topic[WIRE_TOPIC_STATUS], "offline", 7, 1, 1, NULL, NULL, 0);
 	/* a stop asked for wins over a `restart` task: whoever asked (systemd, docker) waits for

@@ -488,3 +488,23 @@ Test(device_tasks, ping_never_reports_a_negative_age, .timeout = 60)
 	free(shift);
 	free(dir);
 }
+
+/* The agent stops while its spool cannot take a batch (a full disk): the readings it holds are
+ * lost with it, and its log says how many, once, whatever the rate limit that keeps repeated
+ * spool errors quiet. */
+Test(device_tasks, readings_a_full_disk_refuses_at_the_stop_are_counted, .timeout = 90)
+{
+	struct env e;
+	start_polling(&e);
+	fill_disk(&e, 2048);
+	cr_assert(h_log_wait(e.d.log, "spool: cannot store a batch", 1, 10000), "%s", e.d.log);
+	h_sleep_ms(500); /* more samples join the batch waiting in memory */
+	cr_expect_eq(h_device_stop(&e.d), 0);
+	char *text = h_read_file(e.d.log, NULL);
+	const char *line = text ? strstr(text, "stopping: ") : NULL;
+	unsigned long n = 0;
+	cr_expect(line && sscanf(line, "stopping: %lu readings", &n) == 1 && n > 0, "%s", e.d.log);
+	cr_expect_eq(h_count(text, " are discarded"), 1, "%s", e.d.log);
+	free(text);
+	stop(&e);
+}
