@@ -528,6 +528,12 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 	}
 	if (st == 0) {
 		s->next_seq = s->seq_reserved > newest + 1 ? s->seq_reserved : newest + 1;
+		/* The clock is a floor at every open, not only for a new spool: a state directory
+		 * restored from a backup holds a reservation that its later life used up, and the
+		 * bridge refuses seqs it already has. Only ever raised: a clock behind, or unset
+		 * (1), changes nothing. */
+		if (opts->first_seq > s->next_seq)
+			s->next_seq = opts->first_seq;
 	} else if (st == 1 && !records) {
 		/* A new spool: nothing below first_seq was ever handed out by it, so nothing is owed. */
 		s->next_seq = opts->first_seq ? opts->first_seq : 1;

@@ -54,10 +54,11 @@ struct dev_spool_opts {
 	int64_t max_bytes;     /* total size of the segments; oldest dropped beyond it */
 	int64_t max_age_ms;    /* records older than this are dropped even if unsent */
 	int64_t segment_bytes; /* a segment is closed when the next record would exceed it */
-	/* Where numbering starts when the spool is new (0 means 1), and the least next seq when
-	 * its state was lost. The agent passes its clock (dev_spool_clock_seq), so that a device
-	 * whose state directory was wiped numbers above everything its earlier life sent. A new
-	 * spool owes nothing below it: the chain starts at first_seq-1. */
+	/* Where numbering starts when the spool is new (0 means 1), and the least next seq at
+	 * every later open (never lowering it). The agent passes its clock (dev_spool_clock_seq),
+	 * so that a device whose state directory was wiped, or restored from a backup, numbers
+	 * above everything its earlier life sent. A new spool owes nothing below it: the chain
+	 * starts at first_seq-1. */
 	uint64_t first_seq;
 };
 

@@ -1345,13 +1345,14 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	cr_expect_eq(dev_spool_acked_upto(s), f - 1);
 	dev_spool_close(s);
 
-	/* reopened (with a later clock) before anything was sent: same numbering, same floor */
+	/* reopened (with a later clock) before anything was sent: numbering moves on to the
+	 * clock, the floor stays */
 	o.first_seq = f + 5000;
 	s = open_spool(&o);
 	dev_spool_stats(s, &st);
 	cr_expect_eq(st.chain_floor, f - 1);
 	uint64_t a = put(s, 50, wall_ms());
-	cr_expect_eq(a, f);
+	cr_expect_eq(a, f + 5000);
 	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
 	struct dev_spool_rec r;
 	uint8_t *env;
@@ -1405,6 +1406,65 @@ Test(dev_spool, new_spool_numbers_from_first_seq_and_owes_nothing_below)
 	cr_expect_eq(dev_spool_clock_seq(1577836800999LL), 4);
 	cr_expect_eq(dev_spool_clock_seq(1783900000000LL), f, "quarter-seconds since 2020");
 	cr_expect_lt(dev_spool_clock_seq(2082758400000LL), 1u << 31, "2036: still 31 bits");
+}
+
+/* A spool directory restored from a backup (DEVICE.md says: do not) holds the reservation of
+ * its earlier life, which numbered well past it afterwards (more than a reservation block):
+ * opened with the clock of now, it numbers above everything that life handed out, as the
+ * bridge already holds those seqs and would refuse them (seq_reused, too_old). A clock behind,
+ * or unset (first_seq 1), never takes numbering back. */
+Test(dev_spool, a_state_restored_from_a_backup_numbers_above_its_later_life)
+{
+	const uint64_t f = 824252801ULL;
+	char *dir = h_tmpdir("spool"), *backup = h_tmpdir("spool-backup"), *out = NULL;
+	struct dev_spool_opts o = opts(dir);
+	o.first_seq = f;
+	struct dev_spool *s = open_spool(&o);
+	for (int i = 0; i < 3; i++)
+		put(s, 50, wall_ms());
+	dev_spool_close(s);
+	char *save = h_strf("cp -a %s/. %s/", dir, backup);
+	char *restore = h_strf("rm -rf %s && cp -a %s %s", dir, backup, dir);
+	cr_assert_eq(h_sh(save, &out, 30), 0, "%s", out);
+	free(out);
+
+	/* the later life: more seqs than a reservation block (batches and polls) */
+	s = open_spool(&o);
+	uint64_t highest = 0;
+	for (int i = 0; i < 1100; i++)
+		if (i % 100 == 0)
+			highest = put(s, 50, wall_ms());
+		else
+			cr_assert_eq(dev_spool_take_seq(s, &highest), 0);
+	dev_spool_close(s);
+	cr_assert_gt(highest, f + 1024);
+
+	cr_assert_eq(h_sh(restore, &out, 30), 0, "%s", out);
+	free(out);
+	o.first_seq = highest + 1; /* the clock moved on at least as fast (4 seqs a second) */
+	s = open_spool(&o);
+	uint64_t next;
+	cr_assert_eq(dev_spool_take_seq(s, &next), 0);
+	cr_expect_gt(next, highest, "seq %llu reused: the later life handed out up to %llu",
+	             (unsigned long long)next, (unsigned long long)highest);
+	dev_spool_close(s);
+
+	/* a clock behind what the spool numbered, or unset: numbering goes on, never back */
+	o.first_seq = f;
+	s = open_spool(&o);
+	uint64_t after;
+	cr_assert_eq(dev_spool_take_seq(s, &after), 0);
+	cr_expect_gt(after, next);
+	dev_spool_close(s);
+	o.first_seq = 1;
+	s = open_spool(&o);
+	cr_assert_eq(dev_spool_take_seq(s, &next), 0);
+	cr_expect_gt(next, after);
+	dev_spool_close(s);
+	free(restore);
+	free(save);
+	free(backup);
+	free(dir);
 }
 
 /* The pending dropped ranges stay carriable in a batch when the list is full: a rot report
