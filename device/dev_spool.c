@@ -406,13 +406,19 @@ static void drop_seg(struct dev_spool *s, size_t i)
 		count++;
 	}
 	s->state_dirty = 1;
+	int written = 1;
 	if (count && add_pending(s, prev, last, count)) {
 		s->dropped_total += count;
 		/* on disk before the records go: a power cut in between must not turn a drop the
-		 * device can report into a loss it cannot (best effort: a full disk still frees) */
-		state_write(s);
+		 * device can report into a loss it cannot */
+		written = !state_write(s);
 	}
 	spool_remove_seg(s, i);
+	/* A full disk refused it, and the segment went all the same: that is the room the state
+	 * needs. Again at once, not at the next append or ack; should a power cut come first,
+	 * the next open reports the stretch anyway (report_unrecorded_drops). */
+	if (!written)
+		state_write(s);
 }
 
 /* Segment i holds the newest record ever appended. It alone tells the next open where the
@@ -441,6 +447,37 @@ static void enforce_limits(struct dev_spool *s)
 			drop_seg(s, i);
 		else
 			break;
+	}
+}
+
+/* The records between the ack point and the oldest segment left were acknowledged or dropped,
+ * and a drop is on disk before its segment goes, unless that state write failed and a power cut
+ * came before another succeeded: the pending ranges then miss (the end of) the stretch. Report
+ * what none of them covers (at least one record; how many is unknowable). Acknowledged records
+ * in it (their ack's state write failed too) are reported with it: a bridge ignores a drop at
+ * or below its frontier. Nothing is inferred between segments: a stretch missing there may
+ * have been acknowledged by ranges, which are not kept across a restart, and a bridge holding
+ * it above its frontier would record it as dropped. */
+static void report_unrecorded_drops(struct dev_spool *s)
+{
+	const struct seg *oldest = NULL;
+	for (size_t i = 0; i < s->nsegs && !oldest; i++)
+		if (s->segs[i].count && s->segs[i].last_seq > s->acked_upto)
+			oldest = &s->segs[i];
+	uint64_t at = s->acked_upto, end = oldest ? oldest->first_prev : at;
+	while (at < end) {
+		/* how far the pending ranges reach from `at`, or where the next one begins */
+		uint64_t reach = at, next = end;
+		for (size_t i = 0; i < s->npending; i++) {
+			const struct wire_dropped *d = &s->pending[i].d;
+			if (d->prev_seq <= at && d->last_seq > reach)
+				reach = d->last_seq;
+			else if (d->prev_seq > at && d->prev_seq < next)
+				next = d->prev_seq;
+		}
+		if (reach == at)
+			spool_report_lost(s, at, next);
+		at = reach > at ? reach : next;
 	}
 }
 
@@ -566,6 +603,8 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		else
 			i++;
 	}
+	if (st == 0) /* without a state, nothing is known below the oldest record */
+		report_unrecorded_drops(s);
 	rc = state_write(s);
 	if (rc == DEV_SPOOL_ENOSPC) {
 		/* A full disk: open anyway, so the backlog can go out and its acks free space.
