@@ -81,6 +81,18 @@ int spool_range_covers(const struct dev_spool *s, uint64_t first, uint64_t last)
 	return 0;
 }
 
+/* The highest seq from `seen` on up to which everything is acknowledged, by the cumulative point
+ * or by ranges: what damage met after `seen` hid is lost only above it. */
+static uint64_t acked_from(const struct dev_spool *s, uint64_t seen)
+{
+	if (seen < s->acked_upto)
+		seen = s->acked_upto;
+	for (size_t i = 0; i < s->nranges; i++) /* ascending */
+		if (s->ranges[i][0] <= seen + 1 && s->ranges[i][1] > seen)
+			seen = s->ranges[i][1];
+	return seen;
+}
+
 /* Insert [a,b] into the sorted, disjoint range set, merging overlaps; drop what acked_upto
  * covers; keep at most MAX_ACK_RANGES (the oldest go: they only save resends). */
 static void add_range(struct dev_spool *s, uint64_t a, uint64_t b)
@@ -401,7 +413,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	 * be read) held records up to the segment's last: they go too, at least one. */
 	if ((fd < 0 || off < g->bytes) && !dev_spool_is_acked(s, g->last_seq)) {
 		if (!count)
-			prev = seen > s->acked_upto ? seen : s->acked_upto;
+			prev = acked_from(s, seen);
 		last = g->last_seq;
 		count++;
 	}
@@ -848,13 +860,13 @@ static int report_hidden(struct dev_spool *s, struct seg *g)
 		if (r)
 			break;
 		if (at != off)
-			spool_report_lost(s, seen > s->acked_upto ? seen : s->acked_upto, h.prev_seq);
+			spool_report_lost(s, acked_from(s, seen), h.prev_seq);
 		seen = h.seq;
 		n++;
 		off = at + REC_OVERHEAD + h.len;
 	}
 	if (off < g->bytes) /* the segment's tail: its last records, as appended or found at open */
-		spool_report_lost(s, seen > s->acked_upto ? seen : s->acked_upto, g->last_seq);
+		spool_report_lost(s, acked_from(s, seen), g->last_seq);
 	return DEV_SPOOL_OK;
 }
 
@@ -866,7 +878,8 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 {
 	struct seg *g = &s->segs[i];
 	(void)c; /* its offset goes stale with the rewrite: the next read finds its place by seq */
-	spool_report_lost(s, h->prev_seq, h->seq);
+	if (!dev_spool_is_acked(s, h->seq)) /* a resend task reads acknowledged records too */
+		spool_report_lost(s, h->prev_seq, h->seq);
 	if (report_hidden(s, g) || state_write(s) || spool_seg_rewrite(s, g, g->bytes, here))
 		return; /* kept on disk: read again, it is not reported again (add_pending) */
 	if (g->count == 0 && i + 1 < s->nsegs)
@@ -888,10 +901,9 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		int resume = c->seg_name == g->name && c->gen == s->layout_gen;
 		uint64_t off = resume ? c->off : 0;
 		/* seq of the record before: the one the cursor returned last, or the chain's link
-		 * into the segment; damage before the first record met hid what lies between */
+		 * into the segment; damage before the first record met hid what lies between (what
+		 * of it is not acknowledged: a resend task reads acknowledged records too) */
 		uint64_t seen = resume && c->next_seq ? c->next_seq - 1 : g->first_prev;
-		if (seen < s->acked_upto)
-			seen = s->acked_upto;
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
@@ -899,11 +911,11 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 			if (r < 0)
 				return r;
 			if (r) { /* damage since the open hid the segment's tail: lost */
-				spool_report_lost(s, seen, g->last_seq);
+				spool_report_lost(s, acked_from(s, seen), g->last_seq);
 				break;
 			}
 			if (here != off) /* damage since the open: what it hid is lost */
-				spool_report_lost(s, seen, h.prev_seq);
+				spool_report_lost(s, acked_from(s, seen), h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;
 			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)))

@@ -131,7 +131,7 @@ struct dev_spool_rec {
 /* Read the next record at or after the cursor into a malloc'd buffer (caller frees) and
  * advance. With skip_acked, acknowledged records are passed over. Returns 1 when there is
  * none, 0 with a record, DEV_SPOOL_ECORRUPT if one failed its tag (the cursor moves past it
- * and it is reported as dropped), or another negative error. */
+ * and, unless it was acknowledged, it is reported as dropped), or another negative error. */
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
 		   struct dev_spool_rec *rec, uint8_t **env, size_t *len);
 
