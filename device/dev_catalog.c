@@ -52,7 +52,10 @@ static size_t find_slot(const struct dev_catalog *c, const char *name)
 	return i;
 }
 
-static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const char *unit)
+/* Room in the arrays for one more entry. A new name gets it before its line is written: nothing
+ * may fail between the line on disk and the entry in memory, or the next sample would write a
+ * second line with the same id, which the next start refuses (DEV_CATALOG_ECORRUPT). */
+static int reserve(struct dev_catalog *c)
 {
 	if (c->n == c->cap) {
 		size_t cap = c->cap ? c->cap * 2 : 64;
@@ -73,17 +76,27 @@ static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const
 		for (size_t i = 0; i < c->n; i++)
 			c->slots[find_slot(c, c->e[i].name)] = (uint32_t)i + 1;
 	}
-	struct entry *e = &c->e[c->n];
-	e->id = id;
-	e->name = strdup(name);
-	e->unit = strdup(unit ? unit : "");
-	if (!e->name || !e->unit) {
-		free(e->name);
-		free(e->unit);
-		return DEV_CATALOG_ENOMEM;
-	}
+	return DEV_CATALOG_OK;
+}
+
+/* Enter an entry in the room reserve() made; name and unit (malloc'd) are taken. Cannot fail. */
+static void insert(struct dev_catalog *c, uint32_t id, char *name, char *unit)
+{
+	c->e[c->n] = (struct entry){id, name, unit};
 	c->slots[find_slot(c, name)] = (uint32_t)++c->n;
-	c->birth_bytes += strlen(e->name) + strlen(e->unit) + BIRTH_PER_METRIC;
+	c->birth_bytes += strlen(name) + strlen(unit) + BIRTH_PER_METRIC;
+}
+
+static int add_entry(struct dev_catalog *c, uint32_t id, const char *name, const char *unit)
+{
+	char *n = strdup(name), *u = strdup(unit);
+	int rc = n && u ? reserve(c) : DEV_CATALOG_ENOMEM;
+	if (rc) {
+		free(n);
+		free(u);
+		return rc;
+	}
+	insert(c, id, n, u);
 	return DEV_CATALOG_OK;
 }
 
@@ -166,10 +179,15 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 	        BIRTH_CATALOG_BUDGET)
 		return DEV_CATALOG_EFULL;
 	uint32_t nid = (uint32_t)c->n + 1;
+	char *ename = strdup(name), *eunit = strdup(unit && strcmp(unit, "-") ? unit : "");
+	int rc = ename && eunit ? reserve(c) : DEV_CATALOG_ENOMEM;
+	if (rc)
+		goto out;
 	/* persist before use: an id in a spooled batch must always resolve to its name */
+	rc = DEV_CATALOG_EIO;
 	int fd = open(c->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return DEV_CATALOG_EIO;
+		goto out;
 	char line[WIRE_MAX_METRIC_NAME + WIRE_MAX_UNIT + 32];
 	int len = snprintf(line, sizeof(line), "%u %s %s\n", nid, name, unit && *unit ? unit : "-");
 	/* the first entry written since open also fsyncs the directory, or the file this run
@@ -181,15 +199,18 @@ int dev_catalog_id(struct dev_catalog *c, const char *name, const char *unit, ui
 		fdatasync(fd);
 	close(fd);
 	if (!ok)
-		return DEV_CATALOG_EIO;
+		goto out;
 	c->size += len;
 	c->dir_synced = 1;
-	int rc = add_entry(c, nid, name, unit && strcmp(unit, "-") ? unit : "");
-	if (rc)
-		return rc;
+	insert(c, nid, ename, eunit);
+	ename = eunit = NULL;
 	c->changed = 1;
 	*id = nid;
-	return DEV_CATALOG_OK;
+	rc = DEV_CATALOG_OK;
+out:
+	free(ename);
+	free(eunit);
+	return rc;
 }
 
 size_t dev_catalog_count(const struct dev_catalog *c)

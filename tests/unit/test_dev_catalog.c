@@ -1,5 +1,8 @@
 /* test_dev_catalog.c - stable metric ids across restarts, validation, torn lines. */
 #include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +11,22 @@
 #include "outpost.pb-c.h"
 #include "wire_limits.h"
 #include "harness.h"
+
+/* realloc() fails while this is set, as when memory runs out: interposed in this program (the
+ * catalog is linked in), forwarding to the real one (libc's, or a sanitizer's) otherwise. */
+static volatile int realloc_fails;
+
+void *realloc(void *p, size_t n)
+{
+	static void *(*real)(void *, size_t);
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "realloc");
+	if (realloc_fails) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return real(p, n);
+}
 
 Test(dev_catalog, ids_are_stable_and_persisted)
 {
@@ -138,6 +157,42 @@ Test(dev_catalog, stops_before_the_birth_would_not_pack)
 	free(defs);
 	free(ptrs);
 	dev_catalog_close(c);
+	free(path);
+	free(dir);
+}
+
+/* Memory runs out as a new name needs more room (the 65th: the entry array doubles): nothing is
+ * written, and the name is added at the next sample, once. Before, its line was written first
+ * and the next sample wrote a second one with the same id: the next start refused the file. */
+Test(dev_catalog, a_name_that_cannot_be_kept_in_memory_is_not_written)
+{
+	char *dir = h_tmpdir("catalog");
+	char *path = h_strf("%s/metrics", dir);
+	struct dev_catalog *c;
+	uint32_t id;
+	char name[32];
+	cr_assert_eq(dev_catalog_open(path, &c), 0);
+	for (int i = 0; i < 64; i++) {
+		snprintf(name, sizeof(name), "m.%d", i);
+		cr_assert_eq(dev_catalog_id(c, name, "u", &id), 0);
+	}
+	realloc_fails = 1;
+	int rc = dev_catalog_id(c, "m.64", "u", &id);
+	realloc_fails = 0;
+	cr_assert_eq(rc, DEV_CATALOG_ENOMEM);
+	cr_expect_eq(dev_catalog_count(c), 64);
+	cr_assert_eq(dev_catalog_id(c, "m.64", "u", &id), 0);
+	cr_expect_eq(id, 65);
+	dev_catalog_close(c);
+	char *text = h_read_file(path, NULL);
+	cr_assert_not_null(text);
+	cr_expect_eq(h_count(text, "\n65 "), 1, "%s", text);
+	cr_assert_eq(dev_catalog_open(path, &c), 0, "the file was refused");
+	cr_expect_eq(dev_catalog_count(c), 65);
+	cr_assert_eq(dev_catalog_id(c, "m.64", NULL, &id), 0);
+	cr_expect_eq(id, 65);
+	dev_catalog_close(c);
+	free(text);
 	free(path);
 	free(dir);
 }
