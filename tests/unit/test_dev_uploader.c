@@ -1,10 +1,13 @@
 /* test_dev_uploader.c - windowed upload, fresh-data priority, verified acks only, resends after
  * reconnects, ack timeouts and the resend task. */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dev_acktimer.h"
 #include "dev_spool.h"
@@ -71,11 +74,12 @@ static void add(struct fixture *f)
 	f->seqs[f->n++] = seq;
 }
 
-static void setup(struct fixture *f, size_t records, int window)
+/* setup() with segments of segment_bytes */
+static void setup_segments(struct fixture *f, size_t records, int window, int64_t segment_bytes)
 {
 	memset(f, 0, sizeof(*f));
 	f->dir = h_tmpdir("uploader");
-	struct dev_spool_opts o = {f->dir, 1 << 20, 86400000, 1 << 16, 0};
+	struct dev_spool_opts o = {f->dir, 1 << 20, 86400000, segment_bytes, 0};
 	cr_assert_eq(dev_spool_open(&o, &f->spool, NULL), 0);
 	for (size_t i = 0; i < records; i++)
 		add(f);
@@ -83,6 +87,11 @@ static void setup(struct fixture *f, size_t records, int window)
 	struct dev_uploader_opts uo = {"dev-a", {{0}}, window, 5000};
 	wire_key_public(f->bridge, &uo.bridge_key);
 	cr_assert_eq(dev_uploader_new(f->spool, &uo, &f->up), 0);
+}
+
+static void setup(struct fixture *f, size_t records, int window)
+{
+	setup_segments(f, records, window, 1 << 16);
 }
 
 /* setup() with the link up at time 0, as most tests start */
@@ -592,5 +601,81 @@ Test(dev_uploader, a_backlog_envelope_the_link_refused_is_not_skipped)
 	cr_assert_eq(dev_uploader_on_ack(f.up, env, len, 2, NULL), 0);
 	free(env);
 	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[3], "all four acknowledged");
+	teardown(&f);
+}
+
+/* The second of three records rots on disk: it is skipped, counted as corrupt and reported as
+ * dropped (the link the bridge needs to pass over it), and the others are sent; a resend after a
+ * reconnect does not meet it again (it was cut out). */
+Test(dev_uploader, a_corrupt_record_is_skipped_and_reported_dropped)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, 3, 8);
+	char *seg = h_strf("%s/seg-%020llu.log", f.dir, (unsigned long long)f.seqs[0]);
+	char *first = h_strf("envelope %llu", (unsigned long long)f.seqs[0]);
+	off_t at = (off_t)(48 + 12 + strlen(first) + 16) + 48 + 12 + 2; /* the 2nd's ciphertext */
+	int fd = open(seg, O_RDWR);
+	uint8_t b;
+	cr_assert_geq(fd, 0, "%s", seg);
+	cr_assert_eq(pread(fd, &b, 1, at), 1);
+	b ^= 0x01;
+	cr_assert_eq(pwrite(fd, &b, 1, at), 1);
+	close(fd);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 2);
+	cr_expect_eq(s.seq[0], f.seqs[0]);
+	cr_expect_eq(s.seq[1], f.seqs[2]);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.corrupt, 1);
+	cr_expect_eq(us.inflight, 2);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(f.spool, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, f.seqs[0]);
+	cr_expect_eq(d[0].last_seq, f.seqs[1]);
+	cr_expect_eq(d[0].count, 1);
+	dev_uploader_link_down(f.up);
+	dev_uploader_link_up(f.up, 10);
+	s.n = 0;
+	cr_expect_eq(dev_uploader_pump(f.up, 10, send_fn, &s), 2);
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.corrupt, 1);
+	cr_expect_eq(dev_spool_dropped(f.spool, d, 4), 1);
+	free(first);
+	free(seg);
+	teardown(&f);
+}
+
+/* An ack the spool applies but cannot record on disk (its state file cannot be written: here its
+ * temporary file is a directory; a full disk in the field): WIRE_EIO, and yet what it
+ * acknowledges leaves the in-flight window and the ack timer moves on, so nothing is resent
+ * for it and the rest is not held up. */
+Test(dev_uploader, an_ack_whose_state_cannot_be_written_still_moves_the_window)
+{
+	struct fixture f;
+	struct sent s = {0};
+	setup_segments(&f, 4, 8, 200); /* two records per segment */
+	dev_uploader_link_up(f.up, 0);
+	cr_assert_eq(dev_uploader_pump(f.up, 0, send_fn, &s), 4);
+	cr_assert_eq(dev_uploader_deadline(f.up), 5000);
+	char *tmp = h_strf("%s/state.tmp", f.dir);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	/* the first segment is acknowledged and deleted: the state must be written */
+	cr_expect_eq(ack(&f, f.bridge, "dev-a", f.seqs[1], 3000), WIRE_EIO);
+	cr_expect_eq(dev_spool_acked_upto(f.spool), f.seqs[1]);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.inflight, 2);
+	cr_expect_eq(us.acks, 1);
+	cr_expect_eq(us.bad_acks, 0);
+	cr_expect_gt(dev_uploader_deadline(f.up), 5000, "the ack timer moved on");
+	s.n = 0;
+	cr_expect_eq(dev_uploader_pump(f.up, 5000, send_fn, &s), 0, "no timeout, no resend");
+	cr_assert_eq(rmdir(tmp), 0);
+	cr_expect_eq(ack(&f, f.bridge, "dev-a", f.seqs[3], 5001), 0);
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.inflight, 0);
+	cr_expect_eq(us.timeouts, 0);
+	free(tmp);
 	teardown(&f);
 }
