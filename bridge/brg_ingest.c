@@ -37,13 +37,14 @@ struct brg_ingest {
 	pthread_mutex_t mu; /* everything below */
 	pthread_cond_t room;
 	size_t mem_used;
-	int stopping;
+	int stopping; /* brg_ingest_begin_stop: the deadline runs */
+	int closed;   /* brg_ingest_stop: intake is closed */
 	int stopped;
 	int workers_alive;
 	int recheck;
 	uint64_t checked_gen; /* writer only: the CA generation the last re-check covered */
 	int gave_up;
-	uint64_t abandoned;    /* messages given up at a stop, uncommitted */
+	uint64_t abandoned;    /* messages given up at a stop, uncommitted (intake's too) */
 	int64_t stop_deadline; /* monotonic ms */
 	struct brg_stats st;
 };
@@ -128,39 +129,6 @@ static size_t pick(const struct brg_ingest *in, const char *topic)
 	return (size_t)(h % (uint64_t)in->o.workers);
 }
 
-int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m)
-{
-	/* Charge the decoded form too: each reading takes at least one byte on the wire and a
-	 * struct wire_reading once decoded, so this bounds what the writer will hold. */
-	size_t cells = m->len < WIRE_MAX_CELLS ? m->len : WIRE_MAX_CELLS;
-	m->cost += cells * sizeof(struct wire_reading);
-	pthread_mutex_lock(&in->mu);
-	in->st.received++;
-	/* One message may always enter an empty pipeline, so a big one cannot wedge it. */
-	while (!in->stopping && in->mem_used && in->mem_used + m->cost > in->o.max_memory)
-		pthread_cond_wait(&in->room, &in->mu);
-	if (in->stopping) {
-		in->st.dropped_at_stop++;
-		pthread_mutex_unlock(&in->mu);
-		free(m);
-		return BRG_ECLOSED;
-	}
-	in->mem_used += m->cost;
-	pthread_mutex_unlock(&in->mu);
-	size_t cost = m->cost;
-	if (brg_queue_push(in->workers[pick(in, m->topic)].q, m)) {
-		free(m);
-		release(in, cost);
-		pthread_mutex_lock(&in->mu);
-		in->st.dropped_at_stop++;
-		pthread_mutex_unlock(&in->mu);
-		return BRG_ECLOSED;
-	}
-	return BRG_OK;
-}
-
-/* ---- verifiers ---- */
-
 static int stopping_past_deadline(struct brg_ingest *in)
 {
 	pthread_mutex_lock(&in->mu);
@@ -179,6 +147,63 @@ static void abandon(struct brg_ingest *in, uint64_t n)
 	in->st.dropped_at_stop += n;
 	pthread_mutex_unlock(&in->mu);
 }
+
+/* Wait for room until the stop's deadline (in->mu held). */
+static void wait_room_until_deadline(struct brg_ingest *in)
+{
+	int64_t left = in->stop_deadline - otime_mono_ms();
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += left / 1000;
+	until.tv_nsec += (long)(left % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&in->room, &in->mu, &until);
+}
+
+int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m)
+{
+	/* Charge the decoded form too: each reading takes at least one byte on the wire and a
+	 * struct wire_reading once decoded, so this bounds what the writer will hold. */
+	size_t cells = m->len < WIRE_MAX_CELLS ? m->len : WIRE_MAX_CELLS;
+	m->cost += cells * sizeof(struct wire_reading);
+	pthread_mutex_lock(&in->mu);
+	in->st.received++;
+	/* One message may always enter an empty pipeline, so a big one cannot wedge it. A stop
+	 * takes what the transport still hands over (the broker had its PUBACK), waiting for
+	 * room no longer than the stop's deadline. */
+	int past;
+	for (;;) {
+		past = in->stopping && otime_mono_ms() >= in->stop_deadline;
+		if (in->closed || past || !in->mem_used ||
+		    in->mem_used + m->cost <= in->o.max_memory)
+			break;
+		if (in->stopping)
+			wait_room_until_deadline(in);
+		else
+			pthread_cond_wait(&in->room, &in->mu);
+	}
+	if (in->closed || past) {
+		pthread_mutex_unlock(&in->mu);
+		abandon(in, 1);
+		free(m);
+		return BRG_ECLOSED;
+	}
+	in->mem_used += m->cost;
+	pthread_mutex_unlock(&in->mu);
+	size_t cost = m->cost;
+	if (brg_queue_push(in->workers[pick(in, m->topic)].q, m)) {
+		free(m);
+		release(in, cost);
+		abandon(in, 1);
+		return BRG_ECLOSED;
+	}
+	return BRG_OK;
+}
+
+/* ---- verifiers ---- */
 
 static void *worker_main(void *arg)
 {
@@ -482,15 +507,26 @@ fail:
 	return BRG_ETHREAD;
 }
 
+void brg_ingest_begin_stop(struct brg_ingest *in)
+{
+	pthread_mutex_lock(&in->mu);
+	if (!in->stopping) {
+		in->stopping = 1;
+		in->stop_deadline = otime_mono_ms() + in->o.shutdown_timeout_ms;
+		pthread_cond_broadcast(&in->room); /* the wait for room is bounded now */
+	}
+	pthread_mutex_unlock(&in->mu);
+}
+
 int brg_ingest_stop(struct brg_ingest *in)
 {
+	brg_ingest_begin_stop(in);
 	pthread_mutex_lock(&in->mu);
 	if (in->stopped) {
 		pthread_mutex_unlock(&in->mu);
 		return in->gave_up ? BRG_ETIMEDOUT : BRG_OK;
 	}
-	in->stopping = 1;
-	in->stop_deadline = otime_mono_ms() + in->o.shutdown_timeout_ms;
+	in->closed = 1;
 	pthread_cond_broadcast(&in->room);
 	pthread_mutex_unlock(&in->mu);
 	for (int i = 0; i < in->o.workers; i++)

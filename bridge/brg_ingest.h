@@ -57,14 +57,23 @@ int brg_ingest_new(struct store *writer, struct brg_registry *reg, struct brg_ve
 int brg_ingest_start(struct brg_ingest *in);
 
 /* Hand over one message (taken: freed by the pipeline). Blocks while the pipeline is full.
- * After brg_ingest_stop the message is dropped (the device resends what was not acked) and
+ * Once a stop began it still takes messages (the transport's PUBACK went out: a message
+ * dropped here is lost to the broker), waiting for room at most until the stop's deadline;
+ * past it, or after brg_ingest_stop closed the intake, the message is given up (counted in
+ * what the stop says it gave up on; not acknowledged, so the device resends it) and
  * BRG_ECLOSED returned. Called from the transport thread only. */
 int brg_ingest_submit(struct brg_ingest *in, struct brg_msg *m);
 
-/* Stop taking messages, let the verifiers and the writer finish what is queued (committing
- * and acknowledging it; what is still queued after shutdown_timeout_ms, as behind a store
- * that is down or slow, is given up unverified and uncommitted), and join the threads. Returns BRG_OK if everything queued was committed, BRG_ETIMEDOUT if some
- * was given up (it was not acknowledged, so devices resend it). */
+/* Begin a stop: shutdown_timeout counts from now, the health sweep and certificate re-check
+ * are no longer run. Messages are still taken (see brg_ingest_submit), verified, committed
+ * and acknowledged: stop the transport's receiving now, then call brg_ingest_stop. */
+void brg_ingest_begin_stop(struct brg_ingest *in);
+
+/* Close the intake (beginning the stop if not yet), let the verifiers and the writer finish
+ * what is queued (committing and acknowledging it; what is still queued at the deadline, as
+ * behind a store that is down or slow, is given up unverified and uncommitted), and join the
+ * threads. Returns BRG_OK if everything taken was committed, BRG_ETIMEDOUT if some was given
+ * up (it was not acknowledged, so devices resend it). */
 int brg_ingest_stop(struct brg_ingest *in);
 
 /* Ask the writer to revoke devices whose stored certificate the (new) CRL revokes. */

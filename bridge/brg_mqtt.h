@@ -1,8 +1,11 @@
 /* brg_mqtt.h - the bridge's MQTT transport (libmosquitto; this header hides it): MQTT v5 over
- * mutual TLS to the broker's internal listener, a persistent session (clean start off, long
- * session expiry, stable client id) so the broker queues while the bridge restarts, the shared
- * subscription $share/<group>/outpost/v1/+/{birth,telemetry,tasks/poll,tasks/result} and a
- * plain one to outpost/v1/+/status. Reconnects by itself, with backoff. */
+ * mutual TLS to the broker's internal listener, two connections. One receives: a persistent
+ * session (clean start off, long session expiry, stable client id) so the broker queues while
+ * the bridge restarts, the shared subscription
+ * $share/<group>/outpost/v1/+/{birth,telemetry,tasks/poll,tasks/result} and a plain one to
+ * outpost/v1/+/status. The other (client id <client_id>.pub, a clean session) publishes, so
+ * that a stop can stop receiving and still publish the acks of what it received. Each
+ * reconnects by itself, with backoff. */
 #ifndef BRG_MQTT_H
 #define BRG_MQTT_H
 
@@ -13,7 +16,8 @@
 #include "brg_item.h"
 
 /* Receives each message (taken over). May block: that stops reading from the broker.
- * libmosquitto has already sent the PUBACK, so only the bridge's own Ack means stored. */
+ * libmosquitto acknowledges the message to the broker (PUBACK) once this returns, whatever it
+ * did with it: only the bridge's own Ack means stored. */
 typedef int (*brg_mqtt_msg_fn)(void *ctx, struct brg_msg *m);
 
 struct brg_mqtt_opts {
@@ -35,11 +39,11 @@ struct brg_mqtt;
 /* Strings in o are copied. err (256 bytes) says what is wrong on failure. */
 int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err);
 
-/* Start the network thread: connect (retrying with backoff), subscribe, deliver messages. */
+/* Start the network threads: connect (retrying with backoff), subscribe, deliver messages. */
 int brg_mqtt_start(struct brg_mqtt *m);
 
-/* Publish QoS 1 (brg_publish_fn; ctx is the struct brg_mqtt). Queued in memory while
- * disconnected and sent after the reconnect. Thread-safe. */
+/* Publish QoS 1 on the publishing connection (brg_publish_fn; ctx is the struct brg_mqtt).
+ * Queued in memory while disconnected and sent after the reconnect. Thread-safe. */
 int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t len,
                      const void *corr, size_t corr_len);
 
@@ -47,14 +51,19 @@ int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t l
  * BRG_ETIMEDOUT if some are still pending. */
 int brg_mqtt_flush(struct brg_mqtt *m, int timeout_ms);
 
-int brg_mqtt_connected(struct brg_mqtt *m);
+/* The first step of a stop: the receiving connection disconnects and is read no more, so what
+ * the broker has not delivered yet stays queued in the session for the next run. Returns once
+ * on_message will not be called again: a call under way is waited for, and so is every
+ * message libmosquitto read before the DISCONNECT (each is handed to on_message: the broker
+ * has its PUBACK), so on_message must take messages until this returns. Publishing goes on. */
+int brg_mqtt_stop_receiving(struct brg_mqtt *m);
 
-/* Disconnect and join the network thread, waiting at most BRG_MQTT_STOP_S seconds: a
- * connect or TLS handshake under way cannot be interrupted (an unreachable broker: the
- * kernel's SYN retries, minutes). BRG_ETIMEDOUT then: the thread is left running, never
- * calling on_message or log again (what they use may be freed), and brg_mqtt_free() leaves
- * the client to the process's exit. Stop the consumer of on_message first: a call of it
- * under way is waited for. */
+/* Stop receiving (if not done yet), disconnect the publishing connection and join the
+ * network threads, waiting at most BRG_MQTT_STOP_S seconds: a connect or TLS handshake under
+ * way cannot be interrupted (an unreachable broker: the kernel's SYN retries, minutes).
+ * BRG_ETIMEDOUT then: the thread is left running, never calling on_message or log again (what
+ * they use may be freed), and brg_mqtt_free() leaves the clients to the process's exit.
+ * Flush first: what is not yet acknowledged by the broker is not sent again. */
 #define BRG_MQTT_STOP_S 10
 int brg_mqtt_stop(struct brg_mqtt *m);
 void brg_mqtt_free(struct brg_mqtt *m); /* accepts NULL; stops first */

@@ -55,7 +55,8 @@ static void usage(FILE *out)
 	    "Usage: " PROG " [--config FILE] [--option VALUE ...]\n"
 	    "Receives device telemetry from the broker, verifies it, stores it exactly once and\n"
 	    "acknowledges it after the commit; answers task polls; watches device health.\n"
-	    "Signals: SIGTERM/SIGINT finish the in-flight commit, publish its acks and exit;\n"
+	    "Signals: SIGTERM/SIGINT stop receiving (the broker keeps the rest), commit what was\n"
+	    "received, publish its acks and exit;\n"
 	    "SIGHUP reloads the CRL. Exit status: 0 ok, 1 runtime failure, 2 usage/config "
 	    "error.\n\n"
 	    "Options (config file " BRG_DEFAULT_CONFIG ", or --config FILE):\n");
@@ -286,7 +287,9 @@ int main(int argc, char **argv)
 		int sig = sigtimedwait(&sigs, NULL, &tick);
 		int64_t now = otime_mono_ms();
 		if (sig == SIGTERM || sig == SIGINT) {
-			olog(OLOG_INFO, "%s: finishing the in-flight commit", strsignal(sig));
+			olog(OLOG_INFO,
+			     "%s: finishing what was received (no more is taken from the broker)",
+			     strsignal(sig));
 			break;
 		}
 		if (sig == SIGHUP || now >= next_crl) {
@@ -312,6 +315,11 @@ int main(int argc, char **argv)
 			next_stats = now + c.stats_interval_ms;
 		}
 	}
+	/* Receiving stops before the intake closes: libmosquitto acknowledges to the broker what
+	 * it reads, so whatever it still reads is taken into the pipeline, and what it does not
+	 * read stays queued at the broker for the next run. */
+	brg_ingest_begin_stop(in);
+	brg_mqtt_stop_receiving(mq);
 	rc = brg_ingest_stop(in);
 	if (brg_mqtt_flush(mq, 5000))
 		olog(OLOG_WARN,

@@ -542,3 +542,62 @@ Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .time
 	h_broker_free(&b);
 	h_pg_free(&pg);
 }
+
+/* A stop leaves what the broker has not delivered yet in the bridge's session: the bridge stops
+ * receiving first (libmosquitto acknowledges to the broker whatever it reads, before the bridge
+ * sees it), and what it read is committed and acknowledged. Here 300 batches wait at the broker
+ * for the bridge, the store is locked (the pipeline fills up and intake blocks) and the bridge
+ * is stopped: after the restart all are stored, and the device, whose ack timeout is long, sent
+ * nothing again. (A bridge that took the backlog in during the stop and dropped it left the
+ * broker nothing: the device's ack timeout only would have brought it.) */
+Test(bridge_failure, a_stop_leaves_the_backlog_at_the_broker, .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "stop-backlog");
+	h_bridge_arg(&br, "--workers=1");
+	h_bridge_arg(&br, "--queue-depth=2");
+	h_bridge_arg(&br, "--writer-queue=3");
+	h_bridge_arg(&br, "--busy-timeout=200ms");
+	h_bridge_arg(&br, "--shutdown-timeout=20s");
+	h_bridge_start(&br); /* the session, which queues while the bridge is away */
+	cr_assert_eq(h_bridge_stop(&br), 0);
+	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port,
+	                          .batches = 300, .rows = 2, .cols = 2, .window = 300,
+	                          .ack_timeout_ms = 600000, .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	struct h_simdev_stats st = {0};
+	long long end = h_now_ms() + 20000;
+	while (st.sent < 300 && h_now_ms() < end) {
+		h_sleep_ms(50);
+		h_simdev_stats(d, &st);
+	}
+	cr_assert_eq(st.sent, 300, "the device did not send its batches");
+	h_sleep_ms(500); /* at the broker */
+	struct h_sqlite_lock l = {h_strf("%s", br.store + strlen("sqlite:")), 0, 4};
+	h_sqlite_lock(&l);
+	h_bridge_start(&br);
+	cr_assert(h_log_wait(br.log, "failed (attempt", 1, 10000), "no commit waited: %s", br.log);
+	h_sleep_ms(500); /* the pipeline is full, intake waits */
+	cr_expect_eq(h_bridge_stop(&br), 0, "the stop gave up on messages (log %s)", br.log);
+	h_sqlite_unlock(&l);
+	int64_t stored = h_store_i64(br.store, "SELECT COUNT(*) FROM envelopes", 0);
+	cr_expect_lt(stored, 300, "the test left no backlog at the broker");
+	cr_expect_eq(h_bridge_log_count(&br, "gave up on"), 0, "log %s", br.log);
+	h_bridge_start(&br);
+	cr_expect_eq(h_store_wait_i64(br.store, "SELECT COUNT(*) FROM envelopes", H_EQUAL, 300,
+	                              20000),
+	             300, "%lld stored before the restart; the broker lost the rest (log %s)",
+	             (long long)stored, br.log);
+	cr_expect(h_simdev_wait(d, 20000), "not everything acknowledged");
+	h_simdev_stats(d, &st);
+	cr_expect_eq(st.resent, 0, "the device sent again");
+	cr_expect_eq(st.bad_acks, 0);
+	h_check_simdev(br.store, d, &o);
+	h_simdev_stop(d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	free(l.db);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
