@@ -28,6 +28,10 @@ const struct cfg_opt brg_config_opts[] = {
      "shared subscription group of the bridges splitting the load (empty: plain subscriptions,"
      " one bridge)",
      NULL},
+    {"former_share_group", CFG_STR, O(former_share_group), 0, 64, "outpost-bridge",
+     "a share group an earlier run with this client id used: its subscriptions are taken out of"
+     " the broker session (after renaming share_group; empty: none)",
+     NULL},
     {"keepalive", CFG_DURATION, O(keepalive_ms), 5 * SEC, 600 * SEC, "60s", "MQTT keepalive", NULL},
     {"session_expiry", CFG_DURATION, O(session_expiry_ms), 60 * SEC, 3650 * DAY, "7d",
      "how long the broker keeps queueing for this bridge while it is away", NULL},
@@ -158,6 +162,10 @@ int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 	}
 	if (strpbrk(c->share_group, "/+#$")) {
 		snprintf(err, CFG_ERR_MAX, "%s: share_group: must not contain / + # $", src);
+		return -1;
+	}
+	if (strpbrk(c->former_share_group, "/+#$")) {
+		snprintf(err, CFG_ERR_MAX, "former_share_group: must not contain / + # $");
 		return -1;
 	}
 	if (c->retry_max_ms < c->retry_min_ms) {

@@ -14,6 +14,7 @@ struct brg_config {
 	int64_t broker_port;
 	char *client_id; /* "" = outpost-bridge-<hostname> */
 	char *share_group;
+	char *former_share_group; /* its subscriptions are taken out of a resumed session */
 	int64_t keepalive_ms;
 	int64_t session_expiry_ms;
 	/* identity */

@@ -60,7 +60,7 @@ struct conn {
 
 struct brg_mqtt {
 	struct brg_mqtt_opts o;
-	char *host, *share_group, *ca, *cert, *key;
+	char *host, *share_group, *former_group, *ca, *cert, *key;
 	struct conn sub, pub;
 	int stuck;          /* a network thread outlived brg_mqtt_stop: never freed */
 	pthread_mutex_t mu; /* the connections' fields marked so, and below */
@@ -152,6 +152,34 @@ static void subscribe_all(struct conn *c)
 	}
 }
 
+/* A resumed session keeps what an earlier run subscribed to, and subscribing only adds to
+ * it: after share_group changed, every message would come twice (through the old and the new
+ * subscription). MQTT cannot list a session's subscriptions, so the uplink subscriptions of
+ * the variants not configured are taken away by name: the plain ones when shared, those of
+ * former_share_group (the default group, or the one a rename left) unless it is the one in
+ * use. Sent after subscribe_all, so that no moment has neither. Taking away what does not
+ * exist is answered "no subscription existed" and harmless. */
+static void unsubscribe_former(struct conn *c)
+{
+	struct brg_mqtt *m = c->m;
+	char topics[2 * N_UPLINKS][160];
+	char *list[2 * N_UPLINKS];
+	int n = 0;
+	int shared = m->share_group && *m->share_group;
+	int former = m->former_group && *m->former_group &&
+	             !(shared && !strcmp(m->former_group, m->share_group));
+	for (size_t i = 0; i < N_UPLINKS; i++) {
+		if (shared)
+			uplink_filter(topics[n++], sizeof(topics[0]), NULL, uplinks[i]);
+		if (former)
+			uplink_filter(topics[n++], sizeof(topics[0]), m->former_group, uplinks[i]);
+	}
+	for (int i = 0; i < n; i++)
+		list[i] = topics[i];
+	if (n && mosquitto_unsubscribe_multiple(c->mosq, NULL, n, list, NULL) != MOSQ_ERR_SUCCESS)
+		logm(m, OLOG_ERROR, "cannot take away the subscriptions of a former share group");
+}
+
 /* Forget the last connection's rounds (network thread): a new connection starts its own. */
 static void subscriptions_lost(struct conn *c)
 {
@@ -190,6 +218,8 @@ static void on_connect(struct mosquitto *mosq, void *ud, int rc, int flags,
 	logm(m, OLOG_INFO, "connected to %s:%d as %s (session %s)", m->host, m->o.port,
 	     c->client_id, flags & 1 ? "resumed" : "new");
 	subscribe_all(c);
+	if (flags & 1)
+		unsubscribe_former(c);
 }
 
 /* A round is judged once every SUBACK of it is in. The bridge is in service once all its
@@ -370,6 +400,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	m->o = *o;
 	m->host = dup_or_null(o->host, &fail);
 	m->share_group = dup_or_null(o->share_group, &fail);
+	m->former_group = dup_or_null(o->former_share_group, &fail);
 	m->ca = dup_or_null(o->ca_file, &fail);
 	m->cert = dup_or_null(o->cert_file, &fail);
 	m->key = dup_or_null(o->key_file, &fail);
@@ -667,6 +698,7 @@ void brg_mqtt_free(struct brg_mqtt *m)
 	pthread_cond_destroy(&m->cv);
 	free(m->host);
 	free(m->share_group);
+	free(m->former_group);
 	free(m->ca);
 	free(m->cert);
 	free(m->key);

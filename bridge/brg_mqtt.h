@@ -25,6 +25,10 @@ struct brg_mqtt_opts {
 	int port;
 	const char *client_id;
 	const char *share_group; /* "" or NULL: plain subscriptions (one bridge), else $share/<group>/… */
+	/* "" or NULL, or a group whose subscriptions a resumed session may hold from an earlier
+	 * run: they are taken away at each resumed connect (so are the plain ones when
+	 * share_group is set) */
+	const char *former_share_group;
 	int keepalive_s;
 	uint32_t session_expiry_s;
 	const char *ca_file, *cert_file, *key_file;

@@ -250,6 +250,7 @@ int main(int argc, char **argv)
 	    .port = (int)c.broker_port,
 	    .client_id = c.client_id,
 	    .share_group = c.share_group,
+	    .former_share_group = c.former_share_group,
 	    .keepalive_s = (int)(c.keepalive_ms / 1000),
 	    .session_expiry_s = (uint32_t)(c.session_expiry_ms / 1000),
 	    .ca_file = c.ca_file,

@@ -1,6 +1,7 @@
 /* test_bridge_stream.c - N simulated devices stream through a real broker (mutual TLS) into
  * outpost-bridge; every (device, seq) is stored exactly once with all its readings, in SQLite
- * and in PostgreSQL; chains with polls and dropped batches close; acks reach the devices. */
+ * and in PostgreSQL; chains with polls and dropped batches close; acks reach the devices; a
+ * bridge whose share group changed receives each message once. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,4 +170,73 @@ Test(bridge_stream, plain_subscriptions_queue_across_a_broker_restart, .timeout 
 	cr_expect_eq(h_bridge_stop(&br), 0);
 	h_bridge_free(&br);
 	h_broker_free(&b);
+}
+
+/* The "received" total of the bridge's last stats line. */
+static long long last_received(const char *log_path)
+{
+	char *log = h_read_file(log_path, NULL), *p = log, *last = NULL;
+	while (p && (p = strstr(p, "totals: received ")))
+		last = p++;
+	long long n = last ? strtoll(last + strlen("totals: received "), NULL, 10) : -1;
+	free(log);
+	return n;
+}
+
+/* A bridge run with share group `from` (NULL: the default), stopped, then run again in the same
+ * session with the extra arguments `to`: each message of a device reaches it once. The session
+ * kept the earlier run's subscriptions, which a subscription does not replace: the bridge takes
+ * them away, or every message came twice (stored once, counted as duplicates). */
+static void switch_group(const char *tag, const char *from, const char *const *to, int n_to)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, tag);
+	if (from)
+		h_bridge_arg(&br, from);
+	h_bridge_start(&br);
+	cr_assert_eq(h_bridge_stop(&br), 0);
+	h_bridge_args_clear(&br);
+	for (int i = 0; i < n_to; i++)
+		h_bridge_arg(&br, to[i]);
+	h_bridge_start(&br);
+	cr_assert_eq(h_bridge_log_count(&br, "(session resumed)"), 1);
+	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port,
+	                          .batches = 50, .rows = 2, .cols = 2, .window = 5,
+	                          .ack_timeout_ms = 600000, .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	cr_expect(h_simdev_wait(d, 30000), "not everything acknowledged");
+	h_sleep_ms(1000); /* a second copy would be on its way */
+	struct h_simdev_stats st;
+	h_simdev_stats(d, &st);
+	cr_expect_eq(st.resent, 0);
+	h_check_simdev(br.store, d, &o);
+	h_simdev_stop(d);
+	cr_expect_eq(h_bridge_stop(&br), 0);
+	cr_expect_eq(h_store_i64(br.store, "SELECT SUM(duplicates) FROM devices", 0), 0,
+	             "messages came twice (log %s)", br.log);
+	cr_expect_eq(last_received(br.log), 51, "the Birth and 50 batches, once (log %s)", br.log);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
+
+/* What docs/OPERATIONS.md recommends for a single bridge, after the default. */
+Test(bridge_stream, a_share_group_given_up_is_taken_out_of_the_session, .timeout = 120)
+{
+	const char *const to[] = {"--share-group="};
+	switch_group("group-to-plain", NULL, to, 1);
+}
+
+Test(bridge_stream, plain_subscriptions_given_up_are_taken_out_of_the_session, .timeout = 120)
+{
+	const char *const to[] = {"--share-group=outpost-bridge"};
+	switch_group("plain-to-group", "--share-group=", to, 1);
+}
+
+/* A group renamed: former_share_group names the old one (the default: outpost-bridge). */
+Test(bridge_stream, a_renamed_share_group_is_taken_out_of_the_session, .timeout = 120)
+{
+	const char *const to[] = {"--share-group=blue", "--former-share-group=green"};
+	switch_group("group-renamed", "--share-group=green", to, 2);
 }

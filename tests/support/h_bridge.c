@@ -78,6 +78,13 @@ void h_bridge_arg(struct h_bridge *br, const char *arg)
 	br->extra[br->n_extra++] = strdup(arg);
 }
 
+void h_bridge_args_clear(struct h_bridge *br)
+{
+	for (int i = 0; i < br->n_extra; i++)
+		free(br->extra[i]);
+	br->n_extra = 0;
+}
+
 int h_bridge_log_count(struct h_bridge *br, const char *needle)
 {
 	return h_count_in_file(br->log, needle);

@@ -35,6 +35,9 @@ void h_bridge_init(struct h_bridge *br, const struct h_broker *b, const char *st
 /* Add --arg (e.g. "--quarantine-after=5") for the next start. */
 void h_bridge_arg(struct h_bridge *br, const char *arg);
 
+/* Forget the arguments added so far (the next start runs with the harness's own only). */
+void h_bridge_args_clear(struct h_bridge *br);
+
 /* From the next start on, the bridge writes its output into a pipe that a `cat` appends to
  * br->log: a file size limit put on the bridge (prlimit --fsize) then does not stop its log. */
 void h_bridge_log_via_pipe(struct h_bridge *br);

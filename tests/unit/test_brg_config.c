@@ -16,6 +16,7 @@ Test(brg_config, defaults_and_derived_paths)
 	cr_assert_eq(brg_config_parse(&c, 5, argv, err), 0, "%s", err);
 	cr_expect_eq(c.broker_port, 8884);
 	cr_expect_str_eq(c.share_group, "outpost-bridge");
+	cr_expect_str_eq(c.former_share_group, "outpost-bridge", "the default group is taken away");
 	cr_expect_str_eq(c.ca_file, "/x/pki/ca.crt");
 	cr_expect_str_eq(c.key_file, "/x/pki/bridge.key");
 	cr_expect(!strncmp(c.client_id, "outpost-bridge-", 15), "%s", c.client_id);
@@ -58,6 +59,11 @@ Test(brg_config, file_env_options_and_errors)
 	brg_config_free(&c);
 	char *bad3[] = {"outpost-bridge", "--config", "/dev/null", "--share-group", "a/b", NULL};
 	cr_expect_eq(brg_config_parse(&c, 5, bad3, err), -1);
+	brg_config_free(&c);
+	char *bad4[] = {"outpost-bridge", "--config", "/dev/null", "--former-share-group", "a+",
+	                NULL};
+	cr_expect_eq(brg_config_parse(&c, 5, bad4, err), -1);
+	cr_expect(strstr(err, "former_share_group"), "%s", err);
 	brg_config_free(&c);
 	free(path);
 	free(dir);
