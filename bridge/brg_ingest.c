@@ -358,9 +358,16 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 			      n, attempt, store_strerror(rc), store_errmsg(in->store));
 		if (!store_err_transient(rc) && attempt >= 3) {
 			if (n > 1) {
-				/* Isolate what the store refuses instead of blocking everything. */
-				for (size_t i = 0; i < n; i++)
+				/* Isolate what the store refuses instead of blocking everything.
+				 * Each item may cost a store wait (busy_timeout) before it sees
+				 * the deadline: past it, the rest is given up at once. */
+				for (size_t i = 0; i < n; i++) {
+					if (stopping_past_deadline(in)) {
+						abandon(in, n - i);
+						break;
+					}
 					commit(in, &items[i], 1, out);
+				}
 				return 1;
 			}
 			if (items[0]->kind == BRG_ITEM_BIRTH)

@@ -601,3 +601,87 @@ Test(bridge_failure, a_stop_leaves_the_backlog_at_the_broker, .timeout = 180)
 	h_bridge_free(&br);
 	h_broker_free(&b);
 }
+
+/* The first "commit of N message(s) failed (attempt 1)" in log with N >= min: its N, else 0. */
+static int failed_group(const char *log, int min)
+{
+	char *text = h_read_file(log, NULL);
+	int n = 0;
+	for (const char *p = text; p && (p = strstr(p, "commit of ")) && n < min; p++) {
+		int end = 0;
+		if (sscanf(p, "commit of %d message(s) failed (attempt 1)%n", &n, &end) != 1 || !end)
+			n = 0;
+	}
+	free(text);
+	return n >= min ? n : 0;
+}
+
+/* A group the store refuses for good is committed again one message at a time; a stop meanwhile
+ * keeps to shutdown_timeout: past it the messages not tried yet are given up at once, instead of
+ * each costing one more attempt first (a locked SQLite store: busy_timeout each, half an hour
+ * for a group of 1024). Here a trigger refuses every new envelope, slowly (a join costing some
+ * 0.2 s per attempt), and a group of at least 30 messages is being retried one by one. */
+Test(bridge_failure, a_stop_during_the_one_by_one_retry_keeps_to_shutdown_timeout, .timeout = 150)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, NULL, "stop-one-by-one");
+	h_bridge_arg(&br, "--shutdown-timeout=1s");
+	h_bridge_start(&br);
+	h_store_i64(br.store, "CREATE TABLE slow_rows(x INTEGER)", 0);
+	long long attempt_ms = 0;
+	for (int i = 0; i < 4 && attempt_ms < 200; i++) {
+		h_store_i64(br.store,
+		            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE"
+		            " x < 1500) INSERT INTO slow_rows SELECT x FROM c",
+		            0);
+		long long t0 = h_now_ms();
+		h_store_i64(br.store, "SELECT sum(a.x * b.x) FROM slow_rows a, slow_rows b", 0);
+		attempt_ms = h_now_ms() - t0;
+	}
+	cr_assert_geq(attempt_ms, 100, "the refusal is too fast to tell (%lld ms)", attempt_ms);
+	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .port = b.mqtts_port,
+	                          .batches = 400, .rows = 2, .cols = 2, .window = 100,
+	                          .ack_timeout_ms = 600000, .rate = 100,
+	                          .t0_ms = 1700000000000LL};
+	struct h_simdev *d = h_simdev_start(&o);
+	struct h_simdev_stats st = {0};
+	long long end = h_now_ms() + 20000;
+	while (st.acks < 10 && h_now_ms() < end) {
+		h_sleep_ms(20);
+		h_simdev_stats(d, &st);
+	}
+	cr_assert_geq(st.acks, 10, "the device is not streaming");
+	h_store_i64(br.store,
+	            "CREATE TRIGGER refuse_slowly BEFORE INSERT ON envelopes BEGIN"
+	            " SELECT RAISE(ABORT, 'test') FROM (SELECT sum(a.x * b.x) AS s FROM slow_rows a,"
+	            " slow_rows b) WHERE s > 0; END",
+	            0);
+	end = h_now_ms() + 60000;
+	while (!failed_group(br.log, 30) && h_now_ms() < end)
+		h_sleep_ms(50);
+	int n = failed_group(br.log, 30);
+	cr_assert(n, "no group of 30 messages was refused (log %s)", br.log);
+	/* its second and third attempts, then its first message's own */
+	const char *one = "commit of 1 message(s) failed (attempt 1)";
+	int ones = h_bridge_log_count(&br, one);
+	end = h_now_ms() + 10000 + 4 * attempt_ms;
+	while (h_bridge_log_count(&br, one) == ones && h_now_ms() < end)
+		h_sleep_ms(20);
+	cr_assert_gt(h_bridge_log_count(&br, one), ones, "not retrying one by one (log %s)",
+	             br.log);
+	long long t0 = h_now_ms();
+	int rc = h_bridge_stop(&br);
+	long long took = h_now_ms() - t0;
+	/* 1 s, then the attempt under way; not one attempt per message of the group (n) */
+	cr_expect_lt(took, 4000 + 2 * attempt_ms,
+	             "the stop took %lld ms (shutdown_timeout 1 s, %lld ms per attempt, a group of %d;"
+	             " log %s)",
+	             took, attempt_ms, n, br.log);
+	cr_expect_eq(rc, 1, "the exit status says that messages were given up");
+	cr_expect_gt(h_bridge_log_count(&br, "shutdown: gave up on"), 0, "log %s", br.log);
+	h_simdev_stop(d);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+}
