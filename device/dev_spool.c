@@ -153,6 +153,35 @@ static void prune_ranges(struct dev_spool *s)
 
 /* ---------- state file ---------- */
 
+/* The marker <dir>/drops-unrecorded says that a segment was dropped while the state file could
+ * not record it (a full disk): only then does the next open infer the stretch the state
+ * misses (report_unrecorded_drops). An empty file takes no data block, so a full disk still
+ * takes it. Set: created and its directory synced, best effort (without it the drop is lost to
+ * a power cut before the next state write, as before); cleared once a state write succeeds.
+ * 0 if the marker is there, -1 if not. */
+static int drops_marker(struct dev_spool *s, int set)
+{
+	char *path = NULL;
+	if (asprintf(&path, "%s/drops-unrecorded", s->dir) < 0)
+		return -1;
+	int rc = -1;
+	if (set < 0) {
+		rc = access(path, F_OK) ? -1 : 0;
+	} else if (set) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			close(fd);
+			spool_fsync_dir(s->dir);
+			rc = 0;
+		}
+	} else if (!unlink(path) || errno == ENOENT) {
+		rc = -1;
+	}
+	s->drops_unrecorded = !rc;
+	free(path);
+	return rc;
+}
+
 static int state_write(struct dev_spool *s)
 {
 	uint8_t buf[48 + 4 + MAX_PENDING * 32 + 4];
@@ -186,6 +215,8 @@ static int state_write(struct dev_spool *s)
 		s->state_dirty = 0;
 	}
 	free(dst);
+	if (!rc && s->drops_unrecorded) /* the state holds every drop again */
+		drops_marker(s, 0);
 	return rc;
 }
 
@@ -425,6 +456,8 @@ static void drop_seg(struct dev_spool *s, size_t i)
 		 * device can report into a loss it cannot */
 		written = !state_write(s);
 	}
+	if (!written)
+		drops_marker(s, 1);
 	spool_remove_seg(s, i);
 	/* A full disk refused it, and the segment went all the same: that is the room the state
 	 * needs. Again at once, not at the next append or ack; should a power cut come first,
@@ -462,9 +495,11 @@ static void enforce_limits(struct dev_spool *s)
 	}
 }
 
-/* The records between the ack point and the oldest segment left were acknowledged or dropped,
- * and a drop is on disk before its segment goes, unless that state write failed and a power cut
- * came before another succeeded: the pending ranges then miss (the end of) the stretch. Report
+/* The records between the ack point and the oldest segment left were acknowledged (by the
+ * ack point, or by ranges: such segments go at once, and ranges are not kept across a restart)
+ * or dropped, and a drop is on disk before its segment goes, unless that state write failed
+ * and a power cut came before another succeeded (the marker says so): the pending ranges then
+ * miss (the end of) the stretch. Report
  * what none of them covers (at least one record; how many is unknowable). Acknowledged records
  * in it (their ack's state write failed too) are reported with it: a bridge ignores a drop at
  * or below its frontier. Nothing is inferred between segments: a stretch missing there may
@@ -615,7 +650,9 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		else
 			i++;
 	}
-	if (st == 0) /* without a state, nothing is known below the oldest record */
+	/* without a state, nothing is known below the oldest record; with one, only a drop it
+	 * could not record left a stretch there (segments acknowledged by ranges go at once) */
+	if (st == 0 && !drops_marker(s, -1))
 		report_unrecorded_drops(s);
 	rc = state_write(s);
 	if (rc == DEV_SPOOL_ENOSPC) {

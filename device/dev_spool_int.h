@@ -78,6 +78,7 @@ struct dev_spool {
 	size_t npending;
 	int64_t state_written_ms;
 	int state_dirty;
+	int drops_unrecorded; /* <dir>/drops-unrecorded is on disk: a drop the state may miss */
 	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
 	int repair_pending;  /* the state could not be written at open (full disk): damage found
 	                      * then is mended at the first state write that succeeds */
