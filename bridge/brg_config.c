@@ -160,13 +160,14 @@ int brg_config_parse(struct brg_config *c, int argc, char **argv, char *err)
 		         c->client_id);
 		return -1;
 	}
-	if (strpbrk(c->share_group, "/+#$")) {
-		snprintf(err, CFG_ERR_MAX, "%s: share_group: must not contain / + # $", src);
-		return -1;
-	}
-	if (strpbrk(c->former_share_group, "/+#$")) {
-		snprintf(err, CFG_ERR_MAX, "former_share_group: must not contain / + # $");
-		return -1;
+	const char *groups[][2] = {{"share_group", c->share_group},
+	                           {"former_share_group", c->former_share_group}};
+	for (size_t i = 0; i < 2; i++) {
+		if (strpbrk(groups[i][1], "/+#$")) {
+			snprintf(err, CFG_ERR_MAX, "%s: %s: must not contain / + # $", src,
+			         groups[i][0]);
+			return -1;
+		}
 	}
 	if (c->retry_max_ms < c->retry_min_ms) {
 		snprintf(err, CFG_ERR_MAX, "%s: retry_max: must not be below retry_min", src);

@@ -59,11 +59,12 @@ Test(brg_config, file_env_options_and_errors)
 	brg_config_free(&c);
 	char *bad3[] = {"outpost-bridge", "--config", "/dev/null", "--share-group", "a/b", NULL};
 	cr_expect_eq(brg_config_parse(&c, 5, bad3, err), -1);
+	cr_expect(strstr(err, "/dev/null: share_group: must not contain"), "%s", err);
 	brg_config_free(&c);
 	char *bad4[] = {"outpost-bridge", "--config", "/dev/null", "--former-share-group", "a+",
 	                NULL};
 	cr_expect_eq(brg_config_parse(&c, 5, bad4, err), -1);
-	cr_expect(strstr(err, "former_share_group"), "%s", err);
+	cr_expect(strstr(err, "/dev/null: former_share_group: must not contain"), "%s", err);
 	brg_config_free(&c);
 	free(path);
 	free(dir);
