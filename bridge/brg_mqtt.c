@@ -67,9 +67,11 @@ struct brg_mqtt {
 	pthread_cond_t cv;
 	long pending; /* QoS 1 publishes not yet acknowledged */
 	int lib;      /* holds a mosquitto_lib_init reference */
-	/* Held around each call into the caller (on_message, log). Once brg_mqtt_stop gave up on
-	 * a network thread, detached: the caller frees what those calls use, so they stop. */
-	pthread_mutex_t cb_mu;
+	/* Held around each call into the caller: cb_mu for on_message, log_mu for log (apart, so
+	 * the publishing thread can log while the receiving one waits in on_message for room in
+	 * the pipeline). Once brg_mqtt_stop gave up on a network thread, detached (set under
+	 * both): the caller frees what those calls use, so they stop. */
+	pthread_mutex_t cb_mu, log_mu;
 	int detached;
 };
 
@@ -84,10 +86,10 @@ static void logm(struct brg_mqtt *m, int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	pthread_mutex_lock(&m->cb_mu);
+	pthread_mutex_lock(&m->log_mu);
 	if (!m->detached)
 		m->o.log(m->o.log_ctx, level, line);
-	pthread_mutex_unlock(&m->cb_mu);
+	pthread_mutex_unlock(&m->log_mu);
 }
 
 /* libmosquitto reports a TLS failure as "A TLS error occurred" and logs OpenSSL's queue
@@ -406,6 +408,7 @@ int brg_mqtt_new(const struct brg_mqtt_opts *o, struct brg_mqtt **out, char *err
 	m->key = dup_or_null(o->key_file, &fail);
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_mutex_init(&m->cb_mu, NULL);
+	pthread_mutex_init(&m->log_mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
 	if (fail) {
 		snprintf(err, 256, "out of memory");
@@ -671,7 +674,9 @@ int brg_mqtt_stop(struct brg_mqtt *m)
 	}
 	if (m->stuck) {
 		pthread_mutex_lock(&m->cb_mu);
+		pthread_mutex_lock(&m->log_mu);
 		m->detached = 1;
+		pthread_mutex_unlock(&m->log_mu);
 		pthread_mutex_unlock(&m->cb_mu);
 		return BRG_ETIMEDOUT;
 	}
@@ -695,6 +700,7 @@ void brg_mqtt_free(struct brg_mqtt *m)
 	conn_free(&m->pub);
 	pthread_mutex_destroy(&m->mu);
 	pthread_mutex_destroy(&m->cb_mu);
+	pthread_mutex_destroy(&m->log_mu);
 	pthread_cond_destroy(&m->cv);
 	free(m->host);
 	free(m->share_group);

@@ -59,7 +59,9 @@ int brg_mqtt_flush(struct brg_mqtt *m, int timeout_ms);
  * the broker has not delivered yet stays queued in the session for the next run. Returns once
  * on_message will not be called again: a call under way is waited for, and so is every
  * message libmosquitto read before the DISCONNECT (each is handed to on_message: the broker
- * has its PUBACK), so on_message must take messages until this returns. Publishing goes on. */
+ * has its PUBACK, but for one read as the DISCONNECT went out, whose PUBACK is not sent: the
+ * broker delivers it again next run, a duplicate), so on_message must take messages until
+ * this returns. Publishing goes on. */
 int brg_mqtt_stop_receiving(struct brg_mqtt *m);
 
 /* Stop receiving (if not done yet), disconnect the publishing connection and join the
