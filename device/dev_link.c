@@ -1,5 +1,6 @@
 /* dev_link.c - Paho MQTTAsync connection: WSS then MQTTS, proxy, mutual TLS, jittered backoff. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,7 +461,15 @@ static int start_connect(struct dev_link *l)
 	c.onSuccess5 = on_connected;
 	c.onFailure5 = on_connect_failed;
 	c.context = slot;
-	if (MQTTAsync_connect(cli, &c) != MQTTASYNC_SUCCESS)
+	/* Paho starts its send and receive threads here: signals are the agent thread's
+	 * business (a TERM taken on one of them, while main is deciding to execute itself again
+	 * for a restart task, would go unread), so they start with every signal blocked. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int crc = MQTTAsync_connect(cli, &c);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (crc != MQTTASYNC_SUCCESS)
 		goto fail;
 	l->state = ST_CONNECTING;
 	return DEV_LINK_OK;
