@@ -151,15 +151,7 @@ static void abandon(struct brg_ingest *in, uint64_t n)
 /* Wait for room until the stop's deadline (in->mu held). */
 static void wait_room_until_deadline(struct brg_ingest *in)
 {
-	int64_t left = in->stop_deadline - otime_mono_ms();
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += left / 1000;
-	until.tv_nsec += (long)(left % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	struct timespec until = otime_after(CLOCK_REALTIME, in->stop_deadline - otime_mono_ms());
 	pthread_cond_timedwait(&in->room, &in->mu, &until);
 }
 

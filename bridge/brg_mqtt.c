@@ -433,14 +433,7 @@ static int stopping(struct conn *c)
 
 static void nap(struct conn *c, int ms)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	struct timespec until = otime_after(CLOCK_REALTIME, ms);
 	pthread_mutex_lock(&c->m->mu);
 	if (!c->stop)
 		pthread_cond_timedwait(&c->m->cv, &c->m->mu, &until);
@@ -617,14 +610,7 @@ int brg_mqtt_publish(void *ctx, const char *topic, const void *payload, size_t l
 
 int brg_mqtt_flush(struct brg_mqtt *m, int timeout_ms)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	struct timespec until = otime_after(CLOCK_REALTIME, timeout_ms);
 	pthread_mutex_lock(&m->mu);
 	int rc = 0;
 	while (m->pending > 0 && rc != ETIMEDOUT)
@@ -663,9 +649,7 @@ int brg_mqtt_stop(struct brg_mqtt *m)
 	brg_mqtt_stop_receiving(m);
 	if (m->pub.started)
 		conn_ask_stop(&m->pub);
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += BRG_MQTT_STOP_S;
+	struct timespec until = otime_after(CLOCK_REALTIME, BRG_MQTT_STOP_S * 1000);
 	struct conn *both[] = {&m->sub, &m->pub};
 	for (int i = 0; i < 2; i++) {
 		if (both[i]->started && pthread_timedjoin_np(both[i]->th, NULL, &until))

@@ -6,6 +6,7 @@
 
 #include "brg_err.h"
 #include "brg_queue.h"
+#include "otime.h"
 
 struct brg_queue {
 	pthread_mutex_t mu;
@@ -74,16 +75,7 @@ static void *take(struct brg_queue *q)
 
 int brg_queue_pop(struct brg_queue *q, void **item, int timeout_ms)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	if (timeout_ms > 0) {
-		until.tv_sec += timeout_ms / 1000;
-		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
-	}
+	struct timespec until = otime_after(CLOCK_MONOTONIC, timeout_ms);
 	pthread_mutex_lock(&q->mu);
 	while (q->len == 0 && !q->closed) {
 		if (timeout_ms < 0) {
