@@ -40,6 +40,7 @@ struct conn {
 	pthread_t th;
 	int started;
 	char tls_error[128]; /* OpenSSL's reason for the last failure (network thread) */
+	int tls_eof;         /* that failure was the peer closing mid-handshake (network thread) */
 	/* under m->mu */
 	int stop;
 	int reading; /* in run_connected, where messages are read and handed on */
@@ -104,6 +105,8 @@ static void on_log(struct mosquitto *mosq, void *ud, int level, const char *line
 		return;
 	const char *reason = strrchr(line, ':');
 	snprintf(c->tls_error, sizeof(c->tls_error), "%s", reason && reason[1] ? reason + 1 : line);
+	/* OpenSSL 3's SSL_R_UNEXPECTED_EOF_WHILE_READING: the peer went away, it refused nothing */
+	c->tls_eof = strstr(c->tls_error, "unexpected eof") != NULL;
 }
 
 /* the next wait of a series doubling up to BACKOFF_MAX_MS */
@@ -488,10 +491,11 @@ static int run_connected(struct conn *c)
 }
 
 /* The wait before the next attempt. A connection that failed or was lost (the broker away,
- * restarting) is tried again after 1, 2, 3, 4, then every 5 s: a bridge is two clients, not
- * a fleet, and every second it is away delays every device's acks. A broker that refuses the
- * bridge (CONNACK, a subscription, TLS, protocol) is asked again after 0.5 s, doubling up to
- * 30 s, until it grants the subscriptions. */
+ * restarting, or a proxy in front of it closing the connection during the TLS handshake) is
+ * tried again after 1, 2, 3, 4, then every 5 s: a bridge is two clients, not a fleet, and
+ * every second it is away delays every device's acks. A broker that refuses the bridge
+ * (CONNACK, a subscription, TLS, protocol) is asked again after 0.5 s, doubling up to 30 s,
+ * until it grants the subscriptions. */
 static int next_delay(struct conn *c, int rc, int *lost, int *backoff)
 {
 	pthread_mutex_lock(&c->m->mu);
@@ -505,7 +509,8 @@ static int next_delay(struct conn *c, int rc, int *lost, int *backoff)
 		*backoff = BACKOFF_MIN_MS;
 	}
 	int transient = rc == MOSQ_ERR_ERRNO || rc == MOSQ_ERR_CONN_LOST ||
-	                rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_KEEPALIVE || rc == MOSQ_ERR_EAI;
+	                rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_KEEPALIVE || rc == MOSQ_ERR_EAI ||
+	                (rc == MOSQ_ERR_TLS && c->tls_eof);
 	if (refused || !transient) {
 		int delay = *backoff;
 		*backoff = doubled(*backoff);
@@ -563,6 +568,7 @@ static void *net_main(void *arg)
 		logm(m, OLOG_WARN, "%sbroker %s:%d: %s%s%s%s; retrying in %d ms", c->label, m->host,
 		     m->o.port, why, *tls ? " (TLS: " : "", tls, *tls ? ")" : "", delay);
 		c->tls_error[0] = '\0';
+		c->tls_eof = 0;
 		nap(c, delay);
 	}
 	mosquitto_property_free_all(&props);
