@@ -37,6 +37,18 @@ static const struct brg_link *dropped_across(const struct brg_link *l, size_t n,
 	return best;
 }
 
+/* The lowest stored link from below `from` to above it, stored at or before `before`. */
+static const struct brg_link *forked_across(const struct brg_link *l, size_t n, uint64_t from,
+                                            int64_t before)
+{
+	const struct brg_link *best = NULL;
+	for (size_t i = 0; i < n && l[i].prev < from; i++)
+		if (l[i].stored && l[i].seq > from && l[i].at <= before &&
+		    (!best || l[i].seq < best->seq))
+			best = &l[i];
+	return best;
+}
+
 /* The hole added, NULL if there is no room left. */
 static struct brg_hole *hole(struct brg_chain *c, uint64_t after, uint64_t upto, int64_t since)
 {
@@ -46,11 +58,13 @@ static struct brg_hole *hole(struct brg_chain *c, uint64_t after, uint64_t upto,
 	return &c->holes[c->n_holes++];
 }
 
-void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, struct brg_chain *out)
+void brg_chain_compute(uint64_t frontier, int64_t fork_before, struct brg_link *links, size_t n,
+                       struct brg_chain *out)
 {
 	out->n_ranges = 0;
 	out->n_holes = 0;
 	out->frontier = frontier;
+	out->fork_from = out->fork_to = 0;
 	if (!n)
 		return;
 	qsort(links, n, sizeof(*links), by_prev);
@@ -59,6 +73,10 @@ void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, stru
 		const struct brg_link *l = leaving(links, n, frontier);
 		if (!l || l->seq <= frontier)
 			l = dropped_across(links, n, frontier);
+		if (!l && !out->fork_to && (l = forked_across(links, n, frontier, fork_before))) {
+			out->fork_from = frontier;
+			out->fork_to = l->seq;
+		}
 		if (!l)
 			break;
 		frontier = l->seq;

@@ -41,11 +41,24 @@ struct brg_chain {
 	struct brg_range ranges[WIRE_MAX_ACK_RANGES];
 	size_t n_holes; /* missing stretches: (frontier, first segment) and between segments */
 	struct brg_hole holes[BRG_CHAIN_MAX_HOLES];
+	/* fork_to != 0: the chain stopped at fork_from and went on by a stored link from below
+	 * it to fork_to (see brg_chain_compute); the envelopes in (fork_from, fork_to) will never
+	 * come. */
+	uint64_t fork_from;
+	uint64_t fork_to;
 };
 
 /* Compute the chain from frontier and links (any order; the array is sorted in place).
  * Links with seq <= prev are ignored. Ranges beyond WIRE_MAX_ACK_RANGES and holes beyond
- * BRG_CHAIN_MAX_HOLES are left out, newest first. */
-void brg_chain_compute(uint64_t frontier, struct brg_link *links, size_t n, struct brg_chain *out);
+ * BRG_CHAIN_MAX_HOLES are left out, newest first.
+ *
+ * A stored link from below the frontier to above it says the device's history forked: after
+ * prev it numbered seq, while the store's chain went on past prev (its state directory was
+ * restored from a backup, or two devices share its identity). While nothing else leaves the
+ * frontier, the lowest such link stored at or before fork_before (ms; INT64_MIN: none) is
+ * followed once: the chain goes on from its seq (fork_from/fork_to). Younger ones wait, as
+ * holes do, for the links that may still arrive out of order. */
+void brg_chain_compute(uint64_t frontier, int64_t fork_before, struct brg_link *links, size_t n,
+                       struct brg_chain *out);
 
 #endif

@@ -689,6 +689,19 @@ static void hex(char *out, const uint8_t *b, size_t n)
 		sprintf(out + 2 * i, "%02x", b[i]);
 }
 
+int brg_commit__lose(struct brg_committer *c, struct wdev *w, uint64_t after, uint64_t upto)
+{
+	int rc = brg_commit__insert_gap(c, w, "lost", after, upto, -1);
+	if (rc < 0)
+		goto out;
+	B64(S_GAP_LOSE, 1, c->now);
+	B64(S_GAP_LOSE, 2, w->key);
+	B64(S_GAP_LOSE, 3, upto);
+	rc = brg_commit__run(c, S_GAP_LOSE);
+out:
+	return rc;
+}
+
 /* A known device says everything up to floor was acknowledged or dropped, but the store's chain
  * ends below it: its state was wiped and it numbers afresh above its earlier life (or the store
  * was restored from an older backup). Nothing in between can come any more: record the stretch
@@ -698,13 +711,8 @@ static void hex(char *out, const uint8_t *b, size_t n)
  * withheld one is refused as `replayed` before it gets here). */
 static int floor_ahead(struct brg_committer *c, struct wdev *w, uint64_t floor)
 {
-	int rc = brg_commit__insert_gap(c, w, "lost", (uint64_t)w->frontier, floor, -1);
-	if (rc < 0)
-		goto out;
-	B64(S_GAP_LOSE, 1, c->now);
-	B64(S_GAP_LOSE, 2, w->key);
-	B64(S_GAP_LOSE, 3, floor);
-	if ((rc = brg_commit__run(c, S_GAP_LOSE)))
+	int rc = brg_commit__lose(c, w, (uint64_t)w->frontier, floor);
+	if (rc)
 		goto out;
 	if ((rc = brg_commit__shrink_holes(c, w, floor)))
 		goto out;

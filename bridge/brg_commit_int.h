@@ -218,6 +218,9 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w);
 /* INSERT a gap row (count < 0: NULL); 1 if inserted, 0 if (device, reason, prev) existed. */
 int brg_commit__insert_gap(struct brg_committer *c, struct wdev *w, const char *reason,
                            uint64_t prev, uint64_t last, int64_t count);
+/* Record (after, upto] as a `lost` gap (nothing of it will come from the device any more; a
+ * late envelope of it is still stored) and give up the open holes ending in it. */
+int brg_commit__lose(struct brg_committer *c, struct wdev *w, uint64_t after, uint64_t upto);
 /* Open `missing` holes reaching above `at` start there (the chain is complete up to it). */
 int brg_commit__shrink_holes(struct brg_committer *c, struct wdev *w, uint64_t at);
 /* Tasks (brg_tasks.c). */

@@ -470,6 +470,25 @@ out:
 	return rc;
 }
 
+/* The chain went on by a link from below the frontier (brg_chain.h): what lies between will
+ * not come from the device any more. A stretch (from, to] ending in the link's own seq is
+ * recorded lost, so that the open holes ending there are given up, not marked filled. */
+static int follow_fork(struct brg_committer *c, struct wdev *w, const struct brg_chain *ch)
+{
+	int rc = 0;
+	if (ch->fork_to - ch->fork_from > 1 &&
+	    (rc = brg_commit__lose(c, w, ch->fork_from, ch->fork_to)))
+		return rc;
+	return brg_commit__event(c, w, "chain_forked",
+	                         "seq %llu follows a seq below the store's frontier %llu: the "
+	                         "device's history forked (its state directory restored from a "
+	                         "backup, or its identity used twice); seqs %llu..%llu recorded "
+	                         "as lost",
+	                         (unsigned long long)ch->fork_to, (unsigned long long)ch->fork_from,
+	                         (unsigned long long)ch->fork_from + 1,
+	                         (unsigned long long)ch->fork_to - 1);
+}
+
 int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 {
 	struct brg_chain *ch = malloc(sizeof(*ch));
@@ -480,7 +499,10 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		return rc;
 	if ((rc = read_links(c, w, &n, &edge)))
 		goto out;
-	brg_chain_compute((uint64_t)w->frontier, c->links, n, ch);
+	/* a fork waits as long as a hole before it is recorded: the links it jumps may be late */
+	brg_chain_compute((uint64_t)w->frontier, c->now - c->o.gap_grace_ms, c->links, n, ch);
+	if (ch->fork_to && (rc = follow_fork(c, w, ch)))
+		goto out;
 	if ((int64_t)ch->frontier != w->frontier) {
 		B64(S_GAP_FILL_DROPPED, 1, c->now);
 		B64(S_GAP_FILL_DROPPED, 2, w->key);

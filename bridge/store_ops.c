@@ -23,7 +23,8 @@ const char *const store_task_states[] = {STORE_TASK_QUEUED,    STORE_TASK_DELIVE
 /* In the order of docs/BRIDGE.md "Health". tests/unit/test_store.c checks that every type the
  * bridge sources write is here. */
 const char *const store_event_types[] = {
-    "enrolled", "reenrolled", "birth", "chain_floor_ahead", "chain_floor_ignored", "online",
+    "enrolled", "reenrolled", "birth", "chain_floor_ahead", "chain_floor_ignored", "chain_forked",
+    "online",
     "offline", "rejected", "quarantined", "released", "revoked", "deactivated", "reactivated",
     "gap_dropped", "gap_missing", "gap_filled", "metric_unnamed", "metric_limit", "clock_ahead",
     "task_queued", "task_delivered", "task_succeeded", "task_failed", "task_expired",

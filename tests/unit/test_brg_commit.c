@@ -1372,6 +1372,56 @@ TEST_BOTH(chain_floor_edges)
 	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_floor_ignored'"), 1);
 }
 
+/* A device whose state directory was restored from a backup taken at seq 2 numbers on from
+ * the clock, but links its first new envelope to 2, below the frontier (4) its later life
+ * reached. That link waits like a hole (the grace), then the chain goes on by it: the stretch
+ * in between is lost, the later life's open hole is given up, and the device is acknowledged
+ * as a chain again (before, that envelope was never acknowledged). */
+TEST_BOTH(a_restored_state_directory_forks_the_chain_and_it_goes_on)
+{
+	struct brg_committer *cm = NULL;
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	cr_assert_eq(brg_committer_new(s, &o, &cm), STORE_OK);
+	const int64_t t = 1700000000000LL;
+	const uint64_t f = 824252801ULL;
+	/* the later life: 2..4, and 6 above a hole (5) */
+	commit_at(cm, t,
+	          (struct brg_item *[]){birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                                batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3),
+	                                batch("dev-a", "dev-a", 6, 5)},
+	          5);
+	/* the restored copy's first new envelope: too young to follow */
+	commit_at(cm, t + 1000, (struct brg_item *[]){batch("dev-a", "dev-a", f, 2)}, 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 4);
+	commit_at(cm, t + 60500, (struct brg_item *[]){batch("dev-a", "dev-a", f + 1, f)}, 1);
+	cr_expect_eq(ack_of("dev-a")->seq, 4);
+	cr_expect_str_eq(open_gaps(), "4-5", "the later life's hole is recorded");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_forked'"), 0);
+	/* old enough: followed */
+	commit_at(cm, t + 61500, (struct brg_item *[]){batch("dev-a", "dev-a", f + 2, f + 1)}, 1);
+	const struct brg_reply *a = ack_of("dev-a");
+	cr_assert_not_null(a);
+	cr_expect_eq(a->seq, f + 2);
+	cr_expect_eq(a->n_ranges, 0);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), (int64_t)(f + 2));
+	cr_expect_str_eq(open_gaps(), "");
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND resolution = 'lost'"),
+	             1, "the hole is given up, not marked filled");
+	cr_expect_eq(one("SELECT COUNT(*) FROM gaps WHERE reason = 'lost' AND prev_seq = 4 AND"
+	                 " last_seq = 824252801"),
+	             1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_forked'"), 1);
+	/* 5, from the later life, arrives late: stored; a resend of 3 is a duplicate */
+	commit_at(cm, t + 62000,
+	          (struct brg_item *[]){batch("dev-a", "dev-a", 5, 4), batch("dev-a", "dev-a", 3, 2)},
+	          2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 5"), 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections"), 0);
+	cr_expect_eq(ack_of("dev-a")->seq, f + 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_forked'"), 1);
+	brg_committer_free(cm);
+}
+
 /* The device's acks for 2..4 were lost (connection dropped right after the bridge committed);
  * it stays offline until its spool overflows and drops its oldest unacknowledged records,
  * 2..10, reporting Dropped{prev 0, last 10} (dev_spool.c drop_seg: prev = prev_seq of the first

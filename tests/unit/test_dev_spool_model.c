@@ -127,7 +127,7 @@ static struct brg_chain chain(void)
 {
 	struct brg_chain ch;
 	memcpy(scratch, links, nlinks * sizeof(*links));
-	brg_chain_compute(frontier, scratch, nlinks, &ch);
+	brg_chain_compute(frontier, INT64_MIN, scratch, nlinks, &ch);
 	return ch;
 }
 
