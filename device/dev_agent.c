@@ -441,6 +441,29 @@ static void start_row(struct dev_agent *a, int64_t now)
 		olog(OLOG_ERROR, "cannot start a batch row: out of memory");
 }
 
+/* A collector that fails fails at every sample (a broken exec command, every 10 s): a failure
+ * is warned of when it first shows or changes, then at most every 10 minutes; its end once.
+ * collector.NAME.ok and .errors say it at every sample. failed: NULL if none failed. */
+static void log_collect(struct dev_agent *a, const char *failed, const char *why)
+{
+	char now[sizeof(a->collect_failure)];
+	if (!failed) {
+		if (a->collect_failure[0])
+			olog(OLOG_INFO, "collectors: sampling again (%" PRIu64 " failed samples since"
+			     " the start)", a->sample_errors);
+		a->collect_failure[0] = '\0';
+		return;
+	}
+	snprintf(now, sizeof(now), "%s: %s", failed, why);
+	if (strcmp(now, a->collect_failure))
+		a->last_collect_log = 0; /* a new failure: said at once */
+	if (!log_due(&a->last_collect_log, 600000))
+		return;
+	memcpy(a->collect_failure, now, sizeof(now));
+	olog(OLOG_WARN, "collector %s (%" PRIu64 " failed samples since the start; said again at"
+	     " most every 10 minutes)", now, a->sample_errors);
+}
+
 void agent_sample(struct dev_agent *a)
 {
 	struct sample_ctx s = {a, 0};
@@ -453,10 +476,9 @@ void agent_sample(struct dev_agent *a)
 	start_row(a, otime_wall_ms());
 	int failures = dev_collect_sample(a->collect, sink, &s, &failed, &why);
 	a->samples++;
-	if (failures) {
+	if (failures)
 		a->sample_errors++;
-		olog(OLOG_WARN, "collector %s: %s", failed, why);
-	}
+	log_collect(a, failures ? failed : NULL, why);
 	if (s.catalog_errors && catalog_error_due(a, s.catalog_errors))
 		olog(OLOG_WARN,
 		     "%d readings had invalid names or exceeded the metric catalog (%" PRIu64

@@ -1119,6 +1119,38 @@ Test(device, exec_commands_get_no_descriptor_of_the_agent, .timeout = 60)
 	h_broker_free(&b);
 }
 
+/* A collector that fails fails at every sample: warned of once, again when the failure
+ * changes, and its end said once; not a warning every sample (every 200 ms here, 10 s by
+ * default: 8,640 lines a day for one broken exec command). */
+Test(device, a_failing_collector_is_warned_of_once_per_failure, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	h_broker_start(&b, h_pki());
+	char *dir = h_tmpdir("collect-fail"), *out = h_strf("%s/out", dir);
+	char *cmd = h_strf("if [ -e %s ]; then cat %s; else exit 3; fi", out, out);
+	/* at debug level every occurrence is logged */
+	const char *extra[] = {"--log-level", "info", "--collectors", "sim,exec", "--exec-command",
+			       cmd, NULL};
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_log_wait(d.log, "collector exec: command exited with an error", 1, 10000),
+		  "%s", d.log);
+	h_sleep_ms(3000); /* 15 more failed samples */
+	cr_expect_eq(h_log_count(d.log, "collector exec:"), 1, "%s", d.log);
+	cr_assert_eq(h_write_text(out, "t.x 1\n"), 0);
+	cr_assert(h_log_wait(d.log, "collectors: sampling again", 1, 10000), "%s", d.log);
+	cr_assert_eq(h_write_text(out, "t.x 1 u extra\n"), 0);
+	cr_assert(h_log_wait(d.log, "collector exec: output lines", 1, 10000), "%s", d.log);
+	h_sleep_ms(2000);
+	cr_expect_eq(h_log_count(d.log, "collector exec:"), 2, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, "sampling again"), 1, "%s", d.log);
+	h_device_free(&d);
+	h_broker_free(&b);
+	free(cmd);
+	free(out);
+	free(dir);
+}
+
 static int polls_at_least(const struct h_device_view *v, uint64_t n)
 {
 	return v->polls >= n;
