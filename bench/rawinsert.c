@@ -5,10 +5,13 @@
  *   PostgreSQL  COPY ... FROM STDIN (text), synchronous_commit on (the server default).
  * No MQTT, no decoding, no verification, no envelopes, no acks: only the rows.
  *
- * Rows are generated the way the load generator's devices produce them (`devices` devices,
- * messages round-robin, `rows` x `cols` readings each with increasing times) and committed in
- * transactions of `--txn` messages, each transaction's rows in arrival order or, with
- * `--order key`, in primary key order (as the bridge inserts a group's).
+ * Rows are the load generator's (bench/loadgen.c): `devices` devices device-0001.., messages
+ * round-robin, `rows` x `cols` readings each with increasing times, the values from each
+ * device's own `sim` collector seeded with its id (so the same values, about half of them whole
+ * numbers), committed in transactions of `--txn` messages, each transaction's rows in arrival
+ * order or, with `--order key`, in primary key order (as the bridge inserts a group's).
+ * Every transaction's rows are generated (and sorted) before the clock starts, in chunks of at
+ * most --pregen-mib of rows when they do not all fit: only the inserts and commits are timed.
  *
  * `--layout wide` (SQLite; an experiment, not the store's layout: docs/PERFORMANCE.md) stores
  * the same readings one row per metric per message instead, in a table of its own:
@@ -17,7 +20,7 @@
  *
  * Usage: bench_rawinsert --store URL --devices D --messages M --rows R --cols C
  *                        [--txn MESSAGES] [--sync full|normal] [--order arrival|key]
- *                        [--layout rows|wide]
+ *                        [--layout rows|wide] [--pregen-mib 1024]
  * Prints one key=value line: readings/s (rows_s), messages/s, and table rows/s. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,6 +31,7 @@
 #include <sqlite3.h>
 
 #include "bench_util.h"
+#include "dev_collect.h"
 #include "store.h"
 
 #define PROG "bench_rawinsert"
@@ -36,6 +40,12 @@ static struct {
 	int devices, messages, rows, cols, txn, by_key, wide;
 	int64_t wide_rows; /* table rows written with --layout wide */
 	int64_t base_dev;
+	long pregen_mib;
+	struct dev_collect **sim; /* one per device, as the load generator's */
+	double *sample;           /* one sample of one device: cols values */
+	uint32_t *wide_dts;       /* --layout wide: one message's time offsets and values */
+	double *wide_vals;
+	int chunks; /* how many times rows were generated with the clock stopped */
 } G;
 
 struct row {
@@ -43,20 +53,35 @@ struct row {
 	double value;
 };
 
-/* The rows of message k (0-based): device k % D, its (k / D)-th batch. */
-static void message_rows(int k, struct row *out, double *state)
+static int sim_sink(void *ctx, const char *name, const char *unit, double value)
+{
+	int *n = ctx;
+	(void)unit;
+	if (strncmp(name, "sim.sensor_", 11) || *n >= G.cols)
+		return 0; /* the collector's health readings are not part of the load (loadgen) */
+	G.sample[(*n)++] = value;
+	return 0;
+}
+
+/* The rows of message k (0-based): device k % D, its (k / D)-th batch, values sampled from the
+ * device's collector as bench_loadgen does (messages in order, so each device's in order). */
+static void message_rows(int k, struct row *out)
 {
 	int d = k % G.devices, b = k / G.devices;
 	int64_t seq = (int64_t)BENCH_SEQ0 + b + 2, t0 = BENCH_T0_MS + (int64_t)b * G.rows * 10000;
 	int n = 0;
-	for (int r = 0; r < G.rows; r++)
+	const char *failed, *why;
+	for (int r = 0; r < G.rows; r++) {
+		int got = 0;
+		dev_collect_sample(G.sim[d], sim_sink, &got, &failed, &why);
+		if (got != G.cols)
+			bench_die(PROG, "the sim collector gave %d values, not %d", got, G.cols);
 		for (int c = 0; c < G.cols; c++) {
-			double *v = &state[(size_t)d * (size_t)G.cols + (size_t)c];
-			*v += (double)((k * 7 + c * 3 + r) % 7 - 3) / 100.0;
 			out[n] = (struct row){G.base_dev + d, (int64_t)d * G.cols + c + 1,
-			                      t0 + (int64_t)r * 10000, seq, n, *v};
+			                      t0 + (int64_t)r * 10000, seq, n, G.sample[c]};
 			n++;
 		}
+	}
 }
 
 static int cmp_row(const void *a, const void *b)
@@ -72,14 +97,33 @@ static int cmp_row(const void *a, const void *b)
 
 /* The rows of transaction t (messages t*txn ..), sorted by primary key with --order key;
  * returns their count. */
-static size_t txn_rows(int t, struct row *out, double *state)
+static size_t txn_rows(int t, struct row *out)
 {
 	size_t per = (size_t)G.rows * (size_t)G.cols, n = 0;
 	for (int k = t * G.txn; k < G.messages && k < (t + 1) * G.txn; k++, n += per)
-		message_rows(k, out + n, state);
+		message_rows(k, out + n);
 	if (G.by_key)
 		qsort(out, n, sizeof(*out), cmp_row);
 	return n;
+}
+
+/* Transactions per chunk of pre-generated rows: all of them if they fit in --pregen-mib. */
+static int chunk_txns(void)
+{
+	size_t per_txn = (size_t)G.rows * (size_t)G.cols * (size_t)G.txn;
+	size_t fit = ((size_t)G.pregen_mib << 20) / (per_txn * sizeof(struct row));
+	int ntxn = (G.messages + G.txn - 1) / G.txn;
+	return fit < 1 ? 1 : fit > (size_t)ntxn ? ntxn : (int)fit;
+}
+
+/* Generates transactions first .. first+count-1 into rows (count[j] rows at j * per_txn), with
+ * the clock stopped. */
+static void pregen(int first, int count, struct row *rows, size_t *n)
+{
+	size_t per_txn = (size_t)G.rows * (size_t)G.cols * (size_t)G.txn;
+	for (int j = 0; j < count; j++)
+		n[j] = txn_rows(first + j, rows + (size_t)j * per_txn);
+	G.chunks++;
 }
 
 static void schema(const char *url)
@@ -118,8 +162,8 @@ static void insert_rows(sqlite3 *db, sqlite3_stmt *ins, const struct row *rows, 
 /* The wide layout: each run of one (device, metric, seq) in the key-ordered rows is one row. */
 static void insert_wide(sqlite3 *db, sqlite3_stmt *ins, const struct row *rows, size_t n)
 {
-	uint32_t *dts = bench_xcalloc((size_t)G.rows, sizeof(*dts));
-	double *vals = bench_xcalloc((size_t)G.rows, sizeof(*vals));
+	uint32_t *dts = G.wide_dts;
+	double *vals = G.wide_vals;
 	for (size_t i = 0; i < n;) {
 		const struct row *r = &rows[i];
 		size_t k = 0;
@@ -141,8 +185,6 @@ static void insert_wide(sqlite3 *db, sqlite3_stmt *ins, const struct row *rows, 
 		sqlite3_reset(ins);
 		G.wide_rows++;
 	}
-	free(dts);
-	free(vals);
 }
 
 static double run_sqlite(const char *path, const char *sync)
@@ -170,22 +212,28 @@ static double run_sqlite(const char *path, const char *sync)
 	                                     " value) VALUES (?, ?, ?, ?, ?, ?)",
 	                            -1, &ins, NULL),
 	         "prepare");
-	size_t per = (size_t)G.rows * (size_t)G.cols;
-	struct row *rows = bench_xcalloc(per * (size_t)G.txn, sizeof(*rows));
-	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
-	int64_t t0 = bench_mono_us();
-	for (int t = 0; t * G.txn < G.messages; t++) {
-		sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
-		size_t n = txn_rows(t, rows, state);
-		(G.wide ? insert_wide : insert_rows)(db, ins, rows, n);
-		sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
+	size_t per_txn = (size_t)G.rows * (size_t)G.cols * (size_t)G.txn;
+	int chunk = chunk_txns(), ntxn = (G.messages + G.txn - 1) / G.txn;
+	struct row *rows = bench_xcalloc(per_txn * (size_t)chunk, sizeof(*rows));
+	size_t *n = bench_xcalloc((size_t)chunk, sizeof(*n));
+	int64_t timed = 0;
+	for (int t = 0; t < ntxn; t += chunk) {
+		int count = ntxn - t < chunk ? ntxn - t : chunk;
+		pregen(t, count, rows, n);
+		int64_t t0 = bench_mono_us();
+		for (int j = 0; j < count; j++) {
+			const struct row *r = rows + (size_t)j * per_txn;
+			sq_check(db, sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), "begin");
+			(G.wide ? insert_wide : insert_rows)(db, ins, r, n[j]);
+			sq_check(db, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), "commit");
+		}
+		timed += bench_mono_us() - t0;
 	}
-	double secs = (double)(bench_mono_us() - t0) / 1e6;
 	sqlite3_finalize(ins);
 	sqlite3_close(db);
 	free(rows);
-	free(state);
-	return secs;
+	free(n);
+	return (double)timed / 1e6;
 }
 
 static void pg_check(PGconn *c, PGresult *r, ExecStatusType want, const char *what)
@@ -200,29 +248,41 @@ static double run_pg(const char *url)
 	PGconn *c = PQconnectdb(url);
 	if (PQstatus(c) != CONNECTION_OK)
 		bench_die(PROG, "connect: %s", PQerrorMessage(c));
-	size_t per = (size_t)G.rows * (size_t)G.cols;
-	struct row *rows = bench_xcalloc(per * (size_t)G.txn, sizeof(*rows));
-	double *state = bench_xcalloc((size_t)G.devices * (size_t)G.cols, sizeof(double));
+	size_t per_txn = (size_t)G.rows * (size_t)G.cols * (size_t)G.txn;
+	int chunk = chunk_txns(), ntxn = (G.messages + G.txn - 1) / G.txn;
+	struct row *all = bench_xcalloc(per_txn * (size_t)chunk, sizeof(*all));
+	size_t *count_of = bench_xcalloc((size_t)chunk, sizeof(*count_of));
 	size_t cap = 1 << 20, len = 0;
 	char *buf = bench_xcalloc(cap, 1);
-	int64_t t0 = bench_mono_us();
-	for (int t = 0; t * G.txn < G.messages; t++) {
+	int64_t timed = 0, t0 = 0;
+	/* the COPY text is formatted inside the clock: it is how the rows are sent (the bridge
+	 * formats its COPY data too) */
+	for (int t = 0, j = chunk; t < ntxn; t++, j++) {
+		if (j == chunk) { /* the next chunk of rows, with the clock stopped */
+			if (t)
+				timed += bench_mono_us() - t0;
+			pregen(t, ntxn - t < chunk ? ntxn - t : chunk, all, count_of);
+			j = 0;
+			t0 = bench_mono_us();
+		}
+		const struct row *rows = all + (size_t)j * per_txn;
+		size_t n = count_of[j];
 		pg_check(c, PQexec(c, "BEGIN"), PGRES_COMMAND_OK, "BEGIN");
 		pg_check(
 		    c, PQexec(c, "COPY readings (device, metric, ts, seq, idx, value) FROM STDIN"),
 		    PGRES_COPY_IN, "COPY");
-		size_t n = txn_rows(t, rows, state);
 		for (size_t i = 0; i < n; i++) {
+			const struct row *w = &rows[i];
 			if (cap - len < 256) {
 				if (PQputCopyData(c, buf, (int)len) != 1)
 					bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
 				len = 0;
 			}
-			len += (size_t)snprintf(buf + len, cap - len,
-			                        "%" PRId64 "\t%" PRId64 "\t%" PRId64 "\t%" PRId64
-			                        "\t%" PRId64 "\t%.17g\n",
-			                        rows[i].device, rows[i].metric, rows[i].ts, rows[i].seq,
-			                        rows[i].idx, rows[i].value);
+			len += (size_t)snprintf(
+			    buf + len, cap - len,
+			    "%" PRId64 "\t%" PRId64 "\t%" PRId64 "\t%" PRId64 "\t%" PRId64
+			    "\t%.17g\n",
+			    w->device, w->metric, w->ts, w->seq, w->idx, w->value);
 		}
 		if (len && PQputCopyData(c, buf, (int)len) != 1)
 			bench_die(PROG, "COPY data: %s", PQerrorMessage(c));
@@ -232,12 +292,12 @@ static double run_pg(const char *url)
 		pg_check(c, PQgetResult(c), PGRES_COMMAND_OK, "COPY result");
 		pg_check(c, PQexec(c, "COMMIT"), PGRES_COMMAND_OK, "COMMIT");
 	}
-	double secs = (double)(bench_mono_us() - t0) / 1e6;
+	timed += bench_mono_us() - t0;
 	PQfinish(c);
 	free(buf);
-	free(rows);
-	free(state);
-	return secs;
+	free(all);
+	free(count_of);
+	return (double)timed / 1e6;
 }
 
 int main(int argc, char **argv)
@@ -253,18 +313,31 @@ int main(int argc, char **argv)
 	G.rows = (int)bench_arg_l(argc, argv, "--rows", 1);
 	G.cols = (int)bench_arg_l(argc, argv, "--cols", 1);
 	G.txn = (int)bench_arg_l(argc, argv, "--txn", 100);
+	G.pregen_mib = bench_arg_l(argc, argv, "--pregen-mib", 1024);
 	G.base_dev = 1;
 	if (!url || G.devices < 1 || G.messages < 1 || G.rows < 1 || G.cols < 1 || G.txn < 1 ||
-	    (strcmp(sync, "full") && strcmp(sync, "normal")) ||
+	    G.pregen_mib < 1 || (strcmp(sync, "full") && strcmp(sync, "normal")) ||
 	    (strcmp(order, "arrival") && strcmp(order, "key")) ||
 	    (strcmp(layout, "rows") && strcmp(layout, "wide")) ||
 	    (G.wide && (strncmp(url, "sqlite:", 7) || !G.by_key))) {
 		fprintf(stderr,
 		        "usage: " PROG " --store URL --devices D --messages M --rows R --cols C"
 		        " [--txn MESSAGES] [--sync full|normal] [--order arrival|key]"
-		        " [--layout rows|wide (SQLite, --order key)]\n");
+		        " [--layout rows|wide (SQLite, --order key)] [--pregen-mib N]\n");
 		return 2;
 	}
+	G.sim = bench_xcalloc((size_t)G.devices, sizeof(*G.sim));
+	for (int d = 0; d < G.devices; d++) {
+		char id[32];
+		const char *why;
+		snprintf(id, sizeof(id), "device-%04d", d + 1); /* bench_loadgen's ids */
+		struct dev_collect_conf cc = {.list = "sim", .sim_metrics = G.cols, .seed = id};
+		if (dev_collect_open(&cc, &G.sim[d], &why))
+			bench_die(PROG, "sim collector: %s", why);
+	}
+	G.sample = bench_xcalloc((size_t)G.cols, sizeof(*G.sample));
+	G.wide_dts = bench_xcalloc((size_t)G.rows, sizeof(*G.wide_dts));
+	G.wide_vals = bench_xcalloc((size_t)G.rows, sizeof(*G.wide_vals));
 	schema(url);
 	double secs;
 	if (!strncmp(url, "sqlite:", 7))
@@ -274,8 +347,14 @@ int main(int argc, char **argv)
 	double rows = (double)G.messages * G.rows * G.cols;
 	int64_t trows = G.wide ? G.wide_rows : (int64_t)rows;
 	printf("rawinsert ok=1 rows=%.0f msgs=%d txn_msgs=%d secs=%.3f rows_s=%.0f msg_s=%.0f"
-	       " layout=%s table_rows=%" PRId64 " table_rows_s=%.0f\n",
+	       " layout=%s table_rows=%" PRId64 " table_rows_s=%.0f pregen_chunks=%d\n",
 	       rows, G.messages, G.txn, secs, rows / secs, G.messages / secs, layout, trows,
-	       (double)trows / secs);
+	       (double)trows / secs, G.chunks);
+	for (int d = 0; d < G.devices; d++)
+		dev_collect_close(G.sim[d]);
+	free(G.sim);
+	free(G.sample);
+	free(G.wide_dts);
+	free(G.wide_vals);
 	return 0;
 }
