@@ -4,9 +4,14 @@
  *
  * Each session behaves like outpost-device at the reference profile: after every connect it
  * publishes a retained `online` status and a signed Birth (certificate and 100-metric
- * catalog), then one signed batch of 600 readings every batch interval (the first one right
- * after its first connect), and verifies the bridge's signed acks; what is not acknowledged goes
- * again on the device's own ack timer (device/dev_acktimer.c: backoff, one probe at a time).
+ * catalog) and a signed task poll (again every poll interval, 300 s, as the agent; the bridge
+ * answers each with a signed TaskList, counted here), then one signed batch of 600 readings every
+ * batch interval, and verifies the bridge's signed acks; what is not acknowledged goes again on
+ * the device's own ack timer (device/dev_acktimer.c: backoff, one probe at a time).
+ * One difference from the agent: every connect also seals a batch at once (the agent seals only
+ * every batch interval), so that each session has something the bridge must acknowledge right
+ * after each connect, which the level and restart measurements time; that is one extra batch
+ * per session per connect (up to N extra batches at a broker restart: more load, not less).
  *
  * 1. Ramp: sessions are added level by level (--levels 2500,5000,10000); a level is held when
  *    every session is connected and has had a batch acknowledged by the bridge, within
@@ -47,6 +52,7 @@
 #define ROWS 6
 #define MAX_PEND 8
 #define ACK_TIMEOUT_MS 30000 /* the device's default ack_timeout */
+#define POLL_MS 300000       /* the device's default poll_interval */
 
 struct sess {
 	char id[WIRE_ID_MAX + 1];
@@ -68,6 +74,7 @@ struct sess {
 	struct dev_acktimer timer; /* the device's ack timeout: backoff, probe window */
 	int up, wss; /* wss: up on WebSockets (else the MQTTS fallback) */
 	int64_t next_batch;
+	int64_t next_poll;
 	int64_t up_at_ms;
 	int64_t acked_at_ms; /* when everything sent was acknowledged after the latest connect */
 	uint64_t connects, failures, bad_acks;
@@ -94,7 +101,7 @@ static struct {
 	Outpost__MetricDef defs[METRICS];
 	Outpost__MetricDef *defp[METRICS];
 	char names[METRICS][24];
-	uint64_t batches_sent, acks, births;
+	uint64_t batches_sent, acks, births, polls, task_lists;
 	int restart_running;
 	atomic_int restart_done;
 } G;
@@ -202,6 +209,28 @@ static void send_birth(struct sess *s)
 	free(body);
 }
 
+/* A task poll as the agent sends it (dev_agent.c send_poll): it takes a seq, carries a v5
+ * response topic and correlation data, and the bridge answers on the tasks topic. */
+static void send_poll(struct sess *s)
+{
+	Outpost__TaskPoll p = OUTPOST__TASK_POLL__INIT;
+	uint8_t corr[16], *body = NULL;
+	size_t len, elen;
+	for (size_t i = 0; i < sizeof(corr); i += 8) {
+		uint64_t r = orand_next(&G.rng);
+		memcpy(corr + i, &r, 8);
+	}
+	p.max_tasks = 8;
+	if (wire_msg_pack(WIRE_KIND_TASK_POLL, &p.base, &body, &len, NULL))
+		return;
+	uint8_t *env = seal(s, WIRE_KIND_TASK_POLL, body, len, ++s->seq, &elen);
+	if (env && !dev_link_publish(s->link, s->topic[WIRE_TOPIC_TASKS_POLL], env, elen, 1, 0,
+	                             s->topic[WIRE_TOPIC_TASKS], corr, sizeof(corr)))
+		G.polls++;
+	free(env);
+	free(body);
+}
+
 /* Publish what the ack window allows, oldest first (the device's uploader, in small). */
 static void send_pending(struct sess *s)
 {
@@ -298,7 +327,9 @@ static void handle(struct sess *s, int64_t now)
 			s->nout = 0; /* unacknowledged: again, oldest first */
 			dev_acktimer_start(&s->timer, now);
 			send_pending(s);
-			send_batch(s);
+			send_poll(s); /* the agent polls on connect, then every poll interval */
+			s->next_poll = now + POLL_MS;
+			send_batch(s); /* not the agent's: see the top of this file */
 			break;
 		case DEV_LINK_DOWN:
 		case DEV_LINK_FAILED:
@@ -315,8 +346,12 @@ static void handle(struct sess *s, int64_t now)
 		case DEV_LINK_MESSAGE: {
 			char id[WIRE_ID_MAX + 1];
 			enum wire_topic t;
-			if (!wire_topic_parse(ev.text, strlen(ev.text), id, &t) && t == WIRE_TOPIC_ACK)
+			if (wire_topic_parse(ev.text, strlen(ev.text), id, &t))
+				break;
+			if (t == WIRE_TOPIC_ACK)
 				on_ack(s, &ev, now);
+			else if (t == WIRE_TOPIC_TASKS)
+				G.task_lists++; /* the answer to a poll, not checked */
 			break;
 		}
 		case DEV_LINK_SUBSCRIBED: /* kept inside the link */
@@ -420,6 +455,10 @@ static void loop_once(int64_t *next_scan)
 				/* like the device's uploader: no ack moved, probe with the oldest */
 				s->nout = 0;
 				send_pending(s);
+			}
+			if (s->up && now >= s->next_poll) {
+				send_poll(s);
+				s->next_poll = now + POLL_MS;
 			}
 			if (s->up && now >= s->next_batch) {
 				send_batch(s);
@@ -766,8 +805,9 @@ int main(int argc, char **argv)
 	 * level again, fresh, for the restart) */
 	if ((held && G.restart_cmd) || G.sync_dir)
 		measure_restart(held == max_n ? held : 0, &next_scan);
-	printf("fleet done held=%d batches=%" PRIu64 " acks=%" PRIu64 " births=%" PRIu64 "\n", held,
-	       G.batches_sent, G.acks, G.births);
+	printf("fleet done held=%d batches=%" PRIu64 " acks=%" PRIu64 " births=%" PRIu64
+	       " polls=%" PRIu64 " task_lists=%" PRIu64 "\n",
+	       held, G.batches_sent, G.acks, G.births, G.polls, G.task_lists);
 	fflush(stdout);
 	fflush(stderr);
 	/* no clean disconnect of thousands of clients (seconds each): the broker sees them drop */
