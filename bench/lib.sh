@@ -16,6 +16,13 @@ bench_fail() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 # >= 70%: met)"; a missed target says "MISSED".
 bench_row() { printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "$4"; }
 
+# --quick measures too little (sub-second phases, small fleets) to judge a target: the verdict in
+# variable VAR becomes "quick: no verdict" when the calling script's $quick is 1.
+bench_verdict_quick() { # VAR
+	[ "${quick:-0}" = 1 ] && printf -v "$1" '%s' 'quick: no verdict'
+	return 0
+}
+
 # key=value lines: value of KEY in the last line of FILE that has it.
 bench_kv() { grep -o "\b$2=[^ ]*" "$1" | tail -1 | cut -d= -f2; }
 
