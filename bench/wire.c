@@ -2,7 +2,15 @@
  * batched every 60 s), Outpost against JSON and Sparkplug B, with MQTT v5 / WebSocket / TLS 1.3
  * framing, and the traffic per device per month. Prints table rows (bench/run.sh).
  *
- * Usage: bench_wire PKI_DIR [minutes]   (PKI_DIR from scripts/provision-certs.sh, device-0001) */
+ * Bytes per reading are over the profile's 600 readings per batch. The month is simulated
+ * batch by batch (30 days, 43,200 batches) with what the device sends: the 600 readings and
+ * the sim collector's 2 health readings per sample (612 per batch), every batch acknowledged,
+ * a task poll every 300 s, and one PINGREQ/PINGRESP per 60 s keepalive (an upper bound: Paho
+ * pings when nothing went either way for a keepalive interval). Not counted: TCP/IP headers,
+ * TLS handshakes (one per connection), Births and the retained status (once per connection).
+ *
+ * Usage: bench_wire PKI_DIR [minutes]   (PKI_DIR from scripts/provision-certs.sh, device-0001;
+ *                                        minutes: default a whole month, 43,200) */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,22 +25,28 @@
 #include "wire_msg.h"
 
 #define METRICS 100
+#define HEALTH 2 /* the sim collector's health readings per sample (dev_collect.c) */
 #define ROWS_PER_BATCH 6
 #define SAMPLE_MS 10000
 #define BATCHES_PER_MONTH (30 * 24 * 60)
 #define POLLS_PER_MONTH (30 * 24 * 12)
+#define PINGS_PER_MONTH (30 * 24 * 60) /* keepalive 60 s, the device's default */
 #define DEVICE "device-0001"
+
+#define READINGS_MAX ((METRICS + HEALTH) * ROWS_PER_BATCH)
 
 struct reading {
 	char name[32];
 	uint32_t id;
-	int is_int;
+	int is_int;   /* this value is a whole number (JSON prints it so) */
+	int int_type; /* the metric is an integer one (Sparkplug B declares Int64 in DBIRTH) */
+	int health;   /* the collector's own health reading, not part of the profile */
 	double v;
 	int64_t t;
 };
 
 struct batch {
-	struct reading r[METRICS * ROWS_PER_BATCH];
+	struct reading r[READINGS_MAX];
 	size_t n;
 	int64_t t;
 };
@@ -41,11 +55,20 @@ static int sink(void *ctx, const char *name, const char *unit, double value)
 {
 	struct batch *b = ctx;
 	(void)unit;
-	if (strncmp(name, "sim.", 4) || b->n >= METRICS * ROWS_PER_BATCH)
-		return 0; /* the collector's own health metrics are not part of the profile */
+	if (b->n >= READINGS_MAX)
+		return 0;
 	struct reading *r = &b->r[b->n++];
 	snprintf(r->name, sizeof(r->name), "%s", name);
-	r->id = (uint32_t)atoi(name + strlen("sim.sensor_")) + 1;
+	r->health = strncmp(name, "sim.", 4) != 0;
+	if (r->health) { /* collector.sim.ok, collector.sim.errors: catalogued after the sensors */
+		r->id = METRICS + 1 + (strstr(name, ".errors") != NULL);
+		r->int_type = 1;
+	} else {
+		int i = atoi(name + strlen("sim.sensor_"));
+		r->id = (uint32_t)i + 1;
+		/* counters and rounded waves are whole numbers (dev_coll_sim.c) */
+		r->int_type = i % 4 == 1 || i % 4 == 3;
+	}
 	r->v = value;
 	r->is_int = value == (double)(int64_t)value;
 	r->t = b->t;
@@ -82,9 +105,16 @@ static size_t ws_tls(size_t mqtt_len, int from_client)
 	return plain + records * (5 + 1 + 16);
 }
 
+/* one message from the device and the broker's PUBACK back */
+static uint64_t pub_wire(size_t topic_len, size_t payload)
+{
+	return ws_tls(mqtt_publish(topic_len, payload, 0), 1) + ws_tls(MQTT_PUBACK, 0);
+}
+
 /* --- encoders -------------------------------------------------------------------------- */
 
-static size_t outpost_batch(struct wire_key *key, const struct batch *b, uint64_t seq)
+/* all: with the health readings (what the device sends), else the profile's readings only */
+static size_t outpost_batch(struct wire_key *key, const struct batch *b, uint64_t seq, int all)
 {
 	struct wire_batch_builder *bb;
 	uint8_t *body, *env;
@@ -92,6 +122,8 @@ static size_t outpost_batch(struct wire_key *key, const struct batch *b, uint64_
 	wire_batch_builder_new(&bb);
 	int64_t row_t = -1;
 	for (size_t i = 0; i < b->n; i++) {
+		if (b->r[i].health && !all)
+			continue;
 		if (b->r[i].t != row_t) {
 			wire_batch_row(bb, b->r[i].t);
 			row_t = b->r[i].t;
@@ -128,14 +160,17 @@ static size_t outpost_small(struct wire_key *key, uint32_t kind, const ProtobufC
 }
 
 /* What a typical agent sends: one JSON object per reading, a minute of them in one array. */
-static size_t json_batch(const struct batch *b)
+static size_t json_batch(const struct batch *b, int all)
 {
 	size_t total = 2; /* [ ] */
 	char buf[256];
+	int first = 1;
 	for (size_t i = 0; i < b->n; i++) {
 		const struct reading *r = &b->r[i];
 		int64_t s = r->t / 1000;
 		int n;
+		if (r->health && !all)
+			continue;
 		if (r->is_int)
 			n = snprintf(buf, sizeof(buf),
 				     "{\"device_id\":\"%s\",\"metric\":\"%s\",\"timestamp\":%" PRId64
@@ -146,39 +181,42 @@ static size_t json_batch(const struct batch *b)
 				     "{\"device_id\":\"%s\",\"metric\":\"%s\",\"timestamp\":%" PRId64
 				     ",\"value\":%.2f}",
 				     DEVICE, r->name, s * 1000, r->v);
-		total += (size_t)n + (i ? 1 : 0);
+		total += (size_t)n + (first ? 0 : 1);
+		first = 0;
 	}
 	return total;
 }
 
-/* Sparkplug B DDATA at its most compact: aliases (names went in DBIRTH), a timestamp per
- * metric value because the 6 samples of a minute travel together, Int64 or Double types. */
-static size_t sparkplug_batch(const struct batch *b, uint64_t seq)
+/* Sparkplug B DDATA for the sample taken at time t: one message per sample, the sample time as
+ * the payload timestamp, each metric by its alias (the names and datatypes went in DBIRTH)
+ * with only its value: no per-metric timestamp or datatype (the specification: datatype
+ * SHOULD NOT be sent in DATA messages). Int64 for the integer metrics, Double for the others. */
+static size_t sparkplug_ddata(const struct batch *b, int64_t t, uint64_t seq, int all)
 {
 	Sparkplug__Payload p = SPARKPLUG__PAYLOAD__INIT;
 	Sparkplug__Payload__Metric *m = calloc(b->n, sizeof(*m));
 	Sparkplug__Payload__Metric **mp = calloc(b->n, sizeof(*mp));
+	size_t n = 0;
 	for (size_t i = 0; i < b->n; i++) {
-		sparkplug__payload__metric__init(&m[i]);
-		m[i].has_alias = 1;
-		m[i].alias = b->r[i].id;
-		m[i].has_timestamp = 1;
-		m[i].timestamp = (uint64_t)b->r[i].t;
-		m[i].has_datatype = 1;
-		if (b->r[i].is_int) {
-			m[i].datatype = 8; /* Int64 */
-			m[i].value_case = SPARKPLUG__PAYLOAD__METRIC__VALUE_LONG_VALUE;
-			m[i].long_value = (uint64_t)(int64_t)b->r[i].v;
+		const struct reading *r = &b->r[i];
+		if (r->t != t || (r->health && !all))
+			continue;
+		sparkplug__payload__metric__init(&m[n]);
+		m[n].has_alias = 1;
+		m[n].alias = r->id;
+		if (r->int_type) {
+			m[n].value_case = SPARKPLUG__PAYLOAD__METRIC__VALUE_LONG_VALUE;
+			m[n].long_value = (uint64_t)(int64_t)r->v;
 		} else {
-			m[i].datatype = 10; /* Double */
-			m[i].value_case = SPARKPLUG__PAYLOAD__METRIC__VALUE_DOUBLE_VALUE;
-			m[i].double_value = b->r[i].v;
+			m[n].value_case = SPARKPLUG__PAYLOAD__METRIC__VALUE_DOUBLE_VALUE;
+			m[n].double_value = r->v;
 		}
-		mp[i] = &m[i];
+		mp[n] = &m[n];
+		n++;
 	}
 	p.has_timestamp = 1;
-	p.timestamp = (uint64_t)b->t;
-	p.n_metrics = b->n;
+	p.timestamp = (uint64_t)t;
+	p.n_metrics = n;
 	p.metrics = mp;
 	p.has_seq = 1;
 	p.seq = seq % 256;
@@ -194,7 +232,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s PKI_DIR [minutes]\n", argv[0]);
 		return 2;
 	}
-	int minutes = argc > 2 ? atoi(argv[2]) : 60;
+	int minutes = argc > 2 ? atoi(argv[2]) : BATCHES_PER_MONTH;
+	if (minutes < 1)
+		minutes = 1;
 	char path[1024];
 	struct wire_key *key = NULL;
 	snprintf(path, sizeof(path), "%s/devices/" DEVICE ".key", argv[1]);
@@ -209,8 +249,10 @@ int main(int argc, char **argv)
 		return 1;
 
 	struct batch *b = calloc(1, sizeof(*b));
-	uint64_t readings = 0, out_payload = 0, json_payload = 0, sp_payload = 0;
-	uint64_t out_wire = 0, json_wire = 0, sp_wire = 0;
+	/* the profile's readings: payload bytes per reading */
+	uint64_t readings = 0, out_payload = 0, json_payload = 0, sp_payload = 0, out_wire = 0;
+	/* what the device sends (health readings included): the month */
+	uint64_t sent_readings = 0, out_month = 0, json_month = 0, sp_month = 0;
 	const char *failed;
 	size_t topic = strlen("outpost/v1/" DEVICE "/telemetry");
 	size_t ack_topic = strlen("outpost/v1/" DEVICE "/ack");
@@ -222,6 +264,9 @@ int main(int argc, char **argv)
 	ack.upto = BENCH_SEQ0 + 123456;
 	ack.committed_at_ms = BENCH_T0_MS;
 	size_t ack_env = outpost_small(key, WIRE_KIND_ACK, &ack.base, BENCH_SEQ0 + 123456);
+	/* the bridge's signed ack back for every batch (PUBLISH to the device and its PUBACK) */
+	size_t ack_wire = ws_tls(mqtt_publish(ack_topic, ack_env, 0), 0) + ws_tls(MQTT_PUBACK, 1);
+	uint64_t sp_seq = 0;
 
 	for (int m = 0; m < minutes; m++) {
 		b->n = 0;
@@ -230,19 +275,33 @@ int main(int argc, char **argv)
 			dev_collect_sample(sim, sink, b, &failed, &why);
 		}
 		b->t = BENCH_T0_MS + (int64_t)m * 60000;
-		readings += b->n;
-		size_t o = outpost_batch(key, b, BENCH_SEQ0 + (uint64_t)m + 1);
-		size_t j = json_batch(b);
-		size_t s = sparkplug_batch(b, (uint64_t)m);
-		out_payload += o;
-		json_payload += j;
-		sp_payload += s;
-		/* device -> broker PUBLISH + PUBACK back; Outpost adds the bridge's signed ack
-		 * (PUBLISH to the device and the device's PUBACK) */
-		out_wire += ws_tls(mqtt_publish(topic, o, 0), 1) + ws_tls(MQTT_PUBACK, 0) +
-			    ws_tls(mqtt_publish(ack_topic, ack_env, 0), 0) + ws_tls(MQTT_PUBACK, 1);
-		json_wire += ws_tls(mqtt_publish(json_topic, j, 0), 1) + ws_tls(MQTT_PUBACK, 0);
-		sp_wire += ws_tls(mqtt_publish(sp_topic, s, 0), 1) + ws_tls(MQTT_PUBACK, 0);
+		for (size_t i = 0; i < b->n; i++)
+			readings += !b->r[i].health;
+		sent_readings += b->n;
+		uint64_t seq = BENCH_SEQ0 + (uint64_t)m + 1;
+		for (int all = 0; all <= 1; all++) {
+			size_t o = outpost_batch(key, b, seq, all), j = json_batch(b, all);
+			/* device -> broker PUBLISH and the broker's PUBACK back, per message */
+			uint64_t ow = pub_wire(topic, o), jw = pub_wire(json_topic, j);
+			uint64_t sp = 0, sw = 0;
+			for (int r = 0; r < ROWS_PER_BATCH; r++) {
+				int64_t t = b->t + (int64_t)r * SAMPLE_MS;
+				size_t s = sparkplug_ddata(b, t, sp_seq + (uint64_t)r, all);
+				sp += s;
+				sw += pub_wire(sp_topic, s);
+			}
+			if (!all) {
+				out_payload += o;
+				json_payload += j;
+				sp_payload += sp;
+				out_wire += ow + ack_wire;
+			} else {
+				out_month += ow + ack_wire;
+				json_month += jw;
+				sp_month += sw;
+			}
+		}
+		sp_seq += ROWS_PER_BATCH;
 	}
 
 	/* task polls every 300 s: an empty poll (v5 response topic + 16 bytes correlation) and an
@@ -254,32 +313,49 @@ int main(int argc, char **argv)
 	list.poll_seq = BENCH_SEQ0 + 123456;
 	list.issued_at_ms = BENCH_T0_MS;
 	size_t props = (1 + 2 + strlen("outpost/v1/" DEVICE "/tasks")) + (1 + 2 + 16);
-	size_t poll_wire = ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks/poll"),
-					       outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, BENCH_SEQ0 + 1), props),
-				  1) +
-			   ws_tls(MQTT_PUBACK, 0) +
-			   ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks"),
-					       outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, BENCH_SEQ0 + 123456), 19),
-				  0) +
-			   ws_tls(MQTT_PUBACK, 1);
+	size_t poll_env = outpost_small(key, WIRE_KIND_TASK_POLL, &poll.base, BENCH_SEQ0 + 1);
+	size_t list_env =
+	    outpost_small(key, WIRE_KIND_TASK_LIST, &list.base, BENCH_SEQ0 + 123456);
+	size_t poll_wire =
+	    ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks/poll"), poll_env, props), 1) +
+	    ws_tls(MQTT_PUBACK, 0) +
+	    ws_tls(mqtt_publish(strlen("outpost/v1/" DEVICE "/tasks"), list_env, 19), 0) +
+	    ws_tls(MQTT_PUBACK, 1);
+	/* PINGREQ (device) and PINGRESP (broker): 2 bytes each, every protocol alike */
+	size_t ping_wire = ws_tls(2, 1) + ws_tls(2, 0);
 
-	double n = (double)readings, per_min = (double)minutes;
-	double month_out = ((double)out_wire / per_min * BATCHES_PER_MONTH + (double)poll_wire * POLLS_PER_MONTH) / 1e6;
-	double month_json = (double)json_wire / per_min * BATCHES_PER_MONTH / 1e6;
-	double month_sp = (double)sp_wire / per_min * BATCHES_PER_MONTH / 1e6;
-	double bo = (double)out_payload / n, bj = (double)json_payload / n, bs = (double)sp_payload / n;
+	/* a shorter run than a month is scaled up to one, and says so */
+	double scale = (double)BATCHES_PER_MONTH / minutes;
+	double pings = (double)ping_wire * PINGS_PER_MONTH;
+	double polls = (double)poll_wire * POLLS_PER_MONTH;
+	double mo_out = ((double)out_month * scale + polls + pings) / 1e6;
+	double mo_json = ((double)json_month * scale + pings) / 1e6;
+	double mo_sp = ((double)sp_month * scale + pings) / 1e6;
+	double n = (double)readings;
+	double bo = (double)out_payload / n, bj = (double)json_payload / n;
+	double bs = (double)sp_payload / n;
+	char span[64];
+	if (minutes == BATCHES_PER_MONTH)
+		snprintf(span, sizeof(span), "30 days simulated");
+	else
+		snprintf(span, sizeof(span), "%d min simulated, x %.0f", minutes, scale);
 
 	printf("wire|Outpost signed batch (payload)|%.2f B/reading|target <= 3\n", bo);
 	printf("wire|Outpost on the wire (MQTT v5+WS+TLS1.3, with signed acks)|%.2f B/reading|\n",
 	       (double)out_wire / n);
-	printf("wire|JSON, one object per reading (payload)|%.1f B/reading|%.1fx Outpost (target >= 10x)\n", bj,
-	       bj / bo);
-	printf("wire|Sparkplug B DDATA with aliases (payload)|%.1f B/reading|%.1fx Outpost (target >= 4x)\n", bs,
-	       bs / bo);
-	printf("wire|traffic per device per month, Outpost (incl. framing, acks, task polls)|%.1f MB|target <= 150 MB\n",
-	       month_out);
-	printf("wire|traffic per device per month, JSON / Sparkplug B (framing, no app acks)|%.0f MB / %.1f MB|\n",
-	       month_json, month_sp);
+	printf("wire|JSON, one object per reading (payload)|%.1f B/reading|%.1fx Outpost (target "
+	       ">= 10x)\n",
+	       bj, bj / bo);
+	printf("wire|Sparkplug B, one DDATA per sample, aliases (payload)|%.1f B/reading|%.1fx "
+	       "Outpost (target >= 4x)\n",
+	       bs, bs / bo);
+	printf("wire|traffic per device per month, Outpost|%.1f MB (10^6 B)|%.0f readings/batch "
+	       "(health included), framing, acks, task polls, pings; no TCP/IP; %s (target <= "
+	       "150 MB)\n",
+	       mo_out, (double)sent_readings / minutes, span);
+	printf("wire|traffic per device per month, JSON / Sparkplug B|%.0f MB / %.1f MB|the same "
+	       "readings, framing, pings, no app acks; no TCP/IP\n",
+	       mo_json, mo_sp);
 	free(b);
 	dev_collect_close(sim);
 	wire_key_free(key);
