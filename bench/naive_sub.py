@@ -69,21 +69,26 @@ def main():
     c.connect("127.0.0.1", a.port, keepalive=60)
     end = time.monotonic() + a.timeout
     announced = False
+    rc = mqtt.MQTT_ERR_SUCCESS
     while st["msgs"] < a.expect and time.monotonic() < end:
-        c.loop(timeout=0.1)
+        rc = c.loop(timeout=0.1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:  # the broker went away: stop, do not spin
+            print("naive_sub.py: connection lost: %s" % mqtt.error_string(rc), file=sys.stderr)
+            break
         if st["subscribed"] and not announced and a.ready:
             open(a.ready, "w").close()
             announced = True
         if st["last"] is not None and time.monotonic() - st["last"] > 5:
             break
-    c.disconnect()
+    if rc == mqtt.MQTT_ERR_SUCCESS:
+        c.disconnect()
     secs = (st["last"] - st["first"]) if st["msgs"] > 1 else 0
     n = st["msgs"]
     print("naive ok=%d msgs=%d readings=%d secs=%.3f msg_s=%.0f rd_s=%.0f" % (
         1 if n >= a.expect else 0, n, st["readings"], secs,
         (n - 1) / secs if secs > 0 else 0,
         st["readings"] * (n - 1) / n / secs if secs > 0 else 0))
-    return 0
+    return 0 if n >= a.expect else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 /* sink.c - the do-nothing subscriber: the broker's own delivery rate, the ceiling of the ingest
- * benchmark. Subscribes like outpost-bridge (MQTT v5, mutual TLS on the internal listener,
- * QoS 1 shared subscription to the telemetry topics) and only counts what arrives.
+ * benchmark. Subscribes like outpost-bridge as the benchmark runs it (MQTT v5, mutual TLS on the
+ * internal listener, QoS 1 plain subscription to the telemetry topics: the single bridge of the
+ * shipped stack has an empty share_group) and only counts what arrives.
  *
  * Usage: bench_sink --pki DIR --port INTERNAL_PORT --expect N [--ready FILE] [--timeout S]
  *                   [--topic FILTER]
@@ -66,8 +67,7 @@ int main(int argc, char **argv)
 	expect = bench_arg_l(argc, argv, "--expect", 0);
 	const char *ready = bench_arg(argc, argv, "--ready", NULL);
 	int timeout_s = (int)bench_arg_l(argc, argv, "--timeout", 120);
-	char *topic = (char *)bench_arg(argc, argv, "--topic",
-	                                "$share/bench-sink/outpost/v1/+/telemetry");
+	char *topic = (char *)bench_arg(argc, argv, "--topic", "outpost/v1/+/telemetry");
 	if (!pki || !port || expect < 1) {
 		fprintf(stderr, "usage: " PROG " --pki DIR --port PORT --expect N [--ready FILE]\n");
 		return 2;
