@@ -44,6 +44,14 @@ if [ "$build" = 1 ]; then
 	cmake --build "$builddir" -j "$(nproc)" >/dev/null
 fi
 
+# provenance, printed above the table: which code, when (a table stitched from several runs
+# must say which part came from which)
+commit=$(git -C "$root" describe --always --dirty 2>/dev/null || echo '?')
+commit_date=$(git -C "$root" log -1 --format=%cs 2>/dev/null || echo '?')
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+load0=$(cut -d' ' -f1 /proc/loadavg)
+echo "bench: commit $commit ($commit_date), started $started, load average $load0" >&2
+
 want() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
@@ -74,9 +82,12 @@ part fleet "$here/fleet.sh" "${quick[@]}"
 
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 mem=$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
-printf '\nOutpost benchmarks %s  %s\nmachine: %s cores, %s, %s, %s\n\n' \
-	"$(git -C "$root" describe --always --dirty 2>/dev/null || echo '?')" \
-	"${quick[*]:-full}" "$(nproc)" "${cpu:-unknown CPU}" "$mem" "$(uname -sr)"
+printf '\nOutpost benchmarks, commit %s (%s), run %s .. %s, %s, parts: %s\n' \
+	"$commit" "$commit_date" "$started" "$(date -u +%Y-%m-%dT%H:%MZ)" "${quick[*]:-full}" "$only"
+printf 'machine: %s cores, %s, %s, %s; load average %s before the run\n' \
+	"$(nproc)" "${cpu:-unknown CPU}" "$mem" "$(uname -sr)" "$load0"
+[ "${#quick[@]}" -gt 0 ] && printf '%s\n' '--quick: small loads, no target verdicts (quick: no verdict)'
+echo
 {
 	echo "area|measure|result|ceiling / target"
 	echo "----|-------|------|-----------------"
