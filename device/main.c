@@ -61,6 +61,10 @@ static void install_signal_handlers(void)
 	struct sigaction sa = {0};
 	sigset_t handled;
 	sigemptyset(&sa.sa_mask);
+	/* a blocking read under way goes on (a config file on a FIFO or a slow mount read
+	 * "read error" at a HUP); the main loop's poll and the waits are not restarted, so the
+	 * stop is still seen at once */
+	sa.sa_flags = SA_RESTART;
 	sa.sa_handler = on_stop;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
