@@ -86,7 +86,9 @@ int ctl_check_choice(const char *cmd, const char *opt, const char *value,
 
 /* ---- time ---- */
 
-/* "2026-11-22T22:00:00.123Z"; "" for 0. buf: 32 bytes. */
+/* "2026-11-22T22:00:00.123Z" (0 is 1970-01-01T00:00:00.000Z: a column that may be unset is
+ * NULL, or checked by its caller); a time outside the years 0000..9999 as "unix ms N". buf: 32
+ * bytes. */
 const char *ctl_time(int64_t ms, char *buf);
 
 /* Parse a time for --since/--until: RFC 3339 ("2026-11-22T22:00:00Z"; a fraction of at least

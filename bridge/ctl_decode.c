@@ -194,6 +194,13 @@ static const char *vis(const char *s)
 	return ctl_vis(s, ring[k], sizeof(ring[k]));
 }
 
+/* A message's time: "-" for 0, which protobuf sends for a field not set (a reading's time is
+ * a time, 0 included: ctl_time). */
+static const char *when(int64_t ms, char *buf)
+{
+	return ms ? ctl_time(ms, buf) : "-";
+}
+
 static void hexdump(const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -220,7 +227,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		struct wire_cert_info ci;
 		printf("  agent %s, boot id ", vis(b->agent_version));
 		hexdump(b->boot_id.data, b->boot_id.len);
-		printf(", started %s\n", b->started_at_ms ? ctl_time(b->started_at_ms, t) : "-");
+		printf(", started %s\n", when(b->started_at_ms, t));
 		if (!wire_cert_parse(b->cert_pem, strlen(b->cert_pem), &ci, NULL))
 			printf("  certificate CN=%s\n", vis(ci.cn));
 		printf("  intervals: sample %us, batch %us, poll %us; chain floor %" PRIu64 "\n",
@@ -294,7 +301,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 			break;
 		printf("  prev_seq %" PRIu64 ", task %" PRIu64 " %s at %s: %s\n", r->prev_seq,
 		       r->task_id, st[r->status <= 3 ? r->status : 0],
-		       ctl_time(r->finished_at_ms, t), vis(r->message));
+		       when(r->finished_at_ms, t), vis(r->message));
 		print_kvs("    ", r->output, r->n_output);
 		wire_msg_free(r);
 		break;
@@ -304,7 +311,7 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		if ((rc = wire_ack_decode(e->body, e->body_len, &a, &diag)))
 			break;
 		printf("  upto %" PRIu64 ", committed %s", a->upto,
-		       ctl_time(a->committed_at_ms, t));
+		       when(a->committed_at_ms, t));
 		for (size_t i = 0; i < a->n_ranges; i++)
 			printf("%s%" PRIu64 "..%" PRIu64, i ? ", " : "; ranges ",
 			       a->ranges[i]->first, a->ranges[i]->last);
@@ -317,13 +324,13 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 		if ((rc = wire_task_list_decode(e->body, e->body_len, &l, &diag)))
 			break;
 		printf("  answer to poll %" PRIu64 ", issued %s, %zu task(s)\n", l->poll_seq,
-		       ctl_time(l->issued_at_ms, t), l->n_tasks);
+		       when(l->issued_at_ms, t), l->n_tasks);
 		for (size_t i = 0; i < l->n_tasks; i++) {
 			char t2[32];
 			printf("  task %" PRIu64 " %s for %s, expires %s (created %s)\n",
 			       l->tasks[i]->id, vis(l->tasks[i]->type), vis(l->tasks[i]->device_id),
-			       ctl_time(l->tasks[i]->expires_at_ms, t),
-			       ctl_time(l->tasks[i]->created_at_ms, t2));
+			       when(l->tasks[i]->expires_at_ms, t),
+			       when(l->tasks[i]->created_at_ms, t2));
 			print_kvs("    ", l->tasks[i]->args, l->tasks[i]->n_args);
 		}
 		wire_msg_free(l);
@@ -361,7 +368,7 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		return;
 	}
 	printf("%s  %s  %s  seq %" PRIu64 "  sent %s  ", topic ? vis(topic) : "-",
-	       wire_kind_name(e.kind), e.device_id, e.seq, ctl_time(e.sent_at_ms, t));
+	       wire_kind_name(e.kind), e.device_id, e.seq, when(e.sent_at_ms, t));
 	/* Who signed: the device for device kinds, the bridge for acks and task lists. */
 	const char *cn = wire_kind_from_device(e.kind) ? e.device_id : "outpost-bridge";
 	const struct signer *s = NULL;

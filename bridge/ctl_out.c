@@ -1,6 +1,7 @@
 /* ctl_out.c - outpostctl: store access, argument parsing, time formats and output writers. */
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -11,7 +12,6 @@
 
 #include "cfg.h"
 #include "ctl.h"
-#include "otime.h"
 #include "ovis.h"
 
 int ctl_err(int code, const char *fmt, ...)
@@ -134,17 +134,34 @@ int ctl_check_choice(const char *cmd, const char *opt, const char *value,
 	               cfg_join(allowed, list, sizeof(list)));
 }
 
+/* The seconds of 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the years RFC 3339 writes. */
+#define CTL_TIME_MIN_S (-62167219200LL)
+#define CTL_TIME_MAX_S 253402300799LL
+
 const char *ctl_time(int64_t ms, char *buf)
 {
-	if (!ms) {
-		buf[0] = '\0';
+	/* floor division: ms - 999 would overflow for INT64_MIN, which a device may send */
+	int64_t s = ms / 1000;
+	int frac = (int)(ms % 1000);
+	if (frac < 0) {
+		s--;
+		frac += 1000;
+	}
+	time_t t = (time_t)s;
+	struct tm tm;
+	if (s < CTL_TIME_MIN_S || s > CTL_TIME_MAX_S || (int64_t)t != s || !gmtime_r(&t, &tm)) {
+		snprintf(buf, 32, "unix ms %" PRId64, ms);
 		return buf;
 	}
-	int64_t s = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-	unsigned frac = (unsigned)(ms - s * 1000) % 1000u;
-	char date[OTIME_UTC_LEN];
-	otime_utc(s, date);
-	snprintf(buf, 32, "%.*s.%03uZ", (int)strcspn(date, "Z"), date, frac);
+	/* not strftime: glibc's %Y does not pad years below 1000 to four digits; the fields fit
+	 * in 24 bytes, which the compiler cannot know of any int */
+	char text[80];
+	snprintf(text, sizeof(text), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	size_t n = strlen(text);
+	n = n < 31 ? n : 31;
+	memcpy(buf, text, n);
+	buf[n] = '\0';
 	return buf;
 }
 

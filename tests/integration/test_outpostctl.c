@@ -1327,6 +1327,70 @@ Test(outpostctl, decode_checks_a_births_certificate_against_the_ca, .timeout = 1
 	free(url);
 }
 
+/* decode prints whatever time a device sends: the ends of int64 (whose division into seconds
+ * overflowed), the years RFC 3339 cannot write as "unix ms N", before 1970, and a reading at 0,
+ * which is a time like any other (only an unset field of a message, 0, is "-"). */
+Test(outpostctl, decode_prints_any_time_a_device_sends, .timeout = 60)
+{
+	static const struct {
+		int64_t ms;
+		const char *shown;
+	} sent[] = {
+	    {INT64_MIN, "sent unix ms -9223372036854775808  "},
+	    {INT64_MAX, "sent unix ms 9223372036854775807  "},
+	    {-1, "sent 1969-12-31T23:59:59.999Z  "},
+	    {-1001, "sent 1969-12-31T23:59:58.999Z  "},
+	    {0, "sent -  "},
+	    {253402300799999LL, "sent 9999-12-31T23:59:59.999Z  "},
+	    {253402300800000LL, "sent unix ms 253402300800000  "},
+	    {-62167219200000LL, "sent 0000-01-01T00:00:00.000Z  "},
+	    {-62167219200001LL, "sent unix ms -62167219200001  "},
+	    {-61000000000000LL, "sent 0036-12-26T11:33:20.000Z  "},
+	};
+	enum { N = sizeof(sent) / sizeof(sent[0]) };
+	char *url = small_store("ctl-decode-time");
+	char *dir = h_tmpdir("ctl-decode-time-cap");
+	char *cap = h_strf("%s/capture.txt", dir);
+	FILE *f = fopen(cap, "w");
+	cr_assert_not_null(f);
+	/* batch 2 of rows at t0 + 2000 and t0 + 2010: at 0 and 10 ms after it */
+	struct h_simdev_opts o = {
+	    .pki = h_pki(), .id = "dev-a", .rows = 2, .cols = 1, .t0_ms = -2000};
+	for (size_t i = 0; i < N; i++) {
+		size_t blen, n;
+		uint8_t *body = h_batch_body(&o, 2, 1, &blen);
+		uint8_t *env = h_seal_at(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 2,
+		                         sent[i].ms, body, blen, &n);
+		fprintf(f, "outpost/v1/dev-a/telemetry ");
+		for (size_t j = 0; j < n; j++)
+			fprintf(f, "%02x", env[j]);
+		fputc('\n', f);
+		free(env);
+		free(body);
+	}
+	cr_assert_eq(fclose(f), 0);
+	char *out = ctl(url, 0, "decode --pki %s %s 2>&1", h_pki(), cap);
+	cr_expect_eq(h_count(out, "signature ok (dev-a.crt)"), N, "%s", out);
+	for (size_t i = 0; i < N; i++)
+		cr_expect_eq(h_count(out, sent[i].shown), 1, "no '%s' in:\n%s", sent[i].shown, out);
+	cr_expect_eq(h_count(out, "\n  1970-01-01T00:00:00.000Z #1="), N, "%s", out);
+	cr_expect_eq(h_count(out, "\n  1970-01-01T00:00:00.010Z #1="), N, "%s", out);
+	free(out);
+	/* a stored reading at 0 is shown at 0 too, not as an empty time */
+	struct store *s = open_store(url);
+	exec_sql(s, "INSERT INTO metrics (device, name, unit, wire_id) VALUES (1, 'm1', 'u', 1)");
+	exec_sql(s, "INSERT INTO readings (device, metric, ts, seq, idx, value) VALUES"
+	            " (1, 1, 0, 1, 0, 5), (1, 1, -1, 1, 1, 4)");
+	store_close(s);
+	expect_ctl(url, 0, "readings --device dev-a",
+	           "\ndev-a,m1,u,1969-12-31T23:59:59.999Z,4,1\n"
+	           "dev-a,m1,u,1970-01-01T00:00:00.000Z,5,1\n",
+	           3);
+	free(cap);
+	free(dir);
+	free(url);
+}
+
 /* Asking a device for the state it is in is done, not a failure (scripts may repeat
  * themselves): releasing an active device too. Releasing one that is revoked, or unenrolled
  * (a release does not enrol), is refused. */

@@ -83,10 +83,18 @@ static struct wire_key *load_key(const char *pki, const char *name)
 uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *device_id,
                 uint64_t seq, const void *body, size_t body_len, size_t *len)
 {
+	return h_seal_at(pki, name, kind, device_id, seq,
+	                 1700000000000LL + (int64_t)(seq % SEQ_TIME_WRAP), body, body_len, len);
+}
+
+uint8_t *h_seal_at(const char *pki, const char *name, uint32_t kind, const char *device_id,
+                   uint64_t seq, int64_t sent_at_ms, const void *body, size_t body_len,
+                   size_t *len)
+{
 	struct wire_key *k = load_key(pki, name);
 	struct wire_env e = {.kind = kind,
 	                     .seq = seq,
-	                     .sent_at_ms = 1700000000000LL + (int64_t)(seq % SEQ_TIME_WRAP),
+	                     .sent_at_ms = sent_at_ms,
 	                     .body = body,
 	                     .body_len = body_len};
 	snprintf(e.device_id, sizeof(e.device_id), "%s", device_id);

@@ -66,6 +66,10 @@ int h_simdev_was_sent(struct h_simdev *d, uint64_t seq);
  * returns malloc'd bytes (caller frees). Aborts on failure (tests only). */
 uint8_t *h_seal(const char *pki, const char *name, uint32_t kind, const char *device_id,
                 uint64_t seq, const void *body, size_t body_len, size_t *len);
+/* The same, sent at sent_at_ms (h_seal: a time near 2023-11-14 that grows with seq). */
+uint8_t *h_seal_at(const char *pki, const char *name, uint32_t kind, const char *device_id,
+                   uint64_t seq, int64_t sent_at_ms, const void *body, size_t body_len,
+                   size_t *len);
 
 /* A Birth body for device id of pki with metrics 1..ncols named m1..mN and chain_floor. */
 uint8_t *h_birth_body(const char *pki, const char *id, int ncols, uint64_t chain_floor,
