@@ -122,20 +122,30 @@ struct ctl_out {
 	int vis;    /* CSV: control characters escaped (ctl_vis), as f is a terminal */
 	int failed; /* table format: memory ran out, the rows are dropped */
 	size_t nrows, cap;
-	char **cells; /* table format: nrows * ncols strings */
+	char **cells;     /* table format: nrows * ncols strings */
+	size_t max;       /* 0, or the rows shown at most (ctl_out_cap) */
+	int more;         /* a row past max came */
+	const char *hint; /* how to see the rows past max */
 };
 
 /* Commands whose table format has no --limit of their own show this many rows of it at most
- * (the table is built in memory to align its columns), and say when there are more. */
+ * (the table is built in memory to align its columns), and say when there are more: their
+ * query asks for CTL_TABLE_ROWS + 1 rows, and ctl_out_cap() tells the writer. */
 #define CTL_TABLE_ROWS 1000
 
 void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types);
-/* One row; a NULL value is null/empty. 0, or -1 once memory ran out keeping a table's rows
- * (then every later row is ignored as well, and ctl_out_end says so). */
+/* Show CTL_TABLE_ROWS rows of o at most (after ctl_out_begin, for a table without a --limit):
+ * ctl_out_row keeps a row past them out and returns 1, and ctl_out_end then prints "(the first
+ * 1000 rows: there are more; <hint>)" below the table. hint (static) says how to see the
+ * others. */
+void ctl_out_cap(struct ctl_out *o, const char *hint);
+/* One row; a NULL value is null/empty. 0; 1 for a row past the cap (ctl_out_cap), not shown;
+ * or -1 once memory ran out keeping a table's rows (then every later row is ignored as well,
+ * and ctl_out_end says so). Either way the caller reads no more rows. */
 int ctl_out_row(struct ctl_out *o, const char *const *vals);
-/* Finish (a table: print it). CTL_OK, or CTL_FAIL after saying that memory ran out (nothing
- * of the table is printed). */
+/* Finish (a table: print it, and say if the cap left rows out). CTL_OK, or CTL_FAIL after
+ * saying that memory ran out (nothing of the table is printed). */
 int ctl_out_end(struct ctl_out *o);
 
 /* s for a terminal: control characters shown as \xNN (C0, DEL) or \u00NN (C1), so text a

@@ -68,9 +68,9 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 		               until);
 	/* A table is kept in memory to align it: without --limit it shows CTL_TABLE_ROWS rows,
 	 * and one more is read to tell whether there are others. */
-	int capped = !limit && fmt == CTL_FMT_TABLE, more = 0;
+	int capped = !limit && fmt == CTL_FMT_TABLE;
 	if (capped)
-		max = CTL_TABLE_ROWS;
+		max = CTL_TABLE_ROWS + 1;
 	if (!ctl_store(c))
 		return c->code;
 	if ((rc = ctl_device_key(c, device, &key)))
@@ -113,7 +113,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	if (!rc && !(rc = store_bind_i64(st, col++, key)) &&
 	    !(rc = metric ? store_bind_i64(st, col++, metric_key) : 0) &&
 	    !(rc = store_bind_i64(st, col++, from)) && !(rc = store_bind_i64(st, col++, to)))
-		rc = store_bind_i64(st, col, capped ? max + 1 : max);
+		rc = store_bind_i64(st, col, max);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "readings", rc);
@@ -123,12 +123,11 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	                                         CTL_STR, CTL_NUM, CTL_NUM};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 6, names, types);
+	if (capped)
+		ctl_out_cap(&o, "--limit N shows N, --since T those from T on, --format csv all of"
+		                " them");
 	while ((rc = store_step(st)) == 1) {
 		char t[32], v[32], seq[24];
-		if (capped && (int64_t)o.nrows == max) {
-			more = 1;
-			break;
-		}
 		snprintf(seq, sizeof(seq), "%" PRId64, store_col_i64(st, 4));
 		const char *vals[6] = {device,
 		                       store_col_text(st, 0),
@@ -142,13 +141,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	}
 	int out_rc = ctl_out_end(&o);
 	store_stmt_free(st);
-	if (rc < 0)
-		return ctl_store_err(c, "readings", rc);
-	if (more && out_rc == CTL_OK)
-		printf("(the first %d rows: there are more; --limit N shows N, --since T those"
-		       " from T on, --format csv all of them)\n",
-		       CTL_TABLE_ROWS);
-	return out_rc;
+	return rc < 0 ? ctl_store_err(c, "readings", rc) : out_rc;
 }
 
 int ctl_cmd_events(struct ctl *c, int argc, char **argv)
@@ -221,12 +214,15 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	if (device && (rc = ctl_device_key(c, device, &key)))
 		return rc;
 	struct store_stmt *st = NULL;
+	/* a table is kept in memory to align it: CTL_TABLE_ROWS rows, and one to tell of more */
+	int capped = fmt == CTL_FMT_TABLE;
 	/* Dropped gaps are final when recorded; missing ones stay open until filled. */
 	rc = store_prepare(
 	    c->s, device ? CTL_SQL(c->s, CTL_SQL_GAPS_DEVICE) : CTL_SQL(c->s, CTL_SQL_GAPS), &st);
 	int col = 1;
-	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0))
-		rc = store_bind_i64(st, col, all ? 1 : 0);
+	if (!rc && !(rc = device ? store_bind_i64(st, col++, key) : 0) &&
+	    !(rc = store_bind_i64(st, col++, all ? 1 : 0)))
+		rc = store_bind_i64(st, col, capped ? CTL_TABLE_ROWS + 1 : INT64_MAX);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "gaps", rc);
@@ -237,6 +233,10 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	                                         CTL_NUM, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 8, names, types);
+	if (capped)
+		ctl_out_cap(&o, device ? "--format csv shows all of them"
+		                       : "--device ID shows one device's, --format csv all of"
+		                         " them");
 	while ((rc = store_step(st)) == 1) {
 		char t1[32], t2[32], a[24], b[24], n[24];
 		snprintf(a, sizeof(a), "%" PRId64, store_col_i64(st, 2) + 1);

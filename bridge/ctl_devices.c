@@ -35,10 +35,12 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 #define DEVICES(C)                                                                                 \
 	"SELECT device_id, state, online, last_seen_at, frontier, envelopes, readings,"            \
 	" duplicates, rejected, agent_version, spool_records FROM devices"                         \
-	" WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id" C
+	" WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY device_id" C " LIMIT ?"
+	/* a table is kept in memory to align it: CTL_TABLE_ROWS rows, and one to tell of more */
+	int capped = fmt == CTL_FMT_TABLE;
 	rc = store_prepare(s, CTL_SQL(s, DEVICES), &st);
-	if (!rc && !(rc = store_bind_text(st, 1, state)))
-		rc = store_bind_text(st, 2, state);
+	if (!rc && !(rc = store_bind_text(st, 1, state)) && !(rc = store_bind_text(st, 2, state)))
+		rc = store_bind_i64(st, 3, capped ? CTL_TABLE_ROWS + 1 : INT64_MAX);
 	if (rc) {
 		store_stmt_free(st);
 		return ctl_store_err(c, "devices", rc);
@@ -52,6 +54,8 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	                                         CTL_NUM, CTL_NUM, CTL_STR};
 	struct ctl_out o;
 	ctl_out_begin(&o, fmt, stdout, 11, names, types);
+	if (capped)
+		ctl_out_cap(&o, "--state S shows those in state S, --format csv all of them");
 	while ((rc = store_step(st)) == 1) {
 		char t[32], b[6][24];
 		const char *v[11] = {store_col_text(st, 0),

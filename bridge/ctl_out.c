@@ -402,11 +402,21 @@ static void table_drop(struct ctl_out *o)
 	o->failed = 1;
 }
 
+void ctl_out_cap(struct ctl_out *o, const char *hint)
+{
+	o->max = CTL_TABLE_ROWS;
+	o->hint = hint;
+}
+
 int ctl_out_row(struct ctl_out *o, const char *const *vals)
 {
 	FILE *f = o->f;
 	if (o->failed)
 		return -1;
+	if (o->max && o->nrows == o->max) {
+		o->more = 1;
+		return 1;
+	}
 	if (o->fmt == CTL_FMT_CSV) {
 		for (int i = 0; i < o->ncols; i++) {
 			if (i)
@@ -501,5 +511,7 @@ int ctl_out_end(struct ctl_out *o)
 	free(w);
 	free(o->cells);
 	o->cells = NULL;
+	if (o->more)
+		fprintf(f, "(the first %zu rows: there are more; %s)\n", o->max, o->hint);
 	return CTL_OK;
 }

@@ -24,13 +24,14 @@
 #define CTL_SQL_TASKS        CTL_SQL_TASKS_("")
 #define CTL_SQL_TASKS_DEVICE CTL_SQL_TASKS_("device = ? AND ")
 
-/* Gaps (of one device: through its key's index), open ones only unless the parameter is 1.
- * Parameters: [device key,] all. C follows the text sort key (CTL_SQL in ctl.h). */
+/* Gaps (of one device: through its key's index), open ones only unless the parameter is 1,
+ * limit of them. Parameters: [device key,] all, limit. C follows the text sort key (CTL_SQL
+ * in ctl.h). */
 #define CTL_SQL_GAPS_(DEVICE, C)                                                                   \
 	"SELECT d.device_id, g.reason, g.prev_seq, g.last_seq, g.count, g.opened_at,"              \
 	" g.resolved_at, g.resolution FROM gaps g JOIN devices d ON d.id = g.device WHERE " DEVICE \
 	"(CAST(? AS BIGINT) = 1 OR g.resolved_at IS NULL)"                                         \
-	" ORDER BY d.device_id" C ", g.prev_seq, g.reason"
+	" ORDER BY d.device_id" C ", g.prev_seq, g.reason LIMIT ?"
 #define CTL_SQL_GAPS(C)        CTL_SQL_GAPS_("", C)
 #define CTL_SQL_GAPS_DEVICE(C) CTL_SQL_GAPS_("g.device = ? AND ", C)
 

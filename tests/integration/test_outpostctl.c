@@ -1159,6 +1159,55 @@ Test(outpostctl, readings_table_is_bounded_and_fails_out_of_memory, .timeout = 6
 	free(url);
 }
 
+/* devices and gaps have no --limit: as a table (kept in memory) they too show the first
+ * CTL_TABLE_ROWS rows and say when there are more; CSV and JSON stream all of them. */
+Test(outpostctl, devices_and_gaps_tables_are_bounded, .timeout = 60)
+{
+	char *url = small_store("ctl-table-more");
+	struct store *s = open_store(url);
+	/* dev-a and 999 more devices; 1000 gaps of dev-a */
+	exec_sql(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	            " WHERE x < 999) INSERT INTO devices (device_id, state, created_at,"
+	            " state_changed_at) SELECT printf('dev-b%04d', x), 'active', 1, 1 FROM n");
+	exec_sql(s, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n"
+	            " WHERE x < 1000) INSERT INTO gaps (device, reason, prev_seq, last_seq,"
+	            " opened_at) SELECT 1, 'missing', 10 * x, 10 * x + 5, 1 FROM n");
+	/* 1000 rows: all of them, nothing more to say */
+	expect_ctl(url, 0, "devices", "\ndev-b0999 ", 1 + 1000);
+	expect_ctl(url, 0, "gaps", "  10005  ", 1 + 1000);
+	expect_ctl(url, 0, "gaps --device dev-a", "  10005  ", 1 + 1000);
+	exec_sql(s, "INSERT INTO devices (device_id, state, created_at, state_changed_at)"
+	            " VALUES ('dev-c', 'active', 1, 1)");
+	exec_sql(s, "INSERT INTO gaps (device, reason, prev_seq, last_seq, opened_at)"
+	            " VALUES (1, 'missing', 20000, 20005, 1)");
+	store_close(s);
+	/* 1001: the first 1000, and a line that says how to see the others */
+	char *out = ctl(url, 0, "devices");
+	cr_expect_eq(h_count(out, "\n"), 1 + 1000 + 1, "%s", out);
+	cr_expect(strstr(out, "\n(the first 1000 rows: there are more; --state S shows those in"
+	                      " state S, --format csv all of them)\n"),
+	          "%s", out);
+	cr_expect(strstr(out, "\ndev-b0999 ") && !strstr(out, "dev-c"), "%s", out);
+	free(out);
+	const char *gaps[] = {"gaps", "gaps --device dev-a"};
+	for (size_t i = 0; i < 2; i++) {
+		out = ctl(url, 0, "%s", gaps[i]);
+		cr_expect_eq(h_count(out, "\n"), 1 + 1000 + 1, "%s", out);
+		cr_expect(strstr(out, "  10005  ") && !strstr(out, "20005"), "%s", out);
+		cr_expect(strstr(out, "\n(the first 1000 rows: there are more; "), "%s", out);
+		cr_expect(!i == !!strstr(out, "--device ID shows one device's, --format csv all of"
+		                              " them)\n"),
+		          "%s", out);
+		free(out);
+	}
+	/* CSV and JSON: every row */
+	expect_ctl(url, 0, "devices --format csv", "\ndev-c,", 1 + 1001);
+	expect_ctl(url, 0, "gaps --format csv", ",20005,", 1 + 1001);
+	expect_ctl(url, 0, "gaps --device dev-a --format json", "\"last_seq\": 20005,",
+	           1 + 1001 + 1);
+	free(url);
+}
+
 /* A store the bridges have not migrated yet (an older schema), one migrated by a newer bridge,
  * and an empty database: outpostctl says so and leaves the store as it is. Migrating is the
  * bridges' business: older ones still running beside the store would lose columns. */
