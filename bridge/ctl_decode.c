@@ -19,6 +19,8 @@
 #include "wire_topic.h"
 
 #define DECODE_MAX_INPUT (64u << 20)
+/* A "topic hex" line: the hex of the largest envelope, and room for any topic. */
+#define DECODE_MAX_LINE (2 * (size_t)WIRE_MAX_ENVELOPE + 1024)
 #define MAX_CERT_ARGS    64 /* --cert given at most this often */
 
 struct signer {
@@ -474,6 +476,34 @@ static char *slurp(FILE *f, size_t *len)
 	return buf;
 }
 
+/* The next line of in, with its '\n' if it has one, into *buf (grown, NUL-terminated; its
+ * length in *len): 1, 0 at the end of the input (nothing read), -1 if the line is over
+ * DECODE_MAX_LINE bytes (*buf holds the first DECODE_MAX_LINE + 1 of them, the rest is left
+ * unread), -2 when memory ran out. */
+static int read_line(FILE *in, char **buf, size_t *cap, size_t *len)
+{
+	size_t n = 0;
+	int ch;
+	while ((ch = getc(in)) != EOF) {
+		if (n + 2 > *cap) {
+			size_t ncap = *cap ? *cap * 2 : 4096;
+			ncap = ncap < DECODE_MAX_LINE + 2 ? ncap : DECODE_MAX_LINE + 2;
+			char *nb = realloc(*buf, ncap);
+			if (!nb)
+				return -2;
+			*buf = nb;
+			*cap = ncap;
+		}
+		(*buf)[n++] = (char)ch;
+		if (ch == '\n' || n > DECODE_MAX_LINE)
+			break;
+	}
+	if (n)
+		(*buf)[n] = '\0';
+	*len = n;
+	return n > DECODE_MAX_LINE && ch != '\n' ? -1 : n > 0;
+}
+
 /* Decode one "topic hexpayload" line in place. */
 static void decode_line(struct dec *d, char *p, char *end)
 {
@@ -500,6 +530,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	size_t ncerts = 0, len = 0;
 	int npos, rc;
 	struct dec d;
+	FILE *in = NULL;
 	struct ctl_optdef defs[] = {{"pki", 1, &pki, NULL, NULL, 0},
 	                            {"cert", 1, NULL, certs, &ncerts, MAX_CERT_ARGS},
 	                            {"topic", 1, &topic, NULL, NULL, 0},
@@ -542,7 +573,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	for (size_t i = 0; i < ncerts; i++)
 		if ((rc = add_cert(&d, certs[i], NULL, 1)))
 			goto out;
-	FILE *in = stdin;
+	in = stdin;
 	if (npos && strcmp(pos[0], "-")) {
 		in = fopen(pos[0], "rb");
 		if (!in) {
@@ -553,41 +584,54 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	char *buf = NULL;
 	if (!topic) {
 		/* "topic hex" lines are decoded as they come, so that `mosquitto_sub ... | outpostctl
-		 * decode` shows each message at once; anything else is one raw payload */
-		size_t cap = 0, npre = 0, skipped = 0;
-		char pre[64]; /* blank lines before the first one that decides (kept for raw) */
-		ssize_t n;
-		while ((n = getline(&buf, &cap, in)) > 0 && strspn(buf, "\r\n") == (size_t)n &&
-		       npre + (size_t)n <= sizeof(pre)) {
-			memcpy(pre + npre, buf, (size_t)n);
-			npre += (size_t)n;
-		}
-		if (n > 0 && is_lines(buf, (size_t)n)) {
-			do {
-				if ((size_t)n <= 2 * (size_t)WIRE_MAX_ENVELOPE + 1024 &&
-				    is_lines(buf, (size_t)n))
+		 * decode` shows each message at once; anything else is one raw payload. Blank lines
+		 * before the first one that decides are passed over and kept nowhere (an envelope
+		 * begins with its field 1, a varint: 0x08). */
+		size_t cap = 0, skipped = 0, n = 0, lineno = 1;
+		int r;
+		while ((r = read_line(in, &buf, &cap, &n)) == 1 && strspn(buf, "\r\n") == n)
+			lineno++;
+		/* a first line too long (r == -1) that begins as "topic hex" is lines too: what
+		 * was read of it may end in the middle of a byte's two hex digits */
+		if ((r == 1 && is_lines(buf, n)) ||
+		    (r == -1 && (is_lines(buf, n) || is_lines(buf, n - 1)))) {
+			for (; r == 1; lineno++, r = read_line(in, &buf, &cap, &n)) {
+				if (is_lines(buf, n))
 					decode_line(&d, buf, buf + n);
-				else if (strspn(buf, "\r\n") != (size_t)n)
-					skipped++; /* not "topic hex", or longer than any envelope */
+				else if (strspn(buf, "\r\n") != n)
+					skipped++; /* not "topic hex" */
 				fflush(stdout);
-			} while ((n = getline(&buf, &cap, in)) > 0);
+			}
 			free(buf);
-			buf = NULL;
 			if (skipped)
 				fprintf(stderr, CTL_PROG ": decode: %zu line(s) were not 'topic hex' and "
 				        "were skipped\n", skipped);
-			goto done;
+			rc = d.failures ? CTL_FAIL : CTL_OK;
+			if (r == -1)
+				rc = ctl_err(CTL_FAIL,
+				             "decode: line %zu is over %zu bytes, longer than the"
+				             " 'topic hex' of any envelope: stopped there",
+				             lineno, DECODE_MAX_LINE);
+			if (r == -2)
+				rc = ctl_err(CTL_FAIL, "decode: out of memory reading line %zu",
+				             lineno);
+			goto out;
 		}
-		/* raw: what was read so far, then the rest */
-		size_t first = n > 0 ? (size_t)n : 0;
+		if (r == -2) {
+			free(buf);
+			rc = ctl_err(CTL_FAIL, "decode: out of memory reading the input");
+			goto out;
+		}
+		/* raw: what was read so far (the first line, or DECODE_MAX_LINE + 1 bytes of it),
+		 * then the rest */
 		char *rest = slurp(in, &len);
-		if (rest && npre + first + len <= DECODE_MAX_INPUT) {
-			char *all = malloc(npre + first + len + 1);
+		if (rest && n + len <= DECODE_MAX_INPUT) {
+			char *all = malloc(n + len + 1);
 			if (all) {
-				memcpy(all, pre, npre);
-				memcpy(all + npre, buf, first);
-				memcpy(all + npre + first, rest, len + 1);
-				len += npre + first;
+				if (n)
+					memcpy(all, buf, n);
+				memcpy(all + n, rest, len + 1);
+				len += n;
 			}
 			free(buf);
 			buf = all;
@@ -614,11 +658,10 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	}
 	message(&d, topic, (const uint8_t *)buf, len);
 	free(buf);
-done:
-	if (in && in != stdin)
-		fclose(in);
 	rc = d.failures ? CTL_FAIL : CTL_OK;
 out:
+	if (in && in != stdin)
+		fclose(in);
 	for (size_t i = 0; i < d.n_cats; i++)
 		wire_msg_free(d.cats[i].birth);
 	free(d.cats);

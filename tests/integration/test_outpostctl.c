@@ -1440,6 +1440,86 @@ Test(outpostctl, decode_prints_any_time_a_device_sends, .timeout = 60)
 	free(url);
 }
 
+/* Blank lines before a capture's first line are passed over however many there are (past
+ * 64 bytes of them the capture was read as one raw payload), and a line longer than the hex
+ * of any envelope stops decode with an error rather than being read without a bound. */
+Test(outpostctl, decode_passes_over_blank_lines_and_stops_at_a_line_too_long, .timeout = 60)
+{
+	enum { MAX_LINE = 2 * WIRE_MAX_ENVELOPE + 1024 };
+	char *url = small_store("ctl-decode-lines");
+	char *dir = h_tmpdir("ctl-decode-lines-cap");
+	char *line = h_strf("%s/line.txt", dir), *cap = h_strf("%s/capture.txt", dir);
+	capture_birth(line, h_pki(), "dev-a");
+	/* 70 blank lines (and 30 of CR LF) before the Birth */
+	char *cmd = h_strf("(for i in $(seq 70); do echo; done; for i in $(seq 30); do"
+	                   " printf \"\\r\\n\"; done; cat %s) > %s",
+	                   line, cap);
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	free(out);
+	free(cmd);
+	out = ctl(url, 0, "decode --pki %s %s 2>&1", h_pki(), cap);
+	cr_expect(strstr(out, "birth  dev-a  seq 1  ") && strstr(out, "signature ok (dev-a.crt)"),
+	          "%s", out);
+	cr_expect(!strstr(out, "INVALID") && !strstr(out, "skipped"), "%s", out);
+	free(out);
+	/* blank lines alone: no input */
+	cmd = h_strf("for i in $(seq 100); do echo; done > %s", cap);
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	free(out);
+	free(cmd);
+	char *args = h_strf("decode %s", cap);
+	expect_ctl(url, 1, args, "outpostctl: decode: no input, nothing to decode\n", 1);
+	free(args);
+	/* the Birth, then a line of one byte too many: the Birth, then the error; a first line
+	 * that long, as lines too (an odd number of hex digits in what is read of it) */
+	for (int first = 0; first < 2; first++) {
+		const char *topic =
+		    first ? "outpost/v1/dev-ab/telemetry " : "outpost/v1/dev-a/telemetry ";
+		FILE *f = fopen(cap, "w");
+		cr_assert_not_null(f);
+		if (!first) {
+			char *birth = h_read_file(line, NULL);
+			fputs(birth, f);
+			free(birth);
+		}
+		fputs(topic, f);
+		for (size_t i = strlen(topic); i < MAX_LINE + 1; i++)
+			fputc('0', f);
+		fputs("\n", f);
+		capture_birth(cap, h_pki(), "dev-a"); /* not read: decode stopped */
+		cr_assert_eq(fclose(f), 0);
+		out = ctl(url, 1, "decode --pki %s %s 2>&1", h_pki(), cap);
+		char *err = h_strf("outpostctl: decode: line %d is over %d bytes, longer than the"
+		                   " 'topic hex' of any envelope: stopped there\n",
+		                   first ? 1 : 2, MAX_LINE);
+		cr_expect(strstr(out, err), "%s", out);
+		cr_expect_eq(h_count(out, "birth  dev-a  seq 1  "), first ? 0 : 1, "%s", out);
+		cr_expect(!strstr(out, "INVALID"), "%s", out);
+		free(err);
+		free(out);
+	}
+	/* a line of the greatest length is still read, as a line (not "topic hex": skipped) */
+	cr_assert_eq(remove(cap), 0);
+	capture_birth(cap, h_pki(), "dev-a");
+	FILE *f = fopen(cap, "a");
+	cr_assert_not_null(f);
+	fputs("outpost/v1/dev-a/telemetry ", f);
+	for (size_t i = strlen("outpost/v1/dev-a/telemetry "); i < MAX_LINE - 1; i++)
+		fputc('0', f);
+	fputs("x\n", f);
+	cr_assert_eq(fclose(f), 0);
+	capture_birth(cap, h_pki(), "dev-a");
+	out = ctl(url, 0, "decode --pki %s %s 2>&1", h_pki(), cap);
+	cr_expect_eq(h_count(out, "birth  dev-a  seq 1  "), 2, "%s", out);
+	cr_expect(strstr(out, "1 line(s) were not 'topic hex' and were skipped"), "%s", out);
+	free(out);
+	free(cap);
+	free(line);
+	free(dir);
+	free(url);
+}
+
 /* Asking a device for the state it is in is done, not a failure (scripts may repeat
  * themselves): releasing an active device too. Releasing one that is revoked, or unenrolled
  * (a release does not enrol), is refused. */
