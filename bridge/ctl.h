@@ -73,7 +73,8 @@ struct ctl_optdef {
 /* Parse argv[0..argc) (after the command words) against defs ("--name value" and
  * "--name=value"; a value is taken as it is, even if it looks like an option); positional
  * arguments go to pos (at most max_pos); global options where an option may stand go to
- * ctl_global_opt(). Then ctl_settle(). Returns CTL_OK, CTL_DONE (--help, --version) or
+ * ctl_global_opt(). A bare "--" (not an option's value) ends the options: every argument
+ * after it is positional. Then ctl_settle(). Returns CTL_OK, CTL_DONE (--help, --version) or
  * CTL_USAGE after printing what is wrong. */
 int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
              const char **pos, int max_pos, int *npos);

@@ -245,8 +245,14 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	if (wire_id_check(id))
 		return ctl_err(CTL_USAGE, "device: '%s' is not a device id ([A-Za-z0-9_-]{1,64})",
 		               id);
-	if (!strcmp(action, "show"))
+	if (!strcmp(action, "show")) {
+		/* said, not ignored: the operator may think it was recorded somewhere */
+		if (reason)
+			return ctl_err(CTL_USAGE,
+			               "device show: --reason is not an option of show (quarantine,"
+			               " release and revoke take it)");
 		return show(c, id);
+	}
 	if (strcmp(action, "quarantine") && strcmp(action, "release") && strcmp(action, "revoke"))
 		return ctl_err(CTL_USAGE,
 		               "device: unknown action '%s' (show, quarantine, release, "

@@ -79,12 +79,17 @@ struct store *ctl_store(struct ctl *c)
 int ctl_args(struct ctl *c, const char *cmd, int argc, char **argv, const struct ctl_optdef *defs,
              const char **pos, int max_pos, int *npos)
 {
+	int ended = 0; /* a bare "--" was met: what follows is positional */
 	*npos = 0;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
-		if (ctl_global_opt(c, argc, argv, &i))
+		if (!ended && !strcmp(a, "--")) {
+			ended = 1;
 			continue;
-		if (strncmp(a, "--", 2) || !a[2]) {
+		}
+		if (!ended && ctl_global_opt(c, argc, argv, &i))
+			continue;
+		if (ended || strncmp(a, "--", 2)) {
 			if (*npos >= max_pos)
 				return ctl_err(CTL_USAGE,
 				               "%s: unexpected argument '%s' (try --help)", cmd, a);

@@ -598,6 +598,33 @@ Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
 	free(url);
 }
 
+/* --reason is an option of the actions that record it (quarantine, release, revoke), refused
+ * by show rather than ignored; a bare "--" ends the options: what follows is an argument,
+ * even one that reads like an option. */
+Test(outpostctl, reason_only_where_recorded_and_dash_dash_ends_options, .timeout = 60)
+{
+	char *url = small_store("ctl-dashdash");
+	const char *show[] = {"device show: --reason is not an option of show", NULL};
+	expect_usage(url, "device show dev-a --reason why", show);
+	expect_usage(url, "device show --reason=why dev-a", show);
+	expect_ctl(url, 0, "device quarantine dev-a --reason leak", "active -> quarantined\n", 1);
+	expect_ctl(url, 0, "device release dev-a --reason fixed", "quarantined -> unenrolled\n",
+	           1);
+	expect_ctl(url, 0, "device show dev-a", "by outpostctl: fixed (since", -1);
+	/* after "--", arguments: the id, a file named --help, an option taken as an argument */
+	expect_ctl(url, 0, "device show -- dev-a", "device      dev-a\n", -1);
+	expect_ctl(url, 0, "device -- show dev-a", "device      dev-a\n", -1);
+	expect_ctl(url, 1, "decode -- --help", "decode: cannot open --help", 1);
+	const char *extra[] = {"device: unexpected argument '--reason' (try --help)", NULL};
+	expect_usage(url, "device quarantine dev-a -- --reason x", extra);
+	/* only one "--" ends them: a second is an argument; one as an option's value is that */
+	const char *second[] = {"device: unexpected argument '--' (try --help)", NULL};
+	expect_usage(url, "device show -- dev-a --", second);
+	expect_ctl(url, 0, "device quarantine dev-a --reason --", "unenrolled -> quarantined\n", 1);
+	expect_ctl(url, 0, "device show dev-a", "by outpostctl: -- (since", -1);
+	free(url);
+}
+
 /* Output that could not be written is a failure, whether the last flush failed or an earlier
  * one did (what it held is lost and only the stream's error flag tells). */
 Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
