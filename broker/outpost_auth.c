@@ -19,6 +19,8 @@
  *   3. Retained messages: a device may retain only its status. A retained envelope would be
  *      replayed to every bridge on every reconnect (mosquitto 2.0.11 sends retained messages
  *      to shared subscriptions too).
+ *   Rules 2 and 3 refuse a client whose certificate name holds '/', '+' or '#' (infra clients
+ *   too): it cannot stand in a topic level (a CN of "+" would own outpost/v1/+/ack).
  * Everything else defers to the ACL file. Options: plugin_opt_crl_file (required),
  * plugin_opt_ca_file (required: the CA that must have signed the CRL, read at start),
  * plugin_opt_infra_prefix (usernames exempt from rules 2 and 3, default "outpost-"). Given
@@ -212,10 +214,23 @@ static int on_acl(int event, void *event_data, void *userdata)
 		schedule_kick(a, id, mosquitto_client_username(ed->client));
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	if (ed->access == MOSQ_ACL_SUBSCRIBE) {
-		const char *user = mosquitto_client_username(ed->client);
-		if (!user)
-			return MOSQ_ERR_ACL_DENIED;
+	int subscribe = ed->access == MOSQ_ACL_SUBSCRIBE;
+	if (!subscribe && !(ed->access == MOSQ_ACL_WRITE && ed->retain))
+		return MOSQ_ERR_PLUGIN_DEFER;
+	const char *user = mosquitto_client_username(ed->client);
+	if (!user)
+		return MOSQ_ERR_ACL_DENIED;
+	/* The rules below put the CN in a topic level: one with a wildcard or a separator is no
+	 * name for that (a CN of "+" would have outpost/v1/+/ack as its own downlink). */
+	if (!topic_level_ok(user)) {
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				     "outpost_auth: denied %s: %s '%s': a certificate name with"
+				     " '/', '+' or '#' cannot stand in a topic",
+				     user, subscribe ? "subscribe to" : "retained publish to",
+				     ed->topic);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if (subscribe) {
 		if (!strncmp(user, a->infra_prefix, strlen(a->infra_prefix)))
 			return MOSQ_ERR_PLUGIN_DEFER;
 		if (own_downlink(user, ed->topic))
@@ -224,18 +239,12 @@ static int on_acl(int event, void *event_data, void *userdata)
 				     ed->topic);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	if (ed->access == MOSQ_ACL_WRITE && ed->retain) {
-		const char *user = mosquitto_client_username(ed->client);
-		if (!user)
-			return MOSQ_ERR_ACL_DENIED;
-		if (!strncmp(user, a->infra_prefix, strlen(a->infra_prefix)) ||
-		    own_topic(user, ed->topic, "status"))
-			return MOSQ_ERR_PLUGIN_DEFER;
-		mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: denied %s: retained publish to '%s'",
-				     user, ed->topic);
-		return MOSQ_ERR_ACL_DENIED;
-	}
-	return MOSQ_ERR_PLUGIN_DEFER;
+	if (!strncmp(user, a->infra_prefix, strlen(a->infra_prefix)) ||
+	    own_topic(user, ed->topic, "status"))
+		return MOSQ_ERR_PLUGIN_DEFER;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "outpost_auth: denied %s: retained publish to '%s'",
+			     user, ed->topic);
+	return MOSQ_ERR_ACL_DENIED;
 }
 
 /* The device's last word, as its will would have said it: retained, QoS 1, from the broker. */

@@ -470,6 +470,62 @@ Test(broker, devices_may_retain_only_their_status)
 	h_mqtt_close(dev);
 }
 
+/* A certificate name that cannot stand in a topic level (provision-certs.sh refuses such names;
+ * the CA may sign one all the same) owns no topic: a CN of "+" would have outpost/v1/+/ack,
+ * every device's acks, as its own downlink. Its subscriptions and retained publishes are
+ * refused, each said in the broker's log. */
+Test(broker, a_certificate_name_that_is_no_topic_level_owns_no_topic)
+{
+	char *dir = h_tmpdir("pki-odd-cn");
+	/* through the shell unquoted, then openssl -subj: \\+ and \\/ are a plain + and / */
+	issue_dated(dir, "devices/plus", "\\\\+", "20200101000000Z", "20900101000000Z");
+	issue_dated(dir, "devices/slash", "a\\\\/b", "20200101000000Z", "20900101000000Z");
+	char *cmd = h_strf("for n in plus slash; do openssl x509 -noout -subject -nameopt RFC2253"
+			   " -in %s/devices/$n.crt; done",
+			   dir);
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	cr_assert_str_eq(out, "subject=CN=\\+\nsubject=CN=a/b\n");
+	free(out);
+	free(cmd);
+	int why = 0;
+	struct h_mqtt *plus = h_mqtt_connect(uri_mqtts, dir, "devices/plus", "odd-plus", &why);
+	cr_assert_not_null(plus, "CN + refused (Paho %d); broker log: %s", why, broker.log);
+	struct h_mqtt *slash = h_mqtt_connect(uri_wss, dir, "devices/slash", "odd-slash", &why);
+	cr_assert_not_null(slash, "CN a/b refused (Paho %d); broker log: %s", why, broker.log);
+	const char *plus_refused[] = {"outpost/v1/+/ack", "outpost/v1/+/tasks"};
+	for (size_t i = 0; i < 2; i++)
+		cr_expect_eq(h_mqtt_sub(plus, plus_refused[i], 1), RC_NOT_AUTHORIZED, "%s",
+			     plus_refused[i]);
+	const char *slash_refused[] = {"outpost/v1/a/b/ack", "outpost/v1/a/b/tasks"};
+	for (size_t i = 0; i < 2; i++)
+		cr_expect_eq(h_mqtt_sub(slash, slash_refused[i], 1), RC_NOT_AUTHORIZED, "%s",
+			     slash_refused[i]);
+	cr_expect_eq(h_mqtt_pub(slash, "outpost/v1/a/b/status", "online", 6, 1, 1),
+		     RC_NOT_AUTHORIZED);
+	/* an ack for dev-a reaches neither */
+	struct h_mqtt *bpub = connect_as(uri_internal, "bridge", "outpost-bridge-oddcn");
+	h_mqtt_pub(bpub, "outpost/v1/dev-a/ack", "ack-a", 5, 1, 0);
+	char *t = NULL, *p = NULL;
+	cr_expect_eq(h_mqtt_recv(plus, &t, &p, NULL, 300), 0, "CN + received %s", t ? t : "");
+	free(t);
+	free(p);
+	/* the plugin said why, once for each */
+	const char *said[] = {
+		"outpost_auth: denied +: subscribe to 'outpost/v1/+/ack': a certificate name",
+		"outpost_auth: denied +: subscribe to 'outpost/v1/+/tasks': a certificate name",
+		"outpost_auth: denied a/b: subscribe to 'outpost/v1/a/b/ack': a certificate name",
+		"outpost_auth: denied a/b: retained publish to 'outpost/v1/a/b/status': a"
+		" certificate name with '/', '+' or '#' cannot stand in a topic"};
+	for (size_t i = 0; i < sizeof(said) / sizeof(said[0]); i++)
+		cr_expect_eq(h_count_in_file(broker.log, said[i]), 1, "'%s' in %s", said[i],
+			     broker.log);
+	h_mqtt_close(bpub);
+	h_mqtt_close(plus);
+	h_mqtt_close(slash);
+	free(dir);
+}
+
 /* mosquitto 2.0.11 applies max_packet_size on MQTT listeners only; message_size_limit keeps an
  * oversize publish on 443 from reaching the bridge. */
 Test(broker, an_oversize_publish_reaches_nobody)
