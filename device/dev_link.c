@@ -71,6 +71,7 @@ struct dev_link {
 	int64_t next_attempt;
 	unsigned failures_in_row;
 	int64_t first_window_ms; /* the window of this run of failures' first retry */
+	int64_t up_since;	 /* when the current connection got its subscriptions; 0: not */
 	uint64_t rng;
 
 	/* shared with Paho threads */
@@ -388,6 +389,17 @@ static void settled(struct dev_link *l)
 	l->first_window_ms = 0;
 }
 
+/* The current connection ends: it worked if it was up, with its subscriptions, for
+ * DEV_LINK_STABLE_MS. One that is dropped sooner (a broker that takes the session over for
+ * another client on the same certificate, kicks at once, or refuses the subscriptions) is one
+ * more failure: its retries back off to backoff_max like those of any failure. */
+static void connection_ended(struct dev_link *l, int64_t now)
+{
+	if (l->up_since && now - l->up_since >= DEV_LINK_STABLE_MS)
+		settled(l);
+	l->up_since = 0;
+}
+
 static void schedule_retry(struct dev_link *l, int64_t now)
 {
 	unsigned shift = l->failures_in_row > 0 ? l->failures_in_row - 1 : 0;
@@ -501,8 +513,6 @@ static void subscribe(struct dev_link *l)
 	char *topics[MAX_SUBS];
 	int qos[MAX_SUBS];
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	if (!l->nsubs)
-		settled(l); /* nothing to be granted: up is up */
 	if (!l->nsubs || !l->cli)
 		return;
 	for (int i = 0; i < l->nsubs; i++) {
@@ -559,9 +569,13 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 		int64_t now = otime_mono_ms();
 		switch (e.type) {
 		case DEV_LINK_UP:
+			if (!l->nsubs)
+				l->up_since = now; /* nothing to be granted: up is up */
 			subscribe(l);
-			l->state = ST_UP; /* failures_in_row is reset once the subscriptions are granted:
-					   * a broker refusing them must not be dialled every second */
+			l->state = ST_UP; /* failures_in_row is reset once the connection has stayed
+					   * up, with its subscriptions granted, for a while
+					   * (connection_ended): a broker refusing them, or kicking
+					   * the device at once, must not be dialled every 30 s */
 			pthread_mutex_lock(&l->mu);
 			l->stats.connects++;
 			snprintf(l->stats.uri, sizeof(l->stats.uri), "%.*s",
@@ -579,6 +593,7 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 				 (int)sizeof(l->stats.last_cause) - 1, e.text); /* cut if longer */
 			pthread_mutex_unlock(&l->mu);
 			destroy_client(l, 0);
+			connection_ended(l, now);
 			if (e.type == DEV_LINK_FAILED && l->uri + 1 < l->nuris) {
 				/* same attempt, next transport: no delay */
 				l->uri++;
@@ -601,7 +616,7 @@ int dev_link_next_event(struct dev_link *l, struct dev_link_event *ev)
 		case DEV_LINK_MESSAGE:
 			break;
 		case DEV_LINK_SUBSCRIBED:
-			settled(l);
+			l->up_since = now;
 			continue;
 		}
 		*ev = e;
@@ -659,6 +674,7 @@ void dev_link_drop(struct dev_link *l, const char *why)
 {
 	int was_up = l->state != ST_IDLE;
 	destroy_client(l, 0);
+	l->up_since = 0;
 	if (was_up) {
 		pthread_mutex_lock(&l->mu);
 		l->stats.disconnects++;

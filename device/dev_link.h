@@ -65,6 +65,10 @@ void dev_link_event_free(struct dev_link_event *ev); /* frees data and corr, not
 
 struct dev_link;
 
+/* A connection that stays up this long with its subscriptions granted has worked: the next
+ * failure starts the backoff afresh. One lost sooner counts as one more failure in a row. */
+#define DEV_LINK_STABLE_MS 60000
+
 /* wake(ctx) is called from Paho threads whenever an event is queued. */
 int dev_link_new(const struct dev_link_opts *opts, void (*wake)(void *ctx), void *ctx,
 		 struct dev_link **out);

@@ -19,11 +19,20 @@ static char *test_strdup(const char *s)
 	return fail_alloc ? NULL : strdup(s);
 }
 
+static int64_t fake_now = 1000000; /* the link's monotonic clock, ms */
+
+static int64_t test_mono_ms(void)
+{
+	return fake_now;
+}
+
 #define malloc(n) test_malloc(n)
 #define strdup(s) test_strdup(s)
+#define otime_mono_ms test_mono_ms
 #include "dev_link.c"
 #undef malloc
 #undef strdup
+#undef otime_mono_ms
 
 /* A link that never dials (no dev_link_tick), and the callback context of its client. */
 static struct dev_link *new_link(struct ctx_slot **slot)
@@ -168,5 +177,64 @@ Test(dev_link, events_keep_their_order, .timeout = 30)
 	expect_message(l, 2);
 	expect_state(l, DEV_LINK_DOWN, "the broker refused the subscriptions");
 	expect_no_event(l);
+	dev_link_free(l);
+}
+
+/* A link that subscribes, with the agent's default backoff: 1 s .. 5 min, 30 s spread. */
+static struct dev_link *new_subscribing_link(struct ctx_slot **slot)
+{
+	static const char *const subs[] = {"outpost/v1/dev-a/ack", NULL};
+	struct dev_link_opts o = {.client_id = "dev-a", .host = "broker.test", .mqtts_port = 8883,
+				  .ca_file = "ca.crt", .cert_file = "dev.crt",
+				  .key_file = "dev.key", .backoff_min_ms = 1000,
+				  .backoff_max_ms = 300000, .reconnect_spread_ms = 30000,
+				  .subscribe = subs};
+	struct dev_link *l = NULL;
+	cr_assert_eq(dev_link_new(&o, NULL, NULL, &l), DEV_LINK_OK);
+	*slot = &l->slots[l->gen % CTX_SLOTS];
+	(*slot)->link = l;
+	(*slot)->gen = l->gen;
+	(*slot)->uri = "ssl://broker.test:8883";
+	return l;
+}
+
+/* The connection comes up, the subscriptions are granted, and up_ms later it is lost; the
+ * window the next retry was drawn from. */
+static int64_t up_then_lost(struct dev_link *l, struct ctx_slot *slot, int64_t up_ms)
+{
+	MQTTAsync_successData5 granted = MQTTAsync_successData5_initializer;
+	struct dev_link_stats st;
+	on_connected(slot, NULL);
+	expect_state(l, DEV_LINK_UP, "ssl://");
+	on_subscribed(slot, &granted);
+	expect_no_event(l);
+	fake_now += up_ms;
+	on_disconnected(slot, NULL, MQTTREASONCODE_SESSION_TAKEN_OVER);
+	expect_state(l, DEV_LINK_DOWN, "Session taken over");
+	dev_link_stats(l, &st);
+	fake_now += st.last_delay_ms;
+	return st.last_window_ms;
+}
+
+/* Two devices on one certificate take the session from each other: each connects, is granted
+ * its subscriptions and is kicked at once. Those are failures, backing off to backoff_max,
+ * not a fresh start of the backoff at every connect (every 0..30 s, forever). A connection
+ * that stayed up for DEV_LINK_STABLE_MS worked: the next loss starts afresh. */
+Test(dev_link, a_connection_kicked_at_once_backs_off, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_subscribing_link(&slot);
+	const int64_t windows[] = {30000, 60000, 120000, 240000, 300000, 300000};
+	for (size_t i = 0; i < sizeof(windows) / sizeof(windows[0]); i++) {
+		int64_t w = up_then_lost(l, slot, 200);
+		cr_expect_eq(w, windows[i], "kick %zu: window %lld ms, not %lld", i + 1,
+			     (long long)w, (long long)windows[i]);
+	}
+	int64_t w = up_then_lost(l, slot, DEV_LINK_STABLE_MS - 1);
+	cr_expect_eq(w, 300000, "up for less than DEV_LINK_STABLE_MS: window %lld", (long long)w);
+	w = up_then_lost(l, slot, DEV_LINK_STABLE_MS);
+	cr_expect_eq(w, 30000, "up for DEV_LINK_STABLE_MS: window %lld, not afresh", (long long)w);
+	w = up_then_lost(l, slot, 100);
+	cr_expect_eq(w, 60000, "kicked at once again: window %lld", (long long)w);
 	dev_link_free(l);
 }
