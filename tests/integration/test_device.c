@@ -448,15 +448,21 @@ Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
 	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_births_at_least, 1, &v), "no reconnect (%s)", d.log);
 	cr_expect_eq(h_log_count(d.log, "connected to"), 2);
 
-	/* delays are random within a growing cap: not all equal, none above the cap */
+	/* delays are random within a growing cap: not all equal, none above the cap, and drawn
+	 * below it (a delay of the whole window each time would still give distinct delays while
+	 * the window grows) */
 	FILE *f = fopen(d.log, "r");
 	char line[1024];
 	long delays[64];
-	int n = 0, distinct = 0;
+	int n = 0, distinct = 0, below = 0;
 	while (f && fgets(line, sizeof(line), f) && n < 64) {
-		char *p = strstr(line, "reconnecting in ");
-		if (p)
-			delays[n++] = strtol(p + 16, NULL, 10);
+		char *p = strstr(line, "reconnecting in "), *w = strstr(line, "(at random in 0..");
+		if (!p)
+			continue;
+		cr_assert(w, "no window: %s", line);
+		delays[n] = strtol(p + 16, NULL, 10);
+		below += delays[n] < strtol(w + 17, NULL, 10);
+		n++;
 	}
 	if (f)
 		fclose(f);
@@ -468,6 +474,7 @@ Test(device, reconnects_after_broker_restart_with_jitter, .timeout = 90)
 		distinct += !seen;
 	}
 	cr_expect_geq(distinct, n / 2, "%d distinct delays of %d: no jitter?", distinct, n);
+	cr_expect_geq(below, n / 2, "%d of %d delays below their window: no jitter?", below, n);
 	h_device_free(&d);
 	h_fakebridge_stop(fb);
 	h_broker_free(&b);
@@ -495,21 +502,25 @@ Test(device, spreads_its_first_reconnect_after_a_lost_connection, .timeout = 90)
 	const char *windows[] = {"connection lost", "(at random in 0..1500)",
 				 "cannot connect", "(at random in 0..3000)",
 				 "cannot connect", "(at random in 0..6000)"};
+	const long caps[] = {1500, 3000, 6000};
 	FILE *f = fopen(d.log, "r");
 	char line[1024];
-	int n = 0;
+	int n = 0, below = 0;
 	while (f && fgets(line, sizeof(line), f) && n < 3) {
 		if (!strstr(line, "reconnecting in "))
 			continue;
 		cr_expect(strstr(line, windows[2 * n]) && strstr(line, windows[2 * n + 1]),
 			  "retry %d: %s", n + 1, line);
 		long delay = strtol(strstr(line, "reconnecting in ") + 16, NULL, 10);
-		cr_expect(delay >= 0 && delay <= 6000, "retry %d: %s", n + 1, line);
+		cr_expect(delay >= 0 && delay <= caps[n], "retry %d: %s", n + 1, line);
+		below += delay < caps[n];
 		n++;
 	}
 	if (f)
 		fclose(f);
 	cr_expect_eq(n, 3, "%s", d.log);
+	/* drawn at random in each window, not its end: all three at the end is 1 in ~2.7e10 */
+	cr_expect_geq(below, 1, "every delay was its whole window: no jitter? (%s)", d.log);
 	h_device_free(&d);
 	h_broker_free(&b);
 }

@@ -238,3 +238,29 @@ Test(dev_link, a_connection_kicked_at_once_backs_off, .timeout = 30)
 	cr_expect_eq(w, 60000, "kicked at once again: window %lld", (long long)w);
 	dev_link_free(l);
 }
+
+/* Full jitter: with a seeded stream, the delays of one window spread over all of it, none
+ * above it; a draw that always takes the window's end (or its start) fails. */
+Test(dev_link, retry_delays_spread_over_their_window, .timeout = 30)
+{
+	struct ctx_slot *slot;
+	struct dev_link *l = new_subscribing_link(&slot);
+	struct dev_link_stats st;
+	int64_t lo = INT64_MAX, hi = -1;
+	l->rng = 0x9e3779b97f4a7c15ull;
+	l->first_window_ms = 30000;
+	l->failures_in_row = 1;
+	for (int i = 0; i < 1000; i++) {
+		schedule_retry(l, fake_now);
+		dev_link_stats(l, &st);
+		cr_assert_eq(st.last_window_ms, 30000);
+		cr_assert(st.last_delay_ms >= 0 && st.last_delay_ms <= 30000, "delay %lld",
+			  (long long)st.last_delay_ms);
+		cr_assert_eq(l->next_attempt, fake_now + st.last_delay_ms);
+		lo = st.last_delay_ms < lo ? st.last_delay_ms : lo;
+		hi = st.last_delay_ms > hi ? st.last_delay_ms : hi;
+	}
+	cr_expect_lt(lo, 1000, "smallest of 1000 delays in 0..30000: %lld", (long long)lo);
+	cr_expect_gt(hi, 29000, "largest of 1000 delays in 0..30000: %lld", (long long)hi);
+	dev_link_free(l);
+}
