@@ -113,11 +113,24 @@ static int load_identity(struct dev_agent *a, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: key: does not match the certificate %s", c->source, c->cert);
 		return 2;
 	}
-	/* the bridge key must come from a certificate our CA issued to outpost-bridge */
 	if (wire_ca_load(c->ca, NULL, &ca, &d)) {
 		snprintf(err, errlen, "%s: ca: %s", c->source, d.msg);
 		goto out;
 	}
+	/* a certificate of another PKI, or out of its dates, would be refused by the broker at
+	 * every attempt, forever: say so now, naming the file */
+	int vrc = wire_ca_verify(ca, a->cert_pem, len, &info, &d);
+	if (vrc == WIRE_ECHAIN) {
+		snprintf(err, errlen, "%s: cert: %s: not issued by the CA of ca_file %s", c->source,
+			 c->cert, c->ca);
+		goto out;
+	}
+	if (vrc) {
+		snprintf(err, errlen, "%s: cert: %s: %s", c->source, c->cert,
+			 d.msg[0] ? d.msg : wire_strerror(vrc));
+		goto out;
+	}
+	/* the bridge key must come from a certificate our CA issued to outpost-bridge */
 	if (wire_cert_read(c->bridge_cert, &pem, &len) ||
 	    wire_ca_verify(ca, pem, len, &binfo, &d)) {
 		snprintf(err, errlen, "%s: bridge_cert: %s: %s", c->source, c->bridge_cert,

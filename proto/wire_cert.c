@@ -240,8 +240,12 @@ int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 		return wire__fail(diag, WIRE_ECRL,
 				  "certificate: cannot be checked: the CRL has expired (renew it)");
 	case ASN_AFTER_DATE_E:
+		return wire__fail(diag, WIRE_EEXPIRED,
+				  "certificate: expired (past its validity period)");
 	case ASN_BEFORE_DATE_E:
-		return wire__fail(diag, WIRE_EEXPIRED, "certificate: outside its validity period");
+		return wire__fail(diag, WIRE_EEXPIRED,
+				  "certificate: not yet valid (before its validity period, or the "
+				  "clock is behind)");
 	case ASN_NO_SIGNER_E:
 	case ASN_SIG_CONFIRM_E:
 		return wire__fail(diag, WIRE_ECHAIN, "certificate: not issued by the trusted CA");

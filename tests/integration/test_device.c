@@ -1092,6 +1092,52 @@ Test(device, configuration_errors_exit_2_naming_the_field)
 	free(dir);
 }
 
+/* The device certificate is checked against ca_file at start: one of another PKI, expired or
+ * not yet valid would be refused by the broker at every attempt, forever. Exit 2, naming the
+ * file and what is wrong. */
+Test(device, a_certificate_the_ca_does_not_vouch_for_exits_2, .timeout = 60)
+{
+	const char *pki = h_pki(), *other = h_pki_other();
+	char *dir = h_tmpdir("devcert");
+	char *expired = h_pki_issue_dated("devcert-expired", "dev-a", "20200101000000Z",
+					  "20210101000000Z");
+	char *future = h_pki_issue_dated("devcert-future", "dev-a", "20900101000000Z",
+					 "20991231000000Z");
+	struct {
+		const char *pki, *why;
+	} cases[] = {
+		{other, "not issued by the CA of ca_file"},
+		{expired, "certificate: expired"},
+		{future, "certificate: not yet valid"},
+		{pki, NULL}, /* the good one: it starts */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *out = NULL;
+		char *args = h_strf("--id dev-a --broker-host localhost --ca %s/ca.crt "
+				    "--cert %s/devices/dev-a.crt --key %s/devices/dev-a.key "
+				    "--bridge-cert %s/bridge.crt --state-dir %s/s%zu "
+				    "--collectors sim --proxy none --connect-timeout 1s & "
+				    "sleep 2; kill $!; wait $!",
+				    pki, cases[i].pki, cases[i].pki, pki, dir, i);
+		int rc = run_device(args, &out);
+		if (!cases[i].why) {
+			cr_expect_eq(rc, 0, "the CA's certificate: exit %d: %s", rc, out);
+			cr_expect_null(strstr(out, "cert:"), "%s", out);
+		} else {
+			char *want = h_strf("cert: %s/devices/dev-a.crt: %s", cases[i].pki,
+					    cases[i].why);
+			cr_expect_eq(rc, 2, "%s: exit %d: %s", cases[i].why, rc, out);
+			cr_expect(strstr(out, want), "want '%s': %s", want, out);
+			free(want);
+		}
+		free(out);
+		free(args);
+	}
+	free(expired);
+	free(future);
+	free(dir);
+}
+
 /* The exec collector's command gets stdin, stdout and stderr of the agent and nothing else
  * (the agent holds its spool, its catalog and Paho's TLS connection to the broker, whose
  * socket is not close-on-exec); and an agent started with SIGCHLD ignored (a disposition that

@@ -293,10 +293,11 @@ Test(wire_cert, validity_period_is_enforced)
 	char *expired =
 	    h_pki_issue_dated("expired", "dev-old", "20200101000000Z", "20210101000000Z");
 	cr_expect_eq(verify(ca, expired, "devices/dev-old", &info, &d), WIRE_EEXPIRED);
-	cr_expect(strstr(d.msg, "validity"), "%s", d.msg);
+	cr_expect(strstr(d.msg, "validity") && strstr(d.msg, "expired"), "%s", d.msg);
 
 	char *future = h_pki_issue_dated("future", "dev-new", "20900101000000Z", "20910101000000Z");
 	cr_expect_eq(verify(ca, future, "devices/dev-new", &info, &d), WIRE_EEXPIRED);
+	cr_expect(strstr(d.msg, "validity") && strstr(d.msg, "not yet valid"), "%s", d.msg);
 
 	/* control: the same recipe with current dates verifies */
 	char *current =
