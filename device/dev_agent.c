@@ -58,6 +58,11 @@ void dev_agent_stop(struct dev_agent *a)
 	wake(a);
 }
 
+uint64_t dev_agent_restart_task(const struct dev_agent *a)
+{
+	return a->restart_task;
+}
+
 void dev_agent_reconnect(struct dev_agent *a)
 {
 	a->reconnect = 1;

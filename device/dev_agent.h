@@ -19,6 +19,17 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 #define DEV_AGENT_RESTART 75
 int dev_agent_run(struct dev_agent *a);
 
+/* After dev_agent_run returned DEV_AGENT_RESTART: the id of the `restart` task. */
+uint64_t dev_agent_restart_task(const struct dev_agent *a);
+
+/* Just before the process executes itself again for `restart` task task_id: record that in
+ * <state_dir>/restarting, durably. The next agent reports the task succeeded only if it finds
+ * this record; without it (a stop that came first, a failed execv, a crash, a power cut) the
+ * task failed: "agent stopped before restarting". 0, or -1 with errno set. /
+ * Remove the record (the execv failed). */
+int dev_agent_restart_mark(const struct dev_config *cfg, uint64_t task_id);
+void dev_agent_restart_unmark(const struct dev_config *cfg);
+
 /* Async-signal-safe. */
 void dev_agent_stop(struct dev_agent *a);
 void dev_agent_reconnect(struct dev_agent *a);

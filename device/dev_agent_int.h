@@ -42,6 +42,7 @@ struct dev_agent {
 	volatile sig_atomic_t stop_asked;
 	volatile sig_atomic_t reconnect;
 	int restart;
+	uint64_t restart_task; /* the id of the `restart` task that set restart */
 	uint8_t boot_id[WIRE_BOOT_ID_LEN];
 	int64_t started_at_ms;
 	int64_t started_mono;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cfg.h"
 #include "dev_agent_int.h"
@@ -14,6 +15,7 @@
 #include "dev_spool.h"
 #include "dev_tasks.h"
 #include "dev_uploader.h"
+#include "ofile.h"
 #include "olog.h"
 #include "otime.h"
 #include "outpost.pb-c.h"
@@ -21,6 +23,7 @@
 #include "wire_utf8.h"
 
 #define MAX_RESULT_OUTPUT 24
+#define RESTART_MARK "restarting" /* in state_dir: the id of the `restart` task being exec'd */
 
 /* Self-contained (no pointers): it can wait in memory after the task list is freed. */
 struct result {
@@ -312,6 +315,7 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 		/* the result is reported by the next agent: see on_interrupted_task */
 		olog(OLOG_INFO, "task %" PRIu64 ": restarting the agent", t->id);
 		a->restart = 1;
+		a->restart_task = t->id;
 		a->stop = 1;
 		return;
 	}
@@ -320,17 +324,68 @@ static void run_task(struct dev_agent *a, const Outpost__Task *t)
 	     r.status == OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED ? "succeeded" : "failed", r.message);
 }
 
+static int restart_mark_path(const struct dev_config *cfg, char *path, size_t cap)
+{
+	int n = snprintf(path, cap, "%s/" RESTART_MARK, cfg->state_dir);
+	if (n < 0 || (size_t)n >= cap) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	return 0;
+}
+
+int dev_agent_restart_mark(const struct dev_config *cfg, uint64_t task_id)
+{
+	char path[4096], text[32];
+	if (restart_mark_path(cfg, path, sizeof(path)))
+		return -1;
+	int n = snprintf(text, sizeof(text), "%" PRIu64 "\n", task_id);
+	return ofile_replace(path, text, (size_t)n) ? -1 : 0;
+}
+
+void dev_agent_restart_unmark(const struct dev_config *cfg)
+{
+	char path[4096];
+	if (!restart_mark_path(cfg, path, sizeof(path)))
+		unlink(path);
+}
+
+/* The `restart` task the previous agent recorded just before it executed itself again; 0 if
+ * none. */
+static uint64_t restart_marked(const struct dev_config *cfg)
+{
+	char path[4096], text[32];
+	uint64_t id = 0;
+	FILE *f = restart_mark_path(cfg, path, sizeof(path)) ? NULL : fopen(path, "r");
+	if (f && fgets(text, sizeof(text), f))
+		id = strtoull(text, NULL, 10);
+	if (f)
+		fclose(f);
+	return id;
+}
+
 void agent_on_interrupted_task(struct dev_agent *a)
 {
 	uint64_t id;
 	char type[WIRE_MAX_TASK_TYPE + 1];
 	struct result r = {0};
-	if (!dev_tasks_interrupted(a->tasks, &id, type))
+	uint64_t marked = restart_marked(a->cfg);
+	int interrupted = dev_tasks_interrupted(a->tasks, &id, type);
+	int restarted = interrupted && !strcmp(type, "restart") && marked == id;
+	/* the record has served once its task is no longer reported as interrupted (a task id is
+	 * never used twice, so it cannot speak for another task meanwhile) */
+	if (marked && !restarted)
+		dev_agent_restart_unmark(a->cfg);
+	if (!interrupted)
 		return;
-	if (!strcmp(type, "restart")) {
+	if (restarted) {
 		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED;
 		snprintf(r.message, sizeof(r.message), "agent restarted");
 		out_kv(&r, "boot", "%s", "new");
+	} else if (!strcmp(type, "restart")) {
+		/* a stop that won over it, a failed execv, a crash or a power cut */
+		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;
+		snprintf(r.message, sizeof(r.message), "agent stopped before restarting");
 	} else {
 		/* it may or may not have taken effect; it is never run again */
 		r.status = OUTPOST__TASK_STATUS__TASK_STATUS_FAILED;

@@ -1,4 +1,5 @@
 /* main.c - outpost-device: the telemetry agent of one field device. */
+#include <errno.h>
 #include <signal.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -145,9 +146,9 @@ int main(int argc, char **argv)
 	else
 		rc = dev_agent_run(agent);
 	struct dev_agent *a = agent;
+	uint64_t restart_task = a ? dev_agent_restart_task(a) : 0;
 	agent = NULL;
 	dev_agent_free(a);
-	dev_config_free(&cfg);
 	if (rc == DEV_AGENT_RESTART) {
 		/* A `restart` task: become a fresh copy of ourselves, same arguments; unless a stop
 		 * came while it was carried out (a service manager stopping us would see the agent
@@ -159,11 +160,20 @@ int main(int argc, char **argv)
 		sigprocmask(SIG_BLOCK, &handled, NULL);
 		if (stopping) {
 			olog(OLOG_INFO, "not restarting: asked to stop meanwhile");
+			dev_config_free(&cfg);
 			return 0;
 		}
+		/* the next agent reports the task succeeded only if it finds this */
+		if (dev_agent_restart_mark(&cfg, restart_task))
+			olog(OLOG_WARN, "restart: cannot record task %llu in %s/restarting (%s): it "
+			     "will be reported as failed", (unsigned long long)restart_task,
+			     cfg.state_dir, strerror(errno));
 		execv("/proc/self/exe", argv);
 		perror("outpost-device: restart: execv");
+		dev_agent_restart_unmark(&cfg);
+		dev_config_free(&cfg);
 		return 1;
 	}
+	dev_config_free(&cfg);
 	return rc ? 1 : 0;
 }
