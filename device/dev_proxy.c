@@ -54,6 +54,18 @@ const char *dev_proxy_loggable(const char *proxy)
 	return at ? at + 1 : proxy;
 }
 
+/* Schemes a proxy setting may be written with that Paho cannot use, named in the refusal. */
+static const struct {
+	const char *name, *why;
+} other_schemes[] = {
+	{"socks", "unsupported proxy scheme socks (only http)"},
+	{"socks4", "unsupported proxy scheme socks4 (only http)"},
+	{"socks4a", "unsupported proxy scheme socks4a (only http)"},
+	{"socks5", "unsupported proxy scheme socks5 (only http)"},
+	{"socks5h", "unsupported proxy scheme socks5h (only http)"},
+	{"ftp", "unsupported proxy scheme ftp (only http)"},
+};
+
 int dev_proxy_resolve(const char *configured, const char *broker_host, char *out, size_t cap,
 		      const char **why)
 {
@@ -79,8 +91,18 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 		*why = "TLS to the proxy itself is not supported: use http://host:port";
 		return -1;
 	}
-	if (!strncasecmp(v, "http://", 7))
+	size_t sl = strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+	if (sl && !strncmp(v + sl, "://", 3)) {
+		if (sl != 4 || strncasecmp(v, "http", 4)) {
+			*why = "unsupported proxy scheme (only http)";
+			for (size_t i = 0; i < sizeof(other_schemes) / sizeof(other_schemes[0]); i++)
+				if (strlen(other_schemes[i].name) == sl &&
+				    !strncasecmp(v, other_schemes[i].name, sl))
+					*why = other_schemes[i].why;
+			return -1;
+		}
 		v += 7;
+	}
 	size_t n = strcspn(v, "/?#");
 	/* a '/', '?' or '#' in the user:password would cut the value before its '@', and the user
 	 * and the password's head would read as host:port (then be dialled, and logged) */
@@ -105,35 +127,55 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 			return -1;
 		}
 	}
+	/* none written ("http://@proxy", "http://:@proxy"): no credentials */
+	size_t cl = at ? (size_t)(at - v) : 0;
+	if (cl == 0 || (cl == 1 && *v == ':'))
+		cl = 0;
 	const char *hostpart = at ? at + 1 : v;
 	size_t hn = n - (size_t)(hostpart - v);
-	const char *colon = memrchr(hostpart, ':', hn);
-	/* an IPv6 literal's colons sit inside brackets */
-	if (colon && memchr(colon, ']', hn - (size_t)(colon - hostpart)))
-		colon = NULL;
-	for (size_t i = 0; i < hn; i++) {
-		char c = hostpart[i];
-		if (!(isalnum((unsigned char)c) || c == '.' || c == '-' || c == ':' || c == '[' ||
-		      c == ']' || c == '_')) {
-			*why = "invalid character in the proxy host";
+	const char *colon = NULL; /* before the port, if there is one */
+	if (hn && *hostpart == '[') {
+		/* an IPv6 literal: "[addr]" or "[addr]:port" */
+		const char *rb = memchr(hostpart, ']', hn);
+		size_t an = rb ? (size_t)(rb - hostpart - 1) : 0;
+		if (!rb || !an || strspn(hostpart + 1, "0123456789abcdefABCDEF:.") < an ||
+		    !memchr(hostpart + 1, ':', an) || (rb + 1 < hostpart + hn && rb[1] != ':')) {
+			*why = "invalid IPv6 proxy address: expected [address]:port";
+			return -1;
+		}
+		if (rb + 1 < hostpart + hn)
+			colon = rb + 1;
+	} else {
+		for (size_t i = 0; i < hn; i++) {
+			char c = hostpart[i];
+			if (!(isalnum((unsigned char)c) || c == '.' || c == '-' || c == ':' ||
+			      c == '_')) {
+				*why = "invalid character in the proxy host";
+				return -1;
+			}
+		}
+		colon = memchr(hostpart, ':', hn);
+		if (colon && memchr(colon + 1, ':', hn - (size_t)(colon + 1 - hostpart))) {
+			*why = "more than one ':' in the proxy host:port (an IPv6 address goes in "
+			       "brackets: [address]:port)";
+			return -1;
+		}
+		if (colon == hostpart || hn == 0) {
+			*why = "missing proxy host";
 			return -1;
 		}
 	}
 	if (colon) {
-		char *end;
-		long port = strtol(colon + 1, &end, 10);
-		if (end != hostpart + hn || port < 1 || port > 65535 || colon == hostpart) {
+		size_t pl = hn - (size_t)(colon + 1 - hostpart);
+		long port = pl && pl <= 5 && strspn(colon + 1, "0123456789") >= pl
+				    ? strtol(colon + 1, NULL, 10) : 0;
+		if (port < 1 || port > 65535) {
 			*why = "invalid proxy port";
 			return -1;
 		}
-		snprintf(out, cap, "%.*s", (int)n, v);
-	} else {
-		if (hn == 0) {
-			*why = "missing proxy host";
-			return -1;
-		}
-		snprintf(out, cap, "%.*s:8080", (int)n, v);
 	}
+	snprintf(out, cap, "%.*s%s%.*s%s", (int)cl, v, cl ? "@" : "", (int)hn, hostpart,
+		 colon ? "" : ":8080");
 	return 1;
 }
 

@@ -9,7 +9,9 @@
 /* configured: the `proxy` setting ("" = from the environment, "none" = never), else the
  * https_proxy / HTTPS_PROXY environment, unless broker_host matches no_proxy / NO_PROXY.
  * Accepts "host:port", "http://[user:pass@]host[:port][/]" (port defaults to 8080); in
- * user:pass, special characters are %XX escapes (an '@' after a '/', '?' or '#' is refused).
+ * user:pass, special characters are %XX escapes (an '@' after a '/', '?' or '#' is refused);
+ * empty user:pass is none. An IPv6 host is "[address]": more than one ':' outside brackets
+ * is refused, as is any scheme but http.
  * Returns 1 and writes "[user:pass@]host:port" into out, 0 for no proxy, -1 if invalid
  * (*why says what is wrong). */
 int dev_proxy_resolve(const char *configured, const char *broker_host, char *out, size_t cap,

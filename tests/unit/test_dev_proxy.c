@@ -239,3 +239,39 @@ Test(dev_proxy, tunnel_waits_for_the_reply_at_most_its_timeout)
 	close(sv[0]);
 	close(sv[1]);
 }
+
+/* An IPv6 literal goes in brackets; anything else with more than one ':' (or a stray bracket)
+ * is refused, not read as host ":" port (`::1` as host ":" port 1). Another scheme is refused
+ * by name; empty credentials are none. */
+Test(dev_proxy, refuses_ambiguous_hosts_and_other_schemes)
+{
+	char out[300];
+	const char *why = NULL;
+	const char *bad[] = {"::1", "fe80::1", "[::1", "proxy:3128:99", "]:80", "a]b:80",
+			     "[]:80", "[proxy]:80", "[::1]x", "[::1]:", "[::1]:0", "proxy:",
+			     ":3128", "proxy:+80", "proxy: 80", "http://[::1", "a[b:80"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		cr_expect_eq(dev_proxy_resolve(bad[i], "b", out, sizeof(out), &why), -1,
+			     "%s accepted as %s", bad[i], out);
+	cr_expect_eq(dev_proxy_resolve("fe80::1", "b", out, sizeof(out), &why), -1);
+	cr_expect(strstr(why, "brackets"), "%s", why);
+	cr_expect_eq(resolve("[::1]:3128", "b", out), 1);
+	cr_expect_str_eq(out, "[::1]:3128");
+	cr_expect_eq(resolve("http://[fd00::1]", "b", out), 1);
+	cr_expect_str_eq(out, "[fd00::1]:8080");
+	cr_expect_eq(resolve("http://u:p@[::ffff:10.0.0.1]:3128/", "b", out), 1);
+	cr_expect_str_eq(out, "u:p@[::ffff:10.0.0.1]:3128");
+
+	cr_expect_eq(dev_proxy_resolve("socks5://proxy:1080", "b", out, sizeof(out), &why), -1);
+	cr_expect_str_eq(why, "unsupported proxy scheme socks5 (only http)");
+	cr_expect_eq(dev_proxy_resolve("SOCKS5H://u:p@proxy:1080", "b", out, sizeof(out), &why),
+		     -1);
+	cr_expect_str_eq(why, "unsupported proxy scheme socks5h (only http)");
+	cr_expect_eq(dev_proxy_resolve("gopher://proxy:70", "b", out, sizeof(out), &why), -1);
+	cr_expect_str_eq(why, "unsupported proxy scheme (only http)");
+
+	cr_expect_eq(resolve("http://@proxy:3128", "b", out), 1);
+	cr_expect_str_eq(out, "proxy:3128", "empty credentials are none");
+	cr_expect_eq(resolve("http://:@proxy", "b", out), 1);
+	cr_expect_str_eq(out, "proxy:8080");
+}
