@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <poll.h>
+#include <stdint.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,11 +21,34 @@
 
 #include "dev_proxy.h"
 
+/* 1 if host is the IPv4 address in ipv4 or in its net (an entry "a.b.c.d/len"). */
+static int in_ipv4_net(const char *host, const char *entry, size_t n)
+{
+	char net[INET_ADDRSTRLEN + 4];
+	struct in_addr h, a;
+	const char *slash = memchr(entry, '/', n);
+	if (!slash || n >= sizeof(net) || inet_pton(AF_INET, host, &h) != 1)
+		return 0;
+	memcpy(net, entry, n);
+	net[slash - entry] = '\0';
+	const char *len = net + (slash - entry) + 1;
+	net[n] = '\0';
+	char *end;
+	long bits = strtol(len, &end, 10);
+	if (!isdigit((unsigned char)*len) || *end || bits < 0 || bits > 32 ||
+	    inet_pton(AF_INET, net, &a) != 1)
+		return 0;
+	uint32_t mask = bits ? 0xffffffffu << (32 - bits) : 0;
+	return (ntohl(h.s_addr) & mask) == (ntohl(a.s_addr) & mask);
+}
+
 int dev_proxy_excluded(const char *no_proxy, const char *host)
 {
 	if (!no_proxy || !host)
 		return 0;
 	size_t hl = strlen(host);
+	if (hl && host[hl - 1] == '.')
+		hl--; /* "broker.example.com." is broker.example.com */
 	const char *p = no_proxy;
 	while (*p) {
 		while (*p == ',' || *p == ' ')
@@ -31,19 +56,42 @@ int dev_proxy_excluded(const char *no_proxy, const char *host)
 		const char *e = p;
 		while (*e && *e != ',' && *e != ' ')
 			e++;
-		size_t n = (size_t)(e - p);
-		if (n == 1 && *p == '*')
-			return 1;
 		const char *dom = p;
-		size_t dl = n;
+		size_t dl = (size_t)(e - p);
+		p = e;
+		if (dl == 1 && *dom == '*')
+			return 1;
+		if (dl && memchr(dom, '/', dl)) {
+			if (in_ipv4_net(host, dom, dl))
+				return 1;
+			continue;
+		}
+		/* "[v6]:port", "[v6]", "host:port": the port is not part of the name; a bare IPv6
+		 * address (more than one ':') has none */
+		if (dl && *dom == '[') {
+			const char *rb = memchr(dom, ']', dl);
+			if (!rb)
+				continue;
+			dl = (size_t)(rb - dom - 1);
+			dom++;
+		} else {
+			const char *colon = memchr(dom, ':', dl);
+			if (colon && !memchr(colon + 1, ':', dl - (size_t)(colon + 1 - dom)))
+				dl = (size_t)(colon - dom);
+		}
+		if (dl >= 2 && dom[0] == '*' && dom[1] == '.') {
+			dom++; /* "*.example.com" is ".example.com" */
+			dl--;
+		}
 		if (dl && *dom == '.') {
 			dom++;
 			dl--;
 		}
+		if (dl && dom[dl - 1] == '.')
+			dl--;
 		if (dl && hl >= dl && !strncasecmp(host + hl - dl, dom, dl) &&
 		    (hl == dl || host[hl - dl - 1] == '.'))
 			return 1;
-		p = e;
 	}
 	return 0;
 }
@@ -82,7 +130,7 @@ int dev_proxy_resolve(const char *configured, const char *broker_host, char *out
 		if (!v || !*v)
 			return 0;
 		const char *np = getenv("no_proxy");
-		if (!np)
+		if (!np || !*np) /* set but empty is unset, as for https_proxy */
 			np = getenv("NO_PROXY");
 		if (dev_proxy_excluded(np, broker_host))
 			return 0;

@@ -34,7 +34,9 @@ int dev_proxy_endpoint(const char *proxy, char *host, size_t cap, int *port);
 int dev_proxy_tunnel(int fd, const char *proxy, const char *host, int port, int timeout_ms,
                      char *why, size_t n);
 
-/* 1 if host matches a no_proxy list ("*", "name", ".domain", "domain" suffixes, exact IPs). */
+/* 1 if host matches a no_proxy list: "*", "name", "domain", ".domain" and "*.domain"
+ * suffixes, exact IPs ("[v6]" too), IPv4 nets "a.b.c.d/len"; a ":port" on an entry and
+ * trailing dots are ignored. */
 int dev_proxy_excluded(const char *no_proxy, const char *host);
 
 /* The proxy variables of the environment: https_proxy, HTTPS_PROXY, http_proxy, HTTP_PROXY.

@@ -275,3 +275,47 @@ Test(dev_proxy, refuses_ambiguous_hosts_and_other_schemes)
 	cr_expect_eq(resolve("http://:@proxy", "b", out), 1);
 	cr_expect_str_eq(out, "proxy:8080");
 }
+
+/* no_proxy as curl and most tools read it: a port on an entry is not part of the name, "*."
+ * is ".", a trailing dot changes nothing, an IPv4 net in CIDR form covers its addresses. */
+Test(dev_proxy, no_proxy_forms)
+{
+	struct {
+		const char *list, *host;
+		int excluded;
+	} cases[] = {
+		{"broker.example.com:8883", "broker.example.com", 1},
+		{"example.com:443", "broker.example.com", 1},
+		{"*.example.com", "broker.example.com", 1},
+		{"*.example.com", "badexample.com", 0},
+		{"example.com.", "broker.example.com", 1},
+		{"example.com", "broker.example.com.", 1},
+		{".example.com.", "broker.example.com.", 1},
+		{"10.0.0.0/8", "10.20.30.40", 1},
+		{"10.0.0.0/8", "11.0.0.1", 0},
+		{"192.168.1.0/24", "192.168.1.255", 1},
+		{"192.168.1.0/24", "192.168.2.1", 0},
+		{"0.0.0.0/0", "8.8.8.8", 1},
+		{"10.0.0.0/8", "broker.example.com", 0},
+		{"10.0.0.0/33, 10.0.0.0/x", "10.0.0.1", 0},
+		{"10.1.2.3/32", "10.1.2.3", 1},
+		{"fd00::1", "fd00::1", 1},
+		{"[fd00::1]:8883", "fd00::1", 1},
+		{"[fd00::1]", "fd00::2", 0},
+		{"localhost, other.org", "broker.example.com", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		cr_expect_eq(dev_proxy_excluded(cases[i].list, cases[i].host), cases[i].excluded,
+			     "no_proxy=%s host %s: not %d", cases[i].list, cases[i].host,
+			     cases[i].excluded);
+
+	/* no_proxy set but empty is unset: NO_PROXY applies */
+	char out[300];
+	setenv("https_proxy", "http://envproxy:3128", 1);
+	setenv("no_proxy", "", 1);
+	setenv("NO_PROXY", ".example.com", 1);
+	cr_expect_eq(resolve("", "broker.example.com", out), 0, "NO_PROXY ignored");
+	unsetenv("https_proxy");
+	unsetenv("no_proxy");
+	unsetenv("NO_PROXY");
+}
