@@ -82,7 +82,18 @@ struct dev_link {
 	struct pending pending[PENDING_KINDS]; /* the current generation's; cleared with it */
 	uint64_t order;
 	struct dev_link_stats stats;
+
+	/* dev_link_free of a link still connecting: its client, destroyed on a thread of its own
+	 * (dying), and whether that is done (under mu, signalled on destroyed_cv) */
+	MQTTAsync dying;
+	int destroyed;
+	pthread_cond_t destroyed_cv;
+	struct dev_link *next_abandoned;
 };
+
+/* Links whose client was still being destroyed when dev_link_free gave up waiting: they stay,
+ * for the client's late callbacks, until the process ends (a root, so no leak is reported). */
+static struct dev_link *abandoned;
 
 const char *dev_link_strerror(int err)
 {
@@ -131,10 +142,10 @@ static void push_state(struct ctx_slot *slot, enum dev_link_event_type type, int
 		p->unexplained = unexplained;
 		p->order = l->order++;
 		snprintf(p->text, sizeof(p->text), "%s", text ? text : "");
+		if (l->wake) /* under the lock: a link given up at dev_link_free clears it */
+			l->wake(l->wake_ctx);
 	}
 	pthread_mutex_unlock(&l->mu);
-	if (l->wake)
-		l->wake(l->wake_ctx);
 }
 
 /* A message: copied, and queued if there is room. */
@@ -159,11 +170,11 @@ static void push_message(struct ctx_slot *slot, const char *topic, const void *d
 	} else {
 		l->stats.dropped_events++;
 	}
+	if (l->wake) /* under the lock: a link given up at dev_link_free clears it */
+		l->wake(l->wake_ctx);
 	pthread_mutex_unlock(&l->mu);
 	if (ok != 2)
 		queued_free(&e);
-	if (l->wake)
-		l->wake(l->wake_ctx);
 }
 
 /* ---------- Paho callbacks (Paho threads) ---------- */
@@ -361,10 +372,77 @@ static void destroy_client(struct dev_link *l, int disconnect)
 	l->state = ST_IDLE;
 }
 
+static void *destroy_thread(void *arg)
+{
+	struct dev_link *l = arg;
+	MQTTAsync_destroy(&l->dying);
+	pthread_mutex_lock(&l->mu);
+	l->destroyed = 1;
+	pthread_cond_signal(&l->destroyed_cv);
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+/* Destroy the client of a link that is still connecting, waiting at most ms. Paho's destroy
+ * waits for its global lock, which its thread holds through the name lookup of the broker
+ * (getaddrinfo: no connect_timeout bounds it) and the proxy's CONNECT: a stop would wait for
+ * a slow resolver. 0, or -1 if the destroy is still under way: then the link must stay (the
+ * client may still call back into it), and its owner is not woken again. */
+static int destroy_connecting_client(struct dev_link *l, int64_t ms)
+{
+	pthread_condattr_t ca;
+	pthread_t th;
+	sigset_t all, old;
+	int rc = 0;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->destroyed_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_lock(&l->mu);
+	l->dying = l->cli;
+	l->cli = NULL;
+	l->gen++; /* late callbacks of the old client are ignored */
+	memset(l->pending, 0, sizeof(l->pending));
+	pthread_mutex_unlock(&l->mu);
+	l->state = ST_IDLE;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old); /* signals are the agent thread's */
+	int crc = pthread_create(&th, NULL, destroy_thread, l);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (crc) {
+		destroy_thread(l); /* no thread: wait as long as it takes */
+		goto out;
+	}
+	struct timespec deadline = otime_after(CLOCK_MONOTONIC, ms);
+	pthread_mutex_lock(&l->mu);
+	while (!l->destroyed && pthread_cond_timedwait(&l->destroyed_cv, &l->mu, &deadline) == 0)
+		;
+	if (!l->destroyed) {
+		l->wake = NULL;
+		rc = -1;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (rc)
+		pthread_detach(th);
+	else
+		pthread_join(th, NULL);
+out:
+	if (!rc)
+		pthread_cond_destroy(&l->destroyed_cv);
+	return rc;
+}
+
 void dev_link_free(struct dev_link *l)
 {
 	if (!l)
 		return;
+	if (l->cli && l->state == ST_CONNECTING) {
+		if (destroy_connecting_client(l, DEV_LINK_FREE_WAIT_MS)) {
+			l->next_abandoned = abandoned;
+			abandoned = l;
+			return;
+		}
+	}
 	destroy_client(l, 1);
 	for (size_t i = 0; i < l->qlen; i++)
 		queued_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP]);

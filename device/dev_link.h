@@ -72,7 +72,12 @@ struct dev_link;
 /* wake(ctx) is called from Paho threads whenever an event is queued. */
 int dev_link_new(const struct dev_link_opts *opts, void (*wake)(void *ctx), void *ctx,
 		 struct dev_link **out);
-void dev_link_free(struct dev_link *l); /* disconnects; accepts NULL */
+/* Disconnects; accepts NULL. A link still connecting waits at most DEV_LINK_FREE_WAIT_MS for
+ * the MQTT library to let go of its client (it holds on to it through a name lookup of the
+ * broker, which nothing bounds): past that the link is left to the process's exit, with its
+ * client and without calling wake again. */
+#define DEV_LINK_FREE_WAIT_MS 2000
+void dev_link_free(struct dev_link *l);
 
 /* Drive reconnects: starts an attempt when one is due. now is CLOCK_MONOTONIC ms. Returns the
  * time the link next needs attention (INT64_MAX if none). */

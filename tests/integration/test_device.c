@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dev_link.h"
 #include "dev_spool.h"
 #include "dev_tlscheck.h"
 #include "h_device.h"
@@ -1258,6 +1259,52 @@ Test(device, starts_despite_an_override_the_configuration_refuses, .timeout = 60
 	free(line2);
 	free(override);
 	free(state);
+}
+
+/* A stop while the broker's name is being looked up (a resolver that does not answer: 30 s
+ * here, and connect_timeout does not bound it): the agent exits 0 within about
+ * DEV_LINK_FREE_WAIT_MS, where it waited for the lookup to end (Paho's destroy waits for the
+ * lock its thread holds through getaddrinfo). */
+Test(device, a_stop_does_not_wait_for_a_slow_name_lookup, .timeout = 90)
+{
+	const char *pki = h_pki();
+	char *dir = h_tmpdir("slowdns"), *log = h_strf("%s/device.log", dir);
+	char *ca = h_strf("%s/ca.crt", pki), *cert = h_strf("%s/devices/dev-a.crt", pki);
+	char *key = h_strf("%s/devices/dev-a.key", pki), *bridge = h_strf("%s/bridge.crt", pki);
+	char *state = h_strf("%s/state", dir);
+	const char *argv[] = {OUTPOST_DEVICE_BIN, "--id", "dev-a", "--broker-host",
+			      "broker.slowdns.invalid", "--ca", ca, "--cert", cert, "--key", key,
+			      "--bridge-cert", bridge, "--state-dir", state, "--collectors", "sim",
+			      "--proxy", "none", "--log-level", "debug", NULL};
+	const char *asan = getenv("ASAN_OPTIONS");
+	char *env[] = {h_strf("LD_PRELOAD=%s", OUTPOST_SLOWDNS_LIB),
+		       h_strf("OUTPOST_TEST_SLOW_DNS=broker.slowdns.invalid"),
+		       /* the shim is loaded ahead of the sanitizer runtime */
+		       h_strf("ASAN_OPTIONS=%s%sverify_asan_link_order=0", asan ? asan : "",
+			      asan && *asan ? ":" : ""),
+		       NULL};
+	pid_t pid = h_spawn((char *const *)argv, env, log);
+	cr_assert(h_log_wait(log, "slowdns: resolving broker.slowdns.invalid", 1, 15000),
+		  "the agent did not dial: %s", log);
+	h_sleep_ms(500); /* well inside the lookup */
+	long long t0 = h_now_ms();
+	cr_assert_eq(kill(pid, SIGTERM), 0);
+	int st = h_wait_exit(pid, 20000);
+	long long took = h_now_ms() - t0;
+	if (st == -1)
+		h_stop(pid, 1000);
+	cr_expect_eq(st, 0, "exit status %d (-1: still running 20 s after SIGTERM): %s", st, log);
+	cr_expect_lt(took, DEV_LINK_FREE_WAIT_MS + 3000, "the stop took %lld ms: %s", took, log);
+	cr_expect_eq(h_count_in_file(log, "Sanitizer"), 0, "%s", log);
+	for (int i = 0; env[i]; i++)
+		free(env[i]);
+	free(state);
+	free(bridge);
+	free(key);
+	free(cert);
+	free(ca);
+	free(log);
+	free(dir);
 }
 
 /* Start d (device dev-a) held early in its start: its config.override is a FIFO, which the
