@@ -530,6 +530,8 @@ static int start_connect(struct dev_link *l)
 	ssl.privateKey = l->key;
 	ssl.enableServerCertAuth = 1;
 	ssl.verify = 1; /* check the broker's name against its certificate */
+	/* ignored by Paho 1.3.x on OpenSSL >= 1.1.0 (TLS_client_method: 1.3 when the broker
+	 * offers it; OpenSSL 3 refuses < 1.2 at Paho's security level 1); pins 1.2 on 1.0.x */
 	ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
 	ssl.disableDefaultTrustStore = 1; /* only the provisioned CA */
 	ssl.ssl_error_cb = on_tls_error;
