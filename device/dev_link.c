@@ -86,6 +86,8 @@ struct dev_link {
 	/* dev_link_free of a link still connecting: its client, destroyed on a thread of its own
 	 * (dying), and whether that is done (under mu, signalled on destroyed_cv) */
 	MQTTAsync dying;
+	/* a client that never connects, held for the link's life (dev_link_new) */
+	MQTTAsync anchor;
 	int destroyed;
 	pthread_cond_t destroyed_cv;
 	struct dev_link *next_abandoned;
@@ -337,8 +339,17 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	l->next_attempt = 0; /* connect at once */
 
 	l->rng = orand_seed();
+	/* Paho tears its global state down when its last client goes (MQTTAsync_terminate) and
+	 * sets it up again at the next create. Its threads log on after they report themselves
+	 * stopped, and a line logged during the teardown allocates the trace buffer anew, which
+	 * the next set-up then loses: LeakSanitizer found 124,800 bytes (400 trace entries) lost
+	 * in libpaho-mqtt3as now and then after a reconnect. With this client alive, a reconnect
+	 * destroys one client and creates the next without a teardown, and Paho's two threads
+	 * stay up between connections instead of being stopped (up to 10 s) and started again. */
+	int anchored = MQTTAsync_create(&l->anchor, "tcp://127.0.0.1:1", "outpost-anchor",
+					MQTTCLIENT_PERSISTENCE_NONE, NULL) == MQTTASYNC_SUCCESS;
 
-	int ok = l->client_id && l->ca && l->cert && l->key && l->nuris &&
+	int ok = anchored && l->client_id && l->ca && l->cert && l->key && l->nuris &&
 		 (!o->proxy || !*o->proxy || l->proxy) && (!o->will_topic || l->will_topic);
 	for (int i = 0; i < l->nsubs; i++)
 		ok = ok && l->subs[i];
@@ -444,6 +455,8 @@ void dev_link_free(struct dev_link *l)
 		}
 	}
 	destroy_client(l, 1);
+	if (l->anchor) /* the last client: Paho's state goes with it */
+		MQTTAsync_destroy(&l->anchor);
 	for (size_t i = 0; i < l->qlen; i++)
 		queued_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP]);
 	free(l->client_id);
