@@ -313,6 +313,15 @@ static void populated(const char *store, const char *tag)
 	h_broker_free(&b);
 }
 
+/* One line of a `mosquitto_sub -F '%t %x'` capture: the topic, a space, the envelope in hex. */
+static void capture_line(FILE *f, const char *topic, const uint8_t *env, size_t n)
+{
+	fprintf(f, "%s ", topic);
+	for (size_t j = 0; j < n; j++)
+		fprintf(f, "%02x", env[j]);
+	fputc('\n', f);
+}
+
 Test(outpostctl, every_command_sqlite, .timeout = 180)
 {
 	populated(NULL, "ctl-sqlite");
@@ -920,10 +929,10 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 			                     : h_birth_body(pki, id, 2, 0, &blen);
 			uint32_t k = kind ? WIRE_KIND_BATCH : WIRE_KIND_BIRTH;
 			uint8_t *env = h_seal(pki, name, k, id, kind ? 2 : 1, body, blen, &n);
-			fprintf(f, "outpost/v1/%s/%s ", id, kind ? "telemetry" : "birth");
-			for (size_t j = 0; j < n; j++)
-				fprintf(f, "%02x", env[j]);
-			fputc('\n', f);
+			char topic[64];
+			snprintf(topic, sizeof(topic), "outpost/v1/%s/%s", id,
+			         kind ? "telemetry" : "birth");
+			capture_line(f, topic, env, n);
 			free(env);
 			free(body);
 		}
@@ -934,10 +943,7 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 		uint8_t *body = h_batch_body(&o, 3 + (uint64_t)i, 2 + (uint64_t)i, &blen);
 		uint8_t *env = h_seal(pki, "devices/device-0001", WIRE_KIND_BATCH, "stray",
 		                      3 + (uint64_t)i, body, blen, &n);
-		fprintf(f, "outpost/v1/stray/telemetry ");
-		for (size_t j = 0; j < n; j++)
-			fprintf(f, "%02x", env[j]);
-		fputc('\n', f);
+		capture_line(f, "outpost/v1/stray/telemetry", env, n);
 		free(env);
 		free(body);
 	}
@@ -1323,10 +1329,9 @@ static void capture_birth(const char *path, const char *dir, const char *id)
 	uint8_t *env = h_seal(dir, name, WIRE_KIND_BIRTH, id, 1, body, blen, &n);
 	FILE *f = fopen(path, "a");
 	cr_assert_not_null(f);
-	fprintf(f, "outpost/v1/%s/birth ", id);
-	for (size_t j = 0; j < n; j++)
-		fprintf(f, "%02x", env[j]);
-	fputc('\n', f);
+	char *topic = h_strf("outpost/v1/%s/birth", id);
+	capture_line(f, topic, env, n);
+	free(topic);
 	cr_assert_eq(fclose(f), 0);
 	free(env);
 	free(body);
@@ -1437,10 +1442,7 @@ Test(outpostctl, decode_prints_any_time_a_device_sends, .timeout = 60)
 		uint8_t *body = h_batch_body(&o, 2, 1, &blen);
 		uint8_t *env = h_seal_at(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 2,
 		                         sent[i].ms, body, blen, &n);
-		fprintf(f, "outpost/v1/dev-a/telemetry ");
-		for (size_t j = 0; j < n; j++)
-			fprintf(f, "%02x", env[j]);
-		fputc('\n', f);
+		capture_line(f, "outpost/v1/dev-a/telemetry", env, n);
 		free(env);
 		free(body);
 	}

@@ -34,19 +34,25 @@ static int64_t test_mono_ms(void)
 #undef strdup
 #undef otime_mono_ms
 
-/* A link that never dials (no dev_link_tick), and the callback context of its client. */
-static struct dev_link *new_link(struct ctx_slot **slot)
+/* A link with options o that never dials (no dev_link_tick), and the callback context of its
+ * client. */
+static struct dev_link *link_with(const struct dev_link_opts *o, struct ctx_slot **slot)
 {
-	struct dev_link_opts o = {.client_id = "dev-a", .host = "broker.test", .mqtts_port = 8883,
-				  .ca_file = "ca.crt", .cert_file = "dev.crt",
-				  .key_file = "dev.key"};
 	struct dev_link *l = NULL;
-	cr_assert_eq(dev_link_new(&o, NULL, NULL, &l), DEV_LINK_OK);
+	cr_assert_eq(dev_link_new(o, NULL, NULL, &l), DEV_LINK_OK);
 	*slot = &l->slots[l->gen % CTX_SLOTS];
 	(*slot)->link = l;
 	(*slot)->gen = l->gen;
 	(*slot)->uri = "ssl://broker.test:8883";
 	return l;
+}
+
+static struct dev_link *new_link(struct ctx_slot **slot)
+{
+	struct dev_link_opts o = {.client_id = "dev-a", .host = "broker.test", .mqtts_port = 8883,
+				  .ca_file = "ca.crt", .cert_file = "dev.crt",
+				  .key_file = "dev.key"};
+	return link_with(&o, slot);
 }
 
 static void message(struct ctx_slot *slot, int i)
@@ -189,13 +195,7 @@ static struct dev_link *new_subscribing_link(struct ctx_slot **slot)
 				  .key_file = "dev.key", .backoff_min_ms = 1000,
 				  .backoff_max_ms = 300000, .reconnect_spread_ms = 30000,
 				  .subscribe = subs};
-	struct dev_link *l = NULL;
-	cr_assert_eq(dev_link_new(&o, NULL, NULL, &l), DEV_LINK_OK);
-	*slot = &l->slots[l->gen % CTX_SLOTS];
-	(*slot)->link = l;
-	(*slot)->gen = l->gen;
-	(*slot)->uri = "ssl://broker.test:8883";
-	return l;
+	return link_with(&o, slot);
 }
 
 /* The connection comes up, the subscriptions are granted, and up_ms later it is lost; the
