@@ -122,15 +122,20 @@ static int load_identity(struct dev_agent *a, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: ca: %s", c->source, d.msg);
 		goto out;
 	}
-	/* a certificate of another PKI, or out of its dates, would be refused by the broker at
-	 * every attempt, forever: say so now, naming the file */
+	/* a certificate of another PKI would be refused by the broker at every attempt,
+	 * forever: say so now, naming the file. One out of its dates (or a clock wrong here) is
+	 * warned of and the agent runs: it samples into the spool, which is delivered once the
+	 * certificate is renewed, where an exit would lose every reading meanwhile. */
 	int vrc = wire_ca_verify(ca, a->cert_pem, len, &info, &d);
 	if (vrc == WIRE_ECHAIN) {
 		snprintf(err, errlen, "%s: cert: %s: not issued by the CA of ca_file %s", c->source,
 			 c->cert, c->ca);
 		goto out;
 	}
-	if (vrc) {
+	if (vrc == WIRE_EEXPIRED) {
+		olog(OLOG_WARN, "cert: %s: %s: the broker refuses it until it is renewed; sampling"
+		     " into the spool meanwhile", c->cert, d.msg[0] ? d.msg : wire_strerror(vrc));
+	} else if (vrc) {
 		snprintf(err, errlen, "%s: cert: %s: %s", c->source, c->cert,
 			 d.msg[0] ? d.msg : wire_strerror(vrc));
 		goto out;
