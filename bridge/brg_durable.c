@@ -476,17 +476,21 @@ out:
 static int follow_fork(struct brg_committer *c, struct wdev *w, const struct brg_chain *ch)
 {
 	int rc = 0;
-	if (ch->fork_to - ch->fork_from > 1 &&
-	    (rc = brg_commit__lose(c, w, ch->fork_from, ch->fork_to)))
+	int jumped = ch->fork_to - ch->fork_from > 1;
+	if (jumped && (rc = brg_commit__lose(c, w, ch->fork_from, ch->fork_to)))
 		return rc;
+	char tail[96];
+	if (jumped)
+		snprintf(tail, sizeof(tail), "; the seqs not stored after %llu up to it recorded"
+		         " as lost", (unsigned long long)ch->fork_from);
+	else
+		snprintf(tail, sizeof(tail), "; nothing lies between");
 	return brg_commit__event(c, w, "chain_forked",
 	                         "seq %llu follows a seq below the store's frontier %llu: the "
 	                         "device's history forked (its state directory restored from a "
-	                         "backup, or its identity used twice); seqs %llu..%llu recorded "
-	                         "as lost",
+	                         "backup, or its identity used twice)%s",
 	                         (unsigned long long)ch->fork_to, (unsigned long long)ch->fork_from,
-	                         (unsigned long long)ch->fork_from + 1,
-	                         (unsigned long long)ch->fork_to - 1);
+	                         tail);
 }
 
 int brg_commit__chain(struct brg_committer *c, struct wdev *w)
@@ -499,8 +503,11 @@ int brg_commit__chain(struct brg_committer *c, struct wdev *w)
 		return rc;
 	if ((rc = read_links(c, w, &n, &edge)))
 		goto out;
-	/* a fork waits as long as a hole before it is recorded: the links it jumps may be late */
-	brg_chain_compute((uint64_t)w->frontier, c->now - c->o.gap_grace_ms, c->links, n, ch);
+	/* a fork waits as long as a hole before it is recorded (the links it jumps may be late),
+	 * and for a slice that holds every link above the frontier (one leaving the frontier
+	 * past the slice would be missed) */
+	int64_t fork_before = edge == UINT64_MAX ? c->now - c->o.gap_grace_ms : INT64_MIN;
+	brg_chain_compute((uint64_t)w->frontier, fork_before, c->links, n, ch);
 	if (ch->fork_to && (rc = follow_fork(c, w, ch)))
 		goto out;
 	if ((int64_t)ch->frontier != w->frontier) {

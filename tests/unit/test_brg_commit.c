@@ -1422,6 +1422,33 @@ TEST_BOTH(a_restored_state_directory_forks_the_chain_and_it_goes_on)
 	brg_committer_free(cm);
 }
 
+/* A fork is followed only when the slice of links read holds every link above the frontier:
+ * here 4,100 stored links above a hole push the link that does leave the frontier (4 -> 9000)
+ * out of the 4,096 read, and the old fork (2 -> 100) must wait, not be taken. */
+Test(brg_commit, a_fork_is_not_followed_past_a_truncated_slice, .timeout = 60)
+{
+	struct brg_committer *cm = NULL;
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	cr_assert_eq(brg_committer_new(s, &o, &cm), STORE_OK);
+	const int64_t t = 1700000000000LL;
+	commit_at(cm, t,
+	          (struct brg_item *[]){birth("dev-a", 1), batch("dev-a", "dev-a", 2, 0),
+	                                batch("dev-a", "dev-a", 3, 2), batch("dev-a", "dev-a", 4, 3)},
+	          4);
+	cr_assert_eq(store_exec(s, "WITH RECURSIVE n(i) AS (SELECT 200 UNION ALL SELECT i + 1 FROM"
+	                           " n WHERE i < 4300) INSERT INTO envelopes (device, seq, prev_seq,"
+	                           " kind, sent_at, stored_at, n_readings, sig) SELECT d.id, i + 1, i,"
+	                           " 1, 0, 0, 0, x'00' FROM n, devices d WHERE d.device_id = 'dev-a'"
+	                           " UNION ALL SELECT id, 9000, 4, 1, 0, 0, 0, x'00' FROM devices"
+	                           " WHERE device_id = 'dev-a'"),
+	             STORE_OK, "%s", store_errmsg(s));
+	commit_at(cm, t, (struct brg_item *[]){batch("dev-a", "dev-a", 100, 2)}, 1);
+	commit_at(cm, t + 120000, (struct brg_item *[]){batch("dev-a", "dev-a", 3, 2)}, 1);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'chain_forked'"), 0);
+	cr_expect_eq(one("SELECT frontier FROM devices WHERE device_id = 'dev-a'"), 4);
+	brg_committer_free(cm);
+}
+
 /* The device's acks for 2..4 were lost (connection dropped right after the bridge committed);
  * it stays offline until its spool overflows and drops its oldest unacknowledged records,
  * 2..10, reporting Dropped{prev 0, last 10} (dev_spool.c drop_seg: prev = prev_seq of the first
