@@ -465,24 +465,27 @@ static void start_row(struct dev_agent *a, int64_t now)
 }
 
 /* A collector that fails fails at every sample (a broken exec command, every 10 s): a failure
- * is warned of when it first shows or changes, then at most every 10 minutes; its end once.
- * collector.NAME.ok and .errors say it at every sample. failed: NULL if none failed. */
+ * is warned of when it first shows or changes, then at most every 10 minutes, and the end of
+ * a warned failure once; one that comes and goes (every other sample) is the same failure and
+ * is not warned of again sooner. collector.NAME.ok and .errors say it at every sample.
+ * failed: NULL if none failed. */
 static void log_collect(struct dev_agent *a, const char *failed, const char *why)
 {
 	char now[sizeof(a->collect_failure)];
 	if (!failed) {
-		if (a->collect_failure[0])
+		if (a->collect_warned)
 			olog(OLOG_INFO, "collectors: sampling again (%" PRIu64 " failed samples since"
 			     " the start)", a->sample_errors);
-		a->collect_failure[0] = '\0';
+		a->collect_warned = 0;
 		return;
 	}
 	snprintf(now, sizeof(now), "%s: %s", failed, why);
 	if (strcmp(now, a->collect_failure))
-		a->last_collect_log = 0; /* a new failure: said at once */
+		a->last_collect_log = 0; /* another failure: said at once */
 	if (!log_due(&a->last_collect_log, 600000))
 		return;
 	memcpy(a->collect_failure, now, sizeof(now));
+	a->collect_warned = 1;
 	olog(OLOG_WARN, "collector %s (%" PRIu64 " failed samples since the start; said again at"
 	     " most every 10 minutes)", now, a->sample_errors);
 }

@@ -63,9 +63,11 @@ struct dev_agent {
 	/* readings the metric catalog refused, and when that was last logged (catalog_error_due) */
 	uint64_t catalog_errors;
 	int64_t last_catalog_error_log;
-	/* the collector failure last warned of ("" = sampling fine) and when (log_collect) */
+	/* the collector failure last warned of, when, and whether its end is still to be said
+	 * (log_collect) */
 	char collect_failure[160];
 	int64_t last_collect_log;
+	int collect_warned;
 	char proxy[300];          /* the resolved HTTP CONNECT proxy (dev_proxy.h); "" = none */
 	struct dev_proxy_env proxy_env; /* the proxy variables kept out of the environment */
 	int64_t next_cert_check;  /* monotonic ms: no dev_tlscheck before (one per 10 minutes) */

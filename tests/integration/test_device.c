@@ -1191,7 +1191,7 @@ Test(device, a_failing_collector_is_warned_of_once_per_failure, .timeout = 60)
 	struct h_device d = {0};
 	h_broker_start(&b, h_pki());
 	char *dir = h_tmpdir("collect-fail"), *out = h_strf("%s/out", dir);
-	char *cmd = h_strf("if [ -e %s ]; then cat %s; else exit 3; fi", out, out);
+	char *cmd = h_strf("if [ -e %s ]; then sh %s; else exit 3; fi", out, out);
 	/* at debug level every occurrence is logged */
 	const char *extra[] = {"--log-level", "info", "--collectors", "sim,exec", "--exec-command",
 			       cmd, NULL};
@@ -1200,13 +1200,25 @@ Test(device, a_failing_collector_is_warned_of_once_per_failure, .timeout = 60)
 		  "%s", d.log);
 	h_sleep_ms(3000); /* 15 more failed samples */
 	cr_expect_eq(h_log_count(d.log, "collector exec:"), 1, "%s", d.log);
-	cr_assert_eq(h_write_text(out, "t.x 1\n"), 0);
+	cr_assert_eq(h_write_text(out, "echo t.x 1\n"), 0);
 	cr_assert(h_log_wait(d.log, "collectors: sampling again", 1, 10000), "%s", d.log);
-	cr_assert_eq(h_write_text(out, "t.x 1 u extra\n"), 0);
+	cr_assert_eq(h_write_text(out, "echo t.x 1 u extra\n"), 0);
 	cr_assert(h_log_wait(d.log, "collector exec: output lines", 1, 10000), "%s", d.log);
 	h_sleep_ms(2000);
 	cr_expect_eq(h_log_count(d.log, "collector exec:"), 2, "%s", d.log);
 	cr_expect_eq(h_log_count(d.log, "sampling again"), 1, "%s", d.log);
+	/* a failure that comes and goes (every other sample) is the same failure: its next end
+	 * is said once, nothing more */
+	char *flip = h_strf("%s/flip", dir);
+	char *flap = h_strf("if [ -e %s ]; then rm %s; echo t.x 1; else touch %s; echo t.x 1 u x;"
+			    " fi\n", flip, flip, flip);
+	cr_assert_eq(h_write_text(out, flap), 0);
+	cr_assert(h_log_wait(d.log, "sampling again", 2, 10000), "%s", d.log);
+	h_sleep_ms(3000); /* 15 samples, every other one failing */
+	cr_expect_eq(h_log_count(d.log, "collector exec:"), 2, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, "sampling again"), 2, "%s", d.log);
+	free(flap);
+	free(flip);
 	h_device_free(&d);
 	h_broker_free(&b);
 	free(cmd);
