@@ -86,8 +86,7 @@ struct dev_link {
 	/* dev_link_free of a link still connecting: its client, destroyed on a thread of its own
 	 * (dying), and whether that is done (under mu, signalled on destroyed_cv) */
 	MQTTAsync dying;
-	/* a client that never connects, held for the link's life (dev_link_new) */
-	MQTTAsync anchor;
+	int anchored; /* holds a reference to the anchor client (anchor_take) */
 	int destroyed;
 	pthread_cond_t destroyed_cv;
 	struct dev_link *next_abandoned;
@@ -305,6 +304,41 @@ static char *dup_or_null(const char *s)
 	return s && *s ? strdup(s) : NULL;
 }
 
+/* Paho tears its global state down when its last client goes (MQTTAsync_terminate) and sets
+ * it up again at the next create. Its threads log on after they report themselves stopped, and
+ * a line logged during the teardown allocates the trace buffer anew, which the next set-up
+ * then loses: LeakSanitizer found 124,800 bytes (400 trace entries) lost in libpaho-mqtt3as
+ * now and then after a reconnect, and the heap records of allocations under way. One client
+ * that never connects, held while any link lives, keeps that state: a reconnect destroys one
+ * client and creates the next without a teardown, and Paho's two threads stay up between
+ * connections instead of being stopped (up to 10 s) and started again. One per process, not
+ * per link: Paho's threads walk every client at each turn (bench_fleet runs 10,000 links). */
+static pthread_mutex_t anchor_mu = PTHREAD_MUTEX_INITIALIZER;
+static MQTTAsync anchor;  /* under anchor_mu */
+static size_t anchor_refs; /* under anchor_mu */
+
+static int anchor_take(void)
+{
+	int rc = 0;
+	pthread_mutex_lock(&anchor_mu);
+	if (!anchor_refs && MQTTAsync_create(&anchor, "tcp://127.0.0.1:1", "outpost-anchor",
+					     MQTTCLIENT_PERSISTENCE_NONE, NULL) != MQTTASYNC_SUCCESS)
+		rc = -1;
+	else
+		anchor_refs++;
+	pthread_mutex_unlock(&anchor_mu);
+	return rc;
+}
+
+/* The last link gone: Paho's state goes with the anchor. */
+static void anchor_release(void)
+{
+	pthread_mutex_lock(&anchor_mu);
+	if (anchor_refs && !--anchor_refs)
+		MQTTAsync_destroy(&anchor);
+	pthread_mutex_unlock(&anchor_mu);
+}
+
 int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *ctx,
 		 struct dev_link **out)
 {
@@ -339,17 +373,9 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	l->next_attempt = 0; /* connect at once */
 
 	l->rng = orand_seed();
-	/* Paho tears its global state down when its last client goes (MQTTAsync_terminate) and
-	 * sets it up again at the next create. Its threads log on after they report themselves
-	 * stopped, and a line logged during the teardown allocates the trace buffer anew, which
-	 * the next set-up then loses: LeakSanitizer found 124,800 bytes (400 trace entries) lost
-	 * in libpaho-mqtt3as now and then after a reconnect. With this client alive, a reconnect
-	 * destroys one client and creates the next without a teardown, and Paho's two threads
-	 * stay up between connections instead of being stopped (up to 10 s) and started again. */
-	int anchored = MQTTAsync_create(&l->anchor, "tcp://127.0.0.1:1", "outpost-anchor",
-					MQTTCLIENT_PERSISTENCE_NONE, NULL) == MQTTASYNC_SUCCESS;
+	l->anchored = anchor_take() == 0;
 
-	int ok = anchored && l->client_id && l->ca && l->cert && l->key && l->nuris &&
+	int ok = l->anchored && l->client_id && l->ca && l->cert && l->key && l->nuris &&
 		 (!o->proxy || !*o->proxy || l->proxy) && (!o->will_topic || l->will_topic);
 	for (int i = 0; i < l->nsubs; i++)
 		ok = ok && l->subs[i];
@@ -443,6 +469,11 @@ out:
 	return rc;
 }
 
+int dev_link_any_abandoned(void)
+{
+	return abandoned != NULL;
+}
+
 void dev_link_free(struct dev_link *l)
 {
 	if (!l)
@@ -455,8 +486,8 @@ void dev_link_free(struct dev_link *l)
 		}
 	}
 	destroy_client(l, 1);
-	if (l->anchor) /* the last client: Paho's state goes with it */
-		MQTTAsync_destroy(&l->anchor);
+	if (l->anchored)
+		anchor_release();
 	for (size_t i = 0; i < l->qlen; i++)
 		queued_free(&l->q[(l->qhead + i) % EVENT_QUEUE_CAP]);
 	free(l->client_id);

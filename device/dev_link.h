@@ -78,6 +78,10 @@ int dev_link_new(const struct dev_link_opts *opts, void (*wake)(void *ctx), void
  * client and without calling wake again. */
 #define DEV_LINK_FREE_WAIT_MS 2000
 void dev_link_free(struct dev_link *l);
+/* 1 if dev_link_free left a link to the process's exit: its client's thread may still come
+ * back from the name lookup into the MQTT and TLS libraries, which exit() tears down (atexit
+ * handlers), so such a process should end with _exit(). Call from the thread that frees. */
+int dev_link_any_abandoned(void);
 
 /* Drive reconnects: starts an attempt when one is due. now is CLOCK_MONOTONIC ms. Returns the
  * time the link next needs attention (INT64_MAX if none). */

@@ -15,6 +15,7 @@
 #include "cfg.h"
 #include "dev_agent.h"
 #include "dev_config.h"
+#include "dev_link.h"
 #include "olog.h"
 
 /* Set by TERM, INT and HUP whenever they come, also while the agent is being created: a stop
@@ -51,6 +52,17 @@ static void handled_signals(sigset_t *set)
 	sigaddset(set, SIGINT);
 	sigaddset(set, SIGHUP);
 	sigaddset(set, SIGUSR1);
+}
+
+/* The process's status. A stop that gave up on a connection attempt (dev_link_free) left its
+ * thread in a name lookup: exit() would run the TLS library's cleanup under it. */
+static int finish(int status)
+{
+	if (dev_link_any_abandoned()) {
+		fflush(NULL);
+		_exit(status);
+	}
+	return status;
 }
 
 /* Before anything that takes time: a USR1 (or a HUP, whose default is to die) coming while the
@@ -161,7 +173,7 @@ int main(int argc, char **argv)
 		if (stopping) {
 			olog(OLOG_INFO, "not restarting: asked to stop meanwhile");
 			dev_config_free(&cfg);
-			return 0;
+			return finish(0);
 		}
 		/* the next agent reports the task succeeded only if it finds this */
 		if (dev_agent_restart_mark(&cfg, restart_task))
@@ -172,8 +184,8 @@ int main(int argc, char **argv)
 		perror("outpost-device: restart: execv");
 		dev_agent_restart_unmark(&cfg);
 		dev_config_free(&cfg);
-		return 1;
+		return finish(1);
 	}
 	dev_config_free(&cfg);
-	return rc ? 1 : 0;
+	return finish(rc ? 1 : 0);
 }
