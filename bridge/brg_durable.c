@@ -384,16 +384,21 @@ int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct b
 
 /* ---- end of group: readings, chains, device rows ---- */
 
+#define CMP_FIELD(f)                                                                               \
+	if (x->f != y->f)                                                                          \
+	return x->f < y->f ? -1 : 1
+
 static int cmp_rrow(const void *a, const void *b)
 {
 	const struct rrow *x = a, *y = b;
-	const int64_t kx[] = {x->device, x->metric, x->ts, x->seq, x->idx};
-	const int64_t ky[] = {y->device, y->metric, y->ts, y->seq, y->idx};
-	for (size_t i = 0; i < sizeof(kx) / sizeof(kx[0]); i++)
-		if (kx[i] != ky[i])
-			return kx[i] < ky[i] ? -1 : 1;
+	CMP_FIELD(device);
+	CMP_FIELD(metric);
+	CMP_FIELD(ts);
+	CMP_FIELD(seq);
+	CMP_FIELD(idx);
 	return 0;
 }
+#undef CMP_FIELD
 
 /* The group's readings in primary key order: each device's metric series then grows at one
  * place in the index instead of at every metric of every batch in turn (SQLite: +20..50 %
