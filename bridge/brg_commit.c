@@ -204,7 +204,8 @@ int brg_committer_new(struct store *s, const struct brg_commit_opts *o, struct b
 	c->mc_max_devices = MCACHE_MAX_DEVICES;
 	c->mc_max_entries = MCACHE_MAX_ENTRIES;
 	c->links = malloc((MAX_LINKS + MAX_DROP_LINKS) * sizeof(*c->links));
-	if (!c->links)
+	c->sorter = brg_rowsort_new();
+	if (!c->links || !c->sorter)
 		goto fail;
 	for (int i = 0; i < S_COUNT; i++) {
 		const char *q = brg_commit__sql[i];
@@ -271,6 +272,7 @@ void brg_committer_free(struct brg_committer *c)
 	brg_commit__mcache_clear(c);
 	free(c->devs);
 	free(c->rows);
+	brg_rowsort_free(c->sorter);
 	free(c->ekeys);
 	free(c->erows);
 	free(c->arr);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "brg_commit.h"
+#include "brg_rowsort.h"
 #include "store.h"
 
 #define MAX_LINKS          4096 /* stored links read above a frontier */
@@ -80,12 +81,6 @@ struct wdev {
 	struct wire_pubkey judged_key;
 };
 
-/* Readings collected during a group, inserted in bulk at the end. */
-struct rrow {
-	int64_t device, metric, ts, seq, idx;
-	double value;
-};
-
 /* A durable envelope of the current group, by key (PostgreSQL, brg_envrows.c). */
 enum { EK_FREE, EK_STORED, EK_QUEUED };
 struct ekey {
@@ -120,8 +115,9 @@ struct brg_committer {
 	struct store_copy *copy;
 	struct wdev *devs;
 	size_t n_devs, cap_devs;
-	struct rrow *rows;
+	struct brg_row *rows; /* the group's readings, inserted in bulk at its end */
 	size_t n_rows, cap_rows;
+	struct brg_rowsort *sorter;
 	struct store_copy *env_copy; /* PostgreSQL: new envelope rows go in bulk too */
 	struct ekey *ekeys;          /* sorted by (device, seq) */
 	size_t n_ekeys, cap_ekeys;
