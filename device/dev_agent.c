@@ -140,17 +140,42 @@ static int load_identity(struct dev_agent *a, char *err, size_t errlen)
 			 d.msg[0] ? d.msg : wire_strerror(vrc));
 		goto out;
 	}
-	/* the bridge key must come from a certificate our CA issued to outpost-bridge */
-	if (wire_cert_read(c->bridge_cert, &pem, &len) ||
-	    wire_ca_verify(ca, pem, len, &binfo, &d)) {
+	/* the bridge key must come from a certificate our CA issued to outpost-bridge. One out
+	 * of its dates still carries that key (wire_ca_verify says WIRE_EEXPIRED only of a
+	 * certificate the CA signed): warned of and used, as the agent's own certificate above,
+	 * where an exit would lose every reading until the file is replaced. */
+	int rrc = wire_cert_read(c->bridge_cert, &pem, &len);
+	if (rrc) {
+		snprintf(err, errlen, "%s: bridge_cert: %s: cannot read: %s", c->source,
+			 c->bridge_cert,
+			 rrc == WIRE_ELIMIT ? "larger than a certificate may be" : strerror(errno));
+		goto out;
+	}
+	char dates[sizeof(d.msg)] = "";
+	d.msg[0] = '\0';
+	vrc = wire_ca_verify(ca, pem, len, &binfo, &d);
+	if (vrc == WIRE_EEXPIRED) {
+		snprintf(dates, sizeof(dates), "%s", d.msg[0] ? d.msg : wire_strerror(vrc));
+		vrc = wire_cert_parse(pem, len, &binfo, &d);
+	}
+	if (vrc == WIRE_ECHAIN) {
+		snprintf(err, errlen, "%s: bridge_cert: %s: not issued by the CA of ca_file %s",
+			 c->source, c->bridge_cert, c->ca);
+		goto out;
+	}
+	if (vrc) {
 		snprintf(err, errlen, "%s: bridge_cert: %s: %s", c->source, c->bridge_cert,
-			 d.msg[0] ? d.msg : "cannot read");
+			 d.msg[0] ? d.msg : wire_strerror(vrc));
 		goto out;
 	}
 	if (strcmp(binfo.cn, BRIDGE_CN)) {
 		snprintf(err, errlen, "%s: bridge_cert: CN is '%s', not %s", c->source, binfo.cn, BRIDGE_CN);
 		goto out;
 	}
+	if (dates[0])
+		olog(OLOG_WARN, "bridge_cert: %s: %s: acks and task lists are still verified with "
+		     "its key; replace the file with the renewed certificate (provision-certs.sh "
+		     "keeps the key)", c->bridge_cert, dates);
 	a->bridge_pub = binfo.key;
 	rc = 0;
 out:

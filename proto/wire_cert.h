@@ -37,7 +37,10 @@ int64_t wire_ca_crl_next_update(const struct wire_ca *ca);
 /* Check that the PEM certificate chains to the CA, is within its validity period and is not
  * revoked, then extract CN and key as wire_cert_parse() does. Errors: WIRE_ECHAIN,
  * WIRE_EREVOKED, WIRE_EEXPIRED, WIRE_ECERT (unparseable, CN invalid, key not Ed25519),
- * WIRE_ECRL (the CRL expired: the certificate cannot be judged). */
+ * WIRE_ECRL (the CRL expired: the certificate cannot be judged). *out is filled only on
+ * success. WIRE_EEXPIRED is said only of a certificate the CA signed (the signature is
+ * checked first), but one the CRL was not checked against: a caller that accepts it out of
+ * its dates gets CN and key from wire_cert_parse(). */
 int wire_ca_verify(const struct wire_ca *ca, const char *pem, size_t len,
 		   struct wire_cert_info *out, struct wire_diag *diag);
 

@@ -1144,6 +1144,120 @@ Test(device, a_certificate_the_ca_does_not_vouch_for_exits_2_one_out_of_date_run
 	free(dir);
 }
 
+/* The bridge certificate, whose key verifies acks and task lists, is checked at start as the
+ * device's own is: one another CA issued (also out of its dates), or for another CN, exits 2
+ * naming the file; one our CA issued to outpost-bridge out of its dates (or with the clock
+ * wrong here) is warned of, and the agent runs with its key. An unreadable one is named as
+ * such, not by the device certificate's warning. */
+Test(device, a_bridge_cert_the_ca_does_not_vouch_for_exits_2_one_out_of_date_runs,
+     .timeout = 90)
+{
+	const char *pki = h_pki(), *other = h_pki_other();
+	char *dir = h_tmpdir("bridgecert");
+	char *bridge_key = h_strf("%s/bridge.key", pki);
+	char *expired = h_pki_issue_dated_by(pki, bridge_key, "bridgecert-expired",
+					     "outpost-bridge", "20200101000000Z",
+					     "20210101000000Z");
+	char *future = h_pki_issue_dated_by(pki, bridge_key, "bridgecert-future", "outpost-bridge",
+					    "20900101000000Z", "20991231000000Z");
+	char *other_expired = h_pki_issue_dated_by(other, NULL, "bridgecert-other-expired",
+						   "outpost-bridge", "20200101000000Z",
+						   "20210101000000Z");
+	char *cn_expired = h_pki_issue_dated("bridgecert-cn-expired", "dev-b", "20200101000000Z",
+					     "20210101000000Z");
+	char *dev_expired = h_pki_issue_dated("bridgecert-dev-expired", "dev-a",
+					      "20200101000000Z", "20210101000000Z");
+	char *bridge[] = {
+	    h_strf("%s/bridge.crt", other),
+	    h_strf("%s/devices/outpost-bridge.crt", other_expired),
+	    h_strf("%s/devices/dev-b.crt", cn_expired),
+	    h_strf("%s/devices/outpost-bridge.crt", expired),
+	    h_strf("%s/devices/outpost-bridge.crt", future),
+	    h_strf("%s/nonexistent.crt", dir),
+	};
+	char *ca = h_strf("%s/ca.crt", pki);
+	struct {
+		const char *dev; /* the PKI of the device's own certificate */
+		char *why;
+		int exit;
+	} cases[] = {
+	    {pki, h_strf("bridge_cert: %s: not issued by the CA of ca_file %s", bridge[0], ca), 2},
+	    {pki, h_strf("bridge_cert: %s: not issued by the CA of ca_file %s", bridge[1], ca), 2},
+	    {pki, h_strf("bridge_cert: CN is 'dev-b', not outpost-bridge"), 2},
+	    {pki, h_strf("bridge_cert: %s: certificate: expired", bridge[3]), 0},
+	    {pki, h_strf("bridge_cert: %s: certificate: not yet valid", bridge[4]), 0},
+	    {dev_expired, h_strf("bridge_cert: %s: cannot read: No such file", bridge[5]), 2},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *out = NULL;
+		char *args = h_strf("--id dev-a --broker-host localhost --ca %s "
+				    "--cert %s/devices/dev-a.crt --key %s/devices/dev-a.key "
+				    "--bridge-cert %s --state-dir %s/s%zu "
+				    "--collectors sim --proxy none --connect-timeout 1s & "
+				    "sleep 2; kill $!; wait $!",
+				    ca, cases[i].dev, cases[i].dev, bridge[i], dir, i);
+		int rc = run_device(args, &out);
+		cr_expect_eq(rc, cases[i].exit, "%s: exit %d: %s", bridge[i], rc, out);
+		cr_expect(strstr(out, cases[i].why), "want '%s': %s", cases[i].why, out);
+		if (!cases[i].exit) {
+			cr_expect(strstr(out, "warn: bridge_cert: "), "not a warning: %s", out);
+			cr_expect(strstr(out, "acks and task lists are still verified with its key"),
+				  "%s", out);
+			cr_expect_eq(h_count(out, "bridge_cert:"), 1, "%s", out);
+		}
+		free(out);
+		free(args);
+		free(cases[i].why);
+		free(bridge[i]);
+	}
+	free(ca);
+	free(bridge_key);
+	free(expired);
+	free(future);
+	free(other_expired);
+	free(cn_expired);
+	free(dev_expired);
+	free(dir);
+}
+
+/* An expired bridge certificate still carries the bridge's key: the agent runs, warns, and
+ * takes the bridge's acks (the spool drains; forged_ack_deletes_nothing is the other side). */
+Test(device, a_bridge_cert_out_of_its_dates_still_verifies_acks, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	char *bridge_key = h_strf("%s/bridge.key", h_pki());
+	char *expired = h_pki_issue_dated_by(h_pki(), bridge_key, "bridgecert-acks",
+					     "outpost-bridge", "20200101000000Z",
+					     "20210101000000Z");
+	char *crt = h_strf("%s/devices/outpost-bridge.crt", expired);
+	const char *const extra[] = {"--bridge-cert", crt, NULL};
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", extra);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_batches_at_least, 4, &v),
+		  "batches: %llu: %s", (unsigned long long)v.batches, d.log);
+	char *warn = h_strf("warn: bridge_cert: %s: certificate: expired", crt);
+	cr_expect_eq(h_log_count(d.log, warn), 1, "%s", d.log);
+	h_sleep_ms(1000); /* the last ack arrives */
+	kill(d.pid, SIGUSR1); /* reconnect: the new Birth reports the spool */
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 15000, h_view_births_at_least, v.births + 1, &v));
+	cr_expect_leq(v.last_spool_records, 2, "the acks deleted nothing: %llu records of %llu "
+		      "batches left: %s", (unsigned long long)v.last_spool_records,
+		      (unsigned long long)v.batches, d.log);
+	cr_expect_eq(h_log_count(d.log, "ignored an ack that failed verification"), 0, "%s",
+		     d.log);
+	cr_expect_eq(v.bad, 0);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(warn);
+	free(crt);
+	free(expired);
+	free(bridge_key);
+}
+
 /* The exec collector's command gets stdin, stdout and stderr of the agent and nothing else
  * (the agent holds its spool, its catalog and Paho's TLS connection to the broker, whose
  * socket is not close-on-exec); and an agent started with SIGCHLD ignored (a disposition that

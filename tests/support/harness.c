@@ -235,19 +235,26 @@ void h_pki_gencrl(const char *dir, int copy_main, const char *options)
 
 char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, const char *end)
 {
+	return h_pki_issue_dated_by(h_pki(), NULL, tag, cn, start, end);
+}
+
+char *h_pki_issue_dated_by(const char *pki, const char *key, const char *tag, const char *cn,
+			   const char *start, const char *end)
+{
 	char *dir = h_tmpdir(tag);
-	const char *pki = h_pki(), *src = h_source_dir();
+	const char *src = h_source_dir();
+	char *get_key = key ? h_strf("cp %s devices/%s.key", key, cn)
+			    : h_strf("openssl genpkey -algorithm ed25519 -out devices/%s.key", cn);
 	/* its own CA database (.ca) beside a copy of the CA: the shared one stays as it is */
 	char *cmd =
 	    h_strf("set -e; cd %s; cp %s/ca.crt %s/ca.key .; mkdir -p .ca/issued devices; "
-	           ": > .ca/index.txt; echo 01 > .ca/serial; echo 01 > .ca/crlnumber; "
-	           "openssl genpkey -algorithm ed25519 -out devices/%s.key; "
+	           ": > .ca/index.txt; echo 01 > .ca/serial; echo 01 > .ca/crlnumber; %s; "
 	           "openssl req -new -config %s/certs/openssl.cnf -key devices/%s.key -subj /CN=%s "
 	           "-out leaf.csr; "
 	           "OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -batch -config "
 	           "%s/certs/openssl.cnf -extensions client_cert -notext -startdate %s -enddate %s "
 	           "-in leaf.csr -out devices/%s.crt",
-	           dir, pki, pki, cn, src, cn, cn, dir, src, start, end, cn);
+	           dir, pki, pki, get_key, src, cn, cn, dir, src, start, end, cn);
 	char *out = NULL;
 	if (h_sh(cmd, &out, 60) != 0) {
 		fprintf(stderr, "h_pki_issue_dated failed: %s\n%s\n", cmd, out);
@@ -255,6 +262,7 @@ char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, cons
 	}
 	free(out);
 	free(cmd);
+	free(get_key);
 	return dir;
 }
 

@@ -53,6 +53,11 @@ void h_pki_gencrl(const char *dir, int copy_main, const char *options);
  * touched. Caller frees the string; aborts on failure. */
 char *h_pki_issue_dated(const char *tag, const char *cn, const char *start, const char *end);
 
+/* The same by the CA of pki (h_pki(), h_pki_other()), for a copy of the key file key (an
+ * existing key, e.g. <h_pki()>/bridge.key; NULL: a new one). */
+char *h_pki_issue_dated_by(const char *pki, const char *key, const char *tag, const char *cn,
+			   const char *start, const char *end);
+
 /* Load <h_pki()>/<name>.key (e.g. "devices/dev-a", "bridge"); aborts if it cannot. */
 struct wire_key *h_pki_key(const char *name);
 

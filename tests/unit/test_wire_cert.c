@@ -310,6 +310,65 @@ Test(wire_cert, validity_period_is_enforced)
 	free(current);
 }
 
+/* WIRE_EEXPIRED is said only of a certificate the CA issued: wolfSSL confirms the signature
+ * before it reports the dates (not the CRL, though). The device agent relies on it: a
+ * bridge_cert out of its dates is only warned of, and the key wire_cert_parse() gives is
+ * used. */
+Test(wire_cert, out_of_dates_only_for_a_certificate_the_ca_issued, .timeout = 60)
+{
+	struct wire_ca *ca = load_ca(h_pki(), 0);
+	struct wire_cert_info info;
+	struct wire_diag d = {""};
+
+	/* another CA (also named "Outpost CA"), out of its dates either way: ECHAIN */
+	char *old = h_pki_issue_dated_by(h_pki_other(), NULL, "other-expired", "outpost-bridge",
+					 "20200101000000Z", "20210101000000Z");
+	cr_expect_eq(verify(ca, old, "devices/outpost-bridge", &info, &d), WIRE_ECHAIN, "%s",
+		     d.msg);
+	char *future = h_pki_issue_dated_by(h_pki_other(), NULL, "other-future", "outpost-bridge",
+					    "20900101000000Z", "20910101000000Z");
+	cr_expect_eq(verify(ca, future, "devices/outpost-bridge", &info, &d), WIRE_ECHAIN, "%s",
+		     d.msg);
+
+	/* our CA's expired certificate with one bit of its signature flipped: not the CA's */
+	char *ours = h_pki_issue_dated_by(h_pki(), NULL, "ours-expired", "outpost-bridge",
+					  "20200101000000Z", "20210101000000Z");
+	cr_expect_eq(verify(ca, ours, "devices/outpost-bridge", &info, &d), WIRE_EEXPIRED, "%s",
+		     d.msg);
+	char *crt = h_strf("%s/devices/outpost-bridge.crt", ours), *der = h_strf("%s.der", crt);
+	char *cmd = h_strf("openssl x509 -in %s -outform DER -out %s", crt, der);
+	cr_assert_eq(h_sh(cmd, NULL, 30), 0, "%s", cmd);
+	FILE *f = fopen(der, "r+b"); /* the signature is the DER's last bytes */
+	cr_assert(f && fseek(f, -1, SEEK_END) == 0);
+	int last = fgetc(f);
+	cr_assert(last != EOF && fseek(f, -1, SEEK_END) == 0 && fputc(last ^ 1, f) != EOF);
+	fclose(f);
+	free(cmd);
+	cmd = h_strf("openssl x509 -inform DER -in %s -out %s", der, crt);
+	cr_assert_eq(h_sh(cmd, NULL, 30), 0, "%s", cmd);
+	cr_expect_eq(verify(ca, ours, "devices/outpost-bridge", &info, &d), WIRE_ECHAIN, "%s",
+		     d.msg);
+	wire_ca_free(ca);
+
+	/* ... but not judged by the CRL: an expired certificate it revokes is still EEXPIRED */
+	free(cmd);
+	cmd = h_strf("cd %s && OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -config "
+		     "%s/certs/openssl.cnf -revoke devices/outpost-bridge.crt",
+		     old, old, h_source_dir());
+	cr_assert_eq(h_sh(cmd, NULL, 30), 0, "%s", cmd);
+	h_pki_gencrl(old, 0, "");
+	ca = load_ca(old, 1);
+	cr_expect_eq(verify(ca, old, "devices/outpost-bridge", &info, &d), WIRE_EEXPIRED, "%s",
+		     d.msg);
+	wire_ca_free(ca);
+	free(cmd);
+	free(crt);
+	free(der);
+	free(old);
+	free(future);
+	free(ours);
+}
+
 struct verify_job {
 	const struct wire_ca *ca;
 	char *pem[3];
