@@ -1,11 +1,12 @@
 /* brg_queue.c - bounded blocking FIFO (ring buffer, one mutex, two condition variables). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "brg_err.h"
 #include "brg_queue.h"
+#include "ocond.h"
 #include "otime.h"
 
 struct brg_queue {
@@ -26,13 +27,9 @@ int brg_queue_new(size_t cap, struct brg_queue **out)
 		free(q);
 		return BRG_ENOMEM;
 	}
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&q->mu, NULL);
-	pthread_cond_init(&q->not_empty, &ca);
-	pthread_cond_init(&q->not_full, &ca);
-	pthread_condattr_destroy(&ca);
+	ocond_init(&q->not_empty);
+	ocond_init(&q->not_full);
 	q->cap = cap;
 	*out = q;
 	return BRG_OK;
@@ -75,13 +72,13 @@ static void *take(struct brg_queue *q)
 
 int brg_queue_pop(struct brg_queue *q, void **item, int timeout_ms)
 {
-	struct timespec until = otime_after(CLOCK_MONOTONIC, timeout_ms);
+	int64_t until = otime_mono_ms() + timeout_ms;
 	pthread_mutex_lock(&q->mu);
 	while (q->len == 0 && !q->closed) {
 		if (timeout_ms < 0) {
 			pthread_cond_wait(&q->not_empty, &q->mu);
 		} else if (timeout_ms == 0 ||
-		           pthread_cond_timedwait(&q->not_empty, &q->mu, &until) == ETIMEDOUT) {
+		           ocond_wait_until(&q->not_empty, &q->mu, until) == -ETIMEDOUT) {
 			if (q->len)
 				break;
 			pthread_mutex_unlock(&q->mu);

@@ -9,6 +9,7 @@
 
 #include <MQTTAsync.h>
 
+#include "ocond.h"
 #include "orand.h"
 #include "otime.h"
 #include "dev_link.h"
@@ -427,14 +428,10 @@ static void *destroy_thread(void *arg)
  * client may still call back into it), and its owner is not woken again. */
 static int destroy_connecting_client(struct dev_link *l, int64_t ms)
 {
-	pthread_condattr_t ca;
 	pthread_t th;
 	sigset_t all, old;
 	int rc = 0;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&l->destroyed_cv, &ca);
-	pthread_condattr_destroy(&ca);
+	ocond_init(&l->destroyed_cv);
 	pthread_mutex_lock(&l->mu);
 	l->dying = l->cli;
 	l->cli = NULL;
@@ -450,9 +447,9 @@ static int destroy_connecting_client(struct dev_link *l, int64_t ms)
 		destroy_thread(l); /* no thread: wait as long as it takes */
 		goto out;
 	}
-	struct timespec deadline = otime_after(CLOCK_MONOTONIC, ms);
+	int64_t deadline = otime_mono_ms() + ms;
 	pthread_mutex_lock(&l->mu);
-	while (!l->destroyed && pthread_cond_timedwait(&l->destroyed_cv, &l->mu, &deadline) == 0)
+	while (!l->destroyed && ocond_wait_until(&l->destroyed_cv, &l->mu, deadline) == 0)
 		;
 	if (!l->destroyed) {
 		l->wake = NULL;

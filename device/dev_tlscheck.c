@@ -1,6 +1,7 @@
 /* dev_tlscheck.c - see dev_tlscheck.h. */
 #include "dev_tlscheck.h"
 #include "dev_proxy.h"
+#include "ocond.h"
 #include "otime.h"
 
 #include <arpa/inet.h>
@@ -16,7 +17,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <wolfssl/options.h>
@@ -83,7 +83,6 @@ static int resolve(const char *host, int port, int64_t deadline, struct addrinfo
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_NUMERICHOST};
 	struct lookup *k = NULL;
-	pthread_condattr_t ca;
 	pthread_attr_t ta;
 	sigset_t all, old;
 	pthread_t t;
@@ -102,10 +101,7 @@ static int resolve(const char *host, int port, int64_t deadline, struct addrinfo
 	snprintf(k->host, sizeof(k->host), "%s", host);
 	memcpy(k->service, service, sizeof(k->service));
 	pthread_mutex_init(&k->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&k->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	ocond_init(&k->cv);
 	/* signals are the agent thread's business, never the resolver's */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -120,9 +116,8 @@ static int resolve(const char *host, int port, int64_t deadline, struct addrinfo
 		lookup_free(k);
 		return -1;
 	}
-	struct timespec until = {deadline / 1000, (long)(deadline % 1000) * 1000000};
 	pthread_mutex_lock(&k->mu);
-	while (!k->done && pthread_cond_timedwait(&k->cv, &k->mu, &until) != ETIMEDOUT)
+	while (!k->done && ocond_wait_until(&k->cv, &k->mu, deadline) != -ETIMEDOUT)
 		;
 	int done = k->done;
 	k->abandoned = !done;
