@@ -9,7 +9,7 @@
 
 #include <MQTTAsync.h>
 
-#include "ocond.h"
+#include "ocall.h"
 #include "orand.h"
 #include "otime.h"
 #include "dev_link.h"
@@ -85,11 +85,9 @@ struct dev_link {
 	struct dev_link_stats stats;
 
 	/* dev_link_free of a link still connecting: its client, destroyed on a thread of its own
-	 * (dying), and whether that is done (under mu, signalled on destroyed_cv) */
+	 * (destroy_connecting_client) */
 	MQTTAsync dying;
 	int anchored; /* holds a reference to the anchor client (anchor_take) */
-	int destroyed;
-	pthread_cond_t destroyed_cv;
 	struct dev_link *next_abandoned;
 };
 
@@ -388,6 +386,18 @@ int dev_link_new(const struct dev_link_opts *o, void (*wake)(void *ctx), void *c
 	return DEV_LINK_OK;
 }
 
+/* The link's client, taken out of it: from here on its callbacks change nothing. */
+static MQTTAsync take_client(struct dev_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	MQTTAsync cli = l->cli;
+	l->cli = NULL;
+	l->gen++; /* late callbacks of the old client are ignored */
+	memset(l->pending, 0, sizeof(l->pending));
+	pthread_mutex_unlock(&l->mu);
+	return cli;
+}
+
 static void destroy_client(struct dev_link *l, int disconnect)
 {
 	if (!l->cli)
@@ -400,25 +410,16 @@ static void destroy_client(struct dev_link *l, int disconnect)
 		for (int i = 0; i < 50 && MQTTAsync_isConnected(l->cli); i++)
 			usleep(20000);
 	}
-	pthread_mutex_lock(&l->mu);
-	MQTTAsync cli = l->cli;
-	l->cli = NULL;
-	l->gen++; /* late callbacks of the old client are ignored */
-	memset(l->pending, 0, sizeof(l->pending));
-	pthread_mutex_unlock(&l->mu);
+	MQTTAsync cli = take_client(l);
 	MQTTAsync_destroy(&cli);
 	l->state = ST_IDLE;
 }
 
-static void *destroy_thread(void *arg)
+/* MQTTAsync_destroy of the client of a link still connecting, on a thread of ocall_until's. */
+static void destroy_dying(void *arg)
 {
 	struct dev_link *l = arg;
 	MQTTAsync_destroy(&l->dying);
-	pthread_mutex_lock(&l->mu);
-	l->destroyed = 1;
-	pthread_cond_signal(&l->destroyed_cv);
-	pthread_mutex_unlock(&l->mu);
-	return NULL;
 }
 
 /* Destroy the client of a link that is still connecting, waiting at most ms. Paho's destroy
@@ -428,42 +429,20 @@ static void *destroy_thread(void *arg)
  * client may still call back into it), and its owner is not woken again. */
 static int destroy_connecting_client(struct dev_link *l, int64_t ms)
 {
-	pthread_t th;
-	sigset_t all, old;
-	int rc = 0;
-	ocond_init(&l->destroyed_cv);
-	pthread_mutex_lock(&l->mu);
-	l->dying = l->cli;
-	l->cli = NULL;
-	l->gen++; /* late callbacks of the old client are ignored */
-	memset(l->pending, 0, sizeof(l->pending));
-	pthread_mutex_unlock(&l->mu);
+	l->dying = take_client(l); /* read only by destroy_dying, on the thread started after */
 	l->state = ST_IDLE;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old); /* signals are the agent thread's */
-	int crc = pthread_create(&th, NULL, destroy_thread, l);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (crc) {
-		destroy_thread(l); /* no thread: wait as long as it takes */
-		goto out;
-	}
-	int64_t deadline = otime_mono_ms() + ms;
-	pthread_mutex_lock(&l->mu);
-	while (!l->destroyed && ocond_wait_until(&l->destroyed_cv, &l->mu, deadline) == 0)
-		;
-	if (!l->destroyed) {
+	/* no late: a link given up on is kept to the process's exit (abandoned), so the destroy
+	 * and the client's callbacks never outlive it */
+	int rc = ocall_until(destroy_dying, l, NULL, otime_mono_ms() + ms);
+	if (rc == OCALL_ELATE) {
+		pthread_mutex_lock(&l->mu);
 		l->wake = NULL;
-		rc = -1;
+		pthread_mutex_unlock(&l->mu);
+		return -1;
 	}
-	pthread_mutex_unlock(&l->mu);
 	if (rc)
-		pthread_detach(th);
-	else
-		pthread_join(th, NULL);
-out:
-	if (!rc)
-		pthread_cond_destroy(&l->destroyed_cv);
-	return rc;
+		destroy_dying(l); /* no thread: wait as long as it takes */
+	return 0;
 }
 
 int dev_link_any_abandoned(void)

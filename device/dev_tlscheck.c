@@ -1,7 +1,7 @@
 /* dev_tlscheck.c - see dev_tlscheck.h. */
 #include "dev_tlscheck.h"
 #include "dev_proxy.h"
-#include "ocond.h"
+#include "ocall.h"
 #include "otime.h"
 
 #include <arpa/inet.h>
@@ -9,8 +9,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,39 +37,28 @@ static int left_ms(int64_t deadline)
 
 /* A getaddrinfo that may outlive its caller: the resolver's own timeouts and retries can take
  * half a minute, and nothing cancels a running getaddrinfo. Whichever of the two threads lets
- * go last (the resolver finishing, or the caller giving up) frees it. */
+ * go last (the resolver finishing, or the caller giving up) frees it (ocall_until, with
+ * lookup_free for late). */
 struct lookup {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int done, abandoned, gai;
+	int gai;
 	struct addrinfo *res;
 	char host[256];
 	char service[8];
 };
 
-static void lookup_free(struct lookup *k)
+static void lookup_free(void *arg)
 {
+	struct lookup *k = arg;
 	freeaddrinfo(k->res);
-	pthread_cond_destroy(&k->cv);
-	pthread_mutex_destroy(&k->mu);
 	free(k);
 }
 
-static void *lookup_run(void *arg)
+static void lookup_run(void *arg)
 {
 	struct lookup *k = arg;
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-	int gai = getaddrinfo(k->host, k->service, &hints, &res);
-	pthread_mutex_lock(&k->mu);
-	k->done = 1;
-	k->gai = gai;
-	k->res = gai ? NULL : res;
-	int abandoned = k->abandoned;
-	pthread_cond_signal(&k->cv);
-	pthread_mutex_unlock(&k->mu);
-	if (abandoned)
-		lookup_free(k);
-	return NULL;
+	k->gai = getaddrinfo(k->host, k->service, &hints, &res);
+	k->res = k->gai ? NULL : res;
 }
 
 /* The addresses of host:port by deadline (monotonic ms): 0 with *out (freeaddrinfo), or -1 with
@@ -83,10 +70,7 @@ static int resolve(const char *host, int port, int64_t deadline, struct addrinfo
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_NUMERICHOST};
 	struct lookup *k = NULL;
-	pthread_attr_t ta;
-	sigset_t all, old;
-	pthread_t t;
-	int gai = 0, started = 0;
+	int gai = 0;
 	char service[8];
 	snprintf(service, sizeof(service), "%d", port);
 	if (is_ip(host)) {
@@ -100,31 +84,16 @@ static int resolve(const char *host, int port, int64_t deadline, struct addrinfo
 	}
 	snprintf(k->host, sizeof(k->host), "%s", host);
 	memcpy(k->service, service, sizeof(k->service));
-	pthread_mutex_init(&k->mu, NULL);
-	ocond_init(&k->cv);
-	/* signals are the agent thread's business, never the resolver's */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	if (!pthread_attr_init(&ta)) {
-		pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-		started = !pthread_create(&t, &ta, lookup_run, k);
-		pthread_attr_destroy(&ta);
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!started) {
-		snprintf(why, n, "cannot resolve %s: cannot start a thread", host);
-		lookup_free(k);
-		return -1;
-	}
-	pthread_mutex_lock(&k->mu);
-	while (!k->done && ocond_wait_until(&k->cv, &k->mu, deadline) != -ETIMEDOUT)
-		;
-	int done = k->done;
-	k->abandoned = !done;
-	pthread_mutex_unlock(&k->mu);
-	if (!done) {
+	int rc = ocall_until(lookup_run, k, lookup_free, deadline);
+	if (rc == OCALL_ELATE) {
 		snprintf(why, n, "cannot resolve %s: no answer in time", host);
 		return -1; /* k is the resolver's now */
+	}
+	if (rc) {
+		snprintf(why, n, "cannot resolve %s: %s", host,
+			 rc == OCALL_ENOMEM ? "out of memory" : "cannot start a thread");
+		lookup_free(k);
+		return -1;
 	}
 	if (!(gai = k->gai)) {
 		*out = k->res;
