@@ -23,16 +23,23 @@ int brg_queue_new(size_t cap, struct brg_queue **out)
 	if (cap < 1)
 		return BRG_EINVAL;
 	struct brg_queue *q = calloc(1, sizeof(*q));
-	if (!q || !(q->ring = calloc(cap, sizeof(void *)))) {
-		free(q);
-		return BRG_ENOMEM;
+	if (!q || !(q->ring = calloc(cap, sizeof(void *))))
+		goto fail;
+	if (ocond_init(&q->not_empty))
+		goto fail;
+	if (ocond_init(&q->not_full)) {
+		pthread_cond_destroy(&q->not_empty);
+		goto fail;
 	}
 	pthread_mutex_init(&q->mu, NULL);
-	ocond_init(&q->not_empty);
-	ocond_init(&q->not_full);
 	q->cap = cap;
 	*out = q;
 	return BRG_OK;
+fail:
+	if (q)
+		free(q->ring);
+	free(q);
+	return BRG_ENOMEM;
 }
 
 void brg_queue_free(struct brg_queue *q)

@@ -164,6 +164,10 @@ int brg_rowsort_sort(struct brg_rowsort *rs, const struct brg_row *rows, size_t 
 	int rc;
 	if (n > UINT32_MAX)
 		return BRG_EINVAL;
+	if (!n) {
+		*sorted = rows;
+		return 0;
+	}
 	if ((rc = grow((void **)&rs->out, &rs->cap_out, n, sizeof(*rs->out))) ||
 	    (rc = grow((void **)&rs->series_of, &rs->cap_of, n, sizeof(*rs->series_of))) ||
 	    (rc = slots_reset(rs, 0)))

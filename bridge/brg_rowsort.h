@@ -27,8 +27,9 @@ struct brg_rowsort *brg_rowsort_new(void);
 void brg_rowsort_free(struct brg_rowsort *rs);
 
 /* Sorts rows[0..n) by (device, metric, ts, seq, idx) into rs's own buffer. On success
- * *sorted points at the n sorted rows, owned by rs, valid until its next sort or its free;
- * rows is not changed. 0, BRG_ENOMEM, or BRG_EINVAL if n is above UINT32_MAX. */
+ * *sorted points at the n sorted rows, owned by rs, valid until its next sort or its free
+ * (rows itself when n is 0); rows is not changed. 0, BRG_ENOMEM, or BRG_EINVAL if n is above
+ * UINT32_MAX. */
 int brg_rowsort_sort(struct brg_rowsort *rs, const struct brg_row *rows, size_t n,
                      const struct brg_row **sorted);
 

@@ -144,11 +144,14 @@ static int load_identity(struct dev_agent *a, char *err, size_t errlen)
 	 * of its dates still carries that key (wire_ca_verify says WIRE_EEXPIRED only of a
 	 * certificate the CA signed): warned of and used, as the agent's own certificate above,
 	 * where an exit would lose every reading until the file is replaced. */
+	errno = 0;
 	int rrc = wire_cert_read(c->bridge_cert, &pem, &len);
 	if (rrc) {
+		const char *why = errno ? strerror(errno) : wire_strerror(rrc);
+		if (rrc == WIRE_ELIMIT)
+			why = "larger than a certificate may be";
 		snprintf(err, errlen, "%s: bridge_cert: %s: cannot read: %s", c->source,
-			 c->bridge_cert,
-			 rrc == WIRE_ELIMIT ? "larger than a certificate may be" : strerror(errno));
+			 c->bridge_cert, why);
 		goto out;
 	}
 	char dates[sizeof(d.msg)] = "";

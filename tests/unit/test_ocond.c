@@ -45,6 +45,7 @@ static int wait_flag(struct cv *c, int64_t deadline)
 Test(ocond, a_deadline_is_kept_to_the_millisecond, .timeout = 30)
 {
 	struct cv c;
+	int64_t late = 0; /* summed over the waits: a loaded machine delays some */
 	cv_init(&c);
 	for (int64_t ms = 150; ms <= 1350; ms += 400) {
 		int64_t start = otime_mono_ms(), deadline = start + ms;
@@ -52,9 +53,12 @@ Test(ocond, a_deadline_is_kept_to_the_millisecond, .timeout = 30)
 		int64_t end = otime_mono_ms();
 		cr_expect_geq(end, deadline, "woke %lld ms before its deadline",
 		              (long long)(deadline - end));
-		cr_expect_lt(end - deadline, 1000, "woke %lld ms after its deadline",
-		             (long long)(end - deadline));
+		late += end - deadline;
 	}
+	/* a deadline rounded up to the second makes the four waits ~500 ms late on average (their
+	 * fractions of a second are spread out); kept, they wake within a few ms */
+	cr_expect_lt(late / 4, 250, "the waits woke %lld ms after their deadlines on average",
+	             (long long)(late / 4));
 	cv_destroy(&c);
 }
 
