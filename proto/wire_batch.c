@@ -121,7 +121,7 @@ int wire_batch_row(struct wire_batch_builder *b, int64_t t_ms)
 		return WIRE_EINVAL;
 	if (b->nrows) {
 		int64_t prev = b->rows[b->nrows - 1];
-		if (t_ms < prev || (uint64_t)(t_ms - prev) > UINT32_MAX)
+		if (t_ms < prev || (uint64_t)t_ms - (uint64_t)prev > UINT32_MAX)
 			return WIRE_EINVAL;
 	}
 	/* The encoded grid is rows x columns, absent cells included. */

@@ -175,6 +175,63 @@ void wire_ca_free(struct wire_ca *ca)
 	free(ca);
 }
 
+/* One DER element at p[*at..end): its tag, and its contents [*body, *body + *len); *at moves
+ * past it. 0, or -1 if it does not fit. */
+static int der_next(const uint8_t *p, size_t end, size_t *at, uint8_t *tag, size_t *body,
+                    size_t *len)
+{
+	size_t i = *at, n = 0;
+	if (end - i < 2)
+		return -1;
+	*tag = p[i++];
+	uint8_t l = p[i++];
+	if (l < 0x80) {
+		n = l;
+	} else {
+		int bytes = l & 0x7f;
+		if (bytes < 1 || bytes > 3 || end - i < (size_t)bytes)
+			return -1;
+		while (bytes--)
+			n = n << 8 | p[i++];
+	}
+	if (end - i < n)
+		return -1;
+	*body = i;
+	*len = n;
+	*at = i + n;
+	return 0;
+}
+
+/* How many CN attributes the subject of dc holds (its RDNs, each a SET of type-and-value
+ * SEQUENCEs); -1 if it cannot be read. wolfSSL's parser keeps the last CN, mosquitto's
+ * use_identity_as_username the first: a subject with two would be one device to the broker's
+ * ACL and another to the bridge. */
+static int cn_count(const DecodedCert *dc)
+{
+	static const uint8_t cn_oid[] = {0x55, 0x04, 0x03}; /* 2.5.4.3 */
+	const uint8_t *p = dc->subjectRaw;
+	size_t end = dc->subjectRawLen > 0 ? (size_t)dc->subjectRawLen : 0, at = 0;
+	int n = 0;
+	if (!p)
+		return -1;
+	while (at < end) {
+		uint8_t tag;
+		size_t set, set_len;
+		if (der_next(p, end, &at, &tag, &set, &set_len) || tag != 0x31)
+			return -1;
+		for (size_t in = set; in < set + set_len;) {
+			size_t atv, atv_len, oid, oid_len, cur;
+			if (der_next(p, set + set_len, &in, &tag, &atv, &atv_len) || tag != 0x30)
+				return -1;
+			cur = atv;
+			if (der_next(p, atv + atv_len, &cur, &tag, &oid, &oid_len) || tag != 0x06)
+				return -1;
+			n += oid_len == sizeof(cn_oid) && !memcmp(p + oid, cn_oid, sizeof(cn_oid));
+		}
+	}
+	return n;
+}
+
 int wire_cert_parse(const char *pem, size_t len, struct wire_cert_info *out,
 		    struct wire_diag *diag)
 {
@@ -198,6 +255,10 @@ int wire_cert_parse(const char *pem, size_t len, struct wire_cert_info *out,
 	wc_InitDecodedCert(&dc, der, (word32)der_len, NULL);
 	if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) != 0) {
 		rc = wire__fail(diag, WIRE_ECERT, "certificate: unparseable");
+		goto out;
+	}
+	if (cn_count(&dc) != 1) {
+		rc = wire__fail(diag, WIRE_ECERT, "certificate: the subject must hold one CN");
 		goto out;
 	}
 	if (!dc.subjectCN || dc.subjectCNLen <= 0 ||

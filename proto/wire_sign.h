@@ -41,7 +41,9 @@ int wire_verify(const struct wire_pubkey *pub, const uint8_t *msg, size_t len,
  *   u32 len(body)                                                               big-endian
  *   body
  * Never a re-serialisation of protobuf, so it is canonical by construction. Every field of
- * the envelope is covered, so no bit of a sealed envelope can change unnoticed.
+ * the envelope is covered, so no value of a sealed envelope can change unnoticed. Its protobuf
+ * bytes are not canonical (the same values re-encoded, e.g. with a longer varint, verify
+ * too); nothing compares or hashes them.
  * wire_sig_header writes everything before the body into hdr (WIRE_SIG_HEADER_MAX bytes) and
  * returns its length, or a negative wire_err if an argument is out of range. */
 #define WIRE_SIG_DOMAIN "outpost/v1/envelope"

@@ -124,6 +124,41 @@ Test(wire_cert, non_ed25519_or_bad_cn_is_unusable)
 	free(pem);
 }
 
+/* A subject with two CNs, signed by the CA: mosquitto would name the device by the first,
+ * wolfSSL's parser by the last. Neither is taken. */
+Test(wire_cert, a_subject_with_two_cns_is_unusable, .timeout = 60)
+{
+	struct wire_cert_info info;
+	struct wire_diag d = {""};
+	char *dir = h_tmpdir("two-cns");
+	char *cmd = h_strf(
+	    "set -e; cd %s; cp %s/ca.crt %s/ca.key .; mkdir -p .ca/issued; : > .ca/index.txt; "
+	    "echo 01 > .ca/serial; openssl genpkey -algorithm ed25519 -out leaf.key; "
+	    "openssl req -new -config %s/certs/openssl.cnf -key leaf.key -subj /CN=dev-a/CN=dev-b "
+	    "-out leaf.csr; OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -batch -config "
+	    "%s/certs/openssl.cnf -extensions client_cert -notext -in leaf.csr -out two.crt",
+	    dir, h_pki(), h_pki(), h_source_dir(), dir, h_source_dir());
+	char *out = NULL;
+	cr_assert_eq(h_sh(cmd, &out, 60), 0, "%s", out);
+	size_t len;
+	char *pem = read_pem(dir, "two", &len);
+	cr_expect_eq(wire_cert_parse(pem, len, &info, &d), WIRE_ECERT);
+	cr_expect(strstr(d.msg, "one CN"), "%s", d.msg);
+	struct wire_ca *ca = load_ca(h_pki(), 1);
+	d.msg[0] = '\0';
+	cr_expect_eq(wire_ca_verify(ca, pem, len, &info, &d), WIRE_ECERT, "%s", d.msg);
+	cr_expect(strstr(d.msg, "one CN"), "%s", d.msg);
+	wire_ca_free(ca);
+	/* one CN of the same CA's issuing goes through (the check counts, it does not refuse) */
+	free(pem);
+	pem = read_pem(h_pki(), "devices/dev-a", &len);
+	cr_expect_eq(wire_cert_parse(pem, len, &info, &d), WIRE_OK, "%s", d.msg);
+	free(pem);
+	free(out);
+	free(cmd);
+	free(dir);
+}
+
 Test(wire_cert, parse_extracts_cn_and_key_without_trust)
 {
 	struct wire_cert_info info;
