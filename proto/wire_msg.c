@@ -34,6 +34,11 @@ int wire__cmp_u32(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static int validate_birth(const ProtobufCMessage *msg, struct wire_diag *diag)
 {
 	const Outpost__Birth *b = (const Outpost__Birth *)msg;
@@ -47,8 +52,11 @@ static int validate_birth(const ProtobufCMessage *msg, struct wire_diag *diag)
 	if (b->n_metrics == 0)
 		return WIRE_OK;
 	uint32_t *ids = malloc(b->n_metrics * sizeof(*ids));
-	if (!ids)
-		return WIRE_ENOMEM;
+	const char **names = malloc(b->n_metrics * sizeof(*names));
+	if (!ids || !names) {
+		rc = WIRE_ENOMEM;
+		goto out;
+	}
 	for (size_t i = 0; i < b->n_metrics; i++) {
 		const Outpost__MetricDef *m = b->metrics[i];
 		if (m->id > WIRE_MAX_METRIC_ID) {
@@ -63,6 +71,7 @@ static int validate_birth(const ProtobufCMessage *msg, struct wire_diag *diag)
 			goto out;
 		}
 		ids[i] = m->id;
+		names[i] = m->name;
 	}
 	qsort(ids, b->n_metrics, sizeof(*ids), wire__cmp_u32);
 	for (size_t i = 1; i < b->n_metrics; i++) {
@@ -72,8 +81,19 @@ static int validate_birth(const ProtobufCMessage *msg, struct wire_diag *diag)
 			goto out;
 		}
 	}
+	/* a name under two ids: the store keeps a name once per device, so one id's readings
+	 * would go under a placeholder */
+	qsort(names, b->n_metrics, sizeof(*names), cmp_name);
+	for (size_t i = 1; i < b->n_metrics; i++) {
+		if (!strcmp(names[i], names[i - 1])) {
+			rc = wire__fail(diag, WIRE_EMALFORMED, "Birth.metrics: name %s defined twice",
+					names[i]);
+			goto out;
+		}
+	}
 out:
 	free(ids);
+	free(names);
 	return rc;
 }
 

@@ -194,6 +194,29 @@ Test(wire_msg, round_trip_birth)
 	free(s.buf);
 }
 
+/* Two ids under one name: the store keeps a name once per device, so one id's readings would
+ * land under a placeholder. Refused, as two definitions of one id are. */
+Test(wire_msg, a_birth_naming_a_metric_twice_is_refused)
+{
+	Outpost__Birth b;
+	Outpost__MetricDef defs[3], *p[3] = {&defs[0], &defs[1], &defs[2]};
+	const char *names[3] = {"temp", "rh", "temp"};
+	struct wire_diag d = {""};
+	birth_base(&b);
+	for (int i = 0; i < 3; i++) {
+		outpost__metric_def__init(&defs[i]);
+		defs[i].id = (uint32_t)i + 1;
+		defs[i].name = (char *)names[i];
+	}
+	b.n_metrics = 3;
+	b.metrics = p;
+	cr_expect_eq(decode_msg(WIRE_KIND_BIRTH, &b, &d), WIRE_EMALFORMED);
+	cr_expect(strstr(d.msg, "name temp defined twice"), "%s", d.msg);
+	names[2] = "temp2";
+	defs[2].name = (char *)names[2];
+	cr_expect_eq(decode_msg(WIRE_KIND_BIRTH, &b, &d), WIRE_OK, "%s", d.msg);
+}
+
 Test(wire_msg, round_trip_batch_message)
 {
 	/* The raw protobuf form; the codec on top of it is tested in test_wire_batch.c. */
