@@ -59,8 +59,11 @@ if [ "$fuzz" = 1 ] && [ ${#filter[@]} -eq 0 ]; then
 		name=$(basename "$target")
 		work="build-fuzz/corpus-$name"
 		rm -rf "$work" && mkdir -p "$work"
-		# New inputs go to a scratch copy; the committed corpus only seeds the run.
+		# New inputs go to a scratch copy; the committed corpus only seeds the run. Inputs up
+		# to one past WIRE_MAX_ENVELOPE (libFuzzer's default stops at 4 KiB, below every
+		# count and size limit of the wire library).
 		"$target" -max_total_time="${OUTPOST_FUZZ_SECONDS:-20}" -timeout=5 -rss_limit_mb=1024 \
+			-max_len=262145 \
 			-artifact_prefix=build-fuzz/ -print_final_stats=1 "$work" "tests/fuzz/corpus/$name" 2>&1 | tail -n 12
 	done
 fi
