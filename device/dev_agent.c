@@ -395,6 +395,26 @@ static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 		     what, dev_spool_strerror(rc), strerror(errno));
 }
 
+/* A segment the spool cannot read (a bad block) comes back at every pass of a reader until it
+ * is passed over: logged with its file and errno when one is new, at most once a minute (at
+ * every one with debug logging). */
+static void log_read_errors(struct dev_agent *a)
+{
+	struct dev_spool_read_error re;
+	dev_spool_read_error(a->spool, &re);
+	if (re.count == a->read_errors_logged || !log_due(&a->last_read_error_log, 60000))
+		return;
+	a->read_errors_logged = re.count;
+	if (re.dropped)
+		olog(OLOG_WARN, "spool: cannot read %s: %s; its unacknowledged records there are "
+		     "reported dropped and passed over (%" PRIu64 " read errors since the start)",
+		     re.path ? re.path : "a segment", strerror(re.err), re.count);
+	else
+		olog(OLOG_ERROR, "spool: cannot read %s: %s; retrying (%" PRIu64 " read errors "
+		     "since the start)", re.path ? re.path : "a segment", strerror(re.err),
+		     re.count);
+}
+
 /* Seal a durable body (batch or task result, whose prev_seq the caller set) and spool it. */
 int agent_spool_durable(struct dev_agent *a, uint32_t kind, uint64_t seq, const uint8_t *body,
 			 size_t len)
@@ -790,6 +810,7 @@ int dev_agent_run(struct dev_agent *a)
 	a->next_poll = INT64_MAX;
 	olog(OLOG_INFO, "started: broker %s (wss %lld, mqtts %lld), spool %s", c->broker_host,
 	     (long long)c->wss_port, (long long)c->mqtts_port, c->spool_dir);
+	log_read_errors(a); /* found by the open */
 
 	while (!a->stop) {
 		struct dev_link_event ev;
@@ -836,8 +857,10 @@ int dev_agent_run(struct dev_agent *a)
 			int rc = dev_uploader_pump(a->up, now, send_spooled, a);
 			if (rc == DEV_UPLOADER_ESEND)
 				olog(OLOG_DEBUG, "upload: the link refused an envelope; it stays spooled");
-			else if (rc < 0)
-				olog(OLOG_ERROR, "upload: %s", dev_spool_strerror(rc));
+			else if (rc < 0 && log_due(&a->last_upload_error_log, 60000))
+				olog(OLOG_ERROR, "upload: %s (%s); said again at most once a"
+				     " minute", dev_spool_strerror(rc), strerror(errno));
+			log_read_errors(a);
 		}
 
 		int64_t until = a->next_sample;

@@ -56,6 +56,10 @@ struct dev_agent {
 	char topic[WIRE_TOPIC_COUNT][WIRE_TOPIC_MAX];
 	uint64_t samples, batches, sample_errors, spool_errors, bad_acks, tasks_run;
 	int64_t last_spool_error_log;
+	/* segment read errors already logged (log_read_errors), and when the upload's spool
+	 * errors were last logged */
+	uint64_t read_errors_logged;
+	int64_t last_read_error_log, last_upload_error_log;
 	/* acks beyond anything the spool handed out (a reset state directory), and when the last
 	 * warning about them was logged (future_ack_due) */
 	uint64_t future_acks;

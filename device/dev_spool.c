@@ -556,9 +556,15 @@ int dev_spool_open(const struct dev_spool_opts *opts, struct dev_spool **out, co
 		reason = "cannot create the spool directory";
 		goto fail;
 	}
-	if (chmod(s->dir, 0700) != 0) {
+	/* Not when it is private already: on a file system mounted read-only chmod fails
+	 * (EROFS) even then, and what fails next says why better. */
+	struct stat dst;
+	if (stat(s->dir, &dst) != 0 ||
+	    ((dst.st_mode & 07777) != 0700 && chmod(s->dir, 0700) != 0)) {
 		rc = DEV_SPOOL_EIO;
-		reason = "cannot make the spool directory private (chmod 0700)";
+		reason = errno == EROFS ? "cannot make the spool directory private (chmod 0700): "
+					  "the file system is mounted read-only"
+					: "cannot make the spool directory private (chmod 0700)";
 		goto fail;
 	}
 	/* One process per spool: two would hand out the same seqs, write over each other's
@@ -700,6 +706,7 @@ void dev_spool_close(struct dev_spool *s)
 		close(s->lock_fd); /* last: the state is written */
 	free(s->segs);
 	free(s->ranges);
+	free(s->rerr_path);
 	free(s->dir);
 	free(s);
 }
@@ -738,7 +745,8 @@ int dev_spool_append(struct dev_spool *s, uint64_t seq, uint64_t prev_seq, uint3
 		return DEV_SPOOL_ETOOBIG;
 	size_t rec_len = REC_OVERHEAD + len;
 	struct seg *g = s->nsegs ? &s->segs[s->nsegs - 1] : NULL;
-	if (!g || (g->bytes && g->bytes + rec_len > (uint64_t)s->opts.segment_bytes)) {
+	if (!g || g->sealed ||
+	    (g->bytes && g->bytes + rec_len > (uint64_t)s->opts.segment_bytes)) {
 		rc = spool_new_segment(s, seq);
 		if (rc)
 			return rc;
@@ -923,28 +931,62 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 		spool_remove_seg(s, i);
 }
 
+/* A read of segment i failed with DEV_SPOOL_EIO (errno says why). Damage (a bad block:
+ * spool_unreadable) is handled as rot: what the segment holds after `seen` (the record before
+ * the one that could not be read), unless acknowledged, is reported as dropped, durably; the
+ * cursor moves past the segment, and the segment goes (the newest stays, but the next append
+ * starts a new one: records appended after the damage must not be reported with it). A state
+ * write that fails keeps it on disk: read again, it is not reported again (add_pending).
+ * DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO (errno kept) for an error that is not damage
+ * (EMFILE...), which leaves the cursor where it was for the next call. */
+static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
+			   uint64_t seen)
+{
+	struct seg *g = &s->segs[i];
+	int e = errno;
+	spool_note_read_error(s, g, e, spool_unreadable(e));
+	if (!spool_unreadable(e)) {
+		errno = e;
+		return DEV_SPOOL_EIO;
+	}
+	if (c->next_seq && c->next_seq - 1 > seen) /* below the cursor: returned already */
+		seen = c->next_seq - 1;
+	spool_report_lost(s, acked_from(s, seen), g->last_seq);
+	g->sealed = 1;
+	c->next_seq = g->last_seq + 1;
+	c->seg_name = g->name;
+	c->gen = s->layout_gen;
+	c->off = g->bytes;
+	if (!state_write(s) && i + 1 < s->nsegs)
+		spool_remove_seg(s, i);
+	return DEV_SPOOL_ECORRUPT;
+}
+
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
 		   struct dev_spool_rec *rec, uint8_t **env, size_t *len)
 {
+	const struct dev_spool_cursor start = *c;
 	for (size_t i = 0; i < s->nsegs; i++) {
 		struct seg *g = &s->segs[i];
 		if (g->last_seq < c->next_seq)
 			continue;
 		if (skip_acked && spool_range_covers(s, g->first_seq, g->last_seq))
 			continue;
-		int fd = spool_seg_fd(s, g);
-		if (fd < 0)
-			return DEV_SPOOL_EIO;
 		int resume = c->seg_name == g->name && c->gen == s->layout_gen;
 		uint64_t off = resume ? c->off : 0;
 		/* seq of the record before: the one the cursor returned last, or the chain's link
 		 * into the segment; damage before the first record met hid what lies between (what
 		 * of it is not acknowledged: a resend task reads acknowledged records too) */
 		uint64_t seen = resume && c->next_seq ? c->next_seq - 1 : g->first_prev;
+		int fd = spool_seg_fd(s, g);
+		if (fd < 0)
+			return drop_unreadable(s, i, c, seen);
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
 			int r = spool_next_good(s, fd, off, g->bytes, 0, &here, &h);
+			if (r == DEV_SPOOL_EIO)
+				return drop_unreadable(s, i, c, seen);
 			if (r < 0)
 				return r;
 			if (r) { /* damage since the open hid the segment's tail: lost */
@@ -966,6 +1008,12 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 			if (r == DEV_SPOOL_ECORRUPT || r == 1) {
 				drop_rotten(s, i, c, &h, here);
 				return DEV_SPOOL_ECORRUPT;
+			}
+			if (r == DEV_SPOOL_EIO) {
+				int e = errno;
+				*c = start; /* left for a retry unless it is damage */
+				errno = e;
+				return drop_unreadable(s, i, c, h.prev_seq);
 			}
 			if (r)
 				return r;
@@ -1045,6 +1093,12 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 	 * ack went missing, is still pending) */
 	if (st->chain_floor < s->acked_upto)
 		st->chain_floor = s->acked_upto;
+}
+
+void dev_spool_read_error(const struct dev_spool *s, struct dev_spool_read_error *out)
+{
+	*out = (struct dev_spool_read_error){s->rerr_count, s->rerr_path, s->rerr_errno,
+					     s->rerr_dropped};
 }
 
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap)

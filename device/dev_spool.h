@@ -155,6 +155,21 @@ struct dev_spool_stats {
 /* Reads the record headers of unacknowledged segments: call it per connect, not per sample. */
 void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
 
+/* Segment files that could not be read, at the open or since. A read error that is damage
+ * (EIO from a bad block, EISDIR, EBADMSG, EUCLEAN) is handled as bit rot: what the segment's
+ * unreadable part held, unless acknowledged, is reported as dropped and passed over (at the
+ * open the segment is cut before it or removed; a reader gets DEV_SPOOL_ECORRUPT and the
+ * cursor moves past the segment, which goes, or takes no more appends if it is the newest).
+ * Other errors (EMFILE, ENOMEM...) are left for a retry (DEV_SPOOL_EIO). */
+struct dev_spool_read_error {
+	uint64_t count;	  /* read errors so far */
+	const char *path; /* the segment file of the last one, NULL if none (valid until the next
+			   * call into the spool) */
+	int err;	  /* its errno */
+	int dropped;	  /* 1 if it was handled as damage (reported dropped), 0 if left */
+};
+void dev_spool_read_error(const struct dev_spool *s, struct dev_spool_read_error *out);
+
 /* The dropped ranges not yet reported in an acknowledged batch (at most WIRE_MAX_DROPPED).
  * Returns how many were written to out. */
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap);

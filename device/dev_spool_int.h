@@ -47,6 +47,7 @@ struct seg {
 	/* damage found at open, mended once the state that reports it is on disk */
 	enum { REPAIR_NONE, REPAIR_REWRITE, REPAIR_CUT, REPAIR_REMOVE } repair;
 	uint64_t repair_to; /* intact records end here */
+	int sealed; /* a read error met it at run time: appends go to a new segment */
 };
 
 struct pending {
@@ -82,6 +83,11 @@ struct dev_spool {
 	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
 	int repair_pending;  /* the state could not be written at open (full disk): damage found
 	                      * then is mended at the first state write that succeeds */
+	/* segment read errors (dev_spool_read_error): how many, and the last one's file, errno
+	 * and whether it was handled as damage */
+	uint64_t rerr_count;
+	char *rerr_path;
+	int rerr_errno, rerr_dropped;
 };
 
 
@@ -131,6 +137,12 @@ int spool_seg_parse(const char *name, int tmp, uint64_t *first);
 
 /* DEV_SPOOL_ENOSPC for a full disk (errno), else DEV_SPOOL_EIO. */
 int spool_io_err(void);
+/* 1 if a read error with errno err is damage to the medium or the file (EIO from a bad block,
+ * EISDIR, EBADMSG, EUCLEAN), handled as bit rot; 0 if it says nothing about the data (EMFILE,
+ * ENOMEM, EACCES, EROFS...). */
+int spool_unreadable(int err);
+/* Remember a read error of segment g (err: its errno; dropped: handled as damage). */
+void spool_note_read_error(struct dev_spool *s, const struct seg *g, int err, int dropped);
 int spool_write_all(int fd, const uint8_t *p, size_t n);
 int spool_fsync_dir(const char *dir);
 

@@ -1,6 +1,7 @@
 /* dev_spool_recover.c - opening a spool after a crash: torn tails cut, bit rot skipped and
  * reported as dropped, the damage mended once the report is on disk. */
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,11 +29,12 @@ static int seg_cmp(const void *a, const void *b)
 /* Damage in a segment that was complete (not a torn write at the very end of the spool). */
 static void scan_lost(const struct dev_spool *s, struct scan *sc, size_t seg_index)
 {
+	/* nothing intact since a gap already open: it reaches into this segment too */
+	sc->gap_bound = seg_index + 1 < s->nsegs ? s->segs[seg_index + 1].name - 1 : 0;
 	if (sc->gap)
 		return;
 	sc->gap = 1;
 	sc->gap_prev = sc->last > s->acked_upto ? sc->last : s->acked_upto;
-	sc->gap_bound = seg_index + 1 < s->nsegs ? s->segs[seg_index + 1].name - 1 : 0;
 }
 
 /* The chain resumes at an intact record linking to `upto`: what lies between was lost. */
@@ -45,20 +47,42 @@ static void scan_resumed(struct dev_spool *s, struct scan *sc, uint64_t upto)
 		spool_report_lost(s, sc->gap_prev, upto);
 }
 
+/* A read of segment g failed with DEV_SPOOL_EIO: 1 if errno says the data is damaged (a bad
+ * block), handled as bit rot, after noting it; 0 if not (EMFILE...): the open fails. */
+static int unreadable(struct dev_spool *s, const struct seg *g)
+{
+	int e = errno;
+	if (!spool_unreadable(e))
+		return 0;
+	spool_note_read_error(s, g, e, 1);
+	return 1;
+}
+
 /* Scan segment i's headers, filling it. The newest segment may end in a torn write (a short
  * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
  * as it was never durable (unless the state file says that record was: then it is rot). Anywhere
  * else damage is bit rot: the intact records around it are kept and the lost stretch is reported
- * as dropped. Mending the file waits for repair_segments, after the state that reports the loss
- * is on disk: a power cut in between must not lose the report. */
+ * as dropped. A read error that is damage (EIO from a bad block: spool_unreadable) is rot too,
+ * in any segment: what lies from it to the segment's end is lost (a segment that cannot be
+ * opened holds nothing intact: it is removed); in the newest, up to the last seq the state
+ * reserved (nothing above it was appended, and the chain must resume above all that was).
+ * Mending the file waits for repair_segments, after the state that reports the loss is on
+ * disk: a power cut in between must not lose the report. */
 static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 {
 	struct seg *g = &s->segs[i];
 	int newest = i + 1 == s->nsegs, fd = spool_seg_fd(s, g), damaged = 0, rotten = 0;
+	int bad = 0; /* a read error cut the scan short */
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st) != 0)
-		return DEV_SPOOL_EIO;
-	uint64_t off = 0, end = (uint64_t)st.st_size, last_off = 0, sc_before = sc->last;
+	uint64_t end = 0;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		if (!unreadable(s, g))
+			return DEV_SPOOL_EIO;
+		bad = 1;
+	} else {
+		end = (uint64_t)st.st_size;
+	}
+	uint64_t off = 0, last_off = 0, sc_before = sc->last;
 	uint64_t before_seq = 0;
 	int64_t before_t = 0;
 	g->count = 0;
@@ -68,6 +92,10 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		struct hdr h;
 		uint64_t at;
 		int r = spool_next_good(s, fd, off, end, g->count ? g->last_seq : 0, &at, &h);
+		if (r == DEV_SPOOL_EIO && unreadable(s, g)) {
+			bad = 1;
+			break;
+		}
 		if (r < 0)
 			return r;
 		if (r)
@@ -91,15 +119,23 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		sc->last = h.seq;
 		off = at + REC_OVERHEAD + h.len;
 	}
-	if (off < end && !newest)
+	if ((off < end || bad) && !newest)
 		scan_lost(s, sc, i);
-	if (newest && g->count) {
+	if (newest && g->count && !bad) {
 		uint8_t *env = NULL;
 		struct hdr h;
 		int r = spool_read_rec(s, fd, last_off, off, &h, &env);
 		free(env);
+		if (r == DEV_SPOOL_EIO && unreadable(s, g)) {
+			/* not torn: the bytes are there, the medium cannot give them back */
+			bad = 1;
+			rotten = 1;
+			uint64_t prev = g->count > 1 ? before_seq : g->first_prev;
+			spool_report_lost(s, prev, g->last_seq);
+			r = DEV_SPOOL_ECORRUPT;
+		}
 		if (r == DEV_SPOOL_ECORRUPT || r == 1) {
-			if (h.seq <= sc->durable) { /* it was durable: rot, not a torn write */
+			if (!rotten && h.seq <= sc->durable) { /* durable: rot, not a torn write */
 				spool_report_lost(s, h.prev_seq, h.seq);
 				rotten = 1;
 			}
@@ -111,18 +147,20 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			return r;
 		}
 	}
-	uint64_t from = sc->last > s->acked_upto ? sc->last : s->acked_upto;
-	if (newest && off < end && !rotten && g->name <= sc->durable && sc->durable > from &&
-	    !spool_range_covers(s, from + 1, sc->durable)) {
+	uint64_t from = sc->last > s->acked_upto ? sc->last : s->acked_upto, upto = sc->durable;
+	if (bad && s->seq_reserved > upto + 1) /* the state's reservation: appends stayed below */
+		upto = s->seq_reserved - 1;
+	if (newest && (off < end || bad) && !rotten && g->name <= upto && upto > from &&
+	    !spool_range_covers(s, from + 1, upto)) {
 		/* the tail's header is damaged, but the state file says records of this segment
 		 * up to `durable` were appended (fdatasync'd) and not acknowledged: rot, not a
-		 * torn write */
-		spool_report_lost(s, from, sc->durable);
+		 * torn write (or it cannot be read: whatever it held up to `upto` is lost) */
+		spool_report_lost(s, from, upto);
 		rotten = 1;
 	}
 	if (damaged)
 		g->repair = REPAIR_REWRITE;
-	else if (off < end && (!newest || rotten))
+	else if (off < end && (!newest || rotten || bad))
 		g->repair = REPAIR_CUT;
 	else if (off < end && (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0))
 		return DEV_SPOOL_EIO; /* a torn write: nothing to report, cut now */

@@ -18,6 +18,15 @@ int spool_io_err(void)
 								    : DEV_SPOOL_EIO;
 }
 
+int spool_unreadable(int err)
+{
+#ifdef EUCLEAN
+	if (err == EUCLEAN) /* ext4 and btrfs: metadata or checksum damage */
+		return 1;
+#endif
+	return err == EIO || err == EISDIR || err == EBADMSG;
+}
+
 int spool_write_all(int fd, const uint8_t *p, size_t n)
 {
 	return ofile_write_all(fd, p, n) ? spool_io_err() : DEV_SPOOL_OK;
@@ -129,6 +138,18 @@ int spool_seg_fd(struct dev_spool *s, struct seg *g)
 	g->fd = open(path, O_RDWR | O_CLOEXEC);
 	free(path);
 	return g->fd;
+}
+
+void spool_note_read_error(struct dev_spool *s, const struct seg *g, int err, int dropped)
+{
+	char *path = seg_path(s, g->name);
+	if (path) { /* out of memory: the last one's name stays */
+		free(s->rerr_path);
+		s->rerr_path = path;
+	}
+	s->rerr_count++;
+	s->rerr_errno = err;
+	s->rerr_dropped = dropped;
 }
 
 void spool_remove_seg(struct dev_spool *s, size_t i)

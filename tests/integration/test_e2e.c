@@ -3,10 +3,14 @@
  * sealed is stored exactly once, through bridge crashes; tasks go from `outpostctl task add`
  * to the device and back within a poll interval. */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "h_bridge.h"
 #include "h_device.h"
@@ -250,6 +254,101 @@ Test(e2e, reinstalled_device_with_wiped_state_is_stored_not_refused, .timeout = 
 	};
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++)
 		cr_expect_eq(h_store_i64(br.store, sql[i][0], 0), atoll(sql[i][1]), "%s", sql[i][0]);
+	free(l1);
+	free(l);
+	all_down(&b, &br, &d);
+}
+
+static int strcmp_p(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The spool segment files in dir, sorted (names[i] malloc'd); how many (at most cap). */
+static size_t spool_segments(const char *dir, char **names, size_t cap)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	size_t n = 0;
+	while (d && (e = readdir(d)) && n < cap)
+		if (!strncmp(e->d_name, "seg-", 4) && strstr(e->d_name, ".log") &&
+		    !strstr(e->d_name, ".tmp"))
+			names[n++] = h_strf("%s/%s", dir, e->d_name);
+	if (d)
+		closedir(d);
+	qsort(names, n, sizeof(*names), strcmp_p);
+	return n;
+}
+
+/* A spool segment that cannot be read (a bad block of an SD card; here a directory in its
+ * place, which fails its open with EISDIR) does not keep the device from starting: it says
+ * which file and why, its batches are recorded as a `dropped` gap at the bridge, and the ones
+ * before and after it are stored. (Before, the open failed and the device exited 1.) */
+Test(e2e, an_unreadable_spool_segment_is_a_dropped_gap_not_a_dead_device, .timeout = 120)
+{
+	struct h_broker b;
+	struct h_bridge br;
+	struct h_device d;
+	broker_up_for(&b, &d);
+	const char *extra[] = {"--batch-interval", "200ms", "--spool-segment-bytes", "4KiB", NULL};
+	h_device_start(&d, &b, "dev-a", extra); /* no bridge yet: everything stays spooled */
+	char *spool = h_strf("%s/state/spool", d.dir), *segs[256];
+	size_t n = 0;
+	for (int i = 0; i < 300 && n < 4; i++) {
+		h_sleep_ms(100);
+		for (size_t k = 0; k < n; k++)
+			free(segs[k]);
+		n = spool_segments(spool, segs, 256);
+	}
+	cr_assert_geq(n, 4, "the spool has %zu segments, see %s", n, d.log);
+	for (size_t k = 0; k < n; k++)
+		free(segs[k]);
+	cr_expect_eq(h_device_stop(&d), 0);
+	struct logged *l1 = malloc(sizeof(*l1)), *l = malloc(sizeof(*l));
+	logged_batches(d.log, l1);
+	n = spool_segments(spool, segs + 128, 128); /* as the stop left them */
+	cr_assert_geq(n, 4);
+	cr_assert_eq(unlink(segs[129]), 0);
+	cr_assert_eq(mkdir(segs[129], 0700), 0);
+
+	h_bridge_init(&br, &b, NULL, "badblock");
+	h_bridge_start(&br);
+	h_device_start(&d, &b, "dev-a", extra);
+	char *said = h_strf("spool: cannot read %s: %s", segs[129], strerror(EISDIR));
+	cr_assert(h_log_wait(d.log, said, 1, 20000), "no \"%s\" in %s", said, d.log);
+	cr_assert(h_log_wait(d.log, "debug: batch ", (int)l1->n + 4, 20000), "see %s", d.log);
+	logged_batches(d.log, l);
+	uint64_t last = l->seq[l->n - 1];
+	cr_assert_geq(wait_frontier(br.store, "dev-a", last, 30000), (int64_t)last,
+		      "not acknowledged, see %s", d.log);
+	int dropped = 0, stored = 0;
+	for (size_t k = 0; k < l->n; k++) {
+		int64_t got = stored_readings(br.store, "dev-a", l->seq[k]);
+		if (got < 0) {
+			char *sql = h_strf("SELECT COUNT(*) FROM gaps WHERE reason = 'dropped' AND"
+					   " prev_seq < %llu AND last_seq >= %llu",
+					   (unsigned long long)l->seq[k],
+					   (unsigned long long)l->seq[k]);
+			cr_expect_eq(h_store_i64(br.store, sql, 0), 1,
+				     "batch %llu neither stored nor dropped",
+				     (unsigned long long)l->seq[k]);
+			free(sql);
+			dropped++;
+			continue;
+		}
+		stored += k < l1->n;
+		cr_expect_eq(got, (int64_t)l->readings[k], "batch %llu",
+			     (unsigned long long)l->seq[k]);
+	}
+	cr_expect_gt(dropped, 0, "the unreadable segment's batches are a dropped gap");
+	cr_expect_gt(stored, 0, "the batches of the other segments are stored");
+	cr_expect_eq(h_store_i64(br.store, "SELECT COUNT(*) FROM gaps WHERE reason = 'missing' AND"
+				 " resolved_at IS NULL", 0), 0);
+	rmdir(segs[129]);
+	for (size_t k = 0; k < n; k++)
+		free(segs[128 + k]);
+	free(said);
+	free(spool);
 	free(l1);
 	free(l);
 	all_down(&b, &br, &d);

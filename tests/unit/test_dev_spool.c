@@ -2,6 +2,7 @@
  * overflow and age limits, acknowledgements, no plaintext on disk, full disk. */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -2140,5 +2141,226 @@ Test(dev_spool, a_range_acked_segment_below_a_recorded_drop_is_not_reported_afte
 	             (unsigned long long)r1, (unsigned long long)r2);
 	cr_expect_eq(st.dropped_total, 1);
 	dev_spool_close(s);
+	free(dir);
+}
+
+/* Segment file `path` becomes a directory of the same name: opening or reading it then fails
+ * with EISDIR, as a bad block of an SD card fails them with EIO. */
+static void make_unreadable(const char *path)
+{
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(mkdir(path, 0700), 0);
+}
+
+static void expect_read_error(const struct dev_spool *s, const char *path)
+{
+	struct dev_spool_read_error re;
+	dev_spool_read_error(s, &re);
+	cr_expect_geq(re.count, 1);
+	cr_expect_eq(re.err, EISDIR);
+	cr_expect_eq(re.dropped, 1);
+	cr_expect(re.path && !strcmp(re.path, path), "read error names %s, not %s", path,
+		  re.path ? re.path : "(none)");
+}
+
+/* A segment that cannot be read at the open is damage, as bit rot is: the spool opens, what
+ * it held is reported as dropped, the records around it are delivered, and appends go on. */
+Test(dev_spool, an_unreadable_segment_at_the_open_is_reported_dropped)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[16];
+	char names[64][600];
+	struct wire_dropped d[4];
+	new_three(&dir, &o, seqs, names);
+	make_unreadable(names[1]);
+	struct dev_spool *s = open_spool(&o);
+	expect_read_error(s, names[1]);
+	cr_assert_eq(read_all(s, 1, got, 16), 10);
+	cr_expect_eq(got[4], seqs[4]);
+	cr_expect_eq(got[5], seqs[10]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[4]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	cr_expect_eq(put(s, 300, wall_ms()), seqs[14] + 1);
+	dev_spool_close(s);
+	rmdir(names[1]);
+	free(dir);
+}
+
+/* ... the newest one too: what it held up to the state's reservation is reported, and the
+ * chain resumes above it. */
+Test(dev_spool, an_unreadable_newest_segment_at_the_open_is_reported_dropped)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[16];
+	char names[64][600];
+	struct wire_dropped d[4];
+	new_three(&dir, &o, seqs, names);
+	make_unreadable(names[2]);
+	struct dev_spool *s = open_spool(&o);
+	expect_read_error(s, names[2]);
+	cr_assert_eq(read_all(s, 1, got, 16), 10);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[9]);
+	cr_expect_geq(d[0].last_seq, seqs[14]);
+	uint64_t seq = put(s, 300, wall_ms());
+	cr_expect_gt(seq, d[0].last_seq);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seqs[9] + 1);
+	cr_expect_eq(read_on(s, &c, 1, 0, got, 16), 1);
+	cr_expect_eq(got[0], seq);
+	dev_spool_close(s);
+	rmdir(names[2]);
+	free(dir);
+}
+
+/* A segment that becomes unreadable while the spool is open does not stop the reader on it:
+ * it is passed over once (DEV_SPOOL_ECORRUPT), its records reported dropped, and the records
+ * after it are delivered. */
+Test(dev_spool, an_unreadable_segment_at_run_time_is_passed_over_and_reported)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[16];
+	char names[64][600];
+	struct wire_dropped d[4];
+	struct dev_spool *s = fresh_three(&dir, &o, seqs, names);
+	make_unreadable(names[1]);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 10);
+	cr_expect_eq(got[5], seqs[10]);
+	expect_read_error(s, names[1]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[4]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	dev_spool_close(s);
+	rmdir(names[1]);
+	free(dir);
+}
+
+/* pread of the file eio_path at or beyond offset eio_from fails with EIO, as on a bad block of
+ * an SD card (the spool's preads are wrapped at link time: tests/CMakeLists.txt). */
+static const char *eio_path;
+static off_t eio_from;
+ssize_t __real_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off)
+{
+	char link[64], path[600];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t k = eio_path ? readlink(link, path, sizeof(path) - 1) : -1;
+	if (k > 0) {
+		path[k] = '\0';
+		if (!strcmp(path, eio_path) && off + (off_t)n > eio_from) {
+			errno = EIO;
+			return -1;
+		}
+	}
+	return __real_pread(fd, buf, n, off);
+}
+
+static void expect_eio_named(const struct dev_spool *s, const char *path)
+{
+	struct dev_spool_read_error re;
+	dev_spool_read_error(s, &re);
+	cr_expect_geq(re.count, 1);
+	cr_expect_eq(re.err, EIO);
+	cr_expect_eq(re.dropped, 1);
+	cr_expect(re.path && !strcmp(re.path, path), "read error names %s, not %s", path,
+		  re.path ? re.path : "(none)");
+}
+
+/* A bad block in the middle of a segment at the open: the records before it are kept, the
+ * rest of the segment is reported dropped, the segment is cut there once that is on disk. */
+Test(dev_spool, a_read_error_at_the_open_keeps_what_precedes_it)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[16];
+	char names[64][600];
+	struct wire_dropped d[4];
+	new_three(&dir, &o, seqs, names);
+	eio_path = names[1];
+	eio_from = 2 * REC_BYTES(300);
+	struct dev_spool *s = open_spool(&o);
+	eio_path = NULL;
+	expect_eio_named(s, names[1]);
+	cr_assert_eq(read_all(s, 1, got, 16), 12);
+	cr_expect_eq(got[6], seqs[6]);
+	cr_expect_eq(got[7], seqs[10]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+	dev_spool_close(s);
+	s = reopen_expecting(&o, 12, 1, 1); /* cut: nothing new */
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* A bad block met while the spool is open, in an older segment and in the newest: each is
+ * passed over once, the rest of its segment reported dropped, and what follows is delivered
+ * (records appended after the damage to the newest go to a new segment, and are read). */
+Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[16];
+	char names[64][600];
+	struct wire_dropped d[4];
+	struct dev_spool *s = fresh_three(&dir, &o, seqs, names);
+	eio_path = names[1];
+	eio_from = 2 * REC_BYTES(300);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 12);
+	cr_expect_eq(got[7], seqs[10]);
+	expect_eio_named(s, names[1]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].last_seq, seqs[9]);
+
+	eio_path = names[2];
+	eio_from = 0;
+	c = DEV_SPOOL_CURSOR_AT(seqs[10]);
+	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
+	expect_eio_named(s, names[2]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1); /* the range before grows */
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].last_seq, seqs[14]);
+	uint64_t seq = put(s, 300, wall_ms());
+	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
+	cr_expect_eq(got[0], seq);
+	eio_path = NULL;
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* A cursor that starts inside a segment which cannot be read reports only what lies from it
+ * on (what is below it, the reader has); and records appended after a read error in the
+ * newest segment, which has room left, go to a new segment, readable. */
+Test(dev_spool, a_read_error_is_reported_from_the_cursor_and_the_newest_takes_no_more_appends)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t got[16], seqs[6];
+	struct wire_dropped d[4];
+	struct dev_spool *s = open_spool(&o);
+	for (int i = 0; i < 6; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	char *seg = last_segment(dir);
+	eio_path = seg;
+	eio_from = 0;
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seqs[3]);
+	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
+	expect_eio_named(s, seg);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[2]);
+	cr_expect_eq(d[0].last_seq, seqs[5]);
+	uint64_t seq = put(s, 300, wall_ms());
+	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
+	cr_expect_eq(got[0], seq);
+	eio_path = NULL;
+	dev_spool_close(s);
+	free(seg);
 	free(dir);
 }
