@@ -932,15 +932,15 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 }
 
 /* A read of segment i failed with DEV_SPOOL_EIO (errno says why). Damage (a bad block:
- * spool_unreadable) is handled as rot: what the segment holds after `seen` (the record before
- * the one that could not be read), unless acknowledged, is reported as dropped, durably; the
+ * spool_unreadable) is handled as rot: all the segment holds, unless acknowledged, is reported
+ * as dropped, durably (records a reader returned before the error may not be acknowledged
+ * yet, and a reader that started inside the segment never read those below it); the
  * cursor moves past the segment, and the segment goes (the newest stays, but the next append
  * starts a new one: records appended after the damage must not be reported with it). A state
  * write that fails keeps it on disk: read again, it is not reported again (add_pending).
  * DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO (errno kept) for an error that is not damage
  * (EMFILE...), which leaves the cursor where it was for the next call. */
-static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
-			   uint64_t seen)
+static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_cursor *c)
 {
 	struct seg *g = &s->segs[i];
 	int e = errno;
@@ -949,9 +949,7 @@ static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_curso
 		errno = e;
 		return DEV_SPOOL_EIO;
 	}
-	if (c->next_seq && c->next_seq - 1 > seen) /* below the cursor: returned already */
-		seen = c->next_seq - 1;
-	spool_report_lost(s, acked_from(s, seen), g->last_seq);
+	spool_report_lost(s, acked_from(s, g->first_prev), g->last_seq);
 	g->sealed = 1;
 	c->next_seq = g->last_seq + 1;
 	c->seg_name = g->name;
@@ -980,13 +978,13 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		uint64_t seen = resume && c->next_seq ? c->next_seq - 1 : g->first_prev;
 		int fd = spool_seg_fd(s, g);
 		if (fd < 0)
-			return drop_unreadable(s, i, c, seen);
+			return drop_unreadable(s, i, c);
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
 			int r = spool_next_good(s, fd, off, g->bytes, 0, &here, &h);
 			if (r == DEV_SPOOL_EIO)
-				return drop_unreadable(s, i, c, seen);
+				return drop_unreadable(s, i, c);
 			if (r < 0)
 				return r;
 			if (r) { /* damage since the open hid the segment's tail: lost */
@@ -1013,7 +1011,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				int e = errno;
 				*c = start; /* left for a retry unless it is damage */
 				errno = e;
-				return drop_unreadable(s, i, c, h.prev_seq);
+				return drop_unreadable(s, i, c);
 			}
 			if (r)
 				return r;

@@ -158,6 +158,8 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		spool_report_lost(s, from, upto);
 		rotten = 1;
 	}
+	if (newest && bad)
+		g->sealed = 1; /* appends go to a new segment, not beside the bad block */
 	if (damaged)
 		g->repair = REPAIR_REWRITE;
 	else if (off < end && (!newest || rotten || bad))

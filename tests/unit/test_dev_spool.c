@@ -2298,9 +2298,37 @@ Test(dev_spool, a_read_error_at_the_open_keeps_what_precedes_it)
 	free(dir);
 }
 
+/* A read error in the newest segment at the open: the records before it are kept, and the next
+ * append goes to a new segment, not beside the bad block (where its write would fail again). */
+Test(dev_spool, a_read_error_in_the_newest_at_the_open_seals_it)
+{
+	char *dir;
+	struct dev_spool_opts o;
+	uint64_t seqs[15], got[20];
+	char names[64][600];
+	new_three(&dir, &o, seqs, names);
+	eio_path = names[2];
+	eio_from = 2 * REC_BYTES(300);
+	struct dev_spool *s = open_spool(&o);
+	expect_eio_named(s, names[2]);
+	uint64_t seq = put(s, 300, wall_ms());
+	char *last = last_segment(dir);
+	cr_assert_not_null(last);
+	cr_expect_str_neq(last, names[2], "appended beside the bad block");
+	eio_path = NULL;
+	cr_assert_eq(read_all(s, 1, got, 20), 13); /* 10, the 2 before the error, the new one */
+	cr_expect_eq(got[11], seqs[11]);
+	cr_expect_eq(got[12], seq);
+	free(last);
+	dev_spool_close(s);
+	free(dir);
+}
+
 /* A bad block met while the spool is open, in an older segment and in the newest: each is
- * passed over once, the rest of its segment reported dropped, and what follows is delivered
- * (records appended after the damage to the newest go to a new segment, and are read). */
+ * passed over once, all of its segment that is not acknowledged reported dropped (the records
+ * read before the error too: not acknowledged, and the segment goes), and what follows is
+ * delivered (records appended after the damage to the newest go to a new segment, and are
+ * read). */
 Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 {
 	char *dir;
@@ -2316,7 +2344,7 @@ Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 	cr_expect_eq(got[7], seqs[10]);
 	expect_eio_named(s, names[1]);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].prev_seq, seqs[4]);
 	cr_expect_eq(d[0].last_seq, seqs[9]);
 
 	eio_path = names[2];
@@ -2325,7 +2353,7 @@ Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
 	expect_eio_named(s, names[2]);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 1); /* the range before grows */
-	cr_expect_eq(d[0].prev_seq, seqs[6]);
+	cr_expect_eq(d[0].prev_seq, seqs[4]);
 	cr_expect_eq(d[0].last_seq, seqs[14]);
 	uint64_t seq = put(s, 300, wall_ms());
 	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
@@ -2335,10 +2363,11 @@ Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 	free(dir);
 }
 
-/* A cursor that starts inside a segment which cannot be read reports only what lies from it
- * on (what is below it, the reader has); and records appended after a read error in the
- * newest segment, which has room left, go to a new segment, readable. */
-Test(dev_spool, a_read_error_is_reported_from_the_cursor_and_the_newest_takes_no_more_appends)
+/* A cursor that starts inside a segment which cannot be read reports all of the segment that
+ * is not acknowledged, below the cursor too (that reader never read it, and no other will);
+ * and records appended after a read error in the newest segment, which has room left, go to a
+ * new segment, readable. */
+Test(dev_spool, a_read_error_is_reported_for_the_whole_segment_and_the_newest_takes_no_more_appends)
 {
 	char *dir = h_tmpdir("spool");
 	struct dev_spool_opts o = opts(dir);
@@ -2354,7 +2383,7 @@ Test(dev_spool, a_read_error_is_reported_from_the_cursor_and_the_newest_takes_no
 	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
 	expect_eio_named(s, seg);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[2]);
+	cr_expect_lt(d[0].prev_seq, seqs[0]);
 	cr_expect_eq(d[0].last_seq, seqs[5]);
 	uint64_t seq = put(s, 300, wall_ms());
 	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
