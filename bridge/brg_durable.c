@@ -7,6 +7,7 @@
 
 #include "brg_commit_int.h"
 #include "brg_err.h"
+#include "oarray.h"
 #include "olog.h"
 #include "store_ops.h"
 #include "wire_env.h"
@@ -350,16 +351,9 @@ int brg_commit__do_batch(struct brg_committer *c, struct wdev *w, const struct b
 		struct mcache *m = mcache_get(c, w, &rc);
 		if (!m)
 			return rc;
-		if (c->n_rows + b->n_readings > c->cap_rows) {
-			size_t cap = c->cap_rows ? c->cap_rows : 1024;
-			while (cap < c->n_rows + b->n_readings)
-				cap *= 2;
-			struct brg_row *r = realloc(c->rows, cap * sizeof(*r));
-			if (!r)
-				return STORE_ENOMEM;
-			c->rows = r;
-			c->cap_rows = cap;
-		}
+		if (oarray_reserve_n((void **)&c->rows, &c->cap_rows, c->n_rows + b->n_readings,
+		                     sizeof(*c->rows)))
+			return STORE_ENOMEM;
 		/* Columns repeat row after row: look each metric up once per run. */
 		uint32_t last_wire = 0;
 		int64_t last_key = -1;

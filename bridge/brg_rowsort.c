@@ -5,6 +5,7 @@
 
 #include "brg_err.h"
 #include "brg_rowsort.h"
+#include "oarray.h"
 
 #define MIN_SLOTS 256u /* power of two */
 
@@ -28,19 +29,10 @@ struct brg_rowsort {
 	size_t n_slots; /* a power of two, at least twice n_s */
 };
 
+/* Room for want entries: 0 or BRG_ENOMEM. */
 static int grow(void **p, size_t *cap, size_t want, size_t size)
 {
-	if (want <= *cap)
-		return 0;
-	size_t cap2 = *cap ? *cap : 64;
-	while (cap2 < want)
-		cap2 *= 2;
-	void *q = realloc(*p, cap2 * size);
-	if (!q)
-		return BRG_ENOMEM;
-	*p = q;
-	*cap = cap2;
-	return 0;
+	return oarray_reserve_n(p, cap, want, size) ? BRG_ENOMEM : 0;
 }
 
 struct brg_rowsort *brg_rowsort_new(void)

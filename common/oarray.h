@@ -9,4 +9,7 @@
  * are then unchanged. The array may move: pointers into it are stale after a growth. */
 int oarray_reserve(void **arr, size_t *cap, size_t n, size_t elem);
 
+/* The same for `want` entries in all: doubling (from 16) until they fit. */
+int oarray_reserve_n(void **arr, size_t *cap, size_t want, size_t elem);
+
 #endif

@@ -2152,15 +2152,21 @@ static void make_unreadable(const char *path)
 	cr_assert_eq(mkdir(path, 0700), 0);
 }
 
-static void expect_read_error(const struct dev_spool *s, const char *path)
+/* The spool's last read error was err, on path, and its records were reported dropped. */
+static void expect_read_error_is(const struct dev_spool *s, const char *path, int err)
 {
 	struct dev_spool_read_error re;
 	dev_spool_read_error(s, &re);
 	cr_expect_geq(re.count, 1);
-	cr_expect_eq(re.err, EISDIR);
+	cr_expect_eq(re.err, err);
 	cr_expect_eq(re.dropped, 1);
 	cr_expect(re.path && !strcmp(re.path, path), "read error names %s, not %s", path,
 		  re.path ? re.path : "(none)");
+}
+
+static void expect_read_error(const struct dev_spool *s, const char *path)
+{
+	expect_read_error_is(s, path, EISDIR);
 }
 
 /* A segment that cannot be read at the open is damage, as bit rot is: the spool opens, what
@@ -2262,13 +2268,7 @@ ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off)
 
 static void expect_eio_named(const struct dev_spool *s, const char *path)
 {
-	struct dev_spool_read_error re;
-	dev_spool_read_error(s, &re);
-	cr_expect_geq(re.count, 1);
-	cr_expect_eq(re.err, EIO);
-	cr_expect_eq(re.dropped, 1);
-	cr_expect(re.path && !strcmp(re.path, path), "read error names %s, not %s", path,
-		  re.path ? re.path : "(none)");
+	expect_read_error_is(s, path, EIO);
 }
 
 /* A bad block in the middle of a segment at the open: the records before it are kept, the
