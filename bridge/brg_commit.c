@@ -565,6 +565,19 @@ static int gate(struct brg_committer *c, struct wdev *w, const struct brg_item *
 		rc = brg_commit__count_reject(c, w, BRG_R_UNKNOWN, d, 0);
 		return rc ? rc : 0;
 	}
+	/* Verified with a key other than the stored one: the verifiers' registry (read once,
+	 * then trusted while signatures verify) holds a key another bridge of the group has
+	 * rotated away from since. Sealed before the rotation, it is accepted, unless that key
+	 * was revoked (outpostctl device revoke, then a Birth with a new key): a stolen one. */
+	if (it->kind != BRG_ITEM_BIRTH && memcmp(w->pub, it->key.raw, WIRE_PUBKEY_LEN) &&
+	    (rc = key_revoked(c, &it->key)) != 0) {
+		if (rc < 0)
+			return rc;
+		snprintf(d, sizeof(d), "seq %llu refused: signed with a revoked key",
+		         (unsigned long long)it->seq);
+		rc = brg_commit__count_reject(c, w, BRG_R_REVOKED, d, 0);
+		return rc ? rc : 0;
+	}
 	if (brg_commit__is_state(w, STORE_ST_DEACTIVATED)) {
 		brg_commit__set_state(w, STORE_ST_ACTIVE, "reactivated: message received");
 		rc = brg_commit__event(c, w, "reactivated", "message received after deactivation");

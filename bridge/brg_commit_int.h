@@ -175,8 +175,8 @@ int brg_commit__accepted(struct brg_committer *c, struct wdev *w);
  * every Birth (PROTOCOL.md 5.7). */
 int brg_commit__fresh(struct brg_committer *c, struct wdev *w, const struct brg_item *it,
                       int is_birth);
-/* Remember key (WIRE_PUBKEY_LEN bytes) as revoked for w (revoked_keys): no Birth with it is
- * accepted again. A key already there keeps its first row. */
+/* Remember key (WIRE_PUBKEY_LEN bytes) as revoked for w (revoked_keys): no Birth with it, nor
+ * any envelope signed with it, is accepted again. A key already there keeps its first row. */
 int brg_commit__revoke_key(struct brg_committer *c, const struct wdev *w, const uint8_t *key);
 /* Free t's arguments and zero it (the task itself is not freed). */
 void brg_commit__clear_task(struct brg_task *t);

@@ -56,8 +56,8 @@ struct brg_item {
 	struct wire_batch *batch;    /* BATCH */
 	Outpost__Birth *birth;       /* BIRTH */
 	struct wire_pubkey key;      /* BIRTH: key of the verified certificate; REJECT with
-	                              * crl_revoked: key of the revoked one; provisional: the
-	                              * key that verified it */
+	                              * crl_revoked: key of the revoked one; BATCH, RESULT,
+	                              * POLL: the key that verified it */
 	int provisional;             /* BATCH, RESULT, POLL: verified with the key of a Birth
 	                              * the writer may not have stored yet (brg_registry_get) */
 	int crl_revoked;             /* REJECT revoked: the device's own certificate (its CN,

@@ -374,12 +374,12 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 	if (!info.has_key)
 		return reject(it, BRG_R_UNKNOWN, "%s seq %llu before any valid birth",
 		              wire_kind_name(env.kind), (unsigned long long)env.seq);
+	/* it->key: the key that verified it, which the writer compares with the one it holds
+	 * (this cache may hold a key another bridge of the group has rotated away from) */
 	if (!wire_env_verify(&env, &info.key)) {
+		it->key = info.key;
 		/* a Birth's key the writer may not hold yet: it judges the item once it does */
-		if (info.provisional) {
-			it->provisional = 1;
-			it->key = info.key;
-		}
+		it->provisional = info.provisional;
 	} else if (info.provisional && info.has_enrolled &&
 	           !wire_env_verify(&env, &info.enrolled)) {
 		/* with the key the store holds: sealed before the device's new Birth; a Birth
@@ -388,6 +388,7 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 			return reject(it, BRG_R_REVOKED,
 			              "%s seq %llu refused: signed with the revoked key",
 			              wire_kind_name(env.kind), (unsigned long long)env.seq);
+		it->key = info.enrolled;
 	} else {
 		/* Another bridge may have re-enrolled the device: ask the store once (unreadable:
 		 * no verdict, a bad signature counts toward quarantine). */
@@ -399,6 +400,7 @@ static int judge(struct brg_verifier *v, struct brg_item *it, const struct brg_m
 		    wire_env_verify(&env, &again.key))
 			return reject(it, BRG_R_SIG, "%s seq %llu: signature does not verify",
 			              wire_kind_name(env.kind), (unsigned long long)env.seq);
+		it->key = again.key;
 	}
 	/* 6. body */
 	return body(it, &env, m);

@@ -133,8 +133,9 @@ int store_event_add(struct store *s, int64_t device_key, int64_t at, const char 
 	return rc;
 }
 
-/* Remember the key d holds as revoked (revoked_keys): the bridge refuses every Birth with it
- * from now on, also once the device has re-enrolled with a new key. */
+/* Remember the key d holds as revoked (revoked_keys): the bridge refuses every Birth with it,
+ * and every envelope signed with it, from now on, also once the device has re-enrolled with a
+ * new key. */
 static int remember_revoked_key(struct store *s, const struct store_device *d, int64_t now)
 {
 	struct store_stmt *st = NULL;

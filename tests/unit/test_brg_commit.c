@@ -47,18 +47,26 @@ static struct store *open_store(void)
 
 static struct h_pg pg;
 
+/* A verifier of the shared PKI's CA and CRL, looking devices up in r. */
+static struct brg_verifier *verifier_on(struct brg_registry *r)
+{
+	struct wire_ca *ca = NULL;
+	struct brg_verifier *v = NULL;
+	char *cap = h_strf("%s/ca.crt", h_pki()), *crl = h_strf("%s/crl.pem", h_pki());
+	cr_assert_eq(wire_ca_load(cap, crl, &ca, NULL), WIRE_OK);
+	free(cap);
+	free(crl);
+	cr_assert_eq(brg_verifier_new(r, ca, &v), BRG_OK);
+	return v;
+}
+
 /* Everything on the store at url. */
 static void setup_store(void)
 {
 	s = open_store();
 	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
 	cr_assert_eq(brg_registry_new(open_store(), 100, &reg), BRG_OK);
-	struct wire_ca *ca = NULL;
-	char *cap = h_strf("%s/ca.crt", h_pki()), *crl = h_strf("%s/crl.pem", h_pki());
-	cr_assert_eq(wire_ca_load(cap, crl, &ca, NULL), WIRE_OK);
-	free(cap);
-	free(crl);
-	cr_assert_eq(brg_verifier_new(reg, ca, &ver), BRG_OK);
+	ver = verifier_on(reg);
 	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
 	o.gap_grace_ms = 0;
 	o.env_bulk_min = 1; /* PostgreSQL: every group takes the bulk path (brg_envrows.c) */
@@ -150,30 +158,44 @@ TestSuite(brg_commit_pg_role, .init = setup_pg_role, .fini = teardown_pg);
 	}                                                                                          \
 	static void name(void)
 
-static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
+/* env (freed here) published on topic, judged by verifier v. */
+static struct brg_item *judge_by(struct brg_verifier *v, const char *topic, uint8_t *env,
+                                 size_t len, const char *resp)
 {
 	struct brg_item *it = NULL;
 	static const uint8_t corr[4] = {1, 2, 3, 4};
 	struct brg_msg *m = brg_msg_new(topic, env, len, resp, resp ? corr : NULL, resp ? 4 : 0);
 	free(env);
-	cr_assert_eq(brg_verify(ver, m, &it), BRG_OK);
+	cr_assert_eq(brg_verify(v, m, &it), BRG_OK);
 	return it;
 }
 
+static struct brg_item *judge(const char *topic, uint8_t *env, size_t len, const char *resp)
+{
+	return judge_by(ver, topic, env, len, resp);
+}
+
 /* body (freed here) sealed by signer's key in pki (a directory laid out like h_pki()) as
- * device id's envelope, judged as published on outpost/v1/<id>/<suffix>. */
-static struct brg_item *sealed_by(const char *pki, const char *signer, const char *id,
-                                  uint32_t kind, const char *suffix, uint64_t seq, uint8_t *body,
-                                  size_t blen)
+ * device id's envelope, judged by v as published on outpost/v1/<id>/<suffix>. */
+static struct brg_item *sealed_for(struct brg_verifier *v, const char *pki, const char *signer,
+                                   const char *id, uint32_t kind, const char *suffix, uint64_t seq,
+                                   uint8_t *body, size_t blen)
 {
 	size_t n;
 	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/%s", id, suffix);
 	uint8_t *env = h_seal(pki, name, kind, id, seq, body, blen, &n);
-	struct brg_item *it = judge(topic, env, n, NULL);
+	struct brg_item *it = judge_by(v, topic, env, n, NULL);
 	free(body);
 	free(name);
 	free(topic);
 	return it;
+}
+
+static struct brg_item *sealed_by(const char *pki, const char *signer, const char *id,
+                                  uint32_t kind, const char *suffix, uint64_t seq, uint8_t *body,
+                                  size_t blen)
+{
+	return sealed_for(ver, pki, signer, id, kind, suffix, seq, body, blen);
 }
 
 static struct brg_item *sealed(const char *signer, const char *id, uint32_t kind,
@@ -2457,4 +2479,132 @@ Test(brg_commit_pg_cut, a_commit_lost_with_its_connection_is_settled_at_once, .t
 	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 2"), 1);
 	cr_expect_not_null(ack_of("dev-a"));
 	free_items(g, 1);
+}
+
+/* id's Birth at seq with the key in pki (a certificate of the same CA), judged and committed
+ * by bridge B of the share group, with its own connections, registry and verifier: this
+ * bridge's registry hears nothing of it. */
+static void birth_at_bridge_b(const char *pki, const char *id, uint64_t seq)
+{
+	struct store *s2 = open_store();
+	struct brg_registry *reg2 = NULL;
+	cr_assert_eq(brg_registry_new(open_store(), 100, &reg2), BRG_OK);
+	struct brg_verifier *ver2 = verifier_on(reg2);
+	struct brg_committer *com2 = NULL;
+	struct brg_commit_opts o = BRG_COMMIT_OPTS_INIT;
+	cr_assert_eq(brg_committer_new(s2, &o, &com2), STORE_OK);
+	size_t blen;
+	uint8_t *body = h_birth_body(pki, id, 2, 0, &blen);
+	struct brg_item *b =
+	    sealed_for(ver2, pki, id, id, WIRE_KIND_BIRTH, "birth", seq, body, blen);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	struct brg_outcome o2 = {0};
+	cr_assert_eq(brg_commit_group(com2, &b, 1, store_now_ms(), &o2), STORE_OK, "%s",
+	             store_errmsg(s2));
+	brg_outcome_to_registry(&o2, reg2);
+	brg_item_free(b);
+	brg_outcome_free(&o2);
+	brg_committer_free(com2);
+	brg_verifier_free(ver2);
+	brg_registry_free(reg2);
+	store_close(s2);
+}
+
+/* Bridges of a share group each have a registry, which trusts a key it read for as long as
+ * signatures verify with it. Bridge A (this one) holds dev-a's key K1; outpostctl revokes
+ * dev-a (K1 stolen) and the device's Birth with a new key K2 re-enrols it at bridge B. The
+ * holder of K1 then reaches bridge A: its batch, task result and poll verify with A's key, and
+ * the writer, which holds K2, refuses them as `revoked` (K1 is in revoked_keys): nothing
+ * stored, no task finished or delivered, nothing acknowledged or answered. The device's own
+ * envelopes (K2) are stored, and so is what dev-b, which rotated without a revocation, sealed
+ * with its old key (BRIDGE.md, Verification). */
+TEST_BOTH(a_key_revoked_at_another_bridge_stays_refused_where_it_is_cached)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0)); /* bridge A's registry: dev-a active, K1 */
+	commit_one(birth("dev-b", 1));
+	commit_one(batch("dev-b", "dev-b", 2, 0));
+	cr_assert_eq(store_device_action(s, "dev-a", "revoke", "outpostctl", "key stolen", NULL),
+	             STORE_OK, "%s", store_errmsg(s));
+	char *k2 = h_pki_issue_dated("dev-a-k2", "dev-a", "20200101000000Z", "20991231000000Z");
+	char *k2b = h_pki_issue_dated("dev-b-k2", "dev-b", "20200101000000Z", "20991231000000Z");
+	birth_at_bridge_b(k2, "dev-a", 10);
+	birth_at_bridge_b(k2b, "dev-b", 10);
+	cr_assert_eq(one("SELECT COUNT(*) FROM devices WHERE state = 'active'"), 2,
+	             "the rotations did not re-enrol the devices");
+	cr_assert_eq(one("SELECT COUNT(*) FROM revoked_keys"), 1);
+
+	int64_t task = 0;
+	cr_assert_eq(
+	    store_task_add(s, "dev-a", "ping", NULL, 0, store_now_ms() + 3600000, "t", &task),
+	    STORE_OK);
+	struct brg_item *thief[] = {batch("dev-a", "dev-a", 20, 2), poll_item("dev-a", 21),
+	                            result_as("dev-a", 22, 20, (uint64_t)task, "done",
+	                                      OUTPOST__TASK_STATUS__TASK_STATUS_SUCCEEDED,
+	                                      store_now_ms())};
+	for (size_t i = 0; i < 3; i++)
+		cr_assert_neq(thief[i]->kind, BRG_ITEM_REJECT, "A's registry let it by: %s",
+		              thief[i]->detail);
+	commit(thief, 3);
+	free_items(thief, 3);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq >= 20"), 0,
+	             "stored envelopes signed with the revoked key");
+	cr_expect_eq(one("SELECT COUNT(*) FROM tasks WHERE state = 'queued'"), 1,
+	             "a task delivered to or finished by the holder of the revoked key");
+	cr_expect_eq(out.n_replies, 0, "acknowledged or answered");
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 3);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'rejected' AND detail LIKE"
+	                 " '%refused: signed with a revoked key%'"),
+	             3);
+	cr_expect_eq(one("SELECT consecutive_rejects FROM devices WHERE device_id = 'dev-a'"), 0,
+	             "not the device's fault: no step toward quarantine");
+
+	/* dev-a's own with K2: A's registry reads the store's key again */
+	size_t blen;
+	uint8_t *body = h_batch_body(&so, 11, 2, &blen);
+	struct brg_item *own =
+	    sealed_by(k2, "dev-a", "dev-a", WIRE_KIND_BATCH, "telemetry", 11, body, blen);
+	cr_expect_eq(own->kind, BRG_ITEM_BATCH, "%s", own->detail);
+	commit_one(own);
+	cr_expect_not_null(ack_of("dev-a"));
+	/* dev-b's old key K1 was not revoked: what it sealed before the rotation is stored */
+	commit_one(batch("dev-b", "dev-b", 3, 2));
+	cr_expect_not_null(ack_of("dev-b"));
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq IN (3, 11)"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM rejections WHERE reason <> 'revoked'"), 0);
+	free(k2);
+	free(k2b);
+}
+
+/* The same with the device's Birth with K2 pending at bridge A (verified before the
+ * revocation, not committed yet) when its copy sent again re-enrols it at bridge B: an
+ * envelope of the holder of K1 does not verify with K2 but with the key A's registry keeps
+ * beside the pending one (K1, not revoked as far as A knows), and the writer refuses it. */
+TEST_BOTH(a_key_revoked_at_another_bridge_stays_refused_beside_a_pending_birth)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(batch("dev-a", "dev-a", 2, 0)); /* bridge A's registry: dev-a active, K1 */
+	char *k2 = h_pki_issue_dated("dev-a-k2", "dev-a", "20200101000000Z", "20991231000000Z");
+	size_t blen;
+	uint8_t *body = h_birth_body(k2, "dev-a", 2, 0, &blen);
+	struct brg_item *b =
+	    sealed_by(k2, "dev-a", "dev-a", WIRE_KIND_BIRTH, "birth", 10, body, blen);
+	cr_assert_eq(b->kind, BRG_ITEM_BIRTH, "%s", b->detail);
+	cr_assert_eq(store_device_action(s, "dev-a", "revoke", "outpostctl", "key stolen", NULL),
+	             STORE_OK, "%s", store_errmsg(s));
+	birth_at_bridge_b(k2, "dev-a", 10);
+	struct brg_item *thief = batch("dev-a", "dev-a", 20, 2);
+	cr_assert_eq(thief->kind, BRG_ITEM_BATCH, "A's registry let it by: %s", thief->detail);
+	cr_assert_eq(thief->provisional, 0);
+	struct brg_item *g[] = {thief, b};
+	commit(g, 2);
+	free_items(g, 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM envelopes WHERE seq = 20"), 0,
+	             "stored an envelope signed with the revoked key");
+	cr_expect_eq(one("SELECT count FROM rejections WHERE reason = 'revoked'"), 1);
+	cr_expect_eq(out.duplicates, 1, "the Birth B committed");
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND state ="
+	                 " 'active'"),
+	             1);
+	free(k2);
 }
