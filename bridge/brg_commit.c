@@ -650,21 +650,39 @@ static int do_reject(struct brg_committer *c, struct wdev *w, const struct brg_i
 
 static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_item *it)
 {
+	int rc;
 	if (!w || !w->key)
 		return 0; /* status of a device the store never saw */
-	if (it->online && !it->retained && !w->online) {
-		w->online = 1;
-		w->last_seen = c->now;
-		w->dirty = 1;
-		return brg_commit__event(c, w, "online", "status: online");
-	}
-	if (!it->online && w->online) {
+	/* `offline` is taken whatever the device's state: it is gone (its will; for a device the
+	 * CRL revokes, the broker's plugin says it in the will's place). */
+	if (!it->online) {
+		if (!w->online)
+			return 0;
 		w->online = 0;
 		w->dirty = 1;
 		return brg_commit__event(c, w, "offline",
 		                         "status: offline (stopped, or its connection was lost)");
 	}
-	return 0;
+	if (it->retained)
+		return 0; /* delivered at the subscription: maybe older than the device's silence */
+	/* A quarantined or revoked device's `online` is dropped and counted like its other
+	 * messages: it neither sets the device online nor adds an event per message. */
+	if (brg_commit__is_state(w, STORE_ST_QUARANTINED)) {
+		rc = brg_commit__count_reject(c, w, BRG_R_QUARANTINED,
+		                              "status dropped: device quarantined", 0);
+		return rc ? rc : 0;
+	}
+	if (brg_commit__is_state(w, STORE_ST_REVOKED)) {
+		rc = brg_commit__count_reject(c, w, BRG_R_REVOKED, "status refused: device revoked",
+		                              0);
+		return rc ? rc : 0;
+	}
+	if (w->online)
+		return 0;
+	w->online = 1;
+	w->last_seen = c->now;
+	w->dirty = 1;
+	return brg_commit__event(c, w, "online", "status: online");
 }
 
 /* A poll must carry a seq above every birth/poll seen, a Birth above every Birth (PROTOCOL.md

@@ -2608,3 +2608,37 @@ TEST_BOTH(a_key_revoked_at_another_bridge_stays_refused_beside_a_pending_birth)
 	             1);
 	free(k2);
 }
+
+/* A quarantined or revoked device's `online` status is dropped and counted like its other
+ * messages: the device does not go online, and there is no online/offline event per message.
+ * Its `offline` is taken (its will, or the broker plugin's for a device the CRL revokes). */
+Test(brg_commit, a_quarantined_or_revoked_devices_status_is_counted_but_offline)
+{
+	commit_one(birth("dev-a", 1));
+	commit_one(birth("dev-b", 1));
+	cr_assert_eq(one("SELECT COUNT(*) FROM devices WHERE online = 1"), 2);
+	cr_assert_eq(store_device_action(s, "dev-a", "quarantine", "outpostctl", "x", NULL),
+	             STORE_OK);
+	cr_assert_eq(store_device_action(s, "dev-b", "revoke", "outpostctl", "x", NULL), STORE_OK);
+	int64_t events = one("SELECT COUNT(*) FROM events");
+	for (int i = 0; i < 10; i++) {
+		const char *p = i % 2 ? "online" : "offline";
+		commit_one(judge("outpost/v1/dev-a/status", (uint8_t *)strdup(p), strlen(p), NULL));
+		commit_one(judge("outpost/v1/dev-b/status", (uint8_t *)strdup(p), strlen(p), NULL));
+	}
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE online = 0"), 2);
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'offline'"), 2,
+	             "the first offline is taken, once for each");
+	cr_expect_eq(one("SELECT COUNT(*) FROM events WHERE type = 'online'"), 2,
+	             "online events besides the Births'");
+	cr_expect_eq(one("SELECT r.count FROM rejections r JOIN devices d ON d.id = r.device WHERE"
+	                 " d.device_id = 'dev-a' AND r.reason = 'quarantined'"),
+	             5);
+	cr_expect_eq(one("SELECT r.count FROM rejections r JOIN devices d ON d.id = r.device WHERE"
+	                 " d.device_id = 'dev-b' AND r.reason = 'revoked'"),
+	             5);
+	/* 2 offline, 5 rejected (revoked: counted with an event, as the device's other messages) */
+	cr_expect_eq(one("SELECT COUNT(*) FROM events") - events, 7);
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE state IN ('quarantined', 'revoked')"),
+	             2);
+}
