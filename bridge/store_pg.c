@@ -16,6 +16,8 @@
 #define PG_MAX_PARAMS 32
 #define PG_NUM_LEN    32
 #define PG_COPY_FLUSH (64 * 1024)
+#define STR_(x)       #x
+#define STR(x)        STR_(x)
 
 struct pg_conn {
 	PGconn *c;
@@ -27,10 +29,15 @@ struct pg_conn {
 	int64_t retry_at; /* monotonic ms: no reconnect outside a transaction before this */
 	int64_t pending;  /* xid of a transaction whose COMMIT went unanswered, 0 if none */
 	int pid;          /* the server process of the connection */
-	int pending_pid;  /* ... and of the one that sent that COMMIT */
+	int64_t started;  /* ... its backend_start (us, 0 if unknown): with pid, names it */
+	int pending_pid;  /* the server process that sent that COMMIT */
 	int ready;        /* the session settings are applied (pg_session) */
 	unsigned *stale;  /* statements freed in a failed transaction, not deallocated yet */
 	size_t n_stale, cap_stale;
+	/* The server process of the connection before this one (pid, backend_start), ended
+	 * after a reconnect if it still sits idle in a transaction (pg_connect). */
+	int lost_pid;
+	int64_t lost_started;
 };
 
 struct pg_stmt {
@@ -151,6 +158,23 @@ static int pg_value(struct pg_conn *pc, const char *sql, char *out, size_t cap, 
 	return rc;
 }
 
+/* Ask server process pid to end (pg_terminate_backend) if it is still the one cond, a
+ * condition on the columns of pg_stat_activity, describes: a process id can be reused.
+ * *ended: whether one was asked. */
+static int end_backend(struct pg_conn *pc, int pid, const char *cond, int *ended)
+{
+	char q[320], n[16] = "0";
+	int null = 1;
+	snprintf(q, sizeof(q),
+	         "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+	         " WHERE pid = %d AND %s",
+	         pid, cond);
+	int rc = pg_value(pc, q, n, sizeof(n), &null);
+	if (!rc)
+		*ended = strcmp(n, "0") != 0;
+	return rc;
+}
+
 /* Run sql, which returns no rows. */
 static int pg_command(struct pg_conn *pc, const char *sql)
 {
@@ -172,21 +196,46 @@ static int pg_command(struct pg_conn *pc, const char *sql)
  * - synchronous_commit not off: off returns from COMMIT before the WAL is flushed, and the
  *   bridge acknowledges after COMMIT (DESIGN.md, durability contract: a server crash would
  *   lose acknowledged data). It is set to on; local (flushed here, no wait for synchronous
- *   standbys) and the stronger settings (on, remote_write, remote_apply) are kept. */
+ *   standbys) and the stronger settings (on, remote_write, remote_apply) are kept;
+ * - idle_in_transaction_session_timeout at most PG_IDLE_TX_MS (a smaller one is kept): a
+ *   connection that vanished silently (NAT or firewall state lost: no FIN reaches the
+ *   server) in the middle of a transaction leaves its server process idle in it, holding
+ *   its row locks, until the server's TCP keepalive gives up (hours): the retry on a new
+ *   connection waited behind it as long. No Outpost program waits for anything but the
+ *   database inside a transaction (a group, a sweep, a migration step, an outpostctl change
+ *   run their statements back to back); the writer also ends the old process at once after
+ *   a reconnect (pg_connect);
+ * - and records its process's backend_start, which with its pid names it for that. */
+#define PG_IDLE_TX_MS 60000
 static int pg_session(struct pg_conn *pc)
 {
 	static const char *const set[] = {"SET bytea_output = 'hex'",
 	                                  "SET client_encoding = 'UTF8'",
 	                                  "SET default_transaction_isolation = 'read committed'"};
-	char sync[32] = "";
+	char v[32] = "";
 	int null = 1, rc = STORE_OK;
 	pc->ready = 0;
 	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]) && !rc; i++)
 		rc = pg_command(pc, set[i]);
 	if (!rc)
-		rc = pg_value(pc, "SHOW synchronous_commit", sync, sizeof(sync), &null);
-	if (!rc && (null || !strcmp(sync, "off")))
+		rc = pg_value(pc, "SHOW synchronous_commit", v, sizeof(v), &null);
+	if (!rc && (null || !strcmp(v, "off")))
 		rc = pg_command(pc, "SET synchronous_commit = on");
+	if (!rc)
+		rc = pg_value(pc,
+		              "SELECT setting FROM pg_settings WHERE name ="
+		              " 'idle_in_transaction_session_timeout'",
+		              v, sizeof(v), &null);
+	if (!rc && (null || strtoll(v, NULL, 10) <= 0 || strtoll(v, NULL, 10) > PG_IDLE_TX_MS))
+		rc =
+		    pg_command(pc, "SET idle_in_transaction_session_timeout = " STR(PG_IDLE_TX_MS));
+	if (!rc)
+		rc = pg_value(pc,
+		              "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM"
+		              " pg_stat_activity WHERE pid = pg_backend_pid()",
+		              v, sizeof(v), &null);
+	if (!rc)
+		pc->started = null ? 0 : strtoll(v, NULL, 10);
 	pc->ready = !rc;
 	return rc;
 }
@@ -195,7 +244,12 @@ static int pg_session(struct pg_conn *pc)
 static void new_session(struct pg_conn *pc)
 {
 	PQsetNoticeProcessor(pc->c, quiet, NULL);
+	if (pc->pid && pc->started) { /* a reconnect */
+		pc->lost_pid = pc->pid;
+		pc->lost_started = pc->started;
+	}
 	pc->pid = PQbackendPID(pc->c);
+	pc->started = 0;
 	pc->gen++;
 	pc->busy = 0;
 	pc->in_tx = 0;
@@ -219,6 +273,22 @@ static int pg_connect(struct pg_conn *pc)
 		size_t n = strlen(pc->err);
 		snprintf(pc->err + n, STORE_ERR_MAX - n, " (setting up the session)");
 		return STORE_ECONN; /* tried again at the next transaction */
+	}
+	if (pc->lost_pid) {
+		/* The lost connection's server process, if it still sits idle in a transaction:
+		 * the connection vanished without the server noticing, and it would hold that
+		 * transaction's locks (the rows this one is about to lock again) until
+		 * idle_in_transaction_session_timeout. One in the middle of a statement (a COMMIT
+		 * among them) is left to finish: pg_resolve asks about a COMMIT. Best effort:
+		 * the timeout ends it otherwise. */
+		char cond[160];
+		int ended = 0;
+		snprintf(cond, sizeof(cond),
+		         "(extract(epoch FROM backend_start) * 1000000)::bigint = %" PRId64
+		         " AND state LIKE 'idle in transaction%%'",
+		         pc->lost_started);
+		end_backend(pc, pc->lost_pid, cond, &ended);
+		pc->lost_pid = 0;
 	}
 	return STORE_OK;
 }
@@ -379,20 +449,17 @@ static int pg_resolve(void *conn)
 		return rc;
 	if (!null && !strcmp(status, "in progress")) {
 		/* Its server process has not noticed the lost connection (it may not for hours, if
-		 * the connection vanished silently): end it, if it still holds this transaction
-		 * (a process id can be reused), then the transaction is committed or aborted. */
-		snprintf(q, sizeof(q),
-		         "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM"
-		         " pg_stat_activity WHERE pid = %d AND backend_xid::text = '%" PRId64 "'",
-		         pc->pending_pid, pc->pending % 4294967296);
-		char ended[16] = "0";
-		int qrc = pg_value(pc, q, ended, sizeof(ended), &null);
+		 * the connection vanished silently): end it, if it still holds this transaction,
+		 * then the transaction is committed or aborted. */
+		snprintf(q, sizeof(q), "backend_xid::text = '%" PRId64 "'",
+		         pc->pending % 4294967296);
+		int ended = 0, qrc = end_backend(pc, pc->pending_pid, q, &ended);
 		snprintf(pc->err, STORE_ERR_MAX,
 		         "transaction %" PRId64 " is still in progress (its server process %d %s)",
 		         pc->pending, pc->pending_pid,
-		         qrc ? "could not be asked to end: the query failed"
-		         : strcmp(ended, "0") ? "was asked to end"
-		                              : "was not found");
+		         qrc     ? "could not be asked to end: the query failed"
+		         : ended ? "was asked to end"
+		                 : "was not found");
 		return STORE_EBUSY;
 	}
 	if (null || (strcmp(status, "committed") && strcmp(status, "aborted"))) {

@@ -2642,3 +2642,83 @@ Test(brg_commit, a_quarantined_or_revoked_devices_status_is_counted_but_offline)
 	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE state IN ('quarantined', 'revoked')"),
 	             2);
 }
+
+/* A group committed again on another thread (brg_commit_group blocks while PostgreSQL makes it
+ * wait for a lock). */
+struct again {
+	struct brg_item **items;
+	size_t n;
+	int rc;
+	int done; /* under again_mu */
+};
+static pthread_mutex_t again_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void *commit_again(void *arg)
+{
+	struct again *a = arg;
+	brg_outcome_clear(&out);
+	int rc = brg_commit_group(com, a->items, a->n, store_now_ms(), &out);
+	pthread_mutex_lock(&again_mu);
+	a->rc = rc;
+	a->done = 1;
+	pthread_mutex_unlock(&again_mu);
+	return NULL;
+}
+
+/* The connection vanished silently in the middle of a group (a NAT or firewall dropped its
+ * state: no FIN reaches the server), after the group had locked its device's row: the
+ * server's process sits idle in that transaction, holding the lock, until its TCP keepalive
+ * gives up (hours). The group retried on a new connection waited behind it for as long, and
+ * intake stopped. The writer ends its previous server process at the reconnect: the retry is
+ * stored once and acknowledged within seconds. */
+Test(brg_commit_pg_cut, a_group_cut_off_mid_transaction_does_not_wait_for_its_old_session,
+     .timeout = 120)
+{
+	commit_one(birth("dev-a", 1));
+	struct brg_item *g[] = {batch("dev-a", "dev-a", 2, 0)};
+	/* the envelope rows go by COPY after the device's row is locked (FOR UPDATE) */
+	h_relay_strand_on(relay, "COPY envelopes");
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_group(com, g, 1, store_now_ms(), &out), STORE_ECONN, "%s",
+	             store_errmsg(s));
+	cr_assert(h_relay_cut_done(relay));
+	struct store *admin = NULL; /* straight to the server, beside the relay */
+	struct store_opts o = STORE_OPTS_INIT;
+	char err[STORE_ERR_MAX];
+	cr_assert_eq(store_open(pg.url, &o, &admin, err), STORE_OK, "%s", err);
+	int64_t idle = -1;
+	cr_assert_eq(store_query_i64(admin, &idle,
+	                             "SELECT COUNT(*) FROM pg_stat_activity WHERE state ="
+	                             " 'idle in transaction'",
+	                             0),
+	             STORE_OK);
+	cr_assert_eq(idle, 1, "the stranded session is not idle in its transaction");
+
+	struct again a = {g, 1, 0, 0};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, commit_again, &a), 0);
+	long long t0 = h_now_ms();
+	int done = 0;
+	while (!done && h_now_ms() - t0 < 10000) {
+		h_sleep_ms(50);
+		pthread_mutex_lock(&again_mu);
+		done = a.done;
+		pthread_mutex_unlock(&again_mu);
+	}
+	if (!done) /* let the thread go: end the stranded session from here */
+		store_exec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+		                  " state = 'idle in transaction'");
+	pthread_join(t, NULL);
+	cr_expect(done, "the retry waited %lld ms for the stranded session's lock",
+	          h_now_ms() - t0);
+	cr_expect_eq(a.rc, STORE_OK, "%s", store_errmsg(s));
+	put_states(&out);
+	int64_t n = -1;
+	cr_expect_eq(store_query_i64(admin, &n, "SELECT COUNT(*) FROM envelopes WHERE seq = 2", 0),
+	             STORE_OK);
+	cr_expect_eq(n, 1);
+	const struct brg_reply *ack = ack_of("dev-a");
+	cr_expect(ack && ack->seq == 2, "no ack of seq 2");
+	store_close(admin);
+	free_items(g, 1);
+}

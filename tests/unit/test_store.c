@@ -817,6 +817,41 @@ Test(store, postgresql_sessions_do_not_take_the_roles_settings, .timeout = 120)
 	h_pg_free(&pg);
 }
 
+/* A session's transactions are ended by the server once idle in them for a minute: a
+ * connection that vanished silently mid-transaction (NAT state lost, no FIN) otherwise left
+ * its server process holding that transaction's row locks until the server's TCP keepalive
+ * gave up (hours), and the bridge's retry on a new connection waited behind them. Off (the
+ * default) or longer for the role is brought down to a minute, shorter is kept; also after a
+ * reconnect. */
+Test(store, postgresql_sessions_end_transactions_left_idle, .timeout = 120)
+{
+	static const struct {
+		const char *role, *session;
+	} idle[] = {{"0", "60000"}, {"600000", "60000"}, {"10000", "10000"}};
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	for (size_t i = 0; i < sizeof(idle) / sizeof(idle[0]); i++) {
+		char *sql = h_strf("ALTER ROLE postgres SET idle_in_transaction_session_timeout = %s",
+		                   idle[i].role);
+		cr_assert_eq(h_pg_sql(&pg, sql, NULL), 0);
+		free(sql);
+		struct store *s = open_url(pg.url, 0);
+		cr_expect(has_setting(s, "idle_in_transaction_session_timeout", idle[i].session),
+		          "role: %s", idle[i].role);
+		if (i == 0) {
+			h_pg_stop(&pg);
+			cr_expect_eq(store_begin(s), STORE_ECONN, "%s", store_errmsg(s));
+			h_pg_start(&pg);
+			cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+			cr_expect(has_setting(s, "idle_in_transaction_session_timeout", "60000"),
+			          "after a reconnect");
+			cr_expect_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+		}
+		store_close(s);
+	}
+	h_pg_free(&pg);
+}
+
 /* One bridge starting: opens the store and migrates it. */
 struct starter {
 	const char *url;
