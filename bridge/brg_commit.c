@@ -1010,6 +1010,20 @@ void brg_commit__unwind(struct brg_committer *c, struct brg_outcome *out,
 	brg_commit__mcache_clear(c);
 }
 
+int brg_commit__end_tx(struct brg_committer *c, int rc, const struct brg_outcome *mark)
+{
+	if (!rc && (rc = store_commit(c->s)) == STORE_EUNKNOWN) {
+		c->unsettled = 1;
+		c->mark = *mark;
+		return rc;
+	}
+	if (!rc)
+		return STORE_OK;
+	store_rollback(c->s);
+	brg_commit__unwind(c, c->out, mark);
+	return rc < 0 ? rc : STORE_EQUERY;
+}
+
 void brg_commit_settle(struct brg_committer *c, int committed, struct brg_outcome *out)
 {
 	if (!c->unsettled)
@@ -1030,24 +1044,14 @@ int brg_commit_group(struct brg_committer *c, struct brg_item *const *items, siz
 	if ((rc = store_begin(c->s)))
 		return rc;
 	if ((rc = load_devices(c, items, n)) || (rc = envelope_keys(c, items, n)))
-		goto fail;
+		goto end;
 	for (size_t i = 0; i < n; i++)
 		if ((rc = apply(c, items[i])))
-			goto fail;
+			goto end;
 	/* The devices' states, for the registry, before COMMIT: once committed, a pending Birth
 	 * must learn its fate (brg_outcome_to_registry), or it would verify for ever. */
-	if ((rc = finish(c)) || (rc = states(c)))
-		goto fail;
-	if ((rc = store_commit(c->s)) == STORE_EUNKNOWN) {
-		c->unsettled = 1;
-		c->mark = mark;
-		return rc;
-	}
-	if (rc)
-		goto fail;
-	return STORE_OK;
-fail:
-	store_rollback(c->s);
-	brg_commit__unwind(c, out, &mark);
-	return rc < 0 ? rc : STORE_EQUERY;
+	if (!(rc = finish(c)))
+		rc = states(c);
+end:
+	return brg_commit__end_tx(c, rc, &mark);
 }

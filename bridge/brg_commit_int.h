@@ -156,6 +156,10 @@ extern const char *const brg_commit__sql[S_COUNT];
 	} while (0)
 
 int brg_commit__reserve(void **arr, size_t *cap, size_t n, size_t elem);
+/* End the transaction of work that ended in rc (0: done): COMMIT it, or else roll it back and
+ * unwind c->out to mark (a failure other than a store error is STORE_EQUERY). STORE_EUNKNOWN,
+ * COMMIT unanswered, keeps c->out as it is for brg_commit_settle(). */
+int brg_commit__end_tx(struct brg_committer *c, int rc, const struct brg_outcome *mark);
 struct brg_reply *brg_commit__add_reply(struct brg_outcome *o);
 void brg_commit__note(struct brg_committer *c, int level, const char *device, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

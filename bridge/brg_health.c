@@ -157,12 +157,7 @@ int brg_commit_maintain(struct brg_committer *c, int64_t now_ms, struct brg_outc
 	c->out = out;
 	if ((rc = store_begin(c->s)))
 		return rc;
-	if ((rc = sweep(c)) || (rc = store_commit(c->s))) {
-		store_rollback(c->s);
-		brg_commit__unwind(c, out, &mark);
-		return rc;
-	}
-	return STORE_OK;
+	return brg_commit__end_tx(c, sweep(c), &mark);
 }
 
 int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, int64_t now_ms,
@@ -235,10 +230,5 @@ int brg_commit_recheck_certs(struct brg_committer *c, struct brg_verifier *v, in
 		}
 	}
 	free(hit);
-	if (rc < 0 || (rc = store_commit(c->s))) {
-		store_rollback(c->s);
-		brg_commit__unwind(c, out, &mark);
-		return rc;
-	}
-	return STORE_OK;
+	return brg_commit__end_tx(c, rc < 0 ? rc : 0, &mark);
 }

@@ -287,31 +287,32 @@ static void backoff(struct brg_ingest *in, int64_t ms)
 	}
 }
 
-/* The connection broke after COMMIT was sent: ask the database what became of the group
- * before anything is published or applied again. 0 if it committed, else an error (the group
- * is then unwound, to be retried). */
-static int settle(struct brg_ingest *in, size_t n, struct brg_outcome *out)
+/* The connection broke after COMMIT was sent: ask the database what became of the
+ * transaction (what: "commit of 3 message(s)", for the log) before anything is published or
+ * applied again. 0 if it committed, else an error (out is then unwound, the work to be done
+ * again). */
+static int settle(struct brg_ingest *in, const char *what, struct brg_outcome *out)
 {
 	int64_t delay = in->o.retry_min_ms;
 	for (int attempt = 1;; attempt++) {
 		int r = store_commit_resolve(in->store);
 		if (r >= 0) {
 			brg_commit_settle(in->com, r, out);
-			logf_(in, OLOG_INFO, "the unanswered commit of %zu message(s) %s", n,
+			logf_(in, OLOG_INFO, "the unanswered %s %s", what,
 			      r ? "did commit" : "did not commit; retrying it");
 			return r ? STORE_OK : STORE_ECONN;
 		}
 		if (attempt == 1 || attempt % 10 == 0)
 			logf_(in, OLOG_WARN,
-			      "commit of %zu message(s): the connection broke before the database "
-			      "answered; asking what became of it (attempt %d): %s: %s",
-			      n, attempt, store_strerror(r), store_errmsg(in->store));
+			      "%s: the connection broke before the database answered; asking what "
+			      "became of it (attempt %d): %s: %s",
+			      what, attempt, store_strerror(r), store_errmsg(in->store));
 		if (!store_err_transient(r) || stopping_past_deadline(in)) {
 			brg_commit_settle(in->com, 0, out);
 			logf_(in, OLOG_ERROR,
-			      "commit of %zu message(s): outcome unknown (%s); treated as not "
-			      "committed: if it was, its rejections and events are counted twice",
-			      n, store_strerror(r));
+			      "%s: outcome unknown (%s); treated as not committed: if it was, "
+			      "what it counted (rejections, events) counts twice",
+			      what, store_strerror(r));
 			return r;
 		}
 		backoff(in, delay);
@@ -326,8 +327,11 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 	for (int attempt = 1;; attempt++) {
 		int64_t now = store_now_ms();
 		int rc = brg_commit_group(in->com, items, n, now, out);
-		if (rc == STORE_EUNKNOWN)
-			rc = settle(in, n, out);
+		if (rc == STORE_EUNKNOWN) {
+			char what[48];
+			snprintf(what, sizeof(what), "commit of %zu message(s)", n);
+			rc = settle(in, what, out);
+		}
 		if (!rc) {
 			pthread_mutex_lock(&in->mu);
 			in->st.commits++;
@@ -384,6 +388,8 @@ static void maintain(struct brg_ingest *in, struct brg_outcome *out)
 {
 	int64_t now = store_now_ms();
 	int rc = brg_commit_maintain(in->com, now, out);
+	if (rc == STORE_EUNKNOWN)
+		rc = settle(in, "commit of the health sweep", out);
 	if (rc) {
 		logf_(in, OLOG_WARN, "health sweep failed: %s: %s (next time)", store_strerror(rc),
 		      store_errmsg(in->store));
@@ -397,6 +403,8 @@ static void recheck(struct brg_ingest *in, struct brg_outcome *out)
 	int64_t now = store_now_ms();
 	uint64_t gen = brg_verifier_ca_gen(in->ver);
 	int rc = brg_commit_recheck_certs(in->com, in->ver, now, out);
+	if (rc == STORE_EUNKNOWN)
+		rc = settle(in, "commit of the certificate re-check", out);
 	if (rc) {
 		logf_(in, OLOG_WARN, "certificate re-check failed: %s: %s (retrying later)",
 		      store_strerror(rc), store_errmsg(in->store));

@@ -2722,3 +2722,63 @@ Test(brg_commit_pg_cut, a_group_cut_off_mid_transaction_does_not_wait_for_its_ol
 	store_close(admin);
 	free_items(g, 1);
 }
+
+/* The health sweep and the certificate re-check have their COMMIT's answer lost too: the
+ * outcome is kept until the database says what became of it, as a group's (before, it was
+ * thrown away at once: a committed revocation never reached the registry, and the re-check
+ * after it no longer finds the device, already revoked). */
+Test(brg_commit_pg_cut, an_unanswered_sweep_or_recheck_is_settled, .timeout = 120)
+{
+	online_device("silent", store_now_ms() - 86400000);
+	h_relay_cut_on(relay, "COMMIT", false, 300);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_maintain(com, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert_eq(resolve_commit(), 1, "%s", store_errmsg(s));
+	brg_commit_settle(com, 1, &out);
+	cr_expect_eq(out.n_notes, 1, "the committed sweep's log line was thrown away");
+	cr_expect(out.n_notes && strstr(out.notes[0].text, "offline"), "%s",
+	          out.n_notes ? out.notes[0].text : "");
+	cr_expect_eq(one("SELECT online FROM devices WHERE device_id = 'silent'"), 0);
+
+	char *path = h_strf("%s/devices/dev-revoked.crt", h_pki());
+	char *pem = h_read_file(path, NULL);
+	cr_assert_not_null(pem, "%s", path);
+	struct store_stmt *st = NULL;
+	cr_assert_eq(store_prepare(s,
+	                           "INSERT INTO devices (device_id, state, created_at,"
+	                           " state_changed_at, cert_pem) VALUES ('dev-revoked', 'active',"
+	                           " 1, 1, ?)",
+	                           &st),
+	             STORE_OK);
+	cr_assert_eq(store_bind_text(st, 1, pem), STORE_OK);
+	cr_assert_eq(store_step(st), 0, "%s", store_errmsg(s));
+	store_stmt_free(st);
+	h_relay_cut_on(relay, "COMMIT", false, 300);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_recheck_certs(com, ver, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert_eq(resolve_commit(), 1, "%s", store_errmsg(s));
+	brg_commit_settle(com, 1, &out);
+	cr_expect_eq(out.n_states, 1, "the committed revocation does not reach the registry");
+	cr_expect(out.n_states && out.states[0].info.state == BRG_ST_REVOKED &&
+	          !strcmp(out.states[0].device, "dev-revoked"));
+	cr_expect_eq(one("SELECT COUNT(*) FROM devices WHERE device_id = 'dev-revoked' AND"
+	                 " state = 'revoked'"),
+	             1);
+
+	/* not committed: unwound, as before */
+	cr_assert_eq(store_exec(s, "UPDATE devices SET state = 'active' WHERE device_id ="
+	                           " 'dev-revoked'"),
+	             STORE_OK);
+	h_relay_cut_on(relay, "COMMIT", true, 0);
+	brg_outcome_clear(&out);
+	cr_assert_eq(brg_commit_recheck_certs(com, ver, store_now_ms(), &out), STORE_EUNKNOWN, "%s",
+	             store_errmsg(s));
+	cr_assert_eq(resolve_commit(), 0, "%s", store_errmsg(s));
+	brg_commit_settle(com, 0, &out);
+	cr_expect_eq(out.n_states, 0);
+	cr_expect_eq(out.n_notes, 0);
+	free(pem);
+	free(path);
+}
