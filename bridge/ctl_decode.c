@@ -542,6 +542,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	struct store_opts so = STORE_OPTS_INIT;
 	char serr[STORE_ERR_MAX];
 	so.create = 0;
+	so.writable = 0;
 	so.app_name = CTL_PROG;
 	if (c->store_url && store_open(c->store_url, &so, &d.store, serr))
 		d.store = NULL;

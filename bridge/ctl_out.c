@@ -39,7 +39,8 @@ struct store *ctl_store(struct ctl *c)
 	int version = 0, rc;
 	if (c->s)
 		return c->s;
-	o.create = 0; /* a typo in the path must not create an empty store */
+	o.create = 0;   /* a typo in the path must not create an empty store */
+	o.writable = 0; /* its reads work on a store this user may only read */
 	o.app_name = CTL_PROG;
 	c->code = CTL_FAIL;
 	if ((rc = store_open(c->store_url, &o, &c->s, err))) {

@@ -43,6 +43,10 @@ enum store_sync { STORE_SYNC_OFF, STORE_SYNC_NORMAL, STORE_SYNC_FULL };
 
 struct store_opts {
 	int create;            /* SQLite: create the database file if it is missing */
+	/* SQLite: refuse to open (STORE_EREADONLY, naming the file) a database this user cannot
+	 * write: the file, its -wal and -shm files or their directory. Else such a database
+	 * opens read-only and every write fails (outpostctl reads stores it may not write). */
+	int writable;
 	int sync;              /* SQLite: enum store_sync (PRAGMA synchronous, WAL journal) */
 	int busy_timeout_ms;   /* SQLite: wait this long for a lock before STORE_EBUSY */
 	int connect_timeout_s; /* PostgreSQL: connect_timeout */
@@ -50,7 +54,7 @@ struct store_opts {
 };
 #define STORE_OPTS_INIT                                                                            \
 	{                                                                                          \
-		1, STORE_SYNC_FULL, 5000, 10, "outpost"                                            \
+		1, 1, STORE_SYNC_FULL, 5000, 10, "outpost"                                         \
 	}
 
 struct store;      /* one connection */

@@ -93,8 +93,11 @@ static int map_result(struct pg_conn *pc, PGresult *res, const char *what)
 	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03") ||
 	    !strcmp(state, "57014"))
 		return STORE_EBUSY;
-	if (!strcmp(state, "25006"))
+	if (!strcmp(state, "25006")) {
+		snprintf(pc->err + n, STORE_ERR_MAX - n,
+		         " (a standby server, or default_transaction_read_only set?)");
 		return STORE_EREADONLY;
+	}
 	if (!strncmp(state, "53", 2))
 		return STORE_EFULL;
 	if (!strncmp(state, "23", 2))

@@ -1,8 +1,10 @@
 /* store_sqlite.c - the SQLite backend: WAL journal, synchronous=FULL by default (a commit is on
  * disk before the bridge acknowledges it), busy timeout, prepared statements. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -37,8 +39,13 @@ static int map(struct sq_conn *c, int rc, const char *what)
 		return STORE_EBUSY;
 	case SQLITE_NOMEM:
 		return STORE_ENOMEM;
-	case SQLITE_READONLY:
+	case SQLITE_READONLY: {
+		size_t n = strlen(c->err);
+		snprintf(c->err + n, STORE_ERR_MAX - n,
+		         " (can this user write the store file, its -wal and -shm files and their"
+		         " directory?)");
 		return STORE_EREADONLY;
+	}
 	case SQLITE_FULL:
 		return STORE_EFULL;
 	case SQLITE_IOERR:
@@ -56,6 +63,38 @@ static int sq_exec(void *conn, const char *sql)
 {
 	struct sq_conn *c = conn;
 	return map(c, sqlite3_exec(c->db, sql, NULL, NULL, NULL), "exec");
+}
+
+/* Why this user cannot write the store at path, into err: the first of the file, its -wal
+ * and -shm files (SQLite makes them with the file's mode, owned by whoever opened it first)
+ * and its directory (where SQLite creates them) that access() says it may not write. */
+static void unwritable(const char *path, char *err)
+{
+	static const char *const what[] = {"the store file", "its -wal file", "its -shm file"};
+	static const char *const suffix[] = {"", "-wal", "-shm"};
+	char p[4096];
+	const char *found = NULL;
+	for (size_t i = 0; i < 3 && !found; i++) {
+		snprintf(p, sizeof(p), "%s%s", path, suffix[i]);
+		if (access(p, W_OK) && errno != ENOENT)
+			found = what[i];
+	}
+	if (!found) {
+		snprintf(p, sizeof(p), "%s", path);
+		char *slash = strrchr(p, '/');
+		if (slash)
+			slash[slash == p] = '\0';
+		if (access(slash ? p : ".", W_OK | X_OK))
+			found = "its directory";
+	}
+	if (found && errno == EROFS) {
+		snprintf(err, STORE_ERR_MAX, "%s is on a file system mounted read-only", found);
+		return;
+	}
+	snprintf(err, STORE_ERR_MAX,
+	         "%s is read-only to this user (uid %u): check the owner and mode of the store"
+	         " file, its -wal and -shm files and their directory",
+	         found ? found : "the store", (unsigned)geteuid());
 }
 
 static int sq_open(const char *path, const struct store_opts *o, char *errbuf, void **conn,
@@ -80,6 +119,13 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 		rc = (rc & 0xff) == SQLITE_CANTOPEN ? STORE_ECONN : map(c, rc, "open");
 		goto fail;
 	}
+	/* A file this user may only read opens read-only, silently; the first write would fail,
+	 * and a writer would retry it for ever. */
+	if (o->writable && sqlite3_db_readonly(c->db, "main") == 1) {
+		unwritable(path, err);
+		rc = STORE_EREADONLY;
+		goto fail;
+	}
 	sqlite3_extended_result_codes(c->db, 0);
 	sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
 	/* WAL: readers (outpostctl) never block the writer; the journal mode is persistent. */
@@ -92,8 +138,11 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 	if (rc == SQLITE_OK)
 		rc = fin; /* a failed prepare stays the error: finalize(NULL) is OK */
 	if (rc != SQLITE_OK || !mode || strcmp(mode, "wal")) {
-		snprintf(err, STORE_ERR_MAX, "cannot use the WAL journal (%s)",
-		         rc != SQLITE_OK || !mode ? sqlite3_errmsg(c->db) : mode);
+		if ((rc & 0xff) == SQLITE_READONLY) /* the -wal file cannot be made or opened */
+			unwritable(path, err);
+		else
+			snprintf(err, STORE_ERR_MAX, "cannot use the WAL journal (%s)",
+			         rc != SQLITE_OK || !mode ? sqlite3_errmsg(c->db) : mode);
 		free(mode);
 		rc = rc != SQLITE_OK ? map(c, rc, "journal_mode") : STORE_EQUERY;
 		goto fail;
@@ -105,6 +154,17 @@ static int sq_open(const char *path, const struct store_opts *o, char *errbuf, v
 	if (rc != SQLITE_OK) {
 		snprintf(err, STORE_ERR_MAX, "%s", sqlite3_errmsg(c->db));
 		rc = map(c, rc, "pragma");
+		goto fail;
+	}
+	/* The file writable, its -wal or -shm file may not be (left by a user that could only
+	 * read it: SQLite gave them the file's mode then): the write lock needs both. Busy (a
+	 * writer at work) says nothing either way. */
+	if (o->writable &&
+	    (rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK)
+		rc = sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+	if ((rc & 0xff) == SQLITE_READONLY) {
+		unwritable(path, err);
+		rc = STORE_EREADONLY;
 		goto fail;
 	}
 	*conn = c;

@@ -7,9 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "h_bridge.h"
 #include "harness.h"
+#include "store.h"
 
 static char *dir;
 
@@ -129,4 +132,53 @@ Test(bridge_config, a_relaxed_sqlite_sync_is_warned_about, .timeout = 60)
 		free(cmd);
 		free(out);
 	}
+}
+
+/* A store the bridge cannot use: it exits 1 at once with one error line that says what to fix
+ * (where it opened a read-only store file and retried the first write for ever). */
+static void expect_store_refused(const char *run_as, const char *store_dir, const char *url,
+                                 const char *needle)
+{
+	char *out = NULL;
+	/* a PKI and binary nobody can read: the build directory may be root's alone */
+	char *cmd = h_strf("cp -r %s %s/pki && cp %s/bridge/outpost-bridge %s/ && chown -R"
+	                   " 65534:65534 %s/pki && %s %s/outpost-bridge --pki-dir=%s/pki"
+	                   " --store=%s --broker-port=%d",
+	                   h_pki(), store_dir, h_build_dir(), store_dir, store_dir, run_as,
+	                   store_dir, store_dir, url, h_free_port());
+	int rc = h_sh(cmd, &out, 10);
+	cr_expect_eq(rc, 1, "exit %d, output:\n%s", rc, out);
+	cr_expect_eq(h_count(out, "\n"), 1, "want one line:\n%s", out);
+	cr_expect(strstr(out, " outpost-bridge error: ") && strstr(out, needle), "no '%s' in:\n%s",
+	          needle, out);
+	free(out);
+	free(cmd);
+}
+
+Test(bridge_config, a_store_file_the_bridge_cannot_write, .timeout = 60)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root, to run the bridge as another user");
+	char tmp[] = "/tmp/outpost-test-ro-XXXXXX";
+	cr_assert_not_null(mkdtemp(tmp));
+	cr_assert_eq(chmod(tmp, 0755), 0);
+	char *url = h_strf("sqlite:%s/s.db", tmp), *db = h_strf("%s/s.db", tmp), err[STORE_ERR_MAX];
+	struct store *s = NULL;
+	cr_assert_eq(store_open(url, NULL, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
+	store_close(s);
+	cr_assert_eq(chmod(db, 0444), 0);
+	char *run_as = h_strf("chown 65534 %s && setpriv --reuid=65534 --regid=65534 --clear-groups",
+	                      tmp);
+	char *want = h_strf("store: %s: the store file is read-only to this user (uid 65534): check"
+	                    " the owner and mode",
+	                    url);
+	expect_store_refused(run_as, tmp, url, want);
+	free(want);
+	free(run_as);
+	char *rm = h_strf("rm -rf %s", tmp);
+	h_sh(rm, NULL, 30);
+	free(rm);
+	free(db);
+	free(url);
 }

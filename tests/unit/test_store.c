@@ -3,12 +3,14 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -697,6 +699,119 @@ Test(store, prune_windows_follow_the_density_of_a_series, .timeout = 120)
 
 /* A full database: SQLite rolls the transaction back by itself, the caller's ROLLBACK then
  * fails, and the error to report is still the one that made it roll back. */
+/* What a store opened by user 65534 (nobody) does. */
+struct as_nobody {
+	int open_rc, version_rc, version, write_rc;
+	char err[STORE_ERR_MAX], write_err[STORE_ERR_MAX];
+};
+
+/* Open url as nobody (writable: the bridge's open, else outpostctl's) in a child process; if
+ * it opens, read the schema version and try a write. */
+static struct as_nobody open_as_nobody(const char *url, int writable)
+{
+	struct as_nobody r;
+	int p[2];
+	memset(&r, 0, sizeof(r));
+	cr_assert_eq(pipe(p), 0);
+	pid_t child = fork();
+	cr_assert_geq(child, 0);
+	if (child == 0) {
+		close(p[0]);
+		struct store *s = NULL;
+		struct store_opts o = STORE_OPTS_INIT;
+		o.writable = writable;
+		o.busy_timeout_ms = 100;
+		if (setgroups(0, NULL) || setgid(65534) || setuid(65534))
+			_exit(3);
+		r.open_rc = store_open(url, &o, &s, r.err);
+		if (!r.open_rc) {
+			r.version_rc = store_schema_version(s, &r.version);
+			r.write_rc = store_exec(s, "INSERT INTO events (at, type) VALUES (1, 'x')");
+			snprintf(r.write_err, sizeof(r.write_err), "%s", store_errmsg(s));
+		}
+		store_close(s);
+		_exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 4);
+	}
+	close(p[1]);
+	ssize_t n = read(p[0], &r, sizeof(r));
+	close(p[0]);
+	int st = 0;
+	cr_assert_eq(waitpid(child, &st, 0), child);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child as nobody: status %d", st);
+	cr_assert_eq(n, (ssize_t)sizeof(r));
+	return r;
+}
+
+/* A store file the bridge's user cannot write (created by root, mode 0444) opened read-only
+ * without a word, BEGIN IMMEDIATE passed, and the first INSERT failed as read-only, which
+ * the writer retries for ever; and SQLite made the -wal and -shm files beside it with the
+ * file's mode, so a chmod of the file alone did not help. The bridge's open now refuses it,
+ * naming what to fix; outpostctl's still reads it, and a write says what to check. */
+Test(store, sqlite_a_store_this_user_cannot_write_is_refused_at_the_open)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root, to run as another user");
+	char dir[] = "/tmp/outpost-test-ro-XXXXXX"; /* nobody may not enter the build directory */
+	cr_assert_not_null(mkdtemp(dir));
+	char *db = h_strf("%s/s.db", dir), *url = h_strf("sqlite:%s", db);
+	char *wal = h_strf("%s-wal", db), *shm = h_strf("%s-shm", db);
+	struct store *s = open_url(url, 1);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
+	store_close(s);
+	cr_assert_eq(chmod(db, 0444), 0);
+	cr_assert_eq(chown(dir, 65534, 65534), 0); /* nobody may make files there */
+
+	struct as_nobody r = open_as_nobody(url, 1);
+	cr_expect_eq(r.open_rc, STORE_EREADONLY, "%s", r.err);
+	cr_expect(strstr(r.err, "the store file is read-only to this user (uid 65534): check the"
+	                        " owner and mode"),
+	          "%s", r.err);
+	cr_expect(strstr(r.err, db), "the message names the file: %s", r.err);
+	cr_expect(access(wal, F_OK) && access(shm, F_OK), "the refused open made WAL files");
+
+	/* outpostctl reads it; a write is refused, saying what to check */
+	r = open_as_nobody(url, 0);
+	cr_expect_eq(r.open_rc, STORE_OK, "%s", r.err);
+	cr_expect_eq(r.version_rc, STORE_OK);
+	cr_expect_eq(r.version, STORE_SCHEMA_VERSION);
+	cr_expect_eq(r.write_rc, STORE_EREADONLY, "%s", r.write_err);
+	cr_expect(strstr(r.write_err, "can this user write the store file"), "%s", r.write_err);
+
+	/* the file given to nobody: what that read left beside it (SQLite made it with the
+	 * file's mode, 0444) is named next */
+	cr_assert_eq(chown(db, 65534, 65534), 0);
+	cr_assert_eq(chmod(db, 0644), 0);
+	int left = !access(wal, F_OK) || !access(shm, F_OK);
+	r = open_as_nobody(url, 1);
+	if (left) {
+		cr_expect_eq(r.open_rc, STORE_EREADONLY, "%s", r.err);
+		cr_expect(strstr(r.err, "-wal file is read-only to this user") ||
+		              strstr(r.err, "-shm file is read-only to this user"),
+		          "%s", r.err);
+		cr_assert_eq(chmod(wal, 0644) || chmod(shm, 0644), 0);
+		r = open_as_nobody(url, 1);
+	}
+	cr_expect_eq(r.open_rc, STORE_OK, "%s", r.err);
+	cr_expect_eq(r.write_rc, STORE_OK, "%s", r.write_err);
+
+	/* a directory it cannot write: the WAL files cannot be made there */
+	cr_assert_eq(chown(dir, 0, 0), 0);
+	cr_assert_eq(chmod(dir, 0755), 0);
+	unlink(wal);
+	unlink(shm);
+	r = open_as_nobody(url, 1);
+	cr_expect_eq(r.open_rc, STORE_EREADONLY, "%s", r.err);
+	cr_expect(strstr(r.err, "its directory is read-only to this user"), "%s", r.err);
+
+	char *rm = h_strf("rm -rf %s", dir);
+	h_sh(rm, NULL, 30);
+	free(rm);
+	free(wal);
+	free(shm);
+	free(url);
+	free(db);
+}
+
 Test(store, sqlite_full_keeps_the_error_that_matters)
 {
 	char *dir = h_tmpdir("store-full"), *url = h_strf("sqlite:%s/s.db", dir);
@@ -849,6 +964,26 @@ Test(store, postgresql_sessions_end_transactions_left_idle, .timeout = 120)
 		}
 		store_close(s);
 	}
+	h_pg_free(&pg);
+}
+
+/* A server that refuses writes says why it may: a standby (a failover pointed the URL at one),
+ * or default_transaction_read_only set for the role or database. */
+Test(store, postgresql_a_read_only_server_says_what_to_check, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct store *s = open_url(pg.url, 0);
+	cr_assert_eq(store_exec(s, "CREATE TABLE t (v BIGINT)"), STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, "SET default_transaction_read_only = on"), STORE_OK);
+	cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+	cr_expect_eq(store_exec(s, "INSERT INTO t VALUES (1)"), STORE_EREADONLY, "%s",
+	             store_errmsg(s));
+	cr_expect(strstr(store_errmsg(s), "read-only transaction (a standby server, or"
+	                                  " default_transaction_read_only set?)"),
+	          "%s", store_errmsg(s));
+	store_rollback(s);
+	store_close(s);
 	h_pg_free(&pg);
 }
 
