@@ -200,7 +200,15 @@ int main(int argc, char **argv)
 		     "their devices (which then delete them); use full in production",
 		     c.sqlite_sync == STORE_SYNC_OFF ? "off" : "normal");
 	int from = 0, to = 0;
-	if ((rc = store_migrate(writer, &from, &to))) {
+	if ((rc = store_migrate(writer, &from, &to)) == STORE_ESCHEMA) {
+		/* "store schema 6 is newer than this program's 5": a newer bridge migrated it */
+		olog(OLOG_ERROR,
+		     "store %s: %s: upgrade " PROG " (every bridge on this store: a newer one has"
+		     " migrated it)",
+		     store_url(writer), store_errmsg(writer));
+		goto out;
+	}
+	if (rc) {
 		olog(OLOG_ERROR, "store %s: schema migration failed: %s%s%s", store_url(writer),
 		     store_strerror(rc), store_errmsg(writer)[0] ? ": " : "", store_errmsg(writer));
 		goto out;

@@ -228,6 +228,14 @@ const char *store_errmsg(const struct store *s)
 	return s->err;
 }
 
+void store__errf(struct store *s, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	va_end(ap);
+}
+
 int store_exec(struct store *s, const char *sql)
 {
 	return s->be->exec(s->conn, sql);

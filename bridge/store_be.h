@@ -44,6 +44,9 @@ struct store_backend {
 	void (*copy_free)(void *cp);
 };
 
+/* Set the detail store_errmsg() returns (store_schema.c: what the backends do not know). */
+void store__errf(struct store *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 extern const struct store_backend store__sqlite;
 #ifdef STORE_WITH_PG
 extern const struct store_backend store__pg;

@@ -283,7 +283,9 @@ static int migrate_step(struct store *s, int upto, int *version, int *done)
 	rc = store_query_i64(s, &v, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", 0);
 	if (rc)
 		goto fail;
-	if (v > STORE_SCHEMA_VERSION) {
+	if (v > STORE_SCHEMA_VERSION) { /* another program migrated it since it was read */
+		store__errf(s, "store schema %d is newer than this program's %d", (int)v,
+		            STORE_SCHEMA_VERSION);
 		rc = STORE_ESCHEMA;
 		goto fail;
 	}
@@ -326,8 +328,11 @@ int store__migrate_upto(struct store *s, int upto, int *from, int *to)
 		return rc;
 	if (from)
 		*from = v;
-	if (v > STORE_SCHEMA_VERSION)
+	if (v > STORE_SCHEMA_VERSION) {
+		store__errf(s, "store schema %d is newer than this program's %d", v,
+		            STORE_SCHEMA_VERSION);
 		return STORE_ESCHEMA;
+	}
 	if (upto > STORE_SCHEMA_VERSION)
 		upto = STORE_SCHEMA_VERSION;
 	/* A current store is only read, so read-only stores work for outpostctl. */
@@ -338,7 +343,13 @@ int store__migrate_upto(struct store *s, int upto, int *from, int *to)
 	}
 	if (to)
 		*to = v;
-	return N_MIGRATIONS == STORE_SCHEMA_VERSION ? STORE_OK : STORE_ESCHEMA;
+	if (N_MIGRATIONS != STORE_SCHEMA_VERSION) {
+		store__errf(s,
+		            "this program's migrations end at version %d, not %d (a build error)",
+		            (int)N_MIGRATIONS, STORE_SCHEMA_VERSION);
+		return STORE_ESCHEMA;
+	}
+	return STORE_OK;
 }
 
 int store_migrate(struct store *s, int *from, int *to)

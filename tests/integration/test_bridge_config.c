@@ -135,7 +135,8 @@ Test(bridge_config, a_relaxed_sqlite_sync_is_warned_about, .timeout = 60)
 }
 
 /* A store the bridge cannot use: it exits 1 at once with one error line that says what to fix
- * (where it opened a read-only store file and retried the first write for ever). */
+ * (where it opened a read-only store file and retried the first write for ever, or exited with
+ * "store schema not usable by this program"). */
 static void expect_store_refused(const char *run_as, const char *store_dir, const char *url,
                                  const char *needle)
 {
@@ -181,4 +182,28 @@ Test(bridge_config, a_store_file_the_bridge_cannot_write, .timeout = 60)
 	free(rm);
 	free(db);
 	free(url);
+}
+
+Test(bridge_config, a_store_newer_than_the_bridge, .timeout = 60)
+{
+	char tmp[] = "/tmp/outpost-test-schema-XXXXXX", err[STORE_ERR_MAX];
+	cr_assert_not_null(mkdtemp(tmp));
+	char *url = h_strf("sqlite:%s/s.db", tmp);
+	char *newer = h_strf("INSERT INTO schema_migrations (version, applied_at) VALUES (%d, 0)",
+	                     STORE_SCHEMA_VERSION + 1);
+	struct store *s = NULL;
+	cr_assert_eq(store_open(url, NULL, &s, err), STORE_OK, "%s", err);
+	cr_assert_eq(store_migrate(s, NULL, NULL), STORE_OK);
+	cr_assert_eq(store_exec(s, newer), STORE_OK);
+	store_close(s);
+	char *want = h_strf("store %s: store schema %d is newer than this program's %d: upgrade"
+	                    " outpost-bridge",
+	                    url, STORE_SCHEMA_VERSION + 1, STORE_SCHEMA_VERSION);
+	expect_store_refused("", tmp, url, want);
+	free(want);
+	free(newer);
+	free(url);
+	char *rm = h_strf("rm -rf %s", tmp);
+	h_sh(rm, NULL, 30);
+	free(rm);
 }

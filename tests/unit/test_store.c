@@ -318,6 +318,9 @@ static void exercise(const char *url)
 	    STORE_OK);
 	cr_expect_eq(store_migrate(s, &from, &to), STORE_ESCHEMA);
 	cr_expect_eq(from, 99);
+	char *newer = h_strf("store schema 99 is newer than this program's %d", STORE_SCHEMA_VERSION);
+	cr_expect_str_eq(store_errmsg(s), newer, "the message says both versions");
+	free(newer);
 	store_close(s);
 }
 
