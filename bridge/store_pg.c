@@ -32,6 +32,7 @@ struct pg_conn {
 	int64_t started;  /* ... its backend_start (us, 0 if unknown): with pid, names it */
 	int pending_pid;  /* the server process that sent that COMMIT */
 	int ready;        /* the session settings are applied (pg_session) */
+	int broken;       /* unusable though up (stuck in COPY): reconnect at the next BEGIN */
 	unsigned *stale;  /* statements freed in a failed transaction, not deallocated yet */
 	size_t n_stale, cap_stale;
 	/* The server process of the connection before this one (pid, backend_start), ended
@@ -135,7 +136,7 @@ static char *rewrite(const char *sql, int *nparams)
  * says which is missing): nothing runs on a session that pg_session could not set up. */
 static int pg_up(struct pg_conn *pc)
 {
-	if (PQstatus(pc->c) != CONNECTION_OK) {
+	if (PQstatus(pc->c) != CONNECTION_OK || pc->broken) {
 		snprintf(pc->err, STORE_ERR_MAX, "connection lost");
 		return STORE_ECONN;
 	}
@@ -256,14 +257,15 @@ static void new_session(struct pg_conn *pc)
 	pc->gen++;
 	pc->busy = 0;
 	pc->in_tx = 0;
+	pc->broken = 0;
 	pc->n_stale = 0; /* the server forgot them with the old session */
 }
 
 static int pg_connect(struct pg_conn *pc)
 {
-	if (PQstatus(pc->c) == CONNECTION_OK && pc->ready)
+	if (PQstatus(pc->c) == CONNECTION_OK && pc->ready && !pc->broken)
 		return STORE_OK;
-	if (PQstatus(pc->c) != CONNECTION_OK) {
+	if (PQstatus(pc->c) != CONNECTION_OK || pc->broken) {
 		pc->ready = 0;
 		PQreset(pc->c);
 		if (PQstatus(pc->c) != CONNECTION_OK) {
@@ -418,7 +420,7 @@ static int pg_commit(void *conn)
 	char xid[32] = "";
 	int null = 1;
 	pc->pending = 0;
-	if (PQstatus(pc->c) == CONNECTION_OK) {
+	if (!pg_up(pc)) {
 		int rc = pg_value(pc, "SELECT txid_current_if_assigned()", xid, sizeof(xid), &null);
 		if (rc) {
 			pc->in_tx = 0; /* COMMIT never sent: nothing committed */
@@ -838,7 +840,20 @@ static int pg_copy_end(void *p, int ok)
 	}
 	PGresult *r;
 	while ((r = PQgetResult(cp->pc->c))) {
-		if (PQresultStatus(r) != PGRES_COMMAND_OK && !rc)
+		ExecStatusType t = PQresultStatus(r);
+		if (t == PGRES_COPY_IN || t == PGRES_COPY_OUT || t == PGRES_COPY_BOTH) {
+			/* PQputCopyEnd failed with the connection up (libpq out of memory): libpq
+			 * stays in the COPY and returns this result for ever. The connection is
+			 * given up; the next transaction makes a new one. */
+			PQclear(r);
+			if (!rc)
+				snprintf(cp->pc->err, STORE_ERR_MAX, "COPY end: %s",
+				         PQerrorMessage(cp->pc->c));
+			cp->pc->broken = 1;
+			rc = STORE_ECONN;
+			break;
+		}
+		if (t != PGRES_COMMAND_OK && !rc)
 			rc = map_result(cp->pc, r, "COPY");
 		PQclear(r);
 	}

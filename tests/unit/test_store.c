@@ -1086,6 +1086,73 @@ Test(store, postgresql_statements_freed_in_a_failed_transaction_are_deallocated,
 	h_pg_free(&pg);
 }
 
+/* PQputCopyEnd failing with the connection up, as libpq does out of memory, while set
+ * (linked with --wrap=PQputCopyEnd). */
+static volatile int copy_end_fails;
+struct pg_conn;
+int __real_PQputCopyEnd(struct pg_conn *conn, const char *errormsg);
+int __wrap_PQputCopyEnd(struct pg_conn *conn, const char *errormsg);
+int __wrap_PQputCopyEnd(struct pg_conn *conn, const char *errormsg)
+{
+	return copy_end_fails ? -1 : __real_PQputCopyEnd(conn, errormsg);
+}
+
+struct finisher {
+	struct store_copy *cp;
+	int rc;
+	volatile int done;
+};
+
+static void *finish_copy(void *arg)
+{
+	struct finisher *f = arg;
+	f->rc = store_copy_finish(f->cp);
+	f->done = 1;
+	return NULL;
+}
+
+/* A COPY whose end could not be sent, the connection up: libpq stays in the COPY and answers
+ * PGRES_COPY_IN to every PQgetResult, which the store's loop over the results took for ever
+ * (the writer spinning inside a transaction). Now the connection is given up (a transient
+ * error) and the next transaction runs on a new one. */
+Test(store, postgresql_a_copy_end_that_cannot_be_sent_gives_the_connection_up, .timeout = 120)
+{
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	struct store *s = open_url(pg.url, 0);
+	struct store_copy *cp = NULL;
+	cr_assert_eq(store_exec(s, "CREATE TABLE t (a BIGINT, b BIGINT)"), STORE_OK);
+	cr_assert_eq(store_copy_new(s, "t", "a, b", 2, &cp), STORE_OK);
+	for (int round = 0; round < 2; round++) {
+		cr_assert_eq(store_begin(s), STORE_OK, "%s", store_errmsg(s));
+		cr_assert_eq(store_copy_start(cp), STORE_OK, "%s", store_errmsg(s));
+		store_copy_i64(cp, round);
+		store_copy_i64(cp, 2);
+		cr_assert_eq(store_copy_end_row(cp), STORE_OK);
+		copy_end_fails = round == 0;
+		struct finisher f = {cp, 0, 0};
+		pthread_t t;
+		cr_assert_eq(pthread_create(&t, NULL, finish_copy, &f), 0);
+		for (int i = 0; i < 500 && !f.done; i++)
+			h_sleep_ms(10);
+		copy_end_fails = 0;
+		cr_assert(f.done, "store_copy_finish still runs after 5 s"); /* left spinning */
+		pthread_join(t, NULL);
+		if (round == 0) {
+			cr_expect_eq(f.rc, STORE_ECONN, "%s", store_errmsg(s));
+			cr_expect_eq(store_rollback(s), STORE_OK, "%s", store_errmsg(s));
+		} else {
+			cr_expect_eq(f.rc, STORE_OK, "%s", store_errmsg(s));
+			cr_expect_eq(store_commit(s), STORE_OK, "%s", store_errmsg(s));
+		}
+	}
+	cr_expect_eq(one(s, "SELECT COUNT(*) FROM t"), 1);
+	cr_expect_eq(one(s, "SELECT a FROM t"), 1);
+	store_copy_free(cp);
+	store_close(s);
+	h_pg_free(&pg);
+}
+
 /* Ask until the database knows (bounded): 1 committed, 0 not, or the last error. */
 static int resolve(struct store *s)
 {
