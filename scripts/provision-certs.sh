@@ -3,13 +3,16 @@
 # Idempotent: never overwrites a key; reissues a certificate only when it is missing, no longer
 # chains to the CA, does not match its key, or (broker) lacks a requested name. The broker
 # certificate keeps every name it already has. One run at a time per directory (a lock in
-# DIR/.ca). See certs/README.md.
+# DIR/.ca). With ca.key kept offline it signs nothing: it checks, and fails (3) if something
+# needs signing. It never makes a new CA over a PKI whose CA files are gone, unless told to
+# (--new-ca). See certs/README.md.
 set -euo pipefail
 
 usage() {
 	cat <<'EOF'
 Usage: scripts/provision-certs.sh --out DIR [--devices ID,ID,...] [--count N]
                                   [--broker-host NAME[,NAME...]] [--revoke ID[,ID...]]
+                                  [--new-ca]
 
 Creates or completes an Outpost PKI in DIR:
   DIR/ca.crt DIR/ca.key DIR/crl.pem           CA (ECDSA P-256) and its revocation list
@@ -28,13 +31,23 @@ Options:
   --revoke IDS         revoke these devices (comma-separated, repeatable) and refresh
                        DIR/crl.pem once (copied to the broker, its plugin applies it within a
                        second; the bridge within its crl_reload)
+  --new-ca             make a new CA although DIR/ca.key and DIR/ca.crt are both gone while
+                       DIR still holds what the old CA issued (refused without it): every
+                       certificate is then issued again, and every device, the broker and
+                       the bridge need the new ca.crt and their new certificate
   -h, --help           this text
 
 Keys are created 0600 and never overwritten. Running again with the same arguments changes
-nothing. A key that cannot be read, or a DIR/ca.crt without its CA database DIR/.ca, stops the
+nothing. A key that cannot be read, a CA (DIR/ca.crt, DIR/ca.key) without its CA database
+DIR/.ca, or certificates of a CA whose ca.key and ca.crt are both gone (see --new-ca) stop the
 run before anything is changed. Runs on the same DIR wait for each other (a lock on
 DIR/.ca/lock), at most OUTPOST_PKI_LOCK_WAIT seconds [300].
-Exit status: 0 ok, 1 failure, 2 usage error.
+
+With DIR/ca.key absent (kept offline) and DIR/ca.crt present, nothing is signed or written (DIR
+may be read-only, or lack .ca): a run that needs nothing signed exits 0, warning of the date
+from which crl.pem needs renewing (30 days before its next update); one that needs the key (a
+new device, key or broker name, a revocation, a CRL due for renewal) lists what and exits 3.
+Exit status: 0 ok, 1 failure, 2 usage error, 3 ca.key is absent and needed.
 EOF
 }
 
@@ -46,7 +59,7 @@ cnf="$here/../certs/openssl.cnf"
 [ -r "$cnf" ] || die "missing $cnf"
 command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
 
-out="" devices=() count=0 hosts=() revokes=()
+out="" devices=() count=0 hosts=() revokes=() new_ca=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--out) [ $# -ge 2 ] || usage_error "--out needs a directory"; out=$2; shift 2 ;;
@@ -59,6 +72,7 @@ while [ $# -gt 0 ]; do
 	--broker-host=*) IFS=, read -ra h <<<"${1#*=}"; hosts+=("${h[@]}"); shift ;;
 	--revoke) [ $# -ge 2 ] && [ -n "$2" ] || usage_error "--revoke needs an id"; IFS=, read -ra r <<<"$2"; revokes+=("${r[@]}"); shift 2 ;;
 	--revoke=*) [ -n "${1#*=}" ] || usage_error "--revoke needs an id"; IFS=, read -ra r <<<"${1#*=}"; revokes+=("${r[@]}"); shift ;;
+	--new-ca) new_ca=1; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage_error "unknown argument: $1" ;;
 	esac
@@ -120,9 +134,16 @@ for ((i = 1; i <= count; i++)); do devices+=("$(printf 'device-%04d' "$i")"); do
 command -v flock >/dev/null || die "flock not found (apt-get install util-linux)"
 mkdir -p "$out" # parents with the caller's umask: the broker's user must reach the files
 out=$(cd "$out" && pwd)
+# ca.key kept offline (ca.crt there, ca.key not): nothing can be signed. The run goes through
+# everything writing nothing, noting what would need the key (need), and fails if anything
+# does. It reads the CA database if there is one, but needs none (it starts none), nor a
+# writable directory: a copy without .ca/, or a read-only volume, is checked as it is.
+offline=0 needs=()
+[ -f "$out/ca.key" ] || [ ! -f "$out/ca.crt" ] || offline=1
+need() { needs+=("$*"); }
 # A CA without its database would start an empty one: the next CRL would forget every
 # revocation and restart its numbering. (`cp DIR/* NEW/` leaves the hidden .ca/ behind.)
-if [ -f "$out/ca.crt" ]; then
+if [ -f "$out/ca.crt" ] && [ "$offline" = 0 ]; then
 	for f in index.txt serial crlnumber; do
 		[ -f "$out/.ca/$f" ] || die "$out/ca.crt exists but its CA database file $out/.ca/$f" \
 			"does not; nothing was changed. Restore $out/.ca/ (copy a PKI with its hidden" \
@@ -130,21 +151,58 @@ if [ -f "$out/ca.crt" ]; then
 	done
 fi
 umask 077
-mkdir -p "$out/devices" "$out/.ca/issued"
-chmod 755 "$out" "$out/devices"
-chmod 700 "$out/.ca"
+if [ "$offline" = 0 ]; then
+	mkdir -p "$out/devices" "$out/.ca/issued"
+	chmod 755 "$out" "$out/devices"
+	chmod 700 "$out/.ca"
+fi
 # One run at a time: `openssl ca` does no locking (two runs could issue the same serial or lose
 # each other's index lines). Held until the script exits, by every openssl it runs.
-exec 9>>"$out/.ca/lock"
-if ! flock -n 9; then
-	echo "provision-certs: another run is using $out; waiting up to ${lock_wait}s" >&2
-	flock -w "$lock_wait" 9 || die "another run still holds $out/.ca/lock after" \
-		"${lock_wait}s (OUTPOST_PKI_LOCK_WAIT); nothing was changed"
+if [ "$offline" = 0 ] || [ -w "$out/.ca" ]; then
+	exec 9>>"$out/.ca/lock"
+	if ! flock -n 9; then
+		echo "provision-certs: another run is using $out; waiting up to ${lock_wait}s" >&2
+		flock -w "$lock_wait" 9 || die "another run still holds $out/.ca/lock after" \
+			"${lock_wait}s (OUTPOST_PKI_LOCK_WAIT); nothing was changed"
+	fi
+fi
+# A new CA where ca.key and ca.crt are both gone but what the old one issued is still here
+# (they were lost, or not restored with the rest) would issue every certificate again: every
+# deployed device would be refused by the broker, and refuse it, until it got the new ca.crt
+# and certificate. Only on request. (Checked under the lock: a first run beside this one makes
+# the CA before anything else, so what it issued is never seen without it.)
+if [ ! -f "$out/ca.key" ] && [ ! -f "$out/ca.crt" ]; then
+	found=()
+	n=0
+	[ ! -f "$out/.ca/index.txt" ] || n=$(grep -c . "$out/.ca/index.txt" || true)
+	[ "$n" = 0 ] || found+=(".ca/index.txt ($n certificates issued)")
+	for f in broker.crt bridge.crt operator.crt; do
+		[ ! -f "$out/$f" ] || found+=("$f")
+	done
+	n=$(find "$out/devices" -maxdepth 1 -name '*.crt' | wc -l)
+	[ "$n" = 0 ] || found+=("$n device certificates in devices/")
+	if [ ${#found[@]} -gt 0 ] && [ "$new_ca" = 0 ]; then
+		die "$out has neither ca.key nor ca.crt, but holds what its CA issued:" \
+			"$(IFS=,; echo "${found[*]}" | sed 's/,/, /g'). A new CA would issue all of it" \
+			"again, and every device, the broker and the bridge would need the new ca.crt" \
+			"and their new certificate to connect. Restore ca.key and ca.crt from the backup" \
+			"(or the offline copy); to make a new CA all the same, run again with --new-ca." \
+			"Nothing was changed"
+	fi
+	[ ${#found[@]} -eq 0 ] ||
+		echo "provision-certs: --new-ca: a new CA for $out; every certificate is issued again" >&2
+elif [ "$new_ca" = 1 ]; then
+	die "--new-ca: $out still has ca.key or ca.crt: --new-ca only makes a new CA where both" \
+		"are gone (delete them first to replace the CA). Nothing was changed"
 fi
 export OUTPOST_PKI="$out" OUTPOST_SAN="DNS:localhost"
-[ -f "$out/.ca/index.txt" ] || : >"$out/.ca/index.txt"
-[ -f "$out/.ca/serial" ] || openssl rand -hex 16 >"$out/.ca/serial"
-[ -f "$out/.ca/crlnumber" ] || echo 1000 >"$out/.ca/crlnumber"
+if [ "$offline" = 0 ]; then
+	[ -f "$out/.ca/index.txt" ] || : >"$out/.ca/index.txt"
+	[ -f "$out/.ca/serial" ] || openssl rand -hex 16 >"$out/.ca/serial"
+	[ -f "$out/.ca/crlnumber" ] || echo 1000 >"$out/.ca/crlnumber"
+fi
+# The CA database's records (none in a PKI kept offline without it).
+index() { [ ! -f "$out/.ca/index.txt" ] || cat "$out/.ca/index.txt"; }
 
 ossl() {
 	local log
@@ -154,9 +212,11 @@ ossl() {
 	fi
 }
 
-# new_key PATH ed25519|p256: create a private key unless one exists (never overwrite).
+# new_key PATH ed25519|p256: create a private key unless one exists (never overwrite; nor with
+# ca.key offline: issue then notes the missing key).
 new_key() {
 	[ -f "$1" ] && return 0
+	[ "$offline" = 0 ] || return 0
 	if [ "$2" = ed25519 ]; then
 		ossl genpkey -algorithm ed25519 -out "$1.tmp"
 	else
@@ -168,7 +228,7 @@ new_key() {
 }
 
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
-status_of() { awk -F'\t' -v s="$1" 'toupper($4) == toupper(s) { print $1 }' "$out/.ca/index.txt" | tail -n1; }
+status_of() { index | awk -F'\t' -v s="$1" 'toupper($4) == toupper(s) { print $1 }' | tail -n1; }
 cert_ok() { [ -f "$1" ] && openssl verify -CAfile "$out/ca.crt" "$1" >/dev/null 2>&1; }
 # key_unreadable KEY: say why KEY is no usable private key and stop.
 key_unreadable() {
@@ -202,7 +262,7 @@ key_revoked() {
 	while IFS= read -r s; do
 		f="$out/.ca/issued/${s^^}.pem"
 		[ -f "$f" ] && [ "$(openssl x509 -in "$f" -noout -pubkey 2>/dev/null)" = "$pub" ] && return 0
-	done < <(awk -F'\t' '$1 == "R" { print $4 }' "$out/.ca/index.txt")
+	done < <(index | awk -F'\t' '$1 == "R" { print $4 }')
 	return 1
 }
 
@@ -211,13 +271,22 @@ key_revoked() {
 # revoked as superseded: whoever still holds the old key must not keep a valid identity.
 issue() {
 	local name=$1 key=$2 crt=$3 cn=$4 ext=$5
+	if [ ! -f "$key" ]; then # (only with ca.key offline: new_key made none)
+		need "a new key and certificate for $name (it has no key)"
+		return 0
+	fi
 	if cert_ok "$crt"; then
 		case "$(status_of "$(serial_of "$crt")")" in
 		R) echo "provision-certs: $name is revoked; not reissued (delete its files to re-provision)" >&2; return 0 ;;
 		esac
 		if key_matches "$key" "$crt"; then
 			[ "$ext" != server_cert ] || san_covers "$crt" && return 0
+			[ "$offline" = 0 ] || { need "a new certificate for $name, with a name it lacks"; return 0; }
 		else
+			if [ "$offline" = 1 ]; then
+				need "a certificate for $name's new key, and its old certificate revoked"
+				return 0
+			fi
 			ossl ca -config "$cnf" -revoke "$crt" -crl_reason superseded
 			echo "provision-certs: $name has a new key; its old certificate is revoked (superseded)" >&2
 			crl_dirty=1
@@ -225,6 +294,14 @@ issue() {
 	fi
 	if key_revoked "$key"; then
 		echo "provision-certs: $name: a certificate for its key was revoked; not reissued (delete its files to re-provision with a new key)" >&2
+		return 0
+	fi
+	if [ "$offline" = 1 ]; then
+		if [ -f "$crt" ]; then
+			need "a new certificate for $name (its certificate does not verify against ca.crt: expired, or another CA's)"
+		else
+			need "a certificate for $name (it has none)"
+		fi
 		return 0
 	fi
 	ossl req -new -config "$cnf" -key "$key" -subj "/CN=$cn" -out "$crt.csr"
@@ -282,10 +359,7 @@ for id in "${revokes[@]+"${revokes[@]}"}"; do
 		die "--revoke: no certificate for device '$id' in $out/devices; nothing was revoked"
 done
 
-# CA
-if [ ! -f "$out/ca.key" ] && [ -f "$out/ca.crt" ]; then
-	die "$out/ca.crt exists without ca.key: cannot issue certificates"
-fi
+# CA (unless its key is offline)
 new_key "$out/ca.key" p256
 if [ ! -f "$out/ca.crt" ]; then
 	ossl req -new -x509 -config "$cnf" -extensions v3_ca -key "$out/ca.key" -days 7300 -subj "/CN=Outpost CA" -out "$out/ca.crt.tmp"
@@ -321,42 +395,77 @@ done
 
 # Revocation: every device asked for, then one CRL.
 for id in "${revokes[@]+"${revokes[@]}"}"; do
-	[ -f "$out/devices/$id.crt" ] || die "--revoke: device '$id' has no certificate" \
+	[ -f "$out/devices/$id.crt" ] || [ "$offline" = 1 ] || die "--revoke: device '$id' has no certificate" \
 		"(its issue was refused above); nothing was revoked"
 done
 for id in "${revokes[@]+"${revokes[@]}"}"; do
 	crt="$out/devices/$id.crt"
-	if [ "$(status_of "$(serial_of "$crt")")" != R ]; then
+	if [ ! -f "$crt" ]; then # (only with ca.key offline: its issue was noted above)
+		need "revoke device $id"
+	elif [ "$(status_of "$(serial_of "$crt")")" != R ]; then
+		if [ "$offline" = 1 ]; then
+			need "revoke device $id"
+			continue
+		fi
 		ossl ca -config "$cnf" -revoke "$crt" -crl_reason keyCompromise
 		echo "provision-certs: revoked device $id"
+		crl_dirty=1
 	else
 		echo "provision-certs: device $id was already revoked"
+		# (a new CRL all the same, unless the key is offline: then the one there must list it)
+		[ "$offline" = 1 ] || crl_dirty=1
 	fi
-	crl_dirty=1
 done
 
 # The CRL is refreshed when missing, after a revocation, within 30 days of its nextUpdate, or
 # when it does not list exactly the database's revocations (a run stopped between the two).
 revoked_serials() {
-	awk -F'\t' '$1 == "R" { print toupper($4) }' "$out/.ca/index.txt" | LC_ALL=C sort
+	index | awk -F'\t' '$1 == "R" { print toupper($4) }' | LC_ALL=C sort
 }
 listed_serials() {
 	openssl crl -in "$out/crl.pem" -noout -text | awk '/Serial Number:/ { print toupper($3) }' |
 		LC_ALL=C sort
 }
+utc() { date -u -d "@$1" '+%Y-%m-%d %H:%M UTC'; }
+crl_why="" next_s=""
 if [ ! -f "$out/crl.pem" ] || ! openssl crl -in "$out/crl.pem" -noout -CAfile "$out/ca.crt" >/dev/null 2>&1 ||
 	! openssl x509 -in "$out/ca.crt" -noout >/dev/null 2>&1; then
-	crl_dirty=1
+	crl_dirty=1 crl_why="it is missing, or not signed by ca.crt"
 else
 	next=$(openssl crl -in "$out/crl.pem" -noout -nextupdate | cut -d= -f2)
-	[ "$(date -d "$next" +%s)" -gt "$(($(date +%s) + 30 * 86400))" ] || crl_dirty=1
-	[ "$(revoked_serials)" = "$(listed_serials)" ] || crl_dirty=1
+	next_s=$(date -d "$next" +%s)
+	if [ "$next_s" -le "$(date +%s)" ]; then
+		crl_dirty=1 crl_why="it expired $(utc "$next_s")"
+	elif [ "$next_s" -le "$(($(date +%s) + 30 * 86400))" ]; then
+		crl_dirty=1 crl_why="it expires $(utc "$next_s"), within 30 days"
+	fi
+	# (offline without the CA database, the CRL is the only record there is)
+	[ ! -f "$out/.ca/index.txt" ] || [ "$(revoked_serials)" = "$(listed_serials)" ] ||
+		crl_dirty=1 crl_why="it does not list every revocation of .ca/index.txt"
 fi
-if [ "$crl_dirty" = 1 ]; then
+if [ "$crl_dirty" = 1 ] && [ "$offline" = 1 ]; then
+	need "renew crl.pem: $crl_why"
+elif [ "$crl_dirty" = 1 ]; then
 	ossl ca -config "$cnf" -gencrl -crlexts crl_ext -out "$out/crl.pem.tmp"
 	chmod 644 "$out/crl.pem.tmp"
 	mv "$out/crl.pem.tmp" "$out/crl.pem"
 fi
 
-rm -f "$out"/.ca/*.old
+if [ ${#needs[@]} -gt 0 ]; then
+	{
+		echo "provision-certs: $out/ca.key is absent (kept offline?), and this run needs it for:"
+		printf '  %s\n' "${needs[@]:0:10}"
+		[ ${#needs[@]} -le 10 ] || echo "  ... and $((${#needs[@]} - 10)) more"
+		echo "Put ca.key back in $out and run again. Nothing was changed."
+	} >&2
+	exit 3
+fi
+if [ "$offline" = 1 ]; then
+	echo "provision-certs: WARNING: $out/ca.key is absent (kept offline?): nothing needed" \
+		"signing, nothing was changed. crl.pem's next update is $(utc "$next_s"); from" \
+		"$(utc $((next_s - 30 * 86400))) on, put ca.key back and run this again to renew it" \
+		"(past its next update the bridge refuses every Birth and will not start)" >&2
+else
+	rm -f "$out"/.ca/*.old
+fi
 echo "provision-certs: $out: $created new keys, $issued new certificates, ${#devices[@]} devices requested"

@@ -19,8 +19,12 @@ option given here, e.g. --revoke device-0003 or --devices pump-7), then exports:
   EXPORT/postgres/ password                                       (profile "postgres")
 Files are replaced atomically and only when their content changed; keys are 0600. A device
 that is revoked (or whose files were deleted) disappears from EXPORT/devices.
-With ca.crt present but ca.key removed (kept offline), only the export runs (no options
-accepted) and a warning is printed when crl.pem expires within 30 days. Runs at the same time
+With ca.crt present but ca.key removed (kept offline), provision-certs.sh signs nothing: it
+warns of the date from which crl.pem needs renewing, or says what needs the key (more devices,
+a broker name, a CRL due for renewal) and exits 3. Without options the existing PKI is then
+exported all the same, so the stack starts; with options (--revoke ID, --devices ID) the run
+fails until the key is put back. With ca.key and ca.crt both gone, provision-certs.sh makes no
+new CA over the certificates of the old one unless given --new-ca. Runs at the same time
 (an `up` beside a `run --rm provision --revoke ID`) take turns, on provision-certs.sh's lock
 OUTPOST_PKI_DIR/.ca/lock, for the PKI and then for the export.
 
@@ -32,7 +36,8 @@ Environment (defaults in brackets):
                          field devices use) []
   OUTPOST_PG_USER, OUTPOST_PG_DB, OUTPOST_PG_HOST   for the bridge's pgpass [outpost, outpost, postgres]
   OUTPOST_PKI_LOCK_WAIT  seconds to wait for another run's lock before failing [300]
-Exit status: that of provision-certs.sh (0 ok, 1 failure, 2 usage error), or 1 if an export fails.
+Exit status: that of provision-certs.sh (0 ok, 1 failure, 2 usage error, 3 ca.key offline and
+needed by an option given here), or 1 if an export fails.
 USAGE
 }
 
@@ -62,28 +67,21 @@ for v in pg_user pg_db pg_host; do
 	[[ "${!v}" =~ ^[A-Za-z0-9_.-]{1,63}$ ]] || { echo "provision: $v: invalid: ${!v}" >&2; exit 2; }
 done
 
-# With the CA key taken offline (docs/DOCKER.md, "For production") nothing can be issued,
-# revoked or renewed, but what exists is still exported, so the stack starts.
-if [ -f "$pki/ca.crt" ] && [ ! -f "$pki/ca.key" ]; then
-	[ $# -eq 0 ] || die "$pki/ca.key is offline: put it back to run provision-certs.sh $*"
-	echo "provision: $pki/ca.key is offline: exporting the existing PKI, issuing and renewing nothing" >&2
-	if ! openssl crl -in "$pki/crl.pem" -noout -nextupdate >/dev/null 2>&1; then
-		die "$pki/crl.pem: missing or unreadable, and ca.key is offline"
-	fi
-	next=$(openssl crl -in "$pki/crl.pem" -noout -nextupdate | cut -d= -f2)
-	if [ "$(date -d "$next" +%s)" -le "$(($(date +%s) + 30 * 86400))" ]; then
-		echo "provision: WARNING: crl.pem expires $next; put ca.key back and run provision to renew it" >&2
-	fi
-else
-	rc=0
-	"$provision" --out "$pki" --count "$count" --broker-host "$hosts" "$@" || rc=$?
-	[ "$rc" -eq 0 ] || exit "$rc"
+rc=0
+"$provision" --out "$pki" --count "$count" --broker-host "$hosts" "$@" || rc=$?
+# 3: the CA key is taken offline (docs/DOCKER.md, "For production") and the PKI needs it (more
+# devices, a CRL due for renewal: provision-certs.sh said what). Nothing could be issued,
+# revoked or renewed, but what exists is still exported, so the stack starts; an option given
+# here asked for what cannot be done, and fails.
+if [ "$rc" -eq 3 ] && [ $# -eq 0 ]; then
+	echo "provision: WARNING: exporting the existing PKI as it is (ca.key is offline)" >&2
+elif [ "$rc" -ne 0 ]; then
+	exit "$rc"
 fi
 
 umask 077
 # One export at a time: two would share put's temporary files. The lock provision-certs.sh
-# held (and released when it ended); a PKI copied without its .ca/, or mounted read-only
-# (possible only with the CA key offline), is exported without it.
+# held (and released when it ended).
 if [ -d "$pki/.ca" ] && [ -w "$pki/.ca" ]; then
 	exec 9>>"$pki/.ca/lock"
 	flock -w "$wait_s" 9 || die "another run still holds $pki/.ca/lock after ${wait_s}s"

@@ -5,7 +5,9 @@ engine.
 
   provision  docker/provision/entrypoint.sh: each role volume gets exactly its files (no CA key
              anywhere but the CA volume), keys 0600, a second run rewrites nothing, a revoked
-             device leaves the device volume and the CRL reaches the broker and bridge volumes
+             device leaves the device volume and the CRL reaches the broker and bridge volumes;
+             with ca.key offline the PKI is still exported (an option that needs the key
+             fails), and with ca.key and ca.crt both gone no new CA is made
   claims     docker/device/entrypoint.sh with a stand-in agent: concurrent replicas get distinct
              identities, one too many is refused (exit 2), a restarted replica (same hostname)
              gets its identity back, a new one takes a freed identity, an explicit identity
@@ -179,12 +181,40 @@ def test_provision(src, tmp):
     rc, out = run([ent, "--help"], env)
     check(rc == 0 and "Usage" in out, "provision: --help")
 
-    # the CA key taken offline (docs/DOCKER.md, "For production"): still exports, issues nothing
+    # the CA key taken offline (docs/DOCKER.md, "For production"): still exports, issues nothing,
+    # and says when the CRL needs the key (provision-certs.sh's warning)
     os.rename(tmp + "/pki/ca.key", tmp + "/ca.key.offline")
     os.unlink(exp + "/broker/crl.pem")
+    pki_before = tree(tmp + "/pki")
     rc, out = run([ent], env)
-    check(rc == 0 and "ca.key is offline" in out and os.path.exists(exp + "/broker/crl.pem"),
-          "provision: without ca.key it still exports" + ("" if rc == 0 else ": " + out))
+    check(rc == 0 and "ca.key is absent" in out and "crl.pem's next update is" in out and
+          os.path.exists(exp + "/broker/crl.pem") and tree(tmp + "/pki") == pki_before,
+          "provision: without ca.key it still exports, changes nothing in the PKI and warns of the "
+          "CRL's next update" + ("" if rc == 0 else ": " + out))
+    # ... also from a copy without the CA database, and (as root, in a mount namespace of its
+    # own) from a read-only CA volume: nothing is written there
+    nodb = tmp + "/pki-nodb"
+    os.makedirs(nodb)
+    for f in os.listdir(tmp + "/pki"):
+        if f != ".ca":
+            (shutil.copytree if os.path.isdir(tmp + "/pki/" + f) else shutil.copy2)(tmp + "/pki/" + f, nodb + "/" + f)
+    exp_before = tree(exp)
+    rc, out = run([ent], dict(env, OUTPOST_PKI_DIR=nodb))
+    check(rc == 0 and not os.path.exists(nodb + "/.ca") and tree(exp) == exp_before,
+          "provision: without ca.key, a PKI copied without .ca/ is exported, no database started: " + out)
+    if os.getuid() == 0 and shutil.which("unshare"):
+        rc, out = run(["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$1" "$1" && exec "$2"', "-",
+                       tmp + "/pki", ent], env)
+        check(rc == 0 and "exporting" not in out and tree(tmp + "/pki") == pki_before,
+              "provision: without ca.key, a read-only CA volume is exported: " + out)
+    # more devices than the PKI has: provision-certs.sh cannot issue them (3); the existing
+    # ones are exported all the same
+    rc, out = run([ent], dict(env, OUTPOST_DEVICES="4"))
+    check(rc == 0 and "device device-0004" in out and "exporting the existing PKI" in out and
+          not os.path.exists(tmp + "/pki/devices/device-0004.key") and
+          len(tree(exp + "/devices/devices")) == 6,
+          "provision: without ca.key, a device it cannot issue is named and the rest exported: "
+          + out)
     exported = tree(exp)
     # exports take turns on provision-certs.sh's lock (an `up` beside a `run --rm provision`)
     holder = subprocess.Popen(["flock", tmp + "/pki/.ca/lock", "sleep", "5"])
@@ -209,18 +239,35 @@ def test_provision(src, tmp):
     os.rename(tmp + "/pki/ca.key", tmp + "/ca.key.offline")
     rc, out = run([ent], env)
     devs = sorted(f for f in tree(exp + "/devices/devices"))
-    check(rc == 0 and "WARNING: crl.pem expires" in out and len(devs) == 6,
+    check(rc == 0 and "renew crl.pem: it expired" in out and "exporting the existing PKI" in out and
+          len(devs) == 6,
           "provision: without ca.key and with an expired CRL the devices stay exported (got %s)%s" %
           (devs, "" if rc == 0 else ": " + out))
     shutil.copy(tmp + "/crl.pem.good", tmp + "/pki/crl.pem")
     rc, out = run([ent], env)
     exported = tree(exp)
     rc, out = run([ent, "--devices", "pump-7"], env)
-    check(rc == 1 and "put it back" in out and not os.path.exists(tmp + "/pki/devices/pump-7.crt"),
-          "provision: without ca.key an option that issues is refused")
+    check(rc == 3 and "Put ca.key back" in out and not os.path.exists(tmp + "/pki/devices/pump-7.crt") and
+          tree(exp) == exported,
+          "provision: without ca.key an option that issues is refused (3), nothing exported")
+    rc, out = run([ent, "--revoke", "device-0002"], env)
+    check(rc == 3 and "revoke device device-0002" in out and tree(exp) == exported,
+          "provision: without ca.key a revocation is refused (3): " + out)
     os.rename(tmp + "/ca.key.offline", tmp + "/pki/ca.key")
     rc, out = run([ent], env)
     check(rc == 0 and tree(exp) == exported, "provision: with ca.key back, nothing changes")
+    # ca.key and ca.crt both gone: no new CA over the old one's certificates (the stack would
+    # start with every deployed device orphaned), unless asked for with --new-ca
+    for f in ("ca.key", "ca.crt"):
+        os.rename(tmp + "/pki/" + f, tmp + "/" + f + ".saved")
+    pki_before = tree(tmp + "/pki")
+    rc, out = run([ent], env)
+    check(rc == 1 and "--new-ca" in out and tree(tmp + "/pki") == pki_before and tree(exp) == exported,
+          "provision: without ca.key and ca.crt it makes no new CA and exports nothing: " + out)
+    for f in ("ca.key", "ca.crt"):
+        os.rename(tmp + "/" + f + ".saved", tmp + "/pki/" + f)
+    rc, out = run([ent], env)
+    check(rc == 0 and tree(exp) == exported, "provision: with the CA restored, nothing changes")
     return env
 
 

@@ -1,8 +1,8 @@
 /* test_pki.c - scripts/provision-certs.sh: files, permissions, names, chain, idempotence,
  * revocation and its CRL, argument errors, --count naming, broker names, what stops a run
- * before it changes anything (an unreadable key, a CA without its database) and concurrent
- * runs. Every test works on its own fresh directory and checks the result with the openssl
- * command line. */
+ * before it changes anything (an unreadable key, a CA without its database, a lost CA without
+ * --new-ca), runs with ca.key offline and concurrent runs. Every test works on
+ * its own fresh directory and checks the result with the openssl command line. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -406,7 +406,7 @@ Test(pki, revocation_refreshes_the_crl)
 
 /* A revoked device's key is never certified again, even when its certificate no longer
  * proves the revocation: a CA made anew in the same directory (ca.key and ca.crt deleted, the
- * CA's records kept), or a certificate that no longer verifies. */
+ * CA's records kept, --new-ca), or a certificate that no longer verifies. */
 Test(pki, a_revoked_key_is_never_certified_again)
 {
 	char *dir = fresh("pki-revoked-key", "--devices dev-a,dev-b");
@@ -417,7 +417,8 @@ Test(pki, a_revoked_key_is_never_certified_again)
 	char *rm = h_strf("rm %s/ca.key %s/ca.crt", dir, dir);
 	free(sh_ok(rm));
 	char *args2 = h_strf("--out %s --devices dev-a,dev-b", dir);
-	cr_assert_eq(provision(args2, &out), 0, "%s", out);
+	char *new_ca = h_strf("%s --new-ca", args2);
+	cr_assert_eq(provision(new_ca, &out), 0, "%s", out);
 	cr_expect(strstr(out, "device dev-a: a certificate for its key was revoked; not reissued"),
 		  "%s", out);
 	char *sha2 = file_sha(crt);
@@ -433,6 +434,7 @@ Test(pki, a_revoked_key_is_never_certified_again)
 	free(out);
 	free(rm2);
 	free(sha2);
+	free(new_ca);
 	free(args2);
 	free(rm);
 	free(sha);
@@ -645,18 +647,235 @@ Test(pki, broker_host_adds_names_that_stay)
 	free(dir);
 }
 
-Test(pki, ca_certificate_without_its_key_is_refused)
+/* The date provision-certs.sh gives for crl.pem's next update (caller frees). */
+static char *crl_next_update(const char *dir)
 {
-	char *dir = fresh("pki-nokey", "");
-	char *key = h_strf("%s/ca.key", dir);
-	cr_assert_eq(unlink(key), 0);
-	char *args = h_strf("--out %s --devices dev-a", dir), *out = NULL;
-	cr_expect_eq(provision(args, &out), 1, "%s", out);
-	cr_expect(strstr(out, "without ca.key"), "%s", out);
-	cr_expect_eq(mode_of(dir, "devices/dev-a.crt"), -1, "nothing issued");
+	char *cmd = h_strf("date -u -d \"$(openssl crl -in %s/crl.pem -noout -nextupdate | "
+			   "cut -d= -f2)\" \"+%%Y-%%m-%%d %%H:%%M UTC\"",
+			   dir);
+	char *out = sh_ok(cmd);
+	out[strcspn(out, "\n")] = '\0';
+	free(cmd);
+	return out;
+}
+
+/* ca.key kept offline (docs/OPERATIONS.md): a run that needs nothing signed, as the monthly
+ * run with the same arguments, succeeds without changing anything and says until when the
+ * CRL can do without the key. */
+Test(pki, an_offline_ca_key_is_enough_when_nothing_needs_signing)
+{
+	char *dir = fresh("pki-offline-ok", "--devices dev-a,dev-b --broker-host mqtt.example.com");
+	char *mv = h_strf("mv %s/ca.key %s/../ca.key.offline-%d", dir, dir, (int)getpid());
+	free(sh_ok(mv));
+	char *before = snapshot(dir), *next = crl_next_update(dir);
+	const char *runs[] = {"", "--devices dev-a,dev-b", "--devices dev-b --broker-host mqtt.example.com",
+			      "--count 0"};
+	for (size_t i = 0; i < N(runs); i++) {
+		char *args = h_strf("--out %s %s", dir, runs[i]), *out = NULL;
+		int rc = provision(args, &out);
+		cr_expect_eq(rc, 0, "%s: exit %d\n%s", args, rc, out);
+		char *said = h_strf("crl.pem's next update is %s", next);
+		cr_expect(strstr(out, "WARNING") && strstr(out, "ca.key is absent") && strstr(out, said),
+			  "%s: no warning with the CRL's next update (%s):\n%s", args, next, out);
+		cr_expect(strstr(out, "0 new keys, 0 new certificates"), "%s", out);
+		char *after = snapshot(dir);
+		cr_expect_str_eq(after, before, "%s changed the PKI", args);
+		free(after);
+		free(said);
+		free(out);
+		free(args);
+	}
+	/* a copy without the CA database (`cp DIR/[*] NEW/`), as kept beside an offline key: checked
+	 * as it is, no database started */
+	char *copy = h_tmpdir("pki-offline-copy");
+	char *cp = h_strf("cp -r %s/* %s/", dir, copy);
+	free(sh_ok(cp));
+	char *cargs = h_strf("--out %s --devices dev-a,dev-b", copy), *cout = NULL;
+	cr_expect_eq(provision(cargs, &cout), 0, "%s", cout);
+	cr_expect(strstr(cout, "ca.key is absent"), "%s", cout);
+	cr_expect_eq(mode_of(copy, ".ca"), -1, "a CA database was started");
+	free(cout);
+	free(cargs);
+	cargs = h_strf("--out %s --devices dev-new", copy);
+	cr_expect_eq(provision(cargs, &cout), 3, "%s", cout);
+	cr_expect_eq(mode_of(copy, "devices/dev-new.key"), -1);
+	cr_expect_eq(mode_of(copy, ".ca"), -1);
+	free(cout);
+	free(cargs);
+	free(cp);
+	free(copy);
+	/* a revoked device asked for again needs nothing either: the CRL lists it */
+	free(before);
+	char *back = h_strf("mv %s/../ca.key.offline-%d %s/ca.key", dir, (int)getpid(), dir);
+	free(sh_ok(back));
+	char *args = h_strf("--out %s --revoke dev-b", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	free(out);
+	free(sh_ok(mv));
+	before = snapshot(dir);
+	cr_expect_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "device dev-b was already revoked"), "%s", out);
+	char *after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
 	free(out);
 	free(args);
+	free(back);
+	free(before);
+	free(next);
+	free(mv);
+	free(dir);
+}
+
+/* ... and one that needs the key (a new device, key or broker name, a revocation, a CRL due
+ * for renewal) says what, changes nothing and exits 3; with the key back the same run goes
+ * through. */
+Test(pki, an_offline_ca_key_that_is_needed_stops_the_run)
+{
+	char *dir = fresh("pki-offline-need", "--devices dev-a,dev-b");
+	char *key = h_strf("%s/ca.key", dir), *saved = h_strf("%s.saved-%d", dir, (int)getpid());
+	cr_assert_eq(rename(key, saved), 0);
+	char *before = snapshot(dir);
+	char *rm = h_strf("rm %s/devices/dev-b.key", dir);
+	struct {
+		const char *args, *said;
+	} runs[] = {
+		{"--devices dev-a,dev-new", "a new key and certificate for device dev-new"},
+		{"--revoke dev-a", "revoke device dev-a"},
+		{"--broker-host new.example.com", "a new certificate for broker, with a name it lacks"},
+		{"--devices dev-new --revoke dev-new", "revoke device dev-new"},
+	};
+	for (size_t i = 0; i < N(runs); i++) {
+		char *args = h_strf("--out %s %s", dir, runs[i].args), *out = NULL;
+		int rc = provision(args, &out);
+		cr_expect_eq(rc, 3, "%s: exit %d\n%s", args, rc, out);
+		cr_expect(strstr(out, "ca.key is absent") && strstr(out, runs[i].said) &&
+				  strstr(out, "Put ca.key back") && strstr(out, "Nothing was changed"),
+			  "%s: the message should name '%s':\n%s", args, runs[i].said, out);
+		char *after = snapshot(dir);
+		cr_expect_str_eq(after, before, "%s changed the PKI", args);
+		free(after);
+		free(out);
+		free(args);
+	}
+	cr_expect_eq(openssl_verify(dir, "devices/dev-a.crt", 1), 0, "dev-a was revoked");
+	/* a lost device key: no new key made, the old certificate not revoked */
+	free(sh_ok(rm));
+	free(before);
+	before = snapshot(dir);
+	char *args = h_strf("--out %s --devices dev-a,dev-b", dir), *out = NULL;
+	cr_expect_eq(provision(args, &out), 3, "%s", out);
+	cr_expect(strstr(out, "a new key and certificate for device dev-b"), "%s", out);
+	char *after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(out);
+	free(args);
+
+	/* a CRL within 30 days of its next update */
+	cr_assert_eq(rename(saved, key), 0);
+	char *cmd = h_strf("OUTPOST_PKI=%s OUTPOST_SAN=DNS:localhost openssl ca -config "
+			   "%s/certs/openssl.cnf -gencrl -crlexts crl_ext -crldays 10 -out %s/crl.pem",
+			   dir, h_source_dir(), dir);
+	free(sh_ok(cmd));
+	cr_assert_eq(rename(key, saved), 0);
+	char *next = crl_next_update(dir);
+	free(before);
+	before = snapshot(dir);
+	args = h_strf("--out %s", dir);
+	cr_expect_eq(provision(args, &out), 3, "%s", out);
+	char *said = h_strf("renew crl.pem: it expires %s, within 30 days", next);
+	cr_expect(strstr(out, said), "%s", out);
+	after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(out);
+	/* with the key back, renewed */
+	cr_assert_eq(rename(saved, key), 0);
+	long number = crl_number(dir);
+	cr_expect_eq(provision(args, &out), 0, "%s", out);
+	cr_expect_gt(crl_number(dir), number);
+	char *renewed = crl_next_update(dir);
+	cr_expect_str_neq(renewed, next);
+	free(renewed);
+	free(out);
+	free(args);
+	free(said);
+	free(next);
+	free(cmd);
+	free(rm);
+	free(before);
+	free(saved);
 	free(key);
+	free(dir);
+}
+
+/* ca.key and ca.crt both gone (lost, or not restored with the rest) while the PKI holds what
+ * the CA issued: a new CA would issue everything again, silently orphaning every deployed
+ * device (the docker provision service runs the script at every `up`). Refused unless asked
+ * for with --new-ca. */
+Test(pki, a_lost_ca_is_replaced_only_with_new_ca)
+{
+	char *dir = fresh("pki-lost-ca", "--devices dev-a,dev-b");
+	char *rm = h_strf("rm %s/ca.key %s/ca.crt", dir, dir);
+	free(sh_ok(rm));
+	char *crt = h_strf("%s/devices/dev-a.crt", dir), *sha = file_sha(crt);
+	char *before = snapshot(dir);
+	char *args = h_strf("--out %s --devices dev-a,dev-b", dir), *out = NULL;
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, "neither ca.key nor ca.crt") && strstr(out, "--new-ca") &&
+			  strstr(out, "broker.crt") && strstr(out, "2 device certificates") &&
+			  strstr(out, "Nothing was changed"),
+		  "%s", out);
+	char *after = snapshot(dir), *now = file_sha(crt);
+	cr_expect_str_eq(now, sha, "dev-a's certificate was overwritten");
+	cr_expect_str_eq(after, before, "the PKI was changed");
+	cr_expect_eq(mode_of(dir, "ca.key"), -1, "a CA key was made");
+	free(now);
+	free(after);
+	free(out);
+	/* the CA database alone is enough to tell (the certificates deleted too) */
+	char *rm2 = h_strf("rm %s/*.crt %s/devices/*.crt", dir, dir);
+	free(sh_ok(rm2));
+	cr_expect_eq(provision(args, &out), 1, "%s", out);
+	cr_expect(strstr(out, ".ca/index.txt (") && strstr(out, "--new-ca"), "%s", out);
+	cr_expect_eq(mode_of(dir, "ca.crt"), -1);
+	free(out);
+	/* asked for: a new CA, everything issued again under it */
+	char *args2 = h_strf("--out %s --devices dev-a,dev-b --new-ca", dir);
+	cr_expect_eq(provision(args2, &out), 0, "%s", out);
+	cr_expect(strstr(out, "a new CA"), "%s", out);
+	const char *leaf[] = {"broker.crt", "bridge.crt", "operator.crt", "devices/dev-a.crt",
+			      "devices/dev-b.crt"};
+	for (size_t i = 0; i < N(leaf); i++)
+		cr_expect_eq(openssl_verify(dir, leaf[i], 1), 0, "%s", leaf[i]);
+	now = file_sha(crt);
+	cr_expect_str_neq(now, sha);
+	free(now);
+	free(out);
+	/* not once the CA is there: --new-ca replaces no CA */
+	free(before);
+	before = snapshot(dir);
+	cr_expect_eq(provision(args2, &out), 1, "%s", out);
+	cr_expect(strstr(out, "--new-ca only makes a new CA where both"), "%s", out);
+	after = snapshot(dir);
+	cr_expect_str_eq(after, before);
+	free(after);
+	free(out);
+	/* nor is it needed for a directory that holds nothing yet */
+	char *empty = h_tmpdir("pki-lost-ca-empty");
+	char *args3 = h_strf("--out %s --new-ca --devices dev-a", empty);
+	cr_expect_eq(provision(args3, &out), 0, "%s", out);
+	free(out);
+	free(args3);
+	free(empty);
+	free(args2);
+	free(rm2);
+	free(args);
+	free(before);
+	free(sha);
+	free(crt);
+	free(rm);
 	free(dir);
 }
 
