@@ -76,10 +76,12 @@ if [ -r "$pidfile" ]; then
 		exit 1
 	fi
 fi
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# listening PORT...: every PORT open on this host (a socket in LISTEN state; nothing connects,
+# which the broker would log as a failed client connection)
+listening() { "$root/docker/mosquitto/listening.sh" "$@"; }
 for p in "$wss" "$mqtts" "$internal"; do
-	if port_busy "$p"; then
-		echo "run-local: port $p on 127.0.0.1 is in use (another run-local?); set OUTPOST_WSS_PORT/OUTPOST_MQTTS_PORT/OUTPOST_INTERNAL_PORT" >&2
+	if listening "$p"; then
+		echo "run-local: port $p is in use (another run-local?); set OUTPOST_WSS_PORT/OUTPOST_MQTTS_PORT/OUTPOST_INTERNAL_PORT" >&2
 		exit 1
 	fi
 done
@@ -143,8 +145,13 @@ OUTPOST_PKI_DIR=$pki OUTPOST_BROKER_DIR=$state/broker OUTPOST_WSS_PORT=$wss OUTP
 	setsid "$root/docker/mosquitto/run-broker.sh" >>"$state/logs/broker.log" 2>&1 &
 broker_pid=$!
 echo "$broker_pid" >"$pidfile"
-for _ in $(seq 1 100); do port_busy "$mqtts" && port_busy "$wss" && port_busy "$internal" && break; sleep 0.1; done
-port_busy "$internal" || { echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
+for _ in $(seq 1 100); do
+	listening "$mqtts" "$wss" "$internal" && break
+	kill -0 "$broker_pid" 2>/dev/null || break
+	sleep 0.1
+done
+listening "$mqtts" "$wss" "$internal" ||
+	{ echo "run-local: the broker did not start; see $state/logs/broker.log" >&2; exit 1; }
 
 start_bridge() {
 	# umask 077: the store (every reading) is readable by its owner only

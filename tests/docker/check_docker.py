@@ -339,6 +339,7 @@ def executable_path(name, files):
 
 def check_dockerfile(text, src, ctx_files, compose_targets):
     v = []
+    root = src  # (src names each COPY source below)
     try:
         gargs, stages = parse_dockerfile(text)
     except ValueError as e:
@@ -449,9 +450,27 @@ def check_dockerfile(text, src, ctx_files, compose_targets):
                 v.append("Dockerfile:%d: %s %s: no COPY in stage %s puts it there" % (n, instr, cmd, s.name))
                 continue
             frm, srcp = files[path]
-            if frm is None and os.path.exists(os.path.join(src, srcp)) and \
-                    not os.stat(os.path.join(src, srcp)).st_mode & stat.S_IXUSR:
+            if frm is None and os.path.exists(os.path.join(root, srcp)) and \
+                    not os.stat(os.path.join(root, srcp)).st_mode & stat.S_IXUSR:
                 v.append("Dockerfile:%d: %s: %s is not executable in the repository" % (n, instr, srcp))
+            # the scripts it runs by their place beside it ("$here/NAME.sh", the mirrored
+            # repository layout) are in the image too, and theirs
+            todo, seen = [(path, frm, srcp)], set()
+            while todo:
+                ipath, frm, srcp = todo.pop()
+                full = os.path.join(root, srcp)
+                if frm is not None or ipath in seen or not os.path.isfile(full):
+                    continue
+                seen.add(ipath)
+                with open(full, errors="replace") as fh:
+                    body = fh.read()
+                for ref in re.findall(r"\$here/([A-Za-z0-9_./-]+\.sh)\b", body):
+                    want = os.path.normpath(os.path.join(os.path.dirname(ipath), ref))
+                    if want in files:
+                        todo.append((want,) + files[want])
+                    else:
+                        v.append("Dockerfile:%d: %s %s runs %s, which no COPY in stage %s puts there" %
+                                 (n, instr, cmd, want, s.name))
     return v, (gargs, stages)
 
 
@@ -969,6 +988,8 @@ def mutations():
         ("apt lists left in a layer", D(stage_append("provision", "RUN apt-get update && apt-get install -y --no-install-recommends curl")), "apt lists"),
         ("a password in ENV", D(stage_append("bridge", "ENV PGPASSWORD=outpost")), "secrets"),
         ("entrypoint not copied in", D(lambda t: t.replace("COPY docker/device/entrypoint.sh docker/device/healthcheck.sh", "COPY docker/device/healthcheck.sh")), "no COPY"),
+        ("script the health check runs not copied in", D(lambda t: t.replace(" docker/mosquitto/listening.sh", "")), "runs /usr/share/outpost/docker/mosquitto/listening.sh"),
+        ("script the entrypoint runs not copied in", D(lambda t: t.replace("COPY scripts/provision-certs.sh /usr/share/outpost/scripts/\n", "")), "runs /usr/share/outpost/scripts/provision-certs.sh"),
         ("script copied outside the mirror layout", D(lambda t: t.replace("COPY certs/openssl.cnf /usr/share/outpost/certs/", "COPY certs/openssl.cnf /usr/share/outpost/")), "mirror"),
         ("COPY of a file the context lacks", D(stage_append("device", "COPY docs/DEVICE.md /usr/share/doc/outpost/")), "not in the build context"),
         ("internal port EXPOSEd", D(lambda t: t.replace("EXPOSE 443 8883", "EXPOSE 443 8883 8884")), "EXPOSE 8884"),

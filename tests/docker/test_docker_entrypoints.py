@@ -413,6 +413,13 @@ def test_stack(src, build, tmp, penv):
         return
     conf = read(tmp + "/broker/mosquitto.conf")
     check("listener %d localhost" % internal in conf, "stack: the internal listener is bound to the given name")
+    # the health check connects to nothing: mosquitto logged each probe's connection as failed
+    # ("Client connection from ... failed"), every 30 s, burying real handshake failures
+    logged = read(blog).count("Client connection from")
+    probes = [run([hc], benv, 10)[0] for _ in range(3)]
+    time.sleep(0.5)
+    check(probes == [0, 0, 0] and read(blog).count("Client connection from") == logged,
+          "stack: the broker health check leaves no line in the broker log (%s)" % probes)
 
     # The agent as compose configures it (only the broker's address differs), and a second one
     # sampling every second so that the revocation shows at once.

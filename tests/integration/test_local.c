@@ -82,6 +82,11 @@ Test(local, run_local_and_mqtt_sub, .timeout = 180)
 	cr_expect(stat(path, &st) == 0 && (st.st_mode & 077) == 0, "%s: mode %o", path,
 	          (unsigned)st.st_mode & 0777);
 	free(path);
+	/* the broker's listeners were waited for without connecting to them: a bare TCP
+	 * connection is logged as a failed client connection */
+	path = h_strf("%s/logs/broker.log", state);
+	cr_expect_eq(h_count_in_file(path, "Client connection from"), 0, "see %s", path);
+	free(path);
 	/* the devices started once the bridge was subscribed: no Birth was lost */
 	path = h_strf("%s/logs/device-0001.log", state);
 	cr_expect_eq(h_count_in_file(path, "no ack since the Birth"), 0, "see %s", path);
