@@ -17,7 +17,8 @@ Running it again reuses the PKI and the store.
   --no-build       use the binaries already in the build directory
   --no-bootstrap   do not install Debian packages
 
-Environment: OUTPOST_LOCAL_DIR (state, default var/local), OUTPOST_BUILD_DIR (default build),
+Environment: OUTPOST_LOCAL_DIR (state, default var/local), OUTPOST_BUILD_DIR (default build;
+a new tree is made without the test suite, an existing one keeps its settings),
 OUTPOST_WSS_PORT / OUTPOST_MQTTS_PORT / OUTPOST_INTERNAL_PORT (8443 / 8883 / 8884).
 USAGE
 }
@@ -50,7 +51,12 @@ say() { printf 'run-local: %s\n' "$*"; }
 [ "$bootstrap" = 1 ] && "$root/scripts/bootstrap.sh"
 if [ "$build" = 1 ]; then
 	say "building in $builddir"
-	cmake -S "$root" -B "$builddir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	# A tree of its own is made without the test suite (Criterion, PostgreSQL, tinyproxy... are
+	# not needed to run the stack); an existing one keeps its settings: build/ is also the
+	# tests' tree (scripts/test.sh turns them on).
+	fresh=()
+	[ -f "$builddir/CMakeCache.txt" ] || fresh=(-DOUTPOST_TESTS=OFF)
+	cmake -S "$root" -B "$builddir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${fresh[@]}" >/dev/null
 	cmake --build "$builddir" -j "$(nproc)" --target outpost-device outpost-bridge outpostctl outpost_auth >/dev/null
 fi
 device_bin=$builddir/device/outpost-device

@@ -37,7 +37,8 @@ step() { printf '\n=== %s\n' "$*"; }
 run_tree() { # DIR CMAKE_ARGS...
 	local dir=$1
 	shift
-	cmake -S "$root" -B "$dir" -DWITH_POSTGRES=ON "$@" >/dev/null
+	# (tests on: scripts/run-local.sh makes a new build/ without them)
+	cmake -S "$root" -B "$dir" -DWITH_POSTGRES=ON -DOUTPOST_TESTS=ON "$@" >/dev/null
 	cmake --build "$dir" -j "$jobs"
 	ctest --test-dir "$dir" --output-on-failure --no-tests=error -j "$jobs" "${filter[@]}"
 }
