@@ -268,6 +268,21 @@ def test_provision(src, tmp):
         os.rename(tmp + "/" + f + ".saved", tmp + "/pki/" + f)
     rc, out = run([ent], env)
     check(rc == 0 and tree(exp) == exported, "provision: with the CA restored, nothing changes")
+    # the bridge key rotated (docs/DOCKER.md): its key deleted, the next run issues a new one
+    # and revokes the old certificate; the bridge and device volumes get the new files
+    old_serial = subprocess.run(["openssl", "x509", "-in", exp + "/bridge/bridge.crt", "-noout", "-serial"],
+                                capture_output=True, text=True).stdout.strip().split("=")[-1]
+    os.unlink(tmp + "/pki/bridge.key")
+    rc, out = run([ent], env)
+    crl = subprocess.run(["openssl", "crl", "-in", exp + "/broker/crl.pem", "-noout", "-text"],
+                         capture_output=True, text=True).stdout
+    new = tree(exp)
+    check(rc == 0 and "bridge has a new key" in out and
+          new["bridge/bridge.key"][1] != exported["bridge/bridge.key"][1] and
+          new["bridge/bridge.key"][1] == tree(tmp + "/pki")["bridge.key"][1] and
+          new["devices/bridge.crt"][1] == new["bridge/bridge.crt"][1] != exported["bridge/bridge.crt"][1] and
+          ("Serial Number: " + old_serial) in crl and new["bridge/crl.pem"][1] == new["broker/crl.pem"][1],
+          "provision: a deleted bridge key is rotated, the old certificate revoked, the new files exported: " + out)
     return env
 
 

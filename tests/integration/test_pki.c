@@ -1,8 +1,9 @@
 /* test_pki.c - scripts/provision-certs.sh: files, permissions, names, chain, idempotence,
  * revocation and its CRL, argument errors, --count naming, broker names, what stops a run
  * before it changes anything (an unreadable key, a CA without its database, a lost CA without
- * --new-ca), runs with ca.key offline and concurrent runs. Every test works on
- * its own fresh directory and checks the result with the openssl command line. */
+ * --new-ca), runs with ca.key offline, rotation of the bridge and operator keys and concurrent
+ * runs. Every test works on its own fresh directory and checks the result with the openssl
+ * command line. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -876,6 +877,63 @@ Test(pki, a_lost_ca_is_replaced_only_with_new_ca)
 	free(sha);
 	free(crt);
 	free(rm);
+	free(dir);
+}
+
+/* Rotating a leaked bridge or operator key (docs/OPERATIONS.md): delete the key, run again: a
+ * new key and certificate, and the old certificate revoked as superseded in the new CRL. */
+Test(pki, a_deleted_bridge_or_operator_key_is_rotated)
+{
+	char *dir = fresh("pki-rotate", "--devices dev-a");
+	char *keep = h_strf("cd %s && cp bridge.crt old-bridge.crt && cp operator.crt old-operator.crt "
+			    "&& cp bridge.key old-bridge.key && rm bridge.key operator.key",
+			    dir);
+	free(sh_ok(keep));
+	char *dev = h_strf("%s/devices/dev-a.crt", dir), *dev_sha = file_sha(dev);
+	char *args = h_strf("--out %s --devices dev-a", dir), *out = NULL;
+	cr_assert_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "bridge has a new key; its old certificate is revoked (superseded)"),
+		  "%s", out);
+	cr_expect(strstr(out, "operator has a new key; its old certificate is revoked (superseded)"),
+		  "%s", out);
+	cr_expect(strstr(out, "2 new keys, 2 new certificates"), "%s", out);
+	free(out);
+	const char *names[] = {"bridge", "operator"};
+	for (size_t i = 0; i < N(names); i++) {
+		char *crt = h_strf("%s.crt", names[i]), *old = h_strf("old-%s.crt", names[i]);
+		cr_expect_eq(openssl_verify(dir, crt, 1), 0, "the new %s certificate", names[i]);
+		cr_expect_eq(openssl_verify(dir, old, 0), 0, "the old one still chains");
+		cr_expect_neq(openssl_verify(dir, old, 1), 0, "the old %s certificate is revoked",
+			      names[i]);
+		char *cmd = h_strf("test \"$(openssl x509 -in %s/%s.crt -noout -pubkey)\" = "
+				   "\"$(openssl pkey -in %s/%s.key -pubout)\"",
+				   dir, names[i], dir, names[i]);
+		free(sh_ok(cmd));
+		free(cmd);
+		free(old);
+		free(crt);
+	}
+	char *cmd = h_strf("openssl crl -in %s/crl.pem -noout -text | grep -c Superseded", dir);
+	out = sh_ok(cmd);
+	cr_expect_str_eq(out, "2\n");
+	free(out);
+	free(cmd);
+	/* and the old bridge key is never certified again */
+	cmd = h_strf("cd %s && rm bridge.key bridge.crt && cp old-bridge.key bridge.key", dir);
+	free(sh_ok(cmd));
+	cr_expect_eq(provision(args, &out), 0, "%s", out);
+	cr_expect(strstr(out, "bridge: a certificate for its key was revoked; not reissued"), "%s",
+		  out);
+	cr_expect_eq(mode_of(dir, "bridge.crt"), -1);
+	free(out);
+	char *now = file_sha(dev);
+	cr_expect_str_eq(now, dev_sha, "the device certificate is unchanged");
+	free(now);
+	free(cmd);
+	free(args);
+	free(dev_sha);
+	free(dev);
+	free(keep);
 	free(dir);
 }
 
