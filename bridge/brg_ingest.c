@@ -1,5 +1,6 @@
 /* brg_ingest.c - pipeline threads: dispatch by device, verifiers, the group-committing writer,
  * acknowledgements after commit, bounded memory (see brg_ingest.h). */
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -7,11 +8,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "otime.h"
 #include "brg_ingest.h"
 #include "brg_queue.h"
 #include "brg_reply.h"
+#include "ocond.h"
 #include "olog.h"
+#include "otime.h"
 #include "store_ops.h"
 #include "wire_cert.h"
 #include "wire_topic.h"
@@ -36,6 +38,8 @@ struct brg_ingest {
 
 	pthread_mutex_t mu; /* everything below */
 	pthread_cond_t room;
+	pthread_cond_t writer_end; /* writer_done set (ocond: waited on until a deadline) */
+	int writer_done;
 	size_t mem_used;
 	int stopping; /* brg_ingest_begin_stop: the deadline runs */
 	int closed;   /* brg_ingest_stop: intake is closed */
@@ -79,6 +83,12 @@ int brg_ingest_new(struct store *writer, struct brg_registry *reg, struct brg_ve
 	pthread_mutex_init(&in->mu, NULL);
 	pthread_cond_init(&in->room, NULL);
 	int rc = BRG_ENOMEM;
+	if (ocond_init(&in->writer_end)) {
+		pthread_mutex_destroy(&in->mu);
+		pthread_cond_destroy(&in->room);
+		free(in);
+		return BRG_ENOMEM;
+	}
 	in->workers = calloc((size_t)o->workers, sizeof(*in->workers));
 	if (!in->workers || brg_queue_new(o->writer_queue, &in->wq))
 		goto fail;
@@ -432,15 +442,14 @@ static size_t item_readings(const struct brg_item *it)
 	return it->kind == BRG_ITEM_BATCH && it->batch ? it->batch->n_readings : 0;
 }
 
-static void *writer_main(void *arg)
+static void writer_run(struct brg_ingest *in)
 {
-	struct brg_ingest *in = arg;
 	struct brg_outcome out = {0};
 	struct brg_item **items = calloc(in->o.group_max, sizeof(*items));
 	int64_t next_health = otime_mono_ms() + in->o.health_interval_ms;
 	if (!items) {
 		logf_(in, OLOG_ERROR, "writer: out of memory");
-		return NULL;
+		return;
 	}
 	for (;;) {
 		int64_t wait = next_health - otime_mono_ms();
@@ -486,8 +495,46 @@ static void *writer_main(void *arg)
 	}
 	brg_outcome_free(&out);
 	free(items);
+}
+
+static void *writer_main(void *arg)
+{
+	struct brg_ingest *in = arg;
+	writer_run(in);
 	wire_thread_cleanup();
+	pthread_mutex_lock(&in->mu);
+	in->writer_done = 1;
+	pthread_cond_broadcast(&in->writer_end);
+	pthread_mutex_unlock(&in->mu);
 	return NULL;
+}
+
+/* The writer's end, at a stop. Past shutdown_timeout it gives up what is queued, but a
+ * statement the database makes wait (a lock another session holds: PostgreSQL has no
+ * lock_timeout unless the operator sets one) would hold the stop for as long: from the
+ * deadline on, the writer's statement is cancelled once a second, for at most a minute
+ * (then the stop waits: a statement that ignores cancels is the network's, which
+ * tcp_user_timeout ends). */
+static void join_writer(struct brg_ingest *in)
+{
+	enum { CANCELS = 60, CANCEL_EVERY_MS = 1000 };
+	int cancels = 0;
+	pthread_mutex_lock(&in->mu);
+	int64_t at = in->stop_deadline;
+	while (!in->writer_done && cancels < CANCELS) {
+		if (ocond_wait_until(&in->writer_end, &in->mu, at) != -ETIMEDOUT)
+			continue;
+		pthread_mutex_unlock(&in->mu);
+		store_interrupt(in->store);
+		if (!cancels++)
+			logf_(in, OLOG_WARN,
+			      "shutdown: the writer is still in the database after shutdown_timeout; "
+			      "cancelling its statement");
+		pthread_mutex_lock(&in->mu);
+		at = otime_mono_ms() + CANCEL_EVERY_MS;
+	}
+	pthread_mutex_unlock(&in->mu);
+	pthread_join(in->writer, NULL);
 }
 
 /* ---- lifecycle ---- */
@@ -544,7 +591,7 @@ int brg_ingest_stop(struct brg_ingest *in)
 	/* Normally the last verifier closed it; covers a failed start too. */
 	brg_queue_close(in->wq);
 	if (in->writer_started)
-		pthread_join(in->writer, NULL);
+		join_writer(in);
 	/* Anything left (a failed start) is dropped unacknowledged. */
 	void *p;
 	for (int i = 0; i < in->o.workers; i++)
@@ -598,5 +645,6 @@ void brg_ingest_free(struct brg_ingest *in)
 	brg_queue_free(in->wq);
 	pthread_mutex_destroy(&in->mu);
 	pthread_cond_destroy(&in->room);
+	pthread_cond_destroy(&in->writer_end);
 	free(in);
 }

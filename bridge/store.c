@@ -236,6 +236,12 @@ void store__errf(struct store *s, const char *fmt, ...)
 	va_end(ap);
 }
 
+void store_interrupt(struct store *s)
+{
+	if (s && s->be->interrupt)
+		s->be->interrupt(s->conn);
+}
+
 int store_exec(struct store *s, const char *sql)
 {
 	return s->be->exec(s->conn, sql);

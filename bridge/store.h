@@ -77,6 +77,12 @@ const char *store_url(const struct store *s);
 /* Detail of the last failure on this connection ("" if none); borrowed until the next call. */
 const char *store_errmsg(const struct store *s);
 
+/* Cancel the statement s is running, from another thread: it fails with a transient error
+ * (PostgreSQL: a cancel request to the server, as psql's Ctrl-C; SQLite: sqlite3_interrupt).
+ * For a stop that must not wait on the database (a lock another session holds). Safe at any
+ * time while s is open; with no statement running it may do nothing, or fail the next one. */
+void store_interrupt(struct store *s);
+
 /* Run one statement without results (DDL, PRAGMA). */
 int store_exec(struct store *s, const char *sql);
 

@@ -30,6 +30,8 @@ struct store_backend {
 	 * STORE_EUNKNOWN provides resolve (store_commit_resolve). */
 	int (*commit)(void *conn);
 	int (*resolve)(void *conn);
+	/* Optional: cancel the running statement; called from another thread (store_interrupt). */
+	void (*interrupt)(void *conn);
 	int (*prepare)(void *conn, const char *sql, void **stmt);
 	void (*finalize)(void *stmt);
 	int (*bind)(void *stmt, int idx, const struct store_val *v);

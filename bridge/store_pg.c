@@ -2,6 +2,7 @@
  * after a reconnect, rows streamed in single-row mode, bulk inserts with COPY. */
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,10 @@ struct pg_conn {
 	 * after a reconnect if it still sits idle in a transaction (pg_connect). */
 	int lost_pid;
 	int64_t lost_started;
+	/* What store_interrupt needs to cancel the current server process's statement: set at
+	 * every (re)connect by the connection's thread, used from another. */
+	pthread_mutex_t cancel_mu;
+	PGcancel *cancel;
 };
 
 struct pg_stmt {
@@ -254,6 +259,10 @@ static void new_session(struct pg_conn *pc)
 	}
 	pc->pid = PQbackendPID(pc->c);
 	pc->started = 0;
+	pthread_mutex_lock(&pc->cancel_mu);
+	PQfreeCancel(pc->cancel);
+	pc->cancel = PQgetCancel(pc->c);
+	pthread_mutex_unlock(&pc->cancel_mu);
 	pc->gen++;
 	pc->busy = 0;
 	pc->in_tx = 0;
@@ -298,6 +307,8 @@ static int pg_connect(struct pg_conn *pc)
 	return STORE_OK;
 }
 
+static void pg_close(void *conn);
+
 static int pg_open(const char *url, const struct store_opts *o, char *errbuf, void **conn,
                    char *err)
 {
@@ -316,6 +327,7 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 	if (!pc)
 		return STORE_ENOMEM;
 	pc->err = errbuf;
+	pthread_mutex_init(&pc->cancel_mu, NULL);
 	pc->c = PQconnectdbParams(keys, vals, 1);
 	if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
 		const char *m = pc->c ? PQerrorMessage(pc->c) : "out of memory";
@@ -323,16 +335,14 @@ static int pg_open(const char *url, const struct store_opts *o, char *errbuf, vo
 		size_t n = strlen(err);
 		while (n && (err[n - 1] == '\n' || err[n - 1] == ' '))
 			err[--n] = '\0';
-		PQfinish(pc->c);
-		free(pc);
+		pg_close(pc);
 		return STORE_ECONN;
 	}
 	new_session(pc);
 	int rc = pg_session(pc);
 	if (rc) {
 		snprintf(err, STORE_ERR_MAX, "cannot set up the session: %s", pc->err);
-		PQfinish(pc->c);
-		free(pc);
+		pg_close(pc);
 		return rc;
 	}
 	*conn = pc;
@@ -345,8 +355,21 @@ static void pg_close(void *conn)
 	if (!pc)
 		return;
 	PQfinish(pc->c);
+	PQfreeCancel(pc->cancel);
+	pthread_mutex_destroy(&pc->cancel_mu);
 	free(pc->stale);
 	free(pc);
+}
+
+/* From another thread: the statement running now is cancelled (SQLSTATE 57014, transient). */
+static void pg_interrupt(void *conn)
+{
+	struct pg_conn *pc = conn;
+	char why[256];
+	pthread_mutex_lock(&pc->cancel_mu);
+	if (pc->cancel)
+		(void)PQcancel(pc->cancel, why, (int)sizeof(why)); /* best effort */
+	pthread_mutex_unlock(&pc->cancel_mu);
 }
 
 static void deallocate_now(struct pg_conn *pc, unsigned id)
@@ -878,6 +901,7 @@ const struct store_backend store__pg = {
     .begin = pg_begin,
     .commit = pg_commit,
     .resolve = pg_resolve,
+    .interrupt = pg_interrupt,
     .prepare = pg_prepare,
     .finalize = pg_finalize,
     .bind = pg_bind,

@@ -347,6 +347,11 @@ static void sq_copy_free(void *p)
 	free(cp);
 }
 
+static void sq_interrupt(void *conn)
+{
+	sqlite3_interrupt(((struct sq_conn *)conn)->db);
+}
+
 const struct store_backend store__sqlite = {
     .name = "sqlite",
     .dialect = STORE_SQLITE,
@@ -354,6 +359,7 @@ const struct store_backend store__sqlite = {
     .close = sq_close,
     .exec = sq_exec,
     .begin = sq_begin,
+    .interrupt = sq_interrupt,
     .prepare = sq_prepare,
     .finalize = sq_finalize,
     .bind = sq_bind,

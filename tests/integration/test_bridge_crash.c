@@ -548,6 +548,56 @@ Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .time
 	h_pg_free(&pg);
 }
 
+/* A stop while another PostgreSQL session holds a lock the writer waits for (an operator's
+ * transaction: no lock_timeout by default) keeps to shutdown_timeout: past it the writer's
+ * statement is cancelled. Before, the stop waited as long as the lock was held. */
+Test(bridge_failure, a_stop_with_the_writer_waiting_on_a_lock_keeps_to_shutdown_timeout,
+     .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {0};
+	struct h_simdev_opts o[N_DEV];
+	struct h_simdev *d[N_DEV];
+	pg_stack(&pg, &b, &br, "stop-locked", "--shutdown-timeout=1s");
+	start_devices(&b, o, d, 400, 20);
+	long long end = h_now_ms() + 30000;
+	while (total_acks(d) < 3 && h_now_ms() < end)
+		h_sleep_ms(50);
+	cr_assert_geq(total_acks(d), 3, "nothing acknowledged before the lock (log %s)", br.log);
+	char port[16];
+	snprintf(port, sizeof(port), "%d", pg.port);
+	char *const argv[] = {"psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+	                      "-d", "postgres", "-c",
+	                      "BEGIN; LOCK TABLE envelopes IN ACCESS EXCLUSIVE MODE; "
+	                      "SELECT pg_sleep(60); COMMIT",
+	                      NULL};
+	char *plog = h_strf("%s.psql", br.log);
+	pid_t holder = h_spawn(argv, NULL, plog);
+	int64_t waiting = 0;
+	end = h_now_ms() + 20000;
+	while (waiting < 1 && h_now_ms() < end) {
+		h_sleep_ms(100);
+		waiting = h_store_i64(pg.url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted", 0);
+	}
+	cr_assert_geq(waiting, 1, "the writer never waited on the lock (log %s, %s)", br.log, plog);
+	long long t0 = h_now_ms();
+	int rc = h_bridge_stop(&br);
+	long long took = h_now_ms() - t0;
+	/* 1 s, one cancel, and the MQTT flush; before, the 60 s lock (h_bridge_stop kills at 30) */
+	cr_expect_lt(took, 10000, "the stop took %lld ms (shutdown_timeout 1 s; log %s)", took,
+	             br.log);
+	cr_expect_eq(rc, 1, "the exit status says that messages were given up (log %s)", br.log);
+	cr_expect_gt(h_bridge_log_count(&br, "cancelling its statement"), 0, "log %s", br.log);
+	h_stop(holder, 5000);
+	for (int i = 0; i < N_DEV; i++)
+		h_simdev_stop(d[i]);
+	free(plog);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
+
 /* A stop leaves what the broker has not delivered yet in the bridge's session: the bridge stops
  * receiving first (libmosquitto acknowledges to the broker whatever it reads, before the bridge
  * sees it), and what it read is committed and acknowledged. Here 300 batches wait at the broker
