@@ -1,5 +1,6 @@
 /* main.c - outpost-device: the telemetry agent of one field device. */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -22,6 +23,10 @@
  * asked for during start-up (spool recovery, the certificate checks) is not lost. */
 static volatile sig_atomic_t stopping;
 static struct dev_agent *agent;
+/* Where our binary was at start, for a `restart` task: /proc/self/exe goes on naming the inode
+ * we run from, the old one after a package update renamed a new binary over it. Empty when it
+ * could not be read. */
+static char self_path[PATH_MAX];
 
 static void on_stop(int sig)
 {
@@ -92,6 +97,38 @@ static void install_signal_handlers(void)
 	sigprocmask(SIG_UNBLOCK, &handled, NULL);
 }
 
+/* The path of our binary, as the kernel names it now (before anything could replace it); a
+ * binary already replaced is named with " (deleted)" after it: the path is what a restart wants
+ * then too. */
+static void remember_self_path(void)
+{
+	static const char deleted[] = " (deleted)";
+	ssize_t n = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
+	if (n <= 0 || self_path[0] != '/') {
+		self_path[0] = '\0';
+		return;
+	}
+	self_path[n] = '\0';
+	size_t dl = sizeof(deleted) - 1;
+	if ((size_t)n > dl && !strcmp(self_path + n - dl, deleted))
+		self_path[n - dl] = '\0';
+}
+
+/* Execute the binary again, with the same arguments: the file at the path it was started from
+ * (a new version, after a package update), else the one we run from. Returns (logged) only
+ * when both failed. */
+static void exec_self(char **argv)
+{
+	if (self_path[0]) {
+		execv(self_path, argv);
+		olog(OLOG_WARN, "restart: cannot execute %s (%s): executing /proc/self/exe, the "
+		     "binary this agent was started from", self_path, strerror(errno));
+	}
+	execv("/proc/self/exe", argv);
+	olog(OLOG_ERROR, "restart: cannot execute /proc/self/exe (%s): the agent goes on in this "
+	     "process, without restarting", strerror(errno));
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: outpost-device [--config FILE] [--OPTION VALUE ...]\n"
@@ -108,14 +145,15 @@ int main(int argc, char **argv)
 {
 	struct dev_config cfg;
 	char err[CFG_ERR_MAX] = "";
+	remember_self_path();
 #ifdef __GLIBC__
 	/* Paho's two threads would each get a malloc arena of their own (~0.4 MB resident at the
 	 * reference profile) for a few allocations per message: one arena is plenty here. */
 	mallopt(M_ARENA_MAX, 1);
 #endif
 #ifdef __linux__
-	/* a `restart` task re-executes /proc/self/exe, which would rename us "exe" for ps and
-	 * pgrep; keep the name operators look for */
+	/* a `restart` task whose binary path failed re-executes /proc/self/exe, which would
+	 * rename us "exe" for ps and pgrep; keep the name operators look for */
 	prctl(PR_SET_NAME, "outpost-device", 0, 0, 0);
 #endif
 	/* ignored, as whatever started us may have left it (it survives exec), the kernel would
@@ -147,21 +185,25 @@ int main(int argc, char **argv)
 	}
 	olog_set_level((enum olog_level)cfg.log_level);
 
-	rc = dev_agent_new(&cfg, &agent, err, sizeof(err));
-	if (rc) {
-		fprintf(stderr, "outpost-device: %s\n", err);
-		dev_config_free(&cfg);
-		return rc;
-	}
-	if (stopping) /* asked to stop while starting: nothing was sampled yet */
-		olog(OLOG_INFO, "stopping: asked to before the agent started");
-	else
-		rc = dev_agent_run(agent);
-	struct dev_agent *a = agent;
-	uint64_t restart_task = a ? dev_agent_restart_task(a) : 0;
-	agent = NULL;
-	dev_agent_free(a);
-	if (rc == DEV_AGENT_RESTART) {
+	/* once more after a `restart` task whose execv failed: a device without a service manager
+	 * to start it again would be left without an agent */
+	for (;;) {
+		rc = dev_agent_new(&cfg, &agent, err, sizeof(err));
+		if (rc) {
+			fprintf(stderr, "outpost-device: %s\n", err);
+			dev_config_free(&cfg);
+			return finish(rc);
+		}
+		if (stopping) /* asked to stop while starting: nothing was sampled yet */
+			olog(OLOG_INFO, "stopping: asked to before the agent started");
+		else
+			rc = dev_agent_run(agent);
+		struct dev_agent *a = agent;
+		uint64_t restart_task = a ? dev_agent_restart_task(a) : 0;
+		agent = NULL;
+		dev_agent_free(a);
+		if (rc != DEV_AGENT_RESTART)
+			break;
 		/* A `restart` task: become a fresh copy of ourselves, same arguments; unless a stop
 		 * came while it was carried out (a service manager stopping us would see the agent
 		 * come back, and kill it). From here on the signals wait: one that comes before
@@ -180,11 +222,10 @@ int main(int argc, char **argv)
 			olog(OLOG_WARN, "restart: cannot record task %llu in %s/restarting (%s): it "
 			     "will be reported as failed", (unsigned long long)restart_task,
 			     cfg.state_dir, strerror(errno));
-		execv("/proc/self/exe", argv);
-		perror("outpost-device: restart: execv");
+		exec_self(argv);
+		/* the agent of this process reports the task failed */
 		dev_agent_restart_unmark(&cfg);
-		dev_config_free(&cfg);
-		return finish(1);
+		sigprocmask(SIG_UNBLOCK, &handled, NULL);
 	}
 	dev_config_free(&cfg);
 	return finish(rc ? 1 : 0);

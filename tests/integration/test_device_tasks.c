@@ -467,6 +467,93 @@ Test(device_tasks, a_stop_during_a_restart_task_wins, .timeout = 90)
 	stop(&e);
 }
 
+/* A copy of the built agent at path, executable. */
+static void copy_agent(const char *path)
+{
+	size_t len;
+	char *bin = h_read_file(OUTPOST_DEVICE_BIN, &len);
+	cr_assert_not_null(bin);
+	cr_assert_eq(h_write_file(path, bin, len), 0, "%s", path);
+	cr_assert_eq(chmod(path, 0755), 0, "%s", path);
+	free(bin);
+}
+
+/* A `restart` after a package update runs the new binary: the one now at the path the agent was
+ * started from (a file renamed over the old one, as package managers install), not the deleted
+ * one /proc/self/exe still names. Here the "new version" is a script that leaves a mark, then
+ * executes the agent. */
+Test(device_tasks, a_restart_runs_the_binary_now_at_the_agents_path, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	memset(&e, 0, sizeof(e));
+	char *dir = h_tmpdir("update");
+	char *path = h_strf("%s/outpost-device", dir), *next = h_strf("%s/next", dir);
+	char *real = h_strf("%s/outpost-device-2", dir), *mark = h_strf("%s/mark", dir);
+	copy_agent(path);
+	copy_agent(real);
+	e.d.bin = path;
+	h_broker_start(&e.b, h_pki());
+	e.fb = h_fakebridge_start(&e.b, H_ACK_NORMAL);
+	const char *extra[] = {"--poll-interval", "1s", NULL};
+	h_device_start(&e.d, &e.b, "dev-a", extra);
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+
+	char *script = h_strf("#!/bin/sh\necho updated > '%s'\nexec '%s' \"$@\"\n", mark, real);
+	cr_assert_eq(h_write_text(next, script), 0);
+	cr_assert_eq(chmod(next, 0755), 0);
+	cr_assert_eq(rename(next, path), 0);
+	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 20000), SUCCEEDED, "%s", msg);
+	cr_expect_str_eq(msg, "agent restarted");
+	cr_expect_gt(h_file_size(mark), 0, "the restart did not run the new binary: %s", e.d.log);
+	cr_expect_eq(h_log_count(e.d.log, "cannot execute"), 0, "%s", e.d.log);
+	stop(&e);
+	free(script);
+	free(dir);
+	free(path);
+	free(next);
+	free(real);
+	free(mark);
+}
+
+/* A `restart` whose binary cannot be executed at all (here its mode lost the x bits, so
+ * /proc/self/exe, the same file, fails too) leaves the agent running in the same process: a
+ * device without a service manager would have been left without one. The task is reported
+ * failed. */
+Test(device_tasks, a_restart_that_cannot_execute_goes_on_running, .timeout = 90)
+{
+	struct env e;
+	char msg[256];
+	memset(&e, 0, sizeof(e));
+	char *dir = h_tmpdir("noexec");
+	char *path = h_strf("%s/outpost-device", dir);
+	copy_agent(path);
+	e.d.bin = path;
+	h_broker_start(&e.b, h_pki());
+	e.fb = h_fakebridge_start(&e.b, H_ACK_NORMAL);
+	const char *extra[] = {"--poll-interval", "1s", NULL};
+	h_device_start(&e.d, &e.b, "dev-a", extra);
+	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	pid_t pid = e.d.pid;
+	cr_assert_eq(chmod(path, 0644), 0);
+	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 2, msg, sizeof(msg), 20000), FAILED, "%s", msg);
+	cr_expect_str_eq(msg, "agent stopped before restarting");
+	cr_expect(h_log_wait(e.d.log, "the agent goes on in this process", 1, 1000), "%s",
+		  e.d.log);
+	cr_expect_eq(kill(pid, 0), 0, "the agent is gone: %s", e.d.log);
+	cr_expect_eq(e.d.pid, pid);
+	h_fakebridge_queue_task(e.fb, 3, "ping", NULL, NULL, 0, 0);
+	cr_expect_eq(wait_result(e.fb, 3, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	cr_expect_eq(h_device_stop(&e.d), 0);
+	stop(&e);
+	free(dir);
+	free(path);
+}
+
 static void write_text(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");

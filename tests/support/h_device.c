@@ -20,7 +20,7 @@ void h_device_start(struct h_device *d, const struct h_broker *b, const char *id
 	char *ca = h_strf("%s/ca.crt", pki), *bridge = h_strf("%s/bridge.crt", pki);
 	char *cert = h_strf("%s/devices/%s.crt", pki, id), *key = h_strf("%s/devices/%s.key", pki, id);
 	const char *base[] = {
-		OUTPOST_DEVICE_BIN, "--id", id, "--broker-host", "localhost", "--wss-port", wss,
+		d->bin ? d->bin : OUTPOST_DEVICE_BIN, "--id", id, "--broker-host", "localhost", "--wss-port", wss,
 		"--mqtts-port", mqtts, "--ca", ca, "--cert", cert, "--key", key, "--bridge-cert", bridge,
 		"--state-dir", state, "--sample-interval", "200ms", "--batch-interval", "1s",
 		"--collectors", "sim", "--sim-metrics", "5", "--backoff-min", "200ms", "--backoff-max",

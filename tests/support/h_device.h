@@ -14,6 +14,7 @@ struct h_device {
 	const char *pki; /* identity and trust from here instead of the broker's PKI */
 	const char *clock_shift; /* if set: the device's wall clock runs ahead by the (signed)
 				  * milliseconds written in this file, re-read on every reading */
+	const char *bin; /* the binary to run, if not the one built (OUTPOST_DEVICE_BIN) */
 };
 
 /* Start device `id` (certificates from b->pki) with short test intervals; extra is a
