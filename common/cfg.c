@@ -267,8 +267,8 @@ static char *trim(char *s)
 /* One line of f into buf (its newline dropped, NUL-terminated) with its length in *len, which
  * counts any NUL byte in it (fgets would leave the line's end unknown). A line longer than
  * CFG_LINE_MAX - 2 bytes is read to its end but not kept. 0 at the end of the file, else 1, or
- * 2 for a line too long. */
-static int read_line(FILE *f, char buf[CFG_LINE_MAX], size_t *len)
+ * 2 for a line too long. The errno of the first read error goes into *read_errno. */
+static int read_line(FILE *f, char buf[CFG_LINE_MAX], size_t *len, int *read_errno)
 {
 	size_t n = 0;
 	int c, too_long = 0;
@@ -278,6 +278,8 @@ static int read_line(FILE *f, char buf[CFG_LINE_MAX], size_t *len)
 		else
 			too_long = 1;
 	}
+	if (c == EOF && ferror(f) && !*read_errno)
+		*read_errno = errno ? errno : EIO;
 	buf[n] = '\0';
 	*len = n;
 	if (c == EOF && !n && !too_long)
@@ -291,14 +293,14 @@ int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 	/* the path cut so that what follows it in a message (":line: key: reason") fits in
 	 * CFG_ERR_MAX */
 	char line[CFG_LINE_MAX], shown[CFG_ERR_MAX / 2], src[sizeof(shown) + 16];
-	int rc = 0, got;
+	int rc = 0, got, read_errno = 0;
 	unsigned lineno = 0;
 	size_t len;
 
 	cfg_short_path(path, shown, sizeof(shown));
 	if (!f)
 		return fail(err, "%s: %s", shown, strerror(errno));
-	while (!rc && (got = read_line(f, line, &len))) {
+	while (!rc && (got = read_line(f, line, &len, &read_errno))) {
 		lineno++;
 		snprintf(src, sizeof(src), "%s:%u", shown, lineno);
 		if (got == 2) {
@@ -357,7 +359,8 @@ int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err)
 		rc = fn(arg, src, key, value, err);
 	}
 	if (!rc && ferror(f))
-		rc = fail(err, "%s: read error", shown);
+		rc = fail(err, "%s: read error (%s)", shown,
+			  strerror(read_errno ? read_errno : EIO));
 	fclose(f);
 	return rc ? -1 : 0;
 }

@@ -52,7 +52,7 @@ typedef int (*cfg_line_fn)(void *arg, const char *src, const char *key, const ch
 
 /* Read the file as cfg_load_file does, handing each line that is neither blank nor a comment to
  * fn instead of applying it. 0; -1 if fn stopped, or with "path: <strerror>" or "path: read
- * error" in err. */
+ * error (<strerror>)" in err. */
 int cfg_read_file(const char *path, cfg_line_fn fn, void *arg, char *err);
 
 /* Apply PREFIX<NAME> environment variables (e.g. OUTPOST_BROKER_HOST). */

@@ -237,7 +237,11 @@ int dev_agent_new(struct dev_config *cfg, struct dev_agent **out, char *err, siz
 	}
 	snprintf(path, sizeof(path), "%s/metrics", cfg->state_dir);
 	if (dev_catalog_open(path, &a->catalog)) {
-		snprintf(err, errlen, "metric catalog %s: unreadable (remove it to start afresh)", path);
+		/* its ids name what the spooled batches hold: a new catalog would give them to
+		 * other names */
+		snprintf(err, errlen, "metric catalog %s: unreadable (restore it; removing it to "
+			 "start afresh is safe only once the spool backlog is 0: "
+			 "docs/TROUBLESHOOTING.md)", path);
 		goto fail;
 	}
 	snprintf(path, sizeof(path), "%s/tasks", cfg->state_dir);

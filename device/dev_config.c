@@ -159,6 +159,7 @@ struct overrides {
 	size_t n, cap;
 	dev_config_warn_fn warn;
 	void *arg;
+	int stopped; /* override_line stopped the read (out of memory) */
 };
 
 static void warnf(const struct overrides *o, const char *fmt, ...)
@@ -199,8 +200,10 @@ static int override_line(void *arg, const char *src, const char *key, const char
 	if (o->n == o->cap) {
 		size_t cap = o->cap ? 2 * o->cap : 8;
 		struct override *v = realloc(o->v, cap * sizeof(*v));
-		if (!v)
+		if (!v) {
+			o->stopped = 1;
 			return snprintf(err, CFG_ERR_MAX, "%s: out of memory", src), -1;
+		}
 		o->v = v;
 		o->cap = cap;
 	}
@@ -212,6 +215,7 @@ static int override_line(void *arg, const char *src, const char *key, const char
 		free(l->src);
 		free(l->key);
 		free(l->value);
+		o->stopped = 1;
 		return snprintf(err, CFG_ERR_MAX, "%s: out of memory", src), -1;
 	}
 	o->n++;
@@ -227,12 +231,22 @@ int dev_config_load_overrides(struct dev_config *c, dev_config_warn_fn warn, voi
 		snprintf(err, CFG_ERR_MAX, "out of memory");
 		goto out;
 	}
+	/* a file that cannot be read (a directory in its place, a bad block, its mode) is damage
+	 * to say, not a reason to stay down: the agent starts with its configuration alone */
 	if (access(path, F_OK) != 0) {
+		if (errno != ENOENT)
+			warnf(&o, "%s: %s; the agent starts without the overrides", path,
+			      strerror(errno));
 		rc = 0;
 		goto out;
 	}
-	if (cfg_read_file(path, override_line, &o, err))
+	if (cfg_read_file(path, override_line, &o, err)) {
+		if (o.stopped)
+			goto out;
+		warnf(&o, "%s; the agent starts without the overrides", err);
+		rc = 0;
 		goto out;
+	}
 	/* all of them, as set_config left them (the last of a key wins) */
 	struct dev_config probe = *c;
 	for (size_t i = 0; i < o.n; i++)

@@ -64,8 +64,10 @@ typedef void (*dev_config_warn_fn)(void *arg, const char *msg);
  * overrides together make settings dev_config_check refuses (the main configuration changed
  * since the set_config), they are applied one by one in file order and each with which the
  * settings would be refused is ignored. warn (may be NULL) gets one message for each ignored
- * line, naming the file and line. Nothing is rewritten: an ignored line is judged again at the
- * next start. 0, or -1 with err if the file exists but cannot be read (or out of memory). */
+ * line, naming the file and line. A file that exists but cannot be read (a directory in its
+ * place, EIO, EACCES) is ignored whole, with one warning naming it and errno. Nothing is
+ * rewritten: an ignored line or file is judged again at the next start. 0, or -1 with err when
+ * out of memory. */
 int dev_config_load_overrides(struct dev_config *c, dev_config_warn_fn warn, void *arg,
 			      char *err);
 

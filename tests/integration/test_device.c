@@ -2,6 +2,7 @@
  * mutual TLS) and the bridge test double: transports, proxy, broker identity, reconnects,
  * durability across outages, forged acks, configuration errors. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -1388,6 +1389,35 @@ Test(device, starts_despite_an_override_the_configuration_refuses, .timeout = 60
 	h_broker_free(&b);
 	free(line1);
 	free(line2);
+	free(override);
+	free(state);
+}
+
+/* An override file that cannot be read (a directory in its place) does not stop the agent
+ * either: it warns, naming the file and the error, and starts without the overrides (it exited
+ * 2). */
+Test(device, starts_despite_an_unreadable_override_file, .timeout = 60)
+{
+	struct h_broker b = {0};
+	struct h_device d = {.id = strdup("dev-a"), .dir = h_tmpdir("device")};
+	struct h_device_view v;
+	d.log = h_strf("%s/device.log", d.dir);
+	char *state = h_strf("%s/state", d.dir), *override = h_strf("%s/config.override", state);
+	cr_assert_eq(mkdir(state, 0700), 0);
+	cr_assert_eq(mkdir(override, 0700), 0);
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_expect(h_fakebridge_wait(fb, "dev-a", 20000, h_view_readings_at_least, 5, &v),
+		  "no data: %s", d.log);
+	char *line = h_strf("warn: %s: read error (%s); the agent starts without the overrides",
+			    override, strerror(EISDIR));
+	cr_expect_eq(h_log_count(d.log, line), 1, "%s", d.log);
+	cr_expect_eq(kill(d.pid, 0), 0, "%s", d.log);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(line);
 	free(override);
 	free(state);
 }

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cfg.h"
 #include "dev_config.h"
@@ -258,6 +260,27 @@ Test(dev_config, the_override_file_holds_only_remote_settings)
 				 "poll_interval, log_level)"),
 		  "%s", w.text);
 	dev_config_free(&c);
+	free(override);
+	free(dir);
+}
+
+/* An override file that cannot be read (here a directory in its place) never stops the agent:
+ * it starts without the overrides, with a warning naming the file and the error. */
+Test(dev_config, an_unreadable_override_file_is_ignored_with_a_warning)
+{
+	char *dir = h_tmpdir("devcfg"), *override = h_strf("%s/config.override", dir);
+	cr_assert_eq(mkdir(override, 0700), 0);
+	struct dev_config c;
+	struct warnings w = {"", 0};
+	parse_with(&c, dir, NULL, &w);
+	cr_expect_eq(c.poll_interval_ms, 300000, "the defaults stay");
+	cr_expect_eq(w.n, 1, "%s", w.text);
+	char *want = h_strf("%s: read error (%s); the agent starts without the overrides",
+			    override, strerror(EISDIR));
+	cr_expect(strstr(w.text, want), "no '%s' in %s", want, w.text);
+	free(want);
+	dev_config_free(&c);
+	rmdir(override);
 	free(override);
 	free(dir);
 }
