@@ -32,6 +32,11 @@ struct exec {
 	const volatile sig_atomic_t *stop;
 	char **env; /* conf->exec_env copied ("NAME=value"), n_env of them */
 	size_t n_env;
+	/* A command that had not ended 5 s after its output or the SIGKILL (stuck in the kernel,
+	 * D in ps): reaped at a later sample, and no other started until then, so that stuck
+	 * processes do not pile up one per sample. 0 if none. */
+	pid_t pending;
+	char why[160];
 };
 
 static void exec_close(void *state);
@@ -123,6 +128,27 @@ static int parse_output(char *buf, dev_sink_fn sink, void *ctx, const char **why
 	return 0;
 }
 
+/* 0 once the command left pending has ended (or was reaped elsewhere); -1 with why while it
+ * has not. */
+static int reap_pending(struct exec *e, const char **why)
+{
+	int status;
+	pid_t w;
+	if (!e->pending)
+		return 0;
+	while ((w = waitpid(e->pending, &status, WNOHANG)) < 0 && errno == EINTR)
+		;
+	if (w == e->pending || w < 0) {
+		e->pending = 0;
+		return 0;
+	}
+	kill(-e->pending, SIGKILL); /* its group: what it left may have got going again */
+	snprintf(e->why, sizeof(e->why), "the command started earlier (pid %d) has still not ended "
+		 "(stuck in the kernel?): no other is started until it does", (int)e->pending);
+	*why = e->why;
+	return -1;
+}
+
 static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **why)
 {
 	struct exec *e = state;
@@ -135,6 +161,8 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 	size_t len = 0;
 	int rc = -1, status = 0, reaped = 0, wait_errno = 0;
 
+	if (reap_pending(e, why))
+		return -1;
 	char **env = command_env(e);
 	if (!env) {
 		*why = "out of memory";
@@ -225,6 +253,8 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 			kill(-pid, SIGKILL);
 		usleep(10000);
 	}
+	if (!reaped && wait_errno != ECHILD)
+		e->pending = pid;
 	if (!buf)
 		*why = "out of memory";
 	else if (timed_out)
@@ -237,7 +267,8 @@ static int exec_sample(void *state, dev_sink_fn sink, void *ctx, const char **wh
 		*why = "command's exit status unknown: it was reaped elsewhere (is SIGCHLD"
 		       " ignored?)";
 	else if (!reaped)
-		*why = "command's exit status unknown: it did not end within 5 s of its output";
+		*why = "command's exit status unknown: it did not end within 5 s of its output (no "
+		       "other is started until it does)";
 	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		*why = "command exited with an error";
 	else {
@@ -253,6 +284,10 @@ static void exec_close(void *state)
 	struct exec *e = state;
 	if (!e)
 		return;
+	if (e->pending) { /* once more; one still not ended stays our child until we exit */
+		kill(-e->pending, SIGKILL);
+		waitpid(e->pending, NULL, WNOHANG);
+	}
 	for (size_t i = 0; e->env && i < e->n_env; i++)
 		free(e->env[i]);
 	free(e->env);

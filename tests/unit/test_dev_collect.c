@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "dev_collect.h"
@@ -215,6 +216,57 @@ Test(dev_collect, exec_an_unknown_exit_status_is_a_failure, .timeout = 30)
 	cr_expect(find(&g, "collector.exec.ok", &v) && v == 0);
 	dev_collect_close(c);
 	sigaction(SIGCHLD, &old, NULL);
+}
+
+/* While set, the collector's waits for its command see it still running, as for a process stuck
+ * in the kernel (D in ps) that even SIGKILL does not end (waitpid is wrapped at link time:
+ * tests/CMakeLists.txt). */
+static volatile int command_stuck;
+pid_t __real_waitpid(pid_t pid, int *status, int options);
+pid_t __wrap_waitpid(pid_t pid, int *status, int options);
+pid_t __wrap_waitpid(pid_t pid, int *status, int options)
+{
+	if (command_stuck && (options & WNOHANG))
+		return 0;
+	return __real_waitpid(pid, status, options);
+}
+
+/* A command that does not end even after SIGKILL is kept, not forgotten: no other is started
+ * until it has ended (one more stuck process per sample, and a zombie each, piled up), each
+ * sample until then failing with why; then it is reaped and sampling goes on. */
+Test(dev_collect, exec_starts_no_command_while_one_has_not_ended, .timeout = 60)
+{
+	char *dir = h_tmpdir("stuck"), *runs = h_strf("%s/runs", dir);
+	char *cmd = h_strf("echo run >> '%s'; echo x 1", runs);
+	struct dev_collect *c = open_c("exec", cmd, 2000);
+	const char *name, *why = NULL;
+	double v;
+	struct got g = {0};
+	command_stuck = 1;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+	cr_expect(why && strstr(why, "did not end within 5 s"), "%s", why ? why : "");
+	for (int i = 0; i < 2; i++) {
+		memset(&g, 0, sizeof(g));
+		why = NULL;
+		long long t0 = h_now_ms();
+		cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 1);
+		cr_expect_lt(h_now_ms() - t0, 500, "it waited for the stuck command");
+		cr_expect(why && strstr(why, "has still not ended") && strstr(why, "pid "), "%s",
+			  why ? why : "");
+		cr_expect(find(&g, "collector.exec.ok", &v) && v == 0);
+	}
+	cr_expect_eq(h_count_in_file(runs, "run"), 1, "a command was started beside the stuck one");
+	command_stuck = 0;
+	memset(&g, 0, sizeof(g));
+	why = NULL;
+	cr_expect_eq(dev_collect_sample(c, sink, &g, &name, &why), 0, "%s", why ? why : "");
+	cr_expect(find(&g, "x", &v) && v == 1);
+	cr_expect_eq(h_count_in_file(runs, "run"), 2);
+	cr_expect_eq(waitpid(-1, NULL, WNOHANG), -1, "a child is left unreaped");
+	dev_collect_close(c);
+	free(cmd);
+	free(runs);
+	free(dir);
 }
 
 static int has_value(const struct got *g, double v)
