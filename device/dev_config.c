@@ -105,6 +105,21 @@ static const char *host_check(const char *h)
 }
 
 /* What is wrong with the settings together ("key: reason"), or NULL. */
+/* ws_path goes into the WebSocket URL and its HTTP upgrade request line as it is: a path from
+ * '/' of printable ASCII, no space (which would end the request's path, a CR or LF start a
+ * header of its own). Empty is the default, /mqtt. */
+static const char *ws_path_check(const char *p)
+{
+	if (!p || !*p)
+		return NULL;
+	if (*p != '/')
+		return "ws_path: must start with '/' (e.g. /mqtt)";
+	for (; *p; p++)
+		if (*p <= ' ' || *p > '~')
+			return "ws_path: only printable ASCII, no spaces or control characters";
+	return NULL;
+}
+
 static const char *check(const struct dev_config *c)
 {
 	const char *why;
@@ -113,6 +128,8 @@ static const char *check(const struct dev_config *c)
 	if (!c->broker_host || !*c->broker_host)
 		return "broker_host: required";
 	if ((why = host_check(c->broker_host)))
+		return why;
+	if ((why = ws_path_check(c->ws_path)))
 		return why;
 	if (c->backoff_max_ms < c->backoff_min_ms)
 		return "backoff_max: smaller than backoff_min";

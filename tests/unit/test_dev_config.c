@@ -328,3 +328,41 @@ Test(dev_config, broker_host_is_a_host_name_or_an_address)
 		dev_config_free(&c);
 	}
 }
+
+/* ws_path goes into the WebSocket URL and the HTTP upgrade request: a path from '/' of printable
+ * ASCII without spaces (empty is the default, /mqtt); anything else is refused, naming it. */
+Test(dev_config, ws_path_is_a_path_of_printable_ascii)
+{
+	const char *good[] = {"/mqtt", "/", "", "/a/b-c_d.e~f?x=1&y=%20"};
+	struct {
+		const char *path, *why;
+	} bad[] = {
+		{"mqtt", "must start with '/'"},
+		{"wss://broker/mqtt", "must start with '/'"},
+		{"/two words", "only printable ASCII"},
+		{"/mqtt\r\nX-Evil: 1", "only printable ASCII"},
+		{"/mqtt\t", "only printable ASCII"},
+		{"/caf\xc3\xa9", "only printable ASCII"},
+		{"/\x7f", "only printable ASCII"},
+	};
+	size_t ng = sizeof(good) / sizeof(good[0]), nb = sizeof(bad) / sizeof(bad[0]);
+	char err[CFG_ERR_MAX];
+	for (size_t i = 0; i < ng + nb; i++) {
+		int ok = i < ng;
+		const char *path = ok ? good[i] : bad[i - ng].path;
+		char *argv[] = {"outpost-device", "--config", "/dev/null", "--id", "dev-a",
+				"--broker-host", "localhost", "--ws-path", (char *)path, NULL};
+		struct dev_config c;
+		err[0] = '\0';
+		cr_assert_eq(dev_config_parse(&c, 9, argv, err), 0, "%s", err);
+		if (ok) {
+			cr_expect_eq(dev_config_check(&c, err), 0, "%s: %s", path, err);
+		} else {
+			cr_expect_eq(dev_config_check(&c, err), -1, "%s was taken", path);
+			cr_expect(!strncmp(err, "/dev/null: ws_path: ", 20), "%s", err);
+			cr_expect(strstr(err, bad[i - ng].why), "%s: %s", path, err);
+			cr_expect_null(strchr(err, '\n'), "the message is one line: %s", err);
+		}
+		dev_config_free(&c);
+	}
+}
