@@ -1,5 +1,6 @@
 /* main.c - outpost-device: the telemetry agent of one field device. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #ifdef __GLIBC__
@@ -97,6 +98,26 @@ static void install_signal_handlers(void)
 	sigprocmask(SIG_UNBLOCK, &handled, NULL);
 }
 
+/* Descriptors 0-2 open, on /dev/null where whatever started us left one closed: the next file
+ * opened would take its number (an eventfd, a spool segment) and the log lines would go into it.
+ * 0, or -1 if one is closed and /dev/null cannot be opened. */
+static int fill_std_fds(void)
+{
+	for (;;) {
+		int fd = open("/dev/null", O_RDWR);
+		if (fd > 2) {
+			close(fd);
+			return 0;
+		}
+		if (fd < 0) {
+			for (int i = 0; i < 3; i++)
+				if (fcntl(i, F_GETFD) < 0)
+					return -1;
+			return 0;
+		}
+	}
+}
+
 /* The path of our binary, as the kernel names it now (before anything could replace it); a
  * binary already replaced is named with " (deleted)" after it: the path is what a restart wants
  * then too. */
@@ -145,6 +166,8 @@ int main(int argc, char **argv)
 {
 	struct dev_config cfg;
 	char err[CFG_ERR_MAX] = "";
+	if (fill_std_fds())
+		return 1; /* nowhere to say it */
 	remember_self_path();
 #ifdef __GLIBC__
 	/* Paho's two threads would each get a malloc arena of their own (~0.4 MB resident at the

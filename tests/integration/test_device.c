@@ -1422,6 +1422,52 @@ Test(device, starts_despite_an_unreadable_override_file, .timeout = 60)
 	free(state);
 }
 
+/* An agent started with descriptors 0-2 closed (a careless init script, `2>&-`) puts /dev/null
+ * on them before it opens anything: its eventfd, spool segments or sockets took those numbers
+ * and the log lines went into them (a spool segment corrupted). It runs, stops cleanly, and the
+ * spool it wrote reads back whole at the next start. */
+Test(device, starts_with_descriptors_0_to_2_closed, .timeout = 90)
+{
+	struct h_broker b = {0};
+	struct h_device d = {0};
+	struct h_device_view v;
+	char *dir = h_tmpdir("nofds"), *script = h_strf("%s/outpost-device", dir);
+	char *text = h_strf("#!/bin/sh\nexec '%s' \"$@\" <&- >&- 2>&-\n", OUTPOST_DEVICE_BIN);
+	cr_assert_eq(h_write_text(script, text), 0);
+	cr_assert_eq(chmod(script, 0755), 0);
+	h_broker_start(&b, h_pki());
+	struct h_fakebridge *fb = h_fakebridge_start(&b, H_ACK_NONE);
+	d.bin = script;
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_assert(h_fakebridge_wait(fb, "dev-a", 20000, h_view_batches_at_least, 3, &v),
+		  "no data from the agent without descriptors 0-2");
+	for (int fd = 0; fd < 3; fd++) {
+		char *link = h_strf("/proc/%d/fd/%d", (int)d.pid, fd), target[256] = "";
+		ssize_t n = readlink(link, target, sizeof(target) - 1);
+		target[n > 0 ? n : 0] = '\0';
+		cr_expect_str_eq(target, "/dev/null", "descriptor %d", fd);
+		free(link);
+	}
+	cr_expect_eq(h_device_stop(&d), 0);
+	/* what it spooled, unacknowledged, is read back whole and sent */
+	uint64_t batches = v.batches;
+	d.bin = NULL;
+	h_fakebridge_mode(fb, H_ACK_NORMAL);
+	h_device_start(&d, &b, "dev-a", NULL);
+	cr_expect(h_fakebridge_wait(fb, "dev-a", 20000, h_view_frontier_at_least, batches, &v),
+		  "frontier %" PRIu64 ": %s", v.frontier, d.log);
+	cr_expect_eq(v.dropped, 0, "%s", d.log);
+	cr_expect_eq(v.bad, 0, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, "read error"), 0, "%s", d.log);
+	cr_expect_eq(h_log_count(d.log, "damaged"), 0, "%s", d.log);
+	h_device_free(&d);
+	h_fakebridge_stop(fb);
+	h_broker_free(&b);
+	free(text);
+	free(script);
+	free(dir);
+}
+
 /* A stop while the broker's name is being looked up (a resolver that does not answer: 30 s
  * here, and connect_timeout does not bound it): the agent exits 0 within about
  * DEV_LINK_FREE_WAIT_MS, where it waited for the lookup to end (Paho's destroy waits for the
