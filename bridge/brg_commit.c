@@ -666,7 +666,8 @@ static int do_status(struct brg_committer *c, struct wdev *w, const struct brg_i
 	if (it->retained)
 		return 0; /* delivered at the subscription: maybe older than the device's silence */
 	/* A quarantined or revoked device's `online` is dropped and counted like its other
-	 * messages: it neither sets the device online nor adds an event per message. */
+	 * messages: it does not set the device online (a revoked device's rejection adds its
+	 * `rejected` event, as its other messages' do). */
 	if (brg_commit__is_state(w, STORE_ST_QUARANTINED)) {
 		rc = brg_commit__count_reject(c, w, BRG_R_QUARANTINED,
 		                              "status dropped: device quarantined", 0);

@@ -35,6 +35,8 @@ struct brg_ingest {
 	struct brg_queue *wq;
 	pthread_t writer;
 	int writer_started;
+	pthread_t canceller; /* from brg_ingest_begin_stop on */
+	int canceller_started;
 
 	pthread_mutex_t mu; /* everything below */
 	pthread_cond_t room;
@@ -298,18 +300,19 @@ static void backoff(struct brg_ingest *in, int64_t ms)
 }
 
 /* The connection broke after COMMIT was sent: ask the database what became of the
- * transaction (what: "commit of 3 message(s)", for the log) before anything is published or
- * applied again. 0 if it committed, else an error (out is then unwound, the work to be done
- * again). */
-static int settle(struct brg_ingest *in, const char *what, struct brg_outcome *out)
+ * transaction (what: "commit of 3 message(s)", for the log; then: what happens to work not
+ * committed, "retrying it") before anything is published or applied again. 0 if it
+ * committed, else an error (out is then unwound, the work to be done again). */
+static int settle(struct brg_ingest *in, const char *what, const char *then,
+                  struct brg_outcome *out)
 {
 	int64_t delay = in->o.retry_min_ms;
 	for (int attempt = 1;; attempt++) {
 		int r = store_commit_resolve(in->store);
 		if (r >= 0) {
 			brg_commit_settle(in->com, r, out);
-			logf_(in, OLOG_INFO, "the unanswered %s %s", what,
-			      r ? "did commit" : "did not commit; retrying it");
+			logf_(in, OLOG_INFO, "the unanswered %s %s%s", what,
+			      r ? "did commit" : "did not commit; ", r ? "" : then);
 			return r ? STORE_OK : STORE_ECONN;
 		}
 		if (attempt == 1 || attempt % 10 == 0)
@@ -340,7 +343,7 @@ static int commit(struct brg_ingest *in, struct brg_item **items, size_t n, stru
 		if (rc == STORE_EUNKNOWN) {
 			char what[48];
 			snprintf(what, sizeof(what), "commit of %zu message(s)", n);
-			rc = settle(in, what, out);
+			rc = settle(in, what, "retrying it", out);
 		}
 		if (!rc) {
 			pthread_mutex_lock(&in->mu);
@@ -399,7 +402,7 @@ static void maintain(struct brg_ingest *in, struct brg_outcome *out)
 	int64_t now = store_now_ms();
 	int rc = brg_commit_maintain(in->com, now, out);
 	if (rc == STORE_EUNKNOWN)
-		rc = settle(in, "commit of the health sweep", out);
+		rc = settle(in, "commit of the health sweep", "it runs again next time", out);
 	if (rc) {
 		logf_(in, OLOG_WARN, "health sweep failed: %s: %s (next time)", store_strerror(rc),
 		      store_errmsg(in->store));
@@ -414,7 +417,7 @@ static void recheck(struct brg_ingest *in, struct brg_outcome *out)
 	uint64_t gen = brg_verifier_ca_gen(in->ver);
 	int rc = brg_commit_recheck_certs(in->com, in->ver, now, out);
 	if (rc == STORE_EUNKNOWN)
-		rc = settle(in, "commit of the certificate re-check", out);
+		rc = settle(in, "commit of the certificate re-check", "retrying it later", out);
 	if (rc) {
 		logf_(in, OLOG_WARN, "certificate re-check failed: %s: %s (retrying later)",
 		      store_strerror(rc), store_errmsg(in->store));
@@ -509,14 +512,16 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* The writer's end, at a stop. Past shutdown_timeout it gives up what is queued, but a
- * statement the database makes wait (a lock another session holds: PostgreSQL has no
- * lock_timeout unless the operator sets one) would hold the stop for as long: from the
- * deadline on, the writer's statement is cancelled once a second, for at most a minute
+/* A stop's canceller thread, started with it. Past shutdown_timeout the writer gives up what
+ * is queued, but a statement the database makes wait (a lock another session holds:
+ * PostgreSQL has no lock_timeout unless the operator sets one) would hold the stop for as
+ * long, and with it the verifiers and the intake once the queues are full: from the deadline
+ * on, until the writer ends, its statement is cancelled once a second, for at most a minute
  * (then the stop waits: a statement that ignores cancels is the network's, which
  * tcp_user_timeout ends). */
-static void join_writer(struct brg_ingest *in)
+static void *canceller_main(void *arg)
 {
+	struct brg_ingest *in = arg;
 	enum { CANCELS = 60, CANCEL_EVERY_MS = 1000 };
 	int cancels = 0;
 	pthread_mutex_lock(&in->mu);
@@ -528,13 +533,13 @@ static void join_writer(struct brg_ingest *in)
 		store_interrupt(in->store);
 		if (!cancels++)
 			logf_(in, OLOG_WARN,
-			      "shutdown: the writer is still in the database after shutdown_timeout; "
-			      "cancelling its statement");
+			      "shutdown: the writer is still in the database after "
+			      "shutdown_timeout; cancelling its statement");
 		pthread_mutex_lock(&in->mu);
 		at = otime_mono_ms() + CANCEL_EVERY_MS;
 	}
 	pthread_mutex_unlock(&in->mu);
-	pthread_join(in->writer, NULL);
+	return NULL;
 }
 
 /* ---- lifecycle ---- */
@@ -568,6 +573,8 @@ void brg_ingest_begin_stop(struct brg_ingest *in)
 		in->stopping = 1;
 		in->stop_deadline = otime_mono_ms() + in->o.shutdown_timeout_ms;
 		pthread_cond_broadcast(&in->room); /* the wait for room is bounded now */
+		in->canceller_started = in->writer_started &&
+		                        !pthread_create(&in->canceller, NULL, canceller_main, in);
 	}
 	pthread_mutex_unlock(&in->mu);
 }
@@ -591,7 +598,9 @@ int brg_ingest_stop(struct brg_ingest *in)
 	/* Normally the last verifier closed it; covers a failed start too. */
 	brg_queue_close(in->wq);
 	if (in->writer_started)
-		join_writer(in);
+		pthread_join(in->writer, NULL);
+	if (in->canceller_started)
+		pthread_join(in->canceller, NULL);
 	/* Anything left (a failed start) is dropped unacknowledged. */
 	void *p;
 	for (int i = 0; i < in->o.workers; i++)

@@ -20,7 +20,7 @@ enum store_err {
 	STORE_EBUSY = -5,       /* locked by someone else, deadlock, serialization (retry) */
 	STORE_EQUERY = -6,      /* the statement failed (bug or schema mismatch) */
 	STORE_ECONSTRAINT = -7, /* a constraint refused the change */
-	STORE_ESCHEMA = -8,     /* schema too new for this program, or a migration failed */
+	STORE_ESCHEMA = -8,     /* the store's schema is newer than this program's */
 	STORE_ENOTFOUND = -9,   /* no such row (device, task, ...) */
 	STORE_EREADONLY = -10,  /* the database refuses writes (read-only file or server) */
 	STORE_EFULL = -11,      /* disk or quota full (retry later) */

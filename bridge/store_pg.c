@@ -44,6 +44,8 @@ struct pg_conn {
 	 * every (re)connect by the connection's thread, used from another. */
 	pthread_mutex_t cancel_mu;
 	PGcancel *cancel;
+	unsigned cancels;    /* cancel requests sent (under cancel_mu) */
+	unsigned tx_cancels; /* ... when the transaction began */
 };
 
 struct pg_stmt {
@@ -289,17 +291,18 @@ static int pg_connect(struct pg_conn *pc)
 		return STORE_ECONN; /* tried again at the next transaction */
 	}
 	if (pc->lost_pid) {
-		/* The lost connection's server process, if it still sits idle in a transaction:
-		 * the connection vanished without the server noticing, and it would hold that
-		 * transaction's locks (the rows this one is about to lock again) until
-		 * idle_in_transaction_session_timeout. One in the middle of a statement (a COMMIT
-		 * among them) is left to finish: pg_resolve asks about a COMMIT. Best effort:
-		 * the timeout ends it otherwise. */
-		char cond[160];
+		/* The lost connection's server process, if it still sits idle in a transaction
+		 * or waits for the rest of a COPY from us: the connection vanished without the
+		 * server noticing, and it would hold that transaction's locks (the rows this one
+		 * is about to lock again) until idle_in_transaction_session_timeout (the COPY:
+		 * until its TCP keepalive gives up, hours). One running a statement (a COMMIT
+		 * among them) is left to finish: pg_resolve asks about a COMMIT. Best effort. */
+		char cond[256];
 		int ended = 0;
 		snprintf(cond, sizeof(cond),
 		         "(extract(epoch FROM backend_start) * 1000000)::bigint = %" PRId64
-		         " AND state LIKE 'idle in transaction%%'",
+		         " AND (state LIKE 'idle in transaction%%' OR"
+		         " (state = 'active' AND wait_event = 'ClientRead'))",
 		         pc->lost_started);
 		end_backend(pc, pc->lost_pid, cond, &ended);
 		pc->lost_pid = 0;
@@ -361,15 +364,29 @@ static void pg_close(void *conn)
 	free(pc);
 }
 
-/* From another thread: the statement running now is cancelled (SQLSTATE 57014, transient). */
+/* From another thread: the statement running now is cancelled (SQLSTATE 57014, transient).
+ * PQcancel connects to the server (blocking, without a timeout of its own): it runs outside the
+ * mutex, on the request taken out of the connection, so that a reconnect does not wait on it. */
 static void pg_interrupt(void *conn)
 {
 	struct pg_conn *pc = conn;
 	char why[256];
 	pthread_mutex_lock(&pc->cancel_mu);
-	if (pc->cancel)
-		(void)PQcancel(pc->cancel, why, (int)sizeof(why)); /* best effort */
+	PGcancel *cancel = pc->cancel;
+	pc->cancel = NULL;
+	if (cancel)
+		pc->cancels++;
 	pthread_mutex_unlock(&pc->cancel_mu);
+	if (!cancel)
+		return;
+	(void)PQcancel(cancel, why, (int)sizeof(why)); /* best effort */
+	pthread_mutex_lock(&pc->cancel_mu);
+	if (!pc->cancel) { /* no reconnect meanwhile: still the current server process's */
+		pc->cancel = cancel;
+		cancel = NULL;
+	}
+	pthread_mutex_unlock(&pc->cancel_mu);
+	PQfreeCancel(cancel);
 }
 
 static void deallocate_now(struct pg_conn *pc, unsigned id)
@@ -427,6 +444,9 @@ static int pg_begin(void *conn)
 {
 	struct pg_conn *pc = conn;
 	int rc = pg_connect(pc);
+	pthread_mutex_lock(&pc->cancel_mu);
+	pc->tx_cancels = pc->cancels;
+	pthread_mutex_unlock(&pc->cancel_mu);
 	if (!rc)
 		rc = pg_exec(pc, "BEGIN");
 	pc->in_tx = !rc;
@@ -451,6 +471,19 @@ static int pg_commit(void *conn)
 		}
 	}
 	int rc = pg_exec(pc, "COMMIT");
+	pthread_mutex_lock(&pc->cancel_mu);
+	int cancelled = pc->cancels != pc->tx_cancels;
+	pthread_mutex_unlock(&pc->cancel_mu);
+	if (!rc && cancelled) {
+		/* A cancel that reached COMMIT while it waited for a synchronous standby ends the
+		 * wait with a mere warning: committed on this server only. Not known to be
+		 * durable, so reported as not committed (nothing acknowledged; the devices send
+		 * it again and find it stored). */
+		snprintf(pc->err, STORE_ERR_MAX,
+		         "COMMIT: a cancel (store_interrupt) was sent during the transaction: "
+		         "treated as not committed");
+		return STORE_EBUSY;
+	}
 	if (rc == STORE_ECONN && !null) {
 		pc->pending = strtoll(xid, NULL, 10);
 		pc->pending_pid = pc->pid;

@@ -104,7 +104,6 @@ static const char *host_check(const char *h)
 	return NULL;
 }
 
-/* What is wrong with the settings together ("key: reason"), or NULL. */
 /* ws_path goes into the WebSocket URL and its HTTP upgrade request line as it is: a path from
  * '/' of printable ASCII, no space (which would end the request's path, a CR or LF start a
  * header of its own). Empty is the default, /mqtt. */
@@ -120,6 +119,7 @@ static const char *ws_path_check(const char *p)
 	return NULL;
 }
 
+/* What is wrong with the settings together ("key: reason"), or NULL. */
 static const char *check(const struct dev_config *c)
 {
 	const char *why;

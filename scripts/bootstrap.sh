@@ -66,7 +66,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 	# (nothing to install: a leftover that cannot be removed is said, not fatal)
 	echo "bootstrap: removing $policy, left by an earlier run that did not finish (it keeps" \
 		"services from starting)"
-	"${sudo[@]}" rm -f "$policy" || echo "bootstrap: WARNING: could not remove $policy; remove it as root" >&2
+	"${sudo[@]}" ${sudo:+-n} rm -f "$policy" || echo "bootstrap: WARNING: could not remove $policy; remove it as root" >&2
 	exit 0
 fi
 echo "bootstrap: installing ${missing[*]}"

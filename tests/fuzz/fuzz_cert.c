@@ -2,7 +2,7 @@
  * Birth carries (a revoked one, for its key) and outpostctl on captured messages, before any
  * trust decision. The input is a DER certificate, wrapped in PEM as a peer would send it; the
  * same bytes are also tried as PEM text themselves. Nothing may crash, leak or read out of
- * bounds, and what it accepts must be one valid id and an Ed25519 key. */
+ * bounds, and the CN of what it accepts must be a valid id. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>

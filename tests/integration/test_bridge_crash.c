@@ -550,7 +550,8 @@ Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .time
 
 /* A stop while another PostgreSQL session holds a lock the writer waits for (an operator's
  * transaction: no lock_timeout by default) keeps to shutdown_timeout: past it the writer's
- * statement is cancelled. Before, the stop waited as long as the lock was held. */
+ * statement is cancelled, also while the verifiers wait for room in the writer's full queue.
+ * Before, the stop waited as long as the lock was held. */
 Test(bridge_failure, a_stop_with_the_writer_waiting_on_a_lock_keeps_to_shutdown_timeout,
      .timeout = 180)
 {
@@ -559,7 +560,14 @@ Test(bridge_failure, a_stop_with_the_writer_waiting_on_a_lock_keeps_to_shutdown_
 	struct h_pg pg = {0};
 	struct h_simdev_opts o[N_DEV];
 	struct h_simdev *d[N_DEV];
-	pg_stack(&pg, &b, &br, "stop-locked", "--shutdown-timeout=1s");
+	h_pg_start(&pg);
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, pg.url, "stop-locked");
+	h_bridge_arg(&br, "--shutdown-timeout=1s");
+	/* small queues: the verifiers wait on the writer's queue, full, when the stop comes */
+	h_bridge_arg(&br, "--writer-queue=3");
+	h_bridge_arg(&br, "--queue-depth=2");
+	h_bridge_start(&br);
 	start_devices(&b, o, d, 400, 20);
 	long long end = h_now_ms() + 30000;
 	while (total_acks(d) < 3 && h_now_ms() < end)
@@ -581,6 +589,7 @@ Test(bridge_failure, a_stop_with_the_writer_waiting_on_a_lock_keeps_to_shutdown_
 		waiting = h_store_i64(pg.url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted", 0);
 	}
 	cr_assert_geq(waiting, 1, "the writer never waited on the lock (log %s, %s)", br.log, plog);
+	h_sleep_ms(1000); /* the queues fill up behind it */
 	long long t0 = h_now_ms();
 	int rc = h_bridge_stop(&br);
 	long long took = h_now_ms() - t0;

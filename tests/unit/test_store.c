@@ -700,8 +700,6 @@ Test(store, prune_windows_follow_the_density_of_a_series, .timeout = 120)
 	h_pg_free(&pg);
 }
 
-/* A full database: SQLite rolls the transaction back by itself, the caller's ROLLBACK then
- * fails, and the error to report is still the one that made it roll back. */
 /* What a store opened by user 65534 (nobody) does. */
 struct as_nobody {
 	int open_rc, version_rc, version, write_rc;
@@ -815,6 +813,8 @@ Test(store, sqlite_a_store_this_user_cannot_write_is_refused_at_the_open)
 	free(db);
 }
 
+/* A full database: SQLite rolls the transaction back by itself, the caller's ROLLBACK then
+ * fails, and the error to report is still the one that made it roll back. */
 Test(store, sqlite_full_keeps_the_error_that_matters)
 {
 	char *dir = h_tmpdir("store-full"), *url = h_strf("sqlite:%s/s.db", dir);
