@@ -284,10 +284,8 @@ static void exec_close(void *state)
 	struct exec *e = state;
 	if (!e)
 		return;
-	if (e->pending) { /* once more; one still not ended stays our child until we exit */
-		kill(-e->pending, SIGKILL);
-		waitpid(e->pending, NULL, WNOHANG);
-	}
+	const char *why;
+	(void)reap_pending(e, &why); /* one still not ended stays our child until we exit */
 	for (size_t i = 0; e->env && i < e->n_env; i++)
 		free(e->env[i]);
 	free(e->env);

@@ -478,6 +478,20 @@ static void copy_agent(const char *path)
 	free(bin);
 }
 
+/* The agent run from a copy of it at path (polling every second), answering tasks. */
+static void start_copy(struct env *e, const char *path)
+{
+	char msg[256];
+	copy_agent(path);
+	e->d.bin = path;
+	h_broker_start(&e->b, h_pki());
+	e->fb = h_fakebridge_start(&e->b, H_ACK_NORMAL);
+	const char *extra[] = {"--poll-interval", "1s", NULL};
+	h_device_start(&e->d, &e->b, "dev-a", extra);
+	h_fakebridge_queue_task(e->fb, 1, "ping", NULL, NULL, 0, 0);
+	cr_assert_eq(wait_result(e->fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+}
+
 /* A `restart` after a package update runs the new binary: the one now at the path the agent was
  * started from (a file renamed over the old one, as package managers install), not the deleted
  * one /proc/self/exe still names. Here the "new version" is a script that leaves a mark, then
@@ -490,15 +504,8 @@ Test(device_tasks, a_restart_runs_the_binary_now_at_the_agents_path, .timeout = 
 	char *dir = h_tmpdir("update");
 	char *path = h_strf("%s/outpost-device", dir), *next = h_strf("%s/next", dir);
 	char *real = h_strf("%s/outpost-device-2", dir), *mark = h_strf("%s/mark", dir);
-	copy_agent(path);
 	copy_agent(real);
-	e.d.bin = path;
-	h_broker_start(&e.b, h_pki());
-	e.fb = h_fakebridge_start(&e.b, H_ACK_NORMAL);
-	const char *extra[] = {"--poll-interval", "1s", NULL};
-	h_device_start(&e.d, &e.b, "dev-a", extra);
-	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
-	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	start_copy(&e, path);
 
 	char *script = h_strf("#!/bin/sh\necho updated > '%s'\nexec '%s' \"$@\"\n", mark, real);
 	cr_assert_eq(h_write_text(next, script), 0);
@@ -529,14 +536,7 @@ Test(device_tasks, a_restart_that_cannot_execute_goes_on_running, .timeout = 90)
 	memset(&e, 0, sizeof(e));
 	char *dir = h_tmpdir("noexec");
 	char *path = h_strf("%s/outpost-device", dir);
-	copy_agent(path);
-	e.d.bin = path;
-	h_broker_start(&e.b, h_pki());
-	e.fb = h_fakebridge_start(&e.b, H_ACK_NORMAL);
-	const char *extra[] = {"--poll-interval", "1s", NULL};
-	h_device_start(&e.d, &e.b, "dev-a", extra);
-	h_fakebridge_queue_task(e.fb, 1, "ping", NULL, NULL, 0, 0);
-	cr_assert_eq(wait_result(e.fb, 1, msg, sizeof(msg), 10000), SUCCEEDED, "%s", msg);
+	start_copy(&e, path);
 	pid_t pid = e.d.pid;
 	cr_assert_eq(chmod(path, 0644), 0);
 	h_fakebridge_queue_task(e.fb, 2, "restart", NULL, NULL, 0, 0);
