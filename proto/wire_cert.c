@@ -10,9 +10,9 @@
 #include <wolfssl/wolfcrypt/asn_public.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 #include <wolfssl/error-ssl.h>
 
-#include "crc32.h"
 #include "otime.h"
 #include "wire_cert.h"
 #include "wire_file.h"
@@ -24,7 +24,7 @@
 struct wire_ca {
 	WOLFSSL_CERT_MANAGER *cm;
 	int64_t crl_next_update; /* Unix seconds; 0 = no CRL, or not known */
-	uint32_t sum;		 /* CRC-32 of the CA and CRL files as read */
+	unsigned char sum[WC_SHA256_DIGEST_SIZE]; /* SHA-256 of the CA and CRL files as read */
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -95,12 +95,26 @@ int64_t wire_ca_crl_next_update(const struct wire_ca *ca)
 	return ca ? ca->crl_next_update : 0;
 }
 
+/* A file's length, then its bytes: the CA's and the CRL's contents cannot trade bytes. */
+static int sha_file(wc_Sha256 *sha, const char *buf, size_t len)
+{
+	unsigned char n[8];
+
+	for (int i = 0; i < 8; i++)
+		n[i] = (unsigned char)((uint64_t)len >> (8 * i));
+	if (wc_Sha256Update(sha, n, sizeof(n)) != 0)
+		return -1;
+	return wc_Sha256Update(sha, (const unsigned char *)buf, (word32)len);
+}
+
 int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out,
 		 struct wire_diag *diag)
 {
 	struct wire_ca *ca = NULL;
 	char *buf = NULL;
 	size_t len;
+	wc_Sha256 sha;
+	int sha_ok = 0;
 	int rc;
 
 	if (!ca_path || !out)
@@ -123,7 +137,15 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		rc = wire__fail(diag, WIRE_ECERT, "%s: not a usable PEM CA certificate", ca_path);
 		goto out;
 	}
-	ca->sum = crc32_update(0, buf, len);
+	if (wc_InitSha256(&sha) != 0) {
+		rc = wire__fail(diag, WIRE_ECRYPTO, "SHA-256 unavailable");
+		goto out;
+	}
+	sha_ok = 1;
+	if (sha_file(&sha, buf, len) != 0) {
+		rc = wire__fail(diag, WIRE_ECRYPTO, "SHA-256 failed");
+		goto out;
+	}
 	free(buf);
 	buf = NULL;
 	if (crl_path) {
@@ -132,7 +154,10 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 			rc = wire__fail(diag, rc, "%s: cannot read CRL", crl_path);
 			goto out;
 		}
-		ca->sum = crc32_update(ca->sum, buf, len);
+		if (sha_file(&sha, buf, len) != 0) {
+			rc = wire__fail(diag, WIRE_ECRYPTO, "SHA-256 failed");
+			goto out;
+		}
 		int ok = wolfSSL_CertManagerEnableCRL(ca->cm, WOLFSSL_CRL_CHECK) == WOLFSSL_SUCCESS &&
 			 wolfSSL_CertManagerLoadCRLBuffer(ca->cm, (const unsigned char *)buf, (long)len,
 							  WOLFSSL_FILETYPE_PEM) == WOLFSSL_SUCCESS;
@@ -152,10 +177,16 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		}
 		ca->crl_next_update = next;
 	}
+	if (wc_Sha256Final(&sha, ca->sum) != 0) {
+		rc = wire__fail(diag, WIRE_ECRYPTO, "SHA-256 failed");
+		goto out;
+	}
 	*out = ca;
 	ca = NULL;
 	rc = WIRE_OK;
 out:
+	if (sha_ok)
+		wc_Sha256Free(&sha);
 	free(buf);
 	wire_ca_free(ca);
 	return rc;
@@ -163,7 +194,8 @@ out:
 
 int wire_ca_same_files(const struct wire_ca *a, const struct wire_ca *b)
 {
-	return a && b && a->sum == b->sum && a->crl_next_update == b->crl_next_update;
+	return a && b && memcmp(a->sum, b->sum, sizeof(a->sum)) == 0 &&
+	       a->crl_next_update == b->crl_next_update;
 }
 
 void wire_ca_free(struct wire_ca *ca)

@@ -26,7 +26,7 @@ int wire_ca_load(const char *ca_path, const char *crl_path, struct wire_ca **out
 		 struct wire_diag *diag);
 void wire_ca_free(struct wire_ca *ca); /* accepts NULL */
 
-/* 1 if a and b were loaded from the same CA and CRL contents (a CRC-32 of the files): a
+/* 1 if a and b were loaded from the same CA and CRL contents (a SHA-256 of the files): a
  * periodic reload that changed nothing need not re-check every enrolled certificate. */
 int wire_ca_same_files(const struct wire_ca *a, const struct wire_ca *b);
 

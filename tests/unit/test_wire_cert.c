@@ -463,9 +463,19 @@ Test(wire_cert, a_reload_tells_whether_the_files_changed)
 	struct wire_ca *c = load_ca(dir, 1);
 	cr_expect_not(wire_ca_same_files(a, c));
 	cr_expect_not(wire_ca_same_files(a, NULL));
+	/* two CRLs with the same next update: only their contents (the CRL number) differ */
+	const char *dates = "-crl_lastupdate 20260101000000Z -crl_nextupdate 20991231000000Z";
+	h_pki_gencrl(dir, 0, dates);
+	struct wire_ca *d = load_ca(dir, 1);
+	h_pki_gencrl(dir, 0, dates);
+	struct wire_ca *e = load_ca(dir, 1);
+	cr_expect_eq(wire_ca_crl_next_update(d), wire_ca_crl_next_update(e));
+	cr_expect_not(wire_ca_same_files(d, e));
 	wire_ca_free(a);
 	wire_ca_free(b);
 	wire_ca_free(c);
+	wire_ca_free(d);
+	wire_ca_free(e);
 	wire_ca_free(none);
 	free(dir);
 }
