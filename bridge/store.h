@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A numeric constant as SQL text: " LIMIT " STORE_STR(N). */
+#define STORE_STR_(x) #x
+#define STORE_STR(x)  STORE_STR_(x)
+
 /* Every store_* function returns 0 or one of these. Append only, never renumber. */
 enum store_err {
 	STORE_OK = 0,

@@ -17,8 +17,6 @@
 #define PG_MAX_PARAMS 32
 #define PG_NUM_LEN    32
 #define PG_COPY_FLUSH (64 * 1024)
-#define STR_(x)       #x
-#define STR(x)        STR_(x)
 
 struct pg_conn {
 	PGconn *c;
@@ -239,7 +237,7 @@ static int pg_session(struct pg_conn *pc)
 		              v, sizeof(v), &null);
 	if (!rc && (null || strtoll(v, NULL, 10) <= 0 || strtoll(v, NULL, 10) > PG_IDLE_TX_MS))
 		rc =
-		    pg_command(pc, "SET idle_in_transaction_session_timeout = " STR(PG_IDLE_TX_MS));
+		    pg_command(pc, "SET idle_in_transaction_session_timeout = " STORE_STR(PG_IDLE_TX_MS));
 	if (!rc)
 		rc = pg_value(pc,
 		              "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM"

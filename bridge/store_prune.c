@@ -16,8 +16,6 @@
 #define WINDOW_MIN   1000LL
 #define WINDOW_MAX   (400LL * 86400 * 1000)
 #define EVENT_SLICE  10000
-#define STR_(x)      #x
-#define STR(x)       STR_(x)
 
 /* Run the statements in one transaction, each bound to args[0..nargs); *changes receives the
  * rows changed by the last one. */
@@ -172,7 +170,7 @@ static int prune_readings(struct store *s, int64_t before, int dry_run, int64_t 
 		int k = 0;
 		rc = store_prepare(s,
 		                   "SELECT id, device FROM metrics WHERE id > ? ORDER BY id"
-		                   " LIMIT " STR(METRIC_PAGE),
+		                   " LIMIT " STORE_STR(METRIC_PAGE),
 		                   &st);
 		if (!rc)
 			rc = store_bind_i64(st, 1, last);
