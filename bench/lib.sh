@@ -35,7 +35,9 @@ bench_calc() {
 	awk "${args[@]}" "BEGIN { x = $expr; printf \"%.6g\", x }"
 }
 
-bench_port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Something listens on PORT: read from /proc/net/tcp, nothing connects (the broker would log
+# every probe as a failed client connection). The same check as run-local and the healthcheck.
+bench_port_busy() { "$BENCH_ROOT/docker/mosquitto/listening.sh" "$1"; }
 
 # A free loopback port (not in use, not handed out before in this run) into variable VAR.
 # It runs in the caller's shell, not in $(...): a subshell would forget the ports handed out
