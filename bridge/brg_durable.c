@@ -148,7 +148,7 @@ out:
 /* A Birth's catalog: each name gets its wire id; names the Birth no longer has lose theirs but
  * keep their rows (their readings stay queryable). A device keeps at most o.max_device_metrics
  * names: a new name beyond is not stored, its id maps to the placeholder #<id> (at most
- * WIRE_MAX_METRIC_ID + 1 of them; a Birth cannot name one: '#' is not in a metric name) and
+ * WIRE_MAX_METRIC_ID of them; a Birth cannot name one: '#' is not in a metric name) and
  * the event metric_limit says which. */
 int brg_commit__catalog(struct brg_committer *c, struct wdev *w, const Outpost__Birth *b,
                         uint64_t seq)

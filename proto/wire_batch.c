@@ -198,7 +198,7 @@ int wire_batch_add(struct wire_batch_builder *b, uint32_t metric_id, double valu
 {
 	size_t col;
 	int rc;
-	if (!b || !b->nrows || metric_id > WIRE_MAX_METRIC_ID)
+	if (!b || !b->nrows || metric_id == 0 || metric_id > WIRE_MAX_METRIC_ID)
 		return WIRE_EINVAL;
 	rc = grow((void **)&b->cells, &b->cap_cells, b->ncells + 1, sizeof(*b->cells),
 		  WIRE_MAX_CELLS);
@@ -378,6 +378,9 @@ int wire__batch_validate(const ProtobufCMessage *msg, struct wire_diag *diag)
 		if (s != WIRE_SCALE_RAW && (s < -WIRE_MAX_SCALE || s > WIRE_MAX_SCALE))
 			return wire__fail(diag, WIRE_EMALFORMED, "Batch.scales[%zu]: %d out of range", c,
 					  s);
+		if (m->metric_ids[c] == 0)
+			return wire__fail(diag, WIRE_EMALFORMED,
+					  "Batch.metric_ids[%zu]: 0 (metric ids start at 1)", c);
 		if (m->metric_ids[c] > WIRE_MAX_METRIC_ID)
 			return wire__fail(diag, WIRE_ELIMIT, "Batch.metric_ids[%zu]: %u, limit %u", c,
 					  m->metric_ids[c], WIRE_MAX_METRIC_ID);

@@ -59,6 +59,11 @@ static int validate_birth(const ProtobufCMessage *msg, struct wire_diag *diag)
 	}
 	for (size_t i = 0; i < b->n_metrics; i++) {
 		const Outpost__MetricDef *m = b->metrics[i];
+		if (m->id == 0) {
+			rc = wire__fail(diag, WIRE_EMALFORMED,
+					"Birth.metrics[%zu].id: 0 (metric ids start at 1)", i);
+			goto out;
+		}
 		if (m->id > WIRE_MAX_METRIC_ID) {
 			rc = wire__fail(diag, WIRE_ELIMIT, "Birth.metrics[%zu].id: %u, limit %u", i,
 					m->id, WIRE_MAX_METRIC_ID);

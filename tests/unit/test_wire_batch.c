@@ -287,7 +287,7 @@ Test(wire_batch, mixed_decimals_in_one_column_stay_exact)
 			int d = (int)rng_range(0, 9);
 			int64_t mant = rng_range(-(1LL << 53) + 1, (1LL << 53) - 1);
 			mant >>= rng_range(0, 50);
-			m_add(b, m, r, c, (double)mant / p10[d]);
+			m_add(b, m, r, c + 1, (double)mant / p10[d]);
 		}
 	}
 	got = encode_decode(b, 0, NULL, 0, NULL);
@@ -307,7 +307,7 @@ Test(wire_batch, integers_and_extremes)
 	for (size_t r = 0; r < sizeof(v) / sizeof(v[0]); r++) {
 		m_row(b, m, (int64_t)r);
 		m_add(b, m, (int64_t)r, WIRE_MAX_METRIC_ID, v[r]);
-		m_add(b, m, (int64_t)r, 0, (double)r);
+		m_add(b, m, (int64_t)r, 1, (double)r);
 	}
 	struct wire_batch *got = encode_decode(b, 0, NULL, 0, NULL);
 	expect_same(m, got);
@@ -404,7 +404,7 @@ Test(wire_batch, empty_and_reset)
 	for (int r = 0; r < 10; r++) {
 		cr_assert_eq(wire_batch_row(b, 100000 + r), WIRE_OK);
 		for (uint32_t c = 0; c < 300; c++)
-			cr_assert_eq(wire_batch_add(b, c * 7, c), WIRE_OK);
+			cr_assert_eq(wire_batch_add(b, c * 7 + 1, c), WIRE_OK);
 	}
 	wire_batch_builder_reset(b);
 	cr_expect_eq(wire_batch_count(b), 0);
@@ -438,6 +438,7 @@ Test(wire_batch, builder_argument_rules)
 	cr_expect_eq(wire_batch_row(b, 1000 + (int64_t)UINT32_MAX), WIRE_OK, "gap 2^32 - 1");
 	cr_expect_eq(wire_batch_rows(b), 2, "refused rows are not added");
 	cr_expect_eq(wire_batch_add(b, WIRE_MAX_METRIC_ID + 1, 1.0), WIRE_EINVAL);
+	cr_expect_eq(wire_batch_add(b, 0, 1.0), WIRE_EINVAL, "metric ids start at 1");
 	cr_expect_eq(wire_batch_add(b, WIRE_MAX_METRIC_ID, 1.0), WIRE_OK);
 	cr_expect_eq(wire_batch_count(b), 1);
 	struct wire_dropped dr[WIRE_MAX_DROPPED + 1];
@@ -497,7 +498,9 @@ Test(wire_batch, builder_column_limit)
 	cr_assert_eq(wire_batch_row(b, 0), WIRE_OK);
 	for (uint32_t c = 0; c < WIRE_MAX_COLS; c++)
 		cr_assert_eq(wire_batch_add(b, c + 1, c), WIRE_OK, "column %u", c);
-	cr_expect_eq(wire_batch_add(b, 0, 1.0), WIRE_ELIMIT, "column %d", WIRE_MAX_COLS + 1);
+	/* WIRE_MAX_COLS is every metric id there is: no valid id makes one more column */
+	cr_expect_eq(WIRE_MAX_COLS, WIRE_MAX_METRIC_ID);
+	cr_expect_eq(wire_batch_add(b, WIRE_MAX_METRIC_ID + 1, 1.0), WIRE_EINVAL);
 	cr_expect_eq(wire_batch_add(b, 3, 7.0), WIRE_OK, "an existing column is still fine");
 	expect_encodes(b, WIRE_MAX_COLS);
 	wire_batch_builder_free(b);
@@ -512,12 +515,12 @@ Test(wire_batch, builder_cell_limit)
 	for (int r = 0; r < WIRE_MAX_CELLS / WIRE_MAX_COLS; r++) {
 		cr_assert_eq(wire_batch_row(b, r), WIRE_OK);
 		for (uint32_t c = 0; c < WIRE_MAX_COLS; c++)
-			cr_assert_eq(wire_batch_add(b, c, r), WIRE_OK);
+			cr_assert_eq(wire_batch_add(b, c + 1, r), WIRE_OK);
 	}
 	cr_expect_eq(wire_batch_count(b), WIRE_MAX_CELLS);
 	rc = wire_batch_row(b, 100);
 	if (rc == WIRE_OK)
-		rc = wire_batch_add(b, 0, 1.0);
+		rc = wire_batch_add(b, 1, 1.0);
 	cr_expect_eq(rc, WIRE_ELIMIT, "reading %d", WIRE_MAX_CELLS + 1);
 	expect_encodes(b, WIRE_MAX_CELLS);
 	wire_batch_builder_free(b);
@@ -535,7 +538,7 @@ Test(wire_batch, builder_sparse_grid_limit)
 	for (int r = 0; r < 1000 && rc == WIRE_OK; r++) {
 		rc = wire_batch_row(b, r);
 		if (rc == WIRE_OK)
-			rc = wire_batch_add(b, (uint32_t)r, r);
+			rc = wire_batch_add(b, (uint32_t)r + 1, r);
 		if (rc == WIRE_OK)
 			added++;
 	}
@@ -558,7 +561,7 @@ Test(wire_batch, encode_refuses_a_body_over_the_limit)
 		cr_assert_eq(wire_batch_row(b, r), WIRE_OK);
 		for (uint32_t c = 0; c < WIRE_MAX_COLS; c++) {
 			double v = bits_to_double(rng() & ~(0x7ffULL << 52)); /* subnormal */
-			cr_assert_eq(wire_batch_add(b, c, v), WIRE_OK);
+			cr_assert_eq(wire_batch_add(b, c + 1, v), WIRE_OK);
 		}
 	}
 	cr_expect_eq(wire_batch_encode(b, 0, NULL, 0, &out, &len), WIRE_ELIMIT);

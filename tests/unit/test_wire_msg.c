@@ -451,7 +451,7 @@ static uint8_t *birth_metrics(size_t n, size_t name_len, size_t unit_len, uint32
 	birth_base(&b);
 	for (size_t i = 0; i < n; i++) {
 		outpost__metric_def__init(&defs[i]);
-		defs[i].id = i ? (uint32_t)i : first_id;
+		defs[i].id = i ? (uint32_t)i + 1 : first_id;
 		snprintf(names[i], sizeof(names[i]), "m%zu", i);
 		defs[i].name = name_len ? long_name : names[i];
 		defs[i].unit = unit;
@@ -470,7 +470,7 @@ static uint8_t *birth_metrics(size_t n, size_t name_len, size_t unit_len, uint32
 
 static uint8_t *b_metrics(size_t n, size_t *len)
 {
-	return birth_metrics(n, 0, 0, 0, len); /* ids 0..n-1: all distinct, all within the limit */
+	return birth_metrics(n, 0, 0, 1, len); /* ids 1..n: all distinct, all within the limit */
 }
 
 static uint8_t *b_metric_name(size_t n, size_t *len)
@@ -520,7 +520,7 @@ static uint8_t *batch_grid(size_t rows, size_t cols, size_t nscales, size_t nval
 	for (size_t r = 0; r < rows; r++)
 		dt[r] = r ? 10000 : 0;
 	for (size_t c = 0; c < cols; c++)
-		ids[c] = c ? (uint32_t)c : first_id;
+		ids[c] = c ? (uint32_t)c + 1 : first_id;
 	for (size_t c = 0; c < nscales; c++)
 		sc[c] = c ? -2 : scale;
 	for (size_t i = 0; i < nabsent; i++)
@@ -559,28 +559,28 @@ static uint8_t *batch_grid(size_t rows, size_t cols, size_t nscales, size_t nval
 
 static uint8_t *b_rows(size_t n, size_t *len)
 {
-	return batch_grid(n, 1, SIZE_MAX, SIZE_MAX, 0, 0, 0, -2, len);
+	return batch_grid(n, 1, SIZE_MAX, SIZE_MAX, 0, 0, 1, -2, len);
 }
 
 static uint8_t *b_cols(size_t n, size_t *len)
 {
-	return batch_grid(1, n, SIZE_MAX, SIZE_MAX, 0, 0, 0, -2, len);
+	return batch_grid(1, n, SIZE_MAX, SIZE_MAX, 0, 0, 1, -2, len);
 }
 
 static uint8_t *b_scales(size_t n, size_t *len)
 {
-	return batch_grid(1, WIRE_MAX_COLS, n, SIZE_MAX, 0, 0, 0, -2, len);
+	return batch_grid(1, WIRE_MAX_COLS, n, SIZE_MAX, 0, 0, 1, -2, len);
 }
 
 static uint8_t *b_values(size_t n, size_t *len)
 {
 	/* 16 x 4096 = WIRE_MAX_CELLS cells */
-	return batch_grid(16, WIRE_MAX_COLS, SIZE_MAX, n, 0, 0, 0, -2, len);
+	return batch_grid(16, WIRE_MAX_COLS, SIZE_MAX, n, 0, 0, 1, -2, len);
 }
 
 static uint8_t *b_absent(size_t n, size_t *len)
 {
-	return batch_grid(16, WIRE_MAX_COLS, SIZE_MAX, SIZE_MAX, n, 0, 0, -2, len);
+	return batch_grid(16, WIRE_MAX_COLS, SIZE_MAX, SIZE_MAX, n, 0, 1, -2, len);
 }
 
 static uint8_t *b_cells(size_t n, size_t *len)
@@ -588,12 +588,12 @@ static uint8_t *b_cells(size_t n, size_t *len)
 	/* n cells as 4096 rows of n / 4096 columns, or 4096 x 16 + one more column */
 	size_t cols = (n + WIRE_MAX_ROWS - 1) / WIRE_MAX_ROWS;
 	return batch_grid(WIRE_MAX_ROWS, cols, SIZE_MAX, n > WIRE_MAX_CELLS ? 0 : SIZE_MAX, 0, 0,
-			  0, -2, len);
+			  1, -2, len);
 }
 
 static uint8_t *b_dropped(size_t n, size_t *len)
 {
-	return batch_grid(1, 1, SIZE_MAX, SIZE_MAX, 0, n, 0, -2, len);
+	return batch_grid(1, 1, SIZE_MAX, SIZE_MAX, 0, n, 1, -2, len);
 }
 
 static uint8_t *b_batch_metric_id(size_t n, size_t *len)
@@ -888,6 +888,37 @@ ParameterizedTest(size_t *i, wire_msg, limits)
 	cr_expect(strstr(d.msg, c->field), "pack diagnostic '%s'", d.msg);
 	protobuf_c_message_free_unpacked(raw, NULL);
 	free(buf);
+}
+
+/* Metric ids start at 1, as a device's catalog hands them out: 0 is malformed, in a Birth's
+ * catalog and in a Batch's columns, at the decoder and at the encoder. */
+Test(wire_msg, metric_id_0_is_refused)
+{
+	static const struct {
+		uint32_t kind;
+		const char *field;
+	} cases[] = {{WIRE_KIND_BIRTH, "Birth.metrics[0].id"},
+		     {WIRE_KIND_BATCH, "Batch.metric_ids[0]"}};
+	for (size_t i = 0; i < N(cases); i++) {
+		struct wire_diag d = {""};
+		size_t len;
+		uint8_t *buf = cases[i].kind == WIRE_KIND_BIRTH
+				       ? birth_metrics(2, 0, 0, 0, &len)
+				       : batch_grid(1, 2, SIZE_MAX, SIZE_MAX, 0, 0, 0, -2, &len);
+		cr_expect_eq(decode_bytes(cases[i].kind, buf, len, &d), WIRE_EMALFORMED, "%s: %s",
+			     cases[i].field, d.msg);
+		cr_expect(strstr(d.msg, cases[i].field), "diagnostic '%s'", d.msg);
+		ProtobufCMessage *raw =
+			protobuf_c_message_unpack(desc_of(cases[i].kind), NULL, len, buf);
+		cr_assert_not_null(raw);
+		uint8_t *out = NULL;
+		size_t out_len = 0;
+		cr_expect_eq(wire_msg_pack(cases[i].kind, raw, &out, &out_len, &d),
+			     WIRE_EMALFORMED, "%s: pack", cases[i].field);
+		cr_expect_null(out);
+		protobuf_c_message_free_unpacked(raw, NULL);
+		free(buf);
+	}
 }
 
 /* ---------------------------------------------------------------------------------------- */
