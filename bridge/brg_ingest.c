@@ -518,7 +518,9 @@ static void *writer_main(void *arg)
  * long, and with it the verifiers and the intake once the queues are full: from the deadline
  * on, until the writer ends, its statement is cancelled once a second, for at most a minute
  * (then the stop waits: a statement that ignores cancels is the network's, which
- * tcp_user_timeout ends). */
+ * tcp_user_timeout ends). So is the registry's, where a verifier may wait on the same lock
+ * for a device it has not cached; after the deadline such a device's messages are dropped
+ * unjudged (not acknowledged: sent again). */
 static void *canceller_main(void *arg)
 {
 	struct brg_ingest *in = arg;
@@ -531,10 +533,11 @@ static void *canceller_main(void *arg)
 			continue;
 		pthread_mutex_unlock(&in->mu);
 		store_interrupt(in->store);
+		brg_registry_interrupt(in->reg);
 		if (!cancels++)
 			logf_(in, OLOG_WARN,
-			      "shutdown: the writer is still in the database after "
-			      "shutdown_timeout; cancelling its statement");
+			      "shutdown: not done after shutdown_timeout; cancelling the "
+			      "statements still running in the database");
 		pthread_mutex_lock(&in->mu);
 		at = otime_mono_ms() + CANCEL_EVERY_MS;
 	}

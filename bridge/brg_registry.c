@@ -1,5 +1,6 @@
 /* brg_registry.c - device key/state cache: an open hash table under one mutex. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,7 @@ struct brg_registry {
 	size_t cap, used, max;
 	size_t pending; /* entries with a pending Birth: not counted against max */
 	int64_t clock_shift_ms; /* brg_registry__age() */
+	atomic_int interrupted; /* brg_registry_interrupt(): no more store reads */
 };
 
 static const char *const names[] = {"",
@@ -208,6 +210,12 @@ void brg_registry_put_birth(struct brg_registry *r, const char *id,
 	pthread_mutex_unlock(&r->mu);
 }
 
+void brg_registry_interrupt(struct brg_registry *r)
+{
+	atomic_store(&r->interrupted, 1);
+	store_interrupt(r->reader); /* without store_mu: the read holds it */
+}
+
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out)
 {
@@ -247,10 +255,11 @@ int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
 	struct store_device d;
 	struct brg_dev_info info = {0};
 	pthread_mutex_lock(&r->store_mu);
-	int rc = store_device_get(r->reader, id, &d);
+	/* checked with the connection taken: the lookups queued behind a cancelled one */
+	int rc = atomic_load(&r->interrupted) ? STORE_EBUSY : store_device_get(r->reader, id, &d);
 	pthread_mutex_unlock(&r->store_mu);
 	if (rc && rc != STORE_ENOTFOUND)
-		return BRG_ESTORE;
+		return atomic_load(&r->interrupted) ? BRG_ECLOSED : BRG_ESTORE;
 	if (!rc) {
 		info.state = brg_state_parse(d.state);
 		info.has_key = d.has_pubkey;

@@ -48,9 +48,15 @@ void brg_registry_free(struct brg_registry *r); /* accepts NULL */
  * without a key, quarantined or revoked are re-read from the store after a second (outpostctl
  * changes them behind the bridge's back), and max_age_ms >= 0 forces a re-read of older
  * entries (0: always, and the store's view is returned). Thread-safe.
- * BRG_ESTORE if the store cannot be read (the caller should not reject for that). */
+ * BRG_ESTORE if the store cannot be read (the caller should not reject for that), BRG_ECLOSED
+ * when it would have to be read after brg_registry_interrupt. */
 int brg_registry_get(struct brg_registry *r, const char *id, int64_t max_age_ms,
                      struct brg_dev_info *out);
+
+/* For a stop past its deadline, from any thread: the store read running (one waiting on a
+ * lock another session holds) is cancelled, and from now on a lookup that would read the store
+ * fails with BRG_ECLOSED instead (what the cache holds is still answered). Not undone. */
+void brg_registry_interrupt(struct brg_registry *r);
 
 /* Replace the store's view of a device (the writer after a commit). A pending Birth whose key
  * it now holds is done; another stays pending (it may be later in the queue). */
