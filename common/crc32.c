@@ -1,8 +1,10 @@
 /* crc32.c - table-driven CRC-32, reflected polynomial 0xEDB88320. */
+#include <pthread.h>
+
 #include "crc32.h"
 
 static uint32_t table[256];
-static int ready;
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
 
 static void init_table(void)
 {
@@ -12,14 +14,14 @@ static void init_table(void)
 			c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
 		table[i] = c;
 	}
-	ready = 1;
 }
 
 uint32_t crc32_update(uint32_t crc, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
-	if (!ready)
-		init_table(); /* idempotent: a racing second init writes the same values */
+	/* built once, and every thread sees it whole (a plain flag set after the table could be
+	 * seen before the table's stores on a weakly ordered CPU) */
+	pthread_once(&table_once, init_table);
 	crc = ~crc;
 	while (len--)
 		crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);

@@ -1,5 +1,6 @@
 /* olog.c - timestamped single-line logging to stderr. */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -9,7 +10,7 @@
 #include "ovis.h"
 
 static char prefix[128] = "outpost";
-static enum olog_level max_level = OLOG_INFO;
+static atomic_int max_level = OLOG_INFO; /* olog_set_level() runs while threads log */
 static const char *const names[] = {"error", "warn", "info", "debug"};
 
 void olog_init(const char *program, const char *ident, enum olog_level max)
@@ -18,17 +19,17 @@ void olog_init(const char *program, const char *ident, enum olog_level max)
 		snprintf(prefix, sizeof(prefix), "%s[%s]", program, ident);
 	else
 		snprintf(prefix, sizeof(prefix), "%s", program);
-	max_level = max;
+	atomic_store(&max_level, (int)max);
 }
 
 void olog_set_level(enum olog_level max)
 {
-	max_level = max;
+	atomic_store(&max_level, (int)max);
 }
 
 int olog_enabled(enum olog_level level)
 {
-	return level <= max_level;
+	return (int)level <= atomic_load(&max_level);
 }
 
 int olog_level_parse(const char *s)
@@ -46,7 +47,7 @@ void olog(enum olog_level level, const char *fmt, ...)
 	struct tm tm;
 	va_list ap;
 
-	if (level > max_level)
+	if ((int)level > atomic_load(&max_level))
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
