@@ -67,7 +67,8 @@ int cfg_set(const struct cfg_opt *opts, size_t n, void *settings, const char *na
  * default_config if it exists, or PREFIX CONFIG env), then environment, then --name=value and
  * --name value options. --help and --version are left to the caller via the return value:
  * returns 0 ok, 1 if --help was given, 2 if --version was given, -1 on error (err filled).
- * Positional arguments are an error. */
+ * Positional arguments are an error. Whatever it returns, settings may hold strings (the
+ * defaults are set first): cfg_free them. */
 int cfg_parse(const struct cfg_opt *opts, size_t n, void *settings, int argc, char **argv,
 	      const char *env_prefix, const char *default_config, char *err);
 

@@ -56,6 +56,10 @@ static int mkdir_durably(char *path, unsigned mode)
 
 int ofile_mkdir_p(const char *dir, unsigned mode)
 {
+	if (!*dir) {
+		errno = ENOENT; /* as mkdir("") */
+		return -1;
+	}
 	char *p = strdup(dir);
 	int rc = -1;
 	if (!p)
@@ -100,10 +104,11 @@ int ofile_replace(const char *path, const void *data, size_t len)
 	char *tmp = NULL;
 	int rc = -1, fd = -1, renamed = 0;
 	if (asprintf(&tmp, "%s.tmp", path) < 0) {
+		tmp = NULL; /* undefined after a failure, in older glibc */
 		errno = ENOMEM;
 		goto out;
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0 || ofile_write_all(fd, data, len) || fsync(fd))
 		goto out;
 	if (close(fd)) {

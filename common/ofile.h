@@ -13,7 +13,8 @@
 
 /* Write data to <path>.tmp (mode 0600), fsync it, rename it over path and fsync the directory.
  * Returns 0; OFILE_NOT_DURABLE; or -1 with errno set, path untouched (the temporary file is
- * removed). */
+ * removed). One writer per path at a time, in a directory only its owner can write (the
+ * temporary name is fixed; a symbolic link in its place is refused, ELOOP). */
 int ofile_replace(const char *path, const void *data, size_t len);
 
 /* Write all n bytes of data to fd, retrying short writes and EINTR. Returns 0, or -1 with errno
@@ -30,7 +31,7 @@ int ofile_sync_parent(const char *path);
  * parent fsync'ed, also for one that existed: another program may just have made it): files
  * later made durable inside do not vanish with it at a power cut. An existing directory is
  * otherwise left as it is. 0, or -1 with errno set (ENOTDIR: dir
- * or a parent is not a directory). */
+ * or a parent is not a directory; ENOENT: dir is ""). */
 int ofile_mkdir_p(const char *dir, unsigned mode);
 
 #endif

@@ -35,6 +35,28 @@ Test(ofile, replaces_whole_files_privately_and_fails_cleanly)
 	free(dir);
 }
 
+/* A symbolic link in the temporary file's place is not followed: the file it names is not
+ * truncated or written, and path is left as it was. */
+Test(ofile, a_link_in_the_temporary_files_place_is_not_followed)
+{
+	char *dir = h_tmpdir("ofile-link"), *path = h_strf("%s/state", dir);
+	char *tmp = h_strf("%s.tmp", path), *victim = h_strf("%s/victim", dir);
+	cr_assert_eq(ofile_replace(victim, "keep\n", 5), 0);
+	cr_assert_eq(symlink(victim, tmp), 0);
+	errno = 0;
+	cr_expect_eq(ofile_replace(path, "x", 1), -1);
+	cr_expect_eq(errno, ELOOP, "%s", strerror(errno));
+	size_t len = 0;
+	char *text = h_read_file(victim, &len);
+	cr_expect(text && len == 5 && !memcmp(text, "keep\n", 5), "the link's target untouched");
+	cr_expect_neq(access(path, F_OK), 0, "path not made");
+	free(text);
+	free(victim);
+	free(tmp);
+	free(path);
+	free(dir);
+}
+
 /* A failure after the temporary file was written (here the rename: path is a directory)
  * leaves path as it was and removes <path>.tmp, which would otherwise stay for good. */
 Test(ofile, a_failed_rename_removes_the_temporary_file)
@@ -101,6 +123,9 @@ Test(ofile, makes_directories_with_their_parents)
 	errno = 0;
 	cr_expect_eq(ofile_mkdir_p(file, 0700), -1, "a file is not a directory");
 	cr_expect_eq(errno, ENOTDIR, "%s", strerror(errno));
+	errno = 0;
+	cr_expect_eq(ofile_mkdir_p("", 0700), -1, "no directory has an empty name");
+	cr_expect_eq(errno, ENOENT, "%s", strerror(errno));
 	free(through);
 	free(file);
 	free(c);
