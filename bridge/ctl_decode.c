@@ -47,6 +47,7 @@ struct dec {
 	size_t n_certs, cap_certs;
 	struct catalog *cats;
 	size_t n_cats, cap_cats;
+	int verify; /* --pki or --cert given: a Birth not verified names no metrics */
 	int failures;
 };
 
@@ -215,12 +216,13 @@ static void print_kvs(const char *indent, Outpost__KeyValue *const *kv, size_t n
 		printf("%s%s=%s\n", indent, vis(kv[i]->key), vis(kv[i]->value));
 }
 
-static int body(struct dec *d, const struct wire_env *e, const struct wire_pubkey *birth_key)
+/* The body of e; a Birth's catalog names the metrics of the device's later batches only if
+ * trusted (its signature verified, or no verification asked for and none failed). */
+static int body(struct dec *d, const struct wire_env *e, int trusted)
 {
 	struct wire_diag diag = {""};
 	char t[32], nb[WIRE_MAX_METRIC_NAME + 1];
 	int rc = 0;
-	(void)birth_key;
 	switch (e->kind) {
 	case WIRE_KIND_BIRTH: {
 		Outpost__Birth *b = NULL;
@@ -255,7 +257,14 @@ static int body(struct dec *d, const struct wire_env *e, const struct wire_pubke
 			       vis(b->metrics[i]->unit),
 			       b->metrics[i]->unit && b->metrics[i]->unit[0] ? "]" : "");
 		printf("\n");
-		remember_birth(d, e->device_id, b);
+		if (trusted) {
+			remember_birth(d, e->device_id, b);
+		} else {
+			/* else anyone could rename another device's metrics in what follows */
+			printf("  metric names not used for %s's batches: signature not verified\n",
+			       e->device_id);
+			wire_msg_free(b);
+		}
 		break;
 	}
 	case WIRE_KIND_BATCH: {
@@ -378,6 +387,7 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	struct wire_pubkey birth_key;
 	int have_birth_key = 0;
 	char birth_refused[160] = "";
+	int trusted = 0;
 	if (!s && !oom && e.kind == WIRE_KIND_BIRTH) {
 		/* The certificate the Birth carries: with the PKI's CA, only if the CA issued it
 		 * (and the CRL does not revoke it), as the bridge would judge it; a certificate
@@ -402,6 +412,7 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 	if (oom) {
 		/* The PKI may hold a certificate not trusted: the Birth's is no fallback. */
 		printf("signature not checked (out of memory loading the certificate of %s)\n", cn);
+		trusted = !d->verify;
 	} else if (s && s->refused[0]) {
 		printf("signature NOT TRUSTED (%s: %s)\n", s->from, s->refused);
 		d->failures++;
@@ -410,6 +421,7 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		d->failures++;
 	} else if (!s && !have_birth_key) {
 		printf("signature not checked (no certificate for %s)\n", cn);
+		trusted = !d->verify;
 	} else if (wire_env_verify(&e, s ? &s->key : &birth_key)) {
 		printf("signature BAD (%s)\n", s ? s->from : "certificate in the birth");
 		d->failures++;
@@ -418,10 +430,11 @@ static void message(struct dec *d, const char *topic, const uint8_t *p, size_t n
 		       s      ? s->from
 		       : d->ca ? "certificate in the birth, issued by the CA"
 		               : "certificate in the birth, chain not checked");
+		trusted = 1;
 	}
 	if (topic && tk != WIRE_TOPIC_COUNT && strcmp(id, e.device_id))
 		printf("  WARNING: envelope of %s on %s's topic\n", e.device_id, id);
-	body(d, &e, have_birth_key ? &birth_key : NULL);
+	body(d, &e, trusted);
 }
 
 /* 1 if every non-empty line is "TOPIC HEX". */
@@ -547,6 +560,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 	if (c->store_url && store_open(c->store_url, &so, &d.store, serr))
 		d.store = NULL;
 	d.pki = pki;
+	d.verify = pki || ncerts;
 	if (pki) {
 		char *ca = NULL, *crl = NULL;
 		struct wire_diag diag = {""};

@@ -901,7 +901,7 @@ static char *line_with(const char *text, const char *needle)
 
 /* decode keeps every device's certificate and Birth, however many devices the capture holds:
  * past the 64th, a revoked device's Birth is still NOT TRUSTED (not "ok" by the certificate it
- * carries), and batches are still checked and named by their Birth's catalog. */
+ * carries), and batches are still checked and named by their Birth's catalog (if trusted). */
 Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 {
 	enum { DEVICES = 71, REVOKED = 70 };
@@ -962,9 +962,10 @@ Test(outpostctl, decode_keeps_the_certificates_of_many_devices, .timeout = 120)
 	cr_expect_eq(h_count(out, "signature not checked (no certificate for stray)"), 2);
 	cr_expect_eq(h_count(out, "signature not checked"), 2);
 	cr_expect_eq(h_count(out, "certificate in the birth"), 0);
-	/* batches are named by their Birth's catalog, the 71st too */
-	cr_expect_eq(h_count(out, " m1="), DEVICES);
-	cr_expect_eq(h_count(out, " #1="), 2, "only the stray's, which sent no Birth");
+	/* batches are named by their Birth's catalog, the 71st too; not the revoked device's,
+	 * whose Birth is not trusted */
+	cr_expect_eq(h_count(out, " m1="), DEVICES - 1);
+	cr_expect_eq(h_count(out, " #1="), 3, "the stray's, which sent no Birth, and the revoked's");
 	free(out);
 	free(cap);
 	free(pki);
@@ -1405,6 +1406,79 @@ Test(outpostctl, decode_checks_a_births_certificate_against_the_ca, .timeout = 1
 	free(cap);
 	free(forged);
 	free(issued);
+	free(url);
+}
+
+/* One "topic hex" line, appended to path: a Birth for device id whose metrics are named
+ * <prefix>1 and <prefix>2, signed with the key of signer (devices/<signer>.key of the PKI). */
+static void capture_birth_signed_by(const char *path, const char *id, const char *prefix,
+                                    const char *signer)
+{
+	size_t blen, n;
+	char *name = h_strf("devices/%s", signer), *topic = h_strf("outpost/v1/%s/birth", id);
+	uint8_t *body = h_birth_body_named(h_pki(), id, 2, 0, prefix, &blen);
+	uint8_t *env = h_seal(h_pki(), name, WIRE_KIND_BIRTH, id, 1, body, blen, &n);
+	FILE *f = fopen(path, "a");
+	cr_assert_not_null(f);
+	capture_line(f, topic, env, n);
+	cr_assert_eq(fclose(f), 0);
+	free(env);
+	free(body);
+	free(topic);
+	free(name);
+}
+
+/* One "topic hex" line, appended to path: dev-a's Batch of seq 2 (1 row, metrics 1 and 2). */
+static void capture_batch_of_dev_a(const char *path)
+{
+	struct h_simdev_opts o = {.pki = h_pki(), .id = "dev-a", .rows = 1, .cols = 2,
+	                          .t0_ms = 1700000000000LL};
+	size_t blen, n;
+	uint8_t *body = h_batch_body(&o, 2, 1, &blen);
+	uint8_t *env = h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 2, body, blen, &n);
+	FILE *f = fopen(path, "a");
+	cr_assert_not_null(f);
+	capture_line(f, "outpost/v1/dev-a/telemetry", env, n);
+	cr_assert_eq(fclose(f), 0);
+	free(env);
+	free(body);
+}
+
+/* A Birth whose signature fails names no metrics: dev-b's Envelope that claims to be dev-a's
+ * Birth, renaming its metrics, is reported BAD, and dev-a's genuine batches that follow keep
+ * the names of dev-a's own Birth (or are shown by id), with or without --pki. */
+Test(outpostctl, decode_takes_no_metric_names_from_a_birth_whose_signature_fails, .timeout = 60)
+{
+	char *url = small_store("ctl-decode-forged-birth");
+	char *dir = h_tmpdir("ctl-decode-forged-birth-cap");
+	char *after = h_strf("%s/after.txt", dir), *alone = h_strf("%s/alone.txt", dir);
+	capture_birth_signed_by(after, "dev-a", "m", "dev-a");
+	capture_birth_signed_by(after, "dev-a", "evil", "dev-b");
+	capture_batch_of_dev_a(after);
+	capture_birth_signed_by(alone, "dev-a", "evil", "dev-b");
+	capture_batch_of_dev_a(alone);
+	const char *how[] = {"--pki", "--cert", ""};
+	for (size_t i = 0; i < sizeof(how) / sizeof(how[0]); i++) {
+		char *opt = !strcmp(how[i], "--pki")    ? h_strf("--pki %s", h_pki())
+		            : !strcmp(how[i], "--cert") ? h_strf("--cert %s/devices/dev-a.crt", h_pki())
+		                                        : h_strf("%s", "");
+		char *out = ctl(url, 1, "decode %s %s 2>&1", opt, after);
+		cr_expect_eq(h_count(out, "signature BAD ("), 1, "%s", out);
+		cr_expect_eq(h_count(out, "metric names not used for dev-a's batches: signature not"
+		                          " verified\n"),
+		             1, "%s", out);
+		cr_expect(strstr(out, " m1=") && strstr(out, " m2="), "%s:\n%s", opt, out);
+		cr_expect(!strstr(out, "evil1=") && !strstr(out, "evil2="), "%s:\n%s", opt, out);
+		free(out);
+		out = ctl(url, 1, "decode %s %s 2>&1", opt, alone);
+		cr_expect(strstr(out, " #1=") && strstr(out, " #2="), "%s:\n%s", opt, out);
+		cr_expect(!strstr(out, "evil1=") && !strstr(out, "evil2="), "%s:\n%s", opt, out);
+		free(out);
+		free(opt);
+	}
+	free(alone);
+	free(after);
+	free(dir);
 	free(url);
 }
 
