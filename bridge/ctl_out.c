@@ -14,14 +14,21 @@
 #include "ctl.h"
 #include "ovis.h"
 
+/* At most this much of an error message is printed (a store's is at most STORE_ERR_MAX). */
+#define CTL_ERR_MAX 1024
+
 int ctl_err(int code, const char *fmt, ...)
 {
+	/* One line, as DESIGN.md wants: a database's message (libpq's are several lines, with
+	 * tabs) is folded, and never cut in the middle of a character. */
+	char msg[CTL_ERR_MAX], shown[4 * CTL_ERR_MAX];
 	va_list ap;
-	fprintf(stderr, CTL_PROG ": ");
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	size_t n = ovis_line(msg);
+	ovis_escape(shown, sizeof(shown), msg, n, 0);
+	fprintf(stderr, CTL_PROG ": %s\n", shown);
 	return code;
 }
 

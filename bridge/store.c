@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ohex.h"
+#include "ovis.h"
 #include "store_be.h"
 
 struct store {
@@ -195,7 +196,12 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 	char why[STORE_ERR_MAX] = "";
 	int rc = be->open(target, opts, s->err, &s->conn, why);
 	if (rc) {
-		snprintf(err, STORE_ERR_MAX, "%.100s: %.150s", s->url, why);
+		/* one line (libpq's messages are several, with tabs), cut at a character */
+		ovis_line(why);
+		size_t u = ovis_fit(s->url, strlen(s->url), 100);
+		size_t room = STORE_ERR_MAX - 3 - u;
+		snprintf(err, STORE_ERR_MAX, "%.*s: %.*s", (int)u, s->url,
+		         (int)ovis_fit(why, strlen(why), room), why);
 		free(s->url);
 		free(s);
 		return rc;

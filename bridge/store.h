@@ -40,7 +40,7 @@ const char *store_strerror(int err);
 /* 1 if err is worth retrying later (connection, lock, read-only, full), else 0. */
 int store_err_transient(int err);
 
-#define STORE_ERR_MAX 256
+#define STORE_ERR_MAX 512
 
 enum store_dialect { STORE_SQLITE, STORE_PG };
 enum store_sync { STORE_SYNC_OFF, STORE_SYNC_NORMAL, STORE_SYNC_FULL };

@@ -1,5 +1,6 @@
 /* ovis.c - control characters shown, not obeyed (ovis.h). */
 #include <stdio.h>
+#include <string.h>
 
 #include "ovis.h"
 
@@ -27,5 +28,60 @@ size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned 
 			dst[o++] = esc[k];
 	}
 	dst[o] = '\0';
+	return o;
+}
+
+static int folded_space(unsigned char c)
+{
+	return c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+size_t ovis_fit(const char *s, size_t n, size_t max)
+{
+	if (n <= max)
+		return n;
+	size_t k = max;
+	/* back over continuation bytes to the start of the character the cut falls in */
+	while (k > 0 && max - k < 3 && ((unsigned char)s[k] & 0xc0) == 0x80)
+		k--;
+	return ((unsigned char)s[k] & 0xc0) == 0x80 ? max : k;
+}
+
+size_t ovis_line(char *s)
+{
+	size_t o = 0, n = strlen(s);
+	for (size_t i = 0; i < n;) {
+		size_t run = strspn(s + i, " \t\n\r\v\f");
+		if (!run) {
+			s[o++] = s[i++];
+			continue;
+		}
+		int fold = i == 0 || i + run == n;
+		for (size_t k = 0; k < run && !fold; k++)
+			fold = folded_space((unsigned char)s[i + k]);
+		if (!fold) {
+			memmove(s + o, s + i, run);
+			o += run;
+		} else if (o && i + run < n) {
+			s[o++] = ' ';
+		}
+		i += run;
+	}
+	/* a character cut at the end: its lead byte and fewer continuation bytes than it says */
+	size_t k = o, cont = 0;
+	while (k > 0 && cont < 3 && ((unsigned char)s[k - 1] & 0xc0) == 0x80) {
+		k--;
+		cont++;
+	}
+	if (k > 0) {
+		unsigned char lead = (unsigned char)s[k - 1];
+		size_t need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
+		if (need > cont) {
+			o = k - 1;
+			while (o && s[o - 1] == ' ')
+				o--;
+		}
+	}
+	s[o] = '\0';
 	return o;
 }

@@ -16,4 +16,14 @@ enum ovis_flags {
  * Returns the length written to dst. */
 size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned flags);
 
+/* Make the NUL-terminated message s one line, in place: each run of white space that holds a
+ * tab, CR, LF, VT or FF becomes one space (runs of spaces alone are kept), and so do none at
+ * either end; a UTF-8 sequence left incomplete at the end (a message cut to fit a buffer) is
+ * dropped. Returns the new length. */
+size_t ovis_line(char *s);
+
+/* The length of the longest prefix of the n bytes at s that is at most max bytes long and does
+ * not end in the middle of a UTF-8 sequence (for "%.*s"). */
+size_t ovis_fit(const char *s, size_t n, size_t max);
+
 #endif

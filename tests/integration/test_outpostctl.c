@@ -429,6 +429,34 @@ static void expect_usage(const char *url, const char *args, const char *const *n
 	free(out);
 }
 
+/* A store's errors are one line, however many libpq's message has (with tabs), and whole: the
+ * connection refused, and a statement failing with LINE/caret/HINT lines. */
+Test(outpostctl, store_errors_are_one_line, .timeout = 120)
+{
+	char *out = NULL;
+	int rc = h_ctl("postgresql://u:x@127.0.0.1:1/db", "devices", &out);
+	cr_expect_eq(rc, 1, "%s", out);
+	cr_expect_eq(h_count(out, "\n"), 1, "%s", out);
+	cr_expect_null(strchr(out, '\t'), "%s", out);
+	cr_expect(strstr(out, "outpostctl: store postgresql://u:***@127.0.0.1:1/db: cannot connect: ") &&
+	              strstr(out, "Connection refused Is the server running on that host and"
+	                          " accepting TCP/IP connections?\n"),
+	          "%s", out);
+	free(out);
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	seed_store(pg.url);
+	struct store *s = open_store(pg.url);
+	exec_sql(s, "ALTER TABLE devices RENAME COLUMN state TO st");
+	store_close(s);
+	out = ctl(pg.url, 1, "devices 2>&1 >/dev/null");
+	cr_expect_eq(h_count(out, "\n"), 1, "%s", out);
+	cr_expect_null(strchr(out, '\t'), "%s", out);
+	cr_expect(strstr(out, "does not exist LINE 1: "), "%s", out);
+	free(out);
+	h_pg_free(&pg);
+}
+
 Test(outpostctl, filters_refuse_unknown_values, .timeout = 60)
 {
 	char *url = small_store("ctl-filters");

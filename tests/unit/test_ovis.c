@@ -39,3 +39,38 @@ Test(ovis, output_is_cut_before_an_escape_that_does_not_fit)
 	cr_expect_str_eq(esc("abcdef", 6, 4, OVIS_LINE), "abc");
 	cr_expect_str_eq(esc("", 0, 1, OVIS_LINE), "");
 }
+
+Test(ovis, a_message_is_made_one_line)
+{
+	char m[] = "cannot connect: connection to server at \"127.0.0.1\", port 1 failed:"
+	           " Connection refused\n\tIs the server running?\n";
+	cr_expect_eq(ovis_line(m), strlen(m));
+	cr_expect_str_eq(m, "cannot connect: connection to server at \"127.0.0.1\", port 1"
+	                    " failed: Connection refused Is the server running?");
+	/* runs of spaces alone are kept; runs with a control are one space; ends trimmed */
+	char s[] = "\t a  b \r\n c\t\td \n";
+	cr_expect_str_eq((ovis_line(s), s), "a  b c d");
+	char e[] = "\n\t ";
+	cr_expect_eq(ovis_line(e), 0);
+	/* a character cut by a buffer too small is dropped, whole ones are kept */
+	char cut2[] = "x: caf\xc3", cut3[] = "y \xe2\x82", cut4[] = "z\xf0\x9f\x98", ok[] = "\xc3\xa9";
+	cr_expect_str_eq((ovis_line(cut2), cut2), "x: caf");
+	cr_expect_str_eq((ovis_line(cut3), cut3), "y");
+	cr_expect_str_eq((ovis_line(cut4), cut4), "z");
+	cr_expect_str_eq((ovis_line(ok), ok), "\xc3\xa9");
+}
+
+Test(ovis, a_prefix_ends_at_a_character)
+{
+	const char s[] = "ab\xc3\xa9" "c\xe2\x82\xac" "d\xf0\x9f\x98\x80";
+	size_t n = sizeof(s) - 1;
+	cr_expect_eq(ovis_fit(s, n, 100), n);
+	cr_expect_eq(ovis_fit(s, n, 2), 2);
+	cr_expect_eq(ovis_fit(s, n, 3), 2); /* not half of the e-acute */
+	cr_expect_eq(ovis_fit(s, n, 4), 4);
+	cr_expect_eq(ovis_fit(s, n, 6), 5); /* not part of the euro sign */
+	cr_expect_eq(ovis_fit(s, n, 7), 5);
+	cr_expect_eq(ovis_fit(s, n, 8), 8);
+	cr_expect_eq(ovis_fit(s, n, 11), 9); /* not part of the emoji */
+	cr_expect_eq(ovis_fit(s, n, 0), 0);
+}
