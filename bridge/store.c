@@ -92,37 +92,46 @@ static int secret_param(const char *name, size_t n)
 	return 0;
 }
 
+/* The user info of url as redact reads it: [*auth, *at), with the ':' before its password in
+ * *colon (NULL if it has none); *at NULL if it has no user info. */
+static void userinfo(const char *url, const char **auth, const char **at, const char **colon)
+{
+	const char *a = strstr(url, "://");
+	*auth = *at = *colon = NULL;
+	if (!a)
+		return;
+	*auth = a += 3;
+	const char *first = strchr(a, '@'), *qm = first ? strchr(first, '?') : NULL;
+	for (const char *q = first; q && *q && q != qm; q++)
+		if (*q == '@')
+			*at = q;
+	if (*at)
+		*colon = memchr(a, ':', (size_t)(*at - a));
+}
+
 /* Copy of url with its secrets replaced by "***": the password of user:pass@host and the
- * values of the query parameters password and sslpassword, read as libpq reads a URI (user
- * info is whatever precedes an '@' before the first '/', even '?' or '#'; parameters are
- * separated by '&' alone; their names may be percent-encoded). store_open takes only URLs,
- * never "key=value" conninfo strings. NULL if out of memory. */
+ * values of the query parameters password and sslpassword (parameters are separated by '&'
+ * alone; their names may be percent-encoded). The user info ends at the last '@' before the
+ * first '?' that follows the first '@' (at the last '@' if no '?' follows): a password may hold
+ * '/', '?', '#' or '@' unencoded, which libpq reads in ways of its own (u:se/cret@h is host u,
+ * port "se"), and whichever way it is read the password is hidden; an '@' in a query after the
+ * host is no user info. Whatever follows the first ':' of the user info, up to that '@', is
+ * hidden. store_open takes only URLs, never "key=value" conninfo strings. NULL if out of
+ * memory. */
 static char *redact(const char *url)
 {
 	size_t n = strlen(url);
 	char *out = malloc(2 * n + 8), *o = out;
-	const char *p = url, *auth = strstr(url, "://");
+	const char *p = url, *auth, *at, *colon;
 	if (!out)
 		return NULL;
-	if (auth) {
-		/* A password is what lies between the first ':' and the first '@' (libpq stops
-		 * there); more is hidden, up to the last '@' before the path or a query that
-		 * begins after the first '@' (which may hold passwords of its own, below). */
-		auth += 3;
-		const char *end = auth + strcspn(auth, "/");
-		const char *first = memchr(auth, '@', (size_t)(end - auth)), *at = first;
-		const char *qm = first ? memchr(first, '?', (size_t)(end - first)) : NULL;
-		for (const char *q = first; q && q < (qm ? qm : end); q++)
-			if (*q == '@')
-				at = q;
-		const char *colon = first ? memchr(auth, ':', (size_t)(first - auth)) : NULL;
-		if (colon) {
-			memcpy(o, url, (size_t)(colon + 1 - url));
-			o += colon + 1 - url;
-			memcpy(o, "***", 3);
-			o += 3;
-			p = at;
-		}
+	userinfo(url, &auth, &at, &colon);
+	if (colon) {
+		memcpy(o, url, (size_t)(colon + 1 - url));
+		o += colon + 1 - url;
+		memcpy(o, "***", 3);
+		o += 3;
+		p = at;
 	}
 	const char *query = strchr(p, '?');
 	size_t head = query ? (size_t)(query + 1 - p) : strlen(p);
@@ -195,6 +204,17 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 	s->be = be;
 	char why[STORE_ERR_MAX] = "";
 	int rc = be->open(target, opts, s->err, &s->conn, why);
+	const char *auth, *at, *colon;
+	userinfo(url, &auth, &at, &colon);
+	if (rc && colon && (memchr(auth, '/', (size_t)(at - auth)) ||
+	                    memchr(auth, '@', (size_t)(at - auth)))) {
+		/* libpq's user info ends at the first '@', or is none if a '/' comes first: a
+		 * password holding either is read as a host and a port, and its pieces may be
+		 * quoted in libpq's message */
+		snprintf(why, sizeof(why), "%s (its message is not shown: it may quote the"
+		         " password, which holds '/' or '@': write them %%2F and %%40)",
+		         store_strerror(rc));
+	}
 	if (rc) {
 		/* one line (libpq's messages are several, with tabs), cut at a character */
 		ovis_line(why);

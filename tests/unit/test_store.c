@@ -443,6 +443,15 @@ Test(store, urls_hide_every_password)
 	     "cd"},
 	    {"postgresql://u:pw@127.0.0.1:1?sslpassword=a:b@c5",
 	     "postgresql://u:***@127.0.0.1:1?sslpassword=***", "c5"},
+	    /* '/' in a password, unencoded: the user info still ends at the host's '@' */
+	    {"postgresql://u:se/cret@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db", "cret"},
+	    {"postgresql://u:a/b?c@d@127.0.0.1:1/db?sslmode=disable",
+	     "postgresql://u:***@127.0.0.1:1/db?sslmode=disable", "b?c@d"},
+	    {"postgres://u:/x@127.0.0.1:1", "postgres://u:***@127.0.0.1:1", "/x"},
+	    {"mysql://u:pa/ss@h/db?sslpassword=kp6", "mysql://u:***@h/db?sslpassword=***", "pa/ss"},
+	    /* no password: nothing hidden before the host */
+	    {"postgresql://u@127.0.0.1:1/db?application_name=a@b",
+	     "postgresql://u@127.0.0.1:1/db?application_name=a@b", "\x01"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct store *s = NULL;
@@ -454,6 +463,20 @@ Test(store, urls_hide_every_password)
 		          cases[i].shown, err);
 		store_close(s);
 	}
+	/* libpq reads u:se/cret@h as host u and port "se" and quotes "se": its message is not
+	 * shown, the way to write the password is */
+	struct store *s = NULL;
+	char err[STORE_ERR_MAX] = "";
+	cr_expect_neq(store_open("postgresql://u:se/cret@127.0.0.1:1/db", NULL, &s, err), STORE_OK);
+	cr_expect(strstr(err, "postgresql://u:***@127.0.0.1:1/db: cannot reach the database (its"
+	                      " message is not shown: it may quote the password, which holds '/' or"
+	                      " '@': write them %2F and %40)"),
+	          "%s", err);
+	cr_expect(!strstr(err, "\"se\""), "%s", err);
+	/* encoded, it is libpq's message again */
+	cr_expect_neq(store_open("postgresql://u:se%2Fcret@127.0.0.1:1/db", NULL, &s, err),
+	              STORE_OK);
+	cr_expect(strstr(err, "postgresql://u:***@127.0.0.1:1/db: cannot connect: "), "%s", err);
 }
 
 /* Insert device id (state, pubkey of 32 bytes `k` or none, state_changed_at 123). */
