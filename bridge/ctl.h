@@ -21,6 +21,7 @@ struct ctl {
 	const char *store_url; /* set by ctl_settle() */
 	struct store *s;       /* opened by ctl_store() */
 	int code;              /* exit status after ctl_store() failed */
+	int raw;               /* --raw: CSV keeps a device's control characters */
 	struct ctl_globals *g;
 };
 
@@ -120,7 +121,7 @@ struct ctl_out {
 	int ncols;
 	const char *const *names;
 	const enum ctl_coltype *types;
-	int vis;    /* CSV: control characters escaped (ctl_vis), as f is a terminal */
+	int vis;    /* CSV: control characters escaped (ctl_vis): unless --raw */
 	int failed; /* table format: memory ran out, the rows are dropped */
 	size_t nrows, cap;
 	char **cells;     /* table format: nrows * ncols strings */
@@ -134,7 +135,8 @@ struct ctl_out {
  * query asks for CTL_TABLE_ROWS + 1 rows, and ctl_out_cap() tells the writer. */
 #define CTL_TABLE_ROWS 1000
 
-void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
+/* raw: CSV fields as stored, control characters included (--raw); else shown (ctl_vis). */
+void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, int raw, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types);
 /* Show CTL_TABLE_ROWS rows of o at most (after ctl_out_begin, for a table without a --limit):
  * ctl_out_row keeps a row past them out and returns 1, and ctl_out_end then prints "(the first
@@ -158,7 +160,8 @@ const char *ctl_vis(const char *s, char *buf, size_t cap);
 /* One CSV field, quoted if it holds a comma, quote or line break; with vis, its control
  * characters escaped first (ctl_vis). */
 void ctl_csv_field(FILE *f, const char *s, int vis);
-/* A JSON string: C0 controls, DEL and the C1 controls (U+0080..U+009F) as \u00NN. */
+/* A JSON string: C0 controls, DEL and the C1 controls (U+0080..U+009F) as \u00NN, the
+ * bidirectional controls (ovis_bidi) as \uNNNN. */
 void ctl_json_str(FILE *f, const char *s);
 
 /* ---- commands ---- */

@@ -122,7 +122,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR,
 	                                         CTL_STR, CTL_NUM, CTL_NUM};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 6, names, types);
+	ctl_out_begin(&o, fmt, c->raw, stdout, 6, names, types);
 	if (capped)
 		ctl_out_cap(&o, "--limit N shows N, --since T those from T on, --format csv all of"
 		                " them");
@@ -182,7 +182,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	static const char *const names[] = {"time", "device", "type", "detail"};
 	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 4, names, types);
+	ctl_out_begin(&o, fmt, c->raw, stdout, 4, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char t[32];
 		const char *v[4] = {ctl_time(store_col_i64(st, 0), t), store_col_text(st, 1),
@@ -232,7 +232,7 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	static const enum ctl_coltype types[] = {CTL_STR, CTL_STR, CTL_NUM, CTL_NUM,
 	                                         CTL_NUM, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 8, names, types);
+	ctl_out_begin(&o, fmt, c->raw, stdout, 8, names, types);
 	if (capped)
 		ctl_out_cap(&o, device ? "--format csv shows all of them"
 		                       : "--device ID shows one device's, --format csv all of"

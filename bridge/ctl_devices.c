@@ -53,7 +53,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 	                                         CTL_NUM, CTL_NUM, CTL_NUM, CTL_NUM,
 	                                         CTL_NUM, CTL_NUM, CTL_STR};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 11, names, types);
+	ctl_out_begin(&o, fmt, c->raw, stdout, 11, names, types);
 	if (capped)
 		ctl_out_cap(&o, "--state S shows those in state S, --format csv all of them");
 	while ((rc = store_step(st)) == 1) {

@@ -326,24 +326,42 @@ const char *ctl_vis(const char *s, char *buf, size_t cap)
 	return buf;
 }
 
+/* Input bytes escaped at a time by ctl_csv_field: 4 output bytes each at most (\xNN). */
+#define CSV_VIS_PIECE ((CTL_VIS_MAX - 1) / 4)
+
 void ctl_csv_field(FILE *f, const char *s, int vis)
 {
-	char v[CTL_VIS_MAX];
 	if (!s)
 		return;
-	if (vis)
-		s = ctl_vis(s, v, sizeof(v));
-	if (!strpbrk(s, ",\"\n\r")) {
-		fputs(s, f);
-		return;
+	/* escaped, a field has no line break left */
+	int quote = strpbrk(s, vis ? ",\"" : ",\"\n\r") != NULL;
+	if (quote)
+		fputc('"', f);
+	/* escaped a piece at a time, however long the field: never cut */
+	for (size_t n = strlen(s); n;) {
+		char v[CTL_VIS_MAX];
+		const char *p = s;
+		size_t take = n;
+		if (vis) {
+			take = n < CSV_VIS_PIECE ? n : CSV_VIS_PIECE;
+			/* a piece ends before a character, not inside one (C1 and bidi escapes) */
+			while (take < n && take > 1 && ((unsigned char)s[take] & 0xc0) == 0x80)
+				take--;
+			ovis_escape(v, sizeof(v), s, take, 0);
+			p = v;
+		}
+		if (!quote)
+			fwrite(p, 1, vis ? strlen(p) : take, f);
+		for (; quote && (vis ? *p != '\0' : p < s + take); p++) {
+			if (*p == '"')
+				fputc('"', f);
+			fputc(*p, f);
+		}
+		s += take;
+		n -= take;
 	}
-	fputc('"', f);
-	for (; *s; s++) {
-		if (*s == '"')
-			fputc('"', f);
-		fputc(*s, f);
-	}
-	fputc('"', f);
+	if (quote)
+		fputc('"', f);
 }
 
 void ctl_json_str(FILE *f, const char *s)
@@ -351,6 +369,7 @@ void ctl_json_str(FILE *f, const char *s)
 	fputc('"', f);
 	for (; s && *s; s++) {
 		unsigned char ch = (unsigned char)*s, next = (unsigned char)s[1];
+		unsigned bidi;
 		if (ch == '"' || ch == '\\')
 			fprintf(f, "\\%c", ch);
 		else if (ch == '\n')
@@ -364,6 +383,10 @@ void ctl_json_str(FILE *f, const char *s)
 			 * JSON either way, escaped so that the output is safe to look at */
 			fprintf(f, "\\u%04x", next);
 			s++;
+		} else if ((ch == 0xe2 || ch == 0xd8) && (bidi = ovis_bidi(s, strnlen(s, 3)))) {
+			/* the bidirectional controls, which can make text read otherwise */
+			fprintf(f, "\\u%04x", bidi);
+			s += bidi == 0x061c ? 1 : 2;
 		} else {
 			fputc(ch, f);
 		}
@@ -371,7 +394,7 @@ void ctl_json_str(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
+void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, int raw, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types)
 {
 	memset(o, 0, sizeof(*o));
@@ -380,9 +403,9 @@ void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, FILE *f, int ncols,
 	o->ncols = ncols;
 	o->names = names;
 	o->types = types;
-	/* CSV on a terminal shows a device's control characters (ctl_vis); into a file or a
-	 * pipe it keeps the bytes, for the program that reads it */
-	o->vis = isatty(fileno(f));
+	/* CSV shows a device's control characters (ctl_vis) wherever it goes, a pipe too: what
+	 * reads it may be a pager or a terminal later (--raw: the bytes, for a program) */
+	o->vis = !raw;
 	if (fmt == CTL_FMT_CSV) {
 		for (int i = 0; i < ncols; i++) {
 			if (i)

@@ -192,7 +192,7 @@ static int list(struct ctl *c, int argc, char **argv)
 	static const enum ctl_coltype types[] = {CTL_NUM, CTL_STR, CTL_STR, CTL_STR, CTL_STR,
 	                                         CTL_STR, CTL_STR, CTL_STR, CTL_STR, CTL_STR};
 	struct ctl_out o;
-	ctl_out_begin(&o, fmt, stdout, 10, names, types);
+	ctl_out_begin(&o, fmt, c->raw, stdout, 10, names, types);
 	while ((rc = store_step(st)) == 1) {
 		char id[24], t[4][32];
 		snprintf(id, sizeof(id), "%" PRId64, store_col_i64(st, 0));

@@ -69,6 +69,8 @@ static void usage(FILE *out)
 	    "nor after a '--', which ends the options: what follows it is an argument):\n"
 	    "  --help, -h               this text\n"
 	    "  --version, -V            the version\n"
+	    "  --raw                    CSV: text a device sent as stored, control characters\n"
+	    "                           included (else shown as \\xNN, \\u00NN, \\u202e...)\n"
 	    "  --config FILE, -c FILE   settings file (key: store) [" CTL_DEFAULT_CONFIG
 	    " if it exists;\n"
 	    "                           also OUTPOST_CONFIG]\n");
@@ -93,6 +95,10 @@ int ctl_global_opt(struct ctl *c, int argc, char **argv, int *i)
 	}
 	if (!strcmp(a, "--version") || !strcmp(a, "-V")) {
 		g->version = 1;
+		return 1;
+	}
+	if (!strcmp(a, "--raw")) {
+		c->raw = 1;
 		return 1;
 	}
 	if (!strcmp(a, "--store") || !strcmp(a, "--config") || !strcmp(a, "-c")) {

@@ -4,6 +4,23 @@
 
 #include "ovis.h"
 
+unsigned ovis_bidi(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	if (n >= 2 && u[0] == 0xd8 && u[1] == 0x9c)
+		return 0x061c; /* ARABIC LETTER MARK */
+	if (n < 3 || u[0] != 0xe2)
+		return 0;
+	unsigned cp = 0x2000u | (unsigned)(u[1] & 0x3f) << 6 | (u[2] & 0x3fu);
+	if ((u[1] & 0xc0) != 0x80 || (u[2] & 0xc0) != 0x80)
+		return 0;
+	/* LRM, RLM; LRE, RLE, PDF, LRO, RLO; LRI, RLI, FSI, PDI */
+	if (cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+	    (cp >= 0x2066 && cp <= 0x2069))
+		return cp;
+	return 0;
+}
+
 size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned flags)
 {
 	size_t o = 0;
@@ -12,9 +29,13 @@ size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned 
 		unsigned char next = i + 1 < len ? (unsigned char)src[i + 1] : 0;
 		char esc[8];
 		size_t w = 1;
+		unsigned bidi = ovis_bidi(src + i, len - i);
 		if (c == 0xc2 && next >= 0x80 && next <= 0x9f) {
 			w = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", next);
 			i++;
+		} else if (bidi) {
+			w = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", bidi);
+			i += bidi == 0x061c ? 1 : 2;
 		} else if ((flags & OVIS_LINE) && (c == '\n' || c == '\r')) {
 			esc[0] = ' ';
 		} else if ((c < 0x20 && !((flags & OVIS_LINE) && c == '\t')) || c == 0x7f) {

@@ -11,9 +11,16 @@ enum ovis_flags {
 };
 
 /* Copy len bytes of src into dst (cap > 0 bytes, always NUL-terminated): C0 controls and DEL
- * become \xHH, C1 controls as UTF-8 encodes them (0xc2 0x80..0x9f; CSI is one) \u00HH, all
- * other bytes are kept; flags as above. Stops before a character that would not fit whole.
+ * become \xHH, C1 controls as UTF-8 encodes them (0xc2 0x80..0x9f; CSI is one) \u00HH, the
+ * bidirectional controls (ovis_bidi) \uHHHH, all other bytes are kept; flags as above.
+ * Stops before a character that would not fit whole.
  * Returns the length written to dst. */
+/* The code point of the bidirectional control the n bytes at s begin with in UTF-8, else 0:
+ * U+200E/F (LRM, RLM), U+202A..U+202E (embeddings and overrides: RLO makes "exe.txt" of
+ * "txt.exe"), U+2066..U+2069 (isolates), U+061C (ALM). Text shown with them unescaped can
+ * be made to read other than its bytes. */
+unsigned ovis_bidi(const char *s, size_t n);
+
 size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned flags);
 
 /* Make the NUL-terminated message s one line, in place: each run of white space that holds a

@@ -747,7 +747,9 @@ Test(outpostctl, a_bad_config_file_is_refused, .timeout = 60)
 }
 
 /* Text a device sent (a task result, an event quoting it) reaches the operator's terminal with
- * its control characters shown, not obeyed: no cleared screen, no forged line. */
+ * its control characters shown, not obeyed: no cleared screen, no forged line; CSV too, into a
+ * pipe as well as on a terminal (--raw keeps the bytes); and its bidirectional controls are
+ * shown in every format, so that no text reads otherwise than it is. */
 Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 60)
 {
 	char *url = small_store("ctl-vis");
@@ -773,7 +775,10 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	                      "events --format json",
 	                      "task list --format json",
 	                      "readings --device dev-a --format json",
-	                      "readings --device dev-a --format table"};
+	                      "readings --device dev-a --format table",
+	                      "readings --device dev-a",
+	                      "events --format csv",
+	                      "task list --format csv"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		char *out = ctl(url, 0, "%s", cmds[i]);
 		cr_expect_null(strpbrk(out, "\x1b\x07\r"), "outpostctl %s printed a control character",
@@ -795,16 +800,27 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	out = ctl(url, 0, "readings --device dev-a --format json");
 	cr_expect(strstr(out, "\"unit\": \"C\\u001b[2J\""), "%s", out);
 	free(out);
-	/* CSV into a pipe (a program reads it) keeps the bytes; on a terminal it shows them */
+	/* CSV into a pipe shows them as on a terminal; with --raw it keeps the bytes */
 	out = ctl(url, 0, "readings --device dev-a");
-	cr_expect(strstr(out, "\ndev-a,temp\x1b[1A,C\x1b[2J,2023-11-14T22:13:20.000Z,1.5,1\n"),
+	cr_expect(strstr(out, "\ndev-a,temp\\x1b[1A,C\\x1b[2J,2023-11-14T22:13:20.000Z,1.5,1\n"),
 	          "%s", out);
 	free(out);
 	out = ctl(url, 0, "events --format csv");
+	cr_expect(strstr(out, ",rejected,x\\x1b]0;title\\x07\\u009b2J\\x7f\\u0085end\n"), "%s",
+	          out);
+	free(out);
+	out = ctl(url, 0, "--raw readings --device dev-a");
+	cr_expect(strstr(out, "\ndev-a,temp\x1b[1A,C\x1b[2J,2023-11-14T22:13:20.000Z,1.5,1\n"),
+	          "%s", out);
+	free(out);
+	out = ctl(url, 0, "events --format csv --raw");
 	cr_expect(strstr(out, ",rejected,x\x1b]0;title\x07\xc2\x9b"
 	                      "2J\x7f\xc2\x85"
 	                      "end\n"),
 	          "%s", out);
+	free(out);
+	out = ctl(url, 0, "task list --format csv --raw");
+	cr_expect(strstr(out, ",\"ok\x1b[2J\nstate       failed\"\n"), "%s", out);
 	free(out);
 	const char *on_tty[][2] = {
 	    {"readings --device dev-a",
@@ -824,6 +840,40 @@ Test(outpostctl, a_devices_control_characters_are_shown_not_obeyed, .timeout = 6
 	}
 	out = ctl(url, 0, "device show dev-a");
 	cr_expect(strstr(out, "temp\\x1b[1A") && strstr(out, "C\\x1b[2J"), "%s", out);
+	free(out);
+	/* the bidirectional controls: an override, an isolate, a mark */
+	s = open_store(url);
+	exec_sql(s, "INSERT INTO events (at, device, type, detail) VALUES (2, 1, 'rejected',"
+	           " 'a' || char(8238) || 'b' || char(8294) || 'c' || char(8207) || 'd' ||"
+	           " char(1564) || 'e' || char(8233) || 'f')");
+	store_close(s);
+	const char *bidi[][2] = {
+	    {"events", "a\\u202eb\\u2066c\\u200fd\\u061ce\xe2\x80\xa9" "f"},
+	    {"events --format csv", "a\\u202eb\\u2066c\\u200fd\\u061ce\xe2\x80\xa9" "f"},
+	    {"events --format json", "a\\u202eb\\u2066c\\u200fd\\u061ce\xe2\x80\xa9" "f"},
+	    {"events --format csv --raw",
+	     "a\xe2\x80\xae" "b\xe2\x81\xa6" "c\xe2\x80\x8f" "d\xd8\x9c" "e"}};
+	for (size_t i = 0; i < sizeof(bidi) / sizeof(bidi[0]); i++) {
+		out = ctl(url, 0, "%s", bidi[i][0]);
+		cr_expect(strstr(out, bidi[i][1]), "%s:\n%s", bidi[i][0], out);
+		if (!strstr(bidi[i][0], "--raw"))
+			cr_expect_null(strstr(out, "\xe2\x80\xae"), "%s:\n%s", bidi[i][0], out);
+		free(out);
+	}
+	/* a field longer than a piece of the escaping: whole, escaped to its end, the C1 and
+	 * bidi controls across a piece's end too */
+	s = open_store(url);
+	exec_sql(s, "UPDATE events SET detail = printf('%.*c', 1023, 'y') || char(155) ||"
+	           " printf('%.*c', 1020, 'z') || char(8238) || printf('%.*c', 3000, 'w') ||"
+	           " char(27) || 'end' WHERE at = 2");
+	store_close(s);
+	out = ctl(url, 0, "events --format csv");
+	char *want = h_strf(",%*s\\u009b%*s\\u202e%*s\\x1bend\n", 1023, "", 1020, "", 3000, "");
+	memset(want + 1, 'y', 1023);
+	memset(want + 1 + 1023 + 6, 'z', 1020);
+	memset(want + 1 + 1023 + 6 + 1020 + 6, 'w', 3000);
+	cr_expect(strstr(out, want), "%s", out);
+	free(want);
 	free(out);
 	free(url);
 }

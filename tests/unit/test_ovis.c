@@ -74,3 +74,18 @@ Test(ovis, a_prefix_ends_at_a_character)
 	cr_expect_eq(ovis_fit(s, n, 11), 9); /* not part of the emoji */
 	cr_expect_eq(ovis_fit(s, n, 0), 0);
 }
+
+Test(ovis, bidirectional_controls_are_shown)
+{
+	/* RLO, PDF, LRI..PDI, LRM, RLM, ALM; U+2029 and U+202F, their neighbours, are kept */
+	const char s[] = "a\xe2\x80\xae" "b\xe2\x80\xac" "c\xe2\x81\xa6\xe2\x81\xa9"
+	                 "d\xe2\x80\x8e\xe2\x80\x8f" "e\xd8\x9c" "f\xe2\x80\xa9\xe2\x80\xaf";
+	cr_expect_str_eq(esc(s, sizeof(s) - 1, 256, OVIS_LINE),
+	                 "a\\u202eb\\u202cc\\u2066\\u2069d\\u200e\\u200fe\\u061cf"
+	                 "\xe2\x80\xa9\xe2\x80\xaf");
+	/* cut short: kept as bytes (not read past the end) */
+	cr_expect_str_eq(esc("x\xe2\x80", 3, 256, 0), "x\xe2\x80");
+	cr_expect_str_eq(esc("x\xd8", 2, 256, 0), "x\xd8");
+	cr_expect_eq(ovis_bidi("\xe2\x80\xae", 3), 0x202e);
+	cr_expect_eq(ovis_bidi("\xe2\x80\xae", 2), 0);
+}
