@@ -68,9 +68,17 @@ static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 		return ctl_err(CTL_FAIL, "decode: %s: out of memory after %zu certificates", path,
 		               d->n_certs);
 	}
-	if (wire_cert_read(path, &pem, &len)) {
+	if ((rc = wire_cert_read(path, &pem, &len))) {
+		int e = errno;
+		if (must && rc == WIRE_EIO)
+			return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read it: %s", path,
+			               e == EINVAL ? "not a regular file" : strerror(e));
+		if (must && rc == WIRE_ELIMIT)
+			return ctl_err(CTL_USAGE,
+			               "decode: --cert %s: over %d bytes, larger than a certificate",
+			               path, WIRE_MAX_CERT_PEM);
 		if (must)
-			return ctl_err(CTL_USAGE, "decode: --cert %s: cannot read", path);
+			return ctl_err(CTL_FAIL, "decode: --cert %s: %s", path, wire_strerror(rc));
 		goto none;
 	}
 	rc = d->ca ? wire_ca_verify(d->ca, pem, len, &info, &diag)
@@ -462,37 +470,55 @@ static int is_lines(const char *buf, size_t len)
 	return lines > 0;
 }
 
-static char *slurp(FILE *f, size_t *len)
+enum { DECODE_EREAD = -1, DECODE_EBIG = -2, DECODE_ENOMEM = -3 };
+
+/* The rest of f into *out (NUL-terminated, its length in *len): 0, DECODE_EREAD (errno says
+ * why), DECODE_EBIG (over DECODE_MAX_INPUT bytes) or DECODE_ENOMEM; *out NULL on failure. */
+static int slurp(FILE *f, char **out, size_t *len)
 {
 	size_t cap = 65536, n = 0;
 	char *buf = malloc(cap + 1);
 	size_t r;
-	while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+	int rc = 0, e;
+	*out = NULL;
+	*len = 0;
+	if (!buf)
+		return DECODE_ENOMEM;
+	while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
 		n += r;
 		if (n == cap) {
 			if (cap >= DECODE_MAX_INPUT) {
-				free(buf);
-				return NULL;
+				rc = DECODE_EBIG;
+				goto fail;
 			}
 			char *nb = realloc(buf, cap * 2 + 1);
 			if (!nb) {
-				free(buf);
-				return NULL;
+				rc = DECODE_ENOMEM;
+				goto fail;
 			}
 			buf = nb;
 			cap *= 2;
 		}
 	}
-	if (buf)
-		buf[n] = '\0';
+	if (ferror(f)) {
+		rc = DECODE_EREAD;
+		goto fail;
+	}
+	buf[n] = '\0';
+	*out = buf;
 	*len = n;
-	return buf;
+	return 0;
+fail:
+	e = errno;
+	free(buf);
+	errno = e;
+	return rc;
 }
 
 /* The next line of in, with its '\n' if it has one, into *buf (grown, NUL-terminated; its
  * length in *len): 1, 0 at the end of the input (nothing read), -1 if the line is over
  * DECODE_MAX_LINE bytes (*buf holds the first DECODE_MAX_LINE + 1 of them, the rest is left
- * unread), -2 when memory ran out. */
+ * unread), -2 when memory ran out, -3 when the input could not be read (errno says why). */
 static int read_line(FILE *in, char **buf, size_t *cap, size_t *len)
 {
 	size_t n = 0;
@@ -514,6 +540,8 @@ static int read_line(FILE *in, char **buf, size_t *cap, size_t *len)
 	if (n)
 		(*buf)[n] = '\0';
 	*len = n;
+	if (ch == EOF && ferror(in))
+		return -3;
 	return n > DECODE_MAX_LINE && ch != '\n' ? -1 : n > 0;
 }
 
@@ -540,8 +568,9 @@ static void decode_line(struct dec *d, char *p, char *end)
 int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 {
 	const char *pki = NULL, *topic = NULL, *pos[1], *certs[MAX_CERT_ARGS];
+	const char *name;
 	size_t ncerts = 0, len = 0;
-	int npos, rc;
+	int npos, rc, sr;
 	struct dec d;
 	FILE *in = NULL;
 	struct ctl_optdef defs[] = {{"pki", 1, &pki, NULL, NULL, 0},
@@ -589,7 +618,9 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		if ((rc = add_cert(&d, certs[i], NULL, 1)))
 			goto out;
 	in = stdin;
+	name = "the standard input";
 	if (npos && strcmp(pos[0], "-")) {
+		name = pos[0];
 		in = fopen(pos[0], "rb");
 		if (!in) {
 			rc = ctl_err(CTL_FAIL, "decode: cannot open %s", pos[0]);
@@ -606,6 +637,11 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		int r;
 		while ((r = read_line(in, &buf, &cap, &n)) == 1 && strspn(buf, "\r\n") == n)
 			lineno++;
+		if (r == -3) {
+			free(buf);
+			rc = ctl_err(CTL_FAIL, "decode: cannot read %s: %s", name, strerror(errno));
+			goto out;
+		}
 		/* a first line too long (r == -1) that begins as "topic hex" is lines too: what
 		 * was read of it may end in the middle of a byte's two hex digits */
 		if ((r == 1 && is_lines(buf, n)) ||
@@ -630,6 +666,9 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 			if (r == -2)
 				rc = ctl_err(CTL_FAIL, "decode: out of memory reading line %zu",
 				             lineno);
+			if (r == -3)
+				rc = ctl_err(CTL_FAIL, "decode: cannot read %s at line %zu: %s", name,
+				             lineno, strerror(errno));
 			goto out;
 		}
 		if (r == -2) {
@@ -639,31 +678,39 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		}
 		/* raw: what was read so far (the first line, or DECODE_MAX_LINE + 1 bytes of it),
 		 * then the rest */
-		char *rest = slurp(in, &len);
-		if (rest && n + len <= DECODE_MAX_INPUT) {
-			char *all = malloc(n + len + 1);
-			if (all) {
-				if (n)
-					memcpy(all, buf, n);
-				memcpy(all + n, rest, len + 1);
-				len += n;
-			}
-			free(buf);
-			buf = all;
-		} else {
-			free(buf);
-			buf = NULL;
+		char *rest = NULL;
+		sr = slurp(in, &rest, &len);
+		if (!sr && n + len > DECODE_MAX_INPUT)
+			sr = DECODE_EBIG;
+		char *all = sr ? NULL : malloc(n + len + 1);
+		if (all) {
+			if (n)
+				memcpy(all, buf, n);
+			memcpy(all + n, rest, len + 1);
+			len += n;
+		} else if (!sr) {
+			sr = DECODE_ENOMEM;
 		}
+		free(buf);
+		buf = all;
 		free(rest);
 	} else {
-		buf = slurp(in, &len);
+		sr = slurp(in, &buf, &len);
 	}
 	if (in != stdin)
 		fclose(in);
 	in = NULL;
-	if (!buf) {
-		rc = ctl_err(CTL_FAIL, "decode: input unreadable or over %u MiB",
-		             DECODE_MAX_INPUT >> 20);
+	if (sr == DECODE_EREAD) {
+		rc = ctl_err(CTL_FAIL, "decode: cannot read %s: %s", name, strerror(errno));
+		goto out;
+	}
+	if (sr == DECODE_EBIG) {
+		rc = ctl_err(CTL_FAIL, "decode: %s is over %u MiB, more than any capture decode reads",
+		             name, DECODE_MAX_INPUT >> 20);
+		goto out;
+	}
+	if (sr) {
+		rc = ctl_err(CTL_FAIL, "decode: out of memory reading %s", name);
 		goto out;
 	}
 	if (!len) { /* e.g. mosquitto_sub could not connect, or timed out without a message */

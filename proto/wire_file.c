@@ -13,8 +13,10 @@ int wire__read_file(const char *path, size_t max, char **out, size_t *len)
 	struct stat st;
 	char *buf = NULL;
 	size_t got = 0;
-	int rc = WIRE_EIO;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc = WIRE_EIO, keep;
+	/* O_NONBLOCK: a FIFO (or a device) given for a file must not block the open until a
+	 * writer comes; it is refused below. No effect on a regular file. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
 	if (fd < 0)
 		return WIRE_EIO;
@@ -47,7 +49,9 @@ int wire__read_file(const char *path, size_t max, char **out, size_t *len)
 	buf = NULL;
 	rc = WIRE_OK;
 out:
+	keep = errno; /* why it failed, for the caller */
 	free(buf);
 	close(fd);
+	errno = keep;
 	return rc;
 }

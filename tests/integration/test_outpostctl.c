@@ -1560,6 +1560,72 @@ Test(outpostctl, decode_takes_no_metric_names_from_a_birth_whose_signature_fails
 	free(url);
 }
 
+/* t with each "DIR" in it replaced by dir. Caller frees. */
+static char *with_dir(const char *t, const char *dir)
+{
+	char *out = h_strf("%s", "");
+	for (const char *p = t, *d; *p; p = d ? d + 3 : p + strlen(p)) {
+		d = strstr(p, "DIR");
+		char *next = h_strf("%s%.*s%s", out, (int)(d ? d - p : (ptrdiff_t)strlen(p)), p,
+		                    d ? dir : "");
+		free(out);
+		out = next;
+	}
+	return out;
+}
+
+/* decode says why it cannot read its input or a certificate (a directory, a file missing or too
+ * big, a FIFO), and never waits on a FIFO given as a certificate, or found in the PKI. */
+Test(outpostctl, decode_says_why_it_cannot_read, .timeout = 120)
+{
+	char *url = small_store("ctl-decode-unreadable");
+	char *dir = h_tmpdir("ctl-decode-unreadable-files"), *out = NULL;
+	char *cmd = h_strf("set -e; cd %s; mkfifo fifo; head -c 9000 /dev/zero > big;"
+	                   " cp -a %s pki; rm pki/devices/dev-a.crt; mkfifo pki/devices/dev-a.crt",
+	                   dir, h_pki());
+	cr_assert_eq(h_sh(cmd, &out, 30), 0, "%s", out);
+	free(out);
+	free(cmd);
+	struct {
+		const char *args, *said;
+		int rc;
+	} cases[] = {
+	    {"decode DIR", "outpostctl: decode: cannot read DIR: Is a directory\n", 1},
+	    {"decode --topic outpost/v1/dev-a/telemetry DIR",
+	     "outpostctl: decode: cannot read DIR: Is a directory\n", 1},
+	    {"decode --cert DIR/fifo -",
+	     "outpostctl: decode: --cert DIR/fifo: cannot read it: not a regular file\n", 2},
+	    {"decode --cert DIR/missing.crt -",
+	     "outpostctl: decode: --cert DIR/missing.crt: cannot read it: No such file or"
+	     " directory\n",
+	     2},
+	    {"decode --cert DIR -", "outpostctl: decode: --cert DIR: cannot read it: Is a directory\n",
+	     2},
+	    {"decode --cert DIR/big -",
+	     "outpostctl: decode: --cert DIR/big: over 8192 bytes, larger than a certificate\n", 2},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *args = with_dir(cases[i].args, dir), *said = with_dir(cases[i].said, dir);
+		char *full = h_strf("%s < /dev/null 2>&1", args);
+		out = ctl(url, cases[i].rc, "%s", full);
+		cr_expect_str_eq(out, said, "outpostctl %s", args);
+		free(out);
+		free(full);
+		free(said);
+		free(args);
+	}
+	/* the PKI's certificate of dev-a is a FIFO: none, and its Birth is judged by its own */
+	char *cap = h_strf("%s/capture.txt", dir);
+	capture_birth(cap, h_pki(), "dev-a");
+	out = ctl(url, 0, "decode --pki %s/pki %s 2>&1", dir, cap);
+	cr_expect(strstr(out, "signature ok (certificate in the birth, issued by the CA)"), "%s",
+	          out);
+	free(out);
+	free(cap);
+	free(dir);
+	free(url);
+}
+
 /* decode prints whatever time a device sends: the ends of int64 (whose division into seconds
  * overflowed), the years RFC 3339 cannot write as "unix ms N", before 1970, and a reading at 0,
  * which is a time like any other (only an unset field of a message, 0, is "-"). */

@@ -1,9 +1,11 @@
 /* test_wire_cert.c - CA trust store with CRL: chain, revocation, validity, CN and key. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "harness.h"
@@ -223,6 +225,13 @@ Test(wire_cert, pem_size_limit)
 	char *missing = h_strf("%s/missing.crt", dir);
 	cr_expect_eq(wire_cert_read(missing, &got, &got_len), WIRE_EIO);
 	cr_expect_eq(wire_cert_read(dir, &got, &got_len), WIRE_EIO, "a directory");
+	cr_expect_eq(errno, EISDIR);
+	/* a FIFO is refused at once, not waited on until a writer comes */
+	char *fifo = h_strf("%s/fifo.crt", dir);
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+	cr_expect_eq(wire_cert_read(fifo, &got, &got_len), WIRE_EIO, "a FIFO");
+	cr_expect_eq(errno, EINVAL);
+	free(fifo);
 
 	wire_ca_free(ca);
 	free(missing);
