@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cfg.h"
 #include "ctl.h"
@@ -259,14 +260,37 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 	return rc < 0 ? ctl_store_err(c, "gaps", rc) : out_rc;
 }
 
+/* The shortest "how long ago" prune takes: a day. */
+#define PRUNE_MIN_AGO_MS 86400000LL
+
 /* Times ctl_parse_time takes but prune, as it deletes, refuses as likely mistakes: a signed
  * duration (read as that long ago, though "-5d" may have meant anything), a zero one (this
  * very moment: everything goes; "now" says so on purpose), a bare small number (seconds after
- * 1970: nothing goes, where "90" surely meant days). 10-digit Unix times (2001 on) are fine. */
+ * 1970: nothing goes, where "90" surely meant days), a duration shorter than a day (6m is 6
+ * minutes, not months: nearly all history goes). 10-digit Unix times (2001 on) are fine, and so
+ * is any date or "now": a time given as such is taken as meant. */
 static int prune_before_check(const char *s)
 {
 	size_t n = strlen(s), nd = strspn(s, "0123456789");
 	int64_t d;
+	if (nd && nd < n && !cfg_parse_duration(s, &d) && d > 0 && d < PRUNE_MIN_AGO_MS) {
+		long long v = strtoll(s, NULL, 10);
+		const char *unit = s + nd;
+		int minutes = !strcasecmp(unit, "m") || !strcasecmp(unit, "min");
+		const char *what = minutes                  ? "minutes"
+		                   : !strcasecmp(unit, "h")  ? "hours"
+		                   : !strcasecmp(unit, "ms") ? "milliseconds"
+		                                             : "seconds";
+		char hint[64];
+		if (minutes && v <= 120) /* "m" may have meant months */
+			snprintf(hint, sizeof(hint), "for months write %lldd", v * 30);
+		else
+			snprintf(hint, sizeof(hint), "for days write them with d, e.g. 90d");
+		return ctl_err(CTL_USAGE,
+		               "prune: --before %s is %lld %s ago, less than a day, and would prune"
+		               " nearly everything; %s (a date, @N or 'now' is taken as given)",
+		               s, v, what, hint);
+	}
 	if (s[0] == '-')
 		return ctl_err(CTL_USAGE,
 		               "prune: --before %s: a negative duration; want how long ago without a"

@@ -495,8 +495,19 @@ Test(outpostctl, prune_refuses_negative_zero_and_bare_numbers, .timeout = 60)
 	expect_usage(url, "prune --before 90 --yes", bare);
 	const char *nonsense[] = {"'soon' is not a time", NULL};
 	expect_usage(url, "prune --before soon", nonsense);
+	/* less than a day ago: nearly everything would go ("6m" meant months, surely) */
+	const char *minutes[] = {"--before 6m is 6 minutes ago, less than a day", "180d", NULL};
+	expect_usage(url, "prune --before 6m --yes", minutes);
+	const char *min[] = {"--before 6min is 6 minutes ago", "180d", NULL};
+	expect_usage(url, "prune --before 6min", min);
+	const char *hours[] = {"--before 23h is 23 hours ago, less than a day", "90d", NULL};
+	expect_usage(url, "prune --before 23h --yes", hours);
+	const char *secs[] = {"--before 86399s is 86399 seconds ago", "90d", NULL};
+	expect_usage(url, "prune --before 86399s --yes", secs);
 	/* still fine: a positive duration, a date, a Unix time, now */
 	expect_ctl(url, 0, "prune --before 5d", "nothing deleted", -1);
+	expect_ctl(url, 0, "prune --before 24h", "nothing deleted", -1);
+	expect_ctl(url, 0, "prune --before 1440m", "nothing deleted", -1);
 	expect_ctl(url, 0, "prune --before 2024-01-01", "would delete", -1);
 	expect_ctl(url, 0, "prune --before @1700000000", "would delete", -1);
 	expect_ctl(url, 0, "prune --before 1700000000", "would delete", -1);
