@@ -7,6 +7,7 @@
 #include "ctl.h"
 #include "store_ops.h"
 #include "wire_topic.h"
+#include "wire_utf8.h"
 
 static const char *num(int64_t v, char *buf)
 {
@@ -230,6 +231,30 @@ static int already(const char *action, const char *state)
 	       (!strcmp(action, "release") && !strcmp(state, STORE_ST_ACTIVE));
 }
 
+/* A --reason is kept whole or refused: at most STORE_REASON_MAX bytes of UTF-8 on one line,
+ * without control characters (C0, DEL, C1), which would be shown escaped ever after. */
+static int reason_check(const char *action, const char *reason)
+{
+	size_t n = strlen(reason);
+	if (n > STORE_REASON_MAX)
+		return ctl_err(CTL_USAGE,
+		               "device %s: --reason is %zu bytes long; at most %d are kept: say it"
+		               " shorter",
+		               action, n, STORE_REASON_MAX);
+	if (!wire_utf8_valid(reason, n))
+		return ctl_err(CTL_USAGE, "device %s: --reason is not valid UTF-8", action);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)reason[i], next = (unsigned char)reason[i + 1];
+		if (ch < 0x20 || ch == 0x7f || (ch == 0xc2 && next >= 0x80 && next <= 0x9f))
+			return ctl_err(CTL_USAGE,
+			               "device %s: --reason holds a control character (%s%02x at"
+			               " byte %zu): write it as one line of plain text",
+			               action, ch == 0xc2 ? "U+00" : "\\x", ch == 0xc2 ? next : ch,
+			               i + 1);
+	}
+	return CTL_OK;
+}
+
 int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 {
 	const char *reason = NULL, *pos[2];
@@ -258,6 +283,8 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 		               "device: unknown action '%s' (show, quarantine, release, "
 		               "revoke)",
 		               action);
+	if (reason && (rc = reason_check(action, reason)))
+		return rc;
 	struct store *s = ctl_store(c);
 	char old[16] = "";
 	if (!s)

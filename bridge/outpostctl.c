@@ -39,6 +39,7 @@ static void usage(FILE *out)
 	    "  device revoke ID [--reason TEXT]\n"
 	    "                             refuse its key for good (a new key signed by the CA\n"
 	    "                             enrols the id again)\n"
+	    "                             (a reason: one line of UTF-8, 200 bytes at most)\n"
 	    "  readings --device ID [--metric M] [--since T] [--until T] [--limit N]\n"
 	    "           [--format csv|json|table]\n"
 	    "                             stored readings, oldest first (default csv; a table\n"

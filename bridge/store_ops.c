@@ -3,6 +3,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ovis.h"
 #include "store_ops.h"
 #include "wire_msg.h"
 #include "wire_topic.h"
@@ -45,9 +46,13 @@ int64_t store_now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* src into dst, cut if it must be before a whole character, never inside one. */
 static void copy_text(char *dst, size_t cap, const char *src)
 {
-	snprintf(dst, cap, "%s", src ? src : "");
+	size_t n = src ? ovis_fit(src, strlen(src), cap - 1) : 0;
+	if (n)
+		memcpy(dst, src, n);
+	dst[n] = '\0';
 }
 
 static int64_t col_opt(struct store_stmt *st, int col, int64_t none)
@@ -174,11 +179,13 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 {
 	struct store_device d;
 	struct store_stmt *st = NULL;
-	char detail[256];
+	char detail[STORE_STATE_REASON_MAX + 1];
 	int rc;
 
 	if (strcmp(action, "quarantine") && strcmp(action, "release") && strcmp(action, "revoke"))
 		return STORE_EINVAL;
+	if (reason && strlen(reason) > STORE_REASON_MAX)
+		return STORE_EINVAL; /* never cut: the caller refuses it first */
 	if ((rc = store_begin(s)))
 		return rc;
 	/* Under the write lock (SQLite) the row cannot change; on PostgreSQL the conditional
@@ -195,7 +202,7 @@ int store_device_action(struct store *s, const char *device_id, const char *acti
 	int64_t now = store_now_ms();
 	snprintf(detail, sizeof(detail), "%s -> %s by %s%s%s", d.state, to, by ? by : "operator",
 	         reason && *reason ? ": " : "", reason ? reason : "");
-	wire_utf8_sanitize(detail); /* a long reason is cut at a byte count */
+	wire_utf8_sanitize(detail); /* only a long 'by' can cut it */
 	rc = store_prepare(s,
 	                   "UPDATE devices SET state = ?, state_reason = ?, state_changed_at = ?,"
 	                   " consecutive_rejects = CASE WHEN ? = 'release' THEN 0 ELSE"

@@ -30,11 +30,18 @@ extern const char *const store_event_types[];
 /* 1 if name (may be NULL) is in the NULL-terminated list, else 0. */
 int store_name_in(const char *name, const char *const *list);
 
+/* An operator's reason for a device action (store_device_action) holds at most this many
+ * bytes: with "active -> quarantined by outpostctl: " before it, all of it is kept in the
+ * device's state_reason and the event. */
+#define STORE_REASON_MAX 200
+/* Bytes of a device's state_reason kept in struct store_device (whole characters). */
+#define STORE_STATE_REASON_MAX 255
+
 struct store_device {
 	int64_t key; /* devices.id */
 	char device_id[WIRE_ID_MAX + 1];
 	char state[16];
-	char state_reason[160];
+	char state_reason[STORE_STATE_REASON_MAX + 1];
 	int online;
 	int has_pubkey;
 	uint8_t pubkey[WIRE_PUBKEY_LEN];

@@ -649,6 +649,47 @@ Test(outpostctl, global_options_are_never_an_options_value, .timeout = 60)
 /* --reason is an option of the actions that record it (quarantine, release, revoke), refused
  * by show rather than ignored; a bare "--" ends the options: what follows is an argument,
  * even one that reads like an option. */
+/* A --reason is kept whole, in the device's state and its event, and shown whole (never cut
+ * within a character), or refused: too long, or with a control character, or not UTF-8. */
+Test(outpostctl, a_reason_is_kept_whole_or_refused, .timeout = 60)
+{
+	char *url = small_store("ctl-reason");
+	/* 200 bytes, the most kept: 100 two-byte characters */
+	char reason[201] = "", over[202] = "";
+	for (int i = 0; i < 100; i++)
+		memcpy(reason + 2 * i, "\xc3\xa9", 2);
+	snprintf(over, sizeof(over), "%sx", reason);
+	const char *long_[] = {"device quarantine: --reason is 201 bytes long; at most 200 are kept",
+	                       NULL};
+	char *args = h_strf("device quarantine dev-a --reason \"%s\"", over);
+	expect_usage(url, args, long_);
+	free(args);
+	const char *nl[] = {"device quarantine: --reason holds a control character (\\x0a at byte"
+	                    " 2): write it as one line of plain text",
+	                    NULL};
+	expect_usage(url, "device quarantine dev-a --reason \"$(printf \"a\\nstate  revoked\")\"",
+	             nl);
+	const char *esc[] = {"(\\x1b at byte 3)", NULL};
+	expect_usage(url, "device quarantine dev-a --reason \"$(printf \"ab\\033[2J\")\"", esc);
+	const char *c1[] = {"(U+009b at byte 1)", NULL};
+	expect_usage(url, "device revoke dev-a --reason \"$(printf \"\\302\\233\")\"", c1);
+	const char *bad[] = {"--reason is not valid UTF-8", NULL};
+	expect_usage(url, "device revoke dev-a --reason \"$(printf \"x\\377\")\"", bad);
+	expect_ctl(url, 0, "device show dev-a", "state       active", -1); /* nothing done */
+	args = h_strf("device quarantine dev-a --reason \"%s\"", reason);
+	expect_ctl(url, 0, args, "active -> quarantined\n", 1);
+	free(args);
+	char *whole = h_strf("state       quarantined: active -> quarantined by outpostctl: %s"
+	                     " (since ",
+	                     reason);
+	expect_ctl(url, 0, "device show dev-a", whole, -1);
+	free(whole);
+	whole = h_strf(",quarantined,active -> quarantined by outpostctl: %s\n", reason);
+	expect_ctl(url, 0, "events --type quarantined --format csv", whole, 2);
+	free(whole);
+	free(url);
+}
+
 Test(outpostctl, reason_only_where_recorded_and_dash_dash_ends_options, .timeout = 60)
 {
 	char *url = small_store("ctl-dashdash");
