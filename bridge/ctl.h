@@ -23,7 +23,17 @@ struct ctl {
 	int code;              /* exit status after ctl_store() failed */
 	int raw;               /* --raw: CSV keeps a device's control characters */
 	struct ctl_globals *g;
+	/* What a command committed ("task 7 queued") and what it then prints ("its id"), so
+	 * that an output that cannot be written is not taken for nothing done (ctl_done). */
+	char done[320];
+	const char *done_what;
 };
+
+/* Record that c's command committed a change (printf-style, e.g. "task %lld queued") before
+ * printing what (static, e.g. "its id"): if the output then cannot be written, the error says
+ * "task 7 queued, but its id could not be written: ...", not merely that it failed. */
+void ctl_done(struct ctl *c, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- global options (outpostctl.c) ---- */
 

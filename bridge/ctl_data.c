@@ -351,5 +351,6 @@ int ctl_cmd_prune(struct ctl *c, int argc, char **argv)
 	         t, n.readings, n.events, n.gaps, n.tasks);
 	if ((rc = store_event_add(c->s, 0, store_now_ms(), "pruned", detail)))
 		return ctl_store_err(c, "prune: the event", rc);
+	ctl_done(c, "the counts", "pruned (%s; the 'pruned' event holds them)", detail);
 	return CTL_OK;
 }

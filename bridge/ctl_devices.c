@@ -302,6 +302,11 @@ int ctl_cmd_device(struct ctl *c, int argc, char **argv)
 	if (rc)
 		return ctl_store_err(c, id, rc);
 	struct store_device d;
+	ctl_done(c, "the output saying so", "%s %s (it was %s)", id,
+	         !strcmp(action, "quarantine") ? "quarantined"
+	         : !strcmp(action, "revoke")   ? "revoked"
+	                                       : "released",
+	         old);
 	if (store_device_get(s, id, &d) == STORE_OK)
 		printf("%s: %s -> %s\n", id, old, d.state);
 	return CTL_OK;

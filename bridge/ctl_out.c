@@ -32,6 +32,15 @@ int ctl_err(int code, const char *fmt, ...)
 	return code;
 }
 
+void ctl_done(struct ctl *c, const char *what, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->done, sizeof(c->done), fmt, ap);
+	va_end(ap);
+	c->done_what = what;
+}
+
 int ctl_store_err(struct ctl *c, const char *what, int rc)
 {
 	const char *detail = c->s ? store_errmsg(c->s) : "";

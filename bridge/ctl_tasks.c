@@ -144,8 +144,10 @@ static int add(struct ctl *c, int argc, char **argv)
 		rc = ctl_err(CTL_USAGE, "task add: arguments refused (control characters?)");
 	else if (rc)
 		rc = ctl_store_err(c, "task add", rc);
-	else
+	else {
+		ctl_done(c, "its id", "task %" PRId64 " queued", id);
 		printf("%" PRId64 "\n", id);
+	}
 out:
 	for (size_t i = 0; i < ncopies; i++)
 		free(copies[i]);
@@ -305,6 +307,7 @@ static int cancel(struct ctl *c, const char *ids)
 		               state);
 	if (rc)
 		return ctl_store_err(c, "task cancel", rc);
+	ctl_done(c, "the output saying so", "task %" PRId64 " cancelled", id);
 	printf("task %" PRId64 ": queued -> cancelled\n", id);
 	return CTL_OK;
 }

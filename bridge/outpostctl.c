@@ -1,4 +1,5 @@
 /* outpostctl.c - the operator CLI on the Outpost store: global options and command dispatch. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,8 +187,16 @@ int main(int argc, char **argv)
 		rc = CTL_OK;
 	/* A write that failed before the last flush (the buffer it emptied is lost) leaves only
 	 * the error flag: fflush alone can succeed after it. */
-	if ((fflush(stdout) != 0 || ferror(stdout)) && rc == CTL_OK)
-		rc = ctl_err(CTL_FAIL, "cannot write the output");
+	int werr = fflush(stdout) != 0 ? errno : 0;
+	if ((werr || ferror(stdout)) && rc == CTL_OK) {
+		/* still exit 1, but a change committed is said: a script that retries on the
+		 * failure must not queue the task twice */
+		if (c.done[0])
+			rc = ctl_err(CTL_FAIL, "%s, but %s could not be written%s%s", c.done,
+			             c.done_what, werr ? ": " : "", werr ? strerror(werr) : "");
+		else
+			rc = ctl_err(CTL_FAIL, "cannot write the output");
+	}
 	store_close(c.s);
 	cfg_free(opts, sizeof(opts) / sizeof(opts[0]), &g.set);
 	free(g.argv);

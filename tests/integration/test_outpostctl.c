@@ -758,6 +758,36 @@ Test(outpostctl, output_not_written_is_a_failure, .timeout = 120)
 /* A settings file outpostctl cannot use, named by --config / -c or by OUTPOST_CONFIG, is a usage
  * error that names the file and line (or says why it cannot be read), never skipped: the
  * command does not run on the store given beside it. */
+/* A change committed whose output cannot be written is still exit 1, but said to be done, so
+ * that a script that retries on the failure does not queue a task twice. */
+Test(outpostctl, a_change_committed_is_said_when_its_output_fails, .timeout = 60)
+{
+	char *url = small_store("ctl-done-full");
+	expect_ctl(url, 1, "task add --device dev-a --type ping > /dev/full",
+	           "outpostctl: task 1 queued, but its id could not be written: No space left on"
+	           " device\n",
+	           1);
+	expect_ctl(url, 0, "task list --format csv", "\n1,dev-a,ping,queued,", 2);
+	expect_ctl(url, 1, "task cancel 1 > /dev/full",
+	           "outpostctl: task 1 cancelled, but the output saying so could not be written: No"
+	           " space left on device\n",
+	           1);
+	expect_ctl(url, 1, "device quarantine dev-a --reason x > /dev/full",
+	           "outpostctl: dev-a quarantined (it was active), but the output saying so could"
+	           " not be written: No space left on device\n",
+	           1);
+	/* nothing done: nothing said to be */
+	expect_ctl(url, 1, "device quarantine dev-a > /dev/full",
+	           "outpostctl: cannot write the output\n", 1);
+	expect_ctl(url, 1, "prune --before 30d --yes > /dev/full",
+	           " 0 tasks; the 'pruned' event holds them), but the counts could not be written:"
+	           " No space left on device\n",
+	           1);
+	expect_ctl(url, 1, "prune --before 30d > /dev/full", "outpostctl: cannot write the output\n",
+	           1);
+	free(url);
+}
+
 Test(outpostctl, a_bad_config_file_is_refused, .timeout = 60)
 {
 	char *url = small_store("ctl-config");
