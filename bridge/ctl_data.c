@@ -33,8 +33,26 @@ static int parse_limit(const char *cmd, const char *s, int64_t *out)
 	return CTL_OK;
 }
 
+/* A bare number is no time (ctl_parse_time): seconds after 1970, milliseconds, or days ago?
+ * Said with what to write instead: @N for a Unix time, else also a duration. */
+static int bare_number_err(const char *cmd, const char *opt, const char *s)
+{
+	if (strlen(s) >= 9) /* 1973 on, as seconds: surely a Unix time */
+		return ctl_err(CTL_USAGE,
+		               "%s: --%s: '%s' is a bare number, which is no time: write @%s for"
+		               " that Unix time (seconds)",
+		               cmd, opt, s, s);
+	return ctl_err(CTL_USAGE,
+	               "%s: --%s: '%s' is a bare number, which is no time: write %sd for %s days"
+	               " ago, or @%s for Unix seconds",
+	               cmd, opt, s, s, s, s);
+}
+
 static int parse_time_opt(const char *cmd, const char *opt, const char *s, int64_t *out)
 {
+	size_t n = strlen(s);
+	if (n && n < 20 && strspn(s, "0123456789") == n)
+		return bare_number_err(cmd, opt, s);
 	if (ctl_parse_time(s, store_now_ms(), out))
 		return ctl_err(CTL_USAGE,
 		               "%s: --%s: '%s' is not a time (2026-11-22T22:00:00Z, 2h, @SECONDS)",
@@ -265,10 +283,9 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 
 /* Times ctl_parse_time takes but prune, as it deletes, refuses as likely mistakes: a signed
  * duration (read as that long ago, though "-5d" may have meant anything), a zero one (this
- * very moment: everything goes; "now" says so on purpose), a bare small number (seconds after
- * 1970: nothing goes, where "90" surely meant days), a duration shorter than a day (6m is 6
- * minutes, not months: nearly all history goes). 10-digit Unix times (2001 on) are fine, and so
- * is any date or "now": a time given as such is taken as meant. */
+ * very moment: everything goes; "now" says so on purpose), a duration shorter than a day
+ * (6m is 6 minutes, not months: nearly all history goes). A date, @N or "now" is taken as
+ * meant. A bare number no command takes (parse_time_opt). */
 static int prune_before_check(const char *s)
 {
 	size_t n = strlen(s), nd = strspn(s, "0123456789");
@@ -301,11 +318,6 @@ static int prune_before_check(const char *s)
 		               "prune: --before %s: a zero duration is this moment and would prune"
 		               " everything; want how long ago (e.g. 90d), or 'now' if that is meant",
 		               s);
-	if (n && nd == n && n < 10)
-		return ctl_err(CTL_USAGE,
-		               "prune: --before %s: a bare number is seconds after 1970; write %sd for"
-		               " %s days ago, or @%s if that is meant",
-		               s, s, s, s);
 	return CTL_OK;
 }
 

@@ -220,15 +220,10 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 		*ms = (int64_t)v * 1000;
 		return 0;
 	}
-	size_t n = strlen(s), nd = strspn(s, "0123456789");
-	if (nd == n) {
-		errno = 0;
-		long long v = strtoll(s, NULL, 10);
-		if (errno == ERANGE)
-			return -1;
-		*ms = n >= 13 ? (int64_t)v : (int64_t)v * 1000;
-		return 0;
-	}
+	/* a bare number is no time: seconds, ms or days? (@N says seconds; 90d days) */
+	size_t n = strlen(s);
+	if (strspn(s, "0123456789") == n)
+		return -1;
 	if (cfg_parse_duration(s[0] == '-' ? s + 1 : s, &d) == 0) {
 		*ms = now_ms - d;
 		return 0;
