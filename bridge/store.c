@@ -92,67 +92,92 @@ static int secret_param(const char *name, size_t n)
 	return 0;
 }
 
-/* The user info of url as redact reads it: [*auth, *at), with the ':' before its password in
- * *colon (NULL if it has none); *at NULL if it has no user info. */
-static void userinfo(const char *url, const char **auth, const char **at, const char **colon)
+/* Mark [from, to) of a URL hidden, with what comes after from as the password when from is a
+ * ':' (the user info's; nothing when from is NULL). */
+static void hide(char *mask, const char *url, const char *from, const char *to)
 {
-	const char *a = strstr(url, "://");
-	*auth = *at = *colon = NULL;
-	if (!a)
-		return;
-	*auth = a += 3;
-	const char *first = strchr(a, '@'), *qm = first ? strchr(first, '?') : NULL;
-	for (const char *q = first; q && *q && q != qm; q++)
-		if (*q == '@')
-			*at = q;
-	if (*at)
-		*colon = memchr(a, ':', (size_t)(*at - a));
+	if (from)
+		memset(mask + (from + 1 - url), 1, (size_t)(to - from - 1));
 }
 
-/* Copy of url with its secrets replaced by "***": the password of user:pass@host and the
- * values of the query parameters password and sslpassword (parameters are separated by '&'
- * alone; their names may be percent-encoded). The user info ends at the last '@' before the
- * first '?' that follows the first '@' (at the last '@' if no '?' follows): a password may hold
- * '/', '?', '#' or '@' unencoded, which libpq reads in ways of its own (u:se/cret@h is host u,
- * port "se"), and whichever way it is read the password is hidden; an '@' in a query after the
- * host is no user info. Whatever follows the first ':' of the user info, up to that '@', is
- * hidden. store_open takes only URLs, never "key=value" conninfo strings. NULL if out of
- * memory. */
-static char *redact(const char *url)
+/* 1 if the '@' at at is inside the value of a query parameter: a '?' comes before it, and
+ * between the last '?' or '&' before it and it there is an '='. */
+static int in_query_value(const char *auth, const char *at)
+{
+	const char *q = memchr(auth, '?', (size_t)(at - auth));
+	if (!q)
+		return 0;
+	for (const char *p = at; p > q; p--)
+		if (p[-1] == '=')
+			return 1;
+		else if (p[-1] == '&' || p[-1] == '?')
+			return 0;
+	return 0;
+}
+
+/* Which bytes of url redact hides. A URL with unencoded '/', '?', '#' or '@' in its password,
+ * or '@' in a query value, can be read more than one way, and each is hidden: the user info
+ * ending at the first '@' (libpq's reading when no '/' comes first); ending at the last '@'
+ * that is not inside a query value (a password holding '@' or '?'); and every password and
+ * sslpassword parameter after the first '?', with '?' also taken as a separator (a '?' in the
+ * password). *ambiguous: the user info as hidden holds '/', '?', '#' or '@' (libpq may read
+ * it differently, and quote a piece of it). */
+static void redact_mask(const char *url, char *mask, int *ambiguous)
+{
+	const char *a = strstr(url, "://"), *first, *last = NULL;
+	*ambiguous = 0;
+	if (!a)
+		return;
+	const char *auth = a + 3;
+	if ((first = strchr(auth, '@')) != NULL) {
+		for (const char *p = first; (p = strchr(p, '@')) != NULL; p++)
+			if (!in_query_value(auth, p))
+				last = p;
+		const char *ends[2] = {first, last};
+		for (int i = 0; i < 2; i++) {
+			const char *colon = ends[i] ? memchr(auth, ':', (size_t)(ends[i] - auth)) : NULL;
+			hide(mask, url, colon, ends[i]);
+			if (colon && strcspn(colon, "/?#@") < (size_t)(ends[i] - colon))
+				*ambiguous = 1;
+		}
+	}
+	const char *p = strchr(auth, '?');
+	while (p && *p) {
+		p++; /* past the '?' or '&' that starts a parameter */
+		size_t name = strcspn(p, "=&?");
+		if (p[name] == '=' && secret_param(p, name)) {
+			size_t value = strcspn(p + name + 1, "&");
+			memset(mask + (p + name + 1 - url), 1, value);
+		}
+		p += strcspn(p, "&?");
+	}
+}
+
+/* Copy of url with its secrets replaced by "***" (redact_mask): the password of
+ * user:pass@host and the values of the query parameters password and sslpassword (their names
+ * may be percent-encoded). *ambiguous as redact_mask's (may be NULL). store_open takes only
+ * URLs, never "key=value" conninfo strings. NULL if out of memory. */
+static char *redact(const char *url, int *ambiguous)
 {
 	size_t n = strlen(url);
-	char *out = malloc(2 * n + 8), *o = out;
-	const char *p = url, *auth, *at, *colon;
-	if (!out)
+	char *out = malloc(2 * n + 8), *mask = calloc(n + 1, 1), *o = out;
+	int amb = 0;
+	if (!out || !mask) {
+		free(out);
+		free(mask);
 		return NULL;
-	userinfo(url, &auth, &at, &colon);
-	if (colon) {
-		memcpy(o, url, (size_t)(colon + 1 - url));
-		o += colon + 1 - url;
-		memcpy(o, "***", 3);
-		o += 3;
-		p = at;
 	}
-	const char *query = strchr(p, '?');
-	size_t head = query ? (size_t)(query + 1 - p) : strlen(p);
-	memcpy(o, p, head);
-	o += head;
-	for (p += head; query && *p;) {
-		size_t seg = strcspn(p, "&"), name = strcspn(p, "=&");
-		if (name < seg && secret_param(p, name)) {
-			memcpy(o, p, name + 1);
-			o += name + 1;
-			memcpy(o, "***", 3);
-			o += 3;
-		} else {
-			memcpy(o, p, seg);
-			o += seg;
-		}
-		p += seg;
-		if (*p)
-			*o++ = *p++;
+	redact_mask(url, mask, &amb);
+	for (size_t i = 0; i < n; i++) {
+		if (!mask[i])
+			*o++ = url[i];
+		else if (!i || !mask[i - 1])
+			o = (char *)memcpy(o, "***", 3) + 3;
 	}
 	*o = '\0';
+	free(mask);
+	if (ambiguous)
+		*ambiguous = amb;
 	return out;
 }
 
@@ -181,7 +206,7 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 #ifdef STORE_WITH_PG
 		be = &store__pg;
 #else
-		char *r = redact(url);
+		char *r = redact(url, NULL);
 		snprintf(err, STORE_ERR_MAX,
 		         "%s: this program was built without PostgreSQL (WITH_POSTGRES=OFF)",
 		         r ? r : "postgresql://...");
@@ -189,14 +214,16 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 		return STORE_ENOTSUP;
 #endif
 	} else {
-		char *r = redact(url);
-		snprintf(err, STORE_ERR_MAX, "%s: %s", r ? r : "the store URL",
+		/* not shown unless it is a URL: a "host=... password=..." conninfo string is not */
+		char *r = strstr(url, "://") ? redact(url, NULL) : NULL;
+		snprintf(err, STORE_ERR_MAX, "%s: %s", r ? r : "the store setting",
 		         store_strerror(STORE_EURL));
 		free(r);
 		return STORE_EURL;
 	}
 	struct store *s = calloc(1, sizeof(*s));
-	if (!s || !(s->url = redact(url))) {
+	int ambiguous = 0;
+	if (!s || !(s->url = redact(url, &ambiguous))) {
 		free(s);
 		snprintf(err, STORE_ERR_MAX, "out of memory");
 		return STORE_ENOMEM;
@@ -204,15 +231,13 @@ int store_open(const char *url, const struct store_opts *opts, struct store **ou
 	s->be = be;
 	char why[STORE_ERR_MAX] = "";
 	int rc = be->open(target, opts, s->err, &s->conn, why);
-	const char *auth, *at, *colon;
-	userinfo(url, &auth, &at, &colon);
-	if (rc && colon && (memchr(auth, '/', (size_t)(at - auth)) ||
-	                    memchr(auth, '@', (size_t)(at - auth)))) {
+	if (rc && ambiguous) {
 		/* libpq's user info ends at the first '@', or is none if a '/' comes first: a
 		 * password holding either is read as a host and a port, and its pieces may be
 		 * quoted in libpq's message */
-		snprintf(why, sizeof(why), "%s (its message is not shown: it may quote the"
-		         " password, which holds '/' or '@': write them %%2F and %%40)",
+		snprintf(why, sizeof(why), "%s (its message is not shown: it may quote a password"
+		         " the URL holds unencoded; write '/', '?', '#' and '@' in a password, and"
+		         " '@' in a parameter, as %%2F, %%3F, %%23, %%40)",
 		         store_strerror(rc));
 	}
 	if (rc) {

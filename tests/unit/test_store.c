@@ -452,6 +452,21 @@ Test(store, urls_hide_every_password)
 	    /* no password: nothing hidden before the host */
 	    {"postgresql://u@127.0.0.1:1/db?application_name=a@b",
 	     "postgresql://u@127.0.0.1:1/db?application_name=a@b", "\x01"},
+	    /* an '@' in a query value, with a ':' before it (the port's): the parameters are
+	     * hidden all the same, and the part that could be a password too */
+	    {"postgresql://127.0.0.1:1/db?user=alice@myserver&password=SECRET&sslmode=require",
+	     "postgresql://127.0.0.1:***@myserver&password=***&sslmode=require", "SECRET"},
+	    {"postgresql://h:5432/db?options=a@b&password=SECRET2", "&password=***", "SECRET2"},
+	    {"postgresql://[::1]:1/db?user=me@corp&sslpassword=SECRET3", "&sslpassword=***",
+	     "SECRET3"},
+	    {"postgresql://127.0.0.1:1/db?password=SECRET4?x@y", "postgresql://127.0.0.1:***:",
+	     "SECRET4"},
+	    /* '@' and '?' in a password: none of it shown (libpq reads b?c@... as the host) */
+	    {"postgresql://u:a@b?c@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db", "b?c"},
+	    /* '?', '=' and '/' in a password */
+	    {"postgresql://u:a/?b=c@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db", "b=c"},
+	    /* '?' in a password before a password parameter */
+	    {"postgresql://u:x?y@127.0.0.1:1/db?password=SECRET5", "?password=***", "SECRET5"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct store *s = NULL;
@@ -469,14 +484,19 @@ Test(store, urls_hide_every_password)
 	char err[STORE_ERR_MAX] = "";
 	cr_expect_neq(store_open("postgresql://u:se/cret@127.0.0.1:1/db", NULL, &s, err), STORE_OK);
 	cr_expect(strstr(err, "postgresql://u:***@127.0.0.1:1/db: cannot reach the database (its"
-	                      " message is not shown: it may quote the password, which holds '/' or"
-	                      " '@': write them %2F and %40)"),
+	                      " message is not shown: it may quote a password the URL holds"
+	                      " unencoded; write '/', '?', '#' and '@' in a password, and '@' in a"
+	                      " parameter, as %2F, %3F, %23, %40)"),
 	          "%s", err);
 	cr_expect(!strstr(err, "\"se\""), "%s", err);
 	/* encoded, it is libpq's message again */
 	cr_expect_neq(store_open("postgresql://u:se%2Fcret@127.0.0.1:1/db", NULL, &s, err),
 	              STORE_OK);
 	cr_expect(strstr(err, "postgresql://u:***@127.0.0.1:1/db: cannot connect: "), "%s", err);
+	/* a conninfo string is no URL, and none of it is shown */
+	cr_expect_eq(store_open("host=127.0.0.1 port=1 password=SECRET6", NULL, &s, err),
+	             STORE_EURL);
+	cr_expect(!strstr(err, "SECRET6") && strstr(err, "the store setting"), "%s", err);
 }
 
 /* Insert device id (state, pubkey of 32 bytes `k` or none, state_changed_at 123). */
