@@ -75,7 +75,8 @@ static int add_cert(struct dec *d, const char *path, const char *cn, int must)
 			               e == EINVAL ? "not a regular file" : strerror(e));
 		if (must && rc == WIRE_ELIMIT)
 			return ctl_err(CTL_USAGE,
-			               "decode: --cert %s: over %d bytes, larger than a certificate",
+			               "decode: --cert %s: over %d bytes, larger than a"
+			               " certificate",
 			               path, WIRE_MAX_CERT_PEM);
 		if (must)
 			return ctl_err(CTL_FAIL, "decode: --cert %s: %s", path, wire_strerror(rc));
@@ -667,8 +668,8 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 				rc = ctl_err(CTL_FAIL, "decode: out of memory reading line %zu",
 				             lineno);
 			if (r == -3)
-				rc = ctl_err(CTL_FAIL, "decode: cannot read %s at line %zu: %s", name,
-				             lineno, strerror(errno));
+				rc = ctl_err(CTL_FAIL, "decode: cannot read %s at line %zu: %s",
+				             name, lineno, strerror(errno));
 			goto out;
 		}
 		if (r == -2) {
@@ -705,8 +706,9 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		goto out;
 	}
 	if (sr == DECODE_EBIG) {
-		rc = ctl_err(CTL_FAIL, "decode: %s is over %u MiB, more than any capture decode reads",
-		             name, DECODE_MAX_INPUT >> 20);
+		rc = ctl_err(CTL_FAIL,
+		             "decode: %s is over %u MiB, more than any capture decode reads", name,
+		             DECODE_MAX_INPUT >> 20);
 		goto out;
 	}
 	if (sr) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "ovis.h"
 #include "store_ops.h"
 #include "wire_topic.h"
 #include "wire_utf8.h"
@@ -251,6 +252,12 @@ static int reason_check(const char *action, const char *reason)
 			               " byte %zu): write it as one line of plain text",
 			               action, ch == 0xc2 ? "U+00" : "\\x", ch == 0xc2 ? next : ch,
 			               i + 1);
+		unsigned bidi = ovis_bidi(reason + i, n - i);
+		if (bidi) /* shown escaped ever after, as the controls are */
+			return ctl_err(CTL_USAGE,
+			               "device %s: --reason holds a bidirectional control"
+			               " (U+%04X at byte %zu): write it as plain text",
+			               action, bidi, i + 1);
 	}
 	return CTL_OK;
 }

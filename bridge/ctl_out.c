@@ -19,15 +19,15 @@
 
 int ctl_err(int code, const char *fmt, ...)
 {
-	/* One line, as DESIGN.md wants: a database's message (libpq's are several lines, with
-	 * tabs) is folded, and never cut in the middle of a character. */
+	/* One line, as DESIGN.md wants: a control character (a line break in a file name) is
+	 * shown escaped; the database's messages are folded before they get here
+	 * (ctl_store_err, store_open). Never cut in the middle of a character. */
 	char msg[CTL_ERR_MAX], shown[4 * CTL_ERR_MAX];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	size_t n = ovis_line(msg);
-	ovis_escape(shown, sizeof(shown), msg, n, 0);
+	ovis_escape(shown, sizeof(shown), msg, ovis_fit(msg, strlen(msg), sizeof(msg) - 1), 0);
 	fprintf(stderr, CTL_PROG ": %s\n", shown);
 	return code;
 }
@@ -43,7 +43,10 @@ void ctl_done(struct ctl *c, const char *what, const char *fmt, ...)
 
 int ctl_store_err(struct ctl *c, const char *what, int rc)
 {
-	const char *detail = c->s ? store_errmsg(c->s) : "";
+	char detail[STORE_ERR_MAX];
+	/* libpq's messages are several lines, with tabs: one line of words */
+	snprintf(detail, sizeof(detail), "%s", c->s ? store_errmsg(c->s) : "");
+	ovis_line(detail);
 	return ctl_err(CTL_FAIL, "%s: %s%s%s", what, store_strerror(rc), detail[0] ? ": " : "",
 	               detail);
 }
@@ -220,11 +223,13 @@ int ctl_parse_time(const char *s, int64_t now_ms, int64_t *ms)
 		*ms = (int64_t)v * 1000;
 		return 0;
 	}
-	/* a bare number is no time: seconds, ms or days? (@N says seconds; 90d days) */
+	/* a bare number is no time: seconds, ms or days? (@N says seconds; 90d days); nor is
+	 * one with a sign or a space, which cfg_parse_duration would take as seconds */
 	size_t n = strlen(s);
-	if (strspn(s, "0123456789") == n)
+	const char *dur = s[0] == '-' ? s + 1 : s;
+	if (strspn(dur, "0123456789") == strlen(dur))
 		return -1;
-	if (cfg_parse_duration(s[0] == '-' ? s + 1 : s, &d) == 0) {
+	if (!strpbrk(dur, " \t") && cfg_parse_duration(dur, &d) == 0) {
 		*ms = now_ms - d;
 		return 0;
 	}

@@ -135,9 +135,10 @@ static void redact_mask(const char *url, char *mask, int *ambiguous)
 				last = p;
 		const char *ends[2] = {first, last};
 		for (int i = 0; i < 2; i++) {
-			const char *colon = ends[i] ? memchr(auth, ':', (size_t)(ends[i] - auth)) : NULL;
-			hide(mask, url, colon, ends[i]);
-			if (colon && strcspn(colon, "/?#@") < (size_t)(ends[i] - colon))
+			const char *end = ends[i];
+			const char *colon = end ? memchr(auth, ':', (size_t)(end - auth)) : NULL;
+			hide(mask, url, colon, end);
+			if (colon && strcspn(colon, "/?#@") < (size_t)(end - colon))
 				*ambiguous = 1;
 		}
 	}

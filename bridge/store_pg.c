@@ -236,8 +236,8 @@ static int pg_session(struct pg_conn *pc)
 		              " 'idle_in_transaction_session_timeout'",
 		              v, sizeof(v), &null);
 	if (!rc && (null || strtoll(v, NULL, 10) <= 0 || strtoll(v, NULL, 10) > PG_IDLE_TX_MS))
-		rc =
-		    pg_command(pc, "SET idle_in_transaction_session_timeout = " STORE_STR(PG_IDLE_TX_MS));
+		rc = pg_command(pc, "SET idle_in_transaction_session_timeout = "
+		                    STORE_STR(PG_IDLE_TX_MS));
 	if (!rc)
 		rc = pg_value(pc,
 		              "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM"

@@ -41,7 +41,15 @@ size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned 
 		} else if ((c < 0x20 && !((flags & OVIS_LINE) && c == '\t')) || c == 0x7f) {
 			w = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", c);
 		} else {
+			/* a UTF-8 character is copied whole or not at all */
+			size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
 			esc[0] = (char)c;
+			while (w < want && i + w < len &&
+			       ((unsigned char)src[i + w] & 0xc0) == 0x80) {
+				esc[w] = src[i + w];
+				w++;
+			}
+			i += w - 1;
 		}
 		if (o + w >= cap)
 			break;

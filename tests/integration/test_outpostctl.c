@@ -677,6 +677,8 @@ Test(outpostctl, a_reason_is_kept_whole_or_refused, .timeout = 60)
 	expect_usage(url, "device revoke dev-a --reason \"$(printf \"\\302\\233\")\"", c1);
 	const char *bad[] = {"--reason is not valid UTF-8", NULL};
 	expect_usage(url, "device revoke dev-a --reason \"$(printf \"x\\377\")\"", bad);
+	const char *rlo[] = {"bidirectional control (U+202E at byte 2)", NULL};
+	expect_usage(url, "device revoke dev-a --reason \"$(printf \"x\\342\\200\\256y\")\"", rlo);
 	expect_ctl(url, 0, "device show dev-a", "state       active", -1); /* nothing done */
 	args = h_strf("device quarantine dev-a --reason \"%s\"", reason);
 	expect_ctl(url, 0, args, "active -> quarantined\n", 1);
@@ -1005,7 +1007,11 @@ Test(outpostctl, times_are_strict, .timeout = 60)
 	                     "2023-11-14T22:13:20-23:60",
 	                     "2023-11-14T22:13:20.",
 	                     "2023-11-14T22:13:20.Z",
-	                     "2023-11-14T22:13:20.+01:00"};
+	                     "2023-11-14T22:13:20.+01:00",
+	                     /* a number with a sign or a space is no more a time than a bare one */
+	                     "-90",
+	                     "90 ",
+	                     "6 m"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char *args = h_strf("events --since \"%s\"", bad[i]);
 		char *why = h_strf("'%s' is not a time", bad[i]);
@@ -1699,6 +1705,9 @@ Test(outpostctl, decode_says_why_it_cannot_read, .timeout = 120)
 	     2},
 	    {"decode --cert DIR/big -",
 	     "outpostctl: decode: --cert DIR/big: over 8192 bytes, larger than a certificate\n", 2},
+	    /* a line break in a name is shown as one, not made a space (no such file 'a b') */
+	    {"decode \"$(printf \"DIR/a\\nb\")\"",
+	     "outpostctl: decode: cannot open DIR/a\\x0ab\n", 1},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char *args = with_dir(cases[i].args, dir), *said = with_dir(cases[i].said, dir);

@@ -38,6 +38,12 @@ Test(ovis, output_is_cut_before_an_escape_that_does_not_fit)
 	cr_expect_str_eq(esc("ab\xc2\x9b", 4, 9, 0), "ab\\u009b");
 	cr_expect_str_eq(esc("abcdef", 6, 4, OVIS_LINE), "abc");
 	cr_expect_str_eq(esc("", 0, 1, OVIS_LINE), "");
+	/* nor is a character cut: two bytes of room take no half of a 2-byte one */
+	cr_expect_str_eq(esc("\xc3\xa9\xc3\xa9", 4, 4, 0), "\xc3\xa9");
+	cr_expect_str_eq(esc("a\xe2\x82\xac", 4, 4, 0), "a");
+	cr_expect_str_eq(esc("a\xe2\x82\xac", 4, 5, 0), "a\xe2\x82\xac");
+	/* a broken sequence is copied as far as it goes */
+	cr_expect_str_eq(esc("\xe2\x82z", 3, 8, 0), "\xe2\x82z");
 }
 
 Test(ovis, a_message_is_made_one_line)
