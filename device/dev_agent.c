@@ -400,8 +400,8 @@ static void log_spool_error(struct dev_agent *a, const char *what, int rc)
 }
 
 /* A segment the spool cannot read (a bad block) comes back at every pass of a reader until it
- * is passed over: logged with its file and errno when one is new, at most once a minute (at
- * every one with debug logging). */
+ * is mended or passed over: logged with its file and errno when one is new, at most once a
+ * minute (at every one with debug logging). */
 static void log_read_errors(struct dev_agent *a)
 {
 	struct dev_spool_read_error re;
@@ -410,8 +410,8 @@ static void log_read_errors(struct dev_agent *a)
 		return;
 	a->read_errors_logged = re.count;
 	if (re.dropped)
-		olog(OLOG_WARN, "spool: cannot read %s: %s; its unacknowledged records there are "
-		     "reported dropped and passed over (%" PRIu64 " read errors since the start)",
+		olog(OLOG_WARN, "spool: cannot read %s: %s; the unacknowledged records it cost are "
+		     "reported dropped (%" PRIu64 " read errors since the start)",
 		     re.path ? re.path : "a segment", strerror(re.err), re.count);
 	else
 		olog(OLOG_ERROR, "spool: cannot read %s: %s; retrying (%" PRIu64 " read errors "

@@ -83,7 +83,7 @@ int spool_range_covers(const struct dev_spool *s, uint64_t first, uint64_t last)
 
 /* The highest seq from `seen` on up to which everything is acknowledged, by the cumulative point
  * or by ranges: what damage met after `seen` hid is lost only above it. */
-static uint64_t acked_from(const struct dev_spool *s, uint64_t seen)
+uint64_t spool_acked_from(const struct dev_spool *s, uint64_t seen)
 {
 	if (seen < s->acked_upto)
 		seen = s->acked_upto;
@@ -444,7 +444,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	 * be read) held records up to the segment's last: they go too, at least one. */
 	if ((fd < 0 || off < g->bytes) && !dev_spool_is_acked(s, g->last_seq)) {
 		if (!count)
-			prev = acked_from(s, seen);
+			prev = spool_acked_from(s, seen);
 		last = g->last_seq;
 		count++;
 	}
@@ -887,37 +887,12 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	return rc;
 }
 
-/* Report as dropped what damage anywhere in segment g hides, beyond what was acknowledged, as
- * a walk meeting it would: the rewrite resynchronises past damage no walk has reached yet, and
- * what it hid would otherwise vanish unreported, a hole the bridge waits on for ever. */
-static int report_hidden(struct dev_spool *s, struct seg *g)
-{
-	int fd = spool_seg_fd(s, g);
-	uint64_t off = 0, at, seen = g->first_prev;
-	size_t n = 0;
-	struct hdr h;
-	if (fd < 0)
-		return DEV_SPOOL_EIO;
-	while (off < g->bytes) {
-		int r = spool_next_good(s, fd, off, g->bytes, n ? seen : 0, &at, &h);
-		if (r < 0)
-			return r;
-		if (r)
-			break;
-		if (at != off)
-			spool_report_lost(s, acked_from(s, seen), h.prev_seq);
-		seen = h.seq;
-		n++;
-		off = at + REC_OVERHEAD + h.len;
-	}
-	if (off < g->bytes) /* the segment's tail: its last records, as appended or found at open */
-		spool_report_lost(s, acked_from(s, seen), g->last_seq);
-	return DEV_SPOOL_OK;
-}
-
 /* Record h at `here` in segment i failed its tag (bit rot): report it, and what other damage in
  * the segment hides, as dropped, durably, then cut the damage out of the segment so that no
- * later read reports it again. */
+ * later read reports it again (the rewrite reports what it leaves out: damage no walk has
+ * reached yet hides records that would otherwise vanish unreported, a hole the bridge waits on
+ * for ever). A rewrite that fails keeps it on disk: read again, it is not reported again
+ * (add_pending). */
 static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
 			const struct hdr *h, uint64_t here)
 {
@@ -925,21 +900,23 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 	(void)c; /* its offset goes stale with the rewrite: the next read finds its place by seq */
 	if (!dev_spool_is_acked(s, h->seq)) /* a resend task reads acknowledged records too */
 		spool_report_lost(s, h->prev_seq, h->seq);
-	if (report_hidden(s, g) || state_write(s) || spool_seg_rewrite(s, g, g->bytes, here))
-		return; /* kept on disk: read again, it is not reported again (add_pending) */
+	if (spool_seg_rewrite(s, g, g->bytes, here, state_write)) {
+		state_write(s);
+		return;
+	}
 	if (g->count == 0 && i + 1 < s->nsegs)
 		spool_remove_seg(s, i);
 }
 
-/* A read of segment i failed with DEV_SPOOL_EIO (errno says why). Damage (a bad block:
- * spool_unreadable) is handled as rot: all the segment holds, unless acknowledged, is reported
- * as dropped, durably (records a reader returned before the error may not be acknowledged
- * yet, and a reader that started inside the segment never read those below it); the
- * cursor moves past the segment, and the segment goes (the newest stays, but the next append
- * starts a new one: records appended after the damage must not be reported with it). A state
- * write that fails keeps it on disk: read again, it is not reported again (add_pending).
- * DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO (errno kept) for an error that is not damage
- * (EMFILE...), which leaves the cursor where it was for the next call. */
+/* A read of segment i failed with DEV_SPOOL_EIO (errno says why) and cannot be mended by a
+ * rewrite. Damage (a bad block: spool_unreadable) is handled as rot: all the segment holds,
+ * unless acknowledged, is reported as dropped, durably (records a reader returned before the
+ * error may not be acknowledged yet, and a reader that started inside the segment never read
+ * those below it); the cursor moves past the segment, and the segment goes (the newest stays,
+ * but the next append starts a new one: records appended after the damage must not be reported
+ * with it). A state write that fails keeps it on disk: read again, it is not reported again
+ * (add_pending). DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO (errno kept) for an error that is not
+ * damage (EMFILE...), which leaves the cursor where it was for the next call. */
 static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_cursor *c)
 {
 	struct seg *g = &s->segs[i];
@@ -949,13 +926,44 @@ static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_curso
 		errno = e;
 		return DEV_SPOOL_EIO;
 	}
-	spool_report_lost(s, acked_from(s, g->first_prev), g->last_seq);
+	spool_report_lost(s, spool_acked_from(s, g->first_prev), g->last_seq);
 	g->sealed = 1;
 	c->next_seq = g->last_seq + 1;
 	c->seg_name = g->name;
 	c->gen = s->layout_gen;
 	c->off = g->bytes;
 	if (!state_write(s) && i + 1 < s->nsegs)
+		spool_remove_seg(s, i);
+	return DEV_SPOOL_ECORRUPT;
+}
+
+/* Bytes of segment i could not be read (a bad block: s->unread_hits moved), in the record h at
+ * `here` (NULL: where a walk resynchronised past them). Only what they hold is lost: the
+ * segment is rewritten without the records that cannot all be read, and what it leaves out,
+ * unless acknowledged, is reported as dropped, durably, before the rename (spool_seg_rewrite);
+ * the bad block is not read again. The reader finds its place by seq. When the rewrite cannot
+ * be made (a full disk, a write error), drop_unreadable: what it reported is taken back and the
+ * whole segment reported instead. DEV_SPOOL_ECORRUPT. */
+static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
+		       const struct hdr *h, uint64_t here)
+{
+	struct seg *g = &s->segs[i];
+	struct pending saved[MAX_PENDING];
+	size_t npending = s->npending;
+	uint64_t dropped_total = s->dropped_total;
+	int e = s->unread_errno;
+	memcpy(saved, s->pending, sizeof(saved));
+	if (h && !dev_spool_is_acked(s, h->seq))
+		spool_report_lost(s, h->prev_seq, h->seq);
+	if (spool_seg_rewrite(s, g, g->bytes, h ? here : UINT64_MAX, state_write)) {
+		memcpy(s->pending, saved, sizeof(saved));
+		s->npending = npending;
+		s->dropped_total = dropped_total;
+		errno = e;
+		return drop_unreadable(s, i, c);
+	}
+	spool_note_read_error(s, g, e, 1);
+	if (g->count == 0 && i + 1 < s->nsegs)
 		spool_remove_seg(s, i);
 	return DEV_SPOOL_ECORRUPT;
 }
@@ -982,17 +990,20 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
+			uint64_t hits = s->unread_hits;
 			int r = spool_next_good(s, fd, off, g->bytes, 0, &here, &h);
 			if (r == DEV_SPOOL_EIO)
 				return drop_unreadable(s, i, c);
 			if (r < 0)
 				return r;
+			if (s->unread_hits != hits) /* past bytes that cannot be read */
+				return drop_damage(s, i, c, NULL, UINT64_MAX);
 			if (r) { /* damage since the open hid the segment's tail: lost */
-				spool_report_lost(s, acked_from(s, seen), g->last_seq);
+				spool_report_lost(s, spool_acked_from(s, seen), g->last_seq);
 				break;
 			}
 			if (here != off) /* damage since the open: what it hid is lost */
-				spool_report_lost(s, acked_from(s, seen), h.prev_seq);
+				spool_report_lost(s, spool_acked_from(s, seen), h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;
 			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)))
@@ -1007,6 +1018,8 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				drop_rotten(s, i, c, &h, here);
 				return DEV_SPOOL_ECORRUPT;
 			}
+			if (r == DEV_SPOOL_EIO && spool_unreadable(errno))
+				return drop_damage(s, i, c, &h, here);
 			if (r == DEV_SPOOL_EIO) {
 				int e = errno;
 				*c = start; /* left for a retry unless it is damage */

@@ -155,12 +155,16 @@ struct dev_spool_stats {
 /* Reads the record headers of unacknowledged segments: call it per connect, not per sample. */
 void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
 
-/* Segment files that could not be read, at the open or since. A read error that is damage
- * (EIO from a bad block, EISDIR, EBADMSG, EUCLEAN) is handled as bit rot: what the segment's
- * unreadable part held, unless acknowledged, is reported as dropped and passed over (at the
- * open the segment is cut before it or removed; a reader gets DEV_SPOOL_ECORRUPT and the
- * cursor moves past the segment, which goes, or takes no more appends if it is the newest).
- * Other errors (EMFILE, ENOMEM...) are left for a retry (DEV_SPOOL_EIO). */
+/* Segment files that could not be read, at the open or since. A read that fails is tried once
+ * more (a transient error costs nothing). A read error that is damage (EIO from a bad block,
+ * EISDIR, EBADMSG, EUCLEAN) is handled as bit rot: the bytes that cannot be read are passed
+ * over (sector by sector), the records they overlap, unless acknowledged, are reported as
+ * dropped, and the segment is rewritten without them (a reader gets DEV_SPOOL_ECORRUPT and goes
+ * on by seq). At the open, unreadable bytes up to a segment's end cut it there (a segment that
+ * cannot be opened is removed). Should the rewrite fail (a full disk), all of the segment that
+ * is not acknowledged is reported and the cursor moves past it, which goes, or takes no more
+ * appends if it is the newest. Other errors (EMFILE, ENOMEM...) are left for a retry
+ * (DEV_SPOOL_EIO). */
 struct dev_spool_read_error {
 	uint64_t count;	  /* read errors so far */
 	const char *path; /* the segment file of the last one, NULL if none (valid until the next

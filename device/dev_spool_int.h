@@ -88,6 +88,11 @@ struct dev_spool {
 	uint64_t rerr_count;
 	char *rerr_path;
 	int rerr_errno, rerr_dropped;
+	/* reads that failed for damage (twice) and were passed over as such (record reads,
+	 * spool_next_good, rewrites), and the last one's errno: a walk that sees it move met a
+	 * bad block */
+	uint64_t unread_hits;
+	int unread_errno;
 };
 
 
@@ -157,7 +162,9 @@ int spool_new_segment(struct dev_spool *s, uint64_t first);
 /* Forget segment i and delete its file (s->segs moves: pointers into it go stale). */
 void spool_remove_seg(struct dev_spool *s, size_t i);
 
-/* The record at off: 0 ok (env malloc'd if env != NULL), 1 end/torn, <0 error. */
+/* The record at off: 0 ok (env malloc'd if env != NULL), 1 end/torn, <0 error (DEV_SPOOL_EIO
+ * with errno: for damage when spool_unreadable says so). A read failing for damage is tried
+ * once more first. */
 int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end, struct hdr *h,
 		   uint8_t **env);
 /* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
@@ -165,8 +172,11 @@ int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end,
 int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,
 		    uint64_t *at, struct hdr *h);
 /* Rewrite segment g with its intact records in [0, end), less the one at `skip` (UINT64_MAX:
- * none). Its name stays; s->layout_gen moves on. */
-int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip);
+ * none). Its name stays; s->layout_gen moves on. With report, a record that cannot all be read
+ * (damage) is left out too, and all it leaves out is reported as dropped and put on disk by
+ * report(s) before the rename; without, such a record fails the rewrite. */
+int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip,
+		      int (*report)(struct dev_spool *s));
 
 /* ---------- recovery (dev_spool_recover.c) ---------- */
 
@@ -180,6 +190,8 @@ void spool_repair_segments(struct dev_spool *s);
 
 /* 1 if every record in [first, last] is acknowledged. */
 int spool_range_covers(const struct dev_spool *s, uint64_t first, uint64_t last);
+/* The highest seq from `seen` on up to which everything is acknowledged. */
+uint64_t spool_acked_from(const struct dev_spool *s, uint64_t seen);
 /* Records between prev and last (a chain link) were destroyed: report them as dropped, once. */
 void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last);
 

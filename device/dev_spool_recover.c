@@ -62,10 +62,12 @@ static int unreadable(struct dev_spool *s, const struct seg *g)
  * record, a bad header, or a last record whose body fails its tag): that tail is cut, silently,
  * as it was never durable (unless the state file says that record was: then it is rot). Anywhere
  * else damage is bit rot: the intact records around it are kept and the lost stretch is reported
- * as dropped. A read error that is damage (EIO from a bad block: spool_unreadable) is rot too,
- * in any segment: what lies from it to the segment's end is lost (a segment that cannot be
- * opened holds nothing intact: it is removed); in the newest, up to the last seq the state
- * reserved (nothing above it was appended, and the chain must resume above all that was).
+ * as dropped. Bytes that cannot be read (EIO from a bad block: spool_unreadable) are rot too,
+ * in any segment: spool_next_good resynchronises past them (what they hid is reported, the
+ * records after them kept); unreadable up to the segment's end, what lies from them to the end
+ * is lost (a segment that cannot be opened holds nothing intact: it is removed); in the newest,
+ * up to the last seq the state reserved (nothing above it was appended, and the chain must
+ * resume above all that was).
  * Mending the file waits for repair_segments, after the state that reports the loss is on
  * disk: a power cut in between must not lose the report. */
 static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
@@ -91,6 +93,7 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 	while (off < end) {
 		struct hdr h;
 		uint64_t at;
+		uint64_t hits = s->unread_hits;
 		int r = spool_next_good(s, fd, off, end, g->count ? g->last_seq : 0, &at, &h);
 		if (r == DEV_SPOOL_EIO && unreadable(s, g)) {
 			bad = 1;
@@ -98,8 +101,12 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 		}
 		if (r < 0)
 			return r;
-		if (r)
+		if (s->unread_hits != hits) /* past bytes that cannot be read: damage, noted */
+			spool_note_read_error(s, g, s->unread_errno, 1);
+		if (r) {
+			bad |= s->unread_hits != hits; /* the tail cannot be read: not torn */
 			break;
+		}
 		if (at != off) {
 			damaged = 1;
 			scan_lost(s, sc, i);
@@ -185,7 +192,7 @@ void spool_repair_segments(struct dev_spool *s)
 			continue;
 		}
 		if (how == REPAIR_REWRITE)
-			spool_seg_rewrite(s, g, g->repair_to, UINT64_MAX);
+			spool_seg_rewrite(s, g, g->repair_to, UINT64_MAX, NULL);
 		else if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
 			fdatasync(fd);
 		i++;

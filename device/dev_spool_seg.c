@@ -32,17 +32,59 @@ int spool_write_all(int fd, const uint8_t *p, size_t n)
 	return ofile_write_all(fd, p, n) ? spool_io_err() : DEV_SPOOL_OK;
 }
 
+/* n bytes at off: 0, 1 short (end of file), DEV_SPOOL_EIO (errno). A read that fails for damage
+ * (spool_unreadable) is tried once more: a transient error costs nothing. */
 static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
 {
+	int retried = 0;
 	while (n) {
 		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
+		if (r < 0 && (errno == EINTR || (!retried++ && spool_unreadable(errno))))
 			continue;
 		if (r <= 0)
 			return r == 0 ? 1 : DEV_SPOOL_EIO; /* 1: short (end of file) */
 		p += r;
 		n -= (size_t)r;
 		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* read_at, but a read that fails for damage is noted (s->unread_hits, s->unread_errno) and
+ * returned as 2, so that the caller treats the bytes as damage. */
+static int read_damage(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64_t off)
+{
+	int r = read_at(fd, p, n, off);
+	if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
+		s->unread_hits++;
+		s->unread_errno = errno;
+		return 2;
+	}
+	return r;
+}
+
+/* The window [o, o + n) into buf, sector by sector when it cannot be read whole: the bytes of a
+ * sector that cannot be read (damage) are marked in bad[] (*any set). 0, 1 short, <0 error. */
+static int read_window(struct dev_spool *s, int fd, uint8_t *buf, uint8_t *bad, size_t n,
+		       uint64_t o, int *any)
+{
+	enum { SECTOR = 512 };
+	int r = read_damage(s, fd, buf, n, o);
+	*any = 0;
+	if (r != 2)
+		return r;
+	*any = 1;
+	memset(bad, 0, n);
+	for (size_t i = 0; i < n;) {
+		size_t k = SECTOR - (size_t)((o + i) % SECTOR);
+		if (k > n - i)
+			k = n - i;
+		r = read_damage(s, fd, buf + i, k, o + i);
+		if (r == 2)
+			memset(bad + i, 1, k);
+		else if (r)
+			return r;
+		i += k;
 	}
 	return 0;
 }
@@ -206,7 +248,9 @@ int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end,
 	uint8_t hb[HDR_LEN];
 	if (off + HDR_LEN > file_end)
 		return 1;
-	int r = read_at(fd, hb, HDR_LEN, off);
+	int r = read_damage(s, fd, hb, HDR_LEN, off);
+	if (r == 2)
+		r = DEV_SPOOL_EIO; /* errno says damage */
 	if (r)
 		return r > 0 ? 1 : r;
 	if (hdr_decode(hb, h) || off + REC_OVERHEAD + h->len > file_end)
@@ -220,14 +264,18 @@ int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end,
 		free(plain);
 		return DEV_SPOOL_ENOMEM;
 	}
-	r = read_at(fd, body, NONCE_LEN + (size_t)h->len + TAG_LEN, off + HDR_LEN);
+	r = read_damage(s, fd, body, NONCE_LEN + (size_t)h->len + TAG_LEN, off + HDR_LEN);
 	if (!r)
 		r = decrypt(s, hb, body, h->len, plain);
+	else if (r == 2)
+		r = DEV_SPOOL_EIO; /* errno says damage */
 	else if (r > 0)
 		r = 1;
+	int e = errno;
 	free(body);
 	if (r) {
 		free(plain);
+		errno = e;
 		return r;
 	}
 	*env = plain;
@@ -236,31 +284,34 @@ int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end,
 
 /* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
  * 1 none before end, <0 error. Past damage it resynchronises byte by byte: a header needs the
- * magic, a matching CRC and a body that fits, so damage is not taken for a record. */
+ * magic, a matching CRC and a body that fits, so damage is not taken for a record. Bytes that
+ * cannot be read (a bad block) are damage: around them it reads sector by sector, and no header
+ * is taken from them (s->unread_hits counts them). */
 int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,
 		     uint64_t *at, struct hdr *h)
 {
 	enum { WIN = 64 * 1024 };
 	int r = spool_read_rec(s, fd, off, end, h, NULL);
+	if (r == DEV_SPOOL_EIO && spool_unreadable(errno))
+		r = 1; /* damage: resync past it */
 	if (r <= 0) {
 		if (r == 0 && h->seq > after)
 			*at = off;
 		if (r < 0 || h->seq > after)
 			return r;
 	}
-	uint8_t *buf = malloc(WIN);
-	if (!buf)
-		return DEV_SPOOL_ENOMEM;
-	int rc = 1;
+	uint8_t *buf = malloc(WIN), *bad = malloc(WIN);
+	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any;
 	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
 		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
-		r = read_at(fd, buf, n, o);
+		r = read_window(s, fd, buf, bad, n, o, &any);
 		if (r) {
 			rc = r < 0 ? r : 1;
 			break;
 		}
 		for (size_t i = 0; i + HDR_LEN <= n; i++) {
-			if (get32(buf + i) == REC_MAGIC && !hdr_decode(buf + i, h) && h->seq > after &&
+			if (get32(buf + i) == REC_MAGIC && !(any && memchr(bad + i, 1, HDR_LEN)) &&
+			    !hdr_decode(buf + i, h) && h->seq > after &&
 			    o + i + REC_OVERHEAD + h->len <= end) {
 				*at = o + i;
 				rc = 0;
@@ -269,19 +320,26 @@ int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uin
 		}
 		o += n - HDR_LEN + 1;
 	}
+	free(bad);
 	free(buf);
 	return rc;
 }
 
 /* Rewrite segment g with its intact records in [0, end), less the one at `skip` (UINT64_MAX:
- * none), through a temporary file renamed over it. Its name stays; cursors' offsets go stale. */
-int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip)
+ * none), through a temporary file renamed over it. Its name stays; cursors' offsets go stale.
+ * A record that cannot all be read (damage) is passed over only with `report`: what the rewrite
+ * passes over, unless acknowledged, is then reported as dropped as it goes (exactly what it
+ * leaves out: hidden stretches, unreadable records, the tail up to g's last seq), and report(s)
+ * puts that on disk before the rename (its failure fails the rewrite). Without it such a record
+ * fails the rewrite (DEV_SPOOL_EIO): nothing is left out unreported. */
+int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip,
+		      int (*report)(struct dev_spool *s))
 {
 	char *path = seg_path(s, g->name), *tmp = NULL;
 	uint8_t *rec = malloc(REC_OVERHEAD + MAX_REC_PAYLOAD);
 	int fd = spool_seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
 	struct seg n = {.name = g->name, .fd = -1};
-	uint64_t off = 0, at;
+	uint64_t off = 0, at, seen = g->first_prev, found = 0;
 	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
 		goto done;
 	out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -292,16 +350,28 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 	rc = DEV_SPOOL_OK;
 	while (off < end) {
 		struct hdr h;
-		rc = spool_next_good(s, fd, off, end, n.count ? n.last_seq : 0, &at, &h);
+		rc = spool_next_good(s, fd, off, end, found ? seen : 0, &at, &h);
 		if (rc) {
 			rc = rc < 0 ? rc : DEV_SPOOL_OK;
 			break;
 		}
+		if (report && at != off)
+			spool_report_lost(s, spool_acked_from(s, seen), h.prev_seq);
 		size_t len = REC_OVERHEAD + h.len;
 		off = at + len;
+		seen = h.seq;
+		found++;
 		if (at == skip)
 			continue;
-		rc = read_at(fd, rec, len, at);
+		rc = read_damage(s, fd, rec, len, at);
+		if (rc == 2 && report) { /* damage: it goes, reported */
+			if (!dev_spool_is_acked(s, h.seq))
+				spool_report_lost(s, h.prev_seq, h.seq);
+			rc = DEV_SPOOL_OK;
+			continue;
+		}
+		if (rc == 2)
+			errno = s->unread_errno;
 		if (rc > 0)
 			rc = DEV_SPOOL_EIO;
 		if (!rc)
@@ -316,13 +386,18 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 		n.t_last = h.t_ms;
 		n.bytes += len;
 	}
+	if (!rc && report && off < end) /* the segment's tail: its last records */
+		spool_report_lost(s, spool_acked_from(s, seen), g->last_seq);
+	if (!rc && report)
+		rc = report(s);
 	if (rc)
 		goto done;
 	if (fdatasync(out) != 0 || rename(tmp, path) != 0) {
 		rc = spool_io_err();
 		goto done;
 	}
-	rc = spool_fsync_dir(s->dir);
+	spool_fsync_dir(s->dir); /* renamed: the new layout is the segment's from now on */
+	rc = DEV_SPOOL_OK;
 	close(g->fd);
 	n.fd = out;
 	out = -1;

@@ -2245,25 +2245,51 @@ Test(dev_spool, an_unreadable_segment_at_run_time_is_passed_over_and_reported)
 	free(dir);
 }
 
-/* pread of the file eio_path at or beyond offset eio_from fails with EIO, as on a bad block of
- * an SD card (the spool's preads are wrapped at link time: tests/CMakeLists.txt). */
-static const char *eio_path;
-static off_t eio_from;
+/* A pread of the file armed by eio_arm (the inode it had then: a rewrite's new file is
+ * readable) that overlaps bytes [eio_from, eio_to) fails with EIO, as on a bad block of an SD
+ * card, eio_fails times (-1: always); eio_hits counts the preads that overlapped the range (the
+ * spool's preads are wrapped at link time: tests/CMakeLists.txt). */
+static int eio_armed;
+static dev_t eio_dev;
+static ino_t eio_ino;
+static off_t eio_from, eio_to;
+static int eio_fails;
+static unsigned eio_hits;
 ssize_t __real_pread(int fd, void *buf, size_t n, off_t off);
 ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off);
 ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off)
 {
-	char link[64], path[600];
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	ssize_t k = eio_path ? readlink(link, path, sizeof(path) - 1) : -1;
-	if (k > 0) {
-		path[k] = '\0';
-		if (!strcmp(path, eio_path) && off + (off_t)n > eio_from) {
+	struct stat st;
+	if (eio_armed && !fstat(fd, &st) && st.st_dev == eio_dev && st.st_ino == eio_ino &&
+	    off + (off_t)n > eio_from && off < eio_to) {
+		eio_hits++;
+		if (eio_fails) {
+			if (eio_fails > 0)
+				eio_fails--;
 			errno = EIO;
 			return -1;
 		}
 	}
 	return __real_pread(fd, buf, n, off);
+}
+
+/* Bytes [from, to) of the file at path fail `fails` times (-1: always; to 0: up to its end). */
+static void eio_arm(const char *path, off_t from, off_t to, int fails)
+{
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0, "%s", path);
+	eio_dev = st.st_dev;
+	eio_ino = st.st_ino;
+	eio_from = from;
+	eio_to = to ? to : INT64_MAX;
+	eio_fails = fails;
+	eio_hits = 0;
+	eio_armed = 1;
+}
+
+static void eio_disarm(void)
+{
+	eio_armed = 0;
 }
 
 static void expect_eio_named(const struct dev_spool *s, const char *path)
@@ -2281,10 +2307,9 @@ Test(dev_spool, a_read_error_at_the_open_keeps_what_precedes_it)
 	char names[64][600];
 	struct wire_dropped d[4];
 	new_three(&dir, &o, seqs, names);
-	eio_path = names[1];
-	eio_from = 2 * REC_BYTES(300);
+	eio_arm(names[1], 2 * REC_BYTES(300), 0, -1);
 	struct dev_spool *s = open_spool(&o);
-	eio_path = NULL;
+	eio_disarm();
 	expect_eio_named(s, names[1]);
 	cr_assert_eq(read_all(s, 1, got, 16), 12);
 	cr_expect_eq(got[6], seqs[6]);
@@ -2307,15 +2332,14 @@ Test(dev_spool, a_read_error_in_the_newest_at_the_open_seals_it)
 	uint64_t seqs[15], got[20];
 	char names[64][600];
 	new_three(&dir, &o, seqs, names);
-	eio_path = names[2];
-	eio_from = 2 * REC_BYTES(300);
+	eio_arm(names[2], 2 * REC_BYTES(300), 0, -1);
 	struct dev_spool *s = open_spool(&o);
 	expect_eio_named(s, names[2]);
 	uint64_t seq = put(s, 300, wall_ms());
 	char *last = last_segment(dir);
 	cr_assert_not_null(last);
 	cr_expect_str_neq(last, names[2], "appended beside the bad block");
-	eio_path = NULL;
+	eio_disarm();
 	cr_assert_eq(read_all(s, 1, got, 20), 13); /* 10, the 2 before the error, the new one */
 	cr_expect_eq(got[11], seqs[11]);
 	cr_expect_eq(got[12], seq);
@@ -2324,11 +2348,10 @@ Test(dev_spool, a_read_error_in_the_newest_at_the_open_seals_it)
 	free(dir);
 }
 
-/* A bad block met while the spool is open, in an older segment and in the newest: each is
- * passed over once, all of its segment that is not acknowledged reported dropped (the records
- * read before the error too: not acknowledged, and the segment goes), and what follows is
- * delivered (records appended after the damage to the newest go to a new segment, and are
- * read). */
+/* A bad block met while the spool is open, in an older segment and in the newest, up to their
+ * ends: the records before it are delivered and kept, what it holds is reported dropped, once,
+ * and what follows is delivered (the newest is rewritten without the bad block: records
+ * appended after the damage are read). */
 Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 {
 	char *dir;
@@ -2337,36 +2360,36 @@ Test(dev_spool, a_read_error_at_run_time_does_not_stall_the_reader)
 	char names[64][600];
 	struct wire_dropped d[4];
 	struct dev_spool *s = fresh_three(&dir, &o, seqs, names);
-	eio_path = names[1];
-	eio_from = 2 * REC_BYTES(300);
+	eio_arm(names[1], 2 * REC_BYTES(300), 0, -1);
 	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
 	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 12);
+	cr_expect_eq(got[6], seqs[6]);
 	cr_expect_eq(got[7], seqs[10]);
 	expect_eio_named(s, names[1]);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[4]);
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
 	cr_expect_eq(d[0].last_seq, seqs[9]);
+	cr_expect_eq(d[0].count, 1); /* hidden: how many is unknowable */
 
-	eio_path = names[2];
-	eio_from = 0;
+	eio_arm(names[2], 0, 0, -1);
 	c = DEV_SPOOL_CURSOR_AT(seqs[10]);
 	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
 	expect_eio_named(s, names[2]);
 	cr_assert_eq(dev_spool_dropped(s, d, 4), 1); /* the range before grows */
-	cr_expect_eq(d[0].prev_seq, seqs[4]);
+	cr_expect_eq(d[0].prev_seq, seqs[6]);
 	cr_expect_eq(d[0].last_seq, seqs[14]);
 	uint64_t seq = put(s, 300, wall_ms());
 	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
 	cr_expect_eq(got[0], seq);
-	eio_path = NULL;
+	eio_disarm();
 	dev_spool_close(s);
 	free(dir);
 }
 
 /* A cursor that starts inside a segment which cannot be read reports all of the segment that
  * is not acknowledged, below the cursor too (that reader never read it, and no other will);
- * and records appended after a read error in the newest segment, which has room left, go to a
- * new segment, readable. */
+ * and records appended after a read error in the newest segment, which has room left, are
+ * readable (the segment was rewritten without the bad block). */
 Test(dev_spool, a_read_error_is_reported_for_the_whole_segment_and_the_newest_takes_no_more_appends)
 {
 	char *dir = h_tmpdir("spool");
@@ -2377,8 +2400,7 @@ Test(dev_spool, a_read_error_is_reported_for_the_whole_segment_and_the_newest_ta
 	for (int i = 0; i < 6; i++)
 		seqs[i] = put(s, 300, wall_ms());
 	char *seg = last_segment(dir);
-	eio_path = seg;
-	eio_from = 0;
+	eio_arm(seg, 0, 0, -1);
 	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seqs[3]);
 	cr_assert_eq(read_on(s, &c, 1, 1, got, 16), 0);
 	expect_eio_named(s, seg);
@@ -2388,7 +2410,206 @@ Test(dev_spool, a_read_error_is_reported_for_the_whole_segment_and_the_newest_ta
 	uint64_t seq = put(s, 300, wall_ms());
 	cr_assert_eq(read_on(s, &c, 1, 0, got, 16), 1);
 	cr_expect_eq(got[0], seq);
-	eio_path = NULL;
+	eio_disarm();
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
+/* A segment of 40 records with a bad 4 KiB block in its middle, [4096, 8192) */
+#define BAD_FROM 4096
+#define BAD_TO 8192
+static char *forty(struct dev_spool_opts *o, uint64_t seqs[40])
+{
+	char *dir = h_tmpdir("spool");
+	*o = opts(dir);
+	struct dev_spool *s = open_spool(o);
+	for (int i = 0; i < 40; i++)
+		seqs[i] = put(s, 300, wall_ms());
+	dev_spool_close(s);
+	return dir;
+}
+
+/* the records of index in [10, 21] overlap the block: REC_BYTES(300) is 376 */
+static void expect_forty_less_the_block(const uint64_t *got, size_t n, const uint64_t seqs[40])
+{
+	cr_assert_eq(n, 28);
+	for (size_t i = 0; i < 10; i++)
+		cr_expect_eq(got[i], seqs[i]);
+	for (size_t i = 10; i < 28; i++)
+		cr_expect_eq(got[i], seqs[i + 12]);
+}
+
+/* A bad block met at run time costs only the records it overlaps: those before and after it
+ * are delivered, the lost ones reported dropped once (the one whose body it holds, and the
+ * stretch whose headers it hides, count 1 each: one link), and the segment is rewritten
+ * without it, so it is read a bounded number of times, and never again after that. */
+Test(dev_spool, a_bad_block_at_run_time_costs_only_the_records_it_overlaps)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	struct dev_spool_stats st;
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	struct dev_spool *s = open_spool(&o);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	expect_forty_less_the_block(got, read_on(s, &c, 1, 1, got, 48), seqs);
+	expect_eio_named(s, seg);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[9]);
+	cr_expect_eq(d[0].last_seq, seqs[21]);
+	cr_expect_eq(d[0].count, 2);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	unsigned hits = eio_hits;
+	cr_expect_gt(hits, 0);
+	cr_expect_leq(hits, 40, "the bad block was read %u times", hits);
+	char *now = last_segment(dir);
+	cr_expect_str_eq(now, seg, "the segment keeps its name");
+	/* read again, and after a restart: the same records, nothing reported again */
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
+	eio_disarm();
+	dev_spool_close(s);
+	free(now);
+	free(seg);
+	free(dir);
+}
+
+/* A read error that does not last (it fails once) costs nothing, at run time or at the open. */
+Test(dev_spool, a_transient_read_error_loses_nothing)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	struct dev_spool_read_error re;
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	struct dev_spool *s = open_spool(&o);
+	eio_arm(seg, BAD_FROM, BAD_TO, 1);
+	cr_expect_eq(read_all(s, 1, got, 48), 40);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 0);
+	dev_spool_read_error(s, &re);
+	cr_expect_eq(re.count, 0);
+	dev_spool_close(s);
+	eio_arm(seg, BAD_FROM, BAD_TO, 1); /* at the open: its scan reads a header in the block */
+	s = open_spool(&o);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	cr_expect_eq(read_all(s, 1, got, 48), 40);
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 0);
+	eio_disarm();
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
+/* A bad block met at the open: the records it hides are reported dropped then, the one whose
+ * body it holds when it is read (the open reads headers only), and what follows is kept and
+ * delivered; once the segment is rewritten without it, it is not read again. */
+Test(dev_spool, a_bad_block_at_the_open_costs_only_the_records_it_overlaps)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	struct dev_spool_stats st;
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct dev_spool *s = open_spool(&o);
+	expect_eio_named(s, seg);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[10]);
+	cr_expect_eq(d[0].last_seq, seqs[21]);
+	cr_expect_eq(d[0].count, 1);
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 2);
+	cr_expect_eq(d[1].prev_seq, seqs[9]);
+	cr_expect_eq(d[1].last_seq, seqs[10]);
+	cr_expect_eq(d[1].count, 1);
+	unsigned hits = eio_hits;
+	cr_expect_leq(hits, 60, "the bad block was read %u times", hits);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	cr_expect_eq(dev_spool_dropped(s, d, 4), 2);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 2);
+	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
+	eio_disarm();
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
+/* A rewrite that cannot be made (here its temporary file: a directory in its place) falls back
+ * to passing over the whole segment, all of it that is not acknowledged reported dropped (what
+ * the failed rewrite had reported is taken back, not reported twice), and the next append goes
+ * to a new segment. */
+Test(dev_spool, a_bad_block_whose_rewrite_fails_drops_the_segment)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	struct dev_spool_stats st;
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	char *tmp = h_strf("%s.tmp", seg);
+	struct dev_spool *s = open_spool(&o);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	cr_expect_eq(read_on(s, &c, 1, 1, got, 48), 10);
+	expect_eio_named(s, seg);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_lt(d[0].prev_seq, seqs[0]);
+	cr_expect_eq(d[0].last_seq, seqs[39]);
+	cr_expect_eq(d[0].count, 1);
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, 1);
+	uint64_t seq = put(s, 300, wall_ms());
+	char *last = last_segment(dir);
+	cr_expect_str_neq(last, seg, "appended beside the bad block");
+	cr_assert_eq(read_on(s, &c, 1, 0, got, 48), 1);
+	cr_expect_eq(got[0], seq);
+	eio_disarm();
+	dev_spool_close(s);
+	rmdir(tmp);
+	free(last);
+	free(tmp);
+	free(seg);
+	free(dir);
+}
+
+/* A reader that starts past the record whose body the bad block holds (a resend's, or after a
+ * restart) meets the block where it hides headers: the rewrite finds that record cannot be
+ * read and reports it too, not only the stretch it hides. */
+Test(dev_spool, a_bad_block_before_a_readers_start_is_reported_whole)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	struct dev_spool *s = open_spool(&o);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seqs[15]);
+	cr_assert_eq(read_on(s, &c, 1, 1, got, 48), 18);
+	cr_expect_eq(got[0], seqs[22]);
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[9]);
+	cr_expect_eq(d[0].last_seq, seqs[21]);
+	cr_expect_eq(d[0].count, 2);
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	eio_disarm();
 	dev_spool_close(s);
 	free(seg);
 	free(dir);
