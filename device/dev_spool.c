@@ -908,15 +908,16 @@ static void drop_rotten(struct dev_spool *s, size_t i, struct dev_spool_cursor *
 		spool_remove_seg(s, i);
 }
 
-/* A read of segment i failed with DEV_SPOOL_EIO (errno says why) and cannot be mended by a
- * rewrite. Damage (a bad block: spool_unreadable) is handled as rot: all the segment holds,
- * unless acknowledged, is reported as dropped, durably (records a reader returned before the
- * error may not be acknowledged yet, and a reader that started inside the segment never read
- * those below it); the cursor moves past the segment, and the segment goes (the newest stays,
- * but the next append starts a new one: records appended after the damage must not be reported
- * with it). A state write that fails keeps it on disk: read again, it is not reported again
- * (add_pending). DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO (errno kept) for an error that is not
- * damage (EMFILE...), which leaves the cursor where it was for the next call. */
+/* A read of segment i failed with DEV_SPOOL_EIO (errno says why) outside a record or window
+ * (the segment cannot be opened, an error that is not damage). Damage (a bad block:
+ * spool_unreadable) is handled as rot: all the segment holds, unless acknowledged, is reported as
+ * dropped, durably (records a reader returned before the error may not be acknowledged yet, and a
+ * reader that started inside the segment never read those below it); the cursor moves past the
+ * segment, and the segment goes (the newest stays, but the next append starts a new one: records
+ * appended after the damage must not be reported with it). A state write that fails keeps it on
+ * disk: read again, it is not reported again (add_pending). DEV_SPOOL_ECORRUPT then; DEV_SPOOL_EIO
+ * (errno kept) for an error that is not damage (EMFILE...), which leaves the cursor where it was
+ * for the next call. */
 static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_cursor *c)
 {
 	struct seg *g = &s->segs[i];
@@ -937,15 +938,30 @@ static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_curso
 	return DEV_SPOOL_ECORRUPT;
 }
 
+/* 1 for a rewrite's failure that may pass by itself (out of descriptors or memory, a
+ * read-only remount): the read is tried again later, where a failure that will not pass (a
+ * full disk, a write error, a directory in the way) must not stop the reader at the damage. */
+static int passing(int rc, int e)
+{
+	return rc == DEV_SPOOL_ENOMEM || e == EMFILE || e == ENFILE || e == ENOMEM || e == EROFS ||
+	       e == EAGAIN || e == ENOBUFS || e == EINTR;
+}
+
+enum { DAMAGE_KEPT = 2 };
+
 /* Bytes of segment i could not be read (a bad block: s->unread_hits moved), in the record h at
  * `here` (NULL: where a walk resynchronised past them). Only what they hold is lost: the
  * segment is rewritten without the records that cannot all be read, and what it leaves out,
  * unless acknowledged, is reported as dropped, durably, before the rename (spool_seg_rewrite);
- * the bad block is not read again. The reader finds its place by seq. When the rewrite cannot
- * be made (a full disk, a write error), drop_unreadable: what it reported is taken back and the
- * whole segment reported instead. DEV_SPOOL_ECORRUPT. */
+ * the bad block is not read again. The reader finds its place by seq: DEV_SPOOL_ECORRUPT.
+ * A rewrite that fails takes back what it reported. For a failure that may pass (EMFILE,
+ * ENOMEM...: passing) the cursor goes back to `start` and the error is returned
+ * (DEV_SPOOL_EIO with errno, DEV_SPOOL_ENOMEM): nothing is lost, the read is tried again.
+ * For one that will not (a full disk, a write error) DAMAGE_KEPT: the reader passes over the
+ * damage where it is, reporting what it hides as it goes, as over rot met since the open, and
+ * the bad block stays (read again, it is not reported again: add_pending). */
 static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c,
-		       const struct hdr *h, uint64_t here)
+		       const struct dev_spool_cursor *start, const struct hdr *h, uint64_t here)
 {
 	struct seg *g = &s->segs[i];
 	struct pending saved[MAX_PENDING];
@@ -955,17 +971,25 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 	memcpy(saved, s->pending, sizeof(saved));
 	if (h && !dev_spool_is_acked(s, h->seq))
 		spool_report_lost(s, h->prev_seq, h->seq);
-	if (spool_seg_rewrite(s, g, g->bytes, h ? here : UINT64_MAX, state_write)) {
-		memcpy(s->pending, saved, sizeof(saved));
-		s->npending = npending;
-		s->dropped_total = dropped_total;
-		errno = e;
-		return drop_unreadable(s, i, c);
+	int rc = spool_seg_rewrite(s, g, g->bytes, h ? here : UINT64_MAX, state_write);
+	if (!rc) {
+		spool_note_read_error(s, g, e, 1);
+		if (g->count == 0 && i + 1 < s->nsegs)
+			spool_remove_seg(s, i);
+		return DEV_SPOOL_ECORRUPT;
+	}
+	int we = errno;
+	memcpy(s->pending, saved, sizeof(saved));
+	s->npending = npending;
+	s->dropped_total = dropped_total;
+	if (passing(rc, we)) {
+		spool_note_read_error(s, g, we, 0);
+		*c = *start;
+		errno = we;
+		return rc == DEV_SPOOL_ENOMEM ? rc : DEV_SPOOL_EIO;
 	}
 	spool_note_read_error(s, g, e, 1);
-	if (g->count == 0 && i + 1 < s->nsegs)
-		spool_remove_seg(s, i);
-	return DEV_SPOOL_ECORRUPT;
+	return DAMAGE_KEPT;
 }
 
 int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_acked,
@@ -996,8 +1020,11 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				return drop_unreadable(s, i, c);
 			if (r < 0)
 				return r;
-			if (s->unread_hits != hits) /* past bytes that cannot be read */
-				return drop_damage(s, i, c, NULL, UINT64_MAX);
+			if (s->unread_hits != hits) { /* past bytes that cannot be read */
+				int d = drop_damage(s, i, c, &start, NULL, UINT64_MAX);
+				if (d != DAMAGE_KEPT)
+					return d; /* else kept: what it hid is reported below */
+			}
 			if (r) { /* damage since the open hid the segment's tail: lost */
 				spool_report_lost(s, spool_acked_from(s, seen), g->last_seq);
 				break;
@@ -1018,8 +1045,14 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				drop_rotten(s, i, c, &h, here);
 				return DEV_SPOOL_ECORRUPT;
 			}
-			if (r == DEV_SPOOL_EIO && spool_unreadable(errno))
-				return drop_damage(s, i, c, &h, here);
+			if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
+				r = drop_damage(s, i, c, &start, &h, here);
+				if (r != DAMAGE_KEPT)
+					return r;
+				if (!dev_spool_is_acked(s, h.seq)) /* kept: it is lost */
+					spool_report_lost(s, h.prev_seq, h.seq);
+				continue;
+			}
 			if (r == DEV_SPOOL_EIO) {
 				int e = errno;
 				*c = start; /* left for a retry unless it is damage */
