@@ -158,14 +158,15 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
 /* Segment files that could not be read, at the open or since. A read that fails is tried once
  * more (a transient error costs nothing). A read error that is damage (EIO from a bad block,
  * EISDIR, EBADMSG, EUCLEAN) is handled as bit rot: the bytes that cannot be read are passed
- * over (sector by sector), the records they overlap, unless acknowledged, are reported as
- * dropped, and the segment is rewritten without them (a reader gets DEV_SPOOL_ECORRUPT and goes
- * on by seq). At the open, unreadable bytes up to a segment's end cut it there (a segment that
- * cannot be opened is removed). Should the rewrite fail for a reason that passes (EMFILE,
- * ENOMEM, EROFS...), nothing is reported and the read is left for a retry (DEV_SPOOL_EIO,
- * DEV_SPOOL_ENOMEM); for one that does not (a full disk, a write error) the reader passes over
- * the damage where it is, reporting what it overlaps as it meets it. Other errors that are not
- * damage (EMFILE, ENOMEM...) are left for a retry too (DEV_SPOOL_EIO). */
+ * over (sector by sector, a failed sector's 4 KiB block unread, at most 64 failed reads in a
+ * walk before the rest is taken as unreadable to its end), the records they overlap, unless
+ * acknowledged, are reported as dropped, and the segment is rewritten without them (a reader gets
+ * DEV_SPOOL_ECORRUPT and goes on by seq). At the open, unreadable bytes up to a segment's end cut
+ * it there (a segment that cannot be opened is removed). Should the rewrite fail for a reason that
+ * passes (EMFILE, ENOMEM, EROFS...), nothing is reported and the read is left for a retry
+ * (DEV_SPOOL_EIO, DEV_SPOOL_ENOMEM); for one that does not (a full disk, a write error) the reader
+ * passes over the damage where it is, reporting what it overlaps as it meets it. Other errors that
+ * are not damage (EMFILE, ENOMEM...) are left for a retry too (DEV_SPOOL_EIO). */
 struct dev_spool_read_error {
 	uint64_t count;	  /* read errors so far */
 	const char *path; /* the segment file of the last one, NULL if none (valid until the next

@@ -33,10 +33,10 @@ int spool_write_all(int fd, const uint8_t *p, size_t n)
 }
 
 /* n bytes at off: 0, 1 short (end of file), DEV_SPOOL_EIO (errno). A read that fails for damage
- * (spool_unreadable) is tried once more: a transient error costs nothing. */
-static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
+ * (spool_unreadable) is tried once more unless `once`: a transient error costs nothing. */
+static int read_at(int fd, uint8_t *p, size_t n, uint64_t off, int once)
 {
-	int retried = 0;
+	int retried = once;
 	while (n) {
 		ssize_t r = pread(fd, p, n, (off_t)off);
 		if (r < 0 && (errno == EINTR || (!retried++ && spool_unreadable(errno))))
@@ -52,9 +52,9 @@ static int read_at(int fd, uint8_t *p, size_t n, uint64_t off)
 
 /* read_at, but a read that fails for damage is noted (s->unread_hits, s->unread_errno) and
  * returned as 2, so that the caller treats the bytes as damage. */
-static int read_damage(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64_t off)
+static int read_damage_at(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64_t off, int once)
 {
-	int r = read_at(fd, p, n, off);
+	int r = read_at(fd, p, n, off, once);
 	if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
 		s->unread_hits++;
 		s->unread_errno = errno;
@@ -63,27 +63,50 @@ static int read_damage(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64
 	return r;
 }
 
-/* The window [o, o + n) into buf, sector by sector when it cannot be read whole: the bytes of a
- * sector that cannot be read (damage) are marked in bad[] (*any set). 0, 1 short, <0 error. */
-static int read_window(struct dev_spool *s, int fd, uint8_t *buf, uint8_t *bad, size_t n,
-		       uint64_t o, int *any)
+static int read_damage(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64_t off)
 {
-	enum { SECTOR = 512 };
+	return read_damage_at(s, fd, p, n, off, 0);
+}
+
+/* Reads that may fail in one walk past damage before the rest of it is taken as unreadable to
+ * its end: on an SD card each failing read can take 100 ms and more, and a segment (1 MiB)
+ * that cannot be read at all would cost thousands. */
+enum { MAX_WALK_FAILS = 64 };
+
+/* The window [o, o + n) into buf, sector by sector when it cannot be read whole: the bytes of a
+ * sector that cannot be read (damage) are marked in bad[] (*any set), with the rest of its
+ * 4 KiB block, unread (a bad block of a card is that size; a sector is tried once). *fails
+ * counts the failed reads of the walk; at MAX_WALK_FAILS the rest of the window is marked bad
+ * unread too. 0, 1 short, <0 error. */
+static int read_window(struct dev_spool *s, int fd, uint8_t *buf, uint8_t *bad, size_t n,
+		       uint64_t o, int *any, int *fails)
+{
+	enum { SECTOR = 512, BLOCK = 4096 };
 	int r = read_damage(s, fd, buf, n, o);
 	*any = 0;
 	if (r != 2)
 		return r;
 	*any = 1;
+	++*fails;
 	memset(bad, 0, n);
 	for (size_t i = 0; i < n;) {
 		size_t k = SECTOR - (size_t)((o + i) % SECTOR);
 		if (k > n - i)
 			k = n - i;
-		r = read_damage(s, fd, buf + i, k, o + i);
-		if (r == 2)
+		if (*fails >= MAX_WALK_FAILS) {
+			memset(bad + i, 1, n - i);
+			break;
+		}
+		r = read_damage_at(s, fd, buf + i, k, o + i, 1);
+		if (r == 2) {
+			++*fails;
+			k = BLOCK - (size_t)((o + i) % BLOCK);
+			if (k > n - i)
+				k = n - i;
 			memset(bad + i, 1, k);
-		else if (r)
+		} else if (r) {
 			return r;
+		}
 		i += k;
 	}
 	return 0;
@@ -301,10 +324,12 @@ int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uin
 			return r;
 	}
 	uint8_t *buf = malloc(WIN), *bad = malloc(WIN);
-	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any;
+	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any, fails = 0;
 	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
 		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
-		r = read_window(s, fd, buf, bad, n, o, &any);
+		if (fails >= MAX_WALK_FAILS)
+			break; /* the rest is taken as unreadable: no header in it */
+		r = read_window(s, fd, buf, bad, n, o, &any, &fails);
 		if (r) {
 			rc = r < 0 ? r : 1;
 			break;

@@ -2650,6 +2650,39 @@ Test(dev_spool, a_bad_block_whose_rewrite_fails_for_a_while_loses_nothing_more)
 	free(dir);
 }
 
+/* A segment of 1 MiB that cannot be read at all costs a bounded number of reads, at run time
+ * and at the open, not one or two per 512-byte sector (on an SD card each failing read can
+ * take 100 ms and more): a sector is tried once, the rest of its 4 KiB block is not read, and
+ * a walk gives up on the rest of the segment after a few dozen failures. All it held is
+ * reported dropped. */
+Test(dev_spool, a_segment_that_cannot_be_read_at_all_costs_few_reads)
+{
+	for (int at_open = 0; at_open < 2; at_open++) {
+		char *dir = h_tmpdir("spool");
+		struct dev_spool_opts o = opts(dir);
+		uint64_t seqs[64], got[64];
+		struct wire_dropped d[4];
+		o.segment_bytes = 1 << 20;
+		fill(&o, 64, 16000, seqs); /* one segment of ~1 MiB */
+		char *seg = last_segment(dir);
+		struct dev_spool *s;
+		if (at_open)
+			eio_arm(seg, 0, 0, -1);
+		s = open_spool(&o); /* at the open: the segment is removed */
+		if (!at_open)
+			eio_arm(seg, 0, 0, -1);
+		cr_expect_eq(read_all(s, 1, got, 64), 0);
+		cr_expect_leq(eio_hits, 200, "%u failing reads", eio_hits);
+		cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+		cr_expect_lt(d[0].prev_seq, seqs[0]);
+		cr_expect_eq(d[0].last_seq, seqs[63]);
+		eio_disarm();
+		dev_spool_close(s);
+		free(seg);
+		free(dir);
+	}
+}
+
 /* A reader that starts past the record whose body the bad block holds (a resend's, or after a
  * restart) meets the block where it hides headers: the rewrite finds that record cannot be
  * read and reports it too, not only the stretch it hides. */
