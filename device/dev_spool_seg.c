@@ -315,8 +315,14 @@ int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uin
 {
 	enum { WIN = 64 * 1024 };
 	int r = spool_read_rec(s, fd, off, end, h, NULL);
-	if (r == DEV_SPOOL_EIO && spool_unreadable(errno))
-		r = 1; /* damage: resync past it */
+	uint64_t from = off + 1;
+	if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
+		/* damage: resync past it, from off itself, whose header the window may read yet (a
+		 * read that failed twice then works): else it is reported lost, and kept by a
+		 * rewrite that reads it */
+		r = 1;
+		from = off;
+	}
 	if (r <= 0) {
 		if (r == 0 && h->seq > after)
 			*at = off;
@@ -325,7 +331,7 @@ int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uin
 	}
 	uint8_t *buf = malloc(WIN), *bad = malloc(WIN);
 	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any, fails = 0;
-	for (uint64_t o = off + 1; rc == 1 && o + HDR_LEN <= end;) {
+	for (uint64_t o = from; rc == 1 && o + HDR_LEN <= end;) {
 		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
 		if (fails >= MAX_WALK_FAILS)
 			break; /* the rest is taken as unreadable: no header in it */

@@ -2512,6 +2512,32 @@ Test(dev_spool, a_transient_read_error_loses_nothing)
 	free(dir);
 }
 
+/* A header read at the open that fails twice, the retry too, and then works is not reported
+ * lost: the resync reads it again (before, it was reported dropped and the repair's rewrite,
+ * reading it fine, kept it: both delivered and reported, PROTOCOL §3). */
+Test(dev_spool, a_header_read_that_fails_twice_at_the_open_is_not_both_kept_and_reported)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	eio_arm(seg, BAD_FROM, BAD_TO, 2);
+	struct dev_spool *s = open_spool(&o);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	size_t n = read_all(s, 1, got, 48), nd = dev_spool_dropped(s, d, 4);
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < nd; k++)
+			cr_expect(got[i] <= d[k].prev_seq || got[i] > d[k].last_seq,
+				  "%" PRIu64 " delivered and reported dropped", got[i]);
+	cr_expect_eq(n, 40);
+	cr_expect_eq(nd, 0);
+	eio_disarm();
+	dev_spool_close(s);
+	free(seg);
+	free(dir);
+}
+
 /* A bad block met at the open: the records it hides are reported dropped then, the one whose
  * body it holds when it is read (the open reads headers only), and what follows is kept and
  * delivered; once the segment is rewritten without it, it is not read again. */
