@@ -410,6 +410,31 @@ static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64
 	return 1;
 }
 
+int spool_reported(const struct dev_spool *s, uint64_t seq)
+{
+	for (size_t i = 0; i < s->npending; i++)
+		if (seq > s->pending[i].d.prev_seq && seq <= s->pending[i].d.last_seq)
+			return !dev_spool_is_acked(s, seq);
+	return 0;
+}
+
+int spool_rewrite_reporting(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip)
+{
+	struct pending saved[MAX_PENDING];
+	size_t npending = s->npending;
+	uint64_t dropped_total = s->dropped_total;
+	memcpy(saved, s->pending, sizeof(saved));
+	int rc = spool_seg_rewrite(s, g, end, skip, state_write);
+	if (rc) {
+		int e = errno;
+		memcpy(s->pending, saved, sizeof(saved));
+		s->npending = npending;
+		s->dropped_total = dropped_total;
+		errno = e;
+	}
+	return rc;
+}
+
 /* Records between prev and last (the chain link) were destroyed: at least one, how many is
  * unknowable when damage hid their headers. */
 void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
@@ -938,12 +963,14 @@ static int drop_unreadable(struct dev_spool *s, size_t i, struct dev_spool_curso
 	return DEV_SPOOL_ECORRUPT;
 }
 
-/* 1 for a rewrite's failure that may pass by itself (out of descriptors or memory, a
- * read-only remount): the read is tried again later, where a failure that will not pass (a
- * full disk, a write error, a directory in the way) must not stop the reader at the damage. */
+/* 1 for a rewrite's failure that may pass by itself (out of descriptors or memory): the read
+ * is tried again later, where a failure that will not pass (a full disk, a write error, a
+ * directory in the way) must not stop the reader at the damage. A read-only remount (EROFS)
+ * does not pass by itself: a card ext4 remounted so after an I/O error stays so until someone
+ * remounts it, and the backlog would wait at the damage until then. */
 static int passing(int rc, int e)
 {
-	return rc == DEV_SPOOL_ENOMEM || e == EMFILE || e == ENFILE || e == ENOMEM || e == EROFS ||
+	return rc == DEV_SPOOL_ENOMEM || e == EMFILE || e == ENFILE || e == ENOMEM ||
 	       e == EAGAIN || e == ENOBUFS || e == EINTR;
 }
 
@@ -971,7 +998,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 	memcpy(saved, s->pending, sizeof(saved));
 	if (h && !dev_spool_is_acked(s, h->seq))
 		spool_report_lost(s, h->prev_seq, h->seq);
-	int rc = spool_seg_rewrite(s, g, g->bytes, h ? here : UINT64_MAX, state_write);
+	int rc = spool_rewrite_reporting(s, g, g->bytes, h ? here : UINT64_MAX);
 	if (!rc) {
 		spool_note_read_error(s, g, e, 1);
 		if (g->count == 0 && i + 1 < s->nsegs)
@@ -979,7 +1006,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 		return DEV_SPOOL_ECORRUPT;
 	}
 	int we = errno;
-	memcpy(s->pending, saved, sizeof(saved));
+	memcpy(s->pending, saved, sizeof(saved)); /* h's report too */
 	s->npending = npending;
 	s->dropped_total = dropped_total;
 	if (passing(rc, we)) {
@@ -1033,7 +1060,12 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				spool_report_lost(s, spool_acked_from(s, seen), h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;
-			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)))
+			/* one reported dropped is never delivered: a walk past damage may have reported
+			 * it while it is still in the file (a rewrite that cannot be made, a power cut
+			 * between the state write and the rename, a walk's failed reads at their cap),
+			 * and the error may have cleared since */
+			if (h.seq < c->next_seq || (skip_acked && dev_spool_is_acked(s, h.seq)) ||
+			    spool_reported(s, h.seq))
 				continue;
 			uint8_t *plain = NULL;
 			c->next_seq = h.seq + 1;

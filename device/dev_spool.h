@@ -161,11 +161,14 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
  * over (sector by sector, a failed sector's 4 KiB block unread, at most 64 failed reads in a
  * walk before the rest is taken as unreadable to its end), the records they overlap, unless
  * acknowledged, are reported as dropped, and the segment is rewritten without them (a reader gets
- * DEV_SPOOL_ECORRUPT and goes on by seq). At the open, unreadable bytes up to a segment's end cut
- * it there (a segment that cannot be opened is removed). Should the rewrite fail for a reason that
- * passes (EMFILE, ENOMEM, EROFS...), nothing is reported and the read is left for a retry
- * (DEV_SPOOL_EIO, DEV_SPOOL_ENOMEM); for one that does not (a full disk, a write error) the reader
- * passes over the damage where it is, reporting what it overlaps as it meets it. Other errors that
+ * DEV_SPOOL_ECORRUPT and goes on by seq); the rewrite reports exactly what it leaves out, also
+ * the open's (its header scan reports no damage that a rewrite will read again). At the open,
+ * unreadable bytes up to a segment's end cut it there (a segment that cannot be opened is
+ * removed). Should the rewrite fail for a reason that passes (EMFILE, ENOMEM...), nothing is
+ * reported and the read is left for a retry (DEV_SPOOL_EIO, DEV_SPOOL_ENOMEM); for one that does
+ * not (a full disk, a write error, EROFS: a read-only remount lasts) the reader passes over the
+ * damage where it is, reporting what it overlaps as it meets it. A record a pending dropped link
+ * covers is never returned (it may become readable), and a rewrite cuts it out. Other errors that
  * are not damage (EMFILE, ENOMEM...) are left for a retry too (DEV_SPOOL_EIO). */
 struct dev_spool_read_error {
 	uint64_t count;	  /* read errors so far */

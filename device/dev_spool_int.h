@@ -192,6 +192,12 @@ void spool_repair_segments(struct dev_spool *s);
 int spool_range_covers(const struct dev_spool *s, uint64_t first, uint64_t last);
 /* The highest seq from `seen` on up to which everything is acknowledged. */
 uint64_t spool_acked_from(const struct dev_spool *s, uint64_t seen);
+/* 1 if record seq lies in a dropped link that is pending (on its way to the bridge, or on disk
+ * to be) and is not acknowledged: it is reported, so it must never be delivered. */
+int spool_reported(const struct dev_spool *s, uint64_t seq);
+/* spool_seg_rewrite reporting what it leaves out, durably (the state file) before the rename;
+ * a failure takes back what it reported (errno kept). */
+int spool_rewrite_reporting(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip);
 /* Records between prev and last (a chain link) were destroyed: report them as dropped, once. */
 void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last);
 

@@ -107,14 +107,35 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			bad |= s->unread_hits != hits; /* the tail cannot be read: not torn */
 			break;
 		}
+		uint64_t link = h.prev_seq; /* the chain's link into the segment */
 		if (at != off) {
+			/* Damage in the segment: the repair's rewrite reports what it leaves out, as
+			 * it reads it then (the error may have cleared: what it reads it keeps). Not
+			 * reported here: that would make a record it keeps both delivered and
+			 * reported dropped. At the segment's start, what an earlier segment's
+			 * unreadable tail lost (below this one's name; that tail is cut, not read
+			 * again) is reported now, and the rewrite reports from there. */
 			damaged = 1;
-			scan_lost(s, sc, i);
+			if (g->count == 0) {
+				uint64_t below = g->name - 1;
+				if (sc->gap && below > sc->gap_prev)
+					scan_resumed(s, sc, below);
+				link = sc->gap ? sc->gap_prev : below;
+				if (sc->last > link)
+					link = sc->last;
+				if (s->acked_upto > link)
+					link = s->acked_upto;
+				sc->gap = 0;
+				if (link > h.prev_seq)
+					link = h.prev_seq;
+			}
 		}
+		if (spool_reported(s, h.seq))
+			damaged = 1; /* reported before a power cut cut it out: it goes now */
 		scan_resumed(s, sc, h.prev_seq);
 		if (g->count == 0) {
 			g->first_seq = h.seq;
-			g->first_prev = h.prev_seq;
+			g->first_prev = link;
 		}
 		before_seq = g->last_seq;
 		before_t = g->t_last;
@@ -191,9 +212,14 @@ void spool_repair_segments(struct dev_spool *s)
 			spool_remove_seg(s, i);
 			continue;
 		}
-		if (how == REPAIR_REWRITE)
-			spool_seg_rewrite(s, g, g->repair_to, UINT64_MAX, NULL);
-		else if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
+		/* A rewrite that fails leaves the damage, and reports nothing of it: a reader that
+		 * meets it reports it then (or delivers what has become readable). */
+		if (how == REPAIR_REWRITE && !spool_rewrite_reporting(s, g, g->repair_to, UINT64_MAX) &&
+		    g->count == 0 && i + 1 < s->nsegs) {
+			spool_remove_seg(s, i);
+			continue;
+		}
+		if (how == REPAIR_CUT && fd >= 0 && ftruncate(fd, (off_t)g->repair_to) == 0)
 			fdatasync(fd);
 		i++;
 	}

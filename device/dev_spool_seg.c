@@ -369,7 +369,7 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 	char *path = seg_path(s, g->name), *tmp = NULL;
 	uint8_t *rec = malloc(REC_OVERHEAD + MAX_REC_PAYLOAD);
 	int fd = spool_seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
-	struct seg n = {.name = g->name, .fd = -1};
+	struct seg n = {.name = g->name, .fd = -1, .sealed = g->sealed};
 	uint64_t off = 0, at, seen = g->first_prev, found = 0;
 	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
 		goto done;
@@ -392,7 +392,7 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 		off = at + len;
 		seen = h.seq;
 		found++;
-		if (at == skip)
+		if (at == skip || spool_reported(s, h.seq)) /* reported already: it goes */
 			continue;
 		rc = read_damage(s, fd, rec, len, at);
 		if (rc == 2 && report) { /* damage: it goes, reported */
