@@ -118,9 +118,15 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 			damaged = 1;
 			if (g->count == 0) {
 				uint64_t below = g->name - 1;
-				if (sc->gap && below > sc->gap_prev)
+				/* name - 1 is a durable record's seq only when the chain up to it
+				 * is reported lost (a poll or a Birth may have taken it): else the
+				 * link starts at the last record met, or the ack point */
+				if (sc->gap && below > sc->gap_prev) {
 					scan_resumed(s, sc, below);
-				link = sc->gap ? sc->gap_prev : below;
+					link = below;
+				} else {
+					link = sc->gap ? sc->gap_prev : sc->last;
+				}
 				if (sc->last > link)
 					link = sc->last;
 				if (s->acked_upto > link)

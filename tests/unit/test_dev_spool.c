@@ -2957,3 +2957,36 @@ Test(dev_spool, records_past_the_failing_reads_cap_reported_dropped_are_never_de
 	free(seg);
 	free(dir);
 }
+
+/* Damage at the start of a segment found at the open, with no loss before it and a seq handed
+ * out to an envelope that is not spooled (a poll, a Birth) just before the segment's first
+ * record: the Dropped link starts at the last durable record before it, not at the segment's
+ * name - 1, a seq no record has (the bridge would see a hole before the link: before, the link
+ * was (poll, seqs[5]]). */
+Test(dev_spool, damage_at_a_segment_s_start_links_from_the_last_durable_record)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[15], poll;
+	char names[64][600];
+	o.segment_bytes = 5 * REC_BYTES(300);
+	struct dev_spool *s = open_spool(&o);
+	for (int i = 0; i < 15; i++) {
+		if (i == 5)
+			cr_assert_eq(dev_spool_take_seq(s, &poll), 0);
+		seqs[i] = put(s, 300, wall_ms());
+	}
+	dev_spool_close(s);
+	cr_assert_eq(segments(dir, names), 3);
+	flip_byte(names[1], 9); /* the first record of the second segment */
+	s = open_spool(&o);
+	uint64_t got[16];
+	cr_expect_eq(read_all(s, 1, got, 16), 14);
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, seqs[4], "link from %" PRIu64 " (poll %" PRIu64 ")",
+		     d[0].prev_seq, poll);
+	cr_expect_eq(d[0].last_seq, seqs[5]);
+	dev_spool_close(s);
+	free(dir);
+}
