@@ -1016,6 +1016,9 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 		return rc == DEV_SPOOL_ENOMEM ? rc : DEV_SPOOL_EIO;
 	}
 	spool_note_read_error(s, g, e, 1);
+	/* appends go to a new segment: past the damage the reader may take the rest of this one
+	 * as unreadable to its end (the walk's failing reads at their cap), and reports it lost */
+	g->sealed = 1;
 	return DAMAGE_KEPT;
 }
 

@@ -2990,3 +2990,37 @@ Test(dev_spool, damage_at_a_segment_s_start_links_from_the_last_durable_record)
 	dev_spool_close(s);
 	free(dir);
 }
+
+/* The newest segment's rewrite cannot be made (a directory in its temporary file's place) and
+ * the walk's failing reads reach their cap, the rest of the segment taken as unreadable to its
+ * end: a record appended afterwards goes into a new segment, and is delivered, not reported
+ * dropped with that tail (before, it went into the same file, past the "unreadable" tail, and
+ * was reported lost, never delivered). */
+Test(dev_spool, a_record_appended_after_damage_kept_in_the_newest_segment_is_delivered)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	uint64_t seqs[200], got[200];
+	o.segment_bytes = 1 << 20;
+	fill(&o, 200, 4000, seqs);
+	char *seg = last_segment(dir);
+	char *tmp = h_strf("%s.tmp", seg);
+	struct dev_spool *s = open_spool(&o);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	eio_arm(seg, 8192, 600000, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	cr_expect_eq(read_on(s, &c, 1, 1, got, 200), 2);
+	uint64_t fresh = put(s, 300, wall_ms());
+	cr_expect_eq(read_on(s, &c, 1, 1, got, 200), 1, "the fresh record was not delivered");
+	cr_expect_eq(got[0], fresh);
+	struct wire_dropped d[64];
+	size_t nd = dev_spool_dropped(s, d, 64);
+	cr_expect(!in_dropped(d, nd, fresh), "the fresh record %" PRIu64 " is reported dropped",
+		  fresh);
+	eio_disarm();
+	dev_spool_close(s);
+	rmdir(tmp);
+	free(tmp);
+	free(seg);
+	free(dir);
+}
