@@ -212,6 +212,7 @@ static int state_write(struct dev_spool *s)
 	int rc = ofile_replace(dst, buf, n) ? spool_io_err() : DEV_SPOOL_OK;
 	if (!rc) {
 		s->state_written_ms = otime_mono_ms();
+		s->state_writes++;
 		s->state_dirty = 0;
 	}
 	free(dst);
@@ -423,9 +424,12 @@ int spool_rewrite_reporting(struct dev_spool *s, struct seg *g, uint64_t end, ui
 	struct pending saved[MAX_PENDING];
 	size_t npending = s->npending;
 	uint64_t dropped_total = s->dropped_total;
+	uint64_t writes = s->state_writes;
 	memcpy(saved, s->pending, sizeof(saved));
 	int rc = spool_seg_rewrite(s, g, end, skip, state_write);
-	if (rc) {
+	/* Taken back only while it is not on disk: written, a power cut would bring it back
+	 * after the records it covers were delivered. Kept, they never are (spool_reported). */
+	if (rc && s->state_writes == writes) {
 		int e = errno;
 		memcpy(s->pending, saved, sizeof(saved));
 		s->npending = npending;
@@ -981,8 +985,9 @@ enum { DAMAGE_KEPT = 2 };
  * segment is rewritten without the records that cannot all be read, and what it leaves out,
  * unless acknowledged, is reported as dropped, durably, before the rename (spool_seg_rewrite);
  * the bad block is not read again. The reader finds its place by seq: DEV_SPOOL_ECORRUPT.
- * A rewrite that fails takes back what it reported. For a failure that may pass (EMFILE,
- * ENOMEM...: passing) the cursor goes back to `start` and the error is returned
+ * A rewrite that fails before its state write takes back what it reported (one that fails
+ * after it keeps it, on disk: DAMAGE_KEPT, the segment sealed). For a failure that may pass
+ * (EMFILE, ENOMEM...: passing) the cursor goes back to `start` and the error is returned
  * (DEV_SPOOL_EIO with errno, DEV_SPOOL_ENOMEM): nothing is lost, the read is tried again.
  * For one that will not (a full disk, a write error) DAMAGE_KEPT: the reader passes over the
  * damage where it is, reporting what it hides as it goes, as over rot met since the open, and
@@ -994,6 +999,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 	struct pending saved[MAX_PENDING];
 	size_t npending = s->npending;
 	uint64_t dropped_total = s->dropped_total;
+	uint64_t writes = s->state_writes;
 	int e = s->unread_errno;
 	memcpy(saved, s->pending, sizeof(saved));
 	if (h && !dev_spool_is_acked(s, h->seq))
@@ -1006,6 +1012,13 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 		return DEV_SPOOL_ECORRUPT;
 	}
 	int we = errno;
+	if (s->state_writes != writes) {
+		/* its report is on disk (the fdatasync or the rename failed): it stands, and the
+		 * reader passes over what it reported */
+		spool_note_read_error(s, g, e, 1);
+		g->sealed = 1;
+		return DAMAGE_KEPT;
+	}
 	memcpy(s->pending, saved, sizeof(saved)); /* h's report too */
 	s->npending = npending;
 	s->dropped_total = dropped_total;

@@ -164,8 +164,10 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
  * DEV_SPOOL_ECORRUPT and goes on by seq); the rewrite reports exactly what it leaves out, also
  * the open's (its header scan reports no damage that a rewrite will read again). At the open,
  * unreadable bytes up to a segment's end cut it there (a segment that cannot be opened is
- * removed). Should the rewrite fail for a reason that passes (EMFILE, ENOMEM...), nothing is
- * reported and the read is left for a retry (DEV_SPOOL_EIO, DEV_SPOOL_ENOMEM); for one that does
+ * removed). A rewrite failing after the state write that reports what it leaves out keeps
+ * that report (it is on disk). Should it fail before, for a reason that passes (EMFILE,
+ * ENOMEM...), nothing is reported and the read is left for a retry (DEV_SPOOL_EIO,
+ * DEV_SPOOL_ENOMEM); for one that does
  * not (a full disk, a write error, EROFS: a read-only remount lasts) the reader passes over the
  * damage where it is, reporting what it overlaps as it meets it. A record a pending dropped link
  * covers is never returned (it may become readable), and a rewrite cuts it out. Other errors that

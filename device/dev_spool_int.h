@@ -78,6 +78,7 @@ struct dev_spool {
 	struct pending pending[MAX_PENDING];
 	size_t npending;
 	int64_t state_written_ms;
+	uint64_t state_writes; /* state files written: a failure after one keeps what it reports */
 	int state_dirty;
 	int drops_unrecorded; /* <dir>/drops-unrecorded is on disk: a drop the state may miss */
 	uint64_t layout_gen; /* bumped when a segment is rewritten: cursors' offsets go stale */
@@ -196,7 +197,8 @@ uint64_t spool_acked_from(const struct dev_spool *s, uint64_t seen);
  * to be) and is not acknowledged: it is reported, so it must never be delivered. */
 int spool_reported(const struct dev_spool *s, uint64_t seq);
 /* spool_seg_rewrite reporting what it leaves out, durably (the state file) before the rename;
- * a failure takes back what it reported (errno kept). */
+ * a failure before that state write takes back what it reported (errno kept); one after it
+ * (fdatasync, rename) keeps it: it is on disk, and a record reported is never delivered. */
 int spool_rewrite_reporting(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip);
 /* Records between prev and last (a chain link) were destroyed: report them as dropped, once. */
 void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last);
