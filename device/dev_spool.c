@@ -865,6 +865,19 @@ static int remove_acked(struct dev_spool *s, int keep_newest)
 	return kept;
 }
 
+/* 1 if a segment may still hold a record of dropped link d that the ack point does not cover. */
+static int still_held(const struct dev_spool *s, const struct wire_dropped *d)
+{
+	if (d->last_seq <= s->acked_upto)
+		return 0;
+	for (size_t k = 0; k < s->nsegs; k++) {
+		const struct seg *g = &s->segs[k];
+		if (g->count && g->first_seq <= d->last_seq && g->last_seq > d->prev_seq)
+			return 1;
+	}
+	return 0;
+}
+
 int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
 		  size_t nranges)
 {
@@ -891,11 +904,17 @@ int dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2
 	for (size_t i = 0; i < nranges; i++)
 		add_range(s, ranges[i][0], ranges[i][1] > s->last_durable ? s->last_durable : ranges[i][1]);
 	prune_ranges(s);
-	/* A dropped range is settled once the envelope that reported it is acknowledged. */
+	/* A dropped range is settled once the envelope that reported it is acknowledged, but not
+	 * while a segment may still hold a record of it above the ack point: a range acknowledging
+	 * that record is not kept across a restart, and the link alone keeps it from being
+	 * delivered then (spool_reported), should its bad block have become readable. */
 	size_t n = 0;
-	for (size_t i = 0; i < s->npending; i++)
-		if (!(s->pending[i].reported_in && dev_spool_is_acked(s, s->pending[i].reported_in)))
-			s->pending[n++] = s->pending[i];
+	for (size_t i = 0; i < s->npending; i++) {
+		const struct pending *p = &s->pending[i];
+		int carried = p->reported_in && dev_spool_is_acked(s, p->reported_in);
+		if (!carried || still_held(s, &p->d))
+			s->pending[n++] = *p;
+	}
 	int changed = n != s->npending;
 	s->npending = n;
 	if (s->acked_upto != before || s->nranges != nr_before)

@@ -3105,3 +3105,42 @@ Test(dev_spool, a_run_time_rewrite_that_fails_after_its_report_is_on_disk_keeps_
 	free(seg);
 	free(dir);
 }
+
+/* The settlement gap: a rewrite cannot be made (a directory in the .tmp's place), the reader
+ * reports the block's records; the link's carrier is acknowledged by a range while a hole
+ * below (seqs[3] not yet stored) keeps the frontier low. The link stays pending while the
+ * segment still holds its records: after a restart (ranges are not kept), the block readable
+ * again, none of them is delivered (before, the link settled with the range, and they were
+ * delivered after the restart: reported dropped and delivered both). */
+Test(dev_spool, a_settled_link_s_records_are_not_delivered_after_a_restart)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48];
+	struct wire_dropped d[4];
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	char *tmp = h_strf("%s.tmp", seg);
+	struct dev_spool *s = open_spool(&o);
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	size_t nd = dev_spool_dropped(s, d, 4);
+	cr_assert_eq(nd, 1);
+	uint64_t carrier = put(s, 300, wall_ms());
+	dev_spool_dropped_reported(s, carrier, d, nd);
+	uint64_t r[1][2] = {{seqs[4], carrier}};
+	cr_assert_eq(dev_spool_ack(s, seqs[2], (const uint64_t(*)[2])r, 1), 0);
+	dev_spool_close(s);
+	eio_disarm();
+	s = open_spool(&o);
+	size_t n = read_all(s, 1, got, 48);
+	expect_each_once(s, seqs + 3, 37, got, n, "restarted"); /* above the frontier */
+	for (size_t i = 0; i < n; i++)
+		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " was reported dropped (link "
+			  "acknowledged) and is now delivered", got[i]);
+	dev_spool_close(s);
+	rmdir(tmp);
+	free(tmp);
+	free(seg);
+	free(dir);
+}
