@@ -450,6 +450,25 @@ void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last)
 }
 
 
+/* Links the pending list keeps free for what a walk past damage may still have to report
+ * (drop_damage's record, a rewrite's hidden stretch, the reader's, a tail). */
+enum { PENDING_SPARE = 4 };
+
+int spool_report_damage(struct dev_spool *s, const struct seg *g, uint64_t prev, uint64_t last)
+{
+	if (last <= prev)
+		return 0;
+	for (size_t i = 0; i < s->npending; i++)
+		if (s->pending[i].d.prev_seq <= prev && last <= s->pending[i].d.last_seq)
+			return 0; /* reported already */
+	if (s->npending + PENDING_SPARE < MAX_PENDING || g->last_seq <= last) {
+		spool_report_lost(s, prev, last);
+		return 0;
+	}
+	spool_report_lost(s, prev, g->last_seq);
+	return 1;
+}
+
 /* ---------- dropping ---------- */
 
 /* Drop segment i, remembering its unacknowledged records as a dropped range. */
@@ -1022,7 +1041,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 	int e = s->unread_errno;
 	memcpy(saved, s->pending, sizeof(saved));
 	if (h && !dev_spool_is_acked(s, h->seq))
-		spool_report_lost(s, h->prev_seq, h->seq);
+		spool_report_damage(s, g, h->prev_seq, h->seq);
 	int rc = spool_rewrite_reporting(s, g, g->bytes, h ? here : UINT64_MAX);
 	if (!rc) {
 		spool_note_read_error(s, g, e, 1);
@@ -1092,7 +1111,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				break;
 			}
 			if (here != off) /* damage since the open: what it hid is lost */
-				spool_report_lost(s, spool_acked_from(s, seen), h.prev_seq);
+				spool_report_damage(s, g, spool_acked_from(s, seen), h.prev_seq);
 			seen = h.seq;
 			off = here + REC_OVERHEAD + h.len;
 			/* one reported dropped is never delivered: a walk past damage may have reported
@@ -1117,7 +1136,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				if (r != DAMAGE_KEPT)
 					return r;
 				if (!dev_spool_is_acked(s, h.seq)) /* kept: it is lost */
-					spool_report_lost(s, h.prev_seq, h.seq);
+					spool_report_damage(s, g, h.prev_seq, h.seq);
 				continue;
 			}
 			if (r == DEV_SPOOL_EIO) {

@@ -202,5 +202,10 @@ int spool_reported(const struct dev_spool *s, uint64_t seq);
 int spool_rewrite_reporting(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t skip);
 /* Records between prev and last (a chain link) were destroyed: report them as dropped, once. */
 void spool_report_lost(struct dev_spool *s, uint64_t prev, uint64_t last);
+/* The same for damage in segment g met by a walk that has delivered nothing of g past prev
+ * (a rewrite, a reader passing over it): with the pending list near its cap (MAX_PENDING) the
+ * link reaches to g's last seq instead, all of g from there on reported in one, so that no
+ * pending link is ever forgotten to make room. 1 if it did (what follows in g is reported). */
+int spool_report_damage(struct dev_spool *s, const struct seg *g, uint64_t prev, uint64_t last);
 
 #endif

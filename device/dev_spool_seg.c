@@ -386,8 +386,11 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 			rc = rc < 0 ? rc : DEV_SPOOL_OK;
 			break;
 		}
-		if (report && at != off)
-			spool_report_lost(s, spool_acked_from(s, seen), h.prev_seq);
+		if (report && at != off &&
+		    spool_report_damage(s, g, spool_acked_from(s, seen), h.prev_seq)) {
+			off = end; /* the rest of g is reported: nothing more to copy */
+			break;
+		}
 		size_t len = REC_OVERHEAD + h.len;
 		off = at + len;
 		seen = h.seq;
@@ -396,9 +399,12 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 			continue;
 		rc = read_damage(s, fd, rec, len, at);
 		if (rc == 2 && report) { /* damage: it goes, reported */
-			if (!dev_spool_is_acked(s, h.seq))
-				spool_report_lost(s, h.prev_seq, h.seq);
 			rc = DEV_SPOOL_OK;
+			if (!dev_spool_is_acked(s, h.seq) &&
+			    spool_report_damage(s, g, h.prev_seq, h.seq)) {
+				off = end; /* the rest of g is reported */
+				break;
+			}
 			continue;
 		}
 		if (rc == 2)
