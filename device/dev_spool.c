@@ -478,6 +478,8 @@ static void drop_seg(struct dev_spool *s, size_t i)
 	int fd = spool_seg_fd(s, g);
 	uint64_t off = 0, count = 0, prev = 0, last = 0, seen = g->first_prev, at;
 	struct hdr h;
+	int walk_fails = s->walk_fails; /* a walk of its own: the reader's budget is kept */
+	spool_walk_start(s);
 	while (fd >= 0 && off < g->bytes && !spool_next_good(s, fd, off, g->bytes, 0, &at, &h)) {
 		if (!dev_spool_is_acked(s, h.seq)) {
 			if (!count)
@@ -488,6 +490,7 @@ static void drop_seg(struct dev_spool *s, size_t i)
 		seen = h.seq;
 		off = at + REC_OVERHEAD + h.len;
 	}
+	s->walk_fails = walk_fails;
 	/* What the walk did not reach (damage since the open hid the tail, or the segment cannot
 	 * be read) held records up to the segment's last: they go too, at least one. */
 	if ((fd < 0 || off < g->bytes) && !dev_spool_is_acked(s, g->last_seq)) {
@@ -1054,7 +1057,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 		/* its report is on disk (the fdatasync or the rename failed): it stands, and the
 		 * reader passes over what it reported */
 		spool_note_read_error(s, g, e, 1);
-		g->sealed = 1;
+		g->sealed = g->kept = 1;
 		return DAMAGE_KEPT;
 	}
 	memcpy(s->pending, saved, sizeof(saved)); /* h's report too */
@@ -1069,7 +1072,7 @@ static int drop_damage(struct dev_spool *s, size_t i, struct dev_spool_cursor *c
 	spool_note_read_error(s, g, e, 1);
 	/* appends go to a new segment: past the damage the reader may take the rest of this one
 	 * as unreadable to its end (the walk's failing reads at their cap), and reports it lost */
-	g->sealed = 1;
+	g->sealed = g->kept = 1;
 	return DAMAGE_KEPT;
 }
 
@@ -1092,6 +1095,10 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 		int fd = spool_seg_fd(s, g);
 		if (fd < 0)
 			return drop_unreadable(s, i, c);
+		if (!resume) { /* resumed: the same walk, its budget spent so far */
+			spool_walk_start(s);
+			g->kept = 0;
+		}
 		while (off < g->bytes) {
 			struct hdr h;
 			uint64_t here;
@@ -1101,7 +1108,8 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				return drop_unreadable(s, i, c);
 			if (r < 0)
 				return r;
-			if (s->unread_hits != hits) { /* past bytes that cannot be read */
+			/* past bytes that cannot be read (its rewrite failed in this walk: kept) */
+			if (s->unread_hits != hits && !g->kept) {
 				int d = drop_damage(s, i, c, &start, NULL, UINT64_MAX);
 				if (d != DAMAGE_KEPT)
 					return d; /* else kept: what it hid is reported below */
@@ -1132,7 +1140,7 @@ int dev_spool_next(struct dev_spool *s, struct dev_spool_cursor *c, int skip_ack
 				return DEV_SPOOL_ECORRUPT;
 			}
 			if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
-				r = drop_damage(s, i, c, &start, &h, here);
+				r = g->kept ? DAMAGE_KEPT : drop_damage(s, i, c, &start, &h, here);
 				if (r != DAMAGE_KEPT)
 					return r;
 				if (!dev_spool_is_acked(s, h.seq)) /* kept: it is lost */
@@ -1173,15 +1181,18 @@ int dev_spool_count(struct dev_spool *s, uint64_t first, uint64_t last, uint64_t
 		struct hdr h;
 		if (fd < 0)
 			return DEV_SPOOL_EIO;
+		int walk_fails = s->walk_fails, r = 0; /* a walk of its own: the reader's is kept */
+		spool_walk_start(s);
 		while (off < g->bytes) {
-			int r = spool_next_good(s, fd, off, g->bytes, 0, &at, &h);
-			if (r < 0)
-				return r;
+			r = spool_next_good(s, fd, off, g->bytes, 0, &at, &h);
 			if (r || h.seq > last)
 				break;
 			off = at + REC_OVERHEAD + h.len;
 			count += h.seq >= first;
 		}
+		s->walk_fails = walk_fails;
+		if (r < 0)
+			return r;
 	}
 	*n = count;
 	return DEV_SPOOL_OK;
@@ -1195,6 +1206,7 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 	st->segments = s->nsegs;
 	st->dropped_total = s->dropped_total;
 	st->chain_floor = s->last_durable;
+	int walk_fails = s->walk_fails; /* walks of its own: the reader's budget is kept */
 	for (size_t i = 0; i < s->nsegs; i++) {
 		struct seg *g = &m->segs[i];
 		if (spool_range_covers(s, g->first_seq, g->last_seq))
@@ -1202,6 +1214,7 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 		int fd = spool_seg_fd(m, g);
 		uint64_t off = 0, at;
 		struct hdr h;
+		spool_walk_start(m);
 		while (fd >= 0 && off < g->bytes && !spool_next_good(m, fd, off, g->bytes, 0, &at, &h)) {
 			off = at + REC_OVERHEAD + h.len;
 			if (dev_spool_is_acked(s, h.seq))
@@ -1214,6 +1227,7 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st)
 			st->records++;
 		}
 	}
+	m->walk_fails = walk_fails;
 	/* A drop not yet acknowledged is a link the bridge may not have: the floor stays below it,
 	 * or a restart after an overflow would look like a wiped device (PROTOCOL.md §2). */
 	for (size_t i = 0; i < s->npending; i++)

@@ -159,7 +159,8 @@ void dev_spool_stats(const struct dev_spool *s, struct dev_spool_stats *st);
  * more (a transient error costs nothing). A read error that is damage (EIO from a bad block,
  * EISDIR, EBADMSG, EUCLEAN) is handled as bit rot: the bytes that cannot be read are passed
  * over (sector by sector, a failed sector's 4 KiB block unread, at most 64 failed reads in a
- * walk before the rest is taken as unreadable to its end), the records they overlap, unless
+ * walk of a segment, however scattered, before the rest is taken as unreadable to its end),
+ * the records they overlap, unless
  * acknowledged, are reported as dropped, and the segment is rewritten without them (a reader gets
  * DEV_SPOOL_ECORRUPT and goes on by seq); the rewrite reports exactly what it leaves out, also
  * the open's (its header scan reports no damage that a rewrite will read again). At the open,

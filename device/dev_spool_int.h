@@ -48,6 +48,7 @@ struct seg {
 	enum { REPAIR_NONE, REPAIR_REWRITE, REPAIR_CUT, REPAIR_REMOVE } repair;
 	uint64_t repair_to; /* intact records end here */
 	int sealed; /* a read error met it at run time: appends go to a new segment */
+	int kept;   /* its rewrite failed in the reader's walk under way: not tried again in it */
 };
 
 struct pending {
@@ -94,6 +95,9 @@ struct dev_spool {
 	 * bad block */
 	uint64_t unread_hits;
 	int unread_errno;
+	/* failed preads for damage in the walk of a segment under way (spool_walk_start): past
+	 * MAX_WALK_FAILS the rest of it is taken as unreadable to its end */
+	int walk_fails;
 };
 
 
@@ -168,6 +172,9 @@ void spool_remove_seg(struct dev_spool *s, size_t i);
  * once more first. */
 int spool_read_rec(struct dev_spool *s, int fd, uint64_t off, uint64_t file_end, struct hdr *h,
 		   uint8_t **env);
+/* A walk of a segment starts (the open's scan, a reader starting on it, a rewrite, a count):
+ * its budget of failing reads (s->walk_fails) is whole again. */
+void spool_walk_start(struct dev_spool *s);
 /* The first intact record header at or after off whose seq is above `after`: 0 found (*at, *h),
  * 1 none before end, <0 error. Past damage it resynchronises byte by byte. */
 int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uint64_t after,

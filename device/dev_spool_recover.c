@@ -90,6 +90,7 @@ static int scan_seg(struct dev_spool *s, size_t i, struct scan *sc)
 	g->count = 0;
 	g->bytes = end;
 	s->total_bytes += end;
+	spool_walk_start(s);
 	while (off < end) {
 		struct hdr h;
 		uint64_t at;

@@ -50,12 +50,13 @@ static int read_at(int fd, uint8_t *p, size_t n, uint64_t off, int once)
 	return 0;
 }
 
-/* read_at, but a read that fails for damage is noted (s->unread_hits, s->unread_errno) and
- * returned as 2, so that the caller treats the bytes as damage. */
+/* read_at, but a read that fails for damage is noted (s->unread_hits, s->unread_errno, the
+ * walk's failed preads) and returned as 2, so that the caller treats the bytes as damage. */
 static int read_damage_at(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64_t off, int once)
 {
 	int r = read_at(fd, p, n, off, once);
 	if (r == DEV_SPOOL_EIO && spool_unreadable(errno)) {
+		s->walk_fails += once ? 1 : 2;
 		s->unread_hits++;
 		s->unread_errno = errno;
 		return 2;
@@ -68,18 +69,24 @@ static int read_damage(struct dev_spool *s, int fd, uint8_t *p, size_t n, uint64
 	return read_damage_at(s, fd, p, n, off, 0);
 }
 
-/* Reads that may fail in one walk past damage before the rest of it is taken as unreadable to
- * its end: on an SD card each failing read can take 100 ms and more, and a segment (1 MiB)
- * that cannot be read at all would cost thousands. */
+/* Preads that may fail for damage in one walk of a segment (spool_walk_start), however
+ * scattered the damage, before the rest of it is taken as unreadable to its end: on an SD card
+ * each failing read can take 100 ms and more, and a segment (1 MiB) that cannot be read at all
+ * would cost thousands. */
 enum { MAX_WALK_FAILS = 64 };
+
+void spool_walk_start(struct dev_spool *s)
+{
+	s->walk_fails = 0;
+}
 
 /* The window [o, o + n) into buf, sector by sector when it cannot be read whole: the bytes of a
  * sector that cannot be read (damage) are marked in bad[] (*any set), with the rest of its
- * 4 KiB block, unread (a bad block of a card is that size; a sector is tried once). *fails
- * counts the failed reads of the walk; at MAX_WALK_FAILS the rest of the window is marked bad
- * unread too. 0, 1 short, <0 error. */
+ * 4 KiB block, unread (a bad block of a card is that size; a sector is tried once). At
+ * MAX_WALK_FAILS failed preads in the walk the rest of the window is marked bad unread too.
+ * 0, 1 short, <0 error. */
 static int read_window(struct dev_spool *s, int fd, uint8_t *buf, uint8_t *bad, size_t n,
-		       uint64_t o, int *any, int *fails)
+		       uint64_t o, int *any)
 {
 	enum { SECTOR = 512, BLOCK = 4096 };
 	int r = read_damage(s, fd, buf, n, o);
@@ -87,19 +94,17 @@ static int read_window(struct dev_spool *s, int fd, uint8_t *buf, uint8_t *bad, 
 	if (r != 2)
 		return r;
 	*any = 1;
-	++*fails;
 	memset(bad, 0, n);
 	for (size_t i = 0; i < n;) {
 		size_t k = SECTOR - (size_t)((o + i) % SECTOR);
 		if (k > n - i)
 			k = n - i;
-		if (*fails >= MAX_WALK_FAILS) {
+		if (s->walk_fails >= MAX_WALK_FAILS) {
 			memset(bad + i, 1, n - i);
 			break;
 		}
 		r = read_damage_at(s, fd, buf + i, k, o + i, 1);
 		if (r == 2) {
-			++*fails;
 			k = BLOCK - (size_t)((o + i) % BLOCK);
 			if (k > n - i)
 				k = n - i;
@@ -330,12 +335,16 @@ int spool_next_good(struct dev_spool *s, int fd, uint64_t off, uint64_t end, uin
 			return r;
 	}
 	uint8_t *buf = malloc(WIN), *bad = malloc(WIN);
-	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any, fails = 0;
+	int rc = buf && bad ? 1 : DEV_SPOOL_ENOMEM, any;
 	for (uint64_t o = from; rc == 1 && o + HDR_LEN <= end;) {
 		size_t n = end - o < WIN ? (size_t)(end - o) : WIN;
-		if (fails >= MAX_WALK_FAILS)
-			break; /* the rest is taken as unreadable: no header in it */
-		r = read_window(s, fd, buf, bad, n, o, &any, &fails);
+		if (s->walk_fails >= MAX_WALK_FAILS) {
+			/* the rest is taken as unreadable: no header in it, and the caller sees
+			 * damage (not a torn tail), also where no read failed in this call */
+			s->unread_hits++;
+			break;
+		}
+		r = read_window(s, fd, buf, bad, n, o, &any);
 		if (r) {
 			rc = r < 0 ? r : 1;
 			break;
@@ -371,6 +380,7 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 	int fd = spool_seg_fd(s, g), out = -1, rc = DEV_SPOOL_ENOMEM;
 	struct seg n = {.name = g->name, .fd = -1, .sealed = g->sealed};
 	uint64_t off = 0, at, seen = g->first_prev, found = 0;
+	int walk_fails = s->walk_fails; /* a walk of its own: the reader's budget is kept */
 	if (!path || !rec || asprintf(&tmp, "%s.tmp", path) < 0)
 		goto done;
 	out = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -379,6 +389,7 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 		goto done;
 	}
 	rc = DEV_SPOOL_OK;
+	spool_walk_start(s);
 	while (off < end) {
 		struct hdr h;
 		rc = spool_next_good(s, fd, off, end, found ? seen : 0, &at, &h);
@@ -442,6 +453,7 @@ int spool_seg_rewrite(struct dev_spool *s, struct seg *g, uint64_t end, uint64_t
 	*g = n;
 	s->layout_gen++;
 done:
+	s->walk_fails = walk_fails;
 	if (out >= 0) {
 		close(out);
 		unlink(tmp);
