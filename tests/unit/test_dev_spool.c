@@ -3259,3 +3259,47 @@ Test(dev_spool, scattered_bad_blocks_cost_few_reads_per_walk)
 		}
 	}
 }
+
+/* The near-cap merge of spool_report_damage reached: rot in 58 to 62 records of the first of two
+ * 1 MiB segments fills the pending list (nothing acknowledged), then one 4 KiB block in 16 of
+ * the second cannot be read. Each record is delivered or reported dropped, never both, never
+ * neither, also after a restart: with the list within PENDING_SPARE of its cap the damage met
+ * takes the rest of its segment in one link (with the merge disabled, make_room forgot links
+ * and records were neither delivered nor reported). scattered_bad_blocks_forget_no_dropped_link
+ * no longer reaches it, since a walk's failed reads are capped as a whole. */
+Test(dev_spool, bad_blocks_met_with_the_pending_list_near_its_cap_forget_no_dropped_link)
+{
+	static const int nrots[] = {58, 62};
+	for (size_t r = 0; r < sizeof(nrots) / sizeof(nrots[0]); r++) {
+		char *dir = h_tmpdir("spool");
+		struct dev_spool_opts o = opts(dir);
+		static uint64_t seqs[5600], got[5600];
+		char names[64][600], when[64];
+		o.segment_bytes = 1 << 20;
+		fill(&o, 5400, 300, seqs);
+		cr_assert_eq(segments(dir, names), 2);
+		for (int k = 0; k < nrots[r]; k++)
+			flip_byte(names[0], 5000 + k * 14000);
+		settled_forget();
+		struct dev_spool *s = open_spool(&o);
+		eio_stripe = 16;
+		eio_arm(names[1], 0, 0, -1);
+		int pin = open(names[1], O_RDONLY); /* no later .tmp takes its inode */
+		size_t n = read_all(s, 1, got, 5600);
+		close(pin);
+		struct wire_dropped d[64];
+		size_t nd = dev_spool_dropped(s, d, 64);
+		snprintf(when, sizeof(when), "%d rotten records", nrots[r]);
+		cr_expect_geq(nd, 60, "%s: %zu links pending, the cap not neared", when, nd);
+		expect_each_once(s, seqs, 5400, got, n, when);
+		eio_disarm();
+		eio_stripe = 0;
+		dev_spool_close(s);
+		s = open_spool(&o);
+		n = read_all(s, 1, got, 5600);
+		snprintf(when, sizeof(when), "%d rotten records, restarted", nrots[r]);
+		expect_each_once(s, seqs, 5400, got, n, when);
+		dev_spool_close(s);
+		free(dir);
+	}
+}
