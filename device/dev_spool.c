@@ -209,10 +209,16 @@ static int state_write(struct dev_spool *s)
 	char *dst = NULL;
 	if (asprintf(&dst, "%s/state", s->dir) < 0)
 		return DEV_SPOOL_ENOMEM;
-	int rc = ofile_replace(dst, buf, n) ? spool_io_err() : DEV_SPOOL_OK;
+	int r = ofile_replace(dst, buf, n);
+	int rc = r ? spool_io_err() : DEV_SPOOL_OK;
+	/* OFILE_NOT_DURABLE: renamed into place, its directory not synced. The next start reads
+	 * it (a power cut may bring back the one before): a report in it is on disk, and taken
+	 * back in memory its records would be delivered (state_writes: spool_rewrite_reporting,
+	 * drop_damage). Still an error for the caller, and still dirty: written again later. */
+	if (!r || r == OFILE_NOT_DURABLE)
+		s->state_writes++;
 	if (!rc) {
 		s->state_written_ms = otime_mono_ms();
-		s->state_writes++;
 		s->state_dirty = 0;
 	}
 	free(dst);

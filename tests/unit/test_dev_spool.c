@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dev_spool.h"
+#include "h_fsync.h"
 #include "harness.h"
 
 /* On-disk size of a record of n payload bytes: header, nonce, ciphertext, tag. */
@@ -2858,8 +2859,9 @@ Test(dev_spool, a_read_error_that_clears_is_never_both_delivered_and_reported)
 
 /* rename(2) fails with rename_errno while it is not 0: every rename (a read-only remount), or
  * with rename_segs_only only a segment rewrite's (a power cut right before it); with
- * rename_clears the read error armed clears as it fails. */
-static int rename_errno, rename_segs_only, rename_clears;
+ * rename_clears the read error armed clears as it fails. With state_rename_clears it clears as
+ * the state file is renamed into place (that rename done). */
+static int rename_errno, rename_segs_only, rename_clears, state_rename_clears;
 int __real_rename(const char *from, const char *to);
 int __wrap_rename(const char *from, const char *to);
 int __wrap_rename(const char *from, const char *to)
@@ -2871,6 +2873,8 @@ int __wrap_rename(const char *from, const char *to)
 		errno = rename_errno;
 		return -1;
 	}
+	if (state_rename_clears && n > 6 && !strcmp(to + n - 6, "/state"))
+		eio_disarm();
 	return __real_rename(from, to);
 }
 
@@ -3338,5 +3342,46 @@ Test(dev_spool, scattered_bad_blocks_then_rot_in_a_later_segment_forget_no_dropp
 	eio_disarm();
 	eio_stripe = 0;
 	dev_spool_close(s);
+	free(dir);
+}
+
+/* The reader's rewrite writes its report (the state file: renamed into place) and the
+ * directory's fsync fails (ofile_replace's OFILE_NOT_DURABLE): the report is in the file the
+ * next start reads, so it stands. The read error clears with it, the reader delivers all it can,
+ * a power cut comes: nothing delivered is reported dropped, before or after it, and each record
+ * is one or the other (before, state_write took OFILE_NOT_DURABLE for a failure and the rewrite
+ * took its report back in memory only: the reader delivered the records it covers, and after
+ * the power cut they were reported dropped too). */
+Test(dev_spool, a_report_whose_directory_sync_fails_is_kept)
+{
+	struct dev_spool_opts o;
+	uint64_t seqs[40], got[48], after[48];
+	char *dir = forty(&o, seqs);
+	char *seg = last_segment(dir);
+	struct dev_spool *s = open_spool(&o);
+	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	h_fail_dir_fsync(EIO);
+	state_rename_clears = 1;
+	size_t n = read_all(s, 1, got, 48);
+	state_rename_clears = 0;
+	h_fail_dir_fsync(0);
+	eio_disarm();
+	expect_each_once(s, seqs, 40, got, n, "before the power cut");
+	cr_expect_lt(n, 40, "nothing reported");
+	struct dev_spool_opts oc = o;
+	oc.dir = power_cut(dir);
+	struct dev_spool *c = open_spool(&oc);
+	struct wire_dropped d[8];
+	size_t nd = dev_spool_dropped(c, d, 8);
+	for (size_t i = 0; i < n; i++)
+		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " delivered before the power "
+			  "cut, reported dropped after it", got[i]);
+	size_t na = read_all(c, 1, after, 48);
+	expect_each_once(c, seqs, 40, after, na, "after the power cut");
+	cr_expect_eq(na, n);
+	dev_spool_close(c);
+	dev_spool_close(s);
+	free((char *)oc.dir);
+	free(seg);
 	free(dir);
 }
