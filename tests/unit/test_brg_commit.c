@@ -1993,7 +1993,9 @@ Test(brg_commit_pg, a_message_cut_mid_character_in_an_event_is_stored)
 
 /* An operator's reason that fills the 255 bytes of a state change, in two-byte characters: the
  * bridge reads it back with the device's row and writes it again at the device's next message.
- * Cut mid-character, PostgreSQL refused every later message of that device, forever. */
+ * Cut mid-character, PostgreSQL refused every later message of that device, forever. Today
+ * store_device_action takes at most STORE_REASON_MAX bytes, which fit whole; a store written by
+ * an older outpostctl can hold the long one, set here directly. */
 Test(brg_commit_pg, a_long_operator_reason_does_not_block_the_device)
 {
 	commit_one(birth("dev-a", 1));
@@ -2002,8 +2004,17 @@ Test(brg_commit_pg, a_long_operator_reason_does_not_block_the_device)
 	char reason[256] = "a";
 	for (int i = 0; i < 120; i++)
 		strcat(reason, "\xc3\xa9");
+	cr_expect_eq(store_device_action(s, "dev-a", "release", "outpostctl", reason, NULL),
+	             STORE_EINVAL, "over STORE_REASON_MAX: refused, never cut");
+	char *sql = h_strf("UPDATE devices SET state_reason = 'active -> active by an older"
+	                   " outpostctl: %s' WHERE device_id = 'dev-a'", reason);
+	reason[STORE_REASON_MAX - 1] = '\0'; /* "a" and 99 two-byte characters */
 	cr_assert_eq(store_device_action(s, "dev-a", "release", "outpostctl", reason, NULL),
 	             STORE_OK, "%s", store_errmsg(s));
+	cr_assert_eq(store_exec(s, sql), STORE_OK, "%s", store_errmsg(s));
+	free(sql);
+	cr_assert_gt(one("SELECT octet_length(state_reason) FROM devices WHERE device_id = 'dev-a'"),
+	             STORE_STATE_REASON_MAX);
 	struct brg_item *it = batch("dev-a", "dev-a", 2, 0);
 	brg_outcome_clear(&out);
 	cr_expect_eq(brg_commit_group(com, &it, 1, store_now_ms(), &out), STORE_OK, "%s",
