@@ -624,7 +624,7 @@ int ctl_cmd_decode(struct ctl *c, int argc, char **argv)
 		name = pos[0];
 		in = fopen(pos[0], "rb");
 		if (!in) {
-			rc = ctl_err(CTL_FAIL, "decode: cannot open %s", pos[0]);
+			rc = ctl_err(CTL_FAIL, "decode: cannot open %s: %s", pos[0], strerror(errno));
 			goto out;
 		}
 	}

@@ -1707,7 +1707,7 @@ Test(outpostctl, decode_says_why_it_cannot_read, .timeout = 120)
 	     "outpostctl: decode: --cert DIR/big: over 8192 bytes, larger than a certificate\n", 2},
 	    /* a line break in a name is shown as one, not made a space (no such file 'a b') */
 	    {"decode \"$(printf \"DIR/a\\nb\")\"",
-	     "outpostctl: decode: cannot open DIR/a\\x0ab\n", 1},
+	     "outpostctl: decode: cannot open DIR/a\\x0ab: No such file or directory\n", 1},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char *args = with_dir(cases[i].args, dir), *said = with_dir(cases[i].said, dir);
