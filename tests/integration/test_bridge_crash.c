@@ -548,6 +548,40 @@ Test(bridge_failure, a_stop_with_the_store_down_keeps_to_shutdown_timeout, .time
 	h_pg_free(&pg);
 }
 
+/* Another session takes table in ACCESS EXCLUSIVE mode and keeps it for 60 s (psql, its output
+ * in *plog, caller frees); returns its pid once the lock is held. */
+static pid_t hold_table_lock(const struct h_pg *pg, const char *table, const char *log,
+                             char **plog)
+{
+	char port[16], *sql = h_strf("BEGIN; LOCK TABLE %s IN ACCESS EXCLUSIVE MODE; "
+	                             "SELECT pg_sleep(60); COMMIT", table);
+	snprintf(port, sizeof(port), "%d", pg->port);
+	char *const argv[] = {"psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+	                      "-d", "postgres", "-c", sql, NULL};
+	*plog = h_strf("%s.psql", log);
+	pid_t holder = h_spawn(argv, NULL, *plog);
+	char *held = h_strf("SELECT COUNT(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock'"
+	                    " AND granted AND relation = '%s'::regclass", table);
+	long long end = h_now_ms() + 20000;
+	while (h_store_i64(pg->url, held, 0) < 1 && h_now_ms() < end)
+		h_sleep_ms(100);
+	free(held);
+	free(sql);
+	return holder;
+}
+
+/* Whether a session waits on a lock within 20 s. */
+static bool lock_waited_on(const struct h_pg *pg)
+{
+	long long end = h_now_ms() + 20000;
+	while (h_now_ms() < end) {
+		h_sleep_ms(100);
+		if (h_store_i64(pg->url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted", 0) >= 1)
+			return true;
+	}
+	return false;
+}
+
 /* A stop while another PostgreSQL session holds a lock the writer waits for (an operator's
  * transaction: no lock_timeout by default) keeps to shutdown_timeout: past it the writer's
  * statement is cancelled, also while the verifiers wait for room in the writer's full queue.
@@ -573,22 +607,10 @@ Test(bridge_failure, a_stop_with_the_writer_waiting_on_a_lock_keeps_to_shutdown_
 	while (total_acks(d) < 3 && h_now_ms() < end)
 		h_sleep_ms(50);
 	cr_assert_geq(total_acks(d), 3, "nothing acknowledged before the lock (log %s)", br.log);
-	char port[16];
-	snprintf(port, sizeof(port), "%d", pg.port);
-	char *const argv[] = {"psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
-	                      "-d", "postgres", "-c",
-	                      "BEGIN; LOCK TABLE envelopes IN ACCESS EXCLUSIVE MODE; "
-	                      "SELECT pg_sleep(60); COMMIT",
-	                      NULL};
-	char *plog = h_strf("%s.psql", br.log);
-	pid_t holder = h_spawn(argv, NULL, plog);
-	int64_t waiting = 0;
-	end = h_now_ms() + 20000;
-	while (waiting < 1 && h_now_ms() < end) {
-		h_sleep_ms(100);
-		waiting = h_store_i64(pg.url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted", 0);
-	}
-	cr_assert_geq(waiting, 1, "the writer never waited on the lock (log %s, %s)", br.log, plog);
+	char *plog = NULL;
+	pid_t holder = hold_table_lock(&pg, "envelopes", br.log, &plog);
+	cr_assert(lock_waited_on(&pg), "the writer never waited on the lock (log %s, %s)", br.log,
+	          plog);
 	h_sleep_ms(1000); /* the queues fill up behind it */
 	long long t0 = h_now_ms();
 	int rc = h_bridge_stop(&br);
@@ -624,28 +646,11 @@ Test(bridge_failure, a_stop_with_a_registry_read_waiting_on_a_lock_keeps_to_shut
 	h_bridge_init(&br, &b, pg.url, "stop-registry-locked");
 	h_bridge_arg(&br, "--shutdown-timeout=1s");
 	h_bridge_start(&br);
-	char port[16];
-	snprintf(port, sizeof(port), "%d", pg.port);
-	char *const argv[] = {"psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
-	                      "-d", "postgres", "-c",
-	                      "BEGIN; LOCK TABLE devices IN ACCESS EXCLUSIVE MODE; "
-	                      "SELECT pg_sleep(60); COMMIT",
-	                      NULL};
-	char *plog = h_strf("%s.psql", br.log);
-	pid_t holder = h_spawn(argv, NULL, plog);
-	long long end = h_now_ms() + 20000;
-	while (h_store_i64(pg.url, "SELECT COUNT(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock'"
-	                   " AND relation = 'devices'::regclass", 0) < 1 && h_now_ms() < end)
-		h_sleep_ms(100);
+	char *plog = NULL;
+	pid_t holder = hold_table_lock(&pg, "devices", br.log, &plog);
 	start_devices(&b, o, d, 400, 20);
-	int64_t waiting = 0;
-	end = h_now_ms() + 20000;
-	while (waiting < 1 && h_now_ms() < end) {
-		h_sleep_ms(100);
-		waiting = h_store_i64(pg.url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted", 0);
-	}
-	cr_assert_geq(waiting, 1, "the registry never waited on the lock (log %s, %s)", br.log,
-	              plog);
+	cr_assert(lock_waited_on(&pg), "the registry never waited on the lock (log %s, %s)", br.log,
+	          plog);
 	h_sleep_ms(1000);
 	cr_expect_eq(total_acks(d), 0, "acknowledged through the lock (log %s)", br.log);
 	long long t0 = h_now_ms();
