@@ -160,11 +160,15 @@ static int send_rec(struct dev_uploader *u, int64_t now, dev_send_fn send, void 
 	return 0;
 }
 
+/* send_next passed over SKIP_MAX records (corrupt, or out already) and sent none: the pump goes
+ * on from *c, counting nothing. */
+enum { SKIP_MAX = 64, SKIPPED = 2 };
+
 /* Read one record at or after *c and send it; 1 when there is nothing more. */
 static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_cursor *c,
 		     int skip_acked, uint64_t stop_after, int fresh, dev_send_fn send, void *ctx)
 {
-	for (int guard = 0; guard < 64; guard++) {
+	for (int guard = 0; guard < SKIP_MAX; guard++) {
 		struct dev_spool_rec rec;
 		uint8_t *env = NULL;
 		size_t len;
@@ -190,7 +194,7 @@ static int send_next(struct dev_uploader *u, int64_t now, struct dev_spool_curso
 			*c = at; /* not sent: the same record goes next (Paho's queue was full...) */
 		return rc ? DEV_UPLOADER_ESEND : 0;
 	}
-	return 0;
+	return SKIPPED;
 }
 
 int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, void *ctx)
@@ -239,7 +243,7 @@ int dev_uploader_pump(struct dev_uploader *u, int64_t now, dev_send_fn send, voi
 			}
 			/* sent: go on after it; refused by a dying link: the range waits for the next
 			 * link; a spool error: give the range up, as retrying it would stall the pump */
-			if (rc == 0 && c.next_seq && c.next_seq <= u->resend[0].last)
+			if ((rc == 0 || rc == SKIPPED) && c.next_seq && c.next_seq <= u->resend[0].last)
 				u->resend[0].first = c.next_seq;
 			else if (rc != DEV_UPLOADER_ESEND)
 				resend_done(u);

@@ -59,7 +59,7 @@ struct fixture {
 	struct dev_spool *spool;
 	struct dev_uploader *up;
 	struct wire_key *bridge;
-	uint64_t seqs[64];
+	uint64_t seqs[128];
 	size_t n;
 };
 
@@ -642,6 +642,42 @@ Test(dev_uploader, a_corrupt_record_is_skipped_and_reported_dropped)
 	cr_expect_eq(us.corrupt, 1);
 	cr_expect_eq(dev_spool_dropped(f.spool, d, 4), 1);
 	free(first);
+	free(seg);
+	teardown(&f);
+}
+
+/* 67 records in a row rot on disk, more than one call of send_next passes over: the pump
+ * returns how many it sent (the 3 after them), not one more for the call that sent nothing
+ * (before, it counted that call as a send). */
+Test(dev_uploader, a_long_run_of_corrupt_records_is_not_counted_as_sent)
+{
+	enum { ROT = 67, N = 70 };
+	struct fixture f;
+	struct sent s = {0};
+	setup_up(&f, N, 8);
+	char *seg = h_strf("%s/seg-%020llu.log", f.dir, (unsigned long long)f.seqs[0]);
+	int fd = open(seg, O_RDWR);
+	cr_assert_geq(fd, 0, "%s", seg);
+	off_t at = 0;
+	for (size_t i = 0; i < N; i++) {
+		char *body = h_strf("envelope %llu", (unsigned long long)f.seqs[i]);
+		uint8_t b;
+		if (i < ROT) { /* a byte of its ciphertext */
+			cr_assert_eq(pread(fd, &b, 1, at + 48 + 12 + 2), 1);
+			b ^= 0x01;
+			cr_assert_eq(pwrite(fd, &b, 1, at + 48 + 12 + 2), 1);
+		}
+		at += (off_t)(48 + 12 + strlen(body) + 16);
+		free(body);
+	}
+	close(fd);
+	cr_expect_eq(dev_uploader_pump(f.up, 0, send_fn, &s), N - ROT);
+	cr_expect_eq(s.n, N - ROT);
+	cr_expect_eq(s.seq[0], f.seqs[ROT]);
+	struct dev_uploader_stats us;
+	dev_uploader_stats(f.up, &us);
+	cr_expect_eq(us.corrupt, ROT);
+	cr_expect_eq(us.sent, N - ROT);
 	free(seg);
 	teardown(&f);
 }
