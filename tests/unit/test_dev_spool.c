@@ -2435,323 +2435,6 @@ Test(dev_spool, a_read_error_is_reported_for_the_whole_segment_and_the_newest_ta
 	free(dir);
 }
 
-/* A segment of 40 records with a bad 4 KiB block in its middle, [4096, 8192) */
-#define BAD_FROM 4096
-#define BAD_TO 8192
-static char *forty(struct dev_spool_opts *o, uint64_t seqs[40])
-{
-	char *dir = h_tmpdir("spool");
-	*o = opts(dir);
-	struct dev_spool *s = open_spool(o);
-	for (int i = 0; i < 40; i++)
-		seqs[i] = put(s, 300, wall_ms());
-	dev_spool_close(s);
-	return dir;
-}
-
-/* the records of index in [10, 21] overlap the block: REC_BYTES(300) is 376 */
-static void expect_forty_less_the_block(const uint64_t *got, size_t n, const uint64_t seqs[40])
-{
-	cr_assert_eq(n, 28);
-	for (size_t i = 0; i < 10; i++)
-		cr_expect_eq(got[i], seqs[i]);
-	for (size_t i = 10; i < 28; i++)
-		cr_expect_eq(got[i], seqs[i + 12]);
-}
-
-/* A bad block met at run time costs only the records it overlaps: those before and after it
- * are delivered, the lost ones reported dropped once (the one whose body it holds, and the
- * stretch whose headers it hides, count 1 each: one link), and the segment is rewritten
- * without it, so it is read a bounded number of times, and never again after that. */
-Test(dev_spool, a_bad_block_at_run_time_costs_only_the_records_it_overlaps)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	struct dev_spool_stats st;
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
-	expect_forty_less_the_block(got, read_on(s, &c, 1, 1, got, 48), seqs);
-	expect_eio_named(s, seg);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	cr_expect_eq(d[0].count, 2);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
-	unsigned hits = eio_hits;
-	cr_expect_gt(hits, 0);
-	cr_expect_leq(hits, 40, "the bad block was read %u times", hits);
-	char *now = last_segment(dir);
-	cr_expect_str_eq(now, seg, "the segment keeps its name");
-	/* read again, and after a restart: the same records, nothing reported again */
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	dev_spool_close(s);
-	s = open_spool(&o);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
-	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
-	eio_disarm();
-	dev_spool_close(s);
-	free(now);
-	free(seg);
-	free(dir);
-}
-
-/* A read error that does not last (it fails once) costs nothing, at run time or at the open. */
-Test(dev_spool, a_transient_read_error_loses_nothing)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	struct dev_spool_read_error re;
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, 1);
-	cr_expect_eq(read_all(s, 1, got, 48), 40);
-	cr_expect_eq(eio_fails, 0, "it did not fail");
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 0);
-	dev_spool_read_error(s, &re);
-	cr_expect_eq(re.count, 0);
-	dev_spool_close(s);
-	eio_arm(seg, BAD_FROM, BAD_TO, 1); /* at the open: its scan reads a header in the block */
-	s = open_spool(&o);
-	cr_expect_eq(eio_fails, 0, "it did not fail");
-	cr_expect_eq(read_all(s, 1, got, 48), 40);
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 0);
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
-}
-
-/* A header read at the open that fails twice, the retry too, and then works is not reported
- * lost: the resync reads it again (before, it was reported dropped and the repair's rewrite,
- * reading it fine, kept it: both delivered and reported, PROTOCOL §3). */
-Test(dev_spool, a_header_read_that_fails_twice_at_the_open_is_not_both_kept_and_reported)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	eio_arm(seg, BAD_FROM, BAD_TO, 2);
-	struct dev_spool *s = open_spool(&o);
-	cr_expect_eq(eio_fails, 0, "it did not fail");
-	size_t n = read_all(s, 1, got, 48), nd = dev_spool_dropped(s, d, 4);
-	for (size_t i = 0; i < n; i++)
-		for (size_t k = 0; k < nd; k++)
-			cr_expect(got[i] <= d[k].prev_seq || got[i] > d[k].last_seq,
-				  "%" PRIu64 " delivered and reported dropped", got[i]);
-	cr_expect_eq(n, 40);
-	cr_expect_eq(nd, 0);
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
-}
-
-/* A bad block met at the open: the repair's rewrite, which reads the records whole, reports
- * those it overlaps (the one whose body it holds and the stretch whose headers it hides: one
- * link, count 2), and what follows is kept and delivered; once the segment is rewritten
- * without it, it is not read again. */
-Test(dev_spool, a_bad_block_at_the_open_costs_only_the_records_it_overlaps)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	struct dev_spool_stats st;
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	struct dev_spool *s = open_spool(&o);
-	expect_eio_named(s, seg);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	cr_expect_eq(d[0].count, 2);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	unsigned hits = eio_hits;
-	cr_expect_leq(hits, 60, "the bad block was read %u times", hits);
-	dev_spool_close(s);
-	s = open_spool(&o);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 1);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
-	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
-}
-
-/* A rewrite that cannot be made and will not be by trying again (here its temporary file: a
- * directory in its place; a full disk, a write error) costs no more than the bad block: the
- * reader passes over it where it is, the records it overlaps reported dropped once (what the
- * failed rewrite had reported is taken back, not reported twice), the rest delivered, read
- * again and after a restart too; appends go on. */
-Test(dev_spool, a_bad_block_whose_rewrite_cannot_be_made_costs_only_the_records_it_overlaps)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	struct dev_spool_stats st;
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	char *tmp = h_strf("%s.tmp", seg);
-	struct dev_spool *s = open_spool(&o);
-	cr_assert_eq(mkdir(tmp, 0700), 0);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
-	expect_forty_less_the_block(got, read_on(s, &c, 1, 1, got, 48), seqs);
-	expect_eio_named(s, seg);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	cr_expect_eq(d[0].count, 2);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 1);
-	uint64_t seq = put(s, 300, wall_ms());
-	cr_assert_eq(read_on(s, &c, 1, 0, got, 48), 1);
-	cr_expect_eq(got[0], seq);
-	dev_spool_close(s);
-	s = open_spool(&o);
-	cr_expect_eq(read_all(s, 1, got, 48), 29);
-	cr_expect_eq(got[28], seq);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 2);
-	eio_disarm();
-	dev_spool_close(s);
-	rmdir(tmp);
-	free(tmp);
-	free(seg);
-	free(dir);
-}
-
-/* A rewrite that fails for a reason that passes (out of file descriptors: its temporary file
- * cannot be opened) is an error to try again, not damage: nothing is reported dropped, and
- * once it has passed the records the bad block does not overlap are delivered and only those
- * it overlaps reported. */
-Test(dev_spool, a_bad_block_whose_rewrite_fails_for_a_while_loses_nothing_more)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	struct dev_spool_stats st;
-	struct rlimit old, rl;
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
-	size_t n = 0;
-	int rc, e = 0;
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* the lowest free descriptor */
-	cr_assert_geq(fd, 0);
-	close(fd);
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
-	rl = old;
-	rl.rlim_cur = (rlim_t)fd + 1; /* room for the segment, none for the rewrite */
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-	for (;;) {
-		struct dev_spool_rec r;
-		uint8_t *env = NULL;
-		size_t len;
-		rc = dev_spool_next(s, &c, 1, &r, &env, &len);
-		e = errno;
-		if (rc)
-			break;
-		free(env);
-		got[n++] = r.seq;
-	}
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
-	cr_expect_eq(rc, DEV_SPOOL_EIO, "next: %s", dev_spool_strerror(rc));
-	cr_expect_eq(e, EMFILE, "errno %s", strerror(e));
-	cr_expect_eq(n, 10);
-	cr_expect_eq(dev_spool_dropped(s, d, 4), 0);
-	dev_spool_stats(s, &st);
-	cr_expect_eq(st.dropped_total, 0);
-	n += read_on(s, &c, 1, 1, got + n, 48 - n);
-	expect_forty_less_the_block(got, n, seqs);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	cr_expect_eq(d[0].count, 2);
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
-}
-
-/* A segment of 1 MiB that cannot be read at all costs a bounded number of reads, at run time
- * and at the open, not one or two per 512-byte sector (on an SD card each failing read can
- * take 100 ms and more): a sector is tried once, the rest of its 4 KiB block is not read, and
- * a walk gives up on the rest of the segment after a few dozen failures. All it held is
- * reported dropped. */
-Test(dev_spool, a_segment_that_cannot_be_read_at_all_costs_few_reads)
-{
-	for (int at_open = 0; at_open < 2; at_open++) {
-		char *dir = h_tmpdir("spool");
-		struct dev_spool_opts o = opts(dir);
-		uint64_t seqs[64], got[64];
-		struct wire_dropped d[4];
-		o.segment_bytes = 1 << 20;
-		fill(&o, 64, 16000, seqs); /* one segment of ~1 MiB */
-		char *seg = last_segment(dir);
-		struct dev_spool *s;
-		if (at_open)
-			eio_arm(seg, 0, 0, -1);
-		s = open_spool(&o); /* at the open: the segment is removed */
-		if (!at_open)
-			eio_arm(seg, 0, 0, -1);
-		cr_expect_eq(read_all(s, 1, got, 64), 0);
-		cr_expect_leq(eio_hits, 200, "%u failing reads", eio_hits);
-		cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-		cr_expect_lt(d[0].prev_seq, seqs[0]);
-		cr_expect_eq(d[0].last_seq, seqs[63]);
-		eio_disarm();
-		dev_spool_close(s);
-		free(seg);
-		free(dir);
-	}
-}
-
-/* A reader that starts past the record whose body the bad block holds (a resend's, or after a
- * restart) meets the block where it hides headers: the rewrite finds that record cannot be
- * read and reports it too, not only the stretch it hides. */
-Test(dev_spool, a_bad_block_before_a_readers_start_is_reported_whole)
-{
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	struct wire_dropped d[4];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(seqs[15]);
-	cr_assert_eq(read_on(s, &c, 1, 1, got, 48), 18);
-	cr_expect_eq(got[0], seqs[22]);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	cr_expect_eq(d[0].count, 2);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
-}
-
 /* 1 if seq lies in one of the n dropped links d (prev_seq, last_seq]. */
 static int in_dropped(const struct wire_dropped *d, size_t n, uint64_t seq)
 {
@@ -2813,50 +2496,6 @@ static void expect_each_once(struct dev_spool *s, const uint64_t *seqs, size_t n
 	}
 }
 
-/* A read error in the bad block that clears after some failures, at the open (its scan sees
- * the block as unreadable, and the repair's rewrite, which reads it again, may not: the error
- * cleared before or during it) or at run time: whatever is read in the end, every record is
- * delivered or reported dropped, never both, then and after a restart (before, the open reported
- * what its scan could not read and the rewrite kept what it could: fails=5, 6, 10 gave records
- * both delivered and covered by a reported Dropped link); one that clears before the rewrite
- * (at most 5 failures: the open's scan takes them all) costs nothing. */
-Test(dev_spool, a_read_error_that_clears_is_never_both_delivered_and_reported)
-{
-	static const int fails[] = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 30, -1};
-	for (int at_open = 1; at_open >= 0; at_open--) {
-		for (size_t f = 0; f < sizeof(fails) / sizeof(fails[0]); f++) {
-			struct dev_spool_opts o;
-			uint64_t seqs[40], got[48];
-			char when[64];
-			char *dir = forty(&o, seqs);
-			char *seg = last_segment(dir);
-			struct dev_spool *s;
-			snprintf(when, sizeof(when), "%s, fails=%d", at_open ? "open" : "run time",
-				 fails[f]);
-			if (at_open)
-				eio_arm(seg, BAD_FROM, BAD_TO, fails[f]);
-			s = open_spool(&o);
-			if (!at_open)
-				eio_arm(seg, BAD_FROM, BAD_TO, fails[f]);
-			size_t n = read_all(s, 1, got, 48);
-			expect_each_once(s, seqs, 40, got, n, when);
-			if (at_open && fails[f] > 0 && fails[f] <= 5) /* cleared before the rewrite */
-				cr_expect_eq(n, 40, "%s: %zu delivered", when, n);
-			eio_disarm(); /* whatever is left of the error clears */
-			n = read_all(s, 1, got, 48);
-			expect_each_once(s, seqs, 40, got, n, when);
-			dev_spool_close(s);
-			s = open_spool(&o);
-			n = read_all(s, 1, got, 48);
-			strcat(when, ", restarted");
-			expect_each_once(s, seqs, 40, got, n, when);
-			dev_spool_close(s);
-			free(seg);
-			free(dir);
-		}
-	}
-}
-
 /* rename(2) fails with rename_errno while it is not 0: every rename (a read-only remount), or
  * with rename_segs_only only a segment rewrite's (a power cut right before it); with
  * rename_clears the read error armed clears as it fails. With state_rename_clears it clears as
@@ -2897,6 +2536,407 @@ static int read_until_error(struct dev_spool *s, struct dev_spool_cursor *c, uin
 	}
 }
 
+/* A read-error test's spool: records filled into a fresh directory (their seqs, nrec of them),
+ * the newest segment seg, room for cap seqs read back (got), and, once made, the rewrite's
+ * blocked temporary file (bad_no_rewrite) and a power cut's copy (bad_cut, its spool c).
+ * bad_done disarms the failing-read wrap, closes what is open and frees it all. */
+struct bad_spool {
+	char *dir, *seg, *tmp;
+	struct dev_spool_opts o, oc;
+	struct dev_spool *s, *c;
+	uint64_t *seqs, *got;
+	size_t nrec, cap;
+};
+
+/* n records of size bytes, in segments of segment_bytes (0: opts'), the spool not open */
+static struct bad_spool bad_fill(size_t n, size_t size, size_t segment_bytes)
+{
+	struct bad_spool b = {.dir = h_tmpdir("spool"), .nrec = n, .cap = n + 100};
+	b.o = opts(b.dir);
+	if (segment_bytes)
+		b.o.segment_bytes = segment_bytes;
+	b.seqs = calloc(b.nrec, sizeof(*b.seqs));
+	b.got = calloc(b.cap, sizeof(*b.got));
+	cr_assert(b.seqs && b.got);
+	fill(&b.o, (int)n, size, b.seqs);
+	b.seg = last_segment(b.dir);
+	return b;
+}
+
+static void bad_open(struct bad_spool *b)
+{
+	b->s = open_spool(&b->o);
+}
+
+/* Open b's spool with the bytes [from, to) of its newest segment failing `fails` times
+ * (eio_arm) from before the open if at_open, else from right after it. */
+static void bad_open_armed(struct bad_spool *b, int at_open, off_t from, off_t to, int fails)
+{
+	if (at_open)
+		eio_arm(b->seg, from, to, fails);
+	bad_open(b);
+	if (!at_open)
+		eio_arm(b->seg, from, to, fails);
+}
+
+/* Forty records of 300 bytes in one segment, opened with a bad 4 KiB block in their middle,
+ * [BAD_FROM, BAD_TO), failing `fails` times (bad_open_armed) */
+#define BAD_FROM 4096
+#define BAD_TO 8192
+static struct bad_spool bad_forty(int at_open, int fails)
+{
+	struct bad_spool b = bad_fill(40, 300, 0);
+	bad_open_armed(&b, at_open, BAD_FROM, BAD_TO, fails);
+	return b;
+}
+
+static void bad_reopen(struct bad_spool *b)
+{
+	dev_spool_close(b->s);
+	bad_open(b);
+}
+
+/* A directory in the place of the newest segment's rewrite's temporary file: the rewrite
+ * cannot be made, and will not be by trying again. Made once the spool is open. */
+static void bad_no_rewrite(struct bad_spool *b)
+{
+	b->tmp = h_strf("%s.tmp", b->seg);
+	cr_assert_eq(mkdir(b->tmp, 0700), 0);
+}
+
+/* read_all into b->got: the count */
+static size_t bad_read(struct bad_spool *b)
+{
+	return read_all(b->s, 1, b->got, b->cap);
+}
+
+/* bad_read, each record of b delivered or reported dropped once (expect_each_once) */
+static size_t bad_each_once(struct bad_spool *b, const char *when)
+{
+	size_t n = bad_read(b);
+	expect_each_once(b->s, b->seqs, b->nrec, b->got, n, when);
+	return n;
+}
+
+/* The power cut (power_cut) of b's directory, the copy's options in b->oc (its spool, b->c,
+ * to be opened). */
+static void bad_cut(struct bad_spool *b)
+{
+	b->oc = b->o;
+	b->oc.dir = power_cut(b->dir);
+}
+
+static void bad_done(struct bad_spool *b)
+{
+	eio_disarm();
+	eio_stripe = 0;
+	if (b->c)
+		dev_spool_close(b->c);
+	if (b->s)
+		dev_spool_close(b->s);
+	if (b->tmp)
+		rmdir(b->tmp);
+	free((char *)b->oc.dir);
+	free(b->tmp);
+	free(b->seg);
+	free(b->dir);
+	free(b->seqs);
+	free(b->got);
+}
+
+/* the records of index in [10, 21] overlap the block: REC_BYTES(300) is 376 */
+static void expect_forty_less_the_block(const struct bad_spool *b, size_t n)
+{
+	cr_assert_eq(n, 28);
+	for (size_t i = 0; i < 10; i++)
+		cr_expect_eq(b->got[i], b->seqs[i]);
+	for (size_t i = 10; i < 28; i++)
+		cr_expect_eq(b->got[i], b->seqs[i + 12]);
+}
+
+/* The one pending Dropped link is the block's: (seqs[9], seqs[21]], count 2 (the record whose
+ * body it holds, and the stretch whose headers it hides). */
+static void expect_the_block_reported(const struct bad_spool *b)
+{
+	struct wire_dropped d[4];
+	cr_assert_eq(dev_spool_dropped(b->s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, b->seqs[9]);
+	cr_expect_eq(d[0].last_seq, b->seqs[21]);
+	cr_expect_eq(d[0].count, 2);
+}
+
+/* How many Dropped links are pending (at most 4). */
+static size_t pending(const struct dev_spool *s)
+{
+	struct wire_dropped d[4];
+	return dev_spool_dropped(s, d, 4);
+}
+
+static void expect_dropped_total(const struct dev_spool *s, uint64_t total)
+{
+	struct dev_spool_stats st;
+	dev_spool_stats(s, &st);
+	cr_expect_eq(st.dropped_total, total);
+}
+
+/* What b's spool delivered (the first n of b->got), the read error cleared, each record once
+ * (expect_each_once); then a power cut: nothing delivered is reported dropped after it, and the
+ * copy delivers as many, each record once again. */
+static void expect_the_report_survives_a_power_cut(struct bad_spool *b, size_t n)
+{
+	struct wire_dropped d[8];
+	uint64_t *after = calloc(b->cap, sizeof(*after));
+	cr_assert_not_null(after);
+	expect_each_once(b->s, b->seqs, b->nrec, b->got, n, "before the power cut");
+	bad_cut(b);
+	b->c = open_spool(&b->oc);
+	size_t nd = dev_spool_dropped(b->c, d, 8);
+	for (size_t i = 0; i < n; i++)
+		cr_expect(!in_dropped(d, nd, b->got[i]), "seq %" PRIu64 " delivered before the "
+			  "power cut, reported dropped after it", b->got[i]);
+	size_t na = read_all(b->c, 1, after, b->cap);
+	expect_each_once(b->c, b->seqs, b->nrec, after, na, "after the power cut");
+	cr_expect_eq(na, n);
+	free(after);
+}
+
+/* A 1 MiB segment of 2700 records of 300 bytes, one 4 KiB block in `stripe` of it failing,
+ * met (how) at the open (0), at run time (1), or at run time by a rewrite that reads it all and
+ * then fails, on a card remounted read-only (2: EROFS): everything read, each record delivered
+ * or reported dropped once (expect_each_once), when naming the case. Returns the count read,
+ * b's spool open. */
+static size_t scattered(struct bad_spool *b, int stripe, int how, char when[64])
+{
+	static const char *const hows[] = {"at the open", "at run time", "EROFS"};
+	*b = bad_fill(2700, 300, 1 << 20);
+	settled_forget();
+	eio_stripe = stripe;
+	bad_open_armed(b, how == 0, 0, 0, -1);
+	if (how == 2)
+		rename_errno = EROFS; /* the rewrite reads it all, then fails */
+	size_t n = bad_read(b);
+	rename_errno = 0;
+	snprintf(when, 64, "1 block in %d, %s", stripe, hows[how]);
+	expect_each_once(b->s, b->seqs, 2700, b->got, n, when);
+	return n;
+}
+
+/* A bad block met at run time costs only the records it overlaps: those before and after it
+ * are delivered, the lost ones reported dropped once (the one whose body it holds, and the
+ * stretch whose headers it hides, count 1 each: one link), and the segment is rewritten
+ * without it, so it is read a bounded number of times, and never again after that. */
+Test(dev_spool, a_bad_block_at_run_time_costs_only_the_records_it_overlaps)
+{
+	struct bad_spool b = bad_forty(0, -1);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	expect_eio_named(b.s, b.seg);
+	expect_the_block_reported(&b);
+	expect_dropped_total(b.s, 2);
+	unsigned hits = eio_hits;
+	cr_expect_gt(hits, 0);
+	cr_expect_leq(hits, 40, "the bad block was read %u times", hits);
+	char *now = last_segment(b.dir);
+	cr_expect_str_eq(now, b.seg, "the segment keeps its name");
+	free(now);
+	/* read again, and after a restart: the same records, nothing reported again */
+	expect_forty_less_the_block(&b, bad_read(&b));
+	bad_reopen(&b);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	cr_assert_eq(pending(b.s), 1);
+	expect_dropped_total(b.s, 2);
+	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
+	bad_done(&b);
+}
+
+/* A read error that does not last (it fails once) costs nothing, at run time or at the open. */
+Test(dev_spool, a_transient_read_error_loses_nothing)
+{
+	struct dev_spool_read_error re;
+	struct bad_spool b = bad_forty(0, 1);
+	cr_expect_eq(bad_read(&b), 40);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	cr_expect_eq(pending(b.s), 0);
+	dev_spool_read_error(b.s, &re);
+	cr_expect_eq(re.count, 0);
+	dev_spool_close(b.s);
+	/* at the open: its scan reads a header in the block */
+	bad_open_armed(&b, 1, BAD_FROM, BAD_TO, 1);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	cr_expect_eq(bad_read(&b), 40);
+	cr_expect_eq(pending(b.s), 0);
+	bad_done(&b);
+}
+
+/* A header read at the open that fails twice, the retry too, and then works is not reported
+ * lost: the resync reads it again (before, it was reported dropped and the repair's rewrite,
+ * reading it fine, kept it: both delivered and reported, PROTOCOL §3). */
+Test(dev_spool, a_header_read_that_fails_twice_at_the_open_is_not_both_kept_and_reported)
+{
+	struct wire_dropped d[4];
+	struct bad_spool b = bad_forty(1, 2);
+	cr_expect_eq(eio_fails, 0, "it did not fail");
+	size_t n = bad_read(&b), nd = dev_spool_dropped(b.s, d, 4);
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < nd; k++)
+			cr_expect(b.got[i] <= d[k].prev_seq || b.got[i] > d[k].last_seq,
+				  "%" PRIu64 " delivered and reported dropped", b.got[i]);
+	cr_expect_eq(n, 40);
+	cr_expect_eq(nd, 0);
+	bad_done(&b);
+}
+
+/* A bad block met at the open: the repair's rewrite, which reads the records whole, reports
+ * those it overlaps (the one whose body it holds and the stretch whose headers it hides: one
+ * link, count 2), and what follows is kept and delivered; once the segment is rewritten
+ * without it, it is not read again. */
+Test(dev_spool, a_bad_block_at_the_open_costs_only_the_records_it_overlaps)
+{
+	struct bad_spool b = bad_forty(1, -1);
+	expect_eio_named(b.s, b.seg);
+	expect_the_block_reported(&b);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	cr_assert_eq(pending(b.s), 1);
+	unsigned hits = eio_hits;
+	cr_expect_leq(hits, 60, "the bad block was read %u times", hits);
+	bad_reopen(&b);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	cr_expect_eq(pending(b.s), 1);
+	expect_dropped_total(b.s, 2);
+	cr_expect_eq(eio_hits, hits, "the bad block was read again after the rewrite");
+	bad_done(&b);
+}
+
+/* A rewrite that cannot be made and will not be by trying again (here its temporary file: a
+ * directory in its place; a full disk, a write error) costs no more than the bad block: the
+ * reader passes over it where it is, the records it overlaps reported dropped once (what the
+ * failed rewrite had reported is taken back, not reported twice), the rest delivered, read
+ * again and after a restart too; appends go on. */
+Test(dev_spool, a_bad_block_whose_rewrite_cannot_be_made_costs_only_the_records_it_overlaps)
+{
+	struct bad_spool b = bad_forty(0, -1);
+	bad_no_rewrite(&b);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	expect_forty_less_the_block(&b, read_on(b.s, &c, 1, 1, b.got, b.cap));
+	expect_eio_named(b.s, b.seg);
+	expect_the_block_reported(&b);
+	expect_dropped_total(b.s, 2);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	cr_expect_eq(pending(b.s), 1);
+	uint64_t seq = put(b.s, 300, wall_ms());
+	cr_assert_eq(read_on(b.s, &c, 1, 0, b.got, b.cap), 1);
+	cr_expect_eq(b.got[0], seq);
+	bad_reopen(&b);
+	cr_expect_eq(bad_read(&b), 29);
+	cr_expect_eq(b.got[28], seq);
+	expect_dropped_total(b.s, 2);
+	bad_done(&b);
+}
+
+/* A rewrite that fails for a reason that passes (out of file descriptors: its temporary file
+ * cannot be opened) is an error to try again, not damage: nothing is reported dropped, and
+ * once it has passed the records the bad block does not overlap are delivered and only those
+ * it overlaps reported. */
+Test(dev_spool, a_bad_block_whose_rewrite_fails_for_a_while_loses_nothing_more)
+{
+	struct rlimit old, rl;
+	size_t n = 0;
+	int rc, e = 0;
+	struct bad_spool b = bad_forty(0, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* the lowest free descriptor */
+	cr_assert_geq(fd, 0);
+	close(fd);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	rl = old;
+	rl.rlim_cur = (rlim_t)fd + 1; /* room for the segment, none for the rewrite */
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	for (;;) {
+		struct dev_spool_rec r;
+		uint8_t *env = NULL;
+		size_t len;
+		rc = dev_spool_next(b.s, &c, 1, &r, &env, &len);
+		e = errno;
+		if (rc)
+			break;
+		free(env);
+		b.got[n++] = r.seq;
+	}
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	cr_expect_eq(rc, DEV_SPOOL_EIO, "next: %s", dev_spool_strerror(rc));
+	cr_expect_eq(e, EMFILE, "errno %s", strerror(e));
+	cr_expect_eq(n, 10);
+	cr_expect_eq(pending(b.s), 0);
+	expect_dropped_total(b.s, 0);
+	n += read_on(b.s, &c, 1, 1, b.got + n, b.cap - n);
+	expect_forty_less_the_block(&b, n);
+	expect_the_block_reported(&b);
+	bad_done(&b);
+}
+
+/* A segment of 1 MiB that cannot be read at all costs a bounded number of reads, at run time
+ * and at the open, not one or two per 512-byte sector (on an SD card each failing read can
+ * take 100 ms and more): a sector is tried once, the rest of its 4 KiB block is not read, and
+ * a walk gives up on the rest of the segment after a few dozen failures. All it held is
+ * reported dropped. */
+Test(dev_spool, a_segment_that_cannot_be_read_at_all_costs_few_reads)
+{
+	for (int at_open = 0; at_open < 2; at_open++) {
+		const char *when = at_open ? "at the open" : "at run time";
+		struct wire_dropped d[4];
+		struct bad_spool b = bad_fill(64, 16000, 1 << 20); /* one segment of ~1 MiB */
+		bad_open_armed(&b, at_open, 0, 0, -1); /* at the open: the segment is removed */
+		cr_expect_eq(bad_read(&b), 0, "%s", when);
+		cr_expect_leq(eio_hits, 200, "%s: %u failing reads", when, eio_hits);
+		cr_assert_eq(dev_spool_dropped(b.s, d, 4), 1, "%s", when);
+		cr_expect_lt(d[0].prev_seq, b.seqs[0], "%s", when);
+		cr_expect_eq(d[0].last_seq, b.seqs[63], "%s", when);
+		bad_done(&b);
+	}
+}
+
+/* A reader that starts past the record whose body the bad block holds (a resend's, or after a
+ * restart) meets the block where it hides headers: the rewrite finds that record cannot be
+ * read and reports it too, not only the stretch it hides. */
+Test(dev_spool, a_bad_block_before_a_readers_start_is_reported_whole)
+{
+	struct bad_spool b = bad_forty(0, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(b.seqs[15]);
+	cr_assert_eq(read_on(b.s, &c, 1, 1, b.got, b.cap), 18);
+	cr_expect_eq(b.got[0], b.seqs[22]);
+	expect_the_block_reported(&b);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	bad_done(&b);
+}
+
+/* A read error in the bad block that clears after some failures, at the open (its scan sees
+ * the block as unreadable, and the repair's rewrite, which reads it again, may not: the error
+ * cleared before or during it) or at run time: whatever is read in the end, every record is
+ * delivered or reported dropped, never both, then and after a restart (before, the open reported
+ * what its scan could not read and the rewrite kept what it could: fails=5, 6, 10 gave records
+ * both delivered and covered by a reported Dropped link); one that clears before the rewrite
+ * (at most 5 failures: the open's scan takes them all) costs nothing. */
+Test(dev_spool, a_read_error_that_clears_is_never_both_delivered_and_reported)
+{
+	static const int fails[] = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 30, -1};
+	for (int at_open = 1; at_open >= 0; at_open--) {
+		for (size_t f = 0; f < sizeof(fails) / sizeof(fails[0]); f++) {
+			char when[64];
+			snprintf(when, sizeof(when), "%s, fails=%d", at_open ? "open" : "run time",
+				 fails[f]);
+			struct bad_spool b = bad_forty(at_open, fails[f]);
+			size_t n = bad_each_once(&b, when);
+			if (at_open && fails[f] > 0 && fails[f] <= 5) /* cleared before the rewrite */
+				cr_expect_eq(n, 40, "%s: %zu delivered", when, n);
+			eio_disarm(); /* whatever is left of the error clears */
+			bad_each_once(&b, when);
+			bad_reopen(&b);
+			strcat(when, ", restarted");
+			bad_each_once(&b, when);
+			bad_done(&b);
+		}
+	}
+}
+
 /* A card remounted read-only (EROFS: the rewrite's state write and rename fail) does not stall
  * the backlog at a bad block until it is remounted: the rewrite's failure does not pass by
  * itself, so the reader passes over the block where it is, reporting only the records it
@@ -2905,33 +2945,22 @@ static int read_until_error(struct dev_spool *s, struct dev_spool_cursor *c, uin
  * at every pass). */
 Test(dev_spool, a_bad_block_on_a_card_remounted_read_only_costs_only_the_records_it_overlaps)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
 	struct wire_dropped d[4];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
 	size_t n = 0;
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct bad_spool b = bad_forty(0, -1);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
 	rename_errno = EROFS;
-	int rc = read_until_error(s, &c, got, &n, 48);
+	int rc = read_until_error(b.s, &c, b.got, &n, b.cap);
 	cr_expect_eq(rc, 1, "next: %s (%s)", dev_spool_strerror(rc), strerror(errno));
-	expect_forty_less_the_block(got, n, seqs);
-	cr_assert_eq(dev_spool_dropped(s, d, 4), 1);
-	cr_expect_eq(d[0].prev_seq, seqs[9]);
-	cr_expect_eq(d[0].last_seq, seqs[21]);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
+	expect_forty_less_the_block(&b, n);
+	cr_assert_eq(dev_spool_dropped(b.s, d, 4), 1);
+	cr_expect_eq(d[0].prev_seq, b.seqs[9]);
+	cr_expect_eq(d[0].last_seq, b.seqs[21]);
+	expect_forty_less_the_block(&b, bad_read(&b));
 	rename_errno = 0; /* remounted read-write */
-	dev_spool_close(s);
-	s = open_spool(&o);
-	n = read_all(s, 1, got, 48);
-	expect_each_once(s, seqs, 40, got, n, "remounted and restarted");
-	cr_expect_eq(n, 28);
-	eio_disarm();
-	dev_spool_close(s);
-	free(seg);
-	free(dir);
+	bad_reopen(&b);
+	cr_expect_eq(bad_each_once(&b, "remounted and restarted"), 28);
+	bad_done(&b);
 }
 
 /* A power cut between the rewrite's state write (which reports what it leaves out) and its
@@ -2940,33 +2969,23 @@ Test(dev_spool, a_bad_block_on_a_card_remounted_read_only_costs_only_the_records
  * reported), they are cut out (before, all 40 were delivered, 12 of them reported dropped too). */
 Test(dev_spool, a_power_cut_between_a_rewrite_s_report_and_its_rename_delivers_nothing_reported)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct bad_spool b = bad_forty(0, -1);
 	rename_errno = EIO; /* the segment's rename does not happen: the power is cut there */
 	rename_segs_only = 1;
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	struct dev_spool_opts oc = o;
-	oc.dir = power_cut(dir);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	bad_cut(&b);
 	rename_errno = rename_segs_only = 0;
 	eio_disarm(); /* the error cleared */
-	struct dev_spool *c = open_spool(&oc);
-	size_t n = read_all(c, 1, got, 48);
-	expect_each_once(c, seqs, 40, got, n, "after the power cut");
+	b.c = open_spool(&b.oc);
+	size_t n = read_all(b.c, 1, b.got, b.cap);
+	expect_each_once(b.c, b.seqs, 40, b.got, n, "after the power cut");
 	cr_expect_eq(n, 28);
-	dev_spool_close(c);
-	c = open_spool(&oc); /* cut out: read again, the same */
-	n = read_all(c, 1, got, 48);
-	expect_each_once(c, seqs, 40, got, n, "restarted again");
+	dev_spool_close(b.c);
+	b.c = open_spool(&b.oc); /* cut out: read again, the same */
+	n = read_all(b.c, 1, b.got, b.cap);
+	expect_each_once(b.c, b.seqs, 40, b.got, n, "restarted again");
 	cr_expect_eq(n, 28);
-	dev_spool_close(c);
-	dev_spool_close(s);
-	free((char *)oc.dir);
-	free(seg);
-	free(dir);
+	bad_done(&b);
 }
 
 /* Past the 64 failing reads of a walk the rest of a segment is reported as its lost tail while
@@ -2976,39 +2995,23 @@ Test(dev_spool, a_power_cut_between_a_rewrite_s_report_and_its_rename_delivers_n
  * as soon as it could be read: reported and delivered both). */
 Test(dev_spool, records_past_the_failing_reads_cap_reported_dropped_are_never_delivered)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	uint64_t seqs[200], got[200];
-	o.segment_bytes = 1 << 20;
-	fill(&o, 200, 4000, seqs); /* one segment of ~800 KiB */
-	char *seg = last_segment(dir);
-	char *tmp = h_strf("%s.tmp", seg);
-	struct dev_spool *s = open_spool(&o);
-	cr_assert_eq(mkdir(tmp, 0700), 0);
-	eio_arm(seg, 8192, 600000, -1); /* the cap is reached well before its end */
-	size_t n = read_all(s, 1, got, 200);
-	cr_expect_eq(n, 2);
-	expect_each_once(s, seqs, 200, got, n, "bad block");
+	struct bad_spool b = bad_fill(200, 4000, 1 << 20); /* one segment of ~800 KiB */
+	bad_open(&b);
+	bad_no_rewrite(&b);
+	eio_arm(b.seg, 8192, 600000, -1); /* the cap is reached well before its end */
+	cr_expect_eq(bad_each_once(&b, "bad block"), 2);
 	eio_disarm(); /* the error clears */
-	n = read_all(s, 1, got, 200);
-	expect_each_once(s, seqs, 200, got, n, "cleared");
-	dev_spool_close(s);
-	s = open_spool(&o);
-	n = read_all(s, 1, got, 200);
-	expect_each_once(s, seqs, 200, got, n, "restarted, no rewrite");
-	dev_spool_close(s);
-	cr_assert_eq(rmdir(tmp), 0);
-	s = open_spool(&o);
-	n = read_all(s, 1, got, 200);
-	expect_each_once(s, seqs, 200, got, n, "restarted, rewritten");
-	cr_expect_eq(n, 2);
+	bad_each_once(&b, "cleared");
+	bad_reopen(&b);
+	bad_each_once(&b, "restarted, no rewrite");
+	dev_spool_close(b.s);
+	cr_assert_eq(rmdir(b.tmp), 0);
+	bad_open(&b);
+	cr_expect_eq(bad_each_once(&b, "restarted, rewritten"), 2);
 	struct stat st;
-	cr_assert_eq(stat(seg, &st), 0);
+	cr_assert_eq(stat(b.seg, &st), 0);
 	cr_expect_lt(st.st_size, 3 * REC_BYTES(4000), "the reported records were not cut out");
-	dev_spool_close(s);
-	free(tmp);
-	free(seg);
-	free(dir);
+	bad_done(&b);
 }
 
 /* Damage at the start of a segment found at the open, with no loss before it and a seq handed
@@ -3051,31 +3054,19 @@ Test(dev_spool, damage_at_a_segment_s_start_links_from_the_last_durable_record)
  * was reported lost, never delivered). */
 Test(dev_spool, a_record_appended_after_damage_kept_in_the_newest_segment_is_delivered)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	uint64_t seqs[200], got[200];
-	o.segment_bytes = 1 << 20;
-	fill(&o, 200, 4000, seqs);
-	char *seg = last_segment(dir);
-	char *tmp = h_strf("%s.tmp", seg);
-	struct dev_spool *s = open_spool(&o);
-	cr_assert_eq(mkdir(tmp, 0700), 0);
-	eio_arm(seg, 8192, 600000, -1);
-	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
-	cr_expect_eq(read_on(s, &c, 1, 1, got, 200), 2);
-	uint64_t fresh = put(s, 300, wall_ms());
-	cr_expect_eq(read_on(s, &c, 1, 1, got, 200), 1, "the fresh record was not delivered");
-	cr_expect_eq(got[0], fresh);
 	struct wire_dropped d[64];
-	size_t nd = dev_spool_dropped(s, d, 64);
+	struct bad_spool b = bad_fill(200, 4000, 1 << 20);
+	bad_open_armed(&b, 0, 8192, 600000, -1);
+	bad_no_rewrite(&b);
+	struct dev_spool_cursor c = DEV_SPOOL_CURSOR_AT(0);
+	cr_expect_eq(read_on(b.s, &c, 1, 1, b.got, b.cap), 2);
+	uint64_t fresh = put(b.s, 300, wall_ms());
+	cr_expect_eq(read_on(b.s, &c, 1, 1, b.got, b.cap), 1, "the fresh record was not delivered");
+	cr_expect_eq(b.got[0], fresh);
+	size_t nd = dev_spool_dropped(b.s, d, 64);
 	cr_expect(!in_dropped(d, nd, fresh), "the fresh record %" PRIu64 " is reported dropped",
 		  fresh);
-	eio_disarm();
-	dev_spool_close(s);
-	rmdir(tmp);
-	free(tmp);
-	free(seg);
-	free(dir);
+	bad_done(&b);
 }
 
 /* The open's repair rewrite writes its report (the state file) and then fails (its rename: EIO
@@ -3086,34 +3077,14 @@ Test(dev_spool, a_record_appended_after_damage_kept_in_the_newest_segment_is_del
  * it covers, and after the power cut they were reported dropped too). */
 Test(dev_spool, a_rewrite_that_fails_after_its_report_is_on_disk_keeps_the_report)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48], after[48];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct bad_spool b = bad_fill(40, 300, 0);
 	rename_errno = EIO;
 	rename_segs_only = 1;
-	struct dev_spool *s = open_spool(&o);
+	bad_open_armed(&b, 1, BAD_FROM, BAD_TO, -1);
 	rename_errno = rename_segs_only = 0;
 	eio_disarm(); /* the error clears */
-	size_t n = read_all(s, 1, got, 48);
-	expect_each_once(s, seqs, 40, got, n, "before the power cut");
-	struct dev_spool_opts oc = o;
-	oc.dir = power_cut(dir);
-	struct dev_spool *c = open_spool(&oc);
-	struct wire_dropped d[8];
-	size_t nd = dev_spool_dropped(c, d, 8);
-	for (size_t i = 0; i < n; i++)
-		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " delivered before the power "
-			  "cut, reported dropped after it", got[i]);
-	size_t na = read_all(c, 1, after, 48);
-	expect_each_once(c, seqs, 40, after, na, "after the power cut");
-	cr_expect_eq(na, n);
-	dev_spool_close(c);
-	dev_spool_close(s);
-	free((char *)oc.dir);
-	free(seg);
-	free(dir);
+	expect_the_report_survives_a_power_cut(&b, bad_read(&b));
+	bad_done(&b);
 }
 
 /* The same at run time: the reader's rewrite writes its report and its rename fails (EIO), the
@@ -3122,34 +3093,14 @@ Test(dev_spool, a_rewrite_that_fails_after_its_report_is_on_disk_keeps_the_repor
  * back in memory only: the reader delivered the block's records, reported on disk). */
 Test(dev_spool, a_run_time_rewrite_that_fails_after_its_report_is_on_disk_keeps_the_report)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48], after[48];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct bad_spool b = bad_forty(0, -1);
 	rename_errno = EIO;
 	rename_segs_only = rename_clears = 1;
-	size_t n = read_all(s, 1, got, 48);
+	size_t n = bad_read(&b);
 	rename_errno = rename_segs_only = rename_clears = 0;
 	eio_disarm();
-	expect_each_once(s, seqs, 40, got, n, "before the power cut");
-	struct dev_spool_opts oc = o;
-	oc.dir = power_cut(dir);
-	struct dev_spool *c = open_spool(&oc);
-	struct wire_dropped d[8];
-	size_t nd = dev_spool_dropped(c, d, 8);
-	for (size_t i = 0; i < n; i++)
-		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " delivered before the power "
-			  "cut, reported dropped after it", got[i]);
-	size_t na = read_all(c, 1, after, 48);
-	expect_each_once(c, seqs, 40, after, na, "after the power cut");
-	cr_expect_eq(na, n);
-	dev_spool_close(c);
-	dev_spool_close(s);
-	free((char *)oc.dir);
-	free(seg);
-	free(dir);
+	expect_the_report_survives_a_power_cut(&b, n);
+	bad_done(&b);
 }
 
 /* The settlement gap: a rewrite cannot be made (a directory in the .tmp's place), the reader
@@ -3160,35 +3111,25 @@ Test(dev_spool, a_run_time_rewrite_that_fails_after_its_report_is_on_disk_keeps_
  * delivered after the restart: reported dropped and delivered both). */
 Test(dev_spool, a_settled_link_s_records_are_not_delivered_after_a_restart)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48];
 	struct wire_dropped d[4];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	char *tmp = h_strf("%s.tmp", seg);
-	struct dev_spool *s = open_spool(&o);
-	cr_assert_eq(mkdir(tmp, 0700), 0);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
-	expect_forty_less_the_block(got, read_all(s, 1, got, 48), seqs);
-	size_t nd = dev_spool_dropped(s, d, 4);
+	struct bad_spool b = bad_forty(0, -1);
+	bad_no_rewrite(&b);
+	expect_forty_less_the_block(&b, bad_read(&b));
+	size_t nd = dev_spool_dropped(b.s, d, 4);
 	cr_assert_eq(nd, 1);
-	uint64_t carrier = put(s, 300, wall_ms());
-	dev_spool_dropped_reported(s, carrier, d, nd);
-	uint64_t r[1][2] = {{seqs[4], carrier}};
-	cr_assert_eq(dev_spool_ack(s, seqs[2], (const uint64_t(*)[2])r, 1), 0);
-	dev_spool_close(s);
+	uint64_t carrier = put(b.s, 300, wall_ms());
+	dev_spool_dropped_reported(b.s, carrier, d, nd);
+	uint64_t r[1][2] = {{b.seqs[4], carrier}};
+	cr_assert_eq(dev_spool_ack(b.s, b.seqs[2], (const uint64_t(*)[2])r, 1), 0);
+	dev_spool_close(b.s);
 	eio_disarm();
-	s = open_spool(&o);
-	size_t n = read_all(s, 1, got, 48);
-	expect_each_once(s, seqs + 3, 37, got, n, "restarted"); /* above the frontier */
+	bad_open(&b);
+	size_t n = bad_read(&b);
+	expect_each_once(b.s, b.seqs + 3, 37, b.got, n, "restarted"); /* above the frontier */
 	for (size_t i = 0; i < n; i++)
-		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " was reported dropped (link "
-			  "acknowledged) and is now delivered", got[i]);
-	dev_spool_close(s);
-	rmdir(tmp);
-	free(tmp);
-	free(seg);
-	free(dir);
+		cr_expect(!in_dropped(d, nd, b.got[i]), "seq %" PRIu64 " was reported dropped "
+			  "(link acknowledged) and is now delivered", b.got[i]);
+	bad_done(&b);
 }
 
 /* Scattered bad blocks (every second, fourth or sixteenth 4 KiB block of a 1 MiB segment), at
@@ -3201,30 +3142,11 @@ Test(dev_spool, scattered_bad_blocks_forget_no_dropped_link)
 	static const int stripes[] = {2, 4, 16};
 	for (size_t k = 0; k < sizeof(stripes) / sizeof(stripes[0]); k++) {
 		for (int at_open = 0; at_open < 2; at_open++) {
-			char *dir = h_tmpdir("spool");
-			struct dev_spool_opts o = opts(dir);
-			static uint64_t seqs[2800], got[2800];
+			struct bad_spool b;
 			char when[64];
-			o.segment_bytes = 1 << 20;
-			fill(&o, 2700, 300, seqs);
-			char *seg = last_segment(dir);
-			settled_forget();
-			eio_stripe = stripes[k];
-			if (at_open)
-				eio_arm(seg, 0, 0, -1);
-			struct dev_spool *s = open_spool(&o);
-			if (!at_open)
-				eio_arm(seg, 0, 0, -1);
-			size_t n = read_all(s, 1, got, 2800);
-			snprintf(when, sizeof(when), "1 block in %d, %s", stripes[k],
-				 at_open ? "at the open" : "at run time");
+			size_t n = scattered(&b, stripes[k], at_open ? 0 : 1, when);
 			cr_expect_gt(n, 0, "%s: nothing delivered", when);
-			expect_each_once(s, seqs, 2700, got, n, when);
-			eio_disarm();
-			eio_stripe = 0;
-			dev_spool_close(s);
-			free(seg);
-			free(dir);
+			bad_done(&b);
 		}
 	}
 }
@@ -3242,33 +3164,11 @@ Test(dev_spool, scattered_bad_blocks_cost_few_reads_per_walk)
 	static const int stripes[] = {2, 4, 16};
 	for (size_t k = 0; k < sizeof(stripes) / sizeof(stripes[0]); k++) {
 		for (int how = 0; how < 3; how++) { /* at the open, at run time, no rewrite */
-			char *dir = h_tmpdir("spool");
-			struct dev_spool_opts o = opts(dir);
-			static uint64_t seqs[2800], got[2800];
+			struct bad_spool b;
 			char when[64];
-			o.segment_bytes = 1 << 20;
-			fill(&o, 2700, 300, seqs);
-			char *seg = last_segment(dir);
-			settled_forget();
-			eio_stripe = stripes[k];
-			if (how == 0)
-				eio_arm(seg, 0, 0, -1);
-			struct dev_spool *s = open_spool(&o);
-			if (how == 2)
-				rename_errno = EROFS; /* the rewrite reads it all, then fails */
-			if (how)
-				eio_arm(seg, 0, 0, -1);
-			size_t n = read_all(s, 1, got, 2800);
-			rename_errno = 0;
-			static const char *const hows[] = {"at the open", "at run time", "EROFS"};
-			snprintf(when, sizeof(when), "1 block in %d, %s", stripes[k], hows[how]);
+			scattered(&b, stripes[k], how, when);
 			cr_expect_leq(eio_hits, 200, "%s: %u failing reads", when, eio_hits);
-			expect_each_once(s, seqs, 2700, got, n, when);
-			eio_disarm();
-			eio_stripe = 0;
-			dev_spool_close(s);
-			free(seg);
-			free(dir);
+			bad_done(&b);
 		}
 	}
 }
@@ -3284,34 +3184,27 @@ Test(dev_spool, bad_blocks_met_with_the_pending_list_near_its_cap_forget_no_drop
 {
 	static const int nrots[] = {58, 62};
 	for (size_t r = 0; r < sizeof(nrots) / sizeof(nrots[0]); r++) {
-		char *dir = h_tmpdir("spool");
-		struct dev_spool_opts o = opts(dir);
-		static uint64_t seqs[5600], got[5600];
 		char names[64][600], when[64];
-		o.segment_bytes = 1 << 20;
-		fill(&o, 5400, 300, seqs);
-		cr_assert_eq(segments(dir, names), 2);
+		struct wire_dropped d[64];
+		struct bad_spool b = bad_fill(5400, 300, 1 << 20);
+		cr_assert_eq(segments(b.dir, names), 2);
 		for (int k = 0; k < nrots[r]; k++)
 			flip_byte(names[0], 5000 + k * 14000);
 		settled_forget();
-		struct dev_spool *s = open_spool(&o);
+		bad_open(&b);
 		eio_stripe = 16;
 		eio_arm(names[1], 0, 0, -1);
-		size_t n = read_all(s, 1, got, 5600);
-		struct wire_dropped d[64];
-		size_t nd = dev_spool_dropped(s, d, 64);
+		size_t n = bad_read(&b);
+		size_t nd = dev_spool_dropped(b.s, d, 64);
 		snprintf(when, sizeof(when), "%d rotten records", nrots[r]);
 		cr_expect_geq(nd, 60, "%s: %zu links pending, the cap not neared", when, nd);
-		expect_each_once(s, seqs, 5400, got, n, when);
+		expect_each_once(b.s, b.seqs, 5400, b.got, n, when);
 		eio_disarm();
 		eio_stripe = 0;
-		dev_spool_close(s);
-		s = open_spool(&o);
-		n = read_all(s, 1, got, 5600);
+		bad_reopen(&b);
 		snprintf(when, sizeof(when), "%d rotten records, restarted", nrots[r]);
-		expect_each_once(s, seqs, 5400, got, n, when);
-		dev_spool_close(s);
-		free(dir);
+		bad_each_once(&b, when);
+		bad_done(&b);
 	}
 }
 
@@ -3322,27 +3215,18 @@ Test(dev_spool, bad_blocks_met_with_the_pending_list_near_its_cap_forget_no_drop
  * it did: records the new segment holds were reported dropped as unreadable and delivered). */
 Test(dev_spool, scattered_bad_blocks_then_rot_in_a_later_segment_forget_no_dropped_link)
 {
-	char *dir = h_tmpdir("spool");
-	struct dev_spool_opts o = opts(dir);
-	static uint64_t seqs[3400], got[3400];
 	char names[64][600];
-	o.segment_bytes = 1 << 20;
-	fill(&o, 3300, 300, seqs);
-	size_t ns = segments(dir, names);
-	cr_assert_eq(ns, 2);
+	struct bad_spool b = bad_fill(3300, 300, 1 << 20);
+	cr_assert_eq(segments(b.dir, names), 2);
 	for (int k = 0; k < 8; k++)
 		flip_byte(names[1], 2000 + k * 20000);
 	settled_forget();
-	struct dev_spool *s = open_spool(&o);
+	bad_open(&b);
 	eio_stripe = 2;
 	eio_arm(names[0], 0, 0, -1);
-	size_t n = read_all(s, 1, got, 3400);
+	size_t n = bad_each_once(&b, "scattered then rot");
 	cr_expect_gt(n, 0, "nothing delivered");
-	expect_each_once(s, seqs, 3300, got, n, "scattered then rot");
-	eio_disarm();
-	eio_stripe = 0;
-	dev_spool_close(s);
-	free(dir);
+	bad_done(&b);
 }
 
 /* The reader's rewrite writes its report (the state file: renamed into place) and the
@@ -3354,34 +3238,14 @@ Test(dev_spool, scattered_bad_blocks_then_rot_in_a_later_segment_forget_no_dropp
  * the power cut they were reported dropped too). */
 Test(dev_spool, a_report_whose_directory_sync_fails_is_kept)
 {
-	struct dev_spool_opts o;
-	uint64_t seqs[40], got[48], after[48];
-	char *dir = forty(&o, seqs);
-	char *seg = last_segment(dir);
-	struct dev_spool *s = open_spool(&o);
-	eio_arm(seg, BAD_FROM, BAD_TO, -1);
+	struct bad_spool b = bad_forty(0, -1);
 	h_fail_dir_fsync(EIO);
 	state_rename_clears = 1;
-	size_t n = read_all(s, 1, got, 48);
+	size_t n = bad_read(&b);
 	state_rename_clears = 0;
 	h_fail_dir_fsync(0);
 	eio_disarm();
-	expect_each_once(s, seqs, 40, got, n, "before the power cut");
 	cr_expect_lt(n, 40, "nothing reported");
-	struct dev_spool_opts oc = o;
-	oc.dir = power_cut(dir);
-	struct dev_spool *c = open_spool(&oc);
-	struct wire_dropped d[8];
-	size_t nd = dev_spool_dropped(c, d, 8);
-	for (size_t i = 0; i < n; i++)
-		cr_expect(!in_dropped(d, nd, got[i]), "seq %" PRIu64 " delivered before the power "
-			  "cut, reported dropped after it", got[i]);
-	size_t na = read_all(c, 1, after, 48);
-	expect_each_once(c, seqs, 40, after, na, "after the power cut");
-	cr_expect_eq(na, n);
-	dev_spool_close(c);
-	dev_spool_close(s);
-	free((char *)oc.dir);
-	free(seg);
-	free(dir);
+	expect_the_report_survives_a_power_cut(&b, n);
+	bad_done(&b);
 }
