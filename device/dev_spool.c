@@ -397,6 +397,17 @@ remove:
 	s->npending--;
 }
 
+/* Records prev+1..last are dropped: an envelope among them that carried a link, unacknowledged,
+ * will never reach a bridge, and its links wait for another carrier. */
+static void forget_dropped_carriers(struct dev_spool *s, uint64_t prev, uint64_t last)
+{
+	for (size_t i = 0; i < s->npending; i++) {
+		uint64_t c = s->pending[i].reported_in;
+		if (c > prev && c <= last && !dev_spool_is_acked(s, c))
+			s->pending[i].reported_in = 0;
+	}
+}
+
 /* Remember a dropped range until a bridge acknowledges the envelope that reported it. Returns 0
  * if that very range is already pending (reading a rotten record twice reports it once). */
 static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64_t count)
@@ -405,6 +416,7 @@ static int add_pending(struct dev_spool *s, uint64_t prev, uint64_t last, uint64
 	for (size_t i = 0; i < s->npending; i++)
 		if (s->pending[i].d.prev_seq <= prev && last <= s->pending[i].d.last_seq)
 			return 0;
+	forget_dropped_carriers(s, prev, last);
 	if (s->npending && s->pending[s->npending - 1].d.last_seq == prev &&
 	    !s->pending[s->npending - 1].reported_in) {
 		s->pending[s->npending - 1].d.last_seq = last;
@@ -1251,11 +1263,24 @@ void dev_spool_read_error(const struct dev_spool *s, struct dev_spool_read_error
 					     s->rerr_dropped};
 }
 
+/* Which links a batch carries when they do not all fit: first the ones no envelope in the spool
+ * carries (add_pending forgets a carrier that is dropped), then the ones whose carrier is not
+ * acknowledged yet (it carries them itself when it is sent again), last the held ones (their
+ * carrier is acknowledged: the bridge has them). */
+static int carry_rank(const struct dev_spool *s, const struct pending *p)
+{
+	if (!p->reported_in)
+		return 0;
+	return dev_spool_is_acked(s, p->reported_in) ? 2 : 1;
+}
+
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap)
 {
-	size_t n = s->npending < cap ? s->npending : cap;
-	for (size_t i = 0; i < n; i++)
-		out[i] = s->pending[i].d;
+	size_t n = 0;
+	for (int rank = 0; rank < 3; rank++)
+		for (size_t i = 0; i < s->npending && n < cap; i++)
+			if (carry_rank(s, &s->pending[i]) == rank)
+				out[n++] = s->pending[i].d;
 	return n;
 }
 

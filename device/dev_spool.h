@@ -182,8 +182,14 @@ struct dev_spool_read_error {
 };
 void dev_spool_read_error(const struct dev_spool *s, struct dev_spool_read_error *out);
 
-/* The dropped ranges not yet reported in an acknowledged batch (at most WIRE_MAX_DROPPED).
- * Returns how many were written to out. */
+/* Dropped links (ranges) kept until settled. A batch carries WIRE_MAX_DROPPED of them, so more
+ * than a batch's worth wait their turn instead of being folded or forgotten (at this cap only). */
+#define DEV_SPOOL_MAX_DROPPED 256
+
+/* The dropped ranges not yet settled, for the next batch, at most cap: those no envelope in the
+ * spool carries yet first, then those whose carrier is not acknowledged yet, then those held
+ * after it was (a segment still holds one of their records). cap DEV_SPOOL_MAX_DROPPED gives
+ * them all. Returns how many were written to out. */
 size_t dev_spool_dropped(const struct dev_spool *s, struct wire_dropped *out, size_t cap);
 
 /* Tell the spool that the envelope `seq`, now durable, carries sent[0..n) (what

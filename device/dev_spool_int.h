@@ -29,7 +29,7 @@
 #define SEQ_LOST_STATE (1u << 20) /* skipped when the state file is missing or malformed */
 #define SEQ_CLOCK_MS 250	       /* a new spool's first seq counts quarter-seconds */
 #define MAX_ACK_RANGES 256
-#define MAX_PENDING WIRE_MAX_DROPPED
+#define MAX_PENDING DEV_SPOOL_MAX_DROPPED
 #define STATE_PERSIST_MS 5000 /* ack position is persisted at most this often */
 /* Time stamps before this were taken with an unset clock (a device booting without a real-time
  * clock, before NTP): their age is unknown. Also where clock-based numbering starts. */

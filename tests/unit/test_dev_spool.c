@@ -2462,10 +2462,10 @@ int __wrap_dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ra
 int __wrap_dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ranges)[2],
 			 size_t nranges)
 {
-	struct wire_dropped before[64], after[64];
-	size_t nb = dev_spool_dropped(s, before, 64);
+	struct wire_dropped before[DEV_SPOOL_MAX_DROPPED], after[DEV_SPOOL_MAX_DROPPED];
+	size_t nb = dev_spool_dropped(s, before, DEV_SPOOL_MAX_DROPPED);
 	int rc = __real_dev_spool_ack(s, upto, ranges, nranges);
-	size_t na = dev_spool_dropped(s, after, 64);
+	size_t na = dev_spool_dropped(s, after, DEV_SPOOL_MAX_DROPPED);
 	for (size_t i = 0; i < nb; i++) {
 		int kept = 0;
 		for (size_t k = 0; k < na; k++)
@@ -2482,8 +2482,8 @@ int __wrap_dev_spool_ack(struct dev_spool *s, uint64_t upto, const uint64_t (*ra
 static void expect_each_once(struct dev_spool *s, const uint64_t *seqs, size_t n,
 			     const uint64_t *got, size_t ngot, const char *when)
 {
-	struct wire_dropped d[64];
-	size_t nd = dev_spool_dropped(s, d, 64);
+	struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
+	size_t nd = dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED);
 	for (size_t i = 0; i < n; i++) {
 		int delivered = 0;
 		for (size_t k = 0; k < ngot; k++)
@@ -3054,7 +3054,7 @@ Test(dev_spool, damage_at_a_segment_s_start_links_from_the_last_durable_record)
  * was reported lost, never delivered). */
 Test(dev_spool, a_record_appended_after_damage_kept_in_the_newest_segment_is_delivered)
 {
-	struct wire_dropped d[64];
+	struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
 	struct bad_spool b = bad_fill(200, 4000, 1 << 20);
 	bad_open_armed(&b, 0, 8192, 600000, -1);
 	bad_no_rewrite(&b);
@@ -3063,7 +3063,7 @@ Test(dev_spool, a_record_appended_after_damage_kept_in_the_newest_segment_is_del
 	uint64_t fresh = put(b.s, 300, wall_ms());
 	cr_expect_eq(read_on(b.s, &c, 1, 1, b.got, b.cap), 1, "the fresh record was not delivered");
 	cr_expect_eq(b.got[0], fresh);
-	size_t nd = dev_spool_dropped(b.s, d, 64);
+	size_t nd = dev_spool_dropped(b.s, d, DEV_SPOOL_MAX_DROPPED);
 	cr_expect(!in_dropped(d, nd, fresh), "the fresh record %" PRIu64 " is reported dropped",
 		  fresh);
 	bad_done(&b);
@@ -3173,7 +3173,7 @@ Test(dev_spool, scattered_bad_blocks_cost_few_reads_per_walk)
 	}
 }
 
-/* The near-cap merge of spool_report_damage reached: rot in 58 to 62 records of the first of two
+/* The near-cap merge of spool_report_damage reached: rot in 250 to 254 records of the first of two
  * 1 MiB segments fills the pending list (nothing acknowledged), then one 4 KiB block in 16 of
  * the second cannot be read. Each record is delivered or reported dropped, never both, never
  * neither, also after a restart: with the list within PENDING_SPARE of its cap the damage met
@@ -3182,22 +3182,24 @@ Test(dev_spool, scattered_bad_blocks_cost_few_reads_per_walk)
  * no longer reaches it, since a walk's failed reads are capped as a whole. */
 Test(dev_spool, bad_blocks_met_with_the_pending_list_near_its_cap_forget_no_dropped_link)
 {
-	static const int nrots[] = {58, 62};
+	/* below and within PENDING_SPARE (4) of the cap */
+	static const int nrots[] = {DEV_SPOOL_MAX_DROPPED - 6, DEV_SPOOL_MAX_DROPPED - 2};
 	for (size_t r = 0; r < sizeof(nrots) / sizeof(nrots[0]); r++) {
 		char names[64][600], when[64];
-		struct wire_dropped d[64];
+		struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
 		struct bad_spool b = bad_fill(5400, 300, 1 << 20);
 		cr_assert_eq(segments(b.dir, names), 2);
 		for (int k = 0; k < nrots[r]; k++)
-			flip_byte(names[0], 5000 + k * 14000);
+			flip_byte(names[0], 5000 + k * 4000);
 		settled_forget();
 		bad_open(&b);
 		eio_stripe = 16;
 		eio_arm(names[1], 0, 0, -1);
 		size_t n = bad_read(&b);
-		size_t nd = dev_spool_dropped(b.s, d, 64);
+		size_t nd = dev_spool_dropped(b.s, d, DEV_SPOOL_MAX_DROPPED);
 		snprintf(when, sizeof(when), "%d rotten records", nrots[r]);
-		cr_expect_geq(nd, 60, "%s: %zu links pending, the cap not neared", when, nd);
+		cr_expect_geq(nd, DEV_SPOOL_MAX_DROPPED - 4, "%s: %zu links pending, the cap not "
+			      "neared", when, nd);
 		expect_each_once(b.s, b.seqs, 5400, b.got, n, when);
 		eio_disarm();
 		eio_stripe = 0;
@@ -3248,4 +3250,143 @@ Test(dev_spool, a_report_whose_directory_sync_fails_is_kept)
 	cr_expect_lt(n, 40, "nothing reported");
 	expect_the_report_survives_a_power_cut(&b, n);
 	bad_done(&b);
+}
+
+/* Rot in 100 records, nothing acknowledged: 100 dropped links, more than a batch carries
+ * (WIRE_MAX_DROPPED). All are kept, across a restart too, and batches carry them in turn, the
+ * ones no envelope carries yet first: two batches carry all 100 (before, the list held 64,
+ * make_room forgot or folded the rest, and every batch carried the same first ones). Once the
+ * two carriers are acknowledged nothing is pending, and each record was delivered or reported
+ * dropped, never both, never neither. */
+Test(dev_spool, more_dropped_links_than_a_batch_carries_are_carried_in_turn)
+{
+	enum { N = 2000, ROT = 100 };
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	static uint64_t seqs[N], got[N];
+	char names[64][600];
+	o.segment_bytes = 1 << 20;
+	fill(&o, N, 300, seqs);
+	cr_assert_eq(segments(dir, names), 1);
+	for (int k = 0; k < ROT; k++)
+		flip_byte(names[0], 5000 + k * 6000);
+	settled_forget();
+	struct dev_spool *s = open_spool(&o);
+	size_t n = read_all(s, 1, got, N);
+	cr_assert_eq(n, N - ROT);
+	struct wire_dropped all[DEV_SPOOL_MAX_DROPPED], b1[WIRE_MAX_DROPPED],
+		b2[WIRE_MAX_DROPPED];
+	cr_assert_eq(dev_spool_dropped(s, all, DEV_SPOOL_MAX_DROPPED), ROT);
+	dev_spool_close(s);
+	s = open_spool(&o);
+	cr_assert_eq(dev_spool_dropped(s, all, DEV_SPOOL_MAX_DROPPED), ROT, "after a restart");
+	/* two batches, as agent_flush_batch makes them */
+	size_t n1 = dev_spool_dropped(s, b1, WIRE_MAX_DROPPED);
+	cr_assert_eq(n1, WIRE_MAX_DROPPED);
+	uint64_t c1 = put(s, 300, wall_ms());
+	dev_spool_dropped_reported(s, c1, b1, n1);
+	size_t n2 = dev_spool_dropped(s, b2, WIRE_MAX_DROPPED);
+	cr_assert_eq(n2, WIRE_MAX_DROPPED, "the second batch is filled up with carried ones");
+	uint64_t c2 = put(s, 300, wall_ms());
+	dev_spool_dropped_reported(s, c2, b2, n2);
+	for (size_t i = 0; i < ROT; i++) {
+		size_t in1 = 0, in2 = 0;
+		for (size_t k = 0; k < n1; k++)
+			in1 += !memcmp(&b1[k], &all[i], sizeof(all[i]));
+		for (size_t k = 0; k < ROT - n1; k++) /* the ones never carried come first */
+			in2 += !memcmp(&b2[k], &all[i], sizeof(all[i]));
+		cr_expect_eq(in1 + in2, 1, "link %zu (%" PRIu64 "..%" PRIu64 ") carried %zu times "
+			     "before the others all were", i, all[i].prev_seq, all[i].last_seq,
+			     in1 + in2);
+	}
+	cr_assert_eq(dev_spool_ack(s, c2, NULL, 0), 0);
+	cr_expect_eq(dev_spool_dropped(s, all, DEV_SPOOL_MAX_DROPPED), 0, "links still pending");
+	expect_each_once(s, seqs, N, got, n, "after the acknowledgement");
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* A dropped link's carrier is itself dropped before it is acknowledged (the outage goes on, the
+ * spool is full): it never reaches a bridge, so the link waits for another carrier, and once
+ * one is acknowledged the link is settled (before, the link stayed marked as carried by the
+ * lost envelope: among more than a batch's worth it waited behind the others, and no ack of a
+ * later carrier settled it). */
+Test(dev_spool, a_link_whose_carrier_is_dropped_waits_for_another)
+{
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts_per_record(dir); /* every append past the limit drops one */
+	o.max_bytes = 4096;
+	uint64_t seqs[4], got[4];
+	char names[8][600];
+	fill(&o, 4, 400, seqs);
+	cr_assert_eq(segments(dir, names), 4);
+	flip_byte(names[1], REC_BYTES(0) - 16 + 50); /* inside the payload of seqs[1] */
+	struct dev_spool *s = open_spool(&o);
+	cr_assert_eq(read_all(s, 1, got, 4), 3);
+	struct wire_dropped sent[8], d[8];
+	size_t n = dev_spool_dropped(s, sent, 8);
+	cr_assert_eq(n, 1, "the rotten record is reported");
+	struct wire_dropped link = sent[0];
+	uint64_t lost = put(s, 400, wall_ms());
+	dev_spool_dropped_reported(s, lost, sent, n);
+	for (int i = 0; i < 100 && !in_dropped(sent, n, lost); i++) {
+		put(s, 400, wall_ms());
+		n = dev_spool_dropped(s, sent, 8);
+	}
+	cr_assert(in_dropped(sent, n, lost), "the carrier was not dropped");
+	cr_expect(!memcmp(&sent[0], &link, sizeof(link)), "the link waits first in line");
+	uint64_t next = put(s, 100, wall_ms());
+	dev_spool_dropped_reported(s, next, sent, n);
+	uint64_t r[1][2] = {{next, next}};
+	cr_assert_eq(dev_spool_ack(s, 0, (const uint64_t(*)[2])r, 1), 0);
+	size_t nd = dev_spool_dropped(s, d, 8);
+	for (size_t i = 0; i < nd; i++)
+		cr_expect(d[i].prev_seq != link.prev_seq, "the link %" PRIu64 "..%" PRIu64 " is still "
+			  "pending after its new carrier was acknowledged", link.prev_seq,
+			  link.last_seq);
+	dev_spool_close(s);
+	free(dir);
+}
+
+/* Rot in one record of each of 100 segments, nothing acknowledged, the segments rewritten
+ * without it or (a directory in each rewrite's temporary file's place) passed over where they
+ * are: 100 links, each record delivered or reported dropped, never both, never neither (with
+ * the list capped at a batch's 64, make_room forgot links: records neither delivered nor
+ * reported). */
+Test(dev_spool, rot_in_more_segments_than_a_batch_carries_links_forgets_no_link)
+{
+	enum { SEGS = 100, PER = 8 };
+	static uint64_t seqs[SEGS * PER], got[SEGS * PER];
+	static char names[SEGS + 8][600];
+	for (int blocked = 0; blocked < 2; blocked++) {
+		char *dir = h_tmpdir("spool");
+		struct dev_spool_opts o = opts(dir);
+		o.segment_bytes = PER * REC_BYTES(300);
+		fill(&o, SEGS * PER, 300, seqs);
+		size_t k = 0;
+		DIR *dd = opendir(dir);
+		struct dirent *e;
+		while (dd && (e = readdir(dd)) && k < SEGS + 8)
+			if (!strncmp(e->d_name, "seg-", 4))
+				snprintf(names[k++], 600, "%.300s/%.255s", dir, e->d_name);
+		if (dd)
+			closedir(dd);
+		cr_assert_eq(k, SEGS);
+		for (size_t j = 0; j < k; j++) {
+			flip_byte(names[j], REC_BYTES(300) * 4 + 100);
+			char *tmp = h_strf("%s.tmp", names[j]);
+			cr_assert(!blocked || mkdir(tmp, 0700) == 0);
+			free(tmp);
+		}
+		settled_forget();
+		struct dev_spool *s = open_spool(&o);
+		size_t n = read_all(s, 1, got, SEGS * PER);
+		struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
+		const char *when = blocked ? "rewrites blocked" : "rewritten";
+		cr_expect_eq(n, SEGS * (PER - 1), "%s", when);
+		cr_expect_eq(dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED), SEGS, "%s", when);
+		expect_each_once(s, seqs, SEGS * PER, got, n, when);
+		dev_spool_close(s);
+		free(dir);
+	}
 }
