@@ -1608,38 +1608,44 @@ Test(dev_spool, a_state_restored_from_a_backup_numbers_above_its_later_life)
  * from the middle of the spool (unsent records around it) and the overflow drops of the oldest
  * segments (lower seqs, added after it) are not folded across each other into a link that runs
  * backwards or over unsent records. */
+static int in_dropped(const struct wire_dropped *d, size_t n, uint64_t seq);
+
 Test(dev_spool, folded_dropped_ranges_stay_carriable)
 {
 	char *dir = h_tmpdir("spool-fold");
 	struct dev_spool_opts o = opts(dir);
 	o.segment_bytes = 1024; /* two 400-byte records per segment */
-	o.max_bytes = 80 * 1024;
-	uint64_t seqs[150];
-	fill(&o, 150, 400, seqs); /* 75 segments, under the limit */
-	char *seg = h_strf("%s/seg-%020llu.log", dir, (unsigned long long)seqs[140]);
-	flip_byte(seg, REC_BYTES(0) - 16 + 50); /* inside the payload of seqs[140] */
+	o.max_bytes = 402 * 1024;
+	static uint64_t seqs[800], got[900];
+	fill(&o, 800, 400, seqs); /* 400 segments, under the limit */
+	char *seg = h_strf("%s/seg-%020llu.log", dir, (unsigned long long)seqs[760]);
+	flip_byte(seg, REC_BYTES(0) - 16 + 50); /* inside the payload of seqs[760] */
 	struct dev_spool *s = open_spool(&o);
-	uint64_t got[200];
-	cr_assert_eq(read_all(s, 1, got, 200), 149);
-	struct wire_dropped d[WIRE_MAX_DROPPED];
-	cr_assert_eq(dev_spool_dropped(s, d, WIRE_MAX_DROPPED), 1);
+	cr_assert_eq(read_all(s, 1, got, 900), 799);
+	struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
+	cr_assert_eq(dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED), 1);
+	/* the outage: a batch a minute, as agent_flush_batch; each overflows the spool and adds
+	 * a link (the one before is carried already), until the list is full and make_room folds
+	 * on every one after: 100 of those */
 	int full = 0;
-	for (int i = 0; i < 300; i++) { /* the outage: a batch a minute, as agent_flush_batch */
+	for (int i = 0; i < 2000 && full < 100; i++) {
 		size_t n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
 		uint64_t seq = put(s, 400, wall_ms());
 		dev_spool_dropped_reported(s, seq, d, n);
-		n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
-		full |= n == WIRE_MAX_DROPPED;
+		n = dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED);
+		full += n == DEV_SPOOL_MAX_DROPPED;
+		if (!full && i % 8)
+			continue;
 		/* what is still in the spool to be sent: no range may claim it dropped */
-		size_t live = read_all(s, 1, got, 200);
-		n = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
-		for (size_t j = 0; j < n; j++)
-			for (size_t k = 0; k < live; k++)
-				cr_assert(got[k] <= d[j].prev_seq || got[k] > d[j].last_seq,
-				          "batch %d: range %llu..%llu claims unsent seq %llu", i,
-				          (unsigned long long)d[j].prev_seq,
-				          (unsigned long long)d[j].last_seq, (unsigned long long)got[k]);
+		size_t live = read_all(s, 1, got, 900);
+		cr_assert(live < 900);
 		for (size_t j = 0; j < n; j++) {
+			for (size_t k = 0; k < live; k++)
+				if (got[k] > d[j].prev_seq && got[k] <= d[j].last_seq)
+					cr_assert_fail("batch %d: range %llu..%llu claims unsent seq "
+						       "%llu", i, (unsigned long long)d[j].prev_seq,
+						       (unsigned long long)d[j].last_seq,
+						       (unsigned long long)got[k]);
 			cr_assert(d[j].last_seq > d[j].prev_seq && d[j].count >= 1 &&
 			              d[j].count <= d[j].last_seq - d[j].prev_seq,
 			          "batch %d: pending[%zu] %llu..%llu x%llu cannot be carried", i, j,
@@ -1647,7 +1653,11 @@ Test(dev_spool, folded_dropped_ranges_stay_carriable)
 			          (unsigned long long)d[j].last_seq, (unsigned long long)d[j].count);
 		}
 	}
-	cr_expect(full, "the pending list never filled: the test does not reach the fold");
+	cr_expect_eq(full, 100, "the pending list was full for %d batches: the test does not reach "
+		     "the fold", full);
+	size_t nd = dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED);
+	cr_expect(in_dropped(d, nd, seqs[760]) && read_all(s, 1, got, 900) > 0 &&
+		  got[0] < seqs[760], "the rot link was not in the middle of what is unsent");
 	dev_spool_close(s);
 	free(seg);
 	free(dir);
@@ -3422,5 +3432,35 @@ Test(dev_spool, rot_read_again_is_reported_once)
 	rmdir(tmp);
 	free(tmp);
 	free(seg);
+	free(dir);
+}
+
+/* Rot in 258 records of one segment, nothing acknowledged: more links than the list holds, and
+ * no two of them neighbours (unsent records between each): make_room folds none of them over
+ * the records between, which are delivered; none is ever both delivered and reported. (It
+ * forgets one link instead, whose record is then neither: the known gap of rot in more places
+ * than the list holds, PROTOCOL.md §3.) */
+Test(dev_spool, rot_in_more_places_than_the_list_holds_folds_no_link_over_unsent_records)
+{
+	enum { N = 3000, ROT = DEV_SPOOL_MAX_DROPPED + 2 };
+	char *dir = h_tmpdir("spool");
+	struct dev_spool_opts o = opts(dir);
+	static uint64_t seqs[N], got[N];
+	char names[4][600];
+	o.segment_bytes = 4 << 20;
+	fill(&o, N, 300, seqs);
+	cr_assert_eq(segments(dir, names), 1);
+	for (int k = 0; k < ROT; k++)
+		flip_byte(names[0], 5000 + k * 4000);
+	struct dev_spool *s = open_spool(&o);
+	size_t n = read_all(s, 1, got, N);
+	cr_expect_eq(n, N - ROT);
+	struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
+	size_t nd = dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED);
+	cr_expect_eq(nd, DEV_SPOOL_MAX_DROPPED);
+	for (size_t k = 0; k < n; k++)
+		if (in_dropped(d, nd, got[k]))
+			cr_assert_fail("seq %" PRIu64 " delivered and reported dropped", got[k]);
+	dev_spool_close(s);
 	free(dir);
 }

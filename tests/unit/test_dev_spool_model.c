@@ -237,8 +237,8 @@ static void check(struct dev_spool *s, int step)
 		if (m)
 			present[m - recs] = 1;
 	}
-	struct wire_dropped d[WIRE_MAX_DROPPED];
-	size_t nd = dev_spool_dropped(s, d, WIRE_MAX_DROPPED);
+	struct wire_dropped d[DEV_SPOOL_MAX_DROPPED];
+	size_t nd = dev_spool_dropped(s, d, DEV_SPOOL_MAX_DROPPED);
 	for (size_t i = 0; i < nrecs; i++) {
 		int pending = 0;
 		for (size_t j = 0; j < nd; j++)
