@@ -15,10 +15,14 @@
 
 #include "h_bridge.h"
 #include "h_device.h"
+#include "h_mqtt.h"
 #include "h_pg.h"
 #include "h_relay.h"
 #include "h_simdev.h"
 #include "harness.h"
+#include "wire_cert.h"
+#include "wire_env.h"
+#include "wire_msg.h"
 
 #define N_DEV 3
 static const char *const ids[N_DEV] = {"dev-a", "dev-b", "dev-c"};
@@ -664,6 +668,194 @@ Test(bridge_failure, a_stop_with_a_registry_read_waiting_on_a_lock_keeps_to_shut
 	for (int i = 0; i < N_DEV; i++)
 		h_simdev_stop(d[i]);
 	free(plog);
+	h_bridge_free(&br);
+	h_broker_free(&b);
+	h_pg_free(&pg);
+}
+
+/* Whether a session of application app waits for a synchronous standby (SyncRep) within 20 s. */
+static bool syncrep_waited_on(const struct h_pg *pg, const char *app)
+{
+	char *sql = h_strf("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+	                   " AND application_name = '%s'",
+	                   app);
+	bool waits = false;
+	long long end = h_now_ms() + 20000;
+	while (!waits && h_now_ms() < end) {
+		h_sleep_ms(100);
+		waits = h_store_i64(pg->url, sql, 0) >= 1;
+	}
+	free(sql);
+	return waits;
+}
+
+/* From now on every COMMIT of a transaction that wrote waits for a synchronous standby named
+ * ghost, which never comes. Returns once that is in force (the checkpointer learns of it after
+ * the reload): a probe (psql creating a table, its output in <log>.probe) waits in SyncRep, is
+ * cancelled, and reports success with a mere warning, the case the bridge must not take for a
+ * commit. */
+static void ghost_standby_on(struct h_pg *pg, const char *log)
+{
+	char *out = NULL;
+	cr_assert_eq(h_pg_sql(pg, "ALTER SYSTEM SET synchronous_standby_names = ghost", &out), 0,
+	             "%s", out);
+	free(out);
+	cr_assert_eq(h_pg_sql(pg, "SELECT pg_reload_conf()", &out), 0, "%s", out);
+	free(out);
+	char port[16], *plog = h_strf("%s.probe", log);
+	snprintf(port, sizeof(port), "%d", pg->port);
+	char *const argv[] = {"psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+	                      "-d", "postgres", "-c", "CREATE TABLE syncrep_probe (x int)", NULL};
+	pid_t probe = h_spawn(argv, NULL, plog);
+	cr_assert(syncrep_waited_on(pg, "psql"), "no COMMIT waits for the standby (%s)", plog);
+	/* OFFSET 0: the waiter is chosen before anything is cancelled (not this session) */
+	cr_assert_eq(h_store_i64(pg->url,
+	                         "SELECT COUNT(*) FROM (SELECT pid FROM pg_stat_activity WHERE"
+	                         " wait_event = 'SyncRep' AND application_name = 'psql' OFFSET 0) w"
+	                         " WHERE pg_cancel_backend(w.pid)",
+	                         0),
+	             1);
+	cr_assert_eq(h_wait_exit(probe, 10000), 0, "the cancelled probe failed (%s)", plog);
+	cr_assert_gt(h_count_in_file(plog, "canceling wait for synchronous replication"), 0,
+	             "no warning from the cancelled COMMIT (%s)", plog);
+	free(plog);
+}
+
+static void ghost_standby_off(struct h_pg *pg)
+{
+	char *out = NULL;
+	cr_assert_eq(h_pg_sql(pg, "ALTER SYSTEM RESET synchronous_standby_names", &out), 0, "%s",
+	             out);
+	free(out);
+	cr_assert_eq(h_pg_sql(pg, "SELECT pg_reload_conf()", &out), 0, "%s", out);
+	free(out);
+	cr_assert_eq(h_store_wait_i64(pg->url,
+	                              "SELECT COUNT(*) FROM pg_settings WHERE name ="
+	                              " 'synchronous_standby_names' AND setting = ''",
+	                              H_EQUAL, 1, 10000),
+	             1, "synchronous_standby_names is still set");
+}
+
+/* Messages on the ack topic c subscribed, for at most ms: 1 as soon as an ack to dev-a signed
+ * by the bridge covers seq (Ack.upto or a range), else 0. *n counts every message received. */
+static int acked(struct h_mqtt *c, uint64_t seq, int ms, int *n)
+{
+	char *path = h_strf("%s/bridge.crt", h_pki()), *pem = NULL;
+	size_t pem_len;
+	struct wire_cert_info ci;
+	cr_assert_eq(wire_cert_read(path, &pem, &pem_len), 0, "%s", path);
+	cr_assert_eq(wire_cert_parse(pem, pem_len, &ci, NULL), 0, "%s", path);
+	free(pem);
+	free(path);
+	int covered = 0;
+	long long end = h_now_ms() + ms;
+	while (!covered && h_now_ms() < end) {
+		char *topic = NULL, *payload = NULL;
+		size_t len = 0;
+		if (h_mqtt_recv(c, &topic, &payload, &len, (int)(end - h_now_ms())) != 1)
+			break;
+		(*n)++;
+		struct wire_env e;
+		Outpost__Ack *a = NULL;
+		if (!strcmp(topic, "outpost/v1/dev-a/ack") &&
+		    !wire_env_decode((const uint8_t *)payload, len, &e, NULL) &&
+		    e.kind == WIRE_KIND_ACK && !strcmp(e.device_id, "dev-a") &&
+		    !wire_env_verify(&e, &ci.key) &&
+		    !wire_ack_decode(e.body, e.body_len, &a, NULL)) {
+			covered = a->upto >= seq;
+			for (size_t i = 0; i < a->n_ranges; i++)
+				covered |= a->ranges[i]->first <= seq && seq <= a->ranges[i]->last;
+			wire_msg_free(a);
+		}
+		free(topic);
+		free(payload);
+	}
+	return covered;
+}
+
+/* A stop while the writer's COMMIT waits for a synchronous standby (one that never connects):
+ * past shutdown_timeout the canceller's cancel ends the wait with a mere warning, "The
+ * transaction has already committed locally, but might not have been replicated to the
+ * standby", and COMMIT succeeds. A transaction during which a cancel was sent counts as not
+ * committed: the stop keeps to its bound, no ack goes out for the batch, though this server
+ * has it (a failover could promote a standby that has not), and the device's resend of the
+ * same batch to the next bridge is acknowledged and found stored, once. */
+Test(bridge_failure, a_stop_cancelling_a_commit_that_waits_for_a_standby_acknowledges_nothing,
+     .timeout = 180)
+{
+	struct h_broker b = {0};
+	struct h_bridge br;
+	struct h_pg pg = {0};
+	h_pg_start(&pg);
+	h_broker_up(&b, h_pki());
+	h_bridge_init(&br, &b, pg.url, "stop-syncrep");
+	h_bridge_arg(&br, "--shutdown-timeout=1s");
+	h_bridge_arg(&br, "--health-interval=1h"); /* the COMMIT that waits is the batch's */
+	h_bridge_start(&br);
+	char *uri = h_strf("ssl://127.0.0.1:%d", b.mqtts_port);
+	struct h_mqtt *dev = h_mqtt_connect(uri, h_pki(), "devices/dev-a", "dev-a", NULL);
+	cr_assert_not_null(dev, "dev-a cannot connect");
+	cr_assert_eq(h_mqtt_sub(dev, "outpost/v1/dev-a/ack", 1), 1);
+	size_t blen, n_birth, n_batch;
+	uint8_t *body = h_birth_body(h_pki(), "dev-a", 3, 0, &blen);
+	uint8_t *birth =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BIRTH, "dev-a", 1, body, blen, &n_birth);
+	free(body);
+	cr_assert_eq(h_mqtt_pub(dev, "outpost/v1/dev-a/birth", birth, n_birth, 1, 0), 0);
+	cr_assert_eq(h_store_wait_i64(pg.url,
+	                              "SELECT COUNT(*) FROM devices WHERE device_id = 'dev-a' AND"
+	                              " state = 'active'",
+	                              H_EQUAL, 1, 10000),
+	             1, "dev-a was not enrolled (log %s)", br.log);
+
+	ghost_standby_on(&pg, br.log);
+	struct h_simdev_opts so = {.rows = 2, .cols = 3, .t0_ms = 1700000000000LL};
+	body = h_batch_body(&so, 2, 0, &blen);
+	uint8_t *batch =
+	    h_seal(h_pki(), "devices/dev-a", WIRE_KIND_BATCH, "dev-a", 2, body, blen, &n_batch);
+	free(body);
+	cr_assert_eq(h_mqtt_pub(dev, "outpost/v1/dev-a/telemetry", batch, n_batch, 1, 0), 0);
+	cr_assert(syncrep_waited_on(&pg, "outpost-bridge"),
+	          "the writer's COMMIT never waited for the standby (log %s)", br.log);
+	long long t0 = h_now_ms();
+	int rc = h_bridge_stop(&br);
+	long long took = h_now_ms() - t0;
+	/* 1 s, one cancel, and the MQTT flush; without the cancel the wait has no end (and
+	 * h_bridge_stop kills at 30 s) */
+	cr_expect_lt(took, 10000, "the stop took %lld ms (shutdown_timeout 1 s; log %s)", took,
+	             br.log);
+	cr_expect_eq(rc, 1, "the exit status says that messages were given up (log %s)", br.log);
+	int msgs = 0;
+	cr_expect_not(acked(dev, 2, 1000, &msgs), "the batch was acknowledged (log %s)", br.log);
+	cr_expect_eq(msgs, 0, "something was published on the ack topic (log %s)", br.log);
+	cr_expect_gt(h_bridge_log_count(&br, "cancelling the statements"), 0, "log %s", br.log);
+	cr_expect_gt(h_bridge_log_count(&br, "a cancel (store_interrupt) was sent during the "
+	                                     "transaction: treated as not committed"),
+	             0, "log %s", br.log);
+	cr_expect_gt(h_bridge_log_count(&br, "shutdown: gave up on 1 message(s)"), 0, "log %s",
+	             br.log);
+	/* committed on this server all the same: what the resend finds */
+	const char *stored = "SELECT COUNT(*) FROM envelopes e JOIN devices d ON d.id = e.device"
+	                     " WHERE d.device_id = 'dev-a' AND e.seq = 2";
+	const char *readings = "SELECT COUNT(*) FROM readings r JOIN devices d ON d.id = r.device"
+	                       " WHERE d.device_id = 'dev-a'";
+	cr_expect_eq(h_store_i64(pg.url, stored, 0), 1, "the cancelled COMMIT did not commit here");
+
+	ghost_standby_off(&pg);
+	h_bridge_start(&br);
+	cr_assert_eq(h_mqtt_pub(dev, "outpost/v1/dev-a/telemetry", batch, n_batch, 1, 0), 0);
+	msgs = 0;
+	cr_expect(acked(dev, 2, 20000, &msgs), "the resend was not acknowledged (log %s)", br.log);
+	cr_expect_eq(h_store_i64(pg.url, stored, 0), 1, "the batch is not stored once");
+	cr_expect_eq(h_store_i64(pg.url, readings, 0), 2 * 3, "its readings are not stored once");
+	cr_expect_eq(
+	    h_store_i64(pg.url, "SELECT duplicates FROM devices WHERE device_id = 'dev-a'", 0), 1,
+	    "the resend was not taken for a duplicate (log %s)", br.log);
+	cr_expect_eq(h_bridge_stop(&br), 0, "log %s", br.log);
+	h_mqtt_close(dev);
+	free(batch);
+	free(birth);
+	free(uri);
 	h_bridge_free(&br);
 	h_broker_free(&b);
 	h_pg_free(&pg);
