@@ -42,8 +42,9 @@ struct pg_conn {
 	 * every (re)connect by the connection's thread, used from another. */
 	pthread_mutex_t cancel_mu;
 	PGcancel *cancel;
-	unsigned cancels;    /* cancel requests sent (under cancel_mu) */
-	unsigned tx_cancels; /* ... when the transaction began */
+	unsigned cancels;      /* cancel requests begun (under cancel_mu) */
+	unsigned cancels_done; /* ... whose PQcancel returned: delivered, or failed */
+	unsigned tx_cancels;   /* cancels_done when the transaction began */
 };
 
 struct pg_stmt {
@@ -379,6 +380,7 @@ static void pg_interrupt(void *conn)
 		return;
 	(void)PQcancel(cancel, why, (int)sizeof(why)); /* best effort */
 	pthread_mutex_lock(&pc->cancel_mu);
+	pc->cancels_done++;
 	if (!pc->cancel) { /* no reconnect meanwhile: still the current server process's */
 		pc->cancel = cancel;
 		cancel = NULL;
@@ -442,8 +444,11 @@ static int pg_begin(void *conn)
 {
 	struct pg_conn *pc = conn;
 	int rc = pg_connect(pc);
+	/* A cancel still on its way when the transaction begins may land in it: it counts
+	 * against it (pg_commit). One whose PQcancel returned was delivered before: the server
+	 * drops a cancel that finds it idle. */
 	pthread_mutex_lock(&pc->cancel_mu);
-	pc->tx_cancels = pc->cancels;
+	pc->tx_cancels = pc->cancels_done;
 	pthread_mutex_unlock(&pc->cancel_mu);
 	if (!rc)
 		rc = pg_exec(pc, "BEGIN");
