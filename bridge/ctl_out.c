@@ -25,9 +25,13 @@ int ctl_err(int code, const char *fmt, ...)
 	char msg[CTL_ERR_MAX], shown[4 * CTL_ERR_MAX];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	int len = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	ovis_escape(shown, sizeof(shown), msg, ovis_fit(msg, strlen(msg), sizeof(msg) - 1), 0);
+	size_t n = len < 0 ? 0 : strlen(msg);
+	/* cut to fit: vsnprintf kept what fitted of the character the cut fell in, which goes */
+	if (len >= (int)sizeof(msg))
+		n = ovis_whole(msg, n);
+	ovis_escape(shown, sizeof(shown), msg, n, 0);
 	fprintf(stderr, CTL_PROG ": %s\n", shown);
 	return code;
 }

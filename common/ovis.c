@@ -96,21 +96,28 @@ size_t ovis_line(char *s)
 		}
 		i += run;
 	}
-	/* a character cut at the end: its lead byte and fewer continuation bytes than it says */
-	size_t k = o, cont = 0;
+	/* a character cut at the end goes, and the space before it */
+	size_t whole = ovis_whole(s, o);
+	if (whole < o) {
+		o = whole;
+		while (o && s[o - 1] == ' ')
+			o--;
+	}
+	s[o] = '\0';
+	return o;
+}
+
+size_t ovis_whole(const char *s, size_t n)
+{
+	/* back over the continuation bytes at the end (a character has at most 3) to the lead */
+	size_t k = n, cont = 0;
 	while (k > 0 && cont < 3 && ((unsigned char)s[k - 1] & 0xc0) == 0x80) {
 		k--;
 		cont++;
 	}
-	if (k > 0) {
-		unsigned char lead = (unsigned char)s[k - 1];
-		size_t need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
-		if (need > cont) {
-			o = k - 1;
-			while (o && s[o - 1] == ' ')
-				o--;
-		}
-	}
-	s[o] = '\0';
-	return o;
+	if (k == 0)
+		return n;
+	unsigned char lead = (unsigned char)s[k - 1];
+	size_t need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
+	return need > cont ? k - 1 : n;
 }

@@ -25,12 +25,19 @@ size_t ovis_escape(char *dst, size_t cap, const char *src, size_t len, unsigned 
 
 /* Make the NUL-terminated message s one line, in place: each run of white space that holds a
  * tab, CR, LF, VT or FF becomes one space (runs of spaces alone are kept), a run at either
- * end goes; a UTF-8 sequence left incomplete at the end (a message cut to fit a buffer) is
- * dropped. Returns the new length. */
+ * end goes; a UTF-8 sequence left incomplete at the end (a message cut to fit a buffer:
+ * ovis_whole) is dropped. Returns the new length. */
 size_t ovis_line(char *s);
 
 /* The length of the longest prefix of the n bytes at s that is at most max bytes long and does
  * not end in the middle of a UTF-8 sequence (for "%.*s"). */
 size_t ovis_fit(const char *s, size_t n, size_t max);
+
+/* The length of the n bytes at s without the UTF-8 sequence left incomplete at their end, if
+ * any: a lead byte followed by fewer continuation bytes than it announces, as text cut at a
+ * byte count (snprintf) ends. Only the end is looked at: a broken sequence before it is not
+ * this function's to find (wire_utf8_valid). For text already cut, where ovis_fit needs the
+ * bytes after the cut. */
+size_t ovis_whole(const char *s, size_t n);
 
 #endif

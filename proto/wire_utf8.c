@@ -1,6 +1,8 @@
 /* wire_utf8.c - UTF-8 well-formedness (RFC 3629). */
 #include <stdint.h>
+#include <string.h>
 
+#include "ovis.h"
 #include "wire_utf8.h"
 
 /* Length of the well-formed sequence at p (n bytes left), 0 if there is none. */
@@ -43,11 +45,13 @@ int wire_utf8_valid(const void *p, size_t n)
 void wire_utf8_sanitize(char *s)
 {
 	uint8_t *b = (uint8_t *)s;
-	size_t n = 0;
-	while (b[n])
-		n++;
-	for (size_t i = 0, k; i < n; i += k) {
-		if (!(k = seq_len(b + i, n - i))) {
+	size_t n = strlen(s);
+	/* the character a cut at a byte count fell in, found as ovis_line and outpostctl find
+	 * the one they drop: here each of its bytes becomes '?' */
+	size_t whole = ovis_whole(s, n);
+	memset(b + whole, '?', n - whole);
+	for (size_t i = 0, k; i < whole; i += k) {
+		if (!(k = seq_len(b + i, whole - i))) {
 			b[i] = '?';
 			k = 1;
 		}

@@ -11,7 +11,7 @@ int wire_utf8_valid(const void *p, size_t n);
 
 /* Make the NUL-terminated s well-formed in place: each byte that does not start a well-formed
  * sequence becomes '?', so text cut at a byte count (snprintf) loses only its broken tail
- * character. */
+ * character (found by ovis_whole, as outpostctl finds the one it drops). */
 void wire_utf8_sanitize(char *s);
 
 #endif

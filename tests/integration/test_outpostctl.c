@@ -13,6 +13,7 @@
 #include "harness.h"
 #include "store.h"
 #include "wire_env.h"
+#include "wire_utf8.h"
 
 static char *ctl(const char *url, int want, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -570,6 +571,32 @@ Test(outpostctl, task_add_checks_arguments, .timeout = 60)
 	           "3\n", 1);
 	expect_ctl(url, 0, "task add --device dev-a --type ping", "4\n", 1);
 	expect_ctl(url, 0, "task list --format csv", NULL, 1 + 4);
+	free(url);
+}
+
+/* An error longer than outpostctl's 1024 bytes is cut before the character the cut falls in,
+ * never within it: a device id of euro signs (3 bytes each) behind 0, 1 or 2 ASCII bytes puts
+ * the cut after each of a character's bytes in turn. */
+Test(outpostctl, a_long_error_is_cut_before_a_character, .timeout = 60)
+{
+	char *url = small_store("ctl-errcut");
+	const char *head = "task add: '";  /* "task add: '%s' is not a device id" */
+	size_t room = 1023 - strlen(head); /* CTL_ERR_MAX - 1: what is left for the id */
+	for (size_t pad = 0; pad < 3; pad++) {
+		char id[1200];
+		size_t n = pad;
+		memset(id, 'a', pad);
+		for (; n + 3 < sizeof(id); n += 3)
+			memcpy(id + n, "\xe2\x82\xac", 3);
+		id[n] = '\0';
+		size_t kept = pad + (room - pad) / 3 * 3;
+		char *want = h_strf("outpostctl: %s%.*s\n", head, (int)kept, id);
+		char *out = ctl(url, 2, "task add --device %s --type ping", id);
+		cr_expect_str_eq(out, want, "pad %zu", pad);
+		cr_expect(wire_utf8_valid(out, strlen(out)), "pad %zu: not UTF-8:\n%s", pad, out);
+		free(out);
+		free(want);
+	}
 	free(url);
 }
 

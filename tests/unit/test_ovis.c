@@ -81,6 +81,40 @@ Test(ovis, a_prefix_ends_at_a_character)
 	cr_expect_eq(ovis_fit(s, n, 0), 0);
 }
 
+/* Text already cut (by snprintf) loses the character the cut fell in, and only that: ovis_line,
+ * outpostctl's errors and wire_utf8_sanitize find it so. */
+Test(ovis, a_character_cut_at_the_end_is_found)
+{
+	static const struct {
+		const char *s;
+		size_t whole;
+	} cases[] = {
+	    {"", 0},
+	    {"abc", 3},
+	    {"ab\xc3\xa9", 4},
+	    {"ab\xc3", 2},
+	    {"c\xe2\x82\xac", 4},
+	    {"c\xe2\x82", 1},
+	    {"c\xe2", 1},
+	    {"d\xf0\x9f\x98\x80", 5},
+	    {"d\xf0\x9f\x98", 1},
+	    {"d\xf0\x9f", 1},
+	    {"d\xf0", 1},
+	    {"\xc3", 0},
+	    /* not a cut: continuation bytes with no lead, or more than their lead wants */
+	    {"x\x80", 2},
+	    {"\x80\x80\x80\x80", 4},
+	    {"\xc3\xa9\xa9", 3},
+	    /* a broken sequence before the end is not looked at */
+	    {"\xe2\x82z", 3},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		cr_expect_eq(ovis_whole(cases[i].s, strlen(cases[i].s)), cases[i].whole, "case %zu",
+		             i);
+	/* only the n bytes given are looked at */
+	cr_expect_eq(ovis_whole("ab\xc3\xa9", 3), 2);
+}
+
 Test(ovis, bidirectional_controls_are_shown)
 {
 	/* RLO, PDF, LRI..PDI, LRM, RLM, ALM; U+2029 and U+202F, their neighbours, are kept */

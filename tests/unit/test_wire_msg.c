@@ -1222,6 +1222,18 @@ Test(wire_msg, utf8_is_checked_and_cut_text_mended)
 	memcpy(cut, "abcde\xc3", 7); /* "abcde\xc3\xa9z" cut to 7 bytes, as snprintf does */
 	wire_utf8_sanitize(cut);
 	cr_expect_str_eq(cut, "abcde?");
+	/* each byte kept of a longer character becomes '?'; one kept whole stays */
+	char cut3[] = "x\xe2\x82", cut4[] = "y\xf0\x9f\x98", whole[] = "z\xe2\x82\xac";
+	wire_utf8_sanitize(cut3);
+	wire_utf8_sanitize(cut4);
+	wire_utf8_sanitize(whole);
+	cr_expect_str_eq(cut3, "x??");
+	cr_expect_str_eq(cut4, "y???");
+	cr_expect_str_eq(whole, "z\xe2\x82\xac");
+	/* a broken sequence before a cut one: both marked */
+	char both[] = "\xe2\x82z\xc3";
+	wire_utf8_sanitize(both);
+	cr_expect_str_eq(both, "??z?");
 	char mixed[] = "ok\xff\xc3\xa9";
 	wire_utf8_sanitize(mixed);
 	cr_expect_str_eq(mixed, "ok?\xc3\xa9");
