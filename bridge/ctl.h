@@ -133,6 +133,7 @@ struct ctl_out {
 	const enum ctl_coltype *types;
 	int vis;    /* CSV: control characters escaped (ctl_vis): unless --raw */
 	int failed; /* table format: memory ran out, the rows are dropped */
+	int begun;  /* CSV, JSON: the header or the '[' is written */
 	size_t nrows, cap;
 	char **cells;     /* table format: nrows * ncols strings */
 	size_t max;       /* 0, or the rows shown at most (ctl_out_cap) */
@@ -145,7 +146,10 @@ struct ctl_out {
  * query asks for CTL_TABLE_ROWS + 1 rows, and ctl_out_cap() tells the writer. */
 #define CTL_TABLE_ROWS 1000
 
-/* raw: CSV fields as stored, control characters included (--raw); else shown (ctl_vis). */
+/* raw: CSV fields as stored, control characters included (--raw); else shown (ctl_vis).
+ * Nothing is written yet: the CSV header and the JSON '[' go out with the first row, or at
+ * ctl_out_end if none came, after the statement's first step succeeded, so that a query that
+ * fails leaves nothing on the output (PostgreSQL reports most errors at the first step). */
 void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, int raw, FILE *f, int ncols,
                    const char *const *names, const enum ctl_coltype *types);
 /* Show CTL_TABLE_ROWS rows of o at most (after ctl_out_begin, for a table without a --limit):
@@ -158,8 +162,11 @@ void ctl_out_cap(struct ctl_out *o, const char *hint);
  * and ctl_out_end says so). Either way the caller reads no more rows. */
 int ctl_out_row(struct ctl_out *o, const char *const *vals);
 /* Finish (a table: print it, and say if the cap left rows out). CTL_OK, or CTL_FAIL after
- * saying that memory ran out (nothing of the table is printed). */
-int ctl_out_end(struct ctl_out *o);
+ * saying that memory ran out (nothing of the table is printed). failed: the rows ended in an
+ * error, which the caller says: nothing more is written (no CSV header or JSON '[' if no row
+ * came, no closing ']' after rows streamed, so that part of an answer does not read as all of
+ * it: only the last row's line is ended; no table) and CTL_FAIL is returned. */
+int ctl_out_end(struct ctl_out *o, int failed);
 
 /* s for a terminal: control characters shown as \xNN (C0, DEL) or \u00NN (C1), so text a
  * device sent cannot move the cursor or forge lines. Written to buf (cut to cap - 1 bytes); returns buf ("" for

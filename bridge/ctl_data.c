@@ -158,7 +158,7 @@ int ctl_cmd_readings(struct ctl *c, int argc, char **argv)
 		if (ctl_out_row(&o, vals))
 			break;
 	}
-	int out_rc = ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o, rc < 0);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "readings", rc) : out_rc;
 }
@@ -209,7 +209,7 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		if (ctl_out_row(&o, v))
 			break;
 	}
-	int out_rc = ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o, rc < 0);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "events", rc) : out_rc;
 }
@@ -273,7 +273,7 @@ int ctl_cmd_gaps(struct ctl *c, int argc, char **argv)
 		if (ctl_out_row(&o, v))
 			break;
 	}
-	int out_rc = ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o, rc < 0);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "gaps", rc) : out_rc;
 }

@@ -75,7 +75,7 @@ int ctl_cmd_devices(struct ctl *c, int argc, char **argv)
 		if (ctl_out_row(&o, v))
 			break;
 	}
-	int out_rc = ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o, rc < 0);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "devices", rc) : out_rc;
 }

@@ -419,15 +419,23 @@ void ctl_out_begin(struct ctl_out *o, enum ctl_fmt fmt, int raw, FILE *f, int nc
 	/* CSV shows a device's control characters (ctl_vis) wherever it goes, a pipe too: what
 	 * reads it may be a pager or a terminal later (--raw: the bytes, for a program) */
 	o->vis = !raw;
-	if (fmt == CTL_FMT_CSV) {
-		for (int i = 0; i < ncols; i++) {
+}
+
+/* The CSV header or the JSON '[', once: with the first row, or at the end if none came. */
+static void out_head(struct ctl_out *o)
+{
+	if (o->begun)
+		return;
+	o->begun = 1;
+	if (o->fmt == CTL_FMT_CSV) {
+		for (int i = 0; i < o->ncols; i++) {
 			if (i)
-				fputc(',', f);
-			ctl_csv_field(f, names[i], 0);
+				fputc(',', o->f);
+			ctl_csv_field(o->f, o->names[i], 0);
 		}
-		fputc('\n', f);
-	} else if (fmt == CTL_FMT_JSON) {
-		fputs("[", f);
+		fputc('\n', o->f);
+	} else if (o->fmt == CTL_FMT_JSON) {
+		fputs("[", o->f);
 	}
 }
 
@@ -466,6 +474,7 @@ int ctl_out_row(struct ctl_out *o, const char *const *vals)
 		o->more = 1;
 		return 1;
 	}
+	out_head(o);
 	if (o->fmt == CTL_FMT_CSV) {
 		for (int i = 0; i < o->ncols; i++) {
 			if (i)
@@ -518,10 +527,17 @@ int ctl_out_row(struct ctl_out *o, const char *const *vals)
 	return 0;
 }
 
-int ctl_out_end(struct ctl_out *o)
+int ctl_out_end(struct ctl_out *o, int failed)
 {
 	FILE *f = o->f;
 	size_t *w = NULL;
+	if (failed) {
+		if (o->fmt == CTL_FMT_JSON && o->nrows)
+			fputc('\n', f); /* the last row's line ends; the array stays open */
+		table_drop(o);
+		return CTL_FAIL;
+	}
+	out_head(o);
 	if (o->fmt == CTL_FMT_JSON) {
 		fputs(o->nrows ? "\n]\n" : "]\n", f);
 		return CTL_OK;

@@ -212,7 +212,7 @@ static int list(struct ctl *c, int argc, char **argv)
 		if (ctl_out_row(&o, v))
 			break;
 	}
-	int out_rc = ctl_out_end(&o);
+	int out_rc = ctl_out_end(&o, rc < 0);
 	store_stmt_free(st);
 	return rc < 0 ? ctl_store_err(c, "task list", rc) : out_rc;
 }
