@@ -483,8 +483,8 @@ static int pg_commit(void *conn)
 		 * durable, so reported as not committed (nothing acknowledged; the devices send
 		 * it again and find it stored). */
 		snprintf(pc->err, STORE_ERR_MAX,
-		         "COMMIT: a cancel (store_interrupt) was sent during the transaction: "
-		         "treated as not committed");
+		         "COMMIT: a cancel (store_interrupt) was sent during the transaction, or "
+		         "was on its way when it began: treated as not committed");
 		return STORE_EBUSY;
 	}
 	if (rc == STORE_ECONN && !null) {
